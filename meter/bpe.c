@@ -1,0 +1,341 @@
+/* bpe.c: one encoding's rank table and the byte-pair merge.
+ *
+ * The table maps a token's bytes to its id (= its rank) with open addressing
+ * on a 64-bit multiplicative hash; each slot keeps 32 bits of the hash so a
+ * probe rarely touches the token bytes of a wrong key.
+ *
+ * The merge is tiktoken's: repeatedly join the adjacent pair whose joined
+ * bytes have the lowest rank, the leftmost on ties, until no joined pair is
+ * a token. tiktoken rescans all pairs after each join (quadratic). Short
+ * pieces do the same here (it is fastest for them); longer ones keep the
+ * parts in a linked list and the candidate pairs in a binary heap keyed by
+ * (rank, position), dropping stale entries when popped: the same joins in
+ * the same order, in O(n log n).
+ */
+#include <string.h>
+
+#include "base/tg_base.h"
+#include "meter/tg_meter_int.h"
+
+#define NO_RANK UINT32_MAX
+#define SMALL_PIECE 64 /* pieces up to this many bytes use the quadratic scan */
+
+static inline uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull), w;
+    while (n >= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0x94d049bb133111ebull;
+    return h ^ (h >> 29);
+}
+
+static inline uint32_t lookup(const bpe_enc_t *e, const uint8_t *p, size_t n)
+{
+    if (n > e->be_maxlen)
+        return NO_RANK;
+    uint64_t h = hash_bytes(p, n);
+    uint32_t tag = (uint32_t)h, i = (uint32_t)(h >> 32) & e->be_mask;
+    for (;;) {
+        const rank_slot_t *s = &e->be_slots[i];
+        if (s->rs_id1 == 0)
+            return NO_RANK;
+        if (s->rs_hash == tag) {
+            uint32_t id = s->rs_id1 - 1;
+            if (e->be_off[id + 1] - e->be_off[id] == n &&
+                memcmp(e->be_blob + e->be_off[id], p, n) == 0)
+                return id;
+        }
+        i = (i + 1) & e->be_mask;
+    }
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static int b64val(uint8_t c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Decodes base64 s[0..n) into out; returns the byte count or -1. */
+static long b64dec(const uint8_t *s, size_t n, uint8_t *out)
+{
+    long o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '=')
+            break;
+        int v = b64val(s[i]);
+        if (v < 0)
+            return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    return o;
+}
+
+int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t len, char *err,
+                 size_t errlen)
+{
+    const uint8_t *s = (const uint8_t *)text, *end = s + len;
+    uint32_t ntok = 0, nslots = 1;
+    int rc = 0;
+
+    memset(e, 0, sizeof *e);
+    e->be_id = id;
+    for (size_t i = 0; i < len; i++)
+        ntok += s[i] == '\n';
+    while (nslots < ntok * 2u)
+        nslots <<= 1;
+    /* base64 is 4/3 the size of the bytes, so len bounds the blob */
+    e->be_blob = tg_malloc(len + 8);
+    e->be_off = tg_malloc(((size_t)ntok + 1) * sizeof *e->be_off);
+    e->be_slots = tg_calloc(nslots, sizeof *e->be_slots);
+    if (!e->be_blob || !e->be_off || !e->be_slots) {
+        rc = tg_errf(err, errlen, TG_METER_ENOMEM, "out of memory loading %s",
+                     tg_meter_encoding_name(id));
+        goto fail;
+    }
+    e->be_mask = nslots - 1;
+    for (int b = 0; b < 256; b++)
+        e->be_byte[b] = NO_RANK;
+
+    uint32_t off = 0;
+    for (uint32_t rank = 0; rank < ntok; rank++) {
+        const uint8_t *sp = memchr(s, ' ', (size_t)(end - s));
+        const uint8_t *nl = sp ? memchr(sp, '\n', (size_t)(end - sp)) : NULL;
+        uint32_t r = 0;
+        long n = sp && nl ? b64dec(s, (size_t)(sp - s), e->be_blob + off) : -1;
+        for (const uint8_t *d = sp ? sp + 1 : nl; d && d < nl; d++)
+            r = r * 10 + (uint32_t)(*d - '0');
+        if (n <= 0 || r != rank) {
+            rc = tg_errf(err, errlen, TG_METER_EDATA,
+                         "embedded %s ranks are corrupt near rank %u: rebuild after "
+                         "meter/tools/fetch-ranks.sh",
+                         tg_meter_encoding_name(id), rank);
+            goto fail;
+        }
+        e->be_off[rank] = off;
+        if ((uint32_t)n > e->be_maxlen)
+            e->be_maxlen = (uint32_t)n;
+        if (n == 1)
+            e->be_byte[e->be_blob[off]] = rank;
+        off += (uint32_t)n;
+        s = nl + 1;
+    }
+    e->be_off[ntok] = off;
+    e->be_ntok = ntok;
+    for (int b = 0; b < 256; b++) {
+        if (e->be_byte[b] == NO_RANK) {
+            rc = tg_errf(err, errlen, TG_METER_EDATA, "embedded %s ranks miss byte 0x%02x",
+                         tg_meter_encoding_name(id), b);
+            goto fail;
+        }
+    }
+    for (uint32_t t = 0; t < ntok; t++) {
+        const uint8_t *p = e->be_blob + e->be_off[t];
+        size_t n = e->be_off[t + 1] - e->be_off[t];
+        uint64_t h = hash_bytes(p, n);
+        uint32_t i = (uint32_t)(h >> 32) & e->be_mask;
+        while (e->be_slots[i].rs_id1 != 0)
+            i = (i + 1) & e->be_mask;
+        e->be_slots[i].rs_hash = (uint32_t)h;
+        e->be_slots[i].rs_id1 = t + 1;
+    }
+    return 0;
+
+fail:
+    bpe_enc_free(e);
+    return rc;
+}
+
+void bpe_enc_free(bpe_enc_t *e)
+{
+    if (!e)
+        return;
+    tg_free(e->be_blob);
+    tg_free(e->be_off);
+    tg_free(e->be_slots);
+    e->be_blob = NULL;
+    e->be_off = NULL;
+    e->be_slots = NULL;
+}
+
+/* ---- merging ------------------------------------------------------------ */
+
+/* tiktoken's loop for short pieces: parts[k] is a part's start and the rank
+ * of joining it with the next part. */
+static int merge_small(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
+{
+    uint32_t start[SMALL_PIECE + 1], rank[SMALL_PIECE + 1], ids[SMALL_PIECE];
+    size_t np = n + 1; /* parts incl. the end sentinel */
+
+    for (size_t i = 0; i + 1 < n; i++) {
+        start[i] = (uint32_t)i;
+        rank[i] = lookup(e, p + i, 2);
+    }
+    start[n - 1] = (uint32_t)(n - 1);
+    rank[n - 1] = NO_RANK;
+    start[n] = (uint32_t)n;
+    rank[n] = NO_RANK;
+    for (;;) {
+        uint32_t best = NO_RANK;
+        size_t bi = 0;
+        for (size_t i = 0; i + 1 < np; i++) {
+            if (rank[i] < best) {
+                best = rank[i];
+                bi = i;
+            }
+        }
+        if (best == NO_RANK)
+            break;
+        /* join part bi with bi+1, then re-rank bi-1 and bi */
+        memmove(start + bi + 1, start + bi + 2, (np - bi - 2) * sizeof *start);
+        memmove(rank + bi + 1, rank + bi + 2, (np - bi - 2) * sizeof *rank);
+        np--;
+        rank[bi] = bi + 2 < np ? lookup(e, p + start[bi], start[bi + 2] - start[bi]) : NO_RANK;
+        if (bi > 0)
+            rank[bi - 1] = bi + 1 < np ? lookup(e, p + start[bi - 1], start[bi + 1] - start[bi - 1])
+                                       : NO_RANK;
+    }
+    for (size_t i = 0; i + 1 < np; i++)
+        ids[i] = lookup(e, p + start[i], start[i + 1] - start[i]);
+    return sink->bs_emit(sink, ids, np - 1);
+}
+
+typedef struct heap_ent {
+    uint32_t he_rank;
+    uint32_t he_pos; /* start byte of the left part */
+} heap_ent_t;
+
+static inline int he_less(heap_ent_t a, heap_ent_t b)
+{
+    return a.he_rank < b.he_rank || (a.he_rank == b.he_rank && a.he_pos < b.he_pos);
+}
+
+static void heap_push(heap_ent_t *h, size_t *n, heap_ent_t v)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!he_less(v, h[up]))
+            break;
+        h[i] = h[up];
+        i = up;
+    }
+    h[i] = v;
+}
+
+static heap_ent_t heap_pop(heap_ent_t *h, size_t *n)
+{
+    heap_ent_t top = h[0], v = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && he_less(h[c + 1], h[c]))
+            c++;
+        if (!he_less(h[c], v))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0)
+        h[i] = v;
+    return top;
+}
+
+/* The heap merge. Parts are identified by their start byte; nxt/prv link the
+ * live ones; rk[x] is the current rank of joining part x with its next. */
+static int merge_large(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
+{
+    uint32_t *nxt = tg_malloc(n * sizeof *nxt), *prv = tg_malloc(n * sizeof *prv);
+    uint32_t *rk = tg_malloc(n * sizeof *rk);
+    heap_ent_t *h = tg_malloc(3 * n * sizeof *h);
+    uint32_t ids[256];
+    size_t hn = 0, nid = 0;
+    int rc = 0;
+
+    if (!nxt || !prv || !rk || !h) {
+        rc = TG_METER_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        nxt[i] = (uint32_t)(i + 1); /* n marks the end */
+        prv[i] = (uint32_t)(i - 1); /* wraps for 0: never read */
+        rk[i] = i + 1 < n ? lookup(e, p + i, 2) : NO_RANK;
+        if (rk[i] != NO_RANK)
+            heap_push(h, &hn, (heap_ent_t){rk[i], (uint32_t)i});
+    }
+    while (hn > 0) {
+        heap_ent_t t = heap_pop(h, &hn);
+        uint32_t x = t.he_pos;
+        if (rk[x] != t.he_rank)
+            continue; /* stale: x was re-ranked or absorbed since */
+        uint32_t y = nxt[x], z = nxt[y];
+        nxt[x] = z;
+        if (z < n)
+            prv[z] = x;
+        rk[y] = NO_RANK; /* y is gone */
+        /* x now spans [x, z); re-rank x with z, and x's previous part with x */
+        rk[x] = z < n ? lookup(e, p + x, nxt[z] - x) : NO_RANK;
+        if (rk[x] != NO_RANK)
+            heap_push(h, &hn, (heap_ent_t){rk[x], x});
+        if (x > 0) {
+            uint32_t w = prv[x];
+            rk[w] = lookup(e, p + w, z - w);
+            if (rk[w] != NO_RANK)
+                heap_push(h, &hn, (heap_ent_t){rk[w], w});
+        }
+    }
+    for (uint32_t x = 0; x < n; x = nxt[x]) {
+        ids[nid++] = lookup(e, p + x, nxt[x] - x);
+        if (nid == sizeof ids / sizeof ids[0]) {
+            if ((rc = sink->bs_emit(sink, ids, nid)) != 0)
+                goto done;
+            nid = 0;
+        }
+    }
+    if (nid)
+        rc = sink->bs_emit(sink, ids, nid);
+done:
+    tg_free(nxt);
+    tg_free(prv);
+    tg_free(rk);
+    tg_free(h);
+    return rc;
+}
+
+int bpe_piece(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
+{
+    uint32_t id;
+    if (n == 1)
+        return sink->bs_emit(sink, &e->be_byte[p[0]], 1);
+    if ((id = lookup(e, p, n)) != NO_RANK)
+        return sink->bs_emit(sink, &id, 1);
+    if (n <= SMALL_PIECE)
+        return merge_small(e, p, n, sink);
+    return merge_large(e, p, n, sink);
+}
