@@ -24,6 +24,14 @@ fi
 BAZEL=(bazel)
 section() { printf '\n==== %s ====\n' "$*"; }
 
+# ---- source lint -------------------------------------------------------------
+section "lint (banned functions, file headers)"
+if tests/lint.sh; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); note_fail "tests/lint.sh found problems"
+fi
+
 # ---- build ----------------------------------------------------------------
 section "build (gcc)"
 "${BAZEL[@]}" build //... >/tmp/tg-gcc-build.log 2>&1
