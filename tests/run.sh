@@ -34,7 +34,7 @@ fi
 
 # ---- build ----------------------------------------------------------------
 section "build (gcc)"
-"${BAZEL[@]}" build //... >/tmp/tg-gcc-build.log 2>&1
+"${BAZEL[@]}" build --keep_going //... >/tmp/tg-gcc-build.log 2>&1
 rc=$?
 tail -n 5 /tmp/tg-gcc-build.log
 if [ $rc != 0 ]; then
@@ -46,7 +46,7 @@ export TG_BIN TG_ROOT="$ROOT"
 
 if [ "${TG_SKIP_CLANG:-0}" != 1 ]; then
   section "build (clang-14, -Werror)"
-  if "${BAZEL[@]}" build --config=clang //... >/tmp/tg-clang-build.log 2>&1; then
+  if "${BAZEL[@]}" build --keep_going --config=clang //... >/tmp/tg-clang-build.log 2>&1; then
     passed=$((passed + 1)); echo "clang build: ok"
   else
     tail -n 40 /tmp/tg-clang-build.log
@@ -57,7 +57,7 @@ fi
 # ---- C unit tests under ASan + UBSan ---------------------------------------
 if [ "${TG_ONLY:-}" != e2e ]; then
   section "C unit tests (cmocka, ASan+UBSan)"
-  "${BAZEL[@]}" test --config=asan //... 2>&1 | grep -E '^(//|Executed|FAIL|ERROR)' || true
+  "${BAZEL[@]}" test --keep_going --config=asan //... 2>&1 | grep -E '^(//|Executed|FAIL|ERROR)' || true
   LOGS=$("${BAZEL[@]}" info --config=asan bazel-testlogs 2>/dev/null)
   for t in $("${BAZEL[@]}" query 'tests(//...)' 2>/dev/null); do
     rel=${t#//}; rel=${rel/://}
