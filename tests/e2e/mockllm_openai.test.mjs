@@ -314,3 +314,16 @@ test('listener-wide scenario flag applies to every request', async () => {
     assert.equal(r.usage.completion_tokens, 2);
   } finally { await slow.stop(); }
 });
+
+test('SIGTERM stops mockllm cleanly, even with hung and streaming connections open', async () => {
+  const m = await startMock();
+  const c = new OpenAI({ apiKey: 'k', baseURL: `${m.url}/v1`, maxRetries: 0 });
+  const hung = c.chat.completions.create({ model: 'm', messages }, scn('hang')).catch((e) => e);
+  const stream = await c.chat.completions.create({ model: 'm', messages, stream: true }, scn('tokens=100;itl=50'));
+  const it = stream[Symbol.asyncIterator]();
+  await it.next();
+  await new Promise((r) => setTimeout(r, 100));
+  const r = await m.stop();
+  assert.equal(r.code, 0, m.proc.output());
+  assert.ok((await hung) instanceof Error);
+});

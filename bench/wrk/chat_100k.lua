@@ -1,0 +1,13 @@
+-- wrk script: a chat completion whose request body is ~100 KB (a long
+-- prompt), answered with mockllm's default 16-token completion.
+package.path = debug.getinfo(1, "S").source:match("^@?(.*/)") .. "?.lua;" .. package.path
+local report = require("report")
+
+wrk.method = "POST"
+wrk.path = "/v1/chat/completions"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+local filler = string.rep("The quick brown fox jumps over the lazy dog. ", 2275)
+wrk.body = '{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"' .. filler .. '"}]}'
+
+done = report.done
