@@ -1,0 +1,167 @@
+/* agent_int.h: the agent's internal modules that do not touch sockets, so
+ * the unit tests can reach them: the one-pass request scanner and body
+ * rewrite, the SSE splitter, model globs and CIDR matching, the circuit
+ * breaker and the route picker. Everything here is reentrant; the structs
+ * belong to the caller. See tg_agent.h for the daemon itself.
+ */
+#ifndef TG_AGENT_INT_H
+#define TG_AGENT_INT_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/tg_agent.h"
+#include "base/tg_base.h"
+
+/* ---- request scan (scan.c) ---------------------------------------------- */
+
+#define TG_AGENT_MODEL_MAX 256
+
+/* A byte range of the request body. */
+typedef struct tg_span {
+    size_t sp_off; /* first byte */
+    size_t sp_len; /* 0: absent */
+} tg_span_t;
+
+/* What the gateway needs from a chat request, found in one validating pass
+ * over the body (no tree). Only top-level members are looked at; everything
+ * else is validated and passed through untouched. */
+typedef struct tg_scan {
+    char sc_model[TG_AGENT_MODEL_MAX]; /* "model", decoded; "" if absent */
+    tg_span_t sc_model_val;            /* span of the model string, quotes included */
+    int sc_stream;                     /* "stream": true */
+    int sc_include_usage;              /* "stream_options": {"include_usage": true} */
+    tg_span_t sc_so_val;               /* span of the stream_options value */
+    int sc_so_is_object;               /* stream_options is an object */
+    int sc_so_empty;                   /* ... with no members */
+    tg_span_t sc_iu_val;               /* span of include_usage's value */
+    size_t sc_close;                   /* offset of the top-level closing '}' */
+    int sc_members;                    /* top-level members */
+    long sc_max_tokens;                /* max_tokens / max_completion_tokens; -1 absent */
+} tg_scan_t;
+
+/* Scans body[0..len) in one pass: it must be one JSON object (RFC 8259,
+ * nesting at most 256 deep). Fills *sc. Returns 0, or TG_AGENT_EJSON with
+ * "malformed JSON at byte N: ..." in err, or TG_AGENT_EREQUEST when a field
+ * the gateway reads has the wrong type or appears twice (a duplicate
+ * "model" could make the gateway and the upstream disagree). Can't
+ * allocate. */
+int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t errlen);
+
+/* Writes the upstream body into out: the body with the model replaced by
+ * `model` (a JSON string is written, escaped), and, when add_usage is set,
+ * stream_options.include_usage forced to true (inserted or replaced; other
+ * stream_options members kept). Everything else is copied byte for byte.
+ * Returns 0 or TG_AGENT_ENOMEM (the buffer's limit or memory). */
+int tg_agent_rewrite(const char *body, size_t len, const tg_scan_t *sc, const char *model,
+                     int add_usage, tg_buf_t *out);
+
+/* Appends s as a JSON string (quotes and escapes). Returns tg_buf codes. */
+int tg_agent_json_str(tg_buf_t *out, const char *s, size_t n);
+
+/* ---- SSE (sse.c) --------------------------------------------------------- */
+
+/* Splits an event stream into events as bytes arrive. An event is the bytes
+ * up to and including the blank line that ends it ("\n\n" or "\r\n\r\n"). */
+typedef struct tg_sse {
+    tg_buf_t ss_pending; /* bytes of an unfinished event */
+} tg_sse_t;
+
+void tg_sse_init(tg_sse_t *s, size_t max_event);
+void tg_sse_free(tg_sse_t *s);
+/* Feeds n bytes; calls on_event(arg, ev, evlen) for each complete event.
+ * Returns 0, or TG_AGENT_ETOOBIG when one event passes max_event, or the
+ * first non-zero value on_event returned. */
+int tg_sse_feed(tg_sse_t *s, const char *p, size_t n,
+                int (*on_event)(void *arg, const char *ev, size_t evlen), void *arg);
+
+/* Classifies an OpenAI chat stream event. Returns 1 when it is the extra
+ * usage chunk (a data line whose JSON has "choices":[] and a non-null
+ * "usage"), and then points *usage at the usage object's bytes inside ev;
+ * 2 for "data: [DONE]"; 0 otherwise. A cheap scan, not a parse. */
+int tg_sse_classify(const char *ev, size_t evlen, const char **usage, size_t *usage_len);
+
+/* ---- usage (usage.c) ----------------------------------------------------- */
+
+/* OpenAI usage numbers, raw as the provider sent them. -1: absent. */
+typedef struct tg_usage {
+    long us_prompt;    /* prompt_tokens (cached included) */
+    long us_completion;/* completion_tokens (reasoning included) */
+    long us_cached;    /* prompt_tokens_details.cached_tokens */
+    long us_reasoning; /* completion_tokens_details.reasoning_tokens */
+} tg_usage_t;
+
+/* Reads the numbers out of a usage object's JSON text. Returns 0 or
+ * TG_AGENT_EJSON. */
+int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
+
+/* Finds the top-level "usage" object of a non-streaming answer and, when
+ * present and not null, points *p and *n at its bytes. Returns 1 found, 0 not,
+ * TG_AGENT_EJSON when the body is not a JSON object. */
+int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n);
+
+/* ---- policy (policy.c) --------------------------------------------------- */
+
+/* Glob match of a model name: '*' any run, '?' one byte, else literal. */
+int tg_agent_glob(const char *pat, const char *s);
+
+/* An address to match against CIDRs: v4 addresses are kept as v4-mapped v6. */
+typedef struct tg_ip {
+    uint8_t ip_addr[16];
+} tg_ip_t;
+
+/* Parses "1.2.3.4" or "::1" into *ip. Returns 0 or -1. */
+int tg_agent_ip_parse(const char *s, tg_ip_t *ip);
+/* 1 when ip is inside cidr ("10.0.0.0/8", "2001:db8::/32", or a bare
+ * address), 0 when not, -1 when the CIDR does not parse. */
+int tg_agent_cidr_match(const char *cidr, const tg_ip_t *ip);
+
+/* ---- circuit breaker (breaker.c) ----------------------------------------- */
+
+enum { TG_BRK_CLOSED = 0, TG_BRK_OPEN = 1, TG_BRK_HALF_OPEN = 2 };
+
+/* Thresholds, filled from a route's CircuitBreaker with defaults. */
+typedef struct tg_brk_conf {
+    uint32_t bc_consecutive;  /* open after this many failures in a row */
+    uint32_t bc_rate_ppm;     /* or at this error rate in the window; 0: off */
+    uint32_t bc_window_ms;
+    uint32_t bc_min_requests;
+    uint32_t bc_open_ms;      /* open this long, then half-open */
+    uint32_t bc_probes;       /* successes in half-open that close it */
+} tg_brk_conf_t;
+
+/* One channel's breaker. Not locked: the caller serializes access. */
+typedef struct tg_brk {
+    int br_state;
+    uint32_t br_fails_in_row;
+    int64_t br_opened_ms;
+    uint32_t br_probe_ok;       /* half-open successes so far */
+    uint32_t br_probe_inflight; /* half-open probes out */
+    int64_t br_win_start_ms;
+    uint32_t br_win_total;
+    uint32_t br_win_fail;
+    uint64_t br_opens;          /* times it opened (metrics) */
+} tg_brk_t;
+
+/* Defaults for zero fields: 5 in a row, 10 s window, 20 minimum requests,
+ * open 5 s, 1 probe. */
+void tg_brk_conf_fill(tg_brk_conf_t *c);
+void tg_brk_init(tg_brk_t *b);
+/* 1 when a request may go to the channel now (it counts as a probe while
+ * half-open), 0 when the breaker refuses it. */
+int tg_brk_allow(tg_brk_t *b, const tg_brk_conf_t *c, int64_t now_ms);
+/* Records an outcome of a request that tg_brk_allow admitted. */
+void tg_brk_record(tg_brk_t *b, const tg_brk_conf_t *c, int ok, int64_t now_ms);
+
+/* ---- route pick (router.c) ----------------------------------------------- */
+
+/* Weighted choice among n candidates: weights[i] (0 = skip), r a random
+ * number. Returns the index, or -1 when every weight is 0. */
+int tg_agent_pick(const uint32_t *weights, int n, uint64_t r);
+
+/* Backoff before retry number `retry` (0-based): initial * 2^retry capped by
+ * max, at least retry_after_ms when honoured (also capped by max). */
+uint32_t tg_agent_backoff(uint32_t initial_ms, uint32_t max_ms, unsigned retry, int64_t retry_after_ms);
+
+#endif

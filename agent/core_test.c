@@ -1,0 +1,300 @@
+/* core_test.c: unit tests of the agent's socket-free parts: the request
+ * scanner and rewrite, the SSE splitter and classifier, usage numbers,
+ * globs and CIDRs, the circuit breaker, weighted pick and backoff. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "agent/agent_int.h"
+
+static int scan(const char *s, tg_scan_t *sc, char *err)
+{
+    err[0] = '\0';
+    return tg_agent_scan(s, strlen(s), sc, err, TG_ERRLEN);
+}
+
+static void test_scan_fields(void **st)
+{
+    (void)st;
+    tg_scan_t sc;
+    char err[TG_ERRLEN];
+    const char *b = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9\"}],"
+                    "\"model\" : \"gpt-4o\",\"stream\":true,\"max_tokens\":77,\"x\":{\"model\":1}}";
+    assert_int_equal(scan(b, &sc, err), 0);
+    assert_string_equal(sc.sc_model, "gpt-4o");
+    assert_int_equal(sc.sc_stream, 1);
+    assert_int_equal(sc.sc_include_usage, 0);
+    assert_int_equal(sc.sc_max_tokens, 77);
+    assert_memory_equal(b + sc.sc_model_val.sp_off, "\"gpt-4o\"", 8);
+    assert_int_equal(sc.sc_model_val.sp_len, 8);
+    assert_int_equal(b[sc.sc_close], '}');
+    assert_int_equal(sc.sc_close, strlen(b) - 1);
+
+    /* escapes in the model are decoded */
+    assert_int_equal(scan("{\"model\":\"a\\/b\\u0041\"}", &sc, err), 0);
+    assert_string_equal(sc.sc_model, "a/bA");
+    /* include_usage */
+    assert_int_equal(scan("{\"stream\":true,\"stream_options\":{\"include_usage\":true}}", &sc, err), 0);
+    assert_int_equal(sc.sc_include_usage, 1);
+}
+
+static void test_scan_errors(void **st)
+{
+    (void)st;
+    tg_scan_t sc;
+    char err[TG_ERRLEN];
+    assert_int_equal(scan("{\"model\":\"x\",}", &sc, err), TG_AGENT_EJSON);
+    assert_non_null(strstr(err, "at byte 13"));
+    assert_int_equal(scan("{\"model\":\"x\"", &sc, err), TG_AGENT_EJSON);
+    assert_non_null(strstr(err, "end of input"));
+    assert_int_equal(scan("[1]", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":tru}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":01}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":\"\x01\"}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":\"\xc3\x28\"}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":\"\\ud800\"}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{} x", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"model\":5}", &sc, err), TG_AGENT_EREQUEST);
+    assert_non_null(strstr(err, "must be a string"));
+    assert_int_equal(scan("{\"stream\":\"yes\"}", &sc, err), TG_AGENT_EREQUEST);
+    assert_int_equal(scan("{\"stream_options\":[]}", &sc, err), TG_AGENT_EREQUEST);
+    /* a second model, also when spelled with an escape, is refused */
+    assert_int_equal(scan("{\"model\":\"a\",\"model\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
+    assert_int_equal(scan("{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
+    /* nesting is bounded, not a stack overflow */
+    char deep[2000];
+    memset(deep, '[', sizeof deep);
+    memcpy(deep, "{\"a\":", 5);
+    deep[sizeof deep - 1] = '\0';
+    assert_int_equal(scan(deep, &sc, err), TG_AGENT_EJSON);
+    assert_non_null(strstr(err, "nesting"));
+}
+
+static char *rewrite(const char *b, const char *model, int add_usage)
+{
+    static char out[1024];
+    tg_scan_t sc;
+    char err[TG_ERRLEN] = "";
+    tg_buf_t buf;
+    assert_int_equal(tg_agent_scan(b, strlen(b), &sc, err, sizeof err), 0);
+    tg_buf_init(&buf, 4096);
+    assert_int_equal(tg_agent_rewrite(b, strlen(b), &sc, model, add_usage, &buf), 0);
+    assert_true(buf.b_len < sizeof out);
+    memcpy(out, buf.b_data, buf.b_len);
+    out[buf.b_len] = '\0';
+    tg_buf_free(&buf);
+    return out;
+}
+
+static void test_rewrite(void **st)
+{
+    (void)st;
+    assert_string_equal(rewrite("{\"model\":\"cat\",\"z\":[1,2]}", "up\"x", 0),
+                        "{\"model\":\"up\\\"x\",\"z\":[1,2]}");
+    assert_string_equal(rewrite("{\"model\":\"cat\",\"stream\":true}", "m", 1),
+                        "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+    assert_string_equal(rewrite("{\"stream_options\":{\"include_obfuscation\":false},\"model\":\"c\"}", "m", 1),
+                        "{\"stream_options\":{\"include_usage\":true,\"include_obfuscation\":false},\"model\":\"m\"}");
+    assert_string_equal(rewrite("{\"model\":\"c\",\"stream_options\":{\"include_usage\":false}}", "m", 1),
+                        "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}");
+    assert_string_equal(rewrite("{\"model\":\"c\",\"stream_options\":null}", "m", 1),
+                        "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}");
+    assert_string_equal(rewrite("{\"model\":\"c\",\"stream_options\":{ }}", "m", 1),
+                        "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true }}");
+    /* the client asked already: unchanged */
+    assert_string_equal(rewrite("{\"model\":\"c\",\"stream_options\":{\"include_usage\":true}}", "m", 1),
+                        "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}");
+    assert_string_equal(rewrite("{}", NULL, 1), "{\"stream_options\":{\"include_usage\":true}}");
+}
+
+typedef struct evs {
+    int n;
+    char ev[8][256];
+} evs_t;
+
+static int on_ev(void *arg, const char *ev, size_t n)
+{
+    evs_t *e = arg;
+    assert_true(n < 256 && e->n < 8);
+    memcpy(e->ev[e->n], ev, n);
+    e->ev[e->n++][n] = '\0';
+    return 0;
+}
+
+static void test_sse(void **st)
+{
+    (void)st;
+    const char *stream = "data: {\"a\":1}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5}}\r\n\r\n"
+                         "data: [DONE]\n\n";
+    /* every split point gives the same events */
+    for (size_t cut = 0; cut <= strlen(stream); cut++) {
+        tg_sse_t s;
+        evs_t e = {0};
+        tg_sse_init(&s, 1024);
+        assert_int_equal(tg_sse_feed(&s, stream, cut, on_ev, &e), 0);
+        assert_int_equal(tg_sse_feed(&s, stream + cut, strlen(stream) - cut, on_ev, &e), 0);
+        assert_int_equal(e.n, 3);
+        assert_string_equal(e.ev[0], "data: {\"a\":1}\n\n");
+        assert_string_equal(e.ev[2], "data: [DONE]\n\n");
+        tg_sse_free(&s);
+    }
+    const char *u;
+    size_t ul;
+    assert_int_equal(tg_sse_classify("data: {\"choices\":[{\"x\":1}],\"usage\":null}\n\n", 41, &u, &ul), 0);
+    const char *ev = "data: {\"id\":\"c\",\"choices\": [ ],\"usage\":{\"prompt_tokens\":5,\"d\":{\"x\":1}}}\n\n";
+    assert_int_equal(tg_sse_classify(ev, strlen(ev), &u, &ul), 1);
+    assert_int_equal(ul, strlen("{\"prompt_tokens\":5,\"d\":{\"x\":1}}"));
+    assert_int_equal(tg_sse_classify("data: [DONE]\n\n", 14, &u, &ul), 2);
+    /* an event too large is refused, not buffered without bound */
+    tg_sse_t s;
+    evs_t e = {0};
+    tg_sse_init(&s, 8);
+    assert_int_equal(tg_sse_feed(&s, "data: 0123456789", 16, on_ev, &e), TG_AGENT_ETOOBIG);
+    tg_sse_free(&s);
+}
+
+static void test_usage(void **st)
+{
+    (void)st;
+    const char *b = "{\"id\":\"x\",\"choices\":[{\"message\":{\"content\":\"\\\"usage\\\":{}\"}}],"
+                    "\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":16,\"total_tokens\":136,"
+                    "\"prompt_tokens_details\":{\"cached_tokens\":100},"
+                    "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
+    const char *p;
+    size_t n;
+    assert_int_equal(tg_agent_find_usage(b, strlen(b), &p, &n), 1);
+    tg_usage_t u;
+    assert_int_equal(tg_agent_usage_parse(p, n, &u), 0);
+    assert_int_equal(u.us_prompt, 120);
+    assert_int_equal(u.us_completion, 16);
+    assert_int_equal(u.us_cached, 100);
+    assert_int_equal(u.us_reasoning, 4);
+    assert_int_equal(tg_agent_find_usage("{\"usage\":null}", 14, &p, &n), 0);
+    assert_int_equal(tg_agent_find_usage("{\"id\":1}", 8, &p, &n), 0);
+    assert_int_equal(tg_agent_find_usage("nope", 4, &p, &n), TG_AGENT_EJSON);
+}
+
+static void test_glob_cidr(void **st)
+{
+    (void)st;
+    assert_true(tg_agent_glob("gpt-4o*", "gpt-4o-mini"));
+    assert_true(tg_agent_glob("gpt-4o*", "gpt-4o"));
+    assert_false(tg_agent_glob("gpt-4o*", "gpt-4"));
+    assert_true(tg_agent_glob("*-mini", "o3-mini"));
+    assert_true(tg_agent_glob("g?t*o", "gpt-4o"));
+    assert_true(tg_agent_glob("*", ""));
+    assert_false(tg_agent_glob("a*b*c", "abxbxcx"));
+    assert_true(tg_agent_glob("a*b*c", "abxbxc"));
+
+    tg_ip_t ip;
+    assert_int_equal(tg_agent_ip_parse("10.1.2.3", &ip), 0);
+    assert_int_equal(tg_agent_cidr_match("10.0.0.0/8", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("10.1.2.0/30", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("10.1.2.4/30", &ip), 0);
+    assert_int_equal(tg_agent_cidr_match("10.1.2.3", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("0.0.0.0/0", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("::ffff:10.1.2.3/128", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("2001:db8::/32", &ip), 0);
+    assert_int_equal(tg_agent_cidr_match("10.0.0.0/33", &ip), -1);
+    assert_int_equal(tg_agent_cidr_match("nonsense/8", &ip), -1);
+    assert_int_equal(tg_agent_ip_parse("2001:db8:1::5", &ip), 0);
+    assert_int_equal(tg_agent_cidr_match("2001:db8::/32", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("2001:db9::/32", &ip), 0);
+    assert_int_equal(tg_agent_cidr_match("2001:db8:1::/47", &ip), 1);
+    assert_int_equal(tg_agent_cidr_match("10.0.0.0/8", &ip), 0);
+    assert_int_equal(tg_agent_ip_parse("300.1.1.1", &ip), -1);
+}
+
+static void test_breaker(void **st)
+{
+    (void)st;
+    tg_brk_conf_t c = {.bc_consecutive = 3, .bc_open_ms = 1000, .bc_probes = 2};
+    tg_brk_conf_fill(&c);
+    tg_brk_t b;
+    tg_brk_init(&b);
+    int64_t t = 100000;
+    /* two failures, a success: still closed (not in a row) */
+    for (int i = 0; i < 2; i++) {
+        assert_true(tg_brk_allow(&b, &c, t));
+        tg_brk_record(&b, &c, 0, t);
+    }
+    assert_true(tg_brk_allow(&b, &c, t));
+    tg_brk_record(&b, &c, 1, t);
+    for (int i = 0; i < 3; i++) {
+        assert_true(tg_brk_allow(&b, &c, t));
+        tg_brk_record(&b, &c, 0, t);
+    }
+    assert_int_equal(b.br_state, TG_BRK_OPEN);
+    assert_false(tg_brk_allow(&b, &c, t + 999));
+    /* half-open: one probe at a time; a failed probe re-opens */
+    assert_true(tg_brk_allow(&b, &c, t + 1000));
+    assert_int_equal(b.br_state, TG_BRK_HALF_OPEN);
+    assert_false(tg_brk_allow(&b, &c, t + 1000));
+    tg_brk_record(&b, &c, 0, t + 1001);
+    assert_int_equal(b.br_state, TG_BRK_OPEN);
+    assert_false(tg_brk_allow(&b, &c, t + 1500));
+    /* two good probes close it */
+    assert_true(tg_brk_allow(&b, &c, t + 2001));
+    tg_brk_record(&b, &c, 1, t + 2002);
+    assert_int_equal(b.br_state, TG_BRK_HALF_OPEN);
+    assert_true(tg_brk_allow(&b, &c, t + 2003));
+    tg_brk_record(&b, &c, 1, t + 2004);
+    assert_int_equal(b.br_state, TG_BRK_CLOSED);
+    assert_int_equal(b.br_opens, 2);
+
+    /* error rate: 50% over >= 4 requests, never 3 in a row */
+    tg_brk_conf_t r = {.bc_consecutive = 100, .bc_rate_ppm = 500000, .bc_min_requests = 4, .bc_window_ms = 1000};
+    tg_brk_conf_fill(&r);
+    tg_brk_init(&b);
+    int pattern[] = {1, 0, 1, 0};
+    for (int i = 0; i < 4; i++) {
+        assert_true(tg_brk_allow(&b, &r, t));
+        tg_brk_record(&b, &r, pattern[i], t);
+    }
+    assert_int_equal(b.br_state, TG_BRK_OPEN);
+    /* outside the window the count restarts */
+    tg_brk_init(&b);
+    tg_brk_record(&b, &r, 0, t);
+    tg_brk_record(&b, &r, 0, t);
+    tg_brk_record(&b, &r, 1, t + 1000);
+    tg_brk_record(&b, &r, 1, t + 1000);
+    tg_brk_record(&b, &r, 0, t + 1001);
+    tg_brk_record(&b, &r, 1, t + 1001);
+    assert_int_equal(b.br_state, TG_BRK_CLOSED);
+}
+
+static void test_pick_backoff(void **st)
+{
+    (void)st;
+    uint32_t w[] = {1, 0, 3};
+    int hits[3] = {0};
+    for (uint64_t r = 0; r < 400; r++)
+        hits[tg_agent_pick(w, 3, r)]++;
+    assert_int_equal(hits[0], 100);
+    assert_int_equal(hits[1], 0);
+    assert_int_equal(hits[2], 300);
+    uint32_t z[] = {0, 0};
+    assert_int_equal(tg_agent_pick(z, 2, 7), -1);
+    assert_int_equal(tg_agent_backoff(100, 1000, 0, 0), 100);
+    assert_int_equal(tg_agent_backoff(100, 1000, 2, 0), 400);
+    assert_int_equal(tg_agent_backoff(100, 1000, 9, 0), 1000);
+    assert_int_equal(tg_agent_backoff(100, 1000, 0, 700), 700);
+    assert_int_equal(tg_agent_backoff(100, 1000, 0, 5000), 1000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scan_fields), cmocka_unit_test(test_scan_errors),
+        cmocka_unit_test(test_rewrite),     cmocka_unit_test(test_sse),
+        cmocka_unit_test(test_usage),       cmocka_unit_test(test_glob_cidr),
+        cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
