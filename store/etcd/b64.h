@@ -1,0 +1,22 @@
+/* b64: standard base64 (RFC 4648, with padding) for the bytes etcd's JSON
+ * gateway carries in keys and values. Strict: a decoder that accepts only
+ * canonical input, so a mangled answer is an error, never silently different
+ * bytes. */
+#ifndef TG_STORE_B64_H
+#define TG_STORE_B64_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bytes tg_b64_encode writes for n input bytes, plus the NUL. */
+#define TG_B64_ENCLEN(n) ((((n) + 2) / 3) * 4 + 1)
+
+/* Encodes n bytes of src into dst (TG_B64_ENCLEN(n) bytes), NUL-terminated.
+ * Returns the length without the NUL. Can't fail. */
+size_t tg_b64_encode(const uint8_t *src, size_t n, char *dst);
+
+/* Decodes n characters of src into dst (at least n / 4 * 3 bytes). Returns
+ * the decoded length, or -1 when src is not canonical padded base64. */
+long tg_b64_decode(const char *src, size_t n, uint8_t *dst);
+
+#endif

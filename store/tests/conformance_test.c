@@ -1,0 +1,1202 @@
+/* The tg_store conformance suite: one set of cmocka tests that every backend
+ * must pass, run once per backend (argv[1] = "lmdb" or "etcd"; Bazel runs
+ * both, see BUILD). For etcd it starts a real etcd on loopback ports in a
+ * temp dir. After the shared tests come each backend's own: for LMDB map
+ * growth and the full-map error, corrupt and truncated files, durability
+ * across reopen and a SIGKILLed writer, the one-process lock; for etcd an
+ * unreachable endpoint, failover from a dead endpoint, and a watcher that
+ * survives etcd being SIGKILLed and restarted without missing or repeating
+ * an event. */
+#include <errno.h>
+#include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "base/tg_base.h"
+#include "store/store.h"
+#include "store/tests/etcd_harness.h"
+
+static int g_etcd;          /* backend under test is etcd */
+static etcd_proc_t g_proc;  /* the etcd for the whole run */
+static char g_dir[512];     /* lmdb: this test's store dir */
+static tg_store_t *g_s;     /* this test's store */
+static char g_pfx[64];      /* this test's key prefix (etcd is shared) */
+static int g_seq;
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* key = prefix + name, into buf; returns its length */
+static size_t K(char *buf, const char *name)
+{
+    return (size_t)snprintf(buf, 256, "%s%s", g_pfx, name);
+}
+
+static tg_store_t *open_store(const tg_store_opts_t *o)
+{
+    char spec[700], err[TG_ERRLEN] = "";
+    tg_store_t *s = NULL;
+    tg_store_opts_t def;
+    memset(&def, 0, sizeof(def));
+    if (!o)
+        o = &def;
+    if (g_etcd)
+        snprintf(spec, sizeof(spec), "etcd:%s", g_proc.ep_url);
+    else
+        snprintf(spec, sizeof(spec), "lmdb:%s/db", g_dir);
+    int rc = tg_store_open(&s, spec, o, err, sizeof(err));
+    if (rc)
+        fail_msg("open %s: %s (%s)", spec, err, tg_store_strerror(rc));
+    return s;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_pfx, sizeof(g_pfx), "t%d-%ld/", ++g_seq, (long)getpid());
+    if (!g_etcd && harness_tmpdir(g_dir, sizeof(g_dir), "lmdb"))
+        return -1;
+    g_s = open_store(NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    tg_store_close(g_s);
+    g_s = NULL;
+    if (!g_etcd)
+        harness_rmdir(g_dir);
+    return 0;
+}
+
+static int64_t put(const char *name, const char *val)
+{
+    char k[256], err[TG_ERRLEN] = "";
+    int64_t rev = 0;
+    int rc = tg_store_put(g_s, k, K(k, name), val, strlen(val), 0, &rev, err, sizeof(err));
+    if (rc)
+        fail_msg("put %s: %s", name, err);
+    return rev;
+}
+
+static int64_t curr(void)
+{
+    char err[TG_ERRLEN] = "";
+    int64_t r = 0;
+    if (tg_store_revision(g_s, &r, err, sizeof(err)))
+        fail_msg("revision: %s", err);
+    return r;
+}
+
+/* Next event within ms, or fail. */
+static tg_store_event_t *next_ev(tg_store_watch_t *w, int ms)
+{
+    tg_store_event_t *ev = NULL;
+    char err[TG_ERRLEN] = "";
+    int rc = tg_store_watch_next(w, ms, &ev, err, sizeof(err));
+    if (rc)
+        fail_msg("watch_next: %s (%s)", tg_store_strerror(rc), err);
+    return ev;
+}
+
+static void expect_ev(tg_store_watch_t *w, int type, const char *name, const char *val,
+                      int64_t rev)
+{
+    char k[256];
+    size_t kl = K(k, name);
+    tg_store_event_t *ev = next_ev(w, 5000);
+    assert_int_equal(ev->ev_type, type);
+    assert_int_equal(ev->ev_kv.kv_key_len, kl);
+    assert_memory_equal(ev->ev_kv.kv_key, k, kl);
+    if (val) {
+        assert_int_equal(ev->ev_kv.kv_val_len, strlen(val));
+        assert_memory_equal(ev->ev_kv.kv_val, val, strlen(val));
+    }
+    if (rev)
+        assert_int_equal(ev->ev_kv.kv_mod_rev, rev);
+    tg_store_event_free(ev);
+}
+
+static void expect_no_ev(tg_store_watch_t *w, int ms)
+{
+    tg_store_event_t *ev = NULL;
+    int rc = tg_store_watch_next(w, ms, &ev, NULL, 0);
+    if (rc != TG_STORE_EAGAIN)
+        fail_msg("expected no event, got rc %d rev %lld", rc,
+                 ev ? (long long)ev->ev_kv.kv_mod_rev : 0LL);
+}
+
+/* ---- shared tests ------------------------------------------------------------ */
+
+static void test_put_get_versions(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    tg_store_kv_t *kv = NULL;
+    int64_t r0 = curr();
+    int64_t r1 = put("a", "one");
+    assert_true(r1 > r0);
+    assert_int_equal(curr(), r1);
+    int64_t r2 = put("a", "two");
+    assert_int_equal(r2, r1 + 1);
+    int64_t rev = 0;
+    assert_int_equal(tg_store_get(g_s, k, K(k, "a"), &kv, &rev, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_val_len, 3);
+    assert_memory_equal(kv->kv_val, "two", 3);
+    assert_int_equal(kv->kv_create_rev, r1);
+    assert_int_equal(kv->kv_mod_rev, r2);
+    assert_int_equal(kv->kv_version, 2);
+    assert_int_equal(kv->kv_lease, 0);
+    assert_int_equal(rev, r2);
+    tg_store_kv_free(kv);
+    /* a missing key: NULL, no error */
+    assert_int_equal(tg_store_get(g_s, k, K(k, "missing"), &kv, NULL, err, sizeof(err)), 0);
+    assert_null(kv);
+    /* an empty value is a value */
+    put("empty", "");
+    assert_int_equal(tg_store_get(g_s, k, K(k, "empty"), &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_val_len, 0);
+    tg_store_kv_free(kv);
+}
+
+static void test_binary_keys_values(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    uint8_t key[300], val[600];
+    size_t pl = strlen(g_pfx);
+    memcpy(key, g_pfx, pl);
+    const uint8_t tail[] = {0x00, 0xff, 'x', 0x00, 0xfe, 0xff};
+    memcpy(key + pl, tail, sizeof(tail));
+    size_t kl = pl + sizeof(tail);
+    for (int i = 0; i < 600; i++)
+        val[i] = (uint8_t)(i * 7 + (i >> 8));
+    val[0] = 0;
+    val[1] = 0xff;
+    assert_int_equal(tg_store_put(g_s, key, kl, val, sizeof(val), 0, NULL, err, sizeof(err)), 0);
+    /* a key that differs only after the NUL is a different key */
+    uint8_t key2[300];
+    memcpy(key2, key, kl);
+    key2[kl - 1] = 0xfe;
+    assert_int_equal(tg_store_put(g_s, key2, kl, "v2", 2, 0, NULL, err, sizeof(err)), 0);
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(g_s, key, kl, &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_key_len, kl);
+    assert_memory_equal(kv->kv_key, key, kl);
+    assert_int_equal(kv->kv_val_len, sizeof(val));
+    assert_memory_equal(kv->kv_val, val, sizeof(val));
+    tg_store_kv_free(kv);
+    /* a prefix ending in 0xFF bytes: the range end must skip them */
+    uint8_t pfx[300];
+    memcpy(pfx, key, pl + 2); /* ... 0x00 0xff */
+    tg_store_range_req_t rq = {.rq_key = pfx, .rq_key_len = pl + 2, .rq_prefix = 1};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 2);
+    assert_memory_equal(res.rs_kvs[0].kv_key, key2, kl); /* 0xfe < 0xff */
+    assert_memory_equal(res.rs_kvs[1].kv_key, key, kl);
+    tg_store_range_res_free(&res);
+}
+
+static void test_range_pagination(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    for (int i = 0; i < 25; i++) {
+        char name[32], v[32];
+        snprintf(name, sizeof(name), "p/%02d", i);
+        snprintf(v, sizeof(v), "v%d", i);
+        put(name, v);
+    }
+    put("q", "outside"); /* not in the prefix */
+    tg_store_range_res_t res;
+    uint8_t next[TG_STORE_MAX_KEY + 1];
+    size_t nl = K((char *)next, "p/");
+    tg_store_range_req_t rq = {.rq_key = next, .rq_key_len = nl, .rq_prefix = 0, .rq_limit = 10};
+    uint8_t end[TG_STORE_MAX_KEY];
+    char pk[256];
+    size_t pkl = K(pk, "p/");
+    rq.rq_end_len = tg_store_prefix_end(pk, pkl, end);
+    rq.rq_end = end;
+    int seen = 0, pages = 0;
+    int64_t pinned = 0;
+    for (;;) {
+        assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+        if (pages == 0) {
+            assert_int_equal(res.rs_count, 25);
+            assert_int_equal(res.rs_more, 1);
+            pinned = res.rs_revision;
+            rq.rq_revision = pinned;
+            /* change the range between pages: the pinned pages must not see it */
+            int64_t d = 0;
+            assert_int_equal(tg_store_delete(g_s, k, K(k, "p/15"), 0, &d, NULL, err, sizeof(err)),
+                             0);
+            assert_int_equal(d, 1);
+            put("p/20", "changed");
+            put("p/99", "new");
+        }
+        for (size_t i = 0; i < res.rs_n; i++) {
+            char want[64], wv[32];
+            size_t wl = K(want, "");
+            wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "p/%02d", seen);
+            snprintf(wv, sizeof(wv), "v%d", seen);
+            assert_int_equal(res.rs_kvs[i].kv_key_len, wl);
+            assert_memory_equal(res.rs_kvs[i].kv_key, want, wl);
+            assert_int_equal(res.rs_kvs[i].kv_val_len, strlen(wv));
+            assert_memory_equal(res.rs_kvs[i].kv_val, wv, strlen(wv));
+            seen++;
+        }
+        pages++;
+        int more = res.rs_more;
+        if (more)
+            assert_int_equal(tg_store_range_next(&res, next, &nl), 0);
+        tg_store_range_res_free(&res);
+        if (!more)
+            break;
+        rq.rq_key = next;
+        rq.rq_key_len = nl;
+    }
+    assert_int_equal(seen, 25);
+    assert_int_equal(pages, 3);
+    /* the current view has the changes */
+    tg_store_range_req_t now = {.rq_key = pk, .rq_key_len = pkl, .rq_prefix = 1};
+    assert_int_equal(tg_store_range(g_s, &now, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 25); /* -p/15 +p/99 */
+    assert_int_equal(res.rs_count, 25);
+    assert_int_equal(res.rs_more, 0);
+    assert_memory_equal(res.rs_kvs[19].kv_val, "changed", 7); /* index 19 = p/20 */
+    tg_store_range_res_free(&res);
+    /* keys only */
+    now.rq_keys_only = 1;
+    now.rq_limit = 3;
+    assert_int_equal(tg_store_range(g_s, &now, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 3);
+    assert_int_equal(res.rs_kvs[0].kv_val_len, 0);
+    assert_true(res.rs_kvs[0].kv_mod_rev > 0);
+    tg_store_range_res_free(&res);
+}
+
+static void test_delete(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    put("d/1", "a");
+    put("d/2", "b");
+    put("d/3", "c");
+    int64_t r = put("e", "keep");
+    int64_t n = -1, rev = 0;
+    assert_int_equal(tg_store_delete(g_s, k, K(k, "nothing"), 0, &n, &rev, err, sizeof(err)), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(rev, r); /* nothing deleted: the revision does not move */
+    assert_int_equal(curr(), r);
+    assert_int_equal(tg_store_delete(g_s, k, K(k, "d/2"), 0, &n, &rev, err, sizeof(err)), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(rev, r + 1);
+    assert_int_equal(tg_store_delete(g_s, k, K(k, "d/"), 1, &n, &rev, err, sizeof(err)), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(rev, r + 2); /* a prefix delete is one revision */
+    tg_store_kv_t *kv;
+    assert_int_equal(tg_store_get(g_s, k, K(k, "e"), &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    tg_store_kv_free(kv);
+    /* a recreated key starts over at version 1 */
+    int64_t r3 = put("d/1", "again");
+    assert_int_equal(tg_store_get(g_s, k, K(k, "d/1"), &kv, NULL, err, sizeof(err)), 0);
+    assert_int_equal(kv->kv_version, 1);
+    assert_int_equal(kv->kv_create_rev, r3);
+    tg_store_kv_free(kv);
+}
+
+static void test_txn_compares(void **state)
+{
+    (void)state;
+    char k[256], k2[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "cas"), kl2 = K(k2, "other");
+    int64_t r1 = put("cas", "v1");
+    tg_store_txn_res_t res;
+    struct {
+        int target, op;
+        int64_t num;
+        const char *val;
+        int want;
+    } cases[] = {
+        {TG_STORE_CMP_VALUE, TG_STORE_EQ, 0, "v1", 1},
+        {TG_STORE_CMP_VALUE, TG_STORE_NE, 0, "v1", 0},
+        {TG_STORE_CMP_VALUE, TG_STORE_LT, 0, "v2", 1},
+        {TG_STORE_CMP_VALUE, TG_STORE_GT, 0, "v0", 1},
+        {TG_STORE_CMP_VERSION, TG_STORE_EQ, 1, NULL, 1},
+        {TG_STORE_CMP_VERSION, TG_STORE_GT, 1, NULL, 0},
+        {TG_STORE_CMP_CREATE_REV, TG_STORE_EQ, r1, NULL, 1},
+        {TG_STORE_CMP_MOD_REV, TG_STORE_LT, r1 + 1, NULL, 1},
+        {TG_STORE_CMP_MOD_REV, TG_STORE_NE, r1, NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        tg_store_cmp_t c = {.c_key = k,
+                            .c_key_len = kl,
+                            .c_target = cases[i].target,
+                            .c_op = cases[i].op,
+                            .c_num = cases[i].num,
+                            .c_val = cases[i].val,
+                            .c_val_len = cases[i].val ? strlen(cases[i].val) : 0};
+        tg_store_op_t get = {.op_type = TG_STORE_OP_GET, .op_key = k, .op_key_len = kl};
+        assert_int_equal(tg_store_txn(g_s, &c, 1, &get, 1, NULL, 0, &res, err, sizeof(err)), 0);
+        if (res.tx_succeeded != cases[i].want)
+            fail_msg("compare case %zu: succeeded=%d, want %d", i, res.tx_succeeded,
+                     cases[i].want);
+        assert_int_equal(res.tx_n, cases[i].want ? 1 : 0);
+        if (cases[i].want) {
+            assert_int_equal(res.tx_res[0].or_type, TG_STORE_OP_GET);
+            assert_int_equal(res.tx_res[0].or_range.rs_n, 1);
+            assert_memory_equal(res.tx_res[0].or_range.rs_kvs[0].kv_val, "v1", 2);
+        }
+        assert_int_equal(res.tx_revision, r1); /* reads do not move the revision */
+        tg_store_txn_res_free(&res);
+    }
+    /* create-if-absent: version == 0; value compares on a missing key fail */
+    tg_store_cmp_t absent = {.c_key = k2, .c_key_len = kl2, .c_target = TG_STORE_CMP_VERSION,
+                             .c_op = TG_STORE_EQ, .c_num = 0};
+    tg_store_op_t put1 = {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = kl2,
+                          .op_val = "x", .op_val_len = 1};
+    tg_store_op_t put2 = {.op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl,
+                          .op_val = "v2", .op_val_len = 2};
+    tg_store_op_t del = {.op_type = TG_STORE_OP_DELETE, .op_key = k, .op_key_len = kl};
+    tg_store_op_t succ[] = {put1, put2};
+    assert_int_equal(tg_store_txn(g_s, &absent, 1, succ, 2, &del, 1, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.tx_succeeded, 1);
+    assert_int_equal(res.tx_revision, r1 + 1); /* two puts, one revision */
+    assert_int_equal(res.tx_n, 2);
+    tg_store_txn_res_free(&res);
+    /* again: the key exists now, so the failure branch deletes `cas` */
+    assert_int_equal(tg_store_txn(g_s, &absent, 1, succ, 2, &del, 1, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.tx_succeeded, 0);
+    assert_int_equal(res.tx_n, 1);
+    assert_int_equal(res.tx_res[0].or_type, TG_STORE_OP_DELETE);
+    assert_int_equal(res.tx_res[0].or_deleted, 1);
+    assert_int_equal(res.tx_revision, r1 + 2);
+    tg_store_txn_res_free(&res);
+    tg_store_cmp_t valcmp = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VALUE,
+                             .c_op = TG_STORE_NE, .c_val = "zz", .c_val_len = 2};
+    assert_int_equal(tg_store_txn(g_s, &valcmp, 1, NULL, 0, NULL, 0, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.tx_succeeded, 0); /* missing key: value compare is false */
+    tg_store_txn_res_free(&res);
+    /* the same key written twice in one txn is refused, and nothing changes */
+    tg_store_op_t twice[] = {put1, put1};
+    int64_t before = curr();
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, twice, 2, NULL, 0, NULL, err, sizeof(err)),
+                     TG_STORE_EINVAL);
+    assert_int_equal(curr(), before);
+}
+
+typedef struct racer {
+    tg_store_t *r_s;
+    const char *r_key;
+    size_t r_keylen;
+    int r_incs;
+    int r_conflicts;
+    int r_rc;
+} racer_t;
+
+/* Increments a decimal counter r_incs times with get + CAS on mod_revision. */
+static void *race(void *arg)
+{
+    racer_t *r = arg;
+    char err[TG_ERRLEN];
+    for (int done = 0; done < r->r_incs;) {
+        tg_store_kv_t *kv = NULL;
+        int64_t mod = 0, v = 0;
+        err[0] = 0;
+        if ((r->r_rc = tg_store_get(r->r_s, r->r_key, r->r_keylen, &kv, NULL, err, sizeof(err))))
+            return NULL;
+        if (kv) {
+            char num[32];
+            snprintf(num, sizeof(num), "%.*s", (int)kv->kv_val_len, (const char *)kv->kv_val);
+            v = strtoll(num, NULL, 10);
+            mod = kv->kv_mod_rev;
+            tg_store_kv_free(kv);
+        }
+        char nv[32];
+        int nl = snprintf(nv, sizeof(nv), "%lld", (long long)(v + 1));
+        tg_store_cmp_t c = {.c_key = r->r_key, .c_key_len = r->r_keylen,
+                            .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ, .c_num = mod};
+        tg_store_op_t p = {.op_type = TG_STORE_OP_PUT, .op_key = r->r_key,
+                           .op_key_len = r->r_keylen, .op_val = nv, .op_val_len = (size_t)nl};
+        tg_store_txn_res_t res;
+        if ((r->r_rc = tg_store_txn(r->r_s, &c, 1, &p, 1, NULL, 0, &res, err, sizeof(err))))
+            return NULL;
+        if (res.tx_succeeded)
+            done++;
+        else
+            r->r_conflicts++;
+        tg_store_txn_res_free(&res);
+    }
+    return NULL;
+}
+
+static void test_cas_race(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "counter");
+    int n = g_etcd ? 60 : 300;
+    racer_t r[2] = {{g_s, k, kl, n, 0, 0}, {g_s, k, kl, n, 0, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, race, &r[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(r[0].r_rc, 0);
+    assert_int_equal(r[1].r_rc, 0);
+    tg_store_kv_t *kv;
+    assert_int_equal(tg_store_get(g_s, k, kl, &kv, NULL, err, sizeof(err)), 0);
+    char want[32];
+    snprintf(want, sizeof(want), "%d", 2 * n);
+    assert_int_equal(kv->kv_val_len, strlen(want));
+    assert_memory_equal(kv->kv_val, want, strlen(want)); /* no lost update */
+    assert_int_equal(kv->kv_version, 2 * n);
+    tg_store_kv_free(kv);
+    print_message("  cas race: %d increments, %d conflicts retried\n", 2 * n,
+                  r[0].r_conflicts + r[1].r_conflicts);
+}
+
+static void test_revisions_monotonic(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    int64_t last = curr(), r;
+    for (int i = 0; i < 20; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "m%d", i % 3);
+        r = put(name, "x");
+        assert_int_equal(r, last + 1);
+        last = r;
+        if (i % 5 == 4) {
+            assert_int_equal(tg_store_delete(g_s, k, K(k, name), 0, NULL, &r, err, sizeof(err)),
+                             0);
+            assert_int_equal(r, last + 1);
+            last = r;
+        }
+    }
+    assert_int_equal(curr(), last);
+    /* bad revisions are refused */
+    tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = K(k, "m0"), .rq_revision = -1};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), TG_STORE_EINVAL);
+    err[0] = 0;
+    rq.rq_revision = last + 1000;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), TG_STORE_EFUTURE);
+    assert_non_null(strstr(err, "revision"));
+}
+
+static void test_watch_live_and_replay(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "w/");
+    tg_store_watch_t *live = NULL, *old = NULL;
+    int64_t r1 = put("w/a", "1");
+    int64_t r2 = put("w/b", "2");
+    put("x/outside", "no");
+    int64_t r3 = 0;
+    int64_t dn = 0;
+    char ka[256];
+    assert_int_equal(tg_store_delete(g_s, ka, K(ka, "w/a"), 0, &dn, &r3, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &live, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_watch_next_rev(live), r3 + 1);
+    /* from an old revision: exactly the changes since, in order */
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, r2, &old, err, sizeof(err)), 0);
+    expect_ev(old, TG_STORE_EV_PUT, "w/b", "2", r2);
+    expect_ev(old, TG_STORE_EV_DELETE, "w/a", NULL, r3);
+    expect_no_ev(old, 100);
+    expect_no_ev(live, 0);
+    int64_t r4 = put("w/c", "3");
+    int64_t r5 = put("w/c", "4");
+    put("x/outside", "no");
+    expect_ev(live, TG_STORE_EV_PUT, "w/c", "3", r4);
+    expect_ev(old, TG_STORE_EV_PUT, "w/c", "3", r4);
+    tg_store_event_t *ev = next_ev(live, 5000);
+    assert_int_equal(ev->ev_kv.kv_mod_rev, r5);
+    assert_int_equal(ev->ev_kv.kv_version, 2);
+    assert_int_equal(ev->ev_kv.kv_create_rev, r4);
+    tg_store_event_free(ev);
+    expect_ev(old, TG_STORE_EV_PUT, "w/c", "4", r5);
+    expect_no_ev(live, 200);
+    assert_int_equal(tg_store_watch_next_rev(old), r5 + 1);
+    /* a single-key watch from the first revision sees only that key */
+    tg_store_watch_t *one = NULL;
+    char kb[256];
+    size_t kbl = K(kb, "w/a");
+    assert_int_equal(tg_store_watch(g_s, kb, kbl, NULL, 0, 0, r1, &one, err, sizeof(err)), 0);
+    expect_ev(one, TG_STORE_EV_PUT, "w/a", "1", r1);
+    expect_ev(one, TG_STORE_EV_DELETE, "w/a", NULL, r3);
+    expect_no_ev(one, 100);
+    tg_store_watch_cancel(one);
+    tg_store_watch_cancel(live);
+    tg_store_watch_cancel(old);
+}
+
+static void test_watch_txn_and_fd(void **state)
+{
+    (void)state;
+    char k[256], k1[256], k2[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "t/"), kl1 = K(k1, "t/1"), kl2 = K(k2, "t/2");
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &w, err, sizeof(err)), 0);
+    tg_store_op_t ops[] = {
+        {.op_type = TG_STORE_OP_PUT, .op_key = k1, .op_key_len = kl1, .op_val = "a", .op_val_len = 1},
+        {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = kl2, .op_val = "b", .op_val_len = 1},
+    };
+    tg_store_txn_res_t res;
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, ops, 2, NULL, 0, &res, err, sizeof(err)), 0);
+    int64_t rev = res.tx_revision;
+    tg_store_txn_res_free(&res);
+    /* the fd becomes readable */
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    fd_set fs;
+    FD_ZERO(&fs);
+    FD_SET(tg_store_watch_fd(w), &fs);
+    struct timeval tv = {5, 0};
+    assert_int_equal(select(tg_store_watch_fd(w) + 1, &fs, NULL, NULL, &tv), 1);
+    expect_ev(w, TG_STORE_EV_PUT, "t/1", "a", rev);
+    expect_ev(w, TG_STORE_EV_PUT, "t/2", "b", rev); /* both at the txn's one revision */
+    expect_no_ev(w, 0);
+    tg_store_watch_cancel(w);
+}
+
+static void test_compaction_resync(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "c/");
+    int64_t r1 = put("c/1", "a");
+    put("c/1", "b");
+    int64_t r3 = put("c/1", "c");
+    /* history before compaction is readable */
+    tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1, .rq_revision = r1};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 1);
+    assert_memory_equal(res.rs_kvs[0].kv_val, "a", 1);
+    tg_store_range_res_free(&res);
+    assert_int_equal(tg_store_compact(g_s, r3, err, sizeof(err)), 0);
+    err[0] = 0;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), TG_STORE_ECOMPACTED);
+    assert_non_null(strstr(err, "compacted"));
+    /* the compaction point itself stays readable */
+    rq.rq_revision = r3;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 1);
+    tg_store_range_res_free(&res);
+    /* a watch from before it is told to resync */
+    tg_store_watch_t *w = NULL;
+    tg_store_event_t *ev = NULL;
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, r1, &w, err, sizeof(err)), 0);
+    err[0] = 0;
+    assert_int_equal(tg_store_watch_next(w, 5000, &ev, err, sizeof(err)), TG_STORE_ECOMPACTED);
+    assert_null(ev);
+    assert_non_null(strstr(err, "resync"));
+    tg_store_watch_cancel(w);
+    /* compacting again to the same or an older point, or the future, fails */
+    err[0] = 0;
+    assert_int_equal(tg_store_compact(g_s, r3, err, sizeof(err)), TG_STORE_ECOMPACTED);
+    err[0] = 0;
+    assert_int_equal(tg_store_compact(g_s, curr() + 100, err, sizeof(err)), TG_STORE_EFUTURE);
+    /* resync: read now, watch from there, nothing lost */
+    rq.rq_revision = 0;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    int64_t at = res.rs_revision;
+    tg_store_range_res_free(&res);
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, at + 1, &w, err, sizeof(err)), 0);
+    int64_t r4 = put("c/2", "d");
+    expect_ev(w, TG_STORE_EV_PUT, "c/2", "d", r4);
+    tg_store_watch_cancel(w);
+}
+
+/* Polls until key is gone, up to ms. */
+static int wait_gone(const char *k, size_t kl, int ms)
+{
+    double dl = now_s() + ms / 1000.0;
+    while (now_s() < dl) {
+        tg_store_kv_t *kv = NULL;
+        char err[TG_ERRLEN] = "";
+        if (tg_store_get(g_s, k, kl, &kv, NULL, err, sizeof(err)) == 0 && !kv)
+            return 1;
+        tg_store_kv_free(kv);
+        sleep_ms(50);
+    }
+    return 0;
+}
+
+static void test_lease_expiry(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "l/alive");
+    int64_t id = 0, ttl = 0;
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_lease_grant(g_s, 1, &id, err, sizeof(err)), 0);
+    assert_true(id > 0);
+    int64_t rp = 0;
+    assert_int_equal(tg_store_put(g_s, k, kl, "me", 2, id, &rp, err, sizeof(err)), 0);
+    tg_store_kv_t *kv;
+    assert_int_equal(tg_store_get(g_s, k, kl, &kv, NULL, err, sizeof(err)), 0);
+    assert_int_equal(kv->kv_lease, id);
+    tg_store_kv_free(kv);
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 0, rp + 1, &w, err, sizeof(err)), 0);
+    double t0 = now_s();
+    assert_true(wait_gone(k, kl, 10000)); /* etcd raises a 1 s TTL to its minimum */
+    print_message("  lease of 1 s expired after %.2f s\n", now_s() - t0);
+    expect_ev(w, TG_STORE_EV_DELETE, "l/alive", NULL, 0);
+    tg_store_watch_cancel(w);
+    err[0] = 0;
+    assert_int_equal(tg_store_lease_keepalive(g_s, id, &ttl, err, sizeof(err)),
+                     TG_STORE_ENOLEASE);
+    assert_non_null(strstr(err, "lease"));
+}
+
+static void test_lease_keepalive_revoke(void **state)
+{
+    (void)state;
+    char k1[256], k2[256], err[TG_ERRLEN] = "";
+    size_t kl1 = K(k1, "l/1"), kl2 = K(k2, "l/2");
+    int64_t id = 0, ttl = 0;
+    assert_int_equal(tg_store_lease_grant(g_s, 2, &id, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_put(g_s, k1, kl1, "a", 1, id, NULL, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_put(g_s, k2, kl2, "b", 1, id, NULL, err, sizeof(err)), 0);
+    for (int i = 0; i < 7; i++) { /* 3.5 s, past the TTL, kept alive */
+        sleep_ms(500);
+        assert_int_equal(tg_store_lease_keepalive(g_s, id, &ttl, err, sizeof(err)), 0);
+        assert_true(ttl >= 2);
+    }
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(g_s, k1, kl1, &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    tg_store_kv_free(kv);
+    int64_t before = curr();
+    assert_int_equal(tg_store_lease_revoke(g_s, id, err, sizeof(err)), 0);
+    assert_int_equal(curr(), before + 1); /* both keys, one revision */
+    assert_int_equal(tg_store_get(g_s, k1, kl1, &kv, NULL, err, sizeof(err)), 0);
+    assert_null(kv);
+    assert_int_equal(tg_store_get(g_s, k2, kl2, &kv, NULL, err, sizeof(err)), 0);
+    assert_null(kv);
+    err[0] = 0;
+    assert_int_equal(tg_store_lease_revoke(g_s, id, err, sizeof(err)), TG_STORE_ENOLEASE);
+    err[0] = 0;
+    assert_int_equal(tg_store_put(g_s, k1, kl1, "a", 1, id, NULL, err, sizeof(err)),
+                     TG_STORE_ENOLEASE);
+    assert_int_equal(curr(), before + 1);
+}
+
+static void test_limits(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    int64_t before = curr();
+    uint8_t *big = calloc(1, TG_STORE_MAX_VALUE + 1);
+    assert_non_null(big);
+    char key[TG_STORE_MAX_KEY + 2];
+    memset(key, 'k', sizeof(key));
+    memcpy(key, g_pfx, strlen(g_pfx));
+    assert_int_equal(tg_store_put(g_s, key, TG_STORE_MAX_KEY + 1, "v", 1, 0, NULL, err,
+                                  sizeof(err)),
+                     TG_STORE_ETOOBIG);
+    assert_non_null(strstr(err, "key limit"));
+    err[0] = 0;
+    assert_int_equal(tg_store_put(g_s, key, 10, big, TG_STORE_MAX_VALUE + 1, 0, NULL, err,
+                                  sizeof(err)),
+                     TG_STORE_ETOOBIG);
+    assert_non_null(strstr(err, "value limit"));
+    err[0] = 0;
+    assert_int_equal(tg_store_put(g_s, key, 0, "v", 1, 0, NULL, err, sizeof(err)),
+                     TG_STORE_EINVAL);
+    /* 129 ops, or two 1 MiB values in one txn */
+    tg_store_op_t ops[TG_STORE_MAX_TXN_OPS + 1];
+    for (int i = 0; i <= TG_STORE_MAX_TXN_OPS; i++)
+        ops[i] = (tg_store_op_t){.op_type = TG_STORE_OP_GET, .op_key = key, .op_key_len = 10};
+    err[0] = 0;
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, ops, TG_STORE_MAX_TXN_OPS + 1, NULL, 0, NULL, err,
+                                  sizeof(err)),
+                     TG_STORE_ETOOBIG);
+    char k2[16];
+    memcpy(k2, key, 10);
+    k2[10] = '2';
+    tg_store_op_t two[] = {
+        {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = 10, .op_val = big,
+         .op_val_len = TG_STORE_MAX_VALUE},
+        {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = 11, .op_val = big,
+         .op_val_len = TG_STORE_MAX_VALUE},
+    };
+    err[0] = 0;
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, two, 2, NULL, 0, NULL, err, sizeof(err)),
+                     TG_STORE_ETOOBIG);
+    assert_int_equal(curr(), before); /* nothing was written */
+    /* the largest key and value are accepted and read back whole */
+    for (int i = 0; i < TG_STORE_MAX_VALUE; i++)
+        big[i] = (uint8_t)(i * 31);
+    assert_int_equal(tg_store_put(g_s, key, TG_STORE_MAX_KEY, big, TG_STORE_MAX_VALUE, 0, NULL,
+                                  err, sizeof(err)),
+                     0);
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(g_s, key, TG_STORE_MAX_KEY, &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_val_len, TG_STORE_MAX_VALUE);
+    assert_memory_equal(kv->kv_val, big, TG_STORE_MAX_VALUE);
+    tg_store_kv_free(kv);
+    free(big);
+    /* bad specs */
+    tg_store_t *s = NULL;
+    err[0] = 0;
+    assert_int_equal(tg_store_open(&s, "redis:x", NULL, err, sizeof(err)), TG_STORE_EINVAL);
+    assert_non_null(strstr(err, "lmdb:"));
+    err[0] = 0;
+    assert_int_equal(tg_store_open(&s, "etcd:ftp://x", NULL, err, sizeof(err)), TG_STORE_EINVAL);
+    assert_null(s);
+}
+
+/* ---- lmdb only ------------------------------------------------------------- */
+
+static void test_lmdb_durable_reopen(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    int64_t id;
+    int64_t r = put("dur", "kept");
+    assert_int_equal(tg_store_lease_grant(g_s, 600, &id, err, sizeof(err)), 0);
+    tg_store_close(g_s);
+    g_s = open_store(NULL);
+    assert_int_equal(curr(), r);
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(g_s, k, K(k, "dur"), &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_memory_equal(kv->kv_val, "kept", 4);
+    tg_store_kv_free(kv);
+    int64_t ttl;
+    assert_int_equal(tg_store_lease_keepalive(g_s, id, &ttl, err, sizeof(err)), 0);
+    assert_int_equal(ttl, 600);
+    /* a second handle on the same dir is refused */
+    tg_store_t *s2 = NULL;
+    char spec[600];
+    snprintf(spec, sizeof(spec), "lmdb:%s/db", g_dir);
+    err[0] = 0;
+    assert_int_equal(tg_store_open(&s2, spec, NULL, err, sizeof(err)), TG_STORE_ELOCKED);
+    assert_non_null(strstr(err, "another process"));
+}
+
+static void test_lmdb_killed_writer(void **state)
+{
+    (void)state;
+    char spec[600], err[TG_ERRLEN] = "";
+    tg_store_close(g_s); /* the child takes the store */
+    g_s = NULL;
+    snprintf(spec, sizeof(spec), "lmdb:%s/db", g_dir);
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t p = fork();
+    if (p == 0) {
+        tg_store_t *s = NULL;
+        char kk[64];
+        if (tg_store_open(&s, spec, NULL, NULL, 0))
+            _exit(1);
+        for (int i = 0; i < 50; i++) {
+            int n = snprintf(kk, sizeof(kk), "kill/%03d", i);
+            if (tg_store_put(s, kk, (size_t)n, "v", 1, 0, NULL, NULL, 0))
+                _exit(2);
+        }
+        if (write(pfd[1], "x", 1) != 1)
+            _exit(3);
+        for (int i = 50;; i++) { /* keep writing until killed */
+            int n = snprintf(kk, sizeof(kk), "kill/%03d", i % 1000);
+            tg_store_put(s, kk, (size_t)n, "v", 1, 0, NULL, NULL, 0);
+        }
+    }
+    close(pfd[1]);
+    char c;
+    assert_int_equal(read(pfd[0], &c, 1), 1);
+    sleep_ms(20);
+    kill(p, SIGKILL);
+    waitpid(p, NULL, 0);
+    close(pfd[0]);
+    g_s = open_store(NULL); /* the lock died with the child */
+    tg_store_range_req_t rq = {.rq_key = "kill/", .rq_key_len = 5, .rq_prefix = 1};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_true(res.rs_n >= 50); /* every acknowledged put survived */
+    for (size_t i = 0; i < res.rs_n; i++)
+        assert_int_equal(res.rs_kvs[i].kv_val_len, 1);
+    print_message("  killed writer: %zu keys after reopen\n", res.rs_n);
+    tg_store_range_res_free(&res);
+}
+
+static void test_lmdb_map_full(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    tg_store_close(g_s);
+    tg_store_opts_t o = {.so_map_size = 1 << 20, .so_map_size_max = 8 << 20};
+    g_s = open_store(&o);
+    size_t vl = 256 * 1024, written = 0;
+    uint8_t *v = calloc(1, vl);
+    int rc = 0;
+    int64_t last = 0;
+    for (int i = 0; i < 100; i++) {
+        char k[32];
+        int n = snprintf(k, sizeof(k), "big/%d", i);
+        err[0] = 0;
+        rc = tg_store_put(g_s, k, (size_t)n, v, vl, 0, &last, err, sizeof(err));
+        if (rc)
+            break;
+        written += vl;
+    }
+    free(v);
+    assert_int_equal(rc, TG_STORE_EFULL);
+    assert_non_null(strstr(err, "maximum"));
+    print_message("  map full after %zu bytes of values (map grew from 1 MiB): %s\n", written,
+                  err);
+    assert_true(written > (1 << 20)); /* the map grew past its initial size */
+    assert_int_equal(curr(), last);  /* the failed put changed nothing */
+    /* the way out: compact the history, then delete (a delete logs the old
+       value, so it needs the room compaction frees) */
+    assert_int_equal(tg_store_compact(g_s, last, err, sizeof(err)), 0);
+    int64_t n = 0;
+    assert_int_equal(tg_store_delete(g_s, "big/0", 5, 0, &n, NULL, err, sizeof(err)), 0);
+    assert_int_equal(n, 1);
+    /* and after reopen */
+    tg_store_close(g_s);
+    g_s = open_store(&o);
+    assert_int_equal(curr(), last + 1);
+}
+
+static void write_file(const char *path, const void *p, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, p, n), (ssize_t)n);
+    close(fd);
+}
+
+static void test_lmdb_corrupt_files(void **state)
+{
+    (void)state;
+    char spec[600], file[600], err[TG_ERRLEN] = "";
+    tg_store_t *s = NULL;
+    for (int i = 0; i < 200; i++)
+        put("c", "some data to make the file bigger than the meta pages");
+    tg_store_close(g_s);
+    g_s = NULL;
+    snprintf(spec, sizeof(spec), "lmdb:%s/db", g_dir);
+    snprintf(file, sizeof(file), "%s/db/data.mdb", g_dir);
+    struct stat st;
+    assert_int_equal(stat(file, &st), 0);
+    /* truncated: cut after the meta pages */
+    assert_int_equal(truncate(file, 3 * 4096), 0);
+    int rc = tg_store_open(&s, spec, NULL, err, sizeof(err));
+    print_message("  truncated: %s\n", err);
+    assert_int_equal(rc, TG_STORE_ECORRUPT);
+    assert_non_null(strstr(err, "truncated"));
+    /* emptied: must not be taken for a new store */
+    assert_int_equal(truncate(file, 0), 0);
+    err[0] = 0;
+    assert_int_equal(tg_store_open(&s, spec, NULL, err, sizeof(err)), TG_STORE_ECORRUPT);
+    /* garbage */
+    char junk[3 * 4096];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (char)(i * 13 + 7);
+    write_file(file, junk, sizeof(junk));
+    err[0] = 0;
+    rc = tg_store_open(&s, spec, NULL, err, sizeof(err));
+    print_message("  garbage: %s\n", err);
+    assert_int_equal(rc, TG_STORE_ECORRUPT);
+    assert_null(s);
+    harness_rmdir(file);
+    g_s = open_store(NULL); /* fresh: works again */
+    assert_int_equal(curr(), 1);
+}
+
+/* ---- etcd only ------------------------------------------------------------- */
+
+/* A server that answers /v3/maintenance/status and nothing else: requests
+ * reach it and get no answer, as when etcd hangs mid-request. */
+typedef struct silent {
+    int sl_fd, sl_port;
+    pthread_t sl_thr;
+    volatile int sl_stop;
+} silent_t;
+
+static void *silent_thread(void *arg)
+{
+    silent_t *sl = arg;
+    struct pollfd fds[64];
+    int n = 1;
+    fds[0].fd = sl->sl_fd;
+    fds[0].events = POLLIN;
+    while (!sl->sl_stop) {
+        if (poll(fds, (nfds_t)n, 100) <= 0)
+            continue;
+        if ((fds[0].revents & POLLIN) && n < 64) {
+            int c = accept(sl->sl_fd, NULL, NULL);
+            if (c >= 0) {
+                fds[n].fd = c;
+                fds[n].events = POLLIN;
+                fds[n].revents = 0;
+                n++;
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            if (!(fds[i].revents & POLLIN))
+                continue;
+            char buf[4096];
+            ssize_t r = read(fds[i].fd, buf, sizeof(buf) - 1);
+            if (r <= 0) {
+                fds[i].events = 0; /* closed by the client */
+                continue;
+            }
+            buf[r] = 0;
+            if (strstr(buf, "/v3/maintenance/status")) {
+                static const char body[] = "{\"header\":{\"revision\":\"7\"}}";
+                char resp[256];
+                int m = snprintf(resp, sizeof(resp),
+                                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %zu\r\n\r\n%s",
+                                 sizeof(body) - 1, body);
+                if (write(fds[i].fd, resp, (size_t)m) != m)
+                    fds[i].events = 0;
+            }
+        }
+    }
+    for (int i = 0; i < n; i++)
+        close(fds[i].fd);
+    return NULL;
+}
+
+static void silent_start(silent_t *sl)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    memset(sl, 0, sizeof(*sl));
+    sl->sl_fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(sl->sl_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(sl->sl_fd, 16), 0);
+    getsockname(sl->sl_fd, (struct sockaddr *)&a, &len);
+    sl->sl_port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&sl->sl_thr, NULL, silent_thread, sl), 0);
+}
+
+static void silent_stop(silent_t *sl)
+{
+    sl->sl_stop = 1;
+    pthread_join(sl->sl_thr, NULL);
+}
+
+static void test_etcd_no_answer(void **state)
+{
+    (void)state;
+    silent_t sl;
+    char spec[128], err[TG_ERRLEN] = "";
+    silent_start(&sl);
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", sl.sl_port);
+    tg_store_opts_t o = {.so_timeout_ms = 300, .so_retries = 2};
+    tg_store_t *s = NULL;
+    assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
+    /* a write that was sent and never answered: outcome unknown, not retried */
+    double t0 = now_s();
+    int rc = tg_store_put(s, "k", 1, "v", 1, 0, NULL, err, sizeof(err));
+    double el = now_s() - t0;
+    print_message("  put, no answer, %.2f s: %s\n", el, err);
+    assert_int_equal(rc, TG_STORE_EUNKNOWN);
+    assert_non_null(strstr(err, "may or may not"));
+    assert_true(el < 0.9); /* one attempt of 300 ms */
+    tg_store_cmp_t c = {.c_key = "k", .c_key_len = 1, .c_target = TG_STORE_CMP_VERSION};
+    err[0] = 0;
+    assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)),
+                     TG_STORE_EUNKNOWN);
+    /* a read is retried, then reported unavailable within the bound */
+    tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
+    tg_store_range_res_t res;
+    err[0] = 0;
+    t0 = now_s();
+    rc = tg_store_range(s, &rq, &res, err, sizeof(err));
+    el = now_s() - t0;
+    print_message("  range, no answer, %.2f s: %s\n", el, err);
+    assert_int_equal(rc, TG_STORE_EUNAVAIL);
+    assert_non_null(strstr(err, "timed out"));
+    assert_true(el >= 0.55 && el < 2.0); /* two attempts of 300 ms + backoff */
+    tg_store_close(s);
+    silent_stop(&sl);
+}
+
+static void test_etcd_unreachable(void **state)
+{
+    (void)state;
+    char spec[128], err[TG_ERRLEN] = "";
+    int dead = harness_free_port();
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", dead);
+    tg_store_opts_t o = {.so_timeout_ms = 500, .so_retries = 2};
+    tg_store_t *s = NULL;
+    double t0 = now_s();
+    int rc = tg_store_open(&s, spec, &o, err, sizeof(err));
+    double el = now_s() - t0;
+    print_message("  unreachable after %.2f s: %s\n", el, err);
+    assert_int_equal(rc, TG_STORE_EUNAVAIL);
+    assert_null(s);
+    assert_true(el < 3.0);
+    char port[16];
+    snprintf(port, sizeof(port), "%d", dead);
+    assert_non_null(strstr(err, port)); /* says which endpoint */
+}
+
+static void test_etcd_failover(void **state)
+{
+    (void)state;
+    char spec[256], err[TG_ERRLEN] = "", k[256];
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d,%s", harness_free_port(),
+             g_proc.ep_url);
+    tg_store_opts_t o = {.so_timeout_ms = 2000};
+    tg_store_t *s = NULL;
+    assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
+    size_t kl = K(k, "fo");
+    int64_t rev = 0;
+    assert_int_equal(tg_store_put(s, k, kl, "ok", 2, 0, &rev, err, sizeof(err)), 0);
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(s, k, kl, &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_mod_rev, rev);
+    tg_store_kv_free(kv);
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_watch(s, k, kl, NULL, 0, 0, rev, &w, err, sizeof(err)), 0);
+    tg_store_event_t *ev = next_ev(w, 10000); /* the watch also fails over */
+    assert_int_equal(ev->ev_kv.kv_mod_rev, rev);
+    tg_store_event_free(ev);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+}
+
+static void test_etcd_killed_mid_watch(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    size_t kl = K(k, "kw/");
+    tg_store_watch_t *w = NULL;
+    int64_t revs[40];
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &w, err, sizeof(err)), 0);
+    for (int i = 0; i < 20; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "kw/%02d", i);
+        revs[i] = put(name, "before");
+    }
+    /* read some but not all of them before the crash */
+    for (int i = 0; i < 10; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "kw/%02d", i);
+        expect_ev(w, TG_STORE_EV_PUT, name, "before", revs[i]);
+    }
+    etcd_kill(&g_proc);
+    /* writes fail clearly while it is down */
+    err[0] = 0;
+    int rc = tg_store_put(g_s, k, kl, "x", 1, 0, NULL, err, sizeof(err));
+    assert_true(rc == TG_STORE_EUNAVAIL || rc == TG_STORE_EUNKNOWN);
+    assert_int_equal(etcd_restart(&g_proc), 0);
+    for (int i = 20; i < 40; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "kw/%02d", i);
+        revs[i] = put(name, "after");
+    }
+    /* events 10..39 arrive exactly once, in order */
+    int64_t last = 0;
+    for (int i = 10; i < 40; i++) {
+        tg_store_event_t *ev = next_ev(w, 15000);
+        char want[64];
+        size_t wl = K(want, "");
+        wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "kw/%02d", i);
+        assert_int_equal(ev->ev_kv.kv_key_len, wl);
+        assert_memory_equal(ev->ev_kv.kv_key, want, wl);
+        assert_int_equal(ev->ev_kv.kv_mod_rev, revs[i]);
+        assert_true(ev->ev_kv.kv_mod_rev > last);
+        last = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+    }
+    expect_no_ev(w, 500);
+    tg_store_watch_cancel(w);
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(int argc, char **argv)
+{
+    const char *b = argc > 1 ? argv[1] : "lmdb";
+    signal(SIGPIPE, SIG_IGN);
+    g_etcd = strcmp(b, "etcd") == 0;
+    if (!g_etcd && strcmp(b, "lmdb") != 0) {
+        fprintf(stderr, "usage: %s lmdb|etcd\n", argv[0]);
+        return 2;
+    }
+    if (g_etcd && etcd_start(&g_proc)) {
+        fprintf(stderr, "cannot start etcd (/usr/bin/etcd)\n");
+        etcd_stop(&g_proc);
+        return 1;
+    }
+    const struct CMUnitTest shared[] = {
+        T(test_put_get_versions),     T(test_binary_keys_values), T(test_range_pagination),
+        T(test_delete),               T(test_txn_compares),       T(test_cas_race),
+        T(test_revisions_monotonic),  T(test_watch_live_and_replay),
+        T(test_watch_txn_and_fd),     T(test_compaction_resync),  T(test_lease_expiry),
+        T(test_lease_keepalive_revoke), T(test_limits),
+    };
+    const struct CMUnitTest lmdb[] = {
+        T(test_lmdb_durable_reopen),
+        T(test_lmdb_killed_writer),
+        T(test_lmdb_map_full),
+        T(test_lmdb_corrupt_files),
+    };
+    const struct CMUnitTest etcd[] = {
+        T(test_etcd_unreachable),
+        T(test_etcd_no_answer),
+        T(test_etcd_failover),
+        T(test_etcd_killed_mid_watch),
+    };
+    int fails = cmocka_run_group_tests_name(g_etcd ? "conformance (etcd)" : "conformance (lmdb)",
+                                            shared, NULL, NULL);
+    if (g_etcd)
+        fails += cmocka_run_group_tests_name("etcd only", etcd, NULL, NULL);
+    else
+        fails += cmocka_run_group_tests_name("lmdb only", lmdb, NULL, NULL);
+    if (g_etcd)
+        etcd_stop(&g_proc);
+    return fails ? 1 : 0;
+}
