@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     tg_rpc_server_t *srv = NULL;
     sigset_t set;
 
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage();
         if (strcmp(argv[i], "--addr") == 0) o.so_addr = v;
@@ -56,7 +56,6 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--key") == 0) key = v;
         else if (strcmp(argv[i], "--client-ca") == 0) ca = v;
         else return usage();
-        i++;
     }
     if ((cert && !(cert_pem = slurp(cert))) || (key && !(key_pem = slurp(key))) ||
         (ca && !(ca_pem = slurp(ca)))) {
