@@ -109,7 +109,7 @@ static void gen_fill(struct gen *g, size_t n, int64_t base_us)
     for (size_t i = 0; i < n; i++) {
         uint64_t r = rnd(), k = g->next++;
         tg_ledger_row_t *w = &g->rows[i];
-        snprintf(g->ids[i], sizeof(g->ids[i]), "rec-%016llx-%08llx", (unsigned long long)rnd(),
+        snprintf(g->ids[i], sizeof(g->ids[i]), "rec-%016llx-%08llx", (unsigned long long)(getenv("SEQID") ? 0 : rnd()),
                  (unsigned long long)k);
         if (r % 100 == 0) {
             snprintf(g->keys[i], sizeof(g->keys[i]), "key-hot");
@@ -168,7 +168,7 @@ static double bench_append(size_t bs, int batches, int nosync, double *ms_per_ba
 {
     char path[600], err[TG_ERRLEN] = "";
     tg_ledger_t *l;
-    tg_ledger_opts_t o = {.lo_nosync = nosync};
+    tg_ledger_opts_t o = {.lo_nosync = nosync, .lo_bucket_shift = getenv("BS") ? atoi(getenv("BS")) : 0};
     struct gen g;
     double t = 0;
     snprintf(path, sizeof(path), "%s/append-%zu.mdb", dir, bs);

@@ -40,9 +40,17 @@
 #define MAX_HDRS 64
 #define MAX_KEYS 4096 /* distinct scenario keys counted; later keys share the last slot */
 
+/* A recorded request, kept raw (one copy, no formatting on the hot path)
+ * and rendered as JSON only when GET /_mock/requests asks. */
 typedef struct rec {
-    char *r_json;  /* the rendered entry of GET /_mock/requests */
     char r_key[TG_MOCK_KEY_MAX];
+    char r_id[32];
+    long r_ordinal;
+    long r_at_ms;
+    size_t r_head_len;  /* request line and headers */
+    size_t r_body_len;  /* body bytes received */
+    size_t r_body_kept; /* of which kept (--record-body-max) */
+    char r_bytes[];     /* head, then the kept body */
 } rec_t;
 
 typedef struct keyctr {
@@ -60,7 +68,7 @@ typedef struct srv {
     size_t sv_record_body_max; /* --record-body-max */
     size_t sv_max_body;        /* --max-body */
     pthread_mutex_t sv_mu;     /* guards everything below */
-    rec_t *sv_recs;            /* ring of sv_record_max entries */
+    rec_t **sv_recs;           /* ring of sv_record_max entries (NULL = empty slot) */
     long sv_rec_next;          /* total entries ever recorded */
     unsigned long sv_rec_seq;
     keyctr_t *sv_keys;
@@ -83,10 +91,20 @@ struct worker {
     conn_t *w_conns;     /* open connections, freed at shutdown */
 };
 
-/* A header of the current request, as offsets into c_head. */
+/* A header of a request, as offsets into its head. */
 typedef struct hdr {
     size_t h_name, h_nlen, h_val, h_vlen;
 } hdr_t;
+
+/* A parsed request head; offsets point into hd_base. */
+typedef struct head {
+    const char *hd_base;
+    size_t hd_len;
+    hdr_t hd_hdrs[MAX_HDRS];
+    int hd_n;
+    size_t hd_meth_len, hd_target, hd_target_len;
+    int hd_minor; /* HTTP/1.x */
+} head_t;
 
 enum { ST_HEAD = 0, ST_BODY, ST_CHUNKED };
 
@@ -101,9 +119,7 @@ struct conn {
     int c_close_after; /* close once c_out drains */
     /* the request being read */
     tg_buf_t c_head;   /* request line and headers, copied out of c_in */
-    hdr_t c_hdrs[MAX_HDRS];
-    int c_nhdrs;
-    size_t c_meth_len, c_target_len, c_target;
+    head_t c_h;
     int c_keepalive;
     size_t c_clen;
     tg_buf_t c_chunked; /* a decoded chunked body */
@@ -198,44 +214,46 @@ static int answer_done(conn_t *c) {
 
 /* ---- request helpers ------------------------------------------------------ */
 
-static const char *hbase(const conn_t *c) { return c->c_head.b_data; }
-
-/* The value of header `name` (lowercase), or NULL; *len gets its length. */
-static const char *header(const conn_t *c, const char *name, size_t *len) {
+/* The value of header `name` (any case), or NULL; *len gets its length. */
+static const char *header_of(const head_t *hd, const char *name, size_t *len) {
     size_t nl = strlen(name);
-    for (int i = 0; i < c->c_nhdrs; i++) {
-        const hdr_t *h = &c->c_hdrs[i];
-        if (h->h_nlen == nl && strncasecmp(hbase(c) + h->h_name, name, nl) == 0) {
+    for (int i = 0; i < hd->hd_n; i++) {
+        const hdr_t *h = &hd->hd_hdrs[i];
+        if (h->h_nlen == nl && strncasecmp(hd->hd_base + h->h_name, name, nl) == 0) {
             *len = h->h_vlen;
-            return hbase(c) + h->h_val;
+            return hd->hd_base + h->h_val;
         }
     }
     *len = 0;
     return NULL;
 }
 
+static const char *header(const conn_t *c, const char *name, size_t *len) {
+    return header_of(&c->c_h, name, len);
+}
+
 static int token_eq(const char *v, size_t n, const char *want) {
     return strlen(want) == n && strncasecmp(v, want, n) == 0;
 }
 
-/* Parses the head in c_head. Returns 0 or -1 (malformed). */
-static int parse_head(conn_t *c) {
-    const char *b = hbase(c), *end = b + c->c_head.b_len, *p, *eol;
-    int minor;
-    eol = memchr(b, '\r', (size_t)(end - b));
+/* Parses the head b[0..len) (ending with the blank line). Returns 0 or -1
+ * (malformed). */
+static int parse_head(head_t *hd, const char *b, size_t len) {
+    const char *end = b + len, *p, *eol;
+    hd->hd_base = b;
+    hd->hd_len = len;
+    eol = memchr(b, '\r', len);
     if (!eol) return -1;
     p = memchr(b, ' ', (size_t)(eol - b));
     if (!p || p == b) return -1;
-    c->c_meth_len = (size_t)(p - b);
-    c->c_target = c->c_meth_len + 1;
-    p = memchr(b + c->c_target, ' ', (size_t)(eol - b - (long)c->c_target));
+    hd->hd_meth_len = (size_t)(p - b);
+    hd->hd_target = hd->hd_meth_len + 1;
+    p = memchr(b + hd->hd_target, ' ', (size_t)(eol - b - (long)hd->hd_target));
     if (!p) return -1;
-    c->c_target_len = (size_t)(p - b) - c->c_target;
+    hd->hd_target_len = (size_t)(p - b) - hd->hd_target;
     if (eol - p != 9 || memcmp(p + 1, "HTTP/1.", 7) != 0) return -1;
-    minor = p[8] - '0';
-    c->c_keepalive = minor >= 1;
-    c->c_nhdrs = 0;
-    c->c_clen = 0;
+    hd->hd_minor = p[8] - '0';
+    hd->hd_n = 0;
     p = eol + 2;
     while (p < end && *p != '\r') {
         const char *colon, *v, *ve;
@@ -244,12 +262,12 @@ static int parse_head(conn_t *c) {
         if (!eol) return -1;
         colon = memchr(p, ':', (size_t)(eol - p));
         if (!colon || colon == p) return -1;
-        if (c->c_nhdrs == MAX_HDRS) return -1;
+        if (hd->hd_n == MAX_HDRS) return -1;
         v = colon + 1;
         while (v < eol && (*v == ' ' || *v == '\t')) v++;
         ve = eol;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-        h = &c->c_hdrs[c->c_nhdrs++];
+        h = &hd->hd_hdrs[hd->hd_n++];
         h->h_name = (size_t)(p - b);
         h->h_nlen = (size_t)(colon - p);
         h->h_val = (size_t)(v - b);
@@ -331,55 +349,62 @@ static long count_request(srv_t *s, const char *key) {
     return n;
 }
 
-/* Renders the request as a JSON entry and keeps it in the ring. */
+/* Keeps a raw copy of the request in the ring (rendered on GET). */
 static void record(conn_t *c, const char *body, size_t blen, long ordinal) {
     srv_t *s = c->c_w->w_srv;
-    struct evbuffer *e;
     size_t keep = blen < s->sv_record_body_max ? blen : s->sv_record_body_max;
-    size_t n, qmark;
-    const char *t = hbase(c) + c->c_target;
-    char *json;
+    rec_t *r, *old;
     if (s->sv_record_max <= 0) return;
-    e = evbuffer_new();
-    if (!e) return;
-    for (qmark = 0; qmark < c->c_target_len && t[qmark] != '?'; qmark++) {}
-    evbuffer_add_printf(e, "{\"id\":\"req_%s\",\"key\":", c->c_id);
-    tg_mock_json_str(e, c->c_scn.sc_key, strlen(c->c_scn.sc_key));
-    evbuffer_add_printf(e, ",\"ordinal\":%ld,\"at_ms\":%ld,\"method\":", ordinal, now_ms(s));
-    tg_mock_json_str(e, hbase(c), c->c_meth_len);
+    r = tg_malloc(sizeof *r + c->c_h.hd_len + keep);
+    if (!r) return;
+    snprintf(r->r_key, sizeof r->r_key, "%s", c->c_scn.sc_key);
+    snprintf(r->r_id, sizeof r->r_id, "%s", c->c_id);
+    r->r_ordinal = ordinal;
+    r->r_at_ms = now_ms(s);
+    r->r_head_len = c->c_h.hd_len;
+    r->r_body_len = blen;
+    r->r_body_kept = keep;
+    memcpy(r->r_bytes, c->c_h.hd_base, c->c_h.hd_len);
+    if (keep) memcpy(r->r_bytes + c->c_h.hd_len, body, keep);
+    pthread_mutex_lock(&s->sv_mu);
+    old = s->sv_recs[s->sv_rec_next % s->sv_record_max];
+    s->sv_recs[s->sv_rec_next % s->sv_record_max] = r;
+    s->sv_rec_next++;
+    pthread_mutex_unlock(&s->sv_mu);
+    tg_free(old);
+}
+
+/* Appends the JSON entry of a recorded request. */
+static void render(struct evbuffer *e, const rec_t *r) {
+    head_t hd;
+    const char *t;
+    size_t qmark;
+    if (parse_head(&hd, r->r_bytes, r->r_head_len) < 0) return; /* parsed before: can't fail */
+    t = hd.hd_base + hd.hd_target;
+    for (qmark = 0; qmark < hd.hd_target_len && t[qmark] != '?'; qmark++) {}
+    evbuffer_add_printf(e, "{\"id\":\"req_%s\",\"key\":", r->r_id);
+    tg_mock_json_str(e, r->r_key, strlen(r->r_key));
+    evbuffer_add_printf(e, ",\"ordinal\":%ld,\"at_ms\":%ld,\"method\":", r->r_ordinal, r->r_at_ms);
+    tg_mock_json_str(e, hd.hd_base, hd.hd_meth_len);
     evbuffer_add_printf(e, ",\"path\":");
     tg_mock_json_str(e, t, qmark);
     evbuffer_add_printf(e, ",\"headers\":{");
-    for (int i = 0; i < c->c_nhdrs; i++) {
+    for (int i = 0; i < hd.hd_n; i++) {
         char name[128];
-        const hdr_t *h = &c->c_hdrs[i];
+        const hdr_t *h = &hd.hd_hdrs[i];
         size_t nl = h->h_nlen < sizeof name ? h->h_nlen : sizeof name - 1;
         for (size_t k = 0; k < nl; k++) {
-            char ch = hbase(c)[h->h_name + k];
+            char ch = hd.hd_base[h->h_name + k];
             name[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
         }
         if (i) evbuffer_add(e, ",", 1);
         tg_mock_json_str(e, name, nl);
         evbuffer_add(e, ":", 1);
-        tg_mock_json_str(e, hbase(c) + h->h_val, h->h_vlen);
+        tg_mock_json_str(e, hd.hd_base + h->h_val, h->h_vlen);
     }
-    evbuffer_add_printf(e, "},\"body_bytes\":%zu,\"body\":", blen);
-    tg_mock_json_str(e, body ? body : "", keep);
+    evbuffer_add_printf(e, "},\"body_bytes\":%zu,\"body\":", r->r_body_len);
+    tg_mock_json_str(e, r->r_bytes + r->r_head_len, r->r_body_kept);
     evbuffer_add(e, "}", 1);
-    n = evbuffer_get_length(e);
-    json = tg_malloc(n + 1);
-    if (json) {
-        evbuffer_remove(e, json, n);
-        json[n] = '\0';
-        pthread_mutex_lock(&s->sv_mu);
-        rec_t *r = &s->sv_recs[s->sv_rec_next % s->sv_record_max];
-        tg_free(r->r_json);
-        r->r_json = json;
-        snprintf(r->r_key, sizeof r->r_key, "%s", c->c_scn.sc_key);
-        s->sv_rec_next++;
-        pthread_mutex_unlock(&s->sv_mu);
-    }
-    evbuffer_free(e);
 }
 
 /* Reads query parameter "key" of target into out (percent-decoded). Returns
@@ -412,7 +437,7 @@ static int query_key(const char *t, size_t n, char *out, size_t outlen) {
 static void admin_requests(conn_t *c, int del) {
     srv_t *s = c->c_w->w_srv;
     char key[TG_MOCK_KEY_MAX];
-    int has_key = query_key(hbase(c) + c->c_target, c->c_target_len, key, sizeof key);
+    int has_key = query_key(c->c_h.hd_base + c->c_h.hd_target, c->c_h.hd_target_len, key, sizeof key);
     long count = 0, first;
     int n = 0;
     pthread_mutex_lock(&s->sv_mu);
@@ -433,15 +458,15 @@ static void admin_requests(conn_t *c, int del) {
     first = s->sv_record_max > 0 && s->sv_rec_next > s->sv_record_max
                 ? s->sv_rec_next - s->sv_record_max : 0;
     for (long i = first; i < s->sv_rec_next; i++) {
-        rec_t *r = &s->sv_recs[i % s->sv_record_max];
-        if (!r->r_json || (has_key && strcmp(r->r_key, key) != 0)) continue;
+        rec_t **slot = &s->sv_recs[i % s->sv_record_max];
+        if (!*slot || (has_key && strcmp((*slot)->r_key, key) != 0)) continue;
         if (del) {
-            tg_free(r->r_json);
-            r->r_json = NULL;
+            tg_free(*slot);
+            *slot = NULL;
             continue;
         }
         if (n++) evbuffer_add(c->c_tmp, ",", 1);
-        evbuffer_add(c->c_tmp, r->r_json, strlen(r->r_json));
+        render(c->c_tmp, *slot);
     }
     pthread_mutex_unlock(&s->sv_mu);
     evbuffer_add_printf(c->c_tmp, "]}");
@@ -526,16 +551,16 @@ static void on_timer(evutil_socket_t fd, short ev, void *arg) {
 /* Routes the request in c_head + body. Returns like conn_flush. */
 static int dispatch(conn_t *c, const char *body, size_t blen) {
     srv_t *s = c->c_w->w_srv;
-    const char *m = hbase(c), *t = hbase(c) + c->c_target, *v;
+    const char *m = c->c_h.hd_base, *t = c->c_h.hd_base + c->c_h.hd_target, *v;
     size_t plen, vn;
     int anth, post, get, del, rc;
     char err[TG_ERRLEN] = "";
     long ordinal, delay;
 
-    for (plen = 0; plen < c->c_target_len && t[plen] != '?'; plen++) {}
-    post = c->c_meth_len == 4 && memcmp(m, "POST", 4) == 0;
-    get = c->c_meth_len == 3 && memcmp(m, "GET", 3) == 0;
-    del = c->c_meth_len == 6 && memcmp(m, "DELETE", 6) == 0;
+    for (plen = 0; plen < c->c_h.hd_target_len && t[plen] != '?'; plen++) {}
+    post = c->c_h.hd_meth_len == 4 && memcmp(m, "POST", 4) == 0;
+    get = c->c_h.hd_meth_len == 3 && memcmp(m, "GET", 3) == 0;
+    del = c->c_h.hd_meth_len == 6 && memcmp(m, "DELETE", 6) == 0;
     anth = is_anthropic_path(t, plen);
     snprintf(c->c_id, sizeof c->c_id, "mock%02x%08lx", c->c_w->w_idx & 0xff, ++c->c_w->w_seq);
     c->c_ordinal = 0;
@@ -562,7 +587,7 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     else if (PATH_IS("/v1/images/generations") && post) proto = TG_MOCK_IMAGES;
     else if (PATH_IS("/v1/models") && get) proto = TG_MOCK_MODELS;
     else {
-        snprintf(err, sizeof err, "mockllm: no route for %.*s %.*s", (int)c->c_meth_len, m,
+        snprintf(err, sizeof err, "mockllm: no route for %.*s %.*s", (int)c->c_h.hd_meth_len, m,
                  (int)plen, t);
         reply_error(c, anth, 404, err, NULL);
         return answer_done(c);
@@ -776,7 +801,9 @@ static int process_loop(conn_t *c, srv_t *s) {
             if (tg_buf_append(&c->c_head, evbuffer_pullup(c->c_in, p.pos + 4), (size_t)p.pos + 4) < 0)
                 return fatal(c, 431, "request headers too large");
             evbuffer_drain(c->c_in, (size_t)p.pos + 4);
-            if (parse_head(c) < 0) return fatal(c, 400, "malformed HTTP request");
+            if (parse_head(&c->c_h, c->c_head.b_data, c->c_head.b_len) < 0)
+                return fatal(c, 400, "malformed HTTP request");
+            c->c_keepalive = c->c_h.hd_minor >= 1;
             te = header(c, "transfer-encoding", &v);
             if (te && token_eq(te, v, "chunked")) {
                 c->c_state = ST_CHUNKED;
@@ -1058,7 +1085,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     pthread_mutex_init(&s->sv_mu, NULL);
-    s->sv_recs = s->sv_record_max > 0 ? tg_calloc((size_t)s->sv_record_max, sizeof(rec_t)) : NULL;
+    s->sv_recs = s->sv_record_max > 0 ? tg_calloc((size_t)s->sv_record_max, sizeof(rec_t *)) : NULL;
     s->sv_keys = tg_calloc(MAX_KEYS, sizeof(keyctr_t));
     g_workers = tg_calloc((size_t)s->sv_threads, sizeof(worker_t));
     if ((s->sv_record_max > 0 && !s->sv_recs) || !s->sv_keys || !g_workers) {
@@ -1076,7 +1103,16 @@ int main(int argc, char **argv) {
             goto fail;
         }
         if (i == 0) port = bound_port(w->w_lfd);
-        w->w_base = event_base_new();
+        {
+            /* Precise timers (timerfd): itl=1 must mean 1 ms, not epoll's
+             * rounded-up millisecond plus scheduling slack. */
+            struct event_config *cfg = event_config_new();
+            if (cfg) {
+                event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+                w->w_base = event_base_new_with_config(cfg);
+                event_config_free(cfg);
+            }
+        }
         if (!w->w_base) {
             fprintf(stderr, "mockllm: event_base_new failed\n");
             goto fail;
@@ -1113,7 +1149,7 @@ fail:
         }
         if (w->w_lfd > 0) close(w->w_lfd);
     }
-    for (long i = 0; s->sv_recs && i < s->sv_record_max; i++) tg_free(s->sv_recs[i].r_json);
+    for (long i = 0; s->sv_recs && i < s->sv_record_max; i++) tg_free(s->sv_recs[i]);
     tg_free(s->sv_recs);
     tg_free(s->sv_keys);
     tg_free(g_workers);

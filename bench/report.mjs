@@ -1,0 +1,90 @@
+// Turns bench/run.sh's raw results (TSV: scenario, target, metric, value;
+// one line per run) into the markdown table of medians and ratios that
+// docs/PERFORMANCE.md quotes.
+import { readFileSync } from 'node:fs';
+
+const [file, agentNote, runs, dur, streams, nstream] = process.argv.slice(2);
+const vals = new Map(); // "scn|tgt|metric" -> [values]
+const errors = new Set(); // "scn|tgt"
+for (const line of readFileSync(file, 'utf8').split('\n')) {
+  if (!line) continue;
+  const [scn, tgt, metric, v] = line.split('\t');
+  if (metric === 'error') { errors.add(`${scn}|${tgt}`); continue; }
+  const k = `${scn}|${tgt}|${metric}`;
+  if (!vals.has(k)) vals.set(k, []);
+  vals.get(k).push(Number(v));
+}
+
+const median = (a) => {
+  const s = [...a].sort((x, y) => x - y);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const agentMissing = !agentNote.startsWith('started') && !agentNote.startsWith('external');
+
+function get(scn, tgt, metric) {
+  if (errors.has(`${scn}|${tgt}`)) return 'error';
+  const a = vals.get(`${scn}|${tgt}|${metric}`);
+  return a && a.length ? median(a) : null;
+}
+
+function fmt(v, unit) {
+  if (v === null) return 'n/a';
+  if (typeof v === 'string') return v;
+  if (unit === 'KB') return `${(v / 1024).toFixed(1)} KB`;
+  if (unit === 'ms') return `${(v / 1000).toFixed(2)} ms`;
+  if (Math.abs(v) >= 100) return v.toFixed(0);
+  return v.toFixed(1);
+}
+
+function ratio(a, b) {
+  if (typeof a !== 'number' || typeof b !== 'number' || b === 0) return '';
+  return `${(a / b).toFixed(2)}x`;
+}
+
+const rows = [
+  ['small (1 KB, 32 conns)', 'requests/s', 'small', 'rps'],
+  ['small (1 KB, 32 conns)', 'CPU us/request of the process under test', 'small', 'cpu_us_per_req'],
+  ['small (1 KB, 1 conn)', 'p50 latency us', 'small_c1', 'p50_us'],
+  ['small (1 KB, 1 conn)', 'p99 latency us', 'small_c1', 'p99_us'],
+  ['small (1 KB, 1 conn)', 'added p50 latency us (vs direct)', 'small_c1', 'p50_us', 'added'],
+  ['small (1 KB, 1 conn)', 'added p99 latency us (vs direct)', 'small_c1', 'p99_us', 'added'],
+  ['big (100 KB body, 8 conns)', 'requests/s', 'big', 'rps'],
+  ['big (100 KB body, 8 conns)', 'CPU us/request of the process under test', 'big', 'cpu_us_per_req'],
+  ['stream (32 tokens, 1 ms apart)', 'TTFT p50', 'stream', 'ttft_p50_us', 'ms'],
+  ['stream (32 tokens, 1 ms apart)', 'TTFT p99', 'stream', 'ttft_p99_us', 'ms'],
+  ['stream (32 tokens, 1 ms apart)', 'added TTFT p50 (vs direct)', 'stream', 'ttft_p50_us', 'added-ms'],
+  ['stream (32 tokens, 1 ms apart)', 'total p50', 'stream', 'total_p50_us', 'ms'],
+  [`idle streams (${streams} open)`, 'RSS growth per open stream', 'idle', 'bytes_per_stream', 'KB'],
+];
+
+const out = [];
+out.push(`| Scenario | Metric | mockllm direct | nginx proxy_pass | tollgate agent | nginx / direct | agent / nginx |`);
+out.push(`|---|---|---|---|---|---|---|`);
+for (const [label, metric, scn, key, mode] of rows) {
+  const cell = (tgt) => {
+    if (tgt === 'agent' && agentMissing) return 'not yet built';
+    let v = get(scn, tgt, key);
+    if (mode === 'added' || mode === 'added-ms') {
+      const d = get(scn, 'direct', key);
+      if (tgt === 'direct') return '-';
+      v = typeof v === 'number' && typeof d === 'number' ? v - d : v;
+      return fmt(v, mode === 'added-ms' ? 'ms' : undefined);
+    }
+    return fmt(v, mode);
+  };
+  const d = get(scn, 'direct', key);
+  const n = get(scn, 'nginx', key);
+  const a = agentMissing ? null : get(scn, 'agent', key);
+  const isAdded = mode === 'added' || mode === 'added-ms';
+  // CPU rows compare the proxies with each other (direct is the upstream's own cost).
+  const nd = isAdded || key === 'cpu_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
+  const an = isAdded ? '' : ratio(a, n);
+  out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} |`);
+}
+out.push('');
+out.push(`Medians of ${runs} run(s) of ${dur} s each (wrk -t1; streams: ${nstream} requests, 4 at a time, ` +
+  `measured by bench/stream_client.mjs). "CPU us/request of the process under test" is mockllm's own ` +
+  `CPU for the direct column and the proxy's alone (nginx: its one worker) otherwise, from /proc/PID/stat. ` +
+  `Agent: ${agentNote}. Peer gateways from npm: none installed (no network), not measured.`);
+console.log(out.join('\n'));
