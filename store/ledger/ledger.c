@@ -197,7 +197,7 @@ static int get_horizon(MDB_txn *txn, MDB_dbi meta, int64_t *h)
 
 /* ---- open / close ------------------------------------------------------- */
 
-static int open_dbs(tg_ledger_t *l, MDB_txn *txn, char *err, size_t errlen)
+static int open_dbs(tg_ledger_t *l, MDB_txn *txn, unsigned bshift, char *err, size_t errlen)
 {
     MDB_dbi main;
     MDB_stat st;
@@ -222,9 +222,13 @@ static int open_dbs(tg_ledger_t *l, MDB_txn *txn, char *err, size_t errlen)
         return tgl_lmdb_err(l, rc, "open the meta database", err, errlen);
 
     MDB_val k = {6, "format"}, v = {strlen(TGL_FORMAT), TGL_FORMAT};
+    unsigned char bs = (unsigned char)bshift;
+    MDB_val bk = {6, "bshift"}, bv = {1, &bs};
     if (fresh) {
-        if ((rc = mdb_put(txn, l->meta, &k, &v, 0)) != 0)
+        if ((rc = mdb_put(txn, l->meta, &k, &v, 0)) != 0 ||
+            (rc = mdb_put(txn, l->meta, &bk, &bv, 0)) != 0)
             return tgl_lmdb_err(l, rc, "write the format record", err, errlen);
+        l->bshift = bshift;
     } else {
         rc = mdb_get(txn, l->meta, &k, &v);
         if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size != strlen(TGL_FORMAT) ||
@@ -235,6 +239,12 @@ static int open_dbs(tg_ledger_t *l, MDB_txn *txn, char *err, size_t errlen)
                            l->path, TGL_FORMAT);
         if (rc)
             return tgl_lmdb_err(l, rc, "read the format record", err, errlen);
+        rc = mdb_get(txn, l->meta, &bk, &bv);
+        if (rc == 0 && (bv.mv_size != 1 || *(unsigned char *)bv.mv_data > 40))
+            rc = MDB_CORRUPTED;
+        if (rc)
+            return tgl_lmdb_err(l, rc, "read the bucket size", err, errlen);
+        l->bshift = *(unsigned char *)bv.mv_data;
     }
 
     unsigned cr = fresh ? MDB_CREATE : 0;
@@ -242,11 +252,11 @@ static int open_dbs(tg_ledger_t *l, MDB_txn *txn, char *err, size_t errlen)
         const char *name;
         MDB_dbi *dbi;
         unsigned flags;
-    } dbs[3 + TGL_IX_N] = {{"rows", &l->rows, 0}, {"ids", &l->ids, 0}, {"i_time", &l->itime, 0}};
+    } dbs[3 + TGL_IX_N] = {{"rows", &l->rows, 0}, {"ids", &l->ids, 0}, {"buckets", &l->buckets, 0}};
     for (int i = 0; i < TGL_IX_N; i++) {
         dbs[3 + i].name = tgl_ix_names[i];
         dbs[3 + i].dbi = &l->ix[i];
-        dbs[3 + i].flags = MDB_DUPSORT | MDB_DUPFIXED;
+        dbs[3 + i].flags = 0;
     }
     for (int i = 0; i < 3 + TGL_IX_N; i++) {
         rc = mdb_dbi_open(txn, dbs[i].name, dbs[i].flags | cr, dbs[i].dbi);
@@ -304,6 +314,9 @@ int tg_ledger_open(const char *path, const tg_ledger_opts_t *opts, tg_ledger_t *
         o.lo_map_max = DEF_MAP_MAX;
     if (!o.lo_max_readers)
         o.lo_max_readers = DEF_READERS;
+    if (o.lo_bucket_shift > 30)
+        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger %s: lo_bucket_shift must be 0..30",
+                       path);
     if (o.lo_map_max < o.lo_map_size)
         return tg_errf(err, errlen, TG_LEDGER_EINVAL,
                        "ledger %s: lo_map_max (%zu) is below lo_map_size (%zu)", path,
@@ -368,7 +381,8 @@ int tg_ledger_open(const char *path, const tg_ledger_opts_t *opts, tg_ledger_t *
         ret = tgl_lmdb_err(l, rc, "begin the open transaction", err, errlen);
         goto fail;
     }
-    if ((ret = open_dbs(l, txn, err, errlen)) != 0)
+    if ((ret = open_dbs(l, txn, o.lo_bucket_shift ? o.lo_bucket_shift : TGL_BSHIFT_DEFAULT, err,
+                        errlen)) != 0)
         goto fail;
     rc = mdb_txn_commit(txn);
     txn = NULL;
@@ -416,22 +430,44 @@ struct append_ctx {
     size_t scratch_cap;
 };
 
-/* Puts the row's index entries: time, and each non-empty indexed field. */
+/* Puts the row's index entries: one per non-empty indexed field. */
 static int put_indexes(tg_ledger_t *l, MDB_txn *txn, const tg_ledger_row_t *r, uint64_t seq)
 {
-    unsigned char pos[TGL_POS];
-    tgl_put_time(pos, r->lr_settled_us);
-    tgl_put_u64(pos + 8, seq);
-    MDB_val k = {TGL_POS, pos}, v = {0, ""};
-    int rc = mdb_put(txn, l->itime, &k, &v, 0);
+    unsigned char key[TGL_IXKEY_MAX];
+    uint32_t b = (uint32_t)(seq >> l->bshift);
+    int rc = 0;
     for (int ix = 0; rc == 0 && ix < TGL_IX_N; ix++) {
         const char *f = tgl_row_field(r, ix);
         if (!*f)
             continue;
-        MDB_val fk = {strlen(f), (void *)f}, fv = {TGL_POS, pos};
-        rc = mdb_put(txn, l->ix[ix], &fk, &fv, 0);
+        MDB_val k = {tgl_ix_key(key, b, f, seq), key}, v = {0, ""};
+        rc = mdb_put(txn, l->ix[ix], &k, &v, 0);
     }
     return rc;
+}
+
+/* Widens bucket b's settled-time range to include [lo, hi]. */
+static int widen_bucket(tg_ledger_t *l, MDB_txn *txn, uint32_t b, int64_t lo, int64_t hi)
+{
+    unsigned char bk[4] = {(unsigned char)(b >> 24), (unsigned char)(b >> 16),
+                           (unsigned char)(b >> 8), (unsigned char)b};
+    unsigned char bv[16];
+    MDB_val k = {4, bk}, v;
+    int rc = mdb_get(txn, l->buckets, &k, &v);
+    if (rc == 0 && v.mv_size == 16) {
+        int64_t olo = tgl_get_time(v.mv_data), ohi = tgl_get_time((unsigned char *)v.mv_data + 8);
+        if (olo <= lo && ohi >= hi)
+            return 0;
+        lo = olo < lo ? olo : lo;
+        hi = ohi > hi ? ohi : hi;
+    } else if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+    tgl_put_time(bv, lo);
+    tgl_put_time(bv + 8, hi);
+    v.mv_size = 16;
+    v.mv_data = bv;
+    return mdb_put(txn, l->buckets, &k, &v, 0);
 }
 
 /* A stored row with the same id: duplicate when its bytes are identical. */
@@ -473,6 +509,8 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     int64_t horizon;
     int rc;
 
+    uint32_t cur_b = 0;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
     a->appended = 0;
     if ((rc = tgl_meta_pos(txn, l->meta, "head", &seq, prev)) != 0 ||
         (rc = get_horizon(txn, l->meta, &horizon)) != 0)
@@ -513,10 +551,23 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
                 return rc;
             out.ar_seq = seq;
             a->appended++;
+            /* Bucket time ranges: one put per bucket the batch touches. */
+            uint32_t b = (uint32_t)(seq >> l->bshift);
+            if (lo <= hi && b != cur_b && (rc = widen_bucket(l, txn, cur_b, lo, hi)) != 0)
+                return rc;
+            if (lo > hi || b != cur_b) {
+                cur_b = b;
+                lo = INT64_MAX;
+                hi = INT64_MIN;
+            }
+            lo = r->lr_settled_us < lo ? r->lr_settled_us : lo;
+            hi = r->lr_settled_us > hi ? r->lr_settled_us : hi;
         }
         if (a->res)
             a->res[i] = out;
     }
+    if (lo <= hi && (rc = widen_bucket(l, txn, cur_b, lo, hi)) != 0)
+        return rc;
     if (a->appended && (rc = put_pos(txn, l->meta, "head", seq, prev)) != 0)
         return rc;
     return 0;
@@ -603,19 +654,23 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             c->done = 1;
             break;
         }
-        unsigned char pos[TGL_POS];
-        tgl_put_time(pos, r.lr_settled_us);
-        tgl_put_u64(pos + 8, seq);
-        MDB_val idk = {strlen(r.lr_record_id), (void *)r.lr_record_id}, tk = {TGL_POS, pos};
+        unsigned char key[TGL_IXKEY_MAX];
+        uint32_t b = (uint32_t)(seq >> l->bshift);
+        MDB_val idk = {strlen(r.lr_record_id), (void *)r.lr_record_id};
         rc = mdb_del(txn, l->ids, &idk, NULL);
-        if (rc == 0 || rc == MDB_NOTFOUND)
-            rc = mdb_del(txn, l->itime, &tk, NULL);
         for (int ix = 0; ix < TGL_IX_N && (rc == 0 || rc == MDB_NOTFOUND); ix++) {
             const char *f = tgl_row_field(&r, ix);
             if (!*f)
                 continue;
-            MDB_val fk = {strlen(f), (void *)f}, fv = {TGL_POS, pos};
-            rc = mdb_del(txn, l->ix[ix], &fk, &fv);
+            MDB_val fk = {tgl_ix_key(key, b, f, seq), key};
+            rc = mdb_del(txn, l->ix[ix], &fk, NULL);
+        }
+        /* The bucket's entry goes with its last row. */
+        if ((rc == 0 || rc == MDB_NOTFOUND) && ((seq + 1) >> l->bshift) != b) {
+            unsigned char bk[4] = {(unsigned char)(b >> 24), (unsigned char)(b >> 16),
+                                   (unsigned char)(b >> 8), (unsigned char)b};
+            MDB_val k4 = {4, bk};
+            rc = mdb_del(txn, l->buckets, &k4, NULL);
         }
         if ((rc != 0 && rc != MDB_NOTFOUND) || (rc = mdb_cursor_del(cur, 0)) != 0)
             goto out;

@@ -19,8 +19,9 @@
  *
  *   Queries filter by any combination of account, project, key, run, model,
  *   channel, route type, kind and a settled-time range. Rows come back in
- *   (settled time, seq) order, from the most selective secondary index, a
- *   page at a time with an opaque cursor string. Sums total the amounts and
+ *   ledger order (seq: the order they were settled in), read through the
+ *   most selective secondary index, a page at a time with an opaque cursor
+ *   string. Sums total the amounts and
  *   tokens of every matching row. Export streams every matching row to a
  *   callback without holding them in memory.
  *
@@ -126,6 +127,9 @@ typedef struct tg_ledger_opts {
     int lo_nosync;       /* 1: commit without fsync (survives a process crash,
                             not a power loss). Default 0: every append is
                             fsync'd before it returns. */
+    unsigned lo_bucket_shift; /* index bucket = 2^shift consecutive rows (default
+                                 12; 1..30). Fixed when the file is created,
+                                 ignored when it exists. Tests use small ones. */
 } tg_ledger_opts_t;
 
 /* Opens the ledger file at path (one file plus path-lock beside it),
@@ -193,23 +197,23 @@ typedef struct tg_ledger_filter {
 /* Sets every field to "match anything". Can't fail. */
 void tg_ledger_filter_init(tg_ledger_filter_t *f);
 
-/* Called once per matching row, in (settled time, seq) order. row is valid
+/* Called once per matching row, in ledger order (ascending seq). row is valid
  * until the callback returns. Return 0 to continue, non-zero to stop (the
  * query then returns 0). */
 typedef int (*tg_ledger_row_cb)(const tg_ledger_row_t *row, void *arg);
 
 /* Size of a cursor string, NUL included. */
-#define TG_LEDGER_CURSOR_LEN 40
+#define TG_LEDGER_CURSOR_LEN 24
 
 /* One page: calls cb for up to limit (>= 1) matching rows after the
  * position in cursor_in (NULL or "" = from the start), inside one read
  * transaction. cursor_out (TG_LEDGER_CURSOR_LEN bytes) gets the position to
  * pass as the next cursor_in, or "" when the walk is complete (a page that
  * ends exactly at the last row may still return a cursor: the next page is
- * then empty). Rows appended after a page with a settled time before the
- * cursor's are not visited by that walk; every row present when the walk
- * began is returned exactly once. *rows_out (may be NULL) gets the count
- * passed to cb.
+ * then empty). The cursor is a position in ledger order, so a walk returns
+ * every row present when it began exactly once, and rows appended during
+ * the walk come after the cursor: a walk may include them, never twice.
+ * *rows_out (may be NULL) gets the count passed to cb.
  * Errors: EINVAL (bad filter or a cursor this ledger did not make), EREADERS,
  * ECORRUPT (an index points at a missing or undecodable row), ELMDB. */
 int tg_ledger_query(tg_ledger_t *l, const tg_ledger_filter_t *f, const char *cursor_in, size_t limit,

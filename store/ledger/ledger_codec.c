@@ -230,3 +230,16 @@ int tgl_chain_hash(EVP_MD_CTX *ctx, const EVP_MD *md, const unsigned char prev[T
         return -1;
     return 0;
 }
+
+size_t tgl_ix_key(unsigned char *out, uint32_t bucket, const char *value, uint64_t seq)
+{
+    size_t n = strlen(value);
+    out[0] = (unsigned char)(bucket >> 24);
+    out[1] = (unsigned char)(bucket >> 16);
+    out[2] = (unsigned char)(bucket >> 8);
+    out[3] = (unsigned char)bucket;
+    memcpy(out + 4, value, n);
+    out[4 + n] = '\0';
+    tgl_put_u64(out + 5 + n, seq);
+    return 13 + n;
+}

@@ -5,15 +5,22 @@
  * On-disk layout (one LMDB file, named databases):
  *   meta      "format" -> TGL_FORMAT; "head" -> seq(8) hash(32);
  *             "anchor" -> seq(8) hash(32) of the last row retention deleted;
- *             "horizon" -> int64 retention horizon (settled time, us)
+ *             "horizon" -> int64 retention horizon (settled time, us);
+ *             "bshift" -> u8 log2 of rows per bucket, fixed at creation
  *   rows      seq(8, big-endian) -> hash(32) || canonical row bytes
  *   ids       record id -> seq(8)
- *   i_time    time(8) seq(8) -> ""                    (time = settled us)
+ *   buckets   bucket(4) -> min settled time(8) max settled time(8)
  *   i_account, i_project, i_key, i_run, i_model, i_channel:
- *             field value -> time(8) seq(8), DUPSORT|DUPFIXED; empty
- *             values are not indexed.
+ *             bucket(4) field value NUL seq(8) -> ""; empty values are not
+ *             indexed.
+ * A bucket is a run of 2^bshift consecutive seqs (4096 by default). Index
+ * keys lead with the bucket so a batch's inserts land in the newest
+ * bucket's few pages instead of all over a tree that grows with the
+ * ledger: that keeps appends flat as the ledger grows (a batch dirties
+ * pages in proportion to the bucket, not to the whole index). A query
+ * seeks once per bucket, skipping buckets whose time range cannot match.
  * Times are stored big-endian with the sign bit flipped so byte order is
- * numeric order; every index therefore lists rows in (time, seq) order.
+ * numeric order.
  *
  * Canonical row bytes (what is hashed after prev hash and seq):
  *   u8 version(1) u8 kind, 7 x i64 big-endian (settled, request, cost,
@@ -34,19 +41,21 @@
 #define TGL_FORMAT "tollgate-ledger-1"
 #define TGL_ROW_VERSION 1
 #define TGL_HASH 32
-#define TGL_POS 16 /* time(8) seq(8) */
+#define TGL_BSHIFT_DEFAULT 12
+#define TGL_IXKEY_MAX (4 + TG_LEDGER_FIELD_MAX + 1 + 8)
 
 /* The indexed string fields, in this order. */
 enum { TGL_IX_ACCOUNT, TGL_IX_PROJECT, TGL_IX_KEY, TGL_IX_RUN, TGL_IX_MODEL, TGL_IX_CHANNEL, TGL_IX_N };
 
 struct tg_ledger {
     MDB_env *env;
-    MDB_dbi meta, rows, ids, itime;
+    MDB_dbi meta, rows, ids, buckets;
     MDB_dbi ix[TGL_IX_N];
     /* mdb_env_set_mapsize needs no transaction open in this process: every
      * transaction holds this lock shared, a resize holds it exclusive. */
     pthread_rwlock_t maplock;
     size_t map_max;
+    unsigned bshift; /* log2 rows per bucket */
     char *path;
     EVP_MD *sha256; /* fetched once: implicit fetches cost per row */
 };
@@ -93,6 +102,9 @@ int tgl_lmdb_err(const tg_ledger_t *l, int rc, const char *what, char *err, size
  * caller ends it with tgl_read_end. */
 int tgl_read_begin(tg_ledger_t *l, MDB_txn **txn, char *err, size_t errlen);
 void tgl_read_end(tg_ledger_t *l, MDB_txn *txn);
+
+/* Builds an index key: bucket, value, NUL, seq. Returns its length. */
+size_t tgl_ix_key(unsigned char *out, uint32_t bucket, const char *value, uint64_t seq);
 
 /* Reads meta "head"/"anchor" (zeros when absent). */
 int tgl_meta_pos(MDB_txn *txn, MDB_dbi meta, const char *name, uint64_t *seq,

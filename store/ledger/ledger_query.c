@@ -1,6 +1,6 @@
 /* tg_ledger queries: planning (pick the most selective index), the walk
- * over an index in (settled time, seq) order with filtering, pagination
- * cursors, sums, export and lookup by record id. Everything here runs in
+ * over the buckets of an index in ledger (seq) order with filtering,
+ * pagination cursors, sums, export and lookup by record id. Everything here runs in
  * read transactions, which never block appends. */
 #include <stdio.h>
 #include <string.h>
@@ -18,42 +18,39 @@ void tg_ledger_filter_init(tg_ledger_filter_t *f)
 
 /* ---- cursors -------------------------------------------------------------- */
 
-/* "L1" + 32 hex digits of the position (time, seq) of the last row given. */
-static void cursor_format(char *out, const unsigned char pos[TGL_POS])
+/* "L2" + 16 hex digits of the seq of the last row given. */
+static void cursor_format(char *out, uint64_t seq)
 {
     static const char hex[] = "0123456789abcdef";
     out[0] = 'L';
-    out[1] = '1';
-    for (int i = 0; i < TGL_POS; i++) {
-        out[2 + 2 * i] = hex[pos[i] >> 4];
-        out[3 + 2 * i] = hex[pos[i] & 15];
-    }
-    out[2 + 2 * TGL_POS] = '\0';
+    out[1] = '2';
+    for (int i = 0; i < 16; i++)
+        out[2 + i] = hex[(seq >> (60 - 4 * i)) & 15];
+    out[18] = '\0';
 }
 
-static int hexval(char c)
+static int cursor_parse(const char *s, uint64_t *seq)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-static int cursor_parse(const char *s, unsigned char pos[TGL_POS])
-{
-    if (strlen(s) != 2 + 2 * TGL_POS || s[0] != 'L' || s[1] != '1')
+    *seq = 0;
+    if (strlen(s) != 18 || s[0] != 'L' || s[1] != '2')
         return -1;
-    for (int i = 0; i < TGL_POS; i++) {
-        int hi = hexval(s[2 + 2 * i]), lo = hexval(s[3 + 2 * i]);
-        if (hi < 0 || lo < 0)
+    for (int i = 0; i < 16; i++) {
+        char c = s[2 + i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
             return -1;
-        pos[i] = (unsigned char)(hi << 4 | lo);
+        *seq = *seq << 4 | (uint64_t)d;
     }
     return 0;
 }
 
 /* ---- the walk ----------------------------------------------------------- */
+
+static uint32_t get_u32(const void *p)
+{
+    const unsigned char *b = p;
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
 
 struct walk {
     tg_ledger_t *l;
@@ -62,9 +59,9 @@ struct walk {
     size_t limit; /* 0 = no limit */
     tg_ledger_row_cb cb;
     void *arg;
-    size_t rows;                /* rows passed to cb */
-    unsigned char last[TGL_POS]; /* position of the last row passed */
-    int stopped;                 /* limit reached or cb asked to stop */
+    size_t rows;       /* rows passed to cb */
+    uint64_t last;     /* seq of the last row passed */
+    int stopped;       /* limit reached or cb asked to stop */
 };
 
 static int str_match(const char *want, const char *have)
@@ -86,149 +83,197 @@ static int row_matches(const tg_ledger_filter_t *f, const tg_ledger_row_t *r)
     return r->lr_settled_us >= f->lf_from_us && (!f->lf_to_us || r->lr_settled_us < f->lf_to_us);
 }
 
-/* Visits the row at index position pos. Returns 0 or a TG code. */
-static int visit(struct walk *w, const unsigned char pos[TGL_POS], char *err, size_t errlen)
+/* Offers the stored row (val) at seq to the filter and the callback. */
+static int visit_val(struct walk *w, uint64_t seq, const MDB_val *val, char *err, size_t errlen)
 {
-    MDB_val k = {8, (void *)(pos + 8)}, v;
     tg_ledger_row_t r;
-    uint64_t seq = tgl_get_u64(pos + 8);
-    int rc = mdb_get(w->txn, w->l->rows, &k, &v);
-    if (rc == MDB_NOTFOUND || (rc == 0 && tgl_row_decode(v.mv_data, v.mv_size, seq, &r) != 0))
-        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
-                       "ledger %s: an index points at row %llu, which is %s", w->l->path,
-                       (unsigned long long)seq, rc ? "missing" : "undecodable");
-    if (rc)
-        return tgl_lmdb_err(w->l, rc, "read a row", err, errlen);
+    if (tgl_row_decode(val->mv_data, val->mv_size, seq, &r) != 0)
+        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "ledger %s: row %llu cannot be decoded",
+                       w->l->path, (unsigned long long)seq);
     if (!row_matches(w->f, &r))
         return 0;
     w->rows++;
-    memcpy(w->last, pos, TGL_POS);
+    w->last = seq;
     if (w->cb(&r, w->arg) != 0 || (w->limit && w->rows >= w->limit))
         w->stopped = 1;
     return 0;
 }
 
-/* Picks the index: the indexed filter field with the fewest entries (an
- * LMDB dup count is cheap), or the time index when none is set. Sets
- * *empty when a filtered value has no rows at all. */
-static int plan(struct walk *w, int *ix_out, int *empty, char *err, size_t errlen)
+/* Looks the row up by seq (from an index entry), then visits it. */
+static int visit_seq(struct walk *w, uint64_t seq, char *err, size_t errlen)
 {
-    MDB_cursor *cur = NULL;
+    unsigned char sk[8];
+    tgl_put_u64(sk, seq);
+    MDB_val k = {8, sk}, v;
+    int rc = mdb_get(w->txn, w->l->rows, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
+                       "ledger %s: an index points at row %llu, which is missing", w->l->path,
+                       (unsigned long long)seq);
+    if (rc)
+        return tgl_lmdb_err(w->l, rc, "read a row", err, errlen);
+    return visit_val(w, seq, &v, err, errlen);
+}
+
+/* Estimates selectivity: entries for value in bucket b, counted up to cap. */
+static int probe(struct walk *w, int ix, uint32_t b, const char *value, size_t cap, size_t *n)
+{
+    unsigned char key[TGL_IXKEY_MAX];
+    size_t plen = tgl_ix_key(key, b, value, 0) - 8;
+    MDB_cursor *cur;
+    MDB_val k = {plen + 8, key}, v;
+    int rc = mdb_cursor_open(w->txn, w->l->ix[ix], &cur);
+    *n = 0;
+    if (rc)
+        return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && *n < cap && k.mv_size == plen + 8 && memcmp(k.mv_data, key, plen) == 0) {
+        (*n)++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Picks the index to read: among the filter's indexed fields, the one with
+ * the fewest entries in a recent bucket (counted up to 1024; LMDB keeps
+ * no counts), ties going to the usually most selective field (run, key,
+ * project, channel, model, account). -1: no indexed field, scan rows. */
+static int plan(struct walk *w, uint32_t newest, int *ix_out, char *err, size_t errlen)
+{
+    static const int pref[TGL_IX_N] = {TGL_IX_RUN,     TGL_IX_KEY,   TGL_IX_PROJECT,
+                                       TGL_IX_CHANNEL, TGL_IX_MODEL, TGL_IX_ACCOUNT};
     size_t best = (size_t)-1;
-    int rc = 0;
     *ix_out = -1;
-    *empty = 0;
-    for (int ix = 0; ix < TGL_IX_N; ix++) {
+    for (int i = 0; i < TGL_IX_N; i++) {
+        int ix = pref[i];
         const char *want = tgl_filter_field(w->f, ix);
+        size_t n;
         if (!*want)
             continue;
-        if (strlen(want) > TG_LEDGER_FIELD_MAX) { /* cannot be stored: no match */
-            *empty = 1;
-            break;
-        }
-        if ((rc = mdb_cursor_open(w->txn, w->l->ix[ix], &cur)) != 0)
-            break;
-        MDB_val k = {strlen(want), (void *)want}, v;
-        size_t n = 0;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
-        if (rc == 0)
-            rc = mdb_cursor_count(cur, &n);
-        mdb_cursor_close(cur);
-        if (rc == MDB_NOTFOUND) {
-            *empty = 1;
-            rc = 0;
-            break;
-        }
+        int rc = probe(w, ix, newest, want, 1024, &n);
         if (rc)
-            break;
-        if (n < best) {
+            return tgl_lmdb_err(w->l, rc, "plan a query", err, errlen);
+        if (n < best || best == (size_t)-1) {
             best = n;
             *ix_out = ix;
         }
     }
-    return rc ? tgl_lmdb_err(w->l, rc, "plan a query", err, errlen) : 0;
+    return 0;
 }
 
-/* Walks from start (inclusive; exclusive when skip_eq) until the filter's
- * end time, the limit, or cb stops. *complete is set when the index ran
- * out (no further page). */
-static int walk_run(struct walk *w, const unsigned char start[TGL_POS], int skip_eq, int *complete,
-                    char *err, size_t errlen)
+/* Reads the rows of bucket b from seq lo on, through index ix (or the rows
+ * themselves when ix < 0). */
+static int walk_bucket(struct walk *w, MDB_cursor *cur, int ix, uint32_t b, uint64_t lo,
+                       char *err, size_t errlen)
 {
-    MDB_cursor *cur = NULL;
-    int ix, empty, ret, rc;
-    unsigned char pos[TGL_POS];
-    *complete = 0;
-    if ((ret = plan(w, &ix, &empty, err, errlen)) != 0)
-        return ret;
-    if (empty) {
-        *complete = 1;
-        return 0;
-    }
-    const char *key = ix >= 0 ? tgl_filter_field(w->f, ix) : NULL;
-    if ((rc = mdb_cursor_open(w->txn, ix >= 0 ? w->l->ix[ix] : w->l->itime, &cur)) != 0)
-        return tgl_lmdb_err(w->l, rc, "open a cursor", err, errlen);
     MDB_val k, v;
-    if (key) {
-        k.mv_size = strlen(key);
-        k.mv_data = (void *)key;
-        v.mv_size = TGL_POS;
-        v.mv_data = (void *)start;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_BOTH_RANGE);
-    } else {
-        k.mv_size = TGL_POS;
-        k.mv_data = (void *)start;
+    unsigned char key[TGL_IXKEY_MAX], sk[8];
+    uint64_t end = ((uint64_t)b + 1) << w->l->bshift; /* first seq of the next bucket */
+    int rc, ret = 0;
+    if (ix < 0) {
+        tgl_put_u64(sk, lo);
+        k.mv_size = 8;
+        k.mv_data = sk;
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && !w->stopped) {
+            uint64_t seq = k.mv_size == 8 ? tgl_get_u64(k.mv_data) : 0;
+            if (seq >= end)
+                break;
+            if ((ret = visit_val(w, seq, &v, err, errlen)) != 0)
+                return ret;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+    } else {
+        const char *want = tgl_filter_field(w->f, ix);
+        size_t plen = tgl_ix_key(key, b, want, lo) - 8;
+        k.mv_size = plen + 8;
+        k.mv_data = key;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && !w->stopped) {
+            if (k.mv_size != plen + 8 || memcmp(k.mv_data, key, plen) != 0)
+                break;
+            uint64_t seq = tgl_get_u64((unsigned char *)k.mv_data + plen);
+            if ((ret = visit_seq(w, seq, err, errlen)) != 0)
+                return ret;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
     }
-    while (rc == 0) {
-        const MDB_val *p = key ? &v : &k;
-        if (p->mv_size != TGL_POS) {
-            ret = tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "ledger %s: malformed index entry",
+    if (rc && rc != MDB_NOTFOUND)
+        return tgl_lmdb_err(w->l, rc, "walk an index", err, errlen);
+    return 0;
+}
+
+/* Walks the rows from seq start on, bucket by bucket, skipping buckets
+ * whose settled-time range misses the filter's, until the limit or cb
+ * stops. *complete is set when every bucket was read. */
+static int walk_run(struct walk *w, uint64_t start, int *complete, char *err, size_t errlen)
+{
+    MDB_cursor *bc = NULL, *cur = NULL;
+    MDB_val k, v;
+    unsigned char bk[4];
+    int ix = -1, ret = 0, rc;
+    *complete = 0;
+    if ((rc = mdb_cursor_open(w->txn, w->l->buckets, &bc)) != 0) {
+        ret = tgl_lmdb_err(w->l, rc, "open a cursor", err, errlen);
+        goto out;
+    }
+    rc = mdb_cursor_get(bc, &k, &v, MDB_LAST);
+    if (rc == MDB_NOTFOUND) {
+        *complete = 1;
+        goto out;
+    }
+    if (rc || k.mv_size != 4) {
+        ret = rc ? tgl_lmdb_err(w->l, rc, "read the buckets", err, errlen)
+                 : tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "ledger %s: malformed bucket entry",
+                           w->l->path);
+        goto out;
+    }
+    /* The bucket before the newest is full: a better sample. */
+    uint32_t newest = get_u32(k.mv_data);
+    if (newest > (uint32_t)(start >> w->l->bshift))
+        newest--;
+    if ((ret = plan(w, newest, &ix, err, errlen)) != 0)
+        goto out;
+    if ((rc = mdb_cursor_open(w->txn, ix >= 0 ? w->l->ix[ix] : w->l->rows, &cur)) != 0) {
+        ret = tgl_lmdb_err(w->l, rc, "open a cursor", err, errlen);
+        goto out;
+    }
+    uint32_t b0 = (uint32_t)(start >> w->l->bshift);
+    bk[0] = (unsigned char)(b0 >> 24);
+    bk[1] = (unsigned char)(b0 >> 16);
+    bk[2] = (unsigned char)(b0 >> 8);
+    bk[3] = (unsigned char)b0;
+    k.mv_size = 4;
+    k.mv_data = bk;
+    rc = mdb_cursor_get(bc, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && !w->stopped) {
+        if (k.mv_size != 4 || v.mv_size != 16) {
+            ret = tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "ledger %s: malformed bucket entry",
                           w->l->path);
             goto out;
         }
-        memcpy(pos, p->mv_data, TGL_POS);
-        if (w->f->lf_to_us && tgl_get_time(pos) >= w->f->lf_to_us) {
-            *complete = 1;
-            goto out;
-        }
-        if (!(skip_eq && memcmp(pos, start, TGL_POS) == 0)) {
-            if ((ret = visit(w, pos, err, errlen)) != 0)
-                goto out;
-            if (w->stopped)
+        uint32_t b = get_u32(k.mv_data);
+        int64_t tmin = tgl_get_time(v.mv_data), tmax = tgl_get_time((unsigned char *)v.mv_data + 8);
+        /* Settled times only roughly follow seq, so a bucket outside the
+         * range does not end the walk; it is skipped. */
+        if (tmax >= w->f->lf_from_us && (!w->f->lf_to_us || tmin < w->f->lf_to_us)) {
+            uint64_t first = (uint64_t)b << w->l->bshift;
+            if ((ret = walk_bucket(w, cur, ix, b, start > first ? start : first, err, errlen)) != 0)
                 goto out;
         }
-        rc = mdb_cursor_get(cur, &k, &v, key ? MDB_NEXT_DUP : MDB_NEXT);
+        rc = mdb_cursor_get(bc, &k, &v, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND)
-        *complete = 1;
-    else
-        ret = tgl_lmdb_err(w->l, rc, "walk an index", err, errlen);
+        *complete = !w->stopped;
+    else if (rc)
+        ret = tgl_lmdb_err(w->l, rc, "read the buckets", err, errlen);
 out:
-    mdb_cursor_close(cur);
+    if (cur)
+        mdb_cursor_close(cur);
+    if (bc)
+        mdb_cursor_close(bc);
     return ret;
-}
-
-/* Start position of a walk: the later of the cursor and the filter's from
- * time. */
-static int start_pos(const tg_ledger_filter_t *f, const char *cursor, unsigned char start[TGL_POS],
-                     int *skip_eq)
-{
-    unsigned char from[TGL_POS];
-    tgl_put_time(from, f->lf_from_us);
-    memset(from + 8, 0, 8);
-    memcpy(start, from, TGL_POS);
-    *skip_eq = 0;
-    if (cursor && *cursor) {
-        unsigned char c[TGL_POS];
-        if (cursor_parse(cursor, c) != 0)
-            return -1;
-        if (memcmp(c, from, TGL_POS) >= 0) {
-            memcpy(start, c, TGL_POS);
-            *skip_eq = 1;
-        }
-    }
-    return 0;
 }
 
 static int check_filter(tg_ledger_t *l, const tg_ledger_filter_t *f, char *err, size_t errlen)
@@ -246,8 +291,8 @@ int tg_ledger_query(tg_ledger_t *l, const tg_ledger_filter_t *f, const char *cur
                     size_t errlen)
 {
     struct walk w = {.l = l, .f = f, .limit = limit, .cb = cb, .arg = arg};
-    unsigned char start[TGL_POS];
-    int skip_eq, complete, ret;
+    uint64_t start = 0;
+    int complete, ret;
     if (rows_out)
         *rows_out = 0;
     if (cursor_out)
@@ -258,12 +303,13 @@ int tg_ledger_query(tg_ledger_t *l, const tg_ledger_filter_t *f, const char *cur
         return tg_errf(err, errlen, TG_LEDGER_EINVAL,
                        "ledger %s: a query needs a callback, a cursor buffer and a limit >= 1",
                        l->path);
-    if (start_pos(f, cursor_in, start, &skip_eq) != 0)
+    if (cursor_in && *cursor_in &&
+        (cursor_parse(cursor_in, &start) != 0 || (start >> l->bshift) >= UINT32_MAX))
         return tg_errf(err, errlen, TG_LEDGER_EINVAL,
                        "ledger %s: \"%.60s\" is not a cursor this ledger made", l->path, cursor_in);
     if ((ret = tgl_read_begin(l, &w.txn, err, errlen)) != 0)
         return ret;
-    ret = walk_run(&w, start, skip_eq, &complete, err, errlen);
+    ret = walk_run(&w, start + 1, &complete, err, errlen);
     tgl_read_end(l, w.txn);
     if (ret == 0 && !complete && w.rows > 0)
         cursor_format(cursor_out, w.last);
@@ -336,19 +382,17 @@ int tg_ledger_sum(tg_ledger_t *l, const tg_ledger_filter_t *f, tg_ledger_sum_t *
 {
     struct sum_ctx c = {{0}, 0};
     struct walk w = {.l = l, .f = f, .limit = 0, .cb = sum_cb, .arg = &c};
-    unsigned char start[TGL_POS];
-    int skip_eq, complete, ret;
+    int complete, ret;
     if (out)
         memset(out, 0, sizeof(*out));
     if ((ret = check_filter(l, f, err, errlen)) != 0)
         return ret;
     if (!out)
         return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger %s: sum needs an output", l->path);
-    start_pos(f, NULL, start, &skip_eq);
     /* One transaction: the totals are of one consistent snapshot. */
     if ((ret = tgl_read_begin(l, &w.txn, err, errlen)) != 0)
         return ret;
-    ret = walk_run(&w, start, skip_eq, &complete, err, errlen);
+    ret = walk_run(&w, 1, &complete, err, errlen);
     tgl_read_end(l, w.txn);
     if (ret == 0 && c.overflow)
         ret = tg_errf(err, errlen, TG_LEDGER_EOVERFLOW,
