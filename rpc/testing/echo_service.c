@@ -46,19 +46,28 @@ static void sleep_ms(int ms)
     }
 }
 
+/* Parses a request of type d; on failure sets an INVALID_ARGUMENT status
+ * naming the type and returns NULL. Free with tg_rpc_pb_free. */
+static void *parse(tg_rpc_call_t *call, const ProtobufCMessageDescriptor *d, const uint8_t *req,
+                   size_t len)
+{
+    ProtobufCMessage *m = NULL;
+    char err[TG_ERRLEN] = "";
+    if (tg_rpc_pb_unpack(d, req, len, &m, err, sizeof err) != 0)
+        tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
+    return m;
+}
+
 /* ---- unary -------------------------------------------------------------- */
 
 static int say(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *reply, void *arg)
 {
     (void)arg;
-    ProtobufCMessage *m = NULL;
     char err[TG_ERRLEN] = "";
     int code = TG_RPC_CODE_OK;
-
-    if (tg_rpc_pb_unpack(&tollgate__test__v1__say_request__descriptor, req, len, &m, err,
-                         sizeof err) != 0)
-        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
-    Tollgate__Test__V1__SayRequest *rq = (Tollgate__Test__V1__SayRequest *)m;
+    Tollgate__Test__V1__SayRequest *rq =
+        parse(call, &tollgate__test__v1__say_request__descriptor, req, len);
+    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
     /* Wait in small steps so a cancelled call frees its thread early. */
     for (int waited = 0; waited < rq->delay_ms && !tg_rpc_call_cancelled(call); waited += 10)
         sleep_ms(10);
@@ -80,7 +89,7 @@ static int say(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *re
         tg_rpc_pb_pack(&r.base, reply, err, sizeof err) != 0)
         code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "reply: %s", err);
 done:
-    tg_rpc_pb_free(m);
+    tg_rpc_pb_free(&rq->base);
     return code;
 }
 
@@ -88,14 +97,11 @@ static int fail(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *r
 {
     (void)arg;
     (void)reply;
-    ProtobufCMessage *m = NULL;
-    char err[TG_ERRLEN] = "";
-    if (tg_rpc_pb_unpack(&tollgate__test__v1__fail_request__descriptor, req, len, &m, err,
-                         sizeof err) != 0)
-        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
-    Tollgate__Test__V1__FailRequest *rq = (Tollgate__Test__V1__FailRequest *)m;
+    Tollgate__Test__V1__FailRequest *rq =
+        parse(call, &tollgate__test__v1__fail_request__descriptor, req, len);
+    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
     int code = tg_rpc_call_errorf(call, rq->code, "%s", rq->message);
-    tg_rpc_pb_free(m);
+    tg_rpc_pb_free(&rq->base);
     return code;
 }
 
@@ -178,12 +184,10 @@ static void reap(tg_echo_t *e, int all)
 static int count(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
 {
     tg_echo_t *e = arg;
-    ProtobufCMessage *m = NULL;
-    char err[TG_ERRLEN] = "";
-    if (tg_rpc_pb_unpack(&tollgate__test__v1__count_request__descriptor, req, len, &m, err,
-                         sizeof err) != 0)
-        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
-    Tollgate__Test__V1__CountRequest *rq = (Tollgate__Test__V1__CountRequest *)m;
+    Tollgate__Test__V1__CountRequest *rq =
+        parse(call, &tollgate__test__v1__count_request__descriptor, req, len);
+    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    ProtobufCMessage *m = &rq->base;
     if (rq->n < 0 || rq->payload_bytes < 0 || rq->payload_bytes > (1 << 20)) {
         tg_rpc_pb_free(m);
         return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT,
@@ -238,18 +242,17 @@ static void watch_cancelled(tg_rpc_call_t *call, void *arg)
 static int watch(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
 {
     tg_echo_t *e = arg;
-    ProtobufCMessage *m = NULL;
-    char err[TG_ERRLEN] = "";
-    if (tg_rpc_pb_unpack(&tollgate__test__v1__count_request__descriptor, req, len, &m, err,
-                         sizeof err) != 0)
-        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
+    Tollgate__Test__V1__CountRequest *rq =
+        parse(call, &tollgate__test__v1__count_request__descriptor, req, len);
+    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    ProtobufCMessage *m = &rq->base;
     watcher_t *w = tg_calloc(1, sizeof *w);
     if (!w) {
         tg_rpc_pb_free(m);
         return tg_rpc_call_errorf(call, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
     }
     w->w_call = call;
-    w->w_payload = (size_t)((Tollgate__Test__V1__CountRequest *)m)->payload_bytes;
+    w->w_payload = (size_t)(rq->payload_bytes > 0 ? rq->payload_bytes : 0);
     if (w->w_payload > 65536) w->w_payload = 65536;
     tg_rpc_pb_free(m);
     tg_rpc_call_on_cancel(call, watch_cancelled, e);
