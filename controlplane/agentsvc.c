@@ -1,48 +1,296 @@
 /* agentsvc.c: AgentService on the control plane (Enroll, Sync, ReportUsage,
- * Lease) and the agent side's start/stop. TEMPORARY minimal version so the
- * admin side links; replaced by the real service in this session. */
-#include "controlplane/cp.h"
+ * Lease), agent identity proofs, and the agent side's start and stop.
+ *
+ * Identity: an agent enrolls once with the operator's enrollment token and
+ * its Ed25519 public key and gets an id (AgentInfo under TG_CP_K_AGENT). From
+ * then on it proves who it is with signatures only: usage batches are signed
+ * whole, and Sync/Lease carry an AgentProof, a signature over
+ * "tollgate-agent-v1" || agent_id || timestamp_us (8 bytes big-endian)
+ * accepted within +-5 minutes of this replica's clock. A proof can be
+ * replayed within that window; it only opens a read stream, and the
+ * connection is expected to run over TLS.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
 
+#include "base/tg_log.h"
+#include "controlplane/agentside.h"
 #include "tollgate/v1/admin.pb-c.h"
+#include "tollgate/v1/agent.pb-c.h"
+
+#define PROOF_WINDOW_US (5LL * 60 * 1000000)
+#define PROOF_DOMAIN "tollgate-agent-v1"
+
+/* ---- proofs ---------------------------------------------------------------------- */
+
+int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out)
+{
+    uint8_t be[8];
+    for (int i = 0; i < 8; i++)
+        be[i] = (uint8_t)((uint64_t)ts_us >> (56 - 8 * i));
+    int rc = tg_buf_append(out, PROOF_DOMAIN, sizeof(PROOF_DOMAIN) - 1);
+    if (rc == 0)
+        rc = tg_buf_append(out, agent_id, strlen(agent_id));
+    if (rc == 0)
+        rc = tg_buf_append(out, be, sizeof(be));
+    return rc;
+}
+
+int cp_verify_raw(const uint8_t *pub, size_t publen, const void *data, size_t n, const uint8_t *sig,
+                  size_t siglen)
+{
+    tg_crypto_key_t *k = NULL;
+    if (pub == NULL || publen != TG_ED25519_PUBLIC_LEN || sig == NULL)
+        return TG_CRYPTO_EBADSIG;
+    if (tg_crypto_key_from_public(pub, &k, NULL, 0) != 0)
+        return TG_CRYPTO_EFORMAT;
+    int rc = tg_crypto_verify(k, data, n, sig, siglen);
+    tg_crypto_key_free(k);
+    return rc;
+}
+
+int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t now_us, char *err,
+                    size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    char key[TG_STORE_MAX_KEY];
+    tg_buf_t msg;
+    int code = TG_RPC_CODE_OK;
+
+    tg_buf_init(&msg, 1024);
+    if (proof == NULL || proof->agent_id[0] == '\0')
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "proof: missing agent id");
+    if (proof->timestamp_us < now_us - PROOF_WINDOW_US || proof->timestamp_us > now_us + PROOF_WINDOW_US)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
+                       "proof: timestamp %" PRId64 " is more than 5 minutes from the control "
+                       "plane's clock (%" PRId64 ")",
+                       proof->timestamp_us, now_us);
+    if (snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", proof->agent_id) >= (int)sizeof(key))
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "proof: agent id too long");
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_info__descriptor, &m, NULL, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    if (m == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "unknown agent %s", proof->agent_id);
+    const Tollgate__V1__AgentInfo *ai = (const Tollgate__V1__AgentInfo *)m;
+    if (cp_proof_message(proof->agent_id, proof->timestamp_us, &msg) != 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory");
+        goto fail;
+    }
+    if (cp_verify_raw(ai->public_key.data, ai->public_key.len, msg.b_data, msg.b_len,
+                      proof->signature.data, proof->signature.len) != 0)
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad proof signature for agent %s",
+                       proof->agent_id);
+fail:
+    tg_buf_free(&msg);
+    tg_rpc_pb_free(m);
+    return code;
+}
+
+/* ---- handlers --------------------------------------------------------------------- */
+
+static int token_ok(const char *want, const char *got)
+{
+    uint8_t a[32], b[32];
+    if (want == NULL || want[0] == '\0' || got == NULL)
+        return 0;
+    /* hash both so the comparison takes the same time whatever the lengths */
+    tg_crypto_sha256(want, strlen(want), a);
+    tg_crypto_sha256(got, strlen(got), b);
+    return tg_crypto_equal(a, b, sizeof(a));
+}
+
+static int enroll(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
+{
+    tg_cp_t *cp = arg;
+    char err[TG_ERRLEN] = "", id[64], key[TG_STORE_MAX_KEY];
+    ProtobufCMessage *m = NULL;
+    tg_crypto_key_t *k = NULL;
+    tg_buf_t val;
+    int code = TG_RPC_CODE_OK;
+
+    tg_buf_init(&val, 4096);
+    if (tg_rpc_pb_unpack(&tollgate__v1__enroll_request__descriptor, req, req_len, &m, err,
+                         sizeof(err)) < 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
+        goto fail;
+    }
+    const Tollgate__V1__EnrollRequest *er = (const Tollgate__V1__EnrollRequest *)m;
+    if (!token_ok(cp->cp_enroll_token, er->enrollment_token)) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_UNAUTHENTICATED, "bad enrollment token");
+        goto fail;
+    }
+    size_t nl = strlen(er->name);
+    if (nl == 0 || nl > 128) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "name: must be 1..128 bytes");
+        goto fail;
+    }
+    if (strlen(er->region) > 128 || strlen(er->version) > 128) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT,
+                                  "region, version: at most 128 bytes");
+        goto fail;
+    }
+    if (er->public_key.len != TG_ED25519_PUBLIC_LEN ||
+        tg_crypto_key_from_public(er->public_key.data, &k, NULL, 0) != 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT,
+                                  "public_key: must be a 32-byte Ed25519 public key (got %zu bytes)",
+                                  er->public_key.len);
+        goto fail;
+    }
+    if (tg_crypto_new_id("agt_", id, sizeof(id)) != 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "no entropy for an agent id");
+        goto fail;
+    }
+    Tollgate__V1__AgentInfo ai = TOLLGATE__V1__AGENT_INFO__INIT;
+    ai.agent_id = id;
+    ai.name = er->name;
+    ai.region = er->region;
+    ai.public_key = er->public_key;
+    ai.version = er->version;
+    ai.enrolled_at_us = tg_cp_now_us();
+    snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", id);
+    if (tg_rpc_pb_pack(&ai.base, &val, err, sizeof(err)) < 0 ||
+        tg_store_put(cp->cp_store, key, strlen(key), val.b_data, val.b_len, 0, NULL, err,
+                     sizeof(err)) < 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_UNAVAILABLE, "storing the agent failed: %s", err);
+        goto fail;
+    }
+    Tollgate__V1__EnrollResponse resp = TOLLGATE__V1__ENROLL_RESPONSE__INIT;
+    resp.agent_id = id;
+    resp.enrolled_at_us = ai.enrolled_at_us;
+    if (tg_rpc_pb_pack(&resp.base, reply, err, sizeof(err)) < 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "%s", err);
+        goto fail;
+    }
+    TG_LOG(TG_LOG_INFO, "cp.agent", "enrolled agent %s (%s, region %s)", id, er->name, er->region);
+fail:
+    tg_crypto_key_free(k);
+    tg_buf_free(&val);
+    tg_rpc_pb_free(m);
+    return code;
+}
+
+static int report_usage(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply,
+                        void *arg)
+{
+    char err[TG_ERRLEN] = "";
+    int code = cp_report_usage(arg, req, req_len, reply, err, sizeof(err));
+    if (code != TG_RPC_CODE_OK)
+        return tg_rpc_call_errorf(call, code, "%s", err[0] ? err : tg_rpc_code_name(code));
+    return code;
+}
+
+static int lease(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
+{
+    char err[TG_ERRLEN] = "";
+    ProtobufCMessage *m = NULL;
+    (void)reply;
+    if (tg_rpc_pb_unpack(&tollgate__v1__lease_request__descriptor, req, req_len, &m, err,
+                         sizeof(err)) < 0)
+        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
+    int code = cp_verify_proof(arg, ((Tollgate__V1__LeaseRequest *)m)->proof, tg_cp_now_us(), err,
+                               sizeof(err));
+    tg_rpc_pb_free(m);
+    if (code != TG_RPC_CODE_OK)
+        return tg_rpc_call_errorf(call, code, "%s", err);
+    return tg_rpc_call_errorf(call, TG_RPC_CODE_UNIMPLEMENTED,
+                              "spend leases are not implemented yet");
+}
 
 int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
 {
-    (void)cp;
-    (void)err;
-    (void)errlen;
-    return 0;
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL) {
+        as = tg_calloc(1, sizeof(*as));
+        if (as == NULL)
+            return tg_errf(err, errlen, TG_RPC_ENOMEM, "no memory for the agent side");
+        as->as_cp = cp;
+        pthread_mutex_init(&as->as_mu, NULL);
+        pthread_cond_init(&as->as_cv, NULL);
+        pthread_mutex_init(&as->as_settle_mu, NULL);
+        as->as_settled_seq_modrev = -1;
+        cp->cp_agent = as;
+    }
+    int rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Enroll", enroll, cp, err,
+                                     errlen);
+    if (rc == 0)
+        rc = tg_rpc_server_add_stream(cp->cp_rpc, "/tollgate.v1.AgentService/Sync", cp_sync_handler,
+                                      as, err, errlen);
+    if (rc == 0)
+        rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/ReportUsage",
+                                     report_usage, cp, err, errlen);
+    if (rc == 0)
+        rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Lease", lease, cp, err,
+                                     errlen);
+    return rc;
+}
+
+/* ---- lifecycle -------------------------------------------------------------------- */
+
+int cp_sleep(tg_cp_agent_side_t *as, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&as->as_mu);
+    if (!as->as_stop)
+        pthread_cond_timedwait(&as->as_cv, &as->as_mu, &ts);
+    int stop = as->as_stop;
+    pthread_mutex_unlock(&as->as_mu);
+    return stop;
 }
 
 int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)
 {
-    (void)err;
-    (void)errlen;
-    atomic_store(&cp->cp_is_leader, 1);
-    return 0;
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL)
+        return tg_errf(err, errlen, TG_RPC_ESTATE, "tg_cp_agentsvc_register was not called");
+    if (cp->cp_heartbeat_ms <= 0)
+        cp->cp_heartbeat_ms = 5000;
+    if (cp->cp_settled_retention_s <= 0)
+        cp->cp_settled_retention_s = 3600;
+    int rc = cp_tail_start(as, err, errlen);
+    if (rc == 0)
+        rc = cp_sync_start(as, err, errlen);
+    if (rc == 0)
+        rc = cp_leader_start(as, err, errlen);
+    if (rc < 0)
+        tg_cp_agent_side_stop(cp);
+    return rc;
 }
 
 void tg_cp_agent_side_stop(tg_cp_t *cp)
 {
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    as->as_stop = 1;
+    pthread_cond_broadcast(&as->as_cv);
+    pthread_mutex_unlock(&as->as_mu);
+    cp_leader_stop(as);
+    cp_sync_stop(as);
+    cp_tail_stop(as);
     atomic_store(&cp->cp_is_leader, 0);
+    /* as stays allocated: the RPC server may still deliver a late Sync call
+     * or cancel to it (it then answers UNAVAILABLE); cp_agent_side_free
+     * releases it once the server is destroyed */
 }
 
-int tg_cp_balance_change(tg_cp_t *cp, const struct Tollgate__V1__BalanceChangeRequest *req, int kind,
-                         const struct Tollgate__V1__Actor *actor, tg_buf_t *reply, char *err,
-                         size_t errlen)
+void cp_agent_side_free(tg_cp_t *cp)
 {
-    (void)cp;
-    (void)req;
-    (void)kind;
-    (void)actor;
-    (void)reply;
-    tg_errf(err, errlen, -1, "balance changes are not implemented yet");
-    return TG_RPC_CODE_UNAVAILABLE;
-}
-
-int tg_cp_checkpoint(tg_cp_t *cp, tg_buf_t *reply, char *err, size_t errlen)
-{
-    (void)cp;
-    (void)reply;
-    tg_errf(err, errlen, -1, "checkpoints are not implemented yet");
-    return TG_RPC_CODE_UNAVAILABLE;
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL)
+        return;
+    tg_cp_agent_side_stop(cp);
+    cp->cp_agent = NULL;
+    pthread_mutex_destroy(&as->as_settle_mu);
+    pthread_cond_destroy(&as->as_cv);
+    pthread_mutex_destroy(&as->as_mu);
+    tg_free(as);
 }

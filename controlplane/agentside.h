@@ -1,0 +1,161 @@
+/* agentside.h: internals of the control plane's agent side, shared by
+ * agentsvc.c (AgentService handlers, start/stop), sync.c (Sync streams fed by
+ * one config watch), settle.c (exactly-once settlement, top-ups,
+ * checkpoints), tail.c (settled log -> LMDB ledger, retention) and leader.c
+ * (leader election through a store lease). Not a public header: the admin
+ * side sees only cp.h.
+ *
+ * Threads owned by the agent side (all stopped by tg_cp_agent_side_stop):
+ *   sync watch   one store watch on TG_CP_K_CONFIG, fans every change out to
+ *                every open Sync stream, sends heartbeats;
+ *   sync resnap  builds fresh snapshots for streams that fell behind;
+ *   tail         tails TG_CP_K_SETTLED into this replica's ledger; on the
+ *                leader also deletes settled-log entries past retention;
+ *   leader       campaigns for TG_CP_K_LEADER and keeps the lease alive.
+ *
+ * The settled log value (TG_CP_K_SETTLED/<seq>) is a packed LedgerPage
+ * (api/tollgate/v1/admin.proto) whose `entries` are the batch's LedgerEntry
+ * rows: reusing the public message keeps the internal log readable with the
+ * public descriptors (tollctl, pbjson) and needs no extra .proto.
+ */
+#ifndef TG_CP_AGENTSIDE_H
+#define TG_CP_AGENTSIDE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "controlplane/cp.h"
+
+struct Tollgate__V1__LedgerEntry;
+struct Tollgate__V1__PriceEntry;
+struct Tollgate__V1__Account;
+
+/* ---- shared state ----------------------------------------------------------- */
+
+struct sync_stream;  /* sync.c */
+struct sync_ring;    /* sync.c */
+
+typedef struct tg_cp_agent_side {
+    tg_cp_t *as_cp;
+    pthread_mutex_t as_mu;   /* guards the fields marked (mu) */
+    pthread_cond_t as_cv;    /* signalled on stop and on work for the threads */
+    int as_stop;             /* (mu) 1 once stop began */
+    /* sync.c */
+    struct sync_stream *as_streams;   /* (mu) open, kept Sync streams */
+    struct sync_ring *as_ring;        /* (mu) recent updates, for catch-up */
+    int64_t as_cfg_rev;               /* (mu) revision of the config the watch delivered */
+    int as_resnap_pending;            /* (mu) streams wait for a fresh snapshot */
+    pthread_t as_watch_thr, as_resnap_thr;
+    int as_watch_started, as_resnap_started;
+    /* settle.c: one settlement at a time on the leader */
+    pthread_mutex_t as_settle_mu;
+    uint64_t as_settled_seq;          /* (settle_mu) last TG_CP_K_SETTLED seq used */
+    int64_t as_settled_seq_modrev;    /* (settle_mu) its mod_rev; -1: read it again */
+    /* leader.c */
+    pthread_t as_leader_thr;
+    int as_leader_started;
+    int64_t as_lease;                 /* the lease we campaign with, 0 none */
+    int64_t as_leader_create_rev;     /* (mu) create_rev of our leader key (fencing) */
+    int as_settle_ready;              /* (mu) leader and ledger caught up */
+    char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
+    /* tail.c */
+    pthread_t as_tail_thr;
+    int as_tail_started;
+    int64_t as_tail_rev;              /* (mu) settled log applied up to this revision */
+    char as_tail_path[1024];          /* file persisting as_tail_rev */
+} tg_cp_agent_side_t;
+
+/* ---- agentsvc.c --------------------------------------------------------------- */
+
+/* The bytes an agent signs to prove its identity: "tollgate-agent-v1" ||
+ * agent_id || timestamp_us (8 bytes big-endian), appended to out. Returns 0
+ * or TG_BUF_E*. */
+int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out);
+
+/* Checks an AgentProof: the agent exists, timestamp within +-5 minutes of
+ * now_us, signature valid. Returns TG_RPC_CODE_OK or UNAUTHENTICATED (or
+ * UNAVAILABLE on store errors) with the reason in err. */
+struct Tollgate__V1__AgentProof;
+int cp_verify_proof(tg_cp_t *cp, const struct Tollgate__V1__AgentProof *proof, int64_t now_us,
+                    char *err, size_t errlen);
+
+/* Verifies an Ed25519 signature with a raw 32-byte public key. 0 or
+ * TG_CRYPTO_E*. */
+int cp_verify_raw(const uint8_t *pub, size_t publen, const void *data, size_t n,
+                  const uint8_t *sig, size_t siglen);
+
+/* ---- sync.c -------------------------------------------------------------------- */
+
+int cp_sync_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
+void cp_sync_stop(tg_cp_agent_side_t *as);
+int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg);
+
+/* Appends a packed Snapshot of everything under TG_CP_K_CONFIG at store
+ * revision rev (> 0) to out, keeping for every price card the version in
+ * effect at now_us and the scheduled later ones. *nkeys (may be NULL) gets
+ * the number of objects. Returns 0 or a negative TG_STORE_E* / TG_BUF_E*
+ * with err set. Used by Sync and bench/cp. */
+int cp_snapshot_build(tg_store_t *store, int64_t rev, int64_t now_us, tg_buf_t *out,
+                      size_t *nkeys, char *err, size_t errlen);
+
+/* ---- settle.c ------------------------------------------------------------------ */
+
+/* Round-half-up division of a non-negative 128-bit value: the one rounding
+ * rule of every cost (see settle.c). */
+int64_t cp_price_cost(const struct Tollgate__V1__PriceEntry *pe, int64_t in_tok, int64_t out_tok,
+                      int64_t cache_read, int64_t cache_write, int64_t images, int64_t rate_ppm);
+
+/* The bucket that pays for route_type on account a: its route_buckets
+ * override, else DIRECT -> "credit", POOLED -> "wallet". NULL when the
+ * account has no such bucket. */
+const char *cp_bucket_for(const struct Tollgate__V1__Account *a, int route_type);
+
+/* Finds the price entry for model/route_type in card: exact model before a
+ * glob, a matching route type before UNSPECIFIED. NULL when none. */
+struct Tollgate__V1__PriceCard;
+const struct Tollgate__V1__PriceEntry *cp_price_lookup(const struct Tollgate__V1__PriceCard *card,
+                                                       const char *model, int route_type);
+
+/* Marker keys: TG_CP_K_BATCH<agent>/<seq 20 digits>, TG_CP_K_IDEM<account>/<key>. */
+int cp_batch_key(const char *agent_id, uint64_t seq, char *out, size_t outlen);
+int cp_idem_key(const char *account_id, const char *idem, char *out, size_t outlen);
+
+int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
+                    size_t errlen);
+
+/* Fills a ledger row from a LedgerEntry and its packed bytes (the row's
+ * strings point into e and packed). */
+void cp_row_from_entry(const struct Tollgate__V1__LedgerEntry *e, const uint8_t *packed,
+                       size_t packed_len, tg_ledger_row_t *row);
+
+/* Appends a packed LedgerPage (a settled-log value) to the ledger;
+ * *last_seq (may be NULL) gets the ledger seq of its last row. 0 or a
+ * negative code with err set. */
+int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_seq, char *err,
+                    size_t errlen);
+
+/* ---- tail.c -------------------------------------------------------------------- */
+
+int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
+void cp_tail_stop(tg_cp_agent_side_t *as);
+/* Waits until the tailer applied the settled log up to rev (bounded by
+ * timeout_ms). Returns 0, or -1 on timeout/stop. */
+int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+
+/* ---- leader.c ------------------------------------------------------------------ */
+
+int cp_leader_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
+void cp_leader_stop(tg_cp_agent_side_t *as);
+/* Copies the settle fencing state: 1 when this replica may settle now
+ * (*create_rev gets the leader key's create revision), else 0 with the
+ * leader's name (maybe "") in name. */
+int cp_leader_check(tg_cp_agent_side_t *as, int64_t *create_rev, char *name, size_t namelen);
+
+/* Stops the agent side (if running) and frees it; only after the RPC server
+ * is destroyed. Accepts a cp without one. */
+void cp_agent_side_free(tg_cp_t *cp);
+
+/* Waits on as_cv up to ms milliseconds or until stop; returns as_stop. */
+int cp_sleep(tg_cp_agent_side_t *as, int ms);
+
+#endif

@@ -1,0 +1,1097 @@
+/* settle.c: exactly-once settlement of signed usage batches and operator
+ * balance changes, and signed ledger checkpoints.
+ *
+ * Every balance movement is one store transaction (see cp.h):
+ *   compares  dedup marker absent (TG_CP_K_BATCH or TG_CP_K_IDEM),
+ *             each touched balance's mod_revision unchanged since read,
+ *             TG_CP_K_SETTLED_SEQ's mod_revision (the log's tail),
+ *             TG_CP_K_LEADER's create_revision is ours (fencing: a replica
+ *             that lost the lease can never commit);
+ *   success   new balances, the marker (the answer a resend gets), the
+ *             settled-log value TG_CP_K_SETTLED/<seq> (a packed LedgerPage of
+ *             the LedgerEntry rows) and the new seq.
+ * A compare failure re-reads and retries (bounded). After the commit the
+ * leader appends the rows to its own ledger and answers; if it dies between
+ * the two, the tailer (tail.c) of whichever replica settles next appends the
+ * rows from the settled log before it settles anything, and the resent batch
+ * finds its marker: charged once, answered with the stored response.
+ *
+ * Settlements on one leader are serialized by as_settle_mu: the settled log
+ * is one sequence anyway, and serializing avoids self-inflicted compare
+ * failures. Throughput comes from batching (one transaction per batch).
+ *
+ * Costs: prices are nano-units per 1M tokens, rates parts-per-million. The
+ * one rounding rule: with every product kept exact in 128 bits,
+ *     base = in*P_in + out*P_out + cr*P_cr + cw*P_cw
+ *            + (images*P_image + P_request) * 1e6        (nano x 1e6)
+ *     cost = floor((base * rate_ppm + 5e11) / 1e12)        (half up, once)
+ * where rate_ppm is the entry's platform rate (0 = 1,000,000) for the cost
+ * charged, and the channel's cost_rate_ppm (0 = 1,000,000) for the upstream
+ * cost. The agent uses the same rule, so a correct agent never mismatches.
+ * (meter/tg_price.h is the project's pricing module; it was still empty when
+ * this was written: switch cp_price_cost over to it once it lands.)
+ */
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/tg_log.h"
+#include "controlplane/agentside.h"
+#include "tollgate/v1/admin.pb-c.h"
+#include "tollgate/v1/agent.pb-c.h"
+
+#define SETTLE_ATTEMPTS 8
+/* compares: marker, seq, leader; ops: marker, settled, seq; 2 per balance */
+#define SETTLE_MAX_BALANCES ((TG_STORE_MAX_TXN_OPS - 6) / 2)
+
+/* ---- pure parts ---------------------------------------------------------------- */
+
+int64_t cp_price_cost(const Tollgate__V1__PriceEntry *pe, int64_t in_tok, int64_t out_tok,
+                      int64_t cache_read, int64_t cache_write, int64_t images, int64_t rate_ppm)
+{
+    typedef unsigned __int128 u128;
+    if (pe == NULL)
+        return 0;
+    const int64_t q[6][2] = {{in_tok, pe->input_per_mtok_nano},
+                             {out_tok, pe->output_per_mtok_nano},
+                             {cache_read, pe->cache_read_per_mtok_nano},
+                             {cache_write, pe->cache_write_per_mtok_nano},
+                             {images, pe->per_image_nano},
+                             {1, pe->per_request_nano}};
+    u128 base = 0, t;
+    for (int i = 0; i < 6; i++) {
+        /* negative counts or prices count as zero (validated upstream) */
+        u128 n = q[i][0] > 0 ? (u128)q[i][0] : 0, p = q[i][1] > 0 ? (u128)q[i][1] : 0;
+        if (i >= 4 && __builtin_mul_overflow(n, (u128)1000000, &n)) /* whole nano, not per 1M */
+            return INT64_MAX;
+        if (__builtin_mul_overflow(n, p, &t) || __builtin_add_overflow(base, t, &base))
+            return INT64_MAX;
+    }
+    if (rate_ppm <= 0)
+        rate_ppm = 1000000;
+    if (__builtin_mul_overflow(base, (u128)rate_ppm, &t) ||
+        __builtin_add_overflow(t, (u128)500000000000ULL, &t))
+        return INT64_MAX;
+    t /= (u128)1000000000000ULL;
+    return t > (u128)INT64_MAX ? INT64_MAX : (int64_t)t;
+}
+
+const char *cp_bucket_for(const Tollgate__V1__Account *a, int route_type)
+{
+    const char *name = NULL;
+    if (a == NULL)
+        return NULL;
+    for (size_t i = 0; i < a->n_route_buckets; i++)
+        if ((int)a->route_buckets[i]->route_type == route_type)
+            name = a->route_buckets[i]->bucket;
+    if (name == NULL) {
+        if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT)
+            name = "credit";
+        else if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED)
+            name = "wallet";
+        else if (a->n_buckets == 1) /* no route type: the only bucket there is */
+            name = a->buckets[0]->name;
+        else
+            return NULL;
+    }
+    for (size_t i = 0; i < a->n_buckets; i++)
+        if (strcmp(a->buckets[i]->name, name) == 0)
+            return a->buckets[i]->name;
+    return NULL;
+}
+
+static const Tollgate__V1__BucketSpec *bucket_spec(const Tollgate__V1__Account *a, const char *name)
+{
+    for (size_t i = 0; a != NULL && i < a->n_buckets; i++)
+        if (strcmp(a->buckets[i]->name, name) == 0)
+            return a->buckets[i];
+    return NULL;
+}
+
+const Tollgate__V1__PriceEntry *cp_price_lookup(const Tollgate__V1__PriceCard *card,
+                                                const char *model, int route_type)
+{
+    const Tollgate__V1__PriceEntry *best = NULL;
+    int best_score = -1;
+    if (card == NULL || model == NULL)
+        return NULL;
+    for (size_t i = 0; i < card->n_entries; i++) {
+        const Tollgate__V1__PriceEntry *pe = card->entries[i];
+        int exact = strcmp(pe->model, model) == 0;
+        if (!exact && fnmatch(pe->model, model, 0) != 0)
+            continue;
+        int rt = (int)pe->route_type;
+        if (rt != 0 && rt != route_type)
+            continue;
+        /* exact model beats a glob, then a matching route type beats "any" */
+        int score = exact * 2 + (rt != 0);
+        if (score > best_score) {
+            best = pe;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+int cp_batch_key(const char *agent_id, uint64_t seq, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, TG_CP_K_BATCH "%s/%020" PRIu64, agent_id, seq);
+    return n < 0 || (size_t)n >= outlen ? -1 : n;
+}
+
+int cp_idem_key(const char *account_id, const char *idem, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, TG_CP_K_IDEM "%s/%s", account_id, idem);
+    return n < 0 || (size_t)n >= outlen ? -1 : n;
+}
+
+static const char *route_type_name(int rt)
+{
+    switch (rt) {
+    case TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT:
+        return "direct";
+    case TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED:
+        return "pooled";
+    default:
+        return "";
+    }
+}
+
+void cp_row_from_entry(const Tollgate__V1__LedgerEntry *e, const uint8_t *packed, size_t packed_len,
+                       tg_ledger_row_t *row)
+{
+    const Tollgate__V1__UsageRecord *r = e->record;
+    memset(row, 0, sizeof(*row));
+    row->lr_kind = e->kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP        ? TG_LEDGER_TOPUP
+                   : e->kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_ADJUSTMENT ? TG_LEDGER_ADJUSTMENT
+                                                                                  : TG_LEDGER_USAGE;
+    row->lr_record_id = e->entry_id;
+    row->lr_settled_us = e->settled_at_us;
+    row->lr_request_us = r != NULL && r->started_at_us != 0 ? r->started_at_us : e->settled_at_us;
+    row->lr_agent_id = e->batch_agent_id;
+    row->lr_account_id = e->account_id;
+    row->lr_bucket = e->bucket;
+    row->lr_currency = e->currency;
+    /* the amount debited: the charge for usage, minus the credit for a top-up,
+     * so the sum over any rows is what they took from the balances */
+    row->lr_cost_nano = -e->amount_nano;
+    if (r != NULL) {
+        row->lr_project_id = r->project_id;
+        row->lr_key_id = r->key_id;
+        row->lr_run_id = r->run_id;
+        row->lr_model = r->requested_model;
+        row->lr_upstream_model = r->upstream_model;
+        row->lr_channel_id = r->channel_id;
+        row->lr_route_type = route_type_name((int)r->route_type);
+        row->lr_upstream_cost_nano = r->upstream_cost_nano;
+        row->lr_input_tokens = r->usage != NULL && r->usage->input_tokens > 0 ? r->usage->input_tokens : 0;
+        row->lr_output_tokens =
+            r->usage != NULL && r->usage->output_tokens > 0 ? r->usage->output_tokens : 0;
+        row->lr_price_version = r->price_version;
+    }
+    row->lr_record = packed;
+    row->lr_record_len = packed_len;
+}
+
+/* ---- ledger --------------------------------------------------------------------- */
+
+int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_seq, char *err,
+                    size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    tg_ledger_row_t *rows = NULL;
+    tg_ledger_result_t *res = NULL;
+    tg_buf_t *packed = NULL;
+    size_t n = 0;
+    int rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, val, len, &m, err, errlen);
+    if (rc < 0)
+        goto fail;
+    Tollgate__V1__LedgerPage *page = (Tollgate__V1__LedgerPage *)m;
+    n = page->n_entries;
+    if (n == 0)
+        goto fail;
+    rows = tg_calloc(n, sizeof(*rows));
+    res = tg_calloc(n, sizeof(*res));
+    packed = tg_calloc(n, sizeof(*packed));
+    if (rows == NULL || res == NULL || packed == NULL) {
+        rc = tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu ledger rows", n);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        tg_buf_init(&packed[i], TG_LEDGER_RECORD_MAX);
+        rc = tg_rpc_pb_pack(&page->entries[i]->base, &packed[i], err, errlen);
+        if (rc < 0)
+            goto fail;
+        cp_row_from_entry(page->entries[i], (const uint8_t *)packed[i].b_data, packed[i].b_len,
+                          &rows[i]);
+    }
+    rc = tg_ledger_append(cp->cp_ledger, rows, n, res, NULL, err, errlen);
+    if (rc < 0)
+        goto fail;
+    for (size_t i = 0; i < n; i++)
+        if (res[i].ar_status == TG_LEDGER_ROW_CONFLICT)
+            TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",
+                   rows[i].lr_record_id);
+    if (last_seq != NULL)
+        *last_seq = res[n - 1].ar_seq;
+fail:
+    for (size_t i = 0; packed != NULL && i < n; i++)
+        tg_buf_free(&packed[i]);
+    tg_free(packed);
+    tg_free(res);
+    tg_free(rows);
+    tg_rpc_pb_free(m);
+    return rc;
+}
+
+/* ---- store helpers ------------------------------------------------------------ */
+
+/* Reads the settled-log tail (TG_CP_K_SETTLED_SEQ) when not known. */
+static int load_seq(tg_cp_agent_side_t *as, char *err, size_t errlen)
+{
+    tg_store_kv_t *kv = NULL;
+    if (as->as_settled_seq_modrev >= 0)
+        return 0;
+    int rc = tg_store_get(as->as_cp->cp_store, TG_CP_K_SETTLED_SEQ, strlen(TG_CP_K_SETTLED_SEQ), &kv,
+                          NULL, err, errlen);
+    if (rc < 0)
+        return rc;
+    as->as_settled_seq = 0;
+    as->as_settled_seq_modrev = 0;
+    if (kv != NULL) {
+        char tmp[32] = {0};
+        memcpy(tmp, kv->kv_val, kv->kv_val_len < 31 ? kv->kv_val_len : 31);
+        as->as_settled_seq = strtoull(tmp, NULL, 10);
+        as->as_settled_seq_modrev = kv->kv_mod_rev;
+    }
+    tg_store_kv_free(kv);
+    return 0;
+}
+
+/* One balance touched by a settlement. */
+typedef struct bal {
+    char b_key[TG_STORE_MAX_KEY];
+    Tollgate__V1__Balance *b_msg; /* unpacked, or built when absent */
+    Tollgate__V1__Balance b_new;  /* when absent: storage for b_msg */
+    int64_t b_modrev;             /* 0 when absent */
+    int64_t b_start;              /* balance read */
+    tg_buf_t b_packed;
+    int b_prepaid;
+} bal_t;
+
+static void bal_clear(bal_t *b)
+{
+    if (b->b_msg != NULL && b->b_msg != &b->b_new)
+        tg_rpc_pb_free(&b->b_msg->base);
+    b->b_msg = NULL;
+    tg_buf_free(&b->b_packed);
+}
+
+/* Loads the balance of (account, bucket spec) into b. */
+static int bal_load(tg_cp_t *cp, const Tollgate__V1__Account *a, const Tollgate__V1__BucketSpec *bs,
+                    bal_t *b, char *err, size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    int64_t modrev = 0;
+    snprintf(b->b_key, sizeof(b->b_key), TG_CP_K_BALANCE "%s/%s", a->id, bs->name);
+    tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
+    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (m == NULL) {
+        tollgate__v1__balance__init(&b->b_new);
+        b->b_new.account_id = a->id;
+        b->b_new.bucket = bs->name;
+        b->b_new.currency = bs->currency;
+        b->b_new.credit_limit_nano = bs->credit_limit_nano;
+        b->b_msg = &b->b_new;
+        b->b_modrev = 0;
+    } else {
+        b->b_msg = (Tollgate__V1__Balance *)m;
+        b->b_modrev = modrev;
+    }
+    b->b_start = b->b_msg->balance_nano;
+    b->b_prepaid = a->billing_mode != TOLLGATE__V1__BILLING_MODE__BILLING_MODE_POSTPAID;
+    return 0;
+}
+
+/* The common transaction: markers and balances and one settled-log value.
+ * Returns 1 committed, 0 compare failed (re-read), negative on error. On
+ * TG_STORE_EUNKNOWN, reads the marker to learn the outcome. */
+static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char *marker,
+                         const tg_buf_t *marker_val, bal_t *bals, size_t nbal, const tg_buf_t *settled,
+                         char *err, size_t errlen)
+{
+    tg_store_t *st = as->as_cp->cp_store;
+    tg_store_cmp_t cmps[3 + SETTLE_MAX_BALANCES];
+    tg_store_op_t ops[3 + SETTLE_MAX_BALANCES];
+    tg_store_txn_res_t tres;
+    char seqkey[sizeof(TG_CP_K_SETTLED) + 24], seqval[24];
+    size_t nc = 0, no = 0;
+    uint64_t seq = as->as_settled_seq + 1;
+
+    memset(cmps, 0, sizeof(cmps));
+    memset(ops, 0, sizeof(ops));
+    cmps[nc++] = (tg_store_cmp_t){.c_key = marker, .c_key_len = strlen(marker),
+                                  .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
+    cmps[nc++] = (tg_store_cmp_t){.c_key = TG_CP_K_LEADER, .c_key_len = strlen(TG_CP_K_LEADER),
+                                  .c_target = TG_STORE_CMP_CREATE_REV, .c_op = TG_STORE_EQ,
+                                  .c_num = leader_rev};
+    for (size_t i = 0; i < nbal; i++) {
+        cmps[nc++] = (tg_store_cmp_t){.c_key = bals[i].b_key, .c_key_len = strlen(bals[i].b_key),
+                                      .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ,
+                                      .c_num = bals[i].b_modrev};
+        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = bals[i].b_key,
+                                    .op_key_len = strlen(bals[i].b_key),
+                                    .op_val = bals[i].b_packed.b_data,
+                                    .op_val_len = bals[i].b_packed.b_len};
+    }
+    ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = marker,
+                                .op_key_len = strlen(marker), .op_val = marker_val->b_data,
+                                .op_val_len = marker_val->b_len};
+    if (settled != NULL && settled->b_len > 0) {
+        snprintf(seqkey, sizeof(seqkey), TG_CP_K_SETTLED "%020" PRIu64, seq);
+        snprintf(seqval, sizeof(seqval), "%" PRIu64, seq);
+        cmps[nc++] = (tg_store_cmp_t){.c_key = TG_CP_K_SETTLED_SEQ,
+                                      .c_key_len = strlen(TG_CP_K_SETTLED_SEQ),
+                                      .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ,
+                                      .c_num = as->as_settled_seq_modrev};
+        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = seqkey,
+                                    .op_key_len = strlen(seqkey), .op_val = settled->b_data,
+                                    .op_val_len = settled->b_len};
+        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = TG_CP_K_SETTLED_SEQ,
+                                    .op_key_len = strlen(TG_CP_K_SETTLED_SEQ), .op_val = seqval,
+                                    .op_val_len = strlen(seqval)};
+    }
+    int rc = tg_store_txn(st, cmps, nc, ops, no, NULL, 0, &tres, err, errlen);
+    if (rc == TG_STORE_EUNKNOWN) {
+        /* sent, no answer: the marker says whether it applied */
+        tg_store_kv_t *kv = NULL;
+        char err2[TG_ERRLEN] = "";
+        if (tg_store_get(st, marker, strlen(marker), &kv, NULL, err2, sizeof(err2)) < 0)
+            return rc;
+        int applied = kv != NULL;
+        tg_store_kv_free(kv);
+        as->as_settled_seq_modrev = -1;
+        if (!applied)
+            return 0;
+        if (settled != NULL && settled->b_len > 0)
+            as->as_settled_seq = seq;
+        return 1;
+    }
+    if (rc < 0)
+        return rc;
+    int ok = tres.tx_succeeded;
+    if (ok && settled != NULL && settled->b_len > 0) {
+        as->as_settled_seq = seq;
+        as->as_settled_seq_modrev = tres.tx_revision;
+    }
+    if (!ok)
+        as->as_settled_seq_modrev = -1;
+    tg_store_txn_res_free(&tres);
+    return ok;
+}
+
+static void crash_hook(tg_cp_t *cp)
+{
+    if (cp->cp_crash_at != NULL && strcmp(cp->cp_crash_at, TG_CP_CRASH_AFTER_COMMIT) == 0) {
+        TG_LOG(TG_LOG_WARN, "cp.settle", "TG_CP_CRASH_AT=after_commit: exiting before the ack");
+        _exit(99);
+    }
+}
+
+/* Leader gate: fills the fencing revision or says who settles. */
+static int leader_gate(tg_cp_t *cp, int64_t *leader_rev, char *err, size_t errlen)
+{
+    char name[256];
+    if (cp->cp_agent == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE, "agent side not started");
+    if (!cp_leader_check(cp->cp_agent, leader_rev, name, sizeof(name)))
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
+                       "not the settling leader; leader is %s", name[0] ? name : "unknown (election in progress)");
+    return TG_RPC_CODE_OK;
+}
+
+/* ---- ReportUsage --------------------------------------------------------------- */
+
+/* Per-batch caches: accounts, price cards and channels by key. */
+typedef struct cache_ent {
+    char *c_key;
+    ProtobufCMessage *c_msg; /* NULL: absent */
+} cache_ent_t;
+
+typedef struct cache {
+    cache_ent_t *c_v;
+    size_t c_n, c_cap;
+} cache_t;
+
+static int cache_get(tg_cp_t *cp, cache_t *c, const char *key, const ProtobufCMessageDescriptor *d,
+                     ProtobufCMessage **out, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->c_n; i++)
+        if (strcmp(c->c_v[i].c_key, key) == 0) {
+            *out = c->c_v[i].c_msg;
+            return 0;
+        }
+    if (c->c_n == c->c_cap) {
+        size_t nc = c->c_cap ? c->c_cap * 2 : 16;
+        cache_ent_t *v = tg_realloc(c->c_v, nc * sizeof(*v));
+        if (v == NULL)
+            return tg_errf(err, errlen, TG_RPC_ENOMEM, "no memory");
+        c->c_v = v;
+        c->c_cap = nc;
+    }
+    ProtobufCMessage *m = NULL;
+    int rc = tg_cp_get_pb(cp, key, d, &m, NULL, err, errlen);
+    if (rc < 0)
+        return rc;
+    c->c_v[c->c_n].c_key = tg_strdup(key);
+    if (c->c_v[c->c_n].c_key == NULL) {
+        tg_rpc_pb_free(m);
+        return tg_errf(err, errlen, TG_RPC_ENOMEM, "no memory");
+    }
+    c->c_v[c->c_n++].c_msg = m;
+    *out = m;
+    return 0;
+}
+
+static void cache_free(cache_t *c)
+{
+    for (size_t i = 0; i < c->c_n; i++) {
+        tg_free(c->c_v[i].c_key);
+        tg_rpc_pb_free(c->c_v[i].c_msg);
+    }
+    tg_free(c->c_v);
+    memset(c, 0, sizeof(*c));
+}
+
+static int found_cb(const tg_ledger_row_t *row, void *arg)
+{
+    (void)row;
+    (void)arg;
+    return 1;
+}
+
+/* Everything one ReportUsage call holds. */
+typedef struct settle_ctx {
+    tg_cp_t *sc_cp;
+    Tollgate__V1__SignedUsageBatch *sc_signed;
+    Tollgate__V1__UsageBatch *sc_batch;
+    Tollgate__V1__AgentInfo *sc_agent;
+    cache_t sc_accounts, sc_cards, sc_channels;
+    int *sc_dup;                       /* per record: 1 duplicate */
+    const Tollgate__V1__Account **sc_acct; /* per record */
+    const char **sc_bucket;            /* per record */
+    int64_t *sc_cost, *sc_upcost;      /* per record: recomputed */
+    int *sc_mismatch;
+    bal_t *sc_bals;
+    size_t sc_nbal;
+    size_t *sc_balidx;                 /* per record: index in sc_bals */
+    Tollgate__V1__LedgerEntry *sc_entries;
+    Tollgate__V1__LedgerEntry **sc_entry_ptrs;
+    char **sc_orig;                    /* per record: its own bucket, currency */
+} settle_ctx_t;
+
+static void ctx_free(settle_ctx_t *c)
+{
+    /* the records point at strings owned by the caches while settled: give
+     * them back their own before protobuf-c frees them */
+    for (size_t i = 0; c->sc_orig != NULL && c->sc_batch != NULL && i < c->sc_batch->n_records; i++)
+        if (c->sc_orig[2 * i] != NULL) {
+            c->sc_batch->records[i]->bucket = c->sc_orig[2 * i];
+            c->sc_batch->records[i]->currency = c->sc_orig[2 * i + 1];
+        }
+    tg_free(c->sc_orig);
+    for (size_t i = 0; i < c->sc_nbal; i++)
+        bal_clear(&c->sc_bals[i]);
+    tg_free(c->sc_bals);
+    tg_free(c->sc_balidx);
+    tg_free(c->sc_dup);
+    tg_free(c->sc_acct);
+    tg_free(c->sc_bucket);
+    tg_free(c->sc_cost);
+    tg_free(c->sc_upcost);
+    tg_free(c->sc_mismatch);
+    tg_free(c->sc_entries);
+    tg_free(c->sc_entry_ptrs);
+    cache_free(&c->sc_accounts);
+    cache_free(&c->sc_cards);
+    cache_free(&c->sc_channels);
+    tg_rpc_pb_free((ProtobufCMessage *)c->sc_agent);
+    tg_rpc_pb_free((ProtobufCMessage *)c->sc_batch);
+    tg_rpc_pb_free((ProtobufCMessage *)c->sc_signed);
+}
+
+/* Prices every record and picks its bucket (no balance read yet). */
+static int price_records(settle_ctx_t *c, char *err, size_t errlen)
+{
+    tg_cp_t *cp = c->sc_cp;
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    char key[TG_STORE_MAX_KEY];
+    for (size_t i = 0; i < b->n_records; i++) {
+        Tollgate__V1__UsageRecord *r = b->records[i];
+        ProtobufCMessage *m = NULL;
+        if (r->record_id[0] == '\0' || strlen(r->record_id) > TG_LEDGER_ID_MAX)
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "records[%zu].record_id: must be 1..%d bytes", i, TG_LEDGER_ID_MAX);
+        /* a duplicate inside the batch, or already in this replica's ledger */
+        for (size_t j = 0; j < i && !c->sc_dup[i]; j++)
+            if (!c->sc_dup[j] && strcmp(b->records[j]->record_id, r->record_id) == 0)
+                c->sc_dup[i] = 1;
+        if (!c->sc_dup[i]) {
+            int found = 0;
+            if (tg_ledger_get(cp->cp_ledger, r->record_id, found_cb, NULL, &found, err, errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            c->sc_dup[i] = found;
+        }
+        if (c->sc_dup[i])
+            continue;
+        snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", r->account_id);
+        if (cache_get(cp, &c->sc_accounts, key, &tollgate__v1__account__descriptor, &m, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        if (m == NULL)
+            return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
+                           "records[%zu] (%s): account '%s' not found", i, r->record_id, r->account_id);
+        const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)m;
+        c->sc_acct[i] = a;
+        c->sc_bucket[i] = cp_bucket_for(a, (int)r->route_type);
+        if (c->sc_bucket[i] == NULL)
+            return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
+                           "records[%zu] (%s): account '%s' has no bucket for route type %d", i,
+                           r->record_id, a->id, (int)r->route_type);
+        if (r->bucket[0] != '\0' && strcmp(r->bucket, c->sc_bucket[i]) != 0)
+            TG_LOG(TG_LOG_WARN, "cp.settle", "record %s named bucket %s; account map says %s",
+                   r->record_id, r->bucket, c->sc_bucket[i]);
+        /* price: the card version the record names */
+        const Tollgate__V1__PriceEntry *pe = NULL;
+        if (r->price_card_id[0] != '\0') {
+            snprintf(key, sizeof(key), TG_CP_K_PRICE "%s/%020" PRId64, r->price_card_id,
+                     r->price_version);
+            if (cache_get(cp, &c->sc_cards, key, &tollgate__v1__price_card__descriptor, &m, err,
+                          errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            const char *model = r->route_model[0] ? r->route_model : r->requested_model;
+            pe = cp_price_lookup((const Tollgate__V1__PriceCard *)m, model, (int)r->route_type);
+        }
+        int64_t cost_rate = 0;
+        if (r->channel_id[0] != '\0') {
+            snprintf(key, sizeof(key), TG_CP_K_CHANNEL "%s", r->channel_id);
+            if (cache_get(cp, &c->sc_channels, key, &tollgate__v1__channel__descriptor, &m, err,
+                          errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            if (m != NULL)
+                cost_rate = ((Tollgate__V1__Channel *)m)->cost_rate_ppm;
+            else if (r->unit_prices != NULL)
+                cost_rate = r->unit_prices->cost_rate_ppm;
+        }
+        const Tollgate__V1__TokenUsage *u = r->usage;
+        int64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
+        int64_t cr = u ? u->cache_read_tokens : 0, cw = u ? u->cache_write_tokens : 0;
+        int64_t im = u ? u->images : 0;
+        if (in < 0 || out < 0 || cr < 0 || cw < 0 || im < 0)
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "records[%zu] (%s).usage: token counts must be >= 0", i, r->record_id);
+        if (pe != NULL) {
+            c->sc_cost[i] = cp_price_cost(pe, in, out, cr, cw, im, pe->rate_ppm);
+            c->sc_upcost[i] = cp_price_cost(pe, in, out, cr, cw, im, cost_rate);
+        } else {
+            /* no price to recompute from: charge what the agent reported and
+             * flag it, so an operator sees it in the ledger */
+            TG_LOG(TG_LOG_WARN, "cp.settle", "record %s: no price entry in card %s version %" PRId64
+                   " for model %s; charging the reported cost", r->record_id, r->price_card_id,
+                   r->price_version, r->requested_model);
+            c->sc_cost[i] = r->cost_nano > 0 ? r->cost_nano : 0;
+            c->sc_upcost[i] = r->upstream_cost_nano > 0 ? r->upstream_cost_nano : 0;
+            c->sc_mismatch[i] = 1;
+        }
+        if (r->cost_nano != c->sc_cost[i])
+            c->sc_mismatch[i] = 1;
+    }
+    return TG_RPC_CODE_OK;
+}
+
+/* Reads the touched balances (again, after a compare failure) and builds
+ * the entries, the settled value, and the marker. */
+static int build_commit(settle_ctx_t *c, int64_t now_us, tg_buf_t *settled, tg_buf_t *marker_val,
+                        Tollgate__V1__ReportUsageResponse *resp, char *err, size_t errlen)
+{
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    size_t n = b->n_records, ne = 0;
+    for (size_t i = 0; i < c->sc_nbal; i++)
+        bal_clear(&c->sc_bals[i]);
+    c->sc_nbal = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (c->sc_dup[i])
+            continue;
+        size_t k;
+        for (k = 0; k < c->sc_nbal; k++)
+            if (strcmp(c->sc_bals[k].b_msg->account_id, c->sc_acct[i]->id) == 0 &&
+                strcmp(c->sc_bals[k].b_msg->bucket, c->sc_bucket[i]) == 0)
+                break;
+        if (k == c->sc_nbal) {
+            if (k == SETTLE_MAX_BALANCES)
+                return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                               "batch touches more than %d balances; split it", SETTLE_MAX_BALANCES);
+            memset(&c->sc_bals[k], 0, sizeof(bal_t));
+            c->sc_nbal++;
+            if (bal_load(c->sc_cp, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
+                         &c->sc_bals[k], err, errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+        }
+        c->sc_balidx[i] = k;
+    }
+    *resp = (Tollgate__V1__ReportUsageResponse)TOLLGATE__V1__REPORT_USAGE_RESPONSE__INIT;
+    resp->agent_id = b->agent_id;
+    resp->sequence = b->sequence;
+    for (size_t i = 0; i < n; i++) {
+        Tollgate__V1__UsageRecord *r = b->records[i];
+        if (c->sc_dup[i]) {
+            resp->duplicate_records++;
+            continue;
+        }
+        bal_t *bl = &c->sc_bals[c->sc_balidx[i]];
+        const Tollgate__V1__BucketSpec *bs = bucket_spec(c->sc_acct[i], c->sc_bucket[i]);
+        Tollgate__V1__LedgerEntry *e = &c->sc_entries[ne];
+        tollgate__v1__ledger_entry__init(e);
+        bl->b_msg->balance_nano -= c->sc_cost[i];
+        /* usage is always recorded, the request already happened; the
+         * agent's prepaid check and spend leases bound how far it goes */
+        if (bl->b_prepaid && bl->b_msg->balance_nano < 0 && bl->b_msg->balance_nano + c->sc_cost[i] >= 0)
+            TG_LOG(TG_LOG_WARN, "cp.settle", "prepaid balance %s went below zero (%" PRId64 ") settling %s",
+                   bl->b_key, bl->b_msg->balance_nano, r->record_id);
+        if (c->sc_orig[2 * i] == NULL) {
+            c->sc_orig[2 * i] = r->bucket;
+            c->sc_orig[2 * i + 1] = r->currency;
+        }
+        r->bucket = (char *)c->sc_bucket[i];
+        r->currency = bs->currency;
+        r->upstream_cost_nano = c->sc_upcost[i];
+        e->kind = TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_USAGE;
+        e->entry_id = r->record_id;
+        e->settled_at_us = now_us;
+        e->account_id = c->sc_acct[i]->id;
+        e->bucket = (char *)c->sc_bucket[i];
+        e->currency = bs->currency;
+        e->amount_nano = -c->sc_cost[i];
+        e->balance_after_nano = bl->b_msg->balance_nano;
+        e->record = r;
+        e->recomputed_cost_nano = c->sc_cost[i];
+        e->cost_mismatch = c->sc_mismatch[i] != 0;
+        e->batch_agent_id = b->agent_id;
+        e->batch_sequence = b->sequence;
+        c->sc_entry_ptrs[ne++] = e;
+        resp->settled++;
+        resp->cost_mismatches += c->sc_mismatch[i] != 0;
+    }
+    for (size_t k = 0; k < c->sc_nbal; k++) {
+        c->sc_bals[k].b_msg->updated_at_us = now_us;
+        tg_buf_reset(&c->sc_bals[k].b_packed);
+        if (tg_rpc_pb_pack(&c->sc_bals[k].b_msg->base, &c->sc_bals[k].b_packed, err, errlen) < 0)
+            return TG_RPC_CODE_INTERNAL;
+    }
+    tg_buf_reset(settled);
+    if (ne > 0) {
+        Tollgate__V1__LedgerPage page = TOLLGATE__V1__LEDGER_PAGE__INIT;
+        page.n_entries = ne;
+        page.entries = c->sc_entry_ptrs;
+        if (tg_rpc_pb_pack(&page.base, settled, err, errlen) < 0)
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "batch too large for one settled-log value (%d bytes max): split it",
+                           TG_STORE_MAX_VALUE);
+    }
+    tg_buf_reset(marker_val);
+    if (tg_rpc_pb_pack(&resp->base, marker_val, err, errlen) < 0)
+        return TG_RPC_CODE_INTERNAL;
+    return TG_RPC_CODE_OK;
+}
+
+int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
+                    size_t errlen)
+{
+    settle_ctx_t c;
+    ProtobufCMessage *m = NULL;
+    char key[TG_STORE_MAX_KEY];
+    tg_buf_t settled, marker_val;
+    Tollgate__V1__ReportUsageResponse resp;
+    int code = TG_RPC_CODE_OK, locked = 0;
+    int64_t leader_rev = 0;
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    size_t n;
+
+    memset(&c, 0, sizeof(c));
+    c.sc_cp = cp;
+    tg_buf_init(&settled, TG_STORE_MAX_VALUE);
+    tg_buf_init(&marker_val, 4096);
+    if (tg_rpc_pb_unpack(&tollgate__v1__signed_usage_batch__descriptor, req, req_len, &m, err,
+                         errlen) < 0) {
+        code = TG_RPC_CODE_INVALID_ARGUMENT;
+        goto fail;
+    }
+    c.sc_signed = (Tollgate__V1__SignedUsageBatch *)m;
+    if (c.sc_signed->agent_id[0] == '\0') {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id: must not be empty");
+        goto fail;
+    }
+    snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", c.sc_signed->agent_id);
+    m = NULL;
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_info__descriptor, &m, NULL, err, errlen) < 0) {
+        code = TG_RPC_CODE_UNAVAILABLE;
+        goto fail;
+    }
+    c.sc_agent = (Tollgate__V1__AgentInfo *)m;
+    if (c.sc_agent == NULL) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "unknown agent %s",
+                       c.sc_signed->agent_id);
+        goto fail;
+    }
+    if (cp_verify_raw(c.sc_agent->public_key.data, c.sc_agent->public_key.len,
+                      c.sc_signed->batch.data, c.sc_signed->batch.len, c.sc_signed->signature.data,
+                      c.sc_signed->signature.len) != 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad signature for agent %s",
+                       c.sc_signed->agent_id);
+        goto fail;
+    }
+    m = NULL;
+    if (tg_rpc_pb_unpack(&tollgate__v1__usage_batch__descriptor, c.sc_signed->batch.data,
+                         c.sc_signed->batch.len, &m, err, errlen) < 0) {
+        code = TG_RPC_CODE_INVALID_ARGUMENT;
+        goto fail;
+    }
+    c.sc_batch = (Tollgate__V1__UsageBatch *)m;
+    if (strcmp(c.sc_batch->agent_id, c.sc_signed->agent_id) != 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "batch.agent_id '%s' does not match the signer '%s'", c.sc_batch->agent_id,
+                       c.sc_signed->agent_id);
+        goto fail;
+    }
+    code = leader_gate(cp, &leader_rev, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        goto fail;
+
+    n = c.sc_batch->n_records;
+    size_t cnt = n ? n : 1;
+    c.sc_dup = tg_calloc(cnt, sizeof(int));
+    c.sc_mismatch = tg_calloc(cnt, sizeof(int));
+    c.sc_acct = tg_calloc(cnt, sizeof(*c.sc_acct));
+    c.sc_bucket = tg_calloc(cnt, sizeof(*c.sc_bucket));
+    c.sc_cost = tg_calloc(cnt, sizeof(int64_t));
+    c.sc_upcost = tg_calloc(cnt, sizeof(int64_t));
+    c.sc_balidx = tg_calloc(cnt, sizeof(size_t));
+    c.sc_entries = tg_calloc(cnt, sizeof(*c.sc_entries));
+    c.sc_entry_ptrs = tg_calloc(cnt, sizeof(*c.sc_entry_ptrs));
+    c.sc_bals = tg_calloc(SETTLE_MAX_BALANCES, sizeof(bal_t));
+    c.sc_orig = tg_calloc(2 * cnt, sizeof(char *));
+    if (!c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
+        !c.sc_balidx || !c.sc_entries || !c.sc_entry_ptrs || !c.sc_bals) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
+        goto fail;
+    }
+
+    pthread_mutex_lock(&as->as_settle_mu);
+    locked = 1;
+    /* a resend: answer what the first settlement answered */
+    if (cp_batch_key(c.sc_batch->agent_id, c.sc_batch->sequence, key, sizeof(key)) < 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id too long");
+        goto fail;
+    }
+    for (int attempt = 0;; attempt++) {
+        m = NULL;
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
+                         errlen) < 0) {
+            code = TG_RPC_CODE_UNAVAILABLE;
+            goto fail;
+        }
+        if (m != NULL) {
+            Tollgate__V1__ReportUsageResponse *old = (Tollgate__V1__ReportUsageResponse *)m;
+            unsigned char hash[32];
+            old->duplicate_batch = 1;
+            tg_ledger_head(cp->cp_ledger, &old->ledger_seq, hash, NULL, 0);
+            atomic_fetch_add(&cp->cp_m_dup_batches, 1);
+            int prc = tg_rpc_pb_pack(m, reply, err, errlen);
+            tg_rpc_pb_free(m);
+            code = prc < 0 ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
+            goto fail;
+        }
+        if (attempt == 0) {
+            code = price_records(&c, err, errlen);
+            if (code != TG_RPC_CODE_OK)
+                goto fail;
+        }
+        if (attempt >= SETTLE_ATTEMPTS) {
+            code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED,
+                           "settlement conflicted %d times with concurrent changes; resend", attempt);
+            goto fail;
+        }
+        if (load_seq(as, err, errlen) < 0) {
+            code = TG_RPC_CODE_UNAVAILABLE;
+            goto fail;
+        }
+        int64_t now = tg_cp_now_us();
+        code = build_commit(&c, now, &settled, &marker_val, &resp, err, errlen);
+        if (code != TG_RPC_CODE_OK)
+            goto fail;
+        int rc = settle_commit(as, leader_rev, key, &marker_val, c.sc_bals, c.sc_nbal, &settled, err,
+                               errlen);
+        if (rc < 0) {
+            code = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
+            goto fail;
+        }
+        if (rc == 1)
+            break;
+        /* compare failed: lost the lease, or a balance moved under us */
+        code = leader_gate(cp, &leader_rev, err, errlen);
+        if (code != TG_RPC_CODE_OK)
+            goto fail;
+    }
+    crash_hook(cp);
+    if (settled.b_len > 0 &&
+        cp_ledger_apply(cp, (const uint8_t *)settled.b_data, settled.b_len, &resp.ledger_seq, err,
+                        errlen) < 0) {
+        /* committed in the store: the tailer appends it; the ack stands */
+        TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger append after commit failed: %s", err);
+        err[0] = '\0';
+    }
+    if (resp.ledger_seq == 0) {
+        unsigned char hash[32];
+        tg_ledger_head(cp->cp_ledger, &resp.ledger_seq, hash, NULL, 0);
+    }
+    atomic_fetch_add(&cp->cp_m_batches, 1);
+    atomic_fetch_add(&cp->cp_m_records, resp.settled);
+    atomic_fetch_add(&cp->cp_m_mismatches, resp.cost_mismatches);
+    if (tg_rpc_pb_pack(&resp.base, reply, err, errlen) < 0)
+        code = TG_RPC_CODE_INTERNAL;
+fail:
+    if (locked)
+        pthread_mutex_unlock(&as->as_settle_mu);
+    tg_buf_free(&settled);
+    tg_buf_free(&marker_val);
+    ctx_free(&c);
+    return code;
+}
+
+/* ---- top-ups and adjustments ---------------------------------------------------- */
+
+int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *req, int kind,
+                         const Tollgate__V1__Actor *actor, tg_buf_t *reply, char *err, size_t errlen)
+{
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    ProtobufCMessage *am = NULL, *old = NULL;
+    bal_t bal;
+    char idem[TG_STORE_MAX_KEY], key[TG_STORE_MAX_KEY], entry_id[64];
+    tg_buf_t settled, marker_val;
+    int code = TG_RPC_CODE_OK, locked = 0;
+    int64_t leader_rev = 0;
+    Tollgate__V1__LedgerEntry e;
+    Tollgate__V1__BalanceChangeResponse resp = TOLLGATE__V1__BALANCE_CHANGE_RESPONSE__INIT;
+    Tollgate__V1__Actor actor_copy = TOLLGATE__V1__ACTOR__INIT;
+
+    memset(&bal, 0, sizeof(bal));
+    tg_buf_init(&settled, TG_STORE_MAX_VALUE);
+    tg_buf_init(&marker_val, TG_STORE_MAX_VALUE);
+    if (req == NULL || req->account_id[0] == '\0') {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "account_id: must not be empty");
+        goto fail;
+    }
+    if (req->bucket[0] == '\0') {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "bucket: must not be empty");
+        goto fail;
+    }
+    if (kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP ? req->amount_nano <= 0
+                                                             : req->amount_nano == 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP
+                           ? "amount_nano: a top-up must be > 0"
+                           : "amount_nano: an adjustment must not be 0");
+        goto fail;
+    }
+    if (req->idempotency_key[0] == '\0' || strlen(req->idempotency_key) > 128) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "idempotency_key: required, 1..128 bytes");
+        goto fail;
+    }
+    if (cp_idem_key(req->account_id, req->idempotency_key, idem, sizeof(idem)) < 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "account_id: too long");
+        goto fail;
+    }
+    code = leader_gate(cp, &leader_rev, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        goto fail;
+    snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", req->account_id);
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__account__descriptor, &am, NULL, err, errlen) < 0) {
+        code = TG_RPC_CODE_UNAVAILABLE;
+        goto fail;
+    }
+    if (am == NULL) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "account_id: account '%s' not found",
+                       req->account_id);
+        goto fail;
+    }
+    const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)am;
+    const Tollgate__V1__BucketSpec *bs = bucket_spec(a, req->bucket);
+    if (bs == NULL) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "bucket: account '%s' has no bucket '%s'", a->id, req->bucket);
+        goto fail;
+    }
+    if (req->currency[0] != '\0' && strcmp(req->currency, bs->currency) != 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "currency: bucket '%s' is in %s, not %s", bs->name, bs->currency,
+                       req->currency);
+        goto fail;
+    }
+    if (tg_crypto_new_id(kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP ? "top_" : "adj_",
+                         entry_id, sizeof(entry_id)) != 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "no entropy for an id");
+        goto fail;
+    }
+    if (actor != NULL) {
+        actor_copy.token_name = actor->token_name;
+        actor_copy.role = actor->role;
+        actor_copy.peer = actor->peer;
+    }
+    pthread_mutex_lock(&as->as_settle_mu);
+    locked = 1;
+    for (int attempt = 0;; attempt++) {
+        if (tg_cp_get_pb(cp, idem, &tollgate__v1__balance_change_response__descriptor, &old, NULL,
+                         err, errlen) < 0) {
+            code = TG_RPC_CODE_UNAVAILABLE;
+            goto fail;
+        }
+        if (old != NULL) {
+            ((Tollgate__V1__BalanceChangeResponse *)old)->duplicate = 1;
+            code = tg_rpc_pb_pack(old, reply, err, errlen) < 0 ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
+            goto fail;
+        }
+        if (attempt >= SETTLE_ATTEMPTS) {
+            code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED,
+                           "balance change conflicted %d times; retry", attempt);
+            goto fail;
+        }
+        bal_clear(&bal);
+        memset(&bal, 0, sizeof(bal));
+        if (bal_load(cp, a, bs, &bal, err, errlen) < 0 || load_seq(as, err, errlen) < 0) {
+            code = TG_RPC_CODE_UNAVAILABLE;
+            goto fail;
+        }
+        int64_t after;
+        if (__builtin_add_overflow(bal.b_start, req->amount_nano, &after)) {
+            code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "amount_nano: balance would overflow");
+            goto fail;
+        }
+        int64_t floor = bal.b_prepaid ? 0 : -bs->credit_limit_nano;
+        if (req->amount_nano < 0 && after < floor) {
+            code = tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
+                           "%s bucket '%s' of account '%s' would go to %" PRId64 " nano, below %" PRId64,
+                           bal.b_prepaid ? "prepaid" : "postpaid", bs->name, a->id, after, floor);
+            goto fail;
+        }
+        int64_t now = tg_cp_now_us();
+        bal.b_msg->balance_nano = after;
+        bal.b_msg->updated_at_us = now;
+        tollgate__v1__ledger_entry__init(&e);
+        e.kind = (Tollgate__V1__LedgerKind)kind;
+        e.entry_id = entry_id;
+        e.settled_at_us = now;
+        e.account_id = a->id;
+        e.bucket = bs->name;
+        e.currency = bs->currency;
+        e.amount_nano = req->amount_nano;
+        e.balance_after_nano = after;
+        e.idempotency_key = req->idempotency_key;
+        e.reason = req->reason;
+        e.actor = &actor_copy;
+        Tollgate__V1__LedgerEntry *ep = &e;
+        Tollgate__V1__LedgerPage page = TOLLGATE__V1__LEDGER_PAGE__INIT;
+        page.n_entries = 1;
+        page.entries = &ep;
+        resp.balance = bal.b_msg;
+        resp.entry = &e;
+        tg_buf_reset(&settled);
+        tg_buf_reset(&marker_val);
+        tg_buf_reset(&bal.b_packed);
+        if (tg_rpc_pb_pack(&page.base, &settled, err, errlen) < 0 ||
+            tg_rpc_pb_pack(&resp.base, &marker_val, err, errlen) < 0 ||
+            tg_rpc_pb_pack(&bal.b_msg->base, &bal.b_packed, err, errlen) < 0) {
+            code = TG_RPC_CODE_INTERNAL;
+            goto fail;
+        }
+        int rc = settle_commit(as, leader_rev, idem, &marker_val, &bal, 1, &settled, err, errlen);
+        if (rc < 0) {
+            code = tg_cp_store_code(rc);
+            goto fail;
+        }
+        if (rc == 1)
+            break;
+        code = leader_gate(cp, &leader_rev, err, errlen);
+        if (code != TG_RPC_CODE_OK)
+            goto fail;
+    }
+    crash_hook(cp);
+    if (cp_ledger_apply(cp, (const uint8_t *)settled.b_data, settled.b_len, &e.seq, err, errlen) < 0) {
+        TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger append after commit failed: %s", err);
+        err[0] = '\0';
+    }
+    if (tg_rpc_pb_pack(&resp.base, reply, err, errlen) < 0)
+        code = TG_RPC_CODE_INTERNAL;
+fail:
+    if (locked)
+        pthread_mutex_unlock(&as->as_settle_mu);
+    bal_clear(&bal);
+    tg_rpc_pb_free(old);
+    tg_rpc_pb_free(am);
+    tg_buf_free(&settled);
+    tg_buf_free(&marker_val);
+    return code;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+int tg_cp_checkpoint(tg_cp_t *cp, tg_buf_t *reply, char *err, size_t errlen)
+{
+    Tollgate__V1__LedgerCheckpoint ck = TOLLGATE__V1__LEDGER_CHECKPOINT__INIT;
+    uint8_t msg[sizeof("tollgate-checkpoint-v1") - 1 + 8 + 32], sig[TG_ED25519_SIG_LEN], pub[32];
+    uint8_t kh[32];
+    unsigned char hash[32];
+    char keyid[80], hex[65];
+    uint64_t seq = 0;
+    tg_buf_t val;
+    size_t off = sizeof("tollgate-checkpoint-v1") - 1;
+
+    if (cp->cp_key == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE, "no signing key loaded");
+    if (tg_ledger_head(cp->cp_ledger, &seq, hash, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    memcpy(msg, "tollgate-checkpoint-v1", off);
+    for (int i = 0; i < 8; i++)
+        msg[off + (size_t)i] = (uint8_t)(seq >> (56 - 8 * i));
+    memcpy(msg + off + 8, hash, 32);
+    if (tg_crypto_sign(cp->cp_key, msg, sizeof(msg), sig) != 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "signing the checkpoint failed");
+    tg_crypto_key_public(cp->cp_key, pub);
+    tg_crypto_sha256(pub, sizeof(pub), kh);
+    tg_crypto_hex(kh, 8, hex);
+    snprintf(keyid, sizeof(keyid), "cpk_%.16s", hex);
+    ck.seq = seq;
+    ck.hash.data = hash;
+    ck.hash.len = 32;
+    ck.created_at_us = tg_cp_now_us();
+    ck.signer_key_id = keyid;
+    ck.public_key.data = pub;
+    ck.public_key.len = 32;
+    ck.signature.data = sig;
+    ck.signature.len = sizeof(sig);
+    if (tg_rpc_pb_pack(&ck.base, reply, err, errlen) < 0)
+        return TG_RPC_CODE_INTERNAL;
+    /* the latest one also goes to the store, for replicas and auditors */
+    tg_buf_init(&val, 4096);
+    char err2[TG_ERRLEN] = "";
+    if (tg_rpc_pb_pack(&ck.base, &val, err2, sizeof(err2)) == 0 &&
+        tg_store_put(cp->cp_store, TG_CP_K_CHECKPOINT, strlen(TG_CP_K_CHECKPOINT), val.b_data,
+                     val.b_len, 0, NULL, err2, sizeof(err2)) < 0)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "storing the checkpoint failed: %s", err2);
+    tg_buf_free(&val);
+    return TG_RPC_CODE_OK;
+}

@@ -1,0 +1,272 @@
+/* tail.c: every replica's copy of the ledger. The settling leader writes
+ * each settled batch as one value under TG_CP_K_SETTLED (settle.c); this
+ * thread watches that prefix from the last revision it applied (persisted in
+ * <data dir>/settled.rev) and appends each batch's rows to this replica's
+ * LMDB ledger, which is idempotent by record id: the leader's own direct
+ * append, a replay after a restart and this tailer never double a row.
+ *
+ * On ECOMPACTED (or the first start) it reads the whole settled-log range at
+ * one revision, then watches from there. On the leader it also deletes
+ * settled-log entries older than cp_settled_retention_s: a replica further
+ * behind than that copies a peer's ledger file before tailing (documented in
+ * controlplane/README.md).
+ *
+ * The revision file is written without fsync: losing it only replays
+ * batches the ledger already holds.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/tg_log.h"
+#include "controlplane/agentside.h"
+#include "tollgate/v1/admin.pb-c.h"
+
+#define RETAIN_EVERY_US (10LL * 1000000)
+
+static int64_t rev_load(const char *path)
+{
+    char buf[32] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    return n > 0 ? strtoll(buf, NULL, 10) : 0;
+}
+
+static void rev_save(const char *path, int64_t rev)
+{
+    char tmp[sizeof(((tg_cp_agent_side_t *)0)->as_tail_path) + 8], buf[32];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int n = snprintf(buf, sizeof(buf), "%" PRId64 "\n", rev);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    ssize_t w = write(fd, buf, (size_t)n);
+    close(fd);
+    if (w == n)
+        rename(tmp, path);
+}
+
+static void set_applied(tg_cp_agent_side_t *as, int64_t rev)
+{
+    pthread_mutex_lock(&as->as_mu);
+    if (rev > as->as_tail_rev)
+        as->as_tail_rev = rev;
+    pthread_cond_broadcast(&as->as_cv);
+    pthread_mutex_unlock(&as->as_mu);
+    rev_save(as->as_tail_path, rev);
+}
+
+static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *kv)
+{
+    char err[TG_ERRLEN] = "";
+    int rc = cp_ledger_apply(as->as_cp, kv->kv_val, kv->kv_val_len, NULL, err, sizeof(err));
+    if (rc < 0)
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "applying %.*s to the ledger failed: %s",
+               (int)kv->kv_key_len, (const char *)kv->kv_key, err);
+    return rc;
+}
+
+/* Reads every settled batch at one revision; *rev gets that revision. */
+static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t errlen)
+{
+    uint8_t end[64], next[TG_STORE_MAX_KEY + 1];
+    size_t endlen = tg_store_prefix_end(TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), end);
+    size_t nextlen = strlen(TG_CP_K_SETTLED), n = 0;
+    tg_store_range_res_t res;
+    int64_t at = 0;
+    int rc = 0;
+    memset(&res, 0, sizeof(res));
+    memcpy(next, TG_CP_K_SETTLED, nextlen);
+    for (;;) {
+        tg_store_range_req_t rq = {.rq_key = next, .rq_key_len = nextlen, .rq_end = end,
+                                   .rq_end_len = endlen, .rq_limit = 64, .rq_revision = at};
+        rc = tg_store_range(as->as_cp->cp_store, &rq, &res, err, errlen);
+        if (rc < 0)
+            break;
+        if (at == 0)
+            at = res.rs_revision;
+        for (size_t i = 0; i < res.rs_n; i++)
+            if ((rc = apply(as, &res.rs_kvs[i])) < 0)
+                goto fail;
+        n += res.rs_n;
+        if (!res.rs_more || res.rs_n == 0)
+            break;
+        tg_store_range_next(&res, next, &nextlen);
+        tg_store_range_res_free(&res);
+        if (as->as_stop)
+            goto fail;
+    }
+    if (rc == 0) {
+        *rev = at;
+        TG_LOG(TG_LOG_INFO, "cp.tail", "read the settled log at revision %" PRId64 ": %zu batches", at, n);
+    }
+fail:
+    tg_store_range_res_free(&res);
+    return rc;
+}
+
+/* Leader only: deletes settled batches older than the retention window. */
+static void retain(tg_cp_agent_side_t *as)
+{
+    tg_cp_t *cp = as->as_cp;
+    char err[TG_ERRLEN] = "";
+    int64_t horizon = tg_cp_now_us() - (int64_t)cp->cp_settled_retention_s * 1000000;
+    uint8_t end[64];
+    size_t endlen = tg_store_prefix_end(TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), end);
+    for (int round = 0; round < 50 && !as->as_stop; round++) {
+        tg_store_range_res_t res;
+        tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED, .rq_key_len = strlen(TG_CP_K_SETTLED),
+                                   .rq_end = end, .rq_end_len = endlen, .rq_limit = 100};
+        if (tg_store_range(cp->cp_store, &rq, &res, err, sizeof(err)) < 0)
+            break;
+        size_t old = 0;
+        for (; old < res.rs_n; old++) {
+            ProtobufCMessage *m = NULL;
+            int64_t at = INT64_MAX;
+            if (tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, res.rs_kvs[old].kv_val,
+                                 res.rs_kvs[old].kv_val_len, &m, NULL, 0) == 0 &&
+                ((Tollgate__V1__LedgerPage *)m)->n_entries > 0)
+                at = ((Tollgate__V1__LedgerPage *)m)->entries[0]->settled_at_us;
+            tg_rpc_pb_free(m);
+            if (at >= horizon)
+                break;
+        }
+        int more = old == res.rs_n && res.rs_more;
+        if (old > 0) {
+            /* delete [first, first old-enough-to-keep) in one transaction */
+            uint8_t stop[TG_STORE_MAX_KEY + 1];
+            size_t stoplen;
+            const void *e = end;
+            size_t el = endlen;
+            if (old < res.rs_n) {
+                e = res.rs_kvs[old].kv_key;
+                el = res.rs_kvs[old].kv_key_len;
+            } else {
+                tg_store_range_next(&res, stop, &stoplen);
+                e = stop;
+                el = stoplen;
+            }
+            tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[0].kv_key,
+                                .op_key_len = res.rs_kvs[0].kv_key_len, .op_end = e, .op_end_len = el};
+            if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, sizeof(err)) < 0)
+                more = 0;
+            else
+                TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %zu settled batches", old);
+        }
+        tg_store_range_res_free(&res);
+        if (!more)
+            break;
+    }
+    if (err[0])
+        TG_LOG(TG_LOG_WARN, "cp.tail", "retention: %s", err);
+}
+
+static void *tail_main(void *arg)
+{
+    tg_cp_agent_side_t *as = arg;
+    tg_store_watch_t *w = NULL;
+    int64_t rev, last_retain = tg_cp_now_us();
+    pthread_mutex_lock(&as->as_mu);
+    rev = as->as_tail_rev;
+    pthread_mutex_unlock(&as->as_mu);
+    while (!as->as_stop) {
+        char err[TG_ERRLEN] = "";
+        if (w == NULL) {
+            if (rev == 0) {
+                if (full_read(as, &rev, err, sizeof(err)) < 0) {
+                    TG_LOG(TG_LOG_WARN, "cp.tail", "reading the settled log: %s", err);
+                    rev = 0;
+                    cp_sleep(as, 500);
+                    continue;
+                }
+                set_applied(as, rev);
+            }
+            if (tg_store_watch(as->as_cp->cp_store, TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), NULL, 0,
+                               1, rev + 1, &w, err, sizeof(err)) < 0) {
+                TG_LOG(TG_LOG_WARN, "cp.tail", "watching the settled log: %s", err);
+                w = NULL;
+                cp_sleep(as, 500);
+                continue;
+            }
+        }
+        if (atomic_load(&as->as_cp->cp_is_leader) && tg_cp_now_us() - last_retain >= RETAIN_EVERY_US) {
+            retain(as);
+            last_retain = tg_cp_now_us();
+        }
+        tg_store_event_t *ev = NULL;
+        int rc = tg_store_watch_next(w, 200, &ev, err, sizeof(err));
+        if (rc == TG_STORE_EAGAIN)
+            continue;
+        if (rc < 0) {
+            tg_store_watch_cancel(w);
+            w = NULL;
+            if (rc == TG_STORE_ECOMPACTED || rc == TG_STORE_EFUTURE) {
+                TG_LOG(TG_LOG_WARN, "cp.tail", "settled-log watch: %s; re-reading the whole log", err);
+                rev = 0;
+            } else {
+                cp_sleep(as, 200);
+            }
+            continue;
+        }
+        if (ev->ev_type == TG_STORE_EV_PUT && apply(as, &ev->ev_kv) < 0) {
+            /* the ledger refused (disk full?): retry this revision later */
+            tg_store_event_free(ev);
+            tg_store_watch_cancel(w);
+            w = NULL;
+            cp_sleep(as, 1000);
+            continue;
+        }
+        rev = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+        set_applied(as, rev);
+    }
+    tg_store_watch_cancel(w);
+    return NULL;
+}
+
+int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms)
+{
+    int64_t deadline = tg_cp_now_us() + (int64_t)timeout_ms * 1000;
+    int ok;
+    pthread_mutex_lock(&as->as_mu);
+    while (!(ok = as->as_tail_rev >= rev) && !as->as_stop && tg_cp_now_us() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&as->as_cv, &as->as_mu, &ts);
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    return ok ? 0 : -1;
+}
+
+int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen)
+{
+    const char *dir = as->as_cp->cp_data_dir ? as->as_cp->cp_data_dir : ".";
+    if (snprintf(as->as_tail_path, sizeof(as->as_tail_path), "%s/settled.rev", dir) >=
+        (int)sizeof(as->as_tail_path))
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "data dir path too long");
+    as->as_tail_rev = rev_load(as->as_tail_path);
+    if (pthread_create(&as->as_tail_thr, NULL, tail_main, as) != 0)
+        return tg_errf(err, errlen, TG_RPC_ENOMEM, "cannot start the settled-log tailer: %s",
+                       strerror(errno));
+    as->as_tail_started = 1;
+    return 0;
+}
+
+void cp_tail_stop(tg_cp_agent_side_t *as)
+{
+    if (as->as_tail_started)
+        pthread_join(as->as_tail_thr, NULL);
+    as->as_tail_started = 0;
+}
