@@ -343,7 +343,7 @@ static void on_new(tg_rpc_call_t *c, int ok)
         goto done;
     }
 
-    c->c_pool = tg_pool_create(0);
+    c->c_pool = tg_pool_create(1024); /* metadata and peer: small; many Sync streams stay open */
     if (c->c_m) {
         c->c_method = c->c_m->m_path;
     } else {
