@@ -428,22 +428,49 @@ struct append_ctx {
     EVP_MD_CTX *md;
     unsigned char *scratch; /* encoding of a row whose id is already stored */
     size_t scratch_cap;
+    struct posting *post; /* n * TGL_IX_N entries */
+    size_t npost;
 };
 
-/* Puts the row's index entries: one per non-empty indexed field. */
-static int put_indexes(tg_ledger_t *l, MDB_txn *txn, const tg_ledger_row_t *r, uint64_t seq)
+/* One index entry to write: row seq has value in index ix. */
+struct posting {
+    const char *value;
+    uint64_t seq;
+    uint32_t bucket;
+    int ix;
+};
+
+static int posting_cmp(const void *pa, const void *pb)
 {
-    unsigned char key[TGL_IXKEY_MAX];
-    uint32_t b = (uint32_t)(seq >> l->bshift);
-    int rc = 0;
-    for (int ix = 0; rc == 0 && ix < TGL_IX_N; ix++) {
-        const char *f = tgl_row_field(r, ix);
-        if (!*f)
-            continue;
-        MDB_val k = {tgl_ix_key(key, b, f, seq), key}, v = {0, ""};
-        rc = mdb_put(txn, l->ix[ix], &k, &v, 0);
+    const struct posting *x = pa, *y = pb;
+    if (x->ix != y->ix)
+        return x->ix - y->ix;
+    if (x->bucket != y->bucket)
+        return x->bucket < y->bucket ? -1 : 1;
+    int c = strcmp(x->value, y->value);
+    if (c)
+        return c;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Writes a batch's postings, grouped by (index, bucket, value) into lists
+ * of up to TGL_LIST_MAX seqs: one put per group instead of one per row. */
+static int put_postings(tg_ledger_t *l, MDB_txn *txn, struct posting *p, size_t n)
+{
+    unsigned char key[TGL_IXKEY_MAX], list[TGL_LIST_MAX * 8];
+    qsort(p, n, sizeof(*p), posting_cmp);
+    for (size_t i = 0; i < n;) {
+        size_t j = i, cnt = 0;
+        while (j < n && cnt < TGL_LIST_MAX && p[j].ix == p[i].ix && p[j].bucket == p[i].bucket &&
+               strcmp(p[j].value, p[i].value) == 0)
+            tgl_put_u64(list + 8 * cnt++, p[j++].seq);
+        MDB_val k = {tgl_ix_key(key, p[i].bucket, p[i].value, p[i].seq), key}, v = {8 * cnt, list};
+        int rc = mdb_put(txn, l->ix[p[i].ix], &k, &v, 0);
+        if (rc)
+            return rc;
+        i = j;
     }
-    return rc;
+    return 0;
 }
 
 /* Widens bucket b's settled-time range to include [lo, hi]. */
@@ -512,6 +539,7 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     uint32_t cur_b = 0;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     a->appended = 0;
+    a->npost = 0;
     if ((rc = tgl_meta_pos(txn, l->meta, "head", &seq, prev)) != 0 ||
         (rc = get_horizon(txn, l->meta, &horizon)) != 0)
         return rc;
@@ -546,9 +574,14 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
                                l->path);
             memcpy(prev, p, TGL_HASH);
             MDB_val sv = {8, sk};
-            if ((rc = mdb_put(txn, l->ids, &idk, &sv, MDB_NOOVERWRITE)) != 0 ||
-                (rc = put_indexes(l, txn, r, seq)) != 0)
+            if ((rc = mdb_put(txn, l->ids, &idk, &sv, MDB_NOOVERWRITE)) != 0)
                 return rc;
+            for (int ix = 0; ix < TGL_IX_N; ix++) {
+                const char *fv = tgl_row_field(r, ix);
+                if (*fv)
+                    a->post[a->npost++] =
+                        (struct posting){fv, seq, (uint32_t)(seq >> l->bshift), ix};
+            }
             out.ar_seq = seq;
             a->appended++;
             /* Bucket time ranges: one put per bucket the batch touches. */
@@ -568,6 +601,8 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     }
     if (lo <= hi && (rc = widen_bucket(l, txn, cur_b, lo, hi)) != 0)
         return rc;
+    if ((rc = put_postings(l, txn, a->post, a->npost)) != 0)
+        return rc;
     if (a->appended && (rc = put_pos(txn, l->meta, "head", seq, prev)) != 0)
         return rc;
     return 0;
@@ -576,7 +611,7 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
 int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
                      size_t *appended, char *err, size_t errlen)
 {
-    struct append_ctx a = {rows, n, res, 0, NULL, NULL, 0};
+    struct append_ctx a = {rows, n, res, 0, NULL, NULL, 0, NULL, 0};
     int ret;
     if (appended)
         *appended = 0;
@@ -585,12 +620,19 @@ int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_l
     for (size_t i = 0; i < n; i++)
         if ((ret = tgl_row_check(&rows[i], i, err, errlen)) != 0)
             return ret;
-    if ((a.md = EVP_MD_CTX_new()) == NULL)
-        return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: out of memory", l->path);
+    if (n > SIZE_MAX / (TGL_IX_N * sizeof(struct posting)))
+        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger %s: batch too large", l->path);
+    if ((a.md = EVP_MD_CTX_new()) == NULL ||
+        (a.post = tg_malloc(n * TGL_IX_N * sizeof(struct posting))) == NULL) {
+        ret = tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: out of memory", l->path);
+        goto out;
+    }
     ret = run_write(l, append_body, &a, "append", err, errlen);
     if (ret == 0 && appended)
         *appended = a.appended;
+out:
     EVP_MD_CTX_free(a.md);
+    tg_free(a.post);
     tg_free(a.scratch);
     return ret;
 }
@@ -606,11 +648,61 @@ struct retain_ctx {
     size_t copy_cap;
 };
 
+/* Drops index entries of the deleted rows [first, cutoff): every list in
+ * an older bucket goes; lists in cutoff's bucket lose their seqs below
+ * cutoff (retention deletes a seq prefix, so nothing else is affected). */
+static int trim_index(tg_ledger_t *l, MDB_txn *txn, int ix, uint64_t first, uint64_t cutoff)
+{
+    MDB_cursor *cur;
+    unsigned char bk[4], list[TGL_LIST_MAX * 8];
+    uint32_t b0 = (uint32_t)(first >> l->bshift), cb = (uint32_t)(cutoff >> l->bshift);
+    int rc = mdb_cursor_open(txn, l->ix[ix], &cur);
+    if (rc)
+        return rc;
+    bk[0] = (unsigned char)(b0 >> 24);
+    bk[1] = (unsigned char)(b0 >> 16);
+    bk[2] = (unsigned char)(b0 >> 8);
+    bk[3] = (unsigned char)b0;
+    MDB_val k = {4, bk}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0) {
+        const unsigned char *kb = k.mv_data;
+        uint32_t b = (uint32_t)kb[0] << 24 | (uint32_t)kb[1] << 16 | (uint32_t)kb[2] << 8 | kb[3];
+        size_t n = v.mv_size / 8, keep = 0;
+        if (b > cb || k.mv_size < 13 || v.mv_size % 8 || n > TGL_LIST_MAX)
+            break;
+        if (b == cb) {
+            for (size_t i = 0; i < n; i++) {
+                uint64_t s = tgl_get_u64((unsigned char *)v.mv_data + 8 * i);
+                if (s >= cutoff)
+                    memcpy(list + 8 * keep++, (unsigned char *)v.mv_data + 8 * i, 8);
+            }
+        }
+        if (keep == 0) {
+            rc = mdb_cursor_del(cur, 0);
+        } else if (keep < n) {
+            /* The key lives in the page the put rewrites: pass a copy. */
+            unsigned char kc[TGL_IXKEY_MAX];
+            if (k.mv_size > sizeof(kc)) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            memcpy(kc, k.mv_data, k.mv_size);
+            MDB_val kk = {k.mv_size, kc}, nv = {8 * keep, list};
+            rc = mdb_cursor_put(cur, &kk, &nv, MDB_CURRENT);
+        }
+        if (rc == 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_t errlen)
 {
     struct retain_ctx *c = ctx;
     MDB_cursor *cur = NULL;
-    uint64_t aseq;
+    uint64_t aseq, first = 0;
     unsigned char ahash[TGL_HASH];
     int64_t horizon;
     int rc;
@@ -654,17 +746,9 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             c->done = 1;
             break;
         }
-        unsigned char key[TGL_IXKEY_MAX];
         uint32_t b = (uint32_t)(seq >> l->bshift);
         MDB_val idk = {strlen(r.lr_record_id), (void *)r.lr_record_id};
         rc = mdb_del(txn, l->ids, &idk, NULL);
-        for (int ix = 0; ix < TGL_IX_N && (rc == 0 || rc == MDB_NOTFOUND); ix++) {
-            const char *f = tgl_row_field(&r, ix);
-            if (!*f)
-                continue;
-            MDB_val fk = {tgl_ix_key(key, b, f, seq), key};
-            rc = mdb_del(txn, l->ix[ix], &fk, NULL);
-        }
         /* The bucket's entry goes with its last row. */
         if ((rc == 0 || rc == MDB_NOTFOUND) && ((seq + 1) >> l->bshift) != b) {
             unsigned char bk[4] = {(unsigned char)(b >> 24), (unsigned char)(b >> 16),
@@ -674,12 +758,17 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
         }
         if ((rc != 0 && rc != MDB_NOTFOUND) || (rc = mdb_cursor_del(cur, 0)) != 0)
             goto out;
+        if (c->deleted == 0)
+            first = seq;
         aseq = seq;
         memcpy(ahash, r.lr_hash, TGL_HASH);
         c->deleted++;
     }
     if (c->deleted && (rc = put_pos(txn, l->meta, "anchor", aseq, ahash)) != 0)
         goto out;
+    for (int ix = 0; c->deleted && ix < TGL_IX_N; ix++)
+        if ((rc = trim_index(l, txn, ix, first, aseq + 1)) != 0)
+            goto out;
     if (c->before > horizon) {
         unsigned char hb[8];
         tgl_put_time(hb, c->before);

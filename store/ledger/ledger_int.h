@@ -11,14 +11,18 @@
  *   ids       record id -> seq(8)
  *   buckets   bucket(4) -> min settled time(8) max settled time(8)
  *   i_account, i_project, i_key, i_run, i_model, i_channel:
- *             bucket(4) field value NUL seq(8) -> ""; empty values are not
- *             indexed.
+ *             bucket(4) field value NUL first seq(8) -> seq(8) x n: a
+ *             posting list of the rows of one append batch that share
+ *             the value in that bucket (n <= TGL_LIST_MAX; the key's seq is
+ *             <= every seq in the list). Empty values are not indexed.
  * A bucket is a run of 2^bshift consecutive seqs (4096 by default). Index
  * keys lead with the bucket so a batch's inserts land in the newest
  * bucket's few pages instead of all over a tree that grows with the
  * ledger: that keeps appends flat as the ledger grows (a batch dirties
  * pages in proportion to the bucket, not to the whole index). A query
  * seeks once per bucket, skipping buckets whose time range cannot match.
+ * Posting lists turn the rows of a batch that share an account, model,
+ * channel... into one index put instead of one per row.
  * Times are stored big-endian with the sign bit flipped so byte order is
  * numeric order.
  *
@@ -42,6 +46,7 @@
 #define TGL_ROW_VERSION 1
 #define TGL_HASH 32
 #define TGL_BSHIFT_DEFAULT 12
+#define TGL_LIST_MAX 128 /* seqs per posting list: 1 KiB, stays inside a page */
 #define TGL_IXKEY_MAX (4 + TG_LEDGER_FIELD_MAX + 1 + 8)
 
 /* The indexed string fields, in this order. */

@@ -128,7 +128,7 @@ static int probe(struct walk *w, int ix, uint32_t b, const char *value, size_t c
         return rc;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && *n < cap && k.mv_size == plen + 8 && memcmp(k.mv_data, key, plen) == 0) {
-        (*n)++;
+        *n += v.mv_size / 8;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
@@ -187,17 +187,31 @@ static int walk_bucket(struct walk *w, MDB_cursor *cur, int ix, uint32_t b, uint
     } else {
         const char *want = tgl_filter_field(w->f, ix);
         size_t plen = tgl_ix_key(key, b, want, lo) - 8;
+#define IN_PREFIX (k.mv_size == plen + 8 && memcmp(k.mv_data, key, plen) == 0)
         k.mv_size = plen + 8;
         k.mv_data = key;
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        while (rc == 0 && !w->stopped) {
-            if (k.mv_size != plen + 8 || memcmp(k.mv_data, key, plen) != 0)
-                break;
-            uint64_t seq = tgl_get_u64((unsigned char *)k.mv_data + plen);
-            if ((ret = visit_seq(w, seq, err, errlen)) != 0)
-                return ret;
+        /* A list is keyed by its first seq: the one before the seek point
+         * may still hold seqs >= lo. */
+        if (rc == MDB_NOTFOUND || (rc == 0 && !(IN_PREFIX && tgl_get_u64((unsigned char *)k.mv_data + plen) == lo))) {
+            int prc = mdb_cursor_get(cur, &k, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
+            if (prc != 0 || !IN_PREFIX) {
+                k.mv_size = plen + 8;
+                k.mv_data = key;
+                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            } else {
+                rc = 0;
+            }
+        }
+        while (rc == 0 && !w->stopped && IN_PREFIX) {
+            for (size_t i = 0; i + 8 <= v.mv_size && !w->stopped; i += 8) {
+                uint64_t seq = tgl_get_u64((unsigned char *)v.mv_data + i);
+                if (seq >= lo && (ret = visit_seq(w, seq, err, errlen)) != 0)
+                    return ret;
+            }
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         }
+#undef IN_PREFIX
     }
     if (rc && rc != MDB_NOTFOUND)
         return tgl_lmdb_err(w->l, rc, "walk an index", err, errlen);

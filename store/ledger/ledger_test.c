@@ -944,6 +944,55 @@ static void test_sum_overflow(void **state)
     assert_int_equal(s.ls_rows, 0);
 }
 
+/* One batch of 1000 rows sharing a model: the index holds it as several
+ * posting lists; pages and retention cut through the middle of lists. */
+static void test_long_lists(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 1000, CUT = 333 };
+    struct ref *refs = calloc(N, sizeof(*refs));
+    tg_ledger_row_t *rows = calloc(N, sizeof(*rows));
+    uint64_t *got = calloc(N + 1, sizeof(*got));
+    const tg_ledger_opts_t defaults = {0};
+    rng = 31;
+    fx_open(f, &defaults);
+    for (int i = 0; i < N; i++) {
+        make_row(&refs[i], i, BASE_US + i);
+        refs[i].row.lr_model = "gpt-4o";
+        rows[i] = refs[i].row;
+    }
+    size_t app;
+    assert_int_equal(tg_ledger_append(f->l, rows, N, NULL, &app, f->err, sizeof(f->err)), 0);
+    assert_int_equal(app, N);
+    tg_ledger_filter_t q;
+    tg_ledger_filter_init(&q);
+    q.lf_model = "gpt-4o";
+    struct seen sn = {.seqs = got, .cap = N + 1};
+    page_all(f, &q, 7, &sn);
+    assert_int_equal(sn.n, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(got[i], (uint64_t)i + 1);
+    uint64_t deleted;
+    assert_int_equal(tg_ledger_retain(f->l, BASE_US + CUT, 50, &deleted, f->err, sizeof(f->err)), 0);
+    assert_int_equal(deleted, CUT);
+    struct seen s2 = {.seqs = got, .cap = N + 1};
+    page_all(f, &q, 64, &s2);
+    assert_int_equal(s2.n, N - CUT);
+    for (int i = 0; i < N - CUT; i++)
+        assert_int_equal(got[i], (uint64_t)(CUT + i + 1));
+    tg_ledger_sum_t sum;
+    int64_t cost = 0;
+    for (int i = CUT; i < N; i++)
+        cost += refs[i].row.lr_cost_nano;
+    assert_int_equal(tg_ledger_sum(f->l, &q, &sum, f->err, sizeof(f->err)), 0);
+    assert_int_equal(sum.ls_rows, N - CUT);
+    assert_int_equal(sum.ls_cost_nano, cost);
+    assert_int_equal(tg_ledger_verify(f->l, 0, 0, NULL, f->err, sizeof(f->err)), 0);
+    free(refs);
+    free(rows);
+    free(got);
+}
+
 static void test_alloc_failures(void **state)
 {
     struct fx *f = *state;
@@ -983,6 +1032,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_files, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_disk_full, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_sum_overflow, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_long_lists, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failures, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
