@@ -164,4 +164,54 @@ int tg_agent_pick(const uint32_t *weights, int n, uint64_t r);
  * max, at least retry_after_ms when honoured (also capped by max). */
 uint32_t tg_agent_backoff(uint32_t initial_ms, uint32_t max_ms, unsigned retry, int64_t retry_after_ms);
 
+/* ---- configuration tables (config.c) ------------------------------------ */
+
+#include "tollgate/v1/agent.pb-c.h"
+
+typedef Tollgate__V1__Snapshot tg_snap_t;
+typedef Tollgate__V1__ApiKey tg_key_t;
+typedef Tollgate__V1__ModelRoute tg_route_t;
+typedef Tollgate__V1__Account tg_account_t;
+typedef Tollgate__V1__Balance tg_balance_t;
+
+/* A channel as the request path uses it: the snapshot's Channel plus the
+ * resolved credential and the precomputed upstream URL. */
+typedef struct tg_chan {
+    const Tollgate__V1__Channel *ch_pb;
+    char *ch_credential;   /* resolved ("env:", "file:" references read at build) */
+    char *ch_chat_url;     /* base_url + "/chat/completions" */
+    char *ch_models_url;   /* base_url + "/models" */
+} tg_chan_t;
+
+/* One immutable configuration: the unpacked snapshot and lookup tables
+ * into it. Reference counted; the last tg_cfg_unref frees it. */
+typedef struct tg_cfg tg_cfg_t;
+
+/* Builds tables from an unpacked snapshot, taking ownership of snap (freed
+ * with the cfg, also on error). Returns 0 and *out with one reference, or
+ * TG_AGENT_ECONFIG (the reason names the object) or TG_AGENT_ENOMEM. */
+int tg_cfg_build(tg_snap_t *snap, tg_cfg_t **out, char *err, size_t errlen);
+/* Parses bytes (packed protobuf, or JSON when the first non-space byte is
+ * '{') into a snapshot and builds it. Same returns as tg_cfg_build. */
+int tg_cfg_load(const void *data, size_t len, tg_cfg_t **out, char *err, size_t errlen);
+void tg_cfg_ref(tg_cfg_t *c);
+/* Drops a reference; accepts NULL. */
+void tg_cfg_unref(tg_cfg_t *c);
+
+const tg_snap_t *tg_cfg_snapshot(const tg_cfg_t *c);
+/* Lookups: NULL when absent. Pointers stay valid while the caller holds a
+ * reference. */
+const tg_key_t *tg_cfg_key(const tg_cfg_t *c, const uint8_t sha256[32]);
+const tg_route_t *tg_cfg_route(const tg_cfg_t *c, const char *model);
+const tg_chan_t *tg_cfg_channel(const tg_cfg_t *c, const char *id);
+const tg_account_t *tg_cfg_account(const tg_cfg_t *c, const char *id);
+const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, const char *bucket);
+/* The bucket an account pays a route type from (its override, else the
+ * defaults DIRECT -> "credit", POOLED -> "wallet"). Never NULL. */
+const char *tg_cfg_bucket(const tg_account_t *a, int route_type);
+/* Gateway policy values with defaults applied. */
+int64_t tg_cfg_max_request_bytes(const tg_cfg_t *c);
+/* 1 when ip is inside one of policy.trusted_proxies. */
+int tg_cfg_trusted_proxy(const tg_cfg_t *c, const tg_ip_t *ip);
+
 #endif

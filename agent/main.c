@@ -1,0 +1,165 @@
+/* main.c: the tollgate-agent command: flags, signals, run. SIGTERM and
+ * SIGINT stop the loops; SIGHUP re-reads the --snapshot file and swaps the
+ * configuration in (the swap is atomic; in-flight requests finish on the
+ * configuration they started with). Signals are taken by one thread with
+ * sigwait, so no handler runs on a loop. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/tg_agent.h"
+#include "base/tg_base.h"
+#include "base/tg_log.h"
+
+static const char usage[] =
+    "usage: tollgate-agent [flags]\n"
+    "  --host ADDR            listen address (default 127.0.0.1)\n"
+    "  --port N               listen port; 0 picks a free one (default 8080)\n"
+    "  --threads N            worker event loops (default 1)\n"
+    "  --snapshot FILE        configuration: a packed tollgate.v1.Snapshot or its JSON\n"
+    "  --data-dir DIR         state directory; the last snapshot is kept here\n"
+    "  --max-body BYTES       hard cap of a request body (default 16777216)\n"
+    "  --region NAME          recorded in usage records\n"
+    "  --log-level LEVEL      debug, info, warn or error (default info)\n"
+    "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n";
+
+typedef struct sigctx {
+    tg_agent_t *sg_agent;
+    const char *sg_snapshot;
+    sigset_t sg_set;
+} sigctx_t;
+
+static void reload(sigctx_t *c)
+{
+    char err[TG_ERRLEN] = "";
+    FILE *f = fopen(c->sg_snapshot, "rb");
+    if (!f) {
+        TG_LOG(TG_LOG_ERROR, "agent", "SIGHUP: cannot open %s", c->sg_snapshot);
+        return;
+    }
+    tg_buf_t b;
+    tg_buf_init(&b, (size_t)1 << 30);
+    char chunk[65536];
+    size_t n;
+    int bad = 0;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        bad |= tg_buf_append(&b, chunk, n);
+    fclose(f);
+    if (bad)
+        TG_LOG(TG_LOG_ERROR, "agent", "SIGHUP: %s is too large", c->sg_snapshot);
+    else if (tg_agent_set_snapshot(c->sg_agent, b.b_data ? b.b_data : "", b.b_len, err, sizeof err) != 0)
+        TG_LOG(TG_LOG_ERROR, "agent", "SIGHUP: snapshot refused, keeping the running one: %s", err);
+    tg_buf_free(&b);
+}
+
+static void *signals(void *arg)
+{
+    sigctx_t *c = arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&c->sg_set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            if (c->sg_snapshot)
+                reload(c);
+            continue;
+        }
+        tg_agent_stop(c->sg_agent);
+        return NULL;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    tg_agent_opts_t o;
+    tg_agent_opts_default(&o);
+    char err[TG_ERRLEN] = "";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (strcmp(a, "--insecure-upstream") == 0) {
+            o.ao_insecure_upstream = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "tollgate-agent: %s needs a value\n%s", a, usage);
+            return 2;
+        }
+        i++;
+        if (strcmp(a, "--host") == 0) {
+            o.ao_host = v;
+        } else if (strcmp(a, "--port") == 0) {
+            long p = strtol(v, &end, 10);
+            if (*end || p < 0 || p > 65535)
+                goto bad;
+            o.ao_port = (int)p;
+        } else if (strcmp(a, "--threads") == 0) {
+            long t = strtol(v, &end, 10);
+            if (*end || t < 1 || t > 256)
+                goto bad;
+            o.ao_threads = (int)t;
+        } else if (strcmp(a, "--snapshot") == 0) {
+            o.ao_snapshot = v;
+        } else if (strcmp(a, "--data-dir") == 0) {
+            o.ao_data_dir = v;
+        } else if (strcmp(a, "--max-body") == 0) {
+            long long m = strtoll(v, &end, 10);
+            if (*end || m < 1024 || m > (1LL << 31))
+                goto bad;
+            o.ao_max_body = (size_t)m;
+        } else if (strcmp(a, "--region") == 0) {
+            o.ao_region = v;
+        } else if (strcmp(a, "--log-level") == 0) {
+            int l = tg_log_parse_level(v);
+            if (l < 0)
+                goto bad;
+            tg_log_set_level(l);
+        } else {
+            fprintf(stderr, "tollgate-agent: unknown flag %s\n%s", a, usage);
+            return 2;
+        }
+        continue;
+    bad:
+        fprintf(stderr, "tollgate-agent: bad value for %s: %s\n", a, v);
+        return 2;
+    }
+
+    sigctx_t sc = {.sg_snapshot = o.ao_snapshot};
+    sigemptyset(&sc.sg_set);
+    sigaddset(&sc.sg_set, SIGTERM);
+    sigaddset(&sc.sg_set, SIGINT);
+    sigaddset(&sc.sg_set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sc.sg_set, NULL); /* every thread inherits it */
+    signal(SIGPIPE, SIG_IGN);
+
+    tg_agent_t *agent = NULL;
+    int rc = tg_agent_create(&o, &agent, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "tollgate-agent: %s\n", err);
+        return 1;
+    }
+    sc.sg_agent = agent;
+    pthread_t sig_thread;
+    if (pthread_create(&sig_thread, NULL, signals, &sc) != 0) {
+        fprintf(stderr, "tollgate-agent: cannot start the signal thread\n");
+        tg_agent_destroy(agent);
+        return 1;
+    }
+    printf("tollgate-agent listening on %s:%d\n", o.ao_host, tg_agent_port(agent));
+    fflush(stdout);
+    rc = tg_agent_run(agent, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "tollgate-agent: %s\n", err);
+    /* The signal thread is blocked in sigwait unless it stopped us; wake it. */
+    pthread_kill(sig_thread, SIGTERM);
+    pthread_join(sig_thread, NULL);
+    tg_agent_destroy(agent);
+    TG_LOG(TG_LOG_INFO, "agent", "stopped");
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,1267 @@
+/* request.c: one client request, from the evhttp callback to its receipt.
+ *
+ * Lifecycle (all on the worker that accepted the connection):
+ *   1. route the path; take the worker's configuration reference;
+ *   2. authenticate (Bearer or x-api-key -> SHA-256 -> key), check status,
+ *      expiry, client IP (X-Forwarded-For only from trusted proxies),
+ *      body size, then scan the body in one pass (model, stream, ...);
+ *   3. resolve the route, check the model allowlist, find the targets the
+ *      key may use (route types, prepaid balance), else 402/403;
+ *   4. attempt: pick a target (tier, weight, breaker), rewrite the body
+ *      (upstream model, include_usage), hand a curl easy handle to the
+ *      worker's multi; bytes stream to the client from the write callback;
+ *   5. on failure before the first byte reached the client: retry the same
+ *      channel (bounded, with backoff), the next target of the tier, or the
+ *      next tier; the total is capped;
+ *   6. finish: the receipt (tollgate.v1.UsageRecord with every attempt) is
+ *      emitted, the configuration reference dropped, the pool freed.
+ * Everything request-scoped comes from one tg_pool_t. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "agent/server_int.h"
+#include "base/tg_log.h"
+#include "crypto/tg_crypto.h"
+#include "pbjson/tg_pbjson.h"
+
+#define MAX_ATTEMPTS 16
+#define MAX_TARGETS 64          /* per tier: the failed set is a bitmask */
+#define ERR_BODY_MAX (64 << 10) /* upstream error bodies kept */
+#define RESP_MAX (64u << 20)    /* non-streaming answers buffered */
+#define SSE_EVENT_MAX (4u << 20)
+
+#define DEF_CONNECT_MS 5000
+#define DEF_FIRST_BYTE_MS 120000
+#define DEF_TOTAL_MS 600000
+
+typedef struct attempt {
+    const tg_chan_t *at_chan;
+    uint32_t at_tier;
+    int at_target;
+    const char *at_model; /* upstream model */
+    int at_status;
+    int at_class;         /* Tollgate__V1__ErrorClass */
+    int at_decision;      /* Tollgate__V1__AttemptDecision */
+    int at_counted;       /* counts toward max_attempts (not a breaker skip) */
+    int64_t at_start_us;
+    int64_t at_latency_us;
+    int64_t at_ttft_us;
+    int64_t at_retry_after_ms;
+    int64_t at_backoff_ms;
+    char at_msg[160];
+    char at_upid[96];
+} attempt_t;
+
+struct req {
+    worker_t *rq_w;
+    req_t *rq_prev, *rq_next;
+    tg_pool_t *rq_pool;
+    struct evhttp_request *rq_hr;
+    struct evhttp_connection *rq_conn;
+    tg_cfg_t *rq_cfg;
+    const tg_key_t *rq_key;
+    const tg_account_t *rq_acct;
+    const tg_route_t *rq_route;
+    char rq_id[48];
+    char rq_ip[64];
+    const char *rq_run;
+    const char *rq_ua;
+    const char *rq_endpoint;
+    const char *rq_body;
+    size_t rq_body_len;
+    tg_scan_t rq_scan;
+    int64_t rq_t0_us;
+    /* routing */
+    uint32_t rq_tier;
+    int rq_target;
+    unsigned rq_same;     /* retries on the current target */
+    uint64_t rq_failed;   /* targets of the current tier that failed */
+    int rq_fallback;      /* a later tier served */
+    attempt_t rq_att[MAX_ATTEMPTS];
+    int rq_natt;
+    int rq_counted;
+    tg_brk_conf_t rq_brk;
+    /* the attempt in flight */
+    CURL *rq_easy;
+    struct curl_slist *rq_hdrs;
+    tg_buf_t rq_upbody;
+    char rq_curlerr[CURL_ERROR_SIZE];
+    long rq_up_status;
+    int rq_got_byte;
+    int rq_fb_timeout;        /* the first-byte timer fired */
+    struct event *rq_timer;   /* first-byte timeout or backoff */
+    int rq_timer_backoff;
+    /* the client side */
+    int rq_started;           /* the response head went out: no more retries */
+    int rq_client_gone;
+    int rq_status;            /* HTTP status sent to the client */
+    int rq_saw_done;
+    tg_buf_t rq_resp;
+    tg_sse_t rq_sse;
+    struct evbuffer *rq_chunk;
+    int64_t rq_ttft_us;
+    int64_t rq_resp_bytes;
+    /* what was counted */
+    tg_usage_t rq_usage;
+    char *rq_usage_raw;
+    char rq_finish[32];
+    int rq_final_class;
+    char rq_final_msg[256];
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t rng(worker_t *w)
+{
+    uint64_t x = w->w_rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return w->w_rng = x;
+}
+
+/* ---- replies ------------------------------------------------------------------ */
+
+static void add_header(struct evhttp_request *hr, const char *k, const char *v)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(hr), k, v);
+}
+
+/* Stops evhttp from telling us about this connection's close: called
+ * before every reply, because a reply can free the connection at once
+ * (and with it run the close callback). */
+static void quiet_close(req_t *rq)
+{
+    if (rq->rq_conn && !rq->rq_client_gone)
+        evhttp_connection_set_closecb(rq->rq_conn, NULL, NULL);
+    rq->rq_conn = NULL;
+}
+
+/* An OpenAI-shaped error: {"error":{"message","type","param","code"}}. */
+static void send_error(struct evhttp_request *hr, const char *reqid, int status, const char *type,
+                       const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void send_error(struct evhttp_request *hr, const char *reqid, int status, const char *type,
+                       const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tg_buf_t b;
+    tg_buf_init(&b, 8192);
+    tg_buf_puts(&b, "{\"error\":{\"message\":");
+    tg_agent_json_str(&b, msg, strlen(msg));
+    tg_buf_puts(&b, ",\"type\":");
+    tg_agent_json_str(&b, type, strlen(type));
+    tg_buf_puts(&b, ",\"param\":null,\"code\":");
+    if (code)
+        tg_agent_json_str(&b, code, strlen(code));
+    else
+        tg_buf_puts(&b, "null");
+    tg_buf_puts(&b, "}}\n");
+    struct evbuffer *out = evbuffer_new();
+    if (out && b.b_len)
+        evbuffer_add(out, b.b_data, b.b_len);
+    add_header(hr, "Content-Type", "application/json");
+    if (reqid)
+        add_header(hr, "x-request-id", reqid);
+    evhttp_send_reply(hr, status, NULL, out);
+    if (out)
+        evbuffer_free(out);
+    tg_buf_free(&b);
+}
+
+/* ---- request bookkeeping ---------------------------------------------------- */
+
+static void link_req(req_t *rq)
+{
+    worker_t *w = rq->rq_w;
+    rq->rq_next = w->w_live;
+    if (w->w_live)
+        w->w_live->rq_prev = rq;
+    w->w_live = rq;
+}
+
+static void unlink_req(req_t *rq)
+{
+    worker_t *w = rq->rq_w;
+    if (rq->rq_prev)
+        rq->rq_prev->rq_next = rq->rq_next;
+    else if (w->w_live == rq)
+        w->w_live = rq->rq_next;
+    if (rq->rq_next)
+        rq->rq_next->rq_prev = rq->rq_prev;
+    rq->rq_prev = rq->rq_next = NULL;
+}
+
+static void drop_easy(req_t *rq)
+{
+    if (rq->rq_easy) {
+        curl_multi_remove_handle(rq->rq_w->w_multi, rq->rq_easy);
+        curl_easy_cleanup(rq->rq_easy);
+        rq->rq_easy = NULL;
+    }
+    if (rq->rq_hdrs) {
+        curl_slist_free_all(rq->rq_hdrs);
+        rq->rq_hdrs = NULL;
+    }
+    if (rq->rq_timer)
+        evtimer_del(rq->rq_timer);
+}
+
+/* Frees what the request holds. The evhttp request itself is evhttp's. */
+static void req_free(req_t *rq)
+{
+    quiet_close(rq);
+    drop_easy(rq);
+    if (rq->rq_timer)
+        event_free(rq->rq_timer);
+    if (rq->rq_chunk)
+        evbuffer_free(rq->rq_chunk);
+    tg_buf_free(&rq->rq_upbody);
+    tg_buf_free(&rq->rq_resp);
+    tg_sse_free(&rq->rq_sse);
+    unlink_req(rq);
+    tg_cfg_unref(rq->rq_cfg);
+    tg_pool_destroy(rq->rq_pool);
+}
+
+void tg_req_abort_all(worker_t *w)
+{
+    while (w->w_live)
+        req_free(w->w_live);
+}
+
+/* ---- the receipt --------------------------------------------------------------- */
+
+static char *pstr(req_t *rq, const char *s)
+{
+    return tg_pool_strndup(rq->rq_pool, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* Emits the UsageRecord. Until the LMDB outbox lands (README "Next") the
+ * sink is one JSON log line per request (comp "usage") on stderr. */
+static void emit_record(req_t *rq)
+{
+    Tollgate__V1__UsageRecord r = TOLLGATE__V1__USAGE_RECORD__INIT;
+    Tollgate__V1__TokenUsage u = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    Tollgate__V1__Attempt att[MAX_ATTEMPTS];
+    Tollgate__V1__Attempt *attp[MAX_ATTEMPTS];
+    char rid[80];
+    snprintf(rid, sizeof rid, "local-%s", rq->rq_id);
+    r.record_id = rid;
+    r.request_id = rq->rq_id;
+    r.region = pstr(rq, rq->rq_w->w_agent->a_opts.ao_region);
+    r.started_at_us = rq->rq_t0_us;
+    r.finished_at_us = now_us();
+    if (rq->rq_key) {
+        r.key_id = rq->rq_key->id;
+        r.key_prefix = rq->rq_key->display_prefix;
+        r.project_id = rq->rq_key->project_id;
+        r.account_id = rq->rq_key->account_id;
+    }
+    r.run_id = pstr(rq, rq->rq_run);
+    r.client_ip = rq->rq_ip;
+    r.user_agent = pstr(rq, rq->rq_ua);
+    r.client_protocol = TOLLGATE__V1__CLIENT_PROTOCOL__CLIENT_PROTOCOL_OPENAI;
+    r.endpoint = pstr(rq, rq->rq_endpoint);
+    r.requested_model = rq->rq_scan.sc_model;
+    r.route_model = rq->rq_route ? rq->rq_route->model : "";
+    r.stream = rq->rq_scan.sc_stream;
+    for (int i = 0; i < rq->rq_natt; i++) {
+        attempt_t *a = &rq->rq_att[i];
+        Tollgate__V1__Attempt *p = &att[i];
+        tollgate__v1__attempt__init(p);
+        p->index = (uint32_t)i;
+        p->channel_id = a->at_chan->ch_pb->id;
+        p->channel_name = a->at_chan->ch_pb->name;
+        p->provider = a->at_chan->ch_pb->provider;
+        p->route_type = a->at_chan->ch_pb->route_type;
+        p->tier = a->at_tier;
+        p->upstream_model = (char *)a->at_model;
+        p->http_status = a->at_status;
+        p->error_class = (Tollgate__V1__ErrorClass)a->at_class;
+        p->error_message = a->at_msg;
+        p->started_at_us = a->at_start_us;
+        p->latency_us = a->at_latency_us;
+        p->ttft_us = a->at_ttft_us;
+        p->retry_after_ms = a->at_retry_after_ms;
+        p->backoff_ms = a->at_backoff_ms;
+        p->decision = (Tollgate__V1__AttemptDecision)a->at_decision;
+        p->upstream_request_id = a->at_upid;
+        attp[i] = p;
+        if (a->at_decision == TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_RETRY_SAME)
+            r.retries++;
+    }
+    r.n_attempts = (size_t)rq->rq_natt;
+    r.attempts = attp;
+    attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
+    if (fin && fin->at_decision == TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL) {
+        r.channel_id = fin->at_chan->ch_pb->id;
+        r.upstream_model = (char *)fin->at_model;
+        r.route_type = fin->at_chan->ch_pb->route_type;
+        r.bucket = (char *)tg_cfg_bucket(rq->rq_acct, fin->at_chan->ch_pb->route_type);
+        r.fallback_used = rq->rq_fallback;
+    }
+    if (rq->rq_usage_raw) {
+        long cached = rq->rq_usage.us_cached > 0 ? rq->rq_usage.us_cached : 0;
+        u.input_tokens = rq->rq_usage.us_prompt > cached ? rq->rq_usage.us_prompt - cached : 0;
+        u.output_tokens = rq->rq_usage.us_completion > 0 ? rq->rq_usage.us_completion : 0;
+        u.cache_read_tokens = cached;
+        u.reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
+        u.input_source = u.output_source = u.cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
+        u.raw_provider_usage = rq->rq_usage_raw;
+    }
+    r.usage = &u;
+    r.client_status = rq->rq_status;
+    r.finish_reason = rq->rq_finish;
+    r.error_class = (Tollgate__V1__ErrorClass)(rq->rq_final_class ? rq->rq_final_class
+                                                                   : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE);
+    r.error_message = rq->rq_final_msg;
+    r.client_disconnected = rq->rq_client_gone;
+    r.ttft_us = rq->rq_ttft_us;
+    r.request_bytes = (int64_t)rq->rq_body_len;
+    r.response_bytes = rq->rq_resp_bytes;
+    char *json = tg_pbjson_dumps(&r.base, NULL);
+    if (json) {
+        const char *kv[] = {"request_id", rq->rq_id, "record", json, NULL};
+        tg_log_kv(TG_LOG_INFO, "usage", kv, "request finished: %d", rq->rq_status);
+        free(json);
+    }
+}
+
+/* Ends the request: receipt, then frees. When the client went away the
+ * detached evhttp request is released by the send call (evhttp frees a
+ * request whose connection is gone). */
+static void finish(req_t *rq)
+{
+    emit_record(rq);
+    req_free(rq);
+}
+
+/* ---- client replies from an attempt -------------------------------------------- */
+
+static void route_headers(req_t *rq, struct evhttp_request *hr)
+{
+    add_header(hr, "x-request-id", rq->rq_id);
+    if (!rq->rq_key || !rq->rq_key->expose_cost || !rq->rq_natt)
+        return;
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    char v[512];
+    snprintf(v, sizeof v, "%s; channel=%s; upstream_model=%s", rq->rq_route->model, a->at_chan->ch_pb->name,
+             a->at_model);
+    add_header(hr, "x-tollgate-route", v);
+    snprintf(v, sizeof v, "%d", rq->rq_natt);
+    add_header(hr, "x-tollgate-attempts", v);
+}
+
+static void fail_request(req_t *rq, int status, const char *type, const char *code, int cls, const char *fmt,
+                         ...) __attribute__((format(printf, 6, 7)));
+
+static void fail_request(req_t *rq, int status, const char *type, const char *code, int cls, const char *fmt,
+                         ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, fmt, ap);
+    va_end(ap);
+    rq->rq_status = status;
+    rq->rq_final_class = cls;
+    if (!rq->rq_client_gone) {
+        quiet_close(rq);
+        if (rq->rq_route)
+            route_headers(rq, rq->rq_hr);
+        send_error(rq->rq_hr, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
+    }
+    finish(rq);
+}
+
+/* ---- upstream callbacks -------------------------------------------------------- */
+
+static int forward_event(void *arg, const char *ev, size_t n)
+{
+    req_t *rq = arg;
+    const char *u;
+    size_t ul;
+    int kind = tg_sse_classify(ev, n, &u, &ul);
+    if (kind == 1) {
+        tg_agent_usage_parse(u, ul, &rq->rq_usage);
+        rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+        if (!rq->rq_scan.sc_include_usage)
+            return 0; /* the gateway asked for it, the client did not */
+    } else if (kind == 2) {
+        rq->rq_saw_done = 1;
+    } else if (!rq->rq_finish[0]) {
+        const char *f = memmem(ev, n, "\"finish_reason\":\"", 17);
+        if (f) {
+            f += 17;
+            size_t k = 0;
+            while (k + 1 < sizeof rq->rq_finish && f + k < ev + n && f[k] != '"')
+                k++;
+            memcpy(rq->rq_finish, f, k);
+            rq->rq_finish[k] = '\0';
+        }
+    }
+    rq->rq_resp_bytes += (int64_t)n;
+    return evbuffer_add(rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+}
+
+static void start_stream(req_t *rq)
+{
+    struct evhttp_request *hr = rq->rq_hr;
+    route_headers(rq, hr);
+    add_header(hr, "Content-Type", "text/event-stream; charset=utf-8");
+    add_header(hr, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(hr, 200, "OK");
+    rq->rq_started = 1;
+    rq->rq_status = 200;
+    rq->rq_ttft_us = now_us() - rq->rq_t0_us;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+    req_t *rq = arg;
+    size_t n = size * nmemb;
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    if (rq->rq_client_gone)
+        return 0;
+    if (!rq->rq_got_byte) {
+        rq->rq_got_byte = 1;
+        a->at_ttft_us = now_us() - a->at_start_us;
+        if (rq->rq_timer && !rq->rq_timer_backoff)
+            evtimer_del(rq->rq_timer);
+        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &rq->rq_up_status);
+    }
+    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream) {
+        if (!rq->rq_started)
+            start_stream(rq);
+        if (tg_sse_feed(&rq->rq_sse, data, n, forward_event, rq) != 0) {
+            snprintf(a->at_msg, sizeof a->at_msg, "an upstream event passed %u bytes", SSE_EVENT_MAX);
+            return 0;
+        }
+        if (evbuffer_get_length(rq->rq_chunk))
+            evhttp_send_reply_chunk(rq->rq_hr, rq->rq_chunk);
+        return n;
+    }
+    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300) {
+        if (tg_buf_append(&rq->rq_resp, data, n)) {
+            snprintf(a->at_msg, sizeof a->at_msg, "the upstream answer passed %u bytes", RESP_MAX);
+            return 0;
+        }
+        return n;
+    }
+    /* An error body: keep its start for the record and the client. */
+    size_t room = ERR_BODY_MAX > rq->rq_resp.b_len ? ERR_BODY_MAX - rq->rq_resp.b_len : 0;
+    tg_buf_append(&rq->rq_resp, data, n < room ? n : room);
+    return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    req_t *rq = arg;
+    size_t n = size * nmemb;
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
+        a->at_retry_after_ms = 0;
+        a->at_upid[0] = '\0';
+        return n;
+    }
+    const char *colon = memchr(data, ':', n);
+    if (!colon)
+        return n;
+    size_t kl = (size_t)(colon - data);
+    const char *v = colon + 1;
+    size_t vl = n - kl - 1;
+    while (vl && (*v == ' ' || *v == '\t')) {
+        v++;
+        vl--;
+    }
+    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+        vl--;
+    char val[96];
+    if (vl >= sizeof val)
+        vl = sizeof val - 1;
+    memcpy(val, v, vl);
+    val[vl] = '\0';
+    if (kl == 11 && strncasecmp(data, "retry-after", 11) == 0) {
+        char *end;
+        double s = strtod(val, &end);
+        if (end != val && s >= 0 && s < 86400 && !a->at_retry_after_ms)
+            a->at_retry_after_ms = (int64_t)(s * 1000);
+    } else if (kl == 14 && strncasecmp(data, "retry-after-ms", 14) == 0) {
+        char *end;
+        double ms = strtod(val, &end);
+        if (end != val && ms >= 0 && ms < 86400e3)
+            a->at_retry_after_ms = (int64_t)ms;
+    } else if (kl == 12 && strncasecmp(data, "x-request-id", 12) == 0) {
+        memcpy(a->at_upid, val, vl + 1);
+    }
+    return n;
+}
+
+/* ---- routing -------------------------------------------------------------------- */
+
+enum { WHY_OK = 0, WHY_ROUTE_TYPE, WHY_BALANCE, WHY_UNAVAILABLE };
+
+/* Whether the key may use the target, and why not. */
+static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
+{
+    const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
+    const Tollgate__V1__Channel *c = ch->ch_pb;
+    if (c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_PAUSED ||
+        c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_DISABLED ||
+        c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
+        return WHY_UNAVAILABLE; /* Anthropic upstreams need protocol conversion: not built yet */
+    const tg_key_t *k = rq->rq_key;
+    if (k->n_allowed_route_types) {
+        int ok = 0;
+        for (size_t i = 0; i < k->n_allowed_route_types; i++)
+            if (k->allowed_route_types[i] == c->route_type)
+                ok = 1;
+        if (!ok)
+            return WHY_ROUTE_TYPE;
+    }
+    const tg_account_t *acct = rq->rq_acct;
+    if (acct) {
+        const char *bucket = tg_cfg_bucket(acct, c->route_type);
+        const tg_balance_t *b = tg_cfg_balance(rq->rq_cfg, acct->id, bucket);
+        int64_t avail = b ? b->balance_nano - b->reserved_nano : 0;
+        int64_t floor = 0;
+        if (acct->billing_mode == TOLLGATE__V1__BILLING_MODE__BILLING_MODE_POSTPAID)
+            floor = b ? -b->credit_limit_nano : 0;
+        if (avail <= floor)
+            return WHY_BALANCE;
+    }
+    return WHY_OK;
+}
+
+static uint32_t target_weight(req_t *rq, const Tollgate__V1__RouteTarget *t)
+{
+    if (t->weight)
+        return t->weight;
+    const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
+    return ch->ch_pb->weight ? ch->ch_pb->weight : 1;
+}
+
+/* Picks an untried, usable target of tier `tier` whose breaker admits a
+ * request; records breaker skips as attempts. Returns the index or -1. */
+static int pick_in_tier(req_t *rq, uint32_t tier)
+{
+    const Tollgate__V1__RouteTier *t = rq->rq_route->tiers[tier];
+    int n = (int)(t->n_targets < MAX_TARGETS ? t->n_targets : MAX_TARGETS);
+    for (;;) {
+        uint32_t w[MAX_TARGETS];
+        for (int i = 0; i < n; i++)
+            w[i] = (rq->rq_failed >> i & 1) || target_ok(rq, t->targets[i]) != WHY_OK
+                       ? 0
+                       : target_weight(rq, t->targets[i]);
+        int i = tg_agent_pick(w, n, rng(rq->rq_w));
+        if (i < 0)
+            return -1;
+        const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->targets[i]->channel_id);
+        if (tg_agent_brk_allow(rq->rq_w->w_agent, ch->ch_pb->id, &rq->rq_brk, mono_ms()))
+            return i;
+        rq->rq_failed |= 1ull << i;
+        if (rq->rq_natt < MAX_ATTEMPTS) {
+            attempt_t *a = &rq->rq_att[rq->rq_natt++];
+            memset(a, 0, sizeof *a);
+            a->at_chan = ch;
+            a->at_tier = tier;
+            a->at_target = i;
+            a->at_model = t->targets[i]->upstream_model && *t->targets[i]->upstream_model
+                              ? t->targets[i]->upstream_model
+                              : rq->rq_route->model;
+            a->at_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN;
+            a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_NEXT_IN_TIER;
+            a->at_start_us = now_us();
+            snprintf(a->at_msg, sizeof a->at_msg, "circuit breaker open");
+        }
+    }
+}
+
+static void start_attempt(req_t *rq);
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    req_t *rq = arg;
+    if (rq->rq_timer_backoff) {
+        rq->rq_timer_backoff = 0;
+        start_attempt(rq);
+        return;
+    }
+    /* First-byte timeout: end the transfer as a timeout. */
+    rq->rq_fb_timeout = 1;
+    tg_req_upstream_done(rq, CURLE_OPERATION_TIMEDOUT);
+}
+
+static const Tollgate__V1__RetryPolicy *policy(req_t *rq)
+{
+    return rq->rq_route->policy;
+}
+
+static int retryable(req_t *rq, int cls)
+{
+    const Tollgate__V1__RetryPolicy *p = policy(rq);
+    switch (cls) {
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CONNECT: return !p || p->retry_on_connect_error;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT: return !p || p->retry_on_timeout;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED: return !p || p->retry_on_429;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX:
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return !p || p->retry_on_5xx;
+    default: return 0;
+    }
+}
+
+/* Decides what follows a failed attempt `a`: sets a->at_decision and the
+ * routing state. Returns 1 when another attempt should start (after
+ * a->at_backoff_ms), 0 to give up. */
+static int next_step(req_t *rq, attempt_t *a)
+{
+    const Tollgate__V1__RetryPolicy *p = policy(rq);
+    uint32_t cap = p && p->max_attempts ? p->max_attempts : 3;
+    unsigned same_max = p ? p->same_channel_retries : 0;
+    int fallback = !p || p->fallback_enabled;
+    a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+    if (!retryable(rq, a->at_class) || rq->rq_counted >= (int)cap || rq->rq_natt >= MAX_ATTEMPTS)
+        return 0;
+    if (rq->rq_same < same_max) {
+        rq->rq_same++;
+        uint32_t init = p && p->backoff_initial_ms ? p->backoff_initial_ms : 100;
+        uint32_t max = p && p->backoff_max_ms ? p->backoff_max_ms : 2000;
+        int64_t ra = (!p || p->honor_retry_after) ? a->at_retry_after_ms : 0;
+        a->at_backoff_ms = tg_agent_backoff(init, max, rq->rq_same - 1, ra);
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_RETRY_SAME;
+        return 1;
+    }
+    rq->rq_failed |= 1ull << rq->rq_target;
+    rq->rq_same = 0;
+    int i = pick_in_tier(rq, rq->rq_tier);
+    if (i >= 0) {
+        rq->rq_target = i;
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_NEXT_IN_TIER;
+        return 1;
+    }
+    while (fallback && rq->rq_tier + 1 < rq->rq_route->n_tiers) {
+        rq->rq_tier++;
+        rq->rq_failed = 0;
+        if ((i = pick_in_tier(rq, rq->rq_tier)) >= 0) {
+            rq->rq_target = i;
+            rq->rq_fallback = 1;
+            a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FALLBACK_TIER;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Client status and message when every attempt failed. */
+static void give_up(req_t *rq, attempt_t *a)
+{
+    switch (a ? a->at_class : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN) {
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT:
+        fail_request(rq, 504, "upstream_error", "upstream_timeout", a->at_class,
+                     "The upstream did not answer in time (%d attempts): %s", rq->rq_natt, a->at_msg);
+        break;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED:
+        fail_request(rq, 429, "rate_limit_error", "upstream_rate_limited", a->at_class,
+                     "The upstream is rate limiting (%d attempts): %s", rq->rq_natt, a->at_msg);
+        break;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN:
+        fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN,
+                     "No upstream channel for model %s is available right now (circuit breakers open)",
+                     rq->rq_route->model);
+        break;
+    default:
+        fail_request(rq, 502, "upstream_error", "upstream_error", a->at_class,
+                     "The upstream failed (%d attempts): %s", rq->rq_natt, a->at_msg);
+        break;
+    }
+}
+
+static void start_attempt(req_t *rq)
+{
+    const Tollgate__V1__RouteTarget *t = rq->rq_route->tiers[rq->rq_tier]->targets[rq->rq_target];
+    const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
+    const Tollgate__V1__Channel *c = ch->ch_pb;
+    attempt_t *a = &rq->rq_att[rq->rq_natt++];
+    char hdr[4200];
+    memset(a, 0, sizeof *a);
+    a->at_chan = ch;
+    a->at_tier = rq->rq_tier;
+    a->at_target = rq->rq_target;
+    a->at_model = t->upstream_model && *t->upstream_model ? t->upstream_model : rq->rq_route->model;
+    a->at_counted = 1;
+    a->at_start_us = now_us();
+    rq->rq_counted++;
+    rq->rq_up_status = 0;
+    rq->rq_got_byte = 0;
+    rq->rq_fb_timeout = 0;
+    rq->rq_curlerr[0] = '\0';
+    tg_buf_reset(&rq->rq_resp);
+    tg_buf_reset(&rq->rq_upbody);
+    int add_usage = rq->rq_scan.sc_stream; /* every channel here speaks OpenAI */
+    if (tg_agent_rewrite(rq->rq_body, rq->rq_body_len, &rq->rq_scan, a->at_model, add_usage, &rq->rq_upbody)) {
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "out of memory rewriting the request");
+        return;
+    }
+    struct curl_slist *h = NULL, *n;
+    CURL *e = curl_easy_init();
+    if (!e)
+        goto nomem;
+    rq->rq_easy = e;
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", ch->ch_credential);
+    if (!(n = curl_slist_append(h, "Content-Type: application/json")))
+        goto nomem;
+    h = n;
+    if (ch->ch_credential[0]) {
+        if (!(n = curl_slist_append(h, hdr)))
+            goto nomem;
+        h = n;
+    }
+    if (!(n = curl_slist_append(h, "Expect:"))) /* no 100-continue round trip */
+        goto nomem;
+    h = n;
+    for (size_t i = 0; i < c->n_extra_headers; i++) {
+        snprintf(hdr, sizeof hdr, "%s: %s", c->extra_headers[i]->name, c->extra_headers[i]->value);
+        if (!(n = curl_slist_append(h, hdr)))
+            goto nomem;
+        h = n;
+    }
+    rq->rq_hdrs = h;
+    curl_easy_setopt(e, CURLOPT_URL, ch->ch_chat_url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->rq_upbody.b_data ? rq->rq_upbody.b_data : "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->rq_upbody.b_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, rq);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->rq_curlerr);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout_ms ? c->connect_timeout_ms : DEF_CONNECT_MS));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->request_timeout_ms ? c->request_timeout_ms : DEF_TOTAL_MS));
+    if (rq->rq_w->w_agent->a_opts.ao_insecure_upstream) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    uint32_t fb = c->first_byte_timeout_ms ? c->first_byte_timeout_ms : DEF_FIRST_BYTE_MS;
+    struct timeval tv = {fb / 1000, (fb % 1000) * 1000};
+    rq->rq_timer_backoff = 0;
+    evtimer_add(rq->rq_timer, &tv);
+    if (curl_multi_add_handle(rq->rq_w->w_multi, e) != CURLM_OK)
+        goto nomem;
+    return;
+nomem:
+    if (!rq->rq_hdrs)
+        curl_slist_free_all(h);
+    a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+    drop_easy(rq);
+    fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                 "out of memory starting the upstream call");
+}
+
+static int classify(req_t *rq, CURLcode res)
+{
+    if (rq->rq_fb_timeout || res == CURLE_OPERATION_TIMEDOUT)
+        return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
+                              : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT;
+    if (res != CURLE_OK) {
+        if (rq->rq_client_gone)
+            return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
+        if (rq->rq_started)
+            return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT;
+        if (res == CURLE_WRITE_ERROR)
+            return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+        if (rq->rq_got_byte && rq->rq_up_status >= 500)
+            return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX;
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CONNECT;
+    }
+    long st = rq->rq_up_status;
+    if (!st)
+        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
+    rq->rq_up_status = st;
+    if (st >= 200 && st < 300) {
+        if (rq->rq_scan.sc_stream && !rq->rq_saw_done)
+            return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
+                                  : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+        if (!rq->rq_scan.sc_stream) {
+            const char *u;
+            size_t ul;
+            int f = tg_agent_find_usage(rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &u, &ul);
+            if (f < 0)
+                return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+            if (f == 1) {
+                tg_agent_usage_parse(u, ul, &rq->rq_usage);
+                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+            }
+        }
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+    }
+    if (st == 429)
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED;
+    if (st >= 500)
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX;
+    return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
+}
+
+static void send_buffered(req_t *rq, int status)
+{
+    struct evhttp_request *hr = rq->rq_hr;
+    struct evbuffer *out = evbuffer_new();
+    quiet_close(rq);
+    route_headers(rq, hr);
+    add_header(hr, "Content-Type", "application/json");
+    if (out && rq->rq_resp.b_len)
+        evbuffer_add(out, rq->rq_resp.b_data, rq->rq_resp.b_len);
+    rq->rq_status = status;
+    rq->rq_resp_bytes = (int64_t)rq->rq_resp.b_len;
+    rq->rq_ttft_us = now_us() - rq->rq_t0_us;
+    evhttp_send_reply(hr, status, NULL, out);
+    if (out)
+        evbuffer_free(out);
+}
+
+void tg_req_upstream_done(req_t *rq, CURLcode res)
+{
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    int cls = classify(rq, res);
+    a->at_class = cls;
+    a->at_status = (int)rq->rq_up_status;
+    a->at_latency_us = now_us() - a->at_start_us;
+    if (!a->at_msg[0]) {
+        if (res != CURLE_OK)
+            snprintf(a->at_msg, sizeof a->at_msg, "%.150s", rq->rq_fb_timeout ? "no first byte in time"
+                                                       : rq->rq_curlerr[0] ? rq->rq_curlerr
+                                                                           : curl_easy_strerror(res));
+        else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE)
+            snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %.120s", rq->rq_up_status,
+                     rq->rq_resp.b_data ? rq->rq_resp.b_data : "");
+    }
+    drop_easy(rq);
+    int ok = cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE || cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
+    if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED)
+        tg_agent_brk_record(rq->rq_w->w_agent, a->at_chan->ch_pb->id, &rq->rq_brk, ok, mono_ms());
+
+    if (rq->rq_started) {
+        /* Bytes reached the client: this attempt is final whatever happened;
+         * a cut stream ends cleanly with what was produced. */
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
+        if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
+            rq->rq_final_class = cls;
+            snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
+        }
+        if (!rq->rq_client_gone) {
+            quiet_close(rq);
+            evhttp_send_reply_end(rq->rq_hr);
+        }
+        finish(rq);
+        return;
+    }
+    if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
+        send_buffered(rq, 200);
+        finish(rq);
+        return;
+    }
+    if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX) {
+        /* The provider refused the request itself: its OpenAI-shaped error
+         * goes to the client unchanged; another channel would refuse too. */
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
+        rq->rq_final_class = cls;
+        snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
+        send_buffered(rq, (int)rq->rq_up_status);
+        finish(rq);
+        return;
+    }
+    if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED) {
+        a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+        rq->rq_final_class = cls;
+        finish(rq);
+        return;
+    }
+    if (!next_step(rq, a)) {
+        give_up(rq, a);
+        return;
+    }
+    if (a->at_backoff_ms > 0) {
+        struct timeval tv = {a->at_backoff_ms / 1000, (a->at_backoff_ms % 1000) * 1000};
+        rq->rq_timer_backoff = 1;
+        evtimer_add(rq->rq_timer, &tv);
+        return;
+    }
+    start_attempt(rq);
+}
+
+/* The client closed the connection while its request was in flight. evhttp
+ * has detached the request; we stop the upstream call and finish. */
+static void on_client_close(struct evhttp_connection *conn, void *arg)
+{
+    (void)conn;
+    req_t *rq = arg;
+    rq->rq_client_gone = 1;
+    rq->rq_final_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
+    snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "the client closed the connection");
+    if (rq->rq_natt && (rq->rq_easy || rq->rq_timer_backoff)) {
+        attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+        if (rq->rq_easy) {
+            a->at_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
+            a->at_status = (int)rq->rq_up_status;
+            a->at_latency_us = now_us() - a->at_start_us;
+            a->at_decision = rq->rq_started ? TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL
+                                            : TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+            snprintf(a->at_msg, sizeof a->at_msg, "cancelled: the client went away");
+        }
+    }
+    drop_easy(rq);
+    rq->rq_timer_backoff = 0;
+    /* The detached request is freed by evhttp when we complete it. */
+    if (rq->rq_started)
+        evhttp_send_reply_end(rq->rq_hr);
+    else
+        evhttp_send_reply(rq->rq_hr, 499, "Client Closed Request", NULL);
+    if (!rq->rq_status)
+        rq->rq_status = 499;
+    finish(rq);
+}
+
+/* ---- the front: auth, policy, dispatch ------------------------------------------ */
+
+/* Client address: the peer, or from X-Forwarded-For when the peer is a
+ * trusted proxy (rightmost address that is not itself a trusted proxy). */
+static void client_ip(req_t *rq, struct evkeyvalq *in)
+{
+    char *peer = NULL;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(rq->rq_conn, &peer, &port);
+    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", peer ? peer : "");
+    tg_ip_t ip;
+    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
+        return;
+    const char *xff = evhttp_find_header(in, "X-Forwarded-For");
+    if (!xff)
+        return;
+    size_t end = strlen(xff);
+    while (end > 0) {
+        size_t start = end;
+        while (start > 0 && xff[start - 1] != ',')
+            start--;
+        char one[64];
+        size_t s = start, e = end;
+        while (s < e && (xff[s] == ' ' || xff[s] == '\t'))
+            s++;
+        while (e > s && (xff[e - 1] == ' ' || xff[e - 1] == '\t'))
+            e--;
+        if (e - s == 0 || e - s >= sizeof one)
+            return;
+        memcpy(one, xff + s, e - s);
+        one[e - s] = '\0';
+        if (tg_agent_ip_parse(one, &ip) != 0)
+            return;
+        memcpy(rq->rq_ip, one, e - s + 1);
+        if (!tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
+            return;
+        end = start ? start - 1 : 0;
+    }
+}
+
+static int model_allowed(const tg_key_t *k, const char *model)
+{
+    if (!k->n_model_allowlist)
+        return 1;
+    for (size_t i = 0; i < k->n_model_allowlist; i++)
+        if (tg_agent_glob(k->model_allowlist[i], model))
+            return 1;
+    return 0;
+}
+
+/* Authenticates and checks the key's own policy. Returns 0, or sends the
+ * error and returns -1. */
+static int authenticate(req_t *rq, struct evkeyvalq *in)
+{
+    const char *auth = evhttp_find_header(in, "Authorization");
+    const char *secret = NULL;
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+        secret = auth + 7;
+    else if (!auth)
+        secret = evhttp_find_header(in, "x-api-key");
+    while (secret && *secret == ' ')
+        secret++;
+    if (!secret || !*secret) {
+        fail_request(rq, 401, "invalid_request_error", "missing_api_key", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.");
+        return -1;
+    }
+    uint8_t h[32];
+    tg_crypto_sha256(secret, strlen(secret), h);
+    const tg_key_t *k = tg_cfg_key(rq->rq_cfg, h);
+    if (!k || k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_REVOKED) {
+        char shown[12];
+        size_t n = strlen(secret);
+        snprintf(shown, sizeof shown, "%.*s", (int)(n > 6 ? 6 : n), secret);
+        fail_request(rq, 401, "invalid_request_error", "invalid_api_key", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     k ? "This API key was revoked%s%s." : "Incorrect API key provided: %s...%s",
+                     k ? (k->status_reason && *k->status_reason ? ": " : "") : shown,
+                     k ? (k->status_reason ? k->status_reason : "") : "");
+        return -1;
+    }
+    rq->rq_key = k;
+    rq->rq_acct = tg_cfg_account(rq->rq_cfg, k->account_id);
+    if (k->expires_at_us && now_us() >= k->expires_at_us) {
+        fail_request(rq, 401, "invalid_request_error", "expired_api_key", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This API key expired.");
+        return -1;
+    }
+    if (k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED ||
+        (rq->rq_acct && rq->rq_acct->status != TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_UNSPECIFIED &&
+         rq->rq_acct->status != TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_ACTIVE)) {
+        fail_request(rq, 403, "permission_error", "key_paused", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This API key is paused%s%s.", k->status_reason && *k->status_reason ? ": " : "",
+                     k->status_reason ? k->status_reason : "");
+        return -1;
+    }
+    if (k->n_ip_allowlist) {
+        tg_ip_t ip;
+        int ok = 0;
+        if (tg_agent_ip_parse(rq->rq_ip, &ip) == 0)
+            for (size_t i = 0; i < k->n_ip_allowlist && !ok; i++)
+                ok = tg_agent_cidr_match(k->ip_allowlist[i], &ip) == 1;
+        if (!ok) {
+            fail_request(rq, 403, "permission_error", "ip_not_allowed", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "Requests from %s are not allowed for this API key.", rq->rq_ip);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void handle_chat(req_t *rq, struct evkeyvalq *in)
+{
+    if (authenticate(rq, in) != 0)
+        return;
+    struct evbuffer *body = evhttp_request_get_input_buffer(rq->rq_hr);
+    size_t len = evbuffer_get_length(body);
+    if ((int64_t)len > tg_cfg_max_request_bytes(rq->rq_cfg)) {
+        fail_request(rq, 413, "invalid_request_error", "request_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The request body has %zu bytes; the limit is %lld.", len,
+                     (long long)tg_cfg_max_request_bytes(rq->rq_cfg));
+        return;
+    }
+    rq->rq_body = len ? (const char *)evbuffer_pullup(body, -1) : "";
+    rq->rq_body_len = len;
+    char err[TG_ERRLEN] = "";
+    if (tg_agent_scan(rq->rq_body, len, &rq->rq_scan, err, sizeof err) != 0) {
+        fail_request(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "We could not parse the JSON body of your request: %s", err);
+        return;
+    }
+    if (!rq->rq_scan.sc_model[0]) {
+        fail_request(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "You must provide a model parameter.");
+        return;
+    }
+    const tg_route_t *route = tg_cfg_route(rq->rq_cfg, rq->rq_scan.sc_model);
+    if (!route) {
+        fail_request(rq, 404, "invalid_request_error", "model_not_found", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The model `%s` does not exist or you do not have access to it.", rq->rq_scan.sc_model);
+        return;
+    }
+    if (!model_allowed(rq->rq_key, route->model) && !model_allowed(rq->rq_key, rq->rq_scan.sc_model)) {
+        fail_request(rq, 403, "permission_error", "model_not_allowed", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This API key is not allowed to use the model `%s`.", rq->rq_scan.sc_model);
+        return;
+    }
+    /* Is any target usable by this key at all? Says why not: balance is
+     * 402, route types 403, otherwise every channel is unavailable: 503. */
+    int why_balance = 0, why_type = 0, any = 0;
+    for (size_t t = 0; t < route->n_tiers; t++)
+        for (size_t i = 0; i < route->tiers[t]->n_targets; i++) {
+            int w = target_ok(rq, route->tiers[t]->targets[i]);
+            any |= w == WHY_OK;
+            why_balance |= w == WHY_BALANCE;
+            why_type |= w == WHY_ROUTE_TYPE;
+        }
+    if (!any) {
+        if (why_balance)
+            fail_request(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "You exceeded your current quota: the balance that pays for model `%s` is exhausted.",
+                         route->model);
+        else if (why_type)
+            fail_request(rq, 403, "permission_error", "route_type_not_allowed", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "This API key may not use any route that serves model `%s`.", route->model);
+        else
+            fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "No upstream channel serves model `%s` right now.", route->model);
+        return;
+    }
+    const Tollgate__V1__RetryPolicy *p = route->policy;
+    if (p && p->circuit_breaker) {
+        const Tollgate__V1__CircuitBreaker *cb = p->circuit_breaker;
+        rq->rq_brk = (tg_brk_conf_t){cb->consecutive_failures, cb->error_rate_ppm, cb->window_ms,
+                                     cb->min_requests, cb->open_ms, cb->half_open_probes};
+    }
+    tg_brk_conf_fill(&rq->rq_brk);
+    tg_buf_init(&rq->rq_upbody, len + 4096);
+    tg_buf_init(&rq->rq_resp, RESP_MAX);
+    tg_sse_init(&rq->rq_sse, SSE_EVENT_MAX);
+    if (!(rq->rq_chunk = evbuffer_new()) || !(rq->rq_timer = evtimer_new(rq->rq_w->w_base, on_timer, rq))) {
+        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
+        return;
+    }
+    rq->rq_route = route;
+    /* First target: the first tier with a usable target whose breaker
+     * admits a request. */
+    for (rq->rq_tier = 0; rq->rq_tier < route->n_tiers; rq->rq_tier++) {
+        rq->rq_failed = 0;
+        int i = pick_in_tier(rq, rq->rq_tier);
+        if (i >= 0) {
+            rq->rq_target = i;
+            rq->rq_fallback = rq->rq_tier > 0;
+            break;
+        }
+        if (!p || p->fallback_enabled)
+            continue;
+        rq->rq_tier = (uint32_t)route->n_tiers;
+    }
+    if (rq->rq_tier >= route->n_tiers) {
+        give_up(rq, NULL);
+        return;
+    }
+    evhttp_connection_set_closecb(rq->rq_conn, on_client_close, rq);
+    start_attempt(rq);
+}
+
+static void handle_models(req_t *rq, struct evkeyvalq *in)
+{
+    if (authenticate(rq, in) != 0)
+        return;
+    const tg_snap_t *s = tg_cfg_snapshot(rq->rq_cfg);
+    tg_buf_t b;
+    tg_buf_init(&b, 16u << 20);
+    tg_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+    int first = 1;
+    for (size_t i = 0; i < s->n_routes; i++) {
+        const tg_route_t *r = s->routes[i];
+        if (!model_allowed(rq->rq_key, r->model))
+            continue;
+        tg_buf_puts(&b, first ? "{\"id\":" : ",{\"id\":");
+        tg_agent_json_str(&b, r->model, strlen(r->model));
+        tg_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
+                      (long long)(r->created_at_us / 1000000));
+        first = 0;
+    }
+    tg_buf_puts(&b, "]}\n");
+    struct evbuffer *out = evbuffer_new();
+    if (out && b.b_len)
+        evbuffer_add(out, b.b_data, b.b_len);
+    quiet_close(rq);
+    add_header(rq->rq_hr, "Content-Type", "application/json");
+    add_header(rq->rq_hr, "x-request-id", rq->rq_id);
+    rq->rq_status = 200;
+    evhttp_send_reply(rq->rq_hr, 200, "OK", out);
+    if (out)
+        evbuffer_free(out);
+    tg_buf_free(&b);
+    req_free(rq); /* listing models is not metered: no receipt */
+}
+
+static void plain(struct evhttp_request *hr, int status, const char *text)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (out)
+        evbuffer_add(out, text, strlen(text));
+    add_header(hr, "Content-Type", "text/plain");
+    evhttp_send_reply(hr, status, NULL, out);
+    if (out)
+        evbuffer_free(out);
+}
+
+void tg_req_handle(struct evhttp_request *hr, void *arg)
+{
+    worker_t *w = arg;
+    const char *uri = evhttp_request_get_uri(hr);
+    size_t plen = strcspn(uri, "?");
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(hr);
+    tg_cfg_t *cfg = tg_worker_cfg(w);
+#define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
+    if (PATH_IS("/healthz")) {
+        plain(hr, 200, "ok\n");
+        return;
+    }
+    if (PATH_IS("/readyz")) {
+        plain(hr, cfg ? 200 : 503, cfg ? "ready\n" : "no configuration snapshot yet\n");
+        return;
+    }
+    int chat = PATH_IS("/v1/chat/completions");
+    int models = PATH_IS("/v1/models");
+#undef PATH_IS
+    char id[48];
+    snprintf(id, sizeof id, "req_%016llx%02x%08llx", (unsigned long long)w->w_agent->a_id_base, w->w_idx & 0xff,
+             (unsigned long long)++w->w_seq);
+    if (!chat && !models) {
+        send_error(hr, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
+        return;
+    }
+    if ((chat && cmd != EVHTTP_REQ_POST) || (models && cmd != EVHTTP_REQ_GET)) {
+        send_error(hr, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
+                   chat ? "POST" : "GET", (int)plen, uri);
+        return;
+    }
+    if (!cfg) {
+        send_error(hr, id, 503, "server_error", "not_ready", "The gateway has no configuration yet.");
+        return;
+    }
+    tg_pool_t *pool = tg_pool_create(0);
+    req_t *rq = pool ? tg_pool_calloc(pool, sizeof *rq) : NULL;
+    if (!rq) {
+        tg_pool_destroy(pool);
+        send_error(hr, id, 500, "server_error", NULL, "out of memory");
+        return;
+    }
+    rq->rq_pool = pool;
+    rq->rq_w = w;
+    rq->rq_hr = hr;
+    rq->rq_conn = evhttp_request_get_connection(hr);
+    rq->rq_t0_us = now_us();
+    rq->rq_endpoint = chat ? "/v1/chat/completions" : "/v1/models";
+    memcpy(rq->rq_id, id, sizeof id);
+    tg_cfg_ref(cfg);
+    rq->rq_cfg = cfg;
+    link_req(rq);
+    struct evkeyvalq *in = evhttp_request_get_input_headers(hr);
+    const char *run = evhttp_find_header(in, "X-Tollgate-Run");
+    const char *ua = evhttp_find_header(in, "User-Agent");
+    rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
+    rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
+    client_ip(rq, in);
+    if (chat)
+        handle_chat(rq, in);
+    else
+        handle_models(rq, in);
+}

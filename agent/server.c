@@ -1,0 +1,503 @@
+/* server.c: the agent's threads and event loops. Each worker owns a
+ * libevent loop, an evhttp server on its own SO_REUSEPORT listener and a
+ * libcurl multi handle driven by the same loop through the multi_socket
+ * API (curl tells us which fds and timeouts to watch; the loop calls
+ * curl_multi_socket_action when they fire). A request is handled start to
+ * end on the worker that accepted it (request.c); nothing here blocks.
+ *
+ * Why evhttp for the front: it gave a working keep-alive, chunked-reply
+ * server fastest. DESIGN.md measured its own cost at ~20 us per request;
+ * the plan is to replace it with a bufferevent front and a small parser
+ * once the whole path works end to end (see README.md, "Next"). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/server_int.h"
+#include "base/tg_log.h"
+#include "crypto/tg_crypto.h"
+
+/* ---- curl multi_socket glue ----------------------------------------------- */
+
+typedef struct sockev {
+    struct event *se_ev;
+    worker_t *se_w;
+} sockev_t;
+
+static void check_done(worker_t *w)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(w->w_multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        req_t *rq = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&rq);
+        tg_req_upstream_done(rq, m->data.result);
+    }
+}
+
+static void on_sock(evutil_socket_t fd, short what, void *arg)
+{
+    worker_t *w = arg;
+    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(w->w_multi, fd, flags, &running);
+    check_done(w);
+}
+
+static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    int running;
+    curl_multi_socket_action(w->w_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(w);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
+{
+    (void)e;
+    worker_t *w = userp;
+    sockev_t *se = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (se) {
+            event_free(se->se_ev);
+            tg_free(se);
+            curl_multi_assign(w->w_multi, s, NULL);
+        }
+        return 0;
+    }
+    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    if (!se) {
+        se = tg_calloc(1, sizeof *se);
+        if (!se)
+            return -1;
+        se->se_w = w;
+        curl_multi_assign(w->w_multi, s, se);
+    } else {
+        event_free(se->se_ev);
+    }
+    se->se_ev = event_new(w->w_base, s, kind, on_sock, w);
+    if (!se->se_ev)
+        return -1;
+    event_add(se->se_ev, NULL);
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    worker_t *w = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(w->w_curl_timer);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(w->w_curl_timer, &tv);
+    return 0;
+}
+
+/* ---- workers -------------------------------------------------------------- */
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    event_base_loopexit(w->w_base, NULL);
+}
+
+static int listen_socket(const char *host, int port, char *err, size_t errlen)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "--host %s: not an IPv4 address", host);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        close(fd);
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "listen on %s:%d: %s", host, port, strerror(e));
+    }
+    return fd;
+}
+
+static void worker_free(worker_t *w)
+{
+    tg_req_abort_all(w);
+    if (w->w_http)
+        evhttp_free(w->w_http);
+    if (w->w_multi)
+        curl_multi_cleanup(w->w_multi);
+    if (w->w_curl_timer)
+        event_free(w->w_curl_timer);
+    if (w->w_stop_ev)
+        event_free(w->w_stop_ev);
+    if (w->w_base)
+        event_base_free(w->w_base);
+    tg_cfg_unref(w->w_cfg);
+    w->w_cfg = NULL;
+}
+
+static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, size_t errlen)
+{
+    w->w_agent = a;
+    w->w_idx = idx;
+    w->w_rng = ((uint64_t)time(NULL) << 16) ^ (uint64_t)(idx + 1) * 0x9e3779b97f4a7c15ull;
+    if (!(w->w_base = event_base_new()) || !(w->w_http = evhttp_new(w->w_base)) ||
+        !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
+        !(w->w_stop_ev = event_new(w->w_base, a->a_stop_pipe[0], EV_READ | EV_PERSIST, on_stop, w))) {
+        close(fd);
+        return tg_errf(err, errlen, TG_AGENT_ENOMEM, "worker %d: out of memory", idx);
+    }
+    event_add(w->w_stop_ev, NULL);
+    evhttp_set_max_body_size(w->w_http, (ev_ssize_t)a->a_opts.ao_max_body);
+    evhttp_set_max_headers_size(w->w_http, 64 * 1024);
+    evhttp_set_allowed_methods(w->w_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
+                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH);
+    evhttp_set_timeout(w->w_http, 120);
+    evhttp_set_gencb(w->w_http, tg_req_handle, w);
+    if (evhttp_accept_socket(w->w_http, fd) != 0) {
+        close(fd);
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "worker %d: evhttp_accept_socket failed", idx);
+    }
+    curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(w->w_multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(w->w_multi, CURLMOPT_TIMERDATA, w);
+    /* Connection reuse: keep enough idle upstream connections for a busy
+     * channel; HTTP/2 upstreams multiplex on one. */
+    curl_multi_setopt(w->w_multi, CURLMOPT_MAXCONNECTS, 256L);
+    curl_multi_setopt(w->w_multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    event_base_dispatch(w->w_base);
+    return NULL;
+}
+
+/* ---- configuration swap ---------------------------------------------------- */
+
+/* The worker's view of the current configuration. It holds one reference
+ * and checks a generation counter per request; only when it changed does
+ * it take the agent's mutex (once per swap per worker), so the request
+ * path never waits on configuration in steady state. */
+tg_cfg_t *tg_worker_cfg(worker_t *w)
+{
+    tg_agent_t *a = w->w_agent;
+    long gen = atomic_load_explicit(&a->a_cfg_gen, memory_order_acquire);
+    if (gen != w->w_cfg_gen) {
+        pthread_mutex_lock(&a->a_cfg_mu);
+        tg_cfg_t *c = a->a_cfg;
+        if (c)
+            tg_cfg_ref(c);
+        gen = atomic_load_explicit(&a->a_cfg_gen, memory_order_relaxed);
+        pthread_mutex_unlock(&a->a_cfg_mu);
+        tg_cfg_unref(w->w_cfg);
+        w->w_cfg = c;
+        w->w_cfg_gen = gen;
+    }
+    return w->w_cfg;
+}
+
+static int write_file_atomic(const char *dir, const char *name, const void *data, size_t len, char *err,
+                             size_t errlen)
+{
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "%s: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, p + off, len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return tg_errf(err, errlen, TG_AGENT_ESYS, "%s: %s", tmp, strerror(e));
+        }
+        off += (size_t)n;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "%s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+    tg_buf_t b;
+    tg_buf_init(&b, (size_t)1 << 30);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "%s: %s", path, strerror(errno));
+    char chunk[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (tg_buf_append(&b, chunk, n)) {
+            rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "%s: too large or out of memory", path);
+            break;
+        }
+    }
+    if (!rc && ferror(f))
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "%s: read error", path);
+    fclose(f);
+    if (rc) {
+        tg_buf_free(&b);
+        return rc;
+    }
+    *out = tg_buf_steal(&b, len);
+    if (!*out) {
+        *out = tg_strdup("");
+        *len = 0;
+    }
+    return *out ? 0 : TG_AGENT_ENOMEM;
+}
+
+int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err, size_t errlen)
+{
+    tg_cfg_t *c = NULL;
+    int rc = tg_cfg_load(data, len, &c, err, errlen);
+    if (rc)
+        return rc;
+    /* Keep the packed form in the data dir so a restart serves without the
+     * control plane (static stability). */
+    if (a->a_opts.ao_data_dir) {
+        const tg_snap_t *s = tg_cfg_snapshot(c);
+        size_t n = tollgate__v1__snapshot__get_packed_size(s);
+        uint8_t *buf = tg_malloc(n ? n : 1);
+        if (!buf) {
+            tg_cfg_unref(c);
+            return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory packing the snapshot");
+        }
+        tollgate__v1__snapshot__pack(s, buf);
+        rc = write_file_atomic(a->a_opts.ao_data_dir, "snapshot.pb", buf, n, err, errlen);
+        tg_free(buf);
+        if (rc) {
+            tg_cfg_unref(c);
+            return rc;
+        }
+    }
+    pthread_mutex_lock(&a->a_cfg_mu);
+    tg_cfg_t *old = a->a_cfg;
+    a->a_cfg = c;
+    atomic_fetch_add_explicit(&a->a_cfg_gen, 1, memory_order_release);
+    pthread_mutex_unlock(&a->a_cfg_mu);
+    tg_cfg_unref(old);
+    TG_LOG(TG_LOG_INFO, "agent", "configuration revision %lld installed (%zu keys, %zu routes, %zu channels)",
+           (long long)tg_cfg_snapshot(c)->revision, tg_cfg_snapshot(c)->n_keys, tg_cfg_snapshot(c)->n_routes,
+           tg_cfg_snapshot(c)->n_channels);
+    return 0;
+}
+
+/* ---- the agent -------------------------------------------------------------- */
+
+void tg_agent_opts_default(tg_agent_opts_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->ao_host = "127.0.0.1";
+    o->ao_port = 8080;
+    o->ao_threads = 1;
+    o->ao_max_body = 16u << 20;
+    o->ao_region = "";
+}
+
+int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_t errlen)
+{
+    int rc = 0;
+    char *data = NULL;
+    size_t len = 0;
+    *out = NULL;
+    if (o->ao_threads < 1 || o->ao_threads > 256)
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "--threads %d: want 1..256", o->ao_threads);
+    tg_agent_t *a = tg_calloc(1, sizeof *a);
+    if (!a)
+        return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
+    a->a_opts = *o;
+    a->a_stop_pipe[0] = a->a_stop_pipe[1] = -1;
+    pthread_mutex_init(&a->a_cfg_mu, NULL);
+    pthread_mutex_init(&a->a_brk_mu, NULL);
+    atomic_init(&a->a_cfg_gen, 0);
+    if (tg_crypto_random(&a->a_id_base, sizeof a->a_id_base) != 0)
+        a->a_id_base = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "curl_global_init failed");
+        goto fail;
+    }
+    a->a_curl_inited = 1;
+    if (o->ao_data_dir && mkdir(o->ao_data_dir, 0700) != 0 && errno != EEXIST) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: %s", o->ao_data_dir, strerror(errno));
+        goto fail;
+    }
+    if (o->ao_snapshot) {
+        if ((rc = read_file(o->ao_snapshot, &data, &len, err, errlen)) != 0)
+            goto fail;
+    } else if (o->ao_data_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/snapshot.pb", o->ao_data_dir);
+        if (access(path, R_OK) == 0 && (rc = read_file(path, &data, &len, err, errlen)) != 0)
+            goto fail;
+    }
+    if (data && (rc = tg_agent_set_snapshot(a, data, len, err, errlen)) != 0)
+        goto fail;
+    if (!data)
+        TG_LOG(TG_LOG_WARN, "agent", "no snapshot yet: /readyz answers 503 and API requests 503");
+    if (pipe2(a->a_stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    a->a_workers = tg_calloc((size_t)o->ao_threads, sizeof *a->a_workers);
+    if (!a->a_workers) {
+        rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
+        goto fail;
+    }
+    a->a_nworkers = o->ao_threads;
+    a->a_port = o->ao_port;
+    for (int i = 0; i < o->ao_threads; i++) {
+        int fd = listen_socket(o->ao_host, a->a_port, err, errlen);
+        if (fd < 0) {
+            rc = fd;
+            goto fail;
+        }
+        if (a->a_port == 0) {
+            struct sockaddr_in sa;
+            socklen_t sl = sizeof sa;
+            getsockname(fd, (struct sockaddr *)&sa, &sl);
+            a->a_port = ntohs(sa.sin_port);
+        }
+        if ((rc = worker_init(a, &a->a_workers[i], i, fd, err, errlen)) != 0)
+            goto fail;
+    }
+    tg_free(data);
+    *out = a;
+    return 0;
+fail:
+    tg_free(data);
+    tg_agent_destroy(a);
+    return rc;
+}
+
+int tg_agent_port(const tg_agent_t *a)
+{
+    return a->a_port;
+}
+
+int tg_agent_run(tg_agent_t *a, char *err, size_t errlen)
+{
+    int started = 0, rc = 0;
+    for (int i = 1; i < a->a_nworkers; i++) {
+        if (pthread_create(&a->a_workers[i].w_thread, NULL, worker_main, &a->a_workers[i]) != 0) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "pthread_create failed");
+            tg_agent_stop(a);
+            break;
+        }
+        started = i;
+    }
+    if (rc == 0)
+        worker_main(&a->a_workers[0]);
+    for (int i = 1; i <= started; i++)
+        pthread_join(a->a_workers[i].w_thread, NULL);
+    return rc;
+}
+
+void tg_agent_stop(tg_agent_t *a)
+{
+    if (a && a->a_stop_pipe[1] >= 0) {
+        ssize_t n = write(a->a_stop_pipe[1], "x", 1);
+        (void)n;
+    }
+}
+
+void tg_agent_destroy(tg_agent_t *a)
+{
+    if (!a)
+        return;
+    for (int i = 0; i < a->a_nworkers; i++)
+        worker_free(&a->a_workers[i]);
+    tg_free(a->a_workers);
+    for (size_t i = 0; i < a->a_nbrk; i++)
+        tg_free(a->a_brk[i].bk_id);
+    tg_free(a->a_brk);
+    if (a->a_stop_pipe[0] >= 0)
+        close(a->a_stop_pipe[0]);
+    if (a->a_stop_pipe[1] >= 0)
+        close(a->a_stop_pipe[1]);
+    tg_cfg_unref(a->a_cfg);
+    pthread_mutex_destroy(&a->a_cfg_mu);
+    pthread_mutex_destroy(&a->a_brk_mu);
+    if (a->a_curl_inited)
+        curl_global_cleanup();
+    tg_free(a);
+}
+
+/* ---- breakers ------------------------------------------------------------------ */
+
+/* Breakers outlive snapshots (a config push must not close an open
+ * breaker), so they live in the agent, keyed by channel id, shared by the
+ * workers behind one mutex held for a few instructions per attempt. */
+static tg_brk_t *brk_find(tg_agent_t *a, const char *id)
+{
+    for (size_t i = 0; i < a->a_nbrk; i++)
+        if (strcmp(a->a_brk[i].bk_id, id) == 0)
+            return &a->a_brk[i].bk_brk;
+    if (a->a_nbrk == a->a_capbrk) {
+        size_t cap = a->a_capbrk ? a->a_capbrk * 2 : 16;
+        brk_slot_t *n = tg_realloc(a->a_brk, cap * sizeof *n);
+        if (!n)
+            return NULL;
+        a->a_brk = n;
+        a->a_capbrk = cap;
+    }
+    char *dup = tg_strdup(id);
+    if (!dup)
+        return NULL;
+    brk_slot_t *s = &a->a_brk[a->a_nbrk++];
+    s->bk_id = dup;
+    tg_brk_init(&s->bk_brk);
+    return &s->bk_brk;
+}
+
+int tg_agent_brk_allow(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int64_t now_ms)
+{
+    pthread_mutex_lock(&a->a_brk_mu);
+    tg_brk_t *b = brk_find(a, chan);
+    int ok = b ? tg_brk_allow(b, c, now_ms) : 1;
+    pthread_mutex_unlock(&a->a_brk_mu);
+    return ok;
+}
+
+void tg_agent_brk_record(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int ok, int64_t now_ms)
+{
+    pthread_mutex_lock(&a->a_brk_mu);
+    tg_brk_t *b = brk_find(a, chan);
+    if (b)
+        tg_brk_record(b, c, ok, now_ms);
+    pthread_mutex_unlock(&a->a_brk_mu);
+}

@@ -1,0 +1,69 @@
+/* server_int.h: the structs shared by server.c (threads, loops, curl glue,
+ * configuration swap, breakers) and request.c (one client request from
+ * its first byte to its receipt). Internal to agent/. */
+#ifndef TG_AGENT_SERVER_INT_H
+#define TG_AGENT_SERVER_INT_H
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "agent/agent_int.h"
+
+typedef struct req req_t;
+typedef struct worker worker_t;
+
+struct worker {
+    tg_agent_t *w_agent;
+    int w_idx;
+    pthread_t w_thread;
+    struct event_base *w_base;
+    struct evhttp *w_http;
+    CURLM *w_multi;
+    struct event *w_curl_timer;
+    struct event *w_stop_ev;
+    tg_cfg_t *w_cfg;   /* this worker's reference to the current config */
+    long w_cfg_gen;    /* generation it was taken at */
+    uint64_t w_rng;    /* xorshift state for weighted picks */
+    uint64_t w_seq;    /* requests started here */
+    req_t *w_live;     /* requests in flight (doubly linked) */
+};
+
+typedef struct brk_slot {
+    char *bk_id;
+    tg_brk_t bk_brk;
+} brk_slot_t;
+
+struct tg_agent {
+    tg_agent_opts_t a_opts;
+    int a_port;
+    int a_nworkers;
+    worker_t *a_workers;
+    int a_stop_pipe[2];
+    int a_curl_inited;
+    uint64_t a_id_base;     /* random, makes request ids unique across restarts */
+    pthread_mutex_t a_cfg_mu;
+    tg_cfg_t *a_cfg;        /* current configuration (one reference) */
+    atomic_long a_cfg_gen;  /* bumped at every swap */
+    pthread_mutex_t a_brk_mu;
+    brk_slot_t *a_brk;
+    size_t a_nbrk, a_capbrk;
+};
+
+/* The worker's current configuration (NULL before any snapshot). */
+tg_cfg_t *tg_worker_cfg(worker_t *w);
+
+int tg_agent_brk_allow(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int64_t now_ms);
+void tg_agent_brk_record(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int ok, int64_t now_ms);
+
+/* request.c */
+void tg_req_handle(struct evhttp_request *hr, void *worker);
+void tg_req_upstream_done(req_t *rq, CURLcode res);
+/* Frees every request still in flight (shutdown): the loop is stopped. */
+void tg_req_abort_all(worker_t *w);
+
+#endif
