@@ -428,47 +428,71 @@ struct append_ctx {
     EVP_MD_CTX *md;
     unsigned char *scratch; /* encoding of a row whose id is already stored */
     size_t scratch_cap;
-    struct posting *post; /* n * TGL_IX_N entries */
-    size_t npost;
+    struct posting *post; /* TGL_IX_N partitions of n entries, one per index */
+    size_t npost[TGL_IX_N];
+    struct slot *tab; /* grouping table, tabn slots */
+    size_t tabn;
 };
 
-/* One index entry to write: row seq has value in index ix. */
+/* One index entry to write: row seq has this value (in the index whose
+ * partition of the postings array holds it). Chained per value. */
 struct posting {
     const char *value;
     uint64_t seq;
-    uint32_t bucket;
-    int ix;
+    uint32_t next; /* next posting with the same value, UINT32_MAX at the end */
 };
 
-static int posting_cmp(const void *pa, const void *pb)
+/* A value's chain in the grouping hash table. */
+struct slot {
+    const char *value; /* NULL: free */
+    uint32_t head, tail;
+};
+
+static uint32_t str_hash(const char *s)
 {
-    const struct posting *x = pa, *y = pb;
-    if (x->ix != y->ix)
-        return x->ix - y->ix;
-    if (x->bucket != y->bucket)
-        return x->bucket < y->bucket ? -1 : 1;
-    int c = strcmp(x->value, y->value);
-    if (c)
-        return c;
-    return x->seq < y->seq ? -1 : x->seq > y->seq;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 16777619u;
+    return h;
 }
 
-/* Writes a batch's postings, grouped by (index, bucket, value) into lists
- * of up to TGL_LIST_MAX seqs: one put per group instead of one per row. */
-static int put_postings(tg_ledger_t *l, MDB_txn *txn, struct posting *p, size_t n)
+/* Writes one index's postings (in seq order), grouped by value and bucket
+ * into lists of up to TGL_LIST_MAX seqs: one put per group instead of one
+ * per row. Grouping hashes rather than sorts (a sort cost more than the
+ * puts it saved). tab has tabn (a power of two > n) slots. */
+static int put_postings(tg_ledger_t *l, MDB_txn *txn, int ix, struct posting *p, size_t n,
+                        struct slot *tab, size_t tabn)
 {
     unsigned char key[TGL_IXKEY_MAX], list[TGL_LIST_MAX * 8];
-    qsort(p, n, sizeof(*p), posting_cmp);
-    for (size_t i = 0; i < n;) {
-        size_t j = i, cnt = 0;
-        while (j < n && cnt < TGL_LIST_MAX && p[j].ix == p[i].ix && p[j].bucket == p[i].bucket &&
-               strcmp(p[j].value, p[i].value) == 0)
-            tgl_put_u64(list + 8 * cnt++, p[j++].seq);
-        MDB_val k = {tgl_ix_key(key, p[i].bucket, p[i].value, p[i].seq), key}, v = {8 * cnt, list};
-        int rc = mdb_put(txn, l->ix[p[i].ix], &k, &v, 0);
-        if (rc)
-            return rc;
-        i = j;
+    memset(tab, 0, tabn * sizeof(*tab));
+    for (size_t i = 0; i < n; i++) {
+        size_t h = str_hash(p[i].value) & (tabn - 1);
+        while (tab[h].value && strcmp(tab[h].value, p[i].value) != 0)
+            h = (h + 1) & (tabn - 1);
+        p[i].next = UINT32_MAX;
+        if (!tab[h].value) {
+            tab[h].value = p[i].value;
+            tab[h].head = (uint32_t)i;
+        } else {
+            p[tab[h].tail].next = (uint32_t)i;
+        }
+        tab[h].tail = (uint32_t)i;
+    }
+    for (size_t h = 0; h < tabn; h++) {
+        uint32_t i = tab[h].value ? tab[h].head : UINT32_MAX;
+        while (i != UINT32_MAX) {
+            uint32_t b = (uint32_t)(p[i].seq >> l->bshift), first = i;
+            size_t cnt = 0;
+            while (i != UINT32_MAX && cnt < TGL_LIST_MAX && (p[i].seq >> l->bshift) == b) {
+                tgl_put_u64(list + 8 * cnt++, p[i].seq);
+                i = p[i].next;
+            }
+            MDB_val k = {tgl_ix_key(key, b, p[first].value, p[first].seq), key},
+                    v = {8 * cnt, list};
+            int rc = mdb_put(txn, l->ix[ix], &k, &v, 0);
+            if (rc)
+                return rc;
+        }
     }
     return 0;
 }
@@ -539,7 +563,7 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     uint32_t cur_b = 0;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     a->appended = 0;
-    a->npost = 0;
+    memset(a->npost, 0, sizeof(a->npost));
     if ((rc = tgl_meta_pos(txn, l->meta, "head", &seq, prev)) != 0 ||
         (rc = get_horizon(txn, l->meta, &horizon)) != 0)
         return rc;
@@ -579,8 +603,8 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             for (int ix = 0; ix < TGL_IX_N; ix++) {
                 const char *fv = tgl_row_field(r, ix);
                 if (*fv)
-                    a->post[a->npost++] =
-                        (struct posting){fv, seq, (uint32_t)(seq >> l->bshift), ix};
+                    a->post[(size_t)ix * a->n + a->npost[ix]++] =
+                        (struct posting){fv, seq, UINT32_MAX};
             }
             out.ar_seq = seq;
             a->appended++;
@@ -601,8 +625,10 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     }
     if (lo <= hi && (rc = widen_bucket(l, txn, cur_b, lo, hi)) != 0)
         return rc;
-    if ((rc = put_postings(l, txn, a->post, a->npost)) != 0)
-        return rc;
+    for (int ix = 0; ix < TGL_IX_N; ix++)
+        if ((rc = put_postings(l, txn, ix, a->post + (size_t)ix * a->n, a->npost[ix], a->tab,
+                               a->tabn)) != 0)
+            return rc;
     if (a->appended && (rc = put_pos(txn, l->meta, "head", seq, prev)) != 0)
         return rc;
     return 0;
@@ -611,7 +637,7 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
 int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
                      size_t *appended, char *err, size_t errlen)
 {
-    struct append_ctx a = {rows, n, res, 0, NULL, NULL, 0, NULL, 0};
+    struct append_ctx a = {.rows = rows, .n = n, .res = res};
     int ret;
     if (appended)
         *appended = 0;
@@ -620,10 +646,15 @@ int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_l
     for (size_t i = 0; i < n; i++)
         if ((ret = tgl_row_check(&rows[i], i, err, errlen)) != 0)
             return ret;
-    if (n > SIZE_MAX / (TGL_IX_N * sizeof(struct posting)))
-        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger %s: batch too large", l->path);
+    if (n > UINT32_MAX / 4)
+        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger %s: batch of %zu rows is too large",
+                       l->path, n);
+    for (a.tabn = 16; a.tabn <= n; a.tabn *= 2)
+        ;
+    a.tabn *= 2; /* load factor <= 1/2 */
     if ((a.md = EVP_MD_CTX_new()) == NULL ||
-        (a.post = tg_malloc(n * TGL_IX_N * sizeof(struct posting))) == NULL) {
+        (a.post = tg_malloc(n * TGL_IX_N * sizeof(struct posting))) == NULL ||
+        (a.tab = tg_malloc(a.tabn * sizeof(struct slot))) == NULL) {
         ret = tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: out of memory", l->path);
         goto out;
     }
@@ -633,6 +664,7 @@ int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_l
 out:
     EVP_MD_CTX_free(a.md);
     tg_free(a.post);
+    tg_free(a.tab);
     tg_free(a.scratch);
     return ret;
 }
