@@ -174,6 +174,9 @@ static void pump(tg_rpc_call_t *c)
         tg_free(q);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n].data.send_message.send_message = c->c_sending;
+        /* More is queued behind it: let the transport coalesce the writes.
+         * The last queued message goes without the hint, which flushes. */
+        if (c->c_qhead) ops[n].flags = GRPC_WRITE_BUFFER_HINT;
         n++;
         pthread_cond_broadcast(&c->c_cv); /* room in the queue */
     }
