@@ -1,8 +1,8 @@
 /* bpe.c: one encoding's rank table and the byte-pair merge.
  *
  * The table maps a token's bytes to its id (= its rank) with open addressing
- * on a 64-bit multiplicative hash; each slot keeps 32 bits of the hash so a
- * probe rarely touches the token bytes of a wrong key.
+ * on a 64-bit multiplicative hash (8-byte slots, see rank_slot_t). Two-byte tokens also sit in a direct
+ * 64K table, which starts every merge without hashing.
  *
  * The merge is tiktoken's: repeatedly join the adjacent pair whose joined
  * bytes have the lowest rank, the leftmost on ties, until no joined pair is
@@ -18,22 +18,28 @@
 #include "meter/tg_meter_int.h"
 
 #define NO_RANK UINT32_MAX
-#define SMALL_PIECE 64 /* pieces up to this many bytes use the quadratic scan */
+#define SMALL_PIECE 16 /* pieces up to this many bytes use the quadratic scan */
+#define STACK_PIECE 512 /* longer pieces up to this use stack scratch for the heap merge */
+
+static inline uint64_t mix(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 29);
+}
 
 static inline uint64_t hash_bytes(const uint8_t *p, size_t n)
 {
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull), w;
+    uint64_t h = n * 0x9E3779B97F4A7C15ull, w;
     while (n >= 8) {
         memcpy(&w, p, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
-        h ^= h >> 31;
+        h = mix((h ^ w) * 0xbf58476d1ce4e5b9ull);
         p += 8;
         n -= 8;
     }
     w = 0;
     memcpy(&w, p, n);
-    h = (h ^ w) * 0x94d049bb133111ebull;
-    return h ^ (h >> 29);
+    return mix((h ^ w) * 0x94d049bb133111ebull);
 }
 
 static inline uint32_t lookup(const bpe_enc_t *e, const uint8_t *p, size_t n)
@@ -41,12 +47,12 @@ static inline uint32_t lookup(const bpe_enc_t *e, const uint8_t *p, size_t n)
     if (n > e->be_maxlen)
         return NO_RANK;
     uint64_t h = hash_bytes(p, n);
-    uint32_t tag = (uint32_t)h, i = (uint32_t)(h >> 32) & e->be_mask;
+    uint32_t tag = (uint32_t)(h >> 32), i = (uint32_t)h & e->be_mask;
     for (;;) {
         const rank_slot_t *s = &e->be_slots[i];
         if (s->rs_id1 == 0)
             return NO_RANK;
-        if (s->rs_hash == tag) {
+        if (s->rs_tag == tag) {
             uint32_t id = s->rs_id1 - 1;
             if (e->be_off[id + 1] - e->be_off[id] == n &&
                 memcmp(e->be_blob + e->be_off[id], p, n) == 0)
@@ -106,13 +112,14 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
     e->be_id = id;
     for (size_t i = 0; i < len; i++)
         ntok += s[i] == '\n';
-    while (nslots < ntok * 2u)
+    while (nslots * 3 < ntok * 4u) /* load factor at most 3/4 */
         nslots <<= 1;
     /* base64 is 4/3 the size of the bytes, so len bounds the blob */
     e->be_blob = tg_malloc(len + 8);
     e->be_off = tg_malloc(((size_t)ntok + 1) * sizeof *e->be_off);
     e->be_slots = tg_calloc(nslots, sizeof *e->be_slots);
-    if (!e->be_blob || !e->be_off || !e->be_slots) {
+    e->be_pair = tg_malloc(65536 * sizeof *e->be_pair);
+    if (!e->be_blob || !e->be_off || !e->be_slots || !e->be_pair) {
         rc = tg_errf(err, errlen, TG_METER_ENOMEM, "out of memory loading %s",
                      tg_meter_encoding_name(id));
         goto fail;
@@ -120,6 +127,8 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
     e->be_mask = nslots - 1;
     for (int b = 0; b < 256; b++)
         e->be_byte[b] = NO_RANK;
+    for (int b = 0; b < 65536; b++)
+        e->be_pair[b] = NO_RANK;
 
     uint32_t off = 0;
     for (uint32_t rank = 0; rank < ntok; rank++) {
@@ -129,7 +138,7 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
         long n = sp && nl ? b64dec(s, (size_t)(sp - s), e->be_blob + off) : -1;
         for (const uint8_t *d = sp ? sp + 1 : nl; d && d < nl; d++)
             r = r * 10 + (uint32_t)(*d - '0');
-        if (n <= 0 || r != rank) {
+        if (n <= 0 || n > 255 || r != rank) {
             rc = tg_errf(err, errlen, TG_METER_EDATA,
                          "embedded %s ranks are corrupt near rank %u: rebuild after "
                          "meter/tools/fetch-ranks.sh",
@@ -141,6 +150,8 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
             e->be_maxlen = (uint32_t)n;
         if (n == 1)
             e->be_byte[e->be_blob[off]] = rank;
+        if (n == 2)
+            e->be_pair[e->be_blob[off] << 8 | e->be_blob[off + 1]] = rank;
         off += (uint32_t)n;
         s = nl + 1;
     }
@@ -157,10 +168,10 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
         const uint8_t *p = e->be_blob + e->be_off[t];
         size_t n = e->be_off[t + 1] - e->be_off[t];
         uint64_t h = hash_bytes(p, n);
-        uint32_t i = (uint32_t)(h >> 32) & e->be_mask;
+        uint32_t i = (uint32_t)h & e->be_mask;
         while (e->be_slots[i].rs_id1 != 0)
             i = (i + 1) & e->be_mask;
-        e->be_slots[i].rs_hash = (uint32_t)h;
+        e->be_slots[i].rs_tag = (uint32_t)(h >> 32);
         e->be_slots[i].rs_id1 = t + 1;
     }
     return 0;
@@ -177,6 +188,8 @@ void bpe_enc_free(bpe_enc_t *e)
     tg_free(e->be_blob);
     tg_free(e->be_off);
     tg_free(e->be_slots);
+    tg_free(e->be_pair);
+    e->be_pair = NULL;
     e->be_blob = NULL;
     e->be_off = NULL;
     e->be_slots = NULL;
@@ -193,7 +206,7 @@ static int merge_small(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_
 
     for (size_t i = 0; i + 1 < n; i++) {
         start[i] = (uint32_t)i;
-        rank[i] = lookup(e, p + i, 2);
+        rank[i] = e->be_pair[p[i] << 8 | p[i + 1]];
     }
     start[n - 1] = (uint32_t)(n - 1);
     rank[n - 1] = NO_RANK;
@@ -224,22 +237,35 @@ static int merge_small(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_
     return sink->bs_emit(sink, ids, np - 1);
 }
 
-typedef struct heap_ent {
-    uint32_t he_rank;
-    uint32_t he_pos; /* start byte of the left part */
-} heap_ent_t;
+/* Heap entries are (rank << 32 | start position): one integer compare
+ * orders by rank, then leftmost. A 4-ary heap: half the depth of a binary
+ * one, and the four children share a cache line. */
+typedef uint64_t heap_ent_t;
+#define HE(rank, pos) ((uint64_t)(rank) << 32 | (pos))
 
-static inline int he_less(heap_ent_t a, heap_ent_t b)
+static inline void heap_down(heap_ent_t *h, size_t n, size_t i, heap_ent_t v)
 {
-    return a.he_rank < b.he_rank || (a.he_rank == b.he_rank && a.he_pos < b.he_pos);
+    for (;;) {
+        size_t c = 4 * i + 1, m = c;
+        if (c >= n)
+            break;
+        for (size_t k = c + 1; k < c + 4 && k < n; k++)
+            if (h[k] < h[m])
+                m = k;
+        if (h[m] >= v)
+            break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = v;
 }
 
-static void heap_push(heap_ent_t *h, size_t *n, heap_ent_t v)
+static inline void heap_push(heap_ent_t *h, size_t *n, heap_ent_t v)
 {
     size_t i = (*n)++;
     while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (!he_less(v, h[up]))
+        size_t up = (i - 1) / 4;
+        if (v >= h[up])
             break;
         h[i] = h[up];
         i = up;
@@ -247,23 +273,11 @@ static void heap_push(heap_ent_t *h, size_t *n, heap_ent_t v)
     h[i] = v;
 }
 
-static heap_ent_t heap_pop(heap_ent_t *h, size_t *n)
+static inline heap_ent_t heap_pop(heap_ent_t *h, size_t *n)
 {
-    heap_ent_t top = h[0], v = h[--*n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= *n)
-            break;
-        if (c + 1 < *n && he_less(h[c + 1], h[c]))
-            c++;
-        if (!he_less(h[c], v))
-            break;
-        h[i] = h[c];
-        i = c;
-    }
-    if (*n > 0)
-        h[i] = v;
+    heap_ent_t top = h[0];
+    if (--*n > 0)
+        heap_down(h, *n, 0, h[*n]);
     return top;
 }
 
@@ -271,9 +285,13 @@ static heap_ent_t heap_pop(heap_ent_t *h, size_t *n)
  * live ones; rk[x] is the current rank of joining part x with its next. */
 static int merge_large(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
 {
-    uint32_t *nxt = tg_malloc(n * sizeof *nxt), *prv = tg_malloc(n * sizeof *prv);
-    uint32_t *rk = tg_malloc(n * sizeof *rk);
-    heap_ent_t *h = tg_malloc(3 * n * sizeof *h);
+    uint32_t s_nxt[STACK_PIECE], s_prv[STACK_PIECE], s_rk[STACK_PIECE];
+    heap_ent_t s_h[3 * STACK_PIECE];
+    int big = n > STACK_PIECE;
+    uint32_t *nxt = big ? tg_malloc(n * sizeof *nxt) : s_nxt;
+    uint32_t *prv = big ? tg_malloc(n * sizeof *prv) : s_prv;
+    uint32_t *rk = big ? tg_malloc(n * sizeof *rk) : s_rk;
+    heap_ent_t *h = big ? tg_malloc(3 * n * sizeof *h) : s_h;
     uint32_t ids[256];
     size_t hn = 0, nid = 0;
     int rc = 0;
@@ -285,14 +303,17 @@ static int merge_large(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_
     for (size_t i = 0; i < n; i++) {
         nxt[i] = (uint32_t)(i + 1); /* n marks the end */
         prv[i] = (uint32_t)(i - 1); /* wraps for 0: never read */
-        rk[i] = i + 1 < n ? lookup(e, p + i, 2) : NO_RANK;
+        rk[i] = i + 1 < n ? e->be_pair[p[i] << 8 | p[i + 1]] : NO_RANK;
         if (rk[i] != NO_RANK)
-            heap_push(h, &hn, (heap_ent_t){rk[i], (uint32_t)i});
+            h[hn++] = HE(rk[i], i);
     }
+    for (size_t i = hn / 4 + 1; i-- > 0;) /* heapify in O(n) */
+        if (i < hn)
+            heap_down(h, hn, i, h[i]);
     while (hn > 0) {
         heap_ent_t t = heap_pop(h, &hn);
-        uint32_t x = t.he_pos;
-        if (rk[x] != t.he_rank)
+        uint32_t x = (uint32_t)t;
+        if (rk[x] != (uint32_t)(t >> 32))
             continue; /* stale: x was re-ranked or absorbed since */
         uint32_t y = nxt[x], z = nxt[y];
         nxt[x] = z;
@@ -302,12 +323,12 @@ static int merge_large(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_
         /* x now spans [x, z); re-rank x with z, and x's previous part with x */
         rk[x] = z < n ? lookup(e, p + x, nxt[z] - x) : NO_RANK;
         if (rk[x] != NO_RANK)
-            heap_push(h, &hn, (heap_ent_t){rk[x], x});
+            heap_push(h, &hn, HE(rk[x], x));
         if (x > 0) {
             uint32_t w = prv[x];
             rk[w] = lookup(e, p + w, z - w);
             if (rk[w] != NO_RANK)
-                heap_push(h, &hn, (heap_ent_t){rk[w], w});
+                heap_push(h, &hn, HE(rk[w], w));
         }
     }
     for (uint32_t x = 0; x < n; x = nxt[x]) {
@@ -321,10 +342,12 @@ static int merge_large(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_
     if (nid)
         rc = sink->bs_emit(sink, ids, nid);
 done:
-    tg_free(nxt);
-    tg_free(prv);
-    tg_free(rk);
-    tg_free(h);
+    if (big) {
+        tg_free(nxt);
+        tg_free(prv);
+        tg_free(rk);
+        tg_free(h);
+    }
     return rc;
 }
 

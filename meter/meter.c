@@ -1,6 +1,7 @@
 /* meter.c: the public tokenizer API of tg_meter.h: loading the embedded
  * encodings, UTF-8 repair, special tokens, the encode/count loop, and the
  * model-to-encoding map. */
+#include <pthread.h>
 #include <string.h>
 
 #include "base/tg_base.h"
@@ -11,7 +12,11 @@ extern const uint64_t tg_meter_data_cl100k_base_len;
 extern const char tg_meter_data_o200k_base[];
 extern const uint64_t tg_meter_data_o200k_base_len;
 
+/* Each encoding is loaded on first use (parsing ~2-4 MB of ranks takes tens
+ * of milliseconds; a tool that needs one should not pay for both). */
 struct tg_meter {
+    pthread_mutex_t m_lock;
+    int m_ready[TG_METER_NENCODINGS]; /* read with acquire, set with release */
     bpe_enc_t m_enc[TG_METER_NENCODINGS];
 };
 
@@ -85,25 +90,14 @@ tg_meter_t *tg_meter_create(char *err, size_t errlen)
     tg_meter_t *m = NULL;
 
     if (tg_meter_uc_init(err, errlen) != 0)
-        goto fail;
+        return NULL;
     m = tg_calloc(1, sizeof *m);
     if (!m) {
         tg_errf(err, errlen, TG_METER_ENOMEM, "out of memory creating the tokenizer");
-        goto fail;
+        return NULL;
     }
-    if (bpe_enc_load(&m->m_enc[0], TG_METER_CL100K_BASE, tg_meter_data_cl100k_base,
-                     tg_meter_data_cl100k_base_len, err, errlen) != 0 ||
-        bpe_enc_load(&m->m_enc[1], TG_METER_O200K_BASE, tg_meter_data_o200k_base,
-                     tg_meter_data_o200k_base_len, err, errlen) != 0)
-        goto fail;
-    m->m_enc[0].be_special = cl100k_special;
-    m->m_enc[0].be_nspecial = sizeof cl100k_special / sizeof cl100k_special[0];
-    m->m_enc[1].be_special = o200k_special;
-    m->m_enc[1].be_nspecial = sizeof o200k_special / sizeof o200k_special[0];
+    pthread_mutex_init(&m->m_lock, NULL);
     return m;
-fail:
-    tg_meter_destroy(m);
-    return NULL;
 }
 
 void tg_meter_destroy(tg_meter_t *m)
@@ -111,8 +105,42 @@ void tg_meter_destroy(tg_meter_t *m)
     if (!m)
         return;
     for (int i = 0; i < TG_METER_NENCODINGS; i++)
-        bpe_enc_free(&m->m_enc[i]);
+        if (m->m_ready[i])
+            bpe_enc_free(&m->m_enc[i]);
+    pthread_mutex_destroy(&m->m_lock);
     tg_free(m);
+}
+
+/* Sets *out to the encoding, loading it on first use. Returns 0,
+ * TG_METER_EENCODING, TG_METER_ENOMEM or TG_METER_EDATA. */
+static int get_enc(const tg_meter_t *cm, tg_meter_encoding_t enc, const bpe_enc_t **out,
+                   char *err, size_t errlen)
+{
+    tg_meter_t *m = (tg_meter_t *)cm; /* lazily filled; immutable once ready */
+    int rc = 0;
+    if ((unsigned)enc >= TG_METER_NENCODINGS)
+        return tg_errf(err, errlen, TG_METER_EENCODING, "unknown encoding %d", (int)enc);
+    if (__atomic_load_n(&m->m_ready[enc], __ATOMIC_ACQUIRE)) {
+        *out = &m->m_enc[enc];
+        return 0;
+    }
+    pthread_mutex_lock(&m->m_lock);
+    if (!m->m_ready[enc]) {
+        const char *text = enc == TG_METER_CL100K_BASE ? tg_meter_data_cl100k_base
+                                                       : tg_meter_data_o200k_base;
+        size_t len = enc == TG_METER_CL100K_BASE ? tg_meter_data_cl100k_base_len
+                                                 : tg_meter_data_o200k_base_len;
+        if ((rc = bpe_enc_load(&m->m_enc[enc], enc, text, len, err, errlen)) == 0) {
+            m->m_enc[enc].be_special = enc == TG_METER_CL100K_BASE ? cl100k_special : o200k_special;
+            m->m_enc[enc].be_nspecial = enc == TG_METER_CL100K_BASE
+                                            ? sizeof cl100k_special / sizeof cl100k_special[0]
+                                            : sizeof o200k_special / sizeof o200k_special[0];
+            __atomic_store_n(&m->m_ready[enc], 1, __ATOMIC_RELEASE);
+        }
+    }
+    *out = &m->m_enc[enc];
+    pthread_mutex_unlock(&m->m_lock);
+    return rc;
 }
 
 void tg_meter_ids_free(tg_meter_ids_t *ids)
@@ -126,9 +154,9 @@ void tg_meter_ids_free(tg_meter_ids_t *ids)
 const char *tg_meter_token_bytes(const tg_meter_t *m, tg_meter_encoding_t enc, uint32_t id,
                                  size_t *len)
 {
-    if ((unsigned)enc >= TG_METER_NENCODINGS)
+    const bpe_enc_t *e;
+    if (get_enc(m, enc, &e, NULL, 0) != 0)
         return NULL;
-    const bpe_enc_t *e = &m->m_enc[enc];
     if (id < e->be_ntok) {
         *len = e->be_off[id + 1] - e->be_off[id];
         return (const char *)e->be_blob + e->be_off[id];
@@ -305,13 +333,13 @@ static int encode_any(const tg_meter_t *m, tg_meter_encoding_t enc, const char *
     const special_tok_t *st;
     int rc = 0;
 
-    if ((unsigned)enc >= TG_METER_NENCODINGS)
-        return tg_errf(err, errlen, TG_METER_EENCODING, "unknown encoding %d", (int)enc);
     if (len > TG_METER_MAX_INPUT)
         return tg_errf(err, errlen, TG_METER_ETOOBIG,
                        "input of %zu bytes is larger than the %zu-byte limit", len,
                        TG_METER_MAX_INPUT);
-    const bpe_enc_t *e = &m->m_enc[enc];
+    const bpe_enc_t *e;
+    if ((rc = get_enc(m, enc, &e, err, errlen)) != 0)
+        return rc;
     if (utf8_repair((const uint8_t *)text, len, &s, &n, &copy) != 0) {
         rc = tg_errf(err, errlen, TG_METER_ENOMEM, "out of memory repairing UTF-8");
         goto done;

@@ -65,7 +65,9 @@ const char *tg_meter_encoding_name(tg_meter_encoding_t enc);
 
 typedef struct tg_meter tg_meter_t;
 
-/* Loads both encodings from the embedded data (about 30 ms, ~30 MB).
+/* Creates a tokenizer; each encoding is loaded from the embedded data on
+ * first use (tens of milliseconds, 10-20 MB each; a failed load is reported
+ * by the call that needed it and retried by the next).
  * Returns NULL on failure (TG_METER_ENOMEM, TG_METER_EDATA in err).
  * Free with tg_meter_destroy(). */
 tg_meter_t *tg_meter_create(char *err, size_t errlen);
