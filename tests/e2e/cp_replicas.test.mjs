@@ -1,0 +1,121 @@
+// Two control-plane replicas on one real etcd: one wins the leader lease and
+// settles; the other answers ReportUsage with UNAVAILABLE naming the leader,
+// serves Sync, and tails the settled log into its own ledger. When the leader
+// is killed (SIGKILL: no lease revoke), the other takes over within seconds,
+// answers resends of batches the old leader settled from their markers, and
+// settles new ones; its ledger holds every row.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { until } from './lib/proc.mjs';
+import { FakeAgent, balance, costOf, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
+
+const procs = [];
+after(async () => {
+  for (const p of procs.reverse()) await p.stop('SIGKILL');
+});
+
+async function role(cp) {
+  const a = new FakeAgent(cp, 'probe');
+  await a.enroll();
+  try {
+    await a.report(a.signed([]));
+    return { leader: true };
+  } catch (e) {
+    const m = /not the settling leader; leader is (\S+)/.exec(e.details || '');
+    if (!m) throw e;
+    return { leader: false, names: m[1] };
+  }
+}
+
+async function ledgerIds(cp, account) {
+  const ids = new Set();
+  let token = '';
+  for (let i = 0; i < 50; i++) {
+    const p = await cp.adminCall('QueryLedger', { account_id: account, page_size: 1000, page_token: token });
+    for (const e of p.entries) ids.add(e.entry_id);
+    token = p.next_page_token;
+    if (!token) break;
+  }
+  return ids;
+}
+
+test('two replicas: one settles, the other serves Sync and takes over when the leader dies', async () => {
+  const etcd = await startEtcd();
+  procs.push(etcd.proc);
+  const store = `etcd:${etcd.url}`;
+  const cpA = await startCp({ store, nodeId: 'cp-a' });
+  procs.push(cpA);
+  await until(async () => (await role(cpA)).leader, { timeoutMs: 10000, what: 'cp-a to lead' });
+  const cpB = await startCp({ store, nodeId: 'cp-b' });
+  procs.push(cpB);
+  const rb = await role(cpB);
+  assert.equal(rb.leader, false);
+  assert.equal(rb.names, 'cp-a', 'the follower names the leader');
+
+  const ids = await seed(cpA);
+  // the follower serves Sync from the same store
+  const agent = new FakeAgent(cpB);
+  await agent.enroll();
+  const s = agent.sync();
+  await until(() => s.messages.length >= 1, { timeoutMs: 5000, what: 'a snapshot from the follower' });
+  assert.ok(s.messages[0].m.snapshot.accounts.some((x) => x.id === ids.account));
+  s.stream.cancel();
+
+  // settle through the leader; the follower refuses and changes nothing
+  agent.cp = cpA;
+  const before = await balance(cpA, ids.account);
+  let want = 0n;
+  const all = [];
+  const sent = [];
+  for (let b = 0; b < 5; b++) {
+    const recs = [];
+    for (let i = 0; i < 40; i++) {
+      const r = agent.record(ids, { tokens: { input_tokens: 500 + b * 40 + i, output_tokens: i } });
+      want += costOf(r.usage);
+      recs.push(r);
+      all.push(r.record_id);
+    }
+    const req = agent.signed(recs);
+    await assert.rejects(agent.report(req, cpB), (e) => /not the settling leader; leader is cp-a/.test(e.details));
+    const r = await agent.report(req, cpA);
+    assert.equal(r.settled, 40);
+    sent.push(req);
+  }
+  assert.equal(await balance(cpB, ids.account), before - want);
+  // the follower's ledger caught up by tailing the settled log
+  await until(async () => {
+    const have = await ledgerIds(cpB, ids.account);
+    return all.every((id) => have.has(id));
+  }, { timeoutMs: 10000, what: 'the follower ledger to hold every row' });
+
+  // kill the leader without revoking its lease
+  const t0 = Date.now();
+  await cpA.proc.stop('SIGKILL');
+  await until(async () => (await role(cpB)).leader, { timeoutMs: 15000, intervalMs: 100, what: 'cp-b to take over' });
+  const takeover = Date.now() - t0;
+  assert.ok(takeover < 8000, `takeover took ${takeover} ms`);
+
+  // resends of the old leader's batches: answered from the markers
+  for (const req of sent) {
+    const r = await agent.report(req, cpB);
+    assert.equal(r.duplicate_batch, true);
+  }
+  // and new settlement on the new leader
+  const more = [];
+  for (let i = 0; i < 30; i++) {
+    const r = agent.record(ids, { tokens: { input_tokens: 9000 + i, output_tokens: 5 } });
+    want += costOf(r.usage);
+    more.push(r);
+    all.push(r.record_id);
+  }
+  const r = await agent.report(agent.signed(more), cpB);
+  assert.equal(r.settled, 30);
+  assert.equal(await balance(cpB, ids.account), before - want);
+  const have = await ledgerIds(cpB, ids.account);
+  assert.ok(all.every((id) => have.has(id)), 'the new leader ledger holds every usage row');
+  const page = await cpB.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+  const usage = page.entries.filter((e) => e.kind === 'LEDGER_KIND_USAGE' && e.batch_agent_id === agent.id);
+  assert.equal(usage.length, all.length, 'each row once');
+  assert.equal(usage.reduce((sum, e) => sum - BigInt(e.amount_nano), 0n), want);
+  console.log(`takeover after SIGKILL of the leader: ${takeover} ms`);
+});
