@@ -1,0 +1,172 @@
+/* cp.h: the control plane's internal contract, shared by its two halves.
+ *
+ *   admin side  (main.c, admin*.c, auth.c, audit.c, http.c):  the daemon,
+ *               AdminService, admin-token auth, the audit log, /metrics.
+ *   agent side  (agentsvc.c, sync.c, settle.c, leader.c, tail.c):
+ *               AgentService (Enroll, Sync, ReportUsage, Lease), exactly-once
+ *               settlement, the settled-log tailer into the LMDB ledger,
+ *               leader election, checkpoints.
+ *
+ * Everything the control plane knows lives in the store (store/store.h) under
+ * the key schema below, as packed tollgate.v1 protobuf values, except the
+ * ledger's bulk, which each replica keeps in its own LMDB ledger
+ * (store/ledger/ledger.h) fed from the store's settled log. So any replica can
+ * serve Sync and reads, and the one elected leader settles.
+ *
+ * Money moves in exactly one way: a store transaction that (1) checks the
+ * dedup marker is absent and the touched balances are unchanged since read
+ * (mod_revision compares), (2) writes the new balances, the dedup marker and
+ * one SettledBatch value under TG_CP_K_SETTLED. Usage batches and operator
+ * top-ups/adjustments both take this path (settle.c), so a ledger row exists
+ * for every balance movement and the sum of a key's rows equals its balance
+ * movements to the nano-unit. The leader appends what it committed to its
+ * own ledger at once; every replica's tailer (tail.c) appends the settled log
+ * in revision order; the ledger is idempotent by record id, so both paths and
+ * any replay are harmless.
+ */
+#ifndef TG_CP_H
+#define TG_CP_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "crypto/tg_crypto.h"
+#include "rpc/tg_rpc.h"
+#include "store/ledger/ledger.h"
+#include "store/store.h"
+
+/* ---- store key schema ----------------------------------------------------
+ * ids are tg_crypto_new_id() strings; <seq> and <version> are 20-digit
+ * zero-padded decimals so keys sort numerically. Values are packed protobuf
+ * of the type named. */
+#define TG_CP_K_ROOT "tg/"
+#define TG_CP_K_CONFIG "tg/config/"                 /* everything pushed to agents */
+#define TG_CP_K_ACCOUNT "tg/config/account/"        /* <id> -> Account */
+#define TG_CP_K_PROJECT "tg/config/project/"        /* <id> -> Project */
+#define TG_CP_K_KEY "tg/config/key/"                /* <id> -> ApiKey */
+#define TG_CP_K_CHANNEL "tg/config/channel/"        /* <id> -> Channel (with credential) */
+#define TG_CP_K_ROUTE "tg/config/route/"            /* <model> -> ModelRoute */
+#define TG_CP_K_PRICE "tg/config/price/"            /* <card id>/<version> -> PriceCard */
+#define TG_CP_K_RUN "tg/config/run/"                /* <run id> -> RunBudget */
+#define TG_CP_K_POLICY "tg/config/policy"           /* -> GatewayPolicy */
+#define TG_CP_K_BALANCE "tg/config/balance/"        /* <account id>/<bucket> -> Balance */
+#define TG_CP_K_NAME "tg/index/name/"               /* <type>/<name> -> id (uniqueness) */
+#define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
+#define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
+#define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
+#define TG_CP_K_IDEM "tg/settle/idem/"              /* <account id>/<idempotency key> -> BalanceChangeResponse */
+#define TG_CP_K_SETTLED "tg/settle/log/"            /* <seq> -> SettledBatch (internal, see settle.c) */
+#define TG_CP_K_SETTLED_SEQ "tg/settle/seq"         /* last <seq> used in TG_CP_K_SETTLED */
+#define TG_CP_K_AUDIT "tg/audit/"                   /* <seq> -> AuditEvent */
+#define TG_CP_K_AUDIT_SEQ "tg/audit-seq"            /* last audit <seq> */
+#define TG_CP_K_LEADER "tg/leader"                  /* node id, attached to the leader's lease */
+#define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
+
+/* Admin token roles. */
+enum tg_cp_role { TG_CP_ROLE_READER = 1, TG_CP_ROLE_PRICING = 2, TG_CP_ROLE_ADMIN = 3 };
+
+typedef struct tg_cp_admin_token {
+    char at_name[64];        /* shown in the audit log */
+    int at_role;             /* enum tg_cp_role */
+    uint8_t at_sha256[32];   /* SHA-256 of the bearer token */
+} tg_cp_admin_token_t;
+
+/* Fault injection for exactly-once tests: the process _exit(99)s at the
+ * named point when TG_CP_CRASH_AT equals it ("after_commit": the settlement
+ * transaction committed, nothing acknowledged yet). */
+#define TG_CP_CRASH_AFTER_COMMIT "after_commit"
+
+typedef struct tg_cp {
+    /* configuration (main.c) */
+    const char *cp_node_id;         /* this replica's name: --node-id, default host:pid */
+    const char *cp_data_dir;        /* ledger, signing key, lmdb store by default */
+    const char *cp_store_spec;      /* "lmdb:PATH" or "etcd:URL,URL" */
+    const char *cp_enroll_token;    /* agents present it to Enroll */
+    const char *cp_crash_at;        /* TG_CP_CRASH_AT, or NULL */
+    tg_cp_admin_token_t *cp_tokens; /* from --admin-tokens FILE */
+    size_t cp_ntokens;
+    int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
+    int cp_settled_retention_s;     /* settled-log retention in the store, default 3600 */
+    /* resources */
+    tg_store_t *cp_store;
+    tg_ledger_t *cp_ledger;
+    tg_crypto_key_t *cp_key;        /* this replica's Ed25519 key: signs checkpoints */
+    tg_rpc_server_t *cp_rpc;
+    /* state */
+    atomic_int cp_is_leader;        /* 1 while this replica holds the leader lease */
+    atomic_int cp_stopping;
+    struct tg_cp_agent_side *cp_agent; /* owned by the agent side */
+    /* metrics (Prometheus counters, see http.c) */
+    atomic_llong cp_m_batches;      /* batches settled */
+    atomic_llong cp_m_records;      /* records settled */
+    atomic_llong cp_m_dup_batches;  /* resent batches answered from the marker */
+    atomic_llong cp_m_mismatches;   /* records whose cost was recomputed differently */
+    atomic_llong cp_m_sync_streams; /* open Sync streams */
+    atomic_llong cp_m_admin_calls;
+} tg_cp_t;
+
+/* ---- agent side: implemented in agentsvc.c, settle.c, leader.c ----------- */
+
+/* Registers AgentService's methods on cp->cp_rpc (before it starts).
+ * Returns 0 or a TG_RPC_E* code with err set. */
+int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen);
+
+/* Starts the agent side's threads: the config watch that feeds Sync streams,
+ * leader election, the settled-log tailer, retention. Returns 0 or a negative
+ * code with err set. */
+int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen);
+
+/* Stops those threads, finishes open Sync streams (UNAVAILABLE, "control
+ * plane shutting down"), releases the leader lease. Idempotent. */
+void tg_cp_agent_side_stop(tg_cp_t *cp);
+
+/* A top-up or adjustment through the settlement path: validates, applies
+ * once per (account, idempotency key), writes the ledger row and answers.
+ * kind is TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP or _ADJUSTMENT.
+ * On success returns TG_RPC_CODE_OK with *resp packed into `reply`;
+ * otherwise a TG_RPC_CODE_* with the reason in err (INVALID_ARGUMENT naming
+ * the field, NOT_FOUND, FAILED_PRECONDITION for a prepaid bucket that would
+ * go below zero, UNAVAILABLE when this replica is not the leader). */
+struct Tollgate__V1__BalanceChangeRequest;
+struct Tollgate__V1__Actor;
+int tg_cp_balance_change(tg_cp_t *cp, const struct Tollgate__V1__BalanceChangeRequest *req, int kind,
+                         const struct Tollgate__V1__Actor *actor, tg_buf_t *reply, char *err,
+                         size_t errlen);
+
+/* The latest signed checkpoint of this replica's ledger head, packed
+ * LedgerCheckpoint appended to reply. Returns TG_RPC_CODE_OK or a code with
+ * err set. */
+int tg_cp_checkpoint(tg_cp_t *cp, tg_buf_t *reply, char *err, size_t errlen);
+
+/* ---- admin side: implemented in admin*.c, audit.c ------------------------- */
+
+/* Registers AdminService's methods on cp->cp_rpc (before it starts). */
+int tg_cp_admin_register(tg_cp_t *cp, char *err, size_t errlen);
+
+/* ---- shared helpers (cp_util.c, admin side owns it) ----------------------- */
+
+/* Zero-padded 20-digit decimal of v into buf (21 bytes). */
+void tg_cp_seqstr(uint64_t v, char buf[21]);
+
+/* Microseconds since the epoch. */
+int64_t tg_cp_now_us(void);
+
+/* Reads key and unpacks it as type d into *out (tg_rpc_pb_free); *mod_rev
+ * (may be NULL) gets its mod revision. Returns 0, 1 when absent (*out NULL),
+ * or a negative TG_STORE_E* / TG_RPC_EPROTO code with err set. */
+struct ProtobufCMessageDescriptor;
+struct ProtobufCMessage;
+int tg_cp_get_pb(tg_cp_t *cp, const char *key, const struct ProtobufCMessageDescriptor *d,
+                 struct ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen);
+
+/* Maps a TG_STORE_E* code to the gRPC status a caller should see. */
+int tg_cp_store_code(int store_err);
+
+/* The ledger row contract between settlement (writer) and the admin side's
+ * QueryLedger/ExportLedger/GetRunReceipt (readers): lr_record holds a packed
+ * tollgate.v1.LedgerEntry (usage rows carry their UsageRecord inside it);
+ * lr_kind is the LedgerKind number; lr_route_type is this function's name of
+ * the RouteType: "direct", "pooled" (or "" for unspecified). */
+const char *tg_cp_route_type_name(int route_type);
+
+#endif
