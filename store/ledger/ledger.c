@@ -377,6 +377,10 @@ int tg_ledger_open(const char *path, const tg_ledger_opts_t *opts, tg_ledger_t *
     }
     if ((ret = check_length(l, err, errlen)) != 0)
         goto fail;
+    /* Free reader slots left by processes that died mid-read: they would
+     * pin old pages (the file grows) and use up lo_max_readers. */
+    int dead = 0;
+    mdb_reader_check(l->env, &dead);
     if ((rc = mdb_txn_begin(l->env, NULL, 0, &txn)) != 0) {
         ret = tgl_lmdb_err(l, rc, "begin the open transaction", err, errlen);
         goto fail;
