@@ -55,7 +55,7 @@ const rows = [
   ['stream (32 tokens, 1 ms apart)', 'TTFT p99', 'stream', 'ttft_p99_us', 'ms'],
   ['stream (32 tokens, 1 ms apart)', 'added TTFT p50 (vs direct)', 'stream', 'ttft_p50_us', 'added-ms'],
   ['stream (32 tokens, 1 ms apart)', 'total p50', 'stream', 'total_p50_us', 'ms'],
-  [`idle streams (${streams} open)`, 'RSS growth per open stream', 'idle', 'bytes_per_stream', 'KB'],
+  [`idle streams (${streams} open, first run)`, 'RSS growth per open stream', 'idle', 'bytes_per_stream', 'KB'],
 ];
 
 const out = [];

@@ -9,6 +9,7 @@
 #   big       100 KB request bodies, 8 connections: requests/s, CPU us/request
 #   stream    streaming (32 tokens, 1 ms apart), 4 at a time: TTFT and total time
 #   idle      M concurrent streams waiting for their first token: RSS per stream
+#             (measured in the first run only)
 #
 # Usage: bench/run.sh [--quick] [--runs N] [--duration SECS] [--streams M]
 #                     [--agent-cmd 'CMD with {port} and {upstream}'] [--agent-url URL]
@@ -224,7 +225,9 @@ for run in $(seq "$RUNS"); do
     wrk_run small_c1 "$tgt" 1 chat_small.lua
     wrk_run big "$tgt" 8 chat_100k.lua
     stream_run "$tgt"
-    idle_run "$tgt"
+    # Once only: freed connection memory stays in the process (malloc keeps
+    # it), so a second idle run would measure reuse, not growth.
+    [ "$run" != 1 ] || idle_run "$tgt"
   done
 done
 

@@ -76,6 +76,12 @@ static int malformed(struct evbuffer *out, const tg_mock_gen_t *g) {
     return rc;
 }
 
+/* Token events of a stream: one per output token, or two for a tool call
+ * (its head, then its arguments), whatever the protocol. */
+static long token_steps(const tg_mock_gen_t *g) {
+    return g->gn_plan.pl_tool ? 2 : g->gn_plan.pl_output;
+}
+
 /* ---- OpenAI Chat Completions --------------------------------------------- */
 
 static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g) {
@@ -127,10 +133,6 @@ static int chat_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     return rc;
 }
 
-static long chat_token_steps(const tg_mock_gen_t *g) {
-    return g->gn_plan.pl_tool ? 2 : g->gn_plan.pl_output;
-}
-
 /* Opens one chunk up to the choice's delta object. */
 static int chunk_head(struct evbuffer *out, const tg_mock_gen_t *g, int choice) {
     int rc = 0;
@@ -154,7 +156,7 @@ static int chunk_tail(struct evbuffer *out, const tg_mock_gen_t *g, const char *
 }
 
 static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
-    long toks = chat_token_steps(g);
+    long toks = token_steps(g);
     int rc = 0;
     if (g->gn_scn->sc_malformed && step == 1) {
         P("data: ");
@@ -251,12 +253,8 @@ static int msg_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     return rc;
 }
 
-static long msg_token_steps(const tg_mock_gen_t *g) {
-    return g->gn_plan.pl_tool ? 2 : g->gn_plan.pl_output;
-}
-
 static int msg_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
-    long toks = msg_token_steps(g);
+    long toks = token_steps(g);
     int rc = 0;
     if (step == 0) {
         P("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\","
@@ -367,12 +365,8 @@ static int resp_object(struct evbuffer *out, const tg_mock_gen_t *g, int done) {
     return rc;
 }
 
-static long resp_token_steps(const tg_mock_gen_t *g) {
-    return g->gn_plan.pl_tool ? 2 : g->gn_plan.pl_output;
-}
-
 static int resp_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
-    long toks = resp_token_steps(g);
+    long toks = token_steps(g);
     int tool = g->gn_plan.pl_tool;
     long seq = step == 0 ? 0 : (tool ? 3 : 4) + step - 1; /* sequence_number of the first event */
     int rc = 0;
@@ -564,9 +558,9 @@ int tg_mock_write_json(struct evbuffer *out, const tg_mock_gen_t *g) {
 
 long tg_mock_stream_steps(const tg_mock_gen_t *g) {
     switch (g->gn_proto) {
-    case TG_MOCK_CHAT: return chat_token_steps(g) + 2;
-    case TG_MOCK_MESSAGES: return msg_token_steps(g) + 2;
-    case TG_MOCK_RESPONSES: return resp_token_steps(g) + 2;
+    case TG_MOCK_CHAT:
+    case TG_MOCK_MESSAGES:
+    case TG_MOCK_RESPONSES: return token_steps(g) + 2; /* preamble + tokens + epilogue */
     default: return 0;
     }
 }
