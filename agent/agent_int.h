@@ -57,6 +57,11 @@ int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t
 int tg_agent_rewrite(const char *body, size_t len, const tg_scan_t *sc, const char *model,
                      int add_usage, tg_buf_t *out);
 
+/* Decodes the JSON string starting at p[0] (a quote) and appends its bytes
+ * to out; *used gets the bytes consumed. Returns 0, TG_AGENT_EJSON or
+ * TG_AGENT_ETOOBIG (out's limit). */
+int tg_agent_json_decode(const char *p, size_t n, tg_buf_t *out, size_t *used);
+
 /* Appends s as a JSON string (quotes and escapes). Returns tg_buf codes. */
 int tg_agent_json_str(tg_buf_t *out, const char *s, size_t n);
 
@@ -100,6 +105,12 @@ int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
  * present and not null, points *p and *n at its bytes. Returns 1 found, 0 not,
  * TG_AGENT_EJSON when the body is not a JSON object. */
 int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n);
+
+/* Appends the decoded text of every string-valued "content" and
+ * "arguments" member in json[0..n) to out: the text a model produced, in a
+ * chat answer or a stream chunk, for counting it locally when the provider
+ * reports no usage. Returns 0 or TG_AGENT_ETOOBIG. */
+int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out);
 
 /* ---- policy (policy.c) --------------------------------------------------- */
 

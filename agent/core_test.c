@@ -180,6 +180,26 @@ static void test_usage(void **st)
     assert_int_equal(tg_agent_find_usage("nope", 4, &p, &n), TG_AGENT_EJSON);
 }
 
+static void test_collect_text(void **st)
+{
+    (void)st;
+    tg_buf_t b;
+    tg_buf_init(&b, 1024);
+    const char *ev = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi \\\"there\\\" \\u00e9\\n\"}}]}\n\n";
+    assert_int_equal(tg_agent_collect_text(ev, strlen(ev), &b), 0);
+    assert_string_equal(b.b_data, "Hi \"there\" \xc3\xa9\n");
+    tg_buf_reset(&b);
+    const char *ans = "{\"choices\":[{\"message\":{\"content\":null,\"tool_calls\":[{\"function\":"
+                      "{\"arguments\":\"{\\\"a\\\":1}\"}}]}},{\"message\":{\"content\":\"two\"}}]}";
+    assert_int_equal(tg_agent_collect_text(ans, strlen(ans), &b), 0);
+    assert_string_equal(b.b_data, "two{\"a\":1}");
+    tg_buf_free(&b);
+    size_t used;
+    tg_buf_init(&b, 4);
+    assert_int_equal(tg_agent_json_decode("\"abcdef\"", 8, &b, &used), TG_AGENT_ETOOBIG);
+    tg_buf_free(&b);
+}
+
 static void test_glob_cidr(void **st)
 {
     (void)st;
@@ -293,7 +313,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scan_fields), cmocka_unit_test(test_scan_errors),
         cmocka_unit_test(test_rewrite),     cmocka_unit_test(test_sse),
-        cmocka_unit_test(test_usage),       cmocka_unit_test(test_glob_cidr),
+        cmocka_unit_test(test_usage),       cmocka_unit_test(test_collect_text),
+        cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -107,6 +107,7 @@ struct req {
     int64_t rq_ttft_us;
     int64_t rq_resp_bytes;
     /* what was counted */
+    tg_buf_t rq_text;         /* text produced, for local counting */
     tg_usage_t rq_usage;
     char *rq_usage_raw;
     char rq_finish[32];
@@ -239,6 +240,7 @@ static void req_free(req_t *rq)
         evbuffer_free(rq->rq_chunk);
     tg_buf_free(&rq->rq_upbody);
     tg_buf_free(&rq->rq_resp);
+    tg_buf_free(&rq->rq_text);
     tg_sse_free(&rq->rq_sse);
     unlink_req(rq);
     tg_cfg_unref(rq->rq_cfg);
@@ -256,6 +258,47 @@ void tg_req_abort_all(worker_t *w)
 static char *pstr(req_t *rq, const char *s)
 {
     return tg_pool_strndup(rq->rq_pool, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* Counts what the provider did not report: the prompt with the chat rules
+ * (meter/), the produced text plainly, with the route's encoding or the
+ * model's. Marked LOCAL_TOKENIZER, or ESTIMATE for models without a public
+ * tokenizer. Only for requests that reached an upstream. */
+static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
+{
+    tg_meter_t *m = rq->rq_w->w_agent->a_meter;
+    int reached = 0;
+    for (int i = 0; i < rq->rq_natt; i++)
+        reached |= rq->rq_att[i].at_class != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN &&
+                   (rq->rq_att[i].at_status >= 200 && rq->rq_att[i].at_status < 300);
+    if (!m || !reached)
+        return;
+    char err[TG_ERRLEN] = "";
+    tg_meter_model_t mm;
+    const char *model = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_model : rq->rq_route->model;
+    tg_meter_model_lookup(model, 1, &mm, err, sizeof err);
+    tg_meter_encoding_t enc = mm.mm_encoding;
+    int estimate = mm.mm_kind == TG_METER_MODEL_ESTIMATE;
+    if (rq->rq_route->encoding && *rq->rq_route->encoding &&
+        tg_meter_encoding_from_name(rq->rq_route->encoding, &enc, err, sizeof err) == 0)
+        estimate = 0;
+    int src = estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
+                       : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    tg_meter_chat_t mc;
+    if (tg_meter_chat_count(m, rq->rq_body, rq->rq_body_len, model, &mc, err, sizeof err) == 0) {
+        u->input_tokens = (int64_t)mc.mc_prompt_tokens;
+        u->input_source = mc.mc_estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
+                                         : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    }
+    if (!rq->rq_scan.sc_stream && rq->rq_resp.b_len && !rq->rq_text.b_len)
+        tg_agent_collect_text(rq->rq_resp.b_data, rq->rq_resp.b_len, &rq->rq_text);
+    uint64_t out = 0;
+    if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,
+                       TG_METER_SPECIAL_TEXT, &out, err, sizeof err) == 0) {
+        u->output_tokens = (int64_t)out;
+        u->output_source = src;
+    }
+    u->encoding = (char *)tg_meter_encoding_name(enc);
 }
 
 /* Emits the UsageRecord. Until the LMDB outbox lands (README "Next") the
@@ -330,6 +373,8 @@ static void emit_record(req_t *rq)
         u.reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
         u.input_source = u.output_source = u.cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
         u.raw_provider_usage = rq->rq_usage_raw;
+    } else if (rq->rq_route) {
+        local_usage(rq, &u);
     }
     r.usage = &u;
     r.client_status = rq->rq_status;
@@ -410,7 +455,10 @@ static int forward_event(void *arg, const char *ev, size_t n)
             return 0; /* the gateway asked for it, the client did not */
     } else if (kind == 2) {
         rq->rq_saw_done = 1;
-    } else if (!rq->rq_finish[0]) {
+    } else {
+        tg_agent_collect_text(ev, n, &rq->rq_text); /* past its cap the count stays partial */
+    }
+    if (kind == 0 && !rq->rq_finish[0]) {
         const char *f = memmem(ev, n, "\"finish_reason\":\"", 17);
         if (f) {
             f += 17;
@@ -1129,6 +1177,7 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
     tg_brk_conf_fill(&rq->rq_brk);
     tg_buf_init(&rq->rq_upbody, len + 4096);
     tg_buf_init(&rq->rq_resp, RESP_MAX);
+    tg_buf_init(&rq->rq_text, RESP_MAX);
     tg_sse_init(&rq->rq_sse, SSE_EVENT_MAX);
     if (!(rq->rq_chunk = evbuffer_new()) || !(rq->rq_timer = evtimer_new(rq->rq_w->w_base, on_timer, rq))) {
         fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");

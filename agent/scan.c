@@ -20,6 +20,7 @@ typedef struct scanner {
     int s_depth;
     char *s_err;
     size_t s_errlen;
+    tg_buf_t *s_sink; /* string(): decoded bytes go here instead (when set) */
 } scanner_t;
 
 static int fail(scanner_t *s, const char *what)
@@ -198,7 +199,10 @@ static int string(scanner_t *s, char *out, size_t outlen, int *trunc)
             src = s->s_p + s->s_pos;
             s->s_pos += n;
         }
-        if (out) {
+        if (s->s_sink) {
+            if (tg_buf_append(s->s_sink, src, n))
+                return tg_errf(s->s_err, s->s_errlen, TG_AGENT_ETOOBIG, "decoded string too large");
+        } else if (out) {
             if (o + n < outlen) {
                 memcpy(out + o, src, n);
                 o += n;
@@ -410,7 +414,7 @@ static int read_long(const char *p, size_t n, long *out)
 
 int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t errlen)
 {
-    scanner_t s = {body, len, 0, 0, err, errlen};
+    scanner_t s = {body, len, 0, 0, err, errlen, NULL};
     int rc;
     int seen_stream = 0;
     memset(sc, 0, sizeof *sc);
@@ -507,6 +511,16 @@ tail:
     if (s.s_pos != len)
         return fail(&s, "expected the end of the body after the object");
     return 0;
+}
+
+int tg_agent_json_decode(const char *p, size_t n, tg_buf_t *out, size_t *used)
+{
+    scanner_t s = {p, n, 0, 0, NULL, 0, out};
+    if (n == 0 || p[0] != '"')
+        return TG_AGENT_EJSON;
+    int rc = string(&s, NULL, 0, NULL);
+    *used = s.s_pos;
+    return rc;
 }
 
 /* ---- rewrite ------------------------------------------------------------- */

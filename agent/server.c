@@ -352,6 +352,19 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         goto fail;
     }
     a->a_curl_inited = 1;
+    /* The tokenizer loads each encoding on first use (tens of ms): do it
+     * now, not on a loop in the middle of a request. */
+    char merr[TG_ERRLEN] = "";
+    if ((a->a_meter = tg_meter_create(merr, sizeof merr)) != NULL) {
+        uint64_t cnt;
+        for (int e = 0; e < TG_METER_NENCODINGS; e++)
+            if (tg_meter_count(a->a_meter, (tg_meter_encoding_t)e, "warm up", 7, TG_METER_SPECIAL_TEXT, &cnt, merr,
+                               sizeof merr) != 0)
+                TG_LOG(TG_LOG_WARN, "agent", "tokenizer %s unavailable: %s",
+                       tg_meter_encoding_name((tg_meter_encoding_t)e), merr);
+    } else {
+        TG_LOG(TG_LOG_WARN, "agent", "no local tokenizer (%s): missing provider usage will count as 0", merr);
+    }
     if (o->ao_data_dir && mkdir(o->ao_data_dir, 0700) != 0 && errno != EEXIST) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: %s", o->ao_data_dir, strerror(errno));
         goto fail;
@@ -450,6 +463,7 @@ void tg_agent_destroy(tg_agent_t *a)
     if (a->a_stop_pipe[1] >= 0)
         close(a->a_stop_pipe[1]);
     tg_cfg_unref(a->a_cfg);
+    tg_meter_destroy(a->a_meter);
     pthread_mutex_destroy(&a->a_cfg_mu);
     pthread_mutex_destroy(&a->a_brk_mu);
     if (a->a_curl_inited)

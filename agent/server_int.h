@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 
 #include "agent/agent_int.h"
+#include "meter/tg_meter.h"
 
 typedef struct req req_t;
 typedef struct worker worker_t;
@@ -49,6 +50,7 @@ struct tg_agent {
     pthread_mutex_t a_cfg_mu;
     tg_cfg_t *a_cfg;        /* current configuration (one reference) */
     atomic_long a_cfg_gen;  /* bumped at every swap */
+    tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;
     size_t a_nbrk, a_capbrk;

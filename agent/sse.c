@@ -218,3 +218,29 @@ int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n)
     *n = l;
     return 1;
 }
+
+int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out)
+{
+    static const char *const keys[] = {"content", "arguments"};
+    for (int k = 0; k < 2; k++) {
+        size_t at = 0;
+        while (at < n) {
+            long v = find_key(json + at, n - at, keys[k]);
+            if (v < 0)
+                break;
+            size_t pos = at + (size_t)v;
+            if (json[pos] != '"') {
+                at = pos;
+                continue;
+            }
+            size_t used = 0;
+            int rc = tg_agent_json_decode(json + pos, n - pos, out, &used);
+            if (rc == TG_AGENT_ETOOBIG)
+                return rc;
+            if (rc)
+                break;
+            at = pos + used;
+        }
+    }
+    return 0;
+}

@@ -11,6 +11,7 @@ import OpenAI from 'openai';
 import { startMock, startRefusing, promptTokens, answerText, DEFAULT_TOKENS } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { until } from './lib/proc.mjs';
+import { get_encoding } from 'tiktoken';
 
 const KEY = 'sk-tg-test-main';
 const KEY_LIMITED = 'sk-tg-test-limited'; // model allowlist + route types
@@ -65,6 +66,8 @@ function snapshot(extraRoutes = []) {
       chan('ch-flaky', { extra_headers: [{ name: 'x-mock-scenario', value: 'fail-first=2;status=503;key=flaky' }] }),
       chan('ch-backup', { name: 'backup', route_type: 'ROUTE_TYPE_POOLED' }),
       chan('ch-slow', { extra_headers: [{ name: 'x-mock-scenario', value: 'tokens=200;itl=50' }] }),
+      chan('ch-nousage', { extra_headers: [{ name: 'x-mock-scenario', value: 'no-usage' }] }),
+      chan('ch-cached', { extra_headers: [{ name: 'x-mock-scenario', value: 'prompt=100;cached=40;reasoning=9;tokens=7' }] }),
     ],
     routes: [
       { model: 'gpt-4o', aliases: ['gpt-4o-latest'], tiers: [{ targets: [{ channel_id: 'ch-main', upstream_model: 'gpt-4o-2024-08-06' }] }] },
@@ -92,6 +95,8 @@ function snapshot(extraRoutes = []) {
         ],
       },
       { model: 'slow-model', tiers: [{ targets: [{ channel_id: 'ch-slow' }] }] },
+      { model: 'nousage-model', tiers: [{ targets: [{ channel_id: 'ch-nousage', upstream_model: 'gpt-4o-2024-08-06' }] }] },
+      { model: 'cached-model', tiers: [{ targets: [{ channel_id: 'ch-cached', upstream_model: 'gpt-4o' }] }] },
       ...extraRoutes,
     ],
     policy: { trusted_proxies: ['127.0.0.1/32'], max_request_bytes: '65536' },
@@ -194,6 +199,48 @@ test('streaming with include_usage: the client gets the usage chunk', async () =
   assert.ok(usage);
   assert.equal(usage.completion_tokens, DEFAULT_TOKENS);
   assert.equal(usage.prompt_tokens, promptTokens({ messages }));
+});
+
+// The cookbook's chat rule, computed here with OpenAI's own tiktoken (WASM):
+// 3 per message + tokens of role and content, 3 to prime the reply.
+function cookbookPrompt(msgs) {
+  const enc = get_encoding('o200k_base');
+  try {
+    let n = 3;
+    for (const m of msgs) n += 3 + enc.encode(m.role).length + enc.encode(m.content).length;
+    return n;
+  } finally { enc.free(); }
+}
+function o200k(text) {
+  const enc = get_encoding('o200k_base');
+  try { return enc.encode(text).length; } finally { enc.free(); }
+}
+
+test('upstream without usage: prompt and output counted locally (o200k_base) and marked so', async () => {
+  for (const stream of [false, true]) {
+    const { data, response } = await client.chat.completions
+      .create({ model: 'nousage-model', messages, stream }).withResponse();
+    if (stream) for await (const c of data) assert.ok(!c.usage);
+    else assert.equal(data.usage, undefined);
+    const rec = await agent.waitRecord(response.headers.get('x-request-id'));
+    assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_LOCAL_TOKENIZER');
+    assert.equal(rec.usage.output_source, 'TOKEN_SOURCE_LOCAL_TOKENIZER');
+    assert.equal(rec.usage.encoding, 'o200k_base');
+    assert.equal(Number(rec.usage.input_tokens), cookbookPrompt(messages));
+    assert.equal(Number(rec.usage.output_tokens), o200k(answerText(DEFAULT_TOKENS)));
+    assert.equal(rec.usage.raw_provider_usage ?? '', '');
+  }
+});
+
+test('cached and reasoning tokens: input excludes the cache reads, raw usage kept', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'cached-model', messages }).withResponse();
+  assert.equal(data.usage.prompt_tokens, 100);
+  const rec = await agent.waitRecord(response.headers.get('x-request-id'));
+  assert.equal(Number(rec.usage.input_tokens), 60);
+  assert.equal(Number(rec.usage.cache_read_tokens), 40);
+  assert.equal(Number(rec.usage.output_tokens), 16);
+  assert.equal(Number(rec.usage.reasoning_tokens), 9);
+  assert.equal(JSON.parse(rec.usage.raw_provider_usage).prompt_tokens_details.cached_tokens, 40);
 });
 
 test('fallback from a failing primary (HTTP 500): both attempts in the receipt', async () => {
