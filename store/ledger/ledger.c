@@ -739,6 +739,7 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     struct retain_ctx *c = ctx;
     MDB_cursor *cur = NULL;
     uint64_t aseq, first = 0;
+    int64_t newest = INT64_MIN; /* newest settled time deleted in this chunk */
     unsigned char ahash[TGL_HASH];
     int64_t horizon;
     int rc;
@@ -796,6 +797,8 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             goto out;
         if (c->deleted == 0)
             first = seq;
+        if (r.lr_settled_us > newest)
+            newest = r.lr_settled_us;
         aseq = seq;
         memcpy(ahash, r.lr_hash, TGL_HASH);
         c->deleted++;
@@ -805,9 +808,13 @@ static int retain_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     for (int ix = 0; c->deleted && ix < TGL_IX_N; ix++)
         if ((rc = trim_index(l, txn, ix, first, aseq + 1)) != 0)
             goto out;
-    if (c->before > horizon) {
+    /* Only a row settled no later than the newest deleted one can have lost
+     * its id; the horizon stops there (not at before_us, which may be far
+     * in the future and would refuse every new row). */
+    int64_t h = newest == INT64_MAX ? INT64_MAX : newest + 1;
+    if (c->deleted && h > horizon) {
         unsigned char hb[8];
-        tgl_put_time(hb, c->before);
+        tgl_put_time(hb, h);
         MDB_val hk = {7, "horizon"}, hv = {8, hb};
         rc = mdb_put(txn, l->meta, &hk, &hv, 0);
     }

@@ -153,8 +153,9 @@ typedef enum tg_ledger_row_status {
     TG_LEDGER_ROW_DUPLICATE = 1, /* same record id and same contents already stored: no-op */
     TG_LEDGER_ROW_CONFLICT = 2,  /* same record id, different contents: not appended
                                     (the stored row wins; this is a caller bug) */
-    TG_LEDGER_ROW_EXPIRED = 3    /* settled before the retention horizon: not appended,
-                                    its id may already have been deleted */
+    TG_LEDGER_ROW_EXPIRED = 3    /* settled before the retention horizon (the newest
+                                    row retention deleted): not appended, its id
+                                    may already have been deleted */
 } tg_ledger_row_status_t;
 
 typedef struct tg_ledger_result {
@@ -275,9 +276,10 @@ int tg_ledger_verify(tg_ledger_t *l, uint64_t from_seq, uint64_t to_seq, uint64_
  * for one chunk at most. Deletion stops at the first row that is not old
  * enough, so the remaining rows stay one unbroken chain; the last deleted
  * row's (seq, hash) is kept as the anchor that verify starts from.
- * The horizon becomes before_us: later appends of rows settled before it
- * are reported EXPIRED (their ids may be gone, so they could not be
- * deduplicated). *deleted (may be NULL) gets the count.
+ * The horizon becomes the newest settled time deleted, plus 1 us: later
+ * appends of rows settled before it are reported EXPIRED (their ids may be
+ * gone, so they could not be deduplicated). *deleted (may be NULL) gets the
+ * count.
  * Errors: EIO, EFULL (deleting also needs free pages), EREADERS, ELMDB. */
 int tg_ledger_retain(tg_ledger_t *l, int64_t before_us, size_t chunk_rows, uint64_t *deleted,
                      char *err, size_t errlen);
