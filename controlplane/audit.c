@@ -1,0 +1,235 @@
+/* audit.c: the admin audit log. Every admin write commits its AuditEvent in
+ * the same store transaction as the change (cp_wr_commit), so the log never
+ * misses a change and never records one that did not happen.
+ *
+ * Sequence numbers: the last one used lives under TG_CP_K_AUDIT_SEQ. A write
+ * reads it, and its transaction compares that key's mod_revision with what
+ * it read, then puts TG_CP_K_AUDIT/<seq+1> and the new counter. Two
+ * concurrent writers cannot both succeed with the same seq; the loser's
+ * transaction fails on that compare alone and is retried with the next seq.
+ * (Deriving the seq from the store revision would avoid the counter, but
+ * the revision is only known after the commit, and the event's key must be
+ * chosen before it.) The cost is that admin writes serialize on one key,
+ * which is fine for operator traffic. The event's revision field is filled
+ * on read from the key's mod_revision: the revision of the change itself. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/tg_log.h"
+#include "controlplane/admin_int.h"
+
+#define AUDIT_RETRIES 32
+
+/* Whether one compare holds now (a fresh read). Returns 1/0, or a negative
+ * store code. */
+static int cmp_holds(tg_cp_t *cp, const tg_store_cmp_t *c, char *err, size_t errlen)
+{
+    tg_store_kv_t *kv = NULL;
+    int64_t v = 0;
+    int rc = tg_store_get(cp->cp_store, c->c_key, c->c_key_len, &kv, NULL, err, errlen);
+    if (rc != 0) return rc;
+    if (kv) {
+        if (c->c_target == TG_STORE_CMP_VERSION) v = kv->kv_version;
+        else if (c->c_target == TG_STORE_CMP_MOD_REV) v = kv->kv_mod_rev;
+        else if (c->c_target == TG_STORE_CMP_CREATE_REV) v = kv->kv_create_rev;
+    }
+    tg_store_kv_free(kv);
+    switch (c->c_op) {
+    case TG_STORE_EQ: return v == c->c_num;
+    case TG_STORE_NE: return v != c->c_num;
+    case TG_STORE_LT: return v < c->c_num;
+    default: return v > c->c_num;
+    }
+}
+
+int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev)
+{
+    tg_cp_t *cp = a->ax_cp;
+    char err[TG_ERRLEN] = "";
+    tg_store_cmp_t cmps[CP_WR_MAX_CMPS + 1];
+    tg_store_op_t ops[CP_WR_MAX_OPS + 2];
+    tg_buf_t ev_buf;
+    int code = TG_RPC_CODE_ABORTED;
+
+    if (w->wr_overflow) return cp_fail(a, TG_RPC_CODE_INTERNAL, "write plan too large");
+    tg_buf_init(&ev_buf, TG_STORE_MAX_VALUE);
+    for (int attempt = 0; attempt < AUDIT_RETRIES; attempt++) {
+        tg_store_kv_t *kv = NULL;
+        tg_store_txn_res_t res;
+        uint64_t seq = 0;
+        int64_t seq_rev = 0;
+        char seqs[21], key[64], num[32];
+        Tollgate__V1__AuditEvent ev = TOLLGATE__V1__AUDIT_EVENT__INIT;
+        int rc;
+
+        rc = tg_store_get(cp->cp_store, TG_CP_K_AUDIT_SEQ, strlen(TG_CP_K_AUDIT_SEQ), &kv, NULL,
+                          err, sizeof err);
+        if (rc != 0) {
+            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+            goto done;
+        }
+        if (kv) {
+            snprintf(num, sizeof num, "%.*s", (int)(kv->kv_val_len < 31 ? kv->kv_val_len : 31),
+                     (const char *)kv->kv_val);
+            seq = strtoull(num, NULL, 10);
+            seq_rev = kv->kv_mod_rev;
+            tg_store_kv_free(kv);
+        }
+        seq++;
+        tg_cp_seqstr(seq, seqs);
+        snprintf(key, sizeof key, "%s%s", TG_CP_K_AUDIT, seqs);
+
+        ev.seq = (int64_t)seq;
+        ev.at_us = tg_cp_now_us();
+        ev.actor = &a->ax_actor;
+        ev.method = (char *)a->ax_method;
+        ev.object_type = (char *)(w->wr_otype ? w->wr_otype : "");
+        ev.object_id = (char *)(w->wr_oid ? w->wr_oid : "");
+        ev.before_json = (char *)(w->wr_before ? w->wr_before : "");
+        ev.after_json = (char *)(w->wr_after ? w->wr_after : "");
+        tg_buf_reset(&ev_buf);
+        if (tg_rpc_pb_pack(&ev.base, &ev_buf, err, sizeof err) != 0) {
+            code = cp_fail(a, TG_RPC_CODE_INTERNAL, "audit event: %s", err);
+            goto done;
+        }
+
+        memcpy(cmps, w->wr_cmps, w->wr_ncmp * sizeof(cmps[0]));
+        cmps[w->wr_ncmp] = (tg_store_cmp_t){.c_key = TG_CP_K_AUDIT_SEQ,
+                                            .c_key_len = strlen(TG_CP_K_AUDIT_SEQ),
+                                            .c_target = TG_STORE_CMP_MOD_REV,
+                                            .c_op = TG_STORE_EQ,
+                                            .c_num = seq_rev};
+        memcpy(ops, w->wr_ops, w->wr_nops * sizeof(ops[0]));
+        ops[w->wr_nops] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
+                                          .op_key = key,
+                                          .op_key_len = strlen(key),
+                                          .op_val = ev_buf.b_data,
+                                          .op_val_len = ev_buf.b_len};
+        ops[w->wr_nops + 1] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
+                                              .op_key = TG_CP_K_AUDIT_SEQ,
+                                              .op_key_len = strlen(TG_CP_K_AUDIT_SEQ),
+                                              .op_val = seqs,
+                                              .op_val_len = 20};
+        rc = tg_store_txn(cp->cp_store, cmps, w->wr_ncmp + 1, ops, w->wr_nops + 2, NULL, 0, &res,
+                          err, sizeof err);
+        if (rc != 0) {
+            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+            goto done;
+        }
+        if (res.tx_succeeded) {
+            if (rev) *rev = res.tx_revision;
+            tg_store_txn_res_free(&res);
+            {
+                char rs[24];
+                snprintf(rs, sizeof rs, "%" PRId64, rev ? *rev : 0);
+                const char *kvs[] = {"method", a->ax_method, "token", a->ax_token->at_name,
+                                     "object", ev.object_id, "revision", rs, NULL};
+                if (tg_log_enabled(TG_LOG_INFO))
+                    tg_log_kv(TG_LOG_INFO, "admin", kvs, "admin change committed");
+            }
+            code = TG_RPC_CODE_OK;
+            goto done;
+        }
+        tg_store_txn_res_free(&res);
+        /* Which compare failed? The caller's compares carry their own status;
+         * when they all hold now, only the audit counter moved: retry. */
+        for (size_t i = 0; i < w->wr_ncmp; i++) {
+            int h = cmp_holds(cp, &w->wr_cmps[i], err, sizeof err);
+            if (h < 0) {
+                code = cp_fail(a, tg_cp_store_code(h), "store: %s", err);
+                goto done;
+            }
+            if (h == 0) {
+                code = cp_fail(a, w->wr_cmp_code[i], "%s", w->wr_cmp_msg[i]);
+                goto done;
+            }
+        }
+    }
+    code = cp_fail(a, TG_RPC_CODE_ABORTED,
+                   "too many concurrent admin changes; nothing was changed, retry");
+done:
+    tg_buf_free(&ev_buf);
+    return code;
+}
+
+/* ---- QueryAudit ------------------------------------------------------------ */
+
+int cp_query_audit(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
+{
+    const Tollgate__V1__AuditQuery *q = (const Tollgate__V1__AuditQuery *)reqm;
+    tg_cp_t *cp = a->ax_cp;
+    Tollgate__V1__AuditPage page = TOLLGATE__V1__AUDIT_PAGE__INIT;
+    size_t want = tg_cp_page_size(q->page_size), n = 0;
+    Tollgate__V1__AuditEvent **evs = tg_pool_calloc(a->ax_pool, want * sizeof(*evs));
+    ProtobufCMessage **owned = tg_pool_calloc(a->ax_pool, want * sizeof(*owned));
+    char start[TG_STORE_MAX_KEY + 1], end[64], last[32] = "", tok[80] = "";
+    size_t start_len, end_len;
+    char err[TG_ERRLEN] = "";
+    int code = TG_RPC_CODE_OK, more = 1;
+
+    if (!evs || !owned) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
+    if (q->page_token[0]) {
+        char seqs[32];
+        if (tg_cp_page_token_decode(q->page_token, seqs, sizeof seqs) != 0 || strlen(seqs) != 20)
+            return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "page_token: not a token from a previous page of QueryAudit");
+        start_len = (size_t)snprintf(start, sizeof start, "%s%s", TG_CP_K_AUDIT, seqs) + 1;
+    } else {
+        start_len = (size_t)snprintf(start, sizeof start, "%s", TG_CP_K_AUDIT);
+    }
+    end_len = tg_store_prefix_end(TG_CP_K_AUDIT, strlen(TG_CP_K_AUDIT), (uint8_t *)end);
+
+    while (more && n < want) {
+        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
+                                   .rq_end_len = end_len, .rq_limit = 256};
+        tg_store_range_res_t rs;
+        int rc = tg_store_range(cp->cp_store, &rq, &rs, err, sizeof err);
+        if (rc != 0) {
+            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+            goto done;
+        }
+        more = rs.rs_more;
+        for (size_t i = 0; i < rs.rs_n; i++) {
+            const tg_store_kv_t *kv = &rs.rs_kvs[i];
+            ProtobufCMessage *m = NULL;
+            Tollgate__V1__AuditEvent *e;
+            if (n == want) {
+                more = 1; /* at least one more key after the page */
+                break;
+            }
+            snprintf(last, sizeof last, "%.*s", 20,
+                     (const char *)kv->kv_key + strlen(TG_CP_K_AUDIT));
+            if (tg_rpc_pb_unpack(&tollgate__v1__audit_event__descriptor, kv->kv_val,
+                                 kv->kv_val_len, &m, err, sizeof err) != 0)
+                continue; /* not an event: skip rather than fail the whole log */
+            e = (Tollgate__V1__AuditEvent *)m;
+            if ((q->object_type[0] && strcmp(q->object_type, e->object_type) != 0) ||
+                (q->object_id[0] && strcmp(q->object_id, e->object_id) != 0) ||
+                (q->token_name[0] &&
+                 (!e->actor || strcmp(q->token_name, e->actor->token_name) != 0)) ||
+                (q->since_us && e->at_us < q->since_us) || (q->until_us && e->at_us >= q->until_us)) {
+                tg_rpc_pb_free(m);
+                continue;
+            }
+            e->revision = kv->kv_mod_rev;
+            evs[n] = e;
+            owned[n++] = m;
+        }
+        if (rs.rs_n) {
+            size_t kl;
+            tg_store_range_next(&rs, (uint8_t *)start, &kl);
+            start_len = kl;
+        }
+        tg_store_range_res_free(&rs);
+    }
+    if (more && n == want && last[0]) tg_cp_page_token_encode(last, tok, sizeof tok);
+    page.events = evs;
+    page.n_events = n;
+    page.next_page_token = tok;
+    code = cp_reply(a, &page.base, reply);
+done:
+    for (size_t i = 0; i < n; i++) tg_rpc_pb_free(owned[i]);
+    return code;
+}

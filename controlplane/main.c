@@ -1,0 +1,333 @@
+/* main.c: the tollgate-cp daemon. Reads flags (each also from a TG_CP_*
+ * environment variable; a flag wins), opens the store, this replica's
+ * ledger and signing key, serves AdminService and AgentService over gRPC
+ * and health/metrics over HTTP, and on SIGTERM or SIGINT shuts down in
+ * order (stop accepting calls, let calls in flight finish, stop the agent
+ * side's threads, close the ledger and the store) and exits 0.
+ *
+ * Its first line on stdout is machine-readable, so a supervisor or a test
+ * that started it on port 0 learns the ports:
+ *   tollgate-cp grpc=127.0.0.1:PORT http=127.0.0.1:PORT
+ * Logs are JSON lines on stderr (base/tg_log.h). */
+#include <errno.h>
+#include <event2/event.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/tg_log.h"
+#include "controlplane/admin_int.h"
+
+static const char USAGE[] =
+    "usage: tollgate-cp [flags]   (each flag also reads the TG_CP_* variable shown)\n"
+    "  --listen HOST:PORT        gRPC address (TG_CP_LISTEN, default 127.0.0.1:7443; port 0 picks one)\n"
+    "  --http HOST:PORT          health and metrics (TG_CP_HTTP, default 127.0.0.1:7444)\n"
+    "  --data-dir DIR            ledger, signing key, default store (TG_CP_DATA_DIR, default ./tollgate-cp-data)\n"
+    "  --store SPEC              lmdb:PATH or etcd:URL,URL (TG_CP_STORE, default lmdb:DATA_DIR/store)\n"
+    "  --admin-tokens FILE       admin bearer tokens, 'name role token' per line (TG_CP_ADMIN_TOKENS)\n"
+    "  --enroll-token TOKEN      agents' enrollment token (TG_CP_ENROLL_TOKEN)\n"
+    "  --enroll-token-file FILE  the same, read from a file (TG_CP_ENROLL_TOKEN_FILE)\n"
+    "  --tls-cert PEM --tls-key PEM   serve gRPC over TLS (TG_CP_TLS_CERT, TG_CP_TLS_KEY)\n"
+    "  --client-ca PEM           require client certificates signed by it: mTLS (TG_CP_CLIENT_CA)\n"
+    "  --node-id NAME            this replica's name (TG_CP_NODE_ID, default HOST:PID)\n"
+    "  --threads N               gRPC handler threads (TG_CP_THREADS, default 8)\n"
+    "  --heartbeat-ms MS         Sync heartbeat period (TG_CP_HEARTBEAT_MS, default 5000)\n"
+    "  --settled-retention-s S   settled-log retention in the store (TG_CP_SETTLED_RETENTION_S, default 3600)\n"
+    "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n";
+
+typedef struct flag {
+    const char *f_name; /* "--listen" */
+    const char *f_env;  /* "TG_CP_LISTEN" */
+    const char *f_val;
+} flag_t;
+
+enum {
+    F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
+    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_LOGLEVEL, F_COUNT
+};
+
+static flag_t flags[F_COUNT] = {
+    {"--listen", "TG_CP_LISTEN", "127.0.0.1:7443"},
+    {"--http", "TG_CP_HTTP", "127.0.0.1:7444"},
+    {"--data-dir", "TG_CP_DATA_DIR", "tollgate-cp-data"},
+    {"--store", "TG_CP_STORE", NULL},
+    {"--admin-tokens", "TG_CP_ADMIN_TOKENS", NULL},
+    {"--enroll-token", "TG_CP_ENROLL_TOKEN", NULL},
+    {"--enroll-token-file", "TG_CP_ENROLL_TOKEN_FILE", NULL},
+    {"--tls-cert", "TG_CP_TLS_CERT", NULL},
+    {"--tls-key", "TG_CP_TLS_KEY", NULL},
+    {"--client-ca", "TG_CP_CLIENT_CA", NULL},
+    {"--node-id", "TG_CP_NODE_ID", NULL},
+    {"--threads", "TG_CP_THREADS", "8"},
+    {"--heartbeat-ms", "TG_CP_HEARTBEAT_MS", "5000"},
+    {"--settled-retention-s", "TG_CP_SETTLED_RETENTION_S", "3600"},
+    {"--log-level", "TG_CP_LOG_LEVEL", "info"},
+};
+
+static char *slurp(const char *path, size_t max, char *err, size_t errlen)
+{
+    tg_buf_t b;
+    char chunk[4096];
+    size_t n;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        tg_errf(err, errlen, -1, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    tg_buf_init(&b, max);
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (tg_buf_append(&b, chunk, n) != 0) {
+            tg_errf(err, errlen, -1, "%s: larger than %zu bytes", path, max);
+            fclose(f);
+            tg_buf_free(&b);
+            return NULL;
+        }
+    fclose(f);
+    if (!b.b_data) return tg_strdup("");
+    return tg_buf_steal(&b, NULL);
+}
+
+static int parse_int(const char *name, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long x;
+    errno = 0;
+    x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "tollgate-cp: %s %s: expected a number from %ld to %ld\n", name, v, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int mkdirs(const char *dir)
+{
+    char p[PATH_MAX];
+    size_t n = (size_t)snprintf(p, sizeof p, "%s", dir);
+    if (n >= sizeof p) return -1;
+    for (size_t i = 1; i <= n; i++)
+        if (p[i] == '/' || p[i] == '\0') {
+            char c = p[i];
+            p[i] = '\0';
+            if (mkdir(p, 0700) != 0 && errno != EEXIST) return -1;
+            p[i] = c;
+        }
+    return 0;
+}
+
+/* Trailing whitespace (a newline) of a token file is not part of the token. */
+static void chomp(char *s)
+{
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) s[--n] = '\0';
+}
+
+int main(int argc, char **argv)
+{
+    tg_cp_t cp;
+    tg_rpc_server_opts_t so = {0};
+    tg_cp_http_t *http = NULL;
+    char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
+    char *cert = NULL, *key = NULL, *ca = NULL, *enroll = NULL;
+    int rc = 1, http_port = 0, agent_started = 0, sig;
+    long threads, heartbeat, retention;
+    sigset_t set;
+
+    memset(&cp, 0, sizeof cp);
+    for (int i = 0; i < F_COUNT; i++) {
+        const char *e = getenv(flags[i].f_env);
+        if (e && *e) flags[i].f_val = e;
+    }
+    for (int i = 1; i < argc; i++) {
+        int found = 0;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        for (int k = 0; k < F_COUNT; k++) {
+            size_t fl = strlen(flags[k].f_name);
+            if (strncmp(argv[i], flags[k].f_name, fl) == 0 && argv[i][fl] == '=') {
+                flags[k].f_val = argv[i] + fl + 1;
+                found = 1;
+            } else if (strcmp(argv[i], flags[k].f_name) == 0) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "tollgate-cp: %s needs a value\n%s", argv[i], USAGE);
+                    return 2;
+                }
+                flags[k].f_val = argv[++i];
+                found = 1;
+            }
+            if (found) break;
+        }
+        if (!found) {
+            fprintf(stderr, "tollgate-cp: unknown flag %s\n%s", argv[i], USAGE);
+            return 2;
+        }
+    }
+    {
+        int lvl = tg_log_parse_level(flags[F_LOGLEVEL].f_val);
+        if (lvl < 0) {
+            fprintf(stderr, "tollgate-cp: --log-level %s: expected debug, info, warn or error\n",
+                    flags[F_LOGLEVEL].f_val);
+            return 2;
+        }
+        tg_log_set_level(lvl);
+    }
+    if (parse_int("--threads", flags[F_THREADS].f_val, 1, 256, &threads) ||
+        parse_int("--heartbeat-ms", flags[F_HEARTBEAT].f_val, 100, 3600000, &heartbeat) ||
+        parse_int("--settled-retention-s", flags[F_RETENTION].f_val, 1, 86400 * 365, &retention))
+        return 2;
+    if (!!flags[F_CERT].f_val != !!flags[F_KEY].f_val) {
+        fprintf(stderr, "tollgate-cp: --tls-cert and --tls-key go together\n");
+        return 2;
+    }
+    if (flags[F_CA].f_val && !flags[F_CERT].f_val) {
+        fprintf(stderr, "tollgate-cp: --client-ca (mTLS) needs --tls-cert and --tls-key\n");
+        return 2;
+    }
+
+    /* Block the signals before any thread starts, so only sigwait sees them. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (flags[F_NODE].f_val) {
+        snprintf(node, sizeof node, "%s", flags[F_NODE].f_val);
+    } else {
+        char host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(node, sizeof node, "%s:%d", host, (int)getpid());
+    }
+    cp.cp_node_id = node;
+    cp.cp_data_dir = flags[F_DATA].f_val;
+    cp.cp_heartbeat_ms = (int)heartbeat;
+    cp.cp_settled_retention_s = (int)retention;
+    cp.cp_crash_at = getenv("TG_CP_CRASH_AT");
+    if (mkdirs(cp.cp_data_dir) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "cannot create --data-dir %s: %s", cp.cp_data_dir,
+               strerror(errno));
+        goto done;
+    }
+    if (flags[F_STORE].f_val) snprintf(store_spec, sizeof store_spec, "%s", flags[F_STORE].f_val);
+    else snprintf(store_spec, sizeof store_spec, "lmdb:%s/store", cp.cp_data_dir);
+    cp.cp_store_spec = store_spec;
+
+    if (flags[F_TOKENS].f_val) {
+        if (tg_cp_tokens_load(flags[F_TOKENS].f_val, &cp.cp_tokens, &cp.cp_ntokens, err,
+                              sizeof err) != 0) {
+            TG_LOG(TG_LOG_ERROR, "cp", "%s", err);
+            goto done;
+        }
+        if (cp.cp_ntokens == 0) TG_LOG(TG_LOG_WARN, "cp", "--admin-tokens file holds no tokens");
+    } else {
+        TG_LOG(TG_LOG_WARN, "cp", "no --admin-tokens: every admin call will be refused");
+    }
+    if (flags[F_ENROLL].f_val) {
+        enroll = tg_strdup(flags[F_ENROLL].f_val);
+    } else if (flags[F_ENROLL_FILE].f_val) {
+        if (!(enroll = slurp(flags[F_ENROLL_FILE].f_val, 4096, err, sizeof err))) {
+            TG_LOG(TG_LOG_ERROR, "cp", "--enroll-token-file: %s", err);
+            goto done;
+        }
+        chomp(enroll);
+    }
+    cp.cp_enroll_token = enroll;
+    if ((flags[F_CERT].f_val && !(cert = slurp(flags[F_CERT].f_val, 1 << 20, err, sizeof err))) ||
+        (flags[F_KEY].f_val && !(key = slurp(flags[F_KEY].f_val, 1 << 20, err, sizeof err))) ||
+        (flags[F_CA].f_val && !(ca = slurp(flags[F_CA].f_val, 1 << 20, err, sizeof err)))) {
+        TG_LOG(TG_LOG_ERROR, "cp", "TLS: %s", err);
+        goto done;
+    }
+
+    if (tg_store_open(&cp.cp_store, store_spec, NULL, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "store %s: %s", store_spec, err);
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/ledger", cp.cp_data_dir);
+    if (tg_ledger_open(path, NULL, &cp.cp_ledger, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "ledger %s: %s", path, err);
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/cp-signing-key.pem", cp.cp_data_dir);
+    if (tg_crypto_key_load_or_create(path, &cp.cp_key, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "signing key: %s", err);
+        goto done;
+    }
+
+    so.so_addr = flags[F_LISTEN].f_val;
+    so.so_threads = (int)threads;
+    so.so_cert_pem = cert;
+    so.so_key_pem = key;
+    so.so_client_ca_pem = ca;
+    if (!(cp.cp_rpc = tg_rpc_server_create(&so, err, sizeof err)) ||
+        tg_cp_admin_register(&cp, err, sizeof err) != 0 ||
+        tg_cp_agentsvc_register(&cp, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "gRPC server: %s", err);
+        goto done;
+    }
+    if (tg_cp_agent_side_start(&cp, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "agent side: %s", err);
+        goto done;
+    }
+    agent_started = 1;
+    if (tg_rpc_server_start(cp.cp_rpc, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "cp", "--listen %s: %s", so.so_addr, err);
+        goto done;
+    }
+    if (!(http = tg_cp_http_start(&cp, flags[F_HTTP].f_val, &http_port, err, sizeof err))) {
+        TG_LOG(TG_LOG_ERROR, "cp", "%s", err);
+        goto done;
+    }
+    {
+        char gh[256], hh[256];
+        const char *gc = strrchr(so.so_addr, ':'), *hc = strrchr(flags[F_HTTP].f_val, ':');
+        snprintf(gh, sizeof gh, "%.*s", (int)(gc - so.so_addr), so.so_addr);
+        snprintf(hh, sizeof hh, "%.*s", (int)(hc - flags[F_HTTP].f_val), flags[F_HTTP].f_val);
+        printf("tollgate-cp grpc=%s:%d http=%s:%d\n", gh, tg_rpc_server_port(cp.cp_rpc), hh,
+               http_port);
+        fflush(stdout);
+        TG_LOG(TG_LOG_INFO, "cp",
+               "serving: grpc %s:%d (%s), http %s:%d, store %s, node %s, %zu admin token(s)", gh,
+               tg_rpc_server_port(cp.cp_rpc), cert ? (ca ? "mTLS" : "TLS") : "plaintext", hh,
+               http_port, store_spec, node, cp.cp_ntokens);
+    }
+
+    if (sigwait(&set, &sig) != 0) sig = SIGTERM;
+    TG_LOG(TG_LOG_INFO, "cp", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    atomic_store(&cp.cp_stopping, 1);
+    tg_rpc_server_shutdown(cp.cp_rpc, 3000);
+    /* exports run on their own threads and read the ledger: wait (bounded)
+     * for them to see the cancelled calls before the ledger closes */
+    for (int i = 0; i < 1000 && atomic_load(&tg_cp_exports_running) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    rc = atomic_load(&tg_cp_exports_running) > 0 ? 1 : 0;
+done:
+    if (agent_started) tg_cp_agent_side_stop(&cp);
+    tg_cp_http_stop(http);
+    tg_rpc_server_destroy(cp.cp_rpc);
+    if (rc == 0 || atomic_load(&tg_cp_exports_running) == 0) {
+        tg_ledger_close(cp.cp_ledger);
+        tg_store_close(cp.cp_store);
+    }
+    tg_crypto_key_free(cp.cp_key);
+    tg_free(cp.cp_tokens);
+    tg_free(cert);
+    if (key) memset(key, 0, strlen(key));
+    tg_free(key);
+    tg_free(ca);
+    tg_free(enroll);
+    libevent_global_shutdown();
+    if (rc == 0) TG_LOG(TG_LOG_INFO, "cp", "stopped");
+    return rc;
+}
