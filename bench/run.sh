@@ -21,7 +21,7 @@
 # Binaries: mockllm from $MOCKLLM, else $TG_BIN/tools/mockllm/mockllm, else
 # `bazel info bazel-bin`. Needs wrk, nginx, node. Binds 127.0.0.1 only;
 # every step has a time limit; everything started is stopped on exit.
-# A full run takes about 5 minutes; --quick about 1.
+# A full run takes about 3 minutes; --quick under 1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/bench"

@@ -160,6 +160,15 @@ test('disconnect mid-stream raises after the delivered text', async () => {
   assert.equal(text, answerText(2));
 });
 
+test('error-after=K: an overloaded_error event mid-stream is raised by the SDK', async () => {
+  const stream = await client.messages.create({ ...base, stream: true }, scn('tokens=8;error-after=3'));
+  let text = '';
+  await assert.rejects((async () => {
+    for await (const ev of stream) if (ev.type === 'content_block_delta') text += ev.delta.text;
+  })(), (e) => e instanceof Anthropic.APIError && e.error?.error?.type === 'overloaded_error');
+  assert.equal(text, answerText(3));
+});
+
 test('fail-first=K with the SDK own retries', async () => {
   const retrying = new Anthropic({ apiKey: 'k', baseURL: mock.url, maxRetries: 2 });
   const r = await retrying.messages.create(base, scn('fail-first=2;status=529;retry-after-ms=5;key=anth-retry'));

@@ -244,6 +244,20 @@ test('disconnect mid-stream: the SDK raises after the tokens that arrived', asyn
   assert.equal(text, answerText(3));
 });
 
+test('error-after=K: an in-stream error event is raised by the SDK as an APIError', async () => {
+  const stream = await client.chat.completions.create({ model: 'm', messages, stream: true }, scn('tokens=10;error-after=2'));
+  let text = '';
+  await assert.rejects((async () => {
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+  })(), (e) => e instanceof OpenAI.APIError && /middle of the stream/.test(e.message));
+  assert.equal(text, answerText(2));
+
+  const rs = await client.responses.create({ model: 'm', input: 'x', stream: true }, scn('tokens=10;error-after=1'));
+  const types = [];
+  for await (const ev of rs) types.push(ev.type);
+  assert.deepEqual(types.slice(-2), ['response.output_text.delta', 'error']);
+});
+
 test('malformed JSON answers make the SDK fail, streaming and not', async () => {
   await assert.rejects(client.chat.completions.create({ model: 'm', messages }, scn('malformed')));
   const stream = await client.chat.completions.create({ model: 'm', messages, stream: true }, scn('malformed'));

@@ -223,6 +223,7 @@ void tg_mock_scn_init(tg_mock_scn_t *sc) {
     sc->sc_prompt = -1;
     sc->sc_retry_after_ms = -1;
     sc->sc_disconnect = -1;
+    sc->sc_error_after = -1;
 }
 
 /* Parses a decimal integer in [0, 1e9] from v[0..n). Returns 0 or -1. */
@@ -262,6 +263,7 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"retry-after-ms", offsetof(tg_mock_scn_t, sc_retry_after_ms)},
         {"fail-first", offsetof(tg_mock_scn_t, sc_fail_first)},
         {"disconnect", offsetof(tg_mock_scn_t, sc_disconnect)},
+        {"error-after", offsetof(tg_mock_scn_t, sc_error_after)},
     };
     static const struct {
         const char *name;

@@ -354,6 +354,28 @@ static void test_responses_and_others_are_json(void **state) {
     free(s);
 }
 
+static void test_stream_error_events(void **state) {
+    static const tg_mock_proto_t protos[] = {TG_MOCK_CHAT, TG_MOCK_MESSAGES, TG_MOCK_RESPONSES};
+    static const char *const want[] = {"\"type\":\"server_error\"", "\"overloaded_error\"",
+                                       "\"code\":\"server_error\""};
+    (void)state;
+    for (size_t i = 0; i < 3; i++) {
+        fixture_t f;
+        struct evbuffer *b = evbuffer_new();
+        fixture(&f, protos[i], "{\"model\":\"m\",\"stream\":true}", "error-after=2");
+        assert_int_equal(f.sc.sc_error_after, 2);
+        assert_int_equal(tg_mock_write_stream_error(b, &f.g, 3), 0);
+        char *s = drain(b);
+        char *data = strstr(s, "data: ");
+        assert_non_null(data);
+        *strchr(data, '\n') = '\0';
+        json_decref(parse(data + 6));
+        assert_non_null(strstr(data, want[i]));
+        free(s);
+        evbuffer_free(b);
+    }
+}
+
 static void test_malformed_is_not_json(void **state) {
     fixture_t f;
     struct evbuffer *b = evbuffer_new();
@@ -418,6 +440,7 @@ int main(void) {
         cmocka_unit_test(test_chat_stream),
         cmocka_unit_test(test_messages_stream_sequence),
         cmocka_unit_test(test_responses_and_others_are_json),
+        cmocka_unit_test(test_stream_error_events),
         cmocka_unit_test(test_malformed_is_not_json),
         cmocka_unit_test(test_error_shapes),
         cmocka_unit_test(test_json_str_escapes),

@@ -574,6 +574,29 @@ int tg_mock_write_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) 
     }
 }
 
+int tg_mock_write_stream_error(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
+    static const char msg[] = "mockllm: scripted failure in the middle of the stream";
+    int rc = 0;
+    switch (g->gn_proto) {
+    case TG_MOCK_MESSAGES:
+        P("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
+          "\"message\":\"%s\"}}\n\n",
+          msg);
+        break;
+    case TG_MOCK_RESPONSES:
+        P("event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"%s\","
+          "\"param\":null,\"sequence_number\":%ld}\n\n",
+          msg, (g->gn_plan.pl_tool ? 3 : 4) + step - 1);
+        break;
+    default:
+        P("data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\",\"param\":null,"
+          "\"code\":null}}\n\n",
+          msg);
+        break;
+    }
+    return rc;
+}
+
 /* ---- errors --------------------------------------------------------------- */
 
 const char *tg_mock_reason(int status) {

@@ -505,6 +505,12 @@ static int stream_pump(conn_t *c) {
             c->c_close_after = 1;
             return conn_flush(c);
         }
+        if (c->c_scn.sc_error_after >= 0 && c->c_step == c->c_scn.sc_error_after + 1) {
+            /* The provider's in-stream error event, then a clean end. */
+            tg_mock_write_stream_error(c->c_tmp, &c->c_gen, c->c_step);
+            chunk_tmp(c);
+            break;
+        }
         tg_mock_write_step(c->c_tmp, &c->c_gen, c->c_step);
         chunk_tmp(c);
         c->c_step++;

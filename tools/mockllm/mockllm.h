@@ -93,6 +93,8 @@ typedef struct tg_mock_scn {
                               fail (with sc_status, default 500) */
     int sc_hang;           /* hang: read the request, never answer */
     int sc_disconnect;     /* disconnect=K: close the connection after K tokens; -1 = never */
+    int sc_error_after;    /* error-after=K: a stream sends the provider's error event after
+                              K tokens and ends; -1 = never */
     int sc_malformed;      /* malformed: a 200 whose JSON (or SSE data) is broken */
     int sc_no_usage;       /* no-usage: leave usage out of the answer */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
@@ -181,6 +183,13 @@ long tg_mock_stream_steps(const tg_mock_gen_t *g);
 /* Appends the SSE events of step `step` (0 <= step < tg_mock_stream_steps).
  * Returns 0 or -1 (no memory). */
 int tg_mock_write_step(struct evbuffer *out, const tg_mock_gen_t *g, long step);
+
+/* Appends the error event a provider sends inside a stream that fails
+ * after it started: OpenAI chat `data: {"error":{...server_error}}`,
+ * Responses `event: error` with code server_error, Anthropic `event: error`
+ * with overloaded_error. `step` is the stream step it replaces (for the
+ * Responses sequence_number). Returns 0 or -1 (no memory). */
+int tg_mock_write_stream_error(struct evbuffer *out, const tg_mock_gen_t *g, long step);
 
 /* Appends the provider's error JSON for an HTTP status: OpenAI's
  * {"error":{"message","type","param","code"}} or, for Anthropic protocols,
