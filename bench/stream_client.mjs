@@ -100,6 +100,7 @@ async function idle(url, m, pids) {
   const reqs = [];
   const before = rss(pids);
   let heads = 0;
+  let ended = 0;
   const all = new Promise((resolve, reject) => {
     const deadline = setTimeout(() => reject(new Error(`only ${heads}/${m} stream heads after 60 s`)), 60000);
     for (let i = 0; i < m; i++) {
@@ -107,6 +108,7 @@ async function idle(url, m, pids) {
       req.on('response', (res) => {
         if (res.statusCode !== 200) { clearTimeout(deadline); reject(new Error(`HTTP ${res.statusCode}`)); return; }
         res.on('data', () => {});
+        res.on('end', () => { ended++; });
         if (++heads === m) { clearTimeout(deadline); resolve(); }
       });
       req.on('error', (e) => { if (heads < m) { clearTimeout(deadline); reject(e); } });
@@ -118,6 +120,7 @@ async function idle(url, m, pids) {
     await all;
     await new Promise((r) => setTimeout(r, 500)); // let the servers settle
     const after = rss(pids);
+    if (ended) throw new Error(`${ended} of ${m} streams ended early: the target must pass x-mock-scenario (ttft=600000) to mockllm`);
     console.log(`BENCH streams=${m} rss_before=${before} rss_after=${after} bytes_per_stream=${((after - before) / m).toFixed(0)}`);
   } finally {
     for (const r of reqs) r.destroy();
