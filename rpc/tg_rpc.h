@@ -26,6 +26,9 @@
  *     tg_rpc_server_port. Handler-only (the thread running the handler, before
  *     it returns): the tg_rpc_call_* accessors for metadata, peer, method,
  *     deadline, pool, headers/trailers, errorf and on_cancel.
+ *   - Do not hold a lock that your on_cancel callback takes while calling
+ *     tg_rpc_call_send with a timeout: the server threads that would make
+ *     room may all be waiting for that lock in on_cancel.
  *   - Flow control: each stream has a send queue bounded by
  *     so_stream_queue_bytes. A message leaves the queue when the gRPC
  *     transport accepts it (HTTP/2 window permitting), so a slow client fills
@@ -130,6 +133,10 @@ typedef struct tg_rpc_server_opts {
     const char *so_client_ca_pem; /* mTLS: require client certs signed by these roots */
     size_t so_stream_queue_bytes; /* per-stream send queue bound; 0: 1 MiB */
     int so_max_message_bytes;     /* largest message received; 0: 4 MiB */
+    int so_keepalive_ms;          /* ping clients this often to find dead ones
+                                   * (a vanished agent without a TCP reset);
+                                   * 0: 60000, < 0: off. Clients may ping
+                                   * every >= 1 s (co_keepalive_ms) */
 } tg_rpc_server_opts_t;
 
 /* A unary handler. req/req_len is the request (valid during the call). Append
@@ -267,7 +274,8 @@ typedef struct tg_rpc_channel_opts {
     const char *co_tls_name;   /* expected server name if not the target host */
     int co_reconnect_min_ms;   /* gRPC reconnect backoff bounds; 0: core */
     int co_reconnect_max_ms;   /*   defaults (1 s .. 120 s) */
-    int co_keepalive_ms;       /* HTTP/2 ping interval to detect dead peers; 0: off */
+    int co_keepalive_ms;       /* HTTP/2 ping interval to detect a dead server
+                                * on an idle stream; 0: off; >= 1000 */
     int co_max_message_bytes;  /* largest message received; 0: 4 MiB */
 } tg_rpc_channel_opts_t;
 

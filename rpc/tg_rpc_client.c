@@ -29,7 +29,7 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
     tg_rpc_channel_opts_t o = {0};
     grpc_channel_credentials *creds = NULL;
     tg_rpc_channel_t *ch = NULL;
-    grpc_arg args[8];
+    grpc_arg args[10];
     size_t n = 0;
 
     if (opts) o = *opts;
@@ -75,8 +75,12 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
     }
     if (o.co_reconnect_max_ms > 0) INT_ARG(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, o.co_reconnect_max_ms);
     if (o.co_keepalive_ms > 0) {
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, o.co_keepalive_ms);
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, o.co_keepalive_ms);
+        int ka = o.co_keepalive_ms < 1000 ? 1000 : o.co_keepalive_ms;
+        INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, ka);
+        INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ka < 20000 ? ka : 20000);
+        /* Keep pinging on a quiet stream (core default: 2 pings, then
+         * silence until data flows). */
+        INT_ARG(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
     ch->ch_max_msg = o.co_max_message_bytes > 0 ? (size_t)o.co_max_message_bytes
                                                 : REPLY_MAX_DEFAULT;
@@ -292,7 +296,7 @@ struct tg_rpc_reader {
     int r_pending; /* batches in flight */
     int r_msg_pending, r_imd_asked, r_status_done, r_ended;
     char *r_message;
-    const char *r_method;
+    char *r_method; /* copied: error messages name it */
 };
 
 /* Handles one completion. */
@@ -340,7 +344,12 @@ int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md
         return rc;
     }
     r->r_nmd = nmd;
-    r->r_method = method;
+    if (!(r->r_method = tg_strdup(method))) {
+        rpc_md_free(r->r_md, nmd);
+        tg_free(r->r_md);
+        tg_free(r);
+        return tg_errf(err, errlen, TG_RPC_ENOMEM, "out of memory opening %s", method);
+    }
     r->r_details = grpc_empty_slice();
     r->r_st = GRPC_STATUS_UNKNOWN;
     grpc_metadata_array_init(&r->r_imd);
@@ -471,6 +480,7 @@ void tg_rpc_reader_destroy(tg_rpc_reader_t *r)
     grpc_metadata_array_destroy(&r->r_tmd);
     grpc_slice_unref(r->r_details);
     tg_free(r->r_message);
+    tg_free(r->r_method);
     tg_free(r);
 }
 

@@ -54,6 +54,7 @@ struct tg_rpc_server {
     int s_nthreads;
     size_t s_queue_max;
     int s_max_msg;
+    int s_keepalive; /* ms; <= 0: off */
     method_t *s_methods;
     grpc_server *s_gs;
     grpc_completion_queue *s_cq;
@@ -509,6 +510,7 @@ tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *er
     srv->s_nthreads = o.so_threads ? o.so_threads : 4;
     srv->s_queue_max = o.so_stream_queue_bytes ? o.so_stream_queue_bytes : ((size_t)1 << 20);
     srv->s_max_msg = o.so_max_message_bytes ? o.so_max_message_bytes : 4 << 20;
+    srv->s_keepalive = o.so_keepalive_ms ? o.so_keepalive_ms : 60000;
     srv->s_tshutdown = (tag_t){TAG_SHUTDOWN, NULL};
     pthread_mutex_init(&srv->s_mu, NULL);
     if (rpc_cond_init(&srv->s_cv) != 0) nomem = 1;
@@ -580,16 +582,31 @@ int tg_rpc_server_start(tg_rpc_server_t *srv, char *err, size_t errlen)
     if (srv->s_started) return tg_errf(err, errlen, TG_RPC_ESTATE, "server already started");
     srv->s_started = 1;
 
-    grpc_arg args[2];
+    grpc_arg args[8];
+    size_t na = 0;
     memset(args, 0, sizeof args);
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = srv->s_max_msg;
+#define INT_ARG(k, v)                                                                            \
+    do {                                                                                         \
+        args[na].type = GRPC_ARG_INTEGER;                                                        \
+        args[na].key = (char *)(k);                                                              \
+        args[na].value.integer = (v);                                                            \
+        na++;                                                                                    \
+    } while (0)
+    INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, srv->s_max_msg);
     /* A second server on the same port would silently share it. */
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
-    args[1].value.integer = 0;
-    grpc_channel_args cargs = {2, args};
+    INT_ARG(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    if (srv->s_keepalive > 0) {
+        /* Our pings find agents that vanished without a reset, so their
+         * Sync streams end (on_cancel) instead of lingering for hours. */
+        INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, srv->s_keepalive);
+        INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, srv->s_keepalive < 20000 ? srv->s_keepalive : 20000);
+        INT_ARG(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    }
+    /* Let clients' keepalive pings through (core default: one per 5 min
+     * on a quiet connection, else GOAWAY "too many pings"). */
+    INT_ARG(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+#undef INT_ARG
+    grpc_channel_args cargs = {na, args};
     srv->s_gs = grpc_server_create(&cargs, NULL);
     srv->s_cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->s_gs, srv->s_cq, NULL);

@@ -7,7 +7,10 @@
  * timeouts, TLS and mTLS (certificates made with the openssl CLI at test
  * time), reconnect with backoff across a server restart, graceful shutdown
  * with calls open, protobuf helpers and argument errors. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -378,6 +382,152 @@ static void test_reader_timeout(void **state)
     /* Destroying an open reader cancels it; the server's on_cancel finishes
      * the stream, and env_stop's shutdown proves nothing is left behind. */
     tg_rpc_reader_destroy(r);
+    tg_buf_free(&msg);
+    env_stop(&e);
+}
+
+static void test_keepalive_idle_stream(void **state)
+{
+    (void)state;
+    env_t e;
+    tg_rpc_reader_t *r = NULL;
+    tg_buf_t msg;
+    char err[TG_ERRLEN] = "";
+    /* Both sides ping every second on a stream that carries nothing: the
+     * server must not take the client's pings for abuse (GOAWAY "too many
+     * pings", which the core sends after the 3rd ping by default) and the
+     * stream must stay open. */
+    tg_rpc_server_opts_t so = {.so_keepalive_ms = 1000};
+    tg_rpc_channel_opts_t co = {.co_keepalive_ms = 1000};
+    env_start(&e, NULL, &so, &co);
+    tg_buf_init(&msg, 1 << 20);
+    assert_int_equal(tg_rpc_reader_open(e.ch, SILENT, NULL, 0, "", 0, 0, &r, err, sizeof err), 0);
+    int rc = tg_rpc_reader_next(r, 5500, &msg, err, sizeof err);
+    if (rc != TG_RPC_ETIMEDOUT) fail_msg("idle stream ended: %d %s", rc, err);
+    tg_rpc_result_t res;
+    assert_int_equal(call_say(&e, "still here", 0, 2000, NULL, 0, NULL, &res, NULL), 0);
+    tg_rpc_result_free(&res);
+    tg_rpc_reader_destroy(r);
+    tg_buf_free(&msg);
+    env_stop(&e);
+}
+
+/* A one-connection TCP relay that can freeze: it then stops moving bytes
+ * but keeps both sockets open, like a peer whose host vanished (no reset). */
+typedef struct relay {
+    int lfd, port, to_port, frozen, stop;
+    pthread_t th;
+    pthread_mutex_t mu;
+} relay_t;
+
+static int relay_flag(relay_t *r, int *f)
+{
+    pthread_mutex_lock(&r->mu);
+    int v = *f;
+    pthread_mutex_unlock(&r->mu);
+    return v;
+}
+
+static void *relay_run(void *p)
+{
+    relay_t *r = p;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)r->to_port)};
+    char buf[16384];
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct pollfd lp = {.fd = r->lfd, .events = POLLIN};
+    while (!relay_flag(r, &r->stop) && poll(&lp, 1, 50) == 0) {
+    }
+    if (relay_flag(r, &r->stop)) return NULL;
+    int c = accept(r->lfd, NULL, NULL);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (c < 0 || s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) goto out;
+    while (!relay_flag(r, &r->stop)) {
+        if (relay_flag(r, &r->frozen)) {
+            sleep_ms(20);
+            continue;
+        }
+        struct pollfd fds[2] = {{.fd = c, .events = POLLIN}, {.fd = s, .events = POLLIN}};
+        if (poll(fds, 2, 20) <= 0) continue;
+        for (int i = 0; i < 2; i++) {
+            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t n = read(fds[i].fd, buf, sizeof buf);
+            if (n <= 0) goto out;
+            if (write(fds[1 - i].fd, buf, (size_t)n) != n) goto out;
+        }
+    }
+out:
+    /* Leave the sockets open until stop: closing would send a FIN/RST. */
+    while (!relay_flag(r, &r->stop)) sleep_ms(20);
+    if (c >= 0) close(c);
+    if (s >= 0) close(s);
+    return NULL;
+}
+
+static void relay_start(relay_t *r, int to_port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof a;
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    r->to_port = to_port;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    r->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(r->lfd >= 0);
+    assert_int_equal(bind(r->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(r->lfd, 4), 0);
+    assert_int_equal(getsockname(r->lfd, (struct sockaddr *)&a, &len), 0);
+    r->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&r->th, NULL, relay_run, r), 0);
+}
+
+static void relay_set(relay_t *r, int *f)
+{
+    pthread_mutex_lock(&r->mu);
+    *f = 1;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void relay_stop(relay_t *r)
+{
+    relay_set(r, &r->stop);
+    pthread_join(r->th, NULL);
+    close(r->lfd);
+    pthread_mutex_destroy(&r->mu);
+}
+
+static void test_vanished_client_detected(void **state)
+{
+    (void)state;
+    env_t e;
+    relay_t rl;
+    tg_rpc_reader_t *r = NULL;
+    tg_buf_t req, msg;
+    char target[64], err[TG_ERRLEN] = "";
+    /* The server pings every second; a client that stops answering (its
+     * host gone, no TCP reset) must be dropped and its stream cancelled. */
+    tg_rpc_server_opts_t so = {.so_keepalive_ms = 1000};
+    env_start(&e, "w", &so, NULL);
+    relay_start(&rl, e.port);
+    snprintf(target, sizeof target, "127.0.0.1:%d", rl.port);
+    tg_rpc_channel_t *ch = tg_rpc_channel_create(target, NULL, err, sizeof err);
+    count_req(&req, 0, 0);
+    tg_buf_init(&msg, 1 << 20);
+    assert_int_equal(tg_rpc_reader_open(ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err,
+                                        sizeof err),
+                     0);
+    for (int i = 0; i < 2; i++) assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), 1);
+    assert_int_equal(tg_echo_stats(e.echo).es_active, 1);
+    relay_set(&rl, &rl.frozen);
+    int64_t t0 = now_ms();
+    while (tg_echo_stats(e.echo).es_cancelled < 1 && now_ms() - t0 < 10000) sleep_ms(20);
+    int64_t took = now_ms() - t0;
+    assert_int_equal(tg_echo_stats(e.echo).es_cancelled, 1);
+    assert_int_equal(tg_echo_stats(e.echo).es_active, 0);
+    assert_true(took < 8000);
+    tg_rpc_reader_destroy(r);
+    tg_rpc_channel_destroy(ch);
+    relay_stop(&rl);
+    tg_buf_free(&req);
     tg_buf_free(&msg);
     env_stop(&e);
 }
@@ -882,6 +1032,8 @@ int main(void)
         cmocka_unit_test(test_stream_many_from_thread),
         cmocka_unit_test(test_client_cancel_noticed),
         cmocka_unit_test(test_reader_timeout),
+        cmocka_unit_test(test_keepalive_idle_stream),
+        cmocka_unit_test(test_vanished_client_detected),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_mtls),
         cmocka_unit_test(test_reconnect_after_restart),
