@@ -499,6 +499,12 @@ int tg_store_watch(tg_store_t *s, const void *key, size_t key_len, const void *e
     pthread_condattr_destroy(&ca);
     rc = s->s_backend->b_watch_start(s, w, err, errlen);
     if (rc) {
+        while (w->w_head) { /* events replayed before the failure */
+            tg_store_evnode_t *n = w->w_head;
+            w->w_head = n->en_next;
+            tg_free(n->en_ev);
+            tg_free(n);
+        }
         pthread_mutex_destroy(&w->w_mu);
         pthread_cond_destroy(&w->w_cond);
         goto fail;

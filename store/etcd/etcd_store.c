@@ -239,7 +239,8 @@ static int etcd_code(const char *msg, int grpc)
     if (strstr(msg, "duplicate key"))
         return TG_STORE_EINVAL;
     if (grpc == 16 || grpc == 7 || strstr(msg, "authentication failed") ||
-        strstr(msg, "permission denied"))
+        strstr(msg, "permission denied") || strstr(msg, "user name is empty") ||
+        strstr(msg, "auth token"))
         return TG_STORE_EAUTH;
     if (grpc == 14)
         return TG_STORE_EUNAVAIL;
@@ -814,6 +815,10 @@ static void *watch_thread(void *arg)
         /* the stream ended: next endpoint, after a backoff unless it made progress */
         if (!got || ew->ew_next == before) {
             ep = (ep + 1) % (int)es->es_neps;
+            if (es->es_user) { /* the token may have expired: get a fresh one */
+                char aerr[TG_ERRLEN] = "";
+                (void)authenticate(es, aerr, sizeof(aerr));
+            }
             watch_sleep(ew, backoff);
             backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
         } else {

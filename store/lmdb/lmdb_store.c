@@ -53,7 +53,11 @@ typedef struct lstore {
     MDB_env *ls_env;
     MDB_dbi ls_meta, ls_kv, ls_log, ls_lease, ls_lkeys;
     pthread_rwlock_t ls_envlk; /* shared: any txn; exclusive: map resize */
-    pthread_mutex_t ls_wmu;    /* one writer; guards ls_watches */
+    pthread_mutex_t ls_wmu;    /* the group-commit leader; guards ls_watches */
+    pthread_mutex_t ls_qmu;    /* guards the write queue below */
+    pthread_cond_t ls_qcond;   /* a group finished */
+    struct wreq *ls_qhead, *ls_qtail;
+    int ls_leading;            /* a group commit is under way */
     lwatch_t *ls_watches;
     size_t ls_map, ls_map_max;
     int ls_lockfd;
@@ -516,58 +520,160 @@ static int grow(lstore_t *ls, char *err, size_t errlen)
     return 0;
 }
 
-/* Runs fn in a write transaction, commits (fsync), bumps the revision when
- * anything changed, notifies watchers. Retries after growing on map full. */
-static int write_txn(lstore_t *ls, wfn_t fn, void *arg, int64_t *rev, char *err, size_t errlen)
+/* One caller's write, queued for the next group commit. */
+typedef struct wreq {
+    struct wreq *wr_next;
+    wfn_t wr_fn;
+    void *wr_arg;
+    wctx_t wr_wc;
+    int wr_rc;
+    int64_t wr_rev;
+    int wr_done;
+    char wr_err[TG_ERRLEN];
+} wreq_t;
+
+#define GROUP_MAX 256 /* writes per group commit: bounds latency and txn size */
+
+/* Runs one group: a parent LMDB transaction with one nested transaction per
+ * request (so a failing request rolls back alone and takes the revision it
+ * would have used with it), one commit, one fsync; then the watchers hear
+ * every request's events in order. Called by the current leader only, with
+ * ls_wmu held. On MDB_MAP_FULL anywhere, the whole group is retried after the
+ * map grows. */
+static void run_group(lstore_t *ls, wreq_t *batch)
 {
-    wctx_t wc;
-    MDB_txn *t = NULL;
-    int rc;
-    memset(&wc, 0, sizeof(wc));
-    wc.wc_pool = tg_pool_create(0);
-    if (!wc.wc_pool)
-        return tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory for a write");
-    pthread_mutex_lock(&ls->ls_wmu);
     for (;;) {
+        MDB_txn *t = NULL;
+        int rc, mapfull = 0;
+        char gerr[TG_ERRLEN] = "";
+        int64_t cur = 0;
         pthread_rwlock_rdlock(&ls->ls_envlk);
         rc = mdb_txn_begin(ls->ls_env, NULL, 0, &t);
         if (rc) {
             pthread_rwlock_unlock(&ls->ls_envlk);
-            rc = mdberr(rc, "begin write", err, errlen);
+            rc = mdberr(rc, "begin write", gerr, sizeof(gerr));
             if (rc == MAPFULL)
-                rc = tg_errf(err, errlen, TG_STORE_EFULL, "lmdb store full");
-            break;
+                rc = tg_errf(gerr, sizeof(gerr), TG_STORE_EFULL, "lmdb store full");
+            goto fail_all;
         }
-        tg_pool_reset(wc.wc_pool);
-        wc.wc_ev = NULL;
-        wc.wc_n = wc.wc_cap = 0;
-        wc.wc_changed = 0;
-        wc.wc_sub = 0;
-        rc = meta_get(ls, t, "rev", &wc.wc_rev, err, errlen);
-        if (!rc)
-            rc = fn(ls, t, &wc, arg, err, errlen);
-        if (!rc && wc.wc_changed)
-            rc = meta_put(ls, t, "rev", wc.wc_rev + 1, err, errlen);
+        rc = meta_get(ls, t, "rev", &cur, gerr, sizeof(gerr));
         if (rc) {
             mdb_txn_abort(t);
-        } else {
-            int mrc = mdb_txn_commit(t);
-            rc = mrc ? mdberr(mrc, "commit", err, errlen) : 0;
+            pthread_rwlock_unlock(&ls->ls_envlk);
+            goto fail_all;
+        }
+        for (wreq_t *r = batch; r; r = r->wr_next) {
+            MDB_txn *c = NULL;
+            wctx_t *wc = &r->wr_wc;
+            tg_pool_reset(wc->wc_pool);
+            wc->wc_ev = NULL;
+            wc->wc_n = wc->wc_cap = 0;
+            wc->wc_changed = 0;
+            wc->wc_sub = 0;
+            wc->wc_rev = cur;
+            r->wr_err[0] = 0;
+            rc = mdb_txn_begin(ls->ls_env, t, 0, &c);
+            if (rc) {
+                r->wr_rc = mdberr(rc, "begin nested write", r->wr_err, sizeof(r->wr_err));
+            } else {
+                r->wr_rc = r->wr_fn(ls, c, wc, r->wr_arg, r->wr_err, sizeof(r->wr_err));
+                if (!r->wr_rc && wc->wc_changed)
+                    r->wr_rc = meta_put(ls, c, "rev", cur + 1, r->wr_err, sizeof(r->wr_err));
+                if (r->wr_rc) {
+                    mdb_txn_abort(c);
+                } else if ((rc = mdb_txn_commit(c))) { /* into the parent */
+                    r->wr_rc = mdberr(rc, "commit nested write", r->wr_err, sizeof(r->wr_err));
+                }
+            }
+            if (r->wr_rc == MAPFULL) {
+                mapfull = 1;
+                break;
+            }
+            if (!r->wr_rc && wc->wc_changed)
+                cur++;
+            r->wr_rev = cur;
+        }
+        if (mapfull) {
+            mdb_txn_abort(t);
+        } else if ((rc = mdb_txn_commit(t))) {
+            rc = mdberr(rc, "commit", gerr, sizeof(gerr));
+            mapfull = rc == MAPFULL;
         }
         pthread_rwlock_unlock(&ls->ls_envlk);
-        if (rc != MAPFULL)
-            break;
-        if ((rc = grow(ls, err, errlen)))
-            break;
+        if (mapfull) {
+            gerr[0] = 0;
+            if ((rc = grow(ls, gerr, sizeof(gerr))))
+                goto fail_all;
+            continue;
+        }
+        if (rc)
+            goto fail_all;
+        for (wreq_t *r = batch; r; r = r->wr_next)
+            if (!r->wr_rc)
+                notify(ls, &r->wr_wc);
+        return;
+    fail_all:
+        for (wreq_t *r = batch; r; r = r->wr_next) {
+            r->wr_rc = rc;
+            snprintf(r->wr_err, sizeof(r->wr_err), "%s", gerr);
+        }
+        return;
     }
-    if (!rc) {
-        if (rev)
-            *rev = wc.wc_rev + (wc.wc_changed ? 1 : 0);
-        notify(ls, &wc);
+}
+
+/* Runs fn in a write transaction, committed with fsync before it returns;
+ * bumps the revision when anything changed and notifies watchers. Writers
+ * that arrive while a commit is under way queue up; the first of them leads
+ * the next group commit for all (one fsync for the group). */
+static int write_txn(lstore_t *ls, wfn_t fn, void *arg, int64_t *rev, char *err, size_t errlen)
+{
+    wreq_t req;
+    memset(&req, 0, sizeof(req));
+    req.wr_fn = fn;
+    req.wr_arg = arg;
+    req.wr_wc.wc_pool = tg_pool_create(0);
+    if (!req.wr_wc.wc_pool)
+        return tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory for a write");
+    pthread_mutex_lock(&ls->ls_qmu);
+    if (ls->ls_qtail)
+        ls->ls_qtail->wr_next = &req;
+    else
+        ls->ls_qhead = &req;
+    ls->ls_qtail = &req;
+    while (!req.wr_done) {
+        if (ls->ls_leading) {
+            pthread_cond_wait(&ls->ls_qcond, &ls->ls_qmu);
+            continue;
+        }
+        /* lead: take up to GROUP_MAX queued writes, ours among them */
+        ls->ls_leading = 1;
+        wreq_t *batch = ls->ls_qhead, *last = batch;
+        for (int n = 1; n < GROUP_MAX && last->wr_next; n++)
+            last = last->wr_next;
+        ls->ls_qhead = last->wr_next;
+        if (!ls->ls_qhead)
+            ls->ls_qtail = NULL;
+        last->wr_next = NULL;
+        pthread_mutex_unlock(&ls->ls_qmu);
+        pthread_mutex_lock(&ls->ls_wmu);
+        run_group(ls, batch);
+        pthread_mutex_unlock(&ls->ls_wmu);
+        pthread_mutex_lock(&ls->ls_qmu);
+        for (wreq_t *r = batch, *nx; r; r = nx) {
+            nx = r->wr_next; /* r may be gone once done is seen */
+            r->wr_done = 1;
+        }
+        ls->ls_leading = 0;
+        pthread_cond_broadcast(&ls->ls_qcond);
     }
-    pthread_mutex_unlock(&ls->ls_wmu);
-    tg_pool_destroy(wc.wc_pool);
-    return rc;
+    pthread_mutex_unlock(&ls->ls_qmu);
+    if (req.wr_rc) {
+        tg_errf(err, errlen, req.wr_rc, "%s", req.wr_err);
+    } else if (rev) {
+        *rev = req.wr_rev;
+    }
+    tg_pool_destroy(req.wr_wc.wc_pool);
+    return req.wr_rc;
 }
 
 /* Records an event: log entry (with prev state) and a copy for watchers. */
@@ -1167,6 +1273,8 @@ static void l_close(tg_store_t *s)
         close(ls->ls_lockfd); /* releases the flock */
     pthread_rwlock_destroy(&ls->ls_envlk);
     pthread_mutex_destroy(&ls->ls_wmu);
+    pthread_mutex_destroy(&ls->ls_qmu);
+    pthread_cond_destroy(&ls->ls_qcond);
     pthread_mutex_destroy(&ls->ls_stopmu);
     pthread_cond_destroy(&ls->ls_stopcond);
     tg_free(ls);
@@ -1264,6 +1372,8 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
     pthread_rwlock_init(&ls->ls_envlk, &ra);
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&ls->ls_wmu, NULL);
+    pthread_mutex_init(&ls->ls_qmu, NULL);
+    pthread_cond_init(&ls->ls_qcond, NULL);
     pthread_mutex_init(&ls->ls_stopmu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

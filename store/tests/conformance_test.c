@@ -36,6 +36,7 @@ static int g_etcd;          /* backend under test is etcd */
 static etcd_proc_t g_proc;  /* the etcd for the whole run */
 static char g_dir[512];     /* lmdb: this test's store dir */
 static tg_store_t *g_s;     /* this test's store */
+static long g_live;         /* tg_alloc_live() before the test */
 static char g_pfx[64];      /* this test's key prefix (etcd is shared) */
 static int g_seq;
 
@@ -82,6 +83,7 @@ static int setup(void **state)
 {
     (void)state;
     snprintf(g_pfx, sizeof(g_pfx), "t%d-%ld/", ++g_seq, (long)getpid());
+    g_live = tg_alloc_live();
     if (!g_etcd && harness_tmpdir(g_dir, sizeof(g_dir), "lmdb"))
         return -1;
     g_s = open_store(NULL);
@@ -95,6 +97,12 @@ static int teardown(void **state)
     g_s = NULL;
     if (!g_etcd)
         harness_rmdir(g_dir);
+    /* every block the store allocated through tg_malloc is back */
+    if (tg_alloc_live() != g_live) {
+        fprintf(stderr, "leak: %ld tg_malloc blocks live after the test\n",
+                tg_alloc_live() - g_live);
+        return -1;
+    }
     return 0;
 }
 
@@ -490,6 +498,81 @@ static void test_cas_race(void **state)
                   r[0].r_conflicts + r[1].r_conflicts);
 }
 
+typedef struct writer {
+    tg_store_t *wr_s;
+    int wr_id, wr_n;
+    int64_t wr_revs[64];
+    int wr_rc;
+} writer_t;
+
+static void *write_many(void *arg)
+{
+    writer_t *w = arg;
+    char k[256], err[TG_ERRLEN];
+    for (int i = 0; i < w->wr_n; i++) {
+        size_t kl = (size_t)snprintf(k, sizeof(k), "%sg/%d/%d", g_pfx, w->wr_id, i);
+        err[0] = 0;
+        if ((w->wr_rc = tg_store_put(w->wr_s, k, kl, "v", 1, 0, &w->wr_revs[i], err, sizeof(err))))
+            return NULL;
+        /* a write that fails in the middle of the others (unknown lease) */
+        if (i % 10 == 5 && tg_store_put(w->wr_s, k, kl, "x", 1, 999999999, NULL, err,
+                                        sizeof(err)) != TG_STORE_ENOLEASE) {
+            w->wr_rc = -100;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+static int cmp64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Concurrent writers (LMDB commits them in groups): every acknowledged write
+ * has its own revision, the revisions are contiguous, the failed writes took
+ * none, and a watcher sees every write once, in revision order. */
+static void test_concurrent_writers(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    enum { W = 8 };
+    writer_t w[W];
+    pthread_t t[W];
+    int n = g_etcd ? 15 : 50;
+    tg_store_watch_t *wa = NULL;
+    size_t kl = K(k, "g/");
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &wa, err, sizeof(err)), 0);
+    int64_t r0 = curr();
+    for (int i = 0; i < W; i++) {
+        w[i] = (writer_t){.wr_s = g_s, .wr_id = i, .wr_n = n};
+        assert_int_equal(pthread_create(&t[i], NULL, write_many, &w[i]), 0);
+    }
+    int64_t all[W * 64];
+    size_t na = 0;
+    for (int i = 0; i < W; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].wr_rc, 0);
+        for (int j = 0; j < n; j++)
+            all[na++] = w[i].wr_revs[j];
+    }
+    qsort(all, na, sizeof(all[0]), cmp64);
+    for (size_t i = 0; i < na; i++)
+        assert_int_equal(all[i], r0 + 1 + (int64_t)i); /* unique and contiguous */
+    assert_int_equal(curr(), r0 + (int64_t)na);
+    int64_t last = 0;
+    for (size_t i = 0; i < na; i++) {
+        tg_store_event_t *ev = next_ev(wa, 5000);
+        assert_int_equal(ev->ev_kv.kv_mod_rev, all[i]);
+        assert_true(ev->ev_kv.kv_mod_rev > last);
+        last = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+    }
+    expect_no_ev(wa, 100);
+    tg_store_watch_cancel(wa);
+}
+
 static void test_revisions_monotonic(void **state)
 {
     (void)state;
@@ -812,6 +895,57 @@ static void test_lmdb_durable_reopen(void **state)
     err[0] = 0;
     assert_int_equal(tg_store_open(&s2, spec, NULL, err, sizeof(err)), TG_STORE_ELOCKED);
     assert_non_null(strstr(err, "another process"));
+}
+
+/* Every allocation the store makes through tg_malloc fails in turn: each
+ * call returns 0 or ENOMEM, never crashes, leaks nothing, and the store stays
+ * consistent (the value read back is the last acknowledged one). */
+static void test_lmdb_alloc_failures(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN];
+    size_t kl = K(k, "af");
+    int64_t acked = 0;
+    for (long n = 0; n < 60; n++) {
+        char v[16];
+        int vl = snprintf(v, sizeof(v), "%ld", n);
+        tg_store_txn_res_t res;
+        tg_store_cmp_t c = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION,
+                            .c_op = TG_STORE_GT, .c_num = -1};
+        tg_store_op_t ops[2] = {
+            {.op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl, .op_val = v,
+             .op_val_len = (size_t)vl},
+            {.op_type = TG_STORE_OP_GET, .op_key = k, .op_key_len = kl, .op_prefix = 1},
+        };
+        tg_store_watch_t *w = NULL;
+        tg_store_range_res_t rr;
+        tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1,
+                                   .rq_revision = acked};
+        err[0] = 0;
+        tg_alloc_fail_after(n);
+        int rc1 = tg_store_txn(g_s, &c, 1, ops, 2, NULL, 0, &res, err, sizeof(err));
+        int rc2 = tg_store_watch(g_s, k, kl, NULL, 0, 0, acked ? acked : 1, &w, err, sizeof(err));
+        int rc3 = tg_store_range(g_s, &rq, &rr, err, sizeof(err));
+        tg_alloc_fail_after(-1);
+        assert_true(rc1 == 0 || rc1 == TG_STORE_ENOMEM);
+        assert_true(rc2 == 0 || rc2 == TG_STORE_ENOMEM);
+        assert_true(rc3 == 0 || rc3 == TG_STORE_ENOMEM);
+        if (rc1 == 0) {
+            acked = res.tx_revision;
+            assert_int_equal(res.tx_res[1].or_range.rs_n, 1);
+        }
+        tg_store_txn_res_free(&res);
+        tg_store_range_res_free(&rr);
+        tg_store_watch_cancel(w);
+        tg_store_kv_t *kv = NULL;
+        assert_int_equal(tg_store_get(g_s, k, kl, &kv, NULL, err, sizeof(err)), 0);
+        if (acked) {
+            assert_non_null(kv);
+            assert_int_equal(kv->kv_mod_rev, acked);
+        }
+        tg_store_kv_free(kv);
+    }
+    assert_true(acked > 0);
 }
 
 static void test_lmdb_killed_writer(void **state)
@@ -1153,6 +1287,60 @@ static void test_etcd_killed_mid_watch(void **state)
     tg_store_watch_cancel(w);
 }
 
+/* POSTs json to the test etcd with curl(1); 0 on HTTP 200. */
+static int etcd_post(const char *path, const char *json)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "curl -s -f -m 5 -o /dev/null -X POST -d '%s' %s%s", json,
+             g_proc.ep_url, path);
+    return system(cmd);
+}
+
+/* Runs last: it turns etcd's auth on for good. */
+static void test_etcd_auth(void **state)
+{
+    (void)state;
+    char spec[128], err[TG_ERRLEN] = "", k[256];
+    size_t kl = K(k, "auth");
+    assert_int_equal(etcd_post("/v3/auth/role/add", "{\"name\":\"root\"}"), 0);
+    assert_int_equal(etcd_post("/v3/auth/user/add", "{\"name\":\"root\",\"password\":\"s3cret\"}"),
+                     0);
+    assert_int_equal(etcd_post("/v3/auth/user/grant", "{\"user\":\"root\",\"role\":\"root\"}"), 0);
+    assert_int_equal(etcd_post("/v3/auth/enable", "{}"), 0);
+    /* no credentials: refused, clearly */
+    int rc = tg_store_put(g_s, k, kl, "v", 1, 0, NULL, err, sizeof(err));
+    print_message("  no credentials: %s\n", err);
+    assert_int_equal(rc, TG_STORE_EAUTH);
+    snprintf(spec, sizeof(spec), "etcd:%s", g_proc.ep_url);
+    tg_store_opts_t bad = {.so_username = "root", .so_password = "wrong"};
+    tg_store_t *s = NULL;
+    err[0] = 0;
+    rc = tg_store_open(&s, spec, &bad, err, sizeof(err));
+    print_message("  wrong password: %s\n", err);
+    assert_int_equal(rc, TG_STORE_EAUTH);
+    assert_null(s);
+    tg_store_opts_t good = {.so_username = "root", .so_password = "s3cret"};
+    err[0] = 0;
+    assert_int_equal(tg_store_open(&s, spec, &good, err, sizeof(err)), 0);
+    int64_t rev = 0;
+    assert_int_equal(tg_store_put(s, k, kl, "v", 1, 0, &rev, err, sizeof(err)), 0);
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_watch(s, k, kl, NULL, 0, 0, rev, &w, err, sizeof(err)), 0);
+    tg_store_event_t *ev = next_ev(w, 5000);
+    assert_int_equal(ev->ev_kv.kv_mod_rev, rev);
+    tg_store_event_free(ev);
+    /* the harness runs etcd with --auth-token-ttl 1: the token expires and
+       the client authenticates again on its own */
+    sleep_ms(2500);
+    err[0] = 0;
+    assert_int_equal(tg_store_put(s, k, kl, "v2", 2, 0, &rev, err, sizeof(err)), 0);
+    ev = next_ev(w, 5000);
+    assert_int_equal(ev->ev_kv.kv_mod_rev, rev);
+    tg_store_event_free(ev);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1176,10 +1364,11 @@ int main(int argc, char **argv)
         T(test_delete),               T(test_txn_compares),       T(test_cas_race),
         T(test_revisions_monotonic),  T(test_watch_live_and_replay),
         T(test_watch_txn_and_fd),     T(test_compaction_resync),  T(test_lease_expiry),
-        T(test_lease_keepalive_revoke), T(test_limits),
+        T(test_lease_keepalive_revoke), T(test_limits), T(test_concurrent_writers),
     };
     const struct CMUnitTest lmdb[] = {
         T(test_lmdb_durable_reopen),
+        T(test_lmdb_alloc_failures),
         T(test_lmdb_killed_writer),
         T(test_lmdb_map_full),
         T(test_lmdb_corrupt_files),
@@ -1189,6 +1378,7 @@ int main(int argc, char **argv)
         T(test_etcd_no_answer),
         T(test_etcd_failover),
         T(test_etcd_killed_mid_watch),
+        T(test_etcd_auth), /* last: leaves auth on */
     };
     int fails = cmocka_run_group_tests_name(g_etcd ? "conformance (etcd)" : "conformance (lmdb)",
                                             shared, NULL, NULL);
