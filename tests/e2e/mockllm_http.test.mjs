@@ -6,6 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { bin, start } from './lib/proc.mjs';
 
 let mock;
 before(async () => { mock = await startMock(['--threads', '2', '--record-max', '3']); });
@@ -129,4 +130,27 @@ test('a scripted latency also delays errors', async () => {
 test('health endpoint', async () => {
   const r = await fetch(`${mock.url}/_mock/health`);
   assert.deepEqual(await r.json(), { ok: true });
+});
+
+test('command line: --help, bad options and bad scenarios fail with a message', async () => {
+  const run = async (args) => {
+    const p = start(bin('tools/mockllm/mockllm'), args);
+    const r = await Promise.race([p.exited, new Promise((res) => setTimeout(() => res(null), 5000))]);
+    if (r === null) { await p.stop('SIGKILL'); throw new Error(`mockllm ${args.join(' ')} did not exit`); }
+    return { code: r.code, out: p.output() };
+  };
+  let r = await run(['--help']);
+  assert.equal(r.code, 0);
+  assert.match(r.out, /usage: mockllm/);
+  r = await run(['--bogus', '1']);
+  assert.equal(r.code, 2);
+  assert.match(r.out, /bad option or value: --bogus/);
+  r = await run(['--port', '70000']);
+  assert.equal(r.code, 2);
+  r = await run(['--scenario', 'tokens=x']);
+  assert.equal(r.code, 2);
+  assert.match(r.out, /tokens=x/);
+  r = await run(['--host', 'localhost', '--port', '0']);
+  assert.equal(r.code, 1);
+  assert.match(r.out, /not an IPv4 address/);
 });
