@@ -439,9 +439,9 @@ int tg_meter_model_lookup(const char *model, int allow_estimate, tg_meter_model_
         name = slash + 1;
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
         size_t l = strlen(families[i].f_prefix);
-        char next = name[l];
         if (strncasecmp(name, families[i].f_prefix, l) != 0)
             continue;
+        char next = name[l]; /* in bounds: name matched l characters */
         /* exact families end at a boundary ("o1" must not take "o10");
          * estimate families take any suffix ("qwen2.5-72b") */
         if (families[i].f_kind == TG_METER_MODEL_EXACT && next != '\0' && next != '-' &&
