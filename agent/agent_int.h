@@ -175,6 +175,37 @@ int tg_agent_pick(const uint32_t *weights, int n, uint64_t r);
  * max, at least retry_after_ms when honoured (also capped by max). */
 uint32_t tg_agent_backoff(uint32_t initial_ms, uint32_t max_ms, unsigned retry, int64_t retry_after_ms);
 
+/* ---- usage outbox (outbox.c) -------------------------------------------- */
+
+/* The durable spool of usage records; see outbox.c for the durability
+ * bound. Thread-safe: any thread may put; tg_outbox_sync belongs to one
+ * thread (the sync thread). */
+typedef struct tg_outbox tg_outbox_t;
+
+/* Opens (creating unless readonly) the LMDB environment in dir with a map
+ * of map_bytes. Returns 0 and *out (close with tg_outbox_close), or
+ * TG_AGENT_ESYS / ENOMEM with the reason. */
+int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t **out, char *err, size_t errlen);
+/* Syncs what is unsynced, closes. Accepts NULL. */
+void tg_outbox_close(tg_outbox_t *o);
+/* Appends one record and commits without sync (page cache: survives a
+ * killed process; tg_outbox_sync makes it survive power loss). *seq (may be
+ * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (the map is full) or
+ * TG_AGENT_ESYS. */
+int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, char *err, size_t errlen);
+/* Records held. */
+long tg_outbox_depth(tg_outbox_t *o);
+/* fsyncs when something was written since the last call. 0 or ESYS. */
+int tg_outbox_sync(tg_outbox_t *o);
+/* Calls fn(arg, seq, data, len) for up to max records, oldest first, in one
+ * read transaction (data valid during the call). Stops at fn's first
+ * non-zero return and returns it; else 0 or ESYS. */
+int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
+                   char *err, size_t errlen);
+/* Deletes every record with a sequence <= last (after the control plane
+ * acknowledged them). 0 or ESYS. */
+int tg_outbox_delete_upto(tg_outbox_t *o, uint64_t last, char *err, size_t errlen);
+
 /* ---- configuration tables (config.c) ------------------------------------ */
 
 #include "tollgate/v1/agent.pb-c.h"

@@ -23,7 +23,35 @@ static const char usage[] =
     "  --max-body BYTES       hard cap of a request body (default 16777216)\n"
     "  --region NAME          recorded in usage records\n"
     "  --log-level LEVEL      debug, info, warn or error (default info)\n"
-    "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n";
+    "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n"
+    "  --log-records          also log each usage record as a JSON line (comp \"usage\")\n"
+    "  --outbox-map-mb N      LMDB map size of the usage outbox (default 1024)\n"
+    "\n"
+    "       tollgate-agent outbox-dump --data-dir DIR [--limit N]\n"
+    "  prints the usage records waiting in DIR's outbox, one JSON object a line\n";
+
+static int outbox_dump(int argc, char **argv)
+{
+    const char *dir = NULL;
+    long limit = 0;
+    char err[TG_ERRLEN] = "";
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--data-dir") == 0)
+            dir = argv[i + 1];
+        else if (strcmp(argv[i], "--limit") == 0)
+            limit = strtol(argv[i + 1], NULL, 10);
+    }
+    if (!dir) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    long n = tg_agent_outbox_dump(dir, stdout, limit, err, sizeof err);
+    if (n < 0) {
+        fprintf(stderr, "tollgate-agent outbox-dump: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
 
 typedef struct sigctx {
     tg_agent_t *sg_agent;
@@ -76,6 +104,8 @@ int main(int argc, char **argv)
     tg_agent_opts_t o;
     tg_agent_opts_default(&o);
     char err[TG_ERRLEN] = "";
+    if (argc > 1 && strcmp(argv[1], "outbox-dump") == 0)
+        return outbox_dump(argc, argv);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -85,6 +115,9 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--insecure-upstream") == 0) {
             o.ao_insecure_upstream = 1;
+            continue;
+        } else if (strcmp(a, "--log-records") == 0) {
+            o.ao_log_records = 1;
             continue;
         }
         if (!v) {
@@ -113,6 +146,11 @@ int main(int argc, char **argv)
             if (*end || m < 1024 || m > (1LL << 31))
                 goto bad;
             o.ao_max_body = (size_t)m;
+        } else if (strcmp(a, "--outbox-map-mb") == 0) {
+            long mb = strtol(v, &end, 10);
+            if (*end || mb < 1 || mb > (1L << 20))
+                goto bad;
+            o.ao_outbox_map = (size_t)mb << 20;
         } else if (strcmp(a, "--region") == 0) {
             o.ao_region = v;
         } else if (strcmp(a, "--log-level") == 0) {

@@ -113,6 +113,7 @@ struct req {
     char rq_finish[32];
     int rq_final_class;
     char rq_final_msg[256];
+    int rq_no_spool;          /* refused because the outbox is full: spooling would grow it */
 };
 
 static int64_t now_us(void)
@@ -386,11 +387,27 @@ static void emit_record(req_t *rq)
     r.ttft_us = rq->rq_ttft_us;
     r.request_bytes = (int64_t)rq->rq_body_len;
     r.response_bytes = rq->rq_resp_bytes;
-    char *json = tg_pbjson_dumps(&r.base, NULL);
-    if (json) {
-        const char *kv[] = {"request_id", rq->rq_id, "record", json, NULL};
-        tg_log_kv(TG_LOG_INFO, "usage", kv, "request finished: %d", rq->rq_status);
-        free(json);
+    tg_agent_t *ag = rq->rq_w->w_agent;
+    /* Requests without a valid key are not spooled: anyone could fill the
+     * outbox (and the ledger) with them. They are logged only. */
+    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool;
+    if (spool) {
+        size_t n = tollgate__v1__usage_record__get_packed_size(&r);
+        uint8_t *buf = tg_pool_alloc(rq->rq_pool, n ? n : 1);
+        char err[TG_ERRLEN] = "";
+        if (!buf || (tollgate__v1__usage_record__pack(&r, buf),
+                     tg_outbox_put(ag->a_outbox, buf, n, NULL, err, sizeof err) != 0)) {
+            const char *kv[] = {"request_id", rq->rq_id, NULL};
+            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: %s", buf ? err : "out of memory");
+        }
+    }
+    if (ag->a_opts.ao_log_records || !spool) {
+        char *json = tg_pbjson_dumps(&r.base, NULL);
+        if (json) {
+            const char *kv[] = {"request_id", rq->rq_id, "record", json, NULL};
+            tg_log_kv(TG_LOG_INFO, "usage", kv, "request finished: %d", rq->rq_status);
+            free(json);
+        }
     }
 }
 
@@ -1166,6 +1183,16 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
         else
             fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                          "No upstream channel serves model `%s` right now.", route->model);
+        return;
+    }
+    tg_outbox_t *ob = rq->rq_w->w_agent->a_outbox;
+    const Tollgate__V1__GatewayPolicy *gp = tg_cfg_snapshot(rq->rq_cfg)->policy;
+    long cap = gp && gp->outbox_max_records > 0 ? (long)gp->outbox_max_records : 1000000L;
+    if (ob && tg_outbox_depth(ob) >= cap) {
+        rq->rq_no_spool = 1;
+        fail_request(rq, 503, "server_error", "usage_outbox_full", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The gateway cannot record usage right now: its outbox holds %ld records waiting for the "
+                     "control plane (cap %ld). Retry later.", tg_outbox_depth(ob), cap);
         return;
     }
     const Tollgate__V1__RetryPolicy *p = route->policy;

@@ -26,6 +26,7 @@
 #include "agent/server_int.h"
 #include "base/tg_log.h"
 #include "crypto/tg_crypto.h"
+#include "pbjson/tg_pbjson.h"
 
 /* ---- curl multi_socket glue ----------------------------------------------- */
 
@@ -317,6 +318,76 @@ int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err
     return 0;
 }
 
+/* ---- the outbox's group sync ------------------------------------------------ */
+
+/* Every outbox_sync_interval_ms (default 5) fsyncs the outbox when records
+ * were written since the last sync: many records per fsync, and never an
+ * fsync on a loop. The bound on what a power loss can take is therefore one
+ * interval plus one fsync. */
+static void *sync_main(void *arg)
+{
+    tg_agent_t *a = arg;
+    pthread_mutex_lock(&a->a_sync_mu);
+    while (!a->a_sync_stop) {
+        uint32_t ms = 5;
+        tg_cfg_t *c = NULL;
+        pthread_mutex_lock(&a->a_cfg_mu);
+        if ((c = a->a_cfg) != NULL)
+            tg_cfg_ref(c);
+        pthread_mutex_unlock(&a->a_cfg_mu);
+        if (c) {
+            const Tollgate__V1__GatewayPolicy *p = tg_cfg_snapshot(c)->policy;
+            if (p && p->outbox_sync_interval_ms)
+                ms = p->outbox_sync_interval_ms;
+            tg_cfg_unref(c);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&a->a_sync_cv, &a->a_sync_mu, &ts);
+        pthread_mutex_unlock(&a->a_sync_mu);
+        if (tg_outbox_sync(a->a_outbox) != 0)
+            TG_LOG(TG_LOG_ERROR, "agent", "outbox fsync failed: records since the last sync are not power-safe");
+        pthread_mutex_lock(&a->a_sync_mu);
+    }
+    pthread_mutex_unlock(&a->a_sync_mu);
+    return NULL;
+}
+
+static int dump_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    FILE *out = ((void **)arg)[0];
+    long *n = ((void **)arg)[1];
+    Tollgate__V1__UsageRecord *r = tollgate__v1__usage_record__unpack(NULL, len, data);
+    if (!r) {
+        fprintf(out, "{\"seq\":%llu,\"error\":\"record does not unpack\"}\n", (unsigned long long)seq);
+    } else {
+        char *j = tg_pbjson_dumps(&r->base, NULL);
+        fprintf(out, "{\"seq\":%llu,\"record\":%s}\n", (unsigned long long)seq, j ? j : "null");
+        free(j);
+        tollgate__v1__usage_record__free_unpacked(r, NULL);
+    }
+    (*n)++;
+    return 0;
+}
+
+long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, char *err, size_t errlen)
+{
+    char path[4096];
+    tg_outbox_t *o = NULL;
+    snprintf(path, sizeof path, "%s/outbox", data_dir);
+    int rc = tg_outbox_open(path, (size_t)1 << 30, 1, &o, err, errlen);
+    if (rc)
+        return rc;
+    long n = 0;
+    void *arg[2] = {out, &n};
+    rc = tg_outbox_scan(o, limit > 0 ? (size_t)limit : (size_t)-1, dump_one, arg, err, errlen);
+    tg_outbox_close(o);
+    return rc ? rc : n;
+}
+
 /* ---- the agent -------------------------------------------------------------- */
 
 void tg_agent_opts_default(tg_agent_opts_t *o)
@@ -327,6 +398,7 @@ void tg_agent_opts_default(tg_agent_opts_t *o)
     o->ao_threads = 1;
     o->ao_max_body = 16u << 20;
     o->ao_region = "";
+    o->ao_outbox_map = (size_t)1 << 30;
 }
 
 int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_t errlen)
@@ -344,6 +416,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     a->a_stop_pipe[0] = a->a_stop_pipe[1] = -1;
     pthread_mutex_init(&a->a_cfg_mu, NULL);
     pthread_mutex_init(&a->a_brk_mu, NULL);
+    pthread_mutex_init(&a->a_sync_mu, NULL);
+    pthread_cond_init(&a->a_sync_cv, NULL);
     atomic_init(&a->a_cfg_gen, 0);
     if (tg_crypto_random(&a->a_id_base, sizeof a->a_id_base) != 0)
         a->a_id_base = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -380,6 +454,21 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     }
     if (data && (rc = tg_agent_set_snapshot(a, data, len, err, errlen)) != 0)
         goto fail;
+    if (o->ao_data_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/outbox", o->ao_data_dir);
+        if ((rc = tg_outbox_open(path, o->ao_outbox_map, 0, &a->a_outbox, err, errlen)) != 0)
+            goto fail;
+        if (tg_outbox_depth(a->a_outbox))
+            TG_LOG(TG_LOG_INFO, "agent", "outbox holds %ld records from before", tg_outbox_depth(a->a_outbox));
+        if (pthread_create(&a->a_sync_thread, NULL, sync_main, a) != 0) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot start the outbox sync thread");
+            goto fail;
+        }
+        a->a_sync_running = 1;
+    } else {
+        TG_LOG(TG_LOG_WARN, "agent", "no --data-dir: usage records are not kept durably");
+    }
     if (!data)
         TG_LOG(TG_LOG_WARN, "agent", "no snapshot yet: /readyz answers 503 and API requests 503");
     if (pipe2(a->a_stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -455,6 +544,16 @@ void tg_agent_destroy(tg_agent_t *a)
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);
+    if (a->a_sync_running) {
+        pthread_mutex_lock(&a->a_sync_mu);
+        a->a_sync_stop = 1;
+        pthread_cond_signal(&a->a_sync_cv);
+        pthread_mutex_unlock(&a->a_sync_mu);
+        pthread_join(a->a_sync_thread, NULL);
+    }
+    tg_outbox_close(a->a_outbox);
+    pthread_mutex_destroy(&a->a_sync_mu);
+    pthread_cond_destroy(&a->a_sync_cv);
     for (size_t i = 0; i < a->a_nbrk; i++)
         tg_free(a->a_brk[i].bk_id);
     tg_free(a->a_brk);

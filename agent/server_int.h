@@ -50,6 +50,12 @@ struct tg_agent {
     pthread_mutex_t a_cfg_mu;
     tg_cfg_t *a_cfg;        /* current configuration (one reference) */
     atomic_long a_cfg_gen;  /* bumped at every swap */
+    tg_outbox_t *a_outbox;  /* NULL without a data dir */
+    pthread_t a_sync_thread;
+    int a_sync_running;
+    pthread_mutex_t a_sync_mu;
+    pthread_cond_t a_sync_cv;
+    int a_sync_stop;
     tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;

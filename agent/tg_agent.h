@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -33,7 +34,8 @@ enum tg_agent_error {
     TG_AGENT_ECONFIG = -704,   /* the snapshot is inconsistent or unreadable */
     TG_AGENT_ESYS = -705,      /* a system call failed (socket, bind, thread, file) */
     TG_AGENT_EUSAGE = -706,    /* bad command line */
-    TG_AGENT_ELAST = -707      /* sentinel, not an error */
+    TG_AGENT_EFULL = -707,     /* the usage outbox is full */
+    TG_AGENT_ELAST = -708      /* sentinel, not an error */
 };
 
 /* Names an error code. Never NULL. */
@@ -53,6 +55,8 @@ typedef struct tg_agent_opts {
     size_t ao_max_body;        /* hard request-body cap of the HTTP front */
     const char *ao_region;     /* recorded in usage records */
     int ao_insecure_upstream;  /* test only: skip TLS verification upstream */
+    int ao_log_records;        /* also write each usage record as a JSON log line */
+    size_t ao_outbox_map;      /* LMDB map size of the outbox (bytes) */
 } tg_agent_opts_t;
 
 /* Fills *o with defaults: 127.0.0.1:8080, 1 thread, 16 MiB body cap. */
@@ -79,6 +83,12 @@ void tg_agent_stop(tg_agent_t *a);
  * ones. Returns 0 or TG_AGENT_ECONFIG/ENOMEM with the reason in err; on
  * error the running configuration is unchanged. Thread-safe. */
 int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err, size_t errlen);
+
+/* Prints the records waiting in the outbox of data_dir, oldest first, one
+ * JSON object per line ({"seq":N,"record":{...}}), at most limit (<= 0: all).
+ * Opens the outbox read-only, so it works beside a running agent. Returns
+ * the number printed, or a negative code with the reason in err. */
+long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, char *err, size_t errlen);
 
 /* Stops (if running) and frees everything. Accepts NULL. */
 void tg_agent_destroy(tg_agent_t *a);

@@ -3,6 +3,7 @@
 // prints its real port), and read the usage records it emits (one JSON log
 // line per request, comp "usage", until the LMDB outbox lands).
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { bin, start, tmpdir, until } from '../../tests/e2e/lib/proc.mjs';
@@ -19,7 +20,7 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
   dir = dir || tmpdir('tg-agent-');
   mkdirSync(dir, { recursive: true });
   const snapPath = path.join(dir, 'snapshot.json');
-  const flags = ['--port', '0', '--data-dir', path.join(dir, 'data'), ...args];
+  const flags = ['--port', '0', '--data-dir', path.join(dir, 'data'), '--log-records', ...args];
   if (!noSnapshot) {
     writeFileSync(snapPath, JSON.stringify(snapshot));
     flags.push('--snapshot', snapPath);
@@ -55,5 +56,14 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
       proc.child.kill('SIGHUP');
     },
     stop: () => proc.stop('SIGTERM'),
+    // The records waiting in the outbox: [{ seq, record }], oldest first.
+    outbox: () => dumpOutbox(path.join(dir, 'data')),
   };
+}
+
+// Runs `tollgate-agent outbox-dump` on a data dir (works beside a running
+// agent and after a killed one).
+export function dumpOutbox(dataDir) {
+  const out = execFileSync(bin('agent/tollgate-agent'), ['outbox-dump', '--data-dir', dataDir], { encoding: 'utf8' });
+  return out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }

@@ -1,0 +1,83 @@
+// The agent's durable usage outbox: every completed request's record is in
+// the LMDB outbox before its response ends, so a killed agent (SIGKILL)
+// loses none, and a restarted agent keeps appending after them; a full
+// outbox makes the agent refuse new requests with 503 and a clear message.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { startAgent, keyHash, dumpOutbox } from '../../agent/testing/agent.mjs';
+import { tmpdir } from './lib/proc.mjs';
+import path from 'node:path';
+
+const KEY = 'sk-tg-outbox-test';
+let mock;
+before(async () => { mock = await startMock(); });
+after(async () => { await mock?.stop(); });
+
+function snapshot(policy = {}) {
+  return {
+    revision: '3',
+    accounts: [{ id: 'acct', name: 'a', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
+    balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '1000000000000' }],
+    keys: [{ id: 'k1', account_id: 'acct', secret_sha256: keyHash(KEY), status: 'KEY_STATUS_ACTIVE' }],
+    channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+      credential: 'up', route_type: 'ROUTE_TYPE_DIRECT' }],
+    routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] }],
+    policy,
+  };
+}
+const messages = [{ role: 'user', content: 'count me' }];
+
+test('SIGKILL loses no completed request: every record is in the outbox, a restart appends after them', async () => {
+  const dir = tmpdir('tg-outbox-');
+  const agent = await startAgent(snapshot(), { dir });
+  const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+  const ids = [];
+  for (let i = 0; i < 6; i++) {
+    const stream = i % 2 === 1;
+    const { data, response } = await client.chat.completions.create({ model: 'gpt-4o', messages, stream }).withResponse();
+    if (stream) for await (const c of data) void c; // read to the end
+    ids.push(response.headers.get('x-request-id'));
+  }
+  await agent.proc.stop('SIGKILL');
+  const held = dumpOutbox(path.join(dir, 'data'));
+  assert.deepEqual(held.map((h) => h.record.request_id), ids);
+  assert.deepEqual(held.map((h) => Number(h.seq)), [1, 2, 3, 4, 5, 6]);
+  for (const h of held) {
+    assert.equal(h.record.client_status, 200);
+    assert.equal(h.record.key_id, 'k1');
+    assert.ok(Number(h.record.usage.output_tokens) > 0);
+  }
+  // Restart on the same data dir (from the persisted snapshot): it appends after them.
+  const again = await startAgent(null, { dir, noSnapshot: true });
+  try {
+    assert.match(again.proc.output(), /outbox holds 6 records/);
+    const c2 = new OpenAI({ apiKey: KEY, baseURL: again.base, maxRetries: 0 });
+    const { response } = await c2.chat.completions.create({ model: 'gpt-4o', messages }).withResponse();
+    const all = again.outbox();
+    assert.equal(all.length, 7);
+    assert.equal(Number(all[6].seq), 7);
+    assert.equal(all[6].record.request_id, response.headers.get('x-request-id'));
+  } finally {
+    await again.stop();
+  }
+});
+
+test('a full outbox refuses new requests with 503 and says why', async () => {
+  const agent = await startAgent(snapshot({ outbox_max_records: '2' }));
+  try {
+    const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages });
+    await client.chat.completions.create({ model: 'gpt-4o', messages });
+    await assert.rejects(client.chat.completions.create({ model: 'gpt-4o', messages }), (e) => {
+      assert.equal(e.status, 503);
+      assert.equal(e.code, 'usage_outbox_full');
+      assert.match(e.message, /outbox holds 2 records/);
+      return true;
+    });
+    assert.equal(agent.outbox().length, 2);
+  } finally {
+    await agent.stop();
+  }
+});
