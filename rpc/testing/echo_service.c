@@ -62,12 +62,15 @@ static void *parse(tg_rpc_call_t *call, const ProtobufCMessageDescriptor *d, con
 
 static int say(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *reply, void *arg)
 {
-    (void)arg;
     char err[TG_ERRLEN] = "";
     int code = TG_RPC_CODE_OK;
     Tollgate__Test__V1__SayRequest *rq =
         parse(call, &tollgate__test__v1__say_request__descriptor, req, len);
     if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    tg_echo_t *e = arg;
+    pthread_mutex_lock(&e->e_mu);
+    e->e_stats.es_say_running++;
+    pthread_mutex_unlock(&e->e_mu);
     /* Wait in small steps so a cancelled call frees its thread early. */
     for (int waited = 0; waited < rq->delay_ms && !tg_rpc_call_cancelled(call); waited += 10)
         sleep_ms(10);
@@ -89,6 +92,9 @@ static int say(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *re
         tg_rpc_pb_pack(&r.base, reply, err, sizeof err) != 0)
         code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "reply: %s", err);
 done:
+    pthread_mutex_lock(&e->e_mu);
+    e->e_stats.es_say_running--;
+    pthread_mutex_unlock(&e->e_mu);
     tg_rpc_pb_free(&rq->base);
     return code;
 }

@@ -17,6 +17,7 @@ typedef struct tg_echo_stats {
     int es_active;    /* Watch streams open now */
     int es_cancelled; /* streams whose client left before they ended */
     int es_count_done;/* Count streams that sent every message */
+    int es_say_running; /* Say handlers running now */
 } tg_echo_stats_t;
 
 /* Creates the service and starts its ticker thread. `name` (copied, may be
