@@ -47,6 +47,15 @@ test('cache reads and writes are reported apart from input_tokens', async () => 
   assert.equal(r.usage.output_tokens, 9);
 });
 
+test('zero-usage: explicit zeros in the message and the stream', async () => {
+  const r = await client.messages.create(base, scn('zero-usage'));
+  assert.equal(r.content[0].text, answerText(DEFAULT_TOKENS));
+  assert.deepEqual([r.usage.input_tokens, r.usage.output_tokens, r.usage.cache_read_input_tokens], [0, 0, 0]);
+  const msg = await client.messages.stream(base, scn('zero-usage')).finalMessage();
+  assert.equal(msg.usage.output_tokens, 0);
+  assert.equal(msg.usage.input_tokens, 0);
+});
+
 test('SDK sends Bearer auth and its anthropic-version; both are recorded', async () => {
   await client.messages.create(base, scn('key=anth-hdr'));
   const rec = await mock.requests('anth-hdr');

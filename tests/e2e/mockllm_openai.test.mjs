@@ -271,6 +271,17 @@ test('no-usage leaves usage out', async () => {
   for await (const chunk of stream) assert.equal(chunk.usage ?? null, null);
 });
 
+test('zero-usage reports explicit zeros; running-usage puts running totals on every chunk', async () => {
+  const z = await client.chat.completions.create({ model: 'm', messages }, scn('zero-usage;tokens=4'));
+  assert.equal(z.choices[0].message.content, answerText(4));
+  assert.equal(z.usage.prompt_tokens, 0);
+  assert.equal(z.usage.completion_tokens, 0);
+  const stream = await client.chat.completions.create({ model: 'm', messages, stream: true }, scn('running-usage;tokens=4;prompt=9'));
+  const seen = [];
+  for await (const chunk of stream) seen.push(chunk.usage.completion_tokens);
+  assert.deepEqual(seen, [0, 1, 2, 3, 4, 4]); // role chunk, 4 tokens, finish: the last one is the total
+});
+
 test('fail-first=K: the SDK retries through K failures (per key, no cross-talk)', async () => {
   const retrying = new OpenAI({ apiKey: 'k', baseURL: `${mock.url}/v1`, maxRetries: 3 });
   const r = await retrying.chat.completions.create({ model: 'm', messages }, scn('fail-first=2;status=503;retry-after-ms=10;key=retry-a'));

@@ -272,6 +272,8 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"hang", offsetof(tg_mock_scn_t, sc_hang)},
         {"malformed", offsetof(tg_mock_scn_t, sc_malformed)},
         {"no-usage", offsetof(tg_mock_scn_t, sc_no_usage)},
+        {"zero-usage", offsetof(tg_mock_scn_t, sc_zero_usage)},
+        {"running-usage", offsetof(tg_mock_scn_t, sc_running_usage)},
         {"no-tool", offsetof(tg_mock_scn_t, sc_no_tool)},
     };
     int v = 0;

@@ -376,6 +376,27 @@ static void test_stream_error_events(void **state) {
     }
 }
 
+static void test_zero_and_running_usage(void **state) {
+    fixture_t f;
+    int events;
+    char *s;
+    (void)state;
+    fixture(&f, TG_MOCK_CHAT, "{\"model\":\"m\",\"stream\":true}", "tokens=3;prompt=7;running-usage");
+    s = stream_all(&f, &events);
+    /* role chunk 0, then 1, 2, 3 tokens, and the finish chunk at 3 */
+    assert_non_null(strstr(s, "\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,"));
+    assert_non_null(strstr(s, "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,"));
+    free(s);
+    fixture(&f, TG_MOCK_MESSAGES, "{\"model\":\"m\"}", "tokens=3;prompt=7;zero-usage");
+    struct evbuffer *b = evbuffer_new();
+    tg_mock_write_json(b, &f.g);
+    s = drain(b);
+    assert_non_null(strstr(s, "\"text\":\"Hello from the\""));
+    assert_non_null(strstr(s, "\"input_tokens\":0,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":0"));
+    free(s);
+    evbuffer_free(b);
+}
+
 static void test_malformed_is_not_json(void **state) {
     fixture_t f;
     struct evbuffer *b = evbuffer_new();
@@ -441,6 +462,7 @@ int main(void) {
         cmocka_unit_test(test_messages_stream_sequence),
         cmocka_unit_test(test_responses_and_others_are_json),
         cmocka_unit_test(test_stream_error_events),
+        cmocka_unit_test(test_zero_and_running_usage),
         cmocka_unit_test(test_malformed_is_not_json),
         cmocka_unit_test(test_error_shapes),
         cmocka_unit_test(test_json_str_escapes),

@@ -84,9 +84,20 @@ static long token_steps(const tg_mock_gen_t *g) {
 
 /* ---- OpenAI Chat Completions --------------------------------------------- */
 
-static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g) {
-    const tg_mock_plan_t *pl = &g->gn_plan;
-    long completion = (pl->pl_output + pl->pl_reasoning) * pl->pl_n;
+/* The counts usage blocks report: the plan's, or zeros for zero-usage. */
+static tg_mock_plan_t reported(const tg_mock_gen_t *g) {
+    tg_mock_plan_t u = g->gn_plan;
+    if (g->gn_scn->sc_zero_usage)
+        u.pl_prompt = u.pl_cached = u.pl_cache_write = u.pl_output = u.pl_reasoning = 0;
+    return u;
+}
+
+/* Chat usage; `tokens` >= 0 reports a running total of that many visible
+ * tokens per choice (running-usage), -1 the final figures. */
+static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g, long tokens) {
+    tg_mock_plan_t u = reported(g);
+    const tg_mock_plan_t *pl = &u;
+    long completion = ((tokens >= 0 ? tokens : pl->pl_output) + pl->pl_reasoning) * pl->pl_n;
     int rc = 0;
     P("{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,\"total_tokens\":%ld,"
       "\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
@@ -127,7 +138,7 @@ static int chat_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     P("]");
     if (!g->gn_scn->sc_no_usage) {
         P(",\"usage\":");
-        rc |= chat_usage(out, g);
+        rc |= chat_usage(out, g, -1);
     }
     P(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mockllm\"}");
     return rc;
@@ -146,11 +157,18 @@ static int chunk_head(struct evbuffer *out, const tg_mock_gen_t *g, int choice) 
     return rc;
 }
 
-static int chunk_tail(struct evbuffer *out, const tg_mock_gen_t *g, const char *finish) {
+/* Closes a chunk opened by chunk_head; `sent` is the visible tokens sent so
+ * far (for running-usage). */
+static int chunk_tail(struct evbuffer *out, const tg_mock_gen_t *g, const char *finish, long sent) {
     int rc = 0;
     if (finish) P("},\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish);
     else P("},\"logprobs\":null,\"finish_reason\":null}]");
-    if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) P(",\"usage\":null");
+    if (g->gn_scn->sc_running_usage && !g->gn_scn->sc_no_usage) {
+        P(",\"usage\":");
+        rc |= chat_usage(out, g, sent);
+    } else if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) {
+        P(",\"usage\":null");
+    }
     P("}\n\n");
     return rc;
 }
@@ -169,7 +187,7 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
             rc |= chunk_head(out, g, i);
             P("{\"role\":\"assistant\",\"content\":%s,\"refusal\":null",
               g->gn_plan.pl_tool ? "null" : "\"\"");
-            rc |= chunk_tail(out, g, NULL);
+            rc |= chunk_tail(out, g, NULL, 0);
         } else if (step <= toks && g->gn_plan.pl_tool) {
             rc |= chunk_head(out, g, i);
             if (step == 1) {
@@ -182,15 +200,15 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
                 P("{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"" TOOL_ARGS_ESC
                   "\"}}]");
             }
-            rc |= chunk_tail(out, g, NULL);
+            rc |= chunk_tail(out, g, NULL, step == toks ? g->gn_plan.pl_output : 0);
         } else if (step <= toks) {
             rc |= chunk_head(out, g, i);
             P("{\"content\":\"%s\"", tg_mock_token(step - 1));
-            rc |= chunk_tail(out, g, NULL);
+            rc |= chunk_tail(out, g, NULL, step);
         } else {
             rc |= chunk_head(out, g, i);
             P("{");
-            rc |= chunk_tail(out, g, chat_finish(g));
+            rc |= chunk_tail(out, g, chat_finish(g), g->gn_plan.pl_output);
         }
     }
     if (step == toks + 1) {
@@ -201,7 +219,7 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
             rc |= model(out, g);
             P(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mockllm\",\"choices\":[],"
               "\"usage\":");
-            rc |= chat_usage(out, g);
+            rc |= chat_usage(out, g, -1);
             P("}\n\n");
         }
         P("data: [DONE]\n\n");
@@ -212,8 +230,10 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
 /* ---- Anthropic Messages --------------------------------------------------- */
 
 static int msg_usage(struct evbuffer *out, const tg_mock_gen_t *g, long output) {
-    const tg_mock_plan_t *pl = &g->gn_plan;
+    tg_mock_plan_t u = reported(g);
+    const tg_mock_plan_t *pl = &u;
     int rc = 0;
+    if (g->gn_scn->sc_zero_usage) output = 0;
     /* Anthropic's input_tokens exclude cache reads and writes. */
     P("{\"input_tokens\":%ld,\"cache_creation_input_tokens\":%ld,\"cache_read_input_tokens\":%ld,"
       "\"output_tokens\":%ld,\"service_tier\":\"standard\"}",
@@ -308,7 +328,8 @@ static int msg_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
 /* ---- OpenAI Responses ----------------------------------------------------- */
 
 static int resp_usage(struct evbuffer *out, const tg_mock_gen_t *g) {
-    const tg_mock_plan_t *pl = &g->gn_plan;
+    tg_mock_plan_t u = reported(g);
+    const tg_mock_plan_t *pl = &u;
     long output = pl->pl_output + pl->pl_reasoning;
     int rc = 0;
     P("{\"input_tokens\":%ld,\"input_tokens_details\":{\"cached_tokens\":%ld},"
@@ -484,8 +505,8 @@ static int embeddings_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     P("],\"model\":");
     rc |= model(out, g);
     if (!g->gn_scn->sc_no_usage)
-        P(",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}", g->gn_plan.pl_prompt,
-          g->gn_plan.pl_prompt);
+        P(",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}", reported(g).pl_prompt,
+          reported(g).pl_prompt);
     P("}");
     return rc;
 }
@@ -495,7 +516,8 @@ static const char png_b64[] =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
 static int images_json(struct evbuffer *out, const tg_mock_gen_t *g) {
-    const tg_mock_plan_t *pl = &g->gn_plan;
+    tg_mock_plan_t u = reported(g);
+    const tg_mock_plan_t *pl = &u;
     long output = pl->pl_output * pl->pl_n;
     int rc = 0;
     P("{\"created\":%ld,\"data\":[", g->gn_created);

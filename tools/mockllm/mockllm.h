@@ -97,6 +97,9 @@ typedef struct tg_mock_scn {
                               K tokens and ends; -1 = never */
     int sc_malformed;      /* malformed: a 200 whose JSON (or SSE data) is broken */
     int sc_no_usage;       /* no-usage: leave usage out of the answer */
+    int sc_zero_usage;     /* zero-usage: report every usage count as 0 (text unchanged) */
+    int sc_running_usage;  /* running-usage: every chat stream chunk carries the running
+                              usage totals (as some OpenAI-compatible providers do) */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
                                      the recording; "" = the default group */
