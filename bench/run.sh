@@ -146,7 +146,7 @@ nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout" 2>&1 &
 NGINX_PID=$!
 STARTED+=("$NGINX_PID")
 wait_port "$NGINX_PORT"
-NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+NGINX_WORKERS=$( (pgrep -P "$NGINX_PID" || true) | tr '\n' ' ')
 [ -n "$NGINX_WORKERS" ] || { echo "bench/run.sh: no nginx worker" >&2; exit 1; }
 
 TARGETS=(direct nginx)
@@ -163,7 +163,7 @@ if [ -n "$AGENT_CMD" ]; then
   STARTED+=("$AGENT_PID")
   wait_port "$AGENT_PORT" || { cat "$TMP/agent.out" >&2; exit 1; }
   TARGETS+=(agent)
-  URL[agent]="http://127.0.0.1:$AGENT_PORT"; PIDS[agent]="$AGENT_PID $(pgrep -P "$AGENT_PID" | tr '\n' ' ')"
+  URL[agent]="http://127.0.0.1:$AGENT_PORT"; PIDS[agent]="$AGENT_PID $( (pgrep -P "$AGENT_PID" || true) | tr '\n' ' ')"
   AGENT_NOTE="started: $AGENT_CMD"
 elif [ -n "$AGENT_URL" ]; then
   TARGETS+=(agent)
