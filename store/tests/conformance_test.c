@@ -477,7 +477,7 @@ static void test_cas_race(void **state)
     (void)state;
     char k[256], err[TG_ERRLEN] = "";
     size_t kl = K(k, "counter");
-    int n = g_etcd ? 60 : 300;
+    int n = g_etcd ? 60 : 100;
     racer_t r[2] = {{g_s, k, kl, n, 0, 0}, {g_s, k, kl, n, 0, 0}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
@@ -540,7 +540,7 @@ static void test_concurrent_writers(void **state)
     enum { W = 8 };
     writer_t w[W];
     pthread_t t[W];
-    int n = g_etcd ? 15 : 50;
+    int n = g_etcd ? 15 : 25;
     tg_store_watch_t *wa = NULL;
     size_t kl = K(k, "g/");
     assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &wa, err, sizeof(err)), 0);
