@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/cmd_admin.h"
 #include "cli/tollctl_int.h"
 
 static const struct command {
@@ -16,6 +17,23 @@ static const struct command {
 } commands[] = {
     {"tokens", cmd_tokens, usage_tokens,
      "count the tokens of stdin (cl100k_base, o200k_base), exactly as tiktoken"},
+    /* admin commands (cmd_*.c): they talk to tollgate-cp's AdminService */
+    {"account", cmd_account, usage_admin, "accounts and their balance buckets"},
+    {"project", cmd_project, usage_admin, "projects of an account"},
+    {"key", cmd_key, usage_admin, "API keys: create (secret shown once), pause, resume, revoke"},
+    {"channel", cmd_channel, usage_admin, "upstream channels (credentials are write-only)"},
+    {"route", cmd_route, usage_admin, "model routes: tiers of channel targets"},
+    {"price", cmd_price, usage_admin, "versioned price cards: publish, get, list"},
+    {"topup", cmd_topup, usage_admin, "add money to a bucket (idempotent, writes a ledger row)"},
+    {"adjust", cmd_adjust, usage_admin, "correct a bucket by either sign (idempotent)"},
+    {"balance", cmd_balance, usage_admin, "an account's bucket balances"},
+    {"ledger", cmd_ledger, usage_admin, "ledger query, and export as CSV"},
+    {"run", cmd_run, usage_admin, "run receipt: every request and attempt of a run"},
+    {"budget", cmd_budget, usage_admin, "run budgets"},
+    {"policy", cmd_policy, usage_admin, "the gateway policy"},
+    {"agents", cmd_agents, usage_admin, "enrolled edge agents"},
+    {"audit", cmd_audit, usage_admin, "the audit log of admin changes"},
+    {"whoami", cmd_whoami, usage_admin, "the admin token's name and role"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
