@@ -242,6 +242,8 @@ test('disconnect mid-stream: the SDK raises after the tokens that arrived', asyn
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
   })());
   assert.equal(text, answerText(3));
+  // A JSON answer cut short of its Content-Length fails too.
+  await assert.rejects(client.chat.completions.create({ model: 'm', messages }, scn('disconnect')));
 });
 
 test('error-after=K: an in-stream error event is raised by the SDK as an APIError', async () => {
