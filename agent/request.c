@@ -502,6 +502,18 @@ static void start_stream(req_t *rq)
     rq->rq_ttft_us = now_us() - rq->rq_t0_us;
 }
 
+/* The upstream's response head is complete, or its first body byte came:
+ * the first-byte timer stops and the status is final. */
+static void first_byte(req_t *rq)
+{
+    if (rq->rq_got_byte)
+        return;
+    rq->rq_got_byte = 1;
+    if (rq->rq_timer && !rq->rq_timer_backoff)
+        evtimer_del(rq->rq_timer);
+    curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &rq->rq_up_status);
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
     req_t *rq = arg;
@@ -509,13 +521,9 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
     if (rq->rq_client_gone)
         return 0;
-    if (!rq->rq_got_byte) {
-        rq->rq_got_byte = 1;
+    first_byte(rq);
+    if (!a->at_ttft_us)
         a->at_ttft_us = now_us() - a->at_start_us;
-        if (rq->rq_timer && !rq->rq_timer_backoff)
-            evtimer_del(rq->rq_timer);
-        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &rq->rq_up_status);
-    }
     if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream) {
         if (!rq->rq_started)
             start_stream(rq);
@@ -548,6 +556,19 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
     if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
         a->at_retry_after_ms = 0;
         a->at_upid[0] = '\0';
+        return n;
+    }
+    if (n <= 2 && (data[0] == '\r' || data[0] == '\n')) {
+        /* End of a response head. A 2xx stream answers the client now, as
+         * a proxy forwards headers, so a slow first token does not hold
+         * the client's response head back (1xx heads are skipped). */
+        long st = 0;
+        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
+        if (st >= 200) {
+            first_byte(rq);
+            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_started && !rq->rq_client_gone)
+                start_stream(rq);
+        }
         return n;
     }
     const char *colon = memchr(data, ':', n);
@@ -811,6 +832,16 @@ static void start_attempt(req_t *rq)
     h = n;
     for (size_t i = 0; i < c->n_extra_headers; i++) {
         snprintf(hdr, sizeof hdr, "%s: %s", c->extra_headers[i]->name, c->extra_headers[i]->value);
+        if (!(n = curl_slist_append(h, hdr)))
+            goto nomem;
+        h = n;
+    }
+    const tg_agent_opts_t *ao = &rq->rq_w->w_agent->a_opts;
+    for (int i = 0; i < ao->ao_nforward; i++) {
+        const char *v = evhttp_find_header(evhttp_request_get_input_headers(rq->rq_hr), ao->ao_forward[i]);
+        if (!v)
+            continue;
+        snprintf(hdr, sizeof hdr, "%s: %s", ao->ao_forward[i], v);
         if (!(n = curl_slist_append(h, hdr)))
             goto nomem;
         h = n;
