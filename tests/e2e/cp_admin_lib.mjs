@@ -9,11 +9,13 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import { ROOT, bin, start, tmpdir, until } from './lib/proc.mjs';
 
+import { ENROLL_TOKEN } from './cp_agent_lib.mjs';
+
 export { startEtcd } from './cp_agent_lib.mjs';
 
 const API = path.join(ROOT, 'api');
 const opts = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true, includeDirs: [API] };
-const def = protoLoader.loadSync(['tollgate/v1/admin.proto'], opts);
+const def = protoLoader.loadSync(['tollgate/v1/admin.proto', 'tollgate/v1/agent.proto'], opts);
 export const pkg = grpc.loadPackageDefinition(def).tollgate.v1;
 
 export const TOKENS = {
@@ -34,7 +36,7 @@ export async function startCp({ store, dataDir = tmpdir('tg-cpadm-'), extra = []
     '',
   ].join('\n'));
   const args = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir,
-    '--admin-tokens', tokens, '--enroll-token', 'enroll-e2e', '--node-id', 'cp-admin-e2e',
+    '--admin-tokens', tokens, '--enroll-token', ENROLL_TOKEN, '--node-id', 'cp-admin-e2e',
     '--log-level', 'info', ...extra];
   if (store) args.push('--store', store);
   const proc = start(bin('controlplane/tollgate-cp'), args);
@@ -74,6 +76,18 @@ export async function startCp({ store, dataDir = tmpdir('tg-cpadm-'), extra = []
           });
         },
       };
+    },
+    // What cp_agent_lib's FakeAgent and seed() expect of a control plane.
+    get agentSvc() {
+      if (!this._agentSvc) {
+        this._agentSvc = new pkg.AgentService(grpcAddr, grpc.credentials.createInsecure());
+        clients.push(this._agentSvc);
+      }
+      return this._agentSvc;
+    },
+    adminCall(method, req) {
+      if (!this._admin) this._admin = this.as('admin');
+      return this._admin.call(method, req);
     },
     async stop(sig = 'SIGTERM') {
       for (const c of clients) c.close();
