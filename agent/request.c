@@ -217,9 +217,17 @@ static void unlink_req(req_t *rq)
 
 static void drop_easy(req_t *rq)
 {
+    worker_t *w = rq->rq_w;
     if (rq->rq_easy) {
-        curl_multi_remove_handle(rq->rq_w->w_multi, rq->rq_easy);
-        curl_easy_cleanup(rq->rq_easy);
+        curl_multi_remove_handle(w->w_multi, rq->rq_easy);
+        /* Kept for the next attempt on this worker: saves the handle's
+         * allocations (connections live in the multi handle either way). */
+        if (w->w_nidle < (int)(sizeof w->w_idle / sizeof w->w_idle[0])) {
+            curl_easy_reset(rq->rq_easy);
+            w->w_idle[w->w_nidle++] = rq->rq_easy;
+        } else {
+            curl_easy_cleanup(rq->rq_easy);
+        }
         rq->rq_easy = NULL;
     }
     if (rq->rq_hdrs) {
@@ -814,7 +822,7 @@ static void start_attempt(req_t *rq)
         return;
     }
     struct curl_slist *h = NULL, *n;
-    CURL *e = curl_easy_init();
+    CURL *e = rq->rq_w->w_nidle ? rq->rq_w->w_idle[--rq->rq_w->w_nidle] : curl_easy_init();
     if (!e)
         goto nomem;
     rq->rq_easy = e;

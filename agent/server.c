@@ -148,6 +148,8 @@ static void worker_free(worker_t *w)
     tg_req_abort_all(w);
     if (w->w_http)
         evhttp_free(w->w_http);
+    while (w->w_nidle > 0)
+        curl_easy_cleanup(w->w_idle[--w->w_nidle]);
     if (w->w_multi)
         curl_multi_cleanup(w->w_multi);
     if (w->w_curl_timer)

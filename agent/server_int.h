@@ -32,6 +32,8 @@ struct worker {
     uint64_t w_rng;    /* xorshift state for weighted picks */
     uint64_t w_seq;    /* requests started here */
     req_t *w_live;     /* requests in flight (doubly linked) */
+    CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
+    int w_nidle;
 };
 
 typedef struct brk_slot {
