@@ -493,7 +493,8 @@ static void notify(lstore_t *ls, const wctx_t *wc)
         tg_store_watch_t *w = l->lw_w;
         for (size_t i = 0; i < wc->wc_n; i++) {
             const tg_store_kv_t *kv = &wc->wc_ev[i].we_kv;
-            if (tg_store__in_range(kv->kv_key, kv->kv_key_len, w->w_key, w->w_key_len, w->w_end,
+            if (kv->kv_mod_rev >= w->w_start_rev && /* a watch may start in the future */
+                tg_store__in_range(kv->kv_key, kv->kv_key_len, w->w_key, w->w_key_len, w->w_end,
                                    w->w_end_len))
                 tg_store__watch_push(w, wc->wc_ev[i].we_type, kv);
         }
