@@ -36,4 +36,8 @@ grpc_byte_buffer *rpc_bb_make(const void *data, size_t len);
 int rpc_md_make(grpc_metadata *out, const tg_rpc_md_t *md, size_t n, char *err, size_t errlen);
 void rpc_md_free(grpc_metadata *md, size_t n);
 
+/* Appends the integer channel argument key=value at args[*n] and counts it;
+ * the caller sized args. key must outlive the channel args' use. */
+void rpc_arg_int(grpc_arg *args, size_t *n, const char *key, int value);
+
 #endif

@@ -143,8 +143,8 @@ typedef struct tg_rpc_server_opts {
  * the reply to `reply`. Return TG_RPC_CODE_OK, or a status code, ideally
  * through tg_rpc_call_errorf() so the client reads why. A reply is sent only
  * with OK. Runs on a server thread. */
-typedef int (*tg_rpc_unary_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t req_len,
-                               tg_buf_t *reply, void *arg);
+typedef int (*tg_rpc_unary_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply,
+                               void *arg);
 
 /* Returned by a stream handler that keeps the call (see below). */
 #define TG_RPC_KEEP 1000
@@ -155,22 +155,20 @@ typedef int (*tg_rpc_unary_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t r
  * must not be touched afterwards), or return TG_RPC_KEEP: the caller keeps
  * the call and must end it exactly once with tg_rpc_call_finish(), from any
  * thread, usually after tg_rpc_call_on_cancel() told it the client left. */
-typedef int (*tg_rpc_stream_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t req_len,
-                                void *arg);
+typedef int (*tg_rpc_stream_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg);
 
 /* Creates a server (not yet listening). opts may be NULL (insecure,
  * 127.0.0.1:0). The PEM strings are copied. Returns NULL with err set on bad
  * TLS options or no memory. Destroy with tg_rpc_server_destroy(). */
-tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *err,
-                                      size_t errlen);
+tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *err, size_t errlen);
 
 /* Registers a handler for a full method path ("/pkg.Service/Method"); the
  * path is copied, arg is passed to fn. Before tg_rpc_server_start only.
  * Errors: TG_RPC_EINVAL (bad path, duplicate), TG_RPC_ESTATE, TG_RPC_ENOMEM. */
-int tg_rpc_server_add_unary(tg_rpc_server_t *srv, const char *method, tg_rpc_unary_fn fn,
-                            void *arg, char *err, size_t errlen);
-int tg_rpc_server_add_stream(tg_rpc_server_t *srv, const char *method, tg_rpc_stream_fn fn,
-                             void *arg, char *err, size_t errlen);
+int tg_rpc_server_add_unary(tg_rpc_server_t *srv, const char *method, tg_rpc_unary_fn fn, void *arg,
+                            char *err, size_t errlen);
+int tg_rpc_server_add_stream(tg_rpc_server_t *srv, const char *method, tg_rpc_stream_fn fn, void *arg,
+                             char *err, size_t errlen);
 
 /* Binds, listens and starts the threads. Methods nobody registered answer
  * UNIMPLEMENTED. Errors: TG_RPC_EBIND (address in use, bad address),
@@ -259,42 +257,41 @@ void tg_rpc_call_finish(tg_rpc_call_t *call, int code, const char *message);
  * `call` stays valid during fn, but fn must finish it only if the holder has
  * not (typically: remove it from a locked list; finish if it was there).
  * Handler thread only. */
-void tg_rpc_call_on_cancel(tg_rpc_call_t *call, void (*fn)(tg_rpc_call_t *call, void *arg),
-                           void *arg);
+void tg_rpc_call_on_cancel(tg_rpc_call_t *call, void (*fn)(tg_rpc_call_t *call, void *arg), void *arg);
 
 /* ---- client ------------------------------------------------------------- */
 
 typedef struct tg_rpc_channel tg_rpc_channel_t;
 
 typedef struct tg_rpc_channel_opts {
-    int co_tls;                /* 1: TLS (also implied by co_root_pem) */
-    const char *co_root_pem;   /* trusted roots (PEM); NULL with co_tls: system roots */
-    const char *co_cert_pem;   /* mTLS client certificate chain (PEM), or NULL */
-    const char *co_key_pem;    /* its private key */
-    const char *co_tls_name;   /* expected server name if not the target host */
-    int co_reconnect_min_ms;   /* gRPC reconnect backoff bounds; 0: core */
-    int co_reconnect_max_ms;   /*   defaults (1 s .. 120 s) */
-    int co_keepalive_ms;       /* HTTP/2 ping interval to detect a dead server
-                                * on an idle stream; 0: off; >= 1000 */
-    int co_max_message_bytes;  /* largest message received; 0: 4 MiB */
+    int co_tls;               /* 1: TLS (also implied by co_root_pem) */
+    const char *co_root_pem;  /* trusted roots (PEM); NULL with co_tls: system roots */
+    const char *co_cert_pem;  /* mTLS client certificate chain (PEM), or NULL */
+    const char *co_key_pem;   /* its private key */
+    const char *co_tls_name;  /* expected server name if not the target host */
+    int co_reconnect_min_ms;  /* gRPC reconnect backoff bounds; 0: core */
+    int co_reconnect_max_ms;  /*   defaults (1 s .. 120 s) */
+    int co_keepalive_ms;      /* HTTP/2 ping interval to detect a dead server
+                               * on an idle stream; 0: off; >= 1000 */
+    int co_max_message_bytes; /* largest message received; 0: 4 MiB */
 } tg_rpc_channel_opts_t;
 
 /* A channel to target ("127.0.0.1:7443", "dns:///cp.example:443"). It
  * connects lazily and reconnects on its own. opts may be NULL (insecure).
  * Returns NULL with err set. Destroy with tg_rpc_channel_destroy(). */
-tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel_opts_t *opts,
-                                        char *err, size_t errlen);
+tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel_opts_t *opts, char *err,
+                                        size_t errlen);
 /* Closes the channel (calls still running on it fail). Accepts NULL. */
 void tg_rpc_channel_destroy(tg_rpc_channel_t *ch);
 
 /* What a unary call brought back. Free with tg_rpc_result_free(). */
 typedef struct tg_rpc_result {
-    int rs_code;          /* TG_RPC_CODE_* the call ended with */
-    char *rs_message;     /* status message ("" when none) */
-    uint8_t *rs_data;     /* reply bytes (NULL unless rs_code is OK) */
-    size_t rs_len;        /* bytes in rs_data */
-    tg_rpc_md_t *rs_md;   /* response headers then trailers; strings owned */
-    size_t rs_nmd;        /* entries in rs_md */
+    int rs_code;        /* TG_RPC_CODE_* the call ended with */
+    char *rs_message;   /* status message ("" when none) */
+    uint8_t *rs_data;   /* reply bytes (NULL unless rs_code is OK) */
+    size_t rs_len;      /* bytes in rs_data */
+    tg_rpc_md_t *rs_md; /* response headers then trailers; strings owned */
+    size_t rs_nmd;      /* entries in rs_md */
 } tg_rpc_result_t;
 
 /* Frees what a result holds and zeroes it. Accepts NULL. */
@@ -309,9 +306,8 @@ const char *tg_rpc_result_metadata(const tg_rpc_result_t *res, const char *key);
  * TG_RPC_ESTATUS when the server (or the core: DEADLINE_EXCEEDED,
  * UNAVAILABLE) ended it otherwise, with "CODE: message" in err, or
  * TG_RPC_EINVAL/ENOMEM/ECALL. Thread-safe. */
-int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
-                 const void *req, size_t req_len, int timeout_ms, tg_rpc_result_t *res,
-                 char *err, size_t errlen);
+int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd, const void *req,
+                 size_t req_len, int timeout_ms, tg_rpc_result_t *res, char *err, size_t errlen);
 
 /* ---- client: server streams -------------------------------------------- */
 
@@ -321,17 +317,16 @@ typedef struct tg_rpc_reader tg_rpc_reader_t;
  * stream lives for hours). Returns the reader in *out (destroy with
  * tg_rpc_reader_destroy) or a negative code; connection errors surface at
  * the first tg_rpc_reader_next(). */
-int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md,
-                       size_t nmd, const void *req, size_t req_len, int timeout_ms,
-                       tg_rpc_reader_t **out, char *err, size_t errlen);
+int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
+                       const void *req, size_t req_len, int timeout_ms, tg_rpc_reader_t **out, char *err,
+                       size_t errlen);
 
 /* Waits up to timeout_ms (< 0: no limit) for the next message and puts it
  * in msg (reset first). Returns 1 with a message, 0 when the stream ended
  * with status OK, TG_RPC_ETIMEDOUT (nothing yet: the stream goes on; call
  * again), TG_RPC_ESTATUS (ended otherwise: see tg_rpc_reader_status),
  * TG_RPC_ENOMEM (message larger than msg's maximum: the stream is cancelled). */
-int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *err,
-                       size_t errlen);
+int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *err, size_t errlen);
 
 /* After next returned 0 or TG_RPC_ESTATUS: the status code and message
  * (valid until destroy); -1 and "" before. */
@@ -358,10 +353,10 @@ void tg_rpc_cancel_destroy(tg_rpc_cancel_t *c); /* accepts NULL */
  * min(max_ms, initial_ms * multiplier^n) scaled by a uniform factor in
  * [1 - jitter, 1 + jitter], capped at max_ms. */
 typedef struct tg_rpc_backoff {
-    int bo_initial_ms;   /* first delay; 0: 100 */
-    int bo_max_ms;       /* cap; 0: 30000 */
+    int bo_initial_ms;    /* first delay; 0: 100 */
+    int bo_max_ms;        /* cap; 0: 30000 */
     double bo_multiplier; /* growth; 0: 2.0 */
-    double bo_jitter;    /* 0..1; 0: 0.2 (use a tiny value for none) */
+    double bo_jitter;     /* 0..1; 0: 0.2 (use a tiny value for none) */
 } tg_rpc_backoff_t;
 
 /* The delay before reconnect attempt `attempt`; *seed is a PRNG state the
@@ -369,14 +364,14 @@ typedef struct tg_rpc_backoff {
 int tg_rpc_backoff_delay_ms(const tg_rpc_backoff_t *b, int attempt, uint64_t *seed);
 
 typedef struct tg_rpc_stream_opts {
-    const char *sr_method;       /* full method path */
-    const tg_rpc_md_t *sr_md;    /* metadata sent on every attempt */
+    const char *sr_method;    /* full method path */
+    const tg_rpc_md_t *sr_md; /* metadata sent on every attempt */
     size_t sr_nmd;
     /* Builds the request for each attempt (e.g. Sync asks "from version V"),
      * appending to req. Return 0, or nonzero to stop the run. NULL: send
      * sr_req as is. */
     int (*sr_request)(void *arg, tg_buf_t *req);
-    const void *sr_req;          /* the fixed request when sr_request is NULL */
+    const void *sr_req; /* the fixed request when sr_request is NULL */
     size_t sr_req_len;
     /* Each message received. Return 0 to go on, nonzero to stop. */
     int (*sr_on_message)(void *arg, const uint8_t *data, size_t len);
@@ -385,9 +380,9 @@ typedef struct tg_rpc_stream_opts {
      * (always reconnect). */
     int (*sr_on_status)(void *arg, int code, const char *message, int next_delay_ms);
     void *sr_arg;
-    tg_rpc_backoff_t sr_backoff;  /* reset after an attempt that got a message */
-    size_t sr_max_message_bytes;  /* 0: 4 MiB */
-    tg_rpc_cancel_t *sr_cancel;   /* optional: stops the run from another thread */
+    tg_rpc_backoff_t sr_backoff; /* reset after an attempt that got a message */
+    size_t sr_max_message_bytes; /* 0: 4 MiB */
+    tg_rpc_cancel_t *sr_cancel;  /* optional: stops the run from another thread */
 } tg_rpc_stream_opts_t;
 
 /* Runs a server-streaming call and reopens it whenever it ends (server gone,
@@ -395,8 +390,7 @@ typedef struct tg_rpc_stream_opts {
  * Blocks until a callback asks to stop (returns 0) or sr_cancel is
  * signalled (returns TG_RPC_ESTOPPED). Other errors: TG_RPC_EINVAL,
  * TG_RPC_ENOMEM. */
-int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *opts, char *err,
-                      size_t errlen);
+int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *opts, char *err, size_t errlen);
 
 /* ---- protobuf-c helpers ------------------------------------------------- */
 
@@ -410,14 +404,13 @@ int tg_rpc_pb_pack(const struct ProtobufCMessage *msg, tg_buf_t *out, char *err,
 /* Parses data as a message of type desc into *out (allocated through
  * tg_malloc; free with tg_rpc_pb_free). Errors: TG_RPC_EPROTO naming the
  * type, TG_RPC_EINVAL. */
-int tg_rpc_pb_unpack(const struct ProtobufCMessageDescriptor *desc, const void *data,
-                     size_t len, struct ProtobufCMessage **out, char *err, size_t errlen);
+int tg_rpc_pb_unpack(const struct ProtobufCMessageDescriptor *desc, const void *data, size_t len,
+                     struct ProtobufCMessage **out, char *err, size_t errlen);
 
 /* Frees a message from tg_rpc_pb_unpack. Accepts NULL. */
 void tg_rpc_pb_free(struct ProtobufCMessage *msg);
 
 /* tg_rpc_call_send of a packed message. Same errors, plus TG_RPC_EINVAL. */
-int tg_rpc_call_send_pb(tg_rpc_call_t *call, const struct ProtobufCMessage *msg,
-                        int timeout_ms);
+int tg_rpc_call_send_pb(tg_rpc_call_t *call, const struct ProtobufCMessage *msg, int timeout_ms);
 
 #endif

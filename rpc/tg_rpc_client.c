@@ -23,8 +23,8 @@ struct tg_rpc_channel {
 
 /* ---- channel ------------------------------------------------------------ */
 
-tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel_opts_t *opts,
-                                        char *err, size_t errlen)
+tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel_opts_t *opts, char *err,
+                                        size_t errlen)
 {
     tg_rpc_channel_opts_t o = {0};
     grpc_channel_credentials *creds = NULL;
@@ -32,14 +32,14 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
     grpc_arg args[10];
     size_t n = 0;
 
-    if (opts) o = *opts;
+    if (opts)
+        o = *opts;
     if (!target || !*target) {
         tg_errf(err, errlen, TG_RPC_EINVAL, "channel: empty target");
         return NULL;
     }
     if ((o.co_cert_pem == NULL) != (o.co_key_pem == NULL)) {
-        tg_errf(err, errlen, TG_RPC_ETLS, "channel %s: give both a client certificate and key",
-                target);
+        tg_errf(err, errlen, TG_RPC_ETLS, "channel %s: give both a client certificate and key", target);
         return NULL;
     }
     ch = tg_calloc(1, sizeof *ch);
@@ -50,8 +50,7 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
     grpc_init(); /* balanced in tg_rpc_channel_destroy */
     if (o.co_tls || o.co_root_pem || o.co_cert_pem) {
         grpc_ssl_pem_key_cert_pair pair = {o.co_key_pem, o.co_cert_pem};
-        creds = grpc_ssl_credentials_create(o.co_root_pem, o.co_cert_pem ? &pair : NULL, NULL,
-                                            NULL);
+        creds = grpc_ssl_credentials_create(o.co_root_pem, o.co_cert_pem ? &pair : NULL, NULL, NULL);
     } else {
         creds = grpc_insecure_credentials_create();
     }
@@ -62,30 +61,22 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
         return NULL;
     }
     memset(args, 0, sizeof args);
-#define INT_ARG(k, v)                                                                            \
-    do {                                                                                         \
-        args[n].type = GRPC_ARG_INTEGER;                                                         \
-        args[n].key = (char *)(k);                                                               \
-        args[n].value.integer = (v);                                                             \
-        n++;                                                                                     \
-    } while (0)
     if (o.co_reconnect_min_ms > 0) {
-        INT_ARG(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
-        INT_ARG(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
+        rpc_arg_int(args, &n, GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
+        rpc_arg_int(args, &n, GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
     }
-    if (o.co_reconnect_max_ms > 0) INT_ARG(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, o.co_reconnect_max_ms);
+    if (o.co_reconnect_max_ms > 0)
+        rpc_arg_int(args, &n, GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, o.co_reconnect_max_ms);
     if (o.co_keepalive_ms > 0) {
         int ka = o.co_keepalive_ms < 1000 ? 1000 : o.co_keepalive_ms;
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, ka);
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ka < 20000 ? ka : 20000);
+        rpc_arg_int(args, &n, GRPC_ARG_KEEPALIVE_TIME_MS, ka);
+        rpc_arg_int(args, &n, GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ka < 20000 ? ka : 20000);
         /* Keep pinging on a quiet stream (core default: 2 pings, then
          * silence until data flows). */
-        INT_ARG(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+        rpc_arg_int(args, &n, GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
-    ch->ch_max_msg = o.co_max_message_bytes > 0 ? (size_t)o.co_max_message_bytes
-                                                : REPLY_MAX_DEFAULT;
-    INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (int)ch->ch_max_msg);
-#undef INT_ARG
+    ch->ch_max_msg = o.co_max_message_bytes > 0 ? (size_t)o.co_max_message_bytes : REPLY_MAX_DEFAULT;
+    rpc_arg_int(args, &n, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (int)ch->ch_max_msg);
     if (o.co_tls_name) {
         args[n].type = GRPC_ARG_STRING;
         args[n].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
@@ -102,7 +93,8 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
 
 void tg_rpc_channel_destroy(tg_rpc_channel_t *ch)
 {
-    if (!ch) return;
+    if (!ch)
+        return;
     grpc_channel_destroy(ch->ch_gc);
     tg_free(ch);
     grpc_shutdown();
@@ -112,7 +104,8 @@ void tg_rpc_channel_destroy(tg_rpc_channel_t *ch)
 
 void tg_rpc_result_free(tg_rpc_result_t *res)
 {
-    if (!res) return;
+    if (!res)
+        return;
     tg_free(res->rs_message);
     tg_free(res->rs_data);
     for (size_t i = 0; i < res->rs_nmd; i++) {
@@ -126,16 +119,19 @@ void tg_rpc_result_free(tg_rpc_result_t *res)
 const char *tg_rpc_result_metadata(const tg_rpc_result_t *res, const char *key)
 {
     for (size_t i = 0; res && i < res->rs_nmd; i++)
-        if (strcmp(res->rs_md[i].md_key, key) == 0) return res->rs_md[i].md_value;
+        if (strcmp(res->rs_md[i].md_key, key) == 0)
+            return res->rs_md[i].md_value;
     return NULL;
 }
 
 /* Appends copies of a metadata array to res. Returns 0 or -1. */
 static int copy_md(tg_rpc_result_t *res, const grpc_metadata_array *a)
 {
-    if (a->count == 0) return 0;
+    if (a->count == 0)
+        return 0;
     tg_rpc_md_t *m = tg_realloc(res->rs_md, (res->rs_nmd + a->count) * sizeof *m);
-    if (!m) return -1;
+    if (!m)
+        return -1;
     res->rs_md = m;
     for (size_t i = 0; i < a->count; i++) {
         const grpc_metadata *g = &a->metadata[i];
@@ -157,8 +153,7 @@ static int copy_md(tg_rpc_result_t *res, const grpc_metadata_array *a)
 static int check_method(const char *method, char *err, size_t errlen)
 {
     if (!method || method[0] != '/' || !strchr(method + 1, '/'))
-        return tg_errf(err, errlen, TG_RPC_EINVAL,
-                       "method path '%s' must look like /package.Service/Method",
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "method path '%s' must look like /package.Service/Method",
                        method ? method : "(null)");
     return 0;
 }
@@ -173,9 +168,8 @@ static void cq_destroy(grpc_completion_queue *cq)
     grpc_completion_queue_destroy(cq);
 }
 
-int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
-                 const void *req, size_t req_len, int timeout_ms, tg_rpc_result_t *res,
-                 char *err, size_t errlen)
+int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd, const void *req,
+                 size_t req_len, int timeout_ms, tg_rpc_result_t *res, char *err, size_t errlen)
 {
     int rc = 0;
     grpc_metadata *gmd = NULL;
@@ -190,12 +184,14 @@ int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md
     grpc_metadata_array_init(&imd);
     grpc_metadata_array_init(&tmd);
     tg_buf_init(&reply, ch ? ch->ch_max_msg : 0);
-    if (res) memset(res, 0, sizeof *res);
+    if (res)
+        memset(res, 0, sizeof *res);
     if (!ch || !res || (!req && req_len) || (!md && nmd)) {
         rc = tg_errf(err, errlen, TG_RPC_EINVAL, "unary call: NULL channel, result or data");
         goto fail;
     }
-    if ((rc = check_method(method, err, errlen)) != 0) goto fail;
+    if ((rc = check_method(method, err, errlen)) != 0)
+        goto fail;
     gmd = tg_calloc(nmd ? nmd : 1, sizeof *gmd);
     if (!gmd) {
         rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "out of memory calling %s", method);
@@ -240,38 +236,41 @@ int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md
     grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
 
     res->rs_code = (int)st;
-    res->rs_message = tg_strndup((const char *)GRPC_SLICE_START_PTR(details),
-                                 GRPC_SLICE_LENGTH(details));
+    res->rs_message = tg_strndup((const char *)GRPC_SLICE_START_PTR(details), GRPC_SLICE_LENGTH(details));
     if (!res->rs_message || copy_md(res, &imd) != 0 || copy_md(res, &tmd) != 0) {
         rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "%s: out of memory reading the reply", method);
         goto fail;
     }
     if (st == GRPC_STATUS_OK) {
         if (rbb && rpc_bb_read(rbb, &reply) != 0) {
-            rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "%s: reply too large or out of memory",
-                         method);
+            rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "%s: reply too large or out of memory", method);
             goto fail;
         }
         res->rs_len = reply.b_len;
         res->rs_data = (uint8_t *)tg_buf_steal(&reply, NULL);
-        if (!res->rs_data) res->rs_data = (uint8_t *)tg_calloc(1, 1); /* empty reply */
+        if (!res->rs_data)
+            res->rs_data = (uint8_t *)tg_calloc(1, 1); /* empty reply */
         if (!res->rs_data) {
             rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "%s: out of memory", method);
             goto fail;
         }
     } else {
-        rc = tg_errf(err, errlen, TG_RPC_ESTATUS, "%s: %s: %s", method, tg_rpc_code_name(st),
-                     res->rs_message);
+        rc =
+            tg_errf(err, errlen, TG_RPC_ESTATUS, "%s: %s: %s", method, tg_rpc_code_name(st), res->rs_message);
     }
 fail:
-    if (call) grpc_call_unref(call);
-    if (cq) cq_destroy(cq);
+    if (call)
+        grpc_call_unref(call);
+    if (cq)
+        cq_destroy(cq);
     if (gmd) {
         rpc_md_free(gmd, nmd);
         tg_free(gmd);
     }
-    if (sbb) grpc_byte_buffer_destroy(sbb);
-    if (rbb) grpc_byte_buffer_destroy(rbb);
+    if (sbb)
+        grpc_byte_buffer_destroy(sbb);
+    if (rbb)
+        grpc_byte_buffer_destroy(rbb);
     grpc_metadata_array_destroy(&imd);
     grpc_metadata_array_destroy(&tmd);
     grpc_slice_unref(details);
@@ -315,24 +314,26 @@ static void reader_event(tg_rpc_reader_t *r, grpc_event ev)
     case R_STATUS:
         r->r_status_done = 1;
         tg_free(r->r_message);
-        r->r_message = tg_strndup((const char *)GRPC_SLICE_START_PTR(r->r_details),
-                                  GRPC_SLICE_LENGTH(r->r_details));
+        r->r_message =
+            tg_strndup((const char *)GRPC_SLICE_START_PTR(r->r_details), GRPC_SLICE_LENGTH(r->r_details));
         break;
     }
     r->r_pending--;
 }
 
-int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md,
-                       size_t nmd, const void *req, size_t req_len, int timeout_ms,
-                       tg_rpc_reader_t **out, char *err, size_t errlen)
+int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
+                       const void *req, size_t req_len, int timeout_ms, tg_rpc_reader_t **out, char *err,
+                       size_t errlen)
 {
     int rc;
     tg_rpc_reader_t *r = NULL;
 
-    if (out) *out = NULL;
+    if (out)
+        *out = NULL;
     if (!ch || !out || (!req && req_len) || (!md && nmd))
         return tg_errf(err, errlen, TG_RPC_EINVAL, "stream: NULL channel, out or data");
-    if ((rc = check_method(method, err, errlen)) != 0) return rc;
+    if ((rc = check_method(method, err, errlen)) != 0)
+        return rc;
     r = tg_calloc(1, sizeof *r);
     if (!r || !(r->r_md = tg_calloc(nmd ? nmd : 1, sizeof *r->r_md))) {
         tg_free(r);
@@ -356,8 +357,8 @@ int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md
     grpc_metadata_array_init(&r->r_tmd);
     r->r_cq = grpc_completion_queue_create_for_next(NULL);
     grpc_slice ms = grpc_slice_from_copied_string(method);
-    r->r_call = grpc_channel_create_call(ch->ch_gc, NULL, GRPC_PROPAGATE_DEFAULTS, r->r_cq, ms,
-                                         NULL, rpc_deadline(timeout_ms), NULL);
+    r->r_call = grpc_channel_create_call(ch->ch_gc, NULL, GRPC_PROPAGATE_DEFAULTS, r->r_cq, ms, NULL,
+                                         rpc_deadline(timeout_ms), NULL);
     grpc_slice_unref(ms);
     r->r_sbb = rpc_bb_make(req ? req : "", req_len);
 
@@ -378,7 +379,8 @@ int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md
         ops[0].data.recv_status_on_client.status = &r->r_st;
         ops[0].data.recv_status_on_client.status_details = &r->r_details;
         e = grpc_call_start_batch(r->r_call, ops, 1, (void *)(intptr_t)R_STATUS, NULL);
-        if (e == GRPC_CALL_OK) r->r_pending++;
+        if (e == GRPC_CALL_OK)
+            r->r_pending++;
     }
     if (e != GRPC_CALL_OK) {
         rc = tg_errf(err, errlen, TG_RPC_ECALL, "%s: gRPC refused the call: %s", method,
@@ -394,19 +396,20 @@ int tg_rpc_reader_open(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md
 static int reader_end(tg_rpc_reader_t *r, char *err, size_t errlen)
 {
     while (!r->r_status_done)
-        reader_event(r, grpc_completion_queue_next(r->r_cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL));
+        reader_event(r, grpc_completion_queue_next(r->r_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL));
     r->r_ended = 1;
-    if (r->r_st == GRPC_STATUS_OK) return 0;
-    return tg_errf(err, errlen, TG_RPC_ESTATUS, "%s: %s: %s", r->r_method,
-                   tg_rpc_code_name(r->r_st), r->r_message ? r->r_message : "");
+    if (r->r_st == GRPC_STATUS_OK)
+        return 0;
+    return tg_errf(err, errlen, TG_RPC_ESTATUS, "%s: %s: %s", r->r_method, tg_rpc_code_name(r->r_st),
+                   r->r_message ? r->r_message : "");
 }
 
-int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *err,
-                       size_t errlen)
+int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *err, size_t errlen)
 {
-    if (!r || !msg) return tg_errf(err, errlen, TG_RPC_EINVAL, "reader_next: NULL argument");
-    if (r->r_ended) return reader_end(r, err, errlen);
+    if (!r || !msg)
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "reader_next: NULL argument");
+    if (r->r_ended)
+        return reader_end(r, err, errlen);
     if (!r->r_msg_pending) {
         grpc_op ops[2];
         size_t n = 0;
@@ -427,24 +430,25 @@ int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *
         r->r_msg_pending = 1;
         r->r_pending++;
     }
-    gpr_timespec deadline = timeout_ms < 0 ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
-                                           : rpc_deadline(timeout_ms ? timeout_ms : 1);
+    gpr_timespec deadline =
+        timeout_ms < 0 ? gpr_inf_future(GPR_CLOCK_MONOTONIC) : rpc_deadline(timeout_ms ? timeout_ms : 1);
     while (r->r_msg_pending) {
         grpc_event ev = grpc_completion_queue_next(r->r_cq, deadline, NULL);
         if (ev.type == GRPC_QUEUE_TIMEOUT)
-            return tg_errf(err, errlen, TG_RPC_ETIMEDOUT, "%s: no message within %d ms",
-                           r->r_method, timeout_ms);
+            return tg_errf(err, errlen, TG_RPC_ETIMEDOUT, "%s: no message within %d ms", r->r_method,
+                           timeout_ms);
         reader_event(r, ev);
     }
-    if (!r->r_rbb) return reader_end(r, err, errlen);
+    if (!r->r_rbb)
+        return reader_end(r, err, errlen);
     int rc = rpc_bb_read(r->r_rbb, msg);
     grpc_byte_buffer_destroy(r->r_rbb);
     r->r_rbb = NULL;
     if (rc != 0) {
         grpc_call_cancel(r->r_call, NULL);
         return tg_errf(err, errlen, TG_RPC_ENOMEM,
-                       "%s: message larger than %zu bytes or out of memory; stream cancelled",
-                       r->r_method, msg->b_max);
+                       "%s: message larger than %zu bytes or out of memory; stream cancelled", r->r_method,
+                       msg->b_max);
     }
     return 1;
 }
@@ -452,30 +456,35 @@ int tg_rpc_reader_next(tg_rpc_reader_t *r, int timeout_ms, tg_buf_t *msg, char *
 int tg_rpc_reader_status(const tg_rpc_reader_t *r, const char **message)
 {
     int ended = r && r->r_ended;
-    if (message) *message = ended && r->r_message ? r->r_message : "";
+    if (message)
+        *message = ended && r->r_message ? r->r_message : "";
     return ended ? (int)r->r_st : -1;
 }
 
 void tg_rpc_reader_cancel(tg_rpc_reader_t *r)
 {
-    if (r && r->r_call) grpc_call_cancel(r->r_call, NULL);
+    if (r && r->r_call)
+        grpc_call_cancel(r->r_call, NULL);
 }
 
 void tg_rpc_reader_destroy(tg_rpc_reader_t *r)
 {
-    if (!r) return;
-    if (!r->r_status_done) grpc_call_cancel(r->r_call, NULL);
+    if (!r)
+        return;
+    if (!r->r_status_done)
+        grpc_call_cancel(r->r_call, NULL);
     /* Every batch in flight completes after a cancel; wait for them, since
      * they write into r. */
     while (r->r_pending > 0)
-        reader_event(r, grpc_completion_queue_next(r->r_cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL));
+        reader_event(r, grpc_completion_queue_next(r->r_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL));
     grpc_call_unref(r->r_call);
     cq_destroy(r->r_cq);
     rpc_md_free(r->r_md, r->r_nmd);
     tg_free(r->r_md);
-    if (r->r_sbb) grpc_byte_buffer_destroy(r->r_sbb);
-    if (r->r_rbb) grpc_byte_buffer_destroy(r->r_rbb);
+    if (r->r_sbb)
+        grpc_byte_buffer_destroy(r->r_sbb);
+    if (r->r_rbb)
+        grpc_byte_buffer_destroy(r->r_rbb);
     grpc_metadata_array_destroy(&r->r_imd);
     grpc_metadata_array_destroy(&r->r_tmd);
     grpc_slice_unref(r->r_details);
@@ -496,7 +505,8 @@ struct tg_rpc_cancel {
 tg_rpc_cancel_t *tg_rpc_cancel_create(void)
 {
     tg_rpc_cancel_t *c = tg_calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c)
+        return NULL;
     pthread_mutex_init(&c->k_mu, NULL);
     if (rpc_cond_init(&c->k_cv) != 0) {
         pthread_mutex_destroy(&c->k_mu);
@@ -508,17 +518,20 @@ tg_rpc_cancel_t *tg_rpc_cancel_create(void)
 
 void tg_rpc_cancel_signal(tg_rpc_cancel_t *c)
 {
-    if (!c) return;
+    if (!c)
+        return;
     pthread_mutex_lock(&c->k_mu);
     c->k_signalled = 1;
-    if (c->k_reader) tg_rpc_reader_cancel(c->k_reader);
+    if (c->k_reader)
+        tg_rpc_reader_cancel(c->k_reader);
     pthread_cond_broadcast(&c->k_cv);
     pthread_mutex_unlock(&c->k_mu);
 }
 
 int tg_rpc_cancel_signalled(tg_rpc_cancel_t *c)
 {
-    if (!c) return 0;
+    if (!c)
+        return 0;
     pthread_mutex_lock(&c->k_mu);
     int s = c->k_signalled;
     pthread_mutex_unlock(&c->k_mu);
@@ -527,7 +540,8 @@ int tg_rpc_cancel_signalled(tg_rpc_cancel_t *c)
 
 void tg_rpc_cancel_destroy(tg_rpc_cancel_t *c)
 {
-    if (!c) return;
+    if (!c)
+        return;
     pthread_mutex_destroy(&c->k_mu);
     pthread_cond_destroy(&c->k_cv);
     tg_free(c);
@@ -537,11 +551,13 @@ void tg_rpc_cancel_destroy(tg_rpc_cancel_t *c)
  * signalled flag, so an attempt started after a signal is cancelled. */
 static int cancel_attach(tg_rpc_cancel_t *c, tg_rpc_reader_t *r)
 {
-    if (!c) return 0;
+    if (!c)
+        return 0;
     pthread_mutex_lock(&c->k_mu);
     c->k_reader = r;
     int s = c->k_signalled;
-    if (s && r) tg_rpc_reader_cancel(r);
+    if (s && r)
+        tg_rpc_reader_cancel(r);
     pthread_mutex_unlock(&c->k_mu);
     return s;
 }
@@ -560,7 +576,8 @@ static int cancel_sleep(tg_rpc_cancel_t *c, int ms)
     rpc_abstime(&ts, ms);
     pthread_mutex_lock(&c->k_mu);
     while (!c->k_signalled)
-        if (pthread_cond_timedwait(&c->k_cv, &c->k_mu, &ts) == ETIMEDOUT) break;
+        if (pthread_cond_timedwait(&c->k_cv, &c->k_mu, &ts) == ETIMEDOUT)
+            break;
     int s = c->k_signalled;
     pthread_mutex_unlock(&c->k_mu);
     return s;
@@ -574,11 +591,14 @@ int tg_rpc_backoff_delay_ms(const tg_rpc_backoff_t *b, int attempt, uint64_t *se
     double max = b && b->bo_max_ms > 0 ? b->bo_max_ms : 30000;
     double mult = b && b->bo_multiplier >= 1.0 ? b->bo_multiplier : 2.0;
     double jitter = b && b->bo_jitter > 0 ? b->bo_jitter : 0.2;
-    if (jitter > 1.0) jitter = 1.0;
+    if (jitter > 1.0)
+        jitter = 1.0;
 
     double d = initial;
-    for (int i = 0; i < attempt && d < max; i++) d *= mult;
-    if (d > max) d = max;
+    for (int i = 0; i < attempt && d < max; i++)
+        d *= mult;
+    if (d > max)
+        d = max;
     /* xorshift64*: a few bits of jitter so agents restarted together do not
      * reconnect together; no need for a strong generator. */
     uint64_t x = *seed ? *seed : 0x9e3779b97f4a7c15ull;
@@ -588,12 +608,12 @@ int tg_rpc_backoff_delay_ms(const tg_rpc_backoff_t *b, int attempt, uint64_t *se
     *seed = x;
     double u = (double)((x * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0; /* [0,1) */
     d *= 1.0 - jitter + 2.0 * jitter * u;
-    if (d > max) d = max;
+    if (d > max)
+        d = max;
     return d < 1.0 ? 1 : (int)d;
 }
 
-int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *o, char *err,
-                      size_t errlen)
+int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *o, char *err, size_t errlen)
 {
     int rc = 0, attempt = 0;
     tg_buf_t req, msg;
@@ -617,18 +637,19 @@ int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *o, char 
         }
         if (o->sr_request) {
             tg_buf_reset(&req);
-            if (o->sr_request(o->sr_arg, &req) != 0) break;
+            if (o->sr_request(o->sr_arg, &req) != 0)
+                break;
             rq = req.b_data;
             rqlen = req.b_len;
         }
-        rc = tg_rpc_reader_open(ch, o->sr_method, o->sr_md, o->sr_nmd, rq, rqlen, 0, &r, err,
-                                errlen);
-        if (rc != 0) break;
+        rc = tg_rpc_reader_open(ch, o->sr_method, o->sr_md, o->sr_nmd, rq, rqlen, 0, &r, err, errlen);
+        if (rc != 0)
+            break;
         cancel_attach(o->sr_cancel, r);
         while ((n = tg_rpc_reader_next(r, -1, &msg, aerr, sizeof aerr)) == 1) {
             got = 1;
-            if (o->sr_on_message(o->sr_arg, (const uint8_t *)(msg.b_data ? msg.b_data : ""),
-                                 msg.b_len) != 0) {
+            if (o->sr_on_message(o->sr_arg, (const uint8_t *)(msg.b_data ? msg.b_data : ""), msg.b_len) !=
+                0) {
                 stop = 1;
                 break;
             }
@@ -643,12 +664,15 @@ int tg_rpc_stream_run(tg_rpc_channel_t *ch, const tg_rpc_stream_opts_t *o, char 
             code = TG_RPC_CODE_RESOURCE_EXHAUSTED;
             message = aerr;
         }
-        if (got) attempt = 0; /* it worked for a while: start backoff over */
+        if (got)
+            attempt = 0; /* it worked for a while: start backoff over */
         int delay = tg_rpc_backoff_delay_ms(&o->sr_backoff, attempt++, &seed);
-        if (attempt > 64) attempt = 64; /* the cap is reached long before */
+        if (attempt > 64)
+            attempt = 64; /* the cap is reached long before */
         stop = o->sr_on_status && o->sr_on_status(o->sr_arg, code, message, delay) != 0;
         tg_rpc_reader_destroy(r);
-        if (stop) break;
+        if (stop)
+            break;
         if (cancel_sleep(o->sr_cancel, delay)) {
             rc = tg_errf(err, errlen, TG_RPC_ESTOPPED, "%s: stopped", o->sr_method);
             break;

@@ -27,7 +27,8 @@ const char *tg_rpc_strerror(int code)
 
 const char *tg_rpc_code_name(int code)
 {
-    if (code < 0 || code > TG_RPC_CODE_UNAUTHENTICATED) return "UNKNOWN_CODE";
+    if (code < 0 || code > TG_RPC_CODE_UNAUTHENTICATED)
+        return "UNKNOWN_CODE";
     switch ((enum tg_rpc_code)code) {
     case TG_RPC_CODE_OK: return "OK";
     case TG_RPC_CODE_CANCELLED: return "CANCELLED";
@@ -52,9 +53,9 @@ const char *tg_rpc_code_name(int code)
 
 gpr_timespec rpc_deadline(int timeout_ms)
 {
-    if (timeout_ms <= 0) return gpr_inf_future(GPR_CLOCK_MONOTONIC);
-    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                        gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+    if (timeout_ms <= 0)
+        return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
 }
 
 void rpc_abstime(struct timespec *ts, int64_t timeout_ms)
@@ -72,9 +73,11 @@ int rpc_cond_init(pthread_cond_t *cv)
 {
     pthread_condattr_t a;
     int rc = pthread_condattr_init(&a);
-    if (rc != 0) return rc;
+    if (rc != 0)
+        return rc;
     rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (rc == 0) rc = pthread_cond_init(cv, &a);
+    if (rc == 0)
+        rc = pthread_cond_init(cv, &a);
     pthread_condattr_destroy(&a);
     return rc;
 }
@@ -86,7 +89,8 @@ int rpc_bb_read(grpc_byte_buffer *bb, tg_buf_t *b)
     int rc = 0;
 
     tg_buf_reset(b);
-    if (!grpc_byte_buffer_reader_init(&rd, bb)) return TG_BUF_ENOMEM;
+    if (!grpc_byte_buffer_reader_init(&rd, bb))
+        return TG_BUF_ENOMEM;
     /* Slice by slice: no extra contiguous copy inside the core. */
     while (rc == 0 && grpc_byte_buffer_reader_next(&rd, &s)) {
         rc = tg_buf_append(b, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
@@ -115,8 +119,7 @@ int rpc_md_make(grpc_metadata *out, const tg_rpc_md_t *md, size_t n, char *err, 
         out[i].key = grpc_slice_from_copied_string(md[i].md_key);
         out[i].value = grpc_slice_from_copied_buffer(md[i].md_value, vlen);
         if (!grpc_header_key_is_legal(out[i].key) ||
-            (!grpc_is_binary_header(out[i].key) &&
-             !grpc_header_nonbin_value_is_legal(out[i].value))) {
+            (!grpc_is_binary_header(out[i].key) && !grpc_header_nonbin_value_is_legal(out[i].value))) {
             rpc_md_free(out, i + 1);
             return tg_errf(err, errlen, TG_RPC_EINVAL,
                            "metadata '%s': illegal key or value (keys are lowercase "
@@ -133,4 +136,12 @@ void rpc_md_free(grpc_metadata *md, size_t n)
         grpc_slice_unref(md[i].key);
         grpc_slice_unref(md[i].value);
     }
+}
+
+void rpc_arg_int(grpc_arg *args, size_t *n, const char *key, int value)
+{
+    args[*n].type = GRPC_ARG_INTEGER;
+    args[*n].key = (char *)key; /* the core copies; it never writes */
+    args[*n].value.integer = value;
+    ++*n;
 }

@@ -29,7 +29,8 @@ typedef struct {
 static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 {
     buf_sink_t *s = (buf_sink_t *)b;
-    if (s->pb_rc == 0) s->pb_rc = tg_buf_append(s->pb_out, data, len);
+    if (s->pb_rc == 0)
+        s->pb_rc = tg_buf_append(s->pb_out, data, len);
 }
 
 int tg_rpc_pb_pack(const ProtobufCMessage *msg, tg_buf_t *out, char *err, size_t errlen)
@@ -41,10 +42,10 @@ int tg_rpc_pb_pack(const ProtobufCMessage *msg, tg_buf_t *out, char *err, size_t
     protobuf_c_message_pack_to_buffer(msg, &s.pb_base);
     if (s.pb_rc != 0) {
         out->b_len = before; /* leave the buffer as it was */
-        if (out->b_data) out->b_data[before] = '\0';
+        if (out->b_data)
+            out->b_data[before] = '\0';
         return tg_errf(err, errlen, TG_RPC_ENOMEM, "packing %s: %s", msg->descriptor->name,
-                       s.pb_rc == TG_BUF_ETOOBIG ? "larger than the buffer's maximum"
-                                                 : "out of memory");
+                       s.pb_rc == TG_BUF_ETOOBIG ? "larger than the buffer's maximum" : "out of memory");
     }
     return 0;
 }
@@ -52,19 +53,21 @@ int tg_rpc_pb_pack(const ProtobufCMessage *msg, tg_buf_t *out, char *err, size_t
 int tg_rpc_pb_unpack(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
                      ProtobufCMessage **out, char *err, size_t errlen)
 {
-    if (out) *out = NULL;
+    if (out)
+        *out = NULL;
     if (!desc || !out || (!data && len))
         return tg_errf(err, errlen, TG_RPC_EINVAL, "pb_unpack: NULL descriptor, data or out");
     *out = protobuf_c_message_unpack(desc, &pb_allocator, len, data ? data : (const void *)"");
     if (!*out)
-        return tg_errf(err, errlen, TG_RPC_EPROTO,
-                       "%zu bytes are not a valid %s message (or out of memory)", len, desc->name);
+        return tg_errf(err, errlen, TG_RPC_EPROTO, "%zu bytes are not a valid %s message (or out of memory)",
+                       len, desc->name);
     return 0;
 }
 
 void tg_rpc_pb_free(ProtobufCMessage *msg)
 {
-    if (msg) protobuf_c_message_free_unpacked(msg, &pb_allocator);
+    if (msg)
+        protobuf_c_message_free_unpacked(msg, &pb_allocator);
 }
 
 int tg_rpc_call_send_pb(tg_rpc_call_t *call, const ProtobufCMessage *msg, int timeout_ms)
@@ -73,7 +76,8 @@ int tg_rpc_call_send_pb(tg_rpc_call_t *call, const ProtobufCMessage *msg, int ti
     int rc;
     tg_buf_init(&b, (size_t)1 << 30); /* not SIZE_MAX: tg_buf caps at max + 1 */
     rc = tg_rpc_pb_pack(msg, &b, NULL, 0);
-    if (rc == 0) rc = tg_rpc_call_send(call, b.b_data ? b.b_data : "", b.b_len, timeout_ms);
+    if (rc == 0)
+        rc = tg_rpc_call_send(call, b.b_data ? b.b_data : "", b.b_len, timeout_ms);
     tg_buf_free(&b);
     return rc;
 }

@@ -62,7 +62,7 @@ struct tg_rpc_server {
     int s_started_threads;
     int s_port;
     int s_started;
-    int s_shut;          /* tg_rpc_server_shutdown ran */
+    int s_shut;            /* tg_rpc_server_shutdown ran */
     atomic_int s_stopping; /* no more requests are armed */
     tag_t s_tshutdown;
     int s_shutdown_done;
@@ -95,7 +95,7 @@ struct tg_rpc_call {
     size_t c_nhdr, c_ntrl;
     int c_hdr_sent;
     int c_code;
-    char *c_msg;     /* from tg_rpc_call_errorf, tg_malloc'd */
+    char *c_msg; /* from tg_rpc_call_errorf, tg_malloc'd */
     grpc_slice c_status;
     int c_status_set;
     qmsg_t *c_qhead, *c_qtail;
@@ -128,17 +128,22 @@ static void drop_queue(tg_rpc_call_t *c)
 static void call_free(tg_rpc_call_t *c)
 {
     drop_queue(c);
-    if (c->c_sending) grpc_byte_buffer_destroy(c->c_sending);
-    if (c->c_payload) grpc_byte_buffer_destroy(c->c_payload);
+    if (c->c_sending)
+        grpc_byte_buffer_destroy(c->c_sending);
+    if (c->c_payload)
+        grpc_byte_buffer_destroy(c->c_payload);
     grpc_metadata_array_destroy(&c->c_reqmd);
     grpc_call_details_destroy(&c->c_details);
-    if (c->c_gc) grpc_call_unref(c->c_gc);
+    if (c->c_gc)
+        grpc_call_unref(c->c_gc);
     rpc_md_free(c->c_hdr, c->c_nhdr);
     rpc_md_free(c->c_trl, c->c_ntrl);
     tg_free(c->c_hdr);
     tg_free(c->c_trl);
-    if (c->c_status_set) grpc_slice_unref(c->c_status);
-    if (c->c_peer) gpr_free(c->c_peer);
+    if (c->c_status_set)
+        grpc_slice_unref(c->c_status);
+    if (c->c_peer)
+        gpr_free(c->c_peer);
     tg_free(c->c_identity);
     tg_free(c->c_msg);
     tg_pool_destroy(c->c_pool);
@@ -152,7 +157,8 @@ static void unref_unlock(tg_rpc_call_t *c)
 {
     int last = --c->c_refs == 0;
     pthread_mutex_unlock(&c->c_mu);
-    if (last) call_free(c);
+    if (last)
+        call_free(c);
 }
 
 /* Starts the next send batch if none is in flight: the next queued message,
@@ -164,12 +170,14 @@ static void pump(tg_rpc_call_t *c)
     size_t n = 0;
     int with_status = 0;
 
-    if (c->c_inflight || c->c_cancelled || c->c_status_sent) return;
+    if (c->c_inflight || c->c_cancelled || c->c_status_sent)
+        return;
     memset(ops, 0, sizeof ops);
     if (c->c_qhead) {
         qmsg_t *q = c->c_qhead;
         c->c_qhead = q->q_next;
-        if (!c->c_qhead) c->c_qtail = NULL;
+        if (!c->c_qhead)
+            c->c_qtail = NULL;
         c->c_qbytes -= q->q_len;
         c->c_sending = q->q_bb;
         tg_free(q);
@@ -177,14 +185,16 @@ static void pump(tg_rpc_call_t *c)
         ops[n].data.send_message.send_message = c->c_sending;
         /* More is queued behind it: let the transport coalesce the writes.
          * The last queued message goes without the hint, which flushes. */
-        if (c->c_qhead) ops[n].flags = GRPC_WRITE_BUFFER_HINT;
+        if (c->c_qhead)
+            ops[n].flags = GRPC_WRITE_BUFFER_HINT;
         n++;
         pthread_cond_broadcast(&c->c_cv); /* room in the queue */
     }
     if (c->c_finishing && !c->c_qhead) {
         if (!c->c_status_set) {
-            const char *m = c->c_msg ? c->c_msg
-                            : c->c_code == TG_RPC_CODE_OK ? "" : tg_rpc_code_name(c->c_code);
+            const char *m = c->c_msg                      ? c->c_msg
+                            : c->c_code == TG_RPC_CODE_OK ? ""
+                                                          : tg_rpc_code_name(c->c_code);
             c->c_status = grpc_slice_from_copied_string(m);
             c->c_status_set = 1;
         }
@@ -196,7 +206,8 @@ static void pump(tg_rpc_call_t *c)
         n++;
         with_status = 1;
     }
-    if (n == 0) return;
+    if (n == 0)
+        return;
     if (!c->c_hdr_sent) {
         ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
         ops[n].data.send_initial_metadata.metadata = c->c_hdr;
@@ -208,9 +219,9 @@ static void pump(tg_rpc_call_t *c)
     if (e != GRPC_CALL_OK) {
         /* The core refuses only on misuse or a dead call: give up sending;
          * the close op still completes and frees the call. */
-        fprintf(stderr, "tg_rpc: %s: send batch refused: %s\n", c->c_method,
-                grpc_call_error_to_string(e));
-        if (c->c_sending) grpc_byte_buffer_destroy(c->c_sending);
+        fprintf(stderr, "tg_rpc: %s: send batch refused: %s\n", c->c_method, grpc_call_error_to_string(e));
+        if (c->c_sending)
+            grpc_byte_buffer_destroy(c->c_sending);
         c->c_sending = NULL;
         c->c_cancelled = 1;
         drop_queue(c);
@@ -219,7 +230,8 @@ static void pump(tg_rpc_call_t *c)
     }
     c->c_inflight = 1;
     c->c_refs++;
-    if (with_status) c->c_status_sent = 1;
+    if (with_status)
+        c->c_status_sent = 1;
 }
 
 /* Marks the end of the caller's hold and sends the status (after queued
@@ -247,7 +259,8 @@ static void finish_unlock(tg_rpc_call_t *c, int code, const char *message)
 
 void tg_rpc_call_finish(tg_rpc_call_t *c, int code, const char *message)
 {
-    if (!c) return;
+    if (!c)
+        return;
     pthread_mutex_lock(&c->c_mu);
     finish_unlock(c, code, message);
 }
@@ -258,9 +271,11 @@ void tg_rpc_call_finish(tg_rpc_call_t *c, int code, const char *message)
  * means one fewer waiting request; it is logged. */
 static void arm(tg_rpc_server_t *srv, method_t *m)
 {
-    if (atomic_load(&srv->s_stopping)) return;
+    if (atomic_load(&srv->s_stopping))
+        return;
     tg_rpc_call_t *c = tg_calloc(1, sizeof *c);
-    if (!c) goto fail;
+    if (!c)
+        goto fail;
     c->c_srv = srv;
     c->c_m = m;
     c->c_tnew = (tag_t){TAG_NEW, c};
@@ -279,12 +294,11 @@ static void arm(tg_rpc_server_t *srv, method_t *m)
     }
     grpc_call_error e;
     if (m)
-        e = grpc_server_request_registered_call(srv->s_gs, m->m_handle, &c->c_gc, &c->c_deadline,
-                                                &c->c_reqmd, &c->c_payload, srv->s_cq, srv->s_cq,
-                                                &c->c_tnew);
+        e = grpc_server_request_registered_call(srv->s_gs, m->m_handle, &c->c_gc, &c->c_deadline, &c->c_reqmd,
+                                                &c->c_payload, srv->s_cq, srv->s_cq, &c->c_tnew);
     else
-        e = grpc_server_request_call(srv->s_gs, &c->c_gc, &c->c_details, &c->c_reqmd, srv->s_cq,
-                                     srv->s_cq, &c->c_tnew);
+        e = grpc_server_request_call(srv->s_gs, &c->c_gc, &c->c_details, &c->c_reqmd, srv->s_cq, srv->s_cq,
+                                     &c->c_tnew);
     if (e != GRPC_CALL_OK) {
         call_free(c);
         c = NULL;
@@ -301,15 +315,18 @@ fail:
 static int copy_metadata(tg_rpc_call_t *c)
 {
     c->c_nmd = c->c_reqmd.count;
-    if (c->c_nmd == 0) return 0;
+    if (c->c_nmd == 0)
+        return 0;
     c->c_md = tg_pool_calloc(c->c_pool, c->c_nmd * sizeof *c->c_md);
-    if (!c->c_md) return -1;
+    if (!c->c_md)
+        return -1;
     for (size_t i = 0; i < c->c_nmd; i++) {
         grpc_metadata *g = &c->c_reqmd.metadata[i];
-        c->c_md[i].md_key = tg_pool_strndup(c->c_pool, (const char *)GRPC_SLICE_START_PTR(g->key),
-                                            GRPC_SLICE_LENGTH(g->key));
+        c->c_md[i].md_key =
+            tg_pool_strndup(c->c_pool, (const char *)GRPC_SLICE_START_PTR(g->key), GRPC_SLICE_LENGTH(g->key));
         char *v = tg_pool_alloc(c->c_pool, GRPC_SLICE_LENGTH(g->value) + 1);
-        if (!c->c_md[i].md_key || !v) return -1;
+        if (!c->c_md[i].md_key || !v)
+            return -1;
         memcpy(v, GRPC_SLICE_START_PTR(g->value), GRPC_SLICE_LENGTH(g->value));
         v[GRPC_SLICE_LENGTH(g->value)] = '\0';
         c->c_md[i].md_value = v;
@@ -427,7 +444,8 @@ static void on_close(tg_rpc_call_t *c)
     }
     pthread_mutex_unlock(&c->c_mu);
     /* The close op's reference keeps c alive while fn runs. */
-    if (fn) fn(c, c->c_on_cancel_arg);
+    if (fn)
+        fn(c, c->c_on_cancel_arg);
     pthread_mutex_lock(&c->c_mu);
     unref_unlock(c);
 }
@@ -436,7 +454,8 @@ static void on_send(tg_rpc_call_t *c, int ok)
 {
     pthread_mutex_lock(&c->c_mu);
     c->c_inflight = 0;
-    if (c->c_sending) grpc_byte_buffer_destroy(c->c_sending);
+    if (c->c_sending)
+        grpc_byte_buffer_destroy(c->c_sending);
     c->c_sending = NULL;
     if (!ok) { /* the stream is gone */
         c->c_cancelled = 1;
@@ -453,10 +472,11 @@ static void *serve(void *arg)
     tg_rpc_server_t *srv = arg;
     on_server_thread = 1;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(srv->s_cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL);
-        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (ev.type != GRPC_OP_COMPLETE) continue;
+        grpc_event ev = grpc_completion_queue_next(srv->s_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type != GRPC_OP_COMPLETE)
+            continue;
         tag_t *t = ev.tag;
         switch (t->t_kind) {
         case TAG_NEW: on_new(t->t_call, ev.success); break;
@@ -477,9 +497,11 @@ static void *serve(void *arg)
 
 static char *dup_opt(const char *s, int *failed)
 {
-    if (!s) return NULL;
+    if (!s)
+        return NULL;
     char *d = tg_strdup(s);
-    if (!d) *failed = 1;
+    if (!d)
+        *failed = 1;
     return d;
 }
 
@@ -487,7 +509,8 @@ tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *er
 {
     tg_rpc_server_opts_t o = {0};
     int nomem = 0;
-    if (opts) o = *opts;
+    if (opts)
+        o = *opts;
     if ((o.so_cert_pem == NULL) != (o.so_key_pem == NULL)) {
         tg_errf(err, errlen, TG_RPC_ETLS, "TLS server: give both a certificate and a key");
         return NULL;
@@ -501,7 +524,8 @@ tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *er
         return NULL;
     }
     tg_rpc_server_t *srv = tg_calloc(1, sizeof *srv);
-    if (!srv) goto nomem;
+    if (!srv)
+        goto nomem;
     grpc_init(); /* balanced by grpc_shutdown in tg_rpc_server_destroy */
     srv->s_addr = dup_opt(o.so_addr ? o.so_addr : "127.0.0.1:0", &nomem);
     srv->s_cert = dup_opt(o.so_cert_pem, &nomem);
@@ -513,7 +537,8 @@ tg_rpc_server_t *tg_rpc_server_create(const tg_rpc_server_opts_t *opts, char *er
     srv->s_keepalive = o.so_keepalive_ms ? o.so_keepalive_ms : 60000;
     srv->s_tshutdown = (tag_t){TAG_SHUTDOWN, NULL};
     pthread_mutex_init(&srv->s_mu, NULL);
-    if (rpc_cond_init(&srv->s_cv) != 0) nomem = 1;
+    if (rpc_cond_init(&srv->s_cv) != 0)
+        nomem = 1;
     if (nomem) {
         tg_rpc_server_destroy(srv);
         goto nomem;
@@ -533,8 +558,8 @@ static int add_method(tg_rpc_server_t *srv, const char *path, int stream, tg_rpc
         return tg_errf(err, errlen, TG_RPC_ESTATE, "add handler %s: server already started", path);
     const char *slash = path[0] == '/' ? strchr(path + 1, '/') : NULL;
     if (!slash || slash == path + 1 || slash[1] == '\0' || strchr(slash + 1, '/'))
-        return tg_errf(err, errlen, TG_RPC_EINVAL,
-                       "method path '%s' must look like /package.Service/Method", path);
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "method path '%s' must look like /package.Service/Method",
+                       path);
     for (method_t *m = srv->s_methods; m; m = m->m_next)
         if (strcmp(m->m_path, path) == 0)
             return tg_errf(err, errlen, TG_RPC_EINVAL, "method %s registered twice", path);
@@ -552,21 +577,22 @@ static int add_method(tg_rpc_server_t *srv, const char *path, int stream, tg_rpc
     return 0;
 }
 
-int tg_rpc_server_add_unary(tg_rpc_server_t *srv, const char *method, tg_rpc_unary_fn fn,
-                            void *arg, char *err, size_t errlen)
+int tg_rpc_server_add_unary(tg_rpc_server_t *srv, const char *method, tg_rpc_unary_fn fn, void *arg,
+                            char *err, size_t errlen)
 {
     return add_method(srv, method, 0, fn, NULL, arg, err, errlen);
 }
 
-int tg_rpc_server_add_stream(tg_rpc_server_t *srv, const char *method, tg_rpc_stream_fn fn,
-                             void *arg, char *err, size_t errlen)
+int tg_rpc_server_add_stream(tg_rpc_server_t *srv, const char *method, tg_rpc_stream_fn fn, void *arg,
+                             char *err, size_t errlen)
 {
     return add_method(srv, method, 1, NULL, fn, arg, err, errlen);
 }
 
 static grpc_server_credentials *server_creds(tg_rpc_server_t *srv)
 {
-    if (!srv->s_cert) return grpc_insecure_server_credentials_create();
+    if (!srv->s_cert)
+        return grpc_insecure_server_credentials_create();
     grpc_ssl_pem_key_cert_pair pair = {srv->s_key, srv->s_cert};
     return grpc_ssl_server_credentials_create_ex(
         srv->s_ca, &pair, 1,
@@ -578,34 +604,29 @@ static grpc_server_credentials *server_creds(tg_rpc_server_t *srv)
 int tg_rpc_server_start(tg_rpc_server_t *srv, char *err, size_t errlen)
 {
     int rc = 0;
-    if (!srv) return tg_errf(err, errlen, TG_RPC_EINVAL, "start: NULL server");
-    if (srv->s_started) return tg_errf(err, errlen, TG_RPC_ESTATE, "server already started");
+    if (!srv)
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "start: NULL server");
+    if (srv->s_started)
+        return tg_errf(err, errlen, TG_RPC_ESTATE, "server already started");
     srv->s_started = 1;
 
     grpc_arg args[8];
     size_t na = 0;
     memset(args, 0, sizeof args);
-#define INT_ARG(k, v)                                                                            \
-    do {                                                                                         \
-        args[na].type = GRPC_ARG_INTEGER;                                                        \
-        args[na].key = (char *)(k);                                                              \
-        args[na].value.integer = (v);                                                            \
-        na++;                                                                                    \
-    } while (0)
-    INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, srv->s_max_msg);
+    rpc_arg_int(args, &na, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, srv->s_max_msg);
     /* A second server on the same port would silently share it. */
-    INT_ARG(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    rpc_arg_int(args, &na, GRPC_ARG_ALLOW_REUSEPORT, 0);
     if (srv->s_keepalive > 0) {
         /* Our pings find agents that vanished without a reset, so their
          * Sync streams end (on_cancel) instead of lingering for hours. */
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIME_MS, srv->s_keepalive);
-        INT_ARG(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, srv->s_keepalive < 20000 ? srv->s_keepalive : 20000);
-        INT_ARG(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+        rpc_arg_int(args, &na, GRPC_ARG_KEEPALIVE_TIME_MS, srv->s_keepalive);
+        rpc_arg_int(args, &na, GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                    srv->s_keepalive < 20000 ? srv->s_keepalive : 20000);
+        rpc_arg_int(args, &na, GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
     /* Let clients' keepalive pings through (core default: one per 5 min
      * on a quiet connection, else GOAWAY "too many pings"). */
-    INT_ARG(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
-#undef INT_ARG
+    rpc_arg_int(args, &na, GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
     grpc_channel_args cargs = {na, args};
     srv->s_gs = grpc_server_create(&cargs, NULL);
     srv->s_cq = grpc_completion_queue_create_for_next(NULL);
@@ -627,13 +648,13 @@ int tg_rpc_server_start(tg_rpc_server_t *srv, char *err, size_t errlen)
     grpc_server_credentials_release(creds);
     if (srv->s_port == 0) {
         rc = tg_errf(err, errlen, TG_RPC_EBIND,
-                     "cannot listen on %s (address in use, bad address or bad TLS key/cert)",
-                     srv->s_addr);
+                     "cannot listen on %s (address in use, bad address or bad TLS key/cert)", srv->s_addr);
         goto fail;
     }
     grpc_server_start(srv->s_gs);
     for (method_t *m = srv->s_methods; m; m = m->m_next)
-        for (int i = 0; i < REQUESTS_PER_METHOD; i++) arm(srv, m);
+        for (int i = 0; i < REQUESTS_PER_METHOD; i++)
+            arm(srv, m);
     arm(srv, NULL);
     srv->s_threads = tg_calloc((size_t)srv->s_nthreads, sizeof *srv->s_threads);
     if (!srv->s_threads) {
@@ -643,8 +664,7 @@ int tg_rpc_server_start(tg_rpc_server_t *srv, char *err, size_t errlen)
     for (int i = 0; i < srv->s_nthreads; i++) {
         int e = pthread_create(&srv->s_threads[i], NULL, serve, srv);
         if (e != 0) {
-            rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "cannot start a server thread: %s",
-                         strerror(e));
+            rc = tg_errf(err, errlen, TG_RPC_ENOMEM, "cannot start a server thread: %s", strerror(e));
             goto fail;
         }
         srv->s_started_threads++;
@@ -660,11 +680,12 @@ fail:
         grpc_server_cancel_all_calls(srv->s_gs);
         grpc_completion_queue_shutdown(srv->s_cq);
         for (;;) {
-            grpc_event ev = grpc_completion_queue_next(srv->s_cq,
-                                                       gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-            if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+            grpc_event ev = grpc_completion_queue_next(srv->s_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            if (ev.type == GRPC_QUEUE_SHUTDOWN)
+                break;
             tag_t *t = ev.tag;
-            if (ev.type == GRPC_OP_COMPLETE && t->t_kind == TAG_NEW) call_free(t->t_call);
+            if (ev.type == GRPC_OP_COMPLETE && t->t_kind == TAG_NEW)
+                call_free(t->t_call);
         }
         srv->s_shut = 1;
         srv->s_shutdown_done = 1;
@@ -679,7 +700,8 @@ int tg_rpc_server_port(const tg_rpc_server_t *srv)
 
 void tg_rpc_server_shutdown(tg_rpc_server_t *srv, int grace_ms)
 {
-    if (!srv || srv->s_shut || !srv->s_started) return;
+    if (!srv || srv->s_shut || !srv->s_started)
+        return;
     srv->s_shut = 1;
     atomic_store(&srv->s_stopping, 1);
     grpc_server_shutdown_and_notify(srv->s_gs, srv->s_cq, &srv->s_tshutdown);
@@ -688,7 +710,8 @@ void tg_rpc_server_shutdown(tg_rpc_server_t *srv, int grace_ms)
     rpc_abstime(&ts, grace_ms > 0 ? grace_ms : 0);
     pthread_mutex_lock(&srv->s_mu);
     while (!srv->s_shutdown_done)
-        if (pthread_cond_timedwait(&srv->s_cv, &srv->s_mu, &ts) == ETIMEDOUT) break;
+        if (pthread_cond_timedwait(&srv->s_cv, &srv->s_mu, &ts) == ETIMEDOUT)
+            break;
     int done = srv->s_shutdown_done;
     pthread_mutex_unlock(&srv->s_mu);
     if (!done) {
@@ -696,20 +719,25 @@ void tg_rpc_server_shutdown(tg_rpc_server_t *srv, int grace_ms)
          * their holders finish them; only then can the core let go. */
         grpc_server_cancel_all_calls(srv->s_gs);
         pthread_mutex_lock(&srv->s_mu);
-        while (!srv->s_shutdown_done) pthread_cond_wait(&srv->s_cv, &srv->s_mu);
+        while (!srv->s_shutdown_done)
+            pthread_cond_wait(&srv->s_cv, &srv->s_mu);
         pthread_mutex_unlock(&srv->s_mu);
     }
     grpc_completion_queue_shutdown(srv->s_cq);
-    for (int i = 0; i < srv->s_started_threads; i++) pthread_join(srv->s_threads[i], NULL);
+    for (int i = 0; i < srv->s_started_threads; i++)
+        pthread_join(srv->s_threads[i], NULL);
     srv->s_started_threads = 0;
 }
 
 void tg_rpc_server_destroy(tg_rpc_server_t *srv)
 {
-    if (!srv) return;
+    if (!srv)
+        return;
     tg_rpc_server_shutdown(srv, 5000);
-    if (srv->s_gs) grpc_server_destroy(srv->s_gs);
-    if (srv->s_cq) grpc_completion_queue_destroy(srv->s_cq);
+    if (srv->s_gs)
+        grpc_server_destroy(srv->s_gs);
+    if (srv->s_cq)
+        grpc_completion_queue_destroy(srv->s_cq);
     while (srv->s_methods) {
         method_t *m = srv->s_methods;
         srv->s_methods = m->m_next;
@@ -738,7 +766,8 @@ const char *tg_rpc_call_metadata(const tg_rpc_call_t *c, const char *key, size_t
 {
     for (size_t i = 0; i < c->c_nmd; i++)
         if (strcmp(c->c_md[i].md_key, key) == 0) {
-            if (len) *len = c->c_md[i].md_len;
+            if (len)
+                *len = c->c_md[i].md_len;
             return c->c_md[i].md_value;
         }
     return NULL;
@@ -751,7 +780,8 @@ size_t tg_rpc_call_metadata_count(const tg_rpc_call_t *c)
 
 int tg_rpc_call_metadata_at(const tg_rpc_call_t *c, size_t i, tg_rpc_md_t *out)
 {
-    if (i >= c->c_nmd || !out) return TG_RPC_EINVAL;
+    if (i >= c->c_nmd || !out)
+        return TG_RPC_EINVAL;
     *out = c->c_md[i];
     return 0;
 }
@@ -759,22 +789,26 @@ int tg_rpc_call_metadata_at(const tg_rpc_call_t *c, size_t i, tg_rpc_md_t *out)
 const char *tg_rpc_call_peer(const tg_rpc_call_t *c)
 {
     tg_rpc_call_t *m = (tg_rpc_call_t *)c; /* computed once, on first use */
-    if (!m->c_peer) m->c_peer = grpc_call_get_peer(m->c_gc);
+    if (!m->c_peer)
+        m->c_peer = grpc_call_get_peer(m->c_gc);
     return m->c_peer ? m->c_peer : "unknown";
 }
 
 const char *tg_rpc_call_peer_identity(const tg_rpc_call_t *c)
 {
     tg_rpc_call_t *m = (tg_rpc_call_t *)c;
-    if (m->c_identity_done) return m->c_identity;
+    if (m->c_identity_done)
+        return m->c_identity;
     m->c_identity_done = 1;
     grpc_auth_context *ctx = grpc_call_auth_context(m->c_gc);
-    if (!ctx) return NULL;
+    if (!ctx)
+        return NULL;
     if (grpc_auth_context_peer_is_authenticated(ctx)) {
         grpc_auth_property_iterator it =
             grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_CN_PROPERTY_NAME);
         const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
-        if (p) m->c_identity = tg_strndup(p->value, p->value_length);
+        if (p)
+            m->c_identity = tg_strndup(p->value, p->value_length);
     }
     grpc_auth_context_release(ctx);
     return m->c_identity;
@@ -783,8 +817,10 @@ const char *tg_rpc_call_peer_identity(const tg_rpc_call_t *c)
 int64_t tg_rpc_call_deadline_ms(const tg_rpc_call_t *c)
 {
     gpr_timespec d = c->c_deadline;
-    if (d.tv_sec == INT64_MAX) return INT64_MAX;
-    if (gpr_time_cmp(d, gpr_inf_future(d.clock_type)) == 0) return INT64_MAX;
+    if (d.tv_sec == INT64_MAX)
+        return INT64_MAX;
+    if (gpr_time_cmp(d, gpr_inf_future(d.clock_type)) == 0)
+        return INT64_MAX;
     gpr_timespec left = gpr_time_sub(d, gpr_now(d.clock_type));
     return (int64_t)left.tv_sec * 1000 + left.tv_nsec / 1000000;
 }
@@ -808,9 +844,11 @@ static int add_md(tg_rpc_call_t *c, int trailer, const char *key, const char *va
     tg_rpc_md_t in = {key, value, 0};
     int rc;
 
-    if (!key || !value) return TG_RPC_EINVAL;
+    if (!key || !value)
+        return TG_RPC_EINVAL;
     memset(&g, 0, sizeof g);
-    if ((rc = rpc_md_make(&g, &in, 1, NULL, 0)) != 0) return rc;
+    if ((rc = rpc_md_make(&g, &in, 1, NULL, 0)) != 0)
+        return rc;
     pthread_mutex_lock(&c->c_mu);
     grpc_metadata **arr = trailer ? &c->c_trl : &c->c_hdr;
     size_t *n = trailer ? &c->c_ntrl : &c->c_nhdr;
@@ -829,7 +867,8 @@ static int add_md(tg_rpc_call_t *c, int trailer, const char *key, const char *va
         }
     }
     pthread_mutex_unlock(&c->c_mu);
-    if (rc != 0) rpc_md_free(&g, 1);
+    if (rc != 0)
+        rpc_md_free(&g, 1);
     return rc;
 }
 
@@ -851,7 +890,8 @@ int tg_rpc_call_errorf(tg_rpc_call_t *c, int code, const char *fmt, ...)
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&c->c_mu);
-    if (!c->c_msg) c->c_msg = tg_strdup(buf);
+    if (!c->c_msg)
+        c->c_msg = tg_strdup(buf);
     pthread_mutex_unlock(&c->c_mu);
     return code;
 }
@@ -871,13 +911,16 @@ int tg_rpc_call_send(tg_rpc_call_t *c, const void *data, size_t len, int timeout
     int rc = 0;
     struct timespec ts;
 
-    if (!c || (!data && len) || !c->c_m || !c->c_m->m_stream) return TG_RPC_EINVAL;
+    if (!c || (!data && len) || !c->c_m || !c->c_m->m_stream)
+        return TG_RPC_EINVAL;
     qmsg_t *q = tg_malloc(sizeof *q);
-    if (!q) return TG_RPC_ENOMEM;
+    if (!q)
+        return TG_RPC_ENOMEM;
     q->q_bb = rpc_bb_make(data ? data : "", len);
     q->q_len = len;
     q->q_next = NULL;
-    if (timeout_ms > 0) rpc_abstime(&ts, timeout_ms);
+    if (timeout_ms > 0)
+        rpc_abstime(&ts, timeout_ms);
 
     pthread_mutex_lock(&c->c_mu);
     /* One message larger than the bound still goes when the queue is empty. */
@@ -894,7 +937,8 @@ int tg_rpc_call_send(tg_rpc_call_t *c, const void *data, size_t len, int timeout
             break;
         }
     }
-    if (rc == 0 && (c->c_cancelled || c->c_finishing)) rc = TG_RPC_ECANCELLED;
+    if (rc == 0 && (c->c_cancelled || c->c_finishing))
+        rc = TG_RPC_ECANCELLED;
     if (rc == 0) {
         if (c->c_qtail)
             c->c_qtail->q_next = q;

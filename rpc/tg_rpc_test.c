@@ -86,7 +86,8 @@ static void env_start(env_t *e, const char *name, const tg_rpc_server_opts_t *op
     assert_non_null(e->srv);
     assert_int_equal(tg_echo_register(e->echo, e->srv, err, sizeof err), 0);
     assert_int_equal(tg_rpc_server_add_stream(e->srv, SILENT, silent, NULL, err, sizeof err), 0);
-    if (tg_rpc_server_start(e->srv, err, sizeof err) != 0) fail_msg("start: %s", err);
+    if (tg_rpc_server_start(e->srv, err, sizeof err) != 0)
+        fail_msg("start: %s", err);
     e->port = tg_rpc_server_port(e->srv);
     assert_true(e->port > 0);
     snprintf(target, sizeof target, "127.0.0.1:%d", e->port);
@@ -126,24 +127,23 @@ static Tollgate__Test__V1__SayReply *say_reply(const void *data, size_t len)
 {
     ProtobufCMessage *m = NULL;
     char err[TG_ERRLEN] = "";
-    if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, data, len, &m, err,
-                         sizeof err) != 0)
+    if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, data, len, &m, err, sizeof err) != 0)
         fail_msg("%s", err);
     return (Tollgate__Test__V1__SayReply *)m;
 }
 
 /* Calls Say; returns tg_rpc_unary's code, reply in *out when OK. */
-static int call_say(env_t *e, const char *text, int delay_ms, int timeout_ms,
-                    const tg_rpc_md_t *md, size_t nmd, const char *echo_header,
-                    tg_rpc_result_t *res, Tollgate__Test__V1__SayReply **out)
+static int call_say(env_t *e, const char *text, int delay_ms, int timeout_ms, const tg_rpc_md_t *md,
+                    size_t nmd, const char *echo_header, tg_rpc_result_t *res,
+                    Tollgate__Test__V1__SayReply **out)
 {
     tg_buf_t b;
     char err[TG_ERRLEN] = "";
     say_req(&b, text, delay_ms, echo_header);
-    int rc = tg_rpc_unary(e->ch, SAY, md, nmd, b.b_data, b.b_len, timeout_ms, res, err,
-                          sizeof err);
+    int rc = tg_rpc_unary(e->ch, SAY, md, nmd, b.b_data, b.b_len, timeout_ms, res, err, sizeof err);
     tg_buf_free(&b);
-    if (out) *out = rc == 0 ? say_reply(res->rs_data, res->rs_len) : NULL;
+    if (out)
+        *out = rc == 0 ? say_reply(res->rs_data, res->rs_len) : NULL;
     return rc;
 }
 
@@ -184,8 +184,7 @@ static void test_metadata_seen_by_handler(void **state)
     env_t e;
     tg_rpc_result_t res;
     Tollgate__Test__V1__SayReply *r;
-    tg_rpc_md_t md[] = {{"authorization", "Bearer tg-live-abc123", 0},
-                        {"x-tollgate-run", "run-42", 0}};
+    tg_rpc_md_t md[] = {{"authorization", "Bearer tg-live-abc123", 0}, {"x-tollgate-run", "run-42", 0}};
     env_start(&e, NULL, NULL, NULL);
     assert_int_equal(call_say(&e, "m", 0, 5000, md, 2, "authorization", &res, &r), 0);
     assert_string_equal(r->header_value, "Bearer tg-live-abc123");
@@ -199,8 +198,7 @@ static void test_metadata_seen_by_handler(void **state)
     /* An illegal key is refused before anything is sent. */
     tg_rpc_md_t bad[] = {{"Authorization Header", "x", 0}};
     char err[TG_ERRLEN] = "";
-    assert_int_equal(tg_rpc_unary(e.ch, SAY, bad, 1, "", 0, 1000, &res, err, sizeof err),
-                     TG_RPC_EINVAL);
+    assert_int_equal(tg_rpc_unary(e.ch, SAY, bad, 1, "", 0, 1000, &res, err, sizeof err), TG_RPC_EINVAL);
     assert_non_null(strstr(err, "Authorization Header"));
     tg_rpc_result_free(&res);
     env_stop(&e);
@@ -220,8 +218,7 @@ static void test_status_and_message(void **state)
     f.message = "name: must not be empty";
     tg_buf_init(&b, 1 << 16);
     assert_int_equal(tg_rpc_pb_pack(&f.base, &b, NULL, 0), 0);
-    assert_int_equal(tg_rpc_unary(e.ch, FAIL, NULL, 0, b.b_data, b.b_len, 5000, &res, err,
-                                  sizeof err),
+    assert_int_equal(tg_rpc_unary(e.ch, FAIL, NULL, 0, b.b_data, b.b_len, 5000, &res, err, sizeof err),
                      TG_RPC_ESTATUS);
     assert_int_equal(res.rs_code, TG_RPC_CODE_INVALID_ARGUMENT);
     assert_string_equal(res.rs_message, "name: must not be empty");
@@ -232,9 +229,9 @@ static void test_status_and_message(void **state)
 
     /* A method nobody registered. */
     err[0] = '\0';
-    assert_int_equal(tg_rpc_unary(e.ch, "/tollgate.test.v1.Echo/Nope", NULL, 0, "", 0, 5000, &res,
-                                  err, sizeof err),
-                     TG_RPC_ESTATUS);
+    assert_int_equal(
+        tg_rpc_unary(e.ch, "/tollgate.test.v1.Echo/Nope", NULL, 0, "", 0, 5000, &res, err, sizeof err),
+        TG_RPC_ESTATUS);
     assert_int_equal(res.rs_code, TG_RPC_CODE_UNIMPLEMENTED);
     assert_non_null(strstr(res.rs_message, "/tollgate.test.v1.Echo/Nope"));
     tg_rpc_result_free(&res);
@@ -278,8 +275,7 @@ static void test_server_unreachable(void **state)
     env_stop(&e); /* the port is closed now */
     tg_rpc_channel_t *ch = tg_rpc_channel_create(target, NULL, err, sizeof err);
     assert_non_null(ch);
-    assert_int_equal(tg_rpc_unary(ch, SAY, NULL, 0, "", 0, 2000, &res, err, sizeof err),
-                     TG_RPC_ESTATUS);
+    assert_int_equal(tg_rpc_unary(ch, SAY, NULL, 0, "", 0, 2000, &res, err, sizeof err), TG_RPC_ESTATUS);
     assert_int_equal(res.rs_code, TG_RPC_CODE_UNAVAILABLE);
     tg_rpc_result_free(&res);
     tg_rpc_channel_destroy(ch);
@@ -298,9 +294,8 @@ static void test_stream_many_from_thread(void **state)
     env_start(&e, NULL, NULL, NULL);
     count_req(&req, N, PAYLOAD);
     tg_buf_init(&msg, 1 << 20);
-    assert_int_equal(tg_rpc_reader_open(e.ch, COUNT, NULL, 0, req.b_data, req.b_len, 60000, &r,
-                                        err, sizeof err),
-                     0);
+    assert_int_equal(
+        tg_rpc_reader_open(e.ch, COUNT, NULL, 0, req.b_data, req.b_len, 60000, &r, err, sizeof err), 0);
     assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), 1);
     /* We stop reading: flow control must hold the sender thread back. */
     sleep_ms(300);
@@ -334,8 +329,7 @@ static void test_client_cancel_noticed(void **state)
     env_start(&e, "w", NULL, NULL);
     count_req(&req, 0, 0);
     tg_buf_init(&msg, 1 << 20);
-    assert_int_equal(tg_rpc_reader_open(e.ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err,
-                                        sizeof err),
+    assert_int_equal(tg_rpc_reader_open(e.ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err, sizeof err),
                      0);
     /* Pushed by the ticker thread, in order. */
     for (int i = 0; i < 3; i++) {
@@ -354,7 +348,8 @@ static void test_client_cancel_noticed(void **state)
     assert_int_equal(tg_rpc_reader_status(r, NULL), TG_RPC_CODE_CANCELLED);
     /* The server noticed: on_cancel ran and the stream was finished. */
     int64_t deadline = now_ms() + 5000;
-    while (tg_echo_stats(e.echo).es_cancelled < 1 && now_ms() < deadline) sleep_ms(10);
+    while (tg_echo_stats(e.echo).es_cancelled < 1 && now_ms() < deadline)
+        sleep_ms(10);
     tg_echo_stats_t s = tg_echo_stats(e.echo);
     assert_int_equal(s.es_cancelled, 1);
     assert_int_equal(s.es_active, 0);
@@ -403,7 +398,8 @@ static void test_keepalive_idle_stream(void **state)
     tg_buf_init(&msg, 1 << 20);
     assert_int_equal(tg_rpc_reader_open(e.ch, SILENT, NULL, 0, "", 0, 0, &r, err, sizeof err), 0);
     int rc = tg_rpc_reader_next(r, 5500, &msg, err, sizeof err);
-    if (rc != TG_RPC_ETIMEDOUT) fail_msg("idle stream ended: %d %s", rc, err);
+    if (rc != TG_RPC_ETIMEDOUT)
+        fail_msg("idle stream ended: %d %s", rc, err);
     tg_rpc_result_t res;
     assert_int_equal(call_say(&e, "still here", 0, 2000, NULL, 0, NULL, &res, NULL), 0);
     tg_rpc_result_free(&res);
@@ -437,29 +433,38 @@ static void *relay_run(void *p)
     struct pollfd lp = {.fd = r->lfd, .events = POLLIN};
     while (!relay_flag(r, &r->stop) && poll(&lp, 1, 50) == 0) {
     }
-    if (relay_flag(r, &r->stop)) return NULL;
+    if (relay_flag(r, &r->stop))
+        return NULL;
     int c = accept(r->lfd, NULL, NULL);
     int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (c < 0 || s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) goto out;
+    if (c < 0 || s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0)
+        goto out;
     while (!relay_flag(r, &r->stop)) {
         if (relay_flag(r, &r->frozen)) {
             sleep_ms(20);
             continue;
         }
         struct pollfd fds[2] = {{.fd = c, .events = POLLIN}, {.fd = s, .events = POLLIN}};
-        if (poll(fds, 2, 20) <= 0) continue;
+        if (poll(fds, 2, 20) <= 0)
+            continue;
         for (int i = 0; i < 2; i++) {
-            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
             ssize_t n = read(fds[i].fd, buf, sizeof buf);
-            if (n <= 0) goto out;
-            if (write(fds[1 - i].fd, buf, (size_t)n) != n) goto out;
+            if (n <= 0)
+                goto out;
+            if (write(fds[1 - i].fd, buf, (size_t)n) != n)
+                goto out;
         }
     }
 out:
     /* Leave the sockets open until stop: closing would send a FIN/RST. */
-    while (!relay_flag(r, &r->stop)) sleep_ms(20);
-    if (c >= 0) close(c);
-    if (s >= 0) close(s);
+    while (!relay_flag(r, &r->stop))
+        sleep_ms(20);
+    if (c >= 0)
+        close(c);
+    if (s >= 0)
+        close(s);
     return NULL;
 }
 
@@ -512,14 +517,15 @@ static void test_vanished_client_detected(void **state)
     tg_rpc_channel_t *ch = tg_rpc_channel_create(target, NULL, err, sizeof err);
     count_req(&req, 0, 0);
     tg_buf_init(&msg, 1 << 20);
-    assert_int_equal(tg_rpc_reader_open(ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err,
-                                        sizeof err),
+    assert_int_equal(tg_rpc_reader_open(ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err, sizeof err),
                      0);
-    for (int i = 0; i < 2; i++) assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), 1);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), 1);
     assert_int_equal(tg_echo_stats(e.echo).es_active, 1);
     relay_set(&rl, &rl.frozen);
     int64_t t0 = now_ms();
-    while (tg_echo_stats(e.echo).es_cancelled < 1 && now_ms() - t0 < 10000) sleep_ms(20);
+    while (tg_echo_stats(e.echo).es_cancelled < 1 && now_ms() - t0 < 10000)
+        sleep_ms(20);
     int64_t took = now_ms() - t0;
     assert_int_equal(tg_echo_stats(e.echo).es_cancelled, 1);
     assert_int_equal(tg_echo_stats(e.echo).es_active, 0);
@@ -544,9 +550,11 @@ static char *slurp(const char *name)
     size_t n;
     snprintf(path, sizeof path, "%s/%s", tls_dir, name);
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f)
+        return NULL;
     tg_buf_init(&b, 1 << 20);
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) assert_int_equal(tg_buf_append(&b, chunk, n), 0);
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        assert_int_equal(tg_buf_append(&b, chunk, n), 0);
     fclose(f);
     return tg_buf_steal(&b, NULL);
 }
@@ -558,7 +566,8 @@ static int make_certs(void)
     char cmd[2048];
     const char *base = getenv("TEST_TMPDIR");
     snprintf(tls_dir, sizeof tls_dir, "%s/tgrpc-XXXXXX", base ? base : "/tmp");
-    if (!mkdtemp(tls_dir)) return -1;
+    if (!mkdtemp(tls_dir))
+        return -1;
     const char *who[][3] = {{"server", "localhost", "-addext subjectAltName=DNS:localhost,IP:127.0.0.1"},
                             {"client", "tollgate-agent-1", ""},
                             {"other", "someone-else", ""}};
@@ -567,15 +576,15 @@ static int make_certs(void)
                  "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
                  "-days 2 -subj /CN=%s %s -keyout %s/%s.key -out %s/%s.crt >/dev/null 2>&1",
                  who[i][1], who[i][2], tls_dir, who[i][0], tls_dir, who[i][0]);
-        if (system(cmd) != 0) return -1;
+        if (system(cmd) != 0)
+            return -1;
     }
     return 0;
 }
 
 static void rm_certs(void)
 {
-    const char *names[] = {"server.key", "server.crt", "client.key", "client.crt", "other.key",
-                           "other.crt"};
+    const char *names[] = {"server.key", "server.crt", "client.key", "client.crt", "other.key", "other.crt"};
     char path[512];
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         snprintf(path, sizeof path, "%s/%s", tls_dir, names[i]);
@@ -654,8 +663,7 @@ static void test_mtls(void **state)
     tg_rpc_result_free(&res);
     tg_rpc_channel_destroy(ch);
     /* With a certificate the server does not trust: rejected as well. */
-    tg_rpc_channel_opts_t untrusted = {.co_root_pem = scrt, .co_cert_pem = ocrt,
-                                       .co_key_pem = okey};
+    tg_rpc_channel_opts_t untrusted = {.co_root_pem = scrt, .co_cert_pem = ocrt, .co_key_pem = okey};
     ch = tg_rpc_channel_create(target, &untrusted, err, sizeof err);
     assert_int_equal(tg_rpc_unary(ch, SAY, NULL, 0, "", 0, 3000, &res, NULL, 0), TG_RPC_ESTATUS);
     assert_int_equal(res.rs_code, TG_RPC_CODE_UNAVAILABLE);
@@ -686,8 +694,10 @@ static int run_on_message(void *arg, const uint8_t *data, size_t len)
     Tollgate__Test__V1__SayReply *m = say_reply(data, len);
     int stop = 0;
     pthread_mutex_lock(&s->mu);
-    if (strcmp(m->text, "A") == 0) s->from_a++;
-    if (strcmp(m->text, "B") == 0) stop = ++s->from_b >= 3;
+    if (strcmp(m->text, "A") == 0)
+        s->from_a++;
+    if (strcmp(m->text, "B") == 0)
+        stop = ++s->from_b >= 3;
     pthread_mutex_unlock(&s->mu);
     tg_rpc_pb_free(&m->base);
     return stop;
@@ -755,8 +765,7 @@ static void test_reconnect_after_restart(void **state)
         .sr_on_message = run_on_message,
         .sr_on_status = run_on_status,
         .sr_arg = &st,
-        .sr_backoff = {.bo_initial_ms = 20, .bo_max_ms = 400, .bo_multiplier = 2.0,
-                       .bo_jitter = 0.1},
+        .sr_backoff = {.bo_initial_ms = 20, .bo_max_ms = 400, .bo_multiplier = 2.0, .bo_jitter = 0.1},
         .sr_cancel = cancel,
     };
     run_arg_t ra = {a.ch, &o, &st};
@@ -764,7 +773,8 @@ static void test_reconnect_after_restart(void **state)
     assert_int_equal(pthread_create(&th, NULL, run_thread, &ra), 0);
 
     int64_t deadline = now_ms() + 5000;
-    while (get(&st, &st.from_a) < 3 && now_ms() < deadline) sleep_ms(10);
+    while (get(&st, &st.from_a) < 3 && now_ms() < deadline)
+        sleep_ms(10);
     assert_true(get(&st, &st.from_a) >= 3);
 
     /* The server goes away; the client keeps trying with growing delays. */
@@ -774,7 +784,8 @@ static void test_reconnect_after_restart(void **state)
     tg_echo_destroy(a.echo);
     a.echo = NULL;
     deadline = now_ms() + 5000;
-    while (get(&st, &st.statuses) < 3 && now_ms() < deadline) sleep_ms(10);
+    while (get(&st, &st.statuses) < 3 && now_ms() < deadline)
+        sleep_ms(10);
     assert_true(get(&st, &st.statuses) >= 3);
 
     /* A new server on the same address: the stream comes back by itself. */
@@ -782,23 +793,28 @@ static void test_reconnect_after_restart(void **state)
     b.echo = tg_echo_create("B");
     b.srv = tg_rpc_server_create(&so, err, sizeof err);
     assert_int_equal(tg_echo_register(b.echo, b.srv, err, sizeof err), 0);
-    if (tg_rpc_server_start(b.srv, err, sizeof err) != 0) fail_msg("restart: %s", err);
+    if (tg_rpc_server_start(b.srv, err, sizeof err) != 0)
+        fail_msg("restart: %s", err);
 
     deadline = now_ms() + 10000;
-    while (!get(&st, &st.done) && now_ms() < deadline) sleep_ms(10);
-    if (!get(&st, &st.done)) tg_rpc_cancel_signal(cancel); /* never hang the suite */
+    while (!get(&st, &st.done) && now_ms() < deadline)
+        sleep_ms(10);
+    if (!get(&st, &st.done))
+        tg_rpc_cancel_signal(cancel); /* never hang the suite */
     pthread_join(th, NULL);
     assert_int_equal(st.rc, 0);
     assert_true(st.from_b >= 3);
     /* Every attempt ended with a failure status, and the delays grew
      * (multiplier 2, jitter 10%) until the cap. */
     int n = st.statuses < 64 ? st.statuses : 64;
-    for (int i = 0; i < n; i++) assert_int_not_equal(st.codes[i], TG_RPC_CODE_OK);
+    for (int i = 0; i < n; i++)
+        assert_int_not_equal(st.codes[i], TG_RPC_CODE_OK);
     for (int i = 1; i < n && i < 4; i++)
         if (st.delays[i] <= st.delays[i - 1])
-            fail_msg("attempt %d: delay %d ms after %d ms (code %d, %d statuses)", i,
-                     st.delays[i], st.delays[i - 1], st.codes[i], n);
-    for (int i = 0; i < n; i++) assert_true(st.delays[i] >= 18 && st.delays[i] <= 400);
+            fail_msg("attempt %d: delay %d ms after %d ms (code %d, %d statuses)", i, st.delays[i],
+                     st.delays[i - 1], st.codes[i], n);
+    for (int i = 0; i < n; i++)
+        assert_true(st.delays[i] >= 18 && st.delays[i] <= 400);
 
     tg_rpc_cancel_destroy(cancel);
     tg_buf_free(&req);
@@ -823,14 +839,18 @@ static void test_stream_run_stops_on_cancel(void **state)
     env_stop(&e);
     tg_rpc_channel_t *ch = tg_rpc_channel_create(target, NULL, err, sizeof err);
     tg_rpc_cancel_t *cancel = tg_rpc_cancel_create();
-    tg_rpc_stream_opts_t o = {.sr_method = WATCH, .sr_on_message = run_on_message,
-                              .sr_on_status = run_on_status, .sr_arg = &st,
-                              .sr_backoff = {.bo_initial_ms = 5000}, .sr_cancel = cancel};
+    tg_rpc_stream_opts_t o = {.sr_method = WATCH,
+                              .sr_on_message = run_on_message,
+                              .sr_on_status = run_on_status,
+                              .sr_arg = &st,
+                              .sr_backoff = {.bo_initial_ms = 5000},
+                              .sr_cancel = cancel};
     run_arg_t ra = {ch, &o, &st};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, run_thread, &ra), 0);
     int64_t deadline = now_ms() + 5000;
-    while (get(&st, &st.statuses) < 1 && now_ms() < deadline) sleep_ms(5);
+    while (get(&st, &st.statuses) < 1 && now_ms() < deadline)
+        sleep_ms(5);
     /* It is now in a 5 s backoff sleep; the signal must cut it short. */
     int64_t t0 = now_ms();
     tg_rpc_cancel_signal(cancel);
@@ -869,15 +889,15 @@ static void test_graceful_shutdown(void **state)
     env_start(&e, NULL, NULL, NULL);
     count_req(&req, 0, 0);
     tg_buf_init(&msg, 1 << 20);
-    assert_int_equal(tg_rpc_reader_open(e.ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err,
-                                        sizeof err),
+    assert_int_equal(tg_rpc_reader_open(e.ch, WATCH, NULL, 0, req.b_data, req.b_len, 0, &r, err, sizeof err),
                      0);
     assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), 1);
     slow_call_t sc = {&e, -100, -1};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, slow_say, &sc), 0);
     int64_t deadline = now_ms() + 5000; /* wait until it is in its handler */
-    while (tg_echo_stats(e.echo).es_say_running < 1 && now_ms() < deadline) sleep_ms(5);
+    while (tg_echo_stats(e.echo).es_say_running < 1 && now_ms() < deadline)
+        sleep_ms(5);
     assert_int_equal(tg_echo_stats(e.echo).es_say_running, 1);
 
     int64_t t0 = now_ms();
@@ -911,8 +931,7 @@ static void test_backoff(void **state)
 {
     (void)state;
     uint64_t seed = 42;
-    tg_rpc_backoff_t b = {.bo_initial_ms = 100, .bo_max_ms = 5000, .bo_multiplier = 2.0,
-                          .bo_jitter = 0.2};
+    tg_rpc_backoff_t b = {.bo_initial_ms = 100, .bo_max_ms = 5000, .bo_multiplier = 2.0, .bo_jitter = 0.2};
     for (int round = 0; round < 100; round++) {
         assert_in_range(tg_rpc_backoff_delay_ms(&b, 0, &seed), 80, 120);
         assert_in_range(tg_rpc_backoff_delay_ms(&b, 3, &seed), 640, 960);
@@ -942,9 +961,9 @@ static void test_pb_helpers(void **state)
     r.index = 7;
     tg_buf_init(&b, 1 << 16);
     assert_int_equal(tg_rpc_pb_pack(&r.base, &b, err, sizeof err), 0);
-    assert_int_equal(tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, b.b_data,
-                                      b.b_len, &m, err, sizeof err),
-                     0);
+    assert_int_equal(
+        tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, b.b_data, b.b_len, &m, err, sizeof err),
+        0);
     Tollgate__Test__V1__SayReply *got = (Tollgate__Test__V1__SayReply *)m;
     assert_string_equal(got->text, "héllo");
     assert_int_equal(got->deadline_ms, -1);
@@ -953,9 +972,9 @@ static void test_pb_helpers(void **state)
     tg_buf_free(&b);
 
     /* Truncated input: EPROTO naming the type. */
-    assert_int_equal(tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, "\x0a\x05h", 3,
-                                      &m, err, sizeof err),
-                     TG_RPC_EPROTO);
+    assert_int_equal(
+        tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, "\x0a\x05h", 3, &m, err, sizeof err),
+        TG_RPC_EPROTO);
     assert_null(m);
     assert_non_null(strstr(err, "tollgate.test.v1.SayReply"));
     /* A buffer too small for the message: ENOMEM, buffer unchanged. */
@@ -971,15 +990,12 @@ static void test_bad_arguments(void **state)
     char err[TG_ERRLEN] = "";
     tg_rpc_server_t *srv = tg_rpc_server_create(NULL, err, sizeof err);
     assert_non_null(srv);
-    assert_int_equal(tg_rpc_server_add_unary(srv, "NoSlash", NULL, NULL, err, sizeof err),
-                     TG_RPC_EINVAL);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "NoSlash", NULL, NULL, err, sizeof err), TG_RPC_EINVAL);
     err[0] = '\0';
-    assert_int_equal(tg_rpc_server_add_stream(srv, "/svc/", silent, NULL, err, sizeof err),
-                     TG_RPC_EINVAL);
+    assert_int_equal(tg_rpc_server_add_stream(srv, "/svc/", silent, NULL, err, sizeof err), TG_RPC_EINVAL);
     assert_non_null(strstr(err, "/package.Service/Method"));
     assert_int_equal(tg_rpc_server_add_stream(srv, SILENT, silent, NULL, err, sizeof err), 0);
-    assert_int_equal(tg_rpc_server_add_stream(srv, SILENT, silent, NULL, err, sizeof err),
-                     TG_RPC_EINVAL);
+    assert_int_equal(tg_rpc_server_add_stream(srv, SILENT, silent, NULL, err, sizeof err), TG_RPC_EINVAL);
     assert_int_equal(tg_rpc_server_start(srv, err, sizeof err), 0);
     assert_int_equal(tg_rpc_server_start(srv, err, sizeof err), TG_RPC_ESTATE);
 
@@ -1009,8 +1025,7 @@ static void test_bad_arguments(void **state)
 
     tg_rpc_channel_t *ch = tg_rpc_channel_create("127.0.0.1:1", NULL, err, sizeof err);
     tg_rpc_result_t res;
-    assert_int_equal(tg_rpc_unary(ch, "bad", NULL, 0, "", 0, 100, &res, err, sizeof err),
-                     TG_RPC_EINVAL);
+    assert_int_equal(tg_rpc_unary(ch, "bad", NULL, 0, "", 0, 100, &res, err, sizeof err), TG_RPC_EINVAL);
     tg_rpc_result_free(&res);
     tg_rpc_channel_destroy(ch);
     tg_rpc_channel_destroy(NULL);

@@ -89,7 +89,8 @@ int main(int argc, char **argv)
             timeout = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--md") == 0 && nmd < MAX_MD) {
             char *eq = strchr(argv[i + 1], '=');
-            if (!eq) goto usage;
+            if (!eq)
+                goto usage;
             mdbuf[nmd] = tg_strndup(argv[i + 1], (size_t)(eq - argv[i + 1]));
             md[nmd] = (tg_rpc_md_t){mdbuf[nmd], eq + 1, 0};
             nmd++;
@@ -97,24 +98,28 @@ int main(int argc, char **argv)
             goto usage;
         }
     }
-    if (!target || i >= argc) goto usage;
+    if (!target || i >= argc)
+        goto usage;
     const char *cmd = argv[i++];
-    if (!(ch = tg_rpc_channel_create(target, NULL, err, sizeof err))) goto done;
+    if (!(ch = tg_rpc_channel_create(target, NULL, err, sizeof err)))
+        goto done;
 
     if (strcmp(cmd, "say") == 0 && i < argc) {
         Tollgate__Test__V1__SayRequest q = TOLLGATE__TEST__V1__SAY_REQUEST__INIT;
         q.text = argv[i];
         q.delay_ms = i + 1 < argc ? atoi(argv[i + 1]) : 0;
         q.echo_header = i + 2 < argc ? argv[i + 2] : "";
-        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0) goto done;
-        int r = tg_rpc_unary(ch, "/tollgate.test.v1.Echo/Say", md, nmd, req.b_data, req.b_len,
-                             timeout, &res, err, sizeof err);
-        if (r != 0 && r != TG_RPC_ESTATUS) goto done;
+        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
+            goto done;
+        int r = tg_rpc_unary(ch, "/tollgate.test.v1.Echo/Say", md, nmd, req.b_data, req.b_len, timeout, &res,
+                             err, sizeof err);
+        if (r != 0 && r != TG_RPC_ESTATUS)
+            goto done;
         printf("{\"rc\":%d,\"code\":%d,\"message\":", r, res.rs_code);
         json_str(res.rs_message);
         if (r == 0) {
-            if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, res.rs_data,
-                                 res.rs_len, &m, err, sizeof err) != 0)
+            if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, res.rs_data, res.rs_len, &m, err,
+                                 sizeof err) != 0)
                 goto done;
             Tollgate__Test__V1__SayReply *p = (Tollgate__Test__V1__SayReply *)m;
             printf(",\"text\":");
@@ -130,10 +135,12 @@ int main(int argc, char **argv)
         Tollgate__Test__V1__FailRequest q = TOLLGATE__TEST__V1__FAIL_REQUEST__INIT;
         q.code = atoi(argv[i]);
         q.message = argv[i + 1];
-        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0) goto done;
-        int r = tg_rpc_unary(ch, "/tollgate.test.v1.Echo/Fail", md, nmd, req.b_data, req.b_len,
-                             timeout, &res, err, sizeof err);
-        if (r != 0 && r != TG_RPC_ESTATUS) goto done;
+        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
+            goto done;
+        int r = tg_rpc_unary(ch, "/tollgate.test.v1.Echo/Fail", md, nmd, req.b_data, req.b_len, timeout, &res,
+                             err, sizeof err);
+        if (r != 0 && r != TG_RPC_ESTATUS)
+            goto done;
         printf("{\"rc\":%d,\"code\":%d,\"message\":", r, res.rs_code);
         json_str(res.rs_message);
         printf("}\n");
@@ -144,15 +151,16 @@ int main(int argc, char **argv)
         tg_buf_t msg;
         int n = 0, in_order = 1, x;
         q.n = atoi(argv[i]);
-        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0) goto done;
-        if (tg_rpc_reader_open(ch, "/tollgate.test.v1.Echo/Count", md, nmd, req.b_data,
-                               req.b_len, timeout, &r, err, sizeof err) != 0)
+        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
+            goto done;
+        if (tg_rpc_reader_open(ch, "/tollgate.test.v1.Echo/Count", md, nmd, req.b_data, req.b_len, timeout,
+                               &r, err, sizeof err) != 0)
             goto done;
         tg_buf_init(&msg, 1 << 20);
         while ((x = tg_rpc_reader_next(r, -1, &msg, NULL, 0)) == 1) {
             ProtobufCMessage *one = NULL;
-            if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, msg.b_data,
-                                 msg.b_len, &one, NULL, 0) != 0 ||
+            if (tg_rpc_pb_unpack(&tollgate__test__v1__say_reply__descriptor, msg.b_data, msg.b_len, &one,
+                                 NULL, 0) != 0 ||
                 ((Tollgate__Test__V1__SayReply *)one)->index != n)
                 in_order = 0;
             tg_rpc_pb_free(one);
@@ -168,7 +176,8 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "watch") == 0 && i + 1 < argc) {
         watch_state_t w = {argv[i], atoi(argv[i + 1]), 0};
         Tollgate__Test__V1__CountRequest q = TOLLGATE__TEST__V1__COUNT_REQUEST__INIT;
-        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0) goto done;
+        if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
+            goto done;
         tg_rpc_stream_opts_t o = {.sr_method = "/tollgate.test.v1.Echo/Watch",
                                   .sr_md = md,
                                   .sr_nmd = nmd,
@@ -183,12 +192,14 @@ int main(int argc, char **argv)
         goto usage;
     }
 done:
-    if (rc == 1) fprintf(stderr, "echo_client: %s\n", err[0] ? err : "failed");
+    if (rc == 1)
+        fprintf(stderr, "echo_client: %s\n", err[0] ? err : "failed");
     tg_rpc_pb_free(m);
     tg_rpc_result_free(&res);
     tg_buf_free(&req);
     tg_rpc_channel_destroy(ch);
-    for (size_t k = 0; k < nmd; k++) tg_free(mdbuf[k]);
+    for (size_t k = 0; k < nmd; k++)
+        tg_free(mdbuf[k]);
     return rc;
 usage:
     fprintf(stderr, "usage: echo_client --target HOST:PORT [--timeout MS] [--md K=V]... "

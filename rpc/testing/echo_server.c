@@ -20,10 +20,12 @@ static char *slurp(const char *path)
     char chunk[4096];
     size_t n;
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f)
+        return NULL;
     tg_buf_init(&b, 1 << 20);
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (tg_buf_append(&b, chunk, n) != 0) break;
+        if (tg_buf_append(&b, chunk, n) != 0)
+            break;
     fclose(f);
     return tg_buf_steal(&b, NULL);
 }
@@ -48,14 +50,22 @@ int main(int argc, char **argv)
 
     for (int i = 1; i < argc; i += 2) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) return usage();
-        if (strcmp(argv[i], "--addr") == 0) o.so_addr = v;
-        else if (strcmp(argv[i], "--threads") == 0) o.so_threads = (int)strtol(v, NULL, 10);
-        else if (strcmp(argv[i], "--grace-ms") == 0) grace = (int)strtol(v, NULL, 10);
-        else if (strcmp(argv[i], "--cert") == 0) cert = v;
-        else if (strcmp(argv[i], "--key") == 0) key = v;
-        else if (strcmp(argv[i], "--client-ca") == 0) ca = v;
-        else return usage();
+        if (!v)
+            return usage();
+        if (strcmp(argv[i], "--addr") == 0)
+            o.so_addr = v;
+        else if (strcmp(argv[i], "--threads") == 0)
+            o.so_threads = (int)strtol(v, NULL, 10);
+        else if (strcmp(argv[i], "--grace-ms") == 0)
+            grace = (int)strtol(v, NULL, 10);
+        else if (strcmp(argv[i], "--cert") == 0)
+            cert = v;
+        else if (strcmp(argv[i], "--key") == 0)
+            key = v;
+        else if (strcmp(argv[i], "--client-ca") == 0)
+            ca = v;
+        else
+            return usage();
     }
     if ((cert && !(cert_pem = slurp(cert))) || (key && !(key_pem = slurp(key))) ||
         (ca && !(ca_pem = slurp(ca)))) {
@@ -72,16 +82,15 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if (!(echo = tg_echo_create("echo_server")) ||
-        !(srv = tg_rpc_server_create(&o, err, sizeof err)) ||
-        tg_echo_register(echo, srv, err, sizeof err) != 0 ||
-        tg_rpc_server_start(srv, err, sizeof err) != 0) {
+    if (!(echo = tg_echo_create("echo_server")) || !(srv = tg_rpc_server_create(&o, err, sizeof err)) ||
+        tg_echo_register(echo, srv, err, sizeof err) != 0 || tg_rpc_server_start(srv, err, sizeof err) != 0) {
         fprintf(stderr, "echo_server: %s\n", err[0] ? err : "out of memory");
         goto done;
     }
     printf("%d\n", tg_rpc_server_port(srv));
     fflush(stdout);
-    if (sigwait(&set, &sig) != 0) goto done;
+    if (sigwait(&set, &sig) != 0)
+        goto done;
     fprintf(stderr, "echo_server: signal %d, shutting down (grace %d ms)\n", sig, grace);
     tg_rpc_server_shutdown(srv, grace);
     rc = 0;

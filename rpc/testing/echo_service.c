@@ -48,8 +48,7 @@ static void sleep_ms(int ms)
 
 /* Parses a request of type d; on failure sets an INVALID_ARGUMENT status
  * naming the type and returns NULL. Free with tg_rpc_pb_free. */
-static void *parse(tg_rpc_call_t *call, const ProtobufCMessageDescriptor *d, const uint8_t *req,
-                   size_t len)
+static void *parse(tg_rpc_call_t *call, const ProtobufCMessageDescriptor *d, const uint8_t *req, size_t len)
 {
     ProtobufCMessage *m = NULL;
     char err[TG_ERRLEN] = "";
@@ -64,9 +63,9 @@ static int say(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *re
 {
     char err[TG_ERRLEN] = "";
     int code = TG_RPC_CODE_OK;
-    Tollgate__Test__V1__SayRequest *rq =
-        parse(call, &tollgate__test__v1__say_request__descriptor, req, len);
-    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    Tollgate__Test__V1__SayRequest *rq = parse(call, &tollgate__test__v1__say_request__descriptor, req, len);
+    if (!rq)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
     tg_echo_t *e = arg;
     pthread_mutex_lock(&e->e_mu);
     e->e_stats.es_say_running++;
@@ -105,7 +104,8 @@ static int fail(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *r
     (void)reply;
     Tollgate__Test__V1__FailRequest *rq =
         parse(call, &tollgate__test__v1__fail_request__descriptor, req, len);
-    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    if (!rq)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
     int code = tg_rpc_call_errorf(call, rq->code, "%s", rq->message);
     tg_rpc_pb_free(&rq->base);
     return code;
@@ -128,8 +128,7 @@ static int stats(tg_rpc_call_t *call, const uint8_t *req, size_t len, tg_buf_t *
 
 /* ---- Count: one thread per stream, blocking sends ----------------------- */
 
-static int send_reply(tg_rpc_call_t *call, const char *text, int index, size_t payload,
-                      int timeout_ms)
+static int send_reply(tg_rpc_call_t *call, const char *text, int index, size_t payload, int timeout_ms)
 {
     Tollgate__Test__V1__SayReply r = TOLLGATE__TEST__V1__SAY_REPLY__INIT;
     uint8_t *fill = NULL;
@@ -137,7 +136,8 @@ static int send_reply(tg_rpc_call_t *call, const char *text, int index, size_t p
     r.index = index;
     if (payload) {
         fill = tg_malloc(payload);
-        if (!fill) return TG_RPC_ENOMEM;
+        if (!fill)
+            return TG_RPC_ENOMEM;
         memset(fill, 'x', payload);
         r.payload.data = fill;
         r.payload.len = payload;
@@ -163,8 +163,8 @@ static void *count_thread(void *arg)
     if (rc == 0)
         tg_rpc_call_finish(j->j_call, TG_RPC_CODE_OK, NULL);
     else
-        tg_rpc_call_finish(j->j_call, rc == TG_RPC_ECANCELLED ? TG_RPC_CODE_CANCELLED
-                                                              : TG_RPC_CODE_RESOURCE_EXHAUSTED,
+        tg_rpc_call_finish(j->j_call,
+                           rc == TG_RPC_ECANCELLED ? TG_RPC_CODE_CANCELLED : TG_RPC_CODE_RESOURCE_EXHAUSTED,
                            tg_rpc_strerror(rc));
     return NULL;
 }
@@ -192,7 +192,8 @@ static int count(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
     tg_echo_t *e = arg;
     Tollgate__Test__V1__CountRequest *rq =
         parse(call, &tollgate__test__v1__count_request__descriptor, req, len);
-    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    if (!rq)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
     ProtobufCMessage *m = &rq->base;
     if (rq->n < 0 || rq->payload_bytes < 0 || rq->payload_bytes > (1 << 20)) {
         tg_rpc_pb_free(m);
@@ -250,7 +251,8 @@ static int watch(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
     tg_echo_t *e = arg;
     Tollgate__Test__V1__CountRequest *rq =
         parse(call, &tollgate__test__v1__count_request__descriptor, req, len);
-    if (!rq) return TG_RPC_CODE_INVALID_ARGUMENT;
+    if (!rq)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
     ProtobufCMessage *m = &rq->base;
     watcher_t *w = tg_calloc(1, sizeof *w);
     if (!w) {
@@ -259,7 +261,8 @@ static int watch(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
     }
     w->w_call = call;
     w->w_payload = (size_t)(rq->payload_bytes > 0 ? rq->payload_bytes : 0);
-    if (w->w_payload > 65536) w->w_payload = 65536;
+    if (w->w_payload > 65536)
+        w->w_payload = 65536;
     tg_rpc_pb_free(m);
     tg_rpc_call_on_cancel(call, watch_cancelled, e);
     pthread_mutex_lock(&e->e_mu);
@@ -278,7 +281,8 @@ static void *ticker(void *arg)
     while (!e->e_stop) {
         for (watcher_t *w = e->e_watchers; w; w = w->w_next) {
             /* Never wait on one slow client: a full queue skips a tick. */
-            if (send_reply(w->w_call, e->e_name, w->w_sent, w->w_payload, 0) == 0) w->w_sent++;
+            if (send_reply(w->w_call, e->e_name, w->w_sent, w->w_payload, 0) == 0)
+                w->w_sent++;
         }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_nsec += TICK_MS * 1000000L;
@@ -299,7 +303,8 @@ tg_echo_t *tg_echo_create(const char *name)
 {
     pthread_condattr_t a;
     tg_echo_t *e = tg_calloc(1, sizeof *e);
-    if (!e) return NULL;
+    if (!e)
+        return NULL;
     e->e_name = tg_strdup(name ? name : "watch");
     if (!e->e_name) {
         tg_free(e);
@@ -325,10 +330,8 @@ int tg_echo_register(tg_echo_t *e, tg_rpc_server_t *srv, char *err, size_t errle
     int rc;
     if ((rc = tg_rpc_server_add_unary(srv, "/tollgate.test.v1.Echo/Say", say, e, err, errlen)) ||
         (rc = tg_rpc_server_add_unary(srv, "/tollgate.test.v1.Echo/Fail", fail, e, err, errlen)) ||
-        (rc = tg_rpc_server_add_unary(srv, "/tollgate.test.v1.Echo/Stats", stats, e, err,
-                                      errlen)) ||
-        (rc = tg_rpc_server_add_stream(srv, "/tollgate.test.v1.Echo/Count", count, e, err,
-                                       errlen)) ||
+        (rc = tg_rpc_server_add_unary(srv, "/tollgate.test.v1.Echo/Stats", stats, e, err, errlen)) ||
+        (rc = tg_rpc_server_add_stream(srv, "/tollgate.test.v1.Echo/Count", count, e, err, errlen)) ||
         (rc = tg_rpc_server_add_stream(srv, "/tollgate.test.v1.Echo/Watch", watch, e, err, errlen)))
         return rc;
     return 0;
@@ -344,7 +347,8 @@ tg_echo_stats_t tg_echo_stats(tg_echo_t *e)
 
 void tg_echo_destroy(tg_echo_t *e)
 {
-    if (!e) return;
+    if (!e)
+        return;
     pthread_mutex_lock(&e->e_mu);
     e->e_stop = 1;
     pthread_cond_broadcast(&e->e_cv);

@@ -14,9 +14,9 @@
 typedef struct tg_echo tg_echo_t;
 
 typedef struct tg_echo_stats {
-    int es_active;    /* Watch streams open now */
-    int es_cancelled; /* streams whose client left before they ended */
-    int es_count_done;/* Count streams that sent every message */
+    int es_active;      /* Watch streams open now */
+    int es_cancelled;   /* streams whose client left before they ended */
+    int es_count_done;  /* Count streams that sent every message */
     int es_say_running; /* Say handlers running now */
 } tg_echo_stats_t;
 

@@ -46,11 +46,13 @@ static void *run_calls(void *p)
     for (int i = 0; i < j->n; i++) {
         tg_rpc_result_t res;
         double t0 = now_us();
-        if (tg_rpc_unary(j->ch, "/tollgate.test.v1.Echo/Say", NULL, 0, j->req->b_data,
-                         j->req->b_len, 5000, &res, err, sizeof err) != 0) {
-            if (j->failed++ == 0) fprintf(stderr, "rpc_bench: %s\n", err);
+        if (tg_rpc_unary(j->ch, "/tollgate.test.v1.Echo/Say", NULL, 0, j->req->b_data, j->req->b_len, 5000,
+                         &res, err, sizeof err) != 0) {
+            if (j->failed++ == 0)
+                fprintf(stderr, "rpc_bench: %s\n", err);
         }
-        if (j->lat) j->lat[i] = now_us() - t0;
+        if (j->lat)
+            j->lat[i] = now_us() - t0;
         tg_rpc_result_free(&res);
     }
     return NULL;
@@ -68,10 +70,14 @@ int main(int argc, char **argv)
     double *lat = NULL;
 
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--target") == 0) target = argv[i + 1];
-        else if (strcmp(argv[i], "--calls") == 0) calls = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--stream") == 0) stream_n = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--label") == 0) label = argv[i + 1];
+        if (strcmp(argv[i], "--target") == 0)
+            target = argv[i + 1];
+        else if (strcmp(argv[i], "--calls") == 0)
+            calls = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--stream") == 0)
+            stream_n = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--label") == 0)
+            label = argv[i + 1];
     }
     tg_buf_init(&req, 1 << 16);
     tg_buf_init(&creq, 1 << 16);
@@ -85,7 +91,8 @@ int main(int argc, char **argv)
         snprintf(tbuf, sizeof tbuf, "127.0.0.1:%d", tg_rpc_server_port(srv));
         target = tbuf;
     }
-    if (!(ch = tg_rpc_channel_create(target, NULL, err, sizeof err))) goto done;
+    if (!(ch = tg_rpc_channel_create(target, NULL, err, sizeof err)))
+        goto done;
 
     Tollgate__Test__V1__SayRequest sr = TOLLGATE__TEST__V1__SAY_REQUEST__INIT;
     sr.text = "hello tollgate, a short unary request";
@@ -99,10 +106,12 @@ int main(int argc, char **argv)
     /* Warm up: connect, and let both sides' allocators settle. */
     job_t warm = {ch, &req, 500, 0, NULL};
     run_calls(&warm);
-    if (warm.failed) goto done;
+    if (warm.failed)
+        goto done;
 
     lat = tg_calloc((size_t)calls, sizeof *lat);
-    if (!lat) goto done;
+    if (!lat)
+        goto done;
     job_t seq = {ch, &req, calls, 0, lat};
     double t0 = now_us();
     run_calls(&seq);
@@ -126,24 +135,26 @@ int main(int argc, char **argv)
     tg_rpc_reader_t *r = NULL;
     int got = 0, n;
     t0 = now_us();
-    if (tg_rpc_reader_open(ch, "/tollgate.test.v1.Echo/Count", NULL, 0, creq.b_data, creq.b_len,
-                           60000, &r, err, sizeof err) != 0)
+    if (tg_rpc_reader_open(ch, "/tollgate.test.v1.Echo/Count", NULL, 0, creq.b_data, creq.b_len, 60000, &r,
+                           err, sizeof err) != 0)
         goto done;
-    while ((n = tg_rpc_reader_next(r, 10000, &msg, err, sizeof err)) == 1) got++;
+    while ((n = tg_rpc_reader_next(r, 10000, &msg, err, sizeof err)) == 1)
+        got++;
     double st_s = (now_us() - t0) / 1e6;
     tg_rpc_reader_destroy(r);
     if (n != 0 || got != stream_n) {
         fprintf(stderr, "rpc_bench: stream got %d of %d: %s\n", got, stream_n, err);
         goto done;
     }
-    if (seq.failed || par_failed) goto done;
+    if (seq.failed || par_failed)
+        goto done;
 
-    printf("| %s | %.0f | %.0f | %.0f | %.0f | %.0f |\n", label, lat[calls / 2],
-           lat[(size_t)(calls * 0.99)], calls / seq_s, (calls / THREADS * THREADS) / par_s,
-           got / st_s);
+    printf("| %s | %.0f | %.0f | %.0f | %.0f | %.0f |\n", label, lat[calls / 2], lat[(size_t)(calls * 0.99)],
+           calls / seq_s, (calls / THREADS * THREADS) / par_s, got / st_s);
     rc = 0;
 done:
-    if (rc && err[0]) fprintf(stderr, "rpc_bench: %s\n", err);
+    if (rc && err[0])
+        fprintf(stderr, "rpc_bench: %s\n", err);
     tg_free(lat);
     tg_buf_free(&req);
     tg_buf_free(&creq);
