@@ -58,6 +58,22 @@ static double cpu(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Bytes this process has sent to the storage layer (/proc/self/io
+ * write_bytes): what a batch really costs the disk. 0 if unavailable. */
+static double written(void)
+{
+    FILE *fp = fopen("/proc/self/io", "r");
+    char line[128];
+    double v = 0;
+    if (!fp)
+        return 0;
+    while (fgets(line, sizeof(line), fp))
+        if (strncmp(line, "write_bytes:", 12) == 0)
+            v = strtod(line + 12, NULL);
+    fclose(fp);
+    return v;
+}
+
 static void die(const char *what, const char *err)
 {
     fprintf(stderr, "ledger_bench: %s: %s\n", what, err);
@@ -179,18 +195,19 @@ static void rm_ledger(const char *path)
 
 /* Appends `batches` batches of `bs` rows to a fresh ledger; rows/s. */
 static double bench_append(size_t bs, int batches, int nosync, int random_ids,
-                           double *ms_per_batch, double *cpu_us)
+                           double *ms_per_batch, double *cpu_us, double *bytes_row)
 {
     char path[600], err[TG_ERRLEN] = "";
     tg_ledger_t *l;
     tg_ledger_opts_t o = {.lo_nosync = nosync};
     struct gen g;
-    double t = 0, c = 0;
+    double t = 0, c = 0, w0;
     snprintf(path, sizeof(path), "%s/append-%zu.mdb", dir, bs);
     if (tg_ledger_open(path, &o, &l, err, sizeof(err)))
         die("open", err);
     gen_init(&g, bs);
     g.random_ids = random_ids;
+    w0 = written();
     for (int b = 0; b < batches; b++) {
         size_t app;
         gen_fill(&g, bs, 1790000000000000LL);
@@ -205,6 +222,7 @@ static double bench_append(size_t bs, int batches, int nosync, int random_ids,
     tg_ledger_close(l);
     rm_ledger(path);
     gen_free(&g);
+    *bytes_row = (written() - w0) / ((double)bs * batches);
     *ms_per_batch = t * 1000 / batches;
     *cpu_us = c * 1e6 / ((double)bs * batches);
     return (double)bs * batches / t;
@@ -212,14 +230,14 @@ static double bench_append(size_t bs, int batches, int nosync, int random_ids,
 
 /* The baseline: bare LMDB puts of the same row bytes, seq keys, one txn
  * per batch, same sync mode. */
-static double bench_raw(size_t bs, int batches, int nosync, double *cpu_us)
+static double bench_raw(size_t bs, int batches, int nosync, double *cpu_us, double *bytes_row)
 {
     char path[600];
     MDB_env *env;
     MDB_dbi dbi;
     MDB_txn *txn;
     struct gen g;
-    double t = 0, c = 0;
+    double t = 0, c = 0, w0 = written();
     uint64_t seq = 0;
     unsigned char val[REC_BYTES + 200];
     snprintf(path, sizeof(path), "%s/raw-%zu.mdb", dir, bs);
@@ -250,6 +268,7 @@ static double bench_raw(size_t bs, int batches, int nosync, double *cpu_us)
     mdb_env_close(env);
     rm_ledger(path);
     gen_free(&g);
+    *bytes_row = (written() - w0) / ((double)bs * batches);
     *cpu_us = c * 1e6 / ((double)bs * batches);
     return (double)bs * batches / t;
 }
@@ -328,9 +347,10 @@ int main(int argc, char **argv)
     printf("# ledger_bench%s: rows of %d opaque bytes + indexed fields, files in %s\n",
            quick ? " --quick" : "", REC_BYTES, dir);
     printf("\n## appends (one write transaction per batch)\n\n");
-    printf("| batch | sync | ledger rows/s (ordered ids) | CPU us/row | ms/batch | ledger rows/s "
-           "(random ids) | bare LMDB rows/s | bare CPU us/row | bare / ledger |\n");
-    printf("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| batch | sync | ledger rows/s (ordered ids) | CPU us/row | disk B/row | ms/batch | "
+           "ledger rows/s (random ids) | disk B/row | bare LMDB rows/s | CPU us/row | disk B/row | "
+           "bare / ledger |\n");
+    printf("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     struct {
         size_t bs;
         int batches, quick_batches, nosync;
@@ -339,14 +359,15 @@ int main(int argc, char **argv)
     double r10000 = 0;
     for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
         int nb = quick ? runs[i].quick_batches : runs[i].batches;
-        double ms, ms2, cu, cu2, cr;
-        double lr = bench_append(runs[i].bs, nb, runs[i].nosync, 0, &ms, &cu);
-        double lrr = bench_append(runs[i].bs, nb, runs[i].nosync, 1, &ms2, &cu2);
-        double rr = bench_raw(runs[i].bs, nb, runs[i].nosync, &cr);
+        double ms, ms2, cu, cu2, cr, wb, wb2, wr;
+        double lr = bench_append(runs[i].bs, nb, runs[i].nosync, 0, &ms, &cu, &wb);
+        double lrr = bench_append(runs[i].bs, nb, runs[i].nosync, 1, &ms2, &cu2, &wb2);
+        double rr = bench_raw(runs[i].bs, nb, runs[i].nosync, &cr, &wr);
         if (runs[i].bs == 10000 && !runs[i].nosync)
             r10000 = lr;
-        printf("| %zu | %s | %.0f | %.2f | %.2f | %.0f | %.0f | %.2f | %.2f |\n", runs[i].bs,
-               runs[i].nosync ? "none" : "fsync", lr, cu, ms, lrr, rr, cr, rr / lr);
+        printf("| %zu | %s | %.0f | %.2f | %.0f | %.2f | %.0f | %.0f | %.0f | %.2f | %.0f | %.2f |\n",
+               runs[i].bs, runs[i].nosync ? "none" : "fsync", lr, cu, wb, ms, lrr, wb2, rr, cr, wr,
+               rr / lr);
         fflush(stdout);
     }
 
