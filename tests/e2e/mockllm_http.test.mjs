@@ -132,6 +132,25 @@ test('health endpoint', async () => {
   assert.deepEqual(await r.json(), { ok: true });
 });
 
+test('close scenario and --idle-close: the upstream drops connections a pooling client holds', async () => {
+  const out = await raw(mock.port, [req('x-mock-scenario: close\r\n') + req()], { idleMs: 4000 });
+  assert.match(out, /Connection: close/);
+  assert.equal([...out.matchAll(/HTTP\/1\.1 200/g)].length, 1, 'the second request is never read');
+
+  const idle = await startMock(['--idle-close', '150']);
+  try {
+    const t0 = Date.now();
+    const out2 = await raw(idle.port, [req(), req()], { idleMs: 4000 });
+    assert.equal([...out2.matchAll(/HTTP\/1\.1 200/g)].length, 2, 'pipelined requests are answered');
+    assert.doesNotMatch(out2, /Connection: close/);
+    const dt = Date.now() - t0;
+    assert.ok(dt >= 140 && dt < 3000, `closed after ${dt} ms of idleness`);
+    // The server itself keeps accepting new connections.
+    const r = await fetch(`${idle.url}/_mock/health`);
+    assert.equal(r.status, 200);
+  } finally { await idle.stop(); }
+});
+
 test('command line: --help, bad options and bad scenarios fail with a message', async () => {
   const run = async (args) => {
     const p = start(bin('tools/mockllm/mockllm'), args);

@@ -275,6 +275,7 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"zero-usage", offsetof(tg_mock_scn_t, sc_zero_usage)},
         {"running-usage", offsetof(tg_mock_scn_t, sc_running_usage)},
         {"no-tool", offsetof(tg_mock_scn_t, sc_no_tool)},
+        {"close", offsetof(tg_mock_scn_t, sc_close)},
     };
     int v = 0;
 

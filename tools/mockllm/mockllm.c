@@ -67,6 +67,7 @@ typedef struct srv {
     long sv_record_max;        /* --record-max */
     size_t sv_record_body_max; /* --record-body-max */
     size_t sv_max_body;        /* --max-body */
+    long sv_idle_close_ms;     /* --idle-close: silently close keep-alive connections idle this long */
     pthread_mutex_t sv_mu;     /* guards everything below */
     rec_t **sv_recs;           /* ring of sv_record_max entries (NULL = empty slot) */
     long sv_rec_next;          /* total entries ever recorded */
@@ -202,12 +203,14 @@ static int conn_flush(conn_t *c) {
 }
 
 static int process_input(conn_t *c);
+static void arm(conn_t *c, long ms);
 
 /* The answer is complete: go on with pipelined requests. Returns like
  * conn_flush. */
 static int answer_done(conn_t *c) {
     c->c_busy = 0;
     if (!c->c_keepalive) c->c_close_after = 1;
+    else if (c->c_w->w_srv->sv_idle_close_ms > 0) arm(c, c->c_w->w_srv->sv_idle_close_ms);
     if (conn_flush(c) < 0) return -1;
     return c->c_in_process ? 0 : process_input(c);
 }
@@ -539,6 +542,12 @@ static void on_timer(evutil_socket_t fd, short ev, void *arg) {
     conn_t *c = arg;
     (void)fd;
     (void)ev;
+    if (!c->c_busy) {
+        /* --idle-close: drop the idle keep-alive connection without a word,
+         * the race a pooling client must survive. */
+        conn_free(c);
+        return;
+    }
     if (c->c_held) {
         c->c_held = 0;
         answer_done(c);
@@ -563,6 +572,7 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     char err[TG_ERRLEN] = "";
     long ordinal, delay;
 
+    event_del(&c->c_timer); /* an idle-close timer from the previous answer */
     for (plen = 0; plen < c->c_h.hd_target_len && t[plen] != '?'; plen++) {}
     post = c->c_h.hd_meth_len == 4 && memcmp(m, "POST", 4) == 0;
     get = c->c_h.hd_meth_len == 3 && memcmp(m, "GET", 3) == 0;
@@ -607,6 +617,7 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
         reply_error(c, anth, 400, err, NULL);
         return answer_done(c);
     }
+    if (c->c_scn.sc_close) c->c_keepalive = 0;
     ordinal = count_request(s, c->c_scn.sc_key);
     record(c, body, blen, ordinal);
     c->c_ordinal = ordinal;
@@ -893,6 +904,7 @@ static void on_read(evutil_socket_t fd, short ev, void *arg) {
         evbuffer_commit_space(c->c_in, &v, 1);
         if ((size_t)n < 65536) break;
     }
+    if (!c->c_busy) event_del(&c->c_timer); /* a request is arriving: not idle */
     if (c->c_busy) {
         /* Pipelined bytes wait; stop reading if a client floods a busy connection. */
         if (evbuffer_get_length(c->c_in) > s->sv_max_body + HEAD_MAX) event_del(&c->c_rev);
@@ -992,7 +1004,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: mockllm [--host 127.0.0.1] [--port 0] [--threads 1] [--scenario S]\n"
             "               [--api-key K] [--record-max 1000] [--record-body-max 1048576]\n"
-            "               [--max-body 67108864] [--refuse]\n"
+            "               [--max-body 67108864] [--idle-close MS] [--refuse]\n"
             "Prints 'mockllm listening on HOST:PORT' (or 'mockllm refusing on HOST:PORT'\n"
             "with --refuse: the port is bound but never accepts) as its first line.\n"
             "See tools/mockllm/README.md for endpoints and scenarios.\n");
@@ -1054,6 +1066,8 @@ int main(int argc, char **argv) {
             s->sv_record_max = v;
         } else if (strcmp(a, "--record-body-max") == 0 && parse_long(val, 0, 1L << 30, &v) == 0) {
             s->sv_record_body_max = (size_t)v;
+        } else if (strcmp(a, "--idle-close") == 0 && parse_long(val, 0, 86400000L, &v) == 0) {
+            s->sv_idle_close_ms = v;
         } else if (strcmp(a, "--max-body") == 0 && parse_long(val, 0, 1L << 31, &v) == 0) {
             s->sv_max_body = (size_t)v;
         } else {

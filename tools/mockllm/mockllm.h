@@ -101,6 +101,7 @@ typedef struct tg_mock_scn {
     int sc_running_usage;  /* running-usage: every chat stream chunk carries the running
                               usage totals (as some OpenAI-compatible providers do) */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
+    int sc_close;          /* close: answer with Connection: close and close */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
                                      the recording; "" = the default group */
 } tg_mock_scn_t;
