@@ -1125,7 +1125,12 @@ static void *silent_thread(void *arg)
                 continue;
             }
             buf[r] = 0;
-            if (strstr(buf, "/v3/maintenance/status")) {
+            if (strstr(buf, "/v3/kv/range")) { /* a proxy's error page */
+                static const char page[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+                                           "Content-Length: 21\r\n\r\n<html>upstream</html>";
+                if (write(fds[i].fd, page, sizeof(page) - 1) != (ssize_t)sizeof(page) - 1)
+                    fds[i].events = 0;
+            } else if (strstr(buf, "/v3/maintenance/status")) {
                 static const char body[] = "{\"header\":{\"revision\":\"7\"}}";
                 char resp[256];
                 int m = snprintf(resp, sizeof(resp),
@@ -1186,14 +1191,21 @@ static void test_etcd_no_answer(void **state)
     err[0] = 0;
     assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)),
                      TG_STORE_EUNKNOWN);
-    /* a read is retried, then reported unavailable within the bound */
+    /* an answer that is not etcd's JSON is an error that says so */
     tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
     tg_store_range_res_t res;
     err[0] = 0;
-    t0 = now_s();
     rc = tg_store_range(s, &rq, &res, err, sizeof(err));
+    print_message("  range, HTML error page: %s\n", err);
+    assert_int_equal(rc, TG_STORE_ESERVER);
+    assert_non_null(strstr(err, "502"));
+    /* a retry-safe request is retried, then reported unavailable in bound */
+    int64_t ttl;
+    err[0] = 0;
+    t0 = now_s();
+    rc = tg_store_lease_keepalive(s, 5, &ttl, err, sizeof(err));
     el = now_s() - t0;
-    print_message("  range, no answer, %.2f s: %s\n", el, err);
+    print_message("  keepalive, no answer, %.2f s: %s\n", el, err);
     assert_int_equal(rc, TG_STORE_EUNAVAIL);
     assert_non_null(strstr(err, "timed out"));
     assert_true(el >= 0.55 && el < 2.0); /* two attempts of 300 ms + backoff */
