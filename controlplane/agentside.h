@@ -57,6 +57,7 @@ typedef struct tg_cp_agent_side {
     int64_t as_lease;                 /* the lease we campaign with, 0 none */
     int64_t as_leader_create_rev;     /* (mu) create_rev of our leader key (fencing) */
     int as_settle_ready;              /* (mu) leader and ledger caught up */
+    struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     /* tail.c */
     pthread_t as_tail_thr;
@@ -128,11 +129,14 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
 void cp_row_from_entry(const struct Tollgate__V1__LedgerEntry *e, const uint8_t *packed,
                        size_t packed_len, tg_ledger_row_t *row);
 
-/* Appends a packed LedgerPage (a settled-log value) to the ledger;
- * *last_seq (may be NULL) gets the ledger seq of its last row. 0 or a
- * negative code with err set. */
-int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_seq, char *err,
-                    size_t errlen);
+/* Appends k packed LedgerPages (settled-log values) to the ledger in one
+ * append (one fsync). 0 or a negative code with err set. */
+int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,
+                    char *err, size_t errlen);
+
+/* Forgets the pending (committed, not yet appended) record ids of commits
+ * at revisions <= rev. as_mu held; the tailer calls it. */
+void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev);
 
 /* ---- tail.c -------------------------------------------------------------------- */
 

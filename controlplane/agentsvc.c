@@ -276,6 +276,9 @@ void tg_cp_agent_side_stop(tg_cp_t *cp)
     cp_leader_stop(as);
     cp_sync_stop(as);
     cp_tail_stop(as);
+    pthread_mutex_lock(&as->as_mu);
+    cp_pending_prune(as, INT64_MAX);
+    pthread_mutex_unlock(&as->as_mu);
     atomic_store(&cp->cp_is_leader, 0);
     /* as stays allocated: the RPC server may still deliver a late Sync call
      * or cancel to it (it then answers UNAVAILABLE); cp_agent_side_free

@@ -44,6 +44,7 @@
 #include "tollgate/v1/agent.pb-c.h"
 
 #define SETTLE_ATTEMPTS 8
+#define ACK_WAIT_MS 10000
 /* compares: marker, seq, leader; ops: marker, settled, seq; 2 per balance */
 #define SETTLE_MAX_BALANCES ((TG_STORE_MAX_TXN_OPS - 6) / 2)
 
@@ -198,19 +199,24 @@ void cp_row_from_entry(const Tollgate__V1__LedgerEntry *e, const uint8_t *packed
 
 /* ---- ledger --------------------------------------------------------------------- */
 
-int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_seq, char *err,
-                    size_t errlen)
+int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,
+                    char *err, size_t errlen)
 {
-    ProtobufCMessage *m = NULL;
+    ProtobufCMessage **m = tg_calloc(k ? k : 1, sizeof(*m));
     tg_ledger_row_t *rows = NULL;
     tg_ledger_result_t *res = NULL;
     tg_buf_t *packed = NULL;
-    size_t n = 0;
-    int rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, val, len, &m, err, errlen);
-    if (rc < 0)
-        goto fail;
-    Tollgate__V1__LedgerPage *page = (Tollgate__V1__LedgerPage *)m;
-    n = page->n_entries;
+    size_t n = 0, r = 0;
+    int rc = 0;
+    if (m == NULL)
+        return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu settled batches", k);
+    for (size_t j = 0; j < k; j++) {
+        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, vals[j], lens[j], &m[j], err,
+                              errlen);
+        if (rc < 0)
+            goto fail;
+        n += ((Tollgate__V1__LedgerPage *)m[j])->n_entries;
+    }
     if (n == 0)
         goto fail;
     rows = tg_calloc(n, sizeof(*rows));
@@ -220,14 +226,20 @@ int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_
         rc = tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu ledger rows", n);
         goto fail;
     }
-    for (size_t i = 0; i < n; i++) {
-        tg_buf_init(&packed[i], TG_LEDGER_RECORD_MAX);
-        rc = tg_rpc_pb_pack(&page->entries[i]->base, &packed[i], err, errlen);
-        if (rc < 0)
-            goto fail;
-        cp_row_from_entry(page->entries[i], (const uint8_t *)packed[i].b_data, packed[i].b_len,
-                          &rows[i]);
+    for (size_t j = 0; j < k; j++) {
+        Tollgate__V1__LedgerPage *page = (Tollgate__V1__LedgerPage *)m[j];
+        for (size_t i = 0; i < page->n_entries; i++, r++) {
+            /* the row's record is the entry packed alone: the same bytes on
+             * every replica, so a replay is a duplicate, never a conflict */
+            tg_buf_init(&packed[r], TG_LEDGER_RECORD_MAX);
+            rc = tg_rpc_pb_pack(&page->entries[i]->base, &packed[r], err, errlen);
+            if (rc < 0)
+                goto fail;
+            cp_row_from_entry(page->entries[i], (const uint8_t *)packed[r].b_data, packed[r].b_len,
+                              &rows[r]);
+        }
     }
+    /* all the batches in one append: one write transaction, one fsync */
     rc = tg_ledger_append(cp->cp_ledger, rows, n, res, NULL, err, errlen);
     if (rc < 0)
         goto fail;
@@ -235,16 +247,78 @@ int cp_ledger_apply(tg_cp_t *cp, const uint8_t *val, size_t len, uint64_t *last_
         if (res[i].ar_status == TG_LEDGER_ROW_CONFLICT)
             TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",
                    rows[i].lr_record_id);
-    if (last_seq != NULL)
-        *last_seq = res[n - 1].ar_seq;
 fail:
     for (size_t i = 0; packed != NULL && i < n; i++)
         tg_buf_free(&packed[i]);
     tg_free(packed);
     tg_free(res);
     tg_free(rows);
-    tg_rpc_pb_free(m);
+    for (size_t j = 0; j < k; j++)
+        tg_rpc_pb_free(m[j]);
+    tg_free(m);
     return rc;
+}
+
+/* ---- committed, not yet in the ledger ----------------------------------------- */
+
+/* Record ids of batches this leader committed whose rows the tailer has not
+ * appended yet: the duplicate check reads them beside the ledger. */
+typedef struct cp_pending {
+    struct cp_pending *p_next;
+    int64_t p_rev;   /* store revision of the commit */
+    size_t p_n;
+    char **p_ids;    /* sorted */
+} cp_pending_t;
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds the ids (copied) committed at rev. as_mu held. */
+static void pending_add(tg_cp_agent_side_t *as, int64_t rev, char **ids, size_t n)
+{
+    cp_pending_t *p = tg_calloc(1, sizeof(*p));
+    char **v = tg_calloc(n ? n : 1, sizeof(char *));
+    size_t k = 0;
+    if (p == NULL || v == NULL) {
+        tg_free(p);
+        tg_free(v);
+        return; /* the ack waits for the tailer anyway; see cp_report_usage */
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((v[k] = tg_strdup(ids[i])) != NULL)
+            k++;
+    qsort(v, k, sizeof(char *), cmp_str);
+    p->p_rev = rev;
+    p->p_n = k;
+    p->p_ids = v;
+    p->p_next = as->as_pending;
+    as->as_pending = p;
+}
+
+void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
+{
+    for (cp_pending_t **pp = &as->as_pending; *pp;) {
+        cp_pending_t *p = *pp;
+        if (p->p_rev > rev) {
+            pp = &p->p_next;
+            continue;
+        }
+        *pp = p->p_next;
+        for (size_t i = 0; i < p->p_n; i++)
+            tg_free(p->p_ids[i]);
+        tg_free(p->p_ids);
+        tg_free(p);
+    }
+}
+
+static int pending_has(tg_cp_agent_side_t *as, const char *id)
+{
+    for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
+        if (p->p_n > 0 && bsearch(&id, p->p_ids, p->p_n, sizeof(char *), cmp_str) != NULL)
+            return 1;
+    return 0;
 }
 
 /* ---- store helpers ------------------------------------------------------------ */
@@ -323,7 +397,7 @@ static int bal_load(tg_cp_t *cp, const Tollgate__V1__Account *a, const Tollgate_
  * TG_STORE_EUNKNOWN, reads the marker to learn the outcome. */
 static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char *marker,
                          const tg_buf_t *marker_val, bal_t *bals, size_t nbal, const tg_buf_t *settled,
-                         char *err, size_t errlen)
+                         int64_t *rev_out, char *err, size_t errlen)
 {
     tg_store_t *st = as->as_cp->cp_store;
     tg_store_cmp_t cmps[3 + SETTLE_MAX_BALANCES];
@@ -374,6 +448,8 @@ static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char 
         if (tg_store_get(st, marker, strlen(marker), &kv, NULL, err2, sizeof(err2)) < 0)
             return rc;
         int applied = kv != NULL;
+        if (applied)
+            *rev_out = kv->kv_mod_rev;
         tg_store_kv_free(kv);
         as->as_settled_seq_modrev = -1;
         if (!applied)
@@ -385,6 +461,7 @@ static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char 
     if (rc < 0)
         return rc;
     int ok = tres.tx_succeeded;
+    *rev_out = tres.tx_revision;
     if (ok && settled != NULL && settled->b_len > 0) {
         as->as_settled_seq = seq;
         as->as_settled_seq_modrev = tres.tx_revision;
@@ -468,6 +545,12 @@ static void cache_free(cache_t *c)
     memset(c, 0, sizeof(*c));
 }
 
+static int seq_cb(const tg_ledger_row_t *row, void *arg)
+{
+    *(uint64_t *)arg = row->lr_seq;
+    return 1;
+}
+
 static int found_cb(const tg_ledger_row_t *row, void *arg)
 {
     (void)row;
@@ -526,21 +609,66 @@ static void ctx_free(settle_ctx_t *c)
 }
 
 /* Prices every record and picks its bucket (no balance read yet). */
+/* Marks records already settled: repeated inside the batch, committed by
+ * this leader but not yet in the ledger (pending), or in the ledger. Pending
+ * is read first: an id leaves it only after the ledger has it. */
+typedef struct id_ix {
+    const char *ii_id;
+    size_t ii_i;
+} id_ix_t;
+
+static int cmp_id_ix(const void *a, const void *b)
+{
+    const id_ix_t *x = a, *y = b;
+    int c = strcmp(x->ii_id, y->ii_id);
+    return c ? c : (x->ii_i > y->ii_i) - (x->ii_i < y->ii_i);
+}
+
+static int mark_duplicates(settle_ctx_t *c, char *err, size_t errlen)
+{
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+    size_t n = b->n_records;
+    id_ix_t *v = tg_calloc(n ? n : 1, sizeof(*v));
+    if (v == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *id = b->records[i]->record_id;
+        if (id[0] == '\0' || strlen(id) > TG_LEDGER_ID_MAX) {
+            tg_free(v);
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "records[%zu].record_id: must be 1..%d bytes", i, TG_LEDGER_ID_MAX);
+        }
+        v[i] = (id_ix_t){id, i};
+    }
+    /* repeats inside the batch: sorted by (id, index), all but the first */
+    qsort(v, n, sizeof(*v), cmp_id_ix);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(v[i].ii_id, v[i - 1].ii_id) == 0)
+            c->sc_dup[v[i].ii_i] = 1;
+    tg_free(v);
+    pthread_mutex_lock(&as->as_mu);
+    for (size_t i = 0; i < n; i++)
+        if (!c->sc_dup[i] && pending_has(as, b->records[i]->record_id))
+            c->sc_dup[i] = 1;
+    pthread_mutex_unlock(&as->as_mu);
+    return TG_RPC_CODE_OK;
+}
+
 static int price_records(settle_ctx_t *c, char *err, size_t errlen)
 {
     tg_cp_t *cp = c->sc_cp;
     Tollgate__V1__UsageBatch *b = c->sc_batch;
     char key[TG_STORE_MAX_KEY];
+    int code = mark_duplicates(c, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        return code;
     for (size_t i = 0; i < b->n_records; i++) {
         Tollgate__V1__UsageRecord *r = b->records[i];
         ProtobufCMessage *m = NULL;
         if (r->record_id[0] == '\0' || strlen(r->record_id) > TG_LEDGER_ID_MAX)
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "records[%zu].record_id: must be 1..%d bytes", i, TG_LEDGER_ID_MAX);
-        /* a duplicate inside the batch, or already in this replica's ledger */
-        for (size_t j = 0; j < i && !c->sc_dup[i]; j++)
-            if (!c->sc_dup[j] && strcmp(b->records[j]->record_id, r->record_id) == 0)
-                c->sc_dup[i] = 1;
         if (!c->sc_dup[i]) {
             int found = 0;
             if (tg_ledger_get(cp->cp_ledger, r->record_id, found_cb, NULL, &found, err, errlen) < 0)
@@ -720,6 +848,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     int64_t leader_rev = 0;
     tg_cp_agent_side_t *as = cp->cp_agent;
     size_t n;
+    int64_t t_start = tg_cp_now_us(), t_verified = 0, t_priced = 0, t_commit = 0, commit_rev = 0;
 
     memset(&c, 0, sizeof(c));
     c.sc_cp = cp;
@@ -770,6 +899,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     code = leader_gate(cp, &leader_rev, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
+    t_verified = tg_cp_now_us();
 
     n = c.sc_batch->n_records;
     size_t cnt = n ? n : 1;
@@ -819,6 +949,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
             code = price_records(&c, err, errlen);
             if (code != TG_RPC_CODE_OK)
                 goto fail;
+            t_priced = tg_cp_now_us();
         }
         if (attempt >= SETTLE_ATTEMPTS) {
             code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED,
@@ -833,8 +964,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         code = build_commit(&c, now, &settled, &marker_val, &resp, err, errlen);
         if (code != TG_RPC_CODE_OK)
             goto fail;
-        int rc = settle_commit(as, leader_rev, key, &marker_val, c.sc_bals, c.sc_nbal, &settled, err,
-                               errlen);
+        int rc = settle_commit(as, leader_rev, key, &marker_val, c.sc_bals, c.sc_nbal, &settled,
+                               &commit_rev, err, errlen);
         if (rc < 0) {
             code = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
             goto fail;
@@ -846,18 +977,36 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         if (code != TG_RPC_CODE_OK)
             goto fail;
     }
+    t_commit = tg_cp_now_us();
     crash_hook(cp);
-    if (settled.b_len > 0 &&
-        cp_ledger_apply(cp, (const uint8_t *)settled.b_data, settled.b_len, &resp.ledger_seq, err,
-                        errlen) < 0) {
-        /* committed in the store: the tailer appends it; the ack stands */
-        TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger append after commit failed: %s", err);
-        err[0] = '\0';
+    if (settled.b_len > 0) {
+        /* the tailer appends the rows (batched with other commits: one fsync
+         * for many batches); until then the ids are pending, so the next
+         * batch still sees them as settled */
+        char **ids = tg_calloc(n ? n : 1, sizeof(char *));
+        size_t k = 0;
+        for (size_t i = 0; ids != NULL && i < n; i++)
+            if (!c.sc_dup[i])
+                ids[k++] = c.sc_batch->records[i]->record_id;
+        pthread_mutex_lock(&as->as_mu);
+        if (commit_rev > as->as_tail_rev)
+            pending_add(as, commit_rev, ids, k);
+        pthread_mutex_unlock(&as->as_mu);
+        tg_free(ids);
     }
-    if (resp.ledger_seq == 0) {
-        unsigned char hash[32];
-        tg_ledger_head(cp->cp_ledger, &resp.ledger_seq, hash, NULL, 0);
-    }
+    pthread_mutex_unlock(&as->as_settle_mu);
+    locked = 0;
+    /* acknowledge once this replica's ledger holds the rows */
+    if (settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "batch %s/%" PRIu64 " committed at revision %" PRId64
+               " but not in the ledger after %d ms; acknowledging (the store holds it)",
+               c.sc_batch->agent_id, c.sc_batch->sequence, commit_rev, ACK_WAIT_MS);
+    unsigned char head_hash[32];
+    tg_ledger_head(cp->cp_ledger, &resp.ledger_seq, head_hash, NULL, 0);
+    TG_LOG(TG_LOG_DEBUG, "cp.settle", "batch %s/%" PRIu64 ": %u records; verify %" PRId64 " us, price %" PRId64
+           " us, commit %" PRId64 " us, ledger wait %" PRId64 " us", c.sc_batch->agent_id, c.sc_batch->sequence,
+           resp.settled, t_verified - t_start, t_priced - t_verified, t_commit - t_priced,
+           tg_cp_now_us() - t_commit);
     atomic_fetch_add(&cp->cp_m_batches, 1);
     atomic_fetch_add(&cp->cp_m_records, resp.settled);
     atomic_fetch_add(&cp->cp_m_mismatches, resp.cost_mismatches);
@@ -883,7 +1032,7 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
     char idem[TG_STORE_MAX_KEY], key[TG_STORE_MAX_KEY], entry_id[64];
     tg_buf_t settled, marker_val;
     int code = TG_RPC_CODE_OK, locked = 0;
-    int64_t leader_rev = 0;
+    int64_t leader_rev = 0, commit_rev = 0;
     Tollgate__V1__LedgerEntry e;
     Tollgate__V1__BalanceChangeResponse resp = TOLLGATE__V1__BALANCE_CHANGE_RESPONSE__INIT;
     Tollgate__V1__Actor actor_copy = TOLLGATE__V1__ACTOR__INIT;
@@ -1018,7 +1167,8 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
             code = TG_RPC_CODE_INTERNAL;
             goto fail;
         }
-        int rc = settle_commit(as, leader_rev, idem, &marker_val, &bal, 1, &settled, err, errlen);
+        int rc = settle_commit(as, leader_rev, idem, &marker_val, &bal, 1, &settled, &commit_rev,
+                               err, errlen);
         if (rc < 0) {
             code = tg_cp_store_code(rc);
             goto fail;
@@ -1030,10 +1180,13 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
             goto fail;
     }
     crash_hook(cp);
-    if (cp_ledger_apply(cp, (const uint8_t *)settled.b_data, settled.b_len, &e.seq, err, errlen) < 0) {
-        TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger append after commit failed: %s", err);
-        err[0] = '\0';
-    }
+    pthread_mutex_unlock(&as->as_settle_mu);
+    locked = 0;
+    if (cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "%s committed at revision %" PRId64 " but not in the ledger after %d ms",
+               entry_id, commit_rev, ACK_WAIT_MS);
+    int found = 0;
+    tg_ledger_get(cp->cp_ledger, entry_id, seq_cb, &e.seq, &found, NULL, 0);
     if (tg_rpc_pb_pack(&resp.base, reply, err, errlen) < 0)
         code = TG_RPC_CODE_INTERNAL;
 fail:

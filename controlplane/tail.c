@@ -27,6 +27,9 @@
 #include "tollgate/v1/admin.pb-c.h"
 
 #define RETAIN_EVERY_US (10LL * 1000000)
+/* settled batches appended together: one ledger transaction (one fsync)
+ * for everything the watch has ready, up to this many */
+#define TAIL_MAX_EVENTS 64
 
 static int64_t rev_load(const char *path)
 {
@@ -58,18 +61,28 @@ static void set_applied(tg_cp_agent_side_t *as, int64_t rev)
     pthread_mutex_lock(&as->as_mu);
     if (rev > as->as_tail_rev)
         as->as_tail_rev = rev;
+    cp_pending_prune(as, as->as_tail_rev);
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
     rev_save(as->as_tail_path, rev);
 }
 
-static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *kv)
+/* Appends the settled batches kvs[0..n) in one ledger append. */
+static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs, size_t n)
 {
     char err[TG_ERRLEN] = "";
-    int rc = cp_ledger_apply(as->as_cp, kv->kv_val, kv->kv_val_len, NULL, err, sizeof(err));
+    const uint8_t *vals[TAIL_MAX_EVENTS];
+    size_t lens[TAIL_MAX_EVENTS];
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = kvs[i]->kv_val;
+        lens[i] = kvs[i]->kv_val_len;
+    }
+    int rc = cp_ledger_apply(as->as_cp, vals, lens, n, err, sizeof(err));
     if (rc < 0)
-        TG_LOG(TG_LOG_ERROR, "cp.tail", "applying %.*s to the ledger failed: %s",
-               (int)kv->kv_key_len, (const char *)kv->kv_key, err);
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "appending %zu settled batches from %.*s to the ledger failed: %s",
+               n, (int)kvs[0]->kv_key_len, (const char *)kvs[0]->kv_key, err);
     return rc;
 }
 
@@ -86,15 +99,20 @@ static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t err
     memcpy(next, TG_CP_K_SETTLED, nextlen);
     for (;;) {
         tg_store_range_req_t rq = {.rq_key = next, .rq_key_len = nextlen, .rq_end = end,
-                                   .rq_end_len = endlen, .rq_limit = 64, .rq_revision = at};
+                                   .rq_end_len = endlen, .rq_limit = TAIL_MAX_EVENTS, .rq_revision = at};
         rc = tg_store_range(as->as_cp->cp_store, &rq, &res, err, errlen);
         if (rc < 0)
             break;
         if (at == 0)
             at = res.rs_revision;
-        for (size_t i = 0; i < res.rs_n; i++)
-            if ((rc = apply(as, &res.rs_kvs[i])) < 0)
+        for (size_t i = 0; i < res.rs_n; i += TAIL_MAX_EVENTS) {
+            const tg_store_kv_t *kvs[TAIL_MAX_EVENTS];
+            size_t k = 0;
+            for (; k < TAIL_MAX_EVENTS && i + k < res.rs_n; k++)
+                kvs[k] = &res.rs_kvs[i + k];
+            if ((rc = apply(as, kvs, k)) < 0)
                 goto fail;
+        }
         n += res.rs_n;
         if (!res.rs_more || res.rs_n == 0)
             break;
@@ -200,8 +218,10 @@ static void *tail_main(void *arg)
             retain(as);
             last_retain = tg_cp_now_us();
         }
-        tg_store_event_t *ev = NULL;
-        int rc = tg_store_watch_next(w, 200, &ev, err, sizeof(err));
+        tg_store_event_t *evs[TAIL_MAX_EVENTS];
+        const tg_store_kv_t *kvs[TAIL_MAX_EVENTS];
+        size_t nev = 0, nkv = 0;
+        int rc = tg_store_watch_next(w, 200, &evs[0], err, sizeof(err));
         if (rc == TG_STORE_EAGAIN)
             continue;
         if (rc < 0) {
@@ -215,16 +235,26 @@ static void *tail_main(void *arg)
             }
             continue;
         }
-        if (ev->ev_type == TG_STORE_EV_PUT && apply(as, &ev->ev_kv) < 0) {
-            /* the ledger refused (disk full?): retry this revision later */
-            tg_store_event_free(ev);
+        /* take whatever else is ready too (events come in revision order) */
+        nev = 1;
+        while (nev < TAIL_MAX_EVENTS && tg_store_watch_next(w, 0, &evs[nev], err, sizeof(err)) == 0)
+            nev++;
+        err[0] = '\0';
+        for (size_t i = 0; i < nev; i++)
+            if (evs[i]->ev_type == TG_STORE_EV_PUT)
+                kvs[nkv++] = &evs[i]->ev_kv;
+        int64_t last = evs[nev - 1]->ev_kv.kv_mod_rev;
+        rc = apply(as, kvs, nkv);
+        for (size_t i = 0; i < nev; i++)
+            tg_store_event_free(evs[i]);
+        if (rc < 0) {
+            /* the ledger refused (disk full?): re-watch from the last applied */
             tg_store_watch_cancel(w);
             w = NULL;
             cp_sleep(as, 1000);
             continue;
         }
-        rev = ev->ev_kv.kv_mod_rev;
-        tg_store_event_free(ev);
+        rev = last;
         set_applied(as, rev);
     }
     tg_store_watch_cancel(w);

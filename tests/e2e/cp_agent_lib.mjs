@@ -58,7 +58,7 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
   writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n`);
   const args = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir,
     '--admin-tokens', tokens, '--enroll-token', ENROLL_TOKEN, '--node-id', nodeId,
-    '--heartbeat-ms', String(heartbeatMs), '--log-level', 'info'];
+    '--heartbeat-ms', String(heartbeatMs), '--log-level', process.env.TG_CP_LOG_LEVEL || 'info'];
   if (store) args.push('--store', store);
   const proc = start(bin('controlplane/tollgate-cp'), args, { env: { ...process.env, ...env } });
   const port = await until(() => {
@@ -163,7 +163,9 @@ export class FakeAgent {
   }
 
   record(ids, { tokens = { input_tokens: 1000, output_tokens: 500 }, costNano } = {}) {
-    const id = `${this.id}-r${crypto.randomUUID()}`;
+    // agent id + a counter, like a real agent's outbox (ordered ids)
+    this.rseq = (this.rseq || 0) + 1;
+    const id = `${this.id}-${String(this.rseq).padStart(12, '0')}`;
     const c = costNano ?? costOf(tokens);
     return {
       record_id: id, request_id: id, agent_id: this.id, started_at_us: Date.now() * 1000,
