@@ -410,6 +410,16 @@ int tg_rpc_pb_unpack(const struct ProtobufCMessageDescriptor *desc, const void *
 /* Frees a message from tg_rpc_pb_unpack. Accepts NULL. */
 void tg_rpc_pb_free(struct ProtobufCMessage *msg);
 
+/* tg_rpc_unary with protobuf-c messages: packs req, and when the status is
+ * OK parses the reply as reply_desc into *reply (free with tg_rpc_pb_free;
+ * NULL otherwise). res is filled as by tg_rpc_unary (status, message,
+ * metadata; free it in every case). Errors: those of tg_rpc_unary, plus
+ * TG_RPC_EPROTO when the reply does not parse. Thread-safe. */
+int tg_rpc_unary_pb(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
+                    const struct ProtobufCMessage *req, const struct ProtobufCMessageDescriptor *reply_desc,
+                    struct ProtobufCMessage **reply, int timeout_ms, tg_rpc_result_t *res, char *err,
+                    size_t errlen);
+
 /* tg_rpc_call_send of a packed message. Same errors, plus TG_RPC_EINVAL. */
 int tg_rpc_call_send_pb(tg_rpc_call_t *call, const struct ProtobufCMessage *msg, int timeout_ms);
 

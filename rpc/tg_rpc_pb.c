@@ -2,6 +2,7 @@
  * instead of bytes. Packing streams straight into a tg_buf_t (no size pass
  * plus copy); unpacking allocates through tg_malloc so tests count it. */
 #include <protobuf-c/protobuf-c.h>
+#include <string.h>
 
 #include "rpc/rpc_int.h"
 
@@ -78,6 +79,30 @@ int tg_rpc_call_send_pb(tg_rpc_call_t *call, const ProtobufCMessage *msg, int ti
     rc = tg_rpc_pb_pack(msg, &b, NULL, 0);
     if (rc == 0)
         rc = tg_rpc_call_send(call, b.b_data ? b.b_data : "", b.b_len, timeout_ms);
+    tg_buf_free(&b);
+    return rc;
+}
+
+int tg_rpc_unary_pb(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd,
+                    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *reply_desc,
+                    ProtobufCMessage **reply, int timeout_ms, tg_rpc_result_t *res, char *err, size_t errlen)
+{
+    tg_buf_t b;
+    int rc;
+
+    if (reply)
+        *reply = NULL;
+    if (res)
+        memset(res, 0, sizeof *res);
+    if (!reply_desc || !reply)
+        return tg_errf(err, errlen, TG_RPC_EINVAL, "unary_pb: NULL reply type or reply");
+    tg_buf_init(&b, (size_t)1 << 30);
+    rc = tg_rpc_pb_pack(req, &b, err, errlen);
+    if (rc == 0)
+        rc = tg_rpc_unary(ch, method, md, nmd, b.b_data ? b.b_data : "", b.b_len, timeout_ms, res, err,
+                          errlen);
+    if (rc == 0)
+        rc = tg_rpc_pb_unpack(reply_desc, res->rs_data, res->rs_len, reply, err, errlen);
     tg_buf_free(&b);
     return rc;
 }

@@ -169,6 +169,25 @@ static void test_unary_roundtrip(void **state)
     tg_rpc_pb_free(&r->base);
     tg_rpc_result_free(&res);
 
+    /* The same through the protobuf-c convenience call. */
+    Tollgate__Test__V1__SayRequest q = TOLLGATE__TEST__V1__SAY_REQUEST__INIT;
+    ProtobufCMessage *pm = NULL;
+    char err[TG_ERRLEN] = "";
+    q.text = "typed";
+    assert_int_equal(tg_rpc_unary_pb(e.ch, SAY, NULL, 0, &q.base, &tollgate__test__v1__say_reply__descriptor,
+                                     &pm, 5000, &res, err, sizeof err),
+                     0);
+    assert_string_equal(((Tollgate__Test__V1__SayReply *)pm)->text, "typed");
+    tg_rpc_pb_free(pm);
+    tg_rpc_result_free(&res);
+    /* A reply type that does not match what comes back: EPROTO. */
+    assert_int_equal(tg_rpc_unary_pb(e.ch, SAY, NULL, 0, &q.base,
+                                     &tollgate__test__v1__fail_request__descriptor, &pm, 5000, &res, err,
+                                     sizeof err),
+                     TG_RPC_EPROTO);
+    assert_null(pm);
+    tg_rpc_result_free(&res);
+
     /* No deadline: the handler sees none. */
     assert_int_equal(call_say(&e, "", 0, 0, NULL, 0, NULL, &res, &r), 0);
     assert_int_equal(r->deadline_ms, -1);
