@@ -21,9 +21,9 @@
  *   channel, route type, kind and a settled-time range. Rows come back in
  *   ledger order (seq: the order they were settled in), read through the
  *   most selective secondary index, a page at a time with an opaque cursor
- *   string. Sums total the amounts and
- *   tokens of every matching row. Export streams every matching row to a
- *   callback without holding them in memory.
+ *   string. Sums total the amounts and tokens of every matching row. Export
+ *   streams every matching row to a callback without holding them in
+ *   memory.
  *
  * Threads
  *   A tg_ledger_t may be shared by threads: appends serialize on LMDB's
@@ -41,7 +41,9 @@
  *     instead of holding one for the whole walk.
  *   - The memory map has a size. When a write fills it the ledger doubles it
  *     (up to lo_map_max) and retries the batch; at the maximum the append
- *     fails with TG_LEDGER_EFULL and nothing of the batch is written.
+ *     fails with TG_LEDGER_EFULL and nothing of the batch is written. A
+ *     resize waits until no transaction of this process is open, so a
+ *     callback that blocks for long delays appends that need a bigger map.
  *   - LMDB does not checksum its pages. tg_ledger_open rejects files that are
  *     not LMDB, not a ledger, or shorter than their own metadata says
  *     (truncated); damage inside a row is what tg_ledger_verify is for.
@@ -223,7 +225,9 @@ int tg_ledger_query(tg_ledger_t *l, const tg_ledger_filter_t *f, const char *cur
 
 /* Streams every matching row to cb, in order, one page (read transaction)
  * of page_rows rows at a time (0 picks 4096), so memory stays flat and
- * writers are never held back by a long reader. Stops early, returning 0,
+ * writers are never held back by a long reader. Each page is its own
+ * snapshot: rows appended during the export may be included (after the
+ * rows that existed when it began), none twice. Stops early, returning 0,
  * when cb returns non-zero. *rows_out (may be NULL) gets the count.
  * Errors: as tg_ledger_query. */
 int tg_ledger_export(tg_ledger_t *l, const tg_ledger_filter_t *f, size_t page_rows,
