@@ -575,24 +575,34 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
         const tg_ledger_row_t *r = &a->rows[i];
         tg_ledger_result_t out = {TG_LEDGER_ROW_NEW, 0};
         MDB_val idk = {strlen(r->lr_record_id), (void *)r->lr_record_id}, idv;
+        unsigned char sk[8];
 
-        rc = mdb_get(txn, l->ids, &idk, &idv);
-        if (rc == 0) {
+        /* The id insert doubles as the dedup lookup (one B-tree descent):
+         * MDB_NOOVERWRITE hands back the stored seq when the id exists. A
+         * row older than the horizon is only looked up, never inserted. */
+        tgl_put_u64(sk, seq + 1);
+        idv.mv_size = 8;
+        idv.mv_data = sk;
+        if (r->lr_settled_us < horizon)
+            rc = mdb_get(txn, l->ids, &idk, &idv);
+        else
+            rc = mdb_put(txn, l->ids, &idk, &idv, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST || (rc == 0 && r->lr_settled_us < horizon)) {
             if (idv.mv_size != 8)
                 return MDB_CORRUPTED;
             out.ar_seq = tgl_get_u64(idv.mv_data);
             if ((rc = classify_existing(l, txn, a, r, out.ar_seq, &out.ar_status, err, errlen)))
                 return rc;
-        } else if (rc != MDB_NOTFOUND) {
-            return rc;
-        } else if (r->lr_settled_us < horizon) {
+        } else if (rc == MDB_NOTFOUND) {
             out.ar_status = TG_LEDGER_ROW_EXPIRED;
+        } else if (rc != 0) {
+            return rc;
         } else {
             /* Reserve the value in place and encode straight into the map. */
             size_t sz = tgl_row_size(r);
-            unsigned char sk[8], *p;
-            tgl_put_u64(sk, ++seq);
+            unsigned char *p;
             MDB_val k = {8, sk}, v = {TGL_HASH + sz, NULL};
+            seq++;
             if ((rc = mdb_put(txn, l->rows, &k, &v, MDB_RESERVE | MDB_APPEND)) != 0)
                 return rc;
             p = v.mv_data;
@@ -601,9 +611,6 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
                 return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: SHA-256 failed",
                                l->path);
             memcpy(prev, p, TGL_HASH);
-            MDB_val sv = {8, sk};
-            if ((rc = mdb_put(txn, l->ids, &idk, &sv, MDB_NOOVERWRITE)) != 0)
-                return rc;
             for (int ix = 0; ix < TGL_IX_N; ix++) {
                 const char *fv = tgl_row_field(r, ix);
                 if (*fv)
