@@ -23,6 +23,7 @@
 
 #include "base/tg_log.h"
 #include "controlplane/admin_int.h"
+#include "controlplane/agentside.h" /* cp_agent_side_free */
 
 static const char USAGE[] =
     "usage: tollgate-cp [flags]   (each flag also reads the TG_CP_* variable shown)\n"
@@ -316,6 +317,8 @@ done:
     if (agent_started) tg_cp_agent_side_stop(&cp);
     tg_cp_http_stop(http);
     tg_rpc_server_destroy(cp.cp_rpc);
+    /* after the server: a late call or cancel may still reach the agent side */
+    cp_agent_side_free(&cp);
     if (rc == 0 || atomic_load(&tg_cp_exports_running) == 0) {
         tg_ledger_close(cp.cp_ledger);
         tg_store_close(cp.cp_store);

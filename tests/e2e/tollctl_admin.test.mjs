@@ -30,7 +30,10 @@ async function ok(args, opts) {
 const json = async (args, opts) => JSON.parse((await ok([...args, '--json'], opts)).stdout);
 
 before(async () => { cp = await startCp(); });
-after(async () => { await cp?.stop('SIGKILL'); });
+after(async () => {
+  const exit = await cp?.stop('SIGTERM');
+  assert.deepEqual(exit, { code: 0, signal: null }, cp?.proc.output().slice(-4000));
+});
 
 test('whoami with TOLLGATE_TOKEN and with --token-file', async () => {
   const r = await ok(['whoami']);
