@@ -26,7 +26,15 @@
 #include "controlplane/agentside.h"
 #include "tollgate/v1/admin.pb-c.h"
 
-#define RETAIN_EVERY_US (10LL * 1000000)
+#define RETAIN_EVERY_US (retain_every_us())
+/* Retention runs every 10 s, or every TG_CP_RETAIN_EVERY_MS (tests). */
+static int64_t retain_every_us(void)
+{
+    const char *e = getenv("TG_CP_RETAIN_EVERY_MS");
+    long ms = e ? strtol(e, NULL, 10) : 0;
+    return ms > 0 ? (int64_t)ms * 1000 : 10LL * 1000000;
+}
+
 /* settled batches appended together: one ledger transaction (one fsync)
  * for everything the watch has ready, up to this many */
 #define TAIL_MAX_EVENTS 64
@@ -130,7 +138,26 @@ fail:
     return rc;
 }
 
-/* Leader only: deletes settled batches older than the retention window. */
+/* When settled batch `key` was settled (its first row), or INT64_MAX. */
+static int64_t settled_at(tg_store_t *st, const tg_store_kv_t *k)
+{
+    tg_store_kv_t *kv = NULL;
+    ProtobufCMessage *m = NULL;
+    int64_t at = INT64_MAX;
+    if (tg_store_get(st, k->kv_key, k->kv_key_len, &kv, NULL, NULL, 0) == 0 && kv != NULL &&
+        tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, kv->kv_val, kv->kv_val_len, &m, NULL,
+                         0) == 0 &&
+        ((Tollgate__V1__LedgerPage *)m)->n_entries > 0)
+        at = ((Tollgate__V1__LedgerPage *)m)->entries[0]->settled_at_us;
+    tg_rpc_pb_free(m);
+    tg_store_kv_free(kv);
+    return at;
+}
+
+/* Leader only: deletes settled batches older than the retention window.
+ * Keys are seq-ordered and seqs are given in settlement order, so settle
+ * times increase along the keys: a keys-only page and a binary search with
+ * a few value reads find the cut, and one ranged delete removes the rest. */
 static void retain(tg_cp_agent_side_t *as)
 {
     tg_cp_t *cp = as->as_cp;
@@ -138,45 +165,39 @@ static void retain(tg_cp_agent_side_t *as)
     int64_t horizon = tg_cp_now_us() - (int64_t)cp->cp_settled_retention_s * 1000000;
     uint8_t end[64];
     size_t endlen = tg_store_prefix_end(TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), end);
-    for (int round = 0; round < 50 && !as->as_stop; round++) {
+    for (int round = 0; round < 20 && !as->as_stop; round++) {
         tg_store_range_res_t res;
         tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED, .rq_key_len = strlen(TG_CP_K_SETTLED),
-                                   .rq_end = end, .rq_end_len = endlen, .rq_limit = 100};
+                                   .rq_end = end, .rq_end_len = endlen, .rq_limit = 1000,
+                                   .rq_keys_only = 1};
         if (tg_store_range(cp->cp_store, &rq, &res, err, sizeof(err)) < 0)
             break;
-        size_t old = 0;
-        for (; old < res.rs_n; old++) {
-            ProtobufCMessage *m = NULL;
-            int64_t at = INT64_MAX;
-            if (tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, res.rs_kvs[old].kv_val,
-                                 res.rs_kvs[old].kv_val_len, &m, NULL, 0) == 0 &&
-                ((Tollgate__V1__LedgerPage *)m)->n_entries > 0)
-                at = ((Tollgate__V1__LedgerPage *)m)->entries[0]->settled_at_us;
-            tg_rpc_pb_free(m);
-            if (at >= horizon)
-                break;
+        size_t lo = 0, hi = res.rs_n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (settled_at(cp->cp_store, &res.rs_kvs[mid]) < horizon)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
-        int more = old == res.rs_n && res.rs_more;
-        if (old > 0) {
-            /* delete [first, first old-enough-to-keep) in one transaction */
+        int more = lo == res.rs_n && res.rs_more;
+        if (lo > 0) {
             uint8_t stop[TG_STORE_MAX_KEY + 1];
-            size_t stoplen;
-            const void *e = end;
-            size_t el = endlen;
-            if (old < res.rs_n) {
-                e = res.rs_kvs[old].kv_key;
-                el = res.rs_kvs[old].kv_key_len;
+            size_t stoplen = 0;
+            const void *e = stop;
+            if (lo < res.rs_n) {
+                e = res.rs_kvs[lo].kv_key;
+                stoplen = res.rs_kvs[lo].kv_key_len;
             } else {
                 tg_store_range_next(&res, stop, &stoplen);
-                e = stop;
-                el = stoplen;
             }
             tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[0].kv_key,
-                                .op_key_len = res.rs_kvs[0].kv_key_len, .op_end = e, .op_end_len = el};
+                                .op_key_len = res.rs_kvs[0].kv_key_len, .op_end = e,
+                                .op_end_len = stoplen};
             if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, sizeof(err)) < 0)
                 more = 0;
             else
-                TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %zu settled batches", old);
+                TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %zu settled batches", lo);
         }
         tg_store_range_res_free(&res);
         if (!more)

@@ -53,13 +53,14 @@ export async function startEtcd() {
 // ---- tollgate-cp ------------------------------------------------------------
 
 // Starts tollgate-cp; resolves with { proc, port, admin, agentSvc, dataDir, stop() }.
-export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000 } = {}) {
+export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000, extraArgs = [] } = {}) {
   const tokens = path.join(dataDir, 'admin-tokens');
   writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n`);
   const args = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir,
     '--admin-tokens', tokens, '--enroll-token', ENROLL_TOKEN, '--node-id', nodeId,
     '--heartbeat-ms', String(heartbeatMs), '--log-level', process.env.TG_CP_LOG_LEVEL || 'info'];
   if (store) args.push('--store', store);
+  args.push(...extraArgs);
   const proc = start(bin('controlplane/tollgate-cp'), args, { env: { ...process.env, ...env } });
   const port = await until(() => {
     const m = /tollgate-cp grpc=[\d.]+:(\d+)/.exec(proc.output());
