@@ -10,8 +10,11 @@
  * pieces do the same here (it is fastest for them); longer ones keep the
  * parts in a linked list and the candidate pairs in a binary heap keyed by
  * (rank, position), dropping stale entries when popped: the same joins in
- * the same order, in O(n log n).
+ * the same order, in O(n log n). Very long pieces use buckets per rank
+ * instead of the heap (merge_huge), the same order again, with sequential
+ * memory access.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/tg_base.h"
@@ -20,6 +23,7 @@
 #define NO_RANK UINT32_MAX
 #define SMALL_PIECE 16 /* pieces up to this many bytes use the quadratic scan */
 #define STACK_PIECE 512 /* longer pieces up to this use stack scratch for the heap merge */
+#define HUGE_PIECE 4096 /* longer pieces use the bucket queue (merge_huge) */
 
 static inline uint64_t mix(uint64_t h)
 {
@@ -351,6 +355,228 @@ done:
     return rc;
 }
 
+/* ---- very long pieces: a bucket queue ---------------------------------- */
+
+/* For a long piece (a hostile run of one character, a huge block of
+ * whitespace) the heap is the cost: every pop walks a tree of millions of
+ * entries, most of them cache misses. The same (rank, position) order comes
+ * from one bucket per distinct rank holding its positions, and a small heap
+ * of the distinct ranks. Positions mostly arrive in increasing order (merges
+ * sweep left to right), so a bucket is usually consumed front to back with
+ * no sorting; one that received an out-of-order position is sorted before
+ * its next pop. Pops read memory sequentially. */
+typedef struct bucket {
+    uint32_t *bk_pos;    /* positions; bk_pos[bk_head..bk_len) are pending */
+    uint32_t bk_head, bk_len, bk_cap;
+    uint32_t bk_rank;
+    uint8_t bk_active;   /* in the rank heap */
+    uint8_t bk_unsorted; /* pending positions may be out of order */
+} bucket_t;
+
+typedef struct bqueue {
+    bucket_t *bq_b;    /* buckets, bq_nb used */
+    uint32_t bq_nb, bq_capb;
+    uint32_t *bq_map;  /* rank -> bucket index + 1, open addressing */
+    uint32_t bq_mask;
+    uint32_t *bq_heap; /* indices of active buckets, min-heap by rank */
+    uint32_t bq_hn, bq_hcap;
+} bqueue_t;
+
+static void bq_free(bqueue_t *q)
+{
+    for (uint32_t i = 0; i < q->bq_nb; i++)
+        tg_free(q->bq_b[i].bk_pos);
+    tg_free(q->bq_b);
+    tg_free(q->bq_map);
+    tg_free(q->bq_heap);
+}
+
+static inline uint32_t rank_slot(uint32_t rank, uint32_t mask)
+{
+    return (uint32_t)(((uint64_t)rank * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+}
+
+/* Index of the bucket for rank, created if new; -1 when out of memory. */
+static long bq_bucket(bqueue_t *q, uint32_t rank)
+{
+    uint32_t i = rank_slot(rank, q->bq_mask);
+    while (q->bq_map[i]) {
+        if (q->bq_b[q->bq_map[i] - 1].bk_rank == rank)
+            return q->bq_map[i] - 1;
+        i = (i + 1) & q->bq_mask;
+    }
+    if (q->bq_nb == q->bq_capb) {
+        uint32_t cap = q->bq_capb * 2;
+        bucket_t *b = tg_realloc(q->bq_b, cap * sizeof *b);
+        uint32_t *h = tg_realloc(q->bq_heap, cap * sizeof *h);
+        if (b)
+            q->bq_b = b;
+        if (h)
+            q->bq_heap = h;
+        if (!b || !h)
+            return -1;
+        q->bq_capb = q->bq_hcap = cap;
+    }
+    if ((q->bq_nb + 1) * 2 > q->bq_mask + 1) { /* keep the map at most half full */
+        uint32_t mask = q->bq_mask * 2 + 1;
+        uint32_t *m = tg_calloc((size_t)mask + 1, sizeof *m);
+        if (!m)
+            return -1;
+        for (uint32_t k = 0; k < q->bq_nb; k++) {
+            uint32_t j = rank_slot(q->bq_b[k].bk_rank, mask);
+            while (m[j])
+                j = (j + 1) & mask;
+            m[j] = k + 1;
+        }
+        tg_free(q->bq_map);
+        q->bq_map = m;
+        q->bq_mask = mask;
+        i = rank_slot(rank, mask);
+        while (q->bq_map[i])
+            i = (i + 1) & mask;
+    }
+    memset(&q->bq_b[q->bq_nb], 0, sizeof q->bq_b[0]);
+    q->bq_b[q->bq_nb].bk_rank = rank;
+    q->bq_map[i] = q->bq_nb + 1;
+    return q->bq_nb++;
+}
+
+static void bq_heap_down(bqueue_t *q, uint32_t i)
+{
+    uint32_t v = q->bq_heap[i], r = q->bq_b[v].bk_rank;
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= q->bq_hn)
+            break;
+        if (c + 1 < q->bq_hn && q->bq_b[q->bq_heap[c + 1]].bk_rank < q->bq_b[q->bq_heap[c]].bk_rank)
+            c++;
+        if (q->bq_b[q->bq_heap[c]].bk_rank >= r)
+            break;
+        q->bq_heap[i] = q->bq_heap[c];
+        i = c;
+    }
+    q->bq_heap[i] = v;
+}
+
+static int bq_push(bqueue_t *q, uint32_t rank, uint32_t pos)
+{
+    long bi = bq_bucket(q, rank);
+    if (bi < 0)
+        return TG_METER_ENOMEM;
+    bucket_t *b = &q->bq_b[bi];
+    if (b->bk_len == b->bk_cap) {
+        uint32_t cap = b->bk_cap ? b->bk_cap * 2 : 64;
+        uint32_t *p = tg_realloc(b->bk_pos, cap * sizeof *p);
+        if (!p)
+            return TG_METER_ENOMEM;
+        b->bk_pos = p;
+        b->bk_cap = cap;
+    }
+    if (b->bk_len > b->bk_head && pos < b->bk_pos[b->bk_len - 1])
+        b->bk_unsorted = 1;
+    b->bk_pos[b->bk_len++] = pos;
+    if (!b->bk_active) {
+        uint32_t i = q->bq_hn++;
+        b->bk_active = 1;
+        while (i > 0 && q->bq_b[q->bq_heap[(i - 1) / 2]].bk_rank > rank) {
+            q->bq_heap[i] = q->bq_heap[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        q->bq_heap[i] = (uint32_t)bi;
+    }
+    return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Pops the least (rank, position); returns 0 when the queue is empty. */
+static int bq_pop(bqueue_t *q, uint32_t *rank, uint32_t *pos)
+{
+    if (q->bq_hn == 0)
+        return 0;
+    bucket_t *b = &q->bq_b[q->bq_heap[0]];
+    if (b->bk_unsorted) {
+        qsort(b->bk_pos + b->bk_head, b->bk_len - b->bk_head, sizeof *b->bk_pos, cmp_u32);
+        b->bk_unsorted = 0;
+    }
+    *rank = b->bk_rank;
+    *pos = b->bk_pos[b->bk_head++];
+    if (b->bk_head == b->bk_len) { /* empty: leave the heap, keep the memory */
+        b->bk_head = b->bk_len = 0;
+        b->bk_active = 0;
+        q->bq_heap[0] = q->bq_heap[--q->bq_hn];
+        if (q->bq_hn)
+            bq_heap_down(q, 0);
+    }
+    return 1;
+}
+
+/* merge_large's algorithm with the bucket queue instead of the heap. */
+static int merge_huge(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
+{
+    uint32_t *nxt = tg_malloc(n * sizeof *nxt), *prv = tg_malloc(n * sizeof *prv);
+    uint32_t *rk = tg_malloc(n * sizeof *rk);
+    uint32_t ids[256], r, x;
+    bqueue_t q = {0};
+    size_t nid = 0;
+    int rc = 0;
+
+    q.bq_capb = q.bq_hcap = 64;
+    q.bq_mask = 255;
+    q.bq_b = tg_malloc(q.bq_capb * sizeof *q.bq_b);
+    q.bq_heap = tg_malloc(q.bq_hcap * sizeof *q.bq_heap);
+    q.bq_map = tg_calloc(q.bq_mask + 1, sizeof *q.bq_map);
+    if (!nxt || !prv || !rk || !q.bq_b || !q.bq_heap || !q.bq_map) {
+        rc = TG_METER_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        nxt[i] = (uint32_t)(i + 1);
+        prv[i] = (uint32_t)(i - 1);
+        rk[i] = i + 1 < n ? e->be_pair[p[i] << 8 | p[i + 1]] : NO_RANK;
+        if (rk[i] != NO_RANK && (rc = bq_push(&q, rk[i], (uint32_t)i)) != 0)
+            goto done;
+    }
+    while (bq_pop(&q, &r, &x)) {
+        if (rk[x] != r)
+            continue; /* stale */
+        uint32_t y = nxt[x], z = nxt[y];
+        nxt[x] = z;
+        if (z < n)
+            prv[z] = x;
+        rk[y] = NO_RANK;
+        rk[x] = z < n ? lookup(e, p + x, nxt[z] - x) : NO_RANK;
+        if (rk[x] != NO_RANK && (rc = bq_push(&q, rk[x], x)) != 0)
+            goto done;
+        if (x > 0) {
+            uint32_t w = prv[x];
+            rk[w] = lookup(e, p + w, z - w);
+            if (rk[w] != NO_RANK && (rc = bq_push(&q, rk[w], w)) != 0)
+                goto done;
+        }
+    }
+    for (x = 0; x < n; x = nxt[x]) {
+        ids[nid++] = lookup(e, p + x, nxt[x] - x);
+        if (nid == sizeof ids / sizeof ids[0]) {
+            if ((rc = sink->bs_emit(sink, ids, nid)) != 0)
+                goto done;
+            nid = 0;
+        }
+    }
+    if (nid)
+        rc = sink->bs_emit(sink, ids, nid);
+done:
+    bq_free(&q);
+    tg_free(nxt);
+    tg_free(prv);
+    tg_free(rk);
+    return rc;
+}
+
 int bpe_piece(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
 {
     uint32_t id;
@@ -360,5 +586,7 @@ int bpe_piece(const bpe_enc_t *e, const uint8_t *p, size_t n, bpe_sink_t *sink)
         return sink->bs_emit(sink, &id, 1);
     if (n <= SMALL_PIECE)
         return merge_small(e, p, n, sink);
-    return merge_large(e, p, n, sink);
+    if (n <= HUGE_PIECE)
+        return merge_large(e, p, n, sink);
+    return merge_huge(e, p, n, sink);
 }

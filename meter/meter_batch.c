@@ -66,6 +66,8 @@ static int bench(tg_meter_t *m, const char *encname, const char *path, int reps)
         fprintf(stderr, "meter_batch: cannot read %s: %s\n", path, strerror(errno));
         return 1;
     }
+    /* load the encoding first: the benchmark times counting, not loading */
+    tg_meter_count(m, enc, "x", 1, TG_METER_SPECIAL_TEXT, &count, NULL, 0);
     for (int r = 0; r < reps; r++) {
         double t0 = now();
         if (tg_meter_count(m, enc, text, len, TG_METER_SPECIAL_TEXT, &count, err, sizeof err) != 0) {
@@ -83,6 +85,31 @@ static int bench(tg_meter_t *m, const char *encname, const char *path, int reps)
            (double)count / best);
     tg_free(text);
     return 0;
+}
+
+/* "<count> <id> <id> ...\n", formatted by hand: the tests print millions. */
+static void print_ids(const tg_meter_ids_t *ids)
+{
+    char buf[65536];
+    size_t o = (size_t)snprintf(buf, sizeof buf, "%zu", ids->ids_n);
+    for (size_t i = 0; i < ids->ids_n; i++) {
+        char tmp[12];
+        int t = 0;
+        uint32_t v = ids->ids_v[i];
+        do {
+            tmp[t++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        if (o + 13 > sizeof buf) {
+            fwrite(buf, 1, o, stdout);
+            o = 0;
+        }
+        buf[o++] = ' ';
+        while (t)
+            buf[o++] = tmp[--t];
+    }
+    buf[o++] = '\n';
+    fwrite(buf, 1, o, stdout);
 }
 
 static int batch(tg_meter_t *m)
@@ -127,10 +154,7 @@ static int batch(tg_meter_t *m)
             printf("ERR %s\n", err);
             continue;
         }
-        printf("%zu", ids.ids_n);
-        for (size_t i = 0; i < ids.ids_n; i++)
-            printf(" %u", ids.ids_v[i]);
-        putchar('\n');
+        print_ids(&ids);
     }
     fflush(stdout);
     tg_meter_ids_free(&ids);

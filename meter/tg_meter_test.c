@@ -222,6 +222,36 @@ static void test_alloc_failures_are_clean(void **state)
     assert_true(succeeded);
 }
 
+/* A piece long enough for the bucket-queue merge, under allocation failures:
+ * every failure is ENOMEM and frees what it took. */
+static void test_alloc_failures_long_piece(void **state)
+{
+    (void)state;
+    size_t n = 9000;
+    char *t = tg_malloc(n);
+    assert_non_null(t);
+    for (size_t i = 0; i < n; i++)
+        t[i] = "ab"[i % 7 == 0];
+    int succeeded = 0;
+    for (long k = 0; k < 400 && !succeeded; k++) {
+        long live = tg_alloc_live();
+        tg_meter_ids_t ids = {0};
+        char err[TG_ERRLEN] = "";
+        tg_alloc_fail_after(k);
+        int rc = tg_meter_encode(M, TG_METER_CL100K_BASE, t, n, TG_METER_SPECIAL_TEXT, &ids, err,
+                                 sizeof err);
+        tg_alloc_fail_after(-1);
+        if (rc == 0)
+            succeeded = 1;
+        else
+            assert_int_equal(rc, TG_METER_ENOMEM);
+        tg_meter_ids_free(&ids);
+        assert_int_equal(tg_alloc_live(), live);
+    }
+    assert_true(succeeded);
+    tg_free(t);
+}
+
 typedef struct thr {
     tg_meter_t *t_m;
     uint64_t t_count;
@@ -409,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_count_equals_encode_and_roundtrip),
         cmocka_unit_test(test_long_run_of_one_char),
         cmocka_unit_test(test_alloc_failures_are_clean),
+        cmocka_unit_test(test_alloc_failures_long_piece),
         cmocka_unit_test(test_concurrent_first_use),
         cmocka_unit_test(test_encoding_names_and_errors),
         cmocka_unit_test(test_model_map),
