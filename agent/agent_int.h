@@ -251,6 +251,16 @@ const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, co
 /* The bucket an account pays a route type from (its override, else the
  * defaults DIRECT -> "credit", POOLED -> "wallet"). Never NULL. */
 const char *tg_cfg_bucket(const tg_account_t *a, int route_type);
+/* The price in effect for a request started at t_us: among the snapshot's
+ * cards of `currency` ("" = any), the highest version with effective_at_us
+ * <= t_us that has an entry for model (exact beats a glob, a matching route
+ * type beats "any": the control plane's rule, controlplane/settle.c).
+ * Returns the card and sets *entry, or NULL. */
+const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
+                                            const char *currency, int64_t t_us,
+                                            const Tollgate__V1__PriceEntry **entry);
+/* Currency of an account's bucket ("" if unknown). Never NULL. */
+const char *tg_cfg_currency(const tg_cfg_t *c, const tg_account_t *a, const char *bucket);
 /* Gateway policy values with defaults applied. */
 int64_t tg_cfg_max_request_bytes(const tg_cfg_t *c);
 /* 1 when ip is inside one of policy.trusted_proxies. */

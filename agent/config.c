@@ -5,6 +5,7 @@
  * never changed: a request reads a table without a lock because nobody
  * writes it. Tables are open-addressing arrays, at most half full. */
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,4 +368,67 @@ int tg_cfg_trusted_proxy(const tg_cfg_t *c, const tg_ip_t *ip)
         if (tg_agent_cidr_match(p->trusted_proxies[i], ip) == 1)
             return 1;
     return 0;
+}
+
+static const Tollgate__V1__PriceEntry *price_entry(const Tollgate__V1__PriceCard *card, const char *model,
+                                                   int route_type)
+{
+    const Tollgate__V1__PriceEntry *best = NULL;
+    int best_score = -1;
+    for (size_t i = 0; i < card->n_entries; i++) {
+        const Tollgate__V1__PriceEntry *pe = card->entries[i];
+        int exact = strcmp(pe->model, model) == 0;
+        if (!exact && fnmatch(pe->model, model, 0) != 0)
+            continue;
+        int rt = (int)pe->route_type;
+        if (rt != 0 && rt != route_type)
+            continue;
+        int score = exact * 2 + (rt != 0);
+        if (score > best_score) {
+            best = pe;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
+                                            const char *currency, int64_t t_us,
+                                            const Tollgate__V1__PriceEntry **entry)
+{
+    const tg_snap_t *s = c->cf_snap;
+    const Tollgate__V1__PriceCard *best = NULL;
+    const Tollgate__V1__PriceEntry *best_pe = NULL;
+    *entry = NULL;
+    for (size_t i = 0; i < s->n_price_cards; i++) {
+        const Tollgate__V1__PriceCard *pc = s->price_cards[i];
+        if (pc->effective_at_us > t_us)
+            continue;
+        if (currency && *currency && pc->currency && *pc->currency && strcmp(currency, pc->currency) != 0)
+            continue;
+        const Tollgate__V1__PriceEntry *pe = price_entry(pc, model, route_type);
+        if (!pe)
+            continue;
+        /* The newest version in effect of the first matching card id; a
+         * second card id with the same model is ambiguous: the first wins. */
+        if (!best || (strcmp(best->id, pc->id) == 0 && pc->version > best->version)) {
+            best = pc;
+            best_pe = pe;
+        }
+    }
+    *entry = best_pe;
+    return best;
+}
+
+const char *tg_cfg_currency(const tg_cfg_t *c, const tg_account_t *a, const char *bucket)
+{
+    if (!a)
+        return "";
+    const tg_balance_t *b = tg_cfg_balance(c, a->id, bucket);
+    if (b && b->currency && *b->currency)
+        return b->currency;
+    for (size_t i = 0; i < a->n_buckets; i++)
+        if (strcmp(a->buckets[i]->name, bucket) == 0 && a->buckets[i]->currency)
+            return a->buckets[i]->currency;
+    return "";
 }

@@ -27,6 +27,7 @@
 #include "agent/server_int.h"
 #include "base/tg_log.h"
 #include "crypto/tg_crypto.h"
+#include "meter/tg_price.h"
 #include "pbjson/tg_pbjson.h"
 
 #define MAX_ATTEMPTS 16
@@ -114,6 +115,14 @@ struct req {
     int rq_final_class;
     char rq_final_msg[256];
     int rq_no_spool;          /* refused because the outbox is full: spooling would grow it */
+    /* counted and priced once, by meter_and_price */
+    int rq_metered;
+    Tollgate__V1__TokenUsage rq_tu;
+    Tollgate__V1__UnitPrices rq_up;
+    const Tollgate__V1__PriceCard *rq_card;
+    int64_t rq_cost, rq_upcost;
+    const char *rq_currency;
+    const char *rq_bucket;
 };
 
 static int64_t now_us(void)
@@ -310,6 +319,69 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
     u->encoding = (char *)tg_meter_encoding_name(enc);
 }
 
+/* Fills rq_tu (provider usage normalized: input excludes cached tokens;
+ * else local counts) and prices it with the card version in effect when the
+ * request started: the cost charged (entry rate) and the upstream cost
+ * (channel cost rate), each rounded once, half up (meter/tg_price.h, the
+ * control plane's rule). Runs once; before a non-streaming answer is sent,
+ * so x-tollgate-cost can go in its head. */
+static void meter_and_price(req_t *rq)
+{
+    if (rq->rq_metered)
+        return;
+    rq->rq_metered = 1;
+    Tollgate__V1__TokenUsage *u = &rq->rq_tu;
+    tollgate__v1__token_usage__init(u);
+    tollgate__v1__unit_prices__init(&rq->rq_up);
+    if (rq->rq_usage_raw) {
+        long cached = rq->rq_usage.us_cached > 0 ? rq->rq_usage.us_cached : 0;
+        u->input_tokens = rq->rq_usage.us_prompt > cached ? rq->rq_usage.us_prompt - cached : 0;
+        u->output_tokens = rq->rq_usage.us_completion > 0 ? rq->rq_usage.us_completion : 0;
+        u->cache_read_tokens = cached;
+        u->reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
+        u->input_source = u->output_source = u->cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
+        u->raw_provider_usage = rq->rq_usage_raw;
+    } else if (rq->rq_route) {
+        local_usage(rq, u);
+    }
+    attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
+    if (!fin || fin->at_decision != TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL || !rq->rq_acct)
+        return;
+    const Tollgate__V1__Channel *ch = fin->at_chan->ch_pb;
+    rq->rq_bucket = tg_cfg_bucket(rq->rq_acct, ch->route_type);
+    rq->rq_currency = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_bucket);
+    const Tollgate__V1__PriceEntry *pe = NULL;
+    const Tollgate__V1__PriceCard *card =
+        tg_cfg_price(rq->rq_cfg, rq->rq_route->model, ch->route_type, rq->rq_currency, rq->rq_t0_us, &pe);
+    if (!card)
+        return;
+    tg_price_usage_t pu = {(uint64_t)u->input_tokens, (uint64_t)u->output_tokens, (uint64_t)u->cache_read_tokens,
+                           (uint64_t)u->cache_write_tokens, (uint64_t)u->images};
+    tg_price_card_t pc = {pe->input_per_mtok_nano, pe->output_per_mtok_nano, pe->cache_read_per_mtok_nano,
+                          pe->cache_write_per_mtok_nano, pe->per_image_nano,
+                          (uint32_t)(pe->rate_ppm > 0 ? pe->rate_ppm : 1000000)};
+    char err[TG_ERRLEN] = "";
+    int64_t cost = 0, upcost = 0;
+    if (tg_price_cost(&pc, &pu, &cost, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "agent", "request %s: pricing failed: %s", rq->rq_id, err);
+        return;
+    }
+    pc.pc_rate_ppm = (uint32_t)(ch->cost_rate_ppm > 0 ? ch->cost_rate_ppm : 1000000);
+    if (tg_price_cost(&pc, &pu, &upcost, err, sizeof err) != 0)
+        upcost = 0;
+    rq->rq_card = card;
+    rq->rq_cost = cost;
+    rq->rq_upcost = upcost;
+    rq->rq_up.input_per_mtok_nano = pe->input_per_mtok_nano;
+    rq->rq_up.output_per_mtok_nano = pe->output_per_mtok_nano;
+    rq->rq_up.cache_read_per_mtok_nano = pe->cache_read_per_mtok_nano;
+    rq->rq_up.cache_write_per_mtok_nano = pe->cache_write_per_mtok_nano;
+    rq->rq_up.per_image_nano = pe->per_image_nano;
+    rq->rq_up.per_request_nano = pe->per_request_nano;
+    rq->rq_up.rate_ppm = pe->rate_ppm > 0 ? pe->rate_ppm : 1000000;
+    rq->rq_up.cost_rate_ppm = ch->cost_rate_ppm > 0 ? ch->cost_rate_ppm : 1000000;
+}
+
 /* Emits the UsageRecord. Until the LMDB outbox lands (README "Next") the
  * sink is one JSON log line per request (comp "usage") on stderr. */
 static void emit_record(req_t *rq)
@@ -374,17 +446,16 @@ static void emit_record(req_t *rq)
         r.bucket = (char *)tg_cfg_bucket(rq->rq_acct, fin->at_chan->ch_pb->route_type);
         r.fallback_used = rq->rq_fallback;
     }
-    if (rq->rq_usage_raw) {
-        long cached = rq->rq_usage.us_cached > 0 ? rq->rq_usage.us_cached : 0;
-        u.input_tokens = rq->rq_usage.us_prompt > cached ? rq->rq_usage.us_prompt - cached : 0;
-        u.output_tokens = rq->rq_usage.us_completion > 0 ? rq->rq_usage.us_completion : 0;
-        u.cache_read_tokens = cached;
-        u.reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
-        u.input_source = u.output_source = u.cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
-        u.raw_provider_usage = rq->rq_usage_raw;
-    } else if (rq->rq_route) {
-        local_usage(rq, &u);
+    meter_and_price(rq);
+    u = rq->rq_tu;
+    if (rq->rq_card) {
+        r.price_card_id = rq->rq_card->id;
+        r.price_version = rq->rq_card->version;
+        r.unit_prices = &rq->rq_up;
+        r.cost_nano = rq->rq_cost;
+        r.upstream_cost_nano = rq->rq_upcost;
     }
+    r.currency = (char *)(rq->rq_currency ? rq->rq_currency : "");
     r.usage = &u;
     r.client_status = rq->rq_status;
     r.finish_reason = rq->rq_finish;
@@ -941,6 +1012,15 @@ static void send_buffered(req_t *rq, int status)
     struct evbuffer *out = evbuffer_new();
     quiet_close(rq);
     route_headers(rq, hr);
+    if (status == 200 && rq->rq_key && rq->rq_key->expose_cost) {
+        meter_and_price(rq);
+        if (rq->rq_card) {
+            char v[128], amt[32];
+            snprintf(v, sizeof v, "%s %s", tg_price_format(rq->rq_cost, amt, sizeof amt),
+                     rq->rq_currency ? rq->rq_currency : "");
+            add_header(hr, "x-tollgate-cost", v);
+        }
+    }
     add_header(hr, "Content-Type", "application/json");
     if (out && rq->rq_resp.b_len)
         evbuffer_add(out, rq->rq_resp.b_data, rq->rq_resp.b_len);

@@ -99,6 +99,19 @@ function snapshot(extraRoutes = []) {
       { model: 'cached-model', tiers: [{ targets: [{ channel_id: 'ch-cached', upstream_model: 'gpt-4o' }] }] },
       ...extraRoutes,
     ],
+    price_cards: [
+      { id: 'card-usd', version: '1', effective_at_us: '0', currency: 'USD',
+        entries: [{ model: 'gpt-4o*', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] },
+      // version 2 is in effect now: exact-model entry beats the glob; rate 1.5x
+      { id: 'card-usd', version: '2', effective_at_us: '1', currency: 'USD',
+        entries: [
+          { model: 'gpt-4o*', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' },
+          { model: 'gpt-4o', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007', rate_ppm: '1500000' },
+        ] },
+      // a future version is not in effect yet
+      { id: 'card-usd', version: '3', effective_at_us: '99999999999999999', currency: 'USD',
+        entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1', output_per_mtok_nano: '1' }] },
+    ],
     policy: { trusted_proxies: ['127.0.0.1/32'], max_request_bytes: '65536' },
   };
 }
@@ -157,6 +170,19 @@ test('non-streaming answer, provider usage, model rewrite and channel credential
   assert.equal(Number(rec.usage.output_tokens), DEFAULT_TOKENS);
   assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
   assert.equal(JSON.parse(rec.usage.raw_provider_usage).prompt_tokens, p);
+  // priced with card-usd version 2 (the newest in effect), the exact entry, rate 1.5x,
+  // rounded once half up: (in*2500000333 + out*10000000007) * 1500000 / 1e12
+  const cost = (BigInt(p) * 2500000333n + BigInt(DEFAULT_TOKENS) * 10000000007n) * 1500000n;
+  const want = (cost + 500000000000n) / 1000000000000n;
+  assert.equal(rec.price_card_id, 'card-usd');
+  assert.equal(Number(rec.price_version), 2);
+  assert.equal(rec.currency, 'USD');
+  assert.equal(BigInt(rec.cost_nano), want);
+  // upstream cost: the channel's cost rate (0 = 1.0x)
+  const upCost = (BigInt(p) * 2500000333n + BigInt(DEFAULT_TOKENS) * 10000000007n + 500000n) / 1000000n;
+  assert.equal(BigInt(rec.upstream_cost_nano), upCost);
+  const nano = String(want).padStart(10, '0');
+  assert.equal(response.headers.get('x-tollgate-cost'), `${nano.slice(0, -9)}.${nano.slice(-9)} USD`);
 });
 
 test('alias resolves to its route; X-Tollgate-Run is recorded', async () => {
