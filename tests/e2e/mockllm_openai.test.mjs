@@ -342,6 +342,18 @@ test('listener-wide scenario flag applies to every request', async () => {
   } finally { await slow.stop(); }
 });
 
+test('--model-scenario scripts one mockllm per upstream model (fallback tests), the header still wins', async () => {
+  const m = await startMock(['--scenario', 'tokens=3', '--model-scenario', 'gpt-down=status=503', '--model-scenario', 'gpt-short=tokens=1']);
+  try {
+    const c = new OpenAI({ apiKey: 'k', baseURL: `${m.url}/v1`, maxRetries: 0 });
+    await assert.rejects(c.chat.completions.create({ model: 'gpt-down', messages }), (e) => e.status === 503);
+    assert.equal((await c.chat.completions.create({ model: 'gpt-up', messages })).usage.completion_tokens, 3);
+    assert.equal((await c.chat.completions.create({ model: 'gpt-short', messages })).usage.completion_tokens, 1);
+    const r = await c.chat.completions.create({ model: 'gpt-down', messages }, scn('status=0'));
+    assert.equal(r.usage.completion_tokens, 3, 'model scenario builds on --scenario');
+  } finally { await m.stop(); }
+});
+
 test('SIGTERM stops mockllm cleanly, even with hung and streaming connections open', async () => {
   const m = await startMock();
   const c = new OpenAI({ apiKey: 'k', baseURL: `${m.url}/v1`, maxRetries: 0 });

@@ -58,11 +58,21 @@ typedef struct keyctr {
     long k_count; /* requests received with this key */
 } keyctr_t;
 
+#define MAX_MODEL_SCN 32
+
+/* --model-scenario MODEL=S: the listener scenario for one model. */
+typedef struct model_scn {
+    char ms_model[TG_MOCK_MODEL_MAX];
+    tg_mock_scn_t ms_scn; /* listener defaults with S applied */
+} model_scn_t;
+
 typedef struct srv {
     const char *sv_host;
     int sv_port;
     int sv_threads;
     tg_mock_scn_t sv_scn;      /* listener defaults (--scenario) */
+    model_scn_t sv_model_scn[MAX_MODEL_SCN]; /* --model-scenario, applied over sv_scn */
+    int sv_nmodel_scn;
     const char *sv_api_key;    /* --api-key: the only accepted key, or NULL = any */
     long sv_record_max;        /* --record-max */
     size_t sv_record_body_max; /* --record-body-max */
@@ -569,8 +579,9 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     const char *m = c->c_h.hd_base, *t = c->c_h.hd_base + c->c_h.hd_target, *v;
     size_t plen, vn;
     int anth, post, get, del, rc;
-    char err[TG_ERRLEN] = "";
+    char err[TG_ERRLEN] = "", scan_err[TG_ERRLEN] = "";
     long ordinal, delay;
+    int scan_rc;
 
     event_del(&c->c_timer); /* an idle-close timer from the previous answer */
     for (plen = 0; plen < c->c_h.hd_target_len && t[plen] != '?'; plen++) {}
@@ -610,8 +621,17 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     }
 #undef PATH_IS
 
-    /* -- scenario: listener defaults, then the header -- */
+    /* -- the body, scanned first: a --model-scenario depends on the model -- */
+    memset(&c->c_rq, 0, sizeof c->c_rq);
+    c->c_rq.rq_n = 1;
+    c->c_rq.rq_max_tokens = -1;
+    scan_rc = post ? tg_mock_scan(body ? body : "", blen, &c->c_rq, scan_err, sizeof scan_err) : 0;
+
+    /* -- scenario: listener defaults, the model's, then the header -- */
     c->c_scn = s->sv_scn;
+    for (int i = 0; scan_rc == 0 && i < s->sv_nmodel_scn; i++)
+        if (strcmp(s->sv_model_scn[i].ms_model, c->c_rq.rq_model) == 0)
+            c->c_scn = s->sv_model_scn[i].ms_scn;
     v = header(c, "x-mock-scenario", &vn);
     if (v && tg_mock_scn_parse(&c->c_scn, v, vn, err, sizeof err) < 0) {
         reply_error(c, anth, 400, err, NULL);
@@ -647,11 +667,8 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     }
 
     /* -- the body -- */
-    memset(&c->c_rq, 0, sizeof c->c_rq);
-    c->c_rq.rq_n = 1;
-    c->c_rq.rq_max_tokens = -1;
-    if (post && tg_mock_scan(body ? body : "", blen, &c->c_rq, err, sizeof err) < 0) {
-        reply_error(c, anth, 400, err, NULL);
+    if (scan_rc < 0) {
+        reply_error(c, anth, 400, scan_err, NULL);
         return answer_done(c);
     }
     if (post && proto != TG_MOCK_MODELS && !c->c_rq.rq_has_model) {
@@ -1003,6 +1020,7 @@ static int bound_port(int fd) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: mockllm [--host 127.0.0.1] [--port 0] [--threads 1] [--scenario S]\n"
+            "               [--model-scenario MODEL=S]...\n"
             "               [--api-key K] [--record-max 1000] [--record-body-max 1048576]\n"
             "               [--max-body 67108864] [--idle-close MS] [--refuse]\n"
             "Prints 'mockllm listening on HOST:PORT' (or 'mockllm refusing on HOST:PORT'\n"
@@ -1060,6 +1078,22 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "mockllm: --scenario: %s\n", err);
                 return 2;
             }
+        } else if (strcmp(a, "--model-scenario") == 0) {
+            const char *eq = strchr(val, '=');
+            model_scn_t *ms = &s->sv_model_scn[s->sv_nmodel_scn];
+            if (!eq || eq == val || (size_t)(eq - val) >= TG_MOCK_MODEL_MAX ||
+                s->sv_nmodel_scn == MAX_MODEL_SCN) {
+                fprintf(stderr, "mockllm: --model-scenario wants MODEL=SCENARIO (at most %d)\n",
+                        MAX_MODEL_SCN);
+                return 2;
+            }
+            snprintf(ms->ms_model, sizeof ms->ms_model, "%.*s", (int)(eq - val), val);
+            ms->ms_scn = s->sv_scn; /* so put --scenario first to combine them */
+            if (tg_mock_scn_parse(&ms->ms_scn, eq + 1, strlen(eq + 1), err, sizeof err) < 0) {
+                fprintf(stderr, "mockllm: --model-scenario: %s\n", err);
+                return 2;
+            }
+            s->sv_nmodel_scn++;
         } else if (strcmp(a, "--api-key") == 0) {
             s->sv_api_key = val;
         } else if (strcmp(a, "--record-max") == 0 && parse_long(val, 0, 10000000, &v) == 0) {
