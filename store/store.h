@@ -97,6 +97,10 @@ typedef struct tg_store_opts {
     size_t so_map_size_max;    /* lmdb: growth limit, default 16 GiB */
     int so_nosync;             /* lmdb: 1 = no fsync per commit (tests only) */
     int so_lease_tick_ms;      /* lmdb: lease expiry check period, default 100 */
+    int64_t so_history_revs;   /* lmdb: revisions of history kept (watch and
+                                  old reads), older ones compacted on their own;
+                                  default 100000, < 0 = never (etcd: use its
+                                  --auto-compaction-* flags) */
 } tg_store_opts_t;
 
 /* One key-value pair. The bytes belong to whatever holds the kv (a result

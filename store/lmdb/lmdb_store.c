@@ -62,6 +62,7 @@ typedef struct lstore {
     size_t ls_map, ls_map_max;
     int ls_lockfd;
     int ls_tick_ms;
+    int64_t ls_keep; /* revisions of history to keep, <= 0 = all */
     pthread_t ls_thr;
     int ls_thr_started;
     pthread_mutex_t ls_stopmu;
@@ -1121,7 +1122,28 @@ static int l_lease_revoke(tg_store_t *s, int64_t id, char *err, size_t errlen)
     return write_txn((lstore_t *)s, revoke_fn, &a, NULL, err, errlen);
 }
 
-/* The expiry thread: every tick, revokes the leases whose time has passed. */
+/* Keeps the history log bounded: once it holds more than ls_keep + 10%
+ * revisions, compacts down to ls_keep (so each compaction is a modest
+ * transaction, not one per write). */
+static void auto_compact(lstore_t *ls)
+{
+    MDB_txn *t;
+    int64_t cur = 0, comp = 0;
+    char err[TG_ERRLEN] = "";
+    if (ls->ls_keep <= 0 || rd_begin(ls, &t, err, sizeof(err)))
+        return;
+    int rc = meta_get(ls, t, "rev", &cur, err, sizeof(err)) ||
+             meta_get(ls, t, "compact", &comp, err, sizeof(err));
+    rd_end(ls, t);
+    if (rc || cur - comp <= ls->ls_keep + ls->ls_keep / 10)
+        return;
+    int64_t to = cur - ls->ls_keep;
+    err[0] = 0;
+    (void)l_compact(&ls->ls_base, to, err, sizeof(err)); /* ECOMPACTED: raced a caller */
+}
+
+/* The expiry thread: every tick, revokes the leases whose time has passed
+ * and keeps the history bounded. */
 static void *lease_thread(void *arg)
 {
     lstore_t *ls = arg;
@@ -1162,6 +1184,7 @@ static void *lease_thread(void *arg)
             /* ENOLEASE: revoked meanwhile; other errors retry next tick */
             (void)l_lease_revoke(&ls->ls_base, expired[i], err, sizeof(err));
         }
+        auto_compact(ls);
     }
     return NULL;
 }
@@ -1386,6 +1409,7 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
     if (ls->ls_map > ls->ls_map_max)
         ls->ls_map = ls->ls_map_max;
     ls->ls_tick_ms = opts->so_lease_tick_ms ? opts->so_lease_tick_ms : 100;
+    ls->ls_keep = opts->so_history_revs ? opts->so_history_revs : 100000;
 
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
         rc = tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: mkdir %s: %s", path, strerror(errno));

@@ -956,6 +956,44 @@ static void test_lmdb_alloc_failures(void **state)
     assert_true(acked > 0);
 }
 
+/* The history log compacts itself down to so_history_revs. */
+static void test_lmdb_auto_compaction(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    tg_store_close(g_s);
+    tg_store_opts_t o = {.so_history_revs = 20};
+    g_s = open_store(&o);
+    int64_t first = put("ac", "0"), last = first;
+    for (int i = 1; i < 60; i++)
+        last = put("ac", "x");
+    size_t kl = K(k, "ac");
+    tg_store_range_req_t old = {.rq_key = k, .rq_key_len = kl, .rq_revision = first};
+    tg_store_range_res_t res;
+    double dl = now_s() + 5;
+    int rc = 0;
+    while (now_s() < dl) {
+        err[0] = 0;
+        rc = tg_store_range(g_s, &old, &res, err, sizeof(err));
+        tg_store_range_res_free(&res);
+        if (rc == TG_STORE_ECOMPACTED)
+            break;
+        sleep_ms(50);
+    }
+    assert_int_equal(rc, TG_STORE_ECOMPACTED);
+    /* the last 20 revisions are still there, for reads and watches */
+    tg_store_range_req_t recent = {.rq_key = k, .rq_key_len = kl, .rq_revision = last - 19};
+    assert_int_equal(tg_store_range(g_s, &recent, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 1);
+    assert_int_equal(res.rs_kvs[0].kv_mod_rev, last - 19);
+    tg_store_range_res_free(&res);
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 0, last - 19, &w, err, sizeof(err)), 0);
+    for (int64_t r = last - 19; r <= last; r++)
+        expect_ev(w, TG_STORE_EV_PUT, "ac", NULL, r);
+    tg_store_watch_cancel(w);
+}
+
 static void test_lmdb_killed_writer(void **state)
 {
     (void)state;
@@ -1436,6 +1474,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest lmdb[] = {
         T(test_lmdb_durable_reopen),
         T(test_lmdb_alloc_failures),
+        T(test_lmdb_auto_compaction),
         T(test_lmdb_killed_writer),
         T(test_lmdb_map_full),
         T(test_lmdb_corrupt_files),
