@@ -269,6 +269,20 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(after2.events.length, before);
     });
 
+    test('concurrent writers: all distinct creates land, one of a duplicate name wins, audit stays gapless', async () => {
+      const clients = Array.from({ length: 8 }, () => cp.as('admin'));
+      const made = await Promise.all(Array.from({ length: 24 }, (_, i) =>
+        clients[i % 8].call('CreateAccount', { account: ACCOUNT(`conc-${i}`) })));
+      assert.equal(new Set(made.map((a) => a.id)).size, 24);
+      const same = await Promise.allSettled(clients.map((c) => c.call('CreateAccount', { account: ACCOUNT('contested') })));
+      assert.equal(same.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one create of a name succeeds');
+      for (const r of same.filter((x) => x.status === 'rejected')) assert.equal(r.reason.code, 6 /* ALREADY_EXISTS */);
+      const log = await reader.call('QueryAudit', { page_size: 1000 });
+      const seqs = log.events.map((e) => Number(e.seq));
+      for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, 'no gaps, no duplicates');
+      for (const a of made) assert.ok(log.events.some((e) => e.object_id === a.id && e.method === 'CreateAccount'));
+    });
+
     test('policy and run budgets round-trip with validation', async () => {
       const p = await admin.call('PutPolicy', { policy: { trusted_proxies: ['10.0.0.0/8'], max_request_bytes: '1048576' } });
       assert.ok(Number(p.revision) > 0);
