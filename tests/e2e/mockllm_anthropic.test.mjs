@@ -113,6 +113,24 @@ test('messages.stream helper: finalMessage has text and usage', async () => {
   assert.equal(msg.usage.input_tokens, promptTokens(base));
 });
 
+test('reasoning=R: a thinking block (with signature) before the answer, JSON and streamed', async () => {
+  const r = await client.messages.create(base, scn('reasoning=3;tokens=2'));
+  assert.equal(r.content[0].type, 'thinking');
+  assert.equal(r.content[0].thinking, answerText(3));
+  assert.match(r.content[0].signature, /^mocksig_/);
+  assert.deepEqual(r.content[1], { type: 'text', text: answerText(2) });
+  assert.equal(r.usage.output_tokens, 5);
+  const s = client.messages.stream(base, scn('reasoning=3;tokens=2'));
+  const deltas = [];
+  s.on('streamEvent', (ev) => { if (ev.type === 'content_block_delta') deltas.push(`${ev.index}:${ev.delta.type}`); });
+  const msg = await s.finalMessage();
+  assert.deepEqual(deltas, ['0:thinking_delta', '0:thinking_delta', '0:thinking_delta', '0:signature_delta', '1:text_delta', '1:text_delta']);
+  assert.equal(msg.content[0].thinking, answerText(3));
+  assert.equal(msg.content[0].signature, `mocksig_${msg.id.slice('msg_'.length)}`);
+  assert.equal(msg.content[1].text, answerText(2));
+  assert.equal(msg.usage.output_tokens, 5);
+});
+
 test('tool_use: JSON and streamed input_json_delta', async () => {
   const tools = [{ name: 'get_weather', description: 'Weather', input_schema: { type: 'object', properties: { q: { type: 'string' } } } }];
   const r = await client.messages.create({ ...base, tools });

@@ -321,6 +321,38 @@ static void test_messages_stream_sequence(void **state) {
     free(s);
 }
 
+static void test_messages_thinking(void **state) {
+    fixture_t f;
+    int events;
+    char *s;
+    struct evbuffer *b = evbuffer_new();
+    (void)state;
+    fixture(&f, TG_MOCK_MESSAGES, "{\"model\":\"c\",\"stream\":true}", "reasoning=2;tokens=2");
+    assert_int_equal(tg_mock_stream_steps(&f.g), 1 + 2 + 2 + 1);
+    s = stream_all(&f, &events);
+    const char *order[] = {"\"type\":\"thinking\",\"thinking\":\"\"", "\"thinking_delta\",\"thinking\":\"Hello\"",
+                           "\"thinking_delta\",\"thinking\":\" from\"", "\"signature_delta\"",
+                           "\"content_block_stop\",\"index\":0", "\"content_block_start\",\"index\":1",
+                           "\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"",
+                           "\"content_block_stop\",\"index\":1", "\"output_tokens\":4"};
+    const char *p = s;
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        p = strstr(p, order[i]);
+        if (!p) fail_msg("missing %s in %s", order[i], s);
+        p++;
+    }
+    free(s);
+    assert_int_equal(tg_mock_write_json(b, &f.g), 0);
+    s = drain(b);
+    json_t *j = parse(s), *content = json_object_get(j, "content");
+    assert_int_equal(json_array_size(content), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(content, 0), "thinking")), "Hello from");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(content, 1), "text")), "Hello from");
+    json_decref(j);
+    free(s);
+    evbuffer_free(b);
+}
+
 static void test_responses_and_others_are_json(void **state) {
     static const struct {
         tg_mock_proto_t proto;
@@ -460,6 +492,7 @@ int main(void) {
         cmocka_unit_test(test_chat_json),
         cmocka_unit_test(test_chat_stream),
         cmocka_unit_test(test_messages_stream_sequence),
+        cmocka_unit_test(test_messages_thinking),
         cmocka_unit_test(test_responses_and_others_are_json),
         cmocka_unit_test(test_stream_error_events),
         cmocka_unit_test(test_zero_and_running_usage),

@@ -251,20 +251,38 @@ static long msg_output(const tg_mock_gen_t *g) {
     return g->gn_plan.pl_output + g->gn_plan.pl_reasoning;
 }
 
+/* Thinking tokens: with reasoning=R an Anthropic answer opens with a
+ * thinking block of R words (and a signature), as extended thinking does. */
+static long msg_thinking(const tg_mock_gen_t *g) { return g->gn_plan.pl_reasoning; }
+
+/* The answer's main block (text or tool_use) as first announced (start = 1:
+ * empty, for content_block_start) or complete. */
+static int msg_block(struct evbuffer *out, const tg_mock_gen_t *g, int start) {
+    int rc = 0;
+    if (g->gn_plan.pl_tool) {
+        P("{\"type\":\"tool_use\",\"id\":\"toolu_%s\",\"name\":", g->gn_id);
+        rc |= tg_mock_json_str(out, g->gn_req->rq_tool, strlen(g->gn_req->rq_tool));
+        P(",\"input\":%s}", start ? "{}" : TOOL_ARGS);
+    } else {
+        P("{\"type\":\"text\",\"text\":\"");
+        if (!start) rc |= text(out, g);
+        P("\"}");
+    }
+    return rc;
+}
+
 static int msg_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     int rc = 0;
     P("{\"id\":\"msg_%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", g->gn_id);
     rc |= model(out, g);
-    if (g->gn_plan.pl_tool) {
-        P(",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_%s\",\"name\":", g->gn_id);
-        rc |= tg_mock_json_str(out, g->gn_req->rq_tool, strlen(g->gn_req->rq_tool));
-        P(",\"input\":" TOOL_ARGS "}]");
-    } else {
-        P(",\"content\":[{\"type\":\"text\",\"text\":\"");
-        rc |= text(out, g);
-        P("\"}]");
+    P(",\"content\":[");
+    if (msg_thinking(g) > 0) {
+        P("{\"type\":\"thinking\",\"thinking\":\"");
+        for (long i = 0; i < msg_thinking(g); i++) P("%s", tg_mock_token(i));
+        P("\",\"signature\":\"mocksig_%s\"},", g->gn_id);
     }
-    P(",\"stop_reason\":\"%s\",\"stop_sequence\":null", msg_stop(g));
+    rc |= msg_block(out, g, 0);
+    P("],\"stop_reason\":\"%s\",\"stop_sequence\":null", msg_stop(g));
     if (!g->gn_scn->sc_no_usage) {
         P(",\"usage\":");
         rc |= msg_usage(out, g, msg_output(g));
@@ -273,9 +291,33 @@ static int msg_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     return rc;
 }
 
-static int msg_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
-    long toks = token_steps(g);
+static int msg_block_start(struct evbuffer *out, const tg_mock_gen_t *g, int index) {
     int rc = 0;
+    P("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":%d,"
+      "\"content_block\":",
+      index);
+    rc |= msg_block(out, g, 1);
+    P("}\n\n");
+    return rc;
+}
+
+/* Ends the thinking block (its signature, its stop) and opens the main one. */
+static int msg_switch(struct evbuffer *out, const tg_mock_gen_t *g) {
+    int rc = 0;
+    P("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+      "\"delta\":{\"type\":\"signature_delta\",\"signature\":\"mocksig_%s\"}}\n\n"
+      "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+      g->gn_id);
+    rc |= msg_block_start(out, g, 1);
+    return rc;
+}
+
+/* Steps: 0 message_start (+ the first block's start, ping); then one per
+ * thinking token; then one per main token (the first also switches blocks);
+ * then the epilogue. */
+static int msg_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
+    long th = msg_thinking(g), toks = token_steps(g), j = step - th - 1;
+    int main_idx = th > 0 ? 1 : 0, rc = 0;
     if (step == 0) {
         P("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\","
           "\"type\":\"message\",\"role\":\"assistant\",\"model\":",
@@ -287,31 +329,34 @@ static int msg_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
             rc |= msg_usage(out, g, 1); /* the API reports a running 1 here */
         }
         P("}}\n\n");
-        if (g->gn_plan.pl_tool) {
+        if (th > 0)
             P("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
-              "\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_%s\",\"name\":",
-              g->gn_id);
-            rc |= tg_mock_json_str(out, g->gn_req->rq_tool, strlen(g->gn_req->rq_tool));
-            P(",\"input\":{}}}\n\n");
-        } else {
-            P("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
-              "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
-        }
+              "\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n");
+        else
+            rc |= msg_block_start(out, g, 0);
         P("event: ping\ndata: {\"type\":\"ping\"}\n\n");
     } else if (step == 1 && g->gn_scn->sc_malformed) {
         P("event: content_block_delta\ndata: ");
         rc |= malformed(out, g);
         P("\n\n");
-    } else if (step <= toks && g->gn_plan.pl_tool) {
+    } else if (step <= th) {
         P("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-          "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"%s\"}}\n\n",
-          tool_parts_esc[step - 1]);
-    } else if (step <= toks) {
-        P("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-          "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
+          "\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"%s\"}}\n\n",
           tg_mock_token(step - 1));
+    } else if (j < toks) {
+        if (th > 0 && j == 0) rc |= msg_switch(out, g);
+        if (g->gn_plan.pl_tool)
+            P("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
+              "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"%s\"}}\n\n",
+              main_idx, tool_parts_esc[j]);
+        else
+            P("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
+              "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
+              main_idx, tg_mock_token(j));
     } else {
-        P("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        if (th > 0 && toks == 0) rc |= msg_switch(out, g);
+        P("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":%d}\n\n",
+          main_idx);
         P("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
           "\"%s\",\"stop_sequence\":null}",
           msg_stop(g));
@@ -580,8 +625,8 @@ int tg_mock_write_json(struct evbuffer *out, const tg_mock_gen_t *g) {
 
 long tg_mock_stream_steps(const tg_mock_gen_t *g) {
     switch (g->gn_proto) {
+    case TG_MOCK_MESSAGES: return msg_thinking(g) + token_steps(g) + 2; /* + thinking tokens */
     case TG_MOCK_CHAT:
-    case TG_MOCK_MESSAGES:
     case TG_MOCK_RESPONSES: return token_steps(g) + 2; /* preamble + tokens + epilogue */
     default: return 0;
     }
