@@ -42,8 +42,10 @@
  *   - The memory map has a size. When a write fills it the ledger doubles it
  *     (up to lo_map_max) and retries the batch; at the maximum the append
  *     fails with TG_LEDGER_EFULL and nothing of the batch is written. A
- *     resize waits until no transaction of this process is open, so a
- *     callback that blocks for long delays appends that need a bigger map.
+ *     resize waits until no transaction of this process is open, and while
+ *     it waits new calls wait behind it: a callback that blocks (a slow
+ *     stream client) stalls the whole ledger during a resize. Callbacks
+ *     should copy or buffer rows, not wait on the network.
  *   - LMDB does not checksum its pages. tg_ledger_open rejects files that are
  *     not LMDB, not a ledger, or shorter than their own metadata says
  *     (truncated); damage inside a row is what tg_ledger_verify is for.
