@@ -46,20 +46,31 @@ static inline uint64_t hash_bytes(const uint8_t *p, size_t n)
     return mix((h ^ w) * 0x94d049bb133111ebull);
 }
 
+/* The slot tag of p[0..n): the bytes themselves when they fit 32 bits (so
+ * a match is exact without reading the token), else 32 bits of the hash. */
+static inline uint32_t key_tag(const uint8_t *p, size_t n, uint64_t h)
+{
+    uint32_t t = 0;
+    if (n > 4)
+        return (uint32_t)(h >> 32);
+    memcpy(&t, p, n);
+    return t;
+}
+
 static inline uint32_t lookup(const bpe_enc_t *e, const uint8_t *p, size_t n)
 {
     if (n > e->be_maxlen)
         return NO_RANK;
     uint64_t h = hash_bytes(p, n);
-    uint32_t tag = (uint32_t)(h >> 32), i = (uint32_t)h & e->be_mask;
+    uint32_t tag = key_tag(p, n, h), i = (uint32_t)h & e->be_mask;
+    uint32_t want = (uint32_t)n << 24;
     for (;;) {
         const rank_slot_t *s = &e->be_slots[i];
-        if (s->rs_id1 == 0)
+        if (s->rs_meta == 0)
             return NO_RANK;
-        if (s->rs_tag == tag) {
-            uint32_t id = s->rs_id1 - 1;
-            if (e->be_off[id + 1] - e->be_off[id] == n &&
-                memcmp(e->be_blob + e->be_off[id], p, n) == 0)
+        if (s->rs_tag == tag && (s->rs_meta & 0xFF000000u) == want) {
+            uint32_t id = (s->rs_meta & 0xFFFFFFu) - 1;
+            if (n <= 4 || memcmp(e->be_blob + e->be_off[id], p, n) == 0)
                 return id;
         }
         i = (i + 1) & e->be_mask;
@@ -116,7 +127,7 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
     e->be_id = id;
     for (size_t i = 0; i < len; i++)
         ntok += s[i] == '\n';
-    while (nslots * 3 < ntok * 4u) /* load factor at most 3/4 */
+    while (nslots * 4 < ntok * 5u) /* load factor at most 4/5: see rank_slot_t */
         nslots <<= 1;
     /* base64 is 4/3 the size of the bytes, so len bounds the blob */
     e->be_blob = tg_malloc(len + 8);
@@ -142,7 +153,7 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
         long n = sp && nl ? b64dec(s, (size_t)(sp - s), e->be_blob + off) : -1;
         for (const uint8_t *d = sp ? sp + 1 : nl; d && d < nl; d++)
             r = r * 10 + (uint32_t)(*d - '0');
-        if (n <= 0 || n > 255 || r != rank) {
+        if (n <= 0 || n > 255 || r != rank || rank >= 0xFFFFFF) {
             rc = tg_errf(err, errlen, TG_METER_EDATA,
                          "embedded %s ranks are corrupt near rank %u: rebuild after "
                          "meter/tools/fetch-ranks.sh",
@@ -173,10 +184,10 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
         size_t n = e->be_off[t + 1] - e->be_off[t];
         uint64_t h = hash_bytes(p, n);
         uint32_t i = (uint32_t)h & e->be_mask;
-        while (e->be_slots[i].rs_id1 != 0)
+        while (e->be_slots[i].rs_meta != 0)
             i = (i + 1) & e->be_mask;
-        e->be_slots[i].rs_tag = (uint32_t)(h >> 32);
-        e->be_slots[i].rs_id1 = t + 1;
+        e->be_slots[i].rs_tag = key_tag(p, n, h);
+        e->be_slots[i].rs_meta = (uint32_t)n << 24 | (t + 1);
     }
     return 0;
 
