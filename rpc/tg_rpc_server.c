@@ -41,6 +41,7 @@ typedef struct method {
     tg_rpc_unary_fn m_unary;
     tg_rpc_stream_fn m_streamfn;
     void *m_arg;
+    atomic_int m_missing; /* requests arm() failed to make */
 } method_t;
 
 typedef struct qmsg {
@@ -64,6 +65,8 @@ struct tg_rpc_server {
     int s_started;
     int s_shut;            /* tg_rpc_server_shutdown ran */
     atomic_int s_stopping; /* no more requests are armed */
+    atomic_int s_missing;  /* requests to re-arm, all methods */
+    atomic_int s_unreg_missing;
     tag_t s_tshutdown;
     int s_shutdown_done;
     pthread_mutex_t s_mu;
@@ -306,8 +309,24 @@ static void arm(tg_rpc_server_t *srv, method_t *m)
     }
     return;
 fail:
-    fprintf(stderr, "tg_rpc: cannot wait for calls to %s (out of memory or shutting down)\n",
-            m ? m->m_path : "unregistered methods");
+    /* Without this request the method would take one call fewer at a time
+     * (none, eventually): count it, and rearm() retries within a second. */
+    atomic_fetch_add(m ? &m->m_missing : &srv->s_unreg_missing, 1);
+    atomic_fetch_add(&srv->s_missing, 1);
+}
+
+/* Re-arms the requests that arm() could not make. */
+static void rearm(tg_rpc_server_t *srv)
+{
+    for (method_t *m = srv->s_methods;; m = m->m_next) {
+        atomic_int *miss = m ? &m->m_missing : &srv->s_unreg_missing;
+        int n = atomic_exchange(miss, 0);
+        atomic_fetch_sub(&srv->s_missing, n);
+        while (n-- > 0)
+            arm(srv, m); /* counts itself again if it fails */
+        if (!m)
+            break;
+    }
 }
 
 /* Copies request metadata into the call's pool so accessors hand out
@@ -472,7 +491,11 @@ static void *serve(void *arg)
     tg_rpc_server_t *srv = arg;
     on_server_thread = 1;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(srv->s_cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        /* Wake at least once a second to re-arm requests lost to an
+         * allocation failure. */
+        grpc_event ev = grpc_completion_queue_next(srv->s_cq, rpc_deadline(1000), NULL);
+        if (atomic_load(&srv->s_missing) > 0)
+            rearm(srv);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
