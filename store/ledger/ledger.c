@@ -12,7 +12,7 @@
 #include "base/tg_base.h"
 #include "store/ledger/ledger_int.h"
 
-#define DEF_MAP_SIZE ((size_t)256 << 20)
+#define DEF_MAP_SIZE ((size_t)4 << 30)
 #define DEF_MAP_MAX ((size_t)64 << 30)
 #define DEF_READERS 126
 #define VERIFY_CHUNK 65536

@@ -125,7 +125,9 @@ typedef struct tg_ledger tg_ledger_t;
 
 /* Options for tg_ledger_open. Zero fields take the defaults. */
 typedef struct tg_ledger_opts {
-    size_t lo_map_size;  /* initial map size, bytes (default 256 MiB) */
+    size_t lo_map_size;  /* initial map size, bytes (default 4 GiB: address space
+                            only, the file grows with its data; a large start
+                            makes resizes, which pause all calls, rare) */
     size_t lo_map_max;   /* the map never grows past this (default 64 GiB) */
     unsigned lo_max_readers; /* concurrent read transactions (default 126) */
     int lo_nosync;       /* 1: commit without fsync (survives a process crash,
