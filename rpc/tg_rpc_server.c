@@ -67,6 +67,7 @@ struct tg_rpc_server {
     atomic_int s_stopping; /* no more requests are armed */
     atomic_int s_missing;  /* requests to re-arm, all methods */
     atomic_int s_unreg_missing;
+    atomic_int s_live; /* calls received and not yet freed */
     tag_t s_tshutdown;
     int s_shutdown_done;
     pthread_mutex_t s_mu;
@@ -130,6 +131,8 @@ static void drop_queue(tg_rpc_call_t *c)
 
 static void call_free(tg_rpc_call_t *c)
 {
+    if (c->c_gc)
+        atomic_fetch_sub(&c->c_srv->s_live, 1);
     drop_queue(c);
     if (c->c_sending)
         grpc_byte_buffer_destroy(c->c_sending);
@@ -365,6 +368,7 @@ static void on_new(tg_rpc_call_t *c, int ok)
         call_free(c);
         return;
     }
+    atomic_fetch_add(&srv->s_live, 1);
     arm(srv, c->c_m);
     tg_buf_init(&req, (size_t)srv->s_max_msg);
     tg_buf_init(&reply, REPLY_MAX);
@@ -742,8 +746,14 @@ void tg_rpc_server_shutdown(tg_rpc_server_t *srv, int grace_ms)
          * their holders finish them; only then can the core let go. */
         grpc_server_cancel_all_calls(srv->s_gs);
         pthread_mutex_lock(&srv->s_mu);
-        while (!srv->s_shutdown_done)
-            pthread_cond_wait(&srv->s_cv, &srv->s_mu);
+        while (!srv->s_shutdown_done) {
+            rpc_abstime(&ts, 5000);
+            if (pthread_cond_timedwait(&srv->s_cv, &srv->s_mu, &ts) == ETIMEDOUT)
+                fprintf(stderr,
+                        "tg_rpc: shutdown still waiting for %d call(s): a handler still "
+                        "running, or a kept stream nobody finished (tg_rpc_call_finish)\n",
+                        atomic_load(&srv->s_live));
+        }
         pthread_mutex_unlock(&srv->s_mu);
     }
     grpc_completion_queue_shutdown(srv->s_cq);
