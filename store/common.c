@@ -18,8 +18,8 @@ int tg_store__keycmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t ble
     return alen < blen ? -1 : alen > blen ? 1 : 0;
 }
 
-int tg_store__in_range(const uint8_t *key, size_t klen, const uint8_t *start, size_t slen,
-                       const uint8_t *end, size_t elen)
+int tg_store__in_range(const uint8_t *key, size_t klen, const uint8_t *start, size_t slen, const uint8_t *end,
+                       size_t elen)
 {
     if (elen == 0)
         return tg_store__keycmp(key, klen, start, slen) == 0;

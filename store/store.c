@@ -59,8 +59,8 @@ static int check_key(const void *key, size_t len, const char *what, char *err, s
         return tg_errf(err, errlen, TG_STORE_EINVAL, "%s is empty: keys are 1..%d bytes", what,
                        TG_STORE_MAX_KEY);
     if (len > TG_STORE_MAX_KEY)
-        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "%s is %zu bytes, over the %d-byte key limit",
-                       what, len, TG_STORE_MAX_KEY);
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "%s is %zu bytes, over the %d-byte key limit", what,
+                       len, TG_STORE_MAX_KEY);
     return 0;
 }
 
@@ -69,8 +69,8 @@ static int check_end(const void *end, size_t len, char *err, size_t errlen)
     if (len && !end)
         return tg_errf(err, errlen, TG_STORE_EINVAL, "range end is NULL with length %zu", len);
     if (len > TG_STORE_MAX_KEY)
-        return tg_errf(err, errlen, TG_STORE_ETOOBIG,
-                       "range end is %zu bytes, over the %d-byte key limit", len, TG_STORE_MAX_KEY);
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "range end is %zu bytes, over the %d-byte key limit",
+                       len, TG_STORE_MAX_KEY);
     return 0;
 }
 
@@ -79,8 +79,8 @@ static int check_val(const void *val, size_t len, char *err, size_t errlen)
     if (len && !val)
         return tg_errf(err, errlen, TG_STORE_EINVAL, "value is NULL with length %zu", len);
     if (len > TG_STORE_MAX_VALUE)
-        return tg_errf(err, errlen, TG_STORE_ETOOBIG,
-                       "value is %zu bytes, over the %d-byte value limit", len, TG_STORE_MAX_VALUE);
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "value is %zu bytes, over the %d-byte value limit", len,
+                       TG_STORE_MAX_VALUE);
     return 0;
 }
 
@@ -93,8 +93,7 @@ static int check_rev(int64_t rev, char *err, size_t errlen)
 
 /* ---- open / close ------------------------------------------------------------- */
 
-int tg_store_open(tg_store_t **out, const char *spec, const tg_store_opts_t *opts, char *err,
-                  size_t errlen)
+int tg_store_open(tg_store_t **out, const char *spec, const tg_store_opts_t *opts, char *err, size_t errlen)
 {
     tg_store_opts_t zero;
     if (!out || !spec)
@@ -118,8 +117,8 @@ int tg_store_open(tg_store_t **out, const char *spec, const tg_store_opts_t *opt
                            "store spec 'etcd:' needs endpoint URLs, e.g. etcd:http://127.0.0.1:2379");
         return tg_store_etcd_open(out, spec + 5, opts, err, errlen);
     }
-    return tg_errf(err, errlen, TG_STORE_EINVAL,
-                   "store spec '%.64s' must start with 'lmdb:' or 'etcd:'", spec);
+    return tg_errf(err, errlen, TG_STORE_EINVAL, "store spec '%.64s' must start with 'lmdb:' or 'etcd:'",
+                   spec);
 }
 
 void tg_store_close(tg_store_t *s)
@@ -142,8 +141,8 @@ int tg_store_revision(tg_store_t *s, int64_t *rev, char *err, size_t errlen)
 
 /* ---- reads ---------------------------------------------------------------- */
 
-int tg_store_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res,
-                   char *err, size_t errlen)
+int tg_store_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res, char *err,
+                   size_t errlen)
 {
     uint8_t endbuf[TG_STORE_MAX_KEY];
     int rc;
@@ -211,8 +210,8 @@ void tg_store_kv_free(tg_store_kv_t *kv)
     tg_free(kv);
 }
 
-int tg_store_get(tg_store_t *s, const void *key, size_t key_len, tg_store_kv_t **kv, int64_t *rev,
-                 char *err, size_t errlen)
+int tg_store_get(tg_store_t *s, const void *key, size_t key_len, tg_store_kv_t **kv, int64_t *rev, char *err,
+                 size_t errlen)
 {
     tg_store_range_res_t res;
     tg_store_range_req_t req = {.rq_key = key, .rq_key_len = key_len};
@@ -247,8 +246,8 @@ void tg_store_txn_res_free(tg_store_txn_res_t *res)
 
 /* Checks one branch and writes it normalized into out (prefix ends in ends,
  * one TG_STORE_MAX_KEY slot per op). Adds key/value bytes to *bytes. */
-static int norm_ops(const tg_store_op_t *ops, size_t n, tg_store_op_t *out, uint8_t *ends,
-                    size_t *bytes, char *err, size_t errlen)
+static int norm_ops(const tg_store_op_t *ops, size_t n, tg_store_op_t *out, uint8_t *ends, size_t *bytes,
+                    char *err, size_t errlen)
 {
     int rc;
     if (n && !ops)
@@ -287,8 +286,7 @@ static int norm_ops(const tg_store_op_t *ops, size_t n, tg_store_op_t *out, uint
             *bytes += out[i].op_end_len;
             break;
         default:
-            return tg_errf(err, errlen, TG_STORE_EINVAL, "txn: op %zu has unknown type %d", i,
-                           o->op_type);
+            return tg_errf(err, errlen, TG_STORE_EINVAL, "txn: op %zu has unknown type %d", i, o->op_type);
         }
     }
     /* as etcd: a key may be written once per transaction */
@@ -300,8 +298,8 @@ static int norm_ops(const tg_store_op_t *ops, size_t n, tg_store_op_t *out, uint
                 continue;
             if (out[j].op_type == TG_STORE_OP_PUT && j < i)
                 continue; /* pair already checked */
-            if (tg_store__in_range(out[i].op_key, out[i].op_key_len, out[j].op_key,
-                                   out[j].op_key_len, out[j].op_end, out[j].op_end_len))
+            if (tg_store__in_range(out[i].op_key, out[i].op_key_len, out[j].op_key, out[j].op_key_len,
+                                   out[j].op_end, out[j].op_end_len))
                 return tg_errf(err, errlen, TG_STORE_EINVAL,
                                "txn: key written twice in one transaction (ops %zu and %zu)", i, j);
         }
@@ -313,9 +311,9 @@ static int norm_ops(const tg_store_op_t *ops, size_t n, tg_store_op_t *out, uint
     return 0;
 }
 
-int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
-                 const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
-                 size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen)
+int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
+                 size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
+                 char *err, size_t errlen)
 {
     tg_store_txn_res_t local;
     tg_store_op_t *ns = NULL, *nf = NULL;
@@ -328,18 +326,20 @@ int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
     if (!s)
         return tg_errf(err, errlen, TG_STORE_EINVAL, "tg_store_txn: store is NULL");
     if (ncmp > TG_STORE_MAX_TXN_OPS)
-        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "txn: %zu compares, over the limit of %d",
-                       ncmp, TG_STORE_MAX_TXN_OPS);
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "txn: %zu compares, over the limit of %d", ncmp,
+                       TG_STORE_MAX_TXN_OPS);
     if (ncmp && !cmps)
         return tg_errf(err, errlen, TG_STORE_EINVAL, "txn: compare list is NULL");
+    if (nsuccess > TG_STORE_MAX_TXN_OPS || nfailure > TG_STORE_MAX_TXN_OPS)
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "txn: %zu ops, over the limit of %d",
+                       nsuccess > nfailure ? nsuccess : nfailure, TG_STORE_MAX_TXN_OPS);
     for (size_t i = 0; i < ncmp; i++) {
         const tg_store_cmp_t *c = &cmps[i];
         if ((rc = check_key(c->c_key, c->c_key_len, "compare key", err, errlen)))
             return rc;
-        if (c->c_target < TG_STORE_CMP_VALUE || c->c_target > TG_STORE_CMP_MOD_REV ||
-            c->c_op < TG_STORE_EQ || c->c_op > TG_STORE_GT)
-            return tg_errf(err, errlen, TG_STORE_EINVAL, "txn: compare %zu has a bad target or op",
-                           i);
+        if (c->c_target < TG_STORE_CMP_VALUE || c->c_target > TG_STORE_CMP_MOD_REV || c->c_op < TG_STORE_EQ ||
+            c->c_op > TG_STORE_GT)
+            return tg_errf(err, errlen, TG_STORE_EINVAL, "txn: compare %zu has a bad target or op", i);
         if (c->c_target == TG_STORE_CMP_VALUE) {
             if ((rc = check_val(c->c_val, c->c_val_len, err, errlen)))
                 return rc;
@@ -347,31 +347,25 @@ int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
         }
         bytes += c->c_key_len;
     }
-    size_t nmax = nsuccess > nfailure ? nsuccess : nfailure;
+    /* room for computed prefix ends, only when a branch has prefix ops */
+    size_t ps = 0, pf = 0;
+    for (size_t i = 0; success && i < nsuccess; i++)
+        ps += success[i].op_prefix != 0;
+    for (size_t i = 0; failure && i < nfailure; i++)
+        pf += failure[i].op_prefix != 0;
     ns = tg_calloc(nsuccess + 1, sizeof(*ns));
     nf = tg_calloc(nfailure + 1, sizeof(*nf));
-    ends = nmax ? tg_malloc(nmax * TG_STORE_MAX_KEY) : NULL;
-    if (!ns || !nf || (nmax && !ends)) {
+    ends = ps + pf ? tg_malloc((nsuccess * !!ps + nfailure * !!pf) * TG_STORE_MAX_KEY) : NULL;
+    if (!ns || !nf || (ps + pf && !ends)) {
         rc = tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory for a transaction");
         goto fail;
     }
     size_t bs = bytes, bf = bytes;
-    if ((rc = norm_ops(success, nsuccess, ns, ends, &bs, err, errlen)))
+    if ((rc = norm_ops(success, nsuccess, ns, ends, &bs, err, errlen)) ||
+        (rc = norm_ops(failure, nfailure, nf, ends ? ends + nsuccess * !!ps * TG_STORE_MAX_KEY : NULL, &bf,
+                       err, errlen)))
         goto fail;
-    /* the failure branch's prefix ends may reuse the buffer after success is
-       normalized only if it is not needed: give it its own copy */
-    uint8_t *ends_f = NULL;
-    if (nfailure) {
-        ends_f = tg_malloc(nfailure * TG_STORE_MAX_KEY);
-        if (!ends_f) {
-            rc = tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory for a transaction");
-            goto fail;
-        }
-    }
-    rc = norm_ops(failure, nfailure, nf, ends_f, &bf, err, errlen);
-    if (!rc)
-        rc = s->s_backend->b_txn(s, cmps, ncmp, ns, nsuccess, nf, nfailure, res, err, errlen);
-    tg_free(ends_f);
+    rc = s->s_backend->b_txn(s, cmps, ncmp, ns, nsuccess, nf, nfailure, res, err, errlen);
 fail:
     if (rc || res == &local)
         tg_store_txn_res_free(res);
@@ -402,10 +396,8 @@ int tg_store_delete(tg_store_t *s, const void *key, size_t key_len, int prefix, 
                     int64_t *rev, char *err, size_t errlen)
 {
     tg_store_txn_res_t res;
-    tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE,
-                        .op_key = key,
-                        .op_key_len = key_len,
-                        .op_prefix = prefix};
+    tg_store_op_t op = {
+        .op_type = TG_STORE_OP_DELETE, .op_key = key, .op_key_len = key_len, .op_prefix = prefix};
     int rc = tg_store_txn(s, NULL, 0, &op, 1, NULL, 0, &res, err, errlen);
     if (!rc) {
         if (deleted)
@@ -452,8 +444,7 @@ int tg_store_lease_revoke(tg_store_t *s, int64_t id, char *err, size_t errlen)
 /* ---- watches ------------------------------------------------------------------ */
 
 int tg_store_watch(tg_store_t *s, const void *key, size_t key_len, const void *end, size_t end_len,
-                   int prefix, int64_t start_rev, tg_store_watch_t **out, char *err,
-                   size_t errlen)
+                   int prefix, int64_t start_rev, tg_store_watch_t **out, char *err, size_t errlen)
 {
     uint8_t endbuf[TG_STORE_MAX_KEY];
     tg_store_watch_t *w = NULL;
@@ -519,8 +510,7 @@ fail:
     return rc;
 }
 
-int tg_store_watch_next(tg_store_watch_t *w, int timeout_ms, tg_store_event_t **ev, char *err,
-                        size_t errlen)
+int tg_store_watch_next(tg_store_watch_t *w, int timeout_ms, tg_store_event_t **ev, char *err, size_t errlen)
 {
     struct timespec dl;
     int rc = 0;

@@ -123,8 +123,7 @@ typedef struct tg_store_kv {
  * with tg_store_close(). Errors: EINVAL (spec), ECORRUPT (data files),
  * ELOCKED (lmdb dir used by another process), EIO, EUNAVAIL/EAUTH (etcd:
  * when username is set, authentication is done here), ENOMEM. */
-int tg_store_open(tg_store_t **out, const char *spec, const tg_store_opts_t *opts, char *err,
-                  size_t errlen);
+int tg_store_open(tg_store_t **out, const char *spec, const tg_store_opts_t *opts, char *err, size_t errlen);
 
 /* Closes the store; watches must be cancelled first. Accepts NULL. */
 void tg_store_close(tg_store_t *s);
@@ -161,8 +160,8 @@ typedef struct tg_store_range_res {
  * same end, and rq_revision = the first page's rs_revision for a consistent
  * view. Errors: EINVAL, ETOOBIG (key), ECOMPACTED, EFUTURE, EIO, EUNAVAIL.
  * Free with tg_store_range_res_free(). */
-int tg_store_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res,
-                   char *err, size_t errlen);
+int tg_store_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res, char *err,
+                   size_t errlen);
 
 /* Frees what a range result holds and zeroes it. Accepts NULL. */
 void tg_store_range_res_free(tg_store_range_res_t *res);
@@ -175,8 +174,8 @@ int tg_store_range_next(const tg_store_range_res_t *res, uint8_t *buf, size_t *l
 /* One key at the current revision: *kv is a copy (free with
  * tg_store_kv_free) or NULL when the key does not exist. rev (may be NULL)
  * gets the store revision. */
-int tg_store_get(tg_store_t *s, const void *key, size_t key_len, tg_store_kv_t **kv, int64_t *rev,
-                 char *err, size_t errlen);
+int tg_store_get(tg_store_t *s, const void *key, size_t key_len, tg_store_kv_t **kv, int64_t *rev, char *err,
+                 size_t errlen);
 
 /* Frees a kv from tg_store_get or tg_store_kv_dup. Accepts NULL. */
 void tg_store_kv_free(tg_store_kv_t *kv);
@@ -231,7 +230,7 @@ typedef struct tg_store_op {
     size_t op_key_len;
     const void *op_end; /* DELETE/GET: range end, see "Ranges" */
     size_t op_end_len;
-    int op_prefix; /* DELETE/GET: 1 = every key starting with op_key */
+    int op_prefix;      /* DELETE/GET: 1 = every key starting with op_key */
     const void *op_val; /* PUT: value */
     size_t op_val_len;
     int64_t op_lease; /* PUT: lease id or 0 */
@@ -245,8 +244,8 @@ typedef struct tg_store_op_res {
 } tg_store_op_res_t;
 
 typedef struct tg_store_txn_res {
-    int tx_succeeded;     /* 1: every compare held and `success` ran */
-    int64_t tx_revision;  /* store revision after the transaction */
+    int tx_succeeded;          /* 1: every compare held and `success` ran */
+    int64_t tx_revision;       /* store revision after the transaction */
     tg_store_op_res_t *tx_res; /* one per op of the branch that ran */
     size_t tx_n;
 } tg_store_txn_res_t;
@@ -256,9 +255,9 @@ typedef struct tg_store_txn_res {
  * *res (may be NULL) is zeroed first; free with tg_store_txn_res_free().
  * Errors as tg_store_put; EUNKNOWN means the txn was sent and no answer came:
  * it may or may not have applied, read to find out (it is never retried). */
-int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
-                 const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
-                 size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen);
+int tg_store_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
+                 size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
+                 char *err, size_t errlen);
 
 /* Frees what a txn result holds and zeroes it. Accepts NULL. */
 void tg_store_txn_res_free(tg_store_txn_res_t *res);
@@ -300,15 +299,13 @@ typedef struct tg_store_event {
  * A start_rev older than the compaction point is reported by
  * tg_store_watch_next as ECOMPACTED. Cancel with tg_store_watch_cancel(). */
 int tg_store_watch(tg_store_t *s, const void *key, size_t key_len, const void *end, size_t end_len,
-                   int prefix, int64_t start_rev, tg_store_watch_t **out, char *err,
-                   size_t errlen);
+                   int prefix, int64_t start_rev, tg_store_watch_t **out, char *err, size_t errlen);
 
 /* Waits up to timeout_ms (0 = don't wait, < 0 = forever) for the next event:
  * returns 0 with *ev (free with tg_store_event_free), EAGAIN when none came,
  * ECOMPACTED when the watch cannot continue (start revision compacted, or
  * more than 1,000,000 events piled up unread): resync and watch again. */
-int tg_store_watch_next(tg_store_watch_t *w, int timeout_ms, tg_store_event_t **ev, char *err,
-                        size_t errlen);
+int tg_store_watch_next(tg_store_watch_t *w, int timeout_ms, tg_store_event_t **ev, char *err, size_t errlen);
 
 /* A descriptor readable while events (or a final error) wait. Valid until
  * the watch is cancelled; do not read or close it. */

@@ -21,12 +21,12 @@ typedef struct tg_store_backend {
     const char *b_name;
     void (*b_close)(tg_store_t *s);
     int (*b_revision)(tg_store_t *s, int64_t *rev, char *err, size_t errlen);
-    int (*b_range)(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res,
-                   char *err, size_t errlen);
+    int (*b_range)(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res, char *err,
+                   size_t errlen);
     /* res is never NULL and zeroed */
-    int (*b_txn)(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
-                 const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
-                 size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen);
+    int (*b_txn)(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
+                 size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
+                 char *err, size_t errlen);
     int (*b_compact)(tg_store_t *s, int64_t rev, char *err, size_t errlen);
     int (*b_lease_grant)(tg_store_t *s, int64_t ttl, int64_t *id, char *err, size_t errlen);
     int (*b_lease_keepalive)(tg_store_t *s, int64_t id, int64_t *ttl, char *err, size_t errlen);
@@ -60,15 +60,15 @@ struct tg_store_watch {
     pthread_cond_t w_cond;
     tg_store_evnode_t *w_head, *w_tail;
     size_t w_qlen;
-    int w_efd;           /* eventfd: readable while w_head or w_fail */
-    int w_fail;          /* final error code, 0 = none */
+    int w_efd;  /* eventfd: readable while w_head or w_fail */
+    int w_fail; /* final error code, 0 = none */
     char w_failmsg[TG_ERRLEN];
-    int64_t w_next_rev;  /* reader side: next revision to hand out */
+    int64_t w_next_rev; /* reader side: next revision to hand out */
 };
 
 /* 1 when key is inside the normalized range (start, end). */
-int tg_store__in_range(const uint8_t *key, size_t klen, const uint8_t *start, size_t slen,
-                       const uint8_t *end, size_t elen);
+int tg_store__in_range(const uint8_t *key, size_t klen, const uint8_t *start, size_t slen, const uint8_t *end,
+                       size_t elen);
 
 /* Compares two byte strings as etcd orders keys (memcmp, shorter first). */
 int tg_store__keycmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);

@@ -22,11 +22,10 @@
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: tgstore SPEC get KEY | put KEY VALUE [--lease ID] | del KEY [--prefix]\n"
-            "       | range PREFIX [--limit N] | watch PREFIX [--from REV] [--count N]\n"
-            "       [--timeout-ms MS] | rev | compact REV | lease-grant TTL | lease-revoke ID\n"
-            "SPEC: lmdb:/dir or etcd:http://host:port[,http://...]\n");
+    fprintf(stderr, "usage: tgstore SPEC get KEY | put KEY VALUE [--lease ID] | del KEY [--prefix]\n"
+                    "       | range PREFIX [--limit N] | watch PREFIX [--from REV] [--count N]\n"
+                    "       [--timeout-ms MS] | rev | compact REV | lease-grant TTL | lease-revoke ID\n"
+                    "SPEC: lmdb:/dir or etcd:http://host:port[,http://...]\n");
     return 64;
 }
 
@@ -142,8 +141,8 @@ int main(int argc, char **argv)
         size_t kl = unescape(argv[3]);
         long long count = num(flag(argc, argv, 4, "--count", "-1"));
         int tmo = (int)num(flag(argc, argv, 4, "--timeout-ms", "-1"));
-        rc = tg_store_watch(s, argv[3], kl, NULL, 0, 1, num(flag(argc, argv, 4, "--from", "0")),
-                            &w, err, sizeof(err));
+        rc = tg_store_watch(s, argv[3], kl, NULL, 0, 1, num(flag(argc, argv, 4, "--from", "0")), &w, err,
+                            sizeof(err));
         if (!rc) {
             printf("watching from %lld\n", (long long)tg_store_watch_next_rev(w));
             fflush(stdout);

@@ -50,8 +50,7 @@ static void *worker(void *arg)
     int64_t mod = 0;
     if (j->j_txn) { /* an earlier run may have left the key: start from its revision */
         tg_store_kv_t *kv = NULL;
-        if ((j->j_rc = tg_store_get(j->j_s, k1, (size_t)l1, &kv, NULL, j->j_err,
-                                    sizeof(j->j_err))))
+        if ((j->j_rc = tg_store_get(j->j_s, k1, (size_t)l1, &kv, NULL, j->j_err, sizeof(j->j_err))))
             return NULL;
         mod = kv ? kv->kv_mod_rev : 0;
         tg_store_kv_free(kv);
@@ -59,21 +58,28 @@ static void *worker(void *arg)
     while (now_s() < j->j_until) {
         if (!j->j_txn) {
             int n = snprintf(k2, sizeof(k2), "bench/%d/%ld", j->j_id, j->j_ops % 1000);
-            j->j_rc = tg_store_put(j->j_s, k2, (size_t)n, val, sizeof(val), 0, NULL, j->j_err,
-                                   sizeof(j->j_err));
+            j->j_rc =
+                tg_store_put(j->j_s, k2, (size_t)n, val, sizeof(val), 0, NULL, j->j_err, sizeof(j->j_err));
         } else {
-            tg_store_cmp_t c = {.c_key = k1, .c_key_len = (size_t)l1,
-                                .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ,
+            tg_store_cmp_t c = {.c_key = k1,
+                                .c_key_len = (size_t)l1,
+                                .c_target = TG_STORE_CMP_MOD_REV,
+                                .c_op = TG_STORE_EQ,
                                 .c_num = mod};
             tg_store_op_t ops[2] = {
-                {.op_type = TG_STORE_OP_PUT, .op_key = k1, .op_key_len = (size_t)l1,
-                 .op_val = val, .op_val_len = sizeof(val)},
-                {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = (size_t)l2,
-                 .op_val = val, .op_val_len = sizeof(val)},
+                {.op_type = TG_STORE_OP_PUT,
+                 .op_key = k1,
+                 .op_key_len = (size_t)l1,
+                 .op_val = val,
+                 .op_val_len = sizeof(val)},
+                {.op_type = TG_STORE_OP_PUT,
+                 .op_key = k2,
+                 .op_key_len = (size_t)l2,
+                 .op_val = val,
+                 .op_val_len = sizeof(val)},
             };
             tg_store_txn_res_t res;
-            j->j_rc = tg_store_txn(j->j_s, &c, 1, ops, 2, NULL, 0, &res, j->j_err,
-                                   sizeof(j->j_err));
+            j->j_rc = tg_store_txn(j->j_s, &c, 1, ops, 2, NULL, 0, &res, j->j_err, sizeof(j->j_err));
             if (!j->j_rc && !res.tx_succeeded) {
                 j->j_rc = -100;
                 snprintf(j->j_err, sizeof(j->j_err), "txn compare failed unexpectedly");
@@ -124,8 +130,7 @@ static double fsync_rate(const char *dir, double seconds)
     long n = 0;
     double t0 = now_s(), until = t0 + seconds;
     while (now_s() < until) {
-        if (pwrite(fd, b, sizeof(b), (off_t)(n % 64) * 4096) != (ssize_t)sizeof(b) ||
-            fdatasync(fd) != 0)
+        if (pwrite(fd, b, sizeof(b), (off_t)(n % 64) * 4096) != (ssize_t)sizeof(b) || fdatasync(fd) != 0)
             break;
         n++;
     }
@@ -198,8 +203,8 @@ int main(int argc, char **argv)
                                   "etcd 3.4 (1 node, JSON gateway)"};
     static const struct {
         int store, threads, txn;
-    } rows[] = {{0, 1, 0}, {0, 16, 0}, {0, 1, 1}, {0, 16, 1}, {1, 1, 0}, {1, 1, 1},
-                {2, 1, 0}, {2, 16, 0}, {2, 1, 1}, {2, 16, 1}};
+    } rows[] = {{0, 1, 0}, {0, 16, 0}, {0, 1, 1},  {0, 16, 1}, {1, 1, 0},
+                {1, 1, 1}, {2, 1, 0},  {2, 16, 0}, {2, 1, 1},  {2, 16, 1}};
     enum { NROWS = sizeof(rows) / sizeof(rows[0]), ROUNDS = 3 };
     double res[NROWS + 1][ROUNDS];
     /* rounds interleave the rows, so a burst of load elsewhere on the machine
@@ -221,8 +226,8 @@ int main(int argc, char **argv)
     printf("| (baseline) | fdatasync of 4 KiB, same filesystem | 1 | %.0f | 1.00 |\n", fs);
     for (int i = 0; i < NROWS; i++)
         printf("| %s | %s | %d | %.0f | %.2f |\n", names[rows[i].store],
-               rows[i].txn ? "txn: compare + 2 puts" : "put 128 B", rows[i].threads,
-               res[i][ROUNDS / 2], res[i][ROUNDS / 2] / fs);
+               rows[i].txn ? "txn: compare + 2 puts" : "put 128 B", rows[i].threads, res[i][ROUNDS / 2],
+               res[i][ROUNDS / 2] / fs);
     for (int i = 0; i < 3; i++)
         tg_store_close(st[i]);
     if (proc.ep_pid)

@@ -46,12 +46,12 @@ static void test_rejects(void **state)
 {
     (void)state;
     uint8_t dec[16];
-    assert_int_equal(tg_b64_decode("Zm9", 3, dec), -1);     /* not a multiple of 4 */
-    assert_int_equal(tg_b64_decode("Zm9v\n", 5, dec), -1);  /* whitespace */
-    assert_int_equal(tg_b64_decode("Zm=v", 4, dec), -1);    /* padding inside */
-    assert_int_equal(tg_b64_decode("Zh==", 4, dec), -1);    /* stray bits */
+    assert_int_equal(tg_b64_decode("Zm9", 3, dec), -1);      /* not a multiple of 4 */
+    assert_int_equal(tg_b64_decode("Zm9v\n", 5, dec), -1);   /* whitespace */
+    assert_int_equal(tg_b64_decode("Zm=v", 4, dec), -1);     /* padding inside */
+    assert_int_equal(tg_b64_decode("Zh==", 4, dec), -1);     /* stray bits */
     assert_int_equal(tg_b64_decode("Zm9=Zm9v", 8, dec), -1); /* padding before the end */
-    assert_int_equal(tg_b64_decode("Zm-v", 4, dec), -1);    /* url alphabet */
+    assert_int_equal(tg_b64_decode("Zm-v", 4, dec), -1);     /* url alphabet */
 }
 
 int main(void)

@@ -238,9 +238,8 @@ static int etcd_code(const char *msg, int grpc)
         return TG_STORE_ETOOBIG;
     if (strstr(msg, "duplicate key"))
         return TG_STORE_EINVAL;
-    if (grpc == 16 || grpc == 7 || strstr(msg, "authentication failed") ||
-        strstr(msg, "permission denied") || strstr(msg, "user name is empty") ||
-        strstr(msg, "auth token"))
+    if (grpc == 16 || grpc == 7 || strstr(msg, "authentication failed") || strstr(msg, "permission denied") ||
+        strstr(msg, "user name is empty") || strstr(msg, "auth token"))
         return TG_STORE_EAUTH;
     if (grpc == 14)
         return TG_STORE_EUNAVAIL;
@@ -310,8 +309,7 @@ static int call(estore_t *es, const char *path, json_t *body, int idem, json_t *
             handle_put(es, h);
             curl_slist_free_all(hl);
             if (cc != CURLE_OK) {
-                snprintf(last, sizeof(last), "%.200s: %.300s", url,
-                         cerr[0] ? cerr : curl_easy_strerror(cc));
+                snprintf(last, sizeof(last), "%.200s: %.300s", url, cerr[0] ? cerr : curl_easy_strerror(cc));
                 if (sent > 0 && idem == WRITE) {
                     rc = tg_errf(err, errlen, TG_STORE_EUNKNOWN,
                                  "etcd: %s; the request was sent and no answer came: it may or "
@@ -325,8 +323,8 @@ static int call(estore_t *es, const char *path, json_t *body, int idem, json_t *
             json_t *j = json_loadb(resp.b_data ? resp.b_data : "", resp.b_len, 0, &je);
             if (!j) {
                 rc = tg_errf(err, errlen, TG_STORE_ESERVER,
-                             "etcd %s answered HTTP %ld with a body that is not JSON: %s", url,
-                             status, je.text);
+                             "etcd %s answered HTTP %ld with a body that is not JSON: %s", url, status,
+                             je.text);
                 goto done;
             }
             if (status == 200) {
@@ -377,8 +375,7 @@ done:
 
 static int authenticate(estore_t *es, char *err, size_t errlen)
 {
-    json_t *body = json_pack("{s:s, s:s}", "name", es->es_user, "password",
-                             es->es_pass ? es->es_pass : "");
+    json_t *body = json_pack("{s:s, s:s}", "name", es->es_user, "password", es->es_pass ? es->es_pass : "");
     json_t *ans = NULL;
     int rc;
     if (!body)
@@ -437,8 +434,8 @@ static int e_revision(tg_store_t *s, int64_t *rev, char *err, size_t errlen)
     return rc;
 }
 
-static int e_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res,
-                   char *err, size_t errlen)
+static int e_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res, char *err,
+                   size_t errlen)
 {
     json_t *body = json_object(), *ans = NULL;
     int rc;
@@ -502,9 +499,9 @@ static json_t *ops_json(const tg_store_op_t *ops, size_t n)
     return a;
 }
 
-static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
-                 const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
-                 size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen)
+static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
+                 size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
+                 char *err, size_t errlen)
 {
     estore_t *es = (estore_t *)s;
     json_t *body = NULL, *ans = NULL;
@@ -519,8 +516,7 @@ static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
             rc = tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory encoding a write");
             goto done;
         }
-        if ((rc = call(es, put ? "/v3/kv/put" : "/v3/kv/deleterange", body, WRITE, &ans, err,
-                       errlen)))
+        if ((rc = call(es, put ? "/v3/kv/put" : "/v3/kv/deleterange", body, WRITE, &ans, err, errlen)))
             goto done;
         res->tx_n = 1;
         res->tx_res[0].or_type = o->op_type;
@@ -605,8 +601,7 @@ static int e_lease_grant(tg_store_t *s, int64_t ttl, int64_t *id, char *err, siz
     if (!rc) {
         json_t *e = json_object_get(ans, "error");
         if (json_is_string(e) && json_string_length(e))
-            rc = tg_errf(err, errlen, TG_STORE_ESERVER, "etcd lease grant: %s",
-                         json_string_value(e));
+            rc = tg_errf(err, errlen, TG_STORE_ESERVER, "etcd lease grant: %s", json_string_value(e));
         else if ((*id = jint(ans, "ID")) <= 0)
             rc = tg_errf(err, errlen, TG_STORE_ESERVER, "etcd lease grant: no lease id");
     }
@@ -652,9 +647,9 @@ typedef struct ewatch {
     pthread_t ew_thr;
     CURLM *ew_multi;
     atomic_int ew_stop;
-    int ew_done;         /* the watch ended for good (compacted, canceled) */
-    int64_t ew_next;     /* next revision to deliver */
-    tg_buf_t ew_line;    /* a partial JSON line */
+    int ew_done;      /* the watch ended for good (compacted, canceled) */
+    int64_t ew_next;  /* next revision to deliver */
+    tg_buf_t ew_line; /* a partial JSON line */
 } ewatch_t;
 
 /* One JSON object from the stream. Returns 0, or -1 to end the stream. */
@@ -701,9 +696,8 @@ static int watch_msg(ewatch_t *ew, const char *p, size_t n)
             goto done;
         }
         json_t *t = json_object_get(e, "type");
-        int type = json_is_string(t) && strcmp(json_string_value(t), "DELETE") == 0
-                       ? TG_STORE_EV_DELETE
-                       : TG_STORE_EV_PUT;
+        int type = json_is_string(t) && strcmp(json_string_value(t), "DELETE") == 0 ? TG_STORE_EV_DELETE
+                                                                                    : TG_STORE_EV_PUT;
         if (kv.kv_mod_rev >= floor) /* below: already delivered before a reconnect */
             tg_store__watch_push(ew->ew_w, type, &kv);
         if (kv.kv_mod_rev > top)
@@ -967,8 +961,7 @@ int tg_store_etcd_open(tg_store_t **out, const char *urls, const tg_store_opts_t
         size_t len = c ? (size_t)(c - p) : strlen(p);
         while (len && p[len - 1] == '/')
             len--;
-        if (!((len > 7 && strncmp(p, "http://", 7) == 0) ||
-              (len > 8 && strncmp(p, "https://", 8) == 0)) ||
+        if (!((len > 7 && strncmp(p, "http://", 7) == 0) || (len > 8 && strncmp(p, "https://", 8) == 0)) ||
             len > 900) {
             rc = tg_errf(err, errlen, TG_STORE_EINVAL,
                          "etcd endpoint '%.*s' must be an http:// or https:// URL",

@@ -57,7 +57,7 @@ typedef struct lstore {
     pthread_mutex_t ls_qmu;    /* guards the write queue below */
     pthread_cond_t ls_qcond;   /* a group finished */
     struct wreq *ls_qhead, *ls_qtail;
-    int ls_leading;            /* a group commit is under way */
+    int ls_leading; /* a group commit is under way */
     lwatch_t *ls_watches;
     size_t ls_map, ls_map_max;
     int ls_lockfd;
@@ -198,23 +198,19 @@ static int log_decode(const MDB_val *v, logrec_t *r)
 static int mdberr(int rc, const char *what, char *err, size_t errlen)
 {
     switch (rc) {
-    case MDB_MAP_FULL:
-        return MAPFULL;
+    case MDB_MAP_FULL: return MAPFULL;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
     case MDB_INVALID:
     case MDB_VERSION_MISMATCH:
     case MDB_INCOMPATIBLE:
         return tg_errf(err, errlen, TG_STORE_ECORRUPT,
-                       "lmdb store: %s: %s (data file corrupt or written by another program)",
-                       what, mdb_strerror(rc));
-    case ENOSPC:
-        return tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: %s: disk full (%s)", what,
+                       "lmdb store: %s: %s (data file corrupt or written by another program)", what,
                        mdb_strerror(rc));
-    case ENOMEM:
-        return tg_errf(err, errlen, TG_STORE_ENOMEM, "lmdb store: %s: out of memory", what);
-    default:
-        return tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: %s: %s", what, mdb_strerror(rc));
+    case ENOSPC:
+        return tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: %s: disk full (%s)", what, mdb_strerror(rc));
+    case ENOMEM: return tg_errf(err, errlen, TG_STORE_ENOMEM, "lmdb store: %s: out of memory", what);
+    default: return tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: %s: %s", what, mdb_strerror(rc));
     }
 }
 
@@ -225,8 +221,7 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int meta_get(lstore_t *ls, MDB_txn *t, const char *name, int64_t *v, char *err,
-                    size_t errlen)
+static int meta_get(lstore_t *ls, MDB_txn *t, const char *name, int64_t *v, char *err, size_t errlen)
 {
     MDB_val k = {strlen(name), (void *)name}, d;
     int rc = mdb_get(t, ls->ls_meta, &k, &d);
@@ -237,14 +232,13 @@ static int meta_get(lstore_t *ls, MDB_txn *t, const char *name, int64_t *v, char
     if (rc)
         return mdberr(rc, "read meta", err, errlen);
     if (d.mv_size != 8)
-        return tg_errf(err, errlen, TG_STORE_ECORRUPT, "lmdb store: meta '%s' is %zu bytes, not 8",
-                       name, d.mv_size);
+        return tg_errf(err, errlen, TG_STORE_ECORRUPT, "lmdb store: meta '%s' is %zu bytes, not 8", name,
+                       d.mv_size);
     *v = (int64_t)get64be(d.mv_data);
     return 0;
 }
 
-static int meta_put(lstore_t *ls, MDB_txn *t, const char *name, int64_t v, char *err,
-                    size_t errlen)
+static int meta_put(lstore_t *ls, MDB_txn *t, const char *name, int64_t v, char *err, size_t errlen)
 {
     uint8_t b[8];
     put64be(b, (uint64_t)v);
@@ -317,8 +311,7 @@ static int emit(tg_store_range_res_t *res, size_t cap, const tg_store_range_req_
         return 0; /* cannot happen: cap is sized by the caller */
     tg_store_kv_t *o = &res->rs_kvs[res->rs_n];
     *o = *kv;
-    if (tg_store__kv_set(o, kv->kv_key, kv->kv_key_len, kv->kv_val,
-                         req->rq_keys_only ? 0 : kv->kv_val_len))
+    if (tg_store__kv_set(o, kv->kv_key, kv->kv_key_len, kv->kv_val, req->rq_keys_only ? 0 : kv->kv_val_len))
         return tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory reading a range");
     if (req->rq_keys_only)
         o->kv_val_len = 0;
@@ -341,8 +334,8 @@ static int res_reserve(tg_store_range_res_t *res, size_t *cap, char *err, size_t
 }
 
 /* Reads the range in txn t as of revision at (<= the current revision cur). */
-static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, int64_t at,
-                    int64_t cur, tg_store_range_res_t *res, char *err, size_t errlen)
+static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, int64_t at, int64_t cur,
+                    tg_store_range_res_t *res, char *err, size_t errlen)
 {
     MDB_cursor *c = NULL;
     ovr_t *ov = NULL;
@@ -356,8 +349,7 @@ static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, i
         /* undo every event after `at` that touched the range */
         if ((mrc = mdb_cursor_open(t, ls->ls_log, &c)))
             return mdberr(mrc, "open log cursor", err, errlen);
-        for (mrc = mdb_cursor_get(c, &k, &v, MDB_LAST); mrc == 0;
-             mrc = mdb_cursor_get(c, &k, &v, MDB_PREV)) {
+        for (mrc = mdb_cursor_get(c, &k, &v, MDB_LAST); mrc == 0; mrc = mdb_cursor_get(c, &k, &v, MDB_PREV)) {
             if (k.mv_size != 12) {
                 rc = tg_errf(err, errlen, TG_STORE_ECORRUPT, "lmdb store: bad log key");
                 goto fail;
@@ -398,8 +390,8 @@ static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, i
         /* keep the oldest per key (last of each run) */
         size_t w = 0;
         for (size_t i = 0; i < nov; i++) {
-            if (i + 1 < nov && tg_store__keycmp(ov[i].o_key, ov[i].o_key_len, ov[i + 1].o_key,
-                                                ov[i + 1].o_key_len) == 0)
+            if (i + 1 < nov &&
+                tg_store__keycmp(ov[i].o_key, ov[i].o_key_len, ov[i + 1].o_key, ov[i + 1].o_key_len) == 0)
                 continue;
             ov[w++] = ov[i];
         }
@@ -422,9 +414,9 @@ static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, i
         if (!have && oi >= nov)
             break;
         tg_store_kv_t kv;
-        int cmp = !have ? 1 : oi >= nov ? -1
-                                         : tg_store__keycmp(k.mv_data, k.mv_size, ov[oi].o_key,
-                                                            ov[oi].o_key_len);
+        int cmp = !have       ? 1
+                  : oi >= nov ? -1
+                              : tg_store__keycmp(k.mv_data, k.mv_size, ov[oi].o_key, ov[oi].o_key_len);
         const tg_store_kv_t *out = NULL;
         if (cmp < 0) { /* current kv unchanged since `at` */
             if (kv_decode(&k, &v, &kv)) {
@@ -438,8 +430,7 @@ static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, i
             oi++;
         }
         if (out) {
-            if ((rc = res_reserve(res, &cap, err, errlen)) ||
-                (rc = emit(res, cap, req, out, err, errlen)))
+            if ((rc = res_reserve(res, &cap, err, errlen)) || (rc = emit(res, cap, req, out, err, errlen)))
                 goto fail;
         }
         if (cmp <= 0 && have)
@@ -452,8 +443,8 @@ fail:
     return rc;
 }
 
-static int l_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res,
-                   char *err, size_t errlen)
+static int l_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_range_res_t *res, char *err,
+                   size_t errlen)
 {
     lstore_t *ls = (lstore_t *)s;
     MDB_txn *t;
@@ -466,9 +457,8 @@ static int l_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_rang
         goto done;
     int64_t at = req->rq_revision ? req->rq_revision : cur;
     if (at > cur) {
-        rc = tg_errf(err, errlen, TG_STORE_EFUTURE,
-                     "range at revision %lld: the store is at revision %lld", (long long)at,
-                     (long long)cur);
+        rc = tg_errf(err, errlen, TG_STORE_EFUTURE, "range at revision %lld: the store is at revision %lld",
+                     (long long)at, (long long)cur);
         goto done;
     }
     if (at < comp) {
@@ -742,8 +732,8 @@ static int add_event(lstore_t *ls, MDB_txn *t, wctx_t *wc, int type, const tg_st
     return 0;
 }
 
-static int lkey_op(lstore_t *ls, MDB_txn *t, int64_t lease, const void *key, size_t klen, int add,
-                   char *err, size_t errlen)
+static int lkey_op(lstore_t *ls, MDB_txn *t, int64_t lease, const void *key, size_t klen, int add, char *err,
+                   size_t errlen)
 {
     uint8_t b[8 + TG_STORE_MAX_KEY];
     put64be(b, (uint64_t)lease);
@@ -757,8 +747,8 @@ static int lkey_op(lstore_t *ls, MDB_txn *t, int64_t lease, const void *key, siz
 
 /* Reads the current kv of key into *kv (pointing into the txn); 0, 1 when
  * missing, or an error. The pointers stay valid until the next write. */
-static int kv_lookup(lstore_t *ls, MDB_txn *t, const void *key, size_t klen, tg_store_kv_t *kv,
-                     char *err, size_t errlen)
+static int kv_lookup(lstore_t *ls, MDB_txn *t, const void *key, size_t klen, tg_store_kv_t *kv, char *err,
+                     size_t errlen)
 {
     MDB_val k = {klen, (void *)key}, v;
     int rc = mdb_get(t, ls->ls_kv, &k, &v);
@@ -771,8 +761,7 @@ static int kv_lookup(lstore_t *ls, MDB_txn *t, const void *key, size_t klen, tg_
     return 0;
 }
 
-static int do_put(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *o, char *err,
-                  size_t errlen)
+static int do_put(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *o, char *err, size_t errlen)
 {
     tg_store_kv_t old, nkv, prevcopy;
     int rc, has_old;
@@ -825,8 +814,7 @@ static int do_put(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *o, 
 }
 
 /* Deletes one key whose current record is kv (copied first). */
-static int del_one(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_kv_t *kv, char *err,
-                   size_t errlen)
+static int del_one(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_kv_t *kv, char *err, size_t errlen)
 {
     tg_store_kv_t prev = *kv, dkv;
     uint8_t *b = tg_pool_alloc(wc->wc_pool, kv->kv_key_len + kv->kv_val_len + 1);
@@ -841,8 +829,7 @@ static int del_one(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_kv_t *kv
     MDB_val k = {prev.kv_key_len, b};
     if ((rc = mdb_del(t, ls->ls_kv, &k, NULL)))
         return mdberr(rc, "delete kv", err, errlen);
-    if (prev.kv_lease &&
-        (rc = lkey_op(ls, t, prev.kv_lease, prev.kv_key, prev.kv_key_len, 0, err, errlen)))
+    if (prev.kv_lease && (rc = lkey_op(ls, t, prev.kv_lease, prev.kv_key, prev.kv_key_len, 0, err, errlen)))
         return rc;
     memset(&dkv, 0, sizeof(dkv));
     dkv.kv_key = prev.kv_key;
@@ -851,13 +838,11 @@ static int del_one(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_kv_t *kv
     return add_event(ls, t, wc, TG_STORE_EV_DELETE, &dkv, &prev, err, errlen);
 }
 
-static int do_delete(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *o,
-                     int64_t *deleted, char *err, size_t errlen)
+static int do_delete(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *o, int64_t *deleted,
+                     char *err, size_t errlen)
 {
-    tg_store_range_req_t req = {.rq_key = o->op_key,
-                                .rq_key_len = o->op_key_len,
-                                .rq_end = o->op_end,
-                                .rq_end_len = o->op_end_len};
+    tg_store_range_req_t req = {
+        .rq_key = o->op_key, .rq_key_len = o->op_key_len, .rq_end = o->op_end, .rq_end_len = o->op_end_len};
     tg_store_range_res_t res;
     memset(&res, 0, sizeof(res));
     /* collect first (copies), then delete: simpler than deleting under a cursor */
@@ -869,8 +854,7 @@ static int do_delete(lstore_t *ls, MDB_txn *t, wctx_t *wc, const tg_store_op_t *
     return rc;
 }
 
-static int cmp_holds(lstore_t *ls, MDB_txn *t, const tg_store_cmp_t *c, int *holds, char *err,
-                     size_t errlen)
+static int cmp_holds(lstore_t *ls, MDB_txn *t, const tg_store_cmp_t *c, int *holds, char *err, size_t errlen)
 {
     tg_store_kv_t kv;
     int rc = kv_lookup(ls, t, c->c_key, c->c_key_len, &kv, err, errlen);
@@ -949,9 +933,9 @@ static int txn_fn(lstore_t *ls, MDB_txn *t, wctx_t *wc, void *arg, char *err, si
     return rc;
 }
 
-static int l_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp,
-                 const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
-                 size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen)
+static int l_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
+                 size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
+                 char *err, size_t errlen)
 {
     txnarg_t a = {cmps, ncmp, {success, failure}, {nsuccess, nfailure}, res};
     return write_txn((lstore_t *)s, txn_fn, &a, &res->tx_revision, err, errlen);
@@ -968,13 +952,11 @@ static int compact_fn(lstore_t *ls, MDB_txn *t, wctx_t *wc, void *arg, char *err
     if (rc)
         return rc;
     if (rev > wc->wc_rev)
-        return tg_errf(err, errlen, TG_STORE_EFUTURE,
-                       "compact to %lld: the store is at revision %lld", (long long)rev,
-                       (long long)wc->wc_rev);
+        return tg_errf(err, errlen, TG_STORE_EFUTURE, "compact to %lld: the store is at revision %lld",
+                       (long long)rev, (long long)wc->wc_rev);
     if (rev <= comp)
-        return tg_errf(err, errlen, TG_STORE_ECOMPACTED,
-                       "compact to %lld: already compacted up to %lld", (long long)rev,
-                       (long long)comp);
+        return tg_errf(err, errlen, TG_STORE_ECOMPACTED, "compact to %lld: already compacted up to %lld",
+                       (long long)rev, (long long)comp);
     if ((rc = mdb_cursor_open(t, ls->ls_log, &c)))
         return mdberr(rc, "open log cursor", err, errlen);
     while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
@@ -1030,8 +1012,7 @@ static int l_lease_grant(tg_store_t *s, int64_t ttl, int64_t *id, char *err, siz
     return rc;
 }
 
-static int keepalive_fn(lstore_t *ls, MDB_txn *t, wctx_t *wc, void *arg, char *err,
-                        size_t errlen)
+static int keepalive_fn(lstore_t *ls, MDB_txn *t, wctx_t *wc, void *arg, char *err, size_t errlen)
 {
     leasearg_t *a = arg;
     uint8_t kb[8], vb[16];
@@ -1091,8 +1072,8 @@ static int revoke_fn(lstore_t *ls, MDB_txn *t, wctx_t *wc, void *arg, char *err,
         k.mv_size = 8;
         k.mv_data = kb;
         rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-        int mine = rc == 0 && k.mv_size > 8 && k.mv_size - 8 <= TG_STORE_MAX_KEY &&
-                   memcmp(k.mv_data, kb, 8) == 0;
+        int mine =
+            rc == 0 && k.mv_size > 8 && k.mv_size - 8 <= TG_STORE_MAX_KEY && memcmp(k.mv_data, kb, 8) == 0;
         if (mine) {
             klen = k.mv_size - 8;
             memcpy(keybuf, (uint8_t *)k.mv_data + 8, klen);
@@ -1132,8 +1113,8 @@ static void auto_compact(lstore_t *ls)
     char err[TG_ERRLEN] = "";
     if (ls->ls_keep <= 0 || rd_begin(ls, &t, err, sizeof(err)))
         return;
-    int rc = meta_get(ls, t, "rev", &cur, err, sizeof(err)) ||
-             meta_get(ls, t, "compact", &comp, err, sizeof(err));
+    int rc =
+        meta_get(ls, t, "rev", &cur, err, sizeof(err)) || meta_get(ls, t, "compact", &comp, err, sizeof(err));
     rd_end(ls, t);
     if (rc || cur - comp <= ls->ls_keep + ls->ls_keep / 10)
         return;
@@ -1154,8 +1135,7 @@ static void *lease_thread(void *arg)
         dl.tv_sec += dl.tv_nsec / 1000000000L;
         dl.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&ls->ls_stopmu);
-        while (!ls->ls_stopping &&
-               pthread_cond_timedwait(&ls->ls_stopcond, &ls->ls_stopmu, &dl) != ETIMEDOUT)
+        while (!ls->ls_stopping && pthread_cond_timedwait(&ls->ls_stopcond, &ls->ls_stopmu, &dl) != ETIMEDOUT)
             ;
         int stop = ls->ls_stopping;
         pthread_mutex_unlock(&ls->ls_stopmu);
@@ -1173,8 +1153,7 @@ static void *lease_thread(void *arg)
         if (mdb_cursor_open(t, ls->ls_lease, &c) == 0) {
             for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && n < 64;
                  rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
-                if (k.mv_size == 8 && v.mv_size == 16 &&
-                    (int64_t)get64be((uint8_t *)v.mv_data + 8) <= now)
+                if (k.mv_size == 8 && v.mv_size == 16 && (int64_t)get64be((uint8_t *)v.mv_data + 8) <= now)
                     expired[n++] = (int64_t)get64be(k.mv_data);
             mdb_cursor_close(c);
         }
@@ -1233,8 +1212,8 @@ static int l_watch_start(tg_store_t *s, tg_store_watch_t *w, char *err, size_t e
                 rc = tg_errf(err, errlen, TG_STORE_ECORRUPT, "lmdb store: bad log record");
                 goto fail;
             }
-            if (tg_store__in_range(r.lr_kv.kv_key, r.lr_kv.kv_key_len, w->w_key, w->w_key_len,
-                                   w->w_end, w->w_end_len) &&
+            if (tg_store__in_range(r.lr_kv.kv_key, r.lr_kv.kv_key_len, w->w_key, w->w_key_len, w->w_end,
+                                   w->w_end_len) &&
                 tg_store__watch_push(w, r.lr_type, &r.lr_kv)) {
                 rc = tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory replaying history");
                 goto fail;
@@ -1338,8 +1317,7 @@ static int init_dbs(lstore_t *ls, char *err, size_t errlen)
         if ((rc = mdb_dbi_open(t, names[i], fresh ? MDB_CREATE : 0, dbis[i]))) {
             rc = rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE
                      ? tg_errf(err, errlen, TG_STORE_ECORRUPT,
-                               "lmdb store: database '%s' missing: not a Tollgate store",
-                               names[i])
+                               "lmdb store: database '%s' missing: not a Tollgate store", names[i])
                      : mdberr(rc, "open db", err, errlen);
             goto fail;
         }
@@ -1368,14 +1346,12 @@ static int init_dbs(lstore_t *ls, char *err, size_t errlen)
     }
     if ((rc = mdb_txn_commit(t))) {
         rc = mdberr(rc, "commit", err, errlen);
-        return rc == MAPFULL ? tg_errf(err, errlen, TG_STORE_EFULL, "lmdb store: map full at open")
-                             : rc;
+        return rc == MAPFULL ? tg_errf(err, errlen, TG_STORE_EFULL, "lmdb store: map full at open") : rc;
     }
     return 0;
 fail:
     mdb_txn_abort(t);
-    return rc == MAPFULL ? tg_errf(err, errlen, TG_STORE_EFULL, "lmdb store: map full at open")
-                         : rc;
+    return rc == MAPFULL ? tg_errf(err, errlen, TG_STORE_EFULL, "lmdb store: map full at open") : rc;
 }
 
 int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t *opts, char *err,
@@ -1426,8 +1402,7 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
     }
     if (flock(ls->ls_lockfd, LOCK_EX | LOCK_NB) != 0) {
         rc = tg_errf(err, errlen, TG_STORE_ELOCKED,
-                     "lmdb store %s is open in another process (or handle): %s", path,
-                     strerror(errno));
+                     "lmdb store %s is open in another process (or handle): %s", path, strerror(errno));
         goto fail;
     }
     snprintf(file, sizeof(file), "%s/data.mdb", path);
@@ -1435,8 +1410,8 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
     if (stat(file, &st) == 0 && st.st_size < 2 * psz) {
         /* LMDB would treat an emptied file as a new store: data loss, not a restart */
         rc = tg_errf(err, errlen, TG_STORE_ECORRUPT,
-                     "lmdb store: %s is truncated (%lld bytes, less than its two meta pages)",
-                     file, (long long)st.st_size);
+                     "lmdb store: %s is truncated (%lld bytes, less than its two meta pages)", file,
+                     (long long)st.st_size);
         goto fail;
     }
     if ((rc = mdb_env_create(&ls->ls_env))) {
@@ -1461,12 +1436,11 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
     mdb_env_stat(ls->ls_env, &est);
     if (info.me_mapsize > ls->ls_map)
         ls->ls_map = info.me_mapsize; /* the file was grown before */
-    if (stat(file, &st) == 0 &&
-        (unsigned long long)st.st_size < (info.me_last_pgno + 1ULL) * est.ms_psize) {
+    if (stat(file, &st) == 0 && (unsigned long long)st.st_size < (info.me_last_pgno + 1ULL) * est.ms_psize) {
         /* reading past the end of a mapped file is SIGBUS: refuse instead */
         rc = tg_errf(err, errlen, TG_STORE_ECORRUPT,
-                     "lmdb store: %s is truncated: %lld bytes but pages up to %zu are in use",
-                     file, (long long)st.st_size, (size_t)info.me_last_pgno);
+                     "lmdb store: %s is truncated: %lld bytes but pages up to %zu are in use", file,
+                     (long long)st.st_size, (size_t)info.me_last_pgno);
         goto fail;
     }
     if ((rc = init_dbs(ls, err, errlen)))

@@ -32,12 +32,12 @@
 #include "store/store.h"
 #include "store/tests/etcd_harness.h"
 
-static int g_etcd;          /* backend under test is etcd */
-static etcd_proc_t g_proc;  /* the etcd for the whole run */
-static char g_dir[512];     /* lmdb: this test's store dir */
-static tg_store_t *g_s;     /* this test's store */
-static long g_live;         /* tg_alloc_live() before the test */
-static char g_pfx[64];      /* this test's key prefix (etcd is shared) */
+static int g_etcd;         /* backend under test is etcd */
+static etcd_proc_t g_proc; /* the etcd for the whole run */
+static char g_dir[512];    /* lmdb: this test's store dir */
+static tg_store_t *g_s;    /* this test's store */
+static long g_live;        /* tg_alloc_live() before the test */
+static char g_pfx[64];     /* this test's key prefix (etcd is shared) */
 static int g_seq;
 
 /* ---- helpers ------------------------------------------------------------------- */
@@ -99,8 +99,7 @@ static int teardown(void **state)
         harness_rmdir(g_dir);
     /* every block the store allocated through tg_malloc is back */
     if (tg_alloc_live() != g_live) {
-        fprintf(stderr, "leak: %ld tg_malloc blocks live after the test\n",
-                tg_alloc_live() - g_live);
+        fprintf(stderr, "leak: %ld tg_malloc blocks live after the test\n", tg_alloc_live() - g_live);
         return -1;
     }
     return 0;
@@ -136,8 +135,7 @@ static tg_store_event_t *next_ev(tg_store_watch_t *w, int ms)
     return ev;
 }
 
-static void expect_ev(tg_store_watch_t *w, int type, const char *name, const char *val,
-                      int64_t rev)
+static void expect_ev(tg_store_watch_t *w, int type, const char *name, const char *val, int64_t rev)
 {
     char k[256];
     size_t kl = K(k, name);
@@ -159,8 +157,7 @@ static void expect_no_ev(tg_store_watch_t *w, int ms)
     tg_store_event_t *ev = NULL;
     int rc = tg_store_watch_next(w, ms, &ev, NULL, 0);
     if (rc != TG_STORE_EAGAIN)
-        fail_msg("expected no event, got rc %d rev %lld", rc,
-                 ev ? (long long)ev->ev_kv.kv_mod_rev : 0LL);
+        fail_msg("expected no event, got rc %d rev %lld", rc, ev ? (long long)ev->ev_kv.kv_mod_rev : 0LL);
 }
 
 /* ---- shared tests ------------------------------------------------------------ */
@@ -269,8 +266,7 @@ static void test_range_pagination(void **state)
             rq.rq_revision = pinned;
             /* change the range between pages: the pinned pages must not see it */
             int64_t d = 0;
-            assert_int_equal(tg_store_delete(g_s, k, K(k, "p/15"), 0, &d, NULL, err, sizeof(err)),
-                             0);
+            assert_int_equal(tg_store_delete(g_s, k, K(k, "p/15"), 0, &d, NULL, err, sizeof(err)), 0);
             assert_int_equal(d, 1);
             put("p/20", "changed");
             put("p/99", "new");
@@ -381,8 +377,7 @@ static void test_txn_compares(void **state)
         tg_store_op_t get = {.op_type = TG_STORE_OP_GET, .op_key = k, .op_key_len = kl};
         assert_int_equal(tg_store_txn(g_s, &c, 1, &get, 1, NULL, 0, &res, err, sizeof(err)), 0);
         if (res.tx_succeeded != cases[i].want)
-            fail_msg("compare case %zu: succeeded=%d, want %d", i, res.tx_succeeded,
-                     cases[i].want);
+            fail_msg("compare case %zu: succeeded=%d, want %d", i, res.tx_succeeded, cases[i].want);
         assert_int_equal(res.tx_n, cases[i].want ? 1 : 0);
         if (cases[i].want) {
             assert_int_equal(res.tx_res[0].or_type, TG_STORE_OP_GET);
@@ -393,12 +388,12 @@ static void test_txn_compares(void **state)
         tg_store_txn_res_free(&res);
     }
     /* create-if-absent: version == 0; value compares on a missing key fail */
-    tg_store_cmp_t absent = {.c_key = k2, .c_key_len = kl2, .c_target = TG_STORE_CMP_VERSION,
-                             .c_op = TG_STORE_EQ, .c_num = 0};
-    tg_store_op_t put1 = {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = kl2,
-                          .op_val = "x", .op_val_len = 1};
-    tg_store_op_t put2 = {.op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl,
-                          .op_val = "v2", .op_val_len = 2};
+    tg_store_cmp_t absent = {
+        .c_key = k2, .c_key_len = kl2, .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
+    tg_store_op_t put1 = {
+        .op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = kl2, .op_val = "x", .op_val_len = 1};
+    tg_store_op_t put2 = {
+        .op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl, .op_val = "v2", .op_val_len = 2};
     tg_store_op_t del = {.op_type = TG_STORE_OP_DELETE, .op_key = k, .op_key_len = kl};
     tg_store_op_t succ[] = {put1, put2};
     assert_int_equal(tg_store_txn(g_s, &absent, 1, succ, 2, &del, 1, &res, err, sizeof(err)), 0);
@@ -414,16 +409,19 @@ static void test_txn_compares(void **state)
     assert_int_equal(res.tx_res[0].or_deleted, 1);
     assert_int_equal(res.tx_revision, r1 + 2);
     tg_store_txn_res_free(&res);
-    tg_store_cmp_t valcmp = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VALUE,
-                             .c_op = TG_STORE_NE, .c_val = "zz", .c_val_len = 2};
+    tg_store_cmp_t valcmp = {.c_key = k,
+                             .c_key_len = kl,
+                             .c_target = TG_STORE_CMP_VALUE,
+                             .c_op = TG_STORE_NE,
+                             .c_val = "zz",
+                             .c_val_len = 2};
     assert_int_equal(tg_store_txn(g_s, &valcmp, 1, NULL, 0, NULL, 0, &res, err, sizeof(err)), 0);
     assert_int_equal(res.tx_succeeded, 0); /* missing key: value compare is false */
     tg_store_txn_res_free(&res);
     /* the same key written twice in one txn is refused, and nothing changes */
     tg_store_op_t twice[] = {put1, put1};
     int64_t before = curr();
-    assert_int_equal(tg_store_txn(g_s, NULL, 0, twice, 2, NULL, 0, NULL, err, sizeof(err)),
-                     TG_STORE_EINVAL);
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, twice, 2, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EINVAL);
     assert_int_equal(curr(), before);
 }
 
@@ -456,10 +454,16 @@ static void *race(void *arg)
         }
         char nv[32];
         int nl = snprintf(nv, sizeof(nv), "%lld", (long long)(v + 1));
-        tg_store_cmp_t c = {.c_key = r->r_key, .c_key_len = r->r_keylen,
-                            .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ, .c_num = mod};
-        tg_store_op_t p = {.op_type = TG_STORE_OP_PUT, .op_key = r->r_key,
-                           .op_key_len = r->r_keylen, .op_val = nv, .op_val_len = (size_t)nl};
+        tg_store_cmp_t c = {.c_key = r->r_key,
+                            .c_key_len = r->r_keylen,
+                            .c_target = TG_STORE_CMP_MOD_REV,
+                            .c_op = TG_STORE_EQ,
+                            .c_num = mod};
+        tg_store_op_t p = {.op_type = TG_STORE_OP_PUT,
+                           .op_key = r->r_key,
+                           .op_key_len = r->r_keylen,
+                           .op_val = nv,
+                           .op_val_len = (size_t)nl};
         tg_store_txn_res_t res;
         if ((r->r_rc = tg_store_txn(r->r_s, &c, 1, &p, 1, NULL, 0, &res, err, sizeof(err))))
             return NULL;
@@ -515,8 +519,8 @@ static void *write_many(void *arg)
         if ((w->wr_rc = tg_store_put(w->wr_s, k, kl, "v", 1, 0, &w->wr_revs[i], err, sizeof(err))))
             return NULL;
         /* a write that fails in the middle of the others (unknown lease) */
-        if (i % 10 == 5 && tg_store_put(w->wr_s, k, kl, "x", 1, 999999999, NULL, err,
-                                        sizeof(err)) != TG_STORE_ENOLEASE) {
+        if (i % 10 == 5 &&
+            tg_store_put(w->wr_s, k, kl, "x", 1, 999999999, NULL, err, sizeof(err)) != TG_STORE_ENOLEASE) {
             w->wr_rc = -100;
             return NULL;
         }
@@ -585,8 +589,7 @@ static void test_revisions_monotonic(void **state)
         assert_int_equal(r, last + 1);
         last = r;
         if (i % 5 == 4) {
-            assert_int_equal(tg_store_delete(g_s, k, K(k, name), 0, NULL, &r, err, sizeof(err)),
-                             0);
+            assert_int_equal(tg_store_delete(g_s, k, K(k, name), 0, NULL, &r, err, sizeof(err)), 0);
             assert_int_equal(r, last + 1);
             last = r;
         }
@@ -772,8 +775,7 @@ static void test_lease_expiry(void **state)
     expect_ev(w, TG_STORE_EV_DELETE, "l/alive", NULL, 0);
     tg_store_watch_cancel(w);
     err[0] = 0;
-    assert_int_equal(tg_store_lease_keepalive(g_s, id, &ttl, err, sizeof(err)),
-                     TG_STORE_ENOLEASE);
+    assert_int_equal(tg_store_lease_keepalive(g_s, id, &ttl, err, sizeof(err)), TG_STORE_ENOLEASE);
     assert_non_null(strstr(err, "lease"));
 }
 
@@ -805,8 +807,7 @@ static void test_lease_keepalive_revoke(void **state)
     err[0] = 0;
     assert_int_equal(tg_store_lease_revoke(g_s, id, err, sizeof(err)), TG_STORE_ENOLEASE);
     err[0] = 0;
-    assert_int_equal(tg_store_put(g_s, k1, kl1, "a", 1, id, NULL, err, sizeof(err)),
-                     TG_STORE_ENOLEASE);
+    assert_int_equal(tg_store_put(g_s, k1, kl1, "a", 1, id, NULL, err, sizeof(err)), TG_STORE_ENOLEASE);
     assert_int_equal(curr(), before + 1);
 }
 
@@ -820,45 +821,46 @@ static void test_limits(void **state)
     char key[TG_STORE_MAX_KEY + 2];
     memset(key, 'k', sizeof(key));
     memcpy(key, g_pfx, strlen(g_pfx));
-    assert_int_equal(tg_store_put(g_s, key, TG_STORE_MAX_KEY + 1, "v", 1, 0, NULL, err,
-                                  sizeof(err)),
+    assert_int_equal(tg_store_put(g_s, key, TG_STORE_MAX_KEY + 1, "v", 1, 0, NULL, err, sizeof(err)),
                      TG_STORE_ETOOBIG);
     assert_non_null(strstr(err, "key limit"));
     err[0] = 0;
-    assert_int_equal(tg_store_put(g_s, key, 10, big, TG_STORE_MAX_VALUE + 1, 0, NULL, err,
-                                  sizeof(err)),
+    assert_int_equal(tg_store_put(g_s, key, 10, big, TG_STORE_MAX_VALUE + 1, 0, NULL, err, sizeof(err)),
                      TG_STORE_ETOOBIG);
     assert_non_null(strstr(err, "value limit"));
     err[0] = 0;
-    assert_int_equal(tg_store_put(g_s, key, 0, "v", 1, 0, NULL, err, sizeof(err)),
-                     TG_STORE_EINVAL);
+    assert_int_equal(tg_store_put(g_s, key, 0, "v", 1, 0, NULL, err, sizeof(err)), TG_STORE_EINVAL);
     /* 129 ops, or two 1 MiB values in one txn */
     tg_store_op_t ops[TG_STORE_MAX_TXN_OPS + 1];
     for (int i = 0; i <= TG_STORE_MAX_TXN_OPS; i++)
         ops[i] = (tg_store_op_t){.op_type = TG_STORE_OP_GET, .op_key = key, .op_key_len = 10};
     err[0] = 0;
-    assert_int_equal(tg_store_txn(g_s, NULL, 0, ops, TG_STORE_MAX_TXN_OPS + 1, NULL, 0, NULL, err,
-                                  sizeof(err)),
-                     TG_STORE_ETOOBIG);
+    assert_int_equal(
+        tg_store_txn(g_s, NULL, 0, ops, TG_STORE_MAX_TXN_OPS + 1, NULL, 0, NULL, err, sizeof(err)),
+        TG_STORE_ETOOBIG);
     char k2[16];
     memcpy(k2, key, 10);
     k2[10] = '2';
     tg_store_op_t two[] = {
-        {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = 10, .op_val = big,
+        {.op_type = TG_STORE_OP_PUT,
+         .op_key = key,
+         .op_key_len = 10,
+         .op_val = big,
          .op_val_len = TG_STORE_MAX_VALUE},
-        {.op_type = TG_STORE_OP_PUT, .op_key = k2, .op_key_len = 11, .op_val = big,
+        {.op_type = TG_STORE_OP_PUT,
+         .op_key = k2,
+         .op_key_len = 11,
+         .op_val = big,
          .op_val_len = TG_STORE_MAX_VALUE},
     };
     err[0] = 0;
-    assert_int_equal(tg_store_txn(g_s, NULL, 0, two, 2, NULL, 0, NULL, err, sizeof(err)),
-                     TG_STORE_ETOOBIG);
+    assert_int_equal(tg_store_txn(g_s, NULL, 0, two, 2, NULL, 0, NULL, err, sizeof(err)), TG_STORE_ETOOBIG);
     assert_int_equal(curr(), before); /* nothing was written */
     /* the largest key and value are accepted and read back whole */
     for (int i = 0; i < TG_STORE_MAX_VALUE; i++)
         big[i] = (uint8_t)(i * 31);
-    assert_int_equal(tg_store_put(g_s, key, TG_STORE_MAX_KEY, big, TG_STORE_MAX_VALUE, 0, NULL,
-                                  err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        tg_store_put(g_s, key, TG_STORE_MAX_KEY, big, TG_STORE_MAX_VALUE, 0, NULL, err, sizeof(err)), 0);
     tg_store_kv_t *kv = NULL;
     assert_int_equal(tg_store_get(g_s, key, TG_STORE_MAX_KEY, &kv, NULL, err, sizeof(err)), 0);
     assert_non_null(kv);
@@ -918,17 +920,19 @@ static void test_lmdb_alloc_failures(void **state)
         char v[16];
         int vl = snprintf(v, sizeof(v), "%ld", n);
         tg_store_txn_res_t res;
-        tg_store_cmp_t c = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION,
-                            .c_op = TG_STORE_GT, .c_num = -1};
+        tg_store_cmp_t c = {
+            .c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_GT, .c_num = -1};
         tg_store_op_t ops[2] = {
-            {.op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl, .op_val = v,
+            {.op_type = TG_STORE_OP_PUT,
+             .op_key = k,
+             .op_key_len = kl,
+             .op_val = v,
              .op_val_len = (size_t)vl},
             {.op_type = TG_STORE_OP_GET, .op_key = k, .op_key_len = kl, .op_prefix = 1},
         };
         tg_store_watch_t *w = NULL;
         tg_store_range_res_t rr;
-        tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1,
-                                   .rq_revision = acked};
+        tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1, .rq_revision = acked};
         err[0] = 0;
         tg_alloc_fail_after(n);
         int rc1 = tg_store_txn(g_s, &c, 1, ops, 2, NULL, 0, &res, err, sizeof(err));
@@ -1062,10 +1066,9 @@ static void test_lmdb_map_full(void **state)
     free(v);
     assert_int_equal(rc, TG_STORE_EFULL);
     assert_non_null(strstr(err, "maximum"));
-    print_message("  map full after %zu bytes of values (map grew from 1 MiB): %s\n", written,
-                  err);
+    print_message("  map full after %zu bytes of values (map grew from 1 MiB): %s\n", written, err);
     assert_true(written > (1 << 20)); /* the map grew past its initial size */
-    assert_int_equal(curr(), last);  /* the failed put changed nothing */
+    assert_int_equal(curr(), last);   /* the failed put changed nothing */
     /* the way out: compact the history, then delete (a delete logs the old
        value, so it needs the room compaction frees) */
     assert_int_equal(tg_store_compact(g_s, last, err, sizeof(err)), 0);
@@ -1227,8 +1230,7 @@ static void test_etcd_no_answer(void **state)
     assert_true(el < 0.9); /* one attempt of 300 ms */
     tg_store_cmp_t c = {.c_key = "k", .c_key_len = 1, .c_target = TG_STORE_CMP_VERSION};
     err[0] = 0;
-    assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)),
-                     TG_STORE_EUNKNOWN);
+    assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
     /* an answer that is not etcd's JSON is an error that says so */
     tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
     tg_store_range_res_t res;
@@ -1275,8 +1277,7 @@ static void test_etcd_failover(void **state)
 {
     (void)state;
     char spec[256], err[TG_ERRLEN] = "", k[256];
-    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d,%s", harness_free_port(),
-             g_proc.ep_url);
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d,%s", harness_free_port(), g_proc.ep_url);
     tg_store_opts_t o = {.so_timeout_ms = 2000};
     tg_store_t *s = NULL;
     assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
@@ -1349,8 +1350,8 @@ static void test_etcd_killed_mid_watch(void **state)
 static int etcd_post(const char *path, const char *json)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "curl -s -f -m 5 -o /dev/null -X POST -d '%s' %s%s", json,
-             g_proc.ep_url, path);
+    snprintf(cmd, sizeof(cmd), "curl -s -f -m 5 -o /dev/null -X POST -d '%s' %s%s", json, g_proc.ep_url,
+             path);
     return system(cmd);
 }
 
@@ -1377,8 +1378,8 @@ static void test_etcd_interop_etcdctl(void **state)
     const uint8_t val[] = {'h', 'i', 0x00, 0xff, '!'};
     assert_int_equal(tg_store_put(g_s, k, kl, val, sizeof(val), 0, NULL, err, sizeof(err)), 0);
     snprintf(cmd, sizeof(cmd),
-             "ETCDCTL_API=3 etcdctl --endpoints=%s get '%s' --print-value-only | od -An -tx1",
-             g_proc.ep_url, k);
+             "ETCDCTL_API=3 etcdctl --endpoints=%s get '%s' --print-value-only | od -An -tx1", g_proc.ep_url,
+             k);
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
     print_message("  etcdctl reads our value as bytes:%s\n", out);
     assert_non_null(strstr(out, "68 69 00 ff 21"));
@@ -1388,8 +1389,8 @@ static void test_etcd_interop_etcdctl(void **state)
     int64_t now = curr();
     tg_store_watch_t *w = NULL;
     assert_int_equal(tg_store_watch(g_s, k2, kl2, NULL, 0, 0, now + 1, &w, err, sizeof(err)), 0);
-    snprintf(cmd, sizeof(cmd), "ETCDCTL_API=3 etcdctl --endpoints=%s put '%s' 'from etcdctl'",
-             g_proc.ep_url, k2);
+    snprintf(cmd, sizeof(cmd), "ETCDCTL_API=3 etcdctl --endpoints=%s put '%s' 'from etcdctl'", g_proc.ep_url,
+             k2);
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
     tg_store_kv_t *kv = NULL;
     assert_int_equal(tg_store_get(g_s, k2, kl2, &kv, NULL, err, sizeof(err)), 0);
@@ -1408,8 +1409,7 @@ static void test_etcd_auth(void **state)
     char spec[128], err[TG_ERRLEN] = "", k[256];
     size_t kl = K(k, "auth");
     assert_int_equal(etcd_post("/v3/auth/role/add", "{\"name\":\"root\"}"), 0);
-    assert_int_equal(etcd_post("/v3/auth/user/add", "{\"name\":\"root\",\"password\":\"s3cret\"}"),
-                     0);
+    assert_int_equal(etcd_post("/v3/auth/user/add", "{\"name\":\"root\",\"password\":\"s3cret\"}"), 0);
     assert_int_equal(etcd_post("/v3/auth/user/grant", "{\"user\":\"root\",\"role\":\"root\"}"), 0);
     assert_int_equal(etcd_post("/v3/auth/enable", "{}"), 0);
     /* no credentials: refused, clearly */
@@ -1465,30 +1465,32 @@ int main(int argc, char **argv)
         return 1;
     }
     const struct CMUnitTest shared[] = {
-        T(test_put_get_versions),     T(test_binary_keys_values), T(test_range_pagination),
-        T(test_delete),               T(test_txn_compares),       T(test_cas_race),
-        T(test_revisions_monotonic),  T(test_watch_live_and_replay),
-        T(test_watch_txn_and_fd),     T(test_compaction_resync),  T(test_lease_expiry),
-        T(test_lease_keepalive_revoke), T(test_limits), T(test_concurrent_writers),
+        T(test_put_get_versions),
+        T(test_binary_keys_values),
+        T(test_range_pagination),
+        T(test_delete),
+        T(test_txn_compares),
+        T(test_cas_race),
+        T(test_revisions_monotonic),
+        T(test_watch_live_and_replay),
+        T(test_watch_txn_and_fd),
+        T(test_compaction_resync),
+        T(test_lease_expiry),
+        T(test_lease_keepalive_revoke),
+        T(test_limits),
+        T(test_concurrent_writers),
     };
     const struct CMUnitTest lmdb[] = {
-        T(test_lmdb_durable_reopen),
-        T(test_lmdb_alloc_failures),
-        T(test_lmdb_auto_compaction),
-        T(test_lmdb_killed_writer),
-        T(test_lmdb_map_full),
-        T(test_lmdb_corrupt_files),
+        T(test_lmdb_durable_reopen), T(test_lmdb_alloc_failures), T(test_lmdb_auto_compaction),
+        T(test_lmdb_killed_writer),  T(test_lmdb_map_full),       T(test_lmdb_corrupt_files),
     };
     const struct CMUnitTest etcd[] = {
-        T(test_etcd_unreachable),
-        T(test_etcd_no_answer),
-        T(test_etcd_failover),
-        T(test_etcd_interop_etcdctl),
-        T(test_etcd_killed_mid_watch),
-        T(test_etcd_auth), /* last: leaves auth on */
+        T(test_etcd_unreachable),      T(test_etcd_no_answer),
+        T(test_etcd_failover),         T(test_etcd_interop_etcdctl),
+        T(test_etcd_killed_mid_watch), T(test_etcd_auth), /* last: leaves auth on */
     };
-    int fails = cmocka_run_group_tests_name(g_etcd ? "conformance (etcd)" : "conformance (lmdb)",
-                                            shared, NULL, NULL);
+    int fails =
+        cmocka_run_group_tests_name(g_etcd ? "conformance (etcd)" : "conformance (lmdb)", shared, NULL, NULL);
     if (g_etcd)
         fails += cmocka_run_group_tests_name("etcd only", etcd, NULL, NULL);
     else

@@ -95,9 +95,9 @@ static int spawn(etcd_proc_t *e)
             dup2(fd, 2);
         }
         execl("/usr/bin/etcd", "etcd", "--data-dir", data, "--listen-client-urls", lc,
-              "--advertise-client-urls", lc, "--listen-peer-urls", peer,
-              "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-              "--log-level", "warn", "--auth-token-ttl", "1", (char *)NULL);
+              "--advertise-client-urls", lc, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
+              peer, "--initial-cluster", cluster, "--log-level", "warn", "--auth-token-ttl", "1",
+              (char *)NULL);
         _exit(127);
     }
     e->ep_pid = p;

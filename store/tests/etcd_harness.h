@@ -7,11 +7,11 @@
 #include <sys/types.h>
 
 typedef struct etcd_proc {
-    char ep_dir[512];  /* data dir and log live here */
-    int ep_client;     /* client port */
-    int ep_peer;       /* peer port */
-    pid_t ep_pid;      /* 0 when not running */
-    char ep_url[64];   /* http://127.0.0.1:<client> */
+    char ep_dir[512]; /* data dir and log live here */
+    int ep_client;    /* client port */
+    int ep_peer;      /* peer port */
+    pid_t ep_pid;     /* 0 when not running */
+    char ep_url[64];  /* http://127.0.0.1:<client> */
 } etcd_proc_t;
 
 /* A port that nothing listens on right now (bind to 0, read, close). */
