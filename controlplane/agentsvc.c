@@ -11,6 +11,7 @@
  * connection is expected to run over TLS.
  */
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -252,6 +253,12 @@ int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)
         return tg_errf(err, errlen, TG_RPC_ESTATE, "tg_cp_agentsvc_register was not called");
     if (cp->cp_heartbeat_ms <= 0)
         cp->cp_heartbeat_ms = 5000;
+    /* Settlement moves buffers of a few hundred KB per batch (the batch,
+     * its settled-log value, watch events). Above glibc's default mmap
+     * threshold each one is a fresh mmap, page faults and an munmap: keep
+     * them in the heap instead (measured: see docs/PERFORMANCE.md). */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     if (cp->cp_settled_retention_s <= 0)
         cp->cp_settled_retention_s = 3600;
     int rc = cp_tail_start(as, err, errlen);
