@@ -540,7 +540,7 @@ static int classify_existing(tg_ledger_t *l, MDB_txn *txn, struct append_ctx *a,
                        r->lr_record_id, (unsigned long long)seq);
     if (rc)
         return rc;
-    size_t sz = tgl_row_size(r);
+    size_t lens[TGL_NSTR], sz = tgl_row_size(r, lens);
     if (sz > a->scratch_cap) {
         unsigned char *p = tg_realloc(a->scratch, sz);
         if (!p)
@@ -548,7 +548,7 @@ static int classify_existing(tg_ledger_t *l, MDB_txn *txn, struct append_ctx *a,
         a->scratch = p;
         a->scratch_cap = sz;
     }
-    tgl_row_encode(r, a->scratch);
+    tgl_row_encode(r, lens, a->scratch);
     *st = (v.mv_size == TGL_HASH + sz &&
            memcmp((unsigned char *)v.mv_data + TGL_HASH, a->scratch, sz) == 0)
               ? TG_LEDGER_ROW_DUPLICATE
@@ -599,14 +599,14 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             return rc;
         } else {
             /* Reserve the value in place and encode straight into the map. */
-            size_t sz = tgl_row_size(r);
+            size_t lens[TGL_NSTR], sz = tgl_row_size(r, lens);
             unsigned char *p;
             MDB_val k = {8, sk}, v = {TGL_HASH + sz, NULL};
             seq++;
             if ((rc = mdb_put(txn, l->rows, &k, &v, MDB_RESERVE | MDB_APPEND)) != 0)
                 return rc;
             p = v.mv_data;
-            tgl_row_encode(r, p + TGL_HASH);
+            tgl_row_encode(r, lens, p + TGL_HASH);
             if (tgl_chain_hash(a->md, l->sha256, prev, seq, p + TGL_HASH, sz, p) != 0)
                 return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: SHA-256 failed",
                                l->path);

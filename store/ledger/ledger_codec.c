@@ -7,7 +7,7 @@
 #include "base/tg_base.h"
 #include "store/ledger/ledger_int.h"
 
-#define NSTR 12
+#define NSTR TGL_NSTR
 #define NINT 7
 
 const char *const tgl_ix_names[TGL_IX_N] = {"i_account", "i_project", "i_key",
@@ -111,14 +111,14 @@ int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen)
     return 0;
 }
 
-size_t tgl_row_size(const tg_ledger_row_t *r)
+size_t tgl_row_size(const tg_ledger_row_t *r, size_t lens[NSTR])
 {
     tg_ledger_row_t *m = (tg_ledger_row_t *)r;
     const char **s[NSTR];
     str_slots(m, s);
     size_t n = 2 + 8 * NINT + 4 + r->lr_record_len;
     for (int k = 0; k < NSTR; k++)
-        n += 2 + strlen(nz(*s[k]));
+        n += 2 + (lens[k] = strlen(nz(*s[k])));
     return n;
 }
 
@@ -148,7 +148,7 @@ int64_t tgl_get_time(const unsigned char *p)
     return (int64_t)(tgl_get_u64(p) ^ 0x8000000000000000ULL);
 }
 
-void tgl_row_encode(const tg_ledger_row_t *r, unsigned char *out)
+void tgl_row_encode(const tg_ledger_row_t *r, const size_t lens[NSTR], unsigned char *out)
 {
     tg_ledger_row_t *m = (tg_ledger_row_t *)r;
     const char **s[NSTR];
@@ -162,7 +162,7 @@ void tgl_row_encode(const tg_ledger_row_t *r, unsigned char *out)
         tgl_put_u64(p, (uint64_t)*v[k]);
     for (int k = 0; k < NSTR; k++) {
         const char *str = nz(*s[k]);
-        size_t n = strlen(str);
+        size_t n = lens[k];
         *p++ = (unsigned char)n;
         memcpy(p, str, n);
         p += n;

@@ -78,10 +78,12 @@ const char *tgl_filter_field(const tg_ledger_filter_t *f, int ix);
 /* Checks a row against the limits; returns 0 or TG_LEDGER_EINVAL naming
  * row number i. */
 int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen);
-/* Bytes of a checked row's canonical encoding. */
-size_t tgl_row_size(const tg_ledger_row_t *r);
+#define TGL_NSTR 12
+/* Bytes of a checked row's canonical encoding; lens gets the string
+ * lengths for tgl_row_encode (measured once per row). */
+size_t tgl_row_size(const tg_ledger_row_t *r, size_t lens[TGL_NSTR]);
 /* Writes the canonical encoding (exactly tgl_row_size bytes) to out. */
-void tgl_row_encode(const tg_ledger_row_t *r, unsigned char *out);
+void tgl_row_encode(const tg_ledger_row_t *r, const size_t lens[TGL_NSTR], unsigned char *out);
 /* Decodes a stored value (hash || canonical bytes) into *r, pointing into
  * val. Returns 0, or -1 when the bytes are malformed. */
 int tgl_row_decode(const void *val, size_t len, uint64_t seq, tg_ledger_row_t *r);
