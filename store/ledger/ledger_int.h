@@ -78,7 +78,8 @@ const char *tgl_filter_field(const tg_ledger_filter_t *f, int ix);
 /* Checks a row against the limits; returns 0 or TG_LEDGER_EINVAL naming
  * row number i. */
 int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen);
-#define TGL_NSTR 12
+
+#define TGL_NSTR 12 /* string fields in a row */
 /* Bytes of a checked row's canonical encoding; lens gets the string
  * lengths for tgl_row_encode (measured once per row). */
 size_t tgl_row_size(const tg_ledger_row_t *r, size_t lens[TGL_NSTR]);
