@@ -202,9 +202,23 @@ int tg_outbox_sync(tg_outbox_t *o);
  * non-zero return and returns it; else 0 or ESYS. */
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
                    char *err, size_t errlen);
-/* Deletes every record with a sequence <= last (after the control plane
- * acknowledged them). 0 or ESYS. */
-int tg_outbox_delete_upto(tg_outbox_t *o, uint64_t last, char *err, size_t errlen);
+/* The batch being reported: its sequence and record range. */
+typedef struct tg_outbox_batch {
+    uint64_t ob_seq;   /* UsageBatch.sequence */
+    uint64_t ob_first; /* first record sequence */
+    uint64_t ob_last;  /* last record sequence */
+    uint64_t ob_count; /* records */
+} tg_outbox_batch_t;
+/* The batch to send: the one in flight (formed earlier, not yet
+ * acknowledged: resent as it was), else a new one of the oldest records,
+ * at most max, written down before it is returned. Returns 1 and *b, 0
+ * when the outbox is empty, or ESYS. */
+int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err, size_t errlen);
+/* The control plane acknowledged b (or, with rejected set, refused it for
+ * good: its records move to the "rejected" table for an operator instead
+ * of blocking every later batch): removes its records and the in-flight
+ * mark in one transaction. 0 or ESYS. */
+int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen);
 
 /* ---- configuration tables (config.c) ------------------------------------ */
 

@@ -26,6 +26,8 @@ static const char usage[] =
     "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n"
     "  --log-records          also log each usage record as a JSON line (comp \"usage\")\n"
     "  --outbox-map-mb N      LMDB map size of the usage outbox (default 1024)\n"
+    "  --cp HOST:PORT         control plane (gRPC): Sync configuration, report usage\n"
+    "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
     "\n"
     "       tollgate-agent outbox-dump --data-dir DIR [--limit N]\n"
@@ -152,6 +154,10 @@ int main(int argc, char **argv)
             if (*end || mb < 1 || mb > (1L << 20))
                 goto bad;
             o.ao_outbox_map = (size_t)mb << 20;
+        } else if (strcmp(a, "--cp") == 0) {
+            o.ao_cp = v;
+        } else if (strcmp(a, "--enroll-token") == 0) {
+            o.ao_enroll_token = v;
         } else if (strcmp(a, "--forward-header") == 0) {
             if (o.ao_nforward >= 8 || !*v || strpbrk(v, ":\r\n "))
                 goto bad;

@@ -30,6 +30,8 @@
 struct tg_outbox {
     MDB_env *ob_env;
     MDB_dbi ob_dbi;
+    MDB_dbi ob_meta;         /* "batch" -> the batch in flight; "next" -> next batch sequence */
+    MDB_dbi ob_rejected;     /* records the control plane refused for good, kept for an operator */
     atomic_ullong ob_next;   /* next sequence */
     atomic_long ob_depth;    /* records held */
     atomic_ulong ob_writes;  /* puts so far (the sync thread compares) */
@@ -64,14 +66,16 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
         goto fail;
     }
     if ((rc = mdb_env_create(&o->ob_env)) != 0 || (rc = mdb_env_set_mapsize(o->ob_env, map_bytes)) != 0 ||
-        (rc = mdb_env_set_maxdbs(o->ob_env, 2)) != 0 ||
+        (rc = mdb_env_set_maxdbs(o->ob_env, 4)) != 0 ||
         (rc = mdb_env_open(o->ob_env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : MDB_NOSYNC | MDB_WRITEMAP), 0600)) !=
             0) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
         goto fail;
     }
     if ((rc = mdb_txn_begin(o->ob_env, NULL, readonly ? MDB_RDONLY : 0, &txn)) != 0 ||
-        (rc = mdb_dbi_open(txn, "records", readonly ? 0 : MDB_CREATE, &o->ob_dbi)) != 0) {
+        (rc = mdb_dbi_open(txn, "records", readonly ? 0 : MDB_CREATE, &o->ob_dbi)) != 0 ||
+        (!readonly && (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &o->ob_meta)) != 0) ||
+        (!readonly && (rc = mdb_dbi_open(txn, "rejected", MDB_CREATE, &o->ob_rejected)) != 0)) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
         goto fail;
     }
@@ -181,7 +185,71 @@ int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const
     return out;
 }
 
-int tg_outbox_delete_upto(tg_outbox_t *o, uint64_t last, char *err, size_t errlen)
+/* ---- batches ------------------------------------------------------------------ */
+
+/* A batch, once formed, is written down (its sequence and record range)
+ * before it is sent, and resent exactly as it was until acknowledged: the
+ * control plane deduplicates by (agent, sequence), so a resend after a
+ * crash must carry the same records under the same sequence. */
+int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
+    if (rc != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    MDB_val k = {5, "batch"}, v;
+    if ((rc = mdb_get(txn, o->ob_meta, &k, &v)) == 0 && v.mv_size == 32) {
+        const uint8_t *p = v.mv_data;
+        b->ob_seq = get_be64(p);
+        b->ob_first = get_be64(p + 8);
+        b->ob_last = get_be64(p + 16);
+        b->ob_count = get_be64(p + 24);
+        mdb_txn_abort(txn);
+        return 1;
+    }
+    uint64_t next = 1;
+    MDB_val nk = {4, "next"}, nv;
+    if (mdb_get(txn, o->ob_meta, &nk, &nv) == 0 && nv.mv_size == 8)
+        next = get_be64(nv.mv_data);
+    b->ob_count = 0;
+    if ((rc = mdb_cursor_open(txn, o->ob_dbi, &cur)) == 0) {
+        MDB_val rk, rv;
+        for (int op = MDB_FIRST; b->ob_count < max && mdb_cursor_get(cur, &rk, &rv, op) == 0; op = MDB_NEXT) {
+            if (rk.mv_size != 8)
+                continue;
+            uint64_t s = get_be64(rk.mv_data);
+            if (b->ob_count == 0)
+                b->ob_first = s;
+            b->ob_last = s;
+            b->ob_count++;
+        }
+        mdb_cursor_close(cur);
+    }
+    if (b->ob_count == 0) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    b->ob_seq = next;
+    uint8_t buf[32], nb[8];
+    put_be64(buf, b->ob_seq);
+    put_be64(buf + 8, b->ob_first);
+    put_be64(buf + 16, b->ob_last);
+    put_be64(buf + 24, b->ob_count);
+    put_be64(nb, next + 1);
+    v = (MDB_val){32, buf};
+    nv = (MDB_val){8, nb};
+    if ((rc = mdb_put(txn, o->ob_meta, &k, &v, 0)) != 0 || (rc = mdb_put(txn, o->ob_meta, &nk, &nv, 0)) != 0)
+        mdb_txn_abort(txn);
+    else
+        rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    atomic_fetch_add(&o->ob_writes, 1);
+    return 1;
+}
+
+int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen)
 {
     MDB_txn *txn;
     MDB_cursor *cur;
@@ -192,19 +260,23 @@ int tg_outbox_delete_upto(tg_outbox_t *o, uint64_t last, char *err, size_t errle
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     MDB_val k, v;
     long gone = 0;
-    while (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && k.mv_size == 8 && get_be64(k.mv_data) <= last) {
+    while (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && k.mv_size == 8 && get_be64(k.mv_data) <= b->ob_last) {
+        if (rejected && (rc = mdb_put(txn, o->ob_rejected, &k, &v, 0)) != 0)
+            break;
         if ((rc = mdb_cursor_del(cur, 0)) != 0)
             break;
         gone++;
     }
     mdb_cursor_close(cur);
+    MDB_val bk = {5, "batch"};
+    if (rc == 0 && (rc = mdb_del(txn, o->ob_meta, &bk, NULL)) == MDB_NOTFOUND)
+        rc = 0;
     if (rc != 0)
         mdb_txn_abort(txn);
     else
         rc = mdb_txn_commit(txn);
-    if (rc != 0) {
+    if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
-    }
     atomic_fetch_sub(&o->ob_depth, gone);
     atomic_fetch_add(&o->ob_writes, 1);
     return 0;

@@ -467,9 +467,11 @@ static void emit_record(req_t *rq)
     r.request_bytes = (int64_t)rq->rq_body_len;
     r.response_bytes = rq->rq_resp_bytes;
     tg_agent_t *ag = rq->rq_w->w_agent;
-    /* Requests without a valid key are not spooled: anyone could fill the
-     * outbox (and the ledger) with them. They are logged only. */
-    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool;
+    /* Spooled for settlement: requests an upstream served (a final
+     * attempt, so a route type and a bucket). Refusals are logged only:
+     * without a key anyone could fill the outbox with them, and the control
+     * plane refuses records without a bucket. */
+    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && r.channel_id && r.channel_id[0];
     if (spool) {
         size_t n = tollgate__v1__usage_record__get_packed_size(&r);
         uint8_t *buf = tg_pool_alloc(rq->rq_pool, n ? n : 1);

@@ -475,6 +475,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     } else {
         TG_LOG(TG_LOG_WARN, "agent", "no --data-dir: usage records are not kept durably");
     }
+    if (o->ao_cp && (rc = tg_cplink_start(a, o->ao_cp, o->ao_enroll_token, &a->a_cplink, err, errlen)) != 0)
+        goto fail;
     if (!data)
         TG_LOG(TG_LOG_WARN, "agent", "no snapshot yet: /readyz answers 503 and API requests 503");
     if (pipe2(a->a_stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -547,6 +549,7 @@ void tg_agent_destroy(tg_agent_t *a)
 {
     if (!a)
         return;
+    tg_cplink_stop(a->a_cplink); /* first: its threads install snapshots and read the outbox */
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);

@@ -58,6 +58,7 @@ struct tg_agent {
     pthread_mutex_t a_sync_mu;
     pthread_cond_t a_sync_cv;
     int a_sync_stop;
+    struct tg_cplink *a_cplink; /* NULL without --cp */
     tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;
@@ -69,6 +70,13 @@ tg_cfg_t *tg_worker_cfg(worker_t *w);
 
 int tg_agent_brk_allow(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int64_t now_ms);
 void tg_agent_brk_record(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int ok, int64_t now_ms);
+
+/* cplink.c: enrollment, Sync and the reporter (threads of their own). */
+typedef struct tg_cplink tg_cplink_t;
+int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cplink_t **out, char *err,
+                    size_t errlen);
+/* Stops the threads and frees. Accepts NULL. */
+void tg_cplink_stop(tg_cplink_t *l);
 
 /* request.c */
 void tg_req_handle(struct evhttp_request *hr, void *worker);

@@ -57,6 +57,8 @@ typedef struct tg_agent_opts {
     int ao_insecure_upstream;  /* test only: skip TLS verification upstream */
     int ao_log_records;        /* also write each usage record as a JSON log line */
     size_t ao_outbox_map;      /* LMDB map size of the outbox (bytes) */
+    const char *ao_cp;         /* control plane gRPC address ("127.0.0.1:7443"); NULL: none */
+    const char *ao_enroll_token; /* first start: enrollment token for the control plane */
     const char *ao_forward[8]; /* client headers copied to upstream requests */
     int ao_nforward;
 } tg_agent_opts_t;

@@ -1,0 +1,637 @@
+/* cplink.c: the agent's link to the control plane (AgentService over
+ * //rpc), on two threads of its own so no event loop ever waits on it:
+ *
+ *  - sync: enrolls once (--enroll-token; the agent id and its Ed25519 key
+ *    are kept in the data dir), then keeps Sync open: a Snapshot replaces
+ *    the configuration, an Update is applied onto a copy of the current
+ *    one (objects replaced, added or deleted by id) and swapped in; a gap in
+ *    revisions reopens the stream asking for a full snapshot. Reconnects
+ *    with backoff when the control plane goes away; the agent keeps serving
+ *    its last snapshot meanwhile (static stability).
+ *  - reporter: every policy.report_interval_ms takes the batch in flight
+ *    (or forms one of the oldest records, at most report_batch_max_records)
+ *    from the outbox, packs a UsageBatch, signs it, sends ReportUsage and
+ *    deletes the batch only after the acknowledgement; on failure it waits
+ *    (backoff) and resends the same batch under the same sequence. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/server_int.h"
+#include "base/tg_log.h"
+#include "crypto/tg_crypto.h"
+#include "rpc/tg_rpc.h"
+
+#define M_ENROLL "/tollgate.v1.AgentService/Enroll"
+#define M_SYNC "/tollgate.v1.AgentService/Sync"
+#define M_REPORT "/tollgate.v1.AgentService/ReportUsage"
+
+struct tg_cplink {
+    tg_agent_t *cl_agent;
+    tg_rpc_channel_t *cl_ch;
+    tg_rpc_cancel_t *cl_cancel;
+    tg_crypto_key_t *cl_key;
+    char cl_token[256];
+    char cl_id[128];               /* agent id, "" until enrolled */
+    pthread_mutex_t cl_mu;         /* guards cl_id, cl_stop */
+    pthread_cond_t cl_cv;
+    int cl_stop;
+    pthread_t cl_sync_thr, cl_rep_thr;
+    int cl_sync_started, cl_rep_started;
+    tg_snap_t *cl_snap;            /* sync thread: the snapshot last installed */
+    int cl_need_full;              /* sync thread: ask for a full snapshot */
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Sleeps ms unless stop is asked first. Returns 1 when stopping. */
+static int nap(tg_cplink_t *l, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&l->cl_mu);
+    if (!l->cl_stop)
+        pthread_cond_timedwait(&l->cl_cv, &l->cl_mu, &ts);
+    int stop = l->cl_stop;
+    pthread_mutex_unlock(&l->cl_mu);
+    return stop;
+}
+
+static int stopping(tg_cplink_t *l)
+{
+    pthread_mutex_lock(&l->cl_mu);
+    int s = l->cl_stop;
+    pthread_mutex_unlock(&l->cl_mu);
+    return s;
+}
+
+const char *tg_cplink_agent_id(tg_cplink_t *l, char *buf, size_t n)
+{
+    pthread_mutex_lock(&l->cl_mu);
+    snprintf(buf, n, "%s", l->cl_id);
+    pthread_mutex_unlock(&l->cl_mu);
+    return buf;
+}
+
+/* ---- identity ---------------------------------------------------------------- */
+
+static int read_id(const char *dir, char *out, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/agent_id", dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t k = fread(out, 1, n - 1, f);
+    fclose(f);
+    while (k && (out[k - 1] == '\n' || out[k - 1] == ' '))
+        k--;
+    out[k] = '\0';
+    return k ? 0 : -1;
+}
+
+static int write_id(const char *dir, const char *id)
+{
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/agent_id", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    int ok = fprintf(f, "%s\n", id) > 0;
+    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    return ok && rename(tmp, path) == 0 ? 0 : -1;
+}
+
+/* Enrolls until it succeeds or stop. Returns 0 or 1 (stopping). */
+static int enroll(tg_cplink_t *l)
+{
+    tg_agent_t *a = l->cl_agent;
+    uint8_t pub[TG_ED25519_PUBLIC_LEN];
+    tg_crypto_key_public(l->cl_key, pub);
+    char host[256] = "agent";
+    gethostname(host, sizeof host - 1);
+    Tollgate__V1__EnrollRequest rq = TOLLGATE__V1__ENROLL_REQUEST__INIT;
+    rq.enrollment_token = l->cl_token;
+    rq.name = host;
+    rq.region = (char *)a->a_opts.ao_region;
+    rq.public_key.data = pub;
+    rq.public_key.len = sizeof pub;
+    rq.version = "tollgate-agent/0.1";
+    for (int attempt = 0;; attempt++) {
+        char err[TG_ERRLEN] = "";
+        tg_rpc_result_t res;
+        ProtobufCMessage *reply = NULL;
+        int rc = tg_rpc_unary_pb(l->cl_ch, M_ENROLL, NULL, 0, &rq.base, &tollgate__v1__enroll_response__descriptor,
+                                 &reply, 10000, &res, err, sizeof err);
+        tg_rpc_result_free(&res);
+        if (rc == 0) {
+            Tollgate__V1__EnrollResponse *r = (Tollgate__V1__EnrollResponse *)reply;
+            if (write_id(a->a_opts.ao_data_dir, r->agent_id) != 0)
+                TG_LOG(TG_LOG_ERROR, "agent", "cannot write %s/agent_id: %s", a->a_opts.ao_data_dir,
+                       strerror(errno));
+            pthread_mutex_lock(&l->cl_mu);
+            snprintf(l->cl_id, sizeof l->cl_id, "%s", r->agent_id);
+            pthread_mutex_unlock(&l->cl_mu);
+            TG_LOG(TG_LOG_INFO, "agent", "enrolled as %s", r->agent_id);
+            tg_rpc_pb_free(reply);
+            return 0;
+        }
+        TG_LOG(TG_LOG_WARN, "agent", "enroll failed (retrying): %s", err);
+        if (nap(l, attempt < 5 ? 200 << attempt : 5000))
+            return 1;
+    }
+}
+
+static int proof(tg_cplink_t *l, Tollgate__V1__AgentProof *p, uint8_t sig[TG_ED25519_SIG_LEN], char *msgbuf,
+                 size_t msglen)
+{
+    int64_t ts = now_us();
+    size_t idl = strlen(l->cl_id);
+    if (17 + idl + 8 > msglen)
+        return -1;
+    memcpy(msgbuf, "tollgate-agent-v1", 17);
+    memcpy(msgbuf + 17, l->cl_id, idl);
+    for (int i = 0; i < 8; i++)
+        msgbuf[17 + idl + i] = (char)((uint64_t)ts >> (56 - 8 * i));
+    if (tg_crypto_sign(l->cl_key, msgbuf, 17 + idl + 8, sig) != 0)
+        return -1;
+    p->agent_id = l->cl_id;
+    p->timestamp_us = ts;
+    p->signature.data = sig;
+    p->signature.len = TG_ED25519_SIG_LEN;
+    return 0;
+}
+
+/* ---- sync ---------------------------------------------------------------------- */
+
+static int sync_request(void *arg, tg_buf_t *req)
+{
+    tg_cplink_t *l = arg;
+    Tollgate__V1__SyncRequest r = TOLLGATE__V1__SYNC_REQUEST__INIT;
+    Tollgate__V1__AgentProof p = TOLLGATE__V1__AGENT_PROOF__INIT;
+    uint8_t sig[TG_ED25519_SIG_LEN];
+    char msg[256];
+    if (proof(l, &p, sig, msg, sizeof msg) != 0)
+        return -1;
+    r.proof = &p;
+    r.have_revision = l->cl_snap && !l->cl_need_full ? l->cl_snap->revision : 0;
+    l->cl_need_full = 0;
+    return tg_rpc_pb_pack(&r.base, req, NULL, 0) == 0 ? 0 : -1;
+}
+
+/* Installs snap (packed into bytes) and keeps it as the base for updates. */
+static int install(tg_cplink_t *l, tg_snap_t *snap)
+{
+    char err[TG_ERRLEN] = "";
+    size_t n = tollgate__v1__snapshot__get_packed_size(snap);
+    uint8_t *buf = tg_malloc(n ? n : 1);
+    if (!buf)
+        return -1;
+    tollgate__v1__snapshot__pack(snap, buf);
+    int rc = tg_agent_set_snapshot(l->cl_agent, buf, n, err, sizeof err);
+    if (rc == 0) {
+        tg_snap_t *copy = tollgate__v1__snapshot__unpack(NULL, n, buf);
+        if (l->cl_snap)
+            tollgate__v1__snapshot__free_unpacked(l->cl_snap, NULL);
+        l->cl_snap = copy;
+    } else {
+        TG_LOG(TG_LOG_ERROR, "agent", "snapshot from the control plane refused: %s", err);
+    }
+    tg_free(buf);
+    return rc;
+}
+
+/* One repeated field of the snapshot being rebuilt: pointers into the old
+ * snapshot and into the update (both alive while the new one is packed). */
+typedef struct plist {
+    void **pl_v;
+    size_t pl_n, pl_cap;
+} plist_t;
+
+static int plist_init(plist_t *p, void **v, size_t n)
+{
+    p->pl_cap = n + 16;
+    p->pl_n = n;
+    p->pl_v = tg_malloc(p->pl_cap * sizeof *p->pl_v);
+    if (!p->pl_v)
+        return -1;
+    if (n)
+        memcpy(p->pl_v, v, n * sizeof *v);
+    return 0;
+}
+
+/* Replaces the element with the same key, appends, or (del) removes it. */
+static int plist_apply(plist_t *p, void *obj, int del, int (*same)(const void *, const void *))
+{
+    for (size_t i = 0; i < p->pl_n; i++) {
+        if (!same(p->pl_v[i], obj))
+            continue;
+        if (del)
+            p->pl_v[i] = p->pl_v[--p->pl_n];
+        else
+            p->pl_v[i] = obj;
+        return 0;
+    }
+    if (del)
+        return 0;
+    if (p->pl_n == p->pl_cap) {
+        void **nv = tg_realloc(p->pl_v, (p->pl_cap * 2) * sizeof *nv);
+        if (!nv)
+            return -1;
+        p->pl_v = nv;
+        p->pl_cap *= 2;
+    }
+    p->pl_v[p->pl_n++] = obj;
+    return 0;
+}
+
+#define SAME_ID(T)                                                                                 \
+    static int same_##T(const void *a, const void *b)                                              \
+    {                                                                                              \
+        return strcmp(((const Tollgate__V1__##T *)a)->id, ((const Tollgate__V1__##T *)b)->id) == 0; \
+    }
+SAME_ID(Account)
+SAME_ID(Project)
+SAME_ID(ApiKey)
+SAME_ID(Channel)
+static int same_route(const void *a, const void *b)
+{
+    return strcmp(((const tg_route_t *)a)->model, ((const tg_route_t *)b)->model) == 0;
+}
+static int same_balance(const void *a, const void *b)
+{
+    const tg_balance_t *x = a, *y = b;
+    return strcmp(x->account_id, y->account_id) == 0 && strcmp(x->bucket, y->bucket) == 0;
+}
+static int same_card(const void *a, const void *b)
+{
+    const Tollgate__V1__PriceCard *x = a, *y = b;
+    return strcmp(x->id, y->id) == 0 && x->version == y->version;
+}
+static int same_run(const void *a, const void *b)
+{
+    return strcmp(((const Tollgate__V1__RunBudget *)a)->run_id, ((const Tollgate__V1__RunBudget *)b)->run_id) == 0;
+}
+
+enum { L_ACC, L_BAL, L_PRJ, L_KEY, L_CHAN, L_ROUTE, L_CARD, L_RUN, L_N };
+
+static int apply_update(tg_cplink_t *l, const Tollgate__V1__Update *u)
+{
+    tg_snap_t *old = l->cl_snap;
+    plist_t pl[L_N] = {{0}};
+    int rc = -1;
+    if (plist_init(&pl[L_ACC], (void **)old->accounts, old->n_accounts) ||
+        plist_init(&pl[L_BAL], (void **)old->balances, old->n_balances) ||
+        plist_init(&pl[L_PRJ], (void **)old->projects, old->n_projects) ||
+        plist_init(&pl[L_KEY], (void **)old->keys, old->n_keys) ||
+        plist_init(&pl[L_CHAN], (void **)old->channels, old->n_channels) ||
+        plist_init(&pl[L_ROUTE], (void **)old->routes, old->n_routes) ||
+        plist_init(&pl[L_CARD], (void **)old->price_cards, old->n_price_cards) ||
+        plist_init(&pl[L_RUN], (void **)old->run_budgets, old->n_run_budgets))
+        goto done;
+    Tollgate__V1__GatewayPolicy *policy = old->policy;
+    for (size_t i = 0; i < u->n_changes; i++) {
+        const Tollgate__V1__ConfigChange *c = u->changes[i];
+        int d = c->deleted, r = 0;
+        switch (c->object_case) {
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_ACCOUNT: r = plist_apply(&pl[L_ACC], c->account, d, same_Account); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_BALANCE: r = plist_apply(&pl[L_BAL], c->balance, d, same_balance); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_PROJECT: r = plist_apply(&pl[L_PRJ], c->project, d, same_Project); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_KEY: r = plist_apply(&pl[L_KEY], c->key, d, same_ApiKey); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_CHANNEL: r = plist_apply(&pl[L_CHAN], c->channel, d, same_Channel); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_ROUTE: r = plist_apply(&pl[L_ROUTE], c->route, d, same_route); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_PRICE_CARD: r = plist_apply(&pl[L_CARD], c->price_card, d, same_card); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_RUN_BUDGET: r = plist_apply(&pl[L_RUN], c->run_budget, d, same_run); break;
+        case TOLLGATE__V1__CONFIG_CHANGE__OBJECT_POLICY: policy = d ? NULL : c->policy; break;
+        default: break;
+        }
+        if (r)
+            goto done;
+    }
+    tg_snap_t s = *old;
+    s.revision = u->revision;
+    s.generated_at_us = now_us();
+    s.accounts = (Tollgate__V1__Account **)pl[L_ACC].pl_v;
+    s.n_accounts = pl[L_ACC].pl_n;
+    s.balances = (Tollgate__V1__Balance **)pl[L_BAL].pl_v;
+    s.n_balances = pl[L_BAL].pl_n;
+    s.projects = (Tollgate__V1__Project **)pl[L_PRJ].pl_v;
+    s.n_projects = pl[L_PRJ].pl_n;
+    s.keys = (Tollgate__V1__ApiKey **)pl[L_KEY].pl_v;
+    s.n_keys = pl[L_KEY].pl_n;
+    s.channels = (Tollgate__V1__Channel **)pl[L_CHAN].pl_v;
+    s.n_channels = pl[L_CHAN].pl_n;
+    s.routes = (Tollgate__V1__ModelRoute **)pl[L_ROUTE].pl_v;
+    s.n_routes = pl[L_ROUTE].pl_n;
+    s.price_cards = (Tollgate__V1__PriceCard **)pl[L_CARD].pl_v;
+    s.n_price_cards = pl[L_CARD].pl_n;
+    s.run_budgets = (Tollgate__V1__RunBudget **)pl[L_RUN].pl_v;
+    s.n_run_budgets = pl[L_RUN].pl_n;
+    s.policy = policy;
+    rc = install(l, &s); /* packs s before old is freed */
+done:
+    for (int i = 0; i < L_N; i++)
+        tg_free(pl[i].pl_v);
+    return rc;
+}
+
+static int on_sync_message(void *arg, const uint8_t *data, size_t len)
+{
+    tg_cplink_t *l = arg;
+    Tollgate__V1__SyncMessage *m = tollgate__v1__sync_message__unpack(NULL, len, data);
+    if (!m) {
+        TG_LOG(TG_LOG_ERROR, "agent", "Sync: a message that does not unpack; asking for a full snapshot");
+        l->cl_need_full = 1;
+        return 1;
+    }
+    int stop = 0;
+    if (m->message_case == TOLLGATE__V1__SYNC_MESSAGE__MESSAGE_SNAPSHOT) {
+        install(l, m->snapshot);
+    } else if (m->message_case == TOLLGATE__V1__SYNC_MESSAGE__MESSAGE_UPDATE) {
+        const Tollgate__V1__Update *u = m->update;
+        if (!l->cl_snap || u->from_revision != l->cl_snap->revision) {
+            TG_LOG(TG_LOG_WARN, "agent", "Sync: update from revision %lld but we have %lld: full snapshot",
+                   (long long)u->from_revision, (long long)(l->cl_snap ? l->cl_snap->revision : 0));
+            l->cl_need_full = 1;
+            stop = 1;
+        } else if (apply_update(l, u) != 0) {
+            l->cl_need_full = 1;
+            stop = 1;
+        }
+    }
+    tollgate__v1__sync_message__free_unpacked(m, NULL);
+    return stop || stopping(l);
+}
+
+static int on_sync_status(void *arg, int code, const char *message, int next_delay_ms)
+{
+    tg_cplink_t *l = arg;
+    if (code != TG_RPC_CODE_OK)
+        TG_LOG(TG_LOG_WARN, "agent", "Sync ended (%s: %s); again in %d ms, serving revision %lld meanwhile",
+               tg_rpc_code_name(code), message, next_delay_ms, (long long)(l->cl_snap ? l->cl_snap->revision : 0));
+    return stopping(l);
+}
+
+static void *sync_main(void *arg)
+{
+    tg_cplink_t *l = arg;
+    if (!l->cl_id[0] && enroll(l) != 0)
+        return NULL;
+    while (!stopping(l)) {
+        char err[TG_ERRLEN] = "";
+        tg_rpc_stream_opts_t o = {0};
+        o.sr_method = M_SYNC;
+        o.sr_request = sync_request;
+        o.sr_on_message = on_sync_message;
+        o.sr_on_status = on_sync_status;
+        o.sr_arg = l;
+        o.sr_backoff = (tg_rpc_backoff_t){.bo_initial_ms = 100, .bo_max_ms = 2000};
+        o.sr_max_message_bytes = 256u << 20;
+        o.sr_cancel = l->cl_cancel;
+        int rc = tg_rpc_stream_run(l->cl_ch, &o, err, sizeof err);
+        if (rc == TG_RPC_ESTOPPED)
+            break;
+        if (rc < 0) {
+            TG_LOG(TG_LOG_ERROR, "agent", "Sync: %s", err);
+            if (nap(l, 1000))
+                break;
+        }
+    }
+    return NULL;
+}
+
+/* ---- reporter -------------------------------------------------------------------- */
+
+typedef struct collect {
+    tg_outbox_batch_t *co_b;
+    Tollgate__V1__UsageRecord **co_recs;
+    char **co_ids; /* each record's own agent_id, put back before freeing */
+    size_t co_n;
+} collect_t;
+
+static int collect_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    collect_t *c = arg;
+    if (seq > c->co_b->ob_last)
+        return 1;
+    if (seq < c->co_b->ob_first || c->co_n >= c->co_b->ob_count)
+        return 0;
+    Tollgate__V1__UsageRecord *r = tollgate__v1__usage_record__unpack(NULL, len, data);
+    if (!r)
+        return -1;
+    c->co_recs[c->co_n++] = r;
+    return 0;
+}
+
+/* Sends the batch in flight (or a new one). Returns 1 sent, 0 nothing to
+ * send, -1 failed (retry later). */
+static int report_once(tg_cplink_t *l, size_t max)
+{
+    tg_agent_t *a = l->cl_agent;
+    char err[TG_ERRLEN] = "";
+    tg_outbox_batch_t b;
+    int rc = tg_outbox_batch(a->a_outbox, max, &b, err, sizeof err);
+    if (rc <= 0) {
+        if (rc < 0)
+            TG_LOG(TG_LOG_ERROR, "agent", "reporter: %s", err);
+        return rc < 0 ? -1 : 0;
+    }
+    size_t cap = b.ob_count ? (size_t)b.ob_count : 1;
+    collect_t c = {&b, tg_calloc(cap, sizeof *c.co_recs), tg_calloc(cap, sizeof(char *)), 0};
+    tg_buf_t packed, signedb;
+    tg_buf_init(&packed, (size_t)1 << 30);
+    tg_buf_init(&signedb, (size_t)1 << 30);
+    int out = -1;
+    ProtobufCMessage *reply = NULL;
+    if (!c.co_recs || !c.co_ids)
+        goto done;
+    if (tg_outbox_scan(a->a_outbox, (size_t)b.ob_count + 1, collect_one, &c, err, sizeof err) < 0) {
+        TG_LOG(TG_LOG_ERROR, "agent", "reporter: batch %llu: a record does not unpack", (unsigned long long)b.ob_seq);
+        goto done;
+    }
+    Tollgate__V1__UsageBatch ub = TOLLGATE__V1__USAGE_BATCH__INIT;
+    ub.agent_id = l->cl_id;
+    ub.sequence = b.ob_seq;
+    ub.created_at_us = now_us();
+    ub.records = c.co_recs;
+    ub.n_records = c.co_n;
+    for (size_t i = 0; i < c.co_n; i++) {
+        c.co_ids[i] = c.co_recs[i]->agent_id;
+        c.co_recs[i]->agent_id = l->cl_id; /* records spooled before enrollment have none */
+    }
+    if (tg_rpc_pb_pack(&ub.base, &packed, err, sizeof err) != 0)
+        goto done;
+    uint8_t sig[TG_ED25519_SIG_LEN];
+    if (tg_crypto_sign(l->cl_key, packed.b_data, packed.b_len, sig) != 0) {
+        TG_LOG(TG_LOG_ERROR, "agent", "reporter: signing failed");
+        goto done;
+    }
+    Tollgate__V1__SignedUsageBatch sb = TOLLGATE__V1__SIGNED_USAGE_BATCH__INIT;
+    sb.batch.data = (uint8_t *)packed.b_data;
+    sb.batch.len = packed.b_len;
+    sb.signature.data = sig;
+    sb.signature.len = sizeof sig;
+    sb.agent_id = l->cl_id;
+    tg_rpc_result_t res;
+    rc = tg_rpc_unary_pb(l->cl_ch, M_REPORT, NULL, 0, &sb.base, &tollgate__v1__report_usage_response__descriptor,
+                         &reply, 30000, &res, err, sizeof err);
+    int code = res.rs_code;
+    tg_rpc_result_free(&res);
+    if (rc != 0 && (code == TG_RPC_CODE_INVALID_ARGUMENT || code == TG_RPC_CODE_FAILED_PRECONDITION)) {
+        /* Resending cannot help, and would block every later batch: keep
+         * the records aside (outbox "rejected" table) and say so loudly. */
+        TG_LOG(TG_LOG_ERROR, "agent", "batch %llu (%zu records) REJECTED by the control plane, kept aside: %s",
+               (unsigned long long)b.ob_seq, c.co_n, err);
+        if (tg_outbox_batch_done(a->a_outbox, &b, 1, err, sizeof err) == 0)
+            out = 1;
+        goto done;
+    }
+    if (rc != 0) {
+        TG_LOG(TG_LOG_WARN, "agent", "ReportUsage batch %llu (%zu records) failed, will resend: %s",
+               (unsigned long long)b.ob_seq, c.co_n, err);
+        goto done;
+    }
+    Tollgate__V1__ReportUsageResponse *r = (Tollgate__V1__ReportUsageResponse *)reply;
+    TG_LOG(TG_LOG_INFO, "agent", "batch %llu acknowledged: %u settled, %u duplicate records%s",
+           (unsigned long long)b.ob_seq, r->settled, r->duplicate_records, r->duplicate_batch ? " (duplicate batch)" : "");
+    if (tg_outbox_batch_done(a->a_outbox, &b, 0, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "agent", "reporter: %s", err);
+        goto done;
+    }
+    out = 1;
+done:
+    tg_rpc_pb_free(reply);
+    for (size_t i = 0; c.co_recs && i < c.co_n; i++) {
+        if (c.co_ids[i])
+            c.co_recs[i]->agent_id = c.co_ids[i];
+        tollgate__v1__usage_record__free_unpacked(c.co_recs[i], NULL);
+    }
+    tg_free(c.co_recs);
+    tg_free(c.co_ids);
+    tg_buf_free(&packed);
+    tg_buf_free(&signedb);
+    return out;
+}
+
+static void *report_main(void *arg)
+{
+    tg_cplink_t *l = arg;
+    int fails = 0;
+    for (;;) {
+        uint32_t interval = 200, batch = 1000;
+        tg_cfg_t *c = NULL;
+        tg_agent_t *a = l->cl_agent;
+        pthread_mutex_lock(&a->a_cfg_mu);
+        if ((c = a->a_cfg) != NULL)
+            tg_cfg_ref(c);
+        pthread_mutex_unlock(&a->a_cfg_mu);
+        if (c) {
+            const Tollgate__V1__GatewayPolicy *p = tg_cfg_snapshot(c)->policy;
+            if (p && p->report_interval_ms)
+                interval = p->report_interval_ms;
+            if (p && p->report_batch_max_records)
+                batch = p->report_batch_max_records;
+            tg_cfg_unref(c);
+        }
+        char id[128];
+        int rc = 0;
+        if (tg_cplink_agent_id(l, id, sizeof id)[0]) {
+            while ((rc = report_once(l, batch)) == 1 && !stopping(l))
+                fails = 0;
+        }
+        int wait = (int)interval;
+        if (rc < 0) {
+            fails++;
+            wait = fails < 6 ? 250 << fails : 10000; /* backoff while the control plane is away */
+        }
+        if (nap(l, wait))
+            break;
+    }
+    return NULL;
+}
+
+/* ---- start / stop ------------------------------------------------------------------ */
+
+int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cplink_t **out, char *err,
+                    size_t errlen)
+{
+    int rc;
+    char path[4096];
+    *out = NULL;
+    if (!a->a_opts.ao_data_dir || !a->a_outbox)
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp needs --data-dir (agent id, key and outbox live there)");
+    tg_cplink_t *l = tg_calloc(1, sizeof *l);
+    if (!l)
+        return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
+    l->cl_agent = a;
+    pthread_mutex_init(&l->cl_mu, NULL);
+    pthread_cond_init(&l->cl_cv, NULL);
+    snprintf(l->cl_token, sizeof l->cl_token, "%s", token ? token : "");
+    snprintf(path, sizeof path, "%s/agent_key.pem", a->a_opts.ao_data_dir);
+    if ((rc = tg_crypto_key_load_or_create(path, &l->cl_key, err, errlen)) != 0) {
+        rc = TG_AGENT_ESYS;
+        goto fail;
+    }
+    if (read_id(a->a_opts.ao_data_dir, l->cl_id, sizeof l->cl_id) != 0 && !l->cl_token[0]) {
+        rc = tg_errf(err, errlen, TG_AGENT_EUSAGE,
+                     "not enrolled yet (%s/agent_id missing): give --enroll-token", a->a_opts.ao_data_dir);
+        goto fail;
+    }
+    if (!(l->cl_ch = tg_rpc_channel_create(target, NULL, err, errlen)) || !(l->cl_cancel = tg_rpc_cancel_create())) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot reach the control plane at %s", target);
+        goto fail;
+    }
+    if (pthread_create(&l->cl_sync_thr, NULL, sync_main, l) != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot start the sync thread");
+        goto fail;
+    }
+    l->cl_sync_started = 1;
+    if (pthread_create(&l->cl_rep_thr, NULL, report_main, l) != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot start the reporter thread");
+        goto fail;
+    }
+    l->cl_rep_started = 1;
+    *out = l;
+    return 0;
+fail:
+    tg_cplink_stop(l);
+    return rc;
+}
+
+void tg_cplink_stop(tg_cplink_t *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_lock(&l->cl_mu);
+    l->cl_stop = 1;
+    pthread_cond_broadcast(&l->cl_cv);
+    pthread_mutex_unlock(&l->cl_mu);
+    if (l->cl_cancel)
+        tg_rpc_cancel_signal(l->cl_cancel);
+    if (l->cl_sync_started)
+        pthread_join(l->cl_sync_thr, NULL);
+    if (l->cl_rep_started)
+        pthread_join(l->cl_rep_thr, NULL);
+    tg_rpc_channel_destroy(l->cl_ch);
+    tg_rpc_cancel_destroy(l->cl_cancel);
+    tg_crypto_key_free(l->cl_key);
+    if (l->cl_snap)
+        tollgate__v1__snapshot__free_unpacked(l->cl_snap, NULL);
+    pthread_mutex_destroy(&l->cl_mu);
+    pthread_cond_destroy(&l->cl_cv);
+    tg_free(l);
+}

@@ -1,0 +1,102 @@
+// tollgate-agent with the real control plane (tollgate-cp on its embedded
+// LMDB store) and mockllm: the agent enrolls with a token, receives its
+// configuration over Sync (and later changes as updates), serves through the
+// official openai SDK, reports signed usage batches and the control plane
+// settles them: the wallet balance drops by exactly the recorded costs. With
+// the control plane down the agent keeps serving and spools; when it comes
+// back every spooled record settles, exactly once.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { startAgent } from '../../agent/testing/agent.mjs';
+import { startCp, seed, balance, ENROLL_TOKEN } from './cp_agent_lib.mjs';
+import { freePort, tmpdir, until } from './lib/proc.mjs';
+
+let mock;
+let cp;
+let cpPort;
+let cpDir;
+let agent;
+let ids;
+let secret;
+let client;
+const TOPUP = 100n * 1000000000n;
+const messages = [{ role: 'user', content: 'Settle this, please.' }];
+
+before(async () => {
+  mock = await startMock();
+  cpPort = await freePort();
+  cpDir = tmpdir('tg-agent-cp-');
+  cp = await startCp({ dataDir: cpDir, extraArgs: ['--listen', `127.0.0.1:${cpPort}`] });
+  ids = await seed(cp, { topup: TOPUP });
+  const ch = await cp.adminCall('CreateChannel', { channel: {
+    name: 'mock-pooled', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+    route_type: 'ROUTE_TYPE_POOLED', cost_rate_ppm: '700000', credential: 'sk-upstream-mock',
+  } });
+  await cp.adminCall('PutRoute', { route: { model: 'gpt-4o',
+    tiers: [{ targets: [{ channel_id: ch.id, upstream_model: 'gpt-4o-2024-08-06' }] }] } });
+  const k = await cp.adminCall('CreateKey', { key: { account_id: ids.account, name: 'e2e', expose_cost: true } });
+  secret = k.secret;
+  agent = await startAgent(null, { noSnapshot: true,
+    args: ['--cp', `127.0.0.1:${cpPort}`, '--enroll-token', ENROLL_TOKEN] });
+  await until(async () => (await fetch(`${agent.url}/readyz`)).status === 200,
+    { timeoutMs: 15000, what: 'the agent to receive its snapshot over Sync' });
+  client = new OpenAI({ apiKey: secret, baseURL: agent.base, maxRetries: 0, timeout: 15000 });
+});
+after(async () => {
+  await agent?.stop();
+  await cp?.stop();
+  await mock?.stop();
+});
+
+async function spent(recordIds) {
+  let sum = 0n;
+  for (const id of recordIds) sum += BigInt((await agent.waitRecord(id)).cost_nano);
+  return sum;
+}
+
+test('enrolled, configured over Sync, a request is settled: the wallet drops by its cost', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'gpt-4o', messages }).withResponse();
+  assert.equal(data.model, 'gpt-4o-2024-08-06');
+  const id = response.headers.get('x-request-id');
+  const rec = await agent.waitRecord(id);
+  assert.equal(rec.account_id, ids.account);
+  assert.equal(rec.bucket, 'wallet');
+  assert.equal(rec.price_card_id, ids.card);
+  assert.ok(BigInt(rec.cost_nano) > 0n);
+  const want = TOPUP - BigInt(rec.cost_nano);
+  await until(async () => (await balance(cp, ids.account)) === want, { timeoutMs: 15000, what: 'settlement' });
+  await until(() => agent.outbox().length === 0, { timeoutMs: 5000, what: 'the outbox to drain after the ack' });
+  assert.match(agent.proc.output(), /enrolled as /);
+});
+
+test('a configuration change reaches the agent as a Sync update', async () => {
+  const route = await cp.adminCall('GetRoute', { id: 'gpt-4o' });
+  await cp.adminCall('PutRoute', { route: { model: 'gpt-4o-mini', tiers: route.tiers } });
+  const r = await until(async () => {
+    try { return await client.chat.completions.create({ model: 'gpt-4o-mini', messages }); } catch { return null; }
+  }, { timeoutMs: 10000, what: 'gpt-4o-mini to be served' });
+  assert.equal(r.model, 'gpt-4o-2024-08-06');
+});
+
+test('control plane down: the agent serves and spools; back up: every record settles once', async () => {
+  const before = await balance(cp, ids.account);
+  await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'earlier records to drain' })
+    .catch((e) => { throw new Error(`${e.message}\n${agent.proc.output().split('\n').filter((l) => !l.includes('"comp":"usage"')).slice(-15).join('\n')}`); });
+  await cp.stop();
+  const reqIds = [];
+  for (let i = 0; i < 3; i++) {
+    const { response } = await client.chat.completions.create({ model: 'gpt-4o', messages }).withResponse();
+    reqIds.push(response.headers.get('x-request-id'));
+  }
+  const cost = await spent(reqIds);
+  assert.equal(agent.outbox().length, 3);
+  cp = await startCp({ dataDir: cpDir, extraArgs: ['--listen', `127.0.0.1:${cpPort}`] });
+  await until(async () => (await balance(cp, ids.account)) === before - cost,
+    { timeoutMs: 30000, what: 'the spooled records to settle' });
+  await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'the outbox to drain' });
+  // Exactly once: nothing more is charged afterwards.
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(await balance(cp, ids.account), before - cost);
+});
