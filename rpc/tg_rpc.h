@@ -106,12 +106,12 @@ enum tg_rpc_code {
     TG_RPC_CODE_UNAUTHENTICATED = 16
 };
 
-/* "INVALID_ARGUMENT" for 3, "CODE_99" style text never: unknown codes give
- * "UNKNOWN_CODE". Never NULL. */
+/* The status code's name: "INVALID_ARGUMENT" for 3; "UNKNOWN_CODE" for a
+ * number outside 0..16. Never NULL. */
 const char *tg_rpc_code_name(int code);
 
 /* One metadata entry (a header). Keys are lowercase ASCII; keys ending in
- * "-bin" carry binary values. v_len 0 means strlen(value). */
+ * "-bin" carry binary values. md_len 0 means strlen(md_value). */
 typedef struct tg_rpc_md {
     const char *md_key;   /* e.g. "authorization" */
     const char *md_value; /* e.g. "Bearer tg-..." */
@@ -150,7 +150,8 @@ typedef int (*tg_rpc_unary_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t r
 #define TG_RPC_KEEP 1000
 
 /* A server-streaming handler: runs once when the call arrives, with its one
- * request. Either send messages with tg_rpc_call_send() and return a status
+ * request. Either send messages with tg_rpc_call_send() (on this thread a
+ * send never waits: TG_RPC_EFULL past the queue bound) and return a status
  * code (the stream ends with it after queued messages are written; the call
  * must not be touched afterwards), or return TG_RPC_KEEP: the caller keeps
  * the call and must end it exactly once with tg_rpc_call_finish(), from any

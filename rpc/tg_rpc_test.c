@@ -1073,6 +1073,16 @@ static void test_bad_arguments(void **state)
     tg_rpc_server_destroy(srv);
     tg_rpc_server_destroy(NULL);
 
+    /* A certificate that is not PEM: refused at start, nothing leaks. */
+    tg_rpc_server_opts_t junk = {.so_cert_pem = "not a certificate", .so_key_pem = "nor a key"};
+    tg_rpc_server_t *bad = tg_rpc_server_create(&junk, err, sizeof err);
+    assert_non_null(bad);
+    err[0] = '\0';
+    int src = tg_rpc_server_start(bad, err, sizeof err);
+    assert_true(src == TG_RPC_EBIND || src == TG_RPC_ETLS);
+    assert_non_null(strstr(err, "TLS"));
+    tg_rpc_server_destroy(bad);
+
     /* Half a TLS identity is refused up front. */
     tg_rpc_server_opts_t half = {.so_cert_pem = "x"};
     assert_null(tg_rpc_server_create(&half, err, sizeof err));
