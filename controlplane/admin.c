@@ -157,77 +157,106 @@ void cp_wr_audit(cp_wr_t *w, const char *otype, const char *oid, const ProtobufC
     w->wr_after = json_of(w, after);
 }
 
-/* ---- generic list -------------------------------------------------------------- */
+/* ---- scans and generic lists ---------------------------------------------------- */
+
+int cp_scan(cp_actx_t *a, const char *prefix, const char *from, size_t from_len, int keys_only,
+            cp_scan_fn fn, void *arg)
+{
+    size_t plen = strlen(prefix), start_len = plen + (from ? from_len : 0), end_len;
+    char *start = tg_pool_alloc(a->ax_pool, TG_STORE_MAX_KEY + 1);
+    uint8_t end[TG_STORE_MAX_KEY];
+    char err[TG_ERRLEN] = "";
+    if (!start) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
+    if (start_len > TG_STORE_MAX_KEY)
+        return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "page_token: too long");
+    memcpy(start, prefix, plen);
+    if (from) memcpy(start + plen, from, from_len);
+    end_len = tg_store_prefix_end(prefix, plen, end);
+    for (;;) {
+        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
+                                   .rq_end_len = end_len, .rq_limit = 256,
+                                   .rq_keys_only = keys_only};
+        tg_store_range_res_t rs;
+        int more, rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
+        if (rc != 0) return cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+        for (size_t i = 0; i < rs.rs_n; i++) {
+            const tg_store_kv_t *kv = &rs.rs_kvs[i];
+            int r = fn(a, kv, (const char *)kv->kv_key + plen, kv->kv_key_len - plen, arg);
+            if (r != CP_SCAN_GO) {
+                tg_store_range_res_free(&rs);
+                return r == CP_SCAN_STOP ? TG_RPC_CODE_OK : r;
+            }
+        }
+        more = rs.rs_more && rs.rs_n;
+        if (more) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
+        tg_store_range_res_free(&rs);
+        if (!more) return TG_RPC_CODE_OK;
+    }
+}
+
+typedef struct list_walk {
+    const ProtobufCMessageDescriptor *lw_d;
+    cp_keep_fn lw_keep;
+    const void *lw_keep_arg;
+    void (*lw_fix)(ProtobufCMessage *m);
+    ProtobufCMessage **lw_items;
+    size_t lw_n, lw_want;
+    char *lw_last; /* suffix of the last object returned */
+    int lw_more;   /* another object follows the page */
+} list_walk_t;
+
+static int list_step(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix, size_t len,
+                     void *arg)
+{
+    list_walk_t *w = arg;
+    ProtobufCMessage *m = NULL;
+    if (tg_rpc_pb_unpack(w->lw_d, kv->kv_val, kv->kv_val_len, &m, NULL, 0) != 0) {
+        TG_LOG(TG_LOG_WARN, "admin", "skipping an undecodable %s (key suffix %.*s)",
+               w->lw_d->name, (int)len, suffix);
+        return CP_SCAN_GO;
+    }
+    if (w->lw_keep && !w->lw_keep(m, w->lw_keep_arg)) {
+        tg_rpc_pb_free(m);
+        return CP_SCAN_GO;
+    }
+    if (w->lw_n == w->lw_want) { /* the page is full and this one follows */
+        tg_rpc_pb_free(m);
+        w->lw_more = 1;
+        return CP_SCAN_STOP;
+    }
+    tg_cp_pb_set_i64(m, "revision", kv->kv_mod_rev);
+    if (w->lw_fix) w->lw_fix(m);
+    w->lw_items[w->lw_n++] = m;
+    w->lw_last = cp_fmt(a, "%.*s", (int)len, suffix);
+    return CP_SCAN_GO;
+}
 
 int cp_list(cp_actx_t *a, const char *prefix, const ProtobufCMessageDescriptor *d,
             uint32_t page_size, const char *page_token, cp_keep_fn keep, const void *keep_arg,
             void (*fix)(ProtobufCMessage *m), const ProtobufCMessageDescriptor *respd,
             tg_buf_t *reply)
 {
-    size_t want = tg_cp_page_size(page_size), n = 0, plen = strlen(prefix);
-    ProtobufCMessage **items = tg_pool_calloc(a->ax_pool, want * sizeof(*items));
+    list_walk_t w = {d, keep, keep_arg, fix, NULL, 0, tg_cp_page_size(page_size), NULL, 0};
     ProtobufCMessage *resp = tg_pool_calloc(a->ax_pool, respd->sizeof_message);
-    char *start = tg_pool_alloc(a->ax_pool, TG_STORE_MAX_KEY + 2);
-    char *last = tg_pool_alloc(a->ax_pool, TG_STORE_MAX_KEY + 1);
     char *tok = tg_pool_alloc(a->ax_pool, 2 * TG_STORE_MAX_KEY + 4);
-    uint8_t end[TG_STORE_MAX_KEY];
-    size_t start_len, end_len;
-    char err[TG_ERRLEN] = "";
-    int code = TG_RPC_CODE_OK, more = 1;
+    char *from = NULL;
     const ProtobufCFieldDescriptor *arrf = NULL, *tokf;
+    int code;
 
-    if (!items || !resp || !start || !last || !tok)
+    w.lw_items = tg_pool_calloc(a->ax_pool, w.lw_want * sizeof(*w.lw_items));
+    if (!w.lw_items || !resp || !tok)
         return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
-    last[0] = tok[0] = '\0';
+    tok[0] = '\0';
     if (page_token && page_token[0]) {
-        char id[TG_STORE_MAX_KEY / 2 + 1];
-        if (tg_cp_page_token_decode(page_token, id, sizeof id) != 0)
+        from = tg_pool_alloc(a->ax_pool, TG_STORE_MAX_KEY / 2 + 2);
+        if (!from || tg_cp_page_token_decode(page_token, from, TG_STORE_MAX_KEY / 2 + 1) != 0)
             return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT,
                            "page_token: not a token from a previous page of this list");
-        start_len = (size_t)snprintf(start, TG_STORE_MAX_KEY + 1, "%s%s", prefix, id) + 1;
-        if (start_len > TG_STORE_MAX_KEY)
-            return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "page_token: too long");
-    } else {
-        start_len = (size_t)snprintf(start, TG_STORE_MAX_KEY + 1, "%s", prefix);
     }
-    end_len = tg_store_prefix_end(prefix, plen, end);
-
-    while (more && n < want) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 256};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) {
-            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            goto done;
-        }
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n; i++) {
-            const tg_store_kv_t *kv = &rs.rs_kvs[i];
-            ProtobufCMessage *m = NULL;
-            if (n == want) {
-                more = 1;
-                break;
-            }
-            snprintf(last, TG_STORE_MAX_KEY + 1, "%.*s", (int)(kv->kv_key_len - plen),
-                     (const char *)kv->kv_key + plen);
-            if (tg_rpc_pb_unpack(d, kv->kv_val, kv->kv_val_len, &m, err, sizeof err) != 0) {
-                TG_LOG(TG_LOG_WARN, "admin", "skipping undecodable %s at %s%s", d->name, prefix,
-                       last);
-                continue;
-            }
-            if (keep && !keep(m, keep_arg)) {
-                tg_rpc_pb_free(m);
-                continue;
-            }
-            tg_cp_pb_set_i64(m, "revision", kv->kv_mod_rev);
-            if (fix) fix(m);
-            items[n++] = m;
-        }
-        if (rs.rs_n) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
-        tg_store_range_res_free(&rs);
-    }
-    if (more && n == want && last[0]) tg_cp_page_token_encode(last, tok, 2 * TG_STORE_MAX_KEY + 4);
+    /* the page after `from` starts at from + NUL: the next key after it */
+    code = cp_scan(a, prefix, from, from ? strlen(from) + 1 : 0, 0, list_step, &w);
+    if (code != TG_RPC_CODE_OK) goto done;
+    if (w.lw_more && w.lw_last) tg_cp_page_token_encode(w.lw_last, tok, 2 * TG_STORE_MAX_KEY + 4);
 
     protobuf_c_message_init(respd, resp);
     for (unsigned i = 0; i < respd->n_fields; i++)
@@ -240,12 +269,12 @@ int cp_list(cp_actx_t *a, const char *prefix, const ProtobufCMessageDescriptor *
         code = cp_fail(a, TG_RPC_CODE_INTERNAL, "%s is not a list response", respd->name);
         goto done;
     }
-    *(size_t *)((char *)resp + arrf->quantifier_offset) = n;
-    *(ProtobufCMessage ***)((char *)resp + arrf->offset) = items;
+    *(size_t *)((char *)resp + arrf->quantifier_offset) = w.lw_n;
+    *(ProtobufCMessage ***)((char *)resp + arrf->offset) = w.lw_items;
     *(char **)((char *)resp + tokf->offset) = tok;
     code = cp_reply(a, resp, reply);
 done:
-    for (size_t i = 0; i < n; i++) tg_rpc_pb_free(items[i]);
+    for (size_t i = 0; i < w.lw_n; i++) tg_rpc_pb_free(w.lw_items[i]);
     return code;
 }
 

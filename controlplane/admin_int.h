@@ -206,6 +206,17 @@ typedef struct cp_binding {
  * unary wrapper). Returns OK with *a filled, or the failing status. */
 int cp_stream_begin(tg_cp_t *cp, tg_rpc_call_t *call, const cp_method_t *m, cp_actx_t *a);
 
+/* Walks the keys under prefix in key order, from prefix + from (from_len
+ * bytes; from NULL: the first key), reading 256 at a time, and calls fn for
+ * each with the key's bytes after the prefix. fn returns CP_SCAN_GO to go
+ * on, CP_SCAN_STOP to end the walk, or a failure status (the call's message
+ * already set). Returns OK or a failure status. */
+enum { CP_SCAN_GO = 0, CP_SCAN_STOP = -1 };
+typedef int (*cp_scan_fn)(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix,
+                          size_t suffix_len, void *arg);
+int cp_scan(cp_actx_t *a, const char *prefix, const char *from, size_t from_len, int keys_only,
+            cp_scan_fn fn, void *arg);
+
 /* Lists the objects stored under prefix as a page of a List*Response of
  * type resp (its first repeated field gets the objects, next_page_token the
  * token). keep (may be NULL) filters; fix (may be NULL) edits each object

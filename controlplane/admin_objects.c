@@ -302,41 +302,37 @@ done:
     return code;
 }
 
-/* Counts objects under prefix whose string field `field` equals v (up to
- * 2 are enough to answer "is it used"). Returns the count or -1 (failed). */
+/* Counts objects under prefix whose string field `field` equals v; first
+ * gets the first one's id. Returns the count, or -1 (the call failed, its
+ * status in *code). */
+typedef struct ref_walk {
+    const ProtobufCMessageDescriptor *rw_d;
+    const char *rw_field, *rw_value;
+    char *rw_first;
+    size_t rw_firstlen;
+    int rw_found;
+} ref_walk_t;
+
+static int ref_step(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix, size_t len, void *arg)
+{
+    ref_walk_t *w = arg;
+    ProtobufCMessage *m = NULL;
+    (void)a;
+    (void)suffix;
+    (void)len;
+    if (tg_rpc_pb_unpack(w->rw_d, kv->kv_val, kv->kv_val_len, &m, NULL, 0) != 0) return CP_SCAN_GO;
+    if (strcmp(str_field(m, w->rw_field), w->rw_value) == 0 && !w->rw_found++)
+        snprintf(w->rw_first, w->rw_firstlen, "%s", str_field(m, "id"));
+    tg_rpc_pb_free(m);
+    return CP_SCAN_GO;
+}
+
 static int count_refs(cp_actx_t *a, const char *prefix, const ProtobufCMessageDescriptor *d,
                       const char *field, const char *v, char *first, size_t firstlen, int *code)
 {
-    char start[TG_STORE_MAX_KEY + 2];
-    uint8_t end[TG_STORE_MAX_KEY];
-    size_t start_len = strlen(prefix), end_len;
-    char err[TG_ERRLEN] = "";
-    int found = 0, more = 1;
-    memcpy(start, prefix, start_len);
-    end_len = tg_store_prefix_end(prefix, strlen(prefix), end);
-    while (more) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 512};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) {
-            *code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            return -1;
-        }
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n; i++) {
-            ProtobufCMessage *m = NULL;
-            if (tg_rpc_pb_unpack(d, rs.rs_kvs[i].kv_val, rs.rs_kvs[i].kv_val_len, &m, NULL, 0))
-                continue;
-            if (strcmp(str_field(m, field), v) == 0) {
-                if (!found++ && first) snprintf(first, firstlen, "%s", str_field(m, d == &tollgate__v1__model_route__descriptor ? "model" : "id"));
-            }
-            tg_rpc_pb_free(m);
-        }
-        if (rs.rs_n) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
-        tg_store_range_res_free(&rs);
-    }
-    return found;
+    ref_walk_t w = {d, field, v, first, firstlen, 0};
+    *code = cp_scan(a, prefix, NULL, 0, 0, ref_step, &w);
+    return *code == TG_RPC_CODE_OK ? w.rw_found : -1;
 }
 
 /* ---- accounts ---------------------------------------------------------------------- */
@@ -769,44 +765,40 @@ static int update_channel(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *
 }
 
 /* Whether any route names channel id; fills the first route's model. */
+typedef struct route_walk {
+    const char *uw_channel;
+    char *uw_model;
+    size_t uw_mlen;
+} route_walk_t;
+
+static int route_step(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix, size_t len,
+                      void *arg)
+{
+    route_walk_t *w = arg;
+    ProtobufCMessage *m = NULL;
+    Tollgate__V1__ModelRoute *r;
+    int found = 0;
+    (void)a;
+    (void)suffix;
+    (void)len;
+    if (tg_rpc_pb_unpack(&tollgate__v1__model_route__descriptor, kv->kv_val, kv->kv_val_len, &m,
+                         NULL, 0) != 0)
+        return CP_SCAN_GO;
+    r = (Tollgate__V1__ModelRoute *)m;
+    for (size_t t = 0; t < r->n_tiers && !found; t++)
+        for (size_t j = 0; j < r->tiers[t]->n_targets && !found; j++)
+            found = strcmp(r->tiers[t]->targets[j]->channel_id, w->uw_channel) == 0;
+    if (found) snprintf(w->uw_model, w->uw_mlen, "%s", r->model);
+    tg_rpc_pb_free(m);
+    return found ? CP_SCAN_STOP : CP_SCAN_GO;
+}
+
 static int channel_in_routes(cp_actx_t *a, const char *id, char *model, size_t mlen, int *code)
 {
-    char start[TG_STORE_MAX_KEY + 2];
-    uint8_t end[TG_STORE_MAX_KEY];
-    size_t start_len = strlen(TG_CP_K_ROUTE), end_len;
-    char err[TG_ERRLEN] = "";
-    int found = 0, more = 1;
-    memcpy(start, TG_CP_K_ROUTE, start_len);
-    end_len = tg_store_prefix_end(TG_CP_K_ROUTE, start_len, end);
-    while (more && !found) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 256};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) {
-            *code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            return -1;
-        }
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n && !found; i++) {
-            ProtobufCMessage *m = NULL;
-            Tollgate__V1__ModelRoute *r;
-            if (tg_rpc_pb_unpack(&tollgate__v1__model_route__descriptor, rs.rs_kvs[i].kv_val,
-                                 rs.rs_kvs[i].kv_val_len, &m, NULL, 0))
-                continue;
-            r = (Tollgate__V1__ModelRoute *)m;
-            for (size_t t = 0; t < r->n_tiers && !found; t++)
-                for (size_t j = 0; j < r->tiers[t]->n_targets && !found; j++)
-                    if (strcmp(r->tiers[t]->targets[j]->channel_id, id) == 0) {
-                        found = 1;
-                        snprintf(model, mlen, "%s", r->model);
-                    }
-            tg_rpc_pb_free(m);
-        }
-        if (rs.rs_n) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
-        tg_store_range_res_free(&rs);
-    }
-    return found;
+    route_walk_t w = {id, model, mlen};
+    model[0] = '\0';
+    *code = cp_scan(a, TG_CP_K_ROUTE, NULL, 0, 0, route_step, &w);
+    return *code != TG_RPC_CODE_OK ? -1 : model[0] != '\0';
 }
 
 static int channel_del_hook(cp_actx_t *a, cp_wr_t *w, ProtobufCMessage *curm)

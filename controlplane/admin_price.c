@@ -12,38 +12,29 @@
 #include "controlplane/admin_int.h"
 
 /* Calls fn for each stored version of card id (ascending), with values
- * unless keys_only. Returns OK or a failed status. */
+ * unless keys_only. fn returns OK to go on or a failure status. Returns OK
+ * or a failed status. */
 typedef int (*version_fn)(cp_actx_t *a, int64_t version, const tg_store_kv_t *kv, void *arg);
+
+typedef struct version_walk {
+    version_fn vw_fn;
+    void *vw_arg;
+} version_walk_t;
+
+static int version_step(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix, size_t len,
+                        void *arg)
+{
+    version_walk_t *w = arg;
+    char num[24];
+    if (len != 20) return CP_SCAN_GO; /* not <20-digit version> */
+    snprintf(num, sizeof num, "%.20s", suffix);
+    return w->vw_fn(a, (int64_t)strtoll(num, NULL, 10), kv, w->vw_arg); /* OK == CP_SCAN_GO */
+}
 
 static int each_version(cp_actx_t *a, const char *id, int keys_only, version_fn fn, void *arg)
 {
-    char prefix[128], start[TG_STORE_MAX_KEY + 2], err[TG_ERRLEN] = "";
-    uint8_t end[TG_STORE_MAX_KEY];
-    size_t plen = (size_t)snprintf(prefix, sizeof prefix, "%s%s/", TG_CP_K_PRICE, id), start_len,
-           end_len;
-    int more = 1, code = TG_RPC_CODE_OK;
-    memcpy(start, prefix, plen);
-    start_len = plen;
-    end_len = tg_store_prefix_end(prefix, plen, end);
-    while (more && code == TG_RPC_CODE_OK) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 256,
-                                   .rq_keys_only = keys_only};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) return cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n && code == TG_RPC_CODE_OK; i++) {
-            char num[24];
-            const tg_store_kv_t *kv = &rs.rs_kvs[i];
-            if (kv->kv_key_len != plen + 20) continue;
-            snprintf(num, sizeof num, "%.*s", 20, (const char *)kv->kv_key + plen);
-            code = fn(a, (int64_t)strtoll(num, NULL, 10), kv, arg);
-        }
-        if (rs.rs_n) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
-        tg_store_range_res_free(&rs);
-    }
-    return code;
+    version_walk_t w = {fn, arg};
+    return cp_scan(a, cp_fmt(a, "%s%s/", TG_CP_K_PRICE, id), NULL, 0, keys_only, version_step, &w);
 }
 
 static int note_latest(cp_actx_t *a, int64_t v, const tg_store_kv_t *kv, void *arg)
@@ -172,105 +163,91 @@ static int list_versions(cp_actx_t *a, const Tollgate__V1__ListPriceCardsRequest
 
 /* Without id: the current version of every card (the one in effect now,
  * else the latest published), cards in id order, paged by card id. */
+typedef struct current_walk {
+    Tollgate__V1__PriceCard **cw_cards;
+    size_t cw_n, cw_want;
+    char cw_id[80];             /* card being collected, "" before the first */
+    ProtobufCMessage *cw_best;  /* its highest version in effect now */
+    ProtobufCMessage *cw_later; /* its highest version, when none is in effect yet */
+    int64_t cw_now;
+    int cw_more;                /* another card follows the page */
+} current_walk_t;
+
+/* Moves the card being collected into the page. */
+static void current_flush(current_walk_t *w)
+{
+    ProtobufCMessage *keep = w->cw_best ? w->cw_best : w->cw_later;
+    if (w->cw_best) tg_rpc_pb_free(w->cw_later);
+    if (keep) w->cw_cards[w->cw_n++] = (Tollgate__V1__PriceCard *)keep;
+    w->cw_best = w->cw_later = NULL;
+}
+
+static int current_step(cp_actx_t *a, const tg_store_kv_t *kv, const char *suffix, size_t len,
+                        void *arg)
+{
+    current_walk_t *w = arg;
+    const char *slash = memchr(suffix, '/', len);
+    size_t idlen = slash ? (size_t)(slash - suffix) : 0;
+    ProtobufCMessage *m = NULL;
+    Tollgate__V1__PriceCard *c;
+    (void)a;
+    if (!slash || idlen >= sizeof w->cw_id) return CP_SCAN_GO;
+    if (strlen(w->cw_id) != idlen || memcmp(w->cw_id, suffix, idlen) != 0) {
+        current_flush(w);
+        if (w->cw_n == w->cw_want) {
+            w->cw_more = 1;
+            return CP_SCAN_STOP;
+        }
+        snprintf(w->cw_id, sizeof w->cw_id, "%.*s", (int)idlen, suffix);
+    }
+    if (tg_rpc_pb_unpack(&tollgate__v1__price_card__descriptor, kv->kv_val, kv->kv_val_len, &m, NULL,
+                         0) != 0)
+        return CP_SCAN_GO;
+    c = (Tollgate__V1__PriceCard *)m;
+    c->revision = kv->kv_mod_rev;
+    if (c->effective_at_us <= w->cw_now) {
+        tg_rpc_pb_free(w->cw_best);
+        w->cw_best = m;
+    } else {
+        tg_rpc_pb_free(w->cw_later);
+        w->cw_later = m;
+    }
+    return CP_SCAN_GO;
+}
+
 static int list_current(cp_actx_t *a, const Tollgate__V1__ListPriceCardsRequest *q, tg_buf_t *reply)
 {
-    size_t want = tg_cp_page_size(q->page_size), n = 0, plen = strlen(TG_CP_K_PRICE);
     Tollgate__V1__ListPriceCardsResponse r = TOLLGATE__V1__LIST_PRICE_CARDS_RESPONSE__INIT;
-    Tollgate__V1__PriceCard **cards = tg_pool_calloc(a->ax_pool, want * sizeof(*cards));
-    char start[TG_STORE_MAX_KEY + 2], cur_id[80] = "", tok[200] = "", err[TG_ERRLEN] = "";
-    uint8_t end[TG_STORE_MAX_KEY];
-    size_t start_len, end_len;
-    int64_t now = tg_cp_now_us();
-    ProtobufCMessage *best = NULL, *latest = NULL;
-    int more = 1, code = TG_RPC_CODE_OK, stop = 0;
+    current_walk_t w;
+    char from[80], tok[200] = "";
+    int code;
 
-    if (!cards) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
+    memset(&w, 0, sizeof w);
+    w.cw_want = tg_cp_page_size(q->page_size);
+    w.cw_now = tg_cp_now_us();
+    w.cw_cards = tg_pool_calloc(a->ax_pool, w.cw_want * sizeof(*w.cw_cards));
+    if (!w.cw_cards) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
     if (q->page_token[0]) {
-        char id[80];
+        char id[72];
         if (tg_cp_page_token_decode(q->page_token, id, sizeof id) != 0)
             return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT,
                            "page_token: not a token from a previous page of this list");
         /* after every version of card `id`: "<id>/" with '/' + 1 = '0' */
-        start_len = (size_t)snprintf(start, sizeof start, "%s%s0", TG_CP_K_PRICE, id);
-    } else {
-        start_len = (size_t)snprintf(start, sizeof start, "%s", TG_CP_K_PRICE);
+        snprintf(from, sizeof from, "%s0", id);
     }
-    end_len = tg_store_prefix_end(TG_CP_K_PRICE, plen, end);
-
-    /* flushes the card being collected into the page */
-#define FLUSH()                                                                                    \
-    do {                                                                                           \
-        if (cur_id[0]) {                                                                           \
-            ProtobufCMessage *keep = best ? best : latest;                                         \
-            if (best) tg_rpc_pb_free(latest);                                                      \
-            if (keep) cards[n++] = (Tollgate__V1__PriceCard *)keep;                                \
-            best = latest = NULL;                                                                  \
-        }                                                                                          \
-    } while (0)
-
-    while (more && !stop) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 256};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(a->ax_cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) {
-            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            goto done;
-        }
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n && !stop; i++) {
-            const tg_store_kv_t *kv = &rs.rs_kvs[i];
-            const char *rest = (const char *)kv->kv_key + plen;
-            size_t rlen = kv->kv_key_len - plen;
-            const char *slash = memchr(rest, '/', rlen);
-            ProtobufCMessage *m = NULL;
-            Tollgate__V1__PriceCard *c;
-            if (!slash || (size_t)(slash - rest) >= sizeof cur_id) continue;
-            if (strlen(cur_id) != (size_t)(slash - rest) ||
-                memcmp(cur_id, rest, (size_t)(slash - rest)) != 0) {
-                FLUSH();
-                if (n == want) {
-                    stop = 1; /* another card follows: the page is full */
-                    break;
-                }
-                snprintf(cur_id, sizeof cur_id, "%.*s", (int)(slash - rest), rest);
-            }
-            if (tg_rpc_pb_unpack(&tollgate__v1__price_card__descriptor, kv->kv_val,
-                                 kv->kv_val_len, &m, NULL, 0) != 0)
-                continue;
-            c = (Tollgate__V1__PriceCard *)m;
-            c->revision = kv->kv_mod_rev;
-            if (c->effective_at_us <= now) {
-                tg_rpc_pb_free(best);
-                best = m;
-            } else {
-                tg_rpc_pb_free(latest);
-                latest = m;
-            }
-        }
-        if (rs.rs_n) tg_store_range_next(&rs, (uint8_t *)start, &start_len);
-        tg_store_range_res_free(&rs);
-    }
-    if (stop) {
-        tg_cp_page_token_encode(cards[n - 1]->id, tok, sizeof tok);
-    } else if (n < want) {
-        FLUSH();
-    } else if (cur_id[0]) {
-        /* the page filled exactly as the range ended with a card pending */
-        tg_rpc_pb_free(best);
-        tg_rpc_pb_free(latest);
-        best = latest = NULL;
-        tg_cp_page_token_encode(cards[n - 1]->id, tok, sizeof tok);
-    }
-#undef FLUSH
-    r.cards = cards;
-    r.n_cards = n;
+    code = cp_scan(a, TG_CP_K_PRICE, q->page_token[0] ? from : NULL, q->page_token[0] ? strlen(from) : 0,
+                   0, current_step, &w);
+    if (code != TG_RPC_CODE_OK) goto done;
+    if (w.cw_more) tg_cp_page_token_encode(w.cw_cards[w.cw_n - 1]->id, tok, sizeof tok);
+    else current_flush(&w);
+    r.cards = w.cw_cards;
+    r.n_cards = w.cw_n;
     r.next_page_token = tok;
     code = cp_reply(a, &r.base, reply);
 done:
-    tg_rpc_pb_free(best);
-    tg_rpc_pb_free(latest);
-    for (size_t i = 0; i < n; i++) tg_rpc_pb_free(&cards[i]->base);
+    tg_rpc_pb_free(w.cw_best);
+    tg_rpc_pb_free(w.cw_later);
+    for (size_t i = 0; i < w.cw_n; i++) tg_rpc_pb_free(&w.cw_cards[i]->base);
     return code;
 }
 

@@ -178,80 +178,20 @@ done:
 
 /* ---- QueryAudit ------------------------------------------------------------ */
 
+static int keep_event(const ProtobufCMessage *m, const void *arg)
+{
+    const Tollgate__V1__AuditQuery *q = arg;
+    const Tollgate__V1__AuditEvent *e = (const Tollgate__V1__AuditEvent *)m;
+    return !((q->object_type[0] && strcmp(q->object_type, e->object_type) != 0) ||
+             (q->object_id[0] && strcmp(q->object_id, e->object_id) != 0) ||
+             (q->token_name[0] && (!e->actor || strcmp(q->token_name, e->actor->token_name) != 0)) ||
+             (q->since_us && e->at_us < q->since_us) || (q->until_us && e->at_us >= q->until_us));
+}
+
 int cp_query_audit(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
 {
     const Tollgate__V1__AuditQuery *q = (const Tollgate__V1__AuditQuery *)reqm;
-    tg_cp_t *cp = a->ax_cp;
-    Tollgate__V1__AuditPage page = TOLLGATE__V1__AUDIT_PAGE__INIT;
-    size_t want = tg_cp_page_size(q->page_size), n = 0;
-    Tollgate__V1__AuditEvent **evs = tg_pool_calloc(a->ax_pool, want * sizeof(*evs));
-    ProtobufCMessage **owned = tg_pool_calloc(a->ax_pool, want * sizeof(*owned));
-    char start[TG_STORE_MAX_KEY + 1], end[64], last[32] = "", tok[80] = "";
-    size_t start_len, end_len;
-    char err[TG_ERRLEN] = "";
-    int code = TG_RPC_CODE_OK, more = 1;
-
-    if (!evs || !owned) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
-    if (q->page_token[0]) {
-        char seqs[32];
-        if (tg_cp_page_token_decode(q->page_token, seqs, sizeof seqs) != 0 || strlen(seqs) != 20)
-            return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT,
-                           "page_token: not a token from a previous page of QueryAudit");
-        start_len = (size_t)snprintf(start, sizeof start, "%s%s", TG_CP_K_AUDIT, seqs) + 1;
-    } else {
-        start_len = (size_t)snprintf(start, sizeof start, "%s", TG_CP_K_AUDIT);
-    }
-    end_len = tg_store_prefix_end(TG_CP_K_AUDIT, strlen(TG_CP_K_AUDIT), (uint8_t *)end);
-
-    while (more && n < want) {
-        tg_store_range_req_t rq = {.rq_key = start, .rq_key_len = start_len, .rq_end = end,
-                                   .rq_end_len = end_len, .rq_limit = 256};
-        tg_store_range_res_t rs;
-        int rc = tg_store_range(cp->cp_store, &rq, &rs, err, sizeof err);
-        if (rc != 0) {
-            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            goto done;
-        }
-        more = rs.rs_more;
-        for (size_t i = 0; i < rs.rs_n; i++) {
-            const tg_store_kv_t *kv = &rs.rs_kvs[i];
-            ProtobufCMessage *m = NULL;
-            Tollgate__V1__AuditEvent *e;
-            if (n == want) {
-                more = 1; /* at least one more key after the page */
-                break;
-            }
-            snprintf(last, sizeof last, "%.*s", 20,
-                     (const char *)kv->kv_key + strlen(TG_CP_K_AUDIT));
-            if (tg_rpc_pb_unpack(&tollgate__v1__audit_event__descriptor, kv->kv_val,
-                                 kv->kv_val_len, &m, err, sizeof err) != 0)
-                continue; /* not an event: skip rather than fail the whole log */
-            e = (Tollgate__V1__AuditEvent *)m;
-            if ((q->object_type[0] && strcmp(q->object_type, e->object_type) != 0) ||
-                (q->object_id[0] && strcmp(q->object_id, e->object_id) != 0) ||
-                (q->token_name[0] &&
-                 (!e->actor || strcmp(q->token_name, e->actor->token_name) != 0)) ||
-                (q->since_us && e->at_us < q->since_us) || (q->until_us && e->at_us >= q->until_us)) {
-                tg_rpc_pb_free(m);
-                continue;
-            }
-            e->revision = kv->kv_mod_rev;
-            evs[n] = e;
-            owned[n++] = m;
-        }
-        if (rs.rs_n) {
-            size_t kl;
-            tg_store_range_next(&rs, (uint8_t *)start, &kl);
-            start_len = kl;
-        }
-        tg_store_range_res_free(&rs);
-    }
-    if (more && n == want && last[0]) tg_cp_page_token_encode(last, tok, sizeof tok);
-    page.events = evs;
-    page.n_events = n;
-    page.next_page_token = tok;
-    code = cp_reply(a, &page.base, reply);
-done:
-    for (size_t i = 0; i < n; i++) tg_rpc_pb_free(owned[i]);
-    return code;
+    /* events are keyed by their 20-digit seq: store order is log order */
+    return cp_list(a, TG_CP_K_AUDIT, &tollgate__v1__audit_event__descriptor, q->page_size,
+                   q->page_token, keep_event, q, NULL, &tollgate__v1__audit_page__descriptor, reply);
 }

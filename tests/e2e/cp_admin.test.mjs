@@ -208,6 +208,23 @@ for (const backend of ['lmdb', 'etcd']) {
       const current = await reader.call('ListPriceCards', {});
       assert.equal(current.cards.find((c) => c.id === 'std').version, '2');
       await rejects(assert, reader.call('GetPriceCard', { id: 'std', version: '9' }), 'NOT_FOUND', /has no version 9/);
+      // pages of current cards: every card once, at its current version
+      for (const id of ['pg-a', 'pg-b', 'pg-c'])
+        for (let v = 0; v < 2; v++)
+          await pricing.call('PublishPriceCard', { card: { id, currency: 'USD', entries: entries(1000 + v) } });
+      const cards = [];
+      let token = '';
+      for (let i = 0; i < 20; i++) {
+        const p = await reader.call('ListPriceCards', { page_size: 2, page_token: token });
+        assert.ok(p.cards.length <= 2);
+        cards.push(...p.cards);
+        token = p.next_page_token;
+        if (!token) break;
+      }
+      const ids = cards.map((c) => c.id);
+      assert.equal(new Set(ids).size, ids.length, 'no card twice');
+      for (const id of ['pg-a', 'pg-b', 'pg-c', 'std']) assert.ok(ids.includes(id), id);
+      for (const id of ['pg-a', 'pg-b', 'pg-c']) assert.equal(cards.find((c) => c.id === id).version, '2');
       await rejects(assert, pricing.call('PublishPriceCard', { card: { id: 'std', currency: 'USD', entries: [
         { model: 'a', input_per_mtok_nano: '-1' }] } }), 'INVALID_ARGUMENT', /^card\.entries\[0\]: prices must be >= 0$/);
     });
