@@ -219,6 +219,15 @@ static void report(const tc_t *c, int code, const char *msg)
         const char *why = strcasestr(msg, "connection refused") ? "connection refused"
                           : code == TG_RPC_CODE_DEADLINE_EXCEEDED ? "no answer before the timeout"
                                                                   : msg;
+        /* a server that speaks TLS (or wants a client certificate) closes a
+         * connection whose handshake does not fit: say so */
+        if (strcasestr(msg, "socket closed") || strcasestr(msg, "handshake") || strcasestr(msg, "ssl")) {
+            fprintf(stderr,
+                    "tollctl: cannot reach the control plane at %s: the connection was closed while it "
+                    "was set up (TLS mismatch? check --tls, --ca, --cert and --key)\n",
+                    c->tc_target);
+            return;
+        }
         if (strstr(msg, "connect") || code == TG_RPC_CODE_DEADLINE_EXCEEDED) {
             fprintf(stderr, "tollctl: cannot reach the control plane at %s: %s (is tollgate-cp running?)\n",
                     c->tc_target, why);
