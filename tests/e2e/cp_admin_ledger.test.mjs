@@ -6,6 +6,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { bin, until } from './lib/proc.mjs';
@@ -166,6 +167,25 @@ for (const backend of ['lmdb', 'etcd']) {
       await rejects(assert, reader.call('GetRunReceipt', { run_id: 'no-such-run' }), 'NOT_FOUND', /no settled requests/);
     });
 
+    test('ListAgents shows the enrolled agent; GetCheckpoint signs the ledger head', async () => {
+      const ag = await reader.call('ListAgents', {});
+      const me = ag.agents.find((x) => x.name === 'edge-ledger');
+      assert.ok(me, JSON.stringify(ag));
+      assert.equal(me.public_key.length, 32);
+      const cpk = await reader.call('GetCheckpoint', {});
+      const all = await reader.call('QueryLedger', { page_size: 1000 });
+      const head = all.entries.reduce((m, e) => (BigInt(e.seq) > BigInt(m.seq) ? e : m));
+      assert.equal(cpk.seq, head.seq);
+      assert.deepEqual(Buffer.from(cpk.hash), Buffer.from(head.hash));
+      // verify offline, as a customer would: Ed25519 over "tollgate-checkpoint-v1" || seq (BE) || hash
+      const seq = Buffer.alloc(8);
+      seq.writeBigUInt64BE(BigInt(cpk.seq));
+      const msg = Buffer.concat([Buffer.from('tollgate-checkpoint-v1'), seq, Buffer.from(cpk.hash)]);
+      const spki = Buffer.concat([Buffer.from('302a300506032b6570032100', 'hex'), Buffer.from(cpk.public_key)]);
+      const key = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
+      assert.ok(crypto.verify(null, msg, key, Buffer.from(cpk.signature)), 'checkpoint signature verifies');
+    });
+
     if (backend === 'lmdb') {
       test('tollctl: ledger export > usage.csv, run receipt, balance', async () => {
         const csv = path.join(cp.dataDir, 'usage.csv');
@@ -190,6 +210,10 @@ for (const backend of ['lmdb', 'etcd']) {
         const wallet = JSON.parse(bal.stdout).balances.find((b) => b.bucket === 'wallet');
         const spent = records.reduce((s, r) => s + BigInt(r.cost_nano), 0n);
         assert.equal(BigInt(wallet.balance_nano), 100000000000n - spent);
+
+        const ag = await tollctl(cp, ['agents', 'list']);
+        assert.match(ag.stdout, /^ID\s+NAME\s+REGION/m);
+        assert.match(ag.stdout, /\sedge-ledger\s+test\s+e2e\s/);
 
         const q = await tollctl(cp, ['ledger', 'query', '--run', 'job-7']);
         assert.equal(q.code, 0, q.stderr);
