@@ -41,7 +41,8 @@ before(async () => {
   agent = await startAgent(null, { noSnapshot: true,
     args: ['--cp', `127.0.0.1:${cpPort}`, '--enroll-token', ENROLL_TOKEN] });
   await until(async () => (await fetch(`${agent.url}/readyz`)).status === 200,
-    { timeoutMs: 15000, what: 'the agent to receive its snapshot over Sync' });
+    { timeoutMs: 15000, what: 'the agent to receive its snapshot over Sync' })
+    .catch((e) => { throw new Error(`${e.message}\nagent:\n${agent.proc.output()}\ncp:\n${cp.proc.output().slice(-3000)}`); });
   client = new OpenAI({ apiKey: secret, baseURL: agent.base, maxRetries: 0, timeout: 15000 });
 });
 after(async () => {
