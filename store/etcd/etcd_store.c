@@ -350,8 +350,10 @@ static int call(estore_t *es, const char *path, json_t *body, int idem, json_t *
             }
             if (code == TG_STORE_EUNAVAIL) {
                 snprintf(last, sizeof(last), "%.200s: %.300s", url, msg);
+                /* "no leader" is refused before it is proposed: safe to repeat */
+                int refused = strstr(msg, "no leader") != NULL;
                 json_decref(j);
-                if (idem == WRITE) {
+                if (idem == WRITE && !refused) {
                     rc = tg_errf(err, errlen, TG_STORE_EUNKNOWN,
                                  "etcd: %s; the write may or may not have been applied", last);
                     goto done;

@@ -1402,6 +1402,76 @@ static void test_etcd_interop_etcdctl(void **state)
     tg_store_watch_cancel(w);
 }
 
+/* Create-if-absent, repeated until it is known to have applied: the way a
+ * caller handles EUNKNOWN / EUNAVAIL during a failover. */
+static void create_until_done(tg_store_t *s, const char *k, size_t kl)
+{
+    char err[TG_ERRLEN];
+    double dl = now_s() + 20;
+    while (now_s() < dl) {
+        tg_store_cmp_t c = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION};
+        tg_store_op_t p = {
+            .op_type = TG_STORE_OP_PUT, .op_key = k, .op_key_len = kl, .op_val = "v", .op_val_len = 1};
+        err[0] = 0;
+        int rc = tg_store_txn(s, &c, 1, &p, 1, NULL, 0, NULL, err, sizeof(err));
+        if (rc == 0)
+            return; /* applied now, or found applied by an earlier attempt */
+        if (rc != TG_STORE_EUNKNOWN && rc != TG_STORE_EUNAVAIL)
+            fail_msg("create %.*s: %s", (int)kl, k, err);
+        sleep_ms(100);
+    }
+    fail_msg("create %.*s: still failing after 20 s", (int)kl, k);
+}
+
+/* A 3-member cluster loses the member the client and its watch use: requests
+ * fail over to the others, the watch resumes on another member, and every
+ * change is seen exactly once, in order. */
+static void test_etcd_cluster_failover(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char spec[300], err[TG_ERRLEN] = "", k[256];
+    memset(nodes, 0, sizeof(nodes));
+    if (etcd_cluster_start(nodes, 3)) {
+        for (int i = 0; i < 3; i++)
+            etcd_stop(&nodes[i]);
+        fail_msg("cannot start a 3-member etcd cluster");
+    }
+    snprintf(spec, sizeof(spec), "etcd:%s,%s,%s", nodes[0].ep_url, nodes[1].ep_url, nodes[2].ep_url);
+    tg_store_opts_t o = {.so_timeout_ms = 2000};
+    tg_store_t *s = NULL;
+    assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
+    tg_store_watch_t *w = NULL;
+    assert_int_equal(tg_store_watch(s, "cf/", 3, NULL, 0, 1, 0, &w, err, sizeof(err)), 0);
+    for (int i = 0; i < 30; i++) {
+        if (i == 10)
+            etcd_kill(&nodes[0]); /* the first endpoint: where requests and the watch go */
+        size_t kl = (size_t)snprintf(k, sizeof(k), "cf/%02d", i);
+        create_until_done(s, k, kl);
+    }
+    tg_store_range_req_t rq = {.rq_key = "cf/", .rq_key_len = 3, .rq_prefix = 1};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 30);
+    int64_t last = 0;
+    for (size_t i = 0; i < 30; i++) {
+        tg_store_event_t *ev = next_ev(w, 15000);
+        assert_int_equal(ev->ev_type, TG_STORE_EV_PUT);
+        assert_int_equal(ev->ev_kv.kv_key_len, res.rs_kvs[i].kv_key_len); /* created in key order */
+        assert_memory_equal(ev->ev_kv.kv_key, res.rs_kvs[i].kv_key, res.rs_kvs[i].kv_key_len);
+        assert_int_equal(ev->ev_kv.kv_mod_rev, res.rs_kvs[i].kv_mod_rev);
+        assert_true(ev->ev_kv.kv_mod_rev > last);
+        last = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+    }
+    tg_store_range_res_free(&res);
+    expect_no_ev(w, 300);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+    for (int i = 0; i < 3; i++)
+        etcd_stop(&nodes[i]);
+}
+
 /* Runs last: it turns etcd's auth on for good. */
 static void test_etcd_auth(void **state)
 {
@@ -1485,9 +1555,13 @@ int main(int argc, char **argv)
         T(test_lmdb_killed_writer),  T(test_lmdb_map_full),       T(test_lmdb_corrupt_files),
     };
     const struct CMUnitTest etcd[] = {
-        T(test_etcd_unreachable),      T(test_etcd_no_answer),
-        T(test_etcd_failover),         T(test_etcd_interop_etcdctl),
-        T(test_etcd_killed_mid_watch), T(test_etcd_auth), /* last: leaves auth on */
+        T(test_etcd_unreachable),
+        T(test_etcd_no_answer),
+        T(test_etcd_failover),
+        T(test_etcd_interop_etcdctl),
+        T(test_etcd_killed_mid_watch),
+        T(test_etcd_cluster_failover),
+        T(test_etcd_auth), /* last: leaves auth on */
     };
     int fails =
         cmocka_run_group_tests_name(g_etcd ? "conformance (etcd)" : "conformance (lmdb)", shared, NULL, NULL);

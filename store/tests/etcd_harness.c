@@ -66,25 +66,42 @@ static int connect_ok(int port)
     return ok;
 }
 
-/* etcd listens before it has a leader: wait for a real answer too. */
+/* etcd listens before it has a leader: wait for a linearizable read. */
 static int status_ok(etcd_proc_t *e)
 {
     char cmd[256];
     snprintf(cmd, sizeof(cmd),
-             "curl -s -m 1 -o /dev/null -w '%%{http_code}' -X POST -d '{}' %s/v3/maintenance/status"
-             " | grep -q 200",
+             "curl -s -m 1 -o /dev/null -w '%%{http_code}' -X POST -d '{\"key\":\"AA==\"}' "
+             "%s/v3/kv/range | grep -q 200",
              e->ep_url);
     return system(cmd) == 0;
 }
 
-static int spawn(etcd_proc_t *e)
+static int wait_up(etcd_proc_t *e)
 {
-    char data[600], log[600], lc[64], peer[64], cluster[96];
+    for (int i = 0; i < 400; i++) { /* 20 s */
+        int st;
+        if (waitpid(e->ep_pid, &st, WNOHANG) == e->ep_pid) {
+            fprintf(stderr, "etcd exited during startup; see %s/etcd.log\n", e->ep_dir);
+            e->ep_pid = 0;
+            return -1;
+        }
+        if (connect_ok(e->ep_client) && status_ok(e))
+            return 0;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "etcd did not answer within 20 s; see %s/etcd.log\n", e->ep_dir);
+    return -1;
+}
+
+static int launch(etcd_proc_t *e)
+{
+    char data[600], log[600], lc[64], peer[64];
     snprintf(data, sizeof(data), "%s/data", e->ep_dir);
     snprintf(log, sizeof(log), "%s/etcd.log", e->ep_dir);
     snprintf(lc, sizeof(lc), "http://127.0.0.1:%d", e->ep_client);
     snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", e->ep_peer);
-    snprintf(cluster, sizeof(cluster), "default=%s", peer);
     pid_t p = fork();
     if (p < 0)
         return -1;
@@ -94,30 +111,18 @@ static int spawn(etcd_proc_t *e)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl("/usr/bin/etcd", "etcd", "--data-dir", data, "--listen-client-urls", lc,
+        execl("/usr/bin/etcd", "etcd", "--name", e->ep_name, "--data-dir", data, "--listen-client-urls", lc,
               "--advertise-client-urls", lc, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
-              peer, "--initial-cluster", cluster, "--log-level", "warn", "--auth-token-ttl", "1",
-              (char *)NULL);
+              peer, "--initial-cluster", e->ep_cluster, "--initial-cluster-token", e->ep_token, "--log-level",
+              "warn", "--auth-token-ttl", "1", (char *)NULL);
         _exit(127);
     }
     e->ep_pid = p;
-    for (int i = 0; i < 400; i++) { /* 20 s */
-        int st;
-        if (waitpid(p, &st, WNOHANG) == p) {
-            fprintf(stderr, "etcd exited during startup; see %s\n", log);
-            e->ep_pid = 0;
-            return -1;
-        }
-        if (connect_ok(e->ep_client) && status_ok(e))
-            return 0;
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    fprintf(stderr, "etcd did not answer within 20 s; see %s\n", log);
-    return -1;
+    return 0;
 }
 
-int etcd_start(etcd_proc_t *e)
+/* Fresh dir and ports; name, token and cluster are set by the caller. */
+static int prepare(etcd_proc_t *e)
 {
     memset(e, 0, sizeof(*e));
     if (harness_tmpdir(e->ep_dir, sizeof(e->ep_dir), "etcd"))
@@ -127,12 +132,48 @@ int etcd_start(etcd_proc_t *e)
     if (e->ep_client <= 0 || e->ep_peer <= 0 || e->ep_client == e->ep_peer)
         return -1;
     snprintf(e->ep_url, sizeof(e->ep_url), "http://127.0.0.1:%d", e->ep_client);
-    return spawn(e);
+    return 0;
+}
+
+int etcd_start(etcd_proc_t *e)
+{
+    if (prepare(e))
+        return -1;
+    snprintf(e->ep_name, sizeof(e->ep_name), "default");
+    snprintf(e->ep_token, sizeof(e->ep_token), "tg-%d", e->ep_client);
+    snprintf(e->ep_cluster, sizeof(e->ep_cluster), "default=http://127.0.0.1:%d", e->ep_peer);
+    return launch(e) ? -1 : wait_up(e);
+}
+
+int etcd_cluster_start(etcd_proc_t *nodes, int n)
+{
+    char cluster[512] = "";
+    size_t used = 0;
+    if (n < 1 || n > 5)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        if (prepare(&nodes[i]))
+            return -1;
+        snprintf(nodes[i].ep_name, sizeof(nodes[i].ep_name), "n%d", i);
+        used += (size_t)snprintf(cluster + used, sizeof(cluster) - used, "%sn%d=http://127.0.0.1:%d",
+                                 i ? "," : "", i, nodes[i].ep_peer);
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(nodes[i].ep_cluster, sizeof(nodes[i].ep_cluster), "%s", cluster);
+        snprintf(nodes[i].ep_token, sizeof(nodes[i].ep_token), "tg-%d", nodes[0].ep_client);
+    }
+    for (int i = 0; i < n; i++) /* all at once: each waits for a quorum */
+        if (launch(&nodes[i]))
+            return -1;
+    for (int i = 0; i < n; i++)
+        if (wait_up(&nodes[i]))
+            return -1;
+    return 0;
 }
 
 int etcd_restart(etcd_proc_t *e)
 {
-    return spawn(e);
+    return launch(e) ? -1 : wait_up(e);
 }
 
 void etcd_kill(etcd_proc_t *e)

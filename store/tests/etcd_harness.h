@@ -7,11 +7,14 @@
 #include <sys/types.h>
 
 typedef struct etcd_proc {
-    char ep_dir[512]; /* data dir and log live here */
-    int ep_client;    /* client port */
-    int ep_peer;      /* peer port */
-    pid_t ep_pid;     /* 0 when not running */
-    char ep_url[64];  /* http://127.0.0.1:<client> */
+    char ep_dir[512];     /* data dir and log live here */
+    int ep_client;        /* client port */
+    int ep_peer;          /* peer port */
+    pid_t ep_pid;         /* 0 when not running */
+    char ep_url[64];      /* http://127.0.0.1:<client> */
+    char ep_name[16];     /* member name */
+    char ep_token[32];    /* --initial-cluster-token, shared by members */
+    char ep_cluster[512]; /* --initial-cluster */
 } etcd_proc_t;
 
 /* A port that nothing listens on right now (bind to 0, read, close). */
@@ -23,6 +26,10 @@ int harness_tmpdir(char *buf, size_t len, const char *tag);
 /* Starts etcd in a new temp dir on new ports and waits (up to 20 s) until it
  * answers. 0 or -1 (with a message on stderr). */
 int etcd_start(etcd_proc_t *e);
+
+/* Starts an n-member cluster (n <= 5), each member in its own dir, and
+ * waits until every member answers a linearizable read (a leader exists). */
+int etcd_cluster_start(etcd_proc_t *nodes, int n);
 
 /* Starts etcd again on the same dir and ports (after a kill). */
 int etcd_restart(etcd_proc_t *e);
