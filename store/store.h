@@ -40,6 +40,9 @@
  * descriptor that is readable while events wait, so a libevent loop (the
  * control plane's Sync streams) can poll it and drain with timeout 0.
  *
+ * An etcd watch whose endpoints are all down waits and reconnects on its own
+ * (it reports nothing meanwhile) and resumes without loss or repeat.
+ *
  * Errors: every function returns 0 or a negative TG_STORE_E* code and writes
  * a sentence into err (first error wins, see base/tg_base.h).
  *
