@@ -522,9 +522,10 @@ int tc_parse_amount(const char *s, long long *nano)
     if (*p == '-' || *p == '+') neg = *p++ == '-';
     if (!isdigit((unsigned char)*p) && !(*p == '.' && isdigit((unsigned char)p[1]))) return -1;
     for (; isdigit((unsigned char)*p); p++) {
-        if (whole > (9223372036LL - 9) / 10) return -1; /* keep whole * 1e9 in range */
+        if (whole > 922337203LL) return -1; /* keep whole * 1e9 + frac in int64 */
         whole = whole * 10 + (*p - '0');
     }
+    if (whole > 9223372035LL) return -1;
     if (*p == '.') {
         for (p++; isdigit((unsigned char)*p); p++) {
             if (++fd > 9) return -1;
