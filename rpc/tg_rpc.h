@@ -155,7 +155,10 @@ typedef int (*tg_rpc_unary_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t r
  * code (the stream ends with it after queued messages are written; the call
  * must not be touched afterwards), or return TG_RPC_KEEP: the caller keeps
  * the call and must end it exactly once with tg_rpc_call_finish(), from any
- * thread, usually after tg_rpc_call_on_cancel() told it the client left. */
+ * thread, usually after tg_rpc_call_on_cancel() told it the client left.
+ * The handler may publish the call to other threads before it returns: the
+ * call stays valid until the handler returns even if one of them finishes
+ * it meanwhile (then sends fail with TG_RPC_ECANCELLED). */
 typedef int (*tg_rpc_stream_fn)(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg);
 
 /* Creates a server (not yet listening). opts may be NULL (insecure,
@@ -257,7 +260,8 @@ void tg_rpc_call_finish(tg_rpc_call_t *call, int code, const char *message);
  * server thread and may race with the holder's own tg_rpc_call_finish():
  * `call` stays valid during fn, but fn must finish it only if the holder has
  * not (typically: remove it from a locked list; finish if it was there).
- * Handler thread only. */
+ * If the client left before fn was registered, fn runs right after the
+ * handler returns TG_RPC_KEEP. Handler thread only. */
 void tg_rpc_call_on_cancel(tg_rpc_call_t *call, void (*fn)(tg_rpc_call_t *call, void *arg), void *arg);
 
 /* ---- client ------------------------------------------------------------- */

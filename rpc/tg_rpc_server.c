@@ -373,8 +373,11 @@ static void on_new(tg_rpc_call_t *c, int ok)
     tg_buf_init(&req, (size_t)srv->s_max_msg);
     tg_buf_init(&reply, REPLY_MAX);
 
-    /* The handler's reference, and the close op's. */
-    c->c_refs = 2;
+    /* Three references: the holder's (dropped by finish; for a kept
+     * stream that is the application's), the close op's, and this
+     * function's own, so the call outlives a handler that published it to
+     * a thread which finished it before the handler returned. */
+    c->c_refs = 3;
     c->c_held = 1;
     grpc_op op;
     memset(&op, 0, sizeof op);
@@ -384,7 +387,7 @@ static void on_new(tg_rpc_call_t *c, int ok)
         /* Cannot happen on a fresh call; if it does, drop the call. */
         grpc_call_cancel(c->c_gc, NULL);
         call_free(c);
-        goto done;
+        return;
     }
 
     c->c_pool = tg_pool_create(1024); /* metadata and peer: small; many Sync streams stay open */
@@ -442,11 +445,25 @@ static void on_new(tg_rpc_call_t *c, int ok)
             pthread_mutex_lock(&c->c_mu);
             finish_unlock(c, code, NULL);
         }
-        /* else: the handler's reference is now the holder's. */
+        /* else: the holder keeps its reference until tg_rpc_call_finish. */
     }
 done:
     tg_buf_free(&req);
     tg_buf_free(&reply);
+    pthread_mutex_lock(&c->c_mu);
+    /* The client left before the handler registered on_cancel: on_close
+     * found no callback then, so run it now that the handler is done. */
+    void (*fn)(tg_rpc_call_t *, void *) = NULL;
+    if (c->c_closed && c->c_cancelled && c->c_held && !c->c_finishing && c->c_on_cancel &&
+        !c->c_cancel_fired) {
+        c->c_cancel_fired = 1;
+        fn = c->c_on_cancel;
+    }
+    pthread_mutex_unlock(&c->c_mu);
+    if (fn)
+        fn(c, c->c_on_cancel_arg);
+    pthread_mutex_lock(&c->c_mu);
+    unref_unlock(c);
 }
 
 /* RECV_CLOSE_ON_SERVER completed: the call is over on the wire. */

@@ -65,6 +65,54 @@ static int silent(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg
     return TG_RPC_KEEP;
 }
 
+/* Race: the handler hands the call to a thread that finishes it at once,
+ * then keeps using the call (valid until the handler returns). */
+static void *finish_now(void *p)
+{
+    tg_rpc_call_finish(p, TG_RPC_CODE_ABORTED, "finished by another thread");
+    return NULL;
+}
+
+static int race(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
+{
+    (void)req;
+    (void)len;
+    (void)arg;
+    pthread_t th;
+    if (pthread_create(&th, NULL, finish_now, call) != 0)
+        return TG_RPC_CODE_INTERNAL;
+    pthread_join(th, NULL);
+    /* The holder's finish already ran: sends fail, nothing is freed under us. */
+    int rc = tg_rpc_call_send(call, "late", 4, 0);
+    tg_rpc_call_on_cancel(call, silent_cancelled, NULL);
+    return rc == TG_RPC_ECANCELLED ? TG_RPC_KEEP : TG_RPC_CODE_INTERNAL;
+}
+
+/* LateCancel: the client leaves before the handler registers on_cancel;
+ * the callback must still run (after the handler returns). */
+static int late_cancels;
+static pthread_mutex_t late_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void late_cancelled(tg_rpc_call_t *call, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&late_mu);
+    late_cancels++;
+    pthread_mutex_unlock(&late_mu);
+    tg_rpc_call_finish(call, TG_RPC_CODE_CANCELLED, "gone");
+}
+
+static int late_cancel(tg_rpc_call_t *call, const uint8_t *req, size_t len, void *arg)
+{
+    (void)req;
+    (void)len;
+    (void)arg;
+    for (int i = 0; i < 500 && !tg_rpc_call_cancelled(call); i++)
+        sleep_ms(10);
+    tg_rpc_call_on_cancel(call, late_cancelled, NULL);
+    return TG_RPC_KEEP;
+}
+
 typedef struct env {
     tg_echo_t *echo;
     tg_rpc_server_t *srv;
@@ -86,6 +134,11 @@ static void env_start(env_t *e, const char *name, const tg_rpc_server_opts_t *op
     assert_non_null(e->srv);
     assert_int_equal(tg_echo_register(e->echo, e->srv, err, sizeof err), 0);
     assert_int_equal(tg_rpc_server_add_stream(e->srv, SILENT, silent, NULL, err, sizeof err), 0);
+    assert_int_equal(
+        tg_rpc_server_add_stream(e->srv, "/tollgate.test.v1.Echo/Race", race, NULL, err, sizeof err), 0);
+    assert_int_equal(tg_rpc_server_add_stream(e->srv, "/tollgate.test.v1.Echo/LateCancel", late_cancel, NULL,
+                                              err, sizeof err),
+                     0);
     if (tg_rpc_server_start(e->srv, err, sizeof err) != 0)
         fail_msg("start: %s", err);
     e->port = tg_rpc_server_port(e->srv);
@@ -555,6 +608,49 @@ static void test_vanished_client_detected(void **state)
     tg_buf_free(&req);
     tg_buf_free(&msg);
     env_stop(&e);
+}
+
+static void test_kept_stream_races(void **state)
+{
+    (void)state;
+    env_t e;
+    tg_rpc_reader_t *r = NULL;
+    tg_buf_t msg;
+    char err[TG_ERRLEN] = "";
+    env_start(&e, NULL, NULL, NULL);
+    tg_buf_init(&msg, 1 << 20);
+
+    /* Finished by another thread while the handler still runs: the client
+     * gets that status, and ASan sees no use after free. */
+    assert_int_equal(
+        tg_rpc_reader_open(e.ch, "/tollgate.test.v1.Echo/Race", NULL, 0, "", 0, 5000, &r, err, sizeof err),
+        0);
+    const char *message;
+    assert_int_equal(tg_rpc_reader_next(r, 5000, &msg, err, sizeof err), TG_RPC_ESTATUS);
+    assert_int_equal(tg_rpc_reader_status(r, &message), TG_RPC_CODE_ABORTED);
+    assert_string_equal(message, "finished by another thread");
+    tg_rpc_reader_destroy(r);
+
+    /* Cancelled before on_cancel was registered: it still runs. */
+    assert_int_equal(
+        tg_rpc_reader_open(e.ch, "/tollgate.test.v1.Echo/LateCancel", NULL, 0, "", 0, 0, &r, err, sizeof err),
+        0);
+    assert_int_equal(tg_rpc_reader_next(r, 100, &msg, NULL, 0), TG_RPC_ETIMEDOUT); /* it has started */
+    tg_rpc_reader_cancel(r);
+    int64_t deadline = now_ms() + 10000;
+    int n = 0;
+    while (now_ms() < deadline) {
+        pthread_mutex_lock(&late_mu);
+        n = late_cancels;
+        pthread_mutex_unlock(&late_mu);
+        if (n)
+            break;
+        sleep_ms(10);
+    }
+    assert_int_equal(n, 1);
+    tg_rpc_reader_destroy(r);
+    tg_buf_free(&msg);
+    env_stop(&e); /* would wait forever if the late stream were never finished */
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -1123,6 +1219,7 @@ int main(void)
         cmocka_unit_test(test_reader_timeout),
         cmocka_unit_test(test_keepalive_idle_stream),
         cmocka_unit_test(test_vanished_client_detected),
+        cmocka_unit_test(test_kept_stream_races),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_mtls),
         cmocka_unit_test(test_reconnect_after_restart),
