@@ -1,0 +1,204 @@
+/* store_test.c: unit tests of the agent's stateful pieces that need no
+ * sockets: the configuration tables (JSON snapshot in, lookups, the price
+ * in effect, refusal of inconsistent snapshots) and the LMDB outbox (puts,
+ * batches written down before sending and resent unchanged, ack, reject,
+ * reopen). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "agent/agent_int.h"
+#include "crypto/tg_crypto.h"
+
+static const char *SNAP =
+    "{\"revision\":\"5\","
+    "\"accounts\":[{\"id\":\"a1\",\"name\":\"A\",\"buckets\":[{\"name\":\"credit\",\"currency\":\"EUR\"}],"
+    "  \"route_buckets\":[{\"route_type\":\"ROUTE_TYPE_POOLED\",\"bucket\":\"credit\"}]}],"
+    "\"balances\":[{\"account_id\":\"a1\",\"bucket\":\"credit\",\"balance_nano\":\"7\"}],"
+    "\"keys\":[{\"id\":\"k1\",\"account_id\":\"a1\",\"secret_sha256\":\"%s\"}],"
+    "\"channels\":[{\"id\":\"c1\",\"base_url\":\"http://h/v1/\",\"credential_ref\":\"env:TG_AGENT_TEST_CRED\"}],"
+    "\"routes\":[{\"model\":\"m\",\"aliases\":[\"m-alias\"],\"tiers\":[{\"targets\":[{\"channel_id\":\"c1\"}]}]}],"
+    "\"price_cards\":["
+    "  {\"id\":\"p\",\"version\":\"1\",\"effective_at_us\":\"10\",\"currency\":\"EUR\",\"entries\":[{\"model\":\"m*\","
+    "     \"input_per_mtok_nano\":\"1\"}]},"
+    "  {\"id\":\"p\",\"version\":\"2\",\"effective_at_us\":\"20\",\"currency\":\"EUR\",\"entries\":[{\"model\":\"m*\","
+    "     \"input_per_mtok_nano\":\"2\"},{\"model\":\"m\",\"route_type\":\"ROUTE_TYPE_DIRECT\",\"input_per_mtok_nano\":\"3\"}]},"
+    "  {\"id\":\"q\",\"version\":\"9\",\"effective_at_us\":\"0\",\"currency\":\"USD\",\"entries\":[{\"model\":\"*\","
+    "     \"input_per_mtok_nano\":\"4\"}]}],"
+    "\"policy\":{\"trusted_proxies\":[\"10.0.0.0/8\"],\"max_request_bytes\":\"1234\"}}";
+
+static tg_cfg_t *load(const char *extra_route, char *err)
+{
+    /* base64 of SHA-256("secret") */
+    char text[8192];
+    snprintf(text, sizeof text, SNAP, "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=");
+    if (extra_route) {
+        char *r = strstr(text, "\"routes\":[");
+        char tmp[8192];
+        size_t at = (size_t)(r - text) + 10;
+        snprintf(tmp, sizeof tmp, "%.*s%s,%s", (int)at, text, extra_route, text + at);
+        memcpy(text, tmp, strlen(tmp) + 1);
+    }
+    tg_cfg_t *c = NULL;
+    err[0] = '\0';
+    tg_cfg_load(text, strlen(text), &c, err, TG_ERRLEN);
+    return c;
+}
+
+static void test_config(void **st)
+{
+    (void)st;
+    char err[TG_ERRLEN];
+    setenv("TG_AGENT_TEST_CRED", "sk-from-env", 1);
+    tg_cfg_t *c = load(NULL, err);
+    assert_non_null(c);
+    uint8_t h[32];
+    tg_crypto_sha256("secret", 6, h);
+    const tg_key_t *k = tg_cfg_key(c, h);
+    assert_non_null(k);
+    assert_string_equal(k->id, "k1");
+    tg_crypto_sha256("other", 5, h);
+    assert_null(tg_cfg_key(c, h));
+    assert_ptr_equal(tg_cfg_route(c, "m-alias"), tg_cfg_route(c, "m"));
+    assert_null(tg_cfg_route(c, "n"));
+    const tg_chan_t *ch = tg_cfg_channel(c, "c1");
+    assert_string_equal(ch->ch_credential, "sk-from-env");
+    assert_string_equal(ch->ch_chat_url, "http://h/v1/chat/completions");
+    const tg_account_t *a = tg_cfg_account(c, "a1");
+    assert_string_equal(tg_cfg_bucket(a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED), "credit");
+    assert_string_equal(tg_cfg_bucket(a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT), "credit");
+    assert_string_equal(tg_cfg_bucket(NULL, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED), "wallet");
+    assert_int_equal(tg_cfg_balance(c, "a1", "credit")->balance_nano, 7);
+    assert_null(tg_cfg_balance(c, "a1", "wallet"));
+    assert_string_equal(tg_cfg_currency(c, a, "credit"), "EUR");
+    assert_int_equal(tg_cfg_max_request_bytes(c), 1234);
+    tg_ip_t ip;
+    tg_agent_ip_parse("10.2.3.4", &ip);
+    assert_true(tg_cfg_trusted_proxy(c, &ip));
+    tg_agent_ip_parse("11.2.3.4", &ip);
+    assert_false(tg_cfg_trusted_proxy(c, &ip));
+
+    /* price in effect: by time, version, exact entry and route type, currency */
+    const Tollgate__V1__PriceEntry *pe;
+    assert_null(tg_cfg_price(c, "m", 1, "EUR", 5, &pe));
+    assert_int_equal(tg_cfg_price(c, "m", 1, "EUR", 15, &pe)->version, 1);
+    assert_int_equal(pe->input_per_mtok_nano, 1);
+    assert_int_equal(tg_cfg_price(c, "m", 1, "EUR", 25, &pe)->version, 2);
+    assert_int_equal(pe->input_per_mtok_nano, 3);
+    tg_cfg_price(c, "m", 2, "EUR", 25, &pe);
+    assert_int_equal(pe->input_per_mtok_nano, 2);
+    assert_string_equal(tg_cfg_price(c, "m", 1, "USD", 25, &pe)->id, "q");
+    tg_cfg_unref(c);
+
+    /* inconsistent snapshots are refused with the reason */
+    assert_null(load("{\"model\":\"x\",\"tiers\":[{\"targets\":[{\"channel_id\":\"nope\"}]}]}", err));
+    assert_non_null(strstr(err, "unknown channel \"nope\""));
+    assert_null(load("{\"model\":\"m-alias\",\"tiers\":[{\"targets\":[{\"channel_id\":\"c1\"}]}]}", err));
+    assert_non_null(strstr(err, "alias m-alias already names a route"));
+    unsetenv("TG_AGENT_TEST_CRED");
+    assert_null(load(NULL, err));
+    assert_non_null(strstr(err, "variable not set"));
+    tg_cfg_t *x = NULL;
+    assert_int_equal(tg_cfg_load("{\"nope\":1}", 10, &x, err, sizeof err), TG_AGENT_ECONFIG);
+    assert_int_equal(tg_cfg_load("\x08\x96", 2, &x, err, sizeof err), TG_AGENT_ECONFIG);
+}
+
+typedef struct seen {
+    int n;
+    uint64_t seq[16];
+} seen_t;
+
+static int see(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    seen_t *s = arg;
+    char want[32];
+    snprintf(want, sizeof want, "rec-%llu", (unsigned long long)seq);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(data, want, len);
+    s->seq[s->n++] = seq;
+    return 0;
+}
+
+static void put(tg_outbox_t *o, uint64_t want)
+{
+    char rec[32], err[TG_ERRLEN] = "";
+    uint64_t seq = 0;
+    snprintf(rec, sizeof rec, "rec-%llu", (unsigned long long)want);
+    assert_int_equal(tg_outbox_put(o, rec, strlen(rec), &seq, err, sizeof err), 0);
+    assert_int_equal(seq, want);
+}
+
+static void test_outbox(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-outbox-XXXXXX", err[TG_ERRLEN] = "";
+    assert_non_null(mkdtemp(dir));
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    tg_outbox_batch_t b, b2;
+    assert_int_equal(tg_outbox_batch(o, 10, &b, err, sizeof err), 0); /* empty */
+    for (uint64_t i = 1; i <= 5; i++)
+        put(o, i);
+    assert_int_equal(tg_outbox_depth(o), 5);
+    assert_int_equal(tg_outbox_sync(o), 0);
+    /* a batch of the 3 oldest, then the same batch again until acknowledged */
+    assert_int_equal(tg_outbox_batch(o, 3, &b, err, sizeof err), 1);
+    assert_int_equal(b.ob_seq, 1);
+    assert_int_equal(b.ob_first, 1);
+    assert_int_equal(b.ob_last, 3);
+    assert_int_equal(b.ob_count, 3);
+    put(o, 6);
+    assert_int_equal(tg_outbox_batch(o, 100, &b2, err, sizeof err), 1);
+    assert_memory_equal(&b, &b2, sizeof b);
+    /* reopen (a restart): the batch in flight and the sequence survive */
+    tg_outbox_close(o);
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), 6);
+    assert_int_equal(tg_outbox_batch(o, 100, &b2, err, sizeof err), 1);
+    assert_memory_equal(&b, &b2, sizeof b);
+    put(o, 7);
+    assert_int_equal(tg_outbox_batch_done(o, &b, 0, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), 4);
+    seen_t s = {0};
+    assert_int_equal(tg_outbox_scan(o, 100, see, &s, err, sizeof err), 0);
+    assert_int_equal(s.n, 4);
+    assert_int_equal(s.seq[0], 4);
+    assert_int_equal(s.seq[3], 7);
+    /* the next batch has the next sequence; a rejected one is set aside */
+    assert_int_equal(tg_outbox_batch(o, 2, &b, err, sizeof err), 1);
+    assert_int_equal(b.ob_seq, 2);
+    assert_int_equal(b.ob_first, 4);
+    assert_int_equal(b.ob_last, 5);
+    assert_int_equal(tg_outbox_batch_done(o, &b, 1, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), 2);
+    assert_int_equal(tg_outbox_batch(o, 10, &b, err, sizeof err), 1);
+    assert_int_equal(b.ob_seq, 3);
+    assert_int_equal(b.ob_first, 6);
+    tg_outbox_close(o);
+    /* a read-only open (the dump command) sees the records */
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 1, &o, err, sizeof err), 0);
+    s.n = 0;
+    assert_int_equal(tg_outbox_scan(o, 100, see, &s, err, sizeof err), 0);
+    assert_int_equal(s.n, 2);
+    tg_outbox_close(o);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_outbox),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
