@@ -243,6 +243,18 @@ static void test_validate_route_and_card(void **state)
     r.encoding = "o200k_base";
     err[0] = '\0';
     assert_int_equal(tg_cp_validate_route(&r, err, sizeof err), 0);
+    {
+        /* more targets than one transaction may check */
+        Tollgate__V1__RouteTarget *many[33];
+        for (int i = 0; i < 33; i++) many[i] = &x;
+        t.targets = many;
+        t.n_targets = 33;
+        err[0] = '\0';
+        expect_invalid(tg_cp_validate_route(&r, err, sizeof err), err,
+                       "route.tiers: at most 32 targets in all tiers together (got 33)");
+        t.targets = xs;
+        t.n_targets = 1;
+    }
 
     c.id = "std/1";
     err[0] = '\0';

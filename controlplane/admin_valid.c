@@ -232,6 +232,14 @@ int tg_cp_validate_route(const Tollgate__V1__ModelRoute *r, char *err, size_t er
             FAIL("route.aliases[%zu]: '%s' is the route's own model", i, r->model);
     }
     if (r->n_tiers == 0) FAIL("route.tiers: at least one tier is required");
+    {
+        /* each target's channel is checked inside the write's transaction,
+         * one compare each: keep the transaction within the store's limits */
+        size_t total = 0;
+        for (size_t t = 0; t < r->n_tiers; t++) total += r->tiers[t]->n_targets;
+        if (total > 32) FAIL("route.tiers: at most 32 targets in all tiers together (got %zu)", total);
+    }
+    if (r->n_aliases > 32) FAIL("route.aliases: at most 32");
     for (size_t t = 0; t < r->n_tiers; t++) {
         if (r->tiers[t]->n_targets == 0) FAIL("route.tiers[%zu].targets: at least one target", t);
         for (size_t i = 0; i < r->tiers[t]->n_targets; i++) {
