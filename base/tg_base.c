@@ -112,7 +112,8 @@ void tg_buf_init(tg_buf_t *b, size_t max)
 
 static int buf_reserve(tg_buf_t *b, size_t extra)
 {
-    if (extra > b->b_max || b->b_len > b->b_max - extra)
+    /* The + 1 for the NUL must not wrap: a buffer never holds SIZE_MAX bytes. */
+    if (extra > b->b_max || b->b_len > b->b_max - extra || b->b_len + extra == SIZE_MAX)
         return TG_BUF_ETOOBIG;
     size_t need = b->b_len + extra + 1;
     if (need <= b->b_cap)
@@ -120,7 +121,7 @@ static int buf_reserve(tg_buf_t *b, size_t extra)
     size_t cap = b->b_cap ? b->b_cap : 64;
     while (cap < need)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    if (cap > b->b_max + 1)
+    if (b->b_max < SIZE_MAX && cap > b->b_max + 1)
         cap = b->b_max + 1;
     char *d = tg_realloc(b->b_data, cap);
     if (d == NULL)

@@ -59,6 +59,16 @@ static void test_buf_limits(void **state)
     tg_buf_init(&c, 100);
     assert_int_equal(tg_buf_puts(&c, "x"), TG_BUF_ENOMEM);
     tg_alloc_fail_after(-1);
+    /* An unbounded buffer (max SIZE_MAX) grows normally: no wrap in max + 1. */
+    tg_buf_t u;
+    tg_buf_init(&u, SIZE_MAX);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(tg_buf_puts(&u, "0123456789"), 0);
+    assert_int_equal(u.b_len, 10000);
+    assert_true(u.b_cap >= 10001);
+    assert_int_equal(tg_buf_append(&u, "x", SIZE_MAX), TG_BUF_ETOOBIG);
+    tg_buf_free(&u);
+
     size_t n;
     char *s = tg_buf_steal(&b, &n);
     assert_non_null(s);
