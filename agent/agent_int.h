@@ -220,6 +220,21 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
  * mark in one transaction. 0 or ESYS. */
 int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen);
 
+/* ---- metrics (metrics.c) -------------------------------------------------- */
+
+/* One worker's Prometheus series, keyed by (catalog model, channel). Only
+ * its worker observes; any thread may render. */
+typedef struct tg_metrics tg_metrics_t;
+/* NULL when out of memory. Free with tg_metrics_destroy (accepts NULL). */
+tg_metrics_t *tg_metrics_create(void);
+void tg_metrics_destroy(tg_metrics_t *m);
+/* Counts one finished request. m may be NULL (nothing counted). */
+void tg_metrics_observe(tg_metrics_t *m, const char *model, const char *channel, int status, int64_t latency_us,
+                        int64_t ttft_us, int upstream_errors, int fallback);
+/* Appends the Prometheus text of n workers' series, summed, and the outbox
+ * depth. 0 or TG_AGENT_ENOMEM. */
+int tg_metrics_render(tg_metrics_t *const *ms, int n, long outbox_depth, tg_buf_t *out);
+
 /* ---- configuration tables (config.c) ------------------------------------ */
 
 #include "tollgate/v1/agent.pb-c.h"

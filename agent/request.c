@@ -497,6 +497,19 @@ static void emit_record(req_t *rq)
  * request whose connection is gone). */
 static void finish(req_t *rq)
 {
+    if (rq->rq_endpoint && strcmp(rq->rq_endpoint, "/v1/chat/completions") == 0) {
+        int uperr = 0;
+        for (int i = 0; i < rq->rq_natt; i++) {
+            int c = rq->rq_att[i].at_class;
+            uperr += c != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE && c != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN &&
+                     c != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED && c != 0;
+        }
+        attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
+        int served = fin && fin->at_decision == TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
+        tg_metrics_observe(rq->rq_w->w_metrics, rq->rq_route ? rq->rq_route->model : "unknown",
+                           served ? fin->at_chan->ch_pb->id : "none", rq->rq_status, now_us() - rq->rq_t0_us,
+                           rq->rq_ttft_us, uperr, served && rq->rq_fallback);
+    }
     emit_record(rq);
     req_free(rq);
 }
@@ -1409,6 +1422,25 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
 #define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
     if (PATH_IS("/healthz")) {
         plain(hr, 200, "ok\n");
+        return;
+    }
+    if (PATH_IS("/metrics")) {
+        tg_agent_t *a = w->w_agent;
+        tg_metrics_t *ms[256];
+        int n = 0;
+        for (int i = 0; i < a->a_nworkers && n < 256; i++)
+            if (a->a_workers[i].w_metrics)
+                ms[n++] = a->a_workers[i].w_metrics;
+        tg_buf_t b;
+        tg_buf_init(&b, 64u << 20);
+        struct evbuffer *out = evbuffer_new();
+        if (tg_metrics_render(ms, n, a->a_outbox ? tg_outbox_depth(a->a_outbox) : 0, &b) == 0 && out && b.b_len)
+            evbuffer_add(out, b.b_data, b.b_len);
+        add_header(hr, "Content-Type", "text/plain; version=0.0.4");
+        evhttp_send_reply(hr, 200, "OK", out);
+        if (out)
+            evbuffer_free(out);
+        tg_buf_free(&b);
         return;
     }
     if (PATH_IS("/readyz")) {

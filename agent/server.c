@@ -160,6 +160,8 @@ static void worker_free(worker_t *w)
         event_base_free(w->w_base);
     tg_cfg_unref(w->w_cfg);
     w->w_cfg = NULL;
+    tg_metrics_destroy(w->w_metrics);
+    w->w_metrics = NULL;
 }
 
 static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, size_t errlen)
@@ -167,6 +169,7 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
     w->w_agent = a;
     w->w_idx = idx;
     w->w_rng = ((uint64_t)time(NULL) << 16) ^ (uint64_t)(idx + 1) * 0x9e3779b97f4a7c15ull;
+    w->w_metrics = tg_metrics_create();
     if (!(w->w_base = event_base_new()) || !(w->w_http = evhttp_new(w->w_base)) ||
         !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
         !(w->w_stop_ev = event_new(w->w_base, a->a_stop_pipe[0], EV_READ | EV_PERSIST, on_stop, w))) {

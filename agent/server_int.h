@@ -32,6 +32,7 @@ struct worker {
     uint64_t w_rng;    /* xorshift state for weighted picks */
     uint64_t w_seq;    /* requests started here */
     req_t *w_live;     /* requests in flight (doubly linked) */
+    tg_metrics_t *w_metrics; /* this worker's series (NULL if out of memory) */
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
 };

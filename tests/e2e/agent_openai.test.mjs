@@ -451,6 +451,27 @@ test('client disconnect mid-stream cancels the upstream call and is recorded', a
   assert.ok(Number(rec.response_bytes) > 0);
 });
 
+test('/metrics: requests, upstream errors, fallbacks, latency and TTFT histograms, outbox depth', async () => {
+  const r = await fetch(`${agent.url}/metrics`);
+  assert.equal(r.status, 200);
+  assert.match(r.headers.get('content-type'), /^text\/plain/);
+  const text = await r.text();
+  const value = (series) => {
+    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+    assert.ok(line, `no ${series} in:\n${text.slice(0, 2000)}`);
+    return Number(line.split(' ')[1]);
+  };
+  const fb = '{model="fallback-model",channel="ch-backup"';
+  assert.ok(value(`tollgate_agent_requests_total${fb},code="2xx"}`) >= 1);
+  assert.ok(value(`tollgate_agent_fallbacks_total${fb}}`) >= 1);
+  assert.ok(value(`tollgate_agent_upstream_errors_total${fb}}`) >= 1);
+  assert.ok(value(`tollgate_agent_request_seconds_count${fb}}`) >= 1);
+  assert.ok(value(`tollgate_agent_request_seconds_bucket${fb},le="+Inf"}`) >= 1);
+  assert.ok(value('tollgate_agent_ttft_seconds_count{model="gpt-4o",channel="ch-main"}') >= 3);
+  assert.ok(value('tollgate_agent_requests_total{model="unknown",channel="none",code="4xx"}') >= 1);
+  assert.ok(value('tollgate_agent_outbox_records') >= 1);
+});
+
 test('SIGHUP swaps in a new snapshot; a bad one is refused and the old one keeps serving', async () => {
   const snap = snapshot([{ model: 'late-model', tiers: [{ targets: [{ channel_id: 'ch-main', upstream_model: 'late-up' }] }] }]);
   agent.reload(snap);
