@@ -128,3 +128,10 @@ void tg_store__watch_fail(tg_store_watch_t *w, int code, const char *fmt, ...)
     }
     pthread_mutex_unlock(&w->w_mu);
 }
+
+void tg_store__watch_set_connected(tg_store_watch_t *w, int connected)
+{
+    pthread_mutex_lock(&w->w_mu);
+    w->w_connected = connected;
+    pthread_mutex_unlock(&w->w_mu);
+}

@@ -562,6 +562,15 @@ int tg_store_watch_fd(const tg_store_watch_t *w)
     return w->w_efd;
 }
 
+int tg_store_watch_connected(const tg_store_watch_t *w)
+{
+    tg_store_watch_t *m = (tg_store_watch_t *)w;
+    pthread_mutex_lock(&m->w_mu);
+    int c = m->w_connected;
+    pthread_mutex_unlock(&m->w_mu);
+    return c;
+}
+
 int64_t tg_store_watch_next_rev(const tg_store_watch_t *w)
 {
     tg_store_watch_t *m = (tg_store_watch_t *)w;

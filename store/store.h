@@ -41,7 +41,8 @@
  * control plane's Sync streams) can poll it and drain with timeout 0.
  *
  * An etcd watch whose endpoints are all down waits and reconnects on its own
- * (it reports nothing meanwhile) and resumes without loss or repeat.
+ * and resumes without loss or repeat; tg_store_watch_connected() says
+ * whether it is live.
  *
  * Errors: every function returns 0 or a negative TG_STORE_E* code and writes
  * a sentence into err (first error wins, see base/tg_base.h).
@@ -316,6 +317,11 @@ int tg_store_watch_fd(const tg_store_watch_t *w);
 
 /* The revision the watch will deliver next (last delivered + 1). */
 int64_t tg_store_watch_next_rev(const tg_store_watch_t *w);
+
+/* 1 while the watch's feed is live: always for LMDB; for etcd while its
+ * stream is established (0 while it reconnects, e.g. every endpoint down).
+ * Events are not lost while it is 0, only late. */
+int tg_store_watch_connected(const tg_store_watch_t *w);
 
 /* Stops the watch and frees it with its queued events. Accepts NULL. */
 void tg_store_watch_cancel(tg_store_watch_t *w);

@@ -64,6 +64,7 @@ struct tg_store_watch {
     int w_fail; /* final error code, 0 = none */
     char w_failmsg[TG_ERRLEN];
     int64_t w_next_rev; /* reader side: next revision to hand out */
+    int w_connected;    /* the backend's feed is live (see tg_store_watch_connected) */
 };
 
 /* 1 when key is inside the normalized range (start, end). */
@@ -81,6 +82,9 @@ int tg_store__watch_push(tg_store_watch_t *w, int type, const tg_store_kv_t *kv)
 /* Ends w with a final error the reader sees after the queued events. */
 void tg_store__watch_fail(tg_store_watch_t *w, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Marks the backend's feed for w live (1) or reconnecting (0). */
+void tg_store__watch_set_connected(tg_store_watch_t *w, int connected);
 
 /* Allocates the kvs array of a range result (n entries, zeroed). */
 int tg_store__res_alloc(tg_store_range_res_t *res, size_t n);

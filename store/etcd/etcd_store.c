@@ -686,6 +686,8 @@ static int watch_msg(ewatch_t *ew, const char *p, size_t n)
         rc = -1;
         goto done;
     }
+    if (json_is_true(json_object_get(r, "created")))
+        tg_store__watch_set_connected(ew->ew_w, 1);
     json_t *evs = json_object_get(r, "events");
     int64_t floor = ew->ew_next, top = 0;
     for (size_t i = 0; i < json_array_size(evs); i++) {
@@ -806,6 +808,7 @@ static void *watch_thread(void *arg)
         curl_easy_cleanup(h);
         curl_slist_free_all(hl);
         free(payload);
+        tg_store__watch_set_connected(w, 0);
         if (atomic_load(&ew->ew_stop) || ew->ew_done)
             break;
         /* the stream ended: next endpoint, after a backoff unless it made progress */

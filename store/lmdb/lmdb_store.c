@@ -1226,6 +1226,7 @@ static int l_watch_start(tg_store_t *s, tg_store_watch_t *w, char *err, size_t e
     }
     l->lw_next = ls->ls_watches;
     ls->ls_watches = l;
+    tg_store__watch_set_connected(w, 1); /* in-process: always live */
     w->w_priv = l;
     l = NULL;
 fail:

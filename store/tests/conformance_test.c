@@ -620,6 +620,10 @@ static void test_watch_live_and_replay(void **state)
     assert_int_equal(tg_store_delete(g_s, ka, K(ka, "w/a"), 0, &dn, &r3, err, sizeof(err)), 0);
     assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, 0, &live, err, sizeof(err)), 0);
     assert_int_equal(tg_store_watch_next_rev(live), r3 + 1);
+    double dl = now_s() + 5;
+    while (!tg_store_watch_connected(live) && now_s() < dl)
+        sleep_ms(10);
+    assert_int_equal(tg_store_watch_connected(live), 1);
     /* from an old revision: exactly the changes since, in order */
     assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, r2, &old, err, sizeof(err)), 0);
     expect_ev(old, TG_STORE_EV_PUT, "w/b", "2", r2);
@@ -1318,6 +1322,11 @@ static void test_etcd_killed_mid_watch(void **state)
         expect_ev(w, TG_STORE_EV_PUT, name, "before", revs[i]);
     }
     etcd_kill(&g_proc);
+    /* the watch says it is reconnecting */
+    double dl = now_s() + 5;
+    while (tg_store_watch_connected(w) && now_s() < dl)
+        sleep_ms(20);
+    assert_int_equal(tg_store_watch_connected(w), 0);
     /* writes fail clearly while it is down */
     err[0] = 0;
     int rc = tg_store_put(g_s, k, kl, "x", 1, 0, NULL, err, sizeof(err));
@@ -1343,6 +1352,7 @@ static void test_etcd_killed_mid_watch(void **state)
         tg_store_event_free(ev);
     }
     expect_no_ev(w, 500);
+    assert_int_equal(tg_store_watch_connected(w), 1);
     tg_store_watch_cancel(w);
 }
 
