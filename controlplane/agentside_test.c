@@ -9,6 +9,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "controlplane/agentside.h"
 #include "tollgate/v1/admin.pb-c.h"
@@ -193,13 +196,106 @@ static void test_row_from_entry(void **state)
     assert_int_equal(row.lr_request_us, 0);
 }
 
+static void put_pb(tg_store_t *st, const char *key, const ProtobufCMessage *m)
+{
+    tg_buf_t b;
+    char err[TG_ERRLEN] = "";
+    tg_buf_init(&b, 1 << 20);
+    assert_int_equal(tg_rpc_pb_pack(m, &b, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_put(st, key, strlen(key), b.b_data, b.b_len, 0, NULL, err, sizeof(err)), 0);
+    tg_buf_free(&b);
+}
+
+static void put_card(tg_store_t *st, const char *id, int64_t version, int64_t eff)
+{
+    char key[128];
+    Tollgate__V1__PriceCard c = TOLLGATE__V1__PRICE_CARD__INIT;
+    c.id = (char *)id;
+    c.version = version;
+    c.effective_at_us = eff;
+    c.currency = "USD";
+    snprintf(key, sizeof(key), TG_CP_K_PRICE "%s/%020lld", id, (long long)version);
+    put_pb(st, key, &c.base);
+}
+
+/* A snapshot read from a real LMDB store: every object type lands in its
+ * field, non-config keys stay out, a later write is not in a snapshot taken
+ * at an earlier revision, and each price card keeps the version in effect
+ * plus the scheduled ones. */
+static void test_snapshot_build(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tg-agentside-test-XXXXXX", spec[64], err[TG_ERRLEN] = "";
+    assert_non_null(mkdtemp(dir));
+    snprintf(spec, sizeof(spec), "lmdb:%s", dir);
+    tg_store_opts_t so = {.so_nosync = 1};
+    tg_store_t *st = NULL;
+    assert_int_equal(tg_store_open(&st, spec, &so, err, sizeof(err)), 0);
+    Tollgate__V1__Account a = TOLLGATE__V1__ACCOUNT__INIT;
+    a.id = "acc_1";
+    a.name = "acme";
+    put_pb(st, TG_CP_K_ACCOUNT "acc_1", &a.base);
+    Tollgate__V1__Balance b = TOLLGATE__V1__BALANCE__INIT;
+    b.account_id = "acc_1";
+    b.bucket = "wallet";
+    b.balance_nano = 42;
+    put_pb(st, TG_CP_K_BALANCE "acc_1/wallet", &b.base);
+    Tollgate__V1__GatewayPolicy pol = TOLLGATE__V1__GATEWAY_POLICY__INIT;
+    pol.max_request_bytes = 1000;
+    put_pb(st, TG_CP_K_POLICY, &pol.base);
+    /* card A: v1 old, v2 in effect, v3 scheduled; card B: only a future one */
+    put_card(st, "A", 1, 100);
+    put_card(st, "A", 2, 200);
+    put_card(st, "A", 3, 1000);
+    put_card(st, "B", 7, 5000);
+    assert_int_equal(tg_store_put(st, TG_CP_K_AGENT "agt_x", strlen(TG_CP_K_AGENT "agt_x"), "x", 1, 0, NULL,
+                                  err, sizeof(err)),
+                     0);
+    int64_t rev = 0;
+    assert_int_equal(tg_store_revision(st, &rev, err, sizeof(err)), 0);
+    Tollgate__V1__Account a2 = TOLLGATE__V1__ACCOUNT__INIT;
+    a2.id = "acc_2";
+    put_pb(st, TG_CP_K_ACCOUNT "acc_2", &a2.base); /* after rev: not in it */
+
+    tg_buf_t out;
+    size_t nobj = 0;
+    tg_buf_init(&out, 1 << 20);
+    assert_int_equal(cp_snapshot_build(st, rev, 500, &out, &nobj, err, sizeof(err)), 0);
+    Tollgate__V1__SyncMessage *sm =
+        tollgate__v1__sync_message__unpack(NULL, out.b_len, (const uint8_t *)out.b_data);
+    assert_non_null(sm);
+    assert_int_equal(sm->message_case, TOLLGATE__V1__SYNC_MESSAGE__MESSAGE_SNAPSHOT);
+    Tollgate__V1__Snapshot *sn = sm->snapshot;
+    assert_int_equal(sn->revision, rev);
+    assert_int_equal(sn->generated_at_us, 500);
+    assert_int_equal(sn->n_accounts, 1);
+    assert_string_equal(sn->accounts[0]->id, "acc_1");
+    assert_int_equal(sn->n_balances, 1);
+    assert_int_equal(sn->balances[0]->balance_nano, 42);
+    assert_non_null(sn->policy);
+    assert_int_equal(sn->policy->max_request_bytes, 1000);
+    assert_int_equal(sn->n_price_cards, 3);
+    assert_string_equal(sn->price_cards[0]->id, "A");
+    assert_int_equal(sn->price_cards[0]->version, 2);
+    assert_int_equal(sn->price_cards[1]->version, 3);
+    assert_string_equal(sn->price_cards[2]->id, "B");
+    assert_int_equal(sn->price_cards[2]->version, 7);
+    assert_int_equal(nobj, 6);
+    tollgate__v1__sync_message__free_unpacked(sm, NULL);
+    tg_buf_free(&out);
+    tg_store_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_proof_message), cmocka_unit_test(test_verify_raw),
         cmocka_unit_test(test_price_cost),    cmocka_unit_test(test_bucket_for),
         cmocka_unit_test(test_price_lookup),  cmocka_unit_test(test_marker_keys),
-        cmocka_unit_test(test_row_from_entry),
+        cmocka_unit_test(test_row_from_entry), cmocka_unit_test(test_snapshot_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
