@@ -85,6 +85,14 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const lag = upd.at - t0;
     assert.ok(lag < 1000, `update arrived ${lag} ms after the publish call started`);
     assert.ok(Number(upd.m.update.revision) > Number(snap.revision));
+    // a delete arrives as deleted=true with the object's id
+    const tmp = await ctx.cp.adminCall('CreateChannel', { channel: { name: `tmp-${Date.now()}`, provider: 'PROVIDER_TYPE_OPENAI',
+      base_url: 'http://127.0.0.1:9/v1', route_type: 'ROUTE_TYPE_DIRECT', credential: 'sk-x' } });
+    await until(() => s.messages.some((x) => x.m.update?.changes.some((c) => c.channel?.id === tmp.id && !c.deleted)),
+      { timeoutMs: 3000, what: 'the channel create' });
+    await ctx.cp.adminCall('DeleteChannel', { id: tmp.id });
+    await until(() => s.messages.some((x) => x.m.update?.changes.some((c) => c.deleted && c.channel?.id === tmp.id)),
+      { timeoutMs: 3000, what: 'the channel delete' });
     // a scheduled version (effective tomorrow) is pushed too, and a fresh
     // snapshot holds both the current and the scheduled one
     const tomorrow = String((Date.now() + 86400000) * 1000);
