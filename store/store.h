@@ -35,7 +35,8 @@
  *
  * Threads: a tg_store_t may be used from any number of threads at once. A
  * watch is read by one thread at a time; its events are produced by a thread
- * the backend owns (LMDB: the committing thread; etcd: one thread per watch,
+ * the backend owns (LMDB: the writer leading the group commit, right after
+ * the commit; etcd: one thread per watch,
  * which reconnects and resumes on its own). tg_store_watch_fd() gives a file
  * descriptor that is readable while events wait, so a libevent loop (the
  * control plane's Sync streams) can poll it and drain with timeout 0.
@@ -57,7 +58,7 @@
 
 #define TG_STORE_MAX_KEY 500                 /* bytes in a key (LMDB's key limit is 511) */
 #define TG_STORE_MAX_VALUE (1024 * 1024)     /* bytes in a value */
-#define TG_STORE_MAX_TXN_OPS 128             /* compares + ops in one txn */
+#define TG_STORE_MAX_TXN_OPS 128             /* compares, and ops per branch, in one txn */
 #define TG_STORE_MAX_TXN_BYTES (1280 * 1024) /* key+value bytes in one txn */
 
 enum tg_store_err {
