@@ -459,7 +459,7 @@ int tg_meter_model_lookup(const char *model, int allow_estimate, tg_meter_model_
     }
     if (!allow_estimate)
         return tg_errf(err, errlen, TG_METER_EMODEL,
-                       "unknown model '%s': no tokenizer is known for it; pass --encoding", name);
+                       "unknown model '%s': no tokenizer is known for it", name);
     out->mm_kind = TG_METER_MODEL_ESTIMATE;
     out->mm_encoding = TG_METER_O200K_BASE;
     out->mm_scale_ppm = 1000000;
