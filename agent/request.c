@@ -16,7 +16,9 @@
  *   6. finish: the receipt (tollgate.v1.UsageRecord with every attempt) is
  *      emitted, the configuration reference dropped, the pool freed.
  * Everything request-scoped comes from one tg_pool_t. */
+#include <errno.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@
 #include <time.h>
 
 #include "agent/server_int.h"
+#include <event2/bufferevent.h>
 #include "base/tg_log.h"
 #include "crypto/tg_crypto.h"
 #include "meter/tg_price.h"
@@ -96,6 +99,7 @@ struct req {
     int rq_got_byte;
     int rq_fb_timeout;        /* the first-byte timer fired */
     struct event *rq_timer;   /* first-byte timeout or backoff */
+    struct event *rq_peer_ev; /* watches the client socket for EOF */
     int rq_timer_backoff;
     /* the client side */
     int rq_started;           /* the response head went out: no more retries */
@@ -160,6 +164,8 @@ static void add_header(struct evhttp_request *hr, const char *k, const char *v)
  * (and with it run the close callback). */
 static void quiet_close(req_t *rq)
 {
+    if (rq->rq_peer_ev)
+        event_del(rq->rq_peer_ev);
     if (rq->rq_conn && !rq->rq_client_gone)
         evhttp_connection_set_closecb(rq->rq_conn, NULL, NULL);
     rq->rq_conn = NULL;
@@ -254,6 +260,8 @@ static void req_free(req_t *rq)
     drop_easy(rq);
     if (rq->rq_timer)
         event_free(rq->rq_timer);
+    if (rq->rq_peer_ev)
+        event_free(rq->rq_peer_ev);
     if (rq->rq_chunk)
         evbuffer_free(rq->rq_chunk);
     tg_buf_free(&rq->rq_upbody);
@@ -1118,36 +1126,66 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     start_attempt(rq);
 }
 
-/* The client closed the connection while its request was in flight. evhttp
- * has detached the request; we stop the upstream call and finish. */
+/* The client went away: stop the upstream call (its connection closes, so
+ * the provider stops generating) and note it in the record. */
+static void client_gone(req_t *rq)
+{
+    rq->rq_client_gone = 1;
+    rq->rq_final_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
+    snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "the client closed the connection");
+    if (rq->rq_natt && rq->rq_easy) {
+        attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+        a->at_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
+        a->at_status = (int)rq->rq_up_status;
+        a->at_latency_us = now_us() - a->at_start_us;
+        a->at_decision = rq->rq_started ? TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL
+                                        : TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+        snprintf(a->at_msg, sizeof a->at_msg, "cancelled: the client went away");
+    }
+    drop_easy(rq);
+    rq->rq_timer_backoff = 0;
+    if (!rq->rq_status)
+        rq->rq_status = 499;
+}
+
+/* evhttp reports a closed connection (a failed write, mostly): it has
+ * detached the request, which it frees when we complete it. */
 static void on_client_close(struct evhttp_connection *conn, void *arg)
 {
     (void)conn;
     req_t *rq = arg;
-    rq->rq_client_gone = 1;
-    rq->rq_final_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
-    snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "the client closed the connection");
-    if (rq->rq_natt && (rq->rq_easy || rq->rq_timer_backoff)) {
-        attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
-        if (rq->rq_easy) {
-            a->at_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
-            a->at_status = (int)rq->rq_up_status;
-            a->at_latency_us = now_us() - a->at_start_us;
-            a->at_decision = rq->rq_started ? TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL
-                                            : TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
-            snprintf(a->at_msg, sizeof a->at_msg, "cancelled: the client went away");
-        }
-    }
-    drop_easy(rq);
-    rq->rq_timer_backoff = 0;
-    /* The detached request is freed by evhttp when we complete it. */
+    client_gone(rq);
     if (rq->rq_started)
         evhttp_send_reply_end(rq->rq_hr);
     else
         evhttp_send_reply(rq->rq_hr, 499, "Client Closed Request", NULL);
-    if (!rq->rq_status)
-        rq->rq_status = 499;
     finish(rq);
+}
+
+/* evhttp does not read from a connection while its request is being
+ * answered, so it would not notice a client that hangs up while we wait
+ * for the upstream (a slow first token, a non-streaming answer). We watch
+ * the socket ourselves: EOF or an error means the client is gone; bytes
+ * (a pipelined request) end the watch. */
+static void on_peer_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    req_t *rq = arg;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+        if (n < 0)
+            event_add(rq->rq_peer_ev, NULL);
+        return;
+    }
+    struct evhttp_connection *conn = rq->rq_conn;
+    if (!conn)
+        return;
+    evhttp_connection_set_closecb(conn, NULL, NULL);
+    rq->rq_conn = NULL;
+    client_gone(rq);
+    finish(rq);
+    evhttp_connection_free(conn); /* frees the evhttp request too */
 }
 
 /* ---- the front: auth, policy, dispatch ------------------------------------------ */
@@ -1364,6 +1402,10 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
         return;
     }
     evhttp_connection_set_closecb(rq->rq_conn, on_client_close, rq);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->rq_conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0 && (rq->rq_peer_ev = event_new(rq->rq_w->w_base, fd, EV_READ, on_peer_readable, rq)) != NULL)
+        event_add(rq->rq_peer_ev, NULL);
     start_attempt(rq);
 }
 

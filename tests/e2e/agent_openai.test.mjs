@@ -66,6 +66,7 @@ function snapshot(extraRoutes = []) {
       chan('ch-flaky', { extra_headers: [{ name: 'x-mock-scenario', value: 'fail-first=2;status=503;key=flaky' }] }),
       chan('ch-backup', { name: 'backup', route_type: 'ROUTE_TYPE_POOLED' }),
       chan('ch-slow', { extra_headers: [{ name: 'x-mock-scenario', value: 'tokens=200;itl=50' }] }),
+      chan('ch-slowhead', { extra_headers: [{ name: 'x-mock-scenario', value: 'latency=10000' }], first_byte_timeout_ms: 20000 }),
       chan('ch-nousage', { extra_headers: [{ name: 'x-mock-scenario', value: 'no-usage' }] }),
       chan('ch-cached', { extra_headers: [{ name: 'x-mock-scenario', value: 'prompt=100;cached=40;reasoning=9;tokens=7' }] }),
     ],
@@ -95,6 +96,7 @@ function snapshot(extraRoutes = []) {
         ],
       },
       { model: 'slow-model', tiers: [{ targets: [{ channel_id: 'ch-slow' }] }] },
+      { model: 'slowhead-model', tiers: [{ targets: [{ channel_id: 'ch-slowhead' }] }] },
       { model: 'nousage-model', tiers: [{ targets: [{ channel_id: 'ch-nousage', upstream_model: 'gpt-4o-2024-08-06' }] }] },
       { model: 'cached-model', tiers: [{ targets: [{ channel_id: 'ch-cached', upstream_model: 'gpt-4o' }] }] },
       ...extraRoutes,
@@ -470,6 +472,22 @@ test('/metrics: requests, upstream errors, fallbacks, latency and TTFT histogram
   assert.ok(value('tollgate_agent_ttft_seconds_count{model="gpt-4o",channel="ch-main"}') >= 3);
   assert.ok(value('tollgate_agent_requests_total{model="unknown",channel="none",code="4xx"}') >= 1);
   assert.ok(value('tollgate_agent_outbox_records') >= 1);
+});
+
+test('client gone before the first byte (slow upstream head): the upstream call is cancelled at once', async () => {
+  const ac = new AbortController();
+  const t0 = Date.now();
+  setTimeout(() => ac.abort(), 300);
+  await assert.rejects(client.chat.completions.create({ model: 'slowhead-model', messages }, { signal: ac.signal }));
+  // The upstream would answer after 10 s: the receipt must come long before.
+  const rec = await until(() => agent.records().find((r) => r.requested_model === 'slowhead-model'),
+    { timeoutMs: 3000, what: 'the cancelled request\'s record' });
+  assert.ok(Date.now() - t0 < 3500);
+  assert.equal(rec.client_disconnected, true);
+  assert.equal(rec.error_class, 'ERROR_CLASS_CLIENT_CANCELLED');
+  assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_CLIENT_CANCELLED');
+  // the agent still serves
+  assert.equal((await client.chat.completions.create({ model: 'gpt-4o', messages })).model, 'gpt-4o-2024-08-06');
 });
 
 test('SIGHUP swaps in a new snapshot; a bad one is refused and the old one keeps serving', async () => {
