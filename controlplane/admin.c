@@ -284,8 +284,8 @@ static int whoami(cp_actx_t *a, const ProtobufCMessage *req, tg_buf_t *reply)
 {
     Tollgate__V1__WhoAmIResponse r = TOLLGATE__V1__WHO_AM_IRESPONSE__INIT;
     (void)req;
-    r.token_name = (char *)a->ax_token->at_name;
-    r.role = (char *)tg_cp_role_name(a->ax_token->at_role);
+    r.token_name = (char *)a->ax_token.at_name;
+    r.role = (char *)tg_cp_role_name(a->ax_token.at_role);
     return cp_reply(a, &r.base, reply);
 }
 
@@ -375,21 +375,21 @@ static size_t nbindings;
 int cp_stream_begin(tg_cp_t *cp, tg_rpc_call_t *call, const cp_method_t *m, cp_actx_t *a)
 {
     const char *authz = tg_rpc_call_metadata(call, "authorization", NULL);
-    const tg_cp_admin_token_t *t;
+    const tg_cp_admin_token_t *t = &a->ax_token;
+    int found;
     memset(a, 0, sizeof(*a));
     a->ax_cp = cp;
     a->ax_call = call;
     a->ax_pool = tg_rpc_call_pool(call);
     a->ax_method = m->m_name;
     atomic_fetch_add(&cp->cp_m_admin_calls, 1);
-    if (cp->cp_ntokens == 0)
+    found = tg_cp_auth_lookup(cp, authz, &a->ax_token);
+    if (found == 2)
         return cp_fail(a, TG_RPC_CODE_UNAUTHENTICATED,
                        "no admin tokens are configured on this control plane (--admin-tokens)");
-    t = tg_cp_auth_find(cp, authz);
-    if (!t)
+    if (found != 0)
         return cp_fail(a, TG_RPC_CODE_UNAUTHENTICATED,
                        "missing or unknown admin token: pass 'authorization: Bearer <token>'");
-    a->ax_token = t;
     if (t->at_role < m->m_need)
         return cp_fail(a, TG_RPC_CODE_PERMISSION_DENIED,
                        "permission denied: token role '%s' cannot %s", tg_cp_role_name(t->at_role),
@@ -415,7 +415,7 @@ static int unary_wrap(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, t
     code = b->b_m->m_fn(&a, m, reply);
     tg_rpc_pb_free(m);
     if (code != TG_RPC_CODE_OK && tg_log_enabled(TG_LOG_DEBUG)) {
-        const char *kv[] = {"method", b->b_m->m_name, "token", a.ax_token->at_name, "code",
+        const char *kv[] = {"method", b->b_m->m_name, "token", a.ax_token.at_name, "code",
                             tg_rpc_code_name(code), NULL};
         tg_log_kv(TG_LOG_DEBUG, "admin", kv, "admin call failed");
     }

@@ -40,10 +40,17 @@ int tg_cp_tokens_parse(const char *text, tg_cp_admin_token_t **out, size_t *n, c
 int tg_cp_tokens_load(const char *path, tg_cp_admin_token_t **out, size_t *n, char *err,
                       size_t errlen);
 
-/* The token whose hash matches the bearer value of an `authorization`
- * header ("Bearer <token>", scheme case-insensitive), or NULL. Every
- * configured token is compared in constant time. */
-const tg_cp_admin_token_t *tg_cp_auth_find(const tg_cp_t *cp, const char *authz);
+/* Looks up the bearer value of an `authorization` header ("Bearer
+ * <token>", scheme case-insensitive): every configured token is compared in
+ * constant time. Returns 0 with a copy of the matching token in *out, 1 when
+ * none matches, 2 when no tokens are configured. Safe against a concurrent
+ * tg_cp_tokens_reload. */
+int tg_cp_auth_lookup(tg_cp_t *cp, const char *authz, tg_cp_admin_token_t *out);
+
+/* Replaces cp's tokens with those of the file at path (SIGHUP), atomically
+ * for callers of tg_cp_auth_lookup; on error the old tokens stay. Returns 0
+ * or -1 with err set. */
+int tg_cp_tokens_reload(tg_cp_t *cp, const char *path, char *err, size_t errlen);
 
 /* "admin", "pricing", "reader" (or "unknown"). */
 const char *tg_cp_role_name(int role);
@@ -54,7 +61,7 @@ typedef struct cp_actx {
     tg_cp_t *ax_cp;
     tg_rpc_call_t *ax_call;
     tg_pool_t *ax_pool;                   /* the call's pool */
-    const tg_cp_admin_token_t *ax_token;  /* the caller */
+    tg_cp_admin_token_t ax_token;         /* the caller (a copy: tokens may be reloaded) */
     Tollgate__V1__Actor ax_actor;         /* token name, role, peer */
     const char *ax_method;                /* short method name, "CreateAccount" */
 } cp_actx_t;

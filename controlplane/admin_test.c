@@ -43,15 +43,19 @@ static void test_tokens_parse(void **state)
     /* bearer matching, constant-time compare over every token */
     {
         tg_cp_t cp;
+        tg_cp_admin_token_t got;
         memset(&cp, 0, sizeof cp);
+        assert_int_equal(tg_cp_auth_lookup(&cp, "Bearer tg-admin-0123456789abcdef", &got), 2);
         cp.cp_tokens = t;
         cp.cp_ntokens = n;
-        assert_ptr_equal(tg_cp_auth_find(&cp, "Bearer tg-admin-0123456789abcdef"), &t[0]);
-        assert_ptr_equal(tg_cp_auth_find(&cp, "bearer reader-token-0123456789"), &t[2]);
-        assert_null(tg_cp_auth_find(&cp, "Bearer tg-admin-0123456789abcdeF"));
-        assert_null(tg_cp_auth_find(&cp, "tg-admin-0123456789abcdef"));
-        assert_null(tg_cp_auth_find(&cp, "Bearer "));
-        assert_null(tg_cp_auth_find(&cp, NULL));
+        assert_int_equal(tg_cp_auth_lookup(&cp, "Bearer tg-admin-0123456789abcdef", &got), 0);
+        assert_string_equal(got.at_name, "ops");
+        assert_int_equal(tg_cp_auth_lookup(&cp, "bearer reader-token-0123456789", &got), 0);
+        assert_string_equal(got.at_name, "viewer");
+        assert_int_equal(tg_cp_auth_lookup(&cp, "Bearer tg-admin-0123456789abcdeF", &got), 1);
+        assert_int_equal(tg_cp_auth_lookup(&cp, "tg-admin-0123456789abcdef", &got), 1);
+        assert_int_equal(tg_cp_auth_lookup(&cp, "Bearer ", &got), 1);
+        assert_int_equal(tg_cp_auth_lookup(&cp, NULL, &got), 1);
     }
     tg_free(t);
 }

@@ -144,7 +144,7 @@ int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev)
             {
                 char rs[24];
                 snprintf(rs, sizeof rs, "%" PRId64, rev ? *rev : 0);
-                const char *kvs[] = {"method", a->ax_method, "token", a->ax_token->at_name,
+                const char *kvs[] = {"method", a->ax_method, "token", a->ax_token.at_name,
                                      "object", ev.object_id, "revision", rs, NULL};
                 if (tg_log_enabled(TG_LOG_INFO))
                     tg_log_kv(TG_LOG_INFO, "admin", kvs, "admin change committed");

@@ -4,10 +4,13 @@
  * neither the secret nor timing reveals which prefix matched. */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
+#include "base/tg_log.h"
 #include "controlplane/admin_int.h"
 
 const char *tg_cp_role_name(int role)
@@ -135,6 +138,22 @@ fail:
     return rc;
 }
 
+/* Whether a token file's text holds a token not written as sha256:. */
+static int has_literal(const char *text)
+{
+    for (const char *line = text; line && *line;) {
+        const char *end = strchr(line, '\n');
+        char buf[512], *p = buf, *w;
+        int k = 0;
+        snprintf(buf, sizeof buf, "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
+        if ((w = strchr(buf, '#'))) *w = '\0';
+        while ((w = word(&p)) != NULL)
+            if (++k == 3 && strncmp(w, "sha256:", 7) != 0) return 1;
+        line = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
 int tg_cp_tokens_load(const char *path, tg_cp_admin_token_t **out, size_t *n, char *err,
                       size_t errlen)
 {
@@ -153,28 +172,64 @@ int tg_cp_tokens_load(const char *path, tg_cp_admin_token_t **out, size_t *n, ch
             tg_buf_free(&b);
             return tg_errf(err, errlen, -1, "admin tokens file %s: larger than 1 MiB", path);
         }
-    fclose(f);
     {
+        struct stat st;
         char inner[TG_ERRLEN] = "";
         rc = tg_cp_tokens_parse(b.b_data ? b.b_data : "", out, n, inner, sizeof inner);
         if (rc != 0) tg_errf(err, errlen, rc, "admin tokens file %s: %s", path, inner);
+        /* literal tokens readable by others are worth a warning; a file of
+         * sha256: hashes only is not secret */
+        if (rc == 0 && fstat(fileno(f), &st) == 0 && (st.st_mode & 077) && b.b_data &&
+            has_literal(b.b_data))
+            TG_LOG(TG_LOG_WARN, "cp",
+                   "admin tokens file %s holds literal tokens and is readable by group or others "
+                   "(chmod 600, or write the tokens as sha256:<hex>)",
+                   path);
     }
+    fclose(f);
     if (b.b_data) memset(b.b_data, 0, b.b_len);
     tg_buf_free(&b);
     return rc;
 }
 
-const tg_cp_admin_token_t *tg_cp_auth_find(const tg_cp_t *cp, const char *authz)
+/* Guards cp->cp_tokens/cp_ntokens against a reload (one control plane per
+ * process, like the method bindings). */
+static pthread_rwlock_t tokens_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+int tg_cp_auth_lookup(tg_cp_t *cp, const char *authz, tg_cp_admin_token_t *out)
 {
     uint8_t h[32];
-    const tg_cp_admin_token_t *found = NULL;
-    if (!authz || strncasecmp(authz, "bearer ", 7) != 0) return NULL;
+    int rc = 1;
+    pthread_rwlock_rdlock(&tokens_lock);
+    if (cp->cp_ntokens == 0) {
+        rc = 2;
+        goto done;
+    }
+    if (!authz || strncasecmp(authz, "bearer ", 7) != 0) goto done;
     authz += 7;
     while (*authz == ' ') authz++;
-    if (!*authz) return NULL;
+    if (!*authz) goto done;
     tg_crypto_sha256(authz, strlen(authz), h);
     for (size_t i = 0; i < cp->cp_ntokens; i++)
-        if (tg_crypto_equal(h, cp->cp_tokens[i].at_sha256, 32) && !found)
-            found = &cp->cp_tokens[i];
-    return found;
+        if (tg_crypto_equal(h, cp->cp_tokens[i].at_sha256, 32) && rc != 0) {
+            *out = cp->cp_tokens[i];
+            rc = 0; /* keep comparing: the time does not depend on which matched */
+        }
+done:
+    pthread_rwlock_unlock(&tokens_lock);
+    return rc;
+}
+
+int tg_cp_tokens_reload(tg_cp_t *cp, const char *path, char *err, size_t errlen)
+{
+    tg_cp_admin_token_t *nt = NULL, *old;
+    size_t n = 0;
+    if (tg_cp_tokens_load(path, &nt, &n, err, errlen) != 0) return -1;
+    pthread_rwlock_wrlock(&tokens_lock);
+    old = cp->cp_tokens;
+    cp->cp_tokens = nt;
+    cp->cp_ntokens = n;
+    pthread_rwlock_unlock(&tokens_lock);
+    tg_free(old);
+    return 0;
 }

@@ -40,7 +40,8 @@ static const char USAGE[] =
     "  --threads N               gRPC handler threads (TG_CP_THREADS, default 8)\n"
     "  --heartbeat-ms MS         Sync heartbeat period (TG_CP_HEARTBEAT_MS, default 5000)\n"
     "  --settled-retention-s S   settled-log retention in the store (TG_CP_SETTLED_RETENTION_S, default 3600)\n"
-    "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n";
+    "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
+    "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
 
 typedef struct flag {
     const char *f_name; /* "--listen" */
@@ -198,6 +199,7 @@ int main(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -302,7 +304,21 @@ int main(int argc, char **argv)
                http_port, store_spec, node, cp.cp_ntokens);
     }
 
-    if (sigwait(&set, &sig) != 0) sig = SIGTERM;
+    /* SIGHUP re-reads --admin-tokens (rotation without a restart); SIGTERM
+     * and SIGINT stop */
+    for (;;) {
+        if (sigwait(&set, &sig) != 0) sig = SIGTERM;
+        if (sig != SIGHUP) break;
+        if (!flags[F_TOKENS].f_val) {
+            TG_LOG(TG_LOG_WARN, "cp", "SIGHUP: no --admin-tokens file to reload");
+        } else if (tg_cp_tokens_reload(&cp, flags[F_TOKENS].f_val, err, sizeof err) != 0) {
+            TG_LOG(TG_LOG_ERROR, "cp", "SIGHUP: %s; the previous tokens stay in force", err);
+            err[0] = '\0';
+        } else {
+            TG_LOG(TG_LOG_INFO, "cp", "SIGHUP: reloaded %zu admin token(s) from %s", cp.cp_ntokens,
+                   flags[F_TOKENS].f_val);
+        }
+    }
     TG_LOG(TG_LOG_INFO, "cp", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     atomic_store(&cp.cp_stopping, 1);
     tg_rpc_server_shutdown(cp.cp_rpc, 3000);

@@ -7,7 +7,9 @@
 // and metrics, and a graceful SIGTERM.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startCp, startEtcd, rejects, ACCOUNT, CHANNEL } from './cp_admin_lib.mjs';
+import { writeFileSync } from 'node:fs';
+import { until } from './lib/proc.mjs';
+import { startCp, startEtcd, rejects, ACCOUNT, CHANNEL, TOKENS } from './cp_admin_lib.mjs';
 
 for (const backend of ['lmdb', 'etcd']) {
   describe(`AdminService on ${backend}`, () => {
@@ -340,5 +342,26 @@ test('SIGTERM shuts down gracefully with exit code 0 and data survives a restart
     assert.equal((await cp2.as('reader').call('GetAccount', { id: a.id })).name, 'durable');
   } finally {
     assert.equal((await cp2.stop('SIGINT')).code, 0);
+  }
+});
+
+test('SIGHUP rotates admin tokens; a broken file keeps the old ones', async () => {
+  const cp = await startCp();
+  try {
+    // the test's token file is mode 0644 with literal tokens: worth a warning
+    assert.match(cp.proc.output(), /holds literal tokens and is readable by group or others/);
+    const fresh = 'tg-rotated-token-dddddddddddddddd';
+    writeFileSync(cp.tokensFile, `ops admin ${TOKENS.admin}\nrotated reader ${fresh}\n`);
+    cp.proc.child.kill('SIGHUP');
+    await until(() => /SIGHUP: reloaded 2 admin token/.test(cp.proc.output()), { what: 'the reload' });
+    assert.deepEqual(await cp.as(fresh).call('WhoAmI'), { token_name: 'rotated', role: 'reader' });
+    await rejects(assert, cp.as('reader').call('WhoAmI'), 'UNAUTHENTICATED');
+    writeFileSync(cp.tokensFile, 'ops admin\n');
+    cp.proc.child.kill('SIGHUP');
+    await until(() => /SIGHUP: .*line 1: expected 'name role token'.*previous tokens stay/.test(cp.proc.output()),
+      { what: 'the refused reload' });
+    assert.deepEqual(await cp.as(fresh).call('WhoAmI'), { token_name: 'rotated', role: 'reader' });
+  } finally {
+    assert.equal((await cp.stop('SIGTERM')).code, 0);
   }
 });
