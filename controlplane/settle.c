@@ -28,8 +28,9 @@
  * where rate_ppm is the entry's platform rate (0 = 1,000,000) for the cost
  * charged, and the channel's cost_rate_ppm (0 = 1,000,000) for the upstream
  * cost. The agent uses the same rule, so a correct agent never mismatches.
- * (meter/tg_price.h is the project's pricing module; it was still empty when
- * this was written: switch cp_price_cost over to it once it lands.)
+ * This is meter/tg_price.h's rule (tg_price_cost, which landed after this
+ * was written) plus the per-request fee it has no term for; switching to it
+ * needs //meter:price in controlplane/BUILD (see controlplane/README.md).
  */
 #include <fnmatch.h>
 #include <inttypes.h>
