@@ -266,6 +266,8 @@ int tg_cp_validate_price_card(const Tollgate__V1__PriceCard *c, char *err, size_
         FAIL("card.currency: must be a 3-letter code or a unit name");
     if (c->effective_at_us < 0) FAIL("card.effective_at_us: must be >= 0 (0: now)");
     if (c->n_entries == 0) FAIL("card.entries: at least one entry is required");
+    /* the card and its audit JSON must fit one store transaction (1.25 MiB) */
+    if (c->n_entries > 2000) FAIL("card.entries: at most 2000 entries (got %zu)", c->n_entries);
     for (size_t i = 0; i < c->n_entries; i++) {
         const Tollgate__V1__PriceEntry *e = c->entries[i];
         if (!valid_pattern(e->model)) FAIL("card.entries[%zu].model: not a model name or glob", i);
