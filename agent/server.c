@@ -113,12 +113,39 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
 /* ---- workers -------------------------------------------------------------- */
 
+/* Graceful stop: close the listener (no new connections), let the
+ * requests in flight finish, then leave the loop; after the drain bound
+ * (10 s) whatever is left is cut. Checked every 50 ms. */
+#define DRAIN_MS 10000
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    if (!w->w_live || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
+        if (w->w_live)
+            TG_LOG(TG_LOG_WARN, "agent", "worker %d: drain bound reached, cutting requests in flight", w->w_idx);
+        event_base_loopexit(w->w_base, NULL);
+    }
+}
+
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     worker_t *w = arg;
-    event_base_loopexit(w->w_base, NULL);
+    if (w->w_draining)
+        return;
+    w->w_draining = 1;
+    event_del(w->w_stop_ev);
+    if (w->w_bound) {
+        evhttp_del_accept_socket(w->w_http, w->w_bound);
+        w->w_bound = NULL;
+    }
+    struct timeval tv = {0, 50000};
+    if (!(w->w_drain_ev = event_new(w->w_base, -1, EV_PERSIST, on_drain, w)) || event_add(w->w_drain_ev, &tv) != 0)
+        event_base_loopexit(w->w_base, NULL);
 }
 
 static int listen_socket(const char *host, int port, char *err, size_t errlen)
@@ -156,6 +183,8 @@ static void worker_free(worker_t *w)
         event_free(w->w_curl_timer);
     if (w->w_stop_ev)
         event_free(w->w_stop_ev);
+    if (w->w_drain_ev)
+        event_free(w->w_drain_ev);
     if (w->w_base)
         event_base_free(w->w_base);
     tg_cfg_unref(w->w_cfg);
@@ -183,7 +212,7 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
                                               EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH);
     evhttp_set_timeout(w->w_http, 120);
     evhttp_set_gencb(w->w_http, tg_req_handle, w);
-    if (evhttp_accept_socket(w->w_http, fd) != 0) {
+    if (!(w->w_bound = evhttp_accept_socket_with_handle(w->w_http, fd))) {
         close(fd);
         return tg_errf(err, errlen, TG_AGENT_ESYS, "worker %d: evhttp_accept_socket failed", idx);
     }

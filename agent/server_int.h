@@ -27,6 +27,10 @@ struct worker {
     CURLM *w_multi;
     struct event *w_curl_timer;
     struct event *w_stop_ev;
+    struct evhttp_bound_socket *w_bound; /* the listener, closed at stop */
+    struct event *w_drain_ev;
+    int w_draining;
+    int w_drain_ticks;
     tg_cfg_t *w_cfg;   /* this worker's reference to the current config */
     long w_cfg_gen;    /* generation it was taken at */
     uint64_t w_rng;    /* xorshift state for weighted picks */

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { startMock, answerText } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash, dumpOutbox } from '../../agent/testing/agent.mjs';
 import { tmpdir } from './lib/proc.mjs';
 import path from 'node:path';
@@ -80,4 +80,25 @@ test('a full outbox refuses new requests with 503 and says why', async () => {
   } finally {
     await agent.stop();
   }
+});
+
+test('SIGTERM drains: a stream in flight finishes, its record is spooled, the agent exits 0', async () => {
+  const dir = tmpdir('tg-drain-');
+  const agent = await startAgent(snapshot(), { dir, args: ['--forward-header', 'x-mock-scenario'] });
+  const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+  const { data, response } = await client.chat.completions.create({ model: 'gpt-4o', messages, stream: true },
+    { headers: { 'x-mock-scenario': 'tokens=30;itl=40' } }).withResponse();
+  let text = '';
+  let signalled = false;
+  for await (const c of data) {
+    text += c.choices[0]?.delta?.content ?? '';
+    if (!signalled && text) { agent.proc.child.kill('SIGTERM'); signalled = true; }
+  }
+  assert.equal(text, answerText(30));
+  const exit = await agent.proc.exited;
+  assert.equal(exit.code, 0);
+  const held = dumpOutbox(path.join(dir, 'data'));
+  assert.deepEqual(held.map((h) => h.record.request_id), [response.headers.get('x-request-id')]);
+  // and no new connection was accepted meanwhile
+  await assert.rejects(fetch(`${agent.url}/healthz`));
 });
