@@ -83,6 +83,7 @@ static int campaign(tg_cp_agent_side_t *as, int64_t *create_rev, char *holder, s
 
 static void *leader_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "cp-leader");
     tg_cp_agent_side_t *as = arg;
     tg_cp_t *cp = as->as_cp;
     const char *me = cp->cp_node_id ? cp->cp_node_id : "cp";

@@ -483,6 +483,7 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
 
 static void *resnap_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "cp-sync-snap");
     tg_cp_agent_side_t *as = arg;
     tg_cp_t *cp = as->as_cp;
     tg_buf_t msg;
@@ -688,6 +689,7 @@ static void heartbeats(tg_cp_agent_side_t *as)
 
 static void *watch_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "cp-sync-watch");
     tg_cp_agent_side_t *as = arg;
     tg_store_watch_t *w = NULL;
     tg_store_event_t *carry = NULL;

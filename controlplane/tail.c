@@ -209,6 +209,7 @@ static void retain(tg_cp_agent_side_t *as)
 
 static void *tail_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "cp-tail");
     tg_cp_agent_side_t *as = arg;
     tg_store_watch_t *w = NULL;
     int64_t rev, last_retain = tg_cp_now_us();

@@ -9,7 +9,7 @@
 //
 //   TG_BIN=$(bazel info bazel-bin) node bench/cp/settle_bench.mjs [--store lmdb|etcd]
 //       [--agents 4] [--batches 25] [--batch 1000]
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { FakeAgent, balance, costOf, seed, startCp, startEtcd } from '../../tests/e2e/cp_agent_lib.mjs';
 import { until } from '../../tests/e2e/lib/proc.mjs';
@@ -62,7 +62,20 @@ try {
     const f = readFileSync(`/proc/${cp.proc.child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
     return (Number(f[11]) + Number(f[12])) / 100;
   };
+  // one thread's CPU by name (the tailer appends the ledger: cp-tail)
+  const threadCpu = (name) => {
+    let t = 0;
+    for (const tid of readdirSync(`/proc/${cp.proc.child.pid}/task`)) {
+      try {
+        if (readFileSync(`/proc/${cp.proc.child.pid}/task/${tid}/comm`, 'utf8').trim() !== name) continue;
+        const f = readFileSync(`/proc/${cp.proc.child.pid}/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+        t += (Number(f[11]) + Number(f[12])) / 100;
+      } catch { /* thread gone */ }
+    }
+    return t;
+  };
   const lat = [];
+  const tail0 = threadCpu('cp-tail');
   const cpu0 = cpuSecs();
   const start = performance.now();
   await Promise.all(agents.map(async (ag) => {
@@ -75,13 +88,14 @@ try {
   }));
   const secs = (performance.now() - start) / 1000;
   const cpu = cpuSecs() - cpu0;
+  const tail = threadCpu('cp-tail') - tail0;
   const total = nAgents * nBatches * batchSize;
   lat.sort((x, y) => x - y);
   const after = await balance(cp, ids.account);
   if (before - after !== want) throw new Error(`balance moved ${before - after}, want ${want}`);
   console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
     `${total} records in ${secs.toFixed(2)} s = ${Math.round(total / secs)} records/s; ` +
-    `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second); batch latency p50 ${lat[Math.floor(lat.length / 2)].toFixed(1)} ms p99 ${lat[Math.floor(lat.length * 0.99)].toFixed(1)} ms; balance exact`);
+    `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${lat[Math.floor(lat.length / 2)].toFixed(1)} ms p99 ${lat[Math.floor(lat.length * 0.99)].toFixed(1)} ms; balance exact`);
   if (process.env.TG_CP_LOG_LEVEL === 'debug') {
     // per-phase timings of the last batches (controlplane/settle.c debug log)
     const lines = cp.proc.output().split('\n').filter((l) => l.includes('records; verify'));
