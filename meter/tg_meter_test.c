@@ -409,13 +409,50 @@ static void test_chat_tools(void **state)
                                            count(cl, "unit:string:Unit") + 12);
 }
 
+static void test_chat_escapes_and_big_requests(void **state)
+{
+    (void)state;
+    tg_meter_chat_t c;
+    char err[TG_ERRLEN] = "";
+    tg_meter_encoding_t o = TG_METER_O200K_BASE;
+    /* escapes decode before counting; a lone surrogate counts as U+FFFD */
+    const char *body = "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":"
+                       "\"line\\none \\\"q\\\" caf\\u00e9 \\ud83d\\ude00 \\ud800x\\t\\/\"},"
+                       "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\","
+                       "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}";
+    assert_int_equal(tg_meter_chat_count(M, body, strlen(body), NULL, &c, err, sizeof err), 0);
+    uint64_t want = 3 + count(o, "user") + count(o, "line\none \"q\" caf\xc3\xa9 \xf0\x9f\x98\x80 \xef\xbf\xbdx\t/") +
+                    3 + count(o, "assistant") + count(o, "f") + count(o, "{}") + 3;
+    assert_int_equal(c.mc_prompt_tokens, want);
+    /* more JSON tokens than the stack array holds */
+    tg_buf_t b;
+    tg_buf_init(&b, 1 << 20);
+    assert_int_equal(tg_buf_puts(&b, "{\"model\":\"gpt-4\",\"messages\":["), 0);
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(tg_buf_printf(&b, "%s{\"role\":\"user\",\"content\":\"message %d\"}",
+                                       i ? "," : "", i), 0);
+    assert_int_equal(tg_buf_puts(&b, "]}"), 0);
+    assert_int_equal(tg_meter_chat_count(M, b.b_data, b.b_len, NULL, &c, err, sizeof err), 0);
+    uint64_t w2 = 3;
+    char line[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(line, sizeof line, "message %d", i);
+        w2 += 3 + count(TG_METER_CL100K_BASE, "user") + count(TG_METER_CL100K_BASE, line);
+    }
+    assert_int_equal(c.mc_prompt_tokens, w2);
+    tg_buf_free(&b);
+}
+
 static void test_chat_bad_json(void **state)
 {
     (void)state;
     const struct {
         const char *body, *msg;
     } cases[] = {
-        {"{\"model\":", "not JSON"},
+        {"{\"model\":", "not JSON: truncated"},
+        {"{\"model\": x}", "not JSON: invalid"},
+        {"[1,2]", "not JSON: not an object"},
+        {"{\"messages\":[{\"content\":\"bad \\q escape\"}]}", "not JSON: invalid"},
         {"{\"model\":\"gpt-4o\"}", "no \"messages\" array"},
         {"{\"messages\":[1]}", "messages[0] is not an object"},
         {"{\"messages\":[],\"tools\":[{\"type\":\"function\"}]}", "tools[0] has no \"function\""},
@@ -445,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_model_map),
         cmocka_unit_test(test_chat_messages),
         cmocka_unit_test(test_chat_tools),
+        cmocka_unit_test(test_chat_escapes_and_big_requests),
         cmocka_unit_test(test_chat_bad_json),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
