@@ -335,8 +335,10 @@ int cmd_ledger(int argc, char **argv)
             tc_print_obj(&c, r);
         } else {
             tc_print_table(json_object_get(r, "entries"), LEDGER_COLS);
-            printf("\ntotals (every matching row):\n");
-            tc_print_table(json_object_get(r, "totals"), TOTAL_COLS);
+            if (json_array_size(json_object_get(r, "totals"))) { /* first page only */
+                printf("\ntotals (every matching row):\n");
+                tc_print_table(json_object_get(r, "totals"), TOTAL_COLS);
+            }
         }
         tc_more(r);
     }

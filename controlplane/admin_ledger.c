@@ -8,8 +8,10 @@
  * Totals: count is every matching row; cost_nano and the token counts sum
  * usage rows only (what was charged for requests: the record's cost_nano);
  * top-ups and adjustments move balances but are not costs. Totals walk every
- * matching row (one read transaction per page), so their price is linear in
- * the rows a query matches. */
+ * matching row (one read transaction per ledger page), so their price is
+ * linear in the rows a query matches (~5.5 us a row, measured): they come
+ * with the first page of a walk (no page_token) and later pages leave them
+ * empty, so a walk pays for them once. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -273,8 +275,12 @@ static int query_ledger(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *re
         code = cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
         goto done;
     }
+    /* totals walk every matching row: once per query walk, with its first
+     * page, not again with every later page */
     t->t_q = &l;
-    rc = tg_ledger_export(a->ax_cp->cp_ledger, &l.lq_f, 0, totals_cb, t, NULL, err, sizeof err);
+    rc = q->page_token[0] ? 0
+                          : tg_ledger_export(a->ax_cp->cp_ledger, &l.lq_f, 0, totals_cb, t, NULL,
+                                             err, sizeof err);
     if (rc != 0) {
         code = ledger_fail(a, rc, err);
         goto done;

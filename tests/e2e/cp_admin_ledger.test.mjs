@@ -117,6 +117,7 @@ for (const backend of ['lmdb', 'etcd']) {
       for (let i = 0; i < 20; i++) {
         const p = await reader.call('QueryLedger', { account_id: ids.account, page_size: 2, page_token: token });
         assert.ok(p.entries.length <= 2);
+        assert.equal(p.totals.length, token ? 0 : 1, 'totals come with the first page only');
         seen.push(...p.entries.map((e) => e.seq));
         token = p.next_page_token;
         if (!token) break;
