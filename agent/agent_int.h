@@ -193,6 +193,14 @@ void tg_outbox_close(tg_outbox_t *o);
  * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (the map is full) or
  * TG_AGENT_ESYS. */
 int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, char *err, size_t errlen);
+/* Appends n records in one write transaction (one commit for a loop
+ * iteration's worth of requests). Same returns as tg_outbox_put; on error
+ * none is stored. */
+typedef struct tg_outbox_item {
+    const void *oi_data;
+    size_t oi_len;
+} tg_outbox_item_t;
+int tg_outbox_put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, char *err, size_t errlen);
 /* Records held. */
 long tg_outbox_depth(tg_outbox_t *o);
 /* fsyncs when something was written since the last call. 0 or ESYS. */

@@ -143,6 +143,33 @@ int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, c
     return 0;
 }
 
+int tg_outbox_put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    uint8_t key[8];
+    if (n == 0)
+        return 0;
+    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
+    if (rc != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    uint64_t s = atomic_fetch_add(&o->ob_next, n);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        put_be64(key, s + i);
+        MDB_val k = {8, key}, v = {items[i].oi_len, (void *)items[i].oi_data};
+        rc = mdb_put(txn, o->ob_dbi, &k, &v, MDB_APPEND);
+    }
+    if (rc != 0)
+        mdb_txn_abort(txn);
+    else
+        rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        return tg_errf(err, errlen, rc == MDB_MAP_FULL ? TG_AGENT_EFULL : TG_AGENT_ESYS, "outbox: %s",
+                       mdb_strerror(rc));
+    atomic_fetch_add(&o->ob_depth, (long)n);
+    atomic_fetch_add(&o->ob_writes, 1);
+    return 0;
+}
+
 long tg_outbox_depth(tg_outbox_t *o)
 {
     return atomic_load(&o->ob_depth);

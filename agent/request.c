@@ -76,8 +76,9 @@ struct req {
     const char *rq_run;
     const char *rq_ua;
     const char *rq_endpoint;
-    const char *rq_body;
+    const char *rq_body;      /* the request body, in rq_body_buf */
     size_t rq_body_len;
+    struct evbuffer *rq_body_buf;
     tg_scan_t rq_scan;
     int64_t rq_t0_us;
     /* routing */
@@ -264,6 +265,8 @@ static void req_free(req_t *rq)
         event_free(rq->rq_peer_ev);
     if (rq->rq_chunk)
         evbuffer_free(rq->rq_chunk);
+    if (rq->rq_body_buf)
+        evbuffer_free(rq->rq_body_buf);
     tg_buf_free(&rq->rq_upbody);
     tg_buf_free(&rq->rq_resp);
     tg_buf_free(&rq->rq_text);
@@ -482,12 +485,12 @@ static void emit_record(req_t *rq)
     int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && r.channel_id && r.channel_id[0];
     if (spool) {
         size_t n = tollgate__v1__usage_record__get_packed_size(&r);
-        uint8_t *buf = tg_pool_alloc(rq->rq_pool, n ? n : 1);
-        char err[TG_ERRLEN] = "";
-        if (!buf || (tollgate__v1__usage_record__pack(&r, buf),
-                     tg_outbox_put(ag->a_outbox, buf, n, NULL, err, sizeof err) != 0)) {
+        uint8_t *buf = tg_malloc(n ? n : 1);
+        if (buf)
+            tollgate__v1__usage_record__pack(&r, buf);
+        if (!buf || tg_worker_spool(rq->rq_w, buf, n, rq->rq_id) != 0) {
             const char *kv[] = {"request_id", rq->rq_id, NULL};
-            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: %s", buf ? err : "out of memory");
+            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: out of memory");
         }
     }
     if (ag->a_opts.ao_log_records || !spool) {
@@ -1310,7 +1313,14 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
                      (long long)tg_cfg_max_request_bytes(rq->rq_cfg));
         return;
     }
-    rq->rq_body = len ? (const char *)evbuffer_pullup(body, -1) : "";
+    /* The body moves (no copy) into a buffer of our own: evhttp frees its
+     * request's buffers when the client goes away, and the body is still
+     * needed then (local token counts of a cancelled request). */
+    if (!(rq->rq_body_buf = evbuffer_new()) || evbuffer_add_buffer(rq->rq_body_buf, body) != 0) {
+        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
+        return;
+    }
+    rq->rq_body = len ? (const char *)evbuffer_pullup(rq->rq_body_buf, -1) : "";
     rq->rq_body_len = len;
     char err[TG_ERRLEN] = "";
     if (tg_agent_scan(rq->rq_body, len, &rq->rq_scan, err, sizeof err) != 0) {

@@ -37,6 +37,10 @@ struct worker {
     uint64_t w_seq;    /* requests started here */
     req_t *w_live;     /* requests in flight (doubly linked) */
     tg_metrics_t *w_metrics; /* this worker's series (NULL if out of memory) */
+    struct event *w_commit_ev;  /* priority 0: commits the records queued below */
+    tg_outbox_item_t *w_pend;   /* packed records waiting for this iteration's commit */
+    char **w_pend_ids;          /* their request ids (for the log if the commit fails) */
+    size_t w_npend, w_cappend;
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
 };
@@ -69,6 +73,13 @@ struct tg_agent {
     brk_slot_t *a_brk;
     size_t a_nbrk, a_capbrk;
 };
+
+/* Queues a packed record (taking ownership of data, a tg_malloc block) for
+ * the worker's next outbox commit, which runs before any socket write of
+ * this loop iteration. Returns 0 or TG_AGENT_ENOMEM (data freed). */
+int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id);
+/* Commits what is queued now (the commit event's body; also at shutdown). */
+void tg_worker_commit(worker_t *w);
 
 /* The worker's current configuration (NULL before any snapshot). */
 tg_cfg_t *tg_worker_cfg(worker_t *w);
