@@ -119,3 +119,42 @@ test('two replicas: one settles, the other serves Sync and takes over when the l
   assert.equal(usage.reduce((sum, e) => sum - BigInt(e.amount_nano), 0n), want);
   console.log(`takeover after SIGKILL of the leader: ${takeover} ms`);
 });
+
+test('a replica down while etcd compacted its history re-reads the settled log and misses nothing', async () => {
+  const etcd = await startEtcd();
+  procs.push(etcd.proc);
+  const store = `etcd:${etcd.url}`;
+  const cpA = await startCp({ store, nodeId: 'cp-a' });
+  procs.push(cpA);
+  await until(async () => (await role(cpA)).leader, { timeoutMs: 10000, what: 'cp-a to lead' });
+  const cpB = await startCp({ store, nodeId: 'cp-b' });
+  procs.push(cpB);
+  const ids = await seed(cpA);
+  const agent = new FakeAgent(cpA);
+  await agent.enroll();
+  const all = [];
+  const send = async () => {
+    const recs = [agent.record(ids), agent.record(ids)];
+    all.push(...recs.map((r) => r.record_id));
+    assert.equal((await agent.report(agent.signed(recs))).settled, 2);
+  };
+  await send();
+  await until(async () => (await ledgerIds(cpB, ids.account)).has(all[0]),
+    { timeoutMs: 10000, what: 'cp-b to tail the first batch' });
+  // cp-b goes down; settlement goes on; etcd compacts away the history cp-b
+  // would resume its watch from
+  const dataB = cpB.dataDir;
+  await cpB.stop();
+  for (let i = 0; i < 3; i++) await send();
+  const st = await (await fetch(`${etcd.url}/v3/kv/range`, { method: 'POST', body: JSON.stringify({ key: Buffer.from('x').toString('base64') }) })).json();
+  const rev = Number(st.header.revision);
+  const c = await fetch(`${etcd.url}/v3/kv/compaction`, { method: 'POST', body: JSON.stringify({ revision: String(rev), physical: true }) });
+  assert.ok(c.ok, 'etcd compacted');
+  const cpB2 = await startCp({ store, nodeId: 'cp-b', dataDir: dataB });
+  procs.push(cpB2);
+  await until(async () => {
+    const have = await ledgerIds(cpB2, ids.account);
+    return all.every((id) => have.has(id));
+  }, { timeoutMs: 15000, what: 'the restarted replica to hold every row after the compaction' });
+  assert.match(cpB2.proc.output(), /settled-log watch: .*compact.*re-reading the whole log/i);
+});
