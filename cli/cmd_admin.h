@@ -128,6 +128,16 @@ int cmd_run(int argc, char **argv);
 int cmd_agents(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
 int cmd_whoami(int argc, char **argv);
+/* Usage text for `tollctl help <command>`, on stdout. */
 void usage_admin(void);
+void usage_account(void);
+void usage_project(void);
+void usage_key(void);
+void usage_channel(void);
+void usage_route(void);
+void usage_price(void);
+void usage_money(void);
+void usage_ledger(void);
+void usage_run(void);
 
 #endif

@@ -560,6 +560,12 @@ int cmd_whoami(int argc, char **argv)
     return rc;
 }
 
+/* `tollctl help <command>` */
+void usage_price(void) { fputs(PRICE_USAGE, stdout); }
+void usage_money(void) { fputs(MONEY_USAGE, stdout); }
+void usage_ledger(void) { fputs(LEDGER_USAGE, stdout); }
+void usage_run(void) { fputs(RUN_USAGE, stdout); }
+
 void usage_admin(void)
 {
     printf("admin commands talk to tollgate-cp over gRPC (AdminService):\n"

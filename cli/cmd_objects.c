@@ -455,3 +455,10 @@ int cmd_project(int argc, char **argv) { return run_obj(&PROJECT, argc, argv); }
 int cmd_key(int argc, char **argv) { return run_obj(&KEY, argc, argv); }
 int cmd_channel(int argc, char **argv) { return run_obj(&CHANNEL, argc, argv); }
 int cmd_route(int argc, char **argv) { return run_obj(&ROUTE, argc, argv); }
+
+/* `tollctl help <command>` */
+void usage_account(void) { fputs(ACCOUNT.oc_usage, stdout); }
+void usage_project(void) { fputs(PROJECT.oc_usage, stdout); }
+void usage_key(void) { fputs(KEY.oc_usage, stdout); }
+void usage_channel(void) { fputs(CHANNEL.oc_usage, stdout); }
+void usage_route(void) { fputs(ROUTE.oc_usage, stdout); }
