@@ -9,6 +9,10 @@
  *                          counts the file's tokens `repeats` times (default
  *                          3) in one thread and prints JSON: bytes, tokens,
  *                          the best run's CPU seconds, MB/s and tokens/s.
+ *   meter_batch --chat-bench <file> [repeats]
+ *                          counts the chat request in <file> (JSON) `repeats`
+ *                          times (default 20000) and prints JSON: its prompt
+ *                          tokens and the CPU microseconds per count.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -112,6 +116,31 @@ static void print_ids(const tg_meter_ids_t *ids)
     fwrite(buf, 1, o, stdout);
 }
 
+static int chat_bench(tg_meter_t *m, const char *path, int reps)
+{
+    char err[TG_ERRLEN] = "";
+    tg_meter_chat_t c;
+    size_t len;
+    char *body = read_file(path, &len);
+    if (!body) {
+        fprintf(stderr, "meter_batch: cannot read %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (tg_meter_chat_count(m, body, len, NULL, &c, err, sizeof err) != 0) { /* loads too */
+        fprintf(stderr, "meter_batch: %s\n", err);
+        tg_free(body);
+        return 1;
+    }
+    double t0 = now();
+    for (int r = 0; r < reps; r++)
+        tg_meter_chat_count(m, body, len, NULL, &c, NULL, 0);
+    double us = (now() - t0) / reps * 1e6;
+    printf("{\"bytes\":%zu,\"prompt_tokens\":%llu,\"estimate\":%d,\"us_per_request\":%.2f}\n", len,
+           (unsigned long long)c.mc_prompt_tokens, c.mc_estimate, us);
+    tg_free(body);
+    return 0;
+}
+
 static int batch(tg_meter_t *m)
 {
     char line[256], err[TG_ERRLEN];
@@ -171,7 +200,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "meter_batch: %s\n", err);
         return 1;
     }
-    if (argc >= 4 && strcmp(argv[1], "--bench") == 0)
+    if (argc >= 3 && strcmp(argv[1], "--chat-bench") == 0)
+        rc = chat_bench(m, argv[2], argc >= 4 ? (int)strtol(argv[3], NULL, 10) : 20000);
+    else if (argc >= 4 && strcmp(argv[1], "--bench") == 0)
         rc = bench(m, argv[2], argv[3], argc >= 5 ? (int)strtol(argv[4], NULL, 10) : 3);
     else
         rc = batch(m);

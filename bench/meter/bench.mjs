@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { benchCorpus } from './corpus.mjs';
+import { benchCorpus, LATIN } from './corpus.mjs';
 
 const ROOT = process.env.TG_ROOT || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = process.env.TG_BIN || path.join(ROOT, 'bazel-bin');
@@ -78,6 +78,49 @@ console.log('|---|---|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) {
   const vn = r.enc === 'cl100k_base' ? `${(r.mbs / nat.mbs).toFixed(1)}x` : '-';
   console.log(`| ${r.name} | ${r.enc} | ${r.tokens} | ${r.seconds.toFixed(3)} | ${r.mbs.toFixed(2)} | ${(r.tps / 1e6).toFixed(2)}M | ${vn} | ${(r.mbs / wasmOf(r.enc).mbs).toFixed(1)}x |`);
+}
+
+// The same comparison on English-like text only (prose, code, JSON: more
+// bytes per token, closer to typical prompts), cl100k_base.
+{
+  const latin = benchCorpus(2, MB * 1e6, LATIN);
+  const lb = Buffer.byteLength(latin);
+  const lf = path.join(dir, 'latin.txt');
+  writeFileSync(lf, latin);
+  const rn = best(() => n.encode(latin).length);
+  const w2 = wasm.get_encoding('cl100k_base');
+  const rw = best(() => w2.encode_ordinary(latin).length);
+  w2.free();
+  const rm = meter('cl100k_base', lf);
+  if (rn.tokens !== rm.tokens || rw.tokens !== rm.tokens) throw new Error('token counts differ on the English-like corpus');
+  console.log(`\nEnglish-like corpus (prose, code, JSON; seed 2): ${(lb / 1e6).toFixed(1)} MB, ${rm.tokens} tokens (${(lb / rm.tokens).toFixed(2)} bytes/token), cl100k_base\n`);
+  console.log('| tokenizer | CPU s | MB/s | tokens/s | vs native |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const [name, r] of [['tiktoken-node (Rust, native)', rn], ['tiktoken (npm, WASM)', rw], ['meter (C, this repo)', rm]]) {
+    console.log(`| ${name} | ${r.seconds.toFixed(3)} | ${(lb / 1e6 / r.seconds).toFixed(2)} | ${(r.tokens / r.seconds / 1e6).toFixed(2)}M | ${(rn.seconds / r.seconds).toFixed(1)}x |`);
+  }
+}
+
+// A chat request's pre-estimate (tg_meter_chat_count: JSON scan + counting
+// by the cookbook rules), the agent's per-request cost.
+{
+  const req = {
+    model: 'gpt-4o',
+    messages: [
+      { role: 'system', content: 'You are a helpful assistant for billing and routing questions. Be concise and precise.' },
+      { role: 'user', name: 'alice', content: benchCorpus(3, 600, LATIN).slice(0, 600) },
+      { role: 'assistant', content: 'Each message adds a few tokens of overhead; tools are serialized into the prompt.' },
+      { role: 'user', content: [{ type: 'text', text: 'And images? Does the name field count?' }, { type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] },
+    ],
+    tools: [{ type: 'function', function: { name: 'get_weather', description: 'Get the current weather in a city.', parameters: { type: 'object', properties: { city: { type: 'string', description: 'City name.' }, unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } }, required: ['city'] } } }],
+    max_tokens: 256,
+  };
+  const f = path.join(dir, 'chat.json');
+  writeFileSync(f, JSON.stringify(req));
+  const out = spawnSync(path.join(BIN, 'meter/meter_batch'), ['--chat-bench', f, '20000'], { encoding: 'utf8' });
+  if (out.status !== 0) throw new Error(`meter_batch --chat-bench: ${out.stderr}`);
+  const j = JSON.parse(out.stdout);
+  console.log(`\nchat request pre-estimate: ${j.bytes} bytes JSON, 4 messages + 1 tool, ${j.prompt_tokens} prompt tokens: ${j.us_per_request} us CPU per request (mean of 20000)`);
 }
 
 // Worst case: one character repeated. tiktoken's merge is quadratic in the

@@ -207,10 +207,13 @@ export function documents(seed, count, maxLen) {
 
 // A mixed corpus of about `bytes` UTF-8 bytes for the benchmark: mostly prose,
 // code and JSON, with every other kind mixed in (no long single-char runs).
-export function benchCorpus(seed, bytes) {
+export const MIXED = [['prose', 30], ['code', 20], ['json', 15], ['chinese', 6], ['japanese', 4], ['korean', 3],
+  ['arabic', 3], ['cyrillic_greek', 4], ['devanagari_thai', 2], ['emoji', 3], ['combining', 2], ['digits', 5], ['whitespace', 3]];
+// English-like text only: prose, code and JSON (closer to typical prompts).
+export const LATIN = [['prose', 50], ['code', 30], ['json', 20]];
+
+export function benchCorpus(seed, bytes, weights = MIXED) {
   const r = rng(seed);
-  const weights = [['prose', 30], ['code', 20], ['json', 15], ['chinese', 6], ['japanese', 4], ['korean', 3],
-    ['arabic', 3], ['cyrillic_greek', 4], ['devanagari_thai', 2], ['emoji', 3], ['combining', 2], ['digits', 5], ['whitespace', 3]];
   const total = weights.reduce((s, [, w]) => s + w, 0);
   const parts = [];
   let size = 0;
