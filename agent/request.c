@@ -911,6 +911,14 @@ static void start_attempt(req_t *rq)
     rq->rq_curlerr[0] = '\0';
     tg_buf_reset(&rq->rq_resp);
     tg_buf_reset(&rq->rq_upbody);
+    if (!rq->rq_upbody.b_data) {
+        /* One allocation of the final size instead of doubling from 64
+         * bytes (a 100 KB prompt was copied a dozen times). tg_buf_t is a
+         * plain struct: an empty buffer may be handed its memory. */
+        size_t cap = rq->rq_body_len + 256;
+        if ((rq->rq_upbody.b_data = tg_malloc(cap)) != NULL)
+            rq->rq_upbody.b_cap = cap;
+    }
     int add_usage = rq->rq_scan.sc_stream; /* every channel here speaks OpenAI */
     if (tg_agent_rewrite(rq->rq_body, rq->rq_body_len, &rq->rq_scan, a->at_model, add_usage, &rq->rq_upbody)) {
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;

@@ -141,6 +141,16 @@ static int string(scanner_t *s, char *out, size_t outlen, int *trunc)
     for (;;) {
         if (s->s_pos >= s->s_len)
             return fail(s, "unterminated string");
+        if (!out && !s->s_sink) {
+            /* Validation only (most strings): skip plain ASCII fast. */
+            const unsigned char *p = (const unsigned char *)s->s_p + s->s_pos;
+            const unsigned char *e = (const unsigned char *)s->s_p + s->s_len;
+            while (p < e && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+                p++;
+            s->s_pos = (size_t)(p - (const unsigned char *)s->s_p);
+            if (s->s_pos >= s->s_len)
+                return fail(s, "unterminated string");
+        }
         unsigned char c = (unsigned char)s->s_p[s->s_pos];
         size_t n = 0;
         const char *src = tmp;
