@@ -101,6 +101,7 @@ struct req {
     int rq_fb_timeout;        /* the first-byte timer fired */
     struct event *rq_timer;   /* first-byte timeout or backoff */
     struct event *rq_peer_ev; /* watches the client socket for EOF */
+    struct event *rq_peer_timer; /* arms rq_peer_ev if the answer is slow */
     int rq_timer_backoff;
     /* the client side */
     int rq_started;           /* the response head went out: no more retries */
@@ -165,6 +166,8 @@ static void add_header(struct evhttp_request *hr, const char *k, const char *v)
  * (and with it run the close callback). */
 static void quiet_close(req_t *rq)
 {
+    if (rq->rq_peer_timer)
+        evtimer_del(rq->rq_peer_timer);
     if (rq->rq_peer_ev)
         event_del(rq->rq_peer_ev);
     if (rq->rq_conn && !rq->rq_client_gone)
@@ -263,6 +266,8 @@ static void req_free(req_t *rq)
         event_free(rq->rq_timer);
     if (rq->rq_peer_ev)
         event_free(rq->rq_peer_ev);
+    if (rq->rq_peer_timer)
+        event_free(rq->rq_peer_timer);
     if (rq->rq_chunk)
         evbuffer_free(rq->rq_chunk);
     if (rq->rq_body_buf)
@@ -1173,6 +1178,15 @@ static void on_client_close(struct evhttp_connection *conn, void *arg)
     finish(rq);
 }
 
+static void on_peer_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    req_t *rq = arg;
+    if (rq->rq_conn && !rq->rq_client_gone)
+        event_add(rq->rq_peer_ev, NULL);
+}
+
 /* evhttp does not read from a connection while its request is being
  * answered, so it would not notice a client that hangs up while we wait
  * for the upstream (a slow first token, a non-streaming answer). We watch
@@ -1420,10 +1434,15 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
         return;
     }
     evhttp_connection_set_closecb(rq->rq_conn, on_client_close, rq);
+    /* The socket watch starts only if the answer takes a while: most
+     * requests end first and save the two epoll_ctl calls (a timer is a
+     * heap insert). */
     struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->rq_conn);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd >= 0 && (rq->rq_peer_ev = event_new(rq->rq_w->w_base, fd, EV_READ, on_peer_readable, rq)) != NULL)
-        event_add(rq->rq_peer_ev, NULL);
+    struct timeval later = {0, 200000};
+    if (fd >= 0 && (rq->rq_peer_ev = event_new(rq->rq_w->w_base, fd, EV_READ, on_peer_readable, rq)) != NULL &&
+        (rq->rq_peer_timer = evtimer_new(rq->rq_w->w_base, on_peer_watch, rq)) != NULL)
+        evtimer_add(rq->rq_peer_timer, &later);
     start_attempt(rq);
 }
 

@@ -34,6 +34,7 @@
 typedef struct sockev {
     struct event *se_ev;
     worker_t *se_w;
+    short se_kind; /* the events watched now */
 } sockev_t;
 
 static void check_done(worker_t *w)
@@ -82,6 +83,8 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
         return 0;
     }
     short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    if (se && se->se_kind == kind)
+        return 0; /* unchanged: no epoll_ctl */
     if (!se) {
         se = tg_calloc(1, sizeof *se);
         if (!se)
@@ -91,6 +94,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
     } else {
         event_free(se->se_ev);
     }
+    se->se_kind = kind;
     se->se_ev = event_new(w->w_base, s, kind, on_sock, w);
     if (!se->se_ev)
         return -1;
