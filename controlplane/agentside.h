@@ -58,6 +58,7 @@ typedef struct tg_cp_agent_side {
     int64_t as_leader_create_rev;     /* (mu) create_rev of our leader key (fencing) */
     int as_settle_ready;              /* (mu) leader and ledger caught up */
     struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet */
+    struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     /* tail.c */
     pthread_t as_tail_thr;
@@ -133,6 +134,40 @@ void cp_row_from_entry(const struct Tollgate__V1__LedgerEntry *e, const uint8_t 
  * append (one fsync). 0 or a negative code with err set. */
 int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,
                     char *err, size_t errlen);
+
+/* Rows a settlement on this replica built for settled-log entry st_seq
+ * (offered just before the commit). The settling call owns them and takes
+ * them back only when no tailer is appending them. */
+typedef struct cp_stash {
+    struct cp_stash *st_next;
+    uint64_t st_seq;
+    const void *st_val; /* the settled-log value it was built with */
+    size_t st_len;
+    const tg_ledger_row_t *st_rows;
+    size_t st_n;
+    int st_state; /* 0 ready, 1 being appended by the tailer, 2 appended */
+} cp_stash_t;
+
+/* as_mu held. Take: 1 and the rows when a ready stash for seq with exactly
+ * the value val/len exists (it
+ * is then the tailer's until released), else 0. Release: after the append
+ * (appended 1) or its failure (0: ready again). Broadcast as_cv after. */
+int cp_stash_take(tg_cp_agent_side_t *as, uint64_t seq, const void *val, size_t len,
+                  const tg_ledger_row_t **rows, size_t *n);
+void cp_stash_release(tg_cp_agent_side_t *as, uint64_t seq, int appended);
+
+/* One settled batch for cp_ledger_apply_items: its packed value, or the
+ * rows already built for it (from the stash). */
+typedef struct cp_apply_item {
+    const uint8_t *ai_val;
+    size_t ai_len;
+    const tg_ledger_row_t *ai_rows; /* non-NULL: use these, not ai_val */
+    size_t ai_nrows;
+} cp_apply_item_t;
+
+/* Appends the items' rows, in order, in one ledger append. */
+int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, char *err,
+                          size_t errlen);
 
 /* Forgets the pending (committed, not yet appended) record ids of commits
  * at revisions <= rev. as_mu held; the tailer calls it. */

@@ -200,43 +200,53 @@ void cp_row_from_entry(const Tollgate__V1__LedgerEntry *e, const uint8_t *packed
 
 /* ---- ledger --------------------------------------------------------------------- */
 
-int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,
-                    char *err, size_t errlen)
+int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, char *err,
+                          size_t errlen)
 {
     ProtobufCMessage **m = tg_calloc(k ? k : 1, sizeof(*m));
     tg_ledger_row_t *rows = NULL;
     tg_ledger_result_t *res = NULL;
     tg_buf_t *packed = NULL;
-    size_t n = 0, r = 0;
+    size_t n = 0, r = 0, npacked = 0;
     int rc = 0;
     if (m == NULL)
         return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu settled batches", k);
     for (size_t j = 0; j < k; j++) {
-        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, vals[j], lens[j], &m[j], err,
-                              errlen);
+        if (items[j].ai_rows != NULL) {
+            n += items[j].ai_nrows;
+            continue;
+        }
+        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, items[j].ai_val, items[j].ai_len,
+                              &m[j], err, errlen);
         if (rc < 0)
             goto fail;
         n += ((Tollgate__V1__LedgerPage *)m[j])->n_entries;
+        npacked += ((Tollgate__V1__LedgerPage *)m[j])->n_entries;
     }
     if (n == 0)
         goto fail;
     rows = tg_calloc(n, sizeof(*rows));
     res = tg_calloc(n, sizeof(*res));
-    packed = tg_calloc(n, sizeof(*packed));
+    packed = tg_calloc(npacked ? npacked : 1, sizeof(*packed));
     if (rows == NULL || res == NULL || packed == NULL) {
         rc = tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu ledger rows", n);
         goto fail;
     }
-    for (size_t j = 0; j < k; j++) {
+    for (size_t j = 0, p = 0; j < k; j++) {
+        if (items[j].ai_rows != NULL) {
+            memcpy(&rows[r], items[j].ai_rows, items[j].ai_nrows * sizeof(*rows));
+            r += items[j].ai_nrows;
+            continue;
+        }
         Tollgate__V1__LedgerPage *page = (Tollgate__V1__LedgerPage *)m[j];
-        for (size_t i = 0; i < page->n_entries; i++, r++) {
+        for (size_t i = 0; i < page->n_entries; i++, r++, p++) {
             /* the row's record is the entry packed alone: the same bytes on
              * every replica, so a replay is a duplicate, never a conflict */
-            tg_buf_init(&packed[r], TG_LEDGER_RECORD_MAX);
-            rc = tg_rpc_pb_pack(&page->entries[i]->base, &packed[r], err, errlen);
+            tg_buf_init(&packed[p], TG_LEDGER_RECORD_MAX);
+            rc = tg_rpc_pb_pack(&page->entries[i]->base, &packed[p], err, errlen);
             if (rc < 0)
                 goto fail;
-            cp_row_from_entry(page->entries[i], (const uint8_t *)packed[r].b_data, packed[r].b_len,
+            cp_row_from_entry(page->entries[i], (const uint8_t *)packed[p].b_data, packed[p].b_len,
                               &rows[r]);
         }
     }
@@ -249,7 +259,7 @@ int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens,
             TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",
                    rows[i].lr_record_id);
 fail:
-    for (size_t i = 0; packed != NULL && i < n; i++)
+    for (size_t i = 0; packed != NULL && i < npacked; i++)
         tg_buf_free(&packed[i]);
     tg_free(packed);
     tg_free(res);
@@ -258,6 +268,61 @@ fail:
         tg_rpc_pb_free(m[j]);
     tg_free(m);
     return rc;
+}
+
+int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,
+                    char *err, size_t errlen)
+{
+    cp_apply_item_t *items = tg_calloc(k ? k : 1, sizeof(*items));
+    if (items == NULL)
+        return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu settled batches", k);
+    for (size_t j = 0; j < k; j++) {
+        items[j].ai_val = vals[j];
+        items[j].ai_len = lens[j];
+    }
+    int rc = cp_ledger_apply_items(cp, items, k, err, errlen);
+    tg_free(items);
+    return rc;
+}
+
+int cp_stash_take(tg_cp_agent_side_t *as, uint64_t seq, const void *val, size_t len,
+                  const tg_ledger_row_t **rows, size_t *n)
+{
+    for (cp_stash_t *p = as->as_stash; p; p = p->st_next)
+        /* the same bytes, not just the same seq: after a lost lease another
+         * leader's entry could carry this seq */
+        if (p->st_seq == seq && p->st_state == 0 && p->st_len == len && memcmp(p->st_val, val, len) == 0) {
+            p->st_state = 1;
+            *rows = p->st_rows;
+            *n = p->st_n;
+            return 1;
+        }
+    return 0;
+}
+
+void cp_stash_release(tg_cp_agent_side_t *as, uint64_t seq, int appended)
+{
+    for (cp_stash_t *p = as->as_stash; p; p = p->st_next)
+        if (p->st_seq == seq && p->st_state == 1)
+            p->st_state = appended ? 2 : 0;
+}
+
+/* Takes a stash back from the list: the rows point into the settling call's
+ * memory, so first wait out a tailer that is appending them. */
+static void stash_drop(tg_cp_agent_side_t *as, cp_stash_t *stash)
+{
+    if (stash == NULL)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    while (stash->st_state == 1)
+        pthread_cond_wait(&as->as_cv, &as->as_mu);
+    for (cp_stash_t **pp = &as->as_stash; *pp; pp = &(*pp)->st_next)
+        if (*pp == stash) {
+            *pp = stash->st_next;
+            break;
+        }
+    pthread_mutex_unlock(&as->as_mu);
+    tg_free(stash);
 }
 
 /* ---- committed, not yet in the ledger ----------------------------------------- */
@@ -577,6 +642,9 @@ typedef struct settle_ctx {
     Tollgate__V1__LedgerEntry *sc_entries;
     Tollgate__V1__LedgerEntry **sc_entry_ptrs;
     char **sc_orig;                    /* per record: its own bucket, currency */
+    tg_buf_t *sc_packed;               /* per entry: the LedgerEntry packed */
+    tg_ledger_row_t *sc_rows;          /* per entry: its ledger row */
+    size_t sc_nentries;
 } settle_ctx_t;
 
 static void ctx_free(settle_ctx_t *c)
@@ -589,6 +657,10 @@ static void ctx_free(settle_ctx_t *c)
             c->sc_batch->records[i]->currency = c->sc_orig[2 * i + 1];
         }
     tg_free(c->sc_orig);
+    for (size_t i = 0; c->sc_packed != NULL && c->sc_batch != NULL && i < c->sc_batch->n_records; i++)
+        tg_buf_free(&c->sc_packed[i]);
+    tg_free(c->sc_packed);
+    tg_free(c->sc_rows);
     for (size_t i = 0; i < c->sc_nbal; i++)
         bal_clear(&c->sc_bals[i]);
     tg_free(c->sc_bals);
@@ -742,6 +814,21 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
     return TG_RPC_CODE_OK;
 }
 
+static int put_len_delimited(tg_buf_t *b, int field, const void *p, size_t n)
+{
+    uint8_t tmp[20];
+    size_t k = 0;
+    uint64_t v = ((uint64_t)field << 3) | 2;
+    for (int pass = 0; pass < 2; pass++, v = n) {
+        do {
+            tmp[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+            v >>= 7;
+        } while (v);
+    }
+    int rc = tg_buf_append(b, tmp, k);
+    return rc == 0 && n > 0 ? tg_buf_append(b, p, n) : rc;
+}
+
 /* Reads the touched balances (again, after a compare failure) and builds
  * the entries, the settled value, and the marker. */
 static int build_commit(settle_ctx_t *c, int64_t now_us, tg_buf_t *settled, tg_buf_t *marker_val,
@@ -821,15 +908,21 @@ static int build_commit(settle_ctx_t *c, int64_t now_us, tg_buf_t *settled, tg_b
         if (tg_rpc_pb_pack(&c->sc_bals[k].b_msg->base, &c->sc_bals[k].b_packed, err, errlen) < 0)
             return TG_RPC_CODE_INTERNAL;
     }
+    /* The settled value is a LedgerPage whose only field is the repeated
+     * entries: on the wire, each entry's packed bytes behind tag 1 and a
+     * length. Packing each entry once gives both that value and the exact
+     * bytes of each ledger row (what a follower's tailer slices out). */
     tg_buf_reset(settled);
-    if (ne > 0) {
-        Tollgate__V1__LedgerPage page = TOLLGATE__V1__LEDGER_PAGE__INIT;
-        page.n_entries = ne;
-        page.entries = c->sc_entry_ptrs;
-        if (tg_rpc_pb_pack(&page.base, settled, err, errlen) < 0)
+    c->sc_nentries = ne;
+    for (size_t i = 0; i < ne; i++) {
+        tg_buf_reset(&c->sc_packed[i]);
+        if (tg_rpc_pb_pack(&c->sc_entry_ptrs[i]->base, &c->sc_packed[i], err, errlen) < 0 ||
+            put_len_delimited(settled, 1, c->sc_packed[i].b_data, c->sc_packed[i].b_len) < 0)
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "batch too large for one settled-log value (%d bytes max): split it",
                            TG_STORE_MAX_VALUE);
+        cp_row_from_entry(c->sc_entry_ptrs[i], (const uint8_t *)c->sc_packed[i].b_data,
+                          c->sc_packed[i].b_len, &c->sc_rows[i]);
     }
     tg_buf_reset(marker_val);
     if (tg_rpc_pb_pack(&resp->base, marker_val, err, errlen) < 0)
@@ -850,6 +943,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     tg_cp_agent_side_t *as = cp->cp_agent;
     size_t n;
     int64_t t_start = tg_cp_now_us(), t_verified = 0, t_priced = 0, t_commit = 0, commit_rev = 0;
+    cp_stash_t *stash = NULL;
 
     memset(&c, 0, sizeof(c));
     c.sc_cp = cp;
@@ -915,7 +1009,11 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     c.sc_entry_ptrs = tg_calloc(cnt, sizeof(*c.sc_entry_ptrs));
     c.sc_bals = tg_calloc(SETTLE_MAX_BALANCES, sizeof(bal_t));
     c.sc_orig = tg_calloc(2 * cnt, sizeof(char *));
-    if (!c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
+    c.sc_packed = tg_calloc(cnt, sizeof(tg_buf_t));
+    c.sc_rows = tg_calloc(cnt, sizeof(tg_ledger_row_t));
+    for (size_t i = 0; c.sc_packed != NULL && i < cnt; i++)
+        tg_buf_init(&c.sc_packed[i], TG_LEDGER_RECORD_MAX);
+    if (!c.sc_packed || !c.sc_rows || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
         !c.sc_balidx || !c.sc_entries || !c.sc_entry_ptrs || !c.sc_bals) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
         goto fail;
@@ -965,6 +1063,19 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         code = build_commit(&c, now, &settled, &marker_val, &resp, err, errlen);
         if (code != TG_RPC_CODE_OK)
             goto fail;
+        if (settled.b_len > 0 && (stash = tg_calloc(1, sizeof(*stash))) != NULL) {
+            /* offered before the commit: the watch may deliver the batch to
+             * this replica's tailer before the commit call returns here */
+            stash->st_seq = as->as_settled_seq + 1;
+            stash->st_val = settled.b_data;
+            stash->st_len = settled.b_len;
+            stash->st_rows = c.sc_rows;
+            stash->st_n = c.sc_nentries;
+            pthread_mutex_lock(&as->as_mu);
+            stash->st_next = as->as_stash;
+            as->as_stash = stash;
+            pthread_mutex_unlock(&as->as_mu);
+        }
         int rc = settle_commit(as, leader_rev, key, &marker_val, c.sc_bals, c.sc_nbal, &settled,
                                &commit_rev, err, errlen);
         if (rc < 0) {
@@ -973,6 +1084,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         }
         if (rc == 1)
             break;
+        stash_drop(as, stash); /* not committed: the rows are rebuilt */
+        stash = NULL;
         /* compare failed: lost the lease, or a balance moved under us */
         code = leader_gate(cp, &leader_rev, err, errlen);
         if (code != TG_RPC_CODE_OK)
@@ -1002,6 +1115,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         TG_LOG(TG_LOG_WARN, "cp.settle", "batch %s/%" PRIu64 " committed at revision %" PRId64
                " but not in the ledger after %d ms; acknowledging (the store holds it)",
                c.sc_batch->agent_id, c.sc_batch->sequence, commit_rev, ACK_WAIT_MS);
+    stash_drop(as, stash);
+    stash = NULL;
     unsigned char head_hash[32];
     tg_ledger_head(cp->cp_ledger, &resp.ledger_seq, head_hash, NULL, 0);
     TG_LOG(TG_LOG_DEBUG, "cp.settle", "batch %s/%" PRIu64 ": %u records; verify %" PRId64 " us, price %" PRId64
@@ -1016,6 +1131,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
 fail:
     if (locked)
         pthread_mutex_unlock(&as->as_settle_mu);
+    stash_drop(as, stash);
     tg_buf_free(&settled);
     tg_buf_free(&marker_val);
     ctx_free(&c);

@@ -94,6 +94,56 @@ static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs, size_t
     return rc;
 }
 
+/* The <seq> of a TG_CP_K_SETTLED key, 0 if it is not one. */
+static uint64_t seq_of(const tg_store_kv_t *kv)
+{
+    char buf[24] = {0};
+    size_t pl = strlen(TG_CP_K_SETTLED);
+    if (kv->kv_key_len <= pl || kv->kv_key_len - pl >= sizeof(buf))
+        return 0;
+    memcpy(buf, kv->kv_key + pl, kv->kv_key_len - pl);
+    return strtoull(buf, NULL, 10);
+}
+
+/* Like apply, but batches this replica settled itself come from the stash
+ * (rows already built) instead of being unpacked again. */
+static int apply_events(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs, size_t n)
+{
+    cp_apply_item_t items[TAIL_MAX_EVENTS];
+    int taken[TAIL_MAX_EVENTS];
+    char err[TG_ERRLEN] = "";
+    if (n == 0)
+        return 0;
+    uint64_t seqs[TAIL_MAX_EVENTS];
+    pthread_mutex_lock(&as->as_mu);
+    for (size_t i = 0; i < n; i++) {
+        memset(&items[i], 0, sizeof(items[i]));
+        items[i].ai_val = kvs[i]->kv_val;
+        items[i].ai_len = kvs[i]->kv_val_len;
+        seqs[i] = seq_of(kvs[i]);
+        taken[i] = seqs[i] > 0 && cp_stash_take(as, seqs[i], kvs[i]->kv_val, kvs[i]->kv_val_len,
+                                                &items[i].ai_rows, &items[i].ai_nrows);
+        if (!taken[i])
+            items[i].ai_rows = NULL;
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    size_t ntaken = 0;
+    for (size_t i = 0; i < n; i++)
+        ntaken += taken[i] != 0;
+    TG_LOG(TG_LOG_DEBUG, "cp.tail", "appending %zu settled batches (%zu with rows built here)", n, ntaken);
+    int rc = cp_ledger_apply_items(as->as_cp, items, n, err, sizeof(err));
+    if (rc < 0)
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "appending %zu settled batches from %.*s to the ledger failed: %s",
+               n, (int)kvs[0]->kv_key_len, (const char *)kvs[0]->kv_key, err);
+    pthread_mutex_lock(&as->as_mu);
+    for (size_t i = 0; i < n; i++)
+        if (taken[i])
+            cp_stash_release(as, seqs[i], rc == 0);
+    pthread_cond_broadcast(&as->as_cv);
+    pthread_mutex_unlock(&as->as_mu);
+    return rc;
+}
+
 /* Reads every settled batch at one revision; *rev gets that revision. */
 static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t errlen)
 {
@@ -266,7 +316,7 @@ static void *tail_main(void *arg)
             if (evs[i]->ev_type == TG_STORE_EV_PUT)
                 kvs[nkv++] = &evs[i]->ev_kv;
         int64_t last = evs[nev - 1]->ev_kv.kv_mod_rev;
-        rc = apply(as, kvs, nkv);
+        rc = apply_events(as, kvs, nkv);
         for (size_t i = 0; i < nev; i++)
             tg_store_event_free(evs[i]);
         if (rc < 0) {
