@@ -13,6 +13,8 @@
  *                                       attempt; exits 0 after K messages whose text is NAME
  * Exit status: 0 when the command ran (whatever the gRPC status), 2 on usage
  * errors, 1 on local failures. */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,19 @@
 #include "rpc/tg_rpc.h"
 
 #define MAX_MD 8
+
+/* A whole decimal int from a command-line argument, or exit 2 saying which. */
+static int arg_int(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (s[0] == '\0' || *end != '\0' || errno || v < INT_MIN || v > INT_MAX) {
+        fprintf(stderr, "not a whole number: '%s'\n", s);
+        exit(2);
+    }
+    return (int)v;
+}
 
 static void json_str(const char *s)
 {
@@ -86,7 +101,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--target") == 0) {
             target = argv[i + 1];
         } else if (strcmp(argv[i], "--timeout") == 0) {
-            timeout = atoi(argv[i + 1]);
+            timeout = arg_int(argv[i + 1]);
         } else if (strcmp(argv[i], "--md") == 0 && nmd < MAX_MD) {
             char *eq = strchr(argv[i + 1], '=');
             if (!eq)
@@ -107,7 +122,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "say") == 0 && i < argc) {
         Tollgate__Test__V1__SayRequest q = TOLLGATE__TEST__V1__SAY_REQUEST__INIT;
         q.text = argv[i];
-        q.delay_ms = i + 1 < argc ? atoi(argv[i + 1]) : 0;
+        q.delay_ms = i + 1 < argc ? arg_int(argv[i + 1]) : 0;
         q.echo_header = i + 2 < argc ? argv[i + 2] : "";
         if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
             goto done;
@@ -133,7 +148,7 @@ int main(int argc, char **argv)
         rc = 0;
     } else if (strcmp(cmd, "fail") == 0 && i + 1 < argc) {
         Tollgate__Test__V1__FailRequest q = TOLLGATE__TEST__V1__FAIL_REQUEST__INIT;
-        q.code = atoi(argv[i]);
+        q.code = arg_int(argv[i]);
         q.message = argv[i + 1];
         if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
             goto done;
@@ -150,7 +165,7 @@ int main(int argc, char **argv)
         tg_rpc_reader_t *r = NULL;
         tg_buf_t msg;
         int n = 0, in_order = 1, x;
-        q.n = atoi(argv[i]);
+        q.n = arg_int(argv[i]);
         if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
             goto done;
         if (tg_rpc_reader_open(ch, "/tollgate.test.v1.Echo/Count", md, nmd, req.b_data, req.b_len, timeout,
@@ -174,7 +189,7 @@ int main(int argc, char **argv)
         tg_buf_free(&msg);
         rc = 0;
     } else if (strcmp(cmd, "watch") == 0 && i + 1 < argc) {
-        watch_state_t w = {argv[i], atoi(argv[i + 1]), 0};
+        watch_state_t w = {argv[i], arg_int(argv[i + 1]), 0};
         Tollgate__Test__V1__CountRequest q = TOLLGATE__TEST__V1__COUNT_REQUEST__INIT;
         if (tg_rpc_pb_pack(&q.base, &req, err, sizeof err) != 0)
             goto done;

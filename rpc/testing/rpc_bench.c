@@ -9,6 +9,8 @@
  *   rpc_bench [--target HOST:PORT] [--calls N] [--stream N] [--label NAME]
  */
 #include <pthread.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,19 @@
 #include "rpc/testing/echo_service.h"
 
 #define THREADS 8
+
+/* A whole decimal int from a command-line argument, or exit 2 saying which. */
+static int arg_int(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (s[0] == '\0' || *end != '\0' || errno || v < INT_MIN || v > INT_MAX) {
+        fprintf(stderr, "not a whole number: '%s'\n", s);
+        exit(2);
+    }
+    return (int)v;
+}
 
 static double now_us(void)
 {
@@ -73,9 +88,9 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--target") == 0)
             target = argv[i + 1];
         else if (strcmp(argv[i], "--calls") == 0)
-            calls = atoi(argv[i + 1]);
+            calls = arg_int(argv[i + 1]);
         else if (strcmp(argv[i], "--stream") == 0)
-            stream_n = atoi(argv[i + 1]);
+            stream_n = arg_int(argv[i + 1]);
         else if (strcmp(argv[i], "--label") == 0)
             label = argv[i + 1];
     }

@@ -188,7 +188,7 @@ static void test_plan_formula(void **state) {
     assert_int_equal(pl.pl_prompt, 0);
     assert_int_equal(pl.pl_cached, 0);
     rq.rq_tools = 1;
-    strcpy(rq.rq_tool, "f");
+    snprintf(rq.rq_tool, sizeof(rq.rq_tool), "%s", "f");
     tg_mock_plan(&rq, &sc, &pl);
     assert_int_equal(pl.pl_tool, 1);
     sc.sc_no_tool = 1;
