@@ -210,6 +210,10 @@ int tg_outbox_sync(tg_outbox_t *o);
  * non-zero return and returns it; else 0 or ESYS. */
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
                    char *err, size_t errlen);
+/* The same over the records waiting (rejected 0) or the ones the control
+ * plane refused for good (rejected 1). */
+int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
+                         int (*fn)(void *, uint64_t, const void *, size_t), void *arg, char *err, size_t errlen);
 /* The batch being reported: its sequence and record range. */
 typedef struct tg_outbox_batch {
     uint64_t ob_seq;   /* UsageBatch.sequence */

@@ -31,25 +31,33 @@ static const char usage[] =
     "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
     "\n"
-    "       tollgate-agent outbox-dump --data-dir DIR [--limit N]\n"
-    "  prints the usage records waiting in DIR's outbox, one JSON object a line\n";
+    "       tollgate-agent outbox-dump --data-dir DIR [--limit N] [--rejected]\n"
+    "  prints the usage records waiting in DIR's outbox (or, --rejected, those the\n"
+    "  control plane refused for good), one JSON object a line\n";
 
 static int outbox_dump(int argc, char **argv)
 {
     const char *dir = NULL;
     long limit = 0;
+    int rejected = 0;
     char err[TG_ERRLEN] = "";
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--data-dir") == 0)
-            dir = argv[i + 1];
-        else if (strcmp(argv[i], "--limit") == 0)
-            limit = strtol(argv[i + 1], NULL, 10);
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--rejected") == 0)
+            rejected = 1;
+        else if (strcmp(argv[i], "--data-dir") == 0 && i + 1 < argc)
+            dir = argv[++i];
+        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc)
+            limit = strtol(argv[++i], NULL, 10);
+        else {
+            fputs(usage, stderr);
+            return 2;
+        }
     }
     if (!dir) {
         fputs(usage, stderr);
         return 2;
     }
-    long n = tg_agent_outbox_dump(dir, stdout, limit, err, sizeof err);
+    long n = tg_agent_outbox_dump(dir, stdout, limit, rejected, err, sizeof err);
     if (n < 0) {
         fprintf(stderr, "tollgate-agent outbox-dump: %s\n", err);
         return 1;

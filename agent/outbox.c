@@ -190,12 +190,23 @@ int tg_outbox_sync(tg_outbox_t *o)
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
                    char *err, size_t errlen)
 {
+    return tg_outbox_scan_table(o, 0, max, fn, arg, err, errlen);
+}
+
+int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
+                         int (*fn)(void *, uint64_t, const void *, size_t), void *arg, char *err, size_t errlen)
+{
     MDB_txn *txn;
     MDB_cursor *cur;
+    MDB_dbi dbi = o->ob_dbi;
     int rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn);
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
-    if ((rc = mdb_cursor_open(txn, o->ob_dbi, &cur)) != 0) {
+    if (rejected && (rc = mdb_dbi_open(txn, "rejected", 0, &dbi)) != 0) {
+        mdb_txn_abort(txn);
+        return rc == MDB_NOTFOUND ? 0 : tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    }
+    if ((rc = mdb_cursor_open(txn, dbi, &cur)) != 0) {
         mdb_txn_abort(txn);
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     }

@@ -487,7 +487,7 @@ static int dump_one(void *arg, uint64_t seq, const void *data, size_t len)
     return 0;
 }
 
-long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, char *err, size_t errlen)
+long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, int rejected, char *err, size_t errlen)
 {
     char path[4096];
     tg_outbox_t *o = NULL;
@@ -497,7 +497,7 @@ long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, char *err
         return rc;
     long n = 0;
     void *arg[2] = {out, &n};
-    rc = tg_outbox_scan(o, limit > 0 ? (size_t)limit : (size_t)-1, dump_one, arg, err, errlen);
+    rc = tg_outbox_scan_table(o, rejected, limit > 0 ? (size_t)limit : (size_t)-1, dump_one, arg, err, errlen);
     tg_outbox_close(o);
     return rc ? rc : n;
 }

@@ -187,6 +187,10 @@ static void test_outbox(void **st)
     s.n = 0;
     assert_int_equal(tg_outbox_scan(o, 100, see, &s, err, sizeof err), 0);
     assert_int_equal(s.n, 2);
+    s.n = 0;
+    assert_int_equal(tg_outbox_scan_table(o, 1, 100, see, &s, err, sizeof err), 0);
+    assert_int_equal(s.n, 2); /* records 4 and 5, set aside */
+    assert_int_equal(s.seq[0], 4);
     tg_outbox_close(o);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -90,9 +90,10 @@ int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err
 
 /* Prints the records waiting in the outbox of data_dir, oldest first, one
  * JSON object per line ({"seq":N,"record":{...}}), at most limit (<= 0: all).
+ * With rejected set: the records the control plane refused for good.
  * Opens the outbox read-only, so it works beside a running agent. Returns
  * the number printed, or a negative code with the reason in err. */
-long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, char *err, size_t errlen);
+long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, int rejected, char *err, size_t errlen);
 
 /* Stops (if running) and frees everything. Accepts NULL. */
 void tg_agent_destroy(tg_agent_t *a);
