@@ -33,7 +33,7 @@
 #include "meter/tg_price.h"
 #include "pbjson/tg_pbjson.h"
 
-#define MAX_ATTEMPTS 16
+#define MAX_ATTEMPTS 8 /* attempts kept per request (breaker skips included); more give up */
 #define MAX_TARGETS 64          /* per tier: the failed set is a bitmask */
 #define ERR_BODY_MAX (64 << 10) /* upstream error bodies kept */
 #define RESP_MAX (64u << 20)    /* non-streaming answers buffered */
@@ -1545,7 +1545,7 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
         send_error(hr, id, 503, "server_error", "not_ready", "The gateway has no configuration yet.");
         return;
     }
-    tg_pool_t *pool = tg_pool_create(0);
+    tg_pool_t *pool = tg_pool_create(6144); /* one chunk holds the req_t and its strings */
     req_t *rq = pool ? tg_pool_calloc(pool, sizeof *rq) : NULL;
     if (!rq) {
         tg_pool_destroy(pool);
