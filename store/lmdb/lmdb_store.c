@@ -386,7 +386,8 @@ static int range_in(lstore_t *ls, MDB_txn *t, const tg_store_range_req_t *req, i
         }
         mdb_cursor_close(c);
         c = NULL;
-        qsort(ov, nov, sizeof(*ov), ovr_cmp);
+        if (nov > 1) /* ov is NULL when nothing changed since rev */
+            qsort(ov, nov, sizeof(*ov), ovr_cmp);
         /* keep the oldest per key (last of each run) */
         size_t w = 0;
         for (size_t i = 0; i < nov; i++) {

@@ -312,6 +312,33 @@ static void test_range_pagination(void **state)
     tg_store_range_res_free(&res);
 }
 
+/* Reading at a pinned revision (what a Sync snapshot does: pin, then page)
+ * sees the range as it was, also when every later change fell outside the
+ * range (nothing to undo) and when nothing changed at all. */
+static void test_range_at_pinned_revision(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    put("cur/a", "1");
+    int64_t rev = put("cur/b", "2");
+    put("elsewhere", "x"); /* a later change outside the range */
+    size_t kl = K(k, "cur/");
+    tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1, .rq_revision = rev};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 2);
+    assert_true(res.rs_revision > rev); /* as in etcd: the store's revision, not the one read at */
+    assert_true(res.rs_kvs[0].kv_mod_rev < rev);
+    assert_int_equal(res.rs_kvs[1].kv_mod_rev, rev);
+    assert_int_equal(res.rs_kvs[1].kv_val_len, 1);
+    assert_memory_equal(res.rs_kvs[1].kv_val, "2", 1);
+    tg_store_range_res_free(&res);
+    rq.rq_revision = curr(); /* pinned at the current revision */
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 2);
+    tg_store_range_res_free(&res);
+}
+
 static void test_delete(void **state)
 {
     (void)state;
@@ -1548,6 +1575,7 @@ int main(int argc, char **argv)
         T(test_put_get_versions),
         T(test_binary_keys_values),
         T(test_range_pagination),
+        T(test_range_at_pinned_revision),
         T(test_delete),
         T(test_txn_compares),
         T(test_cas_race),
