@@ -1,10 +1,14 @@
 // The README's first command works as written: deploy/quickstart.sh builds,
-// starts what exists, shows real requests and their results, prints the
-// environment to point an SDK at, and stops everything on SIGTERM.
+// runs the whole gateway (mockllm upstream, tollgate-cp on LMDB, an enrolled
+// tollgate-agent), sends a request and a stream through the agent, shows the
+// two settled ledger rows and the balances, prints the environment for an
+// OpenAI SDK, and stops everything on SIGTERM.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import OpenAI from 'openai';
 import { ROOT, start, until } from './lib/proc.mjs';
 
 const script = path.join(ROOT, 'deploy/quickstart.sh');
@@ -17,31 +21,115 @@ function portOpen(port) {
   });
 }
 
-function exportedPort(out) {
-  const m = out.match(/^export OPENAI_BASE_URL=http:\/\/127\.0\.0\.1:(\d+)\/v1 OPENAI_API_KEY=\S+$/m);
-  assert.ok(m, `no OPENAI_BASE_URL line in:\n${out.slice(-3000)}`);
-  return Number(m[1]);
+// Removes the state directory a run printed (the quickstart keeps it).
+function removeState(out) {
+  const m = out.match(/^state directory: (\/tmp\/tollgate-quickstart\.\w+)$/m);
+  if (m) rmSync(m[1], { recursive: true, force: true });
 }
 
-test('quickstart --no-wait shows a request, a stream and the environment, then stops', { timeout: 600000 }, async () => {
+function openaiEnv(out) {
+  const m = out.match(/^export OPENAI_BASE_URL=(http:\/\/127\.0\.0\.1:(\d+)\/v1) OPENAI_API_KEY=(\S+)$/m);
+  assert.ok(m, `no OPENAI_BASE_URL line in:\n${out.slice(-3000)}`);
+  return { baseURL: m[1], port: Number(m[2]), apiKey: m[3] };
+}
+
+// Every port the quickstart reports in its summary: mockllm, the control
+// plane's gRPC and HTTP ports, the agent.
+function ports(out) {
+  const want = ['mockllm \\(upstream\\)', 'tollgate-cp gRPC', 'tollgate-cp HTTP', 'tollgate-agent'];
+  return want.map((name) => {
+    const m = out.match(new RegExp(`^  ${name} +(?:http://)?127\\.0\\.0\\.1:(\\d+)$`, 'm'));
+    assert.ok(m, `no '${name}' line in the summary:\n${out.slice(-3000)}`);
+    return Number(m[1]);
+  });
+}
+
+// The ledger table: one line per usage row, as a user reads it.
+function ledgerRows(out) {
+  const lines = out.split('\n');
+  const head = lines.findIndex((l) => /^MODEL +UPSTREAM_MODEL +CHANNEL +ROUTE_TYPE +BUCKET +IN_TOK +OUT_TOK +COST_USD$/.test(l));
+  assert.ok(head >= 0, `no ledger table in:\n${out.slice(-3000)}`);
+  const rows = [];
+  for (const l of lines.slice(head + 1)) {
+    const f = l.trim().split(/\s+/);
+    if (f.length !== 8) break;
+    rows.push({ model: f[0], upstream: f[1], channel: f[2], routeType: f[3], bucket: f[4],
+      input: Number(f[5]), output: Number(f[6]), cost: f[7] });
+  }
+  return rows;
+}
+
+function checkOutput(out) {
+  assert.match(out, /^state directory: \/tmp\/tollgate-quickstart\./m);
+  // the non-streaming answer and the stream, through the agent
+  assert.match(out, /"object":"chat\.completion"/);
+  assert.match(out, /^x-tollgate-route: gpt-4o-mini; channel=mock-direct/mi);
+  assert.match(out, /data: \[DONE\]/);
+  // two settled usage rows for the model, each with tokens and a non-zero cost
+  const rows = ledgerRows(out);
+  assert.equal(rows.length, 2, out.slice(-3000));
+  for (const r of rows) {
+    assert.equal(r.model, 'gpt-4o-mini');
+    assert.equal(r.upstream, 'gpt-4o-mini-2024-07-18');
+    assert.equal(r.channel, 'mock-direct');
+    assert.equal(r.routeType, 'ROUTE_TYPE_DIRECT');
+    assert.equal(r.bucket, 'credit');
+    assert.ok(r.input > 0 && r.output > 0, JSON.stringify(r));
+    assert.match(r.cost, /^\d+\.\d{9}$/);
+    assert.ok(Number(r.cost) > 0, `zero cost: ${JSON.stringify(r)}`);
+  }
+  // the balances: credit paid for both requests, wallet untouched
+  const bal = out.match(/^BUCKET +CURRENCY +BALANCE.*\n(.*)\n(.*)$/m);
+  assert.ok(bal, `no balances in:\n${out.slice(-3000)}`);
+  const [credit, wallet] = [bal[1], bal[2]].map((l) => l.trim().split(/\s+/));
+  assert.equal(credit[0], 'credit');
+  assert.ok(Number(credit[2]) < 10 && Number(credit[2]) > 9.99, bal[0]);
+  assert.deepEqual(wallet.slice(0, 3), ['wallet', 'USD', '5.00']);
+  assert.match(out, /does not speak the Anthropic protocol yet/);
+}
+
+test('quickstart --no-wait runs the gateway, settles two requests, prints the environment, then stops', { timeout: 600000 }, async () => {
   const p = start('bash', [script, '--no-wait', '--no-install'], { cwd: ROOT });
   const { code } = await p.exited;
   const out = p.output();
-  assert.equal(code, 0, out.slice(-3000));
-  assert.match(out, /"object":"chat\.completion"/);
-  assert.match(out, /"usage":\{"prompt_tokens":\d+,"completion_tokens":\d+/);
-  assert.match(out, /data: \[DONE\]/);
-  assert.match(out, /^state directory: \/tmp\/tollgate-quickstart\./m);
-  const port = exportedPort(out);
-  assert.equal(await portOpen(port), false, 'the emulator must be stopped when quickstart exits');
+  try {
+    assert.equal(code, 0, out.slice(-3000));
+    checkOutput(out);
+    openaiEnv(out);
+    assert.match(out, /quickstart: stopped/);
+    for (const port of ports(out)) assert.equal(await portOpen(port), false, `port ${port} still open after exit`);
+  } finally {
+    removeState(out);
+  }
 });
 
-test('quickstart keeps running until SIGTERM, then stops everything', { timeout: 600000 }, async () => {
+test('quickstart keeps running: the openai SDK works with the printed environment; SIGTERM stops everything', { timeout: 600000 }, async () => {
   const p = start('bash', [script, '--no-install'], { cwd: ROOT });
-  await until(() => /running; Ctrl-C stops everything/.test(p.output()), { timeoutMs: 300000, what: 'quickstart to be running' });
-  const port = exportedPort(p.output());
-  assert.equal(await portOpen(port), true, 'the emulator serves while quickstart runs');
-  await p.stop('SIGTERM', 15000);
-  assert.match(p.output(), /quickstart: stopped/);
-  assert.equal(await portOpen(port), false, 'SIGTERM must stop the emulator too');
+  try {
+    await until(() => /running; Ctrl-C stops everything/.test(p.output()) || p.child.exitCode !== null,
+      { timeoutMs: 300000, what: 'quickstart to be running' });
+    const out = p.output();
+    assert.equal(p.child.exitCode, null, `quickstart exited:\n${out.slice(-3000)}`);
+    checkOutput(out);
+    const env = openaiEnv(out);
+    const all = ports(out);
+    for (const port of all) assert.equal(await portOpen(port), true, `port ${port} serves while quickstart runs`);
+
+    const client = new OpenAI({ baseURL: env.baseURL, apiKey: env.apiKey, maxRetries: 0, timeout: 15000 });
+    const r = await client.chat.completions.create({ model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'Hello from the SDK.' }] });
+    assert.equal(r.object, 'chat.completion');
+    assert.equal(r.model, 'gpt-4o-mini-2024-07-18');
+    assert.ok(r.choices[0].message.content.length > 0);
+    assert.ok(r.usage.prompt_tokens > 0 && r.usage.completion_tokens > 0);
+
+    const { code, signal } = await p.stop('SIGTERM', 20000);
+    assert.equal(signal, null, 'quickstart must exit by itself on SIGTERM, not be killed');
+    assert.equal(code, 0, p.output().slice(-3000));
+    assert.match(p.output(), /quickstart: stopped/);
+    for (const port of all) assert.equal(await portOpen(port), false, `port ${port} still open after SIGTERM`);
+  } finally {
+    await p.stop('SIGTERM', 20000);
+    removeState(p.output());
+  }
 });
