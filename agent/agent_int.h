@@ -289,13 +289,15 @@ const tg_route_t *tg_cfg_route(const tg_cfg_t *c, const char *model);
 const tg_chan_t *tg_cfg_channel(const tg_cfg_t *c, const char *id);
 const tg_account_t *tg_cfg_account(const tg_cfg_t *c, const char *id);
 const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, const char *bucket);
-/* The bucket an account pays a route type from (its override, else the
- * defaults DIRECT -> "credit", POOLED -> "wallet"). Never NULL. */
+/* The bucket an account pays a route type from: tg_billing_bucket (the
+ * control plane's map) when it names one of the account's buckets, else
+ * its override, else "wallet" for POOLED and "credit" otherwise. Never
+ * NULL. */
 const char *tg_cfg_bucket(const tg_account_t *a, int route_type);
 /* The price in effect for a request started at t_us: among the snapshot's
  * cards of `currency` ("" = any), the highest version with effective_at_us
- * <= t_us that has an entry for model (exact beats a glob, a matching route
- * type beats "any": the control plane's rule, controlplane/settle.c).
+ * <= t_us that has an entry for model (tg_billing_lookup: exact beats a glob, a
+ * matching route type beats "any", the rule the control plane settles with).
  * Returns the card and sets *entry, or NULL. */
 const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
                                             const char *currency, int64_t t_us,

@@ -5,13 +5,13 @@
  * never changed: a request reads a table without a lock because nobody
  * writes it. Tables are open-addressing arrays, at most half full. */
 #include <errno.h>
-#include <fnmatch.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent/agent_int.h"
+#include "billing/tg_billing.h"
 #include "pbjson/tg_pbjson.h"
 
 typedef struct slot {
@@ -344,6 +344,12 @@ const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, co
 
 const char *tg_cfg_bucket(const tg_account_t *a, int route_type)
 {
+    /* the control plane's map (billing/); when it finds no bucket among
+     * the account's (the snapshot may list it in balances only) the record
+     * still needs a name: the override, else the default */
+    const char *b = tg_billing_bucket(a, route_type);
+    if (b)
+        return b;
     if (a) {
         for (size_t i = 0; i < a->n_route_buckets; i++)
             if ((int)a->route_buckets[i]->route_type == route_type && a->route_buckets[i]->bucket &&
@@ -370,28 +376,6 @@ int tg_cfg_trusted_proxy(const tg_cfg_t *c, const tg_ip_t *ip)
     return 0;
 }
 
-static const Tollgate__V1__PriceEntry *price_entry(const Tollgate__V1__PriceCard *card, const char *model,
-                                                   int route_type)
-{
-    const Tollgate__V1__PriceEntry *best = NULL;
-    int best_score = -1;
-    for (size_t i = 0; i < card->n_entries; i++) {
-        const Tollgate__V1__PriceEntry *pe = card->entries[i];
-        int exact = strcmp(pe->model, model) == 0;
-        if (!exact && fnmatch(pe->model, model, 0) != 0)
-            continue;
-        int rt = (int)pe->route_type;
-        if (rt != 0 && rt != route_type)
-            continue;
-        int score = exact * 2 + (rt != 0);
-        if (score > best_score) {
-            best = pe;
-            best_score = score;
-        }
-    }
-    return best;
-}
-
 const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
                                             const char *currency, int64_t t_us,
                                             const Tollgate__V1__PriceEntry **entry)
@@ -406,7 +390,7 @@ const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model
             continue;
         if (currency && *currency && pc->currency && *pc->currency && strcmp(currency, pc->currency) != 0)
             continue;
-        const Tollgate__V1__PriceEntry *pe = price_entry(pc, model, route_type);
+        const Tollgate__V1__PriceEntry *pe = tg_billing_lookup(pc, model, route_type);
         if (!pe)
             continue;
         /* The newest version in effect of the first matching card id; a

@@ -29,6 +29,7 @@
 #include "agent/server_int.h"
 #include <event2/bufferevent.h>
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 #include "crypto/tg_crypto.h"
 #include "meter/tg_price.h"
 #include "pbjson/tg_pbjson.h"
@@ -338,8 +339,8 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
 /* Fills rq_tu (provider usage normalized: input excludes cached tokens;
  * else local counts) and prices it with the card version in effect when the
  * request started: the cost charged (entry rate) and the upstream cost
- * (channel cost rate), each rounded once, half up (meter/tg_price.h, the
- * control plane's rule). Runs once; before a non-streaming answer is sent,
+ * (channel cost rate), each rounded once, half up, per-request fee included
+ * (tg_billing_cost: the code the control plane settles with). Runs once; before a non-streaming answer is sent,
  * so x-tollgate-cost can go in its head. */
 static void meter_and_price(req_t *rq)
 {
@@ -371,20 +372,16 @@ static void meter_and_price(req_t *rq)
         tg_cfg_price(rq->rq_cfg, rq->rq_route->model, ch->route_type, rq->rq_currency, rq->rq_t0_us, &pe);
     if (!card)
         return;
-    tg_price_usage_t pu = {(uint64_t)u->input_tokens, (uint64_t)u->output_tokens, (uint64_t)u->cache_read_tokens,
-                           (uint64_t)u->cache_write_tokens, (uint64_t)u->images};
-    tg_price_card_t pc = {pe->input_per_mtok_nano, pe->output_per_mtok_nano, pe->cache_read_per_mtok_nano,
-                          pe->cache_write_per_mtok_nano, pe->per_image_nano,
-                          (uint32_t)(pe->rate_ppm > 0 ? pe->rate_ppm : 1000000)};
     char err[TG_ERRLEN] = "";
     int64_t cost = 0, upcost = 0;
-    if (tg_price_cost(&pc, &pu, &cost, err, sizeof err) != 0) {
+    if (tg_billing_cost(pe, u, pe->rate_ppm, &cost, err, sizeof err) != 0) {
         TG_LOG(TG_LOG_ERROR, "agent", "request %s: pricing failed: %s", rq->rq_id, err);
         return;
     }
-    pc.pc_rate_ppm = (uint32_t)(ch->cost_rate_ppm > 0 ? ch->cost_rate_ppm : 1000000);
-    if (tg_price_cost(&pc, &pu, &upcost, err, sizeof err) != 0)
+    if (tg_billing_cost(pe, u, ch->cost_rate_ppm, &upcost, err, sizeof err) != 0) {
+        TG_LOG(TG_LOG_ERROR, "agent", "request %s: upstream cost failed: %s", rq->rq_id, err);
         upcost = 0;
+    }
     rq->rq_card = card;
     rq->rq_cost = cost;
     rq->rq_upcost = upcost;

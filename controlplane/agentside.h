@@ -27,8 +27,6 @@
 #include "controlplane/cp.h"
 
 struct Tollgate__V1__LedgerEntry;
-struct Tollgate__V1__PriceEntry;
-struct Tollgate__V1__Account;
 
 /* ---- shared state ----------------------------------------------------------- */
 
@@ -102,21 +100,7 @@ int cp_snapshot_build(tg_store_t *store, int64_t rev, int64_t now_us, tg_buf_t *
 
 /* ---- settle.c ------------------------------------------------------------------ */
 
-/* Round-half-up division of a non-negative 128-bit value: the one rounding
- * rule of every cost (see settle.c). */
-int64_t cp_price_cost(const struct Tollgate__V1__PriceEntry *pe, int64_t in_tok, int64_t out_tok,
-                      int64_t cache_read, int64_t cache_write, int64_t images, int64_t rate_ppm);
-
-/* The bucket that pays for route_type on account a: its route_buckets
- * override, else DIRECT -> "credit", POOLED -> "wallet". NULL when the
- * account has no such bucket. */
-const char *cp_bucket_for(const struct Tollgate__V1__Account *a, int route_type);
-
-/* Finds the price entry for model/route_type in card: exact model before a
- * glob, a matching route type before UNSPECIFIED. NULL when none. */
-struct Tollgate__V1__PriceCard;
-const struct Tollgate__V1__PriceEntry *cp_price_lookup(const struct Tollgate__V1__PriceCard *card,
-                                                       const char *model, int route_type);
+/* The price entry, the bucket and the cost of a record: billing/tg_billing.h. */
 
 /* Marker keys: TG_CP_K_BATCH<agent>/<seq 20 digits>, TG_CP_K_IDEM<account>/<key>. */
 int cp_batch_key(const char *agent_id, uint64_t seq, char *out, size_t outlen);

@@ -1,7 +1,7 @@
 /* agentside_test.c: unit tests of the agent side's pure parts: the identity
- * proof bytes and their verification with real Ed25519 keys, the cost
- * rounding rule, the route-type -> bucket map, price entry lookup, marker
- * keys, and the ledger row a LedgerEntry becomes. */
+ * proof bytes and their verification with real Ed25519 keys, marker keys,
+ * and the ledger row a LedgerEntry becomes. The cost rule, the route-type ->
+ * bucket map and the price entry lookup are billing/'s (tg_billing_test.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -50,90 +50,6 @@ static void test_verify_raw(void **state)
     assert_int_not_equal(cp_verify_raw(pub, 31, msg, strlen(msg), sig, 64), 0);
     assert_int_not_equal(cp_verify_raw(pub, 32, msg, strlen(msg), sig, 63), 0);
     tg_crypto_key_free(k);
-}
-
-static void test_price_cost(void **state)
-{
-    (void)state;
-    Tollgate__V1__PriceEntry pe = TOLLGATE__V1__PRICE_ENTRY__INIT;
-    pe.input_per_mtok_nano = 2500000000LL;  /* $2.50 / 1M */
-    pe.output_per_mtok_nano = 10000000000LL; /* $10 / 1M */
-    /* 1000 in, 500 out at 1.0x: 2500 + 5000 = 7500 micro = 7,500,000 nano */
-    assert_int_equal(cp_price_cost(&pe, 1000, 500, 0, 0, 0, 0), 7500000);
-    assert_int_equal(cp_price_cost(&pe, 1000, 500, 0, 0, 0, 1000000), 7500000);
-    /* rate 1.5x */
-    assert_int_equal(cp_price_cost(&pe, 1000, 500, 0, 0, 0, 1500000), 11250000);
-    /* rounding: 1 token at 1 nano/Mtok = 1e-6 nano -> 0; half up at 0.5 */
-    Tollgate__V1__PriceEntry one = TOLLGATE__V1__PRICE_ENTRY__INIT;
-    one.input_per_mtok_nano = 1;
-    assert_int_equal(cp_price_cost(&one, 1, 0, 0, 0, 0, 0), 0);
-    assert_int_equal(cp_price_cost(&one, 499999, 0, 0, 0, 0, 0), 0);
-    assert_int_equal(cp_price_cost(&one, 500000, 0, 0, 0, 0, 0), 1);
-    assert_int_equal(cp_price_cost(&one, 1500000, 0, 0, 0, 0, 0), 2);
-    /* per request and per image are whole nano, scaled by the rate */
-    Tollgate__V1__PriceEntry fl = TOLLGATE__V1__PRICE_ENTRY__INIT;
-    fl.per_request_nano = 1000;
-    fl.per_image_nano = 40000000;
-    assert_int_equal(cp_price_cost(&fl, 0, 0, 0, 0, 2, 0), 80001000);
-    assert_int_equal(cp_price_cost(&fl, 0, 0, 0, 0, 0, 500000), 500);
-    /* huge values do not overflow the intermediate, and clamp */
-    Tollgate__V1__PriceEntry big = TOLLGATE__V1__PRICE_ENTRY__INIT;
-    big.output_per_mtok_nano = INT64_MAX;
-    assert_int_equal(cp_price_cost(&big, 0, INT64_MAX, 0, 0, 0, 0), INT64_MAX);
-    assert_int_equal(cp_price_cost(&big, 0, 1000000, 0, 0, 0, 0), INT64_MAX);
-    /* negative counts count as zero */
-    assert_int_equal(cp_price_cost(&pe, -5, 0, 0, 0, 0, 0), 0);
-    assert_int_equal(cp_price_cost(NULL, 5, 5, 0, 0, 0, 0), 0);
-}
-
-static void test_bucket_for(void **state)
-{
-    (void)state;
-    Tollgate__V1__Account a = TOLLGATE__V1__ACCOUNT__INIT;
-    Tollgate__V1__BucketSpec credit = TOLLGATE__V1__BUCKET_SPEC__INIT, wallet = credit, vip = credit;
-    credit.name = "credit";
-    wallet.name = "wallet";
-    vip.name = "vip";
-    Tollgate__V1__BucketSpec *bs[] = {&credit, &wallet, &vip};
-    a.buckets = bs;
-    a.n_buckets = 3;
-    assert_string_equal(cp_bucket_for(&a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT), "credit");
-    assert_string_equal(cp_bucket_for(&a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED), "wallet");
-    assert_null(cp_bucket_for(&a, 0));
-    Tollgate__V1__RouteBucket rb = TOLLGATE__V1__ROUTE_BUCKET__INIT;
-    rb.route_type = TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED;
-    rb.bucket = "vip";
-    Tollgate__V1__RouteBucket *rbs[] = {&rb};
-    a.route_buckets = rbs;
-    a.n_route_buckets = 1;
-    assert_string_equal(cp_bucket_for(&a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED), "vip");
-    /* a map naming a bucket the account lacks pays from nothing */
-    rb.bucket = "gone";
-    assert_null(cp_bucket_for(&a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED));
-    a.n_buckets = 1; /* only credit: no route type means the only bucket */
-    a.n_route_buckets = 0;
-    assert_string_equal(cp_bucket_for(&a, 0), "credit");
-    assert_null(cp_bucket_for(&a, TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED));
-    assert_null(cp_bucket_for(NULL, 1));
-}
-
-static void test_price_lookup(void **state)
-{
-    (void)state;
-    Tollgate__V1__PriceEntry glob = TOLLGATE__V1__PRICE_ENTRY__INIT, exact = glob, direct = glob;
-    glob.model = "gpt-4o*";
-    exact.model = "gpt-4o-mini";
-    direct.model = "gpt-4o-mini";
-    direct.route_type = TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT;
-    Tollgate__V1__PriceEntry *pes[] = {&glob, &exact, &direct};
-    Tollgate__V1__PriceCard card = TOLLGATE__V1__PRICE_CARD__INIT;
-    card.entries = pes;
-    card.n_entries = 3;
-    assert_ptr_equal(cp_price_lookup(&card, "gpt-4o-mini", 1), &direct);
-    assert_ptr_equal(cp_price_lookup(&card, "gpt-4o-mini", 2), &exact);
-    assert_ptr_equal(cp_price_lookup(&card, "gpt-4o-2024", 2), &glob);
-    assert_null(cp_price_lookup(&card, "claude-3", 1));
-    assert_null(cp_price_lookup(NULL, "x", 1));
 }
 
 static void test_marker_keys(void **state)
@@ -293,8 +209,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_proof_message), cmocka_unit_test(test_verify_raw),
-        cmocka_unit_test(test_price_cost),    cmocka_unit_test(test_bucket_for),
-        cmocka_unit_test(test_price_lookup),  cmocka_unit_test(test_marker_keys),
+        cmocka_unit_test(test_marker_keys),
         cmocka_unit_test(test_row_from_entry), cmocka_unit_test(test_snapshot_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,19 +20,13 @@
  * is one sequence anyway, and serializing avoids self-inflicted compare
  * failures. Throughput comes from batching (one transaction per batch).
  *
- * Costs: prices are nano-units per 1M tokens, rates parts-per-million. The
- * one rounding rule: with every product kept exact in 128 bits,
- *     base = in*P_in + out*P_out + cr*P_cr + cw*P_cw
- *            + (images*P_image + P_request) * 1e6        (nano x 1e6)
- *     cost = floor((base * rate_ppm + 5e11) / 1e12)        (half up, once)
- * where rate_ppm is the entry's platform rate (0 = 1,000,000) for the cost
- * charged, and the channel's cost_rate_ppm (0 = 1,000,000) for the upstream
- * cost. The agent uses the same rule, so a correct agent never mismatches.
- * This is meter/tg_price.h's rule (tg_price_cost, which landed after this
- * was written) plus the per-request fee it has no term for; switching to it
- * needs //meter:price in controlplane/BUILD (see controlplane/README.md).
+ * Costs: the price entry, the bucket and the cost of a record come from
+ * billing/tg_billing.h, the code the agent prices with too, so a correct
+ * agent never mismatches: the entry's platform rate for the cost charged,
+ * the channel's cost_rate_ppm for the upstream cost (0 = 1,000,000 each).
+ * A record that cannot be priced (no entry, or a cost past the limits) is
+ * charged its reported cost and flagged.
  */
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +34,7 @@
 #include <unistd.h>
 
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 #include "controlplane/agentside.h"
 #include "tollgate/v1/admin.pb-c.h"
 #include "tollgate/v1/agent.pb-c.h"
@@ -51,91 +46,12 @@
 
 /* ---- pure parts ---------------------------------------------------------------- */
 
-int64_t cp_price_cost(const Tollgate__V1__PriceEntry *pe, int64_t in_tok, int64_t out_tok,
-                      int64_t cache_read, int64_t cache_write, int64_t images, int64_t rate_ppm)
-{
-    typedef unsigned __int128 u128;
-    if (pe == NULL)
-        return 0;
-    const int64_t q[6][2] = {{in_tok, pe->input_per_mtok_nano},
-                             {out_tok, pe->output_per_mtok_nano},
-                             {cache_read, pe->cache_read_per_mtok_nano},
-                             {cache_write, pe->cache_write_per_mtok_nano},
-                             {images, pe->per_image_nano},
-                             {1, pe->per_request_nano}};
-    u128 base = 0, t;
-    for (int i = 0; i < 6; i++) {
-        /* negative counts or prices count as zero (validated upstream) */
-        u128 n = q[i][0] > 0 ? (u128)q[i][0] : 0, p = q[i][1] > 0 ? (u128)q[i][1] : 0;
-        if (i >= 4 && __builtin_mul_overflow(n, (u128)1000000, &n)) /* whole nano, not per 1M */
-            return INT64_MAX;
-        if (__builtin_mul_overflow(n, p, &t) || __builtin_add_overflow(base, t, &base))
-            return INT64_MAX;
-    }
-    if (rate_ppm <= 0)
-        rate_ppm = 1000000;
-    if (__builtin_mul_overflow(base, (u128)rate_ppm, &t) ||
-        __builtin_add_overflow(t, (u128)500000000000ULL, &t))
-        return INT64_MAX;
-    t /= (u128)1000000000000ULL;
-    return t > (u128)INT64_MAX ? INT64_MAX : (int64_t)t;
-}
-
-const char *cp_bucket_for(const Tollgate__V1__Account *a, int route_type)
-{
-    const char *name = NULL;
-    if (a == NULL)
-        return NULL;
-    for (size_t i = 0; i < a->n_route_buckets; i++)
-        if ((int)a->route_buckets[i]->route_type == route_type)
-            name = a->route_buckets[i]->bucket;
-    if (name == NULL) {
-        if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT)
-            name = "credit";
-        else if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED)
-            name = "wallet";
-        else if (a->n_buckets == 1) /* no route type: the only bucket there is */
-            name = a->buckets[0]->name;
-        else
-            return NULL;
-    }
-    for (size_t i = 0; i < a->n_buckets; i++)
-        if (strcmp(a->buckets[i]->name, name) == 0)
-            return a->buckets[i]->name;
-    return NULL;
-}
-
 static const Tollgate__V1__BucketSpec *bucket_spec(const Tollgate__V1__Account *a, const char *name)
 {
     for (size_t i = 0; a != NULL && i < a->n_buckets; i++)
         if (strcmp(a->buckets[i]->name, name) == 0)
             return a->buckets[i];
     return NULL;
-}
-
-const Tollgate__V1__PriceEntry *cp_price_lookup(const Tollgate__V1__PriceCard *card,
-                                                const char *model, int route_type)
-{
-    const Tollgate__V1__PriceEntry *best = NULL;
-    int best_score = -1;
-    if (card == NULL || model == NULL)
-        return NULL;
-    for (size_t i = 0; i < card->n_entries; i++) {
-        const Tollgate__V1__PriceEntry *pe = card->entries[i];
-        int exact = strcmp(pe->model, model) == 0;
-        if (!exact && fnmatch(pe->model, model, 0) != 0)
-            continue;
-        int rt = (int)pe->route_type;
-        if (rt != 0 && rt != route_type)
-            continue;
-        /* exact model beats a glob, then a matching route type beats "any" */
-        int score = exact * 2 + (rt != 0);
-        if (score > best_score) {
-            best = pe;
-            best_score = score;
-        }
-    }
-    return best;
 }
 
 int cp_batch_key(const char *agent_id, uint64_t seq, char *out, size_t outlen)
@@ -758,7 +674,7 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                            "records[%zu] (%s): account '%s' not found", i, r->record_id, r->account_id);
         const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)m;
         c->sc_acct[i] = a;
-        c->sc_bucket[i] = cp_bucket_for(a, (int)r->route_type);
+        c->sc_bucket[i] = tg_billing_bucket(a, (int)r->route_type);
         if (c->sc_bucket[i] == NULL)
             return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
                            "records[%zu] (%s): account '%s' has no bucket for route type %d", i,
@@ -775,7 +691,7 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                           errlen) < 0)
                 return TG_RPC_CODE_UNAVAILABLE;
             const char *model = r->route_model[0] ? r->route_model : r->requested_model;
-            pe = cp_price_lookup((const Tollgate__V1__PriceCard *)m, model, (int)r->route_type);
+            pe = tg_billing_lookup((const Tollgate__V1__PriceCard *)m, model, (int)r->route_type);
         }
         int64_t cost_rate = 0;
         if (r->channel_id[0] != '\0') {
@@ -795,15 +711,30 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         if (in < 0 || out < 0 || cr < 0 || cw < 0 || im < 0)
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "records[%zu] (%s).usage: token counts must be >= 0", i, r->record_id);
+        char perr[TG_ERRLEN] = "";
+        int prc = TG_BILLING_EINVAL;
         if (pe != NULL) {
-            c->sc_cost[i] = cp_price_cost(pe, in, out, cr, cw, im, pe->rate_ppm);
-            c->sc_upcost[i] = cp_price_cost(pe, in, out, cr, cw, im, cost_rate);
-        } else {
+            int64_t cost = 0, upcost = 0;
+            prc = tg_billing_cost(pe, u, pe->rate_ppm, &cost, perr, sizeof(perr));
+            if (prc == 0)
+                prc = tg_billing_cost(pe, u, cost_rate, &upcost, perr, sizeof(perr));
+            if (prc == 0) {
+                c->sc_cost[i] = cost;
+                c->sc_upcost[i] = upcost;
+            }
+        }
+        if (prc != 0) {
             /* no price to recompute from: charge what the agent reported and
              * flag it, so an operator sees it in the ledger */
-            TG_LOG(TG_LOG_WARN, "cp.settle", "record %s: no price entry in card %s version %" PRId64
-                   " for model %s; charging the reported cost", r->record_id, r->price_card_id,
-                   r->price_version, r->requested_model);
+            if (pe == NULL)
+                TG_LOG(TG_LOG_WARN, "cp.settle", "record %s: no price entry in card %s version %" PRId64
+                       " for model %s; charging the reported cost", r->record_id, r->price_card_id,
+                       r->price_version, r->requested_model);
+            else
+                TG_LOG(TG_LOG_WARN, "cp.settle", "record %s: pricing with card %s version %" PRId64
+                       " for model %s failed (%s: %s); charging the reported cost", r->record_id,
+                       r->price_card_id, r->price_version, r->requested_model,
+                       tg_billing_strerror(prc), perr);
             c->sc_cost[i] = r->cost_nano > 0 ? r->cost_nano : 0;
             c->sc_upcost[i] = r->upstream_cost_nano > 0 ? r->upstream_cost_nano : 0;
             c->sc_mismatch[i] = 1;

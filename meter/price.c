@@ -52,6 +52,7 @@ int tg_price_cost(const tg_price_card_t *c, const tg_price_usage_t *u, int64_t *
         (rc = check_price("cache-read", c->pc_cache_read, err, errlen)) != 0 ||
         (rc = check_price("cache-write", c->pc_cache_write, err, errlen)) != 0 ||
         (rc = check_price("image", c->pc_image, err, errlen)) != 0 ||
+        (rc = check_price("per-request", c->pc_request, err, errlen)) != 0 ||
         (rc = check_count("input token", u->pu_input, TG_PRICE_MAX_TOKENS, err, errlen)) != 0 ||
         (rc = check_count("output token", u->pu_output, TG_PRICE_MAX_TOKENS, err, errlen)) != 0 ||
         (rc = check_count("cache-read token", u->pu_cache_read, TG_PRICE_MAX_TOKENS, err,
@@ -65,13 +66,14 @@ int tg_price_cost(const tg_price_card_t *c, const tg_price_usage_t *u, int64_t *
                        c->pc_rate_ppm, TG_PRICE_MAX_RATE_PPM);
 
     /* In units of 1e-6 nano: each term < 2^40 x 1e15 < 1.2e27; images
-     * < 2^20 x 1e15 x 1e6 < 1.1e27; the sum < 6e27, times the rate (<= 1e9)
-     * < 6e36 < 2^128 (3.4e38). */
+     * < 2^20 x 1e15 x 1e6 < 1.1e27; the request fee <= 1e15 x 1e6 = 1e21;
+     * the sum < 6e27, times the rate (<= 1e9) < 6e36 < 2^128 (3.4e38). */
     u128 sum = (u128)u->pu_input * (uint64_t)c->pc_input +
                (u128)u->pu_output * (uint64_t)c->pc_output +
                (u128)u->pu_cache_read * (uint64_t)c->pc_cache_read +
                (u128)u->pu_cache_write * (uint64_t)c->pc_cache_write +
-               (u128)u->pu_images * (uint64_t)c->pc_image * 1000000u;
+               (u128)u->pu_images * (uint64_t)c->pc_image * 1000000u +
+               (u128)(uint64_t)c->pc_request * 1000000u;
     const u128 den = (u128)1000000 * 1000000; /* per 1M tokens, and ppm */
     u128 q = (sum * c->pc_rate_ppm + den / 2) / den; /* half up, once */
     if (q > (u128)INT64_MAX)

@@ -3,13 +3,15 @@
  * Money is int64 nano-units: 1e-9 of the bucket's currency (USD 2.50 is
  * 2500000000). A price card holds the official prices per 1M tokens (input,
  * output, cache read, cache write) and per image, and a rate in parts per
- * million: the price charged is official x rate / 1e6 (1000000 = the
- * official price, 800000 = 20% off, 1500000 = 50% markup). The same function
+ * million, plus a flat fee per request: the price charged is official x
+ * rate / 1e6 (1000000 = the
+ * official price, 800000 = 20% off, 1500000 = 50% markup); the rate applies
+ * to the per-request fee too, like the per-image price. The same function
  * prices a channel's upstream cost: pass the channel's cost rate.
  *
  * One rounding, once per request: the exact cost is the rational number
- *     (sum over kinds of count x price_per_1M / 1e6 + images x image_price)
- *     x rate / 1e6
+ *     (sum over kinds of count x price_per_1M / 1e6 + images x image_price
+ *      + request_fee) x rate / 1e6
  * computed with 128-bit integers (no intermediate rounding), then rounded to
  * the nearest nano-unit, halves up. So a request's cost is within half a
  * nano-unit of exact, and a ledger that sums request costs sums integers:
@@ -17,7 +19,7 @@
  *
  * Limits (checked; past them a call fails with TG_PRICE_ERANGE, never wraps):
  * token counts <= TG_PRICE_MAX_TOKENS each, images <= TG_PRICE_MAX_IMAGES,
- * prices 0..TG_PRICE_MAX_PRICE, rate <= TG_PRICE_MAX_RATE_PPM; within them
+ * prices (the per-request fee included) 0..TG_PRICE_MAX_PRICE, rate <= TG_PRICE_MAX_RATE_PPM; within them
  * the 128-bit intermediate cannot overflow (README.md has the arithmetic),
  * and a result above INT64_MAX nano-units fails with TG_PRICE_EOVERFLOW.
  *
@@ -52,6 +54,7 @@ typedef struct tg_price_card {
     int64_t pc_cache_read;  /* nano-units per 1M cache-read input tokens */
     int64_t pc_cache_write; /* nano-units per 1M cache-write input tokens */
     int64_t pc_image;       /* nano-units per image */
+    int64_t pc_request;     /* nano-units per request, flat (0..TG_PRICE_MAX_PRICE) */
     uint32_t pc_rate_ppm;   /* charged = official x rate / 1e6 */
 } tg_price_card_t;
 

@@ -64,20 +64,20 @@ static void big_divsmall(big_t *b, uint32_t d, uint32_t *rem)
     *rem = (uint32_t)r;
 }
 
-/* Reference: round_half_up((sum t_i p_i + img p_img 1e6) * rate / 1e12);
+/* Reference: round_half_up((sum t_i p_i + (img p_img + p_req) 1e6) * rate / 1e12);
  * returns -1 when it does not fit int64. */
 static int64_t ref_cost(const tg_price_card_t *c, const tg_price_usage_t *u)
 {
     big_t s = {{0}}, t;
-    const uint64_t cnt[5] = {u->pu_input, u->pu_output, u->pu_cache_read, u->pu_cache_write,
-                             u->pu_images};
-    const int64_t pr[5] = {c->pc_input, c->pc_output, c->pc_cache_read, c->pc_cache_write,
-                           c->pc_image};
-    for (int k = 0; k < 5; k++) {
+    const uint64_t cnt[6] = {u->pu_input, u->pu_output, u->pu_cache_read, u->pu_cache_write,
+                             u->pu_images, 1};
+    const int64_t pr[6] = {c->pc_input, c->pc_output, c->pc_cache_read, c->pc_cache_write,
+                           c->pc_image, c->pc_request};
+    for (int k = 0; k < 6; k++) {
         memset(&t, 0, sizeof t);
         big_muladd(&t, 1, cnt[k]);
         big_muladd(&t, (uint64_t)pr[k], 0);
-        if (k == 4)
+        if (k >= 4)
             big_muladd(&t, 1000000, 0);
         big_add(&s, &t);
     }
@@ -119,6 +119,10 @@ static void rnd_case(tg_price_card_t *c, tg_price_usage_t *u, int realistic)
     c->pc_cache_read = (int64_t)rnd_upto(pmax);
     c->pc_cache_write = (int64_t)rnd_upto(pmax);
     c->pc_image = (int64_t)rnd_upto(realistic ? 100000000 : (uint64_t)TG_PRICE_MAX_PRICE);
+    /* a third of the cards have no per-request fee, as most real ones */
+    c->pc_request = rnd() % 3 == 0 ? 0
+                                   : (int64_t)rnd_upto(realistic ? 10000000
+                                                                 : (uint64_t)TG_PRICE_MAX_PRICE);
     c->pc_rate_ppm = (uint32_t)rnd_upto(realistic ? 3000000 : TG_PRICE_MAX_RATE_PPM);
     u->pu_input = rnd_upto(tmax);
     u->pu_output = rnd_upto(tmax);
@@ -137,7 +141,7 @@ static void test_known_values(void **state)
     char err[TG_ERRLEN] = "";
     int64_t cost = -1;
     /* USD 2.50 / 1M input, 10.00 / 1M output, 1.25 cache read, 3.125 write */
-    tg_price_card_t c = {2500000000, 10000000000, 1250000000, 3125000000, 0, 1000000};
+    tg_price_card_t c = {2500000000, 10000000000, 1250000000, 3125000000, 0, 0, 1000000};
     tg_price_usage_t u = {1000, 500, 0, 0, 0};
     assert_int_equal(tg_price_cost(&c, &u, &cost, err, sizeof err), 0);
     assert_int_equal(cost, 7500000); /* USD 0.0075 */
@@ -148,7 +152,7 @@ static void test_known_values(void **state)
     c.pc_rate_ppm = 1000000;
     assert_int_equal(tg_price_cost(&c, &u2, &cost, err, sizeof err), 0);
     assert_int_equal(cost, 2500000 + 3125000);
-    tg_price_card_t img = {0, 0, 0, 0, 3000000, 1500000}; /* USD 0.003 per image, +50% */
+    tg_price_card_t img = {0, 0, 0, 0, 3000000, 0, 1500000}; /* USD 0.003 per image, +50% */
     tg_price_usage_t u3 = {0, 0, 0, 0, 3};
     assert_int_equal(tg_price_cost(&img, &u3, &cost, err, sizeof err), 0);
     assert_int_equal(cost, 13500000);
@@ -162,7 +166,7 @@ static void test_rounds_once_half_up(void **state)
     (void)state;
     char err[TG_ERRLEN] = "";
     int64_t cost = -1;
-    tg_price_card_t c = {1, 1, 0, 0, 0, 1000000}; /* 1 nano per 1M tokens */
+    tg_price_card_t c = {1, 1, 0, 0, 0, 0, 1000000}; /* 1 nano per 1M tokens */
     tg_price_usage_t half = {500000, 0, 0, 0, 0}, below = {499999, 0, 0, 0, 0};
     assert_int_equal(tg_price_cost(&c, &half, &cost, err, sizeof err), 0);
     assert_int_equal(cost, 1); /* exactly 0.5 rounds up */
@@ -176,6 +180,37 @@ static void test_rounds_once_half_up(void **state)
     c.pc_rate_ppm = 999999;
     assert_int_equal(tg_price_cost(&c, &half, &cost, err, sizeof err), 0);
     assert_int_equal(cost, 0);
+}
+
+static void test_per_request_fee(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    int64_t cost = -1;
+    /* USD 2.50 / 1M input, 10.00 / 1M output and 1000 nano per request */
+    tg_price_card_t c = {2500000000, 10000000000, 0, 0, 0, 1000, 1000000};
+    tg_price_usage_t u = {1000, 500, 0, 0, 0}, zero = {0};
+    assert_int_equal(tg_price_cost(&c, &u, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, 7500000 + 1000);
+    /* a request that used nothing still pays the fee, at the rate */
+    c.pc_rate_ppm = 500000;
+    assert_int_equal(tg_price_cost(&c, &zero, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, 500);
+    /* the fee is rounded with the rest, once (1 nano per 1M input tokens,
+     * a fee of 1 nano) */
+    tg_price_card_t one = {1, 0, 0, 0, 0, 1, 500000};
+    tg_price_usage_t some = {800000, 0, 0, 0, 0};
+    assert_int_equal(tg_price_cost(&one, &zero, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, 1); /* 0.5: half up */
+    one.pc_rate_ppm = 400000;  /* fee 0.4 + tokens 0.32 = 0.72 -> 1; apart both -> 0 */
+    assert_int_equal(tg_price_cost(&one, &some, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, 1);
+    assert_int_equal(tg_price_cost(&one, &zero, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, 0); /* 0.4 alone rounds down */
+    /* the fee at its limit, with the largest rate: fits and is exact */
+    tg_price_card_t max = {0, 0, 0, 0, 0, TG_PRICE_MAX_PRICE, TG_PRICE_MAX_RATE_PPM};
+    assert_int_equal(tg_price_cost(&max, &zero, &cost, err, sizeof err), 0);
+    assert_int_equal(cost, TG_PRICE_MAX_PRICE * 1000);
 }
 
 static void test_matches_reference_and_never_negative(void **state)
@@ -218,12 +253,14 @@ static void test_monotonic(void **state)
         v = u;
         uint64_t *f[5] = {&v.pu_input, &v.pu_output, &v.pu_cache_read, &v.pu_cache_write,
                           &v.pu_images};
-        int k = (int)(rnd() % 6);
+        int k = (int)(rnd() % 7);
         if (k < 5)
             *f[k] += rnd_upto(k == 4 ? 4 : 100000);
         assert_int_equal(tg_price_cost(&c, &u, &a, NULL, 0), 0);
         if (k == 5) { /* a higher rate never lowers the cost */
             c.pc_rate_ppm += (uint32_t)rnd_upto(1000000);
+        } else if (k == 6) { /* nor does a higher per-request fee */
+            c.pc_request += (int64_t)rnd_upto(1000000);
         }
         assert_int_equal(tg_price_cost(&c, &v, &b, NULL, 0), 0);
         assert_true(b >= a);
@@ -256,14 +293,15 @@ static void test_limits(void **state)
     /* everything at its limit: the 128-bit intermediate holds, the result
      * does not fit int64: a clear error, never a wrapped number */
     tg_price_card_t c = {TG_PRICE_MAX_PRICE, TG_PRICE_MAX_PRICE, TG_PRICE_MAX_PRICE,
-                         TG_PRICE_MAX_PRICE, TG_PRICE_MAX_PRICE, TG_PRICE_MAX_RATE_PPM};
+                         TG_PRICE_MAX_PRICE, TG_PRICE_MAX_PRICE, TG_PRICE_MAX_PRICE,
+                         TG_PRICE_MAX_RATE_PPM};
     tg_price_usage_t u = {TG_PRICE_MAX_TOKENS, TG_PRICE_MAX_TOKENS, TG_PRICE_MAX_TOKENS,
                           TG_PRICE_MAX_TOKENS, TG_PRICE_MAX_IMAGES};
     err[0] = '\0';
     assert_int_equal(tg_price_cost(&c, &u, &cost, err, sizeof err), TG_PRICE_EOVERFLOW);
     assert_int_equal(cost, 42);
     /* largest token counts with a price that fits: exact */
-    tg_price_card_t small = {8000000, 0, 0, 0, 0, 1000000};
+    tg_price_card_t small = {8000000, 0, 0, 0, 0, 0, 1000000};
     tg_price_usage_t big = {TG_PRICE_MAX_TOKENS, 0, 0, 0, 0};
     assert_int_equal(tg_price_cost(&small, &big, &cost, NULL, 0), 0);
     assert_int_equal(cost, ref_cost(&small, &big));
@@ -273,14 +311,16 @@ static void test_limits(void **state)
         tg_price_usage_t u;
         const char *word;
     } bad[] = {
-        {{-1, 0, 0, 0, 0, 1000000}, {0}, "input price -1"},
-        {{0, TG_PRICE_MAX_PRICE + 1, 0, 0, 0, 1000000}, {0}, "output price"},
-        {{0, 0, -5, 0, 0, 1000000}, {0}, "cache-read price"},
-        {{0, 0, 0, 0, -1, 1000000}, {0}, "image price"},
-        {{0, 0, 0, 0, 0, TG_PRICE_MAX_RATE_PPM + 1}, {0}, "rate"},
-        {{0, 0, 0, 0, 0, 1000000}, {TG_PRICE_MAX_TOKENS + 1, 0, 0, 0, 0}, "input token count"},
-        {{0, 0, 0, 0, 0, 1000000}, {0, 0, 0, TG_PRICE_MAX_TOKENS + 1, 0}, "cache-write token"},
-        {{0, 0, 0, 0, 0, 1000000}, {0, 0, 0, 0, TG_PRICE_MAX_IMAGES + 1}, "image count"},
+        {{-1, 0, 0, 0, 0, 0, 1000000}, {0}, "input price -1"},
+        {{0, TG_PRICE_MAX_PRICE + 1, 0, 0, 0, 0, 1000000}, {0}, "output price"},
+        {{0, 0, -5, 0, 0, 0, 1000000}, {0}, "cache-read price"},
+        {{0, 0, 0, 0, -1, 0, 1000000}, {0}, "image price"},
+        {{0, 0, 0, 0, 0, -1, 1000000}, {0}, "per-request price -1"},
+        {{0, 0, 0, 0, 0, TG_PRICE_MAX_PRICE + 1, 1000000}, {0}, "per-request price"},
+        {{0, 0, 0, 0, 0, 0, TG_PRICE_MAX_RATE_PPM + 1}, {0}, "rate"},
+        {{0, 0, 0, 0, 0, 0, 1000000}, {TG_PRICE_MAX_TOKENS + 1, 0, 0, 0, 0}, "input token count"},
+        {{0, 0, 0, 0, 0, 0, 1000000}, {0, 0, 0, TG_PRICE_MAX_TOKENS + 1, 0}, "cache-write token"},
+        {{0, 0, 0, 0, 0, 0, 1000000}, {0, 0, 0, 0, TG_PRICE_MAX_IMAGES + 1}, "image count"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
@@ -363,6 +403,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_values),
         cmocka_unit_test(test_rounds_once_half_up),
+        cmocka_unit_test(test_per_request_fee),
         cmocka_unit_test(test_matches_reference_and_never_negative),
         cmocka_unit_test(test_monotonic),
         cmocka_unit_test(test_ledger_sum_exact),

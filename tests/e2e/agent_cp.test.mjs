@@ -2,7 +2,8 @@
 // LMDB store) and mockllm: the agent enrolls with a token, receives its
 // configuration over Sync (and later changes as updates), serves through the
 // official openai SDK, reports signed usage batches and the control plane
-// settles them: the wallet balance drops by exactly the recorded costs. With
+// settles them: the wallet balance drops by exactly the recorded costs, and
+// a card with a per-request fee is priced alike on both sides. With
 // the control plane down the agent keeps serving and spools; when it comes
 // back every spooled record settles, exactly once.
 import { test, before, after } from 'node:test';
@@ -10,7 +11,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent } from '../../agent/testing/agent.mjs';
-import { startCp, seed, balance, ENROLL_TOKEN } from './cp_agent_lib.mjs';
+import { startCp, seed, balance, costOf, PRICE, ENROLL_TOKEN } from './cp_agent_lib.mjs';
 import { freePort, tmpdir, until } from './lib/proc.mjs';
 
 let mock;
@@ -70,6 +71,33 @@ test('enrolled, configured over Sync, a request is settled: the wallet drops by 
   await until(async () => (await balance(cp, ids.account)) === want, { timeoutMs: 15000, what: 'settlement' });
   await until(() => agent.outbox().length === 0, { timeoutMs: 5000, what: 'the outbox to drain after the ack' });
   assert.match(agent.proc.output(), /enrolled as /);
+});
+
+test('a card with a per-request fee: the agent and the control plane agree to the nano-unit', async () => {
+  const FEE = 1234567n; // nano-units per request, before the card's rate
+  const card = await cp.adminCall('PublishPriceCard', { card: {
+    id: ids.card, currency: 'USD', note: 'e2e: per-request fee',
+    entries: [{ model: 'gpt-4o', input_per_mtok_nano: String(PRICE.input), output_per_mtok_nano: String(PRICE.output),
+      cache_read_per_mtok_nano: String(PRICE.cacheRead), per_request_nano: String(FEE), rate_ppm: String(PRICE.rate) }],
+  } });
+  // the agent prices with the new version once Sync has brought it
+  const rec = await until(async () => {
+    const { response } = await client.chat.completions.create({ model: 'gpt-4o', messages }).withResponse();
+    const r = await agent.waitRecord(response.headers.get('x-request-id'));
+    return String(r.price_version) === String(card.version) ? r : null;
+  }, { timeoutMs: 15000, what: `the agent to price with card version ${card.version}` });
+  const want = costOf(rec.usage, PRICE.rate, FEE);
+  assert.ok(want > costOf(rec.usage), 'the fee is charged');
+  assert.equal(BigInt(rec.cost_nano), want);
+  assert.equal(BigInt(rec.unit_prices.per_request_nano), FEE);
+  const row = await until(async () => {
+    const page = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+    return page.entries.find((e) => e.record && e.record.request_id === rec.request_id);
+  }, { timeoutMs: 15000, what: 'the record to settle' });
+  assert.equal(row.cost_mismatch, false);
+  assert.equal(BigInt(row.amount_nano), -want);
+  // upstream cost: the same rule at the channel's cost rate (0.7)
+  assert.equal(BigInt(row.record.upstream_cost_nano), costOf(rec.usage, 700000n, FEE));
 });
 
 test('a configuration change reaches the agent as a Sync update', async () => {

@@ -3,7 +3,7 @@
 // loopback ports, an AdminService client (@grpc/grpc-js), and a fake edge
 // agent written independently of the C code: Ed25519 from node:crypto,
 // protobuf encoding from protobufjs, costs recomputed with BigInt by the
-// documented rule (controlplane/settle.c).
+// documented rule (billing/README.md).
 import crypto from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -117,10 +117,12 @@ export async function balance(cp, account, bucket = 'wallet') {
   return b ? BigInt(b.balance_nano) : 0n;
 }
 
-// The cost rule of controlplane/settle.c, in BigInt: round half up once.
-export function costOf(u, rate = PRICE.rate) {
+// The cost rule of billing/ (billing/README.md), in BigInt: the per-request
+// fee is whole nano-units like the image price, the rate applies to it too,
+// and the sum is rounded half up once.
+export function costOf(u, rate = PRICE.rate, perRequest = 0n) {
   const base = BigInt(u.input_tokens || 0) * PRICE.input + BigInt(u.output_tokens || 0) * PRICE.output +
-    BigInt(u.cache_read_tokens || 0) * PRICE.cacheRead;
+    BigInt(u.cache_read_tokens || 0) * PRICE.cacheRead + perRequest * 1000000n;
   return (base * rate + 500000000000n) / 1000000000000n;
 }
 

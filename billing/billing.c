@@ -1,0 +1,116 @@
+/* billing.c: price-entry lookup, the cost of a record through tg_price_cost,
+ * and the bucket a route type pays from (tg_billing.h). The agent and the
+ * control plane both link this file, so their costs agree to the nano-unit. */
+#include <fnmatch.h>
+#include <string.h>
+
+#include "base/tg_base.h"
+#include "billing/tg_billing.h"
+#include "meter/tg_price.h"
+
+const char *tg_billing_strerror(int code)
+{
+    switch ((code > 0 || code < TG_BILLING_ELAST) ? TG_BILLING_ELAST : code) {
+    case TG_BILLING_OK: return "ok";
+    case TG_BILLING_EINVAL: return "no price entry";
+    case TG_BILLING_ERANGE: return "price input out of range";
+    case TG_BILLING_EOVERFLOW: return "cost overflows int64 nano-units";
+    case TG_BILLING_ELAST: return "unknown error code";
+    }
+    return "unknown error code";
+}
+
+const Tollgate__V1__PriceEntry *tg_billing_lookup(const Tollgate__V1__PriceCard *card, const char *model,
+                                                  int route_type)
+{
+    const Tollgate__V1__PriceEntry *best = NULL;
+    int best_score = -1;
+    if (card == NULL || model == NULL)
+        return NULL;
+    for (size_t i = 0; i < card->n_entries; i++) {
+        const Tollgate__V1__PriceEntry *pe = card->entries[i];
+        if (pe == NULL || pe->model == NULL)
+            continue;
+        int exact = strcmp(pe->model, model) == 0;
+        if (!exact && fnmatch(pe->model, model, 0) != 0)
+            continue;
+        int rt = (int)pe->route_type;
+        if (rt != 0 && rt != route_type)
+            continue;
+        /* exact model beats a glob, then a matching route type beats "any" */
+        int score = exact * 2 + (rt != 0);
+        if (score > best_score) {
+            best = pe;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+/* A count as tg_price wants it; negative is ERANGE (tg_price checks the
+ * upper limits). */
+static int count(const char *what, int64_t n, uint64_t *out, char *err, size_t errlen)
+{
+    if (n < 0)
+        return tg_errf(err, errlen, TG_BILLING_ERANGE, "%s count %lld is negative", what, (long long)n);
+    *out = (uint64_t)n;
+    return 0;
+}
+
+int tg_billing_cost(const Tollgate__V1__PriceEntry *pe, const Tollgate__V1__TokenUsage *u, int64_t rate_ppm,
+                    int64_t *cost, char *err, size_t errlen)
+{
+    tg_price_usage_t pu = {0, 0, 0, 0, 0};
+    int rc;
+    if (pe == NULL)
+        return tg_errf(err, errlen, TG_BILLING_EINVAL, "no price entry to price with");
+    if (u != NULL &&
+        ((rc = count("input token", u->input_tokens, &pu.pu_input, err, errlen)) != 0 ||
+         (rc = count("output token", u->output_tokens, &pu.pu_output, err, errlen)) != 0 ||
+         (rc = count("cache-read token", u->cache_read_tokens, &pu.pu_cache_read, err, errlen)) != 0 ||
+         (rc = count("cache-write token", u->cache_write_tokens, &pu.pu_cache_write, err, errlen)) != 0 ||
+         (rc = count("image", u->images, &pu.pu_images, err, errlen)) != 0))
+        return rc;
+    if (rate_ppm == 0)
+        rate_ppm = TG_BILLING_RATE_DEFAULT_PPM;
+    if (rate_ppm < 0 || rate_ppm > (int64_t)TG_PRICE_MAX_RATE_PPM)
+        return tg_errf(err, errlen, TG_BILLING_ERANGE, "rate %lld ppm is outside 0..%u ppm",
+                       (long long)rate_ppm, TG_PRICE_MAX_RATE_PPM);
+    tg_price_card_t pc = {pe->input_per_mtok_nano,
+                          pe->output_per_mtok_nano,
+                          pe->cache_read_per_mtok_nano,
+                          pe->cache_write_per_mtok_nano,
+                          pe->per_image_nano,
+                          pe->per_request_nano,
+                          (uint32_t)rate_ppm};
+    rc = tg_price_cost(&pc, &pu, cost, err, errlen);
+    if (rc == TG_PRICE_ERANGE)
+        return TG_BILLING_ERANGE;
+    if (rc != 0)
+        return TG_BILLING_EOVERFLOW;
+    return 0;
+}
+
+const char *tg_billing_bucket(const Tollgate__V1__Account *a, int route_type)
+{
+    const char *name = NULL;
+    if (a == NULL)
+        return NULL;
+    for (size_t i = 0; i < a->n_route_buckets; i++)
+        if ((int)a->route_buckets[i]->route_type == route_type)
+            name = a->route_buckets[i]->bucket;
+    if (name == NULL) {
+        if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT)
+            name = "credit";
+        else if (route_type == TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_POOLED)
+            name = "wallet";
+        else if (a->n_buckets == 1) /* no route type: the only bucket there is */
+            name = a->buckets[0]->name;
+        else
+            return NULL;
+    }
+    for (size_t i = 0; i < a->n_buckets; i++)
+        if (a->buckets[i]->name != NULL && strcmp(a->buckets[i]->name, name) == 0)
+            return a->buckets[i]->name;
+    return NULL;
+}

@@ -1,0 +1,93 @@
+/* tg_billing: the one pricing rule the agent and the control plane share.
+ *
+ * The agent prices every request it serves and reports the cost; the
+ * control plane recomputes it at settlement and flags a record whose cost
+ * differs (cost_mismatch). They agree to the nano-unit only if both run the
+ * same code, so the three decisions that make a cost live here, over the
+ * tollgate.v1 protobuf types both sides hold:
+ *   - which PriceEntry of a PriceCard prices a model (tg_billing_lookup),
+ *   - the cost of a record from that entry, its normalized TokenUsage and a
+ *     rate (tg_billing_cost, over meter/tg_price.h's tg_price_cost: one
+ *     half-up rounding of the exact 128-bit value, per-request fee included),
+ *   - which of an account's buckets pays for a route type (tg_billing_bucket).
+ *
+ * Money is int64 nano-units (1e-9 of the currency), prices per 1M tokens,
+ * per image and per request, rates in parts per million; meter/tg_price.h
+ * has the arithmetic and its limits, billing/README.md the rule in words.
+ *
+ * Caveats:
+ *   - Pure functions over caller-owned messages: thread-safe, no allocation.
+ *     A returned pointer points into the caller's message and is valid as
+ *     long as that message is.
+ *   - The usage must already be normalized: input_tokens excludes the
+ *     cache-read and cache-write tokens, output_tokens includes reasoning.
+ *   - A cost past the limits is an error, never a capped or wrapped number:
+ *     the caller decides (the agent logs and charges nothing, the control
+ *     plane flags the record).
+ */
+#ifndef TG_BILLING_H
+#define TG_BILLING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tollgate/v1/config.pb-c.h"
+#include "tollgate/v1/usage.pb-c.h"
+
+/* Error codes: 0 or one of these; tg_billing_strerror names them. */
+enum {
+    TG_BILLING_OK = 0,
+    TG_BILLING_EINVAL = -900,    /* no price entry (NULL) */
+    TG_BILLING_ERANGE = -901,    /* a count, price or rate negative or past its limit */
+    TG_BILLING_EOVERFLOW = -902, /* the cost does not fit int64 nano-units */
+    TG_BILLING_ELAST = -903      /* sentinel: append new codes above */
+};
+
+/* The rate a PriceEntry.rate_ppm or Channel.cost_rate_ppm of 0 means: 1.0x. */
+#define TG_BILLING_RATE_DEFAULT_PPM 1000000
+
+/* Names a TG_BILLING_E* code (0 gives "ok"). Never NULL; static storage. */
+const char *tg_billing_strerror(int code);
+
+/* The entry of `card` that prices `model` on `route_type` (a
+ * TOLLGATE__V1__ROUTE_TYPE__* value): entries whose model equals `model`
+ * or is an fnmatch(3) glob matching it, and whose route type is
+ * `route_type` or UNSPECIFIED (any). Among those an exact model beats a
+ * glob, then a matching route type beats UNSPECIFIED; on a tie the first
+ * entry in card order wins.
+ *   card        in: the card; NULL finds nothing
+ *   model       in: the model to price (the route's model, else the
+ *               requested one); NULL finds nothing
+ *   route_type  in: the route type of the channel that served
+ * Returns the entry (owned by card, valid while card is) or NULL when no
+ * entry matches. Can't fail otherwise. */
+const Tollgate__V1__PriceEntry *tg_billing_lookup(const Tollgate__V1__PriceCard *card, const char *model,
+                                                  int route_type);
+
+/* The cost of one record in nano-units, rounded once, half up:
+ *   (sum of tokens x price per 1M / 1e6 + images x per_image_nano
+ *    + per_request_nano) x rate_ppm / 1e6
+ * Pass the entry's rate_ppm for the platform price charged, the channel's
+ * cost_rate_ppm for the upstream cost.
+ *   pe        in: the price entry (tg_billing_lookup); NULL is TG_BILLING_EINVAL
+ *   usage     in: normalized counts; NULL means zero usage (the
+ *             per-request fee alone). reasoning_tokens is not priced
+ *             (it is part of output_tokens)
+ *   rate_ppm  in: parts per million; 0 means TG_BILLING_RATE_DEFAULT_PPM
+ *   cost      out: the cost (>= 0); unchanged on error
+ *   err       out: the detail of an error (may be NULL), naming the input
+ * Returns 0, TG_BILLING_EINVAL, TG_BILLING_ERANGE (a negative count, price
+ * or rate, or one past meter/tg_price.h's TG_PRICE_MAX_*) or
+ * TG_BILLING_EOVERFLOW (the cost exceeds INT64_MAX nano-units). */
+int tg_billing_cost(const Tollgate__V1__PriceEntry *pe, const Tollgate__V1__TokenUsage *usage,
+                    int64_t rate_ppm, int64_t *cost, char *err, size_t errlen);
+
+/* The bucket of account `a` that pays for `route_type`: the account's
+ * route_buckets override (the last one for the route type), else DIRECT ->
+ * "credit", POOLED -> "wallet", else (no route type) the account's only
+ * bucket when it has exactly one. The name must be one of a->buckets.
+ * Returns the bucket's name (owned by a, valid while a is), or NULL when
+ * the account (NULL included) has no such bucket. Can't fail otherwise. */
+const char *tg_billing_bucket(const Tollgate__V1__Account *a, int route_type);
+
+#endif
