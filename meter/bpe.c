@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/tg_b64.h"
 #include "base/tg_base.h"
 #include "meter/tg_meter_int.h"
 
@@ -79,43 +80,6 @@ static inline uint32_t lookup(const bpe_enc_t *e, const uint8_t *p, size_t n)
 
 /* ---- loading ------------------------------------------------------------ */
 
-static int b64val(uint8_t c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Decodes base64 s[0..n) into out; returns the byte count or -1. */
-static long b64dec(const uint8_t *s, size_t n, uint8_t *out)
-{
-    long o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '=')
-            break;
-        int v = b64val(s[i]);
-        if (v < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (uint8_t)(acc >> bits);
-        }
-    }
-    return o;
-}
-
 int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t len, char *err,
                  size_t errlen)
 {
@@ -150,7 +114,7 @@ int bpe_enc_load(bpe_enc_t *e, tg_meter_encoding_t id, const char *text, size_t 
         const uint8_t *sp = memchr(s, ' ', (size_t)(end - s));
         const uint8_t *nl = sp ? memchr(sp, '\n', (size_t)(end - sp)) : NULL;
         uint32_t r = 0;
-        long n = sp && nl ? b64dec(s, (size_t)(sp - s), e->be_blob + off) : -1;
+        long n = sp && nl ? tg_b64_decode((const char *)s, (size_t)(sp - s), e->be_blob + off) : -1;
         for (const uint8_t *d = sp ? sp + 1 : nl; d && d < nl; d++)
             r = r * 10 + (uint32_t)(*d - '0');
         if (n <= 0 || n > 255 || r != rank || rank >= 0xFFFFFF) {

@@ -9,8 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
+#include "base/tg_b64.h"
 #include "base/tg_base.h"
 
 const char *tg_pbjson_strerror(int code)
@@ -115,11 +114,10 @@ static json_t *value_to_json(const ProtobufCFieldDescriptor *f, const void *slot
     }
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *b = slot;
-        size_t n = 4 * ((b->len + 2) / 3) + 1;
-        char *t = tg_malloc(n);
+        char *t = tg_malloc(TG_B64_ENCLEN(b->len));
         if (t == NULL)
             return NULL;
-        EVP_EncodeBlock((unsigned char *)t, b->data, (int)b->len);
+        tg_b64_encode(b->data, b->len, t);
         json_t *j = json_string(t);
         tg_free(t);
         return j;
@@ -419,19 +417,14 @@ static int value_from_json(ctx_t *c, const ProtobufCFieldDescriptor *f, const js
         size_t n = strlen(s);
         if (n % 4 != 0)
             return bad(c, "base64 length must be a multiple of 4");
-        uint8_t *data = malloc(n / 4 * 3 + 1);
+        uint8_t *data = malloc(n / 4 * 3 + 1); /* freed by protobuf-c's default allocator */
         if (data == NULL)
             return tg_errf(c->err, c->errlen, TG_PBJSON_ENOMEM, "out of memory");
-        int len = n ? EVP_DecodeBlock(data, (const unsigned char *)s, (int)n) : 0;
+        long len = tg_b64_decode(s, n, data);
         if (len < 0) {
             free(data);
-            return bad(c, "invalid base64");
+            return bad(c, "invalid base64 (standard alphabet, padded, no whitespace)");
         }
-        /* EVP_DecodeBlock counts padding as zero bytes. */
-        if (n >= 1 && s[n - 1] == '=')
-            len--;
-        if (n >= 2 && s[n - 2] == '=')
-            len--;
         ProtobufCBinaryData *b = slot;
         b->data = data;
         b->len = (size_t)len;

@@ -111,6 +111,8 @@ static void test_errors_name_the_field(void **state)
     expect_error(route, "{\"labels\":[\"a\"]}", TG_PBJSON_EINVALID, "labels: expected an object");
     expect_error(&tollgate__v1__api_key__descriptor, "{\"secret_sha256\":\"abc\"}", TG_PBJSON_EINVALID,
                  "secret_sha256: base64");
+    expect_error(&tollgate__v1__api_key__descriptor, "{\"secret_sha256\":\"QU J\"}", TG_PBJSON_EINVALID,
+                 "secret_sha256: invalid base64");
     expect_error(&tollgate__v1__api_key__descriptor, "{\"expires_at_us\":\"12x\"}", TG_PBJSON_EINVALID,
                  "expires_at_us: expected an integer");
     expect_error(&tollgate__v1__sync_message__descriptor, "{\"heartbeat\":{},\"update\":{}}", TG_PBJSON_EINVALID,

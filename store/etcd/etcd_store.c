@@ -36,7 +36,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "store/etcd/b64.h"
+#include "base/tg_b64.h"
 #include "store/store_int.h"
 
 #define MAX_RESPONSE ((size_t)512 << 20) /* a range of many 1 MiB values */

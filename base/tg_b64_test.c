@@ -1,4 +1,4 @@
-/* Unit tests for the etcd backend's base64: round trips of every byte value
+/* Unit tests for tg_b64: round trips of every byte value
  * and every length mod 3, RFC 4648 vectors, and rejection of bad input. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "store/etcd/b64.h"
+#include "base/tg_b64.h"
 
 static void test_vectors(void **state)
 {

@@ -1,9 +1,11 @@
-/* b64: standard base64 (RFC 4648, with padding) for the bytes etcd's JSON
- * gateway carries in keys and values. Strict: a decoder that accepts only
- * canonical input, so a mangled answer is an error, never silently different
- * bytes. */
-#ifndef TG_STORE_B64_H
-#define TG_STORE_B64_H
+/* tg_b64: standard base64 (RFC 4648, with padding), the one codec of the
+ * project: etcd's JSON gateway carries keys and values in it, meter's rank
+ * files spell tokens in it, pbjson writes protobuf bytes fields with it.
+ * Strict: the decoder accepts only canonical input (no whitespace, no stray
+ * bits, padding only at the end), so mangled input is an error, never
+ * silently different bytes. Pure functions, thread-safe. */
+#ifndef TG_B64_H
+#define TG_B64_H
 
 #include <stddef.h>
 #include <stdint.h>

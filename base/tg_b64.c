@@ -1,8 +1,8 @@
-/* b64.c: base64 for the etcd gateway. Written here rather than OpenSSL's
+/* tg_b64: strict base64 (see tg_b64.h). Written here rather than OpenSSL's
  * EVP_DecodeBlock because that one reports padding as zero bytes of output
- * and skips whitespace, both wrong for binary keys; this is 60 lines and
+ * and skips whitespace, both wrong for binary data; this is 60 lines and
  * tested with every byte value. */
-#include "store/etcd/b64.h"
+#include "base/tg_b64.h"
 
 static const char ALPHA[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
