@@ -20,7 +20,8 @@ DEBS=(
   libcmocka-dev              # C unit tests
   etcd-server etcd-client    # cluster store, tested against a real etcd
   nginx wrk                  # benchmark baseline and load generator
-  ca-certificates curl jq
+  ca-certificates curl jq    # quickstart and scripts
+  openssl procps             # test certificates (openssl CLI), pgrep in bench/run.sh
 )
 
 # Node (end-to-end tests with the official SDKs): the machine image ships its
