@@ -91,13 +91,16 @@ int tg_sse_classify(const char *ev, size_t evlen, const char **usage, size_t *us
 
 /* OpenAI usage numbers, raw as the provider sent them. -1: absent. */
 typedef struct tg_usage {
-    long us_prompt;    /* prompt_tokens (cached included) */
-    long us_completion;/* completion_tokens (reasoning included) */
-    long us_cached;    /* prompt_tokens_details.cached_tokens */
-    long us_reasoning; /* completion_tokens_details.reasoning_tokens */
+    long us_prompt;    /* prompt_tokens or input_tokens (cached included) */
+    long us_completion;/* completion_tokens or output_tokens (reasoning included) */
+    long us_cached;    /* {prompt,input}_tokens_details.cached_tokens */
+    long us_reasoning; /* {completion,output}_tokens_details.reasoning_tokens */
 } tg_usage_t;
 
-/* Reads the numbers out of a usage object's JSON text. Returns 0 or
+/* Reads the numbers out of a usage object's JSON text: chat and embeddings
+ * names (prompt_tokens, completion_tokens, *_details) or, when those are
+ * absent, the Responses and Images names (input_tokens, output_tokens,
+ * input_tokens_details, output_tokens_details). Returns 0 or
  * TG_AGENT_EJSON. */
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
 
@@ -111,6 +114,15 @@ int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n)
  * chat answer or a stream chunk, for counting it locally when the provider
  * reports no usage. Returns 0 or TG_AGENT_ETOOBIG. */
 int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out);
+
+/* Appends the decoded text of every string-valued member named `key` (at
+ * any depth) in json[0..n) to out. Returns 0 or TG_AGENT_ETOOBIG. */
+int tg_agent_collect_key(const char *json, size_t n, const char *key, tg_buf_t *out);
+
+/* The number of elements of the first array-valued member named `key` in
+ * json[0..len) (the images of an Images answer's "data"), or -1 when there
+ * is none or it does not close. Can't fail otherwise. */
+long tg_agent_count_array(const char *json, size_t len, const char *key);
 
 /* ---- policy (policy.c) --------------------------------------------------- */
 

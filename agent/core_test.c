@@ -180,6 +180,38 @@ static void test_usage(void **st)
     assert_int_equal(tg_agent_find_usage("nope", 4, &p, &n), TG_AGENT_EJSON);
 }
 
+/* The Responses and Images names of the counts, and the images of data[]. */
+static void test_usage_other_endpoints(void **st)
+{
+    (void)st;
+    const char *r = "{\"input_tokens\":100,\"input_tokens_details\":{\"cached_tokens\":40},"
+                    "\"output_tokens\":16,\"output_tokens_details\":{\"reasoning_tokens\":9},\"total_tokens\":116}";
+    tg_usage_t u;
+    assert_int_equal(tg_agent_usage_parse(r, strlen(r), &u), 0);
+    assert_int_equal(u.us_prompt, 100);
+    assert_int_equal(u.us_completion, 16);
+    assert_int_equal(u.us_cached, 40);
+    assert_int_equal(u.us_reasoning, 9);
+    const char *e = "{\"prompt_tokens\":7,\"total_tokens\":7}";
+    assert_int_equal(tg_agent_usage_parse(e, strlen(e), &u), 0);
+    assert_int_equal(u.us_prompt, 7);
+    assert_int_equal(u.us_completion, -1);
+    assert_int_equal(u.us_cached, -1);
+    const char *img = "{\"created\":1,\"data\":[{\"b64_json\":\"a,]}\"},{\"url\":\"u\"} , {\"x\":[1,2]}],"
+                      "\"usage\":{\"input_tokens\":3}}";
+    assert_int_equal(tg_agent_count_array(img, strlen(img), "data"), 3);
+    assert_int_equal(tg_agent_count_array("{\"data\":[ ]}", 12, "data"), 0);
+    assert_int_equal(tg_agent_count_array("{\"data\":null}", 13, "data"), -1);
+    assert_int_equal(tg_agent_count_array("{\"data\":[{}", 11, "data"), -1);
+    tg_buf_t b;
+    tg_buf_init(&b, 1024);
+    const char *ev = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\","
+                     "\"delta\":\" world\"}\n\n";
+    assert_int_equal(tg_agent_collect_key(ev, strlen(ev), "delta", &b), 0);
+    assert_string_equal(b.b_data, " world");
+    tg_buf_free(&b);
+}
+
 static void test_collect_text(void **st)
 {
     (void)st;
@@ -314,6 +346,7 @@ int main(void)
         cmocka_unit_test(test_scan_fields), cmocka_unit_test(test_scan_errors),
         cmocka_unit_test(test_rewrite),     cmocka_unit_test(test_sse),
         cmocka_unit_test(test_usage),       cmocka_unit_test(test_collect_text),
+        cmocka_unit_test(test_usage_other_endpoints),
         cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };

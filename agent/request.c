@@ -44,6 +44,29 @@
 #define DEF_FIRST_BYTE_MS 120000
 #define DEF_TOTAL_MS 600000
 
+/* ---- the OpenAI endpoints: what differs between them ------------------------- *
+ * Every POST endpoint goes through the same path (auth, policy, scan,
+ * routing, retries, upstream call, metering, receipt); this table holds the
+ * few things that differ. */
+enum { EP_CHAT, EP_EMBEDDINGS, EP_RESPONSES, EP_IMAGES };
+
+typedef struct endpoint {
+    const char *ep_path;        /* client path, also the record's endpoint */
+    const char *ep_upstream;    /* path under the channel's base_url */
+    int ep_kind;                /* EP_* */
+    int ep_stream;              /* stream: true is served (SSE) */
+    int ep_stream_usage;        /* ask for stream_options.include_usage */
+    const char *ep_out_key;     /* JSON key of produced text (local counts); NULL: none */
+    const char *ep_delta_key;   /* ... in stream events */
+} endpoint_t;
+
+static const endpoint_t endpoints[] = {
+    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, "content", "content"},
+    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, NULL, NULL},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, "text", "delta"},
+    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, NULL, NULL},
+};
+
 typedef struct attempt {
     const tg_chan_t *at_chan;
     uint32_t at_tier;
@@ -77,6 +100,7 @@ struct req {
     const char *rq_run;
     const char *rq_ua;
     const char *rq_endpoint;
+    const endpoint_t *rq_ep;  /* NULL for GET /v1/models */
     const char *rq_body;      /* the request body, in rq_body_buf */
     size_t rq_body_len;
     struct evbuffer *rq_body_buf;
@@ -118,6 +142,7 @@ struct req {
     tg_buf_t rq_text;         /* text produced, for local counting */
     tg_usage_t rq_usage;
     char *rq_usage_raw;
+    long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
     char rq_final_msg[256];
@@ -319,14 +344,40 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         estimate = 0;
     int src = estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
                        : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    const endpoint_t *ep = rq->rq_ep;
     tg_meter_chat_t mc;
-    if (tg_meter_chat_count(m, rq->rq_body, rq->rq_body_len, model, &mc, err, sizeof err) == 0) {
-        u->input_tokens = (int64_t)mc.mc_prompt_tokens;
-        u->input_source = mc.mc_estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
-                                         : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    uint64_t in = 0;
+    if (ep->ep_kind == EP_CHAT) {
+        if (tg_meter_chat_count(m, rq->rq_body, rq->rq_body_len, model, &mc, err, sizeof err) == 0) {
+            u->input_tokens = (int64_t)mc.mc_prompt_tokens;
+            u->input_source = mc.mc_estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
+                                             : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+        }
+    } else {
+        /* Other endpoints: the prompt's text counted plainly (the strings
+         * of input, prompt, instructions and of message contents). */
+        static const char *const keys[] = {"input", "prompt", "instructions", "content", "text"};
+        tg_buf_t p;
+        tg_buf_init(&p, RESP_MAX);
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            tg_agent_collect_key(rq->rq_body, rq->rq_body_len, keys[i], &p);
+        if (tg_meter_count(m, enc, p.b_data ? p.b_data : "", p.b_len, TG_METER_SPECIAL_TEXT, &in, err,
+                           sizeof err) == 0) {
+            u->input_tokens = (int64_t)in;
+            u->input_source = src;
+        }
+        tg_buf_free(&p);
     }
-    if (!rq->rq_scan.sc_stream && rq->rq_resp.b_len && !rq->rq_text.b_len)
-        tg_agent_collect_text(rq->rq_resp.b_data, rq->rq_resp.b_len, &rq->rq_text);
+    if (!ep->ep_out_key) {
+        u->encoding = (char *)tg_meter_encoding_name(enc);
+        return; /* embeddings, images: no text produced */
+    }
+    if (!rq->rq_scan.sc_stream && rq->rq_resp.b_len && !rq->rq_text.b_len) {
+        if (ep->ep_kind == EP_CHAT)
+            tg_agent_collect_text(rq->rq_resp.b_data, rq->rq_resp.b_len, &rq->rq_text);
+        else
+            tg_agent_collect_key(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_out_key, &rq->rq_text);
+    }
     uint64_t out = 0;
     if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,
                        TG_METER_SPECIAL_TEXT, &out, err, sizeof err) == 0) {
@@ -358,9 +409,10 @@ static void meter_and_price(req_t *rq)
         u->reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
         u->input_source = u->output_source = u->cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
         u->raw_provider_usage = rq->rq_usage_raw;
-    } else if (rq->rq_route) {
+    } else if (rq->rq_route && rq->rq_ep) {
         local_usage(rq, u);
     }
+    u->images = rq->rq_images > 0 ? rq->rq_images : 0;
     attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
     if (!fin || fin->at_decision != TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL || !rq->rq_acct)
         return;
@@ -510,7 +562,7 @@ static void emit_record(req_t *rq)
  * request whose connection is gone). */
 static void finish(req_t *rq)
 {
-    if (rq->rq_endpoint && strcmp(rq->rq_endpoint, "/v1/chat/completions") == 0) {
+    if (rq->rq_ep) {
         int uperr = 0;
         for (int i = 0; i < rq->rq_natt; i++) {
             int c = rq->rq_att[i].at_class;
@@ -566,11 +618,61 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
 
 /* ---- upstream callbacks -------------------------------------------------------- */
 
+/* Whether a Responses stream event is of type `type`: its `event:` line,
+ * or the type member its data opens with. */
+static int resp_event_is(const char *ev, size_t n, const char *type)
+{
+    char want[64];
+    int k = snprintf(want, sizeof want, "event: %s", type);
+    if ((size_t)k <= n && memcmp(ev, want, (size_t)k) == 0 && (n == (size_t)k || ev[k] == '\n' || ev[k] == '\r'))
+        return 1;
+    k = snprintf(want, sizeof want, "{\"type\":\"%s\"", type);
+    const char *d = memmem(ev, n, "data:", 5);
+    if (!d)
+        return 0;
+    d += 5;
+    while (d < ev + n && *d == ' ')
+        d++;
+    return (size_t)(ev + n - d) >= (size_t)k && memcmp(d, want, (size_t)k) == 0;
+}
+
+/* A Responses stream event: forwarded as it is; the final event
+ * (response.completed, or response.incomplete / response.failed, whose
+ * usage counts too) carries the usage; text deltas are kept for local
+ * counts. */
+static int forward_response_event(req_t *rq, const char *ev, size_t n)
+{
+    static const char *const finals[] = {"response.completed", "response.incomplete", "response.failed"};
+    for (int i = 0; i < 3; i++) {
+        if (!resp_event_is(ev, n, finals[i]))
+            continue;
+        rq->rq_saw_done = 1;
+        snprintf(rq->rq_finish, sizeof rq->rq_finish, "%s", finals[i] + 9);
+        const char *d = memmem(ev, n, "data:", 5), *u;
+        size_t ul;
+        if (d) {
+            d += 5;
+            while (d < ev + n && *d == ' ')
+                d++;
+            if (tg_agent_find_usage(d, (size_t)(ev + n - d), &u, &ul) == 1 &&
+                tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
+                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+        }
+        break;
+    }
+    if (resp_event_is(ev, n, "response.output_text.delta"))
+        tg_agent_collect_key(ev, n, rq->rq_ep->ep_delta_key, &rq->rq_text);
+    rq->rq_resp_bytes += (int64_t)n;
+    return evbuffer_add(rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+}
+
 static int forward_event(void *arg, const char *ev, size_t n)
 {
     req_t *rq = arg;
     const char *u;
     size_t ul;
+    if (rq->rq_ep->ep_kind == EP_RESPONSES)
+        return forward_response_event(rq, ev, n);
     int kind = tg_sse_classify(ev, n, &u, &ul);
     if (kind == 1) {
         tg_agent_usage_parse(u, ul, &rq->rq_usage);
@@ -713,7 +815,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 
 /* ---- routing -------------------------------------------------------------------- */
 
-enum { WHY_OK = 0, WHY_ROUTE_TYPE, WHY_BALANCE, WHY_UNAVAILABLE };
+enum { WHY_OK = 0, WHY_ROUTE_TYPE, WHY_BALANCE, WHY_UNAVAILABLE, WHY_PROTOCOL };
 
 /* Whether the key may use the target, and why not. */
 static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
@@ -721,9 +823,10 @@ static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
     const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
     const Tollgate__V1__Channel *c = ch->ch_pb;
     if (c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_PAUSED ||
-        c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_DISABLED ||
-        c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
-        return WHY_UNAVAILABLE; /* Anthropic upstreams need protocol conversion: not built yet */
+        c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_DISABLED)
+        return WHY_UNAVAILABLE;
+    if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
+        return WHY_PROTOCOL; /* Anthropic upstreams need protocol conversion: not built yet */
     const tg_key_t *k = rq->rq_key;
     if (k->n_allowed_route_types) {
         int ok = 0;
@@ -921,7 +1024,7 @@ static void start_attempt(req_t *rq)
         if ((rq->rq_upbody.b_data = tg_malloc(cap)) != NULL)
             rq->rq_upbody.b_cap = cap;
     }
-    int add_usage = rq->rq_scan.sc_stream; /* every channel here speaks OpenAI */
+    int add_usage = rq->rq_scan.sc_stream && rq->rq_ep->ep_stream_usage; /* every channel here speaks OpenAI */
     if (tg_agent_rewrite(rq->rq_body, rq->rq_body_len, &rq->rq_scan, a->at_model, add_usage, &rq->rq_upbody)) {
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
         fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
@@ -962,7 +1065,19 @@ static void start_attempt(req_t *rq)
         h = n;
     }
     rq->rq_hdrs = h;
-    curl_easy_setopt(e, CURLOPT_URL, ch->ch_chat_url);
+    const char *url = ch->ch_chat_url;
+    if (rq->rq_ep->ep_kind != EP_CHAT) {
+        /* base_url + the endpoint's path: ch_chat_url less its suffix. */
+        size_t bl = strlen(url) - strlen(endpoints[EP_CHAT].ep_upstream);
+        size_t sl = strlen(rq->rq_ep->ep_upstream);
+        char *u = tg_pool_alloc(rq->rq_pool, bl + sl + 1);
+        if (!u)
+            goto nomem;
+        memcpy(u, url, bl);
+        memcpy(u + bl, rq->rq_ep->ep_upstream, sl + 1);
+        url = u;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->rq_upbody.b_data ? rq->rq_upbody.b_data : "");
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->rq_upbody.b_len);
@@ -1028,9 +1143,12 @@ static int classify(req_t *rq, CURLcode res)
             int f = tg_agent_find_usage(rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &u, &ul);
             if (f < 0)
                 return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
-            if (f == 1) {
-                tg_agent_usage_parse(u, ul, &rq->rq_usage);
+            if (f == 1 && tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
                 rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+            if (rq->rq_ep->ep_kind == EP_IMAGES) {
+                rq->rq_images = tg_agent_count_array(rq->rq_resp.b_data, rq->rq_resp.b_len, "data");
+                if (rq->rq_images < 0)
+                    return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
             }
         }
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
@@ -1320,7 +1438,9 @@ static int authenticate(req_t *rq, struct evkeyvalq *in)
     return 0;
 }
 
-static void handle_chat(req_t *rq, struct evkeyvalq *in)
+/* Every POST endpoint of endpoints[]: the same path, the table's
+ * differences applied where they matter. */
+static void handle_post(req_t *rq, struct evkeyvalq *in)
 {
     if (authenticate(rq, in) != 0)
         return;
@@ -1347,6 +1467,11 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
                      "We could not parse the JSON body of your request: %s", err);
         return;
     }
+    if (rq->rq_scan.sc_stream && !rq->rq_ep->ep_stream) {
+        fail_request(rq, 400, "invalid_request_error", "stream_not_supported", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "Streaming is not supported on %s by this gateway.", rq->rq_ep->ep_path);
+        return;
+    }
     if (!rq->rq_scan.sc_model[0]) {
         fail_request(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "You must provide a model parameter.");
@@ -1365,16 +1490,23 @@ static void handle_chat(req_t *rq, struct evkeyvalq *in)
     }
     /* Is any target usable by this key at all? Says why not: balance is
      * 402, route types 403, otherwise every channel is unavailable: 503. */
-    int why_balance = 0, why_type = 0, any = 0;
+    int why_balance = 0, why_type = 0, why_proto = 0, why_other = 0, any = 0;
     for (size_t t = 0; t < route->n_tiers; t++)
         for (size_t i = 0; i < route->tiers[t]->n_targets; i++) {
             int w = target_ok(rq, route->tiers[t]->targets[i]);
             any |= w == WHY_OK;
             why_balance |= w == WHY_BALANCE;
             why_type |= w == WHY_ROUTE_TYPE;
+            why_proto |= w == WHY_PROTOCOL;
+            why_other |= w == WHY_UNAVAILABLE;
         }
     if (!any) {
-        if (why_balance)
+        if (why_proto && !why_other && !why_balance && !why_type && rq->rq_ep->ep_kind != EP_CHAT)
+            fail_request(rq, 400, "invalid_request_error", "unsupported_endpoint", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "The model `%s` is served only by Anthropic-type channels, and %s is passed through to "
+                         "OpenAI-type channels only (no protocol conversion yet).",
+                         route->model, rq->rq_ep->ep_path);
+        else if (why_balance)
             fail_request(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                          "You exceeded your current quota: the balance that pays for model `%s` is exhausted.",
                          route->model);
@@ -1496,6 +1628,7 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(hr);
     tg_cfg_t *cfg = tg_worker_cfg(w);
 #define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
+#define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
     if (PATH_IS("/healthz")) {
         plain(hr, 200, "ok\n");
         return;
@@ -1523,19 +1656,24 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
         plain(hr, cfg ? 200 : 503, cfg ? "ready\n" : "no configuration snapshot yet\n");
         return;
     }
-    int chat = PATH_IS("/v1/chat/completions");
+    const endpoint_t *ep = NULL;
+    for (size_t i = 0; i < sizeof endpoints / sizeof endpoints[0]; i++)
+        if (PATH_IS_S(endpoints[i].ep_path))
+            ep = &endpoints[i];
+    int post = ep != NULL;
     int models = PATH_IS("/v1/models");
 #undef PATH_IS
+#undef PATH_IS_S
     char id[48];
     snprintf(id, sizeof id, "req_%016llx%02x%08llx", (unsigned long long)w->w_agent->a_id_base, w->w_idx & 0xff,
              (unsigned long long)++w->w_seq);
-    if (!chat && !models) {
+    if (!post && !models) {
         send_error(hr, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
         return;
     }
-    if ((chat && cmd != EVHTTP_REQ_POST) || (models && cmd != EVHTTP_REQ_GET)) {
+    if ((post && cmd != EVHTTP_REQ_POST) || (models && cmd != EVHTTP_REQ_GET)) {
         send_error(hr, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
-                   chat ? "POST" : "GET", (int)plen, uri);
+                   post ? "POST" : "GET", (int)plen, uri);
         return;
     }
     if (!cfg) {
@@ -1554,7 +1692,8 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
     rq->rq_hr = hr;
     rq->rq_conn = evhttp_request_get_connection(hr);
     rq->rq_t0_us = now_us();
-    rq->rq_endpoint = chat ? "/v1/chat/completions" : "/v1/models";
+    rq->rq_ep = ep;
+    rq->rq_endpoint = ep ? ep->ep_path : "/v1/models";
     memcpy(rq->rq_id, id, sizeof id);
     tg_cfg_ref(cfg);
     rq->rq_cfg = cfg;
@@ -1565,8 +1704,8 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
     rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
     rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
     client_ip(rq, in);
-    if (chat)
-        handle_chat(rq, in);
+    if (post)
+        handle_post(rq, in);
     else
         handle_models(rq, in);
 }

@@ -179,23 +179,68 @@ static long num_at(const char *p, size_t n, const char *name)
     return v;
 }
 
+/* The value of the first of two alternative keys: OpenAI's chat and
+ * embeddings name the counts prompt_/completion_tokens, the Responses and
+ * Images APIs input_/output_tokens. */
+static long num_either(const char *p, size_t n, const char *a, const char *b)
+{
+    long v = num_at(p, n, a);
+    return v >= 0 ? v : num_at(p, n, b);
+}
+
+static long detail(const char *json, size_t len, const char *a, const char *b, const char *name)
+{
+    long d = find_key(json, len, a);
+    if (d < 0 || json[d] != '{')
+        d = find_key(json, len, b);
+    if (d < 0 || json[d] != '{')
+        return -1;
+    size_t l = span_len(json + d, len - (size_t)d);
+    return num_at(json + d, l, name);
+}
+
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
 {
-    u->us_prompt = num_at(json, len, "prompt_tokens");
-    u->us_completion = num_at(json, len, "completion_tokens");
-    u->us_cached = -1;
-    u->us_reasoning = -1;
-    long d = find_key(json, len, "prompt_tokens_details");
-    if (d >= 0 && json[d] == '{') {
-        size_t l = span_len(json + d, len - (size_t)d);
-        u->us_cached = num_at(json + d, l, "cached_tokens");
-    }
-    d = find_key(json, len, "completion_tokens_details");
-    if (d >= 0 && json[d] == '{') {
-        size_t l = span_len(json + d, len - (size_t)d);
-        u->us_reasoning = num_at(json + d, l, "reasoning_tokens");
-    }
+    u->us_prompt = num_either(json, len, "prompt_tokens", "input_tokens");
+    u->us_completion = num_either(json, len, "completion_tokens", "output_tokens");
+    u->us_cached = detail(json, len, "prompt_tokens_details", "input_tokens_details", "cached_tokens");
+    u->us_reasoning = detail(json, len, "completion_tokens_details", "output_tokens_details", "reasoning_tokens");
     return (u->us_prompt < 0 && u->us_completion < 0) ? TG_AGENT_EJSON : 0;
+}
+
+long tg_agent_count_array(const char *json, size_t len, const char *key)
+{
+    long at = find_key(json, len, key);
+    if (at < 0 || json[at] != '[')
+        return -1;
+    const char *p = json + at;
+    size_t n = len - (size_t)at;
+    long count = 0;
+    int depth = 0, in_str = 0, empty = 1;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = 0;
+            continue;
+        }
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+            continue;
+        if (depth == 1 && empty && c != ']')
+            empty = 0, count = 1;
+        if (c == '"')
+            in_str = 1;
+        else if (c == '{' || c == '[')
+            depth++;
+        else if (c == '}' || c == ']') {
+            if (--depth == 0)
+                return count;
+        } else if (c == ',' && depth == 1)
+            count++;
+    }
+    return -1;
 }
 
 int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n)
@@ -219,28 +264,31 @@ int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n)
     return 1;
 }
 
-int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out)
+int tg_agent_collect_key(const char *json, size_t n, const char *key, tg_buf_t *out)
 {
-    static const char *const keys[] = {"content", "arguments"};
-    for (int k = 0; k < 2; k++) {
-        size_t at = 0;
-        while (at < n) {
-            long v = find_key(json + at, n - at, keys[k]);
-            if (v < 0)
-                break;
-            size_t pos = at + (size_t)v;
-            if (json[pos] != '"') {
-                at = pos;
-                continue;
-            }
-            size_t used = 0;
-            int rc = tg_agent_json_decode(json + pos, n - pos, out, &used);
-            if (rc == TG_AGENT_ETOOBIG)
-                return rc;
-            if (rc)
-                break;
-            at = pos + used;
+    size_t at = 0;
+    while (at < n) {
+        long v = find_key(json + at, n - at, key);
+        if (v < 0)
+            break;
+        size_t pos = at + (size_t)v;
+        if (json[pos] != '"') {
+            at = pos;
+            continue;
         }
+        size_t used = 0;
+        int rc = tg_agent_json_decode(json + pos, n - pos, out, &used);
+        if (rc == TG_AGENT_ETOOBIG)
+            return rc;
+        if (rc)
+            break;
+        at = pos + used;
     }
     return 0;
+}
+
+int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out)
+{
+    int rc = tg_agent_collect_key(json, n, "content", out);
+    return rc ? rc : tg_agent_collect_key(json, n, "arguments", out);
 }
