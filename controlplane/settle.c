@@ -540,9 +540,36 @@ static int found_cb(const tg_ledger_row_t *row, void *arg)
     return 1;
 }
 
+/* The request's two messages (the signed batch and the batch inside it)
+ * are unpacked into one pool freed at once with the call: a batch of 1,000
+ * records is some 20,000 small strings and messages, which tg_malloc would
+ * allocate and free one by one. */
+static void *pool_pb_alloc(void *data, size_t size)
+{
+    return tg_pool_alloc(data, size);
+}
+
+static void pool_pb_free(void *data, void *p)
+{
+    (void)data;
+    (void)p; /* freed with the pool */
+}
+
+static int unpack_pooled(tg_pool_t *pool, const ProtobufCMessageDescriptor *d, const void *data,
+                         size_t len, ProtobufCMessage **out, char *err, size_t errlen)
+{
+    ProtobufCAllocator a = {pool_pb_alloc, pool_pb_free, pool};
+    *out = protobuf_c_message_unpack(d, &a, len, data ? data : (const void *)"");
+    if (*out == NULL)
+        return tg_errf(err, errlen, TG_RPC_EPROTO, "%zu bytes are not a valid %s message (or out of memory)",
+                       len, d->name);
+    return 0;
+}
+
 /* Everything one ReportUsage call holds. */
 typedef struct settle_ctx {
     tg_cp_t *sc_cp;
+    tg_pool_t *sc_pool;                /* sc_signed and sc_batch live here */
     Tollgate__V1__SignedUsageBatch *sc_signed;
     Tollgate__V1__UsageBatch *sc_batch;
     Tollgate__V1__AgentInfo *sc_agent;
@@ -558,7 +585,7 @@ typedef struct settle_ctx {
     Tollgate__V1__LedgerEntry *sc_entries;
     Tollgate__V1__LedgerEntry **sc_entry_ptrs;
     char **sc_orig;                    /* per record: its own bucket, currency */
-    tg_buf_t *sc_packed;               /* per entry: the LedgerEntry packed */
+    size_t *sc_len;                    /* per entry: its packed size */
     tg_ledger_row_t *sc_rows;          /* per entry: its ledger row */
     size_t sc_nentries;
 } settle_ctx_t;
@@ -566,16 +593,15 @@ typedef struct settle_ctx {
 static void ctx_free(settle_ctx_t *c)
 {
     /* the records point at strings owned by the caches while settled: give
-     * them back their own before protobuf-c frees them */
+     * them back their own (the batch is in sc_pool, freed whole below, so
+     * this only keeps it a self-owned message until then) */
     for (size_t i = 0; c->sc_orig != NULL && c->sc_batch != NULL && i < c->sc_batch->n_records; i++)
         if (c->sc_orig[2 * i] != NULL) {
             c->sc_batch->records[i]->bucket = c->sc_orig[2 * i];
             c->sc_batch->records[i]->currency = c->sc_orig[2 * i + 1];
         }
     tg_free(c->sc_orig);
-    for (size_t i = 0; c->sc_packed != NULL && c->sc_batch != NULL && i < c->sc_batch->n_records; i++)
-        tg_buf_free(&c->sc_packed[i]);
-    tg_free(c->sc_packed);
+    tg_free(c->sc_len);
     tg_free(c->sc_rows);
     for (size_t i = 0; i < c->sc_nbal; i++)
         bal_clear(&c->sc_bals[i]);
@@ -593,8 +619,7 @@ static void ctx_free(settle_ctx_t *c)
     cache_free(&c->sc_cards);
     cache_free(&c->sc_channels);
     tg_rpc_pb_free((ProtobufCMessage *)c->sc_agent);
-    tg_rpc_pb_free((ProtobufCMessage *)c->sc_batch);
-    tg_rpc_pb_free((ProtobufCMessage *)c->sc_signed);
+    tg_pool_destroy(c->sc_pool); /* sc_batch, sc_signed */
 }
 
 /* Prices every record and picks its bucket (no balance read yet). */
@@ -652,6 +677,13 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
     int code = mark_duplicates(c, err, errlen);
     if (code != TG_RPC_CODE_OK)
         return code;
+    /* the previous priced record's lookups (see below) */
+    const char *last_acct_id = NULL, *last_card_id = NULL, *last_model = NULL, *last_chan_id = NULL;
+    const Tollgate__V1__Account *last_acct = NULL;
+    const Tollgate__V1__PriceEntry *last_pe = NULL;
+    ProtobufCMessage *last_chan = NULL;
+    int64_t last_version = 0;
+    int last_rt = 0;
     for (size_t i = 0; i < b->n_records; i++) {
         Tollgate__V1__UsageRecord *r = b->records[i];
         ProtobufCMessage *m = NULL;
@@ -666,13 +698,23 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         }
         if (c->sc_dup[i])
             continue;
-        snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", r->account_id);
-        if (cache_get(cp, &c->sc_accounts, key, &tollgate__v1__account__descriptor, &m, err, errlen) < 0)
-            return TG_RPC_CODE_UNAVAILABLE;
-        if (m == NULL)
-            return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
-                           "records[%zu] (%s): account '%s' not found", i, r->record_id, r->account_id);
-        const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)m;
+        /* Records of a batch mostly share their account, price entry and
+         * channel: each is looked up again only when it differs from the
+         * previous priced record's (same keys, same answer: the caches and
+         * the card are not changed while the batch is priced). */
+        if (last_acct == NULL || strcmp(last_acct_id, r->account_id) != 0) {
+            snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", r->account_id);
+            if (cache_get(cp, &c->sc_accounts, key, &tollgate__v1__account__descriptor, &m, err,
+                          errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            if (m == NULL)
+                return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
+                               "records[%zu] (%s): account '%s' not found", i, r->record_id,
+                               r->account_id);
+            last_acct = (const Tollgate__V1__Account *)m;
+            last_acct_id = r->account_id;
+        }
+        const Tollgate__V1__Account *a = last_acct;
         c->sc_acct[i] = a;
         c->sc_bucket[i] = tg_billing_bucket(a, (int)r->route_type);
         if (c->sc_bucket[i] == NULL)
@@ -685,20 +727,35 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         /* price: the card version the record names */
         const Tollgate__V1__PriceEntry *pe = NULL;
         if (r->price_card_id[0] != '\0') {
-            snprintf(key, sizeof(key), TG_CP_K_PRICE "%s/%020" PRId64, r->price_card_id,
-                     r->price_version);
-            if (cache_get(cp, &c->sc_cards, key, &tollgate__v1__price_card__descriptor, &m, err,
-                          errlen) < 0)
-                return TG_RPC_CODE_UNAVAILABLE;
             const char *model = r->route_model[0] ? r->route_model : r->requested_model;
-            pe = tg_billing_lookup((const Tollgate__V1__PriceCard *)m, model, (int)r->route_type);
+            if (last_card_id == NULL || strcmp(last_card_id, r->price_card_id) != 0 ||
+                last_version != r->price_version || last_rt != (int)r->route_type ||
+                strcmp(last_model, model) != 0) {
+                snprintf(key, sizeof(key), TG_CP_K_PRICE "%s/%020" PRId64, r->price_card_id,
+                         r->price_version);
+                if (cache_get(cp, &c->sc_cards, key, &tollgate__v1__price_card__descriptor, &m, err,
+                              errlen) < 0)
+                    return TG_RPC_CODE_UNAVAILABLE;
+                last_pe = tg_billing_lookup((const Tollgate__V1__PriceCard *)m, model,
+                                            (int)r->route_type);
+                last_card_id = r->price_card_id;
+                last_version = r->price_version;
+                last_rt = (int)r->route_type;
+                last_model = model;
+            }
+            pe = last_pe;
         }
         int64_t cost_rate = 0;
         if (r->channel_id[0] != '\0') {
-            snprintf(key, sizeof(key), TG_CP_K_CHANNEL "%s", r->channel_id);
-            if (cache_get(cp, &c->sc_channels, key, &tollgate__v1__channel__descriptor, &m, err,
-                          errlen) < 0)
-                return TG_RPC_CODE_UNAVAILABLE;
+            if (last_chan_id == NULL || strcmp(last_chan_id, r->channel_id) != 0) {
+                snprintf(key, sizeof(key), TG_CP_K_CHANNEL "%s", r->channel_id);
+                if (cache_get(cp, &c->sc_channels, key, &tollgate__v1__channel__descriptor, &m, err,
+                              errlen) < 0)
+                    return TG_RPC_CODE_UNAVAILABLE;
+                last_chan = m;
+                last_chan_id = r->channel_id;
+            }
+            m = last_chan;
             if (m != NULL)
                 cost_rate = ((Tollgate__V1__Channel *)m)->cost_rate_ppm;
             else if (r->unit_prices != NULL)
@@ -745,19 +802,24 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
     return TG_RPC_CODE_OK;
 }
 
-static int put_len_delimited(tg_buf_t *b, int field, const void *p, size_t n)
+static size_t varint_len(uint64_t v)
 {
-    uint8_t tmp[20];
-    size_t k = 0;
-    uint64_t v = ((uint64_t)field << 3) | 2;
-    for (int pass = 0; pass < 2; pass++, v = n) {
-        do {
-            tmp[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-            v >>= 7;
-        } while (v);
+    size_t k = 1;
+    while (v > 0x7f) {
+        v >>= 7;
+        k++;
     }
-    int rc = tg_buf_append(b, tmp, k);
-    return rc == 0 && n > 0 ? tg_buf_append(b, p, n) : rc;
+    return k;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t k = 0;
+    do {
+        p[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return k;
 }
 
 /* Reads the touched balances (again, after a compare failure) and builds
@@ -841,20 +903,40 @@ static int build_commit(settle_ctx_t *c, int64_t now_us, tg_buf_t *settled, tg_b
     }
     /* The settled value is a LedgerPage whose only field is the repeated
      * entries: on the wire, each entry's packed bytes behind tag 1 and a
-     * length. Packing each entry once gives both that value and the exact
-     * bytes of each ledger row (what a follower's tailer slices out). */
+     * length. Each entry is packed once, straight into that value (sized
+     * first, so the buffer grows once), and its ledger row points at its
+     * bytes there (what a follower's tailer slices out). */
     tg_buf_reset(settled);
     c->sc_nentries = ne;
+    size_t total = 0;
     for (size_t i = 0; i < ne; i++) {
-        tg_buf_reset(&c->sc_packed[i]);
-        if (tg_rpc_pb_pack(&c->sc_entry_ptrs[i]->base, &c->sc_packed[i], err, errlen) < 0 ||
-            put_len_delimited(settled, 1, c->sc_packed[i].b_data, c->sc_packed[i].b_len) < 0)
+        size_t sz = protobuf_c_message_get_packed_size(&c->sc_entry_ptrs[i]->base);
+        c->sc_len[i] = sz;
+        total += 1 + varint_len(sz) + sz;
+        if (sz > TG_LEDGER_RECORD_MAX || total > settled->b_max)
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "batch too large for one settled-log value (%d bytes max): split it",
                            TG_STORE_MAX_VALUE);
-        cp_row_from_entry(c->sc_entry_ptrs[i], (const uint8_t *)c->sc_packed[i].b_data,
-                          c->sc_packed[i].b_len, &c->sc_rows[i]);
     }
+    if (total + 1 > settled->b_cap) {
+        char *d = tg_realloc(settled->b_data, total + 1);
+        if (d == NULL)
+            return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
+        settled->b_data = d;
+        settled->b_cap = total + 1;
+    }
+    uint8_t *w = (uint8_t *)settled->b_data;
+    for (size_t i = 0; i < ne; i++) {
+        size_t sz = c->sc_len[i];
+        *w++ = (1 << 3) | 2; /* field 1, length-delimited */
+        w += put_varint(w, sz);
+        if (protobuf_c_message_pack(&c->sc_entry_ptrs[i]->base, w) != sz)
+            return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "packing ledger entry %zu: size changed", i);
+        cp_row_from_entry(c->sc_entry_ptrs[i], w, sz, &c->sc_rows[i]);
+        w += sz;
+    }
+    settled->b_len = total;
+    settled->b_data[total] = '\0';
     tg_buf_reset(marker_val);
     if (tg_rpc_pb_pack(&resp->base, marker_val, err, errlen) < 0)
         return TG_RPC_CODE_INTERNAL;
@@ -880,8 +962,13 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     c.sc_cp = cp;
     tg_buf_init(&settled, TG_STORE_MAX_VALUE);
     tg_buf_init(&marker_val, 4096);
-    if (tg_rpc_pb_unpack(&tollgate__v1__signed_usage_batch__descriptor, req, req_len, &m, err,
-                         errlen) < 0) {
+    c.sc_pool = tg_pool_create(req_len < 16384 ? 16384 : 65536);
+    if (c.sc_pool == NULL) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
+        goto fail;
+    }
+    if (unpack_pooled(c.sc_pool, &tollgate__v1__signed_usage_batch__descriptor, req, req_len, &m,
+                      err, errlen) < 0) {
         code = TG_RPC_CODE_INVALID_ARGUMENT;
         goto fail;
     }
@@ -910,8 +997,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         goto fail;
     }
     m = NULL;
-    if (tg_rpc_pb_unpack(&tollgate__v1__usage_batch__descriptor, c.sc_signed->batch.data,
-                         c.sc_signed->batch.len, &m, err, errlen) < 0) {
+    if (unpack_pooled(c.sc_pool, &tollgate__v1__usage_batch__descriptor, c.sc_signed->batch.data,
+                      c.sc_signed->batch.len, &m, err, errlen) < 0) {
         code = TG_RPC_CODE_INVALID_ARGUMENT;
         goto fail;
     }
@@ -940,11 +1027,9 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     c.sc_entry_ptrs = tg_calloc(cnt, sizeof(*c.sc_entry_ptrs));
     c.sc_bals = tg_calloc(SETTLE_MAX_BALANCES, sizeof(bal_t));
     c.sc_orig = tg_calloc(2 * cnt, sizeof(char *));
-    c.sc_packed = tg_calloc(cnt, sizeof(tg_buf_t));
+    c.sc_len = tg_calloc(cnt, sizeof(size_t));
     c.sc_rows = tg_calloc(cnt, sizeof(tg_ledger_row_t));
-    for (size_t i = 0; c.sc_packed != NULL && i < cnt; i++)
-        tg_buf_init(&c.sc_packed[i], TG_LEDGER_RECORD_MAX);
-    if (!c.sc_packed || !c.sc_rows || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
+    if (!c.sc_len || !c.sc_rows || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
         !c.sc_balidx || !c.sc_entries || !c.sc_entry_ptrs || !c.sc_bals) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
         goto fail;
