@@ -15,6 +15,7 @@ DEBS=(
   libssl-dev                 # Ed25519 signatures, SHA-256, TLS
   liblmdb-dev lmdb-utils     # embedded store, ledger, outbox
   libevent-dev               # agent and mockllm event loops
+  libhttp-parser-dev         # the agent front's HTTP/1.1 request parser
   libjansson-dev libjsmn-dev libyajl-dev  # JSON (tree where needed, scanners on hot paths)
   libpcre2-dev               # regex where a hand-written scanner is not worth it
   libcmocka-dev              # C unit tests

@@ -1,0 +1,977 @@
+/* front.c: the agent's HTTP/1.1 server side (see front.h for the
+ * contract). One front per event loop; every connection is a small
+ * struct with three embedded events (read, write, timer) and no buffers
+ * while it idles: a request's head and body live in a block allocated at
+ * its first byte and freed when its response is written.
+ *
+ * Reads go through one 64 KiB scratch buffer per loop into http-parser,
+ * whose callbacks copy the request line, headers and body out. The read
+ * event stays registered for the connection's whole life (no epoll_ctl per
+ * request), which is also how a client that hangs up while its answer is
+ * prepared is noticed. Writes go straight to the socket; only what the
+ * kernel does not take is queued, with a write event until it drains.
+ *
+ * States: READ (parsing a request), HANDLE (the handler owns the request),
+ * ENDED (the handler ended it; its last bytes wait for the flush or the
+ * socket), LINGER (an error reply went out; the rest of the client's
+ * upload is read and dropped for a moment, so the client reads the reply
+ * instead of a reset). A connection is freed only when its socket is
+ * closed, the handler does not own it, and no front callback is on the
+ * stack for it (c_depth). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* embedded events: no allocation per connection for them (the layout is
+ * that of the libevent the agent is built against) */
+#include <event2/event_struct.h>
+
+#include "agent/front.h"
+#include "base/tg_base.h"
+#include "base/tg_log.h"
+
+#define SCRATCH (64u << 10)
+#define MAX_HEADERS 128
+#define PIPELINE_MAX (128u << 10) /* bytes read ahead while a request is handled */
+#define LINGER_S 2
+#define KEEP_OUT (8u << 10)       /* an idle connection keeps an output buffer this small */
+
+enum { ST_READ, ST_HANDLE, ST_ENDED, ST_LINGER };
+
+typedef struct fhdr {
+    uint32_t h_name, h_val; /* offsets into r_head, NUL-terminated */
+} fhdr_t;
+
+typedef struct freq {
+    tg_buf_t r_head;  /* target NUL name NUL value NUL ... */
+    uint32_t r_target_len;
+    int r_last;       /* last callback: 0 target, 1 header name, 2 header value */
+    fhdr_t r_h[MAX_HEADERS];
+    size_t r_nh;
+    tg_buf_t r_body;
+    int r_taken;      /* the handler took the body */
+    tg_buf_t r_ohead; /* response header lines from tg_front_add_header */
+} freq_t;
+
+struct tg_front_conn {
+    tg_front_t *c_f;
+    tg_front_conn_t *c_prev, *c_next; /* all connections of the front */
+    tg_front_conn_t *c_fnext;         /* the flush queue */
+    int c_fd;
+    int c_state;
+    int c_depth;       /* front frames on the stack for this connection */
+    int c_reject;      /* status of a request refused while parsing */
+    const char *c_reject_code;
+    unsigned c_gone : 1, c_told : 1, c_keep : 1, c_ready : 1, c_chunked : 1, c_head : 1, c_http10 : 1,
+        c_flushq : 1, c_reading : 1, c_linger : 1;
+    http_parser c_p;
+    freq_t *c_req;
+    tg_buf_t c_out;    /* queued output; c_off bytes of it are written */
+    size_t c_off;
+    tg_buf_t c_in;     /* bytes read ahead while a request was handled */
+    tg_front_event_fn c_on_gone, c_on_drain;
+    void *c_ev_arg;
+    struct event c_rev, c_wev, c_tev;
+    char c_peer[INET6_ADDRSTRLEN];
+};
+
+struct tg_front {
+    struct event_base *f_base;
+    tg_front_opts_t f_o;
+    int f_lfd;
+    struct event *f_lev;       /* the listener */
+    struct event *f_pause_ev;  /* accept paused after EMFILE */
+    struct event *f_flush_ev;  /* priority 0: ends of responses */
+    const struct timeval *f_tmo; /* common timeout: fo_timeout_s */
+    tg_front_conn_t *f_conns;
+    tg_front_conn_t *f_flush, **f_flush_tail;
+    size_t f_nconns;
+    int f_stopping;
+    time_t f_date_t;
+    char f_date[40];
+    char f_scratch[SCRATCH];
+};
+
+static const http_parser_settings settings; /* defined below the callbacks */
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void req_free(freq_t *r)
+{
+    if (!r)
+        return;
+    tg_buf_free(&r->r_head);
+    tg_buf_free(&r->r_body);
+    tg_buf_free(&r->r_ohead);
+    tg_free(r);
+}
+
+static void conn_free(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    if (c->c_fd >= 0) {
+        event_del(&c->c_rev);
+        event_del(&c->c_wev);
+        close(c->c_fd);
+    }
+    event_del(&c->c_tev);
+    if (c->c_prev)
+        c->c_prev->c_next = c->c_next;
+    else
+        f->f_conns = c->c_next;
+    if (c->c_next)
+        c->c_next->c_prev = c->c_prev;
+    f->f_nconns--;
+    req_free(c->c_req);
+    tg_buf_free(&c->c_out);
+    tg_buf_free(&c->c_in);
+    tg_free(c);
+}
+
+/* Frees c when nothing holds it any more. */
+static void conn_release(tg_front_conn_t *c)
+{
+    if (c->c_depth == 0 && c->c_gone && c->c_state != ST_HANDLE && !c->c_flushq)
+        conn_free(c);
+}
+
+/* The socket is done (EOF, error, timeout, or we close it). A handler
+ * that owns the request hears of it from the timer event, never from
+ * inside one of its own calls into the front. */
+static void conn_lost(tg_front_conn_t *c)
+{
+    if (c->c_gone)
+        return;
+    c->c_gone = 1;
+    event_del(&c->c_rev);
+    event_del(&c->c_wev);
+    event_del(&c->c_tev);
+    close(c->c_fd);
+    c->c_fd = -1;
+    if (c->c_state == ST_HANDLE)
+        event_active(&c->c_tev, EV_TIMEOUT, 1);
+}
+
+static void arm_timer(tg_front_conn_t *c, const struct timeval *tv)
+{
+    if (!c->c_gone)
+        event_add(&c->c_tev, tv);
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static size_t out_pending(const tg_front_conn_t *c)
+{
+    return c->c_out.b_len - c->c_off;
+}
+
+static void after_write(tg_front_conn_t *c);
+
+/* Writes queued output. Returns 0 (all written, or the rest waits for the
+ * write event) or -1 (the connection is lost). */
+static int out_send(tg_front_conn_t *c)
+{
+    while (out_pending(c) > 0) {
+        ssize_t n = send(c->c_fd, c->c_out.b_data + c->c_off, out_pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->c_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!event_pending(&c->c_wev, EV_WRITE, NULL))
+                event_add(&c->c_wev, NULL);
+            arm_timer(c, c->c_f->f_tmo); /* a client that takes nothing for the timeout is cut */
+            return 0;
+        }
+        conn_lost(c);
+        return -1;
+    }
+    /* all out: keep a small buffer for the next response */
+    if (c->c_out.b_cap > KEEP_OUT) {
+        tg_buf_free(&c->c_out);
+        tg_buf_init(&c->c_out, SIZE_MAX);
+    } else {
+        tg_buf_reset(&c->c_out);
+    }
+    c->c_off = 0;
+    if (event_pending(&c->c_wev, EV_WRITE, NULL))
+        event_del(&c->c_wev);
+    if (c->c_state == ST_HANDLE)
+        event_del(&c->c_tev);
+    return 0;
+}
+
+/* Sends iov now when nothing is queued, queueing what the socket does not
+ * take; appends to the queue otherwise. Returns 0 or -1 (lost). */
+static int out_writev(tg_front_conn_t *c, struct iovec *iov, int niov)
+{
+    if (c->c_gone)
+        return -1;
+    size_t total = 0, done = 0;
+    for (int i = 0; i < niov; i++)
+        total += iov[i].iov_len;
+    if (out_pending(c) == 0) {
+        for (;;) {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+            ssize_t n = sendmsg(c->c_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n >= 0) {
+                done = (size_t)n;
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            conn_lost(c);
+            return -1;
+        }
+        if (done == total)
+            return 0;
+    }
+    size_t skip = done;
+    for (int i = 0; i < niov; i++) {
+        size_t l = iov[i].iov_len;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        if (tg_buf_append(&c->c_out, (const char *)iov[i].iov_base + skip, l - skip) != 0) {
+            TG_LOG(TG_LOG_ERROR, "front", "out of memory queueing %zu bytes for %s: connection closed", l - skip,
+                   c->c_peer);
+            conn_lost(c);
+            return -1;
+        }
+        skip = 0;
+    }
+    if (!event_pending(&c->c_wev, EV_WRITE, NULL))
+        event_add(&c->c_wev, NULL);
+    arm_timer(c, c->c_f->f_tmo);
+    return 0;
+}
+
+static void flush_enqueue(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    if (c->c_flushq)
+        return;
+    c->c_flushq = 1;
+    c->c_fnext = NULL;
+    *f->f_flush_tail = c;
+    f->f_flush_tail = &c->c_fnext;
+    if (f->f_flush == c)
+        event_active(f->f_flush_ev, EV_TIMEOUT, 1);
+}
+
+/* ---- input ---------------------------------------------------------------- */
+
+static void dispatch(tg_front_conn_t *c);
+static void reject(tg_front_conn_t *c);
+
+/* Feeds bytes to the parser: a complete request is dispatched (bytes
+ * after it wait in c_in), a malformed one refused. */
+static void feed(tg_front_conn_t *c, const char *data, size_t n)
+{
+    size_t used = http_parser_execute(&c->c_p, &settings, data, n);
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->c_p);
+    if (c->c_reject || (e != HPE_OK && e != HPE_PAUSED)) {
+        if (!c->c_reject) {
+            c->c_reject = 400;
+            c->c_reject_code = "malformed_http";
+        }
+        reject(c);
+        return;
+    }
+    if (!c->c_ready)
+        return; /* more to come */
+    if (used < n && tg_buf_append(&c->c_in, data + used, n - used) != 0) {
+        conn_lost(c);
+        return;
+    }
+    dispatch(c);
+}
+
+static void read_more(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    for (int i = 0; i < 16 && !c->c_gone; i++) {
+        ssize_t n = recv(c->c_fd, f->f_scratch, SCRATCH, 0);
+        if (n > 0) {
+            if (c->c_state == ST_READ) {
+                feed(c, f->f_scratch, (size_t)n);
+            } else if (c->c_state == ST_LINGER) {
+                /* dropped */
+            } else if (tg_buf_append(&c->c_in, f->f_scratch, (size_t)n) != 0 || c->c_in.b_len >= PIPELINE_MAX) {
+                /* a client far ahead of us: stop reading until its
+                 * request is answered */
+                event_del(&c->c_rev);
+                c->c_reading = 0;
+                return;
+            }
+            if ((size_t)n < SCRATCH)
+                return;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        conn_lost(c); /* EOF or error */
+        return;
+    }
+}
+
+/* ---- events --------------------------------------------------------------- */
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tg_front_conn_t *c = arg;
+    c->c_depth++;
+    read_more(c);
+    c->c_depth--;
+    conn_release(c);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tg_front_conn_t *c = arg;
+    if (c->c_flushq) {
+        /* the end of its response is queued: it goes out with the flush,
+         * after the hook, never before */
+        event_del(&c->c_wev);
+        return;
+    }
+    c->c_depth++;
+    if (out_send(c) == 0 && out_pending(c) == 0)
+        after_write(c);
+    c->c_depth--;
+    conn_release(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tg_front_conn_t *c = arg;
+    c->c_depth++;
+    if (c->c_gone) {
+        if (c->c_state == ST_HANDLE && !c->c_told) {
+            c->c_told = 1;
+            if (c->c_on_gone)
+                c->c_on_gone(c, c->c_ev_arg);
+        }
+    } else {
+        /* idle keep-alive, a request not sent in time, output not taken
+         * in time, or the end of a linger */
+        conn_lost(c);
+        if (c->c_state == ST_HANDLE) {
+            c->c_told = 1;
+            event_del(&c->c_tev);
+            if (c->c_on_gone)
+                c->c_on_gone(c, c->c_ev_arg);
+        }
+    }
+    c->c_depth--;
+    conn_release(c);
+}
+
+/* Writes the ends of the responses of this loop iteration, after the
+ * before_flush hook (the usage records' commit). */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tg_front_t *f = arg;
+    if (f->f_o.fo_before_flush)
+        f->f_o.fo_before_flush(f->f_o.fo_flush_arg);
+    tg_front_conn_t *c;
+    while ((c = f->f_flush) != NULL) {
+        f->f_flush = c->c_fnext;
+        if (!f->f_flush)
+            f->f_flush_tail = &f->f_flush;
+        c->c_flushq = 0;
+        c->c_depth++;
+        if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
+            after_write(c);
+        c->c_depth--;
+        conn_release(c);
+    }
+}
+
+static void conn_new(tg_front_t *f, int fd, const struct sockaddr_storage *ss);
+
+static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tg_front_t *f = arg;
+    if (!f->f_stopping && f->f_lev)
+        event_add(f->f_lev, NULL);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+    (void)what;
+    tg_front_t *f = arg;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            conn_new(f, fd, &ss);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* out of descriptors: stop accepting for a moment instead of
+             * spinning on a listener that stays readable */
+            TG_LOG(TG_LOG_WARN, "front", "accept: %s (%zu connections open); pausing accepts 100 ms",
+                   strerror(errno), f->f_nconns);
+            struct timeval tv = {0, 100000};
+            event_del(f->f_lev);
+            evtimer_add(f->f_pause_ev, &tv);
+        }
+        return;
+    }
+}
+
+static void conn_new(tg_front_t *f, int fd, const struct sockaddr_storage *ss)
+{
+    tg_front_conn_t *c = tg_calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->c_f = f;
+    c->c_fd = fd;
+    c->c_state = ST_READ;
+    c->c_keep = 1;
+    tg_buf_init(&c->c_out, SIZE_MAX);
+    tg_buf_init(&c->c_in, PIPELINE_MAX + SCRATCH);
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->c_peer, sizeof c->c_peer);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->c_peer, sizeof c->c_peer);
+    http_parser_init(&c->c_p, HTTP_REQUEST);
+    c->c_p.data = c;
+    event_assign(&c->c_rev, f->f_base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(&c->c_wev, f->f_base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+    evtimer_assign(&c->c_tev, f->f_base, on_timer, c);
+    c->c_next = f->f_conns;
+    if (f->f_conns)
+        f->f_conns->c_prev = c;
+    f->f_conns = c;
+    f->f_nconns++;
+    event_add(&c->c_rev, NULL);
+    c->c_reading = 1;
+    arm_timer(c, f->f_tmo);
+}
+
+/* ---- parser callbacks ----------------------------------------------------- */
+
+static freq_t *req_of(http_parser *p)
+{
+    tg_front_conn_t *c = p->data;
+    return c->c_req;
+}
+
+static int too_big(http_parser *p)
+{
+    tg_front_conn_t *c = p->data;
+    c->c_reject = 431;
+    c->c_reject_code = "request_header_too_large";
+    return -1;
+}
+
+static int on_begin(http_parser *p)
+{
+    tg_front_conn_t *c = p->data;
+    tg_front_t *f = c->c_f;
+    if (!c->c_req) {
+        if (!(c->c_req = tg_calloc(1, sizeof *c->c_req))) {
+            c->c_reject = 503;
+            c->c_reject_code = "out_of_memory";
+            return -1;
+        }
+        tg_buf_init(&c->c_req->r_head, f->f_o.fo_max_head);
+        tg_buf_init(&c->c_req->r_body, f->f_o.fo_max_body);
+        tg_buf_init(&c->c_req->r_ohead, 64u << 10);
+    }
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    return tg_buf_append(&req_of(p)->r_head, at, n) == 0 ? 0 : too_big(p);
+}
+
+/* Terminates the target or the header in progress. */
+static int close_field(http_parser *p)
+{
+    freq_t *r = req_of(p);
+    tg_buf_t *h = &r->r_head;
+    if (r->r_last == 0)
+        r->r_target_len = (uint32_t)h->b_len;
+    if (r->r_last == 2) {
+        /* trailing blanks are not part of a value */
+        uint32_t v = r->r_h[r->r_nh - 1].h_val;
+        while (h->b_len > v && (h->b_data[h->b_len - 1] == ' ' || h->b_data[h->b_len - 1] == '\t'))
+            h->b_len--;
+    }
+    if (tg_buf_append(h, "", 1) != 0)
+        return too_big(p);
+    if (r->r_last == 1) { /* a header without a value */
+        r->r_h[r->r_nh - 1].h_val = (uint32_t)h->b_len;
+        if (tg_buf_append(h, "", 1) != 0)
+            return too_big(p);
+    }
+    return 0;
+}
+
+static int on_hfield(http_parser *p, const char *at, size_t n)
+{
+    freq_t *r = req_of(p);
+    if (r->r_last != 1) {
+        if (close_field(p) != 0)
+            return -1;
+        if (r->r_nh == MAX_HEADERS)
+            return too_big(p);
+        r->r_h[r->r_nh++] = (fhdr_t){(uint32_t)r->r_head.b_len, 0};
+        r->r_last = 1;
+    }
+    return tg_buf_append(&r->r_head, at, n) == 0 ? 0 : too_big(p);
+}
+
+static int on_hvalue(http_parser *p, const char *at, size_t n)
+{
+    freq_t *r = req_of(p);
+    if (r->r_last != 2) {
+        if (tg_buf_append(&r->r_head, "", 1) != 0)
+            return too_big(p);
+        r->r_h[r->r_nh - 1].h_val = (uint32_t)r->r_head.b_len;
+        r->r_last = 2;
+    }
+    return tg_buf_append(&r->r_head, at, n) == 0 ? 0 : too_big(p);
+}
+
+static int on_headers_done(http_parser *p)
+{
+    tg_front_conn_t *c = p->data;
+    if (close_field(p) != 0)
+        return -1;
+    if (p->content_length != UINT64_MAX && (p->flags & F_CONTENTLENGTH) &&
+        p->content_length > c->c_f->f_o.fo_max_body) {
+        c->c_reject = 413;
+        c->c_reject_code = "request_too_large";
+        return -1;
+    }
+    const char *ex = tg_front_header(c, "Expect");
+    if (ex && strcasecmp(ex, "100-continue") == 0 && p->http_major == 1 && p->http_minor >= 1) {
+        struct iovec iov = {(void *)"HTTP/1.1 100 Continue\r\n\r\n", 25};
+        out_writev(c, &iov, 1);
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    tg_front_conn_t *c = p->data;
+    int rc = tg_buf_append(&c->c_req->r_body, at, n);
+    if (rc == 0)
+        return 0;
+    c->c_reject = rc == TG_BUF_ETOOBIG ? 413 : 503;
+    c->c_reject_code = rc == TG_BUF_ETOOBIG ? "request_too_large" : "out_of_memory";
+    return -1;
+}
+
+static int on_complete(http_parser *p)
+{
+    tg_front_conn_t *c = p->data;
+    c->c_ready = 1;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_begin,
+    .on_url = on_url,
+    .on_header_field = on_hfield,
+    .on_header_value = on_hvalue,
+    .on_headers_complete = on_headers_done,
+    .on_body = on_body,
+    .on_message_complete = on_complete,
+};
+
+/* ---- requests --------------------------------------------------------------- */
+
+static void dispatch(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    c->c_ready = 0;
+    c->c_state = ST_HANDLE;
+    c->c_told = 0;
+    c->c_keep = http_should_keep_alive(&c->c_p) && !f->f_stopping;
+    c->c_head = c->c_p.method == HTTP_HEAD;
+    c->c_http10 = c->c_p.http_major == 1 && c->c_p.http_minor == 0;
+    c->c_chunked = 0;
+    c->c_on_gone = c->c_on_drain = NULL;
+    event_del(&c->c_tev);
+    c->c_depth++;
+    f->f_o.fo_handler(c, f->f_o.fo_arg);
+    c->c_depth--;
+}
+
+/* The response is fully written: the next request, or the close. */
+static void after_write(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    if (c->c_state == ST_HANDLE) {
+        if (c->c_on_drain)
+            c->c_on_drain(c, c->c_ev_arg);
+        return;
+    }
+    if (c->c_state != ST_ENDED)
+        return;
+    if (c->c_linger) {
+        /* an error reply went out mid-upload: read and drop the rest for
+         * a moment so the client sees the reply, not a reset */
+        c->c_state = ST_LINGER;
+        shutdown(c->c_fd, SHUT_WR);
+        struct timeval tv = {LINGER_S, 0};
+        arm_timer(c, &tv);
+        return;
+    }
+    if (!c->c_keep || f->f_stopping) {
+        conn_lost(c);
+        return;
+    }
+    req_free(c->c_req);
+    c->c_req = NULL;
+    c->c_state = ST_READ;
+    http_parser_pause(&c->c_p, 0);
+    arm_timer(c, f->f_tmo);
+    if (!c->c_reading) {
+        event_add(&c->c_rev, NULL);
+        c->c_reading = 1;
+    }
+    if (c->c_in.b_len) {
+        tg_buf_t in = c->c_in;
+        tg_buf_init(&c->c_in, PIPELINE_MAX + SCRATCH);
+        feed(c, in.b_data, in.b_len);
+        tg_buf_free(&in);
+    }
+}
+
+/* A request the front refuses itself, in the OpenAI error shape; the
+ * connection closes after it. */
+static void reject(tg_front_conn_t *c)
+{
+    int status = c->c_reject ? c->c_reject : 400;
+    char msg[300];
+    if (status == 413)
+        snprintf(msg, sizeof msg, "The request body is larger than this gateway accepts (%zu bytes).",
+                 c->c_f->f_o.fo_max_body);
+    else if (status == 431)
+        snprintf(msg, sizeof msg, "The request head is larger than this gateway accepts (%zu bytes, %d headers).",
+                 c->c_f->f_o.fo_max_head, MAX_HEADERS);
+    else if (status == 400)
+        snprintf(msg, sizeof msg, "Malformed HTTP request: %s.",
+                 http_errno_description(HTTP_PARSER_ERRNO(&c->c_p)));
+    else
+        snprintf(msg, sizeof msg, "The gateway is out of memory.");
+    char body[512];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"param\":null,"
+                     "\"code\":\"%s\"}}\n",
+                     msg, c->c_reject_code ? c->c_reject_code : "bad_request");
+    if (n < 0 || (size_t)n >= sizeof body)
+        n = 0;
+    TG_LOG(TG_LOG_INFO, "front", "refused a request from %s: %d %s", c->c_peer, status, msg);
+    c->c_state = ST_HANDLE;
+    c->c_keep = 0;
+    c->c_linger = 1;
+    c->c_head = 0;
+    c->c_http10 = 0;
+    if (!c->c_req)
+        on_begin(&c->c_p);
+    if (c->c_req)
+        tg_front_add_header(c, "Content-Type", "application/json");
+    c->c_depth++;
+    tg_front_reply(c, status, body, (size_t)n);
+    c->c_depth--;
+}
+
+/* ---- the handler's side ------------------------------------------------------- */
+
+const char *tg_front_method(const tg_front_conn_t *c)
+{
+    return http_method_str((enum http_method)c->c_p.method);
+}
+
+const char *tg_front_target(const tg_front_conn_t *c, size_t *len)
+{
+    *len = c->c_req ? c->c_req->r_target_len : 0;
+    return c->c_req && c->c_req->r_head.b_data ? c->c_req->r_head.b_data : "";
+}
+
+const char *tg_front_header(const tg_front_conn_t *c, const char *name)
+{
+    const freq_t *r = c->c_req;
+    if (!r)
+        return NULL;
+    for (size_t i = 0; i < r->r_nh; i++)
+        if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0)
+            return r->r_head.b_data + r->r_h[i].h_val;
+    return NULL;
+}
+
+const char *tg_front_peer(const tg_front_conn_t *c)
+{
+    return c->c_peer;
+}
+
+char *tg_front_body_take(tg_front_conn_t *c, size_t *len)
+{
+    *len = 0;
+    if (!c->c_req)
+        return NULL;
+    tg_buf_t *b = &c->c_req->r_body;
+    if (c->c_req->r_taken)
+        return NULL;
+    char *p = tg_buf_steal(b, len);
+    c->c_req->r_taken = 1;
+    if (!p)
+        p = tg_strdup("");
+    return p;
+}
+
+void tg_front_set_events(tg_front_conn_t *c, tg_front_event_fn gone, tg_front_event_fn drain, void *arg)
+{
+    c->c_on_gone = gone;
+    c->c_on_drain = drain;
+    c->c_ev_arg = arg;
+    if (gone && c->c_gone && !c->c_told)
+        event_active(&c->c_tev, EV_TIMEOUT, 1); /* it went before we asked */
+}
+
+size_t tg_front_pending(const tg_front_conn_t *c)
+{
+    return out_pending(c);
+}
+
+int tg_front_add_header(tg_front_conn_t *c, const char *name, const char *value)
+{
+    if (!c->c_req)
+        return -1;
+    tg_buf_t *o = &c->c_req->r_ohead;
+    size_t at = o->b_len;
+    if (tg_buf_puts(o, name) || tg_buf_append(o, ": ", 2) || tg_buf_puts(o, value) || tg_buf_append(o, "\r\n", 2)) {
+        o->b_len = at;
+        return -1;
+    }
+    for (size_t i = at + strlen(name) + 2; i < o->b_len - 2; i++)
+        if (o->b_data[i] == '\r' || o->b_data[i] == '\n')
+            o->b_data[i] = ' ';
+    return 0;
+}
+
+/* The status line and the headers, into the output queue. clen < 0: a
+ * stream. */
+static int put_head(tg_front_conn_t *c, int status, long long clen)
+{
+    tg_front_t *f = c->c_f;
+    struct timeval now;
+    event_base_gettimeofday_cached(f->f_base, &now);
+    if (now.tv_sec != f->f_date_t) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        strftime(f->f_date, sizeof f->f_date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        f->f_date_t = now.tv_sec;
+    }
+    const char *reason = http_status_str((enum http_status)status);
+    if (!reason || reason[0] == '<')
+        reason = "Status";
+    tg_buf_t *o = &c->c_out;
+    int rc = tg_buf_printf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason, f->f_date);
+    if (clen >= 0)
+        rc |= tg_buf_printf(o, "Content-Length: %lld\r\n", clen);
+    else if (c->c_chunked)
+        rc |= tg_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+    if (!c->c_keep)
+        rc |= tg_buf_puts(o, "Connection: close\r\n");
+    else if (c->c_http10)
+        rc |= tg_buf_puts(o, "Connection: keep-alive\r\n");
+    if (c->c_req && c->c_req->r_ohead.b_len)
+        rc |= tg_buf_append(o, c->c_req->r_ohead.b_data, c->c_req->r_ohead.b_len);
+    rc |= tg_buf_append(o, "\r\n", 2);
+    return rc ? -1 : 0;
+}
+
+/* The handler is done with c. */
+static void end_request(tg_front_conn_t *c)
+{
+    c->c_state = ST_ENDED;
+    c->c_on_gone = c->c_on_drain = NULL;
+    if (c->c_gone) {
+        conn_release(c);
+        return;
+    }
+    flush_enqueue(c);
+}
+
+void tg_front_reply(tg_front_conn_t *c, int status, const void *body, size_t len)
+{
+    if (!c->c_gone) {
+        if (put_head(c, status, (long long)len) != 0 ||
+            (!c->c_head && len && tg_buf_append(&c->c_out, body, len) != 0)) {
+            TG_LOG(TG_LOG_ERROR, "front", "out of memory writing a %zu-byte reply to %s", len, c->c_peer);
+            conn_lost(c);
+        }
+    }
+    end_request(c);
+}
+
+int tg_front_stream_start(tg_front_conn_t *c, int status)
+{
+    if (c->c_gone)
+        return -1;
+    c->c_chunked = !c->c_http10;
+    if (c->c_http10)
+        c->c_keep = 0; /* the end of the stream is the close */
+    if (put_head(c, status, -1) != 0) {
+        conn_lost(c);
+        return -1;
+    }
+    return out_send(c);
+}
+
+int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len)
+{
+    if (c->c_gone)
+        return -1;
+    if (len == 0 || c->c_head)
+        return 0;
+    char size[20];
+    int k = snprintf(size, sizeof size, "%zx\r\n", len);
+    struct iovec iov[3] = {{size, (size_t)k}, {(void *)data, len}, {(void *)"\r\n", 2}};
+    if (!c->c_chunked)
+        return out_writev(c, &iov[1], 1);
+    return out_writev(c, iov, 3);
+}
+
+void tg_front_stream_end(tg_front_conn_t *c)
+{
+    if (!c->c_gone && c->c_chunked && !c->c_head && tg_buf_append(&c->c_out, "0\r\n\r\n", 5) != 0)
+        conn_lost(c);
+    end_request(c);
+}
+
+void tg_front_abandon(tg_front_conn_t *c)
+{
+    conn_lost(c);
+    end_request(c);
+}
+
+/* ---- the front ------------------------------------------------------------------ */
+
+int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_t *o, tg_front_t **out,
+                    char *err, size_t errlen)
+{
+    *out = NULL;
+    tg_front_t *f = tg_calloc(1, sizeof *f);
+    if (!f) {
+        close(listen_fd);
+        return tg_errf(err, errlen, -1, "out of memory");
+    }
+    f->f_base = base;
+    f->f_o = *o;
+    if (!f->f_o.fo_max_head)
+        f->f_o.fo_max_head = 64u << 10;
+    if (f->f_o.fo_timeout_s <= 0)
+        f->f_o.fo_timeout_s = 120;
+    f->f_lfd = listen_fd;
+    f->f_flush_tail = &f->f_flush;
+    struct timeval tmo = {f->f_o.fo_timeout_s, 0};
+    f->f_tmo = event_base_init_common_timeout(base, &tmo);
+    if (!f->f_tmo)
+        f->f_tmo = &tmo; /* not reached: libevent only fails this on bad input */
+    if (!(f->f_lev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, f)) ||
+        !(f->f_pause_ev = evtimer_new(base, on_resume_accept, f)) ||
+        !(f->f_flush_ev = event_new(base, -1, 0, on_flush, f)) || event_add(f->f_lev, NULL) != 0) {
+        tg_front_destroy(f);
+        return tg_errf(err, errlen, -1, "out of memory creating the HTTP front");
+    }
+    /* the ends of responses go before other work of the iteration, when
+     * the loop has priorities */
+    event_priority_set(f->f_flush_ev, 0);
+    *out = f;
+    return 0;
+}
+
+void tg_front_stop_accepting(tg_front_t *f)
+{
+    if (!f || f->f_stopping)
+        return;
+    f->f_stopping = 1;
+    if (f->f_lev) {
+        event_free(f->f_lev);
+        f->f_lev = NULL;
+    }
+    evtimer_del(f->f_pause_ev);
+    if (f->f_lfd >= 0) {
+        close(f->f_lfd);
+        f->f_lfd = -1;
+    }
+    /* idle connections close now; a connection with a request on its way
+     * in is served, then closed */
+    tg_front_conn_t *c = f->f_conns, *next;
+    for (; c; c = next) {
+        next = c->c_next;
+        if (c->c_state == ST_READ && !c->c_req) {
+            conn_lost(c);
+            conn_release(c);
+        } else {
+            c->c_keep = 0;
+        }
+    }
+}
+
+void tg_front_destroy(tg_front_t *f)
+{
+    if (!f)
+        return;
+    while (f->f_conns) {
+        f->f_conns->c_depth = 0;
+        f->f_conns->c_state = ST_ENDED;
+        conn_free(f->f_conns);
+    }
+    if (f->f_lev)
+        event_free(f->f_lev);
+    if (f->f_pause_ev)
+        event_free(f->f_pause_ev);
+    if (f->f_flush_ev)
+        event_free(f->f_flush_ev);
+    if (f->f_lfd >= 0)
+        close(f->f_lfd);
+    tg_free(f);
+}
+
+size_t tg_front_nconns(const tg_front_t *f)
+{
+    return f ? f->f_nconns : 0;
+}

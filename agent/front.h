@@ -1,0 +1,90 @@
+/* front.h: the agent's HTTP/1.1 server side, one tg_front_t per event
+ * loop. It accepts on the loop's SO_REUSEPORT listener, parses requests
+ * with the nodejs http-parser (Debian's libhttp-parser: a streaming,
+ * allocation-free parser with years of fuzzing behind it, which rejects
+ * request smuggling shapes such as Content-Length with chunked), and
+ * writes replies eagerly: straight to the socket from the caller, queued
+ * only when the kernel's buffer is full. It replaced evhttp, whose own
+ * per-request work was the largest share of a small request's CPU.
+ *
+ * A request is handed to the handler whole (head and body). The handler
+ * ends it exactly once: tg_front_reply(), tg_front_stream_end() or
+ * tg_front_abandon(); it must not touch the connection after that. The
+ * bytes that end a response are written after the loop's before_flush
+ * hook ran (the agent commits its usage records there), still in the
+ * same loop iteration, so a client never sees the end of a response
+ * whose record is not committed. */
+#ifndef TG_AGENT_FRONT_H
+#define TG_AGENT_FRONT_H
+
+#include <event2/event.h>
+#include <stddef.h>
+
+typedef struct tg_front tg_front_t;
+typedef struct tg_front_conn tg_front_conn_t;
+
+/* A complete request arrived on c. */
+typedef void (*tg_front_handler_fn)(tg_front_conn_t *c, void *arg);
+/* c's client went away (gone) or its queued output drained (drain). */
+typedef void (*tg_front_event_fn)(tg_front_conn_t *c, void *arg);
+
+typedef struct tg_front_opts {
+    size_t fo_max_body;        /* larger bodies get a 413 (OpenAI error JSON) */
+    size_t fo_max_head;        /* request line + headers; larger: 431 */
+    int fo_timeout_s;          /* to send a request, or to take queued output; idle keep-alive */
+    tg_front_handler_fn fo_handler;
+    void *fo_arg;
+    void (*fo_before_flush)(void *arg); /* runs before response ends are written */
+    void *fo_flush_arg;
+} tg_front_opts_t;
+
+/* Serves listen_fd (non-blocking, listening; the front closes it) on
+ * base. *out is freed with tg_front_destroy. Returns 0 or a negative
+ * code with err filled. */
+int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_t *o, tg_front_t **out,
+                    char *err, size_t errlen);
+/* Graceful stop: the listener closes, idle connections close, busy ones
+ * close after their response. */
+void tg_front_stop_accepting(tg_front_t *f);
+/* Closes every connection and frees. Requests in flight must have been
+ * ended. Accepts NULL. */
+void tg_front_destroy(tg_front_t *f);
+/* Open client connections. */
+size_t tg_front_nconns(const tg_front_t *f);
+
+/* ---- the request: valid from the handler call until it is ended ---- */
+const char *tg_front_method(const tg_front_conn_t *c); /* "GET", "POST", ... */
+/* The request target (path and query) and its length. */
+const char *tg_front_target(const tg_front_conn_t *c, size_t *len);
+/* The first header called name (any case), NUL-terminated, or NULL. */
+const char *tg_front_header(const tg_front_conn_t *c, const char *name);
+/* The peer's address as text ("127.0.0.1", "::1"). */
+const char *tg_front_peer(const tg_front_conn_t *c);
+/* Takes the body: the caller owns the returned block (tg_free; never
+ * NULL, NUL-terminated, *len bytes before the NUL). A second call, or a
+ * failed allocation, gives NULL. */
+char *tg_front_body_take(tg_front_conn_t *c, size_t *len);
+/* Callbacks for this request: gone is called at most once, when the
+ * client closes or errs before the request is ended (the handler must
+ * still end it; tg_front_abandon is the natural call); drain when output
+ * queued beyond the socket drained. Either may be NULL. */
+void tg_front_set_events(tg_front_conn_t *c, tg_front_event_fn gone, tg_front_event_fn drain, void *arg);
+/* Bytes of response queued because the socket would block. */
+size_t tg_front_pending(const tg_front_conn_t *c);
+
+/* ---- the response ---- */
+/* Adds a header to the response head (CR and LF in values become
+ * spaces). Returns 0 or -1 (out of memory). */
+int tg_front_add_header(tg_front_conn_t *c, const char *name, const char *value);
+/* A whole response with Content-Length; ends the request. */
+void tg_front_reply(tg_front_conn_t *c, int status, const void *body, size_t len);
+/* A streamed response (chunked; HTTP/1.0: raw until close). Returns 0, or
+ * -1 when the client is gone (writes are then discarded). */
+int tg_front_stream_start(tg_front_conn_t *c, int status);
+int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len);
+/* The end of the stream; ends the request. */
+void tg_front_stream_end(tg_front_conn_t *c);
+/* Ends the request without (more of) a reply: the connection closes. */
+void tg_front_abandon(tg_front_conn_t *c);
+
+#endif

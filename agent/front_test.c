@@ -1,0 +1,380 @@
+/* front_test.c: the HTTP/1.1 front (front.c) against raw sockets: the
+ * loop runs on a thread of its own, the test speaks bytes to it the way
+ * odd clients do (pipelining, chunked uploads, Expect, HTTP/1.0, oversize
+ * heads and bodies, garbage, hanging up mid-request, not reading) and
+ * checks what comes back byte for byte. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "agent/front.h"
+#include "base/tg_base.h"
+
+static struct event_base *base;
+static tg_front_t *front;
+static int port;
+static pthread_t loop_thread;
+static atomic_int hooks, gone_seen, drained;
+static struct event *stop_ev;
+static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
+
+/* ---- the handler: what the test paths do ------------------------------------- */
+
+static void on_gone(tg_front_conn_t *c, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&gone_seen, 1);
+    tg_front_abandon(c);
+}
+
+static void on_drain(tg_front_conn_t *c, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&drained, 1);
+    tg_front_stream_write(c, "tail", 4);
+    tg_front_stream_end(c);
+}
+
+static void handler(tg_front_conn_t *c, void *arg)
+{
+    (void)arg;
+    size_t tl;
+    const char *t = tg_front_target(c, &tl);
+    char path[256];
+    snprintf(path, sizeof path, "%.*s", (int)tl, t);
+    if (strcmp(path, "/hang") == 0) {
+        tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
+        return;
+    }
+    if (strcmp(path, "/stream") == 0) {
+        tg_front_add_header(c, "Content-Type", "text/event-stream");
+        tg_front_stream_start(c, 200);
+        tg_front_stream_write(c, "data: 1\n\n", 9);
+        tg_front_stream_write(c, "data: 2\n\n", 9);
+        tg_front_stream_end(c);
+        return;
+    }
+    if (strcmp(path, "/flood") == 0) {
+        /* 8 MiB to a client that does not read yet: most of it queues */
+        static char blob[1 << 20];
+        memset(blob, 'x', sizeof blob);
+        tg_front_stream_start(c, 200);
+        for (int i = 0; i < 8; i++)
+            tg_front_stream_write(c, blob, sizeof blob);
+        if (tg_front_pending(c) == 0) {
+            tg_front_stream_end(c);
+            return;
+        }
+        tg_front_set_events(c, on_gone, on_drain, NULL);
+        return;
+    }
+    size_t bl;
+    char *body = tg_front_body_take(c, &bl);
+    const char *h = tg_front_header(c, "x-test");
+    char out[4096];
+    int n = snprintf(out, sizeof out, "%s %s h=%s peer=%s hooks=%d body=%.*s", tg_front_method(c), path,
+                     h ? h : "-", tg_front_peer(c), atomic_load(&hooks), (int)(bl < 1000 ? bl : 1000),
+                     body ? body : "");
+    tg_free(body);
+    tg_front_add_header(c, "X-Evil", "a\r\nInjected: yes");
+    tg_front_reply(c, 200, out, (size_t)n);
+}
+
+static void hook(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&hooks, 1);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    event_base_loopbreak(base);
+}
+
+static void *loop_main(void *arg)
+{
+    (void)arg;
+    event_base_dispatch(base);
+    return NULL;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    base = event_base_new();
+    event_base_priority_init(base, 2);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 64) != 0)
+        return -1;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    port = ntohs(sa.sin_port);
+    tg_front_opts_t o = {.fo_max_body = 4096, .fo_max_head = 2048, .fo_timeout_s = 5, .fo_handler = handler,
+                         .fo_before_flush = hook};
+    char err[256];
+    if (tg_front_create(base, fd, &o, &front, err, sizeof err) != 0)
+        return -1;
+    if (pipe(stop_pipe) != 0)
+        return -1;
+    stop_ev = event_new(base, stop_pipe[0], EV_READ, on_stop, NULL);
+    event_add(stop_ev, NULL);
+    return pthread_create(&loop_thread, NULL, loop_main, NULL);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (write(stop_pipe[1], "x", 1) != 1)
+        return -1;
+    pthread_join(loop_thread, NULL);
+    close(stop_pipe[0]);
+    close(stop_pipe[1]);
+    tg_front_destroy(front);
+    event_free(stop_ev);
+    event_base_free(base);
+    return 0;
+}
+
+/* ---- the client side ----------------------------------------------------------- */
+
+static int dial(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+static void say(int fd, const char *s)
+{
+    assert_int_equal(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
+}
+
+/* Reads until `want` bytes appear after the start, EOF, or the timeout;
+ * returns what came (a static buffer). */
+static char inbuf[1 << 16];
+static size_t inlen;
+
+static const char *read_until(int fd, const char *want)
+{
+    inlen = 0;
+    inbuf[0] = '\0';
+    while (inlen + 1 < sizeof inbuf) {
+        if (want && strstr(inbuf, want))
+            break;
+        ssize_t n = recv(fd, inbuf + inlen, sizeof inbuf - 1 - inlen, 0);
+        if (n <= 0)
+            break;
+        inlen += (size_t)n;
+        inbuf[inlen] = '\0';
+    }
+    return inbuf;
+}
+
+/* ---- tests --------------------------------------------------------------------- */
+
+static void test_keepalive_two_requests(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "POST /a?x=1 HTTP/1.1\r\nHost: h\r\nX-Test:  spaced  \r\nContent-Length: 5\r\n\r\nhello");
+    const char *r = read_until(fd, "body=hello");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "POST /a?x=1 h=spaced peer=127.0.0.1"));
+    assert_null(strstr(r, "Connection: close"));
+    assert_null(strstr(r, "\r\nInjected:")); /* CR LF in a header value cannot start a header */
+    char cl[64];
+    const char *b = strstr(r, "\r\n\r\n") + 4;
+    snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", strlen(b));
+    assert_non_null(strstr(r, cl));
+    say(fd, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    r = read_until(fd, "body=");
+    assert_non_null(strstr(r, "GET /b h=- "));
+    close(fd);
+}
+
+static void test_pipelined_in_one_write(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\n"
+            "GET /three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    const char *r = read_until(fd, NULL); /* to EOF: the third asked for close */
+    const char *one = strstr(r, "GET /one"), *two = strstr(r, "GET /two"), *three = strstr(r, "GET /three");
+    assert_non_null(one);
+    assert_non_null(two);
+    assert_non_null(three);
+    assert_true(one < two && two < three);
+    assert_non_null(strstr(two, "Connection: close"));
+    close(fd);
+}
+
+static void test_chunked_upload_and_continue(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
+    const char *r = read_until(fd, "\r\n\r\n");
+    assert_string_equal(r, "HTTP/1.1 100 Continue\r\n\r\n");
+    say(fd, "3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
+    r = read_until(fd, "body=abcdefg");
+    assert_non_null(strstr(r, "body=abcdefg"));
+    close(fd);
+}
+
+static void test_refusals_in_openai_shape(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 999999\r\n\r\n");
+    const char *r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 413 Payload Too Large\r\n"));
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"request_too_large\""));
+    assert_non_null(strstr(r, "{\"error\":{\"message\":"));
+    close(fd);
+
+    fd = dial();
+    char big[4096];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    say(fd, "GET / HTTP/1.1\r\nX-Big: ");
+    say(fd, big);
+    say(fd, "\r\n\r\n");
+    r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 431 "));
+    assert_non_null(strstr(r, "request_header_too_large"));
+    close(fd);
+
+    fd = dial();
+    say(fd, "HELLO\x01 what\r\n\r\n");
+    r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    assert_non_null(strstr(r, "Malformed HTTP request"));
+    close(fd);
+
+    fd = dial(); /* smuggling shape: both lengths */
+    say(fd, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 400 "));
+    close(fd);
+}
+
+static void test_stream_chunks(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "GET /stream HTTP/1.1\r\nHost: h\r\n\r\n");
+    const char *r = read_until(fd, "0\r\n\r\n");
+    assert_non_null(strstr(r, "Transfer-Encoding: chunked\r\n"));
+    assert_non_null(strstr(r, "Content-Type: text/event-stream\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"));
+    close(fd);
+    /* HTTP/1.0: no chunks; the close ends the stream */
+    fd = dial();
+    say(fd, "GET /stream HTTP/1.0\r\n\r\n");
+    r = read_until(fd, NULL);
+    assert_null(strstr(r, "chunked"));
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\ndata: 1\n\ndata: 2\n\n"));
+    close(fd);
+}
+
+static void test_end_written_after_hook(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "GET /h HTTP/1.1\r\nHost: h\r\n\r\n");
+    const char *r = read_until(fd, "body=");
+    int at_reply = (int)strtol(strstr(r, "hooks=") + 6, NULL, 10);
+    /* the reply's bytes were written after a hook run newer than the one
+     * the handler saw */
+    assert_true(atomic_load(&hooks) > at_reply);
+    close(fd);
+}
+
+static void test_hangup_tells_the_handler(void **state)
+{
+    (void)state;
+    int before = atomic_load(&gone_seen);
+    int fd = dial();
+    say(fd, "GET /hang HTTP/1.1\r\nHost: h\r\n\r\n");
+    usleep(100000);
+    close(fd);
+    for (int i = 0; i < 100 && atomic_load(&gone_seen) == before; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&gone_seen), before + 1);
+}
+
+static void test_backpressure_drains(void **state)
+{
+    (void)state;
+    int before = atomic_load(&drained);
+    int fd = dial();
+    say(fd, "GET /flood HTTP/1.1\r\nHost: h\r\n\r\n");
+    usleep(200000); /* the handler queued what the socket would not take */
+    size_t total = 0;
+    char buf[65536];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+        if (total >= (8u << 20) && memmem(buf, (size_t)n, "tail\r\n0\r\n\r\n", 11))
+            break;
+    }
+    assert_true(total > (8u << 20));
+    assert_int_equal(atomic_load(&drained), before + 1);
+    close(fd);
+}
+
+static void test_idle_count(void **state)
+{
+    (void)state;
+    int fds[20];
+    for (int i = 0; i < 20; i++)
+        fds[i] = dial();
+    usleep(100000);
+    assert_true(tg_front_nconns(front) >= 20);
+    for (int i = 0; i < 20; i++)
+        close(fds[i]);
+    for (int i = 0; i < 100 && tg_front_nconns(front) > 0; i++)
+        usleep(10000);
+    assert_int_equal(tg_front_nconns(front), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keepalive_two_requests),
+        cmocka_unit_test(test_pipelined_in_one_write),
+        cmocka_unit_test(test_chunked_upload_and_continue),
+        cmocka_unit_test(test_refusals_in_openai_shape),
+        cmocka_unit_test(test_stream_chunks),
+        cmocka_unit_test(test_end_written_after_hook),
+        cmocka_unit_test(test_hangup_tells_the_handler),
+        cmocka_unit_test(test_backpressure_drains),
+        cmocka_unit_test(test_idle_count),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
