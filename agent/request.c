@@ -1,4 +1,4 @@
-/* request.c: one client request, from the evhttp callback to its receipt.
+/* request.c: one client request, from the front's handler call to its receipt.
  *
  * Lifecycle (all on the worker that accepted the connection):
  *   1. route the path; take the worker's configuration reference;
@@ -27,7 +27,6 @@
 #include <time.h>
 
 #include "agent/server_int.h"
-#include <event2/bufferevent.h>
 #include "base/tg_log.h"
 #include "billing/tg_billing.h"
 #include "crypto/tg_crypto.h"
@@ -39,6 +38,7 @@
 #define ERR_BODY_MAX (64 << 10) /* upstream error bodies kept */
 #define RESP_MAX (64u << 20)    /* non-streaming answers buffered */
 #define SSE_EVENT_MAX (4u << 20)
+#define STREAM_QUEUE_MAX (256u << 10) /* stream bytes queued for a slow client before the upstream pauses */
 
 #define DEF_CONNECT_MS 5000
 #define DEF_FIRST_BYTE_MS 120000
@@ -89,8 +89,7 @@ struct req {
     worker_t *rq_w;
     req_t *rq_prev, *rq_next;
     tg_pool_t *rq_pool;
-    struct evhttp_request *rq_hr;
-    struct evhttp_connection *rq_conn;
+    tg_front_conn_t *rq_c;    /* the client's request; NULL once it is ended */
     tg_cfg_t *rq_cfg;
     const tg_key_t *rq_key;
     const tg_account_t *rq_acct;
@@ -101,9 +100,9 @@ struct req {
     const char *rq_ua;
     const char *rq_endpoint;
     const endpoint_t *rq_ep;  /* NULL for GET /v1/models */
-    const char *rq_body;      /* the request body, in rq_body_buf */
+    const char *rq_body;      /* the request body (rq_body_own, or "") */
     size_t rq_body_len;
-    struct evbuffer *rq_body_buf;
+    char *rq_body_own;        /* taken from the front: it outlives the client */
     tg_scan_t rq_scan;
     int64_t rq_t0_us;
     /* routing */
@@ -125,8 +124,7 @@ struct req {
     int rq_got_byte;
     int rq_fb_timeout;        /* the first-byte timer fired */
     struct event *rq_timer;   /* first-byte timeout or backoff */
-    struct event *rq_peer_ev; /* watches the client socket for EOF */
-    struct event *rq_peer_timer; /* arms rq_peer_ev if the answer is slow */
+    int rq_paused;            /* the upstream is paused: the client is behind */
     int rq_timer_backoff;
     /* the client side */
     int rq_started;           /* the response head went out: no more retries */
@@ -135,7 +133,7 @@ struct req {
     int rq_saw_done;
     tg_buf_t rq_resp;
     tg_sse_t rq_sse;
-    struct evbuffer *rq_chunk;
+    tg_buf_t rq_chunk;        /* stream events of one upstream read, for one write */
     int64_t rq_ttft_us;
     int64_t rq_resp_bytes;
     /* what was counted */
@@ -182,30 +180,17 @@ static uint64_t rng(worker_t *w)
 
 /* ---- replies ------------------------------------------------------------------ */
 
-static void add_header(struct evhttp_request *hr, const char *k, const char *v)
+static void add_header(tg_front_conn_t *c, const char *k, const char *v)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(hr), k, v);
+    tg_front_add_header(c, k, v);
 }
 
-/* Stops evhttp from telling us about this connection's close: called
- * before every reply, because a reply can free the connection at once
- * (and with it run the close callback). */
-static void quiet_close(req_t *rq)
-{
-    if (rq->rq_peer_timer)
-        evtimer_del(rq->rq_peer_timer);
-    if (rq->rq_peer_ev)
-        event_del(rq->rq_peer_ev);
-    if (rq->rq_conn && !rq->rq_client_gone)
-        evhttp_connection_set_closecb(rq->rq_conn, NULL, NULL);
-    rq->rq_conn = NULL;
-}
-
-/* An OpenAI-shaped error: {"error":{"message","type","param","code"}}. */
-static void send_error(struct evhttp_request *hr, const char *reqid, int status, const char *type,
+/* An OpenAI-shaped error: {"error":{"message","type","param","code"}}.
+ * Ends the request c. */
+static void send_error(tg_front_conn_t *c, const char *reqid, int status, const char *type,
                        const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-static void send_error(struct evhttp_request *hr, const char *reqid, int status, const char *type,
+static void send_error(tg_front_conn_t *c, const char *reqid, int status, const char *type,
                        const char *code, const char *fmt, ...)
 {
     char msg[1024];
@@ -225,15 +210,10 @@ static void send_error(struct evhttp_request *hr, const char *reqid, int status,
     else
         tg_buf_puts(&b, "null");
     tg_buf_puts(&b, "}}\n");
-    struct evbuffer *out = evbuffer_new();
-    if (out && b.b_len)
-        evbuffer_add(out, b.b_data, b.b_len);
-    add_header(hr, "Content-Type", "application/json");
+    add_header(c, "Content-Type", "application/json");
     if (reqid)
-        add_header(hr, "x-request-id", reqid);
-    evhttp_send_reply(hr, status, NULL, out);
-    if (out)
-        evbuffer_free(out);
+        add_header(c, "x-request-id", reqid);
+    tg_front_reply(c, status, b.b_data, b.b_len);
     tg_buf_free(&b);
 }
 
@@ -283,21 +263,19 @@ static void drop_easy(req_t *rq)
         evtimer_del(rq->rq_timer);
 }
 
-/* Frees what the request holds. The evhttp request itself is evhttp's. */
+/* Frees what the request holds; a client request not answered yet (a
+ * shutdown) is abandoned: its connection closes. */
 static void req_free(req_t *rq)
 {
-    quiet_close(rq);
+    if (rq->rq_c) {
+        tg_front_abandon(rq->rq_c);
+        rq->rq_c = NULL;
+    }
     drop_easy(rq);
     if (rq->rq_timer)
         event_free(rq->rq_timer);
-    if (rq->rq_peer_ev)
-        event_free(rq->rq_peer_ev);
-    if (rq->rq_peer_timer)
-        event_free(rq->rq_peer_timer);
-    if (rq->rq_chunk)
-        evbuffer_free(rq->rq_chunk);
-    if (rq->rq_body_buf)
-        evbuffer_free(rq->rq_body_buf);
+    tg_buf_free(&rq->rq_chunk);
+    tg_free(rq->rq_body_own);
     tg_buf_free(&rq->rq_upbody);
     tg_buf_free(&rq->rq_resp);
     tg_buf_free(&rq->rq_text);
@@ -557,9 +535,9 @@ static void emit_record(req_t *rq)
     }
 }
 
-/* Ends the request: receipt, then frees. When the client went away the
- * detached evhttp request is released by the send call (evhttp frees a
- * request whose connection is gone). */
+/* Ends the request: receipt, then frees. The client's response, if any,
+ * was ended before: its last bytes go out after this iteration's outbox
+ * commit (front.h). */
 static void finish(req_t *rq)
 {
     if (rq->rq_ep) {
@@ -581,7 +559,7 @@ static void finish(req_t *rq)
 
 /* ---- client replies from an attempt -------------------------------------------- */
 
-static void route_headers(req_t *rq, struct evhttp_request *hr)
+static void route_headers(req_t *rq, tg_front_conn_t *hr)
 {
     add_header(hr, "x-request-id", rq->rq_id);
     if (!rq->rq_key || !rq->rq_key->expose_cost || !rq->rq_natt)
@@ -607,11 +585,11 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
     va_end(ap);
     rq->rq_status = status;
     rq->rq_final_class = cls;
-    if (!rq->rq_client_gone) {
-        quiet_close(rq);
+    if (rq->rq_c) {
         if (rq->rq_route)
-            route_headers(rq, rq->rq_hr);
-        send_error(rq->rq_hr, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
+            route_headers(rq, rq->rq_c);
+        send_error(rq->rq_c, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
+        rq->rq_c = NULL;
     }
     finish(rq);
 }
@@ -663,7 +641,7 @@ static int forward_response_event(req_t *rq, const char *ev, size_t n)
     if (resp_event_is(ev, n, "response.output_text.delta"))
         tg_agent_collect_key(ev, n, rq->rq_ep->ep_delta_key, &rq->rq_text);
     rq->rq_resp_bytes += (int64_t)n;
-    return evbuffer_add(rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+    return tg_buf_append(&rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
 static int forward_event(void *arg, const char *ev, size_t n)
@@ -696,16 +674,16 @@ static int forward_event(void *arg, const char *ev, size_t n)
         }
     }
     rq->rq_resp_bytes += (int64_t)n;
-    return evbuffer_add(rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+    return tg_buf_append(&rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
 static void start_stream(req_t *rq)
 {
-    struct evhttp_request *hr = rq->rq_hr;
+    tg_front_conn_t *hr = rq->rq_c;
     route_headers(rq, hr);
     add_header(hr, "Content-Type", "text/event-stream; charset=utf-8");
     add_header(hr, "Cache-Control", "no-cache");
-    evhttp_send_reply_start(hr, 200, "OK");
+    tg_front_stream_start(hr, 200);
     rq->rq_started = 1;
     rq->rq_status = 200;
     rq->rq_ttft_us = now_us() - rq->rq_t0_us;
@@ -736,12 +714,23 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
     if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream) {
         if (!rq->rq_started)
             start_stream(rq);
+        /* A client that reads slower than the upstream writes: the upstream
+         * pauses (its TCP window closes) until the queue drains, instead of
+         * the answer piling up here. */
+        if (tg_front_pending(rq->rq_c) >= STREAM_QUEUE_MAX) {
+            rq->rq_paused = 1;
+            return CURL_WRITEFUNC_PAUSE;
+        }
         if (tg_sse_feed(&rq->rq_sse, data, n, forward_event, rq) != 0) {
             snprintf(a->at_msg, sizeof a->at_msg, "an upstream event passed %u bytes", SSE_EVENT_MAX);
             return 0;
         }
-        if (evbuffer_get_length(rq->rq_chunk))
-            evhttp_send_reply_chunk(rq->rq_hr, rq->rq_chunk);
+        if (rq->rq_chunk.b_len) {
+            /* a failed write means the client is gone: the front says so
+             * next (on_front_gone), which cancels this call */
+            tg_front_stream_write(rq->rq_c, rq->rq_chunk.b_data, rq->rq_chunk.b_len);
+            tg_buf_reset(&rq->rq_chunk);
+        }
         return n;
     }
     if (rq->rq_up_status >= 200 && rq->rq_up_status < 300) {
@@ -1056,7 +1045,7 @@ static void start_attempt(req_t *rq)
     }
     const tg_agent_opts_t *ao = &rq->rq_w->w_agent->a_opts;
     for (int i = 0; i < ao->ao_nforward; i++) {
-        const char *v = evhttp_find_header(evhttp_request_get_input_headers(rq->rq_hr), ao->ao_forward[i]);
+        const char *v = rq->rq_c ? tg_front_header(rq->rq_c, ao->ao_forward[i]) : NULL;
         if (!v)
             continue;
         snprintf(hdr, sizeof hdr, "%s: %s", ao->ao_forward[i], v);
@@ -1162,9 +1151,9 @@ static int classify(req_t *rq, CURLcode res)
 
 static void send_buffered(req_t *rq, int status)
 {
-    struct evhttp_request *hr = rq->rq_hr;
-    struct evbuffer *out = evbuffer_new();
-    quiet_close(rq);
+    tg_front_conn_t *hr = rq->rq_c;
+    if (!hr)
+        return;
     route_headers(rq, hr);
     if (status == 200 && rq->rq_key && rq->rq_key->expose_cost) {
         meter_and_price(rq);
@@ -1176,14 +1165,11 @@ static void send_buffered(req_t *rq, int status)
         }
     }
     add_header(hr, "Content-Type", "application/json");
-    if (out && rq->rq_resp.b_len)
-        evbuffer_add(out, rq->rq_resp.b_data, rq->rq_resp.b_len);
     rq->rq_status = status;
     rq->rq_resp_bytes = (int64_t)rq->rq_resp.b_len;
     rq->rq_ttft_us = now_us() - rq->rq_t0_us;
-    evhttp_send_reply(hr, status, NULL, out);
-    if (out)
-        evbuffer_free(out);
+    tg_front_reply(hr, status, rq->rq_resp.b_data, rq->rq_resp.b_len);
+    rq->rq_c = NULL;
 }
 
 void tg_req_upstream_done(req_t *rq, CURLcode res)
@@ -1215,9 +1201,9 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
             rq->rq_final_class = cls;
             snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
         }
-        if (!rq->rq_client_gone) {
-            quiet_close(rq);
-            evhttp_send_reply_end(rq->rq_hr);
+        if (rq->rq_c) {
+            tg_front_stream_end(rq->rq_c);
+            rq->rq_c = NULL;
         }
         finish(rq);
         return;
@@ -1279,69 +1265,39 @@ static void client_gone(req_t *rq)
         rq->rq_status = 499;
 }
 
-/* evhttp reports a closed connection (a failed write, mostly): it has
- * detached the request, which it frees when we complete it. */
-static void on_client_close(struct evhttp_connection *conn, void *arg)
+/* The front says the client hung up (EOF or a failed write) before the
+ * request ended: cancel the upstream call, bill what was produced. */
+static void on_front_gone(tg_front_conn_t *c, void *arg)
 {
-    (void)conn;
     req_t *rq = arg;
     client_gone(rq);
-    if (rq->rq_started)
-        evhttp_send_reply_end(rq->rq_hr);
-    else
-        evhttp_send_reply(rq->rq_hr, 499, "Client Closed Request", NULL);
+    tg_front_abandon(c);
+    rq->rq_c = NULL;
     finish(rq);
 }
 
-static void on_peer_watch(evutil_socket_t fd, short what, void *arg)
+/* The client took what was queued: let a paused upstream go on. */
+static void on_front_drain(tg_front_conn_t *c, void *arg)
 {
-    (void)fd;
-    (void)what;
+    (void)c;
     req_t *rq = arg;
-    if (rq->rq_conn && !rq->rq_client_gone)
-        event_add(rq->rq_peer_ev, NULL);
-}
-
-/* evhttp does not read from a connection while its request is being
- * answered, so it would not notice a client that hangs up while we wait
- * for the upstream (a slow first token, a non-streaming answer). We watch
- * the socket ourselves: EOF or an error means the client is gone; bytes
- * (a pipelined request) end the watch. */
-static void on_peer_readable(evutil_socket_t fd, short what, void *arg)
-{
-    (void)what;
-    req_t *rq = arg;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
-        if (n < 0)
-            event_add(rq->rq_peer_ev, NULL);
-        return;
+    if (rq->rq_paused && rq->rq_easy) {
+        rq->rq_paused = 0;
+        curl_easy_pause(rq->rq_easy, CURLPAUSE_CONT);
     }
-    struct evhttp_connection *conn = rq->rq_conn;
-    if (!conn)
-        return;
-    evhttp_connection_set_closecb(conn, NULL, NULL);
-    rq->rq_conn = NULL;
-    client_gone(rq);
-    finish(rq);
-    evhttp_connection_free(conn); /* frees the evhttp request too */
 }
 
 /* ---- the front: auth, policy, dispatch ------------------------------------------ */
 
 /* Client address: the peer, or from X-Forwarded-For when the peer is a
  * trusted proxy (rightmost address that is not itself a trusted proxy). */
-static void client_ip(req_t *rq, struct evkeyvalq *in)
+static void client_ip(req_t *rq)
 {
-    char *peer = NULL;
-    ev_uint16_t port = 0;
-    evhttp_connection_get_peer(rq->rq_conn, &peer, &port);
-    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", peer ? peer : "");
+    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
     tg_ip_t ip;
     if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
         return;
-    const char *xff = evhttp_find_header(in, "X-Forwarded-For");
+    const char *xff = tg_front_header(rq->rq_c, "X-Forwarded-For");
     if (!xff)
         return;
     size_t end = strlen(xff);
@@ -1380,14 +1336,14 @@ static int model_allowed(const tg_key_t *k, const char *model)
 
 /* Authenticates and checks the key's own policy. Returns 0, or sends the
  * error and returns -1. */
-static int authenticate(req_t *rq, struct evkeyvalq *in)
+static int authenticate(req_t *rq)
 {
-    const char *auth = evhttp_find_header(in, "Authorization");
+    const char *auth = tg_front_header(rq->rq_c, "Authorization");
     const char *secret = NULL;
     if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
         secret = auth + 7;
     else if (!auth)
-        secret = evhttp_find_header(in, "x-api-key");
+        secret = tg_front_header(rq->rq_c, "x-api-key");
     while (secret && *secret == ' ')
         secret++;
     if (!secret || !*secret) {
@@ -1440,27 +1396,25 @@ static int authenticate(req_t *rq, struct evkeyvalq *in)
 
 /* Every POST endpoint of endpoints[]: the same path, the table's
  * differences applied where they matter. */
-static void handle_post(req_t *rq, struct evkeyvalq *in)
+static void handle_post(req_t *rq)
 {
-    if (authenticate(rq, in) != 0)
+    if (authenticate(rq) != 0)
         return;
-    struct evbuffer *body = evhttp_request_get_input_buffer(rq->rq_hr);
-    size_t len = evbuffer_get_length(body);
+    /* The body is taken from the front: it is still needed after the
+     * client went away (local token counts of a cancelled request). */
+    size_t len = 0;
+    if (!(rq->rq_body_own = tg_front_body_take(rq->rq_c, &len))) {
+        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
+        return;
+    }
+    rq->rq_body = rq->rq_body_own;
+    rq->rq_body_len = len;
     if ((int64_t)len > tg_cfg_max_request_bytes(rq->rq_cfg)) {
         fail_request(rq, 413, "invalid_request_error", "request_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "The request body has %zu bytes; the limit is %lld.", len,
                      (long long)tg_cfg_max_request_bytes(rq->rq_cfg));
         return;
     }
-    /* The body moves (no copy) into a buffer of our own: evhttp frees its
-     * request's buffers when the client goes away, and the body is still
-     * needed then (local token counts of a cancelled request). */
-    if (!(rq->rq_body_buf = evbuffer_new()) || evbuffer_add_buffer(rq->rq_body_buf, body) != 0) {
-        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
-        return;
-    }
-    rq->rq_body = len ? (const char *)evbuffer_pullup(rq->rq_body_buf, -1) : "";
-    rq->rq_body_len = len;
     char err[TG_ERRLEN] = "";
     if (tg_agent_scan(rq->rq_body, len, &rq->rq_scan, err, sizeof err) != 0) {
         fail_request(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
@@ -1539,7 +1493,8 @@ static void handle_post(req_t *rq, struct evkeyvalq *in)
     tg_buf_init(&rq->rq_resp, RESP_MAX);
     tg_buf_init(&rq->rq_text, RESP_MAX);
     tg_sse_init(&rq->rq_sse, SSE_EVENT_MAX);
-    if (!(rq->rq_chunk = evbuffer_new()) || !(rq->rq_timer = evtimer_new(rq->rq_w->w_base, on_timer, rq))) {
+    tg_buf_init(&rq->rq_chunk, SSE_EVENT_MAX * 2);
+    if (!(rq->rq_timer = evtimer_new(rq->rq_w->w_base, on_timer, rq))) {
         fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
         return;
     }
@@ -1562,22 +1517,13 @@ static void handle_post(req_t *rq, struct evkeyvalq *in)
         give_up(rq, NULL);
         return;
     }
-    evhttp_connection_set_closecb(rq->rq_conn, on_client_close, rq);
-    /* The socket watch starts only if the answer takes a while: most
-     * requests end first and save the two epoll_ctl calls (a timer is a
-     * heap insert). */
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->rq_conn);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    struct timeval later = {0, 200000};
-    if (fd >= 0 && (rq->rq_peer_ev = event_new(rq->rq_w->w_base, fd, EV_READ, on_peer_readable, rq)) != NULL &&
-        (rq->rq_peer_timer = evtimer_new(rq->rq_w->w_base, on_peer_watch, rq)) != NULL)
-        evtimer_add(rq->rq_peer_timer, &later);
+    tg_front_set_events(rq->rq_c, on_front_gone, on_front_drain, rq);
     start_attempt(rq);
 }
 
-static void handle_models(req_t *rq, struct evkeyvalq *in)
+static void handle_models(req_t *rq)
 {
-    if (authenticate(rq, in) != 0)
+    if (authenticate(rq) != 0)
         return;
     const tg_snap_t *s = tg_cfg_snapshot(rq->rq_cfg);
     tg_buf_t b;
@@ -1595,37 +1541,28 @@ static void handle_models(req_t *rq, struct evkeyvalq *in)
         first = 0;
     }
     tg_buf_puts(&b, "]}\n");
-    struct evbuffer *out = evbuffer_new();
-    if (out && b.b_len)
-        evbuffer_add(out, b.b_data, b.b_len);
-    quiet_close(rq);
-    add_header(rq->rq_hr, "Content-Type", "application/json");
-    add_header(rq->rq_hr, "x-request-id", rq->rq_id);
+    add_header(rq->rq_c, "Content-Type", "application/json");
+    add_header(rq->rq_c, "x-request-id", rq->rq_id);
     rq->rq_status = 200;
-    evhttp_send_reply(rq->rq_hr, 200, "OK", out);
-    if (out)
-        evbuffer_free(out);
+    tg_front_reply(rq->rq_c, 200, b.b_data, b.b_len);
+    rq->rq_c = NULL;
     tg_buf_free(&b);
     req_free(rq); /* listing models is not metered: no receipt */
 }
 
-static void plain(struct evhttp_request *hr, int status, const char *text)
+static void plain(tg_front_conn_t *hr, int status, const char *text)
 {
-    struct evbuffer *out = evbuffer_new();
-    if (out)
-        evbuffer_add(out, text, strlen(text));
     add_header(hr, "Content-Type", "text/plain");
-    evhttp_send_reply(hr, status, NULL, out);
-    if (out)
-        evbuffer_free(out);
+    tg_front_reply(hr, status, text, strlen(text));
 }
 
-void tg_req_handle(struct evhttp_request *hr, void *arg)
+void tg_req_handle(tg_front_conn_t *hr, void *arg)
 {
     worker_t *w = arg;
-    const char *uri = evhttp_request_get_uri(hr);
+    size_t ulen;
+    const char *uri = tg_front_target(hr, &ulen);
     size_t plen = strcspn(uri, "?");
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(hr);
+    const char *method = tg_front_method(hr);
     tg_cfg_t *cfg = tg_worker_cfg(w);
 #define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
 #define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
@@ -1642,13 +1579,10 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
                 ms[n++] = a->a_workers[i].w_metrics;
         tg_buf_t b;
         tg_buf_init(&b, 64u << 20);
-        struct evbuffer *out = evbuffer_new();
-        if (tg_metrics_render(ms, n, a->a_outbox ? tg_outbox_depth(a->a_outbox) : 0, &b) == 0 && out && b.b_len)
-            evbuffer_add(out, b.b_data, b.b_len);
+        if (tg_metrics_render(ms, n, a->a_outbox ? tg_outbox_depth(a->a_outbox) : 0, &b) != 0)
+            tg_buf_reset(&b);
         add_header(hr, "Content-Type", "text/plain; version=0.0.4");
-        evhttp_send_reply(hr, 200, "OK", out);
-        if (out)
-            evbuffer_free(out);
+        tg_front_reply(hr, 200, b.b_data, b.b_len);
         tg_buf_free(&b);
         return;
     }
@@ -1671,7 +1605,7 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
         send_error(hr, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
         return;
     }
-    if ((post && cmd != EVHTTP_REQ_POST) || (models && cmd != EVHTTP_REQ_GET)) {
+    if ((post && strcmp(method, "POST") != 0) || (models && strcmp(method, "GET") != 0)) {
         send_error(hr, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
                    post ? "POST" : "GET", (int)plen, uri);
         return;
@@ -1689,8 +1623,7 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
     }
     rq->rq_pool = pool;
     rq->rq_w = w;
-    rq->rq_hr = hr;
-    rq->rq_conn = evhttp_request_get_connection(hr);
+    rq->rq_c = hr;
     rq->rq_t0_us = now_us();
     rq->rq_ep = ep;
     rq->rq_endpoint = ep ? ep->ep_path : "/v1/models";
@@ -1698,14 +1631,13 @@ void tg_req_handle(struct evhttp_request *hr, void *arg)
     tg_cfg_ref(cfg);
     rq->rq_cfg = cfg;
     link_req(rq);
-    struct evkeyvalq *in = evhttp_request_get_input_headers(hr);
-    const char *run = evhttp_find_header(in, "X-Tollgate-Run");
-    const char *ua = evhttp_find_header(in, "User-Agent");
+    const char *run = tg_front_header(hr, "X-Tollgate-Run");
+    const char *ua = tg_front_header(hr, "User-Agent");
     rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
     rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
-    client_ip(rq, in);
+    client_ip(rq);
     if (post)
-        handle_post(rq, in);
+        handle_post(rq);
     else
-        handle_models(rq, in);
+        handle_models(rq);
 }

@@ -1,14 +1,10 @@
 /* server.c: the agent's threads and event loops. Each worker owns a
- * libevent loop, an evhttp server on its own SO_REUSEPORT listener and a
- * libcurl multi handle driven by the same loop through the multi_socket
- * API (curl tells us which fds and timeouts to watch; the loop calls
- * curl_multi_socket_action when they fire). A request is handled start to
- * end on the worker that accepted it (request.c); nothing here blocks.
- *
- * Why evhttp for the front: it gave a working keep-alive, chunked-reply
- * server fastest. DESIGN.md measured its own cost at ~20 us per request;
- * the plan is to replace it with a bufferevent front and a small parser
- * once the whole path works end to end (see README.md, "Next"). */
+ * libevent loop, an HTTP front (front.c) on its own SO_REUSEPORT listener
+ * and a libcurl multi handle driven by the same loop through the
+ * multi_socket API (curl tells us which fds and timeouts to watch; the
+ * loop calls curl_multi_socket_action when they fire). A request is
+ * handled start to end on the worker that accepted it (request.c);
+ * nothing here blocks. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -119,12 +115,11 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
 /* Records of the requests finished in one loop iteration are committed in
  * one LMDB write transaction (DESIGN.md: one transaction per request costs
- * 15-30 us). The commit event has priority 0, every other event of the
- * loop priority 1: libevent runs the highest-priority active events first
- * and starts a new iteration after them, and the client socket is written
- * by its bufferevent's EV_WRITE event, which becomes active only at the
- * next epoll_wait. So the records are committed before the last bytes of
- * their responses reach the socket. */
+ * 15-30 us). The front writes the last bytes of every response only after
+ * its before_flush hook, which is this commit, so a client never sees the
+ * end of an answer whose record is not in the outbox. The commit event
+ * (priority 0, like the front's flush) covers records without a client
+ * reply (a client that hung up). */
 void tg_worker_commit(worker_t *w)
 {
     tg_agent_t *a = w->w_agent;
@@ -142,6 +137,11 @@ void tg_worker_commit(worker_t *w)
         tg_free(w->w_pend_ids[i]);
     }
     w->w_npend = 0;
+}
+
+static void before_flush(void *arg)
+{
+    tg_worker_commit(arg);
 }
 
 static void on_commit(evutil_socket_t fd, short what, void *arg)
@@ -207,10 +207,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         return;
     w->w_draining = 1;
     event_del(w->w_stop_ev);
-    if (w->w_bound) {
-        evhttp_del_accept_socket(w->w_http, w->w_bound);
-        w->w_bound = NULL;
-    }
+    tg_front_stop_accepting(w->w_front);
     struct timeval tv = {0, 50000};
     if (!(w->w_drain_ev = event_new(w->w_base, -1, EV_PERSIST, on_drain, w)) || event_add(w->w_drain_ev, &tv) != 0)
         event_base_loopexit(w->w_base, NULL);
@@ -243,8 +240,8 @@ static void worker_free(worker_t *w)
     tg_req_abort_all(w);
     if (w->w_commit_ev)
         tg_worker_commit(w);
-    if (w->w_http)
-        evhttp_free(w->w_http);
+    tg_front_destroy(w->w_front);
+    w->w_front = NULL;
     while (w->w_nidle > 0)
         curl_easy_cleanup(w->w_idle[--w->w_nidle]);
     if (w->w_multi)
@@ -275,23 +272,24 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
     w->w_metrics = tg_metrics_create();
     if (!(w->w_base = event_base_new()) || event_base_priority_init(w->w_base, 2) != 0 ||
         !(w->w_commit_ev = event_new(w->w_base, -1, 0, on_commit, w)) ||
-        event_priority_set(w->w_commit_ev, 0) != 0 || !(w->w_http = evhttp_new(w->w_base)) ||
-        !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
+        event_priority_set(w->w_commit_ev, 0) != 0 || !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
         !(w->w_stop_ev = event_new(w->w_base, a->a_stop_pipe[0], EV_READ | EV_PERSIST, on_stop, w))) {
         close(fd);
         return tg_errf(err, errlen, TG_AGENT_ENOMEM, "worker %d: out of memory", idx);
     }
     event_add(w->w_stop_ev, NULL);
-    evhttp_set_max_body_size(w->w_http, (ev_ssize_t)a->a_opts.ao_max_body);
-    evhttp_set_max_headers_size(w->w_http, 64 * 1024);
-    evhttp_set_allowed_methods(w->w_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
-                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH);
-    evhttp_set_timeout(w->w_http, 120);
-    evhttp_set_gencb(w->w_http, tg_req_handle, w);
-    if (!(w->w_bound = evhttp_accept_socket_with_handle(w->w_http, fd))) {
-        close(fd);
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "worker %d: evhttp_accept_socket failed", idx);
-    }
+    tg_front_opts_t fo = {
+        .fo_max_body = a->a_opts.ao_max_body,
+        .fo_max_head = 64u << 10,
+        .fo_timeout_s = 120,
+        .fo_handler = tg_req_handle,
+        .fo_arg = w,
+        .fo_before_flush = before_flush,
+        .fo_flush_arg = w,
+    };
+    int rc = tg_front_create(w->w_base, fd, &fo, &w->w_front, err, errlen); /* owns fd from here */
+    if (rc)
+        return rc;
     curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETDATA, w);
     curl_multi_setopt(w->w_multi, CURLMOPT_TIMERFUNCTION, timer_cb);

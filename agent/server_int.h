@@ -7,12 +7,11 @@
 #include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
 #include "agent/agent_int.h"
+#include "agent/front.h"
 #include "meter/tg_meter.h"
 
 typedef struct req req_t;
@@ -23,11 +22,10 @@ struct worker {
     int w_idx;
     pthread_t w_thread;
     struct event_base *w_base;
-    struct evhttp *w_http;
+    tg_front_t *w_front;
     CURLM *w_multi;
     struct event *w_curl_timer;
     struct event *w_stop_ev;
-    struct evhttp_bound_socket *w_bound; /* the listener, closed at stop */
     struct event *w_drain_ev;
     int w_draining;
     int w_drain_ticks;
@@ -95,7 +93,7 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
 void tg_cplink_stop(tg_cplink_t *l);
 
 /* request.c */
-void tg_req_handle(struct evhttp_request *hr, void *worker);
+void tg_req_handle(tg_front_conn_t *c, void *worker);
 void tg_req_upstream_done(req_t *rq, CURLcode res);
 /* Frees every request still in flight (shutdown): the loop is stopped. */
 void tg_req_abort_all(worker_t *w);
