@@ -311,7 +311,10 @@ static void read_more(tg_front_conn_t *c)
                 feed(c, f->f_scratch, (size_t)n);
             } else if (c->c_state == ST_LINGER) {
                 /* dropped */
-            } else if (tg_buf_append(&c->c_in, f->f_scratch, (size_t)n) != 0 || c->c_in.b_len >= PIPELINE_MAX) {
+            } else if (tg_buf_append(&c->c_in, f->f_scratch, (size_t)n) != 0) {
+                conn_lost(c); /* out of memory: the bytes cannot be kept */
+                return;
+            } else if (c->c_in.b_len >= PIPELINE_MAX) {
                 /* a client far ahead of us: stop reading until its
                  * request is answered */
                 event_del(&c->c_rev);
