@@ -45,8 +45,13 @@ typedef struct tg_cp_agent_side {
     int as_resnap_pending;            /* (mu) streams wait for a fresh snapshot */
     pthread_t as_watch_thr, as_resnap_thr;
     int as_watch_started, as_resnap_started;
-    /* settle.c: one settlement at a time on the leader */
+    /* settle.c: one settlement transaction at a time on the leader; batches
+     * that arrive meanwhile queue and go together in the next one */
     pthread_mutex_t as_settle_mu;
+    pthread_mutex_t as_gmu;           /* guards the group-commit queue */
+    pthread_cond_t as_gcv;            /* a group was committed or failed */
+    struct settle_job *as_gq_head, *as_gq_tail; /* (gmu) batches waiting */
+    int as_gleading;                  /* (gmu) a group commit is under way */
     uint64_t as_settled_seq;          /* (settle_mu) last TG_CP_K_SETTLED seq used */
     int64_t as_settled_seq_modrev;    /* (settle_mu) its mod_rev; -1: read it again */
     /* leader.c */

@@ -209,6 +209,8 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
         pthread_mutex_init(&as->as_mu, NULL);
         pthread_cond_init(&as->as_cv, NULL);
         pthread_mutex_init(&as->as_settle_mu, NULL);
+        pthread_mutex_init(&as->as_gmu, NULL);
+        pthread_cond_init(&as->as_gcv, NULL);
         as->as_settled_seq_modrev = -1;
         cp->cp_agent = as;
     }
@@ -300,6 +302,8 @@ void cp_agent_side_free(tg_cp_t *cp)
     tg_cp_agent_side_stop(cp);
     cp->cp_agent = NULL;
     pthread_mutex_destroy(&as->as_settle_mu);
+    pthread_cond_destroy(&as->as_gcv);
+    pthread_mutex_destroy(&as->as_gmu);
     pthread_cond_destroy(&as->as_cv);
     pthread_mutex_destroy(&as->as_mu);
     tg_free(as);

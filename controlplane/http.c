@@ -86,6 +86,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         metric(&b, "tollgate_cp_cost_mismatches_total", "counter",
                "records whose recomputed cost differed from the agent's",
                atomic_load(&cp->cp_m_mismatches));
+        metric(&b, "tollgate_cp_unbilled_records_total", "counter",
+               "records with a cost settled unbilled: no account or bucket to debit",
+               atomic_load(&cp->cp_m_unbilled));
+        metric(&b, "tollgate_cp_settle_groups_total", "counter",
+               "settlement transactions (each commits one or more batches)",
+               atomic_load(&cp->cp_m_groups));
         metric(&b, "tollgate_cp_sync_streams", "gauge", "open agent Sync streams",
                atomic_load(&cp->cp_m_sync_streams));
         metric(&b, "tollgate_cp_ledger_exports", "gauge", "ledger exports streaming now",

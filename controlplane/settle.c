@@ -374,41 +374,65 @@ static int bal_load(tg_cp_t *cp, const Tollgate__V1__Account *a, const Tollgate_
     return 0;
 }
 
-/* The common transaction: markers and balances and one settled-log value.
- * Returns 1 committed, 0 compare failed (re-read), negative on error. On
- * TG_STORE_EUNKNOWN, reads the marker to learn the outcome. */
-static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char *marker,
-                         const tg_buf_t *marker_val, bal_t *bals, size_t nbal, const tg_buf_t *settled,
-                         int64_t *rev_out, char *err, size_t errlen)
+/* What one settlement transaction writes (see the file comment). */
+typedef struct commit_spec {
+    int64_t cs_leader_rev;                 /* fencing: our leader key's create_revision */
+    const char *const *cs_markers;         /* dedup markers, compared absent, then put */
+    const tg_buf_t *const *cs_marker_vals; /* their values (the answers) */
+    size_t cs_nmark;
+    bal_t *cs_bals;                        /* balances, compared unchanged, then put */
+    size_t cs_nbal;
+    const tg_buf_t *cs_settled;            /* the settled-log value, or NULL/empty */
+    const tg_store_cmp_t *cs_xcmps;        /* the caller's extra compares and puts */
+    size_t cs_nxcmp;                       /*   (a balance change's audit event) */
+    const tg_store_op_t *cs_xops;
+    size_t cs_nxop;
+} commit_spec_t;
+
+#define COMMIT_MAX (TG_STORE_MAX_TXN_OPS + 8)
+
+/* The common transaction: markers, balances, one settled-log value and the
+ * caller's extras. Returns 1 committed, 0 compare failed (re-read),
+ * negative on error (TG_STORE_ETOOBIG past the store's limits). On
+ * TG_STORE_EUNKNOWN, reads the first marker to learn the outcome. */
+static int settle_commit(tg_cp_agent_side_t *as, const commit_spec_t *cs, int64_t *rev_out, char *err,
+                         size_t errlen)
 {
     tg_store_t *st = as->as_cp->cp_store;
-    tg_store_cmp_t cmps[3 + SETTLE_MAX_BALANCES];
-    tg_store_op_t ops[3 + SETTLE_MAX_BALANCES];
+    tg_store_cmp_t cmps[COMMIT_MAX];
+    tg_store_op_t ops[COMMIT_MAX];
     tg_store_txn_res_t tres;
     char seqkey[sizeof(TG_CP_K_SETTLED) + 24], seqval[24];
     size_t nc = 0, no = 0;
     uint64_t seq = as->as_settled_seq + 1;
+    int has_settled = cs->cs_settled != NULL && cs->cs_settled->b_len > 0;
 
+    if (cs->cs_nmark == 0 || 2 + cs->cs_nmark + cs->cs_nbal + cs->cs_nxcmp > COMMIT_MAX ||
+        2 + cs->cs_nmark + cs->cs_nbal + cs->cs_nxop > COMMIT_MAX)
+        return tg_errf(err, errlen, TG_STORE_ETOOBIG, "settlement transaction: too many operations");
     memset(cmps, 0, sizeof(cmps));
     memset(ops, 0, sizeof(ops));
-    cmps[nc++] = (tg_store_cmp_t){.c_key = marker, .c_key_len = strlen(marker),
-                                  .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
+    for (size_t i = 0; i < cs->cs_nmark; i++)
+        cmps[nc++] = (tg_store_cmp_t){.c_key = cs->cs_markers[i], .c_key_len = strlen(cs->cs_markers[i]),
+                                      .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
     cmps[nc++] = (tg_store_cmp_t){.c_key = TG_CP_K_LEADER, .c_key_len = strlen(TG_CP_K_LEADER),
                                   .c_target = TG_STORE_CMP_CREATE_REV, .c_op = TG_STORE_EQ,
-                                  .c_num = leader_rev};
-    for (size_t i = 0; i < nbal; i++) {
-        cmps[nc++] = (tg_store_cmp_t){.c_key = bals[i].b_key, .c_key_len = strlen(bals[i].b_key),
+                                  .c_num = cs->cs_leader_rev};
+    for (size_t i = 0; i < cs->cs_nbal; i++) {
+        bal_t *b = &cs->cs_bals[i];
+        cmps[nc++] = (tg_store_cmp_t){.c_key = b->b_key, .c_key_len = strlen(b->b_key),
                                       .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ,
-                                      .c_num = bals[i].b_modrev};
-        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = bals[i].b_key,
-                                    .op_key_len = strlen(bals[i].b_key),
-                                    .op_val = bals[i].b_packed.b_data,
-                                    .op_val_len = bals[i].b_packed.b_len};
+                                      .c_num = b->b_modrev};
+        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = b->b_key,
+                                    .op_key_len = strlen(b->b_key), .op_val = b->b_packed.b_data,
+                                    .op_val_len = b->b_packed.b_len};
     }
-    ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = marker,
-                                .op_key_len = strlen(marker), .op_val = marker_val->b_data,
-                                .op_val_len = marker_val->b_len};
-    if (settled != NULL && settled->b_len > 0) {
+    for (size_t i = 0; i < cs->cs_nmark; i++)
+        ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = cs->cs_markers[i],
+                                    .op_key_len = strlen(cs->cs_markers[i]),
+                                    .op_val = cs->cs_marker_vals[i]->b_data,
+                                    .op_val_len = cs->cs_marker_vals[i]->b_len};
+    if (has_settled) {
         snprintf(seqkey, sizeof(seqkey), TG_CP_K_SETTLED "%020" PRIu64, seq);
         snprintf(seqval, sizeof(seqval), "%" PRIu64, seq);
         cmps[nc++] = (tg_store_cmp_t){.c_key = TG_CP_K_SETTLED_SEQ,
@@ -416,18 +440,23 @@ static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char 
                                       .c_target = TG_STORE_CMP_MOD_REV, .c_op = TG_STORE_EQ,
                                       .c_num = as->as_settled_seq_modrev};
         ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = seqkey,
-                                    .op_key_len = strlen(seqkey), .op_val = settled->b_data,
-                                    .op_val_len = settled->b_len};
+                                    .op_key_len = strlen(seqkey), .op_val = cs->cs_settled->b_data,
+                                    .op_val_len = cs->cs_settled->b_len};
         ops[no++] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = TG_CP_K_SETTLED_SEQ,
                                     .op_key_len = strlen(TG_CP_K_SETTLED_SEQ), .op_val = seqval,
                                     .op_val_len = strlen(seqval)};
     }
+    for (size_t i = 0; i < cs->cs_nxcmp; i++)
+        cmps[nc++] = cs->cs_xcmps[i];
+    for (size_t i = 0; i < cs->cs_nxop; i++)
+        ops[no++] = cs->cs_xops[i];
     int rc = tg_store_txn(st, cmps, nc, ops, no, NULL, 0, &tres, err, errlen);
     if (rc == TG_STORE_EUNKNOWN) {
         /* sent, no answer: the marker says whether it applied */
         tg_store_kv_t *kv = NULL;
         char err2[TG_ERRLEN] = "";
-        if (tg_store_get(st, marker, strlen(marker), &kv, NULL, err2, sizeof(err2)) < 0)
+        if (tg_store_get(st, cs->cs_markers[0], strlen(cs->cs_markers[0]), &kv, NULL, err2,
+                         sizeof(err2)) < 0)
             return rc;
         int applied = kv != NULL;
         if (applied)
@@ -436,7 +465,7 @@ static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char 
         as->as_settled_seq_modrev = -1;
         if (!applied)
             return 0;
-        if (settled != NULL && settled->b_len > 0)
+        if (has_settled)
             as->as_settled_seq = seq;
         return 1;
     }
@@ -444,7 +473,7 @@ static int settle_commit(tg_cp_agent_side_t *as, int64_t leader_rev, const char 
         return rc;
     int ok = tres.tx_succeeded;
     *rev_out = tres.tx_revision;
-    if (ok && settled != NULL && settled->b_len > 0) {
+    if (ok && has_settled) {
         as->as_settled_seq = seq;
         as->as_settled_seq_modrev = tres.tx_revision;
     }
@@ -567,6 +596,11 @@ static int unpack_pooled(tg_pool_t *pool, const ProtobufCMessageDescriptor *d, c
 }
 
 /* Everything one ReportUsage call holds. */
+typedef struct id_ix {
+    const char *ii_id;
+    size_t ii_i;
+} id_ix_t;
+
 typedef struct settle_ctx {
     tg_cp_t *sc_cp;
     tg_pool_t *sc_pool;                /* sc_signed and sc_batch live here */
@@ -575,19 +609,16 @@ typedef struct settle_ctx {
     Tollgate__V1__AgentInfo *sc_agent;
     cache_t sc_accounts, sc_cards, sc_channels;
     int *sc_dup;                       /* per record: 1 duplicate */
-    const Tollgate__V1__Account **sc_acct; /* per record */
-    const char **sc_bucket;            /* per record */
+    const Tollgate__V1__Account **sc_acct; /* per record; NULL: no such account */
+    const char **sc_bucket;            /* per record; NULL: no bucket to debit */
+    const char **sc_unbilled;          /* per record: why its cost is not debited, or NULL */
+    char **sc_unbilled_buf;            /* per record: storage for that reason */
     int64_t *sc_cost, *sc_upcost;      /* per record: recomputed */
     int *sc_mismatch;
-    bal_t *sc_bals;
-    size_t sc_nbal;
-    size_t *sc_balidx;                 /* per record: index in sc_bals */
+    size_t *sc_balidx;                 /* per record: index in the group's balances */
     Tollgate__V1__LedgerEntry *sc_entries;
-    Tollgate__V1__LedgerEntry **sc_entry_ptrs;
     char **sc_orig;                    /* per record: its own bucket, currency */
-    size_t *sc_len;                    /* per entry: its packed size */
-    tg_ledger_row_t *sc_rows;          /* per entry: its ledger row */
-    size_t sc_nentries;
+    id_ix_t *sc_ids;                   /* the records' ids, sorted by (id, index) */
 } settle_ctx_t;
 
 static void ctx_free(settle_ctx_t *c)
@@ -600,12 +631,12 @@ static void ctx_free(settle_ctx_t *c)
             c->sc_batch->records[i]->bucket = c->sc_orig[2 * i];
             c->sc_batch->records[i]->currency = c->sc_orig[2 * i + 1];
         }
+    for (size_t i = 0; c->sc_unbilled_buf != NULL && c->sc_batch != NULL && i < c->sc_batch->n_records; i++)
+        tg_free(c->sc_unbilled_buf[i]);
+    tg_free(c->sc_unbilled_buf);
+    tg_free(c->sc_unbilled);
     tg_free(c->sc_orig);
-    tg_free(c->sc_len);
-    tg_free(c->sc_rows);
-    for (size_t i = 0; i < c->sc_nbal; i++)
-        bal_clear(&c->sc_bals[i]);
-    tg_free(c->sc_bals);
+    tg_free(c->sc_ids);
     tg_free(c->sc_balidx);
     tg_free(c->sc_dup);
     tg_free(c->sc_acct);
@@ -614,22 +645,12 @@ static void ctx_free(settle_ctx_t *c)
     tg_free(c->sc_upcost);
     tg_free(c->sc_mismatch);
     tg_free(c->sc_entries);
-    tg_free(c->sc_entry_ptrs);
     cache_free(&c->sc_accounts);
     cache_free(&c->sc_cards);
     cache_free(&c->sc_channels);
     tg_rpc_pb_free((ProtobufCMessage *)c->sc_agent);
     tg_pool_destroy(c->sc_pool); /* sc_batch, sc_signed */
 }
-
-/* Prices every record and picks its bucket (no balance read yet). */
-/* Marks records already settled: repeated inside the batch, committed by
- * this leader but not yet in the ledger (pending), or in the ledger. Pending
- * is read first: an id leaves it only after the ledger has it. */
-typedef struct id_ix {
-    const char *ii_id;
-    size_t ii_i;
-} id_ix_t;
 
 static int cmp_id_ix(const void *a, const void *b)
 {
@@ -638,46 +659,45 @@ static int cmp_id_ix(const void *a, const void *b)
     return c ? c : (x->ii_i > y->ii_i) - (x->ii_i < y->ii_i);
 }
 
-static int mark_duplicates(settle_ctx_t *c, char *err, size_t errlen)
+/* Whether id is among the n sorted ids v. */
+static int ids_have(const id_ix_t *v, size_t n, const char *id)
 {
-    Tollgate__V1__UsageBatch *b = c->sc_batch;
-    tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
-    size_t n = b->n_records;
-    id_ix_t *v = tg_calloc(n ? n : 1, sizeof(*v));
-    if (v == NULL)
-        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory");
-    for (size_t i = 0; i < n; i++) {
-        const char *id = b->records[i]->record_id;
-        if (id[0] == '\0' || strlen(id) > TG_LEDGER_ID_MAX) {
-            tg_free(v);
-            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                           "records[%zu].record_id: must be 1..%d bytes", i, TG_LEDGER_ID_MAX);
-        }
-        v[i] = (id_ix_t){id, i};
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(v[mid].ii_id, id);
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    /* repeats inside the batch: sorted by (id, index), all but the first */
-    qsort(v, n, sizeof(*v), cmp_id_ix);
-    for (size_t i = 1; i < n; i++)
-        if (strcmp(v[i].ii_id, v[i - 1].ii_id) == 0)
-            c->sc_dup[v[i].ii_i] = 1;
-    tg_free(v);
-    pthread_mutex_lock(&as->as_mu);
-    for (size_t i = 0; i < n; i++)
-        if (!c->sc_dup[i] && pending_has(as, b->records[i]->record_id))
-            c->sc_dup[i] = 1;
-    pthread_mutex_unlock(&as->as_mu);
-    return TG_RPC_CODE_OK;
+    return 0;
 }
 
+/* Sets an unbilled reason for record i (copied). */
+static void set_unbilled(settle_ctx_t *c, size_t i, const char *fmt, const char *a)
+{
+    char buf[TG_STORE_MAX_KEY + 64];
+    snprintf(buf, sizeof(buf), fmt, a);
+    tg_free(c->sc_unbilled_buf[i]);
+    c->sc_unbilled_buf[i] = tg_strdup(buf);
+    c->sc_unbilled[i] = c->sc_unbilled_buf[i] != NULL ? c->sc_unbilled_buf[i] : "no bucket to debit";
+}
+
+/* Prices every record and picks its bucket, before the batch queues for a
+ * group commit (so concurrent batches price in parallel). Reads only
+ * configuration: whether a record is a duplicate is decided at commit time
+ * (mark_duplicates). A record never fails its batch for a configuration
+ * problem: no account, or no bucket for its route type, leaves it without
+ * a bucket (settled unbilled if it has a cost, see build_job). */
 static int price_records(settle_ctx_t *c, char *err, size_t errlen)
 {
     tg_cp_t *cp = c->sc_cp;
     Tollgate__V1__UsageBatch *b = c->sc_batch;
     char key[TG_STORE_MAX_KEY];
-    int code = mark_duplicates(c, err, errlen);
-    if (code != TG_RPC_CODE_OK)
-        return code;
-    /* the previous priced record's lookups (see below) */
+    /* the previous record's lookups (see below) */
     const char *last_acct_id = NULL, *last_card_id = NULL, *last_model = NULL, *last_chan_id = NULL;
     const Tollgate__V1__Account *last_acct = NULL;
     const Tollgate__V1__PriceEntry *last_pe = NULL;
@@ -690,38 +710,33 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         if (r->record_id[0] == '\0' || strlen(r->record_id) > TG_LEDGER_ID_MAX)
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "records[%zu].record_id: must be 1..%d bytes", i, TG_LEDGER_ID_MAX);
-        if (!c->sc_dup[i]) {
-            int found = 0;
-            if (tg_ledger_get(cp->cp_ledger, r->record_id, found_cb, NULL, &found, err, errlen) < 0)
-                return TG_RPC_CODE_UNAVAILABLE;
-            c->sc_dup[i] = found;
-        }
-        if (c->sc_dup[i])
-            continue;
+        c->sc_ids[i] = (id_ix_t){r->record_id, i};
+        const Tollgate__V1__TokenUsage *u = r->usage;
+        int64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
+        int64_t cr = u ? u->cache_read_tokens : 0, cw = u ? u->cache_write_tokens : 0;
+        int64_t im = u ? u->images : 0;
+        if (in < 0 || out < 0 || cr < 0 || cw < 0 || im < 0)
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "records[%zu] (%s).usage: token counts must be >= 0", i, r->record_id);
         /* Records of a batch mostly share their account, price entry and
          * channel: each is looked up again only when it differs from the
-         * previous priced record's (same keys, same answer: the caches and
-         * the card are not changed while the batch is priced). */
-        if (last_acct == NULL || strcmp(last_acct_id, r->account_id) != 0) {
-            snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", r->account_id);
-            if (cache_get(cp, &c->sc_accounts, key, &tollgate__v1__account__descriptor, &m, err,
-                          errlen) < 0)
-                return TG_RPC_CODE_UNAVAILABLE;
-            if (m == NULL)
-                return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
-                               "records[%zu] (%s): account '%s' not found", i, r->record_id,
-                               r->account_id);
-            last_acct = (const Tollgate__V1__Account *)m;
+         * previous record's (same keys, same answer: the caches and the
+         * card are not changed while the batch is priced). */
+        if (last_acct_id == NULL || strcmp(last_acct_id, r->account_id) != 0) {
+            last_acct = NULL;
+            if (r->account_id[0] != '\0') {
+                snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", r->account_id);
+                if (cache_get(cp, &c->sc_accounts, key, &tollgate__v1__account__descriptor, &m, err,
+                              errlen) < 0)
+                    return TG_RPC_CODE_UNAVAILABLE;
+                last_acct = (const Tollgate__V1__Account *)m;
+            }
             last_acct_id = r->account_id;
         }
         const Tollgate__V1__Account *a = last_acct;
         c->sc_acct[i] = a;
-        c->sc_bucket[i] = tg_billing_bucket(a, (int)r->route_type);
-        if (c->sc_bucket[i] == NULL)
-            return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
-                           "records[%zu] (%s): account '%s' has no bucket for route type %d", i,
-                           r->record_id, a->id, (int)r->route_type);
-        if (r->bucket[0] != '\0' && strcmp(r->bucket, c->sc_bucket[i]) != 0)
+        c->sc_bucket[i] = a != NULL ? tg_billing_bucket(a, (int)r->route_type) : NULL;
+        if (c->sc_bucket[i] != NULL && r->bucket[0] != '\0' && strcmp(r->bucket, c->sc_bucket[i]) != 0)
             TG_LOG(TG_LOG_WARN, "cp.settle", "record %s named bucket %s; account map says %s",
                    r->record_id, r->bucket, c->sc_bucket[i]);
         /* price: the card version the record names */
@@ -761,13 +776,6 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
             else if (r->unit_prices != NULL)
                 cost_rate = r->unit_prices->cost_rate_ppm;
         }
-        const Tollgate__V1__TokenUsage *u = r->usage;
-        int64_t in = u ? u->input_tokens : 0, out = u ? u->output_tokens : 0;
-        int64_t cr = u ? u->cache_read_tokens : 0, cw = u ? u->cache_write_tokens : 0;
-        int64_t im = u ? u->images : 0;
-        if (in < 0 || out < 0 || cr < 0 || cw < 0 || im < 0)
-            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                           "records[%zu] (%s).usage: token counts must be >= 0", i, r->record_id);
         char perr[TG_ERRLEN] = "";
         int prc = TG_BILLING_EINVAL;
         if (pe != NULL) {
@@ -780,7 +788,14 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                 c->sc_upcost[i] = upcost;
             }
         }
-        if (prc != 0) {
+        if (prc != 0 && r->price_card_id[0] == '\0' && r->cost_nano == 0 && in == 0 && out == 0 &&
+            cr == 0 && cw == 0 && im == 0) {
+            /* nothing to price (every attempt failed upstream): a receipt
+             * row of cost 0, not a mismatch */
+            c->sc_cost[i] = 0;
+            c->sc_upcost[i] = 0;
+            prc = 0;
+        } else if (prc != 0) {
             /* no price to recompute from: charge what the agent reported and
              * flag it, so an operator sees it in the ledger */
             if (pe == NULL)
@@ -798,7 +813,17 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         }
         if (r->cost_nano != c->sc_cost[i])
             c->sc_mismatch[i] = 1;
+        /* a cost with nowhere to debit it: kept in the row, flagged, counted */
+        if (c->sc_bucket[i] == NULL && c->sc_cost[i] != 0) {
+            if (a == NULL)
+                set_unbilled(c, i, "account '%s' not found", r->account_id);
+            else
+                set_unbilled(c, i, "account has no bucket for route type %s",
+                             r->route_type == 0 ? "unspecified" : route_type_name((int)r->route_type));
+        }
     }
+    /* sorted once here, outside the commit lock, for mark_duplicates */
+    qsort(c->sc_ids, b->n_records, sizeof(*c->sc_ids), cmp_id_ix);
     return TG_RPC_CODE_OK;
 }
 
@@ -822,146 +847,586 @@ static size_t put_varint(uint8_t *p, uint64_t v)
     return k;
 }
 
-/* Reads the touched balances (again, after a compare failure) and builds
- * the entries, the settled value, and the marker. */
-static int build_commit(settle_ctx_t *c, int64_t now_us, tg_buf_t *settled, tg_buf_t *marker_val,
-                        Tollgate__V1__ReportUsageResponse *resp, char *err, size_t errlen)
+/* ---- group commit ---------------------------------------------------------------
+ *
+ * ReportUsage calls verify and price their batch in parallel, then queue.
+ * The first caller to find no commit under way leads: it takes the queued
+ * batches (up to GROUP_MAX_JOBS) and, under as_settle_mu, settles them in
+ * ONE store transaction: every batch's marker compared absent and put, the
+ * balances they touch (each compared unchanged), one settled-log value
+ * holding all their ledger rows, the log's seq, the leader fence. Batches
+ * arriving meanwhile queue for the next group, so under load every commit
+ * (fsync) and every ledger append covers several batches. The leader hands
+ * the lead on as soon as its transaction returns, then waits for its
+ * tailer and wakes its group's callers, who answer.
+ *
+ * Exactly-once is unchanged: a record is a duplicate if it repeats inside
+ * its batch, inside an earlier batch of the same group, in the pending set
+ * or in the ledger; the same batch twice in one group goes to the next
+ * group, where its marker answers it. A group fits the store's limits: the
+ * settled value at most TG_STORE_MAX_VALUE, compares and puts at most
+ * TG_STORE_MAX_TXN_OPS; the batches that do not fit wait for the next
+ * group (a batch too big alone fails as before). */
+
+#define GROUP_MAX_JOBS 16
+/* compares: leader, seq, a marker per job, a balance each */
+#define GROUP_MAX_BALANCES (TG_STORE_MAX_TXN_OPS - 2 - GROUP_MAX_JOBS)
+#define BUILD_CUT 1 /* build_job: does not fit after the others, next group */
+
+typedef struct settle_job {
+    struct settle_job *j_next;         /* (gmu) queue link */
+    settle_ctx_t *j_c;
+    char j_marker[TG_STORE_MAX_KEY];
+    tg_buf_t j_marker_val;             /* the packed j_resp, committed as the marker */
+    Tollgate__V1__ReportUsageResponse j_resp;
+    tg_buf_t *j_reply;                 /* the caller's reply (a duplicate batch's answer) */
+    int j_done;                        /* (gmu) settled, answered or failed */
+    int j_answered;                    /* the reply is already in j_reply */
+    int j_code;                        /* TG_RPC_CODE_* */
+    char j_err[TG_ERRLEN];
+    int64_t j_rev;                     /* revision of its commit */
+    size_t j_first;                    /* its first entry in the group's value */
+} settle_job_t;
+
+typedef struct settle_group {
+    settle_job_t *g_jobs[GROUP_MAX_JOBS];
+    size_t g_n;                        /* jobs taken (then: committed prefix) */
+    bal_t g_bals[GROUP_MAX_BALANCES];
+    size_t g_nbal;
+    int64_t g_saved[GROUP_MAX_BALANCES]; /* balances before the job being built */
+    Tollgate__V1__LedgerEntry **g_ents; /* the value's entries, in order */
+    size_t *g_len;                     /* per entry: packed size */
+    tg_ledger_row_t *g_rows;           /* per entry: its ledger row */
+    size_t g_nent, g_cap;
+    size_t g_total;                    /* bytes of the settled value so far */
+    tg_buf_t g_settled;
+} settle_group_t;
+
+/* Marks records already settled (group time, as_settle_mu held):
+ * repeated inside the batch, in an earlier batch of the group, committed by
+ * this leader but not yet in the ledger (pending), or in the ledger. Pending
+ * is read first: an id leaves it only after the ledger has it. */
+static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen)
 {
+    settle_ctx_t *c = g->g_jobs[j]->j_c;
     Tollgate__V1__UsageBatch *b = c->sc_batch;
-    size_t n = b->n_records, ne = 0;
-    for (size_t i = 0; i < c->sc_nbal; i++)
-        bal_clear(&c->sc_bals[i]);
-    c->sc_nbal = 0;
+    tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+    size_t n = b->n_records;
+    memset(c->sc_dup, 0, (n ? n : 1) * sizeof(int));
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(c->sc_ids[i].ii_id, c->sc_ids[i - 1].ii_id) == 0)
+            c->sc_dup[c->sc_ids[i].ii_i] = 1;
+    for (size_t k = 0; k < j; k++) {
+        settle_ctx_t *o = g->g_jobs[k]->j_c;
+        for (size_t i = 0; i < n; i++)
+            if (!c->sc_dup[i] && ids_have(o->sc_ids, o->sc_batch->n_records, b->records[i]->record_id))
+                c->sc_dup[i] = 1;
+    }
+    pthread_mutex_lock(&as->as_mu);
+    for (size_t i = 0; i < n; i++)
+        if (!c->sc_dup[i] && pending_has(as, b->records[i]->record_id))
+            c->sc_dup[i] = 1;
+    pthread_mutex_unlock(&as->as_mu);
     for (size_t i = 0; i < n; i++) {
         if (c->sc_dup[i])
             continue;
+        int found = 0;
+        if (tg_ledger_get(c->sc_cp->cp_ledger, b->records[i]->record_id, found_cb, NULL, &found, err,
+                          errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        c->sc_dup[i] = found;
+    }
+    return TG_RPC_CODE_OK;
+}
+
+static int group_reserve(settle_group_t *g, size_t more, char *err, size_t errlen)
+{
+    if (g->g_nent + more <= g->g_cap)
+        return 0;
+    size_t nc = g->g_nent + more + 1024;
+    Tollgate__V1__LedgerEntry **e = tg_realloc(g->g_ents, nc * sizeof(*e));
+    if (e != NULL)
+        g->g_ents = e;
+    size_t *l = tg_realloc(g->g_len, nc * sizeof(*l));
+    if (l != NULL)
+        g->g_len = l;
+    tg_ledger_row_t *r = tg_realloc(g->g_rows, nc * sizeof(*r));
+    if (r != NULL)
+        g->g_rows = r;
+    if (e == NULL || l == NULL || r == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
+    g->g_cap = nc;
+    return 0;
+}
+
+/* Adds job j's entries to the group: its balances (read when new to the
+ * group), its LedgerEntry rows (sized, packed later) and its answer.
+ * Returns TG_RPC_CODE_OK, BUILD_CUT when it fits alone but not after the
+ * group's earlier jobs, or a code with err set (the job's own failure). On
+ * anything but OK the caller rolls the group back to before j. */
+static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, size_t errlen)
+{
+    settle_job_t *job = g->g_jobs[j];
+    settle_ctx_t *c = job->j_c;
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    size_t n = b->n_records, touched = 0;
+    unsigned char seen[GROUP_MAX_BALANCES];
+    memset(seen, 0, sizeof(seen));
+    job->j_first = g->g_nent;
+    for (size_t i = 0; i < n; i++) {
+        c->sc_balidx[i] = SIZE_MAX;
+        if (c->sc_dup[i] || c->sc_bucket[i] == NULL)
+            continue;
         size_t k;
-        for (k = 0; k < c->sc_nbal; k++)
-            if (strcmp(c->sc_bals[k].b_msg->account_id, c->sc_acct[i]->id) == 0 &&
-                strcmp(c->sc_bals[k].b_msg->bucket, c->sc_bucket[i]) == 0)
+        for (k = 0; k < g->g_nbal; k++)
+            if (strcmp(g->g_bals[k].b_msg->account_id, c->sc_acct[i]->id) == 0 &&
+                strcmp(g->g_bals[k].b_msg->bucket, c->sc_bucket[i]) == 0)
                 break;
-        if (k == c->sc_nbal) {
-            if (k == SETTLE_MAX_BALANCES)
-                return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                               "batch touches more than %d balances; split it", SETTLE_MAX_BALANCES);
-            memset(&c->sc_bals[k], 0, sizeof(bal_t));
-            c->sc_nbal++;
+        if ((k == g->g_nbal || !seen[k]) && ++touched > SETTLE_MAX_BALANCES)
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "batch touches more than %d balances; split it", SETTLE_MAX_BALANCES);
+        if (k == g->g_nbal) {
+            if (k + (j + 1) + 2 > TG_STORE_MAX_TXN_OPS || k == GROUP_MAX_BALANCES)
+                return BUILD_CUT;
+            memset(&g->g_bals[k], 0, sizeof(bal_t));
+            g->g_nbal++;
             if (bal_load(c->sc_cp, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
-                         &c->sc_bals[k], err, errlen) < 0)
+                         &g->g_bals[k], err, errlen) < 0)
                 return TG_RPC_CODE_UNAVAILABLE;
         }
+        seen[k] = 1;
         c->sc_balidx[i] = k;
     }
+    if (group_reserve(g, n, err, errlen) < 0)
+        return TG_RPC_CODE_RESOURCE_EXHAUSTED;
+    Tollgate__V1__ReportUsageResponse *resp = &job->j_resp;
     *resp = (Tollgate__V1__ReportUsageResponse)TOLLGATE__V1__REPORT_USAGE_RESPONSE__INIT;
     resp->agent_id = b->agent_id;
     resp->sequence = b->sequence;
+    size_t ne = 0, total = g->g_total;
     for (size_t i = 0; i < n; i++) {
         Tollgate__V1__UsageRecord *r = b->records[i];
         if (c->sc_dup[i]) {
             resp->duplicate_records++;
             continue;
         }
-        bal_t *bl = &c->sc_bals[c->sc_balidx[i]];
-        const Tollgate__V1__BucketSpec *bs = bucket_spec(c->sc_acct[i], c->sc_bucket[i]);
         Tollgate__V1__LedgerEntry *e = &c->sc_entries[ne];
         tollgate__v1__ledger_entry__init(e);
-        bl->b_msg->balance_nano -= c->sc_cost[i];
-        /* usage is always recorded, the request already happened; the
-         * agent's prepaid check and spend leases bound how far it goes */
-        if (bl->b_prepaid && bl->b_msg->balance_nano < 0 && bl->b_msg->balance_nano + c->sc_cost[i] >= 0)
-            TG_LOG(TG_LOG_WARN, "cp.settle", "prepaid balance %s went below zero (%" PRId64 ") settling %s",
-                   bl->b_key, bl->b_msg->balance_nano, r->record_id);
         if (c->sc_orig[2 * i] == NULL) {
             c->sc_orig[2 * i] = r->bucket;
             c->sc_orig[2 * i + 1] = r->currency;
         }
-        r->bucket = (char *)c->sc_bucket[i];
-        r->currency = bs->currency;
         r->upstream_cost_nano = c->sc_upcost[i];
         e->kind = TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_USAGE;
         e->entry_id = r->record_id;
         e->settled_at_us = now_us;
-        e->account_id = c->sc_acct[i]->id;
-        e->bucket = (char *)c->sc_bucket[i];
-        e->currency = bs->currency;
-        e->amount_nano = -c->sc_cost[i];
-        e->balance_after_nano = bl->b_msg->balance_nano;
+        e->account_id = c->sc_acct[i] != NULL ? c->sc_acct[i]->id : r->account_id;
         e->record = r;
         e->recomputed_cost_nano = c->sc_cost[i];
         e->cost_mismatch = c->sc_mismatch[i] != 0;
         e->batch_agent_id = b->agent_id;
         e->batch_sequence = b->sequence;
-        c->sc_entry_ptrs[ne++] = e;
+        if (c->sc_balidx[i] != SIZE_MAX) {
+            bal_t *bl = &g->g_bals[c->sc_balidx[i]];
+            const Tollgate__V1__BucketSpec *bs = bucket_spec(c->sc_acct[i], c->sc_bucket[i]);
+            bl->b_msg->balance_nano -= c->sc_cost[i];
+            /* usage is always recorded, the request already happened; the
+             * agent's prepaid check and spend leases bound how far it goes */
+            if (bl->b_prepaid && bl->b_msg->balance_nano < 0 &&
+                bl->b_msg->balance_nano + c->sc_cost[i] >= 0)
+                TG_LOG(TG_LOG_WARN, "cp.settle", "prepaid balance %s went below zero (%" PRId64
+                       ") settling %s", bl->b_key, bl->b_msg->balance_nano, r->record_id);
+            r->bucket = (char *)c->sc_bucket[i];
+            r->currency = bs->currency;
+            e->bucket = (char *)c->sc_bucket[i];
+            e->currency = bs->currency;
+            e->amount_nano = -c->sc_cost[i];
+            e->balance_after_nano = bl->b_msg->balance_nano;
+        } else {
+            /* no bucket: nothing moves. A zero-cost record (every attempt
+             * failed upstream) is a plain receipt row; one with a cost is
+             * flagged unbilled with its cost kept */
+            e->bucket = "";
+            e->currency = r->currency;
+            e->amount_nano = 0;
+            if (c->sc_unbilled[i] != NULL) {
+                e->unbilled = 1;
+                e->unbilled_reason = (char *)c->sc_unbilled[i];
+                resp->unbilled++;
+            }
+        }
+        size_t sz = protobuf_c_message_get_packed_size(&e->base);
+        total += 1 + varint_len(sz) + sz;
+        if (sz > TG_LEDGER_RECORD_MAX || total > TG_STORE_MAX_VALUE) {
+            if (j > 0 && sz <= TG_LEDGER_RECORD_MAX)
+                return BUILD_CUT;
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "batch too large for one settled-log value (%d bytes max): split it",
+                           TG_STORE_MAX_VALUE);
+        }
+        g->g_ents[g->g_nent] = e;
+        g->g_len[g->g_nent++] = sz;
+        ne++;
         resp->settled++;
         resp->cost_mismatches += c->sc_mismatch[i] != 0;
     }
-    for (size_t k = 0; k < c->sc_nbal; k++) {
-        c->sc_bals[k].b_msg->updated_at_us = now_us;
-        tg_buf_reset(&c->sc_bals[k].b_packed);
-        if (tg_rpc_pb_pack(&c->sc_bals[k].b_msg->base, &c->sc_bals[k].b_packed, err, errlen) < 0)
+    g->g_total = total;
+    return TG_RPC_CODE_OK;
+}
+
+/* Builds the group's transaction from scratch (again after a compare
+ * failure: balances are re-read): every job that fits, in order. Returns
+ * OK with g_n cut to the jobs that fit (*failed = SIZE_MAX), or OK with
+ * *failed = j when job j failed on its own (code in *jcode, err set; the
+ * jobs before it are built), or an error for the whole group. */
+static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *jcode, char *err,
+                       size_t errlen)
+{
+    for (size_t k = 0; k < g->g_nbal; k++)
+        bal_clear(&g->g_bals[k]);
+    g->g_nbal = 0;
+    g->g_nent = 0;
+    g->g_total = 0;
+    *failed = SIZE_MAX;
+    for (size_t j = 0; j < g->g_n; j++) {
+        size_t nbal0 = g->g_nbal, nent0 = g->g_nent, total0 = g->g_total;
+        for (size_t k = 0; k < nbal0; k++)
+            g->g_saved[k] = g->g_bals[k].b_msg->balance_nano;
+        int code = build_job(g, j, now_us, err, errlen);
+        if (code == TG_RPC_CODE_OK)
+            continue;
+        for (size_t k = 0; k < nbal0; k++)
+            g->g_bals[k].b_msg->balance_nano = g->g_saved[k];
+        for (size_t k = nbal0; k < g->g_nbal; k++)
+            bal_clear(&g->g_bals[k]);
+        g->g_nbal = nbal0;
+        g->g_nent = nent0;
+        g->g_total = total0;
+        if (code != BUILD_CUT) {
+            *failed = j;
+            *jcode = code;
+        }
+        g->g_n = j;
+        break;
+    }
+    for (size_t k = 0; k < g->g_nbal; k++) {
+        g->g_bals[k].b_msg->updated_at_us = now_us;
+        tg_buf_reset(&g->g_bals[k].b_packed);
+        if (tg_rpc_pb_pack(&g->g_bals[k].b_msg->base, &g->g_bals[k].b_packed, err, errlen) < 0)
             return TG_RPC_CODE_INTERNAL;
     }
     /* The settled value is a LedgerPage whose only field is the repeated
      * entries: on the wire, each entry's packed bytes behind tag 1 and a
      * length. Each entry is packed once, straight into that value (sized
-     * first, so the buffer grows once), and its ledger row points at its
+     * above, so the buffer grows once), and its ledger row points at its
      * bytes there (what a follower's tailer slices out). */
+    tg_buf_t *settled = &g->g_settled;
     tg_buf_reset(settled);
-    c->sc_nentries = ne;
-    size_t total = 0;
-    for (size_t i = 0; i < ne; i++) {
-        size_t sz = protobuf_c_message_get_packed_size(&c->sc_entry_ptrs[i]->base);
-        c->sc_len[i] = sz;
-        total += 1 + varint_len(sz) + sz;
-        if (sz > TG_LEDGER_RECORD_MAX || total > settled->b_max)
-            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                           "batch too large for one settled-log value (%d bytes max): split it",
-                           TG_STORE_MAX_VALUE);
-    }
-    if (total + 1 > settled->b_cap) {
-        char *d = tg_realloc(settled->b_data, total + 1);
+    if (g->g_total + 1 > settled->b_cap) {
+        char *d = tg_realloc(settled->b_data, g->g_total + 1);
         if (d == NULL)
             return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
         settled->b_data = d;
-        settled->b_cap = total + 1;
+        settled->b_cap = g->g_total + 1;
     }
     uint8_t *w = (uint8_t *)settled->b_data;
-    for (size_t i = 0; i < ne; i++) {
-        size_t sz = c->sc_len[i];
+    for (size_t i = 0; i < g->g_nent; i++) {
+        size_t sz = g->g_len[i];
         *w++ = (1 << 3) | 2; /* field 1, length-delimited */
         w += put_varint(w, sz);
-        if (protobuf_c_message_pack(&c->sc_entry_ptrs[i]->base, w) != sz)
+        if (protobuf_c_message_pack(&g->g_ents[i]->base, w) != sz)
             return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "packing ledger entry %zu: size changed", i);
-        cp_row_from_entry(c->sc_entry_ptrs[i], w, sz, &c->sc_rows[i]);
+        cp_row_from_entry(g->g_ents[i], w, sz, &g->g_rows[i]);
         w += sz;
     }
-    settled->b_len = total;
-    settled->b_data[total] = '\0';
-    tg_buf_reset(marker_val);
-    if (tg_rpc_pb_pack(&resp->base, marker_val, err, errlen) < 0)
-        return TG_RPC_CODE_INTERNAL;
+    settled->b_len = g->g_total;
+    settled->b_data[g->g_total] = '\0';
+    for (size_t j = 0; j < g->g_n; j++) {
+        settle_job_t *job = g->g_jobs[j];
+        tg_buf_reset(&job->j_marker_val);
+        if (tg_rpc_pb_pack(&job->j_resp.base, &job->j_marker_val, err, errlen) < 0)
+            return TG_RPC_CODE_INTERNAL;
+    }
     return TG_RPC_CODE_OK;
+}
+
+/* A resend: packs what the first settlement answered into reply. Returns 1
+ * answered, 0 no marker, or a negative TG_RPC_CODE (err set). */
+static int answer_from_marker(tg_cp_t *cp, const char *marker, tg_buf_t *reply, char *err, size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    if (tg_cp_get_pb(cp, marker, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
+                     errlen) < 0)
+        return -TG_RPC_CODE_UNAVAILABLE;
+    if (m == NULL)
+        return 0;
+    Tollgate__V1__ReportUsageResponse *old = (Tollgate__V1__ReportUsageResponse *)m;
+    unsigned char hash[32];
+    old->duplicate_batch = 1;
+    tg_ledger_head(cp->cp_ledger, &old->ledger_seq, hash, NULL, 0);
+    atomic_fetch_add(&cp->cp_m_dup_batches, 1);
+    int prc = tg_rpc_pb_pack(m, reply, err, errlen);
+    tg_rpc_pb_free(m);
+    return prc < 0 ? -TG_RPC_CODE_INTERNAL : 1;
+}
+
+/* (gmu held) The group is finished for job: wake its caller. */
+static void job_finish(settle_job_t *job, int code, const char *err)
+{
+    job->j_code = code;
+    if (err != NULL && code != TG_RPC_CODE_OK)
+        snprintf(job->j_err, sizeof(job->j_err), "%s", err);
+    job->j_done = 1;
+}
+
+/* Runs one group as its leader (not holding gmu): settles the committed
+ * prefix, fails or answers jobs on their own, and puts the jobs that did not
+ * fit back at the head of the queue. Hands the lead on as soon as the
+ * transaction is done, then waits for the tailer before waking callers. */
+static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
+{
+    tg_cp_t *cp = as->as_cp;
+    char err[TG_ERRLEN] = "";
+    settle_job_t *taken[GROUP_MAX_JOBS], *defer[GROUP_MAX_JOBS];
+    size_t ntaken = g->g_n, ndefer = 0, failed = SIZE_MAX;
+    int gcode = TG_RPC_CODE_OK, jcode = TG_RPC_CODE_OK, committed = 0;
+    int64_t leader_rev = 0, commit_rev = 0;
+    cp_stash_t *stash = NULL;
+    memcpy(taken, g->g_jobs, ntaken * sizeof(*taken));
+
+    pthread_mutex_lock(&as->as_settle_mu);
+    gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
+    /* answer resends, keep one of each batch, mark duplicates */
+    g->g_n = 0;
+    for (size_t j = 0; gcode == TG_RPC_CODE_OK && j < ntaken; j++) {
+        settle_job_t *job = taken[j];
+        int same = 0;
+        for (size_t k = 0; k < g->g_n; k++)
+            same |= strcmp(g->g_jobs[k]->j_marker, job->j_marker) == 0;
+        if (same) {
+            defer[ndefer++] = job; /* its twin settles first; its marker answers it */
+            continue;
+        }
+        char jerr[TG_ERRLEN] = "";
+        int a = answer_from_marker(cp, job->j_marker, job->j_reply, jerr, sizeof(jerr));
+        if (a != 0) {
+            job->j_answered = a > 0;
+            pthread_mutex_lock(&as->as_gmu);
+            job_finish(job, a > 0 ? TG_RPC_CODE_OK : -a, jerr);
+            pthread_mutex_unlock(&as->as_gmu);
+            continue;
+        }
+        g->g_jobs[g->g_n++] = job;
+        int code = mark_duplicates(g, g->g_n - 1, jerr, sizeof(jerr));
+        if (code != TG_RPC_CODE_OK) {
+            g->g_n--;
+            pthread_mutex_lock(&as->as_gmu);
+            job_finish(job, code, jerr);
+            pthread_mutex_unlock(&as->as_gmu);
+        }
+    }
+    size_t nready = g->g_n;
+    for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
+        if (attempt >= SETTLE_ATTEMPTS) {
+            gcode = tg_errf(err, sizeof(err), TG_RPC_CODE_ABORTED,
+                            "settlement conflicted %d times with concurrent changes; resend", attempt);
+            break;
+        }
+        if (load_seq(as, err, sizeof(err)) < 0) {
+            gcode = TG_RPC_CODE_UNAVAILABLE;
+            break;
+        }
+        g->g_n = nready;
+        char jerr[TG_ERRLEN] = "";
+        gcode = build_group(g, tg_cp_now_us(), &failed, &jcode, jerr, sizeof(jerr));
+        if (gcode != TG_RPC_CODE_OK) {
+            snprintf(err, sizeof(err), "%s", jerr);
+            break;
+        }
+        if (failed != SIZE_MAX)
+            snprintf(err, sizeof(err), "%s", jerr);
+        if (g->g_n == 0)
+            break;
+        const char *markers[GROUP_MAX_JOBS];
+        const tg_buf_t *vals[GROUP_MAX_JOBS];
+        for (size_t j = 0; j < g->g_n; j++) {
+            markers[j] = g->g_jobs[j]->j_marker;
+            vals[j] = &g->g_jobs[j]->j_marker_val;
+        }
+        if (g->g_settled.b_len > 0 && (stash = tg_calloc(1, sizeof(*stash))) != NULL) {
+            /* offered before the commit: the watch may deliver the value to
+             * this replica's tailer before the commit call returns here */
+            stash->st_seq = as->as_settled_seq + 1;
+            stash->st_val = g->g_settled.b_data;
+            stash->st_len = g->g_settled.b_len;
+            stash->st_rows = g->g_rows;
+            stash->st_n = g->g_nent;
+            pthread_mutex_lock(&as->as_mu);
+            stash->st_next = as->as_stash;
+            as->as_stash = stash;
+            pthread_mutex_unlock(&as->as_mu);
+        }
+        commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
+                            .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
+                            .cs_settled = &g->g_settled};
+        int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
+        if (rc < 0) {
+            gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
+            break;
+        }
+        if (rc == 1) {
+            committed = 1;
+            break;
+        }
+        stash_drop(as, stash); /* not committed: the rows are rebuilt */
+        stash = NULL;
+        /* compare failed: lost the lease, or a balance moved under us */
+        gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
+    }
+    if (committed) {
+        crash_hook(cp);
+        atomic_fetch_add(&cp->cp_m_groups, 1);
+        if (g->g_settled.b_len > 0) {
+            /* the tailer appends the rows; until then the ids are pending,
+             * so the next group still sees them as settled */
+            char **ids = tg_calloc(g->g_nent ? g->g_nent : 1, sizeof(char *));
+            for (size_t i = 0; ids != NULL && i < g->g_nent; i++)
+                ids[i] = g->g_ents[i]->entry_id;
+            pthread_mutex_lock(&as->as_mu);
+            if (commit_rev > as->as_tail_rev)
+                pending_add(as, commit_rev, ids, ids != NULL ? g->g_nent : 0);
+            pthread_mutex_unlock(&as->as_mu);
+            tg_free(ids);
+        }
+    }
+    pthread_mutex_unlock(&as->as_settle_mu);
+
+    /* hand the lead on; jobs that did not fit (or whose twin is here) go
+     * back to the head of the queue, in order */
+    size_t ncommit = committed ? g->g_n : 0;
+    pthread_mutex_lock(&as->as_gmu);
+    if (gcode == TG_RPC_CODE_OK) {
+        size_t from = failed != SIZE_MAX ? failed + 1 : ncommit;
+        if (failed != SIZE_MAX)
+            job_finish(g->g_jobs[failed], jcode, err);
+        for (size_t j = from; j < nready; j++)
+            defer[ndefer++] = g->g_jobs[j];
+    } else {
+        /* the whole group failed: every job taken that is not answered yet */
+        for (size_t j = 0; j < ntaken; j++)
+            if (!taken[j]->j_done)
+                job_finish(taken[j], gcode, err);
+        ndefer = 0;
+    }
+    for (size_t k = ndefer; k-- > 0;) {
+        defer[k]->j_next = as->as_gq_head;
+        as->as_gq_head = defer[k];
+        if (as->as_gq_tail == NULL)
+            as->as_gq_tail = defer[k];
+    }
+    as->as_gleading = 0;
+    pthread_cond_broadcast(&as->as_gcv);
+    pthread_mutex_unlock(&as->as_gmu);
+
+    if (ncommit > 0) {
+        /* acknowledge once this replica's ledger holds the rows */
+        if (g->g_settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+            TG_LOG(TG_LOG_WARN, "cp.settle", "%zu batches committed at revision %" PRId64
+                   " but not in the ledger after %d ms; acknowledging (the store holds them)",
+                   ncommit, commit_rev, ACK_WAIT_MS);
+        stash_drop(as, stash);
+        stash = NULL;
+        pthread_mutex_lock(&as->as_gmu);
+        for (size_t j = 0; j < ncommit; j++) {
+            g->g_jobs[j]->j_rev = commit_rev;
+            job_finish(g->g_jobs[j], TG_RPC_CODE_OK, NULL);
+        }
+        pthread_cond_broadcast(&as->as_gcv);
+        pthread_mutex_unlock(&as->as_gmu);
+    }
+    stash_drop(as, stash);
+}
+
+static settle_group_t *group_new(void)
+{
+    settle_group_t *g = tg_calloc(1, sizeof(*g));
+    if (g != NULL)
+        tg_buf_init(&g->g_settled, TG_STORE_MAX_VALUE);
+    return g;
+}
+
+static void group_free(settle_group_t *g)
+{
+    if (g == NULL)
+        return;
+    for (size_t k = 0; k < g->g_nbal; k++)
+        bal_clear(&g->g_bals[k]);
+    tg_buf_free(&g->g_settled);
+    tg_free(g->g_ents);
+    tg_free(g->g_len);
+    tg_free(g->g_rows);
+    tg_free(g);
+}
+
+/* Queues job and waits until some group settled, answered or failed it,
+ * leading groups whenever no one else does. */
+static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
+{
+    settle_group_t *g = NULL;
+    pthread_mutex_lock(&as->as_gmu);
+    job->j_next = NULL;
+    if (as->as_gq_tail != NULL)
+        as->as_gq_tail->j_next = job;
+    else
+        as->as_gq_head = job;
+    as->as_gq_tail = job;
+    while (!job->j_done) {
+        if (as->as_gleading || as->as_gq_head == NULL) {
+            pthread_cond_wait(&as->as_gcv, &as->as_gmu);
+            continue;
+        }
+        if (g == NULL && (g = group_new()) == NULL) {
+            /* no memory to lead: wait for another caller to */
+            pthread_mutex_unlock(&as->as_gmu);
+            cp_sleep(as, 10);
+            pthread_mutex_lock(&as->as_gmu);
+            continue;
+        }
+        as->as_gleading = 1;
+        g->g_n = 0;
+        while (g->g_n < GROUP_MAX_JOBS && as->as_gq_head != NULL) {
+            settle_job_t *q = as->as_gq_head;
+            as->as_gq_head = q->j_next;
+            q->j_next = NULL;
+            g->g_jobs[g->g_n++] = q;
+        }
+        if (as->as_gq_head == NULL)
+            as->as_gq_tail = NULL;
+        pthread_mutex_unlock(&as->as_gmu);
+        run_group(as, g);
+        pthread_mutex_lock(&as->as_gmu);
+    }
+    pthread_mutex_unlock(&as->as_gmu);
+    group_free(g);
 }
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
                     size_t errlen)
 {
     settle_ctx_t c;
+    settle_job_t job;
     ProtobufCMessage *m = NULL;
     char key[TG_STORE_MAX_KEY];
-    tg_buf_t settled, marker_val;
-    Tollgate__V1__ReportUsageResponse resp;
-    int code = TG_RPC_CODE_OK, locked = 0;
+    int code = TG_RPC_CODE_OK;
     int64_t leader_rev = 0;
     tg_cp_agent_side_t *as = cp->cp_agent;
     size_t n;
-    int64_t t_start = tg_cp_now_us(), t_verified = 0, t_priced = 0, t_commit = 0, commit_rev = 0;
-    cp_stash_t *stash = NULL;
+    int64_t t_start = tg_cp_now_us(), t_verified = 0, t_priced = 0;
 
     memset(&c, 0, sizeof(c));
+    memset(&job, 0, sizeof(job));
     c.sc_cp = cp;
-    tg_buf_init(&settled, TG_STORE_MAX_VALUE);
-    tg_buf_init(&marker_val, 4096);
+    tg_buf_init(&job.j_marker_val, 4096);
     c.sc_pool = tg_pool_create(req_len < 16384 ? 16384 : 65536);
     if (c.sc_pool == NULL) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
@@ -1012,6 +1477,18 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     code = leader_gate(cp, &leader_rev, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
+    if (cp_batch_key(c.sc_batch->agent_id, c.sc_batch->sequence, job.j_marker,
+                     sizeof(job.j_marker)) < 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id too long");
+        goto fail;
+    }
+    /* a resend of a settled batch: answer what the first settlement
+     * answered without pricing it again (checked again at commit time) */
+    int a = answer_from_marker(cp, job.j_marker, reply, err, errlen);
+    if (a != 0) {
+        code = a > 0 ? TG_RPC_CODE_OK : -a;
+        goto fail;
+    }
     t_verified = tg_cp_now_us();
 
     n = c.sc_batch->n_records;
@@ -1020,136 +1497,52 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     c.sc_mismatch = tg_calloc(cnt, sizeof(int));
     c.sc_acct = tg_calloc(cnt, sizeof(*c.sc_acct));
     c.sc_bucket = tg_calloc(cnt, sizeof(*c.sc_bucket));
+    c.sc_unbilled = tg_calloc(cnt, sizeof(*c.sc_unbilled));
+    c.sc_unbilled_buf = tg_calloc(cnt, sizeof(*c.sc_unbilled_buf));
     c.sc_cost = tg_calloc(cnt, sizeof(int64_t));
     c.sc_upcost = tg_calloc(cnt, sizeof(int64_t));
     c.sc_balidx = tg_calloc(cnt, sizeof(size_t));
     c.sc_entries = tg_calloc(cnt, sizeof(*c.sc_entries));
-    c.sc_entry_ptrs = tg_calloc(cnt, sizeof(*c.sc_entry_ptrs));
-    c.sc_bals = tg_calloc(SETTLE_MAX_BALANCES, sizeof(bal_t));
     c.sc_orig = tg_calloc(2 * cnt, sizeof(char *));
-    c.sc_len = tg_calloc(cnt, sizeof(size_t));
-    c.sc_rows = tg_calloc(cnt, sizeof(tg_ledger_row_t));
-    if (!c.sc_len || !c.sc_rows || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket || !c.sc_cost || !c.sc_upcost ||
-        !c.sc_balidx || !c.sc_entries || !c.sc_entry_ptrs || !c.sc_bals) {
+    c.sc_ids = tg_calloc(cnt, sizeof(*c.sc_ids));
+    if (!c.sc_ids || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket ||
+        !c.sc_unbilled || !c.sc_unbilled_buf || !c.sc_cost || !c.sc_upcost || !c.sc_balidx ||
+        !c.sc_entries) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
         goto fail;
     }
+    code = price_records(&c, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        goto fail;
+    t_priced = tg_cp_now_us();
 
-    pthread_mutex_lock(&as->as_settle_mu);
-    locked = 1;
-    /* a resend: answer what the first settlement answered */
-    if (cp_batch_key(c.sc_batch->agent_id, c.sc_batch->sequence, key, sizeof(key)) < 0) {
-        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id too long");
+    job.j_c = &c;
+    job.j_reply = reply;
+    settle_queued(as, &job);
+    if (job.j_code != TG_RPC_CODE_OK || job.j_answered) {
+        code = job.j_code;
+        if (code != TG_RPC_CODE_OK)
+            tg_errf(err, errlen, code, "%s", job.j_err);
         goto fail;
     }
-    for (int attempt = 0;; attempt++) {
-        m = NULL;
-        if (tg_cp_get_pb(cp, key, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
-                         errlen) < 0) {
-            code = TG_RPC_CODE_UNAVAILABLE;
-            goto fail;
-        }
-        if (m != NULL) {
-            Tollgate__V1__ReportUsageResponse *old = (Tollgate__V1__ReportUsageResponse *)m;
-            unsigned char hash[32];
-            old->duplicate_batch = 1;
-            tg_ledger_head(cp->cp_ledger, &old->ledger_seq, hash, NULL, 0);
-            atomic_fetch_add(&cp->cp_m_dup_batches, 1);
-            int prc = tg_rpc_pb_pack(m, reply, err, errlen);
-            tg_rpc_pb_free(m);
-            code = prc < 0 ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
-            goto fail;
-        }
-        if (attempt == 0) {
-            code = price_records(&c, err, errlen);
-            if (code != TG_RPC_CODE_OK)
-                goto fail;
-            t_priced = tg_cp_now_us();
-        }
-        if (attempt >= SETTLE_ATTEMPTS) {
-            code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED,
-                           "settlement conflicted %d times with concurrent changes; resend", attempt);
-            goto fail;
-        }
-        if (load_seq(as, err, errlen) < 0) {
-            code = TG_RPC_CODE_UNAVAILABLE;
-            goto fail;
-        }
-        int64_t now = tg_cp_now_us();
-        code = build_commit(&c, now, &settled, &marker_val, &resp, err, errlen);
-        if (code != TG_RPC_CODE_OK)
-            goto fail;
-        if (settled.b_len > 0 && (stash = tg_calloc(1, sizeof(*stash))) != NULL) {
-            /* offered before the commit: the watch may deliver the batch to
-             * this replica's tailer before the commit call returns here */
-            stash->st_seq = as->as_settled_seq + 1;
-            stash->st_val = settled.b_data;
-            stash->st_len = settled.b_len;
-            stash->st_rows = c.sc_rows;
-            stash->st_n = c.sc_nentries;
-            pthread_mutex_lock(&as->as_mu);
-            stash->st_next = as->as_stash;
-            as->as_stash = stash;
-            pthread_mutex_unlock(&as->as_mu);
-        }
-        int rc = settle_commit(as, leader_rev, key, &marker_val, c.sc_bals, c.sc_nbal, &settled,
-                               &commit_rev, err, errlen);
-        if (rc < 0) {
-            code = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
-            goto fail;
-        }
-        if (rc == 1)
-            break;
-        stash_drop(as, stash); /* not committed: the rows are rebuilt */
-        stash = NULL;
-        /* compare failed: lost the lease, or a balance moved under us */
-        code = leader_gate(cp, &leader_rev, err, errlen);
-        if (code != TG_RPC_CODE_OK)
-            goto fail;
-    }
-    t_commit = tg_cp_now_us();
-    crash_hook(cp);
-    if (settled.b_len > 0) {
-        /* the tailer appends the rows (batched with other commits: one fsync
-         * for many batches); until then the ids are pending, so the next
-         * batch still sees them as settled */
-        char **ids = tg_calloc(n ? n : 1, sizeof(char *));
-        size_t k = 0;
-        for (size_t i = 0; ids != NULL && i < n; i++)
-            if (!c.sc_dup[i])
-                ids[k++] = c.sc_batch->records[i]->record_id;
-        pthread_mutex_lock(&as->as_mu);
-        if (commit_rev > as->as_tail_rev)
-            pending_add(as, commit_rev, ids, k);
-        pthread_mutex_unlock(&as->as_mu);
-        tg_free(ids);
-    }
-    pthread_mutex_unlock(&as->as_settle_mu);
-    locked = 0;
-    /* acknowledge once this replica's ledger holds the rows */
-    if (settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
-        TG_LOG(TG_LOG_WARN, "cp.settle", "batch %s/%" PRIu64 " committed at revision %" PRId64
-               " but not in the ledger after %d ms; acknowledging (the store holds it)",
-               c.sc_batch->agent_id, c.sc_batch->sequence, commit_rev, ACK_WAIT_MS);
-    stash_drop(as, stash);
-    stash = NULL;
     unsigned char head_hash[32];
-    tg_ledger_head(cp->cp_ledger, &resp.ledger_seq, head_hash, NULL, 0);
+    tg_ledger_head(cp->cp_ledger, &job.j_resp.ledger_seq, head_hash, NULL, 0);
     TG_LOG(TG_LOG_DEBUG, "cp.settle", "batch %s/%" PRIu64 ": %u records; verify %" PRId64 " us, price %" PRId64
-           " us, commit %" PRId64 " us, ledger wait %" PRId64 " us", c.sc_batch->agent_id, c.sc_batch->sequence,
-           resp.settled, t_verified - t_start, t_priced - t_verified, t_commit - t_priced,
-           tg_cp_now_us() - t_commit);
+           " us, queue+commit+ledger %" PRId64 " us (revision %" PRId64 ")", c.sc_batch->agent_id,
+           c.sc_batch->sequence, job.j_resp.settled, t_verified - t_start, t_priced - t_verified,
+           tg_cp_now_us() - t_priced, job.j_rev);
     atomic_fetch_add(&cp->cp_m_batches, 1);
-    atomic_fetch_add(&cp->cp_m_records, resp.settled);
-    atomic_fetch_add(&cp->cp_m_mismatches, resp.cost_mismatches);
-    if (tg_rpc_pb_pack(&resp.base, reply, err, errlen) < 0)
+    atomic_fetch_add(&cp->cp_m_records, job.j_resp.settled);
+    atomic_fetch_add(&cp->cp_m_mismatches, job.j_resp.cost_mismatches);
+    atomic_fetch_add(&cp->cp_m_unbilled, job.j_resp.unbilled);
+    if (job.j_resp.unbilled > 0)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "batch %s/%" PRIu64 ": %u records with a cost settled unbilled "
+               "(no account or bucket to debit): see the ledger rows flagged unbilled",
+               c.sc_batch->agent_id, c.sc_batch->sequence, job.j_resp.unbilled);
+    if (tg_rpc_pb_pack(&job.j_resp.base, reply, err, errlen) < 0)
         code = TG_RPC_CODE_INTERNAL;
 fail:
-    if (locked)
-        pthread_mutex_unlock(&as->as_settle_mu);
-    stash_drop(as, stash);
-    tg_buf_free(&settled);
-    tg_buf_free(&marker_val);
+    tg_buf_free(&job.j_marker_val);
     ctx_free(&c);
     return code;
 }
@@ -1300,8 +1693,11 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
             code = TG_RPC_CODE_INTERNAL;
             goto fail;
         }
-        int rc = settle_commit(as, leader_rev, idem, &marker_val, &bal, 1, &settled, &commit_rev,
-                               err, errlen);
+        const char *markers[1] = {idem};
+        const tg_buf_t *vals[1] = {&marker_val};
+        commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
+                            .cs_nmark = 1, .cs_bals = &bal, .cs_nbal = 1, .cs_settled = &settled};
+        int rc = settle_commit(as, &cs, &commit_rev, err, errlen);
         if (rc < 0) {
             code = tg_cp_store_code(rc);
             goto fail;

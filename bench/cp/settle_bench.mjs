@@ -96,6 +96,13 @@ try {
   console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
     `${total} records in ${secs.toFixed(2)} s = ${Math.round(total / secs)} records/s; ` +
     `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${lat[Math.floor(lat.length / 2)].toFixed(1)} ms p99 ${lat[Math.floor(lat.length * 0.99)].toFixed(1)} ms; balance exact`);
+  // how many settlement transactions carried the batches (group commit)
+  const hm = /tollgate-cp grpc=\S+ http=[\d.]+:(\d+)/.exec(cp.proc.output());
+  if (hm) {
+    const text = await (await fetch(`http://127.0.0.1:${hm[1]}/metrics`)).text();
+    const groups = /^tollgate_cp_settle_groups_total (\d+)/m.exec(text);
+    if (groups) console.log(`settlement transactions: ${groups[1]} (${(nAgents * nBatches / Number(groups[1])).toFixed(2)} batches each, probe batches included)`);
+  }
   if (process.env.TG_CP_LOG_LEVEL === 'debug') {
     // per-phase timings of the last batches (controlplane/settle.c debug log)
     const lines = cp.proc.output().split('\n').filter((l) => l.includes('records; verify'));
