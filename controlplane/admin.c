@@ -308,34 +308,46 @@ static int get_checkpoint(cp_actx_t *a, const ProtobufCMessage *req, tg_buf_t *r
 }
 
 /* Top-ups and adjustments go through settlement (agent side), which commits
- * the balance, the idempotency marker and the ledger row in one
- * transaction. The audit event follows in its own transaction: settlement's
- * transaction is not ours to extend, and the ledger row already names the
- * actor, so the audit entry is a convenience copy, written only for a
- * change that was applied (not for a duplicate). */
+ * the balance, the idempotency marker, the ledger row and, through the
+ * tg_cp_txn_extra_t hook below, the audit event in ONE transaction: the
+ * audit log and the money land or fail together. A duplicate (same
+ * idempotency key) commits nothing, so it adds no audit event. The audit
+ * lock is held across the call so this replica's admin writers never race
+ * the event's seq (order: audit lock, then settlement's lock; settlement
+ * never takes the audit lock). */
+typedef struct bc_audit {
+    cp_actx_t *ba_a;
+    const char *ba_oid;
+    cp_audit_slot_t ba_slot;
+} bc_audit_t;
+
+static int bc_audit_fill(void *arg, const Tollgate__V1__LedgerEntry *entry, tg_store_cmp_t *cmps,
+                         size_t *ncmp, tg_store_op_t *ops, size_t *nops, char *err, size_t errlen)
+{
+    bc_audit_t *ba = arg;
+    cp_wr_t w;
+    cp_wr_init(&w, ba->ba_a->ax_pool);
+    cp_wr_audit(&w, "balance", ba->ba_oid, NULL, &entry->base);
+    int code = cp_audit_fill(ba->ba_a, &w, &ba->ba_slot, &cmps[0], &ops[0], err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        return code;
+    *ncmp = 1;
+    *nops = 2;
+    return TG_RPC_CODE_OK;
+}
+
 static int balance_change(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply, int kind)
 {
     const Tollgate__V1__BalanceChangeRequest *q = (const Tollgate__V1__BalanceChangeRequest *)reqm;
     char err[TG_ERRLEN] = "";
-    size_t before = reply->b_len;
-    ProtobufCMessage *m = NULL;
-    int code = tg_cp_balance_change(a->ax_cp, q, kind, &a->ax_actor, reply, err, sizeof err);
+    bc_audit_t ba = {.ba_a = a, .ba_oid = cp_fmt(a, "%s/%s", q->account_id, q->bucket)};
+    tg_cp_txn_extra_t extra = {.tx_fill = bc_audit_fill, .tx_arg = &ba};
+    tg_buf_init(&ba.ba_slot.au_buf, TG_STORE_MAX_VALUE);
+    cp_audit_lock();
+    int code = tg_cp_balance_change(a->ax_cp, q, kind, &a->ax_actor, &extra, reply, err, sizeof err);
+    cp_audit_unlock();
+    tg_buf_free(&ba.ba_slot.au_buf);
     if (code != TG_RPC_CODE_OK) return cp_fail(a, code, "%s", err[0] ? err : "failed");
-    if (tg_rpc_pb_unpack(&tollgate__v1__balance_change_response__descriptor,
-                         reply->b_data + before, reply->b_len - before, &m, err, sizeof err) == 0) {
-        Tollgate__V1__BalanceChangeResponse *r = (Tollgate__V1__BalanceChangeResponse *)m;
-        if (!r->duplicate) {
-            cp_wr_t w;
-            int64_t rev;
-            cp_wr_init(&w, a->ax_pool);
-            cp_wr_audit(&w, "balance", cp_fmt(a, "%s/%s", q->account_id, q->bucket), NULL,
-                        r->entry ? &r->entry->base : m);
-            if (cp_wr_commit(a, &w, &rev) != TG_RPC_CODE_OK)
-                TG_LOG(TG_LOG_WARN, "admin", "audit of %s on %s/%s not written", a->ax_method,
-                       q->account_id, q->bucket);
-        }
-        tg_rpc_pb_free(m);
-    }
     return TG_RPC_CODE_OK;
 }
 

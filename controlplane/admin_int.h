@@ -111,6 +111,24 @@ void cp_wr_audit(cp_wr_t *w, const char *otype, const char *oid, const ProtobufC
  * contention on the audit sequence. */
 int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev);
 
+/* The audit event's share of someone else's transaction (a balance change
+ * commits its audit event with the money, in settlement's transaction). */
+typedef struct cp_audit_slot {
+    char au_key[64];  /* TG_CP_K_AUDIT<seq> */
+    char au_seq[21];  /* the new counter value */
+    tg_buf_t au_buf;  /* the packed AuditEvent; the caller inits and frees it */
+} cp_audit_slot_t;
+
+/* Reads the audit counter and fills *cmp (the counter unchanged) and ops[0..2)
+ * (put the event of w's otype/oid/before/after, put the counter); they point
+ * into s and w until the next call. Hold cp_audit_lock from the first fill
+ * to the commit: writers of this replica then never race for a seq. Returns
+ * TG_RPC_CODE_OK or a code with the reason in err. */
+int cp_audit_fill(cp_actx_t *a, const cp_wr_t *w, cp_audit_slot_t *s, tg_store_cmp_t *cmp,
+                  tg_store_op_t *ops, char *err, size_t errlen);
+void cp_audit_lock(void);
+void cp_audit_unlock(void);
+
 /* Fails the call: sets its status message, returns code. */
 int cp_fail(cp_actx_t *a, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

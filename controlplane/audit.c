@@ -63,75 +63,91 @@ static int cmp_holds(tg_cp_t *cp, const tg_store_cmp_t *c, char *err, size_t err
     }
 }
 
+void cp_audit_lock(void)
+{
+    pthread_mutex_lock(&commit_mu);
+}
+
+void cp_audit_unlock(void)
+{
+    pthread_mutex_unlock(&commit_mu);
+}
+
+int cp_audit_fill(cp_actx_t *a, const cp_wr_t *w, cp_audit_slot_t *s, tg_store_cmp_t *cmp,
+                  tg_store_op_t *ops, char *err, size_t errlen)
+{
+    tg_cp_t *cp = a->ax_cp;
+    char num[32], perr[TG_ERRLEN] = "";
+    tg_store_kv_t *kv = NULL;
+    uint64_t seq = 0;
+    int64_t seq_rev = 0;
+    Tollgate__V1__AuditEvent ev = TOLLGATE__V1__AUDIT_EVENT__INIT;
+
+    int rc = tg_store_get(cp->cp_store, TG_CP_K_AUDIT_SEQ, strlen(TG_CP_K_AUDIT_SEQ), &kv, NULL, perr,
+                          sizeof perr);
+    if (rc != 0) return tg_errf(err, errlen, tg_cp_store_code(rc), "store: %s", perr);
+    if (kv) {
+        snprintf(num, sizeof num, "%.*s", (int)(kv->kv_val_len < 31 ? kv->kv_val_len : 31),
+                 (const char *)kv->kv_val);
+        seq = strtoull(num, NULL, 10);
+        seq_rev = kv->kv_mod_rev;
+        tg_store_kv_free(kv);
+    }
+    seq++;
+    tg_cp_seqstr(seq, s->au_seq);
+    snprintf(s->au_key, sizeof s->au_key, "%s%s", TG_CP_K_AUDIT, s->au_seq);
+    ev.seq = (int64_t)seq;
+    ev.at_us = tg_cp_now_us();
+    ev.actor = &a->ax_actor;
+    ev.method = (char *)a->ax_method;
+    ev.object_type = (char *)(w->wr_otype ? w->wr_otype : "");
+    ev.object_id = (char *)(w->wr_oid ? w->wr_oid : "");
+    ev.before_json = (char *)(w->wr_before ? w->wr_before : "");
+    ev.after_json = (char *)(w->wr_after ? w->wr_after : "");
+    tg_buf_reset(&s->au_buf);
+    if (tg_rpc_pb_pack(&ev.base, &s->au_buf, perr, sizeof perr) != 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "audit event: %s", perr);
+    *cmp = (tg_store_cmp_t){.c_key = TG_CP_K_AUDIT_SEQ,
+                            .c_key_len = strlen(TG_CP_K_AUDIT_SEQ),
+                            .c_target = TG_STORE_CMP_MOD_REV,
+                            .c_op = TG_STORE_EQ,
+                            .c_num = seq_rev};
+    ops[0] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
+                             .op_key = s->au_key,
+                             .op_key_len = strlen(s->au_key),
+                             .op_val = s->au_buf.b_data,
+                             .op_val_len = s->au_buf.b_len};
+    ops[1] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
+                             .op_key = TG_CP_K_AUDIT_SEQ,
+                             .op_key_len = strlen(TG_CP_K_AUDIT_SEQ),
+                             .op_val = s->au_seq,
+                             .op_val_len = 20};
+    return TG_RPC_CODE_OK;
+}
+
 int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev)
 {
     tg_cp_t *cp = a->ax_cp;
     char err[TG_ERRLEN] = "";
     tg_store_cmp_t cmps[CP_WR_MAX_CMPS + 1];
     tg_store_op_t ops[CP_WR_MAX_OPS + 2];
-    tg_buf_t ev_buf;
+    cp_audit_slot_t slot;
     int code = TG_RPC_CODE_ABORTED;
 
     if (w->wr_overflow) return cp_fail(a, TG_RPC_CODE_INTERNAL, "write plan too large");
-    tg_buf_init(&ev_buf, TG_STORE_MAX_VALUE);
+    tg_buf_init(&slot.au_buf, TG_STORE_MAX_VALUE);
     pthread_mutex_lock(&commit_mu);
     for (int attempt = 0; attempt < AUDIT_RETRIES; attempt++) {
-        tg_store_kv_t *kv = NULL;
         tg_store_txn_res_t res;
-        uint64_t seq = 0;
-        int64_t seq_rev = 0;
-        char seqs[21], key[64], num[32];
-        Tollgate__V1__AuditEvent ev = TOLLGATE__V1__AUDIT_EVENT__INIT;
         int rc;
 
-        rc = tg_store_get(cp->cp_store, TG_CP_K_AUDIT_SEQ, strlen(TG_CP_K_AUDIT_SEQ), &kv, NULL,
-                          err, sizeof err);
-        if (rc != 0) {
-            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
-            goto done;
-        }
-        if (kv) {
-            snprintf(num, sizeof num, "%.*s", (int)(kv->kv_val_len < 31 ? kv->kv_val_len : 31),
-                     (const char *)kv->kv_val);
-            seq = strtoull(num, NULL, 10);
-            seq_rev = kv->kv_mod_rev;
-            tg_store_kv_free(kv);
-        }
-        seq++;
-        tg_cp_seqstr(seq, seqs);
-        snprintf(key, sizeof key, "%s%s", TG_CP_K_AUDIT, seqs);
-
-        ev.seq = (int64_t)seq;
-        ev.at_us = tg_cp_now_us();
-        ev.actor = &a->ax_actor;
-        ev.method = (char *)a->ax_method;
-        ev.object_type = (char *)(w->wr_otype ? w->wr_otype : "");
-        ev.object_id = (char *)(w->wr_oid ? w->wr_oid : "");
-        ev.before_json = (char *)(w->wr_before ? w->wr_before : "");
-        ev.after_json = (char *)(w->wr_after ? w->wr_after : "");
-        tg_buf_reset(&ev_buf);
-        if (tg_rpc_pb_pack(&ev.base, &ev_buf, err, sizeof err) != 0) {
-            code = cp_fail(a, TG_RPC_CODE_INTERNAL, "audit event: %s", err);
-            goto done;
-        }
-
         memcpy(cmps, w->wr_cmps, w->wr_ncmp * sizeof(cmps[0]));
-        cmps[w->wr_ncmp] = (tg_store_cmp_t){.c_key = TG_CP_K_AUDIT_SEQ,
-                                            .c_key_len = strlen(TG_CP_K_AUDIT_SEQ),
-                                            .c_target = TG_STORE_CMP_MOD_REV,
-                                            .c_op = TG_STORE_EQ,
-                                            .c_num = seq_rev};
         memcpy(ops, w->wr_ops, w->wr_nops * sizeof(ops[0]));
-        ops[w->wr_nops] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
-                                          .op_key = key,
-                                          .op_key_len = strlen(key),
-                                          .op_val = ev_buf.b_data,
-                                          .op_val_len = ev_buf.b_len};
-        ops[w->wr_nops + 1] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT,
-                                              .op_key = TG_CP_K_AUDIT_SEQ,
-                                              .op_key_len = strlen(TG_CP_K_AUDIT_SEQ),
-                                              .op_val = seqs,
-                                              .op_val_len = 20};
+        if ((code = cp_audit_fill(a, w, &slot, &cmps[w->wr_ncmp], &ops[w->wr_nops], err,
+                                  sizeof err)) != TG_RPC_CODE_OK) {
+            code = cp_fail(a, code, "%s", err);
+            goto done;
+        }
         rc = tg_store_txn(cp->cp_store, cmps, w->wr_ncmp + 1, ops, w->wr_nops + 2, NULL, 0, &res,
                           err, sizeof err);
         if (rc != 0) {
@@ -145,7 +161,7 @@ int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev)
                 char rs[24];
                 snprintf(rs, sizeof rs, "%" PRId64, rev ? *rev : 0);
                 const char *kvs[] = {"method", a->ax_method, "token", a->ax_token.at_name,
-                                     "object", ev.object_id, "revision", rs, NULL};
+                                     "object", w->wr_oid ? w->wr_oid : "", "revision", rs, NULL};
                 if (tg_log_enabled(TG_LOG_INFO))
                     tg_log_kv(TG_LOG_INFO, "admin", kvs, "admin change committed");
             }
@@ -172,7 +188,7 @@ int cp_wr_commit(cp_actx_t *a, cp_wr_t *w, int64_t *rev)
                    "too many concurrent admin changes; nothing was changed, retry");
 done:
     pthread_mutex_unlock(&commit_mu);
-    tg_buf_free(&ev_buf);
+    tg_buf_free(&slot.au_buf);
     return code;
 }
 

@@ -131,9 +131,26 @@ void tg_cp_agent_side_stop(tg_cp_t *cp);
  * go below zero, UNAVAILABLE when this replica is not the leader). */
 struct Tollgate__V1__BalanceChangeRequest;
 struct Tollgate__V1__Actor;
+struct Tollgate__V1__LedgerEntry;
+
+/* Writes a caller adds to a balance change's own transaction, so they land
+ * or fail with the money (the admin side's audit event). tx_fill runs under
+ * the settlement lock before every attempt with the entry about to be
+ * committed; it fills at most TG_CP_TXN_EXTRA_MAX compares into cmps and
+ * puts into ops (*ncmp, *nops), whose memory stays the filler's until
+ * tg_cp_balance_change returns. Returns TG_RPC_CODE_OK or a code with err
+ * set (the change is then not made). */
+#define TG_CP_TXN_EXTRA_MAX 4
+typedef struct tg_cp_txn_extra {
+    int (*tx_fill)(void *arg, const struct Tollgate__V1__LedgerEntry *entry, tg_store_cmp_t *cmps,
+                   size_t *ncmp, tg_store_op_t *ops, size_t *nops, char *err, size_t errlen);
+    void *tx_arg;
+} tg_cp_txn_extra_t;
+
+/* extra may be NULL. */
 int tg_cp_balance_change(tg_cp_t *cp, const struct Tollgate__V1__BalanceChangeRequest *req, int kind,
-                         const struct Tollgate__V1__Actor *actor, tg_buf_t *reply, char *err,
-                         size_t errlen);
+                         const struct Tollgate__V1__Actor *actor, const tg_cp_txn_extra_t *extra,
+                         tg_buf_t *reply, char *err, size_t errlen);
 
 /* The latest signed checkpoint of this replica's ledger head, packed
  * LedgerCheckpoint appended to reply. Returns TG_RPC_CODE_OK or a code with

@@ -1550,7 +1550,8 @@ fail:
 /* ---- top-ups and adjustments ---------------------------------------------------- */
 
 int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *req, int kind,
-                         const Tollgate__V1__Actor *actor, tg_buf_t *reply, char *err, size_t errlen)
+                         const Tollgate__V1__Actor *actor, const tg_cp_txn_extra_t *extra,
+                         tg_buf_t *reply, char *err, size_t errlen)
 {
     tg_cp_agent_side_t *as = cp->cp_agent;
     ProtobufCMessage *am = NULL, *old = NULL;
@@ -1695,8 +1696,22 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
         }
         const char *markers[1] = {idem};
         const tg_buf_t *vals[1] = {&marker_val};
+        tg_store_cmp_t xcmps[TG_CP_TXN_EXTRA_MAX];
+        tg_store_op_t xops[TG_CP_TXN_EXTRA_MAX];
+        size_t nxc = 0, nxo = 0;
+        if (extra != NULL && extra->tx_fill != NULL) {
+            /* the caller's writes (the audit event) commit with the money */
+            code = extra->tx_fill(extra->tx_arg, &e, xcmps, &nxc, xops, &nxo, err, errlen);
+            if (code != TG_RPC_CODE_OK)
+                goto fail;
+            if (nxc > TG_CP_TXN_EXTRA_MAX || nxo > TG_CP_TXN_EXTRA_MAX) {
+                code = tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "too many extra writes for a balance change");
+                goto fail;
+            }
+        }
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
-                            .cs_nmark = 1, .cs_bals = &bal, .cs_nbal = 1, .cs_settled = &settled};
+                            .cs_nmark = 1, .cs_bals = &bal, .cs_nbal = 1, .cs_settled = &settled,
+                            .cs_xcmps = xcmps, .cs_nxcmp = nxc, .cs_xops = xops, .cs_nxop = nxo};
         int rc = settle_commit(as, &cs, &commit_rev, err, errlen);
         if (rc < 0) {
             code = tg_cp_store_code(rc);

@@ -91,5 +91,20 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const t = await cp.adminCall('TopUp', topup);
     assert.equal(t.duplicate, true);
     assert.equal(await balance(cp, ids.account), before - want + 1000000n);
+    // the audit event committed with the money (same transaction), so the
+    // crash between commit and answer cannot lose it; the resend adds none
+    const oid = `${ids.account}/wallet`;
+    const audit = await cp.adminCall('QueryAudit', { object_type: 'balance', object_id: oid, page_size: 100 });
+    const evs = audit.events.filter((e) => JSON.parse(e.after_json).idempotency_key === 'crash-topup');
+    assert.equal(evs.length, 1, 'exactly one audit event for the crashed top-up');
+    const after = JSON.parse(evs[0].after_json);
+    assert.equal(after.kind, 'LEDGER_KIND_TOPUP');
+    assert.equal(after.amountNano ?? after.amount_nano, '1000000');
+    assert.equal(evs[0].method, 'TopUp');
+    // ...and its revision is the balance change's own: the ledger row's entry id matches
+    const rows = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+    const row = rows.entries.find((e) => e.idempotency_key === 'crash-topup');
+    assert.ok(row, 'the top-up row is in the ledger');
+    assert.equal(after.entryId ?? after.entry_id, row.entry_id);
   });
 });
