@@ -289,12 +289,43 @@ static int whoami(cp_actx_t *a, const ProtobufCMessage *req, tg_buf_t *reply)
     return cp_reply(a, &r.base, reply);
 }
 
+/* Agents as stored, with last_batch_sequence filled from
+ * TG_CP_K_AGENT_SEQ/<agent>: settlement keeps the highest settled batch
+ * sequence there, in the transaction that settles the batch (AgentInfo
+ * itself is rewritten by Sync bookkeeping, which must not race it). */
 static int list_agents(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
 {
     const Tollgate__V1__ListRequest *q = (const Tollgate__V1__ListRequest *)reqm;
-    return cp_list(a, TG_CP_K_AGENT, &tollgate__v1__agent_info__descriptor, q->page_size,
-                   q->page_token, NULL, NULL, NULL, &tollgate__v1__list_agents_response__descriptor,
-                   reply);
+    size_t before = reply->b_len;
+    ProtobufCMessage *m = NULL;
+    char err[TG_ERRLEN] = "";
+    int code = cp_list(a, TG_CP_K_AGENT, &tollgate__v1__agent_info__descriptor, q->page_size,
+                       q->page_token, NULL, NULL, NULL,
+                       &tollgate__v1__list_agents_response__descriptor, reply);
+    if (code != TG_RPC_CODE_OK) return code;
+    if (tg_rpc_pb_unpack(&tollgate__v1__list_agents_response__descriptor, reply->b_data + before,
+                         reply->b_len - before, &m, err, sizeof err) != 0)
+        return cp_fail(a, TG_RPC_CODE_INTERNAL, "agents: %s", err);
+    Tollgate__V1__ListAgentsResponse *r = (Tollgate__V1__ListAgentsResponse *)m;
+    for (size_t i = 0; i < r->n_agents; i++) {
+        char key[TG_STORE_MAX_KEY], num[24] = "";
+        tg_store_kv_t *kv = NULL;
+        snprintf(key, sizeof key, "%s%s", TG_CP_K_AGENT_SEQ, r->agents[i]->agent_id);
+        int rc = tg_store_get(a->ax_cp->cp_store, key, strlen(key), &kv, NULL, err, sizeof err);
+        if (rc < 0) {
+            tg_rpc_pb_free(m);
+            return cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+        }
+        if (kv) {
+            memcpy(num, kv->kv_val, kv->kv_val_len < sizeof num - 1 ? kv->kv_val_len : sizeof num - 1);
+            r->agents[i]->last_batch_sequence = strtoull(num, NULL, 10);
+            tg_store_kv_free(kv);
+        }
+    }
+    reply->b_len = before;
+    code = cp_reply(a, m, reply);
+    tg_rpc_pb_free(m);
+    return code;
 }
 
 static int get_checkpoint(cp_actx_t *a, const ProtobufCMessage *req, tg_buf_t *reply)

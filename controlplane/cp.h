@@ -54,6 +54,7 @@
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
 #define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
+#define TG_CP_K_AGENT_SEQ "tg/settle/agent-seq/"   /* <agent id> -> highest settled batch sequence (decimal) */
 #define TG_CP_K_IDEM "tg/settle/idem/"              /* <account id>/<idempotency key> -> BalanceChangeResponse */
 #define TG_CP_K_SETTLED "tg/settle/log/"            /* <seq> -> SettledBatch (internal, see settle.c) */
 #define TG_CP_K_SETTLED_SEQ "tg/settle/seq"         /* last <seq> used in TG_CP_K_SETTLED */

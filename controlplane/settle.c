@@ -788,10 +788,9 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                 c->sc_upcost[i] = upcost;
             }
         }
-        if (prc != 0 && r->price_card_id[0] == '\0' && r->cost_nano == 0 && in == 0 && out == 0 &&
-            cr == 0 && cw == 0 && im == 0) {
-            /* nothing to price (every attempt failed upstream): a receipt
-             * row of cost 0, not a mismatch */
+        if (prc != 0 && r->cost_nano == 0 && in == 0 && out == 0 && cr == 0 && cw == 0 && im == 0) {
+            /* nothing to price (every attempt failed upstream, so no card
+             * entry may match): a receipt row of cost 0, not a mismatch */
             c->sc_cost[i] = 0;
             c->sc_upcost[i] = 0;
             prc = 0;
@@ -869,8 +868,9 @@ static size_t put_varint(uint8_t *p, uint64_t v)
  * group (a batch too big alone fails as before). */
 
 #define GROUP_MAX_JOBS 16
-/* compares: leader, seq, a marker per job, a balance each */
-#define GROUP_MAX_BALANCES (TG_STORE_MAX_TXN_OPS - 2 - GROUP_MAX_JOBS)
+/* puts: settled value, seq, a marker and at most one agent-seq per job, a
+ * balance each (compares: leader, seq, a marker per job, a balance each) */
+#define GROUP_MAX_BALANCES (TG_STORE_MAX_TXN_OPS - 2 - 2 * GROUP_MAX_JOBS)
 #define BUILD_CUT 1 /* build_job: does not fit after the others, next group */
 
 typedef struct settle_job {
@@ -900,6 +900,11 @@ typedef struct settle_group {
     size_t g_nent, g_cap;
     size_t g_total;                    /* bytes of the settled value so far */
     tg_buf_t g_settled;
+    /* AgentInfo.last_batch_sequence: TG_CP_K_AGENT_SEQ puts */
+    char g_akey[GROUP_MAX_JOBS][TG_STORE_MAX_KEY];
+    char g_aval[GROUP_MAX_JOBS][24];
+    tg_store_op_t g_aops[GROUP_MAX_JOBS];
+    size_t g_naops;
 } settle_group_t;
 
 /* Marks records already settled (group time, as_settle_mu held):
@@ -986,7 +991,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
                            "batch touches more than %d balances; split it", SETTLE_MAX_BALANCES);
         if (k == g->g_nbal) {
-            if (k + (j + 1) + 2 > TG_STORE_MAX_TXN_OPS || k == GROUP_MAX_BALANCES)
+            if (k + 2 * (j + 1) + 2 >= TG_STORE_MAX_TXN_OPS || k == GROUP_MAX_BALANCES)
                 return BUILD_CUT;
             memset(&g->g_bals[k], 0, sizeof(bal_t));
             g->g_nbal++;
@@ -1074,6 +1079,53 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
     return TG_RPC_CODE_OK;
 }
 
+/* The TG_CP_K_AGENT_SEQ puts of the group (AgentInfo.last_batch_sequence):
+ * per agent, its highest batch sequence in the group when higher than the
+ * stored one. Read under as_settle_mu: only the settling leader writes these
+ * keys, and the leader fence makes a stale read harmless. */
+static int agent_seqs(settle_group_t *g, char *err, size_t errlen)
+{
+    tg_cp_t *cp = g->g_n > 0 ? g->g_jobs[0]->j_c->sc_cp : NULL;
+    g->g_naops = 0;
+    for (size_t j = 0; j < g->g_n; j++) {
+        const Tollgate__V1__UsageBatch *b = g->g_jobs[j]->j_c->sc_batch;
+        uint64_t top = b->sequence;
+        int first = 1;
+        for (size_t k = 0; k < g->g_n; k++) {
+            const Tollgate__V1__UsageBatch *o = g->g_jobs[k]->j_c->sc_batch;
+            if (strcmp(o->agent_id, b->agent_id) != 0)
+                continue;
+            if (k < j)
+                first = 0; /* an earlier job of the same agent did it */
+            if (o->sequence > top)
+                top = o->sequence;
+        }
+        if (!first)
+            continue;
+        size_t i = g->g_naops;
+        snprintf(g->g_akey[i], sizeof(g->g_akey[i]), TG_CP_K_AGENT_SEQ "%s", b->agent_id);
+        tg_store_kv_t *kv = NULL;
+        if (tg_store_get(cp->cp_store, g->g_akey[i], strlen(g->g_akey[i]), &kv, NULL, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        uint64_t stored = 0;
+        int have = kv != NULL;
+        if (kv != NULL) {
+            char tmp[24] = {0};
+            memcpy(tmp, kv->kv_val, kv->kv_val_len < 23 ? kv->kv_val_len : 23);
+            stored = strtoull(tmp, NULL, 10);
+        }
+        tg_store_kv_free(kv);
+        if (have && stored >= top)
+            continue;
+        snprintf(g->g_aval[i], sizeof(g->g_aval[i]), "%" PRIu64, top);
+        g->g_aops[i] = (tg_store_op_t){.op_type = TG_STORE_OP_PUT, .op_key = g->g_akey[i],
+                                       .op_key_len = strlen(g->g_akey[i]), .op_val = g->g_aval[i],
+                                       .op_val_len = strlen(g->g_aval[i])};
+        g->g_naops++;
+    }
+    return TG_RPC_CODE_OK;
+}
+
 /* Builds the group's transaction from scratch (again after a compare
  * failure: balances are re-read): every job that fits, in order. Returns
  * OK with g_n cut to the jobs that fit (*failed = SIZE_MAX), or OK with
@@ -1147,7 +1199,7 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         if (tg_rpc_pb_pack(&job->j_resp.base, &job->j_marker_val, err, errlen) < 0)
             return TG_RPC_CODE_INTERNAL;
     }
-    return TG_RPC_CODE_OK;
+    return agent_seqs(g, err, errlen);
 }
 
 /* A resend: packs what the first settlement answered into reply. Returns 1
@@ -1268,7 +1320,8 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
-                            .cs_settled = &g->g_settled};
+                            .cs_settled = &g->g_settled, .cs_xops = g->g_aops,
+                            .cs_nxop = g->g_naops};
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);

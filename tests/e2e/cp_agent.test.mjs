@@ -9,26 +9,12 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { until } from './lib/proc.mjs';
-import { FakeAgent, balance, call, costOf, grpc, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
+import { FakeAgent, balance, call, costOf, grpc, startSettling } from './cp_agent_lib.mjs';
 
 for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
   const ctx = {};
 
-  before(async () => {
-    if (backend === 'etcd') {
-      ctx.etcd = await startEtcd();
-      ctx.cp = await startCp({ store: `etcd:${ctx.etcd.url}`, nodeId: 'cp-e2e' });
-    } else {
-      ctx.cp = await startCp({ nodeId: 'cp-e2e' });
-    }
-    ctx.ids = await seed(ctx.cp);
-    // the replica must have won its (single-replica) election before settling
-    await until(async () => {
-      const a = new FakeAgent(ctx.cp, 'probe');
-      await a.enroll();
-      try { await a.report(a.signed([])); return true; } catch (e) { if (/not the settling leader/.test(e.details)) return false; throw e; }
-    }, { timeoutMs: 10000, what: 'the control plane to become the settling leader' });
-  });
+  before(() => startSettling(ctx, backend, 'cp-e2e'));
 
   after(async () => {
     await ctx.cp?.stop();

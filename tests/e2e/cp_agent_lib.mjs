@@ -84,6 +84,25 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
   };
 }
 
+// Starts tollgate-cp on backend ('lmdb', or 'etcd': a fresh etcd on free
+// loopback ports), seeds it (seed() below) and waits until it settles
+// (its single-replica election won). Fills ctx.etcd, ctx.cp, ctx.ids.
+export async function startSettling(ctx, backend, nodeId) {
+  if (backend === 'etcd') {
+    ctx.etcd = await startEtcd();
+    ctx.cp = await startCp({ store: `etcd:${ctx.etcd.url}`, nodeId });
+  } else {
+    ctx.cp = await startCp({ nodeId });
+  }
+  ctx.ids = await seed(ctx.cp);
+  await until(async () => {
+    const a = new FakeAgent(ctx.cp, 'probe');
+    await a.enroll();
+    try { await a.report(a.signed([])); return true; } catch (e) { if (/not the settling leader/.test(e.details)) return false; throw e; }
+  }, { timeoutMs: 10000, what: 'the control plane to become the settling leader' });
+  return ctx;
+}
+
 // ---- fixtures ---------------------------------------------------------------
 
 export const PRICE = { input: 2500000333n, output: 10000000007n, cacheRead: 1250000001n, rate: 1234567n };
