@@ -2,13 +2,16 @@
  * SIGINT stop the loops; SIGHUP re-reads the --snapshot file and swaps the
  * configuration in (the swap is atomic; in-flight requests finish on the
  * configuration they started with). Signals are taken by one thread with
- * sigwait, so no handler runs on a loop. */
+ * sigwait, so no handler runs on a loop. At start the open-files soft
+ * limit is raised to the hard limit (nginx's worker_rlimit_nofile): every
+ * open stream holds two descriptors, the client's and the upstream's. */
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "agent/tg_agent.h"
 #include "base/tg_base.h"
@@ -63,6 +66,28 @@ static int outbox_dump(int argc, char **argv)
         return 1;
     }
     return 0;
+}
+
+/* Raises RLIMIT_NOFILE's soft limit to the hard one and logs what the
+ * process may hold: the usual soft default (1024) would stop the agent at
+ * ~500 open streams. The hard limit itself is the operator's (systemd
+ * LimitNOFILE=, ulimit -Hn). */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    unsigned long long was = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            TG_LOG(TG_LOG_WARN, "agent", "open files: cannot raise the soft limit %llu to the hard limit %llu", was,
+                   (unsigned long long)rl.rlim_max);
+            return;
+        }
+    }
+    TG_LOG(TG_LOG_INFO, "agent", "open files: limit %llu (soft limit was %llu); an open stream holds 2",
+           (unsigned long long)rl.rlim_cur, was);
 }
 
 typedef struct sigctx {
@@ -193,6 +218,7 @@ int main(int argc, char **argv)
      * per request (perf). Bounded: at most 64 MiB held back. */
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    raise_nofile();
 
     sigctx_t sc = {.sg_snapshot = o.ao_snapshot};
     sigemptyset(&sc.sg_set);
