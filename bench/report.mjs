@@ -3,7 +3,7 @@
 // docs/PERFORMANCE.md quotes.
 import { readFileSync } from 'node:fs';
 
-const [file, agentNote, runs, dur, streams, nstream] = process.argv.slice(2);
+const [file, agentNote, runs, dur, streams, nstream, nofile] = process.argv.slice(2);
 const vals = new Map(); // "scn|tgt|metric" -> [values]
 const errors = new Set(); // "scn|tgt"
 for (const line of readFileSync(file, 'utf8').split('\n')) {
@@ -76,6 +76,7 @@ for (const [label, metric, scn, key, mode] of rows) {
   const d = get(scn, 'direct', key);
   const n = get(scn, 'nginx', key);
   const a = agentMissing ? null : get(scn, 'agent', key);
+  if (d === null && n === null && a === null) continue; // not measured (--idle-only)
   const isAdded = mode === 'added' || mode === 'added-ms';
   // CPU rows compare the proxies with each other (direct is the upstream's own cost).
   const nd = isAdded || key === 'cpu_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
@@ -83,6 +84,20 @@ for (const [label, metric, scn, key, mode] of rows) {
   out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} |`);
 }
 out.push('');
+const times = ['direct', 'nginx', 'agent'].map((t) => [t, get('idle', t, 'open_s'), get('idle', t, 'release_s')])
+  .filter(([, o]) => typeof o === 'number');
+if (times.length) {
+  out.push(`Idle row, seconds to open all ${streams} streams / to let go of them after the client closed them: ` +
+    times.map(([t, o, r]) => `${t} ${o} / ${typeof r === 'number' ? r : '?'}`).join(', ') + '.');
+  out.push('');
+}
+const procs = ['nginx', 'agent'].map((t) => [t, get('idle', t, 'procs')]).filter(([, v]) => typeof v === 'number' && v > 1);
+if (procs.length) {
+  out.push(`Idle row: ${streams} streams do not fit in one proxy process (two open files a stream, ` +
+    `open-files limit ${nofile}), so ${procs.map(([t, v]) => `${t} ran as ${v} processes`).join(', ')} ` +
+    `behind one SO_REUSEPORT port, RSS summed; mockllm is one process.`);
+  out.push('');
+}
 out.push(`Medians of ${runs} run(s) of ${dur} s each (wrk -t1; streams: ${nstream} requests, 4 at a time, ` +
   `measured by bench/stream_client.mjs). "CPU us/request of the process under test" is mockllm's own ` +
   `CPU for the direct column and the proxy's alone (nginx: its one worker) otherwise, from /proc/PID/stat. ` +
