@@ -55,6 +55,7 @@ typedef struct freq {
     tg_buf_t r_head;  /* target NUL name NUL value NUL ... */
     uint32_t r_target_len;
     int r_last;       /* last callback: 0 target, 1 header name, 2 header value */
+    int r_hdone;      /* the head is complete: later fields are chunked trailers */
     fhdr_t r_h[MAX_HEADERS];
     size_t r_nh;
     tg_buf_t r_body;
@@ -78,6 +79,7 @@ struct tg_front_conn {
     tg_buf_t c_out;    /* queued output; c_off bytes of it are written */
     size_t c_off;
     tg_buf_t c_in;     /* bytes read ahead while a request was handled */
+    size_t c_in_off;   /* c_in bytes already parsed */
     tg_front_event_fn c_on_gone, c_on_drain;
     void *c_ev_arg;
     struct event c_rev, c_wev, c_tev;
@@ -92,6 +94,7 @@ struct tg_front {
     struct event *f_pause_ev;  /* accept paused after EMFILE */
     struct event *f_flush_ev;  /* priority 0: ends of responses */
     const struct timeval *f_tmo; /* common timeout: fo_timeout_s */
+    struct timeval f_tmo_plain;  /* the same, if libevent had no common timeout */
     tg_front_conn_t *f_conns;
     tg_front_conn_t *f_flush, **f_flush_tail;
     size_t f_nconns;
@@ -178,12 +181,24 @@ static void after_write(tg_front_conn_t *c);
 
 /* Writes queued output. Returns 0 (all written, or the rest waits for the
  * write event) or -1 (the connection is lost). */
+/* The output timeout runs from the client's last progress: armed when
+ * a queue forms and again whenever the client took bytes, not on every
+ * write we add (a client that takes nothing is cut even while a stream
+ * keeps adding to its queue). */
+static void out_timer(tg_front_conn_t *c, int progressed)
+{
+    if (progressed || !event_pending(&c->c_tev, EV_TIMEOUT, NULL))
+        arm_timer(c, c->c_f->f_tmo);
+}
+
 static int out_send(tg_front_conn_t *c)
 {
+    int progressed = 0;
     while (out_pending(c) > 0) {
         ssize_t n = send(c->c_fd, c->c_out.b_data + c->c_off, out_pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             c->c_off += (size_t)n;
+            progressed = 1;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -191,7 +206,7 @@ static int out_send(tg_front_conn_t *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (!event_pending(&c->c_wev, EV_WRITE, NULL))
                 event_add(&c->c_wev, NULL);
-            arm_timer(c, c->c_f->f_tmo); /* a client that takes nothing for the timeout is cut */
+            out_timer(c, progressed);
             return 0;
         }
         conn_lost(c);
@@ -256,7 +271,7 @@ static int out_writev(tg_front_conn_t *c, struct iovec *iov, int niov)
     }
     if (!event_pending(&c->c_wev, EV_WRITE, NULL))
         event_add(&c->c_wev, NULL);
-    arm_timer(c, c->c_f->f_tmo);
+    out_timer(c, done > 0);
     return 0;
 }
 
@@ -269,7 +284,7 @@ static void flush_enqueue(tg_front_conn_t *c)
     c->c_fnext = NULL;
     *f->f_flush_tail = c;
     f->f_flush_tail = &c->c_fnext;
-    if (f->f_flush == c)
+    if (f->f_flush == c && !event_pending(f->f_flush_ev, EV_TIMEOUT, NULL))
         event_active(f->f_flush_ev, EV_TIMEOUT, 1);
 }
 
@@ -278,12 +293,34 @@ static void flush_enqueue(tg_front_conn_t *c)
 static void dispatch(tg_front_conn_t *c);
 static void reject(tg_front_conn_t *c);
 
+/* Appends read-ahead bytes, first dropping what was parsed already. */
+static int in_append(tg_front_conn_t *c, const char *p, size_t n)
+{
+    if (c->c_in_off) {
+        memmove(c->c_in.b_data, c->c_in.b_data + c->c_in_off, c->c_in.b_len - c->c_in_off);
+        c->c_in.b_len -= c->c_in_off;
+        c->c_in_off = 0;
+    }
+    return tg_buf_append(&c->c_in, p, n);
+}
+
 /* Feeds bytes to the parser: a complete request is dispatched (bytes
- * after it wait in c_in), a malformed one refused. */
-static void feed(tg_front_conn_t *c, const char *data, size_t n)
+ * after it wait in c_in), a malformed one refused. from_in: data is the
+ * unparsed part of c_in itself, which is then consumed in place (a deep
+ * pipeline is parsed once, not copied once per request). */
+static void feed(tg_front_conn_t *c, const char *data, size_t n, int from_in)
 {
     size_t used = http_parser_execute(&c->c_p, &settings, data, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->c_p);
+    if (c->c_gone)
+        return; /* e.g. the 100 Continue could not be written */
+    if (from_in) {
+        c->c_in_off += used;
+        if (c->c_in_off == c->c_in.b_len) {
+            tg_buf_reset(&c->c_in);
+            c->c_in_off = 0;
+        }
+    }
     if (c->c_reject || (e != HPE_OK && e != HPE_PAUSED)) {
         if (!c->c_reject) {
             c->c_reject = 400;
@@ -294,31 +331,39 @@ static void feed(tg_front_conn_t *c, const char *data, size_t n)
     }
     if (!c->c_ready)
         return; /* more to come */
-    if (used < n && tg_buf_append(&c->c_in, data + used, n - used) != 0) {
+    if (!from_in && used < n && in_append(c, data + used, n - used) != 0) {
         conn_lost(c);
         return;
     }
     dispatch(c);
 }
 
+static int reading_ahead(const tg_front_conn_t *c)
+{
+    return c->c_state == ST_HANDLE || c->c_state == ST_ENDED;
+}
+
 static void read_more(tg_front_conn_t *c)
 {
     tg_front_t *f = c->c_f;
     for (int i = 0; i < 16 && !c->c_gone; i++) {
+        if (reading_ahead(c) && !c->c_linger && c->c_in.b_len - c->c_in_off >= PIPELINE_MAX) {
+            /* a client far ahead of us: stop reading until its request
+             * is answered (checked before the read, so the read-ahead
+             * never passes PIPELINE_MAX + SCRATCH) */
+            event_del(&c->c_rev);
+            c->c_reading = 0;
+            return;
+        }
         ssize_t n = recv(c->c_fd, f->f_scratch, SCRATCH, 0);
         if (n > 0) {
             if (c->c_state == ST_READ) {
-                feed(c, f->f_scratch, (size_t)n);
-            } else if (c->c_state == ST_LINGER) {
-                /* dropped */
-            } else if (tg_buf_append(&c->c_in, f->f_scratch, (size_t)n) != 0) {
+                arm_timer(c, f->f_tmo); /* the timeout runs between reads */
+                feed(c, f->f_scratch, (size_t)n, 0);
+            } else if (c->c_state == ST_LINGER || c->c_linger) {
+                /* the rest of a refused upload: dropped */
+            } else if (in_append(c, f->f_scratch, (size_t)n) != 0) {
                 conn_lost(c); /* out of memory: the bytes cannot be kept */
-                return;
-            } else if (c->c_in.b_len >= PIPELINE_MAX) {
-                /* a client far ahead of us: stop reading until its
-                 * request is answered */
-                event_del(&c->c_rev);
-                c->c_reading = 0;
                 return;
             }
             if ((size_t)n < SCRATCH)
@@ -401,11 +446,14 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     tg_front_t *f = arg;
     if (f->f_o.fo_before_flush)
         f->f_o.fo_before_flush(f->f_o.fo_flush_arg);
-    tg_front_conn_t *c;
-    while ((c = f->f_flush) != NULL) {
-        f->f_flush = c->c_fnext;
-        if (!f->f_flush)
-            f->f_flush_tail = &f->f_flush;
+    /* Only what was queued before the hook ran: a pipelined request
+     * answered while this batch is written queues anew and waits for the
+     * next run of the hook. */
+    tg_front_conn_t *c, *batch = f->f_flush;
+    f->f_flush = NULL;
+    f->f_flush_tail = &f->f_flush;
+    while ((c = batch) != NULL) {
+        batch = c->c_fnext;
         c->c_flushq = 0;
         c->c_depth++;
         if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
@@ -549,6 +597,8 @@ static int close_field(http_parser *p)
 static int on_hfield(http_parser *p, const char *at, size_t n)
 {
     freq_t *r = req_of(p);
+    if (r->r_hdone)
+        return 0; /* a chunked trailer: never a request header (a proxy checked only the head) */
     if (r->r_last != 1) {
         if (close_field(p) != 0)
             return -1;
@@ -563,6 +613,8 @@ static int on_hfield(http_parser *p, const char *at, size_t n)
 static int on_hvalue(http_parser *p, const char *at, size_t n)
 {
     freq_t *r = req_of(p);
+    if (r->r_hdone)
+        return 0;
     if (r->r_last != 2) {
         if (tg_buf_append(&r->r_head, "", 1) != 0)
             return too_big(p);
@@ -577,6 +629,7 @@ static int on_headers_done(http_parser *p)
     tg_front_conn_t *c = p->data;
     if (close_field(p) != 0)
         return -1;
+    c->c_req->r_hdone = 1;
     if (p->content_length != UINT64_MAX && (p->flags & F_CONTENTLENGTH) &&
         p->content_length > c->c_f->f_o.fo_max_body) {
         c->c_reject = 413;
@@ -654,6 +707,12 @@ static void after_write(tg_front_conn_t *c)
         /* an error reply went out mid-upload: read and drop the rest for
          * a moment so the client sees the reply, not a reset */
         c->c_state = ST_LINGER;
+        tg_buf_free(&c->c_in);
+        c->c_in_off = 0;
+        if (!c->c_reading) {
+            event_add(&c->c_rev, NULL);
+            c->c_reading = 1;
+        }
         shutdown(c->c_fd, SHUT_WR);
         struct timeval tv = {LINGER_S, 0};
         arm_timer(c, &tv);
@@ -672,12 +731,8 @@ static void after_write(tg_front_conn_t *c)
         event_add(&c->c_rev, NULL);
         c->c_reading = 1;
     }
-    if (c->c_in.b_len) {
-        tg_buf_t in = c->c_in;
-        tg_buf_init(&c->c_in, PIPELINE_MAX + SCRATCH);
-        feed(c, in.b_data, in.b_len);
-        tg_buf_free(&in);
-    }
+    if (c->c_in.b_len > c->c_in_off)
+        feed(c, c->c_in.b_data + c->c_in_off, c->c_in.b_len - c->c_in_off, 1);
 }
 
 /* A request the front refuses itself, in the OpenAI error shape; the
@@ -877,10 +932,21 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len)
     return out_writev(c, iov, 3);
 }
 
-void tg_front_stream_end(tg_front_conn_t *c)
+void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
 {
-    if (!c->c_gone && c->c_chunked && !c->c_head && tg_buf_append(&c->c_out, "0\r\n\r\n", 5) != 0)
-        conn_lost(c);
+    if (!c->c_gone && !c->c_head) {
+        int rc = 0;
+        if (len && c->c_chunked)
+            rc |= tg_buf_printf(&c->c_out, "%zx\r\n", len);
+        if (len)
+            rc |= tg_buf_append(&c->c_out, tail, len);
+        if (len && c->c_chunked)
+            rc |= tg_buf_append(&c->c_out, "\r\n", 2);
+        if (c->c_chunked)
+            rc |= tg_buf_append(&c->c_out, "0\r\n\r\n", 5);
+        if (rc)
+            conn_lost(c);
+    }
     end_request(c);
 }
 
@@ -909,10 +975,10 @@ int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_
         f->f_o.fo_timeout_s = 120;
     f->f_lfd = listen_fd;
     f->f_flush_tail = &f->f_flush;
-    struct timeval tmo = {f->f_o.fo_timeout_s, 0};
-    f->f_tmo = event_base_init_common_timeout(base, &tmo);
+    f->f_tmo_plain = (struct timeval){f->f_o.fo_timeout_s, 0};
+    f->f_tmo = event_base_init_common_timeout(base, &f->f_tmo_plain);
     if (!f->f_tmo)
-        f->f_tmo = &tmo; /* not reached: libevent only fails this on bad input */
+        f->f_tmo = &f->f_tmo_plain;
     if (!(f->f_lev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, f)) ||
         !(f->f_pause_ev = evtimer_new(base, on_resume_accept, f)) ||
         !(f->f_flush_ev = event_new(base, -1, 0, on_flush, f)) || event_add(f->f_lev, NULL) != 0) {

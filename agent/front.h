@@ -82,8 +82,10 @@ void tg_front_reply(tg_front_conn_t *c, int status, const void *body, size_t len
  * -1 when the client is gone (writes are then discarded). */
 int tg_front_stream_start(tg_front_conn_t *c, int status);
 int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len);
-/* The end of the stream; ends the request. */
-void tg_front_stream_end(tg_front_conn_t *c);
+/* The end of the stream, after tail (len bytes, may be 0: the stream's
+ * last event, held back so that it too goes out only after the flush
+ * hook); ends the request. */
+void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len);
 /* Ends the request without (more of) a reply: the connection closes. */
 void tg_front_abandon(tg_front_conn_t *c);
 

@@ -27,7 +27,7 @@ static struct event_base *base;
 static tg_front_t *front;
 static int port;
 static pthread_t loop_thread;
-static atomic_int hooks, gone_seen, drained;
+static atomic_int hooks, gone_seen, drained, slow_hook;
 static struct event *stop_ev;
 static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
 
@@ -44,8 +44,24 @@ static void on_drain(tg_front_conn_t *c, void *arg)
 {
     (void)arg;
     atomic_fetch_add(&drained, 1);
-    tg_front_stream_write(c, "tail", 4);
-    tg_front_stream_end(c);
+    tg_front_stream_end(c, "tail", 4);
+}
+
+static void reply_now(tg_front_conn_t *c);
+
+typedef struct later {
+    struct event *l_ev;
+    tg_front_conn_t *l_c;
+} later_t;
+
+static void later_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    later_t *l = arg;
+    reply_now(l->l_c);
+    event_free(l->l_ev);
+    free(l);
 }
 
 static void handler(tg_front_conn_t *c, void *arg)
@@ -55,6 +71,15 @@ static void handler(tg_front_conn_t *c, void *arg)
     const char *t = tg_front_target(c, &tl);
     char path[256];
     snprintf(path, sizeof path, "%.*s", (int)tl, t);
+    if (strcmp(path, "/later") == 0) {
+        /* answered from a later loop iteration, as the agent does */
+        later_t *l = calloc(1, sizeof *l);
+        l->l_c = c;
+        l->l_ev = evtimer_new(base, later_fire, l);
+        struct timeval now0 = {0, 0};
+        evtimer_add(l->l_ev, &now0);
+        return;
+    }
     if (strcmp(path, "/hang") == 0) {
         tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
         return;
@@ -63,8 +88,7 @@ static void handler(tg_front_conn_t *c, void *arg)
         tg_front_add_header(c, "Content-Type", "text/event-stream");
         tg_front_stream_start(c, 200);
         tg_front_stream_write(c, "data: 1\n\n", 9);
-        tg_front_stream_write(c, "data: 2\n\n", 9);
-        tg_front_stream_end(c);
+        tg_front_stream_end(c, "data: 2\n\n", 9);
         return;
     }
     if (strcmp(path, "/flood") == 0) {
@@ -75,12 +99,21 @@ static void handler(tg_front_conn_t *c, void *arg)
         for (int i = 0; i < 8; i++)
             tg_front_stream_write(c, blob, sizeof blob);
         if (tg_front_pending(c) == 0) {
-            tg_front_stream_end(c);
+            tg_front_stream_end(c, NULL, 0);
             return;
         }
         tg_front_set_events(c, on_gone, on_drain, NULL);
         return;
     }
+    reply_now(c);
+}
+
+static void reply_now(tg_front_conn_t *c)
+{
+    size_t tl;
+    const char *t = tg_front_target(c, &tl);
+    char path[256];
+    snprintf(path, sizeof path, "%.*s", (int)tl, t);
     size_t bl;
     char *body = tg_front_body_take(c, &bl);
     const char *h = tg_front_header(c, "x-test");
@@ -96,6 +129,8 @@ static void handler(tg_front_conn_t *c, void *arg)
 static void hook(void *arg)
 {
     (void)arg;
+    if (atomic_load(&slow_hook))
+        usleep(100000);
     atomic_fetch_add(&hooks, 1);
 }
 
@@ -348,6 +383,101 @@ static void test_backpressure_drains(void **state)
     close(fd);
 }
 
+static void test_trailers_are_not_headers(void **state)
+{
+    (void)state;
+    int fd = dial();
+    say(fd, "POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+            "X-Test: from-trailer\r\n\r\n");
+    const char *r = read_until(fd, "body=hi");
+    assert_non_null(strstr(r, "POST /t h=- ")); /* the trailer did not become X-Test */
+    close(fd);
+}
+
+static void test_each_pipelined_end_waits_for_a_hook(void **state)
+{
+    (void)state;
+    atomic_store(&slow_hook, 1); /* 100 ms per hook run */
+    struct timeval t0, t1;
+    gettimeofday(&t0, NULL);
+    int fd = dial();
+    say(fd, "GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\n");
+    const char *r = read_until(fd, "GET /two");
+    read_until(fd, "body=");
+    gettimeofday(&t1, NULL);
+    atomic_store(&slow_hook, 0);
+    (void)r;
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_usec - t0.tv_usec) / 1000;
+    assert_true(ms >= 190); /* two hook runs, one before each response's end */
+    close(fd);
+}
+
+static void test_deep_async_pipeline(void **state)
+{
+    (void)state;
+    /* ~300 KB of pipelined requests answered from later iterations: more
+     * than the read-ahead holds, so reading pauses and resumes */
+    const char *one = "GET /later HTTP/1.1\r\nHost: h\r\n\r\n";
+    size_t ol = strlen(one), n = 300000 / ol;
+    char *all = malloc(n * ol + 1);
+    for (size_t i = 0; i < n; i++)
+        memcpy(all + i * ol, one, ol);
+    int fd = dial();
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    /* send and read at once: a thread-free way is to send in slices */
+    size_t sent = 0;
+    char buf[65536];
+    size_t seen = 0;
+    while (sent < n * ol || seen < n) {
+        if (sent < n * ol) {
+            ssize_t k = send(fd, all + sent, n * ol - sent > 16384 ? 16384 : n * ol - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (k > 0)
+                sent += (size_t)k;
+            else if (k < 0 && errno != EAGAIN)
+                fail_msg("send: %s after %zu bytes", strerror(errno), sent);
+        }
+        ssize_t k = recv(fd, buf, sizeof buf, sent < n * ol ? MSG_DONTWAIT : 0);
+        if (k == 0)
+            fail_msg("EOF after %zu responses", seen);
+        if (k > 0) {
+            for (ssize_t i = 0; i + 4 < k; i++)
+                seen += memcmp(buf + i, "HTTP", 4) == 0;
+        } else if (sent >= n * ol && errno != EAGAIN) {
+            fail_msg("recv: %s after %zu responses", strerror(errno), seen);
+        }
+    }
+    assert_true(seen >= n);
+    free(all);
+    close(fd);
+}
+
+static void test_refused_upload_is_drained(void **state)
+{
+    (void)state;
+    /* a chunked upload far past the body limit: the 413 comes early, the
+     * rest is read and dropped, so the sender is not reset */
+    int fd = dial();
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    say(fd, "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+    static char chunk[8192 + 16];
+    int hl = snprintf(chunk, sizeof chunk, "2000\r\n");
+    memset(chunk + hl, 'z', 8192);
+    memcpy(chunk + hl + 8192, "\r\n", 2);
+    size_t cl = (size_t)hl + 8192 + 2, sent = 0;
+    for (int i = 0; i < 64; i++) { /* 512 KiB */
+        ssize_t k = send(fd, chunk, cl, MSG_NOSIGNAL);
+        if (k <= 0)
+            break;
+        sent += (size_t)k;
+    }
+    assert_int_equal(sent, 64 * cl);
+    const char *r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 413 "));
+    close(fd);
+}
+
 static void test_idle_count(void **state)
 {
     (void)state;
@@ -374,6 +504,10 @@ int main(void)
         cmocka_unit_test(test_end_written_after_hook),
         cmocka_unit_test(test_hangup_tells_the_handler),
         cmocka_unit_test(test_backpressure_drains),
+        cmocka_unit_test(test_trailers_are_not_headers),
+        cmocka_unit_test(test_each_pipelined_end_waits_for_a_hook),
+        cmocka_unit_test(test_deep_async_pipeline),
+        cmocka_unit_test(test_refused_upload_is_drained),
         cmocka_unit_test(test_idle_count),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -134,6 +134,7 @@ struct req {
     tg_buf_t rq_resp;
     tg_sse_t rq_sse;
     tg_buf_t rq_chunk;        /* stream events of one upstream read, for one write */
+    tg_buf_t rq_tail;         /* the stream's final event, held for the end (front.h) */
     int64_t rq_ttft_us;
     int64_t rq_resp_bytes;
     /* what was counted */
@@ -275,6 +276,7 @@ static void req_free(req_t *rq)
     if (rq->rq_timer)
         event_free(rq->rq_timer);
     tg_buf_free(&rq->rq_chunk);
+    tg_buf_free(&rq->rq_tail);
     tg_free(rq->rq_body_own);
     tg_buf_free(&rq->rq_upbody);
     tg_buf_free(&rq->rq_resp);
@@ -614,6 +616,15 @@ static int resp_event_is(const char *ev, size_t n, const char *type)
     return (size_t)(ev + n - d) >= (size_t)k && memcmp(d, want, (size_t)k) == 0;
 }
 
+/* Queues a stream event for the client. The final one ([DONE], or a
+ * Responses stream's closing event) is held and written with the end of
+ * the response, after the outbox commit: a client that stops reading at
+ * [DONE] has seen its answer complete only once the record is kept. */
+static int emit_event(req_t *rq, const char *ev, size_t n, int final)
+{
+    return tg_buf_append(final ? &rq->rq_tail : &rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+}
+
 /* A Responses stream event: forwarded as it is; the final event
  * (response.completed, or response.incomplete / response.failed, whose
  * usage counts too) carries the usage; text deltas are kept for local
@@ -621,10 +632,12 @@ static int resp_event_is(const char *ev, size_t n, const char *type)
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
     static const char *const finals[] = {"response.completed", "response.incomplete", "response.failed"};
+    int final = 0;
     for (int i = 0; i < 3; i++) {
         if (!resp_event_is(ev, n, finals[i]))
             continue;
         rq->rq_saw_done = 1;
+        final = 1;
         snprintf(rq->rq_finish, sizeof rq->rq_finish, "%s", finals[i] + 9);
         const char *d = memmem(ev, n, "data:", 5), *u;
         size_t ul;
@@ -641,7 +654,7 @@ static int forward_response_event(req_t *rq, const char *ev, size_t n)
     if (resp_event_is(ev, n, "response.output_text.delta"))
         tg_agent_collect_key(ev, n, rq->rq_ep->ep_delta_key, &rq->rq_text);
     rq->rq_resp_bytes += (int64_t)n;
-    return tg_buf_append(&rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+    return emit_event(rq, ev, n, final);
 }
 
 static int forward_event(void *arg, const char *ev, size_t n)
@@ -649,6 +662,12 @@ static int forward_event(void *arg, const char *ev, size_t n)
     req_t *rq = arg;
     const char *u;
     size_t ul;
+    if (rq->rq_tail.b_len) {
+        /* something after what looked final: the held event goes first */
+        if (tg_buf_append(&rq->rq_chunk, rq->rq_tail.b_data, rq->rq_tail.b_len) != 0)
+            return TG_AGENT_ENOMEM;
+        tg_buf_reset(&rq->rq_tail);
+    }
     if (rq->rq_ep->ep_kind == EP_RESPONSES)
         return forward_response_event(rq, ev, n);
     int kind = tg_sse_classify(ev, n, &u, &ul);
@@ -674,7 +693,7 @@ static int forward_event(void *arg, const char *ev, size_t n)
         }
     }
     rq->rq_resp_bytes += (int64_t)n;
-    return tg_buf_append(&rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
+    return emit_event(rq, ev, n, kind == 2);
 }
 
 static void start_stream(req_t *rq)
@@ -1202,7 +1221,7 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
             snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
         }
         if (rq->rq_c) {
-            tg_front_stream_end(rq->rq_c);
+            tg_front_stream_end(rq->rq_c, rq->rq_tail.b_data, rq->rq_tail.b_len);
             rq->rq_c = NULL;
         }
         finish(rq);
@@ -1283,7 +1302,12 @@ static void on_front_drain(tg_front_conn_t *c, void *arg)
     req_t *rq = arg;
     if (rq->rq_paused && rq->rq_easy) {
         rq->rq_paused = 0;
-        curl_easy_pause(rq->rq_easy, CURLPAUSE_CONT);
+        /* curl replays what it held through on_body; if that fails (an
+         * event past its cap) it drops the bytes and goes on, so the
+         * stream would have a hole: end the attempt here instead */
+        CURLcode rc = curl_easy_pause(rq->rq_easy, CURLPAUSE_CONT);
+        if (rc != CURLE_OK && rq->rq_easy)
+            tg_req_upstream_done(rq, rc);
     }
 }
 
@@ -1494,6 +1518,7 @@ static void handle_post(req_t *rq)
     tg_buf_init(&rq->rq_text, RESP_MAX);
     tg_sse_init(&rq->rq_sse, SSE_EVENT_MAX);
     tg_buf_init(&rq->rq_chunk, SSE_EVENT_MAX * 2);
+    tg_buf_init(&rq->rq_tail, SSE_EVENT_MAX);
     if (!(rq->rq_timer = evtimer_new(rq->rq_w->w_base, on_timer, rq))) {
         fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
         return;

@@ -182,7 +182,7 @@ int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
 /* ---- workers -------------------------------------------------------------- */
 
 /* Graceful stop: close the listener (no new connections), let the
- * requests in flight finish, then leave the loop; after the drain bound
+ * requests in flight finish and their responses drain, then leave the loop; after the drain bound
  * (10 s) whatever is left is cut. Checked every 50 ms. */
 #define DRAIN_MS 10000
 
@@ -191,7 +191,9 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     worker_t *w = arg;
-    if (!w->w_live || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
+    /* done when no request is in flight and no response is still being
+     * written to a slow client */
+    if ((!w->w_live && tg_front_nconns(w->w_front) == 0) || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
         if (w->w_live)
             TG_LOG(TG_LOG_WARN, "agent", "worker %d: drain bound reached, cutting requests in flight", w->w_idx);
         event_base_loopexit(w->w_base, NULL);
