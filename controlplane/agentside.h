@@ -68,6 +68,7 @@ typedef struct tg_cp_agent_side {
     int as_tail_started;
     int64_t as_tail_rev;              /* (mu) settled log applied up to this revision */
     char as_tail_path[1024];          /* file persisting as_tail_rev */
+    int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
 } tg_cp_agent_side_t;
 
 /* ---- agentsvc.c --------------------------------------------------------------- */

@@ -104,6 +104,7 @@ typedef struct tg_cp {
     atomic_llong cp_m_mismatches;   /* records whose cost was recomputed differently */
     atomic_llong cp_m_unbilled;     /* records with a cost but no account/bucket to debit */
     atomic_llong cp_m_groups;       /* settlement transactions (group commits) of batches */
+    atomic_llong cp_m_conflicts;    /* settlement transactions whose compare failed (retried) */
     atomic_llong cp_m_sync_streams; /* open Sync streams */
     atomic_llong cp_m_admin_calls;
 } tg_cp_t;

@@ -295,14 +295,6 @@ void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
     }
 }
 
-static int pending_has(tg_cp_agent_side_t *as, const char *id)
-{
-    for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
-        if (p->p_n > 0 && bsearch(&id, p->p_ids, p->p_n, sizeof(char *), cmp_str) != NULL)
-            return 1;
-    return 0;
-}
-
 /* ---- store helpers ------------------------------------------------------------ */
 
 /* Reads the settled-log tail (TG_CP_K_SETTLED_SEQ) when not known. */
@@ -562,13 +554,6 @@ static int seq_cb(const tg_ledger_row_t *row, void *arg)
     return 1;
 }
 
-static int found_cb(const tg_ledger_row_t *row, void *arg)
-{
-    (void)row;
-    (void)arg;
-    return 1;
-}
-
 /* The request's two messages (the signed batch and the batch inside it)
  * are unpacked into one pool freed at once with the call: a batch of 1,000
  * records is some 20,000 small strings and messages, which tg_malloc would
@@ -659,21 +644,31 @@ static int cmp_id_ix(const void *a, const void *b)
     return c ? c : (x->ii_i > y->ii_i) - (x->ii_i < y->ii_i);
 }
 
-/* Whether id is among the n sorted ids v. */
-static int ids_have(const id_ix_t *v, size_t n, const char *id)
+/* Marks dup[] for the ids of v (n, sorted by id) also found in w (m sorted
+ * ids, reached through at(w, k)): one merge pass, O(n + m) comparisons. */
+static void mark_common(const id_ix_t *v, size_t n, const void *w, size_t m,
+                        const char *(*at)(const void *w, size_t k), int *dup)
 {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(v[mid].ii_id, id);
-        if (c == 0)
-            return 1;
-        if (c < 0)
-            lo = mid + 1;
+    size_t i = 0, k = 0;
+    while (i < n && k < m) {
+        int d = strcmp(v[i].ii_id, at(w, k));
+        if (d == 0)
+            dup[v[i++].ii_i] = 1;
+        else if (d < 0)
+            i++;
         else
-            hi = mid;
+            k++;
     }
-    return 0;
+}
+
+static const char *at_ix(const void *w, size_t k)
+{
+    return ((const id_ix_t *)w)[k].ii_id;
+}
+
+static const char *at_str(const void *w, size_t k)
+{
+    return ((char *const *)w)[k];
 }
 
 /* Sets an unbilled reason for record i (copied). */
@@ -923,25 +918,35 @@ static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen
             c->sc_dup[c->sc_ids[i].ii_i] = 1;
     for (size_t k = 0; k < j; k++) {
         settle_ctx_t *o = g->g_jobs[k]->j_c;
-        for (size_t i = 0; i < n; i++)
-            if (!c->sc_dup[i] && ids_have(o->sc_ids, o->sc_batch->n_records, b->records[i]->record_id))
-                c->sc_dup[i] = 1;
+        mark_common(c->sc_ids, n, o->sc_ids, o->sc_batch->n_records, at_ix, c->sc_dup);
     }
     pthread_mutex_lock(&as->as_mu);
-    for (size_t i = 0; i < n; i++)
-        if (!c->sc_dup[i] && pending_has(as, b->records[i]->record_id))
-            c->sc_dup[i] = 1;
+    for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
+        mark_common(c->sc_ids, n, p->p_ids, p->p_n, at_str, c->sc_dup);
     pthread_mutex_unlock(&as->as_mu);
-    for (size_t i = 0; i < n; i++) {
-        if (c->sc_dup[i])
-            continue;
-        int found = 0;
-        if (tg_ledger_get(c->sc_cp->cp_ledger, b->records[i]->record_id, found_cb, NULL, &found, err,
-                          errlen) < 0)
-            return TG_RPC_CODE_UNAVAILABLE;
-        c->sc_dup[i] = found;
+    /* the rest against the ledger, in one read transaction */
+    const char **ids = tg_calloc(n ? n : 1, sizeof(*ids));
+    int *found = tg_calloc(n ? n : 1, sizeof(*found));
+    size_t k = 0;
+    int code = TG_RPC_CODE_OK;
+    if (ids == NULL || found == NULL) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
+        goto done;
     }
-    return TG_RPC_CODE_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!c->sc_dup[i])
+            ids[k++] = b->records[i]->record_id;
+    if (tg_ledger_has(c->sc_cp->cp_ledger, ids, k, found, err, errlen) < 0) {
+        code = TG_RPC_CODE_UNAVAILABLE;
+        goto done;
+    }
+    for (size_t i = 0, j = 0; i < n; i++)
+        if (!c->sc_dup[i])
+            c->sc_dup[i] = found[j++];
+done:
+    tg_free(ids);
+    tg_free(found);
+    return code;
 }
 
 static int group_reserve(settle_group_t *g, size_t more, char *err, size_t errlen)
@@ -1333,6 +1338,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
         stash_drop(as, stash); /* not committed: the rows are rebuilt */
         stash = NULL;
+        atomic_fetch_add(&cp->cp_m_conflicts, 1);
         /* compare failed: lost the lease, or a balance moved under us */
         gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
     }

@@ -101,7 +101,8 @@ try {
   if (hm) {
     const text = await (await fetch(`http://127.0.0.1:${hm[1]}/metrics`)).text();
     const groups = /^tollgate_cp_settle_groups_total (\d+)/m.exec(text);
-    if (groups) console.log(`settlement transactions: ${groups[1]} (${(nAgents * nBatches / Number(groups[1])).toFixed(2)} batches each, probe batches included)`);
+    const conflicts = /^tollgate_cp_settle_conflicts_total (\d+)/m.exec(text);
+    if (groups) console.log(`settlement transactions: ${groups[1]} (${(nAgents * nBatches / Number(groups[1])).toFixed(2)} batches each, probe batches included), ${conflicts ? conflicts[1] : '?'} retried after a conflict`);
   }
   if (process.env.TG_CP_LOG_LEVEL === 'debug') {
     // per-phase timings of the last batches (controlplane/settle.c debug log)

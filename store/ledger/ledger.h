@@ -257,6 +257,13 @@ int tg_ledger_sum(tg_ledger_t *l, const tg_ledger_filter_t *f, tg_ledger_sum_t *
 int tg_ledger_get(tg_ledger_t *l, const char *record_id, tg_ledger_row_cb cb, void *arg, int *found,
                   char *err, size_t errlen);
 
+/* Which of n record ids the ledger holds, in one read transaction (the
+ * settlement duplicate check of a whole batch: one transaction instead of
+ * one per id). found[i] gets 1 or 0; an empty or over-long id is 0.
+ * Returns 0, or EINVAL, EREADERS, ECORRUPT, ELMDB (found[] then undefined). */
+int tg_ledger_has(tg_ledger_t *l, const char *const *ids, size_t n, int *found, char *err,
+                  size_t errlen);
+
 /* ---- integrity ---------------------------------------------------------- */
 
 /* The checkpoint hook: the newest row's seq and chain hash (seq 0 and the

@@ -455,3 +455,40 @@ int tg_ledger_get(tg_ledger_t *l, const char *record_id, tg_ledger_row_cb cb, vo
     tgl_read_end(l, txn);
     return ret;
 }
+
+int tg_ledger_has(tg_ledger_t *l, const char *const *ids, size_t n, int *found, char *err,
+                  size_t errlen)
+{
+    MDB_txn *txn;
+    int ret, rc = 0;
+    if (!l || (n > 0 && (!ids || !found)))
+        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger: has needs a ledger, ids and flags");
+    if (n == 0)
+        return 0;
+    if ((ret = tgl_read_begin(l, &txn, err, errlen)) != 0)
+        return ret;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = ids[i] ? strlen(ids[i]) : 0;
+        MDB_val k = {len, (void *)ids[i]}, v;
+        found[i] = 0;
+        if (len == 0 || len > TG_LEDGER_ID_MAX)
+            continue;
+        rc = mdb_get(txn, l->ids, &k, &v);
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc != 0)
+            break;
+        if (v.mv_size != 8) {
+            ret = tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "ledger %s: malformed id entry for %s",
+                          l->path, ids[i]);
+            break;
+        }
+        found[i] = 1;
+    }
+    if (ret == 0 && rc != 0)
+        ret = tgl_lmdb_err(l, rc, "look up record ids", err, errlen);
+    tgl_read_end(l, txn);
+    return ret;
+}

@@ -300,6 +300,18 @@ static void test_append_reopen_head(void **state)
     assert_int_equal(s.bad, 0);
     assert_int_equal(tg_ledger_get(f->l, "nope", seen_cb, &s, &found, f->err, sizeof(f->err)), 0);
     assert_int_equal(found, 0);
+
+    /* Many ids in one read transaction. */
+    const char *ids[] = {"rec-000007", "nope", "rec-000000", "", "rec-000019", "rec-000020"};
+    int has[6] = {9, 9, 9, 9, 9, 9};
+    assert_int_equal(tg_ledger_has(f->l, ids, 6, has, f->err, sizeof(f->err)), 0);
+    assert_int_equal(has[0], 1);
+    assert_int_equal(has[1], 0);
+    assert_int_equal(has[2], 1);
+    assert_int_equal(has[3], 0);
+    assert_int_equal(has[4], 1);
+    assert_int_equal(has[5], 0);
+    assert_int_equal(tg_ledger_has(f->l, ids, 0, NULL, f->err, sizeof(f->err)), 0);
 }
 
 static void test_idempotent(void **state)
