@@ -1152,6 +1152,9 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         int code = build_job(g, j, now_us, err, errlen);
         if (code == TG_RPC_CODE_OK)
             continue;
+        if (code == BUILD_CUT && j == 0) /* cannot happen (see build_job); never loop on it */
+            code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                           "batch does not fit in one settlement transaction: split it");
         for (size_t k = 0; k < nbal0; k++)
             g->g_bals[k].b_msg->balance_nano = g->g_saved[k];
         for (size_t k = nbal0; k < g->g_nbal; k++)
