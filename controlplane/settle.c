@@ -2,30 +2,37 @@
  * balance changes, and signed ledger checkpoints.
  *
  * Every balance movement is one store transaction (see cp.h):
- *   compares  dedup marker absent (TG_CP_K_BATCH or TG_CP_K_IDEM),
+ *   compares  dedup markers absent (TG_CP_K_BATCH, one per batch of the
+ *             group, or TG_CP_K_IDEM),
  *             each touched balance's mod_revision unchanged since read,
  *             TG_CP_K_SETTLED_SEQ's mod_revision (the log's tail),
  *             TG_CP_K_LEADER's create_revision is ours (fencing: a replica
- *             that lost the lease can never commit);
- *   success   new balances, the marker (the answer a resend gets), the
+ *             that lost the lease can never commit), and a caller's extras
+ *             (a balance change's audit counter);
+ *   success   new balances, the markers (the answer a resend gets), the
  *             settled-log value TG_CP_K_SETTLED/<seq> (a packed LedgerPage of
- *             the LedgerEntry rows) and the new seq.
+ *             the LedgerEntry rows), the new seq, TG_CP_K_AGENT_SEQ per
+ *             agent, and the caller's extras (the audit event).
  * A compare failure re-reads and retries (bounded). After the commit the
- * leader appends the rows to its own ledger and answers; if it dies between
- * the two, the tailer (tail.c) of whichever replica settles next appends the
- * rows from the settled log before it settles anything, and the resent batch
- * finds its marker: charged once, answered with the stored response.
+ * leader's tailer appends the rows to its ledger and the callers answer;
+ * if the leader dies between the two, the tailer (tail.c) of whichever
+ * replica settles next appends the rows from the settled log before it
+ * settles anything, and the resent batch finds its marker: charged once,
+ * answered with the stored response.
  *
- * Settlements on one leader are serialized by as_settle_mu: the settled log
- * is one sequence anyway, and serializing avoids self-inflicted compare
- * failures. Throughput comes from batching (one transaction per batch).
+ * Transactions on one leader are serialized by as_settle_mu: the settled
+ * log is one sequence anyway, and serializing avoids self-inflicted compare
+ * failures. Throughput comes from batching: records per batch, and batches
+ * per transaction (the group commit below).
  *
  * Costs: the price entry, the bucket and the cost of a record come from
  * billing/tg_billing.h, the code the agent prices with too, so a correct
  * agent never mismatches: the entry's platform rate for the cost charged,
  * the channel's cost_rate_ppm for the upstream cost (0 = 1,000,000 each).
  * A record that cannot be priced (no entry, or a cost past the limits) is
- * charged its reported cost and flagged.
+ * charged its reported cost and flagged. A record is never refused for the
+ * configuration: without an account or a bucket for its route type it
+ * settles with no balance change, flagged unbilled when it has a cost.
  */
 #include <inttypes.h>
 #include <stdio.h>
