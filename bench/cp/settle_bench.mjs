@@ -7,12 +7,20 @@
 // starts. At the end the balance must have moved by exactly the sum of the
 // recomputed costs, or the run fails.
 //
+// --driver node (default) sends with grpc-js from this process; --driver c
+// hands the signed batches to bench/cp/settle_drive (gRPC C core, a thread
+// per agent), whose sending costs the shared 2 cores far less. The load
+// generator's own CPU in the timed phase is printed either way.
+//
 //   TG_BIN=$(bazel info bazel-bin) node bench/cp/settle_bench.mjs [--store lmdb|etcd]
-//       [--agents 4] [--batches 25] [--batch 1000]
-import { readdirSync, readFileSync } from 'node:fs';
+//       [--agents 4] [--batches 25] [--batch 1000] [--driver node|c]
+import { execFile } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import protobuf from 'protobufjs';
 import { performance } from 'node:perf_hooks';
 import { FakeAgent, balance, costOf, seed, startCp, startEtcd } from '../../tests/e2e/cp_agent_lib.mjs';
-import { until } from '../../tests/e2e/lib/proc.mjs';
+import { bin, tmpdir, until } from '../../tests/e2e/lib/proc.mjs';
 
 const arg = (name, def) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -22,6 +30,8 @@ const storeKind = arg('store', 'lmdb');
 const nAgents = Number(arg('agents', 4));
 const nBatches = Number(arg('batches', 25));
 const batchSize = Number(arg('batch', 1000));
+const driver = arg('driver', 'node');
+if (driver !== 'node' && driver !== 'c') throw new Error('--driver node|c');
 
 let etcd;
 let cp;
@@ -75,27 +85,74 @@ try {
     return t;
   };
   const lat = [];
+  let files = [];
+  let dir;
+  if (driver === 'c') {
+    // each agent's SignedUsageBatch messages, length-prefixed, for settle_drive
+    const root = new protobuf.Root();
+    root.resolvePath = (_o, t) => path.join(path.dirname(new URL(import.meta.url).pathname), '../../api', t);
+    root.loadSync('tollgate/v1/usage.proto', { keepCase: true });
+    const Signed = root.lookupType('tollgate.v1.SignedUsageBatch');
+    dir = tmpdir('tg-settle-drive-');
+    files = agents.map((ag, i) => {
+      const parts = [];
+      for (const req of ag.reqs) {
+        const m = Buffer.from(Signed.encode(Signed.fromObject(req)).finish());
+        const len = Buffer.alloc(4);
+        len.writeUInt32LE(m.length);
+        parts.push(len, m);
+      }
+      const f = path.join(dir, `agent-${i}.bin`);
+      writeFileSync(f, Buffer.concat(parts));
+      return f;
+    });
+  }
   const tail0 = threadCpu('cp-tail');
   const cpu0 = cpuSecs();
+  const gen0 = process.cpuUsage();
+  let genChild = 0;
   const start = performance.now();
-  await Promise.all(agents.map(async (ag) => {
-    for (const req of ag.reqs) {
-      const s = performance.now();
-      const r = await ag.report(req);
-      lat.push(performance.now() - s);
-      if (r.settled !== batchSize) throw new Error(`settled ${r.settled} of ${batchSize}`);
-    }
-  }));
-  const secs = (performance.now() - start) / 1000;
+  let secs;
+  if (driver === 'c') {
+    const out = await new Promise((resolve, reject) => {
+      const child = execFile(bin('bench/cp/settle_drive'), [`127.0.0.1:${cp.port}`, ...files],
+        { timeout: 600000 }, (e, stdout, stderr) => (e ? reject(new Error(`settle_drive: ${stderr || e.message}`)) : resolve(stdout)));
+      child.on('exit', () => {
+        try {
+          const f = readFileSync(`/proc/${process.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+          genChild = (Number(f[13]) + Number(f[14])) / 100; // cutime + cstime: the reaped driver
+        } catch { /* not Linux */ }
+      });
+    });
+    const m = /DRIVE batches=(\d+) settled=(\d+) secs=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)/.exec(out);
+    if (!m || Number(m[2]) !== nAgents * nBatches * batchSize) throw new Error(`settle_drive: ${out}`);
+    secs = Number(m[3]);
+    lat.p50 = Number(m[4]); // as the driver measured them
+    lat.p99 = Number(m[5]);
+    rmSync(dir, { recursive: true, force: true });
+  } else {
+    await Promise.all(agents.map(async (ag) => {
+      for (const req of ag.reqs) {
+        const s = performance.now();
+        const r = await ag.report(req);
+        lat.push(performance.now() - s);
+        if (r.settled !== batchSize) throw new Error(`settled ${r.settled} of ${batchSize}`);
+      }
+    }));
+    secs = (performance.now() - start) / 1000;
+  }
+  const gen = process.cpuUsage(gen0);
+  const genCpu = (gen.user + gen.system) / 1e6 + genChild;
   const cpu = cpuSecs() - cpu0;
   const tail = threadCpu('cp-tail') - tail0;
   const total = nAgents * nBatches * batchSize;
   lat.sort((x, y) => x - y);
+  console.log(`load generator (${driver}) CPU ${genCpu.toFixed(2)} s during the ${secs.toFixed(2)} s run`);
   const after = await balance(cp, ids.account);
   if (before - after !== want) throw new Error(`balance moved ${before - after}, want ${want}`);
   console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
     `${total} records in ${secs.toFixed(2)} s = ${Math.round(total / secs)} records/s; ` +
-    `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${lat[Math.floor(lat.length / 2)].toFixed(1)} ms p99 ${lat[Math.floor(lat.length * 0.99)].toFixed(1)} ms; balance exact`);
+    `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${(lat.p50 ?? lat[Math.floor(lat.length / 2)]).toFixed(1)} ms p99 ${(lat.p99 ?? lat[Math.floor(lat.length * 0.99)]).toFixed(1)} ms; balance exact`);
   // how many settlement transactions carried the batches (group commit)
   const hm = /tollgate-cp grpc=\S+ http=[\d.]+:(\d+)/.exec(cp.proc.output());
   if (hm) {
