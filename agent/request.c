@@ -491,9 +491,15 @@ static void emit_record(req_t *rq)
         r.bucket = (char *)tg_cfg_bucket(rq->rq_acct, fin->at_chan->ch_pb->route_type);
         r.fallback_used = rq->rq_fallback;
     }
-    meter_and_price(rq);
-    u = rq->rq_tu;
-    if (rq->rq_card) {
+    /* A request no upstream served (every attempt failed, or the client
+     * left before the first byte) delivered nothing: its receipt carries
+     * the attempts at zero cost, with no bucket. */
+    int served = r.channel_id && r.channel_id[0];
+    if (served) {
+        meter_and_price(rq);
+        u = rq->rq_tu;
+    }
+    if (served && rq->rq_card) {
         r.price_card_id = rq->rq_card->id;
         r.price_version = rq->rq_card->version;
         r.unit_prices = &rq->rq_up;
@@ -512,11 +518,12 @@ static void emit_record(req_t *rq)
     r.request_bytes = (int64_t)rq->rq_body_len;
     r.response_bytes = rq->rq_resp_bytes;
     tg_agent_t *ag = rq->rq_w->w_agent;
-    /* Spooled for settlement: requests an upstream served (a final
-     * attempt, so a route type and a bucket). Refusals are logged only:
-     * without a key anyone could fill the outbox with them, and the control
-     * plane refuses records without a bucket. */
-    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && r.channel_id && r.channel_id[0];
+    /* Spooled for settlement: every request of a known key that reached
+     * routing (served: priced and charged to the route type's bucket; not
+     * served: a zero-cost receipt of its attempts). Refusals before any
+     * attempt (bad key, policy, malformed body) are logged only: without
+     * a key anyone could fill the outbox with them. */
+    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && rq->rq_natt > 0;
     if (spool) {
         size_t n = tollgate__v1__usage_record__get_packed_size(&r);
         uint8_t *buf = tg_malloc(n ? n : 1);

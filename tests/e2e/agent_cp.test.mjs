@@ -129,3 +129,46 @@ test('control plane down: the agent serves and spools; back up: every record set
   await new Promise((r) => setTimeout(r, 1000));
   assert.equal(await balance(cp, ids.account), before - cost);
 });
+
+test('a request no upstream served: a 502 to the client, a zero-cost receipt with its attempts in the ledger', async () => {
+  const dead = await freePort(); // nothing listens there: every attempt is refused
+  const ch = await cp.adminCall('CreateChannel', { channel: {
+    name: 'dead', provider: 'PROVIDER_TYPE_OPENAI', base_url: `http://127.0.0.1:${dead}/v1`,
+    route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-dead',
+  } });
+  await cp.adminCall('PutRoute', { route: { model: 'gpt-dead', tiers: [{ targets: [{ channel_id: ch.id }] }] } });
+  const before = await balance(cp, ids.account);
+  const err = await until(async () => {
+    try {
+      await client.chat.completions.create({ model: 'gpt-dead', messages });
+      return null;
+    } catch (e) {
+      return e.status === 404 ? null : e; // 404 until Sync brought the route
+    }
+  }, { timeoutMs: 15000, what: 'the gpt-dead route to reach the agent' });
+  assert.equal(err.status, 502);
+  assert.equal(err.code, 'upstream_error');
+  const reqId = err.headers.get('x-request-id');
+  assert.ok(reqId);
+  const row = await until(async () => {
+    const page = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+    return page.entries.find((e) => e.record && e.record.request_id === reqId);
+  }, { timeoutMs: 15000, what: 'the failed request\'s receipt to settle' })
+    .catch((e) => { throw new Error(`${e.message}\n${cp.proc.output().slice(-2000)}`); });
+  assert.equal(BigInt(row.amount_nano ?? 0), 0n);
+  assert.equal(row.record.client_status, 502);
+  assert.ok(row.record.attempts.length >= 1);
+  for (const a of row.record.attempts) {
+    assert.equal(a.channel_id, ch.id);
+    assert.equal(a.error_class, 'ERROR_CLASS_CONNECT');
+  }
+  assert.equal(row.record.requested_model, 'gpt-dead');
+  assert.equal(await balance(cp, ids.account), before);
+  // it does not hold the outbox up: later records settle too
+  await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'the outbox to drain' });
+  const ok = await client.chat.completions.create({ model: 'gpt-4o', messages }).withResponse();
+  await until(async () => {
+    const page = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+    return page.entries.find((e) => e.record && e.record.request_id === ok.response.headers.get('x-request-id'));
+  }, { timeoutMs: 15000, what: 'a later record to settle' });
+});
