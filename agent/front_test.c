@@ -429,7 +429,12 @@ static void test_deep_async_pipeline(void **state)
     size_t sent = 0;
     char buf[65536];
     size_t seen = 0;
+    struct timeval t0, t1;
+    gettimeofday(&t0, NULL);
     while (sent < n * ol || seen < n) {
+        gettimeofday(&t1, NULL);
+        if (t1.tv_sec - t0.tv_sec > 30)
+            fail_msg("30 s bound: %zu of %zu responses, %zu of %zu bytes sent", seen, n, sent, n * ol);
         if (sent < n * ol) {
             ssize_t k = send(fd, all + sent, n * ol - sent > 16384 ? 16384 : n * ol - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (k > 0)
