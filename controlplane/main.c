@@ -295,13 +295,15 @@ int main(int argc, char **argv)
         const char *gc = strrchr(so.so_addr, ':'), *hc = strrchr(flags[F_HTTP].f_val, ':');
         snprintf(gh, sizeof gh, "%.*s", (int)(gc - so.so_addr), so.so_addr);
         snprintf(hh, sizeof hh, "%.*s", (int)(hc - flags[F_HTTP].f_val), flags[F_HTTP].f_val);
-        printf("tollgate-cp grpc=%s:%d http=%s:%d\n", gh, tg_rpc_server_port(cp.cp_rpc), hh,
-               http_port);
-        fflush(stdout);
+        /* the log line first: whoever waits for the port line (scripts,
+         * tests) then also finds what it says */
         TG_LOG(TG_LOG_INFO, "cp",
                "serving: grpc %s:%d (%s), http %s:%d, store %s, node %s, %zu admin token(s)", gh,
                tg_rpc_server_port(cp.cp_rpc), cert ? (ca ? "mTLS" : "TLS") : "plaintext", hh,
                http_port, store_spec, node, cp.cp_ntokens);
+        printf("tollgate-cp grpc=%s:%d http=%s:%d\n", gh, tg_rpc_server_port(cp.cp_rpc), hh,
+               http_port);
+        fflush(stdout);
     }
 
     /* SIGHUP re-reads --admin-tokens (rotation without a restart); SIGTERM

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { bin, tmpdir } from './lib/proc.mjs';
+import { bin, tmpdir, until } from './lib/proc.mjs';
 import { startCp, TOKENS, pkg, grpc } from './cp_admin_lib.mjs';
 
 const dir = tmpdir('tg-cp-tls-');
@@ -35,7 +35,9 @@ function tollctl(args) {
 
 before(async () => {
   cp = await startCp({ extra: ['--tls-cert', server.crt, '--tls-key', server.key, '--client-ca', operator.crt] });
-  assert.match(cp.proc.output(), /grpc 127\.0\.0\.1:\d+ \(mTLS\)/);
+  // its log line (stderr) and the port line (stdout) come through two pipes
+  await until(() => /grpc 127\.0\.0\.1:\d+ \(mTLS\)/.test(cp.proc.output()),
+    { timeoutMs: 5000, what: 'the serving line saying mTLS' });
 });
 
 after(async () => {
