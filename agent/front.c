@@ -41,6 +41,7 @@
 
 #define SCRATCH (64u << 10)
 #define MAX_HEADERS 128
+#define H_INLINE 24                /* headers kept in the request block; SDKs send 10-20 */
 #define PIPELINE_MAX (128u << 10) /* bytes read ahead while a request is handled */
 #define LINGER_S 2
 #define KEEP_OUT (8u << 10)       /* an idle connection keeps an output buffer this small */
@@ -56,8 +57,9 @@ typedef struct freq {
     uint32_t r_target_len;
     int r_last;       /* last callback: 0 target, 1 header name, 2 header value */
     int r_hdone;      /* the head is complete: later fields are chunked trailers */
-    fhdr_t r_h[MAX_HEADERS];
-    size_t r_nh;
+    fhdr_t *r_h;      /* r_h_in, or a heap array past H_INLINE headers */
+    fhdr_t r_h_in[H_INLINE];
+    size_t r_nh, r_caph;
     tg_buf_t r_body;
     int r_taken;      /* the handler took the body */
     tg_buf_t r_ohead; /* response header lines from tg_front_add_header */
@@ -112,6 +114,8 @@ static void req_free(freq_t *r)
 {
     if (!r)
         return;
+    if (r->r_h != r->r_h_in)
+        tg_free(r->r_h);
     tg_buf_free(&r->r_head);
     tg_buf_free(&r->r_body);
     tg_buf_free(&r->r_ohead);
@@ -559,6 +563,8 @@ static int on_begin(http_parser *p)
             c->c_reject_code = "out_of_memory";
             return -1;
         }
+        c->c_req->r_h = c->c_req->r_h_in;
+        c->c_req->r_caph = H_INLINE;
         tg_buf_init(&c->c_req->r_head, f->f_o.fo_max_head);
         tg_buf_init(&c->c_req->r_body, f->f_o.fo_max_body);
         tg_buf_init(&c->c_req->r_ohead, 64u << 10);
@@ -604,6 +610,17 @@ static int on_hfield(http_parser *p, const char *at, size_t n)
             return -1;
         if (r->r_nh == MAX_HEADERS)
             return too_big(p);
+        if (r->r_nh == r->r_caph) {
+            size_t cap = r->r_caph * 2 > MAX_HEADERS ? MAX_HEADERS : r->r_caph * 2;
+            fhdr_t *h = tg_malloc(cap * sizeof(*h));
+            if (!h)
+                return too_big(p);
+            memcpy(h, r->r_h, r->r_nh * sizeof(*h));
+            if (r->r_h != r->r_h_in)
+                tg_free(r->r_h);
+            r->r_h = h;
+            r->r_caph = cap;
+        }
         r->r_h[r->r_nh++] = (fhdr_t){(uint32_t)r->r_head.b_len, 0};
         r->r_last = 1;
     }

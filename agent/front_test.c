@@ -483,6 +483,22 @@ static void test_refused_upload_is_drained(void **state)
     close(fd);
 }
 
+static void test_many_headers(void **state)
+{
+    (void)state;
+    /* past the inline header slots: the index moves to the heap intact */
+    char req[4096];
+    int n = snprintf(req, sizeof req, "GET /many HTTP/1.1\r\nHost: h\r\n");
+    for (int i = 0; i < 60; i++)
+        n += snprintf(req + n, sizeof req - (size_t)n, "X-H-%d: %d\r\n", i, i);
+    snprintf(req + n, sizeof req - (size_t)n, "X-Test: last\r\n\r\n");
+    int fd = dial();
+    say(fd, req);
+    const char *r = read_until(fd, "body=");
+    assert_non_null(strstr(r, "GET /many h=last "));
+    close(fd);
+}
+
 static void test_idle_count(void **state)
 {
     (void)state;
@@ -513,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_each_pipelined_end_waits_for_a_hook),
         cmocka_unit_test(test_deep_async_pipeline),
         cmocka_unit_test(test_refused_upload_is_drained),
+        cmocka_unit_test(test_many_headers),
         cmocka_unit_test(test_idle_count),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -34,6 +34,7 @@
 #include "pbjson/tg_pbjson.h"
 
 #define MAX_ATTEMPTS 8 /* attempts kept per request (breaker skips included); more give up */
+#define ATT_INLINE 2   /* kept in the req_t; more come from the pool (most requests make one) */
 #define MAX_TARGETS 64          /* per tier: the failed set is a bitmask */
 #define ERR_BODY_MAX (64 << 10) /* upstream error bodies kept */
 #define RESP_MAX (64u << 20)    /* non-streaming answers buffered */
@@ -111,7 +112,8 @@ struct req {
     unsigned rq_same;     /* retries on the current target */
     uint64_t rq_failed;   /* targets of the current tier that failed */
     int rq_fallback;      /* a later tier served */
-    attempt_t rq_att[MAX_ATTEMPTS];
+    attempt_t *rq_att;        /* rq_att_in, or MAX_ATTEMPTS from the pool once more are needed */
+    attempt_t rq_att_in[ATT_INLINE];
     int rq_natt;
     int rq_counted;
     tg_brk_conf_t rq_brk;
@@ -177,6 +179,25 @@ static uint64_t rng(worker_t *w)
     x ^= x >> 7;
     x ^= x << 17;
     return w->w_rng = x;
+}
+
+/* The next attempt's slot, zeroed: the first ATT_INLINE live in the req_t,
+ * beyond them the array moves to the pool (MAX_ATTEMPTS). NULL when all
+ * MAX_ATTEMPTS are used or the pool is out of memory. */
+static attempt_t *att_new(req_t *rq)
+{
+    if (rq->rq_natt >= MAX_ATTEMPTS)
+        return NULL;
+    if (rq->rq_att == rq->rq_att_in && rq->rq_natt == ATT_INLINE) {
+        attempt_t *all = tg_pool_alloc(rq->rq_pool, MAX_ATTEMPTS * sizeof(*all));
+        if (!all)
+            return NULL;
+        memcpy(all, rq->rq_att_in, sizeof rq->rq_att_in);
+        rq->rq_att = all;
+    }
+    attempt_t *a = &rq->rq_att[rq->rq_natt++];
+    memset(a, 0, sizeof *a);
+    return a;
 }
 
 /* ---- replies ------------------------------------------------------------------ */
@@ -892,9 +913,8 @@ static int pick_in_tier(req_t *rq, uint32_t tier)
         if (tg_agent_brk_allow(rq->rq_w->w_agent, ch->ch_pb->id, &rq->rq_brk, mono_ms()))
             return i;
         rq->rq_failed |= 1ull << i;
-        if (rq->rq_natt < MAX_ATTEMPTS) {
-            attempt_t *a = &rq->rq_att[rq->rq_natt++];
-            memset(a, 0, sizeof *a);
+        attempt_t *a = rq->rq_natt < MAX_ATTEMPTS - 1 ? att_new(rq) : NULL; /* a slot stays for the attempt */
+        if (a) {
             a->at_chan = ch;
             a->at_tier = tier;
             a->at_target = i;
@@ -1015,9 +1035,13 @@ static void start_attempt(req_t *rq)
     const Tollgate__V1__RouteTarget *t = rq->rq_route->tiers[rq->rq_tier]->targets[rq->rq_target];
     const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
     const Tollgate__V1__Channel *c = ch->ch_pb;
-    attempt_t *a = &rq->rq_att[rq->rq_natt++];
+    attempt_t *a = att_new(rq);
     char hdr[4200];
-    memset(a, 0, sizeof *a);
+    if (!a) {
+        fail_request(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "out of memory (or more than %d attempts) for model %s", MAX_ATTEMPTS, rq->rq_route->model);
+        return;
+    }
     a->at_chan = ch;
     a->at_tier = rq->rq_tier;
     a->at_target = rq->rq_target;
@@ -1646,7 +1670,9 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
         send_error(hr, id, 503, "server_error", "not_ready", "The gateway has no configuration yet.");
         return;
     }
-    tg_pool_t *pool = tg_pool_create(6144); /* one chunk holds the req_t and its strings */
+    /* one chunk holds the req_t (2.4 KB with its two inline attempts) and
+     * its strings: every open stream keeps it */
+    tg_pool_t *pool = tg_pool_create(3584);
     req_t *rq = pool ? tg_pool_calloc(pool, sizeof *rq) : NULL;
     if (!rq) {
         tg_pool_destroy(pool);
@@ -1654,6 +1680,7 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
         return;
     }
     rq->rq_pool = pool;
+    rq->rq_att = rq->rq_att_in;
     rq->rq_w = w;
     rq->rq_c = hr;
     rq->rq_t0_us = now_us();
