@@ -45,6 +45,7 @@ static void r_balance(const json_t *o, char *b, size_t l) { r_nano(o, "balance_n
 static void r_reserved(const json_t *o, char *b, size_t l) { r_nano(o, "reserved_nano", b, l); }
 static void r_amount(const json_t *o, char *b, size_t l) { r_nano(o, "amount_nano", b, l); }
 static void r_cost(const json_t *o, char *b, size_t l) { r_nano(o, "cost_nano", b, l); }
+static void r_charged(const json_t *o, char *b, size_t l) { r_nano(o, "charged_nano", b, l); }
 static void r_after(const json_t *o, char *b, size_t l) { r_nano(o, "balance_after_nano", b, l); }
 static void r_entries(const json_t *o, char *b, size_t l)
 {
@@ -302,9 +303,14 @@ static const tc_col_t LEDGER_COLS[] = {{"SEQ", "seq", NULL},
                                        {"MODEL", NULL, r_model},
                                        {"ENTRY", "entry_id", NULL},
                                        {NULL, NULL, NULL}};
-static const tc_col_t TOTAL_COLS[] = {{"CURRENCY", "currency", NULL},        {"ROWS", "count", NULL},
-                                      {"COST", NULL, r_cost},                {"INPUT_TOKENS", "input_tokens", NULL},
-                                      {"OUTPUT_TOKENS", "output_tokens", NULL}, {NULL, NULL, NULL}};
+static const tc_col_t TOTAL_COLS[] = {{"CURRENCY", "currency", NULL},
+                                      {"ROWS", "count", NULL},
+                                      {"COST", NULL, r_cost},
+                                      {"CHARGED", NULL, r_charged},
+                                      {"UNBILLED_ROWS", "unbilled_count", NULL},
+                                      {"INPUT_TOKENS", "input_tokens", NULL},
+                                      {"OUTPUT_TOKENS", "output_tokens", NULL},
+                                      {NULL, NULL, NULL}};
 
 int cmd_ledger(int argc, char **argv)
 {

@@ -6,7 +6,9 @@
  * of usage rows.
  *
  * Totals: count is every matching row; cost_nano and the token counts sum
- * usage rows only (what was charged for requests: the record's cost_nano);
+ * usage rows only (what requests were priced at: the record's cost_nano),
+ * charged_nano what those rows moved, unbilled_* the rows that could not be
+ * charged (their cost is in cost_nano, not in charged_nano);
  * top-ups and adjustments move balances but are not costs. Totals walk every
  * matching row (one read transaction per ledger page), so their price is
  * linear in the rows a query matches (~5.5 us a row, measured): they come
@@ -177,6 +179,11 @@ static void add_totals(Tollgate__V1__LedgerTotals *t, const tg_ledger_row_t *row
     if (e && e->record) {
         const Tollgate__V1__UsageRecord *r = e->record;
         t->cost_nano += r->cost_nano;
+        t->charged_nano -= e->amount_nano;
+        if (e->unbilled) {
+            t->unbilled_count++;
+            t->unbilled_cost_nano += r->cost_nano;
+        }
         t->upstream_cost_nano += r->upstream_cost_nano;
         if (r->usage) {
             t->input_tokens += r->usage->input_tokens;
@@ -186,6 +193,7 @@ static void add_totals(Tollgate__V1__LedgerTotals *t, const tg_ledger_row_t *row
         }
     } else {
         t->cost_nano += row->lr_cost_nano < 0 ? -row->lr_cost_nano : row->lr_cost_nano;
+        t->charged_nano -= row->lr_cost_nano;
         t->upstream_cost_nano += row->lr_upstream_cost_nano;
         t->input_tokens += row->lr_input_tokens;
         t->output_tokens += row->lr_output_tokens;

@@ -89,6 +89,18 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     assert.equal(rf.record.attempts[1].error_message, 'connect refused');
     assert.equal(rows[ok.record_id].unbilled, false);
     assert.equal(rows[ok.record_id].bucket, 'wallet');
+    // totals tell priced from charged: the unbilled rows are counted apart,
+    // and every total agrees with the rows it sums
+    assert.ok(!page.next_page_token, 'one page holds every row here');
+    const usd = page.totals.find((t) => t.currency === 'USD');
+    assert.ok(usd, 'USD totals');
+    const usage = page.entries.filter((e) => e.kind === 'LEDGER_KIND_USAGE' && e.record);
+    const sum = (f) => usage.reduce((s, e) => s + f(e), 0n);
+    assert.equal(BigInt(usd.charged_nano), sum((e) => -BigInt(e.amount_nano ?? 0)));
+    assert.equal(BigInt(usd.unbilled_count), sum((e) => (e.unbilled ? 1n : 0n)));
+    assert.equal(BigInt(usd.unbilled_cost_nano), sum((e) => (e.unbilled ? BigInt(e.record.cost_nano ?? 0) : 0n)));
+    assert.ok(BigInt(usd.unbilled_count) >= 2n);
+    assert.ok(BigInt(usd.unbilled_cost_nano) >= costOf(noAccount.usage) + costOf(noBucket.usage));
 
     // a resend is answered from the marker; the next batch settles normally
     const again = await a.report(req);
