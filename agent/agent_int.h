@@ -38,7 +38,9 @@ typedef struct tg_scan {
     tg_span_t sc_iu_val;               /* span of include_usage's value */
     size_t sc_close;                   /* offset of the top-level closing '}' */
     int sc_members;                    /* top-level members */
-    long sc_max_tokens;                /* max_tokens / max_completion_tokens; -1 absent */
+    long sc_max_tokens;                /* max_tokens / max_completion_tokens / max_output_tokens
+                                        * (the largest); -1 absent */
+    long sc_n;                         /* "n": choices or images asked for; 1 when absent */
 } tg_scan_t;
 
 /* Scans body[0..len) in one pass: it must be one JSON object (RFC 8259,
@@ -314,6 +316,8 @@ const char *tg_cfg_bucket(const tg_account_t *a, int route_type);
 const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
                                             const char *currency, int64_t t_us,
                                             const Tollgate__V1__PriceEntry **entry);
+/* How low a's balance b may go: 0 prepaid, -credit_limit postpaid. */
+int64_t tg_cfg_floor(const tg_account_t *a, const tg_balance_t *b);
 /* Currency of an account's bucket ("" if unknown). Never NULL. */
 const char *tg_cfg_currency(const tg_cfg_t *c, const tg_account_t *a, const char *bucket);
 /* Gateway policy values with defaults applied. */

@@ -404,6 +404,13 @@ const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model
     return best;
 }
 
+int64_t tg_cfg_floor(const tg_account_t *a, const tg_balance_t *b)
+{
+    if (!a || a->billing_mode != TOLLGATE__V1__BILLING_MODE__BILLING_MODE_POSTPAID)
+        return 0;
+    return b && b->credit_limit_nano > 0 ? -b->credit_limit_nano : 0;
+}
+
 const char *tg_cfg_currency(const tg_cfg_t *c, const tg_account_t *a, const char *bucket)
 {
     if (!a)

@@ -29,6 +29,8 @@
 #define M_ENROLL "/tollgate.v1.AgentService/Enroll"
 #define M_SYNC "/tollgate.v1.AgentService/Sync"
 #define M_REPORT "/tollgate.v1.AgentService/ReportUsage"
+#define M_LEASE "/tollgate.v1.AgentService/Lease"
+#define LEASE_TIMEOUT_MS 3000
 
 struct tg_cplink {
     tg_agent_t *cl_agent;
@@ -173,6 +175,43 @@ static int proof(tg_cplink_t *l, Tollgate__V1__AgentProof *p, uint8_t sig[TG_ED2
     p->timestamp_us = ts;
     p->signature.data = sig;
     p->signature.len = TG_ED25519_SIG_LEN;
+    return 0;
+}
+
+/* ---- spend leases --------------------------------------------------------------- */
+
+int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *out, char *err,
+                    size_t errlen)
+{
+    char id[128];
+    uint8_t sig[TG_ED25519_SIG_LEN];
+    char msg[256];
+    Tollgate__V1__AgentProof p = TOLLGATE__V1__AGENT_PROOF__INIT;
+    ProtobufCMessage *reply = NULL;
+    tg_rpc_result_t res;
+    if (l == NULL || !tg_cplink_agent_id(l, id, sizeof id)[0])
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "not enrolled with the control plane yet");
+    /* proof() signs as cl_id, which only enrollment writes, before this */
+    if (proof(l, &p, sig, msg, sizeof msg) != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "signing the lease proof failed");
+    q->proof = &p;
+    int rc = tg_rpc_unary_pb(l->cl_ch, M_LEASE, NULL, 0, &q->base, &tollgate__v1__lease_response__descriptor, &reply,
+                             LEASE_TIMEOUT_MS, &res, err, errlen);
+    q->proof = NULL;
+    tg_rpc_result_free(&res);
+    if (rc != 0) {
+        tg_rpc_pb_free(reply);
+        return rc < 0 ? rc : TG_AGENT_ESYS;
+    }
+    const Tollgate__V1__LeaseResponse *r = (const Tollgate__V1__LeaseResponse *)reply;
+    out->granted_nano = r->granted_nano;
+    out->expires_at_us = r->expires_at_us;
+    out->hold_nano = r->hold_nano;
+    out->available_nano = r->available_nano;
+    out->balance_nano = r->balance_nano;
+    out->floor_nano = r->floor_nano;
+    out->restarted = r->restarted;
+    tg_rpc_pb_free(reply);
     return 0;
 }
 
@@ -437,6 +476,15 @@ static int collect_one(void *arg, uint64_t seq, const void *data, size_t len)
     return 0;
 }
 
+/* The records are settled (or refused for good): the spend leases that
+ * reserved their cost owe it no more. */
+static void acked(tg_agent_t *a, Tollgate__V1__UsageRecord **recs, size_t n)
+{
+    for (size_t i = 0; a->a_leases && i < n; i++)
+        if (recs[i]->cost_nano > 0 && recs[i]->bucket[0])
+            tg_lease_acked(a->a_leases, recs[i]->account_id, recs[i]->bucket, recs[i]->cost_nano);
+}
+
 /* Sends the batch in flight (or a new one). Returns 1 sent, 0 nothing to
  * send, -1 failed (retry later). */
 static int report_once(tg_cplink_t *l, size_t max)
@@ -496,8 +544,10 @@ static int report_once(tg_cplink_t *l, size_t max)
          * the records aside (outbox "rejected" table) and say so loudly. */
         TG_LOG(TG_LOG_ERROR, "agent", "batch %llu (%zu records) REJECTED by the control plane, kept aside: %s",
                (unsigned long long)b.ob_seq, c.co_n, err);
-        if (tg_outbox_batch_done(a->a_outbox, &b, 1, err, sizeof err) == 0)
+        if (tg_outbox_batch_done(a->a_outbox, &b, 1, err, sizeof err) == 0) {
             out = 1;
+            acked(a, c.co_recs, c.co_n); /* never settled: the spend lease owes them no more */
+        }
         goto done;
     }
     if (rc != 0) {
@@ -512,6 +562,7 @@ static int report_once(tg_cplink_t *l, size_t max)
         TG_LOG(TG_LOG_ERROR, "agent", "reporter: %s", err);
         goto done;
     }
+    acked(a, c.co_recs, c.co_n);
     out = 1;
 done:
     tg_rpc_pb_free(reply);

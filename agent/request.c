@@ -41,6 +41,10 @@
 #define SSE_EVENT_MAX (4u << 20)
 #define STREAM_QUEUE_MAX (256u << 10) /* stream bytes queued for a slow client before the upstream pauses */
 
+#define DEF_MAX_OUTPUT 4096   /* output cap of a request that sets none, unless the route or policy says */
+#define LEASE_POLL_MS 2       /* a request waiting for its spend lease looks again this often */
+#define LEASE_WAIT_MS 5000    /* ... and gives up after this long (503) */
+
 #define DEF_CONNECT_MS 5000
 #define DEF_FIRST_BYTE_MS 120000
 #define DEF_TOTAL_MS 600000
@@ -148,6 +152,15 @@ struct req {
     int rq_final_class;
     char rq_final_msg[256];
     int rq_no_spool;          /* refused because the outbox is full: spooling would grow it */
+    /* pre-authorization: the upper estimate reserved on a spend lease (lease.h) */
+    int64_t rq_resv;          /* reserved on rq_resv_bucket; 0: nothing */
+    const char *rq_resv_bucket;
+    uint64_t rq_ticket;       /* the lease refill this request waits for */
+    int64_t rq_lease_deadline_us;
+    int64_t rq_input_max;     /* prompt tokens at most: body bytes, or an exact count */
+    int rq_exact;             /* rq_input_max is an exact count */
+    int rq_timer_lease;       /* rq_timer polls the lease */
+    int rq_refused_budget;    /* refused by spend control: its receipt is spooled */
     /* counted and priced once, by meter_and_price */
     int rq_metered;
     Tollgate__V1__TokenUsage rq_tu;
@@ -528,6 +541,13 @@ static void emit_record(req_t *rq)
         r.upstream_cost_nano = rq->rq_upcost;
     }
     r.currency = (char *)(rq->rq_currency ? rq->rq_currency : "");
+    r.reserved_nano = rq->rq_resv;
+    if (rq->rq_resv > 0) {
+        /* the actual cost replaces the reservation, on every path */
+        tg_lease_release(rq->rq_w->w_agent->a_leases, rq->rq_acct->id, rq->rq_resv_bucket, rq->rq_resv,
+                         served && rq->rq_card ? rq->rq_cost : 0);
+        rq->rq_resv = 0;
+    }
     r.usage = &u;
     r.client_status = rq->rq_status;
     r.finish_reason = rq->rq_finish;
@@ -543,8 +563,9 @@ static void emit_record(req_t *rq)
      * routing (served: priced and charged to the route type's bucket; not
      * served: a zero-cost receipt of its attempts). Refusals before any
      * attempt (bad key, policy, malformed body) are logged only: without
-     * a key anyone could fill the outbox with them. */
-    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && rq->rq_natt > 0;
+     * a key anyone could fill the outbox with them. A known key refused by
+     * spend control gets its receipt (zero cost, the reason). */
+    int spool = ag->a_outbox && rq->rq_key && !rq->rq_no_spool && (rq->rq_natt > 0 || rq->rq_refused_budget);
     if (spool) {
         size_t n = tollgate__v1__usage_record__get_packed_size(&r);
         uint8_t *buf = tg_malloc(n ? n : 1);
@@ -851,7 +872,22 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 
 /* ---- routing -------------------------------------------------------------------- */
 
-enum { WHY_OK = 0, WHY_ROUTE_TYPE, WHY_BALANCE, WHY_UNAVAILABLE, WHY_PROTOCOL };
+enum { WHY_OK = 0, WHY_ROUTE_TYPE, WHY_BALANCE, WHY_UNAVAILABLE, WHY_PROTOCOL, WHY_UNPRICED };
+
+/* The price entry for serving rq on channel c (the card in effect when the
+ * request started, in the currency of the bucket that would pay), or NULL:
+ * what cannot be priced is not served. */
+static const Tollgate__V1__PriceEntry *price_for(req_t *rq, const Tollgate__V1__Channel *c, const char **bucket)
+{
+    const Tollgate__V1__PriceEntry *pe = NULL;
+    const char *b = tg_cfg_bucket(rq->rq_acct, c->route_type);
+    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, b);
+    if (!tg_cfg_price(rq->rq_cfg, rq->rq_route ? rq->rq_route->model : "", c->route_type, cur, rq->rq_t0_us, &pe))
+        return NULL;
+    if (bucket)
+        *bucket = b;
+    return pe;
+}
 
 /* Whether the key may use the target, and why not. */
 static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
@@ -873,16 +909,15 @@ static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
             return WHY_ROUTE_TYPE;
     }
     const tg_account_t *acct = rq->rq_acct;
-    if (acct) {
-        const char *bucket = tg_cfg_bucket(acct, c->route_type);
-        const tg_balance_t *b = tg_cfg_balance(rq->rq_cfg, acct->id, bucket);
-        int64_t avail = b ? b->balance_nano - b->reserved_nano : 0;
-        int64_t floor = 0;
-        if (acct->billing_mode == TOLLGATE__V1__BILLING_MODE__BILLING_MODE_POSTPAID)
-            floor = b ? -b->credit_limit_nano : 0;
-        if (avail <= floor)
-            return WHY_BALANCE;
-    }
+    const char *bucket = tg_cfg_bucket(acct, c->route_type);
+    if (!price_for(rq, c, NULL))
+        return WHY_UNPRICED;
+    /* Nothing left at all, as last pushed: refused without asking for a
+     * lease. Whether this request fits is the lease's to say (its own
+     * holds are in reserved_nano, so that is not subtracted here). */
+    const tg_balance_t *b = tg_cfg_balance(rq->rq_cfg, acct->id, bucket);
+    if (!b || b->balance_nano - tg_cfg_floor(acct, b) <= 0)
+        return WHY_BALANCE;
     return WHY_OK;
 }
 
@@ -931,11 +966,138 @@ static int pick_in_tier(req_t *rq, uint32_t tier)
 
 static void start_attempt(req_t *rq);
 
+/* ---- pre-authorization ------------------------------------------------------------ *
+ * Before an attempt goes upstream, the request's upper estimate on that
+ * channel (billing/ tg_billing_estimate: the prompt at most, the output cap,
+ * the fee) is reserved on the agent's spend lease for the bucket that would
+ * pay; the actual cost replaces it when the request ends (emit_record), on
+ * every path. The prompt is first bounded by its byte length (a byte-level
+ * BPE never makes more tokens than bytes: no tokenizer on the hot path);
+ * only when that does not fit is it counted exactly. */
+
+/* The output cap the estimate uses: the request's, else the route's
+ * default, else the policy's, else DEF_MAX_OUTPUT. */
+static int64_t output_cap(req_t *rq)
+{
+    if (rq->rq_scan.sc_max_tokens >= 0)
+        return rq->rq_scan.sc_max_tokens;
+    if (rq->rq_route->default_max_output_tokens > 0)
+        return rq->rq_route->default_max_output_tokens;
+    const Tollgate__V1__GatewayPolicy *gp = tg_cfg_snapshot(rq->rq_cfg)->policy;
+    if (gp && gp->default_max_output_tokens > 0)
+        return gp->default_max_output_tokens;
+    return DEF_MAX_OUTPUT;
+}
+
+/* The estimate of serving rq on channel c. Returns 0, *bucket and *nano,
+ * or -1 with err set (no price, or past billing's limits). */
+static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **bucket, int64_t *nano, char *err,
+                    size_t errlen)
+{
+    const Tollgate__V1__PriceEntry *pe = price_for(rq, c, bucket);
+    if (!pe)
+        return tg_errf(err, errlen, -1, "no price in effect for model %s", rq->rq_route->model);
+    int64_t out = 0, images = 0, n = rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1;
+    switch (rq->rq_ep->ep_kind) {
+    case EP_EMBEDDINGS: break;
+    case EP_IMAGES: images = n; break;
+    case EP_CHAT: out = output_cap(rq) * n; break; /* n choices, each up to the cap */
+    default: out = output_cap(rq); break;
+    }
+    if (!rq->rq_input_max)
+        rq->rq_input_max = (int64_t)rq->rq_body_len + 1;
+    return tg_billing_estimate(pe, rq->rq_input_max, out, images, pe->rate_ppm, nano, err, errlen) == 0 ? 0 : -1;
+}
+
+/* Counts the prompt exactly (once) when the byte bound did not fit.
+ * Returns 1 when the bound got smaller. */
+static int exact_input(req_t *rq)
+{
+    tg_meter_t *m = rq->rq_w->w_agent->a_meter;
+    if (rq->rq_exact || !m || rq->rq_ep->ep_kind != EP_CHAT)
+        return 0;
+    rq->rq_exact = 1;
+    char err[TG_ERRLEN] = "";
+    tg_meter_chat_t mc;
+    if (tg_meter_chat_count(m, rq->rq_body, rq->rq_body_len, rq->rq_route->model, &mc, err, sizeof err) != 0 ||
+        mc.mc_estimate)
+        return 0; /* no exact count: the byte bound stays */
+    int64_t exact = (int64_t)mc.mc_prompt_tokens;
+    if (exact >= rq->rq_input_max)
+        return 0;
+    rq->rq_input_max = exact;
+    return 1;
+}
+
+/* Makes sure rq holds a reservation that covers an attempt on channel ch.
+ * Returns 0 (go on), 1 (parked: the timer calls start_attempt again), or
+ * -1 (the request was refused and ended). */
+static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
+{
+    tg_lease_tab_t *lt = rq->rq_w->w_agent->a_leases;
+    const char *bucket = NULL;
+    int64_t est = 0, now = now_us();
+    char err[TG_ERRLEN] = "", amt[32];
+    if (estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) != 0) {
+        fail_request(rq, 503, "server_error", "model_not_priced", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The gateway cannot price this request, so it does not serve it: %s.", err);
+        return -1;
+    }
+    if (rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) == 0 && rq->rq_resv >= est)
+        return 0; /* a retry, or a fallback no dearer on the same bucket */
+    if (rq->rq_resv > 0) {
+        /* a fallback to a dearer tier or another bucket: reserved anew */
+        tg_lease_release(lt, rq->rq_acct->id, rq->rq_resv_bucket, rq->rq_resv, 0);
+        rq->rq_resv = 0;
+        rq->rq_ticket = 0;
+    }
+    int rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
+    if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
+        rq->rq_ticket = 0;
+        rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
+    }
+    if (rc == TG_LEASE_OK) {
+        rq->rq_resv = est;
+        rq->rq_resv_bucket = bucket;
+        rq->rq_ticket = 0;
+        rq->rq_lease_deadline_us = 0;
+        return 0;
+    }
+    if (rc == TG_LEASE_WAIT) {
+        if (!rq->rq_lease_deadline_us)
+            rq->rq_lease_deadline_us = now + LEASE_WAIT_MS * 1000LL;
+        if (now < rq->rq_lease_deadline_us) {
+            struct timeval tv = {0, LEASE_POLL_MS * 1000};
+            rq->rq_timer_lease = 1;
+            evtimer_add(rq->rq_timer, &tv);
+            return 1;
+        }
+        rc = TG_LEASE_OFFLINE;
+    }
+    rq->rq_refused_budget = 1;
+    if (rc == TG_LEASE_DENIED)
+        fail_request(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "You exceeded your current quota: the `%s` balance of this account cannot cover this request "
+                     "(up to %s %s is reserved for a request like it). Top up, or ask for fewer output tokens.",
+                     bucket, tg_price_format(est, amt, sizeof amt), tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+    else
+        fail_request(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The gateway cannot authorize spending on the `%s` balance right now (its control plane is "
+                     "unreachable and no budget is held locally). Retry shortly.",
+                     bucket);
+    return -1;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     req_t *rq = arg;
+    if (rq->rq_timer_lease) {
+        rq->rq_timer_lease = 0;
+        start_attempt(rq);
+        return;
+    }
     if (rq->rq_timer_backoff) {
         rq->rq_timer_backoff = 0;
         start_attempt(rq);
@@ -1035,6 +1197,8 @@ static void start_attempt(req_t *rq)
     const Tollgate__V1__RouteTarget *t = rq->rq_route->tiers[rq->rq_tier]->targets[rq->rq_target];
     const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
     const Tollgate__V1__Channel *c = ch->ch_pb;
+    if (ensure_reserved(rq, ch) != 0)
+        return; /* parked until the lease answers, or refused */
     attempt_t *a = att_new(rq);
     char hdr[4200];
     if (!a) {
@@ -1421,6 +1585,11 @@ static int authenticate(req_t *rq)
     }
     rq->rq_key = k;
     rq->rq_acct = tg_cfg_account(rq->rq_cfg, k->account_id);
+    if (!rq->rq_acct) {
+        fail_request(rq, 403, "permission_error", "account_not_found", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This API key's account is not in the gateway's configuration; ask the operator.");
+        return -1;
+    }
     if (k->expires_at_us && now_us() >= k->expires_at_us) {
         fail_request(rq, 401, "invalid_request_error", "expired_api_key", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "This API key expired.");
@@ -1499,7 +1668,8 @@ static void handle_post(req_t *rq)
     }
     /* Is any target usable by this key at all? Says why not: balance is
      * 402, route types 403, otherwise every channel is unavailable: 503. */
-    int why_balance = 0, why_type = 0, why_proto = 0, why_other = 0, any = 0;
+    int why_balance = 0, why_type = 0, why_proto = 0, why_other = 0, why_price = 0, any = 0;
+    rq->rq_route = route; /* target_ok prices with it */
     for (size_t t = 0; t < route->n_tiers; t++)
         for (size_t i = 0; i < route->tiers[t]->n_targets; i++) {
             int w = target_ok(rq, route->tiers[t]->targets[i]);
@@ -1508,6 +1678,7 @@ static void handle_post(req_t *rq)
             why_type |= w == WHY_ROUTE_TYPE;
             why_proto |= w == WHY_PROTOCOL;
             why_other |= w == WHY_UNAVAILABLE;
+            why_price |= w == WHY_UNPRICED;
         }
     if (!any) {
         if (why_proto && !why_other && !why_balance && !why_type && rq->rq_ep->ep_kind != EP_CHAT)
@@ -1522,6 +1693,11 @@ static void handle_post(req_t *rq)
         else if (why_type)
             fail_request(rq, 403, "permission_error", "route_type_not_allowed", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                          "This API key may not use any route that serves model `%s`.", route->model);
+        else if (why_price)
+            fail_request(rq, 503, "server_error", "model_not_priced", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "The model `%s` has no price in effect for this account's currency, so the gateway "
+                         "cannot serve it; the operator must publish a price card for it.",
+                         route->model);
         else
             fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                          "No upstream channel serves model `%s` right now.", route->model);

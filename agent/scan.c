@@ -429,6 +429,7 @@ int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t
     int seen_stream = 0;
     memset(sc, 0, sizeof *sc);
     sc->sc_max_tokens = -1;
+    sc->sc_n = 1;
     ws(&s);
     if (s.s_pos >= len || body[s.s_pos] != '{')
         return fail(&s, "the body must be a JSON object");
@@ -495,12 +496,21 @@ int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t
                 sc->sc_so_val.sp_off = vs;
                 sc->sc_so_val.sp_len = 4;
             }
-        } else if (strcmp(name, "max_tokens") == 0 || strcmp(name, "max_completion_tokens") == 0) {
+        } else if (strcmp(name, "max_tokens") == 0 || strcmp(name, "max_completion_tokens") == 0 ||
+                   strcmp(name, "max_output_tokens") == 0) {
+            /* the output cap, for the pre-authorization: the largest when
+             * several are given (a provider may honour any of them) */
             if ((rc = value(&s)) != 0)
                 return rc;
             long v;
-            if (read_long(body + vs, s.s_pos - vs, &v) == 0)
+            if (read_long(body + vs, s.s_pos - vs, &v) == 0 && v > sc->sc_max_tokens)
                 sc->sc_max_tokens = v;
+        } else if (strcmp(name, "n") == 0) {
+            if ((rc = value(&s)) != 0)
+                return rc;
+            long v;
+            if (read_long(body + vs, s.s_pos - vs, &v) == 0 && v > 0)
+                sc->sc_n = v;
         } else {
             if ((rc = value(&s)) != 0)
                 return rc;

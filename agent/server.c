@@ -504,6 +504,55 @@ long tg_agent_outbox_dump(const char *data_dir, FILE *out, long limit, int rejec
 
 /* ---- the agent -------------------------------------------------------------- */
 
+/* ---- spend leases ---------------------------------------------------------------- */
+
+static int lease_rpc(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *out, char *err,
+                     size_t errlen)
+{
+    tg_agent_t *a = arg;
+    return tg_cplink_lease(a->a_cplink, q, out, err, errlen);
+}
+
+/* Without a control plane the snapshot's balance is the budget. */
+static int lease_local(void *arg, const char *account_id, const char *bucket, int64_t *budget)
+{
+    tg_agent_t *a = arg;
+    tg_cfg_t *c;
+    pthread_mutex_lock(&a->a_cfg_mu);
+    if ((c = a->a_cfg) != NULL)
+        tg_cfg_ref(c);
+    pthread_mutex_unlock(&a->a_cfg_mu);
+    const tg_account_t *acct = c ? tg_cfg_account(c, account_id) : NULL;
+    const tg_balance_t *b = acct ? tg_cfg_balance(c, account_id, bucket) : NULL;
+    int rc = -1;
+    if (b) {
+        *budget = b->balance_nano - tg_cfg_floor(acct, b);
+        rc = 0;
+    }
+    tg_cfg_unref(c);
+    return rc;
+}
+
+/* What the spooled records still owe the spend leases (their cost is held
+ * until the control plane acknowledges them), summed per bucket at start. */
+static int owed_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    (void)seq;
+    tg_agent_t *a = arg;
+    Tollgate__V1__UsageRecord *r = tollgate__v1__usage_record__unpack(NULL, len, data);
+    if (r == NULL)
+        return 0; /* the reporter says so when it sends it */
+    if (r->cost_nano > 0 && r->bucket[0])
+        tg_lease_owed(a->a_leases, r->account_id, r->bucket, r->cost_nano);
+    tollgate__v1__usage_record__free_unpacked(r, NULL);
+    return 0;
+}
+
+static int owed_from_outbox(tg_agent_t *a, char *err, size_t errlen)
+{
+    return tg_outbox_scan(a->a_outbox, SIZE_MAX, owed_one, a, err, errlen);
+}
+
 void tg_agent_opts_default(tg_agent_opts_t *o)
 {
     memset(o, 0, sizeof *o);
@@ -583,6 +632,12 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     } else {
         TG_LOG(TG_LOG_WARN, "agent", "no --data-dir: usage records are not kept durably");
     }
+    if (!(a->a_leases = tg_lease_tab_create(o->ao_cp ? lease_rpc : NULL, lease_local, a))) {
+        rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "cannot start the spend-lease thread");
+        goto fail;
+    }
+    if (a->a_outbox && (rc = owed_from_outbox(a, err, errlen)) != 0)
+        goto fail;
     if (o->ao_cp && (rc = tg_cplink_start(a, o->ao_cp, o->ao_enroll_token, &a->a_cplink, err, errlen)) != 0)
         goto fail;
     if (!data)
@@ -657,7 +712,8 @@ void tg_agent_destroy(tg_agent_t *a)
 {
     if (!a)
         return;
-    tg_cplink_stop(a->a_cplink); /* first: its threads install snapshots and read the outbox */
+    tg_lease_tab_destroy(a->a_leases); /* first: hands free budget back through the link */
+    tg_cplink_stop(a->a_cplink); /* then: its threads install snapshots and read the outbox */
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);

@@ -12,6 +12,7 @@
 
 #include "agent/agent_int.h"
 #include "agent/front.h"
+#include "agent/lease.h"
 #include "meter/tg_meter.h"
 
 typedef struct req req_t;
@@ -66,6 +67,7 @@ struct tg_agent {
     pthread_cond_t a_sync_cv;
     int a_sync_stop;
     struct tg_cplink *a_cplink; /* NULL without --cp */
+    tg_lease_tab_t *a_leases;   /* spend leases (pre-authorization); never NULL once created */
     tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;
@@ -91,6 +93,11 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
                     size_t errlen);
 /* Stops the threads and frees. Accepts NULL. */
 void tg_cplink_stop(tg_cplink_t *l);
+/* One AgentService.Lease call (proof added here), from the lease thread:
+ * the answer's numbers into *out (strings left alone). 0 or a negative
+ * code with err set. */
+int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *out, char *err,
+                    size_t errlen);
 
 /* request.c */
 void tg_req_handle(tg_front_conn_t *c, void *worker);

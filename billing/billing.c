@@ -91,6 +91,24 @@ int tg_billing_cost(const Tollgate__V1__PriceEntry *pe, const Tollgate__V1__Toke
     return 0;
 }
 
+int tg_billing_estimate(const Tollgate__V1__PriceEntry *pe, int64_t input_max, int64_t output_max, int64_t images,
+                        int64_t rate_ppm, int64_t *nano, char *err, size_t errlen)
+{
+    if (pe == NULL)
+        return tg_errf(err, errlen, TG_BILLING_EINVAL, "no price entry to price with");
+    /* the prompt at the dearest of the three input prices */
+    Tollgate__V1__PriceEntry top = *pe;
+    if (top.cache_read_per_mtok_nano > top.input_per_mtok_nano)
+        top.input_per_mtok_nano = top.cache_read_per_mtok_nano;
+    if (top.cache_write_per_mtok_nano > top.input_per_mtok_nano)
+        top.input_per_mtok_nano = top.cache_write_per_mtok_nano;
+    Tollgate__V1__TokenUsage u = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    u.input_tokens = input_max;
+    u.output_tokens = output_max;
+    u.images = images;
+    return tg_billing_cost(&top, &u, rate_ppm, nano, err, errlen);
+}
+
 const char *tg_billing_bucket(const Tollgate__V1__Account *a, int route_type)
 {
     const char *name = NULL;

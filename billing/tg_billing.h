@@ -82,6 +82,26 @@ const Tollgate__V1__PriceEntry *tg_billing_lookup(const Tollgate__V1__PriceCard 
 int tg_billing_cost(const Tollgate__V1__PriceEntry *pe, const Tollgate__V1__TokenUsage *usage,
                     int64_t rate_ppm, int64_t *cost, char *err, size_t errlen);
 
+/* The upper estimate of a request's cost, reserved before its first attempt
+ * (pre-authorization): input_max tokens at the highest of the entry's
+ * input, cache-read and cache-write prices (the provider decides how much
+ * of the prompt is cached), output_max tokens at the output price, images
+ * at per_image_nano, plus the per-request fee, at rate_ppm, with
+ * tg_billing_cost's rounding. Rounding is monotonic, so the cost of any
+ * usage within these maxima (input + cache tokens <= input_max, output <=
+ * output_max, images <= images) is <= the estimate.
+ *   pe          in: the price entry; NULL is TG_BILLING_EINVAL
+ *   input_max   in: prompt tokens at most (a local count, or its byte
+ *               length: a byte-level BPE never makes more tokens than bytes)
+ *   output_max  in: the output cap (max_tokens or the route's default)
+ *   images      in: images at most
+ *   rate_ppm    in: as for tg_billing_cost
+ *   nano        out: the estimate; unchanged on error
+ * Returns what tg_billing_cost returns (ERANGE for counts past the limits:
+ * such a request cannot be pre-authorized). */
+int tg_billing_estimate(const Tollgate__V1__PriceEntry *pe, int64_t input_max, int64_t output_max, int64_t images,
+                        int64_t rate_ppm, int64_t *nano, char *err, size_t errlen);
+
 /* The bucket of account `a` that pays for `route_type`: the account's
  * route_buckets override (the last one for the route type), else DIRECT ->
  * "credit", POOLED -> "wallet", else (no route type) the account's only

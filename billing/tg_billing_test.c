@@ -204,6 +204,49 @@ static void test_bucket(void **state)
     assert_null(tg_billing_bucket(NULL, 1));
 }
 
+/* The estimate bounds the cost of every usage within its maxima, however
+ * the prompt splits into input, cache-read and cache-write tokens. */
+static void test_estimate_bounds_cost(void **state)
+{
+    (void)state;
+    Tollgate__V1__PriceEntry pe = TOLLGATE__V1__PRICE_ENTRY__INIT;
+    pe.input_per_mtok_nano = 3000000000LL;      /* $3 */
+    pe.output_per_mtok_nano = 15000000000LL;    /* $15 */
+    pe.cache_read_per_mtok_nano = 300000000LL;  /* $0.30 */
+    pe.cache_write_per_mtok_nano = 3750000000LL; /* $3.75: dearer than input */
+    pe.per_request_nano = 7;
+    pe.per_image_nano = 1000;
+    int64_t est = -1;
+    char err[TG_ERRLEN] = "";
+    assert_int_equal(tg_billing_estimate(&pe, 1000, 200, 1, 1500000, &est, err, sizeof err), 0);
+    /* (1000 x 3.75 + 200 x 15) micro + 1000 + 7 nano, x 1.5 */
+    assert_int_equal(est, (3750000 + 3000000 + 1007) * 3 / 2 + 1);
+    for (int64_t cw = 0; cw <= 1000; cw += 250)
+        for (int64_t cr = 0; cr + cw <= 1000; cr += 250)
+            for (int64_t out = 0; out <= 200; out += 199) {
+                Tollgate__V1__TokenUsage u = TOLLGATE__V1__TOKEN_USAGE__INIT;
+                u.cache_write_tokens = cw;
+                u.cache_read_tokens = cr;
+                u.input_tokens = 1000 - cw - cr;
+                u.output_tokens = out;
+                u.images = 1;
+                int64_t c = -1;
+                assert_int_equal(tg_billing_cost(&pe, &u, 1500000, &c, NULL, 0), 0);
+                assert_true(c <= est);
+            }
+    /* the full prompt at the dearest price is exactly the estimate */
+    Tollgate__V1__TokenUsage u = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    u.cache_write_tokens = 1000;
+    u.output_tokens = 200;
+    u.images = 1;
+    int64_t c = -1;
+    assert_int_equal(tg_billing_cost(&pe, &u, 1500000, &c, NULL, 0), 0);
+    assert_int_equal(c, est);
+    /* past the limits: refused, never capped */
+    assert_int_equal(tg_billing_estimate(&pe, 1000, (int64_t)1 << 50, 0, 0, &est, NULL, 0), TG_BILLING_ERANGE);
+    assert_int_equal(tg_billing_estimate(NULL, 1, 1, 0, 0, &est, NULL, 0), TG_BILLING_EINVAL);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -221,6 +264,7 @@ int main(void)
         cmocka_unit_test(test_lookup),          cmocka_unit_test(test_cost),
         cmocka_unit_test(test_per_request_fee), cmocka_unit_test(test_errors_not_caps),
         cmocka_unit_test(test_bucket),          cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_estimate_bounds_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

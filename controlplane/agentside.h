@@ -82,6 +82,28 @@ int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out);
  * now_us, signature valid. Returns TG_RPC_CODE_OK or UNAUTHENTICATED (or
  * UNAVAILABLE on store errors) with the reason in err. */
 struct Tollgate__V1__AgentProof;
+/* ---- lease.c: spend leases ---------------------------------------------------- */
+
+struct Tollgate__V1__LeaseRequest;
+struct Tollgate__V1__Balance;
+struct Tollgate__V1__Account;
+
+/* AgentService.Lease after the proof was verified: grants, renews or takes
+ * back the agent's hold on q's bucket (see lease.c for the rule) and packs
+ * the LeaseResponse into reply. Returns TG_RPC_CODE_OK or a code with err
+ * set (INVALID_ARGUMENT naming the field, NOT_FOUND for an unknown account
+ * or bucket, UNAVAILABLE when the store is, ABORTED under contention). */
+int cp_lease(tg_cp_t *cp, const struct Tollgate__V1__LeaseRequest *q, tg_buf_t *reply, char *err,
+             size_t errlen);
+/* How low a's balance b may go: 0 prepaid, -credit_limit postpaid. */
+int64_t cp_lease_floor(const struct Tollgate__V1__Account *a, const struct Tollgate__V1__Balance *b);
+/* The sum of b's holds that are live at now_us. */
+int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);
+/* Settlement of agent_id's records costing `cost` on b: the same amount
+ * leaves the agent's hold (it was reserved there), and reserved_nano is
+ * recomputed. Can't fail. */
+void cp_lease_consume(struct Tollgate__V1__Balance *b, const char *agent_id, int64_t cost, int64_t now_us);
+
 int cp_verify_proof(tg_cp_t *cp, const struct Tollgate__V1__AgentProof *proof, int64_t now_us,
                     char *err, size_t errlen);
 

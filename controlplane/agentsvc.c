@@ -185,17 +185,18 @@ static int lease(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf
 {
     char err[TG_ERRLEN] = "";
     ProtobufCMessage *m = NULL;
-    (void)reply;
     if (tg_rpc_pb_unpack(&tollgate__v1__lease_request__descriptor, req, req_len, &m, err,
                          sizeof(err)) < 0)
         return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
-    int code = cp_verify_proof(arg, ((Tollgate__V1__LeaseRequest *)m)->proof, tg_cp_now_us(), err,
-                               sizeof(err));
+    const Tollgate__V1__LeaseRequest *q = (const Tollgate__V1__LeaseRequest *)m;
+    int code = q->proof == NULL ? tg_errf(err, sizeof(err), TG_RPC_CODE_UNAUTHENTICATED, "proof: required")
+                                : cp_verify_proof(arg, q->proof, tg_cp_now_us(), err, sizeof(err));
+    if (code == TG_RPC_CODE_OK)
+        code = cp_lease(arg, q, reply, err, sizeof(err));
     tg_rpc_pb_free(m);
     if (code != TG_RPC_CODE_OK)
-        return tg_rpc_call_errorf(call, code, "%s", err);
-    return tg_rpc_call_errorf(call, TG_RPC_CODE_UNIMPLEMENTED,
-                              "spend leases are not implemented yet");
+        return tg_rpc_call_errorf(call, code, "%s", err[0] ? err : tg_rpc_code_name(code));
+    return code;
 }
 
 int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
@@ -269,6 +270,8 @@ int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)
     mallopt(M_ARENA_MAX, 1);
     if (cp->cp_settled_retention_s <= 0)
         cp->cp_settled_retention_s = 3600;
+    if (cp->cp_lease_ttl_ms <= 0)
+        cp->cp_lease_ttl_ms = 30000;
     int rc = cp_tail_start(as, err, errlen);
     if (rc == 0)
         rc = cp_sync_start(as, err, errlen);

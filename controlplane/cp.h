@@ -88,6 +88,7 @@ typedef struct tg_cp {
     size_t cp_ntokens;
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
     int cp_settled_retention_s;     /* settled-log retention in the store, default 3600 */
+    int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
     /* resources */
     tg_store_t *cp_store;
     tg_ledger_t *cp_ledger;

@@ -40,6 +40,7 @@ static const char USAGE[] =
     "  --threads N               gRPC handler threads (TG_CP_THREADS, default 8)\n"
     "  --heartbeat-ms MS         Sync heartbeat period (TG_CP_HEARTBEAT_MS, default 5000)\n"
     "  --settled-retention-s S   settled-log retention in the store (TG_CP_SETTLED_RETENTION_S, default 3600)\n"
+    "  --lease-ttl-ms MS         spend leases expire this long after their last renewal (TG_CP_LEASE_TTL_MS, default 30000)\n"
     "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
 
@@ -51,7 +52,7 @@ typedef struct flag {
 
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
-    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_LOGLEVEL, F_COUNT
+    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_LEASE_TTL, F_LOGLEVEL, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -69,6 +70,7 @@ static flag_t flags[F_COUNT] = {
     {"--threads", "TG_CP_THREADS", "8"},
     {"--heartbeat-ms", "TG_CP_HEARTBEAT_MS", "5000"},
     {"--settled-retention-s", "TG_CP_SETTLED_RETENTION_S", "3600"},
+    {"--lease-ttl-ms", "TG_CP_LEASE_TTL_MS", "30000"},
     {"--log-level", "TG_CP_LOG_LEVEL", "info"},
 };
 
@@ -139,7 +141,7 @@ int main(int argc, char **argv)
     char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
     char *cert = NULL, *key = NULL, *ca = NULL, *enroll = NULL;
     int rc = 1, http_port = 0, agent_started = 0, sig;
-    long threads, heartbeat, retention;
+    long threads, heartbeat, retention, lease_ttl;
     sigset_t set;
 
     memset(&cp, 0, sizeof cp);
@@ -184,7 +186,8 @@ int main(int argc, char **argv)
     }
     if (parse_int("--threads", flags[F_THREADS].f_val, 1, 256, &threads) ||
         parse_int("--heartbeat-ms", flags[F_HEARTBEAT].f_val, 100, 3600000, &heartbeat) ||
-        parse_int("--settled-retention-s", flags[F_RETENTION].f_val, 1, 86400 * 365, &retention))
+        parse_int("--settled-retention-s", flags[F_RETENTION].f_val, 1, 86400 * 365, &retention) ||
+        parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl))
         return 2;
     if (!!flags[F_CERT].f_val != !!flags[F_KEY].f_val) {
         fprintf(stderr, "tollgate-cp: --tls-cert and --tls-key go together\n");
@@ -214,6 +217,7 @@ int main(int argc, char **argv)
     cp.cp_data_dir = flags[F_DATA].f_val;
     cp.cp_heartbeat_ms = (int)heartbeat;
     cp.cp_settled_retention_s = (int)retention;
+    cp.cp_lease_ttl_ms = (int)lease_ttl;
     cp.cp_crash_at = getenv("TG_CP_CRASH_AT");
     if (mkdirs(cp.cp_data_dir) != 0) {
         TG_LOG(TG_LOG_ERROR, "cp", "cannot create --data-dir %s: %s", cp.cp_data_dir,

@@ -1176,6 +1176,17 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         g->g_n = j;
         break;
     }
+    /* What settles here was reserved in the reporting agent's spend lease
+     * (lease.c): the same amount leaves the hold as leaves the balance, in
+     * this transaction. The agent's own reported cost is taken, the amount
+     * it reserved against; the debit is the recomputed cost. */
+    for (size_t j = 0; j < g->g_n; j++) {
+        settle_ctx_t *c = g->g_jobs[j]->j_c;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++)
+            if (!c->sc_dup[i] && c->sc_balidx[i] != SIZE_MAX)
+                cp_lease_consume(g->g_bals[c->sc_balidx[i]].b_msg, c->sc_batch->agent_id,
+                                 c->sc_batch->records[i]->cost_nano, now_us);
+    }
     for (size_t k = 0; k < g->g_nbal; k++) {
         g->g_bals[k].b_msg->updated_at_us = now_us;
         tg_buf_reset(&g->g_bals[k].b_packed);

@@ -109,6 +109,8 @@ function snapshot(extraRoutes = []) {
         entries: [
           { model: 'gpt-4o*', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' },
           { model: 'gpt-4o', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007', rate_ppm: '1500000' },
+          // every other routed model: what cannot be priced is not served
+          { model: '*', input_per_mtok_nano: '100000000', output_per_mtok_nano: '100000000' },
         ] },
       // a future version is not in effect yet
       { id: 'card-usd', version: '3', effective_at_us: '99999999999999999', currency: 'USD',

@@ -1,0 +1,457 @@
+/* lease.c: the agent's spend leases (see lease.h for the model).
+ *
+ * One entry per (account, bucket) in a short list under one mutex: a
+ * request's reserve and release are a few additions, no allocation after
+ * the entry exists. The lease thread is the only one that talks to the
+ * control plane; requests that find too little free budget take a ticket
+ * (the number of the next lease request, which will carry their need) and
+ * ask again after a few milliseconds, so no worker ever blocks.
+ *
+ * Sizing: a refill asks for what waits now plus ten seconds of spend at
+ * the recent velocity (an EWMA of cost per second), at least eight times
+ * the largest recent request; the control plane caps it by what is left
+ * and shares a tight budget among the agents that hold it. A refill starts
+ * in the background when the free part falls under three seconds of spend.
+ * An idle hold is handed back after IDLE_RETURN_US; a hold is renewed a
+ * third of the way to its expiry, and not used at all in the last quarter
+ * (the control plane's clock may run ahead of ours).
+ */
+#include "agent/lease.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/tg_base.h"
+#include "base/tg_log.h"
+
+#define REFILL_HORIZON_S 10
+#define LOW_WATER_S 3
+#define MIN_SLICES 8
+#define IDLE_RETURN_US (30LL * 1000000)
+#define RETRY_MIN_US (100LL * 1000)
+#define RETRY_MAX_US (5LL * 1000000)
+#define STOP_RETURN_US (3LL * 1000000)
+
+typedef struct lent {
+    struct lent *le_next;
+    char *le_acct, *le_bucket;
+    int64_t le_base, le_res, le_spent, le_owed;
+    int64_t le_expires;       /* the hold's expiry as granted; 0: none */
+    int64_t le_valid_until;   /* use it until then */
+    int64_t le_granted_at;
+    int le_started;           /* a request of this process was answered (later ones are not resets) */
+    uint64_t le_sent, le_done;/* lease requests sent / answered (or failed) */
+    uint64_t le_want;         /* a waiter needs request number le_want */
+    int le_inflight;
+    int64_t le_need_sum, le_need_max; /* what waits, for the next request */
+    int64_t le_last_need;     /* largest recent reservation, for sizing */
+    int le_failed;            /* the last request failed */
+    int64_t le_avail_after;   /* the control plane's budget left after the last answer */
+    int64_t le_retry_at;
+    int64_t le_backoff;
+    int64_t le_rate;          /* nano per second, EWMA */
+    int64_t le_rate_t, le_rate_acc;
+    int64_t le_last_use;
+    uint64_t le_rpcs;
+    int64_t le_local_hold;    /* local authority only: the hold it granted */
+} lent_t;
+
+struct tg_lease_tab {
+    pthread_mutex_t lt_mu;
+    pthread_cond_t lt_cv;
+    pthread_t lt_thr;
+    int lt_stop;
+    tg_lease_rpc_fn lt_rpc;
+    tg_lease_local_fn lt_local;
+    void *lt_arg;
+    lent_t *lt_list;
+    uint64_t lt_sent, lt_failed;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* (mu) */
+static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int create)
+{
+    for (lent_t *e = t->lt_list; e != NULL; e = e->le_next)
+        if (strcmp(e->le_acct, acct) == 0 && strcmp(e->le_bucket, bucket) == 0)
+            return e;
+    if (!create)
+        return NULL;
+    lent_t *e = tg_calloc(1, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    e->le_acct = tg_strdup(acct);
+    e->le_bucket = tg_strdup(bucket);
+    if (e->le_acct == NULL || e->le_bucket == NULL) {
+        tg_free(e->le_acct);
+        tg_free(e->le_bucket);
+        tg_free(e);
+        return NULL;
+    }
+    e->le_next = t->lt_list;
+    t->lt_list = e;
+    return e;
+}
+
+static int live(const lent_t *e, int64_t now)
+{
+    return e->le_valid_until > now;
+}
+
+static int64_t free_of(const lent_t *e, int64_t now)
+{
+    int64_t f = e->le_base - e->le_res - e->le_spent;
+    return live(e, now) && f > 0 ? f : 0;
+}
+
+/* (mu) Folds the spend since the last tick into the velocity. */
+static void rate_tick(lent_t *e, int64_t now)
+{
+    if (e->le_rate_t == 0) {
+        e->le_rate_t = now;
+        return;
+    }
+    int64_t dt = now - e->le_rate_t;
+    if (dt < 1000000)
+        return;
+    __int128 r = (__int128)e->le_rate_acc * 1000000 / dt;
+    int64_t inst = r > INT64_MAX / 4 ? INT64_MAX / 4 : (int64_t)r;
+    e->le_rate = (e->le_rate * 3 + inst) / 4;
+    e->le_rate_acc = 0;
+    e->le_rate_t = now;
+}
+
+static int64_t sat_mul(int64_t a, int64_t b)
+{
+    __int128 r = (__int128)a * b;
+    return r > INT64_MAX / 4 ? INT64_MAX / 4 : (int64_t)r;
+}
+
+/* (mu) Whether e needs a lease request now, and what it asks. */
+static int due(const lent_t *e, int64_t now)
+{
+    if (e->le_inflight || now < e->le_retry_at)
+        return 0;
+    if (e->le_want > e->le_sent)
+        return 1; /* a waiter */
+    int active = e->le_res > 0 || e->le_owed > 0 || e->le_base - e->le_spent > 0;
+    if (!active)
+        return 0;
+    if (e->le_expires == 0)
+        return 0; /* nothing granted yet and nobody waits */
+    if (now >= e->le_granted_at + (e->le_expires - e->le_granted_at) / 3)
+        return 1; /* renew */
+    int64_t low = sat_mul(e->le_rate, LOW_WATER_S);
+    if (e->le_last_use > now - IDLE_RETURN_US && free_of(e, now) < low)
+        return 1; /* refill before it runs dry */
+    return 0;
+}
+
+/* The local authority (no control plane): the same rule as
+ * controlplane/lease.c with one agent and nothing ever settled. */
+static int local_rpc(tg_lease_tab_t *t, lent_t *e, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r,
+                     char *err, size_t errlen)
+{
+    int64_t budget = 0;
+    if (t->lt_local == NULL || t->lt_local(t->lt_arg, q->account_id, q->bucket, &budget) != 0)
+        return tg_errf(err, errlen, -1, "no balance for %s/%s in the configuration", q->account_id, q->bucket);
+    int restarted = q->reset;
+    int64_t base = restarted ? 0 : e->le_local_hold - q->return_nano;
+    if (base < q->unsettled_nano)
+        base = q->unsettled_nano;
+    int64_t room = budget - base, want = q->requested_nano > q->need_nano ? q->requested_nano : q->need_nano;
+    int64_t g = want <= 0 || room <= 0 ? 0 : want < room ? want : room;
+    e->le_local_hold = base + g;
+    r->granted_nano = g;
+    r->hold_nano = base + g;
+    r->expires_at_us = now_us() + 3600LL * 1000000;
+    r->available_nano = room - g;
+    r->restarted = restarted;
+    return 0;
+}
+
+/* (mu held on entry and exit; dropped around the call) One lease request
+ * for e: a refill, renewal or return (return_all: everything free). */
+static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
+{
+    Tollgate__V1__LeaseRequest q = TOLLGATE__V1__LEASE_REQUEST__INIT;
+    char acct[256], bucket[128], err[TG_ERRLEN] = "";
+    rate_tick(e, now);
+    int64_t fr = free_of(e, now);
+    int64_t ret = 0;
+    if (return_all) {
+        ret = fr;
+    } else if (e->le_last_use < now - IDLE_RETURN_US) {
+        ret = fr; /* idle: all of it goes back */
+    } else {
+        int64_t keep = sat_mul(e->le_rate, 2 * REFILL_HORIZON_S);
+        int64_t floor = sat_mul(e->le_last_need, 2 * MIN_SLICES);
+        if (keep < floor)
+            keep = floor;
+        if (fr > keep && e->le_want <= e->le_sent)
+            ret = fr - keep;
+    }
+    if (!live(e, now))
+        ret = 0; /* a lapsed hold is re-based below, nothing to return */
+    int64_t want = 0;
+    if (!return_all) {
+        int64_t low = sat_mul(e->le_rate, LOW_WATER_S);
+        if (e->le_need_sum > 0 || (ret == 0 && fr < low && e->le_last_use > now - IDLE_RETURN_US)) {
+            want = sat_mul(e->le_rate, REFILL_HORIZON_S);
+            int64_t slices = sat_mul(e->le_last_need > e->le_need_max ? e->le_last_need : e->le_need_max, MIN_SLICES);
+            if (want < slices)
+                want = slices;
+            if (want < e->le_need_sum)
+                want = e->le_need_sum;
+        }
+    }
+    snprintf(acct, sizeof(acct), "%s", e->le_acct);
+    snprintf(bucket, sizeof(bucket), "%s", e->le_bucket);
+    q.account_id = acct;
+    q.bucket = bucket;
+    q.requested_nano = want;
+    q.return_nano = ret;
+    q.need_nano = e->le_need_max;
+    q.spend_rate_nano_per_s = e->le_rate;
+    q.reset = !e->le_started;
+    q.unsettled_nano = e->le_owed + e->le_res;
+    int64_t res0 = e->le_res, spent0 = e->le_spent, need0 = e->le_need_max;
+    e->le_base -= ret; /* not spent from any more, whatever the answer */
+    e->le_need_sum = e->le_need_max = 0;
+    e->le_inflight = 1;
+    uint64_t gen = ++e->le_sent;
+    e->le_rpcs++;
+    t->lt_sent++;
+    Tollgate__V1__LeaseResponse resp = TOLLGATE__V1__LEASE_RESPONSE__INIT, *r = &resp;
+    pthread_mutex_unlock(&t->lt_mu);
+    int rc = t->lt_rpc != NULL ? t->lt_rpc(t->lt_arg, &q, r, err, sizeof(err)) : -1;
+    pthread_mutex_lock(&t->lt_mu);
+    if (t->lt_rpc == NULL)
+        rc = local_rpc(t, e, &q, r, err, sizeof(err));
+    e->le_inflight = 0;
+    e->le_done = gen;
+    now = now_us();
+    if (rc != 0) {
+        e->le_failed = 1;
+        t->lt_failed++;
+        e->le_backoff = e->le_backoff ? e->le_backoff * 2 : RETRY_MIN_US;
+        if (e->le_backoff > RETRY_MAX_US)
+            e->le_backoff = RETRY_MAX_US;
+        e->le_retry_at = now + e->le_backoff;
+        TG_LOG(TG_LOG_WARN, "agent.lease", "lease %s/%s: request failed (retry in %lld ms): %s", acct, bucket,
+               (long long)(e->le_backoff / 1000), err);
+        return;
+    }
+    e->le_failed = 0;
+    e->le_backoff = 0;
+    e->le_retry_at = 0;
+    if (r->restarted) {
+        /* re-based: the free part is the grant alone, less what was spent
+         * or reserved since the request left */
+        e->le_base = r->granted_nano + res0 + spent0;
+    } else {
+        e->le_base += r->granted_nano;
+    }
+    e->le_started = 1;
+    e->le_expires = r->expires_at_us;
+    e->le_granted_at = now;
+    int64_t ttl = r->expires_at_us - now;
+    e->le_valid_until = ttl > 0 ? r->expires_at_us - ttl / 4 : 0;
+    e->le_avail_after = r->available_nano;
+    if (r->granted_nano < need0)
+        TG_LOG(TG_LOG_INFO, "agent.lease", "lease %s/%s: %lld of %lld nano granted (%lld left in the bucket)", acct,
+               bucket, (long long)r->granted_nano, (long long)want, (long long)r->available_nano);
+}
+
+static void *lease_main(void *arg)
+{
+    tg_lease_tab_t *t = arg;
+    pthread_mutex_lock(&t->lt_mu);
+    while (!t->lt_stop) {
+        int64_t now = now_us();
+        lent_t *pick = NULL;
+        for (lent_t *e = t->lt_list; e != NULL && pick == NULL; e = e->le_next)
+            if (due(e, now))
+                pick = e;
+        if (pick != NULL) {
+            exchange(t, pick, now, 0);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&t->lt_cv, &t->lt_mu, &ts);
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+    return NULL;
+}
+
+tg_lease_tab_t *tg_lease_tab_create(tg_lease_rpc_fn rpc, tg_lease_local_fn local, void *arg)
+{
+    tg_lease_tab_t *t = tg_calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    pthread_mutex_init(&t->lt_mu, NULL);
+    pthread_cond_init(&t->lt_cv, NULL);
+    t->lt_rpc = rpc;
+    t->lt_local = local;
+    t->lt_arg = arg;
+    if (pthread_create(&t->lt_thr, NULL, lease_main, t) != 0) {
+        pthread_mutex_destroy(&t->lt_mu);
+        pthread_cond_destroy(&t->lt_cv);
+        tg_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void tg_lease_tab_destroy(tg_lease_tab_t *t)
+{
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->lt_mu);
+    t->lt_stop = 1;
+    pthread_cond_broadcast(&t->lt_cv);
+    pthread_mutex_unlock(&t->lt_mu);
+    pthread_join(t->lt_thr, NULL);
+    /* graceful stop: what is free goes back now rather than at expiry */
+    pthread_mutex_lock(&t->lt_mu);
+    int64_t until = now_us() + STOP_RETURN_US;
+    for (lent_t *e = t->lt_list; e != NULL; e = e->le_next) {
+        int64_t now = now_us();
+        if (t->lt_rpc != NULL && now < until && free_of(e, now) > 0)
+            exchange(t, e, now, 1);
+    }
+    while (t->lt_list != NULL) {
+        lent_t *e = t->lt_list;
+        t->lt_list = e->le_next;
+        tg_free(e->le_acct);
+        tg_free(e->le_bucket);
+        tg_free(e);
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+    pthread_mutex_destroy(&t->lt_mu);
+    pthread_cond_destroy(&t->lt_cv);
+    tg_free(t);
+}
+
+void tg_lease_owed(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano)
+{
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 1);
+    if (e != NULL)
+        e->le_owed += nano;
+    pthread_mutex_unlock(&t->lt_mu);
+}
+
+int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano, uint64_t *ticket,
+                     int64_t now)
+{
+    int rc;
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 1);
+    if (e == NULL) {
+        rc = TG_LEASE_OFFLINE; /* out of memory: fail closed */
+        goto out;
+    }
+    e->le_last_use = now;
+    if (nano > e->le_last_need)
+        e->le_last_need = nano;
+    if (free_of(e, now) >= nano) {
+        e->le_res += nano;
+        rc = TG_LEASE_OK;
+        if (due(e, now))
+            pthread_cond_signal(&t->lt_cv);
+        goto out;
+    }
+    if (*ticket != 0 && e->le_done >= *ticket) {
+        /* the request that carried this need was answered, still short */
+        if (e->le_failed && !live(e, now)) {
+            rc = TG_LEASE_OFFLINE;
+            goto out;
+        }
+        if (e->le_failed || e->le_avail_after < nano) {
+            rc = e->le_failed ? TG_LEASE_OFFLINE : TG_LEASE_DENIED;
+            goto out;
+        }
+        *ticket = 0; /* budget is left: take a new ticket and ask again */
+    }
+    if (*ticket == 0) {
+        *ticket = e->le_sent + 1;
+        if (e->le_want < *ticket)
+            e->le_want = *ticket;
+        e->le_need_sum += nano;
+        if (nano > e->le_need_max)
+            e->le_need_max = nano;
+        pthread_cond_signal(&t->lt_cv);
+    }
+    rc = TG_LEASE_WAIT;
+out:
+    pthread_mutex_unlock(&t->lt_mu);
+    return rc;
+}
+
+void tg_lease_release(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t reserved, int64_t cost)
+{
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 1);
+    if (e != NULL) {
+        e->le_res -= reserved;
+        if (e->le_res < 0)
+            e->le_res = 0;
+        if (cost > 0) {
+            e->le_spent += cost;
+            e->le_owed += cost;
+            e->le_rate_acc += cost;
+        }
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+}
+
+void tg_lease_acked(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano)
+{
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 0);
+    if (e != NULL) {
+        e->le_owed -= nano;
+        if (e->le_owed < 0)
+            e->le_owed = 0;
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+}
+
+int tg_lease_info(tg_lease_tab_t *t, const char *account_id, const char *bucket, tg_lease_info_t *info)
+{
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 0);
+    if (e != NULL) {
+        info->li_free = free_of(e, now_us());
+        info->li_reserved = e->le_res;
+        info->li_owed = e->le_owed;
+        info->li_expires_us = e->le_expires;
+        info->li_rpcs = e->le_rpcs;
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+    return e != NULL ? 0 : -1;
+}
+
+void tg_lease_counts(tg_lease_tab_t *t, uint64_t *sent, uint64_t *failed)
+{
+    pthread_mutex_lock(&t->lt_mu);
+    *sent = t->lt_sent;
+    *failed = t->lt_failed;
+    pthread_mutex_unlock(&t->lt_mu);
+}
