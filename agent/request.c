@@ -57,15 +57,15 @@ typedef struct endpoint {
     int ep_kind;                /* EP_* */
     int ep_stream;              /* stream: true is served (SSE) */
     int ep_stream_usage;        /* ask for stream_options.include_usage */
-    const char *ep_out_key;     /* JSON key of produced text (local counts); NULL: none */
-    const char *ep_delta_key;   /* ... in stream events */
+    int ep_answer;              /* TG_ANSWER_*: how its answers are read */
+    int ep_text;                /* it produces text (counted locally when usage is missing) */
 } endpoint_t;
 
 static const endpoint_t endpoints[] = {
-    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, "content", "content"},
-    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, NULL, NULL},
-    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, "text", "delta"},
-    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, NULL, NULL},
+    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1},
+    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1},
+    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0},
 };
 
 typedef struct attempt {
@@ -143,6 +143,7 @@ struct req {
     tg_buf_t rq_text;         /* text produced, for local counting */
     tg_usage_t rq_usage;
     char *rq_usage_raw;
+    int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
@@ -356,12 +357,10 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         }
     } else {
         /* Other endpoints: the prompt's text counted plainly (the strings
-         * of input, prompt, instructions and of message contents). */
-        static const char *const keys[] = {"input", "prompt", "instructions", "content", "text"};
+         * under the top-level input, prompt and instructions). */
         tg_buf_t p;
         tg_buf_init(&p, RESP_MAX);
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            tg_agent_collect_key(rq->rq_body, rq->rq_body_len, keys[i], &p);
+        tg_agent_prompt_text(rq->rq_body, rq->rq_body_len, &p);
         if (tg_meter_count(m, enc, p.b_data ? p.b_data : "", p.b_len, TG_METER_SPECIAL_TEXT, &in, err,
                            sizeof err) == 0) {
             u->input_tokens = (int64_t)in;
@@ -369,15 +368,13 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         }
         tg_buf_free(&p);
     }
-    if (!ep->ep_out_key) {
+    if (!ep->ep_text) {
         u->encoding = (char *)tg_meter_encoding_name(enc);
         return; /* embeddings, images: no text produced */
     }
-    if (!rq->rq_scan.sc_stream && rq->rq_resp.b_len && !rq->rq_text.b_len) {
-        if (ep->ep_kind == EP_CHAT)
-            tg_agent_collect_text(rq->rq_resp.b_data, rq->rq_resp.b_len, &rq->rq_text);
-        else
-            tg_agent_collect_key(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_out_key, &rq->rq_text);
+    if (rq->rq_resp.b_len && !rq->rq_text.b_len) {
+        tg_answer_t an;
+        tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_answer, &an, &rq->rq_text, NULL, 0);
     }
     uint64_t out = 0;
     if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,
@@ -386,6 +383,40 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         u->output_source = src;
     }
     u->encoding = (char *)tg_meter_encoding_name(enc);
+}
+
+/* The most output the request allowed: its cap (max_tokens,
+ * max_completion_tokens or max_output_tokens) times its choices; -1 when
+ * it set none. */
+static long output_cap(req_t *rq)
+{
+    long cap = rq->rq_scan.sc_max_tokens;
+    if (cap < 0)
+        return -1;
+    long n = rq->rq_ep->ep_kind == EP_CHAT ? rq->rq_scan.sc_n : 1;
+    return n > 0 && cap <= TG_USAGE_MAX / n ? cap * n : -1;
+}
+
+/* The most input tokens believed: twice the local count plus 1024. A text
+ * token is at least one byte, so a prompt count within the body's bytes
+ * needs no count; past that the prompt is counted here (rare: only for an
+ * upstream reporting more tokens than the request has bytes). Requests
+ * with input the gateway cannot count (images, files, audio, a stored
+ * conversation) are not bounded: -1. */
+static long input_bound(req_t *rq)
+{
+    static const char *const uncounted[] = {"image_url", "input_image", "input_file", "input_audio",
+                                            "file_id", "previous_response_id", "conversation"};
+    if (rq->rq_usage.us_prompt <= (long)rq->rq_body_len)
+        return -1;
+    for (size_t i = 0; i < sizeof uncounted / sizeof uncounted[0]; i++)
+        if (memmem(rq->rq_body, rq->rq_body_len, uncounted[i], strlen(uncounted[i])))
+            return -1;
+    Tollgate__V1__TokenUsage local = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    local_usage(rq, &local);
+    if (local.input_source == TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_UNSPECIFIED)
+        return -1;
+    return 2 * (long)local.input_tokens + 1024;
 }
 
 /* Fills rq_tu (provider usage normalized: input excludes cached tokens;
@@ -402,16 +433,24 @@ static void meter_and_price(req_t *rq)
     Tollgate__V1__TokenUsage *u = &rq->rq_tu;
     tollgate__v1__token_usage__init(u);
     tollgate__v1__unit_prices__init(&rq->rq_up);
-    if (rq->rq_usage_raw) {
-        long cached = rq->rq_usage.us_cached > 0 ? rq->rq_usage.us_cached : 0;
-        u->input_tokens = rq->rq_usage.us_prompt > cached ? rq->rq_usage.us_prompt - cached : 0;
-        u->output_tokens = rq->rq_usage.us_completion > 0 ? rq->rq_usage.us_completion : 0;
+    if (rq->rq_usage_raw && !rq->rq_usage_bad) {
+        tg_usage_t us = rq->rq_usage;
+        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq), input_bound(rq));
+        long cached = us.us_cached > 0 ? us.us_cached : 0;
+        u->input_tokens = us.us_prompt > cached ? us.us_prompt - cached : 0;
+        u->output_tokens = us.us_completion > 0 ? us.us_completion : 0;
         u->cache_read_tokens = cached;
-        u->reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
+        u->reasoning_tokens = us.us_reasoning > 0 ? us.us_reasoning : 0;
         u->input_source = u->output_source = u->cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
         u->raw_provider_usage = rq->rq_usage_raw;
     } else if (rq->rq_route && rq->rq_ep) {
+        /* No usage, or counts that are not counts: counted here, and a
+         * provider's unreadable usage is kept and flagged beside it. */
         local_usage(rq, u);
+        if (rq->rq_usage_raw) {
+            u->raw_provider_usage = rq->rq_usage_raw;
+            u->provider_usage_invalid = 1;
+        }
     }
     u->images = rq->rq_images > 0 ? rq->rq_images : 0;
     attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
@@ -626,24 +665,6 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
 
 /* ---- upstream callbacks -------------------------------------------------------- */
 
-/* Whether a Responses stream event is of type `type`: its `event:` line,
- * or the type member its data opens with. */
-static int resp_event_is(const char *ev, size_t n, const char *type)
-{
-    char want[64];
-    int k = snprintf(want, sizeof want, "event: %s", type);
-    if ((size_t)k <= n && memcmp(ev, want, (size_t)k) == 0 && (n == (size_t)k || ev[k] == '\n' || ev[k] == '\r'))
-        return 1;
-    k = snprintf(want, sizeof want, "{\"type\":\"%s\"", type);
-    const char *d = memmem(ev, n, "data:", 5);
-    if (!d)
-        return 0;
-    d += 5;
-    while (d < ev + n && *d == ' ')
-        d++;
-    return (size_t)(ev + n - d) >= (size_t)k && memcmp(d, want, (size_t)k) == 0;
-}
-
 /* Queues a stream event for the client. The final one ([DONE], or a
  * Responses stream's closing event) is held and written with the end of
  * the response, after the outbox commit: a client that stops reading at
@@ -657,39 +678,34 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
  * (response.completed, or response.incomplete / response.failed, whose
  * usage counts too) carries the usage; text deltas are kept for local
  * counts. */
+/* Keeps a provider's usage object: parsed (strictly: see usage.c) and its
+ * text verbatim for the record. */
+static void take_usage(req_t *rq, const char *u, size_t ul)
+{
+    int rc = tg_agent_usage_parse(u, ul, &rq->rq_usage);
+    if (rc != 0 && rc != TG_AGENT_ERANGE)
+        return;
+    rq->rq_usage_bad = rc == TG_AGENT_ERANGE;
+    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+}
+
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
-    static const char *const finals[] = {"response.completed", "response.incomplete", "response.failed"};
-    int final = 0;
-    for (int i = 0; i < 3; i++) {
-        if (!resp_event_is(ev, n, finals[i]))
-            continue;
+    tg_resp_event_t re;
+    tg_sse_resp_event(ev, n, &re, &rq->rq_text);
+    if (re.re_final) {
         rq->rq_saw_done = 1;
-        final = 1;
-        snprintf(rq->rq_finish, sizeof rq->rq_finish, "%s", finals[i] + 9);
-        const char *d = memmem(ev, n, "data:", 5), *u;
-        size_t ul;
-        if (d) {
-            d += 5;
-            while (d < ev + n && *d == ' ')
-                d++;
-            if (tg_agent_find_usage(d, (size_t)(ev + n - d), &u, &ul) == 1 &&
-                tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
-                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
-        }
-        break;
+        snprintf(rq->rq_finish, sizeof rq->rq_finish, "%.20s", re.re_type + 9);
+        if (re.re_usage)
+            take_usage(rq, re.re_usage, re.re_usage_len);
     }
-    if (resp_event_is(ev, n, "response.output_text.delta"))
-        tg_agent_collect_key(ev, n, rq->rq_ep->ep_delta_key, &rq->rq_text);
     rq->rq_resp_bytes += (int64_t)n;
-    return emit_event(rq, ev, n, final);
+    return emit_event(rq, ev, n, re.re_final);
 }
 
 static int forward_event(void *arg, const char *ev, size_t n)
 {
     req_t *rq = arg;
-    const char *u;
-    size_t ul;
     if (rq->rq_tail.b_len) {
         /* something after what looked final: the held event goes first */
         if (tg_buf_append(&rq->rq_chunk, rq->rq_tail.b_data, rq->rq_tail.b_len) != 0)
@@ -698,30 +714,19 @@ static int forward_event(void *arg, const char *ev, size_t n)
     }
     if (rq->rq_ep->ep_kind == EP_RESPONSES)
         return forward_response_event(rq, ev, n);
-    int kind = tg_sse_classify(ev, n, &u, &ul);
-    if (kind == 1) {
-        tg_agent_usage_parse(u, ul, &rq->rq_usage);
-        rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+    tg_chunk_t ck;
+    tg_sse_chunk(ev, n, &ck, &rq->rq_text);
+    if (ck.ck_usage_only) {
+        take_usage(rq, ck.ck_usage, ck.ck_usage_len);
         if (!rq->rq_scan.sc_include_usage)
             return 0; /* the gateway asked for it, the client did not */
-    } else if (kind == 2) {
+    } else if (ck.ck_kind == TG_CHUNK_DONE) {
         rq->rq_saw_done = 1;
-    } else {
-        tg_agent_collect_text(ev, n, &rq->rq_text); /* past its cap the count stays partial */
-    }
-    if (kind == 0 && !rq->rq_finish[0]) {
-        const char *f = memmem(ev, n, "\"finish_reason\":\"", 17);
-        if (f) {
-            f += 17;
-            size_t k = 0;
-            while (k + 1 < sizeof rq->rq_finish && f + k < ev + n && f[k] != '"')
-                k++;
-            memcpy(rq->rq_finish, f, k);
-            rq->rq_finish[k] = '\0';
-        }
+    } else if (ck.ck_finish[0] && !rq->rq_finish[0]) {
+        memcpy(rq->rq_finish, ck.ck_finish, sizeof rq->rq_finish);
     }
     rq->rq_resp_bytes += (int64_t)n;
-    return emit_event(rq, ev, n, kind == 2);
+    return emit_event(rq, ev, n, ck.ck_kind == TG_CHUNK_DONE);
 }
 
 static void start_stream(req_t *rq)
@@ -1177,17 +1182,25 @@ static int classify(req_t *rq, CURLcode res)
             return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
                                   : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
         if (!rq->rq_scan.sc_stream) {
-            const char *u;
-            size_t ul;
-            int f = tg_agent_find_usage(rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &u, &ul);
-            if (f < 0)
+            /* The whole answer is validated: a malformed 200 is a failed
+             * attempt (retried per policy), never relayed and billed. */
+            tg_answer_t an;
+            attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+            char err[TG_ERRLEN] = "";
+            if (tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer, &an, NULL, err,
+                                sizeof err) != 0) {
+                snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %s", st, err);
                 return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
-            if (f == 1 && tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
-                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+            }
+            if (an.an_usage)
+                take_usage(rq, an.an_usage, an.an_usage_len);
+            memcpy(rq->rq_finish, an.an_finish, sizeof rq->rq_finish);
             if (rq->rq_ep->ep_kind == EP_IMAGES) {
-                rq->rq_images = tg_agent_count_array(rq->rq_resp.b_data, rq->rq_resp.b_len, "data");
-                if (rq->rq_images < 0)
+                rq->rq_images = an.an_images;
+                if (rq->rq_images < 0) {
+                    snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with no data array of images", st);
                     return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+                }
             }
         }
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
