@@ -8,6 +8,7 @@
 
 #include "agent/json.h"
 #include "agent/tg_agent.h"
+#include "base/tg_utf8.h"
 
 static int fail(tg_json_t *j, const char *what)
 {
@@ -70,38 +71,6 @@ static int hexval(char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
-}
-
-/* Length of a valid UTF-8 sequence at p (max n bytes), 0 when invalid. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    size_t k;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        k = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        k = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        k = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < k)
-        return 0;
-    for (size_t i = 1; i < k; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((k == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (k == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return k;
 }
 
 static size_t put_utf8(char *out, uint32_t cp)
@@ -215,7 +184,7 @@ static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *t
             src = j->j_p + s;
             n = j->j_pos - s;
         } else {
-            n = utf8_len((const unsigned char *)j->j_p + j->j_pos, j->j_len - j->j_pos);
+            n = tg_utf8_seq((const unsigned char *)j->j_p + j->j_pos, j->j_len - j->j_pos);
             if (n == 0)
                 return fail(j, "invalid UTF-8 in string");
             src = j->j_p + j->j_pos;
@@ -226,6 +195,8 @@ static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *t
                 return tg_errf(j->j_err, j->j_errlen, TG_AGENT_ETOOBIG, "decoded string too large");
         } else if (out) {
             size_t k = o + n < outlen ? n : (outlen > o + 1 ? outlen - o - 1 : 0);
+            if (k < n && (unsigned char)src[0] >= 0x80)
+                k = 0; /* one character: whole or not at all */
             memcpy(out + o, src, k);
             o += k;
             if (k < n && trunc)

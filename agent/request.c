@@ -28,6 +28,7 @@
 
 #include "agent/server_int.h"
 #include "base/tg_log.h"
+#include "base/tg_utf8.h"
 #include "billing/tg_billing.h"
 #include "crypto/tg_crypto.h"
 #include "meter/tg_price.h"
@@ -649,9 +650,11 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
                          ...)
 {
     va_list ap;
+    char msg[sizeof rq->rq_final_msg];
     va_start(ap, fmt);
-    vsnprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    tg_utf8_clean(rq->rq_final_msg, sizeof rq->rq_final_msg, msg, strlen(msg));
     rq->rq_status = status;
     rq->rq_final_class = cls;
     if (rq->rq_c) {
@@ -849,7 +852,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
         if (end != val && ms >= 0 && ms < 86400e3)
             a->at_retry_after_ms = (int64_t)ms;
     } else if (kl == 12 && strncasecmp(data, "x-request-id", 12) == 0) {
-        memcpy(a->at_upid, val, vl + 1);
+        tg_utf8_clean(a->at_upid, sizeof a->at_upid, val, vl);
     }
     return n;
 }
@@ -1243,13 +1246,18 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     a->at_status = (int)rq->rq_up_status;
     a->at_latency_us = now_us() - a->at_start_us;
     if (!a->at_msg[0]) {
-        if (res != CURLE_OK)
-            snprintf(a->at_msg, sizeof a->at_msg, "%.150s", rq->rq_fb_timeout ? "no first byte in time"
-                                                       : rq->rq_curlerr[0] ? rq->rq_curlerr
-                                                                           : curl_easy_strerror(res));
-        else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE)
-            snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %.120s", rq->rq_up_status,
-                     rq->rq_resp.b_data ? rq->rq_resp.b_data : "");
+        /* Text from outside goes into the record's protobuf strings: cut on
+         * a character boundary, invalid bytes replaced (tg_utf8.h). */
+        if (res != CURLE_OK) {
+            const char *m = rq->rq_fb_timeout ? "no first byte in time"
+                            : rq->rq_curlerr[0] ? rq->rq_curlerr
+                                                : curl_easy_strerror(res);
+            tg_utf8_clean(a->at_msg, sizeof a->at_msg, m, strlen(m));
+        } else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
+            char body[121];
+            tg_utf8_clean(body, sizeof body, rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len);
+            snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %s", rq->rq_up_status, body);
+        }
     }
     drop_easy(rq);
     int ok = cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE || cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
@@ -1625,6 +1633,15 @@ static void plain(tg_front_conn_t *hr, int status, const char *text)
     tg_front_reply(hr, status, text, strlen(text));
 }
 
+/* A client header's value for the record: at most 256 bytes, valid UTF-8
+ * (tg_utf8.h). NULL when out of memory. */
+static const char *header_text(tg_pool_t *pool, const char *v)
+{
+    char s[3 * 256 + 1];
+    size_t n = tg_utf8_clean(s, sizeof s, v, strnlen(v, 256));
+    return tg_pool_strndup(pool, s, n);
+}
+
 void tg_req_handle(tg_front_conn_t *hr, void *arg)
 {
     worker_t *w = arg;
@@ -1705,8 +1722,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     link_req(rq);
     const char *run = tg_front_header(hr, "X-Tollgate-Run");
     const char *ua = tg_front_header(hr, "User-Agent");
-    rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
-    rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
+    rq->rq_run = run ? header_text(pool, run) : NULL;
+    rq->rq_ua = ua ? header_text(pool, ua) : NULL;
     client_ip(rq);
     if (post)
         handle_post(rq);

@@ -44,6 +44,9 @@ function snapshot() {
       chan('ch-over', 'report-output=5000'),
       chan('ch-inflate', 'prompt=1000000'),
       chan('ch-malformed', 'malformed'),
+      // the error body's key is cut by the 120-byte limit inside a character
+      chan('ch-utf8-even', `status=500;key=${'é'.repeat(31)}`),
+      chan('ch-utf8-odd', `status=500;key=x${'é'.repeat(31)}`),
     ],
     routes: [
       one('m-ok', 'ch-ok'),
@@ -54,6 +57,8 @@ function snapshot() {
       one('m-inflate', 'ch-inflate'),
       two('m-malformed', 'ch-malformed', 'ch-ok'),
       one('m-malformed-only', 'ch-malformed'),
+      one('m-utf8-even', 'ch-utf8-even'),
+      one('m-utf8-odd', 'ch-utf8-odd'),
     ],
     price_cards: [{
       id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
@@ -179,4 +184,24 @@ test('a malformed 200 answer is a failed attempt: the next tier serves, nothing 
   const rec2 = record(only.headers.get('x-request-id'));
   assert.equal(rec2.cost_nano || '0', '0');
   assert.ok(rec2.attempts.every((a) => a.error_class === 'ERROR_CLASS_MALFORMED'));
+});
+
+test('strings from outside reach the record as valid UTF-8: error bodies cut on characters, headers cleaned', async () => {
+  const post = (model, headers = {}) => fetch(`${agent.base}/chat/completions`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }] }) });
+  for (const model of ['m-utf8-even', 'm-utf8-odd']) {
+    const r = await post(model);
+    assert.equal(r.status, 502);
+    const msg = record(r.headers.get('x-request-id')).attempts[0].error_message;
+    assert.match(msg, /^HTTP 500: \{"error"/);
+    assert.ok(msg.includes('éé'), msg);
+    assert.ok(!msg.includes('\ufffd'), `cut on a character boundary: ${msg}`);
+  }
+  // a latin-1 header value arrives as the byte 0xff: replaced, not kept raw
+  const r = await post('m-ok', { 'user-agent': 'agent\u00ffx', 'x-tollgate-run': 'run\u00ff1' });
+  assert.equal(r.status, 200);
+  const rec = record(r.headers.get('x-request-id'));
+  assert.equal(rec.user_agent, 'agent\ufffdx');
+  assert.equal(rec.run_id, 'run\ufffd1');
 });
