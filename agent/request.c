@@ -17,6 +17,7 @@
  *      emitted, the configuration reference dropped, the pool freed.
  * Everything request-scoped comes from one tg_pool_t. */
 #include <errno.h>
+#include <ctype.h>
 #include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -26,6 +27,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "agent/json.h"
 #include "agent/server_int.h"
 #include "base/tg_log.h"
 #include "base/tg_utf8.h"
@@ -968,6 +970,7 @@ static int retryable(req_t *rq, int cls)
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED: return !p || p->retry_on_429;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX:
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return !p || p->retry_on_5xx;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED: return 1; /* another channel may serve */
     default: return 0;
     }
 }
@@ -984,7 +987,7 @@ static int next_step(req_t *rq, attempt_t *a)
     a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
     if (!retryable(rq, a->at_class) || rq->rq_counted >= (int)cap || rq->rq_natt >= MAX_ATTEMPTS)
         return 0;
-    if (rq->rq_same < same_max) {
+    if (rq->rq_same < same_max && a->at_class != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED) {
         rq->rq_same++;
         uint32_t init = p && p->backoff_initial_ms ? p->backoff_initial_ms : 100;
         uint32_t max = p && p->backoff_max_ms ? p->backoff_max_ms : 2000;
@@ -1014,17 +1017,38 @@ static int next_step(req_t *rq, attempt_t *a)
     return 0;
 }
 
+/* What went wrong with an attempt, in the gateway's words: upstream error
+ * bodies and curl's messages (which can name the operator's organization,
+ * a masked key or an internal host) stay in the record, never in a client
+ * answer. */
+static const char *what_failed(const attempt_t *a, char *buf, size_t n)
+{
+    switch (a->at_class) {
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CONNECT: return "the upstream could not be reached";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT: return "the upstream did not answer in time";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return "the upstream's answer was malformed";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED:
+        snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
+                         "mapping needs the operator's attention", a->at_status);
+        return buf;
+    default:
+        snprintf(buf, n, "the upstream answered HTTP %d", a->at_status);
+        return buf;
+    }
+}
+
 /* Client status and message when every attempt failed. */
 static void give_up(req_t *rq, attempt_t *a)
 {
+    char why[160];
     switch (a ? a->at_class : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN) {
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT:
         fail_request(rq, 504, "upstream_error", "upstream_timeout", a->at_class,
-                     "The upstream did not answer in time (%d attempts): %s", rq->rq_natt, a->at_msg);
+                     "The upstream did not answer in time (%d attempts).", rq->rq_natt);
         break;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED:
         fail_request(rq, 429, "rate_limit_error", "upstream_rate_limited", a->at_class,
-                     "The upstream is rate limiting (%d attempts): %s", rq->rq_natt, a->at_msg);
+                     "The upstream is rate limiting (%d attempts). Retry later.", rq->rq_natt);
         break;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN:
         fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN,
@@ -1032,10 +1056,65 @@ static void give_up(req_t *rq, attempt_t *a)
                      rq->rq_route->model);
         break;
     default:
-        fail_request(rq, 502, "upstream_error", "upstream_error", a->at_class,
-                     "The upstream failed (%d attempts): %s", rq->rq_natt, a->at_msg);
+        fail_request(rq, 502, "upstream_error",
+                     a->at_class == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED ? "upstream_channel_rejected"
+                                                                                          : "upstream_error",
+                     a->at_class, "No upstream channel served model %s (%d attempts): %s.", rq->rq_route->model,
+                     rq->rq_natt, what_failed(a, why, sizeof why));
         break;
     }
+}
+
+/* An identifier from an upstream error's JSON (its code or param), kept
+ * only when it is short and plain: [A-Za-z0-9_.[]-]. */
+static int plain_ident(tg_json_t *j, char *out, size_t n)
+{
+    int trunc = 0;
+    if (tg_json_peek(j) != TG_JSON_STRING)
+        return tg_json_skip(j);
+    int rc = tg_json_string_to(j, out, n, &trunc);
+    for (const char *c = out; rc == 0 && *c; c++)
+        if (!(isalnum((unsigned char)*c) || strchr("_.[]-", *c)))
+            trunc = 1;
+    if (trunc)
+        out[0] = '\0';
+    return rc;
+}
+
+typedef struct upstream_err {
+    char ue_code[48];
+    char ue_param[48];
+} upstream_err_t;
+
+static int err_member(tg_json_t *j, const char *name, void *arg)
+{
+    upstream_err_t *e = arg;
+    if (strcmp(name, "code") == 0)
+        return plain_ident(j, e->ue_code, sizeof e->ue_code);
+    if (strcmp(name, "param") == 0)
+        return plain_ident(j, e->ue_param, sizeof e->ue_param);
+    return tg_json_skip(j);
+}
+
+static int err_top(tg_json_t *j, const char *name, void *arg)
+{
+    return strcmp(name, "error") == 0 ? tg_json_members(j, err_member, arg) : tg_json_skip(j);
+}
+
+/* The provider refused the request itself (a 4xx other than 401, 403, 404
+ * and 429): the client gets the status and the gateway's own message,
+ * naming the provider's error code and param when they are plain
+ * identifiers (context_length_exceeded, messages[0].content); the body
+ * itself stays in the record. */
+static void upstream_refused(req_t *rq, attempt_t *a)
+{
+    upstream_err_t e = {"", ""};
+    tg_json_t j;
+    tg_json_init(&j, rq->rq_resp.b_data, rq->rq_resp.b_len, NULL, 0);
+    tg_json_members(&j, err_top, &e);
+    fail_request(rq, a->at_status, "invalid_request_error", e.ue_code[0] ? e.ue_code : "upstream_invalid_request",
+                 a->at_class, "The upstream model rejected the request (HTTP %d%s%s%s%s).", a->at_status,
+                 e.ue_code[0] ? ", code " : "", e.ue_code, e.ue_param[0] ? ", param " : "", e.ue_param);
 }
 
 static void start_attempt(req_t *rq)
@@ -1210,6 +1289,8 @@ static int classify(req_t *rq, CURLcode res)
     }
     if (st == 429)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED;
+    if (st == 401 || st == 403 || st == 404)
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED;
     if (st >= 500)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX;
     return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
@@ -1286,13 +1367,10 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
         return;
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX) {
-        /* The provider refused the request itself: its OpenAI-shaped error
-         * goes to the client unchanged; another channel would refuse too. */
+        /* The provider refused the request itself: another channel would
+         * refuse it too. */
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
-        rq->rq_final_class = cls;
-        snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
-        send_buffered(rq, (int)rq->rq_up_status);
-        finish(rq);
+        upstream_refused(rq, a);
         return;
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED) {

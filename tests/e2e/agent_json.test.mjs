@@ -47,6 +47,10 @@ function snapshot() {
       // the error body's key is cut by the 120-byte limit inside a character
       chan('ch-utf8-even', `status=500;key=${'é'.repeat(31)}`),
       chan('ch-utf8-odd', `status=500;key=x${'é'.repeat(31)}`),
+      chan('ch-401', 'status=401'),
+      chan('ch-403', 'status=403'),
+      chan('ch-404', 'status=404'),
+      chan('ch-400', 'status=400'),
     ],
     routes: [
       one('m-ok', 'ch-ok'),
@@ -59,6 +63,10 @@ function snapshot() {
       one('m-malformed-only', 'ch-malformed'),
       one('m-utf8-even', 'ch-utf8-even'),
       one('m-utf8-odd', 'ch-utf8-odd'),
+      two('m-auth', 'ch-401', 'ch-ok'),
+      two('m-nomodel', 'ch-404', 'ch-ok'),
+      { ...one('m-auth-only', 'ch-403'), policy: { ...policy, circuit_breaker: { consecutive_failures: 2, open_ms: 60000 } } },
+      one('m-bad', 'ch-400'),
     ],
     price_cards: [{
       id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
@@ -204,4 +212,48 @@ test('strings from outside reach the record as valid UTF-8: error bodies cut on 
   const rec = record(r.headers.get('x-request-id'));
   assert.equal(rec.user_agent, 'agent\ufffdx');
   assert.equal(rec.run_id, 'run\ufffd1');
+});
+
+test('an upstream 401 (or 404 for its model) is a channel failure: the next tier serves', async () => {
+  for (const [model, status] of [['m-auth', 401], ['m-nomodel', 404]]) {
+    const { data, response } = await client.chat.completions.create({ model,
+      messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+    assert.equal(data.choices.length, 1);
+    const rec = record(response.headers.get('x-request-id'));
+    assert.equal(rec.attempts[0].http_status, status);
+    assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_CHANNEL_REJECTED');
+    assert.equal(rec.attempts[0].decision, 'ATTEMPT_DECISION_FALLBACK_TIER');
+    assert.equal(rec.channel_id, 'ch-ok');
+  }
+});
+
+test('an upstream 403 with nothing else to serve: 502 in the gateway\'s words, and the breaker opens', async () => {
+  const post = () => fetch(`${agent.base}/chat/completions`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm-auth-only', messages: [{ role: 'user', content: 'hi' }] }) });
+  for (let i = 0; i < 2; i++) {
+    const r = await post();
+    assert.equal(r.status, 502);
+    const body = await r.json();
+    assert.equal(body.error.code, 'upstream_channel_rejected');
+    assert.ok(!body.error.message.includes('mockllm'), body.error.message);
+    const rec = record(r.headers.get('x-request-id'));
+    assert.ok(rec.attempts[0].error_message.includes('mockllm'), 'the raw body stays in the receipt');
+  }
+  const r = await post(); // two failures in a row opened the channel's breaker
+  assert.equal(r.status, 503);
+  assert.equal((await r.json()).error.code, 'no_upstream_available');
+});
+
+test('an upstream 400: the client gets the status with the gateway\'s message, not the provider\'s body', async () => {
+  await assert.rejects(client.chat.completions.create({ model: 'm-bad', messages: [{ role: 'user', content: 'hi' }] }),
+    (e) => {
+      assert.equal(e.status, 400);
+      assert.match(e.message, /The upstream model rejected the request \(HTTP 400/);
+      assert.ok(!e.message.includes('mockllm'), e.message);
+      const rec = record(e.headers.get('x-request-id'));
+      assert.ok(rec.attempts[0].error_message.includes('mockllm'));
+      assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_UPSTREAM_4XX');
+      return true;
+    });
 });
