@@ -167,6 +167,15 @@ typedef struct tg_answer {
 int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_buf_t *text, char *err,
                     size_t errlen);
 
+/* Re-cuts a JSON answer (validated whole) as the stream its client asked
+ * for, when the upstream ignored stream: true. Chat: one chunk with each
+ * choice's whole delta (role, content, tool_calls with their index) and
+ * finish_reason to out, then the usage chunk when include_usage; Responses:
+ * nothing to out. The final event goes to tail ("data: [DONE]", or the
+ * response.completed / .incomplete / .failed event carrying the whole
+ * response). Returns 0, TG_AGENT_EJSON or TG_AGENT_ETOOBIG. */
+int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage, tg_buf_t *out, tg_buf_t *tail);
+
 /* Appends the strings under a request's top-level input, prompt and
  * instructions (any depth below them, but not the values of type, role,
  * id and the like) to out: the prompt text of a non-chat request, for a

@@ -136,6 +136,7 @@ struct req {
     int rq_client_gone;
     int rq_status;            /* HTTP status sent to the client */
     int rq_saw_done;
+    int rq_json_stream;       /* a stream request answered with JSON: re-cut as a stream at its end */
     tg_buf_t rq_resp;
     tg_sse_t rq_sse;
     tg_buf_t rq_chunk;        /* stream events of one upstream read, for one write */
@@ -768,7 +769,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
     first_byte(rq);
     if (!a->at_ttft_us)
         a->at_ttft_us = now_us() - a->at_start_us;
-    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream) {
+    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream) {
         if (!rq->rq_started)
             start_stream(rq);
         /* A client that reads slower than the upstream writes: the upstream
@@ -821,7 +822,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
         curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
         if (st >= 200) {
             first_byte(rq);
-            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_started && !rq->rq_client_gone)
+            char *ct = NULL;
+            curl_easy_getinfo(rq->rq_easy, CURLINFO_CONTENT_TYPE, &ct);
+            rq->rq_json_stream = st < 300 && rq->rq_scan.sc_stream && ct && strncasecmp(ct, "application/json", 16) == 0;
+            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream && !rq->rq_started && !rq->rq_client_gone)
                 start_stream(rq);
         }
         return n;
@@ -1138,6 +1142,7 @@ static void start_attempt(req_t *rq)
     rq->rq_counted++;
     rq->rq_up_status = 0;
     rq->rq_got_byte = 0;
+    rq->rq_json_stream = 0;
     rq->rq_fb_timeout = 0;
     rq->rq_curlerr[0] = '\0';
     tg_buf_reset(&rq->rq_resp);
@@ -1260,10 +1265,10 @@ static int classify(req_t *rq, CURLcode res)
         curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
     rq->rq_up_status = st;
     if (st >= 200 && st < 300) {
-        if (rq->rq_scan.sc_stream && !rq->rq_saw_done)
+        if (rq->rq_scan.sc_stream && !rq->rq_saw_done && !rq->rq_json_stream)
             return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
                                   : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
-        if (!rq->rq_scan.sc_stream) {
+        if (!rq->rq_scan.sc_stream || rq->rq_json_stream) {
             /* The whole answer is validated: a malformed 200 is a failed
              * attempt (retried per policy), never relayed and billed. */
             tg_answer_t an;
@@ -1319,6 +1324,48 @@ static void send_buffered(req_t *rq, int status)
     rq->rq_c = NULL;
 }
 
+/* Appends the error event that ends a stream the upstream cut: chat's
+ * `data: {"error":{...}}`, the Responses API's `event: error` (its own
+ * members, plus an "error" object: the openai SDK raises an event whose
+ * data has one, and only yields a bare Responses error event). */
+static int stream_error_event(req_t *rq, tg_buf_t *out)
+{
+    static const char msg[] = "The upstream ended the stream before it completed: the answer is incomplete.";
+    if (rq->rq_ep->ep_kind == EP_RESPONSES)
+        return tg_buf_printf(out, "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_cut\",\"message\":\"%s\","
+                                  "\"param\":null,\"error\":{\"type\":\"upstream_error\",\"code\":\"stream_cut\","
+                                  "\"message\":\"%s\"}}\n\n", msg, msg);
+    return tg_buf_printf(out, "data: {\"error\":{\"message\":\"%s\",\"type\":\"upstream_error\",\"param\":null,"
+                              "\"code\":\"stream_cut\"}}\n\n", msg);
+}
+
+/* A stream request the upstream answered with JSON (it ignored stream:
+ * true): the answer goes out as the stream the client asked for, its usage
+ * billed like any other. */
+static void send_as_stream(req_t *rq)
+{
+    tg_buf_t ev, tail;
+    tg_buf_init(&ev, 2 * RESP_MAX);
+    tg_buf_init(&tail, 2 * RESP_MAX);
+    if (rq->rq_c && tg_sse_from_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer,
+                                       rq->rq_scan.sc_include_usage, &ev, &tail) == 0) {
+        rq->rq_saw_done = 1;
+        start_stream(rq);
+        if (ev.b_len)
+            tg_front_stream_write(rq->rq_c, ev.b_data, ev.b_len);
+        rq->rq_resp_bytes = (int64_t)(ev.b_len + tail.b_len);
+        tg_front_stream_end(rq->rq_c, tail.b_data, tail.b_len);
+        rq->rq_c = NULL;
+    } else if (rq->rq_c) {
+        /* out of memory: the client is told so; the receipt bills the answer */
+        rq->rq_status = 500;
+        send_error(rq->rq_c, rq->rq_id, 500, "server_error", NULL, "out of memory streaming the answer");
+        rq->rq_c = NULL;
+    }
+    tg_buf_free(&ev);
+    tg_buf_free(&tail);
+}
+
 void tg_req_upstream_done(req_t *rq, CURLcode res)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
@@ -1352,6 +1399,10 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
         if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
             rq->rq_final_class = cls;
             snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
+            /* The client must be able to tell truncation from completion:
+             * the stream ends with an error event (the SDKs raise it). */
+            if (rq->rq_c && stream_error_event(rq, &rq->rq_tail) != 0)
+                TG_LOG(TG_LOG_WARN, "agent", "request %s: no room for the stream's error event", rq->rq_id);
         }
         if (rq->rq_c) {
             tg_front_stream_end(rq->rq_c, rq->rq_tail.b_data, rq->rq_tail.b_len);
@@ -1362,7 +1413,10 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
-        send_buffered(rq, 200);
+        if (rq->rq_json_stream)
+            send_as_stream(rq);
+        else
+            send_buffered(rq, 200);
         finish(rq);
         return;
     }

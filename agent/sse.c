@@ -375,3 +375,194 @@ int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_
         return rc;
     return tg_json_end(&j);
 }
+
+/* ---- an answer turned into a stream ------------------------------------------ *
+ * An upstream that ignored stream: true answers with JSON. Its client
+ * asked for SSE, so the answer is re-cut as the stream it would have been:
+ * one chunk per choice's whole delta (tool calls with their index), the
+ * usage chunk when the client asked for it, [DONE]; or, for Responses, the
+ * one final event carrying the whole response. */
+
+typedef struct span {
+    size_t s_at, s_len; /* s_len 0: absent */
+} span_t;
+
+/* Appends body[s] with line breaks (whitespace between tokens of valid
+ * JSON: inside strings they are escaped) turned into spaces, so it fits
+ * one data line. */
+static int put_span(tg_buf_t *out, const char *body, span_t s)
+{
+    size_t run = s.s_at, end = s.s_at + s.s_len;
+    for (size_t i = s.s_at; i < end; i++) {
+        if (body[i] != '\n' && body[i] != '\r')
+            continue;
+        if (tg_buf_append(out, body + run, i - run) || tg_buf_append(out, " ", 1))
+            return TG_AGENT_ETOOBIG;
+        run = i + 1;
+    }
+    return tg_buf_append(out, body + run, end - run) ? TG_AGENT_ETOOBIG : 0;
+}
+
+static int value_span(tg_json_t *j, span_t *s)
+{
+    tg_json_peek(j);
+    s->s_at = j->j_pos;
+    int rc = tg_json_skip(j);
+    s->s_len = j->j_pos - s->s_at;
+    return rc;
+}
+
+typedef struct conv {
+    const char *cv_body;
+    tg_buf_t *cv_out;
+    span_t cv_index, cv_finish, cv_content;
+    long cv_calls;
+} conv_t;
+
+static int conv_call(tg_json_t *j, conv_t *c)
+{
+    span_t s;
+    int rc = value_span(j, &s);
+    if (rc || c->cv_body[s.s_at] != '{')
+        return rc;
+    /* the element's members, with the index a stream's tool call carries */
+    if (tg_buf_printf(c->cv_out, "%s{\"index\":%ld", c->cv_calls ? "," : "", c->cv_calls))
+        return TG_AGENT_ETOOBIG;
+    c->cv_calls++;
+    tg_json_t in;
+    tg_json_init(&in, c->cv_body + s.s_at + 1, s.s_len - 1, NULL, 0);
+    if (tg_json_peek(&in) != TG_JSON_END && c->cv_body[s.s_at + 1 + in.j_pos] != '}' &&
+        tg_buf_append(c->cv_out, ",", 1))
+        return TG_AGENT_ETOOBIG;
+    return put_span(c->cv_out, c->cv_body, (span_t){s.s_at + 1, s.s_len - 1});
+}
+
+static int conv_message(tg_json_t *j, const char *name, void *arg)
+{
+    conv_t *c = arg;
+    int rc;
+    if (strcmp(name, "content") == 0)
+        return value_span(j, &c->cv_content);
+    if (strcmp(name, "tool_calls") != 0 || tg_json_peek(j) != TG_JSON_ARRAY)
+        return tg_json_skip(j);
+    if (tg_buf_puts(c->cv_out, ",\"tool_calls\":[") || (rc = tg_json_enter(j)) != 0)
+        return TG_AGENT_ETOOBIG;
+    while ((rc = tg_json_next(j, NULL, 0)) == 1)
+        if ((rc = conv_call(j, c)) != 0)
+            return rc;
+    return rc ? rc : (tg_buf_puts(c->cv_out, "]") ? TG_AGENT_ETOOBIG : 0);
+}
+
+static int conv_choice(tg_json_t *j, const char *name, void *arg)
+{
+    conv_t *c = arg;
+    if (strcmp(name, "index") == 0)
+        return value_span(j, &c->cv_index);
+    if (strcmp(name, "finish_reason") == 0)
+        return value_span(j, &c->cv_finish);
+    if (strcmp(name, "message") == 0)
+        return tg_json_members(j, conv_message, c);
+    return tg_json_skip(j);
+}
+
+typedef struct conv_top {
+    span_t ct_id, ct_created, ct_model, ct_choices, ct_usage, ct_status;
+} conv_top_t;
+
+static int conv_top_member(tg_json_t *j, const char *name, void *arg)
+{
+    conv_top_t *t = arg;
+    span_t *s = strcmp(name, "id") == 0        ? &t->ct_id
+                : strcmp(name, "created") == 0 ? &t->ct_created
+                : strcmp(name, "model") == 0   ? &t->ct_model
+                : strcmp(name, "choices") == 0 ? &t->ct_choices
+                : strcmp(name, "usage") == 0   ? &t->ct_usage
+                : strcmp(name, "status") == 0  ? &t->ct_status
+                                               : NULL;
+    return s ? value_span(j, s) : tg_json_skip(j);
+}
+
+/* The chunk head: {"id":..,"object":"chat.completion.chunk","created":..,"model":.. */
+static int chunk_open(tg_buf_t *out, const char *body, const conv_top_t *t)
+{
+    int rc = tg_buf_puts(out, "data: {\"id\":");
+    rc |= t->ct_id.s_len ? put_span(out, body, t->ct_id) : tg_buf_puts(out, "\"\"");
+    rc |= tg_buf_puts(out, ",\"object\":\"chat.completion.chunk\",\"created\":");
+    rc |= t->ct_created.s_len ? put_span(out, body, t->ct_created) : tg_buf_puts(out, "0");
+    rc |= tg_buf_puts(out, ",\"model\":");
+    rc |= t->ct_model.s_len ? put_span(out, body, t->ct_model) : tg_buf_puts(out, "\"\"");
+    return rc ? TG_AGENT_ETOOBIG : 0;
+}
+
+static int chat_to_stream(const char *body, const conv_top_t *t, int include_usage, tg_buf_t *out, tg_buf_t *tail)
+{
+    int rc = chunk_open(out, body, t);
+    rc |= tg_buf_puts(out, ",\"choices\":[");
+    if (rc)
+        return TG_AGENT_ETOOBIG;
+    tg_json_t j;
+    tg_json_init(&j, body + t->ct_choices.s_at, t->ct_choices.s_len, NULL, 0);
+    long k = 0;
+    if (t->ct_choices.s_len && tg_json_peek(&j) == TG_JSON_ARRAY && (rc = tg_json_enter(&j)) == 0) {
+        while ((rc = tg_json_next(&j, NULL, 0)) == 1) {
+            conv_t c;
+            memset(&c, 0, sizeof c);
+            c.cv_body = body + t->ct_choices.s_at;
+            c.cv_out = out;
+            /* the delta's members go straight out; the rest after them */
+            if (tg_buf_printf(out, "%s{\"delta\":{\"role\":\"assistant\"", k ? "," : ""))
+                return TG_AGENT_ETOOBIG;
+            if ((rc = tg_json_members(&j, conv_choice, &c)) != 0)
+                return rc;
+            if (c.cv_content.s_len &&
+                (tg_buf_puts(out, ",\"content\":") || put_span(out, c.cv_body, c.cv_content)))
+                return TG_AGENT_ETOOBIG;
+            if (tg_buf_puts(out, "},\"index\":") ||
+                (c.cv_index.s_len ? put_span(out, c.cv_body, c.cv_index) : tg_buf_printf(out, "%ld", k)) ||
+                tg_buf_puts(out, ",\"finish_reason\":") ||
+                (c.cv_finish.s_len ? put_span(out, c.cv_body, c.cv_finish) : tg_buf_puts(out, "null")) ||
+                tg_buf_puts(out, "}"))
+                return TG_AGENT_ETOOBIG;
+            k++;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (tg_buf_puts(out, "]}\n\n"))
+        return TG_AGENT_ETOOBIG;
+    if (include_usage && t->ct_usage.s_len) {
+        if (chunk_open(out, body, t) || tg_buf_puts(out, ",\"choices\":[],\"usage\":") ||
+            put_span(out, body, t->ct_usage) || tg_buf_puts(out, "}\n\n"))
+            return TG_AGENT_ETOOBIG;
+    }
+    return tg_buf_puts(tail, "data: [DONE]\n\n") ? TG_AGENT_ETOOBIG : 0;
+}
+
+int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage, tg_buf_t *out, tg_buf_t *tail)
+{
+    conv_top_t t;
+    tg_json_t j;
+    memset(&t, 0, sizeof t);
+    tg_json_init(&j, body, len, NULL, 0);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, conv_top_member, &t) != 0 ||
+        tg_json_end(&j) != 0)
+        return TG_AGENT_EJSON;
+    if (kind == TG_ANSWER_CHAT)
+        return chat_to_stream(body, &t, include_usage, out, tail);
+    /* Responses: the final event of its status, carrying the whole response */
+    const char *type = "response.completed";
+    if (t.ct_status.s_len == 12 && memcmp(body + t.ct_status.s_at, "\"incomplete\"", 12) == 0)
+        type = "response.incomplete";
+    else if (t.ct_status.s_len == 8 && memcmp(body + t.ct_status.s_at, "\"failed\"", 8) == 0)
+        type = "response.failed";
+    int rc = tg_buf_printf(tail, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":0,\"response\":", type, type);
+    size_t s = 0;
+    while (s < len && body[s] != '{')
+        s++;
+    size_t e = len;
+    while (e > s && body[e - 1] != '}')
+        e--;
+    rc |= put_span(tail, body, (span_t){s, e - s});
+    rc |= tg_buf_puts(tail, "}\n\n");
+    return rc ? TG_AGENT_ETOOBIG : 0;
+}

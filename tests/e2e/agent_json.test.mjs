@@ -10,7 +10,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { startMock, answerText } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 
 const KEY = 'sk-tg-json';
@@ -51,6 +51,9 @@ function snapshot() {
       chan('ch-403', 'status=403'),
       chan('ch-404', 'status=404'),
       chan('ch-400', 'status=400'),
+      chan('ch-json', 'prompt=120;tokens=9;ignore-stream'),
+      chan('ch-json-tool', 'prompt=120;tokens=9;ignore-stream'),
+      chan('ch-cut', 'prompt=120;tokens=9;disconnect=3'),
     ],
     routes: [
       one('m-ok', 'ch-ok'),
@@ -67,6 +70,8 @@ function snapshot() {
       two('m-nomodel', 'ch-404', 'ch-ok'),
       { ...one('m-auth-only', 'ch-403'), policy: { ...policy, circuit_breaker: { consecutive_failures: 2, open_ms: 60000 } } },
       one('m-bad', 'ch-400'),
+      one('m-json', 'ch-json'),
+      one('m-cut', 'ch-cut'),
     ],
     price_cards: [{
       id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
@@ -256,4 +261,65 @@ test('an upstream 400: the client gets the status with the gateway\'s message, n
       assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_UPSTREAM_4XX');
       return true;
     });
+});
+
+test('a stream request answered with plain JSON: the client gets the stream, the usage is billed', async () => {
+  const { data: stream, response } = await client.chat.completions.create({ model: 'm-json', stream: true,
+    stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.match(response.headers.get('content-type'), /text\/event-stream/);
+  let text = '';
+  let usage;
+  let finish;
+  for await (const ch of stream) {
+    if (ch.usage) usage = ch.usage;
+    for (const c of ch.choices) {
+      text += c.delta.content || '';
+      finish = c.finish_reason || finish;
+    }
+  }
+  assert.equal(text, answerText(9));
+  assert.equal(finish, 'stop');
+  assert.equal(usage.prompt_tokens, 120);
+  const rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.equal(Number(rec.usage.output_tokens), 9);
+  assert.equal(BigInt(rec.cost_nano), cost(120, 9));
+
+  // tool calls keep their index, as a stream's do
+  const tools = [{ type: 'function', function: { name: 'lookup', parameters: { type: 'object' } } }];
+  const s2 = await client.chat.completions.create({ model: 'm-json', stream: true, tools,
+    messages: [{ role: 'user', content: 'hi' }] });
+  const calls = [];
+  for await (const ch of s2) for (const c of ch.choices) for (const t of c.delta.tool_calls || []) calls.push(t);
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].index, 0);
+  assert.equal(calls[0].function.name, 'lookup');
+
+  // Responses: the one final event carries the whole response
+  const { data: rs, response: r3 } = await client.responses.create({ model: 'm-json', input: 'hi', stream: true })
+    .withResponse();
+  let final;
+  for await (const ev of rs) if (ev.type === 'response.completed') final = ev.response;
+  assert.equal(final.output_text ?? final.output[0].content[0].text, answerText(9));
+  assert.equal(BigInt(record(r3.headers.get('x-request-id')).cost_nano), cost(120, 9));
+});
+
+test('a stream the upstream cut ends with an error event the SDK raises; billed for what was produced', async () => {
+  const { data: stream, response } = await client.chat.completions.create({ model: 'm-cut', stream: true,
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  let text = '';
+  await assert.rejects((async () => {
+    for await (const ch of stream) for (const c of ch.choices) text += c.delta.content || '';
+  })(), (e) => /ended the stream before it completed/.test(e.message));
+  assert.equal(text, answerText(3));
+  const rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.error_class, 'ERROR_CLASS_STREAM_CUT');
+  assert.ok(Number(rec.usage.output_tokens) >= 3, `produced text billed: ${rec.usage.output_tokens}`);
+  assert.ok(BigInt(rec.cost_nano) > 0n);
+
+  const { data: rs, response: r2 } = await client.responses.create({ model: 'm-cut', input: 'hi', stream: true })
+    .withResponse();
+  await assert.rejects((async () => { for await (const ev of rs) void ev; })(),
+    (e) => /ended the stream before it completed/.test(e.message));
+  assert.equal(record(r2.headers.get('x-request-id')).error_class, 'ERROR_CLASS_STREAM_CUT');
 });
