@@ -1,7 +1,8 @@
 /* agent_int.h: the agent's internal modules that do not touch sockets, so
  * the unit tests can reach them: the one-pass request scanner and body
- * rewrite, the SSE splitter, model globs and CIDR matching, the circuit
- * breaker and the route picker. Everything here is reentrant; the structs
+ * rewrite, the SSE splitter and the readers of provider JSON (all walked
+ * with json.h's cursor), usage counts, model globs and CIDR matching, the
+ * circuit breaker and the route picker. Everything here is reentrant; the structs
  * belong to the caller. See tg_agent.h for the daemon itself.
  */
 #ifndef TG_AGENT_INT_H

@@ -1276,7 +1276,7 @@ static int classify(req_t *rq, CURLcode res)
             char err[TG_ERRLEN] = "";
             if (tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer, &an, NULL, err,
                                 sizeof err) != 0) {
-                snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %s", st, err);
+                snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %.100s", st, err);
                 return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
             }
             if (an.an_usage)
