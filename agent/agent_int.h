@@ -1,7 +1,8 @@
 /* agent_int.h: the agent's internal modules that do not touch sockets, so
  * the unit tests can reach them: the one-pass request scanner and body
- * rewrite, the SSE splitter, model globs and CIDR matching, the circuit
- * breaker and the route picker. Everything here is reentrant; the structs
+ * rewrite, the SSE splitter and the readers of provider JSON (all walked
+ * with json.h's cursor), usage counts, model globs and CIDR matching, the
+ * circuit breaker and the route picker. Everything here is reentrant; the structs
  * belong to the caller. See tg_agent.h for the daemon itself.
  */
 #ifndef TG_AGENT_INT_H
@@ -38,9 +39,9 @@ typedef struct tg_scan {
     tg_span_t sc_iu_val;               /* span of include_usage's value */
     size_t sc_close;                   /* offset of the top-level closing '}' */
     int sc_members;                    /* top-level members */
-    long sc_max_tokens;                /* max_tokens / max_completion_tokens / max_output_tokens
-                                        * (the largest); -1 absent */
-    long sc_n;                         /* "n": choices or images asked for; 1 when absent */
+    long sc_max_tokens;                /* the least of max_tokens, max_completion_tokens,
+                                          max_output_tokens (non-negative integers); -1 absent */
+    long sc_n;                         /* "n" (choices), 1 when absent */
 } tg_scan_t;
 
 /* Scans body[0..len) in one pass: it must be one JSON object (RFC 8259,
@@ -83,13 +84,43 @@ void tg_sse_free(tg_sse_t *s);
 int tg_sse_feed(tg_sse_t *s, const char *p, size_t n,
                 int (*on_event)(void *arg, const char *ev, size_t evlen), void *arg);
 
-/* Classifies an OpenAI chat stream event. Returns 1 when it is the extra
- * usage chunk (a data line whose JSON has "choices":[] and a non-null
- * "usage"), and then points *usage at the usage object's bytes inside ev;
- * 2 for "data: [DONE]"; 0 otherwise. A cheap scan, not a parse. */
-int tg_sse_classify(const char *ev, size_t evlen, const char **usage, size_t *usage_len);
+/* What a chat stream event says (tg_sse_chunk). */
+enum { TG_CHUNK_NONE = 0, TG_CHUNK_DATA = 1, TG_CHUNK_DONE = 2 };
+typedef struct tg_chunk {
+    int ck_kind;             /* TG_CHUNK_*: NONE when there is no data line */
+    int ck_usage_only;       /* "choices": [] and a "usage" object: the usage chunk */
+    const char *ck_usage;    /* the top-level "usage" object inside ev; NULL: absent or null */
+    size_t ck_usage_len;
+    char ck_finish[32];      /* the first choices[i].finish_reason string, "" if none */
+    int ck_error;            /* a top-level "error" member: the provider's in-stream error */
+} tg_chunk_t;
 
-/* ---- usage (usage.c) ----------------------------------------------------- */
+/* Reads an OpenAI chat stream event: "data: [DONE]", or a chunk whose
+ * top-level members are looked at (usage, choices, error) and whose
+ * choices[i].delta.content and choices[i].delta.tool_calls[k].function.
+ * arguments strings are appended to text (may be NULL; past text's cap the
+ * text stays partial). A "usage" key anywhere else means nothing. Returns
+ * 0 and *ck, or TG_AGENT_EJSON when the data line is not one JSON object
+ * (*ck then says TG_CHUNK_NONE). */
+int tg_sse_chunk(const char *ev, size_t evlen, tg_chunk_t *ck, tg_buf_t *text);
+
+/* What a Responses stream event says (tg_sse_resp_event). */
+typedef struct tg_resp_event {
+    char re_type[64];        /* the data's top-level "type" (else the event: line) */
+    int re_final;            /* response.completed, .incomplete or .failed */
+    const char *re_usage;    /* response.usage of a final event, inside ev; NULL: none */
+    size_t re_usage_len;
+} tg_resp_event_t;
+
+/* Reads a Responses stream event: its type, the usage of a final event
+ * (response.usage, nowhere else), and appends the top-level "delta" of
+ * response.output_text.delta and response.function_call_arguments.delta
+ * to text (may be NULL). Returns 0 and *re, or TG_AGENT_EJSON when the
+ * data line is not one JSON object (re_type may still hold the event:
+ * line). */
+int tg_sse_resp_event(const char *ev, size_t evlen, tg_resp_event_t *re, tg_buf_t *text);
+
+/* ---- answers and usage (sse.c, usage.c) ---------------------------------- */
 
 /* OpenAI usage numbers, raw as the provider sent them. -1: absent. */
 typedef struct tg_usage {
@@ -99,32 +130,58 @@ typedef struct tg_usage {
     long us_reasoning; /* {completion,output}_tokens_details.reasoning_tokens */
 } tg_usage_t;
 
-/* Reads the numbers out of a usage object's JSON text: chat and embeddings
- * names (prompt_tokens, completion_tokens, *_details) or, when those are
- * absent, the Responses and Images names (input_tokens, output_tokens,
- * input_tokens_details, output_tokens_details). Returns 0 or
- * TG_AGENT_EJSON. */
+#define TG_USAGE_MAX ((long)1 << 53) /* counts past this are not believed */
+
+/* Reads the numbers of a usage object (its top-level members only): chat
+ * and embeddings names (prompt_tokens, completion_tokens, *_details) or,
+ * when those are absent, the Responses and Images names (input_tokens,
+ * output_tokens, input_tokens_details, output_tokens_details). A count
+ * must be a non-negative integer literal no larger than TG_USAGE_MAX (null
+ * is absent). Returns 0; TG_AGENT_ERANGE when a count is anything else
+ * (2500000000.0, 1e+30, -1, "12": the valid ones are still filled in);
+ * TG_AGENT_EJSON when it is not an object or has neither main count. */
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
 
-/* Finds the top-level "usage" object of a non-streaming answer and, when
- * present and not null, points *p and *n at its bytes. Returns 1 found, 0 not,
- * TG_AGENT_EJSON when the body is not a JSON object. */
-int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n);
+/* Holds provider counts to what the request allowed: the completion count
+ * to max_out and the prompt count to max_in (each when >= 0; reasoning and
+ * cached tokens stay within them). Returns 1 when it clamped something, 0
+ * when the usage was within bounds. Can't fail. */
+int tg_agent_usage_clamp(tg_usage_t *u, long max_out, long max_in);
 
-/* Appends the decoded text of every string-valued "content" and
- * "arguments" member in json[0..n) to out: the text a model produced, in a
- * chat answer or a stream chunk, for counting it locally when the provider
- * reports no usage. Returns 0 or TG_AGENT_ETOOBIG. */
-int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out);
+/* What the gateway reads from a provider's JSON answer, in one validating
+ * pass (tg_agent_answer). Pointers are into the body. */
+enum { TG_ANSWER_CHAT, TG_ANSWER_RESPONSES, TG_ANSWER_IMAGES, TG_ANSWER_OTHER };
+typedef struct tg_answer {
+    const char *an_usage;    /* the top-level "usage" object; NULL: absent or null */
+    size_t an_usage_len;
+    long an_images;          /* elements of the top-level "data" array (images); -1: none */
+    char an_finish[32];      /* chat: choices[i].finish_reason; responses: status */
+} tg_answer_t;
 
-/* Appends the decoded text of every string-valued member named `key` (at
- * any depth) in json[0..n) to out. Returns 0 or TG_AGENT_ETOOBIG. */
-int tg_agent_collect_key(const char *json, size_t n, const char *key, tg_buf_t *out);
+/* Validates body as exactly one JSON object and reads it as an answer of
+ * `kind`: the top-level usage; for chat the produced text (choices[i].
+ * message.content and tool call arguments), for Responses the text of
+ * output[i].content[k].text and output[i].arguments, appended to text
+ * (may be NULL). Returns 0, or TG_AGENT_EJSON with the reason in err (a
+ * malformed answer), or TG_AGENT_ETOOBIG never (text past its cap stays
+ * partial). */
+int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_buf_t *text, char *err,
+                    size_t errlen);
 
-/* The number of elements of the first array-valued member named `key` in
- * json[0..len) (the images of an Images answer's "data"), or -1 when there
- * is none or it does not close. Can't fail otherwise. */
-long tg_agent_count_array(const char *json, size_t len, const char *key);
+/* Re-cuts a JSON answer (validated whole) as the stream its client asked
+ * for, when the upstream ignored stream: true. Chat: one chunk with each
+ * choice's whole delta (role, content, tool_calls with their index) and
+ * finish_reason to out, then the usage chunk when include_usage; Responses:
+ * nothing to out. The final event goes to tail ("data: [DONE]", or the
+ * response.completed / .incomplete / .failed event carrying the whole
+ * response). Returns 0, TG_AGENT_EJSON or TG_AGENT_ETOOBIG. */
+int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage, tg_buf_t *out, tg_buf_t *tail);
+
+/* Appends the strings under a request's top-level input, prompt and
+ * instructions (any depth below them, but not the values of type, role,
+ * id and the like) to out: the prompt text of a non-chat request, for a
+ * local count. 0, TG_AGENT_EJSON or TG_AGENT_ETOOBIG. */
+int tg_agent_prompt_text(const char *body, size_t len, tg_buf_t *out);
 
 /* ---- policy (policy.c) --------------------------------------------------- */
 

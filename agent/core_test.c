@@ -1,5 +1,6 @@
 /* core_test.c: unit tests of the agent's socket-free parts: the request
- * scanner and rewrite, the SSE splitter and classifier, usage numbers,
+ * scanner and rewrite, the SSE splitter and event readers, answers and
+ * usage numbers (read by structure, strictly),
  * globs and CIDRs, the circuit breaker, weighted pick and backoff. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -144,13 +145,29 @@ static void test_sse(void **st)
         assert_string_equal(e.ev[2], "data: [DONE]\n\n");
         tg_sse_free(&s);
     }
-    const char *u;
-    size_t ul;
-    assert_int_equal(tg_sse_classify("data: {\"choices\":[{\"x\":1}],\"usage\":null}\n\n", 41, &u, &ul), 0);
+    tg_chunk_t ck;
+    assert_int_equal(tg_sse_chunk("data: {\"choices\":[{\"x\":1}],\"usage\":null}\n\n", 41, &ck, NULL), 0);
+    assert_int_equal(ck.ck_kind, TG_CHUNK_DATA);
+    assert_int_equal(ck.ck_usage_only, 0);
     const char *ev = "data: {\"id\":\"c\",\"choices\": [ ],\"usage\":{\"prompt_tokens\":5,\"d\":{\"x\":1}}}\n\n";
-    assert_int_equal(tg_sse_classify(ev, strlen(ev), &u, &ul), 1);
-    assert_int_equal(ul, strlen("{\"prompt_tokens\":5,\"d\":{\"x\":1}}"));
-    assert_int_equal(tg_sse_classify("data: [DONE]\n\n", 14, &u, &ul), 2);
+    assert_int_equal(tg_sse_chunk(ev, strlen(ev), &ck, NULL), 0);
+    assert_int_equal(ck.ck_usage_only, 1);
+    assert_int_equal(ck.ck_usage_len, strlen("{\"prompt_tokens\":5,\"d\":{\"x\":1}}"));
+    assert_int_equal(tg_sse_chunk("data: [DONE]\n\n", 14, &ck, NULL), 0);
+    assert_int_equal(ck.ck_kind, TG_CHUNK_DONE);
+    /* a usage key below the top level is not the usage chunk; finish_reason
+     * and the in-stream error are read where they belong */
+    ev = "data: {\"choices\":[{\"delta\":{\"usage\":{\"prompt_tokens\":1}},\"finish_reason\":\"length\"}]}\n\n";
+    assert_int_equal(tg_sse_chunk(ev, strlen(ev), &ck, NULL), 0);
+    assert_null(ck.ck_usage);
+    assert_string_equal(ck.ck_finish, "length");
+    ev = "data: {\"x\":{\"choices\":[],\"usage\":{\"prompt_tokens\":1}}}\n\n";
+    assert_int_equal(tg_sse_chunk(ev, strlen(ev), &ck, NULL), 0);
+    assert_int_equal(ck.ck_usage_only, 0);
+    ev = "data: {\"error\":{\"message\":\"m\"}}\n\n";
+    assert_int_equal(tg_sse_chunk(ev, strlen(ev), &ck, NULL), 0);
+    assert_int_equal(ck.ck_error, 1);
+    assert_int_equal(tg_sse_chunk("data: {\"choices\":[}\n\n", 22, &ck, NULL), TG_AGENT_EJSON);
     /* an event too large is refused, not buffered without bound */
     tg_sse_t s;
     evs_t e = {0};
@@ -166,18 +183,91 @@ static void test_usage(void **st)
                     "\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":16,\"total_tokens\":136,"
                     "\"prompt_tokens_details\":{\"cached_tokens\":100},"
                     "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
-    const char *p;
-    size_t n;
-    assert_int_equal(tg_agent_find_usage(b, strlen(b), &p, &n), 1);
+    tg_answer_t an;
+    char err[TG_ERRLEN] = "";
+    assert_int_equal(tg_agent_answer(b, strlen(b), TG_ANSWER_CHAT, &an, NULL, err, sizeof err), 0);
+    assert_non_null(an.an_usage);
     tg_usage_t u;
-    assert_int_equal(tg_agent_usage_parse(p, n, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
     assert_int_equal(u.us_prompt, 120);
     assert_int_equal(u.us_completion, 16);
     assert_int_equal(u.us_cached, 100);
     assert_int_equal(u.us_reasoning, 4);
-    assert_int_equal(tg_agent_find_usage("{\"usage\":null}", 14, &p, &n), 0);
-    assert_int_equal(tg_agent_find_usage("{\"id\":1}", 8, &p, &n), 0);
-    assert_int_equal(tg_agent_find_usage("nope", 4, &p, &n), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"usage\":null}", 14, TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_null(an.an_usage);
+    assert_int_equal(tg_agent_answer("{\"id\":1}", 8, TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_null(an.an_usage);
+    assert_int_equal(tg_agent_answer("nope", 4, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+    /* malformed after a valid start, or trailing bytes: not an answer */
+    assert_int_equal(tg_agent_answer("{\"id\":1,", 8, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"id\":1} x", 10, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+}
+
+/* Issue 14: a nested "usage" (a tool schema echoed in a Responses answer,
+ * an extra object in a chat answer) before the top-level one is not the
+ * usage. */
+static void test_usage_top_level_only(void **st)
+{
+    (void)st;
+    const char *r = "{\"id\":\"resp_1\",\"tools\":[{\"type\":\"function\",\"name\":\"f\",\"parameters\":"
+                    "{\"type\":\"object\",\"properties\":{\"usage\":{\"type\":\"object\",\"properties\":"
+                    "{\"input_tokens\":{\"type\":\"integer\"}}}}}}],"
+                    "\"usage\":{\"input_tokens\":50000,\"output_tokens\":50000}}";
+    tg_answer_t an;
+    tg_usage_t u;
+    assert_int_equal(tg_agent_answer(r, strlen(r), TG_ANSWER_RESPONSES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
+    assert_int_equal(u.us_prompt, 50000);
+    assert_int_equal(u.us_completion, 50000);
+    const char *c = "{\"meta\":{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}},"
+                    "\"usage\":{\"prompt_tokens\":50000,\"completion_tokens\":50000}}";
+    assert_int_equal(tg_agent_answer(c, strlen(c), TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
+    assert_int_equal(u.us_prompt, 50000);
+    /* the name written with escapes is the same name */
+    const char *e = "{\"\\u0075sage\":{\"prompt_tokens\":7}}";
+    assert_int_equal(tg_agent_answer(e, strlen(e), TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_non_null(an.an_usage);
+    /* Responses stream: only response.usage of a final event counts */
+    const char *ev = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"tools\":"
+                     "[{\"parameters\":{\"usage\":{\"input_tokens\":1}}}],\"usage\":{\"input_tokens\":9,"
+                     "\"output_tokens\":8}}}\n\n";
+    tg_resp_event_t re;
+    assert_int_equal(tg_sse_resp_event(ev, strlen(ev), &re, NULL), 0);
+    assert_int_equal(re.re_final, 1);
+    assert_int_equal(tg_agent_usage_parse(re.re_usage, re.re_usage_len, &u), 0);
+    assert_int_equal(u.us_prompt, 9);
+    assert_int_equal(u.us_completion, 8);
+}
+
+/* Issue 14: counts are read strictly and held to the request's bounds. */
+static void test_usage_strict(void **st)
+{
+    (void)st;
+    static const char *const bad[] = {
+        "{\"prompt_tokens\":1,\"completion_tokens\":2500000000.0}",
+        "{\"prompt_tokens\":1,\"completion_tokens\":1e+30}",
+        "{\"prompt_tokens\":-5,\"completion_tokens\":1}",
+        "{\"prompt_tokens\":1.5,\"completion_tokens\":1}",
+        "{\"prompt_tokens\":9007199254740993,\"completion_tokens\":1}",
+        "{\"prompt_tokens\":\"12\",\"completion_tokens\":1}",
+        "{\"prompt_tokens\":1,\"completion_tokens_details\":{\"reasoning_tokens\":1E3}}",
+    };
+    tg_usage_t u;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(tg_agent_usage_parse(bad[i], strlen(bad[i]), &u), TG_AGENT_ERANGE);
+    const char *ok = "{\"prompt_tokens\":9007199254740992,\"completion_tokens\":null,\"output_tokens\":3}";
+    assert_int_equal(tg_agent_usage_parse(ok, strlen(ok), &u), 0);
+    assert_int_equal(u.us_prompt, 9007199254740992L);
+    assert_int_equal(u.us_completion, 3);
+    u = (tg_usage_t){5000, 2500000000L, 100, 2500000000L};
+    assert_int_equal(tg_agent_usage_clamp(&u, 100, -1), 1);
+    assert_int_equal(u.us_completion, 100);
+    assert_int_equal(u.us_reasoning, 100);
+    assert_int_equal(u.us_prompt, 5000);
+    assert_int_equal(tg_agent_usage_clamp(&u, 100, 1024), 1);
+    assert_int_equal(u.us_prompt, 1024);
+    assert_int_equal(tg_agent_usage_clamp(&u, -1, -1), 0);
 }
 
 /* The Responses and Images names of the counts, and the images of data[]. */
@@ -199,16 +289,34 @@ static void test_usage_other_endpoints(void **st)
     assert_int_equal(u.us_cached, -1);
     const char *img = "{\"created\":1,\"data\":[{\"b64_json\":\"a,]}\"},{\"url\":\"u\"} , {\"x\":[1,2]}],"
                       "\"usage\":{\"input_tokens\":3}}";
-    assert_int_equal(tg_agent_count_array(img, strlen(img), "data"), 3);
-    assert_int_equal(tg_agent_count_array("{\"data\":[ ]}", 12, "data"), 0);
-    assert_int_equal(tg_agent_count_array("{\"data\":null}", 13, "data"), -1);
-    assert_int_equal(tg_agent_count_array("{\"data\":[{}", 11, "data"), -1);
+    tg_answer_t an;
+    assert_int_equal(tg_agent_answer(img, strlen(img), TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_images, 3);
+    assert_int_equal(tg_agent_answer("{\"data\":[ ]}", 12, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_images, 0);
+    assert_int_equal(tg_agent_answer("{\"data\":null}", 13, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_images, -1);
+    assert_int_equal(tg_agent_answer("{\"data\":[{}", 11, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), TG_AGENT_EJSON);
     tg_buf_t b;
     tg_buf_init(&b, 1024);
     const char *ev = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\","
                      "\"delta\":\" world\"}\n\n";
-    assert_int_equal(tg_agent_collect_key(ev, strlen(ev), "delta", &b), 0);
+    tg_resp_event_t re;
+    assert_int_equal(tg_sse_resp_event(ev, strlen(ev), &re, &b), 0);
+    assert_string_equal(re.re_type, "response.output_text.delta");
+    assert_int_equal(re.re_final, 0);
     assert_string_equal(b.b_data, " world");
+    tg_buf_reset(&b);
+    const char *ans = "{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"hi\"}]},"
+                      "{\"type\":\"function_call\",\"arguments\":\"{}\"}],\"status\":\"completed\"}";
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_RESPONSES, &an, &b, NULL, 0), 0);
+    assert_string_equal(b.b_data, "hi{}");
+    assert_string_equal(an.an_finish, "completed");
+    tg_buf_reset(&b);
+    const char *req = "{\"model\":\"m\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_text\","
+                      "\"text\":\"a\"}]}],\"instructions\":\"b\",\"tools\":[{\"description\":\"no\"}]}";
+    assert_int_equal(tg_agent_prompt_text(req, strlen(req), &b), 0);
+    assert_string_equal(b.b_data, "ab");
     tg_buf_free(&b);
 }
 
@@ -217,14 +325,17 @@ static void test_collect_text(void **st)
     (void)st;
     tg_buf_t b;
     tg_buf_init(&b, 1024);
+    tg_chunk_t ck;
     const char *ev = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi \\\"there\\\" \\u00e9\\n\"}}]}\n\n";
-    assert_int_equal(tg_agent_collect_text(ev, strlen(ev), &b), 0);
+    assert_int_equal(tg_sse_chunk(ev, strlen(ev), &ck, &b), 0);
     assert_string_equal(b.b_data, "Hi \"there\" \xc3\xa9\n");
     tg_buf_reset(&b);
     const char *ans = "{\"choices\":[{\"message\":{\"content\":null,\"tool_calls\":[{\"function\":"
-                      "{\"arguments\":\"{\\\"a\\\":1}\"}}]}},{\"message\":{\"content\":\"two\"}}]}";
-    assert_int_equal(tg_agent_collect_text(ans, strlen(ans), &b), 0);
-    assert_string_equal(b.b_data, "two{\"a\":1}");
+                      "{\"arguments\":\"{\\\"a\\\":1}\"}}]}},{\"message\":{\"content\":\"two\"}}],"
+                      "\"tools\":[{\"content\":\"not produced\"}]}";
+    tg_answer_t an;
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_CHAT, &an, &b, NULL, 0), 0);
+    assert_string_equal(b.b_data, "{\"a\":1}two");
     tg_buf_free(&b);
     size_t used;
     tg_buf_init(&b, 4);
@@ -347,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_rewrite),     cmocka_unit_test(test_sse),
         cmocka_unit_test(test_usage),       cmocka_unit_test(test_collect_text),
         cmocka_unit_test(test_usage_other_endpoints),
+        cmocka_unit_test(test_usage_top_level_only), cmocka_unit_test(test_usage_strict),
         cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };

@@ -17,6 +17,7 @@
  *      emitted, the configuration reference dropped, the pool freed.
  * Everything request-scoped comes from one tg_pool_t. */
 #include <errno.h>
+#include <ctype.h>
 #include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -26,8 +27,10 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "agent/json.h"
 #include "agent/server_int.h"
 #include "base/tg_log.h"
+#include "base/tg_utf8.h"
 #include "billing/tg_billing.h"
 #include "crypto/tg_crypto.h"
 #include "meter/tg_price.h"
@@ -61,15 +64,15 @@ typedef struct endpoint {
     int ep_kind;                /* EP_* */
     int ep_stream;              /* stream: true is served (SSE) */
     int ep_stream_usage;        /* ask for stream_options.include_usage */
-    const char *ep_out_key;     /* JSON key of produced text (local counts); NULL: none */
-    const char *ep_delta_key;   /* ... in stream events */
+    int ep_answer;              /* TG_ANSWER_*: how its answers are read */
+    int ep_text;                /* it produces text (counted locally when usage is missing) */
 } endpoint_t;
 
 static const endpoint_t endpoints[] = {
-    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, "content", "content"},
-    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, NULL, NULL},
-    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, "text", "delta"},
-    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, NULL, NULL},
+    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1},
+    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1},
+    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0},
 };
 
 typedef struct attempt {
@@ -137,6 +140,7 @@ struct req {
     int rq_client_gone;
     int rq_status;            /* HTTP status sent to the client */
     int rq_saw_done;
+    int rq_json_stream;       /* a stream request answered with JSON: re-cut as a stream at its end */
     tg_buf_t rq_resp;
     tg_sse_t rq_sse;
     tg_buf_t rq_chunk;        /* stream events of one upstream read, for one write */
@@ -147,6 +151,7 @@ struct req {
     tg_buf_t rq_text;         /* text produced, for local counting */
     tg_usage_t rq_usage;
     char *rq_usage_raw;
+    int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
@@ -369,12 +374,10 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         }
     } else {
         /* Other endpoints: the prompt's text counted plainly (the strings
-         * of input, prompt, instructions and of message contents). */
-        static const char *const keys[] = {"input", "prompt", "instructions", "content", "text"};
+         * under the top-level input, prompt and instructions). */
         tg_buf_t p;
         tg_buf_init(&p, RESP_MAX);
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            tg_agent_collect_key(rq->rq_body, rq->rq_body_len, keys[i], &p);
+        tg_agent_prompt_text(rq->rq_body, rq->rq_body_len, &p);
         if (tg_meter_count(m, enc, p.b_data ? p.b_data : "", p.b_len, TG_METER_SPECIAL_TEXT, &in, err,
                            sizeof err) == 0) {
             u->input_tokens = (int64_t)in;
@@ -382,15 +385,13 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         }
         tg_buf_free(&p);
     }
-    if (!ep->ep_out_key) {
+    if (!ep->ep_text) {
         u->encoding = (char *)tg_meter_encoding_name(enc);
         return; /* embeddings, images: no text produced */
     }
-    if (!rq->rq_scan.sc_stream && rq->rq_resp.b_len && !rq->rq_text.b_len) {
-        if (ep->ep_kind == EP_CHAT)
-            tg_agent_collect_text(rq->rq_resp.b_data, rq->rq_resp.b_len, &rq->rq_text);
-        else
-            tg_agent_collect_key(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_out_key, &rq->rq_text);
+    if (rq->rq_resp.b_len && !rq->rq_text.b_len) {
+        tg_answer_t an;
+        tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_answer, &an, &rq->rq_text, NULL, 0);
     }
     uint64_t out = 0;
     if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,
@@ -399,6 +400,40 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         u->output_source = src;
     }
     u->encoding = (char *)tg_meter_encoding_name(enc);
+}
+
+/* The most output the request allowed: its cap (max_tokens,
+ * max_completion_tokens or max_output_tokens) times its choices; -1 when
+ * it set none. */
+static long output_cap(req_t *rq)
+{
+    long cap = rq->rq_scan.sc_max_tokens;
+    if (cap < 0)
+        return -1;
+    long n = rq->rq_ep->ep_kind == EP_CHAT ? rq->rq_scan.sc_n : 1;
+    return n > 0 && cap <= TG_USAGE_MAX / n ? cap * n : -1;
+}
+
+/* The most input tokens believed: twice the local count plus 1024. A text
+ * token is at least one byte, so a prompt count within the body's bytes
+ * needs no count; past that the prompt is counted here (rare: only for an
+ * upstream reporting more tokens than the request has bytes). Requests
+ * with input the gateway cannot count (images, files, audio, a stored
+ * conversation) are not bounded: -1. */
+static long input_bound(req_t *rq)
+{
+    static const char *const uncounted[] = {"image_url", "input_image", "input_file", "input_audio",
+                                            "file_id", "previous_response_id", "conversation"};
+    if (rq->rq_usage.us_prompt <= (long)rq->rq_body_len)
+        return -1;
+    for (size_t i = 0; i < sizeof uncounted / sizeof uncounted[0]; i++)
+        if (memmem(rq->rq_body, rq->rq_body_len, uncounted[i], strlen(uncounted[i])))
+            return -1;
+    Tollgate__V1__TokenUsage local = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    local_usage(rq, &local);
+    if (local.input_source == TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_UNSPECIFIED)
+        return -1;
+    return 2 * (long)local.input_tokens + 1024;
 }
 
 /* Fills rq_tu (provider usage normalized: input excludes cached tokens;
@@ -415,16 +450,24 @@ static void meter_and_price(req_t *rq)
     Tollgate__V1__TokenUsage *u = &rq->rq_tu;
     tollgate__v1__token_usage__init(u);
     tollgate__v1__unit_prices__init(&rq->rq_up);
-    if (rq->rq_usage_raw) {
-        long cached = rq->rq_usage.us_cached > 0 ? rq->rq_usage.us_cached : 0;
-        u->input_tokens = rq->rq_usage.us_prompt > cached ? rq->rq_usage.us_prompt - cached : 0;
-        u->output_tokens = rq->rq_usage.us_completion > 0 ? rq->rq_usage.us_completion : 0;
+    if (rq->rq_usage_raw && !rq->rq_usage_bad) {
+        tg_usage_t us = rq->rq_usage;
+        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq), input_bound(rq));
+        long cached = us.us_cached > 0 ? us.us_cached : 0;
+        u->input_tokens = us.us_prompt > cached ? us.us_prompt - cached : 0;
+        u->output_tokens = us.us_completion > 0 ? us.us_completion : 0;
         u->cache_read_tokens = cached;
-        u->reasoning_tokens = rq->rq_usage.us_reasoning > 0 ? rq->rq_usage.us_reasoning : 0;
+        u->reasoning_tokens = us.us_reasoning > 0 ? us.us_reasoning : 0;
         u->input_source = u->output_source = u->cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
         u->raw_provider_usage = rq->rq_usage_raw;
     } else if (rq->rq_route && rq->rq_ep) {
+        /* No usage, or counts that are not counts: counted here, and a
+         * provider's unreadable usage is kept and flagged beside it. */
         local_usage(rq, u);
+        if (rq->rq_usage_raw) {
+            u->raw_provider_usage = rq->rq_usage_raw;
+            u->provider_usage_invalid = 1;
+        }
     }
     u->images = rq->rq_images > 0 ? rq->rq_images : 0;
     attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
@@ -631,9 +674,11 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
                          ...)
 {
     va_list ap;
+    char msg[sizeof rq->rq_final_msg];
     va_start(ap, fmt);
-    vsnprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    tg_utf8_clean(rq->rq_final_msg, sizeof rq->rq_final_msg, msg, strlen(msg));
     rq->rq_status = status;
     rq->rq_final_class = cls;
     if (rq->rq_c) {
@@ -646,24 +691,6 @@ static void fail_request(req_t *rq, int status, const char *type, const char *co
 }
 
 /* ---- upstream callbacks -------------------------------------------------------- */
-
-/* Whether a Responses stream event is of type `type`: its `event:` line,
- * or the type member its data opens with. */
-static int resp_event_is(const char *ev, size_t n, const char *type)
-{
-    char want[64];
-    int k = snprintf(want, sizeof want, "event: %s", type);
-    if ((size_t)k <= n && memcmp(ev, want, (size_t)k) == 0 && (n == (size_t)k || ev[k] == '\n' || ev[k] == '\r'))
-        return 1;
-    k = snprintf(want, sizeof want, "{\"type\":\"%s\"", type);
-    const char *d = memmem(ev, n, "data:", 5);
-    if (!d)
-        return 0;
-    d += 5;
-    while (d < ev + n && *d == ' ')
-        d++;
-    return (size_t)(ev + n - d) >= (size_t)k && memcmp(d, want, (size_t)k) == 0;
-}
 
 /* Queues a stream event for the client. The final one ([DONE], or a
  * Responses stream's closing event) is held and written with the end of
@@ -678,39 +705,34 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
  * (response.completed, or response.incomplete / response.failed, whose
  * usage counts too) carries the usage; text deltas are kept for local
  * counts. */
+/* Keeps a provider's usage object: parsed (strictly: see usage.c) and its
+ * text verbatim for the record. */
+static void take_usage(req_t *rq, const char *u, size_t ul)
+{
+    int rc = tg_agent_usage_parse(u, ul, &rq->rq_usage);
+    if (rc != 0 && rc != TG_AGENT_ERANGE)
+        return;
+    rq->rq_usage_bad = rc == TG_AGENT_ERANGE;
+    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+}
+
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
-    static const char *const finals[] = {"response.completed", "response.incomplete", "response.failed"};
-    int final = 0;
-    for (int i = 0; i < 3; i++) {
-        if (!resp_event_is(ev, n, finals[i]))
-            continue;
+    tg_resp_event_t re;
+    tg_sse_resp_event(ev, n, &re, &rq->rq_text);
+    if (re.re_final) {
         rq->rq_saw_done = 1;
-        final = 1;
-        snprintf(rq->rq_finish, sizeof rq->rq_finish, "%s", finals[i] + 9);
-        const char *d = memmem(ev, n, "data:", 5), *u;
-        size_t ul;
-        if (d) {
-            d += 5;
-            while (d < ev + n && *d == ' ')
-                d++;
-            if (tg_agent_find_usage(d, (size_t)(ev + n - d), &u, &ul) == 1 &&
-                tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
-                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
-        }
-        break;
+        snprintf(rq->rq_finish, sizeof rq->rq_finish, "%.20s", re.re_type + 9);
+        if (re.re_usage)
+            take_usage(rq, re.re_usage, re.re_usage_len);
     }
-    if (resp_event_is(ev, n, "response.output_text.delta"))
-        tg_agent_collect_key(ev, n, rq->rq_ep->ep_delta_key, &rq->rq_text);
     rq->rq_resp_bytes += (int64_t)n;
-    return emit_event(rq, ev, n, final);
+    return emit_event(rq, ev, n, re.re_final);
 }
 
 static int forward_event(void *arg, const char *ev, size_t n)
 {
     req_t *rq = arg;
-    const char *u;
-    size_t ul;
     if (rq->rq_tail.b_len) {
         /* something after what looked final: the held event goes first */
         if (tg_buf_append(&rq->rq_chunk, rq->rq_tail.b_data, rq->rq_tail.b_len) != 0)
@@ -719,30 +741,19 @@ static int forward_event(void *arg, const char *ev, size_t n)
     }
     if (rq->rq_ep->ep_kind == EP_RESPONSES)
         return forward_response_event(rq, ev, n);
-    int kind = tg_sse_classify(ev, n, &u, &ul);
-    if (kind == 1) {
-        tg_agent_usage_parse(u, ul, &rq->rq_usage);
-        rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+    tg_chunk_t ck;
+    tg_sse_chunk(ev, n, &ck, &rq->rq_text);
+    if (ck.ck_usage_only) {
+        take_usage(rq, ck.ck_usage, ck.ck_usage_len);
         if (!rq->rq_scan.sc_include_usage)
             return 0; /* the gateway asked for it, the client did not */
-    } else if (kind == 2) {
+    } else if (ck.ck_kind == TG_CHUNK_DONE) {
         rq->rq_saw_done = 1;
-    } else {
-        tg_agent_collect_text(ev, n, &rq->rq_text); /* past its cap the count stays partial */
-    }
-    if (kind == 0 && !rq->rq_finish[0]) {
-        const char *f = memmem(ev, n, "\"finish_reason\":\"", 17);
-        if (f) {
-            f += 17;
-            size_t k = 0;
-            while (k + 1 < sizeof rq->rq_finish && f + k < ev + n && f[k] != '"')
-                k++;
-            memcpy(rq->rq_finish, f, k);
-            rq->rq_finish[k] = '\0';
-        }
+    } else if (ck.ck_finish[0] && !rq->rq_finish[0]) {
+        memcpy(rq->rq_finish, ck.ck_finish, sizeof rq->rq_finish);
     }
     rq->rq_resp_bytes += (int64_t)n;
-    return emit_event(rq, ev, n, kind == 2);
+    return emit_event(rq, ev, n, ck.ck_kind == TG_CHUNK_DONE);
 }
 
 static void start_stream(req_t *rq)
@@ -779,7 +790,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
     first_byte(rq);
     if (!a->at_ttft_us)
         a->at_ttft_us = now_us() - a->at_start_us;
-    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream) {
+    if (rq->rq_up_status >= 200 && rq->rq_up_status < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream) {
         if (!rq->rq_started)
             start_stream(rq);
         /* A client that reads slower than the upstream writes: the upstream
@@ -832,7 +843,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
         curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
         if (st >= 200) {
             first_byte(rq);
-            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_started && !rq->rq_client_gone)
+            char *ct = NULL;
+            curl_easy_getinfo(rq->rq_easy, CURLINFO_CONTENT_TYPE, &ct);
+            rq->rq_json_stream = st < 300 && rq->rq_scan.sc_stream && ct && strncasecmp(ct, "application/json", 16) == 0;
+            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream && !rq->rq_started && !rq->rq_client_gone)
                 start_stream(rq);
         }
         return n;
@@ -865,7 +879,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
         if (end != val && ms >= 0 && ms < 86400e3)
             a->at_retry_after_ms = (int64_t)ms;
     } else if (kl == 12 && strncasecmp(data, "x-request-id", 12) == 0) {
-        memcpy(a->at_upid, val, vl + 1);
+        tg_utf8_clean(a->at_upid, sizeof a->at_upid, val, vl);
     }
     return n;
 }
@@ -975,9 +989,9 @@ static void start_attempt(req_t *rq);
  * BPE never makes more tokens than bytes: no tokenizer on the hot path);
  * only when that does not fit is it counted exactly. */
 
-/* The output cap the estimate uses: the request's, else the route's
- * default, else the policy's, else DEF_MAX_OUTPUT. */
-static int64_t output_cap(req_t *rq)
+/* The output tokens the estimate allows for one choice: the request's cap,
+ * else the route's default, else the policy's, else DEF_MAX_OUTPUT. */
+static int64_t output_allowance(req_t *rq)
 {
     if (rq->rq_scan.sc_max_tokens >= 0)
         return rq->rq_scan.sc_max_tokens;
@@ -1001,8 +1015,8 @@ static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **buck
     switch (rq->rq_ep->ep_kind) {
     case EP_EMBEDDINGS: break;
     case EP_IMAGES: images = n; break;
-    case EP_CHAT: out = output_cap(rq) * n; break; /* n choices, each up to the cap */
-    default: out = output_cap(rq); break;
+    case EP_CHAT: out = output_allowance(rq) * n; break; /* n choices, each up to the cap */
+    default: out = output_allowance(rq); break;
     }
     if (!rq->rq_input_max)
         rq->rq_input_max = (int64_t)rq->rq_body_len + 1;
@@ -1122,6 +1136,7 @@ static int retryable(req_t *rq, int cls)
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED: return !p || p->retry_on_429;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX:
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return !p || p->retry_on_5xx;
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED: return 1; /* another channel may serve */
     default: return 0;
     }
 }
@@ -1138,7 +1153,7 @@ static int next_step(req_t *rq, attempt_t *a)
     a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
     if (!retryable(rq, a->at_class) || rq->rq_counted >= (int)cap || rq->rq_natt >= MAX_ATTEMPTS)
         return 0;
-    if (rq->rq_same < same_max) {
+    if (rq->rq_same < same_max && a->at_class != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED) {
         rq->rq_same++;
         uint32_t init = p && p->backoff_initial_ms ? p->backoff_initial_ms : 100;
         uint32_t max = p && p->backoff_max_ms ? p->backoff_max_ms : 2000;
@@ -1168,17 +1183,38 @@ static int next_step(req_t *rq, attempt_t *a)
     return 0;
 }
 
+/* What went wrong with an attempt, in the gateway's words: upstream error
+ * bodies and curl's messages (which can name the operator's organization,
+ * a masked key or an internal host) stay in the record, never in a client
+ * answer. */
+static const char *what_failed(const attempt_t *a, char *buf, size_t n)
+{
+    switch (a->at_class) {
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CONNECT: return "the upstream could not be reached";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT: return "the upstream did not answer in time";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return "the upstream's answer was malformed";
+    case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED:
+        snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
+                         "mapping needs the operator's attention", a->at_status);
+        return buf;
+    default:
+        snprintf(buf, n, "the upstream answered HTTP %d", a->at_status);
+        return buf;
+    }
+}
+
 /* Client status and message when every attempt failed. */
 static void give_up(req_t *rq, attempt_t *a)
 {
+    char why[160];
     switch (a ? a->at_class : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN) {
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT:
         fail_request(rq, 504, "upstream_error", "upstream_timeout", a->at_class,
-                     "The upstream did not answer in time (%d attempts): %s", rq->rq_natt, a->at_msg);
+                     "The upstream did not answer in time (%d attempts).", rq->rq_natt);
         break;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED:
         fail_request(rq, 429, "rate_limit_error", "upstream_rate_limited", a->at_class,
-                     "The upstream is rate limiting (%d attempts): %s", rq->rq_natt, a->at_msg);
+                     "The upstream is rate limiting (%d attempts). Retry later.", rq->rq_natt);
         break;
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN:
         fail_request(rq, 503, "upstream_error", "no_upstream_available", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CIRCUIT_OPEN,
@@ -1186,10 +1222,65 @@ static void give_up(req_t *rq, attempt_t *a)
                      rq->rq_route->model);
         break;
     default:
-        fail_request(rq, 502, "upstream_error", "upstream_error", a->at_class,
-                     "The upstream failed (%d attempts): %s", rq->rq_natt, a->at_msg);
+        fail_request(rq, 502, "upstream_error",
+                     a->at_class == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED ? "upstream_channel_rejected"
+                                                                                          : "upstream_error",
+                     a->at_class, "No upstream channel served model %s (%d attempts): %s.", rq->rq_route->model,
+                     rq->rq_natt, what_failed(a, why, sizeof why));
         break;
     }
+}
+
+/* An identifier from an upstream error's JSON (its code or param), kept
+ * only when it is short and plain: [A-Za-z0-9_.[]-]. */
+static int plain_ident(tg_json_t *j, char *out, size_t n)
+{
+    int trunc = 0;
+    if (tg_json_peek(j) != TG_JSON_STRING)
+        return tg_json_skip(j);
+    int rc = tg_json_string_to(j, out, n, &trunc);
+    for (const char *c = out; rc == 0 && *c; c++)
+        if (!(isalnum((unsigned char)*c) || strchr("_.[]-", *c)))
+            trunc = 1;
+    if (trunc)
+        out[0] = '\0';
+    return rc;
+}
+
+typedef struct upstream_err {
+    char ue_code[48];
+    char ue_param[48];
+} upstream_err_t;
+
+static int err_member(tg_json_t *j, const char *name, void *arg)
+{
+    upstream_err_t *e = arg;
+    if (strcmp(name, "code") == 0)
+        return plain_ident(j, e->ue_code, sizeof e->ue_code);
+    if (strcmp(name, "param") == 0)
+        return plain_ident(j, e->ue_param, sizeof e->ue_param);
+    return tg_json_skip(j);
+}
+
+static int err_top(tg_json_t *j, const char *name, void *arg)
+{
+    return strcmp(name, "error") == 0 ? tg_json_members(j, err_member, arg) : tg_json_skip(j);
+}
+
+/* The provider refused the request itself (a 4xx other than 401, 403, 404
+ * and 429): the client gets the status and the gateway's own message,
+ * naming the provider's error code and param when they are plain
+ * identifiers (context_length_exceeded, messages[0].content); the body
+ * itself stays in the record. */
+static void upstream_refused(req_t *rq, attempt_t *a)
+{
+    upstream_err_t e = {"", ""};
+    tg_json_t j;
+    tg_json_init(&j, rq->rq_resp.b_data, rq->rq_resp.b_len, NULL, 0);
+    tg_json_members(&j, err_top, &e);
+    fail_request(rq, a->at_status, "invalid_request_error", e.ue_code[0] ? e.ue_code : "upstream_invalid_request",
+                 a->at_class, "The upstream model rejected the request (HTTP %d%s%s%s%s).", a->at_status,
+                 e.ue_code[0] ? ", code " : "", e.ue_code, e.ue_param[0] ? ", param " : "", e.ue_param);
 }
 
 static void start_attempt(req_t *rq)
@@ -1215,6 +1306,7 @@ static void start_attempt(req_t *rq)
     rq->rq_counted++;
     rq->rq_up_status = 0;
     rq->rq_got_byte = 0;
+    rq->rq_json_stream = 0;
     rq->rq_fb_timeout = 0;
     rq->rq_curlerr[0] = '\0';
     tg_buf_reset(&rq->rq_resp);
@@ -1337,27 +1429,37 @@ static int classify(req_t *rq, CURLcode res)
         curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
     rq->rq_up_status = st;
     if (st >= 200 && st < 300) {
-        if (rq->rq_scan.sc_stream && !rq->rq_saw_done)
+        if (rq->rq_scan.sc_stream && !rq->rq_saw_done && !rq->rq_json_stream)
             return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
                                   : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
-        if (!rq->rq_scan.sc_stream) {
-            const char *u;
-            size_t ul;
-            int f = tg_agent_find_usage(rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &u, &ul);
-            if (f < 0)
+        if (!rq->rq_scan.sc_stream || rq->rq_json_stream) {
+            /* The whole answer is validated: a malformed 200 is a failed
+             * attempt (retried per policy), never relayed and billed. */
+            tg_answer_t an;
+            attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+            char err[TG_ERRLEN] = "";
+            if (tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer, &an, NULL, err,
+                                sizeof err) != 0) {
+                snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %.100s", st, err);
                 return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
-            if (f == 1 && tg_agent_usage_parse(u, ul, &rq->rq_usage) == 0)
-                rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+            }
+            if (an.an_usage)
+                take_usage(rq, an.an_usage, an.an_usage_len);
+            memcpy(rq->rq_finish, an.an_finish, sizeof rq->rq_finish);
             if (rq->rq_ep->ep_kind == EP_IMAGES) {
-                rq->rq_images = tg_agent_count_array(rq->rq_resp.b_data, rq->rq_resp.b_len, "data");
-                if (rq->rq_images < 0)
+                rq->rq_images = an.an_images;
+                if (rq->rq_images < 0) {
+                    snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with no data array of images", st);
                     return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+                }
             }
         }
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
     }
     if (st == 429)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED;
+    if (st == 401 || st == 403 || st == 404)
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED;
     if (st >= 500)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX;
     return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
@@ -1386,6 +1488,48 @@ static void send_buffered(req_t *rq, int status)
     rq->rq_c = NULL;
 }
 
+/* Appends the error event that ends a stream the upstream cut: chat's
+ * `data: {"error":{...}}`, the Responses API's `event: error` (its own
+ * members, plus an "error" object: the openai SDK raises an event whose
+ * data has one, and only yields a bare Responses error event). */
+static int stream_error_event(req_t *rq, tg_buf_t *out)
+{
+    static const char msg[] = "The upstream ended the stream before it completed: the answer is incomplete.";
+    if (rq->rq_ep->ep_kind == EP_RESPONSES)
+        return tg_buf_printf(out, "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_cut\",\"message\":\"%s\","
+                                  "\"param\":null,\"error\":{\"type\":\"upstream_error\",\"code\":\"stream_cut\","
+                                  "\"message\":\"%s\"}}\n\n", msg, msg);
+    return tg_buf_printf(out, "data: {\"error\":{\"message\":\"%s\",\"type\":\"upstream_error\",\"param\":null,"
+                              "\"code\":\"stream_cut\"}}\n\n", msg);
+}
+
+/* A stream request the upstream answered with JSON (it ignored stream:
+ * true): the answer goes out as the stream the client asked for, its usage
+ * billed like any other. */
+static void send_as_stream(req_t *rq)
+{
+    tg_buf_t ev, tail;
+    tg_buf_init(&ev, 2 * RESP_MAX);
+    tg_buf_init(&tail, 2 * RESP_MAX);
+    if (rq->rq_c && tg_sse_from_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer,
+                                       rq->rq_scan.sc_include_usage, &ev, &tail) == 0) {
+        rq->rq_saw_done = 1;
+        start_stream(rq);
+        if (ev.b_len)
+            tg_front_stream_write(rq->rq_c, ev.b_data, ev.b_len);
+        rq->rq_resp_bytes = (int64_t)(ev.b_len + tail.b_len);
+        tg_front_stream_end(rq->rq_c, tail.b_data, tail.b_len);
+        rq->rq_c = NULL;
+    } else if (rq->rq_c) {
+        /* out of memory: the client is told so; the receipt bills the answer */
+        rq->rq_status = 500;
+        send_error(rq->rq_c, rq->rq_id, 500, "server_error", NULL, "out of memory streaming the answer");
+        rq->rq_c = NULL;
+    }
+    tg_buf_free(&ev);
+    tg_buf_free(&tail);
+}
+
 void tg_req_upstream_done(req_t *rq, CURLcode res)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
@@ -1394,13 +1538,18 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     a->at_status = (int)rq->rq_up_status;
     a->at_latency_us = now_us() - a->at_start_us;
     if (!a->at_msg[0]) {
-        if (res != CURLE_OK)
-            snprintf(a->at_msg, sizeof a->at_msg, "%.150s", rq->rq_fb_timeout ? "no first byte in time"
-                                                       : rq->rq_curlerr[0] ? rq->rq_curlerr
-                                                                           : curl_easy_strerror(res));
-        else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE)
-            snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %.120s", rq->rq_up_status,
-                     rq->rq_resp.b_data ? rq->rq_resp.b_data : "");
+        /* Text from outside goes into the record's protobuf strings: cut on
+         * a character boundary, invalid bytes replaced (tg_utf8.h). */
+        if (res != CURLE_OK) {
+            const char *m = rq->rq_fb_timeout ? "no first byte in time"
+                            : rq->rq_curlerr[0] ? rq->rq_curlerr
+                                                : curl_easy_strerror(res);
+            tg_utf8_clean(a->at_msg, sizeof a->at_msg, m, strlen(m));
+        } else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
+            char body[121];
+            tg_utf8_clean(body, sizeof body, rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len);
+            snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %s", rq->rq_up_status, body);
+        }
     }
     drop_easy(rq);
     int ok = cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE || cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
@@ -1414,6 +1563,10 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
         if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
             rq->rq_final_class = cls;
             snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
+            /* The client must be able to tell truncation from completion:
+             * the stream ends with an error event (the SDKs raise it). */
+            if (rq->rq_c && stream_error_event(rq, &rq->rq_tail) != 0)
+                TG_LOG(TG_LOG_WARN, "agent", "request %s: no room for the stream's error event", rq->rq_id);
         }
         if (rq->rq_c) {
             tg_front_stream_end(rq->rq_c, rq->rq_tail.b_data, rq->rq_tail.b_len);
@@ -1424,18 +1577,18 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
-        send_buffered(rq, 200);
+        if (rq->rq_json_stream)
+            send_as_stream(rq);
+        else
+            send_buffered(rq, 200);
         finish(rq);
         return;
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX) {
-        /* The provider refused the request itself: its OpenAI-shaped error
-         * goes to the client unchanged; another channel would refuse too. */
+        /* The provider refused the request itself: another channel would
+         * refuse it too. */
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL;
-        rq->rq_final_class = cls;
-        snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
-        send_buffered(rq, (int)rq->rq_up_status);
-        finish(rq);
+        upstream_refused(rq, a);
         return;
     }
     if (cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED) {
@@ -1788,6 +1941,15 @@ static void plain(tg_front_conn_t *hr, int status, const char *text)
     tg_front_reply(hr, status, text, strlen(text));
 }
 
+/* A client header's value for the record: at most 256 bytes, valid UTF-8
+ * (tg_utf8.h). NULL when out of memory. */
+static const char *header_text(tg_pool_t *pool, const char *v)
+{
+    char s[3 * 256 + 1];
+    size_t n = tg_utf8_clean(s, sizeof s, v, strnlen(v, 256));
+    return tg_pool_strndup(pool, s, n);
+}
+
 void tg_req_handle(tg_front_conn_t *hr, void *arg)
 {
     worker_t *w = arg;
@@ -1868,8 +2030,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     link_req(rq);
     const char *run = tg_front_header(hr, "X-Tollgate-Run");
     const char *ua = tg_front_header(hr, "User-Agent");
-    rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
-    rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
+    rq->rq_run = run ? header_text(pool, run) : NULL;
+    rq->rq_ua = ua ? header_text(pool, ua) : NULL;
     client_ip(rq);
     if (post)
         handle_post(rq);

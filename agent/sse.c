@@ -1,13 +1,15 @@
-/* sse.c: server-sent events as they pass through the agent, and the usage
- * numbers in OpenAI answers. The splitter cuts the upstream byte stream at
- * event boundaries so each event can be forwarded (or hidden: the extra
- * usage chunk the gateway asked for on the client's behalf) the moment it
- * is complete; the scanners here look for a few bytes, they never build a
- * JSON tree. */
+/* sse.c: server-sent events as they pass through the agent. The splitter
+ * cuts the upstream byte stream at event boundaries so each event can be
+ * forwarded (or hidden: the extra usage chunk the gateway asked for on the
+ * client's behalf) the moment it is complete; the readers walk an event's
+ * data with json.h's cursor and take each field only where the protocol
+ * puts it (a chat chunk's top-level usage and choices[i].delta, a
+ * Responses event's top-level type and response.usage). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent/agent_int.h"
+#include "agent/json.h"
 
 void tg_sse_init(tg_sse_t *s, size_t max_event)
 {
@@ -69,226 +71,498 @@ int tg_sse_feed(tg_sse_t *s, const char *p, size_t n, int (*on_event)(void *, co
     return 0;
 }
 
-/* Finds `"name"` followed by ':' at any depth; returns the offset of the
- * value's first byte or -1. A textual search: good enough for the fixed
- * shapes of provider answers, and it never mistakes a string's content for
- * a key because a key is followed by a colon outside quotes only. */
-static long find_key(const char *p, size_t n, const char *name)
+/* The JSON of an event's data line: after "data:" and one optional space,
+ * to the end of that line. 0 when the event has no data line. */
+static int data_line(const char *ev, size_t n, const char **d, size_t *dn)
 {
-    size_t k = strlen(name);
-    int in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-            continue;
-        }
-        if (c != '"')
-            continue;
-        if (i + k + 1 < n && memcmp(p + i + 1, name, k) == 0 && p[i + k + 1] == '"') {
-            size_t j = i + k + 2;
-            while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
-                j++;
-            if (j < n && p[j] == ':') {
-                j++;
-                while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
-                    j++;
-                return (long)j;
-            }
-        }
-        in_str = 1;
-    }
-    return -1;
-}
-
-/* Length of the object or array starting at p[0] ('{' or '['), 0 if it
- * does not close within n. */
-static size_t span_len(const char *p, size_t n)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth == 0)
-                return i + 1;
-        }
-    }
-    return 0;
-}
-
-int tg_sse_classify(const char *ev, size_t evlen, const char **usage, size_t *usage_len)
-{
-    const char *d = NULL;
-    for (size_t i = 0; i + 5 <= evlen; i++) {
+    for (size_t i = 0; i + 5 <= n; i++) {
         if ((i == 0 || ev[i - 1] == '\n') && memcmp(ev + i, "data:", 5) == 0) {
-            d = ev + i + 5;
-            break;
+            size_t s = i + 5, e;
+            if (s < n && ev[s] == ' ')
+                s++;
+            for (e = s; e < n && ev[e] != '\n' && ev[e] != '\r'; e++)
+                ;
+            *d = ev + s;
+            *dn = e - s;
+            return 1;
         }
-    }
-    if (!d)
-        return 0;
-    size_t n = evlen - (size_t)(d - ev);
-    while (n && *d == ' ') {
-        d++;
-        n--;
-    }
-    if (n >= 6 && memcmp(d, "[DONE]", 6) == 0)
-        return 2;
-    long c = find_key(d, n, "choices");
-    if (c < 0 || d[c] != '[')
-        return 0;
-    size_t j = (size_t)c + 1;
-    while (j < n && (d[j] == ' ' || d[j] == '\n'))
-        j++;
-    if (j >= n || d[j] != ']')
-        return 0;
-    long u = find_key(d, n, "usage");
-    if (u < 0 || d[u] != '{')
-        return 0;
-    size_t ul = span_len(d + u, n - (size_t)u);
-    if (!ul)
-        return 0;
-    *usage = d + u;
-    *usage_len = ul;
-    return 1;
-}
-
-static long num_at(const char *p, size_t n, const char *name)
-{
-    long at = find_key(p, n, name);
-    if (at < 0 || (size_t)at >= n || p[at] < '0' || p[at] > '9')
-        return -1;
-    long v = 0;
-    for (size_t i = (size_t)at; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
-        if (v > (long)1e15)
-            return -1;
-        v = v * 10 + (p[i] - '0');
-    }
-    return v;
-}
-
-/* The value of the first of two alternative keys: OpenAI's chat and
- * embeddings name the counts prompt_/completion_tokens, the Responses and
- * Images APIs input_/output_tokens. */
-static long num_either(const char *p, size_t n, const char *a, const char *b)
-{
-    long v = num_at(p, n, a);
-    return v >= 0 ? v : num_at(p, n, b);
-}
-
-static long detail(const char *json, size_t len, const char *a, const char *b, const char *name)
-{
-    long d = find_key(json, len, a);
-    if (d < 0 || json[d] != '{')
-        d = find_key(json, len, b);
-    if (d < 0 || json[d] != '{')
-        return -1;
-    size_t l = span_len(json + d, len - (size_t)d);
-    return num_at(json + d, l, name);
-}
-
-int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
-{
-    u->us_prompt = num_either(json, len, "prompt_tokens", "input_tokens");
-    u->us_completion = num_either(json, len, "completion_tokens", "output_tokens");
-    u->us_cached = detail(json, len, "prompt_tokens_details", "input_tokens_details", "cached_tokens");
-    u->us_reasoning = detail(json, len, "completion_tokens_details", "output_tokens_details", "reasoning_tokens");
-    return (u->us_prompt < 0 && u->us_completion < 0) ? TG_AGENT_EJSON : 0;
-}
-
-long tg_agent_count_array(const char *json, size_t len, const char *key)
-{
-    long at = find_key(json, len, key);
-    if (at < 0 || json[at] != '[')
-        return -1;
-    const char *p = json + at;
-    size_t n = len - (size_t)at;
-    long count = 0;
-    int depth = 0, in_str = 0, empty = 1;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-            continue;
-        }
-        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
-            continue;
-        if (depth == 1 && empty && c != ']')
-            empty = 0, count = 1;
-        if (c == '"')
-            in_str = 1;
-        else if (c == '{' || c == '[')
-            depth++;
-        else if (c == '}' || c == ']') {
-            if (--depth == 0)
-                return count;
-        } else if (c == ',' && depth == 1)
-            count++;
-    }
-    return -1;
-}
-
-int tg_agent_find_usage(const char *body, size_t len, const char **p, size_t *n)
-{
-    size_t i = 0;
-    while (i < len && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t'))
-        i++;
-    if (i >= len || body[i] != '{')
-        return TG_AGENT_EJSON;
-    /* The usage object of a chat answer is top-level; nested "usage" keys
-     * (none in the OpenAI shapes) would be found first only if they came
-     * earlier, which the API's field order rules out. */
-    long u = find_key(body + i, len - i, "usage");
-    if (u < 0 || body[i + (size_t)u] != '{')
-        return 0;
-    size_t l = span_len(body + i + u, len - i - (size_t)u);
-    if (!l)
-        return TG_AGENT_EJSON;
-    *p = body + i + u;
-    *n = l;
-    return 1;
-}
-
-int tg_agent_collect_key(const char *json, size_t n, const char *key, tg_buf_t *out)
-{
-    size_t at = 0;
-    while (at < n) {
-        long v = find_key(json + at, n - at, key);
-        if (v < 0)
-            break;
-        size_t pos = at + (size_t)v;
-        if (json[pos] != '"') {
-            at = pos;
-            continue;
-        }
-        size_t used = 0;
-        int rc = tg_agent_json_decode(json + pos, n - pos, out, &used);
-        if (rc == TG_AGENT_ETOOBIG)
-            return rc;
-        if (rc)
-            break;
-        at = pos + used;
     }
     return 0;
 }
 
-int tg_agent_collect_text(const char *json, size_t n, tg_buf_t *out)
+/* The event's `event:` line value into out (NUL-terminated), "" if none. */
+static void event_name(const char *ev, size_t n, char *out, size_t outlen)
 {
-    int rc = tg_agent_collect_key(json, n, "content", out);
-    return rc ? rc : tg_agent_collect_key(json, n, "arguments", out);
+    out[0] = '\0';
+    if (n < 6 || memcmp(ev, "event:", 6) != 0)
+        return;
+    size_t s = 6, e;
+    while (s < n && ev[s] == ' ')
+        s++;
+    for (e = s; e < n && ev[e] != '\n' && ev[e] != '\r'; e++)
+        ;
+    size_t k = e - s < outlen - 1 ? e - s : outlen - 1;
+    memcpy(out, ev + s, k);
+    out[k] = '\0';
+}
+
+/* The string value at the cursor appended to text (when text is set and
+ * the value is a string), else skipped. */
+static int take_text(tg_json_t *j, tg_buf_t *text)
+{
+    if (!text || tg_json_peek(j) != TG_JSON_STRING)
+        return tg_json_skip(j);
+    size_t at = j->j_pos;
+    int rc = tg_json_string(j, text);
+    if (rc != TG_AGENT_ETOOBIG)
+        return rc;
+    /* past text's cap the count stays partial; the walk goes on */
+    j->j_pos = at;
+    return tg_json_skip(j);
+}
+
+/* The value at the cursor, an object or null: points *p at an object's
+ * bytes. */
+static int object_span(tg_json_t *j, const char **p, size_t *n)
+{
+    int t = tg_json_peek(j);
+    size_t s = j->j_pos;
+    int rc = tg_json_skip(j);
+    if (rc == 0 && t == TG_JSON_OBJECT) {
+        *p = j->j_p + s;
+        *n = j->j_pos - s;
+    }
+    return rc;
+}
+
+/* ---- chat: choices[i].{delta,message}.{content,tool_calls[k].function.arguments} */
+
+typedef struct walk {
+    const char *w_inner;  /* "delta" (chunk) or "message" (answer) */
+    tg_buf_t *w_text;     /* produced text; NULL: not wanted */
+    char *w_finish;       /* first finish_reason */
+    size_t w_finlen;
+} walk_t;
+
+static int fn_member(tg_json_t *j, const char *name, void *arg)
+{
+    return strcmp(name, "arguments") == 0 ? take_text(j, arg) : tg_json_skip(j);
+}
+
+static int call_member(tg_json_t *j, const char *name, void *arg)
+{
+    return strcmp(name, "function") == 0 ? tg_json_members(j, fn_member, arg) : tg_json_skip(j);
+}
+
+static int message_member(tg_json_t *j, const char *name, void *arg)
+{
+    walk_t *w = arg;
+    if (strcmp(name, "content") == 0)
+        return take_text(j, w->w_text);
+    if (strcmp(name, "tool_calls") == 0)
+        return tg_json_objects(j, call_member, w->w_text, NULL);
+    return tg_json_skip(j);
+}
+
+static int choice_member(tg_json_t *j, const char *name, void *arg)
+{
+    walk_t *w = arg;
+    if (strcmp(name, "finish_reason") == 0 && !w->w_finish[0] && tg_json_peek(j) == TG_JSON_STRING)
+        return tg_json_string_to(j, w->w_finish, w->w_finlen, NULL);
+    if (strcmp(name, w->w_inner) == 0)
+        return tg_json_members(j, message_member, w);
+    return tg_json_skip(j);
+}
+
+typedef struct chunk_ctx {
+    tg_chunk_t *cc_ck;
+    walk_t cc_walk;
+    long cc_choices; /* elements of "choices"; -1: none yet */
+} chunk_ctx_t;
+
+static int chunk_member(tg_json_t *j, const char *name, void *arg)
+{
+    chunk_ctx_t *c = arg;
+    if (strcmp(name, "choices") == 0 && c->cc_choices < 0)
+        return tg_json_objects(j, choice_member, &c->cc_walk, &c->cc_choices);
+    if (strcmp(name, "usage") == 0 && !c->cc_ck->ck_usage)
+        return object_span(j, &c->cc_ck->ck_usage, &c->cc_ck->ck_usage_len);
+    c->cc_ck->ck_error |= strcmp(name, "error") == 0;
+    return tg_json_skip(j);
+}
+
+int tg_sse_chunk(const char *ev, size_t evlen, tg_chunk_t *ck, tg_buf_t *text)
+{
+    const char *d;
+    size_t dn;
+    memset(ck, 0, sizeof *ck);
+    if (!data_line(ev, evlen, &d, &dn))
+        return 0;
+    if (dn >= 6 && memcmp(d, "[DONE]", 6) == 0) {
+        ck->ck_kind = TG_CHUNK_DONE;
+        return 0;
+    }
+    chunk_ctx_t c = {ck, {"delta", text, ck->ck_finish, sizeof ck->ck_finish}, -1};
+    tg_json_t j;
+    tg_json_init(&j, d, dn, NULL, 0);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, chunk_member, &c) != 0 || tg_json_end(&j) != 0) {
+        memset(ck, 0, sizeof *ck);
+        return TG_AGENT_EJSON;
+    }
+    ck->ck_kind = TG_CHUNK_DATA;
+    ck->ck_usage_only = c.cc_choices == 0 && ck->ck_usage;
+    return 0;
+}
+
+/* ---- Responses events: top-level type, delta, response.usage ------------ */
+
+typedef struct resp_ctx {
+    tg_resp_event_t *rc_re;
+    const char *rc_resp;   /* the "response" object */
+    size_t rc_resp_len;
+    size_t rc_delta;       /* offset of the "delta" string; 0: none */
+} resp_ctx_t;
+
+static int resp_member(tg_json_t *j, const char *name, void *arg)
+{
+    resp_ctx_t *c = arg;
+    if (strcmp(name, "type") == 0 && tg_json_peek(j) == TG_JSON_STRING)
+        return tg_json_string_to(j, c->rc_re->re_type, sizeof c->rc_re->re_type, NULL);
+    if (strcmp(name, "response") == 0 && !c->rc_resp)
+        return object_span(j, &c->rc_resp, &c->rc_resp_len);
+    if (strcmp(name, "delta") == 0 && !c->rc_delta && tg_json_peek(j) == TG_JSON_STRING)
+        c->rc_delta = j->j_pos; /* decoded once the type is known */
+    return tg_json_skip(j);
+}
+
+int tg_sse_resp_event(const char *ev, size_t evlen, tg_resp_event_t *re, tg_buf_t *text)
+{
+    const char *d;
+    size_t dn;
+    memset(re, 0, sizeof *re);
+    event_name(ev, evlen, re->re_type, sizeof re->re_type);
+    if (!data_line(ev, evlen, &d, &dn))
+        return 0;
+    resp_ctx_t c = {re, NULL, 0, 0};
+    tg_json_t j;
+    tg_json_init(&j, d, dn, NULL, 0);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, resp_member, &c) != 0 || tg_json_end(&j) != 0)
+        return TG_AGENT_EJSON;
+    re->re_final = strcmp(re->re_type, "response.completed") == 0 ||
+                   strcmp(re->re_type, "response.incomplete") == 0 || strcmp(re->re_type, "response.failed") == 0;
+    if (re->re_final && c.rc_resp) {
+        tg_json_t r;
+        tg_json_init(&r, c.rc_resp, c.rc_resp_len, NULL, 0);
+        if (tg_json_enter(&r) == 0 && tg_json_find(&r, "usage") == 1)
+            object_span(&r, &re->re_usage, &re->re_usage_len);
+    }
+    if (c.rc_delta && (strcmp(re->re_type, "response.output_text.delta") == 0 ||
+                       strcmp(re->re_type, "response.function_call_arguments.delta") == 0)) {
+        tg_json_init(&j, d + c.rc_delta, dn - c.rc_delta, NULL, 0);
+        return take_text(&j, text) == TG_AGENT_EJSON ? TG_AGENT_EJSON : 0;
+    }
+    return 0;
+}
+
+/* ---- answers -------------------------------------------------------------- */
+
+/* Appends every string under the value at the cursor (any depth) to out,
+ * except the values of members that name a kind or an id rather than
+ * text. */
+static int all_strings(tg_json_t *j, tg_buf_t *out);
+
+static int string_member(tg_json_t *j, const char *name, void *arg)
+{
+    static const char *const not_text[] = {"type", "role", "id", "call_id", "status", "detail", "format", "name"};
+    for (size_t i = 0; i < sizeof not_text / sizeof not_text[0]; i++)
+        if (strcmp(name, not_text[i]) == 0)
+            return tg_json_skip(j);
+    return all_strings(j, arg);
+}
+
+static int all_strings(tg_json_t *j, tg_buf_t *out)
+{
+    int t = tg_json_peek(j), rc;
+    if (t == TG_JSON_STRING)
+        return take_text(j, out);
+    if (t == TG_JSON_OBJECT)
+        return tg_json_members(j, string_member, out);
+    if (t != TG_JSON_ARRAY)
+        return tg_json_skip(j);
+    if ((rc = tg_json_enter(j)) != 0)
+        return rc;
+    while ((rc = tg_json_next(j, NULL, 0)) == 1)
+        if ((rc = all_strings(j, out)) != 0)
+            return rc;
+    return rc;
+}
+
+static int prompt_member(tg_json_t *j, const char *name, void *arg)
+{
+    if (strcmp(name, "input") == 0 || strcmp(name, "prompt") == 0 || strcmp(name, "instructions") == 0)
+        return all_strings(j, arg);
+    return tg_json_skip(j);
+}
+
+int tg_agent_prompt_text(const char *body, size_t len, tg_buf_t *out)
+{
+    tg_json_t j;
+    tg_json_init(&j, body, len, NULL, 0);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT)
+        return TG_AGENT_EJSON;
+    return tg_json_members(&j, prompt_member, out);
+}
+
+/* A Responses answer's output[i]: the text of output_text parts and the
+ * arguments of function calls. */
+static int part_member(tg_json_t *j, const char *name, void *arg)
+{
+    return strcmp(name, "text") == 0 ? take_text(j, arg) : tg_json_skip(j);
+}
+
+static int output_member(tg_json_t *j, const char *name, void *arg)
+{
+    if (strcmp(name, "arguments") == 0)
+        return take_text(j, arg);
+    if (strcmp(name, "content") == 0)
+        return tg_json_objects(j, part_member, arg, NULL);
+    return tg_json_skip(j);
+}
+
+typedef struct answer_ctx {
+    tg_answer_t *ac_an;
+    int ac_kind;
+    walk_t ac_walk;
+    long ac_choices;
+} answer_ctx_t;
+
+static int answer_member(tg_json_t *j, const char *name, void *arg)
+{
+    answer_ctx_t *c = arg;
+    tg_answer_t *an = c->ac_an;
+    if (strcmp(name, "usage") == 0 && !an->an_usage)
+        return object_span(j, &an->an_usage, &an->an_usage_len);
+    if (c->ac_kind == TG_ANSWER_CHAT && strcmp(name, "choices") == 0 && c->ac_choices < 0)
+        return tg_json_objects(j, choice_member, &c->ac_walk, &c->ac_choices);
+    if (c->ac_kind == TG_ANSWER_RESPONSES && strcmp(name, "output") == 0)
+        return tg_json_objects(j, output_member, c->ac_walk.w_text, NULL);
+    if (c->ac_kind == TG_ANSWER_RESPONSES && strcmp(name, "status") == 0 && !an->an_finish[0] &&
+        tg_json_peek(j) == TG_JSON_STRING)
+        return tg_json_string_to(j, an->an_finish, sizeof an->an_finish, NULL);
+    if (c->ac_kind == TG_ANSWER_IMAGES && strcmp(name, "data") == 0 && an->an_images < 0 &&
+        tg_json_peek(j) == TG_JSON_ARRAY) {
+        int rc = tg_json_enter(j);
+        an->an_images = 0;
+        while (rc == 0 && (rc = tg_json_next(j, NULL, 0)) == 1 && (rc = tg_json_skip(j)) == 0)
+            an->an_images++;
+        return rc;
+    }
+    return tg_json_skip(j);
+}
+
+int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_buf_t *text, char *err,
+                    size_t errlen)
+{
+    tg_json_t j;
+    int rc;
+    memset(an, 0, sizeof *an);
+    an->an_images = -1;
+    answer_ctx_t c = {an, kind, {"message", text, an->an_finish, sizeof an->an_finish}, -1};
+    tg_json_init(&j, body, len, err, errlen);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT)
+        return tg_errf(err, errlen, TG_AGENT_EJSON, "the answer is not a JSON object");
+    if ((rc = tg_json_members(&j, answer_member, &c)) != 0)
+        return rc;
+    return tg_json_end(&j);
+}
+
+/* ---- an answer turned into a stream ------------------------------------------ *
+ * An upstream that ignored stream: true answers with JSON. Its client
+ * asked for SSE, so the answer is re-cut as the stream it would have been:
+ * one chunk per choice's whole delta (tool calls with their index), the
+ * usage chunk when the client asked for it, [DONE]; or, for Responses, the
+ * one final event carrying the whole response. */
+
+typedef struct span {
+    size_t s_at, s_len; /* s_len 0: absent */
+} span_t;
+
+/* Appends body[s] with line breaks (whitespace between tokens of valid
+ * JSON: inside strings they are escaped) turned into spaces, so it fits
+ * one data line. */
+static int put_span(tg_buf_t *out, const char *body, span_t s)
+{
+    size_t run = s.s_at, end = s.s_at + s.s_len;
+    for (size_t i = s.s_at; i < end; i++) {
+        if (body[i] != '\n' && body[i] != '\r')
+            continue;
+        if (tg_buf_append(out, body + run, i - run) || tg_buf_append(out, " ", 1))
+            return TG_AGENT_ETOOBIG;
+        run = i + 1;
+    }
+    return tg_buf_append(out, body + run, end - run) ? TG_AGENT_ETOOBIG : 0;
+}
+
+static int value_span(tg_json_t *j, span_t *s)
+{
+    tg_json_peek(j);
+    s->s_at = j->j_pos;
+    int rc = tg_json_skip(j);
+    s->s_len = j->j_pos - s->s_at;
+    return rc;
+}
+
+typedef struct conv {
+    const char *cv_body;
+    tg_buf_t *cv_out;
+    span_t cv_index, cv_finish, cv_content;
+    long cv_calls;
+} conv_t;
+
+static int conv_call(tg_json_t *j, conv_t *c)
+{
+    span_t s;
+    int rc = value_span(j, &s);
+    if (rc || c->cv_body[s.s_at] != '{')
+        return rc;
+    /* the element's members, with the index a stream's tool call carries */
+    if (tg_buf_printf(c->cv_out, "%s{\"index\":%ld", c->cv_calls ? "," : "", c->cv_calls))
+        return TG_AGENT_ETOOBIG;
+    c->cv_calls++;
+    tg_json_t in;
+    tg_json_init(&in, c->cv_body + s.s_at + 1, s.s_len - 1, NULL, 0);
+    if (tg_json_peek(&in) != TG_JSON_END && c->cv_body[s.s_at + 1 + in.j_pos] != '}' &&
+        tg_buf_append(c->cv_out, ",", 1))
+        return TG_AGENT_ETOOBIG;
+    return put_span(c->cv_out, c->cv_body, (span_t){s.s_at + 1, s.s_len - 1});
+}
+
+static int conv_message(tg_json_t *j, const char *name, void *arg)
+{
+    conv_t *c = arg;
+    int rc;
+    if (strcmp(name, "content") == 0)
+        return value_span(j, &c->cv_content);
+    if (strcmp(name, "tool_calls") != 0 || tg_json_peek(j) != TG_JSON_ARRAY)
+        return tg_json_skip(j);
+    if (tg_buf_puts(c->cv_out, ",\"tool_calls\":[") || (rc = tg_json_enter(j)) != 0)
+        return TG_AGENT_ETOOBIG;
+    while ((rc = tg_json_next(j, NULL, 0)) == 1)
+        if ((rc = conv_call(j, c)) != 0)
+            return rc;
+    return rc ? rc : (tg_buf_puts(c->cv_out, "]") ? TG_AGENT_ETOOBIG : 0);
+}
+
+static int conv_choice(tg_json_t *j, const char *name, void *arg)
+{
+    conv_t *c = arg;
+    if (strcmp(name, "index") == 0)
+        return value_span(j, &c->cv_index);
+    if (strcmp(name, "finish_reason") == 0)
+        return value_span(j, &c->cv_finish);
+    if (strcmp(name, "message") == 0)
+        return tg_json_members(j, conv_message, c);
+    return tg_json_skip(j);
+}
+
+typedef struct conv_top {
+    span_t ct_id, ct_created, ct_model, ct_choices, ct_usage, ct_status;
+} conv_top_t;
+
+static int conv_top_member(tg_json_t *j, const char *name, void *arg)
+{
+    conv_top_t *t = arg;
+    span_t *s = strcmp(name, "id") == 0        ? &t->ct_id
+                : strcmp(name, "created") == 0 ? &t->ct_created
+                : strcmp(name, "model") == 0   ? &t->ct_model
+                : strcmp(name, "choices") == 0 ? &t->ct_choices
+                : strcmp(name, "usage") == 0   ? &t->ct_usage
+                : strcmp(name, "status") == 0  ? &t->ct_status
+                                               : NULL;
+    return s ? value_span(j, s) : tg_json_skip(j);
+}
+
+/* The chunk head: {"id":..,"object":"chat.completion.chunk","created":..,"model":.. */
+static int chunk_open(tg_buf_t *out, const char *body, const conv_top_t *t)
+{
+    int rc = tg_buf_puts(out, "data: {\"id\":");
+    rc |= t->ct_id.s_len ? put_span(out, body, t->ct_id) : tg_buf_puts(out, "\"\"");
+    rc |= tg_buf_puts(out, ",\"object\":\"chat.completion.chunk\",\"created\":");
+    rc |= t->ct_created.s_len ? put_span(out, body, t->ct_created) : tg_buf_puts(out, "0");
+    rc |= tg_buf_puts(out, ",\"model\":");
+    rc |= t->ct_model.s_len ? put_span(out, body, t->ct_model) : tg_buf_puts(out, "\"\"");
+    return rc ? TG_AGENT_ETOOBIG : 0;
+}
+
+static int chat_to_stream(const char *body, const conv_top_t *t, int include_usage, tg_buf_t *out, tg_buf_t *tail)
+{
+    int rc = chunk_open(out, body, t);
+    rc |= tg_buf_puts(out, ",\"choices\":[");
+    if (rc)
+        return TG_AGENT_ETOOBIG;
+    tg_json_t j;
+    tg_json_init(&j, body + t->ct_choices.s_at, t->ct_choices.s_len, NULL, 0);
+    long k = 0;
+    if (t->ct_choices.s_len && tg_json_peek(&j) == TG_JSON_ARRAY && (rc = tg_json_enter(&j)) == 0) {
+        while ((rc = tg_json_next(&j, NULL, 0)) == 1) {
+            conv_t c;
+            memset(&c, 0, sizeof c);
+            c.cv_body = body + t->ct_choices.s_at;
+            c.cv_out = out;
+            /* the delta's members go straight out; the rest after them */
+            if (tg_buf_printf(out, "%s{\"delta\":{\"role\":\"assistant\"", k ? "," : ""))
+                return TG_AGENT_ETOOBIG;
+            if ((rc = tg_json_members(&j, conv_choice, &c)) != 0)
+                return rc;
+            if (c.cv_content.s_len &&
+                (tg_buf_puts(out, ",\"content\":") || put_span(out, c.cv_body, c.cv_content)))
+                return TG_AGENT_ETOOBIG;
+            if (tg_buf_puts(out, "},\"index\":") ||
+                (c.cv_index.s_len ? put_span(out, c.cv_body, c.cv_index) : tg_buf_printf(out, "%ld", k)) ||
+                tg_buf_puts(out, ",\"finish_reason\":") ||
+                (c.cv_finish.s_len ? put_span(out, c.cv_body, c.cv_finish) : tg_buf_puts(out, "null")) ||
+                tg_buf_puts(out, "}"))
+                return TG_AGENT_ETOOBIG;
+            k++;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (tg_buf_puts(out, "]}\n\n"))
+        return TG_AGENT_ETOOBIG;
+    if (include_usage && t->ct_usage.s_len) {
+        if (chunk_open(out, body, t) || tg_buf_puts(out, ",\"choices\":[],\"usage\":") ||
+            put_span(out, body, t->ct_usage) || tg_buf_puts(out, "}\n\n"))
+            return TG_AGENT_ETOOBIG;
+    }
+    return tg_buf_puts(tail, "data: [DONE]\n\n") ? TG_AGENT_ETOOBIG : 0;
+}
+
+int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage, tg_buf_t *out, tg_buf_t *tail)
+{
+    conv_top_t t;
+    tg_json_t j;
+    memset(&t, 0, sizeof t);
+    tg_json_init(&j, body, len, NULL, 0);
+    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, conv_top_member, &t) != 0 ||
+        tg_json_end(&j) != 0)
+        return TG_AGENT_EJSON;
+    if (kind == TG_ANSWER_CHAT)
+        return chat_to_stream(body, &t, include_usage, out, tail);
+    /* Responses: the final event of its status, carrying the whole response */
+    const char *type = "response.completed";
+    if (t.ct_status.s_len == 12 && memcmp(body + t.ct_status.s_at, "\"incomplete\"", 12) == 0)
+        type = "response.incomplete";
+    else if (t.ct_status.s_len == 8 && memcmp(body + t.ct_status.s_at, "\"failed\"", 8) == 0)
+        type = "response.failed";
+    int rc = tg_buf_printf(tail, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":0,\"response\":", type, type);
+    size_t s = 0;
+    while (s < len && body[s] != '{')
+        s++;
+    size_t e = len;
+    while (e > s && body[e - 1] != '}')
+        e--;
+    rc |= put_span(tail, body, (span_t){s, e - s});
+    rc |= tg_buf_puts(tail, "}\n\n");
+    return rc ? TG_AGENT_ETOOBIG : 0;
 }

@@ -14,6 +14,7 @@ const char *tg_agent_strerror(int code)
     case TG_AGENT_ESYS: return "system call failed";
     case TG_AGENT_EUSAGE: return "bad command line";
     case TG_AGENT_EFULL: return "usage outbox full";
+    case TG_AGENT_ERANGE: return "number out of range";
     case TG_AGENT_ELAST: break;
     }
     return "unknown error";

@@ -35,7 +35,8 @@ enum tg_agent_error {
     TG_AGENT_ESYS = -705,      /* a system call failed (socket, bind, thread, file) */
     TG_AGENT_EUSAGE = -706,    /* bad command line */
     TG_AGENT_EFULL = -707,     /* the usage outbox is full */
-    TG_AGENT_ELAST = -708      /* sentinel, not an error */
+    TG_AGENT_ERANGE = -708,    /* a number is not a count the gateway accepts */
+    TG_AGENT_ELAST = -709      /* sentinel, not an error */
 };
 
 /* Names an error code. Never NULL. */

@@ -59,6 +59,9 @@ typedef struct scan {
     enum key k[MAX_LVL + 1];    /* key in effect at each level (1..MAX_LVL) */
     int is_arr[MAX_LVL + 1];    /* the container at that level is an array */
     int tool_idx;               /* index of the tools[] element being read */
+    yajl_handle h;              /* for the offsets of the "tools" value */
+    size_t tools_at;            /* where the top-level "tools" value starts */
+    const char *body;
 } scan_t;
 
 static enum key lookup(const unsigned char *s, size_t n) {
@@ -156,6 +159,8 @@ static int open_container(scan_t *s, int arr) {
     } else if (s->lvl == 0) {
         return 0; /* a second top-level value */
     }
+    if (s->lvl == 1 && s->k[1] == K_TOOLS)
+        s->tools_at = yajl_get_bytes_consumed(s->h) - 1;
     s->lvl++;
     if (s->lvl <= MAX_LVL) {
         s->k[s->lvl] = K_OTHER;
@@ -169,6 +174,13 @@ static int cb_start_array(void *ctx) { return open_container(ctx, 1); }
 
 static int cb_end(void *ctx) {
     scan_t *s = ctx;
+    if (s->lvl == 2 && s->k[1] == K_TOOLS) {
+        size_t end = yajl_get_bytes_consumed(s->h), n = end - s->tools_at;
+        if (end > s->tools_at && n < TG_MOCK_TOOLS_JSON_MAX) {
+            memcpy(s->rq->rq_tools_json, s->body + s->tools_at, n);
+            s->rq->rq_tools_json[n] = '\0';
+        }
+    }
     s->lvl--;
     return 1;
 }
@@ -197,6 +209,8 @@ int tg_mock_scan(const char *body, size_t len, tg_mock_req_t *rq, char *err, siz
     s.tool_idx = -1;
 
     h = yajl_alloc(&callbacks, NULL, &s);
+    s.h = h;
+    s.body = body;
     if (h == NULL) {
         rc = tg_errf(err, errlen, TG_MOCK_ENOMEM, "cannot allocate a JSON parser");
         goto fail;
@@ -276,6 +290,8 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"running-usage", offsetof(tg_mock_scn_t, sc_running_usage)},
         {"no-tool", offsetof(tg_mock_scn_t, sc_no_tool)},
         {"close", offsetof(tg_mock_scn_t, sc_close)},
+        {"nested-usage", offsetof(tg_mock_scn_t, sc_nested_usage)},
+        {"ignore-stream", offsetof(tg_mock_scn_t, sc_ignore_stream)},
     };
     int v = 0;
 
@@ -283,6 +299,12 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         if (!has_val || vn == 0 || vn >= TG_MOCK_KEY_MAX) return -1;
         memcpy(sc->sc_key, val, vn);
         sc->sc_key[vn] = '\0';
+        return 0;
+    }
+    if (item_is(name, nn, "report-output")) {
+        if (!has_val || vn == 0 || vn >= sizeof sc->sc_report_output) return -1;
+        memcpy(sc->sc_report_output, val, vn);
+        sc->sc_report_output[vn] = '\0';
         return 0;
     }
     if (item_is(name, nn, "retry-after")) {

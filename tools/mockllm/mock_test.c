@@ -41,6 +41,9 @@ static void test_scan_fields(void **state) {
     assert_string_equal(rq.rq_tool, "get_w");
     /* "user" + "abcd" + tool strings "function","get_w","function","other" */
     assert_int_equal(rq.rq_prompt_bytes, 4 + 4 + 8 + 5 + 8 + 5);
+    /* the tools value verbatim, for Responses answers to echo */
+    assert_string_equal(rq.rq_tools_json, "[{\"type\":\"function\",\"function\":{\"name\":\"get_w\",\"parameters\":{}}},"
+                                          "{\"type\":\"function\",\"function\":{\"name\":\"other\"}}]");
 }
 
 static void test_scan_anthropic_tool_and_escapes(void **state) {
@@ -118,6 +121,11 @@ static void test_scenario_parse(void **state) {
     assert_int_equal(sc.sc_hang, 1);
     assert_int_equal(sc.sc_disconnect, 3);
     assert_int_equal(sc.sc_no_tool, 1);
+    const char *more = "nested-usage;ignore-stream;report-output=2500000000.0";
+    assert_int_equal(tg_mock_scn_parse(&sc, more, strlen(more), err, sizeof err), 0);
+    assert_int_equal(sc.sc_nested_usage, 1);
+    assert_int_equal(sc.sc_ignore_stream, 1);
+    assert_string_equal(sc.sc_report_output, "2500000000.0");
 }
 
 static void test_scenario_overlay_and_defaults(void **state) {

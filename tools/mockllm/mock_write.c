@@ -92,6 +92,14 @@ static tg_mock_plan_t reported(const tg_mock_gen_t *g) {
     return u;
 }
 
+/* The output count of a usage block: the plan's, or report-output's text. */
+static int output_count(struct evbuffer *out, const tg_mock_gen_t *g, long n) {
+    int rc = 0;
+    if (g->gn_scn->sc_report_output[0]) P("%s", g->gn_scn->sc_report_output);
+    else P("%ld", n);
+    return rc;
+}
+
 /* Chat usage; `tokens` >= 0 reports a running total of that many visible
  * tokens per choice (running-usage), -1 the final figures. */
 static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g, long tokens) {
@@ -99,12 +107,13 @@ static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g, long tokens)
     const tg_mock_plan_t *pl = &u;
     long completion = ((tokens >= 0 ? tokens : pl->pl_output) + pl->pl_reasoning) * pl->pl_n;
     int rc = 0;
-    P("{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,\"total_tokens\":%ld,"
+    P("{\"prompt_tokens\":%ld,\"completion_tokens\":", pl->pl_prompt);
+    rc |= output_count(out, g, completion);
+    P(",\"total_tokens\":%ld,"
       "\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
       "\"completion_tokens_details\":{\"reasoning_tokens\":%ld,\"audio_tokens\":0,"
       "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
-      pl->pl_prompt, completion, pl->pl_prompt + completion, pl->pl_cached,
-      pl->pl_reasoning * pl->pl_n);
+      pl->pl_prompt + completion, pl->pl_cached, pl->pl_reasoning * pl->pl_n);
     return rc;
 }
 
@@ -118,6 +127,8 @@ static int chat_json(struct evbuffer *out, const tg_mock_gen_t *g) {
     P("{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion\",\"created\":%ld,\"model\":",
       g->gn_id, g->gn_created);
     rc |= model(out, g);
+    if (g->gn_scn->sc_nested_usage)
+        P(",\"metadata\":{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}");
     P(",\"choices\":[");
     for (int i = 0; i < g->gn_plan.pl_n; i++) {
         P("%s{\"index\":%d,\"message\":{\"role\":\"assistant\",", i ? "," : "", i);
@@ -377,10 +388,11 @@ static int resp_usage(struct evbuffer *out, const tg_mock_gen_t *g) {
     const tg_mock_plan_t *pl = &u;
     long output = pl->pl_output + pl->pl_reasoning;
     int rc = 0;
-    P("{\"input_tokens\":%ld,\"input_tokens_details\":{\"cached_tokens\":%ld},"
-      "\"output_tokens\":%ld,\"output_tokens_details\":{\"reasoning_tokens\":%ld},"
-      "\"total_tokens\":%ld}",
-      pl->pl_prompt, pl->pl_cached, output, pl->pl_reasoning, pl->pl_prompt + output);
+    P("{\"input_tokens\":%ld,\"input_tokens_details\":{\"cached_tokens\":%ld},\"output_tokens\":",
+      pl->pl_prompt, pl->pl_cached);
+    rc |= output_count(out, g, output);
+    P(",\"output_tokens_details\":{\"reasoning_tokens\":%ld},\"total_tokens\":%ld}", pl->pl_reasoning,
+      pl->pl_prompt + output);
     return rc;
 }
 
@@ -423,8 +435,9 @@ static int resp_object(struct evbuffer *out, const tg_mock_gen_t *g, int done) {
     if (done) rc |= resp_item(out, g, 1);
     P("],\"parallel_tool_calls\":true,\"previous_response_id\":null,"
       "\"reasoning\":{\"effort\":null,\"summary\":null},\"store\":true,\"temperature\":1.0,"
-      "\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":[],"
-      "\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":");
+      "\"text\":{\"format\":{\"type\":\"text\"}},\"tool_choice\":\"auto\",\"tools\":%s,"
+      "\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":",
+      g->gn_req->rq_tools_json[0] ? g->gn_req->rq_tools_json : "[]");
     if (done && !g->gn_scn->sc_no_usage) rc |= resp_usage(out, g);
     else P("null");
     P(",\"user\":null,\"metadata\":{}}");

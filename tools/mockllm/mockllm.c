@@ -714,7 +714,7 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     c->c_gen.gn_created = (long)time(NULL);
     c->c_gen.gn_anthropic = header(c, "anthropic-version", &vn) != NULL;
     tg_mock_plan(&c->c_rq, &c->c_scn, &c->c_gen.gn_plan);
-    c->c_stream = c->c_rq.rq_stream &&
+    c->c_stream = c->c_rq.rq_stream && !c->c_scn.sc_ignore_stream &&
                   (proto == TG_MOCK_CHAT || proto == TG_MOCK_MESSAGES || proto == TG_MOCK_RESPONSES);
     c->c_step = 0;
     c->c_waited = 0;

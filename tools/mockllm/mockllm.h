@@ -45,6 +45,7 @@ const char *tg_mock_strerror(int code);
 
 #define TG_MOCK_MODEL_MAX 128
 #define TG_MOCK_TOOL_MAX 64
+#define TG_MOCK_TOOLS_JSON_MAX 8192
 
 /* What the emulator needs from a request body. */
 typedef struct tg_mock_req {
@@ -63,6 +64,9 @@ typedef struct tg_mock_req {
     int rq_base64;                    /* encoding_format "base64" or response_format "b64_json" */
     long rq_prompt_bytes;             /* decoded bytes of string values under the
                                          prompt keys (see tg_mock_scan) */
+    char rq_tools_json[TG_MOCK_TOOLS_JSON_MAX]; /* the top-level "tools" value verbatim,
+                                                   echoed by Responses answers as the real
+                                                   API does; "" when absent or larger */
 } tg_mock_req_t;
 
 /* Scans a JSON request body in one pass and fills *rq. The prompt keys
@@ -102,6 +106,11 @@ typedef struct tg_mock_scn {
                               usage totals (as some OpenAI-compatible providers do) */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
     int sc_close;          /* close: answer with Connection: close and close */
+    int sc_nested_usage;   /* nested-usage: a chat answer carries a second, nested "usage"
+                              object (1 token each) before the top-level one */
+    int sc_ignore_stream;  /* ignore-stream: answer stream: true with the JSON answer */
+    char sc_report_output[32]; /* report-output=TEXT: the output count in usage is written
+                                  as TEXT verbatim (2500000000.0, 1e+30, 5000); "" = the plan's */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
                                      the recording; "" = the default group */
 } tg_mock_scn_t;

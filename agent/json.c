@@ -1,0 +1,472 @@
+/* json.c: the depth-aware JSON cursor (json.h). One validating pass over
+ * the text with no tree and no allocation: containers are entered and left
+ * by the caller, everything else is skipped with the same grammar checks,
+ * so the bytes the gateway reads are the ones a JSON parser downstream
+ * reads (escaped names decode: "\u0075sage" is "usage"). */
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/json.h"
+#include "agent/tg_agent.h"
+#include "base/tg_utf8.h"
+
+static int fail(tg_json_t *j, const char *what)
+{
+    if (j->j_pos >= j->j_len)
+        return tg_errf(j->j_err, j->j_errlen, TG_AGENT_EJSON,
+                       "malformed JSON at byte %zu: unexpected end of input, %s", j->j_pos, what);
+    unsigned char c = (unsigned char)j->j_p[j->j_pos];
+    if (c >= 0x20 && c < 0x7f)
+        return tg_errf(j->j_err, j->j_errlen, TG_AGENT_EJSON, "malformed JSON at byte %zu: unexpected '%c', %s",
+                       j->j_pos, c, what);
+    return tg_errf(j->j_err, j->j_errlen, TG_AGENT_EJSON, "malformed JSON at byte %zu: unexpected byte 0x%02x, %s",
+                   j->j_pos, c, what);
+}
+
+static void ws(tg_json_t *j)
+{
+    while (j->j_pos < j->j_len) {
+        char c = j->j_p[j->j_pos];
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
+            break;
+        j->j_pos++;
+    }
+}
+
+void tg_json_init(tg_json_t *j, const char *p, size_t n, char *err, size_t errlen)
+{
+    memset(j, 0, sizeof *j);
+    j->j_p = p ? p : "";
+    j->j_len = p ? n : 0;
+    j->j_err = err;
+    j->j_errlen = err ? errlen : 0;
+}
+
+int tg_json_peek(tg_json_t *j)
+{
+    ws(j);
+    if (j->j_pos >= j->j_len)
+        return TG_JSON_END;
+    switch (j->j_p[j->j_pos]) {
+    case '{': return TG_JSON_OBJECT;
+    case '[': return TG_JSON_ARRAY;
+    case '"': return TG_JSON_STRING;
+    case 't': return TG_JSON_TRUE;
+    case 'f': return TG_JSON_FALSE;
+    case 'n': return TG_JSON_NULL;
+    case '-': case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9': return TG_JSON_NUMBER;
+    default: return TG_JSON_BAD;
+    }
+}
+
+/* ---- strings ------------------------------------------------------------ */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static size_t put_utf8(char *out, uint32_t cp)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Reads \uXXXX at j_pos (after the backslash-u). */
+static int hex4(tg_json_t *j, uint32_t *cp)
+{
+    if (j->j_len - j->j_pos < 4)
+        return fail(j, "expected 4 hex digits after \\u");
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(j->j_p[j->j_pos]);
+        if (h < 0)
+            return fail(j, "expected a hex digit in \\u escape");
+        v = (v << 4) | (uint32_t)h;
+        j->j_pos++;
+    }
+    *cp = v;
+    return 0;
+}
+
+/* Scans the string at the cursor (its opening quote). Decoded bytes go to
+ * sink (when set), else to out[0..outlen) (when set: truncated, NUL-
+ * terminated, *trunc set when they did not fit). */
+static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *trunc)
+{
+    size_t o = 0;
+    char tmp[4];
+    if (j->j_pos >= j->j_len || j->j_p[j->j_pos] != '"')
+        return fail(j, "expected a string");
+    j->j_pos++;
+    for (;;) {
+        if (j->j_pos >= j->j_len)
+            return fail(j, "unterminated string");
+        unsigned char c = (unsigned char)j->j_p[j->j_pos];
+        const char *src = tmp;
+        size_t n;
+        if (c == '"') {
+            j->j_pos++;
+            break;
+        }
+        if (c < 0x20)
+            return fail(j, "control character in string");
+        if (c == '\\') {
+            j->j_pos++;
+            if (j->j_pos >= j->j_len)
+                return fail(j, "unterminated escape");
+            char e = j->j_p[j->j_pos++];
+            switch (e) {
+            case '"': case '\\': case '/': tmp[0] = e; n = 1; break;
+            case 'b': tmp[0] = '\b'; n = 1; break;
+            case 'f': tmp[0] = '\f'; n = 1; break;
+            case 'n': tmp[0] = '\n'; n = 1; break;
+            case 'r': tmp[0] = '\r'; n = 1; break;
+            case 't': tmp[0] = '\t'; n = 1; break;
+            case 'u': {
+                uint32_t cp, lo;
+                int rc = hex4(j, &cp);
+                if (rc)
+                    return rc;
+                if (cp >= 0xd800 && cp <= 0xdbff) {
+                    if (j->j_len - j->j_pos < 2 || j->j_p[j->j_pos] != '\\' || j->j_p[j->j_pos + 1] != 'u')
+                        return fail(j, "expected a low surrogate escape");
+                    j->j_pos += 2;
+                    if ((rc = hex4(j, &lo)) != 0)
+                        return rc;
+                    if (lo < 0xdc00 || lo > 0xdfff)
+                        return fail(j, "expected a low surrogate escape");
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+                    return fail(j, "lone low surrogate escape");
+                }
+                n = put_utf8(tmp, cp);
+                break;
+            }
+            default:
+                j->j_pos--;
+                return fail(j, "invalid escape");
+            }
+        } else if (c < 0x80) {
+            /* a run of plain bytes in one copy */
+            size_t s = j->j_pos;
+            while (j->j_pos < j->j_len) {
+                unsigned char d = (unsigned char)j->j_p[j->j_pos];
+                if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80)
+                    break;
+                j->j_pos++;
+            }
+            src = j->j_p + s;
+            n = j->j_pos - s;
+        } else {
+            n = tg_utf8_seq((const unsigned char *)j->j_p + j->j_pos, j->j_len - j->j_pos);
+            if (n == 0)
+                return fail(j, "invalid UTF-8 in string");
+            src = j->j_p + j->j_pos;
+            j->j_pos += n;
+        }
+        if (sink) {
+            if (tg_buf_append(sink, src, n))
+                return tg_errf(j->j_err, j->j_errlen, TG_AGENT_ETOOBIG, "decoded string too large");
+        } else if (out) {
+            size_t k = o + n < outlen ? n : (outlen > o + 1 ? outlen - o - 1 : 0);
+            if (k < n && (unsigned char)src[0] >= 0x80)
+                k = 0; /* one character: whole or not at all */
+            memcpy(out + o, src, k);
+            o += k;
+            if (k < n && trunc)
+                *trunc = 1;
+        }
+    }
+    if (out && outlen)
+        out[o] = '\0';
+    return 0;
+}
+
+int tg_json_string(tg_json_t *j, tg_buf_t *out)
+{
+    ws(j);
+    return string(j, out, NULL, 0, NULL);
+}
+
+int tg_json_string_to(tg_json_t *j, char *out, size_t outlen, int *trunc)
+{
+    ws(j);
+    if (trunc)
+        *trunc = 0;
+    return string(j, NULL, out, outlen, trunc);
+}
+
+/* ---- numbers and literals ----------------------------------------------- */
+
+/* Steps over a number; *is_int gets whether it is digits only (no sign,
+ * fraction or exponent). */
+static int number(tg_json_t *j, int *is_int)
+{
+    size_t p = j->j_pos;
+    const char *b = j->j_p;
+    size_t n = j->j_len;
+    *is_int = 1;
+    if (p < n && b[p] == '-') {
+        p++;
+        *is_int = 0;
+    }
+    if (p >= n)
+        goto bad;
+    if (b[p] == '0') {
+        p++;
+    } else if (b[p] >= '1' && b[p] <= '9') {
+        while (p < n && b[p] >= '0' && b[p] <= '9')
+            p++;
+    } else {
+        goto bad;
+    }
+    if (p < n && b[p] == '.') {
+        p++;
+        *is_int = 0;
+        if (p >= n || b[p] < '0' || b[p] > '9')
+            goto bad;
+        while (p < n && b[p] >= '0' && b[p] <= '9')
+            p++;
+    }
+    if (p < n && (b[p] == 'e' || b[p] == 'E')) {
+        p++;
+        *is_int = 0;
+        if (p < n && (b[p] == '+' || b[p] == '-'))
+            p++;
+        if (p >= n || b[p] < '0' || b[p] > '9')
+            goto bad;
+        while (p < n && b[p] >= '0' && b[p] <= '9')
+            p++;
+    }
+    j->j_pos = p;
+    return 0;
+bad:
+    j->j_pos = p;
+    return fail(j, "invalid number");
+}
+
+int tg_json_uint(tg_json_t *j, uint64_t max, uint64_t *v)
+{
+    if (tg_json_peek(j) != TG_JSON_NUMBER)
+        return fail(j, "expected a number");
+    size_t s = j->j_pos;
+    int is_int, rc;
+    if ((rc = number(j, &is_int)) != 0)
+        return rc;
+    if (!is_int)
+        return TG_AGENT_ERANGE;
+    uint64_t x = 0;
+    for (size_t i = s; i < j->j_pos; i++) {
+        unsigned d = (unsigned)(j->j_p[i] - '0');
+        if (d > max || x > (max - d) / 10)
+            return TG_AGENT_ERANGE;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return 0;
+}
+
+static int literal(tg_json_t *j, const char *word)
+{
+    size_t n = strlen(word);
+    if (j->j_len - j->j_pos < n || memcmp(j->j_p + j->j_pos, word, n) != 0)
+        return fail(j, "expected a value");
+    j->j_pos += n;
+    return 0;
+}
+
+/* ---- containers ---------------------------------------------------------- */
+
+static int bit(const uint64_t *set, int d)
+{
+    return (int)(set[d >> 6] >> (d & 63) & 1);
+}
+
+static void set_bit(uint64_t *set, int d, int on)
+{
+    if (on)
+        set[d >> 6] |= 1ull << (d & 63);
+    else
+        set[d >> 6] &= ~(1ull << (d & 63));
+}
+
+int tg_json_enter(tg_json_t *j)
+{
+    int t = tg_json_peek(j);
+    if (t != TG_JSON_OBJECT && t != TG_JSON_ARRAY)
+        return fail(j, "expected an object or an array");
+    if (j->j_depth >= TG_JSON_MAX_DEPTH)
+        return fail(j, "nesting deeper than 256");
+    int d = j->j_depth++;
+    set_bit(j->j_arr, d, t == TG_JSON_ARRAY);
+    set_bit(j->j_more, d, 0);
+    j->j_pos++;
+    return 0;
+}
+
+int tg_json_next(tg_json_t *j, char *name, size_t namelen)
+{
+    if (j->j_depth <= 0)
+        return fail(j, "not inside an object or an array");
+    int d = j->j_depth - 1;
+    int arr = bit(j->j_arr, d);
+    char close = arr ? ']' : '}';
+    int rc;
+    ws(j);
+    if (j->j_pos < j->j_len && j->j_p[j->j_pos] == close) {
+        j->j_pos++;
+        j->j_depth--;
+        return 0;
+    }
+    if (bit(j->j_more, d)) {
+        if (j->j_pos >= j->j_len || j->j_p[j->j_pos] != ',')
+            return fail(j, arr ? "expected ',' or ']'" : "expected ',' or '}'");
+        j->j_pos++;
+        ws(j);
+    }
+    set_bit(j->j_more, d, 1);
+    if (arr)
+        return tg_json_peek(j) == TG_JSON_END ? fail(j, "expected a value") : 1;
+    if (j->j_pos >= j->j_len || j->j_p[j->j_pos] != '"')
+        return fail(j, "expected a member name");
+    int trunc = 0;
+    char scratch[1];
+    if (!name || !namelen) {
+        name = scratch;
+        namelen = sizeof scratch;
+    }
+    if ((rc = string(j, NULL, name, namelen, &trunc)) != 0)
+        return rc;
+    if (trunc)
+        name[0] = '\0';
+    ws(j);
+    if (j->j_pos >= j->j_len || j->j_p[j->j_pos] != ':')
+        return fail(j, "expected ':'");
+    j->j_pos++;
+    ws(j);
+    return 1;
+}
+
+int tg_json_find(tg_json_t *j, const char *name)
+{
+    char got[64];
+    int rc;
+    while ((rc = tg_json_next(j, got, sizeof got)) == 1) {
+        if (strcmp(got, name) == 0)
+            return 1;
+        if ((rc = tg_json_skip(j)) != 0)
+            return rc;
+    }
+    return rc;
+}
+
+/* One scalar at the cursor. */
+static int scalar(tg_json_t *j)
+{
+    int is_int;
+    switch (tg_json_peek(j)) {
+    case TG_JSON_STRING: return string(j, NULL, NULL, 0, NULL);
+    case TG_JSON_NUMBER: return number(j, &is_int);
+    case TG_JSON_TRUE: return literal(j, "true");
+    case TG_JSON_FALSE: return literal(j, "false");
+    case TG_JSON_NULL: return literal(j, "null");
+    default: return fail(j, "expected a value");
+    }
+}
+
+int tg_json_skip(tg_json_t *j)
+{
+    int base = j->j_depth, rc;
+    for (;;) {
+        int t = tg_json_peek(j);
+        if (t == TG_JSON_OBJECT || t == TG_JSON_ARRAY)
+            rc = tg_json_enter(j);
+        else
+            rc = scalar(j);
+        if (rc)
+            return rc;
+        /* leave every container that ended; stop at the next value */
+        while (j->j_depth > base) {
+            rc = tg_json_next(j, NULL, 0);
+            if (rc < 0)
+                return rc;
+            if (rc == 1)
+                break;
+        }
+        if (j->j_depth == base)
+            return 0;
+    }
+}
+
+int tg_json_members(tg_json_t *j, tg_json_member_fn fn, void *arg)
+{
+    char name[64];
+    int rc;
+    if (tg_json_peek(j) != TG_JSON_OBJECT)
+        return tg_json_skip(j);
+    if ((rc = tg_json_enter(j)) != 0)
+        return rc;
+    while ((rc = tg_json_next(j, name, sizeof name)) == 1)
+        if ((rc = fn(j, name, arg)) != 0)
+            return rc;
+    return rc;
+}
+
+int tg_json_objects(tg_json_t *j, tg_json_member_fn fn, void *arg, long *count)
+{
+    int rc;
+    long n = 0;
+    if (count)
+        *count = -1;
+    if (tg_json_peek(j) != TG_JSON_ARRAY)
+        return tg_json_skip(j);
+    if ((rc = tg_json_enter(j)) != 0)
+        return rc;
+    while ((rc = tg_json_next(j, NULL, 0)) == 1) {
+        n++;
+        if ((rc = tg_json_members(j, fn, arg)) != 0)
+            return rc;
+    }
+    if (count)
+        *count = n;
+    return rc;
+}
+
+int tg_json_end(tg_json_t *j)
+{
+    return tg_json_peek(j) == TG_JSON_END ? 0 : fail(j, "expected the end of the text after the value");
+}
+
+int tg_json_valid(const char *p, size_t n, char *err, size_t errlen)
+{
+    tg_json_t j;
+    tg_json_init(&j, p, n, err, errlen);
+    int rc = tg_json_skip(&j);
+    return rc ? rc : tg_json_end(&j);
+}

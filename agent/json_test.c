@@ -1,0 +1,141 @@
+/* json_test.c: unit tests of the JSON cursor (json.h): validation, walking
+ * members at the right depth, escaped names, strict counts, limits. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "agent/json.h"
+#include "agent/tg_agent.h"
+
+static int valid(const char *s)
+{
+    char err[TG_ERRLEN] = "";
+    return tg_json_valid(s, strlen(s), err, sizeof err);
+}
+
+static void test_valid(void **st)
+{
+    (void)st;
+    static const char *const good[] = {"{}", "[]", " {\"a\":[1,-2.5e+3,true,false,null,\"x\\u00e9\\ud83d\\ude00\"]} ",
+                                       "0", "\"\"", "[[[[]]]]", "{\"a\":{\"b\":{}},\"c\":[{}]}"};
+    static const char *const bad[] = {"", "{", "{\"a\"}", "{\"a\":1,}", "[1,]", "[,1]", "01", "1.", "-", "1e",
+                                      "{\"a\":1}{", "tru", "\"\x01\"", "\"\xc3\x28\"", "\"\\ud800\"", "\"\\x\"",
+                                      "{1:2}", "[1 2]", "{\"a\" 1}", "\"abc"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_int_equal(valid(good[i]), 0);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(valid(bad[i]), TG_AGENT_EJSON);
+    char err[TG_ERRLEN] = "";
+    assert_int_equal(tg_json_valid("{\"a\":x}", 7, err, sizeof err), TG_AGENT_EJSON);
+    assert_non_null(strstr(err, "at byte 5"));
+    /* nesting: 256 deep is fine, 257 is refused */
+    char deep[600];
+    memset(deep, '[', 256);
+    memset(deep + 256, ']', 256);
+    deep[512] = '\0';
+    assert_int_equal(valid(deep), 0);
+    memset(deep, '[', 257);
+    memset(deep + 257, ']', 257);
+    deep[514] = '\0';
+    assert_int_equal(valid(deep), TG_AGENT_EJSON);
+}
+
+static void test_walk(void **st)
+{
+    (void)st;
+    const char *s = "{\"a\":{\"usage\":1},\"l\":[{\"usage\":2},3],\"\\u0075sage\":{\"n\":4},\"z\":0}";
+    tg_json_t j;
+    char name[16];
+    int rc, seen = 0;
+    tg_json_init(&j, s, strlen(s), NULL, 0);
+    assert_int_equal(tg_json_peek(&j), TG_JSON_OBJECT);
+    assert_int_equal(tg_json_enter(&j), 0);
+    while ((rc = tg_json_next(&j, name, sizeof name)) == 1) {
+        if (strcmp(name, "usage") == 0) {
+            seen++;
+            assert_int_equal(tg_json_enter(&j), 0);
+            assert_int_equal(tg_json_find(&j, "n"), 1);
+            uint64_t v = 0;
+            assert_int_equal(tg_json_uint(&j, 100, &v), 0);
+            assert_int_equal(v, 4);
+            assert_int_equal(tg_json_next(&j, name, sizeof name), 0);
+        } else {
+            assert_int_equal(tg_json_skip(&j), 0);
+        }
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(seen, 1);
+    assert_int_equal(j.j_depth, 0);
+    assert_int_equal(tg_json_end(&j), 0);
+    /* find stops at the end of the object */
+    tg_json_init(&j, "{\"a\":1}", 7, NULL, 0);
+    assert_int_equal(tg_json_enter(&j), 0);
+    assert_int_equal(tg_json_find(&j, "b"), 0);
+    /* a name longer than the buffer matches nothing */
+    tg_json_init(&j, "{\"usage_and_more_than_16\":1}", 28, NULL, 0);
+    assert_int_equal(tg_json_enter(&j), 0);
+    assert_int_equal(tg_json_next(&j, name, sizeof name), 1);
+    assert_string_equal(name, "");
+}
+
+static void test_strings_numbers(void **st)
+{
+    (void)st;
+    tg_json_t j;
+    tg_buf_t b;
+    tg_buf_init(&b, 64);
+    tg_json_init(&j, "\"a\\\"b\\n\\u00e9\"", 14, NULL, 0);
+    assert_int_equal(tg_json_string(&j, &b), 0);
+    assert_int_equal(b.b_len, 6);
+    assert_memory_equal(b.b_data, "a\"b\n\xc3\xa9", 6);
+    tg_buf_free(&b);
+    char small[4];
+    int trunc = 0;
+    tg_json_init(&j, "\"abcdef\"", 8, NULL, 0);
+    assert_int_equal(tg_json_string_to(&j, small, sizeof small, &trunc), 0);
+    assert_string_equal(small, "abc");
+    assert_int_equal(trunc, 1);
+    tg_buf_init(&b, 2);
+    tg_json_init(&j, "\"abcdef\"", 8, NULL, 0);
+    assert_int_equal(tg_json_string(&j, &b), TG_AGENT_ETOOBIG);
+    tg_buf_free(&b);
+    static const struct {
+        const char *t;
+        int rc;
+        uint64_t v;
+    } nums[] = {{"0", 0, 0},
+                {"42", 0, 42},
+                {"9007199254740992", 0, 9007199254740992ull},
+                {"9007199254740993", TG_AGENT_ERANGE, 0},
+                {"99999999999999999999999", TG_AGENT_ERANGE, 0},
+                {"2500000000.0", TG_AGENT_ERANGE, 0},
+                {"1e+30", TG_AGENT_ERANGE, 0},
+                {"-1", TG_AGENT_ERANGE, 0},
+                {"0.5", TG_AGENT_ERANGE, 0},
+                {"\"1\"", TG_AGENT_EJSON, 0},
+                {"1e", TG_AGENT_EJSON, 0}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        uint64_t v = 0;
+        tg_json_init(&j, nums[i].t, strlen(nums[i].t), NULL, 0);
+        assert_int_equal(tg_json_uint(&j, (uint64_t)1 << 53, &v), nums[i].rc);
+        if (nums[i].rc == 0)
+            assert_true(v == nums[i].v);
+        if (nums[i].rc == TG_AGENT_ERANGE)
+            assert_int_equal(j.j_pos, strlen(nums[i].t)); /* stepped over */
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_walk),
+        cmocka_unit_test(test_strings_numbers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,106 @@
+/* usage.c: the numbers of a provider's usage object, read strictly, and
+ * held to what the request allowed. A provider (or anything pretending to
+ * be one) decides what a client is charged, so a count is believed only as
+ * a plain non-negative integer of at most 2^53 (2500000000.0 and 1e+30 are
+ * refused, not read as 2500000000 or 1), and never past the request's own
+ * output cap or far past the prompt the gateway can count itself. */
+#include <string.h>
+
+#include "agent/agent_int.h"
+#include "agent/json.h"
+
+/* One count at the cursor into *v (null leaves it). Non-counts set *bad. */
+static int one_count(tg_json_t *j, long *v, int *bad)
+{
+    uint64_t x;
+    int t = tg_json_peek(j);
+    if (t == TG_JSON_NULL)
+        return tg_json_skip(j);
+    if (t != TG_JSON_NUMBER) {
+        *bad = 1;
+        return tg_json_skip(j);
+    }
+    int rc = tg_json_uint(j, (uint64_t)TG_USAGE_MAX, &x);
+    if (rc == TG_AGENT_ERANGE) {
+        *bad = 1;
+        return 0;
+    }
+    if (rc == 0)
+        *v = (long)x;
+    return rc;
+}
+
+/* The counts as read: [0] under the chat names, [1] under the Responses
+ * names. */
+typedef struct counts {
+    long c_prompt[2], c_compl[2], c_cached[2], c_reason[2];
+    int c_bad;
+} counts_t;
+
+/* One member of a *_details object. */
+typedef struct detail {
+    const char *d_name; /* cached_tokens or reasoning_tokens */
+    long *d_v;
+    int *d_bad;
+} detail_t;
+
+static int detail_member(tg_json_t *j, const char *name, void *arg)
+{
+    detail_t *d = arg;
+    return strcmp(name, d->d_name) == 0 ? one_count(j, d->d_v, d->d_bad) : tg_json_skip(j);
+}
+
+static int usage_member(tg_json_t *j, const char *name, void *arg)
+{
+    counts_t *c = arg;
+    static const char *const names[][2] = {{"prompt_tokens", "input_tokens"},
+                                           {"completion_tokens", "output_tokens"},
+                                           {"prompt_tokens_details", "input_tokens_details"},
+                                           {"completion_tokens_details", "output_tokens_details"}};
+    for (int k = 0; k < 2; k++) {
+        if (strcmp(name, names[0][k]) == 0)
+            return one_count(j, &c->c_prompt[k], &c->c_bad);
+        if (strcmp(name, names[1][k]) == 0)
+            return one_count(j, &c->c_compl[k], &c->c_bad);
+        if (strcmp(name, names[2][k]) == 0)
+            return tg_json_members(j, detail_member, &(detail_t){"cached_tokens", &c->c_cached[k], &c->c_bad});
+        if (strcmp(name, names[3][k]) == 0)
+            return tg_json_members(j, detail_member, &(detail_t){"reasoning_tokens", &c->c_reason[k], &c->c_bad});
+    }
+    return tg_json_skip(j);
+}
+
+int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
+{
+    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, 0};
+    tg_json_t j;
+    tg_json_init(&j, json, len, NULL, 0);
+    u->us_prompt = u->us_completion = u->us_cached = u->us_reasoning = -1;
+    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, usage_member, &c) != 0 || tg_json_end(&j) != 0)
+        return TG_AGENT_EJSON;
+    u->us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
+    u->us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
+    u->us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
+    u->us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
+    if (c.c_bad)
+        return TG_AGENT_ERANGE;
+    return (u->us_prompt < 0 && u->us_completion < 0) ? TG_AGENT_EJSON : 0;
+}
+
+int tg_agent_usage_clamp(tg_usage_t *u, long max_out, long max_in)
+{
+    int clamped = 0;
+    if (max_out >= 0 && u->us_completion > max_out) {
+        u->us_completion = max_out;
+        clamped = 1;
+    }
+    if (max_in >= 0 && u->us_prompt > max_in) {
+        u->us_prompt = max_in;
+        clamped = 1;
+    }
+    if (u->us_reasoning > u->us_completion && u->us_completion >= 0)
+        u->us_reasoning = u->us_completion;
+    if (u->us_cached > u->us_prompt && u->us_prompt >= 0)
+        u->us_cached = u->us_prompt;
+    return clamped;
+}
