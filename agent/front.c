@@ -815,6 +815,19 @@ const char *tg_front_header(const tg_front_conn_t *c, const char *name)
     return NULL;
 }
 
+size_t tg_front_header_all(const tg_front_conn_t *c, const char *name, const char **out, size_t max)
+{
+    const freq_t *r = c->c_req;
+    size_t n = 0;
+    for (size_t i = 0; r && i < r->r_nh; i++)
+        if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0) {
+            if (n < max)
+                out[n] = r->r_head.b_data + r->r_h[i].h_val;
+            n++;
+        }
+    return n;
+}
+
 const char *tg_front_peer(const tg_front_conn_t *c)
 {
     return c->c_peer;

@@ -58,6 +58,10 @@ const char *tg_front_method(const tg_front_conn_t *c); /* "GET", "POST", ... */
 const char *tg_front_target(const tg_front_conn_t *c, size_t *len);
 /* The first header called name (any case), NUL-terminated, or NULL. */
 const char *tg_front_header(const tg_front_conn_t *c, const char *name);
+/* Every header line called name (any case), in the order received: the
+ * first max values go into out. Returns how many lines there are (may
+ * be more than max). */
+size_t tg_front_header_all(const tg_front_conn_t *c, const char *name, const char **out, size_t max);
 /* The peer's address as text ("127.0.0.1", "::1"). */
 const char *tg_front_peer(const tg_front_conn_t *c);
 /* Takes the body: the caller owns the returned block (tg_free; never

@@ -1344,17 +1344,12 @@ static void on_front_drain(tg_front_conn_t *c, void *arg)
 
 /* ---- the front: auth, policy, dispatch ------------------------------------------ */
 
-/* Client address: the peer, or from X-Forwarded-For when the peer is a
- * trusted proxy (rightmost address that is not itself a trusted proxy). */
-static void client_ip(req_t *rq)
+/* Walks one X-Forwarded-For value right to left, each address into
+ * rq_ip. Returns 1 when the walk is over (an address that is not a
+ * trusted proxy, or one that does not parse: the last good one stands),
+ * 0 when every address of the value was a trusted proxy. */
+static int xff_walk(req_t *rq, const char *xff)
 {
-    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
-    tg_ip_t ip;
-    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
-        return;
-    const char *xff = tg_front_header(rq->rq_c, "X-Forwarded-For");
-    if (!xff)
-        return;
     size_t end = strlen(xff);
     while (end > 0) {
         size_t start = end;
@@ -1366,17 +1361,38 @@ static void client_ip(req_t *rq)
             s++;
         while (e > s && (xff[e - 1] == ' ' || xff[e - 1] == '\t'))
             e--;
+        tg_ip_t ip;
         if (e - s == 0 || e - s >= sizeof one)
-            return;
+            return 1;
         memcpy(one, xff + s, e - s);
         one[e - s] = '\0';
         if (tg_agent_ip_parse(one, &ip) != 0)
-            return;
+            return 1;
         memcpy(rq->rq_ip, one, e - s + 1);
         if (!tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
-            return;
+            return 1;
         end = start ? start - 1 : 0;
     }
+    return 0;
+}
+
+/* Client address: the peer, or from X-Forwarded-For when the peer is a
+ * trusted proxy: the rightmost address that is not itself a trusted
+ * proxy, as nginx's realip module takes it. Every X-Forwarded-For line
+ * counts, read as one list in order (RFC 9110 5.3): a proxy that adds its
+ * own line after the client's must not let the client's line decide. */
+static void client_ip(req_t *rq)
+{
+    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
+    tg_ip_t ip;
+    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
+        return;
+    const char *xff[128]; /* the front keeps at most 128 header lines */
+    size_t n = tg_front_header_all(rq->rq_c, "X-Forwarded-For", xff, 128);
+    if (n > 128)
+        n = 128;
+    while (n > 0 && !xff_walk(rq, xff[--n]))
+        ;
 }
 
 static int model_allowed(const tg_key_t *k, const char *model)

@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import net from 'node:net';
 import { startMock, startRefusing, promptTokens, answerText, DEFAULT_TOKENS } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { until } from './lib/proc.mjs';
@@ -397,6 +398,29 @@ test('IP allowlist: X-Forwarded-For is honoured from a trusted proxy only', asyn
   await ipc.chat.completions.create({ model: 'gpt-4o', messages }, { headers: { 'X-Forwarded-For': '2001:db8::5' } });
   await assert.rejects(ipc.chat.completions.create({ model: 'gpt-4o', messages },
     { headers: { 'X-Forwarded-For': '203.0.113.7, 198.51.100.9' } }), (e) => e.status === 403);
+});
+
+test('IP allowlist: every X-Forwarded-For line counts, so a client cannot choose its IP', async () => {
+  // The client sends its own line naming an allowed address; the trusted
+  // proxy (127.0.0.1) appends a second line with the address it saw. The
+  // rightmost untrusted address over both lines is the proxy's view.
+  const raw = (lines) => new Promise((resolve, reject) => {
+    const body = JSON.stringify({ model: 'gpt-4o', messages });
+    const s = net.connect(agent.port, '127.0.0.1');
+    let got = '';
+    s.setTimeout(10000, () => { s.destroy(); reject(new Error('timeout')); });
+    s.on('data', (d) => { got += d; });
+    s.on('error', reject);
+    s.on('end', () => resolve(got));
+    s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY_IP}\r\n` +
+      `Content-Type: application/json\r\nConnection: close\r\n${lines}Content-Length: ${body.length}\r\n\r\n${body}`);
+  });
+  let r = await raw('X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.9\r\n');
+  assert.match(r, /^HTTP\/1\.1 403 /, r.slice(0, 200));
+  assert.match(r, /ip_not_allowed/);
+  // the other way round the proxy saw an allowed client
+  r = await raw('X-Forwarded-For: 198.51.100.9\r\nX-Forwarded-For: 203.0.113.7, 127.0.0.1\r\n');
+  assert.match(r, /^HTTP\/1\.1 200 /, r.slice(0, 200));
 });
 
 test('400 malformed JSON names the byte; 413 over the policy size limit', async () => {
