@@ -33,6 +33,11 @@ static const char usage[] =
     "  --cp HOST:PORT         control plane (gRPC): Sync configuration, report usage\n"
     "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
+    "  --head-timeout S       seconds a client has to send a whole request head (default 30)\n"
+    "  --max-conns N          open client connections in all; over it: 503 and close\n"
+    "                         (default: half the open-files limit, an open stream holds 2)\n"
+    "  --max-conns-per-ip N   open client connections from one address (default 0: no cap;\n"
+    "                         behind a load balancer every connection comes from it)\n"
     "\n"
     "       tollgate-agent outbox-dump --data-dir DIR [--limit N] [--rejected]\n"
     "  prints the usage records waiting in DIR's outbox (or, --rejected, those the\n"
@@ -188,6 +193,19 @@ int main(int argc, char **argv)
             if (*end || mb < 1 || mb > (1L << 20))
                 goto bad;
             o.ao_outbox_map = (size_t)mb << 20;
+        } else if (strcmp(a, "--head-timeout") == 0) {
+            long t = strtol(v, &end, 10);
+            if (*end || t < 1 || t > 3600)
+                goto bad;
+            o.ao_head_timeout_s = (int)t;
+        } else if (strcmp(a, "--max-conns") == 0 || strcmp(a, "--max-conns-per-ip") == 0) {
+            long n = strtol(v, &end, 10);
+            if (*end || n < 0 || n > (1L << 24))
+                goto bad;
+            if (strcmp(a, "--max-conns") == 0)
+                o.ao_max_conns = n;
+            else
+                o.ao_max_conns_per_ip = n;
         } else if (strcmp(a, "--cp") == 0) {
             o.ao_cp = v;
         } else if (strcmp(a, "--enroll-token") == 0) {

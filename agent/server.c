@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -284,6 +285,8 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
         .fo_max_body = a->a_opts.ao_max_body,
         .fo_max_head = 64u << 10,
         .fo_timeout_s = 120,
+        .fo_head_timeout_s = a->a_opts.ao_head_timeout_s,
+        .fo_limits = a->a_limits,
         .fo_handler = tg_req_handle,
         .fo_arg = w,
         .fo_before_flush = before_flush,
@@ -591,6 +594,17 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "pipe: %s", strerror(errno));
         goto fail;
     }
+    /* Connection caps: by default half the open-files limit (a stream
+     * holds a client and an upstream descriptor), so a connection flood
+     * meets a clean 503 instead of EMFILE for everyone. */
+    size_t max_conns = (size_t)o->ao_max_conns;
+    struct rlimit rl;
+    if (!max_conns && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        max_conns = rl.rlim_cur / 2 > 64 ? (size_t)rl.rlim_cur / 2 : 64;
+    if ((rc = tg_front_limits_create(max_conns, (size_t)o->ao_max_conns_per_ip, &a->a_limits, err, errlen)) != 0) {
+        rc = TG_AGENT_ENOMEM;
+        goto fail;
+    }
     a->a_workers = tg_calloc((size_t)o->ao_threads, sizeof *a->a_workers);
     if (!a->a_workers) {
         rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
@@ -661,6 +675,7 @@ void tg_agent_destroy(tg_agent_t *a)
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);
+    tg_front_limits_destroy(a->a_limits);
     if (a->a_sync_running) {
         pthread_mutex_lock(&a->a_sync_mu);
         a->a_sync_stop = 1;

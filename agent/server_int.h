@@ -67,6 +67,7 @@ struct tg_agent {
     int a_sync_stop;
     struct tg_cplink *a_cplink; /* NULL without --cp */
     tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
+    tg_front_limits_t *a_limits; /* connection caps shared by the workers' fronts */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;
     size_t a_nbrk, a_capbrk;

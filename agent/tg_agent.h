@@ -61,6 +61,9 @@ typedef struct tg_agent_opts {
     const char *ao_enroll_token; /* first start: enrollment token for the control plane */
     const char *ao_forward[8]; /* client headers copied to upstream requests */
     int ao_nforward;
+    int ao_head_timeout_s;     /* the whole request head must arrive within this (default 30) */
+    long ao_max_conns;         /* open client connections, all workers; 0: half the open-files limit */
+    long ao_max_conns_per_ip;  /* open client connections from one address; 0: no cap (default) */
 } tg_agent_opts_t;
 
 /* Fills *o with defaults: 127.0.0.1:8080, 1 thread, 16 MiB body cap. */
