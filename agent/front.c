@@ -79,6 +79,9 @@ struct tg_front_conn {
     const char *c_chk;        /* this feed's bytes up to here passed the framing check */
     unsigned c_cr : 1;        /* the last framing byte was a CR */
     unsigned c_first : 1;     /* no request began yet: the accept armed the head deadline */
+    unsigned c_held : 1;      /* the response's end waits for the hook's success (tg_front_hold) */
+    unsigned c_streamed : 1;  /* the response's head went out as a stream */
+    size_t c_end_at;          /* c_out offset where the response's end (held back for the flush) starts */
     unsigned c_crlf : 2;      /* bytes of the CR LF still due after a chunk's data */
     unsigned c_gone : 1, c_told : 1, c_keep : 1, c_ready : 1, c_chunked : 1, c_head : 1, c_http10 : 1,
         c_flushq : 1, c_reading : 1, c_linger : 1;
@@ -641,6 +644,38 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     conn_release(c);
 }
 
+static int put_head(tg_front_conn_t *c, int status, long long clen);
+
+/* The hook failed (the usage record is not committed): the held end of
+ * c's response is replaced by an error, and the connection closes after
+ * it. A stream keeps what went out and gets an error event but no
+ * terminating chunk, so the client sees a broken stream, not a short one. */
+static void fail_end(tg_front_conn_t *c)
+{
+    static const char err[] = "{\"error\":{\"message\":\"The gateway could not record this request's usage, so "
+                              "it withholds the answer. Try again later.\",\"type\":\"server_error\","
+                              "\"param\":null,\"code\":\"usage_not_recorded\"}}";
+    c->c_out.b_len = c->c_end_at;
+    c->c_keep = 0;
+    int rc = 0;
+    if (c->c_streamed) {
+        char ev[sizeof err + 16];
+        int n = snprintf(ev, sizeof ev, "data: %s\n\n", err);
+        if (c->c_chunked)
+            rc |= tg_buf_printf(&c->c_out, "%x\r\n", n);
+        rc |= tg_buf_append(&c->c_out, ev, (size_t)n);
+        if (c->c_chunked)
+            rc |= tg_buf_append(&c->c_out, "\r\n", 2);
+    } else {
+        rc |= put_head(c, 503, (long long)(sizeof err));
+        rc |= tg_buf_append(&c->c_out, err, sizeof err - 1);
+        rc |= tg_buf_append(&c->c_out, "\n", 1);
+    }
+    TG_LOG(TG_LOG_ERROR, "front", "answer to %s withheld: its usage record is not committed", c->c_peer);
+    if (rc)
+        conn_lost(c);
+}
+
 /* Writes the ends of the responses of this loop iteration, after the
  * before_flush hook (the usage records' commit). */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -648,8 +683,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tg_front_t *f = arg;
-    if (f->f_o.fo_before_flush)
-        f->f_o.fo_before_flush(f->f_o.fo_flush_arg);
+    int failed = f->f_o.fo_before_flush && f->f_o.fo_before_flush(f->f_o.fo_flush_arg) != 0;
     /* Only what was queued before the hook ran: a pipelined request
      * answered while this batch is written queues anew and waits for the
      * next run of the hook. */
@@ -660,6 +694,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         batch = c->c_fnext;
         c->c_flushq = 0;
         c->c_depth++;
+        if (failed && c->c_held && !c->c_gone)
+            fail_end(c);
         if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
             after_write(c);
         c->c_depth--;
@@ -969,6 +1005,8 @@ static void dispatch(tg_front_conn_t *c)
     c->c_head = c->c_p.method == HTTP_HEAD;
     c->c_http10 = c->c_p.http_major == 1 && c->c_p.http_minor == 0;
     c->c_chunked = 0;
+    c->c_held = 0;
+    c->c_streamed = 0;
     c->c_on_gone = c->c_on_drain = NULL;
     event_del(&c->c_tev);
     c->c_depth++;
@@ -1191,6 +1229,7 @@ static void end_request(tg_front_conn_t *c)
 
 void tg_front_reply(tg_front_conn_t *c, int status, const void *body, size_t len)
 {
+    c->c_end_at = c->c_out.b_len;
     if (!c->c_gone) {
         if (put_head(c, status, (long long)len) != 0 ||
             (!c->c_head && len && tg_buf_append(&c->c_out, body, len) != 0)) {
@@ -1206,6 +1245,7 @@ int tg_front_stream_start(tg_front_conn_t *c, int status)
     if (c->c_gone)
         return -1;
     c->c_chunked = !c->c_http10;
+    c->c_streamed = 1;
     if (c->c_http10)
         c->c_keep = 0; /* the end of the stream is the close */
     if (put_head(c, status, -1) != 0) {
@@ -1231,6 +1271,7 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len)
 
 void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
 {
+    c->c_end_at = c->c_out.b_len;
     if (!c->c_gone && !c->c_head) {
         int rc = 0;
         if (len && c->c_chunked)
@@ -1245,6 +1286,11 @@ void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
             conn_lost(c);
     }
     end_request(c);
+}
+
+void tg_front_hold(tg_front_conn_t *c)
+{
+    c->c_held = 1;
 }
 
 void tg_front_abandon(tg_front_conn_t *c)

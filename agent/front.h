@@ -13,7 +13,8 @@
  * bytes that end a response are written after the loop's before_flush
  * hook ran (the agent commits its usage records there), still in the
  * same loop iteration, so a client never sees the end of a response
- * whose record is not committed. */
+ * whose record is not committed; when the hook fails, a held response's
+ * end is replaced by an error (tg_front_hold). */
 #ifndef TG_AGENT_FRONT_H
 #define TG_AGENT_FRONT_H
 
@@ -54,7 +55,7 @@ typedef struct tg_front_opts {
     tg_front_limits_t *fo_limits; /* shared caps; NULL: none */
     tg_front_handler_fn fo_handler;
     void *fo_arg;
-    void (*fo_before_flush)(void *arg); /* runs before response ends are written */
+    int (*fo_before_flush)(void *arg); /* runs before response ends are written; -1: held ones fail */
     void *fo_flush_arg;
 } tg_front_opts_t;
 
@@ -117,6 +118,15 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len);
  * last event, held back so that it too goes out only after the flush
  * hook); ends the request. */
 void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len);
+/* Marks the response of c's request as held: its end goes out only when
+ * the before_flush hook that precedes it returns 0 (the agent: its usage
+ * record is committed). When the hook fails, the end that was queued is
+ * replaced: a whole reply by 503 `usage_not_recorded` (OpenAI error
+ * shape), a stream by an SSE error event without the terminating chunk;
+ * the connection then closes, so a client never takes a truncated stream
+ * or an unrecorded answer for a complete one. Call it before the reply or
+ * the stream's end. */
+void tg_front_hold(tg_front_conn_t *c);
 /* Ends the request without (more of) a reply: the connection closes. */
 void tg_front_abandon(tg_front_conn_t *c);
 

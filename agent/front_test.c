@@ -32,7 +32,7 @@ static tg_front_t *lfront;
 static tg_front_limits_t *limits;
 static int lport;
 static pthread_t loop_thread;
-static atomic_int hooks, gone_seen, drained, slow_hook;
+static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook;
 static struct event *stop_ev;
 static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
 
@@ -89,7 +89,9 @@ static void handler(tg_front_conn_t *c, void *arg)
         tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
         return;
     }
-    if (strcmp(path, "/stream") == 0) {
+    if (strncmp(path, "/held", 5) == 0)
+        tg_front_hold(c); /* its end waits for the hook's success */
+    if (strcmp(path, "/stream") == 0 || strcmp(path, "/heldstream") == 0) {
         tg_front_add_header(c, "Content-Type", "text/event-stream");
         tg_front_stream_start(c, 200);
         tg_front_stream_write(c, "data: 1\n\n", 9);
@@ -131,12 +133,13 @@ static void reply_now(tg_front_conn_t *c)
     tg_front_reply(c, 200, out, (size_t)n);
 }
 
-static void hook(void *arg)
+static int hook(void *arg)
 {
     (void)arg;
     if (atomic_load(&slow_hook))
         usleep(100000);
     atomic_fetch_add(&hooks, 1);
+    return atomic_load(&fail_hook) ? -1 : 0;
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -696,6 +699,35 @@ static void test_connection_caps(void **state)
     assert_int_equal(tg_front_limits_open(limits), 0);
 }
 
+static void test_failed_hook_fails_held_responses(void **state)
+{
+    (void)state;
+    atomic_store(&fail_hook, 1);
+    /* a held whole reply: 503 in the OpenAI shape instead, then the close */
+    const char *r = exchange("GET /held HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"usage_not_recorded\""));
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_null(strstr(r, "body="));
+    /* a held stream: what went out stays, its end becomes an error event
+     * and the terminating chunk never comes */
+    r = exchange("GET /heldstream HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "data: 1\n\n"));
+    assert_null(strstr(r, "data: 2"));
+    assert_non_null(strstr(r, "data: {\"error\":"));
+    assert_null(strstr(r, "\r\n0\r\n\r\n"));
+    /* a response that is not held goes out as it is */
+    r = exchange("GET /free HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "GET /free "));
+    atomic_store(&fail_hook, 0);
+    r = exchange("GET /held HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    r = exchange("GET /heldstream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "data: 2\n\n\r\n0\r\n\r\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -716,6 +748,7 @@ int main(void)
         cmocka_unit_test(test_strict_framing),
         cmocka_unit_test(test_head_deadline),
         cmocka_unit_test(test_connection_caps),
+        cmocka_unit_test(test_failed_hook_fails_held_responses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

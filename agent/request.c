@@ -1711,8 +1711,12 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     rq->rq_run = run ? tg_pool_strndup(pool, run, strnlen(run, 256)) : NULL;
     rq->rq_ua = ua ? tg_pool_strndup(pool, ua, strnlen(ua, 256)) : NULL;
     client_ip(rq);
-    if (post)
+    if (post) {
+        /* its end waits for its usage record's commit, and fails if that
+         * commit fails (front.h) */
+        tg_front_hold(hr);
         handle_post(rq);
-    else
+    } else {
         handle_models(rq);
+    }
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -121,35 +122,64 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * end of an answer whose record is not in the outbox. The commit event
  * (priority 0, like the front's flush) covers records without a client
  * reply (a client that hung up). */
-void tg_worker_commit(worker_t *w)
+static void pend_drop(worker_t *w, size_t n)
 {
-    tg_agent_t *a = w->w_agent;
-    char err[TG_ERRLEN] = "";
-    if (!w->w_npend)
-        return;
-    if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) != 0) {
-        for (size_t i = 0; i < w->w_npend; i++) {
-            const char *kv[] = {"request_id", w->w_pend_ids[i], NULL};
-            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: %s", err);
-        }
-    }
-    for (size_t i = 0; i < w->w_npend; i++) {
+    for (size_t i = 0; i < n; i++) {
         tg_free((void *)w->w_pend[i].oi_data);
         tg_free(w->w_pend_ids[i]);
     }
-    w->w_npend = 0;
+    memmove(w->w_pend, w->w_pend + n, (w->w_npend - n) * sizeof *w->w_pend);
+    memmove(w->w_pend_ids, w->w_pend_ids + n, (w->w_npend - n) * sizeof *w->w_pend_ids);
+    w->w_npend -= n;
 }
 
-static void before_flush(void *arg)
+int tg_worker_commit(worker_t *w)
 {
-    tg_worker_commit(arg);
+    tg_agent_t *a = w->w_agent;
+    char err[TG_ERRLEN] = "";
+    w->w_commit_failed = 0;
+    if (w->w_npend) {
+        if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) == 0) {
+            pend_drop(w, w->w_npend);
+        } else {
+            /* Not in the outbox: the answers waiting on this commit fail
+             * (the client is not told "done" for an unrecorded request);
+             * the records stay here and are retried, bounded. */
+            w->w_commit_failed = 1;
+            TG_LOG(TG_LOG_ERROR, "usage", "outbox commit failed (%zu records kept in memory, retried in 1 s): %s",
+                   w->w_npend, err);
+            if (w->w_npend > TG_WORKER_KEEP) {
+                size_t lost = w->w_npend - TG_WORKER_KEEP;
+                for (size_t i = 0; i < lost; i++) {
+                    const char *kv[] = {"request_id", w->w_pend_ids[i], NULL};
+                    tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record LOST: the outbox refuses it (%s)", err);
+                }
+                pend_drop(w, lost);
+            }
+            struct timeval retry = {1, 0};
+            event_add(w->w_commit_ev, &retry);
+        }
+    }
+    return w->w_commit_failed ? -1 : 0;
+}
+
+/* The front's hook: answers held for their records fail when a commit
+ * of this iteration failed, the commit event's included. */
+static int before_flush(void *arg)
+{
+    worker_t *w = arg;
+    int earlier = w->w_fail_seen;
+    w->w_fail_seen = 0;
+    return tg_worker_commit(w) != 0 || earlier ? -1 : 0;
 }
 
 static void on_commit(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    tg_worker_commit(arg);
+    worker_t *w = arg;
+    if (tg_worker_commit(w) != 0)
+        w->w_fail_seen = 1;
 }
 
 int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
@@ -175,8 +205,44 @@ int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
     }
     w->w_pend[w->w_npend] = (tg_outbox_item_t){data, len};
     w->w_pend_ids[w->w_npend++] = id;
-    if (w->w_npend == 1)
+    if (w->w_npend == 1 || !event_pending(w->w_commit_ev, EV_TIMEOUT, NULL))
         event_active(w->w_commit_ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
+/* ---- the data dir's lock ---------------------------------------------------- */
+
+/* One agent per data dir: two would share the outbox's sequence numbers
+ * and batch marks, and lose records (MDB_KEYEXIST, reused batches). An
+ * flock on DATA_DIR/agent.lock, held for the process's life (the kernel
+ * drops it when the process dies, kill -9 included); the file holds the
+ * holder's pid, for the refusal's message. outbox-dump does not lock: it
+ * opens the outbox read-only beside a running agent. */
+static int lock_data_dir(tg_agent_t *a, const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/agent.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: cannot open %s: %s", dir, path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return tg_errf(err, errlen, TG_AGENT_ESYS,
+                           "--data-dir %s is in use by another tollgate-agent (pid %s): one agent per data dir", dir,
+                           pid[0] ? pid : "unknown");
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: cannot lock %s: %s", dir, path, strerror(e));
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        TG_LOG(TG_LOG_WARN, "agent", "cannot write the pid into %s: %s", path, strerror(errno));
+    a->a_lock_fd = fd;
     return 0;
 }
 
@@ -531,6 +597,7 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
     a->a_opts = *o;
     a->a_stop_pipe[0] = a->a_stop_pipe[1] = -1;
+    a->a_lock_fd = -1;
     pthread_mutex_init(&a->a_cfg_mu, NULL);
     pthread_mutex_init(&a->a_brk_mu, NULL);
     pthread_mutex_init(&a->a_sync_mu, NULL);
@@ -560,6 +627,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: %s", o->ao_data_dir, strerror(errno));
         goto fail;
     }
+    if (o->ao_data_dir && (rc = lock_data_dir(a, o->ao_data_dir, err, errlen)) != 0)
+        goto fail;
     if (o->ao_snapshot) {
         if ((rc = read_file(o->ao_snapshot, &data, &len, err, errlen)) != 0)
             goto fail;
@@ -695,6 +764,8 @@ void tg_agent_destroy(tg_agent_t *a)
         close(a->a_stop_pipe[1]);
     tg_cfg_unref(a->a_cfg);
     tg_meter_destroy(a->a_meter);
+    if (a->a_lock_fd >= 0)
+        close(a->a_lock_fd); /* last: the outbox is closed */
     pthread_mutex_destroy(&a->a_cfg_mu);
     pthread_mutex_destroy(&a->a_brk_mu);
     if (a->a_curl_inited)

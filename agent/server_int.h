@@ -39,6 +39,8 @@ struct worker {
     tg_outbox_item_t *w_pend;   /* packed records waiting for this iteration's commit */
     char **w_pend_ids;          /* their request ids (for the log if the commit fails) */
     size_t w_npend, w_cappend;
+    int w_commit_failed;        /* the last commit failed */
+    int w_fail_seen;            /* a commit event's commit failed since the last flush */
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
 };
@@ -55,6 +57,7 @@ struct tg_agent {
     worker_t *a_workers;
     int a_stop_pipe[2];
     int a_curl_inited;
+    int a_lock_fd;          /* DATA_DIR/agent.lock, flock'ed: one agent per data dir; -1 without */
     uint64_t a_id_base;     /* random, makes request ids unique across restarts */
     pthread_mutex_t a_cfg_mu;
     tg_cfg_t *a_cfg;        /* current configuration (one reference) */
@@ -77,8 +80,14 @@ struct tg_agent {
  * the worker's next outbox commit, which runs before any socket write of
  * this loop iteration. Returns 0 or TG_AGENT_ENOMEM (data freed). */
 int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id);
-/* Commits what is queued now (the commit event's body; also at shutdown). */
-void tg_worker_commit(worker_t *w);
+/* Commits what is queued now (the commit event's body, the front's
+ * before-flush hook; also at shutdown). A failed commit keeps the records
+ * queued (at most TG_WORKER_KEEP; past that the oldest are logged as LOST,
+ * each with its request id) and retries a second later. Returns 0, or -1
+ * when the commit failed (the front then fails the answers held for it:
+ * front.h, tg_front_hold). */
+int tg_worker_commit(worker_t *w);
+#define TG_WORKER_KEEP 10000
 
 /* The worker's current configuration (NULL before any snapshot). */
 tg_cfg_t *tg_worker_cfg(worker_t *w);

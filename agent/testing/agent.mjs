@@ -64,6 +64,6 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
 // Runs `tollgate-agent outbox-dump` on a data dir (works beside a running
 // agent and after a killed one).
 export function dumpOutbox(dataDir) {
-  const out = execFileSync(bin('agent/tollgate-agent'), ['outbox-dump', '--data-dir', dataDir], { encoding: 'utf8' });
+  const out = execFileSync(bin('agent/tollgate-agent'), ['outbox-dump', '--data-dir', dataDir], { encoding: 'utf8', maxBuffer: 256 << 20 });
   return out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }
