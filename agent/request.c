@@ -1628,21 +1628,16 @@ static void plain(tg_front_conn_t *hr, int status, const char *text)
     tg_front_reply(hr, status, text, strlen(text));
 }
 
-void tg_req_handle(tg_front_conn_t *hr, void *arg)
+/* The metrics listener (--metrics-listen, loopback by default): what an
+ * operator's scraper and probes read; /metrics is never on the public
+ * port (it names channels and models). */
+void tg_req_handle_ops(tg_front_conn_t *hr, void *arg)
 {
     worker_t *w = arg;
     size_t ulen;
     const char *uri = tg_front_target(hr, &ulen);
     size_t plen = strcspn(uri, "?");
-    const char *method = tg_front_method(hr);
-    tg_cfg_t *cfg = tg_worker_cfg(w);
-#define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
-#define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
-    if (PATH_IS("/healthz")) {
-        plain(hr, 200, "ok\n");
-        return;
-    }
-    if (PATH_IS("/metrics")) {
+    if (plen == 8 && memcmp(uri, "/metrics", 8) == 0) {
         tg_agent_t *a = w->w_agent;
         tg_metrics_t *ms[256];
         int n = 0;
@@ -1656,6 +1651,32 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
         add_header(hr, "Content-Type", "text/plain; version=0.0.4");
         tg_front_reply(hr, 200, b.b_data, b.b_len);
         tg_buf_free(&b);
+        return;
+    }
+    if (plen == 8 && memcmp(uri, "/healthz", 8) == 0) {
+        plain(hr, 200, "ok\n");
+        return;
+    }
+    if (plen == 7 && memcmp(uri, "/readyz", 7) == 0) {
+        tg_cfg_t *cfg = tg_worker_cfg(w);
+        plain(hr, cfg ? 200 : 503, cfg ? "ready\n" : "no configuration snapshot yet\n");
+        return;
+    }
+    plain(hr, 404, "not found: this listener serves /metrics, /healthz and /readyz\n");
+}
+
+void tg_req_handle(tg_front_conn_t *hr, void *arg)
+{
+    worker_t *w = arg;
+    size_t ulen;
+    const char *uri = tg_front_target(hr, &ulen);
+    size_t plen = strcspn(uri, "?");
+    const char *method = tg_front_method(hr);
+    tg_cfg_t *cfg = tg_worker_cfg(w);
+#define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
+#define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
+    if (PATH_IS("/healthz")) {
+        plain(hr, 200, "ok\n");
         return;
     }
     if (PATH_IS("/readyz")) {

@@ -210,6 +210,43 @@ int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
     return 0;
 }
 
+/* ---- the metrics listener ------------------------------------------------------ */
+
+/* /metrics names channels and models: it is served on its own address
+ * (loopback by default), never on the public port. One small front on
+ * worker 0's loop; a scrape sums every worker's relaxed counters. */
+static int metrics_listen(tg_agent_t *a, char *err, size_t errlen)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a->a_opts.ao_metrics_port)};
+    if (inet_pton(AF_INET, a->a_opts.ao_metrics_host, &sa.sin_addr) != 1)
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "--metrics-listen %s: not an IPv4 address",
+                       a->a_opts.ao_metrics_host);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t sl = sizeof sa;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 64) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+        int e = errno;
+        close(fd);
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--metrics-listen %s:%d: %s", a->a_opts.ao_metrics_host,
+                       a->a_opts.ao_metrics_port, strerror(e));
+    }
+    a->a_mport = ntohs(sa.sin_port);
+    worker_t *w = &a->a_workers[0];
+    tg_front_opts_t fo = {
+        .fo_max_body = 4096,
+        .fo_max_head = 16u << 10,
+        .fo_timeout_s = 30,
+        .fo_head_timeout_s = 10,
+        .fo_handler = tg_req_handle_ops,
+        .fo_arg = w,
+    };
+    return tg_front_create(w->w_base, fd, &fo, &w->w_mfront, err, errlen); /* owns fd */
+}
+
 /* ---- the data dir's lock ---------------------------------------------------- */
 
 /* One agent per data dir: two would share the outbox's sequence numbers
@@ -260,7 +297,7 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     worker_t *w = arg;
     /* done when no request is in flight and no response is still being
      * written to a slow client */
-    if ((!w->w_live && tg_front_nconns(w->w_front) == 0) || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
+    if ((!w->w_live && tg_front_nconns(w->w_front) == 0 && tg_front_nconns(w->w_mfront) == 0) || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
         if (w->w_live)
             TG_LOG(TG_LOG_WARN, "agent", "worker %d: drain bound reached, cutting requests in flight", w->w_idx);
         event_base_loopexit(w->w_base, NULL);
@@ -277,6 +314,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     w->w_draining = 1;
     event_del(w->w_stop_ev);
     tg_front_stop_accepting(w->w_front);
+    tg_front_stop_accepting(w->w_mfront);
     struct timeval tv = {0, 50000};
     if (!(w->w_drain_ev = event_new(w->w_base, -1, EV_PERSIST, on_drain, w)) || event_add(w->w_drain_ev, &tv) != 0)
         event_base_loopexit(w->w_base, NULL);
@@ -311,6 +349,8 @@ static void worker_free(worker_t *w)
         tg_worker_commit(w);
     tg_front_destroy(w->w_front);
     w->w_front = NULL;
+    tg_front_destroy(w->w_mfront);
+    w->w_mfront = NULL;
     while (w->w_nidle > 0)
         curl_easy_cleanup(w->w_idle[--w->w_nidle]);
     if (w->w_multi)
@@ -582,6 +622,7 @@ void tg_agent_opts_default(tg_agent_opts_t *o)
     o->ao_max_body = 16u << 20;
     o->ao_region = "";
     o->ao_outbox_map = (size_t)1 << 30;
+    o->ao_metrics_host = "127.0.0.1";
 }
 
 int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_t errlen)
@@ -696,6 +737,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         if ((rc = worker_init(a, &a->a_workers[i], i, fd, err, errlen)) != 0)
             goto fail;
     }
+    if (o->ao_metrics_host && (rc = metrics_listen(a, err, errlen)) != 0)
+        goto fail;
     tg_free(data);
     *out = a;
     return 0;
@@ -708,6 +751,11 @@ fail:
 int tg_agent_port(const tg_agent_t *a)
 {
     return a->a_port;
+}
+
+int tg_agent_metrics_port(const tg_agent_t *a)
+{
+    return a->a_mport;
 }
 
 int tg_agent_run(tg_agent_t *a, char *err, size_t errlen)

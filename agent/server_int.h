@@ -23,6 +23,7 @@ struct worker {
     pthread_t w_thread;
     struct event_base *w_base;
     tg_front_t *w_front;
+    tg_front_t *w_mfront; /* worker 0 only: the metrics listener (--metrics-listen) */
     CURLM *w_multi;
     struct event *w_curl_timer;
     struct event *w_stop_ev;
@@ -53,6 +54,7 @@ typedef struct brk_slot {
 struct tg_agent {
     tg_agent_opts_t a_opts;
     int a_port;
+    int a_mport;            /* the metrics listener's port; 0: none */
     int a_nworkers;
     worker_t *a_workers;
     int a_stop_pipe[2];
@@ -104,6 +106,8 @@ void tg_cplink_stop(tg_cplink_t *l);
 
 /* request.c */
 void tg_req_handle(tg_front_conn_t *c, void *worker);
+/* The metrics listener's handler: /metrics, /healthz, /readyz. */
+void tg_req_handle_ops(tg_front_conn_t *c, void *worker);
 void tg_req_upstream_done(req_t *rq, CURLcode res);
 /* Frees every request still in flight (shutdown): the loop is stopped. */
 void tg_req_abort_all(worker_t *w);

@@ -477,8 +477,21 @@ test('client disconnect mid-stream cancels the upstream call and is recorded', a
   assert.ok(Number(rec.response_bytes) > 0);
 });
 
+test('/metrics is served on the metrics listener only: the public port answers 404', async () => {
+  const pub = await fetch(`${agent.url}/metrics`);
+  assert.equal(pub.status, 404);
+  assert.equal((await pub.json()).error.code, 'unknown_url');
+  assert.match(agent.metricsUrl, /^http:\/\/127\.0\.0\.1:\d+$/);
+  assert.notEqual(agent.metricsUrl, agent.url);
+  assert.equal((await fetch(`${agent.metricsUrl}/healthz`)).status, 200);
+  assert.equal(await (await fetch(`${agent.metricsUrl}/readyz`)).text(), 'ready\n');
+  assert.equal((await fetch(`${agent.metricsUrl}/v1/models`)).status, 404);
+  // probes stay on the public port too
+  assert.equal((await fetch(`${agent.url}/healthz`)).status, 200);
+});
+
 test('/metrics: requests, upstream errors, fallbacks, latency and TTFT histograms, outbox depth', async () => {
-  const r = await fetch(`${agent.url}/metrics`);
+  const r = await fetch(`${agent.metricsUrl}/metrics`);
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type'), /^text\/plain/);
   const text = await r.text();
@@ -529,6 +542,7 @@ test('SIGHUP swaps in a new snapshot; a bad one is refused and the old one keeps
 });
 
 test('restart without --snapshot serves from the snapshot persisted in the data dir', async () => {
+  await agent.stop(); // one agent per data dir: a second one beside it would be refused
   const second = await startAgent(null, { dir: agent.dir, noSnapshot: true });
   try {
     const r = await fetch(`${second.url}/readyz`);
