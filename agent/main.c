@@ -35,6 +35,8 @@ static const char usage[] =
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
     "  --metrics-listen HOST:PORT  where /metrics, /healthz and /readyz are served (default\n"
     "                         127.0.0.1:0, a free port, printed; \"off\": none). Never the public port\n"
+    "  --cors-origin ORIGIN   a browser origin allowed to call the API (CORS; repeatable, 8 max;\n"
+    "                         \"*\": any). Default none: no CORS headers, preflights refused\n"
     "  --head-timeout S       seconds a client has to send a whole request head (default 30)\n"
     "  --max-conns N          open client connections in all; over it: 503 and close\n"
     "                         (default: half the open-files limit, an open stream holds 2)\n"
@@ -195,6 +197,10 @@ int main(int argc, char **argv)
             if (*end || mb < 1 || mb > (1L << 20))
                 goto bad;
             o.ao_outbox_map = (size_t)mb << 20;
+        } else if (strcmp(a, "--cors-origin") == 0) {
+            if (o.ao_ncors >= 8 || !*v || strpbrk(v, "\r\n ,"))
+                goto bad;
+            o.ao_cors[o.ao_ncors++] = v;
         } else if (strcmp(a, "--metrics-listen") == 0) {
             if (strcmp(v, "off") == 0) {
                 o.ao_metrics_host = NULL;

@@ -66,6 +66,8 @@ typedef struct tg_agent_opts {
     long ao_max_conns_per_ip;  /* open client connections from one address; 0: no cap (default) */
     const char *ao_metrics_host; /* /metrics, /healthz, /readyz listen here (IPv4); NULL: not served */
     int ao_metrics_port;       /* 0: the kernel picks (printed on stdout) */
+    const char *ao_cors[8];    /* browser origins allowed (CORS); "*": any; none: no CORS headers */
+    int ao_ncors;
 } tg_agent_opts_t;
 
 /* Fills *o with defaults: 127.0.0.1:8080, 1 thread, 16 MiB body cap,
