@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <http_parser.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,6 +75,14 @@ struct tg_front_conn {
     int c_depth;       /* front frames on the stack for this connection */
     int c_reject;      /* status of a request refused while parsing */
     const char *c_reject_code;
+    const char *c_reject_msg; /* why, when http-parser did not say it */
+    const char *c_chk;        /* this feed's bytes up to here passed the framing check */
+    unsigned c_cr : 1;        /* the last framing byte was a CR */
+    unsigned c_first : 1;     /* no request began yet: the accept armed the head deadline */
+    unsigned c_held : 1;      /* the response's end waits for the hook's success (tg_front_hold) */
+    unsigned c_streamed : 1;  /* the response's head went out as a stream */
+    size_t c_end_at;          /* c_out offset where the response's end (held back for the flush) starts */
+    unsigned c_crlf : 2;      /* bytes of the CR LF still due after a chunk's data */
     unsigned c_gone : 1, c_told : 1, c_keep : 1, c_ready : 1, c_chunked : 1, c_head : 1, c_http10 : 1,
         c_flushq : 1, c_reading : 1, c_linger : 1;
     http_parser c_p;
@@ -86,6 +95,8 @@ struct tg_front_conn {
     void *c_ev_arg;
     struct event c_rev, c_wev, c_tev;
     char c_peer[INET6_ADDRSTRLEN];
+    struct sockaddr_storage c_addr; /* the peer (the limits' key) */
+    int c_counted;     /* counted in the shared limits */
 };
 
 struct tg_front {
@@ -97,6 +108,10 @@ struct tg_front {
     struct event *f_flush_ev;  /* priority 0: ends of responses */
     const struct timeval *f_tmo; /* common timeout: fo_timeout_s */
     struct timeval f_tmo_plain;  /* the same, if libevent had no common timeout */
+    const struct timeval *f_htmo; /* common timeout: fo_head_timeout_s */
+    struct timeval f_htmo_plain;
+    time_t f_refused_t;          /* over-cap refusals: last log line, and the count since */
+    size_t f_refused;
     tg_front_conn_t *f_conns;
     tg_front_conn_t *f_flush, **f_flush_tail;
     size_t f_nconns;
@@ -107,6 +122,157 @@ struct tg_front {
 };
 
 static const http_parser_settings settings; /* defined below the callbacks */
+
+/* ---- connection caps (shared by the fronts of all loops) ------------------- */
+
+/* Open connections per peer address in an open-addressing table (linear
+ * probing, backward-shift deletion: no tombstones to pile up under churn).
+ * The table is sized for twice the total cap, so it never fills while the
+ * total cap holds; without a total cap it holds 65,536 addresses and a new
+ * address past 3/4 of that is refused. */
+typedef struct lim_slot {
+    uint8_t ls_addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+    uint32_t ls_n;       /* open connections; 0: the slot is free */
+} lim_slot_t;
+
+struct tg_front_limits {
+    pthread_mutex_t lm_mu;
+    size_t lm_max, lm_per_ip;
+    size_t lm_open;
+    lim_slot_t *lm_tab;
+    size_t lm_cap, lm_used; /* slots; slots in use */
+};
+
+static void addr_key(const struct sockaddr_storage *ss, uint8_t k[16])
+{
+    memset(k, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        k[10] = k[11] = 0xff;
+        memcpy(k + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(k, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+static size_t addr_hash(const uint8_t k[16], size_t cap)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29)) & (cap - 1);
+}
+
+/* The slot of k, or the free slot where it would go. */
+static size_t lim_find(const tg_front_limits_t *l, const uint8_t k[16])
+{
+    size_t i = addr_hash(k, l->lm_cap);
+    while (l->lm_tab[i].ls_n && memcmp(l->lm_tab[i].ls_addr, k, 16) != 0)
+        i = (i + 1) & (l->lm_cap - 1);
+    return i;
+}
+
+int tg_front_limits_create(size_t max_conns, size_t max_per_ip, tg_front_limits_t **out, char *err,
+                           size_t errlen)
+{
+    *out = NULL;
+    tg_front_limits_t *l = tg_calloc(1, sizeof *l);
+    if (!l)
+        return tg_errf(err, errlen, -1, "out of memory");
+    l->lm_max = max_conns;
+    l->lm_per_ip = max_per_ip;
+    if (max_per_ip) {
+        size_t want = max_conns && max_conns < (1u << 24) ? max_conns * 2 : 1u << 16;
+        l->lm_cap = 64;
+        while (l->lm_cap < want)
+            l->lm_cap <<= 1;
+        if (!(l->lm_tab = tg_calloc(l->lm_cap, sizeof *l->lm_tab))) {
+            tg_free(l);
+            return tg_errf(err, errlen, -1, "out of memory for the per-address connection table");
+        }
+    }
+    pthread_mutex_init(&l->lm_mu, NULL);
+    *out = l;
+    return 0;
+}
+
+void tg_front_limits_destroy(tg_front_limits_t *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_destroy(&l->lm_mu);
+    tg_free(l->lm_tab);
+    tg_free(l);
+}
+
+size_t tg_front_limits_open(tg_front_limits_t *l)
+{
+    if (!l)
+        return 0;
+    pthread_mutex_lock(&l->lm_mu);
+    size_t n = l->lm_open;
+    pthread_mutex_unlock(&l->lm_mu);
+    return n;
+}
+
+/* Counts a new connection from ss. Returns 0, or the reason it is over a
+ * cap (a static string). */
+static const char *limits_take(tg_front_limits_t *l, const struct sockaddr_storage *ss)
+{
+    const char *why = NULL;
+    pthread_mutex_lock(&l->lm_mu);
+    if (l->lm_max && l->lm_open >= l->lm_max) {
+        why = "the gateway's connection cap";
+    } else if (l->lm_tab) {
+        uint8_t k[16];
+        addr_key(ss, k);
+        size_t i = lim_find(l, k);
+        lim_slot_t *e = &l->lm_tab[i];
+        if (e->ls_n >= l->lm_per_ip) {
+            why = "the per-address connection cap";
+        } else if (!e->ls_n && (l->lm_used + 1) * 4 > l->lm_cap * 3) {
+            why = "the per-address table's size";
+        } else {
+            if (!e->ls_n) {
+                memcpy(e->ls_addr, k, 16);
+                l->lm_used++;
+            }
+            e->ls_n++;
+        }
+    }
+    if (!why)
+        l->lm_open++;
+    pthread_mutex_unlock(&l->lm_mu);
+    return why;
+}
+
+static void limits_give(tg_front_limits_t *l, const struct sockaddr_storage *ss)
+{
+    pthread_mutex_lock(&l->lm_mu);
+    l->lm_open--;
+    if (l->lm_tab) {
+        uint8_t k[16];
+        addr_key(ss, k);
+        size_t i = lim_find(l, k), mask = l->lm_cap - 1;
+        if (l->lm_tab[i].ls_n && --l->lm_tab[i].ls_n == 0) {
+            /* backward-shift: move later members of the probe run into the hole */
+            l->lm_used--;
+            size_t j = i;
+            for (;;) {
+                j = (j + 1) & mask;
+                if (!l->lm_tab[j].ls_n)
+                    break;
+                size_t home = addr_hash(l->lm_tab[j].ls_addr, l->lm_cap);
+                /* j may move to i when its home is not in (i, j] */
+                if (((j - home) & mask) >= ((j - i) & mask)) {
+                    l->lm_tab[i] = l->lm_tab[j];
+                    l->lm_tab[j].ls_n = 0;
+                    i = j;
+                }
+            }
+        }
+    }
+    pthread_mutex_unlock(&l->lm_mu);
+}
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
@@ -138,6 +304,8 @@ static void conn_free(tg_front_conn_t *c)
     if (c->c_next)
         c->c_next->c_prev = c->c_prev;
     f->f_nconns--;
+    if (c->c_counted)
+        limits_give(f->f_o.fo_limits, &c->c_addr);
     req_free(c->c_req);
     tg_buf_free(&c->c_out);
     tg_buf_free(&c->c_in);
@@ -308,16 +476,46 @@ static int in_append(tg_front_conn_t *c, const char *p, size_t n)
     return tg_buf_append(&c->c_in, p, n);
 }
 
+/* The framing bytes (everything but body data) from..to, as strict
+ * http-parser would check them: every line ends in CR LF, and a chunk's
+ * data is followed by CR LF. Returns 0 or -1 (c_reject set). */
+static int check_framing(tg_front_conn_t *c, const char *from, const char *to)
+{
+    for (const char *p = from; p < to; p++) {
+        char b = *p;
+        const char *bad = NULL;
+        if (c->c_crlf == 2)
+            bad = b == '\r' ? NULL : "no CR LF after a chunk's data";
+        else if (c->c_crlf == 1 || c->c_cr)
+            bad = b == '\n' ? NULL : "a CR not followed by LF";
+        else if (b == '\n')
+            bad = "a line ended by a bare LF (HTTP wants CR LF)";
+        if (bad) {
+            c->c_reject = 400;
+            c->c_reject_code = "malformed_http";
+            c->c_reject_msg = bad;
+            return -1;
+        }
+        if (c->c_crlf)
+            c->c_crlf--;
+        c->c_cr = b == '\r';
+    }
+    return 0;
+}
+
 /* Feeds bytes to the parser: a complete request is dispatched (bytes
  * after it wait in c_in), a malformed one refused. from_in: data is the
  * unparsed part of c_in itself, which is then consumed in place (a deep
  * pipeline is parsed once, not copied once per request). */
 static void feed(tg_front_conn_t *c, const char *data, size_t n, int from_in)
 {
+    c->c_chk = data;
     size_t used = http_parser_execute(&c->c_p, &settings, data, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->c_p);
     if (c->c_gone)
         return; /* e.g. the 100 Continue could not be written */
+    if (!c->c_reject && (e == HPE_OK || e == HPE_PAUSED))
+        check_framing(c, c->c_chk, data + used);
     if (from_in) {
         c->c_in_off += used;
         if (c->c_in_off == c->c_in.b_len) {
@@ -362,7 +560,12 @@ static void read_more(tg_front_conn_t *c)
         ssize_t n = recv(c->c_fd, f->f_scratch, SCRATCH, 0);
         if (n > 0) {
             if (c->c_state == ST_READ) {
-                arm_timer(c, f->f_tmo); /* the timeout runs between reads */
+                /* A body's timeout runs between reads; a head has one
+                 * deadline (armed at its first byte, or at the accept)
+                 * that reads do not move: one byte a minute cannot hold
+                 * a connection (slowloris). */
+                if (c->c_req && c->c_req->r_hdone)
+                    arm_timer(c, f->f_tmo);
                 feed(c, f->f_scratch, (size_t)n, 0);
             } else if (c->c_state == ST_LINGER || c->c_linger) {
                 /* the rest of a refused upload: dropped */
@@ -441,6 +644,38 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     conn_release(c);
 }
 
+static int put_head(tg_front_conn_t *c, int status, long long clen);
+
+/* The hook failed (the usage record is not committed): the held end of
+ * c's response is replaced by an error, and the connection closes after
+ * it. A stream keeps what went out and gets an error event but no
+ * terminating chunk, so the client sees a broken stream, not a short one. */
+static void fail_end(tg_front_conn_t *c)
+{
+    static const char err[] = "{\"error\":{\"message\":\"The gateway could not record this request's usage, so "
+                              "it withholds the answer. Try again later.\",\"type\":\"server_error\","
+                              "\"param\":null,\"code\":\"usage_not_recorded\"}}";
+    c->c_out.b_len = c->c_end_at;
+    c->c_keep = 0;
+    int rc = 0;
+    if (c->c_streamed) {
+        char ev[sizeof err + 16];
+        int n = snprintf(ev, sizeof ev, "data: %s\n\n", err);
+        if (c->c_chunked)
+            rc |= tg_buf_printf(&c->c_out, "%x\r\n", n);
+        rc |= tg_buf_append(&c->c_out, ev, (size_t)n);
+        if (c->c_chunked)
+            rc |= tg_buf_append(&c->c_out, "\r\n", 2);
+    } else {
+        rc |= put_head(c, 503, (long long)(sizeof err));
+        rc |= tg_buf_append(&c->c_out, err, sizeof err - 1);
+        rc |= tg_buf_append(&c->c_out, "\n", 1);
+    }
+    TG_LOG(TG_LOG_ERROR, "front", "answer to %s withheld: its usage record is not committed", c->c_peer);
+    if (rc)
+        conn_lost(c);
+}
+
 /* Writes the ends of the responses of this loop iteration, after the
  * before_flush hook (the usage records' commit). */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -448,8 +683,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tg_front_t *f = arg;
-    if (f->f_o.fo_before_flush)
-        f->f_o.fo_before_flush(f->f_o.fo_flush_arg);
+    int failed = f->f_o.fo_before_flush && f->f_o.fo_before_flush(f->f_o.fo_flush_arg) != 0;
     /* Only what was queued before the hook ran: a pipelined request
      * answered while this batch is written queues anew and waits for the
      * next run of the hook. */
@@ -460,6 +694,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         batch = c->c_fnext;
         c->c_flushq = 0;
         c->c_depth++;
+        if (failed && c->c_held && !c->c_gone)
+            fail_end(c);
         if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
             after_write(c);
         c->c_depth--;
@@ -505,23 +741,66 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
+static void peer_text(const struct sockaddr_storage *ss, char out[INET6_ADDRSTRLEN])
+{
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, INET6_ADDRSTRLEN);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, INET6_ADDRSTRLEN);
+}
+
+/* A connection over a cap: one best-effort 503, then the close. Logged
+ * at most once a second per front, with the count since the last line. */
+static void refuse_conn(tg_front_t *f, int fd, const struct sockaddr_storage *ss, const char *why)
+{
+    static const char body[] = "{\"error\":{\"message\":\"Too many open connections: try again later.\","
+                               "\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}\n";
+    char msg[300];
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\nRetry-After: 1\r\n\r\n%s",
+                     sizeof body - 1, body);
+    if (n > 0 && (size_t)n < sizeof msg && send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* best effort: the close says it too */
+    }
+    close(fd);
+    f->f_refused++;
+    struct timeval now;
+    event_base_gettimeofday_cached(f->f_base, &now);
+    if (now.tv_sec != f->f_refused_t) {
+        char peer[INET6_ADDRSTRLEN] = "?";
+        peer_text(ss, peer);
+        TG_LOG(TG_LOG_WARN, "front", "refused %zu connection(s) over %s (last from %s; %zu open here)",
+               f->f_refused, why, peer, f->f_nconns);
+        f->f_refused_t = now.tv_sec;
+        f->f_refused = 0;
+    }
+}
+
 static void conn_new(tg_front_t *f, int fd, const struct sockaddr_storage *ss)
 {
+    const char *why = f->f_o.fo_limits ? limits_take(f->f_o.fo_limits, ss) : NULL;
+    if (why) {
+        refuse_conn(f, fd, ss, why);
+        return;
+    }
     tg_front_conn_t *c = tg_calloc(1, sizeof *c);
     if (!c) {
+        if (f->f_o.fo_limits)
+            limits_give(f->f_o.fo_limits, ss);
         close(fd);
         return;
     }
+    c->c_addr = *ss;
+    c->c_counted = f->f_o.fo_limits != NULL;
     c->c_f = f;
     c->c_fd = fd;
     c->c_state = ST_READ;
     c->c_keep = 1;
+    c->c_first = 1;
     tg_buf_init(&c->c_out, SIZE_MAX);
     tg_buf_init(&c->c_in, PIPELINE_MAX + SCRATCH);
-    if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->c_peer, sizeof c->c_peer);
-    else if (ss->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->c_peer, sizeof c->c_peer);
+    peer_text(ss, c->c_peer);
     http_parser_init(&c->c_p, HTTP_REQUEST);
     c->c_p.data = c;
     event_assign(&c->c_rev, f->f_base, fd, EV_READ | EV_PERSIST, on_read, c);
@@ -534,7 +813,7 @@ static void conn_new(tg_front_t *f, int fd, const struct sockaddr_storage *ss)
     f->f_nconns++;
     event_add(&c->c_rev, NULL);
     c->c_reading = 1;
-    arm_timer(c, f->f_tmo);
+    arm_timer(c, f->f_htmo); /* the first request's head is due within the head deadline of the accept */
 }
 
 /* ---- parser callbacks ----------------------------------------------------- */
@@ -568,6 +847,9 @@ static int on_begin(http_parser *p)
         tg_buf_init(&c->c_req->r_head, f->f_o.fo_max_head);
         tg_buf_init(&c->c_req->r_body, f->f_o.fo_max_body);
         tg_buf_init(&c->c_req->r_ohead, 64u << 10);
+        if (c->c_state == ST_READ && !c->c_first)
+            arm_timer(c, f->f_htmo); /* a keep-alive request's head: due within the deadline of its first byte */
+        c->c_first = 0;
     }
     return 0;
 }
@@ -603,6 +885,15 @@ static int close_field(http_parser *p)
 static int on_hfield(http_parser *p, const char *at, size_t n)
 {
     freq_t *r = req_of(p);
+    if (memchr(at, ' ', n) || memchr(at, '\t', n)) {
+        /* "Transfer-Encoding : chunked": lenient http-parser takes it, a
+         * proxy in front may not (RFC 9112 5.1: reject) */
+        tg_front_conn_t *c = p->data;
+        c->c_reject = 400;
+        c->c_reject_code = "malformed_http";
+        c->c_reject_msg = "whitespace in a header name";
+        return -1;
+    }
     if (r->r_hdone)
         return 0; /* a chunked trailer: never a request header (a proxy checked only the head) */
     if (r->r_last != 1) {
@@ -647,6 +938,13 @@ static int on_headers_done(http_parser *p)
     if (close_field(p) != 0)
         return -1;
     c->c_req->r_hdone = 1;
+    arm_timer(c, c->c_f->f_tmo); /* the head is in: the body's timeout runs between reads */
+    if (p->http_major == 1 && p->http_minor >= 1 && !tg_front_header(c, "Host")) {
+        c->c_reject = 400;
+        c->c_reject_code = "malformed_http";
+        c->c_reject_msg = "an HTTP/1.1 request without Host (RFC 9112 3.2)";
+        return -1;
+    }
     if (p->content_length != UINT64_MAX && (p->flags & F_CONTENTLENGTH) &&
         p->content_length > c->c_f->f_o.fo_max_body) {
         c->c_reject = 413;
@@ -664,6 +962,11 @@ static int on_headers_done(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t n)
 {
     tg_front_conn_t *c = p->data;
+    if (check_framing(c, c->c_chk, at) != 0)
+        return -1;
+    c->c_chk = at + n;
+    if ((p->flags & F_CHUNKED) && p->content_length == 0)
+        c->c_crlf = 2; /* this chunk's data is all in: CR LF must follow */
     int rc = tg_buf_append(&c->c_req->r_body, at, n);
     if (rc == 0)
         return 0;
@@ -702,6 +1005,8 @@ static void dispatch(tg_front_conn_t *c)
     c->c_head = c->c_p.method == HTTP_HEAD;
     c->c_http10 = c->c_p.http_major == 1 && c->c_p.http_minor == 0;
     c->c_chunked = 0;
+    c->c_held = 0;
+    c->c_streamed = 0;
     c->c_on_gone = c->c_on_drain = NULL;
     event_del(&c->c_tev);
     c->c_depth++;
@@ -766,7 +1071,7 @@ static void reject(tg_front_conn_t *c)
                  c->c_f->f_o.fo_max_head, MAX_HEADERS);
     else if (status == 400)
         snprintf(msg, sizeof msg, "Malformed HTTP request: %s.",
-                 http_errno_description(HTTP_PARSER_ERRNO(&c->c_p)));
+                 c->c_reject_msg ? c->c_reject_msg : http_errno_description(HTTP_PARSER_ERRNO(&c->c_p)));
     else
         snprintf(msg, sizeof msg, "The gateway is out of memory.");
     char body[512];
@@ -813,6 +1118,19 @@ const char *tg_front_header(const tg_front_conn_t *c, const char *name)
         if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0)
             return r->r_head.b_data + r->r_h[i].h_val;
     return NULL;
+}
+
+size_t tg_front_header_all(const tg_front_conn_t *c, const char *name, const char **out, size_t max)
+{
+    const freq_t *r = c->c_req;
+    size_t n = 0;
+    for (size_t i = 0; r && i < r->r_nh; i++)
+        if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0) {
+            if (n < max)
+                out[n] = r->r_head.b_data + r->r_h[i].h_val;
+            n++;
+        }
+    return n;
 }
 
 const char *tg_front_peer(const tg_front_conn_t *c)
@@ -911,6 +1229,7 @@ static void end_request(tg_front_conn_t *c)
 
 void tg_front_reply(tg_front_conn_t *c, int status, const void *body, size_t len)
 {
+    c->c_end_at = c->c_out.b_len;
     if (!c->c_gone) {
         if (put_head(c, status, (long long)len) != 0 ||
             (!c->c_head && len && tg_buf_append(&c->c_out, body, len) != 0)) {
@@ -926,6 +1245,7 @@ int tg_front_stream_start(tg_front_conn_t *c, int status)
     if (c->c_gone)
         return -1;
     c->c_chunked = !c->c_http10;
+    c->c_streamed = 1;
     if (c->c_http10)
         c->c_keep = 0; /* the end of the stream is the close */
     if (put_head(c, status, -1) != 0) {
@@ -951,6 +1271,7 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len)
 
 void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
 {
+    c->c_end_at = c->c_out.b_len;
     if (!c->c_gone && !c->c_head) {
         int rc = 0;
         if (len && c->c_chunked)
@@ -965,6 +1286,11 @@ void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
             conn_lost(c);
     }
     end_request(c);
+}
+
+void tg_front_hold(tg_front_conn_t *c)
+{
+    c->c_held = 1;
 }
 
 void tg_front_abandon(tg_front_conn_t *c)
@@ -996,6 +1322,12 @@ int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_
     f->f_tmo = event_base_init_common_timeout(base, &f->f_tmo_plain);
     if (!f->f_tmo)
         f->f_tmo = &f->f_tmo_plain;
+    if (f->f_o.fo_head_timeout_s <= 0)
+        f->f_o.fo_head_timeout_s = 30;
+    f->f_htmo_plain = (struct timeval){f->f_o.fo_head_timeout_s, 0};
+    f->f_htmo = event_base_init_common_timeout(base, &f->f_htmo_plain);
+    if (!f->f_htmo)
+        f->f_htmo = &f->f_htmo_plain;
     if (!(f->f_lev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, f)) ||
         !(f->f_pause_ev = evtimer_new(base, on_resume_accept, f)) ||
         !(f->f_flush_ev = event_new(base, -1, 0, on_flush, f)) || event_add(f->f_lev, NULL) != 0) {

@@ -13,7 +13,8 @@
  * bytes that end a response are written after the loop's before_flush
  * hook ran (the agent commits its usage records there), still in the
  * same loop iteration, so a client never sees the end of a response
- * whose record is not committed. */
+ * whose record is not committed; when the hook fails, a held response's
+ * end is replaced by an error (tg_front_hold). */
 #ifndef TG_AGENT_FRONT_H
 #define TG_AGENT_FRONT_H
 
@@ -28,13 +29,33 @@ typedef void (*tg_front_handler_fn)(tg_front_conn_t *c, void *arg);
 /* c's client went away (gone) or its queued output drained (drain). */
 typedef void (*tg_front_event_fn)(tg_front_conn_t *c, void *arg);
 
+/* Connection caps shared by the fronts of every loop (the agent's
+ * workers): at most lm_max_conns open client connections in all, and at
+ * most lm_max_per_ip from one peer address. A connection over a cap is
+ * answered 503 (OpenAI error shape, best effort: one non-blocking write)
+ * and closed at once; refusals are logged at most once a second per
+ * front. Thread-safe (a mutex, taken on accept and on close only). */
+typedef struct tg_front_limits tg_front_limits_t;
+/* 0 in either cap: no cap of that kind. Returns 0 and *out (free with
+ * tg_front_limits_destroy, after every front that uses it), or -1 with
+ * err filled (out of memory). */
+int tg_front_limits_create(size_t max_conns, size_t max_per_ip, tg_front_limits_t **out, char *err,
+                           size_t errlen);
+/* Accepts NULL. */
+void tg_front_limits_destroy(tg_front_limits_t *l);
+/* Open connections counted now (all fronts). */
+size_t tg_front_limits_open(tg_front_limits_t *l);
+
 typedef struct tg_front_opts {
     size_t fo_max_body;        /* larger bodies get a 413 (OpenAI error JSON) */
     size_t fo_max_head;        /* request line + headers; larger: 431 */
-    int fo_timeout_s;          /* to send a request, or to take queued output; idle keep-alive */
+    int fo_timeout_s;          /* to send the body (between reads), or to take queued output; idle keep-alive */
+    int fo_head_timeout_s;     /* the whole request head, from the connection's accept (first request) or
+                                * the request's first byte (later ones), not re-armed by reads; 0: 30 */
+    tg_front_limits_t *fo_limits; /* shared caps; NULL: none */
     tg_front_handler_fn fo_handler;
     void *fo_arg;
-    void (*fo_before_flush)(void *arg); /* runs before response ends are written */
+    int (*fo_before_flush)(void *arg); /* runs before response ends are written; -1: held ones fail */
     void *fo_flush_arg;
 } tg_front_opts_t;
 
@@ -52,12 +73,23 @@ void tg_front_destroy(tg_front_t *f);
 /* Open client connections. */
 size_t tg_front_nconns(const tg_front_t *f);
 
+/* What the front refuses while parsing, beyond http-parser (Debian builds
+ * it lenient, HTTP_PARSER_STRICT=0): a line not ended by CR LF (bare LF or
+ * bare CR) in the head, a chunk-size line or the trailers; anything but
+ * CR LF after a chunk's data; a blank or tab in a header name
+ * ("Transfer-Encoding : chunked"); HTTP/1.1 without Host. Each gets 400
+ * in the OpenAI error shape and the connection closes. */
+
 /* ---- the request: valid from the handler call until it is ended ---- */
 const char *tg_front_method(const tg_front_conn_t *c); /* "GET", "POST", ... */
 /* The request target (path and query) and its length. */
 const char *tg_front_target(const tg_front_conn_t *c, size_t *len);
 /* The first header called name (any case), NUL-terminated, or NULL. */
 const char *tg_front_header(const tg_front_conn_t *c, const char *name);
+/* Every header line called name (any case), in the order received: the
+ * first max values go into out. Returns how many lines there are (may
+ * be more than max). */
+size_t tg_front_header_all(const tg_front_conn_t *c, const char *name, const char **out, size_t max);
 /* The peer's address as text ("127.0.0.1", "::1"). */
 const char *tg_front_peer(const tg_front_conn_t *c);
 /* Takes the body: the caller owns the returned block (tg_free; never
@@ -86,6 +118,15 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len);
  * last event, held back so that it too goes out only after the flush
  * hook); ends the request. */
 void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len);
+/* Marks the response of c's request as held: its end goes out only when
+ * the before_flush hook that precedes it returns 0 (the agent: its usage
+ * record is committed). When the hook fails, the end that was queued is
+ * replaced: a whole reply by 503 `usage_not_recorded` (OpenAI error
+ * shape), a stream by an SSE error event without the terminating chunk;
+ * the connection then closes, so a client never takes a truncated stream
+ * or an unrecorded answer for a complete one. Call it before the reply or
+ * the stream's end. */
+void tg_front_hold(tg_front_conn_t *c);
 /* Ends the request without (more of) a reply: the connection closes. */
 void tg_front_abandon(tg_front_conn_t *c);
 

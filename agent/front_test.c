@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -26,8 +27,12 @@
 static struct event_base *base;
 static tg_front_t *front;
 static int port;
+/* a second front with a 1 s head deadline and small connection caps */
+static tg_front_t *lfront;
+static tg_front_limits_t *limits;
+static int lport;
 static pthread_t loop_thread;
-static atomic_int hooks, gone_seen, drained, slow_hook;
+static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook;
 static struct event *stop_ev;
 static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
 
@@ -84,7 +89,9 @@ static void handler(tg_front_conn_t *c, void *arg)
         tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
         return;
     }
-    if (strcmp(path, "/stream") == 0) {
+    if (strncmp(path, "/held", 5) == 0)
+        tg_front_hold(c); /* its end waits for the hook's success */
+    if (strcmp(path, "/stream") == 0 || strcmp(path, "/heldstream") == 0) {
         tg_front_add_header(c, "Content-Type", "text/event-stream");
         tg_front_stream_start(c, 200);
         tg_front_stream_write(c, "data: 1\n\n", 9);
@@ -126,12 +133,13 @@ static void reply_now(tg_front_conn_t *c)
     tg_front_reply(c, 200, out, (size_t)n);
 }
 
-static void hook(void *arg)
+static int hook(void *arg)
 {
     (void)arg;
     if (atomic_load(&slow_hook))
         usleep(100000);
     atomic_fetch_add(&hooks, 1);
+    return atomic_load(&fail_hook) ? -1 : 0;
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -166,6 +174,20 @@ static int setup(void **state)
     char err[256];
     if (tg_front_create(base, fd, &o, &front, err, sizeof err) != 0)
         return -1;
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sa = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    sl = sizeof sa;
+    if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 64) != 0)
+        return -1;
+    getsockname(lfd, (struct sockaddr *)&sa, &sl);
+    lport = ntohs(sa.sin_port);
+    if (tg_front_limits_create(5, 3, &limits, err, sizeof err) != 0)
+        return -1;
+    tg_front_opts_t lo = o;
+    lo.fo_head_timeout_s = 1;
+    lo.fo_limits = limits;
+    if (tg_front_create(base, lfd, &lo, &lfront, err, sizeof err) != 0)
+        return -1;
     if (pipe(stop_pipe) != 0)
         return -1;
     stop_ev = event_new(base, stop_pipe[0], EV_READ, on_stop, NULL);
@@ -182,6 +204,8 @@ static int teardown(void **state)
     close(stop_pipe[0]);
     close(stop_pipe[1]);
     tg_front_destroy(front);
+    tg_front_destroy(lfront);
+    tg_front_limits_destroy(limits);
     event_free(stop_ev);
     event_base_free(base);
     return 0;
@@ -198,6 +222,28 @@ static int dial(void)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return fd;
+}
+
+/* A connection to the limited front from a loopback address of our
+ * choice (127.0.0.x: the per-address cap tells them apart). */
+static int dial_from(int last_octet)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in me = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000000u | (unsigned)last_octet)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&me, sizeof me), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)lport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static void say(int fd, const char *s)
@@ -514,6 +560,174 @@ static void test_idle_count(void **state)
     assert_int_equal(tg_front_nconns(front), 0);
 }
 
+/* One request over a new connection to the main front: what came back. */
+static const char *exchange(const char *req)
+{
+    int fd = dial();
+    say(fd, req);
+    const char *r = read_until(fd, NULL);
+    close(fd);
+    return r;
+}
+
+static void test_strict_framing(void **state)
+{
+    (void)state;
+    /* each of these is taken by lenient http-parser; a proxy in front
+     * may read them otherwise (request smuggling) */
+    const char *bad[] = {
+        "POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: h\r\nContent-Length\t: 3\r\n\r\nabc",
+        "GET /s HTTP/1.1\nHost: h\n\n",
+        "GET /s HTTP/1.1\r\nHost: h\nX-Test: y\r\n\r\n",
+        "GET /s HTTP/1.1\r\nHost: h\rX-Test: y\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\rXabc\r\n0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+        "GET /s HTTP/1.1\r\nX-Test: nohost\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *r = exchange(bad[i]);
+        if (!strstr(r, "HTTP/1.1 400 ") || !strstr(r, "\"code\":\"malformed_http\""))
+            fail_msg("case %zu was not refused: %s", i, r);
+        assert_null(strstr(r, "body="));
+    }
+    const char *r = exchange("GET /s HTTP/1.1\r\nX-Test: nohost\r\n\r\n");
+    assert_non_null(strstr(r, "without Host"));
+    r = exchange("GET /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n");
+    assert_non_null(strstr(r, "whitespace in a header name"));
+    /* still served: HTTP/1.0 without Host, a chunk split at every boundary */
+    r = exchange("GET /ten HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "GET /ten h=- "));
+    int fd = dial();
+    const char *parts[] = {"POST /c HTTP/1.1\r\nHost: h\r", "\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc", "\r",
+                           "\n2\r\nde\r\n0\r", "\n\r\n"};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        say(fd, parts[i]);
+        usleep(20000);
+    }
+    r = read_until(fd, "body=abcde");
+    assert_non_null(strstr(r, "HTTP/1.1 200 "));
+    close(fd);
+}
+
+static void test_head_deadline(void **state)
+{
+    (void)state;
+    /* a byte every 200 ms re-armed the old timer forever; the head's
+     * deadline (1 s here) does not move */
+    int fd = dial_from(1);
+    double t0 = now_s();
+    say(fd, "GET /slow HTTP/1.1\r\n");
+    int closed = 0;
+    while (now_s() - t0 < 4) {
+        usleep(200000);
+        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) {
+            closed = 1;
+            break;
+        }
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            closed = 1;
+            break;
+        }
+    }
+    assert_true(closed);
+    assert_true(now_s() - t0 < 2.5);
+    close(fd);
+    /* a connection that sends nothing is closed by the same deadline */
+    fd = dial_from(1);
+    t0 = now_s();
+    char b;
+    assert_true(recv(fd, &b, 1, 0) <= 0);
+    assert_true(now_s() - t0 < 2.5);
+    close(fd);
+    /* a request sent in time is served, and its keep-alive idles longer */
+    fd = dial_from(1);
+    say(fd, "GET /fast HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(read_until(fd, "body="), "GET /fast"));
+    usleep(1300000);
+    say(fd, "GET /again HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(read_until(fd, "body="), "GET /again"));
+    close(fd);
+}
+
+static void test_connection_caps(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 100 && tg_front_limits_open(limits) > 0; i++)
+        usleep(10000);
+    int a[3], b[2];
+    for (int i = 0; i < 3; i++)
+        a[i] = dial_from(1);
+    usleep(50000);
+    assert_int_equal(tg_front_limits_open(limits), 3);
+    /* a fourth from 127.0.0.1: over the per-address cap (3) */
+    int fd = dial_from(1);
+    const char *r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 503 "));
+    assert_non_null(strstr(r, "\"code\":\"too_many_connections\""));
+    close(fd);
+    for (int i = 0; i < 2; i++)
+        b[i] = dial_from(2);
+    usleep(50000);
+    assert_int_equal(tg_front_limits_open(limits), 5);
+    /* a new address: over the total cap (5) */
+    fd = dial_from(3);
+    r = read_until(fd, NULL);
+    assert_non_null(strstr(r, "HTTP/1.1 503 "));
+    close(fd);
+    /* the ones admitted are served */
+    say(a[0], "GET /ok HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(read_until(a[0], "body="), "GET /ok"));
+    /* a close gives its place back */
+    close(a[1]);
+    for (int i = 0; i < 100 && tg_front_limits_open(limits) > 4; i++)
+        usleep(10000);
+    fd = dial_from(1);
+    say(fd, "GET /back HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(read_until(fd, "body="), "GET /back"));
+    close(fd);
+    close(a[0]);
+    close(a[2]);
+    close(b[0]);
+    close(b[1]);
+    for (int i = 0; i < 100 && tg_front_limits_open(limits) > 0; i++)
+        usleep(10000);
+    assert_int_equal(tg_front_limits_open(limits), 0);
+}
+
+static void test_failed_hook_fails_held_responses(void **state)
+{
+    (void)state;
+    atomic_store(&fail_hook, 1);
+    /* a held whole reply: 503 in the OpenAI shape instead, then the close */
+    const char *r = exchange("GET /held HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"usage_not_recorded\""));
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_null(strstr(r, "body="));
+    /* a held stream: what went out stays, its end becomes an error event
+     * and the terminating chunk never comes */
+    r = exchange("GET /heldstream HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "data: 1\n\n"));
+    assert_null(strstr(r, "data: 2"));
+    assert_non_null(strstr(r, "data: {\"error\":"));
+    assert_null(strstr(r, "\r\n0\r\n\r\n"));
+    /* a response that is not held goes out as it is */
+    r = exchange("GET /free HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "GET /free "));
+    atomic_store(&fail_hook, 0);
+    r = exchange("GET /held HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    r = exchange("GET /heldstream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "data: 2\n\n\r\n0\r\n\r\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +745,10 @@ int main(void)
         cmocka_unit_test(test_refused_upload_is_drained),
         cmocka_unit_test(test_many_headers),
         cmocka_unit_test(test_idle_count),
+        cmocka_unit_test(test_strict_framing),
+        cmocka_unit_test(test_head_deadline),
+        cmocka_unit_test(test_connection_caps),
+        cmocka_unit_test(test_failed_hook_fails_held_responses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -33,6 +33,15 @@ static const char usage[] =
     "  --cp HOST:PORT         control plane (gRPC): Sync configuration, report usage\n"
     "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
+    "  --metrics-listen HOST:PORT  where /metrics, /healthz and /readyz are served (default\n"
+    "                         127.0.0.1:0, a free port, printed; \"off\": none). Never the public port\n"
+    "  --cors-origin ORIGIN   a browser origin allowed to call the API (CORS; repeatable, 8 max;\n"
+    "                         \"*\": any). Default none: no CORS headers, preflights refused\n"
+    "  --head-timeout S       seconds a client has to send a whole request head (default 30)\n"
+    "  --max-conns N          open client connections in all; over it: 503 and close\n"
+    "                         (default: half the open-files limit, an open stream holds 2)\n"
+    "  --max-conns-per-ip N   open client connections from one address (default 0: no cap;\n"
+    "                         behind a load balancer every connection comes from it)\n"
     "\n"
     "       tollgate-agent outbox-dump --data-dir DIR [--limit N] [--rejected]\n"
     "  prints the usage records waiting in DIR's outbox (or, --rejected, those the\n"
@@ -188,6 +197,38 @@ int main(int argc, char **argv)
             if (*end || mb < 1 || mb > (1L << 20))
                 goto bad;
             o.ao_outbox_map = (size_t)mb << 20;
+        } else if (strcmp(a, "--cors-origin") == 0) {
+            if (o.ao_ncors >= 8 || !*v || strpbrk(v, "\r\n ,"))
+                goto bad;
+            o.ao_cors[o.ao_ncors++] = v;
+        } else if (strcmp(a, "--metrics-listen") == 0) {
+            if (strcmp(v, "off") == 0) {
+                o.ao_metrics_host = NULL;
+                continue;
+            }
+            static char mhost[64];
+            const char *colon = strrchr(v, ':');
+            long p = colon ? strtol(colon + 1, &end, 10) : -1;
+            if (!colon || colon == v || (size_t)(colon - v) >= sizeof mhost || !colon[1] || *end || p < 0 ||
+                p > 65535)
+                goto bad;
+            memcpy(mhost, v, (size_t)(colon - v));
+            mhost[colon - v] = '\0';
+            o.ao_metrics_host = mhost;
+            o.ao_metrics_port = (int)p;
+        } else if (strcmp(a, "--head-timeout") == 0) {
+            long t = strtol(v, &end, 10);
+            if (*end || t < 1 || t > 3600)
+                goto bad;
+            o.ao_head_timeout_s = (int)t;
+        } else if (strcmp(a, "--max-conns") == 0 || strcmp(a, "--max-conns-per-ip") == 0) {
+            long n = strtol(v, &end, 10);
+            if (*end || n < 0 || n > (1L << 24))
+                goto bad;
+            if (strcmp(a, "--max-conns") == 0)
+                o.ao_max_conns = n;
+            else
+                o.ao_max_conns_per_ip = n;
         } else if (strcmp(a, "--cp") == 0) {
             o.ao_cp = v;
         } else if (strcmp(a, "--enroll-token") == 0) {
@@ -241,6 +282,8 @@ int main(int argc, char **argv)
         tg_agent_destroy(agent);
         return 1;
     }
+    if (tg_agent_metrics_port(agent))
+        printf("tollgate-agent metrics on %s:%d\n", o.ao_metrics_host, tg_agent_metrics_port(agent));
     printf("tollgate-agent listening on %s:%d\n", o.ao_host, tg_agent_port(agent));
     fflush(stdout);
     rc = tg_agent_run(agent, err, sizeof err);

@@ -16,8 +16,8 @@
  *   6. finish: the receipt (tollgate.v1.UsageRecord with every attempt) is
  *      emitted, the configuration reference dropped, the pool freed.
  * Everything request-scoped comes from one tg_pool_t. */
-#include <errno.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -1661,17 +1661,12 @@ static void on_front_drain(tg_front_conn_t *c, void *arg)
 
 /* ---- the front: auth, policy, dispatch ------------------------------------------ */
 
-/* Client address: the peer, or from X-Forwarded-For when the peer is a
- * trusted proxy (rightmost address that is not itself a trusted proxy). */
-static void client_ip(req_t *rq)
+/* Walks one X-Forwarded-For value right to left, each address into
+ * rq_ip. Returns 1 when the walk is over (an address that is not a
+ * trusted proxy, or one that does not parse: the last good one stands),
+ * 0 when every address of the value was a trusted proxy. */
+static int xff_walk(req_t *rq, const char *xff)
 {
-    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
-    tg_ip_t ip;
-    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
-        return;
-    const char *xff = tg_front_header(rq->rq_c, "X-Forwarded-For");
-    if (!xff)
-        return;
     size_t end = strlen(xff);
     while (end > 0) {
         size_t start = end;
@@ -1683,17 +1678,38 @@ static void client_ip(req_t *rq)
             s++;
         while (e > s && (xff[e - 1] == ' ' || xff[e - 1] == '\t'))
             e--;
+        tg_ip_t ip;
         if (e - s == 0 || e - s >= sizeof one)
-            return;
+            return 1;
         memcpy(one, xff + s, e - s);
         one[e - s] = '\0';
         if (tg_agent_ip_parse(one, &ip) != 0)
-            return;
+            return 1;
         memcpy(rq->rq_ip, one, e - s + 1);
         if (!tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
-            return;
+            return 1;
         end = start ? start - 1 : 0;
     }
+    return 0;
+}
+
+/* Client address: the peer, or from X-Forwarded-For when the peer is a
+ * trusted proxy: the rightmost address that is not itself a trusted
+ * proxy, as nginx's realip module takes it. Every X-Forwarded-For line
+ * counts, read as one list in order (RFC 9110 5.3): a proxy that adds its
+ * own line after the client's must not let the client's line decide. */
+static void client_ip(req_t *rq)
+{
+    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
+    tg_ip_t ip;
+    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
+        return;
+    const char *xff[128]; /* the front keeps at most 128 header lines */
+    size_t n = tg_front_header_all(rq->rq_c, "X-Forwarded-For", xff, 128);
+    if (n > 128)
+        n = 128;
+    while (n > 0 && !xff_walk(rq, xff[--n]))
+        ;
 }
 
 static int model_allowed(const tg_key_t *k, const char *model)
@@ -1906,33 +1922,112 @@ static void handle_post(req_t *rq)
     start_attempt(rq);
 }
 
-static void handle_models(req_t *rq)
+static void model_json(tg_buf_t *b, const tg_route_t *r)
+{
+    tg_buf_puts(b, "{\"id\":");
+    tg_agent_json_str(b, r->model, strlen(r->model));
+    tg_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
+                  (long long)(r->created_at_us / 1000000));
+}
+
+/* GET /v1/models (id NULL): the catalog models the key may use; GET
+ * /v1/models/{id}: one of them, or 404 model_not_found when the catalog
+ * has no such model or the key may not use it (the same answer, so a key
+ * cannot probe what it is not allowed). */
+static void handle_models(req_t *rq, const char *id)
 {
     if (authenticate(rq) != 0)
         return;
     const tg_snap_t *s = tg_cfg_snapshot(rq->rq_cfg);
     tg_buf_t b;
     tg_buf_init(&b, 16u << 20);
-    tg_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
-    int first = 1;
+    if (!id)
+        tg_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+    int n = 0;
     for (size_t i = 0; i < s->n_routes; i++) {
         const tg_route_t *r = s->routes[i];
-        if (!model_allowed(rq->rq_key, r->model))
+        if (!model_allowed(rq->rq_key, r->model) || (id && strcmp(r->model, id) != 0))
             continue;
-        tg_buf_puts(&b, first ? "{\"id\":" : ",{\"id\":");
-        tg_agent_json_str(&b, r->model, strlen(r->model));
-        tg_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
-                      (long long)(r->created_at_us / 1000000));
-        first = 0;
+        if (n++ && !id)
+            tg_buf_puts(&b, ",");
+        model_json(&b, r);
+        if (id)
+            break;
     }
-    tg_buf_puts(&b, "]}\n");
-    add_header(rq->rq_c, "Content-Type", "application/json");
+    if (!id)
+        tg_buf_puts(&b, "]}");
+    tg_buf_puts(&b, "\n");
     add_header(rq->rq_c, "x-request-id", rq->rq_id);
+    if (id && !n) {
+        tg_buf_free(&b);
+        rq->rq_status = 404;
+        send_error(rq->rq_c, NULL, 404, "invalid_request_error", "model_not_found",
+                   "The model '%.200s' does not exist or you do not have access to it.", id);
+        rq->rq_c = NULL;
+        req_free(rq);
+        return;
+    }
+    add_header(rq->rq_c, "Content-Type", "application/json");
     rq->rq_status = 200;
     tg_front_reply(rq->rq_c, 200, b.b_data, b.b_len);
     rq->rq_c = NULL;
     tg_buf_free(&b);
     req_free(rq); /* listing models is not metered: no receipt */
+}
+
+/* %XX-decodes the rest of a path into out (the SDKs encode a model id
+ * with encodeURIComponent; ids such as "org/model" hold a '/'). Returns 0,
+ * or -1 when it is empty, malformed, too long or decodes to a NUL. */
+static int path_segment(const char *p, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)p[i];
+        if (c == '%') {
+            if (i + 2 >= n || !isxdigit((unsigned char)p[i + 1]) || !isxdigit((unsigned char)p[i + 2]))
+                return -1;
+            char hex[3] = {p[i + 1], p[i + 2], 0};
+            c = (int)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return o ? 0 : -1;
+}
+
+/* CORS (--cors-origin): an allowed Origin gets Access-Control-Allow-Origin
+ * on every answer, and a preflight (OPTIONS with
+ * Access-Control-Request-Method) is answered 204 here. Returns 1 when the
+ * request was a preflight (answered), 0 otherwise. */
+static int cors(tg_front_conn_t *hr, worker_t *w, const char *method)
+{
+    const tg_agent_opts_t *o = &w->w_agent->a_opts;
+    const char *origin = tg_front_header(hr, "Origin");
+    int any = 0, ok = 0;
+    for (int i = 0; i < o->ao_ncors; i++) {
+        any |= strcmp(o->ao_cors[i], "*") == 0;
+        ok |= origin && strcmp(o->ao_cors[i], origin) == 0;
+    }
+    if (!origin || !(ok || any))
+        return 0;
+    add_header(hr, "Access-Control-Allow-Origin", ok ? origin : "*");
+    if (ok)
+        add_header(hr, "Vary", "Origin");
+    const char *want = tg_front_header(hr, "Access-Control-Request-Method");
+    if (strcmp(method, "OPTIONS") != 0 || !want) {
+        add_header(hr, "Access-Control-Expose-Headers", "x-request-id, x-tollgate-route, x-tollgate-attempts");
+        return 0;
+    }
+    const char *hdrs = tg_front_header(hr, "Access-Control-Request-Headers");
+    add_header(hr, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    add_header(hr, "Access-Control-Allow-Headers",
+               hdrs && *hdrs ? hdrs : "authorization, content-type, x-api-key, x-tollgate-run");
+    add_header(hr, "Access-Control-Max-Age", "86400");
+    tg_front_reply(hr, 204, "", 0);
+    return 1;
 }
 
 static void plain(tg_front_conn_t *hr, int status, const char *text)
@@ -1950,21 +2045,16 @@ static const char *header_text(tg_pool_t *pool, const char *v)
     return tg_pool_strndup(pool, s, n);
 }
 
-void tg_req_handle(tg_front_conn_t *hr, void *arg)
+/* The metrics listener (--metrics-listen, loopback by default): what an
+ * operator's scraper and probes read; /metrics is never on the public
+ * port (it names channels and models). */
+void tg_req_handle_ops(tg_front_conn_t *hr, void *arg)
 {
     worker_t *w = arg;
     size_t ulen;
     const char *uri = tg_front_target(hr, &ulen);
     size_t plen = strcspn(uri, "?");
-    const char *method = tg_front_method(hr);
-    tg_cfg_t *cfg = tg_worker_cfg(w);
-#define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
-#define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
-    if (PATH_IS("/healthz")) {
-        plain(hr, 200, "ok\n");
-        return;
-    }
-    if (PATH_IS("/metrics")) {
+    if (plen == 8 && memcmp(uri, "/metrics", 8) == 0) {
         tg_agent_t *a = w->w_agent;
         tg_metrics_t *ms[256];
         int n = 0;
@@ -1980,6 +2070,34 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
         tg_buf_free(&b);
         return;
     }
+    if (plen == 8 && memcmp(uri, "/healthz", 8) == 0) {
+        plain(hr, 200, "ok\n");
+        return;
+    }
+    if (plen == 7 && memcmp(uri, "/readyz", 7) == 0) {
+        tg_cfg_t *cfg = tg_worker_cfg(w);
+        plain(hr, cfg ? 200 : 503, cfg ? "ready\n" : "no configuration snapshot yet\n");
+        return;
+    }
+    plain(hr, 404, "not found: this listener serves /metrics, /healthz and /readyz\n");
+}
+
+void tg_req_handle(tg_front_conn_t *hr, void *arg)
+{
+    worker_t *w = arg;
+    size_t ulen;
+    const char *uri = tg_front_target(hr, &ulen);
+    size_t plen = strcspn(uri, "?");
+    const char *method = tg_front_method(hr);
+    tg_cfg_t *cfg = tg_worker_cfg(w);
+    if (cors(hr, w, method))
+        return;
+#define PATH_IS(p) (plen == sizeof(p) - 1 && memcmp(uri, p, plen) == 0)
+#define PATH_IS_S(p) (plen == strlen(p) && memcmp(uri, p, plen) == 0)
+    if (PATH_IS("/healthz")) {
+        plain(hr, 200, "ok\n");
+        return;
+    }
     if (PATH_IS("/readyz")) {
         plain(hr, cfg ? 200 : 503, cfg ? "ready\n" : "no configuration snapshot yet\n");
         return;
@@ -1990,6 +2108,11 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
             ep = &endpoints[i];
     int post = ep != NULL;
     int models = PATH_IS("/v1/models");
+    char model_id[256];
+    int model_one = !models && plen > 11 && memcmp(uri, "/v1/models/", 11) == 0;
+    if (model_one && path_segment(uri + 11, plen - 11, model_id, sizeof model_id) != 0)
+        model_one = 0; /* not a model id: 404 unknown_url */
+    models |= model_one;
 #undef PATH_IS
 #undef PATH_IS_S
     char id[48];
@@ -2033,8 +2156,12 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     rq->rq_run = run ? header_text(pool, run) : NULL;
     rq->rq_ua = ua ? header_text(pool, ua) : NULL;
     client_ip(rq);
-    if (post)
+    if (post) {
+        /* its end waits for its usage record's commit, and fails if that
+         * commit fails (front.h) */
+        tg_front_hold(hr);
         handle_post(rq);
-    else
-        handle_models(rq);
+    } else {
+        handle_models(rq, model_one ? model_id : NULL);
+    }
 }

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -120,35 +122,64 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * end of an answer whose record is not in the outbox. The commit event
  * (priority 0, like the front's flush) covers records without a client
  * reply (a client that hung up). */
-void tg_worker_commit(worker_t *w)
+static void pend_drop(worker_t *w, size_t n)
 {
-    tg_agent_t *a = w->w_agent;
-    char err[TG_ERRLEN] = "";
-    if (!w->w_npend)
-        return;
-    if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) != 0) {
-        for (size_t i = 0; i < w->w_npend; i++) {
-            const char *kv[] = {"request_id", w->w_pend_ids[i], NULL};
-            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: %s", err);
-        }
-    }
-    for (size_t i = 0; i < w->w_npend; i++) {
+    for (size_t i = 0; i < n; i++) {
         tg_free((void *)w->w_pend[i].oi_data);
         tg_free(w->w_pend_ids[i]);
     }
-    w->w_npend = 0;
+    memmove(w->w_pend, w->w_pend + n, (w->w_npend - n) * sizeof *w->w_pend);
+    memmove(w->w_pend_ids, w->w_pend_ids + n, (w->w_npend - n) * sizeof *w->w_pend_ids);
+    w->w_npend -= n;
 }
 
-static void before_flush(void *arg)
+int tg_worker_commit(worker_t *w)
 {
-    tg_worker_commit(arg);
+    tg_agent_t *a = w->w_agent;
+    char err[TG_ERRLEN] = "";
+    w->w_commit_failed = 0;
+    if (w->w_npend) {
+        if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) == 0) {
+            pend_drop(w, w->w_npend);
+        } else {
+            /* Not in the outbox: the answers waiting on this commit fail
+             * (the client is not told "done" for an unrecorded request);
+             * the records stay here and are retried, bounded. */
+            w->w_commit_failed = 1;
+            TG_LOG(TG_LOG_ERROR, "usage", "outbox commit failed (%zu records kept in memory, retried in 1 s): %s",
+                   w->w_npend, err);
+            if (w->w_npend > TG_WORKER_KEEP) {
+                size_t lost = w->w_npend - TG_WORKER_KEEP;
+                for (size_t i = 0; i < lost; i++) {
+                    const char *kv[] = {"request_id", w->w_pend_ids[i], NULL};
+                    tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record LOST: the outbox refuses it (%s)", err);
+                }
+                pend_drop(w, lost);
+            }
+            struct timeval retry = {1, 0};
+            event_add(w->w_commit_ev, &retry);
+        }
+    }
+    return w->w_commit_failed ? -1 : 0;
+}
+
+/* The front's hook: answers held for their records fail when a commit
+ * of this iteration failed, the commit event's included. */
+static int before_flush(void *arg)
+{
+    worker_t *w = arg;
+    int earlier = w->w_fail_seen;
+    w->w_fail_seen = 0;
+    return tg_worker_commit(w) != 0 || earlier ? -1 : 0;
 }
 
 static void on_commit(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    tg_worker_commit(arg);
+    worker_t *w = arg;
+    if (tg_worker_commit(w) != 0)
+        w->w_fail_seen = 1;
 }
 
 int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
@@ -174,8 +205,81 @@ int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
     }
     w->w_pend[w->w_npend] = (tg_outbox_item_t){data, len};
     w->w_pend_ids[w->w_npend++] = id;
-    if (w->w_npend == 1)
+    if (w->w_npend == 1 || !event_pending(w->w_commit_ev, EV_TIMEOUT, NULL))
         event_active(w->w_commit_ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
+/* ---- the metrics listener ------------------------------------------------------ */
+
+/* /metrics names channels and models: it is served on its own address
+ * (loopback by default), never on the public port. One small front on
+ * worker 0's loop; a scrape sums every worker's relaxed counters. */
+static int metrics_listen(tg_agent_t *a, char *err, size_t errlen)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a->a_opts.ao_metrics_port)};
+    if (inet_pton(AF_INET, a->a_opts.ao_metrics_host, &sa.sin_addr) != 1)
+        return tg_errf(err, errlen, TG_AGENT_EUSAGE, "--metrics-listen %s: not an IPv4 address",
+                       a->a_opts.ao_metrics_host);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t sl = sizeof sa;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 64) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+        int e = errno;
+        close(fd);
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--metrics-listen %s:%d: %s", a->a_opts.ao_metrics_host,
+                       a->a_opts.ao_metrics_port, strerror(e));
+    }
+    a->a_mport = ntohs(sa.sin_port);
+    worker_t *w = &a->a_workers[0];
+    tg_front_opts_t fo = {
+        .fo_max_body = 4096,
+        .fo_max_head = 16u << 10,
+        .fo_timeout_s = 30,
+        .fo_head_timeout_s = 10,
+        .fo_handler = tg_req_handle_ops,
+        .fo_arg = w,
+    };
+    return tg_front_create(w->w_base, fd, &fo, &w->w_mfront, err, errlen); /* owns fd */
+}
+
+/* ---- the data dir's lock ---------------------------------------------------- */
+
+/* One agent per data dir: two would share the outbox's sequence numbers
+ * and batch marks, and lose records (MDB_KEYEXIST, reused batches). An
+ * flock on DATA_DIR/agent.lock, held for the process's life (the kernel
+ * drops it when the process dies, kill -9 included); the file holds the
+ * holder's pid, for the refusal's message. outbox-dump does not lock: it
+ * opens the outbox read-only beside a running agent. */
+static int lock_data_dir(tg_agent_t *a, const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/agent.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: cannot open %s: %s", dir, path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return tg_errf(err, errlen, TG_AGENT_ESYS,
+                           "--data-dir %s is in use by another tollgate-agent (pid %s): one agent per data dir", dir,
+                           pid[0] ? pid : "unknown");
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: cannot lock %s: %s", dir, path, strerror(e));
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        TG_LOG(TG_LOG_WARN, "agent", "cannot write the pid into %s: %s", path, strerror(errno));
+    a->a_lock_fd = fd;
     return 0;
 }
 
@@ -193,7 +297,7 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     worker_t *w = arg;
     /* done when no request is in flight and no response is still being
      * written to a slow client */
-    if ((!w->w_live && tg_front_nconns(w->w_front) == 0) || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
+    if ((!w->w_live && tg_front_nconns(w->w_front) == 0 && tg_front_nconns(w->w_mfront) == 0) || ++w->w_drain_ticks * 50 >= DRAIN_MS) {
         if (w->w_live)
             TG_LOG(TG_LOG_WARN, "agent", "worker %d: drain bound reached, cutting requests in flight", w->w_idx);
         event_base_loopexit(w->w_base, NULL);
@@ -210,6 +314,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     w->w_draining = 1;
     event_del(w->w_stop_ev);
     tg_front_stop_accepting(w->w_front);
+    tg_front_stop_accepting(w->w_mfront);
     struct timeval tv = {0, 50000};
     if (!(w->w_drain_ev = event_new(w->w_base, -1, EV_PERSIST, on_drain, w)) || event_add(w->w_drain_ev, &tv) != 0)
         event_base_loopexit(w->w_base, NULL);
@@ -244,6 +349,8 @@ static void worker_free(worker_t *w)
         tg_worker_commit(w);
     tg_front_destroy(w->w_front);
     w->w_front = NULL;
+    tg_front_destroy(w->w_mfront);
+    w->w_mfront = NULL;
     while (w->w_nidle > 0)
         curl_easy_cleanup(w->w_idle[--w->w_nidle]);
     if (w->w_multi)
@@ -284,6 +391,8 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
         .fo_max_body = a->a_opts.ao_max_body,
         .fo_max_head = 64u << 10,
         .fo_timeout_s = 120,
+        .fo_head_timeout_s = a->a_opts.ao_head_timeout_s,
+        .fo_limits = a->a_limits,
         .fo_handler = tg_req_handle,
         .fo_arg = w,
         .fo_before_flush = before_flush,
@@ -562,6 +671,7 @@ void tg_agent_opts_default(tg_agent_opts_t *o)
     o->ao_max_body = 16u << 20;
     o->ao_region = "";
     o->ao_outbox_map = (size_t)1 << 30;
+    o->ao_metrics_host = "127.0.0.1";
 }
 
 int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_t errlen)
@@ -577,6 +687,7 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
     a->a_opts = *o;
     a->a_stop_pipe[0] = a->a_stop_pipe[1] = -1;
+    a->a_lock_fd = -1;
     pthread_mutex_init(&a->a_cfg_mu, NULL);
     pthread_mutex_init(&a->a_brk_mu, NULL);
     pthread_mutex_init(&a->a_sync_mu, NULL);
@@ -606,6 +717,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "--data-dir %s: %s", o->ao_data_dir, strerror(errno));
         goto fail;
     }
+    if (o->ao_data_dir && (rc = lock_data_dir(a, o->ao_data_dir, err, errlen)) != 0)
+        goto fail;
     if (o->ao_snapshot) {
         if ((rc = read_file(o->ao_snapshot, &data, &len, err, errlen)) != 0)
             goto fail;
@@ -646,6 +759,17 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "pipe: %s", strerror(errno));
         goto fail;
     }
+    /* Connection caps: by default half the open-files limit (a stream
+     * holds a client and an upstream descriptor), so a connection flood
+     * meets a clean 503 instead of EMFILE for everyone. */
+    size_t max_conns = (size_t)o->ao_max_conns;
+    struct rlimit rl;
+    if (!max_conns && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        max_conns = rl.rlim_cur / 2 > 64 ? (size_t)rl.rlim_cur / 2 : 64;
+    if ((rc = tg_front_limits_create(max_conns, (size_t)o->ao_max_conns_per_ip, &a->a_limits, err, errlen)) != 0) {
+        rc = TG_AGENT_ENOMEM;
+        goto fail;
+    }
     a->a_workers = tg_calloc((size_t)o->ao_threads, sizeof *a->a_workers);
     if (!a->a_workers) {
         rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
@@ -668,6 +792,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         if ((rc = worker_init(a, &a->a_workers[i], i, fd, err, errlen)) != 0)
             goto fail;
     }
+    if (o->ao_metrics_host && (rc = metrics_listen(a, err, errlen)) != 0)
+        goto fail;
     tg_free(data);
     *out = a;
     return 0;
@@ -680,6 +806,11 @@ fail:
 int tg_agent_port(const tg_agent_t *a)
 {
     return a->a_port;
+}
+
+int tg_agent_metrics_port(const tg_agent_t *a)
+{
+    return a->a_mport;
 }
 
 int tg_agent_run(tg_agent_t *a, char *err, size_t errlen)
@@ -717,6 +848,7 @@ void tg_agent_destroy(tg_agent_t *a)
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);
+    tg_front_limits_destroy(a->a_limits);
     if (a->a_sync_running) {
         pthread_mutex_lock(&a->a_sync_mu);
         a->a_sync_stop = 1;
@@ -736,6 +868,8 @@ void tg_agent_destroy(tg_agent_t *a)
         close(a->a_stop_pipe[1]);
     tg_cfg_unref(a->a_cfg);
     tg_meter_destroy(a->a_meter);
+    if (a->a_lock_fd >= 0)
+        close(a->a_lock_fd); /* last: the outbox is closed */
     pthread_mutex_destroy(&a->a_cfg_mu);
     pthread_mutex_destroy(&a->a_brk_mu);
     if (a->a_curl_inited)

@@ -24,6 +24,7 @@ struct worker {
     pthread_t w_thread;
     struct event_base *w_base;
     tg_front_t *w_front;
+    tg_front_t *w_mfront; /* worker 0 only: the metrics listener (--metrics-listen) */
     CURLM *w_multi;
     struct event *w_curl_timer;
     struct event *w_stop_ev;
@@ -40,6 +41,8 @@ struct worker {
     tg_outbox_item_t *w_pend;   /* packed records waiting for this iteration's commit */
     char **w_pend_ids;          /* their request ids (for the log if the commit fails) */
     size_t w_npend, w_cappend;
+    int w_commit_failed;        /* the last commit failed */
+    int w_fail_seen;            /* a commit event's commit failed since the last flush */
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
 };
@@ -52,10 +55,12 @@ typedef struct brk_slot {
 struct tg_agent {
     tg_agent_opts_t a_opts;
     int a_port;
+    int a_mport;            /* the metrics listener's port; 0: none */
     int a_nworkers;
     worker_t *a_workers;
     int a_stop_pipe[2];
     int a_curl_inited;
+    int a_lock_fd;          /* DATA_DIR/agent.lock, flock'ed: one agent per data dir; -1 without */
     uint64_t a_id_base;     /* random, makes request ids unique across restarts */
     pthread_mutex_t a_cfg_mu;
     tg_cfg_t *a_cfg;        /* current configuration (one reference) */
@@ -69,6 +74,7 @@ struct tg_agent {
     struct tg_cplink *a_cplink; /* NULL without --cp */
     tg_lease_tab_t *a_leases;   /* spend leases (pre-authorization); never NULL once created */
     tg_meter_t *a_meter;    /* local token counts when a provider reports none; may be NULL */
+    tg_front_limits_t *a_limits; /* connection caps shared by the workers' fronts */
     pthread_mutex_t a_brk_mu;
     brk_slot_t *a_brk;
     size_t a_nbrk, a_capbrk;
@@ -78,8 +84,14 @@ struct tg_agent {
  * the worker's next outbox commit, which runs before any socket write of
  * this loop iteration. Returns 0 or TG_AGENT_ENOMEM (data freed). */
 int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id);
-/* Commits what is queued now (the commit event's body; also at shutdown). */
-void tg_worker_commit(worker_t *w);
+/* Commits what is queued now (the commit event's body, the front's
+ * before-flush hook; also at shutdown). A failed commit keeps the records
+ * queued (at most TG_WORKER_KEEP; past that the oldest are logged as LOST,
+ * each with its request id) and retries a second later. Returns 0, or -1
+ * when the commit failed (the front then fails the answers held for it:
+ * front.h, tg_front_hold). */
+int tg_worker_commit(worker_t *w);
+#define TG_WORKER_KEEP 10000
 
 /* The worker's current configuration (NULL before any snapshot). */
 tg_cfg_t *tg_worker_cfg(worker_t *w);
@@ -101,6 +113,8 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
 
 /* request.c */
 void tg_req_handle(tg_front_conn_t *c, void *worker);
+/* The metrics listener's handler: /metrics, /healthz, /readyz. */
+void tg_req_handle_ops(tg_front_conn_t *c, void *worker);
 void tg_req_upstream_done(req_t *rq, CURLcode res);
 /* Frees every request still in flight (shutdown): the loop is stopped. */
 void tg_req_abort_all(worker_t *w);

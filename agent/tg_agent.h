@@ -62,9 +62,17 @@ typedef struct tg_agent_opts {
     const char *ao_enroll_token; /* first start: enrollment token for the control plane */
     const char *ao_forward[8]; /* client headers copied to upstream requests */
     int ao_nforward;
+    int ao_head_timeout_s;     /* the whole request head must arrive within this (default 30) */
+    long ao_max_conns;         /* open client connections, all workers; 0: half the open-files limit */
+    long ao_max_conns_per_ip;  /* open client connections from one address; 0: no cap (default) */
+    const char *ao_metrics_host; /* /metrics, /healthz, /readyz listen here (IPv4); NULL: not served */
+    int ao_metrics_port;       /* 0: the kernel picks (printed on stdout) */
+    const char *ao_cors[8];    /* browser origins allowed (CORS); "*": any; none: no CORS headers */
+    int ao_ncors;
 } tg_agent_opts_t;
 
-/* Fills *o with defaults: 127.0.0.1:8080, 1 thread, 16 MiB body cap. */
+/* Fills *o with defaults: 127.0.0.1:8080, 1 thread, 16 MiB body cap,
+ * metrics on 127.0.0.1 at a port the kernel picks. */
 void tg_agent_opts_default(tg_agent_opts_t *o);
 
 /* Creates the agent: loads the snapshot (the --snapshot file, else the one
@@ -74,6 +82,8 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
 
 /* The port the listeners are bound to. */
 int tg_agent_port(const tg_agent_t *a);
+/* The port of the metrics listener, or 0 when there is none. */
+int tg_agent_metrics_port(const tg_agent_t *a);
 
 /* Runs the worker loops until tg_agent_stop; returns 0 or TG_AGENT_ESYS. */
 int tg_agent_run(tg_agent_t *a, char *err, size_t errlen);

@@ -3,14 +3,23 @@
 # clang compile check), runs every C unit test (cmocka, under ASan+UBSan) and
 # every end-to-end test (node --test against real processes), prints each
 # failure and a last line "N passed, N failed" that sums all suites.
-# Exits non-zero on any failure.
+# Exits non-zero on any failure: a suite's own counts, and also the exit
+# status of `bazel test` and of `node --test` (a failing `after` hook fails
+# the run without a failing test; it counts as one failure in the last line).
+# The end-to-end suites that move money (agent_outbox, cp_agent,
+# cp_settle_rules) run twice: against the gcc binaries and against the
+# ASan+UBSan build, where a leak or memory error at exit is a non-zero exit
+# code the tests assert on.
 #
 # Environment: TG_SKIP_DEPS=1 skips deploy/install-deps.sh; TG_SKIP_CLANG=1
 # skips the clang build; TG_E2E_FILTER=regex runs only matching e2e files;
-# TG_ONLY=c|e2e runs one half.
+# TG_ONLY=c|e2e runs one half; TG_SKIP_ASAN_E2E=1 skips the ASan e2e pass.
+# Logs go to a fresh directory (printed), never to fixed /tmp paths.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/tg-run.XXXXXX")
+echo "tests/run.sh: logs in $LOGDIR"
 
 passed=0
 failed=0
@@ -34,11 +43,11 @@ fi
 
 # ---- build ----------------------------------------------------------------
 section "build (gcc)"
-"${BAZEL[@]}" build --keep_going //... >/tmp/tg-gcc-build.log 2>&1
+"${BAZEL[@]}" build --keep_going //... >"$LOGDIR/gcc-build.log" 2>&1
 rc=$?
-tail -n 5 /tmp/tg-gcc-build.log
+tail -n 5 "$LOGDIR/gcc-build.log"
 if [ $rc != 0 ]; then
-  tail -n 60 /tmp/tg-gcc-build.log
+  tail -n 60 "$LOGDIR/gcc-build.log"
   failed=$((failed + 1)); note_fail "bazel build //... (gcc) failed"
 fi
 TG_BIN=$("${BAZEL[@]}" info bazel-bin 2>/dev/null)
@@ -46,10 +55,10 @@ export TG_BIN TG_ROOT="$ROOT"
 
 if [ "${TG_SKIP_CLANG:-0}" != 1 ]; then
   section "build (clang-14, -Werror)"
-  if "${BAZEL[@]}" build --keep_going --config=clang //... >/tmp/tg-clang-build.log 2>&1; then
+  if "${BAZEL[@]}" build --keep_going --config=clang //... >"$LOGDIR/clang-build.log" 2>&1; then
     passed=$((passed + 1)); echo "clang build: ok"
   else
-    tail -n 40 /tmp/tg-clang-build.log
+    tail -n 40 "$LOGDIR/clang-build.log"
     failed=$((failed + 1)); note_fail "bazel build --config=clang //... failed"
   fi
 fi
@@ -57,9 +66,18 @@ fi
 # ---- C unit tests under ASan + UBSan ---------------------------------------
 if [ "${TG_ONLY:-}" != e2e ]; then
   section "C unit tests (cmocka, ASan+UBSan)"
-  "${BAZEL[@]}" test --keep_going --config=asan //... 2>&1 | grep -E '^(//|Executed|FAIL|ERROR)' || true
   LOGS=$("${BAZEL[@]}" info --config=asan bazel-testlogs 2>/dev/null)
-  for t in $("${BAZEL[@]}" query 'tests(//...)' 2>/dev/null); do
+  tests=$("${BAZEL[@]}" query 'tests(//...)' 2>/dev/null)
+  # a log an earlier run left must not stand in for this run's
+  for t in $tests; do
+    rel=${t#//}; rel=${rel/://}
+    rm -f "$LOGS/$rel/test.log" "$LOGS/$rel/test.xml"
+  done
+  "${BAZEL[@]}" test --keep_going --config=asan //... >"$LOGDIR/asan-test.log" 2>&1
+  brc=$?
+  grep -E '^(//|Executed|FAIL|ERROR)' "$LOGDIR/asan-test.log"
+  cfail=0
+  for t in $tests; do
     rel=${t#//}; rel=${rel/://}
     log="$LOGS/$rel/test.log"
     if [ ! -f "$log" ]; then
@@ -72,31 +90,56 @@ if [ "${TG_ONLY:-}" != e2e ]; then
       f=1  # crashed (sanitizer abort, timeout) before cmocka's summary
     fi
     [ "$p" = 0 ] && [ "$f" = 0 ] && f=1
-    passed=$((passed + p)); failed=$((failed + f))
+    passed=$((passed + p)); failed=$((failed + f)); cfail=$((cfail + f))
     if [ "$f" != 0 ]; then
       note_fail "$t: $f failed (log: $log)"
       grep -aE '\[  FAILED  \]|ERROR|runtime error|AddressSanitizer|LeakSanitizer' "$log" | head -n 20
     fi
   done
+  if [ $brc != 0 ] && [ $cfail = 0 ]; then
+    failed=$((failed + 1)); note_fail "bazel test --config=asan //... exited $brc (log: $LOGDIR/asan-test.log)"
+  fi
 fi
 
 # ---- end-to-end tests --------------------------------------------------------
+# Runs node --test on the files given, against the binaries in $1; counts
+# TAP's totals and fails on node's exit status too.
+run_e2e() {
+  local bin=$1 label=$2; shift 2
+  local tap="$LOGDIR/e2e-$label.tap" rc p f c
+  TG_BIN=$bin node --test --test-concurrency=2 --test-timeout=300000 \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="$tap" "$@"
+  rc=$?
+  p=$(awk '/^# pass /{print $3}' "$tap" | tail -n1)
+  f=$(awk '/^# fail /{print $3}' "$tap" | tail -n1)
+  c=$(awk '/^# cancelled /{print $3}' "$tap" | tail -n1)
+  p=${p:-0}; f=$(( ${f:-0} + ${c:-0} ))
+  if [ "$p" = 0 ] && [ "$f" = 0 ]; then f=1; fi
+  if [ $rc != 0 ] && [ "$f" = 0 ]; then
+    f=1; note_fail "node e2e ($label): node --test exited $rc with no failing test (a failing hook?)"
+  fi
+  passed=$((passed + p)); failed=$((failed + f))
+  [ "$f" != 0 ] && note_fail "node e2e ($label): $f failed (see the spec output above; TAP: $tap)"
+  return 0
+}
+
 if [ "${TG_ONLY:-}" != c ]; then
   section "end-to-end tests (node --test)"
   mapfile -t files < <(find tests/e2e -name '*.test.mjs' | sort | grep -E "${TG_E2E_FILTER:-.}")
   if ((${#files[@]})); then
-    tap=$(mktemp)
-    node --test --test-concurrency=2 --test-timeout=300000 \
-      --test-reporter=spec --test-reporter-destination=stdout \
-      --test-reporter=tap --test-reporter-destination="$tap" "${files[@]}"
-    p=$(awk '/^# pass /{print $3}' "$tap" | tail -n1)
-    f=$(awk '/^# fail /{print $3}' "$tap" | tail -n1)
-    c=$(awk '/^# cancelled /{print $3}' "$tap" | tail -n1)
-    p=${p:-0}; f=$(( ${f:-0} + ${c:-0} ))
-    if [ "$p" = 0 ] && [ "$f" = 0 ]; then f=1; fi
-    passed=$((passed + p)); failed=$((failed + f))
-    [ "$f" != 0 ] && note_fail "node e2e: $f failed (see the spec output above)"
-    rm -f "$tap"
+    run_e2e "$TG_BIN" gcc "${files[@]}"
+  fi
+  mapfile -t money < <(printf '%s\n' "${files[@]}" | grep -E '/(agent_outbox|cp_agent|cp_settle_rules)\.test\.mjs$')
+  if [ "${TG_SKIP_ASAN_E2E:-0}" != 1 ] && ((${#money[@]})); then
+    section "end-to-end tests that move money, against the ASan+UBSan build"
+    if "${BAZEL[@]}" build --config=asan //agent:tollgate-agent //controlplane:tollgate-cp //cli:tollctl \
+        //tools/mockllm:mockllm >"$LOGDIR/asan-build.log" 2>&1; then
+      run_e2e "$("${BAZEL[@]}" info --config=asan bazel-bin 2>/dev/null)" asan "${money[@]}"
+    else
+      tail -n 40 "$LOGDIR/asan-build.log"
+      failed=$((failed + 1)); note_fail "bazel build --config=asan (e2e binaries) failed"
+    fi
   fi
 fi
 

@@ -14,7 +14,7 @@ export function keyHash(secret) {
 }
 
 // Starts tollgate-agent with `snapshot` (an object in the proto3 JSON
-// mapping) unless opts.noSnapshot; resolves { url, base, port, proc, dir,
+// mapping) unless opts.noSnapshot; resolves { url, base, port, metricsUrl, proc, dir,
 // records(), waitRecord(id), reload(snapshot), stop() }.
 export async function startAgent(snapshot, { args = [], dir, noSnapshot = false, timeoutMs = 10000 } = {}) {
   dir = dir || tmpdir('tg-agent-');
@@ -26,11 +26,14 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
     flags.push('--snapshot', snapPath);
   }
   const proc = start(bin('agent/tollgate-agent'), flags);
+  let metricsUrl = null;
   const port = await new Promise((resolve, reject) => {
     let buf = '';
     const t = setTimeout(() => reject(new Error(`agent did not report its port:\n${proc.output()}`)), timeoutMs);
     proc.child.stdout.on('data', (d) => {
       buf += d.toString();
+      const mm = buf.match(/^tollgate-agent metrics on (\S+:\d+)$/m);
+      if (mm) metricsUrl = `http://${mm[1]}`;
       const m = buf.match(/^tollgate-agent listening on 127\.0\.0\.1:(\d+)$/m);
       if (m) { clearTimeout(t); resolve(Number(m[1])); }
     });
@@ -44,6 +47,7 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
     url,
     base: `${url}/v1`,
     port,
+    metricsUrl, // /metrics, /healthz, /readyz (--metrics-listen); never on the public port
     proc,
     dir,
     records,
@@ -64,6 +68,6 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
 // Runs `tollgate-agent outbox-dump` on a data dir (works beside a running
 // agent and after a killed one).
 export function dumpOutbox(dataDir) {
-  const out = execFileSync(bin('agent/tollgate-agent'), ['outbox-dump', '--data-dir', dataDir], { encoding: 'utf8' });
+  const out = execFileSync(bin('agent/tollgate-agent'), ['outbox-dump', '--data-dir', dataDir], { encoding: 'utf8', maxBuffer: 256 << 20 });
   return out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }

@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import net from 'node:net';
 import { startMock, startRefusing, promptTokens, answerText, DEFAULT_TOKENS } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { until } from './lib/proc.mjs';
@@ -401,6 +402,29 @@ test('IP allowlist: X-Forwarded-For is honoured from a trusted proxy only', asyn
     { headers: { 'X-Forwarded-For': '203.0.113.7, 198.51.100.9' } }), (e) => e.status === 403);
 });
 
+test('IP allowlist: every X-Forwarded-For line counts, so a client cannot choose its IP', async () => {
+  // The client sends its own line naming an allowed address; the trusted
+  // proxy (127.0.0.1) appends a second line with the address it saw. The
+  // rightmost untrusted address over both lines is the proxy's view.
+  const raw = (lines) => new Promise((resolve, reject) => {
+    const body = JSON.stringify({ model: 'gpt-4o', messages });
+    const s = net.connect(agent.port, '127.0.0.1');
+    let got = '';
+    s.setTimeout(10000, () => { s.destroy(); reject(new Error('timeout')); });
+    s.on('data', (d) => { got += d; });
+    s.on('error', reject);
+    s.on('end', () => resolve(got));
+    s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY_IP}\r\n` +
+      `Content-Type: application/json\r\nConnection: close\r\n${lines}Content-Length: ${body.length}\r\n\r\n${body}`);
+  });
+  let r = await raw('X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.9\r\n');
+  assert.match(r, /^HTTP\/1\.1 403 /, r.slice(0, 200));
+  assert.match(r, /ip_not_allowed/);
+  // the other way round the proxy saw an allowed client
+  r = await raw('X-Forwarded-For: 198.51.100.9\r\nX-Forwarded-For: 203.0.113.7, 127.0.0.1\r\n');
+  assert.match(r, /^HTTP\/1\.1 200 /, r.slice(0, 200));
+});
+
 test('400 malformed JSON names the byte; 413 over the policy size limit', async () => {
   const post = (body) => fetch(`${agent.base}/chat/completions`, {
     method: 'POST', headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body,
@@ -455,8 +479,21 @@ test('client disconnect mid-stream cancels the upstream call and is recorded', a
   assert.ok(Number(rec.response_bytes) > 0);
 });
 
+test('/metrics is served on the metrics listener only: the public port answers 404', async () => {
+  const pub = await fetch(`${agent.url}/metrics`);
+  assert.equal(pub.status, 404);
+  assert.equal((await pub.json()).error.code, 'unknown_url');
+  assert.match(agent.metricsUrl, /^http:\/\/127\.0\.0\.1:\d+$/);
+  assert.notEqual(agent.metricsUrl, agent.url);
+  assert.equal((await fetch(`${agent.metricsUrl}/healthz`)).status, 200);
+  assert.equal(await (await fetch(`${agent.metricsUrl}/readyz`)).text(), 'ready\n');
+  assert.equal((await fetch(`${agent.metricsUrl}/v1/models`)).status, 404);
+  // probes stay on the public port too
+  assert.equal((await fetch(`${agent.url}/healthz`)).status, 200);
+});
+
 test('/metrics: requests, upstream errors, fallbacks, latency and TTFT histograms, outbox depth', async () => {
-  const r = await fetch(`${agent.url}/metrics`);
+  const r = await fetch(`${agent.metricsUrl}/metrics`);
   assert.equal(r.status, 200);
   assert.match(r.headers.get('content-type'), /^text\/plain/);
   const text = await r.text();
@@ -507,6 +544,7 @@ test('SIGHUP swaps in a new snapshot; a bad one is refused and the old one keeps
 });
 
 test('restart without --snapshot serves from the snapshot persisted in the data dir', async () => {
+  await agent.stop(); // one agent per data dir: a second one beside it would be refused
   const second = await startAgent(null, { dir: agent.dir, noSnapshot: true });
   try {
     const r = await fetch(`${second.url}/readyz`);

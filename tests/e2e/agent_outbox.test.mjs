@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMock, answerText } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash, dumpOutbox } from '../../agent/testing/agent.mjs';
-import { tmpdir } from './lib/proc.mjs';
+import { tmpdir, until } from './lib/proc.mjs';
 import path from 'node:path';
 
 const KEY = 'sk-tg-outbox-test';
@@ -82,6 +82,77 @@ test('a full outbox refuses new requests with 503 and says why', async () => {
   }
 });
 
+test('one agent per data dir: a second one on the same dir is refused and names the first', async () => {
+  const dir = tmpdir('tg-lock-');
+  const agent = await startAgent(snapshot(), { dir });
+  try {
+    await assert.rejects(startAgent(snapshot(), { dir }), (e) => {
+      assert.match(e.message, new RegExp(`data is in use by another tollgate-agent \\(pid ${agent.proc.child.pid}\\)`));
+      return true;
+    });
+    // the first one still serves and spools
+    const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages });
+    assert.equal(agent.outbox().length, 1);
+  } finally {
+    await agent.stop();
+  }
+  // once it is gone, the dir is free again
+  const again = await startAgent(null, { dir, noSnapshot: true });
+  await again.stop();
+});
+
+test('a record the outbox refuses fails its answer: 503 for JSON, an error event and no end for a stream', async () => {
+  // a 1 MiB outbox map fills after some hundreds of records
+  const agent = await startAgent(snapshot(), { args: ['--outbox-map-mb', '1'] });
+  const long = 'x'.repeat(250);
+  const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', 'user-agent': long,
+    'x-tollgate-run': long };
+  const ask = async (stream) => {
+    const r = await fetch(`${agent.base}/chat/completions`, { method: 'POST', headers,
+      body: JSON.stringify({ model: 'gpt-4o', messages, stream }) });
+    let text = '';
+    let broken = false;
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += dec.decode(value, { stream: true });
+      }
+    } catch {
+      broken = true; // the connection closed before the terminating chunk
+    }
+    return { status: r.status, text, broken, id: r.headers.get('x-request-id') };
+  };
+  try {
+    const ok = [];
+    let json503 = null;
+    let cut = null;
+    for (let i = 0; i < 6000 && !(json503 && cut); i++) {
+      const a = await ask(i % 2 === 1);
+      if (a.status === 200 && !a.broken && !a.text.includes('"error"')) ok.push(a.id);
+      else if (a.status === 503) json503 = a;
+      else if (a.status === 200) cut = a;
+      else assert.fail(`unexpected answer ${a.status}: ${a.text.slice(0, 300)}`);
+    }
+    assert.ok(json503, 'no JSON answer was failed');
+    assert.ok(cut, 'no stream was failed');
+    assert.equal(JSON.parse(json503.text).error.code, 'usage_not_recorded');
+    assert.match(JSON.parse(json503.text).error.message, /could not record this request's usage/);
+    assert.ok(cut.broken, 'a failed stream must not end cleanly');
+    assert.match(cut.text, /data: \{"error":\{"message":"The gateway could not record/);
+    assert.doesNotMatch(cut.text, /data: \[DONE\]/);
+    assert.match(agent.proc.output(), /outbox commit failed \(\d+ records kept in memory, retried in 1 s\)/);
+    // every answer that ended well has its record in the outbox, and only those
+    const held = agent.outbox().map((h) => h.record.request_id);
+    assert.deepEqual(held, ok);
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('SIGTERM drains: a stream in flight finishes, its record is spooled, the agent exits 0', async () => {
   const dir = tmpdir('tg-drain-');
   const agent = await startAgent(snapshot(), { dir, args: ['--forward-header', 'x-mock-scenario'] });
@@ -92,13 +163,18 @@ test('SIGTERM drains: a stream in flight finishes, its record is spooled, the ag
   let signalled = false;
   for await (const c of data) {
     text += c.choices[0]?.delta?.content ?? '';
-    if (!signalled && text) { agent.proc.child.kill('SIGTERM'); signalled = true; }
+    if (!signalled && text) {
+      agent.proc.child.kill('SIGTERM');
+      signalled = true;
+      // while the stream still runs, the listener is closed: no new connection is accepted
+      await until(() => fetch(`${agent.url}/healthz`).then(() => false, () => true),
+        { timeoutMs: 1000, what: 'the listener to close during the drain' });
+      assert.equal(agent.proc.child.exitCode, null, 'the agent is still draining the stream');
+    }
   }
   assert.equal(text, answerText(30));
   const exit = await agent.proc.exited;
   assert.equal(exit.code, 0);
   const held = dumpOutbox(path.join(dir, 'data'));
   assert.deepEqual(held.map((h) => h.record.request_id), [response.headers.get('x-request-id')]);
-  // and no new connection was accepted meanwhile
-  await assert.rejects(fetch(`${agent.url}/healthz`));
 });

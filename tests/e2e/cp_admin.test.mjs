@@ -25,7 +25,8 @@ for (const backend of ['lmdb', 'etcd']) {
 
     after(async () => {
       // a clean exit after all that work: graceful shutdown, nothing leaked
-      // (under ASan a leak or memory error makes the exit code non-zero)
+      // (with TG_BIN at the ASan build a leak or memory error makes the exit
+      // code non-zero; tests/run.sh runs only the money suites that way)
       const exit = await cp?.stop('SIGTERM');
       await etcd?.proc.stop('SIGKILL');
       assert.deepEqual(exit, { code: 0, signal: null }, cp?.proc.output().slice(-4000));
