@@ -19,6 +19,8 @@ cat >"$DIR/snapshot.json" <<JSON
  "channels":[{"id":"mock","name":"mock","provider":"PROVIDER_TYPE_OPENAI","base_url":"$UPSTREAM/v1",
    "credential":"sk-upstream","route_type":"ROUTE_TYPE_DIRECT"}],
  "routes":[{"model":"gpt-4o-mini","tiers":[{"targets":[{"channel_id":"mock"}]}]}],
+ "price_cards":[{"id":"card","version":"1","effective_at_us":"0","currency":"USD",
+   "entries":[{"model":"gpt-4o-mini","input_per_mtok_nano":"150000000","output_per_mtok_nano":"600000000"}]}],
  "policy":{"max_request_bytes":"1048576","outbox_max_records":"100000000"}}
 JSON
 # Not exec: the shell stays to remove the outbox afterwards (a bench run

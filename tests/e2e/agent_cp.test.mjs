@@ -102,6 +102,9 @@ test('a card with a per-request fee: the agent and the control plane agree to th
 
 test('a configuration change reaches the agent as a Sync update', async () => {
   const route = await cp.adminCall('GetRoute', { id: 'gpt-4o' });
+  // a model is served only with a price in effect: its card first
+  await cp.adminCall('PublishPriceCard', { card: { id: 'card-mini', currency: 'USD', note: 'e2e',
+    entries: [{ model: 'gpt-4o-mini', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' }] } });
   await cp.adminCall('PutRoute', { route: { model: 'gpt-4o-mini', tiers: route.tiers } });
   const r = await until(async () => {
     try { return await client.chat.completions.create({ model: 'gpt-4o-mini', messages }); } catch { return null; }
@@ -110,9 +113,10 @@ test('a configuration change reaches the agent as a Sync update', async () => {
 });
 
 test('control plane down: the agent serves and spools; back up: every record settles once', async () => {
-  const before = await balance(cp, ids.account);
   await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'earlier records to drain' })
     .catch((e) => { throw new Error(`${e.message}\n${agent.proc.output().split('\n').filter((l) => !l.includes('"comp":"usage"')).slice(-15).join('\n')}`); });
+  // read after the drain: an earlier test's last record may still be settling
+  const before = await balance(cp, ids.account);
   await cp.stop();
   const reqIds = [];
   for (let i = 0; i < 3; i++) {
@@ -136,6 +140,8 @@ test('a request no upstream served: a 502 to the client, a zero-cost receipt wit
     name: 'dead', provider: 'PROVIDER_TYPE_OPENAI', base_url: `http://127.0.0.1:${dead}/v1`,
     route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-dead',
   } });
+  await cp.adminCall('PublishPriceCard', { card: { id: 'card-dead', currency: 'USD', note: 'e2e',
+    entries: [{ model: 'gpt-dead', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' }] } });
   await cp.adminCall('PutRoute', { route: { model: 'gpt-dead', tiers: [{ targets: [{ channel_id: ch.id }] }] } });
   const before = await balance(cp, ids.account);
   const err = await until(async () => {

@@ -32,6 +32,8 @@ before(async () => {
       { model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] },
       { model: 'org/special-model', tiers: [{ targets: [{ channel_id: 'ch' }] }] },
     ],
+    price_cards: [{ id: 'card', version: '1', effective_at_us: '0', currency: 'USD',
+      entries: [{ model: '*', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] }],
   }, { args: ['--cors-origin', APP] });
 });
 after(async () => {

@@ -24,6 +24,8 @@ function snapshot(policy = {}) {
     channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
       credential: 'up', route_type: 'ROUTE_TYPE_DIRECT' }],
     routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] }],
+    price_cards: [{ id: 'card', version: '1', effective_at_us: '0', currency: 'USD',
+      entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] }],
     policy,
   };
 }
