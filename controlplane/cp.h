@@ -52,6 +52,7 @@
 #define TG_CP_K_BALANCE "tg/config/balance/"        /* <account id>/<bucket> -> Balance */
 #define TG_CP_K_NAME "tg/index/name/"               /* <type>/<name> -> id (uniqueness) */
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
+#define TG_CP_K_PRICE_GUARD "tg/index/price-guard"  /* last published card key: publishes compare it */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
 #define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
 #define TG_CP_K_AGENT_SEQ "tg/settle/agent-seq/"   /* <agent id> -> highest settled batch sequence (decimal) */
