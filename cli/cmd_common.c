@@ -299,10 +299,15 @@ int tc_call(tc_t *c, const char *method, const ProtobufCMessageDescriptor *req_d
         fprintf(stderr, "tollctl %s: bad reply: %s\n", c->tc_cmd, err);
         goto done;
     }
+    /* NULL only when out of memory: bad UTF-8 in a row reads as U+FFFD */
     if (!(*out = tg_pbjson_to_json(r, &o))) {
         fprintf(stderr, "tollctl %s: out of memory\n", c->tc_cmd);
         goto done;
     }
+    /* output-only warnings of a write (PublishPriceCard, PutRoute) */
+    json_t *ws = json_object_get(*out, "warnings");
+    for (size_t i = 0; json_is_array(ws) && i < json_array_size(ws); i++)
+        fprintf(stderr, "tollctl %s: warning: %s\n", c->tc_cmd, json_string_value(json_array_get(ws, i)));
     rc = TOLLCTL_OK;
 done:
     tg_rpc_pb_free(r);
