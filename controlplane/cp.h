@@ -88,7 +88,7 @@ typedef struct tg_cp {
     tg_cp_admin_token_t *cp_tokens; /* from --admin-tokens FILE */
     size_t cp_ntokens;
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
-    int cp_settled_retention_s;     /* settled-log retention in the store, default 3600 */
+    int cp_settled_retention_s;     /* settled batches and their markers kept in the store (s) */
     /* resources */
     tg_store_t *cp_store;
     tg_ledger_t *cp_ledger;
