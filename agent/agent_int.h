@@ -365,11 +365,10 @@ const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, co
  * its override, else "wallet" for POOLED and "credit" otherwise. Never
  * NULL. */
 const char *tg_cfg_bucket(const tg_account_t *a, int route_type);
-/* The price in effect for a request started at t_us: among the snapshot's
- * cards of `currency` ("" = any), the highest version with effective_at_us
- * <= t_us that has an entry for model (tg_billing_lookup: exact beats a glob, a
- * matching route type beats "any", the rule the control plane settles with).
- * Returns the card and sets *entry, or NULL. */
+/* The price in effect for a request started at t_us: billing's
+ * tg_billing_select over the snapshot's cards (each card's version in
+ * effect at t_us only, of `currency` ("" = any); a model that version does
+ * not list is unpriced). Returns the card and sets *entry, or NULL. */
 const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model, int route_type,
                                             const char *currency, int64_t t_us,
                                             const Tollgate__V1__PriceEntry **entry);

@@ -381,27 +381,7 @@ const Tollgate__V1__PriceCard *tg_cfg_price(const tg_cfg_t *c, const char *model
                                             const Tollgate__V1__PriceEntry **entry)
 {
     const tg_snap_t *s = c->cf_snap;
-    const Tollgate__V1__PriceCard *best = NULL;
-    const Tollgate__V1__PriceEntry *best_pe = NULL;
-    *entry = NULL;
-    for (size_t i = 0; i < s->n_price_cards; i++) {
-        const Tollgate__V1__PriceCard *pc = s->price_cards[i];
-        if (pc->effective_at_us > t_us)
-            continue;
-        if (currency && *currency && pc->currency && *pc->currency && strcmp(currency, pc->currency) != 0)
-            continue;
-        const Tollgate__V1__PriceEntry *pe = tg_billing_lookup(pc, model, route_type);
-        if (!pe)
-            continue;
-        /* The newest version in effect of the first matching card id; a
-         * second card id with the same model is ambiguous: the first wins. */
-        if (!best || (strcmp(best->id, pc->id) == 0 && pc->version > best->version)) {
-            best = pc;
-            best_pe = pe;
-        }
-    }
-    *entry = best_pe;
-    return best;
+    return tg_billing_select(s->price_cards, s->n_price_cards, model, route_type, currency, t_us, entry);
 }
 
 int64_t tg_cfg_floor(const tg_account_t *a, const tg_balance_t *b)

@@ -1,5 +1,6 @@
-/* billing.c: price-entry lookup, the cost of a record through tg_price_cost,
- * and the bucket a route type pays from (tg_billing.h). The agent and the
+/* billing.c: the card version in effect and its price entry for a model,
+ * the limits an entry must keep, the cost of a record through
+ * tg_price_cost, and the bucket a route type pays from (tg_billing.h). The agent and the
  * control plane both link this file, so their costs agree to the nano-unit. */
 #include <fnmatch.h>
 #include <string.h>
@@ -45,6 +46,85 @@ const Tollgate__V1__PriceEntry *tg_billing_lookup(const Tollgate__V1__PriceCard 
         }
     }
     return best;
+}
+
+/* How well entry pe matches (tg_billing_lookup's order): exact model 2,
+ * a specific route type 1. */
+static int entry_score(const Tollgate__V1__PriceEntry *pe, const char *model)
+{
+    return (strcmp(pe->model, model) == 0) * 2 + (pe->route_type != 0);
+}
+
+/* Whether another version of pc's card is also in effect at t and newer. */
+static int superseded(Tollgate__V1__PriceCard *const *cards, size_t n, const Tollgate__V1__PriceCard *pc,
+                      int64_t t_us)
+{
+    for (size_t j = 0; j < n; j++) {
+        const Tollgate__V1__PriceCard *o = cards[j];
+        if (o != NULL && o != pc && o->effective_at_us <= t_us && o->version > pc->version &&
+            o->id != NULL && pc->id != NULL && strcmp(o->id, pc->id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+const Tollgate__V1__PriceCard *tg_billing_select(Tollgate__V1__PriceCard *const *cards, size_t n,
+                                                 const char *model, int route_type, const char *currency,
+                                                 int64_t t_us, const Tollgate__V1__PriceEntry **entry)
+{
+    const Tollgate__V1__PriceCard *best = NULL;
+    const Tollgate__V1__PriceEntry *best_pe = NULL;
+    int best_score = -1;
+    *entry = NULL;
+    if (cards == NULL || model == NULL)
+        return NULL;
+    /* a snapshot holds a few versions per card: quadratic is fine here */
+    for (size_t i = 0; i < n; i++) {
+        const Tollgate__V1__PriceCard *pc = cards[i];
+        if (pc == NULL || pc->effective_at_us > t_us)
+            continue;
+        if (currency && *currency && pc->currency && *pc->currency && strcmp(currency, pc->currency) != 0)
+            continue;
+        if (superseded(cards, n, pc, t_us))
+            continue; /* only the version in effect counts, even if it lacks the model */
+        const Tollgate__V1__PriceEntry *pe = tg_billing_lookup(pc, model, route_type);
+        if (pe == NULL)
+            continue;
+        int score = entry_score(pe, model);
+        if (score > best_score ||
+            (score == best_score && strcmp(pc->id ? pc->id : "", best->id ? best->id : "") < 0)) {
+            best = pc;
+            best_pe = pe;
+            best_score = score;
+        }
+    }
+    *entry = best_pe;
+    return best;
+}
+
+int tg_billing_entry_check(const Tollgate__V1__PriceEntry *pe, char *err, size_t errlen)
+{
+    if (pe == NULL)
+        return tg_errf(err, errlen, TG_BILLING_EINVAL, "no price entry");
+    const struct {
+        const char *name;
+        int64_t v;
+    } prices[] = {{"input_per_mtok_nano", pe->input_per_mtok_nano},
+                  {"output_per_mtok_nano", pe->output_per_mtok_nano},
+                  {"cache_read_per_mtok_nano", pe->cache_read_per_mtok_nano},
+                  {"cache_write_per_mtok_nano", pe->cache_write_per_mtok_nano},
+                  {"per_image_nano", pe->per_image_nano},
+                  {"per_request_nano", pe->per_request_nano}};
+    for (size_t i = 0; i < sizeof(prices) / sizeof(prices[0]); i++)
+        if (prices[i].v < 0 || prices[i].v > TG_PRICE_MAX_PRICE)
+            return tg_errf(err, errlen, TG_BILLING_ERANGE,
+                           "%s: %lld is outside 0..%lld nano-units (at most 1,000,000 currency units)",
+                           prices[i].name, (long long)prices[i].v, (long long)TG_PRICE_MAX_PRICE);
+    if (pe->rate_ppm < 0 || pe->rate_ppm > (int64_t)TG_PRICE_MAX_RATE_PPM)
+        return tg_errf(err, errlen, TG_BILLING_ERANGE,
+                       "rate_ppm: %lld is outside 0..%u ppm (0 means 1.0x, the most is %ux)",
+                       (long long)pe->rate_ppm, TG_PRICE_MAX_RATE_PPM, TG_PRICE_MAX_RATE_PPM / 1000000u);
+    return 0;
 }
 
 /* A count as tg_price wants it; negative is ERANGE (tg_price checks the

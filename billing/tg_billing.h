@@ -5,7 +5,10 @@
  * differs (cost_mismatch). They agree to the nano-unit only if both run the
  * same code, so the three decisions that make a cost live here, over the
  * tollgate.v1 protobuf types both sides hold:
- *   - which PriceEntry of a PriceCard prices a model (tg_billing_lookup),
+ *   - which card version is in effect and which of its entries prices a
+ *     model (tg_billing_select, tg_billing_lookup),
+ *   - whether an entry can be applied at all (tg_billing_entry_check: the
+ *     control plane refuses a card at publish time by this same test),
  *   - the cost of a record from that entry, its normalized TokenUsage and a
  *     rate (tg_billing_cost, over meter/tg_price.h's tg_price_cost: one
  *     half-up rounding of the exact 128-bit value, per-request fee included),
@@ -63,6 +66,41 @@ const char *tg_billing_strerror(int code);
  * entry matches. Can't fail otherwise. */
 const Tollgate__V1__PriceEntry *tg_billing_lookup(const Tollgate__V1__PriceCard *card, const char *model,
                                                   int route_type);
+
+/* The entry of the snapshot's cards that prices `model` at time `t_us`:
+ * for each card id, only the version in effect at t_us (the highest
+ * version whose effective_at_us <= t_us) is looked at, with
+ * tg_billing_lookup; a model that version does not list is unpriced by that
+ * card, whatever earlier versions said. Cards of another currency are
+ * skipped (an empty currency on either side matches any). When several
+ * cards price the model (the control plane refuses two cards with the same
+ * exact entry, but globs may overlap), the better entry wins (exact model,
+ * then matching route type, as in tg_billing_lookup), then the card whose
+ * id sorts first (strcmp): deterministic whatever the array's order.
+ *   cards, n    in: every stored version of every card (any order); NULL
+ *               entries are skipped
+ *   model       in: the model to price; NULL finds nothing
+ *   route_type  in: the serving channel's route type
+ *   currency    in: the paying bucket's currency, or NULL/"" for any
+ *   t_us        in: the request's start time
+ *   entry       out: the entry (owned by the returned card), NULL when none
+ * Returns the card version that prices the model (owned by the caller's
+ * array) or NULL when none does: the request is unpriced. Can't fail
+ * otherwise. */
+const Tollgate__V1__PriceCard *tg_billing_select(Tollgate__V1__PriceCard *const *cards, size_t n,
+                                                 const char *model, int route_type, const char *currency,
+                                                 int64_t t_us, const Tollgate__V1__PriceEntry **entry);
+
+/* Whether `pe` can price requests: every price (per 1M tokens, per image,
+ * per request) within 0..TG_PRICE_MAX_PRICE and rate_ppm within
+ * 0..TG_PRICE_MAX_RATE_PPM (meter/tg_price.h), the limits tg_billing_cost
+ * enforces. The control plane calls it for every entry it publishes, so a
+ * card that was accepted never fails pricing for its prices.
+ *   pe   in: the entry; NULL is TG_BILLING_EINVAL
+ *   err  out: "<field>: <value> is outside 0..<limit> (<meaning>)", the
+ *        field named as in the .proto (rate_ppm, input_per_mtok_nano...)
+ * Returns 0, TG_BILLING_EINVAL or TG_BILLING_ERANGE. */
+int tg_billing_entry_check(const Tollgate__V1__PriceEntry *pe, char *err, size_t errlen);
 
 /* The cost of one record in nano-units, rounded once, half up:
  *   (sum of tokens x price per 1M / 1e6 + images x per_image_nano

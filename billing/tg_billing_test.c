@@ -1,5 +1,7 @@
 /* tg_billing_test.c: the shared pricing rule: price-entry lookup (moved
- * from controlplane/agentside_test.c), the cost of a record with the
+ * from controlplane/agentside_test.c), the card version in effect (a model
+ * dropped by the next version is unpriced, overlapping cards resolve the
+ * same whatever their order), the limits an entry must keep, the cost of a record with the
  * per-request fee, rates and rounding, errors past the limits instead of a
  * capped number, and the route type -> bucket map. */
 #include <setjmp.h>
@@ -47,6 +49,101 @@ static void test_lookup(void **state)
     Tollgate__V1__PriceEntry *pes3[] = {&exact, &twin};
     card.entries = pes3;
     assert_ptr_equal(tg_billing_lookup(&card, "gpt-4o-mini", 1), &exact);
+}
+
+static Tollgate__V1__PriceCard mkcard(const char *id, int64_t version, int64_t eff, const char *cur,
+                                      Tollgate__V1__PriceEntry **e, size_t n)
+{
+    Tollgate__V1__PriceCard c = TOLLGATE__V1__PRICE_CARD__INIT;
+    c.id = (char *)id;
+    c.version = version;
+    c.effective_at_us = eff;
+    c.currency = (char *)cur;
+    c.entries = e;
+    c.n_entries = n;
+    return c;
+}
+
+static void test_select_version_in_effect(void **state)
+{
+    (void)state;
+    Tollgate__V1__PriceEntry m1 = TOLLGATE__V1__PRICE_ENTRY__INIT, x1 = m1, m2 = m1;
+    m1.model = "m";
+    m1.input_per_mtok_nano = 1;
+    x1.model = "x";
+    x1.input_per_mtok_nano = 5;
+    m2.model = "m";
+    m2.input_per_mtok_nano = 2;
+    Tollgate__V1__PriceEntry *e1[] = {&m1, &x1}, *e2[] = {&m2};
+    Tollgate__V1__PriceCard v1 = mkcard("std", 1, 10, "USD", e1, 2), v2 = mkcard("std", 2, 20, "USD", e2, 1);
+    Tollgate__V1__PriceCard *cards[] = {&v2, &v1}; /* any order */
+    const Tollgate__V1__PriceEntry *pe = NULL;
+    assert_null(tg_billing_select(cards, 2, "m", 1, "USD", 5, &pe)); /* nothing in effect yet */
+    assert_null(pe);
+    assert_ptr_equal(tg_billing_select(cards, 2, "x", 1, "USD", 15, &pe), &v1);
+    assert_ptr_equal(pe, &x1);
+    assert_ptr_equal(tg_billing_select(cards, 2, "m", 1, "USD", 25, &pe), &v2);
+    assert_ptr_equal(pe, &m2);
+    /* version 2 dropped x: unpriced, not priced by version 1 */
+    assert_null(tg_billing_select(cards, 2, "x", 1, "USD", 25, &pe));
+    assert_null(pe);
+    /* another currency, or no cards */
+    assert_null(tg_billing_select(cards, 2, "m", 1, "EUR", 25, &pe));
+    assert_ptr_equal(tg_billing_select(cards, 2, "m", 1, "", 25, &pe), &v2);
+    assert_null(tg_billing_select(NULL, 0, "m", 1, "", 25, &pe));
+    assert_null(tg_billing_select(cards, 2, NULL, 1, "", 25, &pe));
+}
+
+static void test_select_overlap(void **state)
+{
+    (void)state;
+    Tollgate__V1__PriceEntry ea = TOLLGATE__V1__PRICE_ENTRY__INIT, eb = ea, glob = ea;
+    ea.model = "m";
+    eb.model = "m";
+    glob.model = "m*";
+    Tollgate__V1__PriceEntry *pa[] = {&ea}, *pb[] = {&eb}, *pg[] = {&glob};
+    Tollgate__V1__PriceCard a = mkcard("a", 1, 0, "USD", pa, 1), b = mkcard("b", 1, 0, "USD", pb, 1),
+                            g = mkcard("0glob", 1, 0, "USD", pg, 1);
+    Tollgate__V1__PriceCard *ab[] = {&a, &b}, *ba[] = {&b, &a}, *gba[] = {&g, &b, &a};
+    const Tollgate__V1__PriceEntry *pe;
+    /* same entry in two cards: the card whose id sorts first, in any order */
+    assert_ptr_equal(tg_billing_select(ab, 2, "m", 1, "USD", 1, &pe), &a);
+    assert_ptr_equal(tg_billing_select(ba, 2, "m", 1, "USD", 1, &pe), &a);
+    /* an exact entry beats a glob of a card that sorts first */
+    assert_ptr_equal(tg_billing_select(gba, 3, "m", 1, "USD", 1, &pe), &a);
+    assert_ptr_equal(tg_billing_select(gba, 3, "m2", 1, "USD", 1, &pe), &g);
+}
+
+static void test_entry_check(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    Tollgate__V1__PriceEntry e = TOLLGATE__V1__PRICE_ENTRY__INIT;
+    e.model = "m";
+    assert_int_equal(tg_billing_entry_check(&e, err, sizeof err), 0);
+    e.input_per_mtok_nano = TG_PRICE_MAX_PRICE;
+    e.per_request_nano = TG_PRICE_MAX_PRICE;
+    e.rate_ppm = TG_PRICE_MAX_RATE_PPM;
+    assert_int_equal(tg_billing_entry_check(&e, err, sizeof err), 0);
+    e.rate_ppm = 999999999999LL;
+    assert_int_equal(tg_billing_entry_check(&e, err, sizeof err), TG_BILLING_ERANGE);
+    assert_non_null(strstr(err, "rate_ppm: 999999999999 is outside"));
+    e.rate_ppm = 0;
+    err[0] = 0;
+    e.output_per_mtok_nano = 9000000000000000000LL;
+    assert_int_equal(tg_billing_entry_check(&e, err, sizeof err), TG_BILLING_ERANGE);
+    assert_non_null(strstr(err, "output_per_mtok_nano: 9000000000000000000 is outside"));
+    e.output_per_mtok_nano = -1;
+    err[0] = 0;
+    assert_int_equal(tg_billing_entry_check(&e, err, sizeof err), TG_BILLING_ERANGE);
+    assert_int_equal(tg_billing_entry_check(NULL, err, sizeof err), TG_BILLING_EINVAL);
+    /* what passes the check prices without a range error */
+    Tollgate__V1__PriceEntry ok = TOLLGATE__V1__PRICE_ENTRY__INIT;
+    ok.model = "m";
+    ok.per_image_nano = TG_PRICE_MAX_PRICE;
+    ok.rate_ppm = TG_PRICE_MAX_RATE_PPM;
+    int64_t cost = 0;
+    assert_int_equal(tg_billing_cost(&ok, NULL, ok.rate_ppm, &cost, err, sizeof err), 0);
 }
 
 static int64_t cost_of(const Tollgate__V1__PriceEntry *pe, int64_t in, int64_t out, int64_t cr, int64_t cw,
@@ -261,7 +358,8 @@ static void test_strerror(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lookup),          cmocka_unit_test(test_cost),
+        cmocka_unit_test(test_lookup),          cmocka_unit_test(test_select_version_in_effect),
+        cmocka_unit_test(test_select_overlap),  cmocka_unit_test(test_entry_check),          cmocka_unit_test(test_cost),
         cmocka_unit_test(test_per_request_fee), cmocka_unit_test(test_errors_not_caps),
         cmocka_unit_test(test_bucket),          cmocka_unit_test(test_strerror),
         cmocka_unit_test(test_estimate_bounds_cost),

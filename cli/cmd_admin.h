@@ -96,9 +96,11 @@ void tc_cell(const json_t *v, char *buf, size_t len);
 /* Formats nano-units as a decimal ("12.5", "-0.000000001"). */
 void tc_nano(const char *nano, char *buf, size_t len);
 
-/* Parses "12.50" (currency units, at most 9 decimals) into nano-units.
- * Returns 0 or -1. */
-int tc_parse_amount(const char *s, long long *nano);
+/* Parses "12.50" (currency units, at most 9 decimals, up to
+ * +-9223372036.854775807: the int64 nano-unit range) into nano-units.
+ * Returns 0, or -1 with the reason in err ("'x' is not a decimal amount
+ * with at most 9 decimals", "'x' is too large: ..."). */
+int tc_parse_amount(const char *s, long long *nano, char *err, size_t errlen);
 
 /* Parses a time: RFC 3339 ("2026-11-24T10:00:00Z"), a date ("2026-11-24",
  * UTC midnight), Unix seconds, or an age ("90m", "24h", "7d" ago), into

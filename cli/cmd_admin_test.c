@@ -11,29 +11,49 @@
 
 #include <cmocka.h>
 
+#include "base/tg_base.h"
 #include "cli/cmd_admin.h"
 #include "cli/tollctl_int.h"
+
+static void expect_amount_err(const char *in, const char *want)
+{
+    char err[TG_ERRLEN] = "";
+    long long n = 7;
+    assert_int_equal(tc_parse_amount(in, &n, err, sizeof err), -1);
+    assert_int_equal(n, 7); /* unchanged */
+    if (strstr(err, want) == NULL) fail_msg("'%s': got '%s', want '%s'", in, err, want);
+}
 
 static void test_amounts(void **state)
 {
     (void)state;
+    char err[TG_ERRLEN] = "";
     long long n = 0;
-    assert_int_equal(tc_parse_amount("12.50", &n), 0);
+    assert_int_equal(tc_parse_amount("12.50", &n, err, sizeof err), 0);
     assert_int_equal(n, 12500000000LL);
-    assert_int_equal(tc_parse_amount("-0.000000001", &n), 0);
+    assert_int_equal(tc_parse_amount("-0.000000001", &n, err, sizeof err), 0);
     assert_int_equal(n, -1);
-    assert_int_equal(tc_parse_amount(".5", &n), 0);
+    assert_int_equal(tc_parse_amount(".5", &n, err, sizeof err), 0);
     assert_int_equal(n, 500000000);
-    assert_int_equal(tc_parse_amount("+3", &n), 0);
+    assert_int_equal(tc_parse_amount("+3", &n, err, sizeof err), 0);
     assert_int_equal(n, 3000000000LL);
-    assert_int_equal(tc_parse_amount("9223372035.999999999", &n), 0);
+    assert_int_equal(tc_parse_amount("9223372035.999999999", &n, err, sizeof err), 0);
     assert_int_equal(n, 9223372035999999999LL);
-    assert_int_equal(tc_parse_amount("9223372036", &n), -1);       /* past int64 nano */
-    assert_int_equal(tc_parse_amount("1.0000000001", &n), -1);     /* 10 decimals */
-    assert_int_equal(tc_parse_amount("12,50", &n), -1);
-    assert_int_equal(tc_parse_amount("", &n), -1);
-    assert_int_equal(tc_parse_amount("-", &n), -1);
-    assert_int_equal(tc_parse_amount("1e9", &n), -1);
+    /* the whole int64 nano-unit range (9223372036 was refused as "not a decimal") */
+    assert_int_equal(tc_parse_amount("9223372036", &n, err, sizeof err), 0);
+    assert_int_equal(n, 9223372036000000000LL);
+    assert_int_equal(tc_parse_amount("9223372036.854775807", &n, err, sizeof err), 0);
+    assert_int_equal(n, INT64_MAX);
+    assert_int_equal(tc_parse_amount("-9223372036.854775808", &n, err, sizeof err), 0);
+    assert_int_equal(n, INT64_MIN);
+    assert_string_equal(err, "");
+    expect_amount_err("9223372036.854775808", "'9223372036.854775808' is too large");
+    expect_amount_err("99999999999999999999999999999999999999", "is too large");
+    expect_amount_err("1.0000000001", "not a decimal amount with at most 9 decimals"); /* 10 decimals */
+    expect_amount_err("12,50", "not a decimal amount");
+    expect_amount_err("", "not a decimal amount");
+    expect_amount_err("-", "not a decimal amount");
+    expect_amount_err("1e9", "not a decimal amount");
 }
 
 static void expect_nano(const char *in, const char *want)

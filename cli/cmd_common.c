@@ -11,6 +11,7 @@
 #include "base/tg_base.h"
 #include "cli/cmd_admin.h"
 #include "cli/tollctl_int.h"
+#include "meter/tg_price.h"
 #include "pbjson/tg_pbjson.h"
 
 static const char COMMON_SPEC[] = "server= token-file= tls ca= cert= key= tls-name= timeout= json";
@@ -299,10 +300,15 @@ int tc_call(tc_t *c, const char *method, const ProtobufCMessageDescriptor *req_d
         fprintf(stderr, "tollctl %s: bad reply: %s\n", c->tc_cmd, err);
         goto done;
     }
+    /* NULL only when out of memory: bad UTF-8 in a row reads as U+FFFD */
     if (!(*out = tg_pbjson_to_json(r, &o))) {
         fprintf(stderr, "tollctl %s: out of memory\n", c->tc_cmd);
         goto done;
     }
+    /* output-only warnings of a write (PublishPriceCard, PutRoute) */
+    json_t *ws = json_object_get(*out, "warnings");
+    for (size_t i = 0; json_is_array(ws) && i < json_array_size(ws); i++)
+        fprintf(stderr, "tollctl %s: warning: %s\n", c->tc_cmd, json_string_value(json_array_get(ws, i)));
     rc = TOLLCTL_OK;
 done:
     tg_rpc_pb_free(r);
@@ -514,27 +520,13 @@ void tc_nano(const char *nano, char *buf, size_t len)
     snprintf(buf, len, "%s%s", neg && strcmp(d, "0.00") != 0 ? "-" : "", d);
 }
 
-int tc_parse_amount(const char *s, long long *nano)
+int tc_parse_amount(const char *s, long long *nano, char *err, size_t errlen)
 {
-    long long whole = 0, frac = 0;
-    int neg = 0, fd = 0;
-    const char *p = s;
-    if (*p == '-' || *p == '+') neg = *p++ == '-';
-    if (!isdigit((unsigned char)*p) && !(*p == '.' && isdigit((unsigned char)p[1]))) return -1;
-    for (; isdigit((unsigned char)*p); p++) {
-        if (whole > 922337203LL) return -1; /* keep whole * 1e9 + frac in int64 */
-        whole = whole * 10 + (*p - '0');
-    }
-    if (whole > 9223372035LL) return -1;
-    if (*p == '.') {
-        for (p++; isdigit((unsigned char)*p); p++) {
-            if (++fd > 9) return -1;
-            frac = frac * 10 + (*p - '0');
-        }
-    }
-    if (*p) return -1;
-    for (; fd < 9; fd++) frac *= 10;
-    *nano = (whole * 1000000000LL + frac) * (neg ? -1 : 1);
+    int64_t v = 0;
+    /* meter's exact parser: the whole int64 nano-unit range, one message
+     * for what is not a decimal and another for what is too large */
+    if (tg_price_from_decimal(s, &v, err, errlen) != 0) return -1;
+    *nano = v;
     return 0;
 }
 

@@ -167,13 +167,14 @@ static const char MONEY_USAGE[] =
     "       tollctl adjust --account ACC --bucket B --amount -3.20 --currency USD\n"
     "                      --idempotency-key K --reason R\n"
     "  --amount is in currency units (up to 9 decimals); --amount-nano N gives nano-units.\n"
-    "  A repeated idempotency key changes nothing and returns the first result.\n" CONN;
+    "  A repeated idempotency key changes nothing and returns the first result;\n"
+    "  the same key with another amount, bucket or reason is refused.\n" CONN;
 
 static int balance_change(int argc, char **argv, const char *method)
 {
     json_t *req, *r = NULL;
     long long nano = 0;
-    char s[32];
+    char s[32], aerr[TG_ERRLEN] = "";
     tc_t c;
     int rc;
     if ((rc = tc_parse(&c, argv[0], argc - 1, argv + 1,
@@ -184,9 +185,8 @@ static int balance_change(int argc, char **argv, const char *method)
         tc_done(&c);
         return usage_err(MONEY_USAGE);
     }
-    if (tc_get(&c, "amount") && tc_parse_amount(tc_get(&c, "amount"), &nano) != 0) {
-        fprintf(stderr, "tollctl %s: --amount %s: expected a decimal number with at most 9 decimals\n", argv[0],
-                tc_get(&c, "amount"));
+    if (tc_get(&c, "amount") && tc_parse_amount(tc_get(&c, "amount"), &nano, aerr, sizeof aerr) != 0) {
+        fprintf(stderr, "tollctl %s: --amount: %s\n", argv[0], aerr);
         tc_done(&c);
         return TOLLCTL_USAGE;
     }

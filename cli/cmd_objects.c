@@ -131,9 +131,9 @@ static int account_flags(const tc_t *c, json_t *o)
         b = json_pack("{s:s, s:s}", "name", name, "currency", cur);
         if (lim[0]) {
             long long nano;
-            char s[32];
-            if (tc_parse_amount(lim, &nano) != 0) {
-                fprintf(stderr, "tollctl %s: --bucket %s: bad credit limit '%s'\n", c->tc_cmd, v, lim);
+            char s[32], aerr[TG_ERRLEN] = "";
+            if (tc_parse_amount(lim, &nano, aerr, sizeof aerr) != 0) {
+                fprintf(stderr, "tollctl %s: --bucket %s: bad credit limit: %s\n", c->tc_cmd, v, aerr);
                 json_decref(b);
                 json_decref(bs);
                 return -1;

@@ -254,6 +254,11 @@ int cp_list(cp_actx_t *a, const char *prefix, const ProtobufCMessageDescriptor *
             void (*fix)(ProtobufCMessage *m), const ProtobufCMessageDescriptor *resp,
             tg_buf_t *reply);
 
+/* Sets *warning (a pool string) when no price card in effect now prices
+ * model for a direct or pooled channel, else NULL (admin_price.c; PutRoute
+ * returns it in the reply's warnings). Returns a status code. */
+int cp_price_route_warning(cp_actx_t *a, const char *model, const char **warning);
+
 /* QueryAudit (audit.c). */
 int cp_query_audit(cp_actx_t *a, const ProtobufCMessage *req, tg_buf_t *reply);
 

@@ -822,7 +822,9 @@ static int put_route(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply
     const Tollgate__V1__PutRouteRequest *q = (const Tollgate__V1__PutRouteRequest *)reqm;
     Tollgate__V1__ModelRoute *r = q->route;
     ProtobufCMessage *cur = NULL;
-    char err[TG_ERRLEN] = "";
+    char err[TG_ERRLEN] = "", **saved_warnings = r ? r->warnings : NULL;
+    size_t saved_nwarnings = r ? r->n_warnings : 0;
+    const char *warning = NULL;
     int64_t rev = 0, nrev;
     cp_wr_t w;
     int code = TG_RPC_CODE_OK, rc;
@@ -853,12 +855,23 @@ static int put_route(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply
     cp_wr_cmp(&w, okey(a, &T_ROUTE, r->model), TG_STORE_CMP_MOD_REV, TG_STORE_EQ, rev,
               TG_RPC_CODE_FAILED_PRECONDITION,
               cp_fmt(a, "route '%s' changed while this write ran: re-read it and retry", r->model));
+    /* warnings are output only: never stored; the request's own are put
+     * back before the request is freed */
+    saved_warnings = r->warnings;
+    saved_nwarnings = r->n_warnings;
+    r->warnings = NULL;
+    r->n_warnings = 0;
     cp_wr_put_pb(&w, okey(a, &T_ROUTE, r->model), &r->base);
     cp_wr_audit(&w, "route", r->model, cur, &r->base);
     if ((code = cp_wr_commit(a, &w, &nrev)) != TG_RPC_CODE_OK) goto done;
+    if ((code = cp_price_route_warning(a, r->model, &warning)) != TG_RPC_CODE_OK) goto done;
     r->revision = nrev;
+    r->warnings = (char **)&warning;
+    r->n_warnings = warning ? 1 : 0;
     code = cp_reply(a, &r->base, reply);
 done:
+    r->warnings = saved_warnings;
+    r->n_warnings = saved_nwarnings;
     tg_rpc_pb_free(cur);
     return code;
 }

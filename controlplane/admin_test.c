@@ -277,6 +277,18 @@ static void test_validate_route_and_card(void **state)
     e1.route_type = TOLLGATE__V1__ROUTE_TYPE__ROUTE_TYPE_DIRECT;
     err[0] = '\0';
     assert_int_equal(tg_cp_validate_price_card(&c, err, sizeof err), 0);
+    /* billing's own limits, so a card accepted here always prices */
+    e1.rate_ppm = 999999999999LL;
+    expect_invalid(tg_cp_validate_price_card(&c, err, sizeof err), err,
+                   "card.entries[1].rate_ppm: 999999999999 is outside 0..1000000000 ppm (0 means 1.0x, "
+                   "the most is 1000x)");
+    e1.rate_ppm = 0;
+    e0.output_per_mtok_nano = 9000000000000000000LL;
+    err[0] = '\0';
+    expect_invalid(tg_cp_validate_price_card(&c, err, sizeof err), err,
+                   "card.entries[0].output_per_mtok_nano: 9000000000000000000 is outside "
+                   "0..1000000000000000 nano-units (at most 1,000,000 currency units)");
+    e0.output_per_mtok_nano = 0;
 }
 
 static void test_cidr_and_currency(void **state)

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "billing/tg_billing.h"
 #include "controlplane/admin_int.h"
+#include "meter/tg_price.h"
 
 #define FAIL(...) return tg_errf(err, errlen, -1, __VA_ARGS__)
 
@@ -204,7 +206,8 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
     if (strlen(c->base_url) > 1024 || strpbrk(c->base_url, " \t\r\n"))
         FAIL("channel.base_url: must be a URL without spaces, at most 1024 characters");
     if (!valid_route_type(c->route_type)) FAIL("channel.route_type: must be direct or pooled");
-    if (c->cost_rate_ppm < 0) FAIL("channel.cost_rate_ppm: must be >= 0");
+    if (c->cost_rate_ppm < 0 || c->cost_rate_ppm > (int64_t)TG_PRICE_MAX_RATE_PPM)
+        FAIL("channel.cost_rate_ppm: must be 0..%u ppm (0 means 1.0x), billing's limit", TG_PRICE_MAX_RATE_PPM);
     if (c->credential[0] && c->credential_ref[0])
         FAIL("channel.credential_ref: give either credential or credential_ref, not both");
     if (c->credential_ref[0] && strncmp(c->credential_ref, "env:", 4) != 0 &&
@@ -273,11 +276,9 @@ int tg_cp_validate_price_card(const Tollgate__V1__PriceCard *c, char *err, size_
         if (!valid_pattern(e->model)) FAIL("card.entries[%zu].model: not a model name or glob", i);
         if (e->route_type != 0 && !valid_route_type(e->route_type))
             FAIL("card.entries[%zu].route_type: must be direct, pooled or unspecified", i);
-        if (e->input_per_mtok_nano < 0 || e->output_per_mtok_nano < 0 ||
-            e->cache_read_per_mtok_nano < 0 || e->cache_write_per_mtok_nano < 0 ||
-            e->per_image_nano < 0 || e->per_request_nano < 0)
-            FAIL("card.entries[%zu]: prices must be >= 0", i);
-        if (e->rate_ppm < 0) FAIL("card.entries[%zu].rate_ppm: must be >= 0 (0: 1.0x)", i);
+        /* billing's own limits: what is accepted here always prices */
+        char berr[TG_ERRLEN] = "";
+        if (tg_billing_entry_check(e, berr, sizeof berr) != 0) FAIL("card.entries[%zu].%s", i, berr);
         for (size_t j = 0; j < i; j++)
             if (strcmp(c->entries[j]->model, e->model) == 0 &&
                 c->entries[j]->route_type == e->route_type)

@@ -52,6 +52,7 @@
 #define TG_CP_K_BALANCE "tg/config/balance/"        /* <account id>/<bucket> -> Balance */
 #define TG_CP_K_NAME "tg/index/name/"               /* <type>/<name> -> id (uniqueness) */
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
+#define TG_CP_K_PRICE_GUARD "tg/index/price-guard"  /* last published card key: publishes compare it */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
 #define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
 #define TG_CP_K_AGENT_SEQ "tg/settle/agent-seq/"   /* <agent id> -> highest settled batch sequence (decimal) */
@@ -87,7 +88,7 @@ typedef struct tg_cp {
     tg_cp_admin_token_t *cp_tokens; /* from --admin-tokens FILE */
     size_t cp_ntokens;
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
-    int cp_settled_retention_s;     /* settled-log retention in the store, default 3600 */
+    int cp_settled_retention_s;     /* settled batches and their markers kept in the store (s) */
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
     /* resources */
     tg_store_t *cp_store;

@@ -39,7 +39,10 @@ static const char USAGE[] =
     "  --node-id NAME            this replica's name (TG_CP_NODE_ID, default HOST:PID)\n"
     "  --threads N               gRPC handler threads (TG_CP_THREADS, default 8)\n"
     "  --heartbeat-ms MS         Sync heartbeat period (TG_CP_HEARTBEAT_MS, default 5000)\n"
-    "  --settled-retention-s S   settled-log retention in the store (TG_CP_SETTLED_RETENTION_S, default 3600)\n"
+    "  --settled-retention-s S   settled batches and their dedup markers kept in the store\n"
+    "                            (TG_CP_SETTLED_RETENTION_S, default 60 on lmdb, 3600 on etcd)\n"
+    "  --store-history-s S       lmdb: revision history kept for watches (TG_CP_STORE_HISTORY_S,\n"
+    "                            default 120; etcd: use its --auto-compaction-* flags)\n"
     "  --lease-ttl-ms MS         spend leases expire this long after their last renewal (TG_CP_LEASE_TTL_MS, default 30000)\n"
     "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
@@ -52,7 +55,7 @@ typedef struct flag {
 
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
-    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_LEASE_TTL, F_LOGLEVEL, F_COUNT
+    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -69,7 +72,8 @@ static flag_t flags[F_COUNT] = {
     {"--node-id", "TG_CP_NODE_ID", NULL},
     {"--threads", "TG_CP_THREADS", "8"},
     {"--heartbeat-ms", "TG_CP_HEARTBEAT_MS", "5000"},
-    {"--settled-retention-s", "TG_CP_SETTLED_RETENTION_S", "3600"},
+    {"--settled-retention-s", "TG_CP_SETTLED_RETENTION_S", NULL}, /* by store, below */
+    {"--store-history-s", "TG_CP_STORE_HISTORY_S", "120"},
     {"--lease-ttl-ms", "TG_CP_LEASE_TTL_MS", "30000"},
     {"--log-level", "TG_CP_LOG_LEVEL", "info"},
 };
@@ -141,7 +145,8 @@ int main(int argc, char **argv)
     char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
     char *cert = NULL, *key = NULL, *ca = NULL, *enroll = NULL;
     int rc = 1, http_port = 0, agent_started = 0, sig;
-    long threads, heartbeat, retention, lease_ttl;
+    long threads, heartbeat, retention, history, lease_ttl;
+    tg_store_opts_t sto;
     sigset_t set;
 
     memset(&cp, 0, sizeof cp);
@@ -186,9 +191,17 @@ int main(int argc, char **argv)
     }
     if (parse_int("--threads", flags[F_THREADS].f_val, 1, 256, &threads) ||
         parse_int("--heartbeat-ms", flags[F_HEARTBEAT].f_val, 100, 3600000, &heartbeat) ||
-        parse_int("--settled-retention-s", flags[F_RETENTION].f_val, 1, 86400 * 365, &retention) ||
+        parse_int("--store-history-s", flags[F_HISTORY].f_val, 1, 86400 * 365, &history) ||
         parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl))
         return 2;
+    /* one replica on LMDB: the settled log's only reader is this process's
+     * tailer, so a short window keeps the store small; etcd replicas that
+     * fall behind catch up from it, so it is longer there */
+    if (!flags[F_RETENTION].f_val) {
+        const char *st = flags[F_STORE].f_val;
+        flags[F_RETENTION].f_val = st && strncmp(st, "etcd:", 5) == 0 ? "3600" : "60";
+    }
+    if (parse_int("--settled-retention-s", flags[F_RETENTION].f_val, 1, 86400 * 365, &retention)) return 2;
     if (!!flags[F_CERT].f_val != !!flags[F_KEY].f_val) {
         fprintf(stderr, "tollgate-cp: --tls-cert and --tls-key go together\n");
         return 2;
@@ -255,7 +268,9 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    if (tg_store_open(&cp.cp_store, store_spec, NULL, err, sizeof err) != 0) {
+    memset(&sto, 0, sizeof sto);
+    sto.so_history_s = history; /* lmdb only */
+    if (tg_store_open(&cp.cp_store, store_spec, &sto, err, sizeof err) != 0) {
         TG_LOG(TG_LOG_ERROR, "cp", "store %s: %s", store_spec, err);
         goto done;
     }

@@ -1629,6 +1629,41 @@ fail:
 
 /* ---- top-ups and adjustments ---------------------------------------------------- */
 
+/* OK when req repeats the change whose first answer is `first` (same kind,
+ * bucket, amount and reason), else ALREADY_EXISTS naming what differs. */
+static int idem_same(const Tollgate__V1__BalanceChangeResponse *first,
+                     const Tollgate__V1__BalanceChangeRequest *req, int kind, char *err, size_t errlen)
+{
+    const Tollgate__V1__LedgerEntry *e = first->entry;
+    const char *what = NULL;
+    char was[160] = "", now[160] = "";
+    if (e == NULL)
+        return TG_RPC_CODE_OK; /* nothing to compare with */
+    if ((int)e->kind != kind) {
+        what = "kind";
+        snprintf(was, sizeof(was), "%s", e->kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP ? "a top-up" : "an adjustment");
+        snprintf(now, sizeof(now), "%s", kind == TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_TOPUP ? "a top-up" : "an adjustment");
+    } else if (strcmp(e->bucket, req->bucket) != 0) {
+        what = "bucket";
+        snprintf(was, sizeof(was), "'%s'", e->bucket);
+        snprintf(now, sizeof(now), "'%s'", req->bucket);
+    } else if (e->amount_nano != req->amount_nano) {
+        what = "amount_nano";
+        snprintf(was, sizeof(was), "%" PRId64, e->amount_nano);
+        snprintf(now, sizeof(now), "%" PRId64, req->amount_nano);
+    } else if (strcmp(e->reason, req->reason) != 0) {
+        what = "reason";
+        snprintf(was, sizeof(was), "'%.120s'", e->reason);
+        snprintf(now, sizeof(now), "'%.120s'", req->reason);
+    }
+    if (what == NULL)
+        return TG_RPC_CODE_OK;
+    return tg_errf(err, errlen, TG_RPC_CODE_ALREADY_EXISTS,
+                   "idempotency_key '%s' was used by another change (entry %s): %s %s there, %s here; "
+                   "nothing changed (use a new key for a new change)",
+                   req->idempotency_key, e->entry_id, what, was, now);
+}
+
 int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *req, int kind,
                          const Tollgate__V1__Actor *actor, const tg_cp_txn_extra_t *extra,
                          tg_buf_t *reply, char *err, size_t errlen)
@@ -1717,6 +1752,11 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
             goto fail;
         }
         if (old != NULL) {
+            /* the same request again answers the first result; the same key
+             * for a different change is a conflict, never a silent no-op */
+            code = idem_same((const Tollgate__V1__BalanceChangeResponse *)old, req, kind, err, errlen);
+            if (code != TG_RPC_CODE_OK)
+                goto fail;
             ((Tollgate__V1__BalanceChangeResponse *)old)->duplicate = 1;
             code = tg_rpc_pb_pack(old, reply, err, errlen) < 0 ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
             goto fail;

@@ -7,9 +7,10 @@
  *
  * On ECOMPACTED (or the first start) it reads the whole settled-log range at
  * one revision, then watches from there. On the leader it also deletes
- * settled-log entries older than cp_settled_retention_s: a replica further
- * behind than that copies a peer's ledger file before tailing (documented in
- * controlplane/README.md).
+ * settled-log entries older than cp_settled_retention_s (never past what
+ * this replica applied) and the batch markers written with them: a replica
+ * further behind than that copies a peer's ledger file before tailing
+ * (documented in controlplane/README.md).
  *
  * The revision file is written without fsync and at most every 100 ms
  * (and when the tailer stops): losing it only replays batches the ledger
@@ -214,17 +215,66 @@ static int64_t settled_at(tg_store_t *st, const tg_store_kv_t *k)
     return at;
 }
 
-/* Leader only: deletes settled batches older than the retention window.
+/* Deletes the batch markers (TG_CP_K_BATCH) written before revision cut:
+ * a marker is written in the transaction that writes its batch's
+ * settled-log entry, so these are the markers of batches retention has
+ * removed from the log. A resend of such a batch is settled again, and
+ * every record in it is found in the ledger by its id: counted as a
+ * duplicate, never charged twice (settle.c's mark_duplicates). Keys-only
+ * pages (each from the last key of the previous one; only deletes happen
+ * behind it); deletes in transactions of up to 128.
+ * Returns the number deleted, or a negative store code. */
+static int64_t retain_markers(tg_cp_t *cp, int64_t cut, char *err, size_t errlen)
+{
+    uint8_t end[64], next[TG_STORE_MAX_KEY + 1];
+    size_t endlen = tg_store_prefix_end(TG_CP_K_BATCH, strlen(TG_CP_K_BATCH), end), nextlen = 0;
+    int64_t deleted = 0;
+    for (int more = 1; more;) {
+        tg_store_range_res_t res;
+        tg_store_range_req_t rq = {.rq_key = nextlen ? (const void *)next : TG_CP_K_BATCH,
+                                   .rq_key_len = nextlen ? nextlen : strlen(TG_CP_K_BATCH), .rq_end = end,
+                                   .rq_end_len = endlen, .rq_limit = 1000, .rq_keys_only = 1};
+        int rc = tg_store_range(cp->cp_store, &rq, &res, err, errlen);
+        if (rc < 0)
+            return rc;
+        tg_store_op_t ops[TG_STORE_MAX_TXN_OPS];
+        size_t n = 0;
+        for (size_t i = 0; i <= res.rs_n && rc == 0; i++) {
+            if (i < res.rs_n && res.rs_kvs[i].kv_mod_rev < cut)
+                ops[n++] = (tg_store_op_t){.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
+                                           .op_key_len = res.rs_kvs[i].kv_key_len};
+            if (n > 0 && (n == TG_STORE_MAX_TXN_OPS || i == res.rs_n)) {
+                rc = tg_store_txn(cp->cp_store, NULL, 0, ops, n, NULL, 0, NULL, err, errlen);
+                deleted += rc == 0 ? (int64_t)n : 0;
+                n = 0;
+            }
+        }
+        more = rc == 0 && res.rs_more && tg_store_range_next(&res, next, &nextlen) == 0;
+        tg_store_range_res_free(&res);
+        if (rc < 0)
+            return rc;
+    }
+    return deleted;
+}
+
+/* Leader only: deletes settled batches older than the retention window,
+ * never one this replica's tailer has not applied yet, then their batch
+ * markers (retain_markers), so neither grows without bound.
  * Keys are seq-ordered and seqs are given in settlement order, so settle
- * times increase along the keys: a keys-only page and a binary search with
- * a few value reads find the cut, and one ranged delete removes the rest. */
+ * times (and revisions) increase along the keys: a keys-only page and a
+ * binary search with a few value reads find the cut, and one ranged delete
+ * removes the rest. */
 static void retain(tg_cp_agent_side_t *as)
 {
     tg_cp_t *cp = as->as_cp;
     char err[TG_ERRLEN] = "";
     int64_t horizon = tg_cp_now_us() - (int64_t)cp->cp_settled_retention_s * 1000000;
+    int64_t applied, marker_cut = 0;
     uint8_t end[64];
     size_t endlen = tg_store_prefix_end(TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), end);
+    pthread_mutex_lock(&as->as_mu);
+    applied = as->as_tail_rev;
+    pthread_mutex_unlock(&as->as_mu);
     for (int round = 0; round < 20 && !as->as_stop; round++) {
         tg_store_range_res_t res;
         tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED, .rq_key_len = strlen(TG_CP_K_SETTLED),
@@ -235,12 +285,15 @@ static void retain(tg_cp_agent_side_t *as)
         size_t lo = 0, hi = res.rs_n;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
-            if (settled_at(cp->cp_store, &res.rs_kvs[mid]) < horizon)
+            if (res.rs_kvs[mid].kv_mod_rev <= applied && settled_at(cp->cp_store, &res.rs_kvs[mid]) < horizon)
                 lo = mid + 1;
             else
                 hi = mid;
         }
         int more = lo == res.rs_n && res.rs_more;
+        /* markers older than the first entry kept (everything up to the
+         * read's revision when none is) */
+        marker_cut = lo < res.rs_n ? res.rs_kvs[lo].kv_mod_rev : more ? 0 : res.rs_revision + 1;
         if (lo > 0) {
             uint8_t stop[TG_STORE_MAX_KEY + 1];
             size_t stoplen = 0;
@@ -255,13 +308,18 @@ static void retain(tg_cp_agent_side_t *as)
                                 .op_key_len = res.rs_kvs[0].kv_key_len, .op_end = e,
                                 .op_end_len = stoplen};
             if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, sizeof(err)) < 0)
-                more = 0;
+                more = 0, marker_cut = 0;
             else
                 TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %zu settled batches", lo);
         }
         tg_store_range_res_free(&res);
         if (!more)
             break;
+    }
+    if (marker_cut > 0 && !as->as_stop) {
+        int64_t n = retain_markers(cp, marker_cut, err, sizeof(err));
+        if (n > 0)
+            TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %" PRId64 " batch markers", n);
     }
     if (err[0])
         TG_LOG(TG_LOG_WARN, "cp.tail", "retention: %s", err);

@@ -94,6 +94,8 @@ int tg_price_add(int64_t *acc, int64_t v, char *err, size_t errlen)
     return 0;
 }
 
+#define TOO_LARGE "'%s' is too large: an amount is at most 9223372036.854775807 (int64 nano-units)"
+
 int tg_price_from_decimal(const char *s, int64_t *nano, char *err, size_t errlen)
 {
     const char *p = s ? s : "";
@@ -114,14 +116,14 @@ int tg_price_from_decimal(const char *s, int64_t *nano, char *err, size_t errlen
         if (frac >= 0)
             frac++;
         if (v > ((u128)1 << 100))
-            return tg_errf(err, errlen, TG_PRICE_EOVERFLOW, "'%s' is too large", s);
+            return tg_errf(err, errlen, TG_PRICE_EOVERFLOW, TOO_LARGE, s);
     }
     if (digits == 0)
         return tg_errf(err, errlen, TG_PRICE_ESYNTAX, "'%s' is not a decimal amount", s ? s : "");
     for (int k = frac < 0 ? 0 : frac; k < 9; k++)
         v *= 10;
     if (v > (u128)INT64_MAX + (unsigned)neg)
-        return tg_errf(err, errlen, TG_PRICE_EOVERFLOW, "'%s' overflows int64 nano-units", s);
+        return tg_errf(err, errlen, TG_PRICE_EOVERFLOW, TOO_LARGE, s);
     *nano = neg ? (int64_t)(0 - (uint64_t)v) : (int64_t)v;
     return 0;
 }

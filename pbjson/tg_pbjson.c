@@ -72,6 +72,57 @@ static int redacted(const tg_pbjson_opts_t *o, const char *name)
     return 0;
 }
 
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0: no
+ * overlong forms, no surrogates, nothing past U+10FFFF (RFC 3629). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (p[0] < 0x80) return 1;
+    if (p[0] >= 0xC2 && p[0] <= 0xDF) len = 2;
+    else if (p[0] >= 0xE0 && p[0] <= 0xEF) len = 3;
+    else if (p[0] >= 0xF0 && p[0] <= 0xF4) len = 4;
+    else return 0;
+    if (n < len) return 0;
+    if (p[0] == 0xE0) lo = 0xA0;      /* overlong */
+    else if (p[0] == 0xED) hi = 0x9F; /* surrogates */
+    else if (p[0] == 0xF0) lo = 0x90; /* overlong */
+    else if (p[0] == 0xF4) hi = 0x8F; /* past U+10FFFF */
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return len;
+}
+
+/* A JSON string of s. protobuf-c does not check that string fields hold
+ * UTF-8 and jansson refuses what does not (json_string returns NULL), so a
+ * stored row with a cut or foreign string would read as "out of memory":
+ * each byte that does not start a valid sequence becomes U+FFFD instead,
+ * and the reader sees the rest of the row. NULL only when out of memory. */
+static json_t *str_json(const char *s)
+{
+    json_t *j = json_string(s);
+    if (j != NULL) return j;
+    size_t n = strlen(s), k = 0;
+    char *t = tg_malloc(n * 3 + 1);
+    if (t == NULL) return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq((const unsigned char *)s + i, n - i);
+        if (len == 0) {
+            memcpy(t + k, "\xEF\xBF\xBD", 3); /* U+FFFD */
+            k += 3;
+            i++;
+        } else {
+            memcpy(t + k, s + i, len);
+            k += len;
+            i += len;
+        }
+    }
+    j = json_stringn(t, k);
+    tg_free(t);
+    return j;
+}
+
 static json_t *i64_json(int64_t v)
 {
     char b[32];
@@ -110,7 +161,7 @@ static json_t *value_to_json(const ProtobufCFieldDescriptor *f, const void *slot
     }
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(char *const *)slot;
-        return json_string(s ? s : "");
+        return str_json(s ? s : "");
     }
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *b = slot;

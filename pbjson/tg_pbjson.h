@@ -14,6 +14,9 @@
  *  - bytes as standard base64; maps as objects; repeated as arrays; a oneof as
  *    its one set member;
  *  - output skips fields equal to their default unless TG_PBJSON_DEFAULTS.
+ *  - output of a string field that is not valid UTF-8 (protobuf-c does not
+ *    check, and stored rows may hold cut or foreign text) has each invalid
+ *    byte replaced by U+FFFD, so a reader sees the row instead of failing.
  * Input is strict: an unknown field or a value of the wrong type is an error
  * whose message names the path ("tiers[0].targets[1].weight: expected an
  * integer"), so a typo in an operator's file never passes silently.
@@ -50,7 +53,8 @@ typedef struct tg_pbjson_opts {
 } tg_pbjson_opts_t;
 
 /* Converts m to a new JSON object (caller owns it: json_decref). opts may be
- * NULL. Returns NULL only when out of memory. */
+ * NULL. Returns NULL only when out of memory (bad UTF-8 is replaced, never
+ * an error). */
 json_t *tg_pbjson_to_json(const ProtobufCMessage *m, const tg_pbjson_opts_t *opts);
 
 /* Converts m to compact JSON text (caller frees with free()). NULL when out

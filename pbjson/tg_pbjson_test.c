@@ -1,5 +1,6 @@
 /* Unit tests for tg_pbjson: every tollgate.v1 message survives JSON and back
- * byte for byte; bad input names the field; redaction hides secrets. */
+ * byte for byte; bad input names the field; redaction hides secrets; a
+ * string that is not UTF-8 comes out with U+FFFD instead of failing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -137,6 +138,31 @@ static void test_redaction(void **state)
     free(s);
 }
 
+static void test_invalid_utf8_replaced(void **state)
+{
+    (void)state;
+    /* a message cut mid-character, a stray byte, an overlong '/', a
+     * surrogate, a map key with a bad byte: the row still reads */
+    Tollgate__V1__ModelRoute r = TOLLGATE__V1__MODEL_ROUTE__INIT;
+    Tollgate__V1__ModelRoute__LabelsEntry le = TOLLGATE__V1__MODEL_ROUTE__LABELS_ENTRY__INIT;
+    Tollgate__V1__ModelRoute__LabelsEntry *les[] = {&le};
+    r.model = "caf\xc3\xa9 \xe2\x82";
+    r.replacement_model = "a\xff" "b\xc0\xaf" "c\xed\xa0\x80" "d";
+    r.encoding = "ok \xe2\x82\xac \xf0\x9f\x98\x80";
+    le.key = "k\x80";
+    le.value = "v";
+    r.labels = les;
+    r.n_labels = 1;
+    char *s = tg_pbjson_dumps(&r.base, NULL);
+    assert_non_null(s);
+    assert_non_null(strstr(s, "\"model\":\"caf\xc3\xa9 \xef\xbf\xbd\xef\xbf\xbd\""));
+    assert_non_null(strstr(s, "\"replacement_model\":\"a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd" "c"
+                              "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "d\""));
+    assert_non_null(strstr(s, "\"encoding\":\"ok \xe2\x82\xac \xf0\x9f\x98\x80\"")); /* valid: unchanged */
+    assert_non_null(strstr(s, "\"k\xef\xbf\xbd\":\"v\""));
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -144,6 +170,7 @@ int main(void)
         cmocka_unit_test(test_operator_friendly_input),
         cmocka_unit_test(test_errors_name_the_field),
         cmocka_unit_test(test_redaction),
+        cmocka_unit_test(test_invalid_utf8_replaced),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

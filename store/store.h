@@ -106,6 +106,10 @@ typedef struct tg_store_opts {
                                   old reads), older ones compacted on their own;
                                   default 100000, < 0 = never (etcd: use its
                                   --auto-compaction-* flags) */
+    int64_t so_history_s;      /* lmdb: also compact history older than this
+                                  many seconds (etcd's periodic mode); 0 = no
+                                  time bound (default). With both set, the
+                                  smaller history wins */
 } tg_store_opts_t;
 
 /* One key-value pair. The bytes belong to whatever holds the kv (a result

@@ -42,6 +42,7 @@
 #define FORMAT "tollgate-store-1"
 #define MAPFULL 1000 /* internal: the txn hit MDB_MAP_FULL, grow and retry */
 #define HDR 32       /* create, mod, version, lease */
+#define HIST_SAMPLES 1024 /* (time, revision) samples for time-bounded history */
 
 typedef struct lwatch {
     struct lwatch *lw_next;
@@ -63,6 +64,13 @@ typedef struct lstore {
     int ls_lockfd;
     int ls_tick_ms;
     int64_t ls_keep; /* revisions of history to keep, <= 0 = all */
+    /* time-bounded history (etcd's periodic auto-compaction): the lease
+     * thread samples (monotonic ms, revision) into a ring and compacts to
+     * the revision that was current ls_keep_ms ago; lease thread only */
+    int64_t ls_keep_ms; /* <= 0: no time bound */
+    int64_t ls_samp_t[HIST_SAMPLES], ls_samp_rev[HIST_SAMPLES];
+    size_t ls_samp_n, ls_samp_next;
+    int64_t ls_samp_every_ms, ls_samp_last, ls_tcomp_last;
     pthread_t ls_thr;
     int ls_thr_started;
     pthread_mutex_t ls_stopmu;
@@ -1104,22 +1112,62 @@ static int l_lease_revoke(tg_store_t *s, int64_t id, char *err, size_t errlen)
     return write_txn((lstore_t *)s, revoke_fn, &a, NULL, err, errlen);
 }
 
-/* Keeps the history log bounded: once it holds more than ls_keep + 10%
- * revisions, compacts down to ls_keep (so each compaction is a modest
- * transaction, not one per write). */
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The revision that was current ls_keep_ms before now (the newest sample
+ * at least that old), or 0 when the samples do not reach back that far. */
+static int64_t time_target(const lstore_t *ls, int64_t now)
+{
+    for (size_t i = 0; i < ls->ls_samp_n; i++) {
+        size_t k = (ls->ls_samp_next + HIST_SAMPLES - 1 - i) % HIST_SAMPLES;
+        if (ls->ls_samp_t[k] <= now - ls->ls_keep_ms)
+            return ls->ls_samp_rev[k];
+    }
+    return 0;
+}
+
+/* Keeps the history log bounded, by revisions and by time, whichever keeps
+ * less. By revisions: once it holds more than ls_keep + 10% revisions,
+ * compact down to ls_keep (a modest transaction per 10% of the window, not
+ * one per write). By time: compact to the revision that was current
+ * ls_keep_ms ago, at most every tenth of the window (as etcd's periodic
+ * compactor does). A watcher further behind gets ECOMPACTED and resyncs. */
 static void auto_compact(lstore_t *ls)
 {
     MDB_txn *t;
-    int64_t cur = 0, comp = 0;
+    int64_t cur = 0, comp = 0, to = 0, now = mono_ms();
     char err[TG_ERRLEN] = "";
-    if (ls->ls_keep <= 0 || rd_begin(ls, &t, err, sizeof(err)))
+    if ((ls->ls_keep <= 0 && ls->ls_keep_ms <= 0) || rd_begin(ls, &t, err, sizeof(err)))
         return;
     int rc =
         meta_get(ls, t, "rev", &cur, err, sizeof(err)) || meta_get(ls, t, "compact", &comp, err, sizeof(err));
     rd_end(ls, t);
-    if (rc || cur - comp <= ls->ls_keep + ls->ls_keep / 10)
+    if (rc)
         return;
-    int64_t to = cur - ls->ls_keep;
+    if (ls->ls_keep > 0 && cur - comp > ls->ls_keep + ls->ls_keep / 10)
+        to = cur - ls->ls_keep;
+    if (ls->ls_keep_ms > 0) {
+        if (ls->ls_samp_n == 0 || now - ls->ls_samp_last >= ls->ls_samp_every_ms) {
+            ls->ls_samp_t[ls->ls_samp_next] = now;
+            ls->ls_samp_rev[ls->ls_samp_next] = cur;
+            ls->ls_samp_next = (ls->ls_samp_next + 1) % HIST_SAMPLES;
+            if (ls->ls_samp_n < HIST_SAMPLES)
+                ls->ls_samp_n++;
+            ls->ls_samp_last = now;
+        }
+        int64_t trev = time_target(ls, now);
+        if (trev > to && trev > comp && now - ls->ls_tcomp_last >= ls->ls_keep_ms / 10) {
+            to = trev;
+            ls->ls_tcomp_last = now;
+        }
+    }
+    if (to <= comp)
+        return;
     err[0] = 0;
     (void)l_compact(&ls->ls_base, to, err, sizeof(err)); /* ECOMPACTED: raced a caller */
 }
@@ -1388,6 +1436,11 @@ int tg_store_lmdb_open(tg_store_t **out, const char *path, const tg_store_opts_t
         ls->ls_map = ls->ls_map_max;
     ls->ls_tick_ms = opts->so_lease_tick_ms ? opts->so_lease_tick_ms : 100;
     ls->ls_keep = opts->so_history_revs ? opts->so_history_revs : 100000;
+    ls->ls_keep_ms = opts->so_history_s > 0 ? opts->so_history_s * 1000 : 0;
+    /* samples cover twice the window */
+    ls->ls_samp_every_ms = ls->ls_keep_ms / (HIST_SAMPLES / 2);
+    if (ls->ls_samp_every_ms < ls->ls_tick_ms)
+        ls->ls_samp_every_ms = ls->ls_tick_ms;
 
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
         rc = tg_errf(err, errlen, TG_STORE_EIO, "lmdb store: mkdir %s: %s", path, strerror(errno));

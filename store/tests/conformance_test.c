@@ -769,6 +769,64 @@ static void test_compaction_resync(void **state)
     tg_store_watch_cancel(w);
 }
 
+/* Compaction forgets history only: every live key keeps its value, version
+ * and revisions, a deleted key stays deleted, reads below the point and a
+ * watch from before it get ECOMPACTED (the store-size bound relies on it). */
+static void test_compaction_keeps_latest(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    int64_t first = put("kl/a", "a1");
+    put("kl/a", "a2");
+    int64_t ra = put("kl/a", "a3");
+    int64_t rb = put("kl/b", "b1");
+    put("kl/gone", "x");
+    int64_t n = 0, rdel = 0;
+    assert_int_equal(tg_store_delete(g_s, k, K(k, "kl/gone"), 0, &n, &rdel, err, sizeof(err)), 0);
+    assert_int_equal(n, 1);
+    int64_t at = curr();
+    assert_int_equal(tg_store_compact(g_s, at, err, sizeof(err)), 0);
+    tg_store_kv_t *kv = NULL;
+    assert_int_equal(tg_store_get(g_s, k, K(k, "kl/a"), &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_int_equal(kv->kv_val_len, 2);
+    assert_memory_equal(kv->kv_val, "a3", 2);
+    assert_int_equal(kv->kv_version, 3);
+    assert_int_equal(kv->kv_create_rev, first);
+    assert_int_equal(kv->kv_mod_rev, ra);
+    tg_store_kv_free(kv);
+    assert_int_equal(tg_store_get(g_s, k, K(k, "kl/b"), &kv, NULL, err, sizeof(err)), 0);
+    assert_non_null(kv);
+    assert_memory_equal(kv->kv_val, "b1", 2);
+    assert_int_equal(kv->kv_mod_rev, rb);
+    tg_store_kv_free(kv);
+    assert_int_equal(tg_store_get(g_s, k, K(k, "kl/gone"), &kv, NULL, err, sizeof(err)), 0);
+    assert_null(kv);
+    /* the whole prefix at the compaction point: exactly the live keys */
+    size_t kl = K(k, "kl/");
+    tg_store_range_req_t rq = {.rq_key = k, .rq_key_len = kl, .rq_prefix = 1, .rq_revision = at};
+    tg_store_range_res_t res;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 2);
+    tg_store_range_res_free(&res);
+    /* history below it is gone, for reads and for watches */
+    rq.rq_revision = rdel - 1;
+    err[0] = 0;
+    assert_int_equal(tg_store_range(g_s, &rq, &res, err, sizeof(err)), TG_STORE_ECOMPACTED);
+    tg_store_watch_t *w = NULL;
+    tg_store_event_t *ev = NULL;
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, first, &w, err, sizeof(err)), 0);
+    err[0] = 0;
+    assert_int_equal(tg_store_watch_next(w, 5000, &ev, err, sizeof(err)), TG_STORE_ECOMPACTED);
+    assert_null(ev);
+    tg_store_watch_cancel(w);
+    /* a write after it is seen by a watch from the point on */
+    assert_int_equal(tg_store_watch(g_s, k, kl, NULL, 0, 1, at + 1, &w, err, sizeof(err)), 0);
+    int64_t r = put("kl/b", "b2");
+    expect_ev(w, TG_STORE_EV_PUT, "kl/b", "b2", r);
+    tg_store_watch_cancel(w);
+}
+
 /* Polls until key is gone, up to ms. */
 static int wait_gone(const char *k, size_t kl, int ms)
 {
@@ -991,6 +1049,24 @@ static void test_lmdb_alloc_failures(void **state)
     assert_true(acked > 0);
 }
 
+/* Polls a read of rq until the store answers ECOMPACTED, up to ms;
+ * returns the last answer. */
+static int wait_compacted(const tg_store_range_req_t *rq, int ms)
+{
+    double dl = now_s() + ms / 1000.0;
+    int rc = 0;
+    while (now_s() < dl) {
+        tg_store_range_res_t res;
+        char err[TG_ERRLEN] = "";
+        rc = tg_store_range(g_s, rq, &res, err, sizeof(err));
+        tg_store_range_res_free(&res);
+        if (rc == TG_STORE_ECOMPACTED)
+            break;
+        sleep_ms(50);
+    }
+    return rc;
+}
+
 /* The history log compacts itself down to so_history_revs. */
 static void test_lmdb_auto_compaction(void **state)
 {
@@ -1005,17 +1081,7 @@ static void test_lmdb_auto_compaction(void **state)
     size_t kl = K(k, "ac");
     tg_store_range_req_t old = {.rq_key = k, .rq_key_len = kl, .rq_revision = first};
     tg_store_range_res_t res;
-    double dl = now_s() + 5;
-    int rc = 0;
-    while (now_s() < dl) {
-        err[0] = 0;
-        rc = tg_store_range(g_s, &old, &res, err, sizeof(err));
-        tg_store_range_res_free(&res);
-        if (rc == TG_STORE_ECOMPACTED)
-            break;
-        sleep_ms(50);
-    }
-    assert_int_equal(rc, TG_STORE_ECOMPACTED);
+    assert_int_equal(wait_compacted(&old, 5000), TG_STORE_ECOMPACTED);
     /* the last 20 revisions are still there, for reads and watches */
     tg_store_range_req_t recent = {.rq_key = k, .rq_key_len = kl, .rq_revision = last - 19};
     assert_int_equal(tg_store_range(g_s, &recent, &res, err, sizeof(err)), 0);
@@ -1027,6 +1093,35 @@ static void test_lmdb_auto_compaction(void **state)
     for (int64_t r = last - 19; r <= last; r++)
         expect_ev(w, TG_STORE_EV_PUT, "ac", NULL, r);
     tg_store_watch_cancel(w);
+}
+
+/* so_history_s: history older than the window is compacted on its own
+ * (etcd's periodic mode), with no revision bound; recent history stays. */
+static void test_lmdb_auto_compaction_by_time(void **state)
+{
+    (void)state;
+    char k[256], err[TG_ERRLEN] = "";
+    tg_store_close(g_s);
+    tg_store_opts_t o = {.so_history_revs = -1, .so_history_s = 1};
+    g_s = open_store(&o);
+    int64_t first = put("tc", "old");
+    for (int i = 0; i < 5; i++)
+        put("tc", "x");
+    size_t kl = K(k, "tc");
+    tg_store_range_req_t old = {.rq_key = k, .rq_key_len = kl, .rq_revision = first};
+    tg_store_range_res_t res;
+    /* within the window: readable */
+    assert_int_equal(tg_store_range(g_s, &old, &res, err, sizeof(err)), 0);
+    tg_store_range_res_free(&res);
+    sleep_ms(1300);
+    int64_t recent = put("tc", "new");
+    assert_int_equal(wait_compacted(&old, 5000), TG_STORE_ECOMPACTED);
+    /* what was written within the window is still there */
+    tg_store_range_req_t now = {.rq_key = k, .rq_key_len = kl, .rq_revision = recent};
+    assert_int_equal(tg_store_range(g_s, &now, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 1);
+    assert_memory_equal(res.rs_kvs[0].kv_val, "new", 3);
+    tg_store_range_res_free(&res);
 }
 
 static void test_lmdb_killed_writer(void **state)
@@ -1583,6 +1678,7 @@ int main(int argc, char **argv)
         T(test_watch_live_and_replay),
         T(test_watch_txn_and_fd),
         T(test_compaction_resync),
+        T(test_compaction_keeps_latest),
         T(test_lease_expiry),
         T(test_lease_keepalive_revoke),
         T(test_limits),
@@ -1590,6 +1686,7 @@ int main(int argc, char **argv)
     };
     const struct CMUnitTest lmdb[] = {
         T(test_lmdb_durable_reopen), T(test_lmdb_alloc_failures), T(test_lmdb_auto_compaction),
+        T(test_lmdb_auto_compaction_by_time),
         T(test_lmdb_killed_writer),  T(test_lmdb_map_full),       T(test_lmdb_corrupt_files),
     };
     const struct CMUnitTest etcd[] = {

@@ -214,7 +214,8 @@ for (const backend of ['lmdb', 'etcd']) {
       // pages of current cards: every card once, at its current version
       for (const id of ['pg-a', 'pg-b', 'pg-c'])
         for (let v = 0; v < 2; v++)
-          await pricing.call('PublishPriceCard', { card: { id, currency: 'USD', entries: entries(1000 + v) } });
+          await pricing.call('PublishPriceCard', { card: { id, currency: 'USD',
+            entries: [{ model: `${id}-*`, input_per_mtok_nano: String(1000 + v) }] } });
       const cards = [];
       let token = '';
       for (let i = 0; i < 20; i++) {
@@ -229,7 +230,50 @@ for (const backend of ['lmdb', 'etcd']) {
       for (const id of ['pg-a', 'pg-b', 'pg-c', 'std']) assert.ok(ids.includes(id), id);
       for (const id of ['pg-a', 'pg-b', 'pg-c']) assert.equal(cards.find((c) => c.id === id).version, '2');
       await rejects(assert, pricing.call('PublishPriceCard', { card: { id: 'std', currency: 'USD', entries: [
-        { model: 'a', input_per_mtok_nano: '-1' }] } }), 'INVALID_ARGUMENT', /^card\.entries\[0\]: prices must be >= 0$/);
+        { model: 'a', input_per_mtok_nano: '-1' }] } }), 'INVALID_ARGUMENT',
+        /^card\.entries\[0\]\.input_per_mtok_nano: -1 is outside 0\.\.1000000000000000 nano-units/);
+    });
+
+    test('price cards: only prices billing can apply, one card per model, unpriced routes named', async () => {
+      // billing's limits at publish time, naming the entry and the field
+      const ok = { model: 'lim-a', input_per_mtok_nano: '1' };
+      await rejects(assert, pricing.call('PublishPriceCard', { card: { id: 'lim', currency: 'USD', entries: [ok,
+        { model: 'lim-b' }, { model: 'lim-c', rate_ppm: '999999999999' }] } }), 'INVALID_ARGUMENT',
+        /^card\.entries\[2\]\.rate_ppm: 999999999999 is outside 0\.\.1000000000 ppm/);
+      await rejects(assert, pricing.call('PublishPriceCard', { card: { id: 'lim', currency: 'USD', entries: [
+        { model: 'lim-a', output_per_mtok_nano: '9000000000000000000' }] } }), 'INVALID_ARGUMENT',
+        /^card\.entries\[0\]\.output_per_mtok_nano: 9000000000000000000 is outside/);
+      await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('lim-ch', { cost_rate_ppm: '1000000001' }) }),
+        'INVALID_ARGUMENT', /^channel\.cost_rate_ppm: must be 0\.\.1000000000 ppm/);
+      const edge = await pricing.call('PublishPriceCard', { card: { id: 'lim', currency: 'USD', entries: [
+        { model: 'lim-a', per_request_nano: '1000000000000000', rate_ppm: '1000000000' }] } });
+      assert.equal(edge.version, '1');
+      // a second card of the same currency pricing the same model and route type is refused, naming the card
+      await rejects(assert, pricing.call('PublishPriceCard', { card: { id: 'lim2', currency: 'USD', entries: [
+        { model: 'lim-z' }, { model: 'lim-a' }] } }), 'FAILED_PRECONDITION',
+        /^card\.entries\[1\]: model 'lim-a' \(route type any\) is already priced in USD by card 'lim' version 1/);
+      // another currency, another route type, or after the other card dropped it: accepted
+      await pricing.call('PublishPriceCard', { card: { id: 'lim-eur', currency: 'EUR', entries: [{ model: 'lim-a' }] } });
+      await pricing.call('PublishPriceCard', { card: { id: 'lim2', currency: 'USD', entries: [
+        { model: 'lim-a', route_type: 'ROUTE_TYPE_DIRECT' }] } });
+      await pricing.call('PublishPriceCard', { card: { id: 'lim', currency: 'USD', entries: [{ model: 'lim-x' }] } });
+      const moved = await pricing.call('PublishPriceCard', { card: { id: 'lim3', currency: 'USD', entries: [{ model: 'lim-a' }] } });
+      assert.equal(moved.version, '1');
+      // routed models no card prices: published anyway, named in the reply's warnings
+      const ch = await admin.call('CreateChannel', { channel: CHANNEL('lim-route-ch') });
+      const r = await pricing.call('PutRoute', { route: { model: 'lim-unpriced', tiers: [{ targets: [{ channel_id: ch.id }] }] } });
+      assert.equal(r.warnings.length, 1);
+      assert.match(r.warnings[0], /^route\.model: no price card in effect prices 'lim-unpriced': the agent refuses/);
+      const priced = await pricing.call('PutRoute', { route: { model: 'lim-x', tiers: [{ targets: [{ channel_id: ch.id }] }] } });
+      assert.deepEqual(priced.warnings, []);
+      assert.deepEqual((await reader.call('GetRoute', { id: 'lim-unpriced' })).warnings, [], 'warnings are not stored');
+      const dropped = await pricing.call('PublishPriceCard', { card: { id: 'lim', currency: 'USD', entries: [{ model: 'lim-y' }] } });
+      assert.ok(dropped.warnings.some((w) => /^routed model 'lim-x' is priced by no card in effect once version 3 applies/.test(w)),
+        JSON.stringify(dropped.warnings));
+      assert.ok(dropped.warnings.some((w) => /'lim-unpriced'/.test(w)));
+      assert.deepEqual((await reader.call('GetPriceCard', { id: 'lim' })).warnings, []);
+      for (const m of ['lim-unpriced', 'lim-x']) await pricing.call('DeleteRoute', { id: m });
+      await admin.call('DeleteChannel', { id: ch.id });
     });
 
     test('pagination visits every account exactly once', async () => {

@@ -212,6 +212,15 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const t2 = await cp.adminCall('TopUp', req);
     assert.equal(t2.duplicate, true);
     assert.equal(await balance(cp, ctx.ids.account), before + 5000n);
+    // the same key for a different change is a conflict naming the difference, not a "duplicate"
+    await assert.rejects(cp.adminCall('TopUp', { ...req, amount_nano: '5001' }), (e) => e.code === grpc.status.ALREADY_EXISTS &&
+      new RegExp(`^idempotency_key 't-${backend}' was used by another change \\(entry top_\\w+\\): amount_nano 5000 there, 5001 here`).test(e.details));
+    await assert.rejects(cp.adminCall('TopUp', { ...req, reason: 'other' }), (e) => e.code === grpc.status.ALREADY_EXISTS &&
+      /reason 'test' there, 'other' here/.test(e.details));
+    await assert.rejects(cp.adminCall('Adjust', req), (e) => e.code === grpc.status.ALREADY_EXISTS &&
+      /kind a top-up there, an adjustment here/.test(e.details));
+    assert.equal((await cp.adminCall('TopUp', req)).duplicate, true, 'the same request still answers the first result');
+    assert.equal(await balance(cp, ctx.ids.account), before + 5000n);
     await assert.rejects(cp.adminCall('Adjust', { account_id: ctx.ids.account, bucket: 'wallet',
       amount_nano: String(-(before + 5001n)), idempotency_key: `adj-${backend}`, reason: 'too much' }),
     (e) => e.code === grpc.status.FAILED_PRECONDITION);

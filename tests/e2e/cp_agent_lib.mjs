@@ -95,12 +95,18 @@ export async function startSettling(ctx, backend, nodeId) {
     ctx.cp = await startCp({ nodeId });
   }
   ctx.ids = await seed(ctx.cp);
-  await until(async () => {
-    const a = new FakeAgent(ctx.cp, 'probe');
-    await a.enroll();
-    try { await a.report(a.signed([])); return true; } catch (e) { if (/not the settling leader/.test(e.details)) return false; throw e; }
-  }, { timeoutMs: 10000, what: 'the control plane to become the settling leader' });
+  await waitLeader(ctx.cp);
   return ctx;
+}
+
+// Waits until cp settles (an empty batch from agent, or a new probe agent,
+// is accepted rather than refused as "not the settling leader").
+export async function waitLeader(cp, agent, timeoutMs = 15000) {
+  const a = agent || new FakeAgent(cp, 'probe');
+  if (!agent) await a.enroll();
+  await until(async () => {
+    try { await a.report(a.signed([])); return true; } catch (e) { if (/not the settling leader/.test(e.details)) return false; throw e; }
+  }, { timeoutMs, what: 'the control plane to become the settling leader' });
 }
 
 // ---- fixtures ---------------------------------------------------------------

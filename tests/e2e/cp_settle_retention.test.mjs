@@ -1,11 +1,13 @@
-// Settled-log retention on etcd: the leader deletes settled batches older
-// than --settled-retention-s from the store (etcd keeps only small, hot
-// state), while the LMDB ledger keeps every row and the batch markers still
-// answer resends. Checked by reading etcd directly through its JSON gateway.
+// Settled-log retention: the leader deletes settled batches older than
+// --settled-retention-s from the store, and their batch markers with them
+// (the store stays bounded), while the LMDB ledger keeps every row: a
+// batch resent after its marker is gone is recognised record by record from
+// the ledger and charged nothing. On etcd checked by reading etcd directly
+// through its JSON gateway; on LMDB by the answers and the balance.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { until } from './lib/proc.mjs';
-import { FakeAgent, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
+import { FakeAgent, balance, seed, startCp, startEtcd, waitLeader } from './cp_agent_lib.mjs';
 
 const procs = [];
 after(async () => {
@@ -29,9 +31,7 @@ test('settled batches leave etcd after the retention window; ledger rows and mar
   procs.push(cp);
   const a = new FakeAgent(cp);
   await a.enroll();
-  await until(async () => {
-    try { await a.report(a.signed([], 1000)); return true; } catch (e) { if (/not the settling leader/.test(e.details)) return false; throw e; }
-  }, { timeoutMs: 10000, what: 'leadership' });
+  await waitLeader(cp, a);
   const ids = await seed(cp);
   const reqs = [];
   const all = [];
@@ -44,10 +44,39 @@ test('settled batches leave etcd after the retention window; ledger rows and mar
   assert.ok(await countPrefix(etcd.url, 'tg/settle/log/') >= 5, 'the top-up and the batches are in the settled log');
   await until(async () => (await countPrefix(etcd.url, 'tg/settle/log/')) === 0,
     { timeoutMs: 10000, intervalMs: 200, what: 'retention to empty the settled log' });
-  // the ledger still has every row, and a resend is still recognised
+  // the markers leave with them; the ledger still has every row
+  await until(async () => (await countPrefix(etcd.url, 'tg/settle/batch/')) === 0,
+    { timeoutMs: 10000, intervalMs: 200, what: 'retention to delete the batch markers' });
   const page = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
   for (const id of all) assert.ok(page.entries.some((e) => e.entry_id === id), `row ${id} kept`);
+  // a resend after its marker is gone: every record a duplicate, nothing charged
+  const before = await balance(cp, ids.account);
   const r = await a.report(reqs[0]);
-  assert.equal(r.duplicate_batch, true);
-  assert.ok(await countPrefix(etcd.url, 'tg/settle/batch/') >= 4, 'markers are not subject to the settled-log retention');
+  assert.equal(r.duplicate_batch, false);
+  assert.equal(r.settled, 0);
+  assert.equal(r.duplicate_records, 2);
+  assert.equal(await balance(cp, ids.account), before);
+  const again = await cp.adminCall('QueryLedger', { account_id: ids.account, page_size: 1000 });
+  assert.equal(again.entries.length, page.entries.length, 'no row added');
+});
+
+test('on LMDB (default retention 60 s there): a resend after retention is still not charged twice', async () => {
+  const cp = await startCp({ nodeId: 'cp-ret-lmdb', env: { TG_CP_RETAIN_EVERY_MS: '300' },
+    extraArgs: ['--settled-retention-s', '1'] });
+  procs.push(cp);
+  const a = new FakeAgent(cp);
+  await a.enroll();
+  await waitLeader(cp, a);
+  const ids = await seed(cp);
+  const req = a.signed([a.record(ids), a.record(ids)]);
+  assert.equal((await a.report(req)).settled, 2);
+  assert.equal((await a.report(req)).duplicate_batch, true, 'the marker answers at first');
+  const before = await balance(cp, ids.account);
+  // once retention removed the marker, the ledger's record ids answer
+  await until(async () => !(await a.report(req)).duplicate_batch,
+    { timeoutMs: 15000, intervalMs: 300, what: 'retention to delete the marker' });
+  const r = await a.report(req);
+  assert.equal(r.settled, 0);
+  assert.equal(r.duplicate_records, 2);
+  assert.equal(await balance(cp, ids.account), before);
 });

@@ -158,8 +158,27 @@ test('top-up is idempotent; balance and audit show it', async () => {
     '--idempotency-key', 'inv-1', '--reason', 'invoice 1']);
   assert.match(t1.stdout, new RegExp(`^${a.id}/wallet balance 12.50 USD \\(ledger entry \\S+\\)$`, 'm'));
   const t2 = await ok(['topup', '--account', a.id, '--bucket', 'wallet', '--amount', '12.50', '--currency', 'USD',
-    '--idempotency-key', 'inv-1']);
+    '--idempotency-key', 'inv-1', '--reason', 'invoice 1']);
   assert.match(t2.stdout, /^duplicate, nothing changed: .* balance 12.50 USD/m);
+  // the key reused for another amount: refused, naming both
+  const t3 = await tollctl(['topup', '--account', a.id, '--bucket', 'wallet', '--amount', '13', '--currency', 'USD',
+    '--idempotency-key', 'inv-1', '--reason', 'invoice 1']);
+  assert.equal(t3.code, 1);
+  assert.match(t3.stderr, /idempotency_key 'inv-1' was used by another change .*: amount_nano 12500000000 there, 13000000000 here/);
+  // amounts up to the int64 nano-unit range parse; past it, a clear message
+  const big = await json(['account', 'create', '--name', 'big-co', '--bucket', 'wallet:USD']);
+  const b1 = await ok(['topup', '--account', big.id, '--bucket', 'wallet', '--amount', '9223372036', '--currency', 'USD',
+    '--idempotency-key', 'big-1']);
+  assert.match(b1.stdout, /balance 9223372036.00 USD/);
+  const b2 = await tollctl(['topup', '--account', big.id, '--bucket', 'wallet', '--amount', '9223372036.854775808',
+    '--currency', 'USD', '--idempotency-key', 'big-2']);
+  assert.equal(b2.code, 2);
+  assert.equal(b2.stderr, "tollctl topup: --amount: '9223372036.854775808' is too large: an amount is at most " +
+    '9223372036.854775807 (int64 nano-units)\n');
+  const b3 = await tollctl(['topup', '--account', big.id, '--bucket', 'wallet', '--amount', '12,50',
+    '--currency', 'USD', '--idempotency-key', 'big-3']);
+  assert.equal(b3.code, 2);
+  assert.match(b3.stderr, /'12,50' is not a decimal amount with at most 9 decimals/);
   const adj = await ok(['adjust', '--account', a.id, '--bucket', 'wallet', '--amount', '-0.000000001', '--currency', 'USD',
     '--idempotency-key', 'adj-1', '--reason', 'rounding']);
   assert.match(adj.stdout, /balance 12.499999999 USD/);
