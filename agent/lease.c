@@ -56,7 +56,6 @@ typedef struct lent {
     int64_t le_rate_t, le_rate_acc;
     int64_t le_last_use;
     uint64_t le_rpcs;
-    int64_t le_local_hold;    /* local authority only: the hold it granted */
 } lent_t;
 
 struct tg_lease_tab {
@@ -158,19 +157,16 @@ static int due(const lent_t *e, int64_t now)
 
 /* The local authority (no control plane): the same rule as
  * controlplane/lease.c with one agent and nothing ever settled. */
-static int local_rpc(tg_lease_tab_t *t, lent_t *e, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r,
+static int local_rpc(tg_lease_tab_t *t, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r,
                      char *err, size_t errlen)
 {
     int64_t budget = 0;
     if (t->lt_local == NULL || t->lt_local(t->lt_arg, q->account_id, q->bucket, &budget) != 0)
         return tg_errf(err, errlen, -1, "no balance for %s/%s in the configuration", q->account_id, q->bucket);
     int restarted = q->reset;
-    int64_t base = restarted ? 0 : e->le_local_hold - q->return_nano;
-    if (base < q->unsettled_nano)
-        base = q->unsettled_nano;
+    int64_t base = q->unsettled_nano + (restarted ? 0 : q->keep_nano);
     int64_t room = budget - base, want = q->requested_nano > q->need_nano ? q->requested_nano : q->need_nano;
     int64_t g = want <= 0 || room <= 0 ? 0 : want < room ? want : room;
-    e->le_local_hold = base + g;
     r->granted_nano = g;
     r->hold_nano = base + g;
     r->expires_at_us = now_us() + 3600LL * 1000000;
@@ -219,7 +215,7 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     q.account_id = acct;
     q.bucket = bucket;
     q.requested_nano = want;
-    q.return_nano = ret;
+    q.keep_nano = fr - ret;
     q.need_nano = e->le_need_max;
     q.spend_rate_nano_per_s = e->le_rate;
     q.reset = !e->le_started;
@@ -236,7 +232,7 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     int rc = t->lt_rpc != NULL ? t->lt_rpc(t->lt_arg, &q, r, err, sizeof(err)) : -1;
     pthread_mutex_lock(&t->lt_mu);
     if (t->lt_rpc == NULL)
-        rc = local_rpc(t, e, &q, r, err, sizeof(err));
+        rc = local_rpc(t, &q, r, err, sizeof(err));
     e->le_inflight = 0;
     e->le_done = gen;
     now = now_us();

@@ -168,16 +168,14 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
             nothers++;
             holds[keep++] = h;
         }
-        /* What the agent keeps: after a restart or a lapsed hold, exactly
-         * what it declares it owes (unsettled spend and requests in flight);
-         * otherwise its live hold less what it hands back, and never less
-         * than what it owes. */
+        /* The hold is what the agent owes (unsettled spend, requests in
+         * flight) plus the free part it keeps, plus the grant; after a
+         * restart or a lapse nothing free is kept. Owed is taken whatever
+         * the room: that spend happened or is under way. (A record settled
+         * but not yet acknowledged is owed here once more until the agent's
+         * next request: conservative, and corrected by it.) */
         int restarted = q->reset || mine == NULL;
-        int64_t base = restarted ? 0 : mine->hold_nano - q->return_nano;
-        if (base < q->unsettled_nano)
-            base = q->unsettled_nano;
-        if (base < 0)
-            base = 0;
+        int64_t base = q->unsettled_nano + (restarted ? 0 : q->keep_nano);
         int64_t room = b->balance_nano - floor - others - base;
         int64_t g = shape_grant(q->requested_nano, q->need_nano, room, nothers);
         mine_new = (Tollgate__V1__BalanceHold)TOLLGATE__V1__BALANCE_HOLD__INIT;
@@ -223,9 +221,9 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
             resp->floor_nano = floor;
             resp->restarted = restarted;
             TG_LOG(TG_LOG_DEBUG, "cp.lease",
-                   "lease %s: hold %" PRId64 " (granted %" PRId64 " of %" PRId64 ", returned %" PRId64
+                   "lease %s: hold %" PRId64 " (granted %" PRId64 " of %" PRId64 ", kept %" PRId64
                    ", owed %" PRId64 "), %" PRId64 " left",
-                   lease_id, mine_new.hold_nano, g, q->requested_nano, q->return_nano, q->unsettled_nano,
+                   lease_id, mine_new.hold_nano, g, q->requested_nano, q->keep_nano, q->unsettled_nano,
                    room - g);
             break;
         }
@@ -255,10 +253,12 @@ int cp_lease(tg_cp_t *cp, const Tollgate__V1__LeaseRequest *q, tg_buf_t *reply, 
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "account_id: required, at most 200 bytes");
     if (q->bucket[0] == '\0' || strlen(q->bucket) > 100)
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "bucket: required, at most 100 bytes");
-    if (q->requested_nano < 0 || q->return_nano < 0 || q->need_nano < 0 || q->unsettled_nano < 0 ||
+    if (q->requested_nano < 0 || q->keep_nano < 0 || q->need_nano < 0 || q->unsettled_nano < 0 ||
         q->spend_rate_nano_per_s < 0)
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                       "requested_nano, return_nano, need_nano, unsettled_nano, spend_rate_nano_per_s: must be >= 0");
+                       "requested_nano, keep_nano, need_nano, unsettled_nano, spend_rate_nano_per_s: must be >= 0");
+    if (q->unsettled_nano > INT64_MAX / 4 || q->keep_nano > INT64_MAX / 4 || q->requested_nano > INT64_MAX / 4)
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "unsettled_nano, keep_nano, requested_nano: too large");
     int code = grant(cp, q->proof->agent_id, q, &resp, currency, sizeof(currency), lease_id, sizeof(lease_id), err,
                      errlen);
     if (code != TG_RPC_CODE_OK)

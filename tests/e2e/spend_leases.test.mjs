@@ -1,0 +1,232 @@
+// Hard budgets across agents: a real tollgate-cp (on LMDB, and on a real
+// etcd), three real tollgate-agents enrolled with it, mockllm upstream, the
+// official openai SDK. A prepaid wallet that covers about ten requests gets
+// a burst of sixty concurrent requests spread over the three agents: what
+// settles never exceeds the wallet, the balance never goes below zero, the
+// rest are refused with 402 insufficient_quota, and the ledger rows add up
+// to the balance movement to the nano-unit. Reservations are released on
+// failures (a dead upstream does not leak budget), a killed agent's hold
+// expires and returns, and a restarted control plane honours the holds out.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { startMock } from '../../tools/mockllm/mockllm.mjs';
+import { startAgent } from '../../agent/testing/agent.mjs';
+import { startCp, startEtcd, seed, ENROLL_TOKEN } from './cp_agent_lib.mjs';
+import { freePort, tmpdir, until } from './lib/proc.mjs';
+
+const TTL_MS = 3000; // short lease TTL so expiry is testable
+const messages = [{ role: 'user', content: 'Spend a little, please.' }];
+
+async function balances(cp, account) {
+  const r = await cp.adminCall('GetBalances', { account_id: account });
+  return r.balances.find((x) => x.bucket === 'wallet');
+}
+
+async function ledgerSum(cp, account) {
+  const page = await cp.adminCall('QueryLedger', { account_id: account, page_size: 1000 });
+  let sum = 0n;
+  let usage = 0;
+  for (const e of page.entries) {
+    if (e.bucket === 'wallet') sum += BigInt(e.amount_nano || 0);
+    if (e.kind === 'LEDGER_KIND_USAGE' && BigInt(e.amount_nano || 0) !== 0n) usage++;
+  }
+  return { sum, usage, rows: page.entries };
+}
+
+for (const backend of ['lmdb', 'etcd']) {
+  describe(`spend leases on ${backend}`, () => {
+    let mock, etcd, cp, cpPort, cpDir, ids, chId;
+    const agents = [];
+
+    async function newAgent() {
+      const a = await startAgent(null, { noSnapshot: true,
+        args: ['--cp', `127.0.0.1:${cpPort}`, '--enroll-token', ENROLL_TOKEN] });
+      await until(async () => (await fetch(`${a.url}/readyz`)).status === 200,
+        { timeoutMs: 15000, what: 'the agent to receive its snapshot over Sync' });
+      return a;
+    }
+
+    async function account(name, topup) {
+      const acct = await cp.adminCall('CreateAccount', { account: {
+        name, billing_mode: 'BILLING_MODE_PREPAID',
+        buckets: [{ name: 'credit', currency: 'USD' }, { name: 'wallet', currency: 'USD' }],
+      } });
+      if (topup > 0n) {
+        await cp.adminCall('TopUp', { account_id: acct.id, bucket: 'wallet', amount_nano: String(topup),
+          currency: 'USD', idempotency_key: `seed-${name}`, reason: 'e2e' });
+      }
+      const k = await cp.adminCall('CreateKey', { key: { account_id: acct.id, name, expose_cost: true } });
+      // every agent must know the key before it is used
+      for (const a of agents) {
+        if (a.dead) continue;
+        await until(async () => (await fetch(`${a.base}/models`, { headers: { authorization: `Bearer ${k.secret}` } })).status === 200,
+          { timeoutMs: 10000, what: 'the key to reach the agent' });
+      }
+      return { id: acct.id, secret: k.secret };
+    }
+
+    async function drained() {
+      for (const a of agents) {
+        if (a.dead) continue;
+        await until(() => a.outbox().length === 0, { timeoutMs: 20000, what: 'the outbox to drain' });
+      }
+    }
+
+    before(async () => {
+      mock = await startMock();
+      cpPort = await freePort();
+      cpDir = tmpdir('tg-lease-cp-');
+      const extra = ['--listen', `127.0.0.1:${cpPort}`, '--lease-ttl-ms', String(TTL_MS)];
+      if (backend === 'etcd') {
+        etcd = await startEtcd();
+        cp = await startCp({ store: `etcd:${etcd.url}`, dataDir: cpDir, extraArgs: extra });
+      } else {
+        cp = await startCp({ dataDir: cpDir, extraArgs: extra });
+      }
+      ids = await seed(cp, { topup: 0n });
+      const ch = await cp.adminCall('CreateChannel', { channel: {
+        name: 'mock', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-upstream-mock',
+      } });
+      chId = ch.id;
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-4o', tiers: [{ targets: [{ channel_id: ch.id }] }] } });
+      const dead = await freePort(); // nothing listens: every attempt fails
+      const dch = await cp.adminCall('CreateChannel', { channel: {
+        name: 'dead', provider: 'PROVIDER_TYPE_OPENAI', base_url: `http://127.0.0.1:${dead}/v1`,
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-dead',
+      } });
+      await cp.adminCall('PublishPriceCard', { card: { id: 'card-dead', currency: 'USD', note: 'e2e',
+        entries: [{ model: 'gpt-dead', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-dead', tiers: [{ targets: [{ channel_id: dch.id }] }] } });
+      for (let i = 0; i < 3; i++) agents.push(await newAgent());
+    });
+
+    after(async () => {
+      for (const a of agents) if (!a.dead) await a.stop();
+      await cp?.stop();
+      await mock?.stop();
+      await etcd?.proc.stop();
+    });
+
+    test('a burst of 60 over three agents never spends past a wallet that covers ~10 requests', async () => {
+      // what one request costs, measured on an account with room
+      const probe = await account('probe', 100n * 1000000000n);
+      const pc = new OpenAI({ apiKey: probe.secret, baseURL: agents[0].base, maxRetries: 0 });
+      const { response } = await pc.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
+      const one = BigInt((await agents[0].waitRecord(response.headers.get('x-request-id'))).cost_nano);
+      assert.ok(one > 0n);
+      const budget = one * 10n;
+      const acct = await account('burst', budget);
+      const clients = agents.map((a) => new OpenAI({ apiKey: acct.secret, baseURL: a.base, maxRetries: 0, timeout: 20000 }));
+      const results = await Promise.all(Array.from({ length: 60 }, (_, i) =>
+        clients[i % 3].chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 })
+          .then(() => 200, (e) => e)));
+      const served = results.filter((r) => r === 200).length;
+      const refused = results.filter((r) => r !== 200);
+      for (const e of refused) {
+        assert.equal(e.status, 402, `${e.status} ${e.message}`);
+        assert.equal(e.code, 'insufficient_quota');
+        assert.match(e.message, /`wallet` balance/);
+      }
+      assert.ok(served >= 1, 'some requests fit the budget');
+      assert.ok(refused.length >= 40, `the budget covers about 10, ${served} were served`);
+      await drained();
+      const bal = await balances(cp, acct.id);
+      const { sum, usage } = await ledgerSum(cp, acct.id);
+      const spentNow = budget - BigInt(bal.balance_nano);
+      assert.ok(BigInt(bal.balance_nano) >= 0n, `balance ${bal.balance_nano} went below zero`);
+      assert.ok(spentNow <= budget);
+      assert.equal(usage, served, 'one charged row per served request');
+      // the ledger explains the balance to the nano-unit: top-up minus usage
+      assert.equal(sum, BigInt(bal.balance_nano));
+      // the live holds never exceed what is left (once the agents' next
+      // renewals have declared what they still owe after the acks)
+      await until(async () => {
+        const b = await balances(cp, acct.id);
+        return BigInt(b.reserved_nano || 0) <= BigInt(b.balance_nano);
+      }, { timeoutMs: TTL_MS * 2, what: 'the holds to fit the balance' });
+      // refusals are receipts too: zero cost, the reason
+      await until(async () => {
+        const { rows } = await ledgerSum(cp, acct.id);
+        return rows.filter((e) => e.record && e.record.client_status === 402).length === refused.length;
+      }, { timeoutMs: 15000, what: 'every refusal to be a receipt in the ledger' });
+    });
+
+    test('without max_tokens the default output cap is reserved: a wallet too small for it refuses up front', async () => {
+      const acct = await account('nocap', 2000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      const err = await c.chat.completions.create({ model: 'gpt-4o', messages }).then(() => null, (e) => e);
+      assert.ok(err, 'refused');
+      assert.equal(err.status, 402);
+      await drained();
+      assert.equal(BigInt((await balances(cp, acct.id)).balance_nano), 2000000n, 'nothing spent');
+    });
+
+    test('failed upstream calls release their reservations exactly: the budget is still all there', async () => {
+      // a wallet that covers a couple of reservations: leaked ones would refuse the last request
+      const probe = new OpenAI({ apiKey: (await account('probe2', 100n * 1000000000n)).secret, baseURL: agents[2].base, maxRetries: 0 });
+      const { response } = await probe.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
+      const one = BigInt((await agents[2].waitRecord(response.headers.get('x-request-id'))).reserved_nano);
+      const acct = await account('fails', one * 3n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 10000 });
+      for (let i = 0; i < 8; i++) {
+        const e = await c.chat.completions.create({ model: 'gpt-dead', messages, max_tokens: 16 }).then(() => null, (x) => x);
+        assert.ok(e?.status === 502 || e?.status === 503, `the dead channel fails (${e?.status})`); // 503 once its breaker opens
+      }
+      const ok = await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
+      const rec = await agents[2].waitRecord(ok.response.headers.get('x-request-id'));
+      assert.ok(BigInt(rec.reserved_nano) >= BigInt(rec.cost_nano), 'the cost stays within its reservation');
+      await drained();
+      const bal = await balances(cp, acct.id);
+      assert.equal(BigInt(bal.balance_nano), one * 3n - BigInt(rec.cost_nano), 'only the served request was charged');
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt(bal.balance_nano));
+    });
+
+    test('kill -9 of an agent holding a lease: after the TTL its hold is gone and the budget is whole again', async () => {
+      const acct = await account('killed', 100n * 1000000000n);
+      const victim = agents[0];
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: victim.base, maxRetries: 0 });
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      const held = await balances(cp, acct.id);
+      assert.ok(BigInt(held.reserved_nano) > 0n, 'the agent holds part of the wallet');
+      await victim.proc.stop('SIGKILL');
+      victim.dead = true;
+      // another agent spends after the TTL: its grant drops the dead hold
+      await new Promise((r) => setTimeout(r, TTL_MS + 500));
+      const c2 = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      await c2.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      await until(async () => {
+        const b = await balances(cp, acct.id);
+        const now = BigInt(Date.now()) * 1000n;
+        const live = (b.holds || []).filter((h) => BigInt(h.expires_at_us) > now);
+        return live.length >= 1 && live.every((h) => h.agent_id !== (held.holds || [])[0]?.agent_id) ? b : null;
+      }, { timeoutMs: 10000, what: 'the killed agent\'s hold to be gone' });
+    });
+
+    test('a restarted control plane keeps the holds that are out, and agents go on serving', async () => {
+      const acct = await account('restart', 100n * 1000000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0, timeout: 15000 });
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      await drained();
+      const before = await balances(cp, acct.id);
+      assert.ok(BigInt(before.reserved_nano) > 0n);
+      await cp.stop();
+      cp = await startCp({ store: backend === 'etcd' ? `etcd:${etcd.url}` : undefined, dataDir: cpDir,
+        extraArgs: ['--listen', `127.0.0.1:${cpPort}`, '--lease-ttl-ms', String(TTL_MS)] });
+      const after = await balances(cp, acct.id);
+      assert.equal(after.reserved_nano, before.reserved_nano, 'the holds were kept in the store');
+      assert.equal(after.balance_nano, before.balance_nano);
+      // the agents reconnect and keep serving (their holds renewed, not granted twice)
+      await until(async () => {
+        try { await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); return true; } catch { return false; }
+      }, { timeoutMs: 20000, what: 'serving after the restart' });
+      await drained();
+      const b = await balances(cp, acct.id);
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt(b.balance_nano));
+      assert.ok(BigInt(b.reserved_nano) <= BigInt(b.balance_nano));
+    });
+  });
+}
