@@ -166,6 +166,10 @@ struct req {
     int rq_exact;             /* rq_input_max is an exact count */
     int rq_timer_lease;       /* rq_timer polls the lease */
     int rq_refused_budget;    /* refused by spend control: its receipt is spooled */
+    int64_t rq_out_allow;     /* a chat stream is ended past this many output tokens (its reservation); 0: no check */
+    int64_t rq_out_counted;   /* output tokens counted so far, and of how many bytes of rq_text */
+    size_t rq_text_counted;
+    int rq_capped;            /* the stream was ended at its reservation */
     /* counted and priced once, by meter_and_price */
     int rq_metered;
     Tollgate__V1__TokenUsage rq_tu;
@@ -469,6 +473,8 @@ static void meter_and_price(req_t *rq)
             u->provider_usage_invalid = 1;
         }
     }
+    if (rq->rq_capped && u->output_tokens > rq->rq_out_allow)
+        u->output_tokens = rq->rq_out_allow; /* ended at its reservation: the event that crossed it is ours */
     u->images = rq->rq_images > 0 ? rq->rq_images : 0;
     attempt_t *fin = rq->rq_natt ? &rq->rq_att[rq->rq_natt - 1] : NULL;
     if (!fin || fin->at_decision != TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_FINAL || !rq->rq_acct)
@@ -756,6 +762,57 @@ static int forward_event(void *arg, const char *ev, size_t n)
     return emit_event(rq, ev, n, ck.ck_kind == TG_CHUNK_DONE);
 }
 
+/* Whether a chat stream's output, counted locally as it passes, went past
+ * the tokens its reservation allowed (a provider that ignores max_tokens).
+ * Bytes bound tokens from above, so nothing is counted until the text has
+ * more bytes than the allowance has tokens; from then on each new piece is
+ * counted once (pieces counted apart may make a token more than the whole:
+ * the cut can come a token early, never late). */
+static int past_allowance(req_t *rq)
+{
+    tg_meter_t *m = rq->rq_w->w_agent->a_meter;
+    if ((int64_t)rq->rq_text.b_len <= rq->rq_out_allow || rq->rq_text.b_len == rq->rq_text_counted)
+        return 0;
+    if (!m)
+        return 1; /* no tokenizer: the byte bound decides */
+    char err[TG_ERRLEN] = "";
+    tg_meter_model_t mm;
+    const char *model = rq->rq_att[rq->rq_natt - 1].at_model;
+    tg_meter_model_lookup(model, 1, &mm, err, sizeof err);
+    tg_meter_encoding_t enc = mm.mm_encoding;
+    if (rq->rq_route->encoding && *rq->rq_route->encoding)
+        tg_meter_encoding_from_name(rq->rq_route->encoding, &enc, err, sizeof err);
+    uint64_t k = 0;
+    if (tg_meter_count(m, enc, rq->rq_text.b_data + rq->rq_text_counted, rq->rq_text.b_len - rq->rq_text_counted,
+                       TG_METER_SPECIAL_TEXT, &k, err, sizeof err) != 0)
+        k = rq->rq_text.b_len - rq->rq_text_counted;
+    rq->rq_out_counted += (int64_t)k;
+    rq->rq_text_counted = rq->rq_text.b_len;
+    return rq->rq_out_counted > rq->rq_out_allow;
+}
+
+/* Ends a chat stream at its reservation, as the provider should have at
+ * max_tokens: a last chunk with finish_reason "length", then [DONE] (held
+ * for the end, after the record's commit). Billed for what was produced, at
+ * most the allowance. */
+static void cut_at_allowance(req_t *rq)
+{
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    tg_buf_reset(&rq->rq_tail);
+    tg_buf_puts(&rq->rq_tail, "data: {\"id\":\"chatcmpl-");
+    tg_buf_puts(&rq->rq_tail, rq->rq_id);
+    tg_buf_printf(&rq->rq_tail, "\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+                  (long long)(now_us() / 1000000));
+    tg_agent_json_str(&rq->rq_tail, a->at_model, strlen(a->at_model));
+    tg_buf_puts(&rq->rq_tail, ",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n"
+                              "data: [DONE]\n\n");
+    rq->rq_capped = 1;
+    rq->rq_saw_done = 1;
+    snprintf(rq->rq_finish, sizeof rq->rq_finish, "length");
+    snprintf(a->at_msg, sizeof a->at_msg, "ended at its reservation: %lld output tokens allowed",
+             (long long)rq->rq_out_allow);
+}
+
 static void start_stream(req_t *rq)
 {
     tg_front_conn_t *hr = rq->rq_c;
@@ -809,6 +866,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
              * next (on_front_gone), which cancels this call */
             tg_front_stream_write(rq->rq_c, rq->rq_chunk.b_data, rq->rq_chunk.b_len);
             tg_buf_reset(&rq->rq_chunk);
+        }
+        if (rq->rq_out_allow && !rq->rq_saw_done && past_allowance(rq)) {
+            cut_at_allowance(rq);
+            return 0; /* the upstream call ends here (tg_req_upstream_done sees rq_capped) */
         }
         return n;
     }
@@ -1073,6 +1134,8 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
     if (rc == TG_LEASE_OK) {
         rq->rq_resv = est;
         rq->rq_resv_bucket = bucket;
+        if (rq->rq_ep->ep_kind == EP_CHAT && rq->rq_scan.sc_stream)
+            rq->rq_out_allow = output_allowance(rq) * (rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1);
         rq->rq_ticket = 0;
         rq->rq_lease_deadline_us = 0;
         return 0;
@@ -1533,7 +1596,8 @@ static void send_as_stream(req_t *rq)
 void tg_req_upstream_done(req_t *rq, CURLcode res)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
-    int cls = classify(rq, res);
+    /* ended at its reservation by the gateway: a complete answer */
+    int cls = rq->rq_capped ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE : classify(rq, res);
     a->at_class = cls;
     a->at_status = (int)rq->rq_up_status;
     a->at_latency_us = now_us() - a->at_start_us;

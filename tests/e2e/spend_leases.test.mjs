@@ -99,6 +99,15 @@ for (const backend of ['lmdb', 'etcd']) {
       await cp.adminCall('PublishPriceCard', { card: { id: 'card-dead', currency: 'USD', note: 'e2e',
         entries: [{ model: 'gpt-dead', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
       await cp.adminCall('PutRoute', { route: { model: 'gpt-dead', tiers: [{ targets: [{ channel_id: dch.id }] }] } });
+      // a provider that ignores max_tokens and streams 400 tokens whatever the cap
+      const rch = await cp.adminCall('CreateChannel', { channel: {
+        name: 'runaway', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-runaway',
+        extra_headers: [{ name: 'x-mock-scenario', value: 'tokens=400;ignore-max-tokens' }],
+      } });
+      await cp.adminCall('PublishPriceCard', { card: { id: 'card-runaway', currency: 'USD', note: 'e2e',
+        entries: [{ model: 'gpt-runaway', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-runaway', tiers: [{ targets: [{ channel_id: rch.id }] }] } });
       for (let i = 0; i < 3; i++) agents.push(await newAgent());
     });
 
@@ -182,6 +191,30 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(BigInt(bal.balance_nano), one * 3n - BigInt(rec.cost_nano), 'only the served request was charged');
       const { sum } = await ledgerSum(cp, acct.id);
       assert.equal(sum, BigInt(bal.balance_nano));
+    });
+
+    test('a stream from a provider that ignores max_tokens ends at its reservation, billed within it', async () => {
+      const acct = await account('runaway', 100n * 1000000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 15000 });
+      const { data: stream, response } = await c.chat.completions
+        .create({ model: 'gpt-runaway', messages, max_tokens: 20, stream: true }).withResponse();
+      let text = '';
+      let finish = null;
+      for await (const chunk of stream) {
+        for (const ch of chunk.choices) {
+          text += ch.delta?.content || '';
+          if (ch.finish_reason) finish = ch.finish_reason;
+        }
+      }
+      assert.equal(finish, 'length', 'ended cleanly with the length stop reason');
+      const rec = await agents[2].waitRecord(response.headers.get('x-request-id'));
+      assert.equal(rec.finish_reason, 'length');
+      assert.ok(Number(rec.usage.output_tokens) <= 20, `billed ${rec.usage.output_tokens} output tokens`);
+      assert.ok(BigInt(rec.cost_nano) <= BigInt(rec.reserved_nano), 'the cost stays within the reservation');
+      assert.ok(text.split(' ').length < 100, `the stream was cut (got ${text.split(' ').length} words of 400)`);
+      await drained();
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano));
     });
 
     test('kill -9 of an agent holding a lease: after the TTL its hold is gone and the budget is whole again', async () => {

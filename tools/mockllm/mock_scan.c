@@ -292,6 +292,7 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"close", offsetof(tg_mock_scn_t, sc_close)},
         {"nested-usage", offsetof(tg_mock_scn_t, sc_nested_usage)},
         {"ignore-stream", offsetof(tg_mock_scn_t, sc_ignore_stream)},
+        {"ignore-max-tokens", offsetof(tg_mock_scn_t, sc_ignore_max)},
     };
     int v = 0;
 
@@ -364,7 +365,7 @@ void tg_mock_plan(const tg_mock_req_t *rq, const tg_mock_scn_t *sc, tg_mock_plan
                              ? sc->sc_cache_write
                              : pl->pl_prompt - pl->pl_cached;
     pl->pl_output = sc->sc_tokens >= 0 ? sc->sc_tokens : TG_MOCK_DEFAULT_TOKENS;
-    if (rq->rq_max_tokens >= 0 && rq->rq_max_tokens < pl->pl_output) {
+    if (rq->rq_max_tokens >= 0 && rq->rq_max_tokens < pl->pl_output && !sc->sc_ignore_max) {
         pl->pl_output = rq->rq_max_tokens;
         pl->pl_truncated = 1;
     }

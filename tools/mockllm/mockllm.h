@@ -109,6 +109,7 @@ typedef struct tg_mock_scn {
     int sc_nested_usage;   /* nested-usage: a chat answer carries a second, nested "usage"
                               object (1 token each) before the top-level one */
     int sc_ignore_stream;  /* ignore-stream: answer stream: true with the JSON answer */
+    int sc_ignore_max;     /* ignore-max-tokens: produce tokens=N whatever the request's cap */
     char sc_report_output[32]; /* report-output=TEXT: the output count in usage is written
                                   as TEXT verbatim (2500000000.0, 1e+30, 5000); "" = the plan's */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
