@@ -359,6 +359,8 @@ const tg_key_t *tg_cfg_key(const tg_cfg_t *c, const uint8_t sha256[32]);
 const tg_route_t *tg_cfg_route(const tg_cfg_t *c, const char *model);
 const tg_chan_t *tg_cfg_channel(const tg_cfg_t *c, const char *id);
 const tg_account_t *tg_cfg_account(const tg_cfg_t *c, const char *id);
+const Tollgate__V1__Project *tg_cfg_project(const tg_cfg_t *c, const char *id);
+const Tollgate__V1__RunBudget *tg_cfg_run(const tg_cfg_t *c, const char *run_id);
 const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, const char *bucket);
 /* The bucket an account pays a route type from: tg_billing_bucket (the
  * control plane's map) when it names one of the account's buckets, else

@@ -32,6 +32,8 @@ struct tg_cfg {
     table_t cf_routes;
     table_t cf_chans;
     table_t cf_accounts;
+    table_t cf_projects;
+    table_t cf_runs;
     table_t cf_balances; /* "account_id\0bucket" */
     tg_chan_t *cf_chan;  /* n_channels */
     char **cf_balkeys;   /* n_balances keys, owned */
@@ -152,6 +154,8 @@ static void cfg_free(tg_cfg_t *c)
     tg_free(c->cf_routes.t_slots);
     tg_free(c->cf_chans.t_slots);
     tg_free(c->cf_accounts.t_slots);
+    tg_free(c->cf_projects.t_slots);
+    tg_free(c->cf_runs.t_slots);
     tg_free(c->cf_balances.t_slots);
     if (c->cf_snap)
         protobuf_c_message_free_unpacked(&c->cf_snap->base, NULL);
@@ -202,7 +206,8 @@ int tg_cfg_build(tg_snap_t *snap, tg_cfg_t **out, char *err, size_t errlen)
         nroutes += 1 + snap->routes[i]->n_aliases;
     if (table_init(&c->cf_keys, snap->n_keys) || table_init(&c->cf_routes, nroutes) ||
         table_init(&c->cf_chans, snap->n_channels) || table_init(&c->cf_accounts, snap->n_accounts) ||
-        table_init(&c->cf_balances, snap->n_balances))
+        table_init(&c->cf_balances, snap->n_balances) || table_init(&c->cf_projects, snap->n_projects) ||
+        table_init(&c->cf_runs, snap->n_run_budgets))
         goto nomem;
     if (snap->n_channels && !(c->cf_chan = tg_calloc(snap->n_channels, sizeof *c->cf_chan)))
         goto nomem;
@@ -247,6 +252,17 @@ int tg_cfg_build(tg_snap_t *snap, tg_cfg_t **out, char *err, size_t errlen)
             goto fail;
         }
     }
+    for (size_t i = 0; i < snap->n_projects; i++)
+        if (table_put(&c->cf_projects, snap->projects[i]->id, strlen(snap->projects[i]->id), snap->projects[i])) {
+            rc = tg_errf(err, errlen, TG_AGENT_ECONFIG, "project id %s used twice", snap->projects[i]->id);
+            goto fail;
+        }
+    for (size_t i = 0; i < snap->n_run_budgets; i++)
+        if (table_put(&c->cf_runs, snap->run_budgets[i]->run_id, strlen(snap->run_budgets[i]->run_id),
+                      snap->run_budgets[i])) {
+            rc = tg_errf(err, errlen, TG_AGENT_ECONFIG, "run budget %s listed twice", snap->run_budgets[i]->run_id);
+            goto fail;
+        }
     for (size_t i = 0; i < snap->n_balances; i++) {
         tg_balance_t *b = snap->balances[i];
         size_t la = strlen(b->account_id), lb = strlen(b->bucket);
@@ -329,6 +345,16 @@ const tg_chan_t *tg_cfg_channel(const tg_cfg_t *c, const char *id)
 const tg_account_t *tg_cfg_account(const tg_cfg_t *c, const char *id)
 {
     return table_get(&c->cf_accounts, id, strlen(id));
+}
+
+const Tollgate__V1__Project *tg_cfg_project(const tg_cfg_t *c, const char *id)
+{
+    return table_get(&c->cf_projects, id, strlen(id));
+}
+
+const Tollgate__V1__RunBudget *tg_cfg_run(const tg_cfg_t *c, const char *run_id)
+{
+    return table_get(&c->cf_runs, run_id, strlen(run_id));
 }
 
 const tg_balance_t *tg_cfg_balance(const tg_cfg_t *c, const char *account_id, const char *bucket)

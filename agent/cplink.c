@@ -480,9 +480,13 @@ static int collect_one(void *arg, uint64_t seq, const void *data, size_t len)
  * reserved their cost owe it no more. */
 static void acked(tg_agent_t *a, Tollgate__V1__UsageRecord **recs, size_t n)
 {
-    for (size_t i = 0; a->a_leases && i < n; i++)
-        if (recs[i]->cost_nano > 0 && recs[i]->bucket[0])
-            tg_lease_acked(a->a_leases, recs[i]->account_id, recs[i]->bucket, recs[i]->cost_nano);
+    for (size_t i = 0; a->a_leases && i < n; i++) {
+        if (recs[i]->cost_nano <= 0 || !recs[i]->bucket[0])
+            continue;
+        tg_lease_acked(a->a_leases, recs[i]->account_id, recs[i]->bucket, recs[i]->cost_nano);
+        for (size_t j = 0; j < recs[i]->n_lease_scopes; j++)
+            tg_lease_acked(a->a_leases, recs[i]->account_id, recs[i]->lease_scopes[j], recs[i]->cost_nano);
+    }
 }
 
 /* Sends the batch in flight (or a new one). Returns 1 sent, 0 nothing to

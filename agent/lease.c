@@ -180,7 +180,7 @@ static int local_rpc(tg_lease_tab_t *t, Tollgate__V1__LeaseRequest *q, Tollgate_
 static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
 {
     Tollgate__V1__LeaseRequest q = TOLLGATE__V1__LEASE_REQUEST__INIT;
-    char acct[256], bucket[128], err[TG_ERRLEN] = "";
+    char acct[256], bucket[256], err[TG_ERRLEN] = "";
     rate_tick(e, now);
     int64_t fr = free_of(e, now);
     int64_t ret = 0;
@@ -213,7 +213,13 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     snprintf(acct, sizeof(acct), "%s", e->le_acct);
     snprintf(bucket, sizeof(bucket), "%s", e->le_bucket);
     q.account_id = acct;
-    q.bucket = bucket;
+    /* a bucket's name has no '/'; a limit scope's id always has */
+    if (strchr(bucket, '/')) {
+        q.scope = bucket;
+        q.bucket = "";
+    } else {
+        q.bucket = bucket;
+    }
     q.requested_nano = want;
     q.keep_nano = fr - ret;
     q.need_nano = e->le_need_max;

@@ -166,6 +166,11 @@ struct req {
     int rq_exact;             /* rq_input_max is an exact count */
     int rq_timer_lease;       /* rq_timer polls the lease */
     int rq_refused_budget;    /* refused by spend control: its receipt is spooled */
+    struct scope_ref *rq_scopes; /* limit scopes (key, project windows, the run), from the pool */
+    int rq_nscopes;
+    int rq_scopes_done;       /* rq_scopes computed */
+    int rq_sres;              /* the first rq_sres scopes hold rq_resv too */
+    const Tollgate__V1__RunBudget *rq_runb; /* the run's budget (X-Tollgate-Run), if configured */
     int64_t rq_out_allow;     /* a chat stream is ended past this many output tokens (its reservation); 0: no check */
     int64_t rq_out_counted;   /* output tokens counted so far, and of how many bytes of rq_text */
     size_t rq_text_counted;
@@ -179,6 +184,18 @@ struct req {
     const char *rq_currency;
     const char *rq_bucket;
 };
+
+/* A limit scope a request reserves on besides its bucket. */
+typedef struct scope_ref {
+    char sr_id[200];     /* billing/tg_billing.h scope id */
+    const char *sr_kind; /* "key", "project", "run" */
+    int sr_window;
+    int64_t sr_limit, sr_end;
+} scope_ref_t;
+
+#define MAX_SCOPES 8
+
+static void release_all(req_t *rq, int64_t cost);
 
 static int64_t now_us(void)
 {
@@ -591,12 +608,14 @@ static void emit_record(req_t *rq)
     }
     r.currency = (char *)(rq->rq_currency ? rq->rq_currency : "");
     r.reserved_nano = rq->rq_resv;
-    if (rq->rq_resv > 0) {
-        /* the actual cost replaces the reservation, on every path */
-        tg_lease_release(rq->rq_w->w_agent->a_leases, rq->rq_acct->id, rq->rq_resv_bucket, rq->rq_resv,
-                         served && rq->rq_card ? rq->rq_cost : 0);
-        rq->rq_resv = 0;
-    }
+    char *scopes[MAX_SCOPES];
+    for (int i = 0; i < rq->rq_sres; i++)
+        scopes[i] = rq->rq_scopes[i].sr_id;
+    r.lease_scopes = scopes;
+    r.n_lease_scopes = (size_t)rq->rq_sres;
+    int64_t cost = served && rq->rq_card ? rq->rq_cost : 0;
+    /* the actual cost replaces the reservations, on every path */
+    release_all(rq, cost);
     r.usage = &u;
     r.client_status = rq->rq_status;
     r.finish_reason = rq->rq_finish;
@@ -975,6 +994,13 @@ static int target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
     if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
         return WHY_PROTOCOL; /* Anthropic upstreams need protocol conversion: not built yet */
     const tg_key_t *k = rq->rq_key;
+    if (rq->rq_runb && rq->rq_runb->n_allowed_route_types) {
+        int ok = 0;
+        for (size_t i = 0; i < rq->rq_runb->n_allowed_route_types; i++)
+            ok |= rq->rq_runb->allowed_route_types[i] == c->route_type;
+        if (!ok)
+            return WHY_ROUTE_TYPE;
+    }
     if (k->n_allowed_route_types) {
         int ok = 0;
         for (size_t i = 0; i < k->n_allowed_route_types; i++)
@@ -1104,6 +1130,105 @@ static int exact_input(req_t *rq)
     return 1;
 }
 
+static void add_limits(req_t *rq, scope_ref_t *v, int *n, const char *kind, const char *id,
+                       Tollgate__V1__SpendLimit *const *l, size_t nl, const char *currency)
+{
+    for (size_t i = 0; i < nl && *n < MAX_SCOPES; i++) {
+        int64_t start, end;
+        if (strcmp(l[i]->currency, currency) != 0 ||
+            tg_billing_window((int)l[i]->window, rq->rq_t0_us, &start, &end) != 0 ||
+            tg_billing_scope(kind, id, (int)l[i]->window, rq->rq_t0_us, v[*n].sr_id, sizeof v[*n].sr_id) != 0)
+            continue;
+        v[*n].sr_kind = kind;
+        v[*n].sr_window = (int)l[i]->window;
+        v[*n].sr_limit = l[i]->limit_nano;
+        v[*n].sr_end = end;
+        (*n)++;
+    }
+}
+
+/* The key's and its project's limits in the windows of the request's start
+ * and the run's budget, in the currency of the paying bucket (the control
+ * plane counts the same ones at settlement). */
+static void compute_scopes(req_t *rq, const char *currency)
+{
+    scope_ref_t v[MAX_SCOPES];
+    int n = 0;
+    const tg_key_t *k = rq->rq_key;
+    rq->rq_scopes_done = 1;
+    add_limits(rq, v, &n, "key", k->id, k->spend_limits, k->n_spend_limits, currency);
+    const Tollgate__V1__Project *p = k->project_id[0] ? tg_cfg_project(rq->rq_cfg, k->project_id) : NULL;
+    if (p)
+        add_limits(rq, v, &n, "project", p->id, p->spend_limits, p->n_spend_limits, currency);
+    const Tollgate__V1__RunBudget *b = rq->rq_runb;
+    if (b && b->max_spend_nano > 0 && strcmp(b->currency, currency) == 0 && n < MAX_SCOPES &&
+        tg_billing_scope("run", b->run_id, 0, 0, v[n].sr_id, sizeof v[n].sr_id) == 0) {
+        v[n].sr_kind = "run";
+        v[n].sr_window = 0;
+        v[n].sr_limit = b->max_spend_nano;
+        v[n].sr_end = b->expires_at_us;
+        n++;
+    }
+    if (n && (rq->rq_scopes = tg_pool_alloc(rq->rq_pool, (size_t)n * sizeof *v)) != NULL) {
+        memcpy(rq->rq_scopes, v, (size_t)n * sizeof *v);
+        rq->rq_nscopes = n;
+    }
+}
+
+/* Gives back every reservation rq holds (bucket and scopes), counting
+ * `cost` as spent on each. */
+static void release_all(req_t *rq, int64_t cost)
+{
+    tg_lease_tab_t *lt = rq->rq_w->w_agent->a_leases;
+    if (rq->rq_resv <= 0)
+        return;
+    tg_lease_release(lt, rq->rq_acct->id, rq->rq_resv_bucket, rq->rq_resv, cost);
+    for (int i = 0; i < rq->rq_sres; i++)
+        tg_lease_release(lt, rq->rq_acct->id, rq->rq_scopes[i].sr_id, rq->rq_resv, cost);
+    rq->rq_resv = 0;
+    rq->rq_sres = 0;
+    rq->rq_ticket = 0;
+}
+
+/* A limit scope refused the request: 429 with the reset time for a key's
+ * or project's window, 402 for a total limit or a run's budget. */
+static void refuse_scope(req_t *rq, const scope_ref_t *s, int offline)
+{
+    char lim[32], when[40] = "", ra[24];
+    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_resv_bucket);
+    const char *who = strcmp(s->sr_kind, "key") == 0 ? "API key" : strcmp(s->sr_kind, "project") == 0 ? "project" : "run";
+    rq->rq_refused_budget = 1;
+    tg_price_format(s->sr_limit, lim, sizeof lim);
+    if (offline) {
+        fail_request(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The gateway cannot authorize spending against this %s's limit right now (its control plane is "
+                     "unreachable). Retry shortly.", who);
+        return;
+    }
+    if (strcmp(s->sr_kind, "run") == 0) {
+        fail_request(rq, 402, "insufficient_quota", "run_budget_exceeded", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The run `%s` has spent its budget of %s %s: it cannot cover this request.",
+                     rq->rq_runb ? rq->rq_runb->run_id : "", lim, cur);
+        return;
+    }
+    if (s->sr_window == TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL) {
+        fail_request(rq, 402, "insufficient_quota", "spend_limit_exceeded", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This %s's total spend limit of %s %s is reached: it cannot cover this request.", who, lim, cur);
+        return;
+    }
+    time_t t = (time_t)(s->sr_end / 1000000);
+    struct tm tm;
+    if (gmtime_r(&t, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    int64_t secs = (s->sr_end - now_us()) / 1000000 + 1;
+    snprintf(ra, sizeof ra, "%lld", (long long)(secs > 0 ? secs : 1));
+    if (rq->rq_c)
+        add_header(rq->rq_c, "Retry-After", ra);
+    fail_request(rq, 429, "rate_limit_error", "spend_limit_exceeded", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                 "This %s's %s spend limit of %s %s is reached: it cannot cover this request. It resets at %s.", who,
+                 tg_billing_window_name(s->sr_window), lim, cur, when);
+}
+
 /* Makes sure rq holds a reservation that covers an attempt on channel ch.
  * Returns 0 (go on), 1 (parked: the timer calls start_attempt again), or
  * -1 (the request was refused and ended). */
@@ -1113,55 +1238,80 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
     const char *bucket = NULL;
     int64_t est = 0, now = now_us();
     char err[TG_ERRLEN] = "", amt[32];
+    int rc;
     if (estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) != 0) {
         fail_request(rq, 503, "server_error", "model_not_priced", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "The gateway cannot price this request, so it does not serve it: %s.", err);
         return -1;
     }
-    if (rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) == 0 && rq->rq_resv >= est)
-        return 0; /* a retry, or a fallback no dearer on the same bucket */
-    if (rq->rq_resv > 0) {
-        /* a fallback to a dearer tier or another bucket: reserved anew */
-        tg_lease_release(lt, rq->rq_acct->id, rq->rq_resv_bucket, rq->rq_resv, 0);
-        rq->rq_resv = 0;
-        rq->rq_ticket = 0;
-    }
-    int rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
-    if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
-        rq->rq_ticket = 0;
+    if (!(rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) == 0 && rq->rq_resv >= est)) {
+        /* first, or a fallback to a dearer tier or another bucket: reserved anew */
+        release_all(rq, 0);
         rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
-    }
-    if (rc == TG_LEASE_OK) {
+        if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
+            rq->rq_ticket = 0;
+            rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
+        }
+        if (rc == TG_LEASE_WAIT)
+            goto park;
+        if (rc != TG_LEASE_OK) {
+            rq->rq_refused_budget = 1;
+            if (rc == TG_LEASE_DENIED)
+                fail_request(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                             "You exceeded your current quota: the `%s` balance of this account cannot cover this "
+                             "request (up to %s %s is reserved for a request like it). Top up, or ask for fewer "
+                             "output tokens.",
+                             bucket, tg_price_format(est, amt, sizeof amt),
+                             tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+            else
+                fail_request(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                             "The gateway cannot authorize spending on the `%s` balance right now (its control plane "
+                             "is unreachable and no budget is held locally). Retry shortly.",
+                             bucket);
+            return -1;
+        }
         rq->rq_resv = est;
         rq->rq_resv_bucket = bucket;
+        rq->rq_ticket = 0;
         if (rq->rq_ep->ep_kind == EP_CHAT && rq->rq_scan.sc_stream)
             rq->rq_out_allow = output_allowance(rq) * (rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1);
-        rq->rq_ticket = 0;
-        rq->rq_lease_deadline_us = 0;
-        return 0;
     }
-    if (rc == TG_LEASE_WAIT) {
-        if (!rq->rq_lease_deadline_us)
-            rq->rq_lease_deadline_us = now + LEASE_WAIT_MS * 1000LL;
-        if (now < rq->rq_lease_deadline_us) {
-            struct timeval tv = {0, LEASE_POLL_MS * 1000};
-            rq->rq_timer_lease = 1;
-            evtimer_add(rq->rq_timer, &tv);
-            return 1;
+    /* the same estimate on every limit scope: the key's and project's
+     * windows, the run */
+    if (!rq->rq_scopes_done)
+        compute_scopes(rq, tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+    while (rq->rq_sres < rq->rq_nscopes) {
+        const scope_ref_t *s = &rq->rq_scopes[rq->rq_sres];
+        rc = tg_lease_reserve(lt, rq->rq_acct->id, s->sr_id, rq->rq_resv, &rq->rq_ticket, now);
+        if (rc == TG_LEASE_OK) {
+            rq->rq_sres++;
+            rq->rq_ticket = 0;
+            continue;
         }
-        rc = TG_LEASE_OFFLINE;
+        if (rc == TG_LEASE_WAIT)
+            goto park;
+        release_all(rq, 0);
+        if (exact_input(rq))
+            return ensure_reserved(rq, ch); /* once: the exact count may fit where the byte bound did not */
+        refuse_scope(rq, s, rc == TG_LEASE_OFFLINE);
+        return -1;
     }
+    rq->rq_lease_deadline_us = 0;
+    return 0;
+park:
+    if (!rq->rq_lease_deadline_us)
+        rq->rq_lease_deadline_us = now + LEASE_WAIT_MS * 1000LL;
+    if (now < rq->rq_lease_deadline_us) {
+        struct timeval tv = {0, LEASE_POLL_MS * 1000};
+        rq->rq_timer_lease = 1;
+        evtimer_add(rq->rq_timer, &tv);
+        return 1;
+    }
+    release_all(rq, 0);
     rq->rq_refused_budget = 1;
-    if (rc == TG_LEASE_DENIED)
-        fail_request(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
-                     "You exceeded your current quota: the `%s` balance of this account cannot cover this request "
-                     "(up to %s %s is reserved for a request like it). Top up, or ask for fewer output tokens.",
-                     bucket, tg_price_format(est, amt, sizeof amt), tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
-    else
-        fail_request(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
-                     "The gateway cannot authorize spending on the `%s` balance right now (its control plane is "
-                     "unreachable and no budget is held locally). Retry shortly.",
-                     bucket);
+    fail_request(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                 "The gateway could not authorize this request's spending in time (its control plane did not "
+                 "answer). Retry shortly.");
     return -1;
 }
 
@@ -1212,7 +1362,7 @@ static int next_step(req_t *rq, attempt_t *a)
     const Tollgate__V1__RetryPolicy *p = policy(rq);
     uint32_t cap = p && p->max_attempts ? p->max_attempts : 3;
     unsigned same_max = p ? p->same_channel_retries : 0;
-    int fallback = !p || p->fallback_enabled;
+    int fallback = (!p || p->fallback_enabled) && (!rq->rq_runb || rq->rq_runb->allow_fallback);
     a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
     if (!retryable(rq, a->at_class) || rq->rq_counted >= (int)cap || rq->rq_natt >= MAX_ATTEMPTS)
         return 0;
@@ -1822,6 +1972,18 @@ static int authenticate(req_t *rq)
         fail_request(rq, 403, "permission_error", "account_not_found", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "This API key's account is not in the gateway's configuration; ask the operator.");
         return -1;
+    }
+    /* The run's budget envelope, when the operator set one for this run
+     * (and, if it names a project or key, for this one). */
+    const Tollgate__V1__RunBudget *rb = rq->rq_run ? tg_cfg_run(rq->rq_cfg, rq->rq_run) : NULL;
+    if (rb && strcmp(rb->account_id, k->account_id) == 0 && (!rb->key_id[0] || strcmp(rb->key_id, k->id) == 0) &&
+        (!rb->project_id[0] || strcmp(rb->project_id, k->project_id) == 0)) {
+        if (rb->expires_at_us && now_us() >= rb->expires_at_us) {
+            fail_request(rq, 403, "permission_error", "run_expired", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                         "The run `%s` has expired: its budget no longer admits requests.", rb->run_id);
+            return -1;
+        }
+        rq->rq_runb = rb;
     }
     if (k->expires_at_us && now_us() >= k->expires_at_us) {
         fail_request(rq, 401, "invalid_request_error", "expired_api_key", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,

@@ -24,6 +24,7 @@
 
 #include "agent/server_int.h"
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 #include "crypto/tg_crypto.h"
 #include "pbjson/tg_pbjson.h"
 
@@ -622,7 +623,50 @@ static int lease_rpc(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__Lea
     return tg_cplink_lease(a->a_cplink, q, out, err, errlen);
 }
 
-/* Without a control plane the snapshot's balance is the budget. */
+/* A limit scope's limit from the snapshot (key and project windows, run
+ * budgets: billing/tg_billing.h ids). 0 or -1. */
+static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, int64_t *limit)
+{
+    char kind[16], id[160], win[16];
+    long long start;
+    int n = 0;
+    if (strncmp(scope, "run/", 4) == 0) {
+        const Tollgate__V1__RunBudget *b = tg_cfg_run(c, scope + 4);
+        if (!b || strcmp(b->account_id, account_id) != 0 || b->max_spend_nano <= 0)
+            return -1;
+        *limit = b->max_spend_nano;
+        return 0;
+    }
+    if (sscanf(scope, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, id, win, &start, &n) != 4 || scope[n])
+        return -1;
+    Tollgate__V1__SpendLimit **l = NULL;
+    size_t nl = 0;
+    const tg_snap_t *s = tg_cfg_snapshot(c);
+    if (strcmp(kind, "key") == 0) {
+        for (size_t i = 0; i < s->n_keys; i++) /* by id: only here, once per lease */
+            if (strcmp(s->keys[i]->id, id) == 0 && strcmp(s->keys[i]->account_id, account_id) == 0) {
+                l = s->keys[i]->spend_limits;
+                nl = s->keys[i]->n_spend_limits;
+            }
+    } else if (strcmp(kind, "project") == 0) {
+        const Tollgate__V1__Project *p = tg_cfg_project(c, id);
+        if (p && strcmp(p->account_id, account_id) == 0) {
+            l = p->spend_limits;
+            nl = p->n_spend_limits;
+        }
+    }
+    for (size_t i = 0; i < nl; i++) {
+        const char *wn = tg_billing_window_name((int)l[i]->window);
+        if (wn && strcmp(wn, win) == 0) {
+            *limit = l[i]->limit_nano;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Without a control plane the snapshot's balance, or the scope's limit, is
+ * the budget. */
 static int lease_local(void *arg, const char *account_id, const char *bucket, int64_t *budget)
 {
     tg_agent_t *a = arg;
@@ -631,12 +675,16 @@ static int lease_local(void *arg, const char *account_id, const char *bucket, in
     if ((c = a->a_cfg) != NULL)
         tg_cfg_ref(c);
     pthread_mutex_unlock(&a->a_cfg_mu);
-    const tg_account_t *acct = c ? tg_cfg_account(c, account_id) : NULL;
-    const tg_balance_t *b = acct ? tg_cfg_balance(c, account_id, bucket) : NULL;
     int rc = -1;
-    if (b) {
-        *budget = b->balance_nano - tg_cfg_floor(acct, b);
-        rc = 0;
+    if (c && strchr(bucket, '/')) {
+        rc = scope_limit(c, account_id, bucket, budget);
+    } else if (c) {
+        const tg_account_t *acct = tg_cfg_account(c, account_id);
+        const tg_balance_t *b = acct ? tg_cfg_balance(c, account_id, bucket) : NULL;
+        if (b) {
+            *budget = b->balance_nano - tg_cfg_floor(acct, b);
+            rc = 0;
+        }
     }
     tg_cfg_unref(c);
     return rc;
@@ -651,8 +699,11 @@ static int owed_one(void *arg, uint64_t seq, const void *data, size_t len)
     Tollgate__V1__UsageRecord *r = tollgate__v1__usage_record__unpack(NULL, len, data);
     if (r == NULL)
         return 0; /* the reporter says so when it sends it */
-    if (r->cost_nano > 0 && r->bucket[0])
+    if (r->cost_nano > 0 && r->bucket[0]) {
         tg_lease_owed(a->a_leases, r->account_id, r->bucket, r->cost_nano);
+        for (size_t i = 0; i < r->n_lease_scopes; i++)
+            tg_lease_owed(a->a_leases, r->account_id, r->lease_scopes[i], r->cost_nano);
+    }
     tollgate__v1__usage_record__free_unpacked(r, NULL);
     return 0;
 }

@@ -3,6 +3,7 @@
  * tg_price_cost, and the bucket a route type pays from (tg_billing.h). The agent and the
  * control plane both link this file, so their costs agree to the nano-unit. */
 #include <fnmatch.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/tg_base.h"
@@ -187,6 +188,88 @@ int tg_billing_estimate(const Tollgate__V1__PriceEntry *pe, int64_t input_max, i
     u.output_tokens = output_max;
     u.images = images;
     return tg_billing_cost(&top, &u, rate_ppm, nano, err, errlen);
+}
+
+/* Days since 1970-01-01 of a civil date (proleptic Gregorian); Howard
+ * Hinnant's days_from_civil. */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int64_t *m)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+#define DAY_US (86400LL * 1000000)
+
+int tg_billing_window(int window, int64_t t_us, int64_t *start_us, int64_t *end_us)
+{
+    int64_t day = t_us >= 0 ? t_us / DAY_US : -((-t_us + DAY_US - 1) / DAY_US);
+    int64_t y, m;
+    switch (window) {
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY:
+        *start_us = day * DAY_US;
+        *end_us = *start_us + DAY_US;
+        return 0;
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK: {
+        /* 1970-01-01 was a Thursday: Monday is day 4 of that week */
+        int64_t dow = ((day % 7) + 7 + 3) % 7; /* 0 = Monday */
+        *start_us = (day - dow) * DAY_US;
+        *end_us = *start_us + 7 * DAY_US;
+        return 0;
+    }
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH:
+        civil_from_days(day, &y, &m);
+        *start_us = days_from_civil(y, m, 1) * DAY_US;
+        *end_us = (m == 12 ? days_from_civil(y + 1, 1, 1) : days_from_civil(y, m + 1, 1)) * DAY_US;
+        return 0;
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL:
+        *start_us = 0;
+        *end_us = INT64_MAX;
+        return 0;
+    default:
+        return TG_BILLING_EINVAL;
+    }
+}
+
+const char *tg_billing_window_name(int window)
+{
+    switch (window) {
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY: return "day";
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK: return "week";
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH: return "month";
+    case TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL: return "total";
+    default: return NULL;
+    }
+}
+
+int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, char *out, size_t outlen)
+{
+    int n;
+    if (strcmp(kind, "run") == 0) {
+        n = snprintf(out, outlen, "run/%s", id);
+    } else {
+        int64_t start, end;
+        const char *name = tg_billing_window_name(window);
+        if (name == NULL || tg_billing_window(window, t_us, &start, &end) != 0)
+            return TG_BILLING_EINVAL;
+        n = snprintf(out, outlen, "%s/%s/%s/%lld", kind, id, name, (long long)start);
+    }
+    return n < 0 || (size_t)n >= outlen ? TG_BILLING_ERANGE : 0;
 }
 
 const char *tg_billing_bucket(const Tollgate__V1__Account *a, int route_type)

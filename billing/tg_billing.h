@@ -140,6 +140,31 @@ int tg_billing_cost(const Tollgate__V1__PriceEntry *pe, const Tollgate__V1__Toke
 int tg_billing_estimate(const Tollgate__V1__PriceEntry *pe, int64_t input_max, int64_t output_max, int64_t images,
                         int64_t rate_ppm, int64_t *nano, char *err, size_t errlen);
 
+/* ---- budget scopes beyond buckets ------------------------------------------------
+ * A key's or project's spend limit counts spend in a calendar window; a
+ * run's budget counts all the run's spend. Each (limit, window) is a scope
+ * with its own remaining budget and spend leases, named by a scope id both
+ * sides derive the same way:
+ *   key/<key id>/<day|week|month|total>/<window start, us>
+ *   project/<project id>/<window>/<window start, us>
+ *   run/<run id>
+ * Windows are UTC: a day from 00:00, an ISO week from Monday 00:00, a
+ * calendar month from the 1st 00:00; total never resets (start 0). */
+
+/* The start and end (exclusive; INT64_MAX for total) of the window of kind
+ * `window` (a TOLLGATE__V1__LIMIT_WINDOW__* value) that holds t_us.
+ * Returns 0, or TG_BILLING_EINVAL for an unknown window (nothing set). */
+int tg_billing_window(int window, int64_t t_us, int64_t *start_us, int64_t *end_us);
+
+/* The name of a window kind: "day", "week", "month", "total", or NULL. */
+const char *tg_billing_window_name(int window);
+
+/* Writes the scope id of a key's (kind "key") or project's (kind
+ * "project") limit `window` at t_us, or of a run (kind "run": window and
+ * t_us ignored) into out. Returns 0, or TG_BILLING_EINVAL (unknown window)
+ * or TG_BILLING_ERANGE (out too small). */
+int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, char *out, size_t outlen);
+
 /* The bucket of account `a` that pays for `route_type`: the account's
  * route_buckets override (the last one for the route type), else DIRECT ->
  * "credit", POOLED -> "wallet", else (no route type) the account's only

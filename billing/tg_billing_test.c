@@ -344,6 +344,40 @@ static void test_estimate_bounds_cost(void **state)
     assert_int_equal(tg_billing_estimate(NULL, 1, 1, 0, 0, &est, NULL, 0), TG_BILLING_EINVAL);
 }
 
+/* Windows are UTC calendar windows; both sides name a scope alike. */
+static void test_windows_and_scopes(void **state)
+{
+    (void)state;
+    int64_t s, e;
+    /* 2026-12-07T04:30:00Z (a Monday) */
+    const int64_t t = 1796617800LL * 1000000;
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, &s, &e), 0);
+    assert_int_equal(s, 1796601600LL * 1000000); /* 2026-12-07T00:00Z */
+    assert_int_equal(e - s, 86400LL * 1000000);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t, &s, &e), 0);
+    assert_int_equal(s, 1796601600LL * 1000000); /* Monday 2026-12-07 */
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t + 6 * 86400LL * 1000000, &s, &e), 0);
+    assert_int_equal(s, 1796601600LL * 1000000); /* Sunday: same week */
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, 1796601600LL * 1000000 - 1, &s, &e), 0);
+    assert_int_equal(s, 1795996800LL * 1000000); /* a microsecond before Monday 00:00: the week before */
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, t, &s, &e), 0);
+    assert_int_equal(s, 1796083200LL * 1000000); /* 2026-12-01T00:00Z */
+    assert_int_equal(e, 1798761600LL * 1000000); /* 2027-01-01T00:00Z */
+    /* February of a leap year */
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, 1709251199LL * 1000000, &s, &e), 0);
+    assert_int_equal(s, 1706745600LL * 1000000); /* 2024-02-01 */
+    assert_int_equal(e, 1709251200LL * 1000000); /* 2024-03-01 */
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL, t, &s, &e), 0);
+    assert_int_equal(s, 0);
+    assert_int_equal(tg_billing_window(0, t, &s, &e), TG_BILLING_EINVAL);
+    char id[128];
+    assert_int_equal(tg_billing_scope("key", "key_1", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, id, sizeof id), 0);
+    assert_string_equal(id, "key/key_1/day/1796601600000000");
+    assert_int_equal(tg_billing_scope("run", "r-9", 0, 0, id, sizeof id), 0);
+    assert_string_equal(id, "run/r-9");
+    assert_int_equal(tg_billing_scope("key", "k", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, id, 8), TG_BILLING_ERANGE);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -363,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_per_request_fee), cmocka_unit_test(test_errors_not_caps),
         cmocka_unit_test(test_bucket),          cmocka_unit_test(test_strerror),
         cmocka_unit_test(test_estimate_bounds_cost),
+        cmocka_unit_test(test_windows_and_scopes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -117,6 +117,9 @@ void tc_more(const json_t *reply);
 int cmd_account(int argc, char **argv);
 int cmd_project(int argc, char **argv);
 int cmd_key(int argc, char **argv);
+/* tollctl key limits KEY: the key's and its project's spend limits in their
+ * current windows (cmd_money.c). */
+int cmd_key_limits(int argc, char **argv);
 int cmd_channel(int argc, char **argv);
 int cmd_route(int argc, char **argv);
 int cmd_budget(int argc, char **argv);

@@ -353,6 +353,53 @@ int cmd_ledger(int argc, char **argv)
     return rc;
 }
 
+/* ---- key limits ----------------------------------------------------------------------------- */
+
+static void r_limit(const json_t *o, char *b, size_t l) { r_nano(o, "limit_nano", b, l); }
+static void r_spent(const json_t *o, char *b, size_t l) { r_nano(o, "spent_nano", b, l); }
+static void r_lres(const json_t *o, char *b, size_t l) { r_nano(o, "reserved_nano", b, l); }
+static void r_left(const json_t *o, char *b, size_t l) { r_nano(o, "remaining_nano", b, l); }
+static void r_resets(const json_t *o, char *b, size_t l)
+{
+    const char *v = json_string_value(json_object_get(o, "resets_at_us"));
+    long long us = v ? strtoll(v, NULL, 10) : 0;
+    time_t t = (time_t)(us / 1000000);
+    struct tm tm;
+    if (us <= 0 || !gmtime_r(&t, &tm) || !strftime(b, l, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(b, l, "never");
+}
+static const tc_col_t LIMIT_COLS[] = {{"SCOPE", "kind", NULL},         {"WINDOW", "window", NULL},
+                                      {"LIMIT", NULL, r_limit},        {"SPENT", NULL, r_spent},
+                                      {"HELD", NULL, r_lres},          {"REMAINING", NULL, r_left},
+                                      {"CURRENCY", "currency", NULL},  {"RESETS", NULL, r_resets},
+                                      {NULL, NULL, NULL}};
+
+int cmd_key_limits(int argc, char **argv)
+{
+    json_t *r = NULL, *req;
+    const char *id;
+    tc_t c;
+    int rc;
+    if ((rc = tc_parse(&c, "key limits", argc - 2, argv + 2, "", 1)) != TOLLCTL_OK) return rc;
+    if (!(id = tc_need_pos(&c, 0, "the key id"))) {
+        tc_done(&c);
+        return TOLLCTL_USAGE;
+    }
+    req = json_pack("{s:s}", "key_id", id);
+    if ((rc = simple(&c, "GetKeyLimits", &tollgate__v1__get_key_limits_request__descriptor, req,
+                     &tollgate__v1__get_key_limits_response__descriptor, &r)) == TOLLCTL_OK) {
+        if (c.tc_json)
+            tc_print_obj(&c, r);
+        else if (json_array_size(json_object_get(r, "limits")) == 0)
+            printf("key %s has no spend limits (its project neither)\n", id);
+        else
+            tc_print_table(json_object_get(r, "limits"), LIMIT_COLS);
+    }
+    json_decref(r);
+    tc_done(&c);
+    return rc;
+}
+
 /* ---- run receipts and budgets -------------------------------------------------------------- */
 
 static const char RUN_USAGE[] = "usage: tollctl run receipt RUN [--account ACC]\n"
@@ -401,8 +448,19 @@ int cmd_run(int argc, char **argv)
             tc_cell(json_object_get(t, "count"), n, sizeof n);
             tc_cell(json_object_get(r, "attempts"), att, sizeof att);
             tc_cell(json_object_get(r, "fallbacks"), fb, sizeof fb);
-            printf("run %s: %s requests, %s attempts, %s fallbacks, cost %s %s\n\n", run, n, att[0] ? att : "0",
+            printf("run %s: %s requests, %s attempts, %s fallbacks, cost %s %s\n", run, n, att[0] ? att : "0",
                    fb[0] ? fb : "0", cost, json_string_value(json_object_get(t, "currency")));
+            const json_t *bs = json_object_get(r, "budget_state");
+            if (bs) {
+                char lim[64], spent[64], held[64], left[64];
+                r_limit(bs, lim, sizeof lim);
+                r_spent(bs, spent, sizeof spent);
+                r_lres(bs, held, sizeof held);
+                r_left(bs, left, sizeof left);
+                printf("budget %s %s: spent %s, held %s, remaining %s\n", lim,
+                       json_string_value(json_object_get(bs, "currency")), spent, held, left);
+            }
+            printf("\n");
             tc_print_table(json_object_get(r, "records"), RECORD_COLS);
             printf("\nby route type and bucket:\n");
             tc_print_table(json_object_get(r, "by_route"), BYROUTE_COLS);

@@ -423,6 +423,7 @@ static const objcmd_t KEY = {
     "                          [--expose-cost] [--file k.json]   (prints the secret once)\n"
     "       tollctl key get ID | list [--account ACC] [--project PRJ] | delete ID\n"
     "       tollctl key pause ID [--reason R] | resume ID | revoke ID [--reason R]\n"
+    "       tollctl key limits ID     spend limits: spent, held by agents, remaining, reset time\n"
     "       tollctl key update ID [--name N] [--model-allow G]... [--file k.json]\n" CONN};
 
 static const objcmd_t CHANNEL = {
@@ -452,7 +453,12 @@ static const objcmd_t ROUTE = {
 
 int cmd_account(int argc, char **argv) { return run_obj(&ACCOUNT, argc, argv); }
 int cmd_project(int argc, char **argv) { return run_obj(&PROJECT, argc, argv); }
-int cmd_key(int argc, char **argv) { return run_obj(&KEY, argc, argv); }
+int cmd_key(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "limits") == 0)
+        return cmd_key_limits(argc, argv);
+    return run_obj(&KEY, argc, argv);
+}
 int cmd_channel(int argc, char **argv) { return run_obj(&CHANNEL, argc, argv); }
 int cmd_route(int argc, char **argv) { return run_obj(&ROUTE, argc, argv); }
 

@@ -444,6 +444,89 @@ static int export_ledger(tg_rpc_call_t *call, const uint8_t *req, size_t req_len
     return TG_RPC_KEEP;
 }
 
+/* ---- spend scopes: GetKeyLimits, a run's budget state -------------------------------------------- */
+
+/* Fills st (strings in the call's pool) with scope s's state now: the
+ * stored Balance under TG_CP_K_LIMIT (what is left after settled spend, the
+ * agents' holds), or the whole limit when nothing was spent yet. Returns 0
+ * or a negative code after failing the call. */
+static int limit_state(cp_actx_t *a, const cp_scope_t *s, Tollgate__V1__LimitState *st)
+{
+    ProtobufCMessage *m = NULL;
+    int code = TG_RPC_CODE_OK;
+    int rc = cp_read(a, cp_fmt(a, "%s", s->cs_key), &tollgate__v1__balance__descriptor, &m, NULL, &code);
+    if (rc < 0)
+        return rc;
+    Tollgate__V1__Balance fresh, *b = cp_scope_state(s, rc == 0 ? (Tollgate__V1__Balance *)m : NULL, &fresh);
+    int64_t now = tg_cp_now_us();
+    tollgate__v1__limit_state__init(st);
+    st->scope = cp_fmt(a, "%s", s->cs_id);
+    st->kind = cp_fmt(a, "%s", s->cs_kind);
+    st->id = cp_fmt(a, "%s", s->cs_obj);
+    st->window = (Tollgate__V1__LimitWindow)s->cs_window;
+    st->window_start_us = s->cs_start;
+    st->resets_at_us = s->cs_end == INT64_MAX ? 0 : s->cs_end;
+    st->limit_nano = s->cs_limit;
+    st->spent_nano = s->cs_limit - b->balance_nano;
+    st->reserved_nano = cp_lease_reserved(b, now);
+    st->remaining_nano = b->balance_nano - st->reserved_nano;
+    st->currency = cp_fmt(a, "%s", s->cs_currency);
+    st->action = (Tollgate__V1__LimitAction)s->cs_action;
+    tg_rpc_pb_free(m);
+    return 0;
+}
+
+static int get_key_limits(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
+{
+    const Tollgate__V1__GetKeyLimitsRequest *q = (const Tollgate__V1__GetKeyLimitsRequest *)reqm;
+    Tollgate__V1__GetKeyLimitsResponse out = TOLLGATE__V1__GET_KEY_LIMITS_RESPONSE__INIT;
+    ProtobufCMessage *km = NULL, *pm = NULL;
+    int code = TG_RPC_CODE_OK, rc;
+    if (!q->key_id[0])
+        return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "key_id: required");
+    rc = cp_read(a, cp_fmt(a, "%s%s", TG_CP_K_KEY, q->key_id), &tollgate__v1__api_key__descriptor, &km, NULL, &code);
+    if (rc < 0)
+        return code;
+    if (rc == 1)
+        return cp_fail(a, TG_RPC_CODE_NOT_FOUND, "key_id: key '%s' not found", q->key_id);
+    const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)km;
+    const Tollgate__V1__Project *p = NULL;
+    if (k->project_id[0]) {
+        rc = cp_read(a, cp_fmt(a, "%s%s", TG_CP_K_PROJECT, k->project_id), &tollgate__v1__project__descriptor, &pm,
+                     NULL, &code);
+        if (rc < 0)
+            goto done;
+        p = rc == 0 ? (const Tollgate__V1__Project *)pm : NULL;
+    }
+    size_t n = k->n_spend_limits + (p ? p->n_spend_limits : 0);
+    Tollgate__V1__LimitState *st = tg_pool_calloc(a->ax_pool, (n + 1) * sizeof(*st));
+    Tollgate__V1__LimitState **sp = tg_pool_calloc(a->ax_pool, (n + 1) * sizeof(*sp));
+    if (!st || !sp) {
+        code = cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
+        goto done;
+    }
+    int64_t now = tg_cp_now_us();
+    for (size_t i = 0; i < n; i++) {
+        int own = i < k->n_spend_limits;
+        const Tollgate__V1__SpendLimit *l = own ? k->spend_limits[i] : p->spend_limits[i - k->n_spend_limits];
+        cp_scope_t s;
+        if (cp_scope_of_limit(own ? "key" : "project", own ? k->id : p->id, k->account_id, l, now, &s) != 0)
+            continue;
+        if ((rc = limit_state(a, &s, &st[out.n_limits])) < 0) {
+            code = -rc;
+            goto done;
+        }
+        sp[out.n_limits] = &st[out.n_limits];
+        out.n_limits++;
+    }
+    out.limits = sp;
+    code = cp_reply(a, &out.base, reply);
+done:
+    tg_rpc_pb_free(pm);
+    tg_rpc_pb_free(km);
+    return code;
+}
+
 /* ---- GetRunReceipt ------------------------------------------------------------------------------- */
 
 #define RECEIPT_MAX_RECORDS 100000
@@ -570,6 +653,15 @@ static int get_run_receipt(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t 
     out.total = &r->rc_total;
     out.attempts = r->rc_attempts;
     out.fallbacks = r->rc_fallbacks;
+    Tollgate__V1__LimitState bst;
+    cp_scope_t rs;
+    if (budget && cp_scope_of_run((Tollgate__V1__RunBudget *)budget, &rs) == 0) {
+        if ((rc = limit_state(a, &rs, &bst)) < 0) {
+            code = -rc;
+            goto done;
+        }
+        out.budget_state = &bst;
+    }
     code = cp_reply(a, &out.base, reply);
 done:
     tg_rpc_pb_free(budget);
@@ -587,5 +679,7 @@ const cp_method_t tg_cp_ledger_methods[] = {
      NULL, export_ledger},
     {"GetRunReceipt", &tollgate__v1__get_run_receipt_request__descriptor, CP_NEED_READ,
      "read run receipts", get_run_receipt, NULL},
+    {"GetKeyLimits", &tollgate__v1__get_key_limits_request__descriptor, CP_NEED_READ,
+     "read key limits", get_key_limits, NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

@@ -97,8 +97,6 @@ int cp_lease(tg_cp_t *cp, const struct Tollgate__V1__LeaseRequest *q, tg_buf_t *
              size_t errlen);
 /* How low a's balance b may go: 0 prepaid, -credit_limit postpaid. */
 int64_t cp_lease_floor(const struct Tollgate__V1__Account *a, const struct Tollgate__V1__Balance *b);
-/* The sum of b's holds that are live at now_us. */
-int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);
 /* Settlement of agent_id's records costing `cost` on b: the same amount
  * leaves the agent's hold (it was reserved there), and reserved_nano is
  * recomputed. Can't fail. */

@@ -63,6 +63,8 @@
 #define TG_CP_K_AUDIT_SEQ "tg/audit-seq"            /* last audit <seq> */
 #define TG_CP_K_LEADER "tg/leader"                  /* node id, attached to the leader's lease */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
+#define TG_CP_K_LIMIT "tg/limit/"                   /* <scope id> -> Balance: a key/project window's or run's
+                                                      * remaining budget and its spend leases (lease.c) */
 
 /* Admin token roles. */
 enum tg_cp_role { TG_CP_ROLE_READER = 1, TG_CP_ROLE_PRICING = 2, TG_CP_ROLE_ADMIN = 3 };
@@ -110,6 +112,51 @@ typedef struct tg_cp {
     atomic_llong cp_m_sync_streams; /* open Sync streams */
     atomic_llong cp_m_admin_calls;
 } tg_cp_t;
+
+/* ---- budget scopes (lease.c): shared by settlement, leases and the admin reads ---- */
+
+/* A budget scope besides the buckets: a key's or project's spend limit in
+ * one window, or a run budget (billing/tg_billing.h names them). Its state
+ * is a Balance under TG_CP_K_LIMIT<id>: balance_nano is what is left of
+ * the limit after settled spend, holds are the agents' leases on it,
+ * credit_limit_nano the limit that state was computed with (a changed
+ * limit moves the remainder by the difference). */
+typedef struct cp_scope {
+    char cs_id[256];          /* scope id */
+    char cs_key[TG_STORE_MAX_KEY];
+    char cs_kind[8];          /* "key", "project", "run" */
+    char cs_obj[128];         /* the key, project or run id */
+    char cs_account[128];
+    char cs_currency[16];
+    int cs_window;            /* TOLLGATE__V1__LIMIT_WINDOW__*; 0 for a run */
+    int64_t cs_start, cs_end; /* the window; 0 and INT64_MAX for total and runs */
+    int64_t cs_limit;
+    int cs_action;
+} cp_scope_t;
+
+struct Tollgate__V1__SpendLimit;
+struct Tollgate__V1__RunBudget;
+
+/* Fills s for a key's (kind "key") or project's limit l in the window that
+ * holds t_us. Returns 0 or -1 (an unknown window). */
+int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const struct Tollgate__V1__SpendLimit *l,
+                      int64_t t_us, cp_scope_t *s);
+/* Fills s for run budget b (no cap: -1). */
+int cp_scope_of_run(const struct Tollgate__V1__RunBudget *b, cp_scope_t *s);
+/* Resolves a scope id an agent leases against the configuration. Returns
+ * TG_RPC_CODE_OK, NOT_FOUND (no such key, project, run or limit),
+ * INVALID_ARGUMENT (malformed id, or a window start that is not one) or
+ * UNAVAILABLE, with err set. */
+int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_t *s, char *err, size_t errlen);
+/* The state of scope s from its stored Balance (NULL: none yet): fills
+ * *fresh when b is NULL, and applies a changed limit to either. Returns the
+ * message to use (b, or fresh). */
+struct Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, struct Tollgate__V1__Balance *b,
+                                             struct Tollgate__V1__Balance *fresh);
+
+
+/* The sum of b's holds (spend leases) that are live at now_us. */
+int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);
 
 /* ---- agent side: implemented in agentsvc.c, settle.c, leader.c ----------- */
 

@@ -24,9 +24,11 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 #include "controlplane/agentside.h"
 #include "tollgate/v1/agent.pb-c.h"
 
@@ -38,6 +40,123 @@ static const Tollgate__V1__BucketSpec *find_bucket(const Tollgate__V1__Account *
         if (strcmp(a->buckets[i]->name, name) == 0)
             return a->buckets[i];
     return NULL;
+}
+
+/* ---- scopes: key and project limit windows, runs -------------------------------- */
+
+int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const Tollgate__V1__SpendLimit *l,
+                      int64_t t_us, cp_scope_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (tg_billing_window((int)l->window, t_us, &s->cs_start, &s->cs_end) != 0 ||
+        tg_billing_scope(kind, obj, (int)l->window, t_us, s->cs_id, sizeof(s->cs_id)) != 0)
+        return -1;
+    snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", s->cs_id);
+    snprintf(s->cs_kind, sizeof(s->cs_kind), "%s", kind);
+    snprintf(s->cs_obj, sizeof(s->cs_obj), "%s", obj);
+    snprintf(s->cs_account, sizeof(s->cs_account), "%s", account);
+    snprintf(s->cs_currency, sizeof(s->cs_currency), "%s", l->currency);
+    s->cs_window = (int)l->window;
+    s->cs_limit = l->limit_nano;
+    s->cs_action = (int)l->action;
+    return 0;
+}
+
+int cp_scope_of_run(const Tollgate__V1__RunBudget *b, cp_scope_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (b->max_spend_nano <= 0 || tg_billing_scope("run", b->run_id, 0, 0, s->cs_id, sizeof(s->cs_id)) != 0)
+        return -1; /* no cap: nothing to enforce */
+    snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", s->cs_id);
+    snprintf(s->cs_kind, sizeof(s->cs_kind), "run");
+    snprintf(s->cs_obj, sizeof(s->cs_obj), "%s", b->run_id);
+    snprintf(s->cs_account, sizeof(s->cs_account), "%s", b->account_id);
+    snprintf(s->cs_currency, sizeof(s->cs_currency), "%s", b->currency);
+    s->cs_end = INT64_MAX;
+    s->cs_limit = b->max_spend_nano;
+    return 0;
+}
+
+Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, Tollgate__V1__Balance *b, Tollgate__V1__Balance *fresh)
+{
+    if (b == NULL) {
+        tollgate__v1__balance__init(fresh);
+        fresh->account_id = (char *)s->cs_account;
+        fresh->bucket = (char *)s->cs_id;
+        fresh->currency = (char *)s->cs_currency;
+        fresh->balance_nano = s->cs_limit;
+        fresh->credit_limit_nano = s->cs_limit;
+        return fresh;
+    }
+    if (b->credit_limit_nano != s->cs_limit) {
+        /* the operator changed the limit inside the window: what is left
+         * moves by the difference, what was spent stays spent */
+        b->balance_nano += s->cs_limit - b->credit_limit_nano;
+        b->credit_limit_nano = s->cs_limit;
+    }
+    return b;
+}
+
+int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_t *s, char *err, size_t errlen)
+{
+    char kind[16], obj[160], win[16], key[TG_STORE_MAX_KEY];
+    long long start = 0;
+    ProtobufCMessage *m = NULL;
+    int code = TG_RPC_CODE_OK;
+    int n = 0;
+    memset(s, 0, sizeof(*s));
+    if (strncmp(id, "run/", 4) == 0) {
+        if (strlen(id + 4) == 0 || strlen(id + 4) >= sizeof(obj))
+            return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: '%s' is not a run scope", id);
+        snprintf(key, sizeof(key), TG_CP_K_RUN "%s", id + 4);
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__run_budget__descriptor, &m, NULL, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__RunBudget *b = (const Tollgate__V1__RunBudget *)m;
+        if (b == NULL || strcmp(b->account_id, account) != 0 || cp_scope_of_run(b, s) != 0)
+            code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: no run budget '%s' of account '%s'", id + 4,
+                           account);
+        tg_rpc_pb_free(m);
+        return code;
+    }
+    if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0' ||
+        (strcmp(kind, "key") != 0 && strcmp(kind, "project") != 0))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "scope: '%s' is not key/<id>/<window>/<start>, project/... or run/<id>", id);
+    int kd = strcmp(kind, "key") == 0;
+    snprintf(key, sizeof(key), "%s%s", kd ? TG_CP_K_KEY : TG_CP_K_PROJECT, obj);
+    if (tg_cp_get_pb(cp, key, kd ? &tollgate__v1__api_key__descriptor : &tollgate__v1__project__descriptor, &m, NULL,
+                     err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    Tollgate__V1__SpendLimit **lims = NULL;
+    size_t nl = 0;
+    const char *acct = NULL;
+    if (m != NULL && kd) {
+        lims = ((Tollgate__V1__ApiKey *)m)->spend_limits;
+        nl = ((Tollgate__V1__ApiKey *)m)->n_spend_limits;
+        acct = ((Tollgate__V1__ApiKey *)m)->account_id;
+    } else if (m != NULL) {
+        lims = ((Tollgate__V1__Project *)m)->spend_limits;
+        nl = ((Tollgate__V1__Project *)m)->n_spend_limits;
+        acct = ((Tollgate__V1__Project *)m)->account_id;
+    }
+    code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: %s '%s' of account '%s' has no %s limit", kind, obj,
+                   account, win);
+    for (size_t i = 0; acct != NULL && strcmp(acct, account) == 0 && i < nl; i++) {
+        const char *wn = tg_billing_window_name((int)lims[i]->window);
+        if (wn == NULL || strcmp(wn, win) != 0)
+            continue;
+        if (cp_scope_of_limit(kind, obj, acct, lims[i], (int64_t)start, s) != 0 || s->cs_start != (int64_t)start) {
+            err[0] = '\0';
+            code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: %lld does not start a %s window", start,
+                           win);
+            break;
+        }
+        err[0] = '\0';
+        code = TG_RPC_CODE_OK;
+        break;
+    }
+    tg_rpc_pb_free(m);
+    return code;
 }
 
 int64_t cp_lease_floor(const Tollgate__V1__Account *a, const Tollgate__V1__Balance *b)
@@ -91,8 +210,8 @@ static int64_t shape_grant(int64_t want, int64_t need, int64_t room, size_t othe
     return g > room ? room : g;
 }
 
-/* Grants or renews one agent's hold on (account, bucket). Returns a
- * TG_RPC_CODE_* with err set unless OK. */
+/* Grants or renews one agent's hold on (account, bucket), or on q->scope.
+ * Returns a TG_RPC_CODE_* with err set unless OK. */
 static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseRequest *q,
                  Tollgate__V1__LeaseResponse *resp, char *currency, size_t curlen, char *lease_id,
                  size_t idlen, char *err, size_t errlen)
@@ -102,8 +221,20 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
     Tollgate__V1__BalanceHold **holds = NULL, mine_new;
     tg_buf_t packed;
     int code = TG_RPC_CODE_OK;
+    cp_scope_t sc, *scope = NULL;
+    const Tollgate__V1__Account *a = NULL;
+    const Tollgate__V1__BucketSpec *bs = NULL;
     tg_buf_init(&packed, TG_STORE_MAX_VALUE);
 
+    if (q->scope[0] != '\0') {
+        if ((code = cp_scope_resolve(cp, q->scope, q->account_id, &sc, err, errlen)) != TG_RPC_CODE_OK)
+            goto done;
+        scope = &sc;
+        snprintf(currency, curlen, "%s", sc.cs_currency);
+        snprintf(lease_id, idlen, "%s/%s", sc.cs_id, agent_id);
+        snprintf(key, sizeof(key), "%s", sc.cs_key);
+        goto loop;
+    }
     snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", q->account_id);
     if (tg_cp_get_pb(cp, key, &tollgate__v1__account__descriptor, &am, NULL, err, errlen) < 0) {
         code = TG_RPC_CODE_UNAVAILABLE;
@@ -114,8 +245,8 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
                        q->account_id);
         goto done;
     }
-    const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)am;
-    const Tollgate__V1__BucketSpec *bs = find_bucket(a, q->bucket);
+    a = (const Tollgate__V1__Account *)am;
+    bs = find_bucket(a, q->bucket);
     if (bs == NULL) {
         code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "bucket: account '%s' has no bucket '%s'", a->id,
                        q->bucket);
@@ -124,6 +255,7 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
     snprintf(currency, curlen, "%s", bs->currency);
     snprintf(lease_id, idlen, "%s/%s/%s", a->id, bs->name, agent_id);
     snprintf(key, sizeof(key), TG_CP_K_BALANCE "%s/%s", a->id, bs->name);
+loop:
     for (int attempt = 0;; attempt++) {
         int64_t modrev = 0, now = tg_cp_now_us();
         Tollgate__V1__Balance fresh = TOLLGATE__V1__BALANCE__INIT, *b;
@@ -135,7 +267,9 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
             code = TG_RPC_CODE_UNAVAILABLE;
             goto done;
         }
-        if (bm != NULL) {
+        if (scope != NULL) {
+            b = cp_scope_state(scope, (Tollgate__V1__Balance *)bm, &fresh);
+        } else if (bm != NULL) {
             b = (Tollgate__V1__Balance *)bm;
         } else {
             fresh.account_id = a->id;
@@ -144,7 +278,7 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
             fresh.credit_limit_nano = bs->credit_limit_nano;
             b = &fresh;
         }
-        int64_t floor = cp_lease_floor(a, b);
+        int64_t floor = scope != NULL ? 0 : cp_lease_floor(a, b);
         /* the live holds of the others; this agent's own, if live */
         Tollgate__V1__BalanceHold *mine = NULL;
         int64_t others = 0;
@@ -231,8 +365,7 @@ static int grant(tg_cp_t *cp, const char *agent_id, const Tollgate__V1__LeaseReq
          * answer was lost: the next read shows whether it applied, and a
          * second application of the same request grants the same hold) */
         if (attempt + 1 >= LEASE_ATTEMPTS) {
-            code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED, "bucket %s/%s: too much contention, retry",
-                           a->id, bs->name);
+            code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED, "%s: too much contention, retry", key);
             goto done;
         }
         err[0] = '\0';
@@ -251,8 +384,10 @@ int cp_lease(tg_cp_t *cp, const Tollgate__V1__LeaseRequest *q, tg_buf_t *reply, 
     Tollgate__V1__LeaseResponse resp = TOLLGATE__V1__LEASE_RESPONSE__INIT;
     if (q->account_id[0] == '\0' || strlen(q->account_id) > 200)
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "account_id: required, at most 200 bytes");
-    if (q->bucket[0] == '\0' || strlen(q->bucket) > 100)
-        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "bucket: required, at most 100 bytes");
+    if (q->scope[0] == '\0' && (q->bucket[0] == '\0' || strlen(q->bucket) > 100))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "bucket: required (or a scope), at most 100 bytes");
+    if (strlen(q->scope) >= sizeof(((cp_scope_t *)0)->cs_id))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: too long");
     if (q->requested_nano < 0 || q->keep_nano < 0 || q->need_nano < 0 || q->unsettled_nano < 0 ||
         q->spend_rate_nano_per_s < 0)
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,

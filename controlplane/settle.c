@@ -599,7 +599,14 @@ typedef struct settle_ctx {
     Tollgate__V1__SignedUsageBatch *sc_signed;
     Tollgate__V1__UsageBatch *sc_batch;
     Tollgate__V1__AgentInfo *sc_agent;
-    cache_t sc_accounts, sc_cards, sc_channels;
+    cache_t sc_accounts, sc_cards, sc_channels, sc_keys, sc_projects, sc_runs;
+    /* limit scopes (key and project windows, runs): the batch's distinct
+     * ones, and per record up to MAX_RS indices into them */
+    cp_scope_t *sc_scopes;
+    size_t sc_nscopes, sc_capscopes;
+    size_t *sc_scope_bal;              /* per distinct scope: index in the group's balances */
+    uint16_t *sc_rs;                   /* per record: MAX_RS scope indices */
+    uint8_t *sc_nrs;                   /* per record: how many */
     int *sc_dup;                       /* per record: 1 duplicate */
     const Tollgate__V1__Account **sc_acct; /* per record; NULL: no such account */
     const char **sc_bucket;            /* per record; NULL: no bucket to debit */
@@ -640,6 +647,13 @@ static void ctx_free(settle_ctx_t *c)
     cache_free(&c->sc_accounts);
     cache_free(&c->sc_cards);
     cache_free(&c->sc_channels);
+    cache_free(&c->sc_keys);
+    cache_free(&c->sc_projects);
+    cache_free(&c->sc_runs);
+    tg_free(c->sc_scopes);
+    tg_free(c->sc_scope_bal);
+    tg_free(c->sc_rs);
+    tg_free(c->sc_nrs);
     tg_rpc_pb_free((ProtobufCMessage *)c->sc_agent);
     tg_pool_destroy(c->sc_pool); /* sc_batch, sc_signed */
 }
@@ -676,6 +690,102 @@ static const char *at_ix(const void *w, size_t k)
 static const char *at_str(const void *w, size_t k)
 {
     return ((char *const *)w)[k];
+}
+
+#define MAX_RS 8 /* limit scopes of one record: key and project windows, the run */
+
+/* Adds scope s to record i's scopes (deduplicated across the batch).
+ * Returns 0 or RESOURCE_EXHAUSTED. */
+static int add_scope(settle_ctx_t *c, size_t i, const cp_scope_t *s, char *err, size_t errlen)
+{
+    size_t k;
+    if (c->sc_nrs[i] >= MAX_RS)
+        return 0; /* more limits than that on one record: the rest are not counted (documented) */
+    for (k = 0; k < c->sc_nscopes; k++)
+        if (strcmp(c->sc_scopes[k].cs_id, s->cs_id) == 0)
+            break;
+    if (k == c->sc_nscopes) {
+        if (k == c->sc_capscopes) {
+            size_t nc = c->sc_capscopes ? 2 * c->sc_capscopes : 8;
+            cp_scope_t *v = tg_realloc(c->sc_scopes, nc * sizeof(*v));
+            size_t *bi = v ? tg_realloc(c->sc_scope_bal, nc * sizeof(*bi)) : NULL;
+            if (v)
+                c->sc_scopes = v;
+            if (bi)
+                c->sc_scope_bal = bi;
+            if (!v || !bi || nc > UINT16_MAX)
+                return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch's limits");
+            c->sc_capscopes = nc;
+        }
+        c->sc_scopes[k] = *s;
+        c->sc_nscopes++;
+    }
+    c->sc_rs[i * MAX_RS + c->sc_nrs[i]++] = (uint16_t)k;
+    return 0;
+}
+
+/* The limit scopes record i counts against, from the configuration: its
+ * key's limits and its project's in the windows of its start time, and
+ * its run's budget; only those in the currency of the bucket it paid from. */
+static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *err, size_t errlen)
+{
+    tg_cp_t *cp = c->sc_cp;
+    const Tollgate__V1__UsageRecord *r = c->sc_batch->records[i];
+    char key[TG_STORE_MAX_KEY];
+    ProtobufCMessage *m = NULL;
+    cp_scope_t s;
+    const char *project = r->project_id;
+    if (r->key_id[0] != '\0') {
+        snprintf(key, sizeof(key), TG_CP_K_KEY "%s", r->key_id);
+        if (cache_get(cp, &c->sc_keys, key, &tollgate__v1__api_key__descriptor, &m, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)m;
+        for (size_t j = 0; k != NULL && j < k->n_spend_limits; j++)
+            if (strcmp(k->spend_limits[j]->currency, currency) == 0 &&
+                cp_scope_of_limit("key", k->id, k->account_id, k->spend_limits[j], r->started_at_us, &s) == 0 &&
+                add_scope(c, i, &s, err, errlen) != 0)
+                return TG_RPC_CODE_RESOURCE_EXHAUSTED;
+        if (k != NULL && k->project_id[0] != '\0')
+            project = k->project_id;
+    }
+    if (project[0] != '\0') {
+        snprintf(key, sizeof(key), TG_CP_K_PROJECT "%s", project);
+        if (cache_get(cp, &c->sc_projects, key, &tollgate__v1__project__descriptor, &m, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__Project *p = (const Tollgate__V1__Project *)m;
+        for (size_t j = 0; p != NULL && j < p->n_spend_limits; j++)
+            if (strcmp(p->spend_limits[j]->currency, currency) == 0 &&
+                cp_scope_of_limit("project", p->id, p->account_id, p->spend_limits[j], r->started_at_us, &s) == 0 &&
+                add_scope(c, i, &s, err, errlen) != 0)
+                return TG_RPC_CODE_RESOURCE_EXHAUSTED;
+    }
+    if (r->run_id[0] != '\0') {
+        snprintf(key, sizeof(key), TG_CP_K_RUN "%s", r->run_id);
+        if (cache_get(cp, &c->sc_runs, key, &tollgate__v1__run_budget__descriptor, &m, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__RunBudget *b = (const Tollgate__V1__RunBudget *)m;
+        if (b != NULL && strcmp(b->account_id, r->account_id) == 0 && strcmp(b->currency, currency) == 0 &&
+            cp_scope_of_run(b, &s) == 0 && add_scope(c, i, &s, err, errlen) != 0)
+            return TG_RPC_CODE_RESOURCE_EXHAUSTED;
+    }
+    return TG_RPC_CODE_OK;
+}
+
+/* Loads the state of limit scope s into b (a fresh one when absent). */
+static int scope_bal_load(tg_cp_t *cp, const cp_scope_t *s, bal_t *b, char *err, size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    int64_t modrev = 0;
+    snprintf(b->b_key, sizeof(b->b_key), "%s", s->cs_key);
+    tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
+    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    if (rc < 0)
+        return rc;
+    b->b_msg = cp_scope_state(s, (Tollgate__V1__Balance *)m, &b->b_new);
+    b->b_modrev = m != NULL ? modrev : 0;
+    b->b_start = b->b_msg->balance_nano;
+    b->b_prepaid = 0;
+    return 0;
 }
 
 /* Sets an unbilled reason for record i (copied). */
@@ -814,6 +924,11 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
         }
         if (r->cost_nano != c->sc_cost[i])
             c->sc_mismatch[i] = 1;
+        if (c->sc_bucket[i] != NULL && c->sc_cost[i] > 0) {
+            int sc = record_scopes(c, i, bucket_spec(a, c->sc_bucket[i])->currency, err, errlen);
+            if (sc != TG_RPC_CODE_OK)
+                return sc;
+        }
         /* a cost with nowhere to debit it: kept in the row, flagged, counted */
         if (c->sc_bucket[i] == NULL && c->sc_cost[i] != 0) {
             if (a == NULL)
@@ -1013,6 +1128,26 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
         }
         seen[k] = 1;
         c->sc_balidx[i] = k;
+        /* the record's limit scopes join the group like balances */
+        for (size_t s = 0; s < c->sc_nrs[i]; s++) {
+            size_t si = c->sc_rs[i * MAX_RS + s];
+            for (k = 0; k < g->g_nbal; k++)
+                if (strcmp(g->g_bals[k].b_key, c->sc_scopes[si].cs_key) == 0)
+                    break;
+            if ((k == g->g_nbal || !seen[k]) && ++touched > SETTLE_MAX_BALANCES)
+                return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                               "batch touches more than %d balances and limits; split it", SETTLE_MAX_BALANCES);
+            if (k == g->g_nbal) {
+                if (k + 2 * (j + 1) + 2 >= TG_STORE_MAX_TXN_OPS || k == GROUP_MAX_BALANCES)
+                    return BUILD_CUT;
+                memset(&g->g_bals[k], 0, sizeof(bal_t));
+                g->g_nbal++;
+                if (scope_bal_load(c->sc_cp, &c->sc_scopes[si], &g->g_bals[k], err, errlen) < 0)
+                    return TG_RPC_CODE_UNAVAILABLE;
+            }
+            seen[k] = 1;
+            c->sc_scope_bal[si] = k;
+        }
     }
     if (group_reserve(g, n, err, errlen) < 0)
         return TG_RPC_CODE_RESOURCE_EXHAUSTED;
@@ -1047,6 +1182,8 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
             bal_t *bl = &g->g_bals[c->sc_balidx[i]];
             const Tollgate__V1__BucketSpec *bs = bucket_spec(c->sc_acct[i], c->sc_bucket[i]);
             bl->b_msg->balance_nano -= c->sc_cost[i];
+            for (size_t s = 0; s < c->sc_nrs[i]; s++) /* what is left of each limit */
+                g->g_bals[c->sc_scope_bal[c->sc_rs[i * MAX_RS + s]]].b_msg->balance_nano -= c->sc_cost[i];
             /* usage is always recorded, the request already happened; the
              * agent's prepaid check and spend leases bound how far it goes */
             if (bl->b_prepaid && bl->b_msg->balance_nano < 0 &&
@@ -1183,9 +1320,13 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
     for (size_t j = 0; j < g->g_n; j++) {
         settle_ctx_t *c = g->g_jobs[j]->j_c;
         for (size_t i = 0; i < c->sc_batch->n_records; i++)
-            if (!c->sc_dup[i] && c->sc_balidx[i] != SIZE_MAX)
+            if (!c->sc_dup[i] && c->sc_balidx[i] != SIZE_MAX) {
                 cp_lease_consume(g->g_bals[c->sc_balidx[i]].b_msg, c->sc_batch->agent_id,
                                  c->sc_batch->records[i]->cost_nano, now_us);
+                for (size_t s = 0; s < c->sc_nrs[i]; s++)
+                    cp_lease_consume(g->g_bals[c->sc_scope_bal[c->sc_rs[i * MAX_RS + s]]].b_msg,
+                                     c->sc_batch->agent_id, c->sc_batch->records[i]->cost_nano, now_us);
+            }
     }
     for (size_t k = 0; k < g->g_nbal; k++) {
         g->g_bals[k].b_msg->updated_at_us = now_us;
@@ -1585,7 +1726,9 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     c.sc_entries = tg_calloc(cnt, sizeof(*c.sc_entries));
     c.sc_orig = tg_calloc(2 * cnt, sizeof(char *));
     c.sc_ids = tg_calloc(cnt, sizeof(*c.sc_ids));
-    if (!c.sc_ids || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket ||
+    c.sc_rs = tg_calloc(cnt * MAX_RS, sizeof(*c.sc_rs));
+    c.sc_nrs = tg_calloc(cnt, sizeof(*c.sc_nrs));
+    if (!c.sc_ids || !c.sc_rs || !c.sc_nrs || !c.sc_orig || !c.sc_dup || !c.sc_mismatch || !c.sc_acct || !c.sc_bucket ||
         !c.sc_unbilled || !c.sc_unbilled_buf || !c.sc_cost || !c.sc_upcost || !c.sc_balidx ||
         !c.sc_entries) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");

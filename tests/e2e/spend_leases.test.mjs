@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent } from '../../agent/testing/agent.mjs';
-import { startCp, startEtcd, seed, ENROLL_TOKEN } from './cp_agent_lib.mjs';
+import { startCp, startEtcd, seed, costOf, FakeAgent, ENROLL_TOKEN } from './cp_agent_lib.mjs';
 import { freePort, tmpdir, until } from './lib/proc.mjs';
 
 const TTL_MS = 3000; // short lease TTL so expiry is testable
@@ -47,7 +47,20 @@ for (const backend of ['lmdb', 'etcd']) {
       return a;
     }
 
-    async function account(name, topup) {
+    // what one small request costs (max_tokens 16), measured on an account with room
+    async function oneCost() {
+      const probe = await account(`probe-${Math.random().toString(36).slice(2, 8)}`, 100n * 1000000000n);
+      const pc = new OpenAI({ apiKey: probe.secret, baseURL: agents[1].base, maxRetries: 0 });
+      const { response } = await pc.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
+      return BigInt((await agents[1].waitRecord(response.headers.get('x-request-id'))).cost_nano);
+    }
+
+    async function keySpent(acct, keyId) {
+      const page = await cp.adminCall('QueryLedger', { account_id: acct, key_id: keyId, page_size: 1000 });
+      return page.entries.reduce((a, e) => a - BigInt(e.amount_nano || 0), 0n);
+    }
+
+    async function account(name, topup, keyExtra = {}) {
       const acct = await cp.adminCall('CreateAccount', { account: {
         name, billing_mode: 'BILLING_MODE_PREPAID',
         buckets: [{ name: 'credit', currency: 'USD' }, { name: 'wallet', currency: 'USD' }],
@@ -56,14 +69,14 @@ for (const backend of ['lmdb', 'etcd']) {
         await cp.adminCall('TopUp', { account_id: acct.id, bucket: 'wallet', amount_nano: String(topup),
           currency: 'USD', idempotency_key: `seed-${name}`, reason: 'e2e' });
       }
-      const k = await cp.adminCall('CreateKey', { key: { account_id: acct.id, name, expose_cost: true } });
+      const k = await cp.adminCall('CreateKey', { key: { account_id: acct.id, name, expose_cost: true, ...keyExtra } });
       // every agent must know the key before it is used
       for (const a of agents) {
         if (a.dead) continue;
         await until(async () => (await fetch(`${a.base}/models`, { headers: { authorization: `Bearer ${k.secret}` } })).status === 200,
           { timeoutMs: 10000, what: 'the key to reach the agent' });
       }
-      return { id: acct.id, secret: k.secret };
+      return { id: acct.id, secret: k.secret, keyId: k.key.id };
     }
 
     async function drained() {
@@ -215,6 +228,92 @@ for (const backend of ['lmdb', 'etcd']) {
       await drained();
       const { sum } = await ledgerSum(cp, acct.id);
       assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano));
+    });
+
+    test('a key\'s daily spend limit holds across three agents: 429 with Retry-After past it, GetKeyLimits explains it', async () => {
+      const one = await oneCost();
+      const limit = one * 5n;
+      const acct = await account('daily', 100n * 1000000000n,
+        { spend_limits: [{ window: 'LIMIT_WINDOW_DAY', limit_nano: String(limit), currency: 'USD' }] });
+      const clients = agents.filter((a) => !a.dead).map((a) => new OpenAI({ apiKey: acct.secret, baseURL: a.base, maxRetries: 0, timeout: 20000 }));
+      const results = await Promise.all(Array.from({ length: 30 }, (_, i) =>
+        clients[i % clients.length].chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 })
+          .then(() => 200, (e) => e)));
+      const served = results.filter((r) => r === 200).length;
+      const refused = results.filter((r) => r !== 200);
+      assert.ok(served >= 1 && refused.length >= 20, `${served} served`);
+      for (const e of refused) {
+        assert.equal(e.status, 429, `${e.status} ${e.message}`);
+        assert.equal(e.code, 'spend_limit_exceeded');
+        assert.match(e.message, /day spend limit/);
+        assert.ok(Number(e.headers.get('retry-after')) > 0, 'Retry-After until the window resets');
+      }
+      await drained();
+      const spent = await keySpent(acct.id, acct.keyId);
+      assert.ok(spent <= limit, `spent ${spent} past the limit ${limit}`);
+      const { limits } = await cp.adminCall('GetKeyLimits', { key_id: acct.keyId });
+      assert.equal(limits.length, 1);
+      const l = limits[0];
+      assert.equal(l.window, 'LIMIT_WINDOW_DAY');
+      assert.equal(BigInt(l.limit_nano), limit);
+      assert.equal(BigInt(l.spent_nano), spent, 'the window\'s spend is exactly the key\'s charged rows');
+      assert.equal(BigInt(l.remaining_nano), limit - spent - BigInt(l.reserved_nano));
+      const now = Date.now() * 1000;
+      assert.ok(Number(l.resets_at_us) > now && Number(l.resets_at_us) <= now + 86400e6);
+    });
+
+    test('window rollover: spend settled for yesterday does not count against today\'s limit, a total limit counts both', async () => {
+      const acct = await account('rollover', 100n * 1000000000n, { spend_limits: [
+        { window: 'LIMIT_WINDOW_DAY', limit_nano: '1000000000', currency: 'USD' },
+        { window: 'LIMIT_WINDOW_TOTAL', limit_nano: '5000000000', currency: 'USD' }] });
+      const fa = new FakeAgent(cp, 'rollover');
+      await fa.enroll();
+      const rec = (startedUs) => ({ ...fa.record(ids), key_id: acct.keyId, project_id: '', account_id: acct.id,
+        started_at_us: startedUs, finished_at_us: startedUs });
+      const now = Date.now() * 1000;
+      const yesterday = rec(now - 86400e6);
+      const today = rec(now);
+      await fa.report(fa.signed([yesterday, today]));
+      const cost = costOf({ input_tokens: 1000, output_tokens: 500 });
+      const { limits } = await cp.adminCall('GetKeyLimits', { key_id: acct.keyId });
+      const day = limits.find((l) => l.window === 'LIMIT_WINDOW_DAY');
+      const total = limits.find((l) => l.window === 'LIMIT_WINDOW_TOTAL');
+      assert.equal(BigInt(day.spent_nano), cost, 'only today\'s record counts in today\'s window');
+      assert.equal(BigInt(total.spent_nano), 2n * cost, 'the total window counts both');
+    });
+
+    test('a run stops cleanly at its budget, other runs go on; the run receipt shows budget, spent and remaining', async () => {
+      const one = await oneCost();
+      const acct = await account('runner', 100n * 1000000000n);
+      const run = `run-${backend}-${Date.now()}`;
+      await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id, max_spend_nano: String(one * 3n),
+        currency: 'USD' } });
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0,
+        defaultHeaders: { 'X-Tollgate-Run': run } });
+      // the budget reaches the agents over Sync; then the run spends until it is refused
+      let served = 0;
+      let refusal = null;
+      for (let i = 0; i < 40 && !refusal; i++) {
+        try {
+          await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+          served++;
+        } catch (e) { refusal = e; }
+      }
+      assert.ok(refusal, `the run was never refused (${served} served)`);
+      assert.equal(refusal.status, 402);
+      assert.equal(refusal.code, 'run_budget_exceeded');
+      const other = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0,
+        defaultHeaders: { 'X-Tollgate-Run': `${run}-other` } });
+      await other.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      await drained();
+      const rr = await cp.adminCall('GetRunReceipt', { run_id: run });
+      const bs = rr.budget_state;
+      assert.ok(bs, 'the receipt carries the budget state');
+      assert.equal(BigInt(bs.limit_nano), one * 3n);
+      const charged = rr.records.reduce((a, r) => a + BigInt(r.cost_nano || 0), 0n);
+      assert.equal(BigInt(bs.spent_nano), charged, 'spent is exactly the run\'s charged requests');
+      assert.ok(charged <= one * 3n, `spent ${charged} past the run budget`);
+      assert.equal(BigInt(bs.remaining_nano), one * 3n - charged - BigInt(bs.reserved_nano));
     });
 
     test('kill -9 of an agent holding a lease: after the TTL its hold is gone and the budget is whole again', async () => {
