@@ -121,6 +121,24 @@ for (const backend of ['lmdb', 'etcd']) {
       await cp.adminCall('PublishPriceCard', { card: { id: 'card-runaway', currency: 'USD', note: 'e2e',
         entries: [{ model: 'gpt-runaway', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
       await cp.adminCall('PutRoute', { route: { model: 'gpt-runaway', tiers: [{ targets: [{ channel_id: rch.id }] }] } });
+      // a slow stream (for a client that leaves mid-stream), a slow head (first-byte timeout), and a
+      // route whose failing primary falls back to a cheaper tier
+      const mk = async (name, scenario, extra = {}) => (await cp.adminCall('CreateChannel', { channel: {
+        name, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, route_type: 'ROUTE_TYPE_POOLED',
+        credential: 'sk-x', extra_headers: [{ name: 'x-mock-scenario', value: scenario }], ...extra } })).id;
+      const slow = await mk('slow', 'tokens=400;itl=20');
+      const slowhead = await mk('slowhead', 'latency=3000', { first_byte_timeout_ms: 300 });
+      const broken = await mk('broken', 'status=500');
+      await cp.adminCall('PublishPriceCard', { card: { id: 'card-paths', currency: 'USD', note: 'e2e', entries: [
+        { model: 'gpt-slow', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' },
+        { model: 'gpt-slowhead', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' },
+        // the fallback's price: the primary tier is dear, the backup cheap
+        { model: 'gpt-fallback', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-slow', tiers: [{ targets: [{ channel_id: slow }] }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-slowhead', tiers: [{ targets: [{ channel_id: slowhead }] }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'gpt-fallback',
+        policy: { max_attempts: 3, fallback_enabled: true, retry_on_5xx: true },
+        tiers: [{ targets: [{ channel_id: broken }] }, { targets: [{ channel_id: chId }] }] } });
       for (let i = 0; i < 3; i++) agents.push(await newAgent());
     });
 
@@ -204,6 +222,59 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(BigInt(bal.balance_nano), one * 3n - BigInt(rec.cost_nano), 'only the served request was charged');
       const { sum } = await ledgerSum(cp, acct.id);
       assert.equal(sum, BigInt(bal.balance_nano));
+    });
+
+    test('every way a request ends gives its reservation back: client gone mid-stream, timeout, fallback, policy refusal', async () => {
+      const one = await oneCost();
+      // room for about three reservations at a time: any leak shows as a refusal below
+      const acct = await account('paths', one * 12n, { model_allowlist: ['gpt-slow*', 'gpt-fallback'] });
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0, timeout: 10000 });
+      for (let round = 0; round < 4; round++) {
+        // the client leaves in the middle of a stream
+        const ac = new AbortController();
+        const stream = await c.chat.completions.create({ model: 'gpt-slow', messages, max_tokens: 16, stream: true },
+          { signal: ac.signal });
+        try { for await (const _ of stream) { ac.abort(); } } catch { /* aborted */ }
+        // the upstream does not answer in time
+        const t = await c.chat.completions.create({ model: 'gpt-slowhead', messages, max_tokens: 16 }).then(() => null, (e) => e);
+        assert.equal(t?.status, 504);
+        // the primary fails, the backup serves
+        await c.chat.completions.create({ model: 'gpt-fallback', messages, max_tokens: 16 });
+        // refused by policy before any reservation
+        const p = await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).then(() => null, (e) => e);
+        assert.equal(p?.status, 403);
+      }
+      // nothing leaked: the last reservations still fit, and every charge is in the ledger
+      for (let i = 0; i < 3; i++) await c.chat.completions.create({ model: 'gpt-fallback', messages, max_tokens: 16 });
+      await drained();
+      const bal = await balances(cp, acct.id);
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt(bal.balance_nano));
+      assert.ok(BigInt(bal.balance_nano) >= 0n);
+    });
+
+    test('control plane unreachable: agents spend what their leases hold, then refuse new spend (fail closed)', async () => {
+      const acct = await account('offline', 100n * 1000000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 10000 });
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); // takes a lease
+      await cp.stop('SIGKILL'); // at once: a graceful stop takes longer than this test's short TTL
+      // still served from the lease right away
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      // after the lease's use-by time (3/4 of the TTL) new spend is refused
+      const e = await until(async () => {
+        try { await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); return null; } catch (x) { return x; }
+      }, { timeoutMs: TTL_MS * 3, intervalMs: 200, what: 'the agent to fail closed' });
+      assert.equal(e.status, 503);
+      assert.equal(e.code, 'spend_control_unavailable');
+      cp = await startCp({ store: backend === 'etcd' ? `etcd:${etcd.url}` : undefined, dataDir: cpDir,
+        extraArgs: ['--listen', `127.0.0.1:${cpPort}`, '--lease-ttl-ms', String(TTL_MS)] });
+      // back: served again once a lease is granted, and what was spent offline settles
+      await until(async () => {
+        try { await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); return true; } catch { return false; }
+      }, { timeoutMs: 20000, what: 'serving after the control plane is back' });
+      await drained();
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano));
     });
 
     test('a stream from a provider that ignores max_tokens ends at its reservation, billed within it', async () => {
