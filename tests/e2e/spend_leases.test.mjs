@@ -12,8 +12,10 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent } from '../../agent/testing/agent.mjs';
-import { startCp, startEtcd, seed, costOf, FakeAgent, ENROLL_TOKEN } from './cp_agent_lib.mjs';
-import { freePort, tmpdir, until } from './lib/proc.mjs';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { startCp, startEtcd, seed, costOf, FakeAgent, ENROLL_TOKEN, ADMIN_TOKEN } from './cp_agent_lib.mjs';
+import { ROOT, bin, freePort, tmpdir, until } from './lib/proc.mjs';
 
 const TTL_MS = 3000; // short lease TTL so expiry is testable
 const messages = [{ role: 'user', content: 'Spend a little, please.' }];
@@ -331,6 +333,12 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(BigInt(l.remaining_nano), limit - spent - BigInt(l.reserved_nano));
       const now = Date.now() * 1000;
       assert.ok(Number(l.resets_at_us) > now && Number(l.resets_at_us) <= now + 86400e6);
+      // the operator's view: tollctl key limits
+      const out = await new Promise((resolve, reject) => execFile(bin('cli/tollctl'), ['key', 'limits', acct.keyId],
+        { env: { PATH: process.env.PATH, TOLLGATE_SERVER: `127.0.0.1:${cpPort}`, TOLLGATE_TOKEN: ADMIN_TOKEN }, timeout: 20000 },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}: ${stderr}`)) : resolve(stdout))));
+      assert.match(out, /SCOPE\s+WINDOW\s+LIMIT\s+SPENT\s+HELD\s+REMAINING/);
+      assert.match(out, /key\s+LIMIT_WINDOW_DAY|key\s+day/);
     });
 
     test('window rollover: spend settled for yesterday does not count against today\'s limit, a total limit counts both', async () => {
@@ -385,6 +393,24 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(BigInt(bs.spent_nano), charged, 'spent is exactly the run\'s charged requests');
       assert.ok(charged <= one * 3n, `spent ${charged} past the run budget`);
       assert.equal(BigInt(bs.remaining_nano), one * 3n - charged - BigInt(bs.reserved_nano));
+    });
+
+    test('examples/research-run.mjs: a multi-step client stops cleanly at its run budget and prints its receipt', { skip: backend !== 'lmdb' }, async () => {
+      const one = await oneCost();
+      const acct = await account('research', 100n * 1000000000n);
+      const run = `research-e2e-${Date.now()}`;
+      await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id, max_spend_nano: String(one * 6n),
+        currency: 'USD' } });
+      await new Promise((r) => setTimeout(r, 500)); // the budget reaches the agents over Sync
+      const out = await new Promise((resolve, reject) => execFile(process.execPath,
+        [path.join(ROOT, 'examples', 'research-run.mjs')], { timeout: 60000, env: { ...process.env,
+          OPENAI_BASE_URL: agents[1].base, OPENAI_API_KEY: acct.secret, TOLLGATE_RUN: run, TOLLGATE_MODELS: 'gpt-4o',
+          TOLLGATE_CP: `127.0.0.1:${cpPort}`, TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN } },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stdout}\n${stderr}`)) : resolve(stdout))));
+      assert.match(out, /run budget reached at step/);
+      assert.match(out, /stopped by its budget/);
+      assert.match(out, /receipt: \d+ requests/);
+      assert.match(out, /budget 0\.\d+ USD: spent/);
     });
 
     test('kill -9 of an agent holding a lease: after the TTL its hold is gone and the budget is whole again', async () => {
