@@ -29,6 +29,7 @@ static const char usage[] =
     "  --log-level LEVEL      debug, info, warn or error (default info)\n"
     "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n"
     "  --log-records          also log each usage record as a JSON line (comp \"usage\")\n"
+    "  --no-spend-control     benchmark baseline only: serve without pre-authorization; refused with --cp\n"
     "  --outbox-map-mb N      LMDB map size of the usage outbox (default 1024)\n"
     "  --cp HOST:PORT         control plane (gRPC): Sync configuration, report usage\n"
     "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
@@ -161,6 +162,9 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--insecure-upstream") == 0) {
             o.ao_insecure_upstream = 1;
+            continue;
+        } else if (strcmp(a, "--no-spend-control") == 0) {
+            o.ao_spend_off = 1;
             continue;
         } else if (strcmp(a, "--log-records") == 0) {
             o.ao_log_records = 1;

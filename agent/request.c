@@ -1501,7 +1501,7 @@ static void start_attempt(req_t *rq)
     const Tollgate__V1__RouteTarget *t = rq->rq_route->tiers[rq->rq_tier]->targets[rq->rq_target];
     const tg_chan_t *ch = tg_cfg_channel(rq->rq_cfg, t->channel_id);
     const Tollgate__V1__Channel *c = ch->ch_pb;
-    if (ensure_reserved(rq, ch) != 0)
+    if (!rq->rq_w->w_agent->a_opts.ao_spend_off && ensure_reserved(rq, ch) != 0)
         return; /* parked until the lease answers, or refused */
     attempt_t *a = att_new(rq);
     char hdr[4200];

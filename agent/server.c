@@ -796,6 +796,14 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     } else {
         TG_LOG(TG_LOG_WARN, "agent", "no --data-dir: usage records are not kept durably");
     }
+    if (o->ao_spend_off && o->ao_cp) {
+        rc = tg_errf(err, errlen, TG_AGENT_EUSAGE,
+                     "--no-spend-control is a benchmark baseline: it cannot be used with --cp");
+        goto fail;
+    }
+    if (o->ao_spend_off)
+        TG_LOG(TG_LOG_WARN, "agent", "--no-spend-control: requests are served WITHOUT pre-authorization "
+                                     "(a benchmark baseline; never in production)");
     if (!(a->a_leases = tg_lease_tab_create(o->ao_cp ? lease_rpc : NULL, lease_local, a))) {
         rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "cannot start the spend-lease thread");
         goto fail;

@@ -57,6 +57,7 @@ typedef struct tg_agent_opts {
     const char *ao_region;     /* recorded in usage records */
     int ao_insecure_upstream;  /* test only: skip TLS verification upstream */
     int ao_log_records;        /* also write each usage record as a JSON log line */
+    int ao_spend_off;          /* benchmark baseline only: serve without pre-authorization (no --cp) */
     size_t ao_outbox_map;      /* LMDB map size of the outbox (bytes) */
     const char *ao_cp;         /* control plane gRPC address ("127.0.0.1:7443"); NULL: none */
     const char *ao_enroll_token; /* first start: enrollment token for the control plane */

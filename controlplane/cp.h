@@ -155,6 +155,13 @@ struct Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, struct Tollgat
                                              struct Tollgate__V1__Balance *fresh);
 
 
+/* A key limit with LIMIT_ACTION_PAUSE_KEY was reached (what is left cannot
+ * cover a waiting request, or settlement took it to zero): pauses the key
+ * (status PAUSED, the reason naming the limit) unless it is already paused
+ * or revoked. Agents refuse it once Sync brings the change. Best effort:
+ * failures are logged (the limit still blocks by itself). */
+void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s);
+
 /* The sum of b's holds (spend leases) that are live at now_us. */
 int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);
 

@@ -29,6 +29,7 @@
 
 #include "base/tg_log.h"
 #include "billing/tg_billing.h"
+#include "meter/tg_price.h"
 #include "controlplane/agentside.h"
 #include "tollgate/v1/agent.pb-c.h"
 
@@ -157,6 +158,60 @@ int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_
     }
     tg_rpc_pb_free(m);
     return code;
+}
+
+void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
+{
+    char key[TG_STORE_MAX_KEY], err[TG_ERRLEN] = "", lim[32], reason[256];
+    tg_buf_t packed;
+    tg_buf_init(&packed, TG_STORE_MAX_VALUE);
+    snprintf(key, sizeof(key), TG_CP_K_KEY "%s", s->cs_obj);
+    tg_price_format(s->cs_limit, lim, sizeof(lim));
+    snprintf(reason, sizeof(reason), "its %s spend limit of %s %s was reached", tg_billing_window_name(s->cs_window),
+             lim, s->cs_currency);
+    for (int attempt = 0; attempt < LEASE_ATTEMPTS; attempt++) {
+        ProtobufCMessage *m = NULL;
+        int64_t modrev = 0;
+        err[0] = '\0';
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, &modrev, err, sizeof(err)) < 0 || m == NULL)
+            break;
+        Tollgate__V1__ApiKey *k = (Tollgate__V1__ApiKey *)m;
+        if (k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED ||
+            k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_REVOKED) {
+            tg_rpc_pb_free(m);
+            tg_buf_free(&packed);
+            return;
+        }
+        char *old_reason = k->status_reason;
+        k->status = TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED;
+        k->status_reason = reason;
+        k->updated_at_us = tg_cp_now_us();
+        tg_buf_reset(&packed);
+        int prc = tg_rpc_pb_pack(&k->base, &packed, err, sizeof(err));
+        k->status_reason = old_reason;
+        tg_rpc_pb_free(m);
+        if (prc < 0)
+            break;
+        tg_store_cmp_t cmp = {.c_key = key, .c_key_len = strlen(key), .c_target = TG_STORE_CMP_MOD_REV,
+                              .c_op = TG_STORE_EQ, .c_num = modrev};
+        tg_store_op_t op = {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = strlen(key),
+                            .op_val = packed.b_data, .op_val_len = packed.b_len};
+        tg_store_txn_res_t tres;
+        memset(&tres, 0, sizeof(tres));
+        int rc = tg_store_txn(cp->cp_store, &cmp, 1, &op, 1, NULL, 0, &tres, err, sizeof(err));
+        int ok = rc == 0 && tres.tx_succeeded;
+        tg_store_txn_res_free(&tres);
+        if (ok) {
+            TG_LOG(TG_LOG_WARN, "cp.lease", "key %s paused: %s (LIMIT_ACTION_PAUSE_KEY)", s->cs_obj, reason);
+            tg_buf_free(&packed);
+            return;
+        }
+        if (rc < 0 && rc != TG_STORE_EUNKNOWN)
+            break;
+    }
+    TG_LOG(TG_LOG_ERROR, "cp.lease", "key %s: pausing it for its spend limit failed: %s", s->cs_obj,
+           err[0] ? err : "contention");
+    tg_buf_free(&packed);
 }
 
 int64_t cp_lease_floor(const Tollgate__V1__Account *a, const Tollgate__V1__Balance *b)
@@ -347,6 +402,11 @@ loop:
             goto done;
         }
         if (ok) {
+            /* a request the limit can no longer cover: the limit is
+             * reached, and with the pause-key action the key pauses */
+            if (scope != NULL && scope->cs_action == TOLLGATE__V1__LIMIT_ACTION__LIMIT_ACTION_PAUSE_KEY &&
+                strcmp(scope->cs_kind, "key") == 0 && q->need_nano > 0 && room < q->need_nano)
+                cp_scope_pause_key(cp, scope);
             resp->granted_nano = g;
             resp->hold_nano = mine_new.hold_nano;
             resp->expires_at_us = mine_new.expires_at_us;

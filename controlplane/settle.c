@@ -718,6 +718,7 @@ static int add_scope(settle_ctx_t *c, size_t i, const cp_scope_t *s, char *err, 
             c->sc_capscopes = nc;
         }
         c->sc_scopes[k] = *s;
+        c->sc_scope_bal[k] = SIZE_MAX; /* set when a charged record loads it (build_job) */
         c->sc_nscopes++;
     }
     c->sc_rs[i * MAX_RS + c->sc_nrs[i]++] = (uint16_t)k;
@@ -1550,6 +1551,17 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     pthread_mutex_unlock(&as->as_gmu);
 
     if (ncommit > 0) {
+        /* limits whose action pauses the key, reached by this group */
+        for (size_t j = 0; j < ncommit; j++) {
+            settle_ctx_t *c = g->g_jobs[j]->j_c;
+            for (size_t k = 0; k < c->sc_nscopes; k++) {
+                const cp_scope_t *s = &c->sc_scopes[k];
+                if (s->cs_action == TOLLGATE__V1__LIMIT_ACTION__LIMIT_ACTION_PAUSE_KEY &&
+                    strcmp(s->cs_kind, "key") == 0 && c->sc_scope_bal[k] != SIZE_MAX &&
+                    g->g_bals[c->sc_scope_bal[k]].b_msg->balance_nano <= 0)
+                    cp_scope_pause_key(cp, s);
+            }
+        }
         /* acknowledge once this replica's ledger holds the rows */
         if (g->g_settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
             TG_LOG(TG_LOG_WARN, "cp.settle", "%zu batches committed at revision %" PRId64

@@ -341,6 +341,33 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.match(out, /key\s+LIMIT_WINDOW_DAY|key\s+day/);
     });
 
+    test('a limit with the pause-key action pauses the key once reached; every agent refuses it with the reason', async () => {
+      const one = await oneCost();
+      const acct = await account('pauser', 100n * 1000000000n, { spend_limits: [
+        { window: 'LIMIT_WINDOW_DAY', limit_nano: String(one * 2n), currency: 'USD', action: 'LIMIT_ACTION_PAUSE_KEY' }] });
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      let refused = null;
+      for (let i = 0; i < 10 && !refused; i++) {
+        refused = await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).then(() => null, (e) => e);
+      }
+      assert.ok(refused, 'the limit was reached');
+      await drained();
+      const key = await until(async () => {
+        const k = await cp.adminCall('GetKey', { id: acct.keyId });
+        return k.status === 'KEY_STATUS_PAUSED' ? k : null;
+      }, { timeoutMs: 10000, what: 'the key to be paused' });
+      assert.match(key.status_reason, /day spend limit/);
+      for (const a of agents.filter((x) => !x.dead)) {
+        const e = await until(async () => {
+          const x = await new OpenAI({ apiKey: acct.secret, baseURL: a.base, maxRetries: 0 }).chat.completions
+            .create({ model: 'gpt-4o', messages, max_tokens: 16 }).then(() => null, (y) => y);
+          return x && x.status === 403 ? x : null;
+        }, { timeoutMs: 5000, what: 'the agent to refuse the paused key' });
+        assert.equal(e.code, 'key_paused');
+        assert.match(e.message, /spend limit/);
+      }
+    });
+
     test('window rollover: spend settled for yesterday does not count against today\'s limit, a total limit counts both', async () => {
       const acct = await account('rollover', 100n * 1000000000n, { spend_limits: [
         { window: 'LIMIT_WINDOW_DAY', limit_nano: '1000000000', currency: 'USD' },
