@@ -56,6 +56,7 @@ typedef struct lent {
     int64_t le_rate_t, le_rate_acc;
     int64_t le_last_use;
     uint64_t le_rpcs;
+    int64_t le_offline_used;  /* reserved under the offline allowance since the control plane went away */
 } lent_t;
 
 struct tg_lease_tab {
@@ -254,6 +255,7 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
         return;
     }
     e->le_failed = 0;
+    e->le_offline_used = 0; /* the control plane answers again: what was spent offline is owed now */
     e->le_backoff = 0;
     e->le_retry_at = 0;
     if (r->restarted) {
@@ -360,7 +362,7 @@ void tg_lease_owed(tg_lease_tab_t *t, const char *account_id, const char *bucket
 }
 
 int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano, uint64_t *ticket,
-                     int64_t now)
+                     int64_t offline, int64_t now)
 {
     int rc;
     pthread_mutex_lock(&t->lt_mu);
@@ -379,12 +381,21 @@ int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *buck
             pthread_cond_signal(&t->lt_cv);
         goto out;
     }
+    if (e->le_failed && !live(e, now) && (*ticket == 0 || e->le_done >= *ticket)) {
+        /* the control plane is away (its last answer failed) and the lease
+         * lapsed: no waiting for it, only the policy's offline allowance
+         * may be spent (the lease thread keeps trying meanwhile) */
+        if (offline > 0 && e->le_offline_used + nano <= offline) {
+            e->le_offline_used += nano;
+            e->le_res += nano;
+            rc = TG_LEASE_OK;
+        } else {
+            rc = TG_LEASE_OFFLINE;
+        }
+        goto out;
+    }
     if (*ticket != 0 && e->le_done >= *ticket) {
         /* the request that carried this need was answered, still short */
-        if (e->le_failed && !live(e, now)) {
-            rc = TG_LEASE_OFFLINE;
-            goto out;
-        }
         if (e->le_failed || e->le_avail_after < nano) {
             rc = e->le_failed ? TG_LEASE_OFFLINE : TG_LEASE_DENIED;
             goto out;

@@ -72,12 +72,15 @@ void tg_lease_owed(tg_lease_tab_t *t, const char *account_id, const char *bucket
 
 /* Reserves nano on (account, bucket) for one request. *ticket is the
  * caller's: 0 before the first call, kept between a TG_LEASE_WAIT and the
- * next call (it names the refill the request waits for). Returns
- * TG_LEASE_OK (release it with tg_lease_release), TG_LEASE_WAIT (not
- * reserved: call again after a few milliseconds), TG_LEASE_DENIED or
- * TG_LEASE_OFFLINE (not reserved). now_us: the current time. */
+ * next call (it names the refill the request waits for). offline: what the
+ * policy lets an agent spend on a scope once its lease lapsed with the
+ * control plane unreachable (0: fail closed); spent from until a lease
+ * request succeeds again. Returns TG_LEASE_OK (release it with
+ * tg_lease_release), TG_LEASE_WAIT (not reserved: call again after a few
+ * milliseconds), TG_LEASE_DENIED or TG_LEASE_OFFLINE (not reserved).
+ * now_us: the current time. */
 int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano, uint64_t *ticket,
-                     int64_t now_us);
+                     int64_t offline, int64_t now_us);
 
 /* A request that reserved `reserved` on (account, bucket) ended having cost
  * `cost` (0 when nothing was served). Can't fail. */

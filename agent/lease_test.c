@@ -37,7 +37,7 @@ static int reserve(tg_lease_tab_t *t, const char *acct, int64_t nano)
 {
     uint64_t ticket = 0;
     for (int i = 0; i < 2000; i++) {
-        int rc = tg_lease_reserve(t, acct, "wallet", nano, &ticket, now_us());
+        int rc = tg_lease_reserve(t, acct, "wallet", nano, &ticket, 0, now_us());
         if (rc != TG_LEASE_WAIT)
             return rc;
         usleep(1000);
@@ -53,7 +53,7 @@ static void test_within_budget(void **state)
     assert_non_null(t);
     /* the first reservation waits for the first lease, then fits */
     uint64_t ticket = 0;
-    assert_int_equal(tg_lease_reserve(t, "acct", "wallet", 300, &ticket, now_us()), TG_LEASE_WAIT);
+    assert_int_equal(tg_lease_reserve(t, "acct", "wallet", 300, &ticket, 0, now_us()), TG_LEASE_WAIT);
     assert_int_equal(reserve(t, "acct", 300), TG_LEASE_OK);
     assert_int_equal(reserve(t, "acct", 300), TG_LEASE_OK);
     assert_int_equal(reserve(t, "acct", 300), TG_LEASE_OK);

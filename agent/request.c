@@ -1175,6 +1175,12 @@ static void compute_scopes(req_t *rq, const char *currency)
     }
 }
 
+static int64_t offline_allowance(req_t *rq)
+{
+    const Tollgate__V1__GatewayPolicy *gp = tg_cfg_snapshot(rq->rq_cfg)->policy;
+    return gp ? gp->offline_allowance_nano : 0;
+}
+
 /* Gives back every reservation rq holds (bucket and scopes), counting
  * `cost` as spent on each. */
 static void release_all(req_t *rq, int64_t cost)
@@ -1247,10 +1253,10 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
     if (!(rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) == 0 && rq->rq_resv >= est)) {
         /* first, or a fallback to a dearer tier or another bucket: reserved anew */
         release_all(rq, 0);
-        rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
+        rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
         if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
             rq->rq_ticket = 0;
-            rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, now);
+            rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
         }
         if (rc == TG_LEASE_WAIT)
             goto park;
@@ -1282,7 +1288,7 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
         compute_scopes(rq, tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
     while (rq->rq_sres < rq->rq_nscopes) {
         const scope_ref_t *s = &rq->rq_scopes[rq->rq_sres];
-        rc = tg_lease_reserve(lt, rq->rq_acct->id, s->sr_id, rq->rq_resv, &rq->rq_ticket, now);
+        rc = tg_lease_reserve(lt, rq->rq_acct->id, s->sr_id, rq->rq_resv, &rq->rq_ticket, offline_allowance(rq), now);
         if (rc == TG_LEASE_OK) {
             rq->rq_sres++;
             rq->rq_ticket = 0;

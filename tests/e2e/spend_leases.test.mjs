@@ -279,6 +279,42 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano));
     });
 
+    test('a bounded offline allowance: past the lapsed lease an agent spends at most the policy\'s allowance, then fails closed', async () => {
+      const one = await oneCost();
+      await cp.adminCall('PutPolicy', { policy: { offline_allowance_nano: String(one * 5n) } });
+      const acct = await account('allowance', 100n * 1000000000n);
+      const a = agents[2];
+      // the policy reaches the agent over Sync
+      await until(async () => {
+        const r = await fetch(`${a.metricsUrl}/readyz`).catch(() => null);
+        return r && r.status === 200;
+      }, { timeoutMs: 5000, what: 'the agent to be ready' });
+      await new Promise((r) => setTimeout(r, 500));
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: a.base, maxRetries: 0, timeout: 10000 });
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
+      await cp.stop('SIGKILL');
+      await new Promise((r) => setTimeout(r, TTL_MS)); // the lease lapses (use-by: 3/4 of the TTL)
+      let served = 0;
+      let refusal = null;
+      for (let i = 0; i < 20 && !refusal; i++) {
+        try { await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); served++; } catch (e) { refusal = e; }
+      }
+      assert.ok(refusal, 'the allowance ran out');
+      assert.equal(refusal.status, 503);
+      assert.ok(served >= 1, 'the allowance was spent');
+      // reservations are upper estimates (about twice a request's cost here): at most five estimates' worth
+      assert.ok(served <= 5, `${served} served past the lapsed lease`);
+      cp = await startCp({ store: backend === 'etcd' ? `etcd:${etcd.url}` : undefined, dataDir: cpDir,
+        extraArgs: ['--listen', `127.0.0.1:${cpPort}`, '--lease-ttl-ms', String(TTL_MS)] });
+      await cp.adminCall('PutPolicy', { policy: { offline_allowance_nano: '0' } });
+      await until(async () => {
+        try { await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }); return true; } catch { return false; }
+      }, { timeoutMs: 20000, what: 'serving after the control plane is back' });
+      await drained();
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano), 'what was spent offline is charged, once');
+    });
+
     test('a stream from a provider that ignores max_tokens ends at its reservation, billed within it', async () => {
       const acct = await account('runaway', 100n * 1000000000n);
       const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 15000 });
