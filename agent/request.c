@@ -1030,6 +1030,20 @@ static uint32_t target_weight(req_t *rq, const Tollgate__V1__RouteTarget *t)
     return ch->ch_pb->weight ? ch->ch_pb->weight : 1;
 }
 
+/* A run budget's fallback rule: tiers after the first may use only its
+ * fallback_route_types (when it lists any). */
+static int fallback_ok(req_t *rq, uint32_t tier, const Tollgate__V1__RouteTarget *t)
+{
+    const Tollgate__V1__RunBudget *b = rq->rq_runb;
+    if (tier == 0 || !b || !b->n_fallback_route_types)
+        return 1;
+    const Tollgate__V1__Channel *c = tg_cfg_channel(rq->rq_cfg, t->channel_id)->ch_pb;
+    for (size_t i = 0; i < b->n_fallback_route_types; i++)
+        if (b->fallback_route_types[i] == c->route_type)
+            return 1;
+    return 0;
+}
+
 /* Picks an untried, usable target of tier `tier` whose breaker admits a
  * request; records breaker skips as attempts. Returns the index or -1. */
 static int pick_in_tier(req_t *rq, uint32_t tier)
@@ -1039,7 +1053,8 @@ static int pick_in_tier(req_t *rq, uint32_t tier)
     for (;;) {
         uint32_t w[MAX_TARGETS];
         for (int i = 0; i < n; i++)
-            w[i] = (rq->rq_failed >> i & 1) || target_ok(rq, t->targets[i]) != WHY_OK
+            w[i] = (rq->rq_failed >> i & 1) || target_ok(rq, t->targets[i]) != WHY_OK ||
+                           !fallback_ok(rq, tier, t->targets[i])
                        ? 0
                        : target_weight(rq, t->targets[i]);
         int i = tg_agent_pick(w, n, rng(rq->rq_w));
