@@ -268,9 +268,12 @@ int tg_proto_stream_finish(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_
     if (s->st_done)
         return 0;
     begin(s, out, err, errlen);
-    /* a last event without its blank line still counts */
+    /* a last event whose lines are whole but lack the blank line still
+     * counts; a line cut by the EOF is dropped (it is not an event) */
     char why[TG_ERRLEN] = "";
-    int rc = tg_proto__sse_feed(&s->st_sse, "\n\n", s->st_sse.se_line.b_len ? 2 : 1, on_sse, s, why, sizeof why);
+    tg_buf_reset(&s->st_sse.se_line);
+    s->st_sse.se_skip_lf = 0;
+    int rc = tg_proto__sse_feed(&s->st_sse, "\n", 1, on_sse, s, why, sizeof why);
     if (!rc && !s->st_done)
         rc = s->st_from->pa_dec_eof(s);
     return end_call(s, rc);
