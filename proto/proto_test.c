@@ -834,6 +834,66 @@ static void test_stream_result(void **state)
     free(data);
 }
 
+
+/* Whatever an upstream sends, the client's stream is grammatical: complete,
+ * or ended by an error event. Fixtures with random bytes changed, lines
+ * dropped or repeated, in all four directions. */
+static void test_mutated_streams_stay_grammatical(void **state)
+{
+    (void)state;
+    static const char *const files[] = {"openai_stream.sse", "anthropic_stream.sse"};
+    static const char alphabet[] = "{}[]\":,0123456789abcdefghijklmnopqrstuvwxyz_ \n";
+    int failed = 0, whole = 0;
+    srand(11);
+    for (int f = 0; f < 2; f++) {
+        size_t n;
+        char *orig = read_file(files[f], &n);
+        char *data = malloc(2 * n + 1);
+        assert_non_null(data);
+        for (int round = 0; round < 600; round++) {
+            size_t len = n;
+            memcpy(data, orig, n);
+            int kind = round % 3;
+            if (kind == 0) { /* change a few bytes */
+                for (int k = 0; k < 1 + round % 3; k++)
+                    data[(size_t)rand() % len] = alphabet[(size_t)rand() % (sizeof alphabet - 1)];
+            } else { /* drop (1) or repeat (2) one event */
+                size_t at = (size_t)rand() % len;
+                const char *st = at ? strstr(orig + at, "\n\n") : orig;
+                const char *en = st ? strstr(st + 2, "\n\n") : NULL;
+                if (!st || !en)
+                    continue;
+                size_t a = (size_t)(st - orig) + (at ? 2 : 0), b = (size_t)(en - orig) + 2;
+                if (kind == 1) {
+                    memmove(data + a, orig + b, n - b);
+                    len = n - (b - a);
+                } else {
+                    memcpy(data + b, orig + a, b - a);
+                    memcpy(data + b + (b - a), orig + b, n - b);
+                    len = n + (b - a);
+                }
+            }
+            for (int to = 0; to < 2; to++) {
+                tg_proto_stream_opts_t o = opts(f == 0 ? TG_PROTO_OPENAI : TG_PROTO_ANTHROPIC, (tg_proto_kind_t)to);
+                tg_buf_t out;
+                char err[TG_ERRLEN] = "", why[TG_ERRLEN] = "";
+                int rc = stream_convert(&o, data, len, NULL, &out, err, sizeof err);
+                assert_true(rc <= 0);
+                rc ? failed++ : whole++;
+                if (tg_proto_stream_check((tg_proto_kind_t)to, out.b_data ? out.b_data : "", out.b_len, 1, why,
+                                          sizeof why))
+                    fail_msg("round %d %s -> %d: %s (rc %d %s)\n%.*s\n---\n%s", round, files[f], to, why, rc, err,
+                             (int)len, data, out.b_data);
+                tg_buf_free(&out);
+            }
+        }
+        free(data);
+        free(orig);
+    }
+    print_message("mutated streams: %d ended by an error event, %d complete\n", failed, whole);
+    assert_true(failed > 100 && whole > 100);
+}
+
 /* ---- count_tokens text, allocation failures ----------------------------------- */
 
 static void test_count_text(void **state)
@@ -909,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_grammar_violation_becomes_error),
         cmocka_unit_test(test_stream_end_at_reservation),
         cmocka_unit_test(test_stream_result),
+        cmocka_unit_test(test_mutated_streams_stay_grammatical),
         cmocka_unit_test(test_count_text),
         cmocka_unit_test(test_alloc_failures),
     };
