@@ -179,6 +179,9 @@ static void test_strerror(void **state)
     assert_null(tg_proto_extra_header(TG_PROTO_OPENAI));
     assert_string_equal(tg_proto_path(TG_PROTO_ANTHROPIC), "/v1/messages");
     assert_string_equal(tg_proto_path(TG_PROTO_OPENAI), "/v1/chat/completions");
+    /* a converted stream stays small (10,000 open streams per agent): the
+     * tool table is allocated only when a call arrives */
+    assert_true(sizeof(tg_proto_stream_t) < 1536);
 }
 
 int main(void)

@@ -856,18 +856,40 @@ static void dec_init(tg_proto_stream_t *s)
     tg_proto_oa_dec_t *d = &s->st_dec.oa;
     memset(d, 0, sizeof *d);
     d->od_open = -1;
-    for (int i = 0; i < TG_PROTO_MAX_TOOLS; i++)
-        tg_buf_init(&d->od_tools[i].ot_args, s->st_opts.so_max_event);
+}
+
+/* Makes od_tools hold index idx. Returns 0 or TG_PROTO_ENOMEM. */
+static int tools_grow(tg_proto_stream_t *s, int idx)
+{
+    tg_proto_oa_dec_t *d = &s->st_dec.oa;
+    if (idx < d->od_cap)
+        return 0;
+    int cap = d->od_cap ? d->od_cap : 4;
+    while (cap <= idx)
+        cap *= 2;
+    if (cap > TG_PROTO_MAX_TOOLS)
+        cap = TG_PROTO_MAX_TOOLS;
+    tg_proto_oa_tool_t *t = tg_realloc(d->od_tools, (size_t)cap * sizeof *t);
+    if (!t)
+        return TG_PROTO_ENOMEM;
+    for (int i = d->od_cap; i < cap; i++) {
+        memset(&t[i], 0, sizeof t[i]);
+        tg_buf_init(&t[i].ot_args, s->st_opts.so_max_event);
+    }
+    d->od_tools = t;
+    d->od_cap = cap;
+    return 0;
 }
 
 static void dec_free(tg_proto_stream_t *s)
 {
     tg_proto_oa_dec_t *d = &s->st_dec.oa;
-    for (int i = 0; i < TG_PROTO_MAX_TOOLS; i++) {
+    for (int i = 0; i < d->od_cap; i++) {
         tg_free(d->od_tools[i].ot_id);
         tg_free(d->od_tools[i].ot_name);
         tg_buf_free(&d->od_tools[i].ot_args);
     }
+    tg_free(d->od_tools);
 }
 
 static int emit(tg_proto_stream_t *s, tg_proto_event_type_t type, int index)
@@ -966,6 +988,8 @@ static int tool_delta(tg_proto_stream_t *s, json_t *tc, size_t pos)
     json_int_t idx = json_is_integer(jidx) ? json_integer_value(jidx) : (json_int_t)pos;
     if (idx < 0 || idx >= TG_PROTO_MAX_TOOLS)
         return tg_proto__fail(s, TG_PROTO_EUNSUPPORTED, TG_PROTO_ERR_API, "upstream tool call index out of range");
+    if (tools_grow(s, (int)idx))
+        return tg_proto__fail(s, TG_PROTO_ENOMEM, TG_PROTO_ERR_API, "out of memory");
     tg_proto_oa_tool_t *t = &d->od_tools[idx];
     json_t *fn = json_object_get(tc, "function");
     json_t *args = json_object_get(fn, "arguments");

@@ -83,7 +83,9 @@ typedef struct tg_proto_oa_dec {
     int od_finished;  /* finish_reason seen */
     int od_refusal;   /* a refusal was streamed */
     int od_ntools;    /* highest tool index seen + 1 */
-    tg_proto_oa_tool_t od_tools[TG_PROTO_MAX_TOOLS];
+    int od_cap;       /* entries in od_tools (grown on demand: a stream without
+                         tool calls allocates none) */
+    tg_proto_oa_tool_t *od_tools; /* tg_malloc, indexed by OpenAI tool index */
 } tg_proto_oa_dec_t;
 
 /* Decoder state of an Anthropic upstream: indices renumbered, unknown block
