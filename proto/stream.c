@@ -1,0 +1,307 @@
+/* stream.c: the stream converter's driver: an SSE splitter that keeps at
+ * most one partial upstream event, the upstream adapter's decoder turning
+ * each event into IR events, and the client adapter's encoder writing them,
+ * every client event checked against the client grammar (check.c) before
+ * its bytes are appended. Nothing else is buffered: the converted bytes of
+ * an upstream event leave in the same feed call that completed it. */
+#include <stdio.h>
+#include <string.h>
+
+#include "proto/proto_int.h"
+
+#define DEFAULT_MAX_EVENT ((size_t)8 << 20)
+
+/* ---- SSE splitting -------------------------------------------------------- */
+
+void tg_proto__sse_init(tg_proto_sse_t *p, size_t max_event)
+{
+    memset(p, 0, sizeof *p);
+    tg_buf_init(&p->se_line, max_event);
+    tg_buf_init(&p->se_data, max_event);
+}
+
+void tg_proto__sse_free(tg_proto_sse_t *p)
+{
+    tg_buf_free(&p->se_line);
+    tg_buf_free(&p->se_data);
+}
+
+/* One complete line (without its end). A blank line dispatches. */
+static int sse_line(tg_proto_sse_t *p, const char *l, size_t n,
+                    int (*fn)(void *, const char *, const char *, size_t), void *arg, char *err, size_t errlen)
+{
+    if (n == 0) {
+        int rc = 0;
+        if (p->se_has_data)
+            rc = fn(arg, p->se_event, p->se_data.b_data ? p->se_data.b_data : "", p->se_data.b_len);
+        tg_buf_reset(&p->se_data);
+        p->se_event[0] = '\0';
+        p->se_has_data = 0;
+        return rc;
+    }
+    if (l[0] == ':')
+        return 0; /* comment */
+    const char *colon = memchr(l, ':', n);
+    size_t flen = colon ? (size_t)(colon - l) : n;
+    const char *v = colon ? colon + 1 : l + n;
+    size_t vlen = colon ? n - flen - 1 : 0;
+    if (vlen && *v == ' ')
+        v++, vlen--;
+    if (flen == 4 && !memcmp(l, "data", 4)) {
+        if ((p->se_has_data && tg_buf_append(&p->se_data, "\n", 1)) || tg_buf_append(&p->se_data, v, vlen))
+            return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream event passed %zu bytes", p->se_data.b_max);
+        p->se_has_data = 1;
+    } else if (flen == 5 && !memcmp(l, "event", 5)) {
+        size_t k = vlen < sizeof p->se_event - 1 ? vlen : sizeof p->se_event - 1;
+        memcpy(p->se_event, v, k);
+        p->se_event[k] = '\0';
+    }
+    return 0; /* id:, retry: and unknown fields: nothing */
+}
+
+int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
+                       int (*fn)(void *arg, const char *event, const char *data, size_t len), void *arg,
+                       char *err, size_t errlen)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (p->se_skip_lf) {
+            p->se_skip_lf = 0;
+            if (b[i] == '\n') {
+                i++;
+                continue;
+            }
+        }
+        size_t j = i;
+        while (j < n && b[j] != '\n' && b[j] != '\r')
+            j++;
+        if (j == n) { /* partial line: keep it */
+            if (tg_buf_append(&p->se_line, b + i, n - i))
+                return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream line passed %zu bytes",
+                               p->se_line.b_max);
+            return 0;
+        }
+        int rc;
+        if (p->se_line.b_len) {
+            if (tg_buf_append(&p->se_line, b + i, j - i))
+                return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream line passed %zu bytes",
+                               p->se_line.b_max);
+            rc = sse_line(p, p->se_line.b_data, p->se_line.b_len, fn, arg, err, errlen);
+            tg_buf_reset(&p->se_line);
+        } else {
+            rc = sse_line(p, b + i, j - i, fn, arg, err, errlen);
+        }
+        p->se_skip_lf = b[j] == '\r';
+        i = j + 1;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- the driver ------------------------------------------------------------ */
+
+int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t **out, char *err,
+                           size_t errlen)
+{
+    *out = NULL;
+    if ((unsigned)opts->so_from >= TG_PROTO_NKINDS || (unsigned)opts->so_to >= TG_PROTO_NKINDS)
+        return tg_errf(err, errlen, TG_PROTO_EINVALID, "stream: unknown protocol");
+    tg_proto_stream_t *s = tg_calloc(1, sizeof *s);
+    if (!s)
+        return tg_errf(err, errlen, TG_PROTO_ENOMEM, "out of memory creating a stream converter");
+    s->st_opts = *opts;
+    if (!s->st_opts.so_max_event)
+        s->st_opts.so_max_event = DEFAULT_MAX_EVENT;
+    s->st_from = tg_proto__adapters[opts->so_from];
+    s->st_to = tg_proto__adapters[opts->so_to];
+    tg_proto__sse_init(&s->st_sse, s->st_opts.so_max_event);
+    tg_proto__check_init(&s->st_check, opts->so_to, opts->so_include_usage);
+    s->st_from->pa_dec_init(s);
+    *out = s;
+    return 0;
+}
+
+void tg_proto_stream_destroy(tg_proto_stream_t *s)
+{
+    if (!s)
+        return;
+    s->st_from->pa_dec_free(s);
+    tg_proto__sse_free(&s->st_sse);
+    tg_free(s->st_raw);
+    tg_free(s->st_stop_seq);
+    tg_free(s);
+}
+
+int tg_proto_stream_done(const tg_proto_stream_t *s)
+{
+    return s->st_done;
+}
+
+void tg_proto_stream_result(const tg_proto_stream_t *s, tg_proto_usage_t *usage, tg_proto_stop_t *stop)
+{
+    if (usage) {
+        *usage = s->st_usage;
+        usage->us_raw = s->st_raw;
+    }
+    if (stop)
+        *stop = s->st_stop;
+}
+
+int tg_proto__set_usage(tg_proto_stream_t *s, const tg_proto_usage_t *u)
+{
+    char *raw = u->us_raw ? tg_strdup(u->us_raw) : NULL;
+    if (u->us_raw && !raw)
+        return TG_PROTO_ENOMEM;
+    tg_free(s->st_raw);
+    s->st_raw = raw;
+    s->st_usage = *u;
+    s->st_usage.us_raw = raw;
+    return 0;
+}
+
+int tg_proto__fail(tg_proto_stream_t *s, int code, tg_proto_errtype_t type, const char *message)
+{
+    if (s->st_done)
+        return code;
+    s->st_done = 1;
+    tg_errf(s->st_err, s->st_errlen, code, "%s", message);
+    if (code == TG_PROTO_ENOMEM || !s->st_out)
+        return code;
+    tg_proto_errinfo_t e = {.pe_type = type, .pe_message = message};
+    s->st_to->pa_enc_error(s, &e, s->st_out);
+    return code;
+}
+
+int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
+{
+    if (s->st_done) {
+        json_decref(data);
+        return 0;
+    }
+    int done_marker = s->st_opts.so_to == TG_PROTO_OPENAI && event && !strcmp(event, "[DONE]");
+    if (!data && !done_marker)
+        return tg_proto__fail(s, TG_PROTO_ENOMEM, TG_PROTO_ERR_API, "out of memory converting the stream");
+    char why[TG_ERRLEN] = "";
+    if (tg_proto__check(&s->st_check, s->st_opts.so_to == TG_PROTO_OPENAI && !done_marker ? NULL : event, data, why,
+                        sizeof why)) {
+        json_decref(data);
+        char msg[TG_ERRLEN + 64];
+        snprintf(msg, sizeof msg, "the converted stream would break the %s grammar: %s", s->st_to->pa_name, why);
+        return tg_proto__fail(s, TG_PROTO_EGRAMMAR, TG_PROTO_ERR_API, msg);
+    }
+    tg_buf_t *out = s->st_out;
+    size_t len = out->b_len;
+    int rc = 0;
+    if (s->st_opts.so_to == TG_PROTO_ANTHROPIC)
+        rc = tg_buf_printf(out, "event: %s\ndata: ", event);
+    else
+        rc = tg_buf_puts(out, "data: ");
+    if (!rc)
+        rc = done_marker ? tg_buf_puts(out, "[DONE]") : tg_proto__append_json(out, data);
+    if (!rc)
+        rc = tg_buf_puts(out, "\n\n");
+    json_decref(data);
+    if (rc) {
+        out->b_len = len;
+        if (out->b_data)
+            out->b_data[len] = '\0';
+        s->st_done = 1;
+        return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+    }
+    if (tg_proto__check_complete(&s->st_check))
+        s->st_done = 1;
+    return 0;
+}
+
+int tg_proto__emit(tg_proto_stream_t *s, const tg_proto_event_t *ev)
+{
+    if (s->st_done)
+        return 0;
+    if (s->st_opts.so_on_event)
+        s->st_opts.so_on_event(s->st_opts.so_arg, ev);
+    if (ev->ev_type == TG_PROTO_EV_END && ev->ev_stop != TG_PROTO_STOP_NONE)
+        s->st_stop = ev->ev_stop;
+    if (ev->ev_type == TG_PROTO_EV_START)
+        s->st_enc.en_started = 1;
+    return s->st_to->pa_enc_event(s, ev);
+}
+
+static int on_sse(void *arg, const char *event, const char *data, size_t len)
+{
+    tg_proto_stream_t *s = arg;
+    if (s->st_done)
+        return 0;
+    return s->st_from->pa_dec_event(s, event, data, len);
+}
+
+static void begin(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_t errlen)
+{
+    s->st_out = out;
+    s->st_err = err;
+    s->st_errlen = errlen;
+}
+
+static int end_call(tg_proto_stream_t *s, int rc)
+{
+    s->st_out = NULL;
+    s->st_err = NULL;
+    s->st_errlen = 0;
+    return rc;
+}
+
+int tg_proto_stream_feed(tg_proto_stream_t *s, const char *bytes, size_t n, tg_buf_t *out, char *err,
+                         size_t errlen)
+{
+    if (s->st_done)
+        return 0;
+    begin(s, out, err, errlen);
+    char why[TG_ERRLEN] = "";
+    int rc = tg_proto__sse_feed(&s->st_sse, bytes, n, on_sse, s, why, sizeof why);
+    if (rc == TG_PROTO_ETOOBIG && why[0])
+        tg_proto__fail(s, rc, TG_PROTO_ERR_API, why);
+    return end_call(s, rc);
+}
+
+int tg_proto_stream_finish(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_t errlen)
+{
+    if (s->st_done)
+        return 0;
+    begin(s, out, err, errlen);
+    /* a last event whose lines are whole but lack the blank line still
+     * counts; a line cut by the EOF is dropped (it is not an event) */
+    char why[TG_ERRLEN] = "";
+    tg_buf_reset(&s->st_sse.se_line);
+    s->st_sse.se_skip_lf = 0;
+    int rc = tg_proto__sse_feed(&s->st_sse, "\n", 1, on_sse, s, why, sizeof why);
+    if (!rc && !s->st_done)
+        rc = s->st_from->pa_dec_eof(s);
+    return end_call(s, rc);
+}
+
+int tg_proto_stream_end(tg_proto_stream_t *s, tg_proto_stop_t stop, const tg_proto_usage_t *usage_override,
+                        tg_buf_t *out, char *err, size_t errlen)
+{
+    if (s->st_done)
+        return 0;
+    begin(s, out, err, errlen);
+    int rc = 0;
+    if (!s->st_enc.en_started) {
+        tg_proto_event_t st = {.ev_type = TG_PROTO_EV_START};
+        rc = tg_proto__emit(s, &st);
+    }
+    /* the open block, whichever decoder opened it */
+    int open = s->st_opts.so_from == TG_PROTO_OPENAI ? s->st_dec.oa.od_open : s->st_dec.an.ad_open;
+    if (!rc && open >= 0) {
+        tg_proto_event_t bs = {.ev_type = TG_PROTO_EV_BLOCK_STOP, .ev_index = open};
+        rc = tg_proto__emit(s, &bs);
+    }
+    if (!rc && usage_override)
+        rc = tg_proto__set_usage(s, usage_override);
+    if (!rc) {
+        tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_END, .ev_stop = stop, .ev_usage = &s->st_usage};
+        rc = tg_proto__emit(s, &ev);
+    }
+    s->st_done = 1;
+    return end_call(s, rc);
+}
