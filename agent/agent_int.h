@@ -39,8 +39,10 @@ typedef struct tg_scan {
     tg_span_t sc_iu_val;               /* span of include_usage's value */
     size_t sc_close;                   /* offset of the top-level closing '}' */
     int sc_members;                    /* top-level members */
-    long sc_max_tokens;                /* the least of max_tokens, max_completion_tokens,
-                                          max_output_tokens (non-negative integers); -1 absent */
+    long sc_max_tokens;                /* the largest of max_tokens, max_completion_tokens,
+                                          max_output_tokens (non-negative integers; a
+                                          provider may honour any one of them); -1 absent.
+                                          A repeat of one name is refused by the scan */
     long sc_n;                         /* "n" (choices), 1 when absent */
 } tg_scan_t;
 
@@ -48,7 +50,8 @@ typedef struct tg_scan {
  * nesting at most 256 deep). Fills *sc. Returns 0, or TG_AGENT_EJSON with
  * "malformed JSON at byte N: ..." in err, or TG_AGENT_EREQUEST when a field
  * the gateway reads has the wrong type or appears twice (a duplicate
- * "model" could make the gateway and the upstream disagree). Can't
+ * "model", "stream" or output cap could make the gateway and the upstream
+ * disagree). Can't
  * allocate. */
 int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t errlen);
 

@@ -68,6 +68,21 @@ static void test_scan_errors(void **st)
     /* a second model, also when spelled with an escape, is refused */
     assert_int_equal(scan("{\"model\":\"a\",\"model\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
     assert_int_equal(scan("{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
+    /* a repeated output cap is refused (upstreams keep the last copy, so
+     * the gateway must never bill against the first), escapes included */
+    assert_int_equal(scan("{\"max_tokens\":1,\"max_tokens\":4000}", &sc, err), TG_AGENT_EREQUEST);
+    assert_non_null(strstr(err, "max_tokens appears twice"));
+    assert_int_equal(scan("{\"max_output_tokens\":1,\"max_output_t\\u006fkens\":9}", &sc, err),
+                     TG_AGENT_EREQUEST);
+    assert_int_equal(scan("{\"max_completion_tokens\":null,\"max_completion_tokens\":9}", &sc, err),
+                     TG_AGENT_EREQUEST);
+    /* different cap names: the largest bounds what is billed */
+    assert_int_equal(scan("{\"max_tokens\":1,\"max_completion_tokens\":4000}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 4000);
+    assert_int_equal(scan("{\"max_completion_tokens\":4000,\"max_tokens\":1}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 4000);
+    assert_int_equal(scan("{\"max_tokens\":\"x\",\"max_output_tokens\":7}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 7);
     /* nesting is bounded, not a stack overflow */
     char deep[2000];
     memset(deep, '[', sizeof deep);

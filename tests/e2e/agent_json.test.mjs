@@ -171,6 +171,25 @@ test('output above the request\'s max_tokens: billed at the cap, flagged, raw us
   assert.equal(BigInt(rec.cost_nano), cost(Number(rec.usage.input_tokens), 10));
 });
 
+test('output caps: a repeated cap is refused; of different cap names the largest bounds the bill', async () => {
+  const post = (body) => fetch(`${agent.base}/chat/completions`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body });
+  // an upstream keeps the last copy (JSON.parse): billing against the first would bill 1 token for 4000
+  const dup = await post('{"model":"m-over","max_tokens":1,"max_tokens":4000,"messages":[{"role":"user","content":"hi"}]}');
+  assert.equal(dup.status, 400);
+  const body = await dup.json();
+  assert.equal(body.error.type, 'invalid_request_error');
+  assert.match(body.error.message, /max_tokens appears twice/);
+  // a provider may honour either name: the output is held to the larger
+  const r = await post(JSON.stringify({ model: 'm-over', max_tokens: 1, max_completion_tokens: 4000,
+    messages: [{ role: 'user', content: 'hi' }] }));
+  assert.equal(r.status, 200);
+  const rec = record(r.headers.get('x-request-id'));
+  assert.equal(rec.usage.provider_usage_clamped, true);
+  assert.equal(Number(rec.usage.output_tokens), 4000);
+  assert.equal(BigInt(rec.cost_nano), cost(Number(rec.usage.input_tokens), 4000));
+});
+
 test('input far above the local count: billed at 2x local + 1024, flagged', async () => {
   const { response } = await client.chat.completions.create({ model: 'm-inflate',
     messages: [{ role: 'user', content: 'hi' }] }).withResponse();
