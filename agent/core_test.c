@@ -276,13 +276,16 @@ static void test_usage_strict(void **st)
     assert_int_equal(u.us_prompt, 9007199254740992L);
     assert_int_equal(u.us_completion, 3);
     u = (tg_usage_t){5000, 2500000000L, 100, 2500000000L};
-    assert_int_equal(tg_agent_usage_clamp(&u, 100, -1), 1);
+    assert_int_equal(tg_agent_usage_clamp(&u, 100), 1);
     assert_int_equal(u.us_completion, 100);
     assert_int_equal(u.us_reasoning, 100);
     assert_int_equal(u.us_prompt, 5000);
-    assert_int_equal(tg_agent_usage_clamp(&u, 100, 1024), 1);
-    assert_int_equal(u.us_prompt, 1024);
-    assert_int_equal(tg_agent_usage_clamp(&u, -1, -1), 0);
+    assert_int_equal(u.us_cached, 100);
+    assert_int_equal(tg_agent_usage_clamp(&u, 100), 0);
+    assert_int_equal(tg_agent_usage_clamp(&u, -1), 0);
+    u = (tg_usage_t){50, 10, 80, 0}; /* cached tokens stay within the prompt */
+    assert_int_equal(tg_agent_usage_clamp(&u, -1), 0);
+    assert_int_equal(u.us_cached, 50);
 }
 
 /* The Responses and Images names of the counts, and the images of data[]. */

@@ -414,12 +414,15 @@ static long output_cap(req_t *rq)
     return n > 0 && cap <= TG_USAGE_MAX / n ? cap * n : -1;
 }
 
-/* The most input tokens believed: twice the local count plus 1024. A text
- * token is at least one byte, so a prompt count within the body's bytes
- * needs no count; past that the prompt is counted here (rare: only for an
- * upstream reporting more tokens than the request has bytes). Requests
- * with input the gateway cannot count (images, files, audio, a stored
- * conversation) are not bounded: -1. */
+/* The input above which a provider's count is flagged (never clamped:
+ * providers add input the gateway cannot see, such as web_search or
+ * file_search results and stored prompts, and billing it at a local bound
+ * under-billed 9000 tokens as 1028): twice the local count plus 1024. A
+ * text token is at least one byte, so a prompt count within the body's
+ * bytes needs no count; past that the prompt is counted here (rare: only
+ * for an upstream reporting more tokens than the request has bytes).
+ * Requests with input the gateway cannot count (images, files, audio, a
+ * stored conversation) are not looked at: -1. */
 static long input_bound(req_t *rq)
 {
     static const char *const uncounted[] = {"image_url", "input_image", "input_file", "input_audio",
@@ -452,7 +455,9 @@ static void meter_and_price(req_t *rq)
     tollgate__v1__unit_prices__init(&rq->rq_up);
     if (rq->rq_usage_raw && !rq->rq_usage_bad) {
         tg_usage_t us = rq->rq_usage;
-        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq), input_bound(rq));
+        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq));
+        long in_bound = input_bound(rq);
+        u->provider_input_above_bound = in_bound >= 0 && us.us_prompt > in_bound;
         long cached = us.us_cached > 0 ? us.us_cached : 0;
         u->input_tokens = us.us_prompt > cached ? us.us_prompt - cached : 0;
         u->output_tokens = us.us_completion > 0 ? us.us_completion : 0;

@@ -3,7 +3,9 @@
  * be one) decides what a client is charged, so a count is believed only as
  * a plain non-negative integer of at most 2^53 (2500000000.0 and 1e+30 are
  * refused, not read as 2500000000 or 1), and never past the request's own
- * output cap or far past the prompt the gateway can count itself. */
+ * output cap. Input is not clamped (providers add input the gateway cannot
+ * see: search and file tools, stored prompts); request.c flags input far
+ * past its own count instead. */
 #include <string.h>
 
 #include "agent/agent_int.h"
@@ -87,15 +89,11 @@ int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
     return (u->us_prompt < 0 && u->us_completion < 0) ? TG_AGENT_EJSON : 0;
 }
 
-int tg_agent_usage_clamp(tg_usage_t *u, long max_out, long max_in)
+int tg_agent_usage_clamp(tg_usage_t *u, long max_out)
 {
     int clamped = 0;
     if (max_out >= 0 && u->us_completion > max_out) {
         u->us_completion = max_out;
-        clamped = 1;
-    }
-    if (max_in >= 0 && u->us_prompt > max_in) {
-        u->us_prompt = max_in;
         clamped = 1;
     }
     if (u->us_reasoning > u->us_completion && u->us_completion >= 0)
