@@ -142,7 +142,8 @@ typedef struct tg_usage {
  * must be a non-negative integer literal no larger than TG_USAGE_MAX (null
  * is absent). Returns 0; TG_AGENT_ERANGE when a count is anything else
  * (2500000000.0, 1e+30, -1, "12": the valid ones are still filled in);
- * TG_AGENT_EJSON when it is not an object or has neither main count. */
+ * TG_AGENT_EJSON when it is not an object or has neither main count, and
+ * then *u is left as it was (an earlier usage survives). */
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
 
 /* Holds provider counts to what the request allowed: the completion count

@@ -275,6 +275,13 @@ static void test_usage_strict(void **st)
     assert_int_equal(tg_agent_usage_parse(ok, strlen(ok), &u), 0);
     assert_int_equal(u.us_prompt, 9007199254740992L);
     assert_int_equal(u.us_completion, 3);
+    /* a usage without counts changes nothing: an earlier chunk's counts stay */
+    const char *total = "{\"total_tokens\":50}";
+    assert_int_equal(tg_agent_usage_parse(total, strlen(total), &u), TG_AGENT_EJSON);
+    assert_int_equal(u.us_prompt, 9007199254740992L);
+    assert_int_equal(u.us_completion, 3);
+    assert_int_equal(tg_agent_usage_parse("[1]", 3, &u), TG_AGENT_EJSON);
+    assert_int_equal(u.us_completion, 3);
     u = (tg_usage_t){5000, 2500000000L, 100, 2500000000L};
     assert_int_equal(tg_agent_usage_clamp(&u, 100), 1);
     assert_int_equal(u.us_completion, 100);

@@ -706,12 +706,10 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
     return tg_buf_append(final ? &rq->rq_tail : &rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
-/* A Responses stream event: forwarded as it is; the final event
- * (response.completed, or response.incomplete / response.failed, whose
- * usage counts too) carries the usage; text deltas are kept for local
- * counts. */
 /* Keeps a provider's usage object: parsed (strictly: see usage.c) and its
- * text verbatim for the record. */
+ * text verbatim for the record. A usage without counts is ignored, and the
+ * parse leaves rq_usage as it was then, so the raw text and the counts kept
+ * always belong together. */
 static void take_usage(req_t *rq, const char *u, size_t ul)
 {
     int rc = tg_agent_usage_parse(u, ul, &rq->rq_usage);
@@ -721,6 +719,10 @@ static void take_usage(req_t *rq, const char *u, size_t ul)
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
 }
 
+/* A Responses stream event: forwarded as it is; the final event
+ * (response.completed, or response.incomplete / response.failed, whose
+ * usage counts too) carries the usage; text deltas are kept for local
+ * counts. */
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
     tg_resp_event_t re;
