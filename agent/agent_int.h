@@ -119,8 +119,9 @@ typedef struct tg_resp_event {
  * (response.usage, nowhere else), and appends the top-level "delta" of
  * response.output_text.delta and response.function_call_arguments.delta
  * to text (may be NULL). Returns 0 and *re, or TG_AGENT_EJSON when the
- * data line is not one JSON object (re_type may still hold the event:
- * line). */
+ * data line is not one JSON object: re_type then holds the event: line (or
+ * a "type" read before the fault) and re_final is still set from it, so a
+ * broken final event still ends the stream; re_usage stays NULL. */
 int tg_sse_resp_event(const char *ev, size_t evlen, tg_resp_event_t *re, tg_buf_t *text);
 
 /* ---- answers and usage (sse.c, usage.c) ---------------------------------- */

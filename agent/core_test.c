@@ -58,7 +58,7 @@ static void test_scan_errors(void **st)
     assert_int_equal(scan("{\"a\":01}", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"a\":\"\x01\"}", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"a\":\"\xc3\x28\"}", &sc, err), TG_AGENT_EJSON);
-    assert_int_equal(scan("{\"a\":\"\\ud800\"}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":\"\\ud800\"}", &sc, err), 0); /* a lone surrogate is valid JSON */
     assert_int_equal(scan("{} x", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"model\":5}", &sc, err), TG_AGENT_EREQUEST);
@@ -253,6 +253,20 @@ static void test_usage_top_level_only(void **st)
     assert_int_equal(tg_agent_usage_parse(re.re_usage, re.re_usage_len, &u), 0);
     assert_int_equal(u.us_prompt, 9);
     assert_int_equal(u.us_completion, 8);
+    /* a final event whose data does not parse is still final (no usage) */
+    const char *cut = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"x\"\n\n";
+    assert_int_equal(tg_sse_resp_event(cut, strlen(cut), &re, NULL), TG_AGENT_EJSON);
+    assert_int_equal(re.re_final, 1);
+    assert_null(re.re_usage);
+    const char *inc = "event: response.incomplete\ndata: {broken\n\n";
+    assert_int_equal(tg_sse_resp_event(inc, strlen(inc), &re, NULL), TG_AGENT_EJSON);
+    assert_int_equal(re.re_final, 1);
+    /* a lone surrogate in the text is valid JSON: the usage is read */
+    const char *lone = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":"
+                       "[{\"content\":[{\"text\":\"a\\ud83d\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\n\n";
+    assert_int_equal(tg_sse_resp_event(lone, strlen(lone), &re, NULL), 0);
+    assert_int_equal(re.re_final, 1);
+    assert_non_null(re.re_usage);
 }
 
 /* Issue 14: counts are read strictly and held to the request's bounds. */

@@ -152,6 +152,7 @@ struct req {
     tg_usage_t rq_usage;
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
+    int rq_usage_lost;        /* the final event that carries the usage did not parse */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
@@ -472,6 +473,8 @@ static void meter_and_price(req_t *rq)
         if (rq->rq_usage_raw) {
             u->raw_provider_usage = rq->rq_usage_raw;
             u->provider_usage_invalid = 1;
+        } else if (rq->rq_usage_lost) {
+            u->provider_usage_invalid = 1;
         }
     }
     u->images = rq->rq_images > 0 ? rq->rq_images : 0;
@@ -726,9 +729,10 @@ static void take_usage(req_t *rq, const char *u, size_t ul)
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
     tg_resp_event_t re;
-    tg_sse_resp_event(ev, n, &re, &rq->rq_text);
+    int rc = tg_sse_resp_event(ev, n, &re, &rq->rq_text);
     if (re.re_final) {
         rq->rq_saw_done = 1;
+        rq->rq_usage_lost = rc != 0 && !re.re_usage;
         snprintf(rq->rq_finish, sizeof rq->rq_finish, "%.20s", re.re_type + 9);
         if (re.re_usage)
             take_usage(rq, re.re_usage, re.re_usage_len);

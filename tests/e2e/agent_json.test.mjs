@@ -54,6 +54,8 @@ function snapshot() {
       chan('ch-json', 'prompt=120;tokens=9;ignore-stream'),
       chan('ch-json-tool', 'prompt=120;tokens=9;ignore-stream'),
       chan('ch-cut', 'prompt=120;tokens=9;disconnect=3'),
+      chan('ch-lone', 'prompt=120;tokens=9;lone-surrogate'),
+      chan('ch-badfinal', 'prompt=120;tokens=9;malformed-final'),
     ],
     routes: [
       one('m-ok', 'ch-ok'),
@@ -72,6 +74,8 @@ function snapshot() {
       one('m-bad', 'ch-400'),
       one('m-json', 'ch-json'),
       one('m-cut', 'ch-cut'),
+      one('m-lone', 'ch-lone'),
+      one('m-badfinal', 'ch-badfinal'),
     ],
     price_cards: [{
       id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
@@ -350,4 +354,39 @@ test('a stream the upstream cut ends with an error event the SDK raises; billed 
   await assert.rejects((async () => { for await (const ev of rs) void ev; })(),
     (e) => /ended the stream before it completed/.test(e.message));
   assert.equal(record(r2.headers.get('x-request-id')).error_class, 'ERROR_CLASS_STREAM_CUT');
+});
+
+test('a lone surrogate escape is valid JSON: the answer is served and billed from the provider', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'm-lone',
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.equal(data.choices[0].message.content, `${answerText(9)}\ud83d`);
+  let rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.equal(BigInt(rec.cost_nano), cost(120, 9));
+  // a Responses stream whose closing events carry it: final, no stream-cut error, the provider's usage
+  const { data: rs, response: r2 } = await client.responses.create({ model: 'm-lone', input: 'hi', stream: true })
+    .withResponse();
+  const types = [];
+  for await (const ev of rs) types.push(ev.type);
+  assert.equal(types.at(-1), 'response.completed');
+  rec = record(r2.headers.get('x-request-id'));
+  assert.equal(rec.error_class, 'ERROR_CLASS_NONE');
+  assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.equal(BigInt(rec.cost_nano), cost(120, 9));
+});
+
+test('a Responses stream whose final event does not parse still ends as final: counted locally, flagged', async () => {
+  const r = await fetch(`${agent.base}/responses`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm-badfinal', input: 'hi', stream: true }) });
+  assert.equal(r.status, 200);
+  const text = await r.text();
+  const events = text.split('\n\n').filter(Boolean);
+  assert.match(events.at(-1), /^event: response\.completed\n/, 'the final event is the last one');
+  assert.ok(!text.includes('stream_cut'), 'no stream-cut error after a final event');
+  const rec = record(r.headers.get('x-request-id'));
+  assert.equal(rec.error_class, 'ERROR_CLASS_NONE');
+  assert.equal(rec.usage.provider_usage_invalid, true);
+  assert.notEqual(rec.usage.output_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.ok(Number(rec.usage.output_tokens) >= 9, `produced text counted: ${rec.usage.output_tokens}`);
 });
