@@ -310,6 +310,15 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
  * mark in one transaction. 0 or ESYS. */
 int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen);
 
+/* Rewrites the packed UsageRecord in[0..len) as the receipt of an answer
+ * the gateway withheld (its record was not committed when the answer's end
+ * was due): client_status 503, error_class GATEWAY, error_message reason,
+ * answer_withheld set, cost_nano 0; usage and upstream_cost_nano kept.
+ * On 0, *out (a tg_malloc block the caller frees) and *outlen hold the new
+ * record, and *cost the cost it had. Returns TG_AGENT_EJSON when in is
+ * not a record, TG_AGENT_ENOMEM (nothing changed either way). */
+int tg_outbox_withhold(const void *in, size_t len, const char *reason, void **out, size_t *outlen, int64_t *cost);
+
 /* ---- metrics (metrics.c) -------------------------------------------------- */
 
 /* One worker's Prometheus series, keyed by (catalog model, channel). Only

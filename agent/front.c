@@ -80,6 +80,7 @@ struct tg_front_conn {
     unsigned c_cr : 1;        /* the last framing byte was a CR */
     unsigned c_first : 1;     /* no request began yet: the accept armed the head deadline */
     unsigned c_held : 1;      /* the response's end waits for the hook's success (tg_front_hold) */
+    uint64_t c_ticket;        /* what the held end waits for (tg_front_hold) */
     unsigned c_streamed : 1;  /* the response's head went out as a stream */
     size_t c_end_at;          /* c_out offset where the response's end (held back for the flush) starts */
     unsigned c_crlf : 2;      /* bytes of the CR LF still due after a chunk's data */
@@ -694,8 +695,10 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         batch = c->c_fnext;
         c->c_flushq = 0;
         c->c_depth++;
-        if (failed && c->c_held && !c->c_gone)
+        if (c->c_held && !c->c_gone &&
+            (failed || (f->f_o.fo_held_failed && f->f_o.fo_held_failed(f->f_o.fo_flush_arg, c->c_ticket))))
             fail_end(c);
+        c->c_held = 0; /* a hold covers one response's end */
         if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
             after_write(c);
         c->c_depth--;
@@ -1047,6 +1050,7 @@ static void after_write(tg_front_conn_t *c)
     req_free(c->c_req);
     c->c_req = NULL;
     c->c_state = ST_READ;
+    c->c_held = 0; /* the next request starts unheld, even one the front refuses itself */
     http_parser_pause(&c->c_p, 0);
     arm_timer(c, f->f_tmo);
     if (!c->c_reading) {
@@ -1085,6 +1089,7 @@ static void reject(tg_front_conn_t *c)
     c->c_state = ST_HANDLE;
     c->c_keep = 0;
     c->c_linger = 1;
+    c->c_held = 0; /* the front's own refusal waits for no record */
     c->c_head = 0;
     c->c_http10 = 0;
     if (!c->c_req)
@@ -1288,9 +1293,10 @@ void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
     end_request(c);
 }
 
-void tg_front_hold(tg_front_conn_t *c)
+void tg_front_hold(tg_front_conn_t *c, uint64_t ticket)
 {
     c->c_held = 1;
+    c->c_ticket = ticket;
 }
 
 void tg_front_abandon(tg_front_conn_t *c)

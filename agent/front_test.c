@@ -33,6 +33,9 @@ static tg_front_limits_t *limits;
 static int lport;
 static pthread_t loop_thread;
 static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook;
+/* held_failed: the ticket whose record is "not committed" (0: none), and
+ * how many of its checks pass first */
+static atomic_int fail_ticket, fail_ticket_after, ticket_checks;
 static struct event *stop_ev;
 static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
 
@@ -89,9 +92,9 @@ static void handler(tg_front_conn_t *c, void *arg)
         tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
         return;
     }
-    if (strncmp(path, "/held", 5) == 0)
-        tg_front_hold(c); /* its end waits for the hook's success */
-    if (strcmp(path, "/stream") == 0 || strcmp(path, "/heldstream") == 0) {
+    if (strncmp(path, "/held", 5) == 0) /* /heldN: its end waits for ticket N (0 for /held) */
+        tg_front_hold(c, strtoull(path + 5 + (strncmp(path, "/heldstream", 11) == 0 ? 6 : 0), NULL, 10));
+    if (strcmp(path, "/stream") == 0 || strncmp(path, "/heldstream", 11) == 0) {
         tg_front_add_header(c, "Content-Type", "text/event-stream");
         tg_front_stream_start(c, 200);
         tg_front_stream_write(c, "data: 1\n\n", 9);
@@ -142,6 +145,14 @@ static int hook(void *arg)
     return atomic_load(&fail_hook) ? -1 : 0;
 }
 
+static int held_failed(void *arg, uint64_t ticket)
+{
+    (void)arg;
+    if (ticket == 0 || ticket != (uint64_t)atomic_load(&fail_ticket))
+        return 0;
+    return atomic_fetch_add(&ticket_checks, 1) >= atomic_load(&fail_ticket_after);
+}
+
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -170,7 +181,7 @@ static int setup(void **state)
     getsockname(fd, (struct sockaddr *)&sa, &sl);
     port = ntohs(sa.sin_port);
     tg_front_opts_t o = {.fo_max_body = 4096, .fo_max_head = 2048, .fo_timeout_s = 5, .fo_handler = handler,
-                         .fo_before_flush = hook};
+                         .fo_before_flush = hook, .fo_held_failed = held_failed};
     char err[256];
     if (tg_front_create(base, fd, &o, &front, err, sizeof err) != 0)
         return -1;
@@ -728,6 +739,35 @@ static void test_failed_hook_fails_held_responses(void **state)
     assert_non_null(strstr(r, "data: 2\n\n\r\n0\r\n\r\n"));
 }
 
+/* Only the answer whose own record failed fails; a hold ends with its
+ * response, so the next request on the connection (here one the front
+ * refuses itself) is not failed for the previous one's record. */
+static void test_held_fail_is_per_answer(void **state)
+{
+    (void)state;
+    atomic_store(&fail_ticket, 7);
+    atomic_store(&fail_ticket_after, 0);
+    atomic_store(&ticket_checks, 0);
+    const char *r = exchange("GET /held7 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"usage_not_recorded\""));
+    r = exchange("GET /held8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    r = exchange("GET /heldstream7 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "data: {\"error\":"));
+    assert_null(strstr(r, "\r\n0\r\n\r\n"));
+    /* ticket 9 is committed at its own flush, "fails" at any later check:
+     * the pipelined malformed request behind it gets its own 400 */
+    atomic_store(&fail_ticket, 9);
+    atomic_store(&fail_ticket_after, 1);
+    atomic_store(&ticket_checks, 0);
+    r = exchange("GET /held9 HTTP/1.1\r\nHost: h\r\n\r\nGET /x HTTP/1.1\nHost: h\n\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "HTTP/1.1 400 "));
+    assert_null(strstr(r, "usage_not_recorded"));
+    atomic_store(&fail_ticket, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -749,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_head_deadline),
         cmocka_unit_test(test_connection_caps),
         cmocka_unit_test(test_failed_hook_fails_held_responses),
+        cmocka_unit_test(test_held_fail_is_per_answer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

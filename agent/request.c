@@ -153,6 +153,7 @@ struct req {
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     int rq_usage_lost;        /* the final event that carries the usage did not parse */
+    uint64_t rq_hold;         /* names its held answer's record (tg_front_hold); 0: not held */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
@@ -592,6 +593,10 @@ static void emit_record(req_t *rq)
         r.upstream_cost_nano = rq->rq_upcost;
     }
     r.currency = (char *)(rq->rq_currency ? rq->rq_currency : "");
+    /* what the lease is charged just below: given back if the answer is
+     * withheld or no record can be spooled */
+    tg_spool_info_t si = {rq->rq_id, rq->rq_hold, rq->rq_acct ? rq->rq_acct->id : NULL, rq->rq_resv_bucket,
+                          rq->rq_resv > 0 && served && rq->rq_card ? rq->rq_cost : 0};
     r.reserved_nano = rq->rq_resv;
     if (rq->rq_resv > 0) {
         /* the actual cost replaces the reservation, on every path */
@@ -622,9 +627,14 @@ static void emit_record(req_t *rq)
         uint8_t *buf = tg_malloc(n ? n : 1);
         if (buf)
             tollgate__v1__usage_record__pack(&r, buf);
-        if (!buf || tg_worker_spool(rq->rq_w, buf, n, rq->rq_id) != 0) {
+        if (!buf || tg_worker_spool(rq->rq_w, buf, n, &si) != 0) {
+            /* no record: the held answer fails like one whose commit
+             * failed, and nothing is charged for it */
             const char *kv[] = {"request_id", rq->rq_id, NULL};
-            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: out of memory");
+            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: out of memory; the answer is withheld");
+            tg_worker_unspooled(rq->rq_w, rq->rq_hold);
+            if (si.si_charged > 0)
+                tg_lease_refund(ag->a_leases, si.si_acct, si.si_bucket, si.si_charged);
         }
     }
     if (ag->a_opts.ao_log_records || !spool) {
@@ -2170,7 +2180,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     if (post) {
         /* its end waits for its usage record's commit, and fails if that
          * commit fails (front.h) */
-        tg_front_hold(hr);
+        rq->rq_hold = ++w->w_ticket;
+        tg_front_hold(hr, rq->rq_hold);
         handle_post(rq);
     } else {
         handle_models(rq, model_one ? model_id : NULL);
