@@ -1215,8 +1215,12 @@ static const char *what_failed(const attempt_t *a, char *buf, size_t n)
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT: return "the upstream did not answer in time";
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return "the upstream's answer was malformed";
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED:
-        snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
-                         "mapping needs the operator's attention", a->at_status);
+        if (a->at_status >= 300 && a->at_status < 400)
+            snprintf(buf, n, "the upstream redirected the gateway's channel (HTTP %d): its base URL needs the "
+                             "operator's attention", a->at_status);
+        else
+            snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
+                             "mapping needs the operator's attention", a->at_status);
         return buf;
     default:
         snprintf(buf, n, "the upstream answered HTTP %d", a->at_status);
@@ -1476,6 +1480,18 @@ static int classify(req_t *rq, CURLcode res)
             }
         }
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+    }
+    if (st >= 300 && st < 400) {
+        /* A redirect is never followed (it would send the channel's
+         * credential to another host) nor passed on (the client would get
+         * the upstream's 3xx, Location or not): the channel is misconfigured,
+         * so the router moves on like for a refused credential. */
+        char *loc = NULL, clean[120];
+        attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+        curl_easy_getinfo(rq->rq_easy, CURLINFO_REDIRECT_URL, &loc);
+        tg_utf8_clean(clean, sizeof clean, loc ? loc : "(no Location)", strlen(loc ? loc : "(no Location)"));
+        snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: redirect to %s not followed", st, clean);
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED;
     }
     if (st == 429)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED;

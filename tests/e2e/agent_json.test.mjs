@@ -55,6 +55,8 @@ function snapshot() {
       chan('ch-json-tool', 'prompt=120;tokens=9;ignore-stream'),
       chan('ch-cut', 'prompt=120;tokens=9;disconnect=3'),
       chan('ch-lone', 'prompt=120;tokens=9;lone-surrogate'),
+      chan('ch-307', 'status=307;location=http://elsewhere.example/v1/chat/completions'),
+      chan('ch-307-bare', 'status=307'),
       chan('ch-badfinal', 'prompt=120;tokens=9;malformed-final'),
     ],
     routes: [
@@ -75,6 +77,8 @@ function snapshot() {
       one('m-json', 'ch-json'),
       one('m-cut', 'ch-cut'),
       one('m-lone', 'ch-lone'),
+      two('m-redirect', 'ch-307', 'ch-ok'),
+      one('m-redirect-only', 'ch-307-bare'),
       one('m-badfinal', 'ch-badfinal'),
     ],
     price_cards: [{
@@ -389,4 +393,27 @@ test('a Responses stream whose final event does not parse still ends as final: c
   assert.equal(rec.usage.provider_usage_invalid, true);
   assert.notEqual(rec.usage.output_source, 'TOKEN_SOURCE_PROVIDER');
   assert.ok(Number(rec.usage.output_tokens) >= 9, `produced text counted: ${rec.usage.output_tokens}`);
+});
+
+test('an upstream 3xx is a channel failure: never followed nor passed on; the next tier serves, else 502', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'm-redirect',
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.equal(data.choices.length, 1);
+  let rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.attempts[0].http_status, 307);
+  assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_CHANNEL_REJECTED');
+  assert.equal(rec.attempts[0].decision, 'ATTEMPT_DECISION_FALLBACK_TIER');
+  assert.equal(rec.attempts[0].error_message,
+    'HTTP 307: redirect to http://elsewhere.example/v1/chat/completions not followed');
+  assert.equal(rec.channel_id, 'ch-ok');
+  const r = await fetch(`${agent.base}/chat/completions`, { method: 'POST', redirect: 'manual',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm-redirect-only', messages: [{ role: 'user', content: 'hi' }] }) });
+  assert.equal(r.status, 502);
+  assert.equal(r.headers.get('location'), null);
+  const body = await r.json();
+  assert.equal(body.error.code, 'upstream_channel_rejected');
+  assert.match(body.error.message, /redirected the gateway's channel \(HTTP 307\)/);
+  rec = record(r.headers.get('x-request-id'));
+  assert.match(rec.attempts[0].error_message, /^HTTP 307: redirect to \(no Location\) not followed$/);
 });
