@@ -1996,10 +1996,14 @@ static void handle_models(req_t *rq, const char *id)
     tg_buf_puts(&b, "\n");
     add_header(rq->rq_c, "x-request-id", rq->rq_id);
     if (id && !n) {
+        /* the percent-decoded id is the client's bytes: valid UTF-8 only,
+         * cut on a character, in the JSON error */
+        char clean[204];
+        tg_utf8_clean(clean, sizeof clean, id, strlen(id));
         tg_buf_free(&b);
         rq->rq_status = 404;
         send_error(rq->rq_c, NULL, 404, "invalid_request_error", "model_not_found",
-                   "The model '%.200s' does not exist or you do not have access to it.", id);
+                   "The model '%s' does not exist or you do not have access to it.", clean);
         rq->rq_c = NULL;
         req_free(rq);
         return;
