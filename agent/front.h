@@ -52,6 +52,8 @@ typedef struct tg_front_opts {
     int fo_timeout_s;          /* to send the body (between reads), or to take queued output; idle keep-alive */
     int fo_head_timeout_s;     /* the whole request head, from the connection's accept (first request) or
                                 * the request's first byte (later ones), not re-armed by reads; 0: 30 */
+    int fo_body_timeout_s;     /* the whole body, from the end of its head, not re-armed by reads
+                                * (a slow upload cannot hold a connection forever); 0: 300 */
     tg_front_limits_t *fo_limits; /* shared caps; NULL: none */
     tg_front_handler_fn fo_handler;
     void *fo_arg;

@@ -196,6 +196,7 @@ static int setup(void **state)
         return -1;
     tg_front_opts_t lo = o;
     lo.fo_head_timeout_s = 1;
+    lo.fo_body_timeout_s = 2;
     lo.fo_limits = limits;
     if (tg_front_create(base, lfd, &lo, &lfront, err, sizeof err) != 0)
         return -1;
@@ -623,6 +624,43 @@ static void test_strict_framing(void **state)
     close(fd);
 }
 
+/* Sends a byte every 200 ms until the server closes (1) or max_s
+ * seconds from t0 pass (0). */
+static int trickle(int fd, double t0, double max_s)
+{
+    while (now_s() - t0 < max_s) {
+        usleep(200000);
+        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1)
+            return 1;
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return 1;
+    }
+    return 0;
+}
+
+/* A slow upload: a byte every 200 ms kept re-arming the between-reads
+ * timer; the whole body has one deadline (2 s here) from its head. */
+static void test_body_deadline(void **state)
+{
+    (void)state;
+    int fd = dial_from(1);
+    say(fd, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n");
+    double t0 = now_s();
+    assert_true(trickle(fd, t0, 6));
+    double took = now_s() - t0;
+    assert_true(took > 1.5 && took < 3.5);
+    close(fd);
+    /* a body sent in time is served */
+    fd = dial_from(1);
+    say(fd, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel");
+    usleep(500000);
+    say(fd, "lo");
+    assert_non_null(strstr(read_until(fd, "body=hello"), "POST /up"));
+    close(fd);
+}
+
 static void test_head_deadline(void **state)
 {
     (void)state;
@@ -631,21 +669,7 @@ static void test_head_deadline(void **state)
     int fd = dial_from(1);
     double t0 = now_s();
     say(fd, "GET /slow HTTP/1.1\r\n");
-    int closed = 0;
-    while (now_s() - t0 < 4) {
-        usleep(200000);
-        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) {
-            closed = 1;
-            break;
-        }
-        char b;
-        ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-            closed = 1;
-            break;
-        }
-    }
-    assert_true(closed);
+    assert_true(trickle(fd, t0, 4));
     assert_true(now_s() - t0 < 2.5);
     close(fd);
     /* a connection that sends nothing is closed by the same deadline */
@@ -787,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_idle_count),
         cmocka_unit_test(test_strict_framing),
         cmocka_unit_test(test_head_deadline),
+        cmocka_unit_test(test_body_deadline),
         cmocka_unit_test(test_connection_caps),
         cmocka_unit_test(test_failed_hook_fails_held_responses),
         cmocka_unit_test(test_held_fail_is_per_answer),

@@ -473,6 +473,7 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
         .fo_max_head = 64u << 10,
         .fo_timeout_s = 120,
         .fo_head_timeout_s = a->a_opts.ao_head_timeout_s,
+        .fo_body_timeout_s = a->a_opts.ao_body_timeout_s,
         .fo_limits = a->a_limits,
         .fo_handler = tg_req_handle,
         .fo_arg = w,
