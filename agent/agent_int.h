@@ -39,8 +39,10 @@ typedef struct tg_scan {
     tg_span_t sc_iu_val;               /* span of include_usage's value */
     size_t sc_close;                   /* offset of the top-level closing '}' */
     int sc_members;                    /* top-level members */
-    long sc_max_tokens;                /* the least of max_tokens, max_completion_tokens,
-                                          max_output_tokens (non-negative integers); -1 absent */
+    long sc_max_tokens;                /* the largest of max_tokens, max_completion_tokens,
+                                          max_output_tokens (non-negative integers; a
+                                          provider may honour any one of them); -1 absent.
+                                          A repeat of one name is refused by the scan */
     long sc_n;                         /* "n" (choices), 1 when absent */
 } tg_scan_t;
 
@@ -48,7 +50,8 @@ typedef struct tg_scan {
  * nesting at most 256 deep). Fills *sc. Returns 0, or TG_AGENT_EJSON with
  * "malformed JSON at byte N: ..." in err, or TG_AGENT_EREQUEST when a field
  * the gateway reads has the wrong type or appears twice (a duplicate
- * "model" could make the gateway and the upstream disagree). Can't
+ * "model", "stream" or output cap could make the gateway and the upstream
+ * disagree). Can't
  * allocate. */
 int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t errlen);
 
@@ -116,8 +119,9 @@ typedef struct tg_resp_event {
  * (response.usage, nowhere else), and appends the top-level "delta" of
  * response.output_text.delta and response.function_call_arguments.delta
  * to text (may be NULL). Returns 0 and *re, or TG_AGENT_EJSON when the
- * data line is not one JSON object (re_type may still hold the event:
- * line). */
+ * data line is not one JSON object: re_type then holds the event: line (or
+ * a "type" read before the fault) and re_final is still set from it, so a
+ * broken final event still ends the stream; re_usage stays NULL. */
 int tg_sse_resp_event(const char *ev, size_t evlen, tg_resp_event_t *re, tg_buf_t *text);
 
 /* ---- answers and usage (sse.c, usage.c) ---------------------------------- */
@@ -139,14 +143,17 @@ typedef struct tg_usage {
  * must be a non-negative integer literal no larger than TG_USAGE_MAX (null
  * is absent). Returns 0; TG_AGENT_ERANGE when a count is anything else
  * (2500000000.0, 1e+30, -1, "12": the valid ones are still filled in);
- * TG_AGENT_EJSON when it is not an object or has neither main count. */
+ * TG_AGENT_EJSON when it is not an object or has neither main count, and
+ * then *u is left as it was (an earlier usage survives). */
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
 
 /* Holds provider counts to what the request allowed: the completion count
- * to max_out and the prompt count to max_in (each when >= 0; reasoning and
- * cached tokens stay within them). Returns 1 when it clamped something, 0
- * when the usage was within bounds. Can't fail. */
-int tg_agent_usage_clamp(tg_usage_t *u, long max_out, long max_in);
+ * to max_out (when >= 0; reasoning stays within it, and cached tokens
+ * within the prompt). The prompt is never clamped: providers add input the
+ * gateway cannot see, so a high one is only flagged (request.c). Returns 1
+ * when it clamped something, 0 when the usage was within bounds. Can't
+ * fail. */
+int tg_agent_usage_clamp(tg_usage_t *u, long max_out);
 
 /* What the gateway reads from a provider's JSON answer, in one validating
  * pass (tg_agent_answer). Pointers are into the body. */
@@ -302,6 +309,15 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
  * of blocking every later batch): removes its records and the in-flight
  * mark in one transaction. 0 or ESYS. */
 int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen);
+
+/* Rewrites the packed UsageRecord in[0..len) as the receipt of an answer
+ * the gateway withheld (its record was not committed when the answer's end
+ * was due): client_status 503, error_class GATEWAY, error_message reason,
+ * answer_withheld set, cost_nano 0; usage and upstream_cost_nano kept.
+ * On 0, *out (a tg_malloc block the caller frees) and *outlen hold the new
+ * record, and *cost the cost it had. Returns TG_AGENT_EJSON when in is
+ * not a record, TG_AGENT_ENOMEM (nothing changed either way). */
+int tg_outbox_withhold(const void *in, size_t len, const char *reason, void **out, size_t *outlen, int64_t *cost);
 
 /* ---- metrics (metrics.c) -------------------------------------------------- */
 

@@ -58,7 +58,7 @@ static void test_scan_errors(void **st)
     assert_int_equal(scan("{\"a\":01}", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"a\":\"\x01\"}", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"a\":\"\xc3\x28\"}", &sc, err), TG_AGENT_EJSON);
-    assert_int_equal(scan("{\"a\":\"\\ud800\"}", &sc, err), TG_AGENT_EJSON);
+    assert_int_equal(scan("{\"a\":\"\\ud800\"}", &sc, err), 0); /* a lone surrogate is valid JSON */
     assert_int_equal(scan("{} x", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("", &sc, err), TG_AGENT_EJSON);
     assert_int_equal(scan("{\"model\":5}", &sc, err), TG_AGENT_EREQUEST);
@@ -68,6 +68,21 @@ static void test_scan_errors(void **st)
     /* a second model, also when spelled with an escape, is refused */
     assert_int_equal(scan("{\"model\":\"a\",\"model\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
     assert_int_equal(scan("{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", &sc, err), TG_AGENT_EREQUEST);
+    /* a repeated output cap is refused (upstreams keep the last copy, so
+     * the gateway must never bill against the first), escapes included */
+    assert_int_equal(scan("{\"max_tokens\":1,\"max_tokens\":4000}", &sc, err), TG_AGENT_EREQUEST);
+    assert_non_null(strstr(err, "max_tokens appears twice"));
+    assert_int_equal(scan("{\"max_output_tokens\":1,\"max_output_t\\u006fkens\":9}", &sc, err),
+                     TG_AGENT_EREQUEST);
+    assert_int_equal(scan("{\"max_completion_tokens\":null,\"max_completion_tokens\":9}", &sc, err),
+                     TG_AGENT_EREQUEST);
+    /* different cap names: the largest bounds what is billed */
+    assert_int_equal(scan("{\"max_tokens\":1,\"max_completion_tokens\":4000}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 4000);
+    assert_int_equal(scan("{\"max_completion_tokens\":4000,\"max_tokens\":1}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 4000);
+    assert_int_equal(scan("{\"max_tokens\":\"x\",\"max_output_tokens\":7}", &sc, err), 0);
+    assert_int_equal(sc.sc_max_tokens, 7);
     /* nesting is bounded, not a stack overflow */
     char deep[2000];
     memset(deep, '[', sizeof deep);
@@ -238,6 +253,20 @@ static void test_usage_top_level_only(void **st)
     assert_int_equal(tg_agent_usage_parse(re.re_usage, re.re_usage_len, &u), 0);
     assert_int_equal(u.us_prompt, 9);
     assert_int_equal(u.us_completion, 8);
+    /* a final event whose data does not parse is still final (no usage) */
+    const char *cut = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"x\"\n\n";
+    assert_int_equal(tg_sse_resp_event(cut, strlen(cut), &re, NULL), TG_AGENT_EJSON);
+    assert_int_equal(re.re_final, 1);
+    assert_null(re.re_usage);
+    const char *inc = "event: response.incomplete\ndata: {broken\n\n";
+    assert_int_equal(tg_sse_resp_event(inc, strlen(inc), &re, NULL), TG_AGENT_EJSON);
+    assert_int_equal(re.re_final, 1);
+    /* a lone surrogate in the text is valid JSON: the usage is read */
+    const char *lone = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":"
+                       "[{\"content\":[{\"text\":\"a\\ud83d\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\n\n";
+    assert_int_equal(tg_sse_resp_event(lone, strlen(lone), &re, NULL), 0);
+    assert_int_equal(re.re_final, 1);
+    assert_non_null(re.re_usage);
 }
 
 /* Issue 14: counts are read strictly and held to the request's bounds. */
@@ -260,14 +289,24 @@ static void test_usage_strict(void **st)
     assert_int_equal(tg_agent_usage_parse(ok, strlen(ok), &u), 0);
     assert_int_equal(u.us_prompt, 9007199254740992L);
     assert_int_equal(u.us_completion, 3);
+    /* a usage without counts changes nothing: an earlier chunk's counts stay */
+    const char *total = "{\"total_tokens\":50}";
+    assert_int_equal(tg_agent_usage_parse(total, strlen(total), &u), TG_AGENT_EJSON);
+    assert_int_equal(u.us_prompt, 9007199254740992L);
+    assert_int_equal(u.us_completion, 3);
+    assert_int_equal(tg_agent_usage_parse("[1]", 3, &u), TG_AGENT_EJSON);
+    assert_int_equal(u.us_completion, 3);
     u = (tg_usage_t){5000, 2500000000L, 100, 2500000000L};
-    assert_int_equal(tg_agent_usage_clamp(&u, 100, -1), 1);
+    assert_int_equal(tg_agent_usage_clamp(&u, 100), 1);
     assert_int_equal(u.us_completion, 100);
     assert_int_equal(u.us_reasoning, 100);
     assert_int_equal(u.us_prompt, 5000);
-    assert_int_equal(tg_agent_usage_clamp(&u, 100, 1024), 1);
-    assert_int_equal(u.us_prompt, 1024);
-    assert_int_equal(tg_agent_usage_clamp(&u, -1, -1), 0);
+    assert_int_equal(u.us_cached, 100);
+    assert_int_equal(tg_agent_usage_clamp(&u, 100), 0);
+    assert_int_equal(tg_agent_usage_clamp(&u, -1), 0);
+    u = (tg_usage_t){50, 10, 80, 0}; /* cached tokens stay within the prompt */
+    assert_int_equal(tg_agent_usage_clamp(&u, -1), 0);
+    assert_int_equal(u.us_cached, 50);
 }
 
 /* The Responses and Images names of the counts, and the images of data[]. */

@@ -80,6 +80,8 @@ struct tg_front_conn {
     unsigned c_cr : 1;        /* the last framing byte was a CR */
     unsigned c_first : 1;     /* no request began yet: the accept armed the head deadline */
     unsigned c_held : 1;      /* the response's end waits for the hook's success (tg_front_hold) */
+    uint64_t c_ticket;        /* what the held end waits for (tg_front_hold) */
+    int64_t c_body_due_ms;    /* monotonic: the body must be in by then (fo_body_timeout_s) */
     unsigned c_streamed : 1;  /* the response's head went out as a stream */
     size_t c_end_at;          /* c_out offset where the response's end (held back for the flush) starts */
     unsigned c_crlf : 2;      /* bytes of the CR LF still due after a chunk's data */
@@ -342,6 +344,29 @@ static void arm_timer(tg_front_conn_t *c, const struct timeval *tv)
         event_add(&c->c_tev, tv);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A body's timer: the time between reads (fo_timeout_s), but never past
+ * the whole body's deadline, which reads do not move. */
+static void arm_body_timer(tg_front_conn_t *c)
+{
+    tg_front_t *f = c->c_f;
+    int64_t left = c->c_body_due_ms - mono_ms();
+    if (left >= (int64_t)f->f_o.fo_timeout_s * 1000) {
+        arm_timer(c, f->f_tmo);
+        return;
+    }
+    if (left < 0)
+        left = 0;
+    struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    arm_timer(c, &tv);
+}
+
 /* ---- output --------------------------------------------------------------- */
 
 static size_t out_pending(const tg_front_conn_t *c)
@@ -565,7 +590,7 @@ static void read_more(tg_front_conn_t *c)
                  * that reads do not move: one byte a minute cannot hold
                  * a connection (slowloris). */
                 if (c->c_req && c->c_req->r_hdone)
-                    arm_timer(c, f->f_tmo);
+                    arm_body_timer(c);
                 feed(c, f->f_scratch, (size_t)n, 0);
             } else if (c->c_state == ST_LINGER || c->c_linger) {
                 /* the rest of a refused upload: dropped */
@@ -694,8 +719,10 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         batch = c->c_fnext;
         c->c_flushq = 0;
         c->c_depth++;
-        if (failed && c->c_held && !c->c_gone)
+        if (c->c_held && !c->c_gone &&
+            (failed || (f->f_o.fo_held_failed && f->f_o.fo_held_failed(f->f_o.fo_flush_arg, c->c_ticket))))
             fail_end(c);
+        c->c_held = 0; /* a hold covers one response's end */
         if (!c->c_gone && out_send(c) == 0 && out_pending(c) == 0)
             after_write(c);
         c->c_depth--;
@@ -938,7 +965,10 @@ static int on_headers_done(http_parser *p)
     if (close_field(p) != 0)
         return -1;
     c->c_req->r_hdone = 1;
-    arm_timer(c, c->c_f->f_tmo); /* the head is in: the body's timeout runs between reads */
+    /* the head is in: the body's timeout runs between reads, within one
+     * deadline for the whole body */
+    c->c_body_due_ms = mono_ms() + (int64_t)c->c_f->f_o.fo_body_timeout_s * 1000;
+    arm_body_timer(c);
     if (p->http_major == 1 && p->http_minor >= 1 && !tg_front_header(c, "Host")) {
         c->c_reject = 400;
         c->c_reject_code = "malformed_http";
@@ -1047,6 +1077,7 @@ static void after_write(tg_front_conn_t *c)
     req_free(c->c_req);
     c->c_req = NULL;
     c->c_state = ST_READ;
+    c->c_held = 0; /* the next request starts unheld, even one the front refuses itself */
     http_parser_pause(&c->c_p, 0);
     arm_timer(c, f->f_tmo);
     if (!c->c_reading) {
@@ -1085,6 +1116,7 @@ static void reject(tg_front_conn_t *c)
     c->c_state = ST_HANDLE;
     c->c_keep = 0;
     c->c_linger = 1;
+    c->c_held = 0; /* the front's own refusal waits for no record */
     c->c_head = 0;
     c->c_http10 = 0;
     if (!c->c_req)
@@ -1288,9 +1320,10 @@ void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
     end_request(c);
 }
 
-void tg_front_hold(tg_front_conn_t *c)
+void tg_front_hold(tg_front_conn_t *c, uint64_t ticket)
 {
     c->c_held = 1;
+    c->c_ticket = ticket;
 }
 
 void tg_front_abandon(tg_front_conn_t *c)
@@ -1324,6 +1357,8 @@ int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_
         f->f_tmo = &f->f_tmo_plain;
     if (f->f_o.fo_head_timeout_s <= 0)
         f->f_o.fo_head_timeout_s = 30;
+    if (f->f_o.fo_body_timeout_s <= 0)
+        f->f_o.fo_body_timeout_s = 300;
     f->f_htmo_plain = (struct timeval){f->f_o.fo_head_timeout_s, 0};
     f->f_htmo = event_base_init_common_timeout(base, &f->f_htmo_plain);
     if (!f->f_htmo)

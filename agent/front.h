@@ -52,10 +52,15 @@ typedef struct tg_front_opts {
     int fo_timeout_s;          /* to send the body (between reads), or to take queued output; idle keep-alive */
     int fo_head_timeout_s;     /* the whole request head, from the connection's accept (first request) or
                                 * the request's first byte (later ones), not re-armed by reads; 0: 30 */
+    int fo_body_timeout_s;     /* the whole body, from the end of its head, not re-armed by reads
+                                * (a slow upload cannot hold a connection forever); 0: 300 */
     tg_front_limits_t *fo_limits; /* shared caps; NULL: none */
     tg_front_handler_fn fo_handler;
     void *fo_arg;
     int (*fo_before_flush)(void *arg); /* runs before response ends are written; -1: held ones fail */
+    int (*fo_held_failed)(void *arg, uint64_t ticket); /* then, per held response whose client is
+                                        still there: non-zero fails it (its ticket's record is not
+                                        committed); NULL: only fo_before_flush decides */
     void *fo_flush_arg;
 } tg_front_opts_t;
 
@@ -119,14 +124,16 @@ int tg_front_stream_write(tg_front_conn_t *c, const void *data, size_t len);
  * hook); ends the request. */
 void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len);
 /* Marks the response of c's request as held: its end goes out only when
- * the before_flush hook that precedes it returns 0 (the agent: its usage
- * record is committed). When the hook fails, the end that was queued is
+ * the before_flush hook that precedes it returns 0 and fo_held_failed(arg,
+ * ticket) returns 0 (the agent: this answer's own usage record, named by
+ * ticket, is committed; another answer's failed record does not fail it).
+ * The hold covers this request only. When either fails, the end that was queued is
  * replaced: a whole reply by 503 `usage_not_recorded` (OpenAI error
  * shape), a stream by an SSE error event without the terminating chunk;
  * the connection then closes, so a client never takes a truncated stream
  * or an unrecorded answer for a complete one. Call it before the reply or
  * the stream's end. */
-void tg_front_hold(tg_front_conn_t *c);
+void tg_front_hold(tg_front_conn_t *c, uint64_t ticket);
 /* Ends the request without (more of) a reply: the connection closes. */
 void tg_front_abandon(tg_front_conn_t *c);
 

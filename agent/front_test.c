@@ -33,6 +33,9 @@ static tg_front_limits_t *limits;
 static int lport;
 static pthread_t loop_thread;
 static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook;
+/* held_failed: the ticket whose record is "not committed" (0: none), and
+ * how many of its checks pass first */
+static atomic_int fail_ticket, fail_ticket_after, ticket_checks;
 static struct event *stop_ev;
 static int stop_pipe[2]; /* libevent is not built thread-aware here: wake the loop through a pipe */
 
@@ -89,9 +92,9 @@ static void handler(tg_front_conn_t *c, void *arg)
         tg_front_set_events(c, on_gone, NULL, NULL); /* answered never: only a hang-up ends it */
         return;
     }
-    if (strncmp(path, "/held", 5) == 0)
-        tg_front_hold(c); /* its end waits for the hook's success */
-    if (strcmp(path, "/stream") == 0 || strcmp(path, "/heldstream") == 0) {
+    if (strncmp(path, "/held", 5) == 0) /* /heldN: its end waits for ticket N (0 for /held) */
+        tg_front_hold(c, strtoull(path + 5 + (strncmp(path, "/heldstream", 11) == 0 ? 6 : 0), NULL, 10));
+    if (strcmp(path, "/stream") == 0 || strncmp(path, "/heldstream", 11) == 0) {
         tg_front_add_header(c, "Content-Type", "text/event-stream");
         tg_front_stream_start(c, 200);
         tg_front_stream_write(c, "data: 1\n\n", 9);
@@ -142,6 +145,14 @@ static int hook(void *arg)
     return atomic_load(&fail_hook) ? -1 : 0;
 }
 
+static int held_failed(void *arg, uint64_t ticket)
+{
+    (void)arg;
+    if (ticket == 0 || ticket != (uint64_t)atomic_load(&fail_ticket))
+        return 0;
+    return atomic_fetch_add(&ticket_checks, 1) >= atomic_load(&fail_ticket_after);
+}
+
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -170,7 +181,7 @@ static int setup(void **state)
     getsockname(fd, (struct sockaddr *)&sa, &sl);
     port = ntohs(sa.sin_port);
     tg_front_opts_t o = {.fo_max_body = 4096, .fo_max_head = 2048, .fo_timeout_s = 5, .fo_handler = handler,
-                         .fo_before_flush = hook};
+                         .fo_before_flush = hook, .fo_held_failed = held_failed};
     char err[256];
     if (tg_front_create(base, fd, &o, &front, err, sizeof err) != 0)
         return -1;
@@ -185,6 +196,7 @@ static int setup(void **state)
         return -1;
     tg_front_opts_t lo = o;
     lo.fo_head_timeout_s = 1;
+    lo.fo_body_timeout_s = 2;
     lo.fo_limits = limits;
     if (tg_front_create(base, lfd, &lo, &lfront, err, sizeof err) != 0)
         return -1;
@@ -612,6 +624,43 @@ static void test_strict_framing(void **state)
     close(fd);
 }
 
+/* Sends a byte every 200 ms until the server closes (1) or max_s
+ * seconds from t0 pass (0). */
+static int trickle(int fd, double t0, double max_s)
+{
+    while (now_s() - t0 < max_s) {
+        usleep(200000);
+        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1)
+            return 1;
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return 1;
+    }
+    return 0;
+}
+
+/* A slow upload: a byte every 200 ms kept re-arming the between-reads
+ * timer; the whole body has one deadline (2 s here) from its head. */
+static void test_body_deadline(void **state)
+{
+    (void)state;
+    int fd = dial_from(1);
+    say(fd, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n");
+    double t0 = now_s();
+    assert_true(trickle(fd, t0, 6));
+    double took = now_s() - t0;
+    assert_true(took > 1.5 && took < 3.5);
+    close(fd);
+    /* a body sent in time is served */
+    fd = dial_from(1);
+    say(fd, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel");
+    usleep(500000);
+    say(fd, "lo");
+    assert_non_null(strstr(read_until(fd, "body=hello"), "POST /up"));
+    close(fd);
+}
+
 static void test_head_deadline(void **state)
 {
     (void)state;
@@ -620,21 +669,7 @@ static void test_head_deadline(void **state)
     int fd = dial_from(1);
     double t0 = now_s();
     say(fd, "GET /slow HTTP/1.1\r\n");
-    int closed = 0;
-    while (now_s() - t0 < 4) {
-        usleep(200000);
-        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) {
-            closed = 1;
-            break;
-        }
-        char b;
-        ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-            closed = 1;
-            break;
-        }
-    }
-    assert_true(closed);
+    assert_true(trickle(fd, t0, 4));
     assert_true(now_s() - t0 < 2.5);
     close(fd);
     /* a connection that sends nothing is closed by the same deadline */
@@ -728,6 +763,35 @@ static void test_failed_hook_fails_held_responses(void **state)
     assert_non_null(strstr(r, "data: 2\n\n\r\n0\r\n\r\n"));
 }
 
+/* Only the answer whose own record failed fails; a hold ends with its
+ * response, so the next request on the connection (here one the front
+ * refuses itself) is not failed for the previous one's record. */
+static void test_held_fail_is_per_answer(void **state)
+{
+    (void)state;
+    atomic_store(&fail_ticket, 7);
+    atomic_store(&fail_ticket_after, 0);
+    atomic_store(&ticket_checks, 0);
+    const char *r = exchange("GET /held7 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"usage_not_recorded\""));
+    r = exchange("GET /held8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    r = exchange("GET /heldstream7 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_non_null(strstr(r, "data: {\"error\":"));
+    assert_null(strstr(r, "\r\n0\r\n\r\n"));
+    /* ticket 9 is committed at its own flush, "fails" at any later check:
+     * the pipelined malformed request behind it gets its own 400 */
+    atomic_store(&fail_ticket, 9);
+    atomic_store(&fail_ticket_after, 1);
+    atomic_store(&ticket_checks, 0);
+    r = exchange("GET /held9 HTTP/1.1\r\nHost: h\r\n\r\nGET /x HTTP/1.1\nHost: h\n\n");
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "HTTP/1.1 400 "));
+    assert_null(strstr(r, "usage_not_recorded"));
+    atomic_store(&fail_ticket, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -747,8 +811,10 @@ int main(void)
         cmocka_unit_test(test_idle_count),
         cmocka_unit_test(test_strict_framing),
         cmocka_unit_test(test_head_deadline),
+        cmocka_unit_test(test_body_deadline),
         cmocka_unit_test(test_connection_caps),
         cmocka_unit_test(test_failed_hook_fails_held_responses),
+        cmocka_unit_test(test_held_fail_is_per_answer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

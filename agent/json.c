@@ -114,6 +114,24 @@ static int hex4(tg_json_t *j, uint32_t *cp)
     return 0;
 }
 
+/* Whether the cursor is at a low-surrogate escape (\uDC00..\uDFFF); *lo
+ * gets it. Moves nothing and reports no error: a high surrogate without
+ * one is decoded alone. */
+static int low_escape(const tg_json_t *j, uint32_t *lo)
+{
+    uint32_t v = 0;
+    if (j->j_len - j->j_pos < 6 || j->j_p[j->j_pos] != '\\' || j->j_p[j->j_pos + 1] != 'u')
+        return 0;
+    for (size_t i = 2; i < 6; i++) {
+        int h = hexval(j->j_p[j->j_pos + i]);
+        if (h < 0)
+            return 0;
+        v = (v << 4) | (uint32_t)h;
+    }
+    *lo = v;
+    return v >= 0xdc00 && v <= 0xdfff;
+}
+
 /* Scans the string at the cursor (its opening quote). Decoded bytes go to
  * sink (when set), else to out[0..outlen) (when set: truncated, NUL-
  * terminated, *trunc set when they did not fit). */
@@ -149,21 +167,18 @@ static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *t
             case 'r': tmp[0] = '\r'; n = 1; break;
             case 't': tmp[0] = '\t'; n = 1; break;
             case 'u': {
-                uint32_t cp, lo;
+                uint32_t cp = 0, lo = 0;
                 int rc = hex4(j, &cp);
                 if (rc)
                     return rc;
-                if (cp >= 0xd800 && cp <= 0xdbff) {
-                    if (j->j_len - j->j_pos < 2 || j->j_p[j->j_pos] != '\\' || j->j_p[j->j_pos + 1] != 'u')
-                        return fail(j, "expected a low surrogate escape");
-                    j->j_pos += 2;
-                    if ((rc = hex4(j, &lo)) != 0)
-                        return rc;
-                    if (lo < 0xdc00 || lo > 0xdfff)
-                        return fail(j, "expected a low surrogate escape");
+                /* A surrogate that is not half of a pair is valid JSON
+                 * (RFC 8259 allows it; JSON.parse takes it): it decodes to
+                 * U+FFFD, so the decoded bytes stay UTF-8. */
+                if (cp >= 0xd800 && cp <= 0xdbff && low_escape(j, &lo)) {
+                    j->j_pos += 6;
                     cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-                    return fail(j, "lone low surrogate escape");
+                } else if (cp >= 0xd800 && cp <= 0xdfff) {
+                    cp = 0xfffd;
                 }
                 n = put_utf8(tmp, cp);
                 break;

@@ -85,8 +85,9 @@ int tg_json_find(tg_json_t *j, const char *name);
 /* Validates and steps over the value at the cursor. 0 or TG_AGENT_EJSON. */
 int tg_json_skip(tg_json_t *j);
 
-/* Decodes the string at the cursor (escapes resolved, UTF-8 checked) and
- * appends its bytes to out (NULL: validate only). 0, TG_AGENT_EJSON (also
+/* Decodes the string at the cursor (escapes resolved, UTF-8 checked; a
+ * surrogate escape that is not half of a pair, valid in RFC 8259, decodes
+ * to U+FFFD) and appends its bytes to out (NULL: validate only). 0, TG_AGENT_EJSON (also
  * when the value is not a string) or TG_AGENT_ETOOBIG (out's limit). */
 int tg_json_string(tg_json_t *j, tg_buf_t *out);
 

@@ -22,9 +22,9 @@ static void test_valid(void **st)
 {
     (void)st;
     static const char *const good[] = {"{}", "[]", " {\"a\":[1,-2.5e+3,true,false,null,\"x\\u00e9\\ud83d\\ude00\"]} ",
-                                       "0", "\"\"", "[[[[]]]]", "{\"a\":{\"b\":{}},\"c\":[{}]}"};
+                                       "0", "\"\"", "[[[[]]]]", "\"\\ud800\"", "\"\\udc00x\\ud83d\"", "{\"a\":{\"b\":{}},\"c\":[{}]}"};
     static const char *const bad[] = {"", "{", "{\"a\"}", "{\"a\":1,}", "[1,]", "[,1]", "01", "1.", "-", "1e",
-                                      "{\"a\":1}{", "tru", "\"\x01\"", "\"\xc3\x28\"", "\"\\ud800\"", "\"\\x\"",
+                                      "{\"a\":1}{", "tru", "\"\x01\"", "\"\xc3\x28\"", "\"\\ud800\\u12\"", "\"\\x\"",
                                       "{1:2}", "[1 2]", "{\"a\" 1}", "\"abc"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         assert_int_equal(valid(good[i]), 0);
@@ -43,6 +43,31 @@ static void test_valid(void **st)
     memset(deep + 257, ']', 257);
     deep[514] = '\0';
     assert_int_equal(valid(deep), TG_AGENT_EJSON);
+}
+
+/* Lone surrogate escapes are valid JSON (JSON.parse takes them): each
+ * decodes to U+FFFD; a pair still decodes to its character. */
+static void test_surrogates(void **st)
+{
+    (void)st;
+    static const char *const cases[][2] = {
+        {"\"a\\ud83db\"", "a\xef\xbf\xbd" "b"},
+        {"\"\\udc00\"", "\xef\xbf\xbd"},
+        {"\"\\ud83d\\u0041\"", "\xef\xbf\xbd" "A"},
+        {"\"\\ud83d\\ud83d\\ude00\"", "\xef\xbf\xbd\xf0\x9f\x98\x80"},
+        {"\"\\ud83d\\ude00\"", "\xf0\x9f\x98\x80"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tg_json_t j;
+        tg_buf_t out;
+        tg_buf_init(&out, 64);
+        tg_json_init(&j, cases[i][0], strlen(cases[i][0]), NULL, 0);
+        assert_int_equal(tg_json_string(&j, &out), 0);
+        assert_int_equal(j.j_pos, strlen(cases[i][0]));
+        assert_int_equal(out.b_len, strlen(cases[i][1]));
+        assert_memory_equal(out.b_data, cases[i][1], out.b_len);
+        tg_buf_free(&out);
+    }
 }
 
 static void test_walk(void **st)
@@ -133,7 +158,7 @@ static void test_strings_numbers(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_valid), cmocka_unit_test(test_surrogates),
         cmocka_unit_test(test_walk),
         cmocka_unit_test(test_strings_numbers),
     };

@@ -434,6 +434,19 @@ void tg_lease_release(tg_lease_tab_t *t, const char *account_id, const char *buc
     pthread_mutex_unlock(&t->lt_mu);
 }
 
+void tg_lease_refund(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano)
+{
+    if (nano <= 0)
+        return;
+    pthread_mutex_lock(&t->lt_mu);
+    lent_t *e = find(t, account_id, bucket, 0);
+    if (e != NULL) {
+        e->le_spent = e->le_spent > nano ? e->le_spent - nano : 0;
+        e->le_owed = e->le_owed > nano ? e->le_owed - nano : 0;
+    }
+    pthread_mutex_unlock(&t->lt_mu);
+}
+
 void tg_lease_acked(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano)
 {
     pthread_mutex_lock(&t->lt_mu);

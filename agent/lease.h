@@ -86,6 +86,12 @@ int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *buck
  * `cost` (0 when nothing was served). Can't fail. */
 void tg_lease_release(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t reserved, int64_t cost);
 
+/* A cost given to tg_lease_release will never be charged after all (the
+ * answer was withheld and its record turned into a zero-cost receipt, or
+ * no record could be spooled): spent and owed on (account, bucket) go
+ * down by nano (not below 0), so the free part gets it back. Can't fail. */
+void tg_lease_refund(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano);
+
 /* The control plane acknowledged records costing nano on (account,
  * bucket): they are settled, the hold no longer owes them. */
 void tg_lease_acked(tg_lease_tab_t *t, const char *account_id, const char *bucket, int64_t nano);

@@ -39,6 +39,7 @@ static const char usage[] =
     "  --cors-origin ORIGIN   a browser origin allowed to call the API (CORS; repeatable, 8 max;\n"
     "                         \"*\": any). Default none: no CORS headers, preflights refused\n"
     "  --head-timeout S       seconds a client has to send a whole request head (default 30)\n"
+    "  --body-timeout S       seconds a client has to send a whole request body after its head (default 300)\n"
     "  --max-conns N          open client connections in all; over it: 503 and close\n"
     "                         (default: half the open-files limit, an open stream holds 2)\n"
     "  --max-conns-per-ip N   open client connections from one address (default 0: no cap;\n"
@@ -220,11 +221,14 @@ int main(int argc, char **argv)
             mhost[colon - v] = '\0';
             o.ao_metrics_host = mhost;
             o.ao_metrics_port = (int)p;
-        } else if (strcmp(a, "--head-timeout") == 0) {
+        } else if (strcmp(a, "--head-timeout") == 0 || strcmp(a, "--body-timeout") == 0) {
             long t = strtol(v, &end, 10);
             if (*end || t < 1 || t > 3600)
                 goto bad;
-            o.ao_head_timeout_s = (int)t;
+            if (strcmp(a, "--head-timeout") == 0)
+                o.ao_head_timeout_s = (int)t;
+            else
+                o.ao_body_timeout_s = (int)t;
         } else if (strcmp(a, "--max-conns") == 0 || strcmp(a, "--max-conns-per-ip") == 0) {
             long n = strtol(v, &end, 10);
             if (*end || n < 0 || n > (1L << 24))

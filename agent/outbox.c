@@ -320,3 +320,33 @@ int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejecte
     atomic_fetch_add(&o->ob_writes, 1);
     return 0;
 }
+
+/* ---- withheld answers ------------------------------------------------------- */
+
+int tg_outbox_withhold(const void *in, size_t len, const char *reason, void **out, size_t *outlen, int64_t *cost)
+{
+    int rc = 0;
+    uint8_t *buf = NULL;
+    Tollgate__V1__UsageRecord *r = tollgate__v1__usage_record__unpack(NULL, len, in);
+    if (!r)
+        return TG_AGENT_EJSON;
+    char *msg0 = r->error_message;
+    *cost = r->cost_nano;
+    r->client_status = 503;
+    r->error_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY;
+    r->error_message = (char *)reason;
+    r->answer_withheld = 1;
+    r->cost_nano = 0;
+    size_t n = tollgate__v1__usage_record__get_packed_size(r);
+    if (!(buf = tg_malloc(n ? n : 1))) {
+        rc = TG_AGENT_ENOMEM;
+        goto done;
+    }
+    tollgate__v1__usage_record__pack(r, buf);
+    *out = buf;
+    *outlen = n;
+done:
+    r->error_message = msg0; /* the unpacker's, freed with it */
+    tollgate__v1__usage_record__free_unpacked(r, NULL);
+    return rc;
+}

@@ -152,6 +152,8 @@ struct req {
     tg_usage_t rq_usage;
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
+    int rq_usage_lost;        /* the final event that carries the usage did not parse */
+    uint64_t rq_hold;         /* names its held answer's record (tg_front_hold); 0: not held */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
     int rq_final_class;
@@ -435,12 +437,15 @@ static long output_cap(req_t *rq)
     return n > 0 && cap <= TG_USAGE_MAX / n ? cap * n : -1;
 }
 
-/* The most input tokens believed: twice the local count plus 1024. A text
- * token is at least one byte, so a prompt count within the body's bytes
- * needs no count; past that the prompt is counted here (rare: only for an
- * upstream reporting more tokens than the request has bytes). Requests
- * with input the gateway cannot count (images, files, audio, a stored
- * conversation) are not bounded: -1. */
+/* The input above which a provider's count is flagged (never clamped:
+ * providers add input the gateway cannot see, such as web_search or
+ * file_search results and stored prompts, and billing it at a local bound
+ * under-billed 9000 tokens as 1028): twice the local count plus 1024. A
+ * text token is at least one byte, so a prompt count within the body's
+ * bytes needs no count; past that the prompt is counted here (rare: only
+ * for an upstream reporting more tokens than the request has bytes).
+ * Requests with input the gateway cannot count (images, files, audio, a
+ * stored conversation) are not looked at: -1. */
 static long input_bound(req_t *rq)
 {
     static const char *const uncounted[] = {"image_url", "input_image", "input_file", "input_audio",
@@ -473,7 +478,9 @@ static void meter_and_price(req_t *rq)
     tollgate__v1__unit_prices__init(&rq->rq_up);
     if (rq->rq_usage_raw && !rq->rq_usage_bad) {
         tg_usage_t us = rq->rq_usage;
-        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq), input_bound(rq));
+        u->provider_usage_clamped = tg_agent_usage_clamp(&us, output_cap(rq));
+        long in_bound = input_bound(rq);
+        u->provider_input_above_bound = in_bound >= 0 && us.us_prompt > in_bound;
         long cached = us.us_cached > 0 ? us.us_cached : 0;
         u->input_tokens = us.us_prompt > cached ? us.us_prompt - cached : 0;
         u->output_tokens = us.us_completion > 0 ? us.us_completion : 0;
@@ -487,6 +494,8 @@ static void meter_and_price(req_t *rq)
         local_usage(rq, u);
         if (rq->rq_usage_raw) {
             u->raw_provider_usage = rq->rq_usage_raw;
+            u->provider_usage_invalid = 1;
+        } else if (rq->rq_usage_lost) {
             u->provider_usage_invalid = 1;
         }
     }
@@ -607,6 +616,10 @@ static void emit_record(req_t *rq)
         r.upstream_cost_nano = rq->rq_upcost;
     }
     r.currency = (char *)(rq->rq_currency ? rq->rq_currency : "");
+    /* what the lease is charged just below: given back if the answer is
+     * withheld or no record can be spooled */
+    tg_spool_info_t si = {rq->rq_id, rq->rq_hold, rq->rq_acct ? rq->rq_acct->id : NULL, rq->rq_resv_bucket,
+                          rq->rq_resv > 0 && served && rq->rq_card ? rq->rq_cost : 0};
     r.reserved_nano = rq->rq_resv;
     char *scopes[MAX_SCOPES];
     for (int i = 0; i < rq->rq_sres; i++)
@@ -639,9 +652,17 @@ static void emit_record(req_t *rq)
         uint8_t *buf = tg_malloc(n ? n : 1);
         if (buf)
             tollgate__v1__usage_record__pack(&r, buf);
-        if (!buf || tg_worker_spool(rq->rq_w, buf, n, rq->rq_id) != 0) {
+        if (!buf || tg_worker_spool(rq->rq_w, buf, n, &si) != 0) {
+            /* no record: the held answer fails like one whose commit
+             * failed, and nothing is charged for it */
             const char *kv[] = {"request_id", rq->rq_id, NULL};
-            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: out of memory");
+            tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record NOT spooled: out of memory; the answer is withheld");
+            tg_worker_unspooled(rq->rq_w, rq->rq_hold);
+            if (si.si_charged > 0) {
+                tg_lease_refund(ag->a_leases, si.si_acct, si.si_bucket, si.si_charged);
+                for (size_t k = 0; k < r.n_lease_scopes; k++)
+                    tg_lease_refund(ag->a_leases, si.si_acct, r.lease_scopes[k], si.si_charged);
+            }
         }
     }
     if (ag->a_opts.ao_log_records || !spool) {
@@ -726,12 +747,10 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
     return tg_buf_append(final ? &rq->rq_tail : &rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
-/* A Responses stream event: forwarded as it is; the final event
- * (response.completed, or response.incomplete / response.failed, whose
- * usage counts too) carries the usage; text deltas are kept for local
- * counts. */
 /* Keeps a provider's usage object: parsed (strictly: see usage.c) and its
- * text verbatim for the record. */
+ * text verbatim for the record. A usage without counts is ignored, and the
+ * parse leaves rq_usage as it was then, so the raw text and the counts kept
+ * always belong together. */
 static void take_usage(req_t *rq, const char *u, size_t ul)
 {
     int rc = tg_agent_usage_parse(u, ul, &rq->rq_usage);
@@ -741,12 +760,17 @@ static void take_usage(req_t *rq, const char *u, size_t ul)
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
 }
 
+/* A Responses stream event: forwarded as it is; the final event
+ * (response.completed, or response.incomplete / response.failed, whose
+ * usage counts too) carries the usage; text deltas are kept for local
+ * counts. */
 static int forward_response_event(req_t *rq, const char *ev, size_t n)
 {
     tg_resp_event_t re;
-    tg_sse_resp_event(ev, n, &re, &rq->rq_text);
+    int rc = tg_sse_resp_event(ev, n, &re, &rq->rq_text);
     if (re.re_final) {
         rq->rq_saw_done = 1;
+        rq->rq_usage_lost = rc != 0 && !re.re_usage;
         snprintf(rq->rq_finish, sizeof rq->rq_finish, "%.20s", re.re_type + 9);
         if (re.re_usage)
             take_usage(rq, re.re_usage, re.re_usage_len);
@@ -1428,8 +1452,12 @@ static const char *what_failed(const attempt_t *a, char *buf, size_t n)
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT: return "the upstream did not answer in time";
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED: return "the upstream's answer was malformed";
     case TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED:
-        snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
-                         "mapping needs the operator's attention", a->at_status);
+        if (a->at_status >= 300 && a->at_status < 400)
+            snprintf(buf, n, "the upstream redirected the gateway's channel (HTTP %d): its base URL needs the "
+                             "operator's attention", a->at_status);
+        else
+            snprintf(buf, n, "the upstream refused the gateway's channel (HTTP %d): its credential or model "
+                             "mapping needs the operator's attention", a->at_status);
         return buf;
     default:
         snprintf(buf, n, "the upstream answered HTTP %d", a->at_status);
@@ -1689,6 +1717,18 @@ static int classify(req_t *rq, CURLcode res)
             }
         }
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+    }
+    if (st >= 300 && st < 400) {
+        /* A redirect is never followed (it would send the channel's
+         * credential to another host) nor passed on (the client would get
+         * the upstream's 3xx, Location or not): the channel is misconfigured,
+         * so the router moves on like for a refused credential. */
+        char *loc = NULL, clean[120];
+        attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+        curl_easy_getinfo(rq->rq_easy, CURLINFO_REDIRECT_URL, &loc);
+        tg_utf8_clean(clean, sizeof clean, loc ? loc : "(no Location)", strlen(loc ? loc : "(no Location)"));
+        snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: redirect to %s not followed", st, clean);
+        return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED;
     }
     if (st == 429)
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_RATE_LIMITED;
@@ -2206,10 +2246,14 @@ static void handle_models(req_t *rq, const char *id)
     tg_buf_puts(&b, "\n");
     add_header(rq->rq_c, "x-request-id", rq->rq_id);
     if (id && !n) {
+        /* the percent-decoded id is the client's bytes: valid UTF-8 only,
+         * cut on a character, in the JSON error */
+        char clean[204];
+        tg_utf8_clean(clean, sizeof clean, id, strlen(id));
         tg_buf_free(&b);
         rq->rq_status = 404;
         send_error(rq->rq_c, NULL, 404, "invalid_request_error", "model_not_found",
-                   "The model '%.200s' does not exist or you do not have access to it.", id);
+                   "The model '%s' does not exist or you do not have access to it.", clean);
         rq->rq_c = NULL;
         req_free(rq);
         return;
@@ -2406,7 +2450,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     if (post) {
         /* its end waits for its usage record's commit, and fails if that
          * commit fails (front.h) */
-        tg_front_hold(hr);
+        rq->rq_hold = ++w->w_ticket;
+        tg_front_hold(hr, rq->rq_hold);
         handle_post(rq);
     } else {
         handle_models(rq, model_one ? model_id : NULL);

@@ -77,11 +77,24 @@ static int count(tg_json_t *j, long *out)
     return rc;
 }
 
+/* The output-cap members, by the name each endpoint uses. */
+static const char *const cap_names[] = {"max_tokens", "max_completion_tokens", "max_output_tokens"};
+
+/* Index of name in cap_names, or -1. */
+static int cap_key(const char *name)
+{
+    for (int i = 0; i < (int)(sizeof cap_names / sizeof cap_names[0]); i++)
+        if (strcmp(name, cap_names[i]) == 0)
+            return i;
+    return -1;
+}
+
 int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t errlen)
 {
     tg_json_t j;
-    int rc;
+    int rc, cap;
     int seen_stream = 0;
+    unsigned seen_cap = 0;
     char name[32];
     memset(sc, 0, sizeof *sc);
     sc->sc_max_tokens = -1;
@@ -132,12 +145,18 @@ int tg_agent_scan(const char *body, size_t len, tg_scan_t *sc, char *err, size_t
                 sc->sc_so_val.sp_off = vs;
                 sc->sc_so_val.sp_len = 4;
             }
-        } else if (strcmp(name, "max_tokens") == 0 || strcmp(name, "max_completion_tokens") == 0 ||
-                   strcmp(name, "max_output_tokens") == 0) {
+        } else if ((cap = cap_key(name)) >= 0) {
+            /* A repeated cap is refused: upstreams disagree on which copy
+             * counts (JSON.parse keeps the last), so the gateway could bill
+             * against a cap the upstream never applied. Different cap names:
+             * the largest, since a provider may honour any of them. */
+            if (seen_cap & (1u << cap))
+                return tg_errf(err, errlen, TG_AGENT_EREQUEST, "%s appears twice", cap_names[cap]);
+            seen_cap |= 1u << cap;
             long v = -1;
             if ((rc = count(&j, &v)) != 0)
                 return rc;
-            if (v >= 0 && (sc->sc_max_tokens < 0 || v < sc->sc_max_tokens))
+            if (v > sc->sc_max_tokens)
                 sc->sc_max_tokens = v;
         } else if (strcmp(name, "n") == 0) {
             long v = -1;

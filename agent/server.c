@@ -127,10 +127,10 @@ static void pend_drop(worker_t *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         tg_free((void *)w->w_pend[i].oi_data);
-        tg_free(w->w_pend_ids[i]);
+        tg_free(w->w_pend_meta[i].pd_id);
     }
     memmove(w->w_pend, w->w_pend + n, (w->w_npend - n) * sizeof *w->w_pend);
-    memmove(w->w_pend_ids, w->w_pend_ids + n, (w->w_npend - n) * sizeof *w->w_pend_ids);
+    memmove(w->w_pend_meta, w->w_pend_meta + n, (w->w_npend - n) * sizeof *w->w_pend_meta);
     w->w_npend -= n;
 }
 
@@ -152,7 +152,7 @@ int tg_worker_commit(worker_t *w)
             if (w->w_npend > TG_WORKER_KEEP) {
                 size_t lost = w->w_npend - TG_WORKER_KEEP;
                 for (size_t i = 0; i < lost; i++) {
-                    const char *kv[] = {"request_id", w->w_pend_ids[i], NULL};
+                    const char *kv[] = {"request_id", w->w_pend_meta[i].pd_id, NULL};
                     tg_log_kv(TG_LOG_ERROR, "usage", kv, "usage record LOST: the outbox refuses it (%s)", err);
                 }
                 pend_drop(w, lost);
@@ -164,48 +164,135 @@ int tg_worker_commit(worker_t *w)
     return w->w_commit_failed ? -1 : 0;
 }
 
-/* The front's hook: answers held for their records fail when a commit
- * of this iteration failed, the commit event's included. */
+/* The front's hook: commits what this iteration queued. Whether a held
+ * answer fails is decided per answer (held_failed): a commit that failed
+ * earlier and succeeds now (it carries the earlier records too) fails
+ * nobody. */
 static int before_flush(void *arg)
 {
     worker_t *w = arg;
-    int earlier = w->w_fail_seen;
-    w->w_fail_seen = 0;
-    return tg_worker_commit(w) != 0 || earlier ? -1 : 0;
+    /* a ticket that could not be noted fails every held answer of this
+     * flush (the safe side), once */
+    w->w_fail_all = w->w_unspooled_lost;
+    w->w_unspooled_lost = 0;
+    tg_worker_commit(w);
+    return 0;
 }
 
 static void on_commit(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    worker_t *w = arg;
-    if (tg_worker_commit(w) != 0)
-        w->w_fail_seen = 1;
+    tg_worker_commit(arg);
 }
 
-int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id)
+/* The answer is withheld, so its record must not bill it: the record
+ * becomes a zero-cost receipt (usage kept) and the lease gets the cost
+ * back. Run before the record's next commit attempt. */
+static void withhold(worker_t *w, size_t i)
+{
+    static const char reason[] = "answer withheld: its usage record could not be committed to the outbox";
+    tg_pend_t *pd = &w->w_pend_meta[i];
+    void *rec = NULL;
+    size_t n = 0;
+    int64_t cost = 0;
+    const char *kv[] = {"request_id", pd->pd_id, NULL};
+    int rc = tg_outbox_withhold(w->w_pend[i].oi_data, w->w_pend[i].oi_len, reason, &rec, &n, &cost);
+    if (rc != 0) {
+        /* kept as it is (the client was still failed): logged so an
+         * operator can credit it */
+        tg_log_kv(TG_LOG_ERROR, "usage", kv, "withheld answer's record could not be made a receipt (%s): it "
+                                             "will bill the answer", tg_agent_strerror(rc));
+        return;
+    }
+    if (pd->pd_charged > 0) {
+        /* the bucket's lease, and every limit scope the record reserved on */
+        tg_lease_refund(w->w_agent->a_leases, pd->pd_acct, pd->pd_bucket, pd->pd_charged);
+        Tollgate__V1__UsageRecord *orig =
+            tollgate__v1__usage_record__unpack(NULL, w->w_pend[i].oi_len, w->w_pend[i].oi_data);
+        for (size_t k = 0; orig && k < orig->n_lease_scopes; k++)
+            tg_lease_refund(w->w_agent->a_leases, pd->pd_acct, orig->lease_scopes[k], pd->pd_charged);
+        if (orig)
+            tollgate__v1__usage_record__free_unpacked(orig, NULL);
+    }
+    tg_free((void *)w->w_pend[i].oi_data);
+    w->w_pend[i] = (tg_outbox_item_t){rec, n};
+    pd->pd_charged = 0;
+    tg_log_kv(TG_LOG_WARN, "usage", kv, "answer withheld: its record stays as a zero-cost receipt (cost %lld "
+                                        "not charged)", (long long)cost);
+}
+
+/* The front asks, per held answer still connected, after the commit:
+ * fails it when its record is still queued (the commit failed) or could
+ * not be spooled at all. */
+static int held_failed(void *arg, uint64_t ticket)
+{
+    worker_t *w = arg;
+    if (ticket == 0)
+        return 0;
+    if (w->w_fail_all)
+        return 1;
+    for (size_t i = 0; i < w->w_nunspooled; i++) {
+        if (w->w_unspooled[i] == ticket) {
+            w->w_unspooled[i] = w->w_unspooled[--w->w_nunspooled];
+            return 1;
+        }
+    }
+    for (size_t i = 0; i < w->w_npend; i++) {
+        if (w->w_pend_meta[i].pd_ticket == ticket) {
+            withhold(w, i);
+            w->w_pend_meta[i].pd_ticket = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void tg_worker_unspooled(worker_t *w, uint64_t ticket)
+{
+    if (ticket == 0)
+        return;
+    if (w->w_nunspooled == w->w_capunspooled) {
+        size_t cap = w->w_capunspooled ? w->w_capunspooled * 2 : 16;
+        uint64_t *p = tg_realloc(w->w_unspooled, cap * sizeof *p);
+        if (!p) {
+            w->w_unspooled_lost = 1;
+            return;
+        }
+        w->w_unspooled = p;
+        w->w_capunspooled = cap;
+    }
+    w->w_unspooled[w->w_nunspooled++] = ticket;
+}
+
+int tg_worker_spool(worker_t *w, void *data, size_t len, const tg_spool_info_t *si)
 {
     if (w->w_npend == w->w_cappend) {
         size_t cap = w->w_cappend ? w->w_cappend * 2 : 64;
         tg_outbox_item_t *p = tg_realloc(w->w_pend, cap * sizeof *p);
         if (p)
             w->w_pend = p;
-        char **q = p ? tg_realloc(w->w_pend_ids, cap * sizeof *q) : NULL;
+        tg_pend_t *q = p ? tg_realloc(w->w_pend_meta, cap * sizeof *q) : NULL;
         if (q)
-            w->w_pend_ids = q;
+            w->w_pend_meta = q;
         if (!p || !q) {
             tg_free(data);
             return TG_AGENT_ENOMEM;
         }
         w->w_cappend = cap;
     }
-    char *id = tg_strdup(request_id);
+    const char *acct = si->si_acct ? si->si_acct : "", *bucket = si->si_bucket ? si->si_bucket : "";
+    size_t li = strlen(si->si_request_id) + 1, la = strlen(acct) + 1, lb = strlen(bucket) + 1;
+    char *id = tg_malloc(li + la + lb);
     if (!id) {
         tg_free(data);
         return TG_AGENT_ENOMEM;
     }
+    memcpy(id, si->si_request_id, li);
+    memcpy(id + li, acct, la);
+    memcpy(id + li + la, bucket, lb);
     w->w_pend[w->w_npend] = (tg_outbox_item_t){data, len};
-    w->w_pend_ids[w->w_npend++] = id;
+    w->w_pend_meta[w->w_npend++] = (tg_pend_t){id, id + li, id + li + la, si->si_charged, si->si_ticket};
     if (w->w_npend == 1 || !event_pending(w->w_commit_ev, EV_TIMEOUT, NULL))
         event_active(w->w_commit_ev, EV_TIMEOUT, 0);
     return 0;
@@ -364,8 +451,10 @@ static void worker_free(worker_t *w)
         event_free(w->w_drain_ev);
     if (w->w_commit_ev)
         event_free(w->w_commit_ev);
+    pend_drop(w, w->w_npend);
     tg_free(w->w_pend);
-    tg_free(w->w_pend_ids);
+    tg_free(w->w_pend_meta);
+    tg_free(w->w_unspooled);
     if (w->w_base)
         event_base_free(w->w_base);
     tg_cfg_unref(w->w_cfg);
@@ -393,10 +482,12 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
         .fo_max_head = 64u << 10,
         .fo_timeout_s = 120,
         .fo_head_timeout_s = a->a_opts.ao_head_timeout_s,
+        .fo_body_timeout_s = a->a_opts.ao_body_timeout_s,
         .fo_limits = a->a_limits,
         .fo_handler = tg_req_handle,
         .fo_arg = w,
         .fo_before_flush = before_flush,
+        .fo_held_failed = held_failed,
         .fo_flush_arg = w,
     };
     int rc = tg_front_create(w->w_base, fd, &fo, &w->w_front, err, errlen); /* owns fd from here */

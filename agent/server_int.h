@@ -18,6 +18,24 @@
 typedef struct req req_t;
 typedef struct worker worker_t;
 
+/* What the worker keeps beside a queued record (tg_worker_spool). */
+typedef struct tg_pend {
+    char *pd_id;          /* the request id; one block with the two below */
+    const char *pd_acct;  /* account and bucket its cost was added to on the lease */
+    const char *pd_bucket;
+    int64_t pd_charged;   /* that cost (0: none) */
+    uint64_t pd_ticket;   /* the held answer waiting on this record; 0: none */
+} tg_pend_t;
+
+/* What a request hands over with its record. */
+typedef struct tg_spool_info {
+    const char *si_request_id;
+    uint64_t si_ticket;      /* its held answer's ticket; 0: none (nobody waits) */
+    const char *si_acct;     /* lease account and bucket charged, and the cost (0: none) */
+    const char *si_bucket;
+    int64_t si_charged;
+} tg_spool_info_t;
+
 struct worker {
     tg_agent_t *w_agent;
     int w_idx;
@@ -39,10 +57,14 @@ struct worker {
     tg_metrics_t *w_metrics; /* this worker's series (NULL if out of memory) */
     struct event *w_commit_ev;  /* priority 0: commits the records queued below */
     tg_outbox_item_t *w_pend;   /* packed records waiting for this iteration's commit */
-    char **w_pend_ids;          /* their request ids (for the log if the commit fails) */
+    tg_pend_t *w_pend_meta;     /* beside each: request id, held answer, lease charge */
     size_t w_npend, w_cappend;
     int w_commit_failed;        /* the last commit failed */
-    int w_fail_seen;            /* a commit event's commit failed since the last flush */
+    uint64_t w_ticket;          /* the last ticket given to a held answer (tg_front_hold) */
+    uint64_t *w_unspooled;      /* tickets of held answers whose record could not be spooled */
+    size_t w_nunspooled, w_capunspooled;
+    int w_unspooled_lost;       /* one of those could not be noted: fail every held answer once */
+    int w_fail_all;             /* ... in this flush (before_flush moves the flag here) */
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
 };
@@ -82,14 +104,23 @@ struct tg_agent {
 
 /* Queues a packed record (taking ownership of data, a tg_malloc block) for
  * the worker's next outbox commit, which runs before any socket write of
- * this loop iteration. Returns 0 or TG_AGENT_ENOMEM (data freed). */
-int tg_worker_spool(worker_t *w, void *data, size_t len, const char *request_id);
+ * this loop iteration; si says who waits for it. Returns 0 or
+ * TG_AGENT_ENOMEM (data freed; call tg_worker_unspooled). */
+int tg_worker_spool(worker_t *w, void *data, size_t len, const tg_spool_info_t *si);
+/* A held answer (ticket) whose record could not be spooled: its end fails
+ * at the next flush (503 usage_not_recorded) like one whose commit failed.
+ * Can't fail (when it cannot note the ticket, the next flush fails every
+ * held answer instead). */
+void tg_worker_unspooled(worker_t *w, uint64_t ticket);
 /* Commits what is queued now (the commit event's body, the front's
  * before-flush hook; also at shutdown). A failed commit keeps the records
  * queued (at most TG_WORKER_KEEP; past that the oldest are logged as LOST,
- * each with its request id) and retries a second later. Returns 0, or -1
- * when the commit failed (the front then fails the answers held for it:
- * front.h, tg_front_hold). */
+ * each with its request id) and retries a second later; the front then
+ * asks for each held answer whether its own record is still queued
+ * (fo_held_failed): such an answer fails, and its record becomes the
+ * zero-cost receipt of a withheld answer (tg_outbox_withhold) before it
+ * is retried, its cost refunded to the lease. Returns 0, or -1 when the
+ * commit failed. */
 int tg_worker_commit(worker_t *w);
 #define TG_WORKER_KEEP 10000
 

@@ -246,10 +246,15 @@ int tg_sse_resp_event(const char *ev, size_t evlen, tg_resp_event_t *re, tg_buf_
     resp_ctx_t c = {re, NULL, 0, 0};
     tg_json_t j;
     tg_json_init(&j, d, dn, NULL, 0);
-    if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, resp_member, &c) != 0 || tg_json_end(&j) != 0)
-        return TG_AGENT_EJSON;
+    int bad = tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, resp_member, &c) != 0 ||
+              tg_json_end(&j) != 0;
+    /* Finality comes from the type (the data's, else the event: line) even
+     * when the data does not parse: the stream still ended, and only its
+     * usage is lost (the caller counts locally). */
     re->re_final = strcmp(re->re_type, "response.completed") == 0 ||
                    strcmp(re->re_type, "response.incomplete") == 0 || strcmp(re->re_type, "response.failed") == 0;
+    if (bad)
+        return TG_AGENT_EJSON;
     if (re->re_final && c.rc_resp) {
         tg_json_t r;
         tg_json_init(&r, c.rc_resp, c.rc_resp_len, NULL, 0);

@@ -198,11 +198,50 @@ static void test_outbox(void **st)
     assert_int_equal(tg_alloc_live(), 0);
 }
 
+/* A withheld answer's record: a zero-cost receipt that keeps the usage. */
+static void test_withhold(void **st)
+{
+    (void)st;
+    Tollgate__V1__UsageRecord r = TOLLGATE__V1__USAGE_RECORD__INIT;
+    Tollgate__V1__TokenUsage u = TOLLGATE__V1__TOKEN_USAGE__INIT;
+    u.input_tokens = 120;
+    u.output_tokens = 9;
+    r.record_id = "local-x";
+    r.usage = &u;
+    r.client_status = 200;
+    r.error_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+    r.cost_nano = 5000;
+    r.upstream_cost_nano = 4000;
+    r.bucket = "credit";
+    uint8_t in[256];
+    size_t n = tollgate__v1__usage_record__pack(&r, in);
+    void *out = NULL;
+    size_t outlen = 0;
+    int64_t cost = -1;
+    assert_int_equal(tg_outbox_withhold(in, n, "withheld", &out, &outlen, &cost), 0);
+    assert_int_equal(cost, 5000);
+    Tollgate__V1__UsageRecord *w = tollgate__v1__usage_record__unpack(NULL, outlen, out);
+    assert_non_null(w);
+    assert_int_equal(w->client_status, 503);
+    assert_int_equal(w->error_class, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY);
+    assert_string_equal(w->error_message, "withheld");
+    assert_true(w->answer_withheld);
+    assert_int_equal(w->cost_nano, 0);
+    assert_int_equal(w->upstream_cost_nano, 4000);
+    assert_int_equal(w->usage->input_tokens, 120);
+    assert_int_equal(w->usage->output_tokens, 9);
+    assert_string_equal(w->bucket, "credit");
+    tollgate__v1__usage_record__free_unpacked(w, NULL);
+    tg_free(out);
+    assert_int_equal(tg_outbox_withhold("\xff\xff", 2, "x", &out, &outlen, &cost), TG_AGENT_EJSON);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_outbox),
+        cmocka_unit_test(test_withhold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,6 +64,7 @@ typedef struct tg_agent_opts {
     const char *ao_forward[8]; /* client headers copied to upstream requests */
     int ao_nforward;
     int ao_head_timeout_s;     /* the whole request head must arrive within this (default 30) */
+    int ao_body_timeout_s;     /* the whole request body must arrive within this after its head (default 300) */
     long ao_max_conns;         /* open client connections, all workers; 0: half the open-files limit */
     long ao_max_conns_per_ip;  /* open client connections from one address; 0: no cap (default) */
     const char *ao_metrics_host; /* /metrics, /healthz, /readyz listen here (IPv4); NULL: not served */

@@ -3,7 +3,9 @@
  * be one) decides what a client is charged, so a count is believed only as
  * a plain non-negative integer of at most 2^53 (2500000000.0 and 1e+30 are
  * refused, not read as 2500000000 or 1), and never past the request's own
- * output cap or far past the prompt the gateway can count itself. */
+ * output cap. Input is not clamped (providers add input the gateway cannot
+ * see: search and file tools, stored prompts); request.c flags input far
+ * past its own count instead. */
 #include <string.h>
 
 #include "agent/agent_int.h"
@@ -74,28 +76,27 @@ int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
 {
     counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, 0};
     tg_json_t j;
+    tg_usage_t t;
     tg_json_init(&j, json, len, NULL, 0);
-    u->us_prompt = u->us_completion = u->us_cached = u->us_reasoning = -1;
     if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, usage_member, &c) != 0 || tg_json_end(&j) != 0)
         return TG_AGENT_EJSON;
-    u->us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
-    u->us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
-    u->us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
-    u->us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
-    if (c.c_bad)
-        return TG_AGENT_ERANGE;
-    return (u->us_prompt < 0 && u->us_completion < 0) ? TG_AGENT_EJSON : 0;
+    t.us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
+    t.us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
+    t.us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
+    t.us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
+    /* *u changes only with a usage the caller keeps: a stream's later
+     * {"total_tokens":N} must not wipe the counts of an earlier chunk. */
+    if (!c.c_bad && t.us_prompt < 0 && t.us_completion < 0)
+        return TG_AGENT_EJSON;
+    *u = t;
+    return c.c_bad ? TG_AGENT_ERANGE : 0;
 }
 
-int tg_agent_usage_clamp(tg_usage_t *u, long max_out, long max_in)
+int tg_agent_usage_clamp(tg_usage_t *u, long max_out)
 {
     int clamped = 0;
     if (max_out >= 0 && u->us_completion > max_out) {
         u->us_completion = max_out;
-        clamped = 1;
-    }
-    if (max_in >= 0 && u->us_prompt > max_in) {
-        u->us_prompt = max_in;
         clamped = 1;
     }
     if (u->us_reasoning > u->us_completion && u->us_completion >= 0)

@@ -923,6 +923,10 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
             c->sc_upcost[i] = r->upstream_cost_nano > 0 ? r->upstream_cost_nano : 0;
             c->sc_mismatch[i] = 1;
         }
+        /* an answer the client never got is not charged (the upstream's
+         * cost stays in the row, for the operator's margin) */
+        if (r->answer_withheld)
+            c->sc_cost[i] = 0;
         if (r->cost_nano != c->sc_cost[i])
             c->sc_mismatch[i] = 1;
         if (c->sc_bucket[i] != NULL && c->sc_cost[i] > 0) {

@@ -54,6 +54,10 @@ function snapshot() {
       chan('ch-json', 'prompt=120;tokens=9;ignore-stream'),
       chan('ch-json-tool', 'prompt=120;tokens=9;ignore-stream'),
       chan('ch-cut', 'prompt=120;tokens=9;disconnect=3'),
+      chan('ch-lone', 'prompt=120;tokens=9;lone-surrogate'),
+      chan('ch-307', 'status=307;location=http://elsewhere.example/v1/chat/completions'),
+      chan('ch-307-bare', 'status=307'),
+      chan('ch-badfinal', 'prompt=120;tokens=9;malformed-final'),
     ],
     routes: [
       one('m-ok', 'ch-ok'),
@@ -72,6 +76,10 @@ function snapshot() {
       one('m-bad', 'ch-400'),
       one('m-json', 'ch-json'),
       one('m-cut', 'ch-cut'),
+      one('m-lone', 'ch-lone'),
+      two('m-redirect', 'ch-307', 'ch-ok'),
+      one('m-redirect-only', 'ch-307-bare'),
+      one('m-badfinal', 'ch-badfinal'),
     ],
     price_cards: [{
       id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
@@ -171,14 +179,42 @@ test('output above the request\'s max_tokens: billed at the cap, flagged, raw us
   assert.equal(BigInt(rec.cost_nano), cost(Number(rec.usage.input_tokens), 10));
 });
 
-test('input far above the local count: billed at 2x local + 1024, flagged', async () => {
-  const { response } = await client.chat.completions.create({ model: 'm-inflate',
-    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
-  const rec = record(response.headers.get('x-request-id'));
+test('output caps: a repeated cap is refused; of different cap names the largest bounds the bill', async () => {
+  const post = (body) => fetch(`${agent.base}/chat/completions`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body });
+  // an upstream keeps the last copy (JSON.parse): billing against the first would bill 1 token for 4000
+  const dup = await post('{"model":"m-over","max_tokens":1,"max_tokens":4000,"messages":[{"role":"user","content":"hi"}]}');
+  assert.equal(dup.status, 400);
+  const body = await dup.json();
+  assert.equal(body.error.type, 'invalid_request_error');
+  assert.match(body.error.message, /max_tokens appears twice/);
+  // a provider may honour either name: the output is held to the larger
+  const r = await post(JSON.stringify({ model: 'm-over', max_tokens: 1, max_completion_tokens: 4000,
+    messages: [{ role: 'user', content: 'hi' }] }));
+  assert.equal(r.status, 200);
+  const rec = record(r.headers.get('x-request-id'));
   assert.equal(rec.usage.provider_usage_clamped, true);
-  const input = Number(rec.usage.input_tokens);
-  assert.ok(input > 1024 && input < 1100, `input held to the bound: ${input}`);
-  assert.ok(rec.usage.raw_provider_usage.includes('1000000'));
+  assert.equal(Number(rec.usage.output_tokens), 4000);
+  assert.equal(BigInt(rec.cost_nano), cost(Number(rec.usage.input_tokens), 4000));
+});
+
+test('input far above the local count: billed as reported (providers add input), flagged for review', async () => {
+  // a Responses request with web_search: the provider's search results are input the gateway never sees
+  for (const call of [
+    () => client.chat.completions.create({ model: 'm-inflate', messages: [{ role: 'user', content: 'hi' }] }),
+    () => client.responses.create({ model: 'm-inflate', input: 'news today?', tools: [{ type: 'web_search' }] }),
+  ]) {
+    const { response } = await call().withResponse();
+    const rec = record(response.headers.get('x-request-id'));
+    assert.equal(rec.usage.provider_input_above_bound, true);
+    assert.ok(!rec.usage.provider_usage_clamped);
+    assert.equal(Number(rec.usage.input_tokens), 1000000);
+    assert.equal(BigInt(rec.cost_nano), cost(1000000, Number(rec.usage.output_tokens)));
+  }
+  // within the bound: no flag
+  const { response } = await client.chat.completions.create({ model: 'm-ok',
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.ok(!record(response.headers.get('x-request-id')).usage.provider_input_above_bound);
 });
 
 test('a malformed 200 answer is a failed attempt: the next tier serves, nothing malformed is relayed', async () => {
@@ -322,4 +358,62 @@ test('a stream the upstream cut ends with an error event the SDK raises; billed 
   await assert.rejects((async () => { for await (const ev of rs) void ev; })(),
     (e) => /ended the stream before it completed/.test(e.message));
   assert.equal(record(r2.headers.get('x-request-id')).error_class, 'ERROR_CLASS_STREAM_CUT');
+});
+
+test('a lone surrogate escape is valid JSON: the answer is served and billed from the provider', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'm-lone',
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.equal(data.choices[0].message.content, `${answerText(9)}\ud83d`);
+  let rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.equal(BigInt(rec.cost_nano), cost(120, 9));
+  // a Responses stream whose closing events carry it: final, no stream-cut error, the provider's usage
+  const { data: rs, response: r2 } = await client.responses.create({ model: 'm-lone', input: 'hi', stream: true })
+    .withResponse();
+  const types = [];
+  for await (const ev of rs) types.push(ev.type);
+  assert.equal(types.at(-1), 'response.completed');
+  rec = record(r2.headers.get('x-request-id'));
+  assert.equal(rec.error_class, 'ERROR_CLASS_NONE');
+  assert.equal(rec.usage.input_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.equal(BigInt(rec.cost_nano), cost(120, 9));
+});
+
+test('a Responses stream whose final event does not parse still ends as final: counted locally, flagged', async () => {
+  const r = await fetch(`${agent.base}/responses`, { method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm-badfinal', input: 'hi', stream: true }) });
+  assert.equal(r.status, 200);
+  const text = await r.text();
+  const events = text.split('\n\n').filter(Boolean);
+  assert.match(events.at(-1), /^event: response\.completed\n/, 'the final event is the last one');
+  assert.ok(!text.includes('stream_cut'), 'no stream-cut error after a final event');
+  const rec = record(r.headers.get('x-request-id'));
+  assert.equal(rec.error_class, 'ERROR_CLASS_NONE');
+  assert.equal(rec.usage.provider_usage_invalid, true);
+  assert.notEqual(rec.usage.output_source, 'TOKEN_SOURCE_PROVIDER');
+  assert.ok(Number(rec.usage.output_tokens) >= 9, `produced text counted: ${rec.usage.output_tokens}`);
+});
+
+test('an upstream 3xx is a channel failure: never followed nor passed on; the next tier serves, else 502', async () => {
+  const { data, response } = await client.chat.completions.create({ model: 'm-redirect',
+    messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+  assert.equal(data.choices.length, 1);
+  let rec = record(response.headers.get('x-request-id'));
+  assert.equal(rec.attempts[0].http_status, 307);
+  assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_CHANNEL_REJECTED');
+  assert.equal(rec.attempts[0].decision, 'ATTEMPT_DECISION_FALLBACK_TIER');
+  assert.equal(rec.attempts[0].error_message,
+    'HTTP 307: redirect to http://elsewhere.example/v1/chat/completions not followed');
+  assert.equal(rec.channel_id, 'ch-ok');
+  const r = await fetch(`${agent.base}/chat/completions`, { method: 'POST', redirect: 'manual',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm-redirect-only', messages: [{ role: 'user', content: 'hi' }] }) });
+  assert.equal(r.status, 502);
+  assert.equal(r.headers.get('location'), null);
+  const body = await r.json();
+  assert.equal(body.error.code, 'upstream_channel_rejected');
+  assert.match(body.error.message, /redirected the gateway's channel \(HTTP 307\)/);
+  rec = record(r.headers.get('x-request-id'));
+  assert.match(rec.attempts[0].error_message, /^HTTP 307: redirect to \(no Location\) not followed$/);
 });

@@ -102,3 +102,15 @@ test('CORS: another origin gets no CORS headers and its preflight is refused', a
   assert.equal(r.status, 200);
   assert.equal(r.headers.get('access-control-allow-origin'), null);
 });
+
+test('models.retrieve 404: an id that is not UTF-8, or is cut mid-character, still gives valid UTF-8 JSON', async () => {
+  for (const [raw, want] of [['%FF%FEgpt', '\ufffd\ufffdgpt'], [`x${'%C3%A9'.repeat(120)}`, `x${'é'.repeat(101)}'`]]) {
+    const r = await fetch(`${agent.base}/models/${raw}`, { headers: { authorization: `Bearer ${KEY}` } });
+    assert.equal(r.status, 404);
+    const bytes = Buffer.from(await r.arrayBuffer());
+    const text = new TextDecoder('utf-8', { fatal: true }).decode(bytes); // throws on invalid UTF-8
+    const body = JSON.parse(text);
+    assert.equal(body.error.code, 'model_not_found');
+    assert.ok(body.error.message.includes(want), body.error.message);
+  }
+});

@@ -147,6 +147,12 @@ test('a record the outbox refuses fails its answer: 503 for JSON, an error event
     assert.match(cut.text, /data: \{"error":\{"message":"The gateway could not record/);
     assert.doesNotMatch(cut.text, /data: \[DONE\]/);
     assert.match(agent.proc.output(), /outbox commit failed \(\d+ records kept in memory, retried in 1 s\)/);
+    // the failed answers' records are no longer bills: each became a zero-cost receipt before its retry
+    for (const a of [json503, cut]) {
+      assert.match(agent.proc.output(),
+        new RegExp(`"request_id":"${a.id}"[^\n]*answer withheld: its record stays as a zero-cost receipt|answer withheld: its record stays as a zero-cost receipt[^\n]*"request_id":"${a.id}"`),
+        `record of ${a.id} withheld`);
+    }
     // every answer that ended well has its record in the outbox, and only those
     const held = agent.outbox().map((h) => h.record.request_id);
     assert.deepEqual(held, ok);

@@ -293,6 +293,8 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"nested-usage", offsetof(tg_mock_scn_t, sc_nested_usage)},
         {"ignore-stream", offsetof(tg_mock_scn_t, sc_ignore_stream)},
         {"ignore-max-tokens", offsetof(tg_mock_scn_t, sc_ignore_max)},
+        {"lone-surrogate", offsetof(tg_mock_scn_t, sc_lone_surrogate)},
+        {"malformed-final", offsetof(tg_mock_scn_t, sc_malformed_final)},
     };
     int v = 0;
 
@@ -306,6 +308,12 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         if (!has_val || vn == 0 || vn >= sizeof sc->sc_report_output) return -1;
         memcpy(sc->sc_report_output, val, vn);
         sc->sc_report_output[vn] = '\0';
+        return 0;
+    }
+    if (item_is(name, nn, "location")) {
+        if (!has_val || vn == 0 || vn >= sizeof sc->sc_location) return -1;
+        memcpy(sc->sc_location, val, vn);
+        sc->sc_location[vn] = '\0';
         return 0;
     }
     if (item_is(name, nn, "retry-after")) {

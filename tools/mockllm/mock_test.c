@@ -121,11 +121,15 @@ static void test_scenario_parse(void **state) {
     assert_int_equal(sc.sc_hang, 1);
     assert_int_equal(sc.sc_disconnect, 3);
     assert_int_equal(sc.sc_no_tool, 1);
-    const char *more = "nested-usage;ignore-stream;report-output=2500000000.0";
+    const char *more = "nested-usage;ignore-stream;report-output=2500000000.0;lone-surrogate;malformed-final;"
+                       "location=http://x.example/v1";
     assert_int_equal(tg_mock_scn_parse(&sc, more, strlen(more), err, sizeof err), 0);
     assert_int_equal(sc.sc_nested_usage, 1);
     assert_int_equal(sc.sc_ignore_stream, 1);
     assert_string_equal(sc.sc_report_output, "2500000000.0");
+    assert_int_equal(sc.sc_lone_surrogate, 1);
+    assert_int_equal(sc.sc_malformed_final, 1);
+    assert_string_equal(sc.sc_location, "http://x.example/v1");
 }
 
 static void test_scenario_overlay_and_defaults(void **state) {

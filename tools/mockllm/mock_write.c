@@ -66,6 +66,7 @@ static int model(struct evbuffer *out, const tg_mock_gen_t *g) {
 static int text(struct evbuffer *out, const tg_mock_gen_t *g) {
     int rc = 0;
     for (long i = 0; i < g->gn_plan.pl_output; i++) P("%s", tg_mock_token(i));
+    if (g->gn_scn->sc_lone_surrogate) P("\\ud83d");
     return rc;
 }
 
@@ -510,6 +511,12 @@ static int resp_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
         P("}\n\n");
         {
             const char *ev = g->gn_plan.pl_truncated ? "response.incomplete" : "response.completed";
+            if (g->gn_scn->sc_malformed_final) {
+                P("event: %s\ndata: ", ev);
+                rc |= malformed(out, g);
+                P("\n\n");
+                return rc;
+            }
             P("event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":%ld,\"response\":", ev, ev,
               seq++);
         }
@@ -683,6 +690,10 @@ const char *tg_mock_reason(int status) {
     switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -698,7 +709,7 @@ const char *tg_mock_reason(int status) {
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
     case 529: return "Overloaded";
-    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
     }
 }
 

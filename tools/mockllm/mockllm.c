@@ -685,12 +685,15 @@ static int dispatch(conn_t *c, const char *body, size_t blen) {
     }
     if (c->c_scn.sc_status != 0 && c->c_scn.sc_status != 200 &&
         (c->c_scn.sc_fail_first == 0 || ordinal <= c->c_scn.sc_fail_first)) {
-        char hdrs[120] = "";
+        char hdrs[320] = "";
         int st = c->c_scn.sc_status;
         long ra = c->c_scn.sc_retry_after_ms;
+        size_t hl = 0;
         if (ra >= 0)
-            snprintf(hdrs, sizeof hdrs, "retry-after: %ld\r\nretry-after-ms: %ld\r\n",
-                     (ra + 999) / 1000, ra);
+            hl = (size_t)snprintf(hdrs, sizeof hdrs, "retry-after: %ld\r\nretry-after-ms: %ld\r\n",
+                                  (ra + 999) / 1000, ra);
+        if (c->c_scn.sc_location[0])
+            snprintf(hdrs + hl, sizeof hdrs - hl, "location: %s\r\n", c->c_scn.sc_location);
         snprintf(err, sizeof err, "mockllm: scripted failure %d (request %ld of key '%s')", st,
                  ordinal, c->c_scn.sc_key);
         reply_error(c, anth, st, err, hdrs);

@@ -110,8 +110,15 @@ typedef struct tg_mock_scn {
                               object (1 token each) before the top-level one */
     int sc_ignore_stream;  /* ignore-stream: answer stream: true with the JSON answer */
     int sc_ignore_max;     /* ignore-max-tokens: produce tokens=N whatever the request's cap */
+    int sc_lone_surrogate; /* lone-surrogate: the answer's text ends in the escape \ud83d
+                              (valid JSON, half of a pair), in JSON answers and the
+                              Responses stream's closing events */
+    int sc_malformed_final;/* malformed-final: a Responses stream's final event
+                              (response.completed / .incomplete) has broken data */
     char sc_report_output[32]; /* report-output=TEXT: the output count in usage is written
                                   as TEXT verbatim (2500000000.0, 1e+30, 5000); "" = the plan's */
+    char sc_location[128]; /* location=URL: a Location header on a scripted status
+                              (status=307;location=...: a redirect); "" = none */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
                                      the recording; "" = the default group */
 } tg_mock_scn_t;
