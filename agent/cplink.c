@@ -12,7 +12,17 @@
  *    (or forms one of the oldest records, at most report_batch_max_records)
  *    from the outbox, packs a UsageBatch, signs it, sends ReportUsage and
  *    deletes the batch only after the acknowledgement; on failure it waits
- *    (backoff) and resends the same batch under the same sequence. */
+ *    (backoff, at most 2 s) and resends the same batch under the same
+ *    sequence.
+ *
+ * Several control planes (--cp A,B,C): every call (Enroll, Sync, ReportUsage,
+ * Lease) goes to the current address; one that fails for want of an answer
+ * (UNAVAILABLE, DEADLINE_EXCEEDED) moves everyone to the next address, in
+ * order, wrapping around. Any replica serves any call: a follower forwards
+ * usage reports to the settling leader (controlplane/forward.c), and spend
+ * leases are store transactions any replica runs. The channels ping the
+ * control plane every 2 s (a frozen or vanished one fails calls in ~4 s
+ * instead of their deadline) and reconnect within 2 s once it is back. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -31,10 +41,15 @@
 #define M_REPORT "/tollgate.v1.AgentService/ReportUsage"
 #define M_LEASE "/tollgate.v1.AgentService/Lease"
 #define LEASE_TIMEOUT_MS 3000
+#define REPORT_TIMEOUT_MS 10000
+#define CL_MAX_CP 8
 
 struct tg_cplink {
     tg_agent_t *cl_agent;
-    tg_rpc_channel_t *cl_ch;
+    tg_rpc_channel_t *cl_chs[CL_MAX_CP]; /* one per --cp address */
+    char cl_addrs[CL_MAX_CP][256];
+    int cl_nch;
+    atomic_int cl_cur;                   /* the address calls go to now */
     tg_rpc_cancel_t *cl_cancel;
     tg_crypto_key_t *cl_key;
     char cl_token[256];
@@ -46,6 +61,15 @@ struct tg_cplink {
     int cl_sync_started, cl_rep_started;
     tg_snap_t *cl_snap;            /* sync thread: the snapshot last installed */
     int cl_need_full;              /* sync thread: ask for a full snapshot */
+    int cl_sync_failed;            /* sync thread: the attempt ended unanswered */
+    int cl_sync_got;               /* sync thread: the attempt brought a message */
+    /* /metrics (tg_cplink_metrics), written by the link's threads */
+    atomic_int cl_m_connected;     /* a Sync stream is open and answering */
+    atomic_int cl_m_sync_idx;      /* the address the Sync stream uses */
+    atomic_llong cl_m_ack_us;      /* when a batch was last acknowledged, 0 never */
+    atomic_ullong cl_m_report_fail; /* ReportUsage calls that failed */
+    atomic_ullong cl_m_switches;   /* moves to the next --cp address */
+    atomic_llong cl_m_rev;         /* revision of the installed configuration */
 };
 
 static int64_t now_us(void)
@@ -77,6 +101,38 @@ static int stopping(tg_cplink_t *l)
     int s = l->cl_stop;
     pthread_mutex_unlock(&l->cl_mu);
     return s;
+}
+
+/* ---- several control planes ------------------------------------------------------ */
+
+/* The channel calls go to now; *idx gets its index for link_failed. */
+static tg_rpc_channel_t *link_pick(tg_cplink_t *l, int *idx)
+{
+    *idx = atomic_load(&l->cl_cur);
+    return l->cl_chs[*idx];
+}
+
+/* A call on address idx ended with code: when the control plane did not
+ * answer, everyone moves to the next address (unless a thread already
+ * did). Returns 1 when the address moved. */
+static int link_failed(tg_cplink_t *l, int idx, int code, const char *what, const char *why)
+{
+    if (l->cl_nch < 2 || (code != TG_RPC_CODE_UNAVAILABLE && code != TG_RPC_CODE_DEADLINE_EXCEEDED))
+        return 0;
+    int expect = idx, next = (idx + 1) % l->cl_nch;
+    if (!atomic_compare_exchange_strong(&l->cl_cur, &expect, next))
+        return 1; /* another thread moved on already */
+    atomic_fetch_add(&l->cl_m_switches, 1);
+    TG_LOG(TG_LOG_WARN, "agent", "control plane %s did not answer (%s: %s); moving to %s", l->cl_addrs[idx], what,
+           why, l->cl_addrs[next]);
+    return 1;
+}
+
+/* The status a failed unary call ended with (UNAVAILABLE when the call
+ * never got one). */
+static int call_code(int rc, const tg_rpc_result_t *res)
+{
+    return rc == 0 ? TG_RPC_CODE_OK : res->rs_code != TG_RPC_CODE_OK ? res->rs_code : TG_RPC_CODE_UNAVAILABLE;
 }
 
 const char *tg_cplink_agent_id(tg_cplink_t *l, char *buf, size_t n)
@@ -137,8 +193,11 @@ static int enroll(tg_cplink_t *l)
         char err[TG_ERRLEN] = "";
         tg_rpc_result_t res;
         ProtobufCMessage *reply = NULL;
-        int rc = tg_rpc_unary_pb(l->cl_ch, M_ENROLL, NULL, 0, &rq.base, &tollgate__v1__enroll_response__descriptor,
+        int idx;
+        tg_rpc_channel_t *ch = link_pick(l, &idx);
+        int rc = tg_rpc_unary_pb(ch, M_ENROLL, NULL, 0, &rq.base, &tollgate__v1__enroll_response__descriptor,
                                  &reply, 10000, &res, err, sizeof err);
+        int moved = rc != 0 && link_failed(l, idx, call_code(rc, &res), "Enroll", err);
         tg_rpc_result_free(&res);
         if (rc == 0) {
             Tollgate__V1__EnrollResponse *r = (Tollgate__V1__EnrollResponse *)reply;
@@ -153,7 +212,7 @@ static int enroll(tg_cplink_t *l)
             return 0;
         }
         TG_LOG(TG_LOG_WARN, "agent", "enroll failed (retrying): %s", err);
-        if (nap(l, attempt < 5 ? 200 << attempt : 5000))
+        if (nap(l, moved ? 50 : attempt < 4 ? 200 << attempt : 2000))
             return 1;
     }
 }
@@ -195,9 +254,13 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
     if (proof(l, &p, sig, msg, sizeof msg) != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "signing the lease proof failed");
     q->proof = &p;
-    int rc = tg_rpc_unary_pb(l->cl_ch, M_LEASE, NULL, 0, &q->base, &tollgate__v1__lease_response__descriptor, &reply,
+    int idx;
+    tg_rpc_channel_t *ch = link_pick(l, &idx);
+    int rc = tg_rpc_unary_pb(ch, M_LEASE, NULL, 0, &q->base, &tollgate__v1__lease_response__descriptor, &reply,
                              LEASE_TIMEOUT_MS, &res, err, errlen);
     q->proof = NULL;
+    if (rc != 0)
+        link_failed(l, idx, call_code(rc, &res), "Lease", err);
     tg_rpc_result_free(&res);
     if (rc != 0) {
         tg_rpc_pb_free(reply);
@@ -243,6 +306,7 @@ static int install(tg_cplink_t *l, tg_snap_t *snap)
     tollgate__v1__snapshot__pack(snap, buf);
     int rc = tg_agent_set_snapshot(l->cl_agent, buf, n, err, sizeof err);
     if (rc == 0) {
+        atomic_store(&l->cl_m_rev, snap->revision);
         tg_snap_t *copy = tollgate__v1__snapshot__unpack(NULL, n, buf);
         if (l->cl_snap)
             tollgate__v1__snapshot__free_unpacked(l->cl_snap, NULL);
@@ -391,6 +455,8 @@ done:
 static int on_sync_message(void *arg, const uint8_t *data, size_t len)
 {
     tg_cplink_t *l = arg;
+    l->cl_sync_got = 1;
+    atomic_store(&l->cl_m_connected, 1);
     Tollgate__V1__SyncMessage *m = tollgate__v1__sync_message__unpack(NULL, len, data);
     if (!m) {
         TG_LOG(TG_LOG_ERROR, "agent", "Sync: a message that does not unpack; asking for a full snapshot");
@@ -419,6 +485,14 @@ static int on_sync_message(void *arg, const uint8_t *data, size_t len)
 static int on_sync_status(void *arg, int code, const char *message, int next_delay_ms)
 {
     tg_cplink_t *l = arg;
+    atomic_store(&l->cl_m_connected, 0);
+    if (l->cl_nch > 1 && (code == TG_RPC_CODE_UNAVAILABLE || code == TG_RPC_CODE_DEADLINE_EXCEEDED)) {
+        /* sync_main moves to the next address and reconnects there */
+        l->cl_sync_failed = code;
+        TG_LOG(TG_LOG_WARN, "agent", "Sync ended (%s: %s); serving revision %lld meanwhile", tg_rpc_code_name(code),
+               message, (long long)(l->cl_snap ? l->cl_snap->revision : 0));
+        return 1;
+    }
     if (code != TG_RPC_CODE_OK)
         TG_LOG(TG_LOG_WARN, "agent", "Sync ended (%s: %s); again in %d ms, serving revision %lld meanwhile",
                tg_rpc_code_name(code), message, next_delay_ms, (long long)(l->cl_snap ? l->cl_snap->revision : 0));
@@ -430,8 +504,14 @@ static void *sync_main(void *arg)
     tg_cplink_t *l = arg;
     if (!l->cl_id[0] && enroll(l) != 0)
         return NULL;
+    int fails = 0;
     while (!stopping(l)) {
         char err[TG_ERRLEN] = "";
+        int idx;
+        tg_rpc_channel_t *ch = link_pick(l, &idx);
+        atomic_store(&l->cl_m_sync_idx, idx);
+        l->cl_sync_failed = 0;
+        l->cl_sync_got = 0;
         tg_rpc_stream_opts_t o = {0};
         o.sr_method = M_SYNC;
         o.sr_request = sync_request;
@@ -441,9 +521,18 @@ static void *sync_main(void *arg)
         o.sr_backoff = (tg_rpc_backoff_t){.bo_initial_ms = 100, .bo_max_ms = 2000};
         o.sr_max_message_bytes = 256u << 20;
         o.sr_cancel = l->cl_cancel;
-        int rc = tg_rpc_stream_run(l->cl_ch, &o, err, sizeof err);
+        int rc = tg_rpc_stream_run(ch, &o, err, sizeof err);
+        atomic_store(&l->cl_m_connected, 0);
         if (rc == TG_RPC_ESTOPPED)
             break;
+        if (rc == 0 && l->cl_sync_failed) {
+            fails = l->cl_sync_got ? 0 : fails + 1;
+            int moved = link_failed(l, idx, l->cl_sync_failed, "Sync", tg_rpc_code_name(l->cl_sync_failed));
+            /* all addresses down: back off, at most 2 s */
+            if (nap(l, moved && fails < 2 ? 50 : fails < 5 ? 100 << fails : 2000))
+                break;
+            continue;
+        }
         if (rc < 0) {
             TG_LOG(TG_LOG_ERROR, "agent", "Sync: %s", err);
             if (nap(l, 1000))
@@ -491,7 +580,9 @@ static void acked(tg_agent_t *a, Tollgate__V1__UsageRecord **recs, size_t n)
 
 /* Sends the batch in flight (or a new one). Returns 1 sent, 0 nothing to
  * send, -1 failed (retry later). */
-static int report_once(tg_cplink_t *l, size_t max)
+/* *hint: 1 when a failure moved to the next address, 2 when the control
+ * plane answered that no leader settles yet. */
+static int report_once(tg_cplink_t *l, size_t max, int *hint)
 {
     tg_agent_t *a = l->cl_agent;
     char err[TG_ERRLEN] = "";
@@ -539,9 +630,18 @@ static int report_once(tg_cplink_t *l, size_t max)
     sb.signature.len = sizeof sig;
     sb.agent_id = l->cl_id;
     tg_rpc_result_t res;
-    rc = tg_rpc_unary_pb(l->cl_ch, M_REPORT, NULL, 0, &sb.base, &tollgate__v1__report_usage_response__descriptor,
-                         &reply, 30000, &res, err, sizeof err);
+    int idx;
+    tg_rpc_channel_t *ch = link_pick(l, &idx);
+    rc = tg_rpc_unary_pb(ch, M_REPORT, NULL, 0, &sb.base, &tollgate__v1__report_usage_response__descriptor,
+                         &reply, REPORT_TIMEOUT_MS, &res, err, sizeof err);
     int code = res.rs_code;
+    if (rc != 0) {
+        atomic_fetch_add(&l->cl_m_report_fail, 1);
+        if (tg_rpc_result_metadata(&res, "tg-no-leader") != NULL)
+            *hint = 2; /* the replica answered: stay, a leader is being elected */
+        else if (link_failed(l, idx, call_code(rc, &res), "ReportUsage", err))
+            *hint = 1;
+    }
     tg_rpc_result_free(&res);
     if (rc != 0 && (code == TG_RPC_CODE_INVALID_ARGUMENT || code == TG_RPC_CODE_FAILED_PRECONDITION)) {
         /* Resending cannot help, and would block every later batch: keep
@@ -567,6 +667,7 @@ static int report_once(tg_cplink_t *l, size_t max)
         goto done;
     }
     acked(a, c.co_recs, c.co_n);
+    atomic_store(&l->cl_m_ack_us, now_us());
     out = 1;
 done:
     tg_rpc_pb_free(reply);
@@ -603,15 +704,19 @@ static void *report_main(void *arg)
             tg_cfg_unref(c);
         }
         char id[128];
-        int rc = 0;
+        int rc = 0, hint = 0;
         if (tg_cplink_agent_id(l, id, sizeof id)[0]) {
-            while ((rc = report_once(l, batch)) == 1 && !stopping(l))
+            while ((rc = report_once(l, batch, &hint)) == 1 && !stopping(l))
                 fails = 0;
         }
         int wait = (int)interval;
         if (rc < 0) {
+            /* backoff while no control plane settles: at most 2 s, so
+             * settlement resumes within 2 s of a leader; at once on the
+             * next address; every 250 ms while a live replica waits for
+             * an election (~3.5 s after a leader crashed) */
             fails++;
-            wait = fails < 6 ? 250 << fails : 10000; /* backoff while the control plane is away */
+            wait = hint == 2 ? 250 : hint == 1 && fails <= l->cl_nch ? 50 : fails < 3 ? 250 << fails : 2000;
         }
         if (nap(l, wait))
             break;
@@ -646,8 +751,40 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
                      "not enrolled yet (%s/agent_id missing): give --enroll-token", a->a_opts.ao_data_dir);
         goto fail;
     }
-    if (!(l->cl_ch = tg_rpc_channel_create(target, NULL, err, errlen)) || !(l->cl_cancel = tg_rpc_cancel_create())) {
-        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot reach the control plane at %s", target);
+    for (const char *p = target; p && *p;) {
+        size_t n = strcspn(p, ",");
+        while (n && (*p == ' ')) {
+            p++;
+            n--;
+        }
+        while (n && p[n - 1] == ' ')
+            n--;
+        if (n == 0 || n >= sizeof l->cl_addrs[0] || l->cl_nch == CL_MAX_CP) {
+            rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp %s: expected 1 to %d addresses HOST:PORT,HOST:PORT", target,
+                         CL_MAX_CP);
+            goto fail;
+        }
+        snprintf(l->cl_addrs[l->cl_nch], sizeof l->cl_addrs[0], "%.*s", (int)n, p);
+        tg_rpc_channel_opts_t co = {0};
+        co.co_reconnect_min_ms = 100; /* the core's default grows to 120 s */
+        co.co_reconnect_max_ms = 2000;
+        co.co_keepalive_ms = 2000;    /* the server accepts pings every >= 1 s */
+        co.co_max_message_bytes = 256 << 20;
+        if (!(l->cl_chs[l->cl_nch] = tg_rpc_channel_create(l->cl_addrs[l->cl_nch], &co, err, errlen))) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "cannot reach the control plane at %s", l->cl_addrs[l->cl_nch]);
+            goto fail;
+        }
+        l->cl_nch++;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    if (l->cl_nch == 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp: no address given");
+        goto fail;
+    }
+    if (!(l->cl_cancel = tg_rpc_cancel_create())) {
+        rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory");
         goto fail;
     }
     if (pthread_create(&l->cl_sync_thr, NULL, sync_main, l) != 0) {
@@ -681,7 +818,8 @@ void tg_cplink_stop(tg_cplink_t *l)
         pthread_join(l->cl_sync_thr, NULL);
     if (l->cl_rep_started)
         pthread_join(l->cl_rep_thr, NULL);
-    tg_rpc_channel_destroy(l->cl_ch);
+    for (int i = 0; i < l->cl_nch; i++)
+        tg_rpc_channel_destroy(l->cl_chs[i]);
     tg_rpc_cancel_destroy(l->cl_cancel);
     tg_crypto_key_free(l->cl_key);
     if (l->cl_snap)
@@ -689,4 +827,46 @@ void tg_cplink_stop(tg_cplink_t *l)
     pthread_mutex_destroy(&l->cl_mu);
     pthread_cond_destroy(&l->cl_cv);
     tg_free(l);
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+void tg_cplink_metrics(tg_agent_t *a, tg_buf_t *out)
+{
+    tg_cplink_t *l = a->a_cplink;
+    uint64_t sent = 0, failed = 0;
+    if (a->a_leases)
+        tg_lease_counts(a->a_leases, &sent, &failed);
+    tg_buf_printf(out,
+                  "# HELP tollgate_agent_lease_requests_total Spend-lease requests sent to the control plane.\n"
+                  "# TYPE tollgate_agent_lease_requests_total counter\n"
+                  "tollgate_agent_lease_requests_total %llu\n"
+                  "# HELP tollgate_agent_lease_failures_total Spend-lease requests that failed.\n"
+                  "# TYPE tollgate_agent_lease_failures_total counter\n"
+                  "tollgate_agent_lease_failures_total %llu\n",
+                  (unsigned long long)sent, (unsigned long long)failed);
+    if (l == NULL)
+        return;
+    int64_t ack = atomic_load(&l->cl_m_ack_us);
+    int cur = atomic_load(&l->cl_m_sync_idx);
+    tg_buf_printf(out,
+                  "# HELP tollgate_agent_cp_connected 1 while the Sync stream to the control plane (cp) is open.\n"
+                  "# TYPE tollgate_agent_cp_connected gauge\n"
+                  "tollgate_agent_cp_connected{cp=\"%s\"} %d\n"
+                  "# HELP tollgate_agent_cp_last_ack_age_seconds Seconds since the control plane last acknowledged "
+                  "a usage batch (-1: none since start).\n"
+                  "# TYPE tollgate_agent_cp_last_ack_age_seconds gauge\n"
+                  "tollgate_agent_cp_last_ack_age_seconds %.3f\n"
+                  "# HELP tollgate_agent_cp_report_failures_total Usage reports that failed (resent later).\n"
+                  "# TYPE tollgate_agent_cp_report_failures_total counter\n"
+                  "tollgate_agent_cp_report_failures_total %llu\n"
+                  "# HELP tollgate_agent_cp_switches_total Moves to the next --cp address after one did not answer.\n"
+                  "# TYPE tollgate_agent_cp_switches_total counter\n"
+                  "tollgate_agent_cp_switches_total %llu\n"
+                  "# HELP tollgate_agent_config_revision Store revision of the configuration installed.\n"
+                  "# TYPE tollgate_agent_config_revision gauge\n"
+                  "tollgate_agent_config_revision %lld\n",
+                  l->cl_addrs[cur], atomic_load(&l->cl_m_connected), ack ? (double)(now_us() - ack) / 1e6 : -1.0,
+                  (unsigned long long)atomic_load(&l->cl_m_report_fail),
+                  (unsigned long long)atomic_load(&l->cl_m_switches), (long long)atomic_load(&l->cl_m_rev));
 }

@@ -141,6 +141,12 @@ void tg_cplink_stop(tg_cplink_t *l);
  * code with err set. */
 int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *out, char *err,
                     size_t errlen);
+/* Appends the control-plane link's series to a /metrics answer (Prometheus
+ * text): the spend-lease counters (tg_lease_counts), and with --cp the Sync
+ * stream's state and address, the age of the last acknowledged batch,
+ * report failures, address moves and the installed config revision. Any
+ * thread; reads atomics only. Can't fail (a full buffer drops the rest). */
+void tg_cplink_metrics(tg_agent_t *a, tg_buf_t *out);
 
 /* request.c */
 void tg_req_handle(tg_front_conn_t *c, void *worker);

@@ -63,6 +63,13 @@ typedef struct tg_cp_agent_side {
     struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet */
     struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
+    char as_leader_addr[256];         /* (mu) its advertised gRPC address, "" unknown */
+    int64_t as_leader_seen_rev;       /* (mu) create_rev of the leader key as_leader_addr is for */
+    int as_resign;                    /* (mu) graceful stop began: campaign no more */
+    int as_published;                 /* (leader thread) tg/replica/<me> put on as_lease */
+    char as_advertise[256];           /* (mu) this replica's address for peers, "" not yet */
+    /* forward.c: the channel to the leader, for ReportUsage on a follower */
+    struct cp_fwd_ch *as_fwd;         /* (mu) NULL until first needed */
     /* tail.c */
     pthread_t as_tail_thr;
     int as_tail_started;
@@ -114,6 +121,10 @@ int cp_verify_raw(const uint8_t *pub, size_t publen, const void *data, size_t n,
 
 int cp_sync_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
 void cp_sync_stop(tg_cp_agent_side_t *as);
+/* Ends every open Sync stream with UNAVAILABLE (a stream being snapshotted
+ * is marked and ended by the resnap thread). Thread-safe; the threads keep
+ * running. */
+void cp_sync_close_streams(tg_cp_agent_side_t *as);
 int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg);
 
 /* Appends a packed Snapshot of everything under TG_CP_K_CONFIG at store
@@ -191,6 +202,24 @@ void cp_tail_stop(tg_cp_agent_side_t *as);
  * timeout_ms). Returns 0, or -1 on timeout/stop. */
 int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
 
+/* ---- forward.c ----------------------------------------------------------------- */
+
+/* Returned by cp_forward_report when the call is not for forwarding. */
+#define CP_NOT_FORWARDED (-1)
+
+/* On a follower that knows the leader's address, sends ReportUsage's
+ * request bytes to the leader unchanged (they are signed by the agent, so
+ * the follower adds no trust) and copies its reply into `reply`. Returns the
+ * leader's status code (with its message in err), UNAVAILABLE when the leader
+ * cannot be reached, or CP_NOT_FORWARDED when this replica should answer
+ * itself: it is the leader or becoming it, no leader or address is known, or
+ * the call was already forwarded once (no loops while replicas disagree).
+ * Runs on a gRPC thread; blocks at most ~10 s (the call's own deadline). */
+int cp_forward_report(tg_cp_t *cp, tg_rpc_call_t *call, const uint8_t *req, size_t req_len,
+                      tg_buf_t *reply, char *err, size_t errlen);
+/* Drops the channel to the leader. After the RPC server is destroyed. */
+void cp_forward_free(tg_cp_agent_side_t *as);
+
 /* ---- leader.c ------------------------------------------------------------------ */
 
 int cp_leader_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
@@ -206,5 +235,8 @@ void cp_agent_side_free(tg_cp_t *cp);
 
 /* Waits on as_cv up to ms milliseconds or until stop; returns as_stop. */
 int cp_sleep(tg_cp_agent_side_t *as, int ms);
+/* The same, also woken by a graceful resign when or_resign (the leader
+ * thread); returns 1 once stop (or that resign) began. */
+int cp_wait(tg_cp_agent_side_t *as, int ms, int or_resign);
 
 #endif

@@ -175,7 +175,16 @@ static int report_usage(tg_rpc_call_t *call, const uint8_t *req, size_t req_len,
                         void *arg)
 {
     char err[TG_ERRLEN] = "";
-    int code = cp_report_usage(arg, req, req_len, reply, err, sizeof(err));
+    /* a follower hands the batch to the leader (forward.c) */
+    int code = cp_forward_report(arg, call, req, req_len, reply, err, sizeof(err));
+    if (code == CP_NOT_FORWARDED)
+        code = cp_report_usage(arg, req, req_len, reply, err, sizeof(err));
+    /* this replica is up but no leader settles yet (an election, or the
+     * leader unreachable from here): the trailer tells the agent to wait
+     * here rather than move on, since every replica forwards to the same
+     * leader (leader_gate and forward.c both word it so) */
+    if (code == TG_RPC_CODE_UNAVAILABLE && strncmp(err, "not the settling leader", 23) == 0)
+        tg_rpc_call_add_trailer(call, "tg-no-leader", "1");
     if (code != TG_RPC_CODE_OK)
         return tg_rpc_call_errorf(call, code, "%s", err[0] ? err : tg_rpc_code_name(code));
     return code;
@@ -233,6 +242,11 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
 
 int cp_sleep(tg_cp_agent_side_t *as, int ms)
 {
+    return cp_wait(as, ms, 0);
+}
+
+int cp_wait(tg_cp_agent_side_t *as, int ms, int or_resign)
+{
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += ms / 1000;
@@ -242,9 +256,9 @@ int cp_sleep(tg_cp_agent_side_t *as, int ms)
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&as->as_mu);
-    if (!as->as_stop)
+    if (!as->as_stop && !(or_resign && as->as_resign))
         pthread_cond_timedwait(&as->as_cv, &as->as_mu, &ts);
-    int stop = as->as_stop;
+    int stop = as->as_stop || (or_resign && as->as_resign);
     pthread_mutex_unlock(&as->as_mu);
     return stop;
 }
@@ -303,12 +317,26 @@ void tg_cp_agent_side_stop(tg_cp_t *cp)
      * releases it once the server is destroyed */
 }
 
+void tg_cp_agent_side_resign(tg_cp_t *cp)
+{
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    as->as_resign = 1;
+    pthread_cond_broadcast(&as->as_cv);
+    pthread_mutex_unlock(&as->as_mu);
+    cp_leader_stop(as); /* joins the leader thread, revokes the lease */
+    cp_sync_close_streams(as);
+}
+
 void cp_agent_side_free(tg_cp_t *cp)
 {
     tg_cp_agent_side_t *as = cp->cp_agent;
     if (as == NULL)
         return;
     tg_cp_agent_side_stop(cp);
+    cp_forward_free(as);
     cp->cp_agent = NULL;
     pthread_mutex_destroy(&as->as_settle_mu);
     pthread_cond_destroy(&as->as_gcv);

@@ -62,6 +62,8 @@
 #define TG_CP_K_AUDIT "tg/audit/"                   /* <seq> -> AuditEvent */
 #define TG_CP_K_AUDIT_SEQ "tg/audit-seq"            /* last audit <seq> */
 #define TG_CP_K_LEADER "tg/leader"                  /* node id, attached to the leader's lease */
+#define TG_CP_K_REPLICA "tg/replica/"               /* <node id> -> its advertised gRPC address (text),
+                                                     * attached to that replica's lease */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
 #define TG_CP_K_LIMIT "tg/limit/"                   /* <scope id> -> Balance: a key/project window's or run's
                                                       * remaining budget and its spend leases (lease.c) */
@@ -92,6 +94,7 @@ typedef struct tg_cp {
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
     int cp_settled_retention_s;     /* settled batches and their markers kept in the store (s) */
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
+    tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */
     tg_store_t *cp_store;
     tg_ledger_t *cp_ledger;
@@ -111,6 +114,10 @@ typedef struct tg_cp {
     atomic_llong cp_m_conflicts;    /* settlement transactions whose compare failed (retried) */
     atomic_llong cp_m_sync_streams; /* open Sync streams */
     atomic_llong cp_m_admin_calls;
+    atomic_llong cp_m_forwarded;    /* ReportUsage calls a follower forwarded to the leader */
+    atomic_llong cp_m_forward_fail; /* of those, the ones that failed to reach it */
+    atomic_llong cp_m_settled_at_us; /* when a settlement last committed (the leader) or was
+                                      * applied from the settled log (any replica); 0 never */
 } tg_cp_t;
 
 /* ---- budget scopes (lease.c): shared by settlement, leases and the admin reads ---- */
@@ -179,6 +186,26 @@ int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen);
 /* Stops those threads, finishes open Sync streams (UNAVAILABLE, "control
  * plane shutting down"), releases the leader lease. Idempotent. */
 void tg_cp_agent_side_stop(tg_cp_t *cp);
+
+/* The first step of a graceful stop, before the RPC server drains: gives up
+ * the leader lease at once (another replica takes over within its next
+ * campaign round, ~0.5 s, instead of the lease TTL), so /metrics stops
+ * saying leader, and ends the open Sync streams (agents reconnect to another
+ * replica) so the server's drain does not wait its grace for them. Set
+ * cp_stopping first: new Sync calls are then refused. Idempotent; call
+ * tg_cp_agent_side_stop after it as before. */
+void tg_cp_agent_side_resign(tg_cp_t *cp);
+
+/* Sets the HOST:PORT at which the other replicas reach this one's gRPC port
+ * (published under TG_CP_K_REPLICA<node id>, so followers can forward usage
+ * reports to the leader). Any thread, any time after tg_cp_agentsvc_register
+ * (the port is known only once the server listens). Can't fail. */
+void tg_cp_agent_side_advertise(tg_cp_t *cp, const char *addr);
+
+/* The settling leader's node id as this replica last saw it (the leader
+ * thread reads it every campaign round, 500 ms), copied into name; "" while
+ * none is known. Returns 1 when it is this replica. Any thread. */
+int tg_cp_leader_name(tg_cp_t *cp, char *name, size_t namelen);
 
 /* A top-up or adjustment through the settlement path: validates, applies
  * once per (account, idempotency key), writes the ledger row and answers.

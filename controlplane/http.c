@@ -74,6 +74,32 @@ static void on_request(struct evhttp_request *req, void *arg)
         metric(&b, "tollgate_cp_up", "gauge", "1 while the control plane runs", 1);
         metric(&b, "tollgate_cp_is_leader", "gauge", "1 while this replica settles",
                atomic_load(&cp->cp_is_leader));
+        {
+            /* whom this replica sees settling: every replica names the same
+             * node, so "no series with value 1" anywhere means no leader */
+            char leader[256], esc[512];
+            size_t k = 0;
+            tg_cp_leader_name(cp, leader, sizeof leader);
+            for (const char *p = leader; *p && k + 2 < sizeof esc; p++) {
+                if (*p == '"' || *p == '\\') esc[k++] = '\\';
+                esc[k++] = *p == '\n' ? ' ' : *p;
+            }
+            esc[k] = '\0';
+            tg_buf_printf(&b, "# HELP tollgate_cp_leader the settling leader as this replica sees it "
+                              "(1 with its node id; 0 with node=\"\" while none is known)\n"
+                              "# TYPE tollgate_cp_leader gauge\ntollgate_cp_leader{node=\"%s\"} %d\n",
+                          esc, leader[0] ? 1 : 0);
+            int64_t at = atomic_load(&cp->cp_m_settled_at_us);
+            metric(&b, "tollgate_cp_settled_age_seconds", "gauge",
+                   "seconds since a settled batch last reached this replica's ledger (-1: none since start)",
+                   at ? (tg_cp_now_us() - at) / 1000000 : -1);
+        }
+        metric(&b, "tollgate_cp_usage_forwarded_total", "counter",
+               "usage reports this follower forwarded to the settling leader",
+               atomic_load(&cp->cp_m_forwarded));
+        metric(&b, "tollgate_cp_usage_forward_failures_total", "counter",
+               "forwarded usage reports the leader did not answer",
+               atomic_load(&cp->cp_m_forward_fail));
         metric(&b, "tollgate_cp_admin_calls_total", "counter", "AdminService calls received",
                atomic_load(&cp->cp_m_admin_calls));
         metric(&b, "tollgate_cp_batches_settled_total", "counter", "usage batches settled",

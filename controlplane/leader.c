@@ -13,6 +13,15 @@
  *
  * On the embedded LMDB store there is one replica; the same code makes it
  * leader on its first round (LMDB implements leases too).
+ *
+ * Discovery: each replica puts its advertised gRPC address (--advertise)
+ * under TG_CP_K_REPLICA<node id> on the same lease, and a follower reads the
+ * leader's whenever the leader key changes (its create_revision), so it can
+ * forward usage reports there (forward.c). The keys vanish with the lease.
+ *
+ * Graceful stop (tg_cp_agent_side_resign): the thread leaves its loop and
+ * the lease is revoked, which deletes the leader key at once: the next
+ * replica's campaign round (<= 500 ms) wins without waiting for the TTL.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -36,6 +45,64 @@ static void set_state(tg_cp_agent_side_t *as, int ready, int64_t create_rev, con
     atomic_store(&as->as_cp->cp_is_leader, ready);
 }
 
+/* 1 once the thread should leave: stop or graceful resign. */
+static int halted(tg_cp_agent_side_t *as)
+{
+    pthread_mutex_lock(&as->as_mu);
+    int h = as->as_stop || as->as_resign;
+    pthread_mutex_unlock(&as->as_mu);
+    return h;
+}
+
+/* Puts TG_CP_K_REPLICA<me> = the advertised address on our lease (once per
+ * lease). A failure is logged and retried next round: only forwarding to
+ * this replica waits for it. */
+static void publish(tg_cp_agent_side_t *as)
+{
+    tg_cp_t *cp = as->as_cp;
+    char key[TG_STORE_MAX_KEY], err[TG_ERRLEN] = "", addr[256];
+    pthread_mutex_lock(&as->as_mu);
+    snprintf(addr, sizeof(addr), "%s", as->as_advertise);
+    pthread_mutex_unlock(&as->as_mu);
+    if (as->as_published || as->as_lease == 0 || !addr[0])
+        return;
+    snprintf(key, sizeof(key), TG_CP_K_REPLICA "%s", cp->cp_node_id ? cp->cp_node_id : "cp");
+    if (tg_store_put(cp->cp_store, key, strlen(key), addr, strlen(addr), as->as_lease, NULL, err,
+                     sizeof(err)) < 0) {
+        TG_LOG(TG_LOG_WARN, "cp.leader", "publishing this replica's address: %s", err);
+        return;
+    }
+    as->as_published = 1;
+}
+
+/* A follower learns the leader's address when the leader key changed. */
+static void resolve(tg_cp_agent_side_t *as, const char *holder, int64_t holder_rev)
+{
+    tg_cp_t *cp = as->as_cp;
+    char key[TG_STORE_MAX_KEY], err[TG_ERRLEN] = "", addr[256] = "";
+    pthread_mutex_lock(&as->as_mu);
+    int known = holder_rev != 0 && holder_rev == as->as_leader_seen_rev && as->as_leader_addr[0];
+    pthread_mutex_unlock(&as->as_mu);
+    if (known)
+        return;
+    if (holder[0]) {
+        tg_store_kv_t *kv = NULL;
+        snprintf(key, sizeof(key), TG_CP_K_REPLICA "%s", holder);
+        if (tg_store_get(cp->cp_store, key, strlen(key), &kv, NULL, err, sizeof(err)) < 0)
+            TG_LOG(TG_LOG_WARN, "cp.leader", "reading the leader's address: %s", err);
+        else if (kv != NULL)
+            snprintf(addr, sizeof(addr), "%.*s", (int)kv->kv_val_len, (const char *)kv->kv_val);
+        tg_store_kv_free(kv);
+    }
+    pthread_mutex_lock(&as->as_mu);
+    int changed = strcmp(addr, as->as_leader_addr) != 0;
+    snprintf(as->as_leader_addr, sizeof(as->as_leader_addr), "%s", addr);
+    as->as_leader_seen_rev = addr[0] ? holder_rev : 0; /* not found yet: look again next round */
+    pthread_mutex_unlock(&as->as_mu);
+    if (changed && addr[0])
+        TG_LOG(TG_LOG_INFO, "cp.leader", "the settling leader is %s at %s", holder, addr);
+}
+
 int cp_leader_check(tg_cp_agent_side_t *as, int64_t *create_rev, char *name, size_t namelen)
 {
     pthread_mutex_lock(&as->as_mu);
@@ -48,8 +115,8 @@ int cp_leader_check(tg_cp_agent_side_t *as, int64_t *create_rev, char *name, siz
 
 /* One campaign round: 1 won (create_rev set), 0 lost (name of the holder),
  * negative on a store error. */
-static int campaign(tg_cp_agent_side_t *as, int64_t *create_rev, char *holder, size_t hlen, char *err,
-                    size_t errlen)
+static int campaign(tg_cp_agent_side_t *as, int64_t *create_rev, char *holder, size_t hlen,
+                    int64_t *holder_rev, char *err, size_t errlen)
 {
     tg_cp_t *cp = as->as_cp;
     const char *me = cp->cp_node_id ? cp->cp_node_id : "cp";
@@ -72,6 +139,7 @@ static int campaign(tg_cp_agent_side_t *as, int64_t *create_rev, char *holder, s
         if (res.tx_n == 1 && res.tx_res[0].or_range.rs_n == 1) {
             const tg_store_kv_t *kv = &res.tx_res[0].or_range.rs_kvs[0];
             snprintf(holder, hlen, "%.*s", (int)kv->kv_val_len, (const char *)kv->kv_val);
+            *holder_rev = kv->kv_create_rev;
             /* our own key from before a restart with the same node id and a
              * lease we no longer hold: it expires by itself */
         }
@@ -87,17 +155,20 @@ static void *leader_main(void *arg)
     tg_cp_agent_side_t *as = arg;
     tg_cp_t *cp = as->as_cp;
     const char *me = cp->cp_node_id ? cp->cp_node_id : "cp";
-    while (!as->as_stop) {
+    while (!halted(as)) {
         char err[TG_ERRLEN] = "", holder[256] = "";
-        int64_t create_rev = 0;
-        if (as->as_lease == 0 &&
-            tg_store_lease_grant(cp->cp_store, LEASE_TTL_S, &as->as_lease, err, sizeof(err)) < 0) {
-            as->as_lease = 0;
-            TG_LOG(TG_LOG_WARN, "cp.leader", "lease grant: %s", err);
-            cp_sleep(as, CAMPAIGN_MS);
-            continue;
+        int64_t create_rev = 0, holder_rev = 0;
+        if (as->as_lease == 0) {
+            as->as_published = 0;
+            if (tg_store_lease_grant(cp->cp_store, LEASE_TTL_S, &as->as_lease, err, sizeof(err)) < 0) {
+                as->as_lease = 0;
+                TG_LOG(TG_LOG_WARN, "cp.leader", "lease grant: %s", err);
+                cp_wait(as, CAMPAIGN_MS, 1);
+                continue;
+            }
         }
-        int rc = campaign(as, &create_rev, holder, sizeof(holder), err, sizeof(err));
+        publish(as);
+        int rc = campaign(as, &create_rev, holder, sizeof(holder), &holder_rev, err, sizeof(err));
         if (rc == TG_STORE_ENOLEASE) {
             as->as_lease = 0;
             continue;
@@ -106,10 +177,12 @@ static void *leader_main(void *arg)
             if (rc < 0)
                 TG_LOG(TG_LOG_WARN, "cp.leader", "campaign: %s", err);
             set_state(as, 0, 0, holder);
+            if (rc == 0)
+                resolve(as, holder, holder_rev);
             /* keep our lease alive so the next round can use it */
             if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0)
                 as->as_lease = 0;
-            cp_sleep(as, CAMPAIGN_MS);
+            cp_wait(as, CAMPAIGN_MS, 1);
             continue;
         }
         /* won: catch the ledger up to the last settled batch, then settle */
@@ -124,21 +197,22 @@ static void *leader_main(void *arg)
         tg_store_kv_free(kv);
         int ok = 1;
         int64_t t0 = tg_cp_now_us();
-        while (!as->as_stop && cp_tail_wait(as, need, KEEPALIVE_MS) < 0) {
+        while (!halted(as) && cp_tail_wait(as, need, KEEPALIVE_MS) < 0) {
             if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0 ||
                 tg_cp_now_us() - t0 > (int64_t)CATCHUP_MS * 1000) {
                 ok = 0;
                 break;
             }
         }
-        if (ok && !as->as_stop) {
+        if (ok && !halted(as)) {
             pthread_mutex_lock(&as->as_settle_mu);
             as->as_settled_seq_modrev = -1; /* read the log's tail afresh */
             pthread_mutex_unlock(&as->as_settle_mu);
             set_state(as, 1, create_rev, me);
             TG_LOG(TG_LOG_INFO, "cp.leader", "%s is the settling leader (ledger caught up in %" PRId64 " ms)",
                    me, (tg_cp_now_us() - t0) / 1000);
-            while (!cp_sleep(as, KEEPALIVE_MS)) {
+            while (!cp_wait(as, KEEPALIVE_MS, 1)) {
+                publish(as); /* the address may be set after we won */
                 if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0) {
                     ok = 0;
                     break;
@@ -164,6 +238,32 @@ int cp_leader_start(tg_cp_agent_side_t *as, char *err, size_t errlen)
     return 0;
 }
 
+int tg_cp_leader_name(tg_cp_t *cp, char *name, size_t namelen)
+{
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    int me = 0;
+    if (namelen)
+        name[0] = '\0';
+    if (as == NULL)
+        return 0;
+    pthread_mutex_lock(&as->as_mu);
+    snprintf(name, namelen, "%s", as->as_leader_name);
+    me = as->as_settle_ready;
+    pthread_mutex_unlock(&as->as_mu);
+    return me;
+}
+
+void tg_cp_agent_side_advertise(tg_cp_t *cp, const char *addr)
+{
+    tg_cp_agent_side_t *as = cp->cp_agent;
+    if (as == NULL)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    snprintf(as->as_advertise, sizeof(as->as_advertise), "%s", addr ? addr : "");
+    pthread_cond_broadcast(&as->as_cv);
+    pthread_mutex_unlock(&as->as_mu);
+}
+
 void cp_leader_stop(tg_cp_agent_side_t *as)
 {
     if (as->as_leader_started)
@@ -174,7 +274,11 @@ void cp_leader_stop(tg_cp_agent_side_t *as)
      * without waiting for the TTL */
     if (as->as_lease != 0) {
         char err[TG_ERRLEN] = "";
-        tg_store_lease_revoke(as->as_cp->cp_store, as->as_lease, err, sizeof(err));
+        if (tg_store_lease_revoke(as->as_cp->cp_store, as->as_lease, err, sizeof(err)) < 0)
+            TG_LOG(TG_LOG_WARN, "cp.leader", "revoking the lease: %s (it lapses within %d s)", err,
+                   LEASE_TTL_S);
+        else
+            TG_LOG(TG_LOG_INFO, "cp.leader", "lease revoked: leader key and address released");
         as->as_lease = 0;
     }
 }

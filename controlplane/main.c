@@ -37,6 +37,10 @@ static const char USAGE[] =
     "  --tls-cert PEM --tls-key PEM   serve gRPC over TLS (TG_CP_TLS_CERT, TG_CP_TLS_KEY)\n"
     "  --client-ca PEM           require client certificates signed by it: mTLS (TG_CP_CLIENT_CA)\n"
     "  --node-id NAME            this replica's name (TG_CP_NODE_ID, default HOST:PID)\n"
+    "  --advertise HOST:PORT     where the other replicas reach this one's gRPC port (TG_CP_ADVERTISE,\n"
+    "                            default the --listen host, or this host's name for a wildcard, and the bound port)\n"
+    "  --peer-ca PEM             roots that verify the other replicas' certificates when forwarding\n"
+    "                            (TG_CP_PEER_CA, default --client-ca, else the system roots)\n"
     "  --threads N               gRPC handler threads (TG_CP_THREADS, default 8)\n"
     "  --heartbeat-ms MS         Sync heartbeat period (TG_CP_HEARTBEAT_MS, default 5000)\n"
     "  --settled-retention-s S   settled batches and their dedup markers kept in the store\n"
@@ -55,7 +59,8 @@ typedef struct flag {
 
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
-    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_COUNT
+    F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
+    F_PEER_CA, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -76,6 +81,8 @@ static flag_t flags[F_COUNT] = {
     {"--store-history-s", "TG_CP_STORE_HISTORY_S", "120"},
     {"--lease-ttl-ms", "TG_CP_LEASE_TTL_MS", "30000"},
     {"--log-level", "TG_CP_LOG_LEVEL", "info"},
+    {"--advertise", "TG_CP_ADVERTISE", NULL},
+    {"--peer-ca", "TG_CP_PEER_CA", NULL},
 };
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
@@ -143,7 +150,7 @@ int main(int argc, char **argv)
     tg_rpc_server_opts_t so = {0};
     tg_cp_http_t *http = NULL;
     char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
-    char *cert = NULL, *key = NULL, *ca = NULL, *enroll = NULL;
+    char *cert = NULL, *key = NULL, *ca = NULL, *peer_ca = NULL, *enroll = NULL;
     int rc = 1, http_port = 0, agent_started = 0, sig;
     long threads, heartbeat, retention, history, lease_ttl;
     tg_store_opts_t sto;
@@ -263,9 +270,20 @@ int main(int argc, char **argv)
     cp.cp_enroll_token = enroll;
     if ((flags[F_CERT].f_val && !(cert = slurp(flags[F_CERT].f_val, 1 << 20, err, sizeof err))) ||
         (flags[F_KEY].f_val && !(key = slurp(flags[F_KEY].f_val, 1 << 20, err, sizeof err))) ||
-        (flags[F_CA].f_val && !(ca = slurp(flags[F_CA].f_val, 1 << 20, err, sizeof err)))) {
+        (flags[F_CA].f_val && !(ca = slurp(flags[F_CA].f_val, 1 << 20, err, sizeof err))) ||
+        (flags[F_PEER_CA].f_val && !(peer_ca = slurp(flags[F_PEER_CA].f_val, 1 << 20, err, sizeof err)))) {
         TG_LOG(TG_LOG_ERROR, "cp", "TLS: %s", err);
         goto done;
+    }
+    /* a follower calls the leader as a client: TLS when replicas serve it,
+     * with this replica's own certificate when they require client ones */
+    if (cert) {
+        cp.cp_peer_tls.co_tls = 1;
+        cp.cp_peer_tls.co_root_pem = peer_ca ? peer_ca : ca;
+        if (ca) {
+            cp.cp_peer_tls.co_cert_pem = cert;
+            cp.cp_peer_tls.co_key_pem = key;
+        }
     }
 
     memset(&sto, 0, sizeof sto);
@@ -322,6 +340,15 @@ int main(int argc, char **argv)
                http_port, store_spec, node, cp.cp_ntokens);
         printf("tollgate-cp grpc=%s:%d http=%s:%d\n", gh, tg_rpc_server_port(cp.cp_rpc), hh,
                http_port);
+        if (flags[F_ADVERTISE].f_val) {
+            snprintf(path, sizeof path, "%s", flags[F_ADVERTISE].f_val);
+        } else {
+            char host[256] = "localhost";
+            int wild = !gh[0] || strcmp(gh, "0.0.0.0") == 0 || strcmp(gh, "[::]") == 0 || strcmp(gh, "::") == 0;
+            if (wild) gethostname(host, sizeof host - 1);
+            snprintf(path, sizeof path, "%s:%d", wild ? host : gh, tg_rpc_server_port(cp.cp_rpc));
+        }
+        tg_cp_agent_side_advertise(&cp, path);
         fflush(stdout);
     }
 
@@ -342,6 +369,10 @@ int main(int argc, char **argv)
     }
     TG_LOG(TG_LOG_INFO, "cp", "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     atomic_store(&cp.cp_stopping, 1);
+    /* hand over first: the leader key goes now (another replica settles
+     * within its next campaign round) and Sync streams end, so agents move
+     * on while calls in flight drain */
+    tg_cp_agent_side_resign(&cp);
     tg_rpc_server_shutdown(cp.cp_rpc, 3000);
     /* exports run on their own threads and read the ledger: wait (bounded)
      * for them to see the cancelled calls before the ledger closes */
@@ -366,6 +397,7 @@ done:
     if (key) memset(key, 0, strlen(key));
     tg_free(key);
     tg_free(ca);
+    tg_free(peer_ca);
     tg_free(enroll);
     libevent_global_shutdown();
     if (rc == 0) TG_LOG(TG_LOG_INFO, "cp", "stopped");

@@ -177,6 +177,7 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
     rc = tg_ledger_append(cp->cp_ledger, rows, n, res, NULL, err, errlen);
     if (rc < 0)
         goto fail;
+    atomic_store(&cp->cp_m_settled_at_us, tg_cp_now_us()); /* /metrics: settlement age */
     for (size_t i = 0; i < n; i++)
         if (res[i].ar_status == TG_LEDGER_ROW_CONFLICT)
             TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",

@@ -440,7 +440,9 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
 
     int current = 0;
     pthread_mutex_lock(&as->as_mu);
-    if (as->as_stop) {
+    /* cp_stopping: tg_cp_agent_side_resign closes streams under as_mu after
+     * setting it, so no stream is added behind its back */
+    if (as->as_stop || atomic_load(&cp->cp_stopping)) {
         pthread_mutex_unlock(&as->as_mu);
         tg_free(s);
         return tg_rpc_call_errorf(call, TG_RPC_CODE_UNAVAILABLE, "control plane shutting down");
@@ -790,19 +792,36 @@ void cp_sync_stop(tg_cp_agent_side_t *as)
     if (as->as_resnap_started)
         pthread_join(as->as_resnap_thr, NULL);
     as->as_watch_started = as->as_resnap_started = 0;
-    pthread_mutex_lock(&as->as_mu);
-    sync_stream_t *all = as->as_streams;
-    as->as_streams = NULL;
-    pthread_mutex_unlock(&as->as_mu);
-    while (all) {
-        sync_stream_t *s = all;
-        all = s->ss_next;
-        atomic_fetch_sub(&as->as_cp->cp_m_sync_streams, 1);
-        finish_stream(as, s, TG_RPC_CODE_UNAVAILABLE, "control plane shutting down", 0);
-    }
+    cp_sync_close_streams(as);
     if (as->as_ring != NULL) {
         ring_clear(as->as_ring);
         tg_free(as->as_ring);
         as->as_ring = NULL;
+    }
+}
+
+void cp_sync_close_streams(tg_cp_agent_side_t *as)
+{
+    sync_stream_t *all = NULL;
+    pthread_mutex_lock(&as->as_mu);
+    /* a stream being snapshotted belongs to the resnap thread until it is
+     * sent: mark it, and that thread finishes it (as on_cancel does) */
+    for (sync_stream_t **pp = &as->as_streams; *pp;) {
+        sync_stream_t *s = *pp;
+        if (s->ss_state == SS_SNAPPING) {
+            s->ss_dead = 1;
+            pp = &s->ss_next;
+            continue;
+        }
+        *pp = s->ss_next;
+        s->ss_next = all;
+        all = s;
+        atomic_fetch_sub(&as->as_cp->cp_m_sync_streams, 1);
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    while (all) {
+        sync_stream_t *s = all;
+        all = s->ss_next;
+        finish_stream(as, s, TG_RPC_CODE_UNAVAILABLE, "control plane shutting down", 0);
     }
 }

@@ -37,6 +37,7 @@
 #include <time.h>
 
 #include "base/tg_b64.h"
+#include "base/tg_log.h"
 #include "store/store_int.h"
 
 #define MAX_RESPONSE ((size_t)512 << 20) /* a range of many 1 MiB values */
@@ -328,7 +329,10 @@ static int call(estore_t *es, const char *path, json_t *body, int idem, json_t *
                 goto done;
             }
             if (status == 200) {
-                atomic_store(&es->es_cur, ep);
+                int was = atomic_exchange(&es->es_cur, ep);
+                if (was != ep) /* operators see every failover (issue 15) */
+                    TG_LOG(TG_LOG_WARN, "store.etcd", "etcd endpoint changed: %s answers now, %s did not (%s)",
+                           es->es_eps[ep], es->es_eps[was], last);
                 *out = j;
                 rc = 0;
                 goto done;
@@ -813,7 +817,11 @@ static void *watch_thread(void *arg)
             break;
         /* the stream ended: next endpoint, after a backoff unless it made progress */
         if (!got || ew->ew_next == before) {
+            int was = ep;
             ep = (ep + 1) % (int)es->es_neps;
+            if (ep != was)
+                TG_LOG(TG_LOG_WARN, "store.etcd", "etcd watch moves from endpoint %s to %s (HTTP %ld)",
+                       es->es_eps[was], es->es_eps[ep], status);
             if (es->es_user) { /* the token may have expired: get a fresh one */
                 char aerr[TG_ERRLEN] = "";
                 (void)authenticate(es, aerr, sizeof(aerr));

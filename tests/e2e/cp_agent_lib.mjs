@@ -67,10 +67,15 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
     return m && Number(m[1]);
   }, { timeoutMs: 15000, what: 'tollgate-cp to print its port' });
   const addr = `127.0.0.1:${port}`;
+  const http = Number(/tollgate-cp grpc=\S+ http=[\d.]+:(\d+)/.exec(proc.output())[1]);
   const admin = new pkg.AdminService(addr, grpc.credentials.createInsecure());
   const agentSvc = new pkg.AgentService(addr, grpc.credentials.createInsecure());
   return {
-    proc, port, admin, agentSvc, dataDir, nodeId,
+    proc, port, http, addr, admin, agentSvc, dataDir, nodeId,
+    // GET /metrics as text (the HTTP port)
+    async metrics() {
+      return (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
+    },
     adminCall(method, req) {
       const md = new grpc.Metadata();
       md.set('authorization', `Bearer ${ADMIN_TOKEN}`);

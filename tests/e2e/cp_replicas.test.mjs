@@ -1,6 +1,7 @@
 // Two control-plane replicas on one real etcd: one wins the leader lease and
-// settles; the other answers ReportUsage with UNAVAILABLE naming the leader,
-// serves Sync, and tails the settled log into its own ledger. When the leader
+// settles; the other forwards ReportUsage to it (exactly once whichever
+// replica a batch reaches), serves Sync, and tails the settled log into its
+// own ledger. When the leader
 // is killed (SIGKILL: no lease revoke), the other takes over within seconds,
 // answers resends of batches the old leader settled from their markers, and
 // settles new ones; its ledger holds every row.
@@ -14,17 +15,12 @@ after(async () => {
   for (const p of procs.reverse()) await p.stop('SIGKILL');
 });
 
+// Who settles, from a replica's /metrics: is it the leader, and whom does
+// it name as the leader.
 async function role(cp) {
-  const a = new FakeAgent(cp, 'probe');
-  await a.enroll();
-  try {
-    await a.report(a.signed([]));
-    return { leader: true };
-  } catch (e) {
-    const m = /not the settling leader; leader is (\S+)/.exec(e.details || '');
-    if (!m) throw e;
-    return { leader: false, names: m[1] };
-  }
+  const m = await cp.metrics();
+  const names = /tollgate_cp_leader\{node="([^"]*)"\} 1/.exec(m);
+  return { leader: /^tollgate_cp_is_leader 1$/m.test(m), names: names ? names[1] : '' };
 }
 
 async function ledgerIds(cp, account) {
@@ -48,9 +44,8 @@ test('two replicas: one settles, the other serves Sync and takes over when the l
   await until(async () => (await role(cpA)).leader, { timeoutMs: 10000, what: 'cp-a to lead' });
   const cpB = await startCp({ store, nodeId: 'cp-b' });
   procs.push(cpB);
-  const rb = await role(cpB);
-  assert.equal(rb.leader, false);
-  assert.equal(rb.names, 'cp-a', 'the follower names the leader');
+  await until(async () => (await role(cpB)).names === 'cp-a', { timeoutMs: 5000, what: 'cp-b to name the leader' });
+  assert.equal((await role(cpB)).leader, false);
 
   const ids = await seed(cpA);
   // the follower serves Sync from the same store
@@ -61,7 +56,8 @@ test('two replicas: one settles, the other serves Sync and takes over when the l
   assert.ok(s.messages[0].m.snapshot.accounts.some((x) => x.id === ids.account));
   s.stream.cancel();
 
-  // settle through the leader; the follower refuses and changes nothing
+  // settle through the follower, which forwards to the leader; a resend to
+  // the leader is answered from the marker: once, whatever the path
   agent.cp = cpA;
   const before = await balance(cpA, ids.account);
   let want = 0n;
@@ -76,12 +72,13 @@ test('two replicas: one settles, the other serves Sync and takes over when the l
       all.push(r.record_id);
     }
     const req = agent.signed(recs);
-    await assert.rejects(agent.report(req, cpB), (e) => /not the settling leader; leader is cp-a/.test(e.details));
-    const r = await agent.report(req, cpA);
+    const r = await agent.report(req, cpB);
     assert.equal(r.settled, 40);
+    assert.equal((await agent.report(req, cpA)).duplicate_batch, true);
     sent.push(req);
   }
   assert.equal(await balance(cpB, ids.account), before - want);
+  assert.match(await cpB.metrics(), /^tollgate_cp_usage_forwarded_total [5-9]$/m);
   // the follower's ledger caught up by tailing the settled log
   await until(async () => {
     const have = await ledgerIds(cpB, ids.account);
