@@ -81,6 +81,18 @@ for (const backend of ['lmdb', 'etcd']) {
       return { id: acct.id, secret: k.secret, keyId: k.key.id };
     }
 
+    // Waits until every live agent installed configuration revision `rev` or later.
+    async function synced(rev) {
+      for (const a of agents) {
+        if (a.dead) continue;
+        await until(async () => {
+          const t = await (await fetch(`${a.metricsUrl}/metrics`)).text();
+          const m = /^tollgate_agent_config_revision (\d+)/m.exec(t);
+          return m && BigInt(m[1]) >= BigInt(rev);
+        }, { timeoutMs: 10000, what: `configuration revision ${rev} at the agent` });
+      }
+    }
+
     async function drained() {
       for (const a of agents) {
         if (a.dead) continue;
@@ -281,15 +293,10 @@ for (const backend of ['lmdb', 'etcd']) {
 
     test('a bounded offline allowance: past the lapsed lease an agent spends at most the policy\'s allowance, then fails closed', async () => {
       const one = await oneCost();
-      await cp.adminCall('PutPolicy', { policy: { offline_allowance_nano: String(one * 5n) } });
+      const pol = await cp.adminCall('PutPolicy', { policy: { offline_allowance_nano: String(one * 5n) } });
       const acct = await account('allowance', 100n * 1000000000n);
       const a = agents[2];
-      // the policy reaches the agent over Sync
-      await until(async () => {
-        const r = await fetch(`${a.metricsUrl}/readyz`).catch(() => null);
-        return r && r.status === 200;
-      }, { timeoutMs: 5000, what: 'the agent to be ready' });
-      await new Promise((r) => setTimeout(r, 500));
+      await synced(pol.revision);
       const c = new OpenAI({ apiKey: acct.secret, baseURL: a.base, maxRetries: 0, timeout: 10000 });
       await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 });
       await cp.stop('SIGKILL');
@@ -428,8 +435,9 @@ for (const backend of ['lmdb', 'etcd']) {
       const one = await oneCost();
       const acct = await account('runner', 100n * 1000000000n);
       const run = `run-${backend}-${Date.now()}`;
-      await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id, max_spend_nano: String(one * 3n),
-        currency: 'USD' } });
+      const rb = await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id,
+        max_spend_nano: String(one * 3n), currency: 'USD' } });
+      await synced(rb.revision);
       const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0,
         defaultHeaders: { 'X-Tollgate-Run': run } });
       // the budget reaches the agents over Sync; then the run spends until it is refused
@@ -462,9 +470,9 @@ for (const backend of ['lmdb', 'etcd']) {
       const one = await oneCost();
       const acct = await account('research', 100n * 1000000000n);
       const run = `research-e2e-${Date.now()}`;
-      await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id, max_spend_nano: String(one * 6n),
-        currency: 'USD' } });
-      await new Promise((r) => setTimeout(r, 500)); // the budget reaches the agents over Sync
+      const rb = await cp.adminCall('PutRunBudget', { budget: { run_id: run, account_id: acct.id,
+        max_spend_nano: String(one * 6n), currency: 'USD' } });
+      await synced(rb.revision);
       const out = await new Promise((resolve, reject) => execFile(process.execPath,
         [path.join(ROOT, 'examples', 'research-run.mjs')], { timeout: 60000, env: { ...process.env,
           OPENAI_BASE_URL: agents[1].base, OPENAI_API_KEY: acct.secret, TOLLGATE_RUN: run, TOLLGATE_MODELS: 'gpt-4o',
