@@ -274,6 +274,7 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
     out->balance_nano = r->balance_nano;
     out->floor_nano = r->floor_nano;
     out->restarted = r->restarted;
+    out->free_nano = r->free_nano;
     tg_rpc_pb_free(reply);
     return 0;
 }
@@ -804,7 +805,7 @@ fail:
     return rc;
 }
 
-void tg_cplink_stop(tg_cplink_t *l)
+void tg_cplink_quiesce(tg_cplink_t *l)
 {
     if (!l)
         return;
@@ -818,6 +819,14 @@ void tg_cplink_stop(tg_cplink_t *l)
         pthread_join(l->cl_sync_thr, NULL);
     if (l->cl_rep_started)
         pthread_join(l->cl_rep_thr, NULL);
+    l->cl_sync_started = l->cl_rep_started = 0;
+}
+
+void tg_cplink_stop(tg_cplink_t *l)
+{
+    if (!l)
+        return;
+    tg_cplink_quiesce(l);
     for (int i = 0; i < l->cl_nch; i++)
         tg_rpc_channel_destroy(l->cl_chs[i]);
     tg_rpc_cancel_destroy(l->cl_cancel);

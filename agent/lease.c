@@ -34,6 +34,8 @@
 #define RETRY_MIN_US (100LL * 1000)
 #define RETRY_MAX_US (5LL * 1000000)
 #define STOP_RETURN_US (3LL * 1000000)
+#define NCHAIN 1024                     /* hash chains; entries of idle scopes are pruned */
+#define PRUNE_IDLE_US (300LL * 1000000) /* an entry holding nothing, unused this long, goes */
 
 typedef struct lent {
     struct lent *le_next;
@@ -67,7 +69,9 @@ struct tg_lease_tab {
     tg_lease_rpc_fn lt_rpc;
     tg_lease_local_fn lt_local;
     void *lt_arg;
-    lent_t *lt_list;
+    lent_t *lt_chain[NCHAIN]; /* entries by hash of (account, scope) */
+    size_t lt_n;
+    int64_t lt_pruned_at;
     uint64_t lt_sent, lt_failed;
 };
 
@@ -78,10 +82,22 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static size_t chain_of(const char *acct, const char *bucket)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over both, a 0 between */
+    for (const char *p = acct; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h *= 1099511628211ull;
+    for (const char *p = bucket; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return (size_t)(h & (NCHAIN - 1));
+}
+
 /* (mu) */
 static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int create)
 {
-    for (lent_t *e = t->lt_list; e != NULL; e = e->le_next)
+    size_t c = chain_of(acct, bucket);
+    for (lent_t *e = t->lt_chain[c]; e != NULL; e = e->le_next)
         if (strcmp(e->le_acct, acct) == 0 && strcmp(e->le_bucket, bucket) == 0)
             return e;
     if (!create)
@@ -97,8 +113,9 @@ static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int
         tg_free(e);
         return NULL;
     }
-    e->le_next = t->lt_list;
-    t->lt_list = e;
+    e->le_next = t->lt_chain[c];
+    t->lt_chain[c] = e;
+    t->lt_n++;
     return e;
 }
 
@@ -165,9 +182,14 @@ static int local_rpc(tg_lease_tab_t *t, Tollgate__V1__LeaseRequest *q, Tollgate_
     if (t->lt_local == NULL || t->lt_local(t->lt_arg, q->account_id, q->bucket, &budget) != 0)
         return tg_errf(err, errlen, -1, "no balance for %s/%s in the configuration", q->account_id, q->bucket);
     int restarted = q->reset;
-    int64_t base = q->unsettled_nano + (restarted ? 0 : q->keep_nano);
-    int64_t room = budget - base, want = q->requested_nano > q->need_nano ? q->requested_nano : q->need_nano;
+    int64_t left = budget - q->unsettled_nano;
+    int64_t kept = restarted ? 0 : q->keep_nano;
+    if (kept > left)
+        kept = left > 0 ? left : 0;
+    int64_t base = q->unsettled_nano + kept;
+    int64_t room = left - kept, want = q->requested_nano > q->need_nano ? q->requested_nano : q->need_nano;
     int64_t g = want <= 0 || room <= 0 ? 0 : want < room ? want : room;
+    r->free_nano = kept + g;
     r->granted_nano = g;
     r->hold_nano = base + g;
     r->expires_at_us = now_us() + 3600LL * 1000000;
@@ -225,7 +247,9 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     q.keep_nano = fr - ret;
     q.need_nano = e->le_need_max;
     q.spend_rate_nano_per_s = e->le_rate;
-    q.reset = !e->le_started;
+    /* a hold that lapsed here is re-based as new (the control plane may
+     * still hold it for a moment: nothing of it must come back to life) */
+    q.reset = !e->le_started || !live(e, now);
     q.unsettled_nano = e->le_owed + e->le_res;
     int64_t res0 = e->le_res, spent0 = e->le_spent, need0 = e->le_need_max;
     e->le_base -= ret; /* not spent from any more, whatever the answer */
@@ -258,13 +282,10 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     e->le_offline_used = 0; /* the control plane answers again: what was spent offline is owed now */
     e->le_backoff = 0;
     e->le_retry_at = 0;
-    if (r->restarted) {
-        /* re-based: the free part is the grant alone, less what was spent
-         * or reserved since the request left */
-        e->le_base = r->granted_nano + res0 + spent0;
-    } else {
-        e->le_base += r->granted_nano;
-    }
+    /* the control plane says what the free part was when the request
+     * left (what it kept of it, plus the grant); since then the agent
+     * spent and reserved from the old one, which comes out of it */
+    e->le_base = r->free_nano + res0 + spent0;
     e->le_started = 1;
     e->le_expires = r->expires_at_us;
     e->le_granted_at = now;
@@ -276,6 +297,32 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
                bucket, (long long)r->granted_nano, (long long)want, (long long)r->available_nano);
 }
 
+static void free_entry(lent_t *e)
+{
+    tg_free(e->le_acct);
+    tg_free(e->le_bucket);
+    tg_free(e);
+}
+
+/* (mu) Drops the entries of scopes that hold nothing and were not used for
+ * PRUNE_IDLE_US (a key's limit window of yesterday, a finished run): their
+ * hold at the control plane is zero or lapses by itself. */
+static void prune(tg_lease_tab_t *t, int64_t now)
+{
+    for (size_t c = 0; c < NCHAIN; c++)
+        for (lent_t **pp = &t->lt_chain[c]; *pp != NULL;) {
+            lent_t *e = *pp;
+            if (!e->le_inflight && e->le_res == 0 && e->le_owed == 0 && e->le_want <= e->le_sent &&
+                free_of(e, now) == 0 && e->le_last_use < now - PRUNE_IDLE_US) {
+                *pp = e->le_next;
+                free_entry(e);
+                t->lt_n--;
+            } else {
+                pp = &e->le_next;
+            }
+        }
+}
+
 static void *lease_main(void *arg)
 {
     tg_lease_tab_t *t = arg;
@@ -283,9 +330,14 @@ static void *lease_main(void *arg)
     while (!t->lt_stop) {
         int64_t now = now_us();
         lent_t *pick = NULL;
-        for (lent_t *e = t->lt_list; e != NULL && pick == NULL; e = e->le_next)
-            if (due(e, now))
-                pick = e;
+        if (now - t->lt_pruned_at > 1000000) {
+            prune(t, now);
+            t->lt_pruned_at = now;
+        }
+        for (size_t c = 0; c < NCHAIN && pick == NULL; c++)
+            for (lent_t *e = t->lt_chain[c]; e != NULL && pick == NULL; e = e->le_next)
+                if (due(e, now))
+                    pick = e;
         if (pick != NULL) {
             exchange(t, pick, now, 0);
             continue;
@@ -334,18 +386,18 @@ void tg_lease_tab_destroy(tg_lease_tab_t *t)
     /* graceful stop: what is free goes back now rather than at expiry */
     pthread_mutex_lock(&t->lt_mu);
     int64_t until = now_us() + STOP_RETURN_US;
-    for (lent_t *e = t->lt_list; e != NULL; e = e->le_next) {
-        int64_t now = now_us();
-        if (t->lt_rpc != NULL && now < until && free_of(e, now) > 0)
-            exchange(t, e, now, 1);
-    }
-    while (t->lt_list != NULL) {
-        lent_t *e = t->lt_list;
-        t->lt_list = e->le_next;
-        tg_free(e->le_acct);
-        tg_free(e->le_bucket);
-        tg_free(e);
-    }
+    for (size_t c = 0; c < NCHAIN; c++)
+        for (lent_t *e = t->lt_chain[c]; e != NULL; e = e->le_next) {
+            int64_t now = now_us();
+            if (t->lt_rpc != NULL && now < until && free_of(e, now) > 0)
+                exchange(t, e, now, 1);
+        }
+    for (size_t c = 0; c < NCHAIN; c++)
+        while (t->lt_chain[c] != NULL) {
+            lent_t *e = t->lt_chain[c];
+            t->lt_chain[c] = e->le_next;
+            free_entry(e);
+        }
     pthread_mutex_unlock(&t->lt_mu);
     pthread_mutex_destroy(&t->lt_mu);
     pthread_cond_destroy(&t->lt_cv);
@@ -396,7 +448,7 @@ int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *buck
     }
     if (*ticket != 0 && e->le_done >= *ticket) {
         /* the request that carried this need was answered, still short */
-        if (e->le_failed || e->le_avail_after < nano) {
+        if (e->le_failed || free_of(e, now) + e->le_avail_after < nano) {
             rc = e->le_failed ? TG_LEASE_OFFLINE : TG_LEASE_DENIED;
             goto out;
         }

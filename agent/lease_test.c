@@ -5,12 +5,14 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "agent/lease.h"
 
@@ -99,12 +101,120 @@ static void test_owed_at_start_is_held(void **state)
     tg_lease_tab_destroy(t);
 }
 
+/* ---- against a fake control plane with controlplane/lease.c's rule ---------- */
+
+#define TTL_US 3000000LL
+static int64_t cp_budget, cp_hold, cp_exp, cp_other;
+static int cp_up = 1;
+static pthread_mutex_t cp_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* hold = owed + the part of keep that is left + grant; a waiting need is
+ * met from the room beside what the agent keeps */
+static int fake_cp(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r, char *err, size_t errlen)
+{
+    (void)arg;
+    pthread_mutex_lock(&cp_mu);
+    int64_t t = now_us();
+    if (!cp_up) {
+        pthread_mutex_unlock(&cp_mu);
+        snprintf(err, errlen, "unreachable");
+        return -1;
+    }
+    int restarted = q->reset || cp_exp <= t;
+    int64_t left = cp_budget - cp_other - q->unsettled_nano;
+    int64_t kept = restarted ? 0 : q->keep_nano;
+    if (kept > left)
+        kept = left > 0 ? left : 0;
+    int64_t room = left - kept, need = q->need_nano > kept ? q->need_nano - kept : 0;
+    int64_t want = q->requested_nano > need ? q->requested_nano : need;
+    int64_t g = want <= 0 || room <= 0 ? 0 : want < room ? want : room;
+    cp_hold = q->unsettled_nano + kept + g;
+    cp_exp = t + TTL_US;
+    r->granted_nano = g;
+    r->free_nano = kept + g;
+    r->hold_nano = cp_hold;
+    r->expires_at_us = cp_exp;
+    r->available_nano = room - g;
+    r->restarted = restarted;
+    pthread_mutex_unlock(&cp_mu);
+    return 0;
+}
+
+static int reserve_at(tg_lease_tab_t *t, int64_t nano)
+{
+    uint64_t ticket = 0;
+    for (int i = 0; i < 3000; i++) {
+        int rc = tg_lease_reserve(t, "acct", "wallet", nano, &ticket, 0, now_us());
+        if (rc != TG_LEASE_WAIT)
+            return rc;
+        usleep(1000);
+    }
+    return TG_LEASE_WAIT;
+}
+
+/* What the agent holds free counts toward a request that needs more: the
+ * control plane grants only what is missing (a request bigger than the
+ * first slice used to be refused with budget left). */
+static void test_free_part_counts_toward_need(void **state)
+{
+    (void)state;
+    cp_budget = 1000, cp_hold = 0, cp_exp = 0, cp_other = 0, cp_up = 1;
+    tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
+    assert_non_null(t);
+    assert_int_equal(reserve_at(t, 100), TG_LEASE_OK);
+    tg_lease_release(t, "acct", "wallet", 100, 100);
+    /* 900 of the 1000 are left; the agent holds some of it free */
+    assert_int_equal(reserve_at(t, 850), TG_LEASE_OK);
+    tg_lease_release(t, "acct", "wallet", 850, 850);
+    assert_int_equal(reserve_at(t, 60), TG_LEASE_DENIED); /* 50 left */
+    tg_lease_tab_destroy(t);
+}
+
+/* A hold that lapsed here but is still live at the control plane (the
+ * control plane was away for longer than the agent's use-by time, shorter
+ * than its TTL) must not come back to life beside a new grant: what the
+ * agent then spends plus what another agent is granted stays within the
+ * budget. */
+static void test_lapsed_hold_is_rebased(void **state)
+{
+    (void)state;
+    cp_budget = 1000, cp_hold = 0, cp_exp = 0, cp_other = 0, cp_up = 1;
+    tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
+    assert_non_null(t);
+    int64_t t0 = now_us();
+    assert_int_equal(reserve_at(t, 100), TG_LEASE_OK);
+    tg_lease_release(t, "acct", "wallet", 100, 0);
+    pthread_mutex_lock(&cp_mu);
+    cp_up = 0;
+    pthread_mutex_unlock(&cp_mu);
+    while (now_us() - t0 < 2400000) /* past 3/4 of the TTL, not the TTL */
+        usleep(10000);
+    pthread_mutex_lock(&cp_mu);
+    cp_up = 1;
+    pthread_mutex_unlock(&cp_mu);
+    while (now_us() - t0 < 2900000)
+        usleep(10000);
+    pthread_mutex_lock(&cp_mu);
+    cp_other = cp_budget - cp_hold; /* another agent takes all the rest */
+    int64_t other = cp_other;
+    pthread_mutex_unlock(&cp_mu);
+    int64_t spent = 0;
+    while (spent <= 5000 && reserve_at(t, 100) == TG_LEASE_OK) {
+        tg_lease_release(t, "acct", "wallet", 100, 100);
+        spent += 100;
+    }
+    assert_true(spent + other <= cp_budget);
+    tg_lease_tab_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_within_budget),
         cmocka_unit_test(test_unknown_bucket_fails_closed),
         cmocka_unit_test(test_owed_at_start_is_held),
+        cmocka_unit_test(test_free_part_counts_toward_need),
+        cmocka_unit_test(test_lapsed_hold_is_rebased),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

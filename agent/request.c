@@ -174,6 +174,7 @@ struct req {
     int rq_sres;              /* the first rq_sres scopes hold rq_resv too */
     const Tollgate__V1__RunBudget *rq_runb; /* the run's budget (X-Tollgate-Run), if configured */
     int64_t rq_out_allow;     /* a chat stream is ended past this many output tokens (its reservation); 0: no check */
+    int64_t rq_out_est;       /* the output tokens the last estimate allowed */
     int64_t rq_out_counted;   /* output tokens counted so far, and of how many bytes of rq_text */
     size_t rq_text_counted;
     int rq_capped;            /* the stream was ended at its reservation */
@@ -1129,8 +1130,10 @@ static int64_t output_allowance(req_t *rq)
     return DEF_MAX_OUTPUT;
 }
 
-/* The estimate of serving rq on channel c. Returns 0, *bucket and *nano,
- * or -1 with err set (no price, or past billing's limits). */
+/* The estimate of serving rq on channel c. Returns 0, *bucket and *nano;
+ * -1 with err set when there is no price; -2 when the request asks for more
+ * than can be pre-authorized (its output cap times n past billing's limits:
+ * checked, never wrapped). */
 static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **bucket, int64_t *nano, char *err,
                     size_t errlen)
 {
@@ -1138,15 +1141,24 @@ static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **buck
     if (!pe)
         return tg_errf(err, errlen, -1, "no price in effect for model %s", rq->rq_route->model);
     int64_t out = 0, images = 0, n = rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1;
+    int64_t cap = output_allowance(rq);
     switch (rq->rq_ep->ep_kind) {
     case EP_EMBEDDINGS: break;
     case EP_IMAGES: images = n; break;
-    case EP_CHAT: out = output_allowance(rq) * n; break; /* n choices, each up to the cap */
-    default: out = output_allowance(rq); break;
+    case EP_CHAT: /* n choices, each up to the cap */
+        if (cap > (int64_t)TG_PRICE_MAX_TOKENS / n)
+            return tg_errf(err, errlen, -2, "the output cap %lld times n = %lld passes the %llu tokens a request may "
+                           "ask for", (long long)cap, (long long)n, (unsigned long long)TG_PRICE_MAX_TOKENS);
+        out = cap * n;
+        break;
+    default: out = cap; break;
     }
     if (!rq->rq_input_max)
         rq->rq_input_max = (int64_t)rq->rq_body_len + 1;
-    return tg_billing_estimate(pe, rq->rq_input_max, out, images, pe->rate_ppm, nano, err, errlen) == 0 ? 0 : -1;
+    if (tg_billing_estimate(pe, rq->rq_input_max, out, images, pe->rate_ppm, nano, err, errlen) != 0)
+        return -2;
+    rq->rq_out_est = out;
+    return 0;
 }
 
 /* Counts the prompt exactly (once) when the byte bound did not fit.
@@ -1284,10 +1296,25 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
     int64_t est = 0, now = now_us();
     char err[TG_ERRLEN] = "", amt[32];
     int rc;
-    if (estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) != 0) {
+    int erc = estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err);
+    if (erc == -2) {
+        fail_request(rq, 400, "invalid_request_error", "max_tokens_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "This request asks for more than the gateway can pre-authorize: %s. Lower max_tokens or n.", err);
+        return -1;
+    }
+    if (erc != 0) {
         fail_request(rq, 503, "server_error", "model_not_priced", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "The gateway cannot price this request, so it does not serve it: %s.", err);
         return -1;
+    }
+    /* a fallback to a bucket of another currency counts against that
+     * currency's limits: the scopes are chosen again */
+    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket);
+    if (rq->rq_scopes_done && rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) != 0 &&
+        strcmp(tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_resv_bucket), cur) != 0) {
+        release_all(rq, 0);
+        rq->rq_scopes_done = 0;
+        rq->rq_nscopes = 0;
     }
     if (!(rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) == 0 && rq->rq_resv >= est)) {
         /* first, or a fallback to a dearer tier or another bucket: reserved anew */
@@ -1319,7 +1346,7 @@ static int ensure_reserved(req_t *rq, const tg_chan_t *ch)
         rq->rq_resv_bucket = bucket;
         rq->rq_ticket = 0;
         if (rq->rq_ep->ep_kind == EP_CHAT && rq->rq_scan.sc_stream)
-            rq->rq_out_allow = output_allowance(rq) * (rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1);
+            rq->rq_out_allow = rq->rq_out_est > 0 ? rq->rq_out_est : 1;
     }
     /* the same estimate on every limit scope: the key's and project's
      * windows, the run */

@@ -993,8 +993,11 @@ void tg_agent_destroy(tg_agent_t *a)
 {
     if (!a)
         return;
-    tg_lease_tab_destroy(a->a_leases); /* first: hands free budget back through the link */
-    tg_cplink_stop(a->a_cplink); /* then: its threads install snapshots and read the outbox */
+    /* the reporter first (it tells the lease table of acks), then the lease
+     * table (it hands free budget back through the link), then the link */
+    tg_cplink_quiesce(a->a_cplink);
+    tg_lease_tab_destroy(a->a_leases);
+    tg_cplink_stop(a->a_cplink);
     for (int i = 0; i < a->a_nworkers; i++)
         worker_free(&a->a_workers[i]);
     tg_free(a->a_workers);

@@ -136,6 +136,10 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
                     size_t errlen);
 /* Stops the threads and frees. Accepts NULL. */
 void tg_cplink_stop(tg_cplink_t *l);
+/* Stops the sync and reporter threads (joined) but keeps the channels, so
+ * tg_cplink_lease still works (the lease table's last returns). Accepts
+ * NULL; tg_cplink_stop afterwards frees. */
+void tg_cplink_quiesce(tg_cplink_t *l);
 /* One AgentService.Lease call (proof added here), from the lease thread:
  * the answer's numbers into *out (strings left alone). 0 or a negative
  * code with err set. */

@@ -69,6 +69,9 @@ static int get_balances(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *re
                              rs.rs_kvs[i].kv_val_len, &m, NULL, 0) != 0)
             continue;
         ((Tollgate__V1__Balance *)m)->revision = rs.rs_kvs[i].kv_mod_rev;
+        /* what agents hold now: holds past their expiry count for nothing
+         * even before the next grant drops them */
+        ((Tollgate__V1__Balance *)m)->reserved_nano = cp_lease_reserved((Tollgate__V1__Balance *)m, tg_cp_now_us());
         items[n++] = m;
     }
     tg_store_range_res_free(&rs);

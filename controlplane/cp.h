@@ -169,6 +169,12 @@ struct Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, struct Tollgat
  * failures are logged (the limit still blocks by itself). */
 void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s);
 
+/* Leader retention: deletes the state of key and project limit windows
+ * that ended more than a day ago (up to 1000 per call). Returns how many,
+ * or -1 with err set. A record settling later than that for an old window
+ * counts against a fresh state (docs/SPEND.md). */
+int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen);
+
 /* The sum of b's holds (spend leases) that are live at now_us. */
 int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);
 

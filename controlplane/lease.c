@@ -214,6 +214,47 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
     tg_buf_free(&packed);
 }
 
+/* ---- retention of ended windows --------------------------------------------------- */
+
+#define LIMIT_GRACE_US (86400LL * 1000000) /* a window's state is kept a day after it ends */
+
+int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
+{
+    uint8_t end[64];
+    size_t endlen = tg_store_prefix_end(TG_CP_K_LIMIT, strlen(TG_CP_K_LIMIT), end);
+    int64_t cut = tg_cp_now_us() - LIMIT_GRACE_US;
+    int deleted = 0;
+    tg_store_range_res_t res;
+    tg_store_range_req_t rq = {.rq_key = TG_CP_K_LIMIT, .rq_key_len = strlen(TG_CP_K_LIMIT), .rq_end = end,
+                               .rq_end_len = endlen, .rq_limit = 1000, .rq_keys_only = 1};
+    if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
+        return -1;
+    for (size_t i = 0; i < res.rs_n; i++) {
+        char id[TG_STORE_MAX_KEY], kind[16], obj[160], win[16];
+        long long start = 0;
+        int n = 0, w = 0;
+        size_t kl = res.rs_kvs[i].kv_key_len - strlen(TG_CP_K_LIMIT);
+        if (kl >= sizeof(id))
+            continue;
+        memcpy(id, (const char *)res.rs_kvs[i].kv_key + strlen(TG_CP_K_LIMIT), kl);
+        id[kl] = '\0';
+        if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
+            continue; /* runs: kept while their budget is configured */
+        for (int k = 1; k <= 4; k++)
+            if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
+                w = k;
+        int64_t ws, we;
+        if (w == 0 || tg_billing_window(w, (int64_t)start, &ws, &we) != 0 || we >= cut)
+            continue;
+        tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
+                            .op_key_len = res.rs_kvs[i].kv_key_len};
+        if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
+            deleted++;
+    }
+    tg_store_range_res_free(&res);
+    return deleted;
+}
+
 int64_t cp_lease_floor(const Tollgate__V1__Account *a, const Tollgate__V1__Balance *b)
 {
     if (a == NULL || a->billing_mode != TOLLGATE__V1__BILLING_MODE__BILLING_MODE_POSTPAID)
@@ -364,9 +405,19 @@ loop:
          * but not yet acknowledged is owed here once more until the agent's
          * next request: conservative, and corrected by it.) */
         int restarted = q->reset || mine == NULL;
-        int64_t base = q->unsettled_nano + (restarted ? 0 : q->keep_nano);
-        int64_t room = b->balance_nano - floor - others - base;
-        int64_t g = shape_grant(q->requested_nano, q->need_nano, room, nothers);
+        /* what is left for this agent's free part once the others' holds
+         * and what it owes are counted: the part it keeps is capped by it
+         * (a lowered limit or a negative adjustment reaches the agents'
+         * slices at their next request), and the grant comes from the rest */
+        int64_t left = b->balance_nano - floor - others - q->unsettled_nano;
+        int64_t kept = restarted ? 0 : q->keep_nano;
+        if (kept > left)
+            kept = left > 0 ? left : 0;
+        int64_t base = q->unsettled_nano + kept;
+        int64_t room = left - kept;
+        /* the waiting request needs only what its free part lacks */
+        int64_t need = q->need_nano > kept ? q->need_nano - kept : 0;
+        int64_t g = shape_grant(q->requested_nano, need, room, nothers);
         mine_new = (Tollgate__V1__BalanceHold)TOLLGATE__V1__BALANCE_HOLD__INIT;
         mine_new.agent_id = (char *)agent_id;
         mine_new.hold_nano = base + g;
@@ -402,12 +453,15 @@ loop:
             goto done;
         }
         if (ok) {
-            /* a request the limit can no longer cover: the limit is
-             * reached, and with the pause-key action the key pauses */
+            /* a waiting request that what is left of the limit cannot cover
+             * even if no other agent held any of it: the limit is reached,
+             * and with the pause-key action the key pauses */
+            int64_t unheld = b->balance_nano - floor - q->unsettled_nano;
             if (scope != NULL && scope->cs_action == TOLLGATE__V1__LIMIT_ACTION__LIMIT_ACTION_PAUSE_KEY &&
-                strcmp(scope->cs_kind, "key") == 0 && q->need_nano > 0 && room < q->need_nano)
+                strcmp(scope->cs_kind, "key") == 0 && q->need_nano > 0 && unheld < q->need_nano)
                 cp_scope_pause_key(cp, scope);
             resp->granted_nano = g;
+            resp->free_nano = kept + g;
             resp->hold_nano = mine_new.hold_nano;
             resp->expires_at_us = mine_new.expires_at_us;
             resp->available_nano = room - g;

@@ -766,7 +766,11 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
         if (cache_get(cp, &c->sc_runs, key, &tollgate__v1__run_budget__descriptor, &m, err, errlen) < 0)
             return TG_RPC_CODE_UNAVAILABLE;
         const Tollgate__V1__RunBudget *b = (const Tollgate__V1__RunBudget *)m;
+        /* the agent's rule: a budget that names a key or project binds only
+         * that key's or project's requests of the run */
         if (b != NULL && strcmp(b->account_id, r->account_id) == 0 && strcmp(b->currency, currency) == 0 &&
+            (b->key_id[0] == '\0' || strcmp(b->key_id, r->key_id) == 0) &&
+            (b->project_id[0] == '\0' || strcmp(b->project_id, project) == 0) &&
             cp_scope_of_run(b, &s) == 0 && add_scope(c, i, &s, err, errlen) != 0)
             return TG_RPC_CODE_RESOURCE_EXHAUSTED;
     }

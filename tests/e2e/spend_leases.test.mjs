@@ -322,6 +322,28 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano), 'what was spent offline is charged, once');
     });
 
+    test('a cap times n past what can be pre-authorized is refused with 400, never served unreserved', async () => {
+      const acct = await account('overflow', 10000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      const e = await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 9007199254740992, n: 2048 })
+        .then(() => null, (x) => x);
+      assert.equal(e?.status, 400);
+      assert.equal(e.code, 'max_tokens_too_large');
+      await drained();
+      assert.equal(BigInt((await balances(cp, acct.id)).balance_nano), 10000000n, 'nothing spent');
+    });
+
+    test('a request larger than half of what is left is served when the budget covers it (and a pause-key limit does not pause)', async () => {
+      const acct = await account('bigafter', 10000000n, { spend_limits: [
+        { window: 'LIMIT_WINDOW_DAY', limit_nano: '10000000', currency: 'USD', action: 'LIMIT_ACTION_PAUSE_KEY' }] });
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 125 });
+      // reserves about 0.0072 USD of the ~0.0098 left on the wallet and on the day's limit
+      await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 700 });
+      const k = await cp.adminCall('GetKey', { id: acct.keyId });
+      assert.equal(k.status, 'KEY_STATUS_ACTIVE');
+    });
+
     test('a stream from a provider that ignores max_tokens ends at its reservation, billed within it', async () => {
       const acct = await account('runaway', 100n * 1000000000n);
       const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 15000 });
