@@ -5,6 +5,7 @@
  * data with json.h's cursor and take each field only where the protocol
  * puts it (a chat chunk's top-level usage and choices[i].delta, a
  * Responses event's top-level type and response.usage). */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -543,6 +544,117 @@ static int chat_to_stream(const char *body, const conv_top_t *t, int include_usa
     return tg_buf_puts(tail, "data: [DONE]\n\n") ? TG_AGENT_ETOOBIG : 0;
 }
 
+/* Appends one Responses stream event: "event: TYPE" and its data, an
+ * object {"type", "sequence_number", ...fields of `extra`}. Takes extra. */
+static int resp_event(tg_buf_t *b, const char *type, int *seq, json_t *extra)
+{
+    json_t *o = extra ? extra : json_object();
+    int rc = -1;
+    if (!o || json_object_set_new(o, "type", json_string(type)) != 0 ||
+        json_object_set_new(o, "sequence_number", json_integer((*seq)++)) != 0)
+        goto done;
+    char *s = json_dumps(o, JSON_COMPACT);
+    if (!s)
+        goto done;
+    rc = tg_buf_printf(b, "event: %s\ndata: %s\n\n", type, s) ? -1 : 0;
+    free(s);
+done:
+    json_decref(o);
+    return rc;
+}
+
+/* A whole Responses answer as the stream the API would have sent:
+ * response.created (in progress, no output), for each output item its
+ * added event, the text of a message as one output_text.delta (a function
+ * call's arguments as one function_call_arguments.delta) with their done
+ * events, the item's done event, then the final event of its status (held
+ * in tail). The SDKs' stream helpers need the created event to start their
+ * snapshot and the deltas to show text. Not the hot path: a tree is built. */
+static int responses_to_stream(const char *body, size_t len, const char *final, tg_buf_t *out, tg_buf_t *tail)
+{
+    json_error_t je;
+    json_t *resp = json_loadb(body, len, 0, &je);
+    int seq = 0, rc = TG_AGENT_EJSON;
+    if (!json_is_object(resp))
+        goto done;
+    json_t *started = json_deep_copy(resp);
+    if (!started)
+        goto nomem;
+    json_object_set_new(started, "status", json_string("in_progress"));
+    json_object_set_new(started, "output", json_array());
+    json_object_del(started, "usage");
+    if (resp_event(out, "response.created", &seq, json_pack("{s:o}", "response", started)) != 0)
+        goto nomem;
+    json_t *items = json_object_get(resp, "output");
+    size_t i;
+    json_t *item;
+    json_array_foreach(items, i, item) {
+        const char *itype = json_string_value(json_object_get(item, "type"));
+        const char *iid = json_string_value(json_object_get(item, "id"));
+        json_t *opening = json_deep_copy(item);
+        if (!opening)
+            goto nomem;
+        json_object_set_new(opening, "status", json_string("in_progress"));
+        int is_msg = itype && strcmp(itype, "message") == 0;
+        int is_call = itype && strcmp(itype, "function_call") == 0;
+        if (is_msg)
+            json_object_set_new(opening, "content", json_array());
+        if (is_call)
+            json_object_set_new(opening, "arguments", json_string(""));
+        if (resp_event(out, "response.output_item.added", &seq,
+                       json_pack("{s:I,s:o}", "output_index", (json_int_t)i, "item", opening)) != 0)
+            goto nomem;
+        if (is_msg) {
+            size_t k;
+            json_t *part;
+            json_array_foreach(json_object_get(item, "content"), k, part) {
+                const char *ptype = json_string_value(json_object_get(part, "type"));
+                const char *text = json_string_value(json_object_get(part, "text"));
+                json_t *empty = json_deep_copy(part);
+                if (!empty)
+                    goto nomem;
+                if (text)
+                    json_object_set_new(empty, "text", json_string(""));
+                if (resp_event(out, "response.content_part.added", &seq,
+                               json_pack("{s:s?,s:I,s:I,s:o}", "item_id", iid, "output_index", (json_int_t)i,
+                                         "content_index", (json_int_t)k, "part", empty)) != 0)
+                    goto nomem;
+                if (ptype && strcmp(ptype, "output_text") == 0 && text) {
+                    if (resp_event(out, "response.output_text.delta", &seq,
+                                   json_pack("{s:s?,s:I,s:I,s:s}", "item_id", iid, "output_index", (json_int_t)i,
+                                             "content_index", (json_int_t)k, "delta", text)) != 0 ||
+                        resp_event(out, "response.output_text.done", &seq,
+                                   json_pack("{s:s?,s:I,s:I,s:s}", "item_id", iid, "output_index", (json_int_t)i,
+                                             "content_index", (json_int_t)k, "text", text)) != 0)
+                        goto nomem;
+                }
+                if (resp_event(out, "response.content_part.done", &seq,
+                               json_pack("{s:s?,s:I,s:I,s:O}", "item_id", iid, "output_index", (json_int_t)i,
+                                         "content_index", (json_int_t)k, "part", part)) != 0)
+                    goto nomem;
+            }
+        }
+        const char *args = is_call ? json_string_value(json_object_get(item, "arguments")) : NULL;
+        if (args && (resp_event(out, "response.function_call_arguments.delta", &seq,
+                                json_pack("{s:s?,s:I,s:s}", "item_id", iid, "output_index", (json_int_t)i, "delta",
+                                          args)) != 0 ||
+                     resp_event(out, "response.function_call_arguments.done", &seq,
+                                json_pack("{s:s?,s:I,s:s}", "item_id", iid, "output_index", (json_int_t)i,
+                                          "arguments", args)) != 0))
+            goto nomem;
+        if (resp_event(out, "response.output_item.done", &seq,
+                       json_pack("{s:I,s:O}", "output_index", (json_int_t)i, "item", item)) != 0)
+            goto nomem;
+    }
+    rc = resp_event(tail, final, &seq, json_pack("{s:O}", "response", resp)) != 0 ? TG_AGENT_ETOOBIG : 0;
+    goto done;
+nomem:
+    rc = TG_AGENT_ETOOBIG;
+done:
+    json_decref(resp);
+    return rc;
+}
+
 int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage, tg_buf_t *out, tg_buf_t *tail)
 {
     conv_top_t t;
@@ -554,20 +666,11 @@ int tg_sse_from_answer(const char *body, size_t len, int kind, int include_usage
         return TG_AGENT_EJSON;
     if (kind == TG_ANSWER_CHAT)
         return chat_to_stream(body, &t, include_usage, out, tail);
-    /* Responses: the final event of its status, carrying the whole response */
+    /* Responses: the events of its items, then the final event of its status */
     const char *type = "response.completed";
     if (t.ct_status.s_len == 12 && memcmp(body + t.ct_status.s_at, "\"incomplete\"", 12) == 0)
         type = "response.incomplete";
     else if (t.ct_status.s_len == 8 && memcmp(body + t.ct_status.s_at, "\"failed\"", 8) == 0)
         type = "response.failed";
-    int rc = tg_buf_printf(tail, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":0,\"response\":", type, type);
-    size_t s = 0;
-    while (s < len && body[s] != '{')
-        s++;
-    size_t e = len;
-    while (e > s && body[e - 1] != '}')
-        e--;
-    rc |= put_span(tail, body, (span_t){s, e - s});
-    rc |= tg_buf_puts(tail, "}\n\n");
-    return rc ? TG_AGENT_ETOOBIG : 0;
+    return responses_to_stream(body, len, type, out, tail);
 }

@@ -331,13 +331,27 @@ test('a stream request answered with plain JSON: the client gets the stream, the
   assert.equal(calls[0].index, 0);
   assert.equal(calls[0].function.name, 'lookup');
 
-  // Responses: the one final event carries the whole response
+  // Responses: the events the API sends (created, the item, the text as a
+  // delta, done events, completed), so the SDK's stream helper and
+  // delta-rendering apps work
   const { data: rs, response: r3 } = await client.responses.create({ model: 'm-json', input: 'hi', stream: true })
     .withResponse();
   let final;
-  for await (const ev of rs) if (ev.type === 'response.completed') final = ev.response;
+  let deltas = '';
+  const types = [];
+  for await (const ev of rs) {
+    types.push(ev.type);
+    if (ev.type === 'response.output_text.delta') deltas += ev.delta;
+    if (ev.type === 'response.completed') final = ev.response;
+  }
+  assert.equal(types[0], 'response.created');
+  assert.equal(types.at(-1), 'response.completed');
+  assert.ok(types.includes('response.output_item.added') && types.includes('response.output_item.done'));
+  assert.equal(deltas, answerText(9));
   assert.equal(final.output_text ?? final.output[0].content[0].text, answerText(9));
   assert.equal(BigInt(record(r3.headers.get('x-request-id')).cost_nano), cost(120, 9));
+  const helper = await client.responses.stream({ model: 'm-json', input: 'hi' }).finalResponse();
+  assert.equal(helper.output_text, answerText(9));
 });
 
 test('a stream the upstream cut ends with an error event the SDK raises; billed for what was produced', async () => {
