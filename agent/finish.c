@@ -14,7 +14,7 @@
 
 /* ---- replies ------------------------------------------------------------------ */
 
-void tg_req_send_error(tg_front_conn_t *c, const char *reqid, int status, const char *type,
+void tg_req_send_error(tg_front_conn_t *c, tg_proto_kind_t kind, const char *reqid, int status, const char *type,
                        const char *code, const char *fmt, ...)
 {
     char msg[1024];
@@ -24,16 +24,26 @@ void tg_req_send_error(tg_front_conn_t *c, const char *reqid, int status, const 
     va_end(ap);
     tg_buf_t b;
     tg_buf_init(&b, 8192);
-    tg_buf_puts(&b, "{\"error\":{\"message\":");
-    tg_agent_json_str(&b, msg, strlen(msg));
-    tg_buf_puts(&b, ",\"type\":");
-    tg_agent_json_str(&b, type, strlen(type));
-    tg_buf_puts(&b, ",\"param\":null,\"code\":");
-    if (code)
-        tg_agent_json_str(&b, code, strlen(code));
-    else
-        tg_buf_puts(&b, "null");
-    tg_buf_puts(&b, "}}\n");
+    if (kind == TG_PROTO_ANTHROPIC) {
+        /* Anthropic's shape, its type read from the status the gateway
+         * chose (402 billing_error, 429 rate_limit_error, 503 overloaded_error
+         * ...); the gateway's own status stays, as its clients retry on it */
+        tg_proto_errinfo_t e = {tg_proto_errtype_from_status(status), msg, NULL, code};
+        if (tg_proto_write_error(kind, &e, &b) != 0)
+            tg_buf_reset(&b);
+        tg_buf_puts(&b, "\n");
+    } else {
+        tg_buf_puts(&b, "{\"error\":{\"message\":");
+        tg_agent_json_str(&b, msg, strlen(msg));
+        tg_buf_puts(&b, ",\"type\":");
+        tg_agent_json_str(&b, type, strlen(type));
+        tg_buf_puts(&b, ",\"param\":null,\"code\":");
+        if (code)
+            tg_agent_json_str(&b, code, strlen(code));
+        else
+            tg_buf_puts(&b, "null");
+        tg_buf_puts(&b, "}}\n");
+    }
     add_header(c, "Content-Type", "application/json");
     if (reqid)
         add_header(c, "x-request-id", reqid);
@@ -82,6 +92,7 @@ void tg_req_free(req_t *rq)
     tg_buf_free(&rq->rq_resp);
     tg_buf_free(&rq->rq_text);
     tg_sse_free(&rq->rq_sse);
+    tg_proto_stream_destroy(rq->rq_conv);
     unlink_req(rq);
     tg_cfg_unref(rq->rq_cfg);
     tg_pool_destroy(rq->rq_pool);
@@ -145,7 +156,7 @@ void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int 
     if (rq->rq_c) {
         if (rq->rq_route)
             tg_req_route_headers(rq, rq->rq_c);
-        tg_req_send_error(rq->rq_c, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
+        tg_req_send_error(rq->rq_c, rq->rq_cproto, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
         rq->rq_c = NULL;
     }
     tg_req_finish(rq);

@@ -40,7 +40,7 @@ const Tollgate__V1__PriceEntry *tg_req_price_for(req_t *rq, const Tollgate__V1__
 
 /* The output tokens the estimate allows for one choice: the request's cap,
  * else the route's default, else the policy's, else DEF_MAX_OUTPUT. */
-static int64_t output_allowance(req_t *rq)
+int64_t tg_req_output_allowance(req_t *rq)
 {
     if (rq->rq_scan.sc_max_tokens >= 0)
         return rq->rq_scan.sc_max_tokens;
@@ -64,8 +64,8 @@ static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **buck
     switch (rq->rq_ep->ep_kind) {
     case EP_EMBEDDINGS: break;
     case EP_IMAGES: images = n; break;
-    case EP_CHAT: out = output_allowance(rq) * n; break; /* n choices, each up to the cap */
-    default: out = output_allowance(rq); break;
+    case EP_CHAT: out = tg_req_output_allowance(rq) * n; break; /* n choices, each up to the cap */
+    default: out = tg_req_output_allowance(rq); break;
     }
     if (!rq->rq_input_max)
         rq->rq_input_max = (int64_t)rq->rq_body_len + 1;
@@ -226,8 +226,8 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         rq->rq_resv = est;
         rq->rq_resv_bucket = bucket;
         rq->rq_ticket = 0;
-        if (rq->rq_ep->ep_kind == EP_CHAT && rq->rq_scan.sc_stream)
-            rq->rq_out_allow = output_allowance(rq) * (rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1);
+        if ((rq->rq_ep->ep_kind == EP_CHAT || rq->rq_ep->ep_kind == EP_MESSAGES) && rq->rq_scan.sc_stream)
+            rq->rq_out_allow = tg_req_output_allowance(rq) * (rq->rq_scan.sc_n > 0 ? rq->rq_scan.sc_n : 1);
     }
     /* the same estimate on every limit scope: the key's and project's
      * windows, the run */

@@ -47,7 +47,16 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
     const endpoint_t *ep = rq->rq_ep;
     tg_meter_chat_t mc;
     uint64_t in = 0;
-    if (ep->ep_kind == EP_CHAT) {
+    int64_t irn = 0;
+    int irest = 0;
+    if (ep->ep_kind == EP_MESSAGES) {
+        /* an Anthropic request: its IR counted (tg_req_count_ir) */
+        if (rq->rq_ir && tg_req_count_ir(rq, rq->rq_ir, model, &irn, &irest) == 0) {
+            u->input_tokens = irn;
+            u->input_source = irest ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
+                                    : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+        }
+    } else if (ep->ep_kind == EP_CHAT) {
         if (tg_meter_chat_count(m, rq->rq_body, rq->rq_body_len, model, &mc, err, sizeof err) == 0) {
             u->input_tokens = (int64_t)mc.mc_prompt_tokens;
             u->input_source = mc.mc_estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
@@ -81,6 +90,37 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
         u->output_source = src;
     }
     u->encoding = (char *)tg_meter_encoding_name(enc);
+}
+
+int tg_req_count_ir(req_t *rq, const tg_proto_request_t *ir, const char *model, int64_t *tokens, int *estimate)
+{
+    tg_meter_t *m = rq->rq_w->w_agent->a_meter;
+    char err[TG_ERRLEN] = "";
+    tg_meter_model_t mm;
+    tg_buf_t text;
+    uint64_t n = 0;
+    int rc = -1;
+    tg_meter_model_lookup(model, 1, &mm, err, sizeof err);
+    tg_meter_encoding_t enc = mm.mm_encoding;
+    int est = mm.mm_kind == TG_METER_MODEL_ESTIMATE;
+    if (rq->rq_route && rq->rq_route->encoding && *rq->rq_route->encoding &&
+        tg_meter_encoding_from_name(rq->rq_route->encoding, &enc, err, sizeof err) == 0)
+        est = 0;
+    tg_buf_init(&text, RESP_MAX);
+    if (!m || tg_proto_count_text(ir, &text) != 0)
+        goto out;
+    if (tg_meter_count(m, enc, text.b_data ? text.b_data : "", text.b_len, TG_METER_SPECIAL_TEXT, &n, err,
+                       sizeof err) != 0)
+        goto out;
+    n += 3 * (uint64_t)ir->rq_nmsgs + 3;
+    if (est && mm.mm_scale_ppm)
+        n = (n * mm.mm_scale_ppm + 999999) / 1000000; /* the family's scale (meter/README.md) */
+    *tokens = (int64_t)n;
+    *estimate = est;
+    rc = 0;
+out:
+    tg_buf_free(&text);
+    return rc;
 }
 
 /* The most output the request allowed: its cap (max_tokens,
@@ -140,7 +180,9 @@ void tg_req_meter_and_price(req_t *rq)
         long in_bound = input_bound(rq);
         u->provider_input_above_bound = in_bound >= 0 && us.us_prompt > in_bound;
         long cached = us.us_cached > 0 ? us.us_cached : 0;
-        u->input_tokens = us.us_prompt > cached ? us.us_prompt - cached : 0;
+        long written = rq->rq_cache_write > 0 ? rq->rq_cache_write : 0; /* Anthropic cache writes */
+        u->input_tokens = us.us_prompt > cached + written ? us.us_prompt - cached - written : 0;
+        u->cache_write_tokens = written;
         u->output_tokens = us.us_completion > 0 ? us.us_completion : 0;
         u->cache_read_tokens = cached;
         u->reasoning_tokens = us.us_reasoning > 0 ? us.us_reasoning : 0;
@@ -233,7 +275,8 @@ void tg_req_emit_record(req_t *rq)
     r.run_id = pstr(rq, rq->rq_run);
     r.client_ip = rq->rq_ip;
     r.user_agent = pstr(rq, rq->rq_ua);
-    r.client_protocol = TOLLGATE__V1__CLIENT_PROTOCOL__CLIENT_PROTOCOL_OPENAI;
+    r.client_protocol = rq->rq_cproto == TG_PROTO_ANTHROPIC ? TOLLGATE__V1__CLIENT_PROTOCOL__CLIENT_PROTOCOL_ANTHROPIC
+                                                            : TOLLGATE__V1__CLIENT_PROTOCOL__CLIENT_PROTOCOL_OPENAI;
     r.endpoint = pstr(rq, rq->rq_endpoint);
     r.requested_model = rq->rq_scan.sc_model;
     r.route_model = rq->rq_route ? rq->rq_route->model : "";

@@ -18,29 +18,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "agent/request_int.h"
 #include "base/tg_utf8.h"
 
 const endpoint_t tg_req_endpoints[] = {
-    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1},
-    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0},
-    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1},
-    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0},
+    {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1, TG_PROTO_OPENAI},
+    {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0, TG_PROTO_OPENAI},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1, TG_PROTO_OPENAI},
+    {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0, TG_PROTO_OPENAI},
+    /* Anthropic Messages: served by Anthropic channels (passthrough) and
+     * OpenAI ones (converted, proto/); its upstream path is the channel
+     * protocol's (upstream.c) */
+    {"/v1/messages", "/messages", EP_MESSAGES, 1, 0, TG_ANSWER_OTHER, 1, TG_PROTO_ANTHROPIC},
 };
 
-/* Every POST endpoint of tg_req_endpoints[]: the same path, the table's
- * differences applied where they matter. */
-static void handle_post(req_t *rq)
+/* Takes the body from the front (it is still needed after the client went
+ * away: local token counts of a cancelled request), checks its size and
+ * scans it in one pass. Returns 0, or -1 with the request failed. */
+static int take_body(req_t *rq)
 {
-    if (tg_req_authenticate(rq) != 0)
-        return;
-    /* The body is taken from the front: it is still needed after the
-     * client went away (local token counts of a cancelled request). */
     size_t len = 0;
+    char err[TG_ERRLEN] = "";
     if (!(rq->rq_body_own = tg_front_body_take(rq->rq_c, &len))) {
         tg_req_fail(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
-        return;
+        return -1;
     }
     rq->rq_body = rq->rq_body_own;
     rq->rq_body_len = len;
@@ -48,13 +51,42 @@ static void handle_post(req_t *rq)
         tg_req_fail(rq, 413, "invalid_request_error", "request_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "The request body has %zu bytes; the limit is %lld.", len,
                      (long long)tg_cfg_max_request_bytes(rq->rq_cfg));
-        return;
+        return -1;
     }
-    char err[TG_ERRLEN] = "";
     if (tg_agent_scan(rq->rq_body, len, &rq->rq_scan, err, sizeof err) != 0) {
         tg_req_fail(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "We could not parse the JSON body of your request: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every POST endpoint of tg_req_endpoints[]: the same path, the table's
+ * differences applied where they matter. */
+static void handle_post(req_t *rq)
+{
+    if (tg_req_authenticate(rq) != 0)
         return;
+    if (take_body(rq) != 0)
+        return;
+    size_t len = rq->rq_body_len;
+    char err[TG_ERRLEN] = "";
+    if (rq->rq_cproto == TG_PROTO_ANTHROPIC) {
+        /* validated as the Messages API does (max_tokens required, block
+         * types known...), whichever channel serves it */
+        tg_proto_request_t *ir = tg_pool_calloc(rq->rq_pool, sizeof *ir);
+        int rc = ir ? tg_proto_parse_request(TG_PROTO_ANTHROPIC, rq->rq_pool, rq->rq_body, len, ir, err, sizeof err)
+                    : TG_PROTO_ENOMEM;
+        if (rc == TG_PROTO_ENOMEM) {
+            tg_req_fail(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "out of memory");
+            return;
+        }
+        if (rc != 0) {
+            tg_req_fail(rq, 400, "invalid_request_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY, "%s",
+                        err);
+            return;
+        }
+        rq->rq_ir = ir;
     }
     if (rq->rq_scan.sc_stream && !rq->rq_ep->ep_stream) {
         tg_req_fail(rq, 400, "invalid_request_error", "stream_not_supported", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
@@ -164,8 +196,22 @@ static void handle_post(req_t *rq)
     tg_req_start_attempt(rq);
 }
 
-static void model_json(tg_buf_t *b, const tg_route_t *r)
+static void model_json(tg_buf_t *b, const tg_route_t *r, int anth)
 {
+    if (anth) {
+        /* Anthropic's model object: created_at as RFC 3339 */
+        char when[40] = "1970-01-01T00:00:00Z";
+        time_t t = (time_t)(r->created_at_us / 1000000);
+        struct tm tm;
+        if (gmtime_r(&t, &tm))
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        tg_buf_puts(b, "{\"type\":\"model\",\"id\":");
+        tg_agent_json_str(b, r->model, strlen(r->model));
+        tg_buf_puts(b, ",\"display_name\":");
+        tg_agent_json_str(b, r->model, strlen(r->model));
+        tg_buf_printf(b, ",\"created_at\":\"%s\"}", when);
+        return;
+    }
     tg_buf_puts(b, "{\"id\":");
     tg_agent_json_str(b, r->model, strlen(r->model));
     tg_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"tollgate\"}",
@@ -181,10 +227,12 @@ static void handle_models(req_t *rq, const char *id)
     if (tg_req_authenticate(rq) != 0)
         return;
     const tg_snap_t *s = tg_cfg_snapshot(rq->rq_cfg);
+    int anth = rq->rq_cproto == TG_PROTO_ANTHROPIC; /* the request carries anthropic-version */
+    const char *first = NULL, *last = NULL;
     tg_buf_t b;
     tg_buf_init(&b, 16u << 20);
     if (!id)
-        tg_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+        tg_buf_puts(&b, anth ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[");
     int n = 0;
     for (size_t i = 0; i < s->n_routes; i++) {
         const tg_route_t *r = s->routes[i];
@@ -192,12 +240,22 @@ static void handle_models(req_t *rq, const char *id)
             continue;
         if (n++ && !id)
             tg_buf_puts(&b, ",");
-        model_json(&b, r);
+        model_json(&b, r, anth);
+        first = first ? first : r->model;
+        last = r->model;
         if (id)
             break;
     }
-    if (!id)
+    if (!id && anth) {
+        /* one page holds every model: has_more false, first and last ids */
+        tg_buf_puts(&b, "],\"has_more\":false,\"first_id\":");
+        first ? tg_agent_json_str(&b, first, strlen(first)) : tg_buf_puts(&b, "null");
+        tg_buf_puts(&b, ",\"last_id\":");
+        last ? tg_agent_json_str(&b, last, strlen(last)) : tg_buf_puts(&b, "null");
+        tg_buf_puts(&b, "}");
+    } else if (!id) {
         tg_buf_puts(&b, "]}");
+    }
     tg_buf_puts(&b, "\n");
     add_header(rq->rq_c, "x-request-id", rq->rq_id);
     if (id && !n) {
@@ -207,7 +265,7 @@ static void handle_models(req_t *rq, const char *id)
         tg_utf8_clean(clean, sizeof clean, id, strlen(id));
         tg_buf_free(&b);
         rq->rq_status = 404;
-        tg_req_send_error(rq->rq_c, NULL, 404, "invalid_request_error", "model_not_found",
+        tg_req_send_error(rq->rq_c, rq->rq_cproto, NULL, 404, "invalid_request_error", "model_not_found",
                    "The model '%s' does not exist or you do not have access to it.", clean);
         rq->rq_c = NULL;
         tg_req_free(rq);
@@ -219,6 +277,62 @@ static void handle_models(req_t *rq, const char *id)
     rq->rq_c = NULL;
     tg_buf_free(&b);
     tg_req_free(rq); /* listing models is not metered: no receipt */
+}
+
+/* POST /v1/messages/count_tokens: answered here, never upstream, with the
+ * counter the budget uses (receipt.c tg_req_count_ir over proto/'s count
+ * text). `x-tollgate-token-count: exact` when the route's encoding is known
+ * (an OpenAI model, or the route names its encoding), `estimate` otherwise
+ * (Claude's tokenizer is not public). Not metered: no receipt. */
+static void handle_count_tokens(req_t *rq)
+{
+    if (tg_req_authenticate(rq) != 0 || take_body(rq) != 0)
+        return;
+    size_t len = rq->rq_body_len;
+    char err[TG_ERRLEN] = "";
+    const int cls = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY;
+    /* count_tokens takes no max_tokens; the Messages parser requires one */
+    tg_buf_t body;
+    tg_buf_init(&body, len + 32);
+    const char *open = memchr(rq->rq_body, '{', len);
+    if (rq->rq_scan.sc_max_tokens < 0 && open) {
+        size_t at = (size_t)(open - rq->rq_body) + 1;
+        tg_buf_append(&body, rq->rq_body, at);
+        tg_buf_puts(&body, rq->rq_scan.sc_members ? "\"max_tokens\":1," : "\"max_tokens\":1");
+        tg_buf_append(&body, rq->rq_body + at, len - at);
+    } else {
+        tg_buf_append(&body, rq->rq_body, len);
+    }
+    tg_proto_request_t ir;
+    int rc = tg_proto_parse_request(TG_PROTO_ANTHROPIC, rq->rq_pool, body.b_data ? body.b_data : "", body.b_len, &ir,
+                                    err, sizeof err);
+    tg_buf_free(&body);
+    if (rc != 0) {
+        tg_req_fail(rq, rc == TG_PROTO_ENOMEM ? 500 : 400, "invalid_request_error", NULL, cls, "%s", err);
+        return;
+    }
+    const tg_route_t *route = tg_cfg_route(rq->rq_cfg, ir.rq_model);
+    if (!route || (!tg_req_model_allowed(rq->rq_key, route->model) && !tg_req_model_allowed(rq->rq_key, ir.rq_model))) {
+        tg_req_fail(rq, 404, "invalid_request_error", "model_not_found", cls,
+                    "model: the model `%s` does not exist or you do not have access to it.", ir.rq_model);
+        return;
+    }
+    rq->rq_route = route;
+    int64_t tokens = 0;
+    int estimate = 1;
+    if (tg_req_count_ir(rq, &ir, route->model, &tokens, &estimate) != 0) {
+        tg_req_fail(rq, 500, "server_error", NULL, cls, "the gateway could not count this request");
+        return;
+    }
+    char out[64];
+    int n = snprintf(out, sizeof out, "{\"input_tokens\":%lld}\n", (long long)tokens);
+    add_header(rq->rq_c, "x-request-id", rq->rq_id);
+    add_header(rq->rq_c, "x-tollgate-token-count", estimate ? "estimate" : "exact");
+    add_header(rq->rq_c, "Content-Type", "application/json");
+    rq->rq_status = 200;
+    tg_front_reply(rq->rq_c, 200, out, (size_t)n);
+    rq->rq_c = NULL;
+    tg_req_free(rq);
 }
 
 /* %XX-decodes the rest of a path into out (the SDKs encode a model id
@@ -352,8 +466,14 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     for (size_t i = 0; i < sizeof tg_req_endpoints / sizeof tg_req_endpoints[0]; i++)
         if (PATH_IS_S(tg_req_endpoints[i].ep_path))
             ep = &tg_req_endpoints[i];
-    int post = ep != NULL;
+    int count = PATH_IS("/v1/messages/count_tokens");
+    int post = ep != NULL || count;
     int models = PATH_IS("/v1/models");
+    /* the client's protocol: its endpoint's, else Anthropic's when it
+     * sends anthropic-version (GET /v1/models in Anthropic's shape) */
+    tg_proto_kind_t kind = ep ? ep->ep_proto
+                           : count || tg_front_header(hr, "anthropic-version") ? TG_PROTO_ANTHROPIC
+                                                                               : TG_PROTO_OPENAI;
     char model_id[256];
     int model_one = !models && plen > 11 && memcmp(uri, "/v1/models/", 11) == 0;
     if (model_one && path_segment(uri + 11, plen - 11, model_id, sizeof model_id) != 0)
@@ -365,16 +485,16 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     snprintf(id, sizeof id, "req_%016llx%02x%08llx", (unsigned long long)w->w_agent->a_id_base, w->w_idx & 0xff,
              (unsigned long long)++w->w_seq);
     if (!post && !models) {
-        tg_req_send_error(hr, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
+        tg_req_send_error(hr, kind, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
         return;
     }
     if ((post && strcmp(method, "POST") != 0) || (models && strcmp(method, "GET") != 0)) {
-        tg_req_send_error(hr, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
+        tg_req_send_error(hr, kind, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
                    post ? "POST" : "GET", (int)plen, uri);
         return;
     }
     if (!cfg) {
-        tg_req_send_error(hr, id, 503, "server_error", "not_ready", "The gateway has no configuration yet.");
+        tg_req_send_error(hr, kind, id, 503, "server_error", "not_ready", "The gateway has no configuration yet.");
         return;
     }
     /* one chunk holds the req_t (2.4 KB with its two inline attempts) and
@@ -383,7 +503,7 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     req_t *rq = pool ? tg_pool_calloc(pool, sizeof *rq) : NULL;
     if (!rq) {
         tg_pool_destroy(pool);
-        tg_req_send_error(hr, id, 500, "server_error", NULL, "out of memory");
+        tg_req_send_error(hr, kind, id, 500, "server_error", NULL, "out of memory");
         return;
     }
     rq->rq_pool = pool;
@@ -392,7 +512,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     rq->rq_c = hr;
     rq->rq_t0_us = now_us();
     rq->rq_ep = ep;
-    rq->rq_endpoint = ep ? ep->ep_path : "/v1/models";
+    rq->rq_endpoint = ep ? ep->ep_path : count ? "/v1/messages/count_tokens" : "/v1/models";
+    rq->rq_cproto = kind;
     memcpy(rq->rq_id, id, sizeof id);
     tg_cfg_ref(cfg);
     rq->rq_cfg = cfg;
@@ -402,7 +523,9 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     rq->rq_run = run ? header_text(pool, run) : NULL;
     rq->rq_ua = ua ? header_text(pool, ua) : NULL;
     tg_req_client_ip(rq);
-    if (post) {
+    if (count) {
+        handle_count_tokens(rq);
+    } else if (post) {
         /* its end waits for its usage record's commit, and fails if that
          * commit fails (front.h) */
         rq->rq_hold = ++w->w_ticket;

@@ -13,13 +13,15 @@
  *               stream cut at the reservation
  *   finish.c    how a request ends: error answers, route headers, finish,
  *               teardown, the worker's list of live requests
+ *   convert.c   attempts through proto/ (either side Anthropic): the body,
+ *               the answer and the stream converted, usage from the IR
  *   receipt.c   local counts, metering and pricing, the reservations
  *               released against the actual cost, the UsageRecord
  *
  * Calls go one way, down this list (request.c -> auth.c, upstream.c;
- * upstream.c -> route.c, preauth.c, finish.c, receipt.c; route.c ->
- * preauth.c, finish.c; preauth.c -> finish.c, receipt.c; finish.c ->
- * receipt.c), so ending a request from any depth never calls back up. A
+ * upstream.c -> route.c, preauth.c, finish.c, convert.c, receipt.c; route.c ->
+ * preauth.c, finish.c; preauth.c -> finish.c, receipt.c; convert.c ->
+ * receipt.c; finish.c -> receipt.c), so ending a request from any depth never calls back up. A
  * wire protocol's shapes (bodies, answers, error bodies, streams) do not
  * live here: the OpenAI passthrough is scan.c / sse.c / usage.c,
  * conversion between protocols is proto/.
@@ -34,6 +36,7 @@
 
 #include "agent/json.h"
 #include "agent/server_int.h"
+#include "proto/tg_proto.h"
 
 #define MAX_ATTEMPTS 8 /* attempts kept per request (breaker skips included); more give up */
 #define ATT_INLINE 2   /* kept in the req_t; more come from the pool (most requests make one) */
@@ -55,7 +58,7 @@
  * Every POST endpoint goes through the same path (auth, policy, scan,
  * routing, retries, upstream call, metering, receipt); this table holds the
  * few things that differ. */
-enum { EP_CHAT, EP_EMBEDDINGS, EP_RESPONSES, EP_IMAGES };
+enum { EP_CHAT, EP_EMBEDDINGS, EP_RESPONSES, EP_IMAGES, EP_MESSAGES };
 
 typedef struct endpoint {
     const char *ep_path;        /* client path, also the record's endpoint */
@@ -65,6 +68,7 @@ typedef struct endpoint {
     int ep_stream_usage;        /* ask for stream_options.include_usage */
     int ep_answer;              /* TG_ANSWER_*: how its answers are read */
     int ep_text;                /* it produces text (counted locally when usage is missing) */
+    tg_proto_kind_t ep_proto;   /* the client's protocol (its error shape, conversion) */
 } endpoint_t;
 
 typedef struct attempt {
@@ -145,6 +149,16 @@ struct req {
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     int rq_usage_lost;        /* the final event that carries the usage did not parse */
+    long rq_cache_write;      /* prompt tokens written to the provider's cache (Anthropic), inside us_prompt */
+    /* protocols: the client's, and the attempt's channel's. When either is
+     * Anthropic the attempt goes through proto/ (the IR, conversion, the
+     * checked stream); OpenAI to OpenAI stays on the passthrough above. */
+    tg_proto_kind_t rq_cproto;
+    tg_proto_kind_t rq_uproto;
+    int rq_viaproto;          /* this attempt goes through proto/ */
+    tg_proto_request_t *rq_ir;  /* the client's request as IR (from the pool), once parsed */
+    tg_proto_stream_t *rq_conv; /* the attempt's stream converter (tg_req_free destroys it) */
+    int rq_conv_err;          /* the converter ended the stream with an error event */
     uint64_t rq_hold;         /* names its held answer's record (tg_front_hold); 0: not held */
     long rq_images;           /* images in an Images answer's data[] */
     char rq_finish[32];
@@ -229,17 +243,21 @@ static inline void add_header(tg_front_conn_t *c, const char *k, const char *v)
 
 /* ---- finish.c: how a request ends ------------------------------------------------ */
 
-/* An OpenAI-shaped error: {"error":{"message","type","param","code"}}.
- * Ends the request c (the req_t, if any, is the caller's to finish). */
-void tg_req_send_error(tg_front_conn_t *c, const char *reqid, int status, const char *type, const char *code,
-                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* An error answer in the client protocol's shape: OpenAI
+ * {"error":{"message","type","param","code"}}, Anthropic
+ * {"type":"error","error":{"type","message"}} with the type the status
+ * stands for (tg_proto_errtype_from_status). Ends the request c (the
+ * req_t, if any, is the caller's to finish). */
+void tg_req_send_error(tg_front_conn_t *c, tg_proto_kind_t kind, const char *reqid, int status, const char *type,
+                       const char *code, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 
 /* x-request-id, and x-tollgate-route / x-tollgate-attempts for a key with
  * expose_cost, on the client's answer hr. */
 void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr);
 
-/* Ends the request with an error answer (status, OpenAI type and code,
- * error class for the record, message), then tg_req_finish. rq is freed on
+/* Ends the request with an error answer in the client's protocol (status,
+ * OpenAI type and code, error class for the record, message), then
+ * tg_req_finish. rq is freed on
  * return. */
 void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int cls, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -304,6 +322,10 @@ void tg_req_give_up(req_t *rq, attempt_t *a);
  * bucket is not NULL), or NULL: what cannot be priced is not served. */
 const Tollgate__V1__PriceEntry *tg_req_price_for(req_t *rq, const Tollgate__V1__Channel *c, const char **bucket);
 
+/* The output tokens the estimate allows for one choice: the request's
+ * cap, else the route's default, else the policy's, else DEF_MAX_OUTPUT. */
+int64_t tg_req_output_allowance(req_t *rq);
+
 /* Makes sure rq holds a reservation covering an attempt on ch. Returns 0
  * (go on), 1 (parked: the timer calls tg_req_start_attempt again) or -1
  * (refused: the request was failed and freed). */
@@ -331,6 +353,38 @@ void tg_req_on_timer(evutil_socket_t fd, short what, void *arg);
 void tg_req_on_front_gone(tg_front_conn_t *c, void *arg);
 void tg_req_on_front_drain(tg_front_conn_t *c, void *arg);
 
+/* ---- convert.c: attempts through proto/ ------------------------------------------ */
+
+/* Writes the attempt's body into rq_upbody in the channel's protocol
+ * (rq_uproto): the client's IR (an OpenAI client's parsed now, once) with
+ * the target's model, and max_tokens for an Anthropic channel when the
+ * client set none. Returns 0 or a TG_PROTO_E* code with err set (the
+ * client's request cannot be converted: EINVALID / EUNSUPPORTED). */
+int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err, size_t errlen);
+
+/* Reads a 2xx JSON answer of the channel's protocol in rq_resp (validated
+ * whole), keeps its usage, stop reason and text, and rewrites rq_resp in
+ * the client's protocol when they differ. Returns 0 or a TG_PROTO_E* code
+ * (a malformed answer). */
+int tg_req_conv_answer(req_t *rq, char *err, size_t errlen);
+
+/* Feeds upstream stream bytes to the attempt's converter (created on the
+ * first call); client bytes go to rq_chunk, the stream's last ones to
+ * rq_tail. Returns 0, or a TG_PROTO_E* code once the stream ended with an
+ * error event (rq_conv_err). */
+int tg_req_conv_feed(req_t *rq, const char *data, size_t n, char *err, size_t errlen);
+
+/* Upstream EOF or cut: closes the stream (its end or error event into
+ * rq_tail). Returns 0 when it ended cleanly, else a TG_PROTO_E* code. */
+int tg_req_conv_finish(req_t *rq, char *err, size_t errlen);
+
+/* Ends the converted stream at its reservation (max_tokens / length),
+ * cleanly, into rq_tail. */
+void tg_req_conv_cut(req_t *rq);
+
+/* The converted stream's usage and stop reason into the request. */
+void tg_req_conv_result(req_t *rq);
+
 /* ---- receipt.c: meter, price, record ---------------------------------------------- */
 
 /* Fills rq_tu and prices it once (rq_metered); before a non-streaming
@@ -339,6 +393,14 @@ void tg_req_meter_and_price(req_t *rq);
 
 /* Gives back every reservation rq holds, counting `cost` as spent. */
 void tg_req_release_all(req_t *rq, int64_t cost);
+
+/* Counts a request in IR form (tg_proto_count_text: system prompts, block
+ * text, tool calls and results, tools) with model's encoding (the route's
+ * when it names one), plus 3 per message and 3 priming the answer, as
+ * OpenAI's chat rule counts. *estimate is 1 for a model without a public
+ * tokenizer (scaled o200k_base, meter/). Returns 0, or -1 without a
+ * tokenizer or out of memory. */
+int tg_req_count_ir(req_t *rq, const tg_proto_request_t *ir, const char *model, int64_t *tokens, int *estimate);
 
 /* Builds the UsageRecord, releases the reservations against the actual
  * cost, spools it (or logs it). */

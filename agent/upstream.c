@@ -133,7 +133,19 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
             rq->rq_paused = 1;
             return CURL_WRITEFUNC_PAUSE;
         }
-        if (tg_sse_feed(&rq->rq_sse, data, n, forward_event, rq) != 0) {
+        char cerr[TG_ERRLEN] = "";
+        int crc = rq->rq_viaproto ? tg_req_conv_feed(rq, data, n, cerr, sizeof cerr) : 0;
+        if (crc != 0) {
+            /* the converter wrote the client's error event (rq_tail): the
+             * stream is over, so is the upstream call */
+            tg_utf8_clean(a->at_msg, sizeof a->at_msg, cerr, strlen(cerr));
+            if (rq->rq_chunk.b_len) {
+                tg_front_stream_write(rq->rq_c, rq->rq_chunk.b_data, rq->rq_chunk.b_len);
+                tg_buf_reset(&rq->rq_chunk);
+            }
+            return 0;
+        }
+        if (!rq->rq_viaproto && tg_sse_feed(&rq->rq_sse, data, n, forward_event, rq) != 0) {
             snprintf(a->at_msg, sizeof a->at_msg, "an upstream event passed %u bytes", SSE_EVENT_MAX);
             return 0;
         }
@@ -144,7 +156,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
             tg_buf_reset(&rq->rq_chunk);
         }
         if (rq->rq_out_allow && !rq->rq_saw_done && tg_req_past_allowance(rq)) {
-            tg_req_cut_at_allowance(rq);
+            if (rq->rq_conv)
+                tg_req_conv_cut(rq); /* the client's own end: message_delta max_tokens, or length */
+            else
+                tg_req_cut_at_allowance(rq);
             return 0; /* the upstream call ends here (tg_req_upstream_done sees rq_capped) */
         }
         return n;
@@ -182,7 +197,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
             first_byte(rq);
             char *ct = NULL;
             curl_easy_getinfo(rq->rq_easy, CURLINFO_CONTENT_TYPE, &ct);
-            rq->rq_json_stream = st < 300 && rq->rq_scan.sc_stream && ct && strncasecmp(ct, "application/json", 16) == 0;
+            rq->rq_json_stream = st < 300 && rq->rq_scan.sc_stream && !rq->rq_viaproto && ct &&
+                                 strncasecmp(ct, "application/json", 16) == 0;
             if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream && !rq->rq_started && !rq->rq_client_gone)
                 start_stream(rq);
         }
@@ -300,6 +316,15 @@ void tg_req_start_attempt(req_t *rq)
     const Tollgate__V1__Channel *c = ch->ch_pb;
     if (!rq->rq_w->w_agent->a_opts.ao_spend_off && tg_req_ensure_reserved(rq, ch) != 0)
         return; /* parked until the lease answers, or refused */
+    /* the channel's protocol decides the body, path, credential header and
+     * how the answer is read; either side Anthropic goes through proto/ */
+    rq->rq_uproto = c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC ? TG_PROTO_ANTHROPIC
+                                                                                      : TG_PROTO_OPENAI;
+    int chat = rq->rq_ep->ep_kind == EP_CHAT || rq->rq_ep->ep_kind == EP_MESSAGES;
+    rq->rq_viaproto = chat && (rq->rq_cproto == TG_PROTO_ANTHROPIC || rq->rq_uproto == TG_PROTO_ANTHROPIC);
+    tg_proto_stream_destroy(rq->rq_conv);
+    rq->rq_conv = NULL;
+    rq->rq_conv_err = 0;
     attempt_t *a = tg_req_att_new(rq);
     char hdr[4200];
     if (!a) {
@@ -329,8 +354,27 @@ void tg_req_start_attempt(req_t *rq)
         if ((rq->rq_upbody.b_data = tg_malloc(cap)) != NULL)
             rq->rq_upbody.b_cap = cap;
     }
-    int add_usage = rq->rq_scan.sc_stream && rq->rq_ep->ep_stream_usage; /* every channel here speaks OpenAI */
-    if (tg_agent_rewrite(rq->rq_body, rq->rq_body_len, &rq->rq_scan, a->at_model, add_usage, &rq->rq_upbody)) {
+    if (rq->rq_cproto != rq->rq_uproto) {
+        char cerr[TG_ERRLEN] = "";
+        int crc = tg_req_conv_body(rq, a->at_model, tg_req_output_allowance(rq), cerr, sizeof cerr);
+        if (crc != 0) {
+            /* the client's request has a shape the channel's protocol
+             * cannot carry: the client's to change, not a channel failure */
+            a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
+            tg_utf8_clean(a->at_msg, sizeof a->at_msg, cerr, strlen(cerr));
+            if (crc == TG_PROTO_ENOMEM || crc == TG_PROTO_ETOOBIG)
+                tg_req_fail(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                            "out of memory converting the request");
+            else
+                tg_req_fail(rq, 400, "invalid_request_error", "unsupported_conversion",
+                            TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                            "The model `%s` is served by a %s channel and this request cannot be converted to it: %s",
+                            rq->rq_route->model, tg_proto_name(rq->rq_uproto), a->at_msg);
+            return;
+        }
+    } else if (tg_agent_rewrite(rq->rq_body, rq->rq_body_len, &rq->rq_scan, a->at_model,
+                                rq->rq_scan.sc_stream && rq->rq_ep->ep_stream_usage && rq->rq_uproto == TG_PROTO_OPENAI,
+                                &rq->rq_upbody)) {
         a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
         tg_req_fail(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "out of memory rewriting the request");
@@ -341,7 +385,8 @@ void tg_req_start_attempt(req_t *rq)
     if (!e)
         goto nomem;
     rq->rq_easy = e;
-    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", ch->ch_credential);
+    if (tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0)
+        goto nomem;
     if (!(n = curl_slist_append(h, "Content-Type: application/json")))
         goto nomem;
     h = n;
@@ -353,6 +398,27 @@ void tg_req_start_attempt(req_t *rq)
     if (!(n = curl_slist_append(h, "Expect:"))) /* no 100-continue round trip */
         goto nomem;
     h = n;
+    if (rq->rq_uproto == TG_PROTO_ANTHROPIC) {
+        /* anthropic-version: an Anthropic client's own (and its
+         * anthropic-beta), else the adapter's */
+        const char *ver = rq->rq_cproto == TG_PROTO_ANTHROPIC && rq->rq_c
+                              ? tg_front_header(rq->rq_c, "anthropic-version") : NULL;
+        const char *beta = rq->rq_cproto == TG_PROTO_ANTHROPIC && rq->rq_c
+                               ? tg_front_header(rq->rq_c, "anthropic-beta") : NULL;
+        if (ver && *ver)
+            snprintf(hdr, sizeof hdr, "anthropic-version: %s", ver);
+        else
+            snprintf(hdr, sizeof hdr, "%s", tg_proto_extra_header(TG_PROTO_ANTHROPIC));
+        if (!(n = curl_slist_append(h, hdr)))
+            goto nomem;
+        h = n;
+        if (beta && *beta) {
+            snprintf(hdr, sizeof hdr, "anthropic-beta: %s", beta);
+            if (!(n = curl_slist_append(h, hdr)))
+                goto nomem;
+            h = n;
+        }
+    }
     for (size_t i = 0; i < c->n_extra_headers; i++) {
         snprintf(hdr, sizeof hdr, "%s: %s", c->extra_headers[i]->name, c->extra_headers[i]->value);
         if (!(n = curl_slist_append(h, hdr)))
@@ -371,15 +437,19 @@ void tg_req_start_attempt(req_t *rq)
     }
     rq->rq_hdrs = h;
     const char *url = ch->ch_chat_url;
-    if (rq->rq_ep->ep_kind != EP_CHAT) {
-        /* base_url + the endpoint's path: ch_chat_url less its suffix. */
+    /* a chat request goes to the channel protocol's path (base_url +
+     * /chat/completions or /messages), others to their endpoint's */
+    const char *path = !chat ? rq->rq_ep->ep_upstream
+                       : rq->rq_uproto == TG_PROTO_ANTHROPIC ? "/messages" : tg_req_endpoints[EP_CHAT].ep_upstream;
+    if (path != tg_req_endpoints[EP_CHAT].ep_upstream) {
+        /* base_url + the path: ch_chat_url less its suffix. */
         size_t bl = strlen(url) - strlen(tg_req_endpoints[EP_CHAT].ep_upstream);
-        size_t sl = strlen(rq->rq_ep->ep_upstream);
+        size_t sl = strlen(path);
         char *u = tg_pool_alloc(rq->rq_pool, bl + sl + 1);
         if (!u)
             goto nomem;
         memcpy(u, url, bl);
-        memcpy(u + bl, rq->rq_ep->ep_upstream, sl + 1);
+        memcpy(u + bl, path, sl + 1);
         url = u;
     }
     curl_easy_setopt(e, CURLOPT_URL, url);
@@ -442,6 +512,15 @@ static int classify(req_t *rq, CURLcode res)
         if (rq->rq_scan.sc_stream && !rq->rq_saw_done && !rq->rq_json_stream)
             return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
                                   : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+        if (!rq->rq_scan.sc_stream && rq->rq_viaproto) {
+            attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+            char err[TG_ERRLEN] = "";
+            if (tg_req_conv_answer(rq, err, sizeof err) != 0) {
+                snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %.100s", st, err);
+                return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
+            }
+            return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+        }
         if (!rq->rq_scan.sc_stream || rq->rq_json_stream) {
             /* The whole answer is validated: a malformed 200 is a failed
              * attempt (retried per policy), never relayed and billed. */
@@ -517,6 +596,9 @@ static void send_buffered(req_t *rq, int status)
 static int stream_error_event(req_t *rq, tg_buf_t *out)
 {
     static const char msg[] = "The upstream ended the stream before it completed: the answer is incomplete.";
+    if (rq->rq_cproto == TG_PROTO_ANTHROPIC)
+        return tg_buf_printf(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\","
+                                  "\"message\":\"%s\"}}\n\n", msg);
     if (rq->rq_ep->ep_kind == EP_RESPONSES)
         return tg_buf_printf(out, "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_cut\",\"message\":\"%s\","
                                   "\"param\":null,\"error\":{\"type\":\"upstream_error\",\"code\":\"stream_cut\","
@@ -545,7 +627,7 @@ static void send_as_stream(req_t *rq)
     } else if (rq->rq_c) {
         /* out of memory: the client is told so; the receipt bills the answer */
         rq->rq_status = 500;
-        tg_req_send_error(rq->rq_c, rq->rq_id, 500, "server_error", NULL, "out of memory streaming the answer");
+        tg_req_send_error(rq->rq_c, rq->rq_cproto, rq->rq_id, 500, "server_error", NULL, "out of memory streaming the answer");
         rq->rq_c = NULL;
     }
     tg_buf_free(&ev);
@@ -555,6 +637,14 @@ static void send_as_stream(req_t *rq)
 void tg_req_upstream_done(req_t *rq, CURLcode res)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    if (rq->rq_conv && !rq->rq_capped) {
+        /* a converted stream ends here: its end (an OpenAI upstream that
+         * sent finish_reason but no [DONE]) or its error event */
+        char cerr[TG_ERRLEN] = "";
+        if (tg_req_conv_finish(rq, cerr, sizeof cerr) != 0 && !a->at_msg[0])
+            tg_utf8_clean(a->at_msg, sizeof a->at_msg, cerr, strlen(cerr));
+    }
+    tg_req_conv_result(rq);
     /* ended at its reservation by the gateway: a complete answer */
     int cls = rq->rq_capped ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE : classify(rq, res);
     a->at_class = cls;
@@ -588,7 +678,7 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
             snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "%s", a->at_msg);
             /* The client must be able to tell truncation from completion:
              * the stream ends with an error event (the SDKs raise it). */
-            if (rq->rq_c && stream_error_event(rq, &rq->rq_tail) != 0)
+            if (rq->rq_c && !rq->rq_conv_err && stream_error_event(rq, &rq->rq_tail) != 0)
                 TG_LOG(TG_LOG_WARN, "agent", "request %s: no room for the stream's error event", rq->rq_id);
         }
         if (rq->rq_c) {
@@ -637,6 +727,7 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
  * the provider stops generating) and note it in the record. */
 static void client_gone(req_t *rq)
 {
+    tg_req_conv_result(rq); /* a converted stream's usage so far */
     rq->rq_client_gone = 1;
     rq->rq_final_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
     snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "the client closed the connection");
