@@ -150,7 +150,7 @@ int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
 /* Holds provider counts to what the request allowed: the completion count
  * to max_out (when >= 0; reasoning stays within it, and cached tokens
  * within the prompt). The prompt is never clamped: providers add input the
- * gateway cannot see, so a high one is only flagged (request.c). Returns 1
+ * gateway cannot see, so a high one is only flagged (receipt.c). Returns 1
  * when it clamped something, 0 when the usage was within bounds. Can't
  * fail. */
 int tg_agent_usage_clamp(tg_usage_t *u, long max_out);

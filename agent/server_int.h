@@ -1,6 +1,6 @@
 /* server_int.h: the structs shared by server.c (threads, loops, curl glue,
- * configuration swap, breakers) and request.c (one client request from
- * its first byte to its receipt). Internal to agent/. */
+ * configuration swap, breakers) and the request files (request_int.h: one
+ * client request from its first byte to its receipt). Internal to agent/. */
 #ifndef TG_AGENT_SERVER_INT_H
 #define TG_AGENT_SERVER_INT_H
 
@@ -152,7 +152,9 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
  * thread; reads atomics only. Can't fail (a full buffer drops the rest). */
 void tg_cplink_metrics(tg_agent_t *a, tg_buf_t *out);
 
-/* request.c */
+/* The request files (request_int.h): tg_req_handle and tg_req_handle_ops in
+ * request.c, tg_req_upstream_done in upstream.c, tg_req_abort_all in
+ * finish.c. */
 void tg_req_handle(tg_front_conn_t *c, void *worker);
 /* The metrics listener's handler: /metrics, /healthz, /readyz. */
 void tg_req_handle_ops(tg_front_conn_t *c, void *worker);

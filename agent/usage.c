@@ -4,7 +4,7 @@
  * a plain non-negative integer of at most 2^53 (2500000000.0 and 1e+30 are
  * refused, not read as 2500000000 or 1), and never past the request's own
  * output cap. Input is not clamped (providers add input the gateway cannot
- * see: search and file tools, stored prompts); request.c flags input far
+ * see: search and file tools, stored prompts); receipt.c flags input far
  * past its own count instead. */
 #include <string.h>
 
