@@ -34,6 +34,7 @@
 #define RETRY_MIN_US (100LL * 1000)
 #define RETRY_MAX_US (5LL * 1000000)
 #define STOP_RETURN_US (3LL * 1000000)
+#define WAITER_RETRY_US (200LL * 1000)  /* a request waiting for a lease: its retry after a failure */
 #define NCHAIN 1024                     /* hash chains; entries of idle scopes are pruned */
 #define PRUNE_IDLE_US (300LL * 1000000) /* an entry holding nothing, unused this long, goes */
 
@@ -53,6 +54,7 @@ typedef struct lent {
     int le_failed;            /* the last request failed */
     int64_t le_avail_after;   /* the control plane's budget left after the last answer */
     int64_t le_retry_at;
+    int64_t le_failed_at;
     int64_t le_backoff;
     int64_t le_rate;          /* nano per second, EWMA */
     int64_t le_rate_t, le_rate_acc;
@@ -156,10 +158,13 @@ static int64_t sat_mul(int64_t a, int64_t b)
 /* (mu) Whether e needs a lease request now, and what it asks. */
 static int due(const lent_t *e, int64_t now)
 {
-    if (e->le_inflight || now < e->le_retry_at)
+    if (e->le_inflight)
         return 0;
+    /* a request waits: retried soon after a failure, whatever the backoff */
     if (e->le_want > e->le_sent)
-        return 1; /* a waiter */
+        return now >= e->le_retry_at || now >= e->le_failed_at + WAITER_RETRY_US;
+    if (now < e->le_retry_at)
+        return 0;
     int active = e->le_res > 0 || e->le_owed > 0 || e->le_base - e->le_spent > 0;
     if (!active)
         return 0;
@@ -274,6 +279,7 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
         if (e->le_backoff > RETRY_MAX_US)
             e->le_backoff = RETRY_MAX_US;
         e->le_retry_at = now + e->le_backoff;
+        e->le_failed_at = now;
         TG_LOG(TG_LOG_WARN, "agent.lease", "lease %s/%s: request failed (retry in %lld ms): %s", acct, bucket,
                (long long)(e->le_backoff / 1000), err);
         return;

@@ -106,11 +106,14 @@ static int exact_input(req_t *rq)
 static void add_limits(req_t *rq, scope_ref_t *v, int *n, const char *kind, const char *id,
                        Tollgate__V1__SpendLimit *const *l, size_t nl, const char *currency)
 {
+    int64_t tz = 0;
+    if (tg_billing_tz(rq->rq_acct->time_zone, &tz) != 0)
+        tz = 0; /* the control plane refuses such a zone; an old snapshot counts in UTC */
     for (size_t i = 0; i < nl && *n < MAX_SCOPES; i++) {
         int64_t start, end;
         if (strcmp(l[i]->currency, currency) != 0 ||
-            tg_billing_window((int)l[i]->window, rq->rq_t0_us, &start, &end) != 0 ||
-            tg_billing_scope(kind, id, (int)l[i]->window, rq->rq_t0_us, v[*n].sr_id, sizeof v[*n].sr_id) != 0)
+            tg_billing_window((int)l[i]->window, rq->rq_t0_us, tz, &start, &end) != 0 ||
+            tg_billing_scope(kind, id, (int)l[i]->window, rq->rq_t0_us, tz, v[*n].sr_id, sizeof v[*n].sr_id) != 0)
             continue;
         v[*n].sr_kind = kind;
         v[*n].sr_window = (int)l[i]->window;
@@ -135,7 +138,7 @@ static void compute_scopes(req_t *rq, const char *currency)
         add_limits(rq, v, &n, "project", p->id, p->spend_limits, p->n_spend_limits, currency);
     const Tollgate__V1__RunBudget *b = rq->rq_runb;
     if (b && b->max_spend_nano > 0 && strcmp(b->currency, currency) == 0 && n < MAX_SCOPES &&
-        tg_billing_scope("run", b->run_id, 0, 0, v[n].sr_id, sizeof v[n].sr_id) == 0) {
+        tg_billing_scope("run", b->run_id, 0, 0, 0, v[n].sr_id, sizeof v[n].sr_id) == 0) {
         v[n].sr_kind = "run";
         v[n].sr_window = 0;
         v[n].sr_limit = b->max_spend_nano;

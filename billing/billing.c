@@ -216,7 +216,35 @@ static void civil_from_days(int64_t z, int64_t *y, int64_t *m)
 
 #define DAY_US (86400LL * 1000000)
 
-int tg_billing_window(int window, int64_t t_us, int64_t *start_us, int64_t *end_us)
+int tg_billing_tz(const char *tz, int64_t *offset_us)
+{
+    unsigned hh, mm;
+    int n = 0;
+    if (tz == NULL || tz[0] == '\0' || strcmp(tz, "UTC") == 0) {
+        *offset_us = 0;
+        return 0;
+    }
+    if ((tz[0] != '+' && tz[0] != '-') || sscanf(tz + 1, "%2u:%2u%n", &hh, &mm, &n) != 2 || tz[1 + n] != '\0' ||
+        n != 5 || mm >= 60 || hh * 60 + mm > 14 * 60)
+        return TG_BILLING_EINVAL;
+    *offset_us = (tz[0] == '-' ? -1 : 1) * (int64_t)(hh * 60 + mm) * 60 * 1000000;
+    return 0;
+}
+
+static int window_utc(int window, int64_t t_us, int64_t *start_us, int64_t *end_us);
+
+int tg_billing_window(int window, int64_t t_us, int64_t offset_us, int64_t *start_us, int64_t *end_us)
+{
+    /* the zone's wall clock runs offset_us ahead: its window, in UTC instants */
+    int rc = window_utc(window, t_us + offset_us, start_us, end_us);
+    if (rc == 0 && window != TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL) {
+        *start_us -= offset_us;
+        *end_us -= offset_us;
+    }
+    return rc;
+}
+
+static int window_utc(int window, int64_t t_us, int64_t *start_us, int64_t *end_us)
 {
     int64_t day = t_us >= 0 ? t_us / DAY_US : -((-t_us + DAY_US - 1) / DAY_US);
     int64_t y, m;
@@ -257,7 +285,8 @@ const char *tg_billing_window_name(int window)
     }
 }
 
-int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, char *out, size_t outlen)
+int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, int64_t offset_us, char *out,
+                     size_t outlen)
 {
     int n;
     if (strcmp(kind, "run") == 0) {
@@ -265,7 +294,7 @@ int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us,
     } else {
         int64_t start, end;
         const char *name = tg_billing_window_name(window);
-        if (name == NULL || tg_billing_window(window, t_us, &start, &end) != 0)
+        if (name == NULL || tg_billing_window(window, t_us, offset_us, &start, &end) != 0)
             return TG_BILLING_EINVAL;
         n = snprintf(out, outlen, "%s/%s/%s/%lld", kind, id, name, (long long)start);
     }

@@ -148,22 +148,31 @@ int tg_billing_estimate(const Tollgate__V1__PriceEntry *pe, int64_t input_max, i
  *   key/<key id>/<day|week|month|total>/<window start, us>
  *   project/<project id>/<window>/<window start, us>
  *   run/<run id>
- * Windows are UTC: a day from 00:00, an ISO week from Monday 00:00, a
- * calendar month from the 1st 00:00; total never resets (start 0). */
+ * Windows are calendar windows in the account's time zone: a day from
+ * 00:00, an ISO week from Monday 00:00, a calendar month from the 1st
+ * 00:00; total never resets (start 0). A zone is UTC or a fixed offset. */
 
-/* The start and end (exclusive; INT64_MAX for total) of the window of kind
- * `window` (a TOLLGATE__V1__LIMIT_WINDOW__* value) that holds t_us.
- * Returns 0, or TG_BILLING_EINVAL for an unknown window (nothing set). */
-int tg_billing_window(int window, int64_t t_us, int64_t *start_us, int64_t *end_us);
+/* The offset of an Account.time_zone: "" or "UTC" is 0, "+HH:MM" or
+ * "-HH:MM" (at most 14:00) its signed microseconds. Returns 0, or
+ * TG_BILLING_EINVAL (anything else: names such as "Europe/Paris" are not
+ * supported). */
+int tg_billing_tz(const char *tz, int64_t *offset_us);
+
+/* The start and end (exclusive; INT64_MAX for total), as UTC instants, of
+ * the window of kind `window` (a TOLLGATE__V1__LIMIT_WINDOW__* value) that
+ * holds t_us, in the zone offset_us east of UTC (tg_billing_tz). Returns 0,
+ * or TG_BILLING_EINVAL for an unknown window (nothing set). */
+int tg_billing_window(int window, int64_t t_us, int64_t offset_us, int64_t *start_us, int64_t *end_us);
 
 /* The name of a window kind: "day", "week", "month", "total", or NULL. */
 const char *tg_billing_window_name(int window);
 
 /* Writes the scope id of a key's (kind "key") or project's (kind
- * "project") limit `window` at t_us, or of a run (kind "run": window and
+ * "project") limit `window` at t_us in the zone offset_us, or of a run (kind "run": window and
  * t_us ignored) into out. Returns 0, or TG_BILLING_EINVAL (unknown window)
  * or TG_BILLING_ERANGE (out too small). */
-int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, char *out, size_t outlen);
+int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, int64_t offset_us, char *out,
+                     size_t outlen);
 
 /* The bucket of account `a` that pays for `route_type`: the account's
  * route_buckets override (the last one for the route type), else DIRECT ->

@@ -351,31 +351,46 @@ static void test_windows_and_scopes(void **state)
     int64_t s, e;
     /* 2026-12-07T04:30:00Z (a Monday) */
     const int64_t t = 1796617800LL * 1000000;
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, 0, &s, &e), 0);
     assert_int_equal(s, 1796601600LL * 1000000); /* 2026-12-07T00:00Z */
     assert_int_equal(e - s, 86400LL * 1000000);
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t, 0, &s, &e), 0);
     assert_int_equal(s, 1796601600LL * 1000000); /* Monday 2026-12-07 */
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t + 6 * 86400LL * 1000000, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, t + 6 * 86400LL * 1000000, 0, &s, &e), 0);
     assert_int_equal(s, 1796601600LL * 1000000); /* Sunday: same week */
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, 1796601600LL * 1000000 - 1, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_WEEK, 1796601600LL * 1000000 - 1, 0, &s, &e), 0);
     assert_int_equal(s, 1795996800LL * 1000000); /* a microsecond before Monday 00:00: the week before */
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, t, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, t, 0, &s, &e), 0);
     assert_int_equal(s, 1796083200LL * 1000000); /* 2026-12-01T00:00Z */
     assert_int_equal(e, 1798761600LL * 1000000); /* 2027-01-01T00:00Z */
     /* February of a leap year */
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, 1709251199LL * 1000000, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_MONTH, 1709251199LL * 1000000, 0, &s, &e), 0);
     assert_int_equal(s, 1706745600LL * 1000000); /* 2024-02-01 */
     assert_int_equal(e, 1709251200LL * 1000000); /* 2024-03-01 */
-    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL, t, &s, &e), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL, t, 0, &s, &e), 0);
     assert_int_equal(s, 0);
-    assert_int_equal(tg_billing_window(0, t, &s, &e), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_window(0, t, 0, &s, &e), TG_BILLING_EINVAL);
     char id[128];
-    assert_int_equal(tg_billing_scope("key", "key_1", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, id, sizeof id), 0);
+    assert_int_equal(tg_billing_scope("key", "key_1", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, 0, id, sizeof id), 0);
     assert_string_equal(id, "key/key_1/day/1796601600000000");
-    assert_int_equal(tg_billing_scope("run", "r-9", 0, 0, id, sizeof id), 0);
+    assert_int_equal(tg_billing_scope("run", "r-9", 0, 0, 0, id, sizeof id), 0);
+    /* a zone east of UTC: 04:30Z is 12:30 at +08:00, its day began at 16:00Z the day before */
+    int64_t tz;
+    assert_int_equal(tg_billing_tz("+08:00", &tz), 0);
+    assert_int_equal(tz, 8 * 3600LL * 1000000);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, tz, &s, &e), 0);
+    assert_int_equal(s, (1796601600LL - 8 * 3600) * 1000000);
+    /* west: at -05:30 04:30Z is 23:00 the day before */
+    assert_int_equal(tg_billing_tz("-05:30", &tz), 0);
+    assert_int_equal(tg_billing_window(TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, tz, &s, &e), 0);
+    assert_int_equal(s, (1796601600LL - 86400 + 5 * 3600 + 1800) * 1000000);
+    assert_int_equal(tg_billing_tz("UTC", &tz), 0);
+    assert_int_equal(tz, 0);
+    assert_int_equal(tg_billing_tz("Europe/Paris", &tz), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_tz("+15:00", &tz), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_tz("+8:00", &tz), TG_BILLING_EINVAL);
     assert_string_equal(id, "run/r-9");
-    assert_int_equal(tg_billing_scope("key", "k", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, id, 8), TG_BILLING_ERANGE);
+    assert_int_equal(tg_billing_scope("key", "k", TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_DAY, t, 0, id, 8), TG_BILLING_ERANGE);
 }
 
 static void test_strerror(void **state)

@@ -513,7 +513,8 @@ static int get_key_limits(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *
         int own = i < k->n_spend_limits;
         const Tollgate__V1__SpendLimit *l = own ? k->spend_limits[i] : p->spend_limits[i - k->n_spend_limits];
         cp_scope_t s;
-        if (cp_scope_of_limit(own ? "key" : "project", own ? k->id : p->id, k->account_id, l, now, &s) != 0)
+        if (cp_scope_of_limit(own ? "key" : "project", own ? k->id : p->id, k->account_id, l, now,
+                              cp_account_tz(a->ax_cp, k->account_id), &s) != 0)
             continue;
         if ((rc = limit_state(a, &s, &st[out.n_limits])) < 0) {
             code = -rc;

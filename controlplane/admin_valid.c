@@ -159,6 +159,10 @@ int tg_cp_validate_account(const Tollgate__V1__Account *a, char *err, size_t err
             FAIL("account.route_buckets[%zu].bucket: no bucket '%s' in this account", i, rb->bucket);
     }
     if (check_status("account", a->status, err, errlen)) return -1;
+    int64_t tz;
+    if (tg_billing_tz(a->time_zone, &tz) != 0)
+        FAIL("account.time_zone: '%s' is not UTC or a fixed offset like +08:00 or -05:30 (zone names are not "
+             "supported)", a->time_zone);
     return check_limits("account", a->spend_limits, a->n_spend_limits, err, errlen);
 }
 

@@ -145,9 +145,13 @@ struct Tollgate__V1__SpendLimit;
 struct Tollgate__V1__RunBudget;
 
 /* Fills s for a key's (kind "key") or project's limit l in the window that
- * holds t_us. Returns 0 or -1 (an unknown window). */
+ * holds t_us in the account's zone tz_us. Returns 0 or -1 (an unknown
+ * window). */
 int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const struct Tollgate__V1__SpendLimit *l,
-                      int64_t t_us, cp_scope_t *s);
+                      int64_t t_us, int64_t tz_us, cp_scope_t *s);
+/* The offset east of UTC of account_id's time_zone (tg_billing_tz); 0 for
+ * UTC, an unknown account or a zone that does not parse. */
+int64_t cp_account_tz(tg_cp_t *cp, const char *account_id);
 /* Fills s for run budget b (no cap: -1). */
 int cp_scope_of_run(const struct Tollgate__V1__RunBudget *b, cp_scope_t *s);
 /* Resolves a scope id an agent leases against the configuration. Returns

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/tg_log.h"
 #include "billing/tg_billing.h"
@@ -33,7 +34,7 @@
 #include "controlplane/agentside.h"
 #include "tollgate/v1/agent.pb-c.h"
 
-#define LEASE_ATTEMPTS 16
+#define LEASE_ATTEMPTS 32
 
 static const Tollgate__V1__BucketSpec *find_bucket(const Tollgate__V1__Account *a, const char *name)
 {
@@ -46,11 +47,11 @@ static const Tollgate__V1__BucketSpec *find_bucket(const Tollgate__V1__Account *
 /* ---- scopes: key and project limit windows, runs -------------------------------- */
 
 int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const Tollgate__V1__SpendLimit *l,
-                      int64_t t_us, cp_scope_t *s)
+                      int64_t t_us, int64_t tz_us, cp_scope_t *s)
 {
     memset(s, 0, sizeof(*s));
-    if (tg_billing_window((int)l->window, t_us, &s->cs_start, &s->cs_end) != 0 ||
-        tg_billing_scope(kind, obj, (int)l->window, t_us, s->cs_id, sizeof(s->cs_id)) != 0)
+    if (tg_billing_window((int)l->window, t_us, tz_us, &s->cs_start, &s->cs_end) != 0 ||
+        tg_billing_scope(kind, obj, (int)l->window, t_us, tz_us, s->cs_id, sizeof(s->cs_id)) != 0)
         return -1;
     snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", s->cs_id);
     snprintf(s->cs_kind, sizeof(s->cs_kind), "%s", kind);
@@ -66,7 +67,7 @@ int cp_scope_of_limit(const char *kind, const char *obj, const char *account, co
 int cp_scope_of_run(const Tollgate__V1__RunBudget *b, cp_scope_t *s)
 {
     memset(s, 0, sizeof(*s));
-    if (b->max_spend_nano <= 0 || tg_billing_scope("run", b->run_id, 0, 0, s->cs_id, sizeof(s->cs_id)) != 0)
+    if (b->max_spend_nano <= 0 || tg_billing_scope("run", b->run_id, 0, 0, 0, s->cs_id, sizeof(s->cs_id)) != 0)
         return -1; /* no cap: nothing to enforce */
     snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", s->cs_id);
     snprintf(s->cs_kind, sizeof(s->cs_kind), "run");
@@ -96,6 +97,19 @@ Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, Tollgate__V1__Balance
         b->credit_limit_nano = s->cs_limit;
     }
     return b;
+}
+
+int64_t cp_account_tz(tg_cp_t *cp, const char *account_id)
+{
+    char key[TG_STORE_MAX_KEY];
+    ProtobufCMessage *m = NULL;
+    int64_t tz = 0;
+    snprintf(key, sizeof(key), TG_CP_K_ACCOUNT "%s", account_id);
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__account__descriptor, &m, NULL, NULL, 0) == 0 && m != NULL &&
+        tg_billing_tz(((Tollgate__V1__Account *)m)->time_zone, &tz) != 0)
+        tz = 0;
+    tg_rpc_pb_free(m);
+    return tz;
 }
 
 int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_t *s, char *err, size_t errlen)
@@ -146,7 +160,8 @@ int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_
         const char *wn = tg_billing_window_name((int)lims[i]->window);
         if (wn == NULL || strcmp(wn, win) != 0)
             continue;
-        if (cp_scope_of_limit(kind, obj, acct, lims[i], (int64_t)start, s) != 0 || s->cs_start != (int64_t)start) {
+        if (cp_scope_of_limit(kind, obj, acct, lims[i], (int64_t)start, cp_account_tz(cp, acct), s) != 0 ||
+            s->cs_start != (int64_t)start) {
             err[0] = '\0';
             code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: %lld does not start a %s window", start,
                            win);
@@ -243,8 +258,9 @@ int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
         for (int k = 1; k <= 4; k++)
             if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
                 w = k;
-        int64_t ws, we;
-        if (w == 0 || tg_billing_window(w, (int64_t)start, &ws, &we) != 0 || we >= cut)
+        /* the window ended a month after its start at the latest, whatever
+         * the account's zone */
+        if (w == 0 || w == TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL || (int64_t)start + 32 * 86400LL * 1000000 >= cut)
             continue;
         tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
                             .op_key_len = res.rs_kvs[i].kv_key_len};
@@ -477,12 +493,14 @@ loop:
         }
         /* a settlement, top-up or another grant moved the balance (or the
          * answer was lost: the next read shows whether it applied, and a
-         * second application of the same request grants the same hold) */
+         * second application of the same request grants the same hold);
+         * a short, growing, jittered pause lets the other writer through */
         if (attempt + 1 >= LEASE_ATTEMPTS) {
             code = tg_errf(err, errlen, TG_RPC_CODE_ABORTED, "%s: too much contention, retry", key);
             goto done;
         }
         err[0] = '\0';
+        usleep((useconds_t)(200 * (attempt + 1) + (tg_cp_now_us() & 511)));
     }
 done:
     tg_free(holds);

@@ -737,6 +737,9 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
     ProtobufCMessage *m = NULL;
     cp_scope_t s;
     const char *project = r->project_id;
+    int64_t tz = 0;
+    if (c->sc_acct[i] != NULL && tg_billing_tz(c->sc_acct[i]->time_zone, &tz) != 0)
+        tz = 0; /* validated at write time: an older value counts in UTC */
     if (r->key_id[0] != '\0') {
         snprintf(key, sizeof(key), TG_CP_K_KEY "%s", r->key_id);
         if (cache_get(cp, &c->sc_keys, key, &tollgate__v1__api_key__descriptor, &m, err, errlen) < 0)
@@ -744,7 +747,7 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
         const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)m;
         for (size_t j = 0; k != NULL && j < k->n_spend_limits; j++)
             if (strcmp(k->spend_limits[j]->currency, currency) == 0 &&
-                cp_scope_of_limit("key", k->id, k->account_id, k->spend_limits[j], r->started_at_us, &s) == 0 &&
+                cp_scope_of_limit("key", k->id, k->account_id, k->spend_limits[j], r->started_at_us, tz, &s) == 0 &&
                 add_scope(c, i, &s, err, errlen) != 0)
                 return TG_RPC_CODE_RESOURCE_EXHAUSTED;
         if (k != NULL && k->project_id[0] != '\0')
@@ -757,7 +760,7 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
         const Tollgate__V1__Project *p = (const Tollgate__V1__Project *)m;
         for (size_t j = 0; p != NULL && j < p->n_spend_limits; j++)
             if (strcmp(p->spend_limits[j]->currency, currency) == 0 &&
-                cp_scope_of_limit("project", p->id, p->account_id, p->spend_limits[j], r->started_at_us, &s) == 0 &&
+                cp_scope_of_limit("project", p->id, p->account_id, p->spend_limits[j], r->started_at_us, tz, &s) == 0 &&
                 add_scope(c, i, &s, err, errlen) != 0)
                 return TG_RPC_CODE_RESOURCE_EXHAUSTED;
     }

@@ -62,9 +62,9 @@ for (const backend of ['lmdb', 'etcd']) {
       return page.entries.reduce((a, e) => a - BigInt(e.amount_nano || 0), 0n);
     }
 
-    async function account(name, topup, keyExtra = {}) {
+    async function account(name, topup, keyExtra = {}, acctExtra = {}) {
       const acct = await cp.adminCall('CreateAccount', { account: {
-        name, billing_mode: 'BILLING_MODE_PREPAID',
+        name, billing_mode: 'BILLING_MODE_PREPAID', ...acctExtra,
         buckets: [{ name: 'credit', currency: 'USD' }, { name: 'wallet', currency: 'USD' }],
       } });
       if (topup > 0n) {
@@ -431,6 +431,24 @@ for (const backend of ['lmdb', 'etcd']) {
         assert.equal(e.code, 'key_paused');
         assert.match(e.message, /spend limit/);
       }
+    });
+
+    test('limit windows begin at midnight in the account\'s time zone, on the agent and the control plane alike', async () => {
+      const bad = await cp.adminCall('CreateAccount', { account: { name: 'badzone', billing_mode: 'BILLING_MODE_PREPAID',
+        time_zone: 'Europe/Paris', buckets: [{ name: 'wallet', currency: 'USD' }] } }).then(() => null, (e) => e);
+      assert.match(bad?.details || '', /account\.time_zone/);
+      const acct = await account('zoned', 100n * 1000000000n, { spend_limits: [
+        { window: 'LIMIT_WINDOW_DAY', limit_nano: '1000000000', currency: 'USD' }] }, { time_zone: '+14:00' });
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[1].base, maxRetries: 0 });
+      // served: the agent's scope (its window start at +14:00) is the one the control plane grants on
+      const { response } = await c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
+      const rec = await agents[1].waitRecord(response.headers.get('x-request-id'));
+      assert.ok(rec.lease_scopes.some((x) => x.startsWith(`key/${acct.keyId}/day/`)));
+      await drained();
+      const { limits } = await cp.adminCall('GetKeyLimits', { key_id: acct.keyId });
+      assert.equal(BigInt(limits[0].spent_nano), BigInt(rec.cost_nano));
+      const resets = BigInt(limits[0].resets_at_us);
+      assert.equal((resets + 14n * 3600n * 1000000n) % (86400n * 1000000n), 0n, 'the day ends at midnight +14:00');
     });
 
     test('window rollover: spend settled for yesterday does not count against today\'s limit, a total limit counts both', async () => {
