@@ -255,7 +255,8 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         rq->rq_resv = est;
         rq->rq_resv_bucket = bucket;
         rq->rq_ticket = 0;
-        if ((rq->rq_ep->ep_kind == EP_CHAT || rq->rq_ep->ep_kind == EP_MESSAGES) && rq->rq_scan.sc_stream)
+        if ((rq->rq_ep->ep_kind == EP_CHAT || rq->rq_ep->ep_kind == EP_MESSAGES ||
+             rq->rq_ep->ep_kind == EP_RESPONSES) && rq->rq_scan.sc_stream)
             rq->rq_out_allow = rq->rq_out_est > 0 ? rq->rq_out_est : 1;
     }
     /* the same estimate on every limit scope: the key's and project's
@@ -328,12 +329,29 @@ int tg_req_past_allowance(req_t *rq)
 
 /* Ends a chat stream at its reservation, as the provider should have at
  * max_tokens: a last chunk with finish_reason "length", then [DONE] (held
- * for the end, after the record's commit). Billed for what was produced, at
- * most the allowance. */
+ * for the end, after the record's commit); a Responses stream with
+ * response.incomplete (reason max_output_tokens). Billed for what was
+ * produced, at most the allowance. */
 void tg_req_cut_at_allowance(req_t *rq)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
     tg_buf_reset(&rq->rq_tail);
+    if (rq->rq_ep->ep_kind == EP_RESPONSES) {
+        int64_t now = now_us();
+        tg_buf_printf(&rq->rq_tail, "event: response.incomplete\ndata: {\"type\":\"response.incomplete\","
+                                    "\"sequence_number\":%lld,\"response\":{\"id\":\"resp_%s\",\"object\":\"response\","
+                                    "\"created_at\":%lld,\"status\":\"incomplete\",\"incomplete_details\":"
+                                    "{\"reason\":\"max_output_tokens\"},\"model\":",
+                      (long long)(now % 1000000000), rq->rq_id, (long long)(now / 1000000));
+        tg_agent_json_str(&rq->rq_tail, a->at_model, strlen(a->at_model));
+        tg_buf_puts(&rq->rq_tail, ",\"output\":[]}}\n\n");
+        rq->rq_capped = 1;
+        rq->rq_saw_done = 1;
+        snprintf(rq->rq_finish, sizeof rq->rq_finish, "incomplete");
+        snprintf(a->at_msg, sizeof a->at_msg, "ended at its reservation: %lld output tokens allowed",
+                 (long long)rq->rq_out_allow);
+        return;
+    }
     tg_buf_puts(&rq->rq_tail, "data: {\"id\":\"chatcmpl-");
     tg_buf_puts(&rq->rq_tail, rq->rq_id);
     tg_buf_printf(&rq->rq_tail, "\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",

@@ -524,6 +524,25 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.match(out, /budget 0\.\d+ USD: spent/);
     });
 
+    test('a Responses stream from a provider that ignores max_output_tokens ends at its reservation as response.incomplete', async () => {
+      const acct = await account('runaway-resp', 100n * 1000000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 15000 });
+      const { data: stream, response } = await c.responses
+        .create({ model: 'gpt-runaway', input: 'hi', max_output_tokens: 20, stream: true }).withResponse();
+      let text = '';
+      let last = null;
+      for await (const ev of stream) {
+        if (ev.type === 'response.output_text.delta') text += ev.delta;
+        last = ev;
+      }
+      assert.equal(last.type, 'response.incomplete');
+      assert.equal(last.response.incomplete_details.reason, 'max_output_tokens');
+      assert.ok(text.split(' ').length < 100, 'cut before the provider\'s 400 tokens');
+      const rec = await agents[2].waitRecord(response.headers.get('x-request-id'));
+      assert.ok(Number(rec.usage.output_tokens) <= 20);
+      assert.ok(BigInt(rec.cost_nano) <= BigInt(rec.reserved_nano));
+    });
+
     test('kill -9 of an agent holding a lease: after the TTL its hold is gone and the budget is whole again', async () => {
       const acct = await account('killed', 100n * 1000000000n);
       const victim = agents[0];
