@@ -128,9 +128,28 @@ void tg_req_finish(req_t *rq)
 
 /* ---- client replies from an attempt -------------------------------------------- */
 
+int64_t tg_req_overhead_us(const req_t *rq)
+{
+    int64_t now = now_us(), up = 0;
+    for (int i = 0; i < rq->rq_natt; i++) {
+        const attempt_t *a = &rq->rq_att[i];
+        if (!a->at_counted)
+            continue; /* a breaker skip: no upstream time */
+        up += a->at_latency_us ? a->at_latency_us : now - a->at_start_us;
+        up += a->at_backoff_ms * 1000;
+    }
+    int64_t o = now - rq->rq_t0_us - up;
+    return o > 0 ? o : 0;
+}
+
 void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr)
 {
+    char ov[24];
     add_header(hr, "x-request-id", rq->rq_id);
+    /* the gateway's own time so far: everything but the upstream's (and
+     * the policy's backoff waits), so users can check the overhead claim */
+    snprintf(ov, sizeof ov, "%lld", (long long)tg_req_overhead_us(rq));
+    add_header(hr, "x-tollgate-overhead-us", ov);
     if (!rq->rq_key || !rq->rq_key->expose_cost || !rq->rq_natt)
         return;
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
@@ -154,8 +173,13 @@ void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int 
     rq->rq_status = status;
     rq->rq_final_class = cls;
     if (rq->rq_c) {
-        if (rq->rq_route)
+        if (rq->rq_route) {
             tg_req_route_headers(rq, rq->rq_c);
+        } else {
+            char ov[24];
+            snprintf(ov, sizeof ov, "%lld", (long long)tg_req_overhead_us(rq));
+            add_header(rq->rq_c, "x-tollgate-overhead-us", ov);
+        }
         tg_req_send_error(rq->rq_c, rq->rq_cproto, rq->rq_route ? NULL : rq->rq_id, status, type, code, "%s", rq->rq_final_msg);
         rq->rq_c = NULL;
     }

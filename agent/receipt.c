@@ -355,6 +355,7 @@ void tg_req_emit_record(req_t *rq)
     r.ttft_us = rq->rq_ttft_us;
     r.request_bytes = (int64_t)rq->rq_body_len;
     r.response_bytes = rq->rq_resp_bytes;
+    r.gateway_overhead_us = tg_req_overhead_us(rq);
     tg_agent_t *ag = rq->rq_w->w_agent;
     /* Spooled for settlement: every request of a known key that reached
      * routing (served: priced and charged to the route type's bucket; not

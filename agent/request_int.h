@@ -255,6 +255,9 @@ void tg_req_send_error(tg_front_conn_t *c, tg_proto_kind_t kind, const char *req
 /* x-request-id, and x-tollgate-route / x-tollgate-attempts for a key with
  * expose_cost, on the client's answer hr. */
 void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr);
+/* The request's time in the gateway itself so far: since it started, less
+ * every attempt's upstream time (in flight: until now) and backoff waits. */
+int64_t tg_req_overhead_us(const req_t *rq);
 
 /* Ends the request with an error answer in the client's protocol (status,
  * OpenAI type and code, error class for the record, message), then

@@ -188,6 +188,11 @@ test('non-streaming answer, provider usage, model rewrite and channel credential
   assert.equal(BigInt(rec.upstream_cost_nano), upCost);
   const nano = String(want).padStart(10, '0');
   assert.equal(response.headers.get('x-tollgate-cost'), `${nano.slice(0, -9)}.${nano.slice(-9)} USD`);
+  // the gateway's own time, without the upstream's: in the head, and (a little later) in the receipt
+  const ov = Number(response.headers.get('x-tollgate-overhead-us'));
+  assert.ok(Number.isInteger(ov) && ov >= 0, `x-tollgate-overhead-us: ${response.headers.get('x-tollgate-overhead-us')}`);
+  assert.ok(ov < Number(rec.finished_at_us) - Number(rec.started_at_us), 'less than the whole request');
+  assert.ok(Number(rec.gateway_overhead_us) >= ov);
 });
 
 test('alias resolves to its route; X-Tollgate-Run is recorded', async () => {
