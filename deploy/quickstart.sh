@@ -27,6 +27,8 @@ for a in "$@"; do
 done
 
 MODEL=gpt-4o-mini
+CLAUDE=claude-sonnet-4-5
+EMBED=text-embedding-3-small
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 # ---- steps, failures, cleanup -------------------------------------------------
@@ -206,17 +208,30 @@ CH_DIRECT=$(jq -r .id <<<"$OUT")
 tc channel create --name mock-pooled --provider openai --base-url "http://127.0.0.1:$MOCK_PORT/v1" \
   --route-type pooled --cost-rate-ppm 700000 --credential-file "$STATE/credential-pooled" --json
 CH_POOLED=$(jq -r .id <<<"$OUT")
-echo "channels: mock-direct $CH_DIRECT (ROUTE_TYPE_DIRECT), mock-pooled $CH_POOLED (ROUTE_TYPE_POOLED)"
+printf 'sk-ant-fake-%s' "$(rand_hex 8)" >"$STATE/credential-anthropic"
+tc channel create --name mock-anthropic --provider anthropic --base-url "http://127.0.0.1:$MOCK_PORT/v1" \
+  --route-type direct --credential-file "$STATE/credential-anthropic" --json
+CH_ANTHROPIC=$(jq -r .id <<<"$OUT")
+echo "channels: mock-direct $CH_DIRECT (ROUTE_TYPE_DIRECT), mock-pooled $CH_POOLED (ROUTE_TYPE_POOLED),"
+echo "          mock-anthropic $CH_ANTHROPIC (Anthropic Messages API, ROUTE_TYPE_DIRECT)"
 
 step "a route for $MODEL: primary tier mock-direct, backup tier mock-pooled" tollctl.log cp.log
 tc route put "$MODEL" --channel "$CH_DIRECT=$MODEL-2024-07-18" --fallback "$CH_POOLED=$MODEL" --encoding o200k_base
 echo "$OUT"
+step "a route for $CLAUDE on the Anthropic channel, and $EMBED for embeddings" tollctl.log cp.log
+tc route put "$CLAUDE" --channel "$CH_ANTHROPIC=$CLAUDE"
+echo "$OUT"
+tc route put "$EMBED" --channel "$CH_DIRECT=$EMBED" --encoding cl100k_base
+echo "$OUT"
 
-step "a price card for $MODEL (USD 0.15 input, 0.60 output per million tokens)" tollctl.log cp.log
+step "a price card (USD per million tokens): $MODEL 0.15 in / 0.60 out, $CLAUDE 3 / 15 (cache 0.30 read, 3.75 write), $EMBED 0.02" tollctl.log cp.log
 cat >"$STATE/price-card.json" <<EOF
 {"id":"standard","currency":"USD","note":"quickstart","entries":[
  {"model":"$MODEL","input_per_mtok_nano":"150000000","output_per_mtok_nano":"600000000",
-  "cache_read_per_mtok_nano":"75000000"}]}
+  "cache_read_per_mtok_nano":"75000000"},
+ {"model":"$CLAUDE","input_per_mtok_nano":"3000000000","output_per_mtok_nano":"15000000000",
+  "cache_read_per_mtok_nano":"300000000","cache_write_per_mtok_nano":"3750000000"},
+ {"model":"$EMBED","input_per_mtok_nano":"20000000"}]}
 EOF
 tc price publish --file "$STATE/price-card.json"
 echo "$OUT"
@@ -271,6 +286,19 @@ printf 'streamed text: '
 sed -n 's/^data: //p' "$STATE/stream.txt" | grep -v '^\[DONE\]' | jq -rj '.choices[0].delta.content // empty'
 echo
 
+step "an Anthropic Messages request for $CLAUDE, and an embedding" agent.log mockllm.log
+code=$(curl -sS -o "$STATE/messages.json" -w '%{http_code}' "$AGENT_URL/v1/messages" \
+  -H "x-api-key: $API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+  -d "{\"model\":\"$CLAUDE\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"Hello, Claude.\"}]}") \
+  || fail "curl failed"
+[ "$code" = 200 ] || fail "HTTP $code: $(cat "$STATE/messages.json")"
+cat "$STATE/messages.json"; echo
+code=$(curl -sS -o "$STATE/embedding.json" -w '%{http_code}' "$AGENT_URL/v1/embeddings" \
+  -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
+  -d "{\"model\":\"$EMBED\",\"input\":\"Tollgate\"}") || fail "curl failed"
+[ "$code" = 200 ] || fail "HTTP $code: $(cat "$STATE/embedding.json")"
+jq -c '{object, model, usage, dimensions: (.data[0].embedding | length)}' "$STATE/embedding.json"
+
 echo ""
 echo "what the emulator received (model rewritten, the channel's credential injected):"
 curl -sS "http://127.0.0.1:$MOCK_PORT/_mock/requests" | jq -r \
@@ -285,17 +313,17 @@ for ((i = 0; i < 100; i++)); do
   OUT=$(TOLLGATE_SERVER="127.0.0.1:$CP_GRPC" TOLLGATE_TOKEN="$ADMIN_TOKEN" \
         "$TOLLCTL" ledger query --account "$ACCOUNT" --kind usage --json 2>>"$STATE/tollctl.log") || OUT='{}'
   rows=$(jq '.entries | length' <<<"$OUT" 2>/dev/null || echo 0)
-  [ "$rows" -ge 2 ] && break
+  [ "$rows" -ge 4 ] && break
   sleep 0.2
 done
-[ "$rows" -ge 2 ] || fail "only $rows of 2 usage rows settled within 20 s"
-echo "2 usage rows settled"
+[ "$rows" -ge 4 ] || fail "only $rows of 4 usage rows settled within 20 s"
+echo "4 usage rows settled"
 
 step "the ledger: one row per request" tollctl.log
 echo "\$ tollctl ledger query --account $ACCOUNT --kind usage"
-row() { printf '%-12s %-23s %-12s %-18s %-7s %6s %7s %14s\n' "$@"; }
+row() { printf '%-22s %-23s %-14s %-18s %-7s %6s %7s %14s\n' "$@"; }
 row MODEL UPSTREAM_MODEL CHANNEL ROUTE_TYPE BUCKET IN_TOK OUT_TOK COST_USD
-declare -A chname=(["$CH_DIRECT"]=mock-direct ["$CH_POOLED"]=mock-pooled)
+declare -A chname=(["$CH_DIRECT"]=mock-direct ["$CH_POOLED"]=mock-pooled ["$CH_ANTHROPIC"]=mock-anthropic)
 while IFS=$'\t' read -r model up ch rt bucket in out amount; do
   row "$model" "$up" "${chname[$ch]:-$ch}" "$rt" "$bucket" "$in" "$out" "$(money "${amount#-}")"
 done < <(jq -r '.entries[] | [.record.requested_model, .record.upstream_model, .record.channel_id,
@@ -317,7 +345,9 @@ echo "  logs                $STATE/*.log"
 echo ""
 echo "Point an OpenAI SDK at the agent:"
 echo "export OPENAI_BASE_URL=$AGENT_URL/v1 OPENAI_API_KEY=$API_KEY"
-echo "(Anthropic SDKs: the agent does not speak the Anthropic protocol yet, so there is no ANTHROPIC_BASE_URL to set.)"
+echo "Point an Anthropic SDK (or Claude Code) at it:"
+echo "export ANTHROPIC_BASE_URL=$AGENT_URL ANTHROPIC_API_KEY=$API_KEY"
+echo "(either SDK can call either model: $MODEL, $CLAUDE, and $EMBED for embeddings)"
 echo ""
 echo "Operate it with tollctl ($TOLLCTL):"
 echo "export TOLLGATE_SERVER=127.0.0.1:$CP_GRPC TOLLGATE_TOKEN=$ADMIN_TOKEN"

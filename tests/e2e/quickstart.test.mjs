@@ -9,6 +9,7 @@ import { rmSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
 import { ROOT, start, until } from './lib/proc.mjs';
 
 const script = path.join(ROOT, 'deploy/quickstart.sh');
@@ -65,10 +66,15 @@ function checkOutput(out) {
   assert.match(out, /"object":"chat\.completion"/);
   assert.match(out, /^x-tollgate-route: gpt-4o-mini; channel=mock-direct/mi);
   assert.match(out, /data: \[DONE\]/);
-  // two settled usage rows for the model, each with tokens and a non-zero cost
+  // four settled usage rows: the chat completion and the stream on gpt-4o-mini, the
+  // Messages request on the Anthropic channel, the embedding; each with a non-zero cost
   const rows = ledgerRows(out);
-  assert.equal(rows.length, 2, out.slice(-3000));
-  for (const r of rows) {
+  assert.equal(rows.length, 4, out.slice(-3000));
+  const claude = rows.find((r) => r.model === 'claude-sonnet-4-5');
+  assert.ok(claude && claude.channel === 'mock-anthropic' && claude.input > 0 && claude.output > 0, JSON.stringify(rows));
+  const emb = rows.find((r) => r.model === 'text-embedding-3-small');
+  assert.ok(emb && emb.input > 0 && Number(emb.cost) > 0, JSON.stringify(rows));
+  for (const r of rows.filter((x) => x.model === 'gpt-4o-mini')) {
     assert.equal(r.model, 'gpt-4o-mini');
     assert.equal(r.upstream, 'gpt-4o-mini-2024-07-18');
     assert.equal(r.channel, 'mock-direct');
@@ -85,7 +91,7 @@ function checkOutput(out) {
   assert.equal(credit[0], 'credit');
   assert.ok(Number(credit[2]) < 10 && Number(credit[2]) > 9.99, bal[0]);
   assert.deepEqual(wallet.slice(0, 3), ['wallet', 'USD', '5.00']);
-  assert.match(out, /does not speak the Anthropic protocol yet/);
+  assert.match(out, /^export ANTHROPIC_BASE_URL=http:\/\/127\.0\.0\.1:\d+ ANTHROPIC_API_KEY=\S+$/m);
 }
 
 test('quickstart --no-wait runs the gateway, settles two requests, prints the environment, then stops', { timeout: 600000 }, async () => {
@@ -122,6 +128,18 @@ test('quickstart keeps running: the openai SDK works with the printed environmen
     assert.equal(r.model, 'gpt-4o-mini-2024-07-18');
     assert.ok(r.choices[0].message.content.length > 0);
     assert.ok(r.usage.prompt_tokens > 0 && r.usage.completion_tokens > 0);
+    // the Anthropic SDK with the printed line, on the Claude model and on gpt-4o-mini (converted)
+    const am = out.match(/^export ANTHROPIC_BASE_URL=(\S+) ANTHROPIC_API_KEY=(\S+)$/m);
+    const anthropic = new Anthropic({ baseURL: am[1], apiKey: am[2], maxRetries: 0, timeout: 15000 });
+    for (const model of ['claude-sonnet-4-5', 'gpt-4o-mini']) {
+      const m = await anthropic.messages.create({ model, max_tokens: 64,
+        messages: [{ role: 'user', content: 'Hello from the Anthropic SDK.' }] });
+      assert.equal(m.type, 'message');
+      assert.ok(m.content[0].text.length > 0 && m.usage.output_tokens > 0, JSON.stringify(m));
+    }
+    const c2 = await client.chat.completions.create({ model: 'claude-sonnet-4-5', max_tokens: 64,
+      messages: [{ role: 'user', content: 'Hello Claude, from the OpenAI SDK.' }] });
+    assert.ok(c2.choices[0].message.content.length > 0);
 
     const { code, signal } = await p.stop('SIGTERM', 20000);
     assert.equal(signal, null, 'quickstart must exit by itself on SIGTERM, not be killed');
