@@ -1,5 +1,5 @@
 /* cmd_objects.c: tollctl's configuration commands: account, project, key,
- * channel, route, budget and policy. One driver serves every object type
+ * channel, route, alert rule, budget and policy. One driver serves every object type
  * (create/get/list/update/delete): an object is a JSON document, taken from
  * --file and/or built from flags, sent through pbjson, so the field names,
  * enum names and error paths are the API's own. An update sends only the
@@ -107,6 +107,15 @@ static const tc_col_t ROUTE_COLS[] = {{"MODEL", "model", NULL},
                                       {"TARGETS (tier | tier)", NULL, r_targets},
                                       {"ENCODING", "encoding", NULL},
                                       {"REVISION", "revision", NULL},
+                                      {NULL, NULL, NULL}};
+
+static const tc_col_t ALERT_COLS[] = {{"ID", "id", NULL},
+                                      {"NAME", "name", NULL},
+                                      {"KIND", "kind", NULL},
+                                      {"SCOPE", "scope", NULL},
+                                      {"SCOPE_ID", "scope_id", NULL},
+                                      {"ACTION", "action", NULL},
+                                      {"DISABLED", "disabled", NULL},
                                       {NULL, NULL, NULL}};
 
 /* ---- flags -> object -------------------------------------------------------------------- */
@@ -244,6 +253,37 @@ static int route_flags(const tc_t *c, json_t *o)
     return 0;
 }
 
+static int alert_flags(const tc_t *c, json_t *o)
+{
+    const char *v;
+    json_t *a = NULL;
+    set_str(o, "name", tc_get(c, "name"));
+    set_str(o, "scope", tc_get(c, "scope"));
+    set_str(o, "scope_id", tc_get(c, "scope-id"));
+    set_str(o, "kind", tc_get(c, "kind"));
+    set_str(o, "action", tc_get(c, "action"));
+    set_str(o, "velocity_limit", tc_get(c, "velocity"));
+    for (int i = 0; (v = tc_nth(c, "threshold", i)); i++) {
+        if (!a) a = json_array();
+        json_array_append_new(a, json_integer(strtoll(v, NULL, 10)));
+    }
+    if (a) json_object_set_new(o, "thresholds_pct", a);
+    if (tc_get(c, "rate")) json_object_set_new(o, "rate_pct", json_integer(strtoll(tc_get(c, "rate"), NULL, 10)));
+    if (tc_get(c, "window"))
+        json_object_set_new(o, "window_s", json_integer(strtoll(tc_get(c, "window"), NULL, 10)));
+    if (tc_get(c, "min-requests"))
+        json_object_set_new(o, "min_requests", json_integer(strtoll(tc_get(c, "min-requests"), NULL, 10)));
+    a = NULL;
+    for (int i = 0; (v = tc_nth(c, "webhook", i)); i++) {
+        if (!a) a = json_array();
+        json_array_append_new(a, json_pack("{s:s}", "url", v));
+    }
+    if (a) json_object_set_new(o, "webhooks", a);
+    if (tc_flag(c, "disable")) json_object_set_new(o, "disabled", json_true());
+    if (tc_flag(c, "enable")) json_object_set_new(o, "disabled", json_false());
+    return 0;
+}
+
 /* ---- the driver ---------------------------------------------------------------------------- */
 
 static int verb_usage(const objcmd_t *oc)
@@ -378,6 +418,13 @@ static int run_obj(const objcmd_t *oc, int argc, char **argv)
         print_deleted(&c, oc, id, r);
     } else if (respd == &tollgate__v1__create_key_response__descriptor) {
         print_key_created(&c, r);
+    } else if (respd == &tollgate__v1__create_alert_rule_response__descriptor && !c.tc_json) {
+        const json_t *ru = json_object_get(r, "rule");
+        printf("created alert rule %s (%s on %s %s)\n", json_string_value(json_object_get(ru, "id")),
+               json_string_value(json_object_get(ru, "kind")), json_string_value(json_object_get(ru, "scope")),
+               json_string_value(json_object_get(ru, "scope_id")));
+        printf("webhook signing secret (shown only now, store it safely):\n%s\n",
+               json_string_value(json_object_get(r, "webhook_secret")));
     } else {
         tc_print_obj(&c, r);
     }
@@ -451,6 +498,24 @@ static const objcmd_t ROUTE = {
     "       tollctl route put --file route.json     (a ModelRoute as JSON: tiers, policy, ...)\n"
     "       tollctl route get MODEL | list | delete MODEL\n" CONN};
 
+static const objcmd_t ALERT = {
+    "alert", "AlertRule", "rule", "id", "create", &tollgate__v1__alert_rule__descriptor,
+    &tollgate__v1__create_alert_rule_request__descriptor, &tollgate__v1__create_alert_rule_response__descriptor,
+    &tollgate__v1__update_alert_rule_request__descriptor, &tollgate__v1__list_alert_rules_response__descriptor,
+    "rules", ALERT_COLS,
+    "name= scope= scope-id= kind= threshold= velocity= rate= window= min-requests= action= webhook= disable "
+    "enable file= expected-revision= page-size= page-token= account= project=",
+    alert_flags,
+    "usage: tollctl alert create --scope account|project|key|run|channel --scope-id ID --kind K\n"
+    "                            [--threshold PCT]... [--velocity N] [--rate PCT] [--window S]\n"
+    "                            [--min-requests N] [--action notify|pause_key] [--webhook URL]...\n"
+    "                            [--name N] [--file rule.json]   (prints the webhook secret once)\n"
+    "         kinds: spend_threshold (--threshold 50 --threshold 80 ...), token_velocity and\n"
+    "         spend_velocity (--velocity per minute), channel_error_rate and fallback_rate\n"
+    "         (--rate PCT), failed_with_usage\n"
+    "       tollctl alert get ID | list [--account ACC] | delete ID\n"
+    "       tollctl alert update ID [--threshold P]... [--webhook URL]... [--disable|--enable]\n" CONN};
+
 int cmd_account(int argc, char **argv) { return run_obj(&ACCOUNT, argc, argv); }
 int cmd_project(int argc, char **argv) { return run_obj(&PROJECT, argc, argv); }
 int cmd_key(int argc, char **argv)
@@ -461,6 +526,7 @@ int cmd_key(int argc, char **argv)
 }
 int cmd_channel(int argc, char **argv) { return run_obj(&CHANNEL, argc, argv); }
 int cmd_route(int argc, char **argv) { return run_obj(&ROUTE, argc, argv); }
+int cmd_alert(int argc, char **argv) { return run_obj(&ALERT, argc, argv); }
 
 /* `tollctl help <command>` */
 void usage_account(void) { fputs(ACCOUNT.oc_usage, stdout); }
@@ -468,3 +534,4 @@ void usage_project(void) { fputs(PROJECT.oc_usage, stdout); }
 void usage_key(void) { fputs(KEY.oc_usage, stdout); }
 void usage_channel(void) { fputs(CHANNEL.oc_usage, stdout); }
 void usage_route(void) { fputs(ROUTE.oc_usage, stdout); }
+void usage_alert(void) { fputs(ALERT.oc_usage, stdout); }

@@ -23,6 +23,7 @@ static const struct command {
     {"key", cmd_key, usage_key, "API keys: create (secret shown once), pause, resume, revoke"},
     {"channel", cmd_channel, usage_channel, "upstream channels (credentials are write-only)"},
     {"route", cmd_route, usage_route, "model routes: tiers of channel targets"},
+    {"alert", cmd_alert, usage_alert, "alert rules (thresholds, velocity, error rates, webhooks, pause)"},
     {"price", cmd_price, usage_price, "versioned price cards: publish, get, list"},
     {"topup", cmd_topup, usage_money, "add money to a bucket (idempotent, writes a ledger row)"},
     {"adjust", cmd_adjust, usage_money, "correct a bucket by either sign (idempotent)"},

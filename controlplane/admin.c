@@ -14,7 +14,7 @@
 #include "controlplane/admin_int.h"
 #include "pbjson/tg_pbjson.h"
 
-const char *const tg_cp_redact[] = {"credential", "secret_sha256", NULL};
+const char *const tg_cp_redact[] = {"credential", "secret_sha256", "webhook_secret", NULL};
 
 atomic_int tg_cp_exports_running;
 
@@ -491,7 +491,8 @@ int tg_cp_admin_register(tg_cp_t *cp, char *err, size_t errlen)
     if ((rc = register_table(cp, tg_cp_objects_methods, err, errlen)) != 0 ||
         (rc = register_table(cp, tg_cp_price_methods, err, errlen)) != 0 ||
         (rc = register_table(cp, tg_cp_ledger_methods, err, errlen)) != 0 ||
-        (rc = register_table(cp, tg_cp_misc_methods, err, errlen)) != 0)
+        (rc = register_table(cp, tg_cp_misc_methods, err, errlen)) != 0 ||
+        (rc = register_table(cp, tg_cp_alert_methods, err, errlen)) != 0)
         return rc;
     return 0;
 }

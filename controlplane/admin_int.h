@@ -197,6 +197,12 @@ int tg_cp_validate_route(const Tollgate__V1__ModelRoute *r, char *err, size_t er
 int tg_cp_validate_price_card(const Tollgate__V1__PriceCard *c, char *err, size_t errlen);
 int tg_cp_validate_run_budget(const Tollgate__V1__RunBudget *b, char *err, size_t errlen);
 int tg_cp_validate_policy(const Tollgate__V1__GatewayPolicy *p, char *err, size_t errlen);
+/* An alert rule: a known scope ("rule.scope: unknown scope 'x'"), a kind
+ * that scope admits, thresholds 1..100, http(s) webhook URLs, pause_key only
+ * on a key scope. */
+int tg_cp_validate_alert_rule(const Tollgate__V1__AlertRule *r, char *err, size_t errlen);
+int tg_cp_valid_alert_scope(const char *s);      /* account, project, key, run, channel */
+int tg_cp_valid_webhook_url(const char *u);      /* http:// or https:// with a host, no spaces */
 
 /* ---- method tables ---------------------------------------------------------- */
 
@@ -219,6 +225,7 @@ extern const cp_method_t tg_cp_objects_methods[];  /* admin_objects.c */
 extern const cp_method_t tg_cp_price_methods[];    /* admin_price.c */
 extern const cp_method_t tg_cp_ledger_methods[];   /* admin_ledger.c */
 extern const cp_method_t tg_cp_misc_methods[];     /* admin.c */
+extern const cp_method_t tg_cp_alert_methods[];    /* admin_alerts.c: ListAlerts, WatchAlerts */
 
 /* What a registered method's handler gets as its arg: stream handlers
  * (m_stream) read the control plane and their table entry from it. */

@@ -1,6 +1,6 @@
 /* admin_objects.c: AdminService's configuration objects: accounts (with
  * their balance records), projects, API keys, channels, model routes, run
- * budgets and the gateway policy. Each write validates its input (naming the
+ * budgets, the gateway policy and alert rules. Each write validates its input (naming the
  * field), checks references and name uniqueness with compares inside the
  * same store transaction as the change and its audit event, so a concurrent
  * delete or duplicate cannot slip between the check and the write. Updates
@@ -63,6 +63,17 @@ static const objtype_t T_CHANNEL = {"channel", TG_CP_K_CHANNEL, &tollgate__v1__c
                                     "id", imm_channel, "credential", fix_channel};
 static const objtype_t T_ROUTE = {"route", TG_CP_K_ROUTE, &tollgate__v1__model_route__descriptor,
                                   "model", NULL, NULL, NULL};
+static void fix_rule(ProtobufCMessage *m)
+{
+    /* the signing secret is shown once, by CreateAlertRule */
+    tg_cp_pb_set_str(&((Tollgate__V1__AlertRule *)m)->webhook_secret, "");
+}
+
+static const char *const imm_rule[] = {"id", "account_id", "webhook_secret", "created_at_us",
+                                       "updated_at_us", "revision", NULL};
+static const objtype_t T_RULE = {"alert_rule", TG_CP_K_ALERT_RULE,
+                                 &tollgate__v1__alert_rule__descriptor, "id", imm_rule, NULL,
+                                 fix_rule};
 static const objtype_t T_RUN = {"run_budget", TG_CP_K_RUN, &tollgate__v1__run_budget__descriptor,
                                 "run_id", NULL, NULL, NULL};
 
@@ -956,6 +967,119 @@ static int put_policy(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *repl
     return code;
 }
 
+/* ---- alert rules ------------------------------------------------------------------------ */
+
+/* The rule's scope object must exist (compared in the transaction); its
+ * account becomes the rule's owner. A run scope names a run id, which needs
+ * no object: its budget's account is taken when one exists. */
+static int check_rule_scope(cp_actx_t *a, cp_wr_t *w, Tollgate__V1__AlertRule *r)
+{
+    static const struct { const char *s, *prefix, *what; const ProtobufCMessageDescriptor *d; } t[] = {
+        {"account", TG_CP_K_ACCOUNT, "account", &tollgate__v1__account__descriptor},
+        {"project", TG_CP_K_PROJECT, "project", &tollgate__v1__project__descriptor},
+        {"key", TG_CP_K_KEY, "key", &tollgate__v1__api_key__descriptor},
+        {"channel", TG_CP_K_CHANNEL, "channel", &tollgate__v1__channel__descriptor},
+        {"run", TG_CP_K_RUN, "run budget", &tollgate__v1__run_budget__descriptor},
+    };
+    ProtobufCMessage *m = NULL;
+    int64_t rev;
+    int code = TG_RPC_CODE_OK, rc;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        const char *key, *acct;
+        if (strcmp(t[i].s, r->scope) != 0) continue;
+        key = cp_fmt(a, "%s%s", t[i].prefix, r->scope_id);
+        rc = cp_read(a, key, t[i].d, &m, &rev, &code);
+        if (rc < 0) return code;
+        if (rc == 1) {
+            if (strcmp(r->scope, "run") == 0) return TG_RPC_CODE_OK;
+            return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "rule.scope_id: no %s '%s'", t[i].what,
+                           r->scope_id);
+        }
+        acct = strcmp(r->scope, "account") == 0 ? str_field(m, "id")
+               : strcmp(r->scope, "channel") == 0 ? ""
+                                                   : str_field(m, "account_id");
+        if (tg_cp_pb_set_str(&r->account_id, acct) != 0)
+            code = cp_fail(a, TG_RPC_CODE_INTERNAL, "no memory");
+        tg_rpc_pb_free(m);
+        if (code == TG_RPC_CODE_OK && strcmp(r->scope, "run") != 0)
+            must_exist(a, w, key, "rule.scope_id", t[i].what, r->scope_id);
+        return code;
+    }
+    return invalid(a, "rule.scope: unknown scope");
+}
+
+/* Delivery state on writes is the server's: a new webhook starts clean, one
+ * whose URL was there keeps its state. */
+static void rule_webhook_state(Tollgate__V1__AlertRule *nu, const Tollgate__V1__AlertRule *cur)
+{
+    for (size_t i = 0; i < nu->n_webhooks; i++) {
+        Tollgate__V1__Webhook *h = nu->webhooks[i];
+        const Tollgate__V1__Webhook *o = NULL;
+        for (size_t j = 0; cur && j < cur->n_webhooks && !o; j++)
+            if (strcmp(cur->webhooks[j]->url, h->url) == 0) o = cur->webhooks[j];
+        h->status = o ? o->status : TOLLGATE__V1__WEBHOOK_STATUS__WEBHOOK_STATUS_UNSPECIFIED;
+        h->consecutive_failures = o ? o->consecutive_failures : 0;
+        h->last_attempt_at_us = o ? o->last_attempt_at_us : 0;
+        h->last_success_at_us = o ? o->last_success_at_us : 0;
+        tg_cp_pb_set_str(&h->last_error, o ? o->last_error : "");
+    }
+}
+
+static int create_alert_rule(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
+{
+    const Tollgate__V1__CreateAlertRuleRequest *q =
+        (const Tollgate__V1__CreateAlertRuleRequest *)reqm;
+    Tollgate__V1__AlertRule *r = q->rule;
+    Tollgate__V1__CreateAlertRuleResponse resp = TOLLGATE__V1__CREATE_ALERT_RULE_RESPONSE__INIT;
+    char id[48], secret[96], err[TG_ERRLEN] = "";
+    int64_t rev;
+    cp_wr_t w;
+    int code;
+    if (!r) return invalid(a, "rule: required");
+    if (tg_cp_validate_alert_rule(r, err, sizeof err) != 0) return invalid(a, err);
+    if ((code = new_id(a, "alr_", id, sizeof id)) != TG_RPC_CODE_OK) return code;
+    if (tg_crypto_new_secret("whsec_", secret, sizeof secret) != 0)
+        return cp_fail(a, TG_RPC_CODE_INTERNAL, "cannot make a secret: no randomness");
+    if (tg_cp_pb_set_str(&r->id, id) != 0 || tg_cp_pb_set_str(&r->webhook_secret, secret) != 0)
+        return cp_fail(a, TG_RPC_CODE_INTERNAL, "no memory");
+    r->created_at_us = r->updated_at_us = tg_cp_now_us();
+    r->revision = 0;
+    rule_webhook_state(r, NULL);
+    cp_wr_init(&w, a->ax_pool);
+    if ((code = check_rule_scope(a, &w, r)) != TG_RPC_CODE_OK) goto done;
+    cp_wr_put_pb(&w, okey(a, &T_RULE, id), &r->base);
+    cp_wr_audit(&w, "alert_rule", id, NULL, &r->base);
+    if ((code = cp_wr_commit(a, &w, &rev)) != TG_RPC_CODE_OK) goto done;
+    r->revision = rev;
+    fix_rule(&r->base);
+    resp.rule = r;
+    resp.webhook_secret = secret;
+    code = cp_reply(a, &resp.base, reply);
+done:
+    memset(secret, 0, sizeof secret);
+    return code;
+}
+
+static int rule_hook(cp_actx_t *a, cp_wr_t *w, ProtobufCMessage *curm, ProtobufCMessage *num)
+{
+    Tollgate__V1__AlertRule *nu = (Tollgate__V1__AlertRule *)num;
+    const Tollgate__V1__AlertRule *cur = (const Tollgate__V1__AlertRule *)curm;
+    char err[TG_ERRLEN] = "";
+    if (tg_cp_validate_alert_rule(nu, err, sizeof err) != 0) return invalid(a, err);
+    rule_webhook_state(nu, cur);
+    if (strcmp(cur->scope, nu->scope) != 0 || strcmp(cur->scope_id, nu->scope_id) != 0)
+        return check_rule_scope(a, w, nu);
+    return TG_RPC_CODE_OK;
+}
+
+static int update_alert_rule(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
+{
+    const Tollgate__V1__UpdateAlertRuleRequest *q =
+        (const Tollgate__V1__UpdateAlertRuleRequest *)reqm;
+    return do_update(a, &T_RULE, MSG(q->rule), q->update_mask, q->n_update_mask,
+                     q->expected_revision, rule_hook, reply);
+}
+
 /* ---- get / list / delete wrappers ----------------------------------------------------- */
 
 #define GETTER(fn, type)                                                                           \
@@ -969,6 +1093,7 @@ GETTER(get_key, T_KEY)
 GETTER(get_channel, T_CHANNEL)
 GETTER(get_route, T_ROUTE)
 GETTER(get_run_budget, T_RUN)
+GETTER(get_alert_rule, T_RULE)
 
 #define DELETER(fn, type, hook)                                                                    \
     static int fn(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)                     \
@@ -980,6 +1105,7 @@ DELETER(delete_project, T_PROJECT, project_del_hook)
 DELETER(delete_key, T_KEY, key_del_hook)
 DELETER(delete_channel, T_CHANNEL, channel_del_hook)
 DELETER(delete_route, T_ROUTE, NULL)
+DELETER(delete_alert_rule, T_RULE, NULL)
 
 /* List filters: account_id and project_id where the object has them. */
 static int keep_owner(const ProtobufCMessage *m, const void *arg)
@@ -1007,6 +1133,7 @@ LISTER(list_projects, T_PROJECT, tollgate__v1__list_projects_response__descripto
 LISTER(list_keys, T_KEY, tollgate__v1__list_keys_response__descriptor)
 LISTER(list_channels, T_CHANNEL, tollgate__v1__list_channels_response__descriptor)
 LISTER(list_routes, T_ROUTE, tollgate__v1__list_routes_response__descriptor)
+LISTER(list_alert_rules, T_RULE, tollgate__v1__list_alert_rules_response__descriptor)
 
 #define GETQ &tollgate__v1__get_request__descriptor
 #define LISTQ &tollgate__v1__list_request__descriptor
@@ -1054,5 +1181,12 @@ const cp_method_t tg_cp_objects_methods[] = {
     {"GetPolicy", GETQ, CP_NEED_READ, "read the policy", get_policy, NULL},
     {"PutPolicy", &tollgate__v1__put_policy_request__descriptor, CP_NEED_ADMIN,
      "write the policy", put_policy, NULL},
+    {"CreateAlertRule", &tollgate__v1__create_alert_rule_request__descriptor, CP_NEED_ADMIN,
+     "create alert rules", create_alert_rule, NULL},
+    {"GetAlertRule", GETQ, CP_NEED_READ, "read alert rules", get_alert_rule, NULL},
+    {"ListAlertRules", LISTQ, CP_NEED_READ, "list alert rules", list_alert_rules, NULL},
+    {"UpdateAlertRule", &tollgate__v1__update_alert_rule_request__descriptor, CP_NEED_ADMIN,
+     "update alert rules", update_alert_rule, NULL},
+    {"DeleteAlertRule", DELQ, CP_NEED_ADMIN, "delete alert rules", delete_alert_rule, NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

@@ -323,3 +323,97 @@ int tg_cp_validate_policy(const Tollgate__V1__GatewayPolicy *p, char *err, size_
     if (p->outbox_max_records < 0) FAIL("policy.outbox_max_records: must be >= 0");
     return 0;
 }
+
+/* ---- alert rules ------------------------------------------------------------------ */
+
+/* Which kinds a scope admits (docs/SPEND.md "Alerts"). */
+static int kind_fits_scope(int kind, const char *scope)
+{
+    int key = strcmp(scope, "key") == 0, proj = strcmp(scope, "project") == 0,
+        acct = strcmp(scope, "account") == 0, run = strcmp(scope, "run") == 0,
+        chan = strcmp(scope, "channel") == 0;
+    switch (kind) {
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD: return key || proj || run;
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_TOKEN_VELOCITY:
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_VELOCITY: return key || proj || acct;
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_CHANNEL_ERROR_RATE: return chan;
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_FALLBACK_RATE: return key || proj || acct || chan;
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_FAILED_WITH_USAGE: return key || proj || acct || chan || run;
+    default: return 0;
+    }
+}
+
+int tg_cp_valid_alert_scope(const char *s)
+{
+    static const char *const scopes[] = {"account", "project", "key", "run", "channel", NULL};
+    for (size_t i = 0; scopes[i]; i++)
+        if (strcmp(scopes[i], s) == 0) return 1;
+    return 0;
+}
+
+int tg_cp_valid_webhook_url(const char *u)
+{
+    size_t n = strlen(u), skip;
+    if (strncmp(u, "http://", 7) == 0) skip = 7;
+    else if (strncmp(u, "https://", 8) == 0) skip = 8;
+    else return 0;
+    if (n <= skip || n > 2048 || u[skip] == '/') return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)u[i] <= 0x20 || u[i] == 0x7f) return 0;
+    return 1;
+}
+
+int tg_cp_validate_alert_rule(const Tollgate__V1__AlertRule *r, char *err, size_t errlen)
+{
+    int k = (int)r->kind;
+    if (r->name[0] && !tg_cp_valid_name(r->name, 128))
+        FAIL("rule.name: at most 128 printable characters");
+    if (!tg_cp_valid_alert_scope(r->scope))
+        FAIL("rule.scope: unknown scope '%s': must be account, project, key, run or channel", r->scope);
+    if (!tg_cp_valid_ident(r->scope_id, 160))
+        FAIL("rule.scope_id: required, 1-160 characters of A-Z a-z 0-9 . _ : -");
+    if (k < TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD ||
+        k > TOLLGATE__V1__ALERT_KIND__ALERT_KIND_FAILED_WITH_USAGE)
+        FAIL("rule.kind: required: spend_threshold, token_velocity, spend_velocity, "
+             "channel_error_rate, fallback_rate or failed_with_usage");
+    if (!kind_fits_scope(k, r->scope))
+        FAIL("rule.scope: a %s rule cannot have scope '%s' (docs/SPEND.md, Alerts)",
+             k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD ? "spend threshold"
+             : k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_CHANNEL_ERROR_RATE ? "channel error rate"
+                                                                             : "velocity",
+             r->scope);
+    if (k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD) {
+        if (r->n_thresholds_pct == 0) FAIL("rule.thresholds_pct: at least one percentage");
+        if (r->n_thresholds_pct > 16) FAIL("rule.thresholds_pct: at most 16");
+        for (size_t i = 0; i < r->n_thresholds_pct; i++) {
+            if (r->thresholds_pct[i] < 1 || r->thresholds_pct[i] > 100)
+                FAIL("rule.thresholds_pct[%zu]: %u is not a percentage of 1 to 100", i,
+                     r->thresholds_pct[i]);
+            for (size_t j = 0; j < i; j++)
+                if (r->thresholds_pct[j] == r->thresholds_pct[i])
+                    FAIL("rule.thresholds_pct[%zu]: %u given twice", i, r->thresholds_pct[i]);
+        }
+    } else if (r->n_thresholds_pct) {
+        FAIL("rule.thresholds_pct: only for spend_threshold rules");
+    }
+    if ((k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_TOKEN_VELOCITY ||
+         k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_VELOCITY) && r->velocity_limit <= 0)
+        FAIL("rule.velocity_limit: must be > 0 (per minute)");
+    if (k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_CHANNEL_ERROR_RATE ||
+        k == TOLLGATE__V1__ALERT_KIND__ALERT_KIND_FALLBACK_RATE) {
+        if (r->rate_pct < 1 || r->rate_pct > 100)
+            FAIL("rule.rate_pct: %u is not a percentage of 1 to 100", r->rate_pct);
+    } else if (r->rate_pct > 100) {
+        FAIL("rule.rate_pct: %u is over 100", r->rate_pct);
+    }
+    if (r->window_s > 86400) FAIL("rule.window_s: at most 86400 (a day)");
+    if ((int)r->action < 0 || (int)r->action > TOLLGATE__V1__ALERT_ACTION__ALERT_ACTION_PAUSE_KEY)
+        FAIL("rule.action: must be notify or pause_key");
+    if (r->action == TOLLGATE__V1__ALERT_ACTION__ALERT_ACTION_PAUSE_KEY && strcmp(r->scope, "key") != 0)
+        FAIL("rule.action: pause_key needs a key scope");
+    if (r->n_webhooks > 8) FAIL("rule.webhooks: at most 8");
+    for (size_t i = 0; i < r->n_webhooks; i++)
+        if (!tg_cp_valid_webhook_url(r->webhooks[i]->url))
+            FAIL("rule.webhooks[%zu].url: '%.64s' is not an http:// or https:// URL", i, r->webhooks[i]->url);
+    return 0;
+}

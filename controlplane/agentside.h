@@ -70,6 +70,8 @@ typedef struct tg_cp_agent_side {
     char as_advertise[256];           /* (mu) this replica's address for peers, "" not yet */
     /* forward.c: the channel to the leader, for ReportUsage on a follower */
     struct cp_fwd_ch *as_fwd;         /* (mu) NULL until first needed */
+    /* alerts.c: the alert engine (evaluation and webhook threads) */
+    struct cp_alerts *as_alerts;
     /* tail.c */
     pthread_t as_tail_thr;
     int as_tail_started;
@@ -201,6 +203,30 @@ void cp_tail_stop(tg_cp_agent_side_t *as);
 /* Waits until the tailer applied the settled log up to rev (bounded by
  * timeout_ms). Returns 0, or -1 on timeout/stop. */
 int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+
+/* ---- alerts.c ------------------------------------------------------------------- */
+
+struct Tollgate__V1__UsageRecord;
+
+/* Starts the alert engine's two threads (evaluation, webhook delivery);
+ * both act only while this replica is the leader. 0 or a negative code
+ * with err set. Stop with cp_alerts_stop (joins them; idempotent), free
+ * with cp_alerts_free once no settlement can call cp_alerts_note. */
+int cp_alerts_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
+void cp_alerts_stop(tg_cp_agent_side_t *as);
+void cp_alerts_free(tg_cp_agent_side_t *as);
+
+/* Settlement's hook, after a group committed on the leader: copies a few
+ * fields of each record (not dup[i]) into the engine's queue and wakes it.
+ * No store access; returns at once while no alert rule is enabled. Safe
+ * from any thread. */
+void cp_alerts_note(tg_cp_agent_side_t *as, const struct Tollgate__V1__UsageRecord *const *recs, const int *dup,
+                    size_t n);
+
+/* The webhook signature header's value, Stripe's scheme: `t=<t>,v1=<hex
+ * HMAC-SHA256(secret, "<t>.<body>")>` into out (~90 bytes). Can't fail
+ * (an empty v1 when out of memory). */
+void cp_alerts_sign(const char *secret, int64_t t, const char *body, size_t len, char *out, size_t outlen);
 
 /* ---- forward.c ----------------------------------------------------------------- */
 

@@ -291,6 +291,8 @@ int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)
         rc = cp_sync_start(as, err, errlen);
     if (rc == 0)
         rc = cp_leader_start(as, err, errlen);
+    if (rc == 0)
+        rc = cp_alerts_start(as, err, errlen);
     if (rc < 0)
         tg_cp_agent_side_stop(cp);
     return rc;
@@ -305,6 +307,7 @@ void tg_cp_agent_side_stop(tg_cp_t *cp)
     as->as_stop = 1;
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
+    cp_alerts_stop(as);
     cp_leader_stop(as);
     cp_sync_stop(as);
     cp_tail_stop(as);
@@ -337,6 +340,7 @@ void cp_agent_side_free(tg_cp_t *cp)
         return;
     tg_cp_agent_side_stop(cp);
     cp_forward_free(as);
+    cp_alerts_free(as);
     cp->cp_agent = NULL;
     pthread_mutex_destroy(&as->as_settle_mu);
     pthread_cond_destroy(&as->as_gcv);

@@ -65,6 +65,11 @@
 #define TG_CP_K_REPLICA "tg/replica/"               /* <node id> -> its advertised gRPC address (text),
                                                      * attached to that replica's lease */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
+#define TG_CP_K_ALERT_RULE "tg/alert/rule/"         /* <id> -> AlertRule (not under tg/config/: agents never see it) */
+#define TG_CP_K_ALERT "tg/alert/log/"               /* <16-digit seq> -> Alert */
+#define TG_CP_K_ALERT_SEQ "tg/alert/seq"            /* last alert <seq> (decimal) */
+#define TG_CP_K_ALERT_FIRED "tg/alert/fired/"       /* <rule id>/<what> -> alert id: once per threshold and window */
+#define TG_CP_K_ALERT_OUT "tg/alert/out/"           /* <alert id>/<webhook index> -> delivery state (alerts.c) */
 #define TG_CP_K_LIMIT "tg/limit/"                   /* <scope id> -> Balance: a key/project window's or run's
                                                       * remaining budget and its spend leases (lease.c) */
 
@@ -172,6 +177,15 @@ struct Tollgate__V1__Balance *cp_scope_state(const cp_scope_t *s, struct Tollgat
  * or revoked. Agents refuse it once Sync brings the change. Best effort:
  * failures are logged (the limit still blocks by itself). */
 void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s);
+
+/* Pauses key key_id (status PAUSED, status_reason = reason) by a
+ * compare-and-swap on its config value, unless it is already paused or
+ * revoked; why names the cause in the log. Agents refuse it with 403
+ * key_paused once Sync brings the change (~ms). Returns 1 when this call
+ * paused it, 0 when there was nothing to do (paused, revoked, no such key),
+ * -1 on store failure or contention (logged). Used by limit actions
+ * (cp_scope_pause_key) and alert rules (alerts.c). */
+int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char *why);
 
 /* Leader retention: deletes the state of key and project limit windows
  * that ended more than a day ago (up to 1000 per call). Returns how many,

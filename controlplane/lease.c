@@ -175,31 +175,33 @@ int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_
     return code;
 }
 
-void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
+int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char *why)
 {
-    char key[TG_STORE_MAX_KEY], err[TG_ERRLEN] = "", lim[32], reason[256];
+    char key[TG_STORE_MAX_KEY], err[TG_ERRLEN] = "";
+    int result = -1;
     tg_buf_t packed;
     tg_buf_init(&packed, TG_STORE_MAX_VALUE);
-    snprintf(key, sizeof(key), TG_CP_K_KEY "%s", s->cs_obj);
-    tg_price_format(s->cs_limit, lim, sizeof(lim));
-    snprintf(reason, sizeof(reason), "its %s spend limit of %s %s was reached", tg_billing_window_name(s->cs_window),
-             lim, s->cs_currency);
+    snprintf(key, sizeof(key), TG_CP_K_KEY "%s", key_id);
     for (int attempt = 0; attempt < LEASE_ATTEMPTS; attempt++) {
         ProtobufCMessage *m = NULL;
         int64_t modrev = 0;
         err[0] = '\0';
-        if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, &modrev, err, sizeof(err)) < 0 || m == NULL)
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, &modrev, err, sizeof(err)) < 0)
             break;
+        if (m == NULL) {
+            result = 0; /* deleted meanwhile: nothing to pause */
+            break;
+        }
         Tollgate__V1__ApiKey *k = (Tollgate__V1__ApiKey *)m;
         if (k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED ||
             k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_REVOKED) {
             tg_rpc_pb_free(m);
-            tg_buf_free(&packed);
-            return;
+            result = 0;
+            break;
         }
         char *old_reason = k->status_reason;
         k->status = TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED;
-        k->status_reason = reason;
+        k->status_reason = (char *)reason;
         k->updated_at_us = tg_cp_now_us();
         tg_buf_reset(&packed);
         int prc = tg_rpc_pb_pack(&k->base, &packed, err, sizeof(err));
@@ -217,16 +219,27 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
         int ok = rc == 0 && tres.tx_succeeded;
         tg_store_txn_res_free(&tres);
         if (ok) {
-            TG_LOG(TG_LOG_WARN, "cp.lease", "key %s paused: %s (LIMIT_ACTION_PAUSE_KEY)", s->cs_obj, reason);
-            tg_buf_free(&packed);
-            return;
+            TG_LOG(TG_LOG_WARN, "cp.pause", "key %s paused: %s (%s)", key_id, reason, why);
+            result = 1;
+            break;
         }
         if (rc < 0 && rc != TG_STORE_EUNKNOWN)
             break;
     }
-    TG_LOG(TG_LOG_ERROR, "cp.lease", "key %s: pausing it for its spend limit failed: %s", s->cs_obj,
-           err[0] ? err : "contention");
+    if (result < 0)
+        TG_LOG(TG_LOG_ERROR, "cp.pause", "key %s: pausing it (%s) failed: %s", key_id, why,
+               err[0] ? err : "contention");
     tg_buf_free(&packed);
+    return result;
+}
+
+void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
+{
+    char lim[32], reason[256];
+    tg_price_format(s->cs_limit, lim, sizeof(lim));
+    snprintf(reason, sizeof(reason), "its %s spend limit of %s %s was reached", tg_billing_window_name(s->cs_window),
+             lim, s->cs_currency);
+    cp_key_pause(cp, s->cs_obj, reason, "LIMIT_ACTION_PAUSE_KEY");
 }
 
 /* ---- retention of ended windows --------------------------------------------------- */

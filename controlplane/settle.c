@@ -1574,6 +1574,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
                     cp_scope_pause_key(cp, s);
             }
         }
+        /* alert rules see the committed records (a copy into a queue) */
+        for (size_t j = 0; j < ncommit; j++) {
+            settle_ctx_t *c = g->g_jobs[j]->j_c;
+            cp_alerts_note(as, (const Tollgate__V1__UsageRecord *const *)c->sc_batch->records, c->sc_dup,
+                           c->sc_batch->n_records);
+        }
         /* acknowledge once this replica's ledger holds the rows */
         if (g->g_settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
             TG_LOG(TG_LOG_WARN, "cp.settle", "%zu batches committed at revision %" PRId64
