@@ -359,7 +359,7 @@ static void eval_thresholds(cp_alerts_t *al, const Tollgate__V1__AlertRule *r, i
     size_t nl = kd ? ((Tollgate__V1__ApiKey *)m)->n_spend_limits : ((Tollgate__V1__Project *)m)->n_spend_limits;
     const char *acct = kd ? ((Tollgate__V1__ApiKey *)m)->account_id : ((Tollgate__V1__Project *)m)->account_id;
     for (size_t i = 0; i < nl; i++)
-        if (cp_scope_of_limit(r->scope, r->scope_id, acct, lims[i], now, &s) == 0)
+        if (cp_scope_of_limit(r->scope, r->scope_id, acct, lims[i], now, cp_account_tz(al->al_cp, acct), &s) == 0)
             eval_scope_thresholds(al, r, &s);
     tg_rpc_pb_free(m);
 }
