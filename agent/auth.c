@@ -127,9 +127,11 @@ int tg_req_authenticate(req_t *rq)
                      "This API key expired.");
         return -1;
     }
-    if (k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED ||
+    /* the key holder's own view shows a paused key's status rather than
+     * refusing it (keyview.c) */
+    if (!rq->rq_view && (k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_PAUSED ||
         (rq->rq_acct && rq->rq_acct->status != TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_UNSPECIFIED &&
-         rq->rq_acct->status != TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_ACTIVE)) {
+         rq->rq_acct->status != TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_ACTIVE))) {
         tg_req_fail(rq, 403, "permission_error", "key_paused", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                      "This API key is paused%s%s.", k->status_reason && *k->status_reason ? ": " : "",
                      k->status_reason ? k->status_reason : "");

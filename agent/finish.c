@@ -11,6 +11,7 @@
 
 #include "agent/request_int.h"
 #include "base/tg_utf8.h"
+#include "meter/tg_price.h"
 
 /* ---- replies ------------------------------------------------------------------ */
 
@@ -76,6 +77,15 @@ static void unlink_req(req_t *rq)
 
 /* Frees what the request holds; a client request not answered yet (a
  * shutdown) is abandoned: its connection closes. */
+void tg_req_reply_json(req_t *rq, const char *body, size_t len)
+{
+    add_header(rq->rq_c, "Content-Type", "application/json");
+    rq->rq_status = 200;
+    tg_front_reply(rq->rq_c, 200, body, len);
+    rq->rq_c = NULL;
+    tg_req_free(rq);
+}
+
 void tg_req_free(req_t *rq)
 {
     if (rq->rq_c) {
@@ -159,6 +169,16 @@ void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr)
     add_header(hr, "x-tollgate-route", v);
     snprintf(v, sizeof v, "%d", rq->rq_natt);
     add_header(hr, "x-tollgate-attempts", v);
+    /* the paying bucket's remaining as known here (keyview.c: the key
+     * holder's view says the same), in x-tollgate-cost's format */
+    const char *bucket = rq->rq_resv_bucket ? rq->rq_resv_bucket : rq->rq_bucket;
+    int64_t left = 0, at = 0;
+    char amt[32];
+    if (bucket && rq->rq_acct && tg_req_bucket_left(rq, rq->rq_acct, bucket, &left, &at) == 0) {
+        snprintf(v, sizeof v, "%s %s", tg_price_format(left, amt, sizeof amt),
+                 tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+        add_header(hr, "x-tollgate-budget-remaining", v);
+    }
 }
 
 void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int cls, const char *fmt,

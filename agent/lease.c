@@ -61,6 +61,8 @@ typedef struct lent {
     int64_t le_last_use;
     uint64_t le_rpcs;
     int64_t le_offline_used;  /* reserved under the offline allowance since the control plane went away */
+    int64_t le_left, le_floor;/* the last answer's balance_nano and floor_nano (the key holder's view) */
+    int64_t le_left_at;       /* when it came; 0: never */
 } lent_t;
 
 struct tg_lease_tab {
@@ -184,8 +186,10 @@ static int local_rpc(tg_lease_tab_t *t, Tollgate__V1__LeaseRequest *q, Tollgate_
                      char *err, size_t errlen)
 {
     int64_t budget = 0;
-    if (t->lt_local == NULL || t->lt_local(t->lt_arg, q->account_id, q->bucket, &budget) != 0)
-        return tg_errf(err, errlen, -1, "no balance for %s/%s in the configuration", q->account_id, q->bucket);
+    /* a limit scope travels in q->scope (exchange), a bucket in q->bucket */
+    const char *what = q->scope != NULL && q->scope[0] ? q->scope : q->bucket;
+    if (t->lt_local == NULL || t->lt_local(t->lt_arg, q->account_id, what, &budget) != 0)
+        return tg_errf(err, errlen, -1, "no balance for %s/%s in the configuration", q->account_id, what);
     int restarted = q->reset;
     int64_t left = budget - q->unsettled_nano;
     int64_t kept = restarted ? 0 : q->keep_nano;
@@ -199,6 +203,10 @@ static int local_rpc(tg_lease_tab_t *t, Tollgate__V1__LeaseRequest *q, Tollgate_
     r->hold_nano = base + g;
     r->expires_at_us = now_us() + 3600LL * 1000000;
     r->available_nano = room - g;
+    /* nothing settles here: what is left is the whole budget, and the
+     * agent's spend stays owed (the key holder's view subtracts it) */
+    r->balance_nano = budget;
+    r->floor_nano = 0;
     r->restarted = restarted;
     return 0;
 }
@@ -298,6 +306,9 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     int64_t ttl = r->expires_at_us - now;
     e->le_valid_until = ttl > 0 ? r->expires_at_us - ttl / 4 : 0;
     e->le_avail_after = r->available_nano;
+    e->le_left = r->balance_nano;
+    e->le_floor = r->floor_nano;
+    e->le_left_at = now;
     if (r->granted_nano < need0)
         TG_LOG(TG_LOG_INFO, "agent.lease", "lease %s/%s: %lld of %lld nano granted (%lld left in the bucket)", acct,
                bucket, (long long)r->granted_nano, (long long)want, (long long)r->available_nano);
@@ -527,6 +538,9 @@ int tg_lease_info(tg_lease_tab_t *t, const char *account_id, const char *bucket,
         info->li_owed = e->le_owed;
         info->li_expires_us = e->le_expires;
         info->li_rpcs = e->le_rpcs;
+        info->li_left_nano = e->le_left;
+        info->li_floor_nano = e->le_floor;
+        info->li_left_at_us = e->le_left_at;
     }
     pthread_mutex_unlock(&t->lt_mu);
     return e != NULL ? 0 : -1;

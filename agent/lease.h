@@ -103,6 +103,12 @@ typedef struct tg_lease_info {
     int64_t li_owed;       /* unacknowledged spend */
     int64_t li_expires_us; /* the hold's expiry as granted; 0 none */
     uint64_t li_rpcs;      /* lease requests sent for it */
+    /* what the last lease answer said was left (LeaseResponse.balance_nano:
+     * a scope's limit less its settled spend, a bucket's settled balance;
+     * the local authority: the snapshot's budget, nothing ever settled) */
+    int64_t li_left_nano;
+    int64_t li_floor_nano; /* how low li_left_nano may go (LeaseResponse.floor_nano) */
+    int64_t li_left_at_us; /* when that answer came; 0: never answered */
 } tg_lease_info_t;
 
 /* Fills *info for (account, bucket). Returns 0, or -1 when the table has

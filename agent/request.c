@@ -2,7 +2,7 @@
  * to its end.
  *
  *   1. route the path (POST endpoints of tg_req_endpoints[], GET /v1/models,
- *      health, CORS preflight); take the worker's configuration reference;
+ *      GET /v1/tollgate/key (keyview.c), health, CORS preflight); take the worker's configuration reference;
  *   2. authenticate (auth.c), then take and check the body: size, one-pass
  *      scan (model, stream, caps), the model and its allowlist;
  *   3. find whether any target may serve (route.c), else 402/403/503;
@@ -271,12 +271,8 @@ static void handle_models(req_t *rq, const char *id)
         tg_req_free(rq);
         return;
     }
-    add_header(rq->rq_c, "Content-Type", "application/json");
-    rq->rq_status = 200;
-    tg_front_reply(rq->rq_c, 200, b.b_data, b.b_len);
-    rq->rq_c = NULL;
+    tg_req_reply_json(rq, b.b_data, b.b_len); /* listing models is not metered: no receipt */
     tg_buf_free(&b);
-    tg_req_free(rq); /* listing models is not metered: no receipt */
 }
 
 /* POST /v1/messages/count_tokens: answered here, never upstream, with the
@@ -378,7 +374,8 @@ static int cors(tg_front_conn_t *hr, worker_t *w, const char *method)
         add_header(hr, "Vary", "Origin");
     const char *want = tg_front_header(hr, "Access-Control-Request-Method");
     if (strcmp(method, "OPTIONS") != 0 || !want) {
-        add_header(hr, "Access-Control-Expose-Headers", "x-request-id, x-tollgate-route, x-tollgate-attempts");
+        add_header(hr, "Access-Control-Expose-Headers", "x-request-id, x-tollgate-route, x-tollgate-attempts, "
+                                                        "x-tollgate-budget-remaining");
         return 0;
     }
     const char *hdrs = tg_front_header(hr, "Access-Control-Request-Headers");
@@ -471,6 +468,7 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     int count = PATH_IS("/v1/messages/count_tokens");
     int post = ep != NULL || count;
     int models = PATH_IS("/v1/models");
+    int keyview = PATH_IS("/v1/tollgate/key");
     /* the client's protocol: its endpoint's, else Anthropic's when it
      * sends anthropic-version (GET /v1/models in Anthropic's shape) */
     tg_proto_kind_t kind = ep ? ep->ep_proto
@@ -486,11 +484,11 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     char id[48];
     snprintf(id, sizeof id, "req_%016llx%02x%08llx", (unsigned long long)w->w_agent->a_id_base, w->w_idx & 0xff,
              (unsigned long long)++w->w_seq);
-    if (!post && !models) {
+    if (!post && !models && !keyview) {
         tg_req_send_error(hr, kind, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
         return;
     }
-    if ((post && strcmp(method, "POST") != 0) || (models && strcmp(method, "GET") != 0)) {
+    if ((post && strcmp(method, "POST") != 0) || ((models || keyview) && strcmp(method, "GET") != 0)) {
         tg_req_send_error(hr, kind, id, 405, "invalid_request_error", "method_not_allowed", "Use %s for %.*s",
                    post ? "POST" : "GET", (int)plen, uri);
         return;
@@ -514,7 +512,10 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     rq->rq_c = hr;
     rq->rq_t0_us = now_us();
     rq->rq_ep = ep;
-    rq->rq_endpoint = ep ? ep->ep_path : count ? "/v1/messages/count_tokens" : "/v1/models";
+    rq->rq_endpoint = ep         ? ep->ep_path
+                      : count    ? "/v1/messages/count_tokens"
+                      : keyview  ? "/v1/tollgate/key"
+                                 : "/v1/models";
     rq->rq_cproto = kind;
     memcpy(rq->rq_id, id, sizeof id);
     tg_cfg_ref(cfg);
@@ -527,6 +528,8 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     tg_req_client_ip(rq);
     if (count) {
         handle_count_tokens(rq);
+    } else if (keyview) {
+        tg_req_handle_keyview(rq);
     } else if (post) {
         /* its end waits for its usage record's commit, and fails if that
          * commit fails (front.h) */

@@ -17,11 +17,15 @@
  *               the answer and the stream converted, usage from the IR
  *   receipt.c   local counts, metering and pricing, the reservations
  *               released against the actual cost, the UsageRecord
+ *   keyview.c   GET /v1/tollgate/key (the key holder's own view), and a
+ *               bucket's remaining budget as known here (which finish.c's
+ *               x-tollgate-budget-remaining reads: that part ends nothing)
  *
  * Calls go one way, down this list (request.c -> auth.c, upstream.c;
  * upstream.c -> route.c, preauth.c, finish.c, convert.c, receipt.c; route.c ->
  * preauth.c, finish.c; preauth.c -> finish.c, receipt.c; convert.c ->
- * receipt.c; finish.c -> receipt.c), so ending a request from any depth never calls back up. A
+ * receipt.c; finish.c -> receipt.c, keyview.c's tg_req_bucket_left; request.c ->
+ * keyview.c -> auth.c, finish.c), so ending a request from any depth never calls back up. A
  * wire protocol's shapes (bodies, answers, error bodies, streams) do not
  * live here: the OpenAI passthrough is scan.c / sse.c / usage.c,
  * conversion between protocols is proto/.
@@ -165,6 +169,7 @@ struct req {
     int rq_final_class;
     char rq_final_msg[256];
     int rq_no_spool;          /* refused because the outbox is full: spooling would grow it */
+    int rq_view;              /* GET /v1/tollgate/key: a paused key is let through to see its status */
     /* pre-authorization: the upper estimate reserved on a spend lease (lease.h) */
     int64_t rq_resv;          /* reserved on rq_resv_bucket; 0: nothing */
     const char *rq_resv_bucket;
@@ -269,6 +274,10 @@ void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int 
 /* Ends the request: metrics, receipt (tg_req_emit_record), then frees it.
  * The client's response, if any, was ended before. rq is freed on return. */
 void tg_req_finish(req_t *rq);
+
+/* Answers 200 with a JSON body (copied), then frees rq with no receipt:
+ * the endpoints the gateway answers itself and does not meter. */
+void tg_req_reply_json(req_t *rq, const char *body, size_t len);
 
 /* Frees what the request holds (no receipt); a client request not answered
  * yet (a shutdown) is abandoned: its connection closes. */
@@ -409,5 +418,19 @@ int tg_req_count_ir(req_t *rq, const tg_proto_request_t *ir, const char *model, 
 /* Builds the UsageRecord, releases the reservations against the actual
  * cost, spools it (or logs it). */
 void tg_req_emit_record(req_t *rq);
+
+/* ---- keyview.c: the key holder's own view ---------------------------------------- */
+
+/* GET /v1/tollgate/key: authenticates (a paused key included) and answers
+ * the key's name, status, models, limits and the account's buckets as
+ * known at this agent, with their age. rq is freed on return. */
+void tg_req_handle_keyview(req_t *rq);
+
+/* What is left of account a's bucket as known at this agent: the newer of
+ * the snapshot's balance and the last lease answer, less the floor, less
+ * what this agent spent unsettled and holds in flight. Returns 0 with
+ * *left and *as_of_us (when that balance was known), or -1 when the agent
+ * knows no balance for it. Ends nothing: finish.c may call it. */
+int tg_req_bucket_left(req_t *rq, const tg_account_t *a, const char *bucket, int64_t *left, int64_t *as_of_us);
 
 #endif
