@@ -224,6 +224,14 @@ test('kill -9 of the leader under load: the follower takes over, both agents set
   assert.ok(Math.max(...stall) < takeover + 2500, `settled ${stall} ms after the kill, leader after ${takeover} ms`);
   assert.deepEqual(failed, [], 'no request failed while the control plane failed over');
   await settledExactlyOnce(cpB, wallet0, 'after the kill');
+  // the spend leases out at the kill live on in the store: both agents hold a
+  // slice of the wallet through the survivor, together never more than is left
+  await until(async () => {
+    const b = (await cpB.adminCall('GetBalances', { account_id: ids.account })).balances.find((x) => x.bucket === 'wallet');
+    const now = BigInt(Date.now()) * 1000n;
+    const live = (b.holds || []).filter((h) => BigInt(h.expires_at_us) > now);
+    return new Set(live.map((h) => h.agent_id)).size === 2 && BigInt(b.reserved_nano) <= BigInt(b.balance_nano);
+  }, { timeoutMs: 15000, what: 'both agents to hold leases that fit the wallet after the failover' });
   const m0 = await agentMetrics(agents[0]);
   assert.match(m0, new RegExp(`^tollgate_agent_cp_connected\\{cp="${cpB.addr}"\\} 1$`, 'm'), 'agent 0 moved to cp-b');
   assert.ok(gauge(m0, 'tollgate_agent_cp_switches_total') >= 1);
