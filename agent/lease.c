@@ -35,6 +35,7 @@
 #define RETRY_MAX_US (5LL * 1000000)
 #define STOP_RETURN_US (3LL * 1000000)
 #define WAITER_RETRY_US (200LL * 1000)  /* a request waiting for a lease: its retry after a failure */
+#define REFILL_PAUSE_US (1000LL * 1000) /* after a refill that got less than asked */
 #define NCHAIN 1024                     /* hash chains; entries of idle scopes are pruned */
 #define PRUNE_IDLE_US (300LL * 1000000) /* an entry holding nothing, unused this long, goes */
 
@@ -55,6 +56,7 @@ typedef struct lent {
     int64_t le_avail_after;   /* the control plane's budget left after the last answer */
     int64_t le_retry_at;
     int64_t le_failed_at;
+    int64_t le_refill_at;     /* no background refill before then */
     int64_t le_backoff;
     int64_t le_rate;          /* nano per second, EWMA */
     int64_t le_rate_t, le_rate_acc;
@@ -175,8 +177,8 @@ static int due(const lent_t *e, int64_t now)
     if (now >= e->le_granted_at + (e->le_expires - e->le_granted_at) / 3)
         return 1; /* renew */
     int64_t low = sat_mul(e->le_rate, LOW_WATER_S);
-    if (e->le_last_use > now - IDLE_RETURN_US && free_of(e, now) < low)
-        return 1; /* refill before it runs dry */
+    if (e->le_last_use > now - IDLE_RETURN_US && free_of(e, now) < low && now >= e->le_refill_at)
+        return 1; /* refill before it runs dry (not again at once when the scope had less to give) */
     return 0;
 }
 
@@ -306,6 +308,10 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     int64_t ttl = r->expires_at_us - now;
     e->le_valid_until = ttl > 0 ? r->expires_at_us - ttl / 4 : 0;
     e->le_avail_after = r->available_nano;
+    /* a scope that gave less than asked is not asked again in the background
+     * for a while: an exhausted budget would otherwise be asked in a tight
+     * loop, starving every other scope's requests on this thread */
+    e->le_refill_at = r->granted_nano < want ? now + REFILL_PAUSE_US : 0;
     e->le_left = r->balance_nano;
     e->le_floor = r->floor_nano;
     e->le_left_at = now;

@@ -21,6 +21,15 @@
  * unpacked, to keep for each card the version in effect now and the
  * scheduled later ones.
  *
+ * Balances do not churn the stream: every settlement and every spend-lease
+ * grant rewrites a Balance, and agents need balances only to refuse at once
+ * a bucket with nothing left (their spend leases say the rest). So a
+ * Balance change goes out only when it crosses zero (budget left or not,
+ * floor included) or when that balance was last sent BALANCE_REFRESH_US
+ * ago; a revision whose every change is held back sends nothing, and the
+ * next update starts from the last revision sent, so an agent still sees
+ * an unbroken chain. Snapshots always carry the current balances.
+ *
  * Stream ownership: a stream is in as_streams while open; whoever removes it
  * under as_mu finishes the call. The resnap thread marks the stream it works
  * on (SNAPPING) and works without the lock; a cancel meanwhile only marks it
@@ -41,6 +50,8 @@
 #define PAGE_KEYS 10000
 #define SNAP_SEND_TIMEOUT_MS 30000
 #define INFO_EVERY_US (30LL * 1000000)
+#define BALANCE_REFRESH_US (10LL * 1000000)
+#define BAL_CHAINS 4096
 
 enum { SS_ACTIVE = 1, SS_NEED_SNAP, SS_SNAPPING };
 
@@ -578,6 +589,71 @@ static int watch_open(tg_cp_agent_side_t *as, tg_store_watch_t **w, char *err, s
     return 0;
 }
 
+/* ---- balances held back (see the file comment) --------------------------------------- */
+
+typedef struct bal_sent {
+    struct bal_sent *bs_next;
+    char *bs_key;
+    int bs_positive;    /* budget left when last sent */
+    int64_t bs_sent_us;
+} bal_sent_t;
+
+static bal_sent_t *bal_chain[BAL_CHAINS]; /* the watch thread's alone */
+
+static size_t bal_hash(const void *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const uint8_t *)k)[i]) * 1099511628211ull;
+    return (size_t)(h & (BAL_CHAINS - 1));
+}
+
+/* Whether a Balance event should go to the agents now (and notes it). */
+static int balance_news(const tg_store_event_t *ev, int64_t now)
+{
+    const tg_store_kv_t *kv = &ev->ev_kv;
+    if (kv->kv_key_len < strlen(TG_CP_K_BALANCE) || memcmp(kv->kv_key, TG_CP_K_BALANCE, strlen(TG_CP_K_BALANCE)) != 0)
+        return 1; /* not a balance */
+    if (ev->ev_type == TG_STORE_EV_DELETE)
+        return 1;
+    Tollgate__V1__Balance *b = tollgate__v1__balance__unpack(NULL, kv->kv_val_len, kv->kv_val);
+    if (b == NULL)
+        return 1;
+    int positive = b->balance_nano + (b->credit_limit_nano > 0 ? b->credit_limit_nano : 0) > 0;
+    tollgate__v1__balance__free_unpacked(b, NULL);
+    size_t c = bal_hash(kv->kv_key, kv->kv_key_len);
+    bal_sent_t *e;
+    for (e = bal_chain[c]; e != NULL; e = e->bs_next)
+        if (strlen(e->bs_key) == kv->kv_key_len && memcmp(e->bs_key, kv->kv_key, kv->kv_key_len) == 0)
+            break;
+    if (e == NULL) {
+        if ((e = tg_calloc(1, sizeof(*e))) == NULL || (e->bs_key = tg_malloc(kv->kv_key_len + 1)) == NULL) {
+            tg_free(e);
+            return 1;
+        }
+        memcpy(e->bs_key, kv->kv_key, kv->kv_key_len);
+        e->bs_key[kv->kv_key_len] = '\0';
+        e->bs_next = bal_chain[c];
+        bal_chain[c] = e;
+    } else if (e->bs_positive == positive && now - e->bs_sent_us < BALANCE_REFRESH_US) {
+        return 0;
+    }
+    e->bs_positive = positive;
+    e->bs_sent_us = now;
+    return 1;
+}
+
+static void bal_sent_clear(void)
+{
+    for (size_t c = 0; c < BAL_CHAINS; c++)
+        while (bal_chain[c] != NULL) {
+            bal_sent_t *e = bal_chain[c];
+            bal_chain[c] = e->bs_next;
+            tg_free(e->bs_key);
+            tg_free(e);
+        }
+}
+
 /* Appends one event as a ConfigChange to upd (field 3 of Update). */
 static int add_change(tg_buf_t *upd, const tg_store_event_t *ev, tg_buf_t *tmp)
 {
@@ -736,7 +812,7 @@ static void *watch_main(void *arg)
         put_int(&upd, 2, rev);
         int nch = 0, bad = 0;
         while (ev != NULL) {
-            int a = add_change(&upd, ev, &tmp);
+            int a = balance_news(ev, now) ? add_change(&upd, ev, &tmp) : 0;
             bad |= a < 0;
             nch += a > 0;
             tg_store_event_free(ev);
@@ -756,13 +832,15 @@ static void *watch_main(void *arg)
             carry = NULL;
             continue;
         }
+        if (nch == 0)
+            continue; /* nothing for the agents (balances held back): the chain goes on from `from` */
         tg_buf_reset(&msg);
         put_bytes(&msg, 2, upd.b_data, upd.b_len);
-        (void)nch;
         fan_out(as, from, rev, &msg);
     }
     tg_store_event_free(carry);
     tg_store_watch_cancel(w);
+    bal_sent_clear();
     tg_buf_free(&upd);
     tg_buf_free(&msg);
     tg_buf_free(&tmp);

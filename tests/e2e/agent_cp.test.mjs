@@ -112,6 +112,25 @@ test('a configuration change reaches the agent as a Sync update', async () => {
   assert.equal(r.model, 'gpt-4o-2024-08-06');
 });
 
+test('settlements and lease grants do not churn the config stream (balances go out when they cross zero, or every 10 s)', async () => {
+  let installs = 0;
+  const count = (d) => { installs += (d.toString().match(/configuration revision \d+ installed/g) || []).length; };
+  agent.proc.child.stderr.on('data', count);
+  agent.proc.child.stdout.on('data', count);
+  try {
+    for (let i = 0; i < 20; i++) {
+      await client.chat.completions.create({ model: 'gpt-4o', messages });
+      await new Promise((r) => setTimeout(r, 100)); // a settlement per report interval, about
+    }
+    await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'the outbox to drain' });
+  } finally {
+    agent.proc.child.stderr.off('data', count);
+    agent.proc.child.stdout.off('data', count);
+  }
+  // before: one installed revision per settlement and per lease grant (a dozen or more here)
+  assert.ok(installs <= 3, `${installs} configuration revisions installed during 20 settled requests`);
+});
+
 test('control plane down: the agent serves and spools; back up: every record settles once', async () => {
   await until(() => agent.outbox().length === 0, { timeoutMs: 10000, what: 'earlier records to drain' })
     .catch((e) => { throw new Error(`${e.message}\n${agent.proc.output().split('\n').filter((l) => !l.includes('"comp":"usage"')).slice(-15).join('\n')}`); });
