@@ -688,17 +688,8 @@ static void mark_webhook(tg_cp_t *cp, const char *rule_id, const char *url, int 
         tg_buf_t b;
         tg_buf_init(&b, TG_STORE_MAX_VALUE);
         int done = 0;
-        if (tg_rpc_pb_pack(&r->base, &b, err, sizeof(err)) == 0) {
-            tg_store_cmp_t cmp = {.c_key = key, .c_key_len = strlen(key), .c_target = TG_STORE_CMP_MOD_REV,
-                                  .c_op = TG_STORE_EQ, .c_num = modrev};
-            tg_store_op_t op = {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = strlen(key),
-                                .op_val = b.b_data, .op_val_len = b.b_len};
-            tg_store_txn_res_t tres;
-            memset(&tres, 0, sizeof(tres));
-            int rc = tg_store_txn(cp->cp_store, &cmp, 1, &op, 1, NULL, 0, &tres, err, sizeof(err));
-            done = rc < 0 || tres.tx_succeeded;
-            tg_store_txn_res_free(&tres);
-        }
+        if (tg_rpc_pb_pack(&r->base, &b, err, sizeof(err)) == 0)
+            done = tg_cp_put_if(cp, key, modrev, b.b_data, b.b_len, err, sizeof(err)) != 0;
         tg_buf_free(&b);
         tg_rpc_pb_free(m);
         if (done)

@@ -284,6 +284,13 @@ int64_t tg_cp_now_us(void);
  * or a negative TG_STORE_E* / TG_RPC_EPROTO code with err set. */
 struct ProtobufCMessageDescriptor;
 struct ProtobufCMessage;
+/* Puts val under key if the key's mod revision is still modrev (0: the key
+ * must be absent): the read-modify-write step of lease grants, key pauses
+ * and alert bookkeeping. Returns 1 written, 0 the key moved meanwhile (read
+ * it again), or a negative TG_STORE_E* code with err set (TG_STORE_EUNKNOWN:
+ * sent, outcome unknown). */
+int tg_cp_put_if(tg_cp_t *cp, const char *key, int64_t modrev, const void *val, size_t len, char *err,
+                 size_t errlen);
 int tg_cp_get_pb(tg_cp_t *cp, const char *key, const struct ProtobufCMessageDescriptor *d,
                  struct ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen);
 

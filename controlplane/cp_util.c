@@ -22,6 +22,21 @@ int64_t tg_cp_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int tg_cp_put_if(tg_cp_t *cp, const char *key, int64_t modrev, const void *val, size_t len, char *err,
+                 size_t errlen)
+{
+    tg_store_cmp_t cmp = {.c_key = key, .c_key_len = strlen(key), .c_target = TG_STORE_CMP_MOD_REV,
+                          .c_op = TG_STORE_EQ, .c_num = modrev};
+    tg_store_op_t op = {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = strlen(key), .op_val = val,
+                        .op_val_len = len};
+    tg_store_txn_res_t tres;
+    memset(&tres, 0, sizeof(tres));
+    int rc = tg_store_txn(cp->cp_store, &cmp, 1, &op, 1, NULL, 0, &tres, err, errlen);
+    int ok = rc == 0 && tres.tx_succeeded;
+    tg_store_txn_res_free(&tres);
+    return rc < 0 ? rc : ok;
+}
+
 int tg_cp_get_pb(tg_cp_t *cp, const char *key, const ProtobufCMessageDescriptor *d,
                  ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen)
 {

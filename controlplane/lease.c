@@ -209,15 +209,8 @@ int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char
         tg_rpc_pb_free(m);
         if (prc < 0)
             break;
-        tg_store_cmp_t cmp = {.c_key = key, .c_key_len = strlen(key), .c_target = TG_STORE_CMP_MOD_REV,
-                              .c_op = TG_STORE_EQ, .c_num = modrev};
-        tg_store_op_t op = {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = strlen(key),
-                            .op_val = packed.b_data, .op_val_len = packed.b_len};
-        tg_store_txn_res_t tres;
-        memset(&tres, 0, sizeof(tres));
-        int rc = tg_store_txn(cp->cp_store, &cmp, 1, &op, 1, NULL, 0, &tres, err, sizeof(err));
-        int ok = rc == 0 && tres.tx_succeeded;
-        tg_store_txn_res_free(&tres);
+        int rc = tg_cp_put_if(cp, key, modrev, packed.b_data, packed.b_len, err, sizeof(err));
+        int ok = rc == 1;
         if (ok) {
             TG_LOG(TG_LOG_WARN, "cp.pause", "key %s paused: %s (%s)", key_id, reason, why);
             result = 1;
@@ -468,15 +461,8 @@ loop:
             code = TG_RPC_CODE_INTERNAL;
             goto done;
         }
-        tg_store_cmp_t cmp = {.c_key = key, .c_key_len = strlen(key), .c_target = TG_STORE_CMP_MOD_REV,
-                              .c_op = TG_STORE_EQ, .c_num = modrev};
-        tg_store_op_t op = {.op_type = TG_STORE_OP_PUT, .op_key = key, .op_key_len = strlen(key),
-                            .op_val = packed.b_data, .op_val_len = packed.b_len};
-        tg_store_txn_res_t tres;
-        memset(&tres, 0, sizeof(tres));
-        int rc = tg_store_txn(cp->cp_store, &cmp, 1, &op, 1, NULL, 0, &tres, err, errlen);
-        int ok = rc == 0 && tres.tx_succeeded;
-        tg_store_txn_res_free(&tres);
+        int rc = tg_cp_put_if(cp, key, modrev, packed.b_data, packed.b_len, err, errlen);
+        int ok = rc == 1;
         if (rc < 0 && rc != TG_STORE_EUNKNOWN) {
             code = tg_cp_store_code(rc);
             goto done;
