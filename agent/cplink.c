@@ -52,6 +52,7 @@ struct tg_cplink {
     atomic_int cl_cur;                   /* the address calls go to now */
     tg_rpc_cancel_t *cl_cancel;
     tg_crypto_key_t *cl_key;
+    char *cl_ca, *cl_cert, *cl_keypem;   /* TLS to the control plane (PEM), or NULL */
     char cl_token[256];
     char cl_id[128];               /* agent id, "" until enrolled */
     pthread_mutex_t cl_mu;         /* guards cl_id, cl_stop */
@@ -752,6 +753,17 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
                      "not enrolled yet (%s/agent_id missing): give --enroll-token", a->a_opts.ao_data_dir);
         goto fail;
     }
+    size_t flen;
+    if ((a->a_opts.ao_cp_ca && (rc = tg_agent_read_file(a->a_opts.ao_cp_ca, &l->cl_ca, &flen, err, errlen)) != 0) ||
+        (a->a_opts.ao_cp_cert &&
+         (rc = tg_agent_read_file(a->a_opts.ao_cp_cert, &l->cl_cert, &flen, err, errlen)) != 0) ||
+        (a->a_opts.ao_cp_key &&
+         (rc = tg_agent_read_file(a->a_opts.ao_cp_key, &l->cl_keypem, &flen, err, errlen)) != 0))
+        goto fail;
+    if (!!l->cl_cert != !!l->cl_keypem) {
+        rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp-cert and --cp-key go together (mTLS)");
+        goto fail;
+    }
     for (const char *p = target; p && *p;) {
         size_t n = strcspn(p, ",");
         while (n && (*p == ' ')) {
@@ -767,6 +779,11 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
         }
         snprintf(l->cl_addrs[l->cl_nch], sizeof l->cl_addrs[0], "%.*s", (int)n, p);
         tg_rpc_channel_opts_t co = {0};
+        co.co_tls = a->a_opts.ao_cp_tls || l->cl_ca || l->cl_cert;
+        co.co_root_pem = l->cl_ca;
+        co.co_cert_pem = l->cl_cert;
+        co.co_key_pem = l->cl_keypem;
+        co.co_tls_name = a->a_opts.ao_cp_tls_name;
         co.co_reconnect_min_ms = 100; /* the core's default grows to 120 s */
         co.co_reconnect_max_ms = 2000;
         co.co_keepalive_ms = 2000;    /* the server accepts pings every >= 1 s */
@@ -831,6 +848,12 @@ void tg_cplink_stop(tg_cplink_t *l)
         tg_rpc_channel_destroy(l->cl_chs[i]);
     tg_rpc_cancel_destroy(l->cl_cancel);
     tg_crypto_key_free(l->cl_key);
+    tg_free(l->cl_ca);
+    tg_free(l->cl_cert);
+    if (l->cl_keypem) {
+        memset(l->cl_keypem, 0, strlen(l->cl_keypem)); /* a private key: not left in freed memory */
+        tg_free(l->cl_keypem);
+    }
     if (l->cl_snap)
         tollgate__v1__snapshot__free_unpacked(l->cl_snap, NULL);
     pthread_mutex_destroy(&l->cl_mu);

@@ -34,6 +34,11 @@ static const char usage[] =
     "  --cp HOST:PORT[,HOST:PORT...]  control plane replicas (gRPC), tried in order, the next when one\n"
     "                         does not answer: Sync configuration, report usage, spend leases\n"
     "  --enroll-token TOKEN   first start: enroll with the control plane (id and key kept in --data-dir)\n"
+    "  --enroll-token-file F  the same, read from a file (or the TG_AGENT_ENROLL_TOKEN environment variable):\n"
+    "                         unlike the flag, not visible in ps\n"
+    "  --cp-tls               TLS to the control plane with the system's roots\n"
+    "  --cp-ca PEM            TLS, trusting these roots; --cp-cert PEM --cp-key PEM: mTLS client identity;\n"
+    "                         --cp-tls-name NAME: the server name expected when not the host of --cp\n"
     "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
     "  --metrics-listen HOST:PORT  where /metrics, /healthz and /readyz are served (default\n"
     "                         127.0.0.1:0, a free port, printed; \"off\": none). Never the public port\n"
@@ -153,6 +158,8 @@ int main(int argc, char **argv)
     tg_agent_opts_t o;
     tg_agent_opts_default(&o);
     char err[TG_ERRLEN] = "";
+    static char enroll_buf[512];
+    o.ao_enroll_token = getenv("TG_AGENT_ENROLL_TOKEN"); /* a flag below wins */
     if (argc > 1 && strcmp(argv[1], "outbox-dump") == 0)
         return outbox_dump(argc, argv);
     for (int i = 1; i < argc; i++) {
@@ -167,6 +174,9 @@ int main(int argc, char **argv)
             continue;
         } else if (strcmp(a, "--no-spend-control") == 0) {
             o.ao_spend_off = 1;
+            continue;
+        } else if (strcmp(a, "--cp-tls") == 0) {
+            o.ao_cp_tls = 1;
             continue;
         } else if (strcmp(a, "--log-records") == 0) {
             o.ao_log_records = 1;
@@ -242,6 +252,25 @@ int main(int argc, char **argv)
             o.ao_cp = v;
         } else if (strcmp(a, "--enroll-token") == 0) {
             o.ao_enroll_token = v;
+        } else if (strcmp(a, "--enroll-token-file") == 0) {
+            FILE *f = fopen(v, "r");
+            if (!f || !fgets(enroll_buf, sizeof enroll_buf, f)) {
+                fprintf(stderr, "tollgate-agent: --enroll-token-file %s: cannot read it\n", v);
+                if (f)
+                    fclose(f);
+                return 2;
+            }
+            fclose(f);
+            enroll_buf[strcspn(enroll_buf, "\r\n")] = '\0';
+            o.ao_enroll_token = enroll_buf;
+        } else if (strcmp(a, "--cp-ca") == 0) {
+            o.ao_cp_ca = v;
+        } else if (strcmp(a, "--cp-cert") == 0) {
+            o.ao_cp_cert = v;
+        } else if (strcmp(a, "--cp-key") == 0) {
+            o.ao_cp_key = v;
+        } else if (strcmp(a, "--cp-tls-name") == 0) {
+            o.ao_cp_tls_name = v;
         } else if (strcmp(a, "--forward-header") == 0) {
             if (o.ao_nforward >= 8 || !*v || strpbrk(v, ":\r\n "))
                 goto bad;

@@ -566,7 +566,7 @@ static int write_file_atomic(const char *dir, const char *name, const void *data
     return 0;
 }
 
-static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+int tg_agent_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
     tg_buf_t b;
     tg_buf_init(&b, (size_t)1 << 30);
@@ -862,12 +862,12 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
     if (o->ao_data_dir && (rc = lock_data_dir(a, o->ao_data_dir, err, errlen)) != 0)
         goto fail;
     if (o->ao_snapshot) {
-        if ((rc = read_file(o->ao_snapshot, &data, &len, err, errlen)) != 0)
+        if ((rc = tg_agent_read_file(o->ao_snapshot, &data, &len, err, errlen)) != 0)
             goto fail;
     } else if (o->ao_data_dir) {
         char path[4096];
         snprintf(path, sizeof path, "%s/snapshot.pb", o->ao_data_dir);
-        if (access(path, R_OK) == 0 && (rc = read_file(path, &data, &len, err, errlen)) != 0)
+        if (access(path, R_OK) == 0 && (rc = tg_agent_read_file(path, &data, &len, err, errlen)) != 0)
             goto fail;
     }
     if (data && (rc = tg_agent_set_snapshot(a, data, len, err, errlen)) != 0)

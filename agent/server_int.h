@@ -102,6 +102,10 @@ struct tg_agent {
     size_t a_nbrk, a_capbrk;
 };
 
+/* Reads a whole file (at most 1 GiB) into *out (NUL-terminated; tg_free it)
+ * and *len. Returns 0, or TG_AGENT_ESYS / TG_AGENT_ENOMEM naming the path. */
+int tg_agent_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
+
 /* Queues a packed record (taking ownership of data, a tg_malloc block) for
  * the worker's next outbox commit, which runs before any socket write of
  * this loop iteration; si says who waits for it. Returns 0 or

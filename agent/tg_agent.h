@@ -61,6 +61,11 @@ typedef struct tg_agent_opts {
     size_t ao_outbox_map;      /* LMDB map size of the outbox (bytes) */
     const char *ao_cp;         /* control plane gRPC address ("127.0.0.1:7443"); NULL: none */
     const char *ao_enroll_token; /* first start: enrollment token for the control plane */
+    /* TLS to the control plane: roots (PEM file; with ao_cp_tls and none,
+     * the system's), a client certificate and key for mTLS, the expected
+     * server name when it is not the host of --cp */
+    int ao_cp_tls;
+    const char *ao_cp_ca, *ao_cp_cert, *ao_cp_key, *ao_cp_tls_name;
     const char *ao_forward[8]; /* client headers copied to upstream requests */
     int ao_nforward;
     int ao_head_timeout_s;     /* the whole request head must arrive within this (default 30) */

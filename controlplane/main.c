@@ -36,6 +36,8 @@ static const char USAGE[] =
     "  --enroll-token-file FILE  the same, read from a file (TG_CP_ENROLL_TOKEN_FILE)\n"
     "  --tls-cert PEM --tls-key PEM   serve gRPC over TLS (TG_CP_TLS_CERT, TG_CP_TLS_KEY)\n"
     "  --client-ca PEM           require client certificates signed by it: mTLS (TG_CP_CLIENT_CA)\n"
+    "                            (plaintext on a --listen that is not loopback is warned about;\n"
+    "                            TG_CP_REQUIRE_TLS=1 refuses it)\n"
     "  --node-id NAME            this replica's name (TG_CP_NODE_ID, default HOST:PID)\n"
     "  --advertise HOST:PORT     where the other replicas reach this one's gRPC port (TG_CP_ADVERTISE,\n"
     "                            default the --listen host, or this host's name for a wildcard, and the bound port)\n"
@@ -84,6 +86,12 @@ static flag_t flags[F_COUNT] = {
     {"--advertise", "TG_CP_ADVERTISE", NULL},
     {"--peer-ca", "TG_CP_PEER_CA", NULL},
 };
+
+/* Whether a HOST:PORT listen address is on the loopback interface. */
+static int loopback(const char *addr)
+{
+    return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "localhost:", 10) == 0 || strncmp(addr, "[::1]:", 6) == 0;
+}
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
 {
@@ -216,6 +224,20 @@ int main(int argc, char **argv)
     if (flags[F_CA].f_val && !flags[F_CERT].f_val) {
         fprintf(stderr, "tollgate-cp: --client-ca (mTLS) needs --tls-cert and --tls-key\n");
         return 2;
+    }
+    if (!flags[F_CERT].f_val && !loopback(flags[F_LISTEN].f_val)) {
+        /* agents' Sync carries the channels' upstream credentials */
+        if (getenv("TG_CP_REQUIRE_TLS") && strcmp(getenv("TG_CP_REQUIRE_TLS"), "1") == 0) {
+            fprintf(stderr, "tollgate-cp: --listen %s is not a loopback address and serves plaintext: give "
+                            "--tls-cert and --tls-key (TG_CP_REQUIRE_TLS=1 refuses plaintext there)\n",
+                    flags[F_LISTEN].f_val);
+            return 2;
+        }
+        fprintf(stderr, "tollgate-cp: WARNING: --listen %s is not a loopback address and serves PLAINTEXT gRPC: "
+                        "agents' configuration (with the channels' upstream credentials), admin tokens and usage "
+                        "cross the network unencrypted. Give --tls-cert/--tls-key (and --client-ca for mTLS); "
+                        "TG_CP_REQUIRE_TLS=1 makes this an error.\n",
+                flags[F_LISTEN].f_val);
     }
 
     /* Block the signals before any thread starts, so only sigwait sees them. */
