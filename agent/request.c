@@ -26,7 +26,7 @@
 const endpoint_t tg_req_endpoints[] = {
     {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1, TG_PROTO_OPENAI},
     {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0, TG_PROTO_OPENAI},
-    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1, TG_PROTO_OPENAI},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1, TG_PROTO_RESPONSES},
     {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0, TG_PROTO_OPENAI},
     /* Anthropic Messages: served by Anthropic channels (passthrough) and
      * OpenAI ones (converted, proto/); its upstream path is the channel
