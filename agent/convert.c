@@ -1,5 +1,6 @@
 /* convert.c: the agent's side of proto/. An attempt goes through proto/
- * when the client or the channel speaks Anthropic (rq_viaproto): the
+ * when the client or the channel speaks Anthropic, or a Responses client
+ * meets a channel that speaks only chat completions (rq_viaproto): the
  * client's request as IR written in the channel's protocol, the channel's
  * JSON answer read into IR (validated whole, usage normalized once: input
  * without cache reads and writes) and written in the client's protocol, and
@@ -44,6 +45,17 @@ static void take_usage(req_t *rq, const tg_proto_usage_t *u)
     rq->rq_usage_bad = 0;
     const char *raw = u->us_raw ? u->us_raw : "{}";
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
+}
+
+tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider)
+{
+    if (provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
+        return TG_PROTO_ANTHROPIC;
+    /* OpenAI itself serves /v1/responses (stored responses included):
+     * passed through; every other OpenAI-shaped vendor speaks chat only */
+    if (rq->rq_cproto == TG_PROTO_RESPONSES && provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI)
+        return TG_PROTO_RESPONSES;
+    return TG_PROTO_OPENAI;
 }
 
 int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err, size_t errlen)

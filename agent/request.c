@@ -26,7 +26,7 @@
 const endpoint_t tg_req_endpoints[] = {
     {"/v1/chat/completions", "/chat/completions", EP_CHAT, 1, 1, TG_ANSWER_CHAT, 1, TG_PROTO_OPENAI},
     {"/v1/embeddings", "/embeddings", EP_EMBEDDINGS, 0, 0, TG_ANSWER_OTHER, 0, TG_PROTO_OPENAI},
-    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1, TG_PROTO_OPENAI},
+    {"/v1/responses", "/responses", EP_RESPONSES, 1, 0, TG_ANSWER_RESPONSES, 1, TG_PROTO_RESPONSES},
     {"/v1/images/generations", "/images/generations", EP_IMAGES, 0, 0, TG_ANSWER_IMAGES, 0, TG_PROTO_OPENAI},
     /* Anthropic Messages: served by Anthropic channels (passthrough) and
      * OpenAI ones (converted, proto/); its upstream path is the channel
@@ -127,7 +127,7 @@ static void handle_post(req_t *rq)
         if (why_proto && !why_other && !why_balance && !why_type && rq->rq_ep->ep_kind != EP_CHAT)
             tg_req_fail(rq, 400, "invalid_request_error", "unsupported_endpoint", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                          "The model `%s` is served only by Anthropic-type channels, and %s is passed through to "
-                         "OpenAI-type channels only (no protocol conversion yet).",
+                         "OpenAI-type channels only (only chat and Responses requests are converted).",
                          route->model, rq->rq_ep->ep_path);
         else if (why_balance)
             tg_req_fail(rq, 402, "insufficient_quota", "insufficient_quota", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,

@@ -13,7 +13,8 @@
  *               stream cut at the reservation
  *   finish.c    how a request ends: error answers, route headers, finish,
  *               teardown, the worker's list of live requests
- *   convert.c   attempts through proto/ (either side Anthropic): the body,
+ *   convert.c   attempts through proto/ (either side Anthropic, or a
+ *               Responses client on a chat-only channel): the body,
  *               the answer and the stream converted, usage from the IR
  *   receipt.c   local counts, metering and pricing, the reservations
  *               released against the actual cost, the UsageRecord
@@ -155,8 +156,10 @@ struct req {
     int rq_usage_lost;        /* the final event that carries the usage did not parse */
     long rq_cache_write;      /* prompt tokens written to the provider's cache (Anthropic), inside us_prompt */
     /* protocols: the client's, and the attempt's channel's. When either is
-     * Anthropic the attempt goes through proto/ (the IR, conversion, the
-     * checked stream); OpenAI to OpenAI stays on the passthrough above. */
+     * Anthropic, or a Responses client meets a chat-only channel, the
+     * attempt goes through proto/ (the IR, conversion, the checked stream);
+     * OpenAI to OpenAI (Responses to OpenAI's own Responses too) stays on
+     * the passthrough above. */
     tg_proto_kind_t rq_cproto;
     tg_proto_kind_t rq_uproto;
     int rq_viaproto;          /* this attempt goes through proto/ */
@@ -367,6 +370,12 @@ void tg_req_on_front_gone(tg_front_conn_t *c, void *arg);
 void tg_req_on_front_drain(tg_front_conn_t *c, void *arg);
 
 /* ---- convert.c: attempts through proto/ ------------------------------------------ */
+
+/* The protocol a channel of `provider` (Tollgate__V1__ProviderType) speaks
+ * for this request: Anthropic; the Responses API for a Responses client on
+ * an OpenAI channel (passthrough); else chat completions (a Responses client
+ * there is converted). Can't fail. */
+tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider);
 
 /* Writes the attempt's body into rq_upbody in the channel's protocol
  * (rq_uproto): the client's IR (an OpenAI client's parsed now, once) with

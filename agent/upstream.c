@@ -318,10 +318,10 @@ void tg_req_start_attempt(req_t *rq)
         return; /* parked until the lease answers, or refused */
     /* the channel's protocol decides the body, path, credential header and
      * how the answer is read; either side Anthropic goes through proto/ */
-    rq->rq_uproto = c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC ? TG_PROTO_ANTHROPIC
-                                                                                      : TG_PROTO_OPENAI;
+    rq->rq_uproto = tg_req_channel_proto(rq, c->provider);
     int chat = rq->rq_ep->ep_kind == EP_CHAT || rq->rq_ep->ep_kind == EP_MESSAGES;
-    rq->rq_viaproto = chat && (rq->rq_cproto == TG_PROTO_ANTHROPIC || rq->rq_uproto == TG_PROTO_ANTHROPIC);
+    rq->rq_viaproto = (chat && (rq->rq_cproto == TG_PROTO_ANTHROPIC || rq->rq_uproto == TG_PROTO_ANTHROPIC)) ||
+                      (rq->rq_ep->ep_kind == EP_RESPONSES && rq->rq_uproto != TG_PROTO_RESPONSES);
     tg_proto_stream_destroy(rq->rq_conv);
     rq->rq_conv = NULL;
     rq->rq_conv_err = 0;
@@ -437,9 +437,10 @@ void tg_req_start_attempt(req_t *rq)
     }
     rq->rq_hdrs = h;
     const char *url = ch->ch_chat_url;
-    /* a chat request goes to the channel protocol's path (base_url +
-     * /chat/completions or /messages), others to their endpoint's */
-    const char *path = !chat ? rq->rq_ep->ep_upstream
+    /* a chat request, or a converted Responses one, goes to the channel
+     * protocol's path (base_url + /chat/completions or /messages), others
+     * to their endpoint's */
+    const char *path = !chat && !rq->rq_viaproto ? rq->rq_ep->ep_upstream
                        : rq->rq_uproto == TG_PROTO_ANTHROPIC ? "/messages" : tg_req_endpoints[EP_CHAT].ep_upstream;
     if (path != tg_req_endpoints[EP_CHAT].ep_upstream) {
         /* base_url + the path: ch_chat_url less its suffix. */

@@ -16,7 +16,19 @@
  * first seen with id, type "function" and function.name, later deltas with
  * neither id nor name; one finish_reason, tool_calls exactly when a call was
  * sent; after it only the usage chunk (choices: [], only when asked, required
- * then); data: [DONE] last. An error event ends either stream anywhere. */
+ * then); data: [DONE] last.
+ *
+ * Responses: every event's data.type is its name and its sequence_number
+ * grows; response.created (status in_progress) first, response.in_progress
+ * before any item; output items indexed 0, 1, 2... one open at a time:
+ * output_item.added, then for a message content parts 0..n each
+ * content_part.added, output_text.delta..., output_text.done,
+ * content_part.done, and for a function_call (call_id and name given)
+ * function_call_arguments.delta... and .done once; output_item.done (status
+ * completed); then response.completed (status completed) or
+ * response.incomplete (status incomplete, incomplete_details.reason) with
+ * every item in response.output and usage. An error event ends any of the
+ * three streams anywhere. */
 #include <stdio.h>
 #include <string.h>
 
@@ -26,6 +38,7 @@
 
 enum { AN_INIT, AN_MESSAGE, AN_BLOCK, AN_DELTA_SENT, AN_DONE };
 enum { OA_INIT, OA_STREAMING, OA_FINISHED, OA_USAGE, OA_DONE };
+enum { RS_INIT, RS_RESPONSE, RS_ITEM, RS_DONE };
 
 void tg_proto__check_init(tg_proto_check_t *c, tg_proto_kind_t kind, int include_usage)
 {
@@ -33,10 +46,13 @@ void tg_proto__check_init(tg_proto_check_t *c, tg_proto_kind_t kind, int include
     c->ck_kind = kind;
     c->ck_open = -1;
     c->ck_include_usage = include_usage;
+    c->ck_seq = -1;
 }
 
 int tg_proto__check_complete(const tg_proto_check_t *c)
 {
+    if (c->ck_kind == TG_PROTO_RESPONSES)
+        return c->ck_state == RS_DONE;
     return c->ck_kind == TG_PROTO_ANTHROPIC ? c->ck_state == AN_DONE : c->ck_state == OA_DONE;
 }
 
@@ -263,13 +279,156 @@ static int check_openai(tg_proto_check_t *c, const char *event, json_t *d, char 
     return 0;
 }
 
+
+/* Responses: the open item must be the event's (item_id, output_index). */
+static int rs_same_item(tg_proto_check_t *c, json_t *d)
+{
+    const char *id = json_string_value(json_object_get(d, "item_id"));
+    json_t *oi = json_object_get(d, "output_index");
+    return c->ck_state == RS_ITEM && id && !strncmp(id, c->ck_id, sizeof c->ck_id - 1) && json_is_integer(oi) &&
+           json_integer_value(oi) == c->ck_open;
+}
+
+static int check_responses(tg_proto_check_t *c, const char *name, json_t *d, char *err, size_t errlen)
+{
+    const char *type = json_string_value(json_object_get(d, "type"));
+    if (!type || strcmp(type, name) != 0)
+        FAIL("data.type '%s' does not match the event name", type ? type : "(none)");
+    json_t *sq = json_object_get(d, "sequence_number");
+    if (!json_is_integer(sq) || json_integer_value(sq) <= c->ck_seq)
+        FAIL("sequence_number missing or not increasing (last %lld)", (long long)c->ck_seq);
+    c->ck_seq = json_integer_value(sq);
+    if (!strcmp(name, "error")) {
+        c->ck_state = RS_DONE;
+        return 0;
+    }
+    if (c->ck_state == RS_DONE)
+        FAIL("after the response's end");
+    json_t *resp = json_object_get(d, "response");
+    const char *rstatus = json_string_value(json_object_get(resp, "status"));
+    if (!strcmp(name, "response.created")) {
+        if (c->ck_state != RS_INIT)
+            FAIL("response.created twice");
+        if (!nonempty(resp, "id") || !rstatus || strcmp(rstatus, "in_progress") != 0)
+            FAIL("response without its id or status in_progress");
+        c->ck_state = RS_RESPONSE;
+        return 0;
+    }
+    if (c->ck_state == RS_INIT)
+        FAIL("before response.created");
+    if (!strcmp(name, "response.in_progress")) {
+        if (c->ck_next || c->ck_state != RS_RESPONSE)
+            FAIL("response.in_progress after an item");
+        return 0;
+    }
+    json_t *jidx = json_object_get(d, "output_index");
+    int idx = json_is_integer(jidx) ? (int)json_integer_value(jidx) : -1;
+    if (!strcmp(name, "response.output_item.added")) {
+        if (c->ck_state == RS_ITEM)
+            FAIL("output_index %d while item %d is open", idx, c->ck_open);
+        if (idx != c->ck_next)
+            FAIL("output_index %d where %d comes next", idx, c->ck_next);
+        json_t *item = json_object_get(d, "item");
+        const char *it = json_string_value(json_object_get(item, "type"));
+        if (!nonempty(item, "id"))
+            FAIL("item without its id");
+        if (it && !strcmp(it, "function_call")) {
+            if (!nonempty(item, "call_id") || !nonempty(item, "name"))
+                FAIL("function_call without its call_id and name");
+            c->ck_open_type = TG_PROTO_BLOCK_TOOL_USE;
+        } else if (it && !strcmp(it, "message")) {
+            c->ck_open_type = TG_PROTO_BLOCK_TEXT;
+        } else {
+            FAIL("unknown item.type");
+        }
+        snprintf(c->ck_id, sizeof c->ck_id, "%s", json_string_value(json_object_get(item, "id")));
+        c->ck_open = idx;
+        c->ck_parts = 0;
+        c->ck_part_open = 0;
+        c->ck_args_done = 0;
+        c->ck_state = RS_ITEM;
+        return 0;
+    }
+    if (!strcmp(name, "response.output_item.done")) {
+        if (c->ck_state != RS_ITEM || idx != c->ck_open)
+            FAIL("output_item.done for %d, open item %d", idx, c->ck_open);
+        if (c->ck_part_open)
+            FAIL("output_item.done while content part %d is open", c->ck_parts);
+        if (c->ck_open_type == TG_PROTO_BLOCK_TOOL_USE && !c->ck_args_done)
+            FAIL("output_item.done before function_call_arguments.done");
+        json_t *item = json_object_get(d, "item");
+        const char *st = json_string_value(json_object_get(item, "status"));
+        if (!st || strcmp(st, "completed") != 0)
+            FAIL("item.status is not completed");
+        if (c->ck_open_type == TG_PROTO_BLOCK_TOOL_USE)
+            c->ck_tool_sent = 1;
+        c->ck_next++;
+        c->ck_open = -1;
+        c->ck_state = RS_RESPONSE;
+        return 0;
+    }
+    if (!strncmp(name, "response.content_part.", 22) || !strncmp(name, "response.output_text.", 21)) {
+        if (!rs_same_item(c, d) || c->ck_open_type != TG_PROTO_BLOCK_TEXT)
+            FAIL("not for the open message item");
+        json_t *ci = json_object_get(d, "content_index");
+        if (!json_is_integer(ci) || json_integer_value(ci) != c->ck_parts)
+            FAIL("content_index where %d is the part", c->ck_parts);
+        if (!strcmp(name, "response.content_part.added")) {
+            if (c->ck_part_open)
+                FAIL("a part while part %d is open", c->ck_parts);
+            c->ck_part_open = 1;
+            return 0;
+        }
+        if (!c->ck_part_open)
+            FAIL("no content part is open");
+        if (!strcmp(name, "response.content_part.done")) {
+            c->ck_part_open = 0;
+            c->ck_parts++;
+            return 0;
+        }
+        if (!strcmp(name, "response.output_text.delta") || !strcmp(name, "response.output_text.done"))
+            return 0;
+        FAIL("unknown event");
+    }
+    if (!strncmp(name, "response.function_call_arguments.", 33)) {
+        if (!rs_same_item(c, d) || c->ck_open_type != TG_PROTO_BLOCK_TOOL_USE)
+            FAIL("not for the open function_call item");
+        if (c->ck_args_done)
+            FAIL("after function_call_arguments.done");
+        if (!strcmp(name + 33, "done"))
+            c->ck_args_done = 1;
+        else if (strcmp(name + 33, "delta") != 0)
+            FAIL("unknown event");
+        return 0;
+    }
+    int completed = !strcmp(name, "response.completed");
+    if (completed || !strcmp(name, "response.incomplete")) {
+        if (c->ck_state == RS_ITEM)
+            FAIL("the end while item %d is open", c->ck_open);
+        if (!rstatus || strcmp(rstatus, completed ? "completed" : "incomplete") != 0)
+            FAIL("response.status '%s'", rstatus ? rstatus : "(none)");
+        if (!completed && !json_is_string(json_object_get(json_object_get(resp, "incomplete_details"), "reason")))
+            FAIL("incomplete_details.reason missing");
+        if (json_array_size(json_object_get(resp, "output")) != (size_t)c->ck_next)
+            FAIL("response.output has %zu items, %d were sent", json_array_size(json_object_get(resp, "output")),
+                 c->ck_next);
+        if (!json_is_object(json_object_get(resp, "usage")))
+            FAIL("usage missing");
+        c->ck_state = RS_DONE;
+        return 0;
+    }
+    FAIL("unknown event");
+}
+
 int tg_proto__check(tg_proto_check_t *c, const char *event, json_t *data, char *err, size_t errlen)
 {
     c->ck_events++;
-    if (c->ck_kind == TG_PROTO_ANTHROPIC) {
+    if (c->ck_kind != TG_PROTO_OPENAI) {
         const char *name = event ? event : "";
         if (!json_is_object(data))
             FAIL("data is not an object");
+        if (c->ck_kind == TG_PROTO_RESPONSES)
+            return check_responses(c, name, data, err, errlen);
         return check_anthropic(c, name, data, err, errlen);
     }
     return check_openai(c, event, data, err, errlen);
@@ -294,7 +453,7 @@ static int on_event(void *arg, const char *event, const char *data, size_t len)
     if (!v)
         return tg_errf(w->w_err, w->w_errlen, TG_PROTO_EJSON, "event %d (%s): data is not JSON: %s",
                        c->ck_events + 1, event[0] ? event : "chunk", je.text);
-    int rc = tg_proto__check(c, c->ck_kind == TG_PROTO_ANTHROPIC ? event : NULL, v, w->w_err, w->w_errlen);
+    int rc = tg_proto__check(c, c->ck_kind != TG_PROTO_OPENAI ? event : NULL, v, w->w_err, w->w_errlen);
     json_decref(v);
     return rc;
 }
@@ -312,6 +471,7 @@ int tg_proto_stream_check(tg_proto_kind_t kind, const char *sse, size_t len, int
     tg_proto__sse_free(&p);
     if (!rc && !tg_proto__check_complete(&w.w_check))
         rc = tg_errf(err, errlen, TG_PROTO_EGRAMMAR, "the stream ends before %s",
-                     kind == TG_PROTO_ANTHROPIC ? "message_stop" : "[DONE]");
+                     kind == TG_PROTO_ANTHROPIC ? "message_stop"
+                     : kind == TG_PROTO_RESPONSES ? "response.completed" : "[DONE]");
     return rc;
 }

@@ -184,10 +184,55 @@ static void test_strerror(void **state)
     assert_true(sizeof(tg_proto_stream_t) < 1536);
 }
 
+/* ---- Responses ------------------------------------------------------------ */
+
+#define RE(name, seq, rest) "event: " name "\ndata: {\"type\":\"" name "\",\"sequence_number\":" #seq rest "}\n\n"
+#define RCREATED RE("response.created", 0, ",\"response\":{\"id\":\"r\",\"status\":\"in_progress\",\"output\":[]}")
+#define RADD(seq, i, item) RE("response.output_item.added", seq, ",\"output_index\":" #i ",\"item\":" item)
+#define RMSG "{\"id\":\"m\",\"type\":\"message\",\"status\":\"in_progress\",\"content\":[]}"
+#define RFC "{\"id\":\"f\",\"type\":\"function_call\",\"call_id\":\"c\",\"name\":\"n\",\"arguments\":\"\"}"
+#define RITEM(seq, i, id) ",\"item_id\":\"" id "\",\"output_index\":" #i
+#define RPART(name, seq, i) RE(name, seq, RITEM(seq, i, "m") ",\"content_index\":0")
+#define RDONE(seq, i, id) RE("response.output_item.done", seq, ",\"output_index\":" #i ",\"item\":{\"id\":\"" id "\",\"status\":\"completed\"}")
+#define RARGS(name, seq, i) RE(name, seq, RITEM(seq, i, "f"))
+#define REND(seq, n) RE("response.completed", seq, ",\"response\":{\"status\":\"completed\",\"output\":" n ",\"usage\":{}}")
+
+static void rs(const char *text, int want, const char *why)
+{
+    char err[TG_ERRLEN] = "";
+    int rc = tg_proto_stream_check(TG_PROTO_RESPONSES, text, strlen(text), 0, err, sizeof err);
+    if (rc != want || (why && !strstr(err, why)))
+        fail_msg("rc %d, err '%s', wanted %d '%s'", rc, err, want, why ? why : "");
+}
+
+static void test_responses_grammar(void **state)
+{
+    (void)state;
+    rs(RCREATED RADD(1, 0, RMSG) RPART("response.content_part.added", 2, 0) RPART("response.output_text.delta", 3, 0)
+           RPART("response.output_text.done", 4, 0) RPART("response.content_part.done", 5, 0) RDONE(6, 0, "m")
+               RADD(7, 1, RFC) RARGS("response.function_call_arguments.delta", 8, 1)
+                   RARGS("response.function_call_arguments.done", 9, 1) RDONE(10, 1, "f") REND(11, "[{},{}]"),
+       0, NULL);
+    rs(RADD(1, 0, RMSG), TG_PROTO_EGRAMMAR, "before response.created");
+    rs(RCREATED RADD(0, 0, RMSG), TG_PROTO_EGRAMMAR, "sequence_number");
+    rs(RCREATED RADD(1, 1, RMSG), TG_PROTO_EGRAMMAR, "output_index 1 where 0 comes next");
+    rs(RCREATED RADD(1, 0, RMSG) RADD(2, 1, RMSG), TG_PROTO_EGRAMMAR, "while item 0 is open");
+    rs(RCREATED RADD(1, 0, RMSG) RPART("response.output_text.delta", 2, 0), TG_PROTO_EGRAMMAR, "no content part");
+    rs(RCREATED RADD(1, 0, RFC) RDONE(2, 0, "f"), TG_PROTO_EGRAMMAR, "before function_call_arguments.done");
+    rs(RCREATED RADD(1, 0, RMSG) RARGS("response.function_call_arguments.delta", 2, 0), TG_PROTO_EGRAMMAR,
+       "not for the open function_call");
+    rs(RCREATED RADD(1, 0, RMSG) REND(2, "[]"), TG_PROTO_EGRAMMAR, "the end while item 0 is open");
+    rs(RCREATED REND(1, "[{}]"), TG_PROTO_EGRAMMAR, "response.output has 1 items, 0 were sent");
+    rs(RCREATED RADD(1, 0, "{\"id\":\"f\",\"type\":\"function_call\"}"), TG_PROTO_EGRAMMAR, "without its call_id");
+    rs(RCREATED, TG_PROTO_EGRAMMAR, "the stream ends before response.completed");
+    rs(RCREATED RE("error", 1, ",\"message\":\"x\""), 0, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_anthropic_valid),  cmocka_unit_test(test_anthropic_violations),
+        cmocka_unit_test(test_anthropic_valid),
+        cmocka_unit_test(test_responses_grammar),  cmocka_unit_test(test_anthropic_violations),
         cmocka_unit_test(test_openai_valid),     cmocka_unit_test(test_openai_violations),
         cmocka_unit_test(test_sse_splitter),     cmocka_unit_test(test_strerror),
     };

@@ -70,15 +70,7 @@ static int parse_image(tg_pool_t *pool, json_t *part, tg_proto_block_t *bl, cons
     const char *url = json_string_value(json_is_object(iu) ? json_object_get(iu, "url") : iu);
     if (!url)
         return bad(err, errlen, path, "image_url.url: expected a string");
-    bl->bl_type = TG_PROTO_BLOCK_IMAGE;
-    const char *b64 = strstr(url, ";base64,");
-    if (strncmp(url, "data:", 5) == 0 && b64) {
-        bl->bl_media_type = tg_pool_strndup(pool, url + 5, (size_t)(b64 - url - 5));
-        bl->bl_data = tg_proto__strdup(pool, b64 + 8);
-        return bl->bl_media_type && bl->bl_data ? 0 : TG_PROTO_ENOMEM;
-    }
-    bl->bl_url = tg_proto__strdup(pool, url);
-    return bl->bl_url ? 0 : TG_PROTO_ENOMEM;
+    return tg_proto__image_url(pool, url, bl);
 }
 
 /* ---- usage --------------------------------------------------------------- */
@@ -296,15 +288,9 @@ static int parse_tools(tg_pool_t *pool, json_t *root, tg_proto_request_t *rq, ch
     }
     json_t *tc = json_object_get(root, "tool_choice");
     if (json_is_string(tc)) {
-        const char *v = json_string_value(tc);
-        if (!strcmp(v, "auto"))
-            rq->rq_tool_choice = TG_PROTO_TOOLS_AUTO;
-        else if (!strcmp(v, "required"))
-            rq->rq_tool_choice = TG_PROTO_TOOLS_ANY;
-        else if (!strcmp(v, "none"))
-            rq->rq_tool_choice = TG_PROTO_TOOLS_NONE;
-        else
-            return tg_errf(err, errlen, TG_PROTO_EINVALID, "tool_choice: unknown value '%s'", v);
+        int rc = tg_proto__tool_choice_word(json_string_value(tc), rq, err, errlen);
+        if (rc)
+            return rc;
     } else if (json_is_object(tc)) {
         const char *name = json_string_value(json_object_get(json_object_get(tc, "function"), "name"));
         if (!name)
@@ -348,18 +334,9 @@ static int parse_params(tg_pool_t *pool, json_t *root, tg_proto_request_t *rq, c
     } else if (v && !json_is_null(v)) {
         return bad(err, errlen, "stop", "expected a string or an array");
     }
-    if ((v = json_object_get(root, "temperature")) && !json_is_null(v)) {
-        if (!json_is_number(v))
-            return bad(err, errlen, "temperature", "expected a number");
-        rq->rq_has_temperature = 1;
-        rq->rq_temperature = json_number_value(v);
-    }
-    if ((v = json_object_get(root, "top_p")) && !json_is_null(v)) {
-        if (!json_is_number(v))
-            return bad(err, errlen, "top_p", "expected a number");
-        rq->rq_has_top_p = 1;
-        rq->rq_top_p = json_number_value(v);
-    }
+    int rc = tg_proto__sampling(root, rq, err, errlen);
+    if (rc)
+        return rc;
     const char *mt = json_object_get(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     if ((v = json_object_get(root, mt)) && !json_is_null(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1)

@@ -11,6 +11,7 @@
 const tg_proto_adapter_t *const tg_proto__adapters[TG_PROTO_NKINDS] = {
     [TG_PROTO_OPENAI] = &tg_proto__openai,
     [TG_PROTO_ANTHROPIC] = &tg_proto__anthropic,
+    [TG_PROTO_RESPONSES] = &tg_proto__responses,
 };
 
 /* ---- names and protocol facts ------------------------------------------- */
@@ -199,6 +200,50 @@ int64_t tg_proto__count(json_t *o, const char *key)
     if (!json_is_integer(v) || json_integer_value(v) < 0)
         return 0;
     return json_integer_value(v);
+}
+
+int tg_proto__image_url(tg_pool_t *pool, const char *url, tg_proto_block_t *bl)
+{
+    bl->bl_type = TG_PROTO_BLOCK_IMAGE;
+    const char *b64 = strstr(url, ";base64,");
+    if (strncmp(url, "data:", 5) == 0 && b64) {
+        bl->bl_media_type = tg_pool_strndup(pool, url + 5, (size_t)(b64 - url - 5));
+        bl->bl_data = tg_proto__strdup(pool, b64 + 8);
+        return bl->bl_media_type && bl->bl_data ? 0 : TG_PROTO_ENOMEM;
+    }
+    bl->bl_url = tg_proto__strdup(pool, url);
+    return bl->bl_url ? 0 : TG_PROTO_ENOMEM;
+}
+
+int tg_proto__sampling(json_t *root, tg_proto_request_t *rq, char *err, size_t errlen)
+{
+    json_t *v;
+    if ((v = json_object_get(root, "temperature")) && !json_is_null(v)) {
+        if (!json_is_number(v))
+            return tg_errf(err, errlen, TG_PROTO_EINVALID, "temperature: expected a number");
+        rq->rq_has_temperature = 1;
+        rq->rq_temperature = json_number_value(v);
+    }
+    if ((v = json_object_get(root, "top_p")) && !json_is_null(v)) {
+        if (!json_is_number(v))
+            return tg_errf(err, errlen, TG_PROTO_EINVALID, "top_p: expected a number");
+        rq->rq_has_top_p = 1;
+        rq->rq_top_p = json_number_value(v);
+    }
+    return 0;
+}
+
+int tg_proto__tool_choice_word(const char *v, tg_proto_request_t *rq, char *err, size_t errlen)
+{
+    if (!strcmp(v, "auto"))
+        rq->rq_tool_choice = TG_PROTO_TOOLS_AUTO;
+    else if (!strcmp(v, "required"))
+        rq->rq_tool_choice = TG_PROTO_TOOLS_ANY;
+    else if (!strcmp(v, "none"))
+        rq->rq_tool_choice = TG_PROTO_TOOLS_NONE;
+    else
+        return tg_errf(err, errlen, TG_PROTO_EINVALID, "tool_choice: unknown value '%s'", v);
+    return 0;
 }
 
 /* ---- whole-body conversions --------------------------------------------- */

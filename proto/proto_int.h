@@ -20,7 +20,11 @@
  * block's kind, stop; one open at a time), message_delta, message_stop.
  * OpenAI: role first, tool-call indices 0..n each opened once with id, type
  * and name, later deltas arguments only, one finish_reason, the usage chunk
- * only when asked, [DONE] last. */
+ * only when asked, [DONE] last. Responses: response.created first, output
+ * items 0..n one open at a time (a message's content parts, its text deltas
+ * and done events; a function_call's argument deltas and done), then
+ * response.completed or response.incomplete with the whole response;
+ * sequence_number increasing. */
 typedef struct tg_proto_check {
     tg_proto_kind_t ck_kind;
     int ck_state;      /* protocol-specific phase */
@@ -30,6 +34,10 @@ typedef struct tg_proto_check {
     int ck_next;       /* Anthropic: next block index; OpenAI: next tool-call index */
     int ck_tool_sent;  /* a tool block / tool call was sent */
     int ck_include_usage;
+    int64_t ck_seq;    /* Responses: the last sequence_number, -1 none */
+    int ck_parts;      /* Responses: content parts of the open message item */
+    int ck_part_open;  /* Responses: a content part is open */
+    int ck_args_done;  /* Responses: the open call's arguments are done */
     char ck_id[128];   /* OpenAI: the chunk id every chunk repeats */
 } tg_proto_check_t;
 
@@ -98,7 +106,20 @@ typedef struct tg_proto_an_dec {
     int ad_ended;
 } tg_proto_an_dec_t;
 
-/* Encoder state (either output protocol). */
+/* Responses encoder state (responses.c): what response.completed repeats. */
+typedef struct tg_proto_rs_enc {
+    int64_t re_seq;      /* the next sequence_number */
+    json_t *re_items;    /* output items done so far */
+    tg_buf_t re_acc;     /* the open item's text or arguments */
+    int re_skip;         /* no item is open (or the open block is not shown) */
+    int re_tool;         /* the open item is a function_call */
+    char *re_call_id;    /* tg_malloc */
+    char *re_name;       /* tg_malloc */
+    char re_id[160];     /* resp_... */
+    char re_item[200];   /* the open item's id */
+} tg_proto_rs_enc_t;
+
+/* Encoder state (any output protocol). */
 typedef struct tg_proto_enc {
     int en_started;
     int en_ended;
@@ -107,6 +128,7 @@ typedef struct tg_proto_enc {
     char en_id[128];
     char en_model[256];
     int64_t en_created;
+    tg_proto_rs_enc_t *en_rs; /* Responses: tg_malloc, freed by pa_enc_free */
 } tg_proto_enc_t;
 
 struct tg_proto_stream {
@@ -173,10 +195,13 @@ typedef struct tg_proto_adapter {
     int (*pa_enc_event)(tg_proto_stream_t *s, const tg_proto_event_t *ev);
     /* appends the client's stream error event (unchecked) */
     int (*pa_enc_error)(tg_proto_stream_t *s, const tg_proto_errinfo_t *e, tg_buf_t *out);
+    /* frees the encoder's own state (tg_proto_stream_destroy); may be NULL */
+    void (*pa_enc_free)(tg_proto_stream_t *s);
 } tg_proto_adapter_t;
 
 extern const tg_proto_adapter_t tg_proto__openai;
 extern const tg_proto_adapter_t tg_proto__anthropic;
+extern const tg_proto_adapter_t tg_proto__responses;
 extern const tg_proto_adapter_t *const tg_proto__adapters[TG_PROTO_NKINDS];
 
 /* ---- shared helpers (proto.c) ------------------------------------------- */
@@ -195,6 +220,14 @@ json_t *tg_proto__load(const char *text, const char *what, char *err, size_t err
 int tg_proto__append_json(tg_buf_t *out, json_t *v);
 /* Reads an integer count >= 0 at key of o (absent or null: 0). */
 int64_t tg_proto__count(json_t *o, const char *key);
+
+/* OpenAI's image URL into an IMAGE block: a data: URL becomes base64 with
+ * its media type, any other URL stays a URL. 0 or TG_PROTO_ENOMEM. */
+int tg_proto__image_url(tg_pool_t *pool, const char *url, tg_proto_block_t *bl);
+/* temperature and top_p (OpenAI's and the Responses API's). 0 or EINVALID. */
+int tg_proto__sampling(json_t *root, tg_proto_request_t *rq, char *err, size_t errlen);
+/* tool_choice "auto" / "required" / "none". 0 or EINVALID. */
+int tg_proto__tool_choice_word(const char *v, tg_proto_request_t *rq, char *err, size_t errlen);
 
 /* A field path for error messages ("messages[2].content[0]"), cut to fit. */
 #define TG_PROTO_PATHLEN 160

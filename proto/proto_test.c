@@ -48,19 +48,34 @@ static int updating(char *path, size_t len, const char *name)
     return 1;
 }
 
-/* "created":123 -> "created":0, so outputs compare across seconds. */
+/* The earlier of "created":123 and "created_at":123, or NULL; *klen the
+ * key's length with its colon. */
+static const char *next_created(const char *p, size_t *klen)
+{
+    const char *a = strstr(p, "\"created\":"), *b = strstr(p, "\"created_at\":");
+    if (b && (!a || b < a)) {
+        *klen = 13;
+        return b;
+    }
+    *klen = 10;
+    return a;
+}
+
+/* "created":123 -> "created":0 (and created_at), so outputs compare across
+ * seconds. */
 static void zero_created(tg_buf_t *b)
 {
     tg_buf_t o;
     tg_buf_init(&o, b->b_max);
     const char *p = b->b_data ? b->b_data : "", *end = p + b->b_len;
     while (p < end) {
-        const char *k = strstr(p, "\"created\":");
+        size_t klen;
+        const char *k = next_created(p, &klen);
         if (!k) {
             assert_int_equal(tg_buf_append(&o, p, (size_t)(end - p)), 0);
             break;
         }
-        k += 10;
+        k += klen;
         assert_int_equal(tg_buf_append(&o, p, (size_t)(k - p)), 0);
         assert_int_equal(tg_buf_puts(&o, "0"), 0);
         while (k < end && *k >= '0' && *k <= '9')
@@ -77,6 +92,7 @@ static void golden_json(const char *name, const char *out, size_t len)
     json_t *got = json_loadb(out, len, 0, NULL);
     assert_non_null(got);
     json_object_del(got, "created");
+    json_object_del(got, "created_at");
     if (updating(path, sizeof path, name)) {
         assert_int_equal(json_dump_file(got, path, JSON_INDENT(2)), 0);
         json_decref(got);
@@ -264,6 +280,10 @@ static void test_golden_requests(void **state)
     /* and back: what a second hop would send */
     convert_request("anthropic_request.to_openai.json", TG_PROTO_OPENAI, TG_PROTO_ANTHROPIC,
                     "anthropic_request.roundtrip.json");
+    /* a Responses client on a chat channel (and on an Anthropic one) */
+    convert_request("responses_request.json", TG_PROTO_RESPONSES, TG_PROTO_OPENAI, "responses_request.to_openai.json");
+    convert_request("responses_request.json", TG_PROTO_RESPONSES, TG_PROTO_ANTHROPIC,
+                    "responses_request.to_anthropic.json");
 }
 
 static void test_golden_responses(void **state)
@@ -271,6 +291,9 @@ static void test_golden_responses(void **state)
     (void)state;
     convert_response("openai_response.json", TG_PROTO_OPENAI, TG_PROTO_ANTHROPIC, "openai_response.to_anthropic.json");
     convert_response("anthropic_response.json", TG_PROTO_ANTHROPIC, TG_PROTO_OPENAI, "anthropic_response.to_openai.json");
+    convert_response("openai_response.json", TG_PROTO_OPENAI, TG_PROTO_RESPONSES, "openai_response.to_responses.json");
+    convert_response("anthropic_response.json", TG_PROTO_ANTHROPIC, TG_PROTO_RESPONSES,
+                     "anthropic_response.to_responses.json");
 }
 
 static void test_golden_streams(void **state)
@@ -280,6 +303,8 @@ static void test_golden_streams(void **state)
     convert_stream("anthropic_stream.sse", TG_PROTO_ANTHROPIC, TG_PROTO_OPENAI, "anthropic_stream.to_openai.sse");
     convert_stream("anthropic_stream.sse", TG_PROTO_ANTHROPIC, TG_PROTO_ANTHROPIC, "anthropic_stream.to_anthropic.sse");
     convert_stream("openai_stream.sse", TG_PROTO_OPENAI, TG_PROTO_OPENAI, "openai_stream.to_openai.sse");
+    convert_stream("openai_stream.sse", TG_PROTO_OPENAI, TG_PROTO_RESPONSES, "openai_stream.to_responses.sse");
+    convert_stream("anthropic_stream.sse", TG_PROTO_ANTHROPIC, TG_PROTO_RESPONSES, "anthropic_stream.to_responses.sse");
 }
 
 /* ---- peers' bugs ------------------------------------------------------------- */
@@ -797,6 +822,104 @@ static void test_stream_end_at_reservation(void **state)
     tg_buf_free(&out);
 }
 
+
+/* ---- the Responses API as a client protocol ------------------------------ */
+
+static int parse_rs(const char *body, char *err, size_t errlen)
+{
+    tg_pool_t *pool = tg_pool_create(0);
+    tg_proto_request_t rq;
+    int rc = tg_proto_parse_request(TG_PROTO_RESPONSES, pool, body, strlen(body), &rq, err, errlen);
+    tg_pool_destroy(pool);
+    return rc;
+}
+
+/* Stateless only, function tools only, each refusal naming its field. */
+static void test_responses_refusals(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}", err, sizeof err),
+                     TG_PROTO_EUNSUPPORTED);
+    assert_non_null(strstr(err, "previous_response_id"));
+    err[0] = '\0';
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":\"hi\",\"tools\":[{\"type\":\"function\",\"name\":\"f\"},"
+                              "{\"type\":\"web_search_preview\"}]}",
+                              err, sizeof err),
+                     TG_PROTO_EUNSUPPORTED);
+    assert_non_null(strstr(err, "tools[1]: the 'web_search_preview' tool"));
+    err[0] = '\0';
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":\"msg_1\"}]}", err,
+                              sizeof err),
+                     TG_PROTO_EUNSUPPORTED);
+    assert_non_null(strstr(err, "input[0]: item_reference"));
+    err[0] = '\0';
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":\"hi\",\"conversation\":\"conv_1\"}", err, sizeof err),
+                     TG_PROTO_EUNSUPPORTED);
+    err[0] = '\0';
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":3}", err, sizeof err), TG_PROTO_EINVALID);
+    assert_non_null(strstr(err, "input:"));
+    err[0] = '\0';
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":\"hi\",\"max_output_tokens\":0}", err, sizeof err),
+                     TG_PROTO_EINVALID);
+    assert_int_equal(parse_rs("{\"model\":\"m\",\"input\":\"hi\",\"store\":true,\"max_output_tokens\":5}", err,
+                              sizeof err),
+                     0);
+    /* an upstream it never is */
+    tg_proto_request_t rq = {0};
+    tg_buf_t out;
+    tg_buf_init(&out, 1 << 16);
+    assert_int_equal(tg_proto_write_request(TG_PROTO_RESPONSES, &rq, &out, err, sizeof err), TG_PROTO_EUNSUPPORTED);
+    tg_buf_free(&out);
+    /* errors in OpenAI's shape and statuses */
+    assert_int_equal(tg_proto_errtype_status(TG_PROTO_RESPONSES, TG_PROTO_ERR_OVERLOADED), 503);
+}
+
+/* The reservation stop ends a converted Responses stream with
+ * response.incomplete (max_output_tokens), the open item closed. */
+static void test_responses_end_at_reservation(void **state)
+{
+    (void)state;
+    tg_proto_stream_opts_t o = opts(TG_PROTO_OPENAI, TG_PROTO_RESPONSES);
+    tg_proto_stream_t *s;
+    char err[TG_ERRLEN] = "";
+    assert_int_equal(tg_proto_stream_create(&o, &s, err, sizeof err), 0);
+    tg_buf_t out;
+    tg_buf_init(&out, 1 << 16);
+    const char *in = OA_ROLE OA_CHUNK("{\"content\":\"partial\"}", "null");
+    assert_int_equal(tg_proto_stream_feed(s, in, strlen(in), &out, err, sizeof err), 0);
+    assert_int_equal(tg_proto_stream_end(s, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err), 0);
+    assert_true(tg_proto_stream_done(s));
+    assert_non_null(strstr(out.b_data, "event: response.incomplete"));
+    assert_non_null(strstr(out.b_data, "\"incomplete_details\":{\"reason\":\"max_output_tokens\"}"));
+    assert_non_null(strstr(out.b_data, "\"input_tokens\":1190")); /* the local count: no usage came */
+    if (tg_proto_stream_check(TG_PROTO_RESPONSES, out.b_data, out.b_len, 0, err, sizeof err))
+        fail_msg("%s\n%s", err, out.b_data);
+    tg_proto_stream_destroy(s);
+    tg_buf_free(&out);
+}
+
+/* An upstream error and a cut stream become the Responses error event. */
+static void test_responses_stream_errors(void **state)
+{
+    (void)state;
+    tg_buf_t out;
+    char err[TG_ERRLEN] = "";
+    int rc = sse(TG_PROTO_OPENAI, TG_PROTO_RESPONSES, 0,
+                 OA_ROLE OA_CHUNK("{\"content\":\"x\"}", "null") "data: {\"error\":{\"message\":\"boom\"}}\n\n", &out,
+                 err, sizeof err);
+    assert_int_equal(rc, TG_PROTO_EUPSTREAM);
+    assert_non_null(strstr(out.b_data, "event: error\ndata: {\"type\":\"error\""));
+    assert_non_null(strstr(out.b_data, "boom"));
+    assert_int_equal(tg_proto_stream_check(TG_PROTO_RESPONSES, out.b_data, out.b_len, 0, err, sizeof err), 0);
+    tg_buf_free(&out);
+    rc = sse(TG_PROTO_OPENAI, TG_PROTO_RESPONSES, 0, OA_ROLE OA_CHUNK("{\"content\":\"x\"}", "null"), &out, err,
+             sizeof err);
+    assert_int_equal(rc, TG_PROTO_EUPSTREAM);
+    assert_int_equal(tg_proto_stream_check(TG_PROTO_RESPONSES, out.b_data, out.b_len, 0, err, sizeof err), 0);
+    tg_buf_free(&out);
+}
+
 /* The agent's view: usage normalized with the raw object, events counted. */
 static void count_text(void *arg, const tg_proto_event_t *ev)
 {
@@ -968,6 +1091,9 @@ int main(void)
         cmocka_unit_test(test_upstream_error_event),
         cmocka_unit_test(test_grammar_violation_becomes_error),
         cmocka_unit_test(test_stream_end_at_reservation),
+        cmocka_unit_test(test_responses_refusals),
+        cmocka_unit_test(test_responses_end_at_reservation),
+        cmocka_unit_test(test_responses_stream_errors),
         cmocka_unit_test(test_stream_result),
         cmocka_unit_test(test_mutated_streams_stay_grammatical),
         cmocka_unit_test(test_count_text),

@@ -127,6 +127,8 @@ void tg_proto_stream_destroy(tg_proto_stream_t *s)
     if (!s)
         return;
     s->st_from->pa_dec_free(s);
+    if (s->st_to->pa_enc_free)
+        s->st_to->pa_enc_free(s);
     tg_proto__sse_free(&s->st_sse);
     tg_free(s->st_raw);
     tg_free(s->st_stop_seq);
@@ -193,7 +195,7 @@ int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
     tg_buf_t *out = s->st_out;
     size_t len = out->b_len;
     int rc = 0;
-    if (s->st_opts.so_to == TG_PROTO_ANTHROPIC)
+    if (s->st_opts.so_to != TG_PROTO_OPENAI) /* named events */
         rc = tg_buf_printf(out, "event: %s\ndata: ", event);
     else
         rc = tg_buf_puts(out, "data: ");

@@ -58,10 +58,11 @@ const char *tg_proto_strerror(int code);
 typedef enum tg_proto_kind {
     TG_PROTO_OPENAI = 0,    /* POST /v1/chat/completions */
     TG_PROTO_ANTHROPIC = 1, /* POST /v1/messages */
-    TG_PROTO_NKINDS = 2
+    TG_PROTO_RESPONSES = 2, /* POST /v1/responses: a client protocol only (never an upstream) */
+    TG_PROTO_NKINDS = 3
 } tg_proto_kind_t;
 
-/* "openai" or "anthropic". Never NULL. */
+/* "openai", "anthropic" or "responses". Never NULL. */
 const char *tg_proto_name(tg_proto_kind_t kind);
 
 /* The upstream path of a chat request in that protocol

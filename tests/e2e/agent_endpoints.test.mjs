@@ -248,7 +248,7 @@ test('images: images counted from data[] and priced per image, plus usage tokens
   assert.equal(BigInt(rec.cost_nano), cost({ input: p, output: 2 * DEFAULT_TOKENS, images: 2 }, IMG));
 });
 
-test('a model only Anthropic-type channels serve: OpenAI 400 on the passthrough endpoints', async () => {
+test('a model only Anthropic-type channels serve: OpenAI 400 on embeddings and images, Responses converted', async () => {
   const before = (await mock.requests()).count;
   await assert.rejects(client.embeddings.create({ model: 'claude-only', input: 'x' }), (e) => {
     assert.equal(e.status, 400);
@@ -257,9 +257,12 @@ test('a model only Anthropic-type channels serve: OpenAI 400 on the passthrough 
     assert.match(e.headers.get('x-request-id'), /^req_/);
     return true;
   });
-  await assert.rejects(client.responses.create({ model: 'claude-only', input: 'x' }), (e) => e.status === 400);
   await assert.rejects(client.images.generate({ model: 'claude-only', prompt: 'x' }), (e) => e.status === 400);
   assert.equal((await mock.requests()).count, before, 'nothing reached an upstream');
+  // Responses converts (proto/, issue 13 item 5): past the protocol check,
+  // refused here only because claude-only has no price
+  await assert.rejects(client.responses.create({ model: 'claude-only', input: 'x' }),
+    (e) => e.status === 503 && e.code === 'model_not_priced');
 });
 
 test('stream: true on embeddings is refused with an OpenAI 400', async () => {
