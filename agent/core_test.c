@@ -270,6 +270,28 @@ static void test_usage_top_level_only(void **st)
 }
 
 /* Issue 14: counts are read strictly and held to the request's bounds. */
+/* Vendors' own names for cache reads: DeepSeek and Moonshot Kimi; OpenAI's
+ * name wins when both are there. */
+static void test_usage_vendor_cache(void **st)
+{
+    (void)st;
+    tg_usage_t u;
+    const char *ds = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"total_tokens\":105,"
+                     "\"prompt_cache_hit_tokens\":60,\"prompt_cache_miss_tokens\":40}";
+    assert_int_equal(tg_agent_usage_parse(ds, strlen(ds), &u), 0);
+    assert_int_equal(u.us_prompt, 100);
+    assert_int_equal(u.us_cached, 60);
+    const char *kimi = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"cached_tokens\":30}";
+    assert_int_equal(tg_agent_usage_parse(kimi, strlen(kimi), &u), 0);
+    assert_int_equal(u.us_cached, 30);
+    const char *both = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":60,"
+                       "\"prompt_tokens_details\":{\"cached_tokens\":20}}";
+    assert_int_equal(tg_agent_usage_parse(both, strlen(both), &u), 0);
+    assert_int_equal(u.us_cached, 20);
+    const char *bad = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":1e9}";
+    assert_int_equal(tg_agent_usage_parse(bad, strlen(bad), &u), TG_AGENT_ERANGE);
+}
+
 static void test_usage_strict(void **st)
 {
     (void)st;
@@ -498,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_usage),       cmocka_unit_test(test_collect_text),
         cmocka_unit_test(test_usage_other_endpoints),
         cmocka_unit_test(test_usage_top_level_only), cmocka_unit_test(test_usage_strict),
+        cmocka_unit_test(test_usage_vendor_cache),
         cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };

@@ -36,6 +36,7 @@ static int one_count(tg_json_t *j, long *v, int *bad)
  * names. */
 typedef struct counts {
     long c_prompt[2], c_compl[2], c_cached[2], c_reason[2];
+    long c_vcached; /* a vendor's own name for cached prompt tokens */
     int c_bad;
 } counts_t;
 
@@ -59,6 +60,12 @@ static int usage_member(tg_json_t *j, const char *name, void *arg)
                                            {"completion_tokens", "output_tokens"},
                                            {"prompt_tokens_details", "input_tokens_details"},
                                            {"completion_tokens_details", "output_tokens_details"}};
+    /* OpenAI-compatible vendors that report cache reads under their own
+     * names, inside prompt_tokens as OpenAI's cached_tokens are: DeepSeek's
+     * prompt_cache_hit_tokens (beside prompt_cache_miss_tokens), Moonshot
+     * Kimi's top-level cached_tokens. Qwen, GLM and Gemini use OpenAI's. */
+    if (strcmp(name, "prompt_cache_hit_tokens") == 0 || strcmp(name, "cached_tokens") == 0)
+        return one_count(j, &c->c_vcached, &c->c_bad);
     for (int k = 0; k < 2; k++) {
         if (strcmp(name, names[0][k]) == 0)
             return one_count(j, &c->c_prompt[k], &c->c_bad);
@@ -74,7 +81,7 @@ static int usage_member(tg_json_t *j, const char *name, void *arg)
 
 int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
 {
-    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, 0};
+    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1, 0};
     tg_json_t j;
     tg_usage_t t;
     tg_json_init(&j, json, len, NULL, 0);
@@ -82,7 +89,7 @@ int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
         return TG_AGENT_EJSON;
     t.us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
     t.us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
-    t.us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
+    t.us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1] >= 0 ? c.c_cached[1] : c.c_vcached;
     t.us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
     /* *u changes only with a usage the caller keeps: a stream's later
      * {"total_tokens":N} must not wipe the counts of an earlier chunk. */
