@@ -10,6 +10,17 @@
 #include "proto/tg_proto.h"
 #include "tests/fuzz/fuzz.h"
 
+/* feed and finish return 0 or one of the codes that end a stream with the
+ * client's error event */
+static void rc_ok(int rc, const char *err)
+{
+    int ok = rc == 0 || rc == TG_PROTO_EGRAMMAR || rc == TG_PROTO_EUPSTREAM || rc == TG_PROTO_EJSON ||
+             rc == TG_PROTO_ETOOBIG || rc == TG_PROTO_EUNSUPPORTED;
+    if (!ok)
+        fprintf(stderr, "unexpected %d (%s): %s\n", rc, tg_proto_strerror(rc), err);
+    TG_FUZZ_CHECK(ok);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -36,13 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (k > n - off)
             k = n - off;
         rc = tg_proto_stream_feed(s, p + off, k, &out, err, sizeof err);
-        TG_FUZZ_CHECK(rc == 0 || rc == TG_PROTO_EGRAMMAR || rc == TG_PROTO_EUPSTREAM || rc == TG_PROTO_EJSON ||
-                      rc == TG_PROTO_ETOOBIG);
+        rc_ok(rc, err);
         off += k;
     }
     rc = tg_proto_stream_finish(s, &out, err, sizeof err);
-    TG_FUZZ_CHECK(rc == 0 || rc == TG_PROTO_EGRAMMAR || rc == TG_PROTO_EUPSTREAM || rc == TG_PROTO_EJSON ||
-                  rc == TG_PROTO_ETOOBIG);
+    rc_ok(rc, err);
     TG_FUZZ_CHECK(tg_proto_stream_done(s));
     tg_proto_usage_t u;
     tg_proto_stop_t stop;
