@@ -3,7 +3,8 @@
  * the client's protocol; the rest is its body. A parse returns one of its
  * documented codes; a parsed request is written in both protocols (each
  * write returns 0 or a documented code), every written body is JSON, and
- * one written in the protocol it was read from parses again.
+ * one written in the protocol it was read from parses again (unless every
+ * message was empty: the writers drop empty messages).
  */
 #include <jansson.h>
 #include <stdint.h>
@@ -46,7 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             json_t *v = json_loadb(out.b_data, out.b_len, 0, &je);
             TG_FUZZ_CHECK(v != NULL);
             json_decref(v);
-            if (to == (int)kind) {
+            /* the writers drop messages without blocks (README), so a
+             * request of only empty messages writes "messages": [] */
+            size_t full = 0;
+            for (size_t i = 0; i < rq.rq_nmsgs; i++)
+                full += rq.rq_msgs[i].ms_nblocks > 0;
+            if (to == (int)kind && full > 0) {
                 tg_proto_request_t again;
                 char perr[256] = "";
                 int prc = tg_proto_parse_request(kind, pool, out.b_data, out.b_len, &again, perr, sizeof perr);
