@@ -337,7 +337,9 @@ int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t
  * out holds bytes to send even when the call fails: on a grammar violation,
  * an upstream error event or a malformed event the client's error event is
  * appended, the stream is over, and the call returns TG_PROTO_EGRAMMAR,
- * TG_PROTO_EUPSTREAM, TG_PROTO_EJSON or TG_PROTO_ETOOBIG. TG_PROTO_ENOMEM
+ * TG_PROTO_EUPSTREAM, TG_PROTO_EJSON, TG_PROTO_ETOOBIG or
+ * TG_PROTO_EUNSUPPORTED (an OpenAI upstream's tool-call index past the
+ * converter's 128). TG_PROTO_ENOMEM
  * (or out's own ETOOBIG) leave the stream over without an error event.
  * After the stream is over, feeding is a no-op returning 0. */
 int tg_proto_stream_feed(tg_proto_stream_t *s, const char *bytes, size_t n, tg_buf_t *out, char *err,

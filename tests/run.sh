@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs dependencies, builds everything (gcc, and a
-# clang compile check), runs every C unit test (cmocka, under ASan+UBSan) and
+# clang compile check), runs every C unit test (cmocka, under ASan+UBSan; the
+# fuzz targets' corpus replays are among them), each libFuzzer target for a
+# few seconds, and
 # every end-to-end test (node --test against real processes), prints each
 # failure and a last line "N passed, N failed" that sums all suites.
 # Exits non-zero on any failure: a suite's own counts, and also the exit
@@ -13,7 +15,9 @@
 #
 # Environment: TG_SKIP_DEPS=1 skips deploy/install-deps.sh; TG_SKIP_CLANG=1
 # skips the clang build; TG_E2E_FILTER=regex runs only matching e2e files;
-# TG_ONLY=c|e2e runs one half; TG_SKIP_ASAN_E2E=1 skips the ASan e2e pass.
+# TG_ONLY=c|e2e runs one half; TG_SKIP_ASAN_E2E=1 skips the ASan e2e pass;
+# TG_SKIP_FUZZ=1 skips the short libFuzzer runs, TG_FUZZ_SECONDS sets their
+# length (default 8 s per target).
 # Logs go to a fresh directory (printed), never to fixed /tmp paths.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +102,30 @@ if [ "${TG_ONLY:-}" != e2e ]; then
   done
   if [ $brc != 0 ] && [ $cfail = 0 ]; then
     failed=$((failed + 1)); note_fail "bazel test --config=asan //... exited $brc (log: $LOGDIR/asan-test.log)"
+  fi
+fi
+
+# ---- fuzz targets, briefly --------------------------------------------------
+# Each libFuzzer target (tests/fuzz.sh list) runs TG_FUZZ_SECONDS (default 8)
+# from its seed corpus only, with a throwaway working corpus: a finding is one
+# failure, a clean run one pass. Their corpora were replayed above as
+# ordinary gcc tests (<target>_replay). TG_SKIP_FUZZ=1 skips this.
+if [ "${TG_ONLY:-}" != e2e ] && [ "${TG_SKIP_FUZZ:-0}" != 1 ]; then
+  section "fuzz targets (libFuzzer, ${TG_FUZZ_SECONDS:-8}s each)"
+  mapfile -t fuzzers < <(tests/fuzz.sh list)
+  if ((${#fuzzers[@]})) && ! "${BAZEL[@]}" build --config=fuzz "${fuzzers[@]}" >"$LOGDIR/fuzz-build.log" 2>&1; then
+    tail -n 40 "$LOGDIR/fuzz-build.log"
+    failed=$((failed + 1)); note_fail "bazel build --config=fuzz (fuzz targets) failed"
+  else
+    for t in "${fuzzers[@]}"; do
+      name=${t##*:}
+      if TG_FUZZ_WORK="$LOGDIR/fuzz" tests/fuzz.sh "$t" "${TG_FUZZ_SECONDS:-8}" >"$LOGDIR/fuzz-$name.log" 2>&1; then
+        passed=$((passed + 1)); echo "$t: $(grep -aoE 'Done [0-9]+ runs in [0-9]+ second' "$LOGDIR/fuzz-$name.log"), no finding"
+      else
+        failed=$((failed + 1)); note_fail "$t: fuzz finding (log: $LOGDIR/fuzz-$name.log, input in $LOGDIR/fuzz/$name/)"
+        grep -aE 'ERROR|fuzz check failed|runtime error|Test unit written' "$LOGDIR/fuzz-$name.log" | head -n 5
+      fi
+    done
   fi
 fi
 
