@@ -1,8 +1,9 @@
 /* request_fuzz.c: libFuzzer target for the request converters
- * (tg_proto_parse_request, openai.c and anthropic.c). The first byte picks
- * the client's protocol; the rest is its body. A parse returns one of its
- * documented codes; a parsed request is written in both protocols (each
- * write returns 0 or a documented code), every written body is JSON, and
+ * (tg_proto_parse_request, openai.c, anthropic.c and responses.c). The
+ * first byte picks the client's protocol; the rest is its body. A parse
+ * returns one of its documented codes; a parsed request is written in every
+ * protocol (each write returns 0 or a documented code; Responses is a
+ * client-side protocol only, so writing it is EUNSUPPORTED), every written body is JSON, and
  * one written in the protocol it was read from parses again (unless every
  * message was empty: the writers drop empty messages).
  */
@@ -16,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    tg_proto_kind_t kind = (data[0] & 1) ? TG_PROTO_ANTHROPIC : TG_PROTO_OPENAI;
+    tg_proto_kind_t kind = data[0] % 3 == 2 ? TG_PROTO_RESPONSES : (data[0] & 1) ? TG_PROTO_ANTHROPIC : TG_PROTO_OPENAI;
     const char *body = (const char *)data + 1;
     size_t len = size - 1;
 
@@ -41,7 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tg_buf_init(&out, 1 << 24);
         char werr[256] = "";
         rc = tg_proto_write_request((tg_proto_kind_t)to, &rq, &out, werr, sizeof werr);
-        TG_FUZZ_CHECK(rc == 0 || rc == TG_PROTO_EINVALID);
+        TG_FUZZ_CHECK(rc == 0 || rc == TG_PROTO_EINVALID ||
+                      (to == TG_PROTO_RESPONSES && rc == TG_PROTO_EUNSUPPORTED));
         if (rc == 0) {
             json_error_t je;
             json_t *v = json_loadb(out.b_data, out.b_len, 0, &je);
