@@ -1210,21 +1210,13 @@ static int enc_event(tg_proto_stream_t *s, const tg_proto_event_t *ev)
     }
     case TG_PROTO_EV_ERROR: break;
     }
-    return tg_proto__fail(s, TG_PROTO_EUPSTREAM, ev->ev_error ? ev->ev_error->pe_type : TG_PROTO_ERR_API,
-                          ev->ev_error && ev->ev_error->pe_message ? ev->ev_error->pe_message : "upstream error");
+    return tg_proto__fail_upstream(s, ev);
 }
 
 static int enc_error(tg_proto_stream_t *s, const tg_proto_errinfo_t *e, tg_buf_t *out)
 {
     (void)s;
-    json_t *v = oa_write_error(e);
-    if (!v)
-        return TG_PROTO_ENOMEM;
-    int rc = tg_buf_puts(out, "data: ") ? TG_PROTO_ETOOBIG : tg_proto__append_json(out, v);
-    json_decref(v);
-    if (!rc && tg_buf_puts(out, "\n\n"))
-        rc = TG_PROTO_ETOOBIG;
-    return rc;
+    return tg_proto__append_sse(out, "data: ", oa_write_error(e));
 }
 
 const tg_proto_adapter_t tg_proto__openai = {

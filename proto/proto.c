@@ -194,6 +194,17 @@ int tg_proto__append_json(tg_buf_t *out, json_t *v)
     return 0;
 }
 
+int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v)
+{
+    if (!v)
+        return TG_PROTO_ENOMEM;
+    int rc = tg_buf_puts(out, prefix) ? TG_PROTO_ETOOBIG : tg_proto__append_json(out, v);
+    json_decref(v);
+    if (!rc && tg_buf_puts(out, "\n\n"))
+        rc = TG_PROTO_ETOOBIG;
+    return rc;
+}
+
 int64_t tg_proto__count(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);

@@ -166,6 +166,10 @@ int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
 /* Ends the stream with the client's error event (no check). code is returned. */
 int tg_proto__fail(tg_proto_stream_t *s, int code, tg_proto_errtype_t type, const char *message);
 
+/* tg_proto__fail with the upstream's error from a TG_PROTO_EV_ERROR event
+ * (type api, "upstream error" when it carried none): TG_PROTO_EUPSTREAM. */
+int tg_proto__fail_upstream(tg_proto_stream_t *s, const tg_proto_event_t *ev);
+
 /* Records normalized usage from the upstream (raw JSON text copied). */
 int tg_proto__set_usage(tg_proto_stream_t *s, const tg_proto_usage_t *u);
 
@@ -218,6 +222,10 @@ int tg_proto__set(json_t *o, const char *key, json_t *v);
 json_t *tg_proto__load(const char *text, const char *what, char *err, size_t errlen, int *rc);
 /* Appends compact JSON of v. */
 int tg_proto__append_json(tg_buf_t *out, json_t *v);
+
+/* Appends prefix, v as compact JSON and the blank line that ends an SSE
+ * event. Takes the reference of v; v NULL returns TG_PROTO_ENOMEM. */
+int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v);
 /* Reads an integer count >= 0 at key of o (absent or null: 0). */
 int64_t tg_proto__count(json_t *o, const char *key);
 

@@ -738,8 +738,7 @@ static int enc_event(tg_proto_stream_t *s, const tg_proto_event_t *ev)
     case TG_PROTO_EV_START:
     case TG_PROTO_EV_ERROR: break;
     }
-    return tg_proto__fail(s, TG_PROTO_EUPSTREAM, ev->ev_error ? ev->ev_error->pe_type : TG_PROTO_ERR_API,
-                          ev->ev_error && ev->ev_error->pe_message ? ev->ev_error->pe_message : "upstream error");
+    return tg_proto__fail_upstream(s, ev);
 }
 
 /* event: error with the Responses members (type, code, message, param) and
@@ -755,13 +754,7 @@ static int enc_error(tg_proto_stream_t *s, const tg_proto_errinfo_t *e, tg_buf_t
                                  (json_int_t)(r ? r->re_seq++ : 0), "error", body)
                      : NULL;
     json_decref(inner);
-    if (!v)
-        return TG_PROTO_ENOMEM;
-    int rc = tg_buf_puts(out, "event: error\ndata: ") ? TG_PROTO_ETOOBIG : tg_proto__append_json(out, v);
-    json_decref(v);
-    if (!rc && tg_buf_puts(out, "\n\n"))
-        rc = TG_PROTO_ETOOBIG;
-    return rc;
+    return tg_proto__append_sse(out, "event: error\ndata: ", v);
 }
 
 static void enc_free(tg_proto_stream_t *s)

@@ -175,6 +175,13 @@ int tg_proto__fail(tg_proto_stream_t *s, int code, tg_proto_errtype_t type, cons
     return code;
 }
 
+int tg_proto__fail_upstream(tg_proto_stream_t *s, const tg_proto_event_t *ev)
+{
+    const tg_proto_errinfo_t *e = ev->ev_error;
+    return tg_proto__fail(s, TG_PROTO_EUPSTREAM, e ? e->pe_type : TG_PROTO_ERR_API,
+                          e && e->pe_message ? e->pe_message : "upstream error");
+}
+
 int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
 {
     if (s->st_done) {
