@@ -3,7 +3,7 @@
  * token. Answered from what this agent knows, never with a network hop:
  *
  *   - the key from the snapshot (name, display prefix, status, models);
- *   - each spend limit of the key and of its project, in the window that
+ *   - each spend limit of the key, its project and its account, in the window that
  *     holds now (the scope ids preauth.c reserves on), from the last lease
  *     answer for that scope (LeaseResponse.balance_nano: the limit less its
  *     settled spend) plus this agent's own unsettled spend and reservations;
@@ -84,7 +84,7 @@ static void age(tg_buf_t *b, int64_t as_of, int64_t now)
                   (double)(now - as_of > 0 ? now - as_of : 0) / 1e6);
 }
 
-/* The limits of one owner (kind "key" or "project"), each in the window
+/* The limits of one owner (kind "key", "project" or "account"), each in the window
  * that holds now in the account's zone. */
 static void limits(req_t *rq, tg_buf_t *b, int *n, const char *kind, const char *id,
                    Tollgate__V1__SpendLimit *const *l, size_t nl, int64_t now)
@@ -184,6 +184,7 @@ static void render(req_t *rq, tg_buf_t *b)
     const Tollgate__V1__Project *p = k->project_id[0] ? tg_cfg_project(rq->rq_cfg, k->project_id) : NULL;
     if (p)
         limits(rq, b, &n, "project", p->id, p->spend_limits, p->n_spend_limits, now);
+    limits(rq, b, &n, "account", a->id, a->spend_limits, a->n_spend_limits, now);
     tg_buf_puts(b, "],\"buckets\":[");
     for (size_t i = 0; i < a->n_buckets; i++) {
         const char *name = a->buckets[i]->name;

@@ -1,6 +1,6 @@
 /* preauth.c: pre-authorization of a request's spend on the agent's spend
  * leases (lease.h): the upper estimate reserved on the paying bucket and on
- * every limit scope (key and project windows, the run) before an attempt
+ * every limit scope (key, project and account windows, the run) before an attempt
  * goes upstream (receipt.c releases it against the actual cost when the
  * request ends, on every path);
  * refusals (402, 429 with the window's reset, 503 when spend control cannot
@@ -123,9 +123,9 @@ static void add_limits(req_t *rq, scope_ref_t *v, int *n, const char *kind, cons
     }
 }
 
-/* The key's and its project's limits in the windows of the request's start
- * and the run's budget, in the currency of the paying bucket (the control
- * plane counts the same ones at settlement). */
+/* The key's, its project's and its account's limits in the windows of the
+ * request's start and the run's budget, in the currency of the paying bucket
+ * (the control plane counts the same ones at settlement). */
 static void compute_scopes(req_t *rq, const char *currency)
 {
     scope_ref_t v[MAX_SCOPES];
@@ -136,6 +136,8 @@ static void compute_scopes(req_t *rq, const char *currency)
     const Tollgate__V1__Project *p = k->project_id[0] ? tg_cfg_project(rq->rq_cfg, k->project_id) : NULL;
     if (p)
         add_limits(rq, v, &n, "project", p->id, p->spend_limits, p->n_spend_limits, currency);
+    add_limits(rq, v, &n, "account", rq->rq_acct->id, rq->rq_acct->spend_limits, rq->rq_acct->n_spend_limits,
+               currency);
     const Tollgate__V1__RunBudget *b = rq->rq_runb;
     if (b && b->max_spend_nano > 0 && strcmp(b->currency, currency) == 0 && n < MAX_SCOPES &&
         tg_billing_scope("run", b->run_id, 0, 0, 0, v[n].sr_id, sizeof v[n].sr_id) == 0) {
@@ -163,7 +165,10 @@ static void refuse_scope(req_t *rq, const scope_ref_t *s, int offline)
 {
     char lim[32], when[40] = "", ra[24];
     const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_resv_bucket);
-    const char *who = strcmp(s->sr_kind, "key") == 0 ? "API key" : strcmp(s->sr_kind, "project") == 0 ? "project" : "run";
+    const char *who = strcmp(s->sr_kind, "key") == 0       ? "API key"
+                      : strcmp(s->sr_kind, "project") == 0 ? "project"
+                      : strcmp(s->sr_kind, "account") == 0 ? "account"
+                                                           : "run";
     rq->rq_refused_budget = 1;
     tg_price_format(s->sr_limit, lim, sizeof lim);
     if (offline) {
@@ -259,7 +264,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
              rq->rq_ep->ep_kind == EP_RESPONSES) && rq->rq_scan.sc_stream)
             rq->rq_out_allow = rq->rq_out_est > 0 ? rq->rq_out_est : 1;
     }
-    /* the same estimate on every limit scope: the key's and project's
+    /* the same estimate on every limit scope: the key's, project's and account's
      * windows, the run */
     if (!rq->rq_scopes_done)
         compute_scopes(rq, tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));

@@ -714,8 +714,8 @@ static int lease_rpc(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__Lea
     return tg_cplink_lease(a->a_cplink, q, out, err, errlen);
 }
 
-/* A limit scope's limit from the snapshot (key and project windows, run
- * budgets: billing/tg_billing.h ids). 0 or -1. */
+/* A limit scope's limit from the snapshot (key, project and account
+ * windows, run budgets: billing/tg_billing.h ids). 0 or -1. */
 static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, int64_t *limit)
 {
     char kind[16], id[160], win[16];
@@ -744,6 +744,12 @@ static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, i
         if (p && strcmp(p->account_id, account_id) == 0) {
             l = p->spend_limits;
             nl = p->n_spend_limits;
+        }
+    } else if (strcmp(kind, "account") == 0 && strcmp(id, account_id) == 0) {
+        const tg_account_t *ac = tg_cfg_account(c, id);
+        if (ac) {
+            l = ac->spend_limits;
+            nl = ac->n_spend_limits;
         }
     }
     for (size_t i = 0; i < nl; i++) {

@@ -483,7 +483,7 @@ static int get_key_limits(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *
 {
     const Tollgate__V1__GetKeyLimitsRequest *q = (const Tollgate__V1__GetKeyLimitsRequest *)reqm;
     Tollgate__V1__GetKeyLimitsResponse out = TOLLGATE__V1__GET_KEY_LIMITS_RESPONSE__INIT;
-    ProtobufCMessage *km = NULL, *pm = NULL;
+    ProtobufCMessage *km = NULL, *pm = NULL, *am = NULL;
     int code = TG_RPC_CODE_OK, rc;
     if (!q->key_id[0])
         return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "key_id: required");
@@ -501,31 +501,43 @@ static int get_key_limits(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *
             goto done;
         p = rc == 0 ? (const Tollgate__V1__Project *)pm : NULL;
     }
-    size_t n = k->n_spend_limits + (p ? p->n_spend_limits : 0);
+    rc = cp_read(a, cp_fmt(a, "%s%s", TG_CP_K_ACCOUNT, k->account_id), &tollgate__v1__account__descriptor, &am, NULL,
+                 &code);
+    if (rc < 0)
+        goto done;
+    const Tollgate__V1__Account *ac = rc == 0 ? (const Tollgate__V1__Account *)am : NULL;
+    /* the key's limits, then its project's, then its account's */
+    struct {
+        const char *kind, *id;
+        Tollgate__V1__SpendLimit **l;
+        size_t n;
+    } own[3] = {{"key", k->id, k->spend_limits, k->n_spend_limits},
+                {"project", p ? p->id : "", p ? p->spend_limits : NULL, p ? p->n_spend_limits : 0},
+                {"account", ac ? ac->id : "", ac ? ac->spend_limits : NULL, ac ? ac->n_spend_limits : 0}};
+    size_t n = own[0].n + own[1].n + own[2].n;
     Tollgate__V1__LimitState *st = tg_pool_calloc(a->ax_pool, (n + 1) * sizeof(*st));
     Tollgate__V1__LimitState **sp = tg_pool_calloc(a->ax_pool, (n + 1) * sizeof(*sp));
     if (!st || !sp) {
         code = cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
         goto done;
     }
-    int64_t now = tg_cp_now_us();
-    for (size_t i = 0; i < n; i++) {
-        int own = i < k->n_spend_limits;
-        const Tollgate__V1__SpendLimit *l = own ? k->spend_limits[i] : p->spend_limits[i - k->n_spend_limits];
-        cp_scope_t s;
-        if (cp_scope_of_limit(own ? "key" : "project", own ? k->id : p->id, k->account_id, l, now,
-                              cp_account_tz(a->ax_cp, k->account_id), &s) != 0)
-            continue;
-        if ((rc = limit_state(a, &s, &st[out.n_limits])) < 0) {
-            code = -rc;
-            goto done;
+    int64_t now = tg_cp_now_us(), tz = cp_account_tz(a->ax_cp, k->account_id);
+    for (size_t o = 0; o < 3; o++)
+        for (size_t i = 0; i < own[o].n; i++) {
+            cp_scope_t s;
+            if (cp_scope_of_limit(own[o].kind, own[o].id, k->account_id, own[o].l[i], now, tz, &s) != 0)
+                continue;
+            if ((rc = limit_state(a, &s, &st[out.n_limits])) < 0) {
+                code = -rc;
+                goto done;
+            }
+            sp[out.n_limits] = &st[out.n_limits];
+            out.n_limits++;
         }
-        sp[out.n_limits] = &st[out.n_limits];
-        out.n_limits++;
-    }
     out.limits = sp;
     code = cp_reply(a, &out.base, reply);
 done:
+    tg_rpc_pb_free(am);
     tg_rpc_pb_free(pm);
     tg_rpc_pb_free(km);
     return code;

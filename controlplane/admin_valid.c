@@ -333,7 +333,7 @@ static int kind_fits_scope(int kind, const char *scope)
         acct = strcmp(scope, "account") == 0, run = strcmp(scope, "run") == 0,
         chan = strcmp(scope, "channel") == 0;
     switch (kind) {
-    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD: return key || proj || run;
+    case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_THRESHOLD: return key || proj || acct || run;
     case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_TOKEN_VELOCITY:
     case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_SPEND_VELOCITY: return key || proj || acct;
     case TOLLGATE__V1__ALERT_KIND__ALERT_KIND_CHANNEL_ERROR_RATE: return chan;

@@ -349,15 +349,11 @@ static void eval_thresholds(cp_alerts_t *al, const Tollgate__V1__AlertRule *r, i
         tg_rpc_pb_free(m);
         return;
     }
-    int kd = strcmp(r->scope, "key") == 0;
-    snprintf(key, sizeof(key), "%s%s", kd ? TG_CP_K_KEY : TG_CP_K_PROJECT, r->scope_id);
-    if (tg_cp_get_pb(al->al_cp, key, kd ? &tollgate__v1__api_key__descriptor : &tollgate__v1__project__descriptor,
-                     &m, NULL, err, sizeof(err)) != 0)
+    Tollgate__V1__SpendLimit **lims = NULL;
+    size_t nl = 0;
+    const char *acct = NULL;
+    if (cp_limits_of(al->al_cp, r->scope, r->scope_id, &m, &lims, &nl, &acct, err, sizeof(err)) != 0)
         return;
-    Tollgate__V1__SpendLimit **lims = kd ? ((Tollgate__V1__ApiKey *)m)->spend_limits
-                                         : ((Tollgate__V1__Project *)m)->spend_limits;
-    size_t nl = kd ? ((Tollgate__V1__ApiKey *)m)->n_spend_limits : ((Tollgate__V1__Project *)m)->n_spend_limits;
-    const char *acct = kd ? ((Tollgate__V1__ApiKey *)m)->account_id : ((Tollgate__V1__Project *)m)->account_id;
     for (size_t i = 0; i < nl; i++)
         if (cp_scope_of_limit(r->scope, r->scope_id, acct, lims[i], now, cp_account_tz(al->al_cp, acct), &s) == 0)
             eval_scope_thresholds(al, r, &s);

@@ -149,7 +149,15 @@ typedef struct cp_scope {
 struct Tollgate__V1__SpendLimit;
 struct Tollgate__V1__RunBudget;
 
-/* Fills s for a key's (kind "key") or project's limit l in the window that
+/* Loads the key, project or account obj (kind "key", "project", "account")
+ * and points *lims / *nl at its spend limits and *acct at its account id.
+ * *m owns them (free with tg_rpc_pb_free); *m is NULL and *nl 0 when the
+ * object does not exist or kind is another. Returns 0 or a negative store
+ * error (err filled). */
+int cp_limits_of(tg_cp_t *cp, const char *kind, const char *obj, struct ProtobufCMessage **m,
+                 struct Tollgate__V1__SpendLimit ***lims, size_t *nl, const char **acct, char *err, size_t errlen);
+/* Fills s for a key's, project's or account's (kind "key", "project",
+ * "account") limit l in the window that
  * holds t_us in the account's zone tz_us. Returns 0 or -1 (an unknown
  * window). */
 int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const struct Tollgate__V1__SpendLimit *l,

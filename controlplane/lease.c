@@ -44,7 +44,7 @@ static const Tollgate__V1__BucketSpec *find_bucket(const Tollgate__V1__Account *
     return NULL;
 }
 
-/* ---- scopes: key and project limit windows, runs -------------------------------- */
+/* ---- scopes: key, project and account limit windows, runs -------------------------------- */
 
 int cp_scope_of_limit(const char *kind, const char *obj, const char *account, const Tollgate__V1__SpendLimit *l,
                       int64_t t_us, int64_t tz_us, cp_scope_t *s)
@@ -112,6 +112,51 @@ int64_t cp_account_tz(tg_cp_t *cp, const char *account_id)
     return tz;
 }
 
+int cp_limits_of(tg_cp_t *cp, const char *kind, const char *obj, ProtobufCMessage **m,
+                 Tollgate__V1__SpendLimit ***lims, size_t *nl, const char **acct, char *err, size_t errlen)
+{
+    char key[TG_STORE_MAX_KEY];
+    const ProtobufCMessageDescriptor *d;
+    const char *prefix;
+    *m = NULL;
+    *lims = NULL;
+    *nl = 0;
+    *acct = NULL;
+    if (strcmp(kind, "key") == 0) {
+        prefix = TG_CP_K_KEY;
+        d = &tollgate__v1__api_key__descriptor;
+    } else if (strcmp(kind, "project") == 0) {
+        prefix = TG_CP_K_PROJECT;
+        d = &tollgate__v1__project__descriptor;
+    } else if (strcmp(kind, "account") == 0) {
+        prefix = TG_CP_K_ACCOUNT;
+        d = &tollgate__v1__account__descriptor;
+    } else {
+        return 0;
+    }
+    snprintf(key, sizeof(key), "%s%s", prefix, obj);
+    int rc = tg_cp_get_pb(cp, key, d, m, NULL, err, errlen);
+    if (rc < 0 || *m == NULL)
+        return rc < 0 ? rc : 0;
+    if (d == &tollgate__v1__api_key__descriptor) {
+        const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)*m;
+        *lims = k->spend_limits;
+        *nl = k->n_spend_limits;
+        *acct = k->account_id;
+    } else if (d == &tollgate__v1__project__descriptor) {
+        const Tollgate__V1__Project *p = (const Tollgate__V1__Project *)*m;
+        *lims = p->spend_limits;
+        *nl = p->n_spend_limits;
+        *acct = p->account_id;
+    } else {
+        const Tollgate__V1__Account *a = (const Tollgate__V1__Account *)*m;
+        *lims = a->spend_limits;
+        *nl = a->n_spend_limits;
+        *acct = a->id;
+    }
+    return 0;
+}
+
 int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_t *s, char *err, size_t errlen)
 {
     char kind[16], obj[160], win[16], key[TG_STORE_MAX_KEY];
@@ -134,26 +179,14 @@ int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_
         return code;
     }
     if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0' ||
-        (strcmp(kind, "key") != 0 && strcmp(kind, "project") != 0))
+        (strcmp(kind, "key") != 0 && strcmp(kind, "project") != 0 && strcmp(kind, "account") != 0))
         return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                       "scope: '%s' is not key/<id>/<window>/<start>, project/... or run/<id>", id);
-    int kd = strcmp(kind, "key") == 0;
-    snprintf(key, sizeof(key), "%s%s", kd ? TG_CP_K_KEY : TG_CP_K_PROJECT, obj);
-    if (tg_cp_get_pb(cp, key, kd ? &tollgate__v1__api_key__descriptor : &tollgate__v1__project__descriptor, &m, NULL,
-                     err, errlen) < 0)
-        return TG_RPC_CODE_UNAVAILABLE;
+                       "scope: '%s' is not key/<id>/<window>/<start>, project/..., account/... or run/<id>", id);
     Tollgate__V1__SpendLimit **lims = NULL;
     size_t nl = 0;
     const char *acct = NULL;
-    if (m != NULL && kd) {
-        lims = ((Tollgate__V1__ApiKey *)m)->spend_limits;
-        nl = ((Tollgate__V1__ApiKey *)m)->n_spend_limits;
-        acct = ((Tollgate__V1__ApiKey *)m)->account_id;
-    } else if (m != NULL) {
-        lims = ((Tollgate__V1__Project *)m)->spend_limits;
-        nl = ((Tollgate__V1__Project *)m)->n_spend_limits;
-        acct = ((Tollgate__V1__Project *)m)->account_id;
-    }
+    if (cp_limits_of(cp, kind, obj, &m, &lims, &nl, &acct, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
     code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: %s '%s' of account '%s' has no %s limit", kind, obj,
                    account, win);
     for (size_t i = 0; acct != NULL && strcmp(acct, account) == 0 && i < nl; i++) {

@@ -601,7 +601,7 @@ typedef struct settle_ctx {
     Tollgate__V1__UsageBatch *sc_batch;
     Tollgate__V1__AgentInfo *sc_agent;
     cache_t sc_accounts, sc_cards, sc_channels, sc_keys, sc_projects, sc_runs;
-    /* limit scopes (key and project windows, runs): the batch's distinct
+    /* limit scopes (key, project and account windows, runs): the batch's distinct
      * ones, and per record up to MAX_RS indices into them */
     cp_scope_t *sc_scopes;
     size_t sc_nscopes, sc_capscopes;
@@ -693,7 +693,7 @@ static const char *at_str(const void *w, size_t k)
     return ((char *const *)w)[k];
 }
 
-#define MAX_RS 8 /* limit scopes of one record: key and project windows, the run */
+#define MAX_RS 8 /* limit scopes of one record: key, project and account windows, the run */
 
 /* Adds scope s to record i's scopes (deduplicated across the batch).
  * Returns 0 or RESOURCE_EXHAUSTED. */
@@ -727,8 +727,8 @@ static int add_scope(settle_ctx_t *c, size_t i, const cp_scope_t *s, char *err, 
 }
 
 /* The limit scopes record i counts against, from the configuration: its
- * key's limits and its project's in the windows of its start time, and
- * its run's budget; only those in the currency of the bucket it paid from. */
+ * key's, its project's and its account's limits in the windows of its start
+ * time, and its run's budget; only those in the currency of the bucket it paid from. */
 static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *err, size_t errlen)
 {
     tg_cp_t *cp = c->sc_cp;
@@ -764,6 +764,12 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
                 add_scope(c, i, &s, err, errlen) != 0)
                 return TG_RPC_CODE_RESOURCE_EXHAUSTED;
     }
+    const Tollgate__V1__Account *a = c->sc_acct[i];
+    for (size_t j = 0; a != NULL && j < a->n_spend_limits; j++)
+        if (strcmp(a->spend_limits[j]->currency, currency) == 0 &&
+            cp_scope_of_limit("account", a->id, a->id, a->spend_limits[j], r->started_at_us, tz, &s) == 0 &&
+            add_scope(c, i, &s, err, errlen) != 0)
+            return TG_RPC_CODE_RESOURCE_EXHAUSTED;
     if (r->run_id[0] != '\0') {
         snprintf(key, sizeof(key), TG_CP_K_RUN "%s", r->run_id);
         if (cache_get(cp, &c->sc_runs, key, &tollgate__v1__run_budget__descriptor, &m, err, errlen) < 0)

@@ -181,6 +181,34 @@ for (const backend of ['lmdb', 'etcd']) {
         (e) => e.code === grpc.status.INVALID_ARGUMENT && /after_id/.test(e.details));
     });
 
+    test(`${backend}: a threshold on an account-wide limit counts every key of the account`, async () => {
+      const acct = await cp.adminCall('CreateAccount', { account: { name: `acct-thr-${backend}`,
+        billing_mode: 'BILLING_MODE_PREPAID', buckets: [{ name: 'credit', currency: 'USD' }, { name: 'wallet', currency: 'USD' }],
+        spend_limits: [{ window: 'LIMIT_WINDOW_MONTH', limit_nano: String(UNIT * 4n), currency: 'USD' }] } });
+      await cp.adminCall('TopUp', { account_id: acct.id, bucket: 'wallet', amount_nano: String(UNIT * 100n),
+        currency: 'USD', idempotency_key: `thr-${backend}`, reason: 'e2e' });
+      const keys = [];
+      for (const n of ['a', 'b']) keys.push((await cp.adminCall('CreateKey', { key: { account_id: acct.id, name: `thr-${n}` } })).key.id);
+      const created = await cp.adminCall('CreateAlertRule', { rule: { scope: 'account', scope_id: acct.id,
+        kind: 'ALERT_KIND_SPEND_THRESHOLD', thresholds_pct: [50] } });
+      const alerts = async () => (await cp.adminCall('ListAlerts', { rule_id: created.rule.id })).alerts;
+      const mine = { ...ids, account: acct.id };
+      const send = async (keyId) => {
+        const r = fa.record(mine);
+        r.key_id = keyId;
+        r.project_id = '';
+        await fa.report(fa.signed([r]));
+      };
+      await send(keys[0]); // 25 %
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal((await alerts()).length, 0, 'one key alone is under the threshold');
+      await send(keys[1]); // 50 %: the other key's spend counts too
+      await until(async () => (await alerts()).length === 1, { timeoutMs: 5000, what: 'the account\'s 50 % alert' });
+      const [a] = await alerts();
+      assert.match(a.limit_scope, new RegExp(`^account/${acct.id}/month/`));
+      assert.equal(a.spent_nano, String(UNIT * 2n));
+    });
+
     test(`${backend}: a token-velocity rule pauses the key and a real agent refuses it within about a second`, async () => {
       const agent = await startAgent(null, { noSnapshot: true,
         args: ['--cp', `127.0.0.1:${cp.port}`, '--enroll-token', ENROLL_TOKEN] });

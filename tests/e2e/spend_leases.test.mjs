@@ -406,6 +406,52 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.match(out, /key\s+LIMIT_WINDOW_DAY|key\s+day/);
     });
 
+    test('an account-wide monthly limit holds across its keys and three agents, and GetKeyLimits shows it', async () => {
+      const one = await oneCost();
+      const limit = one * 6n;
+      const acct = await account('acctwide', 100n * 1000000000n, {},
+        { spend_limits: [{ window: 'LIMIT_WINDOW_MONTH', limit_nano: String(limit), currency: 'USD' }] });
+      // a second key of the same account: the limit counts both
+      const k2 = await cp.adminCall('CreateKey', { key: { account_id: acct.id, name: 'acctwide-2', expose_cost: true } });
+      for (const a of agents) {
+        if (a.dead) continue;
+        await until(async () => (await fetch(`${a.base}/models`, { headers: { authorization: `Bearer ${k2.secret}` } })).status === 200,
+          { timeoutMs: 10000, what: 'the second key to reach the agent' });
+      }
+      const live = agents.filter((a) => !a.dead);
+      const clients = [];
+      for (const a of live) for (const key of [acct.secret, k2.secret]) clients.push(new OpenAI({ apiKey: key, baseURL: a.base, maxRetries: 0, timeout: 20000 }));
+      const results = await Promise.all(Array.from({ length: 36 }, (_, i) =>
+        clients[i % clients.length].chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 })
+          .then(() => 200, (e) => e)));
+      const served = results.filter((r) => r === 200).length;
+      const refused = results.filter((r) => r !== 200);
+      assert.ok(served >= 1 && refused.length >= 24, `${served} served`);
+      for (const e of refused) {
+        assert.equal(e.status, 429, `${e.status} ${e.message}`);
+        assert.equal(e.code, 'spend_limit_exceeded');
+        assert.match(e.message, /account's month spend limit/);
+        assert.ok(Number(e.headers.get('retry-after')) > 0, 'Retry-After until the month resets');
+      }
+      await drained();
+      const { sum } = await ledgerSum(cp, acct.id);
+      assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano), 'ledger rows add up to the balance');
+      const spent = 100n * 1000000000n - sum;
+      assert.ok(spent > 0n && spent <= limit, `the account spent ${spent} against its limit ${limit}`);
+      // both keys see the account's window; its spend is both keys' rows
+      for (const keyId of [acct.keyId, k2.key.id]) {
+        const { limits } = await cp.adminCall('GetKeyLimits', { key_id: keyId });
+        const l = limits.find((x) => x.kind === 'account');
+        assert.ok(l, `GetKeyLimits of ${keyId} lists the account's limit`);
+        assert.equal(l.id, acct.id);
+        assert.equal(l.window, 'LIMIT_WINDOW_MONTH');
+        assert.equal(BigInt(l.spent_nano), spent, 'the window\'s spend is exactly the account\'s charged rows');
+      }
+      // the key holder's own view lists it too
+      const view = await (await fetch(`${live[0].base}/tollgate/key`, { headers: { authorization: `Bearer ${k2.secret}` } })).json();
+      assert.ok(view.limits.some((l) => l.scope === 'account'), JSON.stringify(view.limits));
+    });
+
     test('a limit with the pause-key action pauses the key once reached; every agent refuses it with the reason', async () => {
       const one = await oneCost();
       const acct = await account('pauser', 100n * 1000000000n, { spend_limits: [
