@@ -53,6 +53,8 @@ struct tg_cplink {
     tg_rpc_cancel_t *cl_cancel;
     tg_crypto_key_t *cl_key;
     char *cl_ca, *cl_cert, *cl_keypem;   /* TLS to the control plane (PEM), or NULL */
+    int64_t cl_ca_not_after;             /* notAfter (Unix s) of cl_ca / cl_cert; 0: none */
+    int64_t cl_cert_not_after;
     char cl_token[256];
     char cl_id[128];               /* agent id, "" until enrolled */
     pthread_mutex_t cl_mu;         /* guards cl_id, cl_stop */
@@ -764,6 +766,18 @@ int tg_cplink_start(tg_agent_t *a, const char *target, const char *token, tg_cpl
         rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp-cert and --cp-key go together (mTLS)");
         goto fail;
     }
+    {
+        char why[TG_ERRLEN] = "";
+        if (l->cl_ca && tg_crypto_cert_not_after(l->cl_ca, strlen(l->cl_ca), &l->cl_ca_not_after, why, sizeof why)) {
+            rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp-ca %s: %s", a->a_opts.ao_cp_ca, why);
+            goto fail;
+        }
+        if (l->cl_cert &&
+            tg_crypto_cert_not_after(l->cl_cert, strlen(l->cl_cert), &l->cl_cert_not_after, why, sizeof why)) {
+            rc = tg_errf(err, errlen, TG_AGENT_EUSAGE, "--cp-cert %s: %s", a->a_opts.ao_cp_cert, why);
+            goto fail;
+        }
+    }
     for (const char *p = target; p && *p;) {
         size_t n = strcspn(p, ",");
         while (n && (*p == ' ')) {
@@ -901,4 +915,15 @@ void tg_cplink_metrics(tg_agent_t *a, tg_buf_t *out)
                   l->cl_addrs[cur], atomic_load(&l->cl_m_connected), ack ? (double)(now_us() - ack) / 1e6 : -1.0,
                   (unsigned long long)atomic_load(&l->cl_m_report_fail),
                   (unsigned long long)atomic_load(&l->cl_m_switches), (long long)atomic_load(&l->cl_m_rev));
+    if (!l->cl_ca_not_after && !l->cl_cert_not_after)
+        return;
+    tg_buf_puts(out, "# HELP tollgate_agent_cert_expiry_seconds Seconds until a certificate of the control-plane link "
+                     "expires (negative: expired): cert=\"ca\" (--cp-ca), \"client\" (--cp-cert).\n"
+                     "# TYPE tollgate_agent_cert_expiry_seconds gauge\n");
+    if (l->cl_ca_not_after)
+        tg_buf_printf(out, "tollgate_agent_cert_expiry_seconds{cert=\"ca\"} %lld\n",
+                      (long long)(l->cl_ca_not_after - now_us() / 1000000));
+    if (l->cl_cert_not_after)
+        tg_buf_printf(out, "tollgate_agent_cert_expiry_seconds{cert=\"client\"} %lld\n",
+                      (long long)(l->cl_cert_not_after - now_us() / 1000000));
 }

@@ -5,17 +5,24 @@
  * sigwait, so no handler runs on a loop. At start the open-files soft
  * limit is raised to the hard limit (nginx's worker_rlimit_nofile): every
  * open stream holds two descriptors, the client's and the upstream's. */
+#include <arpa/inet.h>
+#include <errno.h>
 #include <malloc.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "agent/tg_agent.h"
 #include "base/tg_base.h"
 #include "base/tg_log.h"
+#include "checkcfg/tg_checkcfg.h"
 
 static const char usage[] =
     "usage: tollgate-agent [flags]\n"
@@ -50,6 +57,10 @@ static const char usage[] =
     "                         (default: half the open-files limit, an open stream holds 2)\n"
     "  --max-conns-per-ip N   open client connections from one address (default 0: no cap;\n"
     "                         behind a load balancer every connection comes from it)\n"
+    "  --check-config[=offline]  check the flags, the files they name (readable, certificates load, the\n"
+    "                         key matches, expiry, enrollment) and that each --cp address accepts a\n"
+    "                         connection (not with =offline); print \"config ok\" and exit 0, or name\n"
+    "                         each problem and its fix and exit 1\n"
     "\n"
     "       tollgate-agent outbox-dump --data-dir DIR [--limit N] [--rejected]\n"
     "  prints the usage records waiting in DIR's outbox (or, --rejected, those the\n"
@@ -107,6 +118,109 @@ static void raise_nofile(void)
            (unsigned long long)rl.rlim_cur, was);
 }
 
+/* ---- --check-config ------------------------------------------------------------ */
+
+/* Whether HOST:PORT accepts a TCP connection within 2 s; 0 or -1 with the
+ * reason in why. */
+static int reachable(const char *addr, char *why, size_t n)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int fd = -1, rc = -1, e;
+    snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+    if (host[0] == '[') { /* [v6]:port */
+        memmove(host, host + 1, strlen(host));
+        host[strcspn(host, "]")] = '\0';
+    }
+    if ((e = getaddrinfo(host, colon + 1, &hints, &ai)) != 0) {
+        snprintf(why, n, "%s", gai_strerror(e));
+        return -1;
+    }
+    if ((fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+        snprintf(why, n, "socket: %s", strerror(errno));
+        goto done;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+        snprintf(why, n, "%s", strerror(errno));
+        goto done;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    socklen_t sl = sizeof e;
+    if (poll(&p, 1, 2000) != 1) {
+        snprintf(why, n, "no answer within 2 s");
+        goto done;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0 || e != 0) {
+        snprintf(why, n, "%s", strerror(e));
+        goto done;
+    }
+    rc = 0;
+done:
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return rc;
+}
+
+/* Checks what tg_agent_create would load, without serving: the parsed
+ * options, the files they name, the data directory and enrollment, and,
+ * unless offline, that each --cp address accepts a connection. Prints
+ * "config ok" and returns 0, or returns 1 after naming each problem. */
+static int check_config(const tg_agent_opts_t *o, int offline)
+{
+    tg_checkcfg_t c = {.cc_prog = "tollgate-agent"};
+    struct in_addr ia;
+    char path[4096];
+    if (inet_pton(AF_INET, o->ao_host, &ia) != 1)
+        tg_checkcfg_problem(&c, "--host %s: not an IPv4 address: give 0.0.0.0 or 127.0.0.1", o->ao_host);
+    if (o->ao_metrics_host && inet_pton(AF_INET, o->ao_metrics_host, &ia) != 1)
+        tg_checkcfg_problem(&c, "--metrics-listen %s: not an IPv4 address: give 127.0.0.1:PORT", o->ao_metrics_host);
+    if (o->ao_snapshot)
+        tg_checkcfg_readable(&c, "--snapshot", o->ao_snapshot);
+    if (o->ao_data_dir)
+        tg_checkcfg_dir(&c, "--data-dir", o->ao_data_dir, 0);
+    if (!o->ao_cp && !o->ao_snapshot && !o->ao_data_dir)
+        tg_checkcfg_problem(&c, "no configuration source: give --cp (with --data-dir) or --snapshot");
+    if (!o->ao_cp) {
+        if (o->ao_cp_tls || o->ao_cp_ca || o->ao_cp_cert || o->ao_cp_key)
+            tg_checkcfg_problem(&c, "--cp-tls/--cp-ca/--cp-cert/--cp-key without --cp: give the control plane's "
+                                    "addresses");
+        return tg_checkcfg_done(&c);
+    }
+    if (o->ao_spend_off)
+        tg_checkcfg_problem(&c, "--no-spend-control is refused with --cp: drop it (a benchmark baseline only)");
+    if (!o->ao_data_dir)
+        tg_checkcfg_problem(&c, "--cp needs --data-dir: the agent id, its key and the usage outbox live there");
+    snprintf(path, sizeof path, "%s/agent_id", o->ao_data_dir ? o->ao_data_dir : ".");
+    if (o->ao_data_dir && access(path, R_OK) != 0 && !(o->ao_enroll_token && *o->ao_enroll_token))
+        tg_checkcfg_problem(&c, "not enrolled yet (%s missing) and no enrollment token: give --enroll-token-file "
+                                "FILE or TG_AGENT_ENROLL_TOKEN", path);
+    if (!!o->ao_cp_cert != !!o->ao_cp_key)
+        tg_checkcfg_problem(&c, "--cp-cert and --cp-key go together (the mTLS client identity): give both");
+    else if (o->ao_cp_cert)
+        tg_checkcfg_cert(&c, "--cp-cert/--cp-key", o->ao_cp_cert, o->ao_cp_key);
+    if (o->ao_cp_ca)
+        tg_checkcfg_cert(&c, "--cp-ca", o->ao_cp_ca, NULL);
+    int n = 0;
+    for (const char *p = o->ao_cp; *p; n++) {
+        size_t len = strcspn(p, ",");
+        char addr[256], why[256] = "";
+        snprintf(addr, sizeof addr, "%.*s", (int)(len < sizeof addr ? len : sizeof addr - 1), p);
+        int bad = c.cc_problems;
+        tg_checkcfg_addr(&c, "--cp", addr, 1);
+        if (c.cc_problems == bad && !offline && reachable(addr, why, sizeof why) != 0)
+            tg_checkcfg_problem(&c, "--cp %s: %s: start the control plane or fix the address "
+                                    "(--check-config=offline skips this)", addr, why);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (n > 8)
+        tg_checkcfg_problem(&c, "--cp: %d addresses, at most 8: list fewer", n);
+    return tg_checkcfg_done(&c);
+}
+
 typedef struct sigctx {
     tg_agent_t *sg_agent;
     const char *sg_snapshot;
@@ -159,6 +273,7 @@ int main(int argc, char **argv)
     tg_agent_opts_default(&o);
     char err[TG_ERRLEN] = "";
     static char enroll_buf[512];
+    int check = 0;
     o.ao_enroll_token = getenv("TG_AGENT_ENROLL_TOKEN"); /* a flag below wins */
     if (argc > 1 && strcmp(argv[1], "outbox-dump") == 0)
         return outbox_dump(argc, argv);
@@ -169,6 +284,9 @@ int main(int argc, char **argv)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             fputs(usage, stdout);
             return 0;
+        } else if (strcmp(a, "--check-config") == 0 || strcmp(a, "--check-config=offline") == 0) {
+            check = a[14] ? 2 : 1;
+            continue;
         } else if (strcmp(a, "--insecure-upstream") == 0) {
             o.ao_insecure_upstream = 1;
             continue;
@@ -291,6 +409,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "tollgate-agent: bad value for %s: %s\n", a, v);
         return 2;
     }
+
+    if (check)
+        return check_config(&o, check == 2);
 
     /* Keep freed memory instead of returning it to the kernel at every
      * request: a 100 KB prompt otherwise costs brk() calls and page faults

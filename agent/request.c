@@ -422,8 +422,10 @@ void tg_req_handle_ops(tg_front_conn_t *hr, void *arg)
         tg_buf_init(&b, 64u << 20);
         if (tg_metrics_render(ms, n, a->a_outbox ? tg_outbox_depth(a->a_outbox) : 0, &b) != 0)
             tg_buf_reset(&b);
-        else
-            tg_cplink_metrics(a, &b); /* the control-plane link (cplink.c) */
+        else {
+            tg_agent_brk_metrics(a, &b); /* breakers (server.c) */
+            tg_cplink_metrics(a, &b);    /* the control-plane link (cplink.c) */
+        }
         add_header(hr, "Content-Type", "text/plain; version=0.0.4");
         tg_front_reply(hr, 200, b.b_data, b.b_len);
         tg_buf_free(&b);

@@ -1080,3 +1080,24 @@ void tg_agent_brk_record(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c
         tg_brk_record(b, c, ok, now_ms);
     pthread_mutex_unlock(&a->a_brk_mu);
 }
+
+void tg_agent_brk_metrics(tg_agent_t *a, tg_buf_t *out)
+{
+    tg_buf_puts(out, "# HELP tollgate_agent_breaker_state Circuit breaker of a channel: 0 closed, 1 open, "
+                     "2 half-open.\n"
+                     "# TYPE tollgate_agent_breaker_state gauge\n");
+    pthread_mutex_lock(&a->a_brk_mu);
+    for (size_t i = 0; i < a->a_nbrk; i++) {
+        tg_buf_puts(out, "tollgate_agent_breaker_state{channel=");
+        tg_agent_json_str(out, a->a_brk[i].bk_id, strlen(a->a_brk[i].bk_id));
+        tg_buf_printf(out, "} %d\n", a->a_brk[i].bk_brk.br_state);
+    }
+    tg_buf_puts(out, "# HELP tollgate_agent_breaker_opens_total Times a channel's circuit breaker opened.\n"
+                     "# TYPE tollgate_agent_breaker_opens_total counter\n");
+    for (size_t i = 0; i < a->a_nbrk; i++) {
+        tg_buf_puts(out, "tollgate_agent_breaker_opens_total{channel=");
+        tg_agent_json_str(out, a->a_brk[i].bk_id, strlen(a->a_brk[i].bk_id));
+        tg_buf_printf(out, "} %llu\n", (unsigned long long)a->a_brk[i].bk_brk.br_opens);
+    }
+    pthread_mutex_unlock(&a->a_brk_mu);
+}

@@ -133,6 +133,10 @@ tg_cfg_t *tg_worker_cfg(worker_t *w);
 
 int tg_agent_brk_allow(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int64_t now_ms);
 void tg_agent_brk_record(tg_agent_t *a, const char *chan, const tg_brk_conf_t *c, int ok, int64_t now_ms);
+/* Appends the breakers' series to a /metrics page: each channel's state
+ * (0 closed, 1 open, 2 half-open; an open breaker turns half-open at the
+ * next request after its open time) and how often it opened. */
+void tg_agent_brk_metrics(tg_agent_t *a, tg_buf_t *out);
 
 /* cplink.c: enrollment, Sync and the reporter (threads of their own). */
 typedef struct tg_cplink tg_cplink_t;

@@ -179,9 +179,16 @@ int tc_connect(tc_t *c)
                 c->tc_cmd);
         return TOLLCTL_USAGE;
     }
-    if ((tc_get(c, "ca") && !(ca = slurp(tc_get(c, "ca"), 1 << 20))) ||
-        (tc_get(c, "cert") && !(cert = slurp(tc_get(c, "cert"), 1 << 20))) ||
-        (tc_get(c, "key") && !(key = slurp(tc_get(c, "key"), 1 << 20)))) {
+    /* TOLLGATE_CA / _CERT / _KEY stand in for the flags: `ledger query
+     * --key` is the API key filter, so an mTLS key can only come from the
+     * environment there */
+    const char *fca = tc_get(c, "ca") ? tc_get(c, "ca") : getenv("TOLLGATE_CA");
+    const char *fcert = tc_get(c, "cert") ? tc_get(c, "cert") : getenv("TOLLGATE_CERT");
+    const char *fkey = getenv("TOLLGATE_KEY");
+    if (tc_get(c, "key") && strcmp(c->tc_cmd, "ledger query") && strcmp(c->tc_cmd, "ledger export"))
+        fkey = tc_get(c, "key");
+    if ((fca && *fca && !(ca = slurp(fca, 1 << 20))) || (fcert && *fcert && !(cert = slurp(fcert, 1 << 20))) ||
+        (fkey && *fkey && !(key = slurp(fkey, 1 << 20)))) {
         fprintf(stderr, "tollctl %s: cannot read a TLS file: %s\n", c->tc_cmd, strerror(errno));
         goto done;
     }

@@ -252,7 +252,8 @@ static const char LEDGER_USAGE[] =
     "       tollctl ledger export [FILTERS] > usage.csv\n"
     "  FILTERS: --account A --project P --key K --run R --model M --channel C\n"
     "           --route-type direct|pooled --kind usage|topup|adjustment (repeatable)\n"
-    "           --since TIME --until TIME   (RFC 3339, 2026-11-24, Unix seconds, or 24h/7d ago)\n" CONN;
+    "           --since TIME --until TIME   (RFC 3339, 2026-11-24, Unix seconds, or 24h/7d ago)\n"
+    "  (--key is the API key filter here: give an mTLS client key as TOLLGATE_KEY=F)\n" CONN;
 
 static const char LEDGER_SPEC[] =
     "account= project= key= run= model= channel= route-type= kind= since= until= page-size= page-token=";
@@ -641,7 +642,8 @@ void usage_admin(void)
            "  run receipt, budget put/get      runs (tasks)\n"
            "  policy get/put, agents list, audit, whoami\n"
            "connection: --server HOST:PORT (TOLLGATE_SERVER, default 127.0.0.1:7443),\n"
-           "  the admin token from TOLLGATE_TOKEN or --token-file FILE, --tls/--ca/--cert/--key;\n"
+           "  the admin token from TOLLGATE_TOKEN or --token-file FILE, --tls/--ca/--cert/--key\n"
+           "  (or TOLLGATE_CA, TOLLGATE_CERT, TOLLGATE_KEY);\n"
            "  --json prints proto3 JSON for scripts; --file x.json gives an object as JSON.\n"
            "Run `tollctl <command>` without arguments for its usage.\n");
 }

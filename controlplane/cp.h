@@ -123,6 +123,8 @@ typedef struct tg_cp {
     atomic_llong cp_m_forward_fail; /* of those, the ones that failed to reach it */
     atomic_llong cp_m_settled_at_us; /* when a settlement last committed (the leader) or was
                                       * applied from the settled log (any replica); 0 never */
+    int64_t cp_m_cert_not_after;    /* notAfter (Unix s) of --tls-cert, --client-ca; 0: none */
+    int64_t cp_m_ca_not_after;
 } tg_cp_t;
 
 /* ---- budget scopes (lease.c): shared by settlement, leases and the admin reads ---- */

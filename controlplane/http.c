@@ -69,7 +69,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         char err[TG_ERRLEN] = "";
         int64_t rev = 0;
         tg_ledger_stat_t st = {0};
-        tg_store_revision(cp->cp_store, &rev, err, sizeof err);
+        int store_up = tg_store_revision(cp->cp_store, &rev, err, sizeof err) == 0;
         if (cp->cp_ledger) tg_ledger_stat(cp->cp_ledger, &st, err, sizeof err);
         metric(&b, "tollgate_cp_up", "gauge", "1 while the control plane runs", 1);
         metric(&b, "tollgate_cp_is_leader", "gauge", "1 while this replica settles",
@@ -125,7 +125,21 @@ static void on_request(struct evhttp_request *req, void *arg)
                atomic_load(&cp->cp_m_sync_streams));
         metric(&b, "tollgate_cp_ledger_exports", "gauge", "ledger exports streaming now",
                atomic_load(&tg_cp_exports_running));
+        metric(&b, "tollgate_cp_store_up", "gauge",
+               "1 when the store (etcd or LMDB) answered this scrape's revision read, 0 when it did not", store_up);
         metric(&b, "tollgate_cp_store_revision", "gauge", "current store revision", rev);
+        if (cp->cp_m_cert_not_after || cp->cp_m_ca_not_after) {
+            int64_t now = tg_cp_now_us() / 1000000;
+            tg_buf_puts(&b, "# HELP tollgate_cp_cert_expiry_seconds seconds until a certificate of the gRPC port "
+                            "expires (negative: expired): cert=\"server\" (--tls-cert), \"client_ca\" (--client-ca)\n"
+                            "# TYPE tollgate_cp_cert_expiry_seconds gauge\n");
+            if (cp->cp_m_cert_not_after)
+                tg_buf_printf(&b, "tollgate_cp_cert_expiry_seconds{cert=\"server\"} %" PRId64 "\n",
+                              cp->cp_m_cert_not_after - now);
+            if (cp->cp_m_ca_not_after)
+                tg_buf_printf(&b, "tollgate_cp_cert_expiry_seconds{cert=\"client_ca\"} %" PRId64 "\n",
+                              cp->cp_m_ca_not_after - now);
+        }
         metric(&b, "tollgate_cp_ledger_rows", "gauge", "rows in this replica's ledger",
                (int64_t)st.ls_rows);
         metric(&b, "tollgate_cp_ledger_head_seq", "gauge", "newest ledger sequence number",

@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "base/tg_log.h"
+#include "checkcfg/tg_checkcfg.h"
+#include "crypto/tg_crypto.h"
 #include "controlplane/admin_int.h"
 #include "controlplane/agentside.h" /* cp_agent_side_free */
 
@@ -31,6 +33,8 @@ static const char USAGE[] =
     "  --http HOST:PORT          health and metrics (TG_CP_HTTP, default 127.0.0.1:7444)\n"
     "  --data-dir DIR            ledger, signing key, default store (TG_CP_DATA_DIR, default ./tollgate-cp-data)\n"
     "  --store SPEC              lmdb:PATH or etcd:URL,URL (TG_CP_STORE, default lmdb:DATA_DIR/store)\n"
+    "  --store-ca PEM --store-cert PEM --store-key PEM   etcd over https: roots, client identity\n"
+    "                            (TG_CP_STORE_CA, TG_CP_STORE_CERT, TG_CP_STORE_KEY)\n"
     "  --admin-tokens FILE       admin bearer tokens, 'name role token' per line (TG_CP_ADMIN_TOKENS)\n"
     "  --enroll-token TOKEN      agents' enrollment token (TG_CP_ENROLL_TOKEN)\n"
     "  --enroll-token-file FILE  the same, read from a file (TG_CP_ENROLL_TOKEN_FILE)\n"
@@ -51,6 +55,9 @@ static const char USAGE[] =
     "                            default 120; etcd: use its --auto-compaction-* flags)\n"
     "  --lease-ttl-ms MS         spend leases expire this long after their last renewal (TG_CP_LEASE_TTL_MS, default 30000)\n"
     "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
+    "  --check-config[=offline]  check the flags and environment, the files they name (readable, certificates\n"
+    "                            load, keys match, expiry) and that the store answers (not with =offline);\n"
+    "                            print \"config ok\" and exit 0, or name each problem and its fix and exit 1\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
 
 typedef struct flag {
@@ -62,7 +69,7 @@ typedef struct flag {
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
     F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
-    F_PEER_CA, F_COUNT
+    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -85,6 +92,9 @@ static flag_t flags[F_COUNT] = {
     {"--log-level", "TG_CP_LOG_LEVEL", "info"},
     {"--advertise", "TG_CP_ADVERTISE", NULL},
     {"--peer-ca", "TG_CP_PEER_CA", NULL},
+    {"--store-ca", "TG_CP_STORE_CA", NULL},
+    {"--store-cert", "TG_CP_STORE_CERT", NULL},
+    {"--store-key", "TG_CP_STORE_KEY", NULL},
 };
 
 /* Whether a HOST:PORT listen address is on the loopback interface. */
@@ -152,6 +162,72 @@ static void chomp(char *s)
     while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) s[--n] = '\0';
 }
 
+/* ---- --check-config ------------------------------------------------------------ */
+
+/* Checks what main() would load, without serving: flags and environment
+ * (already parsed by main), files, certificates, directories, and, unless
+ * offline, that the store answers. Prints "config ok" and returns 0, or
+ * returns 1 after naming each problem. */
+static int check_config(int offline)
+{
+    const char *store = flags[F_STORE].f_val;
+    tg_checkcfg_t c = {.cc_prog = "tollgate-cp"};
+    tg_checkcfg_addr(&c, "--listen", flags[F_LISTEN].f_val, 0);
+    tg_checkcfg_addr(&c, "--http", flags[F_HTTP].f_val, 0);
+    if (flags[F_ADVERTISE].f_val) tg_checkcfg_addr(&c, "--advertise", flags[F_ADVERTISE].f_val, 1);
+    tg_checkcfg_dir(&c, "--data-dir", flags[F_DATA].f_val, 1);
+    if (flags[F_TOKENS].f_val) {
+        char err[TG_ERRLEN] = "";
+        tg_cp_admin_token_t *t = NULL;
+        size_t n = 0;
+        if (tg_cp_tokens_load(flags[F_TOKENS].f_val, &t, &n, err, sizeof err) != 0)
+            tg_checkcfg_problem(&c, "--admin-tokens: %s: write one 'name role token' a line (role admin, operator or "
+                                    "reader)", err);
+        else if (n == 0)
+            tg_checkcfg_problem(&c, "--admin-tokens %s holds no token: every admin call would be refused; add one",
+                                flags[F_TOKENS].f_val);
+        tg_free(t);
+    } else {
+        tg_checkcfg_problem(&c, "no --admin-tokens (TG_CP_ADMIN_TOKENS): every admin call would be refused; give "
+                                "a file of 'name role token' lines");
+    }
+    if (flags[F_ENROLL_FILE].f_val) tg_checkcfg_readable(&c, "--enroll-token-file", flags[F_ENROLL_FILE].f_val);
+    if (!flags[F_ENROLL].f_val && !flags[F_ENROLL_FILE].f_val)
+        tg_checkcfg_warn(&c, "no --enroll-token-file (TG_CP_ENROLL_TOKEN_FILE): no new agent can enroll");
+    if (flags[F_CERT].f_val) tg_checkcfg_cert(&c, "--tls-cert/--tls-key", flags[F_CERT].f_val, flags[F_KEY].f_val);
+    if (flags[F_CA].f_val) tg_checkcfg_cert(&c, "--client-ca", flags[F_CA].f_val, NULL);
+    if (flags[F_PEER_CA].f_val) tg_checkcfg_cert(&c, "--peer-ca", flags[F_PEER_CA].f_val, NULL);
+    if (!!flags[F_STORE_CERT].f_val != !!flags[F_STORE_KEY].f_val)
+        tg_checkcfg_problem(&c, "--store-cert and --store-key go together (etcd client certificate)");
+    if (flags[F_STORE_CERT].f_val && flags[F_STORE_KEY].f_val)
+        tg_checkcfg_cert(&c, "--store-cert/--store-key", flags[F_STORE_CERT].f_val, flags[F_STORE_KEY].f_val);
+    if (flags[F_STORE_CA].f_val) tg_checkcfg_cert(&c, "--store-ca", flags[F_STORE_CA].f_val, NULL);
+    if (store && strncmp(store, "etcd:", 5) != 0 && strncmp(store, "lmdb:", 5) != 0) {
+        tg_checkcfg_problem(&c, "--store %s: expected lmdb:PATH or etcd:URL[,URL...]", store);
+    } else if (store && strncmp(store, "lmdb:", 5) == 0) {
+        tg_checkcfg_dir(&c, "--store", store + 5, 1);
+    } else if (store && c.cc_problems == 0 && !offline) {
+        /* the etcd cluster answers with these TLS files (tg_store_open only
+         * parses; the revision read is the first request) */
+        char err[TG_ERRLEN] = "";
+        int64_t rev = 0;
+        tg_store_t *st = NULL;
+        tg_store_opts_t o;
+        memset(&o, 0, sizeof o);
+        o.so_ca_file = flags[F_STORE_CA].f_val;
+        o.so_cert_file = flags[F_STORE_CERT].f_val;
+        o.so_key_file = flags[F_STORE_KEY].f_val;
+        o.so_retries = 1;
+        o.so_timeout_ms = 3000;
+        if (tg_store_open(&st, store, &o, err, sizeof err) != 0 || tg_store_revision(st, &rev, err, sizeof err) != 0)
+            tg_checkcfg_problem(&c, "--store %s: %s: start etcd or fix the endpoints and "
+                                    "--store-ca/--store-cert/--store-key (--check-config=offline skips this)",
+                                store, err);
+        tg_store_close(st);
+    }
+    return tg_checkcfg_done(&c);
+}
+
 int main(int argc, char **argv)
 {
     tg_cp_t cp;
@@ -159,7 +235,7 @@ int main(int argc, char **argv)
     tg_cp_http_t *http = NULL;
     char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
     char *cert = NULL, *key = NULL, *ca = NULL, *peer_ca = NULL, *enroll = NULL;
-    int rc = 1, http_port = 0, agent_started = 0, sig;
+    int rc = 1, http_port = 0, agent_started = 0, sig, check = 0;
     long threads, heartbeat, retention, history, lease_ttl;
     tg_store_opts_t sto;
     sigset_t set;
@@ -174,6 +250,10 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(USAGE, stdout);
             return 0;
+        }
+        if (strcmp(argv[i], "--check-config") == 0 || strcmp(argv[i], "--check-config=offline") == 0) {
+            check = argv[i][14] ? 2 : 1;
+            continue;
         }
         for (int k = 0; k < F_COUNT; k++) {
             size_t fl = strlen(flags[k].f_name);
@@ -240,6 +320,8 @@ int main(int argc, char **argv)
                 flags[F_LISTEN].f_val);
     }
 
+    if (check) return check_config(check == 2);
+
     /* Block the signals before any thread starts, so only sigwait sees them. */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -299,6 +381,11 @@ int main(int argc, char **argv)
     }
     /* a follower calls the leader as a client: TLS when replicas serve it,
      * with this replica's own certificate when they require client ones */
+    if ((cert && tg_crypto_cert_not_after(cert, strlen(cert), &cp.cp_m_cert_not_after, err, sizeof err) != 0) ||
+        (ca && tg_crypto_cert_not_after(ca, strlen(ca), &cp.cp_m_ca_not_after, err, sizeof err) != 0)) {
+        TG_LOG(TG_LOG_ERROR, "cp", "TLS: --tls-cert / --client-ca: %s", err);
+        goto done;
+    }
     if (cert) {
         cp.cp_peer_tls.co_tls = 1;
         cp.cp_peer_tls.co_root_pem = peer_ca ? peer_ca : ca;
@@ -310,6 +397,9 @@ int main(int argc, char **argv)
 
     memset(&sto, 0, sizeof sto);
     sto.so_history_s = history; /* lmdb only */
+    sto.so_ca_file = flags[F_STORE_CA].f_val; /* etcd only */
+    sto.so_cert_file = flags[F_STORE_CERT].f_val;
+    sto.so_key_file = flags[F_STORE_KEY].f_val;
     if (tg_store_open(&cp.cp_store, store_spec, &sto, err, sizeof err) != 0) {
         TG_LOG(TG_LOG_ERROR, "cp", "store %s: %s", store_spec, err);
         goto done;

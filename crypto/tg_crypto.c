@@ -1,5 +1,6 @@
-/* tg_crypto: Ed25519, SHA-256, hex, identifiers and secrets over OpenSSL 3
- * (see tg_crypto.h for the contract). */
+/* tg_crypto: Ed25519, SHA-256, hex, identifiers and secrets over OpenSSL 3,
+ * and the reading of X.509 files for configuration checks (see tg_crypto.h
+ * for the contract). */
 #include "crypto/tg_crypto.h"
 
 #include <errno.h>
@@ -15,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include "base/tg_base.h"
 
@@ -309,4 +311,85 @@ void tg_crypto_key_free(tg_crypto_key_t *key)
         return;
     EVP_PKEY_free(key->k_pkey);
     tg_free(key);
+}
+
+/* ---- TLS files -------------------------------------------------------------------- */
+
+/* Unix seconds of an ASN1_TIME. */
+static int asn1_unix(const ASN1_TIME *t, int64_t *out)
+{
+    struct tm tm;
+    if (ASN1_TIME_to_tm(t, &tm) != 1)
+        return -1;
+    *out = (int64_t)timegm(&tm);
+    return 0;
+}
+
+int tg_crypto_cert_not_after(const char *pem, size_t len, int64_t *not_after, char *err, size_t errlen)
+{
+    int rc = TG_CRYPTO_EFORMAT;
+    X509 *x = NULL;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    if (!bio) {
+        rc = tg_errf(err, errlen, TG_CRYPTO_EOPENSSL, "out of memory");
+        goto fail;
+    }
+    if (!(x = PEM_read_bio_X509(bio, NULL, NULL, NULL))) {
+        tg_errf(err, errlen, rc, "no PEM certificate (%s)", ossl_reason());
+        goto fail;
+    }
+    if (asn1_unix(X509_get0_notAfter(x), not_after) != 0) {
+        tg_errf(err, errlen, rc, "the certificate's notAfter does not parse");
+        goto fail;
+    }
+    rc = 0;
+fail:
+    X509_free(x);
+    BIO_free(bio);
+    return rc;
+}
+
+int tg_crypto_tls_files_check(const char *cert_path, const char *key_path, int64_t *not_after, char *err,
+                              size_t errlen)
+{
+    int rc = TG_CRYPTO_EFORMAT;
+    X509 *x = NULL;
+    EVP_PKEY *k = NULL;
+    FILE *f = fopen(cert_path, "r");
+    if (!f) {
+        rc = tg_errf(err, errlen, TG_CRYPTO_EIO, "%s: cannot read it: %s", cert_path, strerror(errno));
+        goto fail;
+    }
+    x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x) {
+        tg_errf(err, errlen, rc, "%s: not a PEM certificate (%s)", cert_path, ossl_reason());
+        goto fail;
+    }
+    if (not_after && asn1_unix(X509_get0_notAfter(x), not_after) != 0) {
+        tg_errf(err, errlen, rc, "%s: the certificate's notAfter does not parse", cert_path);
+        goto fail;
+    }
+    if (key_path) {
+        if (!(f = fopen(key_path, "r"))) {
+            rc = tg_errf(err, errlen, TG_CRYPTO_EIO, "%s: cannot read it: %s", key_path, strerror(errno));
+            goto fail;
+        }
+        k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+        fclose(f);
+        if (!k) {
+            tg_errf(err, errlen, rc, "%s: not a PEM private key (%s)", key_path, ossl_reason());
+            goto fail;
+        }
+        if (X509_check_private_key(x, k) != 1) {
+            ERR_clear_error();
+            tg_errf(err, errlen, rc, "%s does not match the certificate %s", key_path, cert_path);
+            goto fail;
+        }
+    }
+    rc = 0;
+fail:
+    EVP_PKEY_free(k);
+    X509_free(x);
+    return rc;
 }

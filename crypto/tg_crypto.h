@@ -102,4 +102,21 @@ int tg_crypto_verify(const tg_crypto_key_t *key, const void *data, size_t n, con
 /* Frees a key. Accepts NULL. */
 void tg_crypto_key_free(tg_crypto_key_t *key);
 
+/* ---- TLS files (X.509, for --check-config and certificate-expiry metrics) ---- */
+
+/* The notAfter of the first certificate in a PEM text of len bytes, as Unix
+ * seconds in *not_after. Returns 0, or TG_CRYPTO_EFORMAT (no certificate
+ * parses) with the reason in err. */
+int tg_crypto_cert_not_after(const char *pem, size_t len, int64_t *not_after, char *err, size_t errlen);
+
+/* Checks TLS files the way a server or client will load them: cert_path
+ * holds a PEM certificate (its notAfter in *not_after when not NULL);
+ * key_path, when not NULL, a PEM private key that matches that
+ * certificate. Returns 0, or TG_CRYPTO_EIO (unreadable: errno's reason) /
+ * TG_CRYPTO_EFORMAT (not a certificate, not a key, key and certificate
+ * differ) with the path and the reason in err. Expiry is not an error here:
+ * the caller compares *not_after with the clock. */
+int tg_crypto_tls_files_check(const char *cert_path, const char *key_path, int64_t *not_after, char *err,
+                              size_t errlen);
+
 #endif

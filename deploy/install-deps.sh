@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Tollgate needs to build, test and benchmark on a fresh
 # Debian 12 machine: the Debian packages (build tools, system libraries that
-# Bazel links with linkopts, etcd, nginx, wrk) and the npm test clients pinned
+# Bazel links with linkopts, etcd, nginx, wrk, prometheus) and the npm test clients pinned
 # by package-lock.json. Idempotent: a second run changes nothing and is quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ DEBS=(
   nginx wrk                  # benchmark baseline and load generator
   ca-certificates curl jq    # quickstart and scripts
   openssl procps             # test certificates (openssl CLI), pgrep in bench/run.sh
+  prometheus                 # deploy/monitoring: promtool and a real Prometheus in the e2e test
 )
 
 # Node (end-to-end tests with the official SDKs): the machine image ships its
@@ -40,10 +41,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# nginx is only a benchmark baseline: never leave the packaged service running.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
-  systemctl stop nginx || true
-fi
+# nginx and prometheus are only a benchmark baseline and a test's tool:
+# never leave the packaged services running.
+for svc in nginx prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
 
 # npm test clients, exactly as locked. Skip when node_modules already matches.
 stamp=node_modules/.tollgate-lock.sha256

@@ -275,7 +275,8 @@ typedef struct tg_rpc_channel_opts {
     const char *co_key_pem;   /* its private key */
     const char *co_tls_name;  /* expected server name if not the target host */
     int co_reconnect_min_ms;  /* gRPC reconnect backoff bounds; 0: core */
-    int co_reconnect_max_ms;  /*   defaults (1 s .. 120 s) */
+    int co_reconnect_max_ms;  /*   defaults (1 s .. 120 s); a connection
+                               *   attempt may take max(2 s, min) */
     int co_keepalive_ms;      /* HTTP/2 ping interval to detect a dead server
                                * on an idle stream; 0: off; >= 1000 */
     int co_max_message_bytes; /* largest message received; 0: 4 MiB */

@@ -62,7 +62,13 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
     }
     memset(args, 0, sizeof args);
     if (o.co_reconnect_min_ms > 0) {
-        rpc_arg_int(args, &n, GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
+        /* gRPC core reads MIN_RECONNECT_BACKOFF as the time one connection
+         * attempt (TCP, TLS, HTTP/2 settings) may take: at 100 ms a TLS
+         * handshake on a loaded machine timed out and the agent left a
+         * healthy control plane. Never under 2 s; the backoff between
+         * attempts stays co_reconnect_min_ms. */
+        rpc_arg_int(args, &n, GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+                    o.co_reconnect_min_ms > 2000 ? o.co_reconnect_min_ms : 2000);
         rpc_arg_int(args, &n, GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, o.co_reconnect_min_ms);
     }
     if (o.co_reconnect_max_ms > 0)
