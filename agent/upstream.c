@@ -482,6 +482,10 @@ void tg_req_start_attempt(req_t *rq)
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout_ms ? c->connect_timeout_ms : DEF_CONNECT_MS));
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->request_timeout_ms ? c->request_timeout_ms : DEF_TOTAL_MS));
+    if (rq->rq_w->w_agent->a_no_env_proxy) {
+        curl_easy_setopt(e, CURLOPT_PROXY, "");
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+    }
     if (rq->rq_w->w_agent->a_opts.ao_insecure_upstream) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
