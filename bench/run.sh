@@ -148,13 +148,8 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 "$MOCKLLM" --port 0 --record-max 0 >"$TMP/mock.out" 2>&1 &
 MOCK_PID=$!
 STARTED+=("$MOCK_PID")
-MOCK_PORT=
-for _ in $(seq 100); do
-  MOCK_PORT=$(sed -n 's/^mockllm listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/mock.out")
-  [ -n "$MOCK_PORT" ] && break
-  sleep 0.1
-done
-[ -n "$MOCK_PORT" ] || { echo "bench/run.sh: mockllm did not start: $(cat "$TMP/mock.out")" >&2; exit 1; }
+MOCK_PORT=$("$HERE/mock_port.sh" "$TMP/mock.out") ||
+  { echo "bench/run.sh: mockllm did not start: $(cat "$TMP/mock.out")" >&2; exit 1; }
 UPSTREAM="http://127.0.0.1:$MOCK_PORT"
 
 # start_nginx NAME PORT WORKERS [reuseport] [MODE]: nginx in $TMP/NAME; sets
