@@ -113,7 +113,7 @@ if (tlsRows.some(([, , scn, key]) => get(scn, 'nginx_tls', key) !== null)) {
       return [v, fmt(v, mode)];
     };
     const [n, nf] = c('nginx_tls');
-    const [a, af] = c('agent_tls');
+    const [a, af] = agentMissing ? [null, 'not yet built'] : c('agent_tls');
     out.push(`| ${label} | ${metric} | ${nf} | ${af} | ${isAdded ? '' : ratio(a, n)} |`);
   }
   out.push('');
