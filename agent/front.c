@@ -409,8 +409,10 @@ static int out_send(tg_front_conn_t *c)
         conn_lost(c);
         return -1;
     }
-    /* all out: keep a small buffer for the next response */
-    if (c->c_out.b_cap > KEEP_OUT) {
+    /* all out: keep a small buffer for the next response, none while a
+     * stream is open (it may idle for minutes; its writes go straight to
+     * the socket) */
+    if (c->c_out.b_cap > KEEP_OUT || (c->c_streamed && c->c_state == ST_HANDLE)) {
         tg_buf_free(&c->c_out);
         tg_buf_init(&c->c_out, SIZE_MAX);
     } else {
@@ -1284,6 +1286,10 @@ int tg_front_stream_start(tg_front_conn_t *c, int status)
         conn_lost(c);
         return -1;
     }
+    /* the head is out: its header lines are not needed again (a stream's
+     * failed end keeps the head it sent) */
+    if (c->c_req)
+        tg_buf_free(&c->c_req->r_ohead);
     return out_send(c);
 }
 

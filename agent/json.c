@@ -135,6 +135,26 @@ static int low_escape(const tg_json_t *j, uint32_t *lo)
 /* Scans the string at the cursor (its opening quote). Decoded bytes go to
  * sink (when set), else to out[0..outlen) (when set: truncated, NUL-
  * terminated, *trunc set when they did not fit). */
+/* Skips 8 bytes at a time while none of them ends a plain run (a quote,
+ * a backslash, a control byte or a non-ASCII byte): the word tests are
+ * the classic "has a zero byte" / "has a byte below n" bit tricks. Returns
+ * the position of the word that holds the first such byte, or of the last
+ * few bytes; the caller's byte loop finds the byte itself. */
+static size_t plain_run(const char *p, size_t pos, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (len - pos >= 8) {
+        uint64_t x;
+        memcpy(&x, p + pos, 8);
+        uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+        uint64_t stop = ((q - ones) & ~q) | ((b - ones) & ~b) | (x - ones * 0x20) | x;
+        if (stop & highs)
+            break;
+        pos += 8;
+    }
+    return pos;
+}
+
 static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *trunc)
 {
     size_t o = 0;
@@ -190,6 +210,7 @@ static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *t
         } else if (c < 0x80) {
             /* a run of plain bytes in one copy */
             size_t s = j->j_pos;
+            j->j_pos = plain_run(j->j_p, j->j_pos, j->j_len);
             while (j->j_pos < j->j_len) {
                 unsigned char d = (unsigned char)j->j_p[j->j_pos];
                 if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80)

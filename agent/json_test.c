@@ -155,12 +155,44 @@ static void test_strings_numbers(void **st)
     }
 }
 
+/* Plain runs are skipped 8 bytes at a time: a byte that ends one (quote,
+ * backslash, control, non-ASCII) is found at every offset of a word. */
+static void test_plain_runs(void **st)
+{
+    (void)st;
+    static const char *const stops[] = {"\\n", "\x01", "\xc3\xa9", "\\\\", "\\\""};
+    static const char *const decoded[] = {"\n", "", "\xc3\xa9", "\\", "\""};
+    for (size_t k = 0; k < sizeof stops / sizeof stops[0]; k++)
+        for (size_t at = 0; at < 20; at++) {
+            char text[64], want[64];
+            memset(want, 'x', at);
+            snprintf(want + at, sizeof want - at, "%sabcdefghijk", decoded[k]);
+            memset(text, 'x', at + 1);
+            text[0] = '"';
+            snprintf(text + at + 1, sizeof text - at - 1, "%sabcdefghijk\"", stops[k]);
+            tg_json_t j;
+            tg_buf_t b;
+            tg_buf_init(&b, 256);
+            tg_json_init(&j, text, strlen(text), NULL, 0);
+            int rc = tg_json_string(&j, &b);
+            if (k == 1) { /* a raw control byte is refused wherever it is */
+                assert_int_equal(rc, TG_AGENT_EJSON);
+            } else {
+                assert_int_equal(rc, 0);
+                assert_int_equal(b.b_len, strlen(want));
+                assert_memory_equal(b.b_data, want, b.b_len);
+                assert_int_equal(j.j_pos, strlen(text));
+            }
+            tg_buf_free(&b);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid), cmocka_unit_test(test_surrogates),
         cmocka_unit_test(test_walk),
-        cmocka_unit_test(test_strings_numbers),
+        cmocka_unit_test(test_strings_numbers), cmocka_unit_test(test_plain_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -35,6 +35,8 @@ static const char usage[] =
     "  --region NAME          recorded in usage records\n"
     "  --log-level LEVEL      debug, info, warn or error (default info)\n"
     "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n"
+    "  --upstream-ca PEM      verify HTTPS upstreams against these roots instead of the system's\n"
+    "                         (a private CA in front of self-hosted models)\n"
     "  --log-records          also log each usage record as a JSON line (comp \"usage\")\n"
     "  --no-spend-control     benchmark baseline only: serve without pre-authorization; refused with --cp\n"
     "  --outbox-map-mb N      LMDB map size of the usage outbox (default 1024)\n"
@@ -381,6 +383,14 @@ int main(int argc, char **argv)
             fclose(f);
             enroll_buf[strcspn(enroll_buf, "\r\n")] = '\0';
             o.ao_enroll_token = enroll_buf;
+        } else if (strcmp(a, "--upstream-ca") == 0) {
+            FILE *f = fopen(v, "r");
+            if (!f) {
+                fprintf(stderr, "tollgate-agent: --upstream-ca %s: cannot read it (%s)\n", v, strerror(errno));
+                return 2;
+            }
+            fclose(f);
+            o.ao_upstream_ca = v;
         } else if (strcmp(a, "--cp-ca") == 0) {
             o.ao_cp_ca = v;
         } else if (strcmp(a, "--cp-cert") == 0) {

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event_struct.h> /* sockev_t embeds its event */
+
 #include "agent/server_int.h"
 #include "base/tg_log.h"
 #include "billing/tg_billing.h"
@@ -31,9 +33,9 @@
 /* ---- curl multi_socket glue ----------------------------------------------- */
 
 typedef struct sockev {
-    struct event *se_ev;
+    struct event se_ev; /* embedded: a change of the watched events reassigns it, no allocation */
     worker_t *se_w;
-    short se_kind; /* the events watched now */
+    short se_kind;      /* the events watched now */
 } sockev_t;
 
 static void check_done(worker_t *w)
@@ -75,7 +77,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
     sockev_t *se = sockp;
     if (what == CURL_POLL_REMOVE) {
         if (se) {
-            event_free(se->se_ev);
+            event_del(&se->se_ev);
             tg_free(se);
             curl_multi_assign(w->w_multi, s, NULL);
         }
@@ -91,13 +93,12 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
         se->se_w = w;
         curl_multi_assign(w->w_multi, s, se);
     } else {
-        event_free(se->se_ev);
+        event_del(&se->se_ev);
     }
     se->se_kind = kind;
-    se->se_ev = event_new(w->w_base, s, kind, on_sock, w);
-    if (!se->se_ev)
+    if (event_assign(&se->se_ev, w->w_base, s, kind, on_sock, w) != 0)
         return -1;
-    event_add(se->se_ev, NULL);
+    event_add(&se->se_ev, NULL);
     return 0;
 }
 
@@ -105,8 +106,13 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
     worker_t *w = userp;
-    if (timeout_ms < 0) {
+    if (timeout_ms <= 0) {
         evtimer_del(w->w_curl_timer);
+        /* 0: "now" (a transfer was added, a paused one resumed): run it in
+         * this pass over the ready events instead of a zero timer, which
+         * costs another epoll_wait round before curl sends the request */
+        if (timeout_ms == 0)
+            event_active(w->w_curl_timer, EV_TIMEOUT, 1);
         return 0;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
@@ -848,6 +854,14 @@ int tg_agent_create(const tg_agent_opts_t *o, tg_agent_t **out, char *err, size_
         goto fail;
     }
     a->a_curl_inited = 1;
+    /* curl looks for proxy variables in the environment at every transfer
+     * (getenv scans): when none is set at start, transfers say so */
+    static const char *const proxy_env[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                            "all_proxy", "ALL_PROXY"};
+    a->a_no_env_proxy = 1;
+    for (size_t i = 0; i < sizeof proxy_env / sizeof proxy_env[0]; i++)
+        if (getenv(proxy_env[i]))
+            a->a_no_env_proxy = 0;
     /* The tokenizer loads each encoding on first use (tens of ms): do it
      * now, not on a loop in the middle of a request. */
     char merr[TG_ERRLEN] = "";

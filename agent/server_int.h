@@ -82,6 +82,7 @@ struct tg_agent {
     worker_t *a_workers;
     int a_stop_pipe[2];
     int a_curl_inited;
+    int a_no_env_proxy;     /* no *_proxy variable was set at start: transfers skip curl's lookup */
     int a_lock_fd;          /* DATA_DIR/agent.lock, flock'ed: one agent per data dir; -1 without */
     uint64_t a_id_base;     /* random, makes request ids unique across restarts */
     pthread_mutex_t a_cfg_mu;

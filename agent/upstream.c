@@ -92,6 +92,13 @@ static int forward_event(void *arg, const char *ev, size_t n)
 static void start_stream(req_t *rq)
 {
     tg_front_conn_t *hr = rq->rq_c;
+    /* No attempt follows a started stream, and once curl has sent the
+     * whole body it never reads it again (no redirects, no auth replays):
+     * an open stream does not keep a copy of its prompt. */
+    curl_off_t sent = 0;
+    if (rq->rq_easy && curl_easy_getinfo(rq->rq_easy, CURLINFO_SIZE_UPLOAD_T, &sent) == CURLE_OK &&
+        sent == (curl_off_t)rq->rq_upbody.b_len)
+        tg_buf_free(&rq->rq_upbody);
     tg_req_route_headers(rq, hr);
     add_header(hr, "Content-Type", "text/event-stream; charset=utf-8");
     add_header(hr, "Cache-Control", "no-cache");
@@ -466,9 +473,21 @@ void tg_req_start_attempt(req_t *rq)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->rq_curlerr);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* curl allocates its receive buffer per transfer and keeps it until the
+     * end: an open stream waiting for tokens pays a page of it (16 KB
+     * default, first page touched). Stream events are small, so a stream
+     * reads with 1 KB; a buffered answer keeps the default. */
+    if (rq->rq_scan.sc_stream)
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout_ms ? c->connect_timeout_ms : DEF_CONNECT_MS));
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->request_timeout_ms ? c->request_timeout_ms : DEF_TOTAL_MS));
+    if (rq->rq_w->w_agent->a_no_env_proxy) {
+        curl_easy_setopt(e, CURLOPT_PROXY, "");
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+    }
+    if (rq->rq_w->w_agent->a_opts.ao_upstream_ca)
+        curl_easy_setopt(e, CURLOPT_CAINFO, rq->rq_w->w_agent->a_opts.ao_upstream_ca);
     if (rq->rq_w->w_agent->a_opts.ao_insecure_upstream) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

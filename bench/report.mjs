@@ -21,6 +21,9 @@ const median = (a) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const agentMissing = !agentNote.startsWith('started') && !agentNote.startsWith('external');
+// Node gateways from npm (bench/peers), each a column and its ratio to the agent.
+const peers = (process.env.BENCH_PEERS || '').split(' ').filter(Boolean);
+const peerNotes = (process.env.BENCH_PEER_NOTES || '').split(';').filter(Boolean);
 
 function get(scn, tgt, metric) {
   if (errors.has(`${scn}|${tgt}`)) return 'error';
@@ -59,8 +62,9 @@ const rows = [
 ];
 
 const out = [];
-out.push(`| Scenario | Metric | mockllm direct | nginx proxy_pass | tollgate agent | nginx / direct | agent / nginx |`);
-out.push(`|---|---|---|---|---|---|---|`);
+out.push(`| Scenario | Metric | mockllm direct | nginx proxy_pass | tollgate agent | nginx / direct | agent / nginx |` +
+  peers.map((p) => ` ${p} | ${p} / agent |`).join(''));
+out.push(`|---|---|---|---|---|---|---|${peers.map(() => '---|---|').join('')}`);
 for (const [label, metric, scn, key, mode] of rows) {
   const cell = (tgt) => {
     if (tgt === 'agent' && agentMissing) return 'not yet built';
@@ -81,10 +85,40 @@ for (const [label, metric, scn, key, mode] of rows) {
   // CPU rows compare the proxies with each other (direct is the upstream's own cost).
   const nd = isAdded || key === 'cpu_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
   const an = isAdded ? '' : ratio(a, n);
-  out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} |`);
+  const pc = peers.map((p) => {
+    const v = get(scn, p, key);
+    return ` ${cell(p)} | ${isAdded ? '' : ratio(v, a)} |`;
+  }).join('');
+  out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} |${pc}`);
 }
 out.push('');
-const times = ['direct', 'nginx', 'agent'].map((t) => [t, get('idle', t, 'open_s'), get('idle', t, 'release_s')])
+// The TLS rows: the same load, the upstream behind nginx's ssl listener.
+const tlsRows = rows.filter(([, , scn, key, mode]) => ['small', 'small_c1', 'stream'].includes(scn) &&
+  !key.includes('p99') && (mode !== 'ms' || key === 'ttft_p50_us'));
+if (tlsRows.some(([, , scn, key]) => get(scn, 'nginx_tls', key) !== null)) {
+  out.push('TLS upstream (mockllm behind an nginx ssl listener, test CA; connections reused; the ' +
+    'terminator\'s CPU is not counted):');
+  out.push('');
+  out.push('| Scenario | Metric | nginx proxy_pass https | tollgate agent https | agent / nginx |');
+  out.push('|---|---|---|---|---|');
+  for (const [label, metric, scn, key, mode] of tlsRows) {
+    const isAdded = mode === 'added' || mode === 'added-ms';
+    const c = (t) => {
+      let v = get(scn, t, key);
+      if (isAdded) {
+        const d = get(scn, 'direct', key);
+        v = typeof v === 'number' && typeof d === 'number' ? v - d : v;
+        return [v, fmt(v, mode === 'added-ms' ? 'ms' : undefined)];
+      }
+      return [v, fmt(v, mode)];
+    };
+    const [n, nf] = c('nginx_tls');
+    const [a, af] = agentMissing ? [null, 'not yet built'] : c('agent_tls');
+    out.push(`| ${label} | ${metric} | ${nf} | ${af} | ${isAdded ? '' : ratio(a, n)} |`);
+  }
+  out.push('');
+}
+const times = ['direct', 'nginx', 'agent', ...peers].map((t) => [t, get('idle', t, 'open_s'), get('idle', t, 'release_s')])
   .filter(([, o]) => typeof o === 'number');
 if (times.length) {
   out.push(`Idle row, seconds to open all ${streams} streams / to let go of them after the client closed them: ` +
@@ -101,5 +135,7 @@ if (procs.length) {
 out.push(`Medians of ${runs} run(s) of ${dur} s each (wrk -t1; streams: ${nstream} requests, 4 at a time, ` +
   `measured by bench/stream_client.mjs). "CPU us/request of the process under test" is mockllm's own ` +
   `CPU for the direct column and the proxy's alone (nginx: its one worker) otherwise, from /proc/PID/stat. ` +
-  `Agent: ${agentNote}. Peer gateways from npm: none installed (no network), not measured.`);
+  `Agent: ${agentNote}. Peer gateways from npm: ` +
+  (peerNotes.length ? `${peerNotes.join(', ')} (their own process's CPU).` :
+    'none installed under bench/peers (npm ci --prefix bench/peers), not measured.'));
 console.log(out.join('\n'));

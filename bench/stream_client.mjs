@@ -25,12 +25,16 @@ const BODY = JSON.stringify({
   messages: [{ role: 'user', content: 'Stream a short answer for the benchmark.' }],
 });
 
+// A gateway that needs more (a peer's routing headers) gets them from
+// BENCH_HEADERS (a JSON object); a URL with a path serves OpenAI below it.
+const EXTRA = JSON.parse(process.env.BENCH_HEADERS || '{}');
+
 function post(url, scenario, agent) {
-  const u = new URL('/v1/chat/completions', url);
+  const u = new URL(`${new URL(url).pathname.replace(/\/$/, '')}/v1/chat/completions`, url);
   return http.request({
     host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent,
     headers: {
-      'content-type': 'application/json', authorization: 'Bearer sk-bench',
+      ...EXTRA, 'content-type': 'application/json', authorization: 'Bearer sk-bench',
       'content-length': Buffer.byteLength(BODY), 'x-mock-scenario': scenario,
     },
   });

@@ -4,7 +4,8 @@ package.path = debug.getinfo(1, "S").source:match("^@?(.*/)") .. "?.lua;" .. pac
 local report = require("report")
 
 wrk.method = "POST"
-wrk.path = "/v1/chat/completions"
+-- under the URL's own path (a gateway that serves OpenAI below a prefix)
+wrk.path = wrk.path:gsub("/$", "") .. "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
 local filler = string.rep("The quick brown fox jumps over the lazy dog. ", 19)

@@ -1,0 +1,117 @@
+// An HTTPS channel: mockllm behind a TLS terminator whose certificate a
+// test CA signed. The agent started with --upstream-ca trusts it and serves
+// a chat completion and a stream through it (the openai SDK, the usage
+// record billed); an agent without it refuses the unknown certificate and
+// the record says why; an unreadable --upstream-ca stops the agent at start.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import OpenAI from 'openai';
+import { startMock, answerText, DEFAULT_TOKENS } from '../../tools/mockllm/mockllm.mjs';
+import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
+import { bin, tmpdir } from './lib/proc.mjs';
+
+const KEY = 'sk-tg-upstream-tls';
+let dir;
+let mock;
+let term;
+let sockets = [];
+let trusted;
+let untrusted;
+
+// A CA and a server certificate for 127.0.0.1 signed by it.
+function makeCerts() {
+  const run = (args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  run(['req', '-x509', ...ec, '-days', '2', '-subj', '/CN=tls-test-ca', '-keyout', 'ca.key', '-out', 'ca.pem']);
+  run(['req', ...ec, '-subj', '/CN=localhost', '-keyout', 'srv.key', '-out', 'srv.csr']);
+  writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  run(['x509', '-req', '-in', 'srv.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2',
+    '-extfile', 'ext.cnf', '-out', 'srv.pem']);
+}
+
+function snapshot(tlsPort) {
+  return {
+    revision: '1',
+    accounts: [{ id: 'acct', name: 'acct', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
+    balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '100000000000' }],
+    keys: [{ id: 'k-tls', account_id: 'acct', secret_sha256: keyHash(KEY), status: 'KEY_STATUS_ACTIVE' }],
+    channels: [{ id: 'ch-tls', name: 'ch-tls', provider: 'PROVIDER_TYPE_OPENAI', base_url: `https://127.0.0.1:${tlsPort}/v1`,
+      credential: 'sk-upstream-tls', route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE' }],
+    routes: [{ model: 'gpt-4o-mini', tiers: [{ targets: [{ channel_id: 'ch-tls' }] }] }],
+    price_cards: [{ id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
+      entries: [{ model: 'gpt-4o-mini', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' }] }],
+    policy: {},
+  };
+}
+
+before(async () => {
+  dir = tmpdir('tg-upstream-tls-');
+  makeCerts();
+  mock = await startMock();
+  // the TLS upstream: TLS in, mockllm's plain HTTP out, byte for byte
+  term = tls.createServer({ key: readFileSync(path.join(dir, 'srv.key')), cert: readFileSync(path.join(dir, 'srv.pem')) },
+    (s) => {
+      const u = net.connect(mock.port, '127.0.0.1');
+      sockets.push(s, u);
+      s.pipe(u).pipe(s);
+      s.on('error', () => u.destroy());
+      u.on('error', () => s.destroy());
+    });
+  await new Promise((resolve) => term.listen(0, '127.0.0.1', resolve));
+  const snap = snapshot(term.address().port);
+  trusted = await startAgent(snap, { args: ['--upstream-ca', path.join(dir, 'ca.pem')] });
+  untrusted = await startAgent(snap);
+});
+
+after(async () => {
+  await trusted?.stop();
+  await untrusted?.stop();
+  for (const s of sockets) s.destroy();
+  await new Promise((resolve) => (term ? term.close(resolve) : resolve()));
+  await mock?.stop();
+});
+
+test('an agent trusting the CA serves a chat completion and a stream over HTTPS', async () => {
+  const client = new OpenAI({ apiKey: KEY, baseURL: trusted.base, maxRetries: 0 });
+  const { data, response } = await client.chat.completions
+    .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello over TLS' }] })
+    .withResponse();
+  assert.equal(data.choices[0].message.content, answerText(DEFAULT_TOKENS));
+  const rec = await trusted.waitRecord(response.headers.get('x-request-id'));
+  assert.equal(rec.client_status, 200);
+  assert.equal(rec.attempts.length, 1);
+  assert.equal(rec.attempts[0].channel_id, 'ch-tls');
+  assert.equal(rec.attempts[0].http_status, 200);
+
+  const stream = await client.chat.completions.create({
+    model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'stream over TLS' }],
+  });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.delta?.content || '';
+  assert.equal(text, answerText(DEFAULT_TOKENS));
+});
+
+test('an agent without the CA refuses the unknown certificate', async () => {
+  const client = new OpenAI({ apiKey: KEY, baseURL: untrusted.base, maxRetries: 0 });
+  const err = await client.chat.completions
+    .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }] })
+    .then(() => null, (e) => e);
+  assert.ok(err instanceof OpenAI.APIError, `expected an API error, got ${err}`);
+  assert.equal(err.status, 502);
+  const rec = await untrusted.waitRecord(err.headers.get('x-request-id'));
+  assert.equal(rec.client_status, err.status);
+  assert.equal(rec.attempts[0].channel_id, 'ch-tls');
+  assert.match(rec.attempts[0].error_message, /certificate|SSL/i);
+});
+
+test('an unreadable --upstream-ca stops the agent at start', () => {
+  const r = spawnSync(bin('agent/tollgate-agent'), ['--port', '0', '--upstream-ca', path.join(dir, 'missing.pem')],
+    { encoding: 'utf8', timeout: 10000 });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--upstream-ca .*missing\.pem: cannot read it/);
+});
