@@ -22,7 +22,7 @@ let client;
 
 function snapshot() {
   const chan = (id, scenario) => ({
-    id, name: id, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-up',
+    id, name: id, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-upstream-up',
     route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE', first_byte_timeout_ms: 5000,
     extra_headers: scenario ? [{ name: 'x-mock-scenario', value: scenario }] : [],
   });
