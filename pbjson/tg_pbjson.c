@@ -558,8 +558,13 @@ static int message_from_json(ctx_t *c, const ProtobufCMessageDescriptor *d, cons
                 rc = bad(c, "only one member of a oneof may be set");
             else if (json_is_null(val))
                 rc = 0;
-            else if ((rc = value_from_json(c, f, val, base + f->offset)) == 0)
+            else {
+                /* the case first: a member message filled part-way before
+                 * a failure is then freed with the message (pbjson_fuzz
+                 * found the leak) */
                 *which = f->id;
+                rc = value_from_json(c, f, val, base + f->offset);
+            }
         } else if (is_map_field(f)) {
             rc = map_from_json(c, f, val, base);
         } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
