@@ -9,13 +9,18 @@
 //     token a second past the channel's request timeout, or answers
 //     garbage: the client gets a bounded error, and what is charged is
 //     exactly what the receipt says (nothing for an answer never given).
+//   - slowloris (a head or a body a byte at a time), an oversized head, and
+//     a client that asks for a long stream and never reads it: bounded by
+//     the agent's deadlines and caps while it serves others, and the
+//     unread stream is charged exactly what its receipt says.
 // Not here (existing tests): kill -9 of the control plane between commit
 // and ack (cp_settle_crash, LMDB and etcd), a full outbox (agent_outbox),
-// a stalled Sync stream (cp_agent_slow), slowloris, oversized heads and a
-// client that never reads (front_test, against the same front).
+// a stalled Sync stream (cp_agent_slow); the same deadlines byte for byte
+// against the front alone (front_test).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import net from 'node:net';
 import path from 'node:path';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, dumpOutbox } from '../../agent/testing/agent.mjs';
@@ -34,7 +39,8 @@ const TOPUP = 100n * 1000000000n;
 const messages = [{ role: 'user', content: 'Fault me.' }];
 
 function agentArgs() {
-  return ['--cp', `127.0.0.1:${cpPort}`, '--enroll-token', ENROLL_TOKEN, '--forward-header', 'x-mock-scenario'];
+  return ['--cp', `127.0.0.1:${cpPort}`, '--enroll-token', ENROLL_TOKEN, '--forward-header', 'x-mock-scenario',
+    '--head-timeout', '1', '--body-timeout', '2'];
 }
 
 before(async () => {
@@ -170,5 +176,69 @@ test('upstream hangs, resets, trickles past the request timeout, answers garbage
     reqIds.push(r.id);
     costs.push(BigInt(rec.cost_nano || 0));
   }
+  await settledExactly(reqIds, costs, before);
+});
+
+// Opens a connection, writes head, then one byte of trickle every 200 ms;
+// resolves { ms, text } when the agent closes it.
+function trickle(head, drip, limitMs = 8000) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const s = net.connect(agent.port, '127.0.0.1');
+    let text = '';
+    let i = 0;
+    const iv = setInterval(() => { if (i < drip.length) s.write(drip[i++]); }, 200);
+    const stop = setTimeout(() => s.destroy(), limitMs);
+    s.on('data', (d) => { text += d.toString('latin1'); });
+    s.on('error', () => { /* a reset counts as closed */ });
+    s.on('close', () => { clearInterval(iv); clearTimeout(stop); resolve({ ms: Date.now() - t0, text }); });
+    s.write(head);
+  });
+}
+
+test('slowloris, an oversized head, a client that never reads: bounded, others served, exact charges', async () => {
+  await until(() => agent.outbox().length === 0, { timeoutMs: 15000, what: 'earlier records to drain' });
+  const before = await balance(cp, ids.account);
+  // a head a byte at a time: closed by the 1 s head deadline, not re-armed by the bytes
+  const slowHead = trickle('POST /v1/chat/completions HTTP/1.1\r\n', 'x-slow: ' + 'a'.repeat(60));
+  // a body a byte at a time: closed by the 2 s body deadline
+  const slowBody = trickle(`POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${secret}\r\n` +
+    'Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{', 'x'.repeat(60));
+  // meanwhile others are served
+  const ok = await ask('tokens=3');
+  assert.equal(ok.status, 200, ok.body);
+  const [h, b] = await Promise.all([slowHead, slowBody]);
+  assert.ok(h.ms < 3000, `a slow head was cut after ${h.ms} ms`);
+  assert.ok(b.ms < 4500, `a slow body was cut after ${b.ms} ms`);
+
+  // an oversized head: 431, the connection closed
+  const big = await new Promise((resolve) => {
+    const s = net.connect(agent.port, '127.0.0.1');
+    let text = '';
+    s.on('data', (d) => { text += d.toString('latin1'); });
+    s.on('error', () => {});
+    s.on('close', () => resolve(text));
+    s.write(`GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: ${'b'.repeat(80 * 1024)}\r\n\r\n`);
+  });
+  assert.match(big, /^HTTP\/1\.1 431 /);
+
+  // a stream nobody reads: the agent stops reading the upstream while the
+  // client is behind; the channel's request timeout (3 s) ends it
+  const n0 = agent.records().length;
+  const sock = net.connect(agent.port, '127.0.0.1');
+  sock.on('error', () => {});
+  const body = JSON.stringify({ model: 'gpt-4o', messages, stream: true });
+  sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${secret}\r\n` +
+    `Content-Type: application/json\r\nx-mock-scenario: tokens=200000\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  sock.pause(); // never read
+  const t0 = Date.now();
+  const unread = await until(() => agent.records().slice(n0)[0], { timeoutMs: 15000, what: "the unread stream's record" });
+  assert.ok(Date.now() - t0 < 8000, `the unread stream ended after ${Date.now() - t0} ms`);
+  sock.destroy();
+  const later = await ask('tokens=3');
+  assert.equal(later.status, 200, 'still serving');
+  const reqIds = [ok.id, unread.request_id, later.id];
+  const costs = [];
+  for (const id of reqIds) costs.push(BigInt((await agent.waitRecord(id)).cost_nano || 0));
   await settledExactly(reqIds, costs, before);
 });
