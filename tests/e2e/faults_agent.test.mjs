@@ -14,6 +14,9 @@
 //     a client that asks for a long stream and never reads it: bounded by
 //     the agent's deadlines and caps while it serves others, and the
 //     unread stream is charged exactly what its receipt says.
+//   - SIGSTOP of the control plane (5 s), and of etcd (10 s; the issue says
+//     30 s, shortened for CI time): the agent serves and spools, and when
+//     the process thaws every record settles once.
 // Not here (existing tests): kill -9 of the control plane between commit
 // and ack (cp_settle_crash, LMDB and etcd), a full outbox (agent_outbox),
 // a stalled Sync stream (cp_agent_slow); the same deadlines byte for byte
@@ -253,4 +256,36 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     for (const id of reqIds) costs.push(BigInt((await agent.waitRecord(id)).cost_nano || 0));
     await settledExactly(reqIds, costs, before);
   });
+
+  // The agent serves on its leases and spools while the control plane is
+  // frozen; nothing settles twice when it thaws.
+  async function frozen(proc, ms) {
+    await until(() => agent.outbox().length === 0, { timeoutMs: 15000, what: 'earlier records to drain' });
+    const before = await balance(cp, ids.account);
+    proc.kill('SIGSTOP');
+    const reqIds = [];
+    const costs = [];
+    try {
+      const t0 = Date.now();
+      for (let i = 0; i < 4; i++) {
+        const r = await ask('tokens=6', { stream: i % 2 === 1 });
+        assert.equal(r.status, 200, r.body);
+        reqIds.push(r.id);
+        costs.push(BigInt((await agent.waitRecord(r.id)).cost_nano || 0));
+      }
+      await until(() => agent.outbox().length >= 4, { timeoutMs: 5000, what: 'the records to wait in the outbox' });
+      await new Promise((r) => setTimeout(r, Math.max(0, ms - (Date.now() - t0))));
+    } finally {
+      proc.kill('SIGCONT');
+    }
+    await settledExactly(reqIds, costs, before);
+  }
+
+  test(`${backend}: SIGSTOP of the control plane for 5 s: the agent serves and spools; thawed, each record settles once`,
+    async () => { await frozen(cp.proc.child, 5000); });
+
+  if (backend === 'etcd') {
+    test('etcd: etcd stopped (SIGSTOP) for 10 s while the agent serves and spools; back, each record settles once',
+      async () => { await frozen(etcd.proc.child, 10000); });
+  }
 });
