@@ -34,7 +34,7 @@ function snapshot() {
     revision: '1',
     accounts: [{ id: 'acct', name: 'acct', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
     balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '100000000000' }],
-    keys: [{ id: 'k-json', account_id: 'acct', secret_sha256: keyHash(KEY), display_prefix: 'sk-tg-json',
+    keys: [{ id: 'k-json', account_id: 'acct', secret_sha256: keyHash(KEY), display_prefix: KEY.slice(0, 9),
       status: 'KEY_STATUS_ACTIVE', expose_cost: true }],
     channels: [
       chan('ch-ok', 'prompt=120;tokens=9'),
