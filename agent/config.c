@@ -12,6 +12,7 @@
 
 #include "agent/agent_int.h"
 #include "billing/tg_billing.h"
+#include "crypto/tg_crypto.h"
 #include "pbjson/tg_pbjson.h"
 
 typedef struct slot {
@@ -23,6 +24,8 @@ typedef struct slot {
 typedef struct table {
     slot_t *t_slots;
     size_t t_mask; /* capacity - 1 */
+    int t_secret;  /* keys are digests of secrets: compared in constant time, so a
+                    * probe's timing tells only where a digest sits (docs/SECURITY.md) */
 } table_t;
 
 struct tg_cfg {
@@ -78,7 +81,8 @@ static void *table_get(const table_t *t, const void *key, size_t klen)
         return NULL;
     size_t i = hash(key, klen) & t->t_mask;
     while (t->t_slots[i].sl_key) {
-        if (t->t_slots[i].sl_klen == klen && memcmp(t->t_slots[i].sl_key, key, klen) == 0)
+        if (t->t_slots[i].sl_klen == klen && (t->t_secret ? tg_crypto_equal(t->t_slots[i].sl_key, key, klen)
+                                                          : memcmp(t->t_slots[i].sl_key, key, klen) == 0))
             return t->t_slots[i].sl_val;
         i = (i + 1) & t->t_mask;
     }
@@ -209,6 +213,7 @@ int tg_cfg_build(tg_snap_t *snap, tg_cfg_t **out, char *err, size_t errlen)
         table_init(&c->cf_balances, snap->n_balances) || table_init(&c->cf_projects, snap->n_projects) ||
         table_init(&c->cf_runs, snap->n_run_budgets))
         goto nomem;
+    c->cf_keys.t_secret = 1;
     if (snap->n_channels && !(c->cf_chan = tg_calloc(snap->n_channels, sizeof *c->cf_chan)))
         goto nomem;
     if (snap->n_balances && !(c->cf_balkeys = tg_calloc(snap->n_balances, sizeof *c->cf_balkeys)))

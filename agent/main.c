@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -23,6 +24,21 @@
 #include "base/tg_base.h"
 #include "base/tg_log.h"
 #include "checkcfg/tg_checkcfg.h"
+
+/* Client headers that must not reach an upstream whatever the operator
+ * asks: the client's credentials, hop-by-hop headers (RFC 9110 7.6.1) and
+ * what the agent's own request frames. */
+static int never_forwarded(const char *name)
+{
+    static const char *const names[] = {"authorization", "x-api-key", "proxy-authorization", "cookie",
+                                        "connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                        "transfer-encoding", "upgrade", "host", "content-length",
+                                        "content-type", "expect"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i]) == 0)
+            return 1;
+    return 0;
+}
 
 static const char usage[] =
     "usage: tollgate-agent [flags]\n"
@@ -48,7 +64,8 @@ static const char usage[] =
     "  --cp-tls               TLS to the control plane with the system's roots\n"
     "  --cp-ca PEM            TLS, trusting these roots; --cp-cert PEM --cp-key PEM: mTLS client identity;\n"
     "                         --cp-tls-name NAME: the server name expected when not the host of --cp\n"
-    "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max)\n"
+    "  --forward-header NAME  copy this client header to upstream requests (repeatable, 8 max; never\n"
+    "                         credentials, cookies, hop-by-hop or framing headers)\n"
     "  --metrics-listen HOST:PORT  where /metrics, /healthz and /readyz are served (default\n"
     "                         127.0.0.1:0, a free port, printed; \"off\": none). Never the public port\n"
     "  --cors-origin ORIGIN   a browser origin allowed to call the API (CORS; repeatable, 8 max;\n"
@@ -402,6 +419,11 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--forward-header") == 0) {
             if (o.ao_nforward >= 8 || !*v || strpbrk(v, ":\r\n "))
                 goto bad;
+            if (never_forwarded(v)) {
+                fprintf(stderr, "tollgate-agent: --forward-header %s: the gateway never forwards this header "
+                        "(the client's credentials, hop-by-hop and framing headers: docs/SECURITY.md)\n", v);
+                return 2;
+            }
             o.ao_forward[o.ao_nforward++] = v;
         } else if (strcmp(a, "--region") == 0) {
             o.ao_region = v;

@@ -131,6 +131,8 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * reply (a client that hung up). */
 static void pend_drop(worker_t *w, size_t n)
 {
+    if (n == 0)
+        return; /* w_pend may be NULL: no pointer arithmetic on it (path_fuzz, UBSan) */
     for (size_t i = 0; i < n; i++) {
         tg_free((void *)w->w_pend[i].oi_data);
         tg_free(w->w_pend_meta[i].pd_id);

@@ -143,6 +143,18 @@ int cp_snapshot_build(tg_store_t *store, int64_t rev, int64_t now_us, tg_buf_t *
 
 /* Marker keys: TG_CP_K_BATCH<agent>/<seq 20 digits>, TG_CP_K_IDEM<account>/<key>. */
 int cp_batch_key(const char *agent_id, uint64_t seq, char *out, size_t outlen);
+/* ReportUsage's first steps, which read the agent's bytes before anything
+ * else: unpacks a SignedUsageBatch into pool (*out lives in the pool) and
+ * checks it names an agent. TG_RPC_CODE_OK or INVALID_ARGUMENT with err. */
+struct Tollgate__V1__SignedUsageBatch;
+struct Tollgate__V1__UsageBatch;
+int cp_batch_unpack_signed(tg_pool_t *pool, const uint8_t *req, size_t req_len,
+                           struct Tollgate__V1__SignedUsageBatch **out, char *err, size_t errlen);
+/* Then, with the agent's registered public key: verifies the signature over
+ * the batch bytes (UNAUTHENTICATED), unpacks the UsageBatch into pool and
+ * checks it names the signer (INVALID_ARGUMENT). TG_RPC_CODE_OK and *out. */
+int cp_batch_open(tg_pool_t *pool, const struct Tollgate__V1__SignedUsageBatch *sb, const uint8_t *pub,
+                  size_t publen, struct Tollgate__V1__UsageBatch **out, char *err, size_t errlen);
 int cp_idem_key(const char *account_id, const char *idem, char *out, size_t outlen);
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,

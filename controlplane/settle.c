@@ -1667,6 +1667,38 @@ static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
     group_free(g);
 }
 
+int cp_batch_unpack_signed(tg_pool_t *pool, const uint8_t *req, size_t req_len,
+                           Tollgate__V1__SignedUsageBatch **out, char *err, size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    *out = NULL;
+    if (unpack_pooled(pool, &tollgate__v1__signed_usage_batch__descriptor, req, req_len, &m, err, errlen) < 0)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
+    Tollgate__V1__SignedUsageBatch *sb = (Tollgate__V1__SignedUsageBatch *)m;
+    if (sb->agent_id[0] == '\0')
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id: must not be empty");
+    *out = sb;
+    return TG_RPC_CODE_OK;
+}
+
+int cp_batch_open(tg_pool_t *pool, const Tollgate__V1__SignedUsageBatch *sb, const uint8_t *pub, size_t publen,
+                  Tollgate__V1__UsageBatch **out, char *err, size_t errlen)
+{
+    ProtobufCMessage *m = NULL;
+    *out = NULL;
+    if (cp_verify_raw(pub, publen, sb->batch.data, sb->batch.len, sb->signature.data, sb->signature.len) != 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad signature for agent %s", sb->agent_id);
+    if (unpack_pooled(pool, &tollgate__v1__usage_batch__descriptor, sb->batch.data, sb->batch.len, &m, err,
+                      errlen) < 0)
+        return TG_RPC_CODE_INVALID_ARGUMENT;
+    Tollgate__V1__UsageBatch *b = (Tollgate__V1__UsageBatch *)m;
+    if (strcmp(b->agent_id, sb->agent_id) != 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
+                       "batch.agent_id '%s' does not match the signer '%s'", b->agent_id, sb->agent_id);
+    *out = b;
+    return TG_RPC_CODE_OK;
+}
+
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
                     size_t errlen)
 {
@@ -1689,16 +1721,9 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
         goto fail;
     }
-    if (unpack_pooled(c.sc_pool, &tollgate__v1__signed_usage_batch__descriptor, req, req_len, &m,
-                      err, errlen) < 0) {
-        code = TG_RPC_CODE_INVALID_ARGUMENT;
+    code = cp_batch_unpack_signed(c.sc_pool, req, req_len, &c.sc_signed, err, errlen);
+    if (code != TG_RPC_CODE_OK)
         goto fail;
-    }
-    c.sc_signed = (Tollgate__V1__SignedUsageBatch *)m;
-    if (c.sc_signed->agent_id[0] == '\0') {
-        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id: must not be empty");
-        goto fail;
-    }
     snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", c.sc_signed->agent_id);
     m = NULL;
     if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_info__descriptor, &m, NULL, err, errlen) < 0) {
@@ -1711,26 +1736,10 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
                        c.sc_signed->agent_id);
         goto fail;
     }
-    if (cp_verify_raw(c.sc_agent->public_key.data, c.sc_agent->public_key.len,
-                      c.sc_signed->batch.data, c.sc_signed->batch.len, c.sc_signed->signature.data,
-                      c.sc_signed->signature.len) != 0) {
-        code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad signature for agent %s",
-                       c.sc_signed->agent_id);
+    code = cp_batch_open(c.sc_pool, c.sc_signed, c.sc_agent->public_key.data, c.sc_agent->public_key.len,
+                         &c.sc_batch, err, errlen);
+    if (code != TG_RPC_CODE_OK)
         goto fail;
-    }
-    m = NULL;
-    if (unpack_pooled(c.sc_pool, &tollgate__v1__usage_batch__descriptor, c.sc_signed->batch.data,
-                      c.sc_signed->batch.len, &m, err, errlen) < 0) {
-        code = TG_RPC_CODE_INVALID_ARGUMENT;
-        goto fail;
-    }
-    c.sc_batch = (Tollgate__V1__UsageBatch *)m;
-    if (strcmp(c.sc_batch->agent_id, c.sc_signed->agent_id) != 0) {
-        code = tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT,
-                       "batch.agent_id '%s' does not match the signer '%s'", c.sc_batch->agent_id,
-                       c.sc_signed->agent_id);
-        goto fail;
-    }
     code = leader_gate(cp, &leader_rev, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;

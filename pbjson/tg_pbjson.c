@@ -558,8 +558,13 @@ static int message_from_json(ctx_t *c, const ProtobufCMessageDescriptor *d, cons
                 rc = bad(c, "only one member of a oneof may be set");
             else if (json_is_null(val))
                 rc = 0;
-            else if ((rc = value_from_json(c, f, val, base + f->offset)) == 0)
+            else {
+                /* the case first: a member message filled part-way before
+                 * a failure is then freed with the message (pbjson_fuzz
+                 * found the leak) */
                 *which = f->id;
+                rc = value_from_json(c, f, val, base + f->offset);
+            }
         } else if (is_map_field(f)) {
             rc = map_from_json(c, f, val, base);
         } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
@@ -577,7 +582,14 @@ static int message_from_json(ctx_t *c, const ProtobufCMessageDescriptor *d, cons
                     *(size_t *)(base + f->quantifier_offset) = n;
                     for (size_t k = 0; k < n && rc == 0; k++) {
                         size_t o2 = path_push(c, NULL, (long)k);
-                        rc = value_from_json(c, f, json_array_get(val, k), arr + k * sz);
+                        json_t *el = json_array_get(val, k);
+                        /* null unsets a singular message; an element of an
+                         * array must be one (a NULL element crashed packing:
+                         * pbjson_fuzz) */
+                        if (f->type == PROTOBUF_C_TYPE_MESSAGE && json_is_null(el))
+                            rc = bad(c, "expected an object, not null");
+                        else
+                            rc = value_from_json(c, f, el, arr + k * sz);
                         path_pop(c, o2);
                     }
                 }

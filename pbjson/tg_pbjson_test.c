@@ -118,6 +118,8 @@ static void test_errors_name_the_field(void **state)
                  "expires_at_us: expected an integer");
     expect_error(&tollgate__v1__sync_message__descriptor, "{\"heartbeat\":{},\"update\":{}}", TG_PBJSON_EINVALID,
                  "only one member of a oneof");
+    expect_error(&tollgate__v1__price_card__descriptor, "{\"entries\":[null]}", TG_PBJSON_EINVALID,
+                 "entries[0]: expected an object, not null");
 }
 
 static void test_redaction(void **state)

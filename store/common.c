@@ -1,6 +1,7 @@
 /* common.c: the parts of tg_store every backend shares: key order and range
- * matching, result allocation, and the watch queue a backend pushes events
- * into and a reader drains (with an eventfd so an event loop can poll it). */
+ * matching, result allocation and freeing, and the watch queue a backend
+ * pushes events into and a reader drains (with an eventfd so an event loop
+ * can poll it). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,6 +9,28 @@
 #include <unistd.h>
 
 #include "store/store_int.h"
+
+/* The result frees live here, not in store.c: the backends (which
+ * store.c's library depends on) free results too. */
+void tg_store_range_res_free(tg_store_range_res_t *res)
+{
+    if (!res)
+        return;
+    for (size_t i = 0; i < res->rs_n; i++)
+        tg_free((void *)res->rs_kvs[i].kv_key);
+    tg_free(res->rs_kvs);
+    memset(res, 0, sizeof(*res));
+}
+
+void tg_store_txn_res_free(tg_store_txn_res_t *res)
+{
+    if (!res)
+        return;
+    for (size_t i = 0; i < res->tx_n; i++)
+        tg_store_range_res_free(&res->tx_res[i].or_range);
+    tg_free(res->tx_res);
+    memset(res, 0, sizeof(*res));
+}
 
 int tg_store__keycmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {

@@ -168,16 +168,6 @@ int tg_store_range(tg_store_t *s, const tg_store_range_req_t *req, tg_store_rang
     return rc;
 }
 
-void tg_store_range_res_free(tg_store_range_res_t *res)
-{
-    if (!res)
-        return;
-    for (size_t i = 0; i < res->rs_n; i++)
-        tg_free((void *)res->rs_kvs[i].kv_key);
-    tg_free(res->rs_kvs);
-    memset(res, 0, sizeof(*res));
-}
-
 int tg_store_range_next(const tg_store_range_res_t *res, uint8_t *buf, size_t *len)
 {
     if (!res || res->rs_n == 0)
@@ -233,16 +223,6 @@ int tg_store_get(tg_store_t *s, const void *key, size_t key_len, tg_store_kv_t *
 }
 
 /* ---- writes and transactions ------------------------------------------------- */
-
-void tg_store_txn_res_free(tg_store_txn_res_t *res)
-{
-    if (!res)
-        return;
-    for (size_t i = 0; i < res->tx_n; i++)
-        tg_store_range_res_free(&res->tx_res[i].or_range);
-    tg_free(res->tx_res);
-    memset(res, 0, sizeof(*res));
-}
 
 /* Checks one branch and writes it normalized into out (prefix ends in ends,
  * one TG_STORE_MAX_KEY slot per op). Adds key/value bytes to *bytes. */

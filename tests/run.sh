@@ -135,7 +135,8 @@ fi
 run_e2e() {
   local bin=$1 label=$2; shift 2
   local tap="$LOGDIR/e2e-$label.tap" rc p f c
-  TG_BIN=$bin node --test --test-concurrency=2 --test-timeout=300000 \
+  mkdir -p "$LOGDIR/e2e-logs-$label"
+  TG_BIN=$bin TG_E2E_LOGDIR="$LOGDIR/e2e-logs-$label" node --test --test-concurrency=2 --test-timeout=300000 \
     --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="$tap" "$@"
   rc=$?
@@ -157,6 +158,28 @@ if [ "${TG_ONLY:-}" != c ]; then
   mapfile -t files < <(find tests/e2e -name '*.test.mjs' | sort | grep -E "${TG_E2E_FILTER:-.}")
   if ((${#files[@]})); then
     run_e2e "$TG_BIN" gcc "${files[@]}"
+  fi
+  # Credentials never in logs or receipts (docs/SECURITY.md): every line the
+  # agents and control planes of the suite wrote (their records included:
+  # the agent tests run with --log-records) is searched for the suite's
+  # test credentials: the admin and enrollment tokens, every upstream
+  # channel credential (all spelled sk-upstream-*, or sk-from-a-file),
+  # every client API key of the agent tests (sk-tg-*: a 9-character display
+  # prefix may show, never more), and any secret the control plane made
+  # (tg- and 43 base-62 characters).
+  section "credentials in the e2e logs"
+  leaks="$LOGDIR/e2e-credential-leaks.txt"
+  grep -rnoE 'tg-admin-e2e-token-0123456789|enroll-e2e-secret|sk-upstream[A-Za-z0-9_-]*|sk-from-a-file|sk-tg-[a-z][a-z-]{3,}|tg-[0-9A-Za-z]{43}' \
+    "$LOGDIR/e2e-logs-gcc" >"$leaks" 2>/dev/null
+  nlogs=$(find "$LOGDIR/e2e-logs-gcc" -name '*.log' 2>/dev/null | wc -l)
+  if [ "$nlogs" = 0 ]; then
+    echo "no daemon logs (TG_E2E_FILTER left no test that starts one): nothing to search"
+  elif [ ! -s "$leaks" ]; then
+    passed=$((passed + 1)); echo "no test credential in $nlogs daemon logs of the e2e suite"
+  else
+    failed=$((failed + 1))
+    note_fail "test credentials in the e2e logs ($nlogs logs; matches in $leaks)"
+    head -n 10 "$leaks"
   fi
   mapfile -t money < <(printf '%s\n' "${files[@]}" | grep -E '/(agent_outbox|cp_agent|cp_settle_rules)\.test\.mjs$')
   if [ "${TG_SKIP_ASAN_E2E:-0}" != 1 ] && ((${#money[@]})); then

@@ -505,6 +505,38 @@ static json_t *ops_json(const tg_store_op_t *ops, size_t n)
     return a;
 }
 
+/* A TxnResponse body into res, for the branch it says ran (success or
+ * failure ops). */
+static int parse_txn(const json_t *ans, const tg_store_op_t *success, size_t nsuccess, const tg_store_op_t *failure,
+                     size_t nfailure, tg_store_txn_res_t *res, char *err, size_t errlen)
+{
+    int rc;
+    res->tx_succeeded = json_is_true(json_object_get(ans, "succeeded"));
+    res->tx_revision = jint(json_object_get(ans, "header"), "revision");
+    const tg_store_op_t *ops = res->tx_succeeded ? success : failure;
+    size_t n = res->tx_succeeded ? nsuccess : nfailure;
+    json_t *rl = json_object_get(ans, "responses");
+    if (n && json_array_size(rl) != n)
+        return tg_errf(err, errlen, TG_STORE_ESERVER, "etcd txn: %zu responses for %zu ops", json_array_size(rl),
+                       n);
+    if (n && !(res->tx_res = tg_calloc(n, sizeof(*res->tx_res))))
+        return tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory reading a txn");
+    res->tx_n = n;
+    for (size_t i = 0; i < n; i++) {
+        json_t *r = json_array_get(rl, i);
+        res->tx_res[i].or_type = ops[i].op_type;
+        if (ops[i].op_type == TG_STORE_OP_DELETE) {
+            res->tx_res[i].or_deleted = jint(json_object_get(r, "response_delete_range"), "deleted");
+        } else if (ops[i].op_type == TG_STORE_OP_GET) {
+            json_t *rr = json_object_get(r, "response_range");
+            if ((rc = parse_range(rr, &res->tx_res[i].or_range, err, errlen)))
+                return rc;
+            res->tx_res[i].or_range.rs_revision = res->tx_revision;
+        }
+    }
+    return 0;
+}
+
 static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const tg_store_op_t *success,
                  size_t nsuccess, const tg_store_op_t *failure, size_t nfailure, tg_store_txn_res_t *res,
                  char *err, size_t errlen)
@@ -553,33 +585,7 @@ static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const t
     }
     if ((rc = call(es, "/v3/kv/txn", body, WRITE, &ans, err, errlen)))
         goto done;
-    res->tx_succeeded = json_is_true(json_object_get(ans, "succeeded"));
-    res->tx_revision = jint(json_object_get(ans, "header"), "revision");
-    const tg_store_op_t *ops = res->tx_succeeded ? success : failure;
-    size_t n = res->tx_succeeded ? nsuccess : nfailure;
-    json_t *rl = json_object_get(ans, "responses");
-    if (n && json_array_size(rl) != n) {
-        rc = tg_errf(err, errlen, TG_STORE_ESERVER, "etcd txn: %zu responses for %zu ops",
-                     json_array_size(rl), n);
-        goto done;
-    }
-    if (n && !(res->tx_res = tg_calloc(n, sizeof(*res->tx_res)))) {
-        rc = tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory reading a txn");
-        goto done;
-    }
-    res->tx_n = n;
-    for (size_t i = 0; i < n; i++) {
-        json_t *r = json_array_get(rl, i);
-        res->tx_res[i].or_type = ops[i].op_type;
-        if (ops[i].op_type == TG_STORE_OP_DELETE) {
-            res->tx_res[i].or_deleted = jint(json_object_get(r, "response_delete_range"), "deleted");
-        } else if (ops[i].op_type == TG_STORE_OP_GET) {
-            json_t *rr = json_object_get(r, "response_range");
-            if ((rc = parse_range(rr, &res->tx_res[i].or_range, err, errlen)))
-                goto done;
-            res->tx_res[i].or_range.rs_revision = res->tx_revision;
-        }
-    }
+    rc = parse_txn(ans, success, nsuccess, failure, nfailure, res, err, errlen);
 done:
     json_decref(body);
     json_decref(ans);
@@ -700,6 +706,13 @@ static int watch_msg(ewatch_t *ew, const char *p, size_t n)
         char err[TG_ERRLEN] = "";
         memset(&kv, 0, sizeof(kv));
         if (parse_kv(json_object_get(e, "kv"), &kv, err, sizeof(err))) {
+            rc = -1;
+            goto done;
+        }
+        if (kv.kv_mod_rev == INT64_MAX) {
+            /* no revision can follow it (found by etcd_fuzz: top + 1
+             * overflowed): a garbled answer, reconnect */
+            tg_free((void *)kv.kv_key);
             rc = -1;
             goto done;
         }

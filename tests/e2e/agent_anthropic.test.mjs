@@ -26,7 +26,7 @@ function snapshot() {
     status: 'KEY_STATUS_ACTIVE', expose_cost: true,
   });
   const chan = (id, provider, more = {}) => ({
-    id, name: id, provider, base_url: `${mock.url}/v1`, credential: `upstream-${id}`,
+    id, name: id, provider, base_url: `${mock.url}/v1`, credential: `sk-upstream-${id}`,
     route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE', first_byte_timeout_ms: 5000, ...more,
   });
   const one = (model, channel_id, upstream_model) => ({ model, tiers: [{ targets: [{ channel_id, upstream_model }] }] });
@@ -104,11 +104,11 @@ for (const [model, channel] of [['claude-sonnet-4-5', 'anthropic'], ['gpt-4o', '
     const up = await lastUpstream();
     if (channel === 'anthropic') {
       assert.equal(up.path, '/v1/messages');
-      assert.equal(up.headers['x-api-key'], 'upstream-ch-anth');
+      assert.equal(up.headers['x-api-key'], 'sk-upstream-ch-anth');
       assert.ok(up.headers['anthropic-version']);
     } else {
       assert.equal(up.path, '/v1/chat/completions');
-      assert.equal(up.headers.authorization, 'Bearer upstream-ch-oai');
+      assert.equal(up.headers.authorization, 'Bearer sk-upstream-ch-oai');
     }
     const rec = await agent.waitRecord(response.headers.get('x-request-id'));
     assert.equal(rec.client_protocol, 'CLIENT_PROTOCOL_ANTHROPIC');

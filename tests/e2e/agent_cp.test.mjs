@@ -157,7 +157,7 @@ test('a request no upstream served: a 502 to the client, a zero-cost receipt wit
   const dead = await freePort(); // nothing listens there: every attempt is refused
   const ch = await cp.adminCall('CreateChannel', { channel: {
     name: 'dead', provider: 'PROVIDER_TYPE_OPENAI', base_url: `http://127.0.0.1:${dead}/v1`,
-    route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-dead',
+    route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-upstream-dead',
   } });
   await cp.adminCall('PublishPriceCard', { card: { id: 'card-dead', currency: 'USD', note: 'e2e',
     entries: [{ model: 'gpt-dead', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' }] } });

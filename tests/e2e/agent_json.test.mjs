@@ -22,7 +22,7 @@ let client;
 
 function snapshot() {
   const chan = (id, scenario) => ({
-    id, name: id, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-up',
+    id, name: id, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-upstream-up',
     route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE', first_byte_timeout_ms: 5000,
     extra_headers: scenario ? [{ name: 'x-mock-scenario', value: scenario }] : [],
   });
@@ -34,7 +34,7 @@ function snapshot() {
     revision: '1',
     accounts: [{ id: 'acct', name: 'acct', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
     balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '100000000000' }],
-    keys: [{ id: 'k-json', account_id: 'acct', secret_sha256: keyHash(KEY), display_prefix: 'sk-tg-json',
+    keys: [{ id: 'k-json', account_id: 'acct', secret_sha256: keyHash(KEY), display_prefix: KEY.slice(0, 9),
       status: 'KEY_STATUS_ACTIVE', expose_cost: true }],
     channels: [
       chan('ch-ok', 'prompt=120;tokens=9'),

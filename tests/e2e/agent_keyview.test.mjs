@@ -168,7 +168,7 @@ describe('key view on a standalone agent (local authority)', () => {
       keys: [{ id: 'k-1', name: 'standalone', account_id: 'acct-1', secret_sha256: keyHash(KEY), display_prefix: KEY.slice(0, 9),
         status: 'KEY_STATUS_ACTIVE', expose_cost: true,
         spend_limits: [{ window: 'LIMIT_WINDOW_TOTAL', limit_nano: String(LIMIT), currency: 'USD' }] }],
-      channels: [{ id: 'ch-1', name: 'ch-1', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-up',
+      channels: [{ id: 'ch-1', name: 'ch-1', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, credential: 'sk-upstream-up',
         route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE' }],
       routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch-1' }] }] }],
       price_cards: [{ id: 'card', version: '1', effective_at_us: '1', currency: 'USD',

@@ -27,7 +27,7 @@ before(async () => {
         model_allowlist: ['gpt-4o*'] },
     ],
     channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
-      credential: 'up', route_type: 'ROUTE_TYPE_DIRECT' }],
+      credential: 'sk-upstream-up', route_type: 'ROUTE_TYPE_DIRECT' }],
     routes: [
       { model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] },
       { model: 'org/special-model', tiers: [{ targets: [{ channel_id: 'ch' }] }] },

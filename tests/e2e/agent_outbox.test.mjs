@@ -22,7 +22,7 @@ function snapshot(policy = {}) {
     balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '1000000000000' }],
     keys: [{ id: 'k1', account_id: 'acct', secret_sha256: keyHash(KEY), status: 'KEY_STATUS_ACTIVE' }],
     channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
-      credential: 'up', route_type: 'ROUTE_TYPE_DIRECT' }],
+      credential: 'sk-upstream-up', route_type: 'ROUTE_TYPE_DIRECT' }],
     routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] }],
     price_cards: [{ id: 'card', version: '1', effective_at_us: '0', currency: 'USD',
       entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] }],

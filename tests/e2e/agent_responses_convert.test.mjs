@@ -18,7 +18,7 @@ let client;
 
 function snapshot() {
   const chan = (id, provider, more = {}) => ({
-    id, name: id, provider, base_url: `${mock.url}/v1`, credential: `upstream-${id}`,
+    id, name: id, provider, base_url: `${mock.url}/v1`, credential: `sk-upstream-${id}`,
     route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE', first_byte_timeout_ms: 5000, ...more,
   });
   const one = (model, channel_id, upstream_model) => ({ model, tiers: [{ targets: [{ channel_id, upstream_model }] }] });
@@ -82,7 +82,7 @@ test('JSON: a Responses answer out of a chat completions channel, the receipt bi
   assert.equal(data.usage.total_tokens, data.usage.input_tokens + DEFAULT_TOKENS);
   const up = await lastUpstream();
   assert.equal(up.path, '/v1/chat/completions');
-  assert.equal(up.headers.authorization, 'Bearer upstream-ch-deepseek');
+  assert.equal(up.headers.authorization, 'Bearer sk-upstream-ch-deepseek');
   const sent = JSON.parse(up.body);
   assert.equal(sent.model, 'deepseek-v3');
   assert.equal(sent.max_tokens, 100);

@@ -73,7 +73,7 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     assert.ok(Number(upd.m.update.revision) > Number(snap.revision));
     // a delete arrives as deleted=true with the object's id
     const tmp = await ctx.cp.adminCall('CreateChannel', { channel: { name: `tmp-${Date.now()}`, provider: 'PROVIDER_TYPE_OPENAI',
-      base_url: 'http://127.0.0.1:9/v1', route_type: 'ROUTE_TYPE_DIRECT', credential: 'sk-x' } });
+      base_url: 'http://127.0.0.1:9/v1', route_type: 'ROUTE_TYPE_DIRECT', credential: 'sk-upstream-x' } });
     await until(() => s.messages.some((x) => x.m.update?.changes.some((c) => c.channel?.id === tmp.id && !c.deleted)),
       { timeoutMs: 3000, what: 'the channel create' });
     await ctx.cp.adminCall('DeleteChannel', { id: tmp.id });

@@ -121,7 +121,7 @@ for (const backend of ['lmdb', 'etcd']) {
       const dead = await freePort(); // nothing listens: every attempt fails
       const dch = await cp.adminCall('CreateChannel', { channel: {
         name: 'dead', provider: 'PROVIDER_TYPE_OPENAI', base_url: `http://127.0.0.1:${dead}/v1`,
-        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-dead',
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-upstream-dead',
       } });
       await cp.adminCall('PublishPriceCard', { card: { id: 'card-dead', currency: 'USD', note: 'e2e',
         entries: [{ model: 'gpt-dead', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
@@ -129,7 +129,7 @@ for (const backend of ['lmdb', 'etcd']) {
       // a provider that ignores max_tokens and streams 400 tokens whatever the cap
       const rch = await cp.adminCall('CreateChannel', { channel: {
         name: 'runaway', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
-        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-runaway',
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-upstream-runaway',
         extra_headers: [{ name: 'x-mock-scenario', value: 'tokens=400;ignore-max-tokens' }],
       } });
       await cp.adminCall('PublishPriceCard', { card: { id: 'card-runaway', currency: 'USD', note: 'e2e',
@@ -139,7 +139,7 @@ for (const backend of ['lmdb', 'etcd']) {
       // route whose failing primary falls back to a cheaper tier
       const mk = async (name, scenario, extra = {}) => (await cp.adminCall('CreateChannel', { channel: {
         name, provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`, route_type: 'ROUTE_TYPE_POOLED',
-        credential: 'sk-x', extra_headers: [{ name: 'x-mock-scenario', value: scenario }], ...extra } })).id;
+        credential: 'sk-upstream-x', extra_headers: [{ name: 'x-mock-scenario', value: scenario }], ...extra } })).id;
       const slow = await mk('slow', 'tokens=400;itl=20');
       const slowhead = await mk('slowhead', 'latency=3000', { first_byte_timeout_ms: 300 });
       const broken = await mk('broken', 'status=500');

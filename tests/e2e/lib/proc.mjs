@@ -2,7 +2,7 @@
 // Bazel, child processes that are always cleaned up, and waiting for a
 // server to come up. Every server binds 127.0.0.1 only; every wait is bounded.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, openSync, writeSync, closeSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -52,13 +52,25 @@ export function tmpdir(prefix = 'tg-') {
   return d;
 }
 
+// The daemons whose whole output goes to $TG_E2E_LOGDIR when it is set
+// (tests/run.sh then greps those logs for the test credentials).
+const LOGGED = new Set(['tollgate-agent', 'tollgate-cp']);
+
 // Starts a process; its output is kept (last 64 KB) for error messages.
 // Returns { child, output(), stop(signal, timeoutMs), exited }.
 export function start(cmd, args = [], opts = {}) {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
   children.add(child);
   let out = '';
-  const keep = (d) => { out += d.toString(); if (out.length > 65536) out = out.slice(-65536); };
+  let log = -1; // written synchronously: nothing is lost when the test process exits
+  if (process.env.TG_E2E_LOGDIR && LOGGED.has(path.basename(cmd))) {
+    log = openSync(path.join(process.env.TG_E2E_LOGDIR, `${path.basename(cmd)}-${process.pid}-${child.pid}.log`), 'a');
+    child.on('close', () => { closeSync(log); log = -1; }); // after the last output, unlike 'exit'
+  }
+  const keep = (d) => {
+    if (log >= 0) writeSync(log, d);
+    out += d.toString(); if (out.length > 65536) out = out.slice(-65536);
+  };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => {
