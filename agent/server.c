@@ -66,7 +66,9 @@ static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     worker_t *w = arg;
     int running;
+    w->w_in_curl_timer = 1;
     curl_multi_socket_action(w->w_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    w->w_in_curl_timer = 0;
     check_done(w);
 }
 
@@ -95,10 +97,10 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
     } else {
         event_del(&se->se_ev);
     }
-    se->se_kind = kind;
-    if (event_assign(&se->se_ev, w->w_base, s, kind, on_sock, w) != 0)
+    se->se_kind = 0; /* set once watched: a failed assign is retried on the next call */
+    if (event_assign(&se->se_ev, w->w_base, s, kind, on_sock, w) != 0 || event_add(&se->se_ev, NULL) != 0)
         return -1;
-    event_add(&se->se_ev, NULL);
+    se->se_kind = kind;
     return 0;
 }
 
@@ -110,9 +112,17 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
         evtimer_del(w->w_curl_timer);
         /* 0: "now" (a transfer was added, a paused one resumed): run it in
          * this pass over the ready events instead of a zero timer, which
-         * costs another epoll_wait round before curl sends the request */
-        if (timeout_ms == 0)
+         * costs another epoll_wait round before curl sends the request.
+         * Asked from inside the timer's own run, a zero timer instead: an
+         * event re-activated in its callback runs again before the loop
+         * polls, so a curl that keeps asking for 0 without progress would
+         * starve every socket of this worker (the client's drain included) */
+        if (timeout_ms == 0 && !w->w_in_curl_timer) {
             event_active(w->w_curl_timer, EV_TIMEOUT, 1);
+        } else if (timeout_ms == 0) {
+            struct timeval zero = {0, 0};
+            evtimer_add(w->w_curl_timer, &zero);
+        }
         return 0;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};

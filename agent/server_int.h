@@ -45,6 +45,7 @@ struct worker {
     tg_front_t *w_mfront; /* worker 0 only: the metrics listener (--metrics-listen) */
     CURLM *w_multi;
     struct event *w_curl_timer;
+    int w_in_curl_timer; /* on_curl_timer is running (timer_cb: no event_active then) */
     struct event *w_stop_ev;
     struct event *w_drain_ev;
     int w_draining;

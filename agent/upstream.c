@@ -486,8 +486,12 @@ void tg_req_start_attempt(req_t *rq)
         curl_easy_setopt(e, CURLOPT_PROXY, "");
         curl_easy_setopt(e, CURLOPT_NOPROXY, "");
     }
-    if (rq->rq_w->w_agent->a_opts.ao_upstream_ca)
+    if (rq->rq_w->w_agent->a_opts.ao_upstream_ca) {
+        /* instead of the system's roots: Debian's libcurl also loads its
+         * built-in CA path unless told not to */
         curl_easy_setopt(e, CURLOPT_CAINFO, rq->rq_w->w_agent->a_opts.ao_upstream_ca);
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    }
     if (rq->rq_w->w_agent->a_opts.ao_insecure_upstream) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
