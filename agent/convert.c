@@ -6,7 +6,9 @@
  * without cache reads and writes) and written in the client's protocol, and
  * a stream converted event by event with the client's grammar checked
  * (tg_proto_stream_t), its final bytes held for the end like a passthrough
- * stream's. OpenAI to OpenAI never comes here (scan.c / sse.c: no tree).
+ * stream's. Anthropic to Anthropic is read the same way but not rewritten:
+ * the body goes up as the client sent it (but for the model), the JSON
+ * answer and the stream's events go back as the upstream sent them. OpenAI to OpenAI never comes here (scan.c / sse.c: no tree).
  * Every function leaves the request alive: the caller decides its end. */
 #include <stdio.h>
 #include <string.h>
@@ -47,15 +49,31 @@ static void take_usage(req_t *rq, const tg_proto_usage_t *u)
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
 }
 
+/* proto/vendor.c's rows are numbered by ProviderType */
+_Static_assert((int)TG_PROTO_VENDOR_OPENAI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI &&
+                   (int)TG_PROTO_VENDOR_ANTHROPIC == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC &&
+                   (int)TG_PROTO_VENDOR_GEMINI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GEMINI &&
+                   (int)TG_PROTO_VENDOR_OPENAI_COMPATIBLE == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI_COMPATIBLE &&
+                   (int)TG_PROTO_VENDOR_DEEPSEEK == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_DEEPSEEK &&
+                   (int)TG_PROTO_VENDOR_QWEN == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_QWEN &&
+                   (int)TG_PROTO_VENDOR_KIMI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_KIMI &&
+                   (int)TG_PROTO_VENDOR_GLM == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GLM,
+               "proto/vendor.c rows must follow ProviderType");
+
 tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider)
 {
-    if (provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
-        return TG_PROTO_ANTHROPIC;
+    const tg_proto_vendor_t *v = tg_proto_vendor_or_openai(provider);
     /* OpenAI itself serves /v1/responses (stored responses included):
      * passed through; every other OpenAI-shaped vendor speaks chat only */
-    if (rq->rq_cproto == TG_PROTO_RESPONSES && provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI)
+    if (v->vd_proto == TG_PROTO_OPENAI && rq->rq_cproto == TG_PROTO_RESPONSES && v->vd_responses)
         return TG_PROTO_RESPONSES;
-    return TG_PROTO_OPENAI;
+    return v->vd_proto;
+}
+
+/* The vendor row of the attempt's channel (whose usage names it reads). */
+static const tg_proto_vendor_t *att_vendor(const req_t *rq)
+{
+    return tg_proto_vendor_or_openai(rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan->ch_pb->provider : 0);
 }
 
 int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err, size_t errlen)
@@ -80,8 +98,9 @@ int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err
 int tg_req_conv_answer(req_t *rq, char *err, size_t errlen)
 {
     tg_proto_response_t rs;
-    int rc = tg_proto_parse_response(rq->rq_uproto, rq->rq_pool, rq->rq_resp.b_data ? rq->rq_resp.b_data : "",
-                                     rq->rq_resp.b_len, &rs, err, errlen);
+    int rc = tg_proto_parse_response_from(rq->rq_uproto, att_vendor(rq), rq->rq_pool,
+                                          rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &rs, err,
+                                          errlen);
     if (rc != 0)
         return rc;
     take_usage(rq, &rs.rs_usage);
@@ -139,6 +158,10 @@ int tg_req_conv_feed(req_t *rq, const char *data, size_t n, char *err, size_t er
         so.so_max_event = SSE_EVENT_MAX;
         so.so_on_event = on_event;
         so.so_arg = rq;
+        /* Anthropic to Anthropic: checked and metered here, but the client
+         * gets the upstream's bytes */
+        so.so_passthrough = rq->rq_uproto == rq->rq_cproto;
+        so.so_vendor = att_vendor(rq);
         if (rq->rq_uproto == TG_PROTO_OPENAI && rq->rq_ir) {
             /* message_start needs input tokens before an OpenAI upstream
              * says any: the local count */

@@ -372,9 +372,10 @@ void tg_req_on_front_drain(tg_front_conn_t *c, void *arg);
 /* ---- convert.c: attempts through proto/ ------------------------------------------ */
 
 /* The protocol a channel of `provider` (Tollgate__V1__ProviderType) speaks
- * for this request: Anthropic; the Responses API for a Responses client on
- * an OpenAI channel (passthrough); else chat completions (a Responses client
- * there is converted). Can't fail. */
+ * for this request, from proto/vendor.c's row: Anthropic; the Responses API
+ * for a Responses client on an OpenAI channel (passthrough); else chat
+ * completions (DeepSeek, Qwen, Kimi, GLM, Gemini, OpenAI-compatible: a
+ * Responses client there is converted). Can't fail. */
 tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider);
 
 /* Writes the attempt's body into rq_upbody in the channel's protocol

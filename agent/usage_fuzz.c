@@ -27,14 +27,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = size - 4;
 
     tg_usage_t before = {7, 5, 3, 2}, u = before;
-    int rc = tg_agent_usage_parse(p, n, &u);
+    int rc = tg_agent_usage_parse(p, n, NULL, &u);
     TG_FUZZ_CHECK(rc == 0 || rc == TG_AGENT_ERANGE || rc == TG_AGENT_EJSON);
     if (rc == TG_AGENT_EJSON) {
         TG_FUZZ_CHECK(memcmp(&u, &before, sizeof u) == 0);
         return 0;
     }
     tg_usage_t fresh = {-1, -1, -1, -1};
-    (void)tg_agent_usage_parse(p, n, &fresh);
+    (void)tg_agent_usage_parse(p, n, NULL, &fresh);
     count_ok(fresh.us_prompt);
     count_ok(fresh.us_completion);
     count_ok(fresh.us_cached);

@@ -203,8 +203,11 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
     (void)creating;
     if (!c->name[0]) FAIL("channel.name: required");
     if (!tg_cp_valid_name(c->name, 128)) FAIL("channel.name: must be 1-128 printable characters");
-    if (c->provider < 1 || c->provider > 4)
-        FAIL("channel.provider: required: openai, anthropic, gemini or openai_compatible");
+    /* every ProviderType has a row in proto/vendor.c (its protocol and usage names) */
+    if (c->provider < 1 || c->provider > TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GLM)
+        FAIL("channel.provider: %s%d is not a provider: openai, anthropic, gemini, deepseek, qwen, kimi, glm or "
+             "openai_compatible (any other OpenAI-compatible upstream)", c->provider ? "" : "required; ",
+             (int)c->provider);
     if (strncmp(c->base_url, "http://", 7) != 0 && strncmp(c->base_url, "https://", 8) != 0)
         FAIL("channel.base_url: must start with http:// or https://");
     if (strlen(c->base_url) > 1024 || strpbrk(c->base_url, " \t\r\n"))

@@ -517,8 +517,10 @@ fail:
 
 /* ---- response ------------------------------------------------------------ */
 
-static int an_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t *rs, char *err, size_t errlen)
+static int an_parse_response(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+    tg_proto_response_t *rs, char *err, size_t errlen)
 {
+    (void)vendor; /* usage in its own protocol's names */
     json_t *content = json_object_get(root, "content");
     if (!json_is_array(content))
         return bad(err, errlen, "content", "expected an array");

@@ -75,18 +75,24 @@ static int parse_image(tg_pool_t *pool, json_t *part, tg_proto_block_t *bl, cons
 
 /* ---- usage --------------------------------------------------------------- */
 
-/* prompt_tokens INCLUDE cached tokens: taken out once here. DeepSeek's
- * prompt_cache_hit_tokens stands in when prompt_tokens_details is absent. */
-static int parse_usage(tg_pool_t *pool, json_t *u, tg_proto_usage_t *out)
+/* prompt_tokens INCLUDE cached tokens: taken out once here. Cache reads
+ * under the vendor's own name first (DeepSeek's prompt_cache_hit_tokens,
+ * Kimi's cached_tokens), then OpenAI's prompt_tokens_details.cached_tokens
+ * where the vendor's row reads it (vendor.c). */
+static int parse_usage(const tg_proto_vendor_t *v, tg_pool_t *pool, json_t *u, tg_proto_usage_t *out)
 {
     memset(out, 0, sizeof *out);
     if (!json_is_object(u))
         return 0;
     out->us_present = 1;
-    int64_t prompt = tg_proto__count(u, "prompt_tokens");
     json_t *pd = json_object_get(u, "prompt_tokens_details");
-    int64_t cached = json_is_object(pd) ? tg_proto__count(pd, "cached_tokens")
-                                        : tg_proto__count(u, "prompt_cache_hit_tokens");
+    json_t *own = v->vd_cache_read ? json_object_get(u, v->vd_cache_read) : NULL;
+    int64_t cached = json_is_integer(own) ? tg_proto__count(u, v->vd_cache_read)
+                     : v->vd_details && json_is_object(pd) ? tg_proto__count(pd, "cached_tokens")
+                                                            : 0;
+    int64_t prompt = tg_proto__count(u, "prompt_tokens");
+    if (!json_object_get(u, "prompt_tokens") && json_is_integer(own) && v->vd_cache_miss)
+        prompt = cached + tg_proto__count(u, v->vd_cache_miss);
     if (cached > prompt)
         cached = prompt;
     out->us_input = prompt - cached;
@@ -678,7 +684,8 @@ fail:
 
 /* ---- response ------------------------------------------------------------ */
 
-static int oa_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t *rs, char *err, size_t errlen)
+static int oa_parse_response(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+                             tg_proto_response_t *rs, char *err, size_t errlen)
 {
     int rc;
     json_t *choices = json_object_get(root, "choices");
@@ -720,7 +727,7 @@ static int oa_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t 
     rs->rs_stop = parse_finish(json_string_value(json_object_get(c0, "finish_reason")));
     if (refusal && *refusal)
         rs->rs_stop = TG_PROTO_STOP_REFUSAL;
-    return parse_usage(pool, json_object_get(root, "usage"), &rs->rs_usage);
+    return parse_usage(vendor, pool, json_object_get(root, "usage"), &rs->rs_usage);
 }
 
 static int has_tool(const tg_proto_block_t *b, size_t n)
@@ -1074,7 +1081,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
     json_t *u = json_object_get(c, "usage");
     if (json_is_object(u)) {
         tg_proto_usage_t us;
-        parse_usage(NULL, u, &us);
+        parse_usage(s->st_opts.so_vendor ? s->st_opts.so_vendor : tg_proto_vendor_or_openai(0), NULL, u, &us);
         char *raw = json_dumps(u, JSON_COMPACT);
         us.us_raw = raw;
         rc = tg_proto__set_usage(s, &us);

@@ -59,12 +59,16 @@ typedef struct tg_proto_sse {
     char se_event[64]; /* the event's name, "" when none */
     int se_has_data;
     int se_skip_lf;    /* the last byte was a CR: a following LF ends nothing */
+    int se_keep_raw;   /* passthrough: the bytes of each event are kept in se_raw */
+    tg_buf_t se_raw;   /* the bytes consumed since the last dispatched event */
 } tg_proto_sse_t;
 
 void tg_proto__sse_init(tg_proto_sse_t *p, size_t max_event);
 void tg_proto__sse_free(tg_proto_sse_t *p);
 /* Splits bytes into events; calls fn(arg, event, data, len) for each
- * (data NUL-terminated). Stops at the first non-zero return of fn and returns
+ * (data NUL-terminated). With se_keep_raw, se_raw holds the event's bytes as
+ * received (comments and blank lines before it included, its terminating
+ * blank line too) while fn runs; the caller resets it. Stops at the first non-zero return of fn and returns
  * it; TG_PROTO_ETOOBIG past the maximum. */
 int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
                        int (*fn)(void *arg, const char *event, const char *data, size_t len), void *arg,
@@ -145,6 +149,7 @@ struct tg_proto_stream {
     char *st_err;            /* the current feed's error buffer */
     size_t st_errlen;
     int st_done;
+    int st_pass;               /* inside a passthrough feed: encoder events are checked, not written */
     tg_proto_usage_t st_usage; /* normalized so far; us_raw -> st_raw */
     char *st_raw;              /* tg_malloc */
     tg_proto_stop_t st_stop;
@@ -183,8 +188,9 @@ typedef struct tg_proto_adapter {
     const char *pa_extra_header; /* or NULL */
     int (*pa_parse_request)(tg_pool_t *pool, json_t *root, tg_proto_request_t *out, char *err, size_t errlen);
     json_t *(*pa_write_request)(const tg_proto_request_t *rq, char *err, size_t errlen, int *rc);
-    int (*pa_parse_response)(tg_pool_t *pool, json_t *root, tg_proto_response_t *out, char *err,
-                             size_t errlen);
+    /* vendor: whose usage names an OpenAI answer has (never NULL) */
+    int (*pa_parse_response)(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+                             tg_proto_response_t *out, char *err, size_t errlen);
     json_t *(*pa_write_response)(const tg_proto_response_t *rs, char *err, size_t errlen, int *rc);
     /* root may be NULL (a body that is not JSON); fills type/message/param/code */
     int (*pa_parse_error)(tg_pool_t *pool, int status, json_t *root, tg_proto_errinfo_t *out);

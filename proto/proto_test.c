@@ -565,14 +565,171 @@ static void test_usage_normalized_once(void **state)
                                        "\"prompt_tokens_details\":{\"cached_tokens\":1024}"));
     tg_buf_free(&out);
     free(body);
-    /* DeepSeek's field stands in for prompt_tokens_details */
-    const char *ds = "{\"id\":\"x\",\"model\":\"deepseek-chat\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
-                     "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":5,"
-                     "\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36}}";
-    assert_int_equal(tg_proto_parse_response(TG_PROTO_OPENAI, pool, ds, strlen(ds), &rs, err, sizeof err), 0);
-    assert_int_equal(rs.rs_usage.us_input, 36);
-    assert_int_equal(rs.rs_usage.us_cache_read, 64);
     tg_pool_destroy(pool);
+}
+
+/* proto/vendor.c: each vendor's usage names, and only its own, in JSON
+ * answers and in streams. */
+static void test_vendor_usage(void **state)
+{
+    (void)state;
+    static const struct {
+        int vendor;
+        const char *usage;
+        int64_t input, cache_read;
+    } cases[] = {
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36", 36, 64},
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36", 36, 64},
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,"
+                                   "\"prompt_tokens_details\":{\"cached_tokens\":10}", 36, 64},
+        {TG_PROTO_VENDOR_KIMI, "\"prompt_tokens\":100,\"cached_tokens\":30", 70, 30},
+        {TG_PROTO_VENDOR_QWEN, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":20}", 80, 20},
+        {TG_PROTO_VENDOR_GLM, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":21}", 79, 21},
+        {TG_PROTO_VENDOR_GEMINI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":22}", 78, 22},
+        {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":23}", 77, 23},
+        /* another vendor's names are not read: all of it is input */
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"cached_tokens\":30", 100, 0},
+        {TG_PROTO_VENDOR_QWEN, "\"prompt_tokens\":100,\"cached_tokens\":30", 100, 0},
+        {TG_PROTO_VENDOR_KIMI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
+        {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
+    };
+    tg_pool_t *pool = tg_pool_create(0);
+    char err[TG_ERRLEN] = "";
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const tg_proto_vendor_t *v = tg_proto_vendor(cases[i].vendor);
+        assert_non_null(v);
+        assert_int_equal(v->vd_proto, TG_PROTO_OPENAI);
+        char body[512];
+        snprintf(body, sizeof body,
+                 "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
+                 "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
+                 cases[i].usage);
+        tg_proto_response_t rs;
+        assert_int_equal(tg_proto_parse_response_from(TG_PROTO_OPENAI, v, pool, body, strlen(body), &rs, err, sizeof err), 0);
+        assert_int_equal(rs.rs_usage.us_input, cases[i].input);
+        assert_int_equal(rs.rs_usage.us_cache_read, cases[i].cache_read);
+        assert_int_equal(rs.rs_usage.us_output, 5);
+        /* the same usage in an OpenAI stream's usage chunk */
+        char sse[1024];
+        snprintf(sse, sizeof sse,
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,"
+                 "\"delta\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":null}]}\n\n"
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,"
+                 "\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[],"
+                 "\"usage\":{\"completion_tokens\":5,%s}}\n\ndata: [DONE]\n\n",
+                 cases[i].usage);
+        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_OPENAI, .so_to = TG_PROTO_ANTHROPIC, .so_vendor = v};
+        tg_proto_stream_t *st;
+        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+        tg_buf_t out;
+        tg_buf_init(&out, 1 << 16);
+        assert_int_equal(tg_proto_stream_feed(st, sse, strlen(sse), &out, err, sizeof err), 0);
+        assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+        tg_proto_usage_t u;
+        tg_proto_stream_result(st, &u, NULL);
+        assert_int_equal(u.us_input, cases[i].input);
+        assert_int_equal(u.us_cache_read, cases[i].cache_read);
+        char want[64];
+        snprintf(want, sizeof want, "\"cache_read_input_tokens\":%lld", (long long)cases[i].cache_read);
+        assert_non_null(strstr(out.b_data, want));
+        assert_int_equal(tg_proto_stream_check(TG_PROTO_ANTHROPIC, out.b_data, out.b_len, 0, err, sizeof err), 0);
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    assert_null(tg_proto_vendor(0));
+    assert_null(tg_proto_vendor(TG_PROTO_NVENDORS));
+    assert_int_equal(tg_proto_vendor(TG_PROTO_VENDOR_ANTHROPIC)->vd_proto, TG_PROTO_ANTHROPIC);
+    assert_true(tg_proto_vendor(TG_PROTO_VENDOR_OPENAI)->vd_responses);
+    assert_false(tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK)->vd_responses);
+    assert_string_equal(tg_proto_vendor_or_openai(99)->vd_name, "openai");
+    tg_pool_destroy(pool);
+}
+
+/* Anthropic to Anthropic with so_passthrough: the client's bytes are the
+ * upstream's (spacing, unknown members and events, comments, CRLF), cut
+ * anywhere, while usage and stop are read and the grammar checked. */
+static void test_stream_passthrough(void **state)
+{
+    (void)state;
+    const char *up =
+        ": a comment\r\n"
+        "event: message_start\r\n"
+        "data: {\"type\": \"message_start\", \"message\": {\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\","
+        "\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"x_vendor\":1,"
+        "\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":2,\"output_tokens\":1}}}\r\n\r\n"
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi  there\"}}\n\n"
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0   }\n\n"
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+        "\"usage\":{\"output_tokens\":3}}\n\n"
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    size_t n = strlen(up);
+    char err[TG_ERRLEN] = "";
+    for (size_t cut = 1; cut <= n; cut += (cut < 40 ? 1 : 97)) {
+        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+        tg_proto_stream_t *st;
+        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+        tg_buf_t out;
+        tg_buf_init(&out, 1 << 16);
+        for (size_t i = 0; i < n; i += cut)
+            assert_int_equal(tg_proto_stream_feed(st, up + i, i + cut < n ? cut : n - i, &out, err, sizeof err), 0);
+        assert_true(tg_proto_stream_done(st));
+        assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+        assert_int_equal(out.b_len, n);
+        assert_memory_equal(out.b_data, up, n);
+        tg_proto_usage_t u;
+        tg_proto_stop_t stop;
+        tg_proto_stream_result(st, &u, &stop);
+        assert_int_equal(u.us_input, 10);
+        assert_int_equal(u.us_cache_read, 7);
+        assert_int_equal(u.us_cache_write, 2);
+        assert_int_equal(u.us_output, 3);
+        assert_int_equal(stop, TG_PROTO_STOP_END_TURN);
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    /* a grammar violation (a delta with no block open) ends it with the
+     * client's error event in place of the bad event; an upstream error
+     * event passes as it came; a cut at the reservation writes the end */
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    const char *bad = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+                      "\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n";
+    const char *uperr = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    const char *open_block = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+                             "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+    for (int k = 0; k < 3; k++) {
+        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+        tg_proto_stream_t *st;
+        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+        tg_buf_t out;
+        tg_buf_init(&out, 1 << 16);
+        assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+        assert_memory_equal(out.b_data, start, strlen(start));
+        if (k == 0) {
+            assert_int_equal(tg_proto_stream_feed(st, bad, strlen(bad), &out, err, sizeof err), TG_PROTO_EGRAMMAR);
+            assert_null(strstr(out.b_data, "text_delta"));
+            assert_non_null(strstr(out.b_data + strlen(start), "event: error"));
+        } else if (k == 1) {
+            assert_int_equal(tg_proto_stream_feed(st, uperr, strlen(uperr), &out, err, sizeof err), TG_PROTO_EUPSTREAM);
+            assert_string_equal(out.b_data + strlen(start), uperr);
+        } else {
+            assert_int_equal(tg_proto_stream_feed(st, open_block, strlen(open_block), &out, err, sizeof err), 0);
+            assert_int_equal(tg_proto_stream_end(st, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err), 0);
+            assert_non_null(strstr(out.b_data, "\"stop_reason\":\"max_tokens\""));
+            assert_int_equal(tg_proto_stream_check(TG_PROTO_ANTHROPIC, out.b_data, out.b_len, 0, err, sizeof err), 0);
+        }
+        assert_true(tg_proto_stream_done(st));
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    tg_proto_stream_opts_t mixed = {.so_from = TG_PROTO_OPENAI, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st = NULL;
+    assert_int_equal(tg_proto_stream_create(&mixed, &st, err, sizeof err), TG_PROTO_EINVALID);
+    assert_null(st);
 }
 
 static void test_stop_reasons(void **state)
@@ -1084,6 +1241,8 @@ int main(void)
         cmocka_unit_test(test_three_turn_tool_chain),
         cmocka_unit_test(test_images),
         cmocka_unit_test(test_usage_normalized_once),
+        cmocka_unit_test(test_vendor_usage),
+        cmocka_unit_test(test_stream_passthrough),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

@@ -3,7 +3,10 @@
  * each event into IR events, and the client adapter's encoder writing them,
  * every client event checked against the client grammar (check.c) before
  * its bytes are appended. Nothing else is buffered: the converted bytes of
- * an upstream event leave in the same feed call that completed it. */
+ * an upstream event leave in the same feed call that completed it. In
+ * passthrough (so_passthrough, one protocol both sides) the same decoding
+ * and checks run, and each event's upstream bytes are written unchanged in
+ * place of its re-encoding. */
 #include <stdio.h>
 #include <string.h>
 
@@ -18,12 +21,14 @@ void tg_proto__sse_init(tg_proto_sse_t *p, size_t max_event)
     memset(p, 0, sizeof *p);
     tg_buf_init(&p->se_line, max_event);
     tg_buf_init(&p->se_data, max_event);
+    tg_buf_init(&p->se_raw, max_event + 4096);
 }
 
 void tg_proto__sse_free(tg_proto_sse_t *p)
 {
     tg_buf_free(&p->se_line);
     tg_buf_free(&p->se_data);
+    tg_buf_free(&p->se_raw);
 }
 
 /* One complete line (without its end). A blank line dispatches. */
@@ -59,6 +64,14 @@ static int sse_line(tg_proto_sse_t *p, const char *l, size_t n,
     return 0; /* id:, retry: and unknown fields: nothing */
 }
 
+/* Passthrough: keeps consumed bytes for the event they belong to. */
+static int keep_raw(tg_proto_sse_t *p, const char *b, size_t n, char *err, size_t errlen)
+{
+    if (!p->se_keep_raw || !n || !tg_buf_append(&p->se_raw, b, n))
+        return 0;
+    return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream event passed %zu bytes", p->se_raw.b_max);
+}
+
 int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
                        int (*fn)(void *arg, const char *event, const char *data, size_t len), void *arg,
                        char *err, size_t errlen)
@@ -68,6 +81,8 @@ int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
         if (p->se_skip_lf) {
             p->se_skip_lf = 0;
             if (b[i] == '\n') {
+                if (keep_raw(p, b + i, 1, err, errlen))
+                    return TG_PROTO_ETOOBIG;
                 i++;
                 continue;
             }
@@ -76,11 +91,18 @@ int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
         while (j < n && b[j] != '\n' && b[j] != '\r')
             j++;
         if (j == n) { /* partial line: keep it */
-            if (tg_buf_append(&p->se_line, b + i, n - i))
+            if (tg_buf_append(&p->se_line, b + i, n - i) || keep_raw(p, b + i, n - i, err, errlen))
                 return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream line passed %zu bytes",
                                p->se_line.b_max);
             return 0;
         }
+        /* the line's end: LF, CR, or CR LF when both are here (a CR at
+         * the end of the bytes leaves a following LF to skip) */
+        size_t e = j + 1;
+        if (b[j] == '\r' && e < n && b[e] == '\n')
+            e++;
+        if (keep_raw(p, b + i, e - i, err, errlen))
+            return TG_PROTO_ETOOBIG;
         int rc;
         if (p->se_line.b_len) {
             if (tg_buf_append(&p->se_line, b + i, j - i))
@@ -91,8 +113,8 @@ int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
         } else {
             rc = sse_line(p, b + i, j - i, fn, arg, err, errlen);
         }
-        p->se_skip_lf = b[j] == '\r';
-        i = j + 1;
+        p->se_skip_lf = b[j] == '\r' && e == j + 1;
+        i = e;
         if (rc)
             return rc;
     }
@@ -113,9 +135,14 @@ int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t
     s->st_opts = *opts;
     if (!s->st_opts.so_max_event)
         s->st_opts.so_max_event = DEFAULT_MAX_EVENT;
+    if (opts->so_passthrough && opts->so_from != opts->so_to) {
+        tg_free(s);
+        return tg_errf(err, errlen, TG_PROTO_EINVALID, "stream: passthrough needs one protocol on both sides");
+    }
     s->st_from = tg_proto__adapters[opts->so_from];
     s->st_to = tg_proto__adapters[opts->so_to];
     tg_proto__sse_init(&s->st_sse, s->st_opts.so_max_event);
+    s->st_sse.se_keep_raw = opts->so_passthrough;
     tg_proto__check_init(&s->st_check, opts->so_to, opts->so_include_usage);
     s->st_from->pa_dec_init(s);
     *out = s;
@@ -168,7 +195,9 @@ int tg_proto__fail(tg_proto_stream_t *s, int code, tg_proto_errtype_t type, cons
         return code;
     s->st_done = 1;
     tg_errf(s->st_err, s->st_errlen, code, "%s", message);
-    if (code == TG_PROTO_ENOMEM || !s->st_out)
+    /* passthrough: the upstream's own error event goes out as it came
+     * (on_sse appends it) */
+    if (code == TG_PROTO_ENOMEM || !s->st_out || (s->st_pass && code == TG_PROTO_EUPSTREAM))
         return code;
     tg_proto_errinfo_t e = {.pe_type = type, .pe_message = message};
     s->st_to->pa_enc_error(s, &e, s->st_out);
@@ -196,8 +225,16 @@ int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
                         sizeof why)) {
         json_decref(data);
         char msg[TG_ERRLEN + 64];
-        snprintf(msg, sizeof msg, "the converted stream would break the %s grammar: %s", s->st_to->pa_name, why);
+        snprintf(msg, sizeof msg, "the %s stream would break the %s grammar: %s",
+                 s->st_pass ? "upstream" : "converted", s->st_to->pa_name, why);
         return tg_proto__fail(s, TG_PROTO_EGRAMMAR, TG_PROTO_ERR_API, msg);
+    }
+    if (s->st_pass) {
+        /* passthrough: checked, not written (the upstream's bytes go out) */
+        json_decref(data);
+        if (tg_proto__check_complete(&s->st_check))
+            s->st_done = 1;
+        return 0;
     }
     tg_buf_t *out = s->st_out;
     size_t len = out->b_len;
@@ -241,7 +278,22 @@ static int on_sse(void *arg, const char *event, const char *data, size_t len)
     tg_proto_stream_t *s = arg;
     if (s->st_done)
         return 0;
-    return s->st_from->pa_dec_event(s, event, data, len);
+    if (!s->st_opts.so_passthrough)
+        return s->st_from->pa_dec_event(s, event, data, len);
+    /* passthrough: the event is decoded and its re-encoding checked as in
+     * a conversion (usage, stop, text counts, grammar), then the upstream's
+     * own bytes are written: a violation writes the client's error event
+     * instead, an upstream error event goes out as it is */
+    tg_buf_t *raw = &s->st_sse.se_raw;
+    s->st_pass = 1;
+    int rc = s->st_from->pa_dec_event(s, event, data, len);
+    s->st_pass = 0;
+    if ((rc == 0 || rc == TG_PROTO_EUPSTREAM) && raw->b_len && tg_buf_append(s->st_out, raw->b_data, raw->b_len)) {
+        s->st_done = 1;
+        rc = tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+    }
+    tg_buf_reset(raw);
+    return rc;
 }
 
 static void begin(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_t errlen)
