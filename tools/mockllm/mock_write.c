@@ -110,11 +110,26 @@ static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g, long tokens)
     int rc = 0;
     P("{\"prompt_tokens\":%ld,\"completion_tokens\":", pl->pl_prompt);
     rc |= output_count(out, g, completion);
-    P(",\"total_tokens\":%ld,"
-      "\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
+    P(",\"total_tokens\":%ld,", pl->pl_prompt + completion);
+    switch (g->gn_scn->sc_usage_shape) {
+    case TG_MOCK_SHAPE_DEEPSEEK: /* its own names only, as its API documents them */
+        P("\"prompt_cache_hit_tokens\":%ld,\"prompt_cache_miss_tokens\":%ld,"
+          "\"completion_tokens_details\":{\"reasoning_tokens\":%ld}}",
+          pl->pl_cached, pl->pl_prompt - pl->pl_cached, pl->pl_reasoning * pl->pl_n);
+        return rc;
+    case TG_MOCK_SHAPE_KIMI: /* Moonshot: cached_tokens beside prompt_tokens */
+        P("\"cached_tokens\":%ld}", pl->pl_cached);
+        return rc;
+    case TG_MOCK_SHAPE_QWEN:
+    case TG_MOCK_SHAPE_GLM:
+    case TG_MOCK_SHAPE_GEMINI: /* OpenAI's cached_tokens, without OpenAI's other details */
+        P("\"prompt_tokens_details\":{\"cached_tokens\":%ld}}", pl->pl_cached);
+        return rc;
+    }
+    P("\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
       "\"completion_tokens_details\":{\"reasoning_tokens\":%ld,\"audio_tokens\":0,"
       "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
-      pl->pl_prompt + completion, pl->pl_cached, pl->pl_reasoning * pl->pl_n);
+      pl->pl_cached, pl->pl_reasoning * pl->pl_n);
     return rc;
 }
 
