@@ -62,7 +62,7 @@ _Static_assert((int)TG_PROTO_VENDOR_OPENAI == (int)TOLLGATE__V1__PROVIDER_TYPE__
 
 tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider)
 {
-    const tg_proto_vendor_t *v = tg_proto_vendor_or_openai(provider);
+    const tg_proto_vendor_t *v = tg_proto_vendor_or_compatible(provider);
     /* OpenAI itself serves /v1/responses (stored responses included):
      * passed through; every other OpenAI-shaped vendor speaks chat only */
     if (v->vd_proto == TG_PROTO_OPENAI && rq->rq_cproto == TG_PROTO_RESPONSES && v->vd_responses)
@@ -73,7 +73,7 @@ tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider)
 /* The vendor row of the attempt's channel (whose usage names it reads). */
 static const tg_proto_vendor_t *att_vendor(const req_t *rq)
 {
-    return tg_proto_vendor_or_openai(rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan->ch_pb->provider : 0);
+    return tg_proto_vendor_or_compatible(rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan->ch_pb->provider : 0);
 }
 
 int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err, size_t errlen)
@@ -98,7 +98,7 @@ int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err
 int tg_req_conv_answer(req_t *rq, char *err, size_t errlen)
 {
     tg_proto_response_t rs;
-    int rc = tg_proto_parse_response_from(rq->rq_uproto, att_vendor(rq), rq->rq_pool,
+    int rc = tg_proto_parse_response_vendor(rq->rq_uproto, att_vendor(rq), rq->rq_pool,
                                           rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &rs, err,
                                           errlen);
     if (rc != 0)

@@ -273,8 +273,10 @@ static void test_usage_top_level_only(void **st)
 /* Issue 14: counts are read strictly and held to the request's bounds. */
 /* Each vendor's own names for cache reads (proto/vendor.c), and only its
  * own: a DeepSeek channel reads prompt_cache_hit_tokens, a Kimi channel
- * the top-level cached_tokens, Qwen, GLM, Gemini and OpenAI-compatible
- * channels OpenAI's prompt_tokens_details.cached_tokens. */
+ * the top-level cached_tokens, Qwen, GLM and Gemini channels OpenAI's
+ * prompt_tokens_details.cached_tokens. OPENAI_COMPATIBLE (and no channel)
+ * reads all three, details first, as agents did before the vendor types:
+ * a channel typed then is billed the same after the upgrade. */
 static void test_usage_vendor_cache(void **st)
 {
     (void)st;
@@ -287,9 +289,12 @@ static void test_usage_vendor_cache(void **st)
     assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), ds, &u), 0);
     assert_int_equal(u.us_prompt, 100);
     assert_int_equal(u.us_cached, 60);
-    /* another vendor's names are not read */
+    /* the legacy OPENAI_COMPATIBLE row reads DeepSeek's names */
     assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), compat, &u), 0);
-    assert_int_equal(u.us_cached, -1);
+    assert_int_equal(u.us_cached, 60);
+    assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), NULL, &u), 0);
+    assert_int_equal(u.us_cached, 60);
+    /* another vendor's names are not read */
     assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), kimi, &u), 0);
     assert_int_equal(u.us_cached, -1);
     /* DeepSeek without prompt_tokens: hits + misses */
@@ -307,7 +312,9 @@ static void test_usage_vendor_cache(void **st)
     const char *ku = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"cached_tokens\":30}";
     assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), kimi, &u), 0);
     assert_int_equal(u.us_cached, 30);
-    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), NULL, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), compat, &u), 0);
+    assert_int_equal(u.us_cached, 30);
+    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), ds, &u), 0);
     assert_int_equal(u.us_cached, -1);
     const int details[] = {TG_PROTO_VENDOR_OPENAI, TG_PROTO_VENDOR_GEMINI, TG_PROTO_VENDOR_OPENAI_COMPATIBLE,
                            TG_PROTO_VENDOR_QWEN, TG_PROTO_VENDOR_GLM, TG_PROTO_VENDOR_KIMI, TG_PROTO_VENDOR_DEEPSEEK};

@@ -39,7 +39,7 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
 static void take_usage(req_t *rq, const char *u, size_t ul)
 {
     const tg_chan_t *ch = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan : NULL;
-    int rc = tg_agent_usage_parse(u, ul, ch ? tg_proto_vendor(ch->ch_pb->provider) : NULL, &rq->rq_usage);
+    int rc = tg_agent_usage_parse(u, ul, ch ? tg_proto_vendor_or_compatible(ch->ch_pb->provider) : NULL, &rq->rq_usage);
     if (rc != 0 && rc != TG_AGENT_ERANGE)
         return;
     rq->rq_usage_bad = rc == TG_AGENT_ERANGE;

@@ -75,10 +75,20 @@ static int parse_image(tg_pool_t *pool, json_t *part, tg_proto_block_t *bl, cons
 
 /* ---- usage --------------------------------------------------------------- */
 
+/* The first of the vendor's own cache-read members that u holds as an
+ * integer, or NULL. */
+static const char *own_cache_name(const tg_proto_vendor_t *v, json_t *u)
+{
+    for (size_t i = 0; i < sizeof v->vd_cache_read / sizeof v->vd_cache_read[0]; i++)
+        if (v->vd_cache_read[i] && json_is_integer(json_object_get(u, v->vd_cache_read[i])))
+            return v->vd_cache_read[i];
+    return NULL;
+}
+
 /* prompt_tokens INCLUDE cached tokens: taken out once here. Cache reads
- * under the vendor's own name first (DeepSeek's prompt_cache_hit_tokens,
- * Kimi's cached_tokens), then OpenAI's prompt_tokens_details.cached_tokens
- * where the vendor's row reads it (vendor.c). */
+ * under the vendor's row (vendor.c): OpenAI's
+ * prompt_tokens_details.cached_tokens before or after its own names
+ * (DeepSeek's prompt_cache_hit_tokens, Kimi's cached_tokens). */
 static int parse_usage(const tg_proto_vendor_t *v, tg_pool_t *pool, json_t *u, tg_proto_usage_t *out)
 {
     memset(out, 0, sizeof *out);
@@ -86,13 +96,14 @@ static int parse_usage(const tg_proto_vendor_t *v, tg_pool_t *pool, json_t *u, t
         return 0;
     out->us_present = 1;
     json_t *pd = json_object_get(u, "prompt_tokens_details");
-    json_t *own = v->vd_cache_read ? json_object_get(u, v->vd_cache_read) : NULL;
-    int64_t cached = json_is_integer(own) ? tg_proto__count(u, v->vd_cache_read)
-                     : v->vd_details && json_is_object(pd) ? tg_proto__count(pd, "cached_tokens")
-                                                            : 0;
+    int details = v->vd_details != TG_PROTO_DETAILS_NO && json_is_integer(json_object_get(pd, "cached_tokens"));
+    const char *own = own_cache_name(v, u);
+    int64_t cached = details && (v->vd_details == TG_PROTO_DETAILS_FIRST || !own) ? tg_proto__count(pd, "cached_tokens")
+                     : own                                                         ? tg_proto__count(u, own)
+                                                                                   : 0;
     int64_t prompt = tg_proto__count(u, "prompt_tokens");
-    if (!json_object_get(u, "prompt_tokens") && json_is_integer(own) && v->vd_cache_miss)
-        prompt = cached + tg_proto__count(u, v->vd_cache_miss);
+    if (!json_object_get(u, "prompt_tokens") && own && v->vd_cache_miss)
+        prompt = tg_proto__count(u, own) + tg_proto__count(u, v->vd_cache_miss);
     if (cached > prompt)
         cached = prompt;
     out->us_input = prompt - cached;
@@ -1081,7 +1092,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
     json_t *u = json_object_get(c, "usage");
     if (json_is_object(u)) {
         tg_proto_usage_t us;
-        parse_usage(s->st_opts.so_vendor ? s->st_opts.so_vendor : tg_proto_vendor_or_openai(0), NULL, u, &us);
+        parse_usage(s->st_opts.so_vendor ? s->st_opts.so_vendor : tg_proto_vendor_or_compatible(0), NULL, u, &us);
         char *raw = json_dumps(u, JSON_COMPACT);
         us.us_raw = raw;
         rc = tg_proto__set_usage(s, &us);

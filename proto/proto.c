@@ -317,10 +317,10 @@ int tg_proto_write_request(tg_proto_kind_t kind, const tg_proto_request_t *rq, t
 int tg_proto_parse_response(tg_proto_kind_t kind, tg_pool_t *pool, const char *body, size_t len,
                             tg_proto_response_t *out, char *err, size_t errlen)
 {
-    return tg_proto_parse_response_from(kind, NULL, pool, body, len, out, err, errlen);
+    return tg_proto_parse_response_vendor(kind, NULL, pool, body, len, out, err, errlen);
 }
 
-int tg_proto_parse_response_from(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
+int tg_proto_parse_response_vendor(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
                                  const char *body, size_t len, tg_proto_response_t *out, char *err,
                                  size_t errlen)
 {
@@ -332,7 +332,7 @@ int tg_proto_parse_response_from(tg_proto_kind_t kind, const tg_proto_vendor_t *
     if (!root)
         return rc;
     memset(out, 0, sizeof *out);
-    rc = a->pa_parse_response(vendor ? vendor : tg_proto_vendor_or_openai(TG_PROTO_VENDOR_OPENAI), pool, root,
+    rc = a->pa_parse_response(vendor ? vendor : tg_proto_vendor_or_compatible(0), pool, root,
                               out, err, errlen);
     json_decref(root);
     return rc;

@@ -587,9 +587,12 @@ static void test_vendor_usage(void **state)
         {TG_PROTO_VENDOR_GLM, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":21}", 79, 21},
         {TG_PROTO_VENDOR_GEMINI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":22}", 78, 22},
         {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":23}", 77, 23},
+        /* OPENAI_COMPATIBLE: every name agents read before the vendor types, details first */
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 36, 64},
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"cached_tokens\":30", 70, 30},
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,"
+                                            "\"prompt_tokens_details\":{\"cached_tokens\":10}", 90, 10},
         /* another vendor's names are not read: all of it is input */
-        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
-        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"cached_tokens\":30", 100, 0},
         {TG_PROTO_VENDOR_QWEN, "\"prompt_tokens\":100,\"cached_tokens\":30", 100, 0},
         {TG_PROTO_VENDOR_KIMI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
         {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
@@ -606,7 +609,7 @@ static void test_vendor_usage(void **state)
                  "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
                  cases[i].usage);
         tg_proto_response_t rs;
-        assert_int_equal(tg_proto_parse_response_from(TG_PROTO_OPENAI, v, pool, body, strlen(body), &rs, err, sizeof err), 0);
+        assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, v, pool, body, strlen(body), &rs, err, sizeof err), 0);
         assert_int_equal(rs.rs_usage.us_input, cases[i].input);
         assert_int_equal(rs.rs_usage.us_cache_read, cases[i].cache_read);
         assert_int_equal(rs.rs_usage.us_output, 5);
@@ -643,7 +646,8 @@ static void test_vendor_usage(void **state)
     assert_int_equal(tg_proto_vendor(TG_PROTO_VENDOR_ANTHROPIC)->vd_proto, TG_PROTO_ANTHROPIC);
     assert_true(tg_proto_vendor(TG_PROTO_VENDOR_OPENAI)->vd_responses);
     assert_false(tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK)->vd_responses);
-    assert_string_equal(tg_proto_vendor_or_openai(99)->vd_name, "openai");
+    assert_string_equal(tg_proto_vendor_or_compatible(99)->vd_name, "openai_compatible");
+    assert_false(tg_proto_vendor_or_compatible(99)->vd_responses);
     tg_pool_destroy(pool);
 }
 

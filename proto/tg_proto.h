@@ -95,24 +95,34 @@ typedef enum tg_proto_vendor_id {
     TG_PROTO_NVENDORS = 9
 } tg_proto_vendor_id_t;
 
+/* Where prompt_tokens_details.cached_tokens (OpenAI's name) is read. */
+typedef enum tg_proto_details {
+    TG_PROTO_DETAILS_NO = 0,   /* never */
+    TG_PROTO_DETAILS_AFTER,    /* when none of the vendor's own names is there */
+    TG_PROTO_DETAILS_FIRST     /* before its own names (OPENAI_COMPATIBLE: what agents before
+                                  the vendor types read, kept for channels typed then) */
+} tg_proto_details_t;
+
 /* Where a vendor's chat usage object reports what. Every vendor's
  * prompt_tokens include its cache reads (taken out once, when normalizing). */
 typedef struct tg_proto_vendor {
-    const char *vd_name;       /* "deepseek": the provider type's lower-case name */
-    tg_proto_kind_t vd_proto;  /* the wire protocol its channels speak */
-    int vd_responses;          /* serves /v1/responses itself (else converted to chat) */
-    const char *vd_cache_read; /* its own usage member with cache reads (read first), or NULL */
-    const char *vd_cache_miss; /* its own member with the uncached prompt (stands in for
-                                  prompt_tokens with vd_cache_read when that is absent), or NULL */
-    int vd_details;            /* reads prompt_tokens_details.cached_tokens (OpenAI's name) */
+    const char *vd_name;             /* "deepseek": the provider type's lower-case name */
+    tg_proto_kind_t vd_proto;        /* the wire protocol its channels speak */
+    int vd_responses;                /* serves /v1/responses itself (else converted to chat) */
+    const char *vd_cache_read[2];    /* its own top-level members with cache reads, in order;
+                                        NULL-padded */
+    const char *vd_cache_miss;       /* its own member with the uncached prompt (stands in for
+                                        prompt_tokens with a cache read when that is absent), or NULL */
+    tg_proto_details_t vd_details;   /* prompt_tokens_details.cached_tokens */
 } tg_proto_vendor_t;
 
 /* The row of a provider type, or NULL for 0 and unknown values. Static. */
 const tg_proto_vendor_t *tg_proto_vendor(int provider);
 
-/* As tg_proto_vendor, but OpenAI's row for 0 and unknown values (a reader
- * with no channel: tests, tools). Never NULL. */
-const tg_proto_vendor_t *tg_proto_vendor_or_openai(int provider);
+/* As tg_proto_vendor, but OPENAI_COMPATIBLE's row for 0 and unknown values
+ * (a provider type from a newer control plane, a reader with no channel):
+ * chat completions, every cache-read name the gateway knows. Never NULL. */
+const tg_proto_vendor_t *tg_proto_vendor_or_compatible(int provider);
 
 /* ---- the IR: content ---------------------------------------------------- */
 
@@ -282,8 +292,8 @@ int tg_proto_parse_response(tg_proto_kind_t kind, tg_pool_t *pool, const char *b
                             tg_proto_response_t *out, char *err, size_t errlen);
 
 /* As tg_proto_parse_response, with an OpenAI-protocol answer's usage read
- * under vendor's names (NULL: OpenAI's). */
-int tg_proto_parse_response_from(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
+ * under vendor's names (NULL: OPENAI_COMPATIBLE's). */
+int tg_proto_parse_response_vendor(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
                                  const char *body, size_t len, tg_proto_response_t *out, char *err,
                                  size_t errlen);
 
@@ -370,7 +380,7 @@ typedef struct tg_proto_stream_opts {
      * tg_proto_stream_end writes its closing events itself. */
     int so_passthrough;
     /* An OpenAI upstream's usage is read under this vendor's names (NULL:
-     * OpenAI's). */
+     * OPENAI_COMPATIBLE's). */
     const tg_proto_vendor_t *so_vendor;
 } tg_proto_stream_opts_t;
 

@@ -3,8 +3,10 @@
 // endpoint) on mockllm answering in that vendor's usage shape
 // (usage-shape=), called with the official `openai` SDK, JSON and stream:
 // the receipt bills the vendor's cache reads at the cache-read price, to
-// the nano-unit. An OpenAI-compatible channel reads OpenAI's names only, so
-// DeepSeek's prompt_cache_hit_tokens there are billed as input. The
+// the nano-unit. An OpenAI-compatible channel (the type DeepSeek, Kimi and
+// the others had before they had their own) keeps reading every name it
+// read then, DeepSeek's and Kimi's included: upgrading the agent does not
+// re-price it. A typed channel reads its own vendor's names only. The
 // conversion paths read the vendor's names too: an Anthropic client on a
 // DeepSeek channel, a Responses client on a Kimi channel.
 import { test, before, after } from 'node:test';
@@ -34,10 +36,12 @@ const VENDORS = [
   ['glm-4.6', 'PROVIDER_TYPE_GLM', 'glm', 30],
   ['gemini-2.5-flash', 'PROVIDER_TYPE_GEMINI', 'gemini', 30],
   ['gpt-4o-mini', 'PROVIDER_TYPE_OPENAI', 'openai', 30],
-  // not DeepSeek's type: its names are not read, all 50 are input
-  ['compat-deepseek-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'deepseek', 0],
-  ['compat-kimi-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'kimi', 0],
+  // typed before DeepSeek and Kimi had types: billed as before the upgrade
+  ['compat-deepseek-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'deepseek', 30],
+  ['compat-kimi-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'kimi', 30],
   ['compat-openai-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'openai', 30],
+  // another vendor's type: Kimi's names are not DeepSeek's, all 50 are input
+  ['kimi-on-deepseek-type', 'PROVIDER_TYPE_DEEPSEEK', 'kimi', 0],
 ];
 
 function snapshot() {
