@@ -45,6 +45,7 @@ static void take_usage(req_t *rq, const tg_proto_usage_t *u)
     rq->rq_usage.us_reasoning = (long)u->us_reasoning;
     rq->rq_cache_write = (long)u->us_cache_write;
     rq->rq_usage_bad = 0;
+    rq->rq_usage_running = u->us_running;
     const char *raw = u->us_raw ? u->us_raw : "{}";
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
 }
@@ -207,13 +208,22 @@ void tg_req_conv_cut(req_t *rq)
 {
     char err[TG_ERRLEN] = "";
     tg_buf_t out;
+    tg_proto_usage_t u;
+    tg_proto_stream_result(rq->rq_conv, &u, NULL);
+    /* an Anthropic upstream's output so far is message_start's running 1:
+     * the client's closing usage says what was produced (counted locally,
+     * within the allowance), as the receipt bills it */
+    int over = u.us_present && u.us_running && u.us_output < rq->rq_out_counted;
+    if (over)
+        u.us_output = rq->rq_out_counted < rq->rq_out_allow ? rq->rq_out_counted : rq->rq_out_allow;
     tg_buf_init(&out, 2 * SSE_EVENT_MAX);
     tg_buf_reset(&rq->rq_tail);
-    if (tg_proto_stream_end(rq->rq_conv, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err) != 0)
+    if (tg_proto_stream_end(rq->rq_conv, TG_PROTO_STOP_MAX_TOKENS, over ? &u : NULL, &out, err, sizeof err) != 0)
         rq->rq_conv_err = 1;
     tg_buf_append(&rq->rq_tail, out.b_data, out.b_len);
     rq->rq_resp_bytes += (int64_t)out.b_len;
     tg_buf_free(&out);
+    tg_req_mark_capped(rq, stop_name(rq->rq_cproto, TG_PROTO_STOP_MAX_TOKENS));
 }
 
 void tg_req_conv_result(req_t *rq)

@@ -154,6 +154,8 @@ struct req {
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     int rq_usage_lost;        /* the final event that carries the usage did not parse */
+    int rq_usage_running;     /* its output count is a running one (an Anthropic stream that
+                                 ended before message_delta's usage): receipt.c counts too */
     long rq_cache_write;      /* prompt tokens written to the provider's cache (Anthropic), inside us_prompt */
     /* protocols: the client's, and the attempt's channel's. When either is
      * Anthropic, or a Responses client meets a chat-only channel, the
@@ -354,6 +356,13 @@ int tg_req_past_allowance(req_t *rq);
 /* Ends a chat stream at its reservation: the finishing chunk and [DONE]
  * into rq_tail, rq_capped set. */
 void tg_req_cut_at_allowance(req_t *rq);
+
+/* Marks the stream ended at its reservation by the gateway (whichever
+ * wrote the end: tg_req_cut_at_allowance, or convert.c's tg_req_conv_cut):
+ * rq_capped and rq_saw_done set (a complete answer: no stream-cut class,
+ * no error event after the end), rq_finish = finish, the attempt's message
+ * says why. Can't fail. */
+void tg_req_mark_capped(req_t *rq, const char *finish);
 
 /* ---- upstream.c: the upstream call ----------------------------------------------- */
 

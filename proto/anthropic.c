@@ -631,17 +631,21 @@ static void dec_free(tg_proto_stream_t *s)
 }
 
 /* Usage arrives in message_start and, cumulative, in message_delta: merged,
- * the raw object too. */
-static int merge_usage(tg_proto_stream_t *s, json_t *u)
+ * the raw object too. message_start's output_tokens is a running count (1):
+ * the output is final only once message_delta's usage came (final). */
+static int merge_usage(tg_proto_stream_t *s, json_t *u, int final)
 {
     if (!json_is_object(u))
         return 0;
+    if (final)
+        s->st_dec.an.ad_final_usage = 1;
     json_t *raw = s->st_raw ? json_loads(s->st_raw, 0, NULL) : NULL;
     if (!raw && !(raw = json_object()))
         return TG_PROTO_ENOMEM;
     json_object_update(raw, u);
     tg_proto_usage_t us = {0};
     read_usage(raw, &us);
+    us.us_running = !s->st_dec.an.ad_final_usage;
     char *text = json_dumps(raw, JSON_COMPACT);
     json_decref(raw);
     us.us_raw = text;
@@ -719,7 +723,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
     if (!strcmp(type, "message_start")) {
         json_t *m = json_object_get(v, "message");
         d->ad_started = 1;
-        rc = merge_usage(s, json_object_get(m, "usage"));
+        rc = merge_usage(s, json_object_get(m, "usage"), 0);
         tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_START,
                                .ev_id = json_string_value(json_object_get(m, "id")),
                                .ev_name = json_string_value(json_object_get(m, "model")),
@@ -761,7 +765,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
                 rc = TG_PROTO_ENOMEM;
         }
         if (!rc)
-            rc = merge_usage(s, json_object_get(v, "usage"));
+            rc = merge_usage(s, json_object_get(v, "usage"), 1);
     } else if (!strcmp(type, "message_stop")) {
         d->ad_ended = 1;
         tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_END, .ev_stop = s->st_stop, .ev_stop_seq = s->st_stop_seq,

@@ -108,6 +108,7 @@ typedef struct tg_proto_an_dec {
     int ad_open;      /* IR index of the open block, -1 none */
     int ad_next;
     int ad_ended;
+    int ad_final_usage; /* message_delta's usage arrived: output is the provider's final count */
 } tg_proto_an_dec_t;
 
 /* Responses encoder state (responses.c): what response.completed repeats. */

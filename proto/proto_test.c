@@ -691,6 +691,7 @@ static void test_stream_passthrough(void **state)
         assert_int_equal(u.us_cache_read, 7);
         assert_int_equal(u.us_cache_write, 2);
         assert_int_equal(u.us_output, 3);
+        assert_false(u.us_running); /* message_delta's usage came: final */
         assert_int_equal(stop, TG_PROTO_STOP_END_TURN);
         tg_buf_free(&out);
         tg_proto_stream_destroy(st);
@@ -713,6 +714,12 @@ static void test_stream_passthrough(void **state)
         tg_buf_init(&out, 1 << 16);
         assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
         assert_memory_equal(out.b_data, start, strlen(start));
+        /* message_start's output_tokens is a running count until message_delta: each
+         * end below (violation, upstream error, cut) leaves it marked so */
+        tg_proto_usage_t ru;
+        tg_proto_stream_result(st, &ru, NULL);
+        assert_true(ru.us_present && ru.us_running);
+        assert_int_equal(ru.us_output, 1);
         if (k == 0) {
             assert_int_equal(tg_proto_stream_feed(st, bad, strlen(bad), &out, err, sizeof err), TG_PROTO_EGRAMMAR);
             assert_null(strstr(out.b_data, "text_delta"));

@@ -225,6 +225,8 @@ typedef struct tg_proto_usage {
     int64_t us_cache_write; /* prompt tokens written to it (Anthropic) */
     int64_t us_output;      /* produced tokens, reasoning included */
     int64_t us_reasoning;   /* of which reasoning */
+    int us_running;         /* us_output is a running count, not the final one: an Anthropic
+                               stream before message_delta's usage (message_start says 1) */
     const char *us_raw;     /* the provider's usage object, JSON text, or NULL */
 } tg_proto_usage_t;
 
