@@ -39,15 +39,17 @@ static void take_usage(req_t *rq, const tg_proto_usage_t *u)
 {
     if (!u->us_present)
         return;
+    const char *raw = u->us_raw ? u->us_raw : "{}";
+    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
+    rq->rq_usage_bad = u->us_invalid; /* counts that are not counts: counted locally, flagged */
+    if (u->us_invalid)
+        return;
     rq->rq_usage.us_prompt = (long)(u->us_input + u->us_cache_read + u->us_cache_write);
     rq->rq_usage.us_completion = (long)u->us_output;
     rq->rq_usage.us_cached = (long)u->us_cache_read;
     rq->rq_usage.us_reasoning = (long)u->us_reasoning;
     rq->rq_cache_write = (long)u->us_cache_write;
-    rq->rq_usage_bad = 0;
     rq->rq_usage_running = u->us_running;
-    const char *raw = u->us_raw ? u->us_raw : "{}";
-    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
 }
 
 /* proto/vendor.c's rows are numbered by ProviderType */

@@ -325,6 +325,15 @@ static void test_usage_vendor_cache(void **st)
     }
     const char *bad = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":1e9}";
     assert_int_equal(tg_agent_usage_parse(bad, strlen(bad), ds, &u), TG_AGENT_ERANGE);
+    /* hits + misses past the maximum count is not a count; null prompt_tokens is absent */
+    const char *big = "{\"completion_tokens\":5,\"prompt_cache_hit_tokens\":9007199254740992,"
+                      "\"prompt_cache_miss_tokens\":9007199254740992}";
+    assert_int_equal(tg_agent_usage_parse(big, strlen(big), ds, &u), TG_AGENT_ERANGE);
+    assert_true(u.us_prompt == -1 || (u.us_prompt >= 0 && u.us_prompt <= TG_USAGE_MAX));
+    const char *nul = "{\"prompt_tokens\":null,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":7,"
+                      "\"prompt_cache_miss_tokens\":3}";
+    assert_int_equal(tg_agent_usage_parse(nul, strlen(nul), ds, &u), 0);
+    assert_int_equal(u.us_prompt, 10);
 }
 
 static void test_usage_strict(void **st)

@@ -15,6 +15,8 @@
 #include "agent/json.h"
 #include "proto/tg_proto.h"
 
+_Static_assert(TG_USAGE_MAX == TG_PROTO_COUNT_MAX, "one maximum count in both usage readers");
+
 /* One count at the cursor into *v (null leaves it). Non-counts set *bad. */
 static int one_count(tg_json_t *j, long *v, int *bad)
 {
@@ -96,8 +98,13 @@ int tg_agent_usage_parse(const char *json, size_t len, const tg_proto_vendor_t *
         return TG_AGENT_EJSON;
     long own = c.c_vcached[0] >= 0 ? c.c_vcached[0] : c.c_vcached[1];
     t.us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
-    if (t.us_prompt < 0 && own >= 0 && c.c_vmiss >= 0)
-        t.us_prompt = own + c.c_vmiss; /* DeepSeek: hits + misses */
+    if (t.us_prompt < 0 && own >= 0 && c.c_vmiss >= 0) {
+        /* DeepSeek: hits + misses, a count only within the maximum (proto/openai.c: the same rule) */
+        if (own <= TG_USAGE_MAX - c.c_vmiss)
+            t.us_prompt = own + c.c_vmiss;
+        else
+            c.c_bad = 1;
+    }
     t.us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
     long details = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
     if (c.c_vendor->vd_details == TG_PROTO_DETAILS_FIRST)

@@ -21,10 +21,10 @@ static int bad(char *err, size_t errlen, const char *path, const char *what)
 static void read_usage(json_t *u, tg_proto_usage_t *out)
 {
     out->us_present = 1;
-    out->us_input = tg_proto__count(u, "input_tokens");
-    out->us_cache_read = tg_proto__count(u, "cache_read_input_tokens");
-    out->us_cache_write = tg_proto__count(u, "cache_creation_input_tokens");
-    out->us_output = tg_proto__count(u, "output_tokens");
+    out->us_input = tg_proto__count(u, "input_tokens", &out->us_invalid);
+    out->us_cache_read = tg_proto__count(u, "cache_read_input_tokens", &out->us_invalid);
+    out->us_cache_write = tg_proto__count(u, "cache_creation_input_tokens", &out->us_invalid);
+    out->us_output = tg_proto__count(u, "output_tokens", &out->us_invalid);
 }
 
 static json_t *write_usage(const tg_proto_usage_t *u)
@@ -415,7 +415,7 @@ static int an_parse_request(tg_pool_t *pool, json_t *root, tg_proto_request_t *r
     json_t *th = json_object_get(root, "thinking");
     const char *tht = json_string_value(json_object_get(th, "type"));
     if (tht && !strcmp(tht, "enabled"))
-        rq->rq_thinking_budget = tg_proto__count(th, "budget_tokens");
+        rq->rq_thinking_budget = tg_proto__count(th, "budget_tokens", NULL);
     return 0;
 }
 

@@ -98,19 +98,26 @@ static int parse_usage(const tg_proto_vendor_t *v, tg_pool_t *pool, json_t *u, t
     json_t *pd = json_object_get(u, "prompt_tokens_details");
     int details = v->vd_details != TG_PROTO_DETAILS_NO && json_is_integer(json_object_get(pd, "cached_tokens"));
     const char *own = own_cache_name(v, u);
-    int64_t cached = details && (v->vd_details == TG_PROTO_DETAILS_FIRST || !own) ? tg_proto__count(pd, "cached_tokens")
-                     : own                                                         ? tg_proto__count(u, own)
+    int *bad = &out->us_invalid;
+    int64_t cached = details && (v->vd_details == TG_PROTO_DETAILS_FIRST || !own) ? tg_proto__count(pd, "cached_tokens", bad)
+                     : own                                                         ? tg_proto__count(u, own, bad)
                                                                                    : 0;
-    int64_t prompt = tg_proto__count(u, "prompt_tokens");
-    if (!json_object_get(u, "prompt_tokens") && own && v->vd_cache_miss)
-        prompt = tg_proto__count(u, own) + tg_proto__count(u, v->vd_cache_miss);
+    int64_t prompt = tg_proto__count(u, "prompt_tokens", bad);
+    if (!json_is_integer(json_object_get(u, "prompt_tokens")) && own && v->vd_cache_miss) {
+        /* hits + misses, each at most TG_PROTO_COUNT_MAX: the sum is a count only within it */
+        prompt = tg_proto__count(u, own, bad) + tg_proto__count(u, v->vd_cache_miss, bad);
+        if (prompt > TG_PROTO_COUNT_MAX) {
+            *bad = 1;
+            prompt = 0;
+        }
+    }
     if (cached > prompt)
         cached = prompt;
     out->us_input = prompt - cached;
     out->us_cache_read = cached;
-    out->us_output = tg_proto__count(u, "completion_tokens");
+    out->us_output = tg_proto__count(u, "completion_tokens", bad);
     json_t *cd = json_object_get(u, "completion_tokens_details");
-    out->us_reasoning = json_is_object(cd) ? tg_proto__count(cd, "reasoning_tokens") : 0;
+    out->us_reasoning = json_is_object(cd) ? tg_proto__count(cd, "reasoning_tokens", bad) : 0;
     if (pool && !(out->us_raw = tg_proto__dump(pool, u)))
         return TG_PROTO_ENOMEM;
     return 0;

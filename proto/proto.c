@@ -205,11 +205,16 @@ int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v)
     return rc;
 }
 
-int64_t tg_proto__count(json_t *o, const char *key)
+int64_t tg_proto__count(json_t *o, const char *key, int *bad)
 {
     json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
+    if (!v || json_is_null(v))
         return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > TG_PROTO_COUNT_MAX) {
+        if (bad)
+            *bad = 1;
+        return 0;
+    }
     return json_integer_value(v);
 }
 

@@ -233,8 +233,10 @@ int tg_proto__append_json(tg_buf_t *out, json_t *v);
 /* Appends prefix, v as compact JSON and the blank line that ends an SSE
  * event. Takes the reference of v; v NULL returns TG_PROTO_ENOMEM. */
 int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v);
-/* Reads an integer count >= 0 at key of o (absent or null: 0). */
-int64_t tg_proto__count(json_t *o, const char *key);
+/* Reads an integer count in [0, TG_PROTO_COUNT_MAX] at key of o (absent or
+ * null: 0). Anything else (a fraction, a sign, a string, past the maximum)
+ * is 0 and sets *bad when bad is not NULL: agent/usage.c's rule. */
+int64_t tg_proto__count(json_t *o, const char *key, int *bad);
 
 /* OpenAI's image URL into an IMAGE block: a data: URL becomes base64 with
  * its media type, any other URL stays a URL. 0 or TG_PROTO_ENOMEM. */

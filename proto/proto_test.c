@@ -651,6 +651,51 @@ static void test_vendor_usage(void **state)
     tg_pool_destroy(pool);
 }
 
+/* One rule for counts in both usage readers (agent/usage.c): an integer in
+ * [0, 2^53], a sum of two within it too; anything else makes the usage
+ * invalid (us_invalid: counted locally), never a wrapped or clamped number. */
+static void test_usage_counts_bounded(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *usage;
+        int invalid;
+        int64_t input, cache_read;
+    } cases[] = {
+        {"\"prompt_cache_hit_tokens\":9007199254740992,\"prompt_cache_miss_tokens\":9007199254740992", 1, 0, 0},
+        {"\"prompt_cache_hit_tokens\":9223372036854775807,\"prompt_cache_miss_tokens\":9223372036854775807", 1, 0, 0},
+        {"\"prompt_tokens\":null,\"prompt_cache_hit_tokens\":7,\"prompt_cache_miss_tokens\":3", 0, 3, 7},
+        {"\"prompt_tokens\":10.5,\"prompt_cache_hit_tokens\":7", 1, 0, 0},
+        {"\"prompt_tokens\":-10,\"prompt_cache_hit_tokens\":7", 1, 0, 0},
+        {"\"prompt_tokens\":9007199254740993", 1, 0, 0},
+        {"\"prompt_tokens\":9007199254740992,\"prompt_cache_hit_tokens\":7", 0, 9007199254740985, 7},
+    };
+    tg_pool_t *pool = tg_pool_create(0);
+    char err[TG_ERRLEN] = "";
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[512];
+        snprintf(body, sizeof body,
+                 "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
+                 "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
+                 cases[i].usage);
+        tg_proto_response_t rs;
+        assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK), pool,
+                                                        body, strlen(body), &rs, err, sizeof err), 0);
+        assert_int_equal(rs.rs_usage.us_invalid, cases[i].invalid);
+        if (!cases[i].invalid) {
+            assert_int_equal(rs.rs_usage.us_input, cases[i].input);
+            assert_int_equal(rs.rs_usage.us_cache_read, cases[i].cache_read);
+        }
+        assert_true(rs.rs_usage.us_input >= 0 && rs.rs_usage.us_input <= TG_PROTO_COUNT_MAX);
+    }
+    const char *an = "{\"id\":\"m\",\"model\":\"c\",\"content\":[],\"stop_reason\":\"end_turn\","
+                     "\"usage\":{\"input_tokens\":1.5,\"output_tokens\":1}}";
+    tg_proto_response_t rs;
+    assert_int_equal(tg_proto_parse_response(TG_PROTO_ANTHROPIC, pool, an, strlen(an), &rs, err, sizeof err), 0);
+    assert_true(rs.rs_usage.us_invalid);
+    tg_pool_destroy(pool);
+}
+
 /* Anthropic to Anthropic with so_passthrough: the client's bytes are the
  * upstream's (spacing, unknown members and events, comments, CRLF), cut
  * anywhere, while usage and stop are read and the grammar checked. */
@@ -1254,6 +1299,7 @@ int main(void)
         cmocka_unit_test(test_usage_normalized_once),
         cmocka_unit_test(test_vendor_usage),
         cmocka_unit_test(test_stream_passthrough),
+        cmocka_unit_test(test_usage_counts_bounded),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

@@ -215,6 +215,10 @@ typedef enum tg_proto_stop {
     TG_PROTO_STOP_PAUSE_TURN     /* pause_turn -> stop */
 } tg_proto_stop_t;
 
+/* The largest count believed in a provider's usage (2^53, agent/usage.c's
+ * TG_USAGE_MAX): a count past it, or a sum of counts past it, is not one. */
+#define TG_PROTO_COUNT_MAX ((int64_t)1 << 53)
+
 /* Usage normalized once: us_input EXCLUDES cache reads and writes, so the sum
  * us_input + us_cache_read + us_cache_write is the whole prompt and no cache
  * token is billed twice. us_output includes us_reasoning (a breakdown). */
@@ -227,6 +231,8 @@ typedef struct tg_proto_usage {
     int64_t us_reasoning;   /* of which reasoning */
     int us_running;         /* us_output is a running count, not the final one: an Anthropic
                                stream before message_delta's usage (message_start says 1) */
+    int us_invalid;         /* a count was not a count (a fraction, a sign, a string, past
+                               TG_PROTO_COUNT_MAX): none of it is believed, count locally */
     const char *us_raw;     /* the provider's usage object, JSON text, or NULL */
 } tg_proto_usage_t;
 
