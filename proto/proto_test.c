@@ -568,6 +568,16 @@ static void test_usage_normalized_once(void **state)
     tg_pool_destroy(pool);
 }
 
+/* An OpenAI chat answer "ok" whose usage is completion_tokens 5 and `usage`
+ * (members without the braces). */
+static void oa_answer(char *body, size_t n, const char *usage)
+{
+    snprintf(body, n,
+             "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
+             "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
+             usage);
+}
+
 /* proto/vendor.c: each vendor's usage names, and only its own, in JSON
  * answers and in streams. */
 static void test_vendor_usage(void **state)
@@ -604,10 +614,7 @@ static void test_vendor_usage(void **state)
         assert_non_null(v);
         assert_int_equal(v->vd_proto, TG_PROTO_OPENAI);
         char body[512];
-        snprintf(body, sizeof body,
-                 "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
-                 "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
-                 cases[i].usage);
+        oa_answer(body, sizeof body, cases[i].usage);
         tg_proto_response_t rs;
         assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, v, pool, body, strlen(body), &rs, err, sizeof err), 0);
         assert_int_equal(rs.rs_usage.us_input, cases[i].input);
@@ -674,10 +681,7 @@ static void test_usage_counts_bounded(void **state)
     char err[TG_ERRLEN] = "";
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[512];
-        snprintf(body, sizeof body,
-                 "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
-                 "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
-                 cases[i].usage);
+        oa_answer(body, sizeof body, cases[i].usage);
         tg_proto_response_t rs;
         assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK), pool,
                                                         body, strlen(body), &rs, err, sizeof err), 0);
