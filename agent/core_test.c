@@ -2,6 +2,7 @@
  * scanner and rewrite, the SSE splitter and event readers, answers and
  * usage numbers (read by structure, strictly),
  * globs and CIDRs, the circuit breaker, weighted pick and backoff. */
+#include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -336,6 +337,29 @@ static void test_usage_vendor_cache(void **st)
     assert_int_equal(u.us_prompt, 10);
 }
 
+/* Every ProviderType value has a vendor row, and no row lacks a value: an
+ * appended type without its row (or a row without its type) fails here. */
+static void test_vendor_rows_follow_provider_type(void **st)
+{
+    (void)st;
+    const ProtobufCEnumDescriptor *d = &tollgate__v1__provider_type__descriptor;
+    assert_int_equal(d->n_values, TG_PROTO_NVENDORS);
+    for (unsigned i = 0; i < d->n_values; i++) {
+        int v = d->values[i].value;
+        if (v == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_UNSPECIFIED) {
+            assert_null(tg_proto_vendor(v));
+            continue;
+        }
+        assert_non_null(tg_proto_vendor(v));
+        /* the row's name is the enum's lower-case name (tollctl --provider) */
+        char want[64];
+        snprintf(want, sizeof want, "%s", d->values[i].name + strlen("PROVIDER_TYPE_"));
+        for (char *p = want; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        assert_string_equal(tg_proto_vendor(v)->vd_name, want);
+    }
+}
+
 static void test_usage_strict(void **st)
 {
     (void)st;
@@ -565,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_usage_other_endpoints),
         cmocka_unit_test(test_usage_top_level_only), cmocka_unit_test(test_usage_strict),
         cmocka_unit_test(test_usage_vendor_cache),
+        cmocka_unit_test(test_vendor_rows_follow_provider_type),
         cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };

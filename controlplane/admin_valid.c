@@ -203,8 +203,10 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
     (void)creating;
     if (!c->name[0]) FAIL("channel.name: required");
     if (!tg_cp_valid_name(c->name, 128)) FAIL("channel.name: must be 1-128 printable characters");
-    /* every ProviderType has a row in proto/vendor.c (its protocol and usage names) */
-    if (c->provider < 1 || c->provider > TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GLM)
+    /* any ProviderType this build has (agent/core_test checks that each has a
+     * row in proto/vendor.c: its protocol and usage names) */
+    if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_UNSPECIFIED ||
+        !protobuf_c_enum_descriptor_get_value(&tollgate__v1__provider_type__descriptor, c->provider))
         FAIL("channel.provider: %s%d is not a provider: openai, anthropic, gemini, deepseek, qwen, kimi, glm or "
              "openai_compatible (any other OpenAI-compatible upstream)", c->provider ? "" : "required; ",
              (int)c->provider);
