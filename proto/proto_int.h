@@ -64,12 +64,16 @@ typedef struct tg_proto_sse {
 } tg_proto_sse_t;
 
 void tg_proto__sse_init(tg_proto_sse_t *p, size_t max_event);
+/* 1 when no event is in progress (no event or data line since the last
+ * dispatch, no partial line): what se_raw holds belongs to no event. */
+int tg_proto__sse_idle(const tg_proto_sse_t *p);
 void tg_proto__sse_free(tg_proto_sse_t *p);
 /* Splits bytes into events; calls fn(arg, event, data, len) for each
  * (data NUL-terminated). With se_keep_raw, se_raw holds the event's bytes as
  * received (comments and blank lines before it included, its terminating
- * blank line too) while fn runs; the caller resets it. Stops at the first non-zero return of fn and returns
- * it; TG_PROTO_ETOOBIG past the maximum. */
+ * blank line too) while fn runs; the caller resets it. Stops at the first
+ * non-zero return of fn and returns it; TG_PROTO_ETOOBIG past the maximum,
+ * TG_PROTO_ENOMEM when se_raw cannot grow. */
 int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
                        int (*fn)(void *arg, const char *event, const char *data, size_t len), void *arg,
                        char *err, size_t errlen);
@@ -151,6 +155,7 @@ struct tg_proto_stream {
     size_t st_errlen;
     int st_done;
     int st_pass;               /* inside a passthrough feed: encoder events are checked, not written */
+    int st_pass_last;          /* passthrough: the upstream's own final event ended the stream */
     tg_proto_usage_t st_usage; /* normalized so far; us_raw -> st_raw */
     char *st_raw;              /* tg_malloc */
     tg_proto_stop_t st_stop;

@@ -792,6 +792,51 @@ static void test_stream_passthrough(void **state)
     assert_null(st);
 }
 
+/* Passthrough bytes that belong to no event leave with the feed that
+ * brought them: a keep-alive comment, the LF of a CR LF split across reads
+ * (also after message_stop); a line cut by the EOF is never forwarded. */
+static void test_stream_passthrough_idle_bytes(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\","
+                        "\"model\":\"c\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\r\n\r";
+    const char *stop = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
+                       "\"usage\":{\"output_tokens\":1}}\n\nevent: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r";
+    const char *feeds[] = {start, "\n", ": keep-alive\n\n", "\n", stop, "\n"};
+    tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st;
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_t out;
+    tg_buf_init(&out, 1 << 16);
+    size_t sent = 0;
+    for (size_t i = 0; i < sizeof feeds / sizeof feeds[0]; i++) {
+        assert_int_equal(tg_proto_stream_feed(st, feeds[i], strlen(feeds[i]), &out, err, sizeof err), 0);
+        sent += strlen(feeds[i]);
+        assert_int_equal(out.b_len, sent); /* every byte out in the feed that brought it */
+    }
+    assert_true(tg_proto_stream_done(st));
+    assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+    assert_int_equal(out.b_len, sent);
+    tg_buf_free(&out);
+    tg_proto_stream_destroy(st);
+
+    /* the EOF cuts a line: it is not forwarded, the stream ends with the error event */
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_init(&out, 1 << 16);
+    const char *cut = "event: ping\ndata: {\"type\":\"ping\"}\ndata: {\"cut_by_eof";
+    assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+    assert_int_equal(tg_proto_stream_feed(st, "\n", 1, &out, err, sizeof err), 0);
+    assert_int_equal(tg_proto_stream_feed(st, cut, strlen(cut), &out, err, sizeof err), 0);
+    assert_int_equal(out.b_len, strlen(start) + 1);
+    assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), TG_PROTO_EUPSTREAM);
+    assert_non_null(strstr(out.b_data, "event: ping\ndata: {\"type\":\"ping\"}\n")); /* its whole lines count */
+    assert_null(strstr(out.b_data, "cut_by_eof"));
+    assert_non_null(strstr(out.b_data + strlen(start) + 1, "event: error"));
+    tg_buf_free(&out);
+    tg_proto_stream_destroy(st);
+}
+
 static void test_stop_reasons(void **state)
 {
     (void)state;
@@ -1304,6 +1349,7 @@ int main(void)
         cmocka_unit_test(test_vendor_usage),
         cmocka_unit_test(test_stream_passthrough),
         cmocka_unit_test(test_usage_counts_bounded),
+        cmocka_unit_test(test_stream_passthrough_idle_bytes),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

@@ -6,13 +6,17 @@
  * an upstream event leave in the same feed call that completed it. In
  * passthrough (so_passthrough, one protocol both sides) the same decoding
  * and checks run, and each event's upstream bytes are written unchanged in
- * place of its re-encoding. */
+ * place of its re-encoding; the splitter also holds the bytes of the event
+ * in progress (se_raw) until it completes, and bytes that belong to no
+ * event (comments, keep-alives) leave at the end of the feed that brought
+ * them. */
 #include <stdio.h>
 #include <string.h>
 
 #include "proto/proto_int.h"
 
 #define DEFAULT_MAX_EVENT ((size_t)8 << 20)
+#define RAW_KEEP_CAP ((size_t)64 << 10) /* se_raw memory kept between events */
 
 /* ---- SSE splitting -------------------------------------------------------- */
 
@@ -67,9 +71,17 @@ static int sse_line(tg_proto_sse_t *p, const char *l, size_t n,
 /* Passthrough: keeps consumed bytes for the event they belong to. */
 static int keep_raw(tg_proto_sse_t *p, const char *b, size_t n, char *err, size_t errlen)
 {
-    if (!p->se_keep_raw || !n || !tg_buf_append(&p->se_raw, b, n))
-        return 0;
-    return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream event passed %zu bytes", p->se_raw.b_max);
+    int rc = p->se_keep_raw && n ? tg_buf_append(&p->se_raw, b, n) : 0;
+    if (rc == TG_BUF_ENOMEM)
+        return tg_errf(err, errlen, TG_PROTO_ENOMEM, "out of memory keeping an upstream event");
+    if (rc)
+        return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream event passed %zu bytes", p->se_raw.b_max);
+    return 0;
+}
+
+int tg_proto__sse_idle(const tg_proto_sse_t *p)
+{
+    return !p->se_has_data && !p->se_event[0] && !p->se_line.b_len;
 }
 
 int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
@@ -81,8 +93,9 @@ int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
         if (p->se_skip_lf) {
             p->se_skip_lf = 0;
             if (b[i] == '\n') {
-                if (keep_raw(p, b + i, 1, err, errlen))
-                    return TG_PROTO_ETOOBIG;
+                int krc = keep_raw(p, b + i, 1, err, errlen);
+                if (krc)
+                    return krc;
                 i++;
                 continue;
             }
@@ -91,19 +104,19 @@ int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
         while (j < n && b[j] != '\n' && b[j] != '\r')
             j++;
         if (j == n) { /* partial line: keep it */
-            if (tg_buf_append(&p->se_line, b + i, n - i) || keep_raw(p, b + i, n - i, err, errlen))
+            if (tg_buf_append(&p->se_line, b + i, n - i))
                 return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream line passed %zu bytes",
                                p->se_line.b_max);
-            return 0;
+            return keep_raw(p, b + i, n - i, err, errlen);
         }
         /* the line's end: LF, CR, or CR LF when both are here (a CR at
          * the end of the bytes leaves a following LF to skip) */
         size_t e = j + 1;
         if (b[j] == '\r' && e < n && b[e] == '\n')
             e++;
-        if (keep_raw(p, b + i, e - i, err, errlen))
-            return TG_PROTO_ETOOBIG;
-        int rc;
+        int rc = keep_raw(p, b + i, e - i, err, errlen);
+        if (rc)
+            return rc;
         if (p->se_line.b_len) {
             if (tg_buf_append(&p->se_line, b + i, j - i))
                 return tg_errf(err, errlen, TG_PROTO_ETOOBIG, "an upstream line passed %zu bytes",
@@ -129,16 +142,14 @@ int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t
     *out = NULL;
     if ((unsigned)opts->so_from >= TG_PROTO_NKINDS || (unsigned)opts->so_to >= TG_PROTO_NKINDS)
         return tg_errf(err, errlen, TG_PROTO_EINVALID, "stream: unknown protocol");
+    if (opts->so_passthrough && opts->so_from != opts->so_to)
+        return tg_errf(err, errlen, TG_PROTO_EINVALID, "stream: passthrough needs one protocol on both sides");
     tg_proto_stream_t *s = tg_calloc(1, sizeof *s);
     if (!s)
         return tg_errf(err, errlen, TG_PROTO_ENOMEM, "out of memory creating a stream converter");
     s->st_opts = *opts;
     if (!s->st_opts.so_max_event)
         s->st_opts.so_max_event = DEFAULT_MAX_EVENT;
-    if (opts->so_passthrough && opts->so_from != opts->so_to) {
-        tg_free(s);
-        return tg_errf(err, errlen, TG_PROTO_EINVALID, "stream: passthrough needs one protocol on both sides");
-    }
     s->st_from = tg_proto__adapters[opts->so_from];
     s->st_to = tg_proto__adapters[opts->so_to];
     tg_proto__sse_init(&s->st_sse, s->st_opts.so_max_event);
@@ -276,8 +287,10 @@ int tg_proto__emit(tg_proto_stream_t *s, const tg_proto_event_t *ev)
 static int on_sse(void *arg, const char *event, const char *data, size_t len)
 {
     tg_proto_stream_t *s = arg;
-    if (s->st_done)
+    if (s->st_done) {
+        tg_buf_reset(&s->st_sse.se_raw); /* what follows the end is not the client's */
         return 0;
+    }
     if (!s->st_opts.so_passthrough)
         return s->st_from->pa_dec_event(s, event, data, len);
     /* passthrough: the event is decoded and its re-encoding checked as in
@@ -292,8 +305,31 @@ static int on_sse(void *arg, const char *event, const char *data, size_t len)
         s->st_done = 1;
         rc = tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
     }
+    s->st_pass_last = rc == 0 && s->st_done; /* the upstream's own last event ended it */
     tg_buf_reset(raw);
+    if (raw->b_cap > RAW_KEEP_CAP) { /* a large event's memory is not kept for the stream's life */
+        size_t max = raw->b_max;
+        tg_buf_free(raw);
+        tg_buf_init(raw, max);
+    }
     return rc;
+}
+
+/* Passthrough, at the end of a feed: bytes no event claims yet (comments,
+ * keep-alives, blank lines, the LF of a CR LF split across reads) go out
+ * now rather than wait for the next event. */
+static int flush_idle(tg_proto_stream_t *s)
+{
+    tg_buf_t *raw = &s->st_sse.se_raw;
+    if (!s->st_opts.so_passthrough || s->st_done || !raw->b_len || !tg_proto__sse_idle(&s->st_sse))
+        return 0;
+    int rc = tg_buf_append(s->st_out, raw->b_data, raw->b_len);
+    tg_buf_reset(raw);
+    if (rc) {
+        s->st_done = 1;
+        return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+    }
+    return 0;
 }
 
 static void begin(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_t errlen)
@@ -314,13 +350,20 @@ static int end_call(tg_proto_stream_t *s, int rc)
 int tg_proto_stream_feed(tg_proto_stream_t *s, const char *bytes, size_t n, tg_buf_t *out, char *err,
                          size_t errlen)
 {
-    if (s->st_done)
+    if (s->st_done) {
+        /* passthrough: the LF of the last event's CR LF, split from it */
+        if (s->st_opts.so_passthrough && s->st_sse.se_skip_lf && n && bytes[0] == '\n' &&
+            s->st_pass_last && tg_buf_append(out, "\n", 1) == 0)
+            s->st_sse.se_skip_lf = 0;
         return 0;
+    }
     begin(s, out, err, errlen);
     char why[TG_ERRLEN] = "";
     int rc = tg_proto__sse_feed(&s->st_sse, bytes, n, on_sse, s, why, sizeof why);
-    if (rc == TG_PROTO_ETOOBIG && why[0])
+    if ((rc == TG_PROTO_ETOOBIG || rc == TG_PROTO_ENOMEM) && why[0])
         tg_proto__fail(s, rc, TG_PROTO_ERR_API, why);
+    if (!rc)
+        rc = flush_idle(s);
     return end_call(s, rc);
 }
 
@@ -332,7 +375,13 @@ int tg_proto_stream_finish(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_
     /* a last event whose lines are whole but lack the blank line still
      * counts; a line cut by the EOF is dropped (it is not an event) */
     char why[TG_ERRLEN] = "";
-    tg_buf_reset(&s->st_sse.se_line);
+    tg_buf_t *raw = &s->st_sse.se_raw, *line = &s->st_sse.se_line;
+    if (s->st_sse.se_keep_raw) { /* the cut line is not forwarded either */
+        raw->b_len -= line->b_len <= raw->b_len ? line->b_len : raw->b_len;
+        if (raw->b_data)
+            raw->b_data[raw->b_len] = '\0';
+    }
+    tg_buf_reset(line);
     s->st_sse.se_skip_lf = 0;
     int rc = tg_proto__sse_feed(&s->st_sse, "\n", 1, on_sse, s, why, sizeof why);
     if (!rc && !s->st_done)
