@@ -3,6 +3,7 @@
  * block indices renumbered, server-tool blocks skipped) and encoder (IR
  * events -> message_start .. message_stop). The IR is close to this
  * protocol's own shape, so both directions are mostly one-to-one. */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -623,6 +624,7 @@ static void dec_init(tg_proto_stream_t *s)
 {
     memset(&s->st_dec.an, 0, sizeof s->st_dec.an);
     s->st_dec.an.ad_open = -1;
+    s->st_dec.an.ad_up_open = -1;
 }
 
 static void dec_free(tg_proto_stream_t *s)
@@ -731,6 +733,10 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         if (!rc)
             rc = tg_proto__emit(s, &ev);
     } else if (!strcmp(type, "content_block_start")) {
+        json_t *ix = json_object_get(v, "index");
+        d->ad_up_open = json_is_integer(ix) && json_integer_value(ix) >= 0 && json_integer_value(ix) < INT_MAX
+                            ? (int)json_integer_value(ix)
+                            : d->ad_next;
         rc = dec_block_start(s, json_object_get(v, "content_block"));
     } else if (!strcmp(type, "content_block_delta")) {
         json_t *dl = json_object_get(v, "delta");
@@ -746,6 +752,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         else if (!strcmp(dt, "signature_delta"))
             rc = dec_delta(s, TG_PROTO_DELTA_SIGNATURE, json_object_get(dl, "signature"));
     } else if (!strcmp(type, "content_block_stop")) {
+        d->ad_up_open = -1;
         if (d->ad_skip) {
             d->ad_skip = 0;
         } else {
@@ -755,6 +762,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         }
     } else if (!strcmp(type, "message_delta")) {
         json_t *dl = json_object_get(v, "delta");
+        d->ad_delta_seen = 1;
         tg_proto_stop_t st = parse_stop(json_string_value(json_object_get(dl, "stop_reason")));
         if (st != TG_PROTO_STOP_NONE)
             s->st_stop = st;

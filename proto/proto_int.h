@@ -113,6 +113,8 @@ typedef struct tg_proto_an_dec {
     int ad_next;
     int ad_ended;
     int ad_final_usage; /* message_delta's usage arrived: output is the provider's final count */
+    int ad_up_open;     /* the upstream's own index of its open block (skipped or not), -1 none */
+    int ad_delta_seen;  /* message_delta came (passthrough: it went out to the client) */
 } tg_proto_an_dec_t;
 
 /* Responses encoder state (responses.c): what response.completed repeats. */

@@ -837,6 +837,63 @@ static void test_stream_passthrough_idle_bytes(void **state)
     tg_proto_stream_destroy(st);
 }
 
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* The reservation cut in passthrough follows the bytes the client has: an
+ * open server-tool block (skipped by the decoder) or a text block after one
+ * closes with the upstream's own index; after the upstream's message_delta
+ * only message_stop follows. */
+static void test_stream_passthrough_cut(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    const char *srv = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+                      "\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}}\n\n";
+    const char *srv_stop = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
+    const char *text1 = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,"
+                        "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+                        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,"
+                        "\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+    const char *text1_stop = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    const char *delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},"
+                        "\"usage\":{\"output_tokens\":5}}\n\n";
+    static const struct {
+        int parts; /* how many of the upstream's pieces before the cut */
+        const char *want_tail;
+    } cases[] = {
+        {2, "{\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta"}, /* server tool open */
+        {4, "{\"type\":\"content_block_stop\",\"index\":1}\n\nevent: message_delta"}, /* text after it open */
+        {6, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"},                /* after message_delta */
+    };
+    const char *pieces[] = {start, srv, srv_stop, text1, text1_stop, delta};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+        tg_proto_stream_t *st;
+        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+        tg_buf_t out;
+        tg_buf_init(&out, 1 << 16);
+        for (int k = 0; k < cases[i].parts; k++)
+            assert_int_equal(tg_proto_stream_feed(st, pieces[k], strlen(pieces[k]), &out, err, sizeof err), 0);
+        size_t before = out.b_len;
+        assert_int_equal(tg_proto_stream_end(st, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err), 0);
+        assert_non_null(strstr(out.b_data + before, cases[i].want_tail));
+        assert_int_equal(count_of(out.b_data, "event: message_delta"), 1);
+        assert_int_equal(count_of(out.b_data, "event: message_stop"), 1);
+        assert_int_equal(count_of(out.b_data, "event: content_block_start"), count_of(out.b_data, "event: content_block_stop"));
+        assert_true(tg_proto_stream_done(st));
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+}
+
 static void test_stop_reasons(void **state)
 {
     (void)state;
@@ -1350,6 +1407,7 @@ int main(void)
         cmocka_unit_test(test_stream_passthrough),
         cmocka_unit_test(test_usage_counts_bounded),
         cmocka_unit_test(test_stream_passthrough_idle_bytes),
+        cmocka_unit_test(test_stream_passthrough_cut),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

@@ -389,6 +389,43 @@ int tg_proto_stream_finish(tg_proto_stream_t *s, tg_buf_t *out, char *err, size_
     return end_call(s, rc);
 }
 
+/* An Anthropic passthrough ended by the gateway: its closing events follow
+ * the bytes the client already has, not the encoder's view. The open block
+ * (a skipped server-tool block too) closes with the upstream's own index;
+ * once the upstream's message_delta went out only message_stop follows. */
+static int pass_end(tg_proto_stream_t *s, tg_proto_stop_t stop, const tg_proto_usage_t *usage_override)
+{
+    tg_proto_an_dec_t *d = &s->st_dec.an;
+    int rc = 0;
+    if (d->ad_up_open >= 0) {
+        if (tg_buf_printf(s->st_out, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":%d}\n\n",
+                          d->ad_up_open))
+            return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+        if (!d->ad_skip && d->ad_open >= 0) {
+            /* the check follows the block's end (written above, not by the encoder) */
+            tg_proto_event_t bs = {.ev_type = TG_PROTO_EV_BLOCK_STOP, .ev_index = d->ad_open};
+            s->st_pass = 1;
+            rc = tg_proto__emit(s, &bs);
+            s->st_pass = 0;
+            s->st_done = 0; /* the check may call the stream complete; it is not yet */
+        }
+        d->ad_up_open = d->ad_open = -1;
+        d->ad_skip = 0;
+    }
+    if (!rc && d->ad_delta_seen) {
+        if (tg_buf_puts(s->st_out, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"))
+            return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+        return 0;
+    }
+    if (!rc && usage_override)
+        rc = tg_proto__set_usage(s, usage_override);
+    if (!rc) {
+        tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_END, .ev_stop = stop, .ev_usage = &s->st_usage};
+        rc = tg_proto__emit(s, &ev);
+    }
+    return rc;
+}
+
 int tg_proto_stream_end(tg_proto_stream_t *s, tg_proto_stop_t stop, const tg_proto_usage_t *usage_override,
                         tg_buf_t *out, char *err, size_t errlen)
 {
@@ -399,6 +436,12 @@ int tg_proto_stream_end(tg_proto_stream_t *s, tg_proto_stop_t stop, const tg_pro
     if (!s->st_enc.en_started) {
         tg_proto_event_t st = {.ev_type = TG_PROTO_EV_START};
         rc = tg_proto__emit(s, &st);
+    }
+    if (s->st_opts.so_passthrough && s->st_opts.so_from == TG_PROTO_ANTHROPIC) {
+        if (!rc)
+            rc = pass_end(s, stop, usage_override);
+        s->st_done = 1;
+        return end_call(s, rc);
     }
     /* the open block, whichever decoder opened it */
     int open = s->st_opts.so_from == TG_PROTO_OPENAI ? s->st_dec.oa.od_open : s->st_dec.an.ad_open;
