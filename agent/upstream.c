@@ -78,8 +78,12 @@ static int forward_event(void *arg, const char *ev, size_t n)
         return forward_response_event(rq, ev, n);
     tg_chunk_t ck;
     tg_sse_chunk(ev, n, &ck, &rq->rq_text);
-    if (ck.ck_usage_only) {
+    /* a top-level usage on any chunk, the last one kept (as proto/'s
+     * converter reads it): OpenAI sends it on its own "choices": [] chunk,
+     * other vendors beside finish_reason or as running totals */
+    if (ck.ck_usage)
         take_usage(rq, ck.ck_usage, ck.ck_usage_len);
+    if (ck.ck_usage_only) {
         if (!rq->rq_scan.sc_include_usage)
             return 0; /* the gateway asked for it, the client did not */
     } else if (ck.ck_kind == TG_CHUNK_DONE) {

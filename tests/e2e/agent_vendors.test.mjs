@@ -42,6 +42,8 @@ const VENDORS = [
   ['compat-openai-shape', 'PROVIDER_TYPE_OPENAI_COMPATIBLE', 'openai', 30],
   // another vendor's type: Kimi's names are not DeepSeek's, all 50 are input
   ['kimi-on-deepseek-type', 'PROVIDER_TYPE_DEEPSEEK', 'kimi', 0],
+  // usage beside finish_reason on the last chunk, no "choices": [] chunk (as reported for GLM)
+  ['glm-usage-on-finish', 'PROVIDER_TYPE_GLM', 'glm;usage-on-finish', 30],
 ];
 
 function snapshot() {

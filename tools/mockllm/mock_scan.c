@@ -288,6 +288,7 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"no-usage", offsetof(tg_mock_scn_t, sc_no_usage)},
         {"zero-usage", offsetof(tg_mock_scn_t, sc_zero_usage)},
         {"running-usage", offsetof(tg_mock_scn_t, sc_running_usage)},
+        {"usage-on-finish", offsetof(tg_mock_scn_t, sc_usage_on_finish)},
         {"no-tool", offsetof(tg_mock_scn_t, sc_no_tool)},
         {"close", offsetof(tg_mock_scn_t, sc_close)},
         {"nested-usage", offsetof(tg_mock_scn_t, sc_nested_usage)},

@@ -190,7 +190,10 @@ static int chunk_tail(struct evbuffer *out, const tg_mock_gen_t *g, const char *
     int rc = 0;
     if (finish) P("},\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish);
     else P("},\"logprobs\":null,\"finish_reason\":null}]");
-    if (g->gn_scn->sc_running_usage && !g->gn_scn->sc_no_usage) {
+    if (finish && g->gn_scn->sc_usage_on_finish && !g->gn_scn->sc_no_usage) {
+        P(",\"usage\":");
+        rc |= chat_usage(out, g, -1);
+    } else if (g->gn_scn->sc_running_usage && !g->gn_scn->sc_no_usage) {
         P(",\"usage\":");
         rc |= chat_usage(out, g, sent);
     } else if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) {
@@ -239,7 +242,7 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
         }
     }
     if (step == toks + 1) {
-        if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) {
+        if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage && !g->gn_scn->sc_usage_on_finish) {
             P("data: {\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%ld,"
               "\"model\":",
               g->gn_id, g->gn_created);

@@ -104,6 +104,8 @@ typedef struct tg_mock_scn {
     int sc_zero_usage;     /* zero-usage: report every usage count as 0 (text unchanged) */
     int sc_running_usage;  /* running-usage: every chat stream chunk carries the running
                               usage totals (as some OpenAI-compatible providers do) */
+    int sc_usage_on_finish; /* usage-on-finish: a chat stream's usage rides on the chunk with
+                               finish_reason, with no separate "choices": [] chunk */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
     int sc_close;          /* close: answer with Connection: close and close */
     int sc_nested_usage;   /* nested-usage: a chat answer carries a second, nested "usage"
