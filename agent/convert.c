@@ -8,7 +8,8 @@
  * (tg_proto_stream_t), its final bytes held for the end like a passthrough
  * stream's. Anthropic to Anthropic is read the same way but not rewritten:
  * the body goes up as the client sent it (but for the model), the JSON
- * answer and the stream's events go back as the upstream sent them. OpenAI to OpenAI never comes here (scan.c / sse.c: no tree).
+ * answer and the stream's events go back as the upstream sent them. OpenAI
+ * to OpenAI never comes here (scan.c / sse.c: no tree).
  * Every function leaves the request alive: the caller decides its end. */
 #include <stdio.h>
 #include <string.h>

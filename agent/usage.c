@@ -90,7 +90,8 @@ static int usage_member(tg_json_t *j, const char *name, void *arg)
 
 int tg_agent_usage_parse(const char *json, size_t len, const tg_proto_vendor_t *vendor, tg_usage_t *u)
 {
-    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1, vendor ? vendor : tg_proto_vendor_or_compatible(0), 0};
+    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1,
+                  vendor ? vendor : tg_proto_vendor_or_compatible(0), 0};
     tg_json_t j;
     tg_usage_t t;
     tg_json_init(&j, json, len, NULL, 0);

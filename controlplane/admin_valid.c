@@ -207,9 +207,13 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
      * row in proto/vendor.c: its protocol and usage names) */
     if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_UNSPECIFIED ||
         !protobuf_c_enum_descriptor_get_value(&tollgate__v1__provider_type__descriptor, c->provider))
-        FAIL("channel.provider: %s%d is not a provider: openai, anthropic, gemini, deepseek, qwen, kimi, glm or "
-             "openai_compatible (any other OpenAI-compatible upstream)", c->provider ? "" : "required; ",
-             (int)c->provider);
+    {
+        char got[48] = "required";
+        if (c->provider)
+            snprintf(got, sizeof got, "%d is not a provider", (int)c->provider);
+        FAIL("channel.provider: %s; use openai, anthropic, gemini, deepseek, qwen, kimi, glm or openai_compatible "
+             "(any other OpenAI-compatible upstream)", got);
+    }
     if (strncmp(c->base_url, "http://", 7) != 0 && strncmp(c->base_url, "https://", 8) != 0)
         FAIL("channel.base_url: must start with http:// or https://");
     if (strlen(c->base_url) > 1024 || strpbrk(c->base_url, " \t\r\n"))

@@ -178,9 +178,9 @@ for (const backend of ['lmdb', 'etcd']) {
         assert.equal(v.provider, `PROVIDER_TYPE_${p}`);
       }
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('vendor-42', { provider: 42 }) }),
-        'INVALID_ARGUMENT', /^channel\.provider: 42 is not a provider: openai, anthropic, gemini, deepseek, qwen, kimi, glm or openai_compatible/);
+        'INVALID_ARGUMENT', /^channel\.provider: 42 is not a provider; use openai, anthropic, gemini, deepseek, qwen, kimi, glm or openai_compatible/);
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('vendor-none', { provider: 'PROVIDER_TYPE_UNSPECIFIED' }) }),
-        'INVALID_ARGUMENT', /^channel\.provider: required; 0 is not a provider/);
+        'INVALID_ARGUMENT', /^channel\.provider: required; use openai, anthropic/);
 
       await rejects(assert, pricing.call('PutRoute', { route: { model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'x' }] }] } }),
         'INVALID_ARGUMENT', /^route\.tiers\[0\]\.targets\[0\]\.channel_id: no channel 'x'$/);
