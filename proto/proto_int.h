@@ -34,6 +34,7 @@ typedef struct tg_proto_check {
     int ck_next;       /* Anthropic: next block index; OpenAI: next tool-call index */
     int ck_tool_sent;  /* a tool block / tool call was sent */
     int ck_include_usage;
+    int ck_pass;       /* Anthropic passthrough: the upstream's own events (check.c) */
     int64_t ck_seq;    /* Responses: the last sequence_number, -1 none */
     int ck_parts;      /* Responses: content parts of the open message item */
     int ck_part_open;  /* Responses: a content part is open */

@@ -703,6 +703,17 @@ static void test_usage_counts_bounded(void **state)
     tg_pool_destroy(pool);
 }
 
+/* An Anthropic passthrough stream and an empty output buffer for it. */
+static tg_proto_stream_t *pass_stream(tg_buf_t *out)
+{
+    char err[TG_ERRLEN] = "";
+    tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st = NULL;
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_init(out, 1 << 16);
+    return st;
+}
+
 /* Anthropic to Anthropic with so_passthrough: the client's bytes are the
  * upstream's (spacing, unknown members and events, comments, CRLF), cut
  * anywhere, while usage and stop are read and the grammar checked. */
@@ -725,11 +736,8 @@ static void test_stream_passthrough(void **state)
     size_t n = strlen(up);
     char err[TG_ERRLEN] = "";
     for (size_t cut = 1; cut <= n; cut += (cut < 40 ? 1 : 97)) {
-        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
-        tg_proto_stream_t *st;
-        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
         tg_buf_t out;
-        tg_buf_init(&out, 1 << 16);
+        tg_proto_stream_t *st = pass_stream(&out);
         for (size_t i = 0; i < n; i += cut)
             assert_int_equal(tg_proto_stream_feed(st, up + i, i + cut < n ? cut : n - i, &out, err, sizeof err), 0);
         assert_true(tg_proto_stream_done(st));
@@ -759,11 +767,8 @@ static void test_stream_passthrough(void **state)
     const char *open_block = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
                              "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
     for (int k = 0; k < 3; k++) {
-        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
-        tg_proto_stream_t *st;
-        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
         tg_buf_t out;
-        tg_buf_init(&out, 1 << 16);
+        tg_proto_stream_t *st = pass_stream(&out);
         assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
         assert_memory_equal(out.b_data, start, strlen(start));
         /* message_start's output_tokens is a running count until message_delta: each
@@ -848,6 +853,64 @@ static int count_of(const char *hay, const char *needle)
     return n;
 }
 
+/* Passthrough checks the upstream's own events, not their re-encoding:
+ * a gapped index, end_turn beside a tool_use block, a second message_delta
+ * end the stream with the client's error event in place of the bad event;
+ * a server-tool block and an unknown event pass as they came. */
+static void test_stream_passthrough_checks_upstream(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+#define BSTART(i, t) "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":" #i \
+                     ",\"content_block\":" t "}\n\n"
+#define BSTOP(i) "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":" #i "}\n\n"
+#define MDELTA(sr) "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" sr "\"}," \
+                   "\"usage\":{\"output_tokens\":3}}\n\n"
+#define MSTOP "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+#define TEXT "{\"type\":\"text\",\"text\":\"\"}"
+#define TOOL "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}"
+#define SRV "{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}"
+    static const struct {
+        const char *body, *bad; /* bad: the event replaced by the error event, or NULL */
+    } cases[] = {
+        {BSTART(1, TEXT), BSTART(1, TEXT)},                                 /* index 0 skipped */
+        {BSTART(0, TOOL) BSTOP(0) MDELTA("end_turn"), MDELTA("end_turn")}, /* end_turn beside tool_use */
+        {BSTART(0, TEXT) BSTOP(0) MDELTA("end_turn") MDELTA("end_turn"), NULL},
+        {BSTART(0, SRV) BSTOP(0) BSTART(1, TEXT) BSTOP(1) "event: vendor_news\ndata: {\"type\":\"vendor_news\"}\n\n"
+         MDELTA("end_turn") MSTOP, NULL},                                   /* passes whole */
+        {BSTART(0, TOOL) BSTOP(0) MDELTA("max_tokens") MSTOP, NULL},        /* a tool cut short */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tg_buf_t out;
+        tg_proto_stream_t *st = pass_stream(&out);
+        assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+        int rc = tg_proto_stream_feed(st, cases[i].body, strlen(cases[i].body), &out, err, sizeof err);
+        int ok = i >= 3;
+        if (ok) {
+            assert_int_equal(rc, 0);
+            assert_true(tg_proto_stream_done(st));
+            assert_int_equal(out.b_len, strlen(start) + strlen(cases[i].body)); /* byte for byte */
+        } else {
+            assert_int_equal(rc, TG_PROTO_EGRAMMAR);
+            assert_non_null(strstr(out.b_data, "event: error"));
+            assert_int_equal(count_of(out.b_data, "event: message_delta"), i == 2 ? 1 : 0);
+            if (cases[i].bad)
+                assert_null(strstr(out.b_data + strlen(start), cases[i].bad));
+        }
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+#undef BSTART
+#undef BSTOP
+#undef MDELTA
+#undef MSTOP
+#undef TEXT
+#undef TOOL
+#undef SRV
+}
+
 /* The reservation cut in passthrough follows the bytes the client has: an
  * open server-tool block (skipped by the decoder) or a text block after one
  * closes with the upstream's own index; after the upstream's message_delta
@@ -878,11 +941,8 @@ static void test_stream_passthrough_cut(void **state)
     };
     const char *pieces[] = {start, srv, srv_stop, text1, text1_stop, delta};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
-        tg_proto_stream_t *st;
-        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
         tg_buf_t out;
-        tg_buf_init(&out, 1 << 16);
+        tg_proto_stream_t *st = pass_stream(&out);
         for (int k = 0; k < cases[i].parts; k++)
             assert_int_equal(tg_proto_stream_feed(st, pieces[k], strlen(pieces[k]), &out, err, sizeof err), 0);
         size_t before = out.b_len;
@@ -1411,6 +1471,7 @@ int main(void)
         cmocka_unit_test(test_usage_counts_bounded),
         cmocka_unit_test(test_stream_passthrough_idle_bytes),
         cmocka_unit_test(test_stream_passthrough_cut),
+        cmocka_unit_test(test_stream_passthrough_checks_upstream),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

@@ -4,9 +4,9 @@
  * every client event checked against the client grammar (check.c) before
  * its bytes are appended. Nothing else is buffered: the converted bytes of
  * an upstream event leave in the same feed call that completed it. In
- * passthrough (so_passthrough, one protocol both sides) the same decoding
- * and checks run, and each event's upstream bytes are written unchanged in
- * place of its re-encoding; the splitter also holds the bytes of the event
+ * passthrough (so_passthrough, one protocol both sides) each upstream event
+ * is checked itself against the client grammar (check.c's passthrough
+ * mode), decoded as in a conversion, and its bytes written unchanged; the splitter also holds the bytes of the event
  * in progress (se_raw) until it completes, and bytes that belong to no
  * event (comments, keep-alives) leave at the end of the feed that brought
  * them. */
@@ -155,6 +155,7 @@ int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t
     tg_proto__sse_init(&s->st_sse, s->st_opts.so_max_event);
     s->st_sse.se_keep_raw = opts->so_passthrough;
     tg_proto__check_init(&s->st_check, opts->so_to, opts->so_include_usage);
+    s->st_check.ck_pass = opts->so_passthrough;
     s->st_from->pa_dec_init(s);
     *out = s;
     return 0;
@@ -232,20 +233,18 @@ int tg_proto__write_event(tg_proto_stream_t *s, const char *event, json_t *data)
     if (!data && !done_marker)
         return tg_proto__fail(s, TG_PROTO_ENOMEM, TG_PROTO_ERR_API, "out of memory converting the stream");
     char why[TG_ERRLEN] = "";
+    if (s->st_pass) {
+        /* passthrough: the upstream's own event was checked (on_sse); its
+         * bytes go out, not this re-encoding */
+        json_decref(data);
+        return 0;
+    }
     if (tg_proto__check(&s->st_check, s->st_opts.so_to == TG_PROTO_OPENAI && !done_marker ? NULL : event, data, why,
                         sizeof why)) {
         json_decref(data);
         char msg[TG_ERRLEN + 64];
-        snprintf(msg, sizeof msg, "the %s stream would break the %s grammar: %s",
-                 s->st_pass ? "upstream" : "converted", s->st_to->pa_name, why);
+        snprintf(msg, sizeof msg, "the converted stream would break the %s grammar: %s", s->st_to->pa_name, why);
         return tg_proto__fail(s, TG_PROTO_EGRAMMAR, TG_PROTO_ERR_API, msg);
-    }
-    if (s->st_pass) {
-        /* passthrough: checked, not written (the upstream's bytes go out) */
-        json_decref(data);
-        if (tg_proto__check_complete(&s->st_check))
-            s->st_done = 1;
-        return 0;
     }
     tg_buf_t *out = s->st_out;
     size_t len = out->b_len;
@@ -284,6 +283,25 @@ int tg_proto__emit(tg_proto_stream_t *s, const tg_proto_event_t *ev)
     return s->st_to->pa_enc_event(s, ev);
 }
 
+/* Passthrough: the upstream's event, parsed, against the client grammar.
+ * A violation ends the stream with the client's error event. */
+static int check_upstream(tg_proto_stream_t *s, const char *event, const char *data, size_t len)
+{
+    json_t *v = json_loadb(data, len, 0, NULL);
+    if (!json_is_object(v)) {
+        json_decref(v);
+        return tg_proto__fail(s, TG_PROTO_EJSON, TG_PROTO_ERR_API, "upstream sent a malformed stream event");
+    }
+    char why[TG_ERRLEN] = "", msg[TG_ERRLEN + 64];
+    int rc = tg_proto__check(&s->st_check, event[0] ? event : json_string_value(json_object_get(v, "type")), v, why,
+                             sizeof why);
+    json_decref(v);
+    if (!rc)
+        return 0;
+    snprintf(msg, sizeof msg, "the upstream stream breaks the %s grammar: %s", s->st_to->pa_name, why);
+    return tg_proto__fail(s, TG_PROTO_EGRAMMAR, TG_PROTO_ERR_API, msg);
+}
+
 static int on_sse(void *arg, const char *event, const char *data, size_t len)
 {
     tg_proto_stream_t *s = arg;
@@ -293,14 +311,20 @@ static int on_sse(void *arg, const char *event, const char *data, size_t len)
     }
     if (!s->st_opts.so_passthrough)
         return s->st_from->pa_dec_event(s, event, data, len);
-    /* passthrough: the event is decoded and its re-encoding checked as in
-     * a conversion (usage, stop, text counts, grammar), then the upstream's
-     * own bytes are written: a violation writes the client's error event
-     * instead, an upstream error event goes out as it is */
+    /* passthrough: the upstream's own event is checked against the client
+     * grammar (check.c's passthrough mode) and decoded as in a conversion
+     * (usage, stop, text counts), then its bytes are written: a violation
+     * writes the client's error event instead, an upstream error event goes
+     * out as it is */
     tg_buf_t *raw = &s->st_sse.se_raw;
-    s->st_pass = 1;
-    int rc = s->st_from->pa_dec_event(s, event, data, len);
-    s->st_pass = 0;
+    int rc = check_upstream(s, event, data, len);
+    if (!rc) {
+        s->st_pass = 1;
+        rc = s->st_from->pa_dec_event(s, event, data, len);
+        s->st_pass = 0;
+        if (!rc && tg_proto__check_complete(&s->st_check))
+            s->st_done = 1;
+    }
     if ((rc == 0 || rc == TG_PROTO_EUPSTREAM) && raw->b_len && tg_buf_append(s->st_out, raw->b_data, raw->b_len)) {
         s->st_done = 1;
         rc = tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
@@ -401,13 +425,20 @@ static int pass_end(tg_proto_stream_t *s, tg_proto_stop_t stop, const tg_proto_u
         if (tg_buf_printf(s->st_out, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":%d}\n\n",
                           d->ad_up_open))
             return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ETOOBIG, "the client output buffer is full");
+        json_t *bs_ev = json_pack("{ss si}", "type", "content_block_stop", "index", d->ad_up_open);
+        char why[TG_ERRLEN] = "";
+        if (!bs_ev)
+            return tg_errf(s->st_err, s->st_errlen, TG_PROTO_ENOMEM, "out of memory");
+        rc = tg_proto__check(&s->st_check, "content_block_stop", bs_ev, why, sizeof why);
+        json_decref(bs_ev);
+        if (rc)
+            return tg_errf(s->st_err, s->st_errlen, rc, "%s", why);
         if (!d->ad_skip && d->ad_open >= 0) {
-            /* the check follows the block's end (written above, not by the encoder) */
+            /* the encoder follows the block's end (written above, not by it) */
             tg_proto_event_t bs = {.ev_type = TG_PROTO_EV_BLOCK_STOP, .ev_index = d->ad_open};
             s->st_pass = 1;
             rc = tg_proto__emit(s, &bs);
             s->st_pass = 0;
-            s->st_done = 0; /* the check may call the stream complete; it is not yet */
         }
         d->ad_up_open = d->ad_open = -1;
         d->ad_skip = 0;

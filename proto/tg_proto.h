@@ -379,9 +379,10 @@ typedef struct tg_proto_stream_opts {
      * produced text for its reservation here). May be NULL. */
     void (*so_on_event)(void *arg, const tg_proto_event_t *ev);
     void *so_arg;
-    /* so_from == so_to only: every upstream event is decoded and its
-     * re-encoding checked as in a conversion (usage, stop, grammar), but
-     * the client gets the upstream's bytes unchanged (comments, unknown
+    /* so_from == so_to only: every upstream event is checked itself
+     * against the client grammar (check.c's passthrough mode) and decoded
+     * as in a conversion (usage, stop), and the client gets its bytes
+     * unchanged (comments, unknown
      * events and members, spacing and line ends included). A violation
      * ends the stream with the client's error event in place of the
      * offending event; an upstream error event is passed as it is;
