@@ -144,8 +144,13 @@ typedef struct tg_usage {
  * is absent). Returns 0; TG_AGENT_ERANGE when a count is anything else
  * (2500000000.0, 1e+30, -1, "12": the valid ones are still filled in);
  * TG_AGENT_EJSON when it is not an object or has neither main count, and
- * then *u is left as it was (an earlier usage survives). */
-int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u);
+ * then *u is left as it was (an earlier usage survives). Cache reads are
+ * read under vendor's row (proto/vendor.c; NULL: OPENAI_COMPATIBLE's):
+ * its own members (DeepSeek prompt_cache_hit_tokens, Kimi cached_tokens)
+ * and prompt_tokens_details.cached_tokens in the row's order; its hits +
+ * misses stand in for an absent prompt_tokens. */
+struct tg_proto_vendor;
+int tg_agent_usage_parse(const char *json, size_t len, const struct tg_proto_vendor *vendor, tg_usage_t *u);
 
 /* Holds provider counts to what the request allowed: the completion count
  * to max_out (when >= 0; reasoning stays within it, and cached tokens

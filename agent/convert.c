@@ -6,7 +6,10 @@
  * without cache reads and writes) and written in the client's protocol, and
  * a stream converted event by event with the client's grammar checked
  * (tg_proto_stream_t), its final bytes held for the end like a passthrough
- * stream's. OpenAI to OpenAI never comes here (scan.c / sse.c: no tree).
+ * stream's. Anthropic to Anthropic is read the same way but not rewritten:
+ * the body goes up as the client sent it (but for the model), the JSON
+ * answer and the stream's events go back as the upstream sent them. OpenAI
+ * to OpenAI never comes here (scan.c / sse.c: no tree).
  * Every function leaves the request alive: the caller decides its end. */
 #include <stdio.h>
 #include <string.h>
@@ -37,25 +40,44 @@ static void take_usage(req_t *rq, const tg_proto_usage_t *u)
 {
     if (!u->us_present)
         return;
+    const char *raw = u->us_raw ? u->us_raw : "{}";
+    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
+    rq->rq_usage_bad = u->us_invalid; /* counts that are not counts: counted locally, flagged */
+    if (u->us_invalid)
+        return;
     rq->rq_usage.us_prompt = (long)(u->us_input + u->us_cache_read + u->us_cache_write);
     rq->rq_usage.us_completion = (long)u->us_output;
     rq->rq_usage.us_cached = (long)u->us_cache_read;
     rq->rq_usage.us_reasoning = (long)u->us_reasoning;
     rq->rq_cache_write = (long)u->us_cache_write;
-    rq->rq_usage_bad = 0;
-    const char *raw = u->us_raw ? u->us_raw : "{}";
-    rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, raw, strlen(raw));
+    rq->rq_usage_running = u->us_running;
 }
+
+/* proto/vendor.c's rows are numbered by ProviderType */
+_Static_assert((int)TG_PROTO_VENDOR_OPENAI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI &&
+                   (int)TG_PROTO_VENDOR_ANTHROPIC == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC &&
+                   (int)TG_PROTO_VENDOR_GEMINI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GEMINI &&
+                   (int)TG_PROTO_VENDOR_OPENAI_COMPATIBLE == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI_COMPATIBLE &&
+                   (int)TG_PROTO_VENDOR_DEEPSEEK == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_DEEPSEEK &&
+                   (int)TG_PROTO_VENDOR_QWEN == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_QWEN &&
+                   (int)TG_PROTO_VENDOR_KIMI == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_KIMI &&
+                   (int)TG_PROTO_VENDOR_GLM == (int)TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_GLM,
+               "proto/vendor.c rows must follow ProviderType");
 
 tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider)
 {
-    if (provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC)
-        return TG_PROTO_ANTHROPIC;
+    const tg_proto_vendor_t *v = tg_proto_vendor_or_compatible(provider);
     /* OpenAI itself serves /v1/responses (stored responses included):
      * passed through; every other OpenAI-shaped vendor speaks chat only */
-    if (rq->rq_cproto == TG_PROTO_RESPONSES && provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_OPENAI)
+    if (v->vd_proto == TG_PROTO_OPENAI && rq->rq_cproto == TG_PROTO_RESPONSES && v->vd_responses)
         return TG_PROTO_RESPONSES;
-    return TG_PROTO_OPENAI;
+    return v->vd_proto;
+}
+
+/* The vendor row of the attempt's channel (whose usage names it reads). */
+static const tg_proto_vendor_t *att_vendor(const req_t *rq)
+{
+    return tg_proto_vendor_or_compatible(rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan->ch_pb->provider : 0);
 }
 
 int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err, size_t errlen)
@@ -80,8 +102,9 @@ int tg_req_conv_body(req_t *rq, const char *model, int64_t max_tokens, char *err
 int tg_req_conv_answer(req_t *rq, char *err, size_t errlen)
 {
     tg_proto_response_t rs;
-    int rc = tg_proto_parse_response(rq->rq_uproto, rq->rq_pool, rq->rq_resp.b_data ? rq->rq_resp.b_data : "",
-                                     rq->rq_resp.b_len, &rs, err, errlen);
+    int rc = tg_proto_parse_response_vendor(rq->rq_uproto, att_vendor(rq), rq->rq_pool,
+                                          rq->rq_resp.b_data ? rq->rq_resp.b_data : "", rq->rq_resp.b_len, &rs, err,
+                                          errlen);
     if (rc != 0)
         return rc;
     take_usage(rq, &rs.rs_usage);
@@ -139,6 +162,10 @@ int tg_req_conv_feed(req_t *rq, const char *data, size_t n, char *err, size_t er
         so.so_max_event = SSE_EVENT_MAX;
         so.so_on_event = on_event;
         so.so_arg = rq;
+        /* Anthropic to Anthropic: checked and metered here, but the client
+         * gets the upstream's bytes */
+        so.so_passthrough = rq->rq_uproto == rq->rq_cproto;
+        so.so_vendor = att_vendor(rq);
         if (rq->rq_uproto == TG_PROTO_OPENAI && rq->rq_ir) {
             /* message_start needs input tokens before an OpenAI upstream
              * says any: the local count */
@@ -184,13 +211,22 @@ void tg_req_conv_cut(req_t *rq)
 {
     char err[TG_ERRLEN] = "";
     tg_buf_t out;
+    tg_proto_usage_t u;
+    tg_proto_stream_result(rq->rq_conv, &u, NULL);
+    /* an Anthropic upstream's output so far is message_start's running 1:
+     * the client's closing usage says what was produced (counted locally,
+     * within the allowance), as the receipt bills it */
+    int over = u.us_present && u.us_running && u.us_output < rq->rq_out_counted;
+    if (over)
+        u.us_output = rq->rq_out_counted < rq->rq_out_allow ? rq->rq_out_counted : rq->rq_out_allow;
     tg_buf_init(&out, 2 * SSE_EVENT_MAX);
     tg_buf_reset(&rq->rq_tail);
-    if (tg_proto_stream_end(rq->rq_conv, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err) != 0)
+    if (tg_proto_stream_end(rq->rq_conv, TG_PROTO_STOP_MAX_TOKENS, over ? &u : NULL, &out, err, sizeof err) != 0)
         rq->rq_conv_err = 1;
     tg_buf_append(&rq->rq_tail, out.b_data, out.b_len);
     rq->rq_resp_bytes += (int64_t)out.b_len;
     tg_buf_free(&out);
+    tg_req_mark_capped(rq, stop_name(rq->rq_cproto, TG_PROTO_STOP_MAX_TOKENS));
 }
 
 void tg_req_conv_result(req_t *rq)

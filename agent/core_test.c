@@ -2,6 +2,7 @@
  * scanner and rewrite, the SSE splitter and event readers, answers and
  * usage numbers (read by structure, strictly),
  * globs and CIDRs, the circuit breaker, weighted pick and backoff. */
+#include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <cmocka.h>
 
 #include "agent/agent_int.h"
+#include "proto/tg_proto.h"
 
 static int scan(const char *s, tg_scan_t *sc, char *err)
 {
@@ -203,7 +205,7 @@ static void test_usage(void **st)
     assert_int_equal(tg_agent_answer(b, strlen(b), TG_ANSWER_CHAT, &an, NULL, err, sizeof err), 0);
     assert_non_null(an.an_usage);
     tg_usage_t u;
-    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 120);
     assert_int_equal(u.us_completion, 16);
     assert_int_equal(u.us_cached, 100);
@@ -231,13 +233,13 @@ static void test_usage_top_level_only(void **st)
     tg_answer_t an;
     tg_usage_t u;
     assert_int_equal(tg_agent_answer(r, strlen(r), TG_ANSWER_RESPONSES, &an, NULL, NULL, 0), 0);
-    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 50000);
     assert_int_equal(u.us_completion, 50000);
     const char *c = "{\"meta\":{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}},"
                     "\"usage\":{\"prompt_tokens\":50000,\"completion_tokens\":50000}}";
     assert_int_equal(tg_agent_answer(c, strlen(c), TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
-    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 50000);
     /* the name written with escapes is the same name */
     const char *e = "{\"\\u0075sage\":{\"prompt_tokens\":7}}";
@@ -250,7 +252,7 @@ static void test_usage_top_level_only(void **st)
     tg_resp_event_t re;
     assert_int_equal(tg_sse_resp_event(ev, strlen(ev), &re, NULL), 0);
     assert_int_equal(re.re_final, 1);
-    assert_int_equal(tg_agent_usage_parse(re.re_usage, re.re_usage_len, &u), 0);
+    assert_int_equal(tg_agent_usage_parse(re.re_usage, re.re_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 9);
     assert_int_equal(u.us_completion, 8);
     /* a final event whose data does not parse is still final (no usage) */
@@ -270,26 +272,92 @@ static void test_usage_top_level_only(void **st)
 }
 
 /* Issue 14: counts are read strictly and held to the request's bounds. */
-/* Vendors' own names for cache reads: DeepSeek and Moonshot Kimi; OpenAI's
- * name wins when both are there. */
+/* Each vendor's own names for cache reads (proto/vendor.c), and only its
+ * own: a DeepSeek channel reads prompt_cache_hit_tokens, a Kimi channel
+ * the top-level cached_tokens, Qwen, GLM and Gemini channels OpenAI's
+ * prompt_tokens_details.cached_tokens. OPENAI_COMPATIBLE (and no channel)
+ * reads all three, details first, as agents did before the vendor types:
+ * a channel typed then is billed the same after the upgrade. */
 static void test_usage_vendor_cache(void **st)
 {
     (void)st;
     tg_usage_t u;
-    const char *ds = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"total_tokens\":105,"
-                     "\"prompt_cache_hit_tokens\":60,\"prompt_cache_miss_tokens\":40}";
-    assert_int_equal(tg_agent_usage_parse(ds, strlen(ds), &u), 0);
+    const tg_proto_vendor_t *ds = tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK);
+    const tg_proto_vendor_t *kimi = tg_proto_vendor(TG_PROTO_VENDOR_KIMI);
+    const tg_proto_vendor_t *compat = tg_proto_vendor(TG_PROTO_VENDOR_OPENAI_COMPATIBLE);
+    const char *dsu = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"total_tokens\":105,"
+                      "\"prompt_cache_hit_tokens\":60,\"prompt_cache_miss_tokens\":40}";
+    assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), ds, &u), 0);
     assert_int_equal(u.us_prompt, 100);
     assert_int_equal(u.us_cached, 60);
-    const char *kimi = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"cached_tokens\":30}";
-    assert_int_equal(tg_agent_usage_parse(kimi, strlen(kimi), &u), 0);
-    assert_int_equal(u.us_cached, 30);
+    /* the legacy OPENAI_COMPATIBLE row reads DeepSeek's names */
+    assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), compat, &u), 0);
+    assert_int_equal(u.us_cached, 60);
+    assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), NULL, &u), 0);
+    assert_int_equal(u.us_cached, 60);
+    /* another vendor's names are not read */
+    assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), kimi, &u), 0);
+    assert_int_equal(u.us_cached, -1);
+    /* DeepSeek without prompt_tokens: hits + misses */
+    const char *dsnp = "{\"completion_tokens\":5,\"prompt_cache_hit_tokens\":7,\"prompt_cache_miss_tokens\":3}";
+    assert_int_equal(tg_agent_usage_parse(dsnp, strlen(dsnp), ds, &u), 0);
+    assert_int_equal(u.us_prompt, 10);
+    assert_int_equal(u.us_cached, 7);
+    /* the vendor's own name wins over the details it may repeat */
     const char *both = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":60,"
                        "\"prompt_tokens_details\":{\"cached_tokens\":20}}";
-    assert_int_equal(tg_agent_usage_parse(both, strlen(both), &u), 0);
+    assert_int_equal(tg_agent_usage_parse(both, strlen(both), ds, &u), 0);
+    assert_int_equal(u.us_cached, 60);
+    assert_int_equal(tg_agent_usage_parse(both, strlen(both), compat, &u), 0);
     assert_int_equal(u.us_cached, 20);
+    const char *ku = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"cached_tokens\":30}";
+    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), kimi, &u), 0);
+    assert_int_equal(u.us_cached, 30);
+    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), compat, &u), 0);
+    assert_int_equal(u.us_cached, 30);
+    assert_int_equal(tg_agent_usage_parse(ku, strlen(ku), ds, &u), 0);
+    assert_int_equal(u.us_cached, -1);
+    const int details[] = {TG_PROTO_VENDOR_OPENAI, TG_PROTO_VENDOR_GEMINI, TG_PROTO_VENDOR_OPENAI_COMPATIBLE,
+                           TG_PROTO_VENDOR_QWEN, TG_PROTO_VENDOR_GLM, TG_PROTO_VENDOR_KIMI, TG_PROTO_VENDOR_DEEPSEEK};
+    const char *oa = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":25}}";
+    for (size_t i = 0; i < sizeof details / sizeof details[0]; i++) {
+        assert_int_equal(tg_agent_usage_parse(oa, strlen(oa), tg_proto_vendor(details[i]), &u), 0);
+        assert_int_equal(u.us_cached, 25);
+    }
     const char *bad = "{\"prompt_tokens\":100,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":1e9}";
-    assert_int_equal(tg_agent_usage_parse(bad, strlen(bad), &u), TG_AGENT_ERANGE);
+    assert_int_equal(tg_agent_usage_parse(bad, strlen(bad), ds, &u), TG_AGENT_ERANGE);
+    /* hits + misses past the maximum count is not a count; null prompt_tokens is absent */
+    const char *big = "{\"completion_tokens\":5,\"prompt_cache_hit_tokens\":9007199254740992,"
+                      "\"prompt_cache_miss_tokens\":9007199254740992}";
+    assert_int_equal(tg_agent_usage_parse(big, strlen(big), ds, &u), TG_AGENT_ERANGE);
+    assert_true(u.us_prompt == -1 || (u.us_prompt >= 0 && u.us_prompt <= TG_USAGE_MAX));
+    const char *nul = "{\"prompt_tokens\":null,\"completion_tokens\":5,\"prompt_cache_hit_tokens\":7,"
+                      "\"prompt_cache_miss_tokens\":3}";
+    assert_int_equal(tg_agent_usage_parse(nul, strlen(nul), ds, &u), 0);
+    assert_int_equal(u.us_prompt, 10);
+}
+
+/* Every ProviderType value has a vendor row, and no row lacks a value: an
+ * appended type without its row (or a row without its type) fails here. */
+static void test_vendor_rows_follow_provider_type(void **st)
+{
+    (void)st;
+    const ProtobufCEnumDescriptor *d = &tollgate__v1__provider_type__descriptor;
+    assert_int_equal(d->n_values, TG_PROTO_NVENDORS);
+    for (unsigned i = 0; i < d->n_values; i++) {
+        int v = d->values[i].value;
+        if (v == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_UNSPECIFIED) {
+            assert_null(tg_proto_vendor(v));
+            continue;
+        }
+        assert_non_null(tg_proto_vendor(v));
+        /* the row's name is the enum's lower-case name (tollctl --provider) */
+        char want[64];
+        snprintf(want, sizeof want, "%s", d->values[i].name + strlen("PROVIDER_TYPE_"));
+        for (char *p = want; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        assert_string_equal(tg_proto_vendor(v)->vd_name, want);
+    }
 }
 
 static void test_usage_strict(void **st)
@@ -306,17 +374,17 @@ static void test_usage_strict(void **st)
     };
     tg_usage_t u;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        assert_int_equal(tg_agent_usage_parse(bad[i], strlen(bad[i]), &u), TG_AGENT_ERANGE);
+        assert_int_equal(tg_agent_usage_parse(bad[i], strlen(bad[i]), NULL, &u), TG_AGENT_ERANGE);
     const char *ok = "{\"prompt_tokens\":9007199254740992,\"completion_tokens\":null,\"output_tokens\":3}";
-    assert_int_equal(tg_agent_usage_parse(ok, strlen(ok), &u), 0);
+    assert_int_equal(tg_agent_usage_parse(ok, strlen(ok), NULL, &u), 0);
     assert_int_equal(u.us_prompt, 9007199254740992L);
     assert_int_equal(u.us_completion, 3);
     /* a usage without counts changes nothing: an earlier chunk's counts stay */
     const char *total = "{\"total_tokens\":50}";
-    assert_int_equal(tg_agent_usage_parse(total, strlen(total), &u), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_usage_parse(total, strlen(total), NULL, &u), TG_AGENT_EJSON);
     assert_int_equal(u.us_prompt, 9007199254740992L);
     assert_int_equal(u.us_completion, 3);
-    assert_int_equal(tg_agent_usage_parse("[1]", 3, &u), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_usage_parse("[1]", 3, NULL, &u), TG_AGENT_EJSON);
     assert_int_equal(u.us_completion, 3);
     u = (tg_usage_t){5000, 2500000000L, 100, 2500000000L};
     assert_int_equal(tg_agent_usage_clamp(&u, 100), 1);
@@ -338,13 +406,13 @@ static void test_usage_other_endpoints(void **st)
     const char *r = "{\"input_tokens\":100,\"input_tokens_details\":{\"cached_tokens\":40},"
                     "\"output_tokens\":16,\"output_tokens_details\":{\"reasoning_tokens\":9},\"total_tokens\":116}";
     tg_usage_t u;
-    assert_int_equal(tg_agent_usage_parse(r, strlen(r), &u), 0);
+    assert_int_equal(tg_agent_usage_parse(r, strlen(r), NULL, &u), 0);
     assert_int_equal(u.us_prompt, 100);
     assert_int_equal(u.us_completion, 16);
     assert_int_equal(u.us_cached, 40);
     assert_int_equal(u.us_reasoning, 9);
     const char *e = "{\"prompt_tokens\":7,\"total_tokens\":7}";
-    assert_int_equal(tg_agent_usage_parse(e, strlen(e), &u), 0);
+    assert_int_equal(tg_agent_usage_parse(e, strlen(e), NULL, &u), 0);
     assert_int_equal(u.us_prompt, 7);
     assert_int_equal(u.us_completion, -1);
     assert_int_equal(u.us_cached, -1);
@@ -521,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_usage_other_endpoints),
         cmocka_unit_test(test_usage_top_level_only), cmocka_unit_test(test_usage_strict),
         cmocka_unit_test(test_usage_vendor_cache),
+        cmocka_unit_test(test_vendor_rows_follow_provider_type),
         cmocka_unit_test(test_glob_cidr),
         cmocka_unit_test(test_breaker),     cmocka_unit_test(test_pick_backoff),
     };

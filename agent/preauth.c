@@ -350,11 +350,7 @@ void tg_req_cut_at_allowance(req_t *rq)
                       (long long)(now % 1000000000), rq->rq_id, (long long)(now / 1000000));
         tg_agent_json_str(&rq->rq_tail, a->at_model, strlen(a->at_model));
         tg_buf_puts(&rq->rq_tail, ",\"output\":[]}}\n\n");
-        rq->rq_capped = 1;
-        rq->rq_saw_done = 1;
-        snprintf(rq->rq_finish, sizeof rq->rq_finish, "incomplete");
-        snprintf(a->at_msg, sizeof a->at_msg, "ended at its reservation: %lld output tokens allowed",
-                 (long long)rq->rq_out_allow);
+        tg_req_mark_capped(rq, "incomplete");
         return;
     }
     tg_buf_puts(&rq->rq_tail, "data: {\"id\":\"chatcmpl-");
@@ -364,9 +360,15 @@ void tg_req_cut_at_allowance(req_t *rq)
     tg_agent_json_str(&rq->rq_tail, a->at_model, strlen(a->at_model));
     tg_buf_puts(&rq->rq_tail, ",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n"
                               "data: [DONE]\n\n");
+    tg_req_mark_capped(rq, "length");
+}
+
+void tg_req_mark_capped(req_t *rq, const char *finish)
+{
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
     rq->rq_capped = 1;
     rq->rq_saw_done = 1;
-    snprintf(rq->rq_finish, sizeof rq->rq_finish, "length");
+    snprintf(rq->rq_finish, sizeof rq->rq_finish, "%s", finish);
     snprintf(a->at_msg, sizeof a->at_msg, "ended at its reservation: %lld output tokens allowed",
              (long long)rq->rq_out_allow);
 }

@@ -20,10 +20,28 @@ static char *pstr(req_t *rq, const char *s)
     return tg_pool_strndup(rq->rq_pool, s ? s : "", s ? strlen(s) : 0);
 }
 
+/* The encoding local counts use (the route's, else the model's) and the
+ * source they are marked with: LOCAL_TOKENIZER, or ESTIMATE for models
+ * without a public tokenizer. Returns the model counted for. */
+static const char *local_encoding(req_t *rq, tg_meter_encoding_t *enc, int *src)
+{
+    char err[TG_ERRLEN] = "";
+    tg_meter_model_t mm;
+    const char *model = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_model : rq->rq_route->model;
+    tg_meter_model_lookup(model, 1, &mm, err, sizeof err);
+    *enc = mm.mm_encoding;
+    int estimate = mm.mm_kind == TG_METER_MODEL_ESTIMATE;
+    if (rq->rq_route->encoding && *rq->rq_route->encoding &&
+        tg_meter_encoding_from_name(rq->rq_route->encoding, enc, err, sizeof err) == 0)
+        estimate = 0;
+    *src = estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
+                    : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    return model;
+}
+
 /* Counts what the provider did not report: the prompt with the chat rules
- * (meter/), the produced text plainly, with the route's encoding or the
- * model's. Marked LOCAL_TOKENIZER, or ESTIMATE for models without a public
- * tokenizer. Only for requests that reached an upstream. */
+ * (meter/), the produced text plainly, with local_encoding's encoding and
+ * source. Only for requests that reached an upstream. */
 static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
 {
     tg_meter_t *m = rq->rq_w->w_agent->a_meter;
@@ -34,16 +52,9 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
     if (!m || !reached)
         return;
     char err[TG_ERRLEN] = "";
-    tg_meter_model_t mm;
-    const char *model = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_model : rq->rq_route->model;
-    tg_meter_model_lookup(model, 1, &mm, err, sizeof err);
-    tg_meter_encoding_t enc = mm.mm_encoding;
-    int estimate = mm.mm_kind == TG_METER_MODEL_ESTIMATE;
-    if (rq->rq_route->encoding && *rq->rq_route->encoding &&
-        tg_meter_encoding_from_name(rq->rq_route->encoding, &enc, err, sizeof err) == 0)
-        estimate = 0;
-    int src = estimate ? TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE
-                       : TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_LOCAL_TOKENIZER;
+    tg_meter_encoding_t enc;
+    int src;
+    const char *model = local_encoding(rq, &enc, &src);
     const endpoint_t *ep = rq->rq_ep;
     tg_meter_chat_t mc;
     uint64_t in = 0;
@@ -160,6 +171,35 @@ static long input_bound(req_t *rq)
     return 2 * (long)local.input_tokens + 1024;
 }
 
+/* The provider's output count is a running one (an Anthropic stream cut,
+ * failed or left before message_delta's usage: message_start says 1): the
+ * produced text is counted here and the larger of the two billed, flagged. */
+static void partial_output(req_t *rq, Tollgate__V1__TokenUsage *u)
+{
+    tg_meter_t *m = rq->rq_w->w_agent->a_meter;
+    char err[TG_ERRLEN] = "";
+    tg_meter_encoding_t enc;
+    int src;
+    uint64_t out = 0;
+    u->provider_output_partial = 1;
+    local_encoding(rq, &enc, &src);
+    if (!m) {
+        out = rq->rq_text.b_len; /* no tokenizer: a token is at least a byte */
+        src = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_ESTIMATE;
+    } else if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,
+                              TG_METER_SPECIAL_TEXT, &out, err, sizeof err) != 0) {
+        return;
+    }
+    long cap = output_cap(rq);
+    if (cap >= 0 && out > (uint64_t)cap)
+        out = (uint64_t)cap;
+    if ((int64_t)out > u->output_tokens) {
+        u->output_tokens = (int64_t)out;
+        u->output_source = src;
+        u->encoding = (char *)tg_meter_encoding_name(enc);
+    }
+}
+
 /* Fills rq_tu (provider usage normalized: input excludes cached tokens;
  * else local counts) and prices it with the card version in effect when the
  * request started: the cost charged (entry rate) and the upstream cost
@@ -188,6 +228,8 @@ void tg_req_meter_and_price(req_t *rq)
         u->reasoning_tokens = us.us_reasoning > 0 ? us.us_reasoning : 0;
         u->input_source = u->output_source = u->cache_source = TOLLGATE__V1__TOKEN_SOURCE__TOKEN_SOURCE_PROVIDER;
         u->raw_provider_usage = rq->rq_usage_raw;
+        if (rq->rq_usage_running)
+            partial_output(rq, u);
     } else if (rq->rq_route && rq->rq_ep) {
         /* No usage, or counts that are not counts: counted here, and a
          * provider's unreadable usage is kept and flagged beside it. */

@@ -154,6 +154,8 @@ struct req {
     char *rq_usage_raw;
     int rq_usage_bad;         /* the provider's usage has counts that are not counts (TG_AGENT_ERANGE) */
     int rq_usage_lost;        /* the final event that carries the usage did not parse */
+    int rq_usage_running;     /* its output count is a running one (an Anthropic stream that
+                                 ended before message_delta's usage): receipt.c counts too */
     long rq_cache_write;      /* prompt tokens written to the provider's cache (Anthropic), inside us_prompt */
     /* protocols: the client's, and the attempt's channel's. When either is
      * Anthropic, or a Responses client meets a chat-only channel, the
@@ -355,6 +357,13 @@ int tg_req_past_allowance(req_t *rq);
  * into rq_tail, rq_capped set. */
 void tg_req_cut_at_allowance(req_t *rq);
 
+/* Marks the stream ended at its reservation by the gateway (whichever
+ * wrote the end: tg_req_cut_at_allowance, or convert.c's tg_req_conv_cut):
+ * rq_capped and rq_saw_done set (a complete answer: no stream-cut class,
+ * no error event after the end), rq_finish = finish, the attempt's message
+ * says why. Can't fail. */
+void tg_req_mark_capped(req_t *rq, const char *finish);
+
 /* ---- upstream.c: the upstream call ----------------------------------------------- */
 
 /* Starts an attempt on the current target (rq_tier, rq_target) after the
@@ -372,9 +381,10 @@ void tg_req_on_front_drain(tg_front_conn_t *c, void *arg);
 /* ---- convert.c: attempts through proto/ ------------------------------------------ */
 
 /* The protocol a channel of `provider` (Tollgate__V1__ProviderType) speaks
- * for this request: Anthropic; the Responses API for a Responses client on
- * an OpenAI channel (passthrough); else chat completions (a Responses client
- * there is converted). Can't fail. */
+ * for this request, from proto/vendor.c's row: Anthropic; the Responses API
+ * for a Responses client on an OpenAI channel (passthrough); else chat
+ * completions (DeepSeek, Qwen, Kimi, GLM, Gemini, OpenAI-compatible: a
+ * Responses client there is converted). Can't fail. */
 tg_proto_kind_t tg_req_channel_proto(const req_t *rq, int provider);
 
 /* Writes the attempt's body into rq_upbody in the channel's protocol

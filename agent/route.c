@@ -21,7 +21,7 @@ int tg_req_target_ok(req_t *rq, const Tollgate__V1__RouteTarget *t)
     if (c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_PAUSED ||
         c->status == TOLLGATE__V1__OBJECT_STATUS__OBJECT_STATUS_DISABLED)
         return WHY_UNAVAILABLE;
-    if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_ANTHROPIC && rq->rq_ep->ep_kind != EP_CHAT &&
+    if (tg_proto_vendor_or_compatible(c->provider)->vd_proto == TG_PROTO_ANTHROPIC && rq->rq_ep->ep_kind != EP_CHAT &&
         rq->rq_ep->ep_kind != EP_MESSAGES && rq->rq_ep->ep_kind != EP_RESPONSES)
         return WHY_PROTOCOL; /* chat and Responses convert (proto/); embeddings, images pass through to OpenAI only */
     const tg_key_t *k = rq->rq_key;

@@ -26,7 +26,7 @@ static void within(const char *ev, size_t evlen, const char *p, size_t n)
     TG_FUZZ_CHECK(p >= ev && n <= evlen && (size_t)(p - ev) <= evlen - n);
     TG_FUZZ_CHECK(tg_json_valid(p, n, NULL, 0) == 0);
     tg_usage_t u = {-1, -1, -1, -1};
-    (void)tg_agent_usage_parse(p, n, &u);
+    (void)tg_agent_usage_parse(p, n, NULL, &u);
 }
 
 static int on_event(void *arg, const char *ev, size_t evlen)

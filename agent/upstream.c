@@ -31,13 +31,15 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
     return tg_buf_append(final ? &rq->rq_tail : &rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
-/* Keeps a provider's usage object: parsed (strictly: see usage.c) and its
- * text verbatim for the record. A usage without counts is ignored, and the
+/* Keeps a provider's usage object: parsed (strictly: see usage.c) under
+ * the attempt's channel's vendor's names and its text verbatim for the
+ * record. A usage without counts is ignored, and the
  * parse leaves rq_usage as it was then, so the raw text and the counts kept
  * always belong together. */
 static void take_usage(req_t *rq, const char *u, size_t ul)
 {
-    int rc = tg_agent_usage_parse(u, ul, &rq->rq_usage);
+    const tg_chan_t *ch = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan : NULL;
+    int rc = tg_agent_usage_parse(u, ul, ch ? tg_proto_vendor_or_compatible(ch->ch_pb->provider) : NULL, &rq->rq_usage);
     if (rc != 0 && rc != TG_AGENT_ERANGE)
         return;
     rq->rq_usage_bad = rc == TG_AGENT_ERANGE;
@@ -76,8 +78,12 @@ static int forward_event(void *arg, const char *ev, size_t n)
         return forward_response_event(rq, ev, n);
     tg_chunk_t ck;
     tg_sse_chunk(ev, n, &ck, &rq->rq_text);
-    if (ck.ck_usage_only) {
+    /* a top-level usage on any chunk, the last one kept (as proto/'s
+     * converter reads it): OpenAI sends it on its own "choices": [] chunk,
+     * other vendors beside finish_reason or as running totals */
+    if (ck.ck_usage)
         take_usage(rq, ck.ck_usage, ck.ck_usage_len);
+    if (ck.ck_usage_only) {
         if (!rq->rq_scan.sc_include_usage)
             return 0; /* the gateway asked for it, the client did not */
     } else if (ck.ck_kind == TG_CHUNK_DONE) {

@@ -3,13 +3,19 @@
  * be one) decides what a client is charged, so a count is believed only as
  * a plain non-negative integer of at most 2^53 (2500000000.0 and 1e+30 are
  * refused, not read as 2500000000 or 1), and never past the request's own
- * output cap. Input is not clamped (providers add input the gateway cannot
- * see: search and file tools, stored prompts); receipt.c flags input far
- * past its own count instead. */
+ * output cap. Cache reads are read under the channel's vendor's row
+ * (proto/vendor.c: DeepSeek's prompt_cache_hit_tokens, Kimi's
+ * cached_tokens, OpenAI's prompt_tokens_details.cached_tokens; an
+ * OPENAI_COMPATIBLE channel all three). Input is not clamped (providers
+ * add input the gateway cannot see: search and file tools, stored
+ * prompts); receipt.c flags input far past its own count instead. */
 #include <string.h>
 
 #include "agent/agent_int.h"
 #include "agent/json.h"
+#include "proto/tg_proto.h"
+
+_Static_assert(TG_USAGE_MAX == TG_PROTO_COUNT_MAX, "one maximum count in both usage readers");
 
 /* One count at the cursor into *v (null leaves it). Non-counts set *bad. */
 static int one_count(tg_json_t *j, long *v, int *bad)
@@ -36,7 +42,9 @@ static int one_count(tg_json_t *j, long *v, int *bad)
  * names. */
 typedef struct counts {
     long c_prompt[2], c_compl[2], c_cached[2], c_reason[2];
-    long c_vcached; /* a vendor's own name for cached prompt tokens */
+    long c_vcached[2]; /* under the vendor's own names for cache reads (vd_cache_read) */
+    long c_vmiss;   /* and for the uncached prompt (vd_cache_miss) */
+    const tg_proto_vendor_t *c_vendor;
     int c_bad;
 } counts_t;
 
@@ -56,22 +64,23 @@ static int detail_member(tg_json_t *j, const char *name, void *arg)
 static int usage_member(tg_json_t *j, const char *name, void *arg)
 {
     counts_t *c = arg;
+    const tg_proto_vendor_t *v = c->c_vendor;
     static const char *const names[][2] = {{"prompt_tokens", "input_tokens"},
                                            {"completion_tokens", "output_tokens"},
                                            {"prompt_tokens_details", "input_tokens_details"},
                                            {"completion_tokens_details", "output_tokens_details"}};
-    /* OpenAI-compatible vendors that report cache reads under their own
-     * names, inside prompt_tokens as OpenAI's cached_tokens are: DeepSeek's
-     * prompt_cache_hit_tokens (beside prompt_cache_miss_tokens), Moonshot
-     * Kimi's top-level cached_tokens. Qwen, GLM and Gemini use OpenAI's. */
-    if (strcmp(name, "prompt_cache_hit_tokens") == 0 || strcmp(name, "cached_tokens") == 0)
-        return one_count(j, &c->c_vcached, &c->c_bad);
+    /* the channel's vendor's own names (proto/vendor.c), never another's */
+    for (int k = 0; k < 2; k++)
+        if (v->vd_cache_read[k] && strcmp(name, v->vd_cache_read[k]) == 0)
+            return one_count(j, &c->c_vcached[k], &c->c_bad);
+    if (v->vd_cache_miss && strcmp(name, v->vd_cache_miss) == 0)
+        return one_count(j, &c->c_vmiss, &c->c_bad);
     for (int k = 0; k < 2; k++) {
         if (strcmp(name, names[0][k]) == 0)
             return one_count(j, &c->c_prompt[k], &c->c_bad);
         if (strcmp(name, names[1][k]) == 0)
             return one_count(j, &c->c_compl[k], &c->c_bad);
-        if (strcmp(name, names[2][k]) == 0)
+        if (strcmp(name, names[2][k]) == 0 && (k == 1 || v->vd_details != TG_PROTO_DETAILS_NO))
             return tg_json_members(j, detail_member, &(detail_t){"cached_tokens", &c->c_cached[k], &c->c_bad});
         if (strcmp(name, names[3][k]) == 0)
             return tg_json_members(j, detail_member, &(detail_t){"reasoning_tokens", &c->c_reason[k], &c->c_bad});
@@ -79,17 +88,30 @@ static int usage_member(tg_json_t *j, const char *name, void *arg)
     return tg_json_skip(j);
 }
 
-int tg_agent_usage_parse(const char *json, size_t len, tg_usage_t *u)
+int tg_agent_usage_parse(const char *json, size_t len, const tg_proto_vendor_t *vendor, tg_usage_t *u)
 {
-    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1, 0};
+    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1,
+                  vendor ? vendor : tg_proto_vendor_or_compatible(0), 0};
     tg_json_t j;
     tg_usage_t t;
     tg_json_init(&j, json, len, NULL, 0);
     if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, usage_member, &c) != 0 || tg_json_end(&j) != 0)
         return TG_AGENT_EJSON;
+    long own = c.c_vcached[0] >= 0 ? c.c_vcached[0] : c.c_vcached[1];
     t.us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
+    if (t.us_prompt < 0 && own >= 0 && c.c_vmiss >= 0) {
+        /* DeepSeek: hits + misses, a count only within the maximum (proto/openai.c: the same rule) */
+        if (own <= TG_USAGE_MAX - c.c_vmiss)
+            t.us_prompt = own + c.c_vmiss;
+        else
+            c.c_bad = 1;
+    }
     t.us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
-    t.us_cached = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1] >= 0 ? c.c_cached[1] : c.c_vcached;
+    long details = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
+    if (c.c_vendor->vd_details == TG_PROTO_DETAILS_FIRST)
+        t.us_cached = details >= 0 ? details : own;
+    else
+        t.us_cached = own >= 0 ? own : details;
     t.us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
     /* *u changes only with a usage the caller keeps: a stream's later
      * {"total_tokens":N} must not wipe the counts of an earlier chunk. */

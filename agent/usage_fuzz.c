@@ -1,5 +1,6 @@
 /* usage_fuzz.c: libFuzzer target for the usage reader (usage.c). The
- * first 4 bytes are a max_out for tg_agent_usage_clamp, the rest a usage
+ * first 4 bytes are a max_out for tg_agent_usage_clamp (the 4th byte's high
+ * bits pick the channel's vendor row), the rest a usage
  * object. Every count read is -1 (absent) or within [0, TG_USAGE_MAX]; a
  * refused object leaves the previous numbers as they were; after the
  * clamp the completion is within max_out, reasoning within the completion
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "agent/agent_int.h"
+#include "proto/tg_proto.h"
 #include "tests/fuzz/fuzz.h"
 
 static void count_ok(long v)
@@ -26,15 +28,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *p = (const char *)data + 4;
     size_t n = size - 4;
 
+    /* the vendor row from the high bits (0 and 9-15: OPENAI_COMPATIBLE's) */
+    const tg_proto_vendor_t *vendor = tg_proto_vendor_or_compatible(data[3] >> 4);
     tg_usage_t before = {7, 5, 3, 2}, u = before;
-    int rc = tg_agent_usage_parse(p, n, &u);
+    int rc = tg_agent_usage_parse(p, n, vendor, &u);
     TG_FUZZ_CHECK(rc == 0 || rc == TG_AGENT_ERANGE || rc == TG_AGENT_EJSON);
     if (rc == TG_AGENT_EJSON) {
         TG_FUZZ_CHECK(memcmp(&u, &before, sizeof u) == 0);
         return 0;
     }
     tg_usage_t fresh = {-1, -1, -1, -1};
-    (void)tg_agent_usage_parse(p, n, &fresh);
+    (void)tg_agent_usage_parse(p, n, vendor, &fresh);
     count_ok(fresh.us_prompt);
     count_ok(fresh.us_completion);
     count_ok(fresh.us_cached);

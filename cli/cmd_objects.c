@@ -481,7 +481,7 @@ static const objcmd_t CHANNEL = {
     "name= provider= brand= base-url= route-type= status= cost-rate-ppm= weight= credential= "
     "credential-file= credential-ref= file= expected-revision= page-size= page-token=",
     channel_flags,
-    "usage: tollctl channel create --name N --provider openai|anthropic|gemini|openai_compatible\n"
+    "usage: tollctl channel create --name N --provider openai|anthropic|gemini|deepseek|qwen|kimi|glm|openai_compatible\n"
     "                              --base-url URL --route-type direct|pooled [--cost-rate-ppm PPM]\n"
     "                              [--credential-file F | --credential-ref env:NAME] [--file c.json]\n"
     "       tollctl channel get ID | list | delete ID\n"

@@ -203,8 +203,17 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
     (void)creating;
     if (!c->name[0]) FAIL("channel.name: required");
     if (!tg_cp_valid_name(c->name, 128)) FAIL("channel.name: must be 1-128 printable characters");
-    if (c->provider < 1 || c->provider > 4)
-        FAIL("channel.provider: required: openai, anthropic, gemini or openai_compatible");
+    /* any ProviderType this build has (agent/core_test checks that each has a
+     * row in proto/vendor.c: its protocol and usage names) */
+    if (c->provider == TOLLGATE__V1__PROVIDER_TYPE__PROVIDER_TYPE_UNSPECIFIED ||
+        !protobuf_c_enum_descriptor_get_value(&tollgate__v1__provider_type__descriptor, c->provider))
+    {
+        char got[48] = "required";
+        if (c->provider)
+            snprintf(got, sizeof got, "%d is not a provider", (int)c->provider);
+        FAIL("channel.provider: %s; use openai, anthropic, gemini, deepseek, qwen, kimi, glm or openai_compatible "
+             "(any other OpenAI-compatible upstream)", got);
+    }
     if (strncmp(c->base_url, "http://", 7) != 0 && strncmp(c->base_url, "https://", 8) != 0)
         FAIL("channel.base_url: must start with http:// or https://");
     if (strlen(c->base_url) > 1024 || strpbrk(c->base_url, " \t\r\n"))

@@ -3,6 +3,7 @@
  * block indices renumbered, server-tool blocks skipped) and encoder (IR
  * events -> message_start .. message_stop). The IR is close to this
  * protocol's own shape, so both directions are mostly one-to-one. */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,10 +22,10 @@ static int bad(char *err, size_t errlen, const char *path, const char *what)
 static void read_usage(json_t *u, tg_proto_usage_t *out)
 {
     out->us_present = 1;
-    out->us_input = tg_proto__count(u, "input_tokens");
-    out->us_cache_read = tg_proto__count(u, "cache_read_input_tokens");
-    out->us_cache_write = tg_proto__count(u, "cache_creation_input_tokens");
-    out->us_output = tg_proto__count(u, "output_tokens");
+    out->us_input = tg_proto__count(u, "input_tokens", &out->us_invalid);
+    out->us_cache_read = tg_proto__count(u, "cache_read_input_tokens", &out->us_invalid);
+    out->us_cache_write = tg_proto__count(u, "cache_creation_input_tokens", &out->us_invalid);
+    out->us_output = tg_proto__count(u, "output_tokens", &out->us_invalid);
 }
 
 static json_t *write_usage(const tg_proto_usage_t *u)
@@ -415,7 +416,7 @@ static int an_parse_request(tg_pool_t *pool, json_t *root, tg_proto_request_t *r
     json_t *th = json_object_get(root, "thinking");
     const char *tht = json_string_value(json_object_get(th, "type"));
     if (tht && !strcmp(tht, "enabled"))
-        rq->rq_thinking_budget = tg_proto__count(th, "budget_tokens");
+        rq->rq_thinking_budget = tg_proto__count(th, "budget_tokens", NULL);
     return 0;
 }
 
@@ -517,8 +518,10 @@ fail:
 
 /* ---- response ------------------------------------------------------------ */
 
-static int an_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t *rs, char *err, size_t errlen)
+static int an_parse_response(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+    tg_proto_response_t *rs, char *err, size_t errlen)
 {
+    (void)vendor; /* usage in its own protocol's names */
     json_t *content = json_object_get(root, "content");
     if (!json_is_array(content))
         return bad(err, errlen, "content", "expected an array");
@@ -621,6 +624,7 @@ static void dec_init(tg_proto_stream_t *s)
 {
     memset(&s->st_dec.an, 0, sizeof s->st_dec.an);
     s->st_dec.an.ad_open = -1;
+    s->st_dec.an.ad_up_open = -1;
 }
 
 static void dec_free(tg_proto_stream_t *s)
@@ -629,17 +633,21 @@ static void dec_free(tg_proto_stream_t *s)
 }
 
 /* Usage arrives in message_start and, cumulative, in message_delta: merged,
- * the raw object too. */
-static int merge_usage(tg_proto_stream_t *s, json_t *u)
+ * the raw object too. message_start's output_tokens is a running count (1):
+ * the output is final only once message_delta's usage came (final). */
+static int merge_usage(tg_proto_stream_t *s, json_t *u, int final)
 {
     if (!json_is_object(u))
         return 0;
+    if (final)
+        s->st_dec.an.ad_final_usage = 1;
     json_t *raw = s->st_raw ? json_loads(s->st_raw, 0, NULL) : NULL;
     if (!raw && !(raw = json_object()))
         return TG_PROTO_ENOMEM;
     json_object_update(raw, u);
     tg_proto_usage_t us = {0};
     read_usage(raw, &us);
+    us.us_running = !s->st_dec.an.ad_final_usage;
     char *text = json_dumps(raw, JSON_COMPACT);
     json_decref(raw);
     us.us_raw = text;
@@ -717,7 +725,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
     if (!strcmp(type, "message_start")) {
         json_t *m = json_object_get(v, "message");
         d->ad_started = 1;
-        rc = merge_usage(s, json_object_get(m, "usage"));
+        rc = merge_usage(s, json_object_get(m, "usage"), 0);
         tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_START,
                                .ev_id = json_string_value(json_object_get(m, "id")),
                                .ev_name = json_string_value(json_object_get(m, "model")),
@@ -725,6 +733,10 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         if (!rc)
             rc = tg_proto__emit(s, &ev);
     } else if (!strcmp(type, "content_block_start")) {
+        json_t *ix = json_object_get(v, "index");
+        d->ad_up_open = json_is_integer(ix) && json_integer_value(ix) >= 0 && json_integer_value(ix) < INT_MAX
+                            ? (int)json_integer_value(ix)
+                            : d->ad_next;
         rc = dec_block_start(s, json_object_get(v, "content_block"));
     } else if (!strcmp(type, "content_block_delta")) {
         json_t *dl = json_object_get(v, "delta");
@@ -740,6 +752,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         else if (!strcmp(dt, "signature_delta"))
             rc = dec_delta(s, TG_PROTO_DELTA_SIGNATURE, json_object_get(dl, "signature"));
     } else if (!strcmp(type, "content_block_stop")) {
+        d->ad_up_open = -1;
         if (d->ad_skip) {
             d->ad_skip = 0;
         } else {
@@ -749,6 +762,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
         }
     } else if (!strcmp(type, "message_delta")) {
         json_t *dl = json_object_get(v, "delta");
+        d->ad_delta_seen = 1;
         tg_proto_stop_t st = parse_stop(json_string_value(json_object_get(dl, "stop_reason")));
         if (st != TG_PROTO_STOP_NONE)
             s->st_stop = st;
@@ -759,7 +773,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
                 rc = TG_PROTO_ENOMEM;
         }
         if (!rc)
-            rc = merge_usage(s, json_object_get(v, "usage"));
+            rc = merge_usage(s, json_object_get(v, "usage"), 1);
     } else if (!strcmp(type, "message_stop")) {
         d->ad_ended = 1;
         tg_proto_event_t ev = {.ev_type = TG_PROTO_EV_END, .ev_stop = s->st_stop, .ev_stop_seq = s->st_stop_seq,

@@ -75,25 +75,49 @@ static int parse_image(tg_pool_t *pool, json_t *part, tg_proto_block_t *bl, cons
 
 /* ---- usage --------------------------------------------------------------- */
 
-/* prompt_tokens INCLUDE cached tokens: taken out once here. DeepSeek's
- * prompt_cache_hit_tokens stands in when prompt_tokens_details is absent. */
-static int parse_usage(tg_pool_t *pool, json_t *u, tg_proto_usage_t *out)
+/* The first of the vendor's own cache-read members that u holds as an
+ * integer, or NULL. */
+static const char *own_cache_name(const tg_proto_vendor_t *v, json_t *u)
+{
+    for (size_t i = 0; i < sizeof v->vd_cache_read / sizeof v->vd_cache_read[0]; i++)
+        if (v->vd_cache_read[i] && json_is_integer(json_object_get(u, v->vd_cache_read[i])))
+            return v->vd_cache_read[i];
+    return NULL;
+}
+
+/* prompt_tokens INCLUDE cached tokens: taken out once here. Cache reads
+ * under the vendor's row (vendor.c): OpenAI's
+ * prompt_tokens_details.cached_tokens before or after its own names
+ * (DeepSeek's prompt_cache_hit_tokens, Kimi's cached_tokens). */
+static int parse_usage(const tg_proto_vendor_t *v, tg_pool_t *pool, json_t *u, tg_proto_usage_t *out)
 {
     memset(out, 0, sizeof *out);
     if (!json_is_object(u))
         return 0;
     out->us_present = 1;
-    int64_t prompt = tg_proto__count(u, "prompt_tokens");
     json_t *pd = json_object_get(u, "prompt_tokens_details");
-    int64_t cached = json_is_object(pd) ? tg_proto__count(pd, "cached_tokens")
-                                        : tg_proto__count(u, "prompt_cache_hit_tokens");
+    int details = v->vd_details != TG_PROTO_DETAILS_NO && json_is_integer(json_object_get(pd, "cached_tokens"));
+    const char *own = own_cache_name(v, u);
+    int *bad = &out->us_invalid;
+    int64_t cached = details && (v->vd_details == TG_PROTO_DETAILS_FIRST || !own) ? tg_proto__count(pd, "cached_tokens", bad)
+                     : own                                                         ? tg_proto__count(u, own, bad)
+                                                                                   : 0;
+    int64_t prompt = tg_proto__count(u, "prompt_tokens", bad);
+    if (!json_is_integer(json_object_get(u, "prompt_tokens")) && own && v->vd_cache_miss) {
+        /* hits + misses, each at most TG_PROTO_COUNT_MAX: the sum is a count only within it */
+        prompt = tg_proto__count(u, own, bad) + tg_proto__count(u, v->vd_cache_miss, bad);
+        if (prompt > TG_PROTO_COUNT_MAX) {
+            *bad = 1;
+            prompt = 0;
+        }
+    }
     if (cached > prompt)
         cached = prompt;
     out->us_input = prompt - cached;
     out->us_cache_read = cached;
-    out->us_output = tg_proto__count(u, "completion_tokens");
+    out->us_output = tg_proto__count(u, "completion_tokens", bad);
     json_t *cd = json_object_get(u, "completion_tokens_details");
-    out->us_reasoning = json_is_object(cd) ? tg_proto__count(cd, "reasoning_tokens") : 0;
+    out->us_reasoning = json_is_object(cd) ? tg_proto__count(cd, "reasoning_tokens", bad) : 0;
     if (pool && !(out->us_raw = tg_proto__dump(pool, u)))
         return TG_PROTO_ENOMEM;
     return 0;
@@ -678,7 +702,8 @@ fail:
 
 /* ---- response ------------------------------------------------------------ */
 
-static int oa_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t *rs, char *err, size_t errlen)
+static int oa_parse_response(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+                             tg_proto_response_t *rs, char *err, size_t errlen)
 {
     int rc;
     json_t *choices = json_object_get(root, "choices");
@@ -720,7 +745,7 @@ static int oa_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t 
     rs->rs_stop = parse_finish(json_string_value(json_object_get(c0, "finish_reason")));
     if (refusal && *refusal)
         rs->rs_stop = TG_PROTO_STOP_REFUSAL;
-    return parse_usage(pool, json_object_get(root, "usage"), &rs->rs_usage);
+    return parse_usage(vendor, pool, json_object_get(root, "usage"), &rs->rs_usage);
 }
 
 static int has_tool(const tg_proto_block_t *b, size_t n)
@@ -1074,7 +1099,7 @@ static int dec_event(tg_proto_stream_t *s, const char *event, const char *data, 
     json_t *u = json_object_get(c, "usage");
     if (json_is_object(u)) {
         tg_proto_usage_t us;
-        parse_usage(NULL, u, &us);
+        parse_usage(s->st_opts.so_vendor ? s->st_opts.so_vendor : tg_proto_vendor_or_compatible(0), NULL, u, &us);
         char *raw = json_dumps(u, JSON_COMPACT);
         us.us_raw = raw;
         rc = tg_proto__set_usage(s, &us);

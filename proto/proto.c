@@ -205,11 +205,16 @@ int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v)
     return rc;
 }
 
-int64_t tg_proto__count(json_t *o, const char *key)
+int64_t tg_proto__count(json_t *o, const char *key, int *bad)
 {
     json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
+    if (!v || json_is_null(v))
         return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > TG_PROTO_COUNT_MAX) {
+        if (bad)
+            *bad = 1;
+        return 0;
+    }
     return json_integer_value(v);
 }
 
@@ -317,6 +322,13 @@ int tg_proto_write_request(tg_proto_kind_t kind, const tg_proto_request_t *rq, t
 int tg_proto_parse_response(tg_proto_kind_t kind, tg_pool_t *pool, const char *body, size_t len,
                             tg_proto_response_t *out, char *err, size_t errlen)
 {
+    return tg_proto_parse_response_vendor(kind, NULL, pool, body, len, out, err, errlen);
+}
+
+int tg_proto_parse_response_vendor(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
+                                 const char *body, size_t len, tg_proto_response_t *out, char *err,
+                                 size_t errlen)
+{
     const tg_proto_adapter_t *a = adapter(kind);
     int rc = 0;
     if (!a)
@@ -325,7 +337,8 @@ int tg_proto_parse_response(tg_proto_kind_t kind, tg_pool_t *pool, const char *b
     if (!root)
         return rc;
     memset(out, 0, sizeof *out);
-    rc = a->pa_parse_response(pool, root, out, err, errlen);
+    rc = a->pa_parse_response(vendor ? vendor : tg_proto_vendor_or_compatible(0), pool, root,
+                              out, err, errlen);
     json_decref(root);
     return rc;
 }

@@ -34,6 +34,7 @@ typedef struct tg_proto_check {
     int ck_next;       /* Anthropic: next block index; OpenAI: next tool-call index */
     int ck_tool_sent;  /* a tool block / tool call was sent */
     int ck_include_usage;
+    int ck_pass;       /* Anthropic passthrough: the upstream's own events (check.c) */
     int64_t ck_seq;    /* Responses: the last sequence_number, -1 none */
     int ck_parts;      /* Responses: content parts of the open message item */
     int ck_part_open;  /* Responses: a content part is open */
@@ -59,13 +60,21 @@ typedef struct tg_proto_sse {
     char se_event[64]; /* the event's name, "" when none */
     int se_has_data;
     int se_skip_lf;    /* the last byte was a CR: a following LF ends nothing */
+    int se_keep_raw;   /* passthrough: the bytes of each event are kept in se_raw */
+    tg_buf_t se_raw;   /* the bytes consumed since the last dispatched event */
 } tg_proto_sse_t;
 
 void tg_proto__sse_init(tg_proto_sse_t *p, size_t max_event);
+/* 1 when no event is in progress (no event or data line since the last
+ * dispatch, no partial line): what se_raw holds belongs to no event. */
+int tg_proto__sse_idle(const tg_proto_sse_t *p);
 void tg_proto__sse_free(tg_proto_sse_t *p);
 /* Splits bytes into events; calls fn(arg, event, data, len) for each
- * (data NUL-terminated). Stops at the first non-zero return of fn and returns
- * it; TG_PROTO_ETOOBIG past the maximum. */
+ * (data NUL-terminated). With se_keep_raw, se_raw holds the event's bytes as
+ * received (comments and blank lines before it included, its terminating
+ * blank line too) while fn runs; the caller resets it. Stops at the first
+ * non-zero return of fn and returns it; TG_PROTO_ETOOBIG past the maximum,
+ * TG_PROTO_ENOMEM when se_raw cannot grow. */
 int tg_proto__sse_feed(tg_proto_sse_t *p, const char *b, size_t n,
                        int (*fn)(void *arg, const char *event, const char *data, size_t len), void *arg,
                        char *err, size_t errlen);
@@ -104,6 +113,9 @@ typedef struct tg_proto_an_dec {
     int ad_open;      /* IR index of the open block, -1 none */
     int ad_next;
     int ad_ended;
+    int ad_final_usage; /* message_delta's usage arrived: output is the provider's final count */
+    int ad_up_open;     /* the upstream's own index of its open block (skipped or not), -1 none */
+    int ad_delta_seen;  /* message_delta came (passthrough: it went out to the client) */
 } tg_proto_an_dec_t;
 
 /* Responses encoder state (responses.c): what response.completed repeats. */
@@ -145,6 +157,8 @@ struct tg_proto_stream {
     char *st_err;            /* the current feed's error buffer */
     size_t st_errlen;
     int st_done;
+    int st_pass;               /* inside a passthrough feed: encoder events are checked, not written */
+    int st_pass_last;          /* passthrough: the upstream's own final event ended the stream */
     tg_proto_usage_t st_usage; /* normalized so far; us_raw -> st_raw */
     char *st_raw;              /* tg_malloc */
     tg_proto_stop_t st_stop;
@@ -183,8 +197,9 @@ typedef struct tg_proto_adapter {
     const char *pa_extra_header; /* or NULL */
     int (*pa_parse_request)(tg_pool_t *pool, json_t *root, tg_proto_request_t *out, char *err, size_t errlen);
     json_t *(*pa_write_request)(const tg_proto_request_t *rq, char *err, size_t errlen, int *rc);
-    int (*pa_parse_response)(tg_pool_t *pool, json_t *root, tg_proto_response_t *out, char *err,
-                             size_t errlen);
+    /* vendor: whose usage names an OpenAI answer has (never NULL) */
+    int (*pa_parse_response)(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+                             tg_proto_response_t *out, char *err, size_t errlen);
     json_t *(*pa_write_response)(const tg_proto_response_t *rs, char *err, size_t errlen, int *rc);
     /* root may be NULL (a body that is not JSON); fills type/message/param/code */
     int (*pa_parse_error)(tg_pool_t *pool, int status, json_t *root, tg_proto_errinfo_t *out);
@@ -226,8 +241,10 @@ int tg_proto__append_json(tg_buf_t *out, json_t *v);
 /* Appends prefix, v as compact JSON and the blank line that ends an SSE
  * event. Takes the reference of v; v NULL returns TG_PROTO_ENOMEM. */
 int tg_proto__append_sse(tg_buf_t *out, const char *prefix, json_t *v);
-/* Reads an integer count >= 0 at key of o (absent or null: 0). */
-int64_t tg_proto__count(json_t *o, const char *key);
+/* Reads an integer count in [0, TG_PROTO_COUNT_MAX] at key of o (absent or
+ * null: 0). Anything else (a fraction, a sign, a string, past the maximum)
+ * is 0 and sets *bad when bad is not NULL: agent/usage.c's rule. */
+int64_t tg_proto__count(json_t *o, const char *key, int *bad);
 
 /* OpenAI's image URL into an IMAGE block: a data: URL becomes base64 with
  * its media type, any other URL stays a URL. 0 or TG_PROTO_ENOMEM. */

@@ -565,14 +565,396 @@ static void test_usage_normalized_once(void **state)
                                        "\"prompt_tokens_details\":{\"cached_tokens\":1024}"));
     tg_buf_free(&out);
     free(body);
-    /* DeepSeek's field stands in for prompt_tokens_details */
-    const char *ds = "{\"id\":\"x\",\"model\":\"deepseek-chat\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
-                     "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":5,"
-                     "\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36}}";
-    assert_int_equal(tg_proto_parse_response(TG_PROTO_OPENAI, pool, ds, strlen(ds), &rs, err, sizeof err), 0);
-    assert_int_equal(rs.rs_usage.us_input, 36);
-    assert_int_equal(rs.rs_usage.us_cache_read, 64);
     tg_pool_destroy(pool);
+}
+
+/* An OpenAI chat answer "ok" whose usage is completion_tokens 5 and `usage`
+ * (members without the braces). */
+static void oa_answer(char *body, size_t n, const char *usage)
+{
+    snprintf(body, n,
+             "{\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},"
+             "\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":5,%s}}",
+             usage);
+}
+
+/* proto/vendor.c: each vendor's usage names, and only its own, in JSON
+ * answers and in streams. */
+static void test_vendor_usage(void **state)
+{
+    (void)state;
+    static const struct {
+        int vendor;
+        const char *usage;
+        int64_t input, cache_read;
+    } cases[] = {
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36", 36, 64},
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_cache_hit_tokens\":64,\"prompt_cache_miss_tokens\":36", 36, 64},
+        {TG_PROTO_VENDOR_DEEPSEEK, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,"
+                                   "\"prompt_tokens_details\":{\"cached_tokens\":10}", 36, 64},
+        {TG_PROTO_VENDOR_KIMI, "\"prompt_tokens\":100,\"cached_tokens\":30", 70, 30},
+        {TG_PROTO_VENDOR_QWEN, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":20}", 80, 20},
+        {TG_PROTO_VENDOR_GLM, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":21}", 79, 21},
+        {TG_PROTO_VENDOR_GEMINI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":22}", 78, 22},
+        {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":23}", 77, 23},
+        /* OPENAI_COMPATIBLE: every name agents read before the vendor types, details first */
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 36, 64},
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"cached_tokens\":30", 70, 30},
+        {TG_PROTO_VENDOR_OPENAI_COMPATIBLE, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64,"
+                                            "\"prompt_tokens_details\":{\"cached_tokens\":10}", 90, 10},
+        /* another vendor's names are not read: all of it is input */
+        {TG_PROTO_VENDOR_QWEN, "\"prompt_tokens\":100,\"cached_tokens\":30", 100, 0},
+        {TG_PROTO_VENDOR_KIMI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
+        {TG_PROTO_VENDOR_OPENAI, "\"prompt_tokens\":100,\"prompt_cache_hit_tokens\":64", 100, 0},
+    };
+    tg_pool_t *pool = tg_pool_create(0);
+    char err[TG_ERRLEN] = "";
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const tg_proto_vendor_t *v = tg_proto_vendor(cases[i].vendor);
+        assert_non_null(v);
+        assert_int_equal(v->vd_proto, TG_PROTO_OPENAI);
+        char body[512];
+        oa_answer(body, sizeof body, cases[i].usage);
+        tg_proto_response_t rs;
+        assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, v, pool, body, strlen(body), &rs, err, sizeof err), 0);
+        assert_int_equal(rs.rs_usage.us_input, cases[i].input);
+        assert_int_equal(rs.rs_usage.us_cache_read, cases[i].cache_read);
+        assert_int_equal(rs.rs_usage.us_output, 5);
+        /* the same usage in an OpenAI stream's usage chunk */
+        char sse[1024];
+        snprintf(sse, sizeof sse,
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,"
+                 "\"delta\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":null}]}\n\n"
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,"
+                 "\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[],"
+                 "\"usage\":{\"completion_tokens\":5,%s}}\n\ndata: [DONE]\n\n",
+                 cases[i].usage);
+        tg_proto_stream_opts_t so = {.so_from = TG_PROTO_OPENAI, .so_to = TG_PROTO_ANTHROPIC, .so_vendor = v};
+        tg_proto_stream_t *st;
+        assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+        tg_buf_t out;
+        tg_buf_init(&out, 1 << 16);
+        assert_int_equal(tg_proto_stream_feed(st, sse, strlen(sse), &out, err, sizeof err), 0);
+        assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+        tg_proto_usage_t u;
+        tg_proto_stream_result(st, &u, NULL);
+        assert_int_equal(u.us_input, cases[i].input);
+        assert_int_equal(u.us_cache_read, cases[i].cache_read);
+        char want[64];
+        snprintf(want, sizeof want, "\"cache_read_input_tokens\":%lld", (long long)cases[i].cache_read);
+        /* in the closing message_delta (message_start's usage says 0 cache reads) */
+        const char *md = strstr(out.b_data, "event: message_delta");
+        assert_non_null(md);
+        assert_non_null(strstr(md, want));
+        assert_int_equal(tg_proto_stream_check(TG_PROTO_ANTHROPIC, out.b_data, out.b_len, 0, err, sizeof err), 0);
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    assert_null(tg_proto_vendor(0));
+    assert_null(tg_proto_vendor(TG_PROTO_NVENDORS));
+    assert_int_equal(tg_proto_vendor(TG_PROTO_VENDOR_ANTHROPIC)->vd_proto, TG_PROTO_ANTHROPIC);
+    assert_true(tg_proto_vendor(TG_PROTO_VENDOR_OPENAI)->vd_responses);
+    assert_false(tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK)->vd_responses);
+    assert_string_equal(tg_proto_vendor_or_compatible(99)->vd_name, "openai_compatible");
+    assert_false(tg_proto_vendor_or_compatible(99)->vd_responses);
+    tg_pool_destroy(pool);
+}
+
+/* One rule for counts in both usage readers (agent/usage.c): an integer in
+ * [0, 2^53], a sum of two within it too; anything else makes the usage
+ * invalid (us_invalid: counted locally), never a wrapped or clamped number. */
+static void test_usage_counts_bounded(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *usage;
+        int invalid;
+        int64_t input, cache_read;
+    } cases[] = {
+        {"\"prompt_cache_hit_tokens\":9007199254740992,\"prompt_cache_miss_tokens\":9007199254740992", 1, 0, 0},
+        {"\"prompt_cache_hit_tokens\":9223372036854775807,\"prompt_cache_miss_tokens\":9223372036854775807", 1, 0, 0},
+        {"\"prompt_tokens\":null,\"prompt_cache_hit_tokens\":7,\"prompt_cache_miss_tokens\":3", 0, 3, 7},
+        {"\"prompt_tokens\":10.5,\"prompt_cache_hit_tokens\":7", 1, 0, 0},
+        {"\"prompt_tokens\":-10,\"prompt_cache_hit_tokens\":7", 1, 0, 0},
+        {"\"prompt_tokens\":9007199254740993", 1, 0, 0},
+        {"\"prompt_tokens\":9007199254740992,\"prompt_cache_hit_tokens\":7", 0, 9007199254740985, 7},
+    };
+    tg_pool_t *pool = tg_pool_create(0);
+    char err[TG_ERRLEN] = "";
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[512];
+        oa_answer(body, sizeof body, cases[i].usage);
+        tg_proto_response_t rs;
+        assert_int_equal(tg_proto_parse_response_vendor(TG_PROTO_OPENAI, tg_proto_vendor(TG_PROTO_VENDOR_DEEPSEEK), pool,
+                                                        body, strlen(body), &rs, err, sizeof err), 0);
+        assert_int_equal(rs.rs_usage.us_invalid, cases[i].invalid);
+        if (!cases[i].invalid) {
+            assert_int_equal(rs.rs_usage.us_input, cases[i].input);
+            assert_int_equal(rs.rs_usage.us_cache_read, cases[i].cache_read);
+        }
+        assert_true(rs.rs_usage.us_input >= 0 && rs.rs_usage.us_input <= TG_PROTO_COUNT_MAX);
+    }
+    const char *an = "{\"id\":\"m\",\"model\":\"c\",\"content\":[],\"stop_reason\":\"end_turn\","
+                     "\"usage\":{\"input_tokens\":1.5,\"output_tokens\":1}}";
+    tg_proto_response_t rs;
+    assert_int_equal(tg_proto_parse_response(TG_PROTO_ANTHROPIC, pool, an, strlen(an), &rs, err, sizeof err), 0);
+    assert_true(rs.rs_usage.us_invalid);
+    tg_pool_destroy(pool);
+}
+
+/* An Anthropic passthrough stream and an empty output buffer for it. */
+static tg_proto_stream_t *pass_stream(tg_buf_t *out)
+{
+    char err[TG_ERRLEN] = "";
+    tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st = NULL;
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_init(out, 1 << 16);
+    return st;
+}
+
+/* Anthropic to Anthropic with so_passthrough: the client's bytes are the
+ * upstream's (spacing, unknown members and events, comments, CRLF), cut
+ * anywhere, while usage and stop are read and the grammar checked. */
+static void test_stream_passthrough(void **state)
+{
+    (void)state;
+    const char *up =
+        ": a comment\r\n"
+        "event: message_start\r\n"
+        "data: {\"type\": \"message_start\", \"message\": {\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\","
+        "\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"x_vendor\":1,"
+        "\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":2,\"output_tokens\":1}}}\r\n\r\n"
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi  there\"}}\n\n"
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0   }\n\n"
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+        "\"usage\":{\"output_tokens\":3}}\n\n"
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    size_t n = strlen(up);
+    char err[TG_ERRLEN] = "";
+    for (size_t cut = 1; cut <= n; cut += (cut < 40 ? 1 : 97)) {
+        tg_buf_t out;
+        tg_proto_stream_t *st = pass_stream(&out);
+        for (size_t i = 0; i < n; i += cut)
+            assert_int_equal(tg_proto_stream_feed(st, up + i, i + cut < n ? cut : n - i, &out, err, sizeof err), 0);
+        assert_true(tg_proto_stream_done(st));
+        assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+        assert_int_equal(out.b_len, n);
+        assert_memory_equal(out.b_data, up, n);
+        tg_proto_usage_t u;
+        tg_proto_stop_t stop;
+        tg_proto_stream_result(st, &u, &stop);
+        assert_int_equal(u.us_input, 10);
+        assert_int_equal(u.us_cache_read, 7);
+        assert_int_equal(u.us_cache_write, 2);
+        assert_int_equal(u.us_output, 3);
+        assert_false(u.us_running); /* message_delta's usage came: final */
+        assert_int_equal(stop, TG_PROTO_STOP_END_TURN);
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    /* a grammar violation (a delta with no block open) ends it with the
+     * client's error event in place of the bad event; an upstream error
+     * event passes as it came; a cut at the reservation writes the end */
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    const char *bad = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+                      "\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n";
+    const char *uperr = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    const char *open_block = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+                             "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+    for (int k = 0; k < 3; k++) {
+        tg_buf_t out;
+        tg_proto_stream_t *st = pass_stream(&out);
+        assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+        assert_memory_equal(out.b_data, start, strlen(start));
+        /* message_start's output_tokens is a running count until message_delta: each
+         * end below (violation, upstream error, cut) leaves it marked so */
+        tg_proto_usage_t ru;
+        tg_proto_stream_result(st, &ru, NULL);
+        assert_true(ru.us_present && ru.us_running);
+        assert_int_equal(ru.us_output, 1);
+        if (k == 0) {
+            assert_int_equal(tg_proto_stream_feed(st, bad, strlen(bad), &out, err, sizeof err), TG_PROTO_EGRAMMAR);
+            assert_null(strstr(out.b_data, "text_delta"));
+            assert_non_null(strstr(out.b_data + strlen(start), "event: error"));
+        } else if (k == 1) {
+            assert_int_equal(tg_proto_stream_feed(st, uperr, strlen(uperr), &out, err, sizeof err), TG_PROTO_EUPSTREAM);
+            assert_string_equal(out.b_data + strlen(start), uperr);
+        } else {
+            assert_int_equal(tg_proto_stream_feed(st, open_block, strlen(open_block), &out, err, sizeof err), 0);
+            assert_int_equal(tg_proto_stream_end(st, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err), 0);
+            assert_non_null(strstr(out.b_data, "\"stop_reason\":\"max_tokens\""));
+            assert_int_equal(tg_proto_stream_check(TG_PROTO_ANTHROPIC, out.b_data, out.b_len, 0, err, sizeof err), 0);
+        }
+        assert_true(tg_proto_stream_done(st));
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+    tg_proto_stream_opts_t mixed = {.so_from = TG_PROTO_OPENAI, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st = NULL;
+    assert_int_equal(tg_proto_stream_create(&mixed, &st, err, sizeof err), TG_PROTO_EINVALID);
+    assert_null(st);
+}
+
+/* Passthrough bytes that belong to no event leave with the feed that
+ * brought them: a keep-alive comment, the LF of a CR LF split across reads
+ * (also after message_stop); a line cut by the EOF is never forwarded. */
+static void test_stream_passthrough_idle_bytes(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\","
+                        "\"model\":\"c\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\r\n\r";
+    const char *stop = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
+                       "\"usage\":{\"output_tokens\":1}}\n\nevent: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r";
+    const char *feeds[] = {start, "\n", ": keep-alive\n\n", "\n", stop, "\n"};
+    tg_proto_stream_opts_t so = {.so_from = TG_PROTO_ANTHROPIC, .so_to = TG_PROTO_ANTHROPIC, .so_passthrough = 1};
+    tg_proto_stream_t *st;
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_t out;
+    tg_buf_init(&out, 1 << 16);
+    size_t sent = 0;
+    for (size_t i = 0; i < sizeof feeds / sizeof feeds[0]; i++) {
+        assert_int_equal(tg_proto_stream_feed(st, feeds[i], strlen(feeds[i]), &out, err, sizeof err), 0);
+        sent += strlen(feeds[i]);
+        assert_int_equal(out.b_len, sent); /* every byte out in the feed that brought it */
+    }
+    assert_true(tg_proto_stream_done(st));
+    assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), 0);
+    assert_int_equal(out.b_len, sent);
+    tg_buf_free(&out);
+    tg_proto_stream_destroy(st);
+
+    /* the EOF cuts a line: it is not forwarded, the stream ends with the error event */
+    assert_int_equal(tg_proto_stream_create(&so, &st, err, sizeof err), 0);
+    tg_buf_init(&out, 1 << 16);
+    const char *cut = "event: ping\ndata: {\"type\":\"ping\"}\ndata: {\"cut_by_eof";
+    assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+    assert_int_equal(tg_proto_stream_feed(st, "\n", 1, &out, err, sizeof err), 0);
+    assert_int_equal(tg_proto_stream_feed(st, cut, strlen(cut), &out, err, sizeof err), 0);
+    assert_int_equal(out.b_len, strlen(start) + 1);
+    assert_int_equal(tg_proto_stream_finish(st, &out, err, sizeof err), TG_PROTO_EUPSTREAM);
+    assert_non_null(strstr(out.b_data, "event: ping\ndata: {\"type\":\"ping\"}\n")); /* its whole lines count */
+    assert_null(strstr(out.b_data, "cut_by_eof"));
+    assert_non_null(strstr(out.b_data + strlen(start) + 1, "event: error"));
+    tg_buf_free(&out);
+    tg_proto_stream_destroy(st);
+}
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Passthrough checks the upstream's own events, not their re-encoding:
+ * a gapped index, end_turn beside a tool_use block, a second message_delta
+ * end the stream with the client's error event in place of the bad event;
+ * a server-tool block and an unknown event pass as they came. */
+static void test_stream_passthrough_checks_upstream(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+#define BSTART(i, t) "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":" #i \
+                     ",\"content_block\":" t "}\n\n"
+#define BSTOP(i) "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":" #i "}\n\n"
+#define MDELTA(sr) "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"" sr "\"}," \
+                   "\"usage\":{\"output_tokens\":3}}\n\n"
+#define MSTOP "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+#define TEXT "{\"type\":\"text\",\"text\":\"\"}"
+#define TOOL "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}"
+#define SRV "{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}"
+    static const struct {
+        const char *body, *bad; /* bad: the event replaced by the error event, or NULL */
+    } cases[] = {
+        {BSTART(1, TEXT), BSTART(1, TEXT)},                                 /* index 0 skipped */
+        {BSTART(0, TOOL) BSTOP(0) MDELTA("end_turn"), MDELTA("end_turn")}, /* end_turn beside tool_use */
+        {BSTART(0, TEXT) BSTOP(0) MDELTA("end_turn") MDELTA("end_turn"), NULL},
+        {BSTART(0, SRV) BSTOP(0) BSTART(1, TEXT) BSTOP(1) "event: vendor_news\ndata: {\"type\":\"vendor_news\"}\n\n"
+         MDELTA("end_turn") MSTOP, NULL},                                   /* passes whole */
+        {BSTART(0, TOOL) BSTOP(0) MDELTA("max_tokens") MSTOP, NULL},        /* a tool cut short */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tg_buf_t out;
+        tg_proto_stream_t *st = pass_stream(&out);
+        assert_int_equal(tg_proto_stream_feed(st, start, strlen(start), &out, err, sizeof err), 0);
+        int rc = tg_proto_stream_feed(st, cases[i].body, strlen(cases[i].body), &out, err, sizeof err);
+        int ok = i >= 3;
+        if (ok) {
+            assert_int_equal(rc, 0);
+            assert_true(tg_proto_stream_done(st));
+            assert_int_equal(out.b_len, strlen(start) + strlen(cases[i].body)); /* byte for byte */
+        } else {
+            assert_int_equal(rc, TG_PROTO_EGRAMMAR);
+            assert_non_null(strstr(out.b_data, "event: error"));
+            assert_int_equal(count_of(out.b_data, "event: message_delta"), i == 2 ? 1 : 0);
+            if (cases[i].bad)
+                assert_null(strstr(out.b_data + strlen(start), cases[i].bad));
+        }
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
+#undef BSTART
+#undef BSTOP
+#undef MDELTA
+#undef MSTOP
+#undef TEXT
+#undef TOOL
+#undef SRV
+}
+
+/* The reservation cut in passthrough follows the bytes the client has: an
+ * open server-tool block (skipped by the decoder) or a text block after one
+ * closes with the upstream's own index; after the upstream's message_delta
+ * only message_stop follows. */
+static void test_stream_passthrough_cut(void **state)
+{
+    (void)state;
+    char err[TG_ERRLEN] = "";
+    const char *start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\","
+                        "\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    const char *srv = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+                      "\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"s\",\"name\":\"web_search\",\"input\":{}}}\n\n";
+    const char *srv_stop = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
+    const char *text1 = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,"
+                        "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+                        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,"
+                        "\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+    const char *text1_stop = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    const char *delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\"},"
+                        "\"usage\":{\"output_tokens\":5}}\n\n";
+    static const struct {
+        int parts; /* how many of the upstream's pieces before the cut */
+        const char *want_tail;
+    } cases[] = {
+        {2, "{\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta"}, /* server tool open */
+        {4, "{\"type\":\"content_block_stop\",\"index\":1}\n\nevent: message_delta"}, /* text after it open */
+        {6, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"},                /* after message_delta */
+    };
+    const char *pieces[] = {start, srv, srv_stop, text1, text1_stop, delta};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tg_buf_t out;
+        tg_proto_stream_t *st = pass_stream(&out);
+        for (int k = 0; k < cases[i].parts; k++)
+            assert_int_equal(tg_proto_stream_feed(st, pieces[k], strlen(pieces[k]), &out, err, sizeof err), 0);
+        size_t before = out.b_len;
+        assert_int_equal(tg_proto_stream_end(st, TG_PROTO_STOP_MAX_TOKENS, NULL, &out, err, sizeof err), 0);
+        assert_non_null(strstr(out.b_data + before, cases[i].want_tail));
+        assert_int_equal(count_of(out.b_data, "event: message_delta"), 1);
+        assert_int_equal(count_of(out.b_data, "event: message_stop"), 1);
+        assert_int_equal(count_of(out.b_data, "event: content_block_start"), count_of(out.b_data, "event: content_block_stop"));
+        assert_true(tg_proto_stream_done(st));
+        tg_buf_free(&out);
+        tg_proto_stream_destroy(st);
+    }
 }
 
 static void test_stop_reasons(void **state)
@@ -1084,6 +1466,12 @@ int main(void)
         cmocka_unit_test(test_three_turn_tool_chain),
         cmocka_unit_test(test_images),
         cmocka_unit_test(test_usage_normalized_once),
+        cmocka_unit_test(test_vendor_usage),
+        cmocka_unit_test(test_stream_passthrough),
+        cmocka_unit_test(test_usage_counts_bounded),
+        cmocka_unit_test(test_stream_passthrough_idle_bytes),
+        cmocka_unit_test(test_stream_passthrough_cut),
+        cmocka_unit_test(test_stream_passthrough_checks_upstream),
         cmocka_unit_test(test_stop_reasons),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_field_errors),

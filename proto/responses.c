@@ -444,8 +444,10 @@ static json_t *rs_write_request(const tg_proto_request_t *rq, char *err, size_t 
     return NULL;
 }
 
-static int rs_parse_response(tg_pool_t *pool, json_t *root, tg_proto_response_t *out, char *err, size_t errlen)
+static int rs_parse_response(const tg_proto_vendor_t *vendor, tg_pool_t *pool, json_t *root,
+    tg_proto_response_t *out, char *err, size_t errlen)
 {
+    (void)vendor; /* usage in its own protocol's names */
     (void)pool, (void)root, (void)out;
     return tg_errf(err, errlen, TG_PROTO_EUNSUPPORTED, "the Responses API is a client protocol only");
 }

@@ -5,9 +5,11 @@
  * What it is for: an OpenAI client on an Anthropic channel, an Anthropic
  * client on an OpenAI channel. The gateway parses the client's body into the
  * IR with the client protocol's adapter and writes it in the channel's
- * protocol, then converts the answer (JSON or SSE) back. Same protocol on
+ * protocol, then converts the answer (JSON or SSE) back. OpenAI on
  * both sides is the passthrough hot path of agent/ and never comes here: this
- * module builds jansson trees, because conversion needs a tree.
+ * module builds jansson trees, because conversion needs a tree. Anthropic on
+ * both sides comes here for its stream checks and usage
+ * (so_passthrough: the bytes out are the upstream's).
  *
  * Memory: the IR is plain data. Every parse function takes a tg_pool_t and
  * allocates the IR and each of its strings from it, so the IR lives until the
@@ -77,6 +79,50 @@ int tg_proto_auth_header(tg_proto_kind_t kind, const char *credential, char *buf
 /* A second header the protocol requires upstream, or NULL
  * ("anthropic-version: 2023-06-01" for Anthropic). Static. */
 const char *tg_proto_extra_header(tg_proto_kind_t kind);
+
+/* ---- vendors: one row per upstream provider type (vendor.c) ------------- */
+
+/* Values are api/tollgate/v1/common.proto's ProviderType numbers. */
+typedef enum tg_proto_vendor_id {
+    TG_PROTO_VENDOR_OPENAI = 1,
+    TG_PROTO_VENDOR_ANTHROPIC = 2,
+    TG_PROTO_VENDOR_GEMINI = 3,
+    TG_PROTO_VENDOR_OPENAI_COMPATIBLE = 4,
+    TG_PROTO_VENDOR_DEEPSEEK = 5,
+    TG_PROTO_VENDOR_QWEN = 6,
+    TG_PROTO_VENDOR_KIMI = 7,
+    TG_PROTO_VENDOR_GLM = 8,
+    TG_PROTO_NVENDORS = 9
+} tg_proto_vendor_id_t;
+
+/* Where prompt_tokens_details.cached_tokens (OpenAI's name) is read. */
+typedef enum tg_proto_details {
+    TG_PROTO_DETAILS_NO = 0,   /* never */
+    TG_PROTO_DETAILS_AFTER,    /* when none of the vendor's own names is there */
+    TG_PROTO_DETAILS_FIRST     /* before its own names (OPENAI_COMPATIBLE: what agents before
+                                  the vendor types read, kept for channels typed then) */
+} tg_proto_details_t;
+
+/* Where a vendor's chat usage object reports what. Every vendor's
+ * prompt_tokens include its cache reads (taken out once, when normalizing). */
+typedef struct tg_proto_vendor {
+    const char *vd_name;             /* "deepseek": the provider type's lower-case name */
+    tg_proto_kind_t vd_proto;        /* the wire protocol its channels speak */
+    int vd_responses;                /* serves /v1/responses itself (else converted to chat) */
+    const char *vd_cache_read[2];    /* its own top-level members with cache reads, in order;
+                                        NULL-padded */
+    const char *vd_cache_miss;       /* its own member with the uncached prompt (stands in for
+                                        prompt_tokens with a cache read when that is absent), or NULL */
+    tg_proto_details_t vd_details;   /* prompt_tokens_details.cached_tokens */
+} tg_proto_vendor_t;
+
+/* The row of a provider type, or NULL for 0 and unknown values. Static. */
+const tg_proto_vendor_t *tg_proto_vendor(int provider);
+
+/* As tg_proto_vendor, but OPENAI_COMPATIBLE's row for 0 and unknown values
+ * (a provider type from a newer control plane, a reader with no channel):
+ * chat completions, every cache-read name the gateway knows. Never NULL. */
+const tg_proto_vendor_t *tg_proto_vendor_or_compatible(int provider);
 
 /* ---- the IR: content ---------------------------------------------------- */
 
@@ -169,6 +215,10 @@ typedef enum tg_proto_stop {
     TG_PROTO_STOP_PAUSE_TURN     /* pause_turn -> stop */
 } tg_proto_stop_t;
 
+/* The largest count believed in a provider's usage (2^53, agent/usage.c's
+ * TG_USAGE_MAX): a count past it, or a sum of counts past it, is not one. */
+#define TG_PROTO_COUNT_MAX ((int64_t)1 << 53)
+
 /* Usage normalized once: us_input EXCLUDES cache reads and writes, so the sum
  * us_input + us_cache_read + us_cache_write is the whole prompt and no cache
  * token is billed twice. us_output includes us_reasoning (a breakdown). */
@@ -179,6 +229,10 @@ typedef struct tg_proto_usage {
     int64_t us_cache_write; /* prompt tokens written to it (Anthropic) */
     int64_t us_output;      /* produced tokens, reasoning included */
     int64_t us_reasoning;   /* of which reasoning */
+    int us_running;         /* us_output is a running count, not the final one: an Anthropic
+                               stream before message_delta's usage (message_start says 1) */
+    int us_invalid;         /* a count was not a count (a fraction, a sign, a string, past
+                               TG_PROTO_COUNT_MAX): none of it is believed, count locally */
     const char *us_raw;     /* the provider's usage object, JSON text, or NULL */
 } tg_proto_usage_t;
 
@@ -244,6 +298,12 @@ int tg_proto_write_request(tg_proto_kind_t kind, const tg_proto_request_t *rq, t
  * tg_proto_parse_request. Errors: as tg_proto_parse_request. */
 int tg_proto_parse_response(tg_proto_kind_t kind, tg_pool_t *pool, const char *body, size_t len,
                             tg_proto_response_t *out, char *err, size_t errlen);
+
+/* As tg_proto_parse_response, with an OpenAI-protocol answer's usage read
+ * under vendor's names (NULL: OPENAI_COMPATIBLE's). */
+int tg_proto_parse_response_vendor(tg_proto_kind_t kind, const tg_proto_vendor_t *vendor, tg_pool_t *pool,
+                                 const char *body, size_t len, tg_proto_response_t *out, char *err,
+                                 size_t errlen);
 
 /* Appends the answer in `kind`. The stop reason follows the blocks: tool use
  * (tool_calls) exactly when a TOOL_USE block is present. Returns 0,
@@ -319,12 +379,25 @@ typedef struct tg_proto_stream_opts {
      * produced text for its reservation here). May be NULL. */
     void (*so_on_event)(void *arg, const tg_proto_event_t *ev);
     void *so_arg;
+    /* so_from == so_to only: every upstream event is checked itself
+     * against the client grammar (check.c's passthrough mode) and decoded
+     * as in a conversion (usage, stop), and the client gets its bytes
+     * unchanged (comments, unknown
+     * events and members, spacing and line ends included). A violation
+     * ends the stream with the client's error event in place of the
+     * offending event; an upstream error event is passed as it is;
+     * tg_proto_stream_end writes its closing events itself. */
+    int so_passthrough;
+    /* An OpenAI upstream's usage is read under this vendor's names (NULL:
+     * OPENAI_COMPATIBLE's). */
+    const tg_proto_vendor_t *so_vendor;
 } tg_proto_stream_opts_t;
 
 typedef struct tg_proto_stream tg_proto_stream_t;
 
 /* Creates a stream converter from so_from to so_to (they may be equal: the
- * stream is then re-encoded, checked, not passed through). Ownership: *out is
+ * stream is then re-encoded and checked, or with so_passthrough checked and
+ * passed through byte for byte). Ownership: *out is
  * the caller's, freed with tg_proto_stream_destroy. Returns 0,
  * TG_PROTO_EINVALID or TG_PROTO_ENOMEM. */
 int tg_proto_stream_create(const tg_proto_stream_opts_t *opts, tg_proto_stream_t **out, char *err,

@@ -316,3 +316,55 @@ test('GET /v1/models in Anthropic\'s shape when anthropic-version is sent', asyn
   const o = await oai.models.list();
   assert.equal(o.data[0].object, 'model');
 });
+
+// Same protocol both sides: the client gets the upstream's bytes. The
+// request the agent sent upstream is replayed to mockllm directly, and the
+// bytes must be equal but for mockllm's message id, which counts requests. mockllm's `ping` events and
+// `service_tier` members are what a re-encoder would drop. Metering reads
+// the same stream: cache reads and writes billed once, as before.
+async function viaAgentAndDirect(path, body, clientHeaders) {
+  const r = await fetch(`${agent.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...clientHeaders }, body: JSON.stringify(body) });
+  assert.equal(r.status, 200);
+  const got = Buffer.from(await r.arrayBuffer());
+  const up = await lastUpstream();
+  const headers = {};
+  for (const h of ['content-type', 'anthropic-version', 'x-api-key', 'authorization', 'x-mock-scenario']) if (up.headers[h]) headers[h] = up.headers[h];
+  const d = await fetch(`${mock.url}${up.path}`, { method: 'POST', headers, body: up.body });
+  const sent = Buffer.from(await d.arrayBuffer());
+  return { got, sent, id: r.headers.get('x-request-id') };
+}
+
+function sameButId(got, sent, re) {
+  const n = (b) => [...b.toString('latin1').matchAll(re)].length;
+  assert.ok(n(got) > 0 && n(got) === n(sent));
+  assert.equal(got.length, sent.length);
+  assert.equal(got.toString('latin1').replace(re, 'ID'), sent.toString('latin1').replace(re, 'ID'));
+}
+
+for (const stream of [true, false]) {
+  test(`Anthropic client, Anthropic channel: ${stream ? 'the stream' : 'the JSON answer'} byte for byte, metered as before`, async () => {
+    const { got, sent, id } = await viaAgentAndDirect('/v1/messages', { ...base('claude-cached'), stream },
+      { 'x-api-key': KEY, 'anthropic-version': '2023-06-01' });
+    sameButId(got, sent, /msg_mock[0-9a-f]+/g);
+    if (stream) {
+      assert.match(got.toString(), /event: ping\n/);
+      assert.match(got.toString(), /"service_tier":"standard"/);
+    }
+    const rec = await agent.waitRecord(id);
+    assert.equal(Number(rec.usage.input_tokens), 8);
+    assert.equal(Number(rec.usage.cache_read_tokens), 30);
+    assert.equal(Number(rec.usage.cache_write_tokens), 12);
+    assert.equal(Number(rec.usage.output_tokens), 4);
+    assert.equal(BigInt(rec.cost_nano), 8n * 1000n + 30n * 100n + 12n * 1250n + 4n * 2000n);
+  });
+}
+
+test('OpenAI client, OpenAI channel: the stream byte for byte (already passthrough), metered', async () => {
+  const { got, sent, id } = await viaAgentAndDirect('/v1/chat/completions',
+    { model: 'gpt-cached', messages: [{ role: 'user', content: 'Hello.' }], stream: true, stream_options: { include_usage: true } },
+    { authorization: `Bearer ${KEY}` });
+  sameButId(got, sent, /chatcmpl-mock[0-9a-f]+/g);
+  const rec = await agent.waitRecord(id);
+  assert.equal(Number(rec.usage.cache_read_tokens), 30);
+  assert.equal(BigInt(rec.cost_nano), 20n * 1000n + 30n * 100n + 4n * 2000n);
+});

@@ -172,6 +172,15 @@ for (const backend of ['lmdb', 'etcd']) {
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('bad', { base_url: 'ftp://x' }) }),
         'INVALID_ARGUMENT', /^channel\.base_url: must start with http:\/\/ or https:\/\/$/);
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('openai-main') }), 'ALREADY_EXISTS');
+      // provider types per vendor; a number no ProviderType has is refused naming the field
+      for (const p of ['DEEPSEEK', 'QWEN', 'KIMI', 'GLM', 'GEMINI', 'OPENAI_COMPATIBLE']) {
+        const v = await admin.call('CreateChannel', { channel: CHANNEL(`vendor-${p}`, { provider: `PROVIDER_TYPE_${p}` }) });
+        assert.equal(v.provider, `PROVIDER_TYPE_${p}`);
+      }
+      await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('vendor-42', { provider: 42 }) }),
+        'INVALID_ARGUMENT', /^channel\.provider: 42 is not a provider; use openai, anthropic, gemini, deepseek, qwen, kimi, glm or openai_compatible/);
+      await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('vendor-none', { provider: 'PROVIDER_TYPE_UNSPECIFIED' }) }),
+        'INVALID_ARGUMENT', /^channel\.provider: required; use openai, anthropic/);
 
       await rejects(assert, pricing.call('PutRoute', { route: { model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'x' }] }] } }),
         'INVALID_ARGUMENT', /^route\.tiers\[0\]\.targets\[0\]\.channel_id: no channel 'x'$/);

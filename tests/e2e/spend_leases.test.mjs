@@ -10,6 +10,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent } from '../../agent/testing/agent.mjs';
 import { execFile } from 'node:child_process';
@@ -135,6 +136,16 @@ for (const backend of ['lmdb', 'etcd']) {
       await cp.adminCall('PublishPriceCard', { card: { id: 'card-runaway', currency: 'USD', note: 'e2e',
         entries: [{ model: 'gpt-runaway', input_per_mtok_nano: '2500000333', output_per_mtok_nano: '10000000007' }] } });
       await cp.adminCall('PutRoute', { route: { model: 'gpt-runaway', tiers: [{ targets: [{ channel_id: rch.id }] }] } });
+      // the same on an Anthropic channel: message_start's output_tokens is a running 1, the
+      // final count comes in message_delta, which a cut stream never reaches
+      const ach = await cp.adminCall('CreateChannel', { channel: {
+        name: 'runaway-anthropic', provider: 'PROVIDER_TYPE_ANTHROPIC', base_url: `${mock.url}/v1`,
+        route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-ant-runaway',
+        extra_headers: [{ name: 'x-mock-scenario', value: 'tokens=400;ignore-max-tokens' }],
+      } });
+      await cp.adminCall('PublishPriceCard', { card: { id: 'card-runaway-anthropic', currency: 'USD', note: 'e2e',
+        entries: [{ model: 'claude-runaway', input_per_mtok_nano: '3000000333', output_per_mtok_nano: '15000000007' }] } });
+      await cp.adminCall('PutRoute', { route: { model: 'claude-runaway', tiers: [{ targets: [{ channel_id: ach.id }] }] } });
       // a slow stream (for a client that leaves mid-stream), a slow head (first-byte timeout), and a
       // route whose failing primary falls back to a cheaper tier
       const mk = async (name, scenario, extra = {}) => (await cp.adminCall('CreateChannel', { channel: {
@@ -366,6 +377,67 @@ for (const backend of ['lmdb', 'etcd']) {
       await drained();
       const { sum } = await ledgerSum(cp, acct.id);
       assert.equal(sum, BigInt((await balances(cp, acct.id)).balance_nano));
+    });
+
+    // An Anthropic channel that ignores max_tokens, read by an Anthropic client (passthrough) and an
+    // OpenAI client (converted): the gateway's cut is a clean end (no error event after it), the attempt
+    // is not a stream cut, and output is billed for what was produced (never message_start's running 1).
+    async function assertAnthropicCut(rec, acct, finish) {
+      assert.equal(rec.finish_reason, finish);
+      assert.equal(rec.attempts.length, 1);
+      assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_NONE', rec.attempts[0].error_message);
+      assert.match(rec.attempts[0].error_message, /ended at its reservation/);
+      const out = Number(rec.usage.output_tokens);
+      assert.ok(out >= 10 && out <= 20, `billed ${out} output tokens for a stream cut at 20`);
+      assert.ok(rec.usage.provider_output_partial, 'the provider\'s final count never came: flagged');
+      assert.ok(BigInt(rec.cost_nano) <= BigInt(rec.reserved_nano), 'the cost stays within the reservation');
+      await drained();
+      const { sum, rows } = await ledgerSum(cp, acct.id);
+      const bal = await balances(cp, acct.id);
+      assert.equal(sum, BigInt(bal.balance_nano));
+      const row = rows.find((e) => e.kind === 'LEDGER_KIND_USAGE' && e.record?.request_id === rec.request_id);
+      assert.ok(row, 'the record is settled');
+      assert.equal(-BigInt(row.amount_nano), BigInt(rec.cost_nano));
+    }
+
+    test('an Anthropic stream that ignores max_tokens, Anthropic client: a clean end at the reservation, output billed', async () => {
+      const acct = await account('runaway-ant', 100n * 1000000000n);
+      const c = new Anthropic({ apiKey: acct.secret, baseURL: agents[2].url, maxRetries: 0, timeout: 15000 });
+      const { data: stream, response } = await c.messages
+        .create({ model: 'claude-runaway', max_tokens: 20, messages, stream: true }).withResponse();
+      const types = [];
+      let text = '';
+      let stop = null;
+      let outSeen = 0;
+      for await (const ev of stream) { // an error event would throw here
+        types.push(ev.type);
+        if (ev.type === 'content_block_delta') text += ev.delta.text ?? '';
+        if (ev.type === 'message_delta') { stop = ev.delta.stop_reason; outSeen = ev.usage.output_tokens; }
+      }
+      assert.ok(outSeen >= 10 && outSeen <= 20, `the closing usage says ${outSeen} output tokens`);
+      assert.equal(types.at(-1), 'message_stop');
+      assert.equal(types.filter((t) => t === 'message_stop').length, 1);
+      assert.equal(stop, 'max_tokens');
+      assert.ok(text.split(' ').length < 100, `the stream was cut (got ${text.split(' ').length} words of 400)`);
+      await assertAnthropicCut(await agents[2].waitRecord(response.headers.get('x-request-id')), acct, 'max_tokens');
+    });
+
+    test('an Anthropic stream that ignores max_tokens, OpenAI client: a clean end at the reservation, output billed', async () => {
+      const acct = await account('runaway-ant-oa', 100n * 1000000000n);
+      const c = new OpenAI({ apiKey: acct.secret, baseURL: agents[2].base, maxRetries: 0, timeout: 15000 });
+      const { data: stream, response } = await c.chat.completions
+        .create({ model: 'claude-runaway', messages, max_tokens: 20, stream: true }).withResponse();
+      let text = '';
+      let finish = null;
+      for await (const chunk of stream) { // an error chunk would throw here
+        for (const ch of chunk.choices) {
+          text += ch.delta?.content || '';
+          if (ch.finish_reason) finish = ch.finish_reason;
+        }
+      }
+      assert.equal(finish, 'length');
+      assert.ok(text.split(' ').length < 100, `the stream was cut (got ${text.split(' ').length} words of 400)`);
+      await assertAnthropicCut(await agents[2].waitRecord(response.headers.get('x-request-id')), acct, 'length');
     });
 
     test('a key\'s daily spend limit holds across three agents: 429 with Retry-After past it, GetKeyLimits explains it', async () => {

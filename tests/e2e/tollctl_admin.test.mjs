@@ -128,6 +128,14 @@ test('channels, routes and price cards from files', async () => {
   assert.match(table.stdout, new RegExp(`^${ch.id}\\s+ds\\s+openai_compatible\\s+pooled\\s+https://api.deepseek.com/v1\\s+yes\\s+active$`, 'm'));
   assert.ok(!table.stdout.includes('sk-from-a-file'));
 
+  const ds = await json(['channel', 'create', '--name', 'ds-own', '--provider', 'deepseek',
+    '--base-url', 'https://api.deepseek.com/v1', '--route-type', 'pooled']);
+  assert.equal(ds.provider, 'PROVIDER_TYPE_DEEPSEEK');
+  assert.match((await ok(['channel', 'list'])).stdout, new RegExp(`^${ds.id}\\s+ds-own\\s+deepseek\\s+pooled`, 'm'));
+  const nov = await tollctl(['channel', 'create', '--name', 'x', '--provider', 'mistral', '--base-url', 'https://x/v1']);
+  assert.equal(nov.code, 2, nov.stderr);
+  assert.match(nov.stderr, /provider.*unknown value 'mistral'; use one of:.*PROVIDER_TYPE_DEEPSEEK/s);
+
   const bad = await tollctl(['route', 'put', 'deepseek-chat', '--channel', 'ch_nope']);
   assert.equal(bad.code, 1);
   assert.equal(bad.stderr, "tollctl: route.tiers[0].targets[0].channel_id: no channel 'ch_nope'\n");

@@ -288,6 +288,7 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         {"no-usage", offsetof(tg_mock_scn_t, sc_no_usage)},
         {"zero-usage", offsetof(tg_mock_scn_t, sc_zero_usage)},
         {"running-usage", offsetof(tg_mock_scn_t, sc_running_usage)},
+        {"usage-on-finish", offsetof(tg_mock_scn_t, sc_usage_on_finish)},
         {"no-tool", offsetof(tg_mock_scn_t, sc_no_tool)},
         {"close", offsetof(tg_mock_scn_t, sc_close)},
         {"nested-usage", offsetof(tg_mock_scn_t, sc_nested_usage)},
@@ -315,6 +316,15 @@ static int apply_item(tg_mock_scn_t *sc, const char *name, size_t nn, const char
         memcpy(sc->sc_location, val, vn);
         sc->sc_location[vn] = '\0';
         return 0;
+    }
+    if (item_is(name, nn, "usage-shape")) {
+        static const char *const shapes[] = {"openai", "deepseek", "kimi", "qwen", "glm", "gemini"};
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            if (has_val && vn == strlen(shapes[i]) && memcmp(val, shapes[i], vn) == 0) {
+                sc->sc_usage_shape = (int)i;
+                return 0;
+            }
+        return -1;
     }
     if (item_is(name, nn, "retry-after")) {
         if (!has_val || parse_num(val, vn, &v) < 0 || v > 86400) return -1;

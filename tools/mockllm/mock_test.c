@@ -441,6 +441,44 @@ static void test_zero_and_running_usage(void **state) {
     evbuffer_free(b);
 }
 
+/* usage-shape=: each vendor's names for cache reads, in JSON and streams. */
+static void test_usage_shapes(void **state) {
+    static const struct {
+        const char *shape, *want, *absent;
+    } cases[] = {
+        {"deepseek", "\"prompt_cache_hit_tokens\":3,\"prompt_cache_miss_tokens\":7,", "prompt_tokens_details"},
+        {"kimi", "\"total_tokens\":12,\"cached_tokens\":3}", "prompt_tokens_details"},
+        {"qwen", "\"prompt_tokens_details\":{\"cached_tokens\":3}}", "audio_tokens"},
+        {"glm", "\"prompt_tokens_details\":{\"cached_tokens\":3}}", "audio_tokens"},
+        {"gemini", "\"prompt_tokens_details\":{\"cached_tokens\":3}}", "audio_tokens"},
+        {"openai", "\"prompt_tokens_details\":{\"cached_tokens\":3,\"audio_tokens\":0}", "cache_hit"},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char scn[96];
+        fixture_t f;
+        int events;
+        snprintf(scn, sizeof scn, "tokens=2;prompt=10;cached=3;usage-shape=%s", cases[i].shape);
+        fixture(&f, TG_MOCK_CHAT, "{\"model\":\"m\"}", scn);
+        struct evbuffer *b = evbuffer_new();
+        tg_mock_write_json(b, &f.g);
+        char *s = drain(b);
+        json_decref(parse(s));
+        assert_non_null(strstr(s, cases[i].want));
+        assert_null(strstr(s, cases[i].absent));
+        free(s);
+        evbuffer_free(b);
+        fixture(&f, TG_MOCK_CHAT, "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}", scn);
+        s = stream_all(&f, &events);
+        assert_non_null(strstr(s, cases[i].want));
+        free(s);
+    }
+    tg_mock_scn_t sc;
+    char err[128];
+    tg_mock_scn_init(&sc);
+    assert_int_not_equal(tg_mock_scn_parse(&sc, "usage-shape=mistral", 19, err, sizeof err), 0);
+}
+
 static void test_malformed_is_not_json(void **state) {
     fixture_t f;
     struct evbuffer *b = evbuffer_new();
@@ -508,6 +546,7 @@ int main(void) {
         cmocka_unit_test(test_responses_and_others_are_json),
         cmocka_unit_test(test_stream_error_events),
         cmocka_unit_test(test_zero_and_running_usage),
+        cmocka_unit_test(test_usage_shapes),
         cmocka_unit_test(test_malformed_is_not_json),
         cmocka_unit_test(test_error_shapes),
         cmocka_unit_test(test_json_str_escapes),

@@ -110,11 +110,26 @@ static int chat_usage(struct evbuffer *out, const tg_mock_gen_t *g, long tokens)
     int rc = 0;
     P("{\"prompt_tokens\":%ld,\"completion_tokens\":", pl->pl_prompt);
     rc |= output_count(out, g, completion);
-    P(",\"total_tokens\":%ld,"
-      "\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
+    P(",\"total_tokens\":%ld,", pl->pl_prompt + completion);
+    switch (g->gn_scn->sc_usage_shape) {
+    case TG_MOCK_SHAPE_DEEPSEEK: /* its own names only, as its API documents them */
+        P("\"prompt_cache_hit_tokens\":%ld,\"prompt_cache_miss_tokens\":%ld,"
+          "\"completion_tokens_details\":{\"reasoning_tokens\":%ld}}",
+          pl->pl_cached, pl->pl_prompt - pl->pl_cached, pl->pl_reasoning * pl->pl_n);
+        return rc;
+    case TG_MOCK_SHAPE_KIMI: /* Moonshot: cached_tokens beside prompt_tokens */
+        P("\"cached_tokens\":%ld}", pl->pl_cached);
+        return rc;
+    case TG_MOCK_SHAPE_QWEN:
+    case TG_MOCK_SHAPE_GLM:
+    case TG_MOCK_SHAPE_GEMINI: /* OpenAI's cached_tokens, without OpenAI's other details */
+        P("\"prompt_tokens_details\":{\"cached_tokens\":%ld}}", pl->pl_cached);
+        return rc;
+    }
+    P("\"prompt_tokens_details\":{\"cached_tokens\":%ld,\"audio_tokens\":0},"
       "\"completion_tokens_details\":{\"reasoning_tokens\":%ld,\"audio_tokens\":0,"
       "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
-      pl->pl_prompt + completion, pl->pl_cached, pl->pl_reasoning * pl->pl_n);
+      pl->pl_cached, pl->pl_reasoning * pl->pl_n);
     return rc;
 }
 
@@ -175,7 +190,10 @@ static int chunk_tail(struct evbuffer *out, const tg_mock_gen_t *g, const char *
     int rc = 0;
     if (finish) P("},\"logprobs\":null,\"finish_reason\":\"%s\"}]", finish);
     else P("},\"logprobs\":null,\"finish_reason\":null}]");
-    if (g->gn_scn->sc_running_usage && !g->gn_scn->sc_no_usage) {
+    if (finish && g->gn_scn->sc_usage_on_finish && !g->gn_scn->sc_no_usage) {
+        P(",\"usage\":");
+        rc |= chat_usage(out, g, -1);
+    } else if (g->gn_scn->sc_running_usage && !g->gn_scn->sc_no_usage) {
         P(",\"usage\":");
         rc |= chat_usage(out, g, sent);
     } else if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) {
@@ -224,7 +242,7 @@ static int chat_step(struct evbuffer *out, const tg_mock_gen_t *g, long step) {
         }
     }
     if (step == toks + 1) {
-        if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage) {
+        if (g->gn_req->rq_include_usage && !g->gn_scn->sc_no_usage && !g->gn_scn->sc_usage_on_finish) {
             P("data: {\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%ld,"
               "\"model\":",
               g->gn_id, g->gn_created);

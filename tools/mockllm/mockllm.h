@@ -104,6 +104,8 @@ typedef struct tg_mock_scn {
     int sc_zero_usage;     /* zero-usage: report every usage count as 0 (text unchanged) */
     int sc_running_usage;  /* running-usage: every chat stream chunk carries the running
                               usage totals (as some OpenAI-compatible providers do) */
+    int sc_usage_on_finish; /* usage-on-finish: a chat stream's usage rides on the chunk with
+                               finish_reason, with no separate "choices": [] chunk */
     int sc_no_tool;        /* no-tool: answer with text even when tools are given */
     int sc_close;          /* close: answer with Connection: close and close */
     int sc_nested_usage;   /* nested-usage: a chat answer carries a second, nested "usage"
@@ -121,7 +123,18 @@ typedef struct tg_mock_scn {
                               (status=307;location=...: a redirect); "" = none */
     char sc_key[TG_MOCK_KEY_MAX]; /* key=NAME: groups requests for fail-first and
                                      the recording; "" = the default group */
+    int sc_usage_shape;    /* usage-shape=NAME: chat usage in a vendor's names (TG_MOCK_SHAPE_*) */
 } tg_mock_scn_t;
+
+/* Chat usage shapes (usage-shape=): where each vendor reports cache reads. */
+enum {
+    TG_MOCK_SHAPE_OPENAI = 0, /* prompt_tokens_details.cached_tokens (also Qwen, GLM, Gemini) */
+    TG_MOCK_SHAPE_DEEPSEEK,   /* prompt_cache_hit_tokens, prompt_cache_miss_tokens */
+    TG_MOCK_SHAPE_KIMI,       /* top-level cached_tokens */
+    TG_MOCK_SHAPE_QWEN,
+    TG_MOCK_SHAPE_GLM,
+    TG_MOCK_SHAPE_GEMINI
+};
 
 /* Sets every field of *sc to "not scripted": succeed at once. Can't fail. */
 void tg_mock_scn_init(tg_mock_scn_t *sc);
