@@ -70,6 +70,8 @@ typedef struct tg_cp_agent_side {
     char as_advertise[256];           /* (mu) this replica's address for peers, "" not yet */
     /* forward.c: the channel to the leader, for ReportUsage on a follower */
     struct cp_fwd_ch *as_fwd;         /* (mu) NULL until first needed */
+    /* nonce.c: outstanding proof nonces (own lock) */
+    struct cp_nonces *as_nonces;
     /* alerts.c: the alert engine (evaluation and webhook threads) */
     struct cp_alerts *as_alerts;
     /* tail.c */
@@ -82,15 +84,33 @@ typedef struct tg_cp_agent_side {
 
 /* ---- agentsvc.c --------------------------------------------------------------- */
 
-/* The bytes an agent signs to prove its identity: "tollgate-agent-v1" ||
- * agent_id || timestamp_us (8 bytes big-endian), appended to out. Returns 0
- * or TG_BUF_E*. */
-int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out);
+/* The bytes an agent signs to prove its identity: "tollgate-agent-v2" ||
+ * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out.
+ * Returns 0 or TG_BUF_E*. */
+int cp_proof_message(const char *agent_id, int64_t ts_us, const uint8_t *nonce, size_t nonce_len,
+                     tg_buf_t *out);
 
 /* Checks an AgentProof: the agent exists, timestamp within +-5 minutes of
- * now_us, signature valid. Returns TG_RPC_CODE_OK or UNAUTHENTICATED (or
- * UNAVAILABLE on store errors) with the reason in err. */
+ * now_us, signature valid, and its nonce one this replica issued to the
+ * agent and not used yet (it is consumed). Returns TG_RPC_CODE_OK or
+ * UNAUTHENTICATED (or UNAVAILABLE on store errors) with the reason in err. */
 struct Tollgate__V1__AgentProof;
+
+/* ---- nonce.c: single-use proof nonces ----------------------------------------- */
+
+#define CP_NONCE_LEN 20
+
+/* Creates / frees as->as_nonces (init: 0, or -1 on no memory). */
+int cp_nonces_init(tg_cp_agent_side_t *as);
+void cp_nonces_free(tg_cp_agent_side_t *as);
+/* A fresh nonce for agent_id into out, valid 5 minutes (*expires_us, may be
+ * NULL). 0, or -1 without entropy or a table. Thread-safe. */
+int cp_nonce_issue(tg_cp_agent_side_t *as, const char *agent_id, int64_t now_us, uint8_t out[CP_NONCE_LEN],
+                   int64_t *expires_us);
+/* Consumes nonce if this replica issued it to agent_id, it has not expired
+ * and was not used: 0; else -1 (and nothing changes). Thread-safe. */
+int cp_nonce_consume(tg_cp_agent_side_t *as, const char *agent_id, const uint8_t *nonce, size_t len,
+                     int64_t now_us);
 /* ---- lease.c: spend leases ---------------------------------------------------- */
 
 struct Tollgate__V1__LeaseRequest;
