@@ -51,7 +51,9 @@ static const char USAGE[] =
     "                            default 120; etcd: use its --auto-compaction-* flags)\n"
     "  --lease-ttl-ms MS         spend leases expire this long after their last renewal (TG_CP_LEASE_TTL_MS, default 30000)\n"
     "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
-    "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
+    "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
+    "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
+    "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
 
 typedef struct flag {
     const char *f_name; /* "--listen" */
@@ -165,6 +167,8 @@ int main(int argc, char **argv)
     sigset_t set;
 
     memset(&cp, 0, sizeof cp);
+    if (argc > 1 && strcmp(argv[1], "backup") == 0) return tg_cp_backup_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "restore") == 0) return tg_cp_restore_main(argc - 1, argv + 1);
     for (int i = 0; i < F_COUNT; i++) {
         const char *e = getenv(flags[i].f_env);
         if (e && *e) flags[i].f_val = e;
