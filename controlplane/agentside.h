@@ -78,7 +78,12 @@ typedef struct tg_cp_agent_side {
     pthread_t as_tail_thr;
     int as_tail_started;
     int64_t as_tail_rev;              /* (mu) settled log applied up to this revision */
-    char as_tail_path[1024];          /* file persisting as_tail_rev */
+    uint64_t as_tail_seq;             /* (mu) and up to this TG_CP_K_SETTLED <seq> */
+    int as_tail_seq_known;            /* (mu) 0: an older settled.rev without the seq */
+    char as_tail_path[1024];          /* file persisting as_tail_rev and as_tail_seq */
+    /* catchup.c */
+    char as_peer_secret[65];          /* (mu) the cluster's peer secret, "" until read */
+    int as_catching_up;               /* (mu) copying a peer's ledger now */
     int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
 } tg_cp_agent_side_t;
 
@@ -223,6 +228,18 @@ void cp_tail_stop(tg_cp_agent_side_t *as);
 /* Waits until the tailer applied the settled log up to rev (bounded by
  * timeout_ms). Returns 0, or -1 on timeout/stop. */
 int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+
+/* ---- catchup.c: a replica behind the settled-log retention ------------------- */
+
+/* Registers ReplicaService.CopyLedger on cp's server. 0 or a negative code. */
+int cp_catchup_register(tg_cp_t *cp, char *err, size_t errlen);
+/* Copies the ledger rows this replica lacks from a peer (the replicas under
+ * TG_CP_K_REPLICA), each page appended only where it continues this chain
+ * with the peer's hashes, until the copy covers settled-log seq `need`
+ * (as_tail_seq >= need afterwards) or holds record `first_id` (may be
+ * NULL). Tries every peer; a copy that does not verify is refused and the
+ * next peer tried. Tailer thread. 0, or a negative code with err set. */
+int cp_catchup(tg_cp_agent_side_t *as, uint64_t need, const char *first_id, char *err, size_t errlen);
 
 /* ---- alerts.c ------------------------------------------------------------------- */
 

@@ -285,6 +285,8 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
     if (rc == 0)
         rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Challenge", challenge, cp, err,
                                      errlen);
+    if (rc == 0)
+        rc = cp_catchup_register(cp, err, errlen); /* ReplicaService: peers' ledger copies */
     return rc;
 }
 

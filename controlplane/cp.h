@@ -65,6 +65,7 @@
 #define TG_CP_K_REPLICA "tg/replica/"               /* <node id> -> its advertised gRPC address (text),
                                                      * attached to that replica's lease */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
+#define TG_CP_K_PEER_SECRET "tg/cluster/peer-secret" /* 64 hex digits: replicas' ReplicaService credential */
 #define TG_CP_K_ALERT_RULE "tg/alert/rule/"         /* <id> -> AlertRule (not under tg/config/: agents never see it) */
 #define TG_CP_K_ALERT "tg/alert/log/"               /* <16-digit seq> -> Alert */
 #define TG_CP_K_ALERT_SEQ "tg/alert/seq"            /* last alert <seq> (decimal) */
