@@ -109,6 +109,7 @@ typedef struct tg_cp {
     /* state */
     atomic_int cp_is_leader;        /* 1 while this replica holds the leader lease */
     atomic_int cp_stopping;
+    atomic_int cp_ledger_gap;       /* 1 while the ledger lacks rows retention deleted (catchup.c) */
     struct tg_cp_agent_side *cp_agent; /* owned by the agent side */
     /* metrics (Prometheus counters, see http.c) */
     atomic_llong cp_m_batches;      /* batches settled */

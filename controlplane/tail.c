@@ -226,11 +226,15 @@ static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t 
         tg_ledger_has(cp->cp_ledger, ids, 1, &found, NULL, 0);
     }
     if (!found) {
+        /* ledger queries here would miss rows until the copy is done */
+        atomic_store(&cp->cp_ledger_gap, 1);
         TG_LOG(TG_LOG_WARN, "cp.tail",
                "the settled log starts at batch %" PRIu64 " but this replica applied up to %" PRIu64
                " (retention deleted the rest): copying the missing ledger rows from a peer",
                start, applied);
         rc = cp_catchup(as, start - 1, first_id, err, errlen);
+        if (rc == 0)
+            atomic_store(&cp->cp_ledger_gap, 0);
     }
     tg_rpc_pb_free(m);
     return rc;
