@@ -85,6 +85,7 @@ typedef struct tg_cp_agent_side {
     char as_peer_secret[65];          /* (mu) the cluster's peer secret, "" until read */
     int as_catching_up;               /* (mu) copying a peer's ledger now */
     int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
+    int as_tail_dirty;                /* (tail thread) applied more than it says */
 } tg_cp_agent_side_t;
 
 /* ---- agentsvc.c --------------------------------------------------------------- */

@@ -265,7 +265,7 @@ static int64_t copy_from(tg_cp_agent_side_t *as, const char *peer, const char *a
         q.max_rows = PAGE_ROWS;
         tg_rpc_md_t md = {PEER_MD, secret, 0};
         int rc = tg_rpc_unary_pb(ch, M_COPY, &md, 1, &q.base, &tollgate__v1__copy_ledger_page__descriptor, &reply,
-                                 30000, &res, err, errlen);
+                                 15000, &res, err, errlen);
         if (rc != 0) {
             if (res.rs_message && res.rs_message[0]) {
                 err[0] = '\0';

@@ -15,8 +15,11 @@
  * (catchup.c), then reads the log on.
  *
  * The revision file holds "<revision> <settled seq>" applied; it is written
- * without fsync and at most every 100 ms (and when the tailer stops):
- * losing it only replays batches the ledger already holds.
+ * without fsync, at most every 100 ms, when the log goes idle, and when the
+ * tailer stops: an older file replays batches the ledger already holds
+ * (idempotent), and it never trails a batch old enough for retention to
+ * delete (the kernel writes it back within seconds; retention waits for
+ * --settled-retention-s), so its seq is safe for fill_gap.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -81,7 +84,8 @@ static void rev_save(const char *path, int64_t rev, uint64_t seq)
         rename(tmp, path);
 }
 
-/* settled.rev is rewritten at most this often (and when the tailer stops):
+/* settled.rev is rewritten at most this often (when the log goes idle, and
+ * when the tailer stops):
  * a file write and rename per append cost ~2% of settlement's CPU, and a
  * stale file only replays batches the ledger holds (idempotent by id) */
 #define REV_SAVE_EVERY_US 100000
@@ -103,10 +107,28 @@ static void set_applied(tg_cp_agent_side_t *as, int64_t rev, uint64_t seq)
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
     int64_t now = tg_cp_now_us();
+    as->as_tail_dirty = 1;
     if (now - as->as_tail_saved_us >= REV_SAVE_EVERY_US) {
         rev_save(as->as_tail_path, rev, seq);
         as->as_tail_saved_us = now;
+        as->as_tail_dirty = 0;
     }
+}
+
+/* Writes what set_applied left unsaved, when the log is idle: the file
+ * then names every batch older than ~200 ms, so it never trails a batch
+ * retention could delete (fill_gap trusts its seq). */
+static void save_idle(tg_cp_agent_side_t *as)
+{
+    if (!as->as_tail_dirty)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    int64_t rev = as->as_tail_rev;
+    uint64_t seq = as->as_tail_seq;
+    pthread_mutex_unlock(&as->as_mu);
+    rev_save(as->as_tail_path, rev, seq);
+    as->as_tail_saved_us = tg_cp_now_us();
+    as->as_tail_dirty = 0;
 }
 
 /* Appends the settled batches kvs[0..n) in one ledger append. */
@@ -456,8 +478,10 @@ static void *tail_main(void *arg)
         const tg_store_kv_t *kvs[TAIL_MAX_EVENTS];
         size_t nev = 0, nkv = 0;
         int rc = tg_store_watch_next(w, 200, &evs[0], err, sizeof(err));
-        if (rc == TG_STORE_EAGAIN)
+        if (rc == TG_STORE_EAGAIN) {
+            save_idle(as);
             continue;
+        }
         if (rc < 0) {
             tg_store_watch_cancel(w);
             w = NULL;
