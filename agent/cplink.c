@@ -238,6 +238,17 @@ static int challenge(tg_cplink_t *l, tg_rpc_channel_t *ch, uint8_t *nonce, size_
                              &reply, LEASE_TIMEOUT_MS, &res, err, errlen);
     int code = call_code(rc, &res);
     tg_rpc_result_free(&res);
+    if (code == TG_RPC_CODE_UNIMPLEMENTED) {
+        /* a control plane older than this agent: it takes the old proof
+         * (no nonce), so agents can be upgraded before control planes */
+        static atomic_int warned;
+        if (!atomic_exchange(&warned, 1))
+            TG_LOG(TG_LOG_WARN, "agent", "the control plane has no Challenge (older than this agent): signing "
+                                         "proofs without a nonce, replayable for 5 minutes, until it is upgraded");
+        *len = 0;
+        err[0] = '\0';
+        return TG_RPC_CODE_OK;
+    }
     if (code == TG_RPC_CODE_OK) {
         const Tollgate__V1__ChallengeResponse *r = (const Tollgate__V1__ChallengeResponse *)reply;
         if (r->nonce.len == 0 || r->nonce.len > NONCE_MAX)
@@ -256,7 +267,8 @@ static int proof(tg_cplink_t *l, Tollgate__V1__AgentProof *p, const uint8_t *non
     size_t idl = strlen(l->cl_id);
     if (17 + idl + 8 + nonce_len > msglen)
         return -1;
-    memcpy(msgbuf, "tollgate-agent-v2", 17);
+    /* v1 (no nonce) only for a control plane without Challenge */
+    memcpy(msgbuf, nonce_len ? "tollgate-agent-v2" : "tollgate-agent-v1", 17);
     memcpy(msgbuf + 17, l->cl_id, idl);
     for (int i = 0; i < 8; i++)
         msgbuf[17 + idl + i] = (char)((uint64_t)ts >> (56 - 8 * i));

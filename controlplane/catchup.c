@@ -307,7 +307,7 @@ int cp_catchup(tg_cp_agent_side_t *as, uint64_t need, const char *first_id, char
 {
     tg_cp_t *cp = as->as_cp;
     const char *me = cp->cp_node_id ? cp->cp_node_id : "cp";
-    char secret[65], why[TG_ERRLEN] = "";
+    char secret[65], why[TG_ERRLEN + 300] = "";
     uint8_t end[64];
     size_t pl = strlen(TG_CP_K_REPLICA), endlen = tg_store_prefix_end(TG_CP_K_REPLICA, pl, end);
     tg_store_range_res_t res;
