@@ -91,14 +91,17 @@ typedef struct tg_cp_agent_side {
 /* ---- agentsvc.c --------------------------------------------------------------- */
 
 /* The bytes an agent signs to prove its identity: "tollgate-agent-v2" ||
- * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out.
- * Returns 0 or TG_BUF_E*. */
+ * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out;
+ * with nonce_len 0 the old agents' "tollgate-agent-v1" || agent_id ||
+ * timestamp_us (--legacy-agent-proofs). Returns 0 or TG_BUF_E*. */
 int cp_proof_message(const char *agent_id, int64_t ts_us, const uint8_t *nonce, size_t nonce_len,
                      tg_buf_t *out);
 
 /* Checks an AgentProof: the agent exists, timestamp within +-5 minutes of
  * now_us, signature valid, and its nonce one this replica issued to the
- * agent and not used yet (it is consumed). Returns TG_RPC_CODE_OK or
+ * agent and not used yet (it is consumed). A proof without a nonce (an
+ * agent older than nonces) passes on the timestamp alone while
+ * cp->cp_legacy_proofs is set, and is counted. Returns TG_RPC_CODE_OK or
  * UNAUTHENTICATED (or UNAVAILABLE on store errors) with the reason in err. */
 struct Tollgate__V1__AgentProof;
 
@@ -117,6 +120,9 @@ int cp_nonce_issue(tg_cp_agent_side_t *as, const char *agent_id, int64_t now_us,
  * and was not used: 0; else -1 (and nothing changes). Thread-safe. */
 int cp_nonce_consume(tg_cp_agent_side_t *as, const char *agent_id, const uint8_t *nonce, size_t len,
                      int64_t now_us);
+/* 1 the first time agent_id is passed here (its old, nonce-less proof is
+ * logged then), else 0. Thread-safe. */
+int cp_nonce_legacy_first(tg_cp_agent_side_t *as, const char *agent_id);
 /* ---- lease.c: spend leases ---------------------------------------------------- */
 
 struct Tollgate__V1__LeaseRequest;

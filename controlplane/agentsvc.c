@@ -10,7 +10,11 @@
  * this replica issued (Challenge, or the previous LeaseResponse) and the
  * proof consumes it (nonce.c), so a captured proof opens nothing, even
  * within its timestamp's +-5 minutes. Why a per-replica nonce and not a
- * counter in the store: docs/ARCHITECTURE.md, "Agent proofs".
+ * counter in the store: docs/ARCHITECTURE.md, "Agent proofs". For one
+ * release, --legacy-agent-proofs (default on) still accepts an old agent's
+ * proof without a nonce ("tollgate-agent-v1" || agent_id || timestamp_us,
+ * +-5 minutes), logged once per agent and counted, so control planes can be
+ * upgraded before their agents.
  */
 #include <inttypes.h>
 #include <malloc.h>
@@ -24,6 +28,7 @@
 
 #define PROOF_WINDOW_US (5LL * 60 * 1000000)
 #define PROOF_DOMAIN "tollgate-agent-v2"
+#define PROOF_DOMAIN_V1 "tollgate-agent-v1" /* agents older than nonces (--legacy-agent-proofs) */
 
 /* ---- proofs ---------------------------------------------------------------------- */
 
@@ -33,7 +38,8 @@ int cp_proof_message(const char *agent_id, int64_t ts_us, const uint8_t *nonce, 
     uint8_t be[8];
     for (int i = 0; i < 8; i++)
         be[i] = (uint8_t)((uint64_t)ts_us >> (56 - 8 * i));
-    int rc = tg_buf_append(out, PROOF_DOMAIN, sizeof(PROOF_DOMAIN) - 1);
+    int rc = nonce_len > 0 ? tg_buf_append(out, PROOF_DOMAIN, sizeof(PROOF_DOMAIN) - 1)
+                           : tg_buf_append(out, PROOF_DOMAIN_V1, sizeof(PROOF_DOMAIN_V1) - 1);
     if (rc == 0)
         rc = tg_buf_append(out, agent_id, strlen(agent_id));
     if (rc == 0)
@@ -74,9 +80,10 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
                        proof->timestamp_us, now_us);
     if (snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", proof->agent_id) >= (int)sizeof(key))
         return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "proof: agent id too long");
-    if (proof->nonce.len == 0)
+    if (proof->nonce.len == 0 && !cp->cp_legacy_proofs)
         return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
-                       "proof: nonce required (the agent must sign a nonce from Challenge: upgrade the agent)");
+                       "proof: nonce required (the agent must sign a nonce from Challenge: upgrade the agent; "
+                       "or run the control plane with --legacy-agent-proofs=on until it is)");
     if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_info__descriptor, &m, NULL, err, errlen) < 0)
         return TG_RPC_CODE_UNAVAILABLE;
     if (m == NULL)
@@ -90,6 +97,16 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
                       proof->signature.data, proof->signature.len) != 0)
         code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad proof signature for agent %s",
                        proof->agent_id);
+    else if (proof->nonce.len == 0) {
+        /* an agent older than nonces, accepted for one release: its proof
+         * can be replayed within the window, as before nonces */
+        atomic_fetch_add(&cp->cp_m_legacy_proofs, 1);
+        if (cp->cp_agent != NULL && cp_nonce_legacy_first(cp->cp_agent, proof->agent_id))
+            TG_LOG(TG_LOG_WARN, "cp",
+                   "agent %s signs the old proof without a nonce (accepted by --legacy-agent-proofs): upgrade it; "
+                   "tollgate_cp_legacy_proofs_total counts such proofs",
+                   proof->agent_id);
+    }
     /* consumed only by a proof that verified: nobody can burn another
      * agent's nonce, and of two uses of one proof only the first passes */
     else if (cp->cp_agent == NULL ||

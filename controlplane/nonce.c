@@ -22,6 +22,7 @@
 
 #define NONCE_SLOTS 65536u
 #define NONCE_TTL_US (5LL * 60 * 1000000)
+#define LEGACY_SEEN 4096u /* agents remembered as having sent an old proof */
 
 typedef struct nonce_slot {
     uint8_t ns_rand[16];  /* 0s: free */
@@ -33,6 +34,8 @@ struct cp_nonces {
     pthread_mutex_t nc_mu;
     uint32_t nc_next; /* (mu) the slot the next nonce takes */
     nonce_slot_t nc_slots[NONCE_SLOTS];
+    uint8_t nc_legacy[LEGACY_SEEN][16]; /* (mu) agents that sent a v1 proof, logged once */
+    uint32_t nc_nlegacy;                /* (mu) */
 };
 
 int cp_nonces_init(tg_cp_agent_side_t *as)
@@ -102,4 +105,23 @@ int cp_nonce_consume(tg_cp_agent_side_t *as, const char *agent_id, const uint8_t
         memset(s, 0, sizeof(*s)); /* single use */
     pthread_mutex_unlock(&n->nc_mu);
     return ok ? 0 : -1;
+}
+
+int cp_nonce_legacy_first(tg_cp_agent_side_t *as, const char *agent_id)
+{
+    struct cp_nonces *n = as->as_nonces;
+    uint8_t digest[16];
+    int first = 1;
+    if (n == NULL)
+        return 0;
+    agent_digest(agent_id, digest);
+    pthread_mutex_lock(&n->nc_mu);
+    for (uint32_t i = 0; i < n->nc_nlegacy && first; i++)
+        first = memcmp(n->nc_legacy[i], digest, 16) != 0;
+    if (first && n->nc_nlegacy < LEGACY_SEEN)
+        memcpy(n->nc_legacy[n->nc_nlegacy++], digest, 16);
+    else if (first)
+        first = 0; /* more old agents than remembered: the counter still counts them */
+    pthread_mutex_unlock(&n->nc_mu);
+    return first;
 }

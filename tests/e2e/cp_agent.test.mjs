@@ -109,17 +109,7 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const cp = ctx.cp;
     const a = new FakeAgent(cp);
     await a.enroll();
-    // a proof without a nonce (the old scheme) is refused, naming why
-    const ts = BigInt(Date.now()) * 1000n;
-    const be = Buffer.alloc(8);
-    be.writeBigInt64BE(ts);
-    const v1 = { agent_id: a.id, timestamp_us: String(ts),
-      signature: crypto.sign(null, Buffer.concat([Buffer.from('tollgate-agent-v1'), Buffer.from(a.id), be]), a.priv) };
-    const old = await a.sync(0, v1);
-    const oe = await old.ended;
-    assert.equal(oe?.code, grpc.status.UNAUTHENTICATED);
-    assert.match(oe.details, /nonce required/);
-
+    // (a proof without a nonce, the old scheme: agent_cp_oldproof.test.mjs)
     // a valid proof opens Sync once; the same proof again is refused
     const captured = await a.proof();
     const first = await a.sync(0, captured);

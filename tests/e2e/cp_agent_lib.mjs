@@ -190,6 +190,14 @@ export class FakeAgent {
     return { agent_id: this.id, timestamp_us: String(ts), nonce, signature: crypto.sign(null, msg, this.priv) };
   }
 
+  // The proof of an agent older than nonces: "tollgate-agent-v1" || id || ts.
+  legacyProof(ts = BigInt(Date.now()) * 1000n) {
+    const be = Buffer.alloc(8);
+    be.writeBigInt64BE(ts);
+    const msg = Buffer.concat([Buffer.from('tollgate-agent-v1'), Buffer.from(this.id), be]);
+    return { agent_id: this.id, timestamp_us: String(ts), signature: crypto.sign(null, msg, this.priv) };
+  }
+
   // Opens Sync; messages are pushed to this.messages; returns the stream.
   async sync(haveRevision = 0, proof) {
     proof = proof ?? await this.proof();
