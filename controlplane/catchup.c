@@ -369,8 +369,9 @@ int cp_catchup(tg_cp_agent_side_t *as, uint64_t need, const char *first_id, char
     if (rc != 0)
         return tg_errf(err, errlen, TG_STORE_EUNKNOWN,
                        "no peer could supply the ledger rows up to settled batch %" PRIu64
-                       " that retention deleted (%s); retrying. If no replica has them, restore this replica "
-                       "from a backup (docs/OPERATIONS.md)",
+                       " that retention deleted: restore this replica from a backup (docs/OPERATIONS.md) or "
+                       "start it with --accept-ledger-gap=on to go on without them; until then it retries and "
+                       "does not run for leader (%s)",
                        need, why[0] ? why : "no other replica is registered");
     return 0;
 }

@@ -100,6 +100,8 @@ typedef struct tg_cp {
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
     int cp_settled_retention_s;     /* settled batches and their markers kept in the store (s) */
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
+    int cp_legacy_proofs;           /* --legacy-agent-proofs: accept old agents' proofs without a nonce */
+    int cp_accept_gap;              /* --accept-ledger-gap: campaign for leader with a ledger gap */
     tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */
     tg_store_t *cp_store;
@@ -123,6 +125,7 @@ typedef struct tg_cp {
     atomic_llong cp_m_admin_calls;
     atomic_llong cp_m_forwarded;    /* ReportUsage calls a follower forwarded to the leader */
     atomic_llong cp_m_forward_fail; /* of those, the ones that failed to reach it */
+    atomic_llong cp_m_legacy_proofs; /* old agents' proofs without a nonce accepted */
     atomic_llong cp_m_settled_at_us; /* when a settlement last committed (the leader) or was
                                       * applied from the settled log (any replica); 0 never */
 } tg_cp_t;

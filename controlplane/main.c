@@ -51,6 +51,11 @@ static const char USAGE[] =
     "                            default 120; etcd: use its --auto-compaction-* flags)\n"
     "  --lease-ttl-ms MS         spend leases expire this long after their last renewal (TG_CP_LEASE_TTL_MS, default 30000)\n"
     "  --log-level LEVEL         debug, info, warn or error (TG_CP_LOG_LEVEL, default info)\n"
+    "  --legacy-agent-proofs on|off  accept agents older than proof nonces (their proof has none), logged\n"
+    "                            once per agent and counted (TG_CP_LEGACY_AGENT_PROOFS, default on in this\n"
+    "                            release; upgrade control planes, then agents, then turn it off)\n"
+    "  --accept-ledger-gap on|off    let a replica whose ledger lacks rows no peer could supply run for\n"
+    "                            leader anyway (TG_CP_ACCEPT_LEDGER_GAP, default off)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
     "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
     "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
@@ -64,7 +69,7 @@ typedef struct flag {
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
     F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
-    F_PEER_CA, F_COUNT
+    F_PEER_CA, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -87,6 +92,8 @@ static flag_t flags[F_COUNT] = {
     {"--log-level", "TG_CP_LOG_LEVEL", "info"},
     {"--advertise", "TG_CP_ADVERTISE", NULL},
     {"--peer-ca", "TG_CP_PEER_CA", NULL},
+    {"--legacy-agent-proofs", "TG_CP_LEGACY_AGENT_PROOFS", "on"},
+    {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
 };
 
 /* Whether a HOST:PORT listen address is on the loopback interface. */
@@ -129,6 +136,16 @@ static int parse_int(const char *name, const char *v, long lo, long hi, long *ou
         return -1;
     }
     *out = x;
+    return 0;
+}
+
+static int parse_onoff(const char *name, const char *v, int *out)
+{
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+        fprintf(stderr, "tollgate-cp: %s %s: expected on or off\n", name, v);
+        return -1;
+    }
+    *out = strcmp(v, "on") == 0;
     return 0;
 }
 
@@ -211,7 +228,9 @@ int main(int argc, char **argv)
     if (parse_int("--threads", flags[F_THREADS].f_val, 1, 256, &threads) ||
         parse_int("--heartbeat-ms", flags[F_HEARTBEAT].f_val, 100, 3600000, &heartbeat) ||
         parse_int("--store-history-s", flags[F_HISTORY].f_val, 1, 86400 * 365, &history) ||
-        parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl))
+        parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl) ||
+        parse_onoff("--legacy-agent-proofs", flags[F_LEGACY_PROOFS].f_val, &cp.cp_legacy_proofs) ||
+        parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap))
         return 2;
     /* one replica on LMDB: the settled log's only reader is this process's
      * tailer, so a short window keeps the store small; etcd replicas that

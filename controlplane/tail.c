@@ -255,8 +255,14 @@ static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t 
                " (retention deleted the rest): copying the missing ledger rows from a peer",
                start, applied);
         rc = cp_catchup(as, start - 1, first_id, err, errlen);
-        if (rc == 0)
+        if (rc == 0) {
             atomic_store(&cp->cp_ledger_gap, 0);
+        } else if (cp->cp_accept_gap) {
+            /* the operator's choice: go on without those rows (ledger
+             * queries keep saying they are missing) */
+            TG_LOG(TG_LOG_ERROR, "cp.tail", "%s; --accept-ledger-gap=on: applying newer batches without them", err);
+            rc = 0;
+        }
     }
     tg_rpc_pb_free(m);
     return rc;
