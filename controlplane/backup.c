@@ -17,10 +17,18 @@
  * ledger and the key, and the store is backed up with `etcdctl snapshot
  * save` (docs/OPERATIONS.md, "Backup and restore").
  *
- * restore --from DIR --data-dir D refuses a data dir that holds a ledger or
- * a store, copies the backup into D/.restore, verifies the whole hash chain
- * and the MANIFEST's head, checks that the store opens, and only then moves
- * the files into place: a corrupt backup leaves D as it was.
+ * The backup directory is made 0700 (it holds the signing key, and the
+ * store holds the peer secret), fsync'd with its store/ when complete, and
+ * removed again when the backup fails.
+ *
+ * restore --from DIR --data-dir D refuses a data dir that holds any file it
+ * would write (ledger, settled.rev, signing key) or a store, copies the
+ * backup into D/.restore, verifies the whole hash chain and the MANIFEST's
+ * head, checks that the store opens, and only then moves the files into
+ * place (link + unlink: never over a file): the store first and the ledger
+ * last, so a ledger in D means the restore finished, then fsyncs the
+ * directories. A corrupt backup leaves D as it was; a failure while moving
+ * names what was already moved.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -80,6 +88,18 @@ done:
     if (out >= 0)
         close(out);
     close(in);
+    return rc;
+}
+
+/* fsyncs a directory, so the names just created or moved in it survive a
+ * crash. 0, or -1 with err set. */
+static int fsync_dir(const char *dir, char *err, size_t errlen)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    if (fd < 0 || fsync(fd) != 0)
+        rc = tg_errf(err, errlen, -1, "fsync %s: %s", dir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
     return rc;
 }
 
@@ -167,6 +187,81 @@ static int ledger_check(const char *path, uint64_t *rows, uint64_t *seq, unsigne
     return 0;
 }
 
+/* The batch seq a settled.rev file names (its second number), 0 if it
+ * names none (absent, or from before the seq was recorded). */
+static uint64_t rev_file_seq(const char *path)
+{
+    char buf[64] = {0}, *end;
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    strtoll(buf, &end, 10);
+    while (*end == ' ')
+        end++;
+    return *end >= '0' && *end <= '9' ? strtoull(end, NULL, 10) : 0;
+}
+
+/* A number stored as decimal text (TG_CP_K_SETTLED_SEQ, or the tail of a
+ * TG_CP_K_SETTLED key). */
+static uint64_t text_u64(const void *p, size_t n)
+{
+    char buf[24] = {0};
+    if (n >= sizeof(buf))
+        return 0;
+    memcpy(buf, p, n);
+    return strtoull(buf, NULL, 10);
+}
+
+/* Whether the embedded store copied at dir still holds every settled batch
+ * after seq (what settled.rev, copied before the ledger, says the ledger
+ * copy has): with a short --settled-retention-s, retention can delete a
+ * batch settled between the ledger copy and the store copy, whose balance
+ * movement the store copy has and no ledger row would record. 0, or -1
+ * with err set. */
+static int settled_covered(const char *dir, uint64_t seq, char *err, size_t errlen)
+{
+    tg_store_t *st = NULL;
+    tg_store_opts_t so;
+    tg_store_range_res_t res;
+    uint8_t end[64];
+    char spec[PATH_MAX + 8];
+    uint64_t first = 0, last = 0;
+    int rc;
+    memset(&so, 0, sizeof(so));
+    memset(&res, 0, sizeof(res));
+    if (snprintf(spec, sizeof(spec), "lmdb:%s", dir) >= (int)sizeof(spec))
+        return tg_errf(err, errlen, -1, "%s: path too long", dir);
+    if ((rc = tg_store_open(&st, spec, &so, err, errlen)) != 0)
+        return -1;
+    size_t endlen = tg_store_prefix_end(TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), end);
+    tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED, .rq_key_len = strlen(TG_CP_K_SETTLED),
+                               .rq_end = end, .rq_end_len = endlen, .rq_limit = 1};
+    if ((rc = tg_store_range(st, &rq, &res, err, errlen)) == 0 && res.rs_n == 1)
+        first = text_u64(res.rs_kvs[0].kv_key + strlen(TG_CP_K_SETTLED),
+                         res.rs_kvs[0].kv_key_len - strlen(TG_CP_K_SETTLED));
+    tg_store_range_res_free(&res);
+    tg_store_range_req_t lq = {.rq_key = TG_CP_K_SETTLED_SEQ, .rq_key_len = strlen(TG_CP_K_SETTLED_SEQ),
+                               .rq_limit = 1};
+    if (rc == 0 && (rc = tg_store_range(st, &lq, &res, err, errlen)) == 0 && res.rs_n == 1)
+        last = text_u64(res.rs_kvs[0].kv_val, res.rs_kvs[0].kv_val_len);
+    tg_store_range_res_free(&res);
+    tg_store_close(st);
+    if (rc != 0)
+        return -1;
+    /* the log holds first..last; an empty log: everything up to last deleted */
+    uint64_t held_from = first ? first : last + 1;
+    if (held_from > seq + 1)
+        return tg_errf(err, errlen, -1,
+                       "the store copy's settled log starts at batch %" PRIu64 " but the ledger copy may end at "
+                       "batch %" PRIu64 ": retention deleted batches settled between the two copies; rerun "
+                       "with a longer --settled-retention-s",
+                       held_from, seq);
+    return 0;
+}
+
 /* ---- flags ----------------------------------------------------------------------------- */
 
 typedef struct bflags {
@@ -218,6 +313,22 @@ static int store_dir(const bflags_t *f, char *out, size_t outlen)
 
 /* ---- backup ----------------------------------------------------------------------------- */
 
+/* Removes what a backup or a restore's staging puts in dir, and dir (which
+ * was empty or absent before). */
+static void remove_backup(const char *dir)
+{
+    static const char *left[] = {"ledger", "ledger-lock", "settled.rev", KEY_FILE, MANIFEST, "store/data.mdb",
+                                 "store/lock.mdb", "store/tollgate.lock", "store"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
+        pj(p, dir, left[i]);
+        if (unlink(p) != 0 && errno == EISDIR)
+            rmdir(p);
+        rmdir(p);
+    }
+    rmdir(dir);
+}
+
 int tg_cp_backup_main(int argc, char **argv)
 {
     bflags_t f;
@@ -243,6 +354,12 @@ int tg_cp_backup_main(int argc, char **argv)
         fprintf(stderr, "tollgate-cp backup: cannot create %s: %s\n", f.bf_dir, strerror(errno));
         return 1;
     }
+    /* it holds the signing key and the store (with the peer secret): the
+     * owner's only, also when the operator made the directory */
+    if (chmod(f.bf_dir, 0700) != 0) {
+        fprintf(stderr, "tollgate-cp backup: cannot make %s private (chmod 0700): %s\n", f.bf_dir, strerror(errno));
+        return 1;
+    }
     /* settled.rev first: what it says is applied is in the ledger copied next */
     pj(src, f.bf_data, "settled.rev");
     pj(dst, f.bf_dir, "settled.rev");
@@ -254,10 +371,24 @@ int tg_cp_backup_main(int argc, char **argv)
         goto fail;
     if (sdir[0]) {
         pj(dst, f.bf_dir, "store");
-        if (mkdir(dst, 0700) != 0 || lmdb_copy(sdir, dst, 0, err, sizeof(err)) != 0) {
-            tg_errf(err, sizeof(err), -1, "%s: %s", dst, strerror(errno));
+        if (mkdir(dst, 0700) != 0) {
+            tg_errf(err, sizeof(err), -1, "cannot create %s: %s", dst, strerror(errno));
             goto fail;
         }
+        if (lmdb_copy(sdir, dst, 0, err, sizeof(err)) != 0)
+            goto fail;
+        /* settled.rev without a seq (older): nothing to compare with */
+        pj(src, f.bf_dir, "settled.rev");
+        uint64_t applied = rev_file_seq(src);
+        if (applied > 0 && settled_covered(dst, applied, err, sizeof(err)) != 0)
+            goto fail;
+        static const char *opened[] = {"store/lock.mdb", "store/tollgate.lock"}; /* by the check */
+        for (size_t i = 0; i < sizeof(opened) / sizeof(opened[0]); i++) {
+            pj(src, f.bf_dir, opened[i]);
+            unlink(src);
+        }
+        if (fsync_dir(dst, err, sizeof(err)) != 0)
+            goto fail;
     }
     pj(src, f.bf_data, KEY_FILE);
     pj(dst, f.bf_dir, KEY_FILE);
@@ -283,30 +414,18 @@ int tg_cp_backup_main(int argc, char **argv)
         goto fail;
     }
     fclose(m);
+    if (fsync_dir(f.bf_dir, err, sizeof(err)) != 0)
+        goto fail;
     printf("backup %s: ledger %" PRIu64 " rows, head %" PRIu64 " %s (chain verified)%s\n", f.bf_dir, rows, seq,
            hex, sdir[0] ? ", store copied" : "; the store is etcd: take `etcdctl snapshot save` too");
     return 0;
 fail:
-    fprintf(stderr, "tollgate-cp backup: %s\n", err);
+    remove_backup(f.bf_dir);
+    fprintf(stderr, "tollgate-cp backup: %s; the partial backup was removed\n", err);
     return 1;
 }
 
 /* ---- restore ---------------------------------------------------------------------------- */
-
-/* Removes the staging dir of a restore and whatever it holds. */
-static void stage_clean(const char *stage)
-{
-    static const char *left[] = {"ledger", "ledger-lock", "settled.rev", KEY_FILE, "store/data.mdb",
-                                 "store/lock.mdb", "store/tollgate.lock", "store"};
-    char p[PATH_MAX];
-    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
-        pj(p, stage, left[i]);
-        if (unlink(p) != 0 && errno == EISDIR)
-            rmdir(p);
-        rmdir(p);
-    }
-    rmdir(stage);
-}
 
 /* The MANIFEST's head: 0, or -1 when it is missing or unreadable. */
 static int manifest_head(const char *dir, uint64_t *seq, char hex[65])
@@ -334,7 +453,10 @@ int tg_cp_restore_main(int argc, char **argv)
     char want_hex[65] = "", hex[65];
     uint64_t rows = 0, seq = 0, want_seq = 0;
     unsigned char hash[32];
-    static const char *files[] = {"ledger", "settled.rev", KEY_FILE};
+    /* moved in this order: the ledger last, so a ledger in the data dir
+     * means the restore finished */
+    static const char *files[] = {"settled.rev", KEY_FILE, "ledger"};
+    char moved[128] = ""; /* names moved into place so far */
     if (parse("restore", "--from", argc, argv, &f) != 0)
         return 2;
     if (store_dir(&f, sdir, sizeof(sdir)) != 0) {
@@ -347,12 +469,21 @@ int tg_cp_restore_main(int argc, char **argv)
                 f.bf_dir);
         return 1;
     }
-    pj(dst, f.bf_data, "ledger");
-    if (exists(dst) || (sdir[0] && !empty_dir(sdir))) {
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        pj(dst, f.bf_data, files[i]);
+        if (exists(dst)) {
+            fprintf(stderr,
+                    "tollgate-cp restore: %s already holds %s; stop the replica and move its data dir away first "
+                    "(restore never overwrites)\n",
+                    f.bf_data, files[i]);
+            return 1;
+        }
+    }
+    if (sdir[0] && !empty_dir(sdir)) {
         fprintf(stderr,
-                "tollgate-cp restore: %s already holds a ledger or a store; stop the replica and move its data "
-                "dir away first (restore never overwrites)\n",
-                f.bf_data);
+                "tollgate-cp restore: %s already holds a store; stop the replica and move it away first (restore "
+                "never overwrites)\n",
+                sdir);
         return 1;
     }
     if ((mkdir(f.bf_data, 0700) != 0 && errno != EEXIST)) {
@@ -417,29 +548,45 @@ int tg_cp_restore_main(int argc, char **argv)
         }
         tg_store_close(st);
     }
-    /* verified: into place */
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        pj(src, stage, files[i]);
-        pj(dst, f.bf_data, files[i]);
-        if (exists(src) && rename(src, dst) != 0) {
-            tg_errf(err, sizeof(err), -1, "moving %s to %s: %s", src, dst, strerror(errno));
-            goto fail;
-        }
-    }
+    /* verified: into place, the store first and the ledger last; link +
+     * unlink never replaces a file that appeared meanwhile */
     if (with_store) {
         pj(src, stage, "store/data.mdb");
         pj(dst, sdir, "data.mdb");
-        if ((mkdir(sdir, 0700) != 0 && errno != EEXIST) || rename(src, dst) != 0) {
+        if ((mkdir(sdir, 0700) != 0 && errno != EEXIST) || link(src, dst) != 0 || unlink(src) != 0 ||
+            fsync_dir(sdir, err, sizeof(err)) != 0) {
+            if (err[0] == '\0')
+                tg_errf(err, sizeof(err), -1, "moving %s to %s: %s", src, dst, strerror(errno));
+            goto fail;
+        }
+        snprintf(moved, sizeof(moved), " %s", "store/data.mdb");
+    }
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        pj(src, stage, files[i]);
+        pj(dst, f.bf_data, files[i]);
+        if (!exists(src))
+            continue;
+        if (link(src, dst) != 0 || unlink(src) != 0) {
             tg_errf(err, sizeof(err), -1, "moving %s to %s: %s", src, dst, strerror(errno));
             goto fail;
         }
+        size_t ml = strlen(moved);
+        snprintf(moved + ml, sizeof(moved) - ml, " %s", files[i]);
     }
-    stage_clean(stage);
+    if (fsync_dir(f.bf_data, err, sizeof(err)) != 0)
+        goto fail;
+    remove_backup(stage);
     printf("restored %s into %s: ledger %" PRIu64 " rows, head %" PRIu64 " %s (chain verified)%s\n", f.bf_dir,
            f.bf_data, rows, seq, hex, with_store ? ", store restored" : "; restore the etcd store from its snapshot");
     return 0;
 fail:
-    stage_clean(stage);
-    fprintf(stderr, "tollgate-cp restore: %s; %s is unchanged\n", err, f.bf_data);
+    remove_backup(stage);
+    if (moved[0])
+        fprintf(stderr,
+                "tollgate-cp restore: %s; already moved into place:%s (under %s and the store dir %s): remove them "
+                "before running it again\n",
+                err, moved, f.bf_data, sdir);
+    else
+        fprintf(stderr, "tollgate-cp restore: %s; %s is unchanged\n", err, f.bf_data);
     return 1;
 }

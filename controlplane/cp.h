@@ -312,7 +312,8 @@ const char *tg_cp_route_type_name(int route_type);
 /* backup.c: the `tollgate-cp backup --to DIR` and `tollgate-cp restore
  * --from DIR` subcommands (argv[0] is the subcommand's name). They print
  * what they did on stdout, the reason on stderr, and return the process's
- * exit code: 0 done, 1 refused or failed (nothing half-written), 2 usage. */
+ * exit code: 0 done, 1 refused or failed (a failed backup is removed; a
+ * restore that failed while moving files names those it moved), 2 usage. */
 int tg_cp_backup_main(int argc, char **argv);
 int tg_cp_restore_main(int argc, char **argv);
 

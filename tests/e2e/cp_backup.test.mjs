@@ -9,7 +9,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { bin, tmpdir } from './lib/proc.mjs';
 import { FakeAgent, balance, costOf, seed, startCp, waitLeader } from './cp_agent_lib.mjs';
@@ -72,6 +72,7 @@ test('backup while serving, destroy, restore: the same ledger and balances, and 
   assert.equal(b1.code, 0, b1.stderr);
   assert.match(b1.stdout, /chain verified/);
   assert.ok(existsSync(path.join(bk1, 'ledger')) && existsSync(path.join(bk1, 'store', 'data.mdb')));
+  assert.equal(statSync(bk1).mode & 0o777, 0o700, 'the backup (signing key, store) is the owner\'s only');
 
   // backup 2: quiet, so the state at that moment is known exactly
   for (let i = 0; i < 3; i++) await settleOne();
@@ -106,13 +107,23 @@ test('backup while serving, destroy, restore: the same ledger and balances, and 
   assert.match(refused.stderr, /does not verify .*row \d+.*refusing it/);
   assert.ok(!existsSync(path.join(dataDir, 'ledger')), 'nothing restored from a refused backup');
 
+  // a data dir that already holds a signing key (and nothing else) is
+  // refused, and the key is left as it was
+  const keyed = tmpdir('tg-cp-keyed-');
+  writeFileSync(path.join(keyed, 'cp-signing-key.pem'), 'not this backup\'s key\n');
+  const overKey = await cpCmd(['restore', '--from', bk2, '--data-dir', keyed]);
+  assert.equal(overKey.code, 1, overKey.stdout);
+  assert.match(overKey.stderr, /already holds cp-signing-key\.pem/);
+  assert.equal(readFileSync(path.join(keyed, 'cp-signing-key.pem'), 'utf8'), 'not this backup\'s key\n');
+  assert.ok(!existsSync(path.join(keyed, 'ledger')) && !existsSync(path.join(keyed, '.restore')));
+
   // the good backup restores; restoring over a data dir in use is refused
   const ok = await cpCmd(['restore', '--from', bk2, '--data-dir', dataDir]);
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, /chain verified/);
   const twice = await cpCmd(['restore', '--from', bk2, '--data-dir', dataDir]);
   assert.equal(twice.code, 1);
-  assert.match(twice.stderr, /already holds a ledger/);
+  assert.match(twice.stderr, /already holds settled\.rev|already holds ledger/);
 
   cp = await startCp({ dataDir, nodeId: 'cp-bk' });
   procs.push(cp);
@@ -152,6 +163,9 @@ test('backup while serving, destroy, restore: the same ledger and balances, and 
   }
   const rowsCharged = s1.rows.filter((x) => x.id.startsWith(agent.id)).reduce((s, x) => s - BigInt(x.amount), 0n);
   assert.equal(s1.wallet, topup - rowsCharged, 'balance = top-up - the restored rows, to the nano-unit');
+  const bk1Rows = Number(/ledger_rows (\d+)\n/.exec(readFileSync(path.join(bk1, 'MANIFEST'), 'utf8'))[1]);
+  assert.ok(s1.rows.length >= bk1Rows && s1.rows.length <= want.rows.length,
+    `${s1.rows.length} rows: at least backup 1's ${bk1Rows}, at most the ${want.rows.length} there were later`);
   assert.deepEqual(s1.rows, want.rows.slice(0, s1.rows.length), 'the same rows in the same chain');
   await cp.stop();
   procs.length = 0;
