@@ -9,10 +9,13 @@
  * a peer (ReplicaService.CopyLedger, api/tollgate/v1/replica.proto) for the
  * rows after its own head, a page at a time, and appends each page with
  * tg_ledger_append_copy: a row lands only at the next seq and only when the
- * chain hash computed here from the row's bytes equals the peer's. A copy
- * altered in transit or on the peer's disk, or a peer whose chain diverged,
- * is refused whole (nothing of the page is stored) and the next peer is
- * tried. Paged unary calls instead of one stream: no thread or queue per
+ * chain hash computed here from the row's bytes equals the peer's. That
+ * catches accidental damage (a bit flipped in transit or on the peer's
+ * disk) and a peer whose chain diverged: the page is refused whole (nothing
+ * of it is stored) and the next peer is tried. It does not stop a dishonest
+ * peer: the chain hash is unkeyed SHA-256, so a peer holding the secret can
+ * make up rows that chain from our head; only the signed checkpoint
+ * (tg/checkpoint) binds the chain to the leader's key. Paged unary calls instead of one stream: no thread or queue per
  * copy on the serving replica, bounded memory on both sides, and a copy
  * that breaks off resumes from the ledger's head.
  *
@@ -22,7 +25,9 @@
  * (TG_CP_K_PEER_SECRET, outside tg/config/ so agents never see it); every
  * replica reads it from there, so there is nothing to configure. Whoever can
  * read the store can read it, and can read everything else already. With
- * TLS on the replicas the copy runs over it (--peer-ca, as forwarding).
+ * TLS on the replicas the copy runs over it (--peer-ca, as forwarding);
+ * without TLS the secret is sent only to a loopback peer, never in clear
+ * over a network.
  *
  * Test hook: TG_CP_TEST_TAMPER_COPY=1 on a serving replica flips one bit
  * of the first row of every page it serves (tests/e2e/cp_catchup).
@@ -247,6 +252,12 @@ static int64_t copy_from(tg_cp_agent_side_t *as, const char *peer, const char *a
     tg_cp_t *cp = as->as_cp;
     tg_rpc_channel_opts_t o = cp->cp_peer_tls;
     o.co_max_message_bytes = 64 << 20;
+    /* the secret is a bearer credential: never in clear off this host */
+    if (!o.co_tls && o.co_root_pem == NULL && !tg_cp_loopback(addr))
+        return tg_errf(err, errlen, -1,
+                       "not sending the peer secret in clear to %s: run the replicas with TLS (--tls-cert, "
+                       "--tls-key; --peer-ca)",
+                       addr);
     tg_rpc_channel_t *ch = tg_rpc_channel_create(addr, &o, err, errlen);
     int64_t copied = 0;
     if (ch == NULL)
@@ -332,8 +343,7 @@ int cp_catchup(tg_cp_agent_side_t *as, uint64_t need, const char *first_id, char
         int64_t n = copy_from(as, peer, addr, secret, perr, sizeof(perr));
         if (n < 0) {
             TG_LOG(TG_LOG_ERROR, "cp.catchup", "copying the ledger from peer %s at %s failed%s: %s", peer, addr,
-                   strstr(perr, "hash") || strstr(perr, "continue") || strstr(perr, "LedgerEntry")
-                       ? " (the copy does not verify against this replica's chain: refused)"
+                   n == TG_LEDGER_ETAMPER ? " (the copy does not verify against this replica's chain: refused)"
                        : "",
                    perr);
             snprintf(why, sizeof(why), "%s: %s", peer, perr);

@@ -283,6 +283,8 @@ void tg_cp_seqstr(uint64_t v, char buf[21]);
 
 /* Microseconds since the epoch. */
 int64_t tg_cp_now_us(void);
+/* Whether a HOST:PORT address is on the loopback interface. */
+int tg_cp_loopback(const char *addr);
 
 /* Reads key and unpacks it as type d into *out (tg_rpc_pb_free); *mod_rev
  * (may be NULL) gets its mod revision. Returns 0, 1 when absent (*out NULL),

@@ -96,12 +96,6 @@ static flag_t flags[F_COUNT] = {
     {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
 };
 
-/* Whether a HOST:PORT listen address is on the loopback interface. */
-static int loopback(const char *addr)
-{
-    return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "localhost:", 10) == 0 || strncmp(addr, "[::1]:", 6) == 0;
-}
-
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
 {
     tg_buf_t b;
@@ -248,7 +242,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "tollgate-cp: --client-ca (mTLS) needs --tls-cert and --tls-key\n");
         return 2;
     }
-    if (!flags[F_CERT].f_val && !loopback(flags[F_LISTEN].f_val)) {
+    if (!flags[F_CERT].f_val && !tg_cp_loopback(flags[F_LISTEN].f_val)) {
         /* agents' Sync carries the channels' upstream credentials */
         if (getenv("TG_CP_REQUIRE_TLS") && strcmp(getenv("TG_CP_REQUIRE_TLS"), "1") == 0) {
             fprintf(stderr, "tollgate-cp: --listen %s is not a loopback address and serves plaintext: give "

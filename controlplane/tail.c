@@ -206,10 +206,13 @@ static uint64_t last_seq_at(tg_store_t *st, int64_t at)
     tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED_SEQ, .rq_key_len = strlen(TG_CP_K_SETTLED_SEQ),
                                .rq_limit = 1, .rq_revision = at};
     tg_store_range_res_t res;
-    char buf[24] = {0};
+    char buf[24] = {0}, err[TG_ERRLEN] = "";
     uint64_t seq = 0;
-    if (tg_store_range(st, &rq, &res, NULL, 0) < 0)
+    if (tg_store_range(st, &rq, &res, err, sizeof(err)) < 0) {
+        /* 0: no gap is seen this time; the next full read looks again */
+        TG_LOG(TG_LOG_WARN, "cp.tail", "reading %s for the gap check failed: %s", TG_CP_K_SETTLED_SEQ, err);
         return 0;
+    }
     if (res.rs_n == 1 && res.rs_kvs[0].kv_val_len < sizeof(buf)) {
         memcpy(buf, res.rs_kvs[0].kv_val, res.rs_kvs[0].kv_val_len);
         seq = strtoull(buf, NULL, 10);
@@ -258,9 +261,12 @@ static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t 
         if (rc == 0) {
             atomic_store(&cp->cp_ledger_gap, 0);
         } else if (cp->cp_accept_gap) {
-            /* the operator's choice: go on without those rows (ledger
-             * queries keep saying they are missing) */
-            TG_LOG(TG_LOG_ERROR, "cp.tail", "%s; --accept-ledger-gap=on: applying newer batches without them", err);
+            /* the operator's choice: go on without those rows for good */
+            TG_LOG(TG_LOG_ERROR, "cp.tail",
+                   "%s; --accept-ledger-gap=on: applying newer batches without them (this ledger lacks them "
+                   "for good)",
+                   err);
+            atomic_store(&cp->cp_ledger_gap, 0);
             rc = 0;
         }
     }

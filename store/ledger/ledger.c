@@ -591,7 +591,12 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             rc = mdb_get(txn, l->ids, &idk, &idv);
         else
             rc = mdb_put(txn, l->ids, &idk, &idv, MDB_NOOVERWRITE);
-        if (a->copy_hashes && (r->lr_settled_us < horizon || rc == MDB_KEYEXIST ||
+        if (a->copy_hashes && r->lr_settled_us < horizon)
+            return tg_errf(err, errlen, TG_LEDGER_ETAMPER,
+                           "ledger %s: copied row %llu (record %s) was settled before this ledger's retention "
+                           "horizon (rows that old were deleted here): refused",
+                           l->path, (unsigned long long)(a->copy_first + i), r->lr_record_id);
+        if (a->copy_hashes && (rc == MDB_KEYEXIST ||
                                (rc == 0 && seq + 1 != a->copy_first + i)))
             return tg_errf(err, errlen, TG_LEDGER_ETAMPER,
                            "ledger %s: copied row %llu (record %s) does not continue this ledger (head %llu%s)",
