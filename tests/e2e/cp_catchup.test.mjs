@@ -6,7 +6,8 @@
 // chain: both then hold the same rows with the same hashes (the same chain
 // head and row count) and tailing goes on. A peer that serves an altered
 // copy is refused until a good peer serves it (meanwhile the replica's
-// ledger queries answer UNAVAILABLE; that nothing of a refused page is
+// ledger queries answer UNAVAILABLE and it does not run for leader, even
+// alone; that nothing of a refused page is
 // stored is store/ledger's test_append_copy); a caller without the
 // cluster's peer secret gets nothing.
 import { test, after } from 'node:test';
@@ -126,7 +127,15 @@ test('a replica behind the settled-log retention copies its peer\'s ledger, veri
   // while its ledger lacks rows, cp-b sends ledger readers elsewhere
   await assert.rejects(chain(cpB), (e) => e.code === grpc.status.UNAVAILABLE && /catching up from a peer/.test(e.details));
   assert.equal(before.length, want.length - 12, 'cp-b lacked the 4 batches');
+  // and it does not run for leader: alone (cp-a stopped, its lease revoked)
+  // it stays a follower, and the error names the override
+  await until(() => /cp-b does not run for leader while its ledger lacks rows/.test(cpB.proc.output()),
+    { timeoutMs: 10000, what: 'cp-b to stay out of the election' });
+  assert.match(cpB.proc.output(), /no peer could supply .*--accept-ledger-gap=on/);
   await cpA.stop();
+  const mark = cpB.proc.output().length;
+  await new Promise((res) => setTimeout(res, 2000)); // 4 campaign rounds
+  assert.doesNotMatch(cpB.proc.output().slice(mark), /cp-b won the leader lease/);
   cpA = await startCp({ ...opts, nodeId: 'cp-a', dataDir: dirA });
   procs.push(cpA);
   await until(async () => (await chain(cpB)).join() === want.join(),
