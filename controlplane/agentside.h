@@ -107,7 +107,7 @@ struct Tollgate__V1__AgentProof;
 
 /* ---- nonce.c: single-use proof nonces ----------------------------------------- */
 
-#define CP_NONCE_LEN 20
+#define CP_NONCE_LEN 40 /* expiry (8) || random (16) || MAC (16) */
 
 /* Creates / frees as->as_nonces (init: 0, or -1 on no memory). */
 int cp_nonces_init(tg_cp_agent_side_t *as);

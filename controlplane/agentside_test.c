@@ -60,6 +60,28 @@ static void test_nonce_single_use(void **state)
     cp_nonces_free(&as);
 }
 
+/* Issuing keeps no state: a flood of Challenges evicts no agent's nonce;
+ * a nonce from another process (another key) fails. */
+static void test_nonce_flood(void **state)
+{
+    (void)state;
+    tg_cp_agent_side_t as, other;
+    uint8_t kept[CP_NONCE_LEN], n[CP_NONCE_LEN];
+    int64_t now = 1000000;
+    memset(&as, 0, sizeof(as));
+    memset(&other, 0, sizeof(other));
+    assert_int_equal(cp_nonces_init(&as), 0);
+    assert_int_equal(cp_nonces_init(&other), 0);
+    assert_int_equal(cp_nonce_issue(&as, "agt_A", now, kept, NULL), 0);
+    for (int i = 0; i < 200000; i++)
+        assert_int_equal(cp_nonce_issue(&as, "agt_flood", now, n, NULL), 0);
+    assert_int_equal(cp_nonce_consume(&other, "agt_A", kept, sizeof(kept), now), -1);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", kept, sizeof(kept), now + 1000), 0);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", kept, sizeof(kept), now + 2000000), -1); /* after a prune */
+    cp_nonces_free(&as);
+    cp_nonces_free(&other);
+}
+
 static void test_verify_raw(void **state)
 {
     (void)state;
@@ -237,7 +259,8 @@ static void test_snapshot_build(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_proof_message), cmocka_unit_test(test_nonce_single_use), cmocka_unit_test(test_verify_raw),
+        cmocka_unit_test(test_proof_message), cmocka_unit_test(test_nonce_single_use), cmocka_unit_test(test_nonce_flood),
+        cmocka_unit_test(test_verify_raw),
         cmocka_unit_test(test_marker_keys),
         cmocka_unit_test(test_row_from_entry), cmocka_unit_test(test_snapshot_build),
     };
