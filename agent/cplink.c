@@ -40,6 +40,8 @@
 #define M_SYNC "/tollgate.v1.AgentService/Sync"
 #define M_REPORT "/tollgate.v1.AgentService/ReportUsage"
 #define M_LEASE "/tollgate.v1.AgentService/Lease"
+#define M_CHALLENGE "/tollgate.v1.AgentService/Challenge"
+#define NONCE_MAX 64
 #define LEASE_TIMEOUT_MS 3000
 #define REPORT_TIMEOUT_MS 10000
 #define CL_MAX_CP 8
@@ -66,6 +68,11 @@ struct tg_cplink {
     int cl_need_full;              /* sync thread: ask for a full snapshot */
     int cl_sync_failed;            /* sync thread: the attempt ended unanswered */
     int cl_sync_got;               /* sync thread: the attempt brought a message */
+    /* lease thread: the nonce the last LeaseResponse gave for the next proof,
+     * good only at the address that issued it */
+    uint8_t cl_nonce[NONCE_MAX];
+    size_t cl_nonce_len;           /* 0: none kept */
+    int cl_nonce_idx;
     /* /metrics (tg_cplink_metrics), written by the link's threads */
     atomic_int cl_m_connected;     /* a Sync stream is open and answering */
     atomic_int cl_m_sync_idx;      /* the address the Sync stream uses */
@@ -220,23 +227,62 @@ static int enroll(tg_cplink_t *l)
     }
 }
 
-static int proof(tg_cplink_t *l, Tollgate__V1__AgentProof *p, uint8_t sig[TG_ED25519_SIG_LEN], char *msgbuf,
-                 size_t msglen)
+/* A nonce for one proof at address idx: a fresh one from Challenge (the
+ * control plane consumes it with the proof, so a captured proof is useless).
+ * 0, or the call's status code (UNAVAILABLE when it got none) with err set. */
+static int challenge(tg_cplink_t *l, tg_rpc_channel_t *ch, uint8_t *nonce, size_t *len, char *err, size_t errlen)
+{
+    Tollgate__V1__ChallengeRequest q = TOLLGATE__V1__CHALLENGE_REQUEST__INIT;
+    ProtobufCMessage *reply = NULL;
+    tg_rpc_result_t res;
+    q.agent_id = l->cl_id;
+    int rc = tg_rpc_unary_pb(ch, M_CHALLENGE, NULL, 0, &q.base, &tollgate__v1__challenge_response__descriptor,
+                             &reply, LEASE_TIMEOUT_MS, &res, err, errlen);
+    int code = call_code(rc, &res);
+    tg_rpc_result_free(&res);
+    if (code == TG_RPC_CODE_UNIMPLEMENTED) {
+        /* a control plane older than this agent: it takes the old proof
+         * (no nonce), so agents can be upgraded before control planes */
+        static atomic_int warned;
+        if (!atomic_exchange(&warned, 1))
+            TG_LOG(TG_LOG_WARN, "agent", "the control plane has no Challenge (older than this agent): signing "
+                                         "proofs without a nonce, replayable for 5 minutes, until it is upgraded");
+        *len = 0;
+        err[0] = '\0';
+        return TG_RPC_CODE_OK;
+    }
+    if (code == TG_RPC_CODE_OK) {
+        const Tollgate__V1__ChallengeResponse *r = (const Tollgate__V1__ChallengeResponse *)reply;
+        if (r->nonce.len == 0 || r->nonce.len > NONCE_MAX)
+            code = tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "Challenge: a nonce of %zu bytes", r->nonce.len);
+        else
+            memcpy(nonce, r->nonce.data, *len = r->nonce.len);
+    }
+    tg_rpc_pb_free(reply);
+    return code;
+}
+
+static int proof(tg_cplink_t *l, Tollgate__V1__AgentProof *p, const uint8_t *nonce, size_t nonce_len,
+                 uint8_t sig[TG_ED25519_SIG_LEN], char *msgbuf, size_t msglen)
 {
     int64_t ts = now_us();
     size_t idl = strlen(l->cl_id);
-    if (17 + idl + 8 > msglen)
+    if (17 + idl + 8 + nonce_len > msglen)
         return -1;
-    memcpy(msgbuf, "tollgate-agent-v1", 17);
+    /* v1 (no nonce) only for a control plane without Challenge */
+    memcpy(msgbuf, nonce_len ? "tollgate-agent-v2" : "tollgate-agent-v1", 17);
     memcpy(msgbuf + 17, l->cl_id, idl);
     for (int i = 0; i < 8; i++)
         msgbuf[17 + idl + i] = (char)((uint64_t)ts >> (56 - 8 * i));
-    if (tg_crypto_sign(l->cl_key, msgbuf, 17 + idl + 8, sig) != 0)
+    memcpy(msgbuf + 17 + idl + 8, nonce, nonce_len);
+    if (tg_crypto_sign(l->cl_key, msgbuf, 17 + idl + 8 + nonce_len, sig) != 0)
         return -1;
     p->agent_id = l->cl_id;
     p->timestamp_us = ts;
     p->signature.data = sig;
     p->signature.len = TG_ED25519_SIG_LEN;
+    p->nonce.data = (uint8_t *)nonce;
+    p->nonce.len = nonce_len;
     return 0;
 }
 
@@ -246,30 +292,56 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
                     size_t errlen)
 {
     char id[128];
-    uint8_t sig[TG_ED25519_SIG_LEN];
+    uint8_t sig[TG_ED25519_SIG_LEN], nonce[NONCE_MAX];
     char msg[256];
+    size_t nlen = 0;
     Tollgate__V1__AgentProof p = TOLLGATE__V1__AGENT_PROOF__INIT;
     ProtobufCMessage *reply = NULL;
     tg_rpc_result_t res;
+    int rc = 0, idx;
     if (l == NULL || !tg_cplink_agent_id(l, id, sizeof id)[0])
         return tg_errf(err, errlen, TG_AGENT_EUSAGE, "not enrolled with the control plane yet");
-    /* proof() signs as cl_id, which only enrollment writes, before this */
-    if (proof(l, &p, sig, msg, sizeof msg) != 0)
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "signing the lease proof failed");
-    q->proof = &p;
-    int idx;
-    tg_rpc_channel_t *ch = link_pick(l, &idx);
-    int rc = tg_rpc_unary_pb(ch, M_LEASE, NULL, 0, &q->base, &tollgate__v1__lease_response__descriptor, &reply,
+    /* two tries: the kept nonce may be gone (the replica restarted, or the
+     * call moved to another address); the second asks Challenge */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        tg_rpc_channel_t *ch = link_pick(l, &idx);
+        if (l->cl_nonce_len > 0 && l->cl_nonce_idx == idx && attempt == 0) {
+            nlen = l->cl_nonce_len;
+            memcpy(nonce, l->cl_nonce, nlen);
+        } else {
+            int code = challenge(l, ch, nonce, &nlen, err, errlen);
+            if (code != TG_RPC_CODE_OK) {
+                link_failed(l, idx, code, "Challenge", err);
+                return TG_AGENT_ESYS;
+            }
+        }
+        l->cl_nonce_len = 0; /* single use, whatever the answer */
+        /* proof() signs as cl_id, which only enrollment writes, before this */
+        if (proof(l, &p, nonce, nlen, sig, msg, sizeof msg) != 0)
+            return tg_errf(err, errlen, TG_AGENT_ESYS, "signing the lease proof failed");
+        q->proof = &p;
+        err[0] = '\0';
+        rc = tg_rpc_unary_pb(ch, M_LEASE, NULL, 0, &q->base, &tollgate__v1__lease_response__descriptor, &reply,
                              LEASE_TIMEOUT_MS, &res, err, errlen);
-    q->proof = NULL;
-    if (rc != 0)
-        link_failed(l, idx, call_code(rc, &res), "Lease", err);
-    tg_rpc_result_free(&res);
+        q->proof = NULL;
+        int retry = rc != 0 && res.rs_code == TG_RPC_CODE_UNAUTHENTICATED && res.rs_message &&
+                    strstr(res.rs_message, "nonce") != NULL;
+        if (rc != 0)
+            link_failed(l, idx, call_code(rc, &res), "Lease", err);
+        tg_rpc_result_free(&res);
+        if (!retry)
+            break;
+    }
     if (rc != 0) {
         tg_rpc_pb_free(reply);
         return rc < 0 ? rc : TG_AGENT_ESYS;
     }
     const Tollgate__V1__LeaseResponse *r = (const Tollgate__V1__LeaseResponse *)reply;
+    if (r->next_nonce.len > 0 && r->next_nonce.len <= NONCE_MAX) {
+        memcpy(l->cl_nonce, r->next_nonce.data, r->next_nonce.len);
+        l->cl_nonce_len = r->next_nonce.len;
+        l->cl_nonce_idx = idx;
+    }
     out->granted_nano = r->granted_nano;
     out->expires_at_us = r->expires_at_us;
     out->hold_nano = r->hold_nano;
@@ -289,9 +361,19 @@ static int sync_request(void *arg, tg_buf_t *req)
     tg_cplink_t *l = arg;
     Tollgate__V1__SyncRequest r = TOLLGATE__V1__SYNC_REQUEST__INIT;
     Tollgate__V1__AgentProof p = TOLLGATE__V1__AGENT_PROOF__INIT;
-    uint8_t sig[TG_ED25519_SIG_LEN];
-    char msg[256];
-    if (proof(l, &p, sig, msg, sizeof msg) != 0)
+    uint8_t sig[TG_ED25519_SIG_LEN], nonce[NONCE_MAX];
+    char msg[256], err[TG_ERRLEN] = "";
+    size_t nlen = 0;
+    int idx = atomic_load(&l->cl_m_sync_idx);
+    int code = challenge(l, l->cl_chs[idx], nonce, &nlen, err, sizeof err);
+    if (code != TG_RPC_CODE_OK) {
+        /* ends this run; sync_main moves on or backs off as for a failed stream */
+        TG_LOG(TG_LOG_WARN, "agent", "Challenge for Sync at %s failed: %s", l->cl_addrs[idx], err);
+        l->cl_sync_failed = code == TG_RPC_CODE_UNAVAILABLE || code == TG_RPC_CODE_DEADLINE_EXCEEDED
+                                ? code : TG_RPC_CODE_UNAVAILABLE;
+        return -1;
+    }
+    if (proof(l, &p, nonce, nlen, sig, msg, sizeof msg) != 0)
         return -1;
     r.proof = &p;
     r.have_revision = l->cl_snap && !l->cl_need_full ? l->cl_snap->revision : 0;

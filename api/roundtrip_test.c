@@ -16,6 +16,7 @@
 #include "tollgate/v1/agent.pb-c.h"
 #include "tollgate/v1/common.pb-c.h"
 #include "tollgate/v1/config.pb-c.h"
+#include "tollgate/v1/replica.pb-c.h"
 #include "tollgate/v1/usage.pb-c.h"
 #include "api/testing/pbfill.h"
 

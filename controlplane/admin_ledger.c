@@ -255,6 +255,19 @@ static int ledger_fail(cp_actx_t *a, int rc, const char *err)
                    "ledger: %s", err);
 }
 
+/* The ledger answers only when it is open and whole: while this replica
+ * copies rows retention deleted from a peer (catchup.c) a query would miss
+ * them, so the caller is sent to another replica. */
+static int ledger_closed(cp_actx_t *a)
+{
+    if (!a->ax_cp->cp_ledger) return cp_fail(a, TG_RPC_CODE_UNAVAILABLE, "the ledger is not open");
+    if (atomic_load(&a->ax_cp->cp_ledger_gap))
+        return cp_fail(a, TG_RPC_CODE_UNAVAILABLE,
+                       "this replica's ledger is catching up from a peer (it was behind the settled-log "
+                       "retention): ask another replica, or again shortly");
+    return TG_RPC_CODE_OK;
+}
+
 static int query_ledger(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
 {
     const Tollgate__V1__LedgerQuery *q = (const Tollgate__V1__LedgerQuery *)reqm;
@@ -271,7 +284,7 @@ static int query_ledger(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *re
     if (strlen(q->page_token) >= TG_LEDGER_CURSOR_LEN)
         return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT,
                        "page_token: not a token from a previous page of QueryLedger");
-    if (!a->ax_cp->cp_ledger) return cp_fail(a, TG_RPC_CODE_UNAVAILABLE, "the ledger is not open");
+    if ((code = ledger_closed(a)) != TG_RPC_CODE_OK) return code;
     p.p_e = tg_pool_calloc(a->ax_pool, want * sizeof(*p.p_e));
     p.p_cap = want;
     p.p_q = &l;
@@ -417,7 +430,7 @@ static int export_ledger(tg_rpc_call_t *call, const uint8_t *req, size_t req_len
     pthread_attr_t at;
     int code = cp_stream_begin(b->b_cp, call, b->b_m, &a);
     if (code != TG_RPC_CODE_OK) return code;
-    if (!b->b_cp->cp_ledger) return cp_fail(&a, TG_RPC_CODE_UNAVAILABLE, "the ledger is not open");
+    if ((code = ledger_closed(&a)) != TG_RPC_CODE_OK) return code;
     if (!(j = tg_calloc(1, sizeof(*j)))) return cp_fail(&a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory");
     if (tg_rpc_pb_unpack(&tollgate__v1__ledger_query__descriptor, req, req_len, &j->ej_req, err,
                          sizeof err) != 0) {
@@ -625,7 +638,7 @@ static int get_run_receipt(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t 
 
     if (!r) return cp_fail(a, TG_RPC_CODE_RESOURCE_EXHAUSTED, "out of memory");
     if (!q->run_id[0]) return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "run_id: required");
-    if (!a->ax_cp->cp_ledger) return cp_fail(a, TG_RPC_CODE_UNAVAILABLE, "the ledger is not open");
+    if ((code = ledger_closed(a)) != TG_RPC_CODE_OK) return code;
     tollgate__v1__ledger_totals__init(&r->rc_total);
     tg_ledger_filter_init(&f);
     f.lf_run_id = q->run_id;

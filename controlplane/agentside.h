@@ -70,27 +70,59 @@ typedef struct tg_cp_agent_side {
     char as_advertise[256];           /* (mu) this replica's address for peers, "" not yet */
     /* forward.c: the channel to the leader, for ReportUsage on a follower */
     struct cp_fwd_ch *as_fwd;         /* (mu) NULL until first needed */
+    /* nonce.c: outstanding proof nonces (own lock) */
+    struct cp_nonces *as_nonces;
     /* alerts.c: the alert engine (evaluation and webhook threads) */
     struct cp_alerts *as_alerts;
     /* tail.c */
     pthread_t as_tail_thr;
     int as_tail_started;
     int64_t as_tail_rev;              /* (mu) settled log applied up to this revision */
-    char as_tail_path[1024];          /* file persisting as_tail_rev */
+    uint64_t as_tail_seq;             /* (mu) and up to this TG_CP_K_SETTLED <seq> */
+    int as_tail_seq_known;            /* (mu) 0: an older settled.rev without the seq */
+    char as_tail_path[1024];          /* file persisting as_tail_rev and as_tail_seq */
+    /* catchup.c */
+    char as_peer_secret[65];          /* (mu) the cluster's peer secret, "" until read */
+    int as_catching_up;               /* (mu) copying a peer's ledger now */
     int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
+    int as_tail_dirty;                /* (tail thread) applied more than it says */
 } tg_cp_agent_side_t;
 
 /* ---- agentsvc.c --------------------------------------------------------------- */
 
-/* The bytes an agent signs to prove its identity: "tollgate-agent-v1" ||
- * agent_id || timestamp_us (8 bytes big-endian), appended to out. Returns 0
- * or TG_BUF_E*. */
-int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out);
+/* The bytes an agent signs to prove its identity: "tollgate-agent-v2" ||
+ * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out;
+ * with nonce_len 0 the old agents' "tollgate-agent-v1" || agent_id ||
+ * timestamp_us (--legacy-agent-proofs). Returns 0 or TG_BUF_E*. */
+int cp_proof_message(const char *agent_id, int64_t ts_us, const uint8_t *nonce, size_t nonce_len,
+                     tg_buf_t *out);
 
 /* Checks an AgentProof: the agent exists, timestamp within +-5 minutes of
- * now_us, signature valid. Returns TG_RPC_CODE_OK or UNAUTHENTICATED (or
- * UNAVAILABLE on store errors) with the reason in err. */
+ * now_us, signature valid, and its nonce one this replica issued to the
+ * agent and not used yet (it is consumed). A proof without a nonce (an
+ * agent older than nonces) passes on the timestamp alone while
+ * cp->cp_legacy_proofs is set, and is counted. Returns TG_RPC_CODE_OK or
+ * UNAUTHENTICATED (or UNAVAILABLE on store errors) with the reason in err. */
 struct Tollgate__V1__AgentProof;
+
+/* ---- nonce.c: single-use proof nonces ----------------------------------------- */
+
+#define CP_NONCE_LEN 40 /* expiry (8) || random (16) || MAC (16) */
+
+/* Creates / frees as->as_nonces (init: 0, or -1 on no memory). */
+int cp_nonces_init(tg_cp_agent_side_t *as);
+void cp_nonces_free(tg_cp_agent_side_t *as);
+/* A fresh nonce for agent_id into out, valid 5 minutes (*expires_us, may be
+ * NULL). 0, or -1 without entropy or a table. Thread-safe. */
+int cp_nonce_issue(tg_cp_agent_side_t *as, const char *agent_id, int64_t now_us, uint8_t out[CP_NONCE_LEN],
+                   int64_t *expires_us);
+/* Consumes nonce if this replica issued it to agent_id, it has not expired
+ * and was not used: 0; else -1 (and nothing changes). Thread-safe. */
+int cp_nonce_consume(tg_cp_agent_side_t *as, const char *agent_id, const uint8_t *nonce, size_t len,
+                     int64_t now_us);
+/* 1 the first time agent_id is passed here (its old, nonce-less proof is
+ * logged then), else 0. Thread-safe. */
+int cp_nonce_legacy_first(tg_cp_agent_side_t *as, const char *agent_id);
 /* ---- lease.c: spend leases ---------------------------------------------------- */
 
 struct Tollgate__V1__LeaseRequest;
@@ -215,6 +247,18 @@ void cp_tail_stop(tg_cp_agent_side_t *as);
 /* Waits until the tailer applied the settled log up to rev (bounded by
  * timeout_ms). Returns 0, or -1 on timeout/stop. */
 int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+
+/* ---- catchup.c: a replica behind the settled-log retention ------------------- */
+
+/* Registers ReplicaService.CopyLedger on cp's server. 0 or a negative code. */
+int cp_catchup_register(tg_cp_t *cp, char *err, size_t errlen);
+/* Copies the ledger rows this replica lacks from a peer (the replicas under
+ * TG_CP_K_REPLICA), each page appended only where it continues this chain
+ * with the peer's hashes, until the copy covers settled-log seq `need`
+ * (as_tail_seq >= need afterwards) or holds record `first_id` (may be
+ * NULL). Tries every peer; a copy that does not verify is refused and the
+ * next peer tried. Tailer thread. 0, or a negative code with err set. */
+int cp_catchup(tg_cp_agent_side_t *as, uint64_t need, const char *first_id, char *err, size_t errlen);
 
 /* ---- alerts.c ------------------------------------------------------------------- */
 

@@ -22,13 +22,64 @@ static void test_proof_message(void **state)
     (void)state;
     tg_buf_t b;
     tg_buf_init(&b, 1024);
-    assert_int_equal(cp_proof_message("agt_X", 0x0102030405060708LL, &b), 0);
-    const char *want = "tollgate-agent-v1agt_X";
-    assert_int_equal(b.b_len, strlen(want) + 8);
+    const uint8_t nonce[3] = {9, 9, 9};
+    assert_int_equal(cp_proof_message("agt_X", 0x0102030405060708LL, nonce, 3, &b), 0);
+    const char *want = "tollgate-agent-v2agt_X";
+    assert_int_equal(b.b_len, strlen(want) + 8 + 3);
     assert_memory_equal(b.b_data, want, strlen(want));
     const uint8_t be[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     assert_memory_equal(b.b_data + strlen(want), be, 8);
+    assert_memory_equal(b.b_data + strlen(want) + 8, nonce, 3);
     tg_buf_free(&b);
+}
+
+/* A nonce is good once, for its agent, until it expires. */
+static void test_nonce_single_use(void **state)
+{
+    (void)state;
+    tg_cp_agent_side_t as;
+    uint8_t n1[CP_NONCE_LEN], n2[CP_NONCE_LEN];
+    int64_t exp = 0, now = 1000000;
+    memset(&as, 0, sizeof(as));
+    assert_int_equal(cp_nonces_init(&as), 0);
+    assert_int_equal(cp_nonce_issue(&as, "agt_A", now, n1, &exp), 0);
+    assert_true(exp > now);
+    assert_int_equal(cp_nonce_issue(&as, "agt_A", now, n2, NULL), 0);
+    assert_memory_not_equal(n1, n2, CP_NONCE_LEN);
+    /* another agent cannot use it, and that does not burn it */
+    assert_int_equal(cp_nonce_consume(&as, "agt_B", n1, sizeof(n1), now), -1);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n1, sizeof(n1), now), 0);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n1, sizeof(n1), now), -1); /* replay */
+    /* a changed byte, a short one, an expired one */
+    n2[10] ^= 1;
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n2, sizeof(n2), now), -1);
+    n2[10] ^= 1;
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n2, sizeof(n2) - 1, now), -1);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n2, sizeof(n2), exp), -1);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", n2, sizeof(n2), now), 0);
+    cp_nonces_free(&as);
+}
+
+/* Issuing keeps no state: a flood of Challenges evicts no agent's nonce;
+ * a nonce from another process (another key) fails. */
+static void test_nonce_flood(void **state)
+{
+    (void)state;
+    tg_cp_agent_side_t as, other;
+    uint8_t kept[CP_NONCE_LEN], n[CP_NONCE_LEN];
+    int64_t now = 1000000;
+    memset(&as, 0, sizeof(as));
+    memset(&other, 0, sizeof(other));
+    assert_int_equal(cp_nonces_init(&as), 0);
+    assert_int_equal(cp_nonces_init(&other), 0);
+    assert_int_equal(cp_nonce_issue(&as, "agt_A", now, kept, NULL), 0);
+    for (int i = 0; i < 200000; i++)
+        assert_int_equal(cp_nonce_issue(&as, "agt_flood", now, n, NULL), 0);
+    assert_int_equal(cp_nonce_consume(&other, "agt_A", kept, sizeof(kept), now), -1);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", kept, sizeof(kept), now + 1000), 0);
+    assert_int_equal(cp_nonce_consume(&as, "agt_A", kept, sizeof(kept), now + 2000000), -1); /* after a prune */
+    cp_nonces_free(&as);
+    cp_nonces_free(&other);
 }
 
 static void test_verify_raw(void **state)
@@ -208,7 +259,8 @@ static void test_snapshot_build(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_proof_message), cmocka_unit_test(test_verify_raw),
+        cmocka_unit_test(test_proof_message), cmocka_unit_test(test_nonce_single_use), cmocka_unit_test(test_nonce_flood),
+        cmocka_unit_test(test_verify_raw),
         cmocka_unit_test(test_marker_keys),
         cmocka_unit_test(test_row_from_entry), cmocka_unit_test(test_snapshot_build),
     };

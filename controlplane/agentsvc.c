@@ -4,11 +4,17 @@
  * Identity: an agent enrolls once with the operator's enrollment token and
  * its Ed25519 public key and gets an id (AgentInfo under TG_CP_K_AGENT). From
  * then on it proves who it is with signatures only: usage batches are signed
- * whole, and Sync/Lease carry an AgentProof, a signature over
- * "tollgate-agent-v1" || agent_id || timestamp_us (8 bytes big-endian)
- * accepted within +-5 minutes of this replica's clock. A proof can be
- * replayed within that window; it only opens a read stream, and the
- * connection is expected to run over TLS.
+ * whole (a resent batch is deduplicated, so replaying one charges nothing),
+ * and Sync/Lease carry an AgentProof, a signature over "tollgate-agent-v2" ||
+ * agent_id || timestamp_us (8 bytes big-endian) || nonce. The nonce is one
+ * this replica issued (Challenge, or the previous LeaseResponse) and the
+ * proof consumes it (nonce.c), so a captured proof opens nothing, even
+ * within its timestamp's +-5 minutes. Why a per-replica nonce and not a
+ * counter in the store: docs/ARCHITECTURE.md, "Agent proofs". For one
+ * release, --legacy-agent-proofs (default on) still accepts an old agent's
+ * proof without a nonce ("tollgate-agent-v1" || agent_id || timestamp_us,
+ * +-5 minutes), logged once per agent and counted, so control planes can be
+ * upgraded before their agents.
  */
 #include <inttypes.h>
 #include <malloc.h>
@@ -21,20 +27,25 @@
 #include "tollgate/v1/agent.pb-c.h"
 
 #define PROOF_WINDOW_US (5LL * 60 * 1000000)
-#define PROOF_DOMAIN "tollgate-agent-v1"
+#define PROOF_DOMAIN "tollgate-agent-v2"
+#define PROOF_DOMAIN_V1 "tollgate-agent-v1" /* agents older than nonces (--legacy-agent-proofs) */
 
 /* ---- proofs ---------------------------------------------------------------------- */
 
-int cp_proof_message(const char *agent_id, int64_t ts_us, tg_buf_t *out)
+int cp_proof_message(const char *agent_id, int64_t ts_us, const uint8_t *nonce, size_t nonce_len,
+                     tg_buf_t *out)
 {
     uint8_t be[8];
     for (int i = 0; i < 8; i++)
         be[i] = (uint8_t)((uint64_t)ts_us >> (56 - 8 * i));
-    int rc = tg_buf_append(out, PROOF_DOMAIN, sizeof(PROOF_DOMAIN) - 1);
+    int rc = nonce_len > 0 ? tg_buf_append(out, PROOF_DOMAIN, sizeof(PROOF_DOMAIN) - 1)
+                           : tg_buf_append(out, PROOF_DOMAIN_V1, sizeof(PROOF_DOMAIN_V1) - 1);
     if (rc == 0)
         rc = tg_buf_append(out, agent_id, strlen(agent_id));
     if (rc == 0)
         rc = tg_buf_append(out, be, sizeof(be));
+    if (rc == 0 && nonce_len > 0)
+        rc = tg_buf_append(out, nonce, nonce_len);
     return rc;
 }
 
@@ -69,12 +80,16 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
                        proof->timestamp_us, now_us);
     if (snprintf(key, sizeof(key), TG_CP_K_AGENT "%s", proof->agent_id) >= (int)sizeof(key))
         return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "proof: agent id too long");
+    if (proof->nonce.len == 0 && !cp->cp_legacy_proofs)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
+                       "proof: nonce required (the agent must sign a nonce from Challenge: upgrade the agent; "
+                       "or run the control plane with --legacy-agent-proofs=on until it is)");
     if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_info__descriptor, &m, NULL, err, errlen) < 0)
         return TG_RPC_CODE_UNAVAILABLE;
     if (m == NULL)
         return tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "unknown agent %s", proof->agent_id);
     const Tollgate__V1__AgentInfo *ai = (const Tollgate__V1__AgentInfo *)m;
-    if (cp_proof_message(proof->agent_id, proof->timestamp_us, &msg) != 0) {
+    if (cp_proof_message(proof->agent_id, proof->timestamp_us, proof->nonce.data, proof->nonce.len, &msg) != 0) {
         code = tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory");
         goto fail;
     }
@@ -82,6 +97,23 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
                       proof->signature.data, proof->signature.len) != 0)
         code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED, "bad proof signature for agent %s",
                        proof->agent_id);
+    else if (proof->nonce.len == 0) {
+        /* an agent older than nonces, accepted for one release: its proof
+         * can be replayed within the window, as before nonces */
+        atomic_fetch_add(&cp->cp_m_legacy_proofs, 1);
+        if (cp->cp_agent != NULL && cp_nonce_legacy_first(cp->cp_agent, proof->agent_id))
+            TG_LOG(TG_LOG_WARN, "cp",
+                   "agent %s signs the old proof without a nonce (accepted by --legacy-agent-proofs): upgrade it; "
+                   "tollgate_cp_legacy_proofs_total counts such proofs",
+                   proof->agent_id);
+    }
+    /* consumed only by a proof that verified: nobody can burn another
+     * agent's nonce, and of two uses of one proof only the first passes */
+    else if (cp->cp_agent == NULL ||
+             cp_nonce_consume(cp->cp_agent, proof->agent_id, proof->nonce.data, proof->nonce.len, now_us) != 0)
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
+                       "proof: nonce already used, expired or not issued by this replica (a replayed proof is "
+                       "refused): ask Challenge for a new one");
 fail:
     tg_buf_free(&msg);
     tg_rpc_pb_free(m);
@@ -208,6 +240,34 @@ static int lease(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf
     return code;
 }
 
+static int challenge(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
+{
+    tg_cp_t *cp = arg;
+    char err[TG_ERRLEN] = "";
+    ProtobufCMessage *m = NULL;
+    uint8_t nonce[CP_NONCE_LEN];
+    int code = TG_RPC_CODE_OK;
+    if (tg_rpc_pb_unpack(&tollgate__v1__challenge_request__descriptor, req, req_len, &m, err, sizeof(err)) < 0)
+        return tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "%s", err);
+    const Tollgate__V1__ChallengeRequest *q = (const Tollgate__V1__ChallengeRequest *)m;
+    Tollgate__V1__ChallengeResponse resp = TOLLGATE__V1__CHALLENGE_RESPONSE__INIT;
+    if (q->agent_id[0] == '\0' || strlen(q->agent_id) > 128) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id: required, at most 128 bytes");
+        goto fail;
+    }
+    if (cp_nonce_issue(cp->cp_agent, q->agent_id, tg_cp_now_us(), nonce, &resp.expires_at_us) != 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "no entropy for a nonce");
+        goto fail;
+    }
+    resp.nonce.data = nonce;
+    resp.nonce.len = sizeof(nonce);
+    if (tg_rpc_pb_pack(&resp.base, reply, err, sizeof(err)) < 0)
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "%s", err);
+fail:
+    tg_rpc_pb_free(m);
+    return code;
+}
+
 int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
 {
     tg_cp_agent_side_t *as = cp->cp_agent;
@@ -222,6 +282,10 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
         pthread_mutex_init(&as->as_gmu, NULL);
         pthread_cond_init(&as->as_gcv, NULL);
         as->as_settled_seq_modrev = -1;
+        if (cp_nonces_init(as) != 0) {
+            tg_free(as);
+            return tg_errf(err, errlen, TG_RPC_ENOMEM, "no memory for the nonce table");
+        }
         cp->cp_agent = as;
     }
     int rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Enroll", enroll, cp, err,
@@ -235,6 +299,11 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
     if (rc == 0)
         rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Lease", lease, cp, err,
                                      errlen);
+    if (rc == 0)
+        rc = tg_rpc_server_add_unary(cp->cp_rpc, "/tollgate.v1.AgentService/Challenge", challenge, cp, err,
+                                     errlen);
+    if (rc == 0)
+        rc = cp_catchup_register(cp, err, errlen); /* ReplicaService: peers' ledger copies */
     return rc;
 }
 
@@ -341,6 +410,7 @@ void cp_agent_side_free(tg_cp_t *cp)
     tg_cp_agent_side_stop(cp);
     cp_forward_free(as);
     cp_alerts_free(as);
+    cp_nonces_free(as);
     cp->cp_agent = NULL;
     pthread_mutex_destroy(&as->as_settle_mu);
     pthread_cond_destroy(&as->as_gcv);

@@ -65,6 +65,7 @@
 #define TG_CP_K_REPLICA "tg/replica/"               /* <node id> -> its advertised gRPC address (text),
                                                      * attached to that replica's lease */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
+#define TG_CP_K_PEER_SECRET "tg/cluster/peer-secret" /* 64 hex digits: replicas' ReplicaService credential */
 #define TG_CP_K_ALERT_RULE "tg/alert/rule/"         /* <id> -> AlertRule (not under tg/config/: agents never see it) */
 #define TG_CP_K_ALERT "tg/alert/log/"               /* <16-digit seq> -> Alert */
 #define TG_CP_K_ALERT_SEQ "tg/alert/seq"            /* last alert <seq> (decimal) */
@@ -99,6 +100,8 @@ typedef struct tg_cp {
     int cp_heartbeat_ms;            /* Sync heartbeat period, default 5000 */
     int cp_settled_retention_s;     /* settled batches and their markers kept in the store (s) */
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
+    int cp_legacy_proofs;           /* --legacy-agent-proofs: accept old agents' proofs without a nonce */
+    int cp_accept_gap;              /* --accept-ledger-gap: campaign for leader with a ledger gap */
     tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */
     tg_store_t *cp_store;
@@ -108,6 +111,7 @@ typedef struct tg_cp {
     /* state */
     atomic_int cp_is_leader;        /* 1 while this replica holds the leader lease */
     atomic_int cp_stopping;
+    atomic_int cp_ledger_gap;       /* 1 while the ledger lacks rows retention deleted (catchup.c) */
     struct tg_cp_agent_side *cp_agent; /* owned by the agent side */
     /* metrics (Prometheus counters, see http.c) */
     atomic_llong cp_m_batches;      /* batches settled */
@@ -121,6 +125,7 @@ typedef struct tg_cp {
     atomic_llong cp_m_admin_calls;
     atomic_llong cp_m_forwarded;    /* ReportUsage calls a follower forwarded to the leader */
     atomic_llong cp_m_forward_fail; /* of those, the ones that failed to reach it */
+    atomic_llong cp_m_legacy_proofs; /* old agents' proofs without a nonce accepted */
     atomic_llong cp_m_settled_at_us; /* when a settlement last committed (the leader) or was
                                       * applied from the settled log (any replica); 0 never */
     int64_t cp_m_cert_not_after;    /* notAfter (Unix s) of --tls-cert, --client-ca; 0: none */
@@ -288,6 +293,8 @@ void tg_cp_seqstr(uint64_t v, char buf[21]);
 
 /* Microseconds since the epoch. */
 int64_t tg_cp_now_us(void);
+/* Whether a HOST:PORT address is on the loopback interface. */
+int tg_cp_loopback(const char *addr);
 
 /* Reads key and unpacks it as type d into *out (tg_rpc_pb_free); *mod_rev
  * (may be NULL) gets its mod revision. Returns 0, 1 when absent (*out NULL),
@@ -313,5 +320,13 @@ int tg_cp_store_code(int store_err);
  * lr_kind is the LedgerKind number; lr_route_type is this function's name of
  * the RouteType: "direct", "pooled" (or "" for unspecified). */
 const char *tg_cp_route_type_name(int route_type);
+
+/* backup.c: the `tollgate-cp backup --to DIR` and `tollgate-cp restore
+ * --from DIR` subcommands (argv[0] is the subcommand's name). They print
+ * what they did on stdout, the reason on stderr, and return the process's
+ * exit code: 0 done, 1 refused or failed (a failed backup is removed; a
+ * restore that failed while moving files names those it moved), 2 usage. */
+int tg_cp_backup_main(int argc, char **argv);
+int tg_cp_restore_main(int argc, char **argv);
 
 #endif

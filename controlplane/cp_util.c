@@ -15,6 +15,11 @@ void tg_cp_seqstr(uint64_t v, char buf[21])
     snprintf(buf, 21, "%020" PRIu64, v);
 }
 
+int tg_cp_loopback(const char *addr)
+{
+    return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "localhost:", 10) == 0 || strncmp(addr, "[::1]:", 6) == 0;
+}
+
 int64_t tg_cp_now_us(void)
 {
     struct timespec ts;

@@ -100,6 +100,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         metric(&b, "tollgate_cp_usage_forward_failures_total", "counter",
                "forwarded usage reports the leader did not answer",
                atomic_load(&cp->cp_m_forward_fail));
+        metric(&b, "tollgate_cp_legacy_proofs_total", "counter",
+               "agent proofs without a nonce (agents older than nonces) accepted by --legacy-agent-proofs",
+               atomic_load(&cp->cp_m_legacy_proofs));
         metric(&b, "tollgate_cp_admin_calls_total", "counter", "AdminService calls received",
                atomic_load(&cp->cp_m_admin_calls));
         metric(&b, "tollgate_cp_batches_settled_total", "counter", "usage batches settled",

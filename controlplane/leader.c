@@ -155,6 +155,7 @@ static void *leader_main(void *arg)
     tg_cp_agent_side_t *as = arg;
     tg_cp_t *cp = as->as_cp;
     const char *me = cp->cp_node_id ? cp->cp_node_id : "cp";
+    int gap_logged = 0;
     while (!halted(as)) {
         char err[TG_ERRLEN] = "", holder[256] = "";
         int64_t create_rev = 0, holder_rev = 0;
@@ -168,6 +169,19 @@ static void *leader_main(void *arg)
             }
         }
         publish(as);
+        if (atomic_load(&cp->cp_ledger_gap) && !cp->cp_accept_gap) {
+            /* a leader must apply every settled batch first; with rows
+             * missing it would stall settlement, then step down, forever */
+            if (!gap_logged++)
+                TG_LOG(TG_LOG_WARN, "cp.leader",
+                       "%s does not run for leader while its ledger lacks rows a peer must supply "
+                       "(--accept-ledger-gap=on overrides)", me);
+            if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0)
+                as->as_lease = 0;
+            cp_wait(as, CAMPAIGN_MS, 1);
+            continue;
+        }
+        gap_logged = 0;
         int rc = campaign(as, &create_rev, holder, sizeof(holder), &holder_rev, err, sizeof(err));
         if (rc == TG_STORE_ENOLEASE) {
             as->as_lease = 0;

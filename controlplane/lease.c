@@ -564,6 +564,12 @@ int cp_lease(tg_cp_t *cp, const Tollgate__V1__LeaseRequest *q, tg_buf_t *reply, 
         return code;
     resp.lease_id = lease_id;
     resp.currency = currency;
+    /* the agent's next proof needs no Challenge round trip */
+    uint8_t nonce[CP_NONCE_LEN];
+    if (cp->cp_agent != NULL && cp_nonce_issue(cp->cp_agent, q->proof->agent_id, tg_cp_now_us(), nonce, NULL) == 0) {
+        resp.next_nonce.data = nonce;
+        resp.next_nonce.len = sizeof(nonce);
+    }
     if (tg_rpc_pb_pack(&resp.base, reply, err, errlen) < 0)
         return TG_RPC_CODE_INTERNAL;
     return TG_RPC_CODE_OK;

@@ -58,7 +58,14 @@ static const char USAGE[] =
     "  --check-config[=offline]  check the flags and environment, the files they name (readable, certificates\n"
     "                            load, keys match, expiry) and that the store answers (not with =offline);\n"
     "                            print \"config ok\" and exit 0, or name each problem and its fix and exit 1\n"
-    "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n";
+    "  --legacy-agent-proofs on|off  accept agents older than proof nonces (their proof has none), logged\n"
+    "                            once per agent and counted (TG_CP_LEGACY_AGENT_PROOFS, default on in this\n"
+    "                            release; upgrade control planes, then agents, then turn it off)\n"
+    "  --accept-ledger-gap on|off    let a replica whose ledger lacks rows no peer could supply run for\n"
+    "                            leader anyway (TG_CP_ACCEPT_LEDGER_GAP, default off)\n"
+    "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
+    "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
+    "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
 
 typedef struct flag {
     const char *f_name; /* "--listen" */
@@ -69,7 +76,7 @@ typedef struct flag {
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
     F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
-    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_COUNT
+    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -95,13 +102,9 @@ static flag_t flags[F_COUNT] = {
     {"--store-ca", "TG_CP_STORE_CA", NULL},
     {"--store-cert", "TG_CP_STORE_CERT", NULL},
     {"--store-key", "TG_CP_STORE_KEY", NULL},
+    {"--legacy-agent-proofs", "TG_CP_LEGACY_AGENT_PROOFS", "on"},
+    {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
 };
-
-/* Whether a HOST:PORT listen address is on the loopback interface. */
-static int loopback(const char *addr)
-{
-    return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "localhost:", 10) == 0 || strncmp(addr, "[::1]:", 6) == 0;
-}
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
 {
@@ -137,6 +140,16 @@ static int parse_int(const char *name, const char *v, long lo, long hi, long *ou
         return -1;
     }
     *out = x;
+    return 0;
+}
+
+static int parse_onoff(const char *name, const char *v, int *out)
+{
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+        fprintf(stderr, "tollgate-cp: %s %s: expected on or off\n", name, v);
+        return -1;
+    }
+    *out = strcmp(v, "on") == 0;
     return 0;
 }
 
@@ -241,6 +254,8 @@ int main(int argc, char **argv)
     sigset_t set;
 
     memset(&cp, 0, sizeof cp);
+    if (argc > 1 && strcmp(argv[1], "backup") == 0) return tg_cp_backup_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "restore") == 0) return tg_cp_restore_main(argc - 1, argv + 1);
     for (int i = 0; i < F_COUNT; i++) {
         const char *e = getenv(flags[i].f_env);
         if (e && *e) flags[i].f_val = e;
@@ -287,7 +302,9 @@ int main(int argc, char **argv)
     if (parse_int("--threads", flags[F_THREADS].f_val, 1, 256, &threads) ||
         parse_int("--heartbeat-ms", flags[F_HEARTBEAT].f_val, 100, 3600000, &heartbeat) ||
         parse_int("--store-history-s", flags[F_HISTORY].f_val, 1, 86400 * 365, &history) ||
-        parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl))
+        parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl) ||
+        parse_onoff("--legacy-agent-proofs", flags[F_LEGACY_PROOFS].f_val, &cp.cp_legacy_proofs) ||
+        parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap))
         return 2;
     /* one replica on LMDB: the settled log's only reader is this process's
      * tailer, so a short window keeps the store small; etcd replicas that
@@ -305,7 +322,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "tollgate-cp: --client-ca (mTLS) needs --tls-cert and --tls-key\n");
         return 2;
     }
-    if (!flags[F_CERT].f_val && !loopback(flags[F_LISTEN].f_val)) {
+    if (!flags[F_CERT].f_val && !tg_cp_loopback(flags[F_LISTEN].f_val)) {
         /* agents' Sync carries the channels' upstream credentials */
         if (getenv("TG_CP_REQUIRE_TLS") && strcmp(getenv("TG_CP_REQUIRE_TLS"), "1") == 0) {
             fprintf(stderr, "tollgate-cp: --listen %s is not a loopback address and serves plaintext: give "

@@ -8,13 +8,18 @@
  * On ECOMPACTED (or the first start) it reads the whole settled-log range at
  * one revision, then watches from there. On the leader it also deletes
  * settled-log entries older than cp_settled_retention_s (never past what
- * this replica applied) and the batch markers written with them: a replica
- * further behind than that copies a peer's ledger file before tailing
- * (documented in controlplane/README.md).
+ * this replica applied) and the batch markers written with them. A replica
+ * that was away longer than that (or a new one) finds the log starting
+ * after the last batch it applied: before applying anything it copies the
+ * missing rows from a peer over gRPC, verifying each against its own chain
+ * (catchup.c), then reads the log on.
  *
- * The revision file is written without fsync and at most every 100 ms
- * (and when the tailer stops): losing it only replays batches the ledger
- * already holds.
+ * The revision file holds "<revision> <settled seq>" applied; it is written
+ * without fsync, at most every 100 ms, when the log goes idle, and when the
+ * tailer stops: an older file replays batches the ledger already holds
+ * (idempotent), and it never trails a batch old enough for retention to
+ * delete (the kernel writes it back within seconds; retention waits for
+ * --settled-retention-s), so its seq is safe for fill_gap.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,22 +46,35 @@ static int64_t retain_every_us(void)
  * for everything the watch has ready, up to this many */
 #define TAIL_MAX_EVENTS 64
 
-static int64_t rev_load(const char *path)
+/* Reads "<rev> <seq>" (an older file has the revision only: *known 0; no
+ * file: nothing applied yet, known). */
+static int64_t rev_load(const char *path, uint64_t *seq, int *known)
 {
-    char buf[32] = {0};
+    char buf[64] = {0}, *end;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
+    *seq = 0;
+    *known = 1;
     if (fd < 0)
         return 0;
     ssize_t n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
-    return n > 0 ? strtoll(buf, NULL, 10) : 0;
+    if (n <= 0)
+        return 0;
+    int64_t rev = strtoll(buf, &end, 10);
+    while (*end == ' ')
+        end++;
+    if (*end >= '0' && *end <= '9')
+        *seq = strtoull(end, NULL, 10);
+    else
+        *known = 0;
+    return rev;
 }
 
-static void rev_save(const char *path, int64_t rev)
+static void rev_save(const char *path, int64_t rev, uint64_t seq)
 {
-    char tmp[sizeof(((tg_cp_agent_side_t *)0)->as_tail_path) + 8], buf[32];
+    char tmp[sizeof(((tg_cp_agent_side_t *)0)->as_tail_path) + 8], buf[64];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int n = snprintf(buf, sizeof(buf), "%" PRId64 "\n", rev);
+    int n = snprintf(buf, sizeof(buf), "%" PRId64 " %" PRIu64 "\n", rev, seq);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return;
@@ -66,24 +84,51 @@ static void rev_save(const char *path, int64_t rev)
         rename(tmp, path);
 }
 
-/* settled.rev is rewritten at most this often (and when the tailer stops):
+/* settled.rev is rewritten at most this often (when the log goes idle, and
+ * when the tailer stops):
  * a file write and rename per append cost ~2% of settlement's CPU, and a
  * stale file only replays batches the ledger holds (idempotent by id) */
 #define REV_SAVE_EVERY_US 100000
 
-static void set_applied(tg_cp_agent_side_t *as, int64_t rev)
+/* Records that the settled log is applied up to revision rev and (when
+ * not 0) batch seq. */
+static void set_applied(tg_cp_agent_side_t *as, int64_t rev, uint64_t seq)
 {
     pthread_mutex_lock(&as->as_mu);
     if (rev > as->as_tail_rev)
         as->as_tail_rev = rev;
+    if (seq > as->as_tail_seq)
+        as->as_tail_seq = seq;
+    if (seq > 0)
+        as->as_tail_seq_known = 1;
+    seq = as->as_tail_seq;
+    rev = as->as_tail_rev;
     cp_pending_prune(as, as->as_tail_rev);
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
     int64_t now = tg_cp_now_us();
+    as->as_tail_dirty = 1;
     if (now - as->as_tail_saved_us >= REV_SAVE_EVERY_US) {
-        rev_save(as->as_tail_path, rev);
+        rev_save(as->as_tail_path, rev, seq);
         as->as_tail_saved_us = now;
+        as->as_tail_dirty = 0;
     }
+}
+
+/* Writes what set_applied left unsaved, when the log is idle: the file
+ * then names every batch older than ~200 ms, so it never trails a batch
+ * retention could delete (fill_gap trusts its seq). */
+static void save_idle(tg_cp_agent_side_t *as)
+{
+    if (!as->as_tail_dirty)
+        return;
+    pthread_mutex_lock(&as->as_mu);
+    int64_t rev = as->as_tail_rev;
+    uint64_t seq = as->as_tail_seq;
+    pthread_mutex_unlock(&as->as_mu);
+    rev_save(as->as_tail_path, rev, seq);
+    as->as_tail_saved_us = tg_cp_now_us();
+    as->as_tail_dirty = 0;
 }
 
 /* Appends the settled batches kvs[0..n) in one ledger append. */
@@ -155,6 +200,80 @@ static int apply_events(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs,
     return rc;
 }
 
+/* The last TG_CP_K_SETTLED seq used, read at revision at: 0 when none. */
+static uint64_t last_seq_at(tg_store_t *st, int64_t at)
+{
+    tg_store_range_req_t rq = {.rq_key = TG_CP_K_SETTLED_SEQ, .rq_key_len = strlen(TG_CP_K_SETTLED_SEQ),
+                               .rq_limit = 1, .rq_revision = at};
+    tg_store_range_res_t res;
+    char buf[24] = {0}, err[TG_ERRLEN] = "";
+    uint64_t seq = 0;
+    if (tg_store_range(st, &rq, &res, err, sizeof(err)) < 0) {
+        /* 0: no gap is seen this time; the next full read looks again */
+        TG_LOG(TG_LOG_WARN, "cp.tail", "reading %s for the gap check failed: %s", TG_CP_K_SETTLED_SEQ, err);
+        return 0;
+    }
+    if (res.rs_n == 1 && res.rs_kvs[0].kv_val_len < sizeof(buf)) {
+        memcpy(buf, res.rs_kvs[0].kv_val, res.rs_kvs[0].kv_val_len);
+        seq = strtoull(buf, NULL, 10);
+    }
+    tg_store_range_res_free(&res);
+    return seq;
+}
+
+/* Before the first page of a full read is applied: when the log starts
+ * after the batch this replica applied last (retention deleted what it
+ * missed), copy the missing rows from a peer. first is the page's first
+ * batch (NULL: the log is empty; it then ends at the store's last seq).
+ * Only on etcd: on the embedded store this process is the only tailer and
+ * retention never deletes past what it applied. */
+static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t at, char *err, size_t errlen)
+{
+    tg_cp_t *cp = as->as_cp;
+    ProtobufCMessage *m = NULL;
+    const char *first_id = NULL;
+    int found = 0, rc = 0;
+    if (cp->cp_store_spec == NULL || strncmp(cp->cp_store_spec, "etcd:", 5) != 0)
+        return 0;
+    pthread_mutex_lock(&as->as_mu);
+    uint64_t applied = as->as_tail_seq;
+    int known = as->as_tail_seq_known;
+    pthread_mutex_unlock(&as->as_mu);
+    uint64_t start = first ? seq_of(first) : last_seq_at(cp->cp_store, at) + 1;
+    if (!known || start <= applied + 1)
+        return 0;
+    /* the first batch the log holds may be one this ledger has already */
+    if (first != NULL && tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, first->kv_val, first->kv_val_len,
+                                          &m, NULL, 0) == 0 &&
+        ((Tollgate__V1__LedgerPage *)m)->n_entries > 0) {
+        first_id = ((Tollgate__V1__LedgerPage *)m)->entries[0]->entry_id;
+        const char *ids[1] = {first_id};
+        tg_ledger_has(cp->cp_ledger, ids, 1, &found, NULL, 0);
+    }
+    if (!found) {
+        /* ledger queries here would miss rows until the copy is done */
+        atomic_store(&cp->cp_ledger_gap, 1);
+        TG_LOG(TG_LOG_WARN, "cp.tail",
+               "the settled log starts at batch %" PRIu64 " but this replica applied up to %" PRIu64
+               " (retention deleted the rest): copying the missing ledger rows from a peer",
+               start, applied);
+        rc = cp_catchup(as, start - 1, first_id, err, errlen);
+        if (rc == 0) {
+            atomic_store(&cp->cp_ledger_gap, 0);
+        } else if (cp->cp_accept_gap) {
+            /* the operator's choice: go on without those rows for good */
+            TG_LOG(TG_LOG_ERROR, "cp.tail",
+                   "%s; --accept-ledger-gap=on: applying newer batches without them (this ledger lacks them "
+                   "for good)",
+                   err);
+            atomic_store(&cp->cp_ledger_gap, 0);
+            rc = 0;
+        }
+    }
+    tg_rpc_pb_free(m);
+    return rc;
+}
+
 /* Reads every settled batch at one revision; *rev gets that revision. */
 static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t errlen)
 {
@@ -172,8 +291,11 @@ static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t err
         rc = tg_store_range(as->as_cp->cp_store, &rq, &res, err, errlen);
         if (rc < 0)
             break;
-        if (at == 0)
+        if (at == 0) {
             at = res.rs_revision;
+            if ((rc = fill_gap(as, res.rs_n ? &res.rs_kvs[0] : NULL, at, err, errlen)) < 0)
+                goto fail;
+        }
         for (size_t i = 0; i < res.rs_n; i += TAIL_MAX_EVENTS) {
             const tg_store_kv_t *kvs[TAIL_MAX_EVENTS];
             size_t k = 0;
@@ -181,6 +303,7 @@ static int full_read(tg_cp_agent_side_t *as, int64_t *rev, char *err, size_t err
                 kvs[k] = &res.rs_kvs[i + k];
             if ((rc = apply(as, kvs, k)) < 0)
                 goto fail;
+            set_applied(as, 0, seq_of(kvs[k - 1]));
         }
         n += res.rs_n;
         if (!res.rs_more || res.rs_n == 0)
@@ -346,10 +469,10 @@ static void *tail_main(void *arg)
                 if (full_read(as, &rev, err, sizeof(err)) < 0) {
                     TG_LOG(TG_LOG_WARN, "cp.tail", "reading the settled log: %s", err);
                     rev = 0;
-                    cp_sleep(as, 500);
+                    cp_sleep(as, 2000);
                     continue;
                 }
-                set_applied(as, rev);
+                set_applied(as, rev, 0);
             }
             if (tg_store_watch(as->as_cp->cp_store, TG_CP_K_SETTLED, strlen(TG_CP_K_SETTLED), NULL, 0,
                                1, rev + 1, &w, err, sizeof(err)) < 0) {
@@ -367,8 +490,10 @@ static void *tail_main(void *arg)
         const tg_store_kv_t *kvs[TAIL_MAX_EVENTS];
         size_t nev = 0, nkv = 0;
         int rc = tg_store_watch_next(w, 200, &evs[0], err, sizeof(err));
-        if (rc == TG_STORE_EAGAIN)
+        if (rc == TG_STORE_EAGAIN) {
+            save_idle(as);
             continue;
+        }
         if (rc < 0) {
             tg_store_watch_cancel(w);
             w = NULL;
@@ -389,6 +514,7 @@ static void *tail_main(void *arg)
             if (evs[i]->ev_type == TG_STORE_EV_PUT)
                 kvs[nkv++] = &evs[i]->ev_kv;
         int64_t last = evs[nev - 1]->ev_kv.kv_mod_rev;
+        uint64_t last_seq = nkv > 0 ? seq_of(kvs[nkv - 1]) : 0;
         rc = apply_events(as, kvs, nkv);
         for (size_t i = 0; i < nev; i++)
             tg_store_event_free(evs[i]);
@@ -400,11 +526,11 @@ static void *tail_main(void *arg)
             continue;
         }
         rev = last;
-        set_applied(as, rev);
+        set_applied(as, rev, last_seq);
     }
     tg_store_watch_cancel(w);
     if (rev > 0)
-        rev_save(as->as_tail_path, rev);
+        rev_save(as->as_tail_path, rev, as->as_tail_seq);
     return NULL;
 }
 
@@ -433,7 +559,7 @@ int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen)
     if (snprintf(as->as_tail_path, sizeof(as->as_tail_path), "%s/settled.rev", dir) >=
         (int)sizeof(as->as_tail_path))
         return tg_errf(err, errlen, TG_RPC_EINVAL, "data dir path too long");
-    as->as_tail_rev = rev_load(as->as_tail_path);
+    as->as_tail_rev = rev_load(as->as_tail_path, &as->as_tail_seq, &as->as_tail_seq_known);
     if (pthread_create(&as->as_tail_thr, NULL, tail_main, as) != 0)
         return tg_errf(err, errlen, TG_RPC_ENOMEM, "cannot start the settled-log tailer: %s",
                        strerror(errno));

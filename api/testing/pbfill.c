@@ -13,6 +13,7 @@
 #include "tollgate/v1/agent.pb-c.h"
 #include "tollgate/v1/common.pb-c.h"
 #include "tollgate/v1/config.pb-c.h"
+#include "tollgate/v1/replica.pb-c.h"
 #include "tollgate/v1/usage.pb-c.h"
 
 static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d, unsigned depth, unsigned seed);

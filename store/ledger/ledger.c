@@ -436,6 +436,10 @@ struct append_ctx {
     size_t npost[TGL_IX_N];
     struct slot *tab; /* grouping table, tabn slots */
     size_t tabn;
+    /* tg_ledger_append_copy: row i must become seq copy_first + i with
+     * chain hash copy_hashes[i]; NULL for a plain append */
+    const unsigned char (*copy_hashes)[32];
+    uint64_t copy_first;
 };
 
 /* One index entry to write: row seq has this value (in the index whose
@@ -587,6 +591,17 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             rc = mdb_get(txn, l->ids, &idk, &idv);
         else
             rc = mdb_put(txn, l->ids, &idk, &idv, MDB_NOOVERWRITE);
+        if (a->copy_hashes && r->lr_settled_us < horizon)
+            return tg_errf(err, errlen, TG_LEDGER_ETAMPER,
+                           "ledger %s: copied row %llu (record %s) was settled before this ledger's retention "
+                           "horizon (rows that old were deleted here): refused",
+                           l->path, (unsigned long long)(a->copy_first + i), r->lr_record_id);
+        if (a->copy_hashes && (rc == MDB_KEYEXIST ||
+                               (rc == 0 && seq + 1 != a->copy_first + i)))
+            return tg_errf(err, errlen, TG_LEDGER_ETAMPER,
+                           "ledger %s: copied row %llu (record %s) does not continue this ledger (head %llu%s)",
+                           l->path, (unsigned long long)(a->copy_first + i), r->lr_record_id,
+                           (unsigned long long)seq, rc == MDB_KEYEXIST ? ", record already stored" : "");
         if (rc == MDB_KEYEXIST || (rc == 0 && r->lr_settled_us < horizon)) {
             if (idv.mv_size != 8)
                 return MDB_CORRUPTED;
@@ -610,6 +625,11 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
             if (tgl_chain_hash(a->md, l->sha256, prev, seq, p + TGL_HASH, sz, p) != 0)
                 return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "ledger %s: SHA-256 failed",
                                l->path);
+            if (a->copy_hashes && memcmp(p, a->copy_hashes[i], TGL_HASH) != 0)
+                return tg_errf(err, errlen, TG_LEDGER_ETAMPER,
+                               "ledger %s: copied row %llu (record %s): its chain hash differs from the one "
+                               "computed here (the copy was altered, or the chains diverged)",
+                               l->path, (unsigned long long)seq, r->lr_record_id);
             memcpy(prev, p, TGL_HASH);
             for (int ix = 0; ix < TGL_IX_N; ix++) {
                 const char *fv = tgl_row_field(r, ix);
@@ -645,10 +665,11 @@ static int append_body(tg_ledger_t *l, MDB_txn *txn, void *ctx, char *err, size_
     return 0;
 }
 
-int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
-                     size_t *appended, char *err, size_t errlen)
+static int append_rows(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
+                       size_t *appended, const unsigned char (*hashes)[32], uint64_t first, char *err,
+                       size_t errlen)
 {
-    struct append_ctx a = {.rows = rows, .n = n, .res = res};
+    struct append_ctx a = {.rows = rows, .n = n, .res = res, .copy_hashes = hashes, .copy_first = first};
     int ret;
     if (appended)
         *appended = 0;
@@ -678,6 +699,20 @@ out:
     tg_free(a.tab);
     tg_free(a.scratch);
     return ret;
+}
+
+int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
+                     size_t *appended, char *err, size_t errlen)
+{
+    return append_rows(l, rows, n, res, appended, NULL, 0, err, errlen);
+}
+
+int tg_ledger_append_copy(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, uint64_t first_seq,
+                          const unsigned char (*hashes)[32], char *err, size_t errlen)
+{
+    if (!hashes)
+        return tg_errf(err, errlen, TG_LEDGER_EINVAL, "ledger: a copy needs its rows' hashes");
+    return append_rows(l, rows, n, NULL, NULL, hashes, first_seq, err, errlen);
 }
 
 /* ---- retention ---------------------------------------------------------- */

@@ -182,6 +182,17 @@ typedef struct tg_ledger_result {
 int tg_ledger_append(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, tg_ledger_result_t *res,
                      size_t *appended, char *err, size_t errlen);
 
+/* Appends rows copied from another ledger whose chain this one continues
+ * (a replica catching up from a peer): row i must become seq first_seq + i
+ * (so first_seq is this ledger's head + 1), must be new (its id not
+ * stored), and the chain hash computed here must equal hashes[i], the
+ * peer's. One write transaction; all or nothing.
+ * Errors: ETAMPER (a row out of place, already stored, or whose hash
+ * differs: the copy was altered or the chains diverged; the message names
+ * the row), and those of tg_ledger_append. */
+int tg_ledger_append_copy(tg_ledger_t *l, const tg_ledger_row_t *rows, size_t n, uint64_t first_seq,
+                          const unsigned char (*hashes)[32], char *err, size_t errlen);
+
 /* ---- query -------------------------------------------------------------- */
 
 /* Which rows a query, sum or export visits. NULL or "" string fields match
@@ -211,6 +222,10 @@ typedef int (*tg_ledger_row_cb)(const tg_ledger_row_t *row, void *arg);
 
 /* Size of a cursor string, NUL included. */
 #define TG_LEDGER_CURSOR_LEN 24
+
+/* A cursor that starts a walk just after row seq (0: from the start), in
+ * out (TG_LEDGER_CURSOR_LEN bytes). Can't fail. */
+void tg_ledger_cursor_at(uint64_t seq, char out[TG_LEDGER_CURSOR_LEN]);
 
 /* One page: calls cb for up to limit (>= 1) matching rows after the
  * position in cursor_in (NULL or "" = from the start), inside one read

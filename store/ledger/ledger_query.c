@@ -44,6 +44,11 @@ static int cursor_parse(const char *s, uint64_t *seq)
     return 0;
 }
 
+void tg_ledger_cursor_at(uint64_t seq, char out[TG_LEDGER_CURSOR_LEN])
+{
+    cursor_format(out, seq);
+}
+
 /* ---- the walk ----------------------------------------------------------- */
 
 static uint32_t get_u32(const void *p)

@@ -314,6 +314,76 @@ static void test_append_reopen_head(void **state)
     assert_int_equal(tg_ledger_has(f->l, ids, 0, NULL, f->err, sizeof(f->err)), 0);
 }
 
+/* A peer's rows continue this ledger's chain only as they were: the copy
+ * of rows 11..30 after a shared prefix of 10 gives the same head, and an
+ * altered row, a wrong hash or a row out of place is refused whole. */
+struct hashes {
+    unsigned char (*h)[32];
+    size_t n;
+};
+
+static int hash_cb(const tg_ledger_row_t *r, void *arg)
+{
+    struct hashes *hs = arg;
+    memcpy(hs->h[hs->n++], r->lr_hash, 32);
+    return 0;
+}
+
+static void test_append_copy(void **state)
+{
+    struct fx *f = *state;
+    struct ref refs[30];
+    unsigned char hv[30][32], h1[32], h2[32];
+    struct hashes hs = {hv, 0};
+    tg_ledger_t *peer = NULL;
+    char other[700], cur[TG_LEDGER_CURSOR_LEN], next[TG_LEDGER_CURSOR_LEN];
+    uint64_t s1 = 0, s2 = 0;
+    const tg_ledger_opts_t defaults = {0};
+    tg_ledger_row_t rows[20];
+    fx_open(f, &defaults);
+    for (int i = 0; i < 30; i++)
+        make_row(&refs[i], i, BASE_US + i);
+    append_all(f, refs, 30);
+    /* the peer's hashes of rows 11..30, read from a cursor after row 10 */
+    tg_ledger_filter_t all;
+    tg_ledger_filter_init(&all);
+    tg_ledger_cursor_at(10, cur);
+    assert_int_equal(tg_ledger_query(f->l, &all, cur, 100, hash_cb, &hs, next, NULL, f->err, sizeof(f->err)), 0);
+    assert_int_equal(hs.n, 20);
+
+    snprintf(other, sizeof(other), "%s/other.mdb", f->dir);
+    assert_int_equal(tg_ledger_open(other, NULL, &peer, f->err, sizeof(f->err)), 0);
+    for (int i = 0; i < 10; i++)
+        rows[i] = refs[i].row;
+    assert_int_equal(tg_ledger_append(peer, rows, 10, NULL, NULL, f->err, sizeof(f->err)), 0);
+    for (int i = 0; i < 20; i++)
+        rows[i] = refs[10 + i].row;
+    /* an altered row: nothing of the copy is stored */
+    rows[7].lr_cost_nano += 1;
+    f->err[0] = '\0';
+    assert_int_equal(tg_ledger_append_copy(peer, rows, 20, 11, hv, f->err, sizeof(f->err)), TG_LEDGER_ETAMPER);
+    assert_non_null(strstr(f->err, "row 18"));
+    rows[7].lr_cost_nano -= 1;
+    /* out of place: starting at 12 */
+    f->err[0] = '\0';
+    assert_int_equal(tg_ledger_append_copy(peer, rows + 1, 19, 12, hv + 1, f->err, sizeof(f->err)),
+                     TG_LEDGER_ETAMPER);
+    assert_int_equal(tg_ledger_head(peer, &s2, h2, f->err, sizeof(f->err)), 0);
+    assert_int_equal(s2, 10);
+    /* as it was: the same head */
+    assert_int_equal(tg_ledger_append_copy(peer, rows, 20, 11, hv, f->err, sizeof(f->err)), 0);
+    assert_int_equal(tg_ledger_head(f->l, &s1, h1, f->err, sizeof(f->err)), 0);
+    assert_int_equal(tg_ledger_head(peer, &s2, h2, f->err, sizeof(f->err)), 0);
+    assert_int_equal(s1, 30);
+    assert_int_equal(s2, 30);
+    assert_memory_equal(h1, h2, 32);
+    assert_int_equal(tg_ledger_verify(peer, 0, 0, NULL, f->err, sizeof(f->err)), 0);
+    /* again: already stored */
+    f->err[0] = '\0';
+    assert_int_equal(tg_ledger_append_copy(peer, rows, 20, 31, hv, f->err, sizeof(f->err)), TG_LEDGER_ETAMPER);
+    tg_ledger_close(peer);
+}
+
 static void test_idempotent(void **state)
 {
     struct fx *f = *state;
@@ -1204,6 +1274,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_append_reopen_head, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_idempotent, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_append_copy, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_invalid_rows, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_filters_against_reference, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pagination_concurrent_appends, fx_setup, fx_teardown),

@@ -41,15 +41,15 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const a = new FakeAgent(cp);
     await a.enroll();
     // a bad proof is refused
-    const bad = a.proof();
+    const bad = await a.proof();
     bad.signature = Buffer.from(bad.signature).fill(7, 0, 4);
-    const refused = a.sync(0, bad);
+    const refused = await a.sync(0, bad);
     const err = await refused.ended;
     assert.equal(err?.code, grpc.status.UNAUTHENTICATED);
-    const stale = a.sync(0, a.proof(BigInt(Date.now() - 10 * 60 * 1000) * 1000n));
+    const stale = await a.sync(0, await a.proof(BigInt(Date.now() - 10 * 60 * 1000) * 1000n));
     assert.equal((await stale.ended)?.code, grpc.status.UNAUTHENTICATED);
 
-    const s = a.sync();
+    const s = await a.sync();
     await until(() => s.messages.length >= 1, { timeoutMs: 5000, what: 'the snapshot' });
     const snap = s.messages[0].m.snapshot;
     assert.ok(snap, `first message is a snapshot: ${JSON.stringify(s.messages[0].m).slice(0, 200)}`);
@@ -84,7 +84,7 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     const tomorrow = String((Date.now() + 86400000) * 1000);
     await ctx.cp.adminCall('PublishPriceCard', { card: { id: ctx.ids.card, currency: 'USD', effective_at_us: tomorrow,
       entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1', output_per_mtok_nano: '1' }] } });
-    const s2 = a.sync();
+    const s2 = await a.sync();
     await until(() => s2.messages.length >= 1, { timeoutMs: 5000, what: 'the second snapshot' });
     const c2 = s2.messages[0].m.snapshot.price_cards.filter((x) => x.id === ctx.ids.card).map((x) => x.version);
     assert.deepEqual(c2.sort(), [pub.version, String(Number(pub.version) + 1)].sort());
@@ -93,7 +93,7 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     await until(() => s.messages.slice(n1).some((x) => x.m.heartbeat), { timeoutMs: 4000, what: 'a heartbeat' });
     // an agent that has the current revision gets no snapshot, only a heartbeat
     const rev = s2.messages[0].m.snapshot.revision;
-    const s3 = a.sync(rev);
+    const s3 = await a.sync(rev);
     await until(() => s3.messages.length >= 1, { timeoutMs: 3000, what: 'the first message for a current agent' });
     assert.ok(s3.messages[0].m.heartbeat, 'a current agent gets a heartbeat, not a snapshot');
     for (const x of [s, s2, s3]) x.stream.cancel();
@@ -103,6 +103,44 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
       const me = list.agents.find((x) => x.agent_id === a.id);
       return me && Number(me.snapshot_revision) > 0 && Number(me.last_seen_at_us) > 0;
     }, { timeoutMs: 5000, what: 'AgentInfo to record the sync' });
+  });
+
+  test(`${backend}: a captured proof cannot be replayed, on Sync or Lease, even within its time window`, async () => {
+    const cp = ctx.cp;
+    const a = new FakeAgent(cp);
+    await a.enroll();
+    // (a proof without a nonce, the old scheme: agent_cp_oldproof.test.mjs)
+    // a valid proof opens Sync once; the same proof again is refused
+    const captured = await a.proof();
+    const first = await a.sync(0, captured);
+    await until(() => first.messages.length >= 1, { timeoutMs: 5000, what: 'the snapshot' });
+    first.stream.cancel();
+    const replay = await a.sync(0, captured);
+    const re = await replay.ended;
+    assert.equal(re?.code, grpc.status.UNAUTHENTICATED, 'a replayed Sync proof is refused');
+    assert.match(re.details, /nonce already used/);
+    assert.equal(replay.messages.length, 0, 'nothing of the configuration is sent');
+
+    // Lease: the request with its proof, sent twice; the answer carries the
+    // next nonce, which works once too
+    const q = { account_id: ctx.ids.account, bucket: 'wallet', requested_nano: '1000', reset: true,
+      proof: await a.proof() };
+    const r1 = await call(cp.agentSvc, 'Lease', q);
+    assert.ok(Buffer.from(r1.next_nonce).length > 0, 'the answer carries a nonce for the next proof');
+    await assert.rejects(call(cp.agentSvc, 'Lease', q),
+      (e) => e.code === grpc.status.UNAUTHENTICATED && /nonce already used/.test(e.details));
+    const q2 = { ...q, reset: false, requested_nano: '0', proof: await a.proof(undefined, { nonce: r1.next_nonce }) };
+    await call(cp.agentSvc, 'Lease', q2);
+    await assert.rejects(call(cp.agentSvc, 'Lease', q2),
+      (e) => e.code === grpc.status.UNAUTHENTICATED && /nonce already used/.test(e.details));
+    // another agent's nonce is no good either
+    const b = new FakeAgent(cp, 'edge-other');
+    await b.enroll();
+    const stolen = await b.proof(undefined, { nonce: await a.challenge() });
+    await assert.rejects(call(cp.agentSvc, 'Lease', { ...q, proof: stolen }),
+      (e) => e.code === grpc.status.UNAUTHENTICATED && /nonce/.test(e.details));
+    // give the hold back
+    await call(cp.agentSvc, 'Lease', { ...q, reset: false, requested_nano: '0', keep_nano: '0', proof: await a.proof() });
   });
 
   test(`${backend}: a signed batch moves the balance by exactly the recomputed cost, once`, async () => {

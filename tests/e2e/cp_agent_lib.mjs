@@ -176,7 +176,22 @@ export class FakeAgent {
     return r;
   }
 
-  proof(ts = BigInt(Date.now()) * 1000n) {
+  // A nonce from the replica (Challenge), good for one proof there.
+  async challenge(cp = this.cp) {
+    return (await call(cp.agentSvc, 'Challenge', { agent_id: this.id })).nonce;
+  }
+
+  // An AgentProof over a fresh nonce of cp (or the given nonce).
+  async proof(ts = BigInt(Date.now()) * 1000n, { cp = this.cp, nonce } = {}) {
+    nonce = nonce ?? await this.challenge(cp);
+    const be = Buffer.alloc(8);
+    be.writeBigInt64BE(ts);
+    const msg = Buffer.concat([Buffer.from('tollgate-agent-v2'), Buffer.from(this.id), be, Buffer.from(nonce)]);
+    return { agent_id: this.id, timestamp_us: String(ts), nonce, signature: crypto.sign(null, msg, this.priv) };
+  }
+
+  // The proof of an agent older than nonces: "tollgate-agent-v1" || id || ts.
+  legacyProof(ts = BigInt(Date.now()) * 1000n) {
     const be = Buffer.alloc(8);
     be.writeBigInt64BE(ts);
     const msg = Buffer.concat([Buffer.from('tollgate-agent-v1'), Buffer.from(this.id), be]);
@@ -184,7 +199,8 @@ export class FakeAgent {
   }
 
   // Opens Sync; messages are pushed to this.messages; returns the stream.
-  sync(haveRevision = 0, proof = this.proof()) {
+  async sync(haveRevision = 0, proof) {
+    proof = proof ?? await this.proof();
     const messages = [];
     const s = this.cp.agentSvc.Sync({ proof, have_revision: String(haveRevision) });
     s.on('data', (m) => messages.push({ at: Date.now(), m }));

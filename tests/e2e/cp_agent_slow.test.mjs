@@ -18,8 +18,8 @@ test('a stalled Sync stream is resnapshotted, not buffered without bound', async
   const fast = new FakeAgent(cp, 'fast');
   await slow.enroll();
   await fast.enroll();
-  const s = slow.sync();
-  const f = fast.sync();
+  const s = await slow.sync();
+  const f = await fast.sync();
   await until(() => s.messages.length >= 1 && f.messages.length >= 1, { timeoutMs: 5000, what: 'both snapshots' });
   s.stream.pause();
 

@@ -8,7 +8,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { until } from './lib/proc.mjs';
-import { FakeAgent, balance, costOf, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
+import { FakeAgent, balance, call, costOf, grpc, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
 
 const procs = [];
 after(async () => {
@@ -51,10 +51,18 @@ test('two replicas: one settles, the other serves Sync and takes over when the l
   // the follower serves Sync from the same store
   const agent = new FakeAgent(cpB);
   await agent.enroll();
-  const s = agent.sync();
+  const s = await agent.sync();
   await until(() => s.messages.length >= 1, { timeoutMs: 5000, what: 'a snapshot from the follower' });
   assert.ok(s.messages[0].m.snapshot.accounts.some((x) => x.id === ids.account));
   s.stream.cancel();
+  // a proof over cp-b's nonce, captured and replayed at cp-a (which never
+  // issued that nonce) or at cp-b again, is refused on both replicas
+  const captured = await agent.proof(undefined, { cp: cpB });
+  const q = { account_id: ids.account, bucket: 'wallet', requested_nano: '0', reset: true, proof: captured };
+  const refused = (e) => e.code === grpc.status.UNAUTHENTICATED && /nonce/.test(e.details);
+  await assert.rejects(call(cpA.agentSvc, 'Lease', q), refused, 'cp-a never issued the nonce');
+  await call(cpB.agentSvc, 'Lease', q);
+  await assert.rejects(call(cpB.agentSvc, 'Lease', q), refused, 'used once at cp-b');
 
   // settle through the follower, which forwards to the leader; a resend to
   // the leader is answered from the marker: once, whatever the path
