@@ -26,6 +26,7 @@
 
 #include "base/tg_base.h"
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 
 #define REFILL_HORIZON_S 10
 #define LOW_WATER_S 3
@@ -38,6 +39,7 @@
 #define REFILL_PAUSE_US (1000LL * 1000) /* after a refill that got less than asked */
 #define NCHAIN 1024                     /* hash chains; entries of idle scopes are pruned */
 #define PRUNE_IDLE_US (300LL * 1000000) /* an entry holding nothing, unused this long, goes */
+#define RATE_PRUNE_US (60LL * 1000000)  /* a rate window's entry goes this long after its minute */
 
 typedef struct lent {
     struct lent *le_next;
@@ -65,6 +67,7 @@ typedef struct lent {
     int64_t le_offline_used;  /* reserved under the offline allowance since the control plane went away */
     int64_t le_left, le_floor;/* the last answer's balance_nano and floor_nano (the key holder's view) */
     int64_t le_left_at;       /* when it came; 0: never */
+    int64_t le_end;           /* a rate window (billing/tg_billing.h): its end; 0 for budgets */
 } lent_t;
 
 struct tg_lease_tab {
@@ -119,6 +122,13 @@ static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int
         tg_free(e);
         return NULL;
     }
+    /* a rate window's scope is used for its minute only: never renewed
+     * after it, and dropped a minute later (nothing settles it) */
+    char kid[160];
+    int what;
+    int64_t start;
+    if (tg_billing_rate_parse(bucket, kid, sizeof kid, &what, &start) == 0)
+        e->le_end = start + TG_BILLING_RATE_WINDOW_US;
     e->le_next = t->lt_chain[c];
     t->lt_chain[c] = e;
     t->lt_n++;
@@ -164,9 +174,12 @@ static int due(const lent_t *e, int64_t now)
 {
     if (e->le_inflight)
         return 0;
-    /* a request waits: retried soon after a failure, whatever the backoff */
+    /* a request waits: retried soon after a failure, whatever the backoff
+     * (a request that started in a rate window just ended too) */
     if (e->le_want > e->le_sent)
         return now >= e->le_retry_at || now >= e->le_failed_at + WAITER_RETRY_US;
+    if (e->le_end != 0 && now >= e->le_end)
+        return 0; /* a rate window that ended: neither renewed nor refilled */
     if (now < e->le_retry_at)
         return 0;
     int active = e->le_res > 0 || e->le_owed > 0 || e->le_base - e->le_spent > 0;
@@ -335,8 +348,10 @@ static void prune(tg_lease_tab_t *t, int64_t now)
     for (size_t c = 0; c < NCHAIN; c++)
         for (lent_t **pp = &t->lt_chain[c]; *pp != NULL;) {
             lent_t *e = *pp;
-            if (!e->le_inflight && e->le_res == 0 && e->le_owed == 0 && e->le_want <= e->le_sent &&
-                free_of(e, now) == 0 && e->le_last_use < now - PRUNE_IDLE_US) {
+            int gone = e->le_end != 0 ? now >= e->le_end + RATE_PRUNE_US
+                                      : e->le_res == 0 && e->le_owed == 0 && e->le_want <= e->le_sent &&
+                                            free_of(e, now) == 0 && e->le_last_use < now - PRUNE_IDLE_US;
+            if (!e->le_inflight && gone) {
                 *pp = e->le_next;
                 free_entry(e);
                 t->lt_n--;
@@ -547,6 +562,7 @@ int tg_lease_info(tg_lease_tab_t *t, const char *account_id, const char *bucket,
         info->li_left_nano = e->le_left;
         info->li_floor_nano = e->le_floor;
         info->li_left_at_us = e->le_left_at;
+        info->li_avail_nano = e->le_avail_after;
     }
     pthread_mutex_unlock(&t->lt_mu);
     return e != NULL ? 0 : -1;

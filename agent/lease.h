@@ -22,6 +22,12 @@
  * Without a control plane (a snapshot file), the table is its own
  * authority: the snapshot's balance is the budget for the process's life.
  *
+ * A key's rate limits use the same table (billing/tg_billing.h "rate
+ * windows"): a scope per key and minute whose units are requests or
+ * tokens. Nothing acknowledges them, so what the agent admitted stays
+ * owed (counted in its hold) until the minute ends; the entry is then
+ * neither renewed nor refilled, and dropped a minute later.
+ *
  * Threads: every function may be called from any thread (one mutex; the
  * lease RPCs run on the table's own thread, never under the mutex).
  * Times are CLOCK_REALTIME microseconds, as the control plane's.
@@ -109,6 +115,7 @@ typedef struct tg_lease_info {
     int64_t li_left_nano;
     int64_t li_floor_nano; /* how low li_left_nano may go (LeaseResponse.floor_nano) */
     int64_t li_left_at_us; /* when that answer came; 0: never answered */
+    int64_t li_avail_nano; /* what the last answer said nobody holds (LeaseResponse.available_nano) */
 } tg_lease_info_t;
 
 /* Fills *info for (account, bucket). Returns 0, or -1 when the table has

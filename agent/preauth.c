@@ -83,9 +83,7 @@ static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **buck
     return 0;
 }
 
-/* Counts the prompt exactly (once) when the byte bound did not fit.
- * Returns 1 when the bound got smaller. */
-static int exact_input(req_t *rq)
+int tg_req_exact_input(req_t *rq)
 {
     tg_meter_t *m = rq->rq_w->w_agent->a_meter;
     if (rq->rq_exact || !m || rq->rq_ep->ep_kind != EP_CHAT)
@@ -217,6 +215,12 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
                      "The gateway cannot price this request, so it does not serve it: %s.", err);
         return -1;
     }
+    /* the key's rate limits first, once per request (ratelimit.c): a
+     * request over them is refused before any budget is reserved */
+    if ((rc = tg_req_rate_reserve(rq, now)) == 1)
+        goto park;
+    if (rc < 0)
+        return -1;
     /* a fallback to a bucket of another currency counts against that
      * currency's limits: the scopes are chosen again */
     const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket);
@@ -230,7 +234,8 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         /* first, or a fallback to a dearer tier or another bucket: reserved anew */
         tg_req_release_all(rq, 0);
         rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
-        if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
+        if (rc != TG_LEASE_OK && tg_req_exact_input(rq) &&
+            estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
             rq->rq_ticket = 0;
             rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
         }
@@ -274,7 +279,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         if (rc == TG_LEASE_WAIT)
             goto park;
         tg_req_release_all(rq, 0);
-        if (exact_input(rq))
+        if (tg_req_exact_input(rq))
             return tg_req_ensure_reserved(rq, ch); /* once: the exact count may fit where the byte bound did not */
         refuse_scope(rq, s, rc == TG_LEASE_OFFLINE);
         return -1;

@@ -343,8 +343,11 @@ void tg_req_emit_record(req_t *rq)
     r.lease_scopes = scopes;
     r.n_lease_scopes = (size_t)rq->rq_sres;
     int64_t cost = served && rq->rq_card ? rq->rq_cost : 0;
-    /* the actual cost replaces the reservations, on every path */
+    /* the actual cost replaces the reservations, on every path; the
+     * rate limits count the request if it went upstream, and its tokens */
     tg_req_release_all(rq, cost);
+    tg_req_rate_release(rq, rq->rq_natt > 0,
+                        served ? u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens : 0);
     r.usage = &u;
     r.client_status = rq->rq_status;
     r.finish_reason = rq->rq_finish;

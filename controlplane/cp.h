@@ -144,6 +144,7 @@ typedef struct cp_scope {
     int64_t cs_start, cs_end; /* the window; 0 and INT64_MAX for total and runs */
     int64_t cs_limit;
     int cs_action;
+    int cs_rate;              /* a rate window (requests or tokens): nothing settles it */
 } cp_scope_t;
 
 struct Tollgate__V1__SpendLimit;
