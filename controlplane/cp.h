@@ -189,7 +189,8 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s);
 int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char *why);
 
 /* Leader retention: deletes the state of key and project limit windows
- * that ended more than a day ago (up to 1000 per call). Returns how many,
+ * that ended more than a day ago, and of rate windows (a minute each) five
+ * minutes after they ended (reading up to 20,000 states per call). Returns how many,
  * or -1 with err set. A record settling later than that for an old window
  * counts against a fresh state (docs/SPEND.md). */
 int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen);

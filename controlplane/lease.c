@@ -284,54 +284,64 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
 
 #define LIMIT_GRACE_US (86400LL * 1000000) /* a window's state is kept a day after it ends */
 #define RATE_GRACE_US (300LL * 1000000)    /* a rate window's, five minutes */
+#define GC_PAGES 20                        /* pages of 1000 limit states read per retention pass */
+
+/* Whether the state of limit scope `id` is past keeping at now. */
+static int gc_due(const char *id, int64_t now)
+{
+    char kind[16], obj[160], win[16];
+    long long start = 0;
+    int n = 0, w = 0, what;
+    int64_t rstart;
+    /* a rate window: of no use once its minute is over */
+    if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0)
+        return rstart + TG_BILLING_RATE_WINDOW_US < now - RATE_GRACE_US;
+    if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
+        return 0; /* runs: kept while their budget is configured */
+    for (int k = 1; k <= 4; k++)
+        if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
+            w = k;
+    /* the window ended a month after its start at the latest, whatever
+     * the account's zone */
+    return w != 0 && w != TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL &&
+           (int64_t)start + 32 * 86400LL * 1000000 < now - LIMIT_GRACE_US;
+}
 
 int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
 {
-    uint8_t end[64];
+    uint8_t end[64], from[TG_STORE_MAX_KEY + 1];
     size_t endlen = tg_store_prefix_end(TG_CP_K_LIMIT, strlen(TG_CP_K_LIMIT), end);
-    int64_t cut = tg_cp_now_us() - LIMIT_GRACE_US;
+    size_t fromlen = strlen(TG_CP_K_LIMIT);
+    int64_t now = tg_cp_now_us();
     int deleted = 0;
-    tg_store_range_res_t res;
-    tg_store_range_req_t rq = {.rq_key = TG_CP_K_LIMIT, .rq_key_len = strlen(TG_CP_K_LIMIT), .rq_end = end,
-                               .rq_end_len = endlen, .rq_limit = 1000, .rq_keys_only = 1};
-    if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
-        return -1;
-    for (size_t i = 0; i < res.rs_n; i++) {
-        char id[TG_STORE_MAX_KEY], kind[16], obj[160], win[16];
-        long long start = 0;
-        int n = 0, w = 0;
-        size_t kl = res.rs_kvs[i].kv_key_len - strlen(TG_CP_K_LIMIT);
-        if (kl >= sizeof(id))
-            continue;
-        memcpy(id, (const char *)res.rs_kvs[i].kv_key + strlen(TG_CP_K_LIMIT), kl);
-        id[kl] = '\0';
-        int what;
-        int64_t rstart;
-        if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0) {
-            /* a rate window: of no use once its minute is over */
-            if (rstart + TG_BILLING_RATE_WINDOW_US < tg_cp_now_us() - RATE_GRACE_US) {
-                tg_store_op_t rop = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
-                                     .op_key_len = res.rs_kvs[i].kv_key_len};
-                if (tg_store_txn(cp->cp_store, NULL, 0, &rop, 1, NULL, 0, NULL, err, errlen) == 0)
-                    deleted++;
-            }
-            continue;
+    memcpy(from, TG_CP_K_LIMIT, fromlen);
+    /* pages of 1000 keys (a busy key makes two rate windows a minute), at
+     * most GC_PAGES per call */
+    for (int page = 0; page < GC_PAGES; page++) {
+        tg_store_range_res_t res;
+        tg_store_range_req_t rq = {.rq_key = from, .rq_key_len = fromlen, .rq_end = end, .rq_end_len = endlen,
+                                   .rq_limit = 1000, .rq_keys_only = 1};
+        if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
+            return deleted > 0 ? deleted : -1;
+        for (size_t i = 0; i < res.rs_n; i++) {
+            char id[TG_STORE_MAX_KEY];
+            size_t kl = res.rs_kvs[i].kv_key_len - strlen(TG_CP_K_LIMIT);
+            if (kl >= sizeof(id))
+                continue;
+            memcpy(id, (const char *)res.rs_kvs[i].kv_key + strlen(TG_CP_K_LIMIT), kl);
+            id[kl] = '\0';
+            if (!gc_due(id, now))
+                continue;
+            tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
+                                .op_key_len = res.rs_kvs[i].kv_key_len};
+            if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
+                deleted++;
         }
-        if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
-            continue; /* runs: kept while their budget is configured */
-        for (int k = 1; k <= 4; k++)
-            if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
-                w = k;
-        /* the window ended a month after its start at the latest, whatever
-         * the account's zone */
-        if (w == 0 || w == TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL || (int64_t)start + 32 * 86400LL * 1000000 >= cut)
-            continue;
-        tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
-                            .op_key_len = res.rs_kvs[i].kv_key_len};
-        if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
-            deleted++;
+        int more = res.rs_more && tg_store_range_next(&res, from, &fromlen) == 0;
+        tg_store_range_res_free(&res);
+        if (!more)
+            break;
     }
-    tg_store_range_res_free(&res);
     return deleted;
 }
 

@@ -189,6 +189,16 @@ describe('rate limits across three agents', () => {
     const { response } = await oai[1].chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
     assert.equal(response.headers.get('x-ratelimit-limit-requests'), String(RPM));
     assert.ok(Number(response.headers.get('x-ratelimit-remaining-requests')) >= RPM - 2);
+    // and an Anthropic client served in the new window: Anthropic's headers, the reset a minute later
+    const { response: ar } = await ant.messages.create({ model: 'gpt-4o', max_tokens: 16, messages }).withResponse();
+    const next = new Date((windowOf(Date.now() * 1000) + 1) * MIN_US / 1000).toISOString().replace('.000Z', 'Z');
+    assert.equal(ar.headers.get('anthropic-ratelimit-requests-limit'), String(RPM));
+    const aleft = Number(ar.headers.get('anthropic-ratelimit-requests-remaining'));
+    assert.ok(aleft >= 0 && aleft <= RPM - 2, `remaining ${aleft}`);
+    assert.equal(ar.headers.get('anthropic-ratelimit-requests-reset'), next);
+    assert.equal(ar.headers.get('anthropic-ratelimit-tokens-reset'), next);
+    assert.ok(Number(ar.headers.get('anthropic-ratelimit-tokens-remaining')) < 1000000);
+    assert.equal(ar.headers.get('x-ratelimit-limit-requests'), null);
   });
 
   test('tokens: a request too large for the minute is refused; usage replaces the estimate', async () => {
