@@ -130,6 +130,10 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.ok(listed.rules.some((r) => r.id === created.rule.id));
 
       const alerts = async () => (await cp.adminCall('ListAlerts', { rule_id: created.rule.id })).alerts;
+      // the engine learns that rules exist at its next pass (at most 1 s):
+      // a record settled before that is only seen by the 10 s sweep
+      // (docs/SPEND.md, "Alerts"); under load that raced the first report
+      await new Promise((r) => setTimeout(r, 1200));
       await report(k.key.id, 6); // 60 %
       await until(async () => (await alerts()).length === 1, { timeoutMs: 5000, what: 'the 50 % alert' });
       await report(k.key.id, 2); // 80 %
@@ -282,6 +286,7 @@ for (const backend of ['lmdb', 'etcd']) {
         // the key is known to the agent and not paused
         await until(async () => (await ask()).status !== 401, { timeoutMs: 5000, what: 'the agent to know the key' });
         assert.equal(await isPaused(), null);
+        await new Promise((r) => setTimeout(r, 1200)); // the engine learns that rules exist
         await report(k.key.id, 1); // 1,500 tokens in the window: under 2,000/min
         await new Promise((r) => setTimeout(r, 500));
         assert.equal(await isPaused(), null);
