@@ -109,6 +109,10 @@ typedef struct tg_cp {
     atomic_int cp_is_leader;        /* 1 while this replica holds the leader lease */
     atomic_int cp_stopping;
     struct tg_cp_agent_side *cp_agent; /* owned by the agent side */
+    /* where the next limit-retention pass starts (cp_lease_gc, tail thread
+     * only): the key after the last one read; length 0 = the prefix start */
+    uint8_t cp_gc_from[TG_STORE_MAX_KEY + 1];
+    size_t cp_gc_from_len;
     /* metrics (Prometheus counters, see http.c) */
     atomic_llong cp_m_batches;      /* batches settled */
     atomic_llong cp_m_records;      /* records settled */
@@ -190,10 +194,15 @@ int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char
 
 /* Leader retention: deletes the state of key and project limit windows
  * that ended more than a day ago, and of rate windows (a minute each) five
- * minutes after they ended (reading up to 20,000 states per call). Returns how many,
- * or -1 with err set. A record settling later than that for an old window
- * counts against a fresh state (docs/SPEND.md). */
-int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen);
+ * minutes after they ended. A call reads at most max_states states (the
+ * tail passes CP_LEASE_GC_STATES), starting where the previous call stopped
+ * (cp->cp_gc_from) and wrapping to the prefix start after its end, so
+ * every state is looked at within (states / max_states) passes. Call from
+ * one thread only. Returns how many were deleted, or -1 with err set. A
+ * record settling later than that for an old window counts against a fresh
+ * state (docs/SPEND.md). */
+#define CP_LEASE_GC_STATES 20000
+int cp_lease_gc(tg_cp_t *cp, size_t max_states, char *err, size_t errlen);
 
 /* The sum of b's holds (spend leases) that are live at now_us. */
 int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);

@@ -284,7 +284,7 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
 
 #define LIMIT_GRACE_US (86400LL * 1000000) /* a window's state is kept a day after it ends */
 #define RATE_GRACE_US (300LL * 1000000)    /* a rate window's, five minutes */
-#define GC_PAGES 20                        /* pages of 1000 limit states read per retention pass */
+#define GC_PAGE 1000                       /* limit states read per store range */
 
 /* Whether the state of limit scope `id` is past keeping at now. */
 static int gc_due(const char *id, int64_t now)
@@ -307,28 +307,34 @@ static int gc_due(const char *id, int64_t now)
            (int64_t)start + 32 * 86400LL * 1000000 < now - LIMIT_GRACE_US;
 }
 
-int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
+int cp_lease_gc(tg_cp_t *cp, size_t max_states, char *err, size_t errlen)
 {
-    uint8_t end[64], from[TG_STORE_MAX_KEY + 1];
+    uint8_t end[64];
     size_t endlen = tg_store_prefix_end(TG_CP_K_LIMIT, strlen(TG_CP_K_LIMIT), end);
-    size_t fromlen = strlen(TG_CP_K_LIMIT);
+    size_t plen = strlen(TG_CP_K_LIMIT), nread = 0;
     int64_t now = tg_cp_now_us();
     int deleted = 0;
-    memcpy(from, TG_CP_K_LIMIT, fromlen);
-    /* pages of 1000 keys (a busy key makes two rate windows a minute), at
-     * most GC_PAGES per call */
-    for (int page = 0; page < GC_PAGES; page++) {
+    if (cp->cp_gc_from_len == 0) {
+        memcpy(cp->cp_gc_from, TG_CP_K_LIMIT, plen);
+        cp->cp_gc_from_len = plen;
+    }
+    /* pages from the resume cursor (a busy key makes two rate windows a
+     * minute, more than one pass can read); the cursor is the key after the
+     * last one read, so deleting what was read does not move it */
+    while (nread < max_states) {
         tg_store_range_res_t res;
-        tg_store_range_req_t rq = {.rq_key = from, .rq_key_len = fromlen, .rq_end = end, .rq_end_len = endlen,
-                                   .rq_limit = 1000, .rq_keys_only = 1};
+        size_t lim = max_states - nread < GC_PAGE ? max_states - nread : GC_PAGE;
+        tg_store_range_req_t rq = {.rq_key = cp->cp_gc_from, .rq_key_len = cp->cp_gc_from_len, .rq_end = end,
+                                   .rq_end_len = endlen, .rq_limit = (int64_t)lim, .rq_keys_only = 1};
         if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
             return deleted > 0 ? deleted : -1;
+        nread += res.rs_n;
         for (size_t i = 0; i < res.rs_n; i++) {
             char id[TG_STORE_MAX_KEY];
-            size_t kl = res.rs_kvs[i].kv_key_len - strlen(TG_CP_K_LIMIT);
+            size_t kl = res.rs_kvs[i].kv_key_len - plen;
             if (kl >= sizeof(id))
                 continue;
-            memcpy(id, (const char *)res.rs_kvs[i].kv_key + strlen(TG_CP_K_LIMIT), kl);
+            memcpy(id, (const char *)res.rs_kvs[i].kv_key + plen, kl);
             id[kl] = '\0';
             if (!gc_due(id, now))
                 continue;
@@ -337,10 +343,12 @@ int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
             if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
                 deleted++;
         }
-        int more = res.rs_more && tg_store_range_next(&res, from, &fromlen) == 0;
+        int more = res.rs_more && tg_store_range_next(&res, cp->cp_gc_from, &cp->cp_gc_from_len) == 0;
         tg_store_range_res_free(&res);
-        if (!more)
+        if (!more) { /* the end of the prefix: the next pass starts over */
+            cp->cp_gc_from_len = 0;
             break;
+        }
     }
     return deleted;
 }
