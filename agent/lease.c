@@ -475,7 +475,11 @@ int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *buck
         /* the control plane is away (its last answer failed) and the lease
          * lapsed: no waiting for it, only the policy's offline allowance
          * may be spent (the lease thread keeps trying meanwhile) */
-        if (offline > 0 && e->le_offline_used + nano <= offline) {
+        /* on a rate window the allowance is for the whole window: what
+         * this agent admitted in it under leases counts too (owed is never
+         * acknowledged there), or it could admit the limit again on top */
+        int64_t counted = e->le_end != 0 ? e->le_owed + e->le_res : e->le_offline_used;
+        if (offline > 0 && counted + nano <= offline) {
             e->le_offline_used += nano;
             e->le_res += nano;
             rc = TG_LEASE_OK;

@@ -81,7 +81,8 @@ void tg_lease_owed(tg_lease_tab_t *t, const char *account_id, const char *bucket
  * next call (it names the refill the request waits for). offline: what the
  * policy lets an agent spend on a scope once its lease lapsed with the
  * control plane unreachable (0: fail closed); spent from until a lease
- * request succeeds again. Returns TG_LEASE_OK (release it with
+ * request succeeds again; on a rate window (billing/tg_billing.h) it caps
+ * everything this agent admitted in the window, leased or not. Returns TG_LEASE_OK (release it with
  * tg_lease_release), TG_LEASE_WAIT (not reserved: call again after a few
  * milliseconds), TG_LEASE_DENIED or TG_LEASE_OFFLINE (not reserved).
  * now_us: the current time. */

@@ -174,8 +174,9 @@ int tg_req_rate_reserve(req_t *rq, int64_t now)
             refuse(rq, w, n, now);
             return -1;
         }
-        /* without the control plane, each agent may admit the whole limit
-         * in the window (its offline allowance on this scope) */
+        /* without the control plane, each agent may admit up to the whole
+         * limit in the window, counting what it admitted under leases (its
+         * offline allowance on this scope) */
         int rc = tg_lease_reserve(lt, rq->rq_acct->id, rq->rq_rate_id[w], n, &rq->rq_ticket, lim, now);
         if (rc == TG_LEASE_WAIT)
             return 1;

@@ -3,7 +3,8 @@
  * remaining numbers and their OpenAI and Anthropic formats (ratelimit.h),
  * and a rate window on the lease table: a slice admits up to the limit, a
  * request sent stays counted after its release, tokens are trued up to the
- * usage, and the next minute starts afresh. */
+ * usage, and the next minute starts afresh; with the control plane gone,
+ * the offline allowance counts what the agent admitted under leases. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "agent/lease.h"
 #include "agent/ratelimit.h"
@@ -121,16 +123,23 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int reserve(tg_lease_tab_t *t, const char *scope, int64_t n)
+/* Reserves like a request does with an offline allowance: polls while the
+ * answer is WAIT (bounded). */
+static int reserve_off(tg_lease_tab_t *t, const char *scope, int64_t n, int64_t offline)
 {
     uint64_t ticket = 0;
     for (int i = 0; i < 2000; i++) {
-        int rc = tg_lease_reserve(t, "acct", scope, n, &ticket, 0, now_us());
+        int rc = tg_lease_reserve(t, "acct", scope, n, &ticket, offline, now_us());
         if (rc != TG_LEASE_WAIT)
             return rc;
         usleep(1000);
     }
     return TG_LEASE_WAIT;
+}
+
+static int reserve(tg_lease_tab_t *t, const char *scope, int64_t n)
+{
+    return reserve_off(t, scope, n, 0);
 }
 
 static void test_window_on_leases(void **state)
@@ -181,12 +190,69 @@ static void test_window_on_leases(void **state)
     tg_lease_tab_destroy(t);
 }
 
+/* ---- the control plane going away mid-window -------------------------------------- */
+
+#define OFF_TTL_US 400000LL
+static int g_cp_up = 1;
+static pthread_mutex_t g_cp_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* A control plane that lets this agent hold 9 of the window's 10 (another
+ * agent holds the rest), while it answers. */
+static int fake_cp(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r, char *err,
+                   size_t errlen)
+{
+    (void)arg;
+    pthread_mutex_lock(&g_cp_mu);
+    int up = g_cp_up;
+    pthread_mutex_unlock(&g_cp_mu);
+    if (!up) {
+        snprintf(err, errlen, "unreachable");
+        return -1;
+    }
+    int64_t free_part = 9 - q->unsettled_nano > 0 ? 9 - q->unsettled_nano : 0;
+    r->granted_nano = free_part;
+    r->free_nano = free_part;
+    r->hold_nano = q->unsettled_nano + free_part;
+    r->expires_at_us = now_us() + OFF_TTL_US;
+    r->available_nano = 0;
+    return 0;
+}
+
+/* An agent that admitted 9 requests under leases, then lost the control
+ * plane, admits 1 more offline with an allowance of the limit (10), not 10
+ * more. */
+static void test_offline_counts_admitted(void **state)
+{
+    (void)state;
+    char rpm[200];
+    assert_int_equal(tg_billing_rate_scope("k1", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
+    tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
+    assert_non_null(t);
+    for (int i = 0; i < 9; i++) {
+        assert_int_equal(reserve_off(t, rpm, 1, 10), TG_LEASE_OK);
+        tg_lease_release(t, "acct", rpm, 1, 1);
+    }
+    pthread_mutex_lock(&g_cp_mu);
+    g_cp_up = 0;
+    pthread_mutex_unlock(&g_cp_mu);
+    usleep(OFF_TTL_US + 100000); /* the slice lapses */
+    int admitted = 0, rc;
+    while (admitted < 20 && (rc = reserve_off(t, rpm, 1, 10)) == TG_LEASE_OK) {
+        tg_lease_release(t, "acct", rpm, 1, 1);
+        admitted++;
+    }
+    assert_int_equal(admitted, 1);
+    assert_int_equal(rc, TG_LEASE_OFFLINE);
+    tg_lease_tab_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_windows_and_ids),
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_window_on_leases),
+        cmocka_unit_test(test_offline_counts_admitted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
