@@ -7,7 +7,7 @@
  * table's mutex with no network hop, hands back what sits idle, and the
  * slice is of no use once its minute is over. A request reserves once,
  * before its first attempt (preauth.c calls tg_req_rate_reserve after the
- * estimate): one request, and its token estimate (prompt at most plus the
+ * estimate), in the minute of that first reservation: one request, and its token estimate (prompt at most plus the
  * output allowance, the numbers the spend estimate uses); when it ends
  * (receipt.c) the request counts if it was sent upstream, and the tokens
  * are trued up to its usage (0 when nothing was served). Nothing settles a
@@ -93,14 +93,17 @@ static int64_t limit_of(const tg_key_t *k, int what)
     return what == TG_BILLING_RATE_TOKENS ? k->rate_limit->tokens_per_minute : k->rate_limit->requests_per_minute;
 }
 
-/* (once per request) The key's limits in the minute of the request's start. */
-static void init(req_t *rq)
+/* (once per request) The key's limits in the minute of now: the request's
+ * admission (its first reservation, once the body is read: a slow upload
+ * must not reserve in a minute that already ended), or the answer's, for a
+ * request refused before it. */
+static void init(req_t *rq, int64_t now)
 {
     rq->rq_rate_init = 1;
     for (int w = 0; w < 2; w++) {
         int64_t lim = limit_of(rq->rq_key, w);
-        if (lim > 0 && tg_billing_rate_scope(rq->rq_key->id, w, rq->rq_t0_us, rq->rq_rate_id[w],
-                                             sizeof rq->rq_rate_id[w], NULL, &rq->rq_rate_end) == 0)
+        if (lim > 0 && tg_billing_rate_scope(rq->rq_key->id, w, now, rq->rq_rate_id[w], sizeof rq->rq_rate_id[w],
+                                             &rq->rq_rate_start, &rq->rq_rate_end) == 0)
             rq->rq_rate_lim[w] = lim;
     }
 }
@@ -158,7 +161,7 @@ int tg_req_rate_reserve(req_t *rq, int64_t now)
     if (!lt || !rq->rq_key)
         return 0;
     if (!rq->rq_rate_init)
-        init(rq);
+        init(rq, now);
     int exact_tried = 0;
     while (rq->rq_rate_step < 2) {
         int w = rq->rq_rate_step;
@@ -210,9 +213,9 @@ void tg_req_rate_headers(req_t *rq, tg_front_conn_t *hr)
 {
     if (!rq->rq_key || !rq->rq_acct || !rq->rq_key->rate_limit)
         return;
-    if (!rq->rq_rate_init)
-        init(rq);
     int64_t now = now_us();
+    if (!rq->rq_rate_init)
+        init(rq, now);
     for (int w = 0; w < 2; w++) {
         int64_t lim = rq->rq_rate_lim[w], left = 0, as_of = 0;
         if (lim <= 0)

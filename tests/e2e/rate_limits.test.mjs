@@ -97,10 +97,12 @@ describe('rate limits across three agents', () => {
     const served = results.filter((r) => r.ok);
     const refused = results.filter((r) => !r.ok);
     // the bound (docs/SPEND.md): with every agent alive, what one window
-    // admits never passes the limit, whichever agents served it
+    // admits never passes the limit, whichever agents served it (a
+    // record names the minute it was admitted in)
     const perWindow = new Map();
     for (const { r } of recordsOf(k.id).filter(({ r }) => r.client_status === 200)) {
-      perWindow.set(windowOf(r.started_at_us), (perWindow.get(windowOf(r.started_at_us)) || 0) + 1);
+      assert.ok(Number(r.rate_window_start_us) > 0 && Number(r.rate_window_start_us) % MIN_US === 0);
+      perWindow.set(windowOf(r.rate_window_start_us), (perWindow.get(windowOf(r.rate_window_start_us)) || 0) + 1);
     }
     for (const [w, n] of perWindow) assert.ok(n <= RPM, `window ${w} admitted ${n} > ${RPM}`);
     assert.ok(served.length >= 1 && served.length <= RPM * perWindow.size, `${served.length} served`);
@@ -162,7 +164,7 @@ describe('rate limits across three agents', () => {
     const k2 = await key('slices', { requests_per_minute: String(RPM) });
     const c0 = new OpenAI({ apiKey: k2.secret, baseURL: agents[0].base, maxRetries: 0 });
     const { response: r0 } = await c0.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse();
-    const w2 = windowOf((await agents[0].waitRecord(r0.headers.get('x-request-id'))).started_at_us);
+    const w2 = windowOf((await agents[0].waitRecord(r0.headers.get('x-request-id'))).rate_window_start_us);
     await agents[0].proc.stop('SIGKILL');
     agents[0].dead = true;
     await sleep(TTL_MS + 300);
@@ -172,7 +174,7 @@ describe('rate limits across three agents', () => {
       const ok = await c12[i % 2].chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).then(() => true, () => false);
       if (ok) more++;
     }
-    const inW2 = recordsOf(k2.id).filter(({ r }) => r.client_status === 200 && windowOf(r.started_at_us) === w2);
+    const inW2 = recordsOf(k2.id).filter(({ r }) => r.client_status === 200 && windowOf(r.rate_window_start_us) === w2);
     const dead = inW2.filter(({ agent }) => agent === 0).length;
     const others = inW2.length - dead;
     assert.equal(dead, 1);
@@ -225,7 +227,7 @@ describe('rate limits across three agents', () => {
     await until(async () => {
       const v = await (await fetch(`${a.url}/v1/tollgate/key`, { headers: { authorization: `Bearer ${k.secret}` } })).json();
       const t = v.rate_limits.find((x) => x.limit_type === 'tokens_per_minute');
-      return t.remaining === TPM - used || (windowOf(Date.now() * 1000) !== windowOf(rec.started_at_us) && t.remaining === TPM);
+      return t.remaining === TPM - used || (windowOf(Date.now() * 1000) !== windowOf(rec.rate_window_start_us) && t.remaining === TPM);
     }, { timeoutMs: 5000, what: `remaining tokens ${TPM} - ${used}` });
   });
 });
