@@ -32,6 +32,7 @@
 #define LOW_WATER_S 3
 #define MIN_SLICES 8
 #define IDLE_RETURN_US (30LL * 1000000)
+#define RATE_IDLE_RETURN_US (5LL * 1000000) /* a rate window's slice: a minute's allowance is short-lived */
 #define RETRY_MIN_US (100LL * 1000)
 #define RETRY_MAX_US (5LL * 1000000)
 #define STOP_RETURN_US (3LL * 1000000)
@@ -235,13 +236,21 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     rate_tick(e, now);
     int64_t fr = free_of(e, now);
     int64_t ret = 0;
+    /* a rate window is small and shared by every agent for a minute: a
+     * slice sized like a budget's (16 requests' worth, 20 s of velocity,
+     * back after 30 s idle) would strand it in one agent, so there the
+     * agent keeps and asks for its velocity until the next low-water
+     * refill, at least one request (the largest lately), and an idle slice
+     * goes back after 5 s */
+    int rate = e->le_end != 0;
+    int64_t horizon = rate ? LOW_WATER_S : REFILL_HORIZON_S, slices_of = rate ? 1 : MIN_SLICES;
     if (return_all) {
         ret = fr;
-    } else if (e->le_last_use < now - IDLE_RETURN_US) {
+    } else if (e->le_last_use < now - (rate ? RATE_IDLE_RETURN_US : IDLE_RETURN_US)) {
         ret = fr; /* idle: all of it goes back */
     } else {
-        int64_t keep = sat_mul(e->le_rate, 2 * REFILL_HORIZON_S);
-        int64_t floor = sat_mul(e->le_last_need, 2 * MIN_SLICES);
+        int64_t keep = sat_mul(e->le_rate, rate ? horizon : 2 * horizon);
+        int64_t floor = sat_mul(e->le_last_need, rate ? 1 : 2 * slices_of);
         if (keep < floor)
             keep = floor;
         if (fr > keep && e->le_want <= e->le_sent)
@@ -253,8 +262,8 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     if (!return_all) {
         int64_t low = sat_mul(e->le_rate, LOW_WATER_S);
         if (e->le_need_sum > 0 || (ret == 0 && fr < low && e->le_last_use > now - IDLE_RETURN_US)) {
-            want = sat_mul(e->le_rate, REFILL_HORIZON_S);
-            int64_t slices = sat_mul(e->le_last_need > e->le_need_max ? e->le_last_need : e->le_need_max, MIN_SLICES);
+            want = sat_mul(e->le_rate, horizon);
+            int64_t slices = sat_mul(e->le_last_need > e->le_need_max ? e->le_last_need : e->le_need_max, slices_of);
             if (want < slices)
                 want = slices;
             if (want < e->le_need_sum)

@@ -194,22 +194,29 @@ static void test_window_on_leases(void **state)
 
 #define OFF_TTL_US 400000LL
 static int g_cp_up = 1;
+static int64_t g_cp_asked = -1, g_cp_kept = -1; /* the first request's requested_nano, the last keep_nano */
 static pthread_mutex_t g_cp_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* A control plane that lets this agent hold 9 of the window's 10 (another
- * agent holds the rest), while it answers. */
+ * agent holds the rest), while it answers, and grants what is asked and
+ * more. */
 static int fake_cp(void *arg, Tollgate__V1__LeaseRequest *q, Tollgate__V1__LeaseResponse *r, char *err,
                    size_t errlen)
 {
     (void)arg;
     pthread_mutex_lock(&g_cp_mu);
     int up = g_cp_up;
+    if (g_cp_asked < 0)
+        g_cp_asked = q->requested_nano;
+    g_cp_kept = q->keep_nano;
     pthread_mutex_unlock(&g_cp_mu);
     if (!up) {
         snprintf(err, errlen, "unreachable");
         return -1;
     }
     int64_t free_part = 9 - q->unsettled_nano > 0 ? 9 - q->unsettled_nano : 0;
+    if (free_part > q->keep_nano + q->requested_nano + 4)
+        free_part = q->keep_nano + q->requested_nano + 4;
     r->granted_nano = free_part;
     r->free_nano = free_part;
     r->hold_nano = q->unsettled_nano + free_part;
@@ -246,6 +253,31 @@ static void test_offline_counts_admitted(void **state)
     tg_lease_tab_destroy(t);
 }
 
+/* A rate window's slice stays small, so other agents are not refused while
+ * this one sits on the window: the first lease asks for the request alone
+ * (a budget asks for 8 of them), and a renewal keeps one request's worth
+ * and returns the rest of a larger grant. */
+static void test_rate_slice_is_small(void **state)
+{
+    (void)state;
+    char rpm[200];
+    pthread_mutex_lock(&g_cp_mu);
+    g_cp_up = 1, g_cp_asked = -1, g_cp_kept = -1;
+    pthread_mutex_unlock(&g_cp_mu);
+    assert_int_equal(tg_billing_rate_scope("k2", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
+    tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
+    assert_non_null(t);
+    assert_int_equal(reserve(t, rpm, 1), TG_LEASE_OK); /* granted 1 + 4 */
+    tg_lease_release(t, "acct", rpm, 1, 1);
+    usleep(OFF_TTL_US / 3 + 150000); /* a renewal (at a third of the TTL) */
+    pthread_mutex_lock(&g_cp_mu);
+    int64_t asked = g_cp_asked, kept = g_cp_kept;
+    pthread_mutex_unlock(&g_cp_mu);
+    assert_int_equal(asked, 1);
+    assert_int_equal(kept, 1);
+    tg_lease_tab_destroy(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +285,7 @@ int main(void)
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_window_on_leases),
         cmocka_unit_test(test_offline_counts_admitted),
+        cmocka_unit_test(test_rate_slice_is_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
