@@ -175,6 +175,16 @@ static int key_flags(const tc_t *c, json_t *o)
     set_list(c, o, "allowed_route_types", "route-type");
     set_list(c, o, "tags", "tag");
     if (tc_flag(c, "expose-cost")) json_object_set_new(o, "expose_cost", json_true());
+    if (strcmp(c->tc_cmd, "key update") == 0 && !tc_get(c, "rpm") != !tc_get(c, "tpm")) {
+        /* an update replaces the rate limit as a whole: one flag alone
+         * would silently make the other limit 0 (unlimited) */
+        fprintf(stderr,
+                "tollctl key update: %s without %s would set the other limit to 0 (unlimited): the rate limit is "
+                "replaced as a whole, so give both (--rpm N --tpm N, 0: unlimited; `tollctl key get ID` shows the "
+                "current ones)\n",
+                tc_get(c, "rpm") ? "--rpm" : "--tpm", tc_get(c, "rpm") ? "--tpm" : "--rpm");
+        return -1;
+    }
     if (tc_get(c, "rpm") || tc_get(c, "tpm")) {
         /* the rate limit is one message: both numbers are set (0: unlimited),
          * the server refuses a negative one naming the field */
@@ -481,7 +491,7 @@ static const objcmd_t KEY = {
     "       tollctl key limits ID     spend limits: spent, held by agents, remaining, reset time\n"
     "       tollctl key update ID [--name N] [--model-allow G]... [--rpm N --tpm N] [--file k.json]\n"
     "  --rpm/--tpm: requests / tokens per minute across all agents (0: unlimited; the rate\n"
-    "  limit is replaced as a whole, so an update gives both)\n" CONN};
+    "  limit is replaced as a whole, so an update must give both)\n" CONN};
 
 static const objcmd_t CHANNEL = {
     "channel", "Channel", "channel", "id", "create", &tollgate__v1__channel__descriptor,
