@@ -99,13 +99,20 @@ describe('rate limits across three agents', () => {
     // the bound (docs/SPEND.md): with every agent alive, what one window
     // admits never passes the limit, whichever agents served it (a
     // record names the minute it was admitted in)
+    const okRecords = () => recordsOf(k.id).filter(({ r }) => r.client_status === 200);
+    await until(() => okRecords().length >= served.length, { timeoutMs: 10000, what: 'a record of every served request' });
     const perWindow = new Map();
-    for (const { r } of recordsOf(k.id).filter(({ r }) => r.client_status === 200)) {
+    for (const { r } of okRecords()) {
       assert.ok(Number(r.rate_window_start_us) > 0 && Number(r.rate_window_start_us) % MIN_US === 0);
       perWindow.set(windowOf(r.rate_window_start_us), (perWindow.get(windowOf(r.rate_window_start_us)) || 0) + 1);
     }
     for (const [w, n] of perWindow) assert.ok(n <= RPM, `window ${w} admitted ${n} > ${RPM}`);
+    // every served request is one record, counted in its window; 36 > 2 x RPM,
+    // so some were refused whichever windows the burst fell in
+    assert.equal([...perWindow.values()].reduce((a, b) => a + b, 0), served.length);
     assert.ok(served.length >= 1 && served.length <= RPM * perWindow.size, `${served.length} served`);
+    assert.ok(refused.length > 0, 'the burst past the limit was refused in part');
+    assert.equal(refused.length, 36 - served.length);
     assert.ok(refused.length >= 36 - RPM * perWindow.size);
     // OpenAI's headers on every answer: the limit, what is left (never
     // more than the limit less what this agent itself saw admitted), the
