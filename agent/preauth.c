@@ -203,7 +203,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
     const char *bucket = NULL;
     int64_t est = 0, now = now_us();
     char err[TG_ERRLEN] = "", amt[32];
-    int rc;
+    int rc, rate_wait = 0;
     int erc = estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err);
     if (erc == -2) {
         tg_req_fail(rq, 400, "invalid_request_error", "max_tokens_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
@@ -217,8 +217,10 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
     }
     /* the key's rate limits first, once per request (ratelimit.c): a
      * request over them is refused before any budget is reserved */
-    if ((rc = tg_req_rate_reserve(rq, now)) == 1)
+    if ((rc = tg_req_rate_reserve(rq, now)) == 1) {
+        rate_wait = 1;
         goto park;
+    }
     if (rc < 0)
         return -1;
     /* a fallback to a bucket of another currency counts against that
@@ -297,9 +299,15 @@ park:
     }
     tg_req_release_all(rq, 0);
     rq->rq_refused_budget = 1;
-    tg_req_fail(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
-                 "The gateway could not authorize this request's spending in time (its control plane did not "
-                 "answer). Retry shortly.");
+    if (rate_wait) /* no spending was asked yet: the key's rate limit was */
+        tg_req_fail(rq, 503, "server_error", "rate_limit_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                    "The gateway could not check this API key's rate limit in time (its control plane did not "
+                    "answer). Retry shortly.");
+    else
+        tg_req_fail(rq, 503, "server_error", "spend_control_unavailable",
+                    TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                    "The gateway could not authorize this request's spending in time (its control plane did not "
+                    "answer). Retry shortly.");
     return -1;
 }
 
