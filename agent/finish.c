@@ -160,6 +160,7 @@ void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr)
      * the policy's backoff waits), so users can check the overhead claim */
     snprintf(ov, sizeof ov, "%lld", (long long)tg_req_overhead_us(rq));
     add_header(hr, "x-tollgate-overhead-us", ov);
+    tg_req_rate_headers(rq, hr);
     if (!rq->rq_key || !rq->rq_key->expose_cost || !rq->rq_natt)
         return;
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];

@@ -9,7 +9,9 @@
  *     settled spend) plus this agent's own unsettled spend and reservations;
  *     a scope this agent never leased is reported unknown, not guessed;
  *   - each bucket of the account: the newer of the snapshot's balance and
- *     the last lease answer, less what this agent owes and holds.
+ *     the last lease answer, less what this agent owes and holds;
+ *   - the key's rate limits in the current minute (ratelimit.c): what this
+ *     agent may still admit as of its last lease answer, and the reset.
  * Every number carries when it was known (as_of, age_s): other agents'
  * spend since then is not in it. tg_req_bucket_left is the same number for
  * x-tollgate-budget-remaining (finish.c). */
@@ -185,7 +187,9 @@ static void render(req_t *rq, tg_buf_t *b)
     if (p)
         limits(rq, b, &n, "project", p->id, p->spend_limits, p->n_spend_limits, now);
     limits(rq, b, &n, "account", a->id, a->spend_limits, a->n_spend_limits, now);
-    tg_buf_puts(b, "],\"buckets\":[");
+    tg_buf_puts(b, "],\"rate_limits\":");
+    tg_req_rate_view(rq, b, now);
+    tg_buf_puts(b, ",\"buckets\":[");
     for (size_t i = 0; i < a->n_buckets; i++) {
         const char *name = a->buckets[i]->name;
         int64_t left = 0, at = 0;

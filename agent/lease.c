@@ -26,11 +26,13 @@
 
 #include "base/tg_base.h"
 #include "base/tg_log.h"
+#include "billing/tg_billing.h"
 
 #define REFILL_HORIZON_S 10
 #define LOW_WATER_S 3
 #define MIN_SLICES 8
 #define IDLE_RETURN_US (30LL * 1000000)
+#define RATE_IDLE_RETURN_US (5LL * 1000000) /* a rate window's slice: a minute's allowance is short-lived */
 #define RETRY_MIN_US (100LL * 1000)
 #define RETRY_MAX_US (5LL * 1000000)
 #define STOP_RETURN_US (3LL * 1000000)
@@ -38,6 +40,7 @@
 #define REFILL_PAUSE_US (1000LL * 1000) /* after a refill that got less than asked */
 #define NCHAIN 1024                     /* hash chains; entries of idle scopes are pruned */
 #define PRUNE_IDLE_US (300LL * 1000000) /* an entry holding nothing, unused this long, goes */
+#define RATE_PRUNE_US (60LL * 1000000)  /* a rate window's entry goes this long after its minute */
 
 typedef struct lent {
     struct lent *le_next;
@@ -65,6 +68,7 @@ typedef struct lent {
     int64_t le_offline_used;  /* reserved under the offline allowance since the control plane went away */
     int64_t le_left, le_floor;/* the last answer's balance_nano and floor_nano (the key holder's view) */
     int64_t le_left_at;       /* when it came; 0: never */
+    int64_t le_end;           /* a rate window (billing/tg_billing.h): its end; 0 for budgets */
 } lent_t;
 
 struct tg_lease_tab {
@@ -119,6 +123,13 @@ static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int
         tg_free(e);
         return NULL;
     }
+    /* a rate window's scope is used for its minute only: never renewed
+     * after it, and dropped a minute later (nothing settles it) */
+    char kid[160];
+    int what;
+    int64_t start;
+    if (tg_billing_rate_parse(bucket, kid, sizeof kid, &what, &start) == 0)
+        e->le_end = start + TG_BILLING_RATE_WINDOW_US;
     e->le_next = t->lt_chain[c];
     t->lt_chain[c] = e;
     t->lt_n++;
@@ -164,9 +175,12 @@ static int due(const lent_t *e, int64_t now)
 {
     if (e->le_inflight)
         return 0;
-    /* a request waits: retried soon after a failure, whatever the backoff */
+    /* a request waits: retried soon after a failure, whatever the backoff
+     * (a request that started in a rate window just ended too) */
     if (e->le_want > e->le_sent)
         return now >= e->le_retry_at || now >= e->le_failed_at + WAITER_RETRY_US;
+    if (e->le_end != 0 && now >= e->le_end)
+        return 0; /* a rate window that ended: neither renewed nor refilled */
     if (now < e->le_retry_at)
         return 0;
     int active = e->le_res > 0 || e->le_owed > 0 || e->le_base - e->le_spent > 0;
@@ -222,13 +236,21 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     rate_tick(e, now);
     int64_t fr = free_of(e, now);
     int64_t ret = 0;
+    /* a rate window is small and shared by every agent for a minute: a
+     * slice sized like a budget's (16 requests' worth, 20 s of velocity,
+     * back after 30 s idle) would strand it in one agent, so there the
+     * agent keeps and asks for its velocity until the next low-water
+     * refill, at least one request (the largest lately), and an idle slice
+     * goes back after 5 s */
+    int rate = e->le_end != 0;
+    int64_t horizon = rate ? LOW_WATER_S : REFILL_HORIZON_S, slices_of = rate ? 1 : MIN_SLICES;
     if (return_all) {
         ret = fr;
-    } else if (e->le_last_use < now - IDLE_RETURN_US) {
+    } else if (e->le_last_use < now - (rate ? RATE_IDLE_RETURN_US : IDLE_RETURN_US)) {
         ret = fr; /* idle: all of it goes back */
     } else {
-        int64_t keep = sat_mul(e->le_rate, 2 * REFILL_HORIZON_S);
-        int64_t floor = sat_mul(e->le_last_need, 2 * MIN_SLICES);
+        int64_t keep = sat_mul(e->le_rate, rate ? horizon : 2 * horizon);
+        int64_t floor = sat_mul(e->le_last_need, rate ? 1 : 2 * slices_of);
         if (keep < floor)
             keep = floor;
         if (fr > keep && e->le_want <= e->le_sent)
@@ -240,8 +262,8 @@ static void exchange(tg_lease_tab_t *t, lent_t *e, int64_t now, int return_all)
     if (!return_all) {
         int64_t low = sat_mul(e->le_rate, LOW_WATER_S);
         if (e->le_need_sum > 0 || (ret == 0 && fr < low && e->le_last_use > now - IDLE_RETURN_US)) {
-            want = sat_mul(e->le_rate, REFILL_HORIZON_S);
-            int64_t slices = sat_mul(e->le_last_need > e->le_need_max ? e->le_last_need : e->le_need_max, MIN_SLICES);
+            want = sat_mul(e->le_rate, horizon);
+            int64_t slices = sat_mul(e->le_last_need > e->le_need_max ? e->le_last_need : e->le_need_max, slices_of);
             if (want < slices)
                 want = slices;
             if (want < e->le_need_sum)
@@ -335,8 +357,10 @@ static void prune(tg_lease_tab_t *t, int64_t now)
     for (size_t c = 0; c < NCHAIN; c++)
         for (lent_t **pp = &t->lt_chain[c]; *pp != NULL;) {
             lent_t *e = *pp;
-            if (!e->le_inflight && e->le_res == 0 && e->le_owed == 0 && e->le_want <= e->le_sent &&
-                free_of(e, now) == 0 && e->le_last_use < now - PRUNE_IDLE_US) {
+            int gone = e->le_end != 0 ? now >= e->le_end + RATE_PRUNE_US
+                                      : e->le_res == 0 && e->le_owed == 0 && e->le_want <= e->le_sent &&
+                                            free_of(e, now) == 0 && e->le_last_use < now - PRUNE_IDLE_US;
+            if (!e->le_inflight && gone) {
                 *pp = e->le_next;
                 free_entry(e);
                 t->lt_n--;
@@ -460,7 +484,11 @@ int tg_lease_reserve(tg_lease_tab_t *t, const char *account_id, const char *buck
         /* the control plane is away (its last answer failed) and the lease
          * lapsed: no waiting for it, only the policy's offline allowance
          * may be spent (the lease thread keeps trying meanwhile) */
-        if (offline > 0 && e->le_offline_used + nano <= offline) {
+        /* on a rate window the allowance is for the whole window: what
+         * this agent admitted in it under leases counts too (owed is never
+         * acknowledged there), or it could admit the limit again on top */
+        int64_t counted = e->le_end != 0 ? e->le_owed + e->le_res : e->le_offline_used;
+        if (offline > 0 && counted + nano <= offline) {
             e->le_offline_used += nano;
             e->le_res += nano;
             rc = TG_LEASE_OK;
@@ -547,6 +575,7 @@ int tg_lease_info(tg_lease_tab_t *t, const char *account_id, const char *bucket,
         info->li_left_nano = e->le_left;
         info->li_floor_nano = e->le_floor;
         info->li_left_at_us = e->le_left_at;
+        info->li_avail_nano = e->le_avail_after;
     }
     pthread_mutex_unlock(&t->lt_mu);
     return e != NULL ? 0 : -1;

@@ -22,6 +22,12 @@
  * Without a control plane (a snapshot file), the table is its own
  * authority: the snapshot's balance is the budget for the process's life.
  *
+ * A key's rate limits use the same table (billing/tg_billing.h "rate
+ * windows"): a scope per key and minute whose units are requests or
+ * tokens. Nothing acknowledges them, so what the agent admitted stays
+ * owed (counted in its hold) until the minute ends; the entry is then
+ * neither renewed nor refilled, and dropped a minute later.
+ *
  * Threads: every function may be called from any thread (one mutex; the
  * lease RPCs run on the table's own thread, never under the mutex).
  * Times are CLOCK_REALTIME microseconds, as the control plane's.
@@ -75,7 +81,8 @@ void tg_lease_owed(tg_lease_tab_t *t, const char *account_id, const char *bucket
  * next call (it names the refill the request waits for). offline: what the
  * policy lets an agent spend on a scope once its lease lapsed with the
  * control plane unreachable (0: fail closed); spent from until a lease
- * request succeeds again. Returns TG_LEASE_OK (release it with
+ * request succeeds again; on a rate window (billing/tg_billing.h) it caps
+ * everything this agent admitted in the window, leased or not. Returns TG_LEASE_OK (release it with
  * tg_lease_release), TG_LEASE_WAIT (not reserved: call again after a few
  * milliseconds), TG_LEASE_DENIED or TG_LEASE_OFFLINE (not reserved).
  * now_us: the current time. */
@@ -109,6 +116,7 @@ typedef struct tg_lease_info {
     int64_t li_left_nano;
     int64_t li_floor_nano; /* how low li_left_nano may go (LeaseResponse.floor_nano) */
     int64_t li_left_at_us; /* when that answer came; 0: never answered */
+    int64_t li_avail_nano; /* what the last answer said nobody holds (LeaseResponse.available_nano) */
 } tg_lease_info_t;
 
 /* Fills *info for (account, bucket). Returns 0, or -1 when the table has

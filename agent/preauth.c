@@ -83,9 +83,7 @@ static int estimate(req_t *rq, const Tollgate__V1__Channel *c, const char **buck
     return 0;
 }
 
-/* Counts the prompt exactly (once) when the byte bound did not fit.
- * Returns 1 when the bound got smaller. */
-static int exact_input(req_t *rq)
+int tg_req_exact_input(req_t *rq)
 {
     tg_meter_t *m = rq->rq_w->w_agent->a_meter;
     if (rq->rq_exact || !m || rq->rq_ep->ep_kind != EP_CHAT)
@@ -210,7 +208,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
     const char *bucket = NULL;
     int64_t est = 0, now = now_us();
     char err[TG_ERRLEN] = "", amt[32];
-    int rc;
+    int rc, rate_wait = 0;
     int erc = estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err);
     if (erc == -2) {
         tg_req_fail(rq, 400, "invalid_request_error", "max_tokens_too_large", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
@@ -222,6 +220,14 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
                      "The gateway cannot price this request, so it does not serve it: %s.", err);
         return -1;
     }
+    /* the key's rate limits first, once per request (ratelimit.c): a
+     * request over them is refused before any budget is reserved */
+    if ((rc = tg_req_rate_reserve(rq, now)) == 1) {
+        rate_wait = 1;
+        goto park;
+    }
+    if (rc < 0)
+        return -1;
     /* a fallback to a bucket of another currency counts against that
      * currency's limits: the scopes are chosen again */
     const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket);
@@ -235,7 +241,8 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         /* first, or a fallback to a dearer tier or another bucket: reserved anew */
         tg_req_release_all(rq, 0);
         rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
-        if (rc != TG_LEASE_OK && exact_input(rq) && estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
+        if (rc != TG_LEASE_OK && tg_req_exact_input(rq) &&
+            estimate(rq, ch->ch_pb, &bucket, &est, err, sizeof err) == 0) {
             rq->rq_ticket = 0;
             rc = tg_lease_reserve(lt, rq->rq_acct->id, bucket, est, &rq->rq_ticket, offline_allowance(rq), now);
         }
@@ -279,7 +286,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         if (rc == TG_LEASE_WAIT)
             goto park;
         tg_req_release_all(rq, 0);
-        if (exact_input(rq))
+        if (tg_req_exact_input(rq))
             return tg_req_ensure_reserved(rq, ch); /* once: the exact count may fit where the byte bound did not */
         refuse_scope(rq, s, rc == TG_LEASE_OFFLINE);
         return -1;
@@ -297,9 +304,15 @@ park:
     }
     tg_req_release_all(rq, 0);
     rq->rq_refused_budget = 1;
-    tg_req_fail(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
-                 "The gateway could not authorize this request's spending in time (its control plane did not "
-                 "answer). Retry shortly.");
+    if (rate_wait) /* no spending was asked yet: the key's rate limit was */
+        tg_req_fail(rq, 503, "server_error", "rate_limit_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                    "The gateway could not check this API key's rate limit in time (its control plane did not "
+                    "answer). Retry shortly.");
+    else
+        tg_req_fail(rq, 503, "server_error", "spend_control_unavailable",
+                    TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                    "The gateway could not authorize this request's spending in time (its control plane did not "
+                    "answer). Retry shortly.");
     return -1;
 }
 

@@ -308,6 +308,8 @@ void tg_req_emit_record(req_t *rq)
     r.region = pstr(rq, rq->rq_w->w_agent->a_opts.ao_region);
     r.started_at_us = rq->rq_t0_us;
     r.finished_at_us = now_us();
+    if (rq->rq_rate_lim[0] > 0 || rq->rq_rate_lim[1] > 0)
+        r.rate_window_start_us = rq->rq_rate_start;
     if (rq->rq_key) {
         r.key_id = rq->rq_key->id;
         r.key_prefix = rq->rq_key->display_prefix;
@@ -385,8 +387,11 @@ void tg_req_emit_record(req_t *rq)
     r.lease_scopes = scopes;
     r.n_lease_scopes = (size_t)rq->rq_sres;
     int64_t cost = served && rq->rq_card ? rq->rq_cost : 0;
-    /* the actual cost replaces the reservations, on every path */
+    /* the actual cost replaces the reservations, on every path; the
+     * rate limits count the request if it went upstream, and its tokens */
     tg_req_release_all(rq, cost);
+    tg_req_rate_release(rq, rq->rq_natt > 0,
+                        served ? u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens : 0);
     r.usage = &u;
     r.client_status = rq->rq_status;
     r.finish_reason = rq->rq_finish;

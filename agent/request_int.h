@@ -11,6 +11,8 @@
  *               breaker skips, retry / next target / next tier, giving up
  *   preauth.c   pre-authorization on spend leases (reserve, refuse), and the
  *               stream cut at the reservation
+ *   ratelimit.c the key's rate limits on leases (reserve, refuse, release)
+ *               and the rate-limit headers
  *   finish.c    how a request ends: error answers, route headers, finish,
  *               teardown, the worker's list of live requests
  *   convert.c   attempts through proto/ (either side Anthropic, or a
@@ -24,9 +26,11 @@
  *
  * Calls go one way, down this list (request.c -> auth.c, upstream.c;
  * upstream.c -> route.c, preauth.c, finish.c, convert.c, receipt.c; route.c ->
- * preauth.c, finish.c; preauth.c -> finish.c, receipt.c; convert.c ->
- * receipt.c; finish.c -> receipt.c, keyview.c's tg_req_bucket_left; request.c ->
- * keyview.c -> auth.c, finish.c), so ending a request from any depth never calls back up. A
+ * preauth.c, finish.c; preauth.c -> ratelimit.c, finish.c, receipt.c;
+ * ratelimit.c -> finish.c; convert.c -> receipt.c; finish.c -> receipt.c,
+ * keyview.c's tg_req_bucket_left and ratelimit.c's tg_req_rate_headers;
+ * receipt.c -> ratelimit.c's tg_req_rate_release; request.c -> keyview.c ->
+ * auth.c, finish.c, ratelimit.c's tg_req_rate_view), so ending a request from any depth never calls back up. A
  * wire protocol's shapes (bodies, answers, error bodies, streams) do not
  * live here: the OpenAI passthrough is scan.c / sse.c / usage.c,
  * conversion between protocols is proto/.
@@ -194,6 +198,14 @@ struct req {
     int64_t rq_out_counted;   /* output tokens counted so far, and of how many bytes of rq_text */
     size_t rq_text_counted;
     int rq_capped;            /* the stream was ended at its reservation */
+    /* the key's rate limits (ratelimit.c), indexed by TG_BILLING_RATE_* */
+    int rq_rate_init;         /* the fields below are set, for the minute of the first reservation */
+    int rq_rate_step;         /* the limits before this one are reserved */
+    int64_t rq_rate_lim[2];   /* 0: no such limit */
+    int64_t rq_rate_res[2];   /* reserved on each (1 request, the token estimate); 0: nothing */
+    int64_t rq_rate_start;    /* the window's start */
+    int64_t rq_rate_end;      /* the window's end */
+    char rq_rate_id[2][200];  /* the windows' scope ids */
     /* counted and priced once, by tg_req_meter_and_price */
     int rq_metered;
     Tollgate__V1__TokenUsage rq_tu;
@@ -363,6 +375,34 @@ void tg_req_cut_at_allowance(req_t *rq);
  * no error event after the end), rq_finish = finish, the attempt's message
  * says why. Can't fail. */
 void tg_req_mark_capped(req_t *rq, const char *finish);
+
+/* Counts the prompt exactly (once per request) when its byte bound
+ * (rq_input_max) did not fit. Returns 1 when the bound got smaller. */
+int tg_req_exact_input(req_t *rq);
+
+/* ---- ratelimit.c: the key's rate limits (ratelimit.h has the formats) ----------- */
+
+/* Reserves the request on the key's rate windows of its start's minute:
+ * one request, and rq_input_max + rq_out_est tokens (the estimate must be
+ * made first), once per request whatever its attempts. Returns 0 (go on),
+ * 1 (waits for a lease: rq_ticket names it; call again) or -1 (refused
+ * with 429 in the client's shape and Retry-After: the request ended). */
+int tg_req_rate_reserve(req_t *rq, int64_t now);
+
+/* The request ended: its reservations go back, one request counted when
+ * `sent` (an attempt went upstream) and `tokens` (its usage: input, cache
+ * and output; 0 when nothing was served) in place of the estimate. Can't
+ * fail; a second call does nothing. */
+void tg_req_rate_release(req_t *rq, int sent, int64_t tokens);
+
+/* The rate-limit headers of the key's limits in the request's window, in
+ * the client's protocol (x-ratelimit-* or anthropic-ratelimit-*), onto hr.
+ * Nothing for a key without rate limits. */
+void tg_req_rate_headers(req_t *rq, tg_front_conn_t *hr);
+
+/* GET /v1/tollgate/key's "rate_limits": a JSON array, into b, of the key's
+ * limits in the minute that holds now: limit, remaining, window, reset. */
+void tg_req_rate_view(req_t *rq, tg_buf_t *b, int64_t now);
 
 /* ---- upstream.c: the upstream call ----------------------------------------------- */
 

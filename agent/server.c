@@ -738,7 +738,20 @@ static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, i
 {
     char kind[16], id[160], win[16];
     long long start;
-    int n = 0;
+    int n = 0, what;
+    int64_t rstart;
+    const tg_snap_t *s = tg_cfg_snapshot(c);
+    if (tg_billing_rate_parse(scope, id, sizeof id, &what, &rstart) == 0) {
+        /* a key's rate window: the key's limit, per agent (nothing shared) */
+        for (size_t i = 0; i < s->n_keys; i++)
+            if (strcmp(s->keys[i]->id, id) == 0 && strcmp(s->keys[i]->account_id, account_id) == 0 &&
+                s->keys[i]->rate_limit) {
+                *limit = what == TG_BILLING_RATE_TOKENS ? s->keys[i]->rate_limit->tokens_per_minute
+                                                        : s->keys[i]->rate_limit->requests_per_minute;
+                return *limit > 0 ? 0 : -1;
+            }
+        return -1;
+    }
     if (strncmp(scope, "run/", 4) == 0) {
         const Tollgate__V1__RunBudget *b = tg_cfg_run(c, scope + 4);
         if (!b || strcmp(b->account_id, account_id) != 0 || b->max_spend_nano <= 0)
@@ -750,7 +763,6 @@ static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, i
         return -1;
     Tollgate__V1__SpendLimit **l = NULL;
     size_t nl = 0;
-    const tg_snap_t *s = tg_cfg_snapshot(c);
     if (strcmp(kind, "key") == 0) {
         for (size_t i = 0; i < s->n_keys; i++) /* by id: only here, once per lease */
             if (strcmp(s->keys[i]->id, id) == 0 && strcmp(s->keys[i]->account_id, account_id) == 0) {

@@ -301,6 +301,54 @@ int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us,
     return n < 0 || (size_t)n >= outlen ? TG_BILLING_ERANGE : 0;
 }
 
+int tg_billing_rate_scope(const char *key_id, int what, int64_t t_us, char *out, size_t outlen, int64_t *start_us,
+                          int64_t *end_us)
+{
+    if ((what != TG_BILLING_RATE_REQUESTS && what != TG_BILLING_RATE_TOKENS) || t_us < 0)
+        return TG_BILLING_EINVAL;
+    int64_t start = t_us - t_us % TG_BILLING_RATE_WINDOW_US;
+    int n = snprintf(out, outlen, "key/%s/%s/%lld", key_id, what == TG_BILLING_RATE_TOKENS ? "tpm" : "rpm",
+                     (long long)start);
+    if (n < 0 || (size_t)n >= outlen)
+        return TG_BILLING_ERANGE;
+    if (start_us)
+        *start_us = start;
+    if (end_us)
+        *end_us = start + TG_BILLING_RATE_WINDOW_US;
+    return 0;
+}
+
+int tg_billing_rate_parse(const char *scope, char *key_id, size_t keylen, int *what, int64_t *start_us)
+{
+    if (strncmp(scope, "key/", 4) != 0)
+        return TG_BILLING_EINVAL;
+    const char *id = scope + 4, *slash = strchr(id, '/');
+    if (slash == NULL || slash == id || (size_t)(slash - id) >= keylen)
+        return TG_BILLING_EINVAL;
+    const char *w = slash + 1;
+    if (strncmp(w, "rpm/", 4) == 0)
+        *what = TG_BILLING_RATE_REQUESTS;
+    else if (strncmp(w, "tpm/", 4) == 0)
+        *what = TG_BILLING_RATE_TOKENS;
+    else
+        return TG_BILLING_EINVAL;
+    int64_t start = 0;
+    const char *d = w + 4;
+    if (*d == '\0')
+        return TG_BILLING_EINVAL;
+    for (; *d; d++) {
+        if (*d < '0' || *d > '9' || start > (INT64_MAX - 9) / 10)
+            return TG_BILLING_EINVAL;
+        start = start * 10 + (*d - '0');
+    }
+    if (start % TG_BILLING_RATE_WINDOW_US != 0)
+        return TG_BILLING_EINVAL;
+    memcpy(key_id, id, (size_t)(slash - id));
+    key_id[slash - id] = '\0';
+    *start_us = start;
+    return 0;
+}
+
 const char *tg_billing_bucket(const Tollgate__V1__Account *a, int route_type)
 {
     const char *name = NULL;

@@ -175,6 +175,24 @@ static int key_flags(const tc_t *c, json_t *o)
     set_list(c, o, "allowed_route_types", "route-type");
     set_list(c, o, "tags", "tag");
     if (tc_flag(c, "expose-cost")) json_object_set_new(o, "expose_cost", json_true());
+    if (strcmp(c->tc_cmd, "key update") == 0 && !tc_get(c, "rpm") != !tc_get(c, "tpm")) {
+        /* an update replaces the rate limit as a whole: one flag alone
+         * would silently make the other limit 0 (unlimited) */
+        fprintf(stderr,
+                "tollctl key update: %s without %s would set the other limit to 0 (unlimited): the rate limit is "
+                "replaced as a whole, so give both (--rpm N --tpm N, 0: unlimited; `tollctl key get ID` shows the "
+                "current ones)\n",
+                tc_get(c, "rpm") ? "--rpm" : "--tpm", tc_get(c, "rpm") ? "--tpm" : "--rpm");
+        return -1;
+    }
+    if (tc_get(c, "rpm") || tc_get(c, "tpm")) {
+        /* the rate limit is one message: both numbers are set (0: unlimited),
+         * the server refuses a negative one naming the field */
+        json_t *rl = json_object();
+        set_str(rl, "requests_per_minute", tc_get(c, "rpm") ? tc_get(c, "rpm") : "0");
+        set_str(rl, "tokens_per_minute", tc_get(c, "tpm") ? tc_get(c, "tpm") : "0");
+        json_object_set_new(o, "rate_limit", rl);
+    }
     if (tc_get(c, "expires")) {
         long long us;
         char s[32];
@@ -462,16 +480,18 @@ static const objcmd_t KEY = {
     &tollgate__v1__create_key_request__descriptor, &tollgate__v1__create_key_response__descriptor,
     &tollgate__v1__update_key_request__descriptor, &tollgate__v1__list_keys_response__descriptor, "keys",
     KEY_COLS,
-    "account= project= name= model-allow= ip-allow= route-type= tag= expires= expose-cost reason= file= "
+    "account= project= name= model-allow= ip-allow= route-type= tag= expires= expose-cost rpm= tpm= reason= file= "
     "expected-revision= page-size= page-token=",
     key_flags,
     "usage: tollctl key create --account ACC [--project PRJ] [--name N] [--model-allow GLOB]...\n"
     "                          [--ip-allow CIDR]... [--route-type direct|pooled]... [--expires TIME]\n"
-    "                          [--expose-cost] [--file k.json]   (prints the secret once)\n"
+    "                          [--expose-cost] [--rpm N] [--tpm N] [--file k.json]   (prints the secret once)\n"
     "       tollctl key get ID | list [--account ACC] [--project PRJ] | delete ID\n"
     "       tollctl key pause ID [--reason R] | resume ID | revoke ID [--reason R]\n"
     "       tollctl key limits ID     spend limits: spent, held by agents, remaining, reset time\n"
-    "       tollctl key update ID [--name N] [--model-allow G]... [--file k.json]\n" CONN};
+    "       tollctl key update ID [--name N] [--model-allow G]... [--rpm N --tpm N] [--file k.json]\n"
+    "  --rpm/--tpm: requests / tokens per minute across all agents (0: unlimited; the rate\n"
+    "  limit is replaced as a whole, so an update must give both)\n" CONN};
 
 static const objcmd_t CHANNEL = {
     "channel", "Channel", "channel", "id", "create", &tollgate__v1__channel__descriptor,

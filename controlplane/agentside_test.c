@@ -1,6 +1,6 @@
 /* agentside_test.c: unit tests of the agent side's pure parts: the identity
  * proof bytes and their verification with real Ed25519 keys, marker keys,
- * and the ledger row a LedgerEntry becomes. The cost rule, the route-type ->
+ * the ledger row a LedgerEntry becomes, and the retention of limit states. The cost rule, the route-type ->
  * bucket map and the price entry lookup are billing/'s (tg_billing_test.c). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -256,6 +256,68 @@ static void test_snapshot_build(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Retention of limit states: a rate window goes five minutes after its
+ * minute, a day window a month and a day after its start, a run never; a
+ * pass reads at most its cap (100 here) and the next carries on where it
+ * stopped, so old windows sorted after more live ones than one pass reads
+ * still go, and the cursor wraps to reach states sorted before it. */
+static void test_limit_gc(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tg-agentside-gc-XXXXXX", spec[64], err[TG_ERRLEN] = "", key[200];
+    assert_non_null(mkdtemp(dir));
+    snprintf(spec, sizeof(spec), "lmdb:%s", dir);
+    tg_store_opts_t so = {.so_nosync = 1};
+    tg_store_t *st = NULL;
+    assert_int_equal(tg_store_open(&st, spec, &so, err, sizeof(err)), 0);
+    int64_t now = tg_cp_now_us(), minute = now - now % 60000000;
+    const char *keep[] = {"run/r1", "key/k1/total/0"};
+    for (int i = 0; i < 250; i++) { /* live rate windows, sorted first */
+        snprintf(key, sizeof key, TG_CP_K_LIMIT "key/a%04d/rpm/%lld", i, (long long)minute);
+        assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    }
+    for (int i = 0; i < 30; i++) { /* an hour old: gone */
+        snprintf(key, sizeof key, TG_CP_K_LIMIT "key/z%02d/tpm/%lld", i, (long long)(minute - 3600LL * 1000000));
+        assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    }
+    /* four minutes after its end: kept */
+    snprintf(key, sizeof key, TG_CP_K_LIMIT "key/z99/rpm/%lld", (long long)(minute - 300LL * 1000000));
+    assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    /* a day window of 40 days ago: gone; of today: kept */
+    snprintf(key, sizeof key, TG_CP_K_LIMIT "key/z98/day/%lld", (long long)(minute - 40LL * 86400 * 1000000));
+    assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    snprintf(key, sizeof key, TG_CP_K_LIMIT "key/z98/day/%lld", (long long)(minute - minute % (86400LL * 1000000)));
+    assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        snprintf(key, sizeof key, TG_CP_K_LIMIT "%s", keep[i]);
+        assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    }
+    tg_cp_t cp;
+    memset(&cp, 0, sizeof cp);
+    cp.cp_store = st;
+    /* 285 states: two passes over live windows, the third reaches the end */
+    assert_int_equal(cp_lease_gc(&cp, 100, err, sizeof(err)), 0);
+    assert_int_equal(cp_lease_gc(&cp, 100, err, sizeof(err)), 0);
+    assert_int_equal(cp_lease_gc(&cp, 100, err, sizeof(err)), 31);
+    assert_int_equal(cp.cp_gc_from_len, 0); /* wrapped */
+    /* an old window sorted before everything goes on the pass after the wrap */
+    snprintf(key, sizeof key, TG_CP_K_LIMIT "key/a0000/tpm/%lld", (long long)(minute - 3600LL * 1000000));
+    assert_int_equal(tg_store_put(st, key, strlen(key), "x", 1, 0, NULL, err, sizeof(err)), 0);
+    assert_int_equal(cp_lease_gc(&cp, 100, err, sizeof(err)), 1);
+    for (int pass = 0; pass < 3; pass++)
+        assert_int_equal(cp_lease_gc(&cp, 100, err, sizeof(err)), 0);
+    tg_store_range_res_t res;
+    tg_store_range_req_t rq = {.rq_key = TG_CP_K_LIMIT, .rq_key_len = strlen(TG_CP_K_LIMIT), .rq_prefix = 1,
+                               .rq_keys_only = 1};
+    assert_int_equal(tg_store_range(st, &rq, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.rs_n, 250 + 1 + 1 + 2);
+    tg_store_range_res_free(&res);
+    tg_store_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +325,7 @@ int main(void)
         cmocka_unit_test(test_verify_raw),
         cmocka_unit_test(test_marker_keys),
         cmocka_unit_test(test_row_from_entry), cmocka_unit_test(test_snapshot_build),
+        cmocka_unit_test(test_limit_gc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,6 +52,13 @@
 
 /* ---- events: what the engine keeps of a settled record --------------------------- */
 
+/* An error class that says something failed: agents write NONE (not 0)
+ * for a success, on the record and on each attempt. */
+static int class_failed(int c)
+{
+    return c != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UNSPECIFIED && c != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE;
+}
+
 typedef struct ev {
     int64_t e_at;
     char e_key[64], e_project[64], e_account[64], e_run[136], e_channel[64];
@@ -112,11 +119,12 @@ void cp_alerts_note(tg_cp_agent_side_t *as, const Tollgate__V1__UsageRecord *con
             e->e_tokens = r->usage->input_tokens + r->usage->output_tokens + r->usage->cache_read_tokens +
                           r->usage->cache_write_tokens;
         e->e_cost = r->cost_nano;
-        e->e_failed = r->error_class != 0 || r->client_status >= 400;
+        e->e_failed = class_failed((int)r->error_class) || r->client_status >= 400;
         e->e_fallback = r->fallback_used;
         for (size_t k = 0; k < r->n_attempts && e->e_natt < MAX_ATT; k++) {
             copy_id(e->e_att_ch[e->e_natt], sizeof(e->e_att_ch[0]), r->attempts[k]->channel_id);
-            e->e_att_failed[e->e_natt++] = r->attempts[k]->error_class != 0 || r->attempts[k]->http_status >= 400 ||
+            e->e_att_failed[e->e_natt++] = class_failed((int)r->attempts[k]->error_class) ||
+                                           r->attempts[k]->http_status >= 400 ||
                                            r->attempts[k]->http_status == 0;
         }
     }

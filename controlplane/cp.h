@@ -113,6 +113,10 @@ typedef struct tg_cp {
     atomic_int cp_stopping;
     atomic_int cp_ledger_gap;       /* 1 while the ledger lacks rows retention deleted (catchup.c) */
     struct tg_cp_agent_side *cp_agent; /* owned by the agent side */
+    /* where the next limit-retention pass starts (cp_lease_gc, tail thread
+     * only): the key after the last one read; length 0 = the prefix start */
+    uint8_t cp_gc_from[TG_STORE_MAX_KEY + 1];
+    size_t cp_gc_from_len;
     /* metrics (Prometheus counters, see http.c) */
     atomic_llong cp_m_batches;      /* batches settled */
     atomic_llong cp_m_records;      /* records settled */
@@ -151,6 +155,7 @@ typedef struct cp_scope {
     int64_t cs_start, cs_end; /* the window; 0 and INT64_MAX for total and runs */
     int64_t cs_limit;
     int cs_action;
+    int cs_rate;              /* a rate window (requests or tokens): nothing settles it */
 } cp_scope_t;
 
 struct Tollgate__V1__SpendLimit;
@@ -203,10 +208,16 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s);
 int cp_key_pause(tg_cp_t *cp, const char *key_id, const char *reason, const char *why);
 
 /* Leader retention: deletes the state of key and project limit windows
- * that ended more than a day ago (up to 1000 per call). Returns how many,
- * or -1 with err set. A record settling later than that for an old window
- * counts against a fresh state (docs/SPEND.md). */
-int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen);
+ * that ended more than a day ago, and of rate windows (a minute each) five
+ * minutes after they ended. A call reads at most max_states states (the
+ * tail passes CP_LEASE_GC_STATES), starting where the previous call stopped
+ * (cp->cp_gc_from) and wrapping to the prefix start after its end, so
+ * every state is looked at within (states / max_states) passes. Call from
+ * one thread only. Returns how many were deleted, or -1 with err set. A
+ * record settling later than that for an old window counts against a fresh
+ * state (docs/SPEND.md). */
+#define CP_LEASE_GC_STATES 20000
+int cp_lease_gc(tg_cp_t *cp, size_t max_states, char *err, size_t errlen);
 
 /* The sum of b's holds (spend leases) that are live at now_us. */
 int64_t cp_lease_reserved(const struct Tollgate__V1__Balance *b, int64_t now_us);

@@ -157,14 +157,59 @@ int cp_limits_of(tg_cp_t *cp, const char *kind, const char *obj, ProtobufCMessag
     return 0;
 }
 
+/* A key's rate window (key/<id>/rpm|tpm/<minute start>): the key's
+ * requests or tokens per minute, for a minute near now (an agent's clock
+ * may be a little off; a window far from now is refused, so no one
+ * creates state for minutes that will never be used). */
+static int resolve_rate(tg_cp_t *cp, const char *id, const char *account, const char *kid, int what, int64_t start,
+                        cp_scope_t *s, char *err, size_t errlen)
+{
+    char key[TG_STORE_MAX_KEY];
+    ProtobufCMessage *m = NULL;
+    int64_t now = tg_cp_now_us();
+    const char *name = what == TG_BILLING_RATE_TOKENS ? "tokens_per_minute" : "requests_per_minute";
+    if (strlen(kid) >= sizeof(s->cs_obj) || strlen(account) >= sizeof(s->cs_account))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: key id or account_id too long");
+    if (start < now - 2 * TG_BILLING_RATE_WINDOW_US || start > now + TG_BILLING_RATE_WINDOW_US)
+        return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
+                       "scope: the window of '%s' is not the current minute (check the agent's clock)", id);
+    snprintf(key, sizeof(key), TG_CP_K_KEY "%s", kid);
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, NULL, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)m;
+    int64_t limit = 0;
+    if (k != NULL && strcmp(k->account_id, account) == 0 && k->rate_limit != NULL)
+        limit = what == TG_BILLING_RATE_TOKENS ? k->rate_limit->tokens_per_minute : k->rate_limit->requests_per_minute;
+    int code = TG_RPC_CODE_OK;
+    if (limit <= 0) {
+        code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: key '%s' of account '%s' has no rate_limit.%s",
+                       kid, account, name);
+    } else {
+        snprintf(s->cs_id, sizeof(s->cs_id), "%s", id);
+        snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", id);
+        snprintf(s->cs_kind, sizeof(s->cs_kind), "key");
+        snprintf(s->cs_obj, sizeof(s->cs_obj), "%.*s", (int)sizeof(s->cs_obj) - 1, kid);
+        snprintf(s->cs_account, sizeof(s->cs_account), "%.*s", (int)sizeof(s->cs_account) - 1, account);
+        s->cs_start = start;
+        s->cs_end = start + TG_BILLING_RATE_WINDOW_US;
+        s->cs_limit = limit;
+        s->cs_rate = 1;
+    }
+    tg_rpc_pb_free(m);
+    return code;
+}
+
 int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_t *s, char *err, size_t errlen)
 {
     char kind[16], obj[160], win[16], key[TG_STORE_MAX_KEY];
     long long start = 0;
     ProtobufCMessage *m = NULL;
     int code = TG_RPC_CODE_OK;
-    int n = 0;
+    int n = 0, what = 0;
+    int64_t rstart = 0;
     memset(s, 0, sizeof(*s));
+    if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0)
+        return resolve_rate(cp, id, account, obj, what, rstart, s, err, errlen);
     if (strncmp(id, "run/", 4) == 0) {
         if (strlen(id + 4) == 0 || strlen(id + 4) >= sizeof(obj))
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: '%s' is not a run scope", id);
@@ -271,42 +316,73 @@ void cp_scope_pause_key(tg_cp_t *cp, const cp_scope_t *s)
 /* ---- retention of ended windows --------------------------------------------------- */
 
 #define LIMIT_GRACE_US (86400LL * 1000000) /* a window's state is kept a day after it ends */
+#define RATE_GRACE_US (300LL * 1000000)    /* a rate window's, five minutes */
+#define GC_PAGE 1000                       /* limit states read per store range */
 
-int cp_lease_gc(tg_cp_t *cp, char *err, size_t errlen)
+/* Whether the state of limit scope `id` is past keeping at now. */
+static int gc_due(const char *id, int64_t now)
+{
+    char kind[16], obj[160], win[16];
+    long long start = 0;
+    int n = 0, w = 0, what;
+    int64_t rstart;
+    /* a rate window: of no use once its minute is over */
+    if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0)
+        return rstart + TG_BILLING_RATE_WINDOW_US < now - RATE_GRACE_US;
+    if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
+        return 0; /* runs: kept while their budget is configured */
+    for (int k = 1; k <= 4; k++)
+        if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
+            w = k;
+    /* the window ended a month after its start at the latest, whatever
+     * the account's zone */
+    return w != 0 && w != TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL &&
+           (int64_t)start + 32 * 86400LL * 1000000 < now - LIMIT_GRACE_US;
+}
+
+int cp_lease_gc(tg_cp_t *cp, size_t max_states, char *err, size_t errlen)
 {
     uint8_t end[64];
     size_t endlen = tg_store_prefix_end(TG_CP_K_LIMIT, strlen(TG_CP_K_LIMIT), end);
-    int64_t cut = tg_cp_now_us() - LIMIT_GRACE_US;
+    size_t plen = strlen(TG_CP_K_LIMIT), nread = 0;
+    int64_t now = tg_cp_now_us();
     int deleted = 0;
-    tg_store_range_res_t res;
-    tg_store_range_req_t rq = {.rq_key = TG_CP_K_LIMIT, .rq_key_len = strlen(TG_CP_K_LIMIT), .rq_end = end,
-                               .rq_end_len = endlen, .rq_limit = 1000, .rq_keys_only = 1};
-    if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
-        return -1;
-    for (size_t i = 0; i < res.rs_n; i++) {
-        char id[TG_STORE_MAX_KEY], kind[16], obj[160], win[16];
-        long long start = 0;
-        int n = 0, w = 0;
-        size_t kl = res.rs_kvs[i].kv_key_len - strlen(TG_CP_K_LIMIT);
-        if (kl >= sizeof(id))
-            continue;
-        memcpy(id, (const char *)res.rs_kvs[i].kv_key + strlen(TG_CP_K_LIMIT), kl);
-        id[kl] = '\0';
-        if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
-            continue; /* runs: kept while their budget is configured */
-        for (int k = 1; k <= 4; k++)
-            if (tg_billing_window_name(k) && strcmp(tg_billing_window_name(k), win) == 0)
-                w = k;
-        /* the window ended a month after its start at the latest, whatever
-         * the account's zone */
-        if (w == 0 || w == TOLLGATE__V1__LIMIT_WINDOW__LIMIT_WINDOW_TOTAL || (int64_t)start + 32 * 86400LL * 1000000 >= cut)
-            continue;
-        tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
-                            .op_key_len = res.rs_kvs[i].kv_key_len};
-        if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
-            deleted++;
+    if (cp->cp_gc_from_len == 0) {
+        memcpy(cp->cp_gc_from, TG_CP_K_LIMIT, plen);
+        cp->cp_gc_from_len = plen;
     }
-    tg_store_range_res_free(&res);
+    /* pages from the resume cursor (a busy key makes two rate windows a
+     * minute, more than one pass can read); the cursor is the key after the
+     * last one read, so deleting what was read does not move it */
+    while (nread < max_states) {
+        tg_store_range_res_t res;
+        size_t lim = max_states - nread < GC_PAGE ? max_states - nread : GC_PAGE;
+        tg_store_range_req_t rq = {.rq_key = cp->cp_gc_from, .rq_key_len = cp->cp_gc_from_len, .rq_end = end,
+                                   .rq_end_len = endlen, .rq_limit = (int64_t)lim, .rq_keys_only = 1};
+        if (tg_store_range(cp->cp_store, &rq, &res, err, errlen) < 0)
+            return deleted > 0 ? deleted : -1;
+        nread += res.rs_n;
+        for (size_t i = 0; i < res.rs_n; i++) {
+            char id[TG_STORE_MAX_KEY];
+            size_t kl = res.rs_kvs[i].kv_key_len - plen;
+            if (kl >= sizeof(id))
+                continue;
+            memcpy(id, (const char *)res.rs_kvs[i].kv_key + plen, kl);
+            id[kl] = '\0';
+            if (!gc_due(id, now))
+                continue;
+            tg_store_op_t op = {.op_type = TG_STORE_OP_DELETE, .op_key = res.rs_kvs[i].kv_key,
+                                .op_key_len = res.rs_kvs[i].kv_key_len};
+            if (tg_store_txn(cp->cp_store, NULL, 0, &op, 1, NULL, 0, NULL, err, errlen) == 0)
+                deleted++;
+        }
+        int more = res.rs_more && tg_store_range_next(&res, cp->cp_gc_from, &cp->cp_gc_from_len) == 0;
+        tg_store_range_res_free(&res);
+        if (!more) { /* the end of the prefix: the next pass starts over */
+            cp->cp_gc_from_len = 0;
+            break;
+        }
+    }
     return deleted;
 }
 
@@ -432,7 +508,7 @@ loop:
         int64_t floor = scope != NULL ? 0 : cp_lease_floor(a, b);
         /* the live holds of the others; this agent's own, if live */
         Tollgate__V1__BalanceHold *mine = NULL;
-        int64_t others = 0;
+        int64_t others = 0, used_before = 0;
         size_t nothers = 0, keep = 0;
         holds = tg_calloc(b->n_holds + 1, sizeof(*holds));
         if (holds == NULL) {
@@ -442,9 +518,19 @@ loop:
         for (size_t i = 0; i < b->n_holds; i++) {
             Tollgate__V1__BalanceHold *h = b->holds[i];
             int live = h->expires_at_us > now;
+            int rate = scope != NULL && scope->cs_rate;
             if (strcmp(h->agent_id, agent_id) == 0) {
                 if (live)
                     mine = h;
+                if (rate)
+                    used_before = h->used_nano; /* a restarted agent's admissions of this minute */
+                continue;
+            }
+            if (!live && rate && h->used_nano > 0) {
+                /* nothing settles a rate window: what a lapsed agent
+                 * admitted stays counted until the window ends */
+                others += h->used_nano;
+                holds[keep++] = h;
                 continue;
             }
             if (!live)
@@ -464,11 +550,14 @@ loop:
          * and what it owes are counted: the part it keeps is capped by it
          * (a lowered limit or a negative adjustment reaches the agents'
          * slices at their next request), and the grant comes from the rest */
-        int64_t left = b->balance_nano - floor - others - q->unsettled_nano;
+        int64_t owed = q->unsettled_nano;
+        if (owed < used_before && restarted)
+            owed = used_before;
+        int64_t left = b->balance_nano - floor - others - owed;
         int64_t kept = restarted ? 0 : q->keep_nano;
         if (kept > left)
             kept = left > 0 ? left : 0;
-        int64_t base = q->unsettled_nano + kept;
+        int64_t base = owed + kept;
         int64_t room = left - kept;
         /* the waiting request needs only what its free part lacks */
         int64_t need = q->need_nano > kept ? q->need_nano - kept : 0;
@@ -479,6 +568,8 @@ loop:
         mine_new.expires_at_us = now + (int64_t)cp->cp_lease_ttl_ms * 1000;
         mine_new.granted_at_us = now;
         mine_new.spend_rate_nano_per_s = q->spend_rate_nano_per_s;
+        if (scope != NULL && scope->cs_rate)
+            mine_new.used_nano = owed;
         holds[keep++] = &mine_new;
         Tollgate__V1__BalanceHold **old = b->holds;
         size_t nold = b->n_holds;
@@ -504,7 +595,7 @@ loop:
             /* a waiting request that what is left of the limit cannot cover
              * even if no other agent held any of it: the limit is reached,
              * and with the pause-key action the key pauses */
-            int64_t unheld = b->balance_nano - floor - q->unsettled_nano;
+            int64_t unheld = b->balance_nano - floor - owed;
             if (scope != NULL && scope->cs_action == TOLLGATE__V1__LIMIT_ACTION__LIMIT_ACTION_PAUSE_KEY &&
                 strcmp(scope->cs_kind, "key") == 0 && q->need_nano > 0 && unheld < q->need_nano)
                 cp_scope_pause_key(cp, scope);

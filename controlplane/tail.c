@@ -445,7 +445,7 @@ static void retain(tg_cp_agent_side_t *as)
             TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %" PRId64 " batch markers", n);
     }
     if (!as->as_stop) {
-        int n = cp_lease_gc(cp, err, sizeof(err));
+        int n = cp_lease_gc(cp, CP_LEASE_GC_STATES, err, sizeof(err));
         if (n > 0)
             TG_LOG(TG_LOG_INFO, "cp.tail", "retention: deleted %d ended limit windows", n);
     }

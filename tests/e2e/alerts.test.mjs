@@ -5,8 +5,10 @@
 // refused naming the field; a key's 50/80/100 % thresholds fire once each
 // per window; a webhook that fails twice gets the alert on the third try and
 // a receiver that dedups by the idempotency id sees each alert once;
-// WatchAlerts resumes after an alert id; a token-velocity rule pauses a key
-// and the agent answers 403 key_paused naming the rule within about a second.
+// WatchAlerts resumes after an alert id; spend velocity per account, a
+// channel's error rate, a key's fallback rate and a failed request that
+// consumed tokens each fire once; a token-velocity rule pauses a key and the
+// agent answers 403 key_paused naming the rule within about a second.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -128,6 +130,10 @@ for (const backend of ['lmdb', 'etcd']) {
       assert.ok(listed.rules.some((r) => r.id === created.rule.id));
 
       const alerts = async () => (await cp.adminCall('ListAlerts', { rule_id: created.rule.id })).alerts;
+      // the engine learns that rules exist at its next pass (at most 1 s):
+      // a record settled before that is only seen by the 10 s sweep
+      // (docs/SPEND.md, "Alerts"); under load that raced the first report
+      await new Promise((r) => setTimeout(r, 1200));
       await report(k.key.id, 6); // 60 %
       await until(async () => (await alerts()).length === 1, { timeoutMs: 5000, what: 'the 50 % alert' });
       await report(k.key.id, 2); // 80 %
@@ -191,6 +197,7 @@ for (const backend of ['lmdb', 'etcd']) {
       for (const n of ['a', 'b']) keys.push((await cp.adminCall('CreateKey', { key: { account_id: acct.id, name: `thr-${n}` } })).key.id);
       const created = await cp.adminCall('CreateAlertRule', { rule: { scope: 'account', scope_id: acct.id,
         kind: 'ALERT_KIND_SPEND_THRESHOLD', thresholds_pct: [50] } });
+      await new Promise((r) => setTimeout(r, 1200)); // the engine learns that rules exist
       const alerts = async () => (await cp.adminCall('ListAlerts', { rule_id: created.rule.id })).alerts;
       const mine = { ...ids, account: acct.id };
       const send = async (keyId) => {
@@ -207,6 +214,85 @@ for (const backend of ['lmdb', 'etcd']) {
       const [a] = await alerts();
       assert.match(a.limit_scope, new RegExp(`^account/${acct.id}/month/`));
       assert.equal(a.spent_nano, String(UNIT * 2n));
+    });
+
+    test(`${backend}: spend velocity per account, channel error rate, fallback rate, failed-but-consumed`, async () => {
+      // records shaped as a real agent writes them: ERROR_CLASS_NONE (not
+      // unset) on successes, an attempt per channel tried
+      const acct = await cp.adminCall('CreateAccount', { account: { name: `velo-${backend}`, billing_mode: 'BILLING_MODE_PREPAID',
+        buckets: [{ name: 'credit', currency: 'USD' }, { name: 'wallet', currency: 'USD' }] } });
+      await cp.adminCall('TopUp', { account_id: acct.id, bucket: 'wallet', amount_nano: String(100n * 1000000000n),
+        currency: 'USD', idempotency_key: `velo-${backend}`, reason: 'e2e' });
+      const vk = await cp.adminCall('CreateKey', { key: { account_id: acct.id, name: 'velo' } });
+      const flaky = await cp.adminCall('CreateChannel', { channel: { name: `flaky-${backend}`, provider: 'PROVIDER_TYPE_OPENAI',
+        base_url: 'http://127.0.0.1:9/v1', route_type: 'ROUTE_TYPE_POOLED', credential: 'sk-flaky' } });
+      const fk = await newKey('fallbacks');
+      const wk = await newKey('wasted');
+      const mk = async (rule) => (await cp.adminCall('CreateAlertRule', { rule })).rule;
+      const velo = await mk({ name: 'account spend', scope: 'account', scope_id: acct.id, kind: 'ALERT_KIND_SPEND_VELOCITY',
+        velocity_limit: String(UNIT * 2n), window_s: 60 });
+      const errs = await mk({ name: 'flaky errors', scope: 'channel', scope_id: flaky.id, kind: 'ALERT_KIND_CHANNEL_ERROR_RATE',
+        rate_pct: 50, min_requests: 4, window_s: 60 });
+      const fbk = await mk({ name: 'fallbacks', scope: 'key', scope_id: fk.key.id, kind: 'ALERT_KIND_FALLBACK_RATE',
+        rate_pct: 40, min_requests: 5, window_s: 60 });
+      const wasted = await mk({ name: 'wasted', scope: 'key', scope_id: wk.key.id, kind: 'ALERT_KIND_FAILED_WITH_USAGE' });
+      await new Promise((r) => setTimeout(r, 1200)); // the engine learns that rules exist
+      const alerts = async (rule) => (await cp.adminCall('ListAlerts', { rule_id: rule.id })).alerts;
+      const ok = { http_status: 200, error_class: 'ERROR_CLASS_NONE', decision: 'ATTEMPT_DECISION_FINAL' };
+      const rec = (keyId, extra = {}) => ({ ...fa.record(ids), key_id: keyId, project_id: '', error_class: 'ERROR_CLASS_NONE',
+        attempts: [{ index: 0, channel_id: ids.channel, ...ok }], ...extra });
+      // a request that failed on the flaky channel, then fell back
+      const fellBack = () => rec(fk.key.id, { fallback_used: true, attempts: [
+        { index: 0, channel_id: flaky.id, http_status: 500, error_class: 'ERROR_CLASS_UPSTREAM_5XX', decision: 'ATTEMPT_DECISION_FALLBACK_TIER' },
+        { index: 1, channel_id: ids.channel, tier: 1, ...ok }] });
+      const servedByFlaky = () => rec(fk.key.id, { channel_id: flaky.id, attempts: [{ index: 0, channel_id: flaky.id, ...ok }] });
+
+      // spend velocity of an account: 2 units in the minute is the limit, 3 pass it
+      const vrec = () => ({ ...rec(vk.key.id), account_id: acct.id });
+      await fa.report(fa.signed([vrec(), vrec()]));
+      // error rate 1 of 3 (under min_requests), fallbacks 1 of 3 (under min_requests)
+      await fa.report(fa.signed([servedByFlaky(), servedByFlaky(), fellBack()]));
+      // a failed request with no usage: nothing consumed, no alert
+      await fa.report(fa.signed([rec(wk.key.id, { client_status: 502, error_class: 'ERROR_CLASS_UPSTREAM_5XX', usage: {},
+        cost_nano: 0, channel_id: '', bucket: '', attempts: [{ index: 0, channel_id: ids.channel, http_status: 502,
+          error_class: 'ERROR_CLASS_UPSTREAM_5XX', decision: 'ATTEMPT_DECISION_GIVE_UP' }] })]));
+      await new Promise((r) => setTimeout(r, 700));
+      for (const r of [velo, errs, fbk, wasted]) assert.deepEqual(await alerts(r), [], `${r.name}: nothing yet`);
+      // successes as real agents write them are not failures
+      await fa.report(fa.signed([rec(wk.key.id), rec(wk.key.id)]));
+
+      await fa.report(fa.signed([vrec()]));
+      await fa.report(fa.signed([fellBack(), fellBack()])); // errors 3 of 5 on flaky, fallbacks 3 of 5 for the key
+      const wasteRec = rec(wk.key.id, { client_status: 502, error_class: 'ERROR_CLASS_STREAM_CUT', finish_reason: 'error' });
+      const wasteBatch = fa.signed([wasteRec]);
+      await fa.report(wasteBatch);
+      await fa.report(wasteBatch); // resent: settled once, alerted once
+
+      const [v] = await until(async () => { const a = await alerts(velo); return a.length ? a : null; },
+        { timeoutMs: 5000, what: 'the spend velocity alert' });
+      assert.equal(v.kind, 'ALERT_KIND_SPEND_VELOCITY');
+      assert.equal(v.account_id, acct.id);
+      assert.equal(v.observed, String(UNIT * 3n));
+      assert.equal(v.limit, String(UNIT * 2n));
+      const [e] = await until(async () => { const a = await alerts(errs); return a.length ? a : null; },
+        { timeoutMs: 5000, what: 'the channel error rate alert' });
+      assert.equal(e.kind, 'ALERT_KIND_CHANNEL_ERROR_RATE');
+      assert.equal(e.observed, '60');
+      assert.match(e.message, /error rate 60% \(3 of 5\)/);
+      const [f] = await until(async () => { const a = await alerts(fbk); return a.length ? a : null; },
+        { timeoutMs: 5000, what: 'the fallback rate alert' });
+      assert.equal(f.kind, 'ALERT_KIND_FALLBACK_RATE');
+      assert.equal(f.observed, '60');
+      assert.match(f.message, /fallback rate 60% \(3 of 5\)/);
+      const [w] = await until(async () => { const a = await alerts(wasted); return a.length ? a : null; },
+        { timeoutMs: 5000, what: 'the failed-but-consumed alert' });
+      assert.equal(w.kind, 'ALERT_KIND_FAILED_WITH_USAGE');
+      assert.equal(w.record_id, wasteRec.record_id);
+      assert.equal(w.observed, String(TOKENS.input_tokens + TOKENS.output_tokens));
+      assert.equal(w.spent_nano, String(UNIT));
+      await new Promise((r) => setTimeout(r, 700));
+      // each once: in their period, per record
+      for (const r of [velo, errs, fbk, wasted]) assert.equal((await alerts(r)).length, 1, r.name);
     });
 
     test(`${backend}: a token-velocity rule pauses the key and a real agent refuses it within about a second`, async () => {
@@ -229,6 +315,7 @@ for (const backend of ['lmdb', 'etcd']) {
         // the key is known to the agent and not paused
         await until(async () => (await ask()).status !== 401, { timeoutMs: 5000, what: 'the agent to know the key' });
         assert.equal(await isPaused(), null);
+        await new Promise((r) => setTimeout(r, 1200)); // the engine learns that rules exist
         await report(k.key.id, 1); // 1,500 tokens in the window: under 2,000/min
         await new Promise((r) => setTimeout(r, 500));
         assert.equal(await isPaused(), null);

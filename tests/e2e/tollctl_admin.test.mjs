@@ -107,6 +107,17 @@ test('accounts, projects and keys: tables, --json, secret printed once', async (
   assert.ok(!keys.stdout.includes(secret));
   assert.ok(!(await ok(['key', 'get', keyId[1], '--json'])).stdout.includes(secret.slice(12)));
 
+  // rate limits: set on create; an update replaces both, so one flag alone is refused
+  const rk = await json(['key', 'create', '--account', id, '--name', 'rated', '--rpm', '60', '--tpm', '1000']);
+  assert.deepEqual(rk.key.rate_limit, { requests_per_minute: '60', tokens_per_minute: '1000' });
+  const half = await tollctl(['key', 'update', rk.key.id, '--rpm', '30']);
+  assert.equal(half.code, 2);
+  assert.match(half.stderr, /--rpm without --tpm would set the other limit to 0 \(unlimited\).*give both \(--rpm N --tpm N/);
+  assert.deepEqual((await json(['key', 'get', rk.key.id])).rate_limit, { requests_per_minute: '60', tokens_per_minute: '1000' });
+  const both = await json(['key', 'update', rk.key.id, '--rpm', '30', '--tpm', '0']);
+  assert.equal(both.rate_limit.requests_per_minute, '30');
+  assert.ok(!Number(both.rate_limit.tokens_per_minute ?? 0), 'tokens per minute: unlimited');
+
   assert.equal((await json(['key', 'pause', keyId[1], '--reason', 'budget'])).status, 'KEY_STATUS_PAUSED');
   assert.match((await ok(['key', 'list', '--project', prj.id])).stdout, /paused\s+budget/);
   assert.equal((await json(['key', 'resume', keyId[1]])).status, 'KEY_STATUS_ACTIVE');
