@@ -55,17 +55,8 @@ start_server dead-port dead.log 'refusing on 127\.0\.0\.1:[0-9]+' "$MOCK" --refu
 DEAD_PORT=${LINE##*:}
 
 step "starting the control plane (embedded LMDB store)" cp.log
-ADMIN_TOKEN="tg-admin-$(rand_hex 16)"
-ENROLL_TOKEN="tg-enroll-$(rand_hex 16)"
-printf '# name role token\nsoak admin %s\n' "$ADMIN_TOKEN" >"$STATE/admin-tokens"
-printf '%s\n' "$ENROLL_TOKEN" >"$STATE/enroll-token"
-mkdir -p "$STATE/cp"
-start_server tollgate-cp cp.log '^tollgate-cp grpc=' "$CP" \
-  --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$STATE/cp" --store "lmdb:$STATE/cp/store" \
-  --admin-tokens "$STATE/admin-tokens" --enroll-token-file "$STATE/enroll-token" \
-  --node-id soak --heartbeat-ms 1000
+start_cp_lmdb soak
 CP_PID=${pids[-1]}
-CP_GRPC=$(sed -E 's/.*grpc=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
 TC_SERVER="127.0.0.1:$CP_GRPC"
 
 step "configuring (account, channels, routes, price card, key; log in setup.log)" setup.log tollctl.log
