@@ -9,7 +9,7 @@
 //   tol   = max(10 % of the middle third's mean, the series' absolute floor)
 //           (floors: RSS 1 MiB, open files 4, outbox 50 records, disk 1 MiB),
 // else "NOT FLAT" with the slope of the last two thirds (per minute). Disk
-// series also get bytes per settled-able request (growth over the run / the
+// series also get bytes per request sent (growth over the run / the
 // requests sent), since the ledger is append-only and must grow.
 //
 //   node soak_summary.mjs CSV
