@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     *) echo "soak: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
-[[ "$minutes" =~ ^[0-9]+$ ]] && [ "$minutes" -ge 1 ] || { echo "soak: --minutes wants a whole number >= 1" >&2; exit 2; }
+if ! [[ "$minutes" =~ ^[1-9][0-9]*$ ]]; then echo "soak: --minutes wants a whole number >= 1" >&2; exit 2; fi
 
 PROG=soak
 # shellcheck source=deploy/lib.sh
