@@ -106,6 +106,23 @@ start_server() {
   fail "$name did not report its address within 15 s"
 }
 
+# start_cp_lmdb NODE_ID: tokens (ADMIN_TOKEN, ENROLL_TOKEN, their files in
+# $STATE) and a control plane on its embedded LMDB store in $STATE/cp, free
+# ports on 127.0.0.1 (log cp.log); sets CP_GRPC and CP_HTTP.
+start_cp_lmdb() {
+  ADMIN_TOKEN="tg-admin-$(rand_hex 16)"
+  ENROLL_TOKEN="tg-enroll-$(rand_hex 16)"
+  printf '# name role token\n%s admin %s\n' "$1" "$ADMIN_TOKEN" >"$STATE/admin-tokens"
+  printf '%s\n' "$ENROLL_TOKEN" >"$STATE/enroll-token"
+  mkdir -p "$STATE/cp"
+  start_server tollgate-cp cp.log '^tollgate-cp grpc=' "$CP" \
+    --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$STATE/cp" --store "lmdb:$STATE/cp/store" \
+    --admin-tokens "$STATE/admin-tokens" --enroll-token-file "$STATE/enroll-token" \
+    --node-id "$1" --heartbeat-ms 1000
+  CP_GRPC=$(sed -E 's/.*grpc=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
+  CP_HTTP=$(sed -E 's/.*http=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
+}
+
 # tc ARGS...: tollctl against the control plane at $TC_SERVER (TLS files,
 # if any, from TOLLGATE_CA / TOLLGATE_CERT / TOLLGATE_KEY); prints what is
 # run, keeps its stdout in $OUT (and stderr in tollctl.log).

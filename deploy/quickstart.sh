@@ -52,17 +52,7 @@ MOCK_PORT=${LINE##*:}
 echo "mockllm on http://127.0.0.1:$MOCK_PORT"
 
 step "starting the control plane (tollgate-cp, embedded LMDB store)" cp.log
-ADMIN_TOKEN="tg-admin-$(rand_hex 16)"
-ENROLL_TOKEN="tg-enroll-$(rand_hex 16)"
-printf '# name role token\nquickstart admin %s\n' "$ADMIN_TOKEN" >"$STATE/admin-tokens"
-printf '%s\n' "$ENROLL_TOKEN" >"$STATE/enroll-token"
-mkdir -p "$STATE/cp"
-start_server tollgate-cp cp.log '^tollgate-cp grpc=' "$CP" \
-  --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$STATE/cp" --store "lmdb:$STATE/cp/store" \
-  --admin-tokens "$STATE/admin-tokens" --enroll-token-file "$STATE/enroll-token" \
-  --node-id quickstart --heartbeat-ms 1000
-CP_GRPC=$(sed -E 's/.*grpc=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
-CP_HTTP=$(sed -E 's/.*http=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
+start_cp_lmdb quickstart
 echo "tollgate-cp gRPC on 127.0.0.1:$CP_GRPC, HTTP on 127.0.0.1:$CP_HTTP (admin token in $STATE/admin-tokens)"
 
 # ---- configuration through the admin API ------------------------------------------
