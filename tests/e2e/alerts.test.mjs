@@ -328,7 +328,12 @@ for (const backend of ['lmdb', 'etcd']) {
         const key = await cp.adminCall('GetKey', { id: k.key.id });
         assert.equal(key.status, 'KEY_STATUS_PAUSED');
         assert.match(key.status_reason, /token velocity/);
-        const fired = (await cp.adminCall('ListAlerts', { rule_id: rule.rule.id })).alerts;
+        // the pause and the alert's record are two writes: the agent may refuse the key a moment before
+        // the alert is listed
+        const fired = await until(async () => {
+          const a = (await cp.adminCall('ListAlerts', { rule_id: rule.rule.id })).alerts;
+          return a.length ? a : null;
+        }, { timeoutMs: 5000, what: 'the alert to be recorded' });
         assert.equal(fired.length, 1);
         assert.equal(fired[0].action_taken, 'key_paused');
         // resume lifts it
