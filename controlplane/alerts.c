@@ -25,8 +25,6 @@
  * rate windows restart empty on a new leader (docs/SPEND.md, Alerts). */
 #include <curl/curl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -597,20 +595,16 @@ static size_t discard(void *p, size_t sz, size_t n, void *arg)
 
 void cp_alerts_sign(const char *secret, int64_t t, const char *body, size_t len, char *out, size_t outlen)
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    char hex[2 * EVP_MAX_MD_SIZE + 1], ts[24];
+    uint8_t mac[TG_SHA256_LEN];
+    char hex[2 * TG_SHA256_LEN + 1], ts[24];
     int tl = snprintf(ts, sizeof(ts), "%" PRId64 ".", t);
     char *msg = tg_malloc((size_t)tl + len + 1);
     hex[0] = '\0';
     if (msg != NULL) {
         memcpy(msg, ts, (size_t)tl);
         memcpy(msg + tl, body, len);
-        if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)msg, (size_t)tl + len, mac,
-                 &maclen) != NULL) {
-            tg_crypto_hex(mac, maclen, hex);
-            hex[2 * maclen] = '\0';
-        }
+        tg_crypto_hmac_sha256(secret, strlen(secret), msg, (size_t)tl + len, mac);
+        tg_crypto_hex(mac, TG_SHA256_LEN, hex);
         tg_free(msg);
     }
     ts[tl - 1] = '\0';

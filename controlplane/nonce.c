@@ -86,18 +86,12 @@ static void agent_digest(const char *agent_id, uint8_t out[16])
  * bytes. An agent id is at most 128 bytes (longer ones never get here). */
 static void nonce_mac(const struct cp_nonces *n, const uint8_t head[24], const char *agent_id, uint8_t out[MAC_LEN])
 {
-    uint8_t pad[64 + 24 + 256], inner[32];
+    uint8_t msg[24 + 256], mac[TG_SHA256_LEN];
     size_t idl = strnlen(agent_id, 256);
-    for (int i = 0; i < 64; i++)
-        pad[i] = (uint8_t)((i < 32 ? n->nc_key[i] : 0) ^ 0x36);
-    memcpy(pad + 64, head, 24);
-    memcpy(pad + 88, agent_id, idl);
-    tg_crypto_sha256(pad, 88 + idl, inner);
-    for (int i = 0; i < 64; i++)
-        pad[i] = (uint8_t)((i < 32 ? n->nc_key[i] : 0) ^ 0x5c);
-    memcpy(pad + 64, inner, 32);
-    tg_crypto_sha256(pad, 96, inner);
-    memcpy(out, inner, MAC_LEN);
+    memcpy(msg, head, 24);
+    memcpy(msg + 24, agent_id, idl);
+    tg_crypto_hmac_sha256(n->nc_key, sizeof n->nc_key, msg, 24 + idl, mac);
+    memcpy(out, mac, MAC_LEN);
 }
 
 int cp_nonce_issue(tg_cp_agent_side_t *as, const char *agent_id, int64_t now_us, uint8_t out[CP_NONCE_LEN],

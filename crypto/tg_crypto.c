@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
@@ -54,6 +55,13 @@ void tg_crypto_sha256(const void *data, size_t n, uint8_t out[TG_SHA256_LEN])
     /* EVP_Digest with SHA-256 cannot fail on valid arguments short of a
      * broken library; a zeroed output would then fail every comparison. */
     if (EVP_Digest(data, n, out, &len, EVP_sha256(), NULL) != 1)
+        memset(out, 0, TG_SHA256_LEN);
+}
+
+void tg_crypto_hmac_sha256(const void *key, size_t klen, const void *data, size_t n, uint8_t out[TG_SHA256_LEN])
+{
+    unsigned int len = TG_SHA256_LEN;
+    if (HMAC(EVP_sha256(), key, (int)klen, data, n, out, &len) == NULL)
         memset(out, 0, TG_SHA256_LEN);
 }
 

@@ -39,6 +39,10 @@ const char *tg_crypto_strerror(int code);
 /* SHA-256 of n bytes into out. Can't fail. */
 void tg_crypto_sha256(const void *data, size_t n, uint8_t out[TG_SHA256_LEN]);
 
+/* HMAC-SHA256 under key (klen bytes) of n bytes into out. Can't fail (a
+ * broken library gives zeros, which fail every comparison). */
+void tg_crypto_hmac_sha256(const void *key, size_t klen, const void *data, size_t n, uint8_t out[TG_SHA256_LEN]);
+
 /* Lowercase hex of n bytes into out, which must hold 2n+1 bytes. */
 void tg_crypto_hex(const uint8_t *in, size_t n, char *out);
 
