@@ -47,9 +47,14 @@ typedef struct resp {
     http_parser rp_p;
     const tg_h1_handler_t *rp_hh;
     void *rp_arg;
-    char *rp_fb;          /* the field being read: name, then value (freed at the head's end) */
-    size_t rp_fl, rp_fcap, rp_nl;
-    int rp_inval;         /* reading the value */
+    /* The head's fields as records (name length, value length, name,
+     * value), handed over only once the whole head parsed: a head that
+     * turns out malformed shows no field. Freed at the head's end. */
+    char *rp_fb;
+    size_t rp_fl, rp_fcap;
+    size_t rp_rec;        /* offset of the open record */
+    size_t rp_nl, rp_vl;  /* its name and value lengths so far */
+    int rp_inrec, rp_inval;
     size_t rp_head;       /* head bytes so far */
     char rp_ctype[96];
     int rp_final;         /* the final head was handed over */
@@ -60,32 +65,7 @@ typedef struct resp {
     const char *rp_why;   /* why a callback failed the parse */
 } resp_t;
 
-static void field_flush(resp_t *r)
-{
-    if (!r->rp_inval)
-        return;
-    const char *name = r->rp_fb, *v = r->rp_fb + r->rp_nl;
-    size_t nl = r->rp_nl, vl = r->rp_fl - r->rp_nl;
-    while (vl && (*v == ' ' || *v == '\t')) {
-        v++;
-        vl--;
-    }
-    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-        vl--;
-    if (r->rp_p.status_code >= 200) {
-        if (nl == 12 && strncasecmp(name, "content-type", 12) == 0) {
-            size_t n = vl < sizeof r->rp_ctype - 1 ? vl : sizeof r->rp_ctype - 1;
-            memcpy(r->rp_ctype, v, n);
-            r->rp_ctype[n] = '\0';
-        }
-        if (r->rp_hh->hh_field)
-            r->rp_hh->hh_field(r->rp_arg, name, nl, v, vl);
-    }
-    r->rp_fl = r->rp_nl = 0;
-    r->rp_inval = 0;
-}
-
-static int fb_add(resp_t *r, const char *s, size_t n)
+static int fb_add(resp_t *r, const void *s, size_t n)
 {
     r->rp_head += n;
     if (r->rp_head > HEAD_MAX) {
@@ -93,7 +73,7 @@ static int fb_add(resp_t *r, const char *s, size_t n)
         return -1;
     }
     if (r->rp_fl + n > r->rp_fcap) {
-        size_t cap = r->rp_fcap ? r->rp_fcap : 256;
+        size_t cap = r->rp_fcap ? r->rp_fcap : 512;
         while (cap < r->rp_fl + n)
             cap *= 2;
         char *nb = tg_realloc(r->rp_fb, cap);
@@ -109,11 +89,20 @@ static int fb_add(resp_t *r, const char *s, size_t n)
     return 0;
 }
 
+static void rec_close(resp_t *r)
+{
+    if (!r->rp_inrec)
+        return;
+    size_t len[2] = {r->rp_nl, r->rp_vl};
+    memcpy(r->rp_fb + r->rp_rec, len, sizeof len);
+    r->rp_inrec = r->rp_inval = 0;
+}
+
 static int rp_begin(http_parser *p)
 {
     resp_t *r = p->data;
-    r->rp_fl = r->rp_nl = 0;
-    r->rp_inval = 0;
+    r->rp_fl = 0;
+    r->rp_inrec = r->rp_inval = 0;
     r->rp_ctype[0] = '\0';
     return 0;
 }
@@ -121,24 +110,58 @@ static int rp_begin(http_parser *p)
 static int rp_field(http_parser *p, const char *at, size_t n)
 {
     resp_t *r = p->data;
-    field_flush(r);
-    if (fb_add(r, at, n) != 0)
-        return -1;
-    r->rp_nl = r->rp_fl;
-    return 0;
+    if (r->rp_inval)
+        rec_close(r);
+    if (!r->rp_inrec) {
+        size_t len[2] = {0, 0};
+        r->rp_rec = r->rp_fl;
+        if (fb_add(r, len, sizeof len) != 0)
+            return -1;
+        r->rp_nl = r->rp_vl = 0;
+        r->rp_inrec = 1;
+    }
+    r->rp_nl += n;
+    return fb_add(r, at, n);
 }
 
 static int rp_value(http_parser *p, const char *at, size_t n)
 {
     resp_t *r = p->data;
     r->rp_inval = 1;
+    r->rp_vl += n;
     return fb_add(r, at, n);
+}
+
+/* Hands the head's fields over, values without surrounding blanks, and
+ * keeps its Content-Type. */
+static void fields_out(resp_t *r)
+{
+    for (size_t off = 0; off < r->rp_fl;) {
+        size_t len[2];
+        memcpy(len, r->rp_fb + off, sizeof len);
+        const char *name = r->rp_fb + off + sizeof len, *v = name + len[0];
+        size_t nl = len[0], vl = len[1];
+        off += sizeof len + nl + vl;
+        while (vl && (*v == ' ' || *v == '\t')) {
+            v++;
+            vl--;
+        }
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            vl--;
+        if (nl == 12 && strncasecmp(name, "content-type", 12) == 0) {
+            size_t n = vl < sizeof r->rp_ctype - 1 ? vl : sizeof r->rp_ctype - 1;
+            memcpy(r->rp_ctype, v, n);
+            r->rp_ctype[n] = '\0';
+        }
+        if (r->rp_hh->hh_field)
+            r->rp_hh->hh_field(r->rp_arg, name, nl, v, vl);
+    }
 }
 
 static int rp_headers(http_parser *p)
 {
     resp_t *r = p->data;
-    field_flush(r);
+    rec_close(r);
     if (p->status_code < 100 || p->status_code > 599 || p->status_code == 101) {
         r->rp_why = p->status_code == 101 ? "the upstream switched protocols (HTTP 101)"
                                           : "the response status is out of range";
@@ -146,9 +169,10 @@ static int rp_headers(http_parser *p)
     }
     if (p->status_code < 200)
         return 0; /* 1xx: the final head follows */
+    fields_out(r);
     tg_free(r->rp_fb);
     r->rp_fb = NULL;
-    r->rp_fl = r->rp_fcap = r->rp_nl = 0;
+    r->rp_fl = r->rp_fcap = 0;
     r->rp_final = 1;
     if (r->rp_hh->hh_head)
         r->rp_hh->hh_head(r->rp_arg, p->status_code, r->rp_ctype);

@@ -206,7 +206,7 @@ static void *srv_main(void *arg)
             if (!end)
                 continue;
             char *cl = strcasestr(buf, "Content-Length:");
-            size_t body = cl ? (size_t)atol(cl + 15) : 0;
+            size_t body = cl ? (size_t)strtoul(cl + 15, NULL, 10) : 0;
             size_t need = (size_t)(end + 4 - buf) + body;
             if (have < need)
                 continue;
