@@ -1,7 +1,7 @@
 /* finish.c: how a request ends. The gateway's own error answers
  * (tg_req_fail, tg_req_send_error) and the route headers every answer
  * carries; tg_req_finish (metrics, the receipt, then the teardown); the
- * teardown itself (tg_req_free: the curl handle, buffers, the
+ * teardown itself (tg_req_free: the upstream call, buffers, the
  * configuration reference, the pool) and the worker's list of requests in
  * flight. Every part of a request ends it through here, so this file calls
  * nothing above it but the receipt. */

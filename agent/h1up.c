@@ -39,6 +39,7 @@
 #define DNS_TTL_MS 60000
 #define DEF_CONNECT_MS 5000
 #define DEF_MAX_IDLE 64
+#define IDLE_AGE_MS 60000  /* a pooled connection idle longer is not reused (a NAT may have dropped it silently) */
 #define MSGLEN 160
 
 /* ---- the response: http-parser and the caller's callbacks -------------- */
@@ -316,6 +317,7 @@ struct conn {
     tg_h1_t *k_h;
     conn_t *k_prev, *k_next;      /* the idle list */
     int k_idle;
+    int64_t k_idle_ms;            /* when it went idle */
     struct event k_ev;
     short k_watch;                /* events watched now (EV_READ | EV_WRITE); 0: none */
     int k_fd;
@@ -442,6 +444,7 @@ static void conn_idle(conn_t *k)
         h->h_idle->k_prev = k;
     h->h_idle = k;
     k->k_idle = 1;
+    k->k_idle_ms = mono_ms();
     h->h_nidle++;
     conn_watch(k, EV_READ); /* the server's close shows as readable */
 }
@@ -1098,8 +1101,12 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     c->c_instart = 1;
     *out = c;
     /* a pooled connection to the same place, most recently used first */
-    for (conn_t *k = h->h_idle; k; k = k->k_next) {
-        if (strcmp(k->k_key, c->c_key) == 0) {
+    int64_t now = mono_ms();
+    for (conn_t *k = h->h_idle, *next; k; k = next) {
+        next = k->k_next;
+        if (strcmp(k->k_key, c->c_key) == 0 && now - k->k_idle_ms > IDLE_AGE_MS) {
+            conn_close(k);
+        } else if (strcmp(k->k_key, c->c_key) == 0) {
             idle_unlink(k);
             k->k_call = c;
             c->c_conn = k;

@@ -5,8 +5,8 @@
  *
  *   - one tg_h1_t per loop holds a keep-alive pool of idle connections
  *     keyed by scheme, host and port (an idle connection that becomes
- *     readable, the server's close, is dropped; at most ho_max_idle are
- *     kept), a scratch read buffer (a waiting call holds none of its own),
+ *     readable, the server's close, is dropped; one idle for over 60 s is
+ *     not reused; at most ho_max_idle are kept), a scratch read buffer (a waiting call holds none of its own),
  *     a small DNS cache and, on first use, the resolver (libevent's evdns:
  *     /etc/resolv.conf, /etc/hosts; IP literals and `localhost` need none)
  *     and the TLS context (OpenSSL: system roots or ho_ca_file, SNI,

@@ -34,6 +34,8 @@
  * preauth.c, finish.c; preauth.c -> ratelimit.c, finish.c, receipt.c;
  * ratelimit.c -> finish.c; convert.c -> receipt.c; finish.c -> receipt.c,
  * keyview.c's tg_req_bucket_left and ratelimit.c's tg_req_rate_headers;
+ * upstream.c and finish.c -> uplean.c, upcurl.c, which report back to
+ * upstream.c only through the tg_req_up_* calls (their callbacks);
  * receipt.c -> ratelimit.c's tg_req_rate_release; request.c -> keyview.c ->
  * auth.c, finish.c, ratelimit.c's tg_req_rate_view), so ending a request from any depth never calls back up. A
  * wire protocol's shapes (bodies, answers, error bodies, streams) do not

@@ -1,7 +1,9 @@
 /* upstream.c: one request's upstream call. An attempt rewrites the body
- * (upstream model, include_usage), sets up a curl easy handle on the
- * worker's multi (credential, headers, timeouts); the callbacks read the
- * response head (status, Retry-After, the provider's request id) and the
+ * (upstream model, include_usage), builds the head's fields and hands the
+ * call to a transport (uplean.c: the worker's lean HTTP/1.1 client;
+ * upcurl.c: libcurl, for proxies and --upstream-client curl); whichever
+ * serves reports back through the same calls (tg_req_up_*): the response
+ * head (status, Retry-After, the provider's request id, Location) and the
  * body: a 2xx stream is forwarded to the client event by event (the usage
  * chunk hidden when the client did not ask, the final event held until the
  * record is committed, the upstream paused while the client is behind), a
