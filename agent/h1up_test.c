@@ -5,6 +5,7 @@
  * idle connection the server closed dropped from the pool, pause and
  * resume, a hang ended by the timeout, a refused connect. */
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -408,6 +409,44 @@ static void test_hang_times_out_and_refused_connect(void **state)
     event_base_free(base);
 }
 
+/* A name from /etc/hosts goes through evdns (not the loopback shortcut of
+ * localhost): the machine's own host name, when it maps to 127.0.0.1 there
+ * (else nothing to check on this machine). Twice: the second call uses the
+ * cache and the pooled connection. */
+static void test_name_through_evdns(void **state)
+{
+    (void)state;
+    char host[128];
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (gethostname(host, sizeof host) != 0 || getaddrinfo(host, NULL, &hints, &ai) != 0)
+        skip();
+    int loop = ((struct sockaddr_in *)ai->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
+    freeaddrinfo(ai);
+    if (!loop)
+        skip();
+    srv_t sv;
+    srv_start(&sv, ok_answer);
+    srv_run(&sv);
+    struct event_base *base = event_base_new();
+    tg_h1_t *h;
+    char err[200], url[200];
+    tg_h1_opts_t o = {0};
+    assert_int_equal(tg_h1_new(base, &o, &h, err, sizeof err), 0);
+    snprintf(url, sizeof url, "http://%s:%d/x", host, sv.sv_port);
+    for (int i = 0; i < 2; i++) {
+        seen_t s;
+        seen_init(&s, base);
+        call(h, base, url, 3000, &s);
+        assert_int_equal(s.s_res, TG_H1_OK);
+        assert_int_equal(s.s_status, 200);
+        seen_free(&s);
+    }
+    assert_int_equal(tg_h1_opened(h), 1);
+    tg_h1_free(h);
+    event_base_free(base);
+    srv_stop(&sv);
+}
+
 static void test_garbage_answer(void **state)
 {
     (void)state;
@@ -444,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_pause_resume_chunked),
         cmocka_unit_test(test_hang_times_out_and_refused_connect),
         cmocka_unit_test(test_garbage_answer),
+        cmocka_unit_test(test_name_through_evdns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,8 @@
 // test CA signed. The agent started with --upstream-ca trusts it and serves
 // a chat completion and a stream through it (the openai SDK, the usage
 // record billed); an agent without it refuses the unknown certificate and
-// the record says why; an unreadable --upstream-ca stops the agent at start.
+// the record says why, and so does one trusting another CA; an unreadable
+// --upstream-ca stops the agent at start.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -22,6 +23,7 @@ let term;
 let sockets = [];
 let trusted;
 let untrusted;
+let wrongCa;
 
 // A CA and a server certificate for 127.0.0.1 signed by it.
 function makeCerts() {
@@ -29,6 +31,7 @@ function makeCerts() {
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   run(['req', '-x509', ...ec, '-days', '2', '-subj', '/CN=tls-test-ca', '-keyout', 'ca.key', '-out', 'ca.pem']);
   run(['req', ...ec, '-subj', '/CN=localhost', '-keyout', 'srv.key', '-out', 'srv.csr']);
+  run(['req', '-x509', ...ec, '-days', '2', '-subj', '/CN=another-ca', '-keyout', 'other.key', '-out', 'other.pem']);
   writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
   run(['x509', '-req', '-in', 'srv.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2',
     '-extfile', 'ext.cnf', '-out', 'srv.pem']);
@@ -66,11 +69,13 @@ before(async () => {
   const snap = snapshot(term.address().port);
   trusted = await startAgent(snap, { args: ['--upstream-ca', path.join(dir, 'ca.pem')] });
   untrusted = await startAgent(snap);
+  wrongCa = await startAgent(snap, { args: ['--upstream-ca', path.join(dir, 'other.pem')] });
 });
 
 after(async () => {
   await trusted?.stop();
   await untrusted?.stop();
+  await wrongCa?.stop();
   for (const s of sockets) s.destroy();
   await new Promise((resolve) => (term ? term.close(resolve) : resolve()));
   await mock?.stop();
@@ -107,6 +112,18 @@ test('an agent without the CA refuses the unknown certificate', async () => {
   assert.equal(rec.client_status, err.status);
   assert.equal(rec.attempts[0].channel_id, 'ch-tls');
   assert.match(rec.attempts[0].error_message, /certificate|SSL/i);
+});
+
+test('an agent whose --upstream-ca is another CA refuses the certificate: a connect error that says so', async () => {
+  const client = new OpenAI({ apiKey: KEY, baseURL: wrongCa.base, maxRetries: 0 });
+  const err = await client.chat.completions
+    .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }] })
+    .then(() => null, (e) => e);
+  assert.ok(err instanceof OpenAI.APIError, `expected an API error, got ${err}`);
+  assert.equal(err.status, 502);
+  const rec = await wrongCa.waitRecord(err.headers.get('x-request-id'));
+  assert.equal(rec.attempts[0].error_class, 'ERROR_CLASS_CONNECT');
+  assert.match(rec.attempts[0].error_message, /certificate/i);
 });
 
 test('an unreadable --upstream-ca stops the agent at start', () => {
