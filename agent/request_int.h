@@ -201,11 +201,13 @@ struct req {
     /* the key's rate limits (ratelimit.c), indexed by TG_BILLING_RATE_* */
     int rq_rate_init;         /* the fields below are set, for the minute of the first reservation */
     int rq_rate_step;         /* the limits before this one are reserved */
-    int64_t rq_rate_lim[2];   /* 0: no such limit */
-    int64_t rq_rate_res[2];   /* reserved on each (1 request, the token estimate); 0: nothing */
+    /* per limit: the key's requests and tokens, then its project's
+     * (ratelimit.c's RATE_SLOT) */
+    int64_t rq_rate_lim[4];   /* 0: no such limit */
+    int64_t rq_rate_res[4];   /* reserved on each (1 request, the token estimate); 0: nothing */
     int64_t rq_rate_start;    /* the window's start */
     int64_t rq_rate_end;      /* the window's end */
-    char rq_rate_id[2][200];  /* the windows' scope ids */
+    char *rq_rate_id[4];      /* the windows' scope ids (the pool's), where a limit is set */
     /* counted and priced once, by tg_req_meter_and_price */
     int rq_metered;
     Tollgate__V1__TokenUsage rq_tu;

@@ -7,7 +7,7 @@
 // limit each protocol gets its own 429 with Retry-After; tokens are the
 // request's estimate trued up to its usage; an agent that dies leaves its
 // unused slice to the others within the lease TTL; and when the minute
-// resets, requests pass again.
+// resets, requests pass again. A project's limit holds over all its keys.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -85,6 +85,62 @@ describe('rate limits across three agents', () => {
       (e) => e.code === 3 && /key\.rate_limit\.requests_per_minute/.test(e.details ?? e.message));
     await assert.rejects(cp.adminCall('CreateKey', { key: { account_id: acct, name: 'neg', rate_limit: { tokens_per_minute: '-5' } } }),
       (e) => e.code === 3 && /key\.rate_limit\.tokens_per_minute/.test(e.details ?? e.message));
+  });
+
+  test('a project\'s requests per minute hold across its two keys and the three agents; the 429 names the project', async () => {
+    const PRPM = 8;
+    await roomInMinute(15000);
+    const prj = await cp.adminCall('CreateProject', { project: { account_id: acct, name: 'rl-project',
+      rate_limit: { requests_per_minute: String(PRPM) } } });
+    // two keys of the project, one with a looser limit of its own: the
+    // project's is the one they meet
+    const keys = [];
+    for (const [name, rate] of [['p-a', undefined], ['p-b', { requests_per_minute: '100' }]]) {
+      const k = await cp.adminCall('CreateKey', { key: { account_id: acct, project_id: prj.id, name, rate_limit: rate } });
+      for (const a of agents) {
+        await until(async () => (await fetch(`${a.base}/models`, { headers: { authorization: `Bearer ${k.secret}` } })).status === 200,
+          { timeoutMs: 10000, what: 'the key to reach the agent' });
+      }
+      keys.push({ id: k.key.id, secret: k.secret });
+    }
+    const N = 24;
+    const results = await Promise.all(Array.from({ length: N }, (_, i) => {
+      const c = new OpenAI({ apiKey: keys[i % 2].secret, baseURL: agents[i % 3].base, maxRetries: 0, timeout: 20000 });
+      return c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse()
+        .then(({ response }) => ({ ok: true, h: response.headers, key: i % 2 }), (e) => ({ ok: false, e }));
+    }));
+    const served = results.filter((r) => r.ok);
+    const refused = results.filter((r) => !r.ok);
+    // both keys together: what one window admits never passes the project's limit
+    const okRecords = () => keys.flatMap((k) => recordsOf(k.id)).filter(({ r }) => r.client_status === 200);
+    await until(() => okRecords().length >= served.length, { timeoutMs: 10000, what: 'a record of every served request' });
+    const perWindow = new Map();
+    for (const { r } of okRecords()) {
+      assert.equal(r.project_id, prj.id);
+      perWindow.set(windowOf(r.rate_window_start_us), (perWindow.get(windowOf(r.rate_window_start_us)) || 0) + 1);
+    }
+    for (const [w, n] of perWindow) assert.ok(n <= PRPM, `window ${w} admitted ${n} > ${PRPM} for the project`);
+    assert.equal([...perWindow.values()].reduce((a, b) => a + b, 0), served.length);
+    assert.ok(refused.length >= N - PRPM * perWindow.size, `${refused.length} refused`);
+    assert.ok(refused.length > 0);
+    for (const { e } of refused) {
+      assert.equal(e.status, 429, `${e.status} ${e.message}`);
+      assert.equal(e.code, 'rate_limit_exceeded');
+      assert.match(e.message, new RegExp(`Rate limit reached for this API key's project on requests per minute \\(RPM\\): limit ${PRPM}`));
+      const ra = Number(hdr(e.headers, 'retry-after'));
+      assert.ok(ra >= 1 && ra <= 60, `Retry-After ${ra}`);
+    }
+    // the headers report the limit the key meets first: the project's
+    for (const { h } of served) {
+      assert.equal(h.get('x-ratelimit-limit-requests'), String(PRPM));
+      const left = Number(h.get('x-ratelimit-remaining-requests'));
+      assert.ok(Number.isInteger(left) && left >= 0 && left <= PRPM - 1, `remaining ${left}`);
+    }
+    // the key's own view lists both limits, each with its scope
+    const view = await (await fetch(`${agents[0].url}/v1/tollgate/key`, { headers: { authorization: `Bearer ${keys[1].secret}` } })).json();
+    const mine = view.rate_limits.filter((x) => x.limit_type === 'requests_per_minute');
+    assert.deepEqual(mine.map((x) => [x.scope, x.limit]).sort(), [['key', 100], ['project', PRPM]]);
+    assert.match(mine.find((x) => x.scope === 'project').scope_id, new RegExp(`^project/${prj.id}/rpm/\\d+$`));
   });
 
   test(`a burst over three agents stays within ${RPM} requests per minute; headers, 429s in both protocols, a dead agent's slice, the reset`, async () => {
