@@ -89,14 +89,6 @@ int64_t tg_rate_remaining(int64_t limit, int64_t free_part, int64_t unheld)
 
 static const char *const WHAT_NAME[2] = {"requests", "tokens"};
 
-/* A request's limits, in the order it reserves them: the key's requests
- * and tokens, then its project's (every key of the project together).
- * RATE_SLOT(owner, what) indexes rq_rate_lim / _res / _id. */
-#define RATE_SLOTS 4
-#define RATE_SLOT(owner, what) ((owner)*2 + (what))
-#define SLOT_WHAT(slot) ((slot) % 2)
-#define SLOT_OWNER(slot) ((slot) / 2)
-
 static const Tollgate__V1__Project *project_of(const req_t *rq)
 {
     const tg_key_t *k = rq->rq_key;

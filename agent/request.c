@@ -156,8 +156,9 @@ static void handle_post(req_t *rq)
                      "control plane (cap %ld). Retry later.", tg_outbox_depth(ob), cap);
         return;
     }
-    if (rq->rq_w->w_commit_failed) {
-        /* The last outbox commit failed (a full disk): this request's record
+    if (rq->rq_w->w_commit_failed || atomic_load(&rq->rq_w->w_agent->a_outbox_failing)) {
+        /* The last outbox commit (of this worker, or of another: they
+         * share the outbox) failed, a full disk say: this request's record
          * could not be written either, so its answer would be withheld
          * after the provider was paid for it. Refused before the upstream
          * call; the kept records are retried (tg_worker_commit), and the

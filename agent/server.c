@@ -160,6 +160,7 @@ int tg_worker_commit(worker_t *w)
     if (w->w_npend) {
         if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) == 0) {
             pend_drop(w, w->w_npend);
+            atomic_store(&a->a_outbox_failing, 0);
         } else {
             /* Not in the outbox: the answers waiting on this commit fail
              * (the client is not told "done" for an unrecorded request);
@@ -175,6 +176,8 @@ int tg_worker_commit(worker_t *w)
                 }
                 pend_drop(w, lost);
             }
+            w->w_npend_failed = w->w_npend;
+            atomic_store(&a->a_outbox_failing, 1);
             struct timeval retry = {1, 0};
             event_add(w->w_commit_ev, &retry);
         }
@@ -193,6 +196,12 @@ static int before_flush(void *arg)
      * flush (the safe side), once */
     w->w_fail_all = w->w_unspooled_lost;
     w->w_unspooled_lost = 0;
+    /* after a failed commit, a flush that queued nothing new (the answers
+     * refused before their upstream call) leaves the retry to its timer:
+     * a client retrying against a full disk does not rerun the failing
+     * write and its log line at every refusal */
+    if (w->w_commit_failed && w->w_npend == w->w_npend_failed)
+        return 0;
     tg_worker_commit(w);
     return 0;
 }

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
-import { startAgent } from '../../agent/testing/agent.mjs';
+import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { startCp, seed, ENROLL_TOKEN } from './cp_agent_lib.mjs';
 import { freePort, tmpdir, until } from './lib/proc.mjs';
 
@@ -293,4 +293,47 @@ describe('rate limits across three agents', () => {
       return t.remaining === TPM - used || (windowOf(Date.now() * 1000) !== windowOf(rec.rate_window_start_us) && t.remaining === TPM);
     }, { timeoutMs: 5000, what: `remaining tokens ${TPM} - ${used}` });
   });
+});
+
+// One agent on a snapshot (its own authority: no control plane), a key with
+// 3 requests per minute in a project with 1: the project refuses the second
+// and third requests after the key's window reserved them, and the key's
+// window gets them back (its view says 2 left, not 0).
+test('a request the project refuses gives back what the key\'s window reserved for it', async () => {
+  const mock = await startMock();
+  const KEY = 'sk-tg-project-rate';
+  let agent;
+  try {
+    agent = await startAgent({
+      revision: '1',
+      accounts: [{ id: 'acct', name: 'a', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
+      balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '1000000000000' }],
+      projects: [{ id: 'prj', account_id: 'acct', name: 'p', status: 'OBJECT_STATUS_ACTIVE',
+        rate_limit: { requests_per_minute: '1' } }],
+      keys: [{ id: 'k1', account_id: 'acct', project_id: 'prj', secret_sha256: keyHash(KEY), status: 'KEY_STATUS_ACTIVE',
+        rate_limit: { requests_per_minute: '3' } }],
+      channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+        credential: 'sk-upstream-rate', route_type: 'ROUTE_TYPE_DIRECT' }],
+      routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] }],
+      price_cards: [{ id: 'card', version: '1', effective_at_us: '0', currency: 'USD',
+        entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] }],
+    });
+    // the three requests and the view in one minute
+    const left = MIN_US / 1000 - (Date.now() % (MIN_US / 1000));
+    if (left < 10000) await sleep(left + 50);
+    const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 8 });
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(client.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 8 }),
+        (e) => e.status === 429 && /for this API key's project on requests per minute \(RPM\): limit 1,/.test(e.message));
+    }
+    const view = await (await fetch(`${agent.url}/v1/tollgate/key`, { headers: { authorization: `Bearer ${KEY}` } })).json();
+    const rpm = (scope) => view.rate_limits.find((x) => x.limit_type === 'requests_per_minute' && x.scope === scope);
+    assert.equal(rpm('project').remaining, 0);
+    assert.equal(rpm('key').remaining, 2, 'the two refused requests are not counted on the key');
+    assert.equal((await mock.requests()).count, 1, 'the refused requests never went upstream');
+  } finally {
+    await agent?.stop();
+    await mock.stop();
+  }
 });

@@ -123,6 +123,7 @@ test('accounts, projects and keys: tables, --json, secret printed once', async (
   const phalf = await tollctl(['project', 'update', rp.id, '--tpm', '10']);
   assert.equal(phalf.code, 2);
   assert.match(phalf.stderr, /tollctl project update: --tpm without --rpm would set the other limit to 0/);
+  assert.deepEqual((await json(['project', 'get', rp.id])).rate_limit, { requests_per_minute: '120', tokens_per_minute: '5000' });
   assert.equal((await json(['project', 'update', rp.id, '--rpm', '60', '--tpm', '0'])).rate_limit.requests_per_minute, '60');
 
   assert.equal((await json(['key', 'pause', keyId[1], '--reason', 'budget'])).status, 'KEY_STATUS_PAUSED');
