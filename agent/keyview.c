@@ -10,7 +10,7 @@
  *     a scope this agent never leased is reported unknown, not guessed;
  *   - each bucket of the account: the newer of the snapshot's balance and
  *     the last lease answer, less what this agent owes and holds;
- *   - the key's rate limits in the current minute (ratelimit.c): what this
+ *   - the key's and its project's rate limits in the current minute (ratelimit.c): what this
  *     agent may still admit as of its last lease answer, and the reset.
  * Every number carries when it was known (as_of, age_s): other agents'
  * spend since then is not in it. tg_req_bucket_left is the same number for

@@ -128,7 +128,7 @@ static lent_t *find(tg_lease_tab_t *t, const char *acct, const char *bucket, int
     char kid[160];
     int what;
     int64_t start;
-    if (tg_billing_rate_parse(bucket, kid, sizeof kid, &what, &start) == 0)
+    if (tg_billing_rate_parse(bucket, NULL, kid, sizeof kid, &what, &start) == 0)
         e->le_end = start + TG_BILLING_RATE_WINDOW_US;
     e->le_next = t->lt_chain[c];
     t->lt_chain[c] = e;

@@ -22,8 +22,8 @@
  * Without a control plane (a snapshot file), the table is its own
  * authority: the snapshot's balance is the budget for the process's life.
  *
- * A key's rate limits use the same table (billing/tg_billing.h "rate
- * windows"): a scope per key and minute whose units are requests or
+ * Rate limits (a key's, a project's) use the same table (billing/tg_billing.h "rate
+ * windows"): a scope per key or project and minute whose units are requests or
  * tokens. Nothing acknowledges them, so what the agent admitted stays
  * owed (counted in its hold) until the minute ends; the entry is then
  * neither renewed nor refilled, and dropped a minute later.

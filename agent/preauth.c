@@ -220,7 +220,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
                      "The gateway cannot price this request, so it does not serve it: %s.", err);
         return -1;
     }
-    /* the key's rate limits first, once per request (ratelimit.c): a
+    /* the key's and its project's rate limits first, once per request (ratelimit.c): a
      * request over them is refused before any budget is reserved */
     if ((rc = tg_req_rate_reserve(rq, now)) == 1) {
         rate_wait = 1;
@@ -304,10 +304,10 @@ park:
     }
     tg_req_release_all(rq, 0);
     rq->rq_refused_budget = 1;
-    if (rate_wait) /* no spending was asked yet: the key's rate limit was */
+    if (rate_wait) /* no spending was asked yet: a rate limit was */
         tg_req_fail(rq, 503, "server_error", "rate_limit_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
-                    "The gateway could not check this API key's rate limit in time (its control plane did not "
-                    "answer). Retry shortly.");
+                    "The gateway could not check the rate limit of this API key or its project in time (its "
+                    "control plane did not answer). Retry shortly.");
     else
         tg_req_fail(rq, 503, "server_error", "spend_control_unavailable",
                     TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,

@@ -1,7 +1,8 @@
-/* ratelimit.h: the arithmetic and wire formats of a key's rate limits
- * (ApiKey.rate_limit: requests and tokens per UTC minute) on the agent.
+/* ratelimit.h: the arithmetic and wire formats of rate limits on the agent
+ * (ApiKey.rate_limit and Project.rate_limit: requests and tokens per UTC
+ * minute).
  *
- * The limits are enforced on spend leases (lease.h) over one scope per key
+ * The limits are enforced on spend leases (lease.h) over one scope per key or project
  * and minute (billing/tg_billing.h "rate windows"); request.c's side of it
  * is in ratelimit.c. What is here has no state and no locks: the numbers a
  * response reports (remaining, reset) and their formats, as OpenAI and

@@ -30,37 +30,54 @@ static void test_windows_and_ids(void **state)
     int64_t start = 0, end = 0, s2 = 0;
     int what = -1;
     int64_t t = 1767225600LL * 1000000 + 61 * 1000000 + 5; /* 2026-01-01T00:01:01.000005Z */
-    assert_int_equal(tg_billing_rate_scope("key_1", TG_BILLING_RATE_REQUESTS, t, id, sizeof id, &start, &end), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "key_1", TG_BILLING_RATE_REQUESTS, t, id, sizeof id, &start, &end), 0);
     assert_int_equal(start, 1767225600LL * 1000000 + MIN_US);
     assert_int_equal(end, start + MIN_US);
     assert_string_equal(id, "key/key_1/rpm/1767225660000000");
-    assert_int_equal(tg_billing_rate_parse(id, key, sizeof key, &what, &s2), 0);
+    assert_int_equal(tg_billing_rate_parse(id, NULL, key, sizeof key, &what, &s2), 0);
     assert_string_equal(key, "key_1");
     assert_int_equal(what, TG_BILLING_RATE_REQUESTS);
     assert_int_equal(s2, start);
     /* the last microsecond of a minute is in it; the next starts the next */
-    assert_int_equal(tg_billing_rate_scope("k", TG_BILLING_RATE_TOKENS, end - 1, id, sizeof id, &s2, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k", TG_BILLING_RATE_TOKENS, end - 1, id, sizeof id, &s2, NULL), 0);
     assert_int_equal(s2, start);
-    assert_int_equal(tg_billing_rate_scope("k", TG_BILLING_RATE_TOKENS, end, id, sizeof id, &s2, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k", TG_BILLING_RATE_TOKENS, end, id, sizeof id, &s2, NULL), 0);
     assert_int_equal(s2, end);
     assert_string_equal(id, "key/k/tpm/1767225720000000");
-    assert_int_equal(tg_billing_rate_parse(id, key, sizeof key, &what, &s2), 0);
+    assert_int_equal(tg_billing_rate_parse(id, NULL, key, sizeof key, &what, &s2), 0);
     assert_int_equal(what, TG_BILLING_RATE_TOKENS);
     /* not rate scopes: spend windows, runs, a start inside a minute, junk */
-    assert_int_equal(tg_billing_rate_parse("key/k/day/1767225600000000", key, sizeof key, &what, &s2),
+    assert_int_equal(tg_billing_rate_parse("key/k/day/1767225600000000", NULL, key, sizeof key, &what, &s2),
                      TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("run/r1", key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key/k/rpm/1767225600000001", key, sizeof key, &what, &s2),
+    assert_int_equal(tg_billing_rate_parse("run/r1", NULL, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("key/k/rpm/1767225600000001", NULL, key, sizeof key, &what, &s2),
                      TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key/k/rpm/", key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key/k/rpm/12x", key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key//rpm/0", key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key/k/rpm/99999999999999999999999", key, sizeof key, &what, &s2),
+    assert_int_equal(tg_billing_rate_parse("key/k/rpm/", NULL, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("key/k/rpm/12x", NULL, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("key//rpm/0", NULL, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("key/k/rpm/99999999999999999999999", NULL, key, sizeof key, &what, &s2),
                      TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_parse("key/a-very-long-key-id/rpm/0", key, 8, &what, &s2), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_scope("k", 2, t, id, sizeof id, NULL, NULL), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_scope("k", 0, -1, id, sizeof id, NULL, NULL), TG_BILLING_EINVAL);
-    assert_int_equal(tg_billing_rate_scope("k", 0, t, id, 8, NULL, NULL), TG_BILLING_ERANGE);
+    assert_int_equal(tg_billing_rate_parse("key/a-very-long-key-id/rpm/0", NULL, key, 8, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k", 2, t, id, sizeof id, NULL, NULL), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k", 0, -1, id, sizeof id, NULL, NULL), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k", 0, t, id, 8, NULL, NULL), TG_BILLING_ERANGE);
+    assert_int_equal(tg_billing_rate_scope(2, "k", 0, t, id, sizeof id, NULL, NULL), TG_BILLING_EINVAL);
+    /* a project's windows: the same minutes, its own ids, told apart on parse */
+    int owner = -1;
+    assert_int_equal(
+        tg_billing_rate_scope(TG_BILLING_RATE_PROJECT, "p1", TG_BILLING_RATE_TOKENS, t, id, sizeof id, &s2, NULL), 0);
+    assert_string_equal(id, "project/p1/tpm/1767225660000000");
+    assert_int_equal(tg_billing_rate_parse(id, &owner, key, sizeof key, &what, &s2), 0);
+    assert_int_equal(owner, TG_BILLING_RATE_PROJECT);
+    assert_string_equal(key, "p1");
+    assert_int_equal(what, TG_BILLING_RATE_TOKENS);
+    assert_int_equal(s2, start);
+    assert_int_equal(tg_billing_rate_parse("key/k/rpm/0", &owner, key, sizeof key, &what, &s2), 0);
+    assert_int_equal(owner, TG_BILLING_RATE_KEY);
+    assert_int_equal(tg_billing_rate_parse("project/p/day/1767225600000000", &owner, key, sizeof key, &what, &s2),
+                     TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("account/a/rpm/0", &owner, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
+    assert_int_equal(tg_billing_rate_parse("project//rpm/0", &owner, key, sizeof key, &what, &s2), TG_BILLING_EINVAL);
 }
 
 static void test_formats(void **state)
@@ -110,7 +127,7 @@ static int limit_of(void *arg, const char *account_id, const char *scope, int64_
     char key[64];
     int what;
     int64_t start;
-    if (strcmp(account_id, "acct") != 0 || tg_billing_rate_parse(scope, key, sizeof key, &what, &start) != 0)
+    if (strcmp(account_id, "acct") != 0 || tg_billing_rate_parse(scope, NULL, key, sizeof key, &what, &start) != 0)
         return -1;
     *budget = what == TG_BILLING_RATE_TOKENS ? g_tpm : g_rpm;
     return 0;
@@ -148,9 +165,9 @@ static void test_window_on_leases(void **state)
     char rpm[200], tpm[200], next[200];
     int64_t now = now_us();
     /* the window of the next minute too, as if the clock had moved on */
-    assert_int_equal(tg_billing_rate_scope("k1", TG_BILLING_RATE_REQUESTS, now, rpm, sizeof rpm, NULL, NULL), 0);
-    assert_int_equal(tg_billing_rate_scope("k1", TG_BILLING_RATE_TOKENS, now, tpm, sizeof tpm, NULL, NULL), 0);
-    assert_int_equal(tg_billing_rate_scope("k1", TG_BILLING_RATE_REQUESTS, now + MIN_US, next, sizeof next, NULL, NULL),
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k1", TG_BILLING_RATE_REQUESTS, now, rpm, sizeof rpm, NULL, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k1", TG_BILLING_RATE_TOKENS, now, tpm, sizeof tpm, NULL, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k1", TG_BILLING_RATE_REQUESTS, now + MIN_US, next, sizeof next, NULL, NULL),
                      0);
     tg_lease_tab_t *t = tg_lease_tab_create(NULL, limit_of, NULL);
     assert_non_null(t);
@@ -232,7 +249,7 @@ static void test_offline_counts_admitted(void **state)
 {
     (void)state;
     char rpm[200];
-    assert_int_equal(tg_billing_rate_scope("k1", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k1", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
     tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
     assert_non_null(t);
     for (int i = 0; i < 9; i++) {
@@ -264,7 +281,7 @@ static void test_rate_slice_is_small(void **state)
     pthread_mutex_lock(&g_cp_mu);
     g_cp_up = 1, g_cp_asked = -1, g_cp_kept = -1;
     pthread_mutex_unlock(&g_cp_mu);
-    assert_int_equal(tg_billing_rate_scope("k2", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
+    assert_int_equal(tg_billing_rate_scope(TG_BILLING_RATE_KEY, "k2", TG_BILLING_RATE_REQUESTS, now_us(), rpm, sizeof rpm, NULL, NULL), 0);
     tg_lease_tab_t *t = tg_lease_tab_create(fake_cp, NULL, NULL);
     assert_non_null(t);
     assert_int_equal(reserve(t, rpm, 1), TG_LEASE_OK); /* granted 1 + 4 */

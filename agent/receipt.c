@@ -308,8 +308,9 @@ void tg_req_emit_record(req_t *rq)
     r.region = pstr(rq, rq->rq_w->w_agent->a_opts.ao_region);
     r.started_at_us = rq->rq_t0_us;
     r.finished_at_us = now_us();
-    if (rq->rq_rate_lim[0] > 0 || rq->rq_rate_lim[1] > 0)
-        r.rate_window_start_us = rq->rq_rate_start;
+    for (int i = 0; i < RATE_SLOTS; i++)
+        if (rq->rq_rate_lim[i] > 0)
+            r.rate_window_start_us = rq->rq_rate_start;
     if (rq->rq_key) {
         r.key_id = rq->rq_key->id;
         r.key_prefix = rq->rq_key->display_prefix;

@@ -156,6 +156,19 @@ static void handle_post(req_t *rq)
                      "control plane (cap %ld). Retry later.", tg_outbox_depth(ob), cap);
         return;
     }
+    if (rq->rq_w->w_commit_failed || atomic_load(&rq->rq_w->w_agent->a_outbox_failing)) {
+        /* The last outbox commit (of this worker, or of another: they
+         * share the outbox) failed, a full disk say: this request's record
+         * could not be written either, so its answer would be withheld
+         * after the provider was paid for it. Refused before the upstream
+         * call; the kept records are retried (tg_worker_commit), and the
+         * first commit that succeeds lets requests through again. */
+        rq->rq_no_spool = 1;
+        tg_req_fail(rq, 503, "server_error", "usage_outbox_full", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
+                     "The gateway cannot record usage right now: its outbox cannot be written (see the agent's "
+                     "log). Retry later.");
+        return;
+    }
     const Tollgate__V1__RetryPolicy *p = route->policy;
     if (p && p->circuit_breaker) {
         const Tollgate__V1__CircuitBreaker *cb = p->circuit_breaker;

@@ -16,7 +16,8 @@
  *               breaker skips, retry / next target / next tier, giving up
  *   preauth.c   pre-authorization on spend leases (reserve, refuse), and the
  *               stream cut at the reservation
- *   ratelimit.c the key's rate limits on leases (reserve, refuse, release)
+ *   ratelimit.c the key's and its project's rate limits on leases (reserve,
+ *               refuse, release)
  *               and the rate-limit headers
  *   finish.c    how a request ends: error answers, route headers, finish,
  *               teardown, the worker's list of live requests
@@ -55,6 +56,17 @@
 #include "proto/tg_proto.h"
 
 #define MAX_ATTEMPTS 8 /* attempts kept per request (breaker skips included); more give up */
+
+/* A request's rate limits, in the order it reserves them: the key's
+ * requests and tokens, then its project's (every key of the project
+ * together). RATE_SLOT(owner, what), with billing/tg_billing.h's
+ * TG_BILLING_RATE_KEY / _PROJECT and _REQUESTS / _TOKENS, indexes
+ * rq_rate_lim / _res / _id. */
+#define RATE_SLOTS 4
+#define RATE_SLOT(owner, what) ((owner) * 2 + (what))
+#define SLOT_WHAT(slot) ((slot) % 2)
+#define SLOT_OWNER(slot) ((slot) / 2)
+
 #define ATT_INLINE 2   /* kept in the req_t; more come from the pool (most requests make one) */
 #define MAX_TARGETS 64          /* per tier: the failed set is a bitmask */
 #define ERR_BODY_MAX (64 << 10) /* upstream error bodies kept */
@@ -206,14 +218,15 @@ struct req {
     int64_t rq_out_counted;   /* output tokens counted so far, and of how many bytes of rq_text */
     size_t rq_text_counted;
     int rq_capped;            /* the stream was ended at its reservation */
-    /* the key's rate limits (ratelimit.c), indexed by TG_BILLING_RATE_* */
+    /* the rate limits (ratelimit.c), one slot per limit: the key's
+     * requests and tokens, then its project's (RATE_SLOT) */
     int rq_rate_init;         /* the fields below are set, for the minute of the first reservation */
-    int rq_rate_step;         /* the limits before this one are reserved */
-    int64_t rq_rate_lim[2];   /* 0: no such limit */
-    int64_t rq_rate_res[2];   /* reserved on each (1 request, the token estimate); 0: nothing */
+    int rq_rate_step;         /* the slots before this one are reserved */
+    int64_t rq_rate_lim[RATE_SLOTS]; /* 0: no such limit */
+    int64_t rq_rate_res[RATE_SLOTS]; /* reserved on each (1 request, the token estimate); 0: nothing */
     int64_t rq_rate_start;    /* the window's start */
     int64_t rq_rate_end;      /* the window's end */
-    char rq_rate_id[2][200];  /* the windows' scope ids */
+    char *rq_rate_id[RATE_SLOTS]; /* the windows' scope ids (the pool's), where a limit is set */
     /* counted and priced once, by tg_req_meter_and_price */
     int rq_metered;
     Tollgate__V1__TokenUsage rq_tu;
@@ -388,9 +401,9 @@ void tg_req_mark_capped(req_t *rq, const char *finish);
  * (rq_input_max) did not fit. Returns 1 when the bound got smaller. */
 int tg_req_exact_input(req_t *rq);
 
-/* ---- ratelimit.c: the key's rate limits (ratelimit.h has the formats) ----------- */
+/* ---- ratelimit.c: the key's and its project's rate limits (ratelimit.h has the formats) */
 
-/* Reserves the request on the key's rate windows of its start's minute:
+/* Reserves the request on the key's and its project's rate windows of its start's minute:
  * one request, and rq_input_max + rq_out_est tokens (the estimate must be
  * made first), once per request whatever its attempts. Returns 0 (go on),
  * 1 (waits for a lease: rq_ticket names it; call again) or -1 (refused
@@ -403,9 +416,9 @@ int tg_req_rate_reserve(req_t *rq, int64_t now);
  * fail; a second call does nothing. */
 void tg_req_rate_release(req_t *rq, int sent, int64_t tokens);
 
-/* The rate-limit headers of the key's limits in the request's window, in
- * the client's protocol (x-ratelimit-* or anthropic-ratelimit-*), onto hr.
- * Nothing for a key without rate limits. */
+/* The rate-limit headers of the key's (or its project's, the tighter)
+ * limits in the request's window, in the client's protocol (x-ratelimit-*
+ * or anthropic-ratelimit-*), onto hr. Nothing when neither has one. */
 void tg_req_rate_headers(req_t *rq, tg_front_conn_t *hr);
 
 /* GET /v1/tollgate/key's "rate_limits": a JSON array, into b, of the key's

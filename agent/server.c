@@ -160,6 +160,7 @@ int tg_worker_commit(worker_t *w)
     if (w->w_npend) {
         if (tg_outbox_put_many(a->a_outbox, w->w_pend, w->w_npend, err, sizeof err) == 0) {
             pend_drop(w, w->w_npend);
+            atomic_store(&a->a_outbox_failing, 0);
         } else {
             /* Not in the outbox: the answers waiting on this commit fail
              * (the client is not told "done" for an unrecorded request);
@@ -175,6 +176,8 @@ int tg_worker_commit(worker_t *w)
                 }
                 pend_drop(w, lost);
             }
+            w->w_npend_failed = w->w_npend;
+            atomic_store(&a->a_outbox_failing, 1);
             struct timeval retry = {1, 0};
             event_add(w->w_commit_ev, &retry);
         }
@@ -193,6 +196,12 @@ static int before_flush(void *arg)
      * flush (the safe side), once */
     w->w_fail_all = w->w_unspooled_lost;
     w->w_unspooled_lost = 0;
+    /* after a failed commit, a flush that queued nothing new (the answers
+     * refused before their upstream call) leaves the retry to its timer:
+     * a client retrying against a full disk does not rerun the failing
+     * write and its log line at every refusal */
+    if (w->w_commit_failed && w->w_npend == w->w_npend_failed)
+        return 0;
     tg_worker_commit(w);
     return 0;
 }
@@ -743,19 +752,25 @@ static int scope_limit(tg_cfg_t *c, const char *account_id, const char *scope, i
 {
     char kind[16], id[160], win[16];
     long long start;
-    int n = 0, what;
+    int n = 0, what, owner;
     int64_t rstart;
     const tg_snap_t *s = tg_cfg_snapshot(c);
-    if (tg_billing_rate_parse(scope, id, sizeof id, &what, &rstart) == 0) {
-        /* a key's rate window: the key's limit, per agent (nothing shared) */
-        for (size_t i = 0; i < s->n_keys; i++)
-            if (strcmp(s->keys[i]->id, id) == 0 && strcmp(s->keys[i]->account_id, account_id) == 0 &&
-                s->keys[i]->rate_limit) {
-                *limit = what == TG_BILLING_RATE_TOKENS ? s->keys[i]->rate_limit->tokens_per_minute
-                                                        : s->keys[i]->rate_limit->requests_per_minute;
-                return *limit > 0 ? 0 : -1;
-            }
-        return -1;
+    if (tg_billing_rate_parse(scope, &owner, id, sizeof id, &what, &rstart) == 0) {
+        /* a key's or project's rate window: its limit, per agent (nothing shared) */
+        const Tollgate__V1__RateLimit *rl = NULL;
+        if (owner == TG_BILLING_RATE_PROJECT) {
+            const Tollgate__V1__Project *p = tg_cfg_project(c, id);
+            if (p && strcmp(p->account_id, account_id) == 0)
+                rl = p->rate_limit;
+        } else {
+            for (size_t i = 0; i < s->n_keys && !rl; i++)
+                if (strcmp(s->keys[i]->id, id) == 0 && strcmp(s->keys[i]->account_id, account_id) == 0)
+                    rl = s->keys[i]->rate_limit;
+        }
+        if (!rl)
+            return -1;
+        *limit = what == TG_BILLING_RATE_TOKENS ? rl->tokens_per_minute : rl->requests_per_minute;
+        return *limit > 0 ? 0 : -1;
     }
     if (strncmp(scope, "run/", 4) == 0) {
         const Tollgate__V1__RunBudget *b = tg_cfg_run(c, scope + 4);

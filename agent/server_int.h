@@ -62,6 +62,7 @@ struct worker {
     tg_pend_t *w_pend_meta;     /* beside each: request id, held answer, lease charge */
     size_t w_npend, w_cappend;
     int w_commit_failed;        /* the last commit failed */
+    size_t w_npend_failed;      /* ... with this many records: a flush with no new ones does not retry it */
     uint64_t w_ticket;          /* the last ticket given to a held answer (tg_front_hold) */
     uint64_t *w_unspooled;      /* tickets of held answers whose record could not be spooled */
     size_t w_nunspooled, w_capunspooled;
@@ -92,6 +93,7 @@ struct tg_agent {
     tg_cfg_t *a_cfg;        /* current configuration (one reference) */
     atomic_long a_cfg_gen;  /* bumped at every swap */
     tg_outbox_t *a_outbox;  /* NULL without a data dir */
+    atomic_int a_outbox_failing; /* a worker's last commit failed: new requests are refused before the upstream call */
     pthread_t a_sync_thread;
     int a_sync_running;
     pthread_mutex_t a_sync_mu;

@@ -301,14 +301,17 @@ int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us,
     return n < 0 || (size_t)n >= outlen ? TG_BILLING_ERANGE : 0;
 }
 
-int tg_billing_rate_scope(const char *key_id, int what, int64_t t_us, char *out, size_t outlen, int64_t *start_us,
-                          int64_t *end_us)
+static const char *const RATE_OWNER[2] = {"key", "project"};
+
+int tg_billing_rate_scope(int owner, const char *id, int what, int64_t t_us, char *out, size_t outlen,
+                          int64_t *start_us, int64_t *end_us)
 {
-    if ((what != TG_BILLING_RATE_REQUESTS && what != TG_BILLING_RATE_TOKENS) || t_us < 0)
+    if ((owner != TG_BILLING_RATE_KEY && owner != TG_BILLING_RATE_PROJECT) ||
+        (what != TG_BILLING_RATE_REQUESTS && what != TG_BILLING_RATE_TOKENS) || t_us < 0)
         return TG_BILLING_EINVAL;
     int64_t start = t_us - t_us % TG_BILLING_RATE_WINDOW_US;
-    int n = snprintf(out, outlen, "key/%s/%s/%lld", key_id, what == TG_BILLING_RATE_TOKENS ? "tpm" : "rpm",
-                     (long long)start);
+    int n = snprintf(out, outlen, "%s/%s/%s/%lld", RATE_OWNER[owner], id,
+                     what == TG_BILLING_RATE_TOKENS ? "tpm" : "rpm", (long long)start);
     if (n < 0 || (size_t)n >= outlen)
         return TG_BILLING_ERANGE;
     if (start_us)
@@ -318,12 +321,17 @@ int tg_billing_rate_scope(const char *key_id, int what, int64_t t_us, char *out,
     return 0;
 }
 
-int tg_billing_rate_parse(const char *scope, char *key_id, size_t keylen, int *what, int64_t *start_us)
+int tg_billing_rate_parse(const char *scope, int *owner, char *id_out, size_t idlen, int *what, int64_t *start_us)
 {
-    if (strncmp(scope, "key/", 4) != 0)
+    int o;
+    if (strncmp(scope, "key/", 4) == 0)
+        o = TG_BILLING_RATE_KEY;
+    else if (strncmp(scope, "project/", 8) == 0)
+        o = TG_BILLING_RATE_PROJECT;
+    else
         return TG_BILLING_EINVAL;
-    const char *id = scope + 4, *slash = strchr(id, '/');
-    if (slash == NULL || slash == id || (size_t)(slash - id) >= keylen)
+    const char *id = scope + strlen(RATE_OWNER[o]) + 1, *slash = strchr(id, '/');
+    if (slash == NULL || slash == id || (size_t)(slash - id) >= idlen)
         return TG_BILLING_EINVAL;
     const char *w = slash + 1;
     if (strncmp(w, "rpm/", 4) == 0)
@@ -343,9 +351,11 @@ int tg_billing_rate_parse(const char *scope, char *key_id, size_t keylen, int *w
     }
     if (start % TG_BILLING_RATE_WINDOW_US != 0)
         return TG_BILLING_EINVAL;
-    memcpy(key_id, id, (size_t)(slash - id));
-    key_id[slash - id] = '\0';
+    memcpy(id_out, id, (size_t)(slash - id));
+    id_out[slash - id] = '\0';
     *start_us = start;
+    if (owner)
+        *owner = o;
     return 0;
 }
 

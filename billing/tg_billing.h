@@ -174,32 +174,37 @@ const char *tg_billing_window_name(int window);
 int tg_billing_scope(const char *kind, const char *id, int window, int64_t t_us, int64_t offset_us, char *out,
                      size_t outlen);
 
-/* ---- rate windows: a key's RateLimit across agents ------------------------------
- * A key's requests-per-minute and tokens-per-minute limits are scopes
- * too, leased like budgets (docs/SPEND.md, "Rate limits"), one per UTC
- * minute (the window of a limit is the minute that holds the request's
- * start, by the agent's clock):
- *   key/<key id>/rpm/<minute start, us>     requests
- *   key/<key id>/tpm/<minute start, us>     tokens
+/* ---- rate windows: a key's or a project's RateLimit across agents ----------------
+ * The requests-per-minute and tokens-per-minute limits of a key
+ * (ApiKey.rate_limit) and of a project (Project.rate_limit: every key of
+ * the project together) are scopes too, leased like budgets (docs/SPEND.md,
+ * "Rate limits"), one per UTC minute (the window of a limit is the minute
+ * that holds the request's start, by the agent's clock):
+ *   key/<key id>/rpm/<minute start, us>           requests
+ *   key/<key id>/tpm/<minute start, us>           tokens
+ *   project/<project id>/rpm|tpm/<minute start>   the same, for a project
  * Nothing settles them: an agent's hold counts what it admitted, and the
  * window's scope is simply not used after its minute. */
 #define TG_BILLING_RATE_WINDOW_US (60LL * 1000000)
 
 enum { TG_BILLING_RATE_REQUESTS = 0, TG_BILLING_RATE_TOKENS = 1 };
+enum { TG_BILLING_RATE_KEY = 0, TG_BILLING_RATE_PROJECT = 1 }; /* whose limit */
 
-/* Writes the scope id of key `key_id`'s rate window `what`
- * (TG_BILLING_RATE_*) holding t_us into out, and the window's start and end
+/* Writes the scope id of the rate window `what` (TG_BILLING_RATE_REQUESTS
+ * or _TOKENS) of key or project `id` (owner TG_BILLING_RATE_KEY or
+ * _PROJECT) holding t_us into out, and the window's start and end
  * (exclusive) into *start_us / *end_us (either may be NULL). Returns 0,
- * TG_BILLING_EINVAL (unknown `what`, negative t_us) or TG_BILLING_ERANGE
- * (out too small). */
-int tg_billing_rate_scope(const char *key_id, int what, int64_t t_us, char *out, size_t outlen, int64_t *start_us,
-                          int64_t *end_us);
+ * TG_BILLING_EINVAL (unknown owner or `what`, negative t_us) or
+ * TG_BILLING_ERANGE (out too small). */
+int tg_billing_rate_scope(int owner, const char *id, int what, int64_t t_us, char *out, size_t outlen,
+                          int64_t *start_us, int64_t *end_us);
 
-/* Reads a rate scope id: the key's id into key_id (keylen bytes with the
- * 0), *what and the window's *start_us. Returns 0, or TG_BILLING_EINVAL
- * when scope is not a rate scope id (a spend scope, a start that is not a
- * minute's, an id too long): nothing useful is left in the outputs. */
-int tg_billing_rate_parse(const char *scope, char *key_id, size_t keylen, int *what, int64_t *start_us);
+/* Reads a rate scope id: *owner (may be NULL), the key's or project's id
+ * into id (idlen bytes with the 0), *what and the window's *start_us.
+ * Returns 0, or TG_BILLING_EINVAL when scope is not a rate scope id (a
+ * spend scope, a start that is not a minute's, an id too long): nothing
+ * useful is left in the outputs. */
+int tg_billing_rate_parse(const char *scope, int *owner, char *id, size_t idlen, int *what, int64_t *start_us);
 
 /* The bucket of account `a` that pays for `route_type`: the account's
  * route_buckets override (the last one for the route type), else DIRECT ->

@@ -157,12 +157,38 @@ static int account_flags(const tc_t *c, json_t *o)
     return 0;
 }
 
+/* --rpm / --tpm of a key or a project: its rate_limit. */
+static int rate_flags(const tc_t *c, json_t *o, const char *obj)
+{
+    char upd[32];
+    snprintf(upd, sizeof upd, "%s update", obj);
+    if (strcmp(c->tc_cmd, upd) == 0 && !tc_get(c, "rpm") != !tc_get(c, "tpm")) {
+        /* an update replaces the rate limit as a whole: one flag alone
+         * would silently make the other limit 0 (unlimited) */
+        fprintf(stderr,
+                "tollctl %s update: %s without %s would set the other limit to 0 (unlimited): the rate limit is "
+                "replaced as a whole, so give both (--rpm N --tpm N, 0: unlimited; `tollctl %s get ID` shows the "
+                "current ones)\n",
+                obj, tc_get(c, "rpm") ? "--rpm" : "--tpm", tc_get(c, "rpm") ? "--tpm" : "--rpm", obj);
+        return -1;
+    }
+    if (tc_get(c, "rpm") || tc_get(c, "tpm")) {
+        /* the rate limit is one message: both numbers are set (0: unlimited),
+         * the server refuses a negative one naming the field */
+        json_t *rl = json_object();
+        set_str(rl, "requests_per_minute", tc_get(c, "rpm") ? tc_get(c, "rpm") : "0");
+        set_str(rl, "tokens_per_minute", tc_get(c, "tpm") ? tc_get(c, "tpm") : "0");
+        json_object_set_new(o, "rate_limit", rl);
+    }
+    return 0;
+}
+
 static int project_flags(const tc_t *c, json_t *o)
 {
     set_str(o, "account_id", tc_get(c, "account"));
     set_str(o, "name", tc_get(c, "name"));
     set_str(o, "status", tc_get(c, "status"));
-    return 0;
+    return rate_flags(c, o, "project");
 }
 
 static int key_flags(const tc_t *c, json_t *o)
@@ -175,24 +201,8 @@ static int key_flags(const tc_t *c, json_t *o)
     set_list(c, o, "allowed_route_types", "route-type");
     set_list(c, o, "tags", "tag");
     if (tc_flag(c, "expose-cost")) json_object_set_new(o, "expose_cost", json_true());
-    if (strcmp(c->tc_cmd, "key update") == 0 && !tc_get(c, "rpm") != !tc_get(c, "tpm")) {
-        /* an update replaces the rate limit as a whole: one flag alone
-         * would silently make the other limit 0 (unlimited) */
-        fprintf(stderr,
-                "tollctl key update: %s without %s would set the other limit to 0 (unlimited): the rate limit is "
-                "replaced as a whole, so give both (--rpm N --tpm N, 0: unlimited; `tollctl key get ID` shows the "
-                "current ones)\n",
-                tc_get(c, "rpm") ? "--rpm" : "--tpm", tc_get(c, "rpm") ? "--tpm" : "--rpm");
+    if (rate_flags(c, o, "key") != 0)
         return -1;
-    }
-    if (tc_get(c, "rpm") || tc_get(c, "tpm")) {
-        /* the rate limit is one message: both numbers are set (0: unlimited),
-         * the server refuses a negative one naming the field */
-        json_t *rl = json_object();
-        set_str(rl, "requests_per_minute", tc_get(c, "rpm") ? tc_get(c, "rpm") : "0");
-        set_str(rl, "tokens_per_minute", tc_get(c, "tpm") ? tc_get(c, "tpm") : "0");
-        json_object_set_new(o, "rate_limit", rl);
-    }
     if (tc_get(c, "expires")) {
         long long us;
         char s[32];
@@ -470,10 +480,12 @@ static const objcmd_t PROJECT = {
     &tollgate__v1__create_project_request__descriptor, &tollgate__v1__project__descriptor,
     &tollgate__v1__update_project_request__descriptor, &tollgate__v1__list_projects_response__descriptor,
     "projects", PROJECT_COLS,
-    "account= name= status= file= expected-revision= page-size= page-token=", project_flags,
-    "usage: tollctl project create --account ACC --name N [--file p.json]\n"
+    "account= name= status= rpm= tpm= file= expected-revision= page-size= page-token=", project_flags,
+    "usage: tollctl project create --account ACC --name N [--rpm N] [--tpm N] [--file p.json]\n"
     "       tollctl project get ID | list [--account ACC] | delete ID\n"
-    "       tollctl project update ID [--name N] [--status S] [--file p.json]\n" CONN};
+    "       tollctl project update ID [--name N] [--status S] [--rpm N --tpm N] [--file p.json]\n"
+    "  --rpm/--tpm: requests / tokens per minute for all the project's keys together, across all\n"
+    "  agents (0: unlimited; an update replaces both)\n" CONN};
 
 static const objcmd_t KEY = {
     "key", "Key", "key", "id", "create", &tollgate__v1__api_key__descriptor,

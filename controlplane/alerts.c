@@ -737,8 +737,10 @@ static void deliver_one(tg_cp_t *cp, const tg_store_kv_t *kv)
     if (gave_up)
         goto drop;
     {
+        /* from the end of this attempt: a slow receiver (up to the post's
+         * timeout) must not eat the pause before the next try */
         int64_t backoff = 500000LL << (d->attempts - 1 < 7 ? d->attempts - 1 : 7);
-        d->next_at_us = now + (backoff < 60000000 ? backoff : 60000000);
+        d->next_at_us = tg_cp_now_us() + (backoff < 60000000 ? backoff : 60000000);
         tg_cp_pb_set_str(&d->last_error, err);
         tg_buf_t b;
         tg_buf_init(&b, 8192);

@@ -157,38 +157,51 @@ int cp_limits_of(tg_cp_t *cp, const char *kind, const char *obj, ProtobufCMessag
     return 0;
 }
 
-/* A key's rate window (key/<id>/rpm|tpm/<minute start>): the key's
- * requests or tokens per minute, for a minute near now (an agent's clock
- * may be a little off; a window far from now is refused, so no one
- * creates state for minutes that will never be used). */
-static int resolve_rate(tg_cp_t *cp, const char *id, const char *account, const char *kid, int what, int64_t start,
-                        cp_scope_t *s, char *err, size_t errlen)
+/* A key's or project's rate window (key/<id>/rpm|tpm/<minute start>,
+ * project/<id>/...): its requests or tokens per minute, for a minute near
+ * now (an agent's clock may be a little off; a window far from now is
+ * refused, so no one creates state for minutes that will never be used). */
+static int resolve_rate(tg_cp_t *cp, const char *id, const char *account, int owner, const char *oid, int what,
+                        int64_t start, cp_scope_t *s, char *err, size_t errlen)
 {
     char key[TG_STORE_MAX_KEY];
     ProtobufCMessage *m = NULL;
     int64_t now = tg_cp_now_us();
     const char *name = what == TG_BILLING_RATE_TOKENS ? "tokens_per_minute" : "requests_per_minute";
-    if (strlen(kid) >= sizeof(s->cs_obj) || strlen(account) >= sizeof(s->cs_account))
-        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: key id or account_id too long");
+    const char *kind = owner == TG_BILLING_RATE_PROJECT ? "project" : "key";
+    if (strlen(oid) >= sizeof(s->cs_obj) || strlen(account) >= sizeof(s->cs_account))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: %s id or account_id too long", kind);
     if (start < now - 2 * TG_BILLING_RATE_WINDOW_US || start > now + TG_BILLING_RATE_WINDOW_US)
         return tg_errf(err, errlen, TG_RPC_CODE_FAILED_PRECONDITION,
                        "scope: the window of '%s' is not the current minute (check the agent's clock)", id);
-    snprintf(key, sizeof(key), TG_CP_K_KEY "%s", kid);
-    if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, NULL, err, errlen) < 0)
-        return TG_RPC_CODE_UNAVAILABLE;
-    const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)m;
+    const Tollgate__V1__RateLimit *rl = NULL;
+    if (owner == TG_BILLING_RATE_PROJECT) {
+        snprintf(key, sizeof(key), TG_CP_K_PROJECT "%s", oid);
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__project__descriptor, &m, NULL, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__Project *p = (const Tollgate__V1__Project *)m;
+        if (p != NULL && strcmp(p->account_id, account) == 0)
+            rl = p->rate_limit;
+    } else {
+        snprintf(key, sizeof(key), TG_CP_K_KEY "%s", oid);
+        if (tg_cp_get_pb(cp, key, &tollgate__v1__api_key__descriptor, &m, NULL, err, errlen) < 0)
+            return TG_RPC_CODE_UNAVAILABLE;
+        const Tollgate__V1__ApiKey *k = (const Tollgate__V1__ApiKey *)m;
+        if (k != NULL && strcmp(k->account_id, account) == 0)
+            rl = k->rate_limit;
+    }
     int64_t limit = 0;
-    if (k != NULL && strcmp(k->account_id, account) == 0 && k->rate_limit != NULL)
-        limit = what == TG_BILLING_RATE_TOKENS ? k->rate_limit->tokens_per_minute : k->rate_limit->requests_per_minute;
+    if (rl != NULL)
+        limit = what == TG_BILLING_RATE_TOKENS ? rl->tokens_per_minute : rl->requests_per_minute;
     int code = TG_RPC_CODE_OK;
     if (limit <= 0) {
-        code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: key '%s' of account '%s' has no rate_limit.%s",
-                       kid, account, name);
+        code = tg_errf(err, errlen, TG_RPC_CODE_NOT_FOUND, "scope: %s '%s' of account '%s' has no rate_limit.%s",
+                       kind, oid, account, name);
     } else {
         snprintf(s->cs_id, sizeof(s->cs_id), "%s", id);
         snprintf(s->cs_key, sizeof(s->cs_key), TG_CP_K_LIMIT "%s", id);
-        snprintf(s->cs_kind, sizeof(s->cs_kind), "key");
-        snprintf(s->cs_obj, sizeof(s->cs_obj), "%.*s", (int)sizeof(s->cs_obj) - 1, kid);
+        snprintf(s->cs_kind, sizeof(s->cs_kind), "%s", kind);
+        snprintf(s->cs_obj, sizeof(s->cs_obj), "%.*s", (int)sizeof(s->cs_obj) - 1, oid);
         snprintf(s->cs_account, sizeof(s->cs_account), "%.*s", (int)sizeof(s->cs_account) - 1, account);
         s->cs_start = start;
         s->cs_end = start + TG_BILLING_RATE_WINDOW_US;
@@ -205,11 +218,11 @@ int cp_scope_resolve(tg_cp_t *cp, const char *id, const char *account, cp_scope_
     long long start = 0;
     ProtobufCMessage *m = NULL;
     int code = TG_RPC_CODE_OK;
-    int n = 0, what = 0;
+    int n = 0, what = 0, owner = 0;
     int64_t rstart = 0;
     memset(s, 0, sizeof(*s));
-    if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0)
-        return resolve_rate(cp, id, account, obj, what, rstart, s, err, errlen);
+    if (tg_billing_rate_parse(id, &owner, obj, sizeof(obj), &what, &rstart) == 0)
+        return resolve_rate(cp, id, account, owner, obj, what, rstart, s, err, errlen);
     if (strncmp(id, "run/", 4) == 0) {
         if (strlen(id + 4) == 0 || strlen(id + 4) >= sizeof(obj))
             return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "scope: '%s' is not a run scope", id);
@@ -327,7 +340,7 @@ static int gc_due(const char *id, int64_t now)
     int n = 0, w = 0, what;
     int64_t rstart;
     /* a rate window: of no use once its minute is over */
-    if (tg_billing_rate_parse(id, obj, sizeof(obj), &what, &rstart) == 0)
+    if (tg_billing_rate_parse(id, NULL, obj, sizeof(obj), &what, &rstart) == 0)
         return rstart + TG_BILLING_RATE_WINDOW_US < now - RATE_GRACE_US;
     if (sscanf(id, "%15[a-z]/%159[^/]/%15[a-z]/%lld%n", kind, obj, win, &start, &n) != 4 || id[n] != '\0')
         return 0; /* runs: kept while their budget is configured */

@@ -104,13 +104,15 @@ test('one agent per data dir: a second one on the same dir is refused and names 
   await again.stop();
 });
 
-test('a record the outbox refuses fails its answer: 503 for JSON, an error event and no end for a stream', async () => {
-  // a 1 MiB outbox map fills after some hundreds of records
+// Fills a 1 MiB outbox map (some hundreds of records) with JSON requests or
+// with streams, one at a time, until one answer's record is refused; then
+// asks once more. Resolves { agent, ok, failed, next }; the caller stops the agent.
+async function fillOutbox(stream) {
   const agent = await startAgent(snapshot(), { args: ['--outbox-map-mb', '1'] });
   const long = 'x'.repeat(250);
   const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json', 'user-agent': long,
     'x-tollgate-run': long };
-  const ask = async (stream) => {
+  const ask = async () => {
     const r = await fetch(`${agent.base}/chat/completions`, { method: 'POST', headers,
       body: JSON.stringify({ model: 'gpt-4o', messages, stream }) });
     let text = '';
@@ -128,36 +130,64 @@ test('a record the outbox refuses fails its answer: 503 for JSON, an error event
     }
     return { status: r.status, text, broken, id: r.headers.get('x-request-id') };
   };
+  const ok = [];
+  let failed = null;
   try {
-    const ok = [];
-    let json503 = null;
-    let cut = null;
-    for (let i = 0; i < 6000 && !(json503 && cut); i++) {
-      const a = await ask(i % 2 === 1);
+    for (let i = 0; i < 3000 && !failed; i++) {
+      const a = await ask();
       if (a.status === 200 && !a.broken && !a.text.includes('"error"')) ok.push(a.id);
-      else if (a.status === 503) json503 = a;
-      else if (a.status === 200) cut = a;
-      else assert.fail(`unexpected answer ${a.status}: ${a.text.slice(0, 300)}`);
+      else failed = a;
     }
-    assert.ok(json503, 'no JSON answer was failed');
-    assert.ok(cut, 'no stream was failed');
-    assert.equal(JSON.parse(json503.text).error.code, 'usage_not_recorded');
-    assert.match(JSON.parse(json503.text).error.message, /could not record this request's usage/);
-    assert.ok(cut.broken, 'a failed stream must not end cleanly');
-    assert.match(cut.text, /data: \{"error":\{"message":"The gateway could not record/);
-    assert.doesNotMatch(cut.text, /data: \[DONE\]/);
-    assert.match(agent.proc.output(), /outbox commit failed \(\d+ records kept in memory, retried in 1 s\)/);
-    // the failed answers' records are no longer bills: each became a zero-cost receipt before its retry
-    for (const a of [json503, cut]) {
-      assert.match(agent.proc.output(),
-        new RegExp(`"request_id":"${a.id}"[^\n]*answer withheld: its record stays as a zero-cost receipt|answer withheld: its record stays as a zero-cost receipt[^\n]*"request_id":"${a.id}"`),
-        `record of ${a.id} withheld`);
-    }
-    // every answer that ended well has its record in the outbox, and only those
-    const held = agent.outbox().map((h) => h.record.request_id);
-    assert.deepEqual(held, ok);
-  } finally {
+    const upstream = (await mock.requests()).count;
+    const next = await ask();
+    return { agent, ok, failed, next, nextWentUpstream: (await mock.requests()).count !== upstream };
+  } catch (e) {
     await agent.stop();
+    throw e;
+  }
+}
+
+// The failed answer's record is no longer a bill: it became a zero-cost
+// receipt before its retry. Every answer that ended well has its record in
+// the outbox, and only those. The next request is refused before the
+// upstream call (the operator would pay the provider for an answer it must
+// withhold) and leaves no record.
+function assertWithheld({ agent, ok, failed, next, nextWentUpstream }) {
+  assert.match(agent.proc.output(), /outbox commit failed \(\d+ records kept in memory, retried in 1 s\)/);
+  assert.match(agent.proc.output(),
+    new RegExp(`"request_id":"${failed.id}"[^\n]*answer withheld: its record stays as a zero-cost receipt|answer withheld: its record stays as a zero-cost receipt[^\n]*"request_id":"${failed.id}"`),
+    `record of ${failed.id} withheld`);
+  assert.equal(next.status, 503, next.text);
+  assert.equal(JSON.parse(next.text).error.code, 'usage_outbox_full');
+  assert.match(JSON.parse(next.text).error.message, /cannot record usage right now/);
+  assert.equal(nextWentUpstream, false, 'no upstream call for a request refused early');
+  assert.deepEqual(agent.outbox().map((h) => h.record.request_id), ok);
+}
+
+test('a record the outbox refuses fails its JSON answer: 503 usage_not_recorded; the next request is refused early', async () => {
+  const r = await fillOutbox(false);
+  try {
+    assert.ok(r.failed, 'no JSON answer was failed');
+    assert.equal(r.failed.status, 503, r.failed.text);
+    assert.equal(JSON.parse(r.failed.text).error.code, 'usage_not_recorded');
+    assert.match(JSON.parse(r.failed.text).error.message, /could not record this request's usage/);
+    assertWithheld(r);
+  } finally {
+    await r.agent.stop();
+  }
+});
+
+test('a record the outbox refuses fails its stream: an error event and no end; the next request is refused early', async () => {
+  const r = await fillOutbox(true);
+  try {
+    assert.ok(r.failed, 'no stream was failed');
+    assert.equal(r.failed.status, 200, r.failed.text);
+    assert.ok(r.failed.broken, 'a failed stream must not end cleanly');
+    assert.match(r.failed.text, /data: \{"error":\{"message":"The gateway could not record/);
+    assert.doesNotMatch(r.failed.text, /data: \[DONE\]/);
+    assertWithheld(r);
+  } finally {
+    await r.agent.stop();
   }
 });
 

@@ -2,7 +2,8 @@
 // tmpfs that a filler file then fills to the last byte. Answers whose
 // record cannot be written are withheld (503 usage_not_recorded, a clear
 // message) and their records become zero-cost receipts kept in memory; when
-// the space comes back the agent writes them and serves again. Nothing is
+// the space comes back the agent writes them and serves again. Meanwhile
+// new requests are refused before the upstream call (503 usage_outbox_full). Nothing is
 // lost, nothing is recorded twice, and no withheld answer is charged.
 // Needs `mount -t tmpfs` (root, as CI runs); skipped with the reason where
 // the kernel refuses it. (A full LMDB map, the other way the outbox fills,
@@ -95,6 +96,17 @@ test('spool disk full: 503 usage_not_recorded and a clear log line; space back: 
     assert.match(agent.proc.output(),
       /outbox commit failed \(\d+ records kept in memory, retried in 1 s\): outbox: No space left on device/,
       'the log says what happened and why');
+
+    // while the outbox cannot be written, a request is refused before the
+    // upstream call: the operator does not pay the provider for an answer
+    // that would be withheld
+    const before = (await mock.requests()).count;
+    const early = await ask();
+    assert.equal(early.status, 503, early.body);
+    const eerr = JSON.parse(early.body).error;
+    assert.equal(eerr.code, 'usage_outbox_full');
+    assert.match(eerr.message, /cannot record usage right now/);
+    assert.equal((await mock.requests()).count, before, 'no upstream call for a request refused early');
 
     // space back: the withheld records are written, the agent serves again
     rmSync(filler);

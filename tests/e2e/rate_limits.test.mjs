@@ -7,13 +7,13 @@
 // limit each protocol gets its own 429 with Retry-After; tokens are the
 // request's estimate trued up to its usage; an agent that dies leaves its
 // unused slice to the others within the lease TTL; and when the minute
-// resets, requests pass again.
+// resets, requests pass again. A project's limit holds over all its keys.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
-import { startAgent } from '../../agent/testing/agent.mjs';
+import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { startCp, seed, ENROLL_TOKEN } from './cp_agent_lib.mjs';
 import { freePort, tmpdir, until } from './lib/proc.mjs';
 
@@ -85,6 +85,62 @@ describe('rate limits across three agents', () => {
       (e) => e.code === 3 && /key\.rate_limit\.requests_per_minute/.test(e.details ?? e.message));
     await assert.rejects(cp.adminCall('CreateKey', { key: { account_id: acct, name: 'neg', rate_limit: { tokens_per_minute: '-5' } } }),
       (e) => e.code === 3 && /key\.rate_limit\.tokens_per_minute/.test(e.details ?? e.message));
+  });
+
+  test('a project\'s requests per minute hold across its two keys and the three agents; the 429 names the project', async () => {
+    const PRPM = 8;
+    await roomInMinute(15000);
+    const prj = await cp.adminCall('CreateProject', { project: { account_id: acct, name: 'rl-project',
+      rate_limit: { requests_per_minute: String(PRPM) } } });
+    // two keys of the project, one with a looser limit of its own: the
+    // project's is the one they meet
+    const keys = [];
+    for (const [name, rate] of [['p-a', undefined], ['p-b', { requests_per_minute: '100' }]]) {
+      const k = await cp.adminCall('CreateKey', { key: { account_id: acct, project_id: prj.id, name, rate_limit: rate } });
+      for (const a of agents) {
+        await until(async () => (await fetch(`${a.base}/models`, { headers: { authorization: `Bearer ${k.secret}` } })).status === 200,
+          { timeoutMs: 10000, what: 'the key to reach the agent' });
+      }
+      keys.push({ id: k.key.id, secret: k.secret });
+    }
+    const N = 24;
+    const results = await Promise.all(Array.from({ length: N }, (_, i) => {
+      const c = new OpenAI({ apiKey: keys[i % 2].secret, baseURL: agents[i % 3].base, maxRetries: 0, timeout: 20000 });
+      return c.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 16 }).withResponse()
+        .then(({ response }) => ({ ok: true, h: response.headers, key: i % 2 }), (e) => ({ ok: false, e }));
+    }));
+    const served = results.filter((r) => r.ok);
+    const refused = results.filter((r) => !r.ok);
+    // both keys together: what one window admits never passes the project's limit
+    const okRecords = () => keys.flatMap((k) => recordsOf(k.id)).filter(({ r }) => r.client_status === 200);
+    await until(() => okRecords().length >= served.length, { timeoutMs: 10000, what: 'a record of every served request' });
+    const perWindow = new Map();
+    for (const { r } of okRecords()) {
+      assert.equal(r.project_id, prj.id);
+      perWindow.set(windowOf(r.rate_window_start_us), (perWindow.get(windowOf(r.rate_window_start_us)) || 0) + 1);
+    }
+    for (const [w, n] of perWindow) assert.ok(n <= PRPM, `window ${w} admitted ${n} > ${PRPM} for the project`);
+    assert.equal([...perWindow.values()].reduce((a, b) => a + b, 0), served.length);
+    assert.ok(refused.length >= N - PRPM * perWindow.size, `${refused.length} refused`);
+    assert.ok(refused.length > 0);
+    for (const { e } of refused) {
+      assert.equal(e.status, 429, `${e.status} ${e.message}`);
+      assert.equal(e.code, 'rate_limit_exceeded');
+      assert.match(e.message, new RegExp(`Rate limit reached for this API key's project on requests per minute \\(RPM\\): limit ${PRPM}`));
+      const ra = Number(hdr(e.headers, 'retry-after'));
+      assert.ok(ra >= 1 && ra <= 60, `Retry-After ${ra}`);
+    }
+    // the headers report the limit the key meets first: the project's
+    for (const { h } of served) {
+      assert.equal(h.get('x-ratelimit-limit-requests'), String(PRPM));
+      const left = Number(h.get('x-ratelimit-remaining-requests'));
+      assert.ok(Number.isInteger(left) && left >= 0 && left <= PRPM - 1, `remaining ${left}`);
+    }
+    // the key's own view lists both limits, each with its scope
+    const view = await (await fetch(`${agents[0].url}/v1/tollgate/key`, { headers: { authorization: `Bearer ${keys[1].secret}` } })).json();
+    const mine = view.rate_limits.filter((x) => x.limit_type === 'requests_per_minute');
+    assert.deepEqual(mine.map((x) => [x.scope, x.limit]).sort(), [['key', 100], ['project', PRPM]]);
+    assert.match(mine.find((x) => x.scope === 'project').scope_id, new RegExp(`^project/${prj.id}/rpm/\\d+$`));
   });
 
   test(`a burst over three agents stays within ${RPM} requests per minute; headers, 429s in both protocols, a dead agent's slice, the reset`, async () => {
@@ -237,4 +293,47 @@ describe('rate limits across three agents', () => {
       return t.remaining === TPM - used || (windowOf(Date.now() * 1000) !== windowOf(rec.rate_window_start_us) && t.remaining === TPM);
     }, { timeoutMs: 5000, what: `remaining tokens ${TPM} - ${used}` });
   });
+});
+
+// One agent on a snapshot (its own authority: no control plane), a key with
+// 3 requests per minute in a project with 1: the project refuses the second
+// and third requests after the key's window reserved them, and the key's
+// window gets them back (its view says 2 left, not 0).
+test('a request the project refuses gives back what the key\'s window reserved for it', async () => {
+  const mock = await startMock();
+  const KEY = 'sk-tg-project-rate';
+  let agent;
+  try {
+    agent = await startAgent({
+      revision: '1',
+      accounts: [{ id: 'acct', name: 'a', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
+      balances: [{ account_id: 'acct', bucket: 'credit', currency: 'USD', balance_nano: '1000000000000' }],
+      projects: [{ id: 'prj', account_id: 'acct', name: 'p', status: 'OBJECT_STATUS_ACTIVE',
+        rate_limit: { requests_per_minute: '1' } }],
+      keys: [{ id: 'k1', account_id: 'acct', project_id: 'prj', secret_sha256: keyHash(KEY), status: 'KEY_STATUS_ACTIVE',
+        rate_limit: { requests_per_minute: '3' } }],
+      channels: [{ id: 'ch', name: 'ch', provider: 'PROVIDER_TYPE_OPENAI', base_url: `${mock.url}/v1`,
+        credential: 'sk-upstream-rate', route_type: 'ROUTE_TYPE_DIRECT' }],
+      routes: [{ model: 'gpt-4o', tiers: [{ targets: [{ channel_id: 'ch' }] }] }],
+      price_cards: [{ id: 'card', version: '1', effective_at_us: '0', currency: 'USD',
+        entries: [{ model: 'gpt-4o', input_per_mtok_nano: '1000000000', output_per_mtok_nano: '1000000000' }] }],
+    });
+    // the three requests and the view in one minute
+    const left = MIN_US / 1000 - (Date.now() % (MIN_US / 1000));
+    if (left < 10000) await sleep(left + 50);
+    const client = new OpenAI({ apiKey: KEY, baseURL: agent.base, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 8 });
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(client.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 8 }),
+        (e) => e.status === 429 && /for this API key's project on requests per minute \(RPM\): limit 1,/.test(e.message));
+    }
+    const view = await (await fetch(`${agent.url}/v1/tollgate/key`, { headers: { authorization: `Bearer ${KEY}` } })).json();
+    const rpm = (scope) => view.rate_limits.find((x) => x.limit_type === 'requests_per_minute' && x.scope === scope);
+    assert.equal(rpm('project').remaining, 0);
+    assert.equal(rpm('key').remaining, 2, 'the two refused requests are not counted on the key');
+    assert.equal((await mock.requests()).count, 1, 'the refused requests never went upstream');
+  } finally {
+    await agent?.stop();
+    await mock.stop();
+  }
 });

@@ -117,6 +117,14 @@ test('accounts, projects and keys: tables, --json, secret printed once', async (
   const both = await json(['key', 'update', rk.key.id, '--rpm', '30', '--tpm', '0']);
   assert.equal(both.rate_limit.requests_per_minute, '30');
   assert.ok(!Number(both.rate_limit.tokens_per_minute ?? 0), 'tokens per minute: unlimited');
+  // a project's: the same flags, the same rule
+  const rp = await json(['project', 'create', '--account', id, '--name', 'rated-prj', '--rpm', '120', '--tpm', '5000']);
+  assert.deepEqual(rp.rate_limit, { requests_per_minute: '120', tokens_per_minute: '5000' });
+  const phalf = await tollctl(['project', 'update', rp.id, '--tpm', '10']);
+  assert.equal(phalf.code, 2);
+  assert.match(phalf.stderr, /tollctl project update: --tpm without --rpm would set the other limit to 0/);
+  assert.deepEqual((await json(['project', 'get', rp.id])).rate_limit, { requests_per_minute: '120', tokens_per_minute: '5000' });
+  assert.equal((await json(['project', 'update', rp.id, '--rpm', '60', '--tpm', '0'])).rate_limit.requests_per_minute, '60');
 
   assert.equal((await json(['key', 'pause', keyId[1], '--reason', 'budget'])).status, 'KEY_STATUS_PAUSED');
   assert.match((await ok(['key', 'list', '--project', prj.id])).stdout, /paused\s+budget/);
