@@ -62,6 +62,7 @@ typedef struct resp {
     int rp_complete;      /* the final response ended */
     int rp_stop;          /* hh_body said TG_H1_STOP */
     int rp_paused;        /* hh_body said TG_H1_PAUSE: bytes go to rp_held */
+    int rp_cancelled;     /* tg_h1_cancel from inside a callback: no further callback */
     tg_buf_t rp_held;
     const char *rp_why;   /* why a callback failed the parse */
 } resp_t;
@@ -102,6 +103,8 @@ static void rec_close(resp_t *r)
 static int rp_begin(http_parser *p)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     r->rp_fl = 0;
     r->rp_inrec = r->rp_inval = 0;
     r->rp_ctype[0] = '\0';
@@ -111,6 +114,8 @@ static int rp_begin(http_parser *p)
 static int rp_field(http_parser *p, const char *at, size_t n)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     if (r->rp_inval)
         rec_close(r);
     if (!r->rp_inrec) {
@@ -128,6 +133,8 @@ static int rp_field(http_parser *p, const char *at, size_t n)
 static int rp_value(http_parser *p, const char *at, size_t n)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     r->rp_inval = 1;
     r->rp_vl += n;
     return fb_add(r, at, n);
@@ -137,7 +144,7 @@ static int rp_value(http_parser *p, const char *at, size_t n)
  * keeps its Content-Type. */
 static void fields_out(resp_t *r)
 {
-    for (size_t off = 0; off < r->rp_fl;) {
+    for (size_t off = 0; off < r->rp_fl && !r->rp_cancelled;) {
         size_t len[2];
         memcpy(len, r->rp_fb + off, sizeof len);
         const char *name = r->rp_fb + off + sizeof len, *v = name + len[0];
@@ -162,6 +169,8 @@ static void fields_out(resp_t *r)
 static int rp_headers(http_parser *p)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     rec_close(r);
     if (p->status_code < 100 || p->status_code > 599 || p->status_code == 101) {
         r->rp_why = p->status_code == 101 ? "the upstream switched protocols (HTTP 101)"
@@ -169,24 +178,33 @@ static int rp_headers(http_parser *p)
         return -1;
     }
     if (p->status_code < 200)
-        return 0; /* 1xx: the final head follows */
+        return 1; /* 1xx: no body (whatever its head says); the final head follows */
     fields_out(r);
     tg_free(r->rp_fb);
     r->rp_fb = NULL;
     r->rp_fl = r->rp_fcap = 0;
     r->rp_final = 1;
-    if (r->rp_hh->hh_head)
+    if (!r->rp_cancelled && r->rp_hh->hh_head)
         r->rp_hh->hh_head(r->rp_arg, p->status_code, r->rp_ctype);
-    return 0;
+    if (r->rp_cancelled)
+        return -1;
+    /* http-parser 2.9 reads a body for 204 and 304 when the head
+     * names a length or chunked; they have none (RFC 9112 6.3), so the call
+     * would wait for bytes that never come. 1: no body. */
+    return p->status_code == 204 || p->status_code == 304;
 }
 
 static int rp_body(http_parser *p, const char *at, size_t n)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     if (!r->rp_final)
         return 0; /* a 1xx head's body, if it had one */
     if (!r->rp_paused && !r->rp_held.b_len) {
         int rc = r->rp_hh->hh_body ? r->rp_hh->hh_body(r->rp_arg, at, n) : TG_H1_TAKEN;
+        if (r->rp_cancelled)
+            return -1;
         if (rc == TG_H1_TAKEN)
             return 0;
         if (rc != TG_H1_PAUSE) {
@@ -205,6 +223,8 @@ static int rp_body(http_parser *p, const char *at, size_t n)
 static int rp_done(http_parser *p)
 {
     resp_t *r = p->data;
+    if (r->rp_cancelled)
+        return -1;
     if (!r->rp_final)
         return 0; /* the end of a 1xx */
     r->rp_complete = 1;
@@ -344,6 +364,7 @@ struct tg_h1_call {
     int c_state;
     conn_t *c_conn;
     int c_reused, c_retried, c_got_byte, c_keep;
+    int c_broken;                 /* the send failed after the answer began: never pooled */
     struct evdns_getaddrinfo_request *c_dns;
     struct event c_timer;
     int64_t c_t0_ms;
@@ -414,13 +435,23 @@ static void idle_unlink(conn_t *k)
     h->h_nidle--;
 }
 
-static void conn_close(conn_t *k)
+/* Closes k. `clean`: a healthy close (an idle one dropped, a response that
+ * ended without keep-alive): the TLS close_notify goes first, unwaited,
+ * because OpenSSL marks a session freed without it not resumable and the
+ * next connection to the site would do a full handshake. Not after an
+ * error, where the session may be the problem. */
+static void conn_close(conn_t *k, int clean)
 {
     if (!k)
         return;
     idle_unlink(k);
     conn_watch(k, 0);
     event_del(&k->k_ev); /* an event_active'd one too */
+    if (k->k_ssl && clean) {
+        ERR_clear_error();
+        (void)SSL_shutdown(k->k_ssl); /* one try, never waited for */
+        ERR_clear_error();
+    }
     if (k->k_ssl)
         SSL_free(k->k_ssl);
     if (k->k_fd >= 0)
@@ -437,7 +468,7 @@ static void conn_idle(conn_t *k)
         conn_t *old = h->h_idle;
         while (old->k_next)
             old = old->k_next;
-        conn_close(old);
+        conn_close(old, 1);
     }
     k->k_next = h->h_idle;
     if (h->h_idle)
@@ -449,22 +480,40 @@ static void conn_idle(conn_t *k)
     conn_watch(k, EV_READ); /* the server's close shows as readable */
 }
 
-/* An idle connection became readable: the server closed it (or sent what
- * nobody asked for). A TLS record that is not data (a session ticket, a key
- * update) keeps it. */
-static void idle_readable(conn_t *k)
+/* 1 when idle connection k can carry a request: nothing readable on it.
+ * Readable means the server closed it or sent what nobody asked for (an
+ * unsolicited 408 before its close must not be read as the next answer).
+ * A TLS record that is not data (a session ticket, a key update) is
+ * consumed and keeps it. */
+static int conn_alive(conn_t *k)
 {
-    if (k->k_ssl) {
-        ERR_clear_error();
-        int n = SSL_read(k->k_ssl, k->k_h->h_scratch, sizeof k->k_h->h_scratch);
-        if (n <= 0 && SSL_get_error(k->k_ssl, n) == SSL_ERROR_WANT_READ)
-            return;
-    }
-    conn_close(k);
+    char b;
+    if (k->k_ssl && SSL_pending(k->k_ssl) > 0)
+        return 0;
+    ssize_t n = recv(k->k_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+    if (n == 0 || !k->k_ssl)
+        return 0;
+    ERR_clear_error();
+    int x = SSL_read(k->k_ssl, k->k_h->h_scratch, sizeof k->k_h->h_scratch);
+    int alive = x <= 0 && SSL_get_error(k->k_ssl, x) == SSL_ERROR_WANT_READ;
+    ERR_clear_error();
+    return alive;
 }
 
-/* Frees the call; its connection goes back to the pool when `keep`. */
-static void call_free(tg_h1_call_t *c, int keep)
+/* An idle connection became readable. */
+static void idle_readable(conn_t *k)
+{
+    if (!conn_alive(k))
+        conn_close(k, 1);
+}
+
+enum { DROP, KEEP, CLOSE }; /* a call's connection: closed after an error, pooled, closed cleanly */
+
+/* Frees the call; its connection is dropped, pooled or closed cleanly
+ * (conn_close) as `how` says. */
+static void call_free(tg_h1_call_t *c, int how)
 {
     event_del(&c->c_timer);
     if (c->c_dns) {
@@ -473,10 +522,10 @@ static void call_free(tg_h1_call_t *c, int keep)
         evdns_getaddrinfo_cancel(d);
     }
     if (c->c_conn) {
-        if (keep)
+        if (how == KEEP)
             conn_idle(c->c_conn);
         else
-            conn_close(c->c_conn);
+            conn_close(c->c_conn, how == CLOSE);
     }
     resp_free(&c->c_rp);
     tg_free(c->c_out);
@@ -505,9 +554,20 @@ static int finish(tg_h1_call_t *c, tg_h1_result_t res, const char *fmt, ...)
     void *arg = c->c_arg;
     char msg[MSGLEN];
     memcpy(msg, c->c_msg, sizeof msg);
-    call_free(c, res == TG_H1_OK && c->c_keep);
+    call_free(c, res != TG_H1_OK ? DROP : c->c_keep ? KEEP : CLOSE);
     hh->hh_done(arg, res, msg);
     return 1;
+}
+
+/* Ends a call whose failure waited for the loop (finish inside
+ * tg_h1_start). Its message is copied out first: finish formats into
+ * c_msg, and a buffer formatted into itself is undefined behaviour. */
+static int finish_pending(tg_h1_call_t *c)
+{
+    char msg[MSGLEN];
+    memcpy(msg, c->c_msg, sizeof msg);
+    c->c_fail_pending = 0;
+    return finish(c, c->c_fail_res, "%s", msg);
 }
 
 static void arm(tg_h1_call_t *c)
@@ -545,7 +605,7 @@ static int connect_new(tg_h1_call_t *c);
 static int failed_early(tg_h1_call_t *c, tg_h1_result_t res, const char *what)
 {
     if (c->c_reused && !c->c_got_byte && !c->c_retried) {
-        conn_close(c->c_conn);
+        conn_close(c->c_conn, 0);
         c->c_conn = NULL;
         c->c_reused = 0;
         c->c_retried = 1;
@@ -756,11 +816,38 @@ static int connect_new(tg_h1_call_t *c)
     c->c_dns = evdns_getaddrinfo(c->c_h->h_dns, c->c_host, NULL, &hints, on_dns, c);
     c->c_instart = instart;
     if (c->c_fail_pending && !instart) {
-        c->c_fail_pending = 0;
         event_del(&c->c_timer);
-        return finish(c, c->c_fail_res, "%s", c->c_msg);
+        return finish_pending(c);
     }
     return c->c_fail_pending;
+}
+
+static int feed(tg_h1_call_t *c, const char *data, size_t n);
+
+/* The send broke. An upstream may answer early (413, 400) and close
+ * before it took the whole body: what it said is the answer, as with
+ * libcurl, so what came is read before the send is called failed. */
+static int send_failed(tg_h1_call_t *c, const char *what)
+{
+    conn_t *k = c->c_conn;
+    ssize_t n = -1;
+    if (!c->c_got_byte) {
+        if (k->k_ssl) {
+            ERR_clear_error();
+            int x = SSL_read(k->k_ssl, c->c_h->h_scratch, SCRATCH);
+            n = x > 0 ? x : -1;
+            ERR_clear_error();
+        } else {
+            n = recv(k->k_fd, c->c_h->h_scratch, SCRATCH, MSG_DONTWAIT);
+        }
+    }
+    if (n > 0 && feed(c, c->c_h->h_scratch, (size_t)n))
+        return 1;
+    if (!c->c_got_byte)
+        return failed_early(c, TG_H1_CONNECT, what);
+    c->c_broken = 1;
+    c->c_state = ST_READ; /* the rest of the answer, to its end or the connection's */
+    return do_read(c);
 }
 
 static int do_send(tg_h1_call_t *c)
@@ -775,10 +862,11 @@ static int do_send(tg_h1_call_t *c)
             if (r <= 0) {
                 int e = SSL_get_error(k->k_ssl, r);
                 if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-                    conn_watch(k, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE);
+                    /* an early answer is read meanwhile */
+                    conn_watch(k, e == SSL_ERROR_WANT_READ ? EV_READ : EV_READ | EV_WRITE);
                     return 0;
                 }
-                return failed_early(c, TG_H1_CONNECT, "Send failure over TLS");
+                return send_failed(c, "Send failure over TLS");
             }
             w = r;
         } else {
@@ -798,7 +886,7 @@ static int do_send(tg_h1_call_t *c)
                 }
                 char what[100];
                 snprintf(what, sizeof what, "Send failure: %s", strerror(errno));
-                return failed_early(c, TG_H1_CONNECT, what);
+                return send_failed(c, what);
             }
         }
         c->c_sent += (size_t)w;
@@ -835,13 +923,13 @@ static int feed(tg_h1_call_t *c, const char *data, size_t n)
     int rc = resp_feed(&c->c_rp, data, n, &used, msg, sizeof msg);
     c->c_incb = 0;
     if (c->c_cancelled) {
-        call_free(c, 0);
+        call_free(c, DROP);
         return 1;
     }
     if (rc < 0)
         return finish(c, c->c_rp.rp_stop ? TG_H1_ABORTED : TG_H1_MALFORMED, "%s", msg);
     if (rc == 1)
-        c->c_keep = used == n && c->c_state == ST_READ && http_should_keep_alive(&c->c_rp.rp_p);
+        c->c_keep = used == n && c->c_state == ST_READ && !c->c_broken && http_should_keep_alive(&c->c_rp.rp_p);
     return 0;
 }
 
@@ -854,7 +942,7 @@ static int do_read(tg_h1_call_t *c)
         int rc = c->c_hh->hh_body(c->c_arg, r->rp_held.b_data, r->rp_held.b_len);
         c->c_incb = 0;
         if (c->c_cancelled) {
-            call_free(c, 0);
+            call_free(c, DROP);
             return 1;
         }
         if (rc == TG_H1_PAUSE)
@@ -948,7 +1036,9 @@ static void on_conn_ev(evutil_socket_t fd, short what, void *arg)
     case ST_SEND:
         if ((k->k_ssl || (what & EV_WRITE)) && do_send(c))
             return;
-        if ((what & EV_READ) && !k->k_ssl && c->c_state == ST_SEND)
+        /* do_send may have failed on a reused connection and gone again on
+         * a new one: k can be freed, so only the call's state and c_conn */
+        if (c->c_state == ST_SEND && (what & EV_READ))
             do_read(c); /* an answer before the whole body went */
         return;
     default:
@@ -963,8 +1053,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     tg_h1_call_t *c = arg;
     if (c->c_fail_pending) {
-        c->c_fail_pending = 0;
-        finish(c, c->c_fail_res, "%s", c->c_msg);
+        finish_pending(c);
         return;
     }
     int64_t el = mono_ms() - c->c_t0_ms;
@@ -995,7 +1084,7 @@ void tg_h1_free(tg_h1_t *h)
     if (!h)
         return;
     while (h->h_idle)
-        conn_close(h->h_idle);
+        conn_close(h->h_idle, 1);
     for (int i = 0; i < SITES; i++) {
         tg_free(h->h_sites[i].s_key);
         if (h->h_sites[i].s_sess)
@@ -1104,9 +1193,11 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     int64_t now = mono_ms();
     for (conn_t *k = h->h_idle, *next; k; k = next) {
         next = k->k_next;
-        if (strcmp(k->k_key, c->c_key) == 0 && now - k->k_idle_ms > IDLE_AGE_MS) {
-            conn_close(k);
-        } else if (strcmp(k->k_key, c->c_key) == 0) {
+        if (strcmp(k->k_key, c->c_key) != 0)
+            continue;
+        if (now - k->k_idle_ms > IDLE_AGE_MS || !conn_alive(k)) {
+            conn_close(k, 1);
+        } else {
             idle_unlink(k);
             k->k_call = c;
             c->c_conn = k;
@@ -1128,8 +1219,11 @@ void tg_h1_resume(tg_h1_call_t *c)
     if (!c || !c->c_rp.rp_paused)
         return;
     c->c_rp.rp_paused = 0;
-    if (c->c_conn)
-        event_active(&c->c_conn->k_ev, EV_READ, 1);
+    if (!c->c_conn)
+        return;
+    if (c->c_state == ST_SEND)
+        conn_watch(c->c_conn, EV_READ | EV_WRITE); /* the pause stopped the send too */
+    event_active(&c->c_conn->k_ev, EV_READ, 1);
 }
 
 void tg_h1_cancel(tg_h1_call_t *c)
@@ -1138,14 +1232,17 @@ void tg_h1_cancel(tg_h1_call_t *c)
         return;
     if (c->c_incb) {
         c->c_cancelled = 1; /* freed when the callback returns */
+        c->c_rp.rp_cancelled = 1; /* and the parser calls nothing more meanwhile */
         return;
     }
-    call_free(c, 0);
+    call_free(c, DROP);
 }
 
 int tg_h1_body_sent(const tg_h1_call_t *c)
 {
-    return c && c->c_body_sent;
+    /* a plain request on a reused connection may go again (failed_early)
+     * until a response byte came, and that sends the caller's body again */
+    return c && c->c_body_sent && (c->c_got_byte || !c->c_reused || c->c_tls);
 }
 
 int tg_h1_idle(const tg_h1_t *h)

@@ -5,8 +5,11 @@
  *
  *   - one tg_h1_t per loop holds a keep-alive pool of idle connections
  *     keyed by scheme, host and port (an idle connection that becomes
- *     readable, the server's close, is dropped; one idle for over 60 s is
- *     not reused; at most ho_max_idle are kept), a scratch read buffer (a waiting call holds none of its own),
+ *     readable, the server's close or an unsolicited answer, is dropped,
+ *     and checked again, without waiting, just before reuse; one idle for
+ *     over 60 s is not reused; at most ho_max_idle are kept; a healthy
+ *     TLS close sends close_notify so its session stays resumable), a
+ *     scratch read buffer (a waiting call holds none of its own),
  *     a small DNS cache and, on first use, the resolver (libevent's evdns:
  *     /etc/resolv.conf, /etc/hosts; IP literals and `localhost` need none)
  *     and the TLS context (OpenSSL: system roots or ho_ca_file, SNI,
@@ -14,16 +17,21 @@
  *     SSL_MODE_RELEASE_BUFFERS).
  *   - a call writes its request in one write when it can (writev of head
  *     and body; one SSL_write over TLS), parses the response with
- *     http-parser (1xx heads skipped; Content-Length, chunked and
- *     close-delimited bodies; anything malformed ends the call with
+ *     http-parser (1xx heads skipped; 204 and 304 have no body whatever
+ *     their head says; Content-Length, chunked and close-delimited
+ *     bodies; anything malformed ends the call with
  *     TG_H1_MALFORMED) and hands the caller the final head's fields, then
- *     the head's end, then the body's bytes, then the end.
+ *     the head's end, then the body's bytes, then the end. The response
+ *     is read while the body is still going, so an upstream that answers
+ *     early (413) and closes is reported with that answer, as libcurl
+ *     does, not as a send failure.
  *   - a request that fails on a reused connection before any response byte
  *     (the server closed it while it sat idle) is sent again once on a new
  *     connection.
  *
  * Callbacks run on the loop, never from inside tg_h1_start, tg_h1_resume
- * or tg_h1_cancel. After hh_done the call is gone. */
+ * or tg_h1_cancel. After hh_done the call is gone; after tg_h1_cancel, even
+ * from inside a callback, no further callback comes. */
 #ifndef TG_AGENT_H1UP_H
 #define TG_AGENT_H1UP_H
 
@@ -107,7 +115,11 @@ void tg_h1_resume(tg_h1_call_t *c);
  * reused. Can't fail; accepts NULL. */
 void tg_h1_cancel(tg_h1_call_t *c);
 
-/* 1 once the whole request body was written (the caller may free it). */
+/* 1 once the caller's body is not needed any more (the caller may free
+ * it): the whole body was written and it cannot go again, that is, a
+ * response byte came, or the connection was new, or it is https (the body
+ * was copied). Until then a failure on a reused connection may send it
+ * again on a new one. */
 int tg_h1_body_sent(const tg_h1_call_t *c);
 
 /* Idle connections in the pool, and connections opened since tg_h1_new
@@ -119,7 +131,9 @@ long tg_h1_opened(const tg_h1_t *h);
  * (n == 0: the server closed) of a response to a parser made by
  * tg_h1_parse_new, with the callbacks hh (hh_done is not used). Returns 0
  * (more wanted), 1 (the response is complete) or -1 (malformed, or
- * TG_H1_STOP) with msg set. */
+ * TG_H1_STOP) with msg set. tg_h1_parse_new returns NULL when out of
+ * memory; the caller frees what it returns with tg_h1_parse_free (which
+ * accepts NULL). */
 typedef struct tg_h1_parse tg_h1_parse_t;
 tg_h1_parse_t *tg_h1_parse_new(const tg_h1_handler_t *hh, void *arg);
 int tg_h1_parse_feed(tg_h1_parse_t *p, const char *data, size_t n, char *msg, size_t msglen);
