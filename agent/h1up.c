@@ -1140,6 +1140,27 @@ static int split_url(const char *url, int *tls, char *host, size_t hostlen, int 
     return 0;
 }
 
+/* Appends the caller's "Name: value\r\n" lines but those that frame the
+ * request, which the client writes itself (a second Content-Length would
+ * make the request ambiguous). 0 or -1 (out of memory). */
+static int append_fields(tg_buf_t *b, const char *f, size_t n)
+{
+    static const char *const framing[] = {"host", "content-length", "transfer-encoding", "connection"};
+    for (const char *p = f, *end = f + n; p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t len = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+        const char *colon = memchr(p, ':', len);
+        size_t namel = colon ? (size_t)(colon - p) : 0;
+        int skip = 0;
+        for (size_t i = 0; i < sizeof framing / sizeof framing[0] && !skip; i++)
+            skip = namel == strlen(framing[i]) && strncasecmp(p, framing[i], namel) == 0;
+        if (!skip && tg_buf_append(b, p, len) != 0)
+            return -1;
+        p += len;
+    }
+    return 0;
+}
+
 int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, void *arg, tg_h1_call_t **out,
                 char *err, size_t errlen)
 {
@@ -1161,7 +1182,7 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
         tg_buf_printf(&head, "%s %s HTTP/1.1\r\nHost: %s%s%s", r->hr_method ? r->hr_method : "POST", path,
                       v6 ? "[" : "", host, v6 ? "]" : "") != 0 ||
         (!def && tg_buf_printf(&head, ":%d", port) != 0) || tg_buf_append(&head, "\r\n", 2) != 0 ||
-        tg_buf_append(&head, r->hr_fields, r->hr_fields_len) != 0 ||
+        append_fields(&head, r->hr_fields, r->hr_fields_len) != 0 ||
         tg_buf_printf(&head, "Content-Length: %zu\r\n\r\n", r->hr_body_len) != 0 ||
         (tls && tg_buf_append(&head, r->hr_body, r->hr_body_len) != 0)) {
         tg_buf_free(&head);

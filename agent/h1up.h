@@ -83,7 +83,9 @@ typedef struct tg_h1_opts {
 typedef struct tg_h1_req {
     const char *hr_method;   /* "POST" */
     const char *hr_url;      /* http://host[:port]/path or https://...; [v6] literals too */
-    const char *hr_fields;   /* "Name: value\r\n" lines (Host and Content-Length are added) */
+    const char *hr_fields;   /* "Name: value\r\n" lines (Host and Content-Length are added; a
+                              * Host, Content-Length, Transfer-Encoding or Connection line here
+                              * is left out) */
     size_t hr_fields_len;
     const char *hr_body;     /* the caller's: kept until the response head came (tg_h1_body_sent) */
     size_t hr_body_len;

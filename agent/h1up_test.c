@@ -209,6 +209,7 @@ typedef struct srv {
     int sv_close_after;   /* 0: keep the connection open */
     int sv_hang;
     int sv_drop_second;   /* a connection's second request: read, then closed unanswered */
+    char sv_head[2048];   /* the last request's head */
     int sv_conns;         /* connections accepted */
     int sv_requests;
     pthread_t sv_thread;
@@ -238,6 +239,7 @@ static void *srv_main(void *arg)
             char *cl = strcasestr(buf, "Content-Length:");
             size_t body = cl ? (size_t)strtoul(cl + 15, NULL, 10) : 0;
             size_t need = (size_t)(end + 4 - buf) + body;
+            snprintf(sv->sv_head, sizeof sv->sv_head, "%.*s", (int)(end + 4 - buf), buf);
             if (have < need)
                 continue;
             memmove(buf, buf + need, have - need);
@@ -367,6 +369,14 @@ static void test_server_closed_idle_connection(void **state)
     srv_stop(&sv);
 }
 
+static void run_until_done(struct event_base *base, seen_t *s)
+{
+    struct timeval tv = {5, 0};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+    assert_int_equal(s->s_done, 1);
+}
+
 /* A client on a new loop, and its URL for a server on port. */
 static void cli_open(int port, struct event_base **base, tg_h1_t **h, char *url, size_t urllen)
 {
@@ -409,6 +419,36 @@ static void test_stale_connection_retried(void **state)
     /* calls 2 and 3 each went twice: on the kept connection, then a new one */
     assert_int_equal(tg_h1_opened(h), 3);
     assert_int_equal(__atomic_load_n(&sv.sv_requests, __ATOMIC_SEQ_CST), 5);
+    cli_close(h, base);
+    srv_stop(&sv);
+}
+
+/* A caller's Host or Content-Length field is left out: the client frames
+ * the request itself, and a second one would make it ambiguous. */
+static void test_framing_fields_not_doubled(void **state)
+{
+    (void)state;
+    srv_t sv;
+    srv_start(&sv, ok_answer);
+    srv_run(&sv);
+    struct event_base *base;
+    tg_h1_t *h;
+    char url[100], err[200];
+    cli_open(sv.sv_port, &base, &h, url, sizeof url);
+    const char fields[] = "Host: other.example\r\nx-a: 1\r\ncontent-length: 99\r\nConnection: close\r\n";
+    seen_t s;
+    seen_init(&s, base);
+    tg_h1_call_t *c;
+    tg_h1_req_t r = {.hr_url = url, .hr_fields = fields, .hr_fields_len = sizeof fields - 1, .hr_body = "{}",
+                     .hr_body_len = 2, .hr_total_ms = 2000};
+    assert_int_equal(tg_h1_start(h, &r, &hh, &s, &c, err, sizeof err), 0);
+    run_until_done(base, &s);
+    assert_int_equal(s.s_res, TG_H1_OK);
+    char want[200];
+    snprintf(want, sizeof want, "POST /x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nx-a: 1\r\nContent-Length: 2\r\n\r\n",
+             sv.sv_port);
+    assert_string_equal(sv.sv_head, want);
+    seen_free(&s);
     cli_close(h, base);
     srv_stop(&sv);
 }
@@ -719,14 +759,6 @@ static tg_h1_call_t *start_big(tg_h1_t *h, const char *url, seen_t *s, char **bo
     return c;
 }
 
-static void run_until_done(struct event_base *base, seen_t *s)
-{
-    struct timeval tv = {5, 0};
-    event_base_loopexit(base, &tv);
-    event_base_dispatch(base);
-    assert_int_equal(s->s_done, 1);
-}
-
 /* A reused connection reset while a large body is being sent: the request
  * goes again on a new connection (and, under ASan, nothing touches the
  * freed connection on the way). */
@@ -909,6 +941,7 @@ int main(void)
         cmocka_unit_test(test_unsolicited_408_on_idle_connection),
         cmocka_unit_test(test_early_answer_then_reset),
         cmocka_unit_test(test_cancel_inside_callback),
+        cmocka_unit_test(test_framing_fields_not_doubled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
