@@ -37,6 +37,7 @@
 #define HEAD_MAX (64u << 10)  /* response head bytes */
 #define SITES 32              /* hosts remembered: address, TLS session */
 #define DNS_TTL_MS 60000
+#define ADDRS 4               /* a name's addresses kept, tried in order */
 #define DEF_CONNECT_MS 5000
 #define DEF_MAX_IDLE 64
 #define IDLE_AGE_MS 60000  /* a pooled connection idle longer is not reused (a NAT may have dropped it silently) */
@@ -308,11 +309,22 @@ void tg_h1_parse_free(tg_h1_parse_t *p)
 
 /* ---- the client: sites, connections, calls ------------------------------- */
 
+typedef union addr {
+    struct sockaddr a_sa;
+    struct sockaddr_in a_in4;
+    struct sockaddr_in6 a_in6;
+} addr_t;
+
+static socklen_t addr_len(const addr_t *a)
+{
+    return a->a_sa.sa_family == AF_INET6 ? sizeof a->a_in6 : sizeof a->a_in4;
+}
+
 typedef struct site {
     char *s_key;                  /* "https://host:port"; NULL: free slot */
-    struct sockaddr_storage s_addr;
-    socklen_t s_alen;             /* 0: no address known */
-    int64_t s_until_ms;           /* the address is good until then */
+    addr_t s_addr[ADDRS];
+    int s_naddr;                  /* 0: no address known (or all failed) */
+    int64_t s_until_ms;           /* the addresses are good until then */
     SSL_SESSION *s_sess;          /* to resume the next TLS connection */
 } site_t;
 
@@ -366,6 +378,8 @@ struct tg_h1_call {
     int c_reused, c_retried, c_got_byte, c_keep;
     int c_broken;                 /* the send failed after the answer began: never pooled */
     struct evdns_getaddrinfo_request *c_dns;
+    addr_t c_addr[ADDRS];         /* a name's addresses: the next is tried when a connect fails */
+    int c_naddr, c_ai;
     struct event c_timer;
     int64_t c_t0_ms;
     uint32_t c_connect_ms, c_total_ms;
@@ -723,6 +737,8 @@ static int connected(tg_h1_call_t *c)
     return do_tls(c);
 }
 
+static int connect_failed(tg_h1_call_t *c, int e);
+
 static int tcp_connect(tg_h1_call_t *c, const struct sockaddr *sa, socklen_t alen)
 {
     int one = 1;
@@ -746,9 +762,30 @@ static int tcp_connect(tg_h1_call_t *c, const struct sockaddr *sa, socklen_t ale
     if (connect(fd, sa, alen) == 0)
         return connected(c);
     if (errno != EINPROGRESS)
-        return finish(c, TG_H1_CONNECT, "Failed to connect to %s port %d: %s", c->c_host, c->c_port, strerror(errno));
+        return connect_failed(c, errno);
     conn_watch(k, EV_WRITE);
     return 0;
+}
+
+static int try_addr(tg_h1_call_t *c)
+{
+    return tcp_connect(c, &c->c_addr[c->c_ai].a_sa, addr_len(&c->c_addr[c->c_ai]));
+}
+
+/* A connect failed with errno e: a name's next address is tried; when all
+ * failed, the cached ones are forgotten (the next call asks DNS again). */
+static int connect_failed(tg_h1_call_t *c, int e)
+{
+    conn_close(c->c_conn, 0);
+    c->c_conn = NULL;
+    if (c->c_ai + 1 < c->c_naddr) {
+        c->c_ai++;
+        return try_addr(c);
+    }
+    site_t *s = c->c_naddr ? site_get(c->c_h, c->c_key, 0) : NULL;
+    if (s)
+        s->s_naddr = 0;
+    return finish(c, TG_H1_CONNECT, "Failed to connect to %s port %d: %s", c->c_host, c->c_port, strerror(e));
 }
 
 static void on_dns(int result, struct evutil_addrinfo *res, void *arg)
@@ -763,18 +800,27 @@ static void on_dns(int result, struct evutil_addrinfo *res, void *arg)
         finish(c, TG_H1_CONNECT, "Could not resolve host: %s (%s)", c->c_host, evutil_gai_strerror(result));
         return;
     }
-    site_t *s = site_get(c->c_h, c->c_key, 1);
-    struct sockaddr_storage ss;
-    socklen_t alen = (socklen_t)res->ai_addrlen;
-    memcpy(&ss, res->ai_addr, alen);
+    c->c_naddr = c->c_ai = 0;
+    for (struct evutil_addrinfo *ai = res; ai && c->c_naddr < ADDRS; ai = ai->ai_next) {
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addrlen > sizeof(addr_t))
+            continue;
+        addr_t *a = &c->c_addr[c->c_naddr++];
+        memset(a, 0, sizeof *a);
+        memcpy(a, ai->ai_addr, ai->ai_addrlen);
+        a->a_in4.sin_port = htons((uint16_t)c->c_port); /* same offset in sockaddr_in6 */
+    }
     evutil_freeaddrinfo(res);
-    ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->c_port); /* same offset in sockaddr_in6 */
+    if (!c->c_naddr) {
+        finish(c, TG_H1_CONNECT, "Could not resolve host: %s (no IPv4 or IPv6 address)", c->c_host);
+        return;
+    }
+    site_t *s = site_get(c->c_h, c->c_key, 1);
     if (s) {
-        memcpy(&s->s_addr, &ss, alen);
-        s->s_alen = alen;
+        memcpy(s->s_addr, c->c_addr, sizeof s->s_addr);
+        s->s_naddr = c->c_naddr;
         s->s_until_ms = mono_ms() + DNS_TTL_MS;
     }
-    tcp_connect(c, (struct sockaddr *)&ss, alen);
+    try_addr(c);
 }
 
 /* A new connection: the address from the literal, the cache, or DNS. */
@@ -799,8 +845,12 @@ static int connect_new(tg_h1_call_t *c)
         return tcp_connect(c, (struct sockaddr *)s6, sizeof *s6);
     }
     site_t *s = site_get(c->c_h, c->c_key, 0);
-    if (s && s->s_alen && s->s_until_ms > mono_ms())
-        return tcp_connect(c, (struct sockaddr *)&s->s_addr, s->s_alen);
+    if (s && s->s_naddr && s->s_until_ms > mono_ms()) {
+        memcpy(c->c_addr, s->s_addr, sizeof c->c_addr);
+        c->c_naddr = s->s_naddr;
+        c->c_ai = 0;
+        return try_addr(c);
+    }
     if (!c->c_h->h_dns &&
         !(c->c_h->h_dns = evdns_base_new(c->c_h->h_base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
                                                              EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
@@ -1024,7 +1074,7 @@ static void on_conn_ev(evutil_socket_t fd, short what, void *arg)
         if (getsockopt(k->k_fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
             e = errno;
         if (e) {
-            finish(c, TG_H1_CONNECT, "Failed to connect to %s port %d: %s", c->c_host, c->c_port, strerror(e));
+            connect_failed(c, e);
             return;
         }
         connected(c);

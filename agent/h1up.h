@@ -10,7 +10,9 @@
  *     over 60 s is not reused; at most ho_max_idle are kept; a healthy
  *     TLS close sends close_notify so its session stays resumable), a
  *     scratch read buffer (a waiting call holds none of its own),
- *     a small DNS cache and, on first use, the resolver (libevent's evdns:
+ *     a small DNS cache (up to 4 addresses a name for 60 s, tried in
+ *     order when a connect fails; a name whose addresses all failed is
+ *     asked again) and, on first use, the resolver (libevent's evdns:
  *     /etc/resolv.conf, /etc/hosts; IP literals and `localhost` need none)
  *     and the TLS context (OpenSSL: system roots or ho_ca_file, SNI,
  *     hostname verification, session reuse per host, ALPN http/1.1,
