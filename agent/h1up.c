@@ -651,6 +651,9 @@ static int do_tls(tg_h1_call_t *c)
         return 0;
     }
     long vr = SSL_get_verify_result(k->k_ssl);
+    if ((vr == X509_V_ERR_HOSTNAME_MISMATCH || vr == X509_V_ERR_IP_ADDRESS_MISMATCH) && !c->c_h->h_insecure)
+        return finish(c, TG_H1_CONNECT, "SSL certificate problem: %s: the certificate is not for %s",
+                      X509_verify_cert_error_string(vr), c->c_host);
     if (vr != X509_V_OK && !c->c_h->h_insecure)
         return finish(c, TG_H1_CONNECT, "SSL certificate problem: %s", X509_verify_cert_error_string(vr));
     unsigned long le = ERR_get_error();
