@@ -23,6 +23,8 @@ let dir;
 let mock;
 let term;
 let termWrong;
+let termIdle;
+const idleResumed = []; // termIdle's connections: was each a resumed TLS session?
 let sockets = [];
 let trusted;
 let untrusted;
@@ -46,10 +48,16 @@ function makeCerts() {
 }
 
 // A TLS upstream: TLS in with this key and certificate, mockllm's plain
-// HTTP out, byte for byte.
-async function terminator(name) {
+// HTTP out, byte for byte. idleEndMs: it ends a connection idle that long
+// (close_notify), as servers end kept connections.
+async function terminator(name, { idleEndMs, resumed } = {}) {
   const srv = tls.createServer({ key: readFileSync(path.join(dir, `${name}.key`)),
     cert: readFileSync(path.join(dir, `${name}.pem`)) }, (s) => {
+    resumed?.push(s.isSessionReused());
+    if (idleEndMs) {
+      s.setTimeout(idleEndMs);
+      s.on('timeout', () => s.end());
+    }
     const u = net.connect(mock.port, '127.0.0.1');
     sockets.push(s, u);
     s.pipe(u).pipe(s);
@@ -60,7 +68,7 @@ async function terminator(name) {
   return srv;
 }
 
-function snapshot(tlsPort, wrongPort) {
+function snapshot(tlsPort, wrongPort, idlePort) {
   return {
     revision: '1',
     accounts: [{ id: 'acct', name: 'acct', billing_mode: 'BILLING_MODE_PREPAID', status: 'OBJECT_STATUS_ACTIVE' }],
@@ -69,11 +77,15 @@ function snapshot(tlsPort, wrongPort) {
     channels: [{ id: 'ch-tls', name: 'ch-tls', provider: 'PROVIDER_TYPE_OPENAI', base_url: `https://127.0.0.1:${tlsPort}/v1`,
       credential: 'sk-upstream-tls', route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE' },
     { id: 'ch-wrongname', name: 'ch-wrongname', provider: 'PROVIDER_TYPE_OPENAI', base_url: `https://localhost:${wrongPort}/v1`,
+      credential: 'sk-upstream-tls', route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE' },
+    { id: 'ch-idle', name: 'ch-idle', provider: 'PROVIDER_TYPE_OPENAI', base_url: `https://localhost:${idlePort}/v1`,
       credential: 'sk-upstream-tls', route_type: 'ROUTE_TYPE_DIRECT', status: 'OBJECT_STATUS_ACTIVE' }],
     routes: [{ model: 'gpt-4o-mini', tiers: [{ targets: [{ channel_id: 'ch-tls' }] }] },
+      { model: 'gpt-4o-idle', tiers: [{ targets: [{ channel_id: 'ch-idle' }] }] },
       { model: 'gpt-4o-wrongname', tiers: [{ targets: [{ channel_id: 'ch-wrongname' }] }] }],
     price_cards: [{ id: 'card', version: '1', effective_at_us: '1', currency: 'USD',
       entries: [{ model: 'gpt-4o-mini', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' },
+        { model: 'gpt-4o-idle', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' },
         { model: 'gpt-4o-wrongname', input_per_mtok_nano: '150000000', output_per_mtok_nano: '600000000' }] }],
     policy: {},
   };
@@ -85,7 +97,8 @@ before(async () => {
   mock = await startMock();
   term = await terminator('srv');
   termWrong = await terminator('wrong');
-  const snap = snapshot(term.address().port, termWrong.address().port);
+  termIdle = await terminator('srv', { idleEndMs: 200, resumed: idleResumed });
+  const snap = snapshot(term.address().port, termWrong.address().port, termIdle.address().port);
   trusted = await startAgent(snap, { args: ['--upstream-ca', path.join(dir, 'ca.pem')] });
   untrusted = await startAgent(snap);
   wrongCa = await startAgent(snap, { args: ['--upstream-ca', path.join(dir, 'other.pem')] });
@@ -98,6 +111,7 @@ after(async () => {
   for (const s of sockets) s.destroy();
   await new Promise((resolve) => (term ? term.close(resolve) : resolve()));
   await new Promise((resolve) => (termWrong ? termWrong.close(resolve) : resolve()));
+  await new Promise((resolve) => (termIdle ? termIdle.close(resolve) : resolve()));
   await mock?.stop();
 });
 
@@ -119,6 +133,18 @@ test('an agent trusting the CA serves a chat completion and a stream over HTTPS'
   let text = '';
   for await (const chunk of stream) text += chunk.choices[0]?.delta?.content || '';
   assert.equal(text, answerText(DEFAULT_TOKENS));
+});
+
+test('an upstream that ends idle connections: the next connection resumes the TLS session', async () => {
+  const client = new OpenAI({ apiKey: KEY, baseURL: trusted.base, maxRetries: 0 });
+  for (let i = 0; i < 2; i++) {
+    const data = await client.chat.completions.create({ model: 'gpt-4o-idle', messages: [{ role: 'user', content: `idle ${i}` }] });
+    assert.equal(data.choices[0].message.content, answerText(DEFAULT_TOKENS));
+    if (i === 0) await new Promise((resolve) => setTimeout(resolve, 600)); // the upstream ends the kept connection
+  }
+  // a session freed without close_notify is not resumable (OpenSSL), so the
+  // agent's clean close is what makes the second handshake short
+  assert.deepEqual(idleResumed, [false, true]);
 });
 
 test('an agent without the CA refuses the unknown certificate', async () => {
