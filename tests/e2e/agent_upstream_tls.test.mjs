@@ -1,7 +1,8 @@
 // An HTTPS channel: mockllm behind a TLS terminator whose certificate a
 // test CA signed. The agent started with --upstream-ca trusts it and serves
 // a chat completion and a stream through it (the openai SDK, the usage
-// record billed); an agent without it refuses the unknown certificate and
+// record billed), and after an upstream ended its idle connection the next
+// one resumes the TLS session; an agent without it refuses the unknown certificate and
 // the record says why, and so does one trusting another CA; a certificate
 // the trusted CA issued for another host name is refused too (the only
 // proof that host names are checked); an unreadable --upstream-ca stops the
