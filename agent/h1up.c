@@ -568,7 +568,9 @@ static int finish(tg_h1_call_t *c, tg_h1_result_t res, const char *fmt, ...)
     void *arg = c->c_arg;
     char msg[MSGLEN];
     memcpy(msg, c->c_msg, sizeof msg);
-    call_free(c, res != TG_H1_OK ? DROP : c->c_keep ? KEEP : CLOSE);
+    /* an answer that ended before the whole request went (an early 413)
+     * may leave a TLS record half written: no close_notify after it */
+    call_free(c, res != TG_H1_OK ? DROP : c->c_keep ? KEEP : c->c_body_sent ? CLOSE : DROP);
     hh->hh_done(arg, res, msg);
     return 1;
 }
