@@ -1,7 +1,7 @@
 /* finish.c: how a request ends. The gateway's own error answers
  * (tg_req_fail, tg_req_send_error) and the route headers every answer
  * carries; tg_req_finish (metrics, the receipt, then the teardown); the
- * teardown itself (tg_req_free: the curl handle, buffers, the
+ * teardown itself (tg_req_free: the upstream call, buffers, the
  * configuration reference, the pool) and the worker's list of requests in
  * flight. Every part of a request ends it through here, so this file calls
  * nothing above it but the receipt. */
@@ -92,7 +92,7 @@ void tg_req_free(req_t *rq)
         tg_front_abandon(rq->rq_c);
         rq->rq_c = NULL;
     }
-    tg_req_drop_easy(rq);
+    tg_req_drop_call(rq);
     if (rq->rq_timer)
         event_free(rq->rq_timer);
     tg_buf_free(&rq->rq_chunk);
@@ -207,25 +207,13 @@ void tg_req_fail(req_t *rq, int status, const char *type, const char *code, int 
     tg_req_finish(rq);
 }
 
-void tg_req_drop_easy(req_t *rq)
+void tg_req_drop_call(req_t *rq)
 {
-    worker_t *w = rq->rq_w;
-    if (rq->rq_easy) {
-        curl_multi_remove_handle(w->w_multi, rq->rq_easy);
-        /* Kept for the next attempt on this worker: saves the handle's
-         * allocations (connections live in the multi handle either way). */
-        if (w->w_nidle < (int)(sizeof w->w_idle / sizeof w->w_idle[0])) {
-            curl_easy_reset(rq->rq_easy);
-            w->w_idle[w->w_nidle++] = rq->rq_easy;
-        } else {
-            curl_easy_cleanup(rq->rq_easy);
-        }
-        rq->rq_easy = NULL;
-    }
-    if (rq->rq_hdrs) {
-        curl_slist_free_all(rq->rq_hdrs);
-        rq->rq_hdrs = NULL;
-    }
+    if (rq->rq_tx == UP_LEAN)
+        tg_req_lean_drop(rq);
+    else if (rq->rq_tx == UP_CURL)
+        tg_req_curl_drop(rq);
+    rq->rq_tx = UP_NONE;
     if (rq->rq_timer)
         evtimer_del(rq->rq_timer);
 }

@@ -53,6 +53,9 @@ static const char usage[] =
     "  --insecure-upstream    do not verify upstream TLS certificates (tests only)\n"
     "  --upstream-ca PEM      verify HTTPS upstreams against these roots instead of the system's\n"
     "                         (a private CA in front of self-hosted models)\n"
+    "  --upstream-client lean|curl  the HTTP client of upstream calls: lean (default; HTTP/1.1 and\n"
+    "                         TLS, built in) or curl (libcurl, as before). A proxy variable set at\n"
+    "                         start (https_proxy, ...) means curl either way\n"
     "  --log-records          also log each usage record as a JSON line (comp \"usage\")\n"
     "  --no-spend-control     benchmark baseline only: serve without pre-authorization; refused with --cp\n"
     "  --outbox-map-mb N      LMDB map size of the usage outbox (default 1024)\n"
@@ -400,6 +403,12 @@ int main(int argc, char **argv)
             fclose(f);
             enroll_buf[strcspn(enroll_buf, "\r\n")] = '\0';
             o.ao_enroll_token = enroll_buf;
+        } else if (strcmp(a, "--upstream-client") == 0) {
+            if (strcmp(v, "lean") != 0 && strcmp(v, "curl") != 0) {
+                fprintf(stderr, "tollgate-agent: --upstream-client %s: use lean or curl\n", v);
+                return 2;
+            }
+            o.ao_upstream_curl = strcmp(v, "curl") == 0;
         } else if (strcmp(a, "--upstream-ca") == 0) {
             FILE *f = fopen(v, "r");
             if (!f) {

@@ -5,8 +5,13 @@
  *               model, allowlist, usable targets, outbox cap), the first
  *               target; GET /v1/models; CORS; the ops listener
  *   auth.c      the key, the client IP, the model allowlist, the run budget
- *   upstream.c  the upstream call: curl set-up and callbacks, stream
- *               forwarding, classification of the outcome, client gone
+ *   upstream.c  the upstream call: its request, what the answer's head
+ *               and body mean (stream forwarding), classification of the
+ *               outcome, client gone; the transports drive it through the
+ *               tg_req_up_* calls below
+ *   uplean.c    the lean transport (h1up.h) adapted to those calls
+ *   upcurl.c    the libcurl transport adapted to them (proxies,
+ *               --upstream-client curl)
  *   route.c     which target serves: usable targets, weighted pick in a tier,
  *               breaker skips, retry / next target / next tier, giving up
  *   preauth.c   pre-authorization on spend leases (reserve, refuse), and the
@@ -30,6 +35,8 @@
  * preauth.c, finish.c; preauth.c -> ratelimit.c, finish.c, receipt.c;
  * ratelimit.c -> finish.c; convert.c -> receipt.c; finish.c -> receipt.c,
  * keyview.c's tg_req_bucket_left and ratelimit.c's tg_req_rate_headers;
+ * upstream.c and finish.c -> uplean.c, upcurl.c, which report back to
+ * upstream.c only through the tg_req_up_* calls (their callbacks);
  * receipt.c -> ratelimit.c's tg_req_rate_release; request.c -> keyview.c ->
  * auth.c, finish.c, ratelimit.c's tg_req_rate_view), so ending a request from any depth never calls back up. A
  * wire protocol's shapes (bodies, answers, error bodies, streams) do not
@@ -142,10 +149,11 @@ struct req {
     int rq_counted;
     tg_brk_conf_t rq_brk;
     /* the attempt in flight */
-    CURL *rq_easy;
-    struct curl_slist *rq_hdrs;
+    int rq_tx;                /* its transport: UP_NONE, UP_LEAN, UP_CURL */
+    void *rq_call;            /* the transport's call (tg_h1_call_t, CURL); NULL: none in flight */
+    struct up_curl *rq_curl;  /* libcurl's headers and error buffer (pool), once curl served */
+    const char *rq_location;  /* the answer's Location (pool), for a redirect's message */
     tg_buf_t rq_upbody;
-    char rq_curlerr[CURL_ERROR_SIZE];
     long rq_up_status;
     int rq_got_byte;
     int rq_fb_timeout;        /* the first-byte timer fired */
@@ -317,9 +325,9 @@ void tg_req_free(req_t *rq);
  * by tg_req_free). */
 void tg_req_link(req_t *rq);
 
-/* Removes the attempt's curl handle (kept for reuse), its headers, and
- * stops rq_timer. Can't fail. */
-void tg_req_drop_easy(req_t *rq);
+/* Ends the attempt's upstream call if one is in flight (its transport's
+ * drop: no more callbacks) and stops rq_timer. Can't fail. */
+void tg_req_drop_call(req_t *rq);
 
 /* ---- auth.c: who asks, from where ------------------------------------------------ */
 
@@ -430,6 +438,51 @@ void tg_req_on_timer(evutil_socket_t fd, short what, void *arg);
  * client's queue drained (a paused upstream resumes). */
 void tg_req_on_front_gone(tg_front_conn_t *c, void *arg);
 void tg_req_on_front_drain(tg_front_conn_t *c, void *arg);
+
+/* What a transport tells the attempt, in this order: tg_req_up_begin
+ * (curl: each head, 1xx included), tg_req_up_field for each field of the
+ * final head, tg_req_up_head at its end, tg_req_up_body for the body's
+ * bytes, tg_req_up_done once. */
+enum { UP_NONE, UP_LEAN, UP_CURL };                                     /* rq_tx */
+enum { UP_OK, UP_TIMEOUT, UP_CONNECT, UP_ABORTED, UP_MALFORMED, UP_CUT }; /* how a call ended */
+enum { UP_TAKEN = 0, UP_PAUSE = 1, UP_STOP = -1 };                      /* tg_req_up_body */
+void tg_req_up_begin(req_t *rq);
+void tg_req_up_field(req_t *rq, const char *name, size_t nl, const char *value, size_t vl);
+/* status and Content-Type (NULL or "" when none) of the final head */
+void tg_req_up_head(req_t *rq, int status, const char *ctype);
+/* UP_TAKEN; UP_PAUSE (not taken: hand them again after the transport's
+ * resume, which tg_req_on_front_drain calls); UP_STOP (end the call) */
+int tg_req_up_body(req_t *rq, const char *data, size_t n);
+/* the call ended (the transport forgot it first: rq_call is NULL), with a
+ * short message for the record when res is not UP_OK. rq may be freed on
+ * return. */
+void tg_req_up_done(req_t *rq, int res, const char *msg);
+
+/* ---- uplean.c, upcurl.c: the transports ------------------------------------------ */
+
+typedef struct up_req {
+    const char *ur_url;
+    const char *ur_fields;   /* "Name: value\r\n" each */
+    size_t ur_fields_len;
+    const char *ur_body;     /* rq_upbody: kept until the transport's sent says 1, or the call ends */
+    size_t ur_body_len;
+    uint32_t ur_connect_ms, ur_total_ms;
+} up_req_t;
+
+/* Start the attempt's call (rq_tx, rq_call set): 0, or -1 out of memory
+ * (nothing in flight). No callback comes from inside. The lean start
+ * hands a URL it does not serve to curl. */
+int tg_req_lean_start(req_t *rq, const up_req_t *u);
+int tg_req_curl_start(req_t *rq, const up_req_t *u);
+/* Forget the call, no callback (its connection is not reused). */
+void tg_req_lean_drop(req_t *rq);
+void tg_req_curl_drop(req_t *rq);
+/* Reading goes on after UP_PAUSE. */
+void tg_req_lean_resume(req_t *rq);
+void tg_req_curl_resume(req_t *rq);
+/* 1 once the whole body was written. */
+int tg_req_lean_sent(req_t *rq);
+int tg_req_curl_sent(req_t *rq);
 
 /* ---- convert.c: attempts through proto/ ------------------------------------------ */
 

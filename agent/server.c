@@ -47,7 +47,7 @@ static void check_done(worker_t *w)
             continue;
         req_t *rq = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&rq);
-        tg_req_upstream_done(rq, m->data.result);
+        tg_req_curl_done(rq, m->data.result);
     }
 }
 
@@ -470,6 +470,8 @@ static void worker_free(worker_t *w)
         curl_easy_cleanup(w->w_idle[--w->w_nidle]);
     if (w->w_multi)
         curl_multi_cleanup(w->w_multi);
+    tg_h1_free(w->w_h1);
+    w->w_h1 = NULL;
     if (w->w_curl_timer)
         event_free(w->w_curl_timer);
     if (w->w_stop_ev)
@@ -520,6 +522,9 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
     int rc = tg_front_create(w->w_base, fd, &fo, &w->w_front, err, errlen); /* owns fd from here */
     if (rc)
         return rc;
+    tg_h1_opts_t ho = {.ho_ca_file = a->a_opts.ao_upstream_ca, .ho_insecure = a->a_opts.ao_insecure_upstream};
+    if ((rc = tg_h1_new(w->w_base, &ho, &w->w_h1, err, errlen)) != 0)
+        return TG_AGENT_ENOMEM;
     curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(w->w_multi, CURLMOPT_SOCKETDATA, w);
     curl_multi_setopt(w->w_multi, CURLMOPT_TIMERFUNCTION, timer_cb);

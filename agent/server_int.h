@@ -12,6 +12,7 @@
 
 #include "agent/agent_int.h"
 #include "agent/front.h"
+#include "agent/h1up.h"
 #include "agent/lease.h"
 #include "meter/tg_meter.h"
 
@@ -69,6 +70,7 @@ struct worker {
     int w_fail_all;             /* ... in this flush (before_flush moves the flag here) */
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
+    tg_h1_t *w_h1;     /* the lean upstream client (h1up.h): its connection pool */
 };
 
 typedef struct brk_slot {
@@ -165,12 +167,13 @@ int tg_cplink_lease(tg_cplink_t *l, Tollgate__V1__LeaseRequest *q, Tollgate__V1_
 void tg_cplink_metrics(tg_agent_t *a, tg_buf_t *out);
 
 /* The request files (request_int.h): tg_req_handle and tg_req_handle_ops in
- * request.c, tg_req_upstream_done in upstream.c, tg_req_abort_all in
+ * request.c, tg_req_curl_done in upcurl.c, tg_req_abort_all in
  * finish.c. */
 void tg_req_handle(tg_front_conn_t *c, void *worker);
 /* The metrics listener's handler: /metrics, /healthz, /readyz. */
 void tg_req_handle_ops(tg_front_conn_t *c, void *worker);
-void tg_req_upstream_done(req_t *rq, CURLcode res);
+/* A curl transfer of rq ended with res (server.c's multi glue). */
+void tg_req_curl_done(req_t *rq, CURLcode res);
 /* Frees every request still in flight (shutdown): the loop is stopped. */
 void tg_req_abort_all(worker_t *w);
 

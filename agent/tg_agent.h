@@ -57,6 +57,7 @@ typedef struct tg_agent_opts {
     const char *ao_region;     /* recorded in usage records */
     int ao_insecure_upstream;  /* test only: skip TLS verification upstream */
     const char *ao_upstream_ca; /* PEM roots for HTTPS upstreams; NULL: the system's */
+    int ao_upstream_curl;      /* --upstream-client curl: libcurl for every upstream call, not the lean client */
     int ao_log_records;        /* also write each usage record as a JSON log line */
     int ao_spend_off;          /* benchmark baseline only: serve without pre-authorization (no --cp) */
     size_t ao_outbox_map;      /* LMDB map size of the outbox (bytes) */

@@ -1,7 +1,9 @@
 /* upstream.c: one request's upstream call. An attempt rewrites the body
- * (upstream model, include_usage), sets up a curl easy handle on the
- * worker's multi (credential, headers, timeouts); the callbacks read the
- * response head (status, Retry-After, the provider's request id) and the
+ * (upstream model, include_usage), builds the head's fields and hands the
+ * call to a transport (uplean.c: the worker's lean HTTP/1.1 client;
+ * upcurl.c: libcurl, for proxies and --upstream-client curl); whichever
+ * serves reports back through the same calls (tg_req_up_*): the response
+ * head (status, Retry-After, the provider's request id, Location) and the
  * body: a 2xx stream is forwarded to the client event by event (the usage
  * chunk hidden when the client did not ask, the final event held until the
  * record is committed, the upstream paused while the client is behind), a
@@ -98,12 +100,11 @@ static int forward_event(void *arg, const char *ev, size_t n)
 static void start_stream(req_t *rq)
 {
     tg_front_conn_t *hr = rq->rq_c;
-    /* No attempt follows a started stream, and once curl has sent the
-     * whole body it never reads it again (no redirects, no auth replays):
-     * an open stream does not keep a copy of its prompt. */
-    curl_off_t sent = 0;
-    if (rq->rq_easy && curl_easy_getinfo(rq->rq_easy, CURLINFO_SIZE_UPLOAD_T, &sent) == CURLE_OK &&
-        sent == (curl_off_t)rq->rq_upbody.b_len)
+    /* No attempt follows a started stream, and once the transport has
+     * sent the whole body it never reads it again (no redirects, no auth
+     * replays, no retry after a response byte): an open stream does not
+     * keep a copy of its prompt. */
+    if (rq->rq_call && (rq->rq_tx == UP_LEAN ? tg_req_lean_sent(rq) : tg_req_curl_sent(rq)))
         tg_buf_free(&rq->rq_upbody);
     tg_req_route_headers(rq, hr);
     add_header(hr, "Content-Type", "text/event-stream; charset=utf-8");
@@ -123,16 +124,13 @@ static void first_byte(req_t *rq)
     rq->rq_got_byte = 1;
     if (rq->rq_timer && !rq->rq_timer_backoff)
         evtimer_del(rq->rq_timer);
-    curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &rq->rq_up_status);
 }
 
-static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+int tg_req_up_body(req_t *rq, const char *data, size_t n)
 {
-    req_t *rq = arg;
-    size_t n = size * nmemb;
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
     if (rq->rq_client_gone)
-        return 0;
+        return UP_STOP;
     first_byte(rq);
     if (!a->at_ttft_us)
         a->at_ttft_us = now_us() - a->at_start_us;
@@ -144,7 +142,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
          * the answer piling up here. */
         if (tg_front_pending(rq->rq_c) >= STREAM_QUEUE_MAX) {
             rq->rq_paused = 1;
-            return CURL_WRITEFUNC_PAUSE;
+            return UP_PAUSE;
         }
         char cerr[TG_ERRLEN] = "";
         int crc = rq->rq_viaproto ? tg_req_conv_feed(rq, data, n, cerr, sizeof cerr) : 0;
@@ -156,11 +154,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
                 tg_front_stream_write(rq->rq_c, rq->rq_chunk.b_data, rq->rq_chunk.b_len);
                 tg_buf_reset(&rq->rq_chunk);
             }
-            return 0;
+            return UP_STOP;
         }
         if (!rq->rq_viaproto && tg_sse_feed(&rq->rq_sse, data, n, forward_event, rq) != 0) {
             snprintf(a->at_msg, sizeof a->at_msg, "an upstream event passed %u bytes", SSE_EVENT_MAX);
-            return 0;
+            return UP_STOP;
         }
         if (rq->rq_chunk.b_len) {
             /* a failed write means the client is gone: the front says so
@@ -173,81 +171,70 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
                 tg_req_conv_cut(rq); /* the client's own end: message_delta max_tokens, or length */
             else
                 tg_req_cut_at_allowance(rq);
-            return 0; /* the upstream call ends here (tg_req_upstream_done sees rq_capped) */
+            return UP_STOP; /* the upstream call ends here (tg_req_up_done sees rq_capped) */
         }
-        return n;
+        return UP_TAKEN;
     }
     if (rq->rq_up_status >= 200 && rq->rq_up_status < 300) {
         if (tg_buf_append(&rq->rq_resp, data, n)) {
             snprintf(a->at_msg, sizeof a->at_msg, "the upstream answer passed %u bytes", RESP_MAX);
-            return 0;
+            return UP_STOP;
         }
-        return n;
+        return UP_TAKEN;
     }
     /* An error body: keep its start for the record and the client. */
     size_t room = ERR_BODY_MAX > rq->rq_resp.b_len ? ERR_BODY_MAX - rq->rq_resp.b_len : 0;
     tg_buf_append(&rq->rq_resp, data, n < room ? n : room);
-    return n;
+    return UP_TAKEN;
 }
 
-static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+void tg_req_up_begin(req_t *rq)
 {
-    req_t *rq = arg;
-    size_t n = size * nmemb;
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
-    if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
-        a->at_retry_after_ms = 0;
-        a->at_upid[0] = '\0';
-        return n;
+    a->at_retry_after_ms = 0;
+    a->at_upid[0] = '\0';
+    rq->rq_location = NULL;
+}
+
+/* The end of the final response head. A 2xx stream answers the client
+ * now, as a proxy forwards headers, so a slow first token does not hold the
+ * client's response head back. */
+void tg_req_up_head(req_t *rq, int status, const char *ctype)
+{
+    rq->rq_up_status = status;
+    first_byte(rq);
+    rq->rq_json_stream = status < 300 && rq->rq_scan.sc_stream && !rq->rq_viaproto && ctype &&
+                         strncasecmp(ctype, "application/json", 16) == 0;
+    if (status >= 200 && status < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream && !rq->rq_started &&
+        !rq->rq_client_gone)
+        start_stream(rq);
+}
+
+void tg_req_up_field(req_t *rq, const char *name, size_t kl, const char *v, size_t vl)
+{
+    attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
+    if (kl == 8 && strncasecmp(name, "location", 8) == 0) {
+        rq->rq_location = tg_pool_strndup(rq->rq_pool, v, vl < 400 ? vl : 400);
+        return;
     }
-    if (n <= 2 && (data[0] == '\r' || data[0] == '\n')) {
-        /* End of a response head. A 2xx stream answers the client now, as
-         * a proxy forwards headers, so a slow first token does not hold
-         * the client's response head back (1xx heads are skipped). */
-        long st = 0;
-        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
-        if (st >= 200) {
-            first_byte(rq);
-            char *ct = NULL;
-            curl_easy_getinfo(rq->rq_easy, CURLINFO_CONTENT_TYPE, &ct);
-            rq->rq_json_stream = st < 300 && rq->rq_scan.sc_stream && !rq->rq_viaproto && ct &&
-                                 strncasecmp(ct, "application/json", 16) == 0;
-            if (st < 300 && rq->rq_scan.sc_stream && !rq->rq_json_stream && !rq->rq_started && !rq->rq_client_gone)
-                start_stream(rq);
-        }
-        return n;
-    }
-    const char *colon = memchr(data, ':', n);
-    if (!colon)
-        return n;
-    size_t kl = (size_t)(colon - data);
-    const char *v = colon + 1;
-    size_t vl = n - kl - 1;
-    while (vl && (*v == ' ' || *v == '\t')) {
-        v++;
-        vl--;
-    }
-    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-        vl--;
     char val[96];
     if (vl >= sizeof val)
         vl = sizeof val - 1;
     memcpy(val, v, vl);
     val[vl] = '\0';
-    if (kl == 11 && strncasecmp(data, "retry-after", 11) == 0) {
+    if (kl == 11 && strncasecmp(name, "retry-after", 11) == 0) {
         char *end;
         double s = strtod(val, &end);
         if (end != val && s >= 0 && s < 86400 && !a->at_retry_after_ms)
             a->at_retry_after_ms = (int64_t)(s * 1000);
-    } else if (kl == 14 && strncasecmp(data, "retry-after-ms", 14) == 0) {
+    } else if (kl == 14 && strncasecmp(name, "retry-after-ms", 14) == 0) {
         char *end;
         double ms = strtod(val, &end);
         if (end != val && ms >= 0 && ms < 86400e3)
             a->at_retry_after_ms = (int64_t)ms;
-    } else if (kl == 12 && strncasecmp(data, "x-request-id", 12) == 0) {
+    } else if (kl == 12 && strncasecmp(name, "x-request-id", 12) == 0) {
         tg_utf8_clean(a->at_upid, sizeof a->at_upid, val, vl);
     }
-    return n;
 }
 
 void tg_req_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -267,7 +254,7 @@ void tg_req_on_timer(evutil_socket_t fd, short what, void *arg)
     }
     /* First-byte timeout: end the transfer as a timeout. */
     rq->rq_fb_timeout = 1;
-    tg_req_upstream_done(rq, CURLE_OPERATION_TIMEDOUT);
+    tg_req_up_done(rq, UP_TIMEOUT, "no first byte in time");
 }
 
 /* An identifier from an upstream error's JSON (its code or param), kept
@@ -356,7 +343,7 @@ void tg_req_start_attempt(req_t *rq)
     rq->rq_got_byte = 0;
     rq->rq_json_stream = 0;
     rq->rq_fb_timeout = 0;
-    rq->rq_curlerr[0] = '\0';
+    rq->rq_location = NULL;
     tg_buf_reset(&rq->rq_resp);
     tg_buf_reset(&rq->rq_upbody);
     if (!rq->rq_upbody.b_data) {
@@ -393,25 +380,13 @@ void tg_req_start_attempt(req_t *rq)
                      "out of memory rewriting the request");
         return;
     }
-    struct curl_slist *h = NULL, *n;
-    CURL *e = rq->rq_w->w_nidle ? rq->rq_w->w_idle[--rq->rq_w->w_nidle] : curl_easy_init();
-    if (!e)
-        goto nomem;
-    rq->rq_easy = e;
-    if (tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0)
-        goto nomem;
-    if (!(n = curl_slist_append(h, "Content-Type: application/json")))
-        goto nomem;
-    h = n;
-    if (ch->ch_credential[0]) {
-        if (!(n = curl_slist_append(h, hdr)))
-            goto nomem;
-        h = n;
-    }
-    if (!(n = curl_slist_append(h, "Expect:"))) /* no 100-continue round trip */
-        goto nomem;
-    h = n;
-    if (rq->rq_uproto == TG_PROTO_ANTHROPIC) {
+    /* the head's fields, "Name: value\r\n" each, for either transport */
+    tg_buf_t f;
+    tg_buf_init(&f, 64u << 10);
+    int bad = tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0 ||
+              tg_buf_puts(&f, "Content-Type: application/json\r\n") != 0 ||
+              (ch->ch_credential[0] && tg_buf_printf(&f, "%s\r\n", hdr) != 0);
+    if (!bad && rq->rq_uproto == TG_PROTO_ANTHROPIC) {
         /* anthropic-version: an Anthropic client's own (and its
          * anthropic-beta), else the adapter's */
         const char *ver = rq->rq_cproto == TG_PROTO_ANTHROPIC && rq->rq_c
@@ -419,125 +394,84 @@ void tg_req_start_attempt(req_t *rq)
         const char *beta = rq->rq_cproto == TG_PROTO_ANTHROPIC && rq->rq_c
                                ? tg_front_header(rq->rq_c, "anthropic-beta") : NULL;
         if (ver && *ver)
-            snprintf(hdr, sizeof hdr, "anthropic-version: %s", ver);
+            bad = tg_buf_printf(&f, "anthropic-version: %s\r\n", ver) != 0;
         else
-            snprintf(hdr, sizeof hdr, "%s", tg_proto_extra_header(TG_PROTO_ANTHROPIC));
-        if (!(n = curl_slist_append(h, hdr)))
-            goto nomem;
-        h = n;
-        if (beta && *beta) {
-            snprintf(hdr, sizeof hdr, "anthropic-beta: %s", beta);
-            if (!(n = curl_slist_append(h, hdr)))
-                goto nomem;
-            h = n;
-        }
+            bad = tg_buf_printf(&f, "%s\r\n", tg_proto_extra_header(TG_PROTO_ANTHROPIC)) != 0;
+        if (!bad && beta && *beta)
+            bad = tg_buf_printf(&f, "anthropic-beta: %s\r\n", beta) != 0;
     }
-    for (size_t i = 0; i < c->n_extra_headers; i++) {
-        snprintf(hdr, sizeof hdr, "%s: %s", c->extra_headers[i]->name, c->extra_headers[i]->value);
-        if (!(n = curl_slist_append(h, hdr)))
-            goto nomem;
-        h = n;
-    }
+    for (size_t i = 0; !bad && i < c->n_extra_headers; i++)
+        bad = tg_buf_printf(&f, "%s: %s\r\n", c->extra_headers[i]->name, c->extra_headers[i]->value) != 0;
     const tg_agent_opts_t *ao = &rq->rq_w->w_agent->a_opts;
-    for (int i = 0; i < ao->ao_nforward; i++) {
+    for (int i = 0; !bad && i < ao->ao_nforward; i++) {
         const char *v = rq->rq_c ? tg_front_header(rq->rq_c, ao->ao_forward[i]) : NULL;
-        if (!v)
-            continue;
-        snprintf(hdr, sizeof hdr, "%s: %s", ao->ao_forward[i], v);
-        if (!(n = curl_slist_append(h, hdr)))
-            goto nomem;
-        h = n;
+        if (v)
+            bad = tg_buf_printf(&f, "%s: %s\r\n", ao->ao_forward[i], v) != 0;
     }
-    rq->rq_hdrs = h;
     const char *url = ch->ch_chat_url;
     /* a chat request, or a converted Responses one, goes to the channel
      * protocol's path (base_url + /chat/completions or /messages), others
      * to their endpoint's */
     const char *path = !chat && !rq->rq_viaproto ? rq->rq_ep->ep_upstream
                        : rq->rq_uproto == TG_PROTO_ANTHROPIC ? "/messages" : tg_req_endpoints[EP_CHAT].ep_upstream;
-    if (path != tg_req_endpoints[EP_CHAT].ep_upstream) {
+    if (!bad && path != tg_req_endpoints[EP_CHAT].ep_upstream) {
         /* base_url + the path: ch_chat_url less its suffix. */
         size_t bl = strlen(url) - strlen(tg_req_endpoints[EP_CHAT].ep_upstream);
         size_t sl = strlen(path);
         char *u = tg_pool_alloc(rq->rq_pool, bl + sl + 1);
-        if (!u)
-            goto nomem;
-        memcpy(u, url, bl);
-        memcpy(u + bl, path, sl + 1);
-        url = u;
+        if (!u) {
+            bad = 1;
+        } else {
+            memcpy(u, url, bl);
+            memcpy(u + bl, path, sl + 1);
+            url = u;
+        }
     }
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->rq_upbody.b_data ? rq->rq_upbody.b_data : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->rq_upbody.b_len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, rq);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->rq_curlerr);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* curl allocates its receive buffer per transfer and keeps it until the
-     * end: an open stream waiting for tokens pays a page of it (16 KB
-     * default, first page touched). Stream events are small, so a stream
-     * reads with 1 KB; a buffered answer keeps the default. */
-    if (rq->rq_scan.sc_stream)
-        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout_ms ? c->connect_timeout_ms : DEF_CONNECT_MS));
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->request_timeout_ms ? c->request_timeout_ms : DEF_TOTAL_MS));
-    if (rq->rq_w->w_agent->a_no_env_proxy) {
-        curl_easy_setopt(e, CURLOPT_PROXY, "");
-        curl_easy_setopt(e, CURLOPT_NOPROXY, "");
-    }
-    if (rq->rq_w->w_agent->a_opts.ao_upstream_ca) {
-        /* instead of the system's roots: Debian's libcurl also loads its
-         * built-in CA path unless told not to */
-        curl_easy_setopt(e, CURLOPT_CAINFO, rq->rq_w->w_agent->a_opts.ao_upstream_ca);
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-    }
-    if (rq->rq_w->w_agent->a_opts.ao_insecure_upstream) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    up_req_t ur = {
+        .ur_url = url,
+        .ur_fields = f.b_data ? f.b_data : "",
+        .ur_fields_len = f.b_len,
+        .ur_body = rq->rq_upbody.b_data ? rq->rq_upbody.b_data : "",
+        .ur_body_len = rq->rq_upbody.b_len,
+        .ur_connect_ms = c->connect_timeout_ms ? c->connect_timeout_ms : DEF_CONNECT_MS,
+        .ur_total_ms = c->request_timeout_ms ? c->request_timeout_ms : DEF_TOTAL_MS,
+    };
+    /* the lean client (h1up.h) for plain and TLS channels; libcurl when a
+     * proxy variable was set at start, or when asked (--upstream-client curl) */
+    int lean = !ao->ao_upstream_curl && rq->rq_w->w_agent->a_no_env_proxy &&
+               (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0);
     uint32_t fb = c->first_byte_timeout_ms ? c->first_byte_timeout_ms : DEF_FIRST_BYTE_MS;
     struct timeval tv = {fb / 1000, (fb % 1000) * 1000};
     rq->rq_timer_backoff = 0;
     evtimer_add(rq->rq_timer, &tv);
-    if (curl_multi_add_handle(rq->rq_w->w_multi, e) != CURLM_OK)
-        goto nomem;
-    return;
-nomem:
-    if (!rq->rq_hdrs)
-        curl_slist_free_all(h);
+    if (!bad)
+        bad = lean ? tg_req_lean_start(rq, &ur) : tg_req_curl_start(rq, &ur);
+    tg_buf_free(&f);
+    if (!bad)
+        return;
     a->at_decision = TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
-    tg_req_drop_easy(rq);
+    tg_req_drop_call(rq);
     tg_req_fail(rq, 500, "server_error", NULL, TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                  "out of memory starting the upstream call");
 }
 
-static int classify(req_t *rq, CURLcode res)
+static int classify(req_t *rq, int res)
 {
-    if (rq->rq_fb_timeout || res == CURLE_OPERATION_TIMEDOUT)
+    if (rq->rq_fb_timeout || res == UP_TIMEOUT)
         return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
                               : TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_TIMEOUT;
-    if (res != CURLE_OK) {
+    if (res != UP_OK) {
         if (rq->rq_client_gone)
             return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
         if (rq->rq_started)
             return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT;
-        if (res == CURLE_WRITE_ERROR)
+        if (res == UP_ABORTED)
             return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
         if (rq->rq_got_byte && rq->rq_up_status >= 500)
             return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_5XX;
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CONNECT;
     }
     long st = rq->rq_up_status;
-    if (!st)
-        curl_easy_getinfo(rq->rq_easy, CURLINFO_RESPONSE_CODE, &st);
-    rq->rq_up_status = st;
     if (st >= 200 && st < 300) {
         if (rq->rq_scan.sc_stream && !rq->rq_saw_done && !rq->rq_json_stream)
             return rq->rq_started ? TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_STREAM_CUT
@@ -580,9 +514,9 @@ static int classify(req_t *rq, CURLcode res)
          * credential to another host) nor passed on (the client would get
          * the upstream's 3xx, Location or not): the channel is misconfigured,
          * so the router moves on like for a refused credential. */
-        char *loc = NULL, clean[120];
+        const char *loc = rq->rq_location;
+        char clean[120];
         attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
-        curl_easy_getinfo(rq->rq_easy, CURLINFO_REDIRECT_URL, &loc);
         tg_utf8_clean(clean, sizeof clean, loc ? loc : "(no Location)", strlen(loc ? loc : "(no Location)"));
         snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: redirect to %s not followed", st, clean);
         return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CHANNEL_REJECTED;
@@ -664,7 +598,7 @@ static void send_as_stream(req_t *rq)
     tg_buf_free(&tail);
 }
 
-void tg_req_upstream_done(req_t *rq, CURLcode res)
+void tg_req_up_done(req_t *rq, int res, const char *msg)
 {
     attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
     if (rq->rq_conv && !rq->rq_capped) {
@@ -683,10 +617,8 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
     if (!a->at_msg[0]) {
         /* Text from outside goes into the record's protobuf strings: cut on
          * a character boundary, invalid bytes replaced (tg_utf8.h). */
-        if (res != CURLE_OK) {
-            const char *m = rq->rq_fb_timeout ? "no first byte in time"
-                            : rq->rq_curlerr[0] ? rq->rq_curlerr
-                                                : curl_easy_strerror(res);
+        if (res != UP_OK) {
+            const char *m = rq->rq_fb_timeout ? "no first byte in time" : msg && *msg ? msg : "upstream call failed";
             tg_utf8_clean(a->at_msg, sizeof a->at_msg, m, strlen(m));
         } else if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE) {
             char body[121];
@@ -694,7 +626,7 @@ void tg_req_upstream_done(req_t *rq, CURLcode res)
             snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld: %s", rq->rq_up_status, body);
         }
     }
-    tg_req_drop_easy(rq);
+    tg_req_drop_call(rq);
     int ok = cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_NONE || cls == TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_UPSTREAM_4XX;
     if (cls != TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED)
         tg_agent_brk_record(rq->rq_w->w_agent, a->at_chan->ch_pb->id, &rq->rq_brk, ok, mono_ms());
@@ -761,7 +693,7 @@ static void client_gone(req_t *rq)
     rq->rq_client_gone = 1;
     rq->rq_final_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
     snprintf(rq->rq_final_msg, sizeof rq->rq_final_msg, "the client closed the connection");
-    if (rq->rq_natt && rq->rq_easy) {
+    if (rq->rq_natt && rq->rq_call) {
         attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
         a->at_class = TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_CLIENT_CANCELLED;
         a->at_status = (int)rq->rq_up_status;
@@ -770,7 +702,7 @@ static void client_gone(req_t *rq)
                                         : TOLLGATE__V1__ATTEMPT_DECISION__ATTEMPT_DECISION_GIVE_UP;
         snprintf(a->at_msg, sizeof a->at_msg, "cancelled: the client went away");
     }
-    tg_req_drop_easy(rq);
+    tg_req_drop_call(rq);
     rq->rq_timer_backoff = 0;
     if (!rq->rq_status)
         rq->rq_status = 499;
@@ -792,13 +724,11 @@ void tg_req_on_front_drain(tg_front_conn_t *c, void *arg)
 {
     (void)c;
     req_t *rq = arg;
-    if (rq->rq_paused && rq->rq_easy) {
+    if (rq->rq_paused && rq->rq_call) {
         rq->rq_paused = 0;
-        /* curl replays what it held through on_body; if that fails (an
-         * event past its cap) it drops the bytes and goes on, so the
-         * stream would have a hole: end the attempt here instead */
-        CURLcode rc = curl_easy_pause(rq->rq_easy, CURLPAUSE_CONT);
-        if (rc != CURLE_OK && rq->rq_easy)
-            tg_req_upstream_done(rq, rc);
+        if (rq->rq_tx == UP_LEAN)
+            tg_req_lean_resume(rq);
+        else
+            tg_req_curl_resume(rq);
     }
 }

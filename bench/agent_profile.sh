@@ -16,7 +16,8 @@
 #            site, in $OUT/massif.out
 # CONNS defaults to 1 (massif: 300 streams), SECONDS to 10.
 # Binaries: $TG_AGENT_BIN (else $TG_BIN/agent/tollgate-agent) and
-# $TG_BIN/tools/mockllm/mockllm. Needs valgrind, strace, wrk, node.
+# $TG_BIN/tools/mockllm/mockllm. $TG_AGENT_ARGS: extra agent flags (e.g.
+# "--upstream-client curl" to profile libcurl's path). Needs valgrind, strace, wrk, node.
 # Output files go to $OUT (default: a new temp directory, printed).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +53,8 @@ esac
 printf '#!/bin/sh\nexec %s %s "$@"\n' "$TOOL" "$AGENT" >"$OUT/agent.sh"
 chmod +x "$OUT/agent.sh"
 PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-TG_AGENT_BIN="$OUT/agent.sh" "$ROOT/agent/testing/bench_agent.sh" "$PORT" "http://127.0.0.1:$MPORT" >"$OUT/agent.out" 2>&1 &
+# shellcheck disable=SC2086 # TG_AGENT_ARGS: flags, split on blanks
+TG_AGENT_BIN="$OUT/agent.sh" "$ROOT/agent/testing/bench_agent.sh" "$PORT" "http://127.0.0.1:$MPORT" ${TG_AGENT_ARGS:-} >"$OUT/agent.out" 2>&1 &
 WRAP=$!
 PIDS+=("$WRAP")
 for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "billing/tg_billing.h"
 #include "controlplane/admin_int.h"
@@ -231,6 +232,13 @@ int tg_cp_validate_channel(const Tollgate__V1__Channel *c, int creating, char *e
         const Tollgate__V1__HeaderValue *h = c->extra_headers[i];
         if (!tg_cp_valid_ident(h->name, 128))
             FAIL("channel.extra_headers[%zu].name: not a header name", i);
+        /* the upstream client frames each request itself; a second Host or
+         * Content-Length would be sent twice (or replace the real one) */
+        static const char *const framing[] = {"host", "content-length", "transfer-encoding", "connection"};
+        for (size_t j = 0; j < sizeof framing / sizeof framing[0]; j++)
+            if (strcasecmp(h->name, framing[j]) == 0)
+                FAIL("channel.extra_headers[%zu].name: %s is set by the gateway for each request; remove it", i,
+                     h->name);
         if (strpbrk(h->value, "\r\n"))
             FAIL("channel.extra_headers[%zu].value: must not contain line breaks", i);
     }

@@ -159,6 +159,16 @@ if [ "${TG_ONLY:-}" != c ]; then
   if ((${#files[@]})); then
     run_e2e "$TG_BIN" gcc "${files[@]}"
   fi
+  # The agent's upstream calls go through its lean HTTP/1.1 client by
+  # default; libcurl still serves proxies and --upstream-client curl, so the
+  # upstream-heavy files run again on it (plain and TLS upstreams, host name
+  # checks, faults of the answer, connection reuse, and agent_openai's
+  # stream pause and resume, client gone and first-byte timeout: ~5 s).
+  mapfile -t upcurl < <(printf '%s\n' "${files[@]}" | grep -E '/agent_(upstream_pool|upstream_tls|json|openai)\.test\.mjs$')
+  if ((${#upcurl[@]})); then
+    section "end-to-end tests of upstream calls through libcurl (--upstream-client curl)"
+    TG_UPSTREAM_CLIENT=curl run_e2e "$TG_BIN" curl "${upcurl[@]}"
+  fi
   # Credentials never in logs or receipts (docs/SECURITY.md): every line the
   # agents and control planes of the suite wrote (their records included:
   # the agent tests run with --log-records) is searched for the suite's

@@ -21,6 +21,8 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
   mkdirSync(dir, { recursive: true });
   const snapPath = path.join(dir, 'snapshot.json');
   const flags = ['--port', '0', '--data-dir', path.join(dir, 'data'), '--log-records', ...args];
+  // tests/run.sh runs the upstream-heavy files again with libcurl
+  if (process.env.TG_UPSTREAM_CLIENT) flags.push('--upstream-client', process.env.TG_UPSTREAM_CLIENT);
   if (!noSnapshot) {
     writeFileSync(snapPath, JSON.stringify(snapshot));
     flags.push('--snapshot', snapPath);

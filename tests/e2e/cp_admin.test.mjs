@@ -171,6 +171,8 @@ for (const backend of ['lmdb', 'etcd']) {
 
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('bad', { base_url: 'ftp://x' }) }),
         'INVALID_ARGUMENT', /^channel\.base_url: must start with http:\/\/ or https:\/\/$/);
+      await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('bad-host', { extra_headers: [{ name: 'x-a', value: '1' }, { name: 'Content-Length', value: '5' }] }) }),
+        'INVALID_ARGUMENT', /^channel\.extra_headers\[1\]\.name: Content-Length is set by the gateway for each request; remove it$/);
       await rejects(assert, admin.call('CreateChannel', { channel: CHANNEL('openai-main') }), 'ALREADY_EXISTS');
       // provider types per vendor; a number no ProviderType has is refused naming the field
       for (const p of ['DEEPSEEK', 'QWEN', 'KIMI', 'GLM', 'GEMINI', 'OPENAI_COMPATIBLE']) {
