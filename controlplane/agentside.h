@@ -86,6 +86,14 @@ typedef struct tg_cp_agent_side {
     int as_catching_up;               /* (mu) copying a peer's ledger now */
     int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
     int as_tail_dirty;                /* (tail thread) applied more than it says */
+    /* tail.c: settlement pauses while this replica's ledger cannot take
+     * rows (an append failed, or its disk is below --ledger-min-free-mb);
+     * each is "" when fine, else the sentence settlement answers with */
+    atomic_int as_stuck;              /* 1 while either below is set (read without the lock) */
+    char as_stuck_append[TG_ERRLEN];  /* (mu) the last append failed */
+    char as_stuck_space[TG_ERRLEN];   /* (mu) too little free space */
+    int64_t as_stuck_logged_us;       /* (tail thread) when the pause was last logged */
+    int64_t as_space_checked_us;      /* (tail thread) when free space was last looked at */
 } tg_cp_agent_side_t;
 
 /* ---- agentsvc.c --------------------------------------------------------------- */
@@ -245,8 +253,16 @@ void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev);
 int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
 void cp_tail_stop(tg_cp_agent_side_t *as);
 /* Waits until the tailer applied the settled log up to rev (bounded by
- * timeout_ms). Returns 0, or -1 on timeout/stop. */
-int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+ * timeout_ms). Returns 0, or -1 on timeout/stop. With stuck != NULL it
+ * also returns -2 as soon as the ledger cannot be written, the reason
+ * (cp_ledger_stuck) in stuck. */
+int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms, char *stuck, size_t stucklen);
+/* 1 while this replica's ledger cannot take rows (an append failed and was
+ * not retried successfully yet, or its file system is below
+ * --ledger-min-free-mb), with the sentence to answer in why (a
+ * UNAVAILABLE status: settlement pauses, agents keep their records); 0
+ * when it can. Any thread. */
+int cp_ledger_stuck(tg_cp_agent_side_t *as, char *why, size_t whylen);
 
 /* ---- catchup.c: a replica behind the settled-log retention ------------------- */
 

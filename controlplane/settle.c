@@ -500,6 +500,12 @@ static int leader_gate(tg_cp_t *cp, int64_t *leader_rev, char *err, size_t errle
     if (!cp_leader_check(cp->cp_agent, leader_rev, name, sizeof(name)))
         return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
                        "not the settling leader; leader is %s", name[0] ? name : "unknown (election in progress)");
+    /* the leader's ledger cannot take the rows (disk full): settle nothing
+     * and answer nothing from markers either, so agents keep their records
+     * until the rows can be appended (tail.c) */
+    char why[TG_ERRLEN];
+    if (cp_ledger_stuck(cp->cp_agent, why, sizeof(why)))
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE, "%s", why);
     return TG_RPC_CODE_OK;
 }
 
@@ -1417,6 +1423,31 @@ static void job_finish(settle_job_t *job, int code, const char *err)
     job->j_done = 1;
 }
 
+/* A settlement commit the store refused with an I/O error (on the embedded
+ * store, a full disk): 1 until a commit succeeds again; when it was last
+ * logged. */
+static atomic_int store_paused;
+static atomic_llong store_logged_us;
+
+/* The store refused the settlement commit with an I/O error: err becomes
+ * the sentence agents get, naming the store's place and the fix, and it is
+ * logged at most every 30 s. */
+static void store_refused(tg_cp_t *cp, char *err, size_t errlen)
+{
+    const char *spec = cp->cp_store_spec ? cp->cp_store_spec : "";
+    const char *where = strncmp(spec, "lmdb:", 5) == 0 ? spec + 5 : spec;
+    char why[TG_ERRLEN];
+    snprintf(why, sizeof(why),
+             "settlement paused: the store cannot be written (%s); if its disk is full, free space on the file "
+             "system of %s (df -h %s). Settlement resumes by itself and agents keep their records meanwhile",
+             err, where, where);
+    snprintf(err, errlen, "%s", why);
+    int64_t now = tg_cp_now_us(), last = atomic_load(&store_logged_us);
+    atomic_store(&store_paused, 1);
+    if (now - last >= 30LL * 1000000 && atomic_compare_exchange_strong(&store_logged_us, &last, now))
+        TG_LOG(TG_LOG_ERROR, "cp.settle", "%s", why);
+}
+
 /* Runs one group as its leader (not holding gmu): settles the committed
  * prefix, fails or answers jobs on their own, and puts the jobs that did not
  * fit back at the head of the queue. Hands the lead on as soon as the
@@ -1511,10 +1542,16 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
+            if (rc == TG_STORE_EIO)
+                store_refused(cp, err, sizeof(err));
             break;
         }
         if (rc == 1) {
             committed = 1;
+            if (atomic_load(&store_paused) && atomic_exchange(&store_paused, 0)) {
+                atomic_store(&store_logged_us, 0);
+                TG_LOG(TG_LOG_INFO, "cp.settle", "the store takes writes again: settlement resumes");
+            }
             break;
         }
         stash_drop(as, stash); /* not committed: the rows are rebuilt */
@@ -1586,8 +1623,15 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             cp_alerts_note(as, (const Tollgate__V1__UsageRecord *const *)c->sc_batch->records, c->sc_dup,
                            c->sc_batch->n_records);
         }
-        /* acknowledge once this replica's ledger holds the rows */
-        if (g->g_settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+        /* acknowledge once this replica's ledger holds the rows; when it
+         * cannot take them (disk full) the agents are not acknowledged:
+         * they resend, and the marker answers once the rows are appended */
+        char stuck[TG_ERRLEN] = "";
+        int acode = TG_RPC_CODE_OK;
+        int w = g->g_settled.b_len > 0 ? cp_tail_wait(as, commit_rev, ACK_WAIT_MS, stuck, sizeof(stuck)) : 0;
+        if (w == -2)
+            acode = TG_RPC_CODE_UNAVAILABLE;
+        else if (w < 0)
             TG_LOG(TG_LOG_WARN, "cp.settle", "%zu batches committed at revision %" PRId64
                    " but not in the ledger after %d ms; acknowledging (the store holds them)",
                    ncommit, commit_rev, ACK_WAIT_MS);
@@ -1596,7 +1640,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         pthread_mutex_lock(&as->as_gmu);
         for (size_t j = 0; j < ncommit; j++) {
             g->g_jobs[j]->j_rev = commit_rev;
-            job_finish(g->g_jobs[j], TG_RPC_CODE_OK, NULL);
+            job_finish(g->g_jobs[j], acode, stuck);
         }
         pthread_cond_broadcast(&as->as_gcv);
         pthread_mutex_unlock(&as->as_gmu);
@@ -2034,7 +2078,7 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
     crash_hook(cp);
     pthread_mutex_unlock(&as->as_settle_mu);
     locked = 0;
-    if (cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+    if (cp_tail_wait(as, commit_rev, ACK_WAIT_MS, NULL, 0) < 0)
         TG_LOG(TG_LOG_WARN, "cp.settle", "%s committed at revision %" PRId64 " but not in the ledger after %d ms",
                entry_id, commit_rev, ACK_WAIT_MS);
     int found = 0;
