@@ -34,10 +34,12 @@ export function call(client, method, req, md = new grpc.Metadata(), ms = 10000) 
 
 // ---- etcd -------------------------------------------------------------------
 
-export async function startEtcd() {
-  const dir = tmpdir('tg-etcd-');
-  const client = await freePort();
-  const peer = await freePort();
+// Starts etcd on free loopback ports; given the { dir, client, peer } of an
+// earlier one (killed), restarts it on the same data dir and ports.
+// Resolves { url, proc, dir, client, peer }.
+export async function startEtcd({ dir = tmpdir('tg-etcd-'), client, peer } = {}) {
+  client = client ?? await freePort();
+  peer = peer ?? await freePort();
   const url = `http://127.0.0.1:${client}`;
   const purl = `http://127.0.0.1:${peer}`;
   const proc = start('/usr/bin/etcd', ['--data-dir', path.join(dir, 'data'), '--listen-client-urls', url,
@@ -47,7 +49,7 @@ export async function startEtcd() {
     const r = await fetch(`${url}/v3/maintenance/status`, { method: 'POST', body: '{}' });
     return r.ok;
   }, { timeoutMs: 20000, what: 'etcd to answer' });
-  return { url, proc, dir };
+  return { url, proc, dir, client, peer };
 }
 
 // ---- tollgate-cp ------------------------------------------------------------
