@@ -98,6 +98,15 @@ typedef struct tg_cp_agent_side {
 
 /* ---- agentsvc.c --------------------------------------------------------------- */
 
+struct Tollgate__V1__AgentRevocation;
+/* Whether agent_id was revoked (AdminService.RevokeAgent: a key under
+ * TG_CP_K_AGENT_REVOKED). Returns TG_RPC_CODE_OK when it was not;
+ * PERMISSION_DENIED with the sentence its calls are refused with (who, when,
+ * why, and the fix) when it was; UNAVAILABLE when the store cannot say. */
+int cp_agent_revoked(tg_cp_t *cp, const char *agent_id, char *err, size_t errlen);
+/* That sentence, for revocation r of agent_id, into out. Can't fail. */
+void cp_revoked_why(const char *agent_id, const struct Tollgate__V1__AgentRevocation *r, char *out, size_t outlen);
+
 /* The bytes an agent signs to prove its identity: "tollgate-agent-v2" ||
  * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out;
  * with nonce_len 0 the old agents' "tollgate-agent-v1" || agent_id ||

@@ -15,11 +15,17 @@
  * proof without a nonce ("tollgate-agent-v1" || agent_id || timestamp_us,
  * +-5 minutes), logged once per agent and counted, so control planes can be
  * upgraded before their agents.
+ *
+ * Revocation (AdminService.RevokeAgent, admin.c) is a key of its own beside
+ * AgentInfo (TG_CP_K_AGENT_REVOKED): a revoked agent's proofs and batches
+ * verify and are then refused with PERMISSION_DENIED naming the revocation
+ * (cp_agent_revoked), and every replica's Sync watch ends its stream.
  */
 #include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/tg_log.h"
 #include "controlplane/agentside.h"
@@ -114,10 +120,43 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
         code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
                        "proof: nonce already used, expired or not issued by this replica (a replayed proof is "
                        "refused): ask Challenge for a new one");
+    /* a revoked agent proves who it is, and is refused for it */
+    if (code == TG_RPC_CODE_OK)
+        code = cp_agent_revoked(cp, proof->agent_id, err, errlen);
 fail:
     tg_buf_free(&msg);
     tg_rpc_pb_free(m);
     return code;
+}
+
+/* ---- revocation --------------------------------------------------------------------- */
+
+void cp_revoked_why(const char *agent_id, const Tollgate__V1__AgentRevocation *r, char *out, size_t outlen)
+{
+    char when[32] = "?";
+    time_t t = (time_t)(r->revoked_at_us / 1000000);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(out, outlen,
+             "agent %s was revoked at %s by %s%s%s: its Sync, Lease and ReportUsage calls are refused "
+             "(enroll a new agent with a new key to serve from this host again)",
+             agent_id, when, r->revoked_by[0] ? r->revoked_by : "an admin", r->reason[0] ? ": " : "", r->reason);
+}
+
+int cp_agent_revoked(tg_cp_t *cp, const char *agent_id, char *err, size_t errlen)
+{
+    char key[TG_STORE_MAX_KEY], why[TG_ERRLEN];
+    ProtobufCMessage *m = NULL;
+    if (snprintf(key, sizeof(key), TG_CP_K_AGENT_REVOKED "%s", agent_id) >= (int)sizeof(key))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent id too long");
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_revocation__descriptor, &m, NULL, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    if (m == NULL)
+        return TG_RPC_CODE_OK;
+    cp_revoked_why(agent_id, (const Tollgate__V1__AgentRevocation *)m, why, sizeof(why));
+    tg_rpc_pb_free(m);
+    return tg_errf(err, errlen, TG_RPC_CODE_PERMISSION_DENIED, "%s", why);
 }
 
 /* ---- handlers --------------------------------------------------------------------- */

@@ -54,6 +54,9 @@
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
 #define TG_CP_K_PRICE_GUARD "tg/index/price-guard"  /* last published card key: publishes compare it */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
+#define TG_CP_K_AGENT_REVOKED "tg/config/agent-revoked/" /* <agent id> -> AgentRevocation: under tg/config/ so
+                                                      * every replica's Sync watch sees it and ends that agent's
+                                                      * stream; never sent to agents (sync.c key_field) */
 #define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
 #define TG_CP_K_AGENT_SEQ "tg/settle/agent-seq/"   /* <agent id> -> highest settled batch sequence (decimal) */
 #define TG_CP_K_IDEM "tg/settle/idem/"              /* <account id>/<idempotency key> -> BalanceChangeResponse */

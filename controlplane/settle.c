@@ -1784,6 +1784,10 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
                          &c.sc_batch, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
+    /* a revoked agent settles nothing more (RevokeAgent) */
+    code = cp_agent_revoked(cp, c.sc_signed->agent_id, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        goto fail;
     code = leader_gate(cp, &leader_rev, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;

@@ -718,6 +718,50 @@ static void fan_out(tg_cp_agent_side_t *as, int64_t from, int64_t to, tg_buf_t *
     }
 }
 
+/* A put under TG_CP_K_AGENT_REVOKED (RevokeAgent, on any replica): ends
+ * that agent's streams here with PERMISSION_DENIED naming the revocation
+ * (its reconnects are refused by cp_verify_proof). A stream being
+ * snapshotted is marked dead; the resnap thread ends it. */
+static void end_revoked(tg_cp_agent_side_t *as, const tg_store_event_t *ev)
+{
+    size_t pl = strlen(TG_CP_K_AGENT_REVOKED);
+    char agent[64], why[TG_ERRLEN];
+    ProtobufCMessage *m = NULL;
+    if (ev->ev_type != TG_STORE_EV_PUT || ev->ev_kv.kv_key_len <= pl ||
+        ev->ev_kv.kv_key_len - pl >= sizeof(agent) || memcmp(ev->ev_kv.kv_key, TG_CP_K_AGENT_REVOKED, pl) != 0)
+        return;
+    memcpy(agent, (const char *)ev->ev_kv.kv_key + pl, ev->ev_kv.kv_key_len - pl);
+    agent[ev->ev_kv.kv_key_len - pl] = '\0';
+    if (tg_rpc_pb_unpack(&tollgate__v1__agent_revocation__descriptor, ev->ev_kv.kv_val, ev->ev_kv.kv_val_len, &m,
+                         NULL, 0) < 0)
+        return;
+    cp_revoked_why(agent, (const Tollgate__V1__AgentRevocation *)m, why, sizeof(why));
+    tg_rpc_pb_free(m);
+    sync_stream_t *gone = NULL;
+    pthread_mutex_lock(&as->as_mu);
+    for (sync_stream_t **pp = &as->as_streams; *pp;) {
+        sync_stream_t *s = *pp;
+        if (strcmp(s->ss_agent, agent) != 0) {
+            pp = &s->ss_next;
+        } else if (s->ss_state == SS_SNAPPING) {
+            s->ss_dead = 1;
+            pp = &s->ss_next;
+        } else {
+            *pp = s->ss_next;
+            atomic_fetch_sub(&as->as_cp->cp_m_sync_streams, 1);
+            s->ss_next = gone;
+            gone = s;
+        }
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    while (gone) {
+        sync_stream_t *s = gone;
+        gone = s->ss_next;
+        TG_LOG(TG_LOG_INFO, "cp.sync", "ended the Sync stream of revoked agent %s", agent);
+        finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, why, 1);
+    }
+}
+
 /* Heartbeats to idle streams; AgentInfo refresh every INFO_EVERY_US. */
 static void heartbeats(tg_cp_agent_side_t *as)
 {
@@ -812,6 +856,7 @@ static void *watch_main(void *arg)
         put_int(&upd, 2, rev);
         int nch = 0, bad = 0;
         while (ev != NULL) {
+            end_revoked(as, ev);
             int a = balance_news(ev, now) ? add_change(&upd, ev, &tmp) : 0;
             bad |= a < 0;
             nch += a > 0;
