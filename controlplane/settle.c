@@ -1442,7 +1442,7 @@ static void store_refused(tg_cp_t *cp, char *err, size_t errlen)
              "system of %s (df -h %s). Settlement resumes by itself and agents keep their records meanwhile",
              err, where, where);
     snprintf(err, errlen, "%s", why);
-    int64_t now = tg_cp_now_us(), last = atomic_load(&store_logged_us);
+    long long now = tg_cp_now_us(), last = atomic_load(&store_logged_us);
     atomic_store(&store_paused, 1);
     if (now - last >= 30LL * 1000000 && atomic_compare_exchange_strong(&store_logged_us, &last, now))
         TG_LOG(TG_LOG_ERROR, "cp.settle", "%s", why);
