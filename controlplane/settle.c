@@ -1436,12 +1436,14 @@ static void store_refused(tg_cp_t *cp, char *err, size_t errlen)
 {
     const char *spec = cp->cp_store_spec ? cp->cp_store_spec : "";
     const char *where = strncmp(spec, "lmdb:", 5) == 0 ? spec + 5 : spec;
-    char why[TG_ERRLEN];
+    char why[TG_ERRLEN * 4]; /* err and the path twice; cut to errlen below */
     snprintf(why, sizeof(why),
              "settlement paused: the store cannot be written (%s); if its disk is full, free space on the file "
              "system of %s (df -h %s). Settlement resumes by itself and agents keep their records meanwhile",
              err, where, where);
-    snprintf(err, errlen, "%s", why);
+    size_t n = strnlen(why, errlen - 1);
+    memcpy(err, why, n);
+    err[n] = '\0';
     long long now = tg_cp_now_us(), last = atomic_load(&store_logged_us);
     atomic_store(&store_paused, 1);
     if (now - last >= 30LL * 1000000 && atomic_compare_exchange_strong(&store_logged_us, &last, now))

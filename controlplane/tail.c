@@ -172,7 +172,7 @@ static void stuck_note(tg_cp_agent_side_t *as, char *slot, const char *why)
 static void stuck_append(tg_cp_agent_side_t *as, const char *err)
 {
     const char *dir = as->as_cp->cp_data_dir ? as->as_cp->cp_data_dir : ".";
-    char why[TG_ERRLEN];
+    char why[TG_ERRLEN * 4]; /* err and the path twice; stuck_note keeps TG_ERRLEN */
     snprintf(why, sizeof(why),
              "settlement paused: this replica's ledger cannot be written (%s); if its disk is full, free space "
              "on the file system of --data-dir %s (df -h %s). Retried every second; settlement resumes by "

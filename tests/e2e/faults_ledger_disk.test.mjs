@@ -183,5 +183,13 @@ for (const [backend, variant] of CASES) describe(`${backend}, ${variant}: the co
     const fresh = [...rows.keys()].filter((id) => !before.has(id));
     assert.deepEqual(fresh.sort(), [...during].sort(), 'no other row appeared');
     assert.equal(-sum(fresh.map((id) => rows.get(id)[0])), start - want, 'the new rows sum to the balance movement');
+
+    // both exit cleanly (under ASan+UBSan: no leak, no memory error)
+    const cpOut = cp.proc.output();
+    const ex = await cp.stop();
+    cp = null;
+    assert.equal(ex.code, 0, `tollgate-cp exits 0 on SIGTERM:\n${cpOut.slice(-3000)}`);
+    assert.equal((await agent.stop()).code, 0, 'tollgate-agent exits 0 on SIGTERM');
+    agent = null;
   });
 });
