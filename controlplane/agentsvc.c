@@ -371,6 +371,27 @@ int cp_wait(tg_cp_agent_side_t *as, int ms, int or_resign)
     return stop;
 }
 
+/* The heap's free pages go back to the kernel once a minute. With the trim
+ * threshold above (256 MiB) glibc never gives them back by itself, and in
+ * the 30-minute soak the control plane's anonymous RSS crept ~10 kB a
+ * minute while the memory in use stayed flat: the allocator placing chunks
+ * over ever more of the free part of its one arena, each page touched once
+ * staying resident (measured with malloc_stats and heaptrack:
+ * docs/PERFORMANCE.md, "Soak"). malloc_trim also releases free pages
+ * inside the heap (madvise), not only its top; once a minute its cost (a
+ * walk of the free lists under the arena lock, and page faults when the
+ * pages are used again) is noise, unlike the mmap per batch the
+ * thresholds avoid. */
+void cp_heap_trim(void)
+{
+    static int64_t last_us;
+    int64_t now = tg_cp_now_us();
+    if (now - last_us < 60LL * 1000000)
+        return;
+    last_us = now;
+    malloc_trim(0);
+}
+
 int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)
 {
     tg_cp_agent_side_t *as = cp->cp_agent;

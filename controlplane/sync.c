@@ -47,6 +47,11 @@
 
 #define RING_MAX_ENTRIES 4096
 #define RING_MAX_BYTES (64u << 20)
+/* Updates older than this leave the ring: an agent away longer takes a
+ * snapshot. Without it the ring filled over hours with balance refreshes
+ * (one per balance every 10 s) and the control plane's memory crept until
+ * the 4096 entries were reached (docs/PERFORMANCE.md, "Soak"). */
+#define RING_MAX_AGE_US (10LL * 60 * 1000000)
 #define PAGE_KEYS 10000
 #define SNAP_SEND_TIMEOUT_MS 30000
 #define INFO_EVERY_US (30LL * 1000000)
@@ -68,6 +73,7 @@ typedef struct sync_stream {
 
 typedef struct ring_ent {
     int64_t re_from, re_to;
+    int64_t re_at;   /* when it was pushed */
     uint8_t *re_msg; /* packed SyncMessage */
     size_t re_len;
 } ring_ent_t;
@@ -348,7 +354,9 @@ static void ring_clear(sync_ring_t *r)
 
 static void ring_push(sync_ring_t *r, int64_t from, int64_t to, tg_buf_t *msg)
 {
-    while (r->r_n > 0 && (r->r_n == RING_MAX_ENTRIES || r->r_bytes + msg->b_len > RING_MAX_BYTES)) {
+    int64_t now = tg_cp_now_us();
+    while (r->r_n > 0 && (r->r_n == RING_MAX_ENTRIES || r->r_bytes + msg->b_len > RING_MAX_BYTES ||
+                          now - r->r_v[r->r_head].re_at > RING_MAX_AGE_US)) {
         ring_ent_t *e = &r->r_v[r->r_head];
         r->r_bytes -= e->re_len;
         tg_free(e->re_msg);
@@ -359,6 +367,11 @@ static void ring_push(sync_ring_t *r, int64_t from, int64_t to, tg_buf_t *msg)
     e->re_msg = (uint8_t *)tg_buf_steal(msg, &e->re_len);
     if (e->re_msg == NULL)
         return;
+    /* the buffer grew by doubling: keep only the message */
+    uint8_t *fit = e->re_len > 0 ? tg_realloc(e->re_msg, e->re_len) : NULL;
+    if (fit != NULL)
+        e->re_msg = fit;
+    e->re_at = now;
     e->re_from = from;
     e->re_to = to;
     r->r_bytes += e->re_len;

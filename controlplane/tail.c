@@ -583,6 +583,7 @@ static void *tail_main(void *arg)
             }
         }
         check_space(as);
+        cp_heap_trim();
         if (atomic_load(&as->as_cp->cp_is_leader) && tg_cp_now_us() - last_retain >= RETAIN_EVERY_US) {
             retain(as);
             last_retain = tg_cp_now_us();
