@@ -116,10 +116,11 @@ for (const [backend, variant] of CASES) describe(`${backend}, ${variant}: the co
 
     const filler = fill(mnt);
     // below the floor the tailer pauses settlement; without it, whichever fills first: the
-    // ledger's append or (embedded store) the store's commit
+    // ledger's append or (embedded store) the store's commit; LMDB reports a write cut
+    // short by the full disk as EIO, a refused one as ENOSPC
     const paused = floor
       ? /settlement paused: the file system of --data-dir (\S+) \(the ledger's\) has \d+ bytes free, below --ledger-min-free-mb 1; free space there \(df -h (\S+)\)/
-      : /settlement paused: (?:this replica's ledger cannot be written \(ledger \S+: append: No space left on device\)|the store cannot be written \(lmdb store: [^)]*disk full \(No space left on device\)\)); if its disk is full, free space on the file system of (?:--data-dir )?(\S+) \(df -h (\S+)\)/;
+      : /settlement paused: (?:this replica's ledger cannot be written \(ledger \S+: append: (?:No space left on device|Input\/output error)\)|the store cannot be written \(lmdb store: commit: (?:disk full \(No space left on device\)|Input\/output error)\)); if its disk is full, free space on the file system of (?:--data-dir )?(\S+) \(df -h (\S+)\)/;
     if (floor) {
       // the floor is checked every second: settle nothing more from then on
       await until(() => paused.test(cpLog()), { timeoutMs: 5000, what: 'the control plane to pause settlement' });
