@@ -66,6 +66,7 @@ typedef struct sync_stream {
     char ss_agent[64];
     int ss_state;
     int ss_dead;             /* cancelled while SNAPPING */
+    int ss_revoked;          /* ... because its agent was revoked */
     int64_t ss_rev;          /* revision the agent has */
     int64_t ss_last_send_us;
     int64_t ss_info_us;      /* last AgentInfo write */
@@ -431,6 +432,26 @@ static void on_cancel(tg_rpc_call_t *call, void *arg)
         finish_stream(as, s, TG_RPC_CODE_CANCELLED, "client left", 1);
 }
 
+/* Ends call's stream with PERMISSION_DENIED (why): at once, or by the
+ * resnap thread when it is being snapshotted. Nothing when it is gone. */
+static void end_call_revoked(tg_cp_agent_side_t *as, tg_rpc_call_t *call, const char *why)
+{
+    pthread_mutex_lock(&as->as_mu);
+    sync_stream_t *s = NULL;
+    for (sync_stream_t *p = as->as_streams; p; p = p->ss_next)
+        if (p->ss_call == call)
+            s = p;
+    if (s != NULL && s->ss_state == SS_SNAPPING) {
+        s->ss_dead = s->ss_revoked = 1;
+        s = NULL;
+    } else if (s != NULL) {
+        unlink_call(as, call);
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    if (s != NULL)
+        finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, why, 1);
+}
+
 /* ---- the handler ---------------------------------------------------------------------- */
 
 int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg)
@@ -488,6 +509,13 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
     tg_rpc_call_on_cancel(call, on_cancel, as);
+    /* read after the stream is listed: a revocation committed before this
+     * read is seen here, one committed after it reaches end_revoked */
+    if (cp_agent_revoked(cp, agent, err, sizeof(err)) == TG_RPC_CODE_PERMISSION_DENIED) {
+        end_call_revoked(as, call, err);
+        TG_LOG(TG_LOG_INFO, "cp.sync", "refused the Sync stream of revoked agent %s", agent);
+        return TG_RPC_KEEP;
+    }
     if (current) {
         /* the agent is up to date: a heartbeat tells it so at once */
         Tollgate__V1__Heartbeat hb = TOLLGATE__V1__HEARTBEAT__INIT;
@@ -543,7 +571,21 @@ static void *resnap_main(void *arg)
         size_t nobj = 0;
         int64_t t0 = tg_cp_now_us();
         tg_buf_reset(&msg);
-        int rc = cp_snapshot_build(cp->cp_store, rev, t0, &msg, &nobj, err, sizeof(err));
+        /* the watch may have been down when its agent was revoked (it
+         * reopens at the current revision): never send a revoked agent a
+         * snapshot, which carries channel credentials */
+        int rc = cp_agent_revoked(cp, s->ss_agent, err, sizeof(err));
+        if (rc == TG_RPC_CODE_PERMISSION_DENIED) {
+            pthread_mutex_lock(&as->as_mu);
+            unlink_call(as, s->ss_call);
+            pthread_mutex_unlock(&as->as_mu);
+            TG_LOG(TG_LOG_INFO, "cp.sync", "ended the Sync stream of revoked agent %s (at its snapshot)",
+                   s->ss_agent);
+            finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
+            continue;
+        }
+        if (rc == 0)
+            rc = cp_snapshot_build(cp->cp_store, rev, t0, &msg, &nobj, err, sizeof(err));
         if (rc == 0)
             rc = tg_rpc_call_send(s->ss_call, msg.b_data, msg.b_len, SNAP_SEND_TIMEOUT_MS);
         else
@@ -563,6 +605,12 @@ static void *resnap_main(void *arg)
             s->ss_state = rc == 0 ? SS_ACTIVE : SS_NEED_SNAP;
         }
         pthread_mutex_unlock(&as->as_mu);
+        if (dead && s->ss_revoked) {
+            if (cp_agent_revoked(cp, s->ss_agent, err, sizeof(err)) != TG_RPC_CODE_PERMISSION_DENIED)
+                snprintf(err, sizeof(err), "agent %s was revoked", s->ss_agent);
+            finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
+            continue;
+        }
         if (dead) {
             finish_stream(as, s, TG_RPC_CODE_UNAVAILABLE, "stream too slow or gone", 1);
             continue;
@@ -757,7 +805,7 @@ static void end_revoked(tg_cp_agent_side_t *as, const tg_store_event_t *ev)
         if (strcmp(s->ss_agent, agent) != 0) {
             pp = &s->ss_next;
         } else if (s->ss_state == SS_SNAPPING) {
-            s->ss_dead = 1;
+            s->ss_dead = s->ss_revoked = 1;
             pp = &s->ss_next;
         } else {
             *pp = s->ss_next;
