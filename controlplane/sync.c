@@ -413,9 +413,11 @@ static void finish_stream(tg_cp_agent_side_t *as, sync_stream_t *s, int code, co
     tg_free(s);
 }
 
-static void on_cancel(tg_rpc_call_t *call, void *arg)
+/* Unlinks call's stream and returns it for the caller to finish; one being
+ * snapshotted is marked dead (and revoked) for the resnap thread instead,
+ * and NULL returned, as when it is gone already. */
+static sync_stream_t *take_call(tg_cp_agent_side_t *as, tg_rpc_call_t *call, int revoked)
 {
-    tg_cp_agent_side_t *as = arg;
     pthread_mutex_lock(&as->as_mu);
     sync_stream_t *s = NULL;
     for (sync_stream_t *p = as->as_streams; p; p = p->ss_next)
@@ -423,33 +425,21 @@ static void on_cancel(tg_rpc_call_t *call, void *arg)
             s = p;
     if (s != NULL && s->ss_state == SS_SNAPPING) {
         s->ss_dead = 1;
+        s->ss_revoked |= revoked;
         s = NULL;
     } else if (s != NULL) {
         unlink_call(as, call);
     }
     pthread_mutex_unlock(&as->as_mu);
-    if (s != NULL)
-        finish_stream(as, s, TG_RPC_CODE_CANCELLED, "client left", 1);
+    return s;
 }
 
-/* Ends call's stream with PERMISSION_DENIED (why): at once, or by the
- * resnap thread when it is being snapshotted. Nothing when it is gone. */
-static void end_call_revoked(tg_cp_agent_side_t *as, tg_rpc_call_t *call, const char *why)
+static void on_cancel(tg_rpc_call_t *call, void *arg)
 {
-    pthread_mutex_lock(&as->as_mu);
-    sync_stream_t *s = NULL;
-    for (sync_stream_t *p = as->as_streams; p; p = p->ss_next)
-        if (p->ss_call == call)
-            s = p;
-    if (s != NULL && s->ss_state == SS_SNAPPING) {
-        s->ss_dead = s->ss_revoked = 1;
-        s = NULL;
-    } else if (s != NULL) {
-        unlink_call(as, call);
-    }
-    pthread_mutex_unlock(&as->as_mu);
+    tg_cp_agent_side_t *as = arg;
+    sync_stream_t *s = take_call(as, call, 0);
     if (s != NULL)
-        finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, why, 1);
+        finish_stream(as, s, TG_RPC_CODE_CANCELLED, "client left", 1);
 }
 
 /* ---- the handler ---------------------------------------------------------------------- */
@@ -512,7 +502,9 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
     /* read after the stream is listed: a revocation committed before this
      * read is seen here, one committed after it reaches end_revoked */
     if (cp_agent_revoked(cp, agent, err, sizeof(err)) == TG_RPC_CODE_PERMISSION_DENIED) {
-        end_call_revoked(as, call, err);
+        sync_stream_t *gone = take_call(as, call, 1);
+        if (gone != NULL)
+            finish_stream(as, gone, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
         TG_LOG(TG_LOG_INFO, "cp.sync", "refused the Sync stream of revoked agent %s", agent);
         return TG_RPC_KEEP;
     }
