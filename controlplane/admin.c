@@ -350,6 +350,7 @@ done:
  * revoked flag there could be undone by it); it is under tg/config/ so
  * every replica's Sync watch ends the agent's stream (sync.c), and the
  * agent's proofs and batches are refused from then on (cp_agent_revoked).
+ * Its public key is indexed under TG_CP_K_REVOKED_KEY so Enroll refuses it.
  * A batch that passed that check before the commit may still settle;
  * settled rows stay. Repeating the call answers the first revocation. */
 static int revoke_agent(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
@@ -392,6 +393,12 @@ static int revoke_agent(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *re
         code = cp_fail(a, TG_RPC_CODE_INTERNAL, "no memory");
         goto done;
     }
+    /* the key too: a thief holding it must not enroll it afresh */
+    uint8_t kh[32];
+    char hex[65];
+    tg_crypto_sha256(ai->public_key.data, ai->public_key.len, kh);
+    tg_crypto_hex(kh, sizeof(kh), hex);
+    cp_wr_put(&w, cp_fmt(a, "%s%s", TG_CP_K_REVOKED_KEY, hex), q->agent_id, strlen(q->agent_id));
     cp_wr_audit(&w, "agent", q->agent_id, m, &after.base);
     if ((code = cp_wr_commit(a, &w, &nrev)) != TG_RPC_CODE_OK) goto done;
     TG_LOG(TG_LOG_WARN, "admin", "agent %s (%s) revoked by %s%s%s: its calls are refused from now on",

@@ -209,6 +209,25 @@ static int enroll(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_bu
                                   er->public_key.len);
         goto fail;
     }
+    /* a revoked agent's key (RevokeAgent indexes it) enrolls no more */
+    uint8_t kh[32];
+    char hex[65];
+    tg_store_kv_t *rk = NULL;
+    tg_crypto_sha256(er->public_key.data, er->public_key.len, kh);
+    tg_crypto_hex(kh, sizeof(kh), hex);
+    snprintf(key, sizeof(key), TG_CP_K_REVOKED_KEY "%s", hex);
+    if (tg_store_get(cp->cp_store, key, strlen(key), &rk, NULL, err, sizeof(err)) < 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_UNAVAILABLE, "checking the key failed: %s", err);
+        goto fail;
+    }
+    if (rk != NULL) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_PERMISSION_DENIED,
+                                  "public_key: the key of revoked agent %.*s cannot enroll again: generate a new "
+                                  "key (empty the agent's data dir's agent_id and agent_key.pem) and enroll that",
+                                  (int)rk->kv_val_len, (const char *)rk->kv_val);
+        tg_store_kv_free(rk);
+        goto fail;
+    }
     if (tg_crypto_new_id("agt_", id, sizeof(id)) != 0) {
         code = tg_rpc_call_errorf(call, TG_RPC_CODE_INTERNAL, "no entropy for an agent id");
         goto fail;

@@ -54,6 +54,8 @@
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
 #define TG_CP_K_PRICE_GUARD "tg/index/price-guard"  /* last published card key: publishes compare it */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
+#define TG_CP_K_REVOKED_KEY "tg/index/revoked-key/" /* <hex sha256(public key)> -> revoked agent id: Enroll
+                                                      * refuses that key */
 #define TG_CP_K_AGENT_REVOKED "tg/config/agent-revoked/" /* <agent id> -> AgentRevocation: under tg/config/ so
                                                       * every replica's Sync watch sees it and ends that agent's
                                                       * stream; never sent to agents (sync.c key_field) */

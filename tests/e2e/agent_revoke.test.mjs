@@ -12,7 +12,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { bin } from './lib/proc.mjs';
-import { startCp, startEtcd, seed, waitLeader, balance, costOf, FakeAgent, ADMIN_TOKEN, call } from './cp_agent_lib.mjs';
+import { startCp, startEtcd, seed, waitLeader, balance, costOf, FakeAgent, ADMIN_TOKEN, ENROLL_TOKEN, call } from './cp_agent_lib.mjs';
 
 function tollctl(cp, args) {
   return new Promise((resolve) => {
@@ -23,6 +23,9 @@ function tollctl(cp, args) {
 }
 
 const DENIED = 7; // grpc.status.PERMISSION_DENIED
+const READER_TOKEN = 'tg-reader-e2e-token-0123456789';
+const PRICING_TOKEN = 'tg-pricing-e2e-token-0123456789';
+const extraTokens = `e2e-reader reader ${READER_TOKEN}\ne2e-pricing pricing ${PRICING_TOKEN}\n`;
 
 for (const backend of ['lmdb', 'etcd']) describe(`${backend}: agent revocation`, () => {
   let etcd;
@@ -33,11 +36,11 @@ for (const backend of ['lmdb', 'etcd']) describe(`${backend}: agent revocation`,
   before(async () => {
     if (backend === 'etcd') {
       etcd = await startEtcd();
-      cpA = await startCp({ store: `etcd:${etcd.url}`, nodeId: 'cp-a' });
+      cpA = await startCp({ store: `etcd:${etcd.url}`, nodeId: 'cp-a', extraTokens });
       await waitLeader(cpA);
-      cpB = await startCp({ store: `etcd:${etcd.url}`, nodeId: 'cp-b' });
+      cpB = await startCp({ store: `etcd:${etcd.url}`, nodeId: 'cp-b', extraTokens });
     } else {
-      cpA = cpB = await startCp();
+      cpA = cpB = await startCp({ extraTokens });
       await waitLeader(cpA);
     }
     ids = await seed(cpA);
@@ -67,6 +70,12 @@ for (const backend of ['lmdb', 'etcd']) describe(`${backend}: agent revocation`,
     while (!sync.messages.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     assert.ok(sync.messages.length > 0, 'the Sync stream is open');
 
+    // a reader or pricing token may not revoke
+    for (const [who, token] of [['e2e-reader', READER_TOKEN], ['e2e-pricing', PRICING_TOKEN]])
+      await assert.rejects(cpB.adminCall('RevokeAgent', { agent_id: stolen.id, reason: 'not mine to do' }, token),
+        (e) => e.code === DENIED && e.details === `permission denied: token role '${who.slice(4)}' cannot revoke agents`, who);
+    assert.equal((await cpA.adminCall('ListAgents', {})).agents.find((x) => x.agent_id === stolen.id).revocation, null);
+
     // revoke it with tollctl (on the other replica when there are two)
     const r = await tollctl(cpB, ['agents', 'revoke', stolen.id, '--reason', 'key copied from host edge-7']);
     assert.equal(r.code, 0, r.stderr);
@@ -95,6 +104,14 @@ for (const backend of ['lmdb', 'etcd']) describe(`${backend}: agent revocation`,
       await assert.rejects(stolen.report(stolen.signed([viaB]), cpB), (e) => e.code === DENIED && why.test(e.details));
     }
     await assert.rejects(stolen.report(settledReq), (e) => e.code === DENIED); // a resend too
+    // its key does not enroll again (on either replica): a new key does
+    for (const cp of new Set([cpA, cpB]))
+      await assert.rejects(call(cp.agentSvc, 'Enroll', { enrollment_token: ENROLL_TOKEN, name: 'edge-stolen',
+        region: 'test', public_key: stolen.pub, version: 'e2e' }), (e) => e.code === DENIED &&
+        e.details === `public_key: the key of revoked agent ${stolen.id} cannot enroll again: generate a new key ` +
+          "(empty the agent's data dir's agent_id and agent_key.pem) and enroll that");
+    const fresh = new FakeAgent(cpA, 'edge-stolen');
+    assert.match((await fresh.enroll()).agent_id, /^agt_/);
     assert.equal(await balance(cpA, ids.account), start - cost, 'nothing more charged for it');
 
     // what it settled stays settled and attributable

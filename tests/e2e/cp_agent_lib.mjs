@@ -55,9 +55,10 @@ export async function startEtcd({ dir = tmpdir('tg-etcd-'), client, peer } = {})
 // ---- tollgate-cp ------------------------------------------------------------
 
 // Starts tollgate-cp; resolves with { proc, port, admin, agentSvc, dataDir, stop() }.
-export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000, extraArgs = [] } = {}) {
+export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000, extraArgs = [],
+  extraTokens = '' } = {}) {
   const tokens = path.join(dataDir, 'admin-tokens');
-  writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n`);
+  writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n${extraTokens}`);
   const args = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir,
     '--admin-tokens', tokens, '--enroll-token', ENROLL_TOKEN, '--node-id', nodeId,
     '--heartbeat-ms', String(heartbeatMs), '--log-level', process.env.TG_CP_LOG_LEVEL || 'info'];
@@ -78,9 +79,9 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
     async metrics() {
       return (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
     },
-    adminCall(method, req) {
+    adminCall(method, req, token = ADMIN_TOKEN) {
       const md = new grpc.Metadata();
-      md.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+      md.set('authorization', `Bearer ${token}`);
       return call(admin, method, req, md);
     },
     async stop(sig = 'SIGTERM') {
