@@ -351,8 +351,8 @@ done:
  * every replica's Sync watch ends the agent's stream (sync.c), and the
  * agent's proofs and batches are refused from then on (cp_agent_revoked).
  * Its public key is indexed under TG_CP_K_REVOKED_KEY so Enroll refuses it.
- * A batch that passed that check before the commit may still settle;
- * settled rows stay. Repeating the call answers the first revocation. */
+ * A batch in flight settles only if its commit came first (settlement
+ * compares the revocation key absent); settled rows stay. Repeating the call answers the first revocation. */
 static int revoke_agent(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
 {
     const Tollgate__V1__RevokeAgentRequest *q = (const Tollgate__V1__RevokeAgentRequest *)reqm;

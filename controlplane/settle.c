@@ -1047,6 +1047,9 @@ typedef struct settle_group {
     char g_aval[GROUP_MAX_JOBS][24];
     tg_store_op_t g_aops[GROUP_MAX_JOBS];
     size_t g_naops;
+    /* each job's agent revocation key, compared absent at the commit */
+    char g_rkey[GROUP_MAX_JOBS][TG_STORE_MAX_KEY];
+    tg_store_cmp_t g_rcmps[GROUP_MAX_JOBS];
 } settle_group_t;
 
 /* Marks records already settled (group time, as_settle_mu held):
@@ -1423,6 +1426,28 @@ static void job_finish(settle_job_t *job, int code, const char *err)
     job->j_done = 1;
 }
 
+/* After a failed compare: answers the jobs of g[0..n) whose agent is
+ * revoked now with PERMISSION_DENIED and closes the gap. Returns the jobs
+ * left. A store error leaves the job in (the commit's compare decides). */
+static size_t drop_revoked(tg_cp_agent_side_t *as, settle_group_t *g, size_t n)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        settle_job_t *job = g->g_jobs[j];
+        char why[TG_ERRLEN] = "";
+        if (cp_agent_revoked(as->as_cp, job->j_c->sc_signed->agent_id, why, sizeof(why)) ==
+            TG_RPC_CODE_PERMISSION_DENIED) {
+            pthread_mutex_lock(&as->as_gmu);
+            job_finish(job, TG_RPC_CODE_PERMISSION_DENIED, why);
+            pthread_mutex_unlock(&as->as_gmu);
+            continue;
+        }
+        g->g_jobs[k++] = job;
+    }
+    g->g_n = k;
+    return k;
+}
+
 /* A settlement commit the store refused with an I/O error (on the embedded
  * store, a full disk): 1 until a commit succeeds again; when it was last
  * logged. */
@@ -1498,6 +1523,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     }
     size_t nready = g->g_n;
     for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
+        if (attempt > 0)
+            nready = drop_revoked(as, g, nready);
+        if (nready == 0) {
+            failed = SIZE_MAX; /* build_group's index of an earlier attempt */
+            break;
+        }
         if (attempt >= SETTLE_ATTEMPTS) {
             gcode = tg_errf(err, sizeof(err), TG_RPC_CODE_ABORTED,
                             "settlement conflicted %d times with concurrent changes; resend", attempt);
@@ -1537,10 +1568,18 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             as->as_stash = stash;
             pthread_mutex_unlock(&as->as_mu);
         }
+        /* a revocation committed after the job's check fails the compare
+         * (then drop_revoked answers that job) */
+        for (size_t j = 0; j < g->g_n; j++) {
+            snprintf(g->g_rkey[j], sizeof(g->g_rkey[j]), TG_CP_K_AGENT_REVOKED "%s",
+                     g->g_jobs[j]->j_c->sc_signed->agent_id);
+            g->g_rcmps[j] = (tg_store_cmp_t){.c_key = g->g_rkey[j], .c_key_len = strlen(g->g_rkey[j]),
+                                             .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
+        }
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
-                            .cs_settled = &g->g_settled, .cs_xops = g->g_aops,
-                            .cs_nxop = g->g_naops};
+                            .cs_settled = &g->g_settled, .cs_xcmps = g->g_rcmps, .cs_nxcmp = g->g_n,
+                            .cs_xops = g->g_aops, .cs_nxop = g->g_naops};
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
