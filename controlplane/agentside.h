@@ -341,8 +341,9 @@ int cp_leader_check(tg_cp_agent_side_t *as, int64_t *create_rev, char *name, siz
 void cp_agent_side_free(tg_cp_t *cp);
 
 /* Gives the heap's free pages back to the kernel, at most once a minute
- * (agentsvc.c says why); the tail thread calls it: static state, one caller. */
-void cp_heap_trim(void);
+ * (agentsvc.c says why); returns 1 when it trimmed, 0 when it was not
+ * time yet. The tail thread calls it: static state, one caller. */
+int cp_heap_trim(void);
 
 /* Waits on as_cv up to ms milliseconds or until stop; returns as_stop. */
 int cp_sleep(tg_cp_agent_side_t *as, int ms);

@@ -401,14 +401,15 @@ int cp_wait(tg_cp_agent_side_t *as, int ms, int or_resign)
  * walk of the free lists under the arena lock, and page faults when the
  * pages are used again) is noise, unlike the mmap per batch the
  * thresholds avoid. */
-void cp_heap_trim(void)
+int cp_heap_trim(void)
 {
     static int64_t last_us;
     int64_t now = tg_cp_now_us();
     if (now - last_us < 60LL * 1000000)
-        return;
+        return 0;
     last_us = now;
     malloc_trim(0);
+    return 1;
 }
 
 int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)

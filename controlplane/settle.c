@@ -2123,7 +2123,20 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
     crash_hook(cp);
     pthread_mutex_unlock(&as->as_settle_mu);
     locked = 0;
-    if (cp_tail_wait(as, commit_rev, ACK_WAIT_MS, NULL, 0) < 0)
+    char stuck[TG_ERRLEN] = "";
+    int w = cp_tail_wait(as, commit_rev, ACK_WAIT_MS, stuck, sizeof(stuck));
+    if (w == -2) {
+        /* committed, but the ledger cannot take its row now (disk full):
+         * say so at once; the same idempotency key answers it later */
+        if (errlen > 0)
+            err[0] = '\0';
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
+                       "%.300s. This change is committed (entry %s) and its ledger row is appended when settlement "
+                       "resumes: resend it with the same idempotency_key then to see it",
+                       stuck, entry_id);
+        goto fail;
+    }
+    if (w < 0)
         TG_LOG(TG_LOG_WARN, "cp.settle", "%s committed at revision %" PRId64 " but not in the ledger after %d ms",
                entry_id, commit_rev, ACK_WAIT_MS);
     int found = 0;

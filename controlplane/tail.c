@@ -206,14 +206,19 @@ static void check_space(tg_cp_agent_side_t *as)
              "--ledger-min-free-mb %" PRId64 "; free space there (df -h %s). Settlement resumes by itself "
              "and agents keep their records meanwhile",
              dir, avail, cp->cp_ledger_min_free / (1024 * 1024), dir);
-    /* the count changes as the disk fills: log only when the state does */
+    /* the count changes as the disk fills: log when the state changes,
+     * then every STUCK_LOG_EVERY_US with the count of the moment */
     pthread_mutex_lock(&as->as_mu);
     int was = as->as_stuck_space[0] != '\0';
     if (was)
         snprintf(as->as_stuck_space, TG_ERRLEN, "%s", why);
     pthread_mutex_unlock(&as->as_mu);
-    if (!was)
+    if (!was) {
         stuck_note(as, as->as_stuck_space, why);
+    } else if (now - as->as_stuck_logged_us >= STUCK_LOG_EVERY_US) {
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "%s", why);
+        as->as_stuck_logged_us = now;
+    }
 }
 
 int cp_ledger_stuck(tg_cp_agent_side_t *as, char *why, size_t whylen)
@@ -565,6 +570,9 @@ static void *tail_main(void *arg)
     while (!as->as_stop) {
         char err[TG_ERRLEN] = "";
         if (w == NULL) {
+            /* also while the log is read or the watch cannot open: a disk
+             * below the floor pauses settlement from the start */
+            check_space(as);
             if (rev == 0) {
                 if (full_read(as, &rev, err, sizeof(err)) < 0) {
                     TG_LOG(TG_LOG_WARN, "cp.tail", "reading the settled log: %s", err);
@@ -583,7 +591,15 @@ static void *tail_main(void *arg)
             }
         }
         check_space(as);
-        cp_heap_trim();
+        int64_t t0 = tg_cp_now_us();
+        if (cp_heap_trim()) {
+            /* malloc_trim walks the whole heap under its lock: allocating
+             * threads wait meanwhile */
+            int64_t took = tg_cp_now_us() - t0;
+            if (took > 10000)
+                TG_LOG(TG_LOG_WARN, "cp.tail", "malloc_trim took %" PRId64 " ms (allocations waited meanwhile)",
+                       took / 1000);
+        }
         if (atomic_load(&as->as_cp->cp_is_leader) && tg_cp_now_us() - last_retain >= RETAIN_EVERY_US) {
             retain(as);
             last_retain = tg_cp_now_us();
