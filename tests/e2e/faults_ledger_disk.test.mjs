@@ -50,11 +50,14 @@ for (const [backend, variant] of CASES) describe(`${backend}, ${variant}: the co
     if (backend === 'etcd') etcd = await startEtcd();
   });
   after(async () => {
-    await agent?.stop();
-    await cp?.stop();
-    await mock?.stop();
-    await etcd?.proc.stop('SIGKILL');
-    if (!skip) umountTmpfs(mnt);
+    try {
+      await agent?.stop();
+      await cp?.stop();
+      await mock?.stop();
+      await etcd?.proc.stop('SIGKILL');
+    } finally {
+      if (!skip) umountTmpfs(mnt); // even when a stop threw; throws itself when it cannot
+    }
   });
 
   test(`${backend}, ${variant}: settlement stops with a clear error, the agent spools, the ledger stays whole; space back: each record settles once`, async (t) => {

@@ -89,8 +89,11 @@ test('spool disk full: 503 usage_not_recorded and a clear log line; space back: 
       assert.equal(BigInt(h.record.cost_nano || 0), 0n, `withheld answer ${h.record.request_id} is not charged`);
     }
   } finally {
-    await agent?.stop();
-    await mock.stop();
-    umountTmpfs(mnt);
+    try {
+      await agent?.stop();
+      await mock.stop();
+    } finally {
+      umountTmpfs(mnt); // even when a stop threw
+    }
   }
 });

@@ -16,8 +16,21 @@ export function mountTmpfs(dir, size) {
   }
 }
 
+// Unmounts it; a busy mount (a process still holds a file there) is
+// detached lazily instead, with a warning; throws when neither works.
 export function umountTmpfs(dir) {
-  try { execFileSync('umount', [dir]); } catch { /* already gone */ }
+  try {
+    execFileSync('umount', [dir], { stdio: 'pipe' });
+    return;
+  } catch (e) {
+    const first = String(e.stderr || e.message).trim();
+    try {
+      execFileSync('umount', ['-l', dir], { stdio: 'pipe' });
+      console.warn(`umount ${dir} failed (${first}); detached it with umount -l`);
+    } catch (e2) {
+      throw new Error(`cannot unmount the tmpfs on ${dir}: umount: ${first}; umount -l: ${String(e2.stderr || e2.message).trim()}`);
+    }
+  }
 }
 
 // Fills the file system of dir to the last byte; returns the filler's path.
