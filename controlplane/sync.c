@@ -501,6 +501,7 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
     tg_rpc_call_on_cancel(call, on_cancel, as);
     /* read after the stream is listed: a revocation committed before this
      * read is seen here, one committed after it reaches end_revoked */
+    err[0] = '\0'; /* tg_errf keeps a first message */
     if (cp_agent_revoked(cp, agent, err, sizeof(err)) == TG_RPC_CODE_PERMISSION_DENIED) {
         sync_stream_t *gone = take_call(as, call, 1);
         if (gone != NULL)
@@ -598,6 +599,7 @@ static void *resnap_main(void *arg)
         }
         pthread_mutex_unlock(&as->as_mu);
         if (dead && s->ss_revoked) {
+            err[0] = '\0'; /* may hold the snapshot's error; tg_errf keeps a first message */
             if (cp_agent_revoked(cp, s->ss_agent, err, sizeof(err)) != TG_RPC_CODE_PERMISSION_DENIED)
                 snprintf(err, sizeof(err), "agent %s was revoked", s->ss_agent);
             finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
