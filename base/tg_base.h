@@ -25,6 +25,11 @@
 /* Size that fits every error message the project writes. */
 #define TG_ERRLEN 512
 
+/* The exit status of a daemon whose LMDB environment (store or ledger)
+ * went into MDB_PANIC: it refuses every write until reopened, so the
+ * process logs why and exits for its supervisor to restart it. */
+#define TG_LMDB_PANIC_EXIT 75
+
 /* Writes a formatted message into err unless it already holds one (first
  * error wins). err may be NULL or errlen 0: then nothing is written.
  * Returns `code` so a caller can write: return tg_errf(err, n, -X, "...").

@@ -533,17 +533,59 @@ int cmd_policy(int argc, char **argv)
 
 /* ---- agents, audit, whoami --------------------------------------------------------------------- */
 
+static void r_revoked(const json_t *o, char *b, size_t l)
+{
+    const json_t *rv = json_object_get(o, "revocation");
+    if (rv == NULL || json_is_null(rv)) {
+        snprintf(b, l, "-");
+        return;
+    }
+    r_time(rv, "revoked_at_us", b, l);
+}
 static const tc_col_t AGENT_COLS[] = {{"ID", "agent_id", NULL},         {"NAME", "name", NULL},
                                       {"REGION", "region", NULL},       {"VERSION", "version", NULL},
                                       {"LAST_SEEN", NULL, r_seen},      {"CONNECTED", "connected", NULL},
-                                      {"LAST_BATCH", "last_batch_sequence", NULL}, {NULL, NULL, NULL}};
+                                      {"LAST_BATCH", "last_batch_sequence", NULL}, {"REVOKED", NULL, r_revoked},
+                                      {NULL, NULL, NULL}};
 
+#define AGENTS_USAGE                                                                                           \
+    "usage: tollctl agents list\n"                                                                          \
+    "       tollctl agents revoke ID [--reason R]   for good (a stolen agent key): its Sync, Lease and\n"    \
+    "                                               ReportUsage calls are refused, its stream ended; its\n"   \
+    "                                               ledger rows stay (enroll a new agent to replace it)\n" CONN
+
+/* `tollctl agents list | revoke ID` (`agent` is the same command). */
 int cmd_agents(int argc, char **argv)
 {
     json_t *r = NULL, *req;
     tc_t c;
     int rc;
-    if (argc < 2 || strcmp(argv[1], "list") != 0) return usage_err("usage: tollctl agents list\n" CONN);
+    const char *verb = argc >= 2 ? argv[1] : "";
+    if (strcmp(verb, "revoke") == 0) {
+        const char *id;
+        if ((rc = tc_parse(&c, "agents revoke", argc - 2, argv + 2, "reason=", 1)) != TOLLCTL_OK) return rc;
+        if (!(id = tc_need_pos(&c, 0, "the agent id (tollctl agents list shows them)"))) {
+            tc_done(&c);
+            return TOLLCTL_USAGE;
+        }
+        req = json_pack("{s:s}", "agent_id", id);
+        if (tc_get(&c, "reason")) json_object_set_new(req, "reason", json_string(tc_get(&c, "reason")));
+        if ((rc = simple(&c, "RevokeAgent", &tollgate__v1__revoke_agent_request__descriptor, req,
+                         &tollgate__v1__agent_info__descriptor, &r)) == TOLLCTL_OK) {
+            if (c.tc_json) {
+                tc_print_obj(&c, r);
+            } else {
+                char when[64];
+                r_time(json_object_get(r, "revocation"), "revoked_at_us", when, sizeof when);
+                printf("agent %s (%s) revoked at %s: its Sync, Lease and ReportUsage calls are refused\n",
+                       id, json_string_value(json_object_get(r, "name")), when);
+            }
+        }
+        json_decref(r);
+        tc_done(&c);
+        return rc;
+    }
+    if (strcmp(verb, "list") != 0) return usage_err(AGENTS_USAGE);
     if ((rc = tc_parse(&c, "agents list", argc - 2, argv + 2, "page-size= page-token=", 0)) != TOLLCTL_OK) return rc;
     req = json_object();
     tc_page_flags(&c, req);
@@ -640,7 +682,7 @@ void usage_admin(void)
            "  topup, adjust, balance           money (each change writes a ledger row)\n"
            "  ledger query/export              the ledger; export writes CSV to stdout\n"
            "  run receipt, budget put/get      runs (tasks)\n"
-           "  policy get/put, agents list, audit, whoami\n"
+           "  policy get/put, agents list/revoke, audit, whoami\n"
            "connection: --server HOST:PORT (TOLLGATE_SERVER, default 127.0.0.1:7443),\n"
            "  the admin token from TOLLGATE_TOKEN or --token-file FILE, --tls/--ca/--cert/--key\n"
            "  (or TOLLGATE_CA, TOLLGATE_CERT, TOLLGATE_KEY);\n"

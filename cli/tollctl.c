@@ -32,7 +32,8 @@ static const struct command {
     {"run", cmd_run, usage_run, "run receipt: every request and attempt of a run"},
     {"budget", cmd_budget, usage_run, "run budgets"},
     {"policy", cmd_policy, usage_admin, "the gateway policy"},
-    {"agents", cmd_agents, usage_admin, "enrolled edge agents"},
+    {"agents", cmd_agents, usage_admin, "enrolled edge agents: list, revoke"},
+    {"agent", cmd_agents, usage_admin, "the same as agents"},
     {"audit", cmd_audit, usage_admin, "the audit log of admin changes"},
     {"whoami", cmd_whoami, usage_admin, "the admin token's name and role"},
 };

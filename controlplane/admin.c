@@ -307,14 +307,26 @@ static int list_agents(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *rep
                          reply->b_len - before, &m, err, sizeof err) != 0)
         return cp_fail(a, TG_RPC_CODE_INTERNAL, "agents: %s", err);
     Tollgate__V1__ListAgentsResponse *r = (Tollgate__V1__ListAgentsResponse *)m;
+    ProtobufCMessage **revs = tg_pool_calloc(a->ax_pool, (r->n_agents ? r->n_agents : 1) * sizeof(*revs));
+    if (revs == NULL) {
+        tg_rpc_pb_free(m);
+        return cp_fail(a, TG_RPC_CODE_INTERNAL, "no memory");
+    }
+    for (size_t i = 0; i < r->n_agents; i++) {
+        /* revoked: the revocation, kept beside AgentInfo (RevokeAgent) */
+        int rc = cp_read(a, cp_fmt(a, "%s%s", TG_CP_K_AGENT_REVOKED, r->agents[i]->agent_id),
+                         &tollgate__v1__agent_revocation__descriptor, &revs[i], NULL, &code);
+        if (rc < 0) goto done;
+        r->agents[i]->revocation = (Tollgate__V1__AgentRevocation *)revs[i];
+    }
     for (size_t i = 0; i < r->n_agents; i++) {
         char key[TG_STORE_MAX_KEY], num[24] = "";
         tg_store_kv_t *kv = NULL;
         snprintf(key, sizeof key, "%s%s", TG_CP_K_AGENT_SEQ, r->agents[i]->agent_id);
         int rc = tg_store_get(a->ax_cp->cp_store, key, strlen(key), &kv, NULL, err, sizeof err);
         if (rc < 0) {
-            tg_rpc_pb_free(m);
-            return cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+            code = cp_fail(a, tg_cp_store_code(rc), "store: %s", err);
+            goto done;
         }
         if (kv) {
             memcpy(num, kv->kv_val, kv->kv_val_len < sizeof num - 1 ? kv->kv_val_len : sizeof num - 1);
@@ -324,6 +336,76 @@ static int list_agents(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *rep
     }
     reply->b_len = before;
     code = cp_reply(a, m, reply);
+done:
+    for (size_t i = 0; i < r->n_agents; i++) {
+        r->agents[i]->revocation = NULL; /* freed on their own */
+        tg_rpc_pb_free(revs[i]);
+    }
+    tg_rpc_pb_free(m);
+    return code;
+}
+
+/* Revokes an agent (a stolen agent key). The revocation is a key of its own
+ * beside AgentInfo, which Sync bookkeeping rewrites read-modify-write (a
+ * revoked flag there could be undone by it); it is under tg/config/ so
+ * every replica's Sync watch ends the agent's stream (sync.c), and the
+ * agent's proofs and batches are refused from then on (cp_agent_revoked).
+ * Its public key is indexed under TG_CP_K_REVOKED_KEY so Enroll refuses it.
+ * A batch in flight settles only if its commit came first (settlement
+ * compares the revocation key absent); settled rows stay. Repeating the call answers the first revocation. */
+static int revoke_agent(cp_actx_t *a, const ProtobufCMessage *reqm, tg_buf_t *reply)
+{
+    const Tollgate__V1__RevokeAgentRequest *q = (const Tollgate__V1__RevokeAgentRequest *)reqm;
+    ProtobufCMessage *m = NULL, *old = NULL;
+    Tollgate__V1__AgentRevocation rv = TOLLGATE__V1__AGENT_REVOCATION__INIT;
+    Tollgate__V1__AgentInfo after;
+    int64_t rev = 0, nrev = 0;
+    int code = TG_RPC_CODE_OK, rc;
+    cp_wr_t w;
+    if (q->agent_id[0] == '\0' || strlen(q->agent_id) > 128)
+        return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "agent_id: required, at most 128 bytes");
+    if (strlen(q->reason) > 512) return cp_fail(a, TG_RPC_CODE_INVALID_ARGUMENT, "reason: at most 512 bytes");
+    const char *rkey = cp_fmt(a, "%s%s", TG_CP_K_AGENT_REVOKED, q->agent_id);
+    rc = cp_read(a, cp_fmt(a, "%s%s", TG_CP_K_AGENT, q->agent_id), &tollgate__v1__agent_info__descriptor, &m,
+                 &rev, &code);
+    if (rc < 0) return code;
+    if (rc == 1)
+        return cp_fail(a, TG_RPC_CODE_NOT_FOUND, "agent_id: agent '%s' not found (tollctl agents list shows them)",
+                       q->agent_id);
+    Tollgate__V1__AgentInfo *ai = (Tollgate__V1__AgentInfo *)m;
+    rc = cp_read(a, rkey, &tollgate__v1__agent_revocation__descriptor, &old, NULL, &code);
+    if (rc < 0) goto done;
+    if (rc == 0) {
+        ai->revocation = (Tollgate__V1__AgentRevocation *)old; /* already revoked: nothing changes */
+        code = cp_reply(a, m, reply);
+        ai->revocation = NULL;
+        goto done;
+    }
+    rv.revoked_at_us = tg_cp_now_us();
+    rv.reason = (char *)q->reason;
+    rv.revoked_by = a->ax_token.at_name;
+    after = *ai;
+    after.revocation = &rv;
+    cp_wr_init(&w, a->ax_pool);
+    cp_wr_cmp(&w, rkey, TG_STORE_CMP_VERSION, TG_STORE_EQ, 0, TG_RPC_CODE_ABORTED,
+              cp_fmt(a, "agent '%s' was revoked meanwhile: retry to see that revocation", q->agent_id));
+    if (cp_wr_put_pb(&w, rkey, &rv.base) != 0) {
+        code = cp_fail(a, TG_RPC_CODE_INTERNAL, "no memory");
+        goto done;
+    }
+    /* the key too: a thief holding it must not enroll it afresh */
+    uint8_t kh[32];
+    char hex[65];
+    tg_crypto_sha256(ai->public_key.data, ai->public_key.len, kh);
+    tg_crypto_hex(kh, sizeof(kh), hex);
+    cp_wr_put(&w, cp_fmt(a, "%s%s", TG_CP_K_REVOKED_KEY, hex), q->agent_id, strlen(q->agent_id));
+    cp_wr_audit(&w, "agent", q->agent_id, m, &after.base);
+    if ((code = cp_wr_commit(a, &w, &nrev)) != TG_RPC_CODE_OK) goto done;
+    TG_LOG(TG_LOG_WARN, "admin", "agent %s (%s) revoked by %s%s%s: its calls are refused from now on",
+           q->agent_id, ai->name, rv.revoked_by, rv.reason[0] ? ": " : "", rv.reason);
+    code = cp_reply(a, &after.base, reply);
+done:
+    tg_rpc_pb_free(old);
     tg_rpc_pb_free(m);
     return code;
 }
@@ -396,6 +478,8 @@ const cp_method_t tg_cp_misc_methods[] = {
     {"WhoAmI", &tollgate__v1__who_am_irequest__descriptor, CP_NEED_READ, "", whoami, NULL},
     {"ListAgents", &tollgate__v1__list_request__descriptor, CP_NEED_READ, "list agents",
      list_agents, NULL},
+    {"RevokeAgent", &tollgate__v1__revoke_agent_request__descriptor, CP_NEED_ADMIN, "revoke agents",
+     revoke_agent, NULL},
     {"QueryAudit", &tollgate__v1__audit_query__descriptor, CP_NEED_READ, "read the audit log",
      cp_query_audit, NULL},
     {"GetCheckpoint", &tollgate__v1__get_checkpoint_request__descriptor, CP_NEED_READ,

@@ -86,9 +86,26 @@ typedef struct tg_cp_agent_side {
     int as_catching_up;               /* (mu) copying a peer's ledger now */
     int64_t as_tail_saved_us;         /* (tail thread) when it was last written */
     int as_tail_dirty;                /* (tail thread) applied more than it says */
+    /* tail.c: settlement pauses while this replica's ledger cannot take
+     * rows (an append failed, or its disk is below --ledger-min-free-mb);
+     * each is "" when fine, else the sentence settlement answers with */
+    atomic_int as_stuck;              /* 1 while either below is set (read without the lock) */
+    char as_stuck_append[TG_ERRLEN];  /* (mu) the last append failed */
+    char as_stuck_space[TG_ERRLEN];   /* (mu) too little free space */
+    int64_t as_stuck_logged_us;       /* (tail thread) when the pause was last logged */
+    int64_t as_space_checked_us;      /* (tail thread) when free space was last looked at */
 } tg_cp_agent_side_t;
 
 /* ---- agentsvc.c --------------------------------------------------------------- */
+
+struct Tollgate__V1__AgentRevocation;
+/* Whether agent_id was revoked (AdminService.RevokeAgent: a key under
+ * TG_CP_K_AGENT_REVOKED). Returns TG_RPC_CODE_OK when it was not;
+ * PERMISSION_DENIED with the sentence its calls are refused with (who, when,
+ * why, and the fix) when it was; UNAVAILABLE when the store cannot say. */
+int cp_agent_revoked(tg_cp_t *cp, const char *agent_id, char *err, size_t errlen);
+/* That sentence, for revocation r of agent_id, into out. Can't fail. */
+void cp_revoked_why(const char *agent_id, const struct Tollgate__V1__AgentRevocation *r, char *out, size_t outlen);
 
 /* The bytes an agent signs to prove its identity: "tollgate-agent-v2" ||
  * agent_id || timestamp_us (8 bytes big-endian) || nonce, appended to out;
@@ -245,8 +262,16 @@ void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev);
 int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen);
 void cp_tail_stop(tg_cp_agent_side_t *as);
 /* Waits until the tailer applied the settled log up to rev (bounded by
- * timeout_ms). Returns 0, or -1 on timeout/stop. */
-int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms);
+ * timeout_ms). Returns 0, or -1 on timeout/stop. With stuck != NULL it
+ * also returns -2 as soon as the ledger cannot be written, the reason
+ * (cp_ledger_stuck) in stuck. */
+int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms, char *stuck, size_t stucklen);
+/* 1 while this replica's ledger cannot take rows (an append failed and was
+ * not retried successfully yet, or its file system is below
+ * --ledger-min-free-mb), with the sentence to answer in why (a
+ * UNAVAILABLE status: settlement pauses, agents keep their records); 0
+ * when it can. Any thread. */
+int cp_ledger_stuck(tg_cp_agent_side_t *as, char *why, size_t whylen);
 
 /* ---- catchup.c: a replica behind the settled-log retention ------------------- */
 
@@ -314,6 +339,11 @@ int cp_leader_check(tg_cp_agent_side_t *as, int64_t *create_rev, char *name, siz
 /* Stops the agent side (if running) and frees it; only after the RPC server
  * is destroyed. Accepts a cp without one. */
 void cp_agent_side_free(tg_cp_t *cp);
+
+/* Gives the heap's free pages back to the kernel, at most once a minute
+ * (agentsvc.c says why); returns 1 when it trimmed, 0 when it was not
+ * time yet. The tail thread calls it: static state, one caller. */
+int cp_heap_trim(void);
 
 /* Waits on as_cv up to ms milliseconds or until stop; returns as_stop. */
 int cp_sleep(tg_cp_agent_side_t *as, int ms);

@@ -15,11 +15,17 @@
  * proof without a nonce ("tollgate-agent-v1" || agent_id || timestamp_us,
  * +-5 minutes), logged once per agent and counted, so control planes can be
  * upgraded before their agents.
+ *
+ * Revocation (AdminService.RevokeAgent, admin.c) is a key of its own beside
+ * AgentInfo (TG_CP_K_AGENT_REVOKED): a revoked agent's proofs and batches
+ * verify and are then refused with PERMISSION_DENIED naming the revocation
+ * (cp_agent_revoked), and every replica's Sync watch ends its stream.
  */
 #include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/tg_log.h"
 #include "controlplane/agentside.h"
@@ -114,10 +120,43 @@ int cp_verify_proof(tg_cp_t *cp, const Tollgate__V1__AgentProof *proof, int64_t 
         code = tg_errf(err, errlen, TG_RPC_CODE_UNAUTHENTICATED,
                        "proof: nonce already used, expired or not issued by this replica (a replayed proof is "
                        "refused): ask Challenge for a new one");
+    /* a revoked agent proves who it is, and is refused for it */
+    if (code == TG_RPC_CODE_OK)
+        code = cp_agent_revoked(cp, proof->agent_id, err, errlen);
 fail:
     tg_buf_free(&msg);
     tg_rpc_pb_free(m);
     return code;
+}
+
+/* ---- revocation --------------------------------------------------------------------- */
+
+void cp_revoked_why(const char *agent_id, const Tollgate__V1__AgentRevocation *r, char *out, size_t outlen)
+{
+    char when[32] = "?";
+    time_t t = (time_t)(r->revoked_at_us / 1000000);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(out, outlen,
+             "agent %s was revoked at %s by %s%s%s: its Sync, Lease and ReportUsage calls are refused "
+             "(enroll a new agent with a new key to serve from this host again)",
+             agent_id, when, r->revoked_by[0] ? r->revoked_by : "an admin", r->reason[0] ? ": " : "", r->reason);
+}
+
+int cp_agent_revoked(tg_cp_t *cp, const char *agent_id, char *err, size_t errlen)
+{
+    char key[TG_STORE_MAX_KEY], why[TG_ERRLEN];
+    ProtobufCMessage *m = NULL;
+    if (snprintf(key, sizeof(key), TG_CP_K_AGENT_REVOKED "%s", agent_id) >= (int)sizeof(key))
+        return tg_errf(err, errlen, TG_RPC_CODE_INVALID_ARGUMENT, "agent id too long");
+    if (tg_cp_get_pb(cp, key, &tollgate__v1__agent_revocation__descriptor, &m, NULL, err, errlen) < 0)
+        return TG_RPC_CODE_UNAVAILABLE;
+    if (m == NULL)
+        return TG_RPC_CODE_OK;
+    cp_revoked_why(agent_id, (const Tollgate__V1__AgentRevocation *)m, why, sizeof(why));
+    tg_rpc_pb_free(m);
+    return tg_errf(err, errlen, TG_RPC_CODE_PERMISSION_DENIED, "%s", why);
 }
 
 /* ---- handlers --------------------------------------------------------------------- */
@@ -168,6 +207,25 @@ static int enroll(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_bu
         code = tg_rpc_call_errorf(call, TG_RPC_CODE_INVALID_ARGUMENT,
                                   "public_key: must be a 32-byte Ed25519 public key (got %zu bytes)",
                                   er->public_key.len);
+        goto fail;
+    }
+    /* a revoked agent's key (RevokeAgent indexes it) enrolls no more */
+    uint8_t kh[32];
+    char hex[65];
+    tg_store_kv_t *rk = NULL;
+    tg_crypto_sha256(er->public_key.data, er->public_key.len, kh);
+    tg_crypto_hex(kh, sizeof(kh), hex);
+    snprintf(key, sizeof(key), TG_CP_K_REVOKED_KEY "%s", hex);
+    if (tg_store_get(cp->cp_store, key, strlen(key), &rk, NULL, err, sizeof(err)) < 0) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_UNAVAILABLE, "checking the key failed: %s", err);
+        goto fail;
+    }
+    if (rk != NULL) {
+        code = tg_rpc_call_errorf(call, TG_RPC_CODE_PERMISSION_DENIED,
+                                  "public_key: the key of revoked agent %.*s cannot enroll again: generate a new "
+                                  "key (empty the agent's data dir's agent_id and agent_key.pem) and enroll that",
+                                  (int)rk->kv_val_len, (const char *)rk->kv_val);
+        tg_store_kv_free(rk);
         goto fail;
     }
     if (tg_crypto_new_id("agt_", id, sizeof(id)) != 0) {
@@ -330,6 +388,28 @@ int cp_wait(tg_cp_agent_side_t *as, int ms, int or_resign)
     int stop = as->as_stop || (or_resign && as->as_resign);
     pthread_mutex_unlock(&as->as_mu);
     return stop;
+}
+
+/* The heap's free pages go back to the kernel once a minute. With the trim
+ * threshold above (256 MiB) glibc never gives them back by itself, and in
+ * the 30-minute soak the control plane's anonymous RSS crept ~10 kB a
+ * minute while the memory in use stayed flat: the allocator placing chunks
+ * over ever more of the free part of its one arena, each page touched once
+ * staying resident (measured with malloc_stats and heaptrack:
+ * docs/PERFORMANCE.md, "Soak"). malloc_trim also releases free pages
+ * inside the heap (madvise), not only its top; once a minute its cost (a
+ * walk of the free lists under the arena lock, and page faults when the
+ * pages are used again) is noise, unlike the mmap per batch the
+ * thresholds avoid. */
+int cp_heap_trim(void)
+{
+    static int64_t last_us;
+    int64_t now = tg_cp_now_us();
+    if (now - last_us < 60LL * 1000000)
+        return 0;
+    last_us = now;
+    malloc_trim(0);
+    return 1;
 }
 
 int tg_cp_agent_side_start(tg_cp_t *cp, char *err, size_t errlen)

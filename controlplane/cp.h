@@ -54,6 +54,11 @@
 #define TG_CP_K_KEYHASH "tg/index/keyhash/"         /* <hex sha256> -> key id */
 #define TG_CP_K_PRICE_GUARD "tg/index/price-guard"  /* last published card key: publishes compare it */
 #define TG_CP_K_AGENT "tg/agent/"                   /* <agent id> -> AgentInfo */
+#define TG_CP_K_REVOKED_KEY "tg/index/revoked-key/" /* <hex sha256(public key)> -> revoked agent id: Enroll
+                                                      * refuses that key */
+#define TG_CP_K_AGENT_REVOKED "tg/config/agent-revoked/" /* <agent id> -> AgentRevocation: under tg/config/ so
+                                                      * every replica's Sync watch sees it and ends that agent's
+                                                      * stream; never sent to agents (sync.c key_field) */
 #define TG_CP_K_BATCH "tg/settle/batch/"            /* <agent id>/<seq> -> ReportUsageResponse (dedup + the ack) */
 #define TG_CP_K_AGENT_SEQ "tg/settle/agent-seq/"   /* <agent id> -> highest settled batch sequence (decimal) */
 #define TG_CP_K_IDEM "tg/settle/idem/"              /* <account id>/<idempotency key> -> BalanceChangeResponse */
@@ -102,6 +107,7 @@ typedef struct tg_cp {
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
     int cp_legacy_proofs;           /* --legacy-agent-proofs: accept old agents' proofs without a nonce */
     int cp_accept_gap;              /* --accept-ledger-gap: campaign for leader with a ledger gap */
+    int64_t cp_ledger_min_free;     /* --ledger-min-free-mb in bytes: settlement pauses below; 0 off */
     tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */
     tg_store_t *cp_store;

@@ -70,6 +70,7 @@ int tg_cp_store_code(int store_err)
     case TG_STORE_EUNKNOWN: return TG_RPC_CODE_UNAVAILABLE;
     case TG_STORE_ECOMPACTED: return TG_RPC_CODE_ABORTED;
     case TG_STORE_ECLOSED: return TG_RPC_CODE_UNAVAILABLE;
+    case TG_STORE_EIO: return TG_RPC_CODE_UNAVAILABLE; /* a full disk: retry once it has room */
     default: return TG_RPC_CODE_INTERNAL;
     }
 }

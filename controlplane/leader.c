@@ -211,7 +211,7 @@ static void *leader_main(void *arg)
         tg_store_kv_free(kv);
         int ok = 1;
         int64_t t0 = tg_cp_now_us();
-        while (!halted(as) && cp_tail_wait(as, need, KEEPALIVE_MS) < 0) {
+        while (!halted(as) && cp_tail_wait(as, need, KEEPALIVE_MS, NULL, 0) < 0) {
             if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0 ||
                 tg_cp_now_us() - t0 > (int64_t)CATCHUP_MS * 1000) {
                 ok = 0;

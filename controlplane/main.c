@@ -63,6 +63,8 @@ static const char USAGE[] =
     "                            release; upgrade control planes, then agents, then turn it off)\n"
     "  --accept-ledger-gap on|off    let a replica whose ledger lacks rows no peer could supply run for\n"
     "                            leader anyway (TG_CP_ACCEPT_LEDGER_GAP, default off)\n"
+    "  --ledger-min-free-mb MB   settlement pauses (agents keep their records) while the file system of\n"
+    "                            --data-dir has less free; 0 checks nothing (TG_CP_LEDGER_MIN_FREE_MB, default 64)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
     "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
     "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
@@ -76,7 +78,7 @@ typedef struct flag {
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
     F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
-    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_COUNT
+    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_MIN_FREE, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -104,6 +106,7 @@ static flag_t flags[F_COUNT] = {
     {"--store-key", "TG_CP_STORE_KEY", NULL},
     {"--legacy-agent-proofs", "TG_CP_LEGACY_AGENT_PROOFS", "on"},
     {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
+    {"--ledger-min-free-mb", "TG_CP_LEDGER_MIN_FREE_MB", "64"},
 };
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
@@ -249,7 +252,7 @@ int main(int argc, char **argv)
     char err[TG_ERRLEN] = "", node[300], store_spec[PATH_MAX + 16], path[PATH_MAX];
     char *cert = NULL, *key = NULL, *ca = NULL, *peer_ca = NULL, *enroll = NULL;
     int rc = 1, http_port = 0, agent_started = 0, sig, check = 0;
-    long threads, heartbeat, retention, history, lease_ttl;
+    long threads, heartbeat, retention, history, lease_ttl, min_free;
     tg_store_opts_t sto;
     sigset_t set;
 
@@ -304,8 +307,10 @@ int main(int argc, char **argv)
         parse_int("--store-history-s", flags[F_HISTORY].f_val, 1, 86400 * 365, &history) ||
         parse_int("--lease-ttl-ms", flags[F_LEASE_TTL].f_val, 1000, 3600000, &lease_ttl) ||
         parse_onoff("--legacy-agent-proofs", flags[F_LEGACY_PROOFS].f_val, &cp.cp_legacy_proofs) ||
-        parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap))
+        parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap) ||
+        parse_int("--ledger-min-free-mb", flags[F_MIN_FREE].f_val, 0, 1024 * 1024, &min_free))
         return 2;
+    cp.cp_ledger_min_free = (int64_t)min_free * 1024 * 1024;
     /* one replica on LMDB: the settled log's only reader is this process's
      * tailer, so a short window keeps the store small; etcd replicas that
      * fall behind catch up from it, so it is longer there */

@@ -500,6 +500,12 @@ static int leader_gate(tg_cp_t *cp, int64_t *leader_rev, char *err, size_t errle
     if (!cp_leader_check(cp->cp_agent, leader_rev, name, sizeof(name)))
         return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
                        "not the settling leader; leader is %s", name[0] ? name : "unknown (election in progress)");
+    /* the leader's ledger cannot take the rows (disk full): settle nothing
+     * and answer nothing from markers either, so agents keep their records
+     * until the rows can be appended (tail.c) */
+    char why[TG_ERRLEN];
+    if (cp_ledger_stuck(cp->cp_agent, why, sizeof(why)))
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE, "%s", why);
     return TG_RPC_CODE_OK;
 }
 
@@ -1041,6 +1047,9 @@ typedef struct settle_group {
     char g_aval[GROUP_MAX_JOBS][24];
     tg_store_op_t g_aops[GROUP_MAX_JOBS];
     size_t g_naops;
+    /* each job's agent revocation key, compared absent at the commit */
+    char g_rkey[GROUP_MAX_JOBS][TG_STORE_MAX_KEY];
+    tg_store_cmp_t g_rcmps[GROUP_MAX_JOBS];
 } settle_group_t;
 
 /* Marks records already settled (group time, as_settle_mu held):
@@ -1417,6 +1426,55 @@ static void job_finish(settle_job_t *job, int code, const char *err)
     job->j_done = 1;
 }
 
+/* After a failed compare: answers the jobs of g[0..n) whose agent is
+ * revoked now with PERMISSION_DENIED and closes the gap. Returns the jobs
+ * left. A store error leaves the job in (the commit's compare decides). */
+static size_t drop_revoked(tg_cp_agent_side_t *as, settle_group_t *g, size_t n)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        settle_job_t *job = g->g_jobs[j];
+        char why[TG_ERRLEN] = "";
+        if (cp_agent_revoked(as->as_cp, job->j_c->sc_signed->agent_id, why, sizeof(why)) ==
+            TG_RPC_CODE_PERMISSION_DENIED) {
+            pthread_mutex_lock(&as->as_gmu);
+            job_finish(job, TG_RPC_CODE_PERMISSION_DENIED, why);
+            pthread_mutex_unlock(&as->as_gmu);
+            continue;
+        }
+        g->g_jobs[k++] = job;
+    }
+    g->g_n = k;
+    return k;
+}
+
+/* A settlement commit the store refused with an I/O error (on the embedded
+ * store, a full disk): 1 until a commit succeeds again; when it was last
+ * logged. */
+static atomic_int store_paused;
+static atomic_llong store_logged_us;
+
+/* The store refused the settlement commit with an I/O error: err becomes
+ * the sentence agents get, naming the store's place and the fix, and it is
+ * logged at most every 30 s. */
+static void store_refused(tg_cp_t *cp, char *err, size_t errlen)
+{
+    const char *spec = cp->cp_store_spec ? cp->cp_store_spec : "";
+    const char *where = strncmp(spec, "lmdb:", 5) == 0 ? spec + 5 : spec;
+    char why[TG_ERRLEN * 4]; /* err and the path twice; cut to errlen below */
+    snprintf(why, sizeof(why),
+             "settlement paused: the store cannot be written (%s); if its disk is full, free space on the file "
+             "system of %s (df -h %s). Settlement resumes by itself and agents keep their records meanwhile",
+             err, where, where);
+    size_t n = strnlen(why, errlen - 1);
+    memcpy(err, why, n);
+    err[n] = '\0';
+    long long now = tg_cp_now_us(), last = atomic_load(&store_logged_us);
+    atomic_store(&store_paused, 1);
+    if (now - last >= 30LL * 1000000 && atomic_compare_exchange_strong(&store_logged_us, &last, now))
+        TG_LOG(TG_LOG_ERROR, "cp.settle", "%s", why);
+}
+
 /* Runs one group as its leader (not holding gmu): settles the committed
  * prefix, fails or answers jobs on their own, and puts the jobs that did not
  * fit back at the head of the queue. Hands the lead on as soon as the
@@ -1465,6 +1523,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     }
     size_t nready = g->g_n;
     for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
+        if (attempt > 0)
+            nready = drop_revoked(as, g, nready);
+        if (nready == 0) {
+            failed = SIZE_MAX; /* build_group's index of an earlier attempt */
+            break;
+        }
         if (attempt >= SETTLE_ATTEMPTS) {
             gcode = tg_errf(err, sizeof(err), TG_RPC_CODE_ABORTED,
                             "settlement conflicted %d times with concurrent changes; resend", attempt);
@@ -1504,17 +1568,31 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             as->as_stash = stash;
             pthread_mutex_unlock(&as->as_mu);
         }
+        /* a revocation committed after the job's check fails the compare
+         * (then drop_revoked answers that job) */
+        for (size_t j = 0; j < g->g_n; j++) {
+            snprintf(g->g_rkey[j], sizeof(g->g_rkey[j]), TG_CP_K_AGENT_REVOKED "%s",
+                     g->g_jobs[j]->j_c->sc_signed->agent_id);
+            g->g_rcmps[j] = (tg_store_cmp_t){.c_key = g->g_rkey[j], .c_key_len = strlen(g->g_rkey[j]),
+                                             .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
+        }
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
-                            .cs_settled = &g->g_settled, .cs_xops = g->g_aops,
-                            .cs_nxop = g->g_naops};
+                            .cs_settled = &g->g_settled, .cs_xcmps = g->g_rcmps, .cs_nxcmp = g->g_n,
+                            .cs_xops = g->g_aops, .cs_nxop = g->g_naops};
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
+            if (rc == TG_STORE_EIO)
+                store_refused(cp, err, sizeof(err));
             break;
         }
         if (rc == 1) {
             committed = 1;
+            if (atomic_load(&store_paused) && atomic_exchange(&store_paused, 0)) {
+                atomic_store(&store_logged_us, 0);
+                TG_LOG(TG_LOG_INFO, "cp.settle", "the store takes writes again: settlement resumes");
+            }
             break;
         }
         stash_drop(as, stash); /* not committed: the rows are rebuilt */
@@ -1586,8 +1664,15 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             cp_alerts_note(as, (const Tollgate__V1__UsageRecord *const *)c->sc_batch->records, c->sc_dup,
                            c->sc_batch->n_records);
         }
-        /* acknowledge once this replica's ledger holds the rows */
-        if (g->g_settled.b_len > 0 && cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+        /* acknowledge once this replica's ledger holds the rows; when it
+         * cannot take them (disk full) the agents are not acknowledged:
+         * they resend, and the marker answers once the rows are appended */
+        char stuck[TG_ERRLEN] = "";
+        int acode = TG_RPC_CODE_OK;
+        int w = g->g_settled.b_len > 0 ? cp_tail_wait(as, commit_rev, ACK_WAIT_MS, stuck, sizeof(stuck)) : 0;
+        if (w == -2)
+            acode = TG_RPC_CODE_UNAVAILABLE;
+        else if (w < 0)
             TG_LOG(TG_LOG_WARN, "cp.settle", "%zu batches committed at revision %" PRId64
                    " but not in the ledger after %d ms; acknowledging (the store holds them)",
                    ncommit, commit_rev, ACK_WAIT_MS);
@@ -1596,7 +1681,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         pthread_mutex_lock(&as->as_gmu);
         for (size_t j = 0; j < ncommit; j++) {
             g->g_jobs[j]->j_rev = commit_rev;
-            job_finish(g->g_jobs[j], TG_RPC_CODE_OK, NULL);
+            job_finish(g->g_jobs[j], acode, stuck);
         }
         pthread_cond_broadcast(&as->as_gcv);
         pthread_mutex_unlock(&as->as_gmu);
@@ -1738,6 +1823,10 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     }
     code = cp_batch_open(c.sc_pool, c.sc_signed, c.sc_agent->public_key.data, c.sc_agent->public_key.len,
                          &c.sc_batch, err, errlen);
+    if (code != TG_RPC_CODE_OK)
+        goto fail;
+    /* a revoked agent settles nothing more (RevokeAgent) */
+    code = cp_agent_revoked(cp, c.sc_signed->agent_id, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
     code = leader_gate(cp, &leader_rev, err, errlen);
@@ -2034,7 +2123,20 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
     crash_hook(cp);
     pthread_mutex_unlock(&as->as_settle_mu);
     locked = 0;
-    if (cp_tail_wait(as, commit_rev, ACK_WAIT_MS) < 0)
+    char stuck[TG_ERRLEN] = "";
+    int w = cp_tail_wait(as, commit_rev, ACK_WAIT_MS, stuck, sizeof(stuck));
+    if (w == -2) {
+        /* committed, but the ledger cannot take its row now (disk full):
+         * say so at once; the same idempotency key answers it later */
+        if (errlen > 0)
+            err[0] = '\0';
+        code = tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
+                       "%.300s. This change is committed (entry %s) and its ledger row is appended when settlement "
+                       "resumes: resend it with the same idempotency_key then to see it",
+                       stuck, entry_id);
+        goto fail;
+    }
+    if (w < 0)
         TG_LOG(TG_LOG_WARN, "cp.settle", "%s committed at revision %" PRId64 " but not in the ledger after %d ms",
                entry_id, commit_rev, ACK_WAIT_MS);
     int found = 0;

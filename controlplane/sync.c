@@ -47,6 +47,11 @@
 
 #define RING_MAX_ENTRIES 4096
 #define RING_MAX_BYTES (64u << 20)
+/* Updates older than this leave the ring: an agent away longer takes a
+ * snapshot. Without it the ring filled over hours with balance refreshes
+ * (one per balance every 10 s) and the control plane's memory crept until
+ * the 4096 entries were reached (docs/PERFORMANCE.md, "Soak"). */
+#define RING_MAX_AGE_US (10LL * 60 * 1000000)
 #define PAGE_KEYS 10000
 #define SNAP_SEND_TIMEOUT_MS 30000
 #define INFO_EVERY_US (30LL * 1000000)
@@ -61,6 +66,7 @@ typedef struct sync_stream {
     char ss_agent[64];
     int ss_state;
     int ss_dead;             /* cancelled while SNAPPING */
+    int ss_revoked;          /* ... because its agent was revoked */
     int64_t ss_rev;          /* revision the agent has */
     int64_t ss_last_send_us;
     int64_t ss_info_us;      /* last AgentInfo write */
@@ -68,6 +74,7 @@ typedef struct sync_stream {
 
 typedef struct ring_ent {
     int64_t re_from, re_to;
+    int64_t re_at;   /* when it was pushed */
     uint8_t *re_msg; /* packed SyncMessage */
     size_t re_len;
 } ring_ent_t;
@@ -348,7 +355,9 @@ static void ring_clear(sync_ring_t *r)
 
 static void ring_push(sync_ring_t *r, int64_t from, int64_t to, tg_buf_t *msg)
 {
-    while (r->r_n > 0 && (r->r_n == RING_MAX_ENTRIES || r->r_bytes + msg->b_len > RING_MAX_BYTES)) {
+    int64_t now = tg_cp_now_us();
+    while (r->r_n > 0 && (r->r_n == RING_MAX_ENTRIES || r->r_bytes + msg->b_len > RING_MAX_BYTES ||
+                          now - r->r_v[r->r_head].re_at > RING_MAX_AGE_US)) {
         ring_ent_t *e = &r->r_v[r->r_head];
         r->r_bytes -= e->re_len;
         tg_free(e->re_msg);
@@ -359,6 +368,11 @@ static void ring_push(sync_ring_t *r, int64_t from, int64_t to, tg_buf_t *msg)
     e->re_msg = (uint8_t *)tg_buf_steal(msg, &e->re_len);
     if (e->re_msg == NULL)
         return;
+    /* the buffer grew by doubling: keep only the message */
+    uint8_t *fit = e->re_len > 0 ? tg_realloc(e->re_msg, e->re_len) : NULL;
+    if (fit != NULL)
+        e->re_msg = fit;
+    e->re_at = now;
     e->re_from = from;
     e->re_to = to;
     r->r_bytes += e->re_len;
@@ -399,9 +413,11 @@ static void finish_stream(tg_cp_agent_side_t *as, sync_stream_t *s, int code, co
     tg_free(s);
 }
 
-static void on_cancel(tg_rpc_call_t *call, void *arg)
+/* Unlinks call's stream and returns it for the caller to finish; one being
+ * snapshotted is marked dead (and revoked) for the resnap thread instead,
+ * and NULL returned, as when it is gone already. */
+static sync_stream_t *take_call(tg_cp_agent_side_t *as, tg_rpc_call_t *call, int revoked)
 {
-    tg_cp_agent_side_t *as = arg;
     pthread_mutex_lock(&as->as_mu);
     sync_stream_t *s = NULL;
     for (sync_stream_t *p = as->as_streams; p; p = p->ss_next)
@@ -409,11 +425,19 @@ static void on_cancel(tg_rpc_call_t *call, void *arg)
             s = p;
     if (s != NULL && s->ss_state == SS_SNAPPING) {
         s->ss_dead = 1;
+        s->ss_revoked |= revoked;
         s = NULL;
     } else if (s != NULL) {
         unlink_call(as, call);
     }
     pthread_mutex_unlock(&as->as_mu);
+    return s;
+}
+
+static void on_cancel(tg_rpc_call_t *call, void *arg)
+{
+    tg_cp_agent_side_t *as = arg;
+    sync_stream_t *s = take_call(as, call, 0);
     if (s != NULL)
         finish_stream(as, s, TG_RPC_CODE_CANCELLED, "client left", 1);
 }
@@ -475,6 +499,16 @@ int cp_sync_handler(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, voi
     pthread_cond_broadcast(&as->as_cv);
     pthread_mutex_unlock(&as->as_mu);
     tg_rpc_call_on_cancel(call, on_cancel, as);
+    /* read after the stream is listed: a revocation committed before this
+     * read is seen here, one committed after it reaches end_revoked */
+    err[0] = '\0'; /* tg_errf keeps a first message */
+    if (cp_agent_revoked(cp, agent, err, sizeof(err)) == TG_RPC_CODE_PERMISSION_DENIED) {
+        sync_stream_t *gone = take_call(as, call, 1);
+        if (gone != NULL)
+            finish_stream(as, gone, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
+        TG_LOG(TG_LOG_INFO, "cp.sync", "refused the Sync stream of revoked agent %s", agent);
+        return TG_RPC_KEEP;
+    }
     if (current) {
         /* the agent is up to date: a heartbeat tells it so at once */
         Tollgate__V1__Heartbeat hb = TOLLGATE__V1__HEARTBEAT__INIT;
@@ -530,7 +564,21 @@ static void *resnap_main(void *arg)
         size_t nobj = 0;
         int64_t t0 = tg_cp_now_us();
         tg_buf_reset(&msg);
-        int rc = cp_snapshot_build(cp->cp_store, rev, t0, &msg, &nobj, err, sizeof(err));
+        /* the watch may have been down when its agent was revoked (it
+         * reopens at the current revision): never send a revoked agent a
+         * snapshot, which carries channel credentials */
+        int rc = cp_agent_revoked(cp, s->ss_agent, err, sizeof(err));
+        if (rc == TG_RPC_CODE_PERMISSION_DENIED) {
+            pthread_mutex_lock(&as->as_mu);
+            unlink_call(as, s->ss_call);
+            pthread_mutex_unlock(&as->as_mu);
+            TG_LOG(TG_LOG_INFO, "cp.sync", "ended the Sync stream of revoked agent %s (at its snapshot)",
+                   s->ss_agent);
+            finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
+            continue;
+        }
+        if (rc == 0)
+            rc = cp_snapshot_build(cp->cp_store, rev, t0, &msg, &nobj, err, sizeof(err));
         if (rc == 0)
             rc = tg_rpc_call_send(s->ss_call, msg.b_data, msg.b_len, SNAP_SEND_TIMEOUT_MS);
         else
@@ -550,6 +598,13 @@ static void *resnap_main(void *arg)
             s->ss_state = rc == 0 ? SS_ACTIVE : SS_NEED_SNAP;
         }
         pthread_mutex_unlock(&as->as_mu);
+        if (dead && s->ss_revoked) {
+            err[0] = '\0'; /* may hold the snapshot's error; tg_errf keeps a first message */
+            if (cp_agent_revoked(cp, s->ss_agent, err, sizeof(err)) != TG_RPC_CODE_PERMISSION_DENIED)
+                snprintf(err, sizeof(err), "agent %s was revoked", s->ss_agent);
+            finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, err, 1);
+            continue;
+        }
         if (dead) {
             finish_stream(as, s, TG_RPC_CODE_UNAVAILABLE, "stream too slow or gone", 1);
             continue;
@@ -718,6 +773,50 @@ static void fan_out(tg_cp_agent_side_t *as, int64_t from, int64_t to, tg_buf_t *
     }
 }
 
+/* A put under TG_CP_K_AGENT_REVOKED (RevokeAgent, on any replica): ends
+ * that agent's streams here with PERMISSION_DENIED naming the revocation
+ * (its reconnects are refused by cp_verify_proof). A stream being
+ * snapshotted is marked dead; the resnap thread ends it. */
+static void end_revoked(tg_cp_agent_side_t *as, const tg_store_event_t *ev)
+{
+    size_t pl = strlen(TG_CP_K_AGENT_REVOKED);
+    char agent[64], why[TG_ERRLEN];
+    ProtobufCMessage *m = NULL;
+    if (ev->ev_type != TG_STORE_EV_PUT || ev->ev_kv.kv_key_len <= pl ||
+        ev->ev_kv.kv_key_len - pl >= sizeof(agent) || memcmp(ev->ev_kv.kv_key, TG_CP_K_AGENT_REVOKED, pl) != 0)
+        return;
+    memcpy(agent, (const char *)ev->ev_kv.kv_key + pl, ev->ev_kv.kv_key_len - pl);
+    agent[ev->ev_kv.kv_key_len - pl] = '\0';
+    if (tg_rpc_pb_unpack(&tollgate__v1__agent_revocation__descriptor, ev->ev_kv.kv_val, ev->ev_kv.kv_val_len, &m,
+                         NULL, 0) < 0)
+        return;
+    cp_revoked_why(agent, (const Tollgate__V1__AgentRevocation *)m, why, sizeof(why));
+    tg_rpc_pb_free(m);
+    sync_stream_t *gone = NULL;
+    pthread_mutex_lock(&as->as_mu);
+    for (sync_stream_t **pp = &as->as_streams; *pp;) {
+        sync_stream_t *s = *pp;
+        if (strcmp(s->ss_agent, agent) != 0) {
+            pp = &s->ss_next;
+        } else if (s->ss_state == SS_SNAPPING) {
+            s->ss_dead = s->ss_revoked = 1;
+            pp = &s->ss_next;
+        } else {
+            *pp = s->ss_next;
+            atomic_fetch_sub(&as->as_cp->cp_m_sync_streams, 1);
+            s->ss_next = gone;
+            gone = s;
+        }
+    }
+    pthread_mutex_unlock(&as->as_mu);
+    while (gone) {
+        sync_stream_t *s = gone;
+        gone = s->ss_next;
+        TG_LOG(TG_LOG_INFO, "cp.sync", "ended the Sync stream of revoked agent %s", agent);
+        finish_stream(as, s, TG_RPC_CODE_PERMISSION_DENIED, why, 1);
+    }
+}
+
 /* Heartbeats to idle streams; AgentInfo refresh every INFO_EVERY_US. */
 static void heartbeats(tg_cp_agent_side_t *as)
 {
@@ -812,6 +911,7 @@ static void *watch_main(void *arg)
         put_int(&upd, 2, rev);
         int nch = 0, bad = 0;
         while (ev != NULL) {
+            end_revoked(as, ev);
             int a = balance_news(ev, now) ? add_change(&upd, ev, &tmp) : 0;
             bad |= a < 0;
             nch += a > 0;

@@ -14,6 +14,16 @@
  * missing rows from a peer over gRPC, verifying each against its own chain
  * (catchup.c), then reads the log on.
  *
+ * Settlement pauses while this replica's ledger cannot take rows: when an
+ * append fails (a full disk) and while the data dir's file system has less
+ * than --ledger-min-free-mb free (checked every second, so the disk
+ * normally never fills under an append). The leader then refuses batches
+ * with UNAVAILABLE naming the disk and the fix, and agents keep them in
+ * their outboxes; the tailer retries every second and settlement resumes
+ * by itself. A batch committed just before a failed append stays in the
+ * settled log (its balance moved with its rows there) and is appended on
+ * the retry; its agent is not acknowledged until then.
+ *
  * The revision file holds "<revision> <settled seq>" applied; it is written
  * without fsync, at most every 100 ms, when the log goes idle, and when the
  * tailer stops: an older file replays batches the ledger already holds
@@ -27,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "base/tg_log.h"
@@ -131,6 +142,98 @@ static void save_idle(tg_cp_agent_side_t *as)
     as->as_tail_dirty = 0;
 }
 
+/* ---- a ledger that cannot be written ---------------------------------------- */
+
+/* The pause is logged when it begins or changes, then every 30 s. */
+#define STUCK_LOG_EVERY_US (30LL * 1000000)
+
+/* Sets (why non-NULL) or clears one of the two reasons (slot is
+ * as_stuck_append or as_stuck_space) and logs the change. Tail thread. */
+static void stuck_note(tg_cp_agent_side_t *as, char *slot, const char *why)
+{
+    int changed, any;
+    int64_t now = tg_cp_now_us();
+    pthread_mutex_lock(&as->as_mu);
+    changed = why ? strcmp(slot, why) != 0 : slot[0] != '\0';
+    snprintf(slot, TG_ERRLEN, "%s", why ? why : "");
+    any = as->as_stuck_append[0] != '\0' || as->as_stuck_space[0] != '\0';
+    atomic_store(&as->as_stuck, any);
+    pthread_cond_broadcast(&as->as_cv); /* an ack waiting for this ledger gives up (cp_tail_wait) */
+    pthread_mutex_unlock(&as->as_mu);
+    if (why && (changed || now - as->as_stuck_logged_us >= STUCK_LOG_EVERY_US)) {
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "%s", why);
+        as->as_stuck_logged_us = now;
+    } else if (!why && changed && !any) {
+        TG_LOG(TG_LOG_INFO, "cp.tail", "the ledger takes rows again: settlement resumes");
+    }
+}
+
+/* An append failed with err: pause settlement until one succeeds. */
+static void stuck_append(tg_cp_agent_side_t *as, const char *err)
+{
+    const char *dir = as->as_cp->cp_data_dir ? as->as_cp->cp_data_dir : ".";
+    char why[TG_ERRLEN * 4]; /* err and the path twice; stuck_note keeps TG_ERRLEN */
+    snprintf(why, sizeof(why),
+             "settlement paused: this replica's ledger cannot be written (%s); if its disk is full, free space "
+             "on the file system of --data-dir %s (df -h %s). Retried every second; settlement resumes by "
+             "itself and agents keep their records meanwhile",
+             err, dir, dir);
+    stuck_note(as, as->as_stuck_append, why);
+}
+
+/* Once a second: pauses settlement while the data dir's file system has
+ * less than --ledger-min-free-mb free (to unprivileged users, as the
+ * control plane may not run as root), resumes when it has again. */
+static void check_space(tg_cp_agent_side_t *as)
+{
+    tg_cp_t *cp = as->as_cp;
+    const char *dir = cp->cp_data_dir ? cp->cp_data_dir : ".";
+    struct statvfs sv;
+    int64_t now = tg_cp_now_us();
+    if (cp->cp_ledger_min_free <= 0 || now - as->as_space_checked_us < 1000000)
+        return;
+    as->as_space_checked_us = now;
+    if (statvfs(dir, &sv) != 0)
+        return; /* an append that fails says why */
+    unsigned long long avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+    if (avail >= (unsigned long long)cp->cp_ledger_min_free) {
+        stuck_note(as, as->as_stuck_space, NULL);
+        return;
+    }
+    char why[TG_ERRLEN];
+    snprintf(why, sizeof(why),
+             "settlement paused: the file system of --data-dir %s (the ledger's) has %llu bytes free, below "
+             "--ledger-min-free-mb %" PRId64 "; free space there (df -h %s). Settlement resumes by itself "
+             "and agents keep their records meanwhile",
+             dir, avail, cp->cp_ledger_min_free / (1024 * 1024), dir);
+    /* the count changes as the disk fills: log when the state changes,
+     * then every STUCK_LOG_EVERY_US with the count of the moment */
+    pthread_mutex_lock(&as->as_mu);
+    int was = as->as_stuck_space[0] != '\0';
+    if (was)
+        snprintf(as->as_stuck_space, TG_ERRLEN, "%s", why);
+    pthread_mutex_unlock(&as->as_mu);
+    if (!was) {
+        stuck_note(as, as->as_stuck_space, why);
+    } else if (now - as->as_stuck_logged_us >= STUCK_LOG_EVERY_US) {
+        TG_LOG(TG_LOG_ERROR, "cp.tail", "%s", why);
+        as->as_stuck_logged_us = now;
+    }
+}
+
+int cp_ledger_stuck(tg_cp_agent_side_t *as, char *why, size_t whylen)
+{
+    if (!atomic_load(&as->as_stuck))
+        return 0;
+    pthread_mutex_lock(&as->as_mu);
+    const char *w = as->as_stuck_append[0] ? as->as_stuck_append : as->as_stuck_space;
+    int stuck = w[0] != '\0';
+    if (stuck && why != NULL)
+        snprintf(why, whylen, "%s", w);
+    pthread_mutex_unlock(&as->as_mu);
+    return stuck;
+}
+
 /* Appends the settled batches kvs[0..n) in one ledger append. */
 static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs, size_t n)
 {
@@ -145,8 +248,9 @@ static int apply(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs, size_t
     }
     int rc = cp_ledger_apply(as->as_cp, vals, lens, n, err, sizeof(err));
     if (rc < 0)
-        TG_LOG(TG_LOG_ERROR, "cp.tail", "appending %zu settled batches from %.*s to the ledger failed: %s",
-               n, (int)kvs[0]->kv_key_len, (const char *)kvs[0]->kv_key, err);
+        stuck_append(as, err);
+    else if (atomic_load(&as->as_stuck))
+        stuck_note(as, as->as_stuck_append, NULL);
     return rc;
 }
 
@@ -189,8 +293,9 @@ static int apply_events(tg_cp_agent_side_t *as, const tg_store_kv_t *const *kvs,
     TG_LOG(TG_LOG_DEBUG, "cp.tail", "appending %zu settled batches (%zu with rows built here)", n, ntaken);
     int rc = cp_ledger_apply_items(as->as_cp, items, n, err, sizeof(err));
     if (rc < 0)
-        TG_LOG(TG_LOG_ERROR, "cp.tail", "appending %zu settled batches from %.*s to the ledger failed: %s",
-               n, (int)kvs[0]->kv_key_len, (const char *)kvs[0]->kv_key, err);
+        stuck_append(as, err);
+    else if (atomic_load(&as->as_stuck))
+        stuck_note(as, as->as_stuck_append, NULL);
     pthread_mutex_lock(&as->as_mu);
     for (size_t i = 0; i < n; i++)
         if (taken[i])
@@ -465,6 +570,9 @@ static void *tail_main(void *arg)
     while (!as->as_stop) {
         char err[TG_ERRLEN] = "";
         if (w == NULL) {
+            /* also while the log is read or the watch cannot open: a disk
+             * below the floor pauses settlement from the start */
+            check_space(as);
             if (rev == 0) {
                 if (full_read(as, &rev, err, sizeof(err)) < 0) {
                     TG_LOG(TG_LOG_WARN, "cp.tail", "reading the settled log: %s", err);
@@ -481,6 +589,16 @@ static void *tail_main(void *arg)
                 cp_sleep(as, 500);
                 continue;
             }
+        }
+        check_space(as);
+        int64_t t0 = tg_cp_now_us();
+        if (cp_heap_trim()) {
+            /* malloc_trim walks the whole heap under its lock: allocating
+             * threads wait meanwhile */
+            int64_t took = tg_cp_now_us() - t0;
+            if (took > 10000)
+                TG_LOG(TG_LOG_WARN, "cp.tail", "malloc_trim took %" PRId64 " ms (allocations waited meanwhile)",
+                       took / 1000);
         }
         if (atomic_load(&as->as_cp->cp_is_leader) && tg_cp_now_us() - last_retain >= RETAIN_EVERY_US) {
             retain(as);
@@ -534,12 +652,18 @@ static void *tail_main(void *arg)
     return NULL;
 }
 
-int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms)
+int cp_tail_wait(tg_cp_agent_side_t *as, int64_t rev, int timeout_ms, char *stuck, size_t stucklen)
 {
     int64_t deadline = tg_cp_now_us() + (int64_t)timeout_ms * 1000;
     int ok;
     pthread_mutex_lock(&as->as_mu);
     while (!(ok = as->as_tail_rev >= rev) && !as->as_stop && tg_cp_now_us() < deadline) {
+        if (stuck != NULL && as->as_stuck_append[0] != '\0') {
+            /* an append failed: this one will not be in the ledger soon */
+            snprintf(stuck, stucklen, "%s", as->as_stuck_append);
+            pthread_mutex_unlock(&as->as_mu);
+            return -2;
+        }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000000L;

@@ -42,8 +42,9 @@ export async function startAgent(snapshot, { args = [], dir, noSnapshot = false,
     proc.exited.then(() => { clearTimeout(t); reject(new Error(`agent exited:\n${proc.output()}`)); });
   });
   const url = `http://127.0.0.1:${port}`;
+  // (the kept output is its last 64 KB: its first line may be cut, and is skipped)
   const records = () => proc.output().split('\n')
-    .filter((l) => l.includes('"comp":"usage"'))
+    .filter((l, i) => l.includes('"comp":"usage"') && (i > 0 || l.startsWith('{"ts"')))
     .map((l) => JSON.parse(JSON.parse(l).record));
   return {
     url,

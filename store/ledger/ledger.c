@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/tg_base.h"
+#include "base/tg_log.h"
 #include "store/ledger/ledger_int.h"
 
 #define DEF_MAP_SIZE ((size_t)4 << 30)
@@ -41,6 +43,16 @@ int tgl_lmdb_err(const tg_ledger_t *l, int rc, const char *what, char *err, size
 {
     const char *path = l && l->path ? l->path : "?";
     int code;
+    /* a commit whose meta page the full disk cut short leaves LMDB refusing
+     * every transaction until the environment is reopened: settlement
+     * would stay stuck while saying it resumes by itself */
+    if (rc == MDB_PANIC) {
+        TG_LOG(TG_LOG_ERROR, "ledger",
+               "ledger %s: %s: %s: a write the full disk cut short left LMDB refusing every write until the "
+               "process restarts; exiting (status %d): restart tollgate-cp after freeing space (df -h)",
+               path, what, mdb_strerror(rc), TG_LMDB_PANIC_EXIT);
+        _exit(TG_LMDB_PANIC_EXIT);
+    }
     switch (rc) {
     case MDB_MAP_FULL: code = TG_LEDGER_EFULL; break;
     case MDB_READERS_FULL: code = TG_LEDGER_EREADERS; break;

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/tg_log.h"
 #include "store/store_int.h"
 
 #define FORMAT "tollgate-store-1"
@@ -205,6 +206,16 @@ static int log_decode(const MDB_val *v, logrec_t *r)
  * internal MAPFULL, with no message: the writer grows the map and retries. */
 static int mdberr(int rc, const char *what, char *err, size_t errlen)
 {
+    /* a commit whose meta page the full disk cut short leaves LMDB refusing
+     * every transaction until the environment is reopened: exit rather
+     * than refuse every write while seeming able to recover */
+    if (rc == MDB_PANIC) {
+        TG_LOG(TG_LOG_ERROR, "store",
+               "lmdb store: %s: %s: a write the full disk cut short left LMDB refusing every write until the "
+               "process restarts; exiting (status %d): restart tollgate-cp after freeing space (df -h)",
+               what, mdb_strerror(rc), TG_LMDB_PANIC_EXIT);
+        _exit(TG_LMDB_PANIC_EXIT);
+    }
     switch (rc) {
     case MDB_MAP_FULL: return MAPFULL;
     case MDB_CORRUPTED:

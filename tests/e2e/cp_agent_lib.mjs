@@ -34,10 +34,12 @@ export function call(client, method, req, md = new grpc.Metadata(), ms = 10000) 
 
 // ---- etcd -------------------------------------------------------------------
 
-export async function startEtcd() {
-  const dir = tmpdir('tg-etcd-');
-  const client = await freePort();
-  const peer = await freePort();
+// Starts etcd on free loopback ports; given the { dir, client, peer } of an
+// earlier one (killed), restarts it on the same data dir and ports.
+// Resolves { url, proc, dir, client, peer }.
+export async function startEtcd({ dir = tmpdir('tg-etcd-'), client, peer } = {}) {
+  client = client ?? await freePort();
+  peer = peer ?? await freePort();
   const url = `http://127.0.0.1:${client}`;
   const purl = `http://127.0.0.1:${peer}`;
   const proc = start('/usr/bin/etcd', ['--data-dir', path.join(dir, 'data'), '--listen-client-urls', url,
@@ -47,15 +49,16 @@ export async function startEtcd() {
     const r = await fetch(`${url}/v3/maintenance/status`, { method: 'POST', body: '{}' });
     return r.ok;
   }, { timeoutMs: 20000, what: 'etcd to answer' });
-  return { url, proc, dir };
+  return { url, proc, dir, client, peer };
 }
 
 // ---- tollgate-cp ------------------------------------------------------------
 
 // Starts tollgate-cp; resolves with { proc, port, admin, agentSvc, dataDir, stop() }.
-export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000, extraArgs = [] } = {}) {
+export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-a', env = {}, heartbeatMs = 1000, extraArgs = [],
+  extraTokens = '' } = {}) {
   const tokens = path.join(dataDir, 'admin-tokens');
-  writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n`);
+  writeFileSync(tokens, `e2e admin ${ADMIN_TOKEN}\n${extraTokens}`);
   const args = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', dataDir,
     '--admin-tokens', tokens, '--enroll-token', ENROLL_TOKEN, '--node-id', nodeId,
     '--heartbeat-ms', String(heartbeatMs), '--log-level', process.env.TG_CP_LOG_LEVEL || 'info'];
@@ -76,9 +79,9 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
     async metrics() {
       return (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
     },
-    adminCall(method, req) {
+    adminCall(method, req, token = ADMIN_TOKEN) {
       const md = new grpc.Metadata();
-      md.set('authorization', `Bearer ${ADMIN_TOKEN}`);
+      md.set('authorization', `Bearer ${token}`);
       return call(admin, method, req, md);
     },
     async stop(sig = 'SIGTERM') {

@@ -10,12 +10,12 @@
 // is agent_outbox's test.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, openSync, writeSync, closeSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { startMock } from '../../tools/mockllm/mockllm.mjs';
 import { startAgent, keyHash } from '../../agent/testing/agent.mjs';
 import { tmpdir, until } from './lib/proc.mjs';
+import { mountTmpfs, umountTmpfs, fill } from './lib/tmpfs.mjs';
 
 const KEY = 'sk-tg-spool-full';
 
@@ -33,34 +33,9 @@ function snapshot(mock) {
   };
 }
 
-function mountTmpfs(dir) {
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dir], { stdio: 'pipe' });
-    return null;
-  } catch (e) {
-    return `mount -t tmpfs refused here: ${String(e.stderr || e.message).trim()}`;
-  }
-}
-
-// Fills the file system of dir to the last byte; returns the filler's path.
-function fill(dir) {
-  const p = path.join(dir, 'filler');
-  const fd = openSync(p, 'w');
-  const chunk = Buffer.alloc(4096, 0x66);
-  try {
-    for (;;) writeSync(fd, chunk);
-  } catch (e) {
-    if (e.code !== 'ENOSPC') throw e;
-    for (;;) { try { writeSync(fd, chunk, 0, 1); } catch { break; } } // the last bytes too
-  } finally {
-    closeSync(fd);
-  }
-  return p;
-}
-
 test('spool disk full: 503 usage_not_recorded and a clear log line; space back: every record written once', async (t) => {
   const mnt = tmpdir('tg-spool-');
-  const why = mountTmpfs(mnt);
+  const why = mountTmpfs(mnt, '4m');
   if (why) { t.skip(why); return; }
   const mock = await startMock();
   let agent;
@@ -126,8 +101,11 @@ test('spool disk full: 503 usage_not_recorded and a clear log line; space back: 
       assert.equal(BigInt(h.record.cost_nano || 0), 0n, `withheld answer ${h.record.request_id} is not charged`);
     }
   } finally {
-    await agent?.stop();
-    await mock.stop();
-    try { execFileSync('umount', [mnt]); } catch { /* already gone */ }
+    try {
+      await agent?.stop();
+      await mock.stop();
+    } finally {
+      umountTmpfs(mnt); // even when a stop threw
+    }
   }
 });
