@@ -9,9 +9,6 @@
  * an event. */
 #include <errno.h>
 #include <fcntl.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -29,6 +26,7 @@
 #include <cmocka.h>
 
 #include "base/tg_base.h"
+#include "rpc/tg_rpc.h"
 #include "store/store.h"
 #include "store/tests/etcd_harness.h"
 
@@ -1255,94 +1253,63 @@ static void test_lmdb_corrupt_files(void **state)
 
 /* ---- etcd only ------------------------------------------------------------- */
 
-/* A server that answers /v3/maintenance/status and nothing else: requests
- * reach it and get no answer, as when etcd hangs mid-request. */
-typedef struct silent {
-    int sl_fd, sl_port;
-    pthread_t sl_thr;
-    volatile int sl_stop;
-} silent_t;
-
-static void *silent_thread(void *arg)
+/* A gRPC server in etcd's place that answers Status and nothing else in
+ * time: writes and keepalives reach it and get no answer before the
+ * client's deadline, as when etcd hangs mid-request; Range answers bytes
+ * that are not a RangeResponse. */
+static int hung_status(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    silent_t *sl = arg;
-    struct pollfd fds[64];
-    int n = 1;
-    fds[0].fd = sl->sl_fd;
-    fds[0].events = POLLIN;
-    while (!sl->sl_stop) {
-        if (poll(fds, (nfds_t)n, 100) <= 0)
-            continue;
-        if ((fds[0].revents & POLLIN) && n < 64) {
-            int c = accept(sl->sl_fd, NULL, NULL);
-            if (c >= 0) {
-                fds[n].fd = c;
-                fds[n].events = POLLIN;
-                fds[n].revents = 0;
-                n++;
-            }
-        }
-        for (int i = 1; i < n; i++) {
-            if (!(fds[i].revents & POLLIN))
-                continue;
-            char buf[4096];
-            ssize_t r = read(fds[i].fd, buf, sizeof(buf) - 1);
-            if (r <= 0) {
-                fds[i].events = 0; /* closed by the client */
-                continue;
-            }
-            buf[r] = 0;
-            if (strstr(buf, "/v3/kv/range")) { /* a proxy's error page */
-                static const char page[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
-                                           "Content-Length: 21\r\n\r\n<html>upstream</html>";
-                if (write(fds[i].fd, page, sizeof(page) - 1) != (ssize_t)sizeof(page) - 1)
-                    fds[i].events = 0;
-            } else if (strstr(buf, "/v3/maintenance/status")) {
-                static const char body[] = "{\"header\":{\"revision\":\"7\"}}";
-                char resp[256];
-                int m = snprintf(resp, sizeof(resp),
-                                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: %zu\r\n\r\n%s",
-                                 sizeof(body) - 1, body);
-                if (write(fds[i].fd, resp, (size_t)m) != m)
-                    fds[i].events = 0;
-            }
-        }
-    }
-    for (int i = 0; i < n; i++)
-        close(fds[i].fd);
-    return NULL;
+    static const uint8_t status[] = {0x0a, 0x02, 0x18, 0x07}; /* header { revision: 7 } */
+    (void)call, (void)req, (void)req_len, (void)arg;
+    return tg_buf_append(reply, status, sizeof(status)) ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
 }
 
-static void silent_start(silent_t *sl)
+static int hung_write(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    memset(sl, 0, sizeof(*sl));
-    sl->sl_fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(sl->sl_fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(sl->sl_fd, 16), 0);
-    getsockname(sl->sl_fd, (struct sockaddr *)&a, &len);
-    sl->sl_port = ntohs(a.sin_port);
-    assert_int_equal(pthread_create(&sl->sl_thr, NULL, silent_thread, sl), 0);
+    (void)call, (void)req, (void)req_len, (void)reply, (void)arg;
+    sleep_ms(1000); /* past the client's 300 ms */
+    return TG_RPC_CODE_OK;
 }
 
-static void silent_stop(silent_t *sl)
+static int hung_garbage(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    sl->sl_stop = 1;
-    pthread_join(sl->sl_thr, NULL);
+    (void)call, (void)req, (void)req_len, (void)arg;
+    return tg_buf_append(reply, "\xff\xff\xff", 3) ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
+}
+
+static int hung_stream(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg)
+{
+    (void)call, (void)req, (void)req_len, (void)arg;
+    sleep_ms(1000);
+    return TG_RPC_CODE_OK;
+}
+
+static tg_rpc_server_t *hung_start(int *port)
+{
+    char err[TG_ERRLEN] = "";
+    tg_rpc_server_opts_t o = {.so_addr = "127.0.0.1:0", .so_threads = 8};
+    tg_rpc_server_t *srv = tg_rpc_server_create(&o, err, sizeof(err));
+    assert_non_null(srv);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.Maintenance/Status", hung_status, NULL, err,
+                                             sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Put", hung_write, NULL, err, sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Txn", hung_write, NULL, err, sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Range", hung_garbage, NULL, err, sizeof(err)),
+                     0);
+    assert_int_equal(tg_rpc_server_add_stream(srv, "/etcdserverpb.Lease/LeaseKeepAlive", hung_stream, NULL, err,
+                                              sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_start(srv, err, sizeof(err)), 0);
+    *port = tg_rpc_server_port(srv);
+    return srv;
 }
 
 static void test_etcd_no_answer(void **state)
 {
     (void)state;
-    silent_t sl;
     char spec[128], err[TG_ERRLEN] = "";
-    silent_start(&sl);
-    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", sl.sl_port);
+    int port = 0;
+    tg_rpc_server_t *srv = hung_start(&port);
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", port);
     tg_store_opts_t o = {.so_timeout_ms = 300, .so_retries = 2};
     tg_store_t *s = NULL;
     assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
@@ -1357,14 +1324,14 @@ static void test_etcd_no_answer(void **state)
     tg_store_cmp_t c = {.c_key = "k", .c_key_len = 1, .c_target = TG_STORE_CMP_VERSION};
     err[0] = 0;
     assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
-    /* an answer that is not etcd's JSON is an error that says so */
+    /* an answer that is not etcd's is an error that says so */
     tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
     tg_store_range_res_t res;
     err[0] = 0;
     rc = tg_store_range(s, &rq, &res, err, sizeof(err));
-    print_message("  range, HTML error page: %s\n", err);
+    print_message("  range, not a RangeResponse: %s\n", err);
     assert_int_equal(rc, TG_STORE_ESERVER);
-    assert_non_null(strstr(err, "502"));
+    assert_non_null(strstr(err, "KV/Range"));
     /* a retry-safe request is retried, then reported unavailable in bound */
     int64_t ttl;
     err[0] = 0;
@@ -1373,10 +1340,12 @@ static void test_etcd_no_answer(void **state)
     el = now_s() - t0;
     print_message("  keepalive, no answer, %.2f s: %s\n", el, err);
     assert_int_equal(rc, TG_STORE_EUNAVAIL);
-    assert_non_null(strstr(err, "timed out"));
+    assert_non_null(strstr(err, "DEADLINE_EXCEEDED"));
     assert_true(el >= 0.55 && el < 2.0); /* two attempts of 300 ms + backoff */
     tg_store_close(s);
-    silent_stop(&sl);
+    sleep_ms(1100); /* the hung handlers return */
+    tg_rpc_server_shutdown(srv, 0);
+    tg_rpc_server_destroy(srv);
 }
 
 static void test_etcd_unreachable(void **state)
