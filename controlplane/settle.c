@@ -327,6 +327,12 @@ static int load_seq(tg_cp_agent_side_t *as, char *err, size_t errlen)
     return 0;
 }
 
+/* A group commit (see "group commit" below); its reads go through
+ * group_get_pb. */
+typedef struct settle_group settle_group_t;
+static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const ProtobufCMessageDescriptor *d,
+                        ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen);
+
 /* One balance touched by a settlement. */
 typedef struct bal {
     char b_key[TG_STORE_MAX_KEY];
@@ -346,15 +352,22 @@ static void bal_clear(bal_t *b)
     tg_buf_free(&b->b_packed);
 }
 
-/* Loads the balance of (account, bucket spec) into b. */
-static int bal_load(tg_cp_t *cp, const Tollgate__V1__Account *a, const Tollgate__V1__BucketSpec *bs,
-                    bal_t *b, char *err, size_t errlen)
+/* The store key of (account, bucket)'s balance into out. */
+static void bal_key(const char *account_id, const char *bucket, char *out, size_t outlen)
+{
+    snprintf(out, outlen, TG_CP_K_BALANCE "%s/%s", account_id, bucket);
+}
+
+/* Loads the balance of (account, bucket spec) into b, through g's reads
+ * (g may be NULL). */
+static int bal_load(tg_cp_t *cp, settle_group_t *g, const Tollgate__V1__Account *a,
+                    const Tollgate__V1__BucketSpec *bs, bal_t *b, char *err, size_t errlen)
 {
     ProtobufCMessage *m = NULL;
     int64_t modrev = 0;
-    snprintf(b->b_key, sizeof(b->b_key), TG_CP_K_BALANCE "%s/%s", a->id, bs->name);
+    bal_key(a->id, bs->name, b->b_key, sizeof(b->b_key));
     tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
-    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    int rc = group_get_pb(g, cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
     if (rc < 0)
         return rc;
     if (m == NULL) {
@@ -786,14 +799,16 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
     return TG_RPC_CODE_OK;
 }
 
-/* Loads the state of limit scope s into b (a fresh one when absent). */
-static int scope_bal_load(tg_cp_t *cp, const cp_scope_t *s, bal_t *b, char *err, size_t errlen)
+/* Loads the state of limit scope s into b (a fresh one when absent),
+ * through g's reads. */
+static int scope_bal_load(tg_cp_t *cp, settle_group_t *g, const cp_scope_t *s, bal_t *b, char *err,
+                          size_t errlen)
 {
     ProtobufCMessage *m = NULL;
     int64_t modrev = 0;
     snprintf(b->b_key, sizeof(b->b_key), "%s", s->cs_key);
     tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
-    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    int rc = group_get_pb(g, cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
     if (rc < 0)
         return rc;
     b->b_msg = cp_scope_state(s, (Tollgate__V1__Balance *)m, &b->b_new);
@@ -1024,7 +1039,7 @@ typedef struct settle_job {
     size_t j_first;                    /* its first entry in the group's value */
 } settle_job_t;
 
-typedef struct settle_group {
+struct settle_group {
     settle_job_t *g_jobs[GROUP_MAX_JOBS];
     size_t g_n;                        /* jobs taken (then: committed prefix) */
     bal_t g_bals[GROUP_MAX_BALANCES];
@@ -1041,7 +1056,69 @@ typedef struct settle_group {
     char g_aval[GROUP_MAX_JOBS][24];
     tg_store_op_t g_aops[GROUP_MAX_JOBS];
     size_t g_naops;
-} settle_group_t;
+    /* the keys the group reads (markers, agent seqs, balances), read in one
+     * store transaction at its start: one round trip to etcd, not one per
+     * key. g_pre_ok 0: read each key on its own (after a compare failure) */
+    char *g_prekeys[TG_STORE_MAX_TXN_OPS];
+    size_t g_npre;
+    tg_store_txn_res_t g_pre;
+    int g_pre_ok;
+};
+
+static void pre_clear(settle_group_t *g)
+{
+    for (size_t i = 0; i < g->g_npre; i++)
+        tg_free(g->g_prekeys[i]);
+    g->g_npre = 0;
+    tg_store_txn_res_free(&g->g_pre);
+    g->g_pre_ok = 0;
+}
+
+/* Adds key to the group's read set (once; silently not past the limit). */
+static void pre_add(settle_group_t *g, const char *key)
+{
+    for (size_t i = 0; i < g->g_npre; i++)
+        if (strcmp(g->g_prekeys[i], key) == 0)
+            return;
+    if (g->g_npre < TG_STORE_MAX_TXN_OPS && (g->g_prekeys[g->g_npre] = tg_strdup(key)) != NULL)
+        g->g_npre++;
+}
+
+/* Reads the group's keys in one transaction of GETs (as_settle_mu held). A
+ * failure only means each key is read on its own later. */
+static void pre_read(settle_group_t *g, tg_cp_t *cp)
+{
+    tg_store_op_t ops[TG_STORE_MAX_TXN_OPS];
+    char err[TG_ERRLEN];
+    for (size_t i = 0; i < g->g_npre; i++)
+        ops[i] = (tg_store_op_t){.op_type = TG_STORE_OP_GET, .op_key = g->g_prekeys[i],
+                                 .op_key_len = strlen(g->g_prekeys[i])};
+    g->g_pre_ok = g->g_npre > 0 &&
+                  tg_store_txn(cp->cp_store, NULL, 0, ops, g->g_npre, NULL, 0, &g->g_pre, err, sizeof(err)) == 0 &&
+                  g->g_pre.tx_n == g->g_npre;
+}
+
+/* tg_cp_get_pb through the group's read set: the value read at the group's
+ * start when key is in it, else a read of its own. g may be NULL. */
+static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const ProtobufCMessageDescriptor *d,
+                        ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen)
+{
+    for (size_t i = 0; g != NULL && g->g_pre_ok && i < g->g_npre; i++) {
+        if (strcmp(g->g_prekeys[i], key) != 0)
+            continue;
+        const tg_store_range_res_t *r = &g->g_pre.tx_res[i].or_range;
+        *out = NULL;
+        if (mod_rev)
+            *mod_rev = 0;
+        if (r->rs_n == 0)
+            return 1;
+        if (mod_rev)
+            *mod_rev = r->rs_kvs[0].kv_mod_rev;
+        int rc = tg_rpc_pb_unpack(d, r->rs_kvs[0].kv_val, r->rs_kvs[0].kv_val_len, out, err, errlen);
+        return rc != 0 ? tg_errf(err, errlen, rc, "store key %s: not a %s", key, d->name) : 0;
+    }
+    return tg_cp_get_pb(cp, key, d, out, mod_rev, err, errlen);
+}
 
 /* Marks records already settled (group time, as_settle_mu held):
  * repeated inside the batch, in an earlier batch of the group, committed by
@@ -1141,7 +1218,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 return BUILD_CUT;
             memset(&g->g_bals[k], 0, sizeof(bal_t));
             g->g_nbal++;
-            if (bal_load(c->sc_cp, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
+            if (bal_load(c->sc_cp, g, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
                          &g->g_bals[k], err, errlen) < 0)
                 return TG_RPC_CODE_UNAVAILABLE;
         }
@@ -1161,7 +1238,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                     return BUILD_CUT;
                 memset(&g->g_bals[k], 0, sizeof(bal_t));
                 g->g_nbal++;
-                if (scope_bal_load(c->sc_cp, &c->sc_scopes[si], &g->g_bals[k], err, errlen) < 0)
+                if (scope_bal_load(c->sc_cp, g, &c->sc_scopes[si], &g->g_bals[k], err, errlen) < 0)
                     return TG_RPC_CODE_UNAVAILABLE;
             }
             seen[k] = 1;
@@ -1272,14 +1349,21 @@ static int agent_seqs(settle_group_t *g, char *err, size_t errlen)
             continue;
         size_t i = g->g_naops;
         snprintf(g->g_akey[i], sizeof(g->g_akey[i]), TG_CP_K_AGENT_SEQ "%s", b->agent_id);
-        tg_store_kv_t *kv = NULL;
-        if (tg_store_get(cp->cp_store, g->g_akey[i], strlen(g->g_akey[i]), &kv, NULL, err, errlen) < 0)
-            return TG_RPC_CODE_UNAVAILABLE;
+        tg_store_kv_t *kv = NULL, absent = {0};
+        const tg_store_kv_t *got = NULL; /* from the group's reads, or read now */
+        for (size_t p = 0; g->g_pre_ok && p < g->g_npre && got == NULL; p++)
+            if (strcmp(g->g_prekeys[p], g->g_akey[i]) == 0)
+                got = g->g_pre.tx_res[p].or_range.rs_n ? &g->g_pre.tx_res[p].or_range.rs_kvs[0] : &absent;
+        if (got == NULL) {
+            if (tg_store_get(cp->cp_store, g->g_akey[i], strlen(g->g_akey[i]), &kv, NULL, err, errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            got = kv != NULL ? kv : &absent;
+        }
         uint64_t stored = 0;
-        int have = kv != NULL;
-        if (kv != NULL) {
+        int have = got->kv_key != NULL;
+        if (have) {
             char tmp[24] = {0};
-            memcpy(tmp, kv->kv_val, kv->kv_val_len < 23 ? kv->kv_val_len : 23);
+            memcpy(tmp, got->kv_val, got->kv_val_len < 23 ? got->kv_val_len : 23);
             stored = strtoull(tmp, NULL, 10);
         }
         tg_store_kv_free(kv);
@@ -1390,10 +1474,11 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
 
 /* A resend: packs what the first settlement answered into reply. Returns 1
  * answered, 0 no marker, or a negative TG_RPC_CODE (err set). */
-static int answer_from_marker(tg_cp_t *cp, const char *marker, tg_buf_t *reply, char *err, size_t errlen)
+static int answer_from_marker(tg_cp_t *cp, settle_group_t *g, const char *marker, tg_buf_t *reply, char *err,
+                              size_t errlen)
 {
     ProtobufCMessage *m = NULL;
-    if (tg_cp_get_pb(cp, marker, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
+    if (group_get_pb(g, cp, marker, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
                      errlen) < 0)
         return -TG_RPC_CODE_UNAVAILABLE;
     if (m == NULL)
@@ -1421,6 +1506,34 @@ static void job_finish(settle_job_t *job, int code, const char *err)
  * prefix, fails or answers jobs on their own, and puts the jobs that did not
  * fit back at the head of the queue. Hands the lead on as soon as the
  * transaction is done, then waits for the tailer before waking callers. */
+/* The keys the jobs will read under the commit lock, read at once: each
+ * job's marker and agent seq, and the balances and limit scopes its records
+ * touch. */
+static void group_prefetch(settle_group_t *g, tg_cp_t *cp, settle_job_t *const *jobs, size_t n)
+{
+    char key[TG_STORE_MAX_KEY];
+    pre_clear(g);
+    for (size_t j = 0; j < n; j++) {
+        settle_ctx_t *c = jobs[j]->j_c;
+        pre_add(g, jobs[j]->j_marker);
+        snprintf(key, sizeof(key), TG_CP_K_AGENT_SEQ "%s", c->sc_batch->agent_id);
+        pre_add(g, key);
+        const Tollgate__V1__Account *la = NULL;
+        const char *lb = NULL;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++) {
+            if (c->sc_bucket[i] == NULL || (c->sc_acct[i] == la && lb != NULL && strcmp(lb, c->sc_bucket[i]) == 0))
+                continue;
+            la = c->sc_acct[i];
+            lb = c->sc_bucket[i];
+            bal_key(la->id, lb, key, sizeof(key));
+            pre_add(g, key);
+        }
+        for (size_t k = 0; k < c->sc_nscopes; k++)
+            pre_add(g, c->sc_scopes[k].cs_key);
+    }
+    pre_read(g, cp);
+}
+
 static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 {
     tg_cp_t *cp = as->as_cp;
@@ -1432,8 +1545,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     cp_stash_t *stash = NULL;
     memcpy(taken, g->g_jobs, ntaken * sizeof(*taken));
 
+    int64_t t_lock = tg_cp_now_us(), t_checked = 0, t_built = 0, t_commit = 0;
     pthread_mutex_lock(&as->as_settle_mu);
+    int64_t t_locked = tg_cp_now_us();
     gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
+    if (gcode == TG_RPC_CODE_OK)
+        group_prefetch(g, cp, taken, ntaken);
     /* answer resends, keep one of each batch, mark duplicates */
     g->g_n = 0;
     for (size_t j = 0; gcode == TG_RPC_CODE_OK && j < ntaken; j++) {
@@ -1446,7 +1563,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             continue;
         }
         char jerr[TG_ERRLEN] = "";
-        int a = answer_from_marker(cp, job->j_marker, job->j_reply, jerr, sizeof(jerr));
+        int a = answer_from_marker(cp, g, job->j_marker, job->j_reply, jerr, sizeof(jerr));
         if (a != 0) {
             job->j_answered = a > 0;
             pthread_mutex_lock(&as->as_gmu);
@@ -1464,6 +1581,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
     }
     size_t nready = g->g_n;
+    t_checked = tg_cp_now_us();
     for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
         if (attempt >= SETTLE_ATTEMPTS) {
             gcode = tg_errf(err, sizeof(err), TG_RPC_CODE_ABORTED,
@@ -1504,11 +1622,13 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             as->as_stash = stash;
             pthread_mutex_unlock(&as->as_mu);
         }
+        t_built = tg_cp_now_us();
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
                             .cs_settled = &g->g_settled, .cs_xops = g->g_aops,
                             .cs_nxop = g->g_naops};
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
+        t_commit = tg_cp_now_us();
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
             break;
@@ -1519,6 +1639,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
         stash_drop(as, stash); /* not committed: the rows are rebuilt */
         stash = NULL;
+        g->g_pre_ok = 0; /* from fresh reads */
         atomic_fetch_add(&cp->cp_m_conflicts, 1);
         /* compare failed: lost the lease, or a balance moved under us */
         gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
@@ -1539,7 +1660,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             tg_free(ids);
         }
     }
+    pre_clear(g);
     pthread_mutex_unlock(&as->as_settle_mu);
+    TG_LOG(TG_LOG_DEBUG, "cp.settle", "group of %zu: lock wait %" PRId64 " us, checks %" PRId64
+           " us, build %" PRId64 " us, commit %" PRId64 " us (%zu bytes)", g->g_n, t_locked - t_lock,
+           t_checked - t_locked, t_built ? t_built - t_checked : 0, t_commit ? t_commit - t_built : 0,
+           g->g_settled.b_len);
 
     /* hand the lead on; jobs that did not fit (or whose twin is here) go
      * back to the head of the queue, in order */
@@ -1622,6 +1748,7 @@ static void group_free(settle_group_t *g)
     tg_free(g->g_ents);
     tg_free(g->g_len);
     tg_free(g->g_rows);
+    pre_clear(g);
     tg_free(g);
 }
 
@@ -1750,7 +1877,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     }
     /* a resend of a settled batch: answer what the first settlement
      * answered without pricing it again (checked again at commit time) */
-    int a = answer_from_marker(cp, job.j_marker, reply, err, errlen);
+    int a = answer_from_marker(cp, NULL, job.j_marker, reply, err, errlen);
     if (a != 0) {
         code = a > 0 ? TG_RPC_CODE_OK : -a;
         goto fail;
@@ -1956,7 +2083,7 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
         }
         bal_clear(&bal);
         memset(&bal, 0, sizeof(bal));
-        if (bal_load(cp, a, bs, &bal, err, errlen) < 0 || load_seq(as, err, errlen) < 0) {
+        if (bal_load(cp, NULL, a, bs, &bal, err, errlen) < 0 || load_seq(as, err, errlen) < 0) {
             code = TG_RPC_CODE_UNAVAILABLE;
             goto fail;
         }

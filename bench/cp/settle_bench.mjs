@@ -168,6 +168,8 @@ try {
     // per-phase timings of the last batches (controlplane/settle.c debug log)
     const lines = cp.proc.output().split('\n').filter((l) => l.includes('records; verify'));
     for (const l of lines.slice(-6)) console.log(l);
+    // the settlement transactions' phases (controlplane/settle.c run_group)
+    for (const l of cp.proc.output().split('\n').filter((x) => x.includes('group of'))) console.log(l);
   }
 } finally {
   await cp?.stop();
