@@ -35,6 +35,7 @@
  * settles with no balance change, flagged unbilled when it has a cost.
  */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -631,6 +632,8 @@ typedef struct settle_ctx {
     size_t *sc_balidx;                 /* per record: index in the group's balances */
     Tollgate__V1__LedgerEntry *sc_entries;
     char **sc_orig;                    /* per record: its own bucket, currency */
+    uint8_t *sc_recs;                  /* the records packed as settled (NULL: not) */
+    size_t *sc_recoff, *sc_reclen;     /* per record: its bytes in sc_recs */
     id_ix_t *sc_ids;                   /* the records' ids, sorted by (id, index) */
 } settle_ctx_t;
 
@@ -649,6 +652,9 @@ static void ctx_free(settle_ctx_t *c)
     tg_free(c->sc_unbilled_buf);
     tg_free(c->sc_unbilled);
     tg_free(c->sc_orig);
+    tg_free(c->sc_recs);
+    tg_free(c->sc_recoff);
+    tg_free(c->sc_reclen);
     tg_free(c->sc_ids);
     tg_free(c->sc_balidx);
     tg_free(c->sc_dup);
@@ -834,6 +840,143 @@ static void set_unbilled(settle_ctx_t *c, size_t i, const char *fmt, const char 
  * (mark_duplicates). A record never fails its batch for a configuration
  * problem: no account, or no bucket for its route type, leaves it without
  * a bucket (settled unbilled if it has a cost, see build_job). */
+/* ---- records packed once ------------------------------------------------------
+ *
+ * A settled-log entry is a LedgerEntry whose field 10 is the UsageRecord
+ * (~300 of its ~470 bytes). protobuf-c sizes a nested message again when
+ * it packs it, so sizing each entry and then packing it walked every record
+ * three times under the commit lock. Instead each record is packed once
+ * while its batch is priced (in parallel, before the lock: what it says is
+ * known then), and under the lock the entry's few other fields are written
+ * around those bytes in field-number order, as protobuf-c writes them (a
+ * proto3 scalar at its zero value, an empty string, a NULL message: left
+ * out). The first entries a process writes are checked against
+ * protobuf-c's own bytes; a difference logs an error and turns this off. */
+
+static size_t varint_len(uint64_t v)
+{
+    size_t k = 1;
+    while (v > 0x7f) {
+        v >>= 7;
+        k++;
+    }
+    return k;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t k = 0;
+    do {
+        p[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return k;
+}
+
+#define FAST_CHECKS 4096          /* entries checked against protobuf-c per process */
+static atomic_int g_fast_off;     /* 1: a check failed, protobuf-c packs everything */
+static atomic_long g_fast_checked;
+
+/* One field: varint (wire type 0) or length-delimited (2, p/n). Returns
+ * its size; writes it at *w (advanced) when w is not NULL. */
+static size_t fld_varint(uint8_t **w, uint32_t field, uint64_t v)
+{
+    if (v == 0)
+        return 0;
+    if (w != NULL) {
+        *w += put_varint(*w, (uint64_t)field << 3);
+        *w += put_varint(*w, v);
+    }
+    return varint_len((uint64_t)field << 3) + varint_len(v);
+}
+
+static size_t fld_bytes(uint8_t **w, uint32_t field, const void *p, size_t n, int always)
+{
+    if (n == 0 && !always)
+        return 0;
+    if (w != NULL) {
+        *w += put_varint(*w, ((uint64_t)field << 3) | 2);
+        *w += put_varint(*w, n);
+        if (n > 0)
+            memcpy(*w, p, n);
+        *w += n;
+    }
+    return varint_len(((uint64_t)field << 3) | 2) + varint_len(n) + n;
+}
+
+static size_t fld_str(uint8_t **w, uint32_t field, const char *s)
+{
+    return s != NULL ? fld_bytes(w, field, s, strlen(s), 0) : 0;
+}
+
+size_t cp_entry_pack_fast(const Tollgate__V1__LedgerEntry *e, const uint8_t *rec, size_t rlen, uint8_t *out)
+{
+    if (e->seq != 0 || e->record == NULL || (e->idempotency_key != NULL && e->idempotency_key[0]) ||
+        (e->reason != NULL && e->reason[0]) || e->actor != NULL || e->prev_hash.len != 0 || e->hash.len != 0 ||
+        e->base.n_unknown_fields != 0 || (int)e->kind < 0)
+        return SIZE_MAX;
+    uint8_t *w = out, **wp = out != NULL ? &w : NULL;
+    size_t n = 0;
+    n += fld_varint(wp, 2, (uint64_t)e->kind);
+    n += fld_str(wp, 3, e->entry_id);
+    n += fld_varint(wp, 4, (uint64_t)e->settled_at_us);
+    n += fld_str(wp, 5, e->account_id);
+    n += fld_str(wp, 6, e->bucket);
+    n += fld_str(wp, 7, e->currency);
+    n += fld_varint(wp, 8, (uint64_t)e->amount_nano);
+    n += fld_varint(wp, 9, (uint64_t)e->balance_after_nano);
+    n += fld_bytes(wp, 10, rec, rlen, 1);
+    n += fld_varint(wp, 11, (uint64_t)e->recomputed_cost_nano);
+    n += fld_varint(wp, 12, e->cost_mismatch ? 1 : 0);
+    n += fld_str(wp, 13, e->batch_agent_id);
+    n += fld_varint(wp, 14, e->batch_sequence);
+    n += fld_varint(wp, 20, e->unbilled ? 1 : 0);
+    n += fld_str(wp, 21, e->unbilled_reason);
+    return n;
+}
+
+/* Sets each record's settled fields (its bucket and currency when it has
+ * one to debit, its upstream cost) and packs it into c->sc_recs. Leaves
+ * sc_recs NULL when out of memory (the entries are then packed whole). */
+static void pack_records(settle_ctx_t *c)
+{
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    size_t n = b->n_records, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        Tollgate__V1__UsageRecord *r = b->records[i];
+        if (c->sc_orig[2 * i] == NULL) {
+            c->sc_orig[2 * i] = r->bucket;
+            c->sc_orig[2 * i + 1] = r->currency;
+        }
+        r->upstream_cost_nano = c->sc_upcost[i];
+        const Tollgate__V1__BucketSpec *bs =
+            c->sc_bucket[i] != NULL ? bucket_spec(c->sc_acct[i], c->sc_bucket[i]) : NULL;
+        if (bs != NULL) {
+            r->bucket = (char *)c->sc_bucket[i];
+            r->currency = bs->currency;
+        }
+    }
+    if (atomic_load(&g_fast_off))
+        return;
+    c->sc_recoff = tg_calloc(n ? n : 1, sizeof(size_t));
+    c->sc_reclen = tg_calloc(n ? n : 1, sizeof(size_t));
+    for (size_t i = 0; c->sc_reclen != NULL && i < n; i++) {
+        c->sc_reclen[i] = protobuf_c_message_get_packed_size(&b->records[i]->base);
+        c->sc_recoff[i] = total;
+        total += c->sc_reclen[i];
+    }
+    if (c->sc_recoff == NULL || c->sc_reclen == NULL || (c->sc_recs = tg_malloc(total ? total : 1)) == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (protobuf_c_message_pack(&b->records[i]->base, c->sc_recs + c->sc_recoff[i]) != c->sc_reclen[i]) {
+            tg_free(c->sc_recs);
+            c->sc_recs = NULL;
+            return;
+        }
+}
+
+/* ---- pricing ------------------------------------------------------------------- */
+
 static int price_records(settle_ctx_t *c, char *err, size_t errlen)
 {
     tg_cp_t *cp = c->sc_cp;
@@ -972,30 +1115,12 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                              r->route_type == 0 ? "unspecified" : route_type_name((int)r->route_type));
         }
     }
+    pack_records(c); /* outside the commit lock too */
     /* sorted once here, outside the commit lock, for mark_duplicates */
     qsort(c->sc_ids, b->n_records, sizeof(*c->sc_ids), cmp_id_ix);
     return TG_RPC_CODE_OK;
 }
 
-static size_t varint_len(uint64_t v)
-{
-    size_t k = 1;
-    while (v > 0x7f) {
-        v >>= 7;
-        k++;
-    }
-    return k;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t k = 0;
-    do {
-        p[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    return k;
-}
 
 /* ---- group commit ---------------------------------------------------------------
  *
@@ -1047,6 +1172,8 @@ struct settle_group {
     int64_t g_saved[GROUP_MAX_BALANCES]; /* balances before the job being built */
     Tollgate__V1__LedgerEntry **g_ents; /* the value's entries, in order */
     size_t *g_len;                     /* per entry: packed size */
+    const uint8_t **g_rec;             /* per entry: its record's bytes, or NULL */
+    size_t *g_reclen;
     tg_ledger_row_t *g_rows;           /* per entry: its ledger row */
     size_t g_nent, g_cap;
     size_t g_total;                    /* bytes of the settled value so far */
@@ -1181,7 +1308,13 @@ static int group_reserve(settle_group_t *g, size_t more, char *err, size_t errle
     tg_ledger_row_t *r = tg_realloc(g->g_rows, nc * sizeof(*r));
     if (r != NULL)
         g->g_rows = r;
-    if (e == NULL || l == NULL || r == NULL)
+    const uint8_t **rp = tg_realloc(g->g_rec, nc * sizeof(*rp));
+    if (rp != NULL)
+        g->g_rec = rp;
+    size_t *rl = tg_realloc(g->g_reclen, nc * sizeof(*rl));
+    if (rl != NULL)
+        g->g_reclen = rl;
+    if (e == NULL || l == NULL || r == NULL || rp == NULL || rl == NULL)
         return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
     g->g_cap = nc;
     return 0;
@@ -1260,11 +1393,6 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
         }
         Tollgate__V1__LedgerEntry *e = &c->sc_entries[ne];
         tollgate__v1__ledger_entry__init(e);
-        if (c->sc_orig[2 * i] == NULL) {
-            c->sc_orig[2 * i] = r->bucket;
-            c->sc_orig[2 * i + 1] = r->currency;
-        }
-        r->upstream_cost_nano = c->sc_upcost[i];
         e->kind = TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_USAGE;
         e->entry_id = r->record_id;
         e->settled_at_us = now_us;
@@ -1286,9 +1414,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 bl->b_msg->balance_nano + c->sc_cost[i] >= 0)
                 TG_LOG(TG_LOG_WARN, "cp.settle", "prepaid balance %s went below zero (%" PRId64
                        ") settling %s", bl->b_key, bl->b_msg->balance_nano, r->record_id);
-            r->bucket = (char *)c->sc_bucket[i];
-            r->currency = bs->currency;
-            e->bucket = (char *)c->sc_bucket[i];
+            e->bucket = (char *)c->sc_bucket[i]; /* r's too (pack_records) */
             e->currency = bs->currency;
             e->amount_nano = -c->sc_cost[i];
             e->balance_after_nano = bl->b_msg->balance_nano;
@@ -1305,7 +1431,18 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 resp->unbilled++;
             }
         }
-        size_t sz = protobuf_c_message_get_packed_size(&e->base);
+        const uint8_t *rec = c->sc_recs != NULL ? c->sc_recs + c->sc_recoff[i] : NULL;
+        size_t sz = rec != NULL ? cp_entry_pack_fast(e, rec, c->sc_reclen[i], NULL) : SIZE_MAX;
+        if (sz != SIZE_MAX && atomic_load(&g_fast_checked) < FAST_CHECKS &&
+            sz != protobuf_c_message_get_packed_size(&e->base)) {
+            TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed size %zu differs from protobuf-c's %zu; "
+                   "packing entries whole from now on", e->entry_id, sz, protobuf_c_message_get_packed_size(&e->base));
+            atomic_store(&g_fast_off, 1);
+        }
+        if (sz == SIZE_MAX || atomic_load(&g_fast_off)) {
+            rec = NULL;
+            sz = protobuf_c_message_get_packed_size(&e->base);
+        }
         total += 1 + varint_len(sz) + sz;
         if (sz > TG_LEDGER_RECORD_MAX || total > TG_STORE_MAX_VALUE) {
             if (j > 0 && sz <= TG_LEDGER_RECORD_MAX)
@@ -1315,6 +1452,8 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                            TG_STORE_MAX_VALUE);
         }
         g->g_ents[g->g_nent] = e;
+        g->g_rec[g->g_nent] = rec;
+        g->g_reclen[g->g_nent] = rec != NULL ? c->sc_reclen[i] : 0;
         g->g_len[g->g_nent++] = sz;
         ne++;
         resp->settled++;
@@ -1456,8 +1595,23 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         size_t sz = g->g_len[i];
         *w++ = (1 << 3) | 2; /* field 1, length-delimited */
         w += put_varint(w, sz);
-        if (protobuf_c_message_pack(&g->g_ents[i]->base, w) != sz)
+        if (g->g_rec[i] != NULL) {
+            cp_entry_pack_fast(g->g_ents[i], g->g_rec[i], g->g_reclen[i], w);
+            if (atomic_load(&g_fast_checked) < FAST_CHECKS) {
+                /* the first entries: the same bytes as protobuf-c's, or those */
+                atomic_fetch_add(&g_fast_checked, 1);
+                uint8_t *chk = tg_malloc(sz);
+                if (chk != NULL && protobuf_c_message_pack(&g->g_ents[i]->base, chk) == sz && memcmp(chk, w, sz) != 0) {
+                    TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed bytes differ from protobuf-c's; packing "
+                           "entries whole from now on", g->g_ents[i]->entry_id);
+                    atomic_store(&g_fast_off, 1);
+                    memcpy(w, chk, sz);
+                }
+                tg_free(chk);
+            }
+        } else if (protobuf_c_message_pack(&g->g_ents[i]->base, w) != sz) {
             return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "packing ledger entry %zu: size changed", i);
+        }
         cp_row_from_entry(g->g_ents[i], w, sz, &g->g_rows[i]);
         w += sz;
     }
@@ -1747,6 +1901,8 @@ static void group_free(settle_group_t *g)
     tg_buf_free(&g->g_settled);
     tg_free(g->g_ents);
     tg_free(g->g_len);
+    tg_free(g->g_rec);
+    tg_free(g->g_reclen);
     tg_free(g->g_rows);
     pre_clear(g);
     tg_free(g);
