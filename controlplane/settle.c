@@ -1662,11 +1662,15 @@ static void job_finish(settle_job_t *job, int code, const char *err)
  * transaction is done, then waits for the tailer before waking callers. */
 /* The keys the jobs will read under the commit lock, read at once: each
  * job's marker and agent seq, and the balances and limit scopes its records
- * touch. */
+ * touch. On etcd only: there each read is a round trip, while on LMDB a
+ * read is a local read transaction and a store transaction would take the
+ * writer's turn. */
 static void group_prefetch(settle_group_t *g, tg_cp_t *cp, settle_job_t *const *jobs, size_t n)
 {
     char key[TG_STORE_MAX_KEY];
     pre_clear(g);
+    if (strcmp(tg_store_backend(cp->cp_store), "etcd") != 0)
+        return;
     for (size_t j = 0; j < n; j++) {
         settle_ctx_t *c = jobs[j]->j_c;
         pre_add(g, jobs[j]->j_marker);
