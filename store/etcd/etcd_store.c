@@ -112,7 +112,17 @@ static int parse_range(const Etcdserverpb__RangeResponse *j, tg_store_range_res_
 
 enum { IDEMPOTENT = 1, WRITE = 0 };
 
-/* Maps etcd's error answer (gRPC status message and code) to a store code. */
+/* Maps etcd's error answer (gRPC status message and code) to a store code.
+ * RESOURCE_EXHAUSTED is three things in etcd: the quota alarm ("database
+ * space exceeded": EFULL, gone once an operator compacts and disarms), an
+ * apply backlog ("too many requests": EUNAVAIL, refused before it is
+ * proposed, see is_refused) and gRPC's own message size limit ("larger than
+ * max": ETOOBIG). Only a request that can never succeed is ETOOBIG or
+ * EINVAL: callers drop such a request for good. "too many operations in txn
+ * request" cannot come from a request within TG_STORE_MAX_TXN_OPS (the front
+ * refuses larger ones) unless etcd's --max-txn-ops is set below it: that is
+ * the server's configuration, ESERVER, and the request is worth repeating
+ * once it is fixed. */
 static int etcd_code(const char *msg, int grpc)
 {
     if (strstr(msg, "compacted"))
@@ -121,10 +131,15 @@ static int etcd_code(const char *msg, int grpc)
         return TG_STORE_EFUTURE;
     if (strstr(msg, "lease not found"))
         return TG_STORE_ENOLEASE;
-    if (strstr(msg, "too large") || strstr(msg, "too many operations") ||
-        grpc == TG_RPC_CODE_RESOURCE_EXHAUSTED)
+    if (strstr(msg, "database space exceeded"))
+        return TG_STORE_EFULL;
+    if (strstr(msg, "too many requests"))
+        return TG_STORE_EUNAVAIL;
+    if (strstr(msg, "too many operations"))
+        return TG_STORE_ESERVER;
+    if (strstr(msg, "request is too large") || strstr(msg, "larger than max"))
         return TG_STORE_ETOOBIG;
-    if (strstr(msg, "duplicate key"))
+    if (strstr(msg, "duplicate key") || strstr(msg, "too large lease TTL"))
         return TG_STORE_EINVAL;
     if (grpc == TG_RPC_CODE_UNAUTHENTICATED || grpc == TG_RPC_CODE_PERMISSION_DENIED ||
         strstr(msg, "authentication failed") || strstr(msg, "permission denied") ||
@@ -133,6 +148,14 @@ static int etcd_code(const char *msg, int grpc)
     if (grpc == TG_RPC_CODE_UNAVAILABLE || grpc == TG_RPC_CODE_DEADLINE_EXCEEDED)
         return TG_STORE_EUNAVAIL;
     return TG_STORE_ESERVER;
+}
+
+/* An EUNAVAIL answer etcd gives before proposing the request, so that even
+ * a write is safe to repeat: "no leader" and "too many requests" (the
+ * applied index lags the committed one; etcd checks it first). */
+static int is_refused(const char *msg)
+{
+    return strstr(msg, "no leader") != NULL || strstr(msg, "too many requests") != NULL;
 }
 
 static void sleep_ms(long ms)
@@ -267,8 +290,7 @@ static int call(estore_t *es, const char *method, int stream, const ProtobufCMes
             if (code == TG_STORE_EUNAVAIL) {
                 snprintf(last, sizeof(last), "%.200s: %s: %.300s", es->es_eps[ep],
                          tg_rpc_code_name(res.rs_code), msg);
-                /* "no leader" is refused before it is proposed: safe to repeat */
-                int refused = strstr(msg, "no leader") != NULL;
+                int refused = is_refused(msg);
                 tg_rpc_result_free(&res);
                 if (idem == WRITE && !refused) {
                     rc = tg_errf(err, errlen, TG_STORE_EUNKNOWN,
