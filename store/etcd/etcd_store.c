@@ -16,13 +16,14 @@
  * Retries are safe only when a repeat cannot change the outcome:
  *   - a request that was never sent (the endpoint's channel did not become
  *     ready within so_connect_timeout_ms): any op;
- *   - reads (range, status), lease keepalive/grant/revoke: always (a
+ *   - reads (range, status, a txn whose ops are all gets), lease
+ *     keepalive/grant/revoke: always (a
  *     duplicate grant leaves an orphan lease that expires by itself);
  *   - put, delete, txn, compaction that were sent and got no answer (the
  *     deadline passed, the connection dropped, or etcd's "request timed
  *     out"): never. They fail with TG_STORE_EUNKNOWN: the write may have
- *     been applied; the caller reads to find out. etcd's "no leader" is
- *     refused before it is proposed, so it is repeated.
+ *     been applied; the caller reads to find out. etcd's "no leader" and
+ *     "too many requests" are refused before proposing, so they are repeated.
  *
  * Watches: one thread per watch holds a Watch stream (one create request,
  * then the answers). When the stream ends (etcd restarted, endpoint down)
@@ -437,10 +438,11 @@ static int parse_txn(const Etcdserverpb__TxnResponse *ans, const tg_store_op_t *
                     ? r->response_delete_range->deleted
                     : 0;
         } else if (ops[i].op_type == TG_STORE_OP_GET) {
-            const Etcdserverpb__RangeResponse *rr =
-                r->response_case == ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE ? r->response_range
-                                                                                       : NULL;
-            if ((rc = parse_range(rr, &res->tx_res[i].or_range, err, errlen)))
+            /* another kind of answer is not "absent": the reader would act on it */
+            if (r->response_case != ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE)
+                return tg_errf(err, errlen, TG_STORE_ESERVER, "etcd txn: op %zu is a get, its answer is not a range",
+                               i);
+            if ((rc = parse_range(r->response_range, &res->tx_res[i].or_range, err, errlen)))
                 return rc;
             res->tx_res[i].or_range.rs_revision = res->tx_revision;
         }
@@ -537,7 +539,12 @@ static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const t
     rq.success = rp;
     rq.n_failure = nfailure;
     rq.failure = rp + nsuccess;
-    rc = call(es, "/etcdserverpb.KV/Txn", 0, &rq.base, &etcdserverpb__txn_response__descriptor, WRITE, &ans,
+    /* a txn of only gets (compares read too) changes nothing: repeating it is safe */
+    int idem = IDEMPOTENT;
+    for (size_t i = 0; i < nsuccess + nfailure; i++)
+        if ((i < nsuccess ? &success[i] : &failure[i - nsuccess])->op_type != TG_STORE_OP_GET)
+            idem = WRITE;
+    rc = call(es, "/etcdserverpb.KV/Txn", 0, &rq.base, &etcdserverpb__txn_response__descriptor, idem, &ans,
               err, errlen);
     if (!rc)
         rc = parse_txn((Etcdserverpb__TxnResponse *)ans, success, nsuccess, failure, nfailure, res, err,

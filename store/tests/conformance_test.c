@@ -1322,8 +1322,15 @@ static void test_etcd_no_answer(void **state)
     assert_non_null(strstr(err, "may or may not"));
     assert_true(el < 0.9); /* one attempt of 300 ms */
     tg_store_cmp_t c = {.c_key = "k", .c_key_len = 1, .c_target = TG_STORE_CMP_VERSION};
+    tg_store_op_t put = {.op_type = TG_STORE_OP_PUT, .op_key = "k", .op_key_len = 1, .op_val = "v", .op_val_len = 1};
     err[0] = 0;
-    assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
+    assert_int_equal(tg_store_txn(s, &c, 1, &put, 1, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
+    /* a txn of only gets changes nothing: retried like a read, then unavailable */
+    tg_store_op_t get = {.op_type = TG_STORE_OP_GET, .op_key = "k", .op_key_len = 1};
+    err[0] = 0;
+    rc = tg_store_txn(s, &c, 1, &get, 1, &get, 1, NULL, err, sizeof(err));
+    print_message("  read-only txn, no answer: %s\n", err);
+    assert_int_equal(rc, TG_STORE_EUNAVAIL);
     /* an answer that is not etcd's is an error that says so */
     tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
     tg_store_range_res_t res;
