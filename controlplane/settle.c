@@ -876,6 +876,71 @@ static size_t put_varint(uint8_t *p, uint64_t v)
 #define FAST_CHECKS 4096          /* entries checked against protobuf-c per process */
 static atomic_int g_fast_off;     /* 1: a check failed, protobuf-c packs everything */
 static atomic_long g_fast_checked;
+static atomic_int g_fast_layout;  /* 0 not yet looked at, 1 as below, 2 changed */
+static atomic_int g_check_all;    /* 0 not yet read, 1 first FAST_CHECKS, 2 every entry */
+
+/* LedgerEntry's fields as cp_entry_pack_fast knows them, in number order:
+ * each is written below or makes it refuse the entry. A field added,
+ * renumbered or retyped in usage.proto makes the descriptor differ, and
+ * then protobuf-c packs every entry (agentside_test lists them too). */
+static const struct {
+    uint32_t id;
+    ProtobufCType type;
+} FAST_FIELDS[] = {
+    {1, PROTOBUF_C_TYPE_UINT64},  {2, PROTOBUF_C_TYPE_ENUM},    {3, PROTOBUF_C_TYPE_STRING},
+    {4, PROTOBUF_C_TYPE_INT64},   {5, PROTOBUF_C_TYPE_STRING},  {6, PROTOBUF_C_TYPE_STRING},
+    {7, PROTOBUF_C_TYPE_STRING},  {8, PROTOBUF_C_TYPE_INT64},   {9, PROTOBUF_C_TYPE_INT64},
+    {10, PROTOBUF_C_TYPE_MESSAGE}, {11, PROTOBUF_C_TYPE_INT64}, {12, PROTOBUF_C_TYPE_BOOL},
+    {13, PROTOBUF_C_TYPE_STRING}, {14, PROTOBUF_C_TYPE_UINT64}, {15, PROTOBUF_C_TYPE_STRING},
+    {16, PROTOBUF_C_TYPE_STRING}, {17, PROTOBUF_C_TYPE_MESSAGE}, {18, PROTOBUF_C_TYPE_BYTES},
+    {19, PROTOBUF_C_TYPE_BYTES},  {20, PROTOBUF_C_TYPE_BOOL},   {21, PROTOBUF_C_TYPE_STRING},
+};
+
+/* 1 when LedgerEntry's descriptor has exactly FAST_FIELDS (proto3, no
+ * oneof, not repeated). */
+static int fast_layout_ok(void)
+{
+    int v = atomic_load(&g_fast_layout);
+    if (v != 0)
+        return v == 1;
+    const ProtobufCMessageDescriptor *d = &tollgate__v1__ledger_entry__descriptor;
+    size_t n = sizeof FAST_FIELDS / sizeof FAST_FIELDS[0];
+    int ok = d->n_fields == n;
+    for (size_t i = 0; ok && i < n; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        ok = f->id == FAST_FIELDS[i].id && f->type == FAST_FIELDS[i].type && f->label == PROTOBUF_C_LABEL_NONE &&
+             (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) == 0;
+    }
+    if (!ok)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "LedgerEntry's fields changed: entries are packed by protobuf-c");
+    atomic_store(&g_fast_layout, ok ? 1 : 2);
+    return ok;
+}
+
+/* 1 when this entry's bytes are to be checked against protobuf-c's: the
+ * first FAST_CHECKS of the process, or every one with TG_CP_CHECK_PACKING=1
+ * (end-to-end tests), where a difference aborts the process. */
+static int fast_check_now(void)
+{
+    int v = atomic_load(&g_check_all);
+    if (v == 0) {
+        const char *e = getenv("TG_CP_CHECK_PACKING");
+        v = e != NULL && strcmp(e, "1") == 0 ? 2 : 1;
+        atomic_store(&g_check_all, v);
+    }
+    return v == 2 || atomic_load(&g_fast_checked) < FAST_CHECKS;
+}
+
+/* A packed entry differed from protobuf-c's: log it and pack whole from
+ * now on; under TG_CP_CHECK_PACKING=1 it is a test failure. */
+static void fast_mismatch(const char *entry_id, const char *what)
+{
+    TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed %s differ from protobuf-c's; packing entries whole from now on",
+           entry_id, what);
+    atomic_store(&g_fast_off, 1);
+    if (atomic_load(&g_check_all) == 2)
+        abort();
+}
 
 /* One field: varint (wire type 0) or length-delimited (2, p/n). Returns
  * its size; writes it at *w (advanced) when w is not NULL. */
@@ -913,7 +978,7 @@ size_t cp_entry_pack_fast(const Tollgate__V1__LedgerEntry *e, const uint8_t *rec
 {
     if (e->seq != 0 || e->record == NULL || (e->idempotency_key != NULL && e->idempotency_key[0]) ||
         (e->reason != NULL && e->reason[0]) || e->actor != NULL || e->prev_hash.len != 0 || e->hash.len != 0 ||
-        e->base.n_unknown_fields != 0 || (int)e->kind < 0)
+        e->base.n_unknown_fields != 0 || (int)e->kind < 0 || !fast_layout_ok())
         return SIZE_MAX;
     uint8_t *w = out, **wp = out != NULL ? &w : NULL;
     size_t n = 0;
@@ -1433,12 +1498,8 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
         }
         const uint8_t *rec = c->sc_recs != NULL ? c->sc_recs + c->sc_recoff[i] : NULL;
         size_t sz = rec != NULL ? cp_entry_pack_fast(e, rec, c->sc_reclen[i], NULL) : SIZE_MAX;
-        if (sz != SIZE_MAX && atomic_load(&g_fast_checked) < FAST_CHECKS &&
-            sz != protobuf_c_message_get_packed_size(&e->base)) {
-            TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed size %zu differs from protobuf-c's %zu; "
-                   "packing entries whole from now on", e->entry_id, sz, protobuf_c_message_get_packed_size(&e->base));
-            atomic_store(&g_fast_off, 1);
-        }
+        if (sz != SIZE_MAX && fast_check_now() && sz != protobuf_c_message_get_packed_size(&e->base))
+            fast_mismatch(e->entry_id, "size");
         if (sz == SIZE_MAX || atomic_load(&g_fast_off)) {
             rec = NULL;
             sz = protobuf_c_message_get_packed_size(&e->base);
@@ -1597,14 +1658,12 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         w += put_varint(w, sz);
         if (g->g_rec[i] != NULL) {
             cp_entry_pack_fast(g->g_ents[i], g->g_rec[i], g->g_reclen[i], w);
-            if (atomic_load(&g_fast_checked) < FAST_CHECKS) {
-                /* the first entries: the same bytes as protobuf-c's, or those */
+            if (fast_check_now()) {
+                /* the same bytes as protobuf-c's, or those */
                 atomic_fetch_add(&g_fast_checked, 1);
                 uint8_t *chk = tg_malloc(sz);
                 if (chk != NULL && protobuf_c_message_pack(&g->g_ents[i]->base, chk) == sz && memcmp(chk, w, sz) != 0) {
-                    TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed bytes differ from protobuf-c's; packing "
-                           "entries whole from now on", g->g_ents[i]->entry_id);
-                    atomic_store(&g_fast_off, 1);
+                    fast_mismatch(g->g_ents[i]->entry_id, "bytes");
                     memcpy(w, chk, sz);
                 }
                 tg_free(chk);
