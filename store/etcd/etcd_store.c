@@ -31,7 +31,11 @@
  * start_revision = last delivered + 1; events at or below the last delivered
  * revision are dropped, so a reconnect neither misses nor repeats one. etcd
  * answers a start revision under its compaction point with canceled +
- * compact_revision, which becomes ECOMPACTED.
+ * compact_revision, which becomes ECOMPACTED; any other cancel is another
+ * stream. A stream that would wait forever ends instead: the Watch asks
+ * "hasleader", so a member without a leader (minority side of a partition)
+ * ends it with "no leader", and HTTP/2 keepalive pings end it on a member
+ * that stopped answering or a half-open connection.
  *
  * Auth: with so_username, Auth/Authenticate gives a token sent as the
  * "token" metadata; an "invalid auth token" answer re-authenticates once.
@@ -112,6 +116,12 @@ static int parse_range(const Etcdserverpb__RangeResponse *j, tg_store_range_res_
 /* ---- calls -------------------------------------------------------------------- */
 
 enum { IDEMPOTENT = 1, WRITE = 0 };
+
+/* HTTP/2 pings on each channel while a call is open: a member that stopped
+ * answering (frozen, or the connection half-open after a network fault)
+ * ends the watch stream within ~2x this, and the watch moves on. etcd
+ * refuses pings more often than its --grpc-keepalive-min-time (5 s). */
+#define KEEPALIVE_MS 10000
 
 /* Maps etcd's error answer (gRPC status message and code) to a store code.
  * RESOURCE_EXHAUSTED is three things in etcd: the quota alarm ("database
@@ -644,10 +654,11 @@ static int watch_msg(ewatch_t *ew, const uint8_t *p, size_t n)
                                  "watch from revision %lld: etcd compacted up to %lld; resync and "
                                  "watch from the current revision",
                                  (long long)ew->ew_next, (long long)r->compact_revision);
-        else
-            tg_store__watch_fail(ew->ew_w, TG_STORE_ESERVER, "etcd canceled the watch: %s",
-                                 r->cancel_reason && r->cancel_reason[0] ? r->cancel_reason : "no reason");
-        ew->ew_done = 1;
+        else /* the member's reason (no leader, auth): another stream, maybe on another member */
+            TG_LOG(TG_LOG_WARN, "store.etcd", "etcd canceled the watch from revision %lld: %s; watching again",
+                   (long long)ew->ew_next,
+                   r->cancel_reason && r->cancel_reason[0] ? r->cancel_reason : "no reason");
+        ew->ew_done = r->compact_revision > 0;
         rc = -1;
         goto done;
     }
@@ -712,7 +723,7 @@ static int watch_stream(ewatch_t *ew, int ep)
     Etcdserverpb__WatchRequest rq = ETCDSERVERPB__WATCH_REQUEST__INIT;
     Etcdserverpb__WatchCreateRequest cr = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
     char err[TG_ERRLEN] = "";
-    tg_rpc_md_t md;
+    tg_rpc_md_t md[2];
     char *tok = NULL;
     tg_rpc_reader_t *r = NULL;
     tg_buf_t body, msg;
@@ -732,8 +743,11 @@ static int watch_stream(ewatch_t *ew, int ep)
     }
     if (!tg_rpc_channel_ready(es->es_ch[ep], es->es_connect_ms))
         goto done;
-    size_t nmd = token_md(es, &md, &tok);
-    int rc = tg_rpc_reader_open(es->es_ch[ep], "/etcdserverpb.Watch/Watch", &md, nmd, body.b_data, body.b_len,
+    size_t nmd = token_md(es, &md[0], &tok);
+    /* a member that loses its leader (a minority partition) ends the
+     * stream with "no leader" instead of silently delivering nothing */
+    md[nmd++] = (tg_rpc_md_t){.md_key = "hasleader", .md_value = "true"};
+    int rc = tg_rpc_reader_open(es->es_ch[ep], "/etcdserverpb.Watch/Watch", md, nmd, body.b_data, body.b_len,
                                 0, &r, err, sizeof(err));
     tg_free(tok);
     if (rc < 0)
@@ -989,6 +1003,7 @@ int tg_store_etcd_open(tg_store_t **out, const char *urls, const tg_store_opts_t
                                     /* a restarted member is found again within a second */
                                     .co_reconnect_min_ms = 100,
                                     .co_reconnect_max_ms = 1000,
+                                    .co_keepalive_ms = KEEPALIVE_MS,
                                     .co_max_message_bytes = (int)MAX_RESPONSE};
         char cerr[TG_ERRLEN] = "";
         es->es_ch[es->es_neps] = tg_rpc_channel_create(target, &co, cerr, sizeof(cerr));

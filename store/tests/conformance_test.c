@@ -1512,10 +1512,10 @@ static void test_etcd_interop_etcdctl(void **state)
 
 /* Create-if-absent, repeated until it is known to have applied: the way a
  * caller handles EUNKNOWN / EUNAVAIL during a failover. */
-static void create_until_done(tg_store_t *s, const char *k, size_t kl)
+static void create_until_done(tg_store_t *s, const char *k, size_t kl, int secs)
 {
     char err[TG_ERRLEN];
-    double dl = now_s() + 20;
+    double dl = now_s() + secs;
     while (now_s() < dl) {
         tg_store_cmp_t c = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION};
         tg_store_op_t p = {
@@ -1528,18 +1528,15 @@ static void create_until_done(tg_store_t *s, const char *k, size_t kl)
             fail_msg("create %.*s: %s", (int)kl, k, err);
         sleep_ms(100);
     }
-    fail_msg("create %.*s: still failing after 20 s", (int)kl, k);
+    fail_msg("create %.*s: still failing after %d s", (int)kl, k, secs);
 }
 
-/* A 3-member cluster loses the member the client and its watch use: requests
- * fail over to the others, the watch resumes on another member, and every
- * change is seen exactly once, in order. */
-static void test_etcd_cluster_failover(void **state)
+/* Starts a 3-member cluster, opens a store on its three endpoints (2 s
+ * timeout) and watches prefix (3 bytes) from now in *w. */
+static tg_store_t *cluster_open(etcd_proc_t nodes[3], const char *prefix, tg_store_watch_t **w)
 {
-    (void)state;
-    etcd_proc_t nodes[3];
-    char spec[300], err[TG_ERRLEN] = "", k[256];
-    memset(nodes, 0, sizeof(nodes));
+    char spec[300], err[TG_ERRLEN] = "";
+    memset(nodes, 0, 3 * sizeof(nodes[0]));
     if (etcd_cluster_start(nodes, 3)) {
         for (int i = 0; i < 3; i++)
             etcd_stop(&nodes[i]);
@@ -1549,13 +1546,25 @@ static void test_etcd_cluster_failover(void **state)
     tg_store_opts_t o = {.so_timeout_ms = 2000};
     tg_store_t *s = NULL;
     assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_watch(s, prefix, 3, NULL, 0, 1, 0, w, err, sizeof(err)), 0);
+    return s;
+}
+
+/* A 3-member cluster loses the member the client and its watch use: requests
+ * fail over to the others, the watch resumes on another member, and every
+ * change is seen exactly once, in order. */
+static void test_etcd_cluster_failover(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char err[TG_ERRLEN] = "", k[256];
     tg_store_watch_t *w = NULL;
-    assert_int_equal(tg_store_watch(s, "cf/", 3, NULL, 0, 1, 0, &w, err, sizeof(err)), 0);
+    tg_store_t *s = cluster_open(nodes, "cf/", &w);
     for (int i = 0; i < 30; i++) {
         if (i == 10)
             etcd_kill(&nodes[0]); /* the first endpoint: where requests and the watch go */
         size_t kl = (size_t)snprintf(k, sizeof(k), "cf/%02d", i);
-        create_until_done(s, k, kl);
+        create_until_done(s, k, kl, 20);
     }
     tg_store_range_req_t rq = {.rq_key = "cf/", .rq_key_len = 3, .rq_prefix = 1};
     tg_store_range_res_t res;
@@ -1576,6 +1585,49 @@ static void test_etcd_cluster_failover(void **state)
     expect_no_ev(w, 300);
     tg_store_watch_cancel(w);
     tg_store_close(s);
+    for (int i = 0; i < 3; i++)
+        etcd_stop(&nodes[i]);
+}
+
+/* The member the client and its watch use stops answering without closing
+ * its connections (SIGSTOP: a hung host, or a connection left half-open by
+ * a network fault). The channel's keepalive finds it dead (~20 s), writes
+ * move to another member, and the watch resumes there: every change seen
+ * once, in order. Without keepalive the watch waited forever. */
+static void test_etcd_frozen_member(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char k[64];
+    tg_store_watch_t *w = NULL;
+    tg_store_t *s = cluster_open(nodes, "fz/", &w);
+    double t0 = now_s();
+    for (int i = 0; i < 6; i++) {
+        if (i == 2) {
+            assert_int_equal(kill(nodes[0].ep_pid, SIGSTOP), 0); /* the first endpoint */
+            t0 = now_s();
+        }
+        size_t kl = (size_t)snprintf(k, sizeof(k), "fz/%02d", i);
+        create_until_done(s, k, kl, 60);
+    }
+    print_message("  writes moved off the frozen member in %.1f s\n", now_s() - t0);
+    int64_t last = 0;
+    for (int i = 0; i < 6; i++) {
+        tg_store_event_t *ev = next_ev(w, 45000);
+        size_t kl = (size_t)snprintf(k, sizeof(k), "fz/%02d", i);
+        assert_int_equal(ev->ev_type, TG_STORE_EV_PUT);
+        assert_int_equal(ev->ev_kv.kv_key_len, kl);
+        assert_memory_equal(ev->ev_kv.kv_key, k, kl);
+        assert_true(ev->ev_kv.kv_mod_rev > last);
+        last = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+    }
+    print_message("  the watch resumed on another member %.1f s after the freeze\n", now_s() - t0);
+    expect_no_ev(w, 300);
+    assert_int_equal(tg_store_watch_connected(w), 1);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+    kill(nodes[0].ep_pid, SIGCONT);
     for (int i = 0; i < 3; i++)
         etcd_stop(&nodes[i]);
 }
@@ -1672,6 +1724,7 @@ int main(int argc, char **argv)
         T(test_etcd_interop_etcdctl),
         T(test_etcd_killed_mid_watch),
         T(test_etcd_cluster_failover),
+        T(test_etcd_frozen_member),
         T(test_etcd_auth), /* last: leaves auth on */
     };
     int fails =
