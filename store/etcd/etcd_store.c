@@ -549,7 +549,7 @@ static int e_txn(tg_store_t *s, const tg_store_cmp_t *cmps, size_t ncmp, const t
     rq.success = rp;
     rq.n_failure = nfailure;
     rq.failure = rp + nsuccess;
-    /* a txn of only gets (compares read too) changes nothing: repeating it is safe */
+    /* a txn whose ops only read (compares read too) changes nothing: repeating it is safe */
     int idem = IDEMPOTENT;
     for (size_t i = 0; i < nsuccess + nfailure; i++)
         if ((i < nsuccess ? &success[i] : &failure[i - nsuccess])->op_type != TG_STORE_OP_GET)

@@ -1632,6 +1632,46 @@ static void test_etcd_frozen_member(void **state)
         etcd_stop(&nodes[i]);
 }
 
+/* The watch's member loses its leader (the other two frozen: from where it
+ * stands, a minority partition). Because the watch asks "hasleader", etcd
+ * ends the stream after a few election timeouts and the watch reads
+ * disconnected, instead of looking healthy while it can deliver nothing;
+ * once a leader is back it resumes without loss. */
+static void test_etcd_watch_no_leader(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char k[64];
+    tg_store_watch_t *w = NULL;
+    tg_store_t *s = cluster_open(nodes, "hl/", &w);
+    size_t kl = (size_t)snprintf(k, sizeof(k), "hl/00");
+    create_until_done(s, k, kl, 20);
+    tg_store_event_t *ev = next_ev(w, 15000);
+    tg_store_event_free(ev);
+    assert_int_equal(tg_store_watch_connected(w), 1);
+    assert_int_equal(kill(nodes[1].ep_pid, SIGSTOP), 0);
+    assert_int_equal(kill(nodes[2].ep_pid, SIGSTOP), 0);
+    double t0 = now_s();
+    while (tg_store_watch_connected(w) && now_s() < t0 + 20)
+        sleep_ms(100);
+    print_message("  no leader: the watch reads disconnected after %.1f s\n", now_s() - t0);
+    int lost = !tg_store_watch_connected(w);
+    kill(nodes[1].ep_pid, SIGCONT);
+    kill(nodes[2].ep_pid, SIGCONT);
+    assert_true(lost);
+    kl = (size_t)snprintf(k, sizeof(k), "hl/01");
+    create_until_done(s, k, kl, 30);
+    ev = next_ev(w, 30000);
+    assert_int_equal(ev->ev_kv.kv_key_len, kl);
+    assert_memory_equal(ev->ev_kv.kv_key, k, kl);
+    tg_store_event_free(ev);
+    expect_no_ev(w, 300);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+    for (int i = 0; i < 3; i++)
+        etcd_stop(&nodes[i]);
+}
+
 /* Runs last: it turns etcd's auth on for good. */
 static void test_etcd_auth(void **state)
 {
@@ -1725,6 +1765,7 @@ int main(int argc, char **argv)
         T(test_etcd_killed_mid_watch),
         T(test_etcd_cluster_failover),
         T(test_etcd_frozen_member),
+        T(test_etcd_watch_no_leader),
         T(test_etcd_auth), /* last: leaves auth on */
     };
     int fails =
