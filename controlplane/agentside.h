@@ -214,6 +214,13 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
 void cp_row_from_entry(const struct Tollgate__V1__LedgerEntry *e, const uint8_t *packed,
                        size_t packed_len, tg_ledger_row_t *row);
 
+/* The packed size of usage entry e whose record is already packed (rec,
+ * rlen), written at out when out is not NULL: the bytes protobuf-c packs
+ * for e (settle.c, "records packed once"). SIZE_MAX when e has a field this
+ * writer leaves to protobuf-c (top-up and adjustment fields). Can't fail. */
+size_t cp_entry_pack_fast(const struct Tollgate__V1__LedgerEntry *e, const uint8_t *rec, size_t rlen,
+                          uint8_t *out);
+
 /* Appends k packed LedgerPages (settled-log values) to the ledger in one
  * append (one fsync). 0 or a negative code with err set. */
 int cp_ledger_apply(tg_cp_t *cp, const uint8_t *const *vals, const size_t *lens, size_t k,

@@ -35,6 +35,7 @@
  * settles with no balance change, flagged unbilled when it has a cost.
  */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,6 +328,12 @@ static int load_seq(tg_cp_agent_side_t *as, char *err, size_t errlen)
     return 0;
 }
 
+/* A group commit (see "group commit" below); its reads go through
+ * group_get_pb. */
+typedef struct settle_group settle_group_t;
+static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const ProtobufCMessageDescriptor *d,
+                        ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen);
+
 /* One balance touched by a settlement. */
 typedef struct bal {
     char b_key[TG_STORE_MAX_KEY];
@@ -346,15 +353,22 @@ static void bal_clear(bal_t *b)
     tg_buf_free(&b->b_packed);
 }
 
-/* Loads the balance of (account, bucket spec) into b. */
-static int bal_load(tg_cp_t *cp, const Tollgate__V1__Account *a, const Tollgate__V1__BucketSpec *bs,
-                    bal_t *b, char *err, size_t errlen)
+/* The store key of (account, bucket)'s balance into out. */
+static void bal_key(const char *account_id, const char *bucket, char *out, size_t outlen)
+{
+    snprintf(out, outlen, TG_CP_K_BALANCE "%s/%s", account_id, bucket);
+}
+
+/* Loads the balance of (account, bucket spec) into b, through g's reads
+ * (g may be NULL). */
+static int bal_load(tg_cp_t *cp, settle_group_t *g, const Tollgate__V1__Account *a,
+                    const Tollgate__V1__BucketSpec *bs, bal_t *b, char *err, size_t errlen)
 {
     ProtobufCMessage *m = NULL;
     int64_t modrev = 0;
-    snprintf(b->b_key, sizeof(b->b_key), TG_CP_K_BALANCE "%s/%s", a->id, bs->name);
+    bal_key(a->id, bs->name, b->b_key, sizeof(b->b_key));
     tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
-    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    int rc = group_get_pb(g, cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
     if (rc < 0)
         return rc;
     if (m == NULL) {
@@ -624,6 +638,8 @@ typedef struct settle_ctx {
     size_t *sc_balidx;                 /* per record: index in the group's balances */
     Tollgate__V1__LedgerEntry *sc_entries;
     char **sc_orig;                    /* per record: its own bucket, currency */
+    uint8_t *sc_recs;                  /* the records packed as settled (NULL: not) */
+    size_t *sc_recoff, *sc_reclen;     /* per record: its bytes in sc_recs */
     id_ix_t *sc_ids;                   /* the records' ids, sorted by (id, index) */
 } settle_ctx_t;
 
@@ -642,6 +658,9 @@ static void ctx_free(settle_ctx_t *c)
     tg_free(c->sc_unbilled_buf);
     tg_free(c->sc_unbilled);
     tg_free(c->sc_orig);
+    tg_free(c->sc_recs);
+    tg_free(c->sc_recoff);
+    tg_free(c->sc_reclen);
     tg_free(c->sc_ids);
     tg_free(c->sc_balidx);
     tg_free(c->sc_dup);
@@ -792,14 +811,16 @@ static int record_scopes(settle_ctx_t *c, size_t i, const char *currency, char *
     return TG_RPC_CODE_OK;
 }
 
-/* Loads the state of limit scope s into b (a fresh one when absent). */
-static int scope_bal_load(tg_cp_t *cp, const cp_scope_t *s, bal_t *b, char *err, size_t errlen)
+/* Loads the state of limit scope s into b (a fresh one when absent),
+ * through g's reads. */
+static int scope_bal_load(tg_cp_t *cp, settle_group_t *g, const cp_scope_t *s, bal_t *b, char *err,
+                          size_t errlen)
 {
     ProtobufCMessage *m = NULL;
     int64_t modrev = 0;
     snprintf(b->b_key, sizeof(b->b_key), "%s", s->cs_key);
     tg_buf_init(&b->b_packed, TG_STORE_MAX_VALUE);
-    int rc = tg_cp_get_pb(cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
+    int rc = group_get_pb(g, cp, b->b_key, &tollgate__v1__balance__descriptor, &m, &modrev, err, errlen);
     if (rc < 0)
         return rc;
     b->b_msg = cp_scope_state(s, (Tollgate__V1__Balance *)m, &b->b_new);
@@ -825,6 +846,208 @@ static void set_unbilled(settle_ctx_t *c, size_t i, const char *fmt, const char 
  * (mark_duplicates). A record never fails its batch for a configuration
  * problem: no account, or no bucket for its route type, leaves it without
  * a bucket (settled unbilled if it has a cost, see build_job). */
+/* ---- records packed once ------------------------------------------------------
+ *
+ * A settled-log entry is a LedgerEntry whose field 10 is the UsageRecord
+ * (~300 of its ~470 bytes). protobuf-c sizes a nested message again when
+ * it packs it, so sizing each entry and then packing it walked every record
+ * three times under the commit lock. Instead each record is packed once
+ * while its batch is priced (in parallel, before the lock: what it says is
+ * known then), and under the lock the entry's few other fields are written
+ * around those bytes in field-number order, as protobuf-c writes them (a
+ * proto3 scalar at its zero value, an empty string, a NULL message: left
+ * out). The first entries a process writes are checked against
+ * protobuf-c's own bytes; a difference logs an error and turns this off. */
+
+static size_t varint_len(uint64_t v)
+{
+    size_t k = 1;
+    while (v > 0x7f) {
+        v >>= 7;
+        k++;
+    }
+    return k;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t k = 0;
+    do {
+        p[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return k;
+}
+
+#define FAST_CHECKS 4096          /* entries checked against protobuf-c per process */
+static atomic_int g_fast_off;     /* 1: a check failed, protobuf-c packs everything */
+static atomic_long g_fast_checked;
+static atomic_int g_fast_layout;  /* 0 not yet looked at, 1 as below, 2 changed */
+static atomic_int g_check_all;    /* 0 not yet read, 1 first FAST_CHECKS, 2 every entry */
+
+/* LedgerEntry's fields as cp_entry_pack_fast knows them, in number order:
+ * each is written below or makes it refuse the entry. A field added,
+ * renumbered or retyped in usage.proto makes the descriptor differ, and
+ * then protobuf-c packs every entry (agentside_test lists them too). */
+static const struct {
+    uint32_t id;
+    ProtobufCType type;
+} FAST_FIELDS[] = {
+    {1, PROTOBUF_C_TYPE_UINT64},  {2, PROTOBUF_C_TYPE_ENUM},    {3, PROTOBUF_C_TYPE_STRING},
+    {4, PROTOBUF_C_TYPE_INT64},   {5, PROTOBUF_C_TYPE_STRING},  {6, PROTOBUF_C_TYPE_STRING},
+    {7, PROTOBUF_C_TYPE_STRING},  {8, PROTOBUF_C_TYPE_INT64},   {9, PROTOBUF_C_TYPE_INT64},
+    {10, PROTOBUF_C_TYPE_MESSAGE}, {11, PROTOBUF_C_TYPE_INT64}, {12, PROTOBUF_C_TYPE_BOOL},
+    {13, PROTOBUF_C_TYPE_STRING}, {14, PROTOBUF_C_TYPE_UINT64}, {15, PROTOBUF_C_TYPE_STRING},
+    {16, PROTOBUF_C_TYPE_STRING}, {17, PROTOBUF_C_TYPE_MESSAGE}, {18, PROTOBUF_C_TYPE_BYTES},
+    {19, PROTOBUF_C_TYPE_BYTES},  {20, PROTOBUF_C_TYPE_BOOL},   {21, PROTOBUF_C_TYPE_STRING},
+};
+
+/* 1 when LedgerEntry's descriptor has exactly FAST_FIELDS (proto3, no
+ * oneof, not repeated). */
+static int fast_layout_ok(void)
+{
+    int v = atomic_load(&g_fast_layout);
+    if (v != 0)
+        return v == 1;
+    const ProtobufCMessageDescriptor *d = &tollgate__v1__ledger_entry__descriptor;
+    size_t n = sizeof FAST_FIELDS / sizeof FAST_FIELDS[0];
+    int ok = d->n_fields == n;
+    for (size_t i = 0; ok && i < n; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        ok = f->id == FAST_FIELDS[i].id && f->type == FAST_FIELDS[i].type && f->label == PROTOBUF_C_LABEL_NONE &&
+             (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) == 0;
+    }
+    if (!ok)
+        TG_LOG(TG_LOG_WARN, "cp.settle", "LedgerEntry's fields changed: entries are packed by protobuf-c");
+    atomic_store(&g_fast_layout, ok ? 1 : 2);
+    return ok;
+}
+
+/* 1 when this entry's bytes are to be checked against protobuf-c's: the
+ * first FAST_CHECKS of the process, or every one with TG_CP_CHECK_PACKING=1
+ * (end-to-end tests), where a difference aborts the process. */
+static int fast_check_now(void)
+{
+    int v = atomic_load(&g_check_all);
+    if (v == 0) {
+        const char *e = getenv("TG_CP_CHECK_PACKING");
+        v = e != NULL && strcmp(e, "1") == 0 ? 2 : 1;
+        atomic_store(&g_check_all, v);
+    }
+    return v == 2 || atomic_load(&g_fast_checked) < FAST_CHECKS;
+}
+
+/* A packed entry differed from protobuf-c's: log it and pack whole from
+ * now on; under TG_CP_CHECK_PACKING=1 it is a test failure. */
+static void fast_mismatch(const char *entry_id, const char *what)
+{
+    TG_LOG(TG_LOG_ERROR, "cp.settle", "entry %s: packed %s differ from protobuf-c's; packing entries whole from now on",
+           entry_id, what);
+    atomic_store(&g_fast_off, 1);
+    if (atomic_load(&g_check_all) == 2)
+        abort();
+}
+
+/* One field: varint (wire type 0) or length-delimited (2, p/n). Returns
+ * its size; writes it at *w (advanced) when w is not NULL. */
+static size_t fld_varint(uint8_t **w, uint32_t field, uint64_t v)
+{
+    if (v == 0)
+        return 0;
+    if (w != NULL) {
+        *w += put_varint(*w, (uint64_t)field << 3);
+        *w += put_varint(*w, v);
+    }
+    return varint_len((uint64_t)field << 3) + varint_len(v);
+}
+
+static size_t fld_bytes(uint8_t **w, uint32_t field, const void *p, size_t n, int always)
+{
+    if (n == 0 && !always)
+        return 0;
+    if (w != NULL) {
+        *w += put_varint(*w, ((uint64_t)field << 3) | 2);
+        *w += put_varint(*w, n);
+        if (n > 0)
+            memcpy(*w, p, n);
+        *w += n;
+    }
+    return varint_len(((uint64_t)field << 3) | 2) + varint_len(n) + n;
+}
+
+static size_t fld_str(uint8_t **w, uint32_t field, const char *s)
+{
+    return s != NULL ? fld_bytes(w, field, s, strlen(s), 0) : 0;
+}
+
+size_t cp_entry_pack_fast(const Tollgate__V1__LedgerEntry *e, const uint8_t *rec, size_t rlen, uint8_t *out)
+{
+    if (e->seq != 0 || e->record == NULL || (e->idempotency_key != NULL && e->idempotency_key[0]) ||
+        (e->reason != NULL && e->reason[0]) || e->actor != NULL || e->prev_hash.len != 0 || e->hash.len != 0 ||
+        e->base.n_unknown_fields != 0 || (int)e->kind < 0 || !fast_layout_ok())
+        return SIZE_MAX;
+    uint8_t *w = out, **wp = out != NULL ? &w : NULL;
+    size_t n = 0;
+    n += fld_varint(wp, 2, (uint64_t)e->kind);
+    n += fld_str(wp, 3, e->entry_id);
+    n += fld_varint(wp, 4, (uint64_t)e->settled_at_us);
+    n += fld_str(wp, 5, e->account_id);
+    n += fld_str(wp, 6, e->bucket);
+    n += fld_str(wp, 7, e->currency);
+    n += fld_varint(wp, 8, (uint64_t)e->amount_nano);
+    n += fld_varint(wp, 9, (uint64_t)e->balance_after_nano);
+    n += fld_bytes(wp, 10, rec, rlen, 1);
+    n += fld_varint(wp, 11, (uint64_t)e->recomputed_cost_nano);
+    n += fld_varint(wp, 12, e->cost_mismatch ? 1 : 0);
+    n += fld_str(wp, 13, e->batch_agent_id);
+    n += fld_varint(wp, 14, e->batch_sequence);
+    n += fld_varint(wp, 20, e->unbilled ? 1 : 0);
+    n += fld_str(wp, 21, e->unbilled_reason);
+    return n;
+}
+
+/* Sets each record's settled fields (its bucket and currency when it has
+ * one to debit, its upstream cost) and packs it into c->sc_recs. Leaves
+ * sc_recs NULL when out of memory (the entries are then packed whole). */
+static void pack_records(settle_ctx_t *c)
+{
+    Tollgate__V1__UsageBatch *b = c->sc_batch;
+    size_t n = b->n_records, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        Tollgate__V1__UsageRecord *r = b->records[i];
+        if (c->sc_orig[2 * i] == NULL) {
+            c->sc_orig[2 * i] = r->bucket;
+            c->sc_orig[2 * i + 1] = r->currency;
+        }
+        r->upstream_cost_nano = c->sc_upcost[i];
+        const Tollgate__V1__BucketSpec *bs =
+            c->sc_bucket[i] != NULL ? bucket_spec(c->sc_acct[i], c->sc_bucket[i]) : NULL;
+        if (bs != NULL) {
+            r->bucket = (char *)c->sc_bucket[i];
+            r->currency = bs->currency;
+        }
+    }
+    if (atomic_load(&g_fast_off))
+        return;
+    c->sc_recoff = tg_calloc(n ? n : 1, sizeof(size_t));
+    c->sc_reclen = tg_calloc(n ? n : 1, sizeof(size_t));
+    for (size_t i = 0; c->sc_reclen != NULL && i < n; i++) {
+        c->sc_reclen[i] = protobuf_c_message_get_packed_size(&b->records[i]->base);
+        c->sc_recoff[i] = total;
+        total += c->sc_reclen[i];
+    }
+    if (c->sc_recoff == NULL || c->sc_reclen == NULL || (c->sc_recs = tg_malloc(total ? total : 1)) == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (protobuf_c_message_pack(&b->records[i]->base, c->sc_recs + c->sc_recoff[i]) != c->sc_reclen[i]) {
+            tg_free(c->sc_recs);
+            c->sc_recs = NULL;
+            return;
+        }
+}
+
+/* ---- pricing ------------------------------------------------------------------- */
+
 static int price_records(settle_ctx_t *c, char *err, size_t errlen)
 {
     tg_cp_t *cp = c->sc_cp;
@@ -963,30 +1186,12 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
                              r->route_type == 0 ? "unspecified" : route_type_name((int)r->route_type));
         }
     }
+    pack_records(c); /* outside the commit lock too */
     /* sorted once here, outside the commit lock, for mark_duplicates */
     qsort(c->sc_ids, b->n_records, sizeof(*c->sc_ids), cmp_id_ix);
     return TG_RPC_CODE_OK;
 }
 
-static size_t varint_len(uint64_t v)
-{
-    size_t k = 1;
-    while (v > 0x7f) {
-        v >>= 7;
-        k++;
-    }
-    return k;
-}
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-    size_t k = 0;
-    do {
-        p[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    return k;
-}
 
 /* ---- group commit ---------------------------------------------------------------
  *
@@ -1030,7 +1235,7 @@ typedef struct settle_job {
     size_t j_first;                    /* its first entry in the group's value */
 } settle_job_t;
 
-typedef struct settle_group {
+struct settle_group {
     settle_job_t *g_jobs[GROUP_MAX_JOBS];
     size_t g_n;                        /* jobs taken (then: committed prefix) */
     bal_t g_bals[GROUP_MAX_BALANCES];
@@ -1038,6 +1243,8 @@ typedef struct settle_group {
     int64_t g_saved[GROUP_MAX_BALANCES]; /* balances before the job being built */
     Tollgate__V1__LedgerEntry **g_ents; /* the value's entries, in order */
     size_t *g_len;                     /* per entry: packed size */
+    const uint8_t **g_rec;             /* per entry: its record's bytes, or NULL */
+    size_t *g_reclen;
     tg_ledger_row_t *g_rows;           /* per entry: its ledger row */
     size_t g_nent, g_cap;
     size_t g_total;                    /* bytes of the settled value so far */
@@ -1050,7 +1257,69 @@ typedef struct settle_group {
     /* each job's agent revocation key, compared absent at the commit */
     char g_rkey[GROUP_MAX_JOBS][TG_STORE_MAX_KEY];
     tg_store_cmp_t g_rcmps[GROUP_MAX_JOBS];
-} settle_group_t;
+    /* the keys the group reads (markers, agent seqs, balances), read in one
+     * store transaction at its start: one round trip to etcd, not one per
+     * key. g_pre_ok 0: read each key on its own (after a compare failure) */
+    char *g_prekeys[TG_STORE_MAX_TXN_OPS];
+    size_t g_npre;
+    tg_store_txn_res_t g_pre;
+    int g_pre_ok;
+};
+
+static void pre_clear(settle_group_t *g)
+{
+    for (size_t i = 0; i < g->g_npre; i++)
+        tg_free(g->g_prekeys[i]);
+    g->g_npre = 0;
+    tg_store_txn_res_free(&g->g_pre);
+    g->g_pre_ok = 0;
+}
+
+/* Adds key to the group's read set (once; silently not past the limit). */
+static void pre_add(settle_group_t *g, const char *key)
+{
+    for (size_t i = 0; i < g->g_npre; i++)
+        if (strcmp(g->g_prekeys[i], key) == 0)
+            return;
+    if (g->g_npre < TG_STORE_MAX_TXN_OPS && (g->g_prekeys[g->g_npre] = tg_strdup(key)) != NULL)
+        g->g_npre++;
+}
+
+/* Reads the group's keys in one transaction of GETs (as_settle_mu held). A
+ * failure only means each key is read on its own later. */
+static void pre_read(settle_group_t *g, tg_cp_t *cp)
+{
+    tg_store_op_t ops[TG_STORE_MAX_TXN_OPS];
+    char err[TG_ERRLEN];
+    for (size_t i = 0; i < g->g_npre; i++)
+        ops[i] = (tg_store_op_t){.op_type = TG_STORE_OP_GET, .op_key = g->g_prekeys[i],
+                                 .op_key_len = strlen(g->g_prekeys[i])};
+    g->g_pre_ok = g->g_npre > 0 &&
+                  tg_store_txn(cp->cp_store, NULL, 0, ops, g->g_npre, NULL, 0, &g->g_pre, err, sizeof(err)) == 0 &&
+                  g->g_pre.tx_n == g->g_npre;
+}
+
+/* tg_cp_get_pb through the group's read set: the value read at the group's
+ * start when key is in it, else a read of its own. g may be NULL. */
+static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const ProtobufCMessageDescriptor *d,
+                        ProtobufCMessage **out, int64_t *mod_rev, char *err, size_t errlen)
+{
+    for (size_t i = 0; g != NULL && g->g_pre_ok && i < g->g_npre; i++) {
+        if (strcmp(g->g_prekeys[i], key) != 0)
+            continue;
+        const tg_store_range_res_t *r = &g->g_pre.tx_res[i].or_range;
+        *out = NULL;
+        if (mod_rev)
+            *mod_rev = 0;
+        if (r->rs_n == 0)
+            return 1;
+        if (mod_rev)
+            *mod_rev = r->rs_kvs[0].kv_mod_rev;
+        int rc = tg_rpc_pb_unpack(d, r->rs_kvs[0].kv_val, r->rs_kvs[0].kv_val_len, out, err, errlen);
+        return rc != 0 ? tg_errf(err, errlen, rc, "store key %s: not a %s", key, d->name) : 0;
+    }
+    return tg_cp_get_pb(cp, key, d, out, mod_rev, err, errlen);
+}
 
 /* Marks records already settled (group time, as_settle_mu held):
  * repeated inside the batch, in an earlier batch of the group, committed by
@@ -1113,7 +1382,13 @@ static int group_reserve(settle_group_t *g, size_t more, char *err, size_t errle
     tg_ledger_row_t *r = tg_realloc(g->g_rows, nc * sizeof(*r));
     if (r != NULL)
         g->g_rows = r;
-    if (e == NULL || l == NULL || r == NULL)
+    const uint8_t **rp = tg_realloc(g->g_rec, nc * sizeof(*rp));
+    if (rp != NULL)
+        g->g_rec = rp;
+    size_t *rl = tg_realloc(g->g_reclen, nc * sizeof(*rl));
+    if (rl != NULL)
+        g->g_reclen = rl;
+    if (e == NULL || l == NULL || r == NULL || rp == NULL || rl == NULL)
         return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the batch");
     g->g_cap = nc;
     return 0;
@@ -1150,7 +1425,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 return BUILD_CUT;
             memset(&g->g_bals[k], 0, sizeof(bal_t));
             g->g_nbal++;
-            if (bal_load(c->sc_cp, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
+            if (bal_load(c->sc_cp, g, c->sc_acct[i], bucket_spec(c->sc_acct[i], c->sc_bucket[i]),
                          &g->g_bals[k], err, errlen) < 0)
                 return TG_RPC_CODE_UNAVAILABLE;
         }
@@ -1170,7 +1445,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                     return BUILD_CUT;
                 memset(&g->g_bals[k], 0, sizeof(bal_t));
                 g->g_nbal++;
-                if (scope_bal_load(c->sc_cp, &c->sc_scopes[si], &g->g_bals[k], err, errlen) < 0)
+                if (scope_bal_load(c->sc_cp, g, &c->sc_scopes[si], &g->g_bals[k], err, errlen) < 0)
                     return TG_RPC_CODE_UNAVAILABLE;
             }
             seen[k] = 1;
@@ -1192,11 +1467,6 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
         }
         Tollgate__V1__LedgerEntry *e = &c->sc_entries[ne];
         tollgate__v1__ledger_entry__init(e);
-        if (c->sc_orig[2 * i] == NULL) {
-            c->sc_orig[2 * i] = r->bucket;
-            c->sc_orig[2 * i + 1] = r->currency;
-        }
-        r->upstream_cost_nano = c->sc_upcost[i];
         e->kind = TOLLGATE__V1__LEDGER_KIND__LEDGER_KIND_USAGE;
         e->entry_id = r->record_id;
         e->settled_at_us = now_us;
@@ -1218,9 +1488,7 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 bl->b_msg->balance_nano + c->sc_cost[i] >= 0)
                 TG_LOG(TG_LOG_WARN, "cp.settle", "prepaid balance %s went below zero (%" PRId64
                        ") settling %s", bl->b_key, bl->b_msg->balance_nano, r->record_id);
-            r->bucket = (char *)c->sc_bucket[i];
-            r->currency = bs->currency;
-            e->bucket = (char *)c->sc_bucket[i];
+            e->bucket = (char *)c->sc_bucket[i]; /* r's too (pack_records) */
             e->currency = bs->currency;
             e->amount_nano = -c->sc_cost[i];
             e->balance_after_nano = bl->b_msg->balance_nano;
@@ -1237,7 +1505,14 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                 resp->unbilled++;
             }
         }
-        size_t sz = protobuf_c_message_get_packed_size(&e->base);
+        const uint8_t *rec = c->sc_recs != NULL ? c->sc_recs + c->sc_recoff[i] : NULL;
+        size_t sz = rec != NULL ? cp_entry_pack_fast(e, rec, c->sc_reclen[i], NULL) : SIZE_MAX;
+        if (sz != SIZE_MAX && fast_check_now() && sz != protobuf_c_message_get_packed_size(&e->base))
+            fast_mismatch(e->entry_id, "size");
+        if (sz == SIZE_MAX || atomic_load(&g_fast_off)) {
+            rec = NULL;
+            sz = protobuf_c_message_get_packed_size(&e->base);
+        }
         total += 1 + varint_len(sz) + sz;
         if (sz > TG_LEDGER_RECORD_MAX || total > TG_STORE_MAX_VALUE) {
             if (j > 0 && sz <= TG_LEDGER_RECORD_MAX)
@@ -1247,6 +1522,8 @@ static int build_job(settle_group_t *g, size_t j, int64_t now_us, char *err, siz
                            TG_STORE_MAX_VALUE);
         }
         g->g_ents[g->g_nent] = e;
+        g->g_rec[g->g_nent] = rec;
+        g->g_reclen[g->g_nent] = rec != NULL ? c->sc_reclen[i] : 0;
         g->g_len[g->g_nent++] = sz;
         ne++;
         resp->settled++;
@@ -1281,14 +1558,21 @@ static int agent_seqs(settle_group_t *g, char *err, size_t errlen)
             continue;
         size_t i = g->g_naops;
         snprintf(g->g_akey[i], sizeof(g->g_akey[i]), TG_CP_K_AGENT_SEQ "%s", b->agent_id);
-        tg_store_kv_t *kv = NULL;
-        if (tg_store_get(cp->cp_store, g->g_akey[i], strlen(g->g_akey[i]), &kv, NULL, err, errlen) < 0)
-            return TG_RPC_CODE_UNAVAILABLE;
+        tg_store_kv_t *kv = NULL, absent = {0};
+        const tg_store_kv_t *got = NULL; /* from the group's reads, or read now */
+        for (size_t p = 0; g->g_pre_ok && p < g->g_npre && got == NULL; p++)
+            if (strcmp(g->g_prekeys[p], g->g_akey[i]) == 0)
+                got = g->g_pre.tx_res[p].or_range.rs_n ? &g->g_pre.tx_res[p].or_range.rs_kvs[0] : &absent;
+        if (got == NULL) {
+            if (tg_store_get(cp->cp_store, g->g_akey[i], strlen(g->g_akey[i]), &kv, NULL, err, errlen) < 0)
+                return TG_RPC_CODE_UNAVAILABLE;
+            got = kv != NULL ? kv : &absent;
+        }
         uint64_t stored = 0;
-        int have = kv != NULL;
-        if (kv != NULL) {
+        int have = got->kv_key != NULL;
+        if (have) {
             char tmp[24] = {0};
-            memcpy(tmp, kv->kv_val, kv->kv_val_len < 23 ? kv->kv_val_len : 23);
+            memcpy(tmp, got->kv_val, got->kv_val_len < 23 ? got->kv_val_len : 23);
             stored = strtoull(tmp, NULL, 10);
         }
         tg_store_kv_free(kv);
@@ -1381,8 +1665,21 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
         size_t sz = g->g_len[i];
         *w++ = (1 << 3) | 2; /* field 1, length-delimited */
         w += put_varint(w, sz);
-        if (protobuf_c_message_pack(&g->g_ents[i]->base, w) != sz)
+        if (g->g_rec[i] != NULL) {
+            cp_entry_pack_fast(g->g_ents[i], g->g_rec[i], g->g_reclen[i], w);
+            if (fast_check_now()) {
+                /* the same bytes as protobuf-c's, or those */
+                atomic_fetch_add(&g_fast_checked, 1);
+                uint8_t *chk = tg_malloc(sz);
+                if (chk != NULL && protobuf_c_message_pack(&g->g_ents[i]->base, chk) == sz && memcmp(chk, w, sz) != 0) {
+                    fast_mismatch(g->g_ents[i]->entry_id, "bytes");
+                    memcpy(w, chk, sz);
+                }
+                tg_free(chk);
+            }
+        } else if (protobuf_c_message_pack(&g->g_ents[i]->base, w) != sz) {
             return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "packing ledger entry %zu: size changed", i);
+        }
         cp_row_from_entry(g->g_ents[i], w, sz, &g->g_rows[i]);
         w += sz;
     }
@@ -1399,10 +1696,11 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
 
 /* A resend: packs what the first settlement answered into reply. Returns 1
  * answered, 0 no marker, or a negative TG_RPC_CODE (err set). */
-static int answer_from_marker(tg_cp_t *cp, const char *marker, tg_buf_t *reply, char *err, size_t errlen)
+static int answer_from_marker(tg_cp_t *cp, settle_group_t *g, const char *marker, tg_buf_t *reply, char *err,
+                              size_t errlen)
 {
     ProtobufCMessage *m = NULL;
-    if (tg_cp_get_pb(cp, marker, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
+    if (group_get_pb(g, cp, marker, &tollgate__v1__report_usage_response__descriptor, &m, NULL, err,
                      errlen) < 0)
         return -TG_RPC_CODE_UNAVAILABLE;
     if (m == NULL)
@@ -1479,6 +1777,38 @@ static void store_refused(tg_cp_t *cp, char *err, size_t errlen)
  * prefix, fails or answers jobs on their own, and puts the jobs that did not
  * fit back at the head of the queue. Hands the lead on as soon as the
  * transaction is done, then waits for the tailer before waking callers. */
+/* The keys the jobs will read under the commit lock, read at once: each
+ * job's marker and agent seq, and the balances and limit scopes its records
+ * touch. On etcd only: there each read is a round trip, while on LMDB a
+ * read is a local read transaction and a store transaction would take the
+ * writer's turn. */
+static void group_prefetch(settle_group_t *g, tg_cp_t *cp, settle_job_t *const *jobs, size_t n)
+{
+    char key[TG_STORE_MAX_KEY];
+    pre_clear(g);
+    if (strcmp(tg_store_backend(cp->cp_store), "etcd") != 0)
+        return;
+    for (size_t j = 0; j < n; j++) {
+        settle_ctx_t *c = jobs[j]->j_c;
+        pre_add(g, jobs[j]->j_marker);
+        snprintf(key, sizeof(key), TG_CP_K_AGENT_SEQ "%s", c->sc_batch->agent_id);
+        pre_add(g, key);
+        const Tollgate__V1__Account *la = NULL;
+        const char *lb = NULL;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++) {
+            if (c->sc_bucket[i] == NULL || (c->sc_acct[i] == la && lb != NULL && strcmp(lb, c->sc_bucket[i]) == 0))
+                continue;
+            la = c->sc_acct[i];
+            lb = c->sc_bucket[i];
+            bal_key(la->id, lb, key, sizeof(key));
+            pre_add(g, key);
+        }
+        for (size_t k = 0; k < c->sc_nscopes; k++)
+            pre_add(g, c->sc_scopes[k].cs_key);
+    }
+    pre_read(g, cp);
+}
+
 static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 {
     tg_cp_t *cp = as->as_cp;
@@ -1490,8 +1820,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     cp_stash_t *stash = NULL;
     memcpy(taken, g->g_jobs, ntaken * sizeof(*taken));
 
+    int64_t t_lock = tg_cp_now_us(), t_checked = 0, t_built = 0, t_commit = 0;
     pthread_mutex_lock(&as->as_settle_mu);
+    int64_t t_locked = tg_cp_now_us();
     gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
+    if (gcode == TG_RPC_CODE_OK)
+        group_prefetch(g, cp, taken, ntaken);
     /* answer resends, keep one of each batch, mark duplicates */
     g->g_n = 0;
     for (size_t j = 0; gcode == TG_RPC_CODE_OK && j < ntaken; j++) {
@@ -1504,7 +1838,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             continue;
         }
         char jerr[TG_ERRLEN] = "";
-        int a = answer_from_marker(cp, job->j_marker, job->j_reply, jerr, sizeof(jerr));
+        int a = answer_from_marker(cp, g, job->j_marker, job->j_reply, jerr, sizeof(jerr));
         if (a != 0) {
             job->j_answered = a > 0;
             pthread_mutex_lock(&as->as_gmu);
@@ -1522,6 +1856,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
     }
     size_t nready = g->g_n;
+    t_checked = tg_cp_now_us();
     for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
         if (attempt > 0)
             nready = drop_revoked(as, g, nready);
@@ -1576,11 +1911,13 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             g->g_rcmps[j] = (tg_store_cmp_t){.c_key = g->g_rkey[j], .c_key_len = strlen(g->g_rkey[j]),
                                              .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
         }
+        t_built = tg_cp_now_us();
         commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
                             .cs_settled = &g->g_settled, .cs_xcmps = g->g_rcmps, .cs_nxcmp = g->g_n,
                             .cs_xops = g->g_aops, .cs_nxop = g->g_naops};
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
+        t_commit = tg_cp_now_us();
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
             if (rc == TG_STORE_EIO)
@@ -1597,6 +1934,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         }
         stash_drop(as, stash); /* not committed: the rows are rebuilt */
         stash = NULL;
+        g->g_pre_ok = 0; /* from fresh reads */
         atomic_fetch_add(&cp->cp_m_conflicts, 1);
         /* compare failed: lost the lease, or a balance moved under us */
         gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
@@ -1617,7 +1955,12 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             tg_free(ids);
         }
     }
+    pre_clear(g);
     pthread_mutex_unlock(&as->as_settle_mu);
+    TG_LOG(TG_LOG_DEBUG, "cp.settle", "group of %zu: lock wait %" PRId64 " us, checks %" PRId64
+           " us, build %" PRId64 " us, commit %" PRId64 " us (%zu bytes)", g->g_n, t_locked - t_lock,
+           t_checked - t_locked, t_built ? t_built - t_checked : 0, t_commit ? t_commit - t_built : 0,
+           g->g_settled.b_len);
 
     /* hand the lead on; jobs that did not fit (or whose twin is here) go
      * back to the head of the queue, in order */
@@ -1706,7 +2049,10 @@ static void group_free(settle_group_t *g)
     tg_buf_free(&g->g_settled);
     tg_free(g->g_ents);
     tg_free(g->g_len);
+    tg_free(g->g_rec);
+    tg_free(g->g_reclen);
     tg_free(g->g_rows);
+    pre_clear(g);
     tg_free(g);
 }
 
@@ -1839,7 +2185,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     }
     /* a resend of a settled batch: answer what the first settlement
      * answered without pricing it again (checked again at commit time) */
-    int a = answer_from_marker(cp, job.j_marker, reply, err, errlen);
+    int a = answer_from_marker(cp, NULL, job.j_marker, reply, err, errlen);
     if (a != 0) {
         code = a > 0 ? TG_RPC_CODE_OK : -a;
         goto fail;
@@ -2045,7 +2391,7 @@ int tg_cp_balance_change(tg_cp_t *cp, const Tollgate__V1__BalanceChangeRequest *
         }
         bal_clear(&bal);
         memset(&bal, 0, sizeof(bal));
-        if (bal_load(cp, a, bs, &bal, err, errlen) < 0 || load_seq(as, err, errlen) < 0) {
+        if (bal_load(cp, NULL, a, bs, &bal, err, errlen) < 0 || load_seq(as, err, errlen) < 0) {
             code = TG_RPC_CODE_UNAVAILABLE;
             goto fail;
         }

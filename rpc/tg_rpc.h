@@ -290,6 +290,12 @@ tg_rpc_channel_t *tg_rpc_channel_create(const char *target, const tg_rpc_channel
 /* Closes the channel (calls still running on it fail). Accepts NULL. */
 void tg_rpc_channel_destroy(tg_rpc_channel_t *ch);
 
+/* Connects ch if it is not connected and waits up to timeout_ms for it to
+ * be ready. Returns 1 when ready, 0 when not within the timeout (nothing was
+ * sent on it then: a caller that must know whether a write went out checks
+ * this before the call). Thread-safe. */
+int tg_rpc_channel_ready(tg_rpc_channel_t *ch, int timeout_ms);
+
 /* What a unary call brought back. Free with tg_rpc_result_free(). */
 typedef struct tg_rpc_result {
     int rs_code;        /* TG_RPC_CODE_* the call ended with */

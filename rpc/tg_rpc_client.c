@@ -174,6 +174,27 @@ static void cq_destroy(grpc_completion_queue *cq)
     grpc_completion_queue_destroy(cq);
 }
 
+int tg_rpc_channel_ready(tg_rpc_channel_t *ch, int timeout_ms)
+{
+    if (!ch)
+        return 0;
+    grpc_connectivity_state st = grpc_channel_check_connectivity_state(ch->ch_gc, 1);
+    if (st == GRPC_CHANNEL_READY)
+        return 1;
+    gpr_timespec dl = rpc_deadline(timeout_ms > 0 ? timeout_ms : 1);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    for (;;) {
+        /* completes on a state change (success) or at the deadline */
+        grpc_channel_watch_connectivity_state(ch->ch_gc, st, dl, cq, NULL);
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        st = grpc_channel_check_connectivity_state(ch->ch_gc, 1);
+        if (st == GRPC_CHANNEL_READY || !ev.success)
+            break;
+    }
+    cq_destroy(cq);
+    return st == GRPC_CHANNEL_READY;
+}
+
 int tg_rpc_unary(tg_rpc_channel_t *ch, const char *method, const tg_rpc_md_t *md, size_t nmd, const void *req,
                  size_t req_len, int timeout_ms, tg_rpc_result_t *res, char *err, size_t errlen)
 {

@@ -66,7 +66,8 @@ int tg_store__kv_set(tg_store_kv_t *kv, const void *key, size_t klen, const void
     uint8_t *b = tg_malloc(klen + vlen + 1);
     if (!b)
         return TG_STORE_ENOMEM;
-    memcpy(b, key, klen);
+    if (klen) /* an empty key from etcd is (NULL, 0) */
+        memcpy(b, key, klen);
     if (vlen)
         memcpy(b + klen, val, vlen);
     b[klen + vlen] = 0;
@@ -117,7 +118,8 @@ int tg_store__watch_push(tg_store_watch_t *w, int type, const tg_store_kv_t *kv)
     uint8_t *b = (uint8_t *)(ev + 1);
     ev->ev_type = type;
     ev->ev_kv = *kv;
-    memcpy(b, kv->kv_key, klen);
+    if (klen)
+        memcpy(b, kv->kv_key, klen);
     if (vlen)
         memcpy(b + klen, kv->kv_val, vlen);
     b[klen + vlen] = 0;

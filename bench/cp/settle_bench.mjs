@@ -68,8 +68,8 @@ try {
   console.log(`prepared ${nAgents * nBatches} batches of ${batchSize} records (${(bytes / 1e6).toFixed(1)} MB signed) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   // the control plane's CPU time (user + system), from /proc
-  const cpuSecs = () => {
-    const f = readFileSync(`/proc/${cp.proc.child.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  const cpuSecs = (pid = cp.proc.child.pid) => {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
     return (Number(f[11]) + Number(f[12])) / 100;
   };
   // one thread's CPU by name (the tailer appends the ledger: cp-tail)
@@ -109,6 +109,7 @@ try {
   }
   const tail0 = threadCpu('cp-tail');
   const cpu0 = cpuSecs();
+  const etcdCpu0 = etcd ? cpuSecs(etcd.proc.child.pid) : 0;
   const gen0 = process.cpuUsage();
   let genChild = 0;
   const start = performance.now();
@@ -144,10 +145,12 @@ try {
   const gen = process.cpuUsage(gen0);
   const genCpu = (gen.user + gen.system) / 1e6 + genChild;
   const cpu = cpuSecs() - cpu0;
+  const etcdCpu = etcd ? cpuSecs(etcd.proc.child.pid) - etcdCpu0 : 0;
   const tail = threadCpu('cp-tail') - tail0;
   const total = nAgents * nBatches * batchSize;
   lat.sort((x, y) => x - y);
   console.log(`load generator (${driver}) CPU ${genCpu.toFixed(2)} s during the ${secs.toFixed(2)} s run`);
+  if (etcd) console.log(`etcd CPU ${etcdCpu.toFixed(2)} s (${(etcdCpu * 1e6 / (nAgents * nBatches * batchSize)).toFixed(1)} us/record)`);
   const after = await balance(cp, ids.account);
   if (before - after !== want) throw new Error(`balance moved ${before - after}, want ${want}`);
   console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
@@ -165,6 +168,8 @@ try {
     // per-phase timings of the last batches (controlplane/settle.c debug log)
     const lines = cp.proc.output().split('\n').filter((l) => l.includes('records; verify'));
     for (const l of lines.slice(-6)) console.log(l);
+    // the settlement transactions' phases (controlplane/settle.c run_group)
+    for (const l of cp.proc.output().split('\n').filter((x) => x.includes('group of'))) console.log(l);
   }
 } finally {
   await cp?.stop();

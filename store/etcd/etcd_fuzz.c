@@ -1,75 +1,75 @@
 /* etcd_fuzz.c: libFuzzer target for what the etcd backend reads from etcd's
- * JSON gateway: range answers (kvs with base64 keys and values, int64s as
- * strings or numbers), txn answers, the watch stream (newline-separated
- * JSON objects cut anywhere by the transport) and error answers. Those
- * readers are static in etcd_store.c, so the target includes the file
- * whole (and links neither the etcd library nor a server). The first
- * byte picks the reader, the second is a parameter, the rest the answer.
+ * gRPC answers: range answers (kvs with binary keys and values), txn
+ * answers, watch answers and error messages. Those readers are static in
+ * etcd_store.c, so the target includes the file whole (and links no
+ * server). The first byte picks the reader, the second is a parameter, the
+ * rest the answer's protobuf bytes (or the error message).
  *
  * Checked besides "no sanitizer report": a range answer gives 0 with one
- * kv per entry of "kvs" whose key and value encode back to the base64 sent,
- * or ESERVER/ENOMEM with a message; a txn answer gives as many results as
- * the branch has ops, or an error; a watch stream queues only events at or
- * above the revision asked for, never lowers the next revision and never
- * queues more than TG_STORE_WATCH_QMAX; the error mapping gives a store code. */
+ * kv per entry of kvs holding the same key and value bytes, or ESERVER/ENOMEM
+ * with a message; a txn answer gives as many results as the branch has ops,
+ * or an error; a watch answer queues only events at or above the revision
+ * asked for, never lowers the next revision and never queues more than
+ * TG_STORE_WATCH_QMAX; the error mapping gives a store code. */
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "store/etcd/etcd_store.c"
 #include "tests/fuzz/fuzz.h"
 
-/* kv's bytes encode back to what the JSON object o held under name. */
-static void same_b64(const json_t *o, const char *name, const uint8_t *p, size_t n)
-{
-    json_t *v = json_object_get(o, name);
-    const char *want = json_is_string(v) ? json_string_value(v) : "";
-    char *enc = tg_malloc(TG_B64_ENCLEN(n));
-    TG_FUZZ_CHECK(enc != NULL);
-    tg_b64_encode(p, n, enc);
-    TG_FUZZ_CHECK(strcmp(enc, want) == 0);
-    tg_free(enc);
-}
-
-static void range(const json_t *j)
+static void range(const uint8_t *p, size_t n)
 {
     char err[TG_ERRLEN] = "";
+    ProtobufCMessage *m = NULL;
     tg_store_range_res_t res;
     memset(&res, 0, sizeof res);
+    if (tg_rpc_pb_unpack(&etcdserverpb__range_response__descriptor, p, n, &m, err, sizeof err) < 0)
+        return;
+    const Etcdserverpb__RangeResponse *j = (const Etcdserverpb__RangeResponse *)m;
     int rc = parse_range(j, &res, err, sizeof err);
     TG_FUZZ_CHECK(rc == 0 || rc == TG_STORE_ESERVER || rc == TG_STORE_ENOMEM);
     if (rc != 0) {
         TG_FUZZ_CHECK(err[0] != '\0');
     } else {
-        json_t *kvs = json_object_get(j, "kvs");
-        TG_FUZZ_CHECK(res.rs_n == (json_is_array(kvs) ? json_array_size(kvs) : 0));
+        TG_FUZZ_CHECK(res.rs_n == j->n_kvs);
         for (size_t i = 0; i < res.rs_n; i++) {
             const tg_store_kv_t *kv = &res.rs_kvs[i];
-            same_b64(json_array_get(kvs, i), "key", kv->kv_key, kv->kv_key_len);
-            same_b64(json_array_get(kvs, i), "value", kv->kv_val, kv->kv_val_len);
+            TG_FUZZ_CHECK(kv->kv_key_len == j->kvs[i]->key.len);
+            TG_FUZZ_CHECK(kv->kv_val_len == j->kvs[i]->value.len);
+            TG_FUZZ_CHECK(kv->kv_key_len == 0 ||
+                          memcmp(kv->kv_key, j->kvs[i]->key.data, kv->kv_key_len) == 0);
+            TG_FUZZ_CHECK(kv->kv_val_len == 0 ||
+                          memcmp(kv->kv_val, j->kvs[i]->value.data, kv->kv_val_len) == 0);
         }
     }
     tg_store_range_res_free(&res);
+    tg_rpc_pb_free(m);
 }
 
-static void txn(const json_t *j, uint8_t shape)
+static void txn(const uint8_t *p, size_t n, uint8_t shape)
 {
-    static const tg_store_op_t ops[] = {
-        {.op_type = TG_STORE_OP_GET}, {.op_type = TG_STORE_OP_PUT}, {.op_type = TG_STORE_OP_DELETE},
-        {.op_type = TG_STORE_OP_GET}};
+    static const tg_store_op_t ops[] = {{.op_type = TG_STORE_OP_GET},
+                                        {.op_type = TG_STORE_OP_PUT},
+                                        {.op_type = TG_STORE_OP_DELETE},
+                                        {.op_type = TG_STORE_OP_GET}};
     size_t ns = shape & 3, nf = (shape >> 2) & 3;
     char err[TG_ERRLEN] = "";
+    ProtobufCMessage *m = NULL;
     tg_store_txn_res_t res;
     memset(&res, 0, sizeof res);
-    int rc = parse_txn(j, ops, ns, ops + 1, nf, &res, err, sizeof err);
+    if (tg_rpc_pb_unpack(&etcdserverpb__txn_response__descriptor, p, n, &m, err, sizeof err) < 0)
+        return;
+    int rc = parse_txn((const Etcdserverpb__TxnResponse *)m, ops, ns, ops + 1, nf, &res, err, sizeof err);
     TG_FUZZ_CHECK(rc == 0 || rc == TG_STORE_ESERVER || rc == TG_STORE_ENOMEM);
     if (rc == 0)
         TG_FUZZ_CHECK(res.tx_n == (res.tx_succeeded ? ns : nf));
     else
         TG_FUZZ_CHECK(err[0] != '\0');
     tg_store_txn_res_free(&res);
+    tg_rpc_pb_free(m);
 }
 
-static void watch(const char *p, size_t n, uint8_t cut)
+static void watch(const uint8_t *p, size_t n, uint8_t cut)
 {
     tg_store_watch_t w;
     ewatch_t ew;
@@ -81,13 +81,12 @@ static void watch(const char *p, size_t n, uint8_t cut)
     TG_FUZZ_CHECK(w.w_efd >= 0);
     ew.ew_w = &w;
     ew.ew_next = 5;
-    tg_buf_init(&ew.ew_line, (size_t)8 << 20);
-    /* the transport cuts the stream where it likes: twice here */
+    /* two answers on one stream: the bytes cut in two */
     size_t a = n ? (size_t)cut * n / 255 : 0;
     int64_t before = ew.ew_next;
-    if (on_watch((char *)p, 1, a, &ew) == a) {
+    if (watch_msg(&ew, p, a) == 0) {
         TG_FUZZ_CHECK(ew.ew_next >= before);
-        (void)on_watch((char *)p + a, 1, n - a, &ew);
+        (void)watch_msg(&ew, p + a, n - a);
     }
     TG_FUZZ_CHECK(ew.ew_next >= before);
     TG_FUZZ_CHECK(w.w_qlen <= TG_STORE_WATCH_QMAX);
@@ -98,7 +97,6 @@ static void watch(const char *p, size_t n, uint8_t cut)
         tg_free(e->en_ev);
         tg_free(e);
     }
-    tg_buf_free(&ew.ew_line);
     close(w.w_efd);
     pthread_cond_destroy(&w.w_cond);
     pthread_mutex_destroy(&w.w_mu);
@@ -108,31 +106,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    const char *p = (const char *)data + 2;
+    const uint8_t *p = data + 2;
     size_t n = size - 2;
-    int kind = data[0] % 4;
-    if (kind == 2) {
-        watch(p, n, data[1]);
-        return 0;
-    }
-    if (kind == 3) {
+    switch (data[0] % 4) {
+    case 0: range(p, n); break;
+    case 1: txn(p, n, data[1]); break;
+    case 2: watch(p, n, data[1]); break;
+    default: {
         char *msg = tg_malloc(n + 1);
         TG_FUZZ_CHECK(msg != NULL);
         memcpy(msg, p, n);
         msg[n] = '\0';
-        int code = etcd_code(msg, data[1]);
-        TG_FUZZ_CHECK(code < 0);
+        TG_FUZZ_CHECK(etcd_code(msg, data[1]) < 0);
         tg_free(msg);
-        return 0;
+        break;
     }
-    json_error_t je;
-    json_t *j = json_loadb(p, n, 0, &je);
-    if (j == NULL)
-        return 0;
-    if (kind == 0)
-        range(j);
-    else
-        txn(j, data[1]);
-    json_decref(j);
+    }
     return 0;
 }

@@ -9,9 +9,6 @@
  * an event. */
 #include <errno.h>
 #include <fcntl.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -29,6 +26,7 @@
 #include <cmocka.h>
 
 #include "base/tg_base.h"
+#include "rpc/tg_rpc.h"
 #include "store/store.h"
 #include "store/tests/etcd_harness.h"
 
@@ -1255,94 +1253,63 @@ static void test_lmdb_corrupt_files(void **state)
 
 /* ---- etcd only ------------------------------------------------------------- */
 
-/* A server that answers /v3/maintenance/status and nothing else: requests
- * reach it and get no answer, as when etcd hangs mid-request. */
-typedef struct silent {
-    int sl_fd, sl_port;
-    pthread_t sl_thr;
-    volatile int sl_stop;
-} silent_t;
-
-static void *silent_thread(void *arg)
+/* A gRPC server in etcd's place that answers Status and nothing else in
+ * time: writes and keepalives reach it and get no answer before the
+ * client's deadline, as when etcd hangs mid-request; Range answers bytes
+ * that are not a RangeResponse. */
+static int hung_status(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    silent_t *sl = arg;
-    struct pollfd fds[64];
-    int n = 1;
-    fds[0].fd = sl->sl_fd;
-    fds[0].events = POLLIN;
-    while (!sl->sl_stop) {
-        if (poll(fds, (nfds_t)n, 100) <= 0)
-            continue;
-        if ((fds[0].revents & POLLIN) && n < 64) {
-            int c = accept(sl->sl_fd, NULL, NULL);
-            if (c >= 0) {
-                fds[n].fd = c;
-                fds[n].events = POLLIN;
-                fds[n].revents = 0;
-                n++;
-            }
-        }
-        for (int i = 1; i < n; i++) {
-            if (!(fds[i].revents & POLLIN))
-                continue;
-            char buf[4096];
-            ssize_t r = read(fds[i].fd, buf, sizeof(buf) - 1);
-            if (r <= 0) {
-                fds[i].events = 0; /* closed by the client */
-                continue;
-            }
-            buf[r] = 0;
-            if (strstr(buf, "/v3/kv/range")) { /* a proxy's error page */
-                static const char page[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
-                                           "Content-Length: 21\r\n\r\n<html>upstream</html>";
-                if (write(fds[i].fd, page, sizeof(page) - 1) != (ssize_t)sizeof(page) - 1)
-                    fds[i].events = 0;
-            } else if (strstr(buf, "/v3/maintenance/status")) {
-                static const char body[] = "{\"header\":{\"revision\":\"7\"}}";
-                char resp[256];
-                int m = snprintf(resp, sizeof(resp),
-                                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: %zu\r\n\r\n%s",
-                                 sizeof(body) - 1, body);
-                if (write(fds[i].fd, resp, (size_t)m) != m)
-                    fds[i].events = 0;
-            }
-        }
-    }
-    for (int i = 0; i < n; i++)
-        close(fds[i].fd);
-    return NULL;
+    static const uint8_t status[] = {0x0a, 0x02, 0x18, 0x07}; /* header { revision: 7 } */
+    (void)call, (void)req, (void)req_len, (void)arg;
+    return tg_buf_append(reply, status, sizeof(status)) ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
 }
 
-static void silent_start(silent_t *sl)
+static int hung_write(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    memset(sl, 0, sizeof(*sl));
-    sl->sl_fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(sl->sl_fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(sl->sl_fd, 16), 0);
-    getsockname(sl->sl_fd, (struct sockaddr *)&a, &len);
-    sl->sl_port = ntohs(a.sin_port);
-    assert_int_equal(pthread_create(&sl->sl_thr, NULL, silent_thread, sl), 0);
+    (void)call, (void)req, (void)req_len, (void)reply, (void)arg;
+    sleep_ms(1000); /* past the client's 300 ms */
+    return TG_RPC_CODE_OK;
 }
 
-static void silent_stop(silent_t *sl)
+static int hung_garbage(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, tg_buf_t *reply, void *arg)
 {
-    sl->sl_stop = 1;
-    pthread_join(sl->sl_thr, NULL);
+    (void)call, (void)req, (void)req_len, (void)arg;
+    return tg_buf_append(reply, "\xff\xff\xff", 3) ? TG_RPC_CODE_INTERNAL : TG_RPC_CODE_OK;
+}
+
+static int hung_stream(tg_rpc_call_t *call, const uint8_t *req, size_t req_len, void *arg)
+{
+    (void)call, (void)req, (void)req_len, (void)arg;
+    sleep_ms(1000);
+    return TG_RPC_CODE_OK;
+}
+
+static tg_rpc_server_t *hung_start(int *port)
+{
+    char err[TG_ERRLEN] = "";
+    tg_rpc_server_opts_t o = {.so_addr = "127.0.0.1:0", .so_threads = 8};
+    tg_rpc_server_t *srv = tg_rpc_server_create(&o, err, sizeof(err));
+    assert_non_null(srv);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.Maintenance/Status", hung_status, NULL, err,
+                                             sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Put", hung_write, NULL, err, sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Txn", hung_write, NULL, err, sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_add_unary(srv, "/etcdserverpb.KV/Range", hung_garbage, NULL, err, sizeof(err)),
+                     0);
+    assert_int_equal(tg_rpc_server_add_stream(srv, "/etcdserverpb.Lease/LeaseKeepAlive", hung_stream, NULL, err,
+                                              sizeof(err)), 0);
+    assert_int_equal(tg_rpc_server_start(srv, err, sizeof(err)), 0);
+    *port = tg_rpc_server_port(srv);
+    return srv;
 }
 
 static void test_etcd_no_answer(void **state)
 {
     (void)state;
-    silent_t sl;
     char spec[128], err[TG_ERRLEN] = "";
-    silent_start(&sl);
-    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", sl.sl_port);
+    int port = 0;
+    tg_rpc_server_t *srv = hung_start(&port);
+    snprintf(spec, sizeof(spec), "etcd:http://127.0.0.1:%d", port);
     tg_store_opts_t o = {.so_timeout_ms = 300, .so_retries = 2};
     tg_store_t *s = NULL;
     assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
@@ -1355,16 +1322,23 @@ static void test_etcd_no_answer(void **state)
     assert_non_null(strstr(err, "may or may not"));
     assert_true(el < 0.9); /* one attempt of 300 ms */
     tg_store_cmp_t c = {.c_key = "k", .c_key_len = 1, .c_target = TG_STORE_CMP_VERSION};
+    tg_store_op_t put = {.op_type = TG_STORE_OP_PUT, .op_key = "k", .op_key_len = 1, .op_val = "v", .op_val_len = 1};
     err[0] = 0;
-    assert_int_equal(tg_store_txn(s, &c, 1, NULL, 0, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
-    /* an answer that is not etcd's JSON is an error that says so */
+    assert_int_equal(tg_store_txn(s, &c, 1, &put, 1, NULL, 0, NULL, err, sizeof(err)), TG_STORE_EUNKNOWN);
+    /* a txn of only gets changes nothing: retried like a read, then unavailable */
+    tg_store_op_t get = {.op_type = TG_STORE_OP_GET, .op_key = "k", .op_key_len = 1};
+    err[0] = 0;
+    rc = tg_store_txn(s, &c, 1, &get, 1, &get, 1, NULL, err, sizeof(err));
+    print_message("  read-only txn, no answer: %s\n", err);
+    assert_int_equal(rc, TG_STORE_EUNAVAIL);
+    /* an answer that is not etcd's is an error that says so */
     tg_store_range_req_t rq = {.rq_key = "k", .rq_key_len = 1};
     tg_store_range_res_t res;
     err[0] = 0;
     rc = tg_store_range(s, &rq, &res, err, sizeof(err));
-    print_message("  range, HTML error page: %s\n", err);
+    print_message("  range, not a RangeResponse: %s\n", err);
     assert_int_equal(rc, TG_STORE_ESERVER);
-    assert_non_null(strstr(err, "502"));
+    assert_non_null(strstr(err, "KV/Range"));
     /* a retry-safe request is retried, then reported unavailable in bound */
     int64_t ttl;
     err[0] = 0;
@@ -1373,10 +1347,12 @@ static void test_etcd_no_answer(void **state)
     el = now_s() - t0;
     print_message("  keepalive, no answer, %.2f s: %s\n", el, err);
     assert_int_equal(rc, TG_STORE_EUNAVAIL);
-    assert_non_null(strstr(err, "timed out"));
+    assert_non_null(strstr(err, "DEADLINE_EXCEEDED"));
     assert_true(el >= 0.55 && el < 2.0); /* two attempts of 300 ms + backoff */
     tg_store_close(s);
-    silent_stop(&sl);
+    sleep_ms(1100); /* the hung handlers return */
+    tg_rpc_server_shutdown(srv, 0);
+    tg_rpc_server_destroy(srv);
 }
 
 static void test_etcd_unreachable(void **state)
@@ -1536,10 +1512,10 @@ static void test_etcd_interop_etcdctl(void **state)
 
 /* Create-if-absent, repeated until it is known to have applied: the way a
  * caller handles EUNKNOWN / EUNAVAIL during a failover. */
-static void create_until_done(tg_store_t *s, const char *k, size_t kl)
+static void create_until_done(tg_store_t *s, const char *k, size_t kl, int secs)
 {
     char err[TG_ERRLEN];
-    double dl = now_s() + 20;
+    double dl = now_s() + secs;
     while (now_s() < dl) {
         tg_store_cmp_t c = {.c_key = k, .c_key_len = kl, .c_target = TG_STORE_CMP_VERSION};
         tg_store_op_t p = {
@@ -1552,18 +1528,15 @@ static void create_until_done(tg_store_t *s, const char *k, size_t kl)
             fail_msg("create %.*s: %s", (int)kl, k, err);
         sleep_ms(100);
     }
-    fail_msg("create %.*s: still failing after 20 s", (int)kl, k);
+    fail_msg("create %.*s: still failing after %d s", (int)kl, k, secs);
 }
 
-/* A 3-member cluster loses the member the client and its watch use: requests
- * fail over to the others, the watch resumes on another member, and every
- * change is seen exactly once, in order. */
-static void test_etcd_cluster_failover(void **state)
+/* Starts a 3-member cluster, opens a store on its three endpoints (2 s
+ * timeout) and watches prefix (3 bytes) from now in *w. */
+static tg_store_t *cluster_open(etcd_proc_t nodes[3], const char *prefix, tg_store_watch_t **w)
 {
-    (void)state;
-    etcd_proc_t nodes[3];
-    char spec[300], err[TG_ERRLEN] = "", k[256];
-    memset(nodes, 0, sizeof(nodes));
+    char spec[300], err[TG_ERRLEN] = "";
+    memset(nodes, 0, 3 * sizeof(nodes[0]));
     if (etcd_cluster_start(nodes, 3)) {
         for (int i = 0; i < 3; i++)
             etcd_stop(&nodes[i]);
@@ -1573,13 +1546,25 @@ static void test_etcd_cluster_failover(void **state)
     tg_store_opts_t o = {.so_timeout_ms = 2000};
     tg_store_t *s = NULL;
     assert_int_equal(tg_store_open(&s, spec, &o, err, sizeof(err)), 0);
+    assert_int_equal(tg_store_watch(s, prefix, 3, NULL, 0, 1, 0, w, err, sizeof(err)), 0);
+    return s;
+}
+
+/* A 3-member cluster loses the member the client and its watch use: requests
+ * fail over to the others, the watch resumes on another member, and every
+ * change is seen exactly once, in order. */
+static void test_etcd_cluster_failover(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char err[TG_ERRLEN] = "", k[256];
     tg_store_watch_t *w = NULL;
-    assert_int_equal(tg_store_watch(s, "cf/", 3, NULL, 0, 1, 0, &w, err, sizeof(err)), 0);
+    tg_store_t *s = cluster_open(nodes, "cf/", &w);
     for (int i = 0; i < 30; i++) {
         if (i == 10)
             etcd_kill(&nodes[0]); /* the first endpoint: where requests and the watch go */
         size_t kl = (size_t)snprintf(k, sizeof(k), "cf/%02d", i);
-        create_until_done(s, k, kl);
+        create_until_done(s, k, kl, 20);
     }
     tg_store_range_req_t rq = {.rq_key = "cf/", .rq_key_len = 3, .rq_prefix = 1};
     tg_store_range_res_t res;
@@ -1597,6 +1582,89 @@ static void test_etcd_cluster_failover(void **state)
         tg_store_event_free(ev);
     }
     tg_store_range_res_free(&res);
+    expect_no_ev(w, 300);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+    for (int i = 0; i < 3; i++)
+        etcd_stop(&nodes[i]);
+}
+
+/* The member the client and its watch use stops answering without closing
+ * its connections (SIGSTOP: a hung host, or a connection left half-open by
+ * a network fault). The channel's keepalive finds it dead (~20 s), writes
+ * move to another member, and the watch resumes there: every change seen
+ * once, in order. Without keepalive the watch waited forever. */
+static void test_etcd_frozen_member(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char k[64];
+    tg_store_watch_t *w = NULL;
+    tg_store_t *s = cluster_open(nodes, "fz/", &w);
+    double t0 = now_s();
+    for (int i = 0; i < 6; i++) {
+        if (i == 2) {
+            assert_int_equal(kill(nodes[0].ep_pid, SIGSTOP), 0); /* the first endpoint */
+            t0 = now_s();
+        }
+        size_t kl = (size_t)snprintf(k, sizeof(k), "fz/%02d", i);
+        create_until_done(s, k, kl, 60);
+    }
+    print_message("  writes moved off the frozen member in %.1f s\n", now_s() - t0);
+    int64_t last = 0;
+    for (int i = 0; i < 6; i++) {
+        tg_store_event_t *ev = next_ev(w, 45000);
+        size_t kl = (size_t)snprintf(k, sizeof(k), "fz/%02d", i);
+        assert_int_equal(ev->ev_type, TG_STORE_EV_PUT);
+        assert_int_equal(ev->ev_kv.kv_key_len, kl);
+        assert_memory_equal(ev->ev_kv.kv_key, k, kl);
+        assert_true(ev->ev_kv.kv_mod_rev > last);
+        last = ev->ev_kv.kv_mod_rev;
+        tg_store_event_free(ev);
+    }
+    print_message("  the watch resumed on another member %.1f s after the freeze\n", now_s() - t0);
+    expect_no_ev(w, 300);
+    assert_int_equal(tg_store_watch_connected(w), 1);
+    tg_store_watch_cancel(w);
+    tg_store_close(s);
+    kill(nodes[0].ep_pid, SIGCONT);
+    for (int i = 0; i < 3; i++)
+        etcd_stop(&nodes[i]);
+}
+
+/* The watch's member loses its leader (the other two frozen: from where it
+ * stands, a minority partition). Because the watch asks "hasleader", etcd
+ * ends the stream after a few election timeouts and the watch reads
+ * disconnected, instead of looking healthy while it can deliver nothing;
+ * once a leader is back it resumes without loss. */
+static void test_etcd_watch_no_leader(void **state)
+{
+    (void)state;
+    etcd_proc_t nodes[3];
+    char k[64];
+    tg_store_watch_t *w = NULL;
+    tg_store_t *s = cluster_open(nodes, "hl/", &w);
+    size_t kl = (size_t)snprintf(k, sizeof(k), "hl/00");
+    create_until_done(s, k, kl, 20);
+    tg_store_event_t *ev = next_ev(w, 15000);
+    tg_store_event_free(ev);
+    assert_int_equal(tg_store_watch_connected(w), 1);
+    assert_int_equal(kill(nodes[1].ep_pid, SIGSTOP), 0);
+    assert_int_equal(kill(nodes[2].ep_pid, SIGSTOP), 0);
+    double t0 = now_s();
+    while (tg_store_watch_connected(w) && now_s() < t0 + 20)
+        sleep_ms(100);
+    print_message("  no leader: the watch reads disconnected after %.1f s\n", now_s() - t0);
+    int lost = !tg_store_watch_connected(w);
+    kill(nodes[1].ep_pid, SIGCONT);
+    kill(nodes[2].ep_pid, SIGCONT);
+    assert_true(lost);
+    kl = (size_t)snprintf(k, sizeof(k), "hl/01");
+    create_until_done(s, k, kl, 30);
+    ev = next_ev(w, 30000);
+    assert_int_equal(ev->ev_kv.kv_key_len, kl);
+    assert_memory_equal(ev->ev_kv.kv_key, k, kl);
+    tg_store_event_free(ev);
     expect_no_ev(w, 300);
     tg_store_watch_cancel(w);
     tg_store_close(s);
@@ -1696,6 +1764,8 @@ int main(int argc, char **argv)
         T(test_etcd_interop_etcdctl),
         T(test_etcd_killed_mid_watch),
         T(test_etcd_cluster_failover),
+        T(test_etcd_frozen_member),
+        T(test_etcd_watch_no_leader),
         T(test_etcd_auth), /* last: leaves auth on */
     };
     int fails =

@@ -44,7 +44,8 @@ export async function startEtcd({ dir = tmpdir('tg-etcd-'), client, peer } = {})
   const purl = `http://127.0.0.1:${peer}`;
   const proc = start('/usr/bin/etcd', ['--data-dir', path.join(dir, 'data'), '--listen-client-urls', url,
     '--advertise-client-urls', url, '--listen-peer-urls', purl, '--initial-advertise-peer-urls', purl,
-    '--initial-cluster', `default=${purl}`, '--log-level', 'warn']);
+    '--initial-cluster', `default=${purl}`, '--log-level', 'warn',
+    ...(process.env.TG_ETCD_PPROF ? ['--enable-pprof'] : [])]);
   await until(async () => {
     const r = await fetch(`${url}/v3/maintenance/status`, { method: 'POST', body: '{}' });
     return r.ok;

@@ -11,6 +11,12 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = process.env.TG_ROOT ||
   path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
+// Every tollgate-cp an e2e test starts (directly, through a helper or a
+// script; they inherit this environment) checks each ledger entry settlement
+// packs by hand against protobuf-c's bytes and aborts on a difference
+// (controlplane/settle.c, "records packed once"). Set it to 0 to measure.
+process.env.TG_CP_CHECK_PACKING ??= '1';
+
 // Directory of Bazel outputs: tests/run.sh exports TG_BIN (`bazel info bazel-bin`).
 export const BIN = process.env.TG_BIN || path.join(ROOT, 'bazel-bin');
 
