@@ -266,10 +266,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                       "anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                       PATHS[data[0] & 3], bl);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
                             .sin_port = htons((uint16_t)tg_agent_port(g_agent))};
-    TG_FUZZ_CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    int fd = -1, connected = 0;
+    /* libFuzzer's SIGALRM can interrupt a connect that waits (seen: EINTR
+     * once in ~600,000 inputs; likely a SYN resent after a second because
+     * it met one of the agent's TIME_WAIT sockets: the agent closes each
+     * connection first, about a thousand a second). Interrupted: try
+     * again, a few times. */
+    for (int tries = 0; tries < 5 && !connected; tries++) {
+        if (fd >= 0)
+            close(fd);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        connected = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        if (!connected && errno != EINTR)
+            break;
+    }
+    if (!connected) {
+        /* the harness's own socket: say why (a full table of open files, no
+         * free local port) before the check stops the run */
+        fprintf(stderr, "path_fuzz: connecting to the agent on port %d after %ld inputs: %s\n",
+                tg_agent_port(g_agent), g_execs, strerror(errno));
+        TG_FUZZ_CHECK(!"connect to the agent");
+    }
     TG_FUZZ_CHECK(send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl);
     if (bl)
         (void)send(fd, body, bl, MSG_NOSIGNAL);
