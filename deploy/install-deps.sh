@@ -11,7 +11,7 @@ DEBS=(
   gcc clang-14 libclang-rt-14-dev  # two compilers; clang's sanitizer runtime
   libgrpc-dev                # gRPC C core (rpc/)
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler  # api/ codegen
-  libcurl4-openssl-dev       # upstream client, etcd JSON gateway client
+  libcurl4-openssl-dev       # upstream calls through proxies or --upstream-client curl; alert webhooks
   libssl-dev                 # Ed25519 signatures, SHA-256, TLS
   liblmdb-dev lmdb-utils     # embedded store, ledger, outbox
   libevent-dev               # agent and mockllm event loops
