@@ -107,7 +107,12 @@ struct tg_front {
     int f_lfd;
     struct event *f_lev;       /* the listener */
     struct event *f_pause_ev;  /* accept paused after EMFILE */
-    struct event *f_flush_ev;  /* priority 0: ends of responses */
+    /* The ends of responses: activated by the first end of a loop pass, so
+     * it runs after the callbacks already active in the pass (one commit
+     * for all of them). Same priority as the rest on purpose: libevent ends
+     * a pass as soon as a callback activates a higher-priority event, which
+     * made every end its own commit and its own extra epoll_wait. */
+    struct event *f_flush_ev;
     const struct timeval *f_tmo; /* common timeout: fo_timeout_s */
     struct timeval f_tmo_plain;  /* the same, if libevent had no common timeout */
     const struct timeval *f_htmo; /* common timeout: fo_head_timeout_s */
@@ -1234,9 +1239,18 @@ static int put_head(tg_front_conn_t *c, int status, long long clen)
     if (!reason || reason[0] == '<')
         reason = "Status";
     tg_buf_t *o = &c->c_out;
-    int rc = tg_buf_printf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason, f->f_date);
-    if (clen >= 0)
-        rc |= tg_buf_printf(o, "Content-Length: %lld\r\n", clen);
+    int rc = tg_buf_puts(o, "HTTP/1.1 ");
+    rc |= tg_buf_putu(o, (unsigned)status);
+    rc |= tg_buf_puts(o, " ");
+    rc |= tg_buf_puts(o, reason);
+    rc |= tg_buf_puts(o, "\r\nDate: ");
+    rc |= tg_buf_puts(o, f->f_date);
+    rc |= tg_buf_puts(o, "\r\n");
+    if (clen >= 0) {
+        rc |= tg_buf_puts(o, "Content-Length: ");
+        rc |= tg_buf_putu(o, (unsigned long long)clen);
+        rc |= tg_buf_puts(o, "\r\n");
+    }
     else if (c->c_chunked)
         rc |= tg_buf_puts(o, "Transfer-Encoding: chunked\r\n");
     if (!c->c_keep)
@@ -1313,7 +1327,7 @@ void tg_front_stream_end(tg_front_conn_t *c, const void *tail, size_t len)
     if (!c->c_gone && !c->c_head) {
         int rc = 0;
         if (len && c->c_chunked)
-            rc |= tg_buf_printf(&c->c_out, "%zx\r\n", len);
+            rc |= tg_buf_putx(&c->c_out, len) | tg_buf_puts(&c->c_out, "\r\n");
         if (len)
             rc |= tg_buf_append(&c->c_out, tail, len);
         if (len && c->c_chunked)
@@ -1375,9 +1389,6 @@ int tg_front_create(struct event_base *base, int listen_fd, const tg_front_opts_
         tg_front_destroy(f);
         return tg_errf(err, errlen, -1, "out of memory creating the HTTP front");
     }
-    /* the ends of responses go before other work of the iteration, when
-     * the loop has priorities */
-    event_priority_set(f->f_flush_ev, 0);
     *out = f;
     return 0;
 }

@@ -41,6 +41,12 @@
 #define DEF_CONNECT_MS 5000
 #define DEF_MAX_IDLE 64
 #define IDLE_AGE_MS 60000  /* a pooled connection idle longer is not reused (a NAT may have dropped it silently) */
+/* A pooled connection idle at least this long is peeked at before reuse
+ * (conn_alive: one more recv per request). One idle for less, under load
+ * nearly all of them, goes without: its close or unsolicited answer would
+ * have to come within milliseconds of its last answer, and a close is
+ * covered anyway by the stale retry. */
+#define PEEK_AFTER_MS 10
 #define MSGLEN 160
 
 /* ---- the response: http-parser and the caller's callbacks -------------- */
@@ -1234,11 +1240,13 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     tg_buf_init(&head, SIZE_MAX);
     int def = port == (tls ? 443 : 80);
     if (!(c->c_key = tg_malloc(kl * 2)) ||
-        tg_buf_printf(&head, "%s %s HTTP/1.1\r\nHost: %s%s%s", r->hr_method ? r->hr_method : "POST", path,
-                      v6 ? "[" : "", host, v6 ? "]" : "") != 0 ||
-        (!def && tg_buf_printf(&head, ":%d", port) != 0) || tg_buf_append(&head, "\r\n", 2) != 0 ||
-        append_fields(&head, r->hr_fields, r->hr_fields_len) != 0 ||
-        tg_buf_printf(&head, "Content-Length: %zu\r\n\r\n", r->hr_body_len) != 0 ||
+        tg_buf_puts(&head, r->hr_method ? r->hr_method : "POST") != 0 || tg_buf_puts(&head, " ") != 0 ||
+        tg_buf_puts(&head, path) != 0 || tg_buf_puts(&head, " HTTP/1.1\r\nHost: ") != 0 ||
+        (v6 && tg_buf_puts(&head, "[") != 0) || tg_buf_puts(&head, host) != 0 || (v6 && tg_buf_puts(&head, "]") != 0) ||
+        (!def && (tg_buf_puts(&head, ":") != 0 || tg_buf_putu(&head, (unsigned)port) != 0)) ||
+        tg_buf_append(&head, "\r\n", 2) != 0 || append_fields(&head, r->hr_fields, r->hr_fields_len) != 0 ||
+        tg_buf_puts(&head, "Content-Length: ") != 0 || tg_buf_putu(&head, r->hr_body_len) != 0 ||
+        tg_buf_puts(&head, "\r\n\r\n") != 0 ||
         (tls && tg_buf_append(&head, r->hr_body, r->hr_body_len) != 0)) {
         tg_buf_free(&head);
         tg_free(c->c_key);
@@ -1271,7 +1279,7 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
         next = k->k_next;
         if (strcmp(k->k_key, c->c_key) != 0)
             continue;
-        if (now - k->k_idle_ms > IDLE_AGE_MS || !conn_alive(k)) {
+        if (now - k->k_idle_ms > IDLE_AGE_MS || (now - k->k_idle_ms >= PEEK_AFTER_MS && !conn_alive(k))) {
             conn_close(k, 1);
         } else {
             idle_unlink(k);

@@ -137,8 +137,8 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
  * 15-30 us). The front writes the last bytes of every response only after
  * its before_flush hook, which is this commit, so a client never sees the
  * end of an answer whose record is not in the outbox. The commit event
- * (priority 0, like the front's flush) covers records without a client
- * reply (a client that hung up). */
+ * covers records without a client reply (a client that hung up). The loop
+ * has one priority: see tg_front's f_flush_ev for why. */
 static void pend_drop(worker_t *w, size_t n)
 {
     if (n == 0)
@@ -498,9 +498,8 @@ static int worker_init(tg_agent_t *a, worker_t *w, int idx, int fd, char *err, s
     w->w_idx = idx;
     w->w_rng = ((uint64_t)time(NULL) << 16) ^ (uint64_t)(idx + 1) * 0x9e3779b97f4a7c15ull;
     w->w_metrics = tg_metrics_create();
-    if (!(w->w_base = event_base_new()) || event_base_priority_init(w->w_base, 2) != 0 ||
-        !(w->w_commit_ev = event_new(w->w_base, -1, 0, on_commit, w)) ||
-        event_priority_set(w->w_commit_ev, 0) != 0 || !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
+    if (!(w->w_base = event_base_new()) || !(w->w_commit_ev = event_new(w->w_base, -1, 0, on_commit, w)) ||
+        !(w->w_multi = curl_multi_init()) || !(w->w_curl_timer = evtimer_new(w->w_base, on_curl_timer, w)) ||
         !(w->w_stop_ev = event_new(w->w_base, a->a_stop_pipe[0], EV_READ | EV_PERSIST, on_stop, w))) {
         close(fd);
         return tg_errf(err, errlen, TG_AGENT_ENOMEM, "worker %d: out of memory", idx);

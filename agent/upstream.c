@@ -309,6 +309,12 @@ static void upstream_refused(req_t *rq, attempt_t *a)
                  e.ue_code[0] ? ", code " : "", e.ue_code, e.ue_param[0] ? ", param " : "", e.ue_param);
 }
 
+/* "name: value\r\n" into a head's fields */
+static int put_field(tg_buf_t *f, const char *name, const char *value)
+{
+    return tg_buf_puts(f, name) | tg_buf_puts(f, ": ") | tg_buf_puts(f, value) | tg_buf_puts(f, "\r\n");
+}
+
 void tg_req_start_attempt(req_t *rq)
 {
     const Tollgate__V1__RouteTarget *t = rq->rq_route->tiers[rq->rq_tier]->targets[rq->rq_target];
@@ -385,7 +391,7 @@ void tg_req_start_attempt(req_t *rq)
     tg_buf_init(&f, 64u << 10);
     int bad = tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0 ||
               tg_buf_puts(&f, "Content-Type: application/json\r\n") != 0 ||
-              (ch->ch_credential[0] && tg_buf_printf(&f, "%s\r\n", hdr) != 0);
+              (ch->ch_credential[0] && (tg_buf_puts(&f, hdr) != 0 || tg_buf_puts(&f, "\r\n") != 0));
     if (!bad && rq->rq_uproto == TG_PROTO_ANTHROPIC) {
         /* anthropic-version: an Anthropic client's own (and its
          * anthropic-beta), else the adapter's */
@@ -401,12 +407,12 @@ void tg_req_start_attempt(req_t *rq)
             bad = tg_buf_printf(&f, "anthropic-beta: %s\r\n", beta) != 0;
     }
     for (size_t i = 0; !bad && i < c->n_extra_headers; i++)
-        bad = tg_buf_printf(&f, "%s: %s\r\n", c->extra_headers[i]->name, c->extra_headers[i]->value) != 0;
+        bad = put_field(&f, c->extra_headers[i]->name, c->extra_headers[i]->value) != 0;
     const tg_agent_opts_t *ao = &rq->rq_w->w_agent->a_opts;
     for (int i = 0; !bad && i < ao->ao_nforward; i++) {
         const char *v = rq->rq_c ? tg_front_header(rq->rq_c, ao->ao_forward[i]) : NULL;
         if (v)
-            bad = tg_buf_printf(&f, "%s: %s\r\n", ao->ao_forward[i], v) != 0;
+            bad = put_field(&f, ao->ao_forward[i], v) != 0;
     }
     const char *url = ch->ch_chat_url;
     /* a chat request, or a converted Responses one, goes to the channel

@@ -148,6 +148,27 @@ int tg_buf_puts(tg_buf_t *b, const char *s)
     return tg_buf_append(b, s, strlen(s));
 }
 
+static int buf_put_digits(tg_buf_t *b, unsigned long long v, unsigned base)
+{
+    char d[24];
+    size_t i = sizeof d;
+    do {
+        d[--i] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v);
+    return tg_buf_append(b, d + i, sizeof d - i);
+}
+
+int tg_buf_putu(tg_buf_t *b, unsigned long long v)
+{
+    return buf_put_digits(b, v, 10);
+}
+
+int tg_buf_putx(tg_buf_t *b, unsigned long long v)
+{
+    return buf_put_digits(b, v, 16);
+}
+
 int tg_buf_vprintf(tg_buf_t *b, const char *fmt, va_list ap)
 {
     va_list ap2;

@@ -78,6 +78,10 @@ void tg_buf_init(tg_buf_t *b, size_t max);
  * buffer is unchanged. */
 int tg_buf_append(tg_buf_t *b, const void *p, size_t n);
 int tg_buf_puts(tg_buf_t *b, const char *s);
+/* Append v in decimal (putu) or lower-case hex (putx): what "%llu" and
+ * "%llx" print, without printf's parsing (the hot path's heads). */
+int tg_buf_putu(tg_buf_t *b, unsigned long long v);
+int tg_buf_putx(tg_buf_t *b, unsigned long long v);
 int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int tg_buf_vprintf(tg_buf_t *b, const char *fmt, va_list ap);
 /* Empties the buffer, keeping its memory. */

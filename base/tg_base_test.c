@@ -40,6 +40,30 @@ static void test_alloc_counts_and_fails(void **state)
     assert_int_equal(tg_alloc_live(), live);
 }
 
+/* putu / putx print what printf's %llu / %llx print, edges included */
+static void test_buf_numbers(void **state)
+{
+    (void)state;
+    const unsigned long long v[] = {0, 1, 9, 10, 15, 16, 255, 1000, 4294967296ull, 18446744073709551615ull};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        tg_buf_t b, p;
+        tg_buf_init(&b, 100);
+        tg_buf_init(&p, 100);
+        assert_int_equal(tg_buf_putu(&b, v[i]), 0);
+        assert_int_equal(tg_buf_puts(&b, " "), 0);
+        assert_int_equal(tg_buf_putx(&b, v[i]), 0);
+        assert_int_equal(tg_buf_printf(&p, "%llu %llx", v[i], v[i]), 0);
+        assert_string_equal(b.b_data, p.b_data);
+        tg_buf_free(&b);
+        tg_buf_free(&p);
+    }
+    tg_buf_t s;
+    tg_buf_init(&s, 3);
+    assert_int_equal(tg_buf_putu(&s, 1234), TG_BUF_ETOOBIG);
+    assert_int_equal(s.b_len, 0);
+    tg_buf_free(&s);
+}
+
 static void test_buf_limits(void **state)
 {
     (void)state;
@@ -115,6 +139,7 @@ int main(void)
         cmocka_unit_test(test_errf_first_wins),
         cmocka_unit_test(test_alloc_counts_and_fails),
         cmocka_unit_test(test_buf_limits),
+        cmocka_unit_test(test_buf_numbers),
         cmocka_unit_test(test_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,6 +14,10 @@
 #   massif   massif heap profile while CONNS streams wait for their first
 #            token (stream_client.mjs idle): bytes per stream by allocation
 #            site, in $OUT/massif.out
+#   perf     perf at full speed (no tracer slowing the agent, so loop
+#            iterations batch as they do in the bench): system calls per
+#            request by call (perf trace -s), then a cycles profile with
+#            call graphs in $OUT/perf.data (perf report -i ...)
 # CONNS defaults to 1 (massif: 300 streams), SECONDS to 10.
 # Binaries: $TG_AGENT_BIN (else $TG_BIN/agent/tollgate-agent) and
 # $TG_BIN/tools/mockllm/mockllm. $TG_AGENT_ARGS: extra agent flags (e.g.
@@ -47,7 +51,7 @@ MPORT=$("$ROOT/bench/mock_port.sh" "$OUT/mock.out") || { echo "agent_profile.sh:
 case "$MODE" in
   cg) TOOL="valgrind --tool=callgrind --callgrind-out-file=$OUT/cg.out" ;;
   massif) TOOL="valgrind --tool=massif --massif-out-file=$OUT/massif.out --threshold=0.5 --detailed-freq=1" ;;
-  strace) TOOL="" ;;
+  strace|perf) TOOL="" ;;
   *) echo "agent_profile.sh: unknown mode $MODE" >&2; exit 2 ;;
 esac
 printf '#!/bin/sh\nexec %s %s "$@"\n' "$TOOL" "$AGENT" >"$OUT/agent.sh"
@@ -87,6 +91,27 @@ case "$MODE" in
     awk -v n="$n" 'NR > 2 && $NF != "total" && $NF ~ /^[a-z_0-9]+$/ {
         c = ($4 ~ /^[0-9]+$/) ? $4 : $3; t += c; printf "%-16s %8d  %6.2f/request\n", $NF, c, c / n }
       END { printf "%-16s %8d  %6.2f/request (%d requests)\n", "TOTAL", t, t / n, n }' "$OUT/strace.out" | sort -k2 -nr
+    ;;
+  perf)
+    LOAD 2s >/dev/null
+    LOAD "$((SECS + 3))s" >"$OUT/wrk.out" &
+    wl=$!
+    sleep 1
+    # in-kernel tracepoint counts (cheap, unlike perf trace or strace); the
+    # client's answers (one send per 1 KB request) count the requests
+    ev=""
+    for c in sendto sendmsg recvfrom read epoll_wait epoll_ctl pwrite64 pwritev writev write lseek fdatasync futex accept4 close; do
+      ev="$ev -e syscalls:sys_enter_$c"
+    done
+    ev="$ev -e raw_syscalls:sys_enter"
+    # shellcheck disable=SC2086 # ev: perf flags
+    perf stat -x, $ev -p "$APID" -o "$OUT/stat.out" -- sleep "$((SECS / 2))" >/dev/null 2>&1 || true
+    perf record -g -o "$OUT/perf.data" -p "$APID" -- sleep "$((SECS / 2))" >/dev/null 2>&1 || true
+    wait "$wl"
+    awk -F, '$3 ~ /sys_enter/ { n = $3; sub(/.*sys_enter_?/, "", n); if (n == "") n = "ALL"; c[n] = $1 }
+      END { r = c["sendto"]; for (k in c) printf "%-12s %9d  %6.2f/request\n", k, c[k], c[k] / r
+            printf "(%d requests: the client answers, one sendto each)\n", r }' "$OUT/stat.out" | sort -k2 -nr
+    perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -40
     ;;
   massif)
     wrk -t1 -c8 -d1s -s "$ROOT/bench/wrk/chat_small.lua" "$URL" >/dev/null
