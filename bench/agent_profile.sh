@@ -103,12 +103,13 @@ case "$MODE" in
     for c in sendto sendmsg recvfrom read epoll_wait epoll_ctl pwrite64 pwritev writev write lseek fdatasync futex accept4 close; do
       ev="$ev -e syscalls:sys_enter_$c"
     done
-    ev="$ev -e raw_syscalls:sys_enter"
+    ev="$ev -e raw_syscalls:sys_enter -e page-faults -e context-switches"
     # shellcheck disable=SC2086 # ev: perf flags
     perf stat -x, $ev -p "$APID" -o "$OUT/stat.out" -- sleep "$((SECS / 2))" >/dev/null 2>&1 || true
     perf record -g -o "$OUT/perf.data" -p "$APID" -- sleep "$((SECS / 2))" >/dev/null 2>&1 || true
     wait "$wl"
     awk -F, '$3 ~ /sys_enter/ { n = $3; sub(/.*sys_enter_?/, "", n); if (n == "") n = "ALL"; c[n] = $1 }
+      $3 ~ /^(page-faults|context-switches)$/ { c[$3] = $1 }
       END { r = c["sendto"]; for (k in c) printf "%-12s %9d  %6.2f/request\n", k, c[k], c[k] / r
             printf "(%d requests: the client answers, one sendto each)\n", r }' "$OUT/stat.out" | sort -k2 -nr
     perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -40
