@@ -131,6 +131,11 @@ static int buf_reserve(tg_buf_t *b, size_t extra)
     return 0;
 }
 
+int tg_buf_reserve(tg_buf_t *b, size_t n)
+{
+    return buf_reserve(b, n);
+}
+
 int tg_buf_append(tg_buf_t *b, const void *p, size_t n)
 {
     int rc = buf_reserve(b, n);

@@ -84,6 +84,10 @@ int tg_buf_putu(tg_buf_t *b, unsigned long long v);
 int tg_buf_putx(tg_buf_t *b, unsigned long long v);
 int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int tg_buf_vprintf(tg_buf_t *b, const char *fmt, va_list ap);
+/* Makes room for n more bytes (and the NUL) without changing the content,
+ * for writers that fill b_data + b_len themselves and then advance b_len
+ * (and write the NUL). Returns 0, TG_BUF_ENOMEM or TG_BUF_ETOOBIG. */
+int tg_buf_reserve(tg_buf_t *b, size_t n);
 /* Empties the buffer, keeping its memory. */
 void tg_buf_reset(tg_buf_t *b);
 /* Hands the bytes to the caller (who frees them with tg_free) and leaves the

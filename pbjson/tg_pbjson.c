@@ -11,6 +11,7 @@
 
 #include "base/tg_b64.h"
 #include "base/tg_base.h"
+#include "pbpack/tg_pbpack.h"
 
 const char *tg_pbjson_strerror(int code)
 {
@@ -36,28 +37,6 @@ static int is_map_field(const ProtobufCFieldDescriptor *f)
     return n > 5 && strcmp(d->name + n - 5, "Entry") == 0 && d->n_fields == 2 &&
            d->fields[0].id == 1 && strcmp(d->fields[0].name, "key") == 0 && d->fields[1].id == 2 &&
            strcmp(d->fields[1].name, "value") == 0;
-}
-
-static size_t slot_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32:
-    case PROTOBUF_C_TYPE_UINT32: case PROTOBUF_C_TYPE_FIXED32: case PROTOBUF_C_TYPE_FLOAT:
-    case PROTOBUF_C_TYPE_ENUM:
-        return 4;
-    case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64: case PROTOBUF_C_TYPE_DOUBLE:
-        return 8;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    }
-    return 0;
 }
 
 /* ---- to JSON -------------------------------------------------------------- */
@@ -195,7 +174,7 @@ static int is_default(const ProtobufCFieldDescriptor *f, const void *slot)
         return *(ProtobufCMessage *const *)slot == NULL;
     default: {
         static const char zero[8];
-        return memcmp(slot, zero, slot_size(f->type)) == 0;
+        return memcmp(slot, zero, tg_pbpack_elem_size(f->type)) == 0;
     }
     }
 }
@@ -252,7 +231,7 @@ json_t *tg_pbjson_to_json(const ProtobufCMessage *m, const tg_pbjson_opts_t *o)
                 }
             } else {
                 v = json_array();
-                size_t sz = slot_size(f->type);
+                size_t sz = tg_pbpack_elem_size(f->type);
                 for (size_t k = 0; v && k < n; k++) {
                     json_t *e = value_to_json(f, arr + k * sz, o);
                     if (e == NULL || json_array_append_new(v, e) != 0) {
@@ -571,7 +550,7 @@ static int message_from_json(ctx_t *c, const ProtobufCMessageDescriptor *d, cons
             if (!json_is_array(val)) {
                 rc = bad(c, "expected an array");
             } else {
-                size_t n = json_array_size(val), sz = slot_size(f->type);
+                size_t n = json_array_size(val), sz = tg_pbpack_elem_size(f->type);
                 char *arr = calloc(n ? n : 1, sz);
                 if (arr == NULL) {
                     rc = tg_errf(c->err, c->errlen, TG_PBJSON_ENOMEM, "out of memory");

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pbpack/tg_pbpack.h"
 #include "tollgate/v1/admin.pb-c.h"
 #include "tollgate/v1/agent.pb-c.h"
 #include "tollgate/v1/common.pb-c.h"
@@ -17,28 +18,6 @@
 #include "tollgate/v1/usage.pb-c.h"
 
 static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d, unsigned depth, unsigned seed);
-
-static size_t scalar_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32:
-    case PROTOBUF_C_TYPE_UINT32: case PROTOBUF_C_TYPE_FIXED32: case PROTOBUF_C_TYPE_FLOAT:
-    case PROTOBUF_C_TYPE_ENUM:
-        return 4;
-    case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64: case PROTOBUF_C_TYPE_DOUBLE:
-        return 8;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    }
-    return 0;
-}
 
 /* Writes one non-default value of field f into slot. */
 static void fill_value(const ProtobufCFieldDescriptor *f, void *slot, unsigned depth, unsigned seed)
@@ -114,7 +93,7 @@ static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d, unsig
             *(protobuf_c_boolean *)(base + f->quantifier_offset) = 1;
         }
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            size_t sz = scalar_size(f->type);
+            size_t sz = tg_pbpack_elem_size(f->type);
             void *arr = calloc(2, sz);
             for (unsigned k = 0; k < 2; k++)
                 fill_value(f, (char *)arr + k * sz, depth, seed + k);
