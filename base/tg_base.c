@@ -138,9 +138,13 @@ int tg_buf_reserve(tg_buf_t *b, size_t n)
 
 int tg_buf_append(tg_buf_t *b, const void *p, size_t n)
 {
-    int rc = buf_reserve(b, n);
-    if (rc)
-        return rc;
+    /* room for n and the NUL already (b_cap never passes b_max + 1): the
+     * common case, without buf_reserve's overflow checks */
+    if (b->b_cap - b->b_len <= n) {
+        int rc = buf_reserve(b, n);
+        if (rc)
+            return rc;
+    }
     if (n)
         memcpy(b->b_data + b->b_len, p, n);
     b->b_len += n;

@@ -62,7 +62,8 @@ void tg_alloc_fail_after(long n);
 typedef struct tg_buf {
     char *b_data; /* bytes, always NUL-terminated when b_len > 0 */
     size_t b_len; /* bytes in use, not counting the NUL */
-    size_t b_cap; /* bytes allocated */
+    size_t b_cap; /* bytes allocated; never more than b_max + 1 (code
+                   * that hands a buffer its memory keeps to that) */
     size_t b_max; /* hard limit on b_len; appends past it fail */
 } tg_buf_t;
 
