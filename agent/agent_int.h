@@ -403,5 +403,7 @@ const char *tg_cfg_currency(const tg_cfg_t *c, const tg_account_t *a, const char
 int64_t tg_cfg_max_request_bytes(const tg_cfg_t *c);
 /* 1 when ip is inside one of policy.trusted_proxies. */
 int tg_cfg_trusted_proxy(const tg_cfg_t *c, const tg_ip_t *ip);
+/* How many trusted proxies the policy names (0: no address is one). */
+size_t tg_cfg_trusted_proxies(const tg_cfg_t *c);
 
 #endif

@@ -51,9 +51,13 @@ static int xff_walk(req_t *rq, const char *xff)
  * own line after the client's must not let the client's line decide. */
 void tg_req_client_ip(req_t *rq)
 {
-    snprintf(rq->rq_ip, sizeof rq->rq_ip, "%s", tg_front_peer(rq->rq_c));
+    const char *peer = tg_front_peer(rq->rq_c);
+    size_t pl = strnlen(peer, sizeof rq->rq_ip - 1);
+    memcpy(rq->rq_ip, peer, pl);
+    rq->rq_ip[pl] = '\0';
     tg_ip_t ip;
-    if (tg_agent_ip_parse(rq->rq_ip, &ip) != 0 || !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
+    if (!tg_cfg_trusted_proxies(rq->rq_cfg) || tg_agent_ip_parse(rq->rq_ip, &ip) != 0 ||
+        !tg_cfg_trusted_proxy(rq->rq_cfg, &ip))
         return;
     const char *xff[128]; /* the front keeps at most 128 header lines */
     size_t n = tg_front_header_all(rq->rq_c, "X-Forwarded-For", xff, 128);

@@ -396,6 +396,12 @@ int64_t tg_cfg_max_request_bytes(const tg_cfg_t *c)
     return p && p->max_request_bytes > 0 ? p->max_request_bytes : 4 * 1024 * 1024;
 }
 
+size_t tg_cfg_trusted_proxies(const tg_cfg_t *c)
+{
+    const Tollgate__V1__GatewayPolicy *p = c->cf_snap->policy;
+    return p ? p->n_trusted_proxies : 0;
+}
+
 int tg_cfg_trusted_proxy(const tg_cfg_t *c, const tg_ip_t *ip)
 {
     const Tollgate__V1__GatewayPolicy *p = c->cf_snap->policy;

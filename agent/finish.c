@@ -158,7 +158,7 @@ void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr)
     add_header(hr, "x-request-id", rq->rq_id);
     /* the gateway's own time so far: everything but the upstream's (and
      * the policy's backoff waits), so users can check the overhead claim */
-    snprintf(ov, sizeof ov, "%lld", (long long)tg_req_overhead_us(rq));
+    tg_fmt_u64(ov, (unsigned long long)tg_req_overhead_us(rq)); /* >= 0 */
     add_header(hr, "x-tollgate-overhead-us", ov);
     tg_req_rate_headers(rq, hr);
     if (!rq->rq_key || !rq->rq_key->expose_cost || !rq->rq_natt)

@@ -1253,8 +1253,14 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
         tg_free(c);
         return tg_errf(err, errlen, -1, "out of memory starting an upstream call");
     }
-    int n = snprintf(c->c_key, kl, "%s://%s:%d", tls ? "https" : "http", host, port);
-    memcpy(c->c_key + n + 1, host, strlen(host) + 1);
+    /* "scheme://host:port", then the host alone (kl: host + 32 each) */
+    size_t hl = strlen(host), n = tls ? 8 : 7;
+    memcpy(c->c_key, tls ? "https://" : "http://", n);
+    memcpy(c->c_key + n, host, hl);
+    n += hl;
+    c->c_key[n++] = ':';
+    n += tg_fmt_u64(c->c_key + n, (unsigned)port);
+    memcpy(c->c_key + n + 1, host, hl + 1);
     c->c_host = c->c_key + n + 1;
     c->c_h = h;
     c->c_hh = hh;

@@ -303,7 +303,10 @@ void tg_req_emit_record(req_t *rq)
     Tollgate__V1__Attempt att[MAX_ATTEMPTS];
     Tollgate__V1__Attempt *attp[MAX_ATTEMPTS];
     char rid[80];
-    snprintf(rid, sizeof rid, "local-%s", rq->rq_id);
+    size_t il = strnlen(rq->rq_id, sizeof rid - 7);
+    memcpy(rid, "local-", 6);
+    memcpy(rid + 6, rq->rq_id, il);
+    rid[6 + il] = '\0';
     r.record_id = rid;
     r.request_id = rq->rq_id;
     r.region = pstr(rq, rq->rq_w->w_agent->a_opts.ao_region);

@@ -496,9 +496,15 @@ void tg_req_handle(tg_front_conn_t *hr, void *arg)
     models |= model_one;
 #undef PATH_IS
 #undef PATH_IS_S
-    char id[48];
-    snprintf(id, sizeof id, "req_%016llx%02x%08llx", (unsigned long long)w->w_agent->a_id_base, w->w_idx & 0xff,
-             (unsigned long long)++w->w_seq);
+    char id[48]; /* req_ + 16 + 2 + 8 hex digits: what "req_%016llx%02x%08llx" printed */
+    memcpy(id, "req_", 4);
+    tg_fmt_hex(id + 4, w->w_agent->a_id_base, 16);
+    tg_fmt_hex(id + 20, (unsigned)w->w_idx & 0xff, 2);
+    uint64_t seq = ++w->w_seq;
+    int sw = 8; /* %08llx: at least 8 digits */
+    while (sw < 16 && (seq >> (4 * sw)) != 0)
+        sw++;
+    tg_fmt_hex(id + 22, seq, sw);
     if (!post && !models && !keyview) {
         tg_req_send_error(hr, kind, id, 404, "invalid_request_error", "unknown_url", "Unknown request URL: %.*s", (int)plen, uri);
         return;

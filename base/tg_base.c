@@ -157,6 +157,28 @@ int tg_buf_puts(tg_buf_t *b, const char *s)
     return tg_buf_append(b, s, strlen(s));
 }
 
+size_t tg_fmt_u64(char *out, unsigned long long v)
+{
+    char d[24];
+    size_t i = sizeof d;
+    do {
+        d[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(out, d + i, sizeof d - i);
+    out[sizeof d - i] = '\0';
+    return sizeof d - i;
+}
+
+void tg_fmt_hex(char *out, unsigned long long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        out[i] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    }
+    out[width] = '\0';
+}
+
 static int buf_put_digits(tg_buf_t *b, unsigned long long v, unsigned base)
 {
     char d[24];

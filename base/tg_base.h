@@ -85,6 +85,13 @@ int tg_buf_putu(tg_buf_t *b, unsigned long long v);
 int tg_buf_putx(tg_buf_t *b, unsigned long long v);
 int tg_buf_printf(tg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int tg_buf_vprintf(tg_buf_t *b, const char *fmt, va_list ap);
+/* v in decimal into out (at least 21 bytes), NUL-terminated; returns the
+ * number of digits. For the hot path, where snprintf's parsing costs
+ * more than the number. */
+size_t tg_fmt_u64(char *out, unsigned long long v);
+/* The low 4 * width bits of v as exactly width lower-case hex digits
+ * (zero-padded), NUL-terminated: out holds width + 1 bytes. */
+void tg_fmt_hex(char *out, unsigned long long v, int width);
 /* Makes room for n more bytes (and the NUL) without changing the content,
  * for writers that fill b_data + b_len themselves and then advance b_len
  * (and write the NUL). Returns 0, TG_BUF_ENOMEM or TG_BUF_ETOOBIG. */

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -56,6 +57,18 @@ static void test_buf_numbers(void **state)
         assert_string_equal(b.b_data, p.b_data);
         tg_buf_free(&b);
         tg_buf_free(&p);
+    }
+    char d[24], want[24];
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        snprintf(want, sizeof want, "%llu", v[i]);
+        assert_int_equal(tg_fmt_u64(d, v[i]), strlen(want));
+        assert_string_equal(d, want);
+        snprintf(want, sizeof want, "%016llx", v[i]);
+        tg_fmt_hex(d, v[i], 16);
+        assert_string_equal(d, want);
+        snprintf(want, sizeof want, "%02llx", v[i] & 0xff);
+        tg_fmt_hex(d, v[i], 2);
+        assert_string_equal(d, want);
     }
     tg_buf_t s;
     tg_buf_init(&s, 3);

@@ -56,12 +56,14 @@ int tg_proto_auth_header(tg_proto_kind_t kind, const char *credential, char *buf
     const tg_proto_adapter_t *a = adapter(kind);
     if (!len)
         return TG_PROTO_ETOOBIG;
-    int n = snprintf(buf, len, "%s%s", a ? a->pa_auth_prefix : "Authorization: Bearer ",
-                     credential ? credential : "");
-    if (n < 0 || (size_t)n >= len) {
+    const char *pre = a ? a->pa_auth_prefix : "Authorization: Bearer ", *cred = credential ? credential : "";
+    size_t pl = strlen(pre), cl = strlen(cred);
+    if (pl + cl >= len) {
         buf[0] = '\0';
         return TG_PROTO_ETOOBIG;
     }
+    memcpy(buf, pre, pl);
+    memcpy(buf + pl, cred, cl + 1);
     return 0;
 }
 
