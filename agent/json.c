@@ -23,14 +23,17 @@ static int fail(tg_json_t *j, const char *what)
                    j->j_pos, c, what);
 }
 
-static void ws(tg_json_t *j)
+/* Whitespace. The position is kept in a local: j_p is a char pointer, so
+ * a loop on j->j_pos would store and reload it at every byte. */
+static inline void ws(tg_json_t *j)
 {
-    while (j->j_pos < j->j_len) {
-        char c = j->j_p[j->j_pos];
-        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
-            break;
-        j->j_pos++;
-    }
+    const char *p = j->j_p;
+    size_t i = j->j_pos, n = j->j_len;
+    if (i < n && (unsigned char)p[i] > ' ')
+        return; /* the usual case: a token right here */
+    while (i < n && (p[i] == ' ' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t'))
+        i++;
+    j->j_pos = i;
 }
 
 void tg_json_init(tg_json_t *j, const char *p, size_t n, char *err, size_t errlen)
@@ -138,8 +141,9 @@ static int low_escape(const tg_json_t *j, uint32_t *lo)
 /* Skips 8 bytes at a time while none of them ends a plain run (a quote,
  * a backslash, a control byte or a non-ASCII byte): the word tests are
  * the classic "has a zero byte" / "has a byte below n" bit tricks. Returns
- * the position of the word that holds the first such byte, or of the last
- * few bytes; the caller's byte loop finds the byte itself. */
+ * the position of that first byte (little-endian GCC/clang; elsewhere of
+ * the word that holds it), or of the last few bytes; the caller's byte
+ * loop goes on from there. */
 static size_t plain_run(const char *p, size_t pos, size_t len)
 {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
@@ -147,9 +151,15 @@ static size_t plain_run(const char *p, size_t pos, size_t len)
         uint64_t x;
         memcpy(&x, p + pos, 8);
         uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-        uint64_t stop = ((q - ones) & ~q) | ((b - ones) & ~b) | (x - ones * 0x20) | x;
-        if (stop & highs)
+        uint64_t stop = (((q - ones) & ~q) | ((b - ones) & ~b) | (x - ones * 0x20) | x) & highs;
+        if (stop) {
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* the lowest flagged byte is exact (no borrow reaches it
+             * from plain bytes below): the stop byte itself */
+            pos += (size_t)__builtin_ctzll(stop) >> 3;
+#endif
             break;
+        }
         pos += 8;
     }
     return pos;
@@ -209,16 +219,13 @@ static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *t
             }
         } else if (c < 0x80) {
             /* a run of plain bytes in one copy */
-            size_t s = j->j_pos;
-            j->j_pos = plain_run(j->j_p, j->j_pos, j->j_len);
-            while (j->j_pos < j->j_len) {
-                unsigned char d = (unsigned char)j->j_p[j->j_pos];
-                if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80)
-                    break;
-                j->j_pos++;
-            }
+            const unsigned char *q = (const unsigned char *)j->j_p;
+            size_t s = j->j_pos, e = plain_run(j->j_p, s, j->j_len), end = j->j_len;
+            while (e < end && q[e] != '"' && q[e] != '\\' && q[e] >= 0x20 && q[e] < 0x80)
+                e++;
+            j->j_pos = e;
             src = j->j_p + s;
-            n = j->j_pos - s;
+            n = e - s;
         } else {
             n = tg_utf8_seq((const unsigned char *)j->j_p + j->j_pos, j->j_len - j->j_pos);
             if (n == 0)
@@ -436,27 +443,70 @@ static int scalar(tg_json_t *j)
     }
 }
 
+/* Steps over one value with the checks tg_json_enter and tg_json_next make
+ * (same errors at the same bytes), as one state machine: no call per token
+ * and no copy of member names, so a skipped subtree costs about a scan. */
 int tg_json_skip(tg_json_t *j)
 {
+    enum { VALUE, FIRST_VALUE, MEMBER, FIRST_MEMBER, AFTER } st = VALUE;
+    const char *p = j->j_p;
+    size_t n = j->j_len;
     int base = j->j_depth, rc;
     for (;;) {
-        int t = tg_json_peek(j);
-        if (t == TG_JSON_OBJECT || t == TG_JSON_ARRAY)
-            rc = tg_json_enter(j);
-        else
-            rc = scalar(j);
-        if (rc)
-            return rc;
-        /* leave every container that ended; stop at the next value */
-        while (j->j_depth > base) {
-            rc = tg_json_next(j, NULL, 0);
-            if (rc < 0)
+        ws(j);
+        int at = j->j_pos < n;
+        char c = at ? p[j->j_pos] : '\0';
+        switch (st) {
+        case FIRST_VALUE:
+            if (at && c == ']')
+                goto close;
+            /* fall through */
+        case VALUE:
+            if (at && (c == '{' || c == '[')) {
+                if (j->j_depth >= TG_JSON_MAX_DEPTH)
+                    return fail(j, "nesting deeper than 256");
+                set_bit(j->j_arr, j->j_depth++, c == '[');
+                j->j_pos++;
+                st = c == '[' ? FIRST_VALUE : FIRST_MEMBER;
+                continue;
+            }
+            if ((rc = scalar(j)) != 0)
                 return rc;
-            if (rc == 1)
-                break;
+            break;
+        case FIRST_MEMBER:
+            if (at && c == '}')
+                goto close;
+            /* fall through */
+        case MEMBER:
+            if (!at || c != '"')
+                return fail(j, "expected a member name");
+            if ((rc = string(j, NULL, NULL, 0, NULL)) != 0)
+                return rc;
+            ws(j);
+            if (j->j_pos >= n || p[j->j_pos] != ':')
+                return fail(j, "expected ':'");
+            j->j_pos++;
+            st = VALUE;
+            continue;
+        case AFTER: {
+            int arr = bit(j->j_arr, j->j_depth - 1);
+            if (at && c == (arr ? ']' : '}'))
+                goto close;
+            if (!at || c != ',')
+                return fail(j, arr ? "expected ',' or ']'" : "expected ',' or '}'");
+            j->j_pos++;
+            st = arr ? VALUE : MEMBER;
+            continue;
         }
+        }
+        goto ended;
+    close:
+        j->j_pos++;
+        j->j_depth--;
+    ended:
         if (j->j_depth == base)
             return 0;
+        st = AFTER;
     }
 }
 

@@ -45,6 +45,80 @@ static void test_valid(void **st)
     assert_int_equal(valid(deep), TG_AGENT_EJSON);
 }
 
+/* tg_json_skip as it was (peek, enter and next per token, scalars alone),
+ * the reference the state-machine skip must match: same result, same
+ * error text, same cursor position and depth. */
+static int skip_ref(tg_json_t *j)
+{
+    int base = j->j_depth, rc;
+    for (;;) {
+        int t = tg_json_peek(j);
+        if (t == TG_JSON_OBJECT || t == TG_JSON_ARRAY)
+            rc = tg_json_enter(j);
+        else
+            rc = tg_json_skip(j); /* a scalar: one token either way */
+        if (rc)
+            return rc;
+        while (j->j_depth > base) {
+            rc = tg_json_next(j, NULL, 0);
+            if (rc < 0)
+                return rc;
+            if (rc == 1)
+                break;
+        }
+        if (j->j_depth == base)
+            return 0;
+    }
+}
+
+static void same_skip(const char *s, size_t n)
+{
+    char e1[TG_ERRLEN] = "", e2[TG_ERRLEN] = "";
+    tg_json_t a, b;
+    tg_json_init(&a, s, n, e1, sizeof e1);
+    tg_json_init(&b, s, n, e2, sizeof e2);
+    int ra = tg_json_skip(&a), rb = skip_ref(&b);
+    if (ra != rb || strcmp(e1, e2) != 0 || a.j_pos != b.j_pos || a.j_depth != b.j_depth)
+        fail_msg("skip of %.*s: %d '%s' at %zu depth %d; reference %d '%s' at %zu depth %d", (int)n, s, ra, e1,
+                 a.j_pos, a.j_depth, rb, e2, b.j_pos, b.j_depth);
+}
+
+/* Every document below, and each of its one-byte deletions and one-byte
+ * replacements by a structural character, skips as the reference does. */
+static void test_skip_matches_reference(void **st)
+{
+    (void)st;
+    static const char *const docs[] = {
+        " {\"a\":[1,-2.5e+3,true,false,null,\"x\\u00e9\"]} ", "[[[[]]]]", "{\"a\":{\"b\":{}},\"c\":[{}]}",
+        "{\"id\":\"c\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"a\",\"content\":\"hi\"}}],\"u\":{\"p\":2}}",
+        "[1,[2,{\"k\":[3,{}]}],\"s\\\"q\"]", "\"plain string\"", "12.5e-3", "{}", "[]", "null"};
+    static const char subs[] = "{}[],:\" \\01-tnx\n";
+    char buf[256];
+    for (size_t d = 0; d < sizeof docs / sizeof docs[0]; d++) {
+        const char *s = docs[d];
+        size_t n = strlen(s);
+        same_skip(s, n);
+        for (size_t i = 0; i < n; i++) {
+            memcpy(buf, s, i); /* without byte i */
+            memcpy(buf + i, s + i + 1, n - i - 1);
+            same_skip(buf, n - 1);
+            same_skip(s, i); /* cut at i */
+            for (size_t k = 0; k < sizeof subs - 1; k++) {
+                memcpy(buf, s, n);
+                buf[i] = subs[k];
+                same_skip(buf, n);
+            }
+        }
+    }
+    /* nesting past the limit fails at the same byte */
+    char deep[600];
+    memset(deep, '[', 300);
+    memset(deep + 300, ']', 300);
+    same_skip(deep, 600);
+    memset(deep, '{', 1);
+    same_skip(deep, 600);
+}
+
 /* Lone surrogate escapes are valid JSON (JSON.parse takes them): each
  * decodes to U+FFFD; a pair still decodes to its character. */
 static void test_surrogates(void **st)
@@ -190,7 +264,7 @@ static void test_plain_runs(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid), cmocka_unit_test(test_surrogates),
+        cmocka_unit_test(test_valid), cmocka_unit_test(test_surrogates), cmocka_unit_test(test_skip_matches_reference),
         cmocka_unit_test(test_walk),
         cmocka_unit_test(test_strings_numbers), cmocka_unit_test(test_plain_runs),
     };
