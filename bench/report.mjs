@@ -48,6 +48,7 @@ function ratio(a, b) {
 const rows = [
   ['small (1 KB, 32 conns)', 'requests/s', 'small', 'rps'],
   ['small (1 KB, 32 conns)', 'CPU us/request of the process under test', 'small', 'cpu_us_per_req'],
+  ['small (1 KB, 32 conns)', '... of which in user space', 'small', 'user_us_per_req'],
   ['small (1 KB, 1 conn)', 'p50 latency us', 'small_c1', 'p50_us'],
   ['small (1 KB, 1 conn)', 'p99 latency us', 'small_c1', 'p99_us'],
   ['small (1 KB, 1 conn)', 'added p50 latency us (vs direct)', 'small_c1', 'p50_us', 'added'],
@@ -83,7 +84,7 @@ for (const [label, metric, scn, key, mode] of rows) {
   if (d === null && n === null && a === null) continue; // not measured (--idle-only)
   const isAdded = mode === 'added' || mode === 'added-ms';
   // CPU rows compare the proxies with each other (direct is the upstream's own cost).
-  const nd = isAdded || key === 'cpu_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
+  const nd = isAdded || key === 'cpu_us_per_req' || key === 'user_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
   const an = isAdded ? '' : ratio(a, n);
   const pc = peers.map((p) => {
     const v = get(scn, p, key);

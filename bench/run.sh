@@ -132,14 +132,15 @@ wait_port() {
   return 1
 }
 
-# CPU ticks (user + system) used so far by the given pids.
+# CPU ticks used so far by the given pids: "user+system user".
 cpu_ticks() {
-  local sum=0 p
+  local sum=0 usr=0 p t
   for p in "$@"; do
     # fields after the ")" that closes the command name: utime is the 12th
-    sum=$((sum + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13, $12}')
+    sum=$((sum + ${t% *})) usr=$((usr + ${t#* }))
   done
-  echo "$sum"
+  echo "$sum $usr"
 }
 
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
@@ -330,11 +331,11 @@ wrk_run() {
   local scn=$1 tgt=$2 conns=$3 script=$4 out before after line req h hargs=()
   while IFS= read -r h; do [ -z "$h" ] || hargs+=(-H "$h"); done <<<"${HDRS[$tgt]:-}"
   # shellcheck disable=SC2086
-  before=$([ -n "${PIDS[$tgt]}" ] && cpu_ticks ${PIDS[$tgt]} || echo 0)
+  before=$([ -n "${PIDS[$tgt]}" ] && cpu_ticks ${PIDS[$tgt]} || echo 0 0)
   out=$(timeout $((DUR + 30)) wrk -t1 -c"$conns" -d"${DUR}s" "${hargs[@]}" -s "$HERE/wrk/$script" "${URL[$tgt]}" 2>&1) || {
     echo "wrk failed on $tgt: $out" >&2; record "$scn" "$tgt" error 1; return 0; }
   # shellcheck disable=SC2086
-  after=$([ -n "${PIDS[$tgt]}" ] && cpu_ticks ${PIDS[$tgt]} || echo 0)
+  after=$([ -n "${PIDS[$tgt]}" ] && cpu_ticks ${PIDS[$tgt]} || echo 0 0)
   line=$(grep '^BENCH ' <<<"$out" || true)
   if [ -z "$line" ] || ! grep -q 'non2xx=0 sockerr=0' <<<"$line"; then
     echo "bench/run.sh: $scn on $tgt had errors: $out" >&2
@@ -347,7 +348,8 @@ wrk_run() {
   record "$scn" "$tgt" p50_us "$(sed 's/.*p50_us=\([0-9]*\).*/\1/' <<<"$line")"
   record "$scn" "$tgt" p99_us "$(sed 's/.*p99_us=\([0-9]*\).*/\1/' <<<"$line")"
   if [ -n "${PIDS[$tgt]}" ] && [ "$req" -gt 0 ]; then
-    record "$scn" "$tgt" cpu_us_per_req "$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+    record "$scn" "$tgt" cpu_us_per_req "$(awk -v t=$((${after% *} - ${before% *})) -v hz="$CLK_TCK" -v n="$req" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
+    record "$scn" "$tgt" user_us_per_req "$(awk -v t=$((${after#* } - ${before#* })) -v hz="$CLK_TCK" -v n="$req" 'BEGIN{printf "%.1f", t*1e6/hz/n}')"
   fi
 }
 
