@@ -37,6 +37,15 @@ typedef struct tg_spool_info {
     int64_t si_charged;
 } tg_spool_info_t;
 
+/* An API key secret seen lately and its SHA-256 (auth.c): a client that
+ * reuses its key costs a compare, not a digest. */
+enum { TG_KEYMEMO_SLOTS = 16, TG_KEYMEMO_SECRET = 96 };
+typedef struct tg_keymemo {
+    uint8_t km_len; /* 0: empty slot */
+    char km_secret[TG_KEYMEMO_SECRET];
+    uint8_t km_hash[32];
+} tg_keymemo_t;
+
 struct worker {
     tg_agent_t *w_agent;
     int w_idx;
@@ -57,7 +66,7 @@ struct worker {
     uint64_t w_seq;    /* requests started here */
     req_t *w_live;     /* requests in flight (doubly linked) */
     tg_metrics_t *w_metrics; /* this worker's series (NULL if out of memory) */
-    struct event *w_commit_ev;  /* priority 0: commits the records queued below */
+    struct event *w_commit_ev;  /* commits the records queued below */
     tg_outbox_item_t *w_pend;   /* packed records waiting for this iteration's commit */
     tg_pend_t *w_pend_meta;     /* beside each: request id, held answer, lease charge */
     size_t w_npend, w_cappend;
@@ -71,6 +80,7 @@ struct worker {
     CURL *w_idle[32];  /* easy handles kept for reuse (curl_easy_reset) */
     int w_nidle;
     tg_h1_t *w_h1;     /* the lean upstream client (h1up.h): its connection pool */
+    tg_keymemo_t w_keymemo[TG_KEYMEMO_SLOTS];
 };
 
 typedef struct brk_slot {
