@@ -1220,6 +1220,9 @@ int tg_front_add_header(tg_front_conn_t *c, const char *name, const char *value)
         return -1;
     tg_buf_t *o = &c->c_req->r_ohead;
     size_t at = o->b_len;
+    /* a response has a handful: one allocation for them, not 64 doubled */
+    if (!o->b_cap && tg_buf_reserve(o, 512) != 0)
+        return -1;
     if (tg_buf_puts(o, name) || tg_buf_append(o, ": ", 2) || tg_buf_puts(o, value) || tg_buf_append(o, "\r\n", 2)) {
         o->b_len = at;
         return -1;

@@ -1239,7 +1239,9 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     tg_buf_t head;
     tg_buf_init(&head, SIZE_MAX);
     int def = port == (tls ? 443 : 80);
-    if (!(c->c_key = tg_malloc(kl * 2)) ||
+    /* the head's size known closely: one allocation */
+    size_t guess = 96 + strlen(path) + kl + r->hr_fields_len + (tls ? r->hr_body_len : 0);
+    if (!(c->c_key = tg_malloc(kl * 2)) || tg_buf_reserve(&head, guess) != 0 ||
         tg_buf_puts(&head, r->hr_method ? r->hr_method : "POST") != 0 || tg_buf_puts(&head, " ") != 0 ||
         tg_buf_puts(&head, path) != 0 || tg_buf_puts(&head, " HTTP/1.1\r\nHost: ") != 0 ||
         (v6 && tg_buf_puts(&head, "[") != 0) || tg_buf_puts(&head, host) != 0 || (v6 && tg_buf_puts(&head, "]") != 0) ||

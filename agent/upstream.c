@@ -389,7 +389,7 @@ void tg_req_start_attempt(req_t *rq)
     /* the head's fields, "Name: value\r\n" each, for either transport */
     tg_buf_t f;
     tg_buf_init(&f, 64u << 10);
-    int bad = tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0 ||
+    int bad = tg_buf_reserve(&f, 512) != 0 || tg_proto_auth_header(rq->rq_uproto, ch->ch_credential, hdr, sizeof hdr) != 0 ||
               tg_buf_puts(&f, "Content-Type: application/json\r\n") != 0 ||
               (ch->ch_credential[0] && (tg_buf_puts(&f, hdr) != 0 || tg_buf_puts(&f, "\r\n") != 0));
     if (!bad && rq->rq_uproto == TG_PROTO_ANTHROPIC) {
