@@ -404,10 +404,23 @@ int tg_json_next(tg_json_t *j, char *name, size_t namelen)
         name = scratch;
         namelen = sizeof scratch;
     }
-    if ((rc = string(j, NULL, name, namelen, &trunc)) != 0)
-        return rc;
-    if (trunc)
-        name[0] = '\0';
+    /* the usual name: plain ASCII up to its quote (decoded as it stands;
+     * one that does not fit comes back empty, as string() truncates it) */
+    size_t s = j->j_pos + 1, e = plain_run(j->j_p, s, j->j_len);
+    const unsigned char *q = (const unsigned char *)j->j_p;
+    while (e < j->j_len && q[e] != '"' && q[e] != '\\' && q[e] >= 0x20 && q[e] < 0x80)
+        e++;
+    if (e < j->j_len && q[e] == '"') {
+        size_t nl = e - s < namelen ? e - s : 0;
+        memcpy(name, j->j_p + s, nl);
+        name[nl] = '\0';
+        j->j_pos = e + 1;
+    } else {
+        if ((rc = string(j, NULL, name, namelen, &trunc)) != 0)
+            return rc;
+        if (trunc)
+            name[0] = '\0';
+    }
     ws(j);
     if (j->j_pos >= j->j_len || j->j_p[j->j_pos] != ':')
         return fail(j, "expected ':'");
