@@ -77,33 +77,21 @@ int tg_req_model_allowed(const tg_key_t *k, const char *model)
     return 0;
 }
 
-/* Authenticates and checks the key's own policy. Returns 0, or sends the
- * error and returns -1. */
-/* SHA-256 of secret, from the worker's memo when the secret is there.
- * The slot comes from a cheap mix of the secret; the secret in it is then
- * compared in constant time (a digest is the only thing a hit skips). */
-static void key_digest(worker_t *w, const char *secret, uint8_t h[32])
+/* The memo slot of a secret (a cheap mix of its length and last 16
+ * bytes), or NULL when the secret is too long or empty to be kept. */
+static tg_keymemo_t *memo_slot(worker_t *w, const char *secret, size_t n)
 {
-    size_t n = strlen(secret);
-    if (n == 0 || n > TG_KEYMEMO_SECRET) {
-        tg_crypto_sha256(secret, n, h);
-        return;
-    }
-    uint32_t mix = 2166136261u; /* FNV-1a over the length and the last 16 bytes */
+    if (n == 0 || n > TG_KEYMEMO_SECRET)
+        return NULL;
+    uint32_t mix = 2166136261u; /* FNV-1a */
     mix = (mix ^ (uint32_t)n) * 16777619u;
     for (size_t i = n > 16 ? n - 16 : 0; i < n; i++)
         mix = (mix ^ (unsigned char)secret[i]) * 16777619u;
-    tg_keymemo_t *m = &w->w_keymemo[mix % TG_KEYMEMO_SLOTS];
-    if (m->km_len == n && tg_crypto_equal(m->km_secret, secret, n)) {
-        memcpy(h, m->km_hash, 32);
-        return;
-    }
-    tg_crypto_sha256(secret, n, h);
-    memcpy(m->km_secret, secret, n);
-    memcpy(m->km_hash, h, 32);
-    m->km_len = (uint8_t)n;
+    return &w->w_keymemo[mix % TG_KEYMEMO_SLOTS];
 }
 
+/* Authenticates and checks the key's own policy. Returns 0, or sends the
+ * error and returns -1. */
 int tg_req_authenticate(req_t *rq)
 {
     const char *auth = tg_front_header(rq->rq_c, "Authorization");
@@ -119,8 +107,16 @@ int tg_req_authenticate(req_t *rq)
                      "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.");
         return -1;
     }
+    /* SHA-256 of the secret: the worker's memo of recent valid keys skips
+     * the digest for a client that reuses its key (constant-time compare) */
     uint8_t h[32];
-    key_digest(rq->rq_w, secret, h);
+    size_t sl = strlen(secret);
+    tg_keymemo_t *m = memo_slot(rq->rq_w, secret, sl);
+    int hit = m && m->km_len == sl && tg_crypto_equal(m->km_secret, secret, sl);
+    if (hit)
+        memcpy(h, m->km_hash, 32);
+    else
+        tg_crypto_sha256(secret, sl, h);
     const tg_key_t *k = tg_cfg_key(rq->rq_cfg, h);
     if (!k || k->status == TOLLGATE__V1__KEY_STATUS__KEY_STATUS_REVOKED) {
         char shown[12];
@@ -131,6 +127,13 @@ int tg_req_authenticate(req_t *rq)
                      k ? (k->status_reason && *k->status_reason ? ": " : "") : shown,
                      k ? (k->status_reason ? k->status_reason : "") : "");
         return -1;
+    }
+    if (m && !hit) {
+        /* only secrets of known keys are kept: not a provider key pasted by
+         * mistake, nor a prober's guesses */
+        memcpy(m->km_secret, secret, sl);
+        memcpy(m->km_hash, h, 32);
+        m->km_len = (uint8_t)sl;
     }
     rq->rq_key = k;
     rq->rq_acct = tg_cfg_account(rq->rq_cfg, k->account_id);

@@ -32,7 +32,7 @@ static tg_front_t *lfront;
 static tg_front_limits_t *limits;
 static int lport;
 static pthread_t loop_thread;
-static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook;
+static atomic_int hooks, gone_seen, drained, slow_hook, fail_hook, in_hook;
 /* held_failed: the ticket whose record is "not committed" (0: none), and
  * how many of its checks pass first */
 static atomic_int fail_ticket, fail_ticket_after, ticket_checks;
@@ -139,8 +139,11 @@ static void reply_now(tg_front_conn_t *c)
 static int hook(void *arg)
 {
     (void)arg;
-    if (atomic_load(&slow_hook))
+    if (atomic_load(&slow_hook)) {
+        atomic_store(&in_hook, 1);
         usleep(100000);
+        atomic_store(&in_hook, 0);
+    }
     atomic_fetch_add(&hooks, 1);
     return atomic_load(&fail_hook) ? -1 : 0;
 }
@@ -171,8 +174,7 @@ static void *loop_main(void *arg)
 static int setup(void **state)
 {
     (void)state;
-    base = event_base_new();
-    event_base_priority_init(base, 2);
+    base = event_base_new(); /* one priority, as the agent's workers run it */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t sl = sizeof sa;
@@ -468,6 +470,39 @@ static void test_each_pipelined_end_waits_for_a_hook(void **state)
     long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_usec - t0.tv_usec) / 1000;
     assert_true(ms >= 190); /* two hook runs, one before each response's end */
     close(fd);
+}
+
+/* Requests that end in one loop pass share one hook run (one outbox
+ * commit): while the loop sleeps in a slow hook, two connections send
+ * their requests, so one epoll_wait returns both; each is answered from
+ * its own read callback, and the flush after them runs the hook once.
+ * (With the flush at a higher priority, libevent ended the pass at the
+ * first answer's end: two hook runs.) */
+static void test_ends_of_one_pass_share_a_hook(void **state)
+{
+    (void)state;
+    int a = dial(), b = dial(), s = dial();
+    /* the connections are accepted before the loop is made to sleep */
+    say(a, "GET /warm HTTP/1.1\r\nHost: h\r\n\r\n");
+    read_until(a, "body=");
+    say(b, "GET /warm HTTP/1.1\r\nHost: h\r\n\r\n");
+    read_until(b, "body=");
+    int before = atomic_load(&hooks);
+    atomic_store(&slow_hook, 1); /* 100 ms per hook run */
+    say(s, "GET /sleep HTTP/1.1\r\nHost: h\r\n\r\n");
+    for (int i = 0; i < 500 && !atomic_load(&in_hook); i++)
+        usleep(1000); /* until the loop sleeps in the hook of /sleep */
+    assert_true(atomic_load(&in_hook));
+    say(a, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    say(b, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    read_until(s, "body=");
+    read_until(a, "GET /a");
+    read_until(b, "GET /b");
+    atomic_store(&slow_hook, 0);
+    assert_int_equal(atomic_load(&hooks) - before, 2); /* /sleep's pass, then /a's and /b's together */
+    close(a);
+    close(b);
+    close(s);
 }
 
 static void test_deep_async_pipeline(void **state)
@@ -805,6 +840,7 @@ int main(void)
         cmocka_unit_test(test_backpressure_drains),
         cmocka_unit_test(test_trailers_are_not_headers),
         cmocka_unit_test(test_each_pipelined_end_waits_for_a_hook),
+        cmocka_unit_test(test_ends_of_one_pass_share_a_hook),
         cmocka_unit_test(test_deep_async_pipeline),
         cmocka_unit_test(test_refused_upload_is_drained),
         cmocka_unit_test(test_many_headers),

@@ -1287,7 +1287,10 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
         next = k->k_next;
         if (strcmp(k->k_key, c->c_key) != 0)
             continue;
-        if (now - k->k_idle_ms > IDLE_AGE_MS || (now - k->k_idle_ms >= PEEK_AFTER_MS && !conn_alive(k))) {
+        /* bytes OpenSSL already holds never wake the idle watcher: checked
+         * always (no system call) */
+        if (now - k->k_idle_ms > IDLE_AGE_MS || (k->k_ssl && SSL_pending(k->k_ssl) > 0) ||
+            (now - k->k_idle_ms >= PEEK_AFTER_MS && !conn_alive(k))) {
             conn_close(k, 1);
         } else {
             idle_unlink(k);

@@ -481,6 +481,7 @@ static void worker_free(worker_t *w)
     if (w->w_commit_ev)
         event_free(w->w_commit_ev);
     pend_drop(w, w->w_npend);
+    tg_crypto_wipe(w->w_keymemo, sizeof w->w_keymemo); /* API key secrets */
     tg_free(w->w_pend);
     tg_free(w->w_pend_meta);
     tg_free(w->w_unspooled);

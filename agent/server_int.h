@@ -37,8 +37,9 @@ typedef struct tg_spool_info {
     int64_t si_charged;
 } tg_spool_info_t;
 
-/* An API key secret seen lately and its SHA-256 (auth.c): a client that
- * reuses its key costs a compare, not a digest. */
+/* A known API key's secret seen lately and its SHA-256 (auth.c): a client
+ * that reuses its key costs a compare, not a digest. Wiped when the worker
+ * is freed. */
 enum { TG_KEYMEMO_SLOTS = 16, TG_KEYMEMO_SECRET = 96 };
 typedef struct tg_keymemo {
     uint8_t km_len; /* 0: empty slot */

@@ -2,6 +2,8 @@
  * pools shared by every module (see tg_base.h). */
 #include "base/tg_base.h"
 
+#include <assert.h>
+
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,8 +140,9 @@ int tg_buf_reserve(tg_buf_t *b, size_t n)
 
 int tg_buf_append(tg_buf_t *b, const void *p, size_t n)
 {
-    /* room for n and the NUL already (b_cap never passes b_max + 1): the
-     * common case, without buf_reserve's overflow checks */
+    /* room for n and the NUL already: the common case, without
+     * buf_reserve's overflow checks (which b_cap <= b_max + 1 makes safe) */
+    assert(b->b_cap == 0 || b->b_cap - 1 <= b->b_max);
     if (b->b_cap - b->b_len <= n) {
         int rc = buf_reserve(b, n);
         if (rc)

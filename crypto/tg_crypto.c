@@ -71,6 +71,11 @@ void tg_crypto_sha256(const void *data, size_t n, uint8_t out[TG_SHA256_LEN])
         memset(out, 0, TG_SHA256_LEN);
 }
 
+void tg_crypto_wipe(void *p, size_t n)
+{
+    OPENSSL_cleanse(p, n);
+}
+
 void tg_crypto_hmac_sha256(const void *key, size_t klen, const void *data, size_t n, uint8_t out[TG_SHA256_LEN])
 {
     unsigned int len = TG_SHA256_LEN;

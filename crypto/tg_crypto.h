@@ -52,6 +52,8 @@ int tg_crypto_unhex(const char *hex, uint8_t *out, size_t n);
 
 /* Compares n bytes in constant time. Returns 1 when equal, 0 otherwise. */
 int tg_crypto_equal(const void *a, const void *b, size_t n);
+/* Zeroes n bytes at p in a way the compiler keeps (secrets before free). */
+void tg_crypto_wipe(void *p, size_t n);
 
 /* Fills buf with n random bytes. Returns 0 or TG_CRYPTO_EOPENSSL. */
 int tg_crypto_random(void *buf, size_t n);

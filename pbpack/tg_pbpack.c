@@ -80,7 +80,7 @@ static int scalar(ProtobufCType t, const void *p, uint64_t *v)
     case PROTOBUF_C_TYPE_SINT32: {
         int32_t x;
         memcpy(&x, p, 4);
-        *v = ((uint32_t)x << 1) ^ (uint32_t)(x >> 31);
+        *v = ((uint32_t)x << 1) ^ -((uint32_t)x >> 31);
         return 0;
     }
     case PROTOBUF_C_TYPE_UINT32: {
@@ -92,7 +92,7 @@ static int scalar(ProtobufCType t, const void *p, uint64_t *v)
     case PROTOBUF_C_TYPE_SINT64: {
         int64_t x;
         memcpy(&x, p, 8);
-        *v = ((uint64_t)x << 1) ^ (uint64_t)(x >> 63);
+        *v = ((uint64_t)x << 1) ^ -((uint64_t)x >> 63);
         return 0;
     }
     case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_UINT64:

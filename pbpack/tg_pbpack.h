@@ -22,7 +22,8 @@
 #include "base/tg_base.h"
 
 /* Appends m's encoding to out. Returns 0, or TG_BUF_ENOMEM / TG_BUF_ETOOBIG
- * (out is then as it was). out keeps ownership of its memory. */
+ * (out's bytes and length are then as they were; its capacity may have
+ * grown). out keeps ownership of its memory. */
 int tg_pbpack(const ProtobufCMessage *m, tg_buf_t *out);
 
 /* The bytes one value of type t takes in a message struct (or in a
