@@ -44,6 +44,7 @@
 #include "base/tg_log.h"
 #include "billing/tg_billing.h"
 #include "controlplane/agentside.h"
+#include "pbpack/tg_pbpack.h"
 #include "tollgate/v1/admin.pb-c.h"
 #include "tollgate/v1/agent.pb-c.h"
 
@@ -1031,19 +1032,27 @@ static void pack_records(settle_ctx_t *c)
         return;
     c->sc_recoff = tg_calloc(n ? n : 1, sizeof(size_t));
     c->sc_reclen = tg_calloc(n ? n : 1, sizeof(size_t));
-    for (size_t i = 0; c->sc_reclen != NULL && i < n; i++) {
-        c->sc_reclen[i] = protobuf_c_message_get_packed_size(&b->records[i]->base);
-        c->sc_recoff[i] = total;
-        total += c->sc_reclen[i];
-    }
-    if (c->sc_recoff == NULL || c->sc_reclen == NULL || (c->sc_recs = tg_malloc(total ? total : 1)) == NULL)
+    if (c->sc_recoff == NULL || c->sc_reclen == NULL)
         return;
-    for (size_t i = 0; i < n; i++)
-        if (protobuf_c_message_pack(&b->records[i]->base, c->sc_recs + c->sc_recoff[i]) != c->sc_reclen[i]) {
-            tg_free(c->sc_recs);
-            c->sc_recs = NULL;
-            return;
-        }
+    /* one pass (tg_pbpack: protobuf-c's bytes without its sizing passes),
+     * all records end to end in one buffer sized from the batch's */
+    tg_buf_t all;
+    tg_buf_init(&all, SIZE_MAX);
+    if (tg_buf_reserve(&all, c->sc_signed->batch.len + 64 * n) != 0)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        c->sc_recoff[i] = total;
+        if (tg_pbpack(&b->records[i]->base, &all) != 0)
+            goto fail;
+        c->sc_reclen[i] = all.b_len - total;
+        total = all.b_len;
+    }
+    c->sc_recs = (uint8_t *)tg_buf_steal(&all, &total);
+    if (c->sc_recs == NULL) /* nothing packed: a batch of no records */
+        c->sc_recs = tg_malloc(1);
+    return;
+fail:
+    tg_buf_free(&all);
 }
 
 /* ---- pricing ------------------------------------------------------------------- */
