@@ -52,6 +52,7 @@ typedef struct tg_cp_agent_side {
     pthread_cond_t as_gcv;            /* a group was committed or failed */
     struct settle_job *as_gq_head, *as_gq_tail; /* (gmu) batches waiting */
     int as_gleading;                  /* (gmu) a group commit is under way */
+    struct settle_group *as_gfree;    /* (gmu) groups kept for the next leader */
     uint64_t as_settled_seq;          /* (settle_mu) last TG_CP_K_SETTLED seq used */
     int64_t as_settled_seq_modrev;    /* (settle_mu) its mod_rev; -1: read it again */
     /* leader.c */
@@ -208,6 +209,8 @@ int cp_idem_key(const char *account_id, const char *idem, char *out, size_t outl
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
                     size_t errlen);
+/* Frees the settlement groups kept for reuse (agent side shutdown). */
+void cp_settle_free_groups(tg_cp_agent_side_t *as);
 
 /* Fills a ledger row from a LedgerEntry and its packed bytes (the row's
  * strings point into e and packed). */

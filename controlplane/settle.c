@@ -1236,6 +1236,7 @@ typedef struct settle_job {
 } settle_job_t;
 
 struct settle_group {
+    struct settle_group *g_next;       /* (gmu) in as_gfree */
     settle_job_t *g_jobs[GROUP_MAX_JOBS];
     size_t g_n;                        /* jobs taken (then: committed prefix) */
     bal_t g_bals[GROUP_MAX_BALANCES];
@@ -2056,6 +2057,44 @@ static void group_free(settle_group_t *g)
     tg_free(g);
 }
 
+#define GROUP_KEEP 2 /* groups kept for reuse: one commits while one waits for its ack */
+
+/* A group for the next leader: a kept one (its ~1 MB settled buffer and
+ * entry arrays already allocated and paged in), else a new one. as_gmu held. */
+static settle_group_t *group_take(tg_cp_agent_side_t *as)
+{
+    settle_group_t *g = as->as_gfree;
+    if (g != NULL) {
+        as->as_gfree = g->g_next;
+        g->g_next = NULL;
+        return g;
+    }
+    return group_new();
+}
+
+/* Keeps g for the next leader, or frees it past GROUP_KEEP. as_gmu held. */
+static void group_put(tg_cp_agent_side_t *as, settle_group_t *g)
+{
+    size_t n = 0;
+    for (settle_group_t *p = as->as_gfree; p != NULL; p = p->g_next)
+        n++;
+    if (g == NULL || n >= GROUP_KEEP) {
+        group_free(g);
+        return;
+    }
+    g->g_next = as->as_gfree;
+    as->as_gfree = g;
+}
+
+void cp_settle_free_groups(tg_cp_agent_side_t *as)
+{
+    while (as->as_gfree != NULL) {
+        settle_group_t *g = as->as_gfree;
+        as->as_gfree = g->g_next;
+        group_free(g);
+    }
+}
+
 /* Queues job and waits until some group settled, answered or failed it,
  * leading groups whenever no one else does. */
 static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
@@ -2073,7 +2112,7 @@ static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
             pthread_cond_wait(&as->as_gcv, &as->as_gmu);
             continue;
         }
-        if (g == NULL && (g = group_new()) == NULL) {
+        if (g == NULL && (g = group_take(as)) == NULL) {
             /* no memory to lead: wait for another caller to */
             pthread_mutex_unlock(&as->as_gmu);
             cp_sleep(as, 10);
@@ -2094,8 +2133,8 @@ static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
         run_group(as, g);
         pthread_mutex_lock(&as->as_gmu);
     }
+    group_put(as, g);
     pthread_mutex_unlock(&as->as_gmu);
-    group_free(g);
 }
 
 int cp_batch_unpack_signed(tg_pool_t *pool, const uint8_t *req, size_t req_len,
