@@ -61,7 +61,10 @@ typedef struct tg_cp_agent_side {
     int64_t as_lease;                 /* the lease we campaign with, 0 none */
     int64_t as_leader_create_rev;     /* (mu) create_rev of our leader key (fencing) */
     int as_settle_ready;              /* (mu) leader and ledger caught up */
-    struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet */
+    struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet, or
+                                       * that an early check (as_early) may have missed */
+    struct cp_early *as_early;        /* (mu) batches checked against the ledger before
+                                       * the commit lock, with the tail revision then */
     struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     char as_leader_addr[256];         /* (mu) its advertised gRPC address, "" unknown */

@@ -261,6 +261,29 @@ typedef struct cp_pending {
     char **p_ids;    /* sorted */
 } cp_pending_t;
 
+/* A batch whose record ids were looked up in the ledger before it queued
+ * for the commit lock (early_check): the ledger then held every commit up
+ * to e_t0, so under the lock only commits after e_t0 are left to check,
+ * and those are kept in the pending set until no early check predates
+ * them (pending_horizon). */
+typedef struct cp_early {
+    struct cp_early *e_next;
+    int64_t e_t0;         /* as_tail_rev when the ledger was read */
+    int64_t e_leader_rev; /* the leadership it was read under */
+} cp_early_t;
+
+/* Pending commits at or below this revision can go: this replica's ledger
+ * holds them, and every early check in flight read it after them. as_mu
+ * held. */
+static int64_t pending_horizon(const tg_cp_agent_side_t *as)
+{
+    int64_t h = as->as_tail_rev;
+    for (const cp_early_t *e = as->as_early; e != NULL; e = e->e_next)
+        if (e->e_t0 < h)
+            h = e->e_t0;
+    return h;
+}
+
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -290,6 +313,10 @@ static void pending_add(tg_cp_agent_side_t *as, int64_t rev, char **ids, size_t 
 
 void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
 {
+    if (rev != INT64_MAX) {
+        int64_t h = pending_horizon(as);
+        rev = h < rev ? h : rev;
+    }
     for (cp_pending_t **pp = &as->as_pending; *pp;) {
         cp_pending_t *p = *pp;
         if (p->p_rev > rev) {
@@ -641,10 +668,27 @@ typedef struct settle_ctx {
     uint8_t *sc_recs;                  /* the records packed as settled (NULL: not) */
     size_t *sc_recoff, *sc_reclen;     /* per record: its bytes in sc_recs */
     id_ix_t *sc_ids;                   /* the records' ids, sorted by (id, index) */
+    /* early_check: per record 1 when the ledger had its id at sc_early.e_t0 */
+    int *sc_found;
+    int sc_early_on;                   /* sc_early is in as_early */
+    int sc_early_ok;                   /* sc_found is complete */
+    cp_early_t sc_early;
 } settle_ctx_t;
 
 static void ctx_free(settle_ctx_t *c)
 {
+    if (c->sc_early_on) {
+        tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+        pthread_mutex_lock(&as->as_mu);
+        for (cp_early_t **pp = &as->as_early; *pp != NULL; pp = &(*pp)->e_next)
+            if (*pp == &c->sc_early) {
+                *pp = c->sc_early.e_next;
+                break;
+            }
+        cp_pending_prune(as, as->as_tail_rev); /* what only this check kept */
+        pthread_mutex_unlock(&as->as_mu);
+    }
+    tg_free(c->sc_found);
     /* the records point at strings owned by the caches while settled: give
      * them back their own (the batch is in sc_pool, freed whole below, so
      * this only keeps it a self-owned message until then) */
@@ -697,6 +741,9 @@ static void mark_common(const id_ix_t *v, size_t n, const void *w, size_t m,
                         const char *(*at)(const void *w, size_t k), int *dup)
 {
     size_t i = 0, k = 0;
+    /* disjoint ranges (another agent's ids, an earlier batch's): nothing */
+    if (n == 0 || m == 0 || strcmp(v[n - 1].ii_id, at(w, 0)) < 0 || strcmp(at(w, m - 1), v[0].ii_id) < 0)
+        return;
     while (i < n && k < m) {
         int d = strcmp(v[i].ii_id, at(w, k));
         if (d == 0)
@@ -1325,8 +1372,12 @@ static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const P
 /* Marks records already settled (group time, as_settle_mu held):
  * repeated inside the batch, in an earlier batch of the group, committed by
  * this leader but not yet in the ledger (pending), or in the ledger. Pending
- * is read first: an id leaves it only after the ledger has it. */
-static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen)
+ * is read first: an id leaves it only after the ledger has it. When the
+ * batch's ids were looked up in the ledger before it queued (early_check,
+ * under the same leadership), that answer stands for every commit up to
+ * its e_t0, and only the pending commits after e_t0 are read here (they
+ * stay pending while the check is in flight: pending_horizon). */
+static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char *err, size_t errlen)
 {
     settle_ctx_t *c = g->g_jobs[j]->j_c;
     Tollgate__V1__UsageBatch *b = c->sc_batch;
@@ -1340,10 +1391,18 @@ static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen
         settle_ctx_t *o = g->g_jobs[k]->j_c;
         mark_common(c->sc_ids, n, o->sc_ids, o->sc_batch->n_records, at_ix, c->sc_dup);
     }
+    int early = c->sc_early_ok && c->sc_early.e_leader_rev == leader_rev;
     pthread_mutex_lock(&as->as_mu);
     for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
-        mark_common(c->sc_ids, n, p->p_ids, p->p_n, at_str, c->sc_dup);
+        if (!early || p->p_rev > c->sc_early.e_t0)
+            mark_common(c->sc_ids, n, p->p_ids, p->p_n, at_str, c->sc_dup);
     pthread_mutex_unlock(&as->as_mu);
+    if (early) {
+        for (size_t i = 0; i < n; i++)
+            c->sc_dup[i] |= c->sc_found[i];
+        atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        return TG_RPC_CODE_OK;
+    }
     /* the rest against the ledger, in one read transaction */
     const char **ids = tg_calloc(n ? n : 1, sizeof(*ids));
     int *found = tg_calloc(n ? n : 1, sizeof(*found));
@@ -1848,7 +1907,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             continue;
         }
         g->g_jobs[g->g_n++] = job;
-        int code = mark_duplicates(g, g->g_n - 1, jerr, sizeof(jerr));
+        int code = mark_duplicates(g, g->g_n - 1, leader_rev, jerr, sizeof(jerr));
         if (code != TG_RPC_CODE_OK) {
             g->g_n--;
             pthread_mutex_lock(&as->as_gmu);
@@ -1950,7 +2009,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             for (size_t i = 0; ids != NULL && i < g->g_nent; i++)
                 ids[i] = g->g_ents[i]->entry_id;
             pthread_mutex_lock(&as->as_mu);
-            if (commit_rev > as->as_tail_rev)
+            if (commit_rev > pending_horizon(as))
                 pending_add(as, commit_rev, ids, ids != NULL ? g->g_nent : 0);
             pthread_mutex_unlock(&as->as_mu);
             tg_free(ids);
@@ -2169,6 +2228,51 @@ int cp_batch_open(tg_pool_t *pool, const Tollgate__V1__SignedUsageBatch *sb, con
     return TG_RPC_CODE_OK;
 }
 
+/* Looks the batch's record ids up in the ledger before it queues for the
+ * commit lock (in parallel with other batches, not under the lock), noting
+ * the tail revision the ledger held then (see mark_duplicates). Read first:
+ * the tailer publishes a revision only after its append is committed. A
+ * failure only means the check is made under the lock. */
+static void early_check(settle_ctx_t *c, int64_t leader_rev)
+{
+    tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+    size_t n = c->sc_batch->n_records;
+    char err[TG_ERRLEN];
+    const char **ids = tg_calloc(n ? n : 1, sizeof(*ids));
+    c->sc_found = tg_calloc(n ? n : 1, sizeof(int));
+    if (ids == NULL || c->sc_found == NULL) {
+        tg_free(ids);
+        return;
+    }
+    pthread_mutex_lock(&as->as_mu);
+    c->sc_early.e_t0 = as->as_tail_rev;
+    c->sc_early.e_leader_rev = leader_rev;
+    c->sc_early.e_next = as->as_early;
+    as->as_early = &c->sc_early;
+    c->sc_early_on = 1;
+    pthread_mutex_unlock(&as->as_mu);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = c->sc_batch->records[i]->record_id;
+    c->sc_early_ok = tg_ledger_has(c->sc_cp->cp_ledger, ids, n, c->sc_found, err, sizeof(err)) >= 0;
+    tg_free(ids);
+}
+
+/* Test hook: TG_CP_TEST_EARLY_DELAY_MS holds each batch that long between
+ * its early check and the commit queue, so that other batches commit and
+ * reach the ledger in between (tests/e2e/cp_settle_early.test.mjs). */
+static void early_test_delay(void)
+{
+    static atomic_int ms = -1;
+    int v = atomic_load(&ms);
+    if (v < 0) {
+        const char *e = getenv("TG_CP_TEST_EARLY_DELAY_MS");
+        v = e != NULL ? (int)strtol(e, NULL, 10) : 0;
+        atomic_store(&ms, v < 0 ? 0 : v);
+    }
+    if (v > 0)
+        usleep((useconds_t)v * 1000);
+}
+
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
                     size_t errlen)
 {
@@ -2256,6 +2360,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     code = price_records(&c, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
+    early_check(&c, leader_rev);
+    early_test_delay();
     t_priced = tg_cp_now_us();
 
     job.j_c = &c;
