@@ -65,6 +65,7 @@ typedef struct tg_cp_agent_side {
                                        * that an early check (as_early) may have missed */
     struct cp_early *as_early;        /* (mu) batches checked against the ledger before
                                        * the commit lock, with the tail revision then */
+    int64_t as_pending_lost;          /* (mu) last commit whose ids could not be kept */
     struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     char as_leader_addr[256];         /* (mu) its advertised gRPC address, "" unknown */

@@ -254,11 +254,18 @@ static void stash_drop(tg_cp_agent_side_t *as, cp_stash_t *stash)
 
 /* Record ids of batches this leader committed whose rows the tailer has not
  * appended yet: the duplicate check reads them beside the ledger. */
+#define GROUP_MAX_JOBS 16
+
+/* The record ids one group commit settled: per batch a run of them in
+ * sorted order (each batch's ids are sorted once, outside the lock), the
+ * strings in one block. */
 typedef struct cp_pending {
     struct cp_pending *p_next;
-    int64_t p_rev;   /* store revision of the commit */
-    size_t p_n;
-    char **p_ids;    /* sorted */
+    int64_t p_rev;                   /* store revision of the commit */
+    size_t p_nrun;
+    size_t p_end[GROUP_MAX_JOBS];    /* run r is p_ids[p_end[r - 1] (0 for r = 0) .. p_end[r]) */
+    char **p_ids;
+    char *p_mem;
 } cp_pending_t;
 
 /* A batch whose record ids were looked up in the ledger before it queued
@@ -284,31 +291,13 @@ static int64_t pending_horizon(const tg_cp_agent_side_t *as)
     return h;
 }
 
-static int cmp_str(const void *a, const void *b)
+static void pending_free(cp_pending_t *p)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Adds the ids (copied) committed at rev. as_mu held. */
-static void pending_add(tg_cp_agent_side_t *as, int64_t rev, char **ids, size_t n)
-{
-    cp_pending_t *p = tg_calloc(1, sizeof(*p));
-    char **v = tg_calloc(n ? n : 1, sizeof(char *));
-    size_t k = 0;
-    if (p == NULL || v == NULL) {
-        tg_free(p);
-        tg_free(v);
-        return; /* the ack waits for the tailer anyway; see cp_report_usage */
-    }
-    for (size_t i = 0; i < n; i++)
-        if ((v[k] = tg_strdup(ids[i])) != NULL)
-            k++;
-    qsort(v, k, sizeof(char *), cmp_str);
-    p->p_rev = rev;
-    p->p_n = k;
-    p->p_ids = v;
-    p->p_next = as->as_pending;
-    as->as_pending = p;
+    if (p == NULL)
+        return;
+    tg_free(p->p_ids);
+    tg_free(p->p_mem);
+    tg_free(p);
 }
 
 void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
@@ -324,10 +313,7 @@ void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
             continue;
         }
         *pp = p->p_next;
-        for (size_t i = 0; i < p->p_n; i++)
-            tg_free(p->p_ids[i]);
-        tg_free(p->p_ids);
-        tg_free(p);
+        pending_free(p);
     }
 }
 
@@ -1261,7 +1247,6 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
  * TG_STORE_MAX_TXN_OPS; the batches that do not fit wait for the next
  * group (a batch too big alone fails as before). */
 
-#define GROUP_MAX_JOBS 16
 /* puts: settled value, seq, a marker and at most one agent-seq per job, a
  * balance each (compares: leader, seq, a marker per job, a balance each) */
 #define GROUP_MAX_BALANCES (TG_STORE_MAX_TXN_OPS - 2 - 2 * GROUP_MAX_JOBS)
@@ -1393,9 +1378,13 @@ static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char
     }
     int early = c->sc_early_ok && c->sc_early.e_leader_rev == leader_rev;
     pthread_mutex_lock(&as->as_mu);
+    if (early && as->as_pending_lost > c->sc_early.e_t0)
+        early = 0; /* a commit since its read was not kept (no memory) */
     for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
-        if (!early || p->p_rev > c->sc_early.e_t0)
-            mark_common(c->sc_ids, n, p->p_ids, p->p_n, at_str, c->sc_dup);
+        for (size_t r = 0; r < p->p_nrun && (!early || p->p_rev > c->sc_early.e_t0); r++) {
+            size_t from = r > 0 ? p->p_end[r - 1] : 0;
+            mark_common(c->sc_ids, n, p->p_ids + from, p->p_end[r] - from, at_str, c->sc_dup);
+        }
     pthread_mutex_unlock(&as->as_mu);
     if (early) {
         for (size_t i = 0; i < n; i++)
@@ -1869,6 +1858,50 @@ static void group_prefetch(settle_group_t *g, tg_cp_t *cp, settle_job_t *const *
     pre_read(g, cp);
 }
 
+/* The ids group g settled at rev, for the pending set: per committed job
+ * its settled records' ids, in its sorted order (sc_ids). NULL when out of
+ * memory. */
+static cp_pending_t *pending_new(const settle_group_t *g, int64_t rev)
+{
+    size_t n = 0, bytes = 0;
+    for (size_t j = 0; j < g->g_n; j++) {
+        const settle_ctx_t *c = g->g_jobs[j]->j_c;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++)
+            if (!c->sc_dup[c->sc_ids[i].ii_i]) {
+                n++;
+                bytes += strlen(c->sc_ids[i].ii_id) + 1;
+            }
+    }
+    cp_pending_t *p = tg_calloc(1, sizeof(*p));
+    char **v = tg_malloc((n ? n : 1) * sizeof(char *));
+    char *mem = tg_malloc(bytes ? bytes : 1);
+    if (p == NULL || v == NULL || mem == NULL) {
+        tg_free(p);
+        tg_free(v);
+        tg_free(mem);
+        return NULL;
+    }
+    size_t k = 0;
+    char *w = mem;
+    for (size_t j = 0; j < g->g_n; j++) {
+        const settle_ctx_t *c = g->g_jobs[j]->j_c;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++) {
+            if (c->sc_dup[c->sc_ids[i].ii_i])
+                continue;
+            size_t len = strlen(c->sc_ids[i].ii_id) + 1;
+            memcpy(w, c->sc_ids[i].ii_id, len);
+            v[k++] = w;
+            w += len;
+        }
+        p->p_end[j] = k;
+    }
+    p->p_nrun = g->g_n;
+    p->p_rev = rev;
+    p->p_ids = v;
+    p->p_mem = mem;
+    return p;
+}
+
 static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 {
     tg_cp_t *cp = as->as_cp;
@@ -2004,15 +2037,21 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         atomic_fetch_add(&cp->cp_m_groups, 1);
         if (g->g_settled.b_len > 0) {
             /* the tailer appends the rows; until then the ids are pending,
-             * so the next group still sees them as settled */
-            char **ids = tg_calloc(g->g_nent ? g->g_nent : 1, sizeof(char *));
-            for (size_t i = 0; ids != NULL && i < g->g_nent; i++)
-                ids[i] = g->g_ents[i]->entry_id;
+             * so the next group still sees them as settled (copied before
+             * as_mu, which the tailer and the early checks take too) */
+            cp_pending_t *p = pending_new(g, commit_rev);
             pthread_mutex_lock(&as->as_mu);
-            if (commit_rev > pending_horizon(as))
-                pending_add(as, commit_rev, ids, ids != NULL ? g->g_nent : 0);
+            if (commit_rev > pending_horizon(as)) {
+                if (p != NULL) {
+                    p->p_next = as->as_pending;
+                    as->as_pending = p;
+                    p = NULL;
+                } else {
+                    as->as_pending_lost = commit_rev;
+                }
+            }
             pthread_mutex_unlock(&as->as_mu);
-            tg_free(ids);
+            pending_free(p);
         }
     }
     pre_clear(g);
