@@ -52,6 +52,7 @@ typedef struct tg_cp_agent_side {
     pthread_cond_t as_gcv;            /* a group was committed or failed */
     struct settle_job *as_gq_head, *as_gq_tail; /* (gmu) batches waiting */
     int as_gleading;                  /* (gmu) a group commit is under way */
+    struct settle_group *as_gfree;    /* (gmu) groups kept for the next leader */
     uint64_t as_settled_seq;          /* (settle_mu) last TG_CP_K_SETTLED seq used */
     int64_t as_settled_seq_modrev;    /* (settle_mu) its mod_rev; -1: read it again */
     /* leader.c */
@@ -60,7 +61,11 @@ typedef struct tg_cp_agent_side {
     int64_t as_lease;                 /* the lease we campaign with, 0 none */
     int64_t as_leader_create_rev;     /* (mu) create_rev of our leader key (fencing) */
     int as_settle_ready;              /* (mu) leader and ledger caught up */
-    struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet */
+    struct cp_pending *as_pending;    /* (mu) committed ids the ledger lacks yet, or
+                                       * that an early check (as_early) may have missed */
+    struct cp_early *as_early;        /* (mu) batches checked against the ledger before
+                                       * the commit lock, with the tail revision then */
+    int64_t as_pending_lost;          /* (mu) last commit whose ids could not be kept */
     struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     char as_leader_addr[256];         /* (mu) its advertised gRPC address, "" unknown */
@@ -208,6 +213,8 @@ int cp_idem_key(const char *account_id, const char *idem, char *out, size_t outl
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
                     size_t errlen);
+/* Frees the settlement groups kept for reuse (agent side shutdown). */
+void cp_settle_free_groups(tg_cp_agent_side_t *as);
 
 /* Fills a ledger row from a LedgerEntry and its packed bytes (the row's
  * strings point into e and packed). */

@@ -491,6 +491,7 @@ void cp_agent_side_free(tg_cp_t *cp)
     cp_forward_free(as);
     cp_alerts_free(as);
     cp_nonces_free(as);
+    cp_settle_free_groups(as);
     cp->cp_agent = NULL;
     pthread_mutex_destroy(&as->as_settle_mu);
     pthread_cond_destroy(&as->as_gcv);

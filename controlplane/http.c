@@ -124,6 +124,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         metric(&b, "tollgate_cp_settle_conflicts_total", "counter",
                "settlement transactions retried after a failed compare",
                atomic_load(&cp->cp_m_conflicts));
+        metric(&b, "tollgate_cp_settle_early_checks_total", "counter",
+               "batches whose record ids were checked against the ledger before the commit lock",
+               atomic_load(&cp->cp_m_early_checks));
         metric(&b, "tollgate_cp_sync_streams", "gauge", "open agent Sync streams",
                atomic_load(&cp->cp_m_sync_streams));
         metric(&b, "tollgate_cp_ledger_exports", "gauge", "ledger exports streaming now",

@@ -255,42 +255,58 @@ static void stash_drop(tg_cp_agent_side_t *as, cp_stash_t *stash)
 
 /* Record ids of batches this leader committed whose rows the tailer has not
  * appended yet: the duplicate check reads them beside the ledger. */
+#define GROUP_MAX_JOBS 16
+
+/* The record ids one group commit settled: per batch a run of them in
+ * sorted order (each batch's ids are sorted once, outside the lock), the
+ * strings in one block. */
 typedef struct cp_pending {
     struct cp_pending *p_next;
-    int64_t p_rev;   /* store revision of the commit */
-    size_t p_n;
-    char **p_ids;    /* sorted */
+    int64_t p_rev;                   /* store revision of the commit */
+    size_t p_nrun;
+    size_t p_end[GROUP_MAX_JOBS];    /* run r is p_ids[p_end[r - 1] (0 for r = 0) .. p_end[r]) */
+    char **p_ids;
+    char *p_mem;
 } cp_pending_t;
 
-static int cmp_str(const void *a, const void *b)
+/* A batch whose record ids were looked up in the ledger before it queued
+ * for the commit lock (early_check): the ledger then held every commit up
+ * to e_t0, so under the lock only commits after e_t0 are left to check,
+ * and those are kept in the pending set until no early check predates
+ * them (pending_horizon). */
+typedef struct cp_early {
+    struct cp_early *e_next;
+    int64_t e_t0;         /* as_tail_rev when the ledger was read */
+    int64_t e_leader_rev; /* the leadership it was read under */
+} cp_early_t;
+
+/* Pending commits at or below this revision can go: this replica's ledger
+ * holds them, and every early check in flight read it after them. as_mu
+ * held. */
+static int64_t pending_horizon(const tg_cp_agent_side_t *as)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    int64_t h = as->as_tail_rev;
+    for (const cp_early_t *e = as->as_early; e != NULL; e = e->e_next)
+        if (e->e_t0 < h)
+            h = e->e_t0;
+    return h;
 }
 
-/* Adds the ids (copied) committed at rev. as_mu held. */
-static void pending_add(tg_cp_agent_side_t *as, int64_t rev, char **ids, size_t n)
+static void pending_free(cp_pending_t *p)
 {
-    cp_pending_t *p = tg_calloc(1, sizeof(*p));
-    char **v = tg_calloc(n ? n : 1, sizeof(char *));
-    size_t k = 0;
-    if (p == NULL || v == NULL) {
-        tg_free(p);
-        tg_free(v);
-        return; /* the ack waits for the tailer anyway; see cp_report_usage */
-    }
-    for (size_t i = 0; i < n; i++)
-        if ((v[k] = tg_strdup(ids[i])) != NULL)
-            k++;
-    qsort(v, k, sizeof(char *), cmp_str);
-    p->p_rev = rev;
-    p->p_n = k;
-    p->p_ids = v;
-    p->p_next = as->as_pending;
-    as->as_pending = p;
+    if (p == NULL)
+        return;
+    tg_free(p->p_ids);
+    tg_free(p->p_mem);
+    tg_free(p);
 }
 
 void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
 {
+    if (rev != INT64_MAX) {
+        int64_t h = pending_horizon(as);
+        rev = h < rev ? h : rev;
+    }
     for (cp_pending_t **pp = &as->as_pending; *pp;) {
         cp_pending_t *p = *pp;
         if (p->p_rev > rev) {
@@ -298,10 +314,7 @@ void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev)
             continue;
         }
         *pp = p->p_next;
-        for (size_t i = 0; i < p->p_n; i++)
-            tg_free(p->p_ids[i]);
-        tg_free(p->p_ids);
-        tg_free(p);
+        pending_free(p);
     }
 }
 
@@ -642,10 +655,27 @@ typedef struct settle_ctx {
     uint8_t *sc_recs;                  /* the records packed as settled (NULL: not) */
     size_t *sc_recoff, *sc_reclen;     /* per record: its bytes in sc_recs */
     id_ix_t *sc_ids;                   /* the records' ids, sorted by (id, index) */
+    /* early_check: per record 1 when the ledger had its id at sc_early.e_t0 */
+    int *sc_found;
+    int sc_early_on;                   /* sc_early is in as_early */
+    int sc_early_ok;                   /* sc_found is complete */
+    cp_early_t sc_early;
 } settle_ctx_t;
 
 static void ctx_free(settle_ctx_t *c)
 {
+    if (c->sc_early_on) {
+        tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+        pthread_mutex_lock(&as->as_mu);
+        for (cp_early_t **pp = &as->as_early; *pp != NULL; pp = &(*pp)->e_next)
+            if (*pp == &c->sc_early) {
+                *pp = c->sc_early.e_next;
+                break;
+            }
+        cp_pending_prune(as, as->as_tail_rev); /* what only this check kept */
+        pthread_mutex_unlock(&as->as_mu);
+    }
+    tg_free(c->sc_found);
     /* the records point at strings owned by the caches while settled: give
      * them back their own (the batch is in sc_pool, freed whole below, so
      * this only keeps it a self-owned message until then) */
@@ -698,6 +728,9 @@ static void mark_common(const id_ix_t *v, size_t n, const void *w, size_t m,
                         const char *(*at)(const void *w, size_t k), int *dup)
 {
     size_t i = 0, k = 0;
+    /* disjoint ranges (another agent's ids, an earlier batch's): nothing */
+    if (n == 0 || m == 0 || strcmp(v[n - 1].ii_id, at(w, 0)) < 0 || strcmp(at(w, m - 1), v[0].ii_id) < 0)
+        return;
     while (i < n && k < m) {
         int d = strcmp(v[i].ii_id, at(w, k));
         if (d == 0)
@@ -1223,7 +1256,6 @@ static int price_records(settle_ctx_t *c, char *err, size_t errlen)
  * TG_STORE_MAX_TXN_OPS; the batches that do not fit wait for the next
  * group (a batch too big alone fails as before). */
 
-#define GROUP_MAX_JOBS 16
 /* puts: settled value, seq, a marker and at most one agent-seq per job, a
  * balance each (compares: leader, seq, a marker per job, a balance each) */
 #define GROUP_MAX_BALANCES (TG_STORE_MAX_TXN_OPS - 2 - 2 * GROUP_MAX_JOBS)
@@ -1245,6 +1277,7 @@ typedef struct settle_job {
 } settle_job_t;
 
 struct settle_group {
+    struct settle_group *g_next;       /* (gmu) in as_gfree */
     settle_job_t *g_jobs[GROUP_MAX_JOBS];
     size_t g_n;                        /* jobs taken (then: committed prefix) */
     bal_t g_bals[GROUP_MAX_BALANCES];
@@ -1333,8 +1366,12 @@ static int group_get_pb(settle_group_t *g, tg_cp_t *cp, const char *key, const P
 /* Marks records already settled (group time, as_settle_mu held):
  * repeated inside the batch, in an earlier batch of the group, committed by
  * this leader but not yet in the ledger (pending), or in the ledger. Pending
- * is read first: an id leaves it only after the ledger has it. */
-static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen)
+ * is read first: an id leaves it only after the ledger has it. When the
+ * batch's ids were looked up in the ledger before it queued (early_check,
+ * under the same leadership), that answer stands for every commit up to
+ * its e_t0, and only the pending commits after e_t0 are read here (they
+ * stay pending while the check is in flight: pending_horizon). */
+static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char *err, size_t errlen)
 {
     settle_ctx_t *c = g->g_jobs[j]->j_c;
     Tollgate__V1__UsageBatch *b = c->sc_batch;
@@ -1348,10 +1385,22 @@ static int mark_duplicates(settle_group_t *g, size_t j, char *err, size_t errlen
         settle_ctx_t *o = g->g_jobs[k]->j_c;
         mark_common(c->sc_ids, n, o->sc_ids, o->sc_batch->n_records, at_ix, c->sc_dup);
     }
+    int early = c->sc_early_ok && c->sc_early.e_leader_rev == leader_rev;
     pthread_mutex_lock(&as->as_mu);
+    if (early && as->as_pending_lost > c->sc_early.e_t0)
+        early = 0; /* a commit since its read was not kept (no memory) */
     for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
-        mark_common(c->sc_ids, n, p->p_ids, p->p_n, at_str, c->sc_dup);
+        for (size_t r = 0; r < p->p_nrun && (!early || p->p_rev > c->sc_early.e_t0); r++) {
+            size_t from = r > 0 ? p->p_end[r - 1] : 0;
+            mark_common(c->sc_ids, n, p->p_ids + from, p->p_end[r] - from, at_str, c->sc_dup);
+        }
     pthread_mutex_unlock(&as->as_mu);
+    if (early) {
+        for (size_t i = 0; i < n; i++)
+            c->sc_dup[i] |= c->sc_found[i];
+        atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        return TG_RPC_CODE_OK;
+    }
     /* the rest against the ledger, in one read transaction */
     const char **ids = tg_calloc(n ? n : 1, sizeof(*ids));
     int *found = tg_calloc(n ? n : 1, sizeof(*found));
@@ -1818,6 +1867,50 @@ static void group_prefetch(settle_group_t *g, tg_cp_t *cp, settle_job_t *const *
     pre_read(g, cp);
 }
 
+/* The ids group g settled at rev, for the pending set: per committed job
+ * its settled records' ids, in its sorted order (sc_ids). NULL when out of
+ * memory. */
+static cp_pending_t *pending_new(const settle_group_t *g, int64_t rev)
+{
+    size_t n = 0, bytes = 0;
+    for (size_t j = 0; j < g->g_n; j++) {
+        const settle_ctx_t *c = g->g_jobs[j]->j_c;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++)
+            if (!c->sc_dup[c->sc_ids[i].ii_i]) {
+                n++;
+                bytes += strlen(c->sc_ids[i].ii_id) + 1;
+            }
+    }
+    cp_pending_t *p = tg_calloc(1, sizeof(*p));
+    char **v = tg_malloc((n ? n : 1) * sizeof(char *));
+    char *mem = tg_malloc(bytes ? bytes : 1);
+    if (p == NULL || v == NULL || mem == NULL) {
+        tg_free(p);
+        tg_free(v);
+        tg_free(mem);
+        return NULL;
+    }
+    size_t k = 0;
+    char *w = mem;
+    for (size_t j = 0; j < g->g_n; j++) {
+        const settle_ctx_t *c = g->g_jobs[j]->j_c;
+        for (size_t i = 0; i < c->sc_batch->n_records; i++) {
+            if (c->sc_dup[c->sc_ids[i].ii_i])
+                continue;
+            size_t len = strlen(c->sc_ids[i].ii_id) + 1;
+            memcpy(w, c->sc_ids[i].ii_id, len);
+            v[k++] = w;
+            w += len;
+        }
+        p->p_end[j] = k;
+    }
+    p->p_nrun = g->g_n;
+    p->p_rev = rev;
+    p->p_ids = v;
+    p->p_mem = mem;
+    return p;
+}
+
 static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 {
     tg_cp_t *cp = as->as_cp;
@@ -1856,7 +1949,7 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             continue;
         }
         g->g_jobs[g->g_n++] = job;
-        int code = mark_duplicates(g, g->g_n - 1, jerr, sizeof(jerr));
+        int code = mark_duplicates(g, g->g_n - 1, leader_rev, jerr, sizeof(jerr));
         if (code != TG_RPC_CODE_OK) {
             g->g_n--;
             pthread_mutex_lock(&as->as_gmu);
@@ -1953,15 +2046,21 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         atomic_fetch_add(&cp->cp_m_groups, 1);
         if (g->g_settled.b_len > 0) {
             /* the tailer appends the rows; until then the ids are pending,
-             * so the next group still sees them as settled */
-            char **ids = tg_calloc(g->g_nent ? g->g_nent : 1, sizeof(char *));
-            for (size_t i = 0; ids != NULL && i < g->g_nent; i++)
-                ids[i] = g->g_ents[i]->entry_id;
+             * so the next group still sees them as settled (copied before
+             * as_mu, which the tailer and the early checks take too) */
+            cp_pending_t *p = pending_new(g, commit_rev);
             pthread_mutex_lock(&as->as_mu);
-            if (commit_rev > as->as_tail_rev)
-                pending_add(as, commit_rev, ids, ids != NULL ? g->g_nent : 0);
+            if (commit_rev > pending_horizon(as)) {
+                if (p != NULL) {
+                    p->p_next = as->as_pending;
+                    as->as_pending = p;
+                    p = NULL;
+                } else {
+                    as->as_pending_lost = commit_rev;
+                }
+            }
             pthread_mutex_unlock(&as->as_mu);
-            tg_free(ids);
+            pending_free(p);
         }
     }
     pre_clear(g);
@@ -2065,6 +2164,44 @@ static void group_free(settle_group_t *g)
     tg_free(g);
 }
 
+#define GROUP_KEEP 2 /* groups kept for reuse: one commits while one waits for its ack */
+
+/* A group for the next leader: a kept one (its ~1 MB settled buffer and
+ * entry arrays already allocated and paged in), else a new one. as_gmu held. */
+static settle_group_t *group_take(tg_cp_agent_side_t *as)
+{
+    settle_group_t *g = as->as_gfree;
+    if (g != NULL) {
+        as->as_gfree = g->g_next;
+        g->g_next = NULL;
+        return g;
+    }
+    return group_new();
+}
+
+/* Keeps g for the next leader, or frees it past GROUP_KEEP. as_gmu held. */
+static void group_put(tg_cp_agent_side_t *as, settle_group_t *g)
+{
+    size_t n = 0;
+    for (settle_group_t *p = as->as_gfree; p != NULL; p = p->g_next)
+        n++;
+    if (g == NULL || n >= GROUP_KEEP) {
+        group_free(g);
+        return;
+    }
+    g->g_next = as->as_gfree;
+    as->as_gfree = g;
+}
+
+void cp_settle_free_groups(tg_cp_agent_side_t *as)
+{
+    while (as->as_gfree != NULL) {
+        settle_group_t *g = as->as_gfree;
+        as->as_gfree = g->g_next;
+        group_free(g);
+    }
+}
+
 /* Queues job and waits until some group settled, answered or failed it,
  * leading groups whenever no one else does. */
 static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
@@ -2082,7 +2219,7 @@ static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
             pthread_cond_wait(&as->as_gcv, &as->as_gmu);
             continue;
         }
-        if (g == NULL && (g = group_new()) == NULL) {
+        if (g == NULL && (g = group_take(as)) == NULL) {
             /* no memory to lead: wait for another caller to */
             pthread_mutex_unlock(&as->as_gmu);
             cp_sleep(as, 10);
@@ -2103,8 +2240,8 @@ static void settle_queued(tg_cp_agent_side_t *as, settle_job_t *job)
         run_group(as, g);
         pthread_mutex_lock(&as->as_gmu);
     }
+    group_put(as, g);
     pthread_mutex_unlock(&as->as_gmu);
-    group_free(g);
 }
 
 int cp_batch_unpack_signed(tg_pool_t *pool, const uint8_t *req, size_t req_len,
@@ -2137,6 +2274,51 @@ int cp_batch_open(tg_pool_t *pool, const Tollgate__V1__SignedUsageBatch *sb, con
                        "batch.agent_id '%s' does not match the signer '%s'", b->agent_id, sb->agent_id);
     *out = b;
     return TG_RPC_CODE_OK;
+}
+
+/* Looks the batch's record ids up in the ledger before it queues for the
+ * commit lock (in parallel with other batches, not under the lock), noting
+ * the tail revision the ledger held then (see mark_duplicates). Read first:
+ * the tailer publishes a revision only after its append is committed. A
+ * failure only means the check is made under the lock. */
+static void early_check(settle_ctx_t *c, int64_t leader_rev)
+{
+    tg_cp_agent_side_t *as = c->sc_cp->cp_agent;
+    size_t n = c->sc_batch->n_records;
+    char err[TG_ERRLEN];
+    const char **ids = tg_calloc(n ? n : 1, sizeof(*ids));
+    c->sc_found = tg_calloc(n ? n : 1, sizeof(int));
+    if (ids == NULL || c->sc_found == NULL) {
+        tg_free(ids);
+        return;
+    }
+    pthread_mutex_lock(&as->as_mu);
+    c->sc_early.e_t0 = as->as_tail_rev;
+    c->sc_early.e_leader_rev = leader_rev;
+    c->sc_early.e_next = as->as_early;
+    as->as_early = &c->sc_early;
+    c->sc_early_on = 1;
+    pthread_mutex_unlock(&as->as_mu);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = c->sc_batch->records[i]->record_id;
+    c->sc_early_ok = tg_ledger_has(c->sc_cp->cp_ledger, ids, n, c->sc_found, err, sizeof(err)) >= 0;
+    tg_free(ids);
+}
+
+/* Test hook: TG_CP_TEST_EARLY_DELAY_MS holds each batch that long between
+ * its early check and the commit queue, so that other batches commit and
+ * reach the ledger in between (tests/e2e/cp_settle_early.test.mjs). */
+static void early_test_delay(void)
+{
+    static atomic_int ms = -1;
+    int v = atomic_load(&ms);
+    if (v < 0) {
+        const char *e = getenv("TG_CP_TEST_EARLY_DELAY_MS");
+        v = e != NULL ? (int)strtol(e, NULL, 10) : 0;
+        atomic_store(&ms, v < 0 ? 0 : v);
+    }
+    if (v > 0)
+        usleep((useconds_t)v * 1000);
 }
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
@@ -2226,6 +2408,8 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     code = price_records(&c, err, errlen);
     if (code != TG_RPC_CODE_OK)
         goto fail;
+    early_check(&c, leader_rev);
+    early_test_delay();
     t_priced = tg_cp_now_us();
 
     job.j_c = &c;

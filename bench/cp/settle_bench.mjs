@@ -12,8 +12,14 @@
 // per agent), whose sending costs the shared 2 cores far less. The load
 // generator's own CPU in the timed phase is printed either way.
 //
+// --warmup W first settles W more batches per agent, untimed (the same
+// agents, sequences continuing): a fresh control plane spends its first
+// second faulting in the heap its batches need (docs/PERFORMANCE.md, issue
+// 18 session 6), which a control plane that has been up for a while does
+// not. The default, 0, times a fresh control plane as the earlier tables do.
+//
 //   TG_BIN=$(bazel info bazel-bin) node bench/cp/settle_bench.mjs [--store lmdb|etcd]
-//       [--agents 4] [--batches 25] [--batch 1000] [--driver node|c]
+//       [--agents 4] [--batches 25] [--batch 1000] [--driver node|c] [--warmup 0]
 import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -31,6 +37,7 @@ const nAgents = Number(arg('agents', 4));
 const nBatches = Number(arg('batches', 25));
 const batchSize = Number(arg('batch', 1000));
 const driver = arg('driver', 'node');
+const nWarm = Number(arg('warmup', 0));
 if (driver !== 'node' && driver !== 'c') throw new Error('--driver node|c');
 
 let etcd;
@@ -53,7 +60,7 @@ try {
     const ag = new FakeAgent(cp, `bench-${a}`);
     await ag.enroll();
     ag.reqs = [];
-    for (let b = 0; b < nBatches; b++) {
+    for (let b = 0; b < nWarm + nBatches; b++) {
       const recs = [];
       for (let i = 0; i < batchSize; i++) {
         const r = ag.record(ids, { tokens: { input_tokens: 200 + (i % 1000), output_tokens: 50 + (b % 100) } });
@@ -62,6 +69,7 @@ try {
       }
       ag.reqs.push(ag.signed(recs));
     }
+    ag.warm = ag.reqs.splice(0, nWarm);
     agents.push(ag);
   }
   const bytes = agents.reduce((s, ag) => s + ag.reqs.reduce((t, r) => t + r.batch.length, 0), 0);
@@ -86,6 +94,7 @@ try {
   };
   const lat = [];
   let files = [];
+  let warmFiles = [];
   let dir;
   if (driver === 'c') {
     // each agent's SignedUsageBatch messages, length-prefixed, for settle_drive
@@ -94,23 +103,50 @@ try {
     root.loadSync('tollgate/v1/usage.proto', { keepCase: true });
     const Signed = root.lookupType('tollgate.v1.SignedUsageBatch');
     dir = tmpdir('tg-settle-drive-');
-    files = agents.map((ag, i) => {
+    const write = (reqs, name) => {
       const parts = [];
-      for (const req of ag.reqs) {
+      for (const req of reqs) {
         const m = Buffer.from(Signed.encode(Signed.fromObject(req)).finish());
         const len = Buffer.alloc(4);
         len.writeUInt32LE(m.length);
         parts.push(len, m);
       }
-      const f = path.join(dir, `agent-${i}.bin`);
+      const f = path.join(dir, name);
       writeFileSync(f, Buffer.concat(parts));
       return f;
-    });
+    };
+    files = agents.map((ag, i) => write(ag.reqs, `agent-${i}.bin`));
+    if (nWarm > 0) warmFiles = agents.map((ag, i) => write(ag.warm, `warm-${i}.bin`));
   }
+  if (nWarm > 0) {
+    // untimed: the same agents, their first batches
+    if (driver === 'c') {
+      await new Promise((resolve, reject) => execFile(bin('bench/cp/settle_drive'), [`127.0.0.1:${cp.port}`, ...warmFiles],
+        { timeout: 600000 }, (e, _o, stderr) => (e ? reject(new Error(`settle_drive (warm-up): ${stderr || e.message}`)) : resolve())));
+    } else {
+      await Promise.all(agents.map(async (ag) => { for (const req of ag.warm) await ag.report(req); }));
+    }
+    console.log(`warm-up: ${nAgents * nWarm} batches settled before the clock started`);
+  }
+  // tollgate_cp_settle_groups_total and _conflicts_total from /metrics
+  const settleCounts = async () => {
+    const hm = /tollgate-cp grpc=\S+ http=[\d.]+:(\d+)/.exec(cp.proc.output());
+    if (!hm) return [];
+    const text = await (await fetch(`http://127.0.0.1:${hm[1]}/metrics`)).text();
+    const g = /^tollgate_cp_settle_groups_total (\d+)/m.exec(text);
+    const c = /^tollgate_cp_settle_conflicts_total (\d+)/m.exec(text);
+    return [g ? Number(g[1]) : undefined, c ? Number(c[1]) : undefined];
+  };
+  const [groups0 = 0] = nWarm > 0 ? await settleCounts() : [0];
   const tail0 = threadCpu('cp-tail');
   const cpu0 = cpuSecs();
   const etcdCpu0 = etcd ? cpuSecs(etcd.proc.child.pid) : 0;
   const gen0 = process.cpuUsage();
+  let warmChild = 0; // the warm-up driver's CPU, already in cutime
+  try {
+    const f = readFileSync(`/proc/${process.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    warmChild = (Number(f[13]) + Number(f[14])) / 100;
+  } catch { /* not Linux */ }
   let genChild = 0;
   const start = performance.now();
   let secs;
@@ -121,7 +157,7 @@ try {
       child.on('exit', () => {
         try {
           const f = readFileSync(`/proc/${process.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-          genChild = (Number(f[13]) + Number(f[14])) / 100; // cutime + cstime: the reaped driver
+          genChild = (Number(f[13]) + Number(f[14])) / 100 - warmChild; // cutime + cstime: the reaped driver
         } catch { /* not Linux */ }
       });
     });
@@ -156,14 +192,9 @@ try {
   console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
     `${total} records in ${secs.toFixed(2)} s = ${Math.round(total / secs)} records/s; ` +
     `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${(lat.p50 ?? lat[Math.floor(lat.length / 2)]).toFixed(1)} ms p99 ${(lat.p99 ?? lat[Math.floor(lat.length * 0.99)]).toFixed(1)} ms; balance exact`);
-  // how many settlement transactions carried the batches (group commit)
-  const hm = /tollgate-cp grpc=\S+ http=[\d.]+:(\d+)/.exec(cp.proc.output());
-  if (hm) {
-    const text = await (await fetch(`http://127.0.0.1:${hm[1]}/metrics`)).text();
-    const groups = /^tollgate_cp_settle_groups_total (\d+)/m.exec(text);
-    const conflicts = /^tollgate_cp_settle_conflicts_total (\d+)/m.exec(text);
-    if (groups) console.log(`settlement transactions: ${groups[1]} (${(nAgents * nBatches / Number(groups[1])).toFixed(2)} batches each, probe batches included), ${conflicts ? conflicts[1] : '?'} retried after a conflict`);
-  }
+  // how many settlement transactions carried the timed batches (group commit)
+  const [groups, conflicts] = await settleCounts();
+  if (groups !== undefined) console.log(`settlement transactions: ${groups - groups0} (${(nAgents * nBatches / (groups - groups0)).toFixed(2)} batches each, probe batches included), ${conflicts ?? '?'} retried after a conflict`);
   if (process.env.TG_CP_LOG_LEVEL === 'debug') {
     // per-phase timings of the last batches (controlplane/settle.c debug log)
     const lines = cp.proc.output().split('\n').filter((l) => l.includes('records; verify'));

@@ -77,19 +77,19 @@ static void int_slots(tg_ledger_row_t *r, int64_t **v)
     v[6] = &r->lr_price_version;
 }
 
-int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen)
+int tgl_row_check(const tg_ledger_row_t *r, size_t i, size_t lens[NSTR], char *err, size_t errlen)
 {
     /* The slot helpers take a mutable row; they only read through it here. */
     tg_ledger_row_t *m = (tg_ledger_row_t *)r;
     const char **s[NSTR];
     str_slots(m, s);
-    size_t idlen = r->lr_record_id ? strlen(r->lr_record_id) : 0;
+    size_t idlen = lens[0] = r->lr_record_id ? strlen(r->lr_record_id) : 0;
     if (idlen == 0 || idlen > TG_LEDGER_ID_MAX)
         return tg_errf(err, errlen, TG_LEDGER_EINVAL,
                        "ledger row %zu: record id must be 1..%d bytes (got %zu)", i,
                        TG_LEDGER_ID_MAX, idlen);
     for (int k = 1; k < NSTR; k++) {
-        size_t n = strlen(nz(*s[k]));
+        size_t n = lens[k] = strlen(nz(*s[k]));
         if (n > TG_LEDGER_FIELD_MAX)
             return tg_errf(err, errlen, TG_LEDGER_EINVAL,
                            "ledger row %zu (record %s): %s is %zu bytes, the limit is %d", i,
@@ -109,6 +109,14 @@ int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen)
                        "ledger row %zu (record %s): record bytes must be 0..%d long and present",
                        i, r->lr_record_id, TG_LEDGER_RECORD_MAX);
     return 0;
+}
+
+size_t tgl_row_size_lens(const tg_ledger_row_t *r, const size_t lens[NSTR])
+{
+    size_t n = 2 + 8 * NINT + 4 + r->lr_record_len;
+    for (int k = 0; k < NSTR; k++)
+        n += 2 + lens[k];
+    return n;
 }
 
 size_t tgl_row_size(const tg_ledger_row_t *r, size_t lens[NSTR])

@@ -75,14 +75,17 @@ extern const char *const tgl_ix_names[TGL_IX_N];
 const char *tgl_row_field(const tg_ledger_row_t *r, int ix);
 const char *tgl_filter_field(const tg_ledger_filter_t *f, int ix);
 
-/* Checks a row against the limits; returns 0 or TG_LEDGER_EINVAL naming
- * row number i. */
-int tgl_row_check(const tg_ledger_row_t *r, size_t i, char *err, size_t errlen);
-
 #define TGL_NSTR 12 /* string fields in a row */
+/* Checks a row against the limits; returns 0 or TG_LEDGER_EINVAL naming
+ * row number i. lens gets the string lengths it measured (for
+ * tgl_row_size_lens and the id key). */
+int tgl_row_check(const tg_ledger_row_t *r, size_t i, size_t lens[TGL_NSTR], char *err, size_t errlen);
+
 /* Bytes of a checked row's canonical encoding; lens gets the string
  * lengths for tgl_row_encode (measured once per row). */
 size_t tgl_row_size(const tg_ledger_row_t *r, size_t lens[TGL_NSTR]);
+/* The same from lengths tgl_row_check measured: no string is read again. */
+size_t tgl_row_size_lens(const tg_ledger_row_t *r, const size_t lens[TGL_NSTR]);
 /* Writes the canonical encoding (exactly tgl_row_size bytes) to out. */
 void tgl_row_encode(const tg_ledger_row_t *r, const size_t lens[TGL_NSTR], unsigned char *out);
 /* Decodes a stored value (hash || canonical bytes) into *r, pointing into

@@ -82,7 +82,7 @@ typedef struct lstore {
 /* One event of a write transaction, kept until its commit is notified. */
 typedef struct wev {
     int we_type;
-    tg_store_kv_t we_kv; /* bytes in the pool */
+    tg_store_kv_t we_kv; /* bytes: the op's or the pool's (add_event) */
 } wev_t;
 
 typedef struct wctx {
@@ -688,7 +688,7 @@ static int write_txn(lstore_t *ls, wfn_t fn, void *arg, int64_t *rev, char *err,
     return req.wr_rc;
 }
 
-/* Records an event: log entry (with prev state) and a copy for watchers. */
+/* Records an event: log entry (with prev state) and the watchers' event. */
 static int add_event(lstore_t *ls, MDB_txn *t, wctx_t *wc, int type, const tg_store_kv_t *kv,
                      const tg_store_kv_t *prev, char *err, size_t errlen)
 {
@@ -724,7 +724,10 @@ static int add_event(lstore_t *ls, MDB_txn *t, wctx_t *wc, int type, const tg_st
         if (plen)
             memcpy(p, prev->kv_val, plen);
     }
-    /* the watchers' copy */
+    /* the watchers' event: its bytes are not copied. A put's key and value
+     * are the caller's op (alive until write_txn returns, after notify
+     * copies them into each watch's queue); a delete's key is del_one's
+     * copy in wc_pool. A settled-log value is ~1 MB: one copy less. */
     if (wc->wc_n == wc->wc_cap) {
         size_t nc = wc->wc_cap ? wc->wc_cap * 2 : 8;
         wev_t *ne = tg_pool_alloc(wc->wc_pool, nc * sizeof(*ne));
@@ -738,14 +741,7 @@ static int add_event(lstore_t *ls, MDB_txn *t, wctx_t *wc, int type, const tg_st
     wev_t *e = &wc->wc_ev[wc->wc_n];
     e->we_type = type;
     e->we_kv = *kv;
-    uint8_t *b = tg_pool_alloc(wc->wc_pool, kv->kv_key_len + vlen + 1);
-    if (!b)
-        return tg_errf(err, errlen, TG_STORE_ENOMEM, "out of memory for events");
-    memcpy(b, kv->kv_key, kv->kv_key_len);
-    if (vlen)
-        memcpy(b + kv->kv_key_len, kv->kv_val, vlen);
-    e->we_kv.kv_key = b;
-    e->we_kv.kv_val = vlen ? b + kv->kv_key_len : NULL;
+    e->we_kv.kv_val = vlen ? kv->kv_val : NULL;
     e->we_kv.kv_val_len = vlen;
     wc->wc_n++;
     wc->wc_changed = 1;

@@ -96,12 +96,12 @@ export async function startCp({ store, dataDir = tmpdir('tg-cp-'), nodeId = 'cp-
 // Starts tollgate-cp on backend ('lmdb', or 'etcd': a fresh etcd on free
 // loopback ports), seeds it (seed() below) and waits until it settles
 // (its single-replica election won). Fills ctx.etcd, ctx.cp, ctx.ids.
-export async function startSettling(ctx, backend, nodeId) {
+export async function startSettling(ctx, backend, nodeId, env = {}) {
   if (backend === 'etcd') {
     ctx.etcd = await startEtcd();
-    ctx.cp = await startCp({ store: `etcd:${ctx.etcd.url}`, nodeId });
+    ctx.cp = await startCp({ store: `etcd:${ctx.etcd.url}`, nodeId, env });
   } else {
-    ctx.cp = await startCp({ nodeId });
+    ctx.cp = await startCp({ nodeId, env });
   }
   ctx.ids = await seed(ctx.cp);
   await waitLeader(ctx.cp);

@@ -14,8 +14,11 @@ export const ROOT = process.env.TG_ROOT ||
 // Every tollgate-cp an e2e test starts (directly, through a helper or a
 // script; they inherit this environment) checks each ledger entry settlement
 // packs by hand against protobuf-c's bytes and aborts on a difference
-// (controlplane/settle.c, "records packed once"). Set it to 0 to measure.
-process.env.TG_CP_CHECK_PACKING ??= '1';
+// (controlplane/settle.c, "records packed once"). The benchmarks (bench/,
+// *_bench.mjs) that share these helpers measure without it: the check packs
+// every entry a second time, inside the commit lock (it doubled settlement's
+// build phase in settle_bench until session 6 of issue 18 found it).
+process.env.TG_CP_CHECK_PACKING ??= /(^|\/)bench\/|_bench\.mjs$/.test(process.argv[1] ?? '') ? '0' : '1';
 
 // Directory of Bazel outputs: tests/run.sh exports TG_BIN (`bazel info bazel-bin`).
 export const BIN = process.env.TG_BIN || path.join(ROOT, 'bazel-bin');
