@@ -253,12 +253,14 @@ static void stash_drop(tg_cp_agent_side_t *as, cp_stash_t *stash)
 
 /* ---- committed, not yet in the ledger ----------------------------------------- */
 
-/* Record ids of batches this leader committed whose rows the tailer has not
- * appended yet: the duplicate check reads them beside the ledger. */
-#define GROUP_MAX_JOBS 16
+#define GROUP_MAX_JOBS 16 /* batches in one group commit (see "group commit") */
 
-/* The record ids one group commit settled: per batch a run of them in
- * sorted order (each batch's ids are sorted once, outside the lock), the
+/* The pending set: record ids of group commits this leader made whose rows
+ * the tailer has not appended yet, and of commits already appended but kept
+ * while an early check that read the ledger before them is in flight
+ * (pending_horizon); the duplicate check reads them beside the ledger.
+ * One entry holds the ids one group commit settled: per batch a run of them
+ * in sorted order (each batch's ids are sorted once, outside the lock), the
  * strings in one block. */
 typedef struct cp_pending {
     struct cp_pending *p_next;
@@ -659,6 +661,7 @@ typedef struct settle_ctx {
     int *sc_found;
     int sc_early_on;                   /* sc_early is in as_early */
     int sc_early_ok;                   /* sc_found is complete */
+    int sc_early_counted;              /* its early answer was used (counted once) */
     cp_early_t sc_early;
 } settle_ctx_t;
 
@@ -1386,9 +1389,12 @@ static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char
         mark_common(c->sc_ids, n, o->sc_ids, o->sc_batch->n_records, at_ix, c->sc_dup);
     }
     int early = c->sc_early_ok && c->sc_early.e_leader_rev == leader_rev;
+    size_t ndup = 0;
+    for (size_t i = 0; early && i < n; i++)
+        ndup += c->sc_dup[i] != 0;
     pthread_mutex_lock(&as->as_mu);
     if (early && as->as_pending_lost > c->sc_early.e_t0)
-        early = 0; /* a commit since its read was not kept (no memory) */
+        early = 0; /* a commit since its read was not kept (no memory, unclear outcome) */
     for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
         for (size_t r = 0; r < p->p_nrun && (!early || p->p_rev > c->sc_early.e_t0); r++) {
             size_t from = r > 0 ? p->p_end[r - 1] : 0;
@@ -1396,9 +1402,16 @@ static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char
         }
     pthread_mutex_unlock(&as->as_mu);
     if (early) {
+        /* what only the commits after its read had (tests, /metrics) */
+        size_t after = 0;
+        for (size_t i = 0; i < n; i++)
+            after += c->sc_dup[i] != 0;
+        atomic_fetch_add(&c->sc_cp->cp_m_early_pending_dups, (long long)(after - ndup));
         for (size_t i = 0; i < n; i++)
             c->sc_dup[i] |= c->sc_found[i];
-        atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        if (!c->sc_early_counted) /* a batch put back for the next group is checked again */
+            atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        c->sc_early_counted = 1;
         return TG_RPC_CODE_OK;
     }
     /* the rest against the ledger, in one read transaction */
@@ -2070,6 +2083,17 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
            t_checked - t_locked, t_built ? t_built - t_checked : 0, t_commit ? t_commit - t_built : 0,
            g->g_settled.b_len);
 
+    if (gcode != TG_RPC_CODE_OK) {
+        /* a commit that failed may still have applied (etcd can answer an
+         * error after applying it): then this replica's tailer may take the
+         * stash, whose rows point into the callers' contexts, freed as soon
+         * as they wake. So the stash goes before any caller is woken
+         * (stash_drop waits out a tailer appending it; the tailer then reads
+         * the value from the settled log) */
+        stash_drop(as, stash);
+        stash = NULL;
+    }
+
     /* hand the lead on; jobs that did not fit (or whose twin is here) go
      * back to the head of the queue, in order */
     size_t ncommit = committed ? g->g_n : 0;
@@ -2081,7 +2105,8 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         for (size_t j = from; j < nready; j++)
             defer[ndefer++] = g->g_jobs[j];
     } else {
-        /* the whole group failed: every job taken that is not answered yet */
+        /* the whole group failed: every job taken that is not answered yet
+         * (the stash is gone: see above) */
         for (size_t j = 0; j < ntaken; j++)
             if (!taken[j]->j_done)
                 job_finish(taken[j], gcode, err);
@@ -2174,6 +2199,7 @@ static settle_group_t *group_take(tg_cp_agent_side_t *as)
     if (g != NULL) {
         as->as_gfree = g->g_next;
         g->g_next = NULL;
+        tg_buf_reset(&g->g_settled); /* not the last group's value (its debug line) */
         return g;
     }
     return group_new();
@@ -2305,20 +2331,26 @@ static void early_check(settle_ctx_t *c, int64_t leader_rev)
     tg_free(ids);
 }
 
-/* Test hook: TG_CP_TEST_EARLY_DELAY_MS holds each batch that long between
- * its early check and the commit queue, so that other batches commit and
- * reach the ledger in between (tests/e2e/cp_settle_early.test.mjs). */
-static void early_test_delay(void)
+/* Test hook: with TG_CP_TEST_EARLY_HOLD_DIR set, a batch whose file
+ * <dir>/<sequence>.hold exists waits between its early check and the
+ * commit queue until that file is gone (at most 10 s), having created
+ * <dir>/<sequence>.held to say it is there: other batches commit and reach
+ * the ledger in between (tests/e2e/cp_settle_early.test.mjs). */
+static void early_test_hold(const settle_ctx_t *c)
 {
-    static atomic_int ms = -1;
-    int v = atomic_load(&ms);
-    if (v < 0) {
-        const char *e = getenv("TG_CP_TEST_EARLY_DELAY_MS");
-        v = e != NULL ? (int)strtol(e, NULL, 10) : 0;
-        atomic_store(&ms, v < 0 ? 0 : v);
-    }
-    if (v > 0)
-        usleep((useconds_t)v * 1000);
+    const char *dir = getenv("TG_CP_TEST_EARLY_HOLD_DIR");
+    char hold[1024], held[1024];
+    if (dir == NULL || dir[0] == '\0')
+        return;
+    snprintf(hold, sizeof(hold), "%s/%" PRIu64 ".hold", dir, c->sc_batch->sequence);
+    snprintf(held, sizeof(held), "%s/%" PRIu64 ".held", dir, c->sc_batch->sequence);
+    if (access(hold, F_OK) != 0)
+        return;
+    FILE *f = fopen(held, "w");
+    if (f != NULL)
+        fclose(f);
+    for (int i = 0; i < 2000 && access(hold, F_OK) == 0; i++)
+        usleep(5000);
 }
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
@@ -2409,7 +2441,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     if (code != TG_RPC_CODE_OK)
         goto fail;
     early_check(&c, leader_rev);
-    early_test_delay();
+    early_test_hold(&c);
     t_priced = tg_cp_now_us();
 
     job.j_c = &c;
