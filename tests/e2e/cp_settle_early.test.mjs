@@ -4,7 +4,7 @@
 // checked. The window that could let a record settle twice is a batch
 // carrying the same records that commits, and reaches the ledger, while
 // the first batch waits between its lookup and the lock. The test hook
-// TG_CP_TEST_EARLY_HOLD_DIR holds one chosen batch in that window until the
+// TG_CP_TEST_HOOK_DIR holds one chosen batch in that window until the
 // test lets it go: the held batch looks the records up (not settled yet),
 // then the other batch with the same records is sent and acknowledged (an
 // ack means this replica's ledger has its rows), then the held one goes on.
@@ -27,7 +27,7 @@ function metric(text, name) {
 for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
   const ctx = {};
   const dir = mkdtempSync(path.join(os.tmpdir(), 'tg-early-'));
-  before(() => startSettling(ctx, backend, 'cp-early', { TG_CP_TEST_EARLY_HOLD_DIR: dir }));
+  before(() => startSettling(ctx, backend, 'cp-early', { TG_CP_TEST_HOOK_DIR: dir }));
   after(async () => {
     await ctx.cp?.stop();
     await ctx.etcd?.proc.stop('SIGKILL');
@@ -86,5 +86,52 @@ for (const backend of ['lmdb', 'etcd']) describe(backend, () => {
     assert.equal(new Set(rows.map((e) => e.entry_id)).size, all.size);
     const charged = rows.reduce((s, e) => s - BigInt(e.amount_nano), 0n);
     assert.equal(charged, want);
+  });
+
+  // etcd can answer a commit with an error after applying it: its records
+  // are then in the settled log but not among the commits kept for the
+  // early checks. A batch with the same records, checked before that
+  // commit and held until after it, must still find them (the control
+  // plane reads the log's tail after the error and checks against the
+  // ledger once it holds that commit).
+  test(`${backend}: a commit applied but answered with an error: the same records in another batch charged once`, async () => {
+    const cp = ctx.cp;
+    const a = new FakeAgent(cp, 'edge-2');
+    await a.enroll();
+    const before = await balance(cp, ctx.ids.account);
+    const recs = [];
+    for (let i = 0; i < 5; i++) recs.push(a.record(ctx.ids, { tokens: { input_tokens: 2000 + i, output_tokens: 5 } }));
+    const want = recs.reduce((s, r) => s + costOf(r.usage), 0n);
+    const s1 = a.signed(recs);
+    const s2 = a.signed(recs);
+    const hold = path.join(dir, `${a.seq}.hold`), held = path.join(dir, `${a.seq}.held`);
+    const fail = path.join(dir, 'commit-error');
+    writeFileSync(hold, '');
+    try {
+      const second = a.report(s2);
+      second.catch(() => {});
+      await until(() => existsSync(held), { intervalMs: 10, what: `batch ${a.seq} held after its early check` });
+      writeFileSync(fail, '');
+      await assert.rejects(a.report(s1), (e) => e.code === 14 && /test hook/.test(e.details));
+      assert.equal(existsSync(fail), false, 'the commit hook fired');
+      rmSync(hold);
+      const r2 = await second;
+      assert.equal(r2.settled, 0, JSON.stringify(r2));
+      assert.equal(r2.duplicate_records, recs.length);
+    } finally {
+      rmSync(hold, { force: true });
+      rmSync(held, { force: true });
+      rmSync(fail, { force: true });
+    }
+    // the agent resends the first: its marker answers what it settled
+    const r1 = await a.report(s1);
+    assert.equal(r1.duplicate_batch, true);
+    assert.equal(r1.settled, recs.length);
+    assert.equal(await balance(cp, ctx.ids.account), before - want);
+    const page = await cp.adminCall('QueryLedger', { account_id: ctx.ids.account, page_size: 1000 });
+    const ids = new Set(recs.map((r) => r.record_id));
+    const rows = page.entries.filter((e) => ids.has(e.entry_id));
+    assert.equal(rows.length, recs.length);
+    assert.equal(rows.reduce((s, e) => s - BigInt(e.amount_nano), 0n), want);
   });
 });
