@@ -22,9 +22,9 @@ test('bench/run.sh --quick prints a complete table and leaves nothing behind', {
   const tableRows = (text) => text.split('\n\n').find((b) => b.startsWith('| '))
     .split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| Scenario'));
   const rows = tableRows(main);
-  assert.equal(rows.length, 13, r.stdout);
+  assert.equal(rows.length, 14, r.stdout);
   const tlsRows = tableRows(tls.trim());
-  assert.equal(tlsRows.length, 6, r.stdout);
+  assert.equal(tlsRows.length, 7, r.stdout);
   for (const row of tlsRows) {
     const [, scenario, metric, nginx, agent] = row.split('|').map((c) => c.trim());
     assert.equal(agent, 'not yet built', row);
@@ -39,6 +39,9 @@ test('bench/run.sh --quick prints a complete table and leaves nothing behind', {
   }
   const rps = rows.find((l) => l.includes('small (1 KB, 32 conns) | requests/s'));
   assert.ok(Number(rps.split('|')[3]) > 100, rps);
+  // the CPU split: user space is part of the total
+  const cpu = (label) => Number(rows.find((l) => l.includes(`small (1 KB, 32 conns) | ${label}`)).split('|')[4]);
+  assert.ok(cpu('... of which in user space') <= cpu('CPU us/request'), r.stdout);
   const after = readdirSync('/tmp').filter((f) => f.startsWith('tg-bench.') && !before.has(f));
   assert.deepEqual(after, [], 'temp directory removed');
 });
