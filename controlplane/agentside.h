@@ -55,6 +55,9 @@ typedef struct tg_cp_agent_side {
     struct settle_group *as_gfree;    /* (gmu) groups kept for the next leader */
     uint64_t as_settled_seq;          /* (settle_mu) last TG_CP_K_SETTLED seq used */
     int64_t as_settled_seq_modrev;    /* (settle_mu) its mod_rev; -1: read it again */
+    int as_commit_unclear;            /* (settle_mu) a group commit failed without a clear
+                                       * answer: read the seq key before the next group */
+    int64_t as_commit_unclear_from;   /* (settle_mu) the seq key's mod_rev before it */
     /* leader.c */
     pthread_t as_leader_thr;
     int as_leader_started;
@@ -65,7 +68,8 @@ typedef struct tg_cp_agent_side {
                                        * that an early check (as_early) may have missed */
     struct cp_early *as_early;        /* (mu) batches checked against the ledger before
                                        * the commit lock, with the tail revision then */
-    int64_t as_pending_lost;          /* (mu) last commit whose ids could not be kept */
+    int64_t as_pending_lost;          /* (mu) last commit whose ids the pending set lacks
+                                       * (no memory, or a commit of unclear outcome) */
     struct cp_stash *as_stash;        /* (mu) rows the leader built, for its tailer */
     char as_leader_name[256];         /* (mu) current leader's node id, "" unknown */
     char as_leader_addr[256];         /* (mu) its advertised gRPC address, "" unknown */

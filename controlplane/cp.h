@@ -132,6 +132,7 @@ typedef struct tg_cp {
     atomic_llong cp_m_groups;       /* settlement transactions (group commits) of batches */
     atomic_llong cp_m_conflicts;    /* settlement transactions whose compare failed (retried) */
     atomic_llong cp_m_early_checks; /* batches whose ledger duplicate check ran before the commit lock */
+    atomic_llong cp_m_early_pending_dups; /* their records found among the commits after that check */
     atomic_llong cp_m_sync_streams; /* open Sync streams */
     atomic_llong cp_m_admin_calls;
     atomic_llong cp_m_forwarded;    /* ReportUsage calls a follower forwarded to the leader */

@@ -127,6 +127,9 @@ static void on_request(struct evhttp_request *req, void *arg)
         metric(&b, "tollgate_cp_settle_early_checks_total", "counter",
                "batches whose record ids were checked against the ledger before the commit lock",
                atomic_load(&cp->cp_m_early_checks));
+        metric(&b, "tollgate_cp_settle_early_pending_duplicates_total", "counter",
+               "records of early-checked batches found settled by a commit after their check",
+               atomic_load(&cp->cp_m_early_pending_dups));
         metric(&b, "tollgate_cp_sync_streams", "gauge", "open agent Sync streams",
                atomic_load(&cp->cp_m_sync_streams));
         metric(&b, "tollgate_cp_ledger_exports", "gauge", "ledger exports streaming now",

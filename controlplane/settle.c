@@ -253,12 +253,14 @@ static void stash_drop(tg_cp_agent_side_t *as, cp_stash_t *stash)
 
 /* ---- committed, not yet in the ledger ----------------------------------------- */
 
-/* Record ids of batches this leader committed whose rows the tailer has not
- * appended yet: the duplicate check reads them beside the ledger. */
-#define GROUP_MAX_JOBS 16
+#define GROUP_MAX_JOBS 16 /* batches in one group commit (see "group commit") */
 
-/* The record ids one group commit settled: per batch a run of them in
- * sorted order (each batch's ids are sorted once, outside the lock), the
+/* The pending set: record ids of group commits this leader made whose rows
+ * the tailer has not appended yet, and of commits already appended but kept
+ * while an early check that read the ledger before them is in flight
+ * (pending_horizon); the duplicate check reads them beside the ledger.
+ * One entry holds the ids one group commit settled: per batch a run of them
+ * in sorted order (each batch's ids are sorted once, outside the lock), the
  * strings in one block. */
 typedef struct cp_pending {
     struct cp_pending *p_next;
@@ -419,6 +421,26 @@ typedef struct commit_spec {
 
 #define COMMIT_MAX (TG_STORE_MAX_TXN_OPS + 8)
 
+/* Test hooks (tests/e2e/cp_settle_early.test.mjs): TG_CP_TEST_HOOK_DIR
+ * names a directory; a file `commit-error` there makes the next settlement
+ * commit that applies answer an error as if etcd had applied it and then not
+ * answered (the file is removed), and `<sequence>.hold` holds a batch of that
+ * sequence after its early check (early_test_hold). */
+static int test_hook_path(char *out, size_t outlen, const char *name)
+{
+    const char *dir = getenv("TG_CP_TEST_HOOK_DIR");
+    if (dir == NULL || dir[0] == '\0')
+        return 0;
+    int n = snprintf(out, outlen, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < outlen;
+}
+
+static int commit_test_error(void)
+{
+    char p[1024];
+    return test_hook_path(p, sizeof(p), "commit-error") && unlink(p) == 0;
+}
+
 /* The common transaction: markers, balances, one settled-log value and the
  * caller's extras. Returns 1 committed, 0 compare failed (re-read),
  * negative on error (TG_STORE_ETOOBIG past the store's limits). On
@@ -499,6 +521,10 @@ static int settle_commit(tg_cp_agent_side_t *as, const commit_spec_t *cs, int64_
     }
     if (rc < 0)
         return rc;
+    if (tres.tx_succeeded && commit_test_error()) {
+        tg_store_txn_res_free(&tres);
+        return tg_errf(err, errlen, TG_STORE_EUNKNOWN, "test hook: the commit applied, then no answer");
+    }
     int ok = tres.tx_succeeded;
     *rev_out = tres.tx_revision;
     if (ok && has_settled) {
@@ -659,6 +685,7 @@ typedef struct settle_ctx {
     int *sc_found;
     int sc_early_on;                   /* sc_early is in as_early */
     int sc_early_ok;                   /* sc_found is complete */
+    int sc_early_counted;              /* its early answer was used (counted once) */
     cp_early_t sc_early;
 } settle_ctx_t;
 
@@ -1386,9 +1413,12 @@ static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char
         mark_common(c->sc_ids, n, o->sc_ids, o->sc_batch->n_records, at_ix, c->sc_dup);
     }
     int early = c->sc_early_ok && c->sc_early.e_leader_rev == leader_rev;
+    size_t ndup = 0;
+    for (size_t i = 0; early && i < n; i++)
+        ndup += c->sc_dup[i] != 0;
     pthread_mutex_lock(&as->as_mu);
     if (early && as->as_pending_lost > c->sc_early.e_t0)
-        early = 0; /* a commit since its read was not kept (no memory) */
+        early = 0; /* a commit since its read was not kept (no memory, unclear outcome) */
     for (cp_pending_t *p = as->as_pending; p; p = p->p_next)
         for (size_t r = 0; r < p->p_nrun && (!early || p->p_rev > c->sc_early.e_t0); r++) {
             size_t from = r > 0 ? p->p_end[r - 1] : 0;
@@ -1396,9 +1426,16 @@ static int mark_duplicates(settle_group_t *g, size_t j, int64_t leader_rev, char
         }
     pthread_mutex_unlock(&as->as_mu);
     if (early) {
+        /* what only the commits after its read had (tests, /metrics) */
+        size_t after = 0;
+        for (size_t i = 0; i < n; i++)
+            after += c->sc_dup[i] != 0;
+        atomic_fetch_add(&c->sc_cp->cp_m_early_pending_dups, (long long)(after - ndup));
         for (size_t i = 0; i < n; i++)
             c->sc_dup[i] |= c->sc_found[i];
-        atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        if (!c->sc_early_counted) /* a batch put back for the next group is checked again */
+            atomic_fetch_add(&c->sc_cp->cp_m_early_checks, 1);
+        c->sc_early_counted = 1;
         return TG_RPC_CODE_OK;
     }
     /* the rest against the ledger, in one read transaction */
@@ -1911,6 +1948,82 @@ static cp_pending_t *pending_new(const settle_group_t *g, int64_t rev)
     return p;
 }
 
+/* After a group commit that failed without a clear answer (etcd can answer
+ * an error after applying it): whether something committed is read from the
+ * settled log's seq key. When the key moved past its revision before the
+ * commit, the commit's ids are in the log but not in the pending set, so
+ * they count as lost (as_pending_lost): the next group waits for the
+ * tailer to append them before checking duplicates, and no early check
+ * read before them stands. as_settle_mu held. Returns 0, or negative with
+ * err set when the key cannot be read (then it is read before the next
+ * group). */
+static int commit_resolve(tg_cp_agent_side_t *as, char *err, size_t errlen)
+{
+    if (!as->as_commit_unclear)
+        return 0;
+    as->as_settled_seq_modrev = -1;
+    int rc = load_seq(as, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (as->as_settled_seq_modrev > as->as_commit_unclear_from) {
+        pthread_mutex_lock(&as->as_mu);
+        if (as->as_settled_seq_modrev > as->as_pending_lost)
+            as->as_pending_lost = as->as_settled_seq_modrev;
+        pthread_mutex_unlock(&as->as_mu);
+        TG_LOG(TG_LOG_WARN, "cp.settle", "a settlement commit that answered an error is in the settled log "
+               "(revision %" PRId64 "): duplicates are checked against the ledger once it holds it",
+               as->as_settled_seq_modrev);
+    }
+    as->as_commit_unclear = 0;
+    return 0;
+}
+
+/* Before a group checks duplicates (as_settle_mu held): the commits whose
+ * ids the pending set lacks (as_pending_lost) must be in this replica's
+ * ledger, which the check reads instead. Returns TG_RPC_CODE_OK or
+ * UNAVAILABLE (err set: agents resend). */
+static int wait_lost(tg_cp_agent_side_t *as, char *err, size_t errlen)
+{
+    char why[TG_ERRLEN] = "";
+    if (commit_resolve(as, why, sizeof(why)) < 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
+                       "settlement paused: the outcome of the last commit is unknown (%s); resend", why);
+    pthread_mutex_lock(&as->as_mu);
+    int64_t lost = as->as_pending_lost;
+    pthread_mutex_unlock(&as->as_mu);
+    int w = cp_tail_wait(as, lost, ACK_WAIT_MS, why, sizeof(why));
+    if (w == -2)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE, "%s", why);
+    if (w < 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_UNAVAILABLE,
+                       "settlement paused: the ledger has not reached revision %" PRId64 " of the settled log "
+                       "after %d ms; resend", lost, ACK_WAIT_MS);
+    return TG_RPC_CODE_OK;
+}
+
+/* Marks duplicates again for jobs g[0..n) after a retry changed what the
+ * first marks rest on (another leadership, or a job dropped that later
+ * jobs were checked against). Jobs whose check fails are answered with its
+ * code. Returns the jobs left. */
+static size_t remark(tg_cp_agent_side_t *as, settle_group_t *g, size_t n, int64_t leader_rev)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        settle_job_t *job = g->g_jobs[j];
+        char jerr[TG_ERRLEN] = "";
+        g->g_jobs[k++] = job;
+        int code = mark_duplicates(g, k - 1, leader_rev, jerr, sizeof(jerr));
+        if (code != TG_RPC_CODE_OK) {
+            k--;
+            pthread_mutex_lock(&as->as_gmu);
+            job_finish(job, code, jerr);
+            pthread_mutex_unlock(&as->as_gmu);
+        }
+    }
+    g->g_n = k;
+    return k;
+}
+
 static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 {
     tg_cp_t *cp = as->as_cp;
@@ -1927,7 +2040,10 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     int64_t t_locked = tg_cp_now_us();
     gcode = leader_gate(cp, &leader_rev, err, sizeof(err));
     if (gcode == TG_RPC_CODE_OK)
+        gcode = wait_lost(as, err, sizeof(err));
+    if (gcode == TG_RPC_CODE_OK)
         group_prefetch(g, cp, taken, ntaken);
+    int64_t marked_rev = leader_rev; /* the leadership the marks were made under */
     /* answer resends, keep one of each batch, mark duplicates */
     g->g_n = 0;
     for (size_t j = 0; gcode == TG_RPC_CODE_OK && j < ntaken; j++) {
@@ -1960,8 +2076,16 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     size_t nready = g->g_n;
     t_checked = tg_cp_now_us();
     for (int attempt = 0; gcode == TG_RPC_CODE_OK && g->g_n > 0; attempt++) {
-        if (attempt > 0)
+        if (attempt > 0) {
+            size_t was = nready;
             nready = drop_revoked(as, g, nready);
+            /* the marks rest on the jobs before each one and on the
+             * leadership: redo them when either changed */
+            if (nready > 0 && (nready < was || leader_rev != marked_rev)) {
+                nready = remark(as, g, nready, leader_rev);
+                marked_rev = leader_rev;
+            }
+        }
         if (nready == 0) {
             failed = SIZE_MAX; /* build_group's index of an earlier attempt */
             break;
@@ -2018,8 +2142,17 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
                             .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
                             .cs_settled = &g->g_settled, .cs_xcmps = g->g_rcmps, .cs_nxcmp = g->g_n,
                             .cs_xops = g->g_aops, .cs_nxop = g->g_naops};
+        int64_t seq_modrev = as->as_settled_seq_modrev;
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         t_commit = tg_cp_now_us();
+        if (rc < 0 && rc != TG_STORE_ETOOBIG && g->g_settled.b_len > 0) {
+            /* it may have applied: read the log's tail now, else before the
+             * next group (commit_resolve) */
+            char rerr[TG_ERRLEN];
+            as->as_commit_unclear = 1;
+            as->as_commit_unclear_from = seq_modrev;
+            (void)commit_resolve(as, rerr, sizeof(rerr));
+        }
         if (rc < 0) {
             gcode = rc == TG_STORE_ETOOBIG ? TG_RPC_CODE_INVALID_ARGUMENT : tg_cp_store_code(rc);
             if (rc == TG_STORE_EIO)
@@ -2070,6 +2203,17 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
            t_checked - t_locked, t_built ? t_built - t_checked : 0, t_commit ? t_commit - t_built : 0,
            g->g_settled.b_len);
 
+    if (gcode != TG_RPC_CODE_OK) {
+        /* a commit that failed may still have applied (etcd can answer an
+         * error after applying it): then this replica's tailer may take the
+         * stash, whose rows point into the callers' contexts, freed as soon
+         * as they wake. So the stash goes before any caller is woken
+         * (stash_drop waits out a tailer appending it; the tailer then reads
+         * the value from the settled log) */
+        stash_drop(as, stash);
+        stash = NULL;
+    }
+
     /* hand the lead on; jobs that did not fit (or whose twin is here) go
      * back to the head of the queue, in order */
     size_t ncommit = committed ? g->g_n : 0;
@@ -2081,7 +2225,8 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
         for (size_t j = from; j < nready; j++)
             defer[ndefer++] = g->g_jobs[j];
     } else {
-        /* the whole group failed: every job taken that is not answered yet */
+        /* the whole group failed: every job taken that is not answered yet
+         * (the stash is gone: see above) */
         for (size_t j = 0; j < ntaken; j++)
             if (!taken[j]->j_done)
                 job_finish(taken[j], gcode, err);
@@ -2174,6 +2319,7 @@ static settle_group_t *group_take(tg_cp_agent_side_t *as)
     if (g != NULL) {
         as->as_gfree = g->g_next;
         g->g_next = NULL;
+        tg_buf_reset(&g->g_settled); /* not the last group's value (its debug line) */
         return g;
     }
     return group_new();
@@ -2305,20 +2451,22 @@ static void early_check(settle_ctx_t *c, int64_t leader_rev)
     tg_free(ids);
 }
 
-/* Test hook: TG_CP_TEST_EARLY_DELAY_MS holds each batch that long between
- * its early check and the commit queue, so that other batches commit and
- * reach the ledger in between (tests/e2e/cp_settle_early.test.mjs). */
-static void early_test_delay(void)
+/* Test hook (see test_hook_path): a batch whose file <sequence>.hold
+ * exists waits between its early check and the commit queue until that
+ * file is gone (at most 10 s), having created <sequence>.held to say it is
+ * there: other batches commit and reach the ledger in between. */
+static void early_test_hold(const settle_ctx_t *c)
 {
-    static atomic_int ms = -1;
-    int v = atomic_load(&ms);
-    if (v < 0) {
-        const char *e = getenv("TG_CP_TEST_EARLY_DELAY_MS");
-        v = e != NULL ? (int)strtol(e, NULL, 10) : 0;
-        atomic_store(&ms, v < 0 ? 0 : v);
-    }
-    if (v > 0)
-        usleep((useconds_t)v * 1000);
+    char name[64], hold[1024], held[1024];
+    snprintf(name, sizeof(name), "%" PRIu64 ".hold", c->sc_batch->sequence);
+    if (!test_hook_path(hold, sizeof(hold), name) || access(hold, F_OK) != 0)
+        return;
+    snprintf(name, sizeof(name), "%" PRIu64 ".held", c->sc_batch->sequence);
+    FILE *f = test_hook_path(held, sizeof(held), name) ? fopen(held, "w") : NULL;
+    if (f != NULL)
+        fclose(f);
+    for (int i = 0; i < 2000 && access(hold, F_OK) == 0; i++)
+        usleep(5000);
 }
 
 int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *reply, char *err,
@@ -2409,7 +2557,7 @@ int cp_report_usage(tg_cp_t *cp, const uint8_t *req, size_t req_len, tg_buf_t *r
     if (code != TG_RPC_CODE_OK)
         goto fail;
     early_check(&c, leader_rev);
-    early_test_delay();
+    early_test_hold(&c);
     t_priced = tg_cp_now_us();
 
     job.j_c = &c;

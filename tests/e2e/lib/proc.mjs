@@ -17,8 +17,11 @@ export const ROOT = process.env.TG_ROOT ||
 // (controlplane/settle.c, "records packed once"). The benchmarks (bench/,
 // *_bench.mjs) that share these helpers measure without it: the check packs
 // every entry a second time, inside the commit lock (it doubled settlement's
-// build phase in settle_bench until session 6 of issue 18 found it).
-process.env.TG_CP_CHECK_PACKING ??= /(^|\/)bench\/|_bench\.mjs$/.test(process.argv[1] ?? '') ? '0' : '1';
+// build phase in settle_bench until session 6 of issue 18 found it). The
+// script's path is taken relative to the checkout, so a checkout under a
+// directory named bench still checks.
+const SCRIPT = process.argv[1] ? path.relative(ROOT, path.resolve(process.argv[1])).split(path.sep).join('/') : '';
+process.env.TG_CP_CHECK_PACKING ??= /^bench\/|_bench\.mjs$/.test(SCRIPT) ? '0' : '1';
 
 // Directory of Bazel outputs: tests/run.sh exports TG_BIN (`bazel info bazel-bin`).
 export const BIN = process.env.TG_BIN || path.join(ROOT, 'bazel-bin');
