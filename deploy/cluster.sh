@@ -152,8 +152,15 @@ for ((i = 0; i < 150; i++)); do [ "$(metric "http://127.0.0.1:${CPH[1]}" tollgat
 [ "$(metric "http://127.0.0.1:${CPH[1]}" tollgate_cp_is_leader)" = 1 ] || fail "cp1 did not become the settling leader"
 step "control plane cp2 (a second replica: follows, forwards usage to the leader)" cp2.log
 start_cp 2
-for ((i = 0; i < 150; i++)); do curl -sf "http://127.0.0.1:${CPH[2]}/metrics" | grep -q 'tollgate_cp_leader{node="cp1"} 1' && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:${CPH[2]}/metrics" | grep -q 'tollgate_cp_leader{node="cp1"} 1' || fail "cp2 does not name cp1 as the leader"
+# the page read whole before grep: `curl | grep -q` under pipefail fails
+# whenever grep's early exit meets a curl still writing (SIGPIPE)
+names_cp1() {
+  local m
+  m=$(curl -sf "http://127.0.0.1:${CPH[2]}/metrics") || return 1
+  grep -q 'tollgate_cp_leader{node="cp1"} 1' <<<"$m"
+}
+for ((i = 0; i < 150; i++)); do names_cp1 && break; sleep 0.1; done
+names_cp1 || fail "cp2 does not name cp1 as the leader"
 echo "cp1 settles; cp2 names it as the leader"
 
 # ---- configuration through the admin API (mTLS as the operator) -------------------------
