@@ -426,10 +426,25 @@ typedef struct commit_spec {
  * commit that applies answer an error as if etcd had applied it and then not
  * answered (the file is removed), and `<sequence>.hold` holds a batch of that
  * sequence after its early check (early_test_hold). */
-static int test_hook_path(char *out, size_t outlen, const char *name)
+static const char *g_hook_dir; /* NULL: no hooks (read once: not per batch) */
+static pthread_once_t g_hook_once = PTHREAD_ONCE_INIT;
+
+static void hook_dir_read(void)
 {
     const char *dir = getenv("TG_CP_TEST_HOOK_DIR");
-    if (dir == NULL || dir[0] == '\0')
+    g_hook_dir = dir != NULL && dir[0] != '\0' ? dir : NULL;
+}
+
+static const char *hook_dir(void)
+{
+    pthread_once(&g_hook_once, hook_dir_read);
+    return g_hook_dir;
+}
+
+static int test_hook_path(char *out, size_t outlen, const char *name)
+{
+    const char *dir = hook_dir();
+    if (dir == NULL)
         return 0;
     int n = snprintf(out, outlen, "%s/%s", dir, name);
     return n > 0 && (size_t)n < outlen;
@@ -2458,6 +2473,8 @@ static void early_check(settle_ctx_t *c, int64_t leader_rev)
 static void early_test_hold(const settle_ctx_t *c)
 {
     char name[64], hold[1024], held[1024];
+    if (hook_dir() == NULL)
+        return;
     snprintf(name, sizeof(name), "%" PRIu64 ".hold", c->sc_batch->sequence);
     if (!test_hook_path(hold, sizeof(hold), name) || access(hold, F_OK) != 0)
         return;
