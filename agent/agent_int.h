@@ -266,19 +266,21 @@ uint32_t tg_agent_backoff(uint32_t initial_ms, uint32_t max_ms, unsigned retry, 
 typedef struct tg_outbox tg_outbox_t;
 
 /* Opens (creating unless readonly) the LMDB environment in dir with a map
- * of map_bytes. Returns 0 and *out (close with tg_outbox_close), or
- * TG_AGENT_ESYS / ENOMEM with the reason. */
+ * of map_bytes and its journal, moving what a crash left in the journal
+ * into LMDB (unless readonly). Returns 0 and *out (close with
+ * tg_outbox_close), or TG_AGENT_ESYS / EFULL / ENOMEM with the reason. */
 int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t **out, char *err, size_t errlen);
-/* Syncs what is unsynced, closes. Accepts NULL. */
+/* Moves the journal into LMDB, syncs, empties the journal, closes.
+ * Accepts NULL. */
 void tg_outbox_close(tg_outbox_t *o);
-/* Appends one record and commits without sync (page cache: survives a
+/* Appends one record to the journal without sync (page cache: survives a
  * killed process; tg_outbox_sync makes it survive power loss). *seq (may be
- * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (the map is full) or
+ * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (no disk space) or
  * TG_AGENT_ESYS. */
 int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, char *err, size_t errlen);
-/* Appends n records in one write transaction (one commit for a loop
- * iteration's worth of requests). Same returns as tg_outbox_put; on error
- * none is stored. */
+/* Appends n records as one journal frame, one pwrite (a loop iteration's
+ * worth of requests). Same returns as tg_outbox_put; on error none is
+ * stored. */
 typedef struct tg_outbox_item {
     const void *oi_data;
     size_t oi_len;
@@ -286,8 +288,14 @@ typedef struct tg_outbox_item {
 int tg_outbox_put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, char *err, size_t errlen);
 /* Records held. */
 long tg_outbox_depth(tg_outbox_t *o);
-/* fsyncs when something was written since the last call. 0 or ESYS. */
-int tg_outbox_sync(tg_outbox_t *o);
+/* The sync thread's call: fsyncs the journal when records were appended
+ * since the last call, moves them into LMDB, syncs LMDB when the reporter
+ * wrote to it, and empties the journal once it is large (see outbox.c).
+ * 0, EFULL (LMDB's map is full: the records wait in the journal) or ESYS,
+ * with the reason. */
+int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen);
+/* The journal size at which tg_outbox_sync empties it (32 MB; tests). */
+void tg_outbox_set_rotate(tg_outbox_t *o, uint64_t bytes);
 /* Calls fn(arg, seq, data, len) for up to max records, oldest first, in one
  * read transaction (data valid during the call). Stops at fn's first
  * non-zero return and returns it; else 0 or ESYS. */
@@ -314,6 +322,37 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
  * of blocking every later batch): removes its records and the in-flight
  * mark in one transaction. 0 or ESYS. */
 int tg_outbox_batch_done(tg_outbox_t *o, const tg_outbox_batch_t *b, int rejected, char *err, size_t errlen);
+
+/* ---- the outbox's journal (journal.c) ------------------------------------- */
+
+/* An append-only file of frames of records (see journal.c for the format);
+ * the outbox's front door. Not thread-safe: the outbox serializes. */
+typedef struct tg_journal tg_journal_t;
+typedef int (*tg_journal_fn)(void *arg, uint64_t seq, const void *data, size_t len);
+/* Opens (creating unless readonly) the journal at path, its end at the
+ * file's end. Returns 0 and *out (close with tg_journal_close; readonly
+ * and absent: NULL), or ESYS / ENOMEM. */
+int tg_journal_open(const char *path, int readonly, tg_journal_t **out, char *err, size_t errlen);
+/* Closes; accepts NULL. */
+void tg_journal_close(tg_journal_t *j);
+/* Where the next frame goes (the bytes written so far). */
+uint64_t tg_journal_end(const tg_journal_t *j);
+/* Writes items[0..n) as one frame, sequences first.., with one pwrite at
+ * the end. 0, EFULL (no space) or ESYS; on error the end stays. */
+int tg_journal_append(tg_journal_t *j, uint64_t first, const tg_outbox_item_t *items, size_t n, char *err,
+                      size_t errlen);
+/* fdatasync. 0 or ESYS. */
+int tg_journal_sync(tg_journal_t *j);
+/* Calls fn(arg, seq, data, len) for every record of the whole, sound
+ * frames from offset `from` up to `to` (the journal's end at most), in
+ * order, stopping at the first torn or unsound frame or at fn's first
+ * non-zero return, which it returns (else 0, or ESYS / ENOMEM). *at (may
+ * be NULL) gets the offset after the last frame fn took whole. */
+int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn fn, void *arg, uint64_t *at,
+                    char *err, size_t errlen);
+/* Cuts the file at offset `at` (0: empties it); the next frame goes
+ * there. 0 or ESYS. */
+int tg_journal_reset(tg_journal_t *j, uint64_t at, char *err, size_t errlen);
 
 /* Rewrites the packed UsageRecord in[0..len) as the receipt of an answer
  * the gateway withheld (its record was not committed when the answer's end

@@ -3,41 +3,75 @@
  * by an 8-byte big-endian sequence (oldest first), until the control plane
  * acknowledges it.
  *
+ * Records come in through the journal (journal.c, the file "journal" in
+ * the same directory): a worker's loop iteration appends its records as
+ * one frame with one pwrite under ob_jmu, which also hands out their
+ * sequences, so frames are in sequence order. journal_apply moves frames
+ * into LMDB in one write transaction, with the highest sequence moved
+ * ("jseq" in the meta table) in the same transaction: the sync thread
+ * after every journal fsync, and any reader (batch, scan) first, so the
+ * journal is invisible to them. When the journal passes ob_rotate bytes,
+ * the sync thread syncs LMDB, then moves the rest, syncs LMDB again and
+ * empties the file holding ob_jmu (workers' commits wait for that
+ * second, small fsync, once per 32 MB of records). Opening moves what the
+ * journal holds beyond jseq (a crash left it), syncs, and empties it;
+ * frames below jseq (an emptying that did not reach the disk) are
+ * skipped.
+ *
  * Not MDB_WRITEMAP: with it, every group sync (msync) write-protects the
  * dirty pages again, which costs TLB-flush interrupts on every worker
  * thread and a page fault at the next write (perf: ~10% of the agent's CPU
- * on 100 KB requests). A commit's pwrite is amortized over the loop
- * iteration's records instead.
+ * on 100 KB requests).
  *
  * Durability (DESIGN.md numbers: fdatasync 140-280 us, a synced LMDB
- * commit ~640 us): the environment is opened MDB_NOSYNC, so a commit is a
- * few microseconds and lands in the kernel's page cache, where it survives
- * kill -9 of the agent. A sync thread (server.c) calls tg_outbox_sync every
- * outbox_sync_interval_ms when something was written, so a power loss can
- * take at most the records of the last interval (plus the fsync's own
- * duration). No fsync ever runs on an event loop.
+ * commit ~640 us): a journal append lands in the kernel's page cache,
+ * where it survives kill -9 of the agent; LMDB is opened MDB_NOSYNC. A
+ * sync thread (server.c) calls tg_outbox_sync every
+ * outbox_sync_interval_ms: it fsyncs the journal when records were
+ * appended and LMDB when the reporter wrote to it (batches formed or
+ * acknowledged), so a power loss can take at most the records of the last
+ * interval (plus the fsync's own duration). No fsync ever runs on an event
+ * loop.
  *
- * Threads: puts come from every worker; LMDB serializes write transactions
- * with its own mutex (held for the few microseconds of a put). Readers (the
- * reporter, the dump command) use their own read transactions (MDB_NOTLS). */
+ * Threads: appends come from every worker (ob_jmu); moves are serialized
+ * by ob_amu (taken before ob_jmu); LMDB serializes write transactions with
+ * its own mutex. Readers (the reporter, the dump command) use their own
+ * read transactions (MDB_NOTLS); a read-only open (the dump) reads the
+ * journal's records beyond jseq too. */
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "agent/agent_int.h"
+#include "base/tg_log.h"
+
+#define ROTATE_BYTES ((uint64_t)32 << 20) /* journal size that makes the sync thread empty it */
 
 struct tg_outbox {
     MDB_env *ob_env;
     MDB_dbi ob_dbi;
-    MDB_dbi ob_meta;         /* "batch" -> the batch in flight; "next" -> next batch sequence */
+    MDB_dbi ob_meta;         /* "batch" -> the batch in flight; "next" -> next batch sequence;
+                              * "jseq" -> the highest sequence moved from the journal */
     MDB_dbi ob_rejected;     /* records the control plane refused for good, kept for an operator */
-    atomic_ullong ob_next;   /* next sequence */
-    atomic_long ob_depth;    /* records held */
-    atomic_ulong ob_writes;  /* puts so far (the sync thread compares) */
-    unsigned long ob_synced; /* ob_writes at the last sync (sync thread only) */
+    int ob_readonly;
+    int ob_has_meta;          /* read-only: the meta table exists */
+    tg_journal_t *ob_journal; /* NULL: read-only and no journal file */
+    pthread_mutex_t ob_jmu;   /* appends: the sequence and the frame */
+    pthread_mutex_t ob_amu;   /* moves from the journal into LMDB */
+    uint64_t ob_next;         /* next sequence (ob_jmu) */
+    uint64_t ob_applied;      /* journal offset moved so far (ob_amu) */
+    uint64_t ob_jseq;         /* highest sequence moved (ob_amu) */
+    uint64_t ob_rotate;       /* ROTATE_BYTES unless a test set it */
+    atomic_long ob_depth;     /* records held, in LMDB or the journal */
+    atomic_int ob_full;       /* LMDB's map refused the journal's records: puts refused too */
+    atomic_ulong ob_jwrites;  /* journal appends so far (the sync thread compares) */
+    unsigned long ob_jsynced; /* ob_jwrites at the last journal fsync (sync thread only) */
+    atomic_ulong ob_writes;   /* LMDB writes of the reporter so far (batches, acknowledgements) */
+    unsigned long ob_synced;  /* ob_writes at the last LMDB sync (sync thread only) */
 };
 
 static void put_be64(uint8_t *p, uint64_t v)
@@ -54,15 +88,213 @@ static uint64_t get_be64(const uint8_t *p)
     return v;
 }
 
+/* ---- moving the journal into LMDB ------------------------------------------ */
+
+typedef struct {
+    tg_outbox_t *mv_o;
+    MDB_txn *mv_txn;
+    uint64_t mv_jseq;  /* highest sequence in LMDB so far */
+    unsigned mv_flags; /* MDB_APPEND; MDB_NOOVERWRITE when recovering */
+    long mv_n;         /* records put */
+    int mv_mdb_rc;     /* LMDB's error, when move_one failed */
+} move_t;
+
+#define MOVE_FAILED 1 /* move_one's non-zero return: see mv_mdb_rc */
+
+static int move_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    move_t *m = arg;
+    if (seq <= m->mv_jseq)
+        return 0; /* moved before an emptying of the journal that did not reach the disk */
+    uint8_t key[8];
+    put_be64(key, seq);
+    MDB_val k = {8, key}, v = {len, (void *)data};
+    int rc = mdb_put(m->mv_txn, m->mv_o->ob_dbi, &k, &v, m->mv_flags);
+    if (rc == MDB_KEYEXIST && (m->mv_flags & MDB_NOOVERWRITE))
+        rc = 0;
+    if (rc != 0) {
+        m->mv_mdb_rc = rc;
+        return MOVE_FAILED;
+    }
+    m->mv_jseq = seq;
+    m->mv_n++;
+    return 0;
+}
+
+static int put_jseq(tg_outbox_t *o, MDB_txn *txn, uint64_t jseq)
+{
+    uint8_t b[8];
+    put_be64(b, jseq);
+    MDB_val k = {4, "jseq"}, v = {8, b};
+    return mdb_put(txn, o->ob_meta, &k, &v, 0);
+}
+
+static uint64_t get_jseq(tg_outbox_t *o, MDB_txn *txn)
+{
+    MDB_val k = {4, "jseq"}, v;
+    return mdb_get(txn, o->ob_meta, &k, &v) == 0 && v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+}
+
+/* An LMDB error moving records: a full map refuses puts until a move
+ * succeeds (the reporter's acknowledgements free it), so the journal does
+ * not grow past the map the operator sized. */
+static int map_error(tg_outbox_t *o, int mdb_rc, char *err, size_t errlen)
+{
+    if (mdb_rc != MDB_MAP_FULL)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(mdb_rc));
+    atomic_store(&o->ob_full, 1);
+    return tg_errf(err, errlen, TG_AGENT_EFULL, "outbox: %s (records wait in the journal)",
+                   mdb_strerror(mdb_rc));
+}
+
+/* Moves the journal's records beyond ob_applied into LMDB in one
+ * transaction. With empty set, also syncs LMDB and empties the journal,
+ * holding ob_jmu throughout so that nothing is appended meanwhile.
+ * Without a sync of LMDB the journal stays the durable copy. 0, EFULL
+ * (the map is full: the records stay in the journal) or ESYS. */
+static int journal_apply(tg_outbox_t *o, int empty, char *err, size_t errlen)
+{
+    int rc = 0;
+    if (o->ob_readonly || !o->ob_journal)
+        return 0;
+    pthread_mutex_lock(&o->ob_amu);
+    pthread_mutex_lock(&o->ob_jmu);
+    uint64_t end = tg_journal_end(o->ob_journal), at = o->ob_applied;
+    if (!empty)
+        pthread_mutex_unlock(&o->ob_jmu);
+    if (end == o->ob_applied && !empty)
+        goto out;
+    move_t m = {o, NULL, o->ob_jseq, MDB_APPEND, 0, 0};
+    if ((rc = mdb_txn_begin(o->ob_env, NULL, 0, &m.mv_txn)) != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        goto out;
+    }
+    int mrc = tg_journal_read(o->ob_journal, o->ob_applied, end, move_one, &m, &at, err, errlen);
+    if (mrc == 0 && at != end)
+        mrc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: the journal is unsound at offset %llu",
+                      (unsigned long long)at);
+    if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, m.mv_txn, m.mv_jseq)) != 0)
+        mrc = MOVE_FAILED;
+    if (mrc != 0) {
+        mdb_txn_abort(m.mv_txn);
+        if (mrc == MOVE_FAILED)
+            rc = map_error(o, m.mv_mdb_rc, err, errlen);
+        else
+            rc = mrc;
+        goto out;
+    }
+    if ((rc = mdb_txn_commit(m.mv_txn)) != 0) {
+        rc = map_error(o, rc, err, errlen);
+        goto out;
+    }
+    atomic_store(&o->ob_full, 0);
+    o->ob_applied = end;
+    o->ob_jseq = m.mv_jseq;
+    if (empty) {
+        /* LMDB must hold every record on disk before the journal lets go */
+        if ((rc = mdb_env_sync(o->ob_env, 1)) != 0) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(rc));
+            goto out;
+        }
+        if ((rc = tg_journal_reset(o->ob_journal, 0, err, errlen)) != 0)
+            goto out;
+        o->ob_applied = 0;
+    }
+out:
+    if (empty)
+        pthread_mutex_unlock(&o->ob_jmu);
+    pthread_mutex_unlock(&o->ob_amu);
+    return rc;
+}
+
+typedef struct {
+    uint64_t pc_after, pc_last;
+    long pc_n;
+} pending_t;
+
+static int pending_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    pending_t *p = arg;
+    if (seq > p->pc_after) {
+        p->pc_n++;
+        p->pc_last = seq;
+    }
+    return 0;
+}
+
+/* Opening: what a crash left in the journal beyond jseq goes into LMDB
+ * (duplicates of records there skipped), LMDB is synced, the journal
+ * emptied. When the map is full the records stay in the journal (cut
+ * after its last whole frame, where appends go on) and count as held;
+ * *pending and *last say how many and the highest sequence. */
+static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    uint64_t at = 0;
+    *pending = 0;
+    *last = 0;
+    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
+    if (rc != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    move_t m = {o, txn, get_jseq(o, txn), MDB_NOOVERWRITE, 0, 0};
+    uint64_t jseq0 = m.mv_jseq;
+    int mrc =
+        tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
+    if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
+        mrc = MOVE_FAILED;
+    if (mrc == 0 && (rc = mdb_txn_commit(txn)) != 0) {
+        txn = NULL;
+        m.mv_mdb_rc = rc;
+        mrc = MOVE_FAILED;
+    }
+    if (mrc != 0) {
+        if (txn)
+            mdb_txn_abort(txn);
+        if (mrc != MOVE_FAILED || m.mv_mdb_rc != MDB_MAP_FULL)
+            return mrc == MOVE_FAILED
+                       ? tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: recovering the journal: %s",
+                                 mdb_strerror(m.mv_mdb_rc))
+                       : mrc;
+        /* full: the records wait in the journal */
+        pending_t p = {jseq0, 0, 0};
+        if ((rc = tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), pending_one, &p, &at, err,
+                                  errlen)) != 0 ||
+            (rc = tg_journal_reset(o->ob_journal, at, err, errlen)) != 0)
+            return rc;
+        atomic_store(&o->ob_full, 1);
+        o->ob_jseq = jseq0;
+        *pending = p.pc_n;
+        *last = p.pc_last;
+        TG_LOG(TG_LOG_ERROR, "usage",
+               "outbox: the map is full: %ld records wait in the journal until acknowledged "
+               "ones free it (or restart with a larger --outbox-map-mb)",
+               p.pc_n);
+        return 0;
+    }
+    if ((rc = mdb_env_sync(o->ob_env, 1)) != 0)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: recovering the journal: %s", mdb_strerror(rc));
+    o->ob_jseq = m.mv_jseq;
+    if (m.mv_n)
+        TG_LOG(TG_LOG_INFO, "usage", "outbox: records recovered from the journal: %ld", m.mv_n);
+    return tg_journal_reset(o->ob_journal, 0, err, errlen);
+}
+
 int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t **out, char *err, size_t errlen)
 {
     int rc;
     MDB_txn *txn = NULL;
     MDB_cursor *cur = NULL;
+    char jpath[4096];
     *out = NULL;
     tg_outbox_t *o = tg_calloc(1, sizeof *o);
     if (!o)
         return tg_errf(err, errlen, TG_AGENT_ENOMEM, "out of memory opening the outbox");
+    pthread_mutex_init(&o->ob_jmu, NULL);
+    pthread_mutex_init(&o->ob_amu, NULL);
+    o->ob_readonly = readonly;
+    o->ob_rotate = ROTATE_BYTES;
     if (!readonly && mkdir(dir, 0700) != 0 && errno != EEXIST) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, strerror(errno));
         goto fail;
@@ -73,6 +305,12 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
         goto fail;
     }
+    if ((size_t)snprintf(jpath, sizeof jpath, "%s/journal", dir) >= sizeof jpath) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: path too long", dir);
+        goto fail;
+    }
+    if ((rc = tg_journal_open(jpath, readonly, &o->ob_journal, err, errlen)) != 0)
+        goto fail;
     if ((rc = mdb_txn_begin(o->ob_env, NULL, readonly ? MDB_RDONLY : 0, &txn)) != 0 ||
         (rc = mdb_dbi_open(txn, "records", readonly ? 0 : MDB_CREATE, &o->ob_dbi)) != 0 ||
         (!readonly && (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &o->ob_meta)) != 0) ||
@@ -80,23 +318,37 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
         goto fail;
     }
-    MDB_stat st;
-    mdb_stat(txn, o->ob_dbi, &st);
-    atomic_init(&o->ob_depth, (long)st.ms_entries);
-    atomic_init(&o->ob_writes, 0);
-    uint64_t next = 1;
-    MDB_val k, v;
-    if (mdb_cursor_open(txn, o->ob_dbi, &cur) == 0 && mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8)
-        next = get_be64(k.mv_data) + 1;
-    atomic_init(&o->ob_next, next);
-    if (cur)
-        mdb_cursor_close(cur);
-    cur = NULL;
+    if (readonly)
+        o->ob_has_meta = mdb_dbi_open(txn, "meta", 0, &o->ob_meta) == 0;
     if ((rc = mdb_txn_commit(txn)) != 0) {
         txn = NULL;
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
         goto fail;
     }
+    txn = NULL;
+    long pending = 0;
+    uint64_t jlast = 0;
+    if (!readonly && (rc = journal_recover(o, &pending, &jlast, err, errlen)) != 0)
+        goto fail;
+    if ((rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn)) != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, mdb_strerror(rc));
+        goto fail;
+    }
+    MDB_stat st;
+    mdb_stat(txn, o->ob_dbi, &st);
+    atomic_init(&o->ob_depth, (long)st.ms_entries + pending);
+    atomic_init(&o->ob_writes, 0);
+    atomic_init(&o->ob_jwrites, 0);
+    if (readonly && o->ob_has_meta)
+        o->ob_jseq = get_jseq(o, txn);
+    o->ob_next = (jlast > o->ob_jseq ? jlast : o->ob_jseq) + 1;
+    MDB_val k, v;
+    if (mdb_cursor_open(txn, o->ob_dbi, &cur) == 0 && mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 &&
+        k.mv_size == 8 && get_be64(k.mv_data) >= o->ob_next)
+        o->ob_next = get_be64(k.mv_data) + 1;
+    if (cur)
+        mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
     *out = o;
     return 0;
 fail:
@@ -111,64 +363,59 @@ void tg_outbox_close(tg_outbox_t *o)
     if (!o)
         return;
     if (o->ob_env) {
-        if (atomic_load(&o->ob_writes) != o->ob_synced)
+        char err[TG_ERRLEN];
+        /* everything into LMDB, synced, the journal empty; failing that,
+         * the journal on disk */
+        if (journal_apply(o, 1, err, sizeof err) != 0) {
+            TG_LOG(TG_LOG_ERROR, "usage", "outbox: closing: %s (the journal keeps the records)", err);
+            if (o->ob_journal)
+                tg_journal_sync(o->ob_journal);
+        }
+        if (!o->ob_readonly && atomic_load(&o->ob_writes) != o->ob_synced)
             mdb_env_sync(o->ob_env, 1);
         mdb_env_close(o->ob_env);
     }
+    tg_journal_close(o->ob_journal);
+    pthread_mutex_destroy(&o->ob_jmu);
+    pthread_mutex_destroy(&o->ob_amu);
     tg_free(o);
+}
+
+static int put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, uint64_t *first, char *err,
+                    size_t errlen)
+{
+    if (n == 0)
+        return 0;
+    if (o->ob_readonly)
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: opened read-only");
+    if (atomic_load(&o->ob_full))
+        return tg_errf(err, errlen, TG_AGENT_EFULL,
+                       "outbox: full (LMDB's map): records wait in the journal until "
+                       "acknowledged ones free it");
+    pthread_mutex_lock(&o->ob_jmu);
+    uint64_t s = o->ob_next;
+    int rc = tg_journal_append(o->ob_journal, s, items, n, err, errlen);
+    if (rc == 0)
+        o->ob_next += n;
+    pthread_mutex_unlock(&o->ob_jmu);
+    if (rc != 0)
+        return rc;
+    atomic_fetch_add(&o->ob_depth, (long)n);
+    atomic_fetch_add(&o->ob_jwrites, 1);
+    if (first)
+        *first = s;
+    return 0;
 }
 
 int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, char *err, size_t errlen)
 {
-    MDB_txn *txn;
-    uint8_t key[8];
-    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
-    if (rc != 0)
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
-    /* Taken inside the write transaction, so keys are committed in order. */
-    uint64_t s = atomic_fetch_add(&o->ob_next, 1);
-    put_be64(key, s);
-    MDB_val k = {8, key}, v = {len, (void *)data};
-    if ((rc = mdb_put(txn, o->ob_dbi, &k, &v, MDB_APPEND)) != 0)
-        mdb_txn_abort(txn); /* a failed commit frees the transaction itself */
-    else
-        rc = mdb_txn_commit(txn);
-    if (rc != 0) {
-        return tg_errf(err, errlen, rc == MDB_MAP_FULL ? TG_AGENT_EFULL : TG_AGENT_ESYS, "outbox: %s",
-                       mdb_strerror(rc));
-    }
-    atomic_fetch_add(&o->ob_depth, 1);
-    atomic_fetch_add(&o->ob_writes, 1);
-    if (seq)
-        *seq = s;
-    return 0;
+    tg_outbox_item_t it = {data, len};
+    return put_many(o, &it, 1, seq, err, errlen);
 }
 
 int tg_outbox_put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, char *err, size_t errlen)
 {
-    MDB_txn *txn;
-    uint8_t key[8];
-    if (n == 0)
-        return 0;
-    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
-    if (rc != 0)
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
-    uint64_t s = atomic_fetch_add(&o->ob_next, n);
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        put_be64(key, s + i);
-        MDB_val k = {8, key}, v = {items[i].oi_len, (void *)items[i].oi_data};
-        rc = mdb_put(txn, o->ob_dbi, &k, &v, MDB_APPEND);
-    }
-    if (rc != 0)
-        mdb_txn_abort(txn);
-    else
-        rc = mdb_txn_commit(txn);
-    if (rc != 0)
-        return tg_errf(err, errlen, rc == MDB_MAP_FULL ? TG_AGENT_EFULL : TG_AGENT_ESYS, "outbox: %s",
-                       mdb_strerror(rc));
-    atomic_fetch_add(&o->ob_depth, (long)n);
-    atomic_fetch_add(&o->ob_writes, 1);
-    return 0;
+    return put_many(o, items, n, NULL, err, errlen);
 }
 
 long tg_outbox_depth(tg_outbox_t *o)
@@ -176,15 +423,60 @@ long tg_outbox_depth(tg_outbox_t *o)
     return atomic_load(&o->ob_depth);
 }
 
-int tg_outbox_sync(tg_outbox_t *o)
+int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
 {
-    unsigned long w = atomic_load(&o->ob_writes);
-    if (w == o->ob_synced)
+    int rc = 0;
+    if (o->ob_readonly)
         return 0;
-    int rc = mdb_env_sync(o->ob_env, 1);
-    if (rc == 0)
-        o->ob_synced = w;
-    return rc == 0 ? 0 : TG_AGENT_ESYS;
+    unsigned long jw = atomic_load(&o->ob_jwrites);
+    if (jw != o->ob_jsynced) {
+        if (tg_journal_sync(o->ob_journal) == 0)
+            o->ob_jsynced = jw;
+        else
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: journal fsync: %s", strerror(errno));
+    }
+    int arc = journal_apply(o, 0, err, errlen);
+    rc = rc ? rc : arc;
+    unsigned long w = atomic_load(&o->ob_writes);
+    if (w != o->ob_synced) {
+        int src = mdb_env_sync(o->ob_env, 1);
+        if (src == 0)
+            o->ob_synced = w;
+        else if (rc == 0)
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
+    }
+    if (rc == 0 && o->ob_applied >= o->ob_rotate) {
+        /* LMDB's writeback of the journal's worth of records before the
+         * lock: the sync under it (workers' appends wait) then writes the
+         * last moments' pages only */
+        int src = mdb_env_sync(o->ob_env, 1);
+        rc = src == 0 ? journal_apply(o, 1, err, errlen)
+                      : tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
+    }
+    return rc;
+}
+
+void tg_outbox_set_rotate(tg_outbox_t *o, uint64_t bytes)
+{
+    o->ob_rotate = bytes;
+}
+
+typedef struct {
+    uint64_t js_after; /* records at or below it are in LMDB already */
+    size_t js_left;
+    int (*js_fn)(void *, uint64_t, const void *, size_t);
+    void *js_arg;
+} jscan_t;
+
+static int jscan_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    jscan_t *js = arg;
+    if (seq <= js->js_after)
+        return 0;
+    if (js->js_left == 0)
+        return INT32_MIN; /* enough: stops the read, not an error */
+    js->js_left--;
+    return js->js_fn(js->js_arg, seq, data, len);
 }
 
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
@@ -199,8 +491,10 @@ int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
     MDB_txn *txn;
     MDB_cursor *cur;
     MDB_dbi dbi = o->ob_dbi;
-    int rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
+    int rc;
+    if (!rejected && (rc = journal_apply(o, 0, err, errlen)) != 0 && rc != TG_AGENT_EFULL)
+        return rc; /* full: what LMDB holds is still worth reading */
+    if ((rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn)) != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     if (rejected && (rc = mdb_dbi_open(txn, "rejected", 0, &dbi)) != 0) {
         mdb_txn_abort(txn);
@@ -213,14 +507,25 @@ int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
     MDB_val k, v;
     size_t n = 0;
     int out = 0;
+    uint64_t last = 0;
     for (int op = MDB_FIRST; n < max && mdb_cursor_get(cur, &k, &v, op) == 0; op = MDB_NEXT, n++) {
         if (k.mv_size != 8)
             continue;
-        if ((out = fn(arg, get_be64(k.mv_data), v.mv_data, v.mv_size)) != 0)
+        last = get_be64(k.mv_data);
+        if ((out = fn(arg, last, v.mv_data, v.mv_size)) != 0)
             break;
     }
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
+    /* read-only (the dump of a running or crashed agent's outbox): the
+     * journal's records that are not in LMDB yet */
+    if (out == 0 && !rejected && o->ob_readonly && o->ob_journal && n < max) {
+        jscan_t js = {o->ob_jseq > last ? o->ob_jseq : last, max - n, fn, arg};
+        out = tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), jscan_one, &js, NULL, err,
+                              errlen);
+        if (out == INT32_MIN)
+            out = 0;
+    }
     return out;
 }
 
@@ -234,7 +539,10 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
 {
     MDB_txn *txn;
     MDB_cursor *cur = NULL;
-    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
+    int rc = journal_apply(o, 0, err, errlen);
+    if (rc != 0 && rc != TG_AGENT_EFULL)
+        return rc; /* full: the records LMDB holds still go out, and free it */
+    rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     MDB_val k = {5, "batch"}, v;

@@ -667,13 +667,15 @@ int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err
 
 /* ---- the outbox's group sync ------------------------------------------------ */
 
-/* Every outbox_sync_interval_ms (default 5) fsyncs the outbox when records
- * were written since the last sync: many records per fsync, and never an
- * fsync on a loop. The bound on what a power loss can take is therefore one
- * interval plus one fsync. */
+/* Every outbox_sync_interval_ms (default 5) fsyncs the outbox's journal
+ * when records were appended since the last sync and moves them into LMDB
+ * (tg_outbox_sync): many records per fsync, and never an fsync on a loop.
+ * The bound on what a power loss can take is therefore one interval plus
+ * one fsync. */
 static void *sync_main(void *arg)
 {
     tg_agent_t *a = arg;
+    int failing = 0;
     pthread_mutex_lock(&a->a_sync_mu);
     while (!a->a_sync_stop) {
         uint32_t ms = 5;
@@ -695,8 +697,18 @@ static void *sync_main(void *arg)
         ts.tv_nsec %= 1000000000L;
         pthread_cond_timedwait(&a->a_sync_cv, &a->a_sync_mu, &ts);
         pthread_mutex_unlock(&a->a_sync_mu);
-        if (tg_outbox_sync(a->a_outbox) != 0)
-            TG_LOG(TG_LOG_ERROR, "agent", "outbox fsync failed: records since the last sync are not power-safe");
+        char err[TG_ERRLEN] = "";
+        /* logged when it starts failing and when it works again, not at
+         * every interval */
+        if (tg_outbox_sync(a->a_outbox, err, sizeof err) != 0) {
+            if (!failing)
+                TG_LOG(TG_LOG_ERROR, "agent",
+                       "outbox sync failing: %s (records since the last sync are not power-safe)", err);
+            failing = 1;
+        } else if (failing) {
+            TG_LOG(TG_LOG_INFO, "agent", "outbox sync works again");
+            failing = 0;
+        }
         pthread_mutex_lock(&a->a_sync_mu);
     }
     pthread_mutex_unlock(&a->a_sync_mu);

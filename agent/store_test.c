@@ -2,7 +2,9 @@
  * sockets: the configuration tables (JSON snapshot in, lookups, the price
  * in effect, refusal of inconsistent snapshots) and the LMDB outbox (puts,
  * batches written down before sending and resent unchanged, ack, reject,
- * reopen). */
+ * reopen) with its journal (what a killed process left, recovered once;
+ * torn and corrupt frames; an emptying that did not reach the disk;
+ * emptying under load). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -147,7 +150,7 @@ static void test_outbox(void **st)
     for (uint64_t i = 1; i <= 5; i++)
         put(o, i);
     assert_int_equal(tg_outbox_depth(o), 5);
-    assert_int_equal(tg_outbox_sync(o), 0);
+    assert_int_equal(tg_outbox_sync(o, err, sizeof err), 0);
     /* a batch of the 3 oldest, then the same batch again until acknowledged */
     assert_int_equal(tg_outbox_batch(o, 3, &b, err, sizeof err), 1);
     assert_int_equal(b.ob_seq, 1);
@@ -236,11 +239,203 @@ static void test_withhold(void **st)
     assert_int_equal(tg_outbox_withhold("\xff\xff", 2, "x", &out, &outlen, &cost), TG_AGENT_EJSON);
 }
 
+/* ---- the journal ---------------------------------------------------------- */
+
+/* A process that opens the outbox, puts records from..to (one frame each)
+ * and dies without closing: what kill -9 leaves. */
+static void child_puts(const char *dir, uint64_t from, uint64_t to)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char err[TG_ERRLEN], rec[32];
+        tg_outbox_t *o = NULL;
+        if (tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err) != 0)
+            _exit(2);
+        for (uint64_t i = from; i <= to; i++) {
+            uint64_t seq = 0;
+            snprintf(rec, sizeof rec, "rec-%llu", (unsigned long long)i);
+            if (tg_outbox_put(o, rec, strlen(rec), &seq, err, sizeof err) != 0 || seq != i)
+                _exit(3);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static size_t slurp(const char *path, uint8_t *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+static void spill(const char *path, const uint8_t *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, len, f), len);
+    fclose(f);
+}
+
+/* Opens dir, checks it holds exactly records first..last, in order. */
+static void holds(const char *dir, int readonly, uint64_t first, uint64_t last)
+{
+    char err[TG_ERRLEN] = "";
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, readonly, &o, err, sizeof err), 0);
+    seen_t s = {0};
+    assert_int_equal(tg_outbox_scan(o, 100, see, &s, err, sizeof err), 0);
+    assert_int_equal(s.n, (int)(last - first + 1));
+    for (int i = 0; i < s.n; i++)
+        assert_int_equal(s.seq[i], first + (uint64_t)i);
+    if (!readonly)
+        assert_int_equal(tg_outbox_depth(o), s.n);
+    tg_outbox_close(o);
+}
+
+static void test_journal_recovery(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "", jpath[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(jpath, sizeof jpath, "%s/journal", dir);
+    uint8_t buf[4096], stale[4096];
+    /* killed after three puts: nothing in LMDB yet; the dump reads the
+     * journal, the next start moves the records into LMDB, once */
+    child_puts(dir, 1, 3);
+    assert_true(slurp(jpath, buf, sizeof buf) > 0);
+    holds(dir, 1, 1, 3);
+    holds(dir, 0, 1, 3);
+    assert_int_equal(slurp(jpath, buf, sizeof buf), 0); /* emptied by the open */
+    holds(dir, 0, 1, 3);
+    /* a torn last frame (the power went mid-write): the whole frames count */
+    child_puts(dir, 4, 6);
+    size_t n = slurp(jpath, buf, sizeof buf);
+    assert_true(n > 3);
+    assert_int_equal(truncate(jpath, (off_t)n - 3), 0);
+    holds(dir, 0, 1, 5);
+    /* a frame that fails its CRC ends the journal: records 7 in, 8 and 9 out
+     * (what follows a corrupt frame is not trusted) */
+    child_puts(dir, 6, 9);
+    n = slurp(jpath, buf, sizeof buf);
+    size_t frame = n / 4;           /* four frames of one equal-length record each */
+    buf[frame + frame - 2] ^= 0x20; /* a byte of record 7's frame */
+    spill(jpath, buf, n);
+    holds(dir, 0, 1, 6);
+    /* the emptying of the journal did not reach the disk: its old frames,
+     * of records since acknowledged, come back, whole or under new ones,
+     * and are not moved again */
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    put(o, 7);
+    put(o, 8);
+    put(o, 9);
+    size_t ns = slurp(jpath, stale, sizeof stale);
+    assert_true(ns > 0);
+    tg_outbox_batch_t b;
+    assert_int_equal(tg_outbox_batch(o, 100, &b, err, sizeof err), 1);
+    assert_int_equal(b.ob_last, 9);
+    assert_int_equal(tg_outbox_batch_done(o, &b, 0, err, sizeof err), 0);
+    tg_outbox_set_rotate(o, 1);
+    assert_int_equal(tg_outbox_sync(o, err, sizeof err), 0);
+    assert_int_equal(slurp(jpath, buf, sizeof buf), 0);
+    tg_outbox_close(o);
+    spill(jpath, stale, ns); /* [7][8][9] */
+    holds(dir, 0, 1, 0);
+    spill(jpath, stale, ns);
+    child_puts(dir, 10, 10); /* its open skips them too */
+    n = slurp(jpath, buf, sizeof buf);
+    assert_true(n > 0 && n < ns);
+    memcpy(stale, buf, n); /* [10][the rest of 7][8][9] */
+    spill(jpath, stale, ns);
+    holds(dir, 1, 10, 10);
+    holds(dir, 0, 10, 10);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
+typedef struct {
+    uint64_t next;
+    int bad;
+} count_t;
+
+static int count_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    count_t *c = arg;
+    char want[32];
+    snprintf(want, sizeof want, "rec-%llu", (unsigned long long)seq);
+    if (seq != c->next || len != strlen(want) || memcmp(data, want, len) != 0)
+        c->bad++;
+    c->next++;
+    return 0;
+}
+
+/* Puts in batches with syncs between, the journal emptied every few KB,
+ * batches formed and acknowledged meanwhile: every record once, in order. */
+static void test_journal_rotation(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "", jpath[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(jpath, sizeof jpath, "%s/journal", dir);
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 16 << 20, 0, &o, err, sizeof err), 0);
+    tg_outbox_set_rotate(o, 4096);
+    uint64_t seq = 1, acked = 0;
+    for (int round = 0; round < 200; round++) {
+        tg_outbox_item_t items[7];
+        char recs[7][32];
+        for (int i = 0; i < 7; i++) {
+            snprintf(recs[i], sizeof recs[i], "rec-%llu", (unsigned long long)(seq + (uint64_t)i));
+            items[i] = (tg_outbox_item_t){recs[i], strlen(recs[i])};
+        }
+        assert_int_equal(tg_outbox_put_many(o, items, 7, err, sizeof err), 0);
+        seq += 7;
+        if (round % 3 == 0)
+            assert_int_equal(tg_outbox_sync(o, err, sizeof err), 0);
+        if (round % 50 == 49) { /* the reporter: a batch acknowledged */
+            tg_outbox_batch_t b;
+            assert_int_equal(tg_outbox_batch(o, 100, &b, err, sizeof err), 1);
+            assert_int_equal(b.ob_first, acked + 1);
+            assert_int_equal(b.ob_count, 100);
+            assert_int_equal(tg_outbox_batch_done(o, &b, 0, err, sizeof err), 0);
+            acked = b.ob_last;
+        }
+    }
+    uint8_t buf[8192];
+    assert_true(slurp(jpath, buf, sizeof buf) < sizeof buf); /* emptied along the way */
+    assert_int_equal(tg_outbox_depth(o), (long)(seq - 1 - acked));
+    count_t c = {acked + 1, 0};
+    assert_int_equal(tg_outbox_scan(o, SIZE_MAX, count_one, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next, seq);
+    tg_outbox_close(o);
+    assert_int_equal(slurp(jpath, buf, sizeof buf), 0); /* a clean close leaves it empty */
+    assert_int_equal(tg_outbox_open(dir, 16 << 20, 0, &o, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), (long)(seq - 1 - acked));
+    uint64_t s2 = 0;
+    assert_int_equal(tg_outbox_put(o, "x", 1, &s2, err, sizeof err), 0);
+    assert_int_equal(s2, seq); /* the sequence goes on */
+    tg_outbox_close(o);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config),
-        cmocka_unit_test(test_outbox),
+        cmocka_unit_test(test_config),           cmocka_unit_test(test_outbox),
+        cmocka_unit_test(test_journal_recovery), cmocka_unit_test(test_journal_rotation),
         cmocka_unit_test(test_withhold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,6 +14,7 @@ DEBS=(
   libcurl4-openssl-dev       # upstream calls through proxies or --upstream-client curl; alert webhooks
   libssl-dev                 # Ed25519 signatures, SHA-256, TLS
   liblmdb-dev lmdb-utils     # embedded store, ledger, outbox
+  zlib1g-dev                 # CRC-32 of the agent's outbox journal frames
   libevent-dev               # agent and mockllm event loops
   libhttp-parser-dev         # the agent front's HTTP/1.1 request parser
   libjansson-dev libjsmn-dev libyajl-dev  # JSON (tree where needed, scanners on hot paths)

@@ -69,7 +69,7 @@ test('spool disk full: 503 usage_not_recorded and a clear log line; space back: 
     assert.equal(err.code, 'usage_not_recorded');
     assert.match(err.message, /could not record this request's usage/);
     assert.match(agent.proc.output(),
-      /outbox commit failed \(\d+ records kept in memory, retried in 1 s\): outbox: No space left on device/,
+      /outbox commit failed \(\d+ records kept in memory, retried in 1 s\): outbox journal: No space left on device/,
       'the log says what happened and why');
 
     // while the outbox cannot be written, a request is refused before the
