@@ -29,6 +29,7 @@
 #define J_MAGIC 0x314a4754u /* "TGJ1" */
 #define J_HDR 24
 #define J_MAX_FRAME (64u << 20) /* a frame larger than this is not one */
+#define J_WINDOW (1u << 20)     /* bytes read at a time, unless a frame is larger */
 
 struct tg_journal {
     int j_fd;
@@ -182,9 +183,13 @@ int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn f
 {
     int rc = 0, stop = 0;
     uint64_t off = from; /* the start of the next frame to deliver */
+    size_t need = 0;     /* a frame larger than the window: read whole */
     while (!stop && rc == 0 && off + J_HDR <= to) {
         /* a window of frames at a time: the whole rest when it is small */
-        size_t want = to - off > J_MAX_FRAME + J_HDR ? J_MAX_FRAME + J_HDR : (size_t)(to - off);
+        size_t want = need > J_WINDOW ? need : J_WINDOW;
+        if (want > to - off)
+            want = (size_t)(to - off);
+        need = 0;
         if (grow(&j->j_rbuf, &j->j_rcap, want) != 0) {
             rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "outbox journal: out of memory");
             break;
@@ -199,6 +204,10 @@ int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn f
         size_t got = (size_t)r, pos = 0, flen = 0;
         while (rc == 0 && pos + J_HDR <= got) {
             int c = frame_check(j->j_rbuf + pos, got - pos, &flen);
+            if (c > 0 && pos == 0 && got == want && flen <= to - off) {
+                need = flen; /* longer than the window: again, whole */
+                break;
+            }
             if (c != 0) {
                 /* not a frame, or one running past the end of the file:
                  * the end of what was written (torn by a crash) */
