@@ -267,16 +267,17 @@ typedef struct tg_outbox tg_outbox_t;
 
 /* Opens (creating unless readonly) the LMDB environment in dir with a map
  * of map_bytes and its journal, moving what a crash left in the journal
- * into LMDB (unless readonly). Returns 0 and *out (close with
- * tg_outbox_close), or TG_AGENT_ESYS / EFULL / ENOMEM with the reason. */
+ * into LMDB (unless readonly; a full map leaves them in the journal).
+ * Returns 0 and *out (close with tg_outbox_close), or TG_AGENT_ESYS /
+ * ENOMEM with the reason. */
 int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t **out, char *err, size_t errlen);
 /* Moves the journal into LMDB, syncs, empties the journal, closes.
  * Accepts NULL. */
 void tg_outbox_close(tg_outbox_t *o);
 /* Appends one record to the journal without sync (page cache: survives a
  * killed process; tg_outbox_sync makes it survive power loss). *seq (may be
- * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (no disk space) or
- * TG_AGENT_ESYS. */
+ * NULL) gets its sequence. Returns 0, TG_AGENT_EFULL (no disk space, or
+ * LMDB's map full until acknowledgements free it) or TG_AGENT_ESYS. */
 int tg_outbox_put(tg_outbox_t *o, const void *data, size_t len, uint64_t *seq, char *err, size_t errlen);
 /* Appends n records as one journal frame, one pwrite (a loop iteration's
  * worth of requests). Same returns as tg_outbox_put; on error none is
@@ -288,17 +289,18 @@ typedef struct tg_outbox_item {
 int tg_outbox_put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, char *err, size_t errlen);
 /* Records held. */
 long tg_outbox_depth(tg_outbox_t *o);
-/* The sync thread's call: fsyncs the journal when records were appended
- * since the last call, moves them into LMDB, syncs LMDB when the reporter
- * wrote to it, and empties the journal once it is large (see outbox.c).
- * 0, EFULL (LMDB's map is full: the records wait in the journal) or ESYS,
- * with the reason. */
+/* The sync thread's call: moves the journal's records into LMDB, syncs
+ * LMDB when anything was committed to it (moves, batches, acks), empties
+ * the journal once it is large, and fsyncs the journal instead when the
+ * move fails (see outbox.c). 0, EFULL (LMDB's map is full: the records
+ * wait in the journal) or ESYS, with the reason. */
 int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen);
 /* The journal size at which tg_outbox_sync empties it (32 MB; tests). */
 void tg_outbox_set_rotate(tg_outbox_t *o, uint64_t bytes);
 /* Calls fn(arg, seq, data, len) for up to max records, oldest first, in one
- * read transaction (data valid during the call). Stops at fn's first
- * non-zero return and returns it; else 0 or ESYS. */
+ * read transaction (data valid during the call), then any the journal
+ * holds that are not in LMDB (a failed move, a read-only open). Stops at
+ * fn's first non-zero return and returns it; else 0 or ESYS. */
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
                    char *err, size_t errlen);
 /* The same over the records waiting (rejected 0) or the ones the control

@@ -28,7 +28,7 @@
 
 #define J_MAGIC 0x314a4754u /* "TGJ1" */
 #define J_HDR 24
-#define J_MAX_FRAME (64u << 20) /* a frame larger than this is not one */
+#define J_MAX_FRAME (256u << 20) /* a frame larger than this is not one */
 #define J_WINDOW (1u << 20)     /* bytes read at a time, unless a frame is larger */
 
 struct tg_journal {
@@ -85,8 +85,12 @@ int tg_journal_open(const char *path, int readonly, tg_journal_t **out, char *er
         return rc; /* readonly and absent: *out stays NULL, nothing to read */
     }
     struct stat st;
-    if (fstat(j->j_fd, &st) == 0)
-        j->j_end = (uint64_t)st.st_size;
+    if (fstat(j->j_fd, &st) != 0) {
+        int rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal %s: %s", path, strerror(errno));
+        tg_journal_close(j);
+        return rc;
+    }
+    j->j_end = (uint64_t)st.st_size;
     *out = j;
     return 0;
 }
@@ -135,8 +139,11 @@ int tg_journal_append(tg_journal_t *j, uint64_t first, const tg_outbox_item_t *i
             continue;
         if (w <= 0) {
             int e = w < 0 ? errno : EIO;
-            /* the partial frame fails its CRC and ends a recovery read;
-             * the next append overwrites it */
+            /* the partial frame would fail its CRC and end a recovery
+             * read, and the next append overwrites it; cut it anyway
+             * (failing that, the CRC still guards) */
+            int cut = done ? ftruncate(j->j_fd, (off_t)j->j_end) : 0;
+            (void)cut;
             return tg_errf(err, errlen, e == ENOSPC ? TG_AGENT_EFULL : TG_AGENT_ESYS, "outbox journal: %s",
                            strerror(e));
         }

@@ -9,14 +9,14 @@
  * sequences, so frames are in sequence order. journal_apply moves frames
  * into LMDB in one write transaction, with the highest sequence moved
  * ("jseq" in the meta table) in the same transaction: the sync thread
- * after every journal fsync, and any reader (batch, scan) first, so the
- * journal is invisible to them. When the journal passes ob_rotate bytes,
- * the sync thread syncs LMDB, then moves the rest, syncs LMDB again and
- * empties the file holding ob_jmu (workers' commits wait for that
- * second, small fsync, once per 32 MB of records). Opening moves what the
- * journal holds beyond jseq (a crash left it), syncs, and empties it;
- * frames below jseq (an emptying that did not reach the disk) are
- * skipped.
+ * every interval, and any reader (batch, scan) first, so the journal is
+ * invisible to them (when a move fails, scans read the journal's records
+ * after LMDB's). When the journal passes ob_rotate bytes, the sync thread
+ * moves the rest, syncs LMDB and empties the file holding ob_jmu (workers'
+ * appends wait for that small fsync, LMDB having been synced just before,
+ * once per 32 MB of records). Opening moves what the journal holds beyond
+ * jseq (a crash left it), syncs, and empties it; frames below jseq (an
+ * emptying that did not reach the disk) are skipped.
  *
  * Not MDB_WRITEMAP: with it, every group sync (msync) write-protects the
  * dirty pages again, which costs TLB-flush interrupts on every worker
@@ -27,17 +27,23 @@
  * commit ~640 us): a journal append lands in the kernel's page cache,
  * where it survives kill -9 of the agent; LMDB is opened MDB_NOSYNC. A
  * sync thread (server.c) calls tg_outbox_sync every
- * outbox_sync_interval_ms: it fsyncs the journal when records were
- * appended and LMDB when the reporter wrote to it (batches formed or
- * acknowledged), so a power loss can take at most the records of the last
- * interval (plus the fsync's own duration). No fsync ever runs on an event
- * loop.
+ * outbox_sync_interval_ms: it moves the journal into LMDB and syncs LMDB
+ * when anything was committed to it, one fsync an interval as before the
+ * journal (LMDB's own integrity wants its syncs that frequent; the journal
+ * needs none while moves succeed). So a power loss can take at most the
+ * records of the last interval (plus the move's and the fsync's
+ * duration). When moves fail (a full map, a failing disk) the journal is
+ * fsynced instead, being the records' only copy. No fsync ever runs on an
+ * event loop.
  *
  * Threads: appends come from every worker (ob_jmu); moves are serialized
  * by ob_amu (taken before ob_jmu); LMDB serializes write transactions with
  * its own mutex. Readers (the reporter, the dump command) use their own
  * read transactions (MDB_NOTLS); a read-only open (the dump) reads the
- * journal's records beyond jseq too. */
+ * journal's records beyond jseq too.
+ *
+ * Downgrading to an agent without the journal: only after a clean stop
+ * (which leaves the journal empty). */
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
@@ -58,6 +64,7 @@ struct tg_outbox {
                               * "jseq" -> the highest sequence moved from the journal */
     MDB_dbi ob_rejected;     /* records the control plane refused for good, kept for an operator */
     int ob_readonly;
+    int ob_ready;             /* opened whole: close may move and empty the journal */
     int ob_has_meta;          /* read-only: the meta table exists */
     tg_journal_t *ob_journal; /* NULL: read-only and no journal file */
     pthread_mutex_t ob_jmu;   /* appends: the sequence and the frame */
@@ -68,9 +75,9 @@ struct tg_outbox {
     uint64_t ob_rotate;       /* ROTATE_BYTES unless a test set it */
     atomic_long ob_depth;     /* records held, in LMDB or the journal */
     atomic_int ob_full;       /* LMDB's map refused the journal's records: puts refused too */
-    atomic_ulong ob_jwrites;  /* journal appends so far (the sync thread compares) */
+    atomic_ulong ob_jwrites;  /* journal appends so far */
     unsigned long ob_jsynced; /* ob_jwrites at the last journal fsync (sync thread only) */
-    atomic_ulong ob_writes;   /* LMDB writes of the reporter so far (batches, acknowledgements) */
+    atomic_ulong ob_writes;   /* LMDB commits so far (moves, batches, acknowledgements) */
     unsigned long ob_synced;  /* ob_writes at the last LMDB sync (sync thread only) */
 };
 
@@ -148,13 +155,17 @@ static int map_error(tg_outbox_t *o, int mdb_rc, char *err, size_t errlen)
 }
 
 /* Moves the journal's records beyond ob_applied into LMDB in one
- * transaction. With empty set, also syncs LMDB and empties the journal,
- * holding ob_jmu throughout so that nothing is appended meanwhile.
- * Without a sync of LMDB the journal stays the durable copy. 0, EFULL
- * (the map is full: the records stay in the journal) or ESYS. */
-static int journal_apply(tg_outbox_t *o, int empty, char *err, size_t errlen)
+ * transaction (a commit without sync, counted in ob_writes so that the
+ * sync thread syncs it). With empty set, also syncs LMDB and empties the
+ * journal, holding ob_jmu throughout so that nothing is appended
+ * meanwhile. *due (may be NULL): whether the journal is large enough to
+ * empty. 0, EFULL (the map is full: the records stay in the journal) or
+ * ESYS. */
+static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t errlen)
 {
     int rc = 0;
+    if (due)
+        *due = 0;
     if (o->ob_readonly || !o->ob_journal)
         return 0;
     pthread_mutex_lock(&o->ob_amu);
@@ -190,6 +201,8 @@ static int journal_apply(tg_outbox_t *o, int empty, char *err, size_t errlen)
     atomic_store(&o->ob_full, 0);
     o->ob_applied = end;
     o->ob_jseq = m.mv_jseq;
+    if (m.mv_n)
+        atomic_fetch_add(&o->ob_writes, 1);
     if (empty) {
         /* LMDB must hold every record on disk before the journal lets go */
         if ((rc = mdb_env_sync(o->ob_env, 1)) != 0) {
@@ -201,10 +214,55 @@ static int journal_apply(tg_outbox_t *o, int empty, char *err, size_t errlen)
         o->ob_applied = 0;
     }
 out:
+    if (due)
+        *due = o->ob_applied >= o->ob_rotate;
     if (empty)
         pthread_mutex_unlock(&o->ob_jmu);
     pthread_mutex_unlock(&o->ob_amu);
     return rc;
+}
+
+typedef struct {
+    uint64_t js_after; /* records at or below it are in LMDB already */
+    size_t js_left;
+    int (*js_fn)(void *, uint64_t, const void *, size_t);
+    void *js_arg;
+} jscan_t;
+
+#define JSCAN_ENOUGH INT32_MIN /* jscan_one's stop, not an error */
+
+static int jscan_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    jscan_t *js = arg;
+    if (seq <= js->js_after)
+        return 0;
+    if (js->js_left == 0)
+        return JSCAN_ENOUGH;
+    js->js_left--;
+    return js->js_fn(js->js_arg, seq, data, len);
+}
+
+/* Calls fn for up to max journal records above `after` (the ones a failed
+ * move or a read-only open leaves out of LMDB), oldest first. */
+static int journal_scan(tg_outbox_t *o, uint64_t after, size_t max,
+                        int (*fn)(void *, uint64_t, const void *, size_t), void *arg, char *err,
+                        size_t errlen)
+{
+    jscan_t js = {after, max, fn, arg};
+    uint64_t end;
+    if (!o->ob_journal || max == 0)
+        return 0;
+    if (!o->ob_readonly) { /* the read buffer is the mover's */
+        pthread_mutex_lock(&o->ob_amu);
+        pthread_mutex_lock(&o->ob_jmu);
+    }
+    end = tg_journal_end(o->ob_journal);
+    if (!o->ob_readonly)
+        pthread_mutex_unlock(&o->ob_jmu);
+    int rc = tg_journal_read(o->ob_journal, 0, end, jscan_one, &js, NULL, err, errlen);
+    if (!o->ob_readonly)
+        pthread_mutex_unlock(&o->ob_amu);
+    return rc == JSCAN_ENOUGH ? 0 : rc;
 }
 
 typedef struct {
@@ -240,6 +298,7 @@ static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     move_t m = {o, txn, get_jseq(o, txn), MDB_NOOVERWRITE, 0, 0};
     uint64_t jseq0 = m.mv_jseq;
+    o->ob_jseq = jseq0;
     int mrc =
         tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
@@ -349,6 +408,7 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
     if (cur)
         mdb_cursor_close(cur);
     mdb_txn_abort(txn);
+    o->ob_ready = 1;
     *out = o;
     return 0;
 fail:
@@ -362,19 +422,20 @@ void tg_outbox_close(tg_outbox_t *o)
 {
     if (!o)
         return;
-    if (o->ob_env) {
-        char err[TG_ERRLEN];
+    if (o->ob_env && o->ob_ready) {
+        char err[TG_ERRLEN] = "";
         /* everything into LMDB, synced, the journal empty; failing that,
          * the journal on disk */
-        if (journal_apply(o, 1, err, sizeof err) != 0) {
+        if (journal_apply(o, 1, NULL, err, sizeof err) != 0) {
             TG_LOG(TG_LOG_ERROR, "usage", "outbox: closing: %s (the journal keeps the records)", err);
             if (o->ob_journal)
                 tg_journal_sync(o->ob_journal);
         }
         if (!o->ob_readonly && atomic_load(&o->ob_writes) != o->ob_synced)
             mdb_env_sync(o->ob_env, 1);
-        mdb_env_close(o->ob_env);
     }
+    if (o->ob_env)
+        mdb_env_close(o->ob_env);
     tg_journal_close(o->ob_journal);
     pthread_mutex_destroy(&o->ob_jmu);
     pthread_mutex_destroy(&o->ob_amu);
@@ -425,18 +486,18 @@ long tg_outbox_depth(tg_outbox_t *o)
 
 int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
 {
-    int rc = 0;
+    int due = 0;
     if (o->ob_readonly)
         return 0;
     unsigned long jw = atomic_load(&o->ob_jwrites);
-    if (jw != o->ob_jsynced) {
-        if (tg_journal_sync(o->ob_journal) == 0)
+    int rc = journal_apply(o, 0, &due, err, errlen);
+    if (rc != 0) {
+        /* the records stay in the journal: it is their durable copy now */
+        if (jw != o->ob_jsynced && tg_journal_sync(o->ob_journal) == 0)
             o->ob_jsynced = jw;
-        else
-            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: journal fsync: %s", strerror(errno));
+    } else {
+        o->ob_jsynced = jw; /* in LMDB, synced below */
     }
-    int arc = journal_apply(o, 0, err, errlen);
-    rc = rc ? rc : arc;
     unsigned long w = atomic_load(&o->ob_writes);
     if (w != o->ob_synced) {
         int src = mdb_env_sync(o->ob_env, 1);
@@ -445,38 +506,16 @@ int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
         else if (rc == 0)
             rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
     }
-    if (rc == 0 && o->ob_applied >= o->ob_rotate) {
-        /* LMDB's writeback of the journal's worth of records before the
-         * lock: the sync under it (workers' appends wait) then writes the
-         * last moments' pages only */
-        int src = mdb_env_sync(o->ob_env, 1);
-        rc = src == 0 ? journal_apply(o, 1, err, errlen)
-                      : tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
-    }
+    /* LMDB was just synced: the sync under the lock (workers' appends
+     * wait) writes the last moments' pages only */
+    if (rc == 0 && due)
+        rc = journal_apply(o, 1, NULL, err, errlen);
     return rc;
 }
 
 void tg_outbox_set_rotate(tg_outbox_t *o, uint64_t bytes)
 {
     o->ob_rotate = bytes;
-}
-
-typedef struct {
-    uint64_t js_after; /* records at or below it are in LMDB already */
-    size_t js_left;
-    int (*js_fn)(void *, uint64_t, const void *, size_t);
-    void *js_arg;
-} jscan_t;
-
-static int jscan_one(void *arg, uint64_t seq, const void *data, size_t len)
-{
-    jscan_t *js = arg;
-    if (seq <= js->js_after)
-        return 0;
-    if (js->js_left == 0)
-        return INT32_MIN; /* enough: stops the read, not an error */
-    js->js_left--;
-    return js->js_fn(js->js_arg, seq, data, len);
 }
 
 int tg_outbox_scan(tg_outbox_t *o, size_t max, int (*fn)(void *, uint64_t, const void *, size_t), void *arg,
@@ -491,10 +530,12 @@ int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
     MDB_txn *txn;
     MDB_cursor *cur;
     MDB_dbi dbi = o->ob_dbi;
-    int rc;
-    if (!rejected && (rc = journal_apply(o, 0, err, errlen)) != 0 && rc != TG_AGENT_EFULL)
-        return rc; /* full: what LMDB holds is still worth reading */
-    if ((rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn)) != 0)
+    char merr[TG_ERRLEN] = "";
+    /* a move that fails (a full map, a failing disk) leaves records in the
+     * journal: read below, after LMDB's */
+    int moved = rejected || journal_apply(o, 0, NULL, merr, sizeof merr) == 0;
+    int rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     if (rejected && (rc = mdb_dbi_open(txn, "rejected", 0, &dbi)) != 0) {
         mdb_txn_abort(txn);
@@ -504,27 +545,29 @@ int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
         mdb_txn_abort(txn);
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     }
+    /* the journal's records below this are in LMDB (read in the same
+     * snapshot, for a read-only open beside a running agent) */
+    uint64_t after = o->ob_readonly ? (o->ob_has_meta ? get_jseq(o, txn) : 0) : 0;
     MDB_val k, v;
     size_t n = 0;
     int out = 0;
-    uint64_t last = 0;
     for (int op = MDB_FIRST; n < max && mdb_cursor_get(cur, &k, &v, op) == 0; op = MDB_NEXT, n++) {
         if (k.mv_size != 8)
             continue;
-        last = get_be64(k.mv_data);
-        if ((out = fn(arg, last, v.mv_data, v.mv_size)) != 0)
+        uint64_t seq = get_be64(k.mv_data);
+        after = seq > after ? seq : after;
+        if ((out = fn(arg, seq, v.mv_data, v.mv_size)) != 0)
             break;
     }
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
-    /* read-only (the dump of a running or crashed agent's outbox): the
-     * journal's records that are not in LMDB yet */
-    if (out == 0 && !rejected && o->ob_readonly && o->ob_journal && n < max) {
-        jscan_t js = {o->ob_jseq > last ? o->ob_jseq : last, max - n, fn, arg};
-        out = tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), jscan_one, &js, NULL, err,
-                              errlen);
-        if (out == INT32_MIN)
-            out = 0;
+    if (out == 0 && !rejected && (o->ob_readonly || !moved) && n < max) {
+        if (!o->ob_readonly) {
+            pthread_mutex_lock(&o->ob_amu);
+            after = o->ob_jseq > after ? o->ob_jseq : after;
+            pthread_mutex_unlock(&o->ob_amu);
+        }
+        out = journal_scan(o, after, max - n, fn, arg, err, errlen);
     }
     return out;
 }
@@ -539,10 +582,11 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
 {
     MDB_txn *txn;
     MDB_cursor *cur = NULL;
-    int rc = journal_apply(o, 0, err, errlen);
-    if (rc != 0 && rc != TG_AGENT_EFULL)
-        return rc; /* full: the records LMDB holds still go out, and free it */
-    rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
+    char merr[TG_ERRLEN] = "";
+    /* a move that fails (the sync thread says why) leaves the journal's
+     * records for a later batch; LMDB's still go out, and free the map */
+    (void)journal_apply(o, 0, NULL, merr, sizeof merr);
+    int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     MDB_val k = {5, "batch"}, v;

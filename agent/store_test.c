@@ -352,7 +352,7 @@ static void test_journal_recovery(void **st)
     child_puts(dir, 10, 10); /* its open skips them too */
     n = slurp(jpath, buf, sizeof buf);
     assert_true(n > 0 && n < ns);
-    memcpy(stale, buf, n); /* [10][the rest of 7][8][9] */
+    memcpy(stale, buf, n); /* [10][torn rest of 7..9]: a read stops there */
     spill(jpath, stale, ns);
     holds(dir, 1, 10, 10);
     holds(dir, 0, 10, 10);
@@ -445,6 +445,99 @@ static void test_journal_large_frame(void **st)
     assert_int_equal(tg_alloc_live(), 0);
 }
 
+/* Records of 2,000 bytes, "rec-<seq>" and padding, checked in order. */
+static int padded_one(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    count_t *c = arg;
+    char want[32];
+    int n = snprintf(want, sizeof want, "rec-%llu", (unsigned long long)seq);
+    if (seq != c->next || len != 2000 || memcmp(data, want, (size_t)n) != 0)
+        c->bad++;
+    c->next++;
+    return 0;
+}
+
+static int put_padded(tg_outbox_t *o, uint64_t want, char *err, size_t errlen)
+{
+    char rec[2000];
+    memset(rec, 'p', sizeof rec);
+    memcpy(rec, "rec-", 4);
+    int n = snprintf(rec + 4, 24, "%llu", (unsigned long long)want);
+    rec[4 + n] = 'p';
+    uint64_t seq = 0;
+    int rc = tg_outbox_put(o, rec, sizeof rec, &seq, err, errlen);
+    if (rc == 0)
+        assert_int_equal(seq, want);
+    return rc;
+}
+
+/* LMDB's map full: the records already put wait in the journal (counted,
+ * scanned, recovered on open), new ones are refused, batches of what LMDB
+ * holds still go out; acknowledgements free the map and puts work again. */
+static void test_journal_full_map(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
+    assert_non_null(mkdtemp(dir));
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    uint64_t seq = 1;
+    int full = 0;
+    for (int i = 0; i < 5000 && !full; i++) {
+        int rc = put_padded(o, seq, err, sizeof err);
+        if (rc == 0) {
+            seq++;
+            if (tg_outbox_sync(o, err, sizeof err) == TG_AGENT_EFULL)
+                assert_non_null(strstr(err, "records wait in the journal"));
+        } else {
+            assert_int_equal(rc, TG_AGENT_EFULL);
+            full = 1;
+        }
+    }
+    assert_true(full);
+    uint64_t held = seq - 1;
+    assert_int_equal(tg_outbox_depth(o), (long)held);
+    count_t c = {1, 0};
+    assert_int_equal(tg_outbox_scan(o, SIZE_MAX, padded_one, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next, held + 1); /* LMDB's records, then the journal's */
+    tg_outbox_close(o);
+    /* reopened: still full, the journal's records held and scanned */
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), (long)held);
+    c = (count_t){1, 0};
+    assert_int_equal(tg_outbox_scan(o, SIZE_MAX, padded_one, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next, held + 1);
+    assert_int_equal(put_padded(o, seq, err, sizeof err), TG_AGENT_EFULL);
+    /* the reporter: a batch of what LMDB holds goes out and is acknowledged */
+    tg_outbox_batch_t b;
+    assert_int_equal(tg_outbox_batch(o, 100, &b, err, sizeof err), 1);
+    assert_int_equal(b.ob_first, 1);
+    assert_true(b.ob_last < held);
+    assert_int_equal(tg_outbox_batch_done(o, &b, 0, err, sizeof err), 0);
+    /* LMDB reuses the pages a transaction freed from the second one after
+     * it: the reporter's next batch is that first one */
+    tg_outbox_batch_t b2;
+    assert_int_equal(tg_outbox_batch(o, 100, &b2, err, sizeof err), 1);
+    assert_int_equal(b2.ob_first, b.ob_last + 1);
+    err[0] = '\0';
+    assert_int_equal(tg_outbox_sync(o, err, sizeof err), 0);
+    assert_int_equal(put_padded(o, seq, err, sizeof err), 0);
+    assert_int_equal(tg_outbox_depth(o), (long)(held + 1 - b.ob_last));
+    tg_outbox_close(o);
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    c = (count_t){b.ob_last + 1, 0};
+    assert_int_equal(tg_outbox_scan(o, SIZE_MAX, padded_one, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next, seq + 1);
+    tg_outbox_close(o);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
 /* Puts in batches with syncs between, the journal emptied every few KB,
  * batches formed and acknowledged meanwhile: every record once, in order. */
 static void test_journal_rotation(void **st)
@@ -506,6 +599,7 @@ int main(void)
         cmocka_unit_test(test_journal_recovery),
         cmocka_unit_test(test_journal_rotation),
         cmocka_unit_test(test_journal_large_frame),
+        cmocka_unit_test(test_journal_full_map),
         cmocka_unit_test(test_withhold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # bench/fsync_tail.sh: where the one-connection tail comes from. p50 and p99
 # at one connection (wrk --latency, the ~1 KB chat request) of nginx
-# proxy_pass and of the agent with its outbox sync at the default interval
-# and with it idle (outbox_sync_interval_ms 60000), each alone and with an
-# unrelated process beside it that writes 4 KB and fdatasyncs a file of its
-# own every 5 ms (what the agent's sync thread does to the disk). If nginx's
-# tail grows with that neighbour as the agent's does, the tail is the
-# machine's answer to an fsync, not the agent's code.
+# proxy_pass and of the agent (its outbox synced every 5 ms, the default),
+# each alone and with an unrelated process beside it that writes 4 KB and
+# fdatasyncs a file of its own every 5 ms (what the agent's sync thread
+# does to the disk). If nginx's tail with that neighbour is the agent's
+# alone, the tail is the machine's answer to an fsync, not the agent's code.
 #
 # Usage: bench/fsync_tail.sh [ROUNDS] [SECONDS]  (default 3 rounds of 5 s,
 # interleaved). Binaries from $TG_BIN (else `bazel info bazel-bin`). Needs
@@ -44,14 +43,10 @@ CONF
 nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout" 2>&1 &
 PIDS+=("$!")
 declare -A PORT=([nginx]=$NPORT)
-for ms in 5 60000; do
-  p=$(free_port)
-  TG_BENCH_SYNC_MS=$ms TG_BIN=$BIN "$ROOT/agent/testing/bench_agent.sh" "$p" "http://127.0.0.1:$MPORT" \
-    >"$TMP/agent-$ms.out" 2>&1 &
-  PIDS+=("$!")
-  PORT[agent_sync_$ms]=$p
-done
-TARGETS=(nginx agent_sync_5 agent_sync_60000)
+PORT[agent]=$(free_port)
+TG_BIN=$BIN "$ROOT/agent/testing/bench_agent.sh" "${PORT[agent]}" "http://127.0.0.1:$MPORT" >"$TMP/agent.out" 2>&1 &
+PIDS+=("$!")
+TARGETS=(nginx agent)
 for t in "${TARGETS[@]}"; do
   wait_port "${PORT[$t]}" || { echo "fsync_tail.sh: $t did not start" >&2; exit 1; }
   wrk -t1 -c1 -d2s -s "$ROOT/bench/wrk/chat_small.lua" "http://127.0.0.1:${PORT[$t]}" >/dev/null
