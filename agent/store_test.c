@@ -5,8 +5,10 @@
  * reopen) with its journal (what a killed process left, recovered once;
  * torn and corrupt frames; an emptying that did not reach the disk;
  * emptying under load). */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -591,6 +593,120 @@ static void test_journal_rotation(void **st)
     assert_int_equal(tg_alloc_live(), 0);
 }
 
+/* ---- the journal under threads ------------------------------------------- */
+
+#define RACE_PUTTERS 3
+#define RACE_PUTS 400 /* put_many calls per putter, 1-5 records each */
+
+typedef struct {
+    tg_outbox_t *rc_o;
+    atomic_int rc_putters_left;
+    atomic_int rc_failed;
+    uint64_t rc_acked; /* the reporter's */
+    int rc_bad;        /* the reporter's: a batch not starting after the last */
+} race_t;
+
+static void *race_putter(void *arg)
+{
+    race_t *r = arg;
+    char err[TG_ERRLEN] = "", recs[5][16];
+    for (int i = 0; i < RACE_PUTS; i++) {
+        tg_outbox_item_t items[5];
+        int n = 1 + i % 5;
+        for (int k = 0; k < n; k++) {
+            snprintf(recs[k], sizeof recs[k], "r%d", i);
+            items[k] = (tg_outbox_item_t){recs[k], strlen(recs[k])};
+        }
+        if (tg_outbox_put_many(r->rc_o, items, (size_t)n, err, sizeof err) != 0)
+            atomic_fetch_add(&r->rc_failed, 1);
+    }
+    atomic_fetch_sub(&r->rc_putters_left, 1);
+    return NULL;
+}
+
+static void *race_syncer(void *arg)
+{
+    race_t *r = arg;
+    char err[TG_ERRLEN] = "";
+    while (atomic_load(&r->rc_putters_left) > 0) {
+        if (tg_outbox_sync(r->rc_o, err, sizeof err) != 0)
+            atomic_fetch_add(&r->rc_failed, 1);
+        usleep(200);
+    }
+    return NULL;
+}
+
+static void *race_reporter(void *arg)
+{
+    race_t *r = arg;
+    char err[TG_ERRLEN] = "";
+    while (atomic_load(&r->rc_putters_left) > 0) {
+        tg_outbox_batch_t b;
+        int got = tg_outbox_batch(r->rc_o, 37, &b, err, sizeof err);
+        if (got == 1) {
+            if (b.ob_first != r->rc_acked + 1 || b.ob_last - b.ob_first + 1 != b.ob_count)
+                r->rc_bad++;
+            if (tg_outbox_batch_done(r->rc_o, &b, 0, err, sizeof err) != 0)
+                atomic_fetch_add(&r->rc_failed, 1);
+            r->rc_acked = b.ob_last;
+        } else if (got < 0) {
+            atomic_fetch_add(&r->rc_failed, 1);
+        }
+        usleep(300);
+    }
+    return NULL;
+}
+
+static int race_count(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    count_t *c = arg;
+    (void)data;
+    (void)len;
+    if (seq != c->next)
+        c->bad++;
+    c->next = seq + 1;
+    return 0;
+}
+
+/* Workers putting while the sync thread moves and empties the journal
+ * (every 2 KB) and the reporter forms and acknowledges batches: every
+ * sequence once, in order, acknowledged or held; nothing fails. */
+static void test_journal_threads(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
+    assert_non_null(mkdtemp(dir));
+    race_t r = {0};
+    assert_int_equal(tg_outbox_open(dir, 64 << 20, 0, &r.rc_o, err, sizeof err), 0);
+    tg_outbox_set_rotate(r.rc_o, 2048);
+    atomic_init(&r.rc_putters_left, RACE_PUTTERS);
+    atomic_init(&r.rc_failed, 0);
+    pthread_t t[RACE_PUTTERS + 2];
+    for (int i = 0; i < RACE_PUTTERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, race_putter, &r), 0);
+    assert_int_equal(pthread_create(&t[RACE_PUTTERS], NULL, race_syncer, &r), 0);
+    assert_int_equal(pthread_create(&t[RACE_PUTTERS + 1], NULL, race_reporter, &r), 0);
+    for (int i = 0; i < RACE_PUTTERS + 2; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_int_equal(atomic_load(&r.rc_failed), 0);
+    assert_int_equal(r.rc_bad, 0);
+    uint64_t total = 0;
+    for (int i = 0; i < RACE_PUTS; i++)
+        total += (uint64_t)(1 + i % 5);
+    total *= RACE_PUTTERS;
+    assert_true(r.rc_acked > 0);
+    assert_int_equal(tg_outbox_depth(r.rc_o), (long)(total - r.rc_acked));
+    count_t c = {r.rc_acked + 1, 0};
+    assert_int_equal(tg_outbox_scan(r.rc_o, SIZE_MAX, race_count, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next, total + 1);
+    tg_outbox_close(r.rc_o);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -600,6 +716,7 @@ int main(void)
         cmocka_unit_test(test_journal_rotation),
         cmocka_unit_test(test_journal_large_frame),
         cmocka_unit_test(test_journal_full_map),
+        cmocka_unit_test(test_journal_threads),
         cmocka_unit_test(test_withhold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
