@@ -688,7 +688,9 @@ static int report_once(tg_cplink_t *l, size_t max, int *hint)
     ProtobufCMessage *reply = NULL;
     if (!c.co_recs || !c.co_ids)
         goto done;
-    if (tg_outbox_scan(a->a_outbox, (size_t)b.ob_count + 1, collect_one, &c, err, sizeof err) < 0) {
+    /* the batch is LMDB's first ob_count records: no more are read (a
+     * scan past them would go on into the journal when a move failed) */
+    if (tg_outbox_scan(a->a_outbox, (size_t)b.ob_count, collect_one, &c, err, sizeof err) < 0) {
         TG_LOG(TG_LOG_ERROR, "agent", "reporter: batch %llu: a record does not unpack", (unsigned long long)b.ob_seq);
         goto done;
     }

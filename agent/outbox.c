@@ -33,8 +33,14 @@
  * needs none while moves succeed). So a power loss can take at most the
  * records of the last interval (plus the move's and the fsync's
  * duration). When moves fail (a full map, a failing disk) the journal is
- * fsynced instead, being the records' only copy. No fsync ever runs on an
- * event loop.
+ * fsynced instead, being the records' only copy; after a failed LMDB sync
+ * (whose later "successes" cannot be trusted) the journal is fsynced every
+ * interval and never emptied. A batch is synced when it is formed, before
+ * it is sent (a settled batch sequence must not come back holding other
+ * records after a power loss). No fsync ever runs on an event loop.
+ *
+ * "Full" is the records table at 3/4 of the map: deleting acknowledged
+ * records copies pages too, and a map full to the brim could not drain.
  *
  * Threads: appends come from every worker (ob_jmu); moves are serialized
  * by ob_amu (taken before ob_jmu); LMDB serializes write transactions with
@@ -73,12 +79,15 @@ struct tg_outbox {
     uint64_t ob_applied;      /* journal offset moved so far (ob_amu) */
     uint64_t ob_jseq;         /* highest sequence moved (ob_amu) */
     uint64_t ob_rotate;       /* ROTATE_BYTES unless a test set it */
+    uint64_t ob_cap;          /* bytes the records table may take: 3/4 of the map */
     atomic_long ob_depth;     /* records held, in LMDB or the journal */
     atomic_int ob_full;       /* LMDB's map refused the journal's records: puts refused too */
     atomic_ulong ob_jwrites;  /* journal appends so far */
     unsigned long ob_jsynced; /* ob_jwrites at the last journal fsync (sync thread only) */
     atomic_ulong ob_writes;   /* LMDB commits so far (moves, batches, acknowledgements) */
     unsigned long ob_synced;  /* ob_writes at the last LMDB sync (sync thread only) */
+    unsigned long ob_full_at; /* ob_writes at the last full map's nudge (sync thread only) */
+    int ob_sync_broken;       /* an LMDB sync failed: the journal is never emptied again */
 };
 
 static void put_be64(uint8_t *p, uint64_t v)
@@ -142,6 +151,14 @@ static uint64_t get_jseq(tg_outbox_t *o, MDB_txn *txn)
     return mdb_get(txn, o->ob_meta, &k, &v) == 0 && v.mv_size == 8 ? get_be64(v.mv_data) : 0;
 }
 
+/* Whether the records table outgrew its share of the map. */
+static int over_cap(tg_outbox_t *o, MDB_txn *txn)
+{
+    MDB_stat st;
+    return mdb_stat(txn, o->ob_dbi, &st) == 0 &&
+           (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize > o->ob_cap;
+}
+
 /* An LMDB error moving records: a full map refuses puts until a move
  * succeeds (the reporter's acknowledgements free it), so the journal does
  * not grow past the map the operator sized. */
@@ -186,6 +203,10 @@ static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t 
                       (unsigned long long)at);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, m.mv_txn, m.mv_jseq)) != 0)
         mrc = MOVE_FAILED;
+    if (mrc == 0 && m.mv_n && over_cap(o, m.mv_txn)) {
+        m.mv_mdb_rc = MDB_MAP_FULL;
+        mrc = MOVE_FAILED;
+    }
     if (mrc != 0) {
         mdb_txn_abort(m.mv_txn);
         if (mrc == MOVE_FAILED)
@@ -243,8 +264,10 @@ static int jscan_one(void *arg, uint64_t seq, const void *data, size_t len)
 }
 
 /* Calls fn for up to max journal records above `after` (the ones a failed
- * move or a read-only open leaves out of LMDB), oldest first. */
-static int journal_scan(tg_outbox_t *o, uint64_t after, size_t max,
+ * move or a read-only open leaves out of LMDB), oldest first, from offset
+ * `from`. Writable: the caller holds ob_amu (the read buffer is the
+ * mover's), so fn must not call into the outbox. */
+static int journal_scan(tg_outbox_t *o, uint64_t from, uint64_t after, size_t max,
                         int (*fn)(void *, uint64_t, const void *, size_t), void *arg, char *err,
                         size_t errlen)
 {
@@ -252,16 +275,12 @@ static int journal_scan(tg_outbox_t *o, uint64_t after, size_t max,
     uint64_t end;
     if (!o->ob_journal || max == 0)
         return 0;
-    if (!o->ob_readonly) { /* the read buffer is the mover's */
-        pthread_mutex_lock(&o->ob_amu);
+    if (!o->ob_readonly)
         pthread_mutex_lock(&o->ob_jmu);
-    }
     end = tg_journal_end(o->ob_journal);
     if (!o->ob_readonly)
         pthread_mutex_unlock(&o->ob_jmu);
-    int rc = tg_journal_read(o->ob_journal, 0, end, jscan_one, &js, NULL, err, errlen);
-    if (!o->ob_readonly)
-        pthread_mutex_unlock(&o->ob_amu);
+    int rc = tg_journal_read(o->ob_journal, from, end, jscan_one, &js, NULL, err, errlen);
     return rc == JSCAN_ENOUGH ? 0 : rc;
 }
 
@@ -303,6 +322,10 @@ static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *
         tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
         mrc = MOVE_FAILED;
+    if (mrc == 0 && m.mv_n && over_cap(o, txn)) {
+        m.mv_mdb_rc = MDB_MAP_FULL;
+        mrc = MOVE_FAILED;
+    }
     if (mrc == 0 && (rc = mdb_txn_commit(txn)) != 0) {
         txn = NULL;
         m.mv_mdb_rc = rc;
@@ -322,6 +345,11 @@ static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *
                                   errlen)) != 0 ||
             (rc = tg_journal_reset(o->ob_journal, at, err, errlen)) != 0)
             return rc;
+        /* what a killed process left unsynced: on disk now, both */
+        if ((rc = mdb_env_sync(o->ob_env, 1)) != 0)
+            return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(rc));
+        if ((rc = tg_journal_sync(o->ob_journal)) != 0)
+            return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal: fsync: %s", strerror(errno));
         atomic_store(&o->ob_full, 1);
         o->ob_jseq = jseq0;
         *pending = p.pc_n;
@@ -354,6 +382,9 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
     pthread_mutex_init(&o->ob_amu, NULL);
     o->ob_readonly = readonly;
     o->ob_rotate = ROTATE_BYTES;
+    /* a quarter of the map kept free: deleting acknowledged records
+     * copies pages too, and a map full to the brim could never drain */
+    o->ob_cap = (uint64_t)map_bytes / 4 * 3;
     if (!readonly && mkdir(dir, 0700) != 0 && errno != EEXIST) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox %s: %s", dir, strerror(errno));
         goto fail;
@@ -484,6 +515,23 @@ long tg_outbox_depth(tg_outbox_t *o)
     return atomic_load(&o->ob_depth);
 }
 
+/* A full map whose records were acknowledged stays full while every move
+ * fails: LMDB reuses a transaction's freed pages from the second commit
+ * after it, and a failed move commits nothing. One small commit (jseq
+ * rewritten) after the reporter's lets the next move use them. */
+static void full_nudge(tg_outbox_t *o)
+{
+    MDB_txn *txn;
+    pthread_mutex_lock(&o->ob_amu); /* before LMDB's writer lock, as moves take them */
+    if (mdb_txn_begin(o->ob_env, NULL, 0, &txn) == 0) {
+        if (put_jseq(o, txn, o->ob_jseq) != 0)
+            mdb_txn_abort(txn);
+        else if (mdb_txn_commit(txn) == 0)
+            atomic_fetch_add(&o->ob_writes, 1);
+    }
+    pthread_mutex_unlock(&o->ob_amu);
+}
+
 int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
 {
     int due = 0;
@@ -491,24 +539,40 @@ int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
         return 0;
     unsigned long jw = atomic_load(&o->ob_jwrites);
     int rc = journal_apply(o, 0, &due, err, errlen);
-    if (rc != 0) {
-        /* the records stay in the journal: it is their durable copy now */
-        if (jw != o->ob_jsynced && tg_journal_sync(o->ob_journal) == 0)
-            o->ob_jsynced = jw;
-    } else {
-        o->ob_jsynced = jw; /* in LMDB, synced below */
-    }
     unsigned long w = atomic_load(&o->ob_writes);
+    if (rc == TG_AGENT_EFULL && w != o->ob_full_at) {
+        full_nudge(o);
+        o->ob_full_at = w = atomic_load(&o->ob_writes);
+    }
+    int lsync = 0; /* LMDB holds the moved records on disk */
     if (w != o->ob_synced) {
         int src = mdb_env_sync(o->ob_env, 1);
-        if (src == 0)
+        if (src == 0) {
             o->ob_synced = w;
+            lsync = 1;
+        } else {
+            /* after a failed fsync a later one may report success for
+             * pages that never reached the disk: the journal stays the
+             * durable copy from now on */
+            o->ob_sync_broken = 1;
+            if (rc == 0)
+                rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
+        }
+    } else {
+        lsync = 1;
+    }
+    if (rc == 0 && lsync && !o->ob_sync_broken) {
+        o->ob_jsynced = jw; /* moved and synced: the journal need not be */
+    } else if (jw != o->ob_jsynced) {
+        /* the records stay in the journal: it is their durable copy */
+        if (tg_journal_sync(o->ob_journal) == 0)
+            o->ob_jsynced = jw;
         else if (rc == 0)
-            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal: fsync: %s", strerror(errno));
     }
     /* LMDB was just synced: the sync under the lock (workers' appends
      * wait) writes the last moments' pages only */
-    if (rc == 0 && due)
+    if (rc == 0 && due && !o->ob_sync_broken)
         rc = journal_apply(o, 1, NULL, err, errlen);
     return rc;
 }
@@ -532,44 +596,52 @@ int tg_outbox_scan_table(tg_outbox_t *o, int rejected, size_t max,
     MDB_dbi dbi = o->ob_dbi;
     char merr[TG_ERRLEN] = "";
     /* a move that fails (a full map, a failing disk) leaves records in the
-     * journal: read below, after LMDB's */
+     * journal: read below, after LMDB's, holding ob_amu from before the
+     * LMDB snapshot so that no move or emptying comes between the two */
     int moved = rejected || journal_apply(o, 0, NULL, merr, sizeof merr) == 0;
+    int journal = !rejected && (o->ob_readonly || !moved);
+    int locked = journal && !o->ob_readonly;
+    uint64_t from = 0;
+    if (locked) {
+        pthread_mutex_lock(&o->ob_amu);
+        from = o->ob_applied;
+    }
     int rc = mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+    if (rc != 0) {
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        goto out;
+    }
     if (rejected && (rc = mdb_dbi_open(txn, "rejected", 0, &dbi)) != 0) {
         mdb_txn_abort(txn);
-        return rc == MDB_NOTFOUND ? 0 : tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        rc = rc == MDB_NOTFOUND ? 0 : tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        goto out;
     }
     if ((rc = mdb_cursor_open(txn, dbi, &cur)) != 0) {
         mdb_txn_abort(txn);
-        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
+        goto out;
     }
-    /* the journal's records below this are in LMDB (read in the same
-     * snapshot, for a read-only open beside a running agent) */
-    uint64_t after = o->ob_readonly ? (o->ob_has_meta ? get_jseq(o, txn) : 0) : 0;
+    /* the journal's records at or below this are in LMDB (the same
+     * snapshot's jseq) */
+    uint64_t after = journal && (!o->ob_readonly || o->ob_has_meta) ? get_jseq(o, txn) : 0;
     MDB_val k, v;
     size_t n = 0;
-    int out = 0;
     for (int op = MDB_FIRST; n < max && mdb_cursor_get(cur, &k, &v, op) == 0; op = MDB_NEXT, n++) {
         if (k.mv_size != 8)
             continue;
         uint64_t seq = get_be64(k.mv_data);
         after = seq > after ? seq : after;
-        if ((out = fn(arg, seq, v.mv_data, v.mv_size)) != 0)
+        if ((rc = fn(arg, seq, v.mv_data, v.mv_size)) != 0)
             break;
     }
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
-    if (out == 0 && !rejected && (o->ob_readonly || !moved) && n < max) {
-        if (!o->ob_readonly) {
-            pthread_mutex_lock(&o->ob_amu);
-            after = o->ob_jseq > after ? o->ob_jseq : after;
-            pthread_mutex_unlock(&o->ob_amu);
-        }
-        out = journal_scan(o, after, max - n, fn, arg, err, errlen);
-    }
-    return out;
+    if (rc == 0 && journal && n < max)
+        rc = journal_scan(o, from, after, max - n, fn, arg, err, errlen);
+out:
+    if (locked)
+        pthread_mutex_unlock(&o->ob_amu);
+    return rc;
 }
 
 /* ---- batches ------------------------------------------------------------------ */
@@ -634,6 +706,12 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
         mdb_txn_abort(txn);
     else
         rc = mdb_txn_commit(txn);
+    /* on disk before it is sent: a batch sequence the control plane has
+     * settled must never come back after a power loss holding other
+     * records (it would answer from the settled one, and the agent would
+     * drop records never charged). The reporter's thread, once a batch. */
+    if (rc == 0)
+        rc = mdb_env_sync(o->ob_env, 1);
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     atomic_fetch_add(&o->ob_writes, 1);
