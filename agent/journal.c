@@ -150,6 +150,11 @@ int tg_journal_append(tg_journal_t *j, uint64_t first, const tg_outbox_item_t *i
         done += (size_t)w;
     }
     j->j_end += len;
+    if (j->j_wcap > 4 * J_WINDOW) { /* nor a large frame's here */
+        tg_free(j->j_wbuf);
+        j->j_wbuf = NULL;
+        j->j_wcap = 0;
+    }
     return 0;
 }
 
@@ -196,7 +201,6 @@ int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn f
         size_t want = need > J_WINDOW ? need : J_WINDOW;
         if (want > to - off)
             want = (size_t)(to - off);
-        need = 0;
         if (grow(&j->j_rbuf, &j->j_rcap, want) != 0) {
             rc = tg_errf(err, errlen, TG_AGENT_ENOMEM, "outbox journal: out of memory");
             break;
@@ -209,6 +213,7 @@ int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn f
             break;
         }
         size_t got = (size_t)r, pos = 0, flen = 0;
+        need = 0;
         while (rc == 0 && pos + J_HDR <= got) {
             int c = frame_check(j->j_rbuf + pos, got - pos, &flen);
             if (c > 0 && pos == 0 && got == want && flen <= to - off) {
@@ -240,6 +245,11 @@ int tg_journal_read(tg_journal_t *j, uint64_t from, uint64_t to, tg_journal_fn f
     }
     if (at)
         *at = off;
+    if (j->j_rcap > 4 * J_WINDOW) { /* a large frame's buffer is not kept */
+        tg_free(j->j_rbuf);
+        j->j_rbuf = NULL;
+        j->j_rcap = 0;
+    }
     return rc;
 }
 
