@@ -667,11 +667,11 @@ int tg_agent_set_snapshot(tg_agent_t *a, const void *data, size_t len, char *err
 
 /* ---- the outbox's group sync ------------------------------------------------ */
 
-/* Every outbox_sync_interval_ms (default 5) fsyncs the outbox's journal
- * when records were appended since the last sync and moves them into LMDB
- * (tg_outbox_sync): many records per fsync, and never an fsync on a loop.
- * The bound on what a power loss can take is therefore one interval plus
- * one fsync. */
+/* Every outbox_sync_interval_ms (default 5) moves the records appended to
+ * the outbox's journal into LMDB and fsyncs it (tg_outbox_sync): many
+ * records per fsync, and never an fsync on a loop. The bound on what a
+ * power loss can take is therefore one interval plus one move and one
+ * fsync. */
 static void *sync_main(void *arg)
 {
     tg_agent_t *a = arg;
