@@ -694,6 +694,12 @@ static int report_once(tg_cplink_t *l, size_t max, int *hint)
         TG_LOG(TG_LOG_ERROR, "agent", "reporter: batch %llu: a record does not unpack", (unsigned long long)b.ob_seq);
         goto done;
     }
+    if (c.co_n != b.ob_count) { /* its acknowledgement would delete records never sent */
+        TG_LOG(TG_LOG_ERROR, "agent",
+               "reporter: batch %llu: the outbox holds %zu of its %llu records; not sent",
+               (unsigned long long)b.ob_seq, c.co_n, (unsigned long long)b.ob_count);
+        goto done;
+    }
     Tollgate__V1__UsageBatch ub = TOLLGATE__V1__USAGE_BATCH__INIT;
     ub.agent_id = l->cl_id;
     ub.sequence = b.ob_seq;

@@ -87,7 +87,9 @@ struct tg_outbox {
     atomic_ulong ob_writes;   /* LMDB commits so far (moves, batches, acknowledgements) */
     unsigned long ob_synced;  /* ob_writes at the last LMDB sync (sync thread only) */
     unsigned long ob_full_at; /* ob_writes at the last full map's nudge (sync thread only) */
-    int ob_sync_broken;       /* an LMDB sync failed: the journal is never emptied again */
+    atomic_int ob_sync_broken;  /* an LMDB sync failed: the journal is never emptied again */
+    atomic_int ob_jsync_broken; /* a journal fsync failed: puts refused for good */
+    atomic_int ob_batch_synced; /* the batch in flight is on disk */
 };
 
 static void put_be64(uint8_t *p, uint64_t v)
@@ -151,11 +153,24 @@ static uint64_t get_jseq(tg_outbox_t *o, MDB_txn *txn)
     return mdb_get(txn, o->ob_meta, &k, &v) == 0 && v.mv_size == 8 ? get_be64(v.mv_data) : 0;
 }
 
+/* mdb_env_sync, remembering a failure for good: after a failed fsync a
+ * later one may report success for pages that never reached the disk
+ * (Linux marks them clean), so the journal is then never emptied. */
+static int lmdb_sync(tg_outbox_t *o)
+{
+    int rc = mdb_env_sync(o->ob_env, 1);
+    if (rc != 0)
+        atomic_store(&o->ob_sync_broken, 1);
+    return rc;
+}
+
 /* Whether the records table outgrew its share of the map. */
-static int over_cap(tg_outbox_t *o, MDB_txn *txn)
+static int over_cap(tg_outbox_t *o, MDB_txn *txn, long moved)
 {
     MDB_stat st;
-    return mdb_stat(txn, o->ob_dbi, &st) == 0 &&
+    /* what this move put in alone may pass it: a backlog larger than the
+     * share goes in once the table is empty, never waits for good */
+    return mdb_stat(txn, o->ob_dbi, &st) == 0 && (long)st.ms_entries > moved &&
            (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize > o->ob_cap;
 }
 
@@ -203,7 +218,7 @@ static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t 
                       (unsigned long long)at);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, m.mv_txn, m.mv_jseq)) != 0)
         mrc = MOVE_FAILED;
-    if (mrc == 0 && m.mv_n && over_cap(o, m.mv_txn)) {
+    if (mrc == 0 && m.mv_n && over_cap(o, m.mv_txn, m.mv_n)) {
         m.mv_mdb_rc = MDB_MAP_FULL;
         mrc = MOVE_FAILED;
     }
@@ -226,7 +241,12 @@ static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t 
         atomic_fetch_add(&o->ob_writes, 1);
     if (empty) {
         /* LMDB must hold every record on disk before the journal lets go */
-        if ((rc = mdb_env_sync(o->ob_env, 1)) != 0) {
+        if (atomic_load(&o->ob_sync_broken)) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS,
+                         "outbox: an LMDB sync failed earlier: the journal is kept");
+            goto out;
+        }
+        if ((rc = lmdb_sync(o)) != 0) {
             rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(rc));
             goto out;
         }
@@ -322,7 +342,7 @@ static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *
         tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
         mrc = MOVE_FAILED;
-    if (mrc == 0 && m.mv_n && over_cap(o, txn)) {
+    if (mrc == 0 && m.mv_n && over_cap(o, txn, m.mv_n)) {
         m.mv_mdb_rc = MDB_MAP_FULL;
         mrc = MOVE_FAILED;
     }
@@ -439,6 +459,10 @@ int tg_outbox_open(const char *dir, size_t map_bytes, int readonly, tg_outbox_t 
     if (cur)
         mdb_cursor_close(cur);
     mdb_txn_abort(txn);
+    MDB_envinfo info;
+    if (mdb_env_info(o->ob_env, &info) == 0) /* LMDB keeps a larger existing map */
+        o->ob_cap = (uint64_t)info.me_mapsize / 4 * 3;
+    atomic_init(&o->ob_batch_synced, 1); /* the open synced (recovery), or an older agent did */
     o->ob_ready = 1;
     *out = o;
     return 0;
@@ -463,7 +487,7 @@ void tg_outbox_close(tg_outbox_t *o)
                 tg_journal_sync(o->ob_journal);
         }
         if (!o->ob_readonly && atomic_load(&o->ob_writes) != o->ob_synced)
-            mdb_env_sync(o->ob_env, 1);
+            lmdb_sync(o);
     }
     if (o->ob_env)
         mdb_env_close(o->ob_env);
@@ -480,6 +504,8 @@ static int put_many(tg_outbox_t *o, const tg_outbox_item_t *items, size_t n, uin
         return 0;
     if (o->ob_readonly)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: opened read-only");
+    if (atomic_load(&o->ob_jsync_broken))
+        return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal: an fsync failed; records are refused");
     if (atomic_load(&o->ob_full))
         return tg_errf(err, errlen, TG_AGENT_EFULL,
                        "outbox: full (LMDB's map): records wait in the journal until "
@@ -546,33 +572,31 @@ int tg_outbox_sync(tg_outbox_t *o, char *err, size_t errlen)
     }
     int lsync = 0; /* LMDB holds the moved records on disk */
     if (w != o->ob_synced) {
-        int src = mdb_env_sync(o->ob_env, 1);
+        int src = lmdb_sync(o);
         if (src == 0) {
             o->ob_synced = w;
             lsync = 1;
-        } else {
-            /* after a failed fsync a later one may report success for
-             * pages that never reached the disk: the journal stays the
-             * durable copy from now on */
-            o->ob_sync_broken = 1;
-            if (rc == 0)
-                rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
+        } else if (rc == 0) {
+            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(src));
         }
     } else {
         lsync = 1;
     }
-    if (rc == 0 && lsync && !o->ob_sync_broken) {
+    if (rc == 0 && lsync && !atomic_load(&o->ob_sync_broken)) {
         o->ob_jsynced = jw; /* moved and synced: the journal need not be */
-    } else if (jw != o->ob_jsynced) {
-        /* the records stay in the journal: it is their durable copy */
+    } else if (jw != o->ob_jsynced && !atomic_load(&o->ob_jsync_broken)) {
+        /* the records stay in the journal: it is their durable copy; a
+         * failed fsync is not retried into a false success */
         if (tg_journal_sync(o->ob_journal) == 0)
             o->ob_jsynced = jw;
-        else if (rc == 0)
-            rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal: fsync: %s", strerror(errno));
+        else
+            atomic_store(&o->ob_jsync_broken, 1);
     }
+    if (atomic_load(&o->ob_jsync_broken) && rc == 0)
+        rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox journal: an fsync failed: records are refused");
     /* LMDB was just synced: the sync under the lock (workers' appends
      * wait) writes the last moments' pages only */
-    if (rc == 0 && due && !o->ob_sync_broken)
+    if (rc == 0 && due && !atomic_load(&o->ob_sync_broken))
         rc = journal_apply(o, 1, NULL, err, errlen);
     return rc;
 }
@@ -669,6 +693,12 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
         b->ob_last = get_be64(p + 16);
         b->ob_count = get_be64(p + 24);
         mdb_txn_abort(txn);
+        /* formed, but its sync failed: on disk before it goes out */
+        if (!atomic_load(&o->ob_batch_synced)) {
+            if ((rc = lmdb_sync(o)) != 0)
+                return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: sync: %s", mdb_strerror(rc));
+            atomic_store(&o->ob_batch_synced, 1);
+        }
         return 1;
     }
     uint64_t next = 1;
@@ -702,19 +732,22 @@ int tg_outbox_batch(tg_outbox_t *o, size_t max, tg_outbox_batch_t *b, char *err,
     put_be64(nb, next + 1);
     v = (MDB_val){32, buf};
     nv = (MDB_val){8, nb};
-    if ((rc = mdb_put(txn, o->ob_meta, &k, &v, 0)) != 0 || (rc = mdb_put(txn, o->ob_meta, &nk, &nv, 0)) != 0)
+    if ((rc = mdb_put(txn, o->ob_meta, &k, &v, 0)) != 0 ||
+        (rc = mdb_put(txn, o->ob_meta, &nk, &nv, 0)) != 0) {
         mdb_txn_abort(txn);
-    else
-        rc = mdb_txn_commit(txn);
-    /* on disk before it is sent: a batch sequence the control plane has
-     * settled must never come back after a power loss holding other
-     * records (it would answer from the settled one, and the agent would
-     * drop records never charged). The reporter's thread, once a batch. */
-    if (rc == 0)
-        rc = mdb_env_sync(o->ob_env, 1);
+    } else if ((rc = mdb_txn_commit(txn)) == 0) {
+        atomic_store(&o->ob_batch_synced, 0);
+        atomic_fetch_add(&o->ob_writes, 1);
+        /* on disk before it is sent: a batch sequence the control plane
+         * has settled must never come back after a power loss holding
+         * other records (it would answer from the settled one, and the
+         * agent would drop records never charged). The reporter's
+         * thread, once a batch. */
+        if ((rc = lmdb_sync(o)) == 0)
+            atomic_store(&o->ob_batch_synced, 1);
+    }
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
-    atomic_fetch_add(&o->ob_writes, 1);
     return 1;
 }
 
