@@ -35,9 +35,11 @@
  * duration). When moves fail (a full map, a failing disk) the journal is
  * fsynced instead, being the records' only copy; after a failed LMDB sync
  * (whose later "successes" cannot be trusted) the journal is fsynced every
- * interval and never emptied. A batch is synced when it is formed, before
- * it is sent (a settled batch sequence must not come back holding other
- * records after a power loss). No fsync ever runs on an event loop.
+ * interval and never emptied; after a failed journal fsync new records are
+ * refused for good (restart on a sound disk). A batch is synced when it is
+ * formed, before it is sent (a settled batch sequence must not come back
+ * holding other records after a power loss). No fsync ever runs on an
+ * event loop.
  *
  * "Full" is the records table at 3/4 of the map: deleting acknowledged
  * records copies pages too, and a map full to the brim could not drain.
@@ -46,7 +48,8 @@
  * by ob_amu (taken before ob_jmu); LMDB serializes write transactions with
  * its own mutex. Readers (the reporter, the dump command) use their own
  * read transactions (MDB_NOTLS); a read-only open (the dump) reads the
- * journal's records beyond jseq too.
+ * journal's records beyond jseq too. A scan after a failed move holds
+ * ob_amu while it calls its callback, which must not call the outbox.
  *
  * Downgrading to an agent without the journal: only after a clean stop
  * (which leaves the journal empty). */
