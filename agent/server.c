@@ -700,10 +700,16 @@ static void *sync_main(void *arg)
         char err[TG_ERRLEN] = "";
         /* logged when it starts failing and when it works again, not at
          * every interval */
-        if (tg_outbox_sync(a->a_outbox, err, sizeof err) != 0) {
+        int src = tg_outbox_sync(a->a_outbox, err, sizeof err);
+        if (src == TG_AGENT_EFULL) {
             if (!failing)
                 TG_LOG(TG_LOG_ERROR, "agent",
-                       "outbox sync failing: %s (records since the last sync are not power-safe)", err);
+                       "outbox full: %s (new requests are refused until acknowledgements free it)", err);
+            failing = 1;
+        } else if (src != 0) {
+            if (!failing)
+                TG_LOG(TG_LOG_ERROR, "agent",
+                       "outbox sync failing: %s (records since the last sync may not be power-safe)", err);
             failing = 1;
         } else if (failing) {
             TG_LOG(TG_LOG_INFO, "agent", "outbox sync works again");
