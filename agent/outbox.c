@@ -41,8 +41,9 @@
  * holding other records after a power loss). No fsync ever runs on an
  * event loop.
  *
- * "Full" is the records table at 3/4 of the map: deleting acknowledged
- * records copies pages too, and a map full to the brim could not drain.
+ * "Full" is 3/4 of the map in use (every table, less LMDB's free list):
+ * deleting acknowledged records, or setting refused ones aside, copies
+ * pages too, and a map full to the brim could not drain.
  *
  * Threads: appends come from every worker (ob_jmu); moves are serialized
  * by ob_amu (taken before ob_jmu); LMDB serializes write transactions with
@@ -167,14 +168,42 @@ static int lmdb_sync(tg_outbox_t *o)
     return rc;
 }
 
-/* Whether the records table outgrew its share of the map. */
-static int over_cap(tg_outbox_t *o, MDB_txn *txn, long moved)
+/* Whether the map in use passed its share, asked before a move puts
+ * anything: the move itself may pass it (one interval's records, or a
+ * backlog that waited), the next one waits. Every page in use counts
+ * (records, the ones refused for good, the free list's own): a control
+ * plane refusing every batch fills the map with the rejected table. */
+static int over_cap(tg_outbox_t *o)
 {
+    MDB_envinfo info;
     MDB_stat st;
-    /* what this move put in alone may pass it: a backlog larger than the
-     * share goes in once the table is empty, never waits for good */
-    return mdb_stat(txn, o->ob_dbi, &st) == 0 && (long)st.ms_entries > moved &&
-           (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize > o->ob_cap;
+    MDB_txn *txn;
+    if (mdb_env_info(o->ob_env, &info) != 0 || mdb_env_stat(o->ob_env, &st) != 0)
+        return 0;
+    uint64_t used = (uint64_t)info.me_last_pgno + 1;
+    if (used * st.ms_psize <= o->ob_cap)
+        return 0;
+    /* the file reached the share: the pages on LMDB's free list are room
+     * (read in a read-only transaction: LMDB opens no cursor on it in a
+     * write one) */
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (mdb_txn_begin(o->ob_env, NULL, MDB_RDONLY, &txn) != 0)
+        return 1;
+    if (mdb_cursor_open(txn, 0 /* the free list */, &cur) != 0) {
+        mdb_txn_abort(txn);
+        return 1;
+    }
+    for (int op = MDB_FIRST; mdb_cursor_get(cur, &k, &v, op) == 0; op = MDB_NEXT) {
+        size_t n; /* an entry: the count of page numbers, then the numbers */
+        if (v.mv_size < sizeof n)
+            continue;
+        memcpy(&n, v.mv_data, sizeof n);
+        used -= n < used ? n : used;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return used * st.ms_psize > o->ob_cap;
 }
 
 /* An LMDB error moving records: a full map refuses puts until a move
@@ -211,6 +240,10 @@ static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t 
     if (end == o->ob_applied && !empty)
         goto out;
     move_t m = {o, NULL, o->ob_jseq, MDB_APPEND, 0, 0};
+    if (end != o->ob_applied && over_cap(o)) {
+        rc = map_error(o, MDB_MAP_FULL, err, errlen);
+        goto out;
+    }
     if ((rc = mdb_txn_begin(o->ob_env, NULL, 0, &m.mv_txn)) != 0) {
         rc = tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
         goto out;
@@ -221,10 +254,6 @@ static int journal_apply(tg_outbox_t *o, int empty, int *due, char *err, size_t 
                       (unsigned long long)at);
     if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, m.mv_txn, m.mv_jseq)) != 0)
         mrc = MOVE_FAILED;
-    if (mrc == 0 && m.mv_n && over_cap(o, m.mv_txn, m.mv_n)) {
-        m.mv_mdb_rc = MDB_MAP_FULL;
-        mrc = MOVE_FAILED;
-    }
     if (mrc != 0) {
         mdb_txn_abort(m.mv_txn);
         if (mrc == MOVE_FAILED)
@@ -335,20 +364,23 @@ static int journal_recover(tg_outbox_t *o, long *pending, uint64_t *last, char *
     uint64_t at = 0;
     *pending = 0;
     *last = 0;
+    int full = tg_journal_end(o->ob_journal) > 0 && over_cap(o);
     int rc = mdb_txn_begin(o->ob_env, NULL, 0, &txn);
     if (rc != 0)
         return tg_errf(err, errlen, TG_AGENT_ESYS, "outbox: %s", mdb_strerror(rc));
     move_t m = {o, txn, get_jseq(o, txn), MDB_NOOVERWRITE, 0, 0};
     uint64_t jseq0 = m.mv_jseq;
     o->ob_jseq = jseq0;
-    int mrc =
-        tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
-    if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
-        mrc = MOVE_FAILED;
-    if (mrc == 0 && m.mv_n && over_cap(o, txn, m.mv_n)) {
+    int mrc = 0;
+    if (full) {
         m.mv_mdb_rc = MDB_MAP_FULL;
         mrc = MOVE_FAILED;
     }
+    if (mrc == 0)
+        mrc =
+            tg_journal_read(o->ob_journal, 0, tg_journal_end(o->ob_journal), move_one, &m, NULL, err, errlen);
+    if (mrc == 0 && m.mv_n && (m.mv_mdb_rc = put_jseq(o, txn, m.mv_jseq)) != 0)
+        mrc = MOVE_FAILED;
     if (mrc == 0 && (rc = mdb_txn_commit(txn)) != 0) {
         txn = NULL;
         m.mv_mdb_rc = rc;

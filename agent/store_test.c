@@ -550,6 +550,48 @@ static void test_journal_full_map(void **st)
     assert_int_equal(tg_alloc_live(), 0);
 }
 
+/* A control plane that refuses every batch: the refused records fill the
+ * map's share, then puts are refused, and setting the batches aside keeps
+ * working (the map is never full to the brim; before the share counted
+ * every table, batch_done failed with MDB_MAP_FULL at record ~237). */
+static void test_journal_rejected_share(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
+    assert_non_null(mkdtemp(dir));
+    tg_outbox_t *o = NULL;
+    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    uint64_t seq = 1;
+    int refused = 0;
+    tg_outbox_batch_t b;
+    for (int i = 0; i < 5000 && !refused; i++) {
+        err[0] = '\0';
+        if (put_padded(o, seq, err, sizeof err) != 0) {
+            refused = 1;
+            break;
+        }
+        seq++;
+        (void)tg_outbox_sync(o, err, sizeof err);
+        err[0] = '\0';
+        if (tg_outbox_batch(o, 10, &b, err, sizeof err) == 1)
+            assert_int_equal(tg_outbox_batch_done(o, &b, 1, err, sizeof err), 0);
+    }
+    assert_true(refused);
+    /* what is left goes aside too */
+    err[0] = '\0';
+    while (tg_outbox_batch(o, 10, &b, err, sizeof err) == 1)
+        assert_int_equal(tg_outbox_batch_done(o, &b, 1, err, sizeof err), 0);
+    count_t c = {1, 0};
+    assert_int_equal(tg_outbox_scan_table(o, 1, SIZE_MAX, padded_one, &c, err, sizeof err), 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.next - 1 + (uint64_t)tg_outbox_depth(o), seq - 1); /* each once: aside or waiting */
+    tg_outbox_close(o);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
 /* Puts in batches with syncs between, the journal emptied every few KB,
  * batches formed and acknowledged meanwhile: every record once, in order. */
 static void test_journal_rotation(void **st)
@@ -627,9 +669,10 @@ static void *race_putter(void *arg)
             snprintf(recs[k], sizeof recs[k], "r%d", i);
             items[k] = (tg_outbox_item_t){recs[k], strlen(recs[k])};
         }
-        if (tg_outbox_put_many(r->rc_o, items, (size_t)n, err, sizeof err) != 0) {
+        if (tg_outbox_put_many(r->rc_o, items, (size_t)n, err, sizeof err) != 0)
             atomic_fetch_add(&r->rc_failed, 1);
-        }
+        if (i % 8 == 0)
+            usleep(100); /* long enough for the sync thread and the reporter to run beside */
     }
     atomic_fetch_sub(&r->rc_putters_left, 1);
     return NULL;
@@ -652,7 +695,8 @@ static void *race_reporter(void *arg)
 {
     race_t *r = arg;
     char err[TG_ERRLEN] = "";
-    while (atomic_load(&r->rc_putters_left) > 0) {
+    /* and at least one batch, however the threads were scheduled */
+    for (int spins = 0; atomic_load(&r->rc_putters_left) > 0 || (r->rc_acked == 0 && spins < 1000); spins++) {
         tg_outbox_batch_t b;
         int got = tg_outbox_batch(r->rc_o, 37, &b, err, sizeof err);
         if (got == 1) {
@@ -728,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_journal_rotation),
         cmocka_unit_test(test_journal_large_frame),
         cmocka_unit_test(test_journal_full_map),
+        cmocka_unit_test(test_journal_rejected_share),
         cmocka_unit_test(test_journal_threads),
         cmocka_unit_test(test_withhold),
     };
