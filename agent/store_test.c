@@ -140,6 +140,15 @@ static void put(tg_outbox_t *o, uint64_t want)
     assert_int_equal(seq, want);
 }
 
+/* The end of an outbox test: its directory removed, nothing left allocated. */
+static void done_dir(const char *dir)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tg_alloc_live(), 0);
+}
+
 static void test_outbox(void **st)
 {
     (void)st;
@@ -197,10 +206,7 @@ static void test_outbox(void **st)
     assert_int_equal(s.n, 2); /* records 4 and 5, set aside */
     assert_int_equal(s.seq[0], 4);
     tg_outbox_close(o);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 /* A withheld answer's record: a zero-cost receipt that keeps the usage. */
@@ -358,10 +364,7 @@ static void test_journal_recovery(void **st)
     spill(jpath, stale, ns);
     holds(dir, 1, 10, 10);
     holds(dir, 0, 10, 10);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 typedef struct {
@@ -441,10 +444,7 @@ static void test_journal_large_frame(void **st)
         }
     }
     free(rec);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 /* Records of 2,000 bytes, "rec-<seq>" and padding, checked in order. */
@@ -544,10 +544,7 @@ static void test_journal_full_map(void **st)
     assert_int_equal(c.bad, 0);
     assert_int_equal(c.next, seq + 1);
     tg_outbox_close(o);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 /* A control plane that refuses every batch: the refused records fill the
@@ -586,10 +583,7 @@ static void test_journal_rejected_share(void **st)
     assert_int_equal(c.bad, 0);
     assert_int_equal(c.next - 1 + (uint64_t)tg_outbox_depth(o), seq - 1); /* each once: aside or waiting */
     tg_outbox_close(o);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 /* Puts in batches with syncs between, the journal emptied every few KB,
@@ -639,10 +633,7 @@ static void test_journal_rotation(void **st)
     assert_int_equal(tg_outbox_put(o, "x", 1, &s2, err, sizeof err), 0);
     assert_int_equal(s2, seq); /* the sequence goes on */
     tg_outbox_close(o);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 /* ---- the journal under threads ------------------------------------------- */
@@ -757,10 +748,7 @@ static void test_journal_threads(void **st)
     assert_int_equal(c.bad, 0);
     assert_int_equal(c.next, total + 1);
     tg_outbox_close(r.rc_o);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
-    assert_int_equal(tg_alloc_live(), 0);
+    done_dir(dir);
 }
 
 int main(void)
