@@ -275,6 +275,29 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
  * at revisions <= rev. as_mu held; the tailer calls it. */
 void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev);
 
+/* ---- settled.c: settled-log values ---------------------------------------------- */
+
+/* Pages are built up to TG_STORE_MAX_VALUE bytes; a compressed value may
+ * say up to this many (room for larger pages later, a bound for damage). */
+#define CP_SETTLED_PAGE_MAX (16 * 1024 * 1024)
+
+/* 1 when the value is a zstd frame (else it is the packed page itself). */
+int cp_settled_is_zstd(const uint8_t *val, size_t len);
+/* A compression context for cp_settled_pack, kept by its one user thread
+ * at a time; NULL when out of memory. Free with cp_settled_zctx_free. */
+void *cp_settled_zctx_new(void);
+void cp_settled_zctx_free(void *zc);
+/* Compresses the packed page into out (emptied first; its memory is kept
+ * for the next call). Returns 0, or a TG_RPC_CODE with err set. */
+int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, char *err, size_t errlen);
+/* The packed LedgerPage of a stored value: *page points into val when it
+ * is stored as is, else into scratch (the caller's, emptied and filled;
+ * valid until its next use). Returns 0, or TG_LEDGER_ECORRUPT (not a
+ * whole frame, or a page over CP_SETTLED_PAGE_MAX) / TG_LEDGER_ENOMEM with
+ * err set. */
+int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uint8_t **page, size_t *plen,
+                    char *err, size_t errlen);
+
 /* ---- tail.c -------------------------------------------------------------------- */
 
 int cp_tail_start(tg_cp_agent_side_t *as, char *err, size_t errlen);

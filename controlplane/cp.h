@@ -107,6 +107,7 @@ typedef struct tg_cp {
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
     int cp_legacy_proofs;           /* --legacy-agent-proofs: accept old agents' proofs without a nonce */
     int cp_accept_gap;              /* --accept-ledger-gap: campaign for leader with a ledger gap */
+    int cp_settled_zstd;            /* --settled-compression zstd: settled-log values compressed */
     int64_t cp_ledger_min_free;     /* --ledger-min-free-mb in bytes: settlement pauses below; 0 off */
     tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */

@@ -65,6 +65,9 @@ static const char USAGE[] =
     "                            leader anyway (TG_CP_ACCEPT_LEDGER_GAP, default off)\n"
     "  --ledger-min-free-mb MB   settlement pauses (agents keep their records) while the file system of\n"
     "                            --data-dir has less free; 0 checks nothing (TG_CP_LEDGER_MIN_FREE_MB, default 64)\n"
+    "  --settled-compression zstd|none  how settled batches are written to the store's settled log; every\n"
+    "                            release that reads zstd reads both (TG_CP_SETTLED_COMPRESSION, default zstd;\n"
+    "                            none while replicas older than zstd still tail the log)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
     "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
     "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
@@ -78,7 +81,7 @@ typedef struct flag {
 enum {
     F_LISTEN, F_HTTP, F_DATA, F_STORE, F_TOKENS, F_ENROLL, F_ENROLL_FILE, F_CERT, F_KEY, F_CA,
     F_NODE, F_THREADS, F_HEARTBEAT, F_RETENTION, F_HISTORY, F_LEASE_TTL, F_LOGLEVEL, F_ADVERTISE,
-    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_MIN_FREE, F_COUNT
+    F_PEER_CA, F_STORE_CA, F_STORE_CERT, F_STORE_KEY, F_LEGACY_PROOFS, F_ACCEPT_GAP, F_MIN_FREE, F_COMPRESS, F_COUNT
 };
 
 static flag_t flags[F_COUNT] = {
@@ -107,6 +110,7 @@ static flag_t flags[F_COUNT] = {
     {"--legacy-agent-proofs", "TG_CP_LEGACY_AGENT_PROOFS", "on"},
     {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
     {"--ledger-min-free-mb", "TG_CP_LEDGER_MIN_FREE_MB", "64"},
+    {"--settled-compression", "TG_CP_SETTLED_COMPRESSION", "zstd"},
 };
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
@@ -310,6 +314,11 @@ int main(int argc, char **argv)
         parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap) ||
         parse_int("--ledger-min-free-mb", flags[F_MIN_FREE].f_val, 0, 1024 * 1024, &min_free))
         return 2;
+    if (strcmp(flags[F_COMPRESS].f_val, "zstd") != 0 && strcmp(flags[F_COMPRESS].f_val, "none") != 0) {
+        fprintf(stderr, "tollgate-cp: --settled-compression %s: expected zstd or none\n", flags[F_COMPRESS].f_val);
+        return 2;
+    }
+    cp.cp_settled_zstd = strcmp(flags[F_COMPRESS].f_val, "zstd") == 0;
     cp.cp_ledger_min_free = (int64_t)min_free * 1024 * 1024;
     /* one replica on LMDB: the settled log's only reader is this process's
      * tailer, so a short window keeps the store small; etcd replicas that

@@ -129,6 +129,7 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
                           size_t errlen)
 {
     ProtobufCMessage **m = tg_calloc(k ? k : 1, sizeof(*m));
+    tg_buf_t scratch;
     tg_ledger_row_t *rows = NULL;
     tg_ledger_result_t *res = NULL;
     tg_buf_t *packed = NULL;
@@ -136,13 +137,19 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
     int rc = 0;
     if (m == NULL)
         return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu settled batches", k);
+    tg_buf_init(&scratch, CP_SETTLED_PAGE_MAX);
     for (size_t j = 0; j < k; j++) {
+        const uint8_t *pg;
+        size_t pglen;
         if (items[j].ai_rows != NULL) {
             n += items[j].ai_nrows;
             continue;
         }
-        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, items[j].ai_val, items[j].ai_len,
-                              &m[j], err, errlen);
+        rc = cp_settled_page(items[j].ai_val, items[j].ai_len, &scratch, &pg, &pglen, err, errlen);
+        if (rc < 0)
+            goto fail;
+        /* unpacking copies what the rows need: scratch is reused */
+        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, pg, pglen, &m[j], err, errlen);
         if (rc < 0)
             goto fail;
         n += ((Tollgate__V1__LedgerPage *)m[j])->n_entries;
@@ -185,6 +192,7 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
             TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",
                    rows[i].lr_record_id);
 fail:
+    tg_buf_free(&scratch);
     for (size_t i = 0; packed != NULL && i < npacked; i++)
         tg_buf_free(&packed[i]);
     tg_free(packed);
@@ -1332,7 +1340,10 @@ struct settle_group {
     tg_ledger_row_t *g_rows;           /* per entry: its ledger row */
     size_t g_nent, g_cap;
     size_t g_total;                    /* bytes of the settled value so far */
-    tg_buf_t g_settled;
+    tg_buf_t g_settled;                /* the packed LedgerPage */
+    tg_buf_t g_zsettled;               /* it compressed (settled.c), when the store gets that */
+    const tg_buf_t *g_stored;          /* what the store gets: g_settled or g_zsettled */
+    void *g_zctx;                      /* compression context, kept with the group */
     /* AgentInfo.last_batch_sequence: TG_CP_K_AGENT_SEQ puts */
     char g_akey[GROUP_MAX_JOBS][TG_STORE_MAX_KEY];
     char g_aval[GROUP_MAX_JOBS][24];
@@ -1795,6 +1806,16 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
     }
     settled->b_len = g->g_total;
     settled->b_data[g->g_total] = '\0';
+    g->g_stored = settled;
+    if (g->g_n > 0 && g->g_jobs[0]->j_c->sc_cp->cp_settled_zstd && settled->b_len > 0) {
+        if (g->g_zctx == NULL)
+            g->g_zctx = cp_settled_zctx_new();
+        int zc = cp_settled_pack(g->g_zctx, (const uint8_t *)settled->b_data, settled->b_len, &g->g_zsettled,
+                                 err, errlen);
+        if (zc != 0)
+            return zc;
+        g->g_stored = &g->g_zsettled;
+    }
     for (size_t j = 0; j < g->g_n; j++) {
         settle_job_t *job = g->g_jobs[j];
         tg_buf_reset(&job->j_marker_val);
@@ -2135,8 +2156,8 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
             /* offered before the commit: the watch may deliver the value to
              * this replica's tailer before the commit call returns here */
             stash->st_seq = as->as_settled_seq + 1;
-            stash->st_val = g->g_settled.b_data;
-            stash->st_len = g->g_settled.b_len;
+            stash->st_val = g->g_stored->b_data; /* compared with what the watch delivers */
+            stash->st_len = g->g_stored->b_len;
             stash->st_rows = g->g_rows;
             stash->st_n = g->g_nent;
             pthread_mutex_lock(&as->as_mu);
@@ -2153,10 +2174,17 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
                                              .c_target = TG_STORE_CMP_VERSION, .c_op = TG_STORE_EQ, .c_num = 0};
         }
         t_built = tg_cp_now_us();
-        commit_spec_t cs = {.cs_leader_rev = leader_rev, .cs_markers = markers, .cs_marker_vals = vals,
-                            .cs_nmark = g->g_n, .cs_bals = g->g_bals, .cs_nbal = g->g_nbal,
-                            .cs_settled = &g->g_settled, .cs_xcmps = g->g_rcmps, .cs_nxcmp = g->g_n,
-                            .cs_xops = g->g_aops, .cs_nxop = g->g_naops};
+        commit_spec_t cs = {.cs_leader_rev = leader_rev,
+                            .cs_markers = markers,
+                            .cs_marker_vals = vals,
+                            .cs_nmark = g->g_n,
+                            .cs_bals = g->g_bals,
+                            .cs_nbal = g->g_nbal,
+                            .cs_settled = g->g_stored,
+                            .cs_xcmps = g->g_rcmps,
+                            .cs_nxcmp = g->g_n,
+                            .cs_xops = g->g_aops,
+                            .cs_nxop = g->g_naops};
         int64_t seq_modrev = as->as_settled_seq_modrev;
         int rc = settle_commit(as, &cs, &commit_rev, err, sizeof(err));
         t_commit = tg_cp_now_us();
@@ -2213,10 +2241,11 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
     }
     pre_clear(g);
     pthread_mutex_unlock(&as->as_settle_mu);
-    TG_LOG(TG_LOG_DEBUG, "cp.settle", "group of %zu: lock wait %" PRId64 " us, checks %" PRId64
-           " us, build %" PRId64 " us, commit %" PRId64 " us (%zu bytes)", g->g_n, t_locked - t_lock,
-           t_checked - t_locked, t_built ? t_built - t_checked : 0, t_commit ? t_commit - t_built : 0,
-           g->g_settled.b_len);
+    TG_LOG(TG_LOG_DEBUG, "cp.settle",
+           "group of %zu: lock wait %" PRId64 " us, checks %" PRId64 " us, build %" PRId64
+           " us, commit %" PRId64 " us (%zu bytes, %zu stored)",
+           g->g_n, t_locked - t_lock, t_checked - t_locked, t_built ? t_built - t_checked : 0,
+           t_commit ? t_commit - t_built : 0, g->g_settled.b_len, g->g_stored->b_len);
 
     if (gcode != TG_RPC_CODE_OK) {
         /* a commit that failed may still have applied (etcd can answer an
@@ -2303,8 +2332,11 @@ static void run_group(tg_cp_agent_side_t *as, settle_group_t *g)
 static settle_group_t *group_new(void)
 {
     settle_group_t *g = tg_calloc(1, sizeof(*g));
-    if (g != NULL)
+    if (g != NULL) {
         tg_buf_init(&g->g_settled, TG_STORE_MAX_VALUE);
+        tg_buf_init(&g->g_zsettled, TG_STORE_MAX_VALUE);
+        g->g_stored = &g->g_settled;
+    }
     return g;
 }
 
@@ -2315,6 +2347,8 @@ static void group_free(settle_group_t *g)
     for (size_t k = 0; k < g->g_nbal; k++)
         bal_clear(&g->g_bals[k]);
     tg_buf_free(&g->g_settled);
+    tg_buf_free(&g->g_zsettled);
+    cp_settled_zctx_free(g->g_zctx);
     tg_free(g->g_ents);
     tg_free(g->g_len);
     tg_free(g->g_rec);

@@ -15,6 +15,7 @@ DEBS=(
   libssl-dev                 # Ed25519 signatures, SHA-256, TLS
   liblmdb-dev lmdb-utils     # embedded store, ledger, outbox
   zlib1g-dev                 # CRC-32 of the agent's outbox journal frames
+  libzstd-dev                # the control plane's settled-log values (zstd frames)
   libevent-dev               # agent and mockllm event loops
   libhttp-parser-dev         # the agent front's HTTP/1.1 request parser
   libjansson-dev libjsmn-dev libyajl-dev  # JSON (tree where needed, scanners on hot paths)

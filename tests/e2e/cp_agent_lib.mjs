@@ -145,6 +145,19 @@ export async function seed(cp, { topup = 100n * 1000000000n, name = 'acme' } = {
   return { account: acct.id, channel: ch.id, card: card.id, version: BigInt(card.version) };
 }
 
+// Every ledger row of an account on this replica (its own ledger), by id.
+export async function ledgerRows(cp, account) {
+  const rows = new Map();
+  let token = '';
+  for (let i = 0; i < 50; i++) {
+    const p = await cp.adminCall('QueryLedger', { account_id: account, page_size: 1000, page_token: token });
+    for (const e of p.entries) rows.set(e.entry_id, e);
+    token = p.next_page_token;
+    if (!token) break;
+  }
+  return rows;
+}
+
 export async function balance(cp, account, bucket = 'wallet') {
   const r = await cp.adminCall('GetBalances', { account_id: account });
   const b = r.balances.find((x) => x.bucket === bucket);

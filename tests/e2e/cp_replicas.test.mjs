@@ -8,7 +8,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { until } from './lib/proc.mjs';
-import { FakeAgent, balance, call, costOf, grpc, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
+import { FakeAgent, balance, call, costOf, grpc, ledgerRows, seed, startCp, startEtcd } from './cp_agent_lib.mjs';
 
 const procs = [];
 after(async () => {
@@ -24,15 +24,7 @@ async function role(cp) {
 }
 
 async function ledgerIds(cp, account) {
-  const ids = new Set();
-  let token = '';
-  for (let i = 0; i < 50; i++) {
-    const p = await cp.adminCall('QueryLedger', { account_id: account, page_size: 1000, page_token: token });
-    for (const e of p.entries) ids.add(e.entry_id);
-    token = p.next_page_token;
-    if (!token) break;
-  }
-  return ids;
+  return new Set((await ledgerRows(cp, account)).keys());
 }
 
 test('two replicas: one settles, the other serves Sync and takes over when the leader dies', async () => {

@@ -1,0 +1,79 @@
+/* settled.c: the bytes of a settled-log value (TG_CP_K_SETTLED/<seq>).
+ *
+ * A value is a packed LedgerPage, stored either as is or as one zstd frame
+ * of it. Settlement compresses the pages it writes (--settled-compression,
+ * zstd by default): a page repeats the same account, key, model, channel
+ * and agent strings in every entry, so it shrinks several times, and every
+ * byte of it is otherwise written to the store twice (LMDB's value and its
+ * log; etcd's WAL and bbolt), sent to each replica's tailer, and read by
+ * retention. Readers take both forms, told apart by the first four bytes:
+ * zstd's magic number, which no packed LedgerPage starts with (a page is
+ * empty or starts with field 1's tag, 0x0A). */
+#include <string.h>
+#include <zstd.h>
+
+#include "controlplane/agentside.h"
+
+#define ZSTD_LEVEL 1 /* measured: docs/PERFORMANCE.md, issue 18 session 8 */
+
+int cp_settled_is_zstd(const uint8_t *val, size_t len)
+{
+    static const uint8_t magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
+    return len >= 4 && memcmp(val, magic, 4) == 0;
+}
+
+void *cp_settled_zctx_new(void)
+{
+    return ZSTD_createCCtx();
+}
+
+void cp_settled_zctx_free(void *zc)
+{
+    ZSTD_freeCCtx(zc);
+}
+
+int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, char *err, size_t errlen)
+{
+    tg_buf_reset(out);
+    if (zc == NULL)
+        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the compression context");
+    size_t bound = ZSTD_compressBound(len);
+    if (tg_buf_reserve(out, bound) < 0)
+        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the settled value");
+    size_t n = ZSTD_compressCCtx(zc, out->b_data, bound, page, len, ZSTD_LEVEL);
+    if (ZSTD_isError(n))
+        return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "compressing the settled value: %s",
+                       ZSTD_getErrorName(n));
+    out->b_len = n;
+    out->b_data[n] = '\0';
+    return 0;
+}
+
+int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uint8_t **page, size_t *plen,
+                    char *err, size_t errlen)
+{
+    if (!cp_settled_is_zstd(val, len)) {
+        *page = val;
+        *plen = len;
+        return 0;
+    }
+    unsigned long long n = ZSTD_getFrameContentSize(val, len);
+    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN)
+        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
+                       "settled value: not a whole zstd frame with its size");
+    if (n > CP_SETTLED_PAGE_MAX)
+        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
+                       "settled value: a page of %llu bytes, over the %d-byte limit", n, CP_SETTLED_PAGE_MAX);
+    tg_buf_reset(scratch);
+    if (tg_buf_reserve(scratch, (size_t)n) < 0)
+        return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for a settled page of %llu bytes", n);
+    size_t got = ZSTD_decompress(scratch->b_data, (size_t)n, val, len);
+    if (ZSTD_isError(got) || got != n)
+        return tg_errf(err, errlen, TG_LEDGER_ECORRUPT, "settled value: %s",
+                       ZSTD_isError(got) ? ZSTD_getErrorName(got) : "frame shorter than its stated size");
+    scratch->b_len = got;
+    scratch->b_data[got] = '\0';
+    *page = (const uint8_t *)scratch->b_data;
+    *plen = got;
+    return 0;
+}
