@@ -288,8 +288,11 @@ int cp_settled_is_zstd(const uint8_t *val, size_t len);
 void *cp_settled_zctx_new(void);
 void cp_settled_zctx_free(void *zc);
 /* Compresses the packed page into out (emptied first; its memory is kept
- * for the next call). Returns 0, or a TG_RPC_CODE with err set. */
-int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, char *err, size_t errlen);
+ * for the next call): *packed 1, or 0 when the frame would not be smaller
+ * than the page (then the page is to be stored as is, out empty).
+ * Returns 0, or a TG_RPC_CODE with err set. */
+int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, int *packed, char *err,
+                    size_t errlen);
 /* The packed LedgerPage of a stored value: *page points into val when it
  * is stored as is, else into scratch (the caller's, emptied and filled;
  * valid until its next use). Returns 0, or TG_LEDGER_ECORRUPT (not a

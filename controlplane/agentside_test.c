@@ -427,7 +427,10 @@ static void test_settled_values(void **state)
     assert_false(cp_settled_is_zstd((const uint8_t *)raw.b_data, raw.b_len));
     void *zc = cp_settled_zctx_new();
     assert_non_null(zc);
-    assert_int_equal(cp_settled_pack(zc, (const uint8_t *)raw.b_data, raw.b_len, &z, err, sizeof(err)), 0);
+    int packed = 0;
+    assert_int_equal(
+        cp_settled_pack(zc, (const uint8_t *)raw.b_data, raw.b_len, &z, &packed, err, sizeof(err)), 0);
+    assert_true(packed);
     assert_true(cp_settled_is_zstd((const uint8_t *)z.b_data, z.b_len));
     assert_true(z.b_len * 4 < raw.b_len); /* the repeated strings shrink */
     const uint8_t *pg = NULL;
@@ -444,36 +447,68 @@ static void test_settled_values(void **state)
     /* the empty page */
     assert_int_equal(cp_settled_page((const uint8_t *)"", 0, &scratch, &pg, &pglen, err, sizeof(err)), 0);
     assert_int_equal(pglen, 0);
-    /* cut short, then a byte of the compressed data changed */
+    /* cut short; a byte of the compressed data changed (the checksum, or
+     * the decoder, refuses it); a byte after the frame */
     err[0] = '\0';
     assert_int_equal(
         cp_settled_page((const uint8_t *)z.b_data, z.b_len - 5, &scratch, &pg, &pglen, err, sizeof(err)),
         TG_LEDGER_ECORRUPT);
     assert_non_null(strstr(err, "settled value"));
-    z.b_data[z.b_len / 2] ^= 0x55;
-    int rc = cp_settled_page((const uint8_t *)z.b_data, z.b_len, &scratch, &pg, &pglen, err, sizeof(err));
-    /* zstd's frame has no checksum here: a flipped byte decodes wrong or
-     * fails; either way the page then fails to unpack or differs */
-    assert_true(rc == TG_LEDGER_ECORRUPT || pglen != raw.b_len || memcmp(pg, raw.b_data, raw.b_len) != 0);
-    z.b_data[z.b_len / 2] ^= 0x55;
+    for (size_t at = 12; at < z.b_len; at += z.b_len / 7) {
+        z.b_data[at] ^= 0x55;
+        assert_int_equal(
+            cp_settled_page((const uint8_t *)z.b_data, z.b_len, &scratch, &pg, &pglen, err, sizeof(err)),
+            TG_LEDGER_ECORRUPT);
+        z.b_data[at] ^= 0x55;
+    }
+    assert_int_equal(tg_buf_append(&z, "\0", 1), 0);
+    assert_int_equal(
+        cp_settled_page((const uint8_t *)z.b_data, z.b_len, &scratch, &pg, &pglen, err, sizeof(err)),
+        TG_LEDGER_ECORRUPT);
     /* a frame that says its page is larger than the limit: refused before
      * any allocation */
-    tg_buf_t big;
+    tg_buf_t big, bigz;
     tg_buf_init(&big, CP_SETTLED_PAGE_MAX + 2);
+    tg_buf_init(&bigz, 2 * CP_SETTLED_PAGE_MAX);
     assert_int_equal(tg_buf_reserve(&big, CP_SETTLED_PAGE_MAX + 1), 0);
     memset(big.b_data, 0x0A, CP_SETTLED_PAGE_MAX + 1);
-    tg_buf_t bigz;
-    tg_buf_init(&bigz, 2 * CP_SETTLED_PAGE_MAX); /* room for the bound of an incompressible page */
-    assert_int_equal(
-        cp_settled_pack(zc, (const uint8_t *)big.b_data, CP_SETTLED_PAGE_MAX + 1, &bigz, err, sizeof(err)),
-        0);
+    assert_int_equal(cp_settled_pack(zc, (const uint8_t *)big.b_data, CP_SETTLED_PAGE_MAX + 1, &bigz, &packed,
+                                     err, sizeof(err)),
+                     0);
+    assert_true(packed);
     err[0] = '\0';
     assert_int_equal(
         cp_settled_page((const uint8_t *)bigz.b_data, bigz.b_len, &scratch, &pg, &pglen, err, sizeof(err)),
         TG_LEDGER_ECORRUPT);
     assert_non_null(strstr(err, "over the"));
-    tg_buf_free(&big);
     tg_buf_free(&bigz);
+    /* a whole page (TG_STORE_MAX_VALUE) into a buffer of that size, as
+     * settlement's: compressible, it is packed; random, it is not (stored
+     * as is), never an error */
+    tg_buf_t cap;
+    tg_buf_init(&cap, TG_STORE_MAX_VALUE);
+    assert_int_equal(
+        cp_settled_pack(zc, (const uint8_t *)big.b_data, TG_STORE_MAX_VALUE, &cap, &packed, err, sizeof(err)),
+        0);
+    assert_true(packed);
+    uint64_t x = 0x9E3779B97F4A7C15ull; /* xorshift64 */
+    for (size_t i = 0; i < TG_STORE_MAX_VALUE; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.b_data[i] = (char)(x >> 56);
+    }
+    assert_int_equal(
+        cp_settled_pack(zc, (const uint8_t *)big.b_data, TG_STORE_MAX_VALUE, &cap, &packed, err, sizeof(err)),
+        0);
+    assert_false(packed);
+    assert_int_equal(cap.b_len, 0);
+    /* no context (out of memory): stored as is */
+    assert_int_equal(
+        cp_settled_pack(NULL, (const uint8_t *)raw.b_data, raw.b_len, &cap, &packed, err, sizeof(err)), 0);
+    assert_false(packed);
+    tg_buf_free(&cap);
+    tg_buf_free(&big);
     cp_settled_zctx_free(zc);
     tg_buf_free(&raw);
     tg_buf_free(&z);

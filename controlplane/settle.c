@@ -1810,11 +1810,13 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
     if (g->g_n > 0 && g->g_jobs[0]->j_c->sc_cp->cp_settled_zstd && settled->b_len > 0) {
         if (g->g_zctx == NULL)
             g->g_zctx = cp_settled_zctx_new();
+        int packed = 0;
         int zc = cp_settled_pack(g->g_zctx, (const uint8_t *)settled->b_data, settled->b_len, &g->g_zsettled,
-                                 err, errlen);
+                                 &packed, err, errlen);
         if (zc != 0)
             return zc;
-        g->g_stored = &g->g_zsettled;
+        if (packed)
+            g->g_stored = &g->g_zsettled;
     }
     for (size_t j = 0; j < g->g_n; j++) {
         settle_job_t *job = g->g_jobs[j];

@@ -1,16 +1,19 @@
 /* settled.c: the bytes of a settled-log value (TG_CP_K_SETTLED/<seq>).
  *
  * A value is a packed LedgerPage, stored either as is or as one zstd frame
- * of it. Settlement compresses the pages it writes (--settled-compression,
- * zstd by default): a page repeats the same account, key, model, channel
- * and agent strings in every entry, so it shrinks several times, and every
- * byte of it is otherwise written to the store twice (LMDB's value and its
- * log; etcd's WAL and bbolt), sent to each replica's tailer, and read by
- * retention. Readers take both forms, told apart by the first four bytes:
- * zstd's magic number, which no packed LedgerPage starts with (a page is
- * empty or starts with field 1's tag, 0x0A). */
+ * of it. Settlement compresses the pages it writes when
+ * --settled-compression is zstd: a page repeats the same account, key,
+ * model, channel and agent strings in every entry, so it shrinks several
+ * times, and every byte of it is otherwise written to the store twice
+ * (LMDB's value and its log; etcd's WAL and bbolt), sent to each replica's
+ * tailer, and read by retention. Readers take both forms, told apart by the
+ * first four bytes: zstd's magic number, which no packed LedgerPage starts
+ * with (a page is empty or starts with field 1's tag, 0x0A). A frame
+ * carries its page's size and a checksum (RFC 8878), so a damaged value is
+ * refused rather than read as other amounts. */
 #include <string.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "controlplane/agentside.h"
 
@@ -24,7 +27,14 @@ int cp_settled_is_zstd(const uint8_t *val, size_t len)
 
 void *cp_settled_zctx_new(void)
 {
-    return ZSTD_createCCtx();
+    ZSTD_CCtx *zc = ZSTD_createCCtx();
+    if (zc != NULL && (ZSTD_isError(ZSTD_CCtx_setParameter(zc, ZSTD_c_compressionLevel, ZSTD_LEVEL)) ||
+                       ZSTD_isError(ZSTD_CCtx_setParameter(zc, ZSTD_c_checksumFlag, 1)) ||
+                       ZSTD_isError(ZSTD_CCtx_setParameter(zc, ZSTD_c_contentSizeFlag, 1)))) {
+        ZSTD_freeCCtx(zc);
+        zc = NULL;
+    }
+    return zc;
 }
 
 void cp_settled_zctx_free(void *zc)
@@ -32,20 +42,28 @@ void cp_settled_zctx_free(void *zc)
     ZSTD_freeCCtx(zc);
 }
 
-int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, char *err, size_t errlen)
+int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, int *packed, char *err,
+                    size_t errlen)
 {
+    *packed = 0;
     tg_buf_reset(out);
-    if (zc == NULL)
-        return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the compression context");
-    size_t bound = ZSTD_compressBound(len);
-    if (tg_buf_reserve(out, bound) < 0)
+    /* stored as is when there is no context (out of memory) or nothing to
+     * gain: a frame is made only when it fits in fewer bytes than the page */
+    if (zc == NULL || len == 0)
+        return 0;
+    if (tg_buf_reserve(out, len) < 0)
         return tg_errf(err, errlen, TG_RPC_CODE_RESOURCE_EXHAUSTED, "no memory for the settled value");
-    size_t n = ZSTD_compressCCtx(zc, out->b_data, bound, page, len, ZSTD_LEVEL);
+    size_t n = ZSTD_compress2(zc, out->b_data, len, page, len);
+    if (ZSTD_isError(n) && ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall)
+        return 0;
     if (ZSTD_isError(n))
         return tg_errf(err, errlen, TG_RPC_CODE_INTERNAL, "compressing the settled value: %s",
                        ZSTD_getErrorName(n));
+    if (n >= len)
+        return 0;
     out->b_len = n;
     out->b_data[n] = '\0';
+    *packed = 1;
     return 0;
 }
 
@@ -57,10 +75,13 @@ int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uin
         *plen = len;
         return 0;
     }
+    /* one whole frame and nothing after it, with its size and (bit 2 of the
+     * frame header descriptor, RFC 8878 3.1.1.1.1) a checksum */
     unsigned long long n = ZSTD_getFrameContentSize(val, len);
-    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN)
+    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || len < 5 || !(val[4] & 0x04) ||
+        ZSTD_findFrameCompressedSize(val, len) != len)
         return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
-                       "settled value: not a whole zstd frame with its size");
+                       "settled value: not one whole zstd frame with its size and checksum");
     if (n > CP_SETTLED_PAGE_MAX)
         return tg_errf(err, errlen, TG_LEDGER_ECORRUPT,
                        "settled value: a page of %llu bytes, over the %d-byte limit", n, CP_SETTLED_PAGE_MAX);

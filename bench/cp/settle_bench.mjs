@@ -12,6 +12,10 @@
 // per agent), whose sending costs the shared 2 cores far less. The load
 // generator's own CPU in the timed phase is printed either way.
 //
+// --compression zstd|none is the control plane's --settled-compression
+// (default here zstd on both stores; tollgate-cp's own default is none on
+// etcd while older replicas may tail the log: docs/OPERATIONS.md).
+//
 // --warmup W first settles W more batches per agent, untimed (the same
 // agents, sequences continuing): a fresh control plane spends its first
 // second faulting in the heap its batches need (docs/PERFORMANCE.md, issue
@@ -19,7 +23,7 @@
 // not. The default, 0, times a fresh control plane as the earlier tables do.
 //
 //   TG_BIN=$(bazel info bazel-bin) node bench/cp/settle_bench.mjs [--store lmdb|etcd]
-//       [--agents 4] [--batches 25] [--batch 1000] [--driver node|c] [--warmup 0]
+//       [--agents 4] [--batches 25] [--batch 1000] [--driver node|c] [--warmup 0] [--compression zstd|none]
 import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -38,13 +42,15 @@ const nBatches = Number(arg('batches', 25));
 const batchSize = Number(arg('batch', 1000));
 const driver = arg('driver', 'node');
 const nWarm = Number(arg('warmup', 0));
+const compression = arg('compression', 'zstd');
 if (driver !== 'node' && driver !== 'c') throw new Error('--driver node|c');
 
 let etcd;
 let cp;
 try {
   if (storeKind === 'etcd') etcd = await startEtcd();
-  cp = await startCp({ store: etcd ? `etcd:${etcd.url}` : undefined, nodeId: 'bench', heartbeatMs: 5000 });
+  cp = await startCp({ store: etcd ? `etcd:${etcd.url}` : undefined, nodeId: 'bench', heartbeatMs: 5000,
+    extraArgs: ['--settled-compression', compression] });
   const probe = new FakeAgent(cp, 'probe');
   await probe.enroll();
   await until(async () => {
@@ -189,7 +195,7 @@ try {
   if (etcd) console.log(`etcd CPU ${etcdCpu.toFixed(2)} s (${(etcdCpu * 1e6 / (nAgents * nBatches * batchSize)).toFixed(1)} us/record)`);
   const after = await balance(cp, ids.account);
   if (before - after !== want) throw new Error(`balance moved ${before - after}, want ${want}`);
-  console.log(`store=${storeKind} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
+  console.log(`store=${storeKind} compression=${compression} agents=${nAgents} batches=${nAgents * nBatches} batch=${batchSize}: ` +
     `${total} records in ${secs.toFixed(2)} s = ${Math.round(total / secs)} records/s; ` +
     `control plane CPU ${(cpu * 1e6 / total).toFixed(1)} us/record (${Math.round(total / cpu)} records per CPU-second; ledger tailer ${(tail * 1e6 / total).toFixed(1)} us of it); batch latency p50 ${(lat.p50 ?? lat[Math.floor(lat.length / 2)]).toFixed(1)} ms p99 ${(lat.p99 ?? lat[Math.floor(lat.length * 0.99)]).toFixed(1)} ms; balance exact`);
   // how many settlement transactions carried the timed batches (group commit)

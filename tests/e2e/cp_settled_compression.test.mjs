@@ -1,10 +1,11 @@
 // Settled-log values on a real etcd, before and after --settled-compression:
-// a leader started with `none` writes its batch as the packed page, the same
-// replica restarted with the default (zstd) writes a zstd frame, and a new
-// replica that reads the whole log from the start builds a ledger with every
-// row of both, each amount and balance the leader's, the rows summing to the
-// balance's movement to the nano-unit. Then the leader settles a batch as
-// large as a settlement group takes (1,000 records) and the new replica's
+// a leader started with etcd's default (none: older replicas may still tail
+// the log) writes its batch as the packed page, the same replica restarted
+// with `zstd` writes a zstd frame, and a new replica that reads the whole
+// log from the start builds a ledger with every row of both, each amount,
+// balance and chain hash the leader's, the rows summing to the balance's
+// movement to the nano-unit. Then the leader settles a batch of 1,000
+// records (a 470 KB page, two of which fill a group) and the new replica's
 // tailer appends it from the compressed value too.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -32,7 +33,7 @@ test('a log written with and without compression is read whole by a new replica'
   const etcd = await startEtcd();
   procs.push(etcd.proc);
   const store = `etcd:${etcd.url}`;
-  let cpA = await startCp({ store, nodeId: 'cp-a', extraArgs: ['--settled-compression', 'none'] });
+  let cpA = await startCp({ store, nodeId: 'cp-a' });
   procs.push(cpA);
   const agent = new FakeAgent(cpA);
   await agent.enroll();
@@ -54,10 +55,10 @@ test('a log written with and without compression is read whole by a new replica'
   assert.ok(plain.length >= 2, 'the top-up and the batch are in the log');
   for (const v of plain) assert.notEqual(v.subarray(0, 4).toString('hex'), ZSTD_MAGIC, 'written as the page');
 
-  // the same replica, restarted with the default
+  // the same replica, restarted with compression on
   const dataDir = cpA.dataDir;
   await cpA.stop();
-  cpA = await startCp({ store, nodeId: 'cp-a', dataDir });
+  cpA = await startCp({ store, nodeId: 'cp-a', dataDir, extraArgs: ['--settled-compression', 'zstd'] });
   procs.push(cpA);
   agent.cp = cpA;
   await waitLeader(cpA, agent);
