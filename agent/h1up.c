@@ -508,7 +508,7 @@ static void conn_idle(conn_t *k)
 static int conn_alive(conn_t *k)
 {
     char b;
-    if (k->k_ssl && SSL_pending(k->k_ssl) > 0)
+    if (k->k_ssl && SSL_has_pending(k->k_ssl))
         return 0;
     ssize_t n = recv(k->k_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0)
@@ -698,6 +698,9 @@ static SSL_CTX *ssl_ctx(tg_h1_t *h, char *msg, size_t msglen)
     /* an idle TLS connection frees its record buffers (32+ KB) */
     SSL_CTX_set_mode(x, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* one read takes every record the socket holds, not two reads a record
+     * (header, then body); SSL_has_pending covers what it read ahead */
+    SSL_CTX_set_read_ahead(x, 1);
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
     SSL_CTX_set_options(x, SSL_OP_IGNORE_UNEXPECTED_EOF); /* a close without close_notify is an EOF */
 #endif
@@ -1289,7 +1292,7 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
             continue;
         /* bytes OpenSSL already holds never wake the idle watcher: checked
          * always (no system call) */
-        if (now - k->k_idle_ms > IDLE_AGE_MS || (k->k_ssl && SSL_pending(k->k_ssl) > 0) ||
+        if (now - k->k_idle_ms > IDLE_AGE_MS || (k->k_ssl && SSL_has_pending(k->k_ssl)) ||
             (now - k->k_idle_ms >= PEEK_AFTER_MS && !conn_alive(k))) {
             conn_close(k, 1);
         } else {
