@@ -16,7 +16,7 @@
  *     /etc/resolv.conf, /etc/hosts; IP literals and `localhost` need none)
  *     and the TLS context (OpenSSL: system roots or ho_ca_file, SNI,
  *     hostname verification, session reuse per host, ALPN http/1.1,
- *     SSL_MODE_RELEASE_BUFFERS).
+ *     SSL_MODE_RELEASE_BUFFERS, read-ahead).
  *   - a call writes its request in one write when it can (writev of head
  *     and body; one SSL_write over TLS), parses the response with
  *     http-parser (1xx heads skipped; 204 and 304 have no body whatever
