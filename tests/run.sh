@@ -9,7 +9,7 @@
 # status of `bazel test` and of `node --test` (a failing `after` hook fails
 # the run without a failing test; it counts as one failure in the last line).
 # The end-to-end suites that move money (agent_outbox, cp_agent,
-# cp_settle_rules, agent_revoke, faults_ledger_disk) run twice: against the gcc binaries and against the
+# cp_settle_rules, cp_settled_compression, agent_revoke, faults_ledger_disk) run twice: against the gcc binaries and against the
 # ASan+UBSan build, where a leak or memory error at exit is a non-zero exit
 # code the tests assert on.
 #
@@ -191,7 +191,7 @@ if [ "${TG_ONLY:-}" != c ]; then
     note_fail "test credentials in the e2e logs ($nlogs logs; matches in $leaks)"
     head -n 10 "$leaks"
   fi
-  mapfile -t money < <(printf '%s\n' "${files[@]}" | grep -E '/(agent_outbox|cp_agent|cp_settle_rules|agent_revoke|faults_ledger_disk)\.test\.mjs$')
+  mapfile -t money < <(printf '%s\n' "${files[@]}" | grep -E '/(agent_outbox|cp_agent|cp_settle_rules|cp_settled_compression|agent_revoke|faults_ledger_disk)\.test\.mjs$')
   if [ "${TG_SKIP_ASAN_E2E:-0}" != 1 ] && ((${#money[@]})); then
     section "end-to-end tests that move money, against the ASan+UBSan build"
     if "${BAZEL[@]}" build --config=asan //agent:tollgate-agent //controlplane:tollgate-cp //cli:tollctl \
