@@ -76,8 +76,6 @@ typedef struct tg_cp_agent_side {
     int64_t as_leader_seen_rev;       /* (mu) create_rev of the leader key as_leader_addr is for */
     int as_resign;                    /* (mu) graceful stop began: campaign no more */
     int as_published;                 /* (leader thread) tg/replica/<me> put on as_lease */
-    atomic_int as_zstd_ok; /* auto on etcd: 1 every replica reads zstd, 0 not, -1 not checked yet */
-    char as_zstd_why[TG_STORE_MAX_KEY]; /* (leader thread) the replica named when it last said plain */
     char as_advertise[256];           /* (mu) this replica's address for peers, "" not yet */
     /* forward.c: the channel to the leader, for ReportUsage on a follower */
     struct cp_fwd_ch *as_fwd;         /* (mu) NULL until first needed */
@@ -278,20 +276,6 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
 void cp_pending_prune(tg_cp_agent_side_t *as, int64_t rev);
 
 /* ---- settled.c: settled-log values ---------------------------------------------- */
-
-/* --settled-compression: none; zstd; auto (zstd on the embedded store,
- * and on etcd while every registered replica announces that it reads
- * zstd: cp_settled_zstd_check). */
-enum { CP_ZSTD_NONE = 0, CP_ZSTD_ON = 1, CP_ZSTD_AUTO = 2 };
-
-/* 1 when the settling leader compresses now. Any thread. */
-int cp_settled_zstd_now(tg_cp_agent_side_t *as);
-/* (leader thread, etcd, auto) Reads which replicas are registered
- * (TG_CP_K_REPLICA) and which announce zstd (TG_CP_K_REPLICA_READS) and
- * sets as_zstd_ok; logs each change. A failed read keeps the last answer. */
-void cp_settled_zstd_check(tg_cp_agent_side_t *as);
-/* The value a replica of this release announces under TG_CP_K_REPLICA_READS. */
-#define CP_READS_ZSTD "settled-zstd"
 
 /* Pages are built up to TG_STORE_MAX_VALUE bytes; a compressed value may
  * say up to this many (room for larger pages later, a bound for damage). */

@@ -340,7 +340,6 @@ int tg_cp_agentsvc_register(tg_cp_t *cp, char *err, size_t errlen)
         pthread_mutex_init(&as->as_gmu, NULL);
         pthread_cond_init(&as->as_gcv, NULL);
         as->as_settled_seq_modrev = -1;
-        atomic_init(&as->as_zstd_ok, -1); /* not checked yet: plain */
         if (cp_nonces_init(as) != 0) {
             tg_free(as);
             return tg_errf(err, errlen, TG_RPC_ENOMEM, "no memory for the nonce table");

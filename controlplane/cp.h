@@ -69,9 +69,6 @@
 #define TG_CP_K_LEADER "tg/leader"                  /* node id, attached to the leader's lease */
 #define TG_CP_K_REPLICA "tg/replica/"               /* <node id> -> its advertised gRPC address (text),
                                                      * attached to that replica's lease */
-#define TG_CP_K_REPLICA_READS                                                                                \
-    "tg/replica-reads/" /* <node id> -> "settled-zstd": what that replica's tailer                           \
-                         * reads, on its lease (settled.c) */
 #define TG_CP_K_CHECKPOINT "tg/checkpoint"          /* -> LedgerCheckpoint (latest signed) */
 #define TG_CP_K_PEER_SECRET "tg/cluster/peer-secret" /* 64 hex digits: replicas' ReplicaService credential */
 #define TG_CP_K_ALERT_RULE "tg/alert/rule/"         /* <id> -> AlertRule (not under tg/config/: agents never see it) */
@@ -110,7 +107,7 @@ typedef struct tg_cp {
     int cp_lease_ttl_ms;            /* spend leases expire this long after their last grant, default 30000 */
     int cp_legacy_proofs;           /* --legacy-agent-proofs: accept old agents' proofs without a nonce */
     int cp_accept_gap;              /* --accept-ledger-gap: campaign for leader with a ledger gap */
-    int cp_settled_zstd;            /* --settled-compression: CP_ZSTD_NONE, _ON or _AUTO (agentside.h) */
+    int cp_settled_zstd;            /* --settled-compression zstd: settled-log values compressed */
     int64_t cp_ledger_min_free;     /* --ledger-min-free-mb in bytes: settlement pauses below; 0 off */
     tg_rpc_channel_opts_t cp_peer_tls; /* how this replica calls a peer (TLS roots, client cert) */
     /* resources */

@@ -25,7 +25,6 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "base/tg_log.h"
@@ -71,16 +70,6 @@ static void publish(tg_cp_agent_side_t *as)
     if (tg_store_put(cp->cp_store, key, strlen(key), addr, strlen(addr), as->as_lease, NULL, err,
                      sizeof(err)) < 0) {
         TG_LOG(TG_LOG_WARN, "cp.leader", "publishing this replica's address: %s", err);
-        return;
-    }
-    /* what this replica's tailer reads (a leader on auto compresses the
-     * settled log only while every replica says zstd); TG_CP_TEST_NO_READS:
-     * tests, a replica older than zstd */
-    const char *nr = getenv("TG_CP_TEST_NO_READS");
-    snprintf(key, sizeof(key), TG_CP_K_REPLICA_READS "%s", cp->cp_node_id ? cp->cp_node_id : "cp");
-    if (!(nr && *nr) && tg_store_put(cp->cp_store, key, strlen(key), CP_READS_ZSTD, strlen(CP_READS_ZSTD),
-                                     as->as_lease, NULL, err, sizeof(err)) < 0) {
-        TG_LOG(TG_LOG_WARN, "cp.leader", "publishing what this replica reads: %s", err);
         return;
     }
     as->as_published = 1;
@@ -230,7 +219,6 @@ static void *leader_main(void *arg)
             }
         }
         if (ok && !halted(as)) {
-            cp_settled_zstd_check(as);
             pthread_mutex_lock(&as->as_settle_mu);
             as->as_settled_seq_modrev = -1; /* read the log's tail afresh */
             pthread_mutex_unlock(&as->as_settle_mu);
@@ -239,7 +227,6 @@ static void *leader_main(void *arg)
                    me, (tg_cp_now_us() - t0) / 1000);
             while (!cp_wait(as, KEEPALIVE_MS, 1)) {
                 publish(as); /* the address may be set after we won */
-                cp_settled_zstd_check(as); /* a replica older than zstd may have joined */
                 if (tg_store_lease_keepalive(cp->cp_store, as->as_lease, NULL, err, sizeof(err)) < 0) {
                     ok = 0;
                     break;

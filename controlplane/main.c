@@ -25,7 +25,7 @@
 #include "checkcfg/tg_checkcfg.h"
 #include "crypto/tg_crypto.h"
 #include "controlplane/admin_int.h"
-#include "controlplane/agentside.h" /* cp_agent_side_free, CP_ZSTD_* */
+#include "controlplane/agentside.h" /* cp_agent_side_free */
 
 static const char USAGE[] =
     "usage: tollgate-cp [flags]   (each flag also reads the TG_CP_* variable shown)\n"
@@ -65,9 +65,9 @@ static const char USAGE[] =
     "                            leader anyway (TG_CP_ACCEPT_LEDGER_GAP, default off)\n"
     "  --ledger-min-free-mb MB   settlement pauses (agents keep their records) while the file system of\n"
     "                            --data-dir has less free; 0 checks nothing (TG_CP_LEDGER_MIN_FREE_MB, default 64)\n"
-    "  --settled-compression auto|zstd|none  settled batches written to the store's settled log compressed\n"
-    "                            or not (TG_CP_SETTLED_COMPRESSION, default auto: zstd on the embedded store, and\n"
-    "                            on etcd while every replica says it reads zstd; older releases read only none)\n"
+    "  --settled-compression zstd|none  settled batches written to the store's settled log compressed, or\n"
+    "                            not (TG_CP_SETTLED_COMPRESSION; this release reads both; default zstd on the\n"
+    "                            embedded store, none on etcd: set zstd once every replica runs this release)\n"
     "Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP re-reads --admin-tokens.\n"
     "Subcommands: tollgate-cp backup --to DIR [--data-dir D] [--store SPEC]   hot copy, chain verified\n"
     "             tollgate-cp restore --from DIR [--data-dir D] [--store SPEC] verify, then put in place\n";
@@ -110,7 +110,7 @@ static flag_t flags[F_COUNT] = {
     {"--legacy-agent-proofs", "TG_CP_LEGACY_AGENT_PROOFS", "on"},
     {"--accept-ledger-gap", "TG_CP_ACCEPT_LEDGER_GAP", "off"},
     {"--ledger-min-free-mb", "TG_CP_LEDGER_MIN_FREE_MB", "64"},
-    {"--settled-compression", "TG_CP_SETTLED_COMPRESSION", "auto"},
+    {"--settled-compression", "TG_CP_SETTLED_COMPRESSION", NULL}, /* by store, below */
 };
 
 static char *slurp(const char *path, size_t max, char *err, size_t errlen)
@@ -314,18 +314,18 @@ int main(int argc, char **argv)
         parse_onoff("--accept-ledger-gap", flags[F_ACCEPT_GAP].f_val, &cp.cp_accept_gap) ||
         parse_int("--ledger-min-free-mb", flags[F_MIN_FREE].f_val, 0, 1024 * 1024, &min_free))
         return 2;
-    /* an older replica cannot read zstd values: auto writes them on etcd
-     * only while every replica says it can (docs/OPERATIONS.md, "Compressed
-     * settled log") */
-    if (strcmp(flags[F_COMPRESS].f_val, "auto") == 0) {
-        cp.cp_settled_zstd = CP_ZSTD_AUTO;
-    } else if (strcmp(flags[F_COMPRESS].f_val, "zstd") == 0 || strcmp(flags[F_COMPRESS].f_val, "none") == 0) {
-        cp.cp_settled_zstd = strcmp(flags[F_COMPRESS].f_val, "zstd") == 0 ? CP_ZSTD_ON : CP_ZSTD_NONE;
-    } else {
-        fprintf(stderr, "tollgate-cp: --settled-compression %s: expected auto, zstd or none\n",
-                flags[F_COMPRESS].f_val);
+    /* an older replica cannot read zstd values: on etcd, where older
+     * replicas may still tail the log during an upgrade, the operator turns
+     * it on (docs/OPERATIONS.md, "Compressed settled log") */
+    if (!flags[F_COMPRESS].f_val) {
+        const char *st = flags[F_STORE].f_val;
+        flags[F_COMPRESS].f_val = st && strncmp(st, "etcd:", 5) == 0 ? "none" : "zstd";
+    }
+    if (strcmp(flags[F_COMPRESS].f_val, "zstd") != 0 && strcmp(flags[F_COMPRESS].f_val, "none") != 0) {
+        fprintf(stderr, "tollgate-cp: --settled-compression %s: expected zstd or none\n", flags[F_COMPRESS].f_val);
         return 2;
     }
+    cp.cp_settled_zstd = strcmp(flags[F_COMPRESS].f_val, "zstd") == 0;
     cp.cp_ledger_min_free = (int64_t)min_free * 1024 * 1024;
     /* one replica on LMDB: the settled log's only reader is this process's
      * tailer, so a short window keeps the store small; etcd replicas that

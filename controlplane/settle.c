@@ -1807,7 +1807,7 @@ static int build_group(settle_group_t *g, int64_t now_us, size_t *failed, int *j
     settled->b_len = g->g_total;
     settled->b_data[g->g_total] = '\0';
     g->g_stored = settled;
-    if (g->g_n > 0 && settled->b_len > 0 && cp_settled_zstd_now(g->g_jobs[0]->j_c->sc_cp->cp_agent)) {
+    if (g->g_n > 0 && g->g_jobs[0]->j_c->sc_cp->cp_settled_zstd && settled->b_len > 0) {
         if (g->g_zctx == NULL)
             g->g_zctx = cp_settled_zctx_new();
         int packed = 0;

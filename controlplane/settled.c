@@ -11,12 +11,10 @@
  * with (a page is empty or starts with field 1's tag, 0x0A). A frame
  * carries its page's size and a checksum (RFC 8878), so a damaged value is
  * refused rather than read as other amounts. */
-#include <stdio.h>
 #include <string.h>
 #include <zstd.h>
 #include <zstd_errors.h>
 
-#include "base/tg_log.h"
 #include "controlplane/agentside.h"
 
 #define ZSTD_LEVEL 1 /* measured: docs/PERFORMANCE.md, issue 18 session 8 */
@@ -99,79 +97,4 @@ int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uin
     *page = (const uint8_t *)scratch->b_data;
     *plen = got;
     return 0;
-}
-
-static int on_etcd(const tg_cp_t *cp)
-{
-    return cp->cp_store_spec != NULL && strncmp(cp->cp_store_spec, "etcd:", 5) == 0;
-}
-
-int cp_settled_zstd_now(tg_cp_agent_side_t *as)
-{
-    const tg_cp_t *cp = as->as_cp;
-    if (cp->cp_settled_zstd != CP_ZSTD_AUTO)
-        return cp->cp_settled_zstd == CP_ZSTD_ON;
-    /* the embedded store has one reader of its log: this process */
-    return !on_etcd(cp) || atomic_load(&as->as_zstd_ok) > 0;
-}
-
-void cp_settled_zstd_check(tg_cp_agent_side_t *as)
-{
-    tg_cp_t *cp = as->as_cp;
-    char err[TG_ERRLEN] = "", missing[TG_STORE_MAX_KEY] = "";
-    tg_store_range_res_t reps, reads;
-    if (cp->cp_settled_zstd != CP_ZSTD_AUTO || !on_etcd(cp))
-        return;
-    memset(&reps, 0, sizeof(reps));
-    memset(&reads, 0, sizeof(reads));
-    tg_store_range_req_t rq = {.rq_key = TG_CP_K_REPLICA,
-                               .rq_key_len = strlen(TG_CP_K_REPLICA),
-                               .rq_prefix = 1,
-                               .rq_limit = 1000,
-                               .rq_keys_only = 1};
-    tg_store_range_req_t dq = {.rq_key = TG_CP_K_REPLICA_READS,
-                               .rq_key_len = strlen(TG_CP_K_REPLICA_READS),
-                               .rq_prefix = 1,
-                               .rq_limit = 1000};
-    if (tg_store_range(cp->cp_store, &rq, &reps, err, sizeof(err)) < 0 ||
-        tg_store_range(cp->cp_store, &dq, &reads, err, sizeof(err)) < 0) {
-        TG_LOG(TG_LOG_DEBUG, "cp.settle", "reading which replicas read zstd: %s", err);
-        goto done;
-    }
-    /* every registered replica (one that never registered sends no usage
-     * and leads nothing) must announce it; more than a page of replicas:
-     * plain, to be safe */
-    int ok = reps.rs_n > 0 && !reps.rs_more && !reads.rs_more;
-    size_t pl = strlen(TG_CP_K_REPLICA), dl = strlen(TG_CP_K_REPLICA_READS);
-    for (size_t i = 0; ok && i < reps.rs_n; i++) {
-        const tg_store_kv_t *r = &reps.rs_kvs[i];
-        int found = 0;
-        for (size_t j = 0; !found && j < reads.rs_n; j++) {
-            const tg_store_kv_t *d = &reads.rs_kvs[j];
-            found = d->kv_key_len - dl == r->kv_key_len - pl &&
-                    memcmp(d->kv_key + dl, r->kv_key + pl, r->kv_key_len - pl) == 0 &&
-                    d->kv_val_len == strlen(CP_READS_ZSTD) &&
-                    memcmp(d->kv_val, CP_READS_ZSTD, d->kv_val_len) == 0;
-        }
-        if (!found) {
-            ok = 0;
-            snprintf(missing, sizeof(missing), "%.*s", (int)(r->kv_key_len - pl),
-                     (const char *)r->kv_key + pl);
-        }
-    }
-    if (!missing[0] && !ok)
-        snprintf(missing, sizeof(missing), "%s", "(none registered)");
-    /* logged when the answer changes, or names another replica */
-    int was = atomic_exchange(&as->as_zstd_ok, ok);
-    if (ok && was != 1)
-        TG_LOG(TG_LOG_INFO, "cp.settle",
-               "settled log: written compressed from now on (every replica reads zstd)");
-    if (!ok && (was != 0 || strcmp(missing, as->as_zstd_why) != 0))
-        TG_LOG(TG_LOG_INFO, "cp.settle",
-               "settled log: written plain (replica %s does not say it reads zstd: older than this release?)",
-               missing);
-    snprintf(as->as_zstd_why, sizeof(as->as_zstd_why), "%s", ok ? "" : missing);
-done:
-    tg_store_range_res_free(&reps);
-    tg_store_range_res_free(&reads);
 }

@@ -135,15 +135,17 @@ printf '# name role token\ncluster admin %s\n' "$ADMIN_TOKEN" >"$STATE/admin-tok
 printf 'tg-enroll-%s\n' "$(rand_hex 16)" >"$STATE/enroll-token"
 declare -A CPG CPH CPPID
 # start_cp N: replica cpN on the etcd cluster, mTLS on its gRPC port.
-# Every replica here is this build and says it reads zstd, so the leader
-# writes the settled log compressed (--settled-compression auto).
+# Every replica here is this build, so the settled log is compressed
+# (--settled-compression zstd; docs/OPERATIONS.md says why etcd's default
+# is none while older replicas may tail it).
 start_cp() {
   mkdir -p "$STATE/cp$1"
   start_server "cp$1" "cp$1.log" '^tollgate-cp grpc=' "$CP" \
     --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$STATE/cp$1" --node-id "cp$1" \
     --store "etcd:$ETCD_URLS" --store-ca "$PKI/ca.crt" --store-cert "$PKI/cp$1.crt" --store-key "$PKI/cp$1.key" \
     --tls-cert "$PKI/cp$1.crt" --tls-key "$PKI/cp$1.key" --client-ca "$PKI/ca.crt" \
-    --admin-tokens "$STATE/admin-tokens" --enroll-token-file "$STATE/enroll-token" --heartbeat-ms 1000
+    --admin-tokens "$STATE/admin-tokens" --enroll-token-file "$STATE/enroll-token" --heartbeat-ms 1000 \
+    --settled-compression zstd
   CPG[$1]=$(sed -E 's/.*grpc=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
   CPH[$1]=$(sed -E 's/.*http=[0-9.]+:([0-9]+).*/\1/' <<<"$LINE")
   CPPID[$1]=${pids[-1]}

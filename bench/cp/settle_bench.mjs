@@ -13,8 +13,8 @@
 // generator's own CPU in the timed phase is printed either way.
 //
 // --compression zstd|none is the control plane's --settled-compression
-// (default here zstd; tollgate-cp's own default, auto, compresses too when
-// every replica is of this release: docs/OPERATIONS.md).
+// (default here zstd on both stores; tollgate-cp's own default is none on
+// etcd while older replicas may tail the log: docs/OPERATIONS.md).
 //
 // --warmup W first settles W more batches per agent, untimed (the same
 // agents, sequences continuing): a fresh control plane spends its first
