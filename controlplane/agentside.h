@@ -14,8 +14,8 @@
  *   leader       campaigns for TG_CP_K_LEADER and keeps the lease alive.
  *
  * The settled log value (TG_CP_K_SETTLED/<seq>) is a packed LedgerPage
- * (api/tollgate/v1/admin.proto) whose `entries` are the batch's LedgerEntry
- * rows: reusing the public message keeps the internal log readable with the
+ * (api/tollgate/v1/admin.proto), stored as is or as one zstd frame of it
+ * (settled.c), whose `entries` are the batch's LedgerEntry rows: reusing the public message keeps the internal log readable with the
  * public descriptors (tollctl, pbjson) and needs no extra .proto.
  */
 #ifndef TG_CP_AGENTSIDE_H
@@ -295,9 +295,10 @@ int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, in
                     size_t errlen);
 /* The packed LedgerPage of a stored value: *page points into val when it
  * is stored as is, else into scratch (the caller's, emptied and filled;
- * valid until its next use). Returns 0, or TG_LEDGER_ECORRUPT (not a
- * whole frame, or a page over CP_SETTLED_PAGE_MAX) / TG_LEDGER_ENOMEM with
- * err set. */
+ * valid until its next use). Returns 0, or TG_LEDGER_ECORRUPT (not one
+ * whole frame with its size and checksum, bytes after it, a checksum that
+ * fails, or a page over CP_SETTLED_PAGE_MAX) / TG_LEDGER_ENOMEM with err
+ * set. */
 int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uint8_t **page, size_t *plen,
                     char *err, size_t errlen);
 
