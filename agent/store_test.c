@@ -149,13 +149,22 @@ static void done_dir(const char *dir)
     assert_int_equal(tg_alloc_live(), 0);
 }
 
+/* Opens a new outbox with a map of map_bytes in a new directory made from
+ * the template dir (filled in); end with tg_outbox_close and done_dir. */
+static tg_outbox_t *new_outbox(char *dir, size_t map_bytes)
+{
+    char err[TG_ERRLEN] = "";
+    tg_outbox_t *o = NULL;
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(tg_outbox_open(dir, map_bytes, 0, &o, err, sizeof err), 0);
+    return o;
+}
+
 static void test_outbox(void **st)
 {
     (void)st;
     char dir[] = "/tmp/tg-agent-outbox-XXXXXX", err[TG_ERRLEN] = "";
-    assert_non_null(mkdtemp(dir));
-    tg_outbox_t *o = NULL;
-    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    tg_outbox_t *o = new_outbox(dir, 1 << 20);
     tg_outbox_batch_t b, b2;
     assert_int_equal(tg_outbox_batch(o, 10, &b, err, sizeof err), 0); /* empty */
     for (uint64_t i = 1; i <= 5; i++)
@@ -481,9 +490,7 @@ static void test_journal_full_map(void **st)
 {
     (void)st;
     char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
-    assert_non_null(mkdtemp(dir));
-    tg_outbox_t *o = NULL;
-    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    tg_outbox_t *o = new_outbox(dir, 1 << 20);
     uint64_t seq = 1;
     int full = 0;
     for (int i = 0; i < 5000 && !full; i++) {
@@ -555,9 +562,7 @@ static void test_journal_rejected_share(void **st)
 {
     (void)st;
     char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
-    assert_non_null(mkdtemp(dir));
-    tg_outbox_t *o = NULL;
-    assert_int_equal(tg_outbox_open(dir, 1 << 20, 0, &o, err, sizeof err), 0);
+    tg_outbox_t *o = new_outbox(dir, 1 << 20);
     uint64_t seq = 1;
     int refused = 0;
     tg_outbox_batch_t b;
@@ -592,10 +597,8 @@ static void test_journal_rotation(void **st)
 {
     (void)st;
     char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "", jpath[64];
-    assert_non_null(mkdtemp(dir));
+    tg_outbox_t *o = new_outbox(dir, 16 << 20);
     snprintf(jpath, sizeof jpath, "%s/journal", dir);
-    tg_outbox_t *o = NULL;
-    assert_int_equal(tg_outbox_open(dir, 16 << 20, 0, &o, err, sizeof err), 0);
     tg_outbox_set_rotate(o, 4096);
     uint64_t seq = 1, acked = 0;
     for (int round = 0; round < 200; round++) {
@@ -722,9 +725,8 @@ static void test_journal_threads(void **st)
 {
     (void)st;
     char dir[] = "/tmp/tg-agent-journal-XXXXXX", err[TG_ERRLEN] = "";
-    assert_non_null(mkdtemp(dir));
     race_t r = {0};
-    assert_int_equal(tg_outbox_open(dir, 64 << 20, 0, &r.rc_o, err, sizeof err), 0);
+    r.rc_o = new_outbox(dir, 64 << 20);
     tg_outbox_set_rotate(r.rc_o, 2048);
     atomic_init(&r.rc_putters_left, RACE_PUTTERS);
     atomic_init(&r.rc_failed, 0);

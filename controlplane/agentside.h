@@ -301,6 +301,11 @@ int cp_settled_pack(void *zc, const uint8_t *page, size_t len, tg_buf_t *out, in
  * set. */
 int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uint8_t **page, size_t *plen,
                     char *err, size_t errlen);
+/* The stored value unpacked: *out a LedgerPage (free with tg_rpc_pb_free).
+ * Returns 0, or a negative code with err set (cp_settled_page's, or
+ * tg_rpc_pb_unpack's when the page is not a LedgerPage). */
+int cp_settled_unpack(const uint8_t *val, size_t len, struct ProtobufCMessage **out, char *err,
+                      size_t errlen);
 
 /* ---- tail.c -------------------------------------------------------------------- */
 

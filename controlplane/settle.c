@@ -129,7 +129,6 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
                           size_t errlen)
 {
     ProtobufCMessage **m = tg_calloc(k ? k : 1, sizeof(*m));
-    tg_buf_t scratch;
     tg_ledger_row_t *rows = NULL;
     tg_ledger_result_t *res = NULL;
     tg_buf_t *packed = NULL;
@@ -137,19 +136,12 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
     int rc = 0;
     if (m == NULL)
         return tg_errf(err, errlen, TG_LEDGER_ENOMEM, "no memory for %zu settled batches", k);
-    tg_buf_init(&scratch, CP_SETTLED_PAGE_MAX);
     for (size_t j = 0; j < k; j++) {
-        const uint8_t *pg;
-        size_t pglen;
         if (items[j].ai_rows != NULL) {
             n += items[j].ai_nrows;
             continue;
         }
-        rc = cp_settled_page(items[j].ai_val, items[j].ai_len, &scratch, &pg, &pglen, err, errlen);
-        if (rc < 0)
-            goto fail;
-        /* unpacking copies what the rows need: scratch is reused */
-        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, pg, pglen, &m[j], err, errlen);
+        rc = cp_settled_unpack(items[j].ai_val, items[j].ai_len, &m[j], err, errlen);
         if (rc < 0)
             goto fail;
         n += ((Tollgate__V1__LedgerPage *)m[j])->n_entries;
@@ -192,7 +184,6 @@ int cp_ledger_apply_items(tg_cp_t *cp, const cp_apply_item_t *items, size_t k, c
             TG_LOG(TG_LOG_ERROR, "cp.settle", "ledger row %s conflicts with the stored row",
                    rows[i].lr_record_id);
 fail:
-    tg_buf_free(&scratch);
     for (size_t i = 0; packed != NULL && i < npacked; i++)
         tg_buf_free(&packed[i]);
     tg_free(packed);

@@ -16,6 +16,7 @@
 #include <zstd_errors.h>
 
 #include "controlplane/agentside.h"
+#include "tollgate/v1/admin.pb-c.h"
 
 #define ZSTD_LEVEL 1 /* measured: docs/PERFORMANCE.md, issue 18 session 8 */
 
@@ -97,4 +98,19 @@ int cp_settled_page(const uint8_t *val, size_t len, tg_buf_t *scratch, const uin
     *page = (const uint8_t *)scratch->b_data;
     *plen = got;
     return 0;
+}
+
+int cp_settled_unpack(const uint8_t *val, size_t len, ProtobufCMessage **out, char *err, size_t errlen)
+{
+    tg_buf_t scratch;
+    const uint8_t *pg;
+    size_t pglen;
+    *out = NULL;
+    tg_buf_init(&scratch, CP_SETTLED_PAGE_MAX);
+    /* unpacking copies what the message needs: scratch goes at once */
+    int rc = cp_settled_page(val, len, &scratch, &pg, &pglen, err, errlen);
+    if (rc == 0)
+        rc = tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, pg, pglen, out, err, errlen);
+    tg_buf_free(&scratch);
+    return rc;
 }

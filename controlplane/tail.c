@@ -348,13 +348,7 @@ static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t 
     if (!known || start <= applied + 1)
         return 0;
     /* the first batch the log holds may be one this ledger has already */
-    tg_buf_t scratch;
-    const uint8_t *pg = NULL;
-    size_t pglen = 0;
-    tg_buf_init(&scratch, CP_SETTLED_PAGE_MAX);
-    if (first != NULL &&
-        cp_settled_page(first->kv_val, first->kv_val_len, &scratch, &pg, &pglen, NULL, 0) == 0 &&
-        tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, pg, pglen, &m, NULL, 0) == 0 &&
+    if (first != NULL && cp_settled_unpack(first->kv_val, first->kv_val_len, &m, NULL, 0) == 0 &&
         ((Tollgate__V1__LedgerPage *)m)->n_entries > 0) {
         first_id = ((Tollgate__V1__LedgerPage *)m)->entries[0]->entry_id;
         const char *ids[1] = {first_id};
@@ -381,7 +375,6 @@ static int fill_gap(tg_cp_agent_side_t *as, const tg_store_kv_t *first, int64_t 
         }
     }
     tg_rpc_pb_free(m);
-    tg_buf_free(&scratch);
     return rc;
 }
 
@@ -438,18 +431,12 @@ static int64_t settled_at(tg_store_t *st, const tg_store_kv_t *k)
 {
     tg_store_kv_t *kv = NULL;
     ProtobufCMessage *m = NULL;
-    tg_buf_t scratch;
-    const uint8_t *pg = NULL;
-    size_t pglen = 0;
     int64_t at = INT64_MAX;
-    tg_buf_init(&scratch, CP_SETTLED_PAGE_MAX);
     if (tg_store_get(st, k->kv_key, k->kv_key_len, &kv, NULL, NULL, 0) == 0 && kv != NULL &&
-        cp_settled_page(kv->kv_val, kv->kv_val_len, &scratch, &pg, &pglen, NULL, 0) == 0 &&
-        tg_rpc_pb_unpack(&tollgate__v1__ledger_page__descriptor, pg, pglen, &m, NULL, 0) == 0 &&
+        cp_settled_unpack(kv->kv_val, kv->kv_val_len, &m, NULL, 0) == 0 &&
         ((Tollgate__V1__LedgerPage *)m)->n_entries > 0)
         at = ((Tollgate__V1__LedgerPage *)m)->entries[0]->settled_at_us;
     tg_rpc_pb_free(m);
-    tg_buf_free(&scratch);
     tg_store_kv_free(kv);
     return at;
 }
