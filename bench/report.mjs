@@ -1,18 +1,23 @@
-// Turns bench/run.sh's raw results (TSV: scenario, target, metric, value;
-// one line per run) into the markdown table of medians and ratios that
-// docs/PERFORMANCE.md quotes.
+// Turns bench/run.sh's raw results (TSV: scenario, target, metric, value,
+// run; one line per run) into the markdown table of medians and ratios that
+// docs/PERFORMANCE.md quotes. Beside the ratio of the medians it gives the
+// median of the runs' own ratios (each run measures the targets seconds
+// apart, so a drift of the machine's speed between runs cancels out), and
+// an added latency is the median of the runs' own differences.
 import { readFileSync } from 'node:fs';
 
 const [file, agentNote, runs, dur, streams, nstream, nofile] = process.argv.slice(2);
 const vals = new Map(); // "scn|tgt|metric" -> [values]
+const byRun = new Map(); // "scn|tgt|metric" -> Map(run -> value)
 const errors = new Set(); // "scn|tgt"
 for (const line of readFileSync(file, 'utf8').split('\n')) {
   if (!line) continue;
-  const [scn, tgt, metric, v] = line.split('\t');
+  const [scn, tgt, metric, v, run] = line.split('\t');
   if (metric === 'error') { errors.add(`${scn}|${tgt}`); continue; }
   const k = `${scn}|${tgt}|${metric}`;
-  if (!vals.has(k)) vals.set(k, []);
+  if (!vals.has(k)) { vals.set(k, []); byRun.set(k, new Map()); }
   vals.get(k).push(Number(v));
+  byRun.get(k).set(run, Number(v));
 }
 
 const median = (a) => {
@@ -30,6 +35,20 @@ function get(scn, tgt, metric) {
   const a = vals.get(`${scn}|${tgt}|${metric}`);
   return a && a.length ? median(a) : null;
 }
+
+// The median over the runs that measured both a and b of op(a, b); null
+// when no run did.
+function paired(scn, ta, tb, metric, op) {
+  if (errors.has(`${scn}|${ta}`) || errors.has(`${scn}|${tb}`)) return null;
+  const a = byRun.get(`${scn}|${ta}|${metric}`), b = byRun.get(`${scn}|${tb}|${metric}`);
+  if (!a || !b) return null;
+  const r = [...a].filter(([run]) => b.has(run)).map(([run, v]) => op(v, b.get(run))).filter(Number.isFinite);
+  return r.length ? median(r) : null;
+}
+const pairedRatio = (scn, ta, tb, metric) => {
+  const v = paired(scn, ta, tb, metric, (a, b) => (b === 0 ? NaN : a / b));
+  return v === null ? '' : `${v.toFixed(2)}x`;
+};
 
 function fmt(v, unit) {
   if (v === null) return 'n/a';
@@ -63,17 +82,16 @@ const rows = [
 ];
 
 const out = [];
-out.push(`| Scenario | Metric | mockllm direct | nginx proxy_pass | tollgate agent | nginx / direct | agent / nginx |` +
-  peers.map((p) => ` ${p} | ${p} / agent |`).join(''));
-out.push(`|---|---|---|---|---|---|---|${peers.map(() => '---|---|').join('')}`);
+out.push(`| Scenario | Metric | mockllm direct | nginx proxy_pass | tollgate agent | nginx / direct | agent / nginx | ` +
+  `agent / nginx, paired |` + peers.map((p) => ` ${p} | ${p} / agent |`).join(''));
+out.push(`|---|---|---|---|---|---|---|---|${peers.map(() => '---|---|').join('')}`);
 for (const [label, metric, scn, key, mode] of rows) {
   const cell = (tgt) => {
     if (tgt === 'agent' && agentMissing) return 'not yet built';
     let v = get(scn, tgt, key);
     if (mode === 'added' || mode === 'added-ms') {
-      const d = get(scn, 'direct', key);
       if (tgt === 'direct') return '-';
-      v = typeof v === 'number' && typeof d === 'number' ? v - d : v;
+      if (typeof v === 'number') v = paired(scn, tgt, 'direct', key, (x, y) => x - y) ?? v;
       return fmt(v, mode === 'added-ms' ? 'ms' : undefined);
     }
     return fmt(v, mode);
@@ -86,11 +104,12 @@ for (const [label, metric, scn, key, mode] of rows) {
   // CPU rows compare the proxies with each other (direct is the upstream's own cost).
   const nd = isAdded || key === 'cpu_us_per_req' || key === 'user_us_per_req' || key === 'bytes_per_stream' ? '' : ratio(n, d);
   const an = isAdded ? '' : ratio(a, n);
+  const anp = isAdded || agentMissing ? '' : pairedRatio(scn, 'agent', 'nginx', key);
   const pc = peers.map((p) => {
     const v = get(scn, p, key);
     return ` ${cell(p)} | ${isAdded ? '' : ratio(v, a)} |`;
   }).join('');
-  out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} |${pc}`);
+  out.push(`| ${label} | ${metric} | ${cell('direct')} | ${cell('nginx')} | ${cell('agent')} | ${nd} | ${an} | ${anp} |${pc}`);
 }
 out.push('');
 // The TLS rows: the same load, the upstream behind nginx's ssl listener.
@@ -100,22 +119,22 @@ if (tlsRows.some(([, , scn, key]) => get(scn, 'nginx_tls', key) !== null)) {
   out.push('TLS upstream (mockllm behind an nginx ssl listener, test CA; connections reused; the ' +
     'terminator\'s CPU is not counted):');
   out.push('');
-  out.push('| Scenario | Metric | nginx proxy_pass https | tollgate agent https | agent / nginx |');
-  out.push('|---|---|---|---|---|');
+  out.push('| Scenario | Metric | nginx proxy_pass https | tollgate agent https | agent / nginx | agent / nginx, paired |');
+  out.push('|---|---|---|---|---|---|');
   for (const [label, metric, scn, key, mode] of tlsRows) {
     const isAdded = mode === 'added' || mode === 'added-ms';
     const c = (t) => {
       let v = get(scn, t, key);
       if (isAdded) {
-        const d = get(scn, 'direct', key);
-        v = typeof v === 'number' && typeof d === 'number' ? v - d : v;
+        if (typeof v === 'number') v = paired(scn, t, 'direct', key, (x, y) => x - y) ?? v;
         return [v, fmt(v, mode === 'added-ms' ? 'ms' : undefined)];
       }
       return [v, fmt(v, mode)];
     };
     const [n, nf] = c('nginx_tls');
     const [a, af] = agentMissing ? [null, 'not yet built'] : c('agent_tls');
-    out.push(`| ${label} | ${metric} | ${nf} | ${af} | ${isAdded ? '' : ratio(a, n)} |`);
+    const p = isAdded || agentMissing ? '' : pairedRatio(scn, 'agent_tls', 'nginx_tls', key);
+    out.push(`| ${label} | ${metric} | ${nf} | ${af} | ${isAdded ? '' : ratio(a, n)} | ${p} |`);
   }
   out.push('');
 }
@@ -134,7 +153,9 @@ if (procs.length) {
   out.push('');
 }
 out.push(`Medians of ${runs} run(s) of ${dur} s each (wrk -t1; streams: ${nstream} requests, 4 at a time, ` +
-  `measured by bench/stream_client.mjs). "CPU us/request of the process under test" is mockllm's own ` +
+  `measured by bench/stream_client.mjs); each run measures one scenario on every target back to back. ` +
+  `"agent / nginx, paired" is the median of the runs' own ratios; an added latency is the median of the ` +
+  `runs' own differences from direct. "CPU us/request of the process under test" is mockllm's own ` +
   `CPU for the direct column and the proxy's alone (nginx: its one worker) otherwise, from /proc/PID/stat. ` +
   `Agent: ${agentNote}. Peer gateways from npm: ` +
   (peerNotes.length ? `${peerNotes.join(', ')} (their own process's CPU).` :

@@ -143,7 +143,10 @@ cpu_ticks() {
   echo "$sum $usr"
 }
 
-record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+# record SCENARIO TARGET METRIC VALUE: one line of the raw results, with the
+# run it belongs to (report.mjs pairs the targets' values run by run).
+RUN=1
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$RUN" >>"$RESULTS"; }
 
 # ---- start the upstream and the proxies --------------------------------------
 "$MOCKLLM" --port 0 --record-max 0 >"$TMP/mock.out" 2>&1 &
@@ -447,19 +450,24 @@ echo "bench/run.sh: $RUNS run(s) x ${DUR}s, $STREAMS idle streams (proxies over 
 for tgt in "${TARGETS[@]}"; do # warm up connections and caches
   timeout 30 wrk -t1 -c8 -d1s -s "$HERE/wrk/chat_small.lua" "${URL[$tgt]}" >/dev/null 2>&1 || true
 done
+# Scenario by scenario, every target back to back: this VM's speed drifts
+# by a third over minutes (docs/PERFORMANCE.md, session 9), so the values
+# compared with each other are measured seconds apart, and report.mjs
+# gives the median of each run's own ratio beside the ratio of medians.
 for run in $(seq "$RUNS"); do
-  for tgt in "${TARGETS[@]}"; do
-    echo "bench/run.sh: run $run/$RUNS: $tgt" >&2
-    if [ "$IDLE_ONLY" = 0 ]; then
-      wrk_run small "$tgt" 32 chat_small.lua
-      wrk_run small_c1 "$tgt" 1 chat_small.lua
-      is_tls "$tgt" || wrk_run big "$tgt" 8 chat_100k.lua
-      stream_run "$tgt"
-    fi
-    # Once only: freed connection memory stays in the process (malloc keeps
-    # it), so a second idle run would measure reuse, not growth.
-    [ "$run" != 1 ] || is_tls "$tgt" || idle_run "$tgt"
-  done
+  RUN=$run
+  echo "bench/run.sh: run $run/$RUNS" >&2
+  if [ "$IDLE_ONLY" = 0 ]; then
+    for tgt in "${TARGETS[@]}"; do wrk_run small "$tgt" 32 chat_small.lua; done
+    for tgt in "${TARGETS[@]}"; do wrk_run small_c1 "$tgt" 1 chat_small.lua; done
+    for tgt in "${TARGETS[@]}"; do is_tls "$tgt" || wrk_run big "$tgt" 8 chat_100k.lua; done
+    for tgt in "${TARGETS[@]}"; do stream_run "$tgt"; done
+  fi
+  # Once only: freed connection memory stays in the process (malloc keeps
+  # it), so a second idle run would measure reuse, not growth.
+  if [ "$run" = 1 ]; then
+    for tgt in "${TARGETS[@]}"; do is_tls "$tgt" || idle_run "$tgt"; done
+  fi
 done
 
 echo "bench/run.sh: done, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
