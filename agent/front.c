@@ -1156,13 +1156,24 @@ const char *tg_front_target(const tg_front_conn_t *c, size_t *len)
     return c->c_req && c->c_req->r_head.b_data ? c->c_req->r_head.b_data : "";
 }
 
+/* 1 when header i is called name (nl bytes): a name ends one byte (its
+ * NUL) before its value begins, so most names are told apart by length
+ * alone (a request asks for ~10 names across ~5 headers). */
+static int header_is(const freq_t *r, size_t i, const char *name, size_t nl)
+{
+    const fhdr_t *h = &r->r_h[i];
+    return h->h_val > h->h_name && (size_t)(h->h_val - h->h_name - 1) == nl &&
+           strncasecmp(r->r_head.b_data + h->h_name, name, nl) == 0;
+}
+
 const char *tg_front_header(const tg_front_conn_t *c, const char *name)
 {
     const freq_t *r = c->c_req;
     if (!r)
         return NULL;
+    size_t nl = strlen(name);
     for (size_t i = 0; i < r->r_nh; i++)
-        if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0)
+        if (header_is(r, i, name, nl))
             return r->r_head.b_data + r->r_h[i].h_val;
     return NULL;
 }
@@ -1170,9 +1181,9 @@ const char *tg_front_header(const tg_front_conn_t *c, const char *name)
 size_t tg_front_header_all(const tg_front_conn_t *c, const char *name, const char **out, size_t max)
 {
     const freq_t *r = c->c_req;
-    size_t n = 0;
+    size_t n = 0, nl = strlen(name);
     for (size_t i = 0; r && i < r->r_nh; i++)
-        if (strcasecmp(r->r_head.b_data + r->r_h[i].h_name, name) == 0) {
+        if (header_is(r, i, name, nl)) {
             if (n < max)
                 out[n] = r->r_head.b_data + r->r_h[i].h_val;
             n++;

@@ -1236,8 +1236,12 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     tg_h1_call_t *c = tg_calloc(1, sizeof *c);
     if (!c)
         return tg_errf(err, errlen, -1, "out of memory starting an upstream call");
+    /* an IPv6 literal has a colon, an IPv4 one starts with a digit (a name
+     * may too, but most do not): inet_pton only where it can say yes */
     struct in6_addr a6;
-    int v6 = inet_pton(AF_INET6, host, &a6) == 1;
+    struct in_addr a4;
+    int v6 = strchr(host, ':') != NULL && inet_pton(AF_INET6, host, &a6) == 1;
+    int literal = v6 || (host[0] >= '0' && host[0] <= '9' && inet_pton(AF_INET, host, &a4) == 1);
     size_t kl = strlen(host) + 32;
     tg_buf_t head;
     tg_buf_init(&head, SIZE_MAX);
@@ -1272,8 +1276,7 @@ int tg_h1_start(tg_h1_t *h, const tg_h1_req_t *r, const tg_h1_handler_t *hh, voi
     c->c_arg = arg;
     c->c_port = port;
     c->c_tls = tls;
-    struct in_addr a4;
-    c->c_literal = v6 || inet_pton(AF_INET, host, &a4) == 1;
+    c->c_literal = literal;
     c->c_out = tg_buf_steal(&head, &c->c_outlen);
     c->c_body = tls ? NULL : r->hr_body;
     c->c_bodylen = tls ? 0 : r->hr_body_len;

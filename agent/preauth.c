@@ -30,7 +30,7 @@ const Tollgate__V1__PriceEntry *tg_req_price_for(req_t *rq, const Tollgate__V1__
 {
     const Tollgate__V1__PriceEntry *pe = NULL;
     const char *b = tg_cfg_bucket(rq->rq_acct, c->route_type);
-    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, b);
+    const char *cur = tg_req_currency(rq, b);
     if (!tg_cfg_price(rq->rq_cfg, rq->rq_route ? rq->rq_route->model : "", c->route_type, cur, rq->rq_t0_us, &pe))
         return NULL;
     if (bucket)
@@ -162,7 +162,7 @@ static int64_t offline_allowance(req_t *rq)
 static void refuse_scope(req_t *rq, const scope_ref_t *s, int offline)
 {
     char lim[32], when[40] = "", ra[24];
-    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_resv_bucket);
+    const char *cur = tg_req_currency(rq, rq->rq_resv_bucket);
     const char *who = strcmp(s->sr_kind, "key") == 0       ? "API key"
                       : strcmp(s->sr_kind, "project") == 0 ? "project"
                       : strcmp(s->sr_kind, "account") == 0 ? "account"
@@ -230,9 +230,9 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
         return -1;
     /* a fallback to a bucket of another currency counts against that
      * currency's limits: the scopes are chosen again */
-    const char *cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket);
+    const char *cur = tg_req_currency(rq, bucket);
     if (rq->rq_scopes_done && rq->rq_resv > 0 && strcmp(rq->rq_resv_bucket, bucket) != 0 &&
-        strcmp(tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_resv_bucket), cur) != 0) {
+        strcmp(tg_req_currency(rq, rq->rq_resv_bucket), cur) != 0) {
         tg_req_release_all(rq, 0);
         rq->rq_scopes_done = 0;
         rq->rq_nscopes = 0;
@@ -256,7 +256,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
                              "request (up to %s %s is reserved for a request like it). Top up, or ask for fewer "
                              "output tokens.",
                              bucket, tg_price_format(est, amt, sizeof amt),
-                             tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+                             tg_req_currency(rq, bucket));
             else
                 tg_req_fail(rq, 503, "server_error", "spend_control_unavailable", TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_GATEWAY,
                              "The gateway cannot authorize spending on the `%s` balance right now (its control plane "
@@ -274,7 +274,7 @@ int tg_req_ensure_reserved(req_t *rq, const tg_chan_t *ch)
     /* the same estimate on every limit scope: the key's, project's and account's
      * windows, the run */
     if (!rq->rq_scopes_done)
-        compute_scopes(rq, tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket));
+        compute_scopes(rq, tg_req_currency(rq, bucket));
     while (rq->rq_sres < rq->rq_nscopes) {
         const scope_ref_t *s = &rq->rq_scopes[rq->rq_sres];
         rc = tg_lease_reserve(lt, rq->rq_acct->id, s->sr_id, rq->rq_resv, &rq->rq_ticket, offline_allowance(rq), now);

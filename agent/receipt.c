@@ -250,7 +250,7 @@ void tg_req_meter_and_price(req_t *rq)
         return;
     const Tollgate__V1__Channel *ch = fin->at_chan->ch_pb;
     rq->rq_bucket = tg_cfg_bucket(rq->rq_acct, ch->route_type);
-    rq->rq_currency = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, rq->rq_bucket);
+    rq->rq_currency = tg_req_currency(rq, rq->rq_bucket);
     const Tollgate__V1__PriceEntry *pe = NULL;
     const Tollgate__V1__PriceCard *card =
         tg_cfg_price(rq->rq_cfg, rq->rq_route->model, ch->route_type, rq->rq_currency, rq->rq_t0_us, &pe);

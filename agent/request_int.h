@@ -49,6 +49,7 @@
 #define TG_AGENT_REQUEST_INT_H
 
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include "agent/json.h"
@@ -126,6 +127,8 @@ struct req {
     const tg_key_t *rq_key;
     const tg_account_t *rq_acct;
     const tg_route_t *rq_route;
+    const char *rq_cur_bucket; /* tg_req_currency's memo: this bucket's */
+    const char *rq_cur;        /* currency for rq_acct */
     char rq_id[48];
     char rq_ip[64];
     const char *rq_run;
@@ -277,6 +280,17 @@ static inline uint64_t rng(worker_t *w)
     x ^= x >> 7;
     x ^= x << 17;
     return w->w_rng = x;
+}
+
+/* tg_cfg_currency of rq's account and bucket, remembered for the last
+ * bucket asked (pricing, preauth and the record ask ~6 times a request). */
+static inline const char *tg_req_currency(req_t *rq, const char *bucket)
+{
+    if (!rq->rq_cur_bucket || strcmp(rq->rq_cur_bucket, bucket) != 0) {
+        rq->rq_cur = tg_cfg_currency(rq->rq_cfg, rq->rq_acct, bucket);
+        rq->rq_cur_bucket = bucket;
+    }
+    return rq->rq_cur;
 }
 
 static inline void add_header(tg_front_conn_t *c, const char *k, const char *v)
