@@ -308,6 +308,24 @@ static void test_keepalive_two_requests(void **state)
     close(fd);
 }
 
+static void test_header_names(void **state)
+{
+    (void)state;
+    /* a name is found by its length and its bytes, case aside: its
+     * prefixes and extensions are other names; an empty value is a value */
+    int fd = dial();
+    say(fd, "GET /c HTTP/1.1\r\nHost: h\r\nX-Tes: a\r\nX-Testing: b\r\nx-TEST: Yes\r\n\r\n");
+    const char *r = read_until(fd, "body=");
+    assert_non_null(strstr(r, "GET /c h=Yes "));
+    say(fd, "GET /d HTTP/1.1\r\nHost: h\r\nX-Testx: a\r\nX-Test:\r\nX-Tes: b\r\n\r\n");
+    r = read_until(fd, "body=");
+    assert_non_null(strstr(r, "GET /d h= "));
+    say(fd, "GET /e HTTP/1.1\r\nHost: h\r\nX-Tes: a\r\nX-Testx: b\r\n\r\n");
+    r = read_until(fd, "body=");
+    assert_non_null(strstr(r, "GET /e h=- "));
+    close(fd);
+}
+
 static void test_pipelined_in_one_write(void **state)
 {
     (void)state;
@@ -831,6 +849,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keepalive_two_requests),
+        cmocka_unit_test(test_header_names),
         cmocka_unit_test(test_pipelined_in_one_write),
         cmocka_unit_test(test_chunked_upload_and_continue),
         cmocka_unit_test(test_refusals_in_openai_shape),
