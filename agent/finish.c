@@ -176,8 +176,7 @@ void tg_req_route_headers(req_t *rq, tg_front_conn_t *hr)
     int64_t left = 0, at = 0;
     char amt[32];
     if (bucket && rq->rq_acct && tg_req_bucket_left(rq, rq->rq_acct, bucket, &left, &at) == 0) {
-        snprintf(v, sizeof v, "%s %s", tg_price_format(left, amt, sizeof amt),
-                 tg_req_currency(rq, bucket));
+        snprintf(v, sizeof v, "%s %s", tg_price_format(left, amt, sizeof amt), tg_req_currency(rq, bucket));
         add_header(hr, "x-tollgate-budget-remaining", v);
     }
 }
