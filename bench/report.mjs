@@ -17,7 +17,7 @@ for (const line of readFileSync(file, 'utf8').split('\n')) {
   const k = `${scn}|${tgt}|${metric}`;
   if (!vals.has(k)) { vals.set(k, []); byRun.set(k, new Map()); }
   vals.get(k).push(Number(v));
-  byRun.get(k).set(run, Number(v));
+  if (run !== undefined) byRun.get(k).set(run, Number(v)); // results from before runs were recorded: unpaired
 }
 
 const median = (a) => {
@@ -44,6 +44,14 @@ function paired(scn, ta, tb, metric, op) {
   if (!a || !b) return null;
   const r = [...a].filter(([run]) => b.has(run)).map(([run, v]) => op(v, b.get(run))).filter(Number.isFinite);
   return r.length ? median(r) : null;
+}
+// What target t adds to direct (its median v): the median of the runs' own
+// differences, else the difference of the medians; null without direct.
+function added(scn, t, metric, v) {
+  const p = paired(scn, t, 'direct', metric, (x, y) => x - y);
+  if (p !== null) return p;
+  const d = get(scn, 'direct', metric);
+  return typeof d === 'number' ? v - d : null;
 }
 const pairedRatio = (scn, ta, tb, metric) => {
   const v = paired(scn, ta, tb, metric, (a, b) => (b === 0 ? NaN : a / b));
@@ -91,7 +99,7 @@ for (const [label, metric, scn, key, mode] of rows) {
     let v = get(scn, tgt, key);
     if (mode === 'added' || mode === 'added-ms') {
       if (tgt === 'direct') return '-';
-      if (typeof v === 'number') v = paired(scn, tgt, 'direct', key, (x, y) => x - y) ?? v;
+      if (typeof v === 'number') v = added(scn, tgt, key, v);
       return fmt(v, mode === 'added-ms' ? 'ms' : undefined);
     }
     return fmt(v, mode);
@@ -126,7 +134,7 @@ if (tlsRows.some(([, , scn, key]) => get(scn, 'nginx_tls', key) !== null)) {
     const c = (t) => {
       let v = get(scn, t, key);
       if (isAdded) {
-        if (typeof v === 'number') v = paired(scn, t, 'direct', key, (x, y) => x - y) ?? v;
+        if (typeof v === 'number') v = added(scn, t, key, v);
         return [v, fmt(v, mode === 'added-ms' ? 'ms' : undefined)];
       }
       return [v, fmt(v, mode)];

@@ -32,7 +32,7 @@ const cells = (out, label) => {
 
 test('a slow run moves the ratio of medians but not the paired ratio', () => {
   // runs 1 and 3 on a fast machine, run 2 on one a third slower: the agent
-  // costs 0.9x nginx in every run
+  // costs 0.9x nginx in runs 1 and 2, 1.19x in run 3
   const out = report([
     ['small', 'nginx', 'cpu_us_per_req', 30, 1], ['small', 'agent', 'cpu_us_per_req', 27, 1],
     ['small', 'nginx', 'cpu_us_per_req', 40, 2], ['small', 'agent', 'cpu_us_per_req', 36, 2],
@@ -57,4 +57,21 @@ test('added latency is the median of the runs own differences, and a run one sid
   assert.equal(c[5], '42.5'); // agent: 45 and 40 (run 3 has no direct to compare with)
   const p = cells(out, 'small (1 KB, 1 conn) | p50 latency us');
   assert.equal(p[8], '1.06x'); // the runs' ratios 1.06, 0.92, 5.56: one slow run does not decide
+});
+
+test('a direct that failed leaves the added rows empty, and results without run numbers are not paired', () => {
+  const out = report([
+    ['small_c1', 'direct', 'error', 1, 1], ['small_c1', 'nginx', 'p50_us', 80, 1], ['small_c1', 'agent', 'p50_us', 85, 1],
+  ]);
+  const c = cells(out, 'added p50 latency us');
+  assert.equal(c[4], 'n/a');
+  assert.equal(c[5], 'n/a');
+  const old = report([
+    ['small', 'nginx', 'cpu_us_per_req', 30], ['small', 'agent', 'cpu_us_per_req', 27],
+    ['small', 'nginx', 'cpu_us_per_req', 40], ['small', 'agent', 'cpu_us_per_req', 60],
+    ['small', 'nginx', 'cpu_us_per_req', 31], ['small', 'agent', 'cpu_us_per_req', 31],
+  ]);
+  const o = cells(old, 'small (1 KB, 32 conns) | CPU us/request');
+  assert.equal(o[7], '1.00x'); // 31 / 31: the ratio of medians
+  assert.equal(o[8], ''); // no runs to pair
 });
