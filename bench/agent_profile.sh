@@ -21,7 +21,9 @@
 # CONNS defaults to 1 (massif: 300 streams), SECONDS to 10.
 # Binaries: $TG_AGENT_BIN (else $TG_BIN/agent/tollgate-agent) and
 # $TG_BIN/tools/mockllm/mockllm. $TG_AGENT_ARGS: extra agent flags (e.g.
-# "--upstream-client curl" to profile libcurl's path). Needs valgrind, strace, wrk, node.
+# "--upstream-client curl" to profile libcurl's path). $TG_PROFILE_SCRIPT:
+# the load's wrk script under bench/wrk (default chat_small.lua; e.g.
+# chat_100k.lua for 100 KB bodies). Needs valgrind, strace, wrk, node.
 # Output files go to $OUT (default: a new temp directory, printed).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,7 +66,7 @@ PIDS+=("$WRAP")
 for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 APID=$(pgrep -P "$WRAP" | head -1)
 URL="http://127.0.0.1:$PORT"
-LOAD() { wrk -t1 -c"${CONNS:-1}" -d"$1" -s "$ROOT/bench/wrk/chat_small.lua" "$URL"; }
+LOAD() { wrk -t1 -c"${CONNS:-1}" -d"$1" -s "$ROOT/bench/wrk/${TG_PROFILE_SCRIPT:-chat_small.lua}" "$URL"; }
 requests() { sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk.out"; }
 echo "agent_profile.sh: $MODE, agent pid $APID, load $(cut -d' ' -f1-3 /proc/loadavg), files in $OUT"
 
