@@ -229,10 +229,10 @@ static void test_strings_numbers(void **st)
     }
 }
 
-/* Plain runs are skipped 16 and 8 bytes at a time: a byte that ends one
- * (quote, backslash, control, non-ASCII) is found at every offset of a
- * block, and the bytes next to the stops' values (space, DEL) do not end
- * one. */
+/* Plain runs are skipped 32, 16 and 8 bytes at a time: a byte that ends
+ * one (quote, backslash, control, non-ASCII) is found at every offset of
+ * a block, and the bytes next to the stops' values (space, DEL) do not
+ * end one. */
 static void test_plain_runs(void **st)
 {
     (void)st;
@@ -240,8 +240,8 @@ static void test_plain_runs(void **st)
                                         "\x1f", "\x7f", " ",        "\xff"};
     static const char *const decoded[] = {"\n", "", "\xc3\xa9", "\\", "\"", "", "\x7f", " ", ""};
     for (size_t k = 0; k < sizeof stops / sizeof stops[0]; k++)
-        for (size_t at = 0; at < 40; at++) {
-            char text[128], want[128];
+        for (size_t at = 0; at < 100; at++) {
+            char text[160], want[160];
             memset(want, 'x', at);
             snprintf(want + at, sizeof want - at, "%sabcdefghijk", decoded[k]);
             memset(text, 'x', at + 1);
