@@ -142,13 +142,10 @@ static int low_escape(const tg_json_t *j, uint32_t *lo)
     return v >= 0xdc00 && v <= 0xdfff;
 }
 
-/* Scans the string at the cursor (its opening quote). Decoded bytes go to
- * sink (when set), else to out[0..outlen) (when set: truncated, NUL-
- * terminated, *trunc set when they did not fit). */
 #if TG_JSON_AVX2
-/* plain_run's long runs, 32 bytes at a time, on CPUs with AVX2 (asked at
- * run time: x86-64's baseline is SSE2). Returns the first stop byte's
- * position, or where fewer than 32 bytes are left. */
+/* plain_run, 32 bytes at a time, on CPUs with AVX2 (asked at run time:
+ * x86-64's baseline is SSE2). Returns the first stop byte's position, or
+ * where fewer than 32 bytes are left. */
 __attribute__((target("avx2"))) static size_t plain_run_avx2(const char *p, size_t pos, size_t len)
 {
     const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'),
@@ -168,8 +165,8 @@ __attribute__((target("avx2"))) static size_t plain_run_avx2(const char *p, size
 #endif
 
 /* Skips bytes while none of them ends a plain run (a quote, a backslash,
- * a control byte or a non-ASCII byte): a long run 32 at a time with AVX2
- * when the CPU has it, then 16 at a time with SSE2 (x86-64's baseline; a
+ * a control byte or a non-ASCII byte): 32 at a time with AVX2 when the
+ * CPU has it and 64 or more bytes are left, then 16 at a time with SSE2 (x86-64's baseline; a
  * signed compare below 0x20 catches the control and the non-ASCII bytes at
  * once), then 8 at a time with the classic "has a zero byte" / "has a
  * byte below n" word tricks. Returns the position of that first byte
@@ -214,6 +211,9 @@ static size_t plain_run(const char *p, size_t pos, size_t len)
     return pos;
 }
 
+/* Scans the string at the cursor (its opening quote). Decoded bytes go to
+ * sink (when set), else to out[0..outlen) (when set: truncated, NUL-
+ * terminated, *trunc set when they did not fit). */
 static int string(tg_json_t *j, tg_buf_t *sink, char *out, size_t outlen, int *trunc)
 {
     size_t o = 0;
