@@ -15,8 +15,9 @@
  *
  * The settled log value (TG_CP_K_SETTLED/<seq>) is a packed LedgerPage
  * (api/tollgate/v1/admin.proto), stored as is or as one zstd frame of it
- * (settled.c), whose `entries` are the batch's LedgerEntry rows: reusing the public message keeps the internal log readable with the
- * public descriptors (tollctl, pbjson) and needs no extra .proto.
+ * (settled.c), whose `entries` are the batch's LedgerEntry rows: reusing
+ * the public message keeps the internal log readable with the public
+ * descriptors (tollctl, pbjson) and needs no extra .proto.
  */
 #ifndef TG_CP_AGENTSIDE_H
 #define TG_CP_AGENTSIDE_H
