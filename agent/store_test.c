@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cmocka.h>
 
@@ -373,6 +374,53 @@ static void test_journal_recovery(void **st)
     spill(jpath, stale, ns);
     holds(dir, 1, 10, 10);
     holds(dir, 0, 10, 10);
+    done_dir(dir);
+}
+
+/* The journal's CRC is zlib's crc32 (ISA-L computes it now): frames an
+ * older agent wrote with zlib read back after an upgrade, and the frames
+ * written now carry zlib's value (a downgrade reads them). The header is
+ * magic "TGJ1", record count, payload bytes, CRC, first sequence, in host
+ * order; each record a 4-byte length and its bytes. */
+static size_t zlib_frame(uint8_t *out, uint64_t first, int n)
+{
+    uint32_t hdr[4] = {0x314a4754u, (uint32_t)n, 0, 0};
+    size_t len = 24;
+    for (int i = 0; i < n; i++) {
+        char rec[32];
+        uint32_t l =
+            (uint32_t)snprintf(rec, sizeof rec, "rec-%llu", (unsigned long long)(first + (uint64_t)i));
+        memcpy(out + len, &l, 4);
+        memcpy(out + len + 4, rec, l);
+        len += 4 + l;
+    }
+    hdr[2] = (uint32_t)(len - 24);
+    memcpy(out, hdr, 16);
+    memcpy(out + 16, &first, 8);
+    hdr[3] = (uint32_t)crc32(0L, out, (uInt)len); /* the header's CRC field still zero */
+    memcpy(out + 12, &hdr[3], 4);
+    return len;
+}
+
+static void test_journal_zlib_crc(void **st)
+{
+    (void)st;
+    char dir[] = "/tmp/tg-agent-journal-XXXXXX", jpath[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(jpath, sizeof jpath, "%s/journal", dir);
+    uint8_t buf[4096];
+    size_t n = zlib_frame(buf, 1, 3);
+    n += zlib_frame(buf + n, 4, 2);
+    spill(jpath, buf, n);
+    holds(dir, 0, 1, 5);
+    /* a frame written now: its CRC is zlib's of the same bytes */
+    child_puts(dir, 6, 6);
+    n = slurp(jpath, buf, sizeof buf);
+    assert_int_equal(n, 24 + 4 + 5);
+    uint8_t want[64];
+    assert_int_equal(zlib_frame(want, 6, 1), n);
+    assert_memory_equal(buf, want, n);
+    holds(dir, 0, 1, 6);
     done_dir(dir);
 }
 
@@ -759,6 +807,7 @@ int main(void)
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_outbox),
         cmocka_unit_test(test_journal_recovery),
+        cmocka_unit_test(test_journal_zlib_crc),
         cmocka_unit_test(test_journal_rotation),
         cmocka_unit_test(test_journal_large_frame),
         cmocka_unit_test(test_journal_full_map),

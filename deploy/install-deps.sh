@@ -14,7 +14,8 @@ DEBS=(
   libcurl4-openssl-dev       # upstream calls through proxies or --upstream-client curl; alert webhooks
   libssl-dev                 # Ed25519 signatures, SHA-256, TLS
   liblmdb-dev lmdb-utils     # embedded store, ledger, outbox
-  zlib1g-dev                 # CRC-32 of the agent's outbox journal frames
+  libisal-dev                # CRC-32 of the agent's outbox journal frames (ISA-L)
+  zlib1g-dev                 # zlib's CRC-32, the journal test's reference
   libzstd-dev                # the control plane's settled-log values (zstd frames)
   libevent-dev               # agent and mockllm event loops
   libhttp-parser-dev         # the agent front's HTTP/1.1 request parser
