@@ -17,6 +17,15 @@ static inline int room(tg_buf_t *b, size_t n)
     return b->b_len + n < b->b_cap ? 0 : tg_buf_reserve(b, n);
 }
 
+/* Whether the buffer has room for up to `bound` more bytes (and its NUL):
+ * callers test a tag's and a value's longest encoding first and measure
+ * them only when it has not (the reserve then asks for what they take). */
+#define MAX_VARINT 10
+static inline int fits(const tg_buf_t *b, size_t bound)
+{
+    return b->b_len + bound < b->b_cap;
+}
+
 static inline size_t varint_len(uint64_t v)
 {
     size_t n = 1;
@@ -47,7 +56,7 @@ static inline void put_fixed(tg_buf_t *b, uint64_t v, size_t n)
     b->b_len += n;
 }
 
-size_t tg_pbpack_elem_size(ProtobufCType t)
+static inline size_t elem_size(ProtobufCType t)
 {
     switch (t) {
     case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
@@ -64,6 +73,11 @@ size_t tg_pbpack_elem_size(ProtobufCType t)
     default:
         return 4;
     }
+}
+
+size_t tg_pbpack_elem_size(ProtobufCType t)
+{
+    return elem_size(t);
 }
 
 /* A scalar's wire type (0 varint, 1 fixed64, 5 fixed32) and its value as
@@ -139,7 +153,7 @@ static int put_value(const ProtobufCFieldDescriptor *f, const void *p, tg_buf_t 
         break;
     case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *sub = *(ProtobufCMessage *const *)p;
-        if ((rc = room(b, varint_len(tag | 2) + 1)) != 0)
+        if (!fits(b, MAX_VARINT + 1) && (rc = room(b, varint_len(tag | 2) + 1)) != 0)
             return rc;
         put_varint(b, tag | 2);
         size_t at = b->b_len++; /* a one-byte length, widened below if need be */
@@ -163,7 +177,8 @@ static int put_value(const ProtobufCFieldDescriptor *f, const void *p, tg_buf_t 
     default: {
         uint64_t v;
         int wt = scalar(f->type, p, &v);
-        if ((rc = room(b, varint_len(tag | (uint64_t)wt) + scalar_len(wt, v))) != 0)
+        if (!fits(b, 2 * MAX_VARINT) &&
+            (rc = room(b, varint_len(tag | (uint64_t)wt) + scalar_len(wt, v))) != 0)
             return rc;
         put_varint(b, tag | (uint64_t)wt);
         if (wt == 0)
@@ -173,7 +188,8 @@ static int put_value(const ProtobufCFieldDescriptor *f, const void *p, tg_buf_t 
         return 0;
     }
     }
-    if ((rc = room(b, varint_len(tag | 2) + varint_len(n) + n)) != 0)
+    if ((n > b->b_cap || !fits(b, 2 * MAX_VARINT + n)) &&
+        (rc = room(b, varint_len(tag | 2) + varint_len(n) + n)) != 0)
         return rc;
     put_varint(b, tag | 2);
     put_varint(b, n);
@@ -200,13 +216,13 @@ static int zeroish(const ProtobufCFieldDescriptor *f, const void *p)
     case PROTOBUF_C_TYPE_MESSAGE:
         return *(const void *const *)p == NULL;
     default:
-        return tg_pbpack_elem_size(f->type) == 8 ? *(const uint64_t *)p == 0 : *(const uint32_t *)p == 0;
+        return elem_size(f->type) == 8 ? *(const uint64_t *)p == 0 : *(const uint32_t *)p == 0;
     }
 }
 
 static int put_repeated(const ProtobufCFieldDescriptor *f, size_t count, const char *arr, tg_buf_t *b)
 {
-    size_t es = tg_pbpack_elem_size(f->type);
+    size_t es = elem_size(f->type);
     if (!(f->flags & PROTOBUF_C_FIELD_FLAG_PACKED)) {
         for (size_t i = 0; i < count; i++) {
             int rc = put_value(f, arr + i * es, b);
