@@ -152,6 +152,14 @@ typedef struct tg_usage {
 struct tg_proto_vendor;
 int tg_agent_usage_parse(const char *json, size_t len, const struct tg_proto_vendor *vendor, tg_usage_t *u);
 
+/* The same reading of the usage object at a JSON cursor (json.h), inside
+ * a larger document: the value is consumed (skipped when not an object).
+ * *verdict is what tg_agent_usage_parse would return for the value's text
+ * (0, TG_AGENT_ERANGE, TG_AGENT_EJSON), and *u is filled as it would fill
+ * it. Returns 0, or the cursor's error when the value is malformed JSON. */
+struct tg_json;
+int tg_agent_usage_read(struct tg_json *j, const struct tg_proto_vendor *vendor, tg_usage_t *u, int *verdict);
+
 /* Holds provider counts to what the request allowed: the completion count
  * to max_out (when >= 0; reasoning stays within it, and cached tokens
  * within the prompt). The prompt is never clamped: providers add input the
@@ -166,19 +174,22 @@ enum { TG_ANSWER_CHAT, TG_ANSWER_RESPONSES, TG_ANSWER_IMAGES, TG_ANSWER_OTHER };
 typedef struct tg_answer {
     const char *an_usage;    /* the top-level "usage" object; NULL: absent or null */
     size_t an_usage_len;
+    tg_usage_t an_counts;    /* its counts, read in the same pass (tg_agent_usage_read) */
+    int an_counts_rc;        /* tg_agent_usage_parse's verdict on them; kept when 0 or ERANGE */
     long an_images;          /* elements of the top-level "data" array (images); -1: none */
     char an_finish[32];      /* chat: choices[i].finish_reason; responses: status */
 } tg_answer_t;
 
 /* Validates body as exactly one JSON object and reads it as an answer of
- * `kind`: the top-level usage; for chat the produced text (choices[i].
+ * `kind`: the top-level usage and its counts (cache reads under vendor's
+ * names, as tg_agent_usage_parse reads them); for chat the produced text (choices[i].
  * message.content and tool call arguments), for Responses the text of
  * output[i].content[k].text and output[i].arguments, appended to text
  * (may be NULL). Returns 0, or TG_AGENT_EJSON with the reason in err (a
  * malformed answer), or TG_AGENT_ETOOBIG never (text past its cap stays
  * partial). */
-int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_buf_t *text, char *err,
-                    size_t errlen);
+int tg_agent_answer(const char *body, size_t len, int kind, const struct tg_proto_vendor *vendor,
+                    tg_answer_t *an, tg_buf_t *text, char *err, size_t errlen);
 
 /* Re-cuts a JSON answer (validated whole) as the stream its client asked
  * for, when the upstream ignored stream: true. Chat: one chunk with each

@@ -202,7 +202,7 @@ static void test_usage(void **st)
                     "\"completion_tokens_details\":{\"reasoning_tokens\":4}}}";
     tg_answer_t an;
     char err[TG_ERRLEN] = "";
-    assert_int_equal(tg_agent_answer(b, strlen(b), TG_ANSWER_CHAT, &an, NULL, err, sizeof err), 0);
+    assert_int_equal(tg_agent_answer(b, strlen(b), TG_ANSWER_CHAT, NULL, &an, NULL, err, sizeof err), 0);
     assert_non_null(an.an_usage);
     tg_usage_t u;
     assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
@@ -210,14 +210,32 @@ static void test_usage(void **st)
     assert_int_equal(u.us_completion, 16);
     assert_int_equal(u.us_cached, 100);
     assert_int_equal(u.us_reasoning, 4);
-    assert_int_equal(tg_agent_answer("{\"usage\":null}", 14, TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    /* the answer's own pass read the same counts (what upstream.c keeps) */
+    assert_int_equal(an.an_counts_rc, 0);
+    assert_memory_equal(&an.an_counts, &u, sizeof u);
+    /* its verdicts are tg_agent_usage_parse's: a count that is not one, no main count */
+    const char *bad = "{\"usage\":{\"prompt_tokens\":1.5,\"completion_tokens\":3},\"id\":1}";
+    assert_int_equal(tg_agent_answer(bad, strlen(bad), TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_counts_rc, TG_AGENT_ERANGE);
+    assert_int_equal(an.an_counts.us_completion, 3);
+    const char *none = "{\"usage\":{\"total_tokens\":5}}";
+    assert_int_equal(tg_agent_answer(none, strlen(none), TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
+    assert_non_null(an.an_usage);
+    assert_int_equal(an.an_counts_rc, TG_AGENT_EJSON);
+    /* a malformed usage object fails the answer, as it did when skipped */
+    const char *torn = "{\"usage\":{\"prompt_tokens\":1,}}";
+    assert_int_equal(tg_agent_answer(torn, strlen(torn), TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0),
+                     TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"usage\":null}", 14, TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
     assert_null(an.an_usage);
-    assert_int_equal(tg_agent_answer("{\"id\":1}", 8, TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer("{\"id\":1}", 8, TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
     assert_null(an.an_usage);
-    assert_int_equal(tg_agent_answer("nope", 4, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("nope", 4, TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), TG_AGENT_EJSON);
     /* malformed after a valid start, or trailing bytes: not an answer */
-    assert_int_equal(tg_agent_answer("{\"id\":1,", 8, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
-    assert_int_equal(tg_agent_answer("{\"id\":1} x", 10, TG_ANSWER_CHAT, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"id\":1,", 8, TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0),
+                     TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"id\":1} x", 10, TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0),
+                     TG_AGENT_EJSON);
 }
 
 /* Issue 14: a nested "usage" (a tool schema echoed in a Responses answer,
@@ -232,18 +250,20 @@ static void test_usage_top_level_only(void **st)
                     "\"usage\":{\"input_tokens\":50000,\"output_tokens\":50000}}";
     tg_answer_t an;
     tg_usage_t u;
-    assert_int_equal(tg_agent_answer(r, strlen(r), TG_ANSWER_RESPONSES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(r, strlen(r), TG_ANSWER_RESPONSES, NULL, &an, NULL, NULL, 0), 0);
     assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 50000);
     assert_int_equal(u.us_completion, 50000);
+    assert_int_equal(an.an_counts_rc, 0);
+    assert_int_equal(an.an_counts.us_prompt, 50000);
     const char *c = "{\"meta\":{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}},"
                     "\"usage\":{\"prompt_tokens\":50000,\"completion_tokens\":50000}}";
-    assert_int_equal(tg_agent_answer(c, strlen(c), TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(c, strlen(c), TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
     assert_int_equal(tg_agent_usage_parse(an.an_usage, an.an_usage_len, NULL, &u), 0);
     assert_int_equal(u.us_prompt, 50000);
     /* the name written with escapes is the same name */
     const char *e = "{\"\\u0075sage\":{\"prompt_tokens\":7}}";
-    assert_int_equal(tg_agent_answer(e, strlen(e), TG_ANSWER_CHAT, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(e, strlen(e), TG_ANSWER_CHAT, NULL, &an, NULL, NULL, 0), 0);
     assert_non_null(an.an_usage);
     /* Responses stream: only response.usage of a final event counts */
     const char *ev = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"tools\":"
@@ -298,6 +318,14 @@ static void test_usage_vendor_cache(void **st)
     /* another vendor's names are not read */
     assert_int_equal(tg_agent_usage_parse(dsu, strlen(dsu), kimi, &u), 0);
     assert_int_equal(u.us_cached, -1);
+    /* and so in an answer's one pass, under the channel's vendor */
+    char ans[256];
+    tg_answer_t an;
+    snprintf(ans, sizeof ans, "{\"id\":\"x\",\"usage\":%s}", dsu);
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_CHAT, ds, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_counts.us_cached, 60);
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_CHAT, kimi, &an, NULL, NULL, 0), 0);
+    assert_int_equal(an.an_counts.us_cached, -1);
     /* DeepSeek without prompt_tokens: hits + misses */
     const char *dsnp = "{\"completion_tokens\":5,\"prompt_cache_hit_tokens\":7,\"prompt_cache_miss_tokens\":3}";
     assert_int_equal(tg_agent_usage_parse(dsnp, strlen(dsnp), ds, &u), 0);
@@ -419,13 +447,14 @@ static void test_usage_other_endpoints(void **st)
     const char *img = "{\"created\":1,\"data\":[{\"b64_json\":\"a,]}\"},{\"url\":\"u\"} , {\"x\":[1,2]}],"
                       "\"usage\":{\"input_tokens\":3}}";
     tg_answer_t an;
-    assert_int_equal(tg_agent_answer(img, strlen(img), TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(img, strlen(img), TG_ANSWER_IMAGES, NULL, &an, NULL, NULL, 0), 0);
     assert_int_equal(an.an_images, 3);
-    assert_int_equal(tg_agent_answer("{\"data\":[ ]}", 12, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer("{\"data\":[ ]}", 12, TG_ANSWER_IMAGES, NULL, &an, NULL, NULL, 0), 0);
     assert_int_equal(an.an_images, 0);
-    assert_int_equal(tg_agent_answer("{\"data\":null}", 13, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer("{\"data\":null}", 13, TG_ANSWER_IMAGES, NULL, &an, NULL, NULL, 0), 0);
     assert_int_equal(an.an_images, -1);
-    assert_int_equal(tg_agent_answer("{\"data\":[{}", 11, TG_ANSWER_IMAGES, &an, NULL, NULL, 0), TG_AGENT_EJSON);
+    assert_int_equal(tg_agent_answer("{\"data\":[{}", 11, TG_ANSWER_IMAGES, NULL, &an, NULL, NULL, 0),
+                     TG_AGENT_EJSON);
     tg_buf_t b;
     tg_buf_init(&b, 1024);
     const char *ev = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\","
@@ -438,7 +467,7 @@ static void test_usage_other_endpoints(void **st)
     tg_buf_reset(&b);
     const char *ans = "{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"hi\"}]},"
                       "{\"type\":\"function_call\",\"arguments\":\"{}\"}],\"status\":\"completed\"}";
-    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_RESPONSES, &an, &b, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_RESPONSES, NULL, &an, &b, NULL, 0), 0);
     assert_string_equal(b.b_data, "hi{}");
     assert_string_equal(an.an_finish, "completed");
     tg_buf_reset(&b);
@@ -463,7 +492,7 @@ static void test_collect_text(void **st)
                       "{\"arguments\":\"{\\\"a\\\":1}\"}}]}},{\"message\":{\"content\":\"two\"}}],"
                       "\"tools\":[{\"content\":\"not produced\"}]}";
     tg_answer_t an;
-    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_CHAT, &an, &b, NULL, 0), 0);
+    assert_int_equal(tg_agent_answer(ans, strlen(ans), TG_ANSWER_CHAT, NULL, &an, &b, NULL, 0), 0);
     assert_string_equal(b.b_data, "{\"a\":1}two");
     tg_buf_free(&b);
     size_t used;

@@ -93,7 +93,8 @@ static void local_usage(req_t *rq, Tollgate__V1__TokenUsage *u)
     }
     if (rq->rq_resp.b_len && !rq->rq_text.b_len) {
         tg_answer_t an;
-        tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_answer, &an, &rq->rq_text, NULL, 0);
+        tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, ep->ep_answer, NULL, &an, &rq->rq_text, NULL,
+                        0);
     }
     uint64_t out = 0;
     if (tg_meter_count(m, enc, rq->rq_text.b_data ? rq->rq_text.b_data : "", rq->rq_text.b_len,

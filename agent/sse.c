@@ -338,6 +338,7 @@ static int output_member(tg_json_t *j, const char *name, void *arg)
 typedef struct answer_ctx {
     tg_answer_t *ac_an;
     int ac_kind;
+    const struct tg_proto_vendor *ac_vendor;
     walk_t ac_walk;
     long ac_choices;
 } answer_ctx_t;
@@ -346,8 +347,17 @@ static int answer_member(tg_json_t *j, const char *name, void *arg)
 {
     answer_ctx_t *c = arg;
     tg_answer_t *an = c->ac_an;
-    if (strcmp(name, "usage") == 0 && !an->an_usage)
-        return object_span(j, &an->an_usage, &an->an_usage_len);
+    if (strcmp(name, "usage") == 0 && !an->an_usage) {
+        /* its counts in this pass: the object is walked once */
+        int t = tg_json_peek(j);
+        size_t s = j->j_pos;
+        int rc = tg_agent_usage_read(j, c->ac_vendor, &an->an_counts, &an->an_counts_rc);
+        if (rc == 0 && t == TG_JSON_OBJECT) {
+            an->an_usage = j->j_p + s;
+            an->an_usage_len = j->j_pos - s;
+        }
+        return rc;
+    }
     if (c->ac_kind == TG_ANSWER_CHAT && strcmp(name, "choices") == 0 && c->ac_choices < 0)
         return tg_json_objects(j, choice_member, &c->ac_walk, &c->ac_choices);
     if (c->ac_kind == TG_ANSWER_RESPONSES && strcmp(name, "output") == 0)
@@ -366,14 +376,15 @@ static int answer_member(tg_json_t *j, const char *name, void *arg)
     return tg_json_skip(j);
 }
 
-int tg_agent_answer(const char *body, size_t len, int kind, tg_answer_t *an, tg_buf_t *text, char *err,
-                    size_t errlen)
+int tg_agent_answer(const char *body, size_t len, int kind, const struct tg_proto_vendor *vendor,
+                    tg_answer_t *an, tg_buf_t *text, char *err, size_t errlen)
 {
     tg_json_t j;
     int rc;
     memset(an, 0, sizeof *an);
     an->an_images = -1;
-    answer_ctx_t c = {an, kind, {"message", text, an->an_finish, sizeof an->an_finish}, -1};
+    an->an_counts_rc = TG_AGENT_EJSON;
+    answer_ctx_t c = {an, kind, vendor, {"message", text, an->an_finish, sizeof an->an_finish}, -1};
     tg_json_init(&j, body, len, err, errlen);
     if (tg_json_peek(&j) != TG_JSON_OBJECT)
         return tg_errf(err, errlen, TG_AGENT_EJSON, "the answer is not a JSON object");

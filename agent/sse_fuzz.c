@@ -5,13 +5,16 @@
  * each event goes through tg_sse_chunk and tg_sse_resp_event, whose usage
  * pointers must lie inside the event and be valid JSON. The same bytes as
  * a JSON answer go through tg_agent_answer and tg_sse_from_answer, whose
- * events must read back as the stream the client asked for.
+ * events must read back as the stream the client asked for; the usage
+ * counts the answer's one pass reads must be tg_agent_usage_parse's of
+ * the usage object's text, under the same vendor's names.
  */
 #include <stdint.h>
 #include <string.h>
 
 #include "agent/agent_int.h"
 #include "agent/json.h"
+#include "proto/tg_proto.h"
 #include "tests/fuzz/fuzz.h"
 
 typedef struct evs {
@@ -79,15 +82,22 @@ static int split(const char *p, size_t n, size_t max, unsigned step, evs_t *e)
     return rc;
 }
 
-static void answer(const char *p, size_t n, int kind, int include_usage)
+static void answer(const char *p, size_t n, int kind, int include_usage, const tg_proto_vendor_t *vendor)
 {
     tg_answer_t an;
     tg_buf_t text;
     tg_buf_init(&text, 1024);
-    int rc = tg_agent_answer(p, n, kind, &an, &text, NULL, 0);
+    int rc = tg_agent_answer(p, n, kind, vendor, &an, &text, NULL, 0);
     TG_FUZZ_CHECK(rc == 0 || rc == TG_AGENT_EJSON);
     if (rc == 0)
         within(p, n, an.an_usage, an.an_usage_len);
+    if (rc == 0 && an.an_usage) {
+        tg_usage_t u = {-2, -2, -2, -2};
+        int v = tg_agent_usage_parse(an.an_usage, an.an_usage_len, vendor, &u);
+        TG_FUZZ_CHECK(v == an.an_counts_rc);
+        if (v != TG_AGENT_EJSON)
+            TG_FUZZ_CHECK(memcmp(&u, &an.an_counts, sizeof u) == 0);
+    }
     tg_buf_free(&text);
 
     tg_buf_t out, tail;
@@ -132,7 +142,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tg_buf_free(&whole.e_all);
     tg_buf_free(&cut.e_all);
 
-    answer(p, n, TG_ANSWER_CHAT, data[0] & 0x40);
-    answer(p, n, TG_ANSWER_RESPONSES, 0);
+    /* the vendor row from the first byte's high bits (0 and 9-15: OPENAI_COMPATIBLE's) */
+    const tg_proto_vendor_t *vendor = tg_proto_vendor_or_compatible(data[0] >> 4);
+    answer(p, n, TG_ANSWER_CHAT, data[0] & 0x40, vendor);
+    answer(p, n, TG_ANSWER_RESPONSES, 0, vendor);
     return 0;
 }

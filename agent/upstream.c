@@ -38,14 +38,29 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
  * record. A usage without counts is ignored, and the
  * parse leaves rq_usage as it was then, so the raw text and the counts kept
  * always belong together. */
-static void take_usage(req_t *rq, const char *u, size_t ul)
+/* The vendor whose names the attempt's usage is read under. */
+static const tg_proto_vendor_t *usage_vendor(const req_t *rq)
 {
     const tg_chan_t *ch = rq->rq_natt ? rq->rq_att[rq->rq_natt - 1].at_chan : NULL;
-    int rc = tg_agent_usage_parse(u, ul, ch ? tg_proto_vendor_or_compatible(ch->ch_pb->provider) : NULL, &rq->rq_usage);
+    return ch ? tg_proto_vendor_or_compatible(ch->ch_pb->provider) : NULL;
+}
+
+/* Keeps a usage object u..ul whose counts read as t with verdict rc
+ * (tg_agent_usage_parse's): counts and raw text, or nothing. */
+static void keep_usage(req_t *rq, int rc, const tg_usage_t *t, const char *u, size_t ul)
+{
     if (rc != 0 && rc != TG_AGENT_ERANGE)
         return;
+    rq->rq_usage = *t;
     rq->rq_usage_bad = rc == TG_AGENT_ERANGE;
     rq->rq_usage_raw = tg_pool_strndup(rq->rq_pool, u, ul);
+}
+
+static void take_usage(req_t *rq, const char *u, size_t ul)
+{
+    tg_usage_t t;
+    int rc = tg_agent_usage_parse(u, ul, usage_vendor(rq), &t);
+    keep_usage(rq, rc, &t, u, ul);
 }
 
 /* A Responses stream event: forwarded as it is; the final event
@@ -497,13 +512,13 @@ static int classify(req_t *rq, int res)
             tg_answer_t an;
             attempt_t *a = &rq->rq_att[rq->rq_natt - 1];
             char err[TG_ERRLEN] = "";
-            if (tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer, &an, NULL, err,
-                                sizeof err) != 0) {
+            if (tg_agent_answer(rq->rq_resp.b_data, rq->rq_resp.b_len, rq->rq_ep->ep_answer, usage_vendor(rq),
+                                &an, NULL, err, sizeof err) != 0) {
                 snprintf(a->at_msg, sizeof a->at_msg, "HTTP %ld with a malformed answer: %.100s", st, err);
                 return TOLLGATE__V1__ERROR_CLASS__ERROR_CLASS_MALFORMED;
             }
             if (an.an_usage)
-                take_usage(rq, an.an_usage, an.an_usage_len);
+                keep_usage(rq, an.an_counts_rc, &an.an_counts, an.an_usage, an.an_usage_len);
             memcpy(rq->rq_finish, an.an_finish, sizeof rq->rq_finish);
             if (rq->rq_ep->ep_kind == EP_IMAGES) {
                 rq->rq_images = an.an_images;

@@ -88,37 +88,70 @@ static int usage_member(tg_json_t *j, const char *name, void *arg)
     return tg_json_skip(j);
 }
 
+/* The counts c read, as *t: 0, TG_AGENT_ERANGE (a count was not one) or
+ * TG_AGENT_EJSON (neither main count: *t is not to be kept). */
+static int counts_verdict(counts_t *c, tg_usage_t *t)
+{
+    long own = c->c_vcached[0] >= 0 ? c->c_vcached[0] : c->c_vcached[1];
+    t->us_prompt = c->c_prompt[0] >= 0 ? c->c_prompt[0] : c->c_prompt[1];
+    if (t->us_prompt < 0 && own >= 0 && c->c_vmiss >= 0) {
+        /* DeepSeek: hits + misses, a count only within the maximum (proto/openai.c: the same rule) */
+        if (own <= TG_USAGE_MAX - c->c_vmiss)
+            t->us_prompt = own + c->c_vmiss;
+        else
+            c->c_bad = 1;
+    }
+    t->us_completion = c->c_compl[0] >= 0 ? c->c_compl[0] : c->c_compl[1];
+    long details = c->c_cached[0] >= 0 ? c->c_cached[0] : c->c_cached[1];
+    if (c->c_vendor->vd_details == TG_PROTO_DETAILS_FIRST)
+        t->us_cached = details >= 0 ? details : own;
+    else
+        t->us_cached = own >= 0 ? own : details;
+    t->us_reasoning = c->c_reason[0] >= 0 ? c->c_reason[0] : c->c_reason[1];
+    if (!c->c_bad && t->us_prompt < 0 && t->us_completion < 0)
+        return TG_AGENT_EJSON;
+    return c->c_bad ? TG_AGENT_ERANGE : 0;
+}
+
+static void counts_init(counts_t *c, const tg_proto_vendor_t *vendor)
+{
+    static const counts_t none = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1, NULL, 0};
+    *c = none;
+    c->c_vendor = vendor ? vendor : tg_proto_vendor_or_compatible(0);
+}
+
 int tg_agent_usage_parse(const char *json, size_t len, const tg_proto_vendor_t *vendor, tg_usage_t *u)
 {
-    counts_t c = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}, -1,
-                  vendor ? vendor : tg_proto_vendor_or_compatible(0), 0};
+    counts_t c;
     tg_json_t j;
     tg_usage_t t;
+    counts_init(&c, vendor);
     tg_json_init(&j, json, len, NULL, 0);
     if (tg_json_peek(&j) != TG_JSON_OBJECT || tg_json_members(&j, usage_member, &c) != 0 || tg_json_end(&j) != 0)
         return TG_AGENT_EJSON;
-    long own = c.c_vcached[0] >= 0 ? c.c_vcached[0] : c.c_vcached[1];
-    t.us_prompt = c.c_prompt[0] >= 0 ? c.c_prompt[0] : c.c_prompt[1];
-    if (t.us_prompt < 0 && own >= 0 && c.c_vmiss >= 0) {
-        /* DeepSeek: hits + misses, a count only within the maximum (proto/openai.c: the same rule) */
-        if (own <= TG_USAGE_MAX - c.c_vmiss)
-            t.us_prompt = own + c.c_vmiss;
-        else
-            c.c_bad = 1;
-    }
-    t.us_completion = c.c_compl[0] >= 0 ? c.c_compl[0] : c.c_compl[1];
-    long details = c.c_cached[0] >= 0 ? c.c_cached[0] : c.c_cached[1];
-    if (c.c_vendor->vd_details == TG_PROTO_DETAILS_FIRST)
-        t.us_cached = details >= 0 ? details : own;
-    else
-        t.us_cached = own >= 0 ? own : details;
-    t.us_reasoning = c.c_reason[0] >= 0 ? c.c_reason[0] : c.c_reason[1];
+    int v = counts_verdict(&c, &t);
     /* *u changes only with a usage the caller keeps: a stream's later
      * {"total_tokens":N} must not wipe the counts of an earlier chunk. */
-    if (!c.c_bad && t.us_prompt < 0 && t.us_completion < 0)
-        return TG_AGENT_EJSON;
-    *u = t;
-    return c.c_bad ? TG_AGENT_ERANGE : 0;
+    if (v != TG_AGENT_EJSON)
+        *u = t;
+    return v;
+}
+
+int tg_agent_usage_read(tg_json_t *j, const tg_proto_vendor_t *vendor, tg_usage_t *u, int *verdict)
+{
+    counts_t c;
+    tg_usage_t t;
+    *verdict = TG_AGENT_EJSON;
+    if (tg_json_peek(j) != TG_JSON_OBJECT)
+        return tg_json_skip(j);
+    counts_init(&c, vendor);
+    int rc = tg_json_members(j, usage_member, &c);
+    if (rc != 0)
+        return rc;
+    *verdict = counts_verdict(&c, &t);
+    if (*verdict != TG_AGENT_EJSON)
+        *u = t;
+    return 0;
 }
 
 int tg_agent_usage_clamp(tg_usage_t *u, long max_out)
