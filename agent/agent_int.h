@@ -174,8 +174,8 @@ enum { TG_ANSWER_CHAT, TG_ANSWER_RESPONSES, TG_ANSWER_IMAGES, TG_ANSWER_OTHER };
 typedef struct tg_answer {
     const char *an_usage;    /* the top-level "usage" object; NULL: absent or null */
     size_t an_usage_len;
-    tg_usage_t an_counts;    /* its counts, read in the same pass (tg_agent_usage_read) */
-    int an_counts_rc;        /* tg_agent_usage_parse's verdict on them; kept when 0 or ERANGE */
+    tg_usage_t an_counts;    /* its counts, read in the same pass (tg_agent_usage_read); */
+    int an_counts_rc;        /* meaningful when this, tg_agent_usage_parse's verdict, is 0 or ERANGE */
     long an_images;          /* elements of the top-level "data" array (images); -1: none */
     char an_finish[32];      /* chat: choices[i].finish_reason; responses: status */
 } tg_answer_t;

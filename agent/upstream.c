@@ -33,11 +33,6 @@ static int emit_event(req_t *rq, const char *ev, size_t n, int final)
     return tg_buf_append(final ? &rq->rq_tail : &rq->rq_chunk, ev, n) == 0 ? 0 : TG_AGENT_ENOMEM;
 }
 
-/* Keeps a provider's usage object: parsed (strictly: see usage.c) under
- * the attempt's channel's vendor's names and its text verbatim for the
- * record. A usage without counts is ignored, and the
- * parse leaves rq_usage as it was then, so the raw text and the counts kept
- * always belong together. */
 /* The vendor whose names the attempt's usage is read under. */
 static const tg_proto_vendor_t *usage_vendor(const req_t *rq)
 {
@@ -45,8 +40,12 @@ static const tg_proto_vendor_t *usage_vendor(const req_t *rq)
     return ch ? tg_proto_vendor_or_compatible(ch->ch_pb->provider) : NULL;
 }
 
-/* Keeps a usage object u..ul whose counts read as t with verdict rc
- * (tg_agent_usage_parse's): counts and raw text, or nothing. */
+/* Keeps a provider's usage object u..ul whose counts read as t with
+ * verdict rc (tg_agent_usage_parse's: strictly, see usage.c, under the
+ * attempt's channel's vendor's names): the counts and the text verbatim
+ * for the record. A usage without counts (EJSON) is ignored and rq_usage
+ * stays as it was, so the raw text and the counts kept always belong
+ * together. */
 static void keep_usage(req_t *rq, int rc, const tg_usage_t *t, const char *u, size_t ul)
 {
     if (rc != 0 && rc != TG_AGENT_ERANGE)
