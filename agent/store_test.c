@@ -389,7 +389,7 @@ static size_t zlib_frame(uint8_t *out, uint64_t first, int n, size_t pad)
     size_t len = 24;
     for (int i = 0; i < n; i++) {
         char *rec = (char *)out + len + 4;
-        uint32_t l = (uint32_t)sprintf(rec, "rec-%llu", (unsigned long long)(first + (uint64_t)i));
+        uint32_t l = (uint32_t)snprintf(rec, 32, "rec-%llu", (unsigned long long)(first + (uint64_t)i));
         memset(rec + l, '.', pad);
         l += (uint32_t)pad;
         memcpy(out + len, &l, 4);
