@@ -166,9 +166,9 @@ __attribute__((target("avx2"))) static size_t plain_run_avx2(const char *p, size
 
 /* Skips bytes while none of them ends a plain run (a quote, a backslash,
  * a control byte or a non-ASCII byte): 32 at a time with AVX2 when the
- * CPU has it and 64 or more bytes are left, then 16 at a time with SSE2 (x86-64's baseline; a
- * signed compare below 0x20 catches the control and the non-ASCII bytes at
- * once), then 8 at a time with the classic "has a zero byte" / "has a
+ * CPU has it and 64 or more bytes are left, then 16 at a time with SSE2
+ * (x86-64's baseline; a signed compare below 0x20 catches the control and
+ * the non-ASCII bytes at once), then 8 at a time with the classic "has a zero byte" / "has a
  * byte below n" word tricks. Returns the position of that first byte
  * (little-endian GCC/clang; elsewhere of the word that holds it), or of
  * the last few bytes; the caller's byte loop goes on from there. A 100 KB
